@@ -1,0 +1,46 @@
+# raptiformica: the targets the README names.
+#   make up     build, then boot a local self-healing virtual data center
+#   make test   every test: unit, integration (real Consul), end-to-end
+#   make bench  benchmarks and measured scripts that print figures
+#   make down   stop the local virtual data center
+
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/raptiformica
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# The pinned Consul, built once into the cache (see scripts/consul.sh).
+CONSUL = $(shell scripts/consul.sh)
+
+.PHONY: all build consul up down test test-short vet bench soak clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/raptiformica
+
+consul:
+	@scripts/consul.sh
+
+up: build
+	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" $(BIN) up $(UP_FLAGS)
+
+down: build
+	$(BIN) down $(UP_FLAGS)
+
+vet:
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: the files above need formatting"; exit 1; }
+	$(GO) vet ./...
+
+test: vet
+	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" $(GO) test -race -count=1 -timeout 30m ./...
+
+# Unit tests only: no Consul, no processes.
+test-short:
+	$(GO) test -short -count=1 ./...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./reconcile/
+	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/heal.sh
+
+clean:
+	rm -rf bin

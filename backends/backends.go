@@ -1,0 +1,65 @@
+// Package backends is the compute backend plugin API: how the control loop
+// creates, lists and destroys machines. Implementations live in subpackages
+// named after what they depend on (backends/local) and are registered in
+// builtin.go.
+package backends
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/provision"
+)
+
+// Backend creates and removes machines of one compute backend. Every method
+// may block on I/O and returns when ctx is done. A backend carries the machine
+// ID on the machine itself (a folder, a label, a tag), so that List finds
+// machines whose inventory record was lost.
+type Backend interface {
+	// Available returns nil when the backend can spawn machines now.
+	Available(ctx context.Context) error
+	// Spawn creates a machine and starts its agent with spec.Node. It returns
+	// once the machine is started, not once it has joined. On error no
+	// machine is left running.
+	Spawn(ctx context.Context, spec Spec) (Instance, error)
+	// Destroy stops a machine and removes it. Destroying a machine that does
+	// not exist is not an error.
+	Destroy(ctx context.Context, machineID string) error
+	// List returns every machine of this cluster the backend holds, running
+	// or not.
+	List(ctx context.Context) ([]Instance, error)
+}
+
+// Spec is what to spawn.
+type Spec struct {
+	// Node is the agent's config; the backend fills in what it owns, such as
+	// BindAddr and DataDir.
+	Node provision.NodeConfig
+}
+
+// Instance is a machine as a backend sees it.
+type Instance struct {
+	MachineID   string    `json:"machine_id"`
+	MachineType string    `json:"machine_type"`
+	Address     string    `json:"address"`
+	Running     bool      `json:"running"`
+	Created     time.Time `json:"created"`
+}
+
+// Env is what a backend needs to know about the node that runs it.
+type Env struct {
+	// Cluster is the platform's cluster name.
+	Cluster string
+	// ClusterDir is where local state for this cluster lives.
+	ClusterDir string
+	// Binary is the raptiformica binary to run on new machines.
+	Binary string
+	// ConsulBinary is the Consul binary to run on new machines.
+	ConsulBinary string
+	Logger       hclog.Logger
+}
+
+// Factory builds a backend from its settings in the platform description.
+type Factory func(name string, settings map[string]string, env Env) (Backend, error)

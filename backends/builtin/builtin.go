@@ -1,0 +1,20 @@
+// Package builtin lists the backends compiled into raptiformica. It is the
+// one place a new backend is registered; it is apart from package backends
+// because the implementations import that package.
+package builtin
+
+import (
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/backends/local"
+)
+
+// Registry returns the built-in backends by type name.
+func Registry() backends.Registry {
+	r, err := backends.NewRegistry(
+		backends.RegistryEntry{Type: "local", Factory: local.New},
+	)
+	if err != nil {
+		panic(err) // a programming error caught by the first test run
+	}
+	return r
+}

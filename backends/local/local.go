@@ -1,0 +1,410 @@
+// Package local is the embedded default compute backend: a machine is a set of
+// processes on this host (its agent and the agent's Consul) bound to a
+// loopback address of its own, 127.x.y.N, with a folder of its own. It needs
+// no root.
+//
+// A machine lives in <cluster dir>/machines/<machine id>/:
+//
+//	agent.json   the node config the agent starts from
+//	agent.log    the agent's and its Consul's output
+//	pid          the agent's process ID, which is also its process group ID
+//	data/        the node's Consul data and mirror
+//
+// The agent runs in a session of its own, so a machine outlives the agent that
+// spawned it, as a real machine would; destroying it signals the whole process
+// group.
+package local
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/provision"
+)
+
+var _ backends.Backend = (*Backend)(nil)
+
+// Backend spawns machines as local process groups.
+type Backend struct {
+	name    string
+	dir     string // <cluster dir>/machines
+	subnet  string // "127.x.y"
+	binary  string
+	consul  string
+	cluster string
+}
+
+// New builds a local backend. Settings: "subnet" (three octets such as
+// "127.42.7"; by default derived from the cluster folder, so that clusters in
+// different folders do not share addresses).
+func New(name string, settings map[string]string, env backends.Env) (backends.Backend, error) {
+	if env.ClusterDir == "" {
+		return nil, errors.New("local backend needs the node's cluster_dir")
+	}
+	subnet := settings["subnet"]
+	if subnet == "" {
+		subnet = Subnet(env.ClusterDir)
+	}
+	if parts := strings.Split(subnet, "."); len(parts) != 3 || parts[0] != "127" {
+		return nil, fmt.Errorf("setting subnet: want three octets in 127.0.0.0/8 such as \"127.42.7\", got %q", subnet)
+	}
+	return &Backend{
+		name:    name,
+		dir:     filepath.Join(env.ClusterDir, "machines"),
+		subnet:  subnet,
+		binary:  env.Binary,
+		consul:  env.ConsulBinary,
+		cluster: env.Cluster,
+	}, nil
+}
+
+// Subnet derives a cluster's /24 in 127.0.0.0/8 from its folder. It avoids
+// 127.0.0.0/24, where other local services tend to listen.
+func Subnet(clusterDir string) string {
+	abs, err := filepath.Abs(clusterDir)
+	if err != nil {
+		abs = clusterDir
+	}
+	h := fnv.New32a()
+	h.Write([]byte(abs))
+	v := h.Sum32()
+	return fmt.Sprintf("127.%d.%d", 16+v%224, (v>>8)%256)
+}
+
+// MachineDir returns the folder of a machine in a cluster folder.
+func MachineDir(clusterDir, machineID string) string {
+	return filepath.Join(clusterDir, "machines", machineID)
+}
+
+// Available checks that the binaries a machine needs are there.
+func (b *Backend) Available(ctx context.Context) error {
+	for _, bin := range []string{b.binary, b.consul} {
+		if _, err := os.Stat(bin); err != nil {
+			return fmt.Errorf("local backend: %w", err)
+		}
+	}
+	return nil
+}
+
+// Spawn allocates the lowest free address of the subnet, writes the machine's
+// config and starts its agent in a new session.
+func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
+	node := spec.Node
+	if err := os.MkdirAll(b.dir, 0o755); err != nil {
+		return backends.Instance{}, err
+	}
+	// The lock makes address allocation atomic across spawners, including an
+	// old leader that has not noticed it lost the lock yet.
+	unlock, err := lockDir(b.dir)
+	if err != nil {
+		return backends.Instance{}, err
+	}
+	defer unlock()
+	addr, err := b.freeAddress()
+	if err != nil {
+		return backends.Instance{}, err
+	}
+	mdir := filepath.Join(b.dir, node.MachineID)
+	if err := os.Mkdir(mdir, 0o755); err != nil {
+		return backends.Instance{}, fmt.Errorf("machine %s: %w", node.MachineID, err)
+	}
+	node.Backend = b.name
+	node.BindAddr = addr
+	node.DataDir = filepath.Join(mdir, "data")
+	node.ClusterDir = filepath.Dir(b.dir)
+	node.ConsulBinary = b.consul
+	node.FastGossip = true
+	inst, err := b.start(mdir, node)
+	if err != nil {
+		os.RemoveAll(mdir)
+		return backends.Instance{}, fmt.Errorf("machine %s: %w", node.MachineID, err)
+	}
+	return inst, nil
+}
+
+func (b *Backend) start(mdir string, node provision.NodeConfig) (backends.Instance, error) {
+	cfgPath := filepath.Join(mdir, "agent.json")
+	if err := provision.WriteConfig(cfgPath, node); err != nil {
+		return backends.Instance{}, err
+	}
+	logf, err := os.OpenFile(filepath.Join(mdir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return backends.Instance{}, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(b.binary, "agent", "-config", cfgPath)
+	cmd.Dir = mdir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "RAPTIFORMICA_MACHINE_DIR="+mdir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return backends.Instance{}, fmt.Errorf("start agent: %w", err)
+	}
+	pid := cmd.Process.Pid
+	// Reap the child if it exits while we live; after we die, init does.
+	go cmd.Wait()
+	if err := os.WriteFile(filepath.Join(mdir, "pid"), []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		killGroup(pid, syscall.SIGKILL)
+		return backends.Instance{}, err
+	}
+	return backends.Instance{MachineID: node.MachineID, MachineType: node.MachineType, Address: node.BindAddr, Running: true, Created: time.Now()}, nil
+}
+
+// SpawnSeed starts the first machine of a new cluster. It is Spawn with the
+// node's Bootstrap set; `raptiformica up` calls it.
+func (b *Backend) SpawnSeed(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
+	spec.Node.Bootstrap = true
+	return b.Spawn(ctx, spec)
+}
+
+func (b *Backend) freeAddress() (string, error) {
+	used := map[string]bool{}
+	insts, err := b.List(context.Background())
+	if err != nil {
+		return "", err
+	}
+	for _, in := range insts {
+		used[in.Address] = true
+	}
+	for n := 2; n < 255; n++ {
+		a := fmt.Sprintf("%s.%d", b.subnet, n)
+		if !used[a] {
+			return a, nil
+		}
+	}
+	return "", fmt.Errorf("local backend: no free address left in %s.0/24", b.subnet)
+}
+
+// Destroy signals the machine's process group, waits for it to exit (SIGKILL
+// after a grace period) and removes its folder.
+func (b *Backend) Destroy(ctx context.Context, machineID string) error {
+	if machineID == "" || strings.ContainsAny(machineID, "/.") {
+		return fmt.Errorf("local backend: bad machine id %q", machineID)
+	}
+	mdir := filepath.Join(b.dir, machineID)
+	if err := StopMachine(ctx, mdir); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(mdir); err != nil {
+		return fmt.Errorf("machine %s: %w", machineID, err)
+	}
+	return nil
+}
+
+// StopMachine ends the processes of the machine in mdir, if any: SIGTERM to
+// its process group, then SIGKILL when it has not exited within 10 seconds or
+// when ctx ends.
+func StopMachine(ctx context.Context, mdir string) error {
+	pid, alive := agentPID(mdir)
+	if !alive {
+		return nil
+	}
+	killGroup(pid, syscall.SIGTERM)
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for groupAlive(pid) {
+		select {
+		case <-ctx.Done():
+			killGroup(pid, syscall.SIGKILL)
+			return ctx.Err()
+		case <-deadline.C:
+			killGroup(pid, syscall.SIGKILL)
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// List reads every machine folder.
+func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
+	ents, err := os.ReadDir(b.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("local backend: %w", err)
+	}
+	var out []backends.Instance
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		mdir := filepath.Join(b.dir, e.Name())
+		node, err := readNode(mdir)
+		if err != nil {
+			// A folder being created holds no config yet; it is not a
+			// machine until Spawn finishes under the lock.
+			continue
+		}
+		info, _ := e.Info()
+		_, alive := agentPID(mdir)
+		in := backends.Instance{MachineID: node.MachineID, MachineType: node.MachineType, Address: node.BindAddr, Running: alive}
+		if info != nil {
+			in.Created = info.ModTime()
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+func readNode(mdir string) (provision.NodeConfig, error) {
+	var c provision.NodeConfig
+	raw, err := os.ReadFile(filepath.Join(mdir, "agent.json"))
+	if err != nil {
+		return c, err
+	}
+	err = json.Unmarshal(raw, &c)
+	return c, err
+}
+
+// agentPID returns the machine's agent PID and whether that process is alive
+// and really this machine's agent (PIDs are reused).
+func agentPID(mdir string) (int, bool) {
+	raw, err := os.ReadFile(filepath.Join(mdir, "pid"))
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil || pid <= 1 {
+		return 0, false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return pid, false
+	}
+	if !strings.Contains(string(cmdline), filepath.Join(mdir, "agent.json")) {
+		return pid, false
+	}
+	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// A zombie has exited; field 3 (after the command in parentheses) is its state.
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && len(stat) > i+2 && stat[i+2] == 'Z' {
+			return pid, false
+		}
+	}
+	return pid, true
+}
+
+func killGroup(pgid int, sig syscall.Signal) {
+	_ = syscall.Kill(-pgid, sig)
+}
+
+// groupAlive reports whether any process of the group is left.
+func groupAlive(pgid int) bool {
+	err := syscall.Kill(-pgid, 0)
+	if err != nil {
+		return false
+	}
+	// Zombies still count for kill(2); look for a live member.
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(stat)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		// f[0] state, f[1] ppid, f[2] pgrp
+		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" {
+			return true
+		}
+	}
+	return false
+}
+
+func lockDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
+// Machine is a machine folder of a local cluster.
+type Machine struct {
+	Dir     string
+	Config  provision.NodeConfig
+	PID     int
+	Running bool
+}
+
+// Machines lists the machines in a cluster folder, whether their agent runs
+// or not.
+func Machines(clusterDir string) ([]Machine, error) {
+	dir := filepath.Join(clusterDir, "machines")
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Machine
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		mdir := filepath.Join(dir, e.Name())
+		cfg, err := readNode(mdir)
+		if err != nil {
+			continue
+		}
+		pid, alive := agentPID(mdir)
+		out = append(out, Machine{Dir: mdir, Config: cfg.WithDefaults(), PID: pid, Running: alive})
+	}
+	return out, nil
+}
+
+// KillAll ends every process of every machine in a cluster folder at once
+// (SIGKILL: the cluster is being torn down, there is nobody to leave to),
+// waits until none is left, and removes the machines.
+func KillAll(ctx context.Context, clusterDir string) (int, error) {
+	ms, err := Machines(clusterDir)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range ms {
+		if m.Running {
+			killGroup(m.PID, syscall.SIGKILL)
+			n++
+		}
+	}
+	for _, m := range ms {
+		for m.Running && groupAlive(m.PID) {
+			select {
+			case <-ctx.Done():
+				return n, ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return n, os.RemoveAll(filepath.Join(clusterDir, "machines"))
+}

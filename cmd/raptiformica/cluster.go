@@ -1,0 +1,408 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/backends/builtin"
+	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// defaultDir is where local clusters live when --dir is not given.
+func defaultDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "raptiformica")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "raptiformica")
+	}
+	return filepath.Join(home, ".local", "share", "raptiformica")
+}
+
+// target is the cluster a command talks to.
+type target struct {
+	dir      string
+	explicit bool // --dir was given
+}
+
+func addTarget(fs *flag.FlagSet) *target {
+	t := &target{}
+	fs.Func("dir", "folder of a local cluster (default "+defaultDir()+")", func(s string) error {
+		t.dir, t.explicit = s, true
+		return nil
+	})
+	return t
+}
+
+func (t *target) folder() string {
+	d := t.dir
+	if d == "" {
+		d = defaultDir()
+	}
+	abs, err := filepath.Abs(d)
+	if err != nil {
+		return d
+	}
+	return abs
+}
+
+// client connects to the cluster: $CONSUL_HTTP_ADDR unless --dir was given,
+// else the Consul of a running machine of the local cluster.
+func (t *target) client() (*api.Client, error) {
+	if !t.explicit && os.Getenv("CONSUL_HTTP_ADDR") != "" {
+		return api.NewClient(api.DefaultConfig())
+	}
+	ms, err := local.Machines(t.folder())
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for _, m := range ms {
+		if !m.Running {
+			continue
+		}
+		cfg := api.DefaultConfig()
+		cfg.Address = fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort)
+		cfg.Scheme = "http"
+		c, err := api.NewClient(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if leader, err := c.Status().Leader(); err == nil && leader != "" {
+			return c, nil
+		} else if err != nil {
+			lastErr = err
+		} else {
+			lastErr = errors.New("no Consul leader yet")
+		}
+	}
+	if lastErr != nil {
+		return nil, fmt.Errorf("no machine of %s answers: %w", t.folder(), lastErr)
+	}
+	return nil, fmt.Errorf("no running machine in %s (start one with `raptiformica up --dir %s`)", t.folder(), t.folder())
+}
+
+// backendEnv is what backends need when the CLI drives them directly.
+func (t *target) backendEnv(p *rules.Platform) (backends.Env, error) {
+	bin, err := os.Executable()
+	if err != nil {
+		return backends.Env{}, err
+	}
+	consul, err := provision.FindConsul()
+	if err != nil {
+		return backends.Env{}, err
+	}
+	return backends.Env{Cluster: p.Cluster, ClusterDir: t.folder(), Binary: bin, ConsulBinary: consul, Logger: hclog.NewNullLogger()}, nil
+}
+
+func (t *target) backends(p *rules.Platform) (map[string]backends.Backend, error) {
+	env, err := t.backendEnv(p)
+	if err != nil {
+		return nil, err
+	}
+	reg := builtin.Registry()
+	out := map[string]backends.Backend{}
+	for name, b := range p.Backends {
+		be, err := reg.New(b.Type, name, b.Settings, env)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = be
+	}
+	return out, nil
+}
+
+func parseOpts() rules.Options { return rules.Options{BackendTypes: builtin.Registry().Types()} }
+
+func cmdUp(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	t := addTarget(fs)
+	platformFile := fs.String("platform", "", "platform description (default: 3 Consul servers on the local backend)")
+	timeout := fs.Duration("timeout", 5*time.Minute, "how long to wait for the desired members")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dir := t.folder()
+	ms, err := local.Machines(dir)
+	if err != nil {
+		return err
+	}
+	running := 0
+	for _, m := range ms {
+		if m.Running {
+			running++
+		}
+	}
+	var plat *rules.Platform
+	if running > 0 {
+		fmt.Fprintf(out, "cluster in %s is already up (%d machines running)\n", dir, running)
+	} else {
+		if plat, err = startSeed(ctx, dir, *platformFile, out); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	c, err := waitConverged(ctx, t, plat, out)
+	if err != nil {
+		return err
+	}
+	return printMembers(c, out, false)
+}
+
+// startSeed starts the first machine of a new cluster: a Consul server that
+// bootstraps alone, carrying the description the control loop grows from.
+func startSeed(ctx context.Context, dir, platformFile string, out io.Writer) (*rules.Platform, error) {
+	var plat *rules.Platform
+	var err error
+	name := filepath.Join(dir, "platform.hcl")
+	if platformFile == "" {
+		plat, err = rules.Parse(name, []byte(rules.DefaultSource), parseOpts())
+	} else {
+		plat, err = rules.ParseFile(platformFile, parseOpts())
+		if strings.HasSuffix(platformFile, ".json") {
+			name = filepath.Join(dir, "platform.json")
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := local.KillAll(ctx, dir); err != nil { // leftovers of a cluster that died
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(name, plat.Source, 0o644); err != nil {
+		return nil, err
+	}
+	seedType := ""
+	for _, n := range plat.MachineNames() {
+		if plat.Machines[n].ConsulServer {
+			seedType = n
+			break
+		}
+	}
+	t := &target{dir: dir, explicit: true}
+	env, err := t.backendEnv(plat)
+	if err != nil {
+		return nil, err
+	}
+	settings := map[string]string{}
+	if b, ok := plat.Backends["local"]; ok && b.Type == "local" {
+		settings = b.Settings
+	}
+	be, err := local.New("local", settings, env)
+	if err != nil {
+		return nil, err
+	}
+	node := provision.NodeConfig{
+		MachineID: reconcile.NewMachineID(seedType), MachineType: seedType, Cluster: plat.Cluster,
+		ConsulServer: true, Encrypt: daemon.NewGossipKey(), PlatformFile: name,
+	}.WithDefaults()
+	inst, err := be.(*local.Backend).SpawnSeed(ctx, backends.Spec{Node: node})
+	if err != nil {
+		return nil, fmt.Errorf("start seed: %w", err)
+	}
+	fmt.Fprintf(out, "started seed %s on %s (cluster %q in %s)\n", inst.MachineID, inst.Address, plat.Cluster, dir)
+	return plat, nil
+}
+
+// waitConverged waits until every machine type has its min of joined, alive
+// members, printing progress as it changes.
+func waitConverged(ctx context.Context, t *target, plat *rules.Platform, out io.Writer) (*api.Client, error) {
+	last := ""
+	start := time.Now()
+	for {
+		c, err := t.client()
+		line := "waiting for the seed's Consul"
+		done := false
+		if err == nil {
+			if plat == nil {
+				plat, _ = kvPlatform(c)
+			}
+			if plat != nil {
+				line, done = progress(c, plat)
+			}
+		}
+		if line != last {
+			fmt.Fprintf(out, "[%5.1fs] %s\n", time.Since(start).Seconds(), line)
+			last = line
+		}
+		if done {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("gave up waiting (%s): %v", last, ctx.Err())
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+func progress(c *api.Client, plat *rules.Platform) (string, bool) {
+	inv := &reconcile.Inventory{KV: c.KV()}
+	recs, _, err := inv.List(context.Background(), nil)
+	if err != nil {
+		return "waiting for the inventory: " + err.Error(), false
+	}
+	members, err := c.Agent().Members(false)
+	if err != nil {
+		return "waiting for members: " + err.Error(), false
+	}
+	alive := map[string]bool{}
+	for _, m := range members {
+		alive[m.Name] = m.Status == 1
+	}
+	var parts []string
+	done := true
+	for _, name := range plat.MachineNames() {
+		mt := plat.Machines[name]
+		live, pending := 0, 0
+		for _, r := range recs {
+			if r.Type != name {
+				continue
+			}
+			switch {
+			case r.State == reconcile.StateJoined && alive[r.ID]:
+				live++
+			case r.State == reconcile.StateSpawning || r.State == reconcile.StateJoining:
+				pending++
+			}
+		}
+		if live < mt.Min {
+			done = false
+		}
+		parts = append(parts, fmt.Sprintf("%s %d/%d alive, %d joining", name, live, mt.Min, pending))
+	}
+	return strings.Join(parts, "; "), done
+}
+
+func kvPlatform(c *api.Client) (*rules.Platform, error) {
+	pair, _, err := c.KV().Get(reconcile.KeyPlatform, nil)
+	if err != nil {
+		return nil, err
+	}
+	if pair == nil {
+		return nil, errors.New("no platform description in KV yet")
+	}
+	return rules.Parse(daemon.KVSourceName, pair.Value, parseOpts())
+}
+
+func cmdDown(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("down", flag.ContinueOnError)
+	t := addTarget(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	n, err := local.KillAll(ctx, t.folder())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "stopped %d machines in %s\n", n, t.folder())
+	return nil
+}
+
+// memberRow is one line of `members`.
+type memberRow struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	Status  string `json:"status"`
+	Type    string `json:"machine_type"`
+	State   string `json:"state"`
+	Role    string `json:"role"`
+	Leader  bool   `json:"leader"`
+}
+
+func cmdMembers(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("members", flag.ContinueOnError)
+	t := addTarget(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c, err := t.client()
+	if err != nil {
+		return err
+	}
+	return printMembers(c, out, *asJSON)
+}
+
+func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
+	members, err := c.Agent().Members(false)
+	if err != nil {
+		return err
+	}
+	recs, _, err := (&reconcile.Inventory{KV: c.KV()}).List(context.Background(), nil)
+	if err != nil {
+		return err
+	}
+	leader := leaderOf(c)
+	rows := []memberRow{}
+	for _, m := range members {
+		role := "client"
+		if m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
+			role = "server"
+		}
+		r := recs[m.Name]
+		rows = append(rows, memberRow{Name: m.Name, Address: m.Addr, Status: string(serf(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader})
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
+	if asJSON {
+		return writeJSON(out, rows)
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER")
+	for _, r := range rows {
+		mark := ""
+		if r.Leader {
+			mark = "*"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Address, r.Status, dash(r.Type), dash(r.State), r.Role, mark)
+	}
+	return w.Flush()
+}
+
+func serf(s int) reconcile.MemberStatus {
+	return map[int]reconcile.MemberStatus{1: reconcile.MemberAlive, 2: reconcile.MemberLeaving, 3: reconcile.MemberLeft, 4: reconcile.MemberFailed}[s]
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func leaderOf(c *api.Client) string {
+	pair, _, err := c.KV().Get(reconcile.KeyLeader, nil)
+	if err != nil || pair == nil || pair.Session == "" {
+		return ""
+	}
+	return string(pair.Value)
+}
+
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

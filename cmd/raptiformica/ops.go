@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// statusView is the body of `status --json`.
+type statusView struct {
+	Leader        string            `json:"leader"`
+	PlatformError string            `json:"platform_error,omitempty"`
+	Reconcile     *reconcile.Status `json:"reconcile,omitempty"`
+}
+
+func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	t := addTarget(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c, err := t.client()
+	if err != nil {
+		return err
+	}
+	v := statusView{Leader: leaderOf(c)}
+	if _, err := kvPlatform(c); err != nil {
+		v.PlatformError = err.Error()
+	}
+	if pair, _, err := c.KV().Get(reconcile.KeyStatus, nil); err == nil && pair != nil {
+		var st reconcile.Status
+		if err := json.Unmarshal(pair.Value, &st); err == nil {
+			v.Reconcile = &st
+		}
+	}
+	if *asJSON {
+		return writeJSON(out, v)
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "leader\t%s\n", dash(v.Leader))
+	if v.PlatformError != "" {
+		fmt.Fprintf(w, "platform\tREJECTED (nodes keep their last good description):\n%s\n", v.PlatformError)
+	}
+	st := v.Reconcile
+	if st == nil {
+		fmt.Fprintln(w, "reconcile\tno pass yet")
+		return w.Flush()
+	}
+	fmt.Fprintf(w, "cluster\t%s\n", st.Cluster)
+	fmt.Fprintf(w, "last reconcile\t%s ago by %s: %s in %s\n", time.Since(st.LastReconcile).Round(time.Second), st.Leader, st.LastResult, st.Duration)
+	if st.LastError != "" {
+		fmt.Fprintf(w, "last error\t%s\n", st.LastError)
+	}
+	if st.Halted != "" {
+		fmt.Fprintf(w, "HALTED\t%s\n", st.Halted)
+	}
+	for _, s := range st.Waiting {
+		fmt.Fprintf(w, "waiting\t%s\n", s)
+	}
+	for b, e := range st.BackendErrors {
+		fmt.Fprintf(w, "backend %s\t%s\n", b, e)
+	}
+	for _, a := range st.InFlight {
+		fmt.Fprintf(w, "in flight\t%s %s (%s)\n", a.Kind, a.MachineID, a.Reason)
+	}
+	w.Flush()
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TYPE\tMIN\tMAX\tLIVE\tPENDING\tFAILED")
+	for _, name := range sortedTypes(st.Types) {
+		ts := st.Types[name]
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\n", name, ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed)
+	}
+	return w.Flush()
+}
+
+func sortedTypes(m map[string]reconcile.TypeStatus) []string {
+	var names []string
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func cmdPlan(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("plan", flag.ContinueOnError)
+	t := addTarget(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c, err := t.client()
+	if err != nil {
+		return err
+	}
+	p, err := kvPlatform(c)
+	if err != nil {
+		return err
+	}
+	bes, err := t.backends(p)
+	if err != nil {
+		return err
+	}
+	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{KV: c.KV()}, bes, nil)
+	if err != nil {
+		return err
+	}
+	obs.Self = leaderOf(c)
+	d := reconcile.Plan(p, obs, time.Now())
+	if *asJSON {
+		return writeJSON(out, d)
+	}
+	if len(d.Actions) == 0 {
+		fmt.Fprintln(out, "no actions: the cluster matches the description")
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	for _, a := range d.Actions {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", a.Kind, dash(a.MachineID), a.Type, a.Backend, a.Reason)
+	}
+	if d.Halted != "" {
+		fmt.Fprintf(w, "HALTED\t%s\n", d.Halted)
+	}
+	for _, s := range d.Waiting {
+		fmt.Fprintf(w, "waiting\t%s\n", s)
+	}
+	return w.Flush()
+}
+
+func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: platform validate|apply|get", errUsage)
+	}
+	sub, args := args[0], args[1:]
+	fs := flag.NewFlagSet("platform "+sub, flag.ContinueOnError)
+	t := addTarget(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch sub {
+	case "validate", "apply":
+		if fs.NArg() != 1 {
+			return fmt.Errorf("%w: platform %s FILE", errUsage, sub)
+		}
+		p, err := rules.ParseFile(fs.Arg(0), parseOpts())
+		if err != nil {
+			return err
+		}
+		if sub == "validate" {
+			fmt.Fprintf(out, "%s: valid (%d machine types, %d Consul servers)\n", fs.Arg(0), len(p.Machines), p.ServerCount())
+			return nil
+		}
+		c, err := t.client()
+		if err != nil {
+			return err
+		}
+		if _, err := c.KV().Put(&api.KVPair{Key: reconcile.KeyPlatform, Value: p.Source}, nil); err != nil {
+			return fmt.Errorf("store description: %w", err)
+		}
+		fmt.Fprintf(out, "applied %s\n", fs.Arg(0))
+		return nil
+	case "get":
+		c, err := t.client()
+		if err != nil {
+			return err
+		}
+		pair, _, err := c.KV().Get(reconcile.KeyPlatform, nil)
+		if err != nil {
+			return err
+		}
+		if pair == nil {
+			return fmt.Errorf("no platform description stored")
+		}
+		_, err = out.Write(pair.Value)
+		return err
+	}
+	return fmt.Errorf("%w: unknown subcommand %q (validate, apply, get)", errUsage, sub)
+}
+
+// executor builds an executor for the CLI's own spawn and destroy.
+func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
+	consul, err := provision.FindConsul()
+	if err != nil {
+		return nil, err
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.Warn, Output: os.Stderr})
+	return &reconcile.Executor{
+		Inventory: &reconcile.Inventory{KV: c.KV()}, Consul: c, Clock: reconcile.RealClock{}, Log: log,
+		NodeConfig: daemon.NodeConfigFor(c, t.folder(), consul),
+	}, nil
+}
+
+func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("spawn", flag.ContinueOnError)
+	t := addTarget(fs)
+	typ := fs.String("type", "", "machine type (required)")
+	backend := fs.String("backend", "", "backend (default: the type's first)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c, err := t.client()
+	if err != nil {
+		return err
+	}
+	p, err := kvPlatform(c)
+	if err != nil {
+		return err
+	}
+	mt, ok := p.Machines[*typ]
+	if !ok {
+		return fmt.Errorf("%w: --type must be one of %s", errUsage, strings.Join(p.MachineNames(), ", "))
+	}
+	if *backend == "" {
+		*backend = mt.Backends[0]
+	}
+	bes, err := t.backends(p)
+	if err != nil {
+		return err
+	}
+	ex, err := t.executor(c)
+	if err != nil {
+		return err
+	}
+	a := reconcile.Action{Kind: reconcile.KindSpawn, Type: *typ, Backend: *backend, Reason: "spawned by hand", Manual: true}
+	if err := ex.Execute(ctx, p, bes, reconcile.Observed{}, []reconcile.Action{a}); err != nil {
+		return err
+	}
+	ex.Wait()
+	fmt.Fprintf(out, "spawned a %s machine on %s; the leader records it as joined once it is alive\n", *typ, *backend)
+	return nil
+}
+
+func cmdDestroy(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("destroy", flag.ContinueOnError)
+	t := addTarget(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%w: destroy MACHINE_ID", errUsage)
+	}
+	id := fs.Arg(0)
+	c, err := t.client()
+	if err != nil {
+		return err
+	}
+	p, err := kvPlatform(c)
+	if err != nil {
+		return err
+	}
+	bes, err := t.backends(p)
+	if err != nil {
+		return err
+	}
+	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{KV: c.KV()}, bes, nil)
+	if err != nil {
+		return err
+	}
+	r, ok := obs.Records[id]
+	if !ok {
+		return fmt.Errorf("no machine %q in the inventory", id)
+	}
+	ex, err := t.executor(c)
+	if err != nil {
+		return err
+	}
+	a := reconcile.Action{Kind: reconcile.KindScaleDown, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "destroyed by hand"}
+	if err := ex.Execute(ctx, p, bes, obs, []reconcile.Action{a}); err != nil {
+		return err
+	}
+	ex.Wait()
+	fmt.Fprintf(out, "destroyed %s\n", id)
+	return nil
+}

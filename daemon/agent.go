@@ -1,0 +1,317 @@
+// Package daemon is the raptiformica agent's lifecycle: it supervises the
+// node's own Consul, watches the platform description with blocking queries,
+// mirrors the description and the inventory to disk (and re-seeds an empty KV
+// from that mirror), takes part in leader election through a Consul lock,
+// runs the control loop while it leads, and serves /metrics, /v1/status and
+// /healthz.
+//
+// An agent's life:
+//
+//	start ─▶ Consul up ─▶ description loaded ─▶ READY ─▶ campaigning ⇄ leading
+//	                                                  │
+//	          SIGTERM: stop leading, leave Consul, stop Consul ◀┘
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// Agent is one node's daemon.
+type Agent struct {
+	Config   provision.NodeConfig
+	Registry backends.Registry
+	// Binary is the raptiformica executable that new machines run.
+	Binary string
+	Log    hclog.Logger
+	Clock  reconcile.Clock
+
+	metrics   *telemetry.Metrics
+	consul    *api.Client
+	inventory *reconcile.Inventory
+	executor  *reconcile.Executor
+	wake      chan struct{}
+
+	mu          sync.RWMutex
+	platform    *rules.Platform // last valid description; guarded by mu
+	platformErr string          // why the description in KV was rejected; guarded by mu
+	bes         map[string]backends.Backend
+	besFor      *rules.Platform // the description bes were built from; guarded by mu
+	leading     bool            // guarded by mu
+	lastStatus  *reconcile.Status
+	ready       bool // Consul reachable and a description loaded; guarded by mu
+}
+
+// Run starts the node and blocks until ctx ends; then it stops leading,
+// leaves Consul gracefully, stops Consul and returns. It returns an error
+// only when the node cannot start at all.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.Clock == nil {
+		a.Clock = reconcile.RealClock{}
+	}
+	c := a.Config
+	a.Log = a.Log.With(telemetry.KeyMachineID, c.MachineID)
+	a.metrics = telemetry.New()
+	a.wake = make(chan struct{}, 1)
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if p, err := a.loadMirror(); err == nil {
+		a.setPlatform(p)
+		a.Log.Info("loaded platform description from the local mirror")
+	} else if c.PlatformFile != "" {
+		p, err := rules.ParseFile(c.PlatformFile, a.parseOptions())
+		if err != nil {
+			return err
+		}
+		a.setPlatform(p)
+	}
+
+	cfg := api.DefaultConfig()
+	cfg.Address = fmt.Sprintf("%s:%d", c.BindAddr, c.ConsulHTTPPort)
+	cfg.Scheme = "http"
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		return fmt.Errorf("consul client: %w", err)
+	}
+	a.consul = client
+	a.inventory = &reconcile.Inventory{KV: client.KV()}
+	hooks := &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock}
+	a.executor = &reconcile.Executor{
+		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"),
+		Metrics: a.metrics, NodeConfig: NodeConfigFor(client, c.ClusterDir, c.ConsulBinary), Hooks: hooks,
+	}
+
+	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", c.BindAddr, c.HTTPPort))
+	if err != nil {
+		return fmt.Errorf("agent http: %w", err)
+	}
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
+
+	runCtx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	goRun := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(runCtx) }()
+	}
+	consulCtx, stopConsul := context.WithCancel(context.Background())
+	consulDone := make(chan struct{})
+	proc := &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirroredPeers}
+	go func() { defer close(consulDone); proc.Run(consulCtx) }()
+	go func() { _ = srv.Serve(ln) }()
+
+	goRun(func(ctx context.Context) {
+		if err := a.waitConsul(ctx); err != nil {
+			return
+		}
+		a.Log.Info("consul is up")
+		a.bootstrapKV(ctx)
+		goRun(a.watchPlatform)
+		goRun(a.watchInventory)
+		goRun(a.campaign)
+	})
+
+	<-ctx.Done()
+	a.Log.Info("stopping")
+	notify("STOPPING=1")
+	stop()
+	wg.Wait()
+	// A graceful stop leaves the cluster, so that the others see "left",
+	// not "failed", and a server is taken out of Raft.
+	leaveDone := make(chan error, 1)
+	go func() { leaveDone <- client.Agent().Leave() }()
+	select {
+	case err := <-leaveDone:
+		if err != nil {
+			a.Log.Warn("leave failed", telemetry.KeyError, err)
+		}
+	case <-time.After(5 * time.Second):
+		a.Log.Warn("leave timed out")
+	}
+	stopConsul()
+	<-consulDone
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdownCtx)
+	a.Log.Info("stopped")
+	return nil
+}
+
+func (a *Agent) parseOptions() rules.Options {
+	return rules.Options{BackendTypes: a.Registry.Types()}
+}
+
+// waitConsul blocks until the local Consul answers and the cluster has a
+// leader, which every KV write needs.
+func (a *Agent) waitConsul(ctx context.Context) error {
+	for {
+		leader, err := a.consul.Status().Leader()
+		if err == nil && leader != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// bootstrapKV puts in KV what the cluster needs from this node: the gossip
+// key (when the cluster has none yet) and this machine's inventory record
+// (when it has none: the seed, or a machine joined by hand). It retries until
+// it succeeds or ctx ends.
+func (a *Agent) bootstrapKV(ctx context.Context) {
+	for attempt := 1; ctx.Err() == nil; attempt++ {
+		err := a.ensureGossipKey(ctx)
+		if err == nil {
+			err = a.ensureRecord(ctx)
+		}
+		if err == nil {
+			return
+		}
+		a.Log.Warn("bootstrap KV", telemetry.KeyError, err, telemetry.KeyAttempt, attempt)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (a *Agent) ensureGossipKey(ctx context.Context) error {
+	key := a.Config.Encrypt
+	if key == "" {
+		return nil
+	}
+	_, _, err := a.consul.KV().CAS(&api.KVPair{Key: reconcile.KeyGossip, Value: []byte(key)}, (&api.WriteOptions{}).WithContext(ctx))
+	return err
+}
+
+func (a *Agent) ensureRecord(ctx context.Context) error {
+	_, found, err := a.inventory.Get(ctx, a.Config.MachineID)
+	if err != nil || found {
+		return err
+	}
+	now := a.Clock.Now()
+	_, err = a.inventory.Put(ctx, reconcile.Record{
+		ID: a.Config.MachineID, Type: a.Config.MachineType, Backend: a.Config.Backend, State: reconcile.StateJoined,
+		Address: a.Config.BindAddr, Seed: a.Config.Bootstrap, Created: now, Updated: now,
+	})
+	if errors.Is(err, reconcile.ErrConflict) {
+		return nil // written by the leader meanwhile
+	}
+	return err
+}
+
+// NewGossipKey returns a fresh 32-byte gossip encryption key, base64-encoded
+// as Consul wants it.
+func NewGossipKey() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return base64.StdEncoding.EncodeToString(b[:])
+}
+
+// Platform returns the last valid description, or nil before the first.
+func (a *Agent) Platform() *rules.Platform {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.platform
+}
+
+func (a *Agent) setPlatform(p *rules.Platform) {
+	a.mu.Lock()
+	a.platform = p
+	a.platformErr = ""
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// backends returns the backends of the current description, built once per
+// description.
+func (a *Agent) backends() map[string]backends.Backend {
+	p := a.Platform()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.besFor == p && a.bes != nil {
+		return a.bes
+	}
+	bes := map[string]backends.Backend{}
+	env := backends.Env{Cluster: p.Cluster, ClusterDir: a.Config.ClusterDir, Binary: a.Binary, ConsulBinary: a.Config.ConsulBinary, Logger: a.Log.Named("backend")}
+	for name, spec := range p.Backends {
+		b, err := a.Registry.New(spec.Type, name, spec.Settings, env)
+		if err != nil {
+			a.Log.Error("backend unusable", telemetry.KeyBackend, name, telemetry.KeyError, err)
+			b = brokenBackend{err: err}
+		}
+		bes[name] = b
+	}
+	a.bes, a.besFor = bes, p
+	return bes
+}
+
+// brokenBackend stands in for a backend whose settings are wrong, so that the
+// planner sees it as unavailable and says why.
+type brokenBackend struct{ err error }
+
+var _ backends.Backend = brokenBackend{}
+
+func (b brokenBackend) Available(context.Context) error { return b.err }
+func (b brokenBackend) Spawn(context.Context, backends.Spec) (backends.Instance, error) {
+	return backends.Instance{}, b.err
+}
+func (b brokenBackend) Destroy(context.Context, string) error             { return b.err }
+func (b brokenBackend) List(context.Context) ([]backends.Instance, error) { return nil, b.err }
+
+// NodeConfigFor returns how new machines are configured by a node that
+// reaches Consul through client: they join the live servers, get the
+// cluster's gossip key, and run the given Consul binary.
+func NodeConfigFor(client *api.Client, clusterDir, consulBinary string) reconcile.NodeConfigFunc {
+	return func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (provision.NodeConfig, error) {
+		pair, _, err := client.KV().Get(reconcile.KeyGossip, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return provision.NodeConfig{}, fmt.Errorf("read gossip key: %w", err)
+		}
+		key := ""
+		if pair != nil {
+			key = string(pair.Value)
+		}
+		members, err := client.Agent().Members(false)
+		if err != nil {
+			return provision.NodeConfig{}, fmt.Errorf("list members: %w", err)
+		}
+		var join []string
+		for _, m := range members {
+			if m.Status == 1 && m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
+				join = append(join, m.Addr)
+			}
+		}
+		return provision.NodeConfig{
+			MachineID: id, MachineType: mt.Name, Cluster: p.Cluster, Backend: backend,
+			ClusterDir: clusterDir, ConsulBinary: consulBinary, ConsulServer: mt.ConsulServer,
+			RetryJoin: join, Encrypt: key,
+		}.WithDefaults(), nil
+	}
+}
+
+func (a *Agent) mirrorDir() string { return filepath.Join(a.Config.DataDir, "mirror") }

@@ -1,0 +1,179 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// consulConfig is the subset of Consul's agent configuration we generate.
+type consulConfig struct {
+	NodeName           string            `json:"node_name"`
+	Datacenter         string            `json:"datacenter"`
+	DataDir            string            `json:"data_dir"`
+	BindAddr           string            `json:"bind_addr"`
+	AdvertiseAddr      string            `json:"advertise_addr"`
+	ClientAddr         string            `json:"client_addr"`
+	Server             bool              `json:"server"`
+	Bootstrap          bool              `json:"bootstrap,omitempty"`
+	RetryJoin          []string          `json:"retry_join,omitempty"`
+	RetryInterval      string            `json:"retry_interval"`
+	Encrypt            string            `json:"encrypt,omitempty"`
+	Ports              map[string]int    `json:"ports"`
+	NodeMeta           map[string]string `json:"node_meta"`
+	DisableUpdateCheck bool              `json:"disable_update_check"`
+	LogLevel           string            `json:"log_level"`
+	LeaveOnTerminate   bool              `json:"leave_on_terminate"`
+	Autopilot          map[string]any    `json:"autopilot,omitempty"`
+	Performance        map[string]any    `json:"performance,omitempty"`
+	GossipLAN          map[string]any    `json:"gossip_lan,omitempty"`
+}
+
+// consulConfigFor builds the Consul configuration of a node. peers are the
+// addresses of other known members, joined to the configured retry_join, so
+// that a restarted node finds the cluster again from its mirror.
+func consulConfigFor(c provision.NodeConfig, peers []string) consulConfig {
+	join := map[string]bool{}
+	for _, a := range append(append([]string(nil), c.RetryJoin...), peers...) {
+		if a != "" && a != c.BindAddr {
+			join[a] = true
+		}
+	}
+	joins := make([]string, 0, len(join))
+	for a := range join {
+		joins = append(joins, a)
+	}
+	sort.Strings(joins)
+	cc := consulConfig{
+		NodeName:      c.MachineID,
+		Datacenter:    "dc1",
+		DataDir:       filepath.Join(c.DataDir, "consul"),
+		BindAddr:      c.BindAddr,
+		AdvertiseAddr: c.BindAddr,
+		ClientAddr:    c.BindAddr,
+		Server:        c.ConsulServer,
+		Bootstrap:     c.Bootstrap && c.ConsulServer,
+		RetryJoin:     joins,
+		RetryInterval: "2s",
+		Encrypt:       c.Encrypt,
+		// Only what the cluster uses is opened: no DNS, no gRPC, no WAN.
+		Ports: map[string]int{"http": c.ConsulHTTPPort, "dns": -1, "grpc": -1, "grpc_tls": -1, "serf_wan": -1},
+		NodeMeta: map[string]string{
+			"raptiformica_machine_type": c.MachineType,
+			"raptiformica_cluster":      c.Cluster,
+			"raptiformica_backend":      c.Backend,
+		},
+		DisableUpdateCheck: true,
+		LogLevel:           "WARN",
+		// Our agent decides when to leave (a graceful stop leaves; a
+		// crash does not), not Consul's signal handling.
+		LeaveOnTerminate: false,
+	}
+	if c.ConsulServer {
+		cc.Autopilot = map[string]any{"cleanup_dead_servers": true, "server_stabilization_time": "2s", "last_contact_threshold": "1s"}
+		cc.Performance = map[string]any{"raft_multiplier": 1}
+	}
+	if c.FastGossip {
+		// Loopback and LAN links: detect a dead member in seconds.
+		cc.GossipLAN = map[string]any{"probe_interval": "500ms", "probe_timeout": "250ms", "suspicion_mult": 3, "gossip_interval": "100ms"}
+	}
+	return cc
+}
+
+// ConsulProcess supervises the node's Consul agent as a child process.
+type ConsulProcess struct {
+	Config  provision.NodeConfig
+	Log     hclog.Logger
+	Metrics *telemetry.Metrics
+	// Peers returns addresses of known members to join, read at each start.
+	Peers func() []string
+}
+
+// Run writes Consul's config, starts it, and restarts it with backoff when it
+// exits. It blocks until ctx ends, then stops Consul (SIGTERM, SIGKILL after
+// 10 s) and returns nil.
+func (p *ConsulProcess) Run(ctx context.Context) error {
+	failures := 0
+	for {
+		started := time.Now()
+		err := p.runOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(started) > time.Minute {
+			failures = 0
+		}
+		failures++
+		wait := reconcile.Backoff(500*time.Millisecond, 30*time.Second, failures, nil)
+		p.Log.Error("consul exited; restarting", telemetry.KeyError, err, telemetry.KeyAttempt, failures, "wait", wait)
+		if p.Metrics != nil {
+			p.Metrics.ConsulRestarts.Inc()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (p *ConsulProcess) runOnce(ctx context.Context) error {
+	var peers []string
+	if p.Peers != nil {
+		peers = p.Peers()
+	}
+	cc := consulConfigFor(p.Config, peers)
+	b, _ := json.MarshalIndent(cc, "", "  ")
+	cfgPath := filepath.Join(p.Config.DataDir, "consul.json")
+	if err := fsutil.WriteFileAtomic(cfgPath, b, 0o600); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cc.DataDir, 0o700); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(p.Config.DataDir, "consul.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(p.Config.ConsulBinary, "agent", "-config-file", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// If the agent dies, its Consul goes with it: a node is one unit.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start consul: %w", err)
+	}
+	p.Log.Info("consul started", telemetry.KeyPID, cmd.Process.Pid, "server", cc.Server, "bootstrap", cc.Bootstrap, "retry_join", cc.RetryJoin)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			err = errors.New("consul exited with status 0")
+		}
+		return err
+	case <-ctx.Done():
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,73 @@
+package daemon
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// AgentStatus is the body of GET /v1/status.
+type AgentStatus struct {
+	MachineID   string `json:"machine_id"`
+	MachineType string `json:"machine_type"`
+	Address     string `json:"address"`
+	IsLeader    bool   `json:"is_leader"`
+	// Leader is the machine ID holding the leader lock, empty when none.
+	Leader string `json:"leader"`
+	Ready  bool   `json:"ready"`
+	// PlatformError says why the description in KV was rejected; the node
+	// then runs its last good one.
+	PlatformError string `json:"platform_error,omitempty"`
+	// Reconcile is the leader's last published pass.
+	Reconcile *reconcile.Status `json:"reconcile,omitempty"`
+}
+
+func (a *Agent) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{Registry: a.metrics.Registry}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		a.mu.RLock()
+		ready := a.ready
+		a.mu.RUnlock()
+		if !ready {
+			http.Error(w, "not ready: waiting for Consul and a platform description\n", http.StatusServiceUnavailable)
+			return
+		}
+		if _, err := a.consul.Status().Leader(); err != nil {
+			http.Error(w, "consul unreachable: "+err.Error()+"\n", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(a.status())
+	})
+	return mux
+}
+
+func (a *Agent) status() AgentStatus {
+	a.mu.RLock()
+	st := AgentStatus{
+		MachineID: a.Config.MachineID, MachineType: a.Config.MachineType, Address: a.Config.BindAddr,
+		IsLeader: a.leading, Ready: a.ready, PlatformError: a.platformErr, Reconcile: a.lastStatus,
+	}
+	a.mu.RUnlock()
+	if pair, _, err := a.consul.KV().Get(reconcile.KeyLeader, nil); err == nil && pair != nil && pair.Session != "" {
+		st.Leader = string(pair.Value)
+	}
+	if !st.IsLeader {
+		if pair, _, err := a.consul.KV().Get(reconcile.KeyStatus, nil); err == nil && pair != nil {
+			var rs reconcile.Status
+			if json.Unmarshal(pair.Value, &rs) == nil {
+				st.Reconcile = &rs
+			}
+		}
+	}
+	return st
+}

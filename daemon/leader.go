@@ -1,0 +1,119 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// Leader election settings. The session is tied to this node's serfHealth
+// check as well as to its TTL, so a node that dies loses the lock when Consul
+// notices, and a node cut off loses it when the TTL runs out.
+const (
+	sessionTTL     = "10s"
+	lockDelay      = 3 * time.Second
+	monitorRetries = 5
+)
+
+// campaign competes for the leader lock until ctx ends. While it holds the
+// lock it runs the control loop; the moment the lock is lost the loop's
+// context is cancelled, which stops every action in flight.
+func (a *Agent) campaign(ctx context.Context) {
+	// Only a node that has a description can lead.
+	for a.Platform() == nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	for attempt := 1; ctx.Err() == nil; attempt++ {
+		lock, err := a.consul.LockOpts(&api.LockOptions{
+			Key:            reconcile.KeyLeader,
+			Value:          []byte(a.Config.MachineID),
+			SessionName:    "raptiformica leader " + a.Config.MachineID,
+			SessionTTL:     sessionTTL,
+			LockDelay:      lockDelay,
+			MonitorRetries: monitorRetries,
+			LockWaitTime:   10 * time.Second,
+		})
+		if err != nil {
+			a.Log.Error("leader lock", telemetry.KeyError, err)
+			return
+		}
+		lost, err := lock.Lock(ctx.Done())
+		if err != nil {
+			wait := reconcile.Backoff(time.Second, 15*time.Second, attempt, nil)
+			a.Log.Warn("leader lock failed", telemetry.KeyError, err, "wait", wait)
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			continue
+		}
+		if lost == nil {
+			return // ctx ended while waiting
+		}
+		attempt = 0
+		a.lead(ctx, lost)
+		_ = lock.Unlock()
+	}
+}
+
+func (a *Agent) lead(ctx context.Context, lost <-chan struct{}) {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-lost:
+			cancel()
+		case <-lctx.Done():
+		}
+	}()
+	a.setLeading(true)
+	a.Log.Info("became leader")
+	a.executor.Hooks.Fire(lctx, a.Platform(), "leader_elected", reconcile.Action{MachineID: a.Config.MachineID, Reason: "leader elected"})
+	r := &reconcile.Reconciler{
+		Consul: a.consul, Inventory: a.inventory, Executor: a.executor,
+		Platform: a.Platform, Backends: a.backends, Self: a.Config.MachineID,
+		Clock: a.Clock, Log: a.Log.Named("reconcile"), Metrics: a.metrics,
+		Wake: a.wake, Publish: a.publish,
+	}
+	_ = r.Run(lctx)
+	a.setLeading(false)
+	if ctx.Err() == nil {
+		a.Log.Warn("lost leadership")
+	}
+}
+
+func (a *Agent) setLeading(on bool) {
+	a.mu.Lock()
+	a.leading = on
+	a.mu.Unlock()
+	a.metrics.LeaderChanges.Inc()
+	if on {
+		a.metrics.IsLeader.Set(1)
+	} else {
+		a.metrics.IsLeader.Set(0)
+	}
+}
+
+// publish keeps the leader's status for /v1/status and writes it to KV for
+// the other nodes and the CLI.
+func (a *Agent) publish(st reconcile.Status) {
+	a.mu.Lock()
+	a.lastStatus = &st
+	a.mu.Unlock()
+	b, err := json.Marshal(st)
+	if err != nil {
+		return
+	}
+	if _, err := a.consul.KV().Put(&api.KVPair{Key: reconcile.KeyStatus, Value: b}, nil); err != nil {
+		a.Log.Warn("publish status", telemetry.KeyError, err)
+	}
+}

@@ -1,0 +1,171 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/watch"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// KVSourceName is the file name given to descriptions read from KV, so that
+// their problems point at where they live.
+const KVSourceName = "consul:" + reconcile.KeyPlatform
+
+func (a *Agent) loadMirror() (*rules.Platform, error) {
+	src, err := os.ReadFile(filepath.Join(a.mirrorDir(), "platform"))
+	if err != nil {
+		return nil, err
+	}
+	return rules.Parse(filepath.Join(a.mirrorDir(), "platform"), src, a.parseOptions())
+}
+
+func (a *Agent) loadMirroredInventory() map[string]reconcile.Record {
+	var recs map[string]reconcile.Record
+	b, err := os.ReadFile(filepath.Join(a.mirrorDir(), "inventory.json"))
+	if err == nil {
+		_ = json.Unmarshal(b, &recs)
+	}
+	return recs
+}
+
+// mirroredPeers are the addresses of the machines this node last knew of.
+func (a *Agent) mirroredPeers() []string {
+	var out []string
+	for _, r := range a.loadMirroredInventory() {
+		if r.ID != a.Config.MachineID && r.Address != "" {
+			out = append(out, r.Address)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// watchPlatform follows the description in KV with a blocking query. A valid
+// one replaces the current one and is mirrored to disk; an invalid one is
+// reported and ignored, so the node keeps its last good description. When the
+// key is missing (a new or wiped cluster) the node writes its own copy back.
+func (a *Agent) watchPlatform(ctx context.Context) {
+	var last uint64
+	query := func(q *api.QueryOptions) (uint64, bool, error) {
+		pair, meta, err := a.consul.KV().Get(reconcile.KeyPlatform, q)
+		if err != nil {
+			return 0, false, err
+		}
+		if pair == nil {
+			a.reseed(ctx)
+			last = 0
+			return meta.LastIndex, false, nil
+		}
+		changed := pair.ModifyIndex != last
+		last = pair.ModifyIndex
+		if changed {
+			a.applyKV(pair)
+		}
+		return meta.LastIndex, changed, nil
+	}
+	_ = watch.Loop(ctx, 5*time.Minute, query, func() {}, func(err error) {
+		a.Log.Warn("watch platform", telemetry.KeyError, err)
+	})
+}
+
+func (a *Agent) applyKV(pair *api.KVPair) {
+	p, err := rules.Parse(KVSourceName, pair.Value, a.parseOptions())
+	if err != nil {
+		a.mu.Lock()
+		a.platformErr = err.Error()
+		a.mu.Unlock()
+		a.metrics.PlatformValid.Set(0)
+		a.metrics.PlatformRejected.Inc()
+		a.Log.Error("platform description rejected; keeping the last good one", telemetry.KeyIndex, pair.ModifyIndex, telemetry.KeyError, err)
+		a.markReady()
+		return
+	}
+	a.metrics.PlatformValid.Set(1)
+	if cur := a.Platform(); cur != nil && bytes.Equal(cur.Source, p.Source) {
+		a.mu.Lock()
+		a.platformErr = ""
+		a.mu.Unlock()
+		a.markReady()
+		return
+	}
+	a.setPlatform(p)
+	if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "platform"), p.Source, 0o600); err != nil {
+		a.Log.Error("mirror platform description", telemetry.KeyError, err)
+	}
+	a.Log.Info("platform description loaded", telemetry.KeyIndex, pair.ModifyIndex, "cluster", p.Cluster)
+	a.markReady()
+}
+
+// markReady tells systemd the node is ready, once: Consul answers and a
+// description is loaded.
+func (a *Agent) markReady() {
+	a.mu.Lock()
+	first := !a.ready && a.platform != nil
+	if first {
+		a.ready = true
+	}
+	a.mu.Unlock()
+	if first {
+		notify("READY=1")
+		a.Log.Info("ready")
+	}
+}
+
+// reseed writes this node's description, and its mirrored inventory, into an
+// empty KV: the cluster is new, or its state was lost and this node is what
+// remains of it.
+func (a *Agent) reseed(ctx context.Context) {
+	p := a.Platform()
+	if p == nil {
+		return
+	}
+	ok, _, err := a.consul.KV().CAS(&api.KVPair{Key: reconcile.KeyPlatform, Value: p.Source}, (&api.WriteOptions{}).WithContext(ctx))
+	if err != nil || !ok {
+		return
+	}
+	a.Log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename)
+	recs, _, err := a.inventory.List(ctx, nil)
+	if err != nil || len(recs) > 0 {
+		return
+	}
+	for _, r := range a.loadMirroredInventory() {
+		r.Index = 0
+		if _, err := a.inventory.Put(ctx, r); err == nil {
+			a.Log.Info("re-seeded inventory record from the mirror", telemetry.KeyMachineID, r.ID)
+		}
+	}
+}
+
+// watchInventory mirrors the inventory to disk on every change.
+func (a *Agent) watchInventory(ctx context.Context) {
+	var last []byte
+	query := func(q *api.QueryOptions) (uint64, bool, error) {
+		recs, index, err := a.inventory.List(ctx, q)
+		if err != nil {
+			return 0, false, err
+		}
+		b, _ := json.MarshalIndent(recs, "", "  ")
+		if bytes.Equal(b, last) {
+			return index, false, nil
+		}
+		last = b
+		if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "inventory.json"), b, 0o600); err != nil {
+			a.Log.Error("mirror inventory", telemetry.KeyError, err)
+		}
+		return index, true, nil
+	}
+	_ = watch.Loop(ctx, 5*time.Minute, query, func() {}, func(err error) {
+		a.Log.Warn("watch inventory", telemetry.KeyError, err)
+	})
+}

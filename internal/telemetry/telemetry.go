@@ -1,0 +1,112 @@
+// Package telemetry holds the agent's Prometheus metrics and the fixed log
+// keys, in one place so that names never drift between packages.
+package telemetry
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Log keys. Every structured log line uses these and no others.
+const (
+	KeyMachineID   = "machine_id"
+	KeyMachineType = "machine_type"
+	KeyBackend     = "backend"
+	KeyAction      = "action"
+	KeyReason      = "reason"
+	KeyError       = "error"
+	KeyEvent       = "event"
+	KeyIndex       = "index"
+	KeyFile        = "file"
+	KeyDuration    = "duration"
+	KeyLeader      = "leader"
+	KeyPID         = "pid"
+	KeyAddress     = "address"
+	KeyAttempt     = "attempt"
+)
+
+// Metrics are every metric the agent exports, registered on a private
+// registry.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	ReconcileDuration   prometheus.Histogram
+	ReconcileTotal      *prometheus.CounterVec
+	LastSuccess         prometheus.Gauge
+	Halted              prometheus.Gauge
+	Actions             *prometheus.CounterVec
+	MachinesDesired     *prometheus.GaugeVec
+	MachinesMax         *prometheus.GaugeVec
+	MachinesLive        *prometheus.GaugeVec
+	MachinesPending     *prometheus.GaugeVec
+	MachinesFailed      *prometheus.GaugeVec
+	BackendUp           *prometheus.GaugeVec
+	BackendErrors       *prometheus.CounterVec
+	BackendCallDuration *prometheus.HistogramVec
+	HookRuns            *prometheus.CounterVec
+	IsLeader            prometheus.Gauge
+	LeaderChanges       prometheus.Counter
+	PlatformValid       prometheus.Gauge
+	PlatformRejected    prometheus.Counter
+	ConsulRestarts      prometheus.Counter
+}
+
+const ns = "raptiformica"
+
+// New creates the metrics on a new private registry, with the Go and process
+// collectors beside them.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: reg,
+		ReconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "reconcile_duration_seconds",
+			Help: "Time to observe, plan and start the actions of one reconcile pass.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}),
+		ReconcileTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reconcile_total",
+			Help: "Reconcile passes by result (success, error)."}, []string{"result"}),
+		LastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "reconcile_last_success_timestamp_seconds",
+			Help: "Unix time of the last successful reconcile pass on this node."}),
+		Halted: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "reconcile_halted",
+			Help: "1 when replacements are suspended because too many members are failed."}),
+		Actions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "actions_total",
+			Help: "Actions run by the leader, by kind and result."}, []string{"kind", "result"}),
+		MachinesDesired: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "machines_desired",
+			Help: "Machines the description asks for (min), by machine type."}, []string{"machine_type"}),
+		MachinesMax: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "machines_max",
+			Help: "Most machines the description allows, by machine type."}, []string{"machine_type"}),
+		MachinesLive: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "machines_live",
+			Help: "Joined, alive machines, by machine type."}, []string{"machine_type"}),
+		MachinesPending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "machines_in_flight",
+			Help: "Machines being spawned or joining, by machine type."}, []string{"machine_type"}),
+		MachinesFailed: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "machines_failed",
+			Help: "Failed machines not yet reaped, by machine type."}, []string{"machine_type"}),
+		BackendUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "backend_up",
+			Help: "1 when the backend answered its last availability check and listing."}, []string{"backend"}),
+		BackendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "backend_errors_total",
+			Help: "Failed backend calls, by backend."}, []string{"backend"}),
+		BackendCallDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "backend_call_duration_seconds",
+			Help: "Duration of backend calls, by backend and operation.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}, []string{"backend", "op"}),
+		HookRuns: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "hook_runs_total",
+			Help: "Hook commands run, by event and result."}, []string{"event", "result"}),
+		IsLeader: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "is_leader",
+			Help: "1 while this node holds the leader lock."}),
+		LeaderChanges: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "leader_changes_total",
+			Help: "Times this node gained or lost the leader lock."}),
+		PlatformValid: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "platform_valid",
+			Help: "1 when the description in KV is valid; 0 when it was rejected and the last good one is in use."}),
+		PlatformRejected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "platform_rejected_total",
+			Help: "Descriptions read from KV and rejected as invalid."}),
+		ConsulRestarts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consul_restarts_total",
+			Help: "Times the supervised Consul agent exited and was restarted."}),
+	}
+	reg.MustRegister(
+		m.ReconcileDuration, m.ReconcileTotal, m.LastSuccess, m.Halted, m.Actions,
+		m.MachinesDesired, m.MachinesMax, m.MachinesLive, m.MachinesPending, m.MachinesFailed,
+		m.BackendUp, m.BackendErrors, m.BackendCallDuration, m.HookRuns,
+		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	for _, r := range []string{"success", "error"} {
+		m.ReconcileTotal.WithLabelValues(r)
+	}
+	return m
+}

@@ -1,0 +1,71 @@
+// Package watch runs Consul blocking queries the way they are meant to be run:
+// with the last index, resetting when the index goes backwards, reporting only
+// real changes, and rate-limited so that a flapping key cannot cause a storm.
+package watch
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Query runs one blocking query with q and returns the result's index and
+// whether the payload differs from the last one the caller saw.
+type Query func(q *api.QueryOptions) (index uint64, changed bool, err error)
+
+// Loop runs query until ctx ends, calling onChange after every change (and
+// once at the start). Errors are passed to onError and retried after a pause.
+// It blocks until ctx is done and returns ctx's error.
+func Loop(ctx context.Context, wait time.Duration, query Query, onChange func(), onError func(error)) error {
+	var index uint64
+	const minGap = 100 * time.Millisecond
+	errPause := time.Second
+	for {
+		start := time.Now()
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+		next, changed, err := query(q)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			if onError != nil {
+				onError(err)
+			}
+			index = 0
+			if !sleep(ctx, errPause) {
+				return ctx.Err()
+			}
+			errPause = min(errPause*2, 30*time.Second)
+			continue
+		}
+		errPause = time.Second
+		switch {
+		case next < index:
+			// The index went backwards (a snapshot restore, a new
+			// cluster): start over from a fresh read.
+			index = 0
+		default:
+			index = next
+		}
+		if changed {
+			onChange()
+		}
+		if gap := time.Since(start); gap < minGap {
+			if !sleep(ctx, minGap-gap) {
+				return ctx.Err()
+			}
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

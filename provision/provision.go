@@ -1,0 +1,140 @@
+// Package provision turns a reachable machine into a raptiformica node. A node
+// is the raptiformica agent (which runs its own Consul) started with a
+// NodeConfig; provisioning is putting the binaries and that config in place
+// and starting the agent. Backends that start processes themselves, such as
+// the local backend, only need WriteConfig.
+package provision
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/raptiformica/raptiformica/internal/fsutil"
+)
+
+// Default ports on a node's own address.
+const (
+	ConsulHTTPPort = 8500
+	ConsulSerfPort = 8301
+	AgentHTTPPort  = 9550
+)
+
+// NodeConfig is everything a machine's agent needs to become a member. It is
+// written once by whoever creates the machine (the spawning leader, or `up`
+// for the seed) and read by the agent at start.
+type NodeConfig struct {
+	// MachineID is the node's identity: its Consul node name and the key of
+	// its inventory record.
+	MachineID   string `json:"machine_id"`
+	MachineType string `json:"machine_type"`
+	Cluster     string `json:"cluster"`
+	// Backend is the name of the backend the machine was spawned on.
+	Backend string `json:"backend"`
+	// ClusterDir is the folder the local backend keeps its machines in.
+	ClusterDir string `json:"cluster_dir,omitempty"`
+	// DataDir holds the node's Consul data and its mirror of the platform.
+	DataDir string `json:"data_dir"`
+	// BindAddr is the node's own address; Consul and the agent listen on it.
+	BindAddr     string `json:"bind_addr"`
+	ConsulBinary string `json:"consul_binary"`
+	ConsulServer bool   `json:"consul_server"`
+	// Bootstrap makes this node a single-server cluster that the others join.
+	// Only the first node of a new cluster (the seed) has it; a replacement
+	// never does, or it would found a second cluster beside the first.
+	Bootstrap bool     `json:"bootstrap,omitempty"`
+	RetryJoin []string `json:"retry_join,omitempty"`
+	// Encrypt is the gossip encryption key, also kept in KV.
+	Encrypt string `json:"encrypt,omitempty"`
+	// FastGossip tunes failure detection for a loopback or LAN network.
+	FastGossip bool `json:"fast_gossip,omitempty"`
+	// PlatformFile seeds an empty KV with a description on first start.
+	PlatformFile string `json:"platform_file,omitempty"`
+	// HTTPPort is the agent's own port for /metrics, /v1/status, /healthz.
+	HTTPPort int `json:"http_port,omitempty"`
+	// ConsulHTTPPort is the port of the node's Consul HTTP API.
+	ConsulHTTPPort int `json:"consul_http_port,omitempty"`
+}
+
+// WithDefaults fills the ports left at zero.
+func (c NodeConfig) WithDefaults() NodeConfig {
+	if c.HTTPPort == 0 {
+		c.HTTPPort = AgentHTTPPort
+	}
+	if c.ConsulHTTPPort == 0 {
+		c.ConsulHTTPPort = ConsulHTTPPort
+	}
+	return c
+}
+
+// Validate reports the first missing field of a config read from disk.
+func (c NodeConfig) Validate() error {
+	for _, f := range []struct{ name, v string }{
+		{"machine_id", c.MachineID}, {"machine_type", c.MachineType}, {"data_dir", c.DataDir},
+		{"bind_addr", c.BindAddr}, {"consul_binary", c.ConsulBinary},
+	} {
+		if f.v == "" {
+			return fmt.Errorf("field %s is required", f.name)
+		}
+	}
+	return nil
+}
+
+// WriteConfig writes c to name atomically.
+func WriteConfig(name string, c NodeConfig) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(name, append(b, '\n'), 0o600)
+}
+
+// ReadConfig reads and validates a NodeConfig, naming the file in errors.
+func ReadConfig(name string) (NodeConfig, error) {
+	var c NodeConfig
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return c, fmt.Errorf("read node config: %w", err)
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("node config %s: %w", name, err)
+	}
+	if err := c.Validate(); err != nil {
+		return c, fmt.Errorf("node config %s: %w", name, err)
+	}
+	return c.WithDefaults(), nil
+}
+
+// ConsulVersion is the Consul release the project pins and builds when no
+// Consul is installed.
+const ConsulVersion = "1.22.0"
+
+// FindConsul returns the Consul binary to use: $RAPTIFORMICA_CONSUL, else the
+// pinned build in the cache (made by scripts/consul.sh), else `consul` on PATH.
+func FindConsul() (string, error) {
+	if p := os.Getenv("RAPTIFORMICA_CONSUL"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("RAPTIFORMICA_CONSUL: %w", err)
+		}
+		return p, nil
+	}
+	cache := os.Getenv("RAPTIFORMICA_CACHE")
+	if cache == "" {
+		if base, err := os.UserCacheDir(); err == nil {
+			cache = filepath.Join(base, "raptiformica")
+		}
+	}
+	if cache != "" {
+		p := filepath.Join(cache, "consul-v"+ConsulVersion, "consul")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("consul"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("no consul binary: run `make consul` (builds the pinned Consul into the cache) or set RAPTIFORMICA_CONSUL")
+}

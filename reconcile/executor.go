@@ -1,0 +1,344 @@
+package reconcile
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// NodeConfigFunc builds the config a new machine's agent starts with: which
+// servers to join, the gossip key, whether it is a Consul server.
+type NodeConfigFunc func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (provision.NodeConfig, error)
+
+// Executor carries out the planner's actions. Quick state changes (marking a
+// machine joined or failed, writing a spawn's intent) happen within Execute;
+// the slow parts (backend calls, leaving Consul) run in goroutines tracked as
+// in flight, so that one slow machine never stalls the loop. Every goroutine
+// stops when the ctx given to Execute ends, which is when leadership is lost.
+type Executor struct {
+	Inventory  *Inventory
+	Consul     *api.Client
+	Clock      Clock
+	Log        hclog.Logger
+	Metrics    *telemetry.Metrics
+	NodeConfig NodeConfigFunc
+	Hooks      *HookRunner
+
+	mu        sync.Mutex
+	inFlight  map[string]Action    // machine ID -> running action; guarded by mu
+	failures  map[string]int       // backend -> consecutive failures; guarded by mu
+	backoff   map[string]time.Time // backend -> not before; guarded by mu
+	lastSpawn map[string]time.Time // machine type -> last spawn; guarded by mu
+	wg        sync.WaitGroup
+}
+
+func (e *Executor) init() {
+	if e.inFlight == nil {
+		e.inFlight = map[string]Action{}
+		e.failures = map[string]int{}
+		e.backoff = map[string]time.Time{}
+		e.lastSpawn = map[string]time.Time{}
+	}
+}
+
+// Snapshot copies the executor's own state into obs: what is in flight, which
+// backends are backing off, when each type was last spawned.
+func (e *Executor) Snapshot(obs *Observed) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.init()
+	obs.InFlight = map[string]bool{}
+	for id := range e.inFlight {
+		obs.InFlight[id] = true
+	}
+	obs.BackoffUntil = map[string]time.Time{}
+	for b, t := range e.backoff {
+		obs.BackoffUntil[b] = t
+	}
+	obs.LastSpawn = map[string]time.Time{}
+	for t, at := range e.lastSpawn {
+		obs.LastSpawn[t] = at
+	}
+}
+
+// InFlight lists the running actions, for status.
+func (e *Executor) InFlight() []Action {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Action, 0, len(e.inFlight))
+	for _, a := range e.inFlight {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].MachineID < out[j].MachineID })
+	return out
+}
+
+// Wait blocks until every action started by Execute has returned.
+func (e *Executor) Wait() { e.wg.Wait() }
+
+// Execute runs one pass's actions. It returns the first error of the
+// synchronous part; the asynchronous parts report through logs, metrics and
+// the inventory.
+func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, actions []Action) error {
+	e.mu.Lock()
+	e.init()
+	e.mu.Unlock()
+	var errs []error
+	for _, a := range actions {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log := e.Log.With(telemetry.KeyAction, string(a.Kind), telemetry.KeyMachineID, a.MachineID, telemetry.KeyMachineType, a.Type)
+		var err error
+		switch a.Kind {
+		case KindMarkJoined:
+			err = e.mark(ctx, obs.Records[a.MachineID], StateJoined, a.Reason)
+			if err == nil {
+				log.Info("machine joined", telemetry.KeyReason, a.Reason)
+				e.Hooks.Fire(ctx, p, "after_join", a)
+			}
+		case KindMarkFailed:
+			err = e.mark(ctx, obs.Records[a.MachineID], StateFailed, a.Reason)
+			if err == nil {
+				log.Warn("machine failed", telemetry.KeyReason, a.Reason)
+			}
+		case KindSpawn:
+			err = e.spawn(ctx, p, bes, a, log)
+		case KindReap, KindScaleDown, KindDestroyOrphan:
+			err = e.remove(ctx, p, bes, obs, a, log)
+		default:
+			err = fmt.Errorf("unknown action kind %q", a.Kind)
+		}
+		if err != nil {
+			e.count(a.Kind, "error")
+			log.Error("action failed", telemetry.KeyError, err)
+			errs = append(errs, fmt.Errorf("%s %s: %w", a.Kind, a.MachineID, err))
+		} else if a.Kind == KindMarkJoined || a.Kind == KindMarkFailed {
+			e.count(a.Kind, "success")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Executor) count(k Kind, result string) {
+	if e.Metrics != nil {
+		e.Metrics.Actions.WithLabelValues(string(k), result).Inc()
+	}
+}
+
+func (e *Executor) mark(ctx context.Context, r Record, s State, reason string) error {
+	now := e.Clock.Now()
+	r.State, r.Updated = s, now
+	switch s {
+	case StateFailed:
+		r.FailedSince, r.Reason = now, reason
+	case StateJoined:
+		r.FailedSince, r.Reason = time.Time{}, ""
+	}
+	_, err := e.Inventory.Put(ctx, r)
+	return err
+}
+
+// start marks id in flight and runs f in a goroutine; false if it already is.
+func (e *Executor) start(id string, a Action, f func()) bool {
+	e.mu.Lock()
+	if _, busy := e.inFlight[id]; busy {
+		e.mu.Unlock()
+		return false
+	}
+	e.inFlight[id] = a
+	e.mu.Unlock()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer func() {
+			e.mu.Lock()
+			delete(e.inFlight, id)
+			e.mu.Unlock()
+		}()
+		f()
+	}()
+	return true
+}
+
+// NewMachineID returns a fresh machine ID for a machine type: the type name
+// and 8 random hex digits, short enough for a hostname and a Consul node name.
+func NewMachineID(machineType string) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return machineType + "-" + hex.EncodeToString(b[:])
+}
+
+func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, a Action, log hclog.Logger) error {
+	be, ok := bes[a.Backend]
+	if !ok {
+		return fmt.Errorf("backend %q is not configured", a.Backend)
+	}
+	mt := p.Machines[a.Type]
+	id := NewMachineID(a.Type)
+	now := e.Clock.Now()
+	// The intent goes to KV before anything is created: a leader that dies
+	// right after this line leaves a record the next leader will see, wait
+	// for, and clean up if it never joins.
+	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.lastSpawn[a.Type] = now
+	e.mu.Unlock()
+	a.MachineID = id
+	log = log.With(telemetry.KeyMachineID, id, telemetry.KeyBackend, a.Backend)
+	e.start(id, a, func() {
+		node, err := e.NodeConfig(ctx, p, id, mt, a.Backend)
+		var inst backends.Instance
+		if err == nil {
+			begin := time.Now()
+			inst, err = be.Spawn(ctx, backends.Spec{Node: node})
+			e.observeCall(a.Backend, "spawn", begin)
+		}
+		if ctx.Err() != nil {
+			// Leadership is gone; the next leader judges this record.
+			return
+		}
+		if err != nil {
+			e.backendFailed(a.Backend, p)
+			e.count(KindSpawn, "error")
+			log.Error("spawn failed", telemetry.KeyError, err)
+			rec.State, rec.Updated, rec.Reason = StateDestroying, e.Clock.Now(), "spawn failed: "+err.Error()
+			if _, perr := e.Inventory.Put(ctx, rec); perr != nil {
+				log.Error("record spawn failure", telemetry.KeyError, perr)
+			}
+			return
+		}
+		e.backendOK(a.Backend)
+		rec.State, rec.Updated, rec.Address = StateJoining, e.Clock.Now(), inst.Address
+		if _, err := e.Inventory.Put(ctx, rec); err != nil {
+			log.Error("record spawned machine", telemetry.KeyError, err)
+			return
+		}
+		e.count(KindSpawn, "success")
+		log.Info("machine spawned", telemetry.KeyAddress, inst.Address)
+		e.Hooks.Fire(ctx, p, "after_spawn", a)
+	})
+	return nil
+}
+
+func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a Action, log hclog.Logger) error {
+	rec, hasRecord := obs.Records[a.MachineID]
+	be := bes[a.Backend]
+	log = log.With(telemetry.KeyBackend, a.Backend)
+	if hasRecord && rec.State != StateDestroying {
+		// Announce the removal before doing it, so that an interrupted
+		// removal is finished by whoever leads next.
+		rec.State, rec.Updated, rec.Reason = StateDestroying, e.Clock.Now(), a.Reason
+		var err error
+		if rec, err = e.Inventory.Put(ctx, rec); err != nil {
+			return err
+		}
+	}
+	member, isMember := obs.Members[a.MachineID]
+	e.start(a.MachineID, a, func() {
+		if a.Kind == KindScaleDown && isMember && member.Status == MemberAlive {
+			// A healthy machine leaves gracefully, so that a server is
+			// taken out of the Raft configuration before it stops.
+			if err := e.leave(ctx, member); err != nil {
+				log.Warn("graceful leave failed; forcing", telemetry.KeyError, err)
+			}
+		}
+		// Consul sessions favour liveness: look again right before the
+		// destructive step, and stop if leadership is gone.
+		if ctx.Err() != nil {
+			return
+		}
+		if be != nil {
+			begin := time.Now()
+			err := be.Destroy(ctx, a.MachineID)
+			e.observeCall(a.Backend, "destroy", begin)
+			if err != nil {
+				e.backendFailed(a.Backend, p)
+				e.count(a.Kind, "error")
+				log.Error("destroy failed", telemetry.KeyError, err)
+				return
+			}
+		} else if a.Backend != "" {
+			log.Warn("backend not configured; removing the record only")
+		}
+		if isMember {
+			if err := e.Consul.Agent().ForceLeavePrune(a.MachineID); err != nil {
+				log.Warn("force-leave failed", telemetry.KeyError, err)
+			}
+		}
+		if hasRecord {
+			if err := e.Inventory.Delete(ctx, rec); err != nil {
+				e.count(a.Kind, "error")
+				log.Error("delete record", telemetry.KeyError, err)
+				return
+			}
+		}
+		e.count(a.Kind, "success")
+		log.Info("machine removed", telemetry.KeyReason, a.Reason)
+		event := "after_destroy"
+		if a.Kind == KindReap {
+			event = "after_reap"
+		}
+		e.Hooks.Fire(ctx, p, event, a)
+	})
+	return nil
+}
+
+// leave asks the member's own Consul agent to leave the cluster.
+func (e *Executor) leave(ctx context.Context, m Member) error {
+	cfg := api.DefaultConfig()
+	cfg.Address = fmt.Sprintf("%s:%d", m.Address, provision.ConsulHTTPPort)
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Agent().Leave() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-e.Clock.After(15 * time.Second):
+		return errors.New("leave timed out")
+	}
+}
+
+func (e *Executor) observeCall(backend, op string, begin time.Time) {
+	if e.Metrics != nil {
+		e.Metrics.BackendCallDuration.WithLabelValues(backend, op).Observe(time.Since(begin).Seconds())
+	}
+}
+
+func (e *Executor) backendFailed(name string, p *rules.Platform) {
+	if e.Metrics != nil {
+		e.Metrics.BackendErrors.WithLabelValues(name).Inc()
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.failures[name]++
+	e.backoff[name] = e.Clock.Now().Add(Backoff(p.Policy.BackoffInitial, p.Policy.BackoffMax, e.failures[name], nil))
+}
+
+func (e *Executor) backendOK(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.failures, name)
+	delete(e.backoff, name)
+}

@@ -1,0 +1,66 @@
+package reconcile
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os/exec"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// HookEvent is what a hook command reads as JSON on its standard input.
+type HookEvent struct {
+	Event   string    `json:"event"`
+	Cluster string    `json:"cluster"`
+	Time    time.Time `json:"time"`
+	Action  Action    `json:"action"`
+}
+
+// HookRunner runs the description's hook commands. A nil *HookRunner runs
+// nothing.
+type HookRunner struct {
+	Log     hclog.Logger
+	Metrics *telemetry.Metrics
+	Clock   Clock
+}
+
+// Fire starts every hook of event in the background and returns at once. A
+// hook runs as an argv list, never through a shell, with the event as JSON on
+// its standard input; it is killed when its timeout passes.
+func (h *HookRunner) Fire(ctx context.Context, p *rules.Platform, event string, a Action) {
+	if h == nil {
+		return
+	}
+	hooks := p.HooksFor(event)
+	if len(hooks) == 0 {
+		return
+	}
+	payload, _ := json.Marshal(HookEvent{Event: event, Cluster: p.Cluster, Time: h.Clock.Now(), Action: a})
+	for _, hk := range hooks {
+		go h.run(context.WithoutCancel(ctx), hk, payload)
+	}
+}
+
+// Run runs one hook and waits for it. Its combined output is logged.
+func (h *HookRunner) run(ctx context.Context, hk rules.Hook, payload []byte) {
+	ctx, cancel := context.WithTimeout(ctx, hk.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, hk.Command[0], hk.Command[1:]...)
+	cmd.Stdin = bytes.NewReader(payload)
+	out, err := cmd.CombinedOutput()
+	result := "success"
+	if err != nil {
+		result = "error"
+		h.Log.Error("hook failed", telemetry.KeyEvent, hk.Event, "command", hk.Command, telemetry.KeyError, err, "output", string(out))
+	} else {
+		h.Log.Debug("hook ran", telemetry.KeyEvent, hk.Event, "command", hk.Command, "output", string(out))
+	}
+	if h.Metrics != nil {
+		h.Metrics.HookRuns.WithLabelValues(hk.Event, result).Inc()
+	}
+}

@@ -1,0 +1,271 @@
+package reconcile
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/watch"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// Status is what the leader reports after each pass. It is published to KV
+// (KeyStatus) so that every agent and the CLI can show it.
+type Status struct {
+	Leader        string                `json:"leader"`
+	Cluster       string                `json:"cluster"`
+	LastReconcile time.Time             `json:"last_reconcile"`
+	LastSuccess   time.Time             `json:"last_success,omitzero"`
+	LastResult    string                `json:"last_result"`
+	LastError     string                `json:"last_error,omitempty"`
+	Duration      string                `json:"duration"`
+	Types         map[string]TypeStatus `json:"types"`
+	Planned       []Action              `json:"planned"`
+	InFlight      []Action              `json:"in_flight"`
+	Halted        string                `json:"halted,omitempty"`
+	Waiting       []string              `json:"waiting,omitempty"`
+	BackendErrors map[string]string     `json:"backend_errors,omitempty"`
+}
+
+// Observe reads what the planner needs: the inventory, Consul's LAN members
+// and every backend's machines. A backend that cannot be listed is left out
+// of Instances and named in BackendErrors. Only a failure to read Consul is
+// an error.
+func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[string]backends.Backend, m *telemetry.Metrics) (Observed, error) {
+	obs := Observed{Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{}, BackendErrors: map[string]string{}}
+	recs, _, err := inv.List(ctx, nil)
+	if err != nil {
+		return obs, err
+	}
+	obs.Records = recs
+	members, err := consul.Agent().Members(false)
+	if err != nil {
+		return obs, fmt.Errorf("list consul members: %w", err)
+	}
+	for _, mb := range members {
+		obs.Members[mb.Name] = Member{
+			Name: mb.Name, Address: mb.Addr, Status: serfStatus(mb.Status),
+			Server: mb.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer,
+			Type:   recs[mb.Name].Type,
+		}
+	}
+	for _, name := range sortedKeys(bes) {
+		be := bes[name]
+		up := 1.0
+		if err := be.Available(ctx); err != nil {
+			obs.BackendErrors[name] = "unavailable: " + err.Error()
+			up = 0
+		}
+		insts, err := be.List(ctx)
+		if err != nil {
+			obs.BackendErrors[name] = "list failed: " + err.Error()
+			up = 0
+			if m != nil {
+				m.BackendErrors.WithLabelValues(name).Inc()
+			}
+		} else {
+			byID := make(map[string]backends.Instance, len(insts))
+			for _, in := range insts {
+				byID[in.MachineID] = in
+			}
+			obs.Instances[name] = byID
+		}
+		if m != nil {
+			m.BackendUp.WithLabelValues(name).Set(up)
+		}
+	}
+	return obs, nil
+}
+
+func serfStatus(s int) MemberStatus {
+	switch s {
+	case 1:
+		return MemberAlive
+	case 2:
+		return MemberLeaving
+	case 3:
+		return MemberLeft
+	default:
+		return MemberFailed
+	}
+}
+
+// Reconciler is the leader's control loop.
+type Reconciler struct {
+	Consul    *api.Client
+	Inventory *Inventory
+	Executor  *Executor
+	// Platform returns the last valid description.
+	Platform func() *rules.Platform
+	// Backends returns the backends of the current description.
+	Backends func() map[string]backends.Backend
+	// Self is this node's machine ID.
+	Self    string
+	Clock   Clock
+	Log     hclog.Logger
+	Metrics *telemetry.Metrics
+	// Wake is signalled when the description changes.
+	Wake <-chan struct{}
+	// Publish receives the status after every pass.
+	Publish func(Status)
+}
+
+// Run re-plans whenever the description, the membership or the inventory
+// changes, and every resync interval; it blocks until ctx ends (leadership is
+// lost or the agent stops), waits for the actions it started, and returns nil.
+// A failed pass is retried with backoff; a successful one resets it.
+func (r *Reconciler) Run(ctx context.Context) error {
+	poke := make(chan struct{}, 1)
+	wake := func() {
+		select {
+		case poke <- struct{}{}:
+		default:
+		}
+	}
+	logErr := func(what string) func(error) {
+		return func(err error) { r.Log.Warn("watch failed", "watch", what, telemetry.KeyError, err) }
+	}
+	go watch.Loop(ctx, 5*time.Minute, r.healthQuery(), wake, logErr("health"))
+	go watch.Loop(ctx, 5*time.Minute, r.inventoryQuery(ctx), wake, logErr("inventory"))
+	defer r.Executor.Wait()
+
+	failures := 0
+	next := time.Duration(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-poke:
+		case <-r.Wake:
+		case <-r.Clock.After(next):
+		}
+		// Coalesce a burst of events into one pass.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.Clock.After(100 * time.Millisecond):
+		}
+		p := r.Platform()
+		err := r.Pass(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			failures++
+			next = Backoff(time.Second, 30*time.Second, failures, nil)
+			r.Log.Error("reconcile failed", telemetry.KeyError, err, telemetry.KeyAttempt, failures)
+			continue
+		}
+		failures = 0
+		next = p.Policy.ResyncInterval
+	}
+}
+
+// Pass observes, plans and starts the actions once.
+func (r *Reconciler) Pass(ctx context.Context) error {
+	begin := time.Now()
+	now := r.Clock.Now()
+	p := r.Platform()
+	bes := r.Backends()
+	st := Status{Leader: r.Self, Cluster: p.Cluster, LastReconcile: now}
+	obs, err := Observe(ctx, r.Consul, r.Inventory, bes, r.Metrics)
+	var d Decision
+	if err == nil {
+		r.Executor.Snapshot(&obs)
+		obs.Self = r.Self
+		d = Plan(p, obs, now)
+		r.record(p, d)
+		err = r.Executor.Execute(ctx, p, bes, obs, d.Actions)
+	}
+	st.Types, st.Planned, st.Halted, st.Waiting, st.BackendErrors = d.Types, d.Actions, d.Halted, d.Waiting, obs.BackendErrors
+	st.InFlight = r.Executor.InFlight()
+	st.Duration = time.Since(begin).Round(time.Microsecond).String()
+	result := "success"
+	if err != nil {
+		result, st.LastError = "error", err.Error()
+	} else {
+		st.LastSuccess = now
+	}
+	st.LastResult = result
+	if r.Metrics != nil {
+		r.Metrics.ReconcileDuration.Observe(time.Since(begin).Seconds())
+		r.Metrics.ReconcileTotal.WithLabelValues(result).Inc()
+		if err == nil {
+			r.Metrics.LastSuccess.Set(float64(now.UnixNano()) / 1e9)
+		}
+	}
+	if len(d.Actions) > 0 {
+		r.Log.Info("reconcile pass", "actions", len(d.Actions), telemetry.KeyDuration, st.Duration)
+	}
+	if r.Publish != nil {
+		r.Publish(st)
+	}
+	return err
+}
+
+func (r *Reconciler) record(p *rules.Platform, d Decision) {
+	if r.Metrics == nil {
+		return
+	}
+	halted := 0.0
+	if d.Halted != "" {
+		halted = 1
+		r.Log.Warn("replacement halted", telemetry.KeyReason, d.Halted)
+	}
+	r.Metrics.Halted.Set(halted)
+	r.Metrics.MachinesDesired.Reset()
+	r.Metrics.MachinesMax.Reset()
+	r.Metrics.MachinesLive.Reset()
+	r.Metrics.MachinesPending.Reset()
+	r.Metrics.MachinesFailed.Reset()
+	for name, t := range d.Types {
+		r.Metrics.MachinesDesired.WithLabelValues(name).Set(float64(t.Min))
+		r.Metrics.MachinesMax.WithLabelValues(name).Set(float64(t.Max))
+		r.Metrics.MachinesLive.WithLabelValues(name).Set(float64(t.Live))
+		r.Metrics.MachinesPending.WithLabelValues(name).Set(float64(t.Pending))
+		r.Metrics.MachinesFailed.WithLabelValues(name).Set(float64(t.Failed))
+	}
+}
+
+// healthQuery watches every health check: a member failing or recovering
+// changes its serfHealth check.
+func (r *Reconciler) healthQuery() watch.Query {
+	var last uint64
+	return func(q *api.QueryOptions) (uint64, bool, error) {
+		checks, meta, err := r.Consul.Health().State(api.HealthAny, q)
+		if err != nil {
+			return 0, false, err
+		}
+		h := fnv.New64a()
+		sort.Slice(checks, func(i, j int) bool { return checks[i].Node+checks[i].CheckID < checks[j].Node+checks[j].CheckID })
+		for _, c := range checks {
+			fmt.Fprintf(h, "%s/%s/%s;", c.Node, c.CheckID, c.Status)
+		}
+		sum := h.Sum64()
+		changed := sum != last
+		last = sum
+		return meta.LastIndex, changed, nil
+	}
+}
+
+func (r *Reconciler) inventoryQuery(ctx context.Context) watch.Query {
+	var last string
+	return func(q *api.QueryOptions) (uint64, bool, error) {
+		recs, index, err := r.Inventory.List(ctx, q)
+		if err != nil {
+			return 0, false, err
+		}
+		b, _ := json.Marshal(recs) // map keys marshal sorted: a stable fingerprint
+		changed := string(b) != last
+		last = string(b)
+		return index, changed, nil
+	}
+}

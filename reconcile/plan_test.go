@@ -1,0 +1,351 @@
+package reconcile
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func platform(t *testing.T, src string) *rules.Platform {
+	t.Helper()
+	p, err := rules.Parse("test.hcl", []byte(src), rules.Options{BackendTypes: []string{"local", "docker"}})
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	return p
+}
+
+const threeServers = `
+policy {
+  grace_period = "30s"
+  provision_timeout = "1m"
+  cooldown = "5s"
+  max_concurrent_spawns = 2
+}
+machine "server" {
+  min = 3
+  consul_server = true
+}
+`
+
+// joined returns records and members for n alive machines of a type.
+func cluster(typ string, ids ...string) Observed {
+	o := Observed{Records: map[string]Record{}, Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{"local": {}}}
+	for i, id := range ids {
+		o.Records[id] = Record{ID: id, Type: typ, Backend: "local", State: StateJoined, Created: t0.Add(time.Duration(i) * time.Minute), Updated: t0}
+		o.Members[id] = Member{Name: id, Status: MemberAlive, Type: typ, Server: true}
+		o.Instances["local"][id] = backends.Instance{MachineID: id, MachineType: typ, Running: true, Created: t0}
+	}
+	return o
+}
+
+func with(o Observed, f func(o *Observed)) Observed { f(&o); return o }
+
+func TestPlan(t *testing.T) {
+	now := t0.Add(time.Hour)
+	cases := []struct {
+		name   string
+		src    string
+		obs    Observed
+		want   []Action
+		halted bool
+		types  map[string]TypeStatus
+	}{
+		{
+			name: "seed alone grows to three, two at a time",
+			src:  threeServers,
+			obs:  cluster("server", "a"),
+			want: []Action{
+				{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "1 of min 3"},
+				{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+			},
+			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 1}},
+		},
+		{
+			name: "at strength does nothing",
+			src:  threeServers,
+			obs:  cluster("server", "a", "b", "c"),
+		},
+		{
+			name: "pending spawns count, so nothing is spawned twice",
+			src:  threeServers,
+			obs: with(cluster("server", "a"), func(o *Observed) {
+				o.Records["b"] = Record{ID: "b", Type: "server", Backend: "local", State: StateSpawning, Updated: now.Add(-10 * time.Second)}
+				o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", State: StateJoining, Updated: now.Add(-10 * time.Second)}
+				o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: true}
+			}),
+			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 1, Pending: 2}},
+		},
+		{
+			name: "a spawned machine whose member is alive is marked joined",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				r := o.Records["c"]
+				r.State = StateJoining
+				o.Records["c"] = r
+			}),
+			want: []Action{{Kind: KindMarkJoined, MachineID: "c", Type: "server", Backend: "local", Reason: "member is alive"}},
+		},
+		{
+			name: "a spawn that never joined is reaped after the provision timeout",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b"), func(o *Observed) {
+				o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", State: StateJoining, Updated: now.Add(-time.Minute)}
+				o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: true}
+			}),
+			want: []Action{
+				{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+				{Kind: KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "did not join within the provision timeout (1m0s)"},
+			},
+		},
+		{
+			name: "a newly failed member is marked, not yet replaced",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				o.Members["c"] = Member{Name: "c", Status: MemberFailed}
+			}),
+			want:  []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "member is failed"}},
+			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Failed: 1}},
+		},
+		{
+			name: "a dead instance counts as failed before Consul notices",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: false}
+			}),
+			want: []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
+		},
+		{
+			name: "a failed member within the grace period is left alone",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				o.Members["c"] = Member{Name: "c", Status: MemberFailed}
+				r := o.Records["c"]
+				r.State, r.FailedSince = StateFailed, now.Add(-29*time.Second)
+				o.Records["c"] = r
+			}),
+		},
+		{
+			name: "past the grace period the replacement is spawned first, then the failed one reaped",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				o.Members["c"] = Member{Name: "c", Status: MemberFailed}
+				r := o.Records["c"]
+				r.State, r.FailedSince = StateFailed, now.Add(-31*time.Second)
+				o.Records["c"] = r
+			}),
+			want: []Action{
+				{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+				{Kind: KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "failed for 31s, longer than the grace period (30s)"},
+			},
+		},
+		{
+			name: "a failed member that comes back is marked joined",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				r := o.Records["c"]
+				r.State, r.FailedSince = StateFailed, now.Add(-5*time.Second)
+				o.Records["c"] = r
+			}),
+			want: []Action{{Kind: KindMarkJoined, MachineID: "c", Type: "server", Backend: "local", Reason: "member is alive again"}},
+		},
+		{
+			name: "too many failed at once halts replacement",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				for _, id := range []string{"b", "c"} {
+					o.Members[id] = Member{Name: id, Status: MemberFailed}
+					r := o.Records[id]
+					r.State, r.FailedSince = StateFailed, now.Add(-time.Hour)
+					o.Records[id] = r
+				}
+			}),
+			halted: true,
+		},
+		{
+			name: "cooldown delays the next spawn",
+			src:  threeServers,
+			obs: with(cluster("server", "a"), func(o *Observed) {
+				o.LastSpawn = map[string]time.Time{"server": now.Add(-4 * time.Second)}
+			}),
+		},
+		{
+			name: "the concurrency limit counts spawns of every type",
+			src:  threeServers + `machine "worker" { min = 2 }`,
+			obs: with(cluster("server", "a", "b"), func(o *Observed) {
+				o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", State: StateSpawning, Updated: now}
+			}),
+			want: []Action{{Kind: KindSpawn, Type: "worker", Backend: "local", Reason: "0 of min 2"}},
+		},
+		{
+			name: "a backend backing off is skipped for the next one",
+			src:  `backend "local" {}` + "\n" + `backend "docker" {}` + "\n" + `machine "server" {` + "\n min = 1\n consul_server = true\n backends = [\"docker\", \"local\"]\n}",
+			obs: with(cluster("server"), func(o *Observed) {
+				o.BackoffUntil = map[string]time.Time{"docker": now.Add(time.Minute)}
+			}),
+			want: []Action{{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "0 of min 1"}},
+		},
+		{
+			name: "no usable backend spawns nothing",
+			src:  threeServers,
+			obs: with(cluster("server", "a"), func(o *Observed) {
+				o.BackendErrors = map[string]string{"local": "binary missing"}
+			}),
+		},
+		{
+			name: "scale-down of servers goes one at a time, newest first, never the leader",
+			src:  `machine "server" {` + "\n min = 3\n consul_server = true\n}",
+			obs: with(cluster("server", "a", "b", "c", "d", "e"), func(o *Observed) {
+				o.Self = "e"
+			}),
+			want: []Action{{Kind: KindScaleDown, MachineID: "d", Type: "server", Backend: "local", Reason: "more than max 3"}},
+		},
+		{
+			name: "scale-down waits while a member is failed",
+			src:  `machine "server" {` + "\n min = 3\n consul_server = true\n}",
+			obs: with(cluster("server", "a", "b", "c", "d", "e"), func(o *Observed) {
+				o.Members["a"] = Member{Name: "a", Status: MemberFailed}
+				r := o.Records["a"]
+				r.State, r.FailedSince = StateFailed, now
+				o.Records["a"] = r
+			}),
+		},
+		{
+			name: "workers scale down together and hand-spawned machines stay",
+			src:  `machine "server" {` + "\n min = 1\n consul_server = true\n}\n" + `machine "worker" {` + "\n min = 1\n max = 2\n}",
+			obs: with(cluster("worker", "w1", "w2", "w3", "w4", "w5"), func(o *Observed) {
+				r := o.Records["w5"]
+				r.Manual = true
+				o.Records["w5"] = r
+				o.Records["s"] = Record{ID: "s", Type: "server", Backend: "local", State: StateJoined}
+				o.Members["s"] = Member{Name: "s", Status: MemberAlive}
+				o.Instances["local"]["s"] = backends.Instance{MachineID: "s", Running: true}
+			}),
+			want: []Action{
+				{Kind: KindScaleDown, MachineID: "w4", Type: "worker", Backend: "local", Reason: "more than max 2"},
+				{Kind: KindScaleDown, MachineID: "w3", Type: "worker", Backend: "local", Reason: "more than max 2"},
+				{Kind: KindScaleDown, MachineID: "w2", Type: "worker", Backend: "local", Reason: "more than max 2"},
+			},
+		},
+		{
+			name: "an instance without a record is destroyed once it is old enough",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				o.Instances["local"]["old"] = backends.Instance{MachineID: "old", MachineType: "server", Created: now.Add(-time.Minute)}
+				o.Instances["local"]["new"] = backends.Instance{MachineID: "new", MachineType: "server", Created: now.Add(-time.Second)}
+			}),
+			want: []Action{{Kind: KindDestroyOrphan, MachineID: "old", Type: "server", Backend: "local", Reason: "instance has no inventory record"}},
+		},
+		{
+			name: "an interrupted removal is finished",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				o.Records["x"] = Record{ID: "x", Type: "server", Backend: "local", State: StateDestroying, Reason: "scaled down"}
+			}),
+			want: []Action{{Kind: KindReap, MachineID: "x", Type: "server", Backend: "local", Reason: "finish removal: scaled down"}},
+		},
+		{
+			name: "a machine with an action in flight is left to it",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				o.Members["c"] = Member{Name: "c", Status: MemberFailed}
+				o.InFlight = map[string]bool{"c": true}
+			}),
+		},
+		{
+			name: "a machine of a type no longer described is removed once the rest is at strength",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				o.Records["w"] = Record{ID: "w", Type: "worker", Backend: "local", State: StateJoined}
+				o.Members["w"] = Member{Name: "w", Status: MemberAlive}
+				o.Instances["local"]["w"] = backends.Instance{MachineID: "w", Running: true}
+			}),
+			want: []Action{{Kind: KindScaleDown, MachineID: "w", Type: "worker", Backend: "local", Reason: `machine type "worker" is not in the description`}},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Plan(platform(t, tc.src), tc.obs, now)
+			if diff := cmp.Diff(tc.want, got.Actions); diff != "" {
+				t.Errorf("actions (-want +got):\n%s\nwaiting: %q", diff, got.Waiting)
+			}
+			if (got.Halted != "") != tc.halted {
+				t.Errorf("halted: got %q want halted=%v", got.Halted, tc.halted)
+			}
+			if tc.types != nil {
+				if diff := cmp.Diff(tc.types, got.Types); diff != "" {
+					t.Errorf("types (-want +got):\n%s", diff)
+				}
+			}
+		})
+	}
+}
+
+func TestPlanExplainsWaiting(t *testing.T) {
+	now := t0
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a"), func(o *Observed) {
+		o.BackendErrors = map[string]string{"local": "binary missing"}
+	})
+	got := Plan(p, obs, now)
+	want := []string{`backend "local" skipped: binary missing`, `machine "server": 2 to spawn, but no backend is usable`}
+	if diff := cmp.Diff(want, got.Waiting); diff != "" {
+		t.Errorf("waiting (-want +got):\n%s", diff)
+	}
+}
+
+// TestPlanConverges runs the planner against a simulated world until it stops
+// acting, checking that it reaches the desired size and never spawns more than
+// the need.
+func TestPlanConverges(t *testing.T) {
+	p := platform(t, threeServers+`machine "worker" {
+  min = 4
+  max = 6
+}`)
+	obs := cluster("server", "seed")
+	now := t0
+	spawned := 0
+	for pass := 0; pass < 50; pass++ {
+		d := Plan(p, obs, now)
+		if len(d.Actions) == 0 && len(d.Waiting) == 0 {
+			break
+		}
+		for _, a := range d.Actions {
+			switch a.Kind {
+			case KindSpawn:
+				spawned++
+				id := a.Type + string(rune('a'+spawned))
+				obs.Records[id] = Record{ID: id, Type: a.Type, Backend: a.Backend, State: StateSpawning, Updated: now}
+				obs.Instances["local"][id] = backends.Instance{MachineID: id, Running: true, Created: now}
+				obs.LastSpawn = map[string]time.Time{a.Type: now}
+			case KindMarkJoined:
+				r := obs.Records[a.MachineID]
+				r.State = StateJoined
+				obs.Records[a.MachineID] = r
+			default:
+				t.Fatalf("unexpected action %+v", a)
+			}
+		}
+		// Whatever was spawned last pass joins now.
+		for id, r := range obs.Records {
+			if r.State == StateSpawning {
+				obs.Members[id] = Member{Name: id, Status: MemberAlive}
+			}
+		}
+		now = now.Add(time.Second)
+	}
+	if spawned != 6 {
+		t.Errorf("spawned %d machines, want 6 (2 servers and 4 workers)", spawned)
+	}
+	d := Plan(p, obs, now)
+	want := map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 3}, "worker": {Min: 4, Max: 6, Live: 4}}
+	if diff := cmp.Diff(want, d.Types); diff != "" {
+		t.Errorf("final types (-want +got):\n%s", diff)
+	}
+}

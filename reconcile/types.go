@@ -1,0 +1,165 @@
+// Package reconcile is the control loop: a pure planner that turns the
+// platform description and the observed state into actions, and an executor
+// that carries them out through backends while recording every intent in
+// Consul KV before it acts.
+//
+// A machine's life, as its inventory record shows it:
+//
+//	            spawn intent           instance started        member alive
+//	(needed) ──────────────▶ spawning ────────────────▶ joining ───────────▶ joined
+//	                            │                          │                  │  ▲
+//	                            │ provision timeout        │                  │  │ alive again
+//	                            ▼                          ▼                  ▼  │
+//	                        destroying ◀────────────────────────────────── failed
+//	                            │         grace period over (reap),
+//	                            ▼         scale-down, or destroy request
+//	                         (record deleted once the instance is gone
+//	                          and the member has left)
+//
+// Every transition is written to KV with check-and-set before the action it
+// announces runs, so a new leader resumes or cleans up what the old one left
+// and never spawns twice for one need.
+package reconcile
+
+import (
+	"time"
+
+	"github.com/raptiformica/raptiformica/backends"
+)
+
+// State is where a machine is in its life.
+type State string
+
+// The machine states; see the package doc for the transitions.
+const (
+	StateSpawning   State = "spawning"
+	StateJoining    State = "joining"
+	StateJoined     State = "joined"
+	StateFailed     State = "failed"
+	StateDestroying State = "destroying"
+)
+
+// Record is a machine in the inventory, stored as JSON at
+// raptiformica/inventory/<machine id>.
+type Record struct {
+	ID      string `json:"id"`
+	Type    string `json:"type"`
+	Backend string `json:"backend"`
+	State   State  `json:"state"`
+	Address string `json:"address,omitempty"`
+	// Manual marks a machine spawned by hand (`raptiformica spawn`): it
+	// counts toward its type but is never chosen for scale-down.
+	Manual bool `json:"manual,omitempty"`
+	// Seed marks the node that founded the cluster.
+	Seed    bool      `json:"seed,omitempty"`
+	Created time.Time `json:"created"`
+	// Updated is when State last changed.
+	Updated time.Time `json:"updated"`
+	// FailedSince is when the member was first seen failed; zero when healthy.
+	FailedSince time.Time `json:"failed_since,omitzero"`
+	// Reason says why the machine is in its state (the last error, or why it
+	// is being destroyed).
+	Reason string `json:"reason,omitempty"`
+	// Index is the record's KV ModifyIndex, for check-and-set.
+	Index uint64 `json:"-"`
+}
+
+// MemberStatus is a Consul LAN member's serf status.
+type MemberStatus string
+
+// Member statuses, as serf reports them.
+const (
+	MemberAlive   MemberStatus = "alive"
+	MemberLeaving MemberStatus = "leaving"
+	MemberLeft    MemberStatus = "left"
+	MemberFailed  MemberStatus = "failed"
+)
+
+// Member is a Consul LAN member.
+type Member struct {
+	Name    string       `json:"name"`
+	Address string       `json:"address"`
+	Status  MemberStatus `json:"status"`
+	Type    string       `json:"machine_type,omitempty"`
+	Server  bool         `json:"server"`
+}
+
+// Observed is everything the planner looks at besides the description.
+type Observed struct {
+	// Records are the inventory, by machine ID.
+	Records map[string]Record
+	// Members are Consul's LAN members, by node name (the machine ID).
+	Members map[string]Member
+	// Instances are each backend's machines, by backend name then machine
+	// ID. A backend that could not be listed is absent, so that nothing is
+	// judged from missing knowledge.
+	Instances map[string]map[string]backends.Instance
+	// BackendErrors says why a backend cannot be used now (unavailable, or
+	// listing failed).
+	BackendErrors map[string]string
+	// BackoffUntil is when each failing backend may be tried again.
+	BackoffUntil map[string]time.Time
+	// LastSpawn is when each machine type was last spawned.
+	LastSpawn map[string]time.Time
+	// InFlight are the machine IDs with an action still running. A spawn's
+	// record is written before it runs, so every spawn in flight also has a
+	// record.
+	InFlight map[string]bool
+	// Self is the leader's own machine ID: never scaled down by itself.
+	Self string
+}
+
+// Kind names an action.
+type Kind string
+
+// Action kinds.
+const (
+	// KindSpawn creates a machine of Type on Backend.
+	KindSpawn Kind = "spawn"
+	// KindMarkJoined records that a spawned or failed machine is alive.
+	KindMarkJoined Kind = "mark_joined"
+	// KindMarkFailed records when a machine was first seen failed.
+	KindMarkFailed Kind = "mark_failed"
+	// KindReap removes a machine that failed for longer than the grace
+	// period, or never joined: force-leave, destroy, delete the record.
+	KindReap Kind = "reap"
+	// KindScaleDown removes a healthy machine above its type's max: leave,
+	// destroy, delete the record.
+	KindScaleDown Kind = "scale_down"
+	// KindDestroyOrphan destroys a backend instance that has no record.
+	KindDestroyOrphan Kind = "destroy_orphan"
+)
+
+// Action is one step the executor takes.
+type Action struct {
+	Kind      Kind   `json:"kind"`
+	MachineID string `json:"machine_id,omitempty"`
+	Type      string `json:"machine_type,omitempty"`
+	Backend   string `json:"backend,omitempty"`
+	Reason    string `json:"reason"`
+	// Manual marks a spawn asked for by hand; see Record.Manual.
+	Manual bool `json:"manual,omitempty"`
+}
+
+// TypeStatus is desired against live for one machine type.
+type TypeStatus struct {
+	Min int `json:"min"`
+	Max int `json:"max"`
+	// Live are joined members that are alive.
+	Live int `json:"live"`
+	// Pending are spawning or joining.
+	Pending int `json:"pending"`
+	// Failed are failed members not yet reaped.
+	Failed int `json:"failed"`
+}
+
+// Decision is the planner's answer for one pass.
+type Decision struct {
+	Actions []Action              `json:"actions"`
+	Types   map[string]TypeStatus `json:"types"`
+	// Halted says why replacements are suspended, or is empty.
+	Halted string `json:"halted,omitempty"`
+	// Waiting explains needs that could not be acted on this pass
+	// (cooldown, backoff, concurrency limit, no usable backend).
+	Waiting []string `json:"waiting,omitempty"`
+}

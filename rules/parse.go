@@ -1,0 +1,481 @@
+package rules
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+	"github.com/zclconf/go-cty/cty/gocty"
+)
+
+// Problem is one thing wrong with a description, located in its source.
+type Problem struct {
+	File   string
+	Line   int
+	Column int
+	// Field is the path of the offending field, such as `machine "web" min`.
+	Field   string
+	Message string
+}
+
+func (p Problem) String() string {
+	loc := p.File
+	if p.Line > 0 {
+		loc = fmt.Sprintf("%s:%d,%d", p.File, p.Line, p.Column)
+	}
+	if p.Field == "" {
+		return loc + ": " + p.Message
+	}
+	return fmt.Sprintf("%s: %s: %s", loc, p.Field, p.Message)
+}
+
+// Error lists every problem found in a description. Parse returns it so that
+// a user fixes all of them in one round.
+type Error struct {
+	Problems []Problem
+}
+
+func (e *Error) Error() string {
+	lines := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		lines[i] = p.String()
+	}
+	if len(lines) == 1 {
+		return "invalid platform description: " + lines[0]
+	}
+	return fmt.Sprintf("invalid platform description (%d problems):\n  %s", len(lines), strings.Join(lines, "\n  "))
+}
+
+// Options tune validation to what the caller can run.
+type Options struct {
+	// BackendTypes are the backend implementations available; a backend of
+	// another type is a problem. Nil accepts any type.
+	BackendTypes []string
+}
+
+var topSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{{Name: "cluster"}},
+	Blocks: []hcl.BlockHeaderSchema{
+		{Type: "policy"},
+		{Type: "backend", LabelNames: []string{"name"}},
+		{Type: "machine", LabelNames: []string{"name"}},
+		{Type: "hook", LabelNames: []string{"event"}},
+	},
+}
+
+var policySchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "max_concurrent_spawns"}, {Name: "cooldown"}, {Name: "backoff_initial"},
+	{Name: "backoff_max"}, {Name: "provision_timeout"}, {Name: "grace_period"},
+	{Name: "max_unhealthy"}, {Name: "resync_interval"},
+}}
+
+var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}}}
+
+var machineSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"},
+}}
+
+var hookSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "command", Required: true}, {Name: "timeout"}}}
+
+// DefaultPolicy is the policy used for every field a description leaves out.
+var DefaultPolicy = Policy{
+	MaxConcurrentSpawns: 2,
+	Cooldown:            2 * time.Second,
+	BackoffInitial:      5 * time.Second,
+	BackoffMax:          2 * time.Minute,
+	ProvisionTimeout:    2 * time.Minute,
+	GracePeriod:         20 * time.Second,
+	ResyncInterval:      10 * time.Second,
+}
+
+// ParseFile is Parse for a file on disk.
+func ParseFile(filename string, opts Options) (*Platform, error) {
+	src, err := readFile(filename)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(filename, src, opts)
+}
+
+// Parse reads a description in HCL, or in JSON when the name ends in ".json"
+// or the text starts with "{", and validates it. On any problem it returns an
+// *Error listing all of them, and no Platform.
+func Parse(filename string, src []byte, opts Options) (*Platform, error) {
+	p := hclparse.NewParser()
+	var f *hcl.File
+	var diags hcl.Diagnostics
+	if strings.HasSuffix(filename, ".json") || bytes.HasPrefix(bytes.TrimSpace(src), []byte("{")) {
+		f, diags = p.ParseJSON(src, filename)
+	} else {
+		f, diags = p.ParseHCL(src, filename)
+	}
+	d := &decoder{file: filename}
+	d.addDiags(diags)
+	if f == nil || diags.HasErrors() {
+		return nil, d.err()
+	}
+	plat := d.platform(f.Body, opts)
+	if len(d.problems) > 0 {
+		return nil, d.err()
+	}
+	plat.Source = append([]byte(nil), src...)
+	plat.Filename = filename
+	return plat, nil
+}
+
+// decoder collects problems while walking a description.
+type decoder struct {
+	file     string
+	problems []Problem
+}
+
+func (d *decoder) err() error {
+	if len(d.problems) == 0 {
+		return nil
+	}
+	return &Error{Problems: d.problems}
+}
+
+func (d *decoder) at(rng hcl.Range, field, format string, args ...any) {
+	file := rng.Filename
+	if file == "" {
+		file = d.file
+	}
+	d.problems = append(d.problems, Problem{File: file, Line: rng.Start.Line, Column: rng.Start.Column, Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+func (d *decoder) addDiags(diags hcl.Diagnostics) {
+	for _, diag := range diags {
+		if diag.Severity != hcl.DiagError {
+			continue
+		}
+		msg := diag.Summary
+		if diag.Detail != "" {
+			msg += ": " + diag.Detail
+		}
+		if diag.Subject != nil {
+			d.at(*diag.Subject, "", "%s", msg)
+		} else {
+			d.problems = append(d.problems, Problem{File: d.file, Message: msg})
+		}
+	}
+}
+
+func (d *decoder) platform(body hcl.Body, opts Options) *Platform {
+	content, diags := body.Content(topSchema)
+	d.addDiags(diags)
+	plat := &Platform{
+		Cluster:  "raptiformica",
+		Policy:   DefaultPolicy,
+		Backends: map[string]Backend{},
+		Machines: map[string]MachineType{},
+	}
+	if a, ok := content.Attributes["cluster"]; ok {
+		if s, ok := d.str(a, "cluster"); ok {
+			if s == "" {
+				d.at(a.Expr.Range(), "cluster", "must not be empty")
+			}
+			plat.Cluster = s
+		}
+	}
+	policies := 0
+	seen := map[string]hcl.Range{}
+	unique := func(b *hcl.Block) bool {
+		key := b.Type + " " + b.Labels[0]
+		if prev, dup := seen[key]; dup {
+			d.at(b.DefRange, fmt.Sprintf("%s %q", b.Type, b.Labels[0]), "declared twice (first at line %d)", prev.Start.Line)
+			return false
+		}
+		seen[key] = b.DefRange
+		return true
+	}
+	var machineRanges = map[string]*hcl.Block{}
+	var serverMinRange *hcl.Range
+	serverMinKnown := true
+	for _, b := range content.Blocks {
+		switch b.Type {
+		case "policy":
+			policies++
+			if policies > 1 {
+				d.at(b.DefRange, "policy", "declared twice; merge the two blocks")
+				continue
+			}
+			d.policy(b, &plat.Policy)
+		case "backend":
+			if unique(b) {
+				plat.Backends[b.Labels[0]] = d.backend(b, opts)
+			}
+		case "machine":
+			if unique(b) {
+				m, minRange, minOK := d.machine(b)
+				plat.Machines[m.Name] = m
+				machineRanges[m.Name] = b
+				if m.ConsulServer {
+					serverMinKnown = serverMinKnown && minOK
+					if serverMinRange == nil {
+						serverMinRange = &minRange
+					}
+				}
+			}
+		case "hook":
+			plat.Hooks = append(plat.Hooks, d.hook(b))
+		}
+	}
+
+	// Cross-references, once every block is known.
+	if len(plat.Machines) == 0 {
+		d.at(body.MissingItemRange(), "machine", "at least one machine type is required")
+	}
+	for _, name := range plat.MachineNames() {
+		m := plat.Machines[name]
+		if len(m.Backends) == 0 {
+			m.Backends = []string{defaultBackend(plat)}
+			plat.Machines[name] = m
+		}
+		for _, bn := range m.Backends {
+			if _, ok := plat.Backends[bn]; ok {
+				continue
+			}
+			if known(opts.BackendTypes, bn) {
+				// A built-in backend may be named without a block of its own.
+				plat.Backends[bn] = Backend{Name: bn, Type: bn, Settings: map[string]string{}}
+				continue
+			}
+			d.at(machineRanges[name].DefRange, fmt.Sprintf("machine %q backends", name), "backend %q is not declared", bn)
+		}
+	}
+	servers := plat.ServerCount()
+	switch {
+	case len(plat.Machines) == 0 || !serverMinKnown:
+		// The count is unknown; the problem with min is already reported.
+	case serverMinRange == nil:
+		d.at(body.MissingItemRange(), "consul_server", "no machine type is a Consul server; set consul_server = true on one")
+	case servers == 0:
+		d.at(*serverMinRange, "consul_server", "the Consul server types ask for no servers; a cluster needs at least one")
+	case servers%2 == 0:
+		d.at(*serverMinRange, "consul_server", "the Consul server types ask for %d servers in all; an even count adds no fault tolerance, use an odd one", servers)
+	}
+	if plat.Policy.MaxUnhealthy == 0 {
+		total := 0
+		for _, m := range plat.Machines {
+			total += m.Min
+		}
+		plat.Policy.MaxUnhealthy = max(1, total/2)
+	}
+	return plat
+}
+
+func defaultBackend(p *Platform) string {
+	if len(p.Backends) == 1 {
+		for n := range p.Backends {
+			return n
+		}
+	}
+	return "local"
+}
+
+func known(list []string, s string) bool {
+	if list == nil {
+		return s == "local"
+	}
+	for _, k := range list {
+		if k == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *decoder) policy(b *hcl.Block, p *Policy) {
+	content, diags := b.Body.Content(policySchema)
+	d.addDiags(diags)
+	attrs := content.Attributes
+	d.positiveInt(attrs["max_concurrent_spawns"], "policy max_concurrent_spawns", &p.MaxConcurrentSpawns, 1)
+	d.positiveInt(attrs["max_unhealthy"], "policy max_unhealthy", &p.MaxUnhealthy, 1)
+	for _, f := range []struct {
+		name string
+		dst  *time.Duration
+	}{
+		{"cooldown", &p.Cooldown}, {"backoff_initial", &p.BackoffInitial}, {"backoff_max", &p.BackoffMax},
+		{"provision_timeout", &p.ProvisionTimeout}, {"grace_period", &p.GracePeriod}, {"resync_interval", &p.ResyncInterval},
+	} {
+		d.duration(attrs[f.name], "policy "+f.name, f.dst)
+	}
+	if p.BackoffMax < p.BackoffInitial {
+		rng := b.DefRange
+		if a := attrs["backoff_max"]; a != nil {
+			rng = a.Expr.Range()
+		}
+		d.at(rng, "policy backoff_max", "must be at least backoff_initial (%s)", p.BackoffInitial)
+	}
+}
+
+func (d *decoder) backend(b *hcl.Block, opts Options) Backend {
+	name := b.Labels[0]
+	field := fmt.Sprintf("backend %q", name)
+	be := Backend{Name: name, Type: name, Settings: map[string]string{}}
+	content, diags := b.Body.Content(backendSchema)
+	d.addDiags(diags)
+	if a := content.Attributes["type"]; a != nil {
+		if s, ok := d.str(a, field+" type"); ok {
+			be.Type = s
+		}
+	}
+	if !known(opts.BackendTypes, be.Type) {
+		rng := b.DefRange
+		if a := content.Attributes["type"]; a != nil {
+			rng = a.Expr.Range()
+		}
+		d.at(rng, field+" type", "unknown backend type %q (known: %s)", be.Type, knownList(opts.BackendTypes))
+	}
+	if a := content.Attributes["settings"]; a != nil {
+		var m map[string]string
+		if d.decode(a, field+" settings", cty.Map(cty.String), &m) {
+			be.Settings = m
+		}
+	}
+	return be
+}
+
+func knownList(list []string) string {
+	if list == nil {
+		return "local"
+	}
+	s := append([]string(nil), list...)
+	sort.Strings(s)
+	return strings.Join(s, ", ")
+}
+
+func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
+	name := b.Labels[0]
+	field := fmt.Sprintf("machine %q", name)
+	m := MachineType{Name: name, Max: -1}
+	content, diags := b.Body.Content(machineSchema)
+	d.addDiags(diags)
+	attrs := content.Attributes
+	minRange := b.DefRange
+	minOK := false
+	if a := attrs["min"]; a != nil {
+		minRange = a.Expr.Range()
+		var v int
+		if d.decode(a, field+" min", cty.Number, &v) {
+			minOK = v >= 0
+			if v < 0 {
+				d.at(a.Expr.Range(), field+" min", "must be at least 0, got %d", v)
+			}
+			m.Min = v
+		}
+	}
+	if a := attrs["max"]; a != nil {
+		var v int
+		if d.decode(a, field+" max", cty.Number, &v) {
+			if v < m.Min {
+				d.at(a.Expr.Range(), field+" max", "must be at least min (%d), got %d", m.Min, v)
+			}
+			m.Max = v
+		}
+	}
+	if m.Max < 0 {
+		m.Max = m.Min
+	}
+	if a := attrs["consul_server"]; a != nil {
+		d.decode(a, field+" consul_server", cty.Bool, &m.ConsulServer)
+	}
+	if a := attrs["backends"]; a != nil {
+		var list []string
+		if d.decode(a, field+" backends", cty.List(cty.String), &list) {
+			if len(list) == 0 {
+				d.at(a.Expr.Range(), field+" backends", "must name at least one backend")
+			}
+			m.Backends = list
+		}
+	}
+	return m, minRange, minOK
+}
+
+func (d *decoder) hook(b *hcl.Block) Hook {
+	h := Hook{Event: b.Labels[0], Timeout: 30 * time.Second}
+	field := fmt.Sprintf("hook %q", h.Event)
+	if !known(Events, h.Event) {
+		d.at(b.LabelRanges[0], field, "unknown event (known: %s)", strings.Join(Events, ", "))
+	}
+	content, diags := b.Body.Content(hookSchema)
+	d.addDiags(diags)
+	if a := content.Attributes["command"]; a != nil {
+		if d.decode(a, field+" command", cty.List(cty.String), &h.Command) && (len(h.Command) == 0 || h.Command[0] == "") {
+			d.at(a.Expr.Range(), field+" command", "must be an argv list with the program first, such as [\"/usr/bin/logger\", \"-t\", \"raptiformica\"]")
+		}
+	}
+	d.duration(content.Attributes["timeout"], field+" timeout", &h.Timeout)
+	return h
+}
+
+// decode evaluates a constant attribute into dst through type ty.
+func (d *decoder) decode(a *hcl.Attribute, field string, ty cty.Type, dst any) bool {
+	v, diags := a.Expr.Value(nil)
+	if diags.HasErrors() {
+		d.at(a.Expr.Range(), field, "must be a constant value: %s", diags[0].Summary)
+		return false
+	}
+	v, err := convert.Convert(v, ty)
+	if err != nil {
+		d.at(a.Expr.Range(), field, "must be %s: %v", ty.FriendlyName(), err)
+		return false
+	}
+	if v.IsNull() {
+		d.at(a.Expr.Range(), field, "must not be null")
+		return false
+	}
+	if err := gocty.FromCtyValue(v, dst); err != nil {
+		d.at(a.Expr.Range(), field, "must be %s: %v", ty.FriendlyName(), err)
+		return false
+	}
+	return true
+}
+
+func (d *decoder) str(a *hcl.Attribute, field string) (string, bool) {
+	var s string
+	ok := d.decode(a, field, cty.String, &s)
+	return s, ok
+}
+
+func (d *decoder) positiveInt(a *hcl.Attribute, field string, dst *int, least int) {
+	if a == nil {
+		return
+	}
+	var v int
+	if !d.decode(a, field, cty.Number, &v) {
+		return
+	}
+	if v < least {
+		d.at(a.Expr.Range(), field, "must be at least %d, got %d", least, v)
+		return
+	}
+	*dst = v
+}
+
+func (d *decoder) duration(a *hcl.Attribute, field string, dst *time.Duration) {
+	if a == nil {
+		return
+	}
+	s, ok := d.str(a, field)
+	if !ok {
+		return
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		d.at(a.Expr.Range(), field, "must be a duration such as \"30s\" or \"2m\", got %q", s)
+		return
+	}
+	if v <= 0 {
+		d.at(a.Expr.Range(), field, "must be positive, got %q", s)
+		return
+	}
+	*dst = v
+}

@@ -1,0 +1,120 @@
+// Package rules is the platform description: which machine types should exist,
+// how many, on which compute backends, how fast the control loop may act and
+// which hooks run on which events.
+//
+// A description is written in HCL or in JSON (the same schema, read by
+// hashicorp/hcl/v2), stored in Consul KV and mirrored on every machine's disk.
+// Parse reports every problem at once, each naming the file, line and field, so
+// a bad description is rejected whole and never replaces a good one.
+package rules
+
+import (
+	"sort"
+	"time"
+)
+
+// Platform is a validated platform description. Every field has its default
+// filled in; a Platform returned by Parse is safe to plan with.
+type Platform struct {
+	// Cluster names the virtual data center; it labels machines and metrics.
+	Cluster string
+	// Policy bounds how fast and how far the control loop acts.
+	Policy Policy
+	// Backends are the compute backends, by name.
+	Backends map[string]Backend
+	// Machines are the machine types, by name.
+	Machines map[string]MachineType
+	// Hooks are the commands run on events, in the order they were declared.
+	Hooks []Hook
+	// Source is the text the description was parsed from, kept so that the
+	// same bytes can be mirrored and re-seeded.
+	Source []byte
+	// Filename is where Source came from, for messages.
+	Filename string
+}
+
+// Policy bounds the control loop. Durations are positive after parsing.
+type Policy struct {
+	// MaxConcurrentSpawns caps machines being spawned or provisioned at once.
+	MaxConcurrentSpawns int
+	// Cooldown is the least time between two spawns of one machine type.
+	Cooldown time.Duration
+	// BackoffInitial and BackoffMax bound the wait after a backend fails.
+	BackoffInitial time.Duration
+	BackoffMax     time.Duration
+	// ProvisionTimeout is how long a spawned machine may take to join.
+	ProvisionTimeout time.Duration
+	// GracePeriod is how long a member may be failed before it is replaced.
+	GracePeriod time.Duration
+	// MaxUnhealthy is how many members may be failed at once before the loop
+	// stops replacing and reports it, instead of thrashing.
+	MaxUnhealthy int
+	// ResyncInterval is how often the leader re-plans without any event.
+	ResyncInterval time.Duration
+}
+
+// Backend is one configured compute backend.
+type Backend struct {
+	// Name is the label the machine types refer to.
+	Name string
+	// Type selects the implementation (for example "local").
+	Type string
+	// Settings are passed to the implementation as they are.
+	Settings map[string]string
+}
+
+// MachineType is one kind of machine and how many of it should exist.
+type MachineType struct {
+	Name string
+	// Min is the count the control loop keeps alive.
+	Min int
+	// Max is the count above which machines are removed; Max >= Min.
+	Max int
+	// ConsulServer makes machines of this type Consul servers.
+	ConsulServer bool
+	// Backends lists backend names in order of preference.
+	Backends []string
+}
+
+// Hook is a command run when an event happens. The event's data is written to
+// its standard input as JSON; the command is an argv list, never a shell string.
+type Hook struct {
+	Event   string
+	Command []string
+	Timeout time.Duration
+}
+
+// Events are the hook events the control loop emits.
+var Events = []string{"after_spawn", "after_join", "after_reap", "after_destroy", "cluster_change", "leader_elected"}
+
+// MachineNames returns the machine type names in a stable order.
+func (p *Platform) MachineNames() []string {
+	names := make([]string, 0, len(p.Machines))
+	for n := range p.Machines {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// ServerCount returns how many Consul servers the description asks for.
+func (p *Platform) ServerCount() int {
+	n := 0
+	for _, m := range p.Machines {
+		if m.ConsulServer {
+			n += m.Min
+		}
+	}
+	return n
+}
+
+// HooksFor returns the hooks declared for event, in declaration order.
+func (p *Platform) HooksFor(event string) []Hook {
+	var hs []Hook
+	for _, h := range p.Hooks {
+		if h.Event == event {
+			hs = append(hs, h)
+		}
+	}
+	return hs
+}

@@ -1,0 +1,160 @@
+package rules
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+func TestParseExamples(t *testing.T) {
+	want := &Platform{
+		Cluster: "example",
+		Policy: Policy{
+			MaxConcurrentSpawns: 2, Cooldown: 2 * time.Second, BackoffInitial: 5 * time.Second,
+			BackoffMax: 2 * time.Minute, ProvisionTimeout: 2 * time.Minute, GracePeriod: 20 * time.Second,
+			MaxUnhealthy: 2, ResyncInterval: 10 * time.Second,
+		},
+		Backends: map[string]Backend{"local": {Name: "local", Type: "local", Settings: map[string]string{}}},
+		Machines: map[string]MachineType{
+			"server": {Name: "server", Min: 3, Max: 3, ConsulServer: true, Backends: []string{"local"}},
+			"worker": {Name: "worker", Min: 2, Max: 4, Backends: []string{"local"}},
+		},
+		Hooks: []Hook{{Event: "after_join", Command: []string{"/usr/bin/logger", "-t", "raptiformica"}, Timeout: 10 * time.Second}},
+	}
+	for _, file := range []string{"../deploy/examples/platform.hcl", "testdata/good.json"} {
+		t.Run(file, func(t *testing.T) {
+			got, err := ParseFile(file, Options{})
+			if err != nil {
+				t.Fatalf("ParseFile: %v", err)
+			}
+			if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(Platform{}, "Source", "Filename")); diff != "" {
+				t.Errorf("platform mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestDefault(t *testing.T) {
+	p := Default()
+	if got, want := p.ServerCount(), 3; got != want {
+		t.Errorf("servers: got %d want %d", got, want)
+	}
+	if got := p.Backends["local"].Type; got != "local" {
+		t.Errorf("implicit local backend: got type %q", got)
+	}
+	if got, want := p.Policy.MaxUnhealthy, 1; got != want {
+		t.Errorf("max unhealthy: got %d want %d", got, want)
+	}
+}
+
+func TestParseProblems(t *testing.T) {
+	cases := []struct {
+		name string
+		file string
+		src  string
+		// want are substrings, each of which must appear in its own problem, in order.
+		want []string
+	}{
+		{
+			name: "syntax error names the line",
+			file: "p.hcl",
+			src:  "machine \"a\" {\n  min = \n}\n",
+			want: []string{"p.hcl:2,"},
+		},
+		{
+			name: "every problem reported at once",
+			file: "p.hcl",
+			src: `machine "s" {
+  min = 2
+  consul_server = true
+}
+machine "w" {
+  min = 3
+  max = 1
+  backends = ["nowhere"]
+}
+policy {
+  cooldown = "soon"
+}
+`,
+			want: []string{
+				`p.hcl:7,9: machine "w" max: must be at least min (3), got 1`,
+				`p.hcl:11,14: policy cooldown: must be a duration`,
+				`p.hcl:5,1: machine "w" backends: backend "nowhere" is not declared`,
+				`p.hcl:2,9: consul_server: the Consul server types ask for 2 servers`,
+			},
+		},
+		{
+			name: "unknown field",
+			file: "p.hcl",
+			src:  "machine \"s\" {\n  min = 1\n  consul_server = true\n  mni = 3\n}\n",
+			want: []string{`p.hcl:4,3: Unsupported argument`},
+		},
+		{
+			name: "wrong type",
+			file: "p.hcl",
+			src:  "machine \"s\" {\n  min = \"three\"\n  consul_server = true\n}\n",
+			want: []string{`p.hcl:2,9: machine "s" min: must be number`},
+		},
+		{
+			name: "no server",
+			file: "p.hcl",
+			src:  "machine \"w\" {\n  min = 1\n}\n",
+			want: []string{`consul_server: no machine type is a Consul server`},
+		},
+		{
+			name: "duplicate machine type",
+			file: "p.hcl",
+			src:  "machine \"s\" {\n  min = 1\n  consul_server = true\n}\nmachine \"s\" {\n  min = 1\n}\n",
+			want: []string{`p.hcl:5,1: machine "s": declared twice (first at line 1)`},
+		},
+		{
+			name: "hook as a shell string",
+			file: "p.hcl",
+			src:  "machine \"s\" {\n  min = 1\n  consul_server = true\n}\nhook \"after_join\" {\n  command = \"logger joined\"\n}\n",
+			want: []string{`p.hcl:6,13: hook "after_join" command: must be list of string`},
+		},
+		{
+			name: "unknown event and backend type",
+			file: "p.hcl",
+			src:  "backend \"b\" {\n  type = \"cloud9\"\n}\nmachine \"s\" {\n  min = 1\n  consul_server = true\n}\nhook \"after_lunch\" {\n  command = [\"true\"]\n}\n",
+			want: []string{`p.hcl:2,10: backend "b" type: unknown backend type "cloud9"`, `p.hcl:8,6: hook "after_lunch": unknown event`},
+		},
+		{
+			name: "json names its line too",
+			file: "p.json",
+			src:  "{\n  \"machine\": {\n    \"s\": {\"min\": -1, \"consul_server\": true}\n  }\n}\n",
+			want: []string{`p.json:3,18: machine "s" min: must be at least 0, got -1`},
+		},
+		{
+			name: "empty",
+			file: "p.hcl",
+			src:  "",
+			want: []string{`machine: at least one machine type is required`},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := Parse(tc.file, []byte(tc.src), Options{})
+			if p != nil {
+				t.Errorf("got a platform from a bad description")
+			}
+			var perr *Error
+			if !errors.As(err, &perr) {
+				t.Fatalf("got error %v, want *Error", err)
+			}
+			if len(perr.Problems) != len(tc.want) {
+				t.Fatalf("got %d problems, want %d:\n%v", len(perr.Problems), len(tc.want), err)
+			}
+			for i, w := range tc.want {
+				if got := perr.Problems[i].String(); !strings.Contains(got, w) {
+					t.Errorf("problem %d: got %q want it to contain %q", i, got, w)
+				}
+			}
+		})
+	}
+}
