@@ -50,10 +50,19 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	if err != nil {
 		return obs, fmt.Errorf("list consul members: %w", err)
 	}
+	voters := map[string]bool{}
+	health, err := consul.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return obs, fmt.Errorf("read autopilot server health: %w", err)
+	}
+	for _, s := range health.Servers {
+		voters[s.Name] = s.Voter && s.Healthy
+	}
 	for _, mb := range members {
 		obs.Members[mb.Name] = Member{
 			Name: mb.Name, Address: mb.Addr, Status: serfStatus(mb.Status),
 			Server: mb.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer,
+			Voter:  voters[mb.Name],
 			Type:   recs[mb.Name].Type,
 		}
 	}

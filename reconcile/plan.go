@@ -67,7 +67,7 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 			reaps = append(reaps, Action{Kind: KindReap, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "finish removal: " + r.Reason})
 		case StateSpawning, StateJoining:
 			switch {
-			case alive && !instGone:
+			case alive && !instGone && (!m.Server || m.Voter):
 				marks = append(marks, Action{Kind: KindMarkJoined, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "member is alive"})
 				t.live++
 				t.liveRecs = append(t.liveRecs, r)

@@ -39,7 +39,7 @@ func cluster(typ string, ids ...string) Observed {
 	o := Observed{Records: map[string]Record{}, Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{"local": {}}}
 	for i, id := range ids {
 		o.Records[id] = Record{ID: id, Type: typ, Backend: "local", State: StateJoined, Created: t0.Add(time.Duration(i) * time.Minute), Updated: t0}
-		o.Members[id] = Member{Name: id, Status: MemberAlive, Type: typ, Server: true}
+		o.Members[id] = Member{Name: id, Status: MemberAlive, Type: typ, Server: true, Voter: true}
 		o.Instances["local"][id] = backends.Instance{MachineID: id, MachineType: typ, Running: true, Created: t0}
 	}
 	return o
@@ -91,6 +91,17 @@ func TestPlan(t *testing.T) {
 				o.Records["c"] = r
 			}),
 			want: []Action{{Kind: KindMarkJoined, MachineID: "c", Type: "server", Backend: "local", Reason: "member is alive"}},
+		},
+		{
+			name: "a new server is not joined until it is a Raft voter",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				r := o.Records["c"]
+				r.State, r.Updated = StateJoining, now
+				o.Records["c"] = r
+				o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, Voter: false}
+			}),
+			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Pending: 1}},
 		},
 		{
 			name: "a spawn that never joined is reaped after the provision timeout",

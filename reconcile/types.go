@@ -82,6 +82,10 @@ type Member struct {
 	Status  MemberStatus `json:"status"`
 	Type    string       `json:"machine_type,omitempty"`
 	Server  bool         `json:"server"`
+	// Voter is true for a server that is a healthy Raft voter. A new server
+	// is a non-voter until autopilot finds it stable; until then it adds
+	// nothing to quorum, so it does not count as joined.
+	Voter bool `json:"voter"`
 }
 
 // Observed is everything the planner looks at besides the description.

@@ -1,0 +1,453 @@
+package main
+
+// End-to-end tests: the real binary, real Consul, real processes on loopback
+// addresses. Each test boots its own cluster in its own folder (and so its
+// own 127.x.y.0/24), which lets them run in parallel.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := func() int {
+		if testing.Short() {
+			return m.Run()
+		}
+		dir, err := os.MkdirTemp("", "rf-e2e-bin")
+		if err != nil {
+			panic(err)
+		}
+		defer os.RemoveAll(dir)
+		binary = filepath.Join(dir, "raptiformica")
+		out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+			return 1
+		}
+		if _, err := provision.FindConsul(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// platformSrc is a description with short timings, so that healing takes
+// seconds.
+func platformSrc(min, max int) string {
+	return fmt.Sprintf(`cluster = "e2e"
+policy {
+  grace_period      = "2s"
+  cooldown          = "1s"
+  provision_timeout = "90s"
+  resync_interval   = "2s"
+}
+machine "server" {
+  min           = %d
+  max           = %d
+  consul_server = true
+  backends      = ["local"]
+}
+hook "after_spawn" {
+  command = ["/bin/sh", "-c", "cat >> \"$0\"; echo >> \"$0\"", "SPAWNLOG"]
+}
+`, min, max)
+}
+
+type testCluster struct {
+	t        *testing.T
+	dir      string
+	spawnLog string
+}
+
+func newCluster(t *testing.T) *testCluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test (run without -short)")
+	}
+	dir := t.TempDir()
+	c := &testCluster{t: t, dir: dir, spawnLog: filepath.Join(dir, "spawns.log")}
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.dumpLogs()
+		}
+		c.rf("down")
+	})
+	return c
+}
+
+func (c *testCluster) writePlatform(name, src string) string {
+	c.t.Helper()
+	p := filepath.Join(c.dir, name)
+	if err := os.WriteFile(p, []byte(strings.ReplaceAll(src, "SPAWNLOG", c.spawnLog)), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	return p
+}
+
+// rf runs the binary against this cluster's folder.
+func (c *testCluster) rf(args ...string) (string, string, int) {
+	c.t.Helper()
+	if len(args) > 0 && args[0] != "platform" {
+		args = append([]string{args[0], "--dir", c.dir}, args[1:]...)
+	} else if len(args) > 1 {
+		args = append([]string{args[0], args[1], "--dir", c.dir}, args[2:]...)
+	}
+	cmd := exec.Command(binary, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR=")
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatalf("run %v: %v", args, err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+func (c *testCluster) client() *api.Client {
+	c.t.Helper()
+	for _, m := range c.machines() {
+		if !m.Running {
+			continue
+		}
+		cfg := api.DefaultConfig()
+		cfg.Address, cfg.Scheme = fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort), "http"
+		cl, err := api.NewClient(cfg)
+		if err != nil {
+			continue
+		}
+		if l, err := cl.Status().Leader(); err == nil && l != "" {
+			return cl
+		}
+	}
+	return nil
+}
+
+func (c *testCluster) machines() []local.Machine {
+	ms, err := local.Machines(c.dir)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return ms
+}
+
+// view is what the three sources of truth say at one moment.
+type view struct {
+	leader    string
+	records   map[string]reconcile.Record
+	alive     []string // Consul members that are alive
+	instances []string // local machines whose agent runs
+	joined    []string // records in state joined
+}
+
+func (c *testCluster) view() (view, error) {
+	v := view{}
+	for _, m := range c.machines() {
+		if m.Running {
+			v.instances = append(v.instances, m.Config.MachineID)
+		}
+	}
+	cl := c.client()
+	if cl == nil {
+		return v, fmt.Errorf("no Consul answers")
+	}
+	recs, _, err := (&reconcile.Inventory{KV: cl.KV()}).List(context.Background(), nil)
+	if err != nil {
+		return v, err
+	}
+	v.records = recs
+	for id, r := range recs {
+		if r.State == reconcile.StateJoined {
+			v.joined = append(v.joined, id)
+		}
+	}
+	members, err := cl.Agent().Members(false)
+	if err != nil {
+		return v, err
+	}
+	for _, m := range members {
+		if m.Status == 1 {
+			v.alive = append(v.alive, m.Name)
+		}
+	}
+	if pair, _, err := cl.KV().Get(reconcile.KeyLeader, nil); err == nil && pair != nil && pair.Session != "" {
+		v.leader = string(pair.Value)
+	}
+	sort.Strings(v.alive)
+	sort.Strings(v.instances)
+	sort.Strings(v.joined)
+	return v, nil
+}
+
+// agreeOn reports whether the inventory, Consul's members and the backend's
+// machines name the same n machines, one to one, and there is a leader.
+func (v view) agreeOn(n int) bool {
+	return v.leader != "" && len(v.records) == n && len(v.joined) == n &&
+		equal(v.joined, v.alive) && equal(v.joined, v.instances)
+}
+
+func (v view) String() string {
+	return fmt.Sprintf("leader=%q records=%d joined=%v alive=%v instances=%v", v.leader, len(v.records), v.joined, v.alive, v.instances)
+}
+
+func equal(a, b []string) bool {
+	return strings.Join(a, ",") == strings.Join(b, ",")
+}
+
+// waitAgree waits until the cluster has n machines on which every source
+// agrees, and returns that view.
+func (c *testCluster) waitAgree(n int, timeout time.Duration, why string) view {
+	c.t.Helper()
+	var last view
+	var lastErr error
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		last, lastErr = c.view()
+		if lastErr == nil && last.agreeOn(n) {
+			return last
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	c.t.Fatalf("%s: cluster did not settle on %d machines in %s: %v (error: %v)", why, n, timeout, last, lastErr)
+	return last
+}
+
+func (c *testCluster) kill(id string) {
+	c.t.Helper()
+	for _, m := range c.machines() {
+		if m.Config.MachineID == id && m.Running {
+			if err := syscall.Kill(-m.PID, syscall.SIGKILL); err != nil {
+				c.t.Fatalf("kill %s: %v", id, err)
+			}
+			return
+		}
+	}
+	c.t.Fatalf("no running machine %s", id)
+}
+
+func (c *testCluster) spawns() int {
+	b, _ := os.ReadFile(c.spawnLog)
+	n := 0
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), `"event":"after_spawn"`) {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *testCluster) dumpLogs() {
+	for _, m := range c.machines() {
+		b, _ := os.ReadFile(filepath.Join(m.Dir, "agent.log"))
+		if len(b) > 4000 {
+			b = b[len(b)-4000:]
+		}
+		c.t.Logf("--- %s (running=%v):\n%s", m.Config.MachineID, m.Running, b)
+	}
+}
+
+func (c *testCluster) up(platformFile string) {
+	c.t.Helper()
+	out, errOut, code := c.rf("up", "--platform", platformFile, "--timeout", "3m")
+	if code != 0 {
+		c.t.Fatalf("up: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if !strings.Contains(out, "NODE") {
+		c.t.Errorf("up did not print the members:\n%s", out)
+	}
+}
+
+func TestSelfHealing(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	c.up(c.writePlatform("platform.hcl", platformSrc(3, 3)))
+	v := c.waitAgree(3, time.Minute, "after up")
+	t.Logf("up: %v", v)
+
+	// A follower dies.
+	var victim string
+	for _, id := range v.joined {
+		if id != v.leader {
+			victim = id
+			break
+		}
+	}
+	c.kill(victim)
+	v = c.waitAgree(3, 2*time.Minute, "after killing follower "+victim)
+	if _, still := v.records[victim]; still || contains(v.alive, victim) {
+		t.Errorf("killed follower %s is still recorded or alive: %v", victim, v)
+	}
+
+	// The leader's machine dies; another takes the lock and heals.
+	oldLeader := v.leader
+	c.kill(oldLeader)
+	v = c.waitAgree(3, 2*time.Minute, "after killing leader "+oldLeader)
+	if v.leader == oldLeader || contains(v.joined, oldLeader) {
+		t.Errorf("leader %s was killed but is still leader or member: %v", oldLeader, v)
+	}
+
+	// Nothing was spawned twice for one need: 2 to grow, 1 per death.
+	time.Sleep(3 * time.Second) // a stray extra spawn would show by now
+	if n := c.spawns(); n != 4 {
+		t.Errorf("spawned %d machines, want 4 (2 to grow from the seed, 2 replacements)", n)
+	}
+	c.waitAgree(3, 30*time.Second, "at the end")
+
+	// down leaves no process and no listening port behind.
+	addrs := map[string]bool{}
+	for _, m := range c.machines() {
+		addrs[m.Config.BindAddr] = true
+	}
+	if out, errOut, code := c.rf("down"); code != 0 {
+		t.Fatalf("down: exit %d: %s %s", code, out, errOut)
+	}
+	if ms := c.machines(); len(ms) != 0 {
+		t.Errorf("machines left after down: %v", ms)
+	}
+	if l := listeners(t, addrs); len(l) > 0 {
+		t.Errorf("listening after down: %v", l)
+	}
+	if out, _ := exec.Command("pgrep", "-f", c.dir).Output(); len(out) > 0 {
+		t.Errorf("processes left after down: %s", out)
+	}
+}
+
+func TestPlatformChanges(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	c.up(c.writePlatform("platform.hcl", platformSrc(3, 3)))
+	c.waitAgree(3, time.Minute, "after up")
+
+	// Grow to 5.
+	if out, errOut, code := c.rf("platform", "apply", c.writePlatform("five.hcl", platformSrc(5, 5))); code != 0 {
+		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
+	}
+	c.waitAgree(5, 2*time.Minute, "after applying min = 5")
+
+	// A malformed description through the CLI is refused, naming file and line.
+	bad := c.writePlatform("bad.hcl", "machine \"server\" {\n  min = 4\n  consul_server = true\n  colour = \"red\"\n}\n")
+	_, errOut, code := c.rf("platform", "apply", bad)
+	if code != 1 || !strings.Contains(errOut, "bad.hcl:4,3: Unsupported argument") || !strings.Contains(errOut, "bad.hcl:2,9: consul_server") {
+		t.Errorf("apply of a bad description: exit %d, stderr:\n%s", code, errOut)
+	}
+
+	// A malformed description written straight into KV is rejected by
+	// every agent, which keep their last good one.
+	cl := c.client()
+	if _, err := cl.KV().Put(&api.KVPair{Key: reconcile.KeyPlatform, Value: []byte("machine \"server\" {\n  min = \"many\"\n}\n")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rejected := 0
+		for _, m := range c.machines() {
+			if st, err := agentStatus(m.Config); err == nil && strings.Contains(st.PlatformError, daemon.KVSourceName+":2,9") {
+				rejected++
+			}
+		}
+		if rejected == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 5 agents report the bad description", rejected)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	out, _, _ := c.rf("status")
+	if !strings.Contains(out, "REJECTED") {
+		t.Errorf("status does not report the rejected description:\n%s", out)
+	}
+	time.Sleep(5 * time.Second) // two resync intervals
+	c.waitAgree(5, 10*time.Second, "with a bad description in KV")
+
+	// Back to 3: servers leave one at a time.
+	if out, errOut, code := c.rf("platform", "apply", c.writePlatform("three.hcl", platformSrc(3, 3))); code != 0 {
+		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
+	}
+	c.waitAgree(3, 2*time.Minute, "after applying max = 3")
+	peers, err := cl.Operator().RaftGetConfiguration(nil)
+	if err != nil {
+		// The client's own node may have been scaled down.
+		peers, err = c.client().Operator().RaftGetConfiguration(nil)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(peers.Servers) != 3 {
+		t.Errorf("raft has %d servers after scale-down, want 3", len(peers.Servers))
+	}
+}
+
+func agentStatus(n provision.NodeConfig) (daemon.AgentStatus, error) {
+	var st daemon.AgentStatus
+	cl := http.Client{Timeout: 2 * time.Second}
+	resp, err := cl.Get(fmt.Sprintf("http://%s:%d/v1/status", n.BindAddr, n.HTTPPort))
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	return st, err
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// listeners returns the TCP listening sockets bound to any of addrs.
+func listeners(t *testing.T, addrs map[string]bool) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[3] != "0A" { // 0A: LISTEN
+			continue
+		}
+		var a, b2, c2, d uint8
+		var port uint16
+		fmt.Sscanf(f[1], "%2X%2X%2X%2X:%X", &d, &c2, &b2, &a, &port)
+		ip := fmt.Sprintf("%d.%d.%d.%d", a, b2, c2, d)
+		if addrs[ip] {
+			out = append(out, fmt.Sprintf("%s:%d", ip, port))
+		}
+	}
+	return out
+}

@@ -1,0 +1,106 @@
+// Package testconsul starts real Consul agents for tests: one single-server
+// cluster per test package, on a loopback address of its own so that packages
+// run side by side without sharing ports.
+package testconsul
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/provision"
+)
+
+// Server is a running Consul dev agent.
+type Server struct {
+	Addr   string // "127.a.b.c:8500"
+	IP     string
+	Client *api.Client
+	cmd    *exec.Cmd
+	dir    string
+}
+
+// Binary returns the Consul binary tests use, failing loudly when there is
+// none: tests are never skipped for lack of Consul (`make test` builds it).
+func Binary() (string, error) {
+	return provision.FindConsul()
+}
+
+// FreeIP returns a loopback address on which port 8500 is free.
+func FreeIP() string {
+	for {
+		ip := fmt.Sprintf("127.%d.%d.%d", 16+rand.IntN(224), rand.IntN(256), 2+rand.IntN(250))
+		ln, err := net.Listen("tcp", ip+":8500")
+		if err == nil {
+			ln.Close()
+			return ip
+		}
+	}
+}
+
+// Start runs `consul agent -dev` on a free loopback address and waits until it
+// has a leader. Stop it with Stop.
+func Start() (*Server, error) {
+	bin, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "testconsul")
+	if err != nil {
+		return nil, err
+	}
+	ip := FreeIP()
+	cmd := exec.Command(bin, "agent", "-dev", "-bind", ip, "-client", ip, "-dns-port", "-1", "-grpc-port", "-1",
+		"-serf-wan-port", "-1", "-data-dir", dir, "-log-level", "warn", "-node", "test-"+ip)
+	logf, err := os.Create(filepath.Join(dir, "consul.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	s := &Server{Addr: ip + ":8500", IP: ip, cmd: cmd, dir: dir}
+	cfg := api.DefaultConfig()
+	cfg.Address, cfg.Scheme = s.Addr, "http"
+	cfg.Token = ""
+	if s.Client, err = api.NewClient(cfg); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if l, err := s.Client.Status().Leader(); err == nil && l != "" {
+			return s, nil
+		}
+		if time.Now().After(deadline) {
+			out, _ := os.ReadFile(filepath.Join(dir, "consul.log"))
+			s.Stop()
+			return nil, fmt.Errorf("consul on %s has no leader after 30s:\n%s", ip, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Stop kills the agent and removes its folder.
+func (s *Server) Stop() {
+	if s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+	}
+	os.RemoveAll(s.dir)
+}
+
+// Reset deletes every key under prefix, for a test that wants a clean KV.
+func (s *Server) Reset(prefix string) error {
+	_, err := s.Client.KV().DeleteTree(prefix, nil)
+	return err
+}

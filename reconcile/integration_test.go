@@ -1,0 +1,219 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/testconsul"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+var consul *testconsul.Server
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
+	var err error
+	if consul, err = testconsul.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "start consul:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	consul.Stop()
+	os.Exit(code)
+}
+
+func needConsul(t *testing.T) *Inventory {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: needs Consul (run without -short)")
+	}
+	if err := consul.Reset(Prefix); err != nil {
+		t.Fatal(err)
+	}
+	return &Inventory{KV: consul.Client.KV()}
+}
+
+func TestInventoryCheckAndSet(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	r, err := inv.Put(ctx, Record{ID: "m1", Type: "server", State: StateSpawning})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if r.Index == 0 {
+		t.Fatalf("create returned no index")
+	}
+	if _, err := inv.Put(ctx, Record{ID: "m1", Type: "server", State: StateSpawning}); !errors.Is(err, ErrConflict) {
+		t.Errorf("second create: got %v want ErrConflict", err)
+	}
+	stale := r
+	r.State = StateJoining
+	if r, err = inv.Put(ctx, r); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	stale.State = StateDestroying
+	if _, err := inv.Put(ctx, stale); !errors.Is(err, ErrConflict) {
+		t.Errorf("update from a stale index: got %v want ErrConflict", err)
+	}
+	if err := inv.Delete(ctx, stale); !errors.Is(err, ErrConflict) {
+		t.Errorf("delete from a stale index: got %v want ErrConflict", err)
+	}
+	recs, _, err := inv.List(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := recs["m1"].State; got != StateJoining {
+		t.Errorf("state after the lost writes: got %q want %q", got, StateJoining)
+	}
+	if err := inv.Delete(ctx, r); err != nil {
+		t.Errorf("delete: %v", err)
+	}
+}
+
+// fakeBackend records calls. It is a stand-in for the backend, which is not
+// what these tests test; at Spawn it reads KV, to prove the intent is there.
+type fakeBackend struct {
+	mu        sync.Mutex
+	inv       *Inventory
+	spawnErr  error
+	spawned   []string
+	destroyed []string
+	// sawIntent records, per spawn, the record state in KV at that moment.
+	sawIntent []State
+}
+
+func (f *fakeBackend) Available(context.Context) error { return nil }
+func (f *fakeBackend) Spawn(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
+	r, found, _ := f.inv.Get(ctx, spec.Node.MachineID)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	state := State("")
+	if found {
+		state = r.State
+	}
+	f.sawIntent = append(f.sawIntent, state)
+	if f.spawnErr != nil {
+		return backends.Instance{}, f.spawnErr
+	}
+	f.spawned = append(f.spawned, spec.Node.MachineID)
+	return backends.Instance{MachineID: spec.Node.MachineID, Address: "127.0.0.9", Running: true}, nil
+}
+func (f *fakeBackend) Destroy(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.destroyed = append(f.destroyed, id)
+	return nil
+}
+func (f *fakeBackend) List(context.Context) ([]backends.Instance, error) { return nil, nil }
+
+func newExecutor(inv *Inventory) *Executor {
+	return &Executor{
+		Inventory: inv, Consul: consul.Client, Clock: RealClock{}, Log: hclog.NewNullLogger(), Metrics: telemetry.New(),
+		NodeConfig: func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (provision.NodeConfig, error) {
+			return provision.NodeConfig{MachineID: id, MachineType: mt.Name}, nil
+		},
+	}
+}
+
+func TestExecutorWritesIntentBeforeSpawning(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	p := platform(t, threeServers)
+	fb := &fakeBackend{inv: inv}
+	ex := newExecutor(inv)
+	acts := []Action{{Kind: KindSpawn, Type: "server", Backend: "local"}, {Kind: KindSpawn, Type: "server", Backend: "local"}}
+	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, Observed{}, acts); err != nil {
+		t.Fatal(err)
+	}
+	ex.Wait()
+	if len(fb.spawned) != 2 {
+		t.Fatalf("spawned %d, want 2", len(fb.spawned))
+	}
+	for i, s := range fb.sawIntent {
+		if s != StateSpawning {
+			t.Errorf("spawn %d: record in KV during the backend call was %q, want %q", i, s, StateSpawning)
+		}
+	}
+	recs, _, _ := inv.List(ctx, nil)
+	for _, id := range fb.spawned {
+		if r := recs[id]; r.State != StateJoining || r.Address != "127.0.0.9" {
+			t.Errorf("record %s after spawn: got state %q address %q, want joining at 127.0.0.9", id, r.State, r.Address)
+		}
+	}
+	if got := testutil.ToFloat64(ex.Metrics.Actions.WithLabelValues("spawn", "success")); got != 2 {
+		t.Errorf("actions_total{spawn,success}: got %v want 2", got)
+	}
+}
+
+func TestExecutorFailedSpawnIsRecordedAndBacksOff(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	p := platform(t, threeServers)
+	fb := &fakeBackend{inv: inv, spawnErr: errors.New("engine refused: no such image")}
+	ex := newExecutor(inv)
+	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, Observed{}, []Action{{Kind: KindSpawn, Type: "server", Backend: "local"}}); err != nil {
+		t.Fatal(err)
+	}
+	ex.Wait()
+	recs, _, _ := inv.List(ctx, nil)
+	if len(recs) != 1 {
+		t.Fatalf("got %d records, want the one failed spawn", len(recs))
+	}
+	for _, r := range recs {
+		if r.State != StateDestroying || r.Reason != "spawn failed: engine refused: no such image" {
+			t.Errorf("failed spawn record: got state %q reason %q", r.State, r.Reason)
+		}
+	}
+	var obs Observed
+	ex.Snapshot(&obs)
+	if until := obs.BackoffUntil["local"]; !until.After(time.Now()) {
+		t.Errorf("backend not backing off after a failure: until %v", until)
+	}
+	// The planner finishes the removal: no half-made machine stays recorded.
+	obs.Records = recs
+	d := Plan(p, obs, time.Now())
+	if len(d.Actions) != 1 || d.Actions[0].Kind != KindReap {
+		t.Fatalf("plan after a failed spawn: got %+v want one reap", d.Actions)
+	}
+	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, obs, d.Actions); err != nil {
+		t.Fatal(err)
+	}
+	ex.Wait()
+	if recs, _, _ = inv.List(ctx, nil); len(recs) != 0 {
+		t.Errorf("records left after reaping the failed spawn: %v", recs)
+	}
+}
+
+func TestExecutorStopsWhenLeadershipIsLost(t *testing.T) {
+	inv := needConsul(t)
+	p := platform(t, threeServers)
+	fb := &fakeBackend{inv: inv}
+	ex := newExecutor(inv)
+	r, err := inv.Put(context.Background(), Record{ID: "dead", Type: "server", Backend: "local", State: StateFailed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the lock is already lost
+	obs := Observed{Records: map[string]Record{"dead": r}}
+	_ = ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, obs, []Action{{Kind: KindReap, MachineID: "dead", Type: "server", Backend: "local"}})
+	ex.Wait()
+	if len(fb.destroyed) != 0 {
+		t.Errorf("destroyed %v after losing leadership", fb.destroyed)
+	}
+}
