@@ -92,18 +92,17 @@ func (a *Agent) applyKV(pair *api.KVPair) {
 		return
 	}
 	a.metrics.PlatformValid.Set(1)
+	if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "platform"), p.Source, 0o600); err != nil {
+		a.Log.Error("mirror platform description", telemetry.KeyError, err)
+	}
 	if cur := a.Platform(); cur != nil && bytes.Equal(cur.Source, p.Source) {
 		a.mu.Lock()
 		a.platformErr = ""
 		a.mu.Unlock()
-		a.markReady()
-		return
+	} else {
+		a.setPlatform(p)
+		a.Log.Info("platform description loaded", telemetry.KeyIndex, pair.ModifyIndex, "cluster", p.Cluster)
 	}
-	a.setPlatform(p)
-	if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "platform"), p.Source, 0o600); err != nil {
-		a.Log.Error("mirror platform description", telemetry.KeyError, err)
-	}
-	a.Log.Info("platform description loaded", telemetry.KeyIndex, pair.ModifyIndex, "cluster", p.Cluster)
 	a.markReady()
 }
 
@@ -154,6 +153,11 @@ func (a *Agent) watchInventory(ctx context.Context) {
 		recs, index, err := a.inventory.List(ctx, q)
 		if err != nil {
 			return 0, false, err
+		}
+		if len(recs) == 0 {
+			// A running node always has its own record, so an empty
+			// inventory is a wiped KV: keep the mirror to re-seed from.
+			return index, false, nil
 		}
 		b, _ := json.MarshalIndent(recs, "", "  ")
 		if bytes.Equal(b, last) {

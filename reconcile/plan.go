@@ -44,7 +44,10 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 		m, isMember := obs.Members[id]
 		alive := isMember && m.Status == MemberAlive
 		instGone := false
-		if insts, listed := obs.Instances[r.Backend]; listed {
+		// The backend's view only adds speed (a dead process shows there
+		// before Consul notices); the leader itself is evidently running,
+		// whatever its backend lists.
+		if insts, listed := obs.Instances[r.Backend]; listed && id != obs.Self {
 			in, exists := insts[id]
 			instGone = !exists || !in.Running
 		}

@@ -133,6 +133,14 @@ func TestPlan(t *testing.T) {
 			want: []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
 		},
 		{
+			name: "the leader never judges itself gone from its backend",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				delete(o.Instances["local"], "a")
+				o.Self = "a"
+			}),
+		},
+		{
 			name: "a failed member within the grace period is left alone",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {

@@ -1,0 +1,219 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/raptiformica/raptiformica/backends/builtin"
+	"github.com/raptiformica/raptiformica/internal/testconsul"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+const onePlatform = `cluster = "daemon-test"
+policy {
+  resync_interval = "1s"
+}
+machine "server" {
+  min           = 1
+  consul_server = true
+}
+`
+
+// startAgent runs a real agent, with its own real Consul, in this process.
+func startAgent(t *testing.T) (*Agent, func()) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: runs a real agent and Consul (run without -short)")
+	}
+	consulBin, err := testconsul.Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pf := filepath.Join(dir, "platform.hcl")
+	if err := os.WriteFile(pf, []byte(onePlatform), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := provision.NodeConfig{
+		MachineID: "server-daemon", MachineType: "server", Cluster: "daemon-test", Backend: "local",
+		ClusterDir: dir, DataDir: filepath.Join(dir, "data"), BindAddr: testconsul.FreeIP(),
+		ConsulBinary: consulBin, ConsulServer: true, Bootstrap: true, Encrypt: NewGossipKey(),
+		FastGossip: true, PlatformFile: pf,
+	}.WithDefaults()
+	a := &Agent{Config: cfg, Registry: builtin.Registry(), Binary: "/nonexistent", Log: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { stopAgent(t, cancel, done) }) }
+	t.Cleanup(stop)
+	waitFor(t, time.Minute, "agent leads", func() bool {
+		st, err := httpStatus(cfg)
+		return err == nil && st.IsLeader && st.Reconcile != nil && st.Reconcile.Types["server"].Live == 1
+	})
+	return a, stop
+}
+
+func stopAgent(t *testing.T, cancel func(), done <-chan error) {
+	{
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("agent did not stop within 30s of cancel")
+		}
+	}
+}
+
+func httpStatus(cfg provision.NodeConfig) (AgentStatus, error) {
+	var st AgentStatus
+	resp, err := http.Get(fmt.Sprintf("http://%s:%d/v1/status", cfg.BindAddr, cfg.HTTPPort))
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting until %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
+	a, stop := startAgent(t)
+	kv := a.consul.KV()
+	good := a.Platform().Source
+
+	// The agent's own record, the gossip key and the description are in KV.
+	if rec, found, err := a.inventory.Get(context.Background(), "server-daemon"); err != nil || !found || rec.State != reconcile.StateJoined || !rec.Seed {
+		t.Errorf("own record: got %+v found=%v err=%v", rec, found, err)
+	}
+	if pair, _, err := kv.Get(reconcile.KeyGossip, nil); err != nil || pair == nil || string(pair.Value) != a.Config.Encrypt {
+		t.Errorf("gossip key in KV: got %v err=%v", pair, err)
+	}
+
+	// A bad description written straight to KV is rejected, with its line.
+	if _, err := kv.Put(&api.KVPair{Key: reconcile.KeyPlatform, Value: []byte("machine \"server\" {\n  min = -1\n}\n")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the bad description is rejected", func() bool {
+		st, err := httpStatus(a.Config)
+		return err == nil && strings.Contains(st.PlatformError, KVSourceName+":2,9: machine \"server\" min: must be at least 0")
+	})
+	if got := string(a.Platform().Source); got != string(good) {
+		t.Errorf("the bad description replaced the good one:\n%s", got)
+	}
+	if got := testutil.ToFloat64(a.metrics.PlatformValid); got != 0 {
+		t.Errorf("platform_valid: got %v want 0", got)
+	}
+	if got := testutil.ToFloat64(a.metrics.PlatformRejected); got != 1 {
+		t.Errorf("platform_rejected_total: got %v want 1", got)
+	}
+	mirror, err := os.ReadFile(filepath.Join(a.mirrorDir(), "platform"))
+	if err != nil || string(mirror) != string(good) {
+		t.Errorf("mirror after a rejected description: got %q err=%v", mirror, err)
+	}
+
+	// An empty KV (the cluster's state lost) is re-seeded from the mirror.
+	if _, err := kv.DeleteTree(reconcile.Prefix, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "KV is re-seeded", func() bool {
+		pair, _, err := kv.Get(reconcile.KeyPlatform, nil)
+		if err != nil || pair == nil || string(pair.Value) != string(good) {
+			return false
+		}
+		_, found, err := a.inventory.Get(context.Background(), "server-daemon")
+		return err == nil && found
+	})
+
+	// A new valid description is taken up and mirrored.
+	next := strings.Replace(string(good), `resync_interval = "1s"`, `resync_interval = "2s"`, 1)
+	if _, err := kv.Put(&api.KVPair{Key: reconcile.KeyPlatform, Value: []byte(next)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the new description is loaded and mirrored", func() bool {
+		b, _ := os.ReadFile(filepath.Join(a.mirrorDir(), "platform"))
+		return a.Platform().Policy.ResyncInterval == 2*time.Second && string(b) == next
+	})
+	if got := testutil.ToFloat64(a.metrics.PlatformValid); got != 1 {
+		t.Errorf("platform_valid after a good description: got %v want 1", got)
+	}
+
+	// SIGTERM's path: the agent stops, and its Consul with it.
+	stop()
+	if conn, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", a.Config.BindAddr, a.Config.ConsulHTTPPort), time.Second); err == nil {
+		conn.Close()
+		t.Errorf("consul still listens after the agent stopped")
+	}
+}
+
+func TestAgentMetrics(t *testing.T) {
+	a, _ := startAgent(t)
+	want := `
+# HELP raptiformica_is_leader 1 while this node holds the leader lock.
+# TYPE raptiformica_is_leader gauge
+raptiformica_is_leader 1
+# HELP raptiformica_machines_desired Machines the description asks for (min), by machine type.
+# TYPE raptiformica_machines_desired gauge
+raptiformica_machines_desired{machine_type="server"} 1
+# HELP raptiformica_machines_live Joined, alive machines, by machine type.
+# TYPE raptiformica_machines_live gauge
+raptiformica_machines_live{machine_type="server"} 1
+# HELP raptiformica_machines_in_flight Machines being spawned or joining, by machine type.
+# TYPE raptiformica_machines_in_flight gauge
+raptiformica_machines_in_flight{machine_type="server"} 0
+# HELP raptiformica_reconcile_halted 1 when replacements are suspended because too many members are failed.
+# TYPE raptiformica_reconcile_halted gauge
+raptiformica_reconcile_halted 0
+`
+	if err := testutil.GatherAndCompare(a.metrics.Registry, strings.NewReader(want),
+		"raptiformica_is_leader", "raptiformica_machines_desired", "raptiformica_machines_live",
+		"raptiformica_machines_in_flight", "raptiformica_reconcile_halted"); err != nil {
+		t.Error(err)
+	}
+	if got := testutil.ToFloat64(a.metrics.ReconcileTotal.WithLabelValues("success")); got < 1 {
+		t.Errorf("reconcile_total{result=success}: got %v want >= 1", got)
+	}
+	// The exposition over HTTP is what Prometheus scrapes.
+	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", a.Config.BindAddr, a.Config.HTTPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/metrics: status %d", resp.StatusCode)
+	}
+	h, err := http.Get(fmt.Sprintf("http://%s:%d/healthz", a.Config.BindAddr, a.Config.HTTPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Body.Close()
+	if h.StatusCode != 200 {
+		t.Errorf("/healthz: status %d", h.StatusCode)
+	}
+}
