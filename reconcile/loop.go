@@ -163,7 +163,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-r.Clock.After(100 * time.Millisecond):
 		}
 		p := r.Platform()
-		err := r.Pass(ctx)
+		d, err := r.Pass(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -175,11 +175,14 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 		failures = 0
 		next = p.Policy.ResyncInterval
+		if !d.NextCheck.IsZero() {
+			next = min(next, d.NextCheck.Sub(r.Clock.Now())+10*time.Millisecond)
+		}
 	}
 }
 
-// Pass observes, plans and starts the actions once.
-func (r *Reconciler) Pass(ctx context.Context) error {
+// Pass observes, plans and starts the actions once, and returns the plan.
+func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 	begin := time.Now()
 	now := r.Clock.Now()
 	p := r.Platform()
@@ -217,7 +220,7 @@ func (r *Reconciler) Pass(ctx context.Context) error {
 	if r.Publish != nil {
 		r.Publish(st)
 	}
-	return err
+	return d, err
 }
 
 func (r *Reconciler) record(p *rules.Platform, d Decision) {

@@ -20,11 +20,15 @@ const orphanAge = 10 * time.Second
 func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 	d := Decision{Types: map[string]TypeStatus{}}
 	pol := p.Policy
+	wakeAt := func(t time.Time) {
+		if t.After(now) && (d.NextCheck.IsZero() || t.Before(d.NextCheck)) {
+			d.NextCheck = t
+		}
+	}
 
 	type tally struct {
 		live, pending, failedIn, failedOut int
 		liveRecs                           []Record
-		spawned                            int
 	}
 	tallies := map[string]*tally{}
 	for _, name := range p.MachineNames() {
@@ -39,6 +43,12 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 		mt, known := p.Machines[r.Type]
 		t := tallies[r.Type]
 		if t == nil {
+			t = &tally{}
+		}
+		if r.Manual {
+			// A machine spawned by hand is outside the rules: it neither
+			// counts toward its type nor is scaled down, but it is
+			// still reaped when it dies (and not replaced).
 			t = &tally{}
 		}
 		m, isMember := obs.Members[id]
@@ -80,6 +90,7 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 			default:
 				t.pending++
 				pendingTotal++
+				wakeAt(r.Updated.Add(pol.ProvisionTimeout))
 			}
 		case StateJoined, StateFailed:
 			if alive && !instGone {
@@ -105,8 +116,10 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 				}
 				marks = append(marks, Action{Kind: KindMarkFailed, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: why})
 				t.failedIn++
+				wakeAt(now.Add(pol.GracePeriod))
 			case now.Sub(r.FailedSince) < pol.GracePeriod:
 				t.failedIn++
+				wakeAt(r.FailedSince.Add(pol.GracePeriod))
 			default:
 				reaps = append(reaps, Action{Kind: KindReap, MachineID: id, Type: r.Type, Backend: r.Backend,
 					Reason: fmt.Sprintf("failed for %s, longer than the grace period (%s)", now.Sub(r.FailedSince).Round(time.Second), pol.GracePeriod)})
@@ -128,6 +141,7 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 		have := t.live + t.pending + t.failedIn
 		if need := mt.Min - have; need > 0 && d.Halted == "" {
 			if last, ok := obs.LastSpawn[name]; ok && now.Sub(last) < pol.Cooldown {
+				wakeAt(last.Add(pol.Cooldown))
 				d.Waiting = append(d.Waiting, fmt.Sprintf("machine %q: %d to spawn after the cooldown (%s)", name, need, (pol.Cooldown-now.Sub(last)).Round(time.Millisecond)))
 				continue
 			}
@@ -136,7 +150,7 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 				d.Waiting = append(d.Waiting, fmt.Sprintf("machine %q: %d to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need, pol.MaxConcurrentSpawns))
 				continue
 			}
-			backend, skipped := pickBackend(mt.Backends, obs, now)
+			backend, skipped := pickBackend(mt.Backends, obs, now, wakeAt)
 			d.Waiting = append(d.Waiting, skipped...)
 			if backend == "" {
 				d.Waiting = append(d.Waiting, fmt.Sprintf("machine %q: %d to spawn, but no backend is usable", name, need))
@@ -189,11 +203,11 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 		}
 	}
 	d.Actions = append(d.Actions, downs...)
-	d.Actions = append(d.Actions, orphans(obs, now)...)
+	d.Actions = append(d.Actions, orphans(obs, now, wakeAt)...)
 	return d
 }
 
-func pickBackend(names []string, obs Observed, now time.Time) (string, []string) {
+func pickBackend(names []string, obs Observed, now time.Time, wake func(time.Time)) (string, []string) {
 	var skipped []string
 	for _, b := range names {
 		if why, bad := obs.BackendErrors[b]; bad {
@@ -201,6 +215,7 @@ func pickBackend(names []string, obs Observed, now time.Time) (string, []string)
 			continue
 		}
 		if until, ok := obs.BackoffUntil[b]; ok && now.Before(until) {
+			wake(until)
 			skipped = append(skipped, fmt.Sprintf("backend %q skipped: backing off for %s after failures", b, until.Sub(now).Round(time.Millisecond)))
 			continue
 		}
@@ -231,7 +246,7 @@ func scaleDown(live []Record, n int, self string, mt rules.MachineType) []Action
 	return out
 }
 
-func orphans(obs Observed, now time.Time) []Action {
+func orphans(obs Observed, now time.Time, wake func(time.Time)) []Action {
 	var out []Action
 	for _, b := range sortedKeys(obs.Instances) {
 		insts := obs.Instances[b]
@@ -241,6 +256,7 @@ func orphans(obs Observed, now time.Time) []Action {
 				continue
 			}
 			if !in.Created.IsZero() && now.Sub(in.Created) < orphanAge {
+				wake(in.Created.Add(orphanAge))
 				continue
 			}
 			out = append(out, Action{Kind: KindDestroyOrphan, MachineID: id, Type: in.MachineType, Backend: b, Reason: "instance has no inventory record"})

@@ -12,7 +12,7 @@ import (
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
-func platform(t *testing.T, src string) *rules.Platform {
+func platform(t testing.TB, src string) *rules.Platform {
 	t.Helper()
 	p, err := rules.Parse("test.hcl", []byte(src), rules.Options{BackendTypes: []string{"local", "docker"}})
 	if err != nil {
@@ -236,6 +236,27 @@ func TestPlan(t *testing.T) {
 			}),
 		},
 		{
+			name: "a machine spawned by hand is on top of the description",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c", "d"), func(o *Observed) {
+				r := o.Records["d"]
+				r.Manual = true
+				o.Records["d"] = r
+			}),
+			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 3}},
+		},
+		{
+			name: "a dead machine spawned by hand is reaped and not replaced",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c", "d"), func(o *Observed) {
+				r := o.Records["d"]
+				r.Manual, r.State, r.FailedSince = true, StateFailed, now.Add(-time.Minute)
+				o.Records["d"] = r
+				o.Members["d"] = Member{Name: "d", Status: MemberFailed}
+			}),
+			want: []Action{{Kind: KindReap, MachineID: "d", Type: "server", Backend: "local", Reason: "failed for 1m0s, longer than the grace period (30s)"}},
+		},
+		{
 			name: "workers scale down together and hand-spawned machines stay",
 			src:  `machine "server" {` + "\n min = 1\n consul_server = true\n}\n" + `machine "worker" {` + "\n min = 1\n max = 2\n}",
 			obs: with(cluster("worker", "w1", "w2", "w3", "w4", "w5"), func(o *Observed) {
@@ -249,7 +270,6 @@ func TestPlan(t *testing.T) {
 			want: []Action{
 				{Kind: KindScaleDown, MachineID: "w4", Type: "worker", Backend: "local", Reason: "more than max 2"},
 				{Kind: KindScaleDown, MachineID: "w3", Type: "worker", Backend: "local", Reason: "more than max 2"},
-				{Kind: KindScaleDown, MachineID: "w2", Type: "worker", Backend: "local", Reason: "more than max 2"},
 			},
 		},
 		{
@@ -303,6 +323,23 @@ func TestPlan(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestPlanWakesWhenATimerRunsOut(t *testing.T) {
+	now := t0.Add(time.Hour)
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Members["c"] = Member{Name: "c", Status: MemberFailed}
+		r := o.Records["c"]
+		r.State, r.FailedSince = StateFailed, now.Add(-10*time.Second)
+		o.Records["c"] = r
+	})
+	if got, want := Plan(p, obs, now).NextCheck, now.Add(20*time.Second); !got.Equal(want) {
+		t.Errorf("next check with a failed member: got %v want the end of its grace period %v", got, want)
+	}
+	if got := Plan(p, cluster("server", "a", "b", "c"), now).NextCheck; !got.IsZero() {
+		t.Errorf("next check at rest: got %v want none", got)
 	}
 }
 

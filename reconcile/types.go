@@ -47,8 +47,10 @@ type Record struct {
 	Backend string `json:"backend"`
 	State   State  `json:"state"`
 	Address string `json:"address,omitempty"`
-	// Manual marks a machine spawned by hand (`raptiformica spawn`): it
-	// counts toward its type but is never chosen for scale-down.
+	// Manual marks a machine spawned by hand (`raptiformica spawn`): it is
+	// on top of what the description asks for, so it neither counts toward
+	// its type's min and max nor is ever scaled down. It is reaped, and not
+	// replaced, when it dies.
 	Manual bool `json:"manual,omitempty"`
 	// Seed marks the node that founded the cluster.
 	Seed    bool      `json:"seed,omitempty"`
@@ -166,4 +168,9 @@ type Decision struct {
 	// Waiting explains needs that could not be acted on this pass
 	// (cooldown, backoff, concurrency limit, no usable backend).
 	Waiting []string `json:"waiting,omitempty"`
+	// NextCheck is the earliest time at which the same observation would
+	// give another plan (a grace period, cooldown, backoff or timeout runs
+	// out); zero when only an event can change it. The loop wakes then, so
+	// that timers act on time rather than at the next resync.
+	NextCheck time.Time `json:"next_check,omitzero"`
 }

@@ -58,11 +58,15 @@ func TestMain(m *testing.M) {
 }
 
 // platformSrc is a description with short timings, so that healing takes
-// seconds.
+// seconds, and a hook that logs every spawn to SPAWNLOG.
 func platformSrc(min, max int) string {
-	return fmt.Sprintf(`cluster = "e2e"
+	return platformWith(min, max, "2s", "", true)
+}
+
+func platformWith(min, max int, grace, extra string, spawnHook bool) string {
+	src := fmt.Sprintf(`cluster = "e2e"
 policy {
-  grace_period      = "2s"
+  grace_period      = %q
   cooldown          = "1s"
   provision_timeout = "90s"
   resync_interval   = "2s"
@@ -73,19 +77,24 @@ machine "server" {
   consul_server = true
   backends      = ["local"]
 }
-hook "after_spawn" {
+`, grace, min, max) + extra
+	if spawnHook {
+		src += `hook "after_spawn" {
   command = ["/bin/sh", "-c", "cat >> \"$0\"; echo >> \"$0\"", "SPAWNLOG"]
 }
-`, min, max)
+`
+	}
+	return src
 }
 
 type testCluster struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	spawnLog string
+	clients  map[string]*api.Client
 }
 
-func newCluster(t *testing.T) *testCluster {
+func newCluster(t testing.TB) *testCluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test (run without -short)")
@@ -132,17 +141,28 @@ func (c *testCluster) rf(args ...string) (string, string, int) {
 	return stdout.String(), stderr.String(), code
 }
 
+// client returns a client of a machine whose Consul has a leader. Clients
+// are kept per address: each api.Client has its own connection pool, and a
+// new one per poll would exhaust Consul's per-client connection limit.
 func (c *testCluster) client() *api.Client {
 	c.t.Helper()
+	if c.clients == nil {
+		c.clients = map[string]*api.Client{}
+	}
 	for _, m := range c.machines() {
 		if !m.Running {
 			continue
 		}
-		cfg := api.DefaultConfig()
-		cfg.Address, cfg.Scheme = fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort), "http"
-		cl, err := api.NewClient(cfg)
-		if err != nil {
-			continue
+		addr := fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort)
+		cl := c.clients[addr]
+		if cl == nil {
+			cfg := api.DefaultConfig()
+			cfg.Address, cfg.Scheme = addr, "http"
+			var err error
+			if cl, err = api.NewClient(cfg); err != nil {
+				continue
+			}
+			c.clients[addr] = cl
 		}
 		if l, err := cl.Status().Leader(); err == nil && l != "" {
 			return cl
@@ -214,6 +234,16 @@ func (v view) agreeOn(n int) bool {
 		equal(v.joined, v.alive) && equal(v.joined, v.instances)
 }
 
+// has reports whether any of ids is recorded, alive or running.
+func (v view) has(ids ...string) bool {
+	for _, id := range ids {
+		if _, ok := v.records[id]; ok || contains(v.alive, id) || contains(v.instances, id) {
+			return true
+		}
+	}
+	return false
+}
+
 func (v view) String() string {
 	return fmt.Sprintf("leader=%q records=%d joined=%v alive=%v instances=%v", v.leader, len(v.records), v.joined, v.alive, v.instances)
 }
@@ -223,15 +253,15 @@ func equal(a, b []string) bool {
 }
 
 // waitAgree waits until the cluster has n machines on which every source
-// agrees, and returns that view.
-func (c *testCluster) waitAgree(n int, timeout time.Duration, why string) view {
+// agrees, none of them in gone, and returns that view.
+func (c *testCluster) waitAgree(n int, timeout time.Duration, why string, gone ...string) view {
 	c.t.Helper()
 	var last view
 	var lastErr error
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		last, lastErr = c.view()
-		if lastErr == nil && last.agreeOn(n) {
+		if lastErr == nil && last.agreeOn(n) && !last.has(gone...) {
 			return last
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -302,17 +332,14 @@ func TestSelfHealing(t *testing.T) {
 		}
 	}
 	c.kill(victim)
-	v = c.waitAgree(3, 2*time.Minute, "after killing follower "+victim)
-	if _, still := v.records[victim]; still || contains(v.alive, victim) {
-		t.Errorf("killed follower %s is still recorded or alive: %v", victim, v)
-	}
+	v = c.waitAgree(3, 2*time.Minute, "after killing follower "+victim, victim)
 
 	// The leader's machine dies; another takes the lock and heals.
 	oldLeader := v.leader
 	c.kill(oldLeader)
-	v = c.waitAgree(3, 2*time.Minute, "after killing leader "+oldLeader)
-	if v.leader == oldLeader || contains(v.joined, oldLeader) {
-		t.Errorf("leader %s was killed but is still leader or member: %v", oldLeader, v)
+	v = c.waitAgree(3, 2*time.Minute, "after killing leader "+oldLeader, oldLeader)
+	if v.leader == oldLeader {
+		t.Errorf("leader %s was killed but is still leader: %v", oldLeader, v)
 	}
 
 	// Nothing was spawned twice for one need: 2 to grow, 1 per death.
@@ -404,6 +431,55 @@ func TestPlatformChanges(t *testing.T) {
 	}
 	if len(peers.Servers) != 3 {
 		t.Errorf("raft has %d servers after scale-down, want 3", len(peers.Servers))
+	}
+
+	// The planner, asked from outside, agrees there is nothing to do.
+	if out, errOut, code := c.rf("plan"); code != 0 || !strings.Contains(out, "no actions") {
+		t.Errorf("plan at rest: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// A machine spawned by hand is kept above max; destroying it by hand
+	// brings the cluster back to its description.
+	before := map[string]bool{}
+	for _, m := range c.machines() {
+		before[m.Config.MachineID] = true
+	}
+	if out, errOut, code := c.rf("spawn", "--type", "server"); code != 0 {
+		t.Fatalf("spawn: exit %d: %s %s", code, out, errOut)
+	}
+	v := c.waitAgree(4, 2*time.Minute, "after spawning by hand")
+	manual := ""
+	for _, id := range v.joined {
+		if !before[id] {
+			manual = id
+		}
+	}
+	if r := v.records[manual]; !r.Manual {
+		t.Errorf("hand-spawned machine %q not recorded as manual: %+v", manual, r)
+	}
+	time.Sleep(5 * time.Second) // two resync intervals: it must not be scaled down
+	c.waitAgree(4, 10*time.Second, "hand-spawned machine kept")
+	if out, errOut, code := c.rf("destroy", manual); code != 0 {
+		t.Fatalf("destroy: exit %d: %s %s", code, out, errOut)
+	}
+	c.waitAgree(3, time.Minute, "after destroying by hand")
+
+	out, _, code = c.rf("members", "--json")
+	var rows []memberRow
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || code != 0 {
+		t.Fatalf("members --json: exit %d, %v:\n%s", code, err, out)
+	}
+	alive, leaders := 0, 0
+	for _, r := range rows {
+		if r.Status == "alive" {
+			alive++
+		}
+		if r.Leader {
+			leaders++
+		}
+	}
+	if alive != 3 || leaders != 1 {
+		t.Errorf("members --json: %d alive and %d leaders, want 3 and 1:\n%s", alive, leaders, out)
 	}
 }
 

@@ -36,7 +36,7 @@ Usage:
   raptiformica platform validate FILE             check a platform description
   raptiformica platform apply FILE [--dir DIR]    validate and store a platform description
   raptiformica platform get [--dir DIR]           print the stored platform description
-  raptiformica spawn --type T [--backend B]       spawn one machine by hand (kept at scale-down)
+  raptiformica spawn --type T [--backend B]       spawn one machine on top of the description
   raptiformica destroy MACHINE_ID                 remove one machine (replaced if below min)
   raptiformica agent --config FILE                run the node agent (what systemd starts)
   raptiformica version
@@ -46,13 +46,15 @@ the local cluster in the default folder (` + "`$XDG_DATA_HOME/raptiformica`" + `
 `
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(runWith(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // errUsage marks errors that are the user's invocation, answered with exit 2.
 var errUsage = errors.New("usage")
 
-func run(args []string, stdout, stderr io.Writer) int {
+// runWith runs the command line args and returns the exit code: 0 on
+// success, 1 on failure, 2 on a usage error.
+func runWith(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
@@ -69,7 +71,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"platform": cmdPlatform,
 		"spawn":    cmdSpawn,
 		"destroy":  cmdDestroy,
-		"version": func(context.Context, []string, io.Writer) error {
+		"version": func(_ context.Context, _ []string, stdout io.Writer) error {
 			fmt.Fprintf(stdout, "raptiformica %s (consul %s)\n", version, provision.ConsulVersion)
 			return nil
 		},

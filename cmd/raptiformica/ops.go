@@ -238,12 +238,31 @@ func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	a := reconcile.Action{Kind: reconcile.KindSpawn, Type: *typ, Backend: *backend, Reason: "spawned by hand", Manual: true}
+	inv := &reconcile.Inventory{KV: c.KV()}
+	before, _, err := inv.List(ctx, nil)
+	if err != nil {
+		return err
+	}
 	if err := ex.Execute(ctx, p, bes, reconcile.Observed{}, []reconcile.Action{a}); err != nil {
 		return err
 	}
 	ex.Wait()
-	fmt.Fprintf(out, "spawned a %s machine on %s; the leader records it as joined once it is alive\n", *typ, *backend)
-	return nil
+	// The backend call ran in the background; its outcome is in the record.
+	after, _, err := inv.List(ctx, nil)
+	if err != nil {
+		return err
+	}
+	for id, r := range after {
+		if _, old := before[id]; old || !r.Manual {
+			continue
+		}
+		if r.State != reconcile.StateJoining {
+			return fmt.Errorf("machine %s: %s", id, r.Reason)
+		}
+		fmt.Fprintf(out, "spawned %s (%s on %s at %s); the leader records it as joined once it is alive\n", id, *typ, *backend, r.Address)
+		return nil
+	}
+	return fmt.Errorf("spawn of a %s machine left no record", *typ)
 }
 
 func cmdDestroy(ctx context.Context, args []string, out io.Writer) error {

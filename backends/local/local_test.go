@@ -1,0 +1,150 @@
+package local
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/provision"
+)
+
+// standIn is a program in place of the agent: it starts a child (as the agent
+// starts Consul) and sleeps. The backend, not the agent, is under test here.
+const standIn = "#!/bin/sh\nsleep 300 &\nsleep 300\n"
+
+func newBackend(t *testing.T) (*Backend, string) {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "agent.sh")
+	if err := os.WriteFile(bin, []byte(standIn), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New("local", map[string]string{"subnet": "127.99.1"}, backends.Env{Cluster: "t", ClusterDir: dir, Binary: bin, ConsulBinary: bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.(*Backend), dir
+}
+
+func TestSubnet(t *testing.T) {
+	a, b := Subnet("/tmp/one"), Subnet("/tmp/two")
+	if a == b {
+		t.Errorf("two folders share subnet %s", a)
+	}
+	if Subnet("/tmp/one") != a {
+		t.Errorf("subnet is not stable")
+	}
+	if strings.HasPrefix(a, "127.0.") || !strings.HasPrefix(a, "127.") {
+		t.Errorf("subnet %s outside 127.16-239.x", a)
+	}
+	if _, err := New("local", map[string]string{"subnet": "10.0.0"}, backends.Env{ClusterDir: "/tmp/x"}); err == nil {
+		t.Errorf("a subnet outside 127/8 was accepted")
+	}
+}
+
+func TestSpawnListDestroy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	b, dir := newBackend(t)
+	ctx := context.Background()
+	t.Cleanup(func() { KillAll(context.Background(), dir) })
+	var ids []string
+	for _, id := range []string{"m-1", "m-2", "m-3"} {
+		in, err := b.Spawn(ctx, backends.Spec{Node: provision.NodeConfig{MachineID: id, MachineType: "server"}})
+		if err != nil {
+			t.Fatalf("spawn %s: %v", id, err)
+		}
+		ids = append(ids, in.Address)
+	}
+	if got, want := strings.Join(ids, " "), "127.99.1.2 127.99.1.3 127.99.1.4"; got != want {
+		t.Errorf("addresses: got %s want %s", got, want)
+	}
+	cfg, err := provision.ReadConfig(filepath.Join(dir, "machines", "m-1", "agent.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.BindAddr != "127.99.1.2" || cfg.DataDir != filepath.Join(dir, "machines", "m-1", "data") || cfg.Backend != "local" {
+		t.Errorf("node config written: %+v", cfg)
+	}
+
+	// Destroying the middle machine ends its whole process group and frees
+	// its address for the next spawn.
+	ms, _ := Machines(dir)
+	var pid int
+	for _, m := range ms {
+		if m.Config.MachineID == "m-2" {
+			pid = m.PID
+		}
+	}
+	if err := b.Destroy(ctx, "m-2"); err != nil {
+		t.Fatal(err)
+	}
+	if groupAlive(pid) {
+		t.Errorf("process group %d of a destroyed machine is alive", pid)
+	}
+	in, err := b.Spawn(ctx, backends.Spec{Node: provision.NodeConfig{MachineID: "m-4", MachineType: "server"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Address != "127.99.1.3" {
+		t.Errorf("address after a destroy: got %s want the freed 127.99.1.3", in.Address)
+	}
+	list, err := b.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, in := range list {
+		got[in.MachineID] = in.Running
+	}
+	if len(got) != 3 || !got["m-1"] || !got["m-3"] || !got["m-4"] {
+		t.Errorf("list: got %v want m-1, m-3, m-4 running", got)
+	}
+
+	// A machine whose processes die shows as not running.
+	ms, _ = Machines(dir)
+	for _, m := range ms {
+		if m.Config.MachineID == "m-1" {
+			killGroup(m.PID, 9)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		list, _ := b.List(ctx)
+		running := true
+		for _, in := range list {
+			if in.MachineID == "m-1" {
+				running = in.Running
+			}
+		}
+		if !running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("killed machine still listed as running")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	n, err := KillAll(ctx, dir)
+	if err != nil || n != 2 {
+		t.Errorf("KillAll: killed %d err %v, want 2", n, err)
+	}
+	if ms, _ := Machines(dir); len(ms) != 0 {
+		t.Errorf("machines left after KillAll: %v", ms)
+	}
+}
+
+func TestDestroyRefusesPaths(t *testing.T) {
+	b, _ := newBackend(t)
+	for _, id := range []string{"", "../x", "a/b"} {
+		if err := b.Destroy(context.Background(), id); err == nil {
+			t.Errorf("Destroy(%q) accepted", id)
+		}
+	}
+}

@@ -1,0 +1,254 @@
+package main
+
+// Benchmarks that measure the real thing and print figures beside the floor
+// they cannot beat, measured in the same run. They never fail on time.
+//
+//	go test -run '^$' -bench . -benchtime 3x ./cmd/raptiformica/
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+const benchGrace = time.Second
+
+func benchPlatform(extra string) string {
+	return platformWith(3, 3, benchGrace.String(), extra, false)
+}
+
+// memberState polls Consul for one member: alive, and a healthy voter.
+func memberState(cl *api.Client, name string) (alive, voter bool) {
+	members, err := cl.Agent().Members(false)
+	if err != nil {
+		return false, false
+	}
+	for _, m := range members {
+		if m.Name == name {
+			alive = m.Status == 1
+		}
+	}
+	h, err := cl.Operator().AutopilotServerHealth(nil)
+	if err == nil {
+		for _, s := range h.Servers {
+			if s.Name == name {
+				voter = s.Voter && s.Healthy
+			}
+		}
+	}
+	return alive, voter
+}
+
+func poll(timeout time.Duration, f func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if f() {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
+// BenchmarkHeal: SIGKILL a follower's machine and time until a replacement is
+// a joined voter and the dead one reaped. Beside it, the floor: Consul's own
+// failure detection (SIGKILL until serf says failed) plus a bare node start
+// (a machine spawned by hand until it is an alive voter).
+func BenchmarkHeal(b *testing.B) {
+	c := newCluster(b)
+	c.up(c.writePlatform("platform.hcl", benchPlatform("")))
+	c.waitAgree(3, time.Minute, "after up")
+	var heal, detect, start time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		v := c.waitAgree(3, time.Minute, "before kill")
+		victim := ""
+		for _, id := range v.joined {
+			if id != v.leader {
+				victim = id
+			}
+		}
+		cl := c.client()
+		t0 := time.Now()
+		c.kill(victim)
+		poll(time.Minute, func() bool { alive, _ := memberState(cl, victim); return !alive })
+		detect += time.Since(t0)
+		c.waitAgree(3, 2*time.Minute, "heal", victim)
+		heal += time.Since(t0)
+
+		// A bare node start: spawn one by hand, time it to an alive voter.
+		before := map[string]bool{}
+		for _, m := range c.machines() {
+			before[m.Config.MachineID] = true
+		}
+		t1 := time.Now()
+		if out, errOut, code := c.rf("spawn", "--type", "server"); code != 0 {
+			b.Fatalf("spawn: %s %s", out, errOut)
+		}
+		extra := ""
+		for _, m := range c.machines() {
+			if !before[m.Config.MachineID] {
+				extra = m.Config.MachineID
+			}
+		}
+		cl = c.client()
+		poll(time.Minute, func() bool { alive, voter := memberState(cl, extra); return alive && voter })
+		start += time.Since(t1)
+		if out, errOut, code := c.rf("destroy", extra); code != 0 {
+			b.Fatalf("destroy: %s %s", out, errOut)
+		}
+	}
+	n := float64(b.N)
+	b.ReportMetric(heal.Seconds()/n, "heal_s")
+	b.ReportMetric((detect+start).Seconds()/n, "floor_s")
+	b.ReportMetric(detect.Seconds()/n, "detect_s")
+	b.ReportMetric(start.Seconds()/n, "node_start_s")
+	b.ReportMetric(benchGrace.Seconds(), "grace_s")
+}
+
+// BenchmarkReaction: from `platform apply` of min+1 to the leader's spawn
+// intent in KV, seen through a blocking query.
+func BenchmarkReaction(b *testing.B) {
+	c := newCluster(b)
+	three := c.writePlatform("three.hcl", benchPlatform(""))
+	// Servers must stay odd, so the change adds a worker type.
+	withWorker := c.writePlatform("worker.hcl", benchPlatform("machine \"worker\" {\n  min = 1\n}\n"))
+	c.up(three)
+	c.waitAgree(3, time.Minute, "after up")
+	var total time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		cl := c.client()
+		inv := &reconcile.Inventory{KV: cl.KV()}
+		_, index, err := inv.List(context.Background(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		if out, errOut, code := c.rf("platform", "apply", withWorker); code != 0 {
+			b.Fatalf("apply: %s %s", out, errOut)
+		}
+		for {
+			recs, next, err := inv.List(context.Background(), &api.QueryOptions{WaitIndex: index, WaitTime: time.Minute})
+			if err != nil {
+				b.Fatal(err)
+			}
+			index = next
+			found := false
+			for _, r := range recs {
+				found = found || r.Type == "worker"
+			}
+			if found {
+				break
+			}
+		}
+		total += time.Since(t0)
+		b.StopTimer()
+		c.waitAgree(4, time.Minute, "with a worker")
+		if _, errOut, code := c.rf("platform", "apply", three); code != 0 {
+			b.Fatal(errOut)
+		}
+		c.waitAgree(3, time.Minute, "back to three")
+		b.StartTimer()
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N)*1000, "reaction_ms")
+}
+
+// BenchmarkIdle: resident memory and CPU of idle agents and their Consuls in
+// a settled 3-node cluster, sampled over 10 seconds.
+func BenchmarkIdle(b *testing.B) {
+	c := newCluster(b)
+	c.up(c.writePlatform("platform.hcl", benchPlatform("")))
+	c.waitAgree(3, time.Minute, "after up")
+	time.Sleep(5 * time.Second)
+	b.ResetTimer()
+	var agentRSS, consulRSS, agentCPU, consulCPU float64
+	for i := 0; i < b.N; i++ {
+		var agents, consuls []int
+		for _, m := range c.machines() {
+			agents = append(agents, m.PID)
+			consuls = append(consuls, children(m.PID)...)
+		}
+		a0, c0 := cpuTicks(agents), cpuTicks(consuls)
+		const window = 10 * time.Second
+		time.Sleep(window)
+		a1, c1 := cpuTicks(agents), cpuTicks(consuls)
+		const hz = 100.0 // USER_HZ on Linux
+		agentCPU += (a1 - a0) / hz / window.Seconds() * 100 / float64(len(agents))
+		consulCPU += (c1 - c0) / hz / window.Seconds() * 100 / float64(len(consuls))
+		agentRSS += rssMB(agents) / float64(len(agents))
+		consulRSS += rssMB(consuls) / float64(len(consuls))
+	}
+	n := float64(b.N)
+	b.ReportMetric(agentRSS/n, "agent_rss_MB")
+	b.ReportMetric(agentCPU/n, "agent_cpu_%")
+	b.ReportMetric(consulRSS/n, "consul_rss_MB")
+	b.ReportMetric(consulCPU/n, "consul_cpu_%")
+}
+
+// children returns the PIDs whose parent is pid (the agent's Consul).
+func children(pid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, n)
+		}
+	}
+	sort.Ints(out)
+	return out
+}
+
+func cpuTicks(pids []int) float64 {
+	total := 0.0
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		// fields after the command: state is f[0]; utime f[11], stime f[12]
+		u, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		total += u + st
+	}
+	return total
+}
+
+func rssMB(pids []int) float64 {
+	total := 0.0
+	for _, pid := range pids {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "VmRSS:") {
+				kb, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
+				total += kb / 1024
+			}
+		}
+	}
+	return total
+}
