@@ -16,4 +16,4 @@ go test -run '^$' -bench 'Heal|Reaction|Idle' -benchtime "${count}x" -timeout 30
 		name = $1; sub(/-[0-9]+$/, "", name)
 		printf "%s\n", name
 		for (i = 5; i < NF; i += 2) printf "  %-14s %s\n", $(i+1), $i
-	} /^(ok|FAIL|PASS)/ { print }'
+	} /^(ok|FAIL|PASS)/ || /_test.go:/ { print }'

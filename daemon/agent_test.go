@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -215,5 +216,50 @@ raptiformica_reconcile_halted 0
 	h.Body.Close()
 	if h.StatusCode != 200 {
 		t.Errorf("/healthz: status %d", h.StatusCode)
+	}
+}
+
+// consulPID finds the agent's Consul process, or returns 0.
+func consulPID(cfg provision.NodeConfig) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(cmdline), filepath.Join(cfg.DataDir, "consul.json")) {
+			var pid int
+			fmt.Sscanf(e.Name(), "%d", &pid)
+			return pid
+		}
+	}
+	return 0
+}
+
+func TestAgentRestartsConsul(t *testing.T) {
+	a, _ := startAgent(t)
+	first := consulPID(a.Config)
+	if first == 0 {
+		t.Fatal("no consul process")
+	}
+	if err := syscall.Kill(first, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "consul is restarted and answers", func() bool {
+		pid := consulPID(a.Config)
+		leader, err := a.consul.Status().Leader()
+		return pid != 0 && pid != first && err == nil && leader != ""
+	})
+	if got := testutil.ToFloat64(a.metrics.ConsulRestarts); got != 1 {
+		t.Errorf("consul_restarts_total: got %v want 1", got)
+	}
+	waitFor(t, time.Minute, "the agent leads again", func() bool {
+		st, err := httpStatus(a.Config)
+		return err == nil && st.IsLeader && st.Leader == a.Config.MachineID
+	})
+	// The restarted Consul kept its data: the description is still there.
+	pair, _, err := a.consul.KV().Get(reconcile.KeyPlatform, nil)
+	if err != nil || pair == nil {
+		t.Errorf("description after the restart: %v %v", pair, err)
 	}
 }

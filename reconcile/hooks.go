@@ -46,7 +46,7 @@ func (h *HookRunner) Fire(ctx context.Context, p *rules.Platform, event string, 
 	}
 }
 
-// Run runs one hook and waits for it. Its combined output is logged.
+// run runs one hook and waits for it. Its combined output is logged.
 func (h *HookRunner) run(ctx context.Context, hk rules.Hook, payload []byte) {
 	ctx, cancel := context.WithTimeout(ctx, hk.Timeout)
 	defer cancel()

@@ -50,13 +50,24 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	if err != nil {
 		return obs, fmt.Errorf("list consul members: %w", err)
 	}
-	voters := map[string]bool{}
+	// A server adds to quorum once the Raft configuration has it as a voter
+	// (autopilot's health report says "voter" before Raft does) and
+	// autopilot finds it healthy.
+	raft, err := consul.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return obs, fmt.Errorf("read raft configuration: %w", err)
+	}
 	health, err := consul.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return obs, fmt.Errorf("read autopilot server health: %w", err)
 	}
+	healthy := map[string]bool{}
 	for _, s := range health.Servers {
-		voters[s.Name] = s.Voter && s.Healthy
+		healthy[s.Name] = s.Healthy
+	}
+	voters := map[string]bool{}
+	for _, s := range raft.Servers {
+		voters[s.Node] = s.Voter && healthy[s.Node]
 	}
 	for _, mb := range members {
 		obs.Members[mb.Name] = Member{

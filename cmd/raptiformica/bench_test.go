@@ -27,7 +27,7 @@ func benchPlatform(extra string) string {
 	return platformWith(3, 3, benchGrace.String(), extra, false)
 }
 
-// memberState polls Consul for one member: alive, and a healthy voter.
+// memberState polls Consul for one member: alive, and a Raft voter.
 func memberState(cl *api.Client, name string) (alive, voter bool) {
 	members, err := cl.Agent().Members(false)
 	if err != nil {
@@ -38,11 +38,11 @@ func memberState(cl *api.Client, name string) (alive, voter bool) {
 			alive = m.Status == 1
 		}
 	}
-	h, err := cl.Operator().AutopilotServerHealth(nil)
+	raft, err := cl.Operator().RaftGetConfiguration(nil)
 	if err == nil {
-		for _, s := range h.Servers {
-			if s.Name == name {
-				voter = s.Voter && s.Healthy
+		for _, s := range raft.Servers {
+			if s.Node == name {
+				voter = s.Voter
 			}
 		}
 	}
@@ -82,9 +82,12 @@ func BenchmarkHeal(b *testing.B) {
 		t0 := time.Now()
 		c.kill(victim)
 		poll(time.Minute, func() bool { alive, _ := memberState(cl, victim); return !alive })
-		detect += time.Since(t0)
+		d := time.Since(t0)
+		detect += d
 		c.waitAgree(3, 2*time.Minute, "heal", victim)
-		heal += time.Since(t0)
+		h := time.Since(t0)
+		heal += h
+		b.Logf("iteration %d: detect %s, heal %s", i, d.Round(time.Millisecond), h.Round(time.Millisecond))
 
 		// A bare node start: spawn one by hand, time it to an alive voter.
 		before := map[string]bool{}

@@ -176,6 +176,14 @@ func startSeed(ctx context.Context, dir, platformFile string, out io.Writer) (*r
 	var err error
 	name := filepath.Join(dir, "platform.hcl")
 	if platformFile == "" {
+		if mirror := newestMirror(dir); mirror != "" {
+			// The machines of this folder died (a reboot): the cluster is
+			// re-created from the last description one of them held.
+			fmt.Fprintf(out, "re-creating the cluster from the description mirrored in %s\n", mirror)
+			platformFile = mirror
+		}
+	}
+	if platformFile == "" {
 		plat, err = rules.Parse(name, []byte(rules.DefaultSource), parseOpts())
 	} else {
 		plat, err = rules.ParseFile(platformFile, parseOpts())
@@ -225,6 +233,20 @@ func startSeed(ctx context.Context, dir, platformFile string, out io.Writer) (*r
 	}
 	fmt.Fprintf(out, "started seed %s on %s (cluster %q in %s)\n", inst.MachineID, inst.Address, plat.Cluster, dir)
 	return plat, nil
+}
+
+// newestMirror returns the most recently written platform mirror of the
+// machines in a cluster folder, or "".
+func newestMirror(dir string) string {
+	ms, _ := local.Machines(dir)
+	best, bestTime := "", time.Time{}
+	for _, m := range ms {
+		p := filepath.Join(m.Config.DataDir, "mirror", "platform")
+		if fi, err := os.Stat(p); err == nil && fi.ModTime().After(bestTime) {
+			best, bestTime = p, fi.ModTime()
+		}
+	}
+	return best
 }
 
 // waitConverged waits until every machine type has its min of joined, alive

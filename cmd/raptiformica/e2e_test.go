@@ -5,7 +5,6 @@ package main
 // own 127.x.y.0/24), which lets them run in parallel.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -283,16 +282,11 @@ func (c *testCluster) kill(id string) {
 	c.t.Fatalf("no running machine %s", id)
 }
 
+// spawns counts the after_spawn hook events logged. Hooks of parallel
+// spawns append concurrently, so events are counted, not lines.
 func (c *testCluster) spawns() int {
 	b, _ := os.ReadFile(c.spawnLog)
-	n := 0
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), `"event":"after_spawn"`) {
-			n++
-		}
-	}
-	return n
+	return strings.Count(string(b), `"event":"after_spawn"`)
 }
 
 func (c *testCluster) dumpLogs() {
@@ -348,6 +342,20 @@ func TestSelfHealing(t *testing.T) {
 		t.Errorf("spawned %d machines, want 4 (2 to grow from the seed, 2 replacements)", n)
 	}
 	c.waitAgree(3, 30*time.Second, "at the end")
+
+	// Every machine dies at once (the host rebooted): `up` re-creates the
+	// cluster from the description the machines mirrored, not the default.
+	for _, m := range c.machines() {
+		c.kill(m.Config.MachineID)
+	}
+	out, errOut, code := c.rf("up", "--timeout", "3m")
+	if code != 0 || !strings.Contains(out, "re-creating the cluster from the description mirrored in") {
+		t.Fatalf("up after losing every machine: exit %d\n%s%s", code, out, errOut)
+	}
+	c.waitAgree(3, time.Minute, "after re-creating")
+	if out, _, _ := c.rf("platform", "get"); !strings.Contains(out, `cluster = "e2e"`) {
+		t.Errorf("re-created cluster runs another description:\n%s", out)
+	}
 
 	// down leaves no process and no listening port behind.
 	addrs := map[string]bool{}
