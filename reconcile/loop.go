@@ -50,25 +50,7 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	if err != nil {
 		return obs, fmt.Errorf("list consul members: %w", err)
 	}
-	// A server adds to quorum once the Raft configuration has it as a voter
-	// (autopilot's health report says "voter" before Raft does) and
-	// autopilot finds it healthy.
-	raft, err := consul.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return obs, fmt.Errorf("read raft configuration: %w", err)
-	}
-	health, err := consul.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return obs, fmt.Errorf("read autopilot server health: %w", err)
-	}
-	healthy := map[string]bool{}
-	for _, s := range health.Servers {
-		healthy[s.Name] = s.Healthy
-	}
-	voters := map[string]bool{}
-	for _, s := range raft.Servers {
-		voters[s.Node] = s.Voter && healthy[s.Node]
-	}
+	voters := serverVoters(ctx, consul, recs)
 	for _, mb := range members {
 		obs.Members[mb.Name] = Member{
 			Name: mb.Name, Address: mb.Addr, Status: serfStatus(mb.Status),
@@ -103,6 +85,42 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 		}
 	}
 	return obs, nil
+}
+
+// serverVoters returns which servers are healthy Raft voters. A server adds
+// to quorum once the Raft configuration has it as a voter (autopilot's
+// health report says "voter" before Raft does) and autopilot finds it
+// healthy. Only a machine still joining needs the answer, and reading the
+// Raft configuration can stall for seconds while the leader removes a dead
+// server, so it is read only then, with a short timeout; on any error the
+// answer is "not yet", which only delays a join.
+func serverVoters(ctx context.Context, consul *api.Client, recs map[string]Record) map[string]bool {
+	voters := map[string]bool{}
+	joining := false
+	for _, r := range recs {
+		joining = joining || r.State == StateSpawning || r.State == StateJoining
+	}
+	if !joining {
+		return voters
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	raft, err := consul.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return voters
+	}
+	health, err := consul.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return voters
+	}
+	healthy := map[string]bool{}
+	for _, s := range health.Servers {
+		healthy[s.Name] = s.Healthy
+	}
+	for _, s := range raft.Servers {
+		voters[s.Node] = s.Voter && healthy[s.Node]
+	}
+	return voters
 }
 
 func serfStatus(s int) MemberStatus {

@@ -86,7 +86,8 @@ type Member struct {
 	Server  bool         `json:"server"`
 	// Voter is true for a server that is a healthy Raft voter. A new server
 	// is a non-voter until autopilot finds it stable; until then it adds
-	// nothing to quorum, so it does not count as joined.
+	// nothing to quorum, so it does not count as joined. It is only known
+	// for machines still joining.
 	Voter bool `json:"voter"`
 }
 
