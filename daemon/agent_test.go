@@ -263,3 +263,36 @@ func TestAgentRestartsConsul(t *testing.T) {
 		t.Errorf("description after the restart: %v %v", pair, err)
 	}
 }
+
+func TestAgentNotifiesSystemd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs a real agent and Consul (run without -short)")
+	}
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	_, stop := startAgent(t)
+	got := readNotify(t, conn)
+	if got != "READY=1" {
+		t.Errorf("first notification: got %q want READY=1", got)
+	}
+	stop()
+	if got := readNotify(t, conn); got != "STOPPING=1" {
+		t.Errorf("notification at stop: got %q want STOPPING=1", got)
+	}
+}
+
+func readNotify(t *testing.T, conn *net.UnixConn) string {
+	t.Helper()
+	buf := make([]byte, 256)
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatalf("no notification: %v", err)
+	}
+	return string(buf[:n])
+}
