@@ -21,6 +21,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends/builtin"
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -237,11 +238,15 @@ func startSeed(ctx context.Context, dir, platformFile string, out io.Writer) (*r
 
 // newestMirror returns the most recently written platform mirror of the
 // machines in a cluster folder, or "".
+// `down` keeps a copy of it as last-platform in the folder.
 func newestMirror(dir string) string {
 	ms, _ := local.Machines(dir)
-	best, bestTime := "", time.Time{}
+	paths := []string{filepath.Join(dir, "last-platform")}
 	for _, m := range ms {
-		p := filepath.Join(m.Config.DataDir, "mirror", "platform")
+		paths = append(paths, filepath.Join(m.Config.DataDir, "mirror", "platform"))
+	}
+	best, bestTime := "", time.Time{}
+	for _, p := range paths {
 		if fi, err := os.Stat(p); err == nil && fi.ModTime().After(bestTime) {
 			best, bestTime = p, fi.ModTime()
 		}
@@ -257,6 +262,12 @@ func waitConverged(ctx context.Context, t *target, plat *rules.Platform, out io.
 	for {
 		c, err := t.client()
 		line := "waiting for the seed's Consul"
+		if plat == nil {
+			line = "waiting for a Consul leader"
+			if err != nil && time.Since(start) > 30*time.Second {
+				return nil, fmt.Errorf("machines run in %s but none has had a Consul leader for 30s: the cluster lost quorum (%v); `raptiformica down --dir %s` and then `up` re-create it with the description its machines mirrored", t.folder(), err, t.folder())
+			}
+		}
 		done := false
 		if err == nil {
 			if plat == nil {
@@ -335,6 +346,13 @@ func cmdDown(ctx context.Context, args []string, out io.Writer) error {
 	t := addTarget(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	// The machines' folders go, but their last description stays, so that
+	// the next `up` brings the platform back as it was.
+	if m := newestMirror(t.folder()); m != "" && filepath.Dir(m) != t.folder() {
+		if src, err := os.ReadFile(m); err == nil {
+			_ = fsutil.WriteFileAtomic(filepath.Join(t.folder(), "last-platform"), src, 0o644)
+		}
 	}
 	n, err := local.KillAll(ctx, t.folder())
 	if err != nil {

@@ -345,8 +345,17 @@ func TestSelfHealing(t *testing.T) {
 
 	// Every machine dies at once (the host rebooted): `up` re-creates the
 	// cluster from the description the machines mirrored, not the default.
-	for _, m := range c.machines() {
-		c.kill(m.Config.MachineID)
+	// The leader goes first, so that nobody spawns replacements meanwhile.
+	c.kill(c.waitAgree(3, time.Minute, "before the reboot").leader)
+	for running := true; running; {
+		running = false
+		for _, m := range c.machines() {
+			if m.Running {
+				running = true
+				_ = syscall.Kill(-m.PID, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	out, errOut, code := c.rf("up", "--timeout", "3m")
 	if code != 0 || !strings.Contains(out, "re-creating the cluster from the description mirrored in") {
