@@ -15,8 +15,9 @@ CONSUL = $(shell scripts/consul.sh)
 
 all: build
 
+# Static (no cgo), so that the same binary runs in the FROM-scratch node image.
 build:
-	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/raptiformica
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/raptiformica
 
 consul:
 	@scripts/consul.sh

@@ -67,6 +67,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.Clock == nil {
 		a.Clock = reconcile.RealClock{}
 	}
+	addr, err := provision.ResolveBindAddr(a.Config.BindAddr)
+	if err != nil {
+		return err
+	}
+	a.Config.BindAddr = addr
 	c := a.Config
 	a.Log = a.Log.With(telemetry.KeyMachineID, c.MachineID)
 	a.metrics = telemetry.New()
@@ -79,6 +84,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.Log.Info("loaded platform description from the local mirror")
 	} else if c.PlatformFile != "" {
 		p, err := rules.ParseFile(c.PlatformFile, a.parseOptions())
+		if err != nil {
+			return err
+		}
+		a.setPlatform(p)
+	} else if c.Platform != "" {
+		p, err := rules.Parse("node config platform", []byte(c.Platform), a.parseOptions())
 		if err != nil {
 			return err
 		}

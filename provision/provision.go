@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,6 +54,9 @@ type NodeConfig struct {
 	FastGossip bool `json:"fast_gossip,omitempty"`
 	// PlatformFile seeds an empty KV with a description on first start.
 	PlatformFile string `json:"platform_file,omitempty"`
+	// Platform is the same as an inline text, for a seed that cannot read
+	// its creator's files (a container).
+	Platform string `json:"platform,omitempty"`
 	// HTTPPort is the agent's own port for /metrics, /v1/status, /healthz.
 	HTTPPort int `json:"http_port,omitempty"`
 	// ConsulHTTPPort is the port of the node's Consul HTTP API.
@@ -137,4 +141,26 @@ func FindConsul() (string, error) {
 		return p, nil
 	}
 	return "", errors.New("no consul binary: run `make consul` (builds the pinned Consul into the cache) or set RAPTIFORMICA_CONSUL")
+}
+
+// BindAuto as a node's bind_addr means "my first non-loopback IPv4 address":
+// a container learns its address only when it starts.
+const BindAuto = "auto"
+
+// ResolveBindAddr turns BindAuto into the first non-loopback IPv4 address of
+// this host's interfaces and returns any other value as it is.
+func ResolveBindAddr(s string) (string, error) {
+	if s != BindAuto {
+		return s, nil
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", fmt.Errorf("bind_addr auto: %w", err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			return ipn.IP.String(), nil
+		}
+	}
+	return "", errors.New("bind_addr auto: no non-loopback IPv4 address on this host")
 }

@@ -5,6 +5,7 @@ package builtin
 
 import (
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/backends/docker"
 	"github.com/raptiformica/raptiformica/backends/local"
 )
 
@@ -12,6 +13,7 @@ import (
 func Registry() backends.Registry {
 	r, err := backends.NewRegistry(
 		backends.RegistryEntry{Type: "local", Factory: local.New},
+		backends.RegistryEntry{Type: "docker", Factory: docker.New},
 	)
 	if err != nil {
 		panic(err) // a programming error caught by the first test run

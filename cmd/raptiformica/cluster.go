@@ -19,6 +19,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/backends/builtin"
+	"github.com/raptiformica/raptiformica/backends/docker"
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
@@ -67,22 +68,19 @@ func (t *target) folder() string {
 }
 
 // client connects to the cluster: $CONSUL_HTTP_ADDR unless --dir was given,
-// else the Consul of a running machine of the local cluster.
+// else the Consul of a running machine of the cluster in the folder.
 func (t *target) client() (*api.Client, error) {
 	if !t.explicit && os.Getenv("CONSUL_HTTP_ADDR") != "" {
 		return api.NewClient(api.DefaultConfig())
 	}
-	ms, err := local.Machines(t.folder())
+	addrs, err := t.addresses()
 	if err != nil {
 		return nil, err
 	}
 	var lastErr error
-	for _, m := range ms {
-		if !m.Running {
-			continue
-		}
+	for _, addr := range addrs {
 		cfg := api.DefaultConfig()
-		cfg.Address = fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort)
+		cfg.Address = addr
 		cfg.Scheme = "http"
 		c, err := api.NewClient(cfg)
 		if err != nil {
@@ -100,6 +98,64 @@ func (t *target) client() (*api.Client, error) {
 		return nil, fmt.Errorf("no machine of %s answers: %w", t.folder(), lastErr)
 	}
 	return nil, fmt.Errorf("no running machine in %s (start one with `raptiformica up --dir %s`)", t.folder(), t.folder())
+}
+
+// clusterFile records, in a cluster's folder, which backend its seed runs
+// on, so that commands find machines that are not local processes.
+type clusterFile struct {
+	Cluster     string            `json:"cluster"`
+	Backend     string            `json:"backend"`
+	BackendType string            `json:"backend_type"`
+	Settings    map[string]string `json:"settings,omitempty"`
+}
+
+func (t *target) clusterFile() (clusterFile, bool) {
+	var cf clusterFile
+	b, err := os.ReadFile(filepath.Join(t.folder(), "cluster.json"))
+	if err != nil || json.Unmarshal(b, &cf) != nil {
+		return cf, false
+	}
+	return cf, true
+}
+
+// dockerBackend returns the docker backend of a cluster seeded in docker.
+func (t *target) dockerBackend() (*docker.Backend, bool) {
+	cf, ok := t.clusterFile()
+	if !ok || cf.BackendType != "docker" {
+		return nil, false
+	}
+	be, err := docker.New(cf.Backend, cf.Settings, backends.Env{Cluster: cf.Cluster})
+	if err != nil {
+		return nil, false
+	}
+	return be.(*docker.Backend), true
+}
+
+// addresses lists the Consul HTTP addresses of the folder's running
+// machines: local processes, and containers when the seed was one.
+func (t *target) addresses() ([]string, error) {
+	ms, err := local.Machines(t.folder())
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range ms {
+		if m.Running {
+			out = append(out, fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort))
+		}
+	}
+	if be, ok := t.dockerBackend(); ok {
+		insts, err := be.List(context.Background())
+		if err != nil {
+			return nil, err
+		}
+		for _, in := range insts {
+			if in.Running && in.Address != "" {
+				out = append(out, fmt.Sprintf("%s:%d", in.Address, provision.ConsulHTTPPort))
+			}
+		}
+	}
+	return out, nil
 }
 
 // backendEnv is what backends need when the CLI drives them directly.
@@ -143,16 +199,11 @@ func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	dir := t.folder()
-	ms, err := local.Machines(dir)
+	addrs, err := t.addresses()
 	if err != nil {
 		return err
 	}
-	running := 0
-	for _, m := range ms {
-		if m.Running {
-			running++
-		}
-	}
+	running := len(addrs)
 	var plat *rules.Platform
 	if running > 0 {
 		fmt.Fprintf(out, "cluster in %s is already up (%d machines running)\n", dir, running)
@@ -168,6 +219,11 @@ func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	return printMembers(c, out, false)
+}
+
+// seeder is a backend that can start the first machine of a cluster.
+type seeder interface {
+	SpawnSeed(ctx context.Context, spec backends.Spec) (backends.Instance, error)
 }
 
 // startSeed starts the first machine of a new cluster: a Consul server that
@@ -216,19 +272,30 @@ func startSeed(ctx context.Context, dir, platformFile string, out io.Writer) (*r
 	if err != nil {
 		return nil, err
 	}
-	settings := map[string]string{}
-	if b, ok := plat.Backends["local"]; ok && b.Type == "local" {
-		settings = b.Settings
-	}
-	be, err := local.New("local", settings, env)
+	// The seed runs on its type's first backend.
+	beName := plat.Machines[seedType].Backends[0]
+	spec := plat.Backends[beName]
+	be, err := builtin.Registry().New(spec.Type, beName, spec.Settings, env)
 	if err != nil {
+		return nil, err
+	}
+	sd, ok := be.(seeder)
+	if !ok {
+		return nil, fmt.Errorf("backend %q (type %s) cannot start a seed; the first backend of machine type %q must be local or docker", beName, spec.Type, seedType)
+	}
+	cf, _ := json.Marshal(clusterFile{Cluster: plat.Cluster, Backend: beName, BackendType: spec.Type, Settings: spec.Settings})
+	if err := fsutil.WriteFileAtomic(filepath.Join(dir, "cluster.json"), cf, 0o644); err != nil {
 		return nil, err
 	}
 	node := provision.NodeConfig{
 		MachineID: reconcile.NewMachineID(seedType), MachineType: seedType, Cluster: plat.Cluster,
 		ConsulServer: true, Encrypt: daemon.NewGossipKey(), PlatformFile: name,
 	}.WithDefaults()
-	inst, err := be.(*local.Backend).SpawnSeed(ctx, backends.Spec{Node: node})
+	if spec.Type != "local" {
+		// A container cannot read our files: the description goes inline.
+		node.PlatformFile, node.Platform = "", string(plat.Source)
+	}
+	inst, err := sd.SpawnSeed(ctx, backends.Spec{Node: node})
 	if err != nil {
 		return nil, fmt.Errorf("start seed: %w", err)
 	}
@@ -357,6 +424,13 @@ func cmdDown(ctx context.Context, args []string, out io.Writer) error {
 	n, err := local.KillAll(ctx, t.folder())
 	if err != nil {
 		return err
+	}
+	if be, ok := t.dockerBackend(); ok {
+		m, err := be.RemoveAll(ctx)
+		if err != nil {
+			return err
+		}
+		n += m
 	}
 	fmt.Fprintf(out, "stopped %d machines in %s\n", n, t.folder())
 	return nil

@@ -42,7 +42,9 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		binary = filepath.Join(dir, "raptiformica")
-		out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+		build := exec.Command("go", "build", "-o", binary, ".")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, for the node image
+		out, err := build.CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 			return 1
@@ -51,6 +53,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
+		defer removeNodeImages()
 		return m.Run()
 	}()
 	os.Exit(code)
@@ -91,6 +94,28 @@ type testCluster struct {
 	dir      string
 	spawnLog string
 	clients  map[string]*api.Client
+	// addrs and instances find the machines when they are not local
+	// processes.
+	addrs     func() []string
+	instances func() (running []string, total int, err error)
+	killer    func(id string)
+}
+
+// listInstances returns the machines the backend runs, sorted, and how many
+// it holds in all.
+func (c *testCluster) listInstances() ([]string, int, error) {
+	if c.instances != nil {
+		return c.instances()
+	}
+	var running []string
+	ms := c.machines()
+	for _, m := range ms {
+		if m.Running {
+			running = append(running, m.Config.MachineID)
+		}
+	}
+	sort.Strings(running)
+	return running, len(ms), nil
 }
 
 func newCluster(t testing.TB) *testCluster {
@@ -148,11 +173,17 @@ func (c *testCluster) client() *api.Client {
 	if c.clients == nil {
 		c.clients = map[string]*api.Client{}
 	}
-	for _, m := range c.machines() {
-		if !m.Running {
-			continue
+	var addrs []string
+	if c.addrs != nil {
+		addrs = c.addrs()
+	} else {
+		for _, m := range c.machines() {
+			if m.Running {
+				addrs = append(addrs, fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort))
+			}
 		}
-		addr := fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort)
+	}
+	for _, addr := range addrs {
 		cl := c.clients[addr]
 		if cl == nil {
 			cfg := api.DefaultConfig()
@@ -183,16 +214,16 @@ type view struct {
 	leader    string
 	records   map[string]reconcile.Record
 	alive     []string // Consul members that are alive
-	instances []string // local machines whose agent runs
+	instances []string // machines the backend runs
+	total     int      // machines the backend holds, running or not
 	joined    []string // records in state joined
 }
 
 func (c *testCluster) view() (view, error) {
 	v := view{}
-	for _, m := range c.machines() {
-		if m.Running {
-			v.instances = append(v.instances, m.Config.MachineID)
-		}
+	var err error
+	if v.instances, v.total, err = c.listInstances(); err != nil {
+		return v, err
 	}
 	cl := c.client()
 	if cl == nil {
@@ -227,9 +258,10 @@ func (c *testCluster) view() (view, error) {
 }
 
 // agreeOn reports whether the inventory, Consul's members and the backend's
-// machines name the same n machines, one to one, and there is a leader.
+// machines name the same n machines, one to one, that the backend holds no
+// other (stopped, orphaned) machine, and that there is a leader.
 func (v view) agreeOn(n int) bool {
-	return v.leader != "" && len(v.records) == n && len(v.joined) == n &&
+	return v.leader != "" && len(v.records) == n && len(v.joined) == n && v.total == n &&
 		equal(v.joined, v.alive) && equal(v.joined, v.instances)
 }
 
@@ -271,6 +303,10 @@ func (c *testCluster) waitAgree(n int, timeout time.Duration, why string, gone .
 
 func (c *testCluster) kill(id string) {
 	c.t.Helper()
+	if c.killer != nil {
+		c.killer(id)
+		return
+	}
 	for _, m := range c.machines() {
 		if m.Config.MachineID == id && m.Running {
 			if err := syscall.Kill(-m.PID, syscall.SIGKILL); err != nil {
@@ -310,6 +346,34 @@ func (c *testCluster) up(platformFile string) {
 	}
 }
 
+// follower returns a joined machine that is not the leader.
+func (v view) follower() string {
+	for _, id := range v.joined {
+		if id != v.leader {
+			return id
+		}
+	}
+	return ""
+}
+
+// killFollowerThenLeader kills a follower's machine, waits for the cluster
+// to heal to its size, then does the same to the leader's machine.
+func (c *testCluster) killFollowerThenLeader(v view) {
+	c.t.Helper()
+	n := len(v.joined)
+	victim := v.follower()
+	c.kill(victim)
+	v = c.waitAgree(n, 2*time.Minute, "after killing follower "+victim, victim)
+
+	// The leader's machine dies; another takes the lock and heals.
+	old := v.leader
+	c.kill(old)
+	v = c.waitAgree(n, 2*time.Minute, "after killing leader "+old, old)
+	if v.leader == old {
+		c.t.Errorf("leader %s was killed but is still leader: %v", old, v)
+	}
+}
+
 func TestSelfHealing(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
@@ -318,23 +382,7 @@ func TestSelfHealing(t *testing.T) {
 	t.Logf("up: %v", v)
 
 	// A follower dies.
-	var victim string
-	for _, id := range v.joined {
-		if id != v.leader {
-			victim = id
-			break
-		}
-	}
-	c.kill(victim)
-	v = c.waitAgree(3, 2*time.Minute, "after killing follower "+victim, victim)
-
-	// The leader's machine dies; another takes the lock and heals.
-	oldLeader := v.leader
-	c.kill(oldLeader)
-	v = c.waitAgree(3, 2*time.Minute, "after killing leader "+oldLeader, oldLeader)
-	if v.leader == oldLeader {
-		t.Errorf("leader %s was killed but is still leader: %v", oldLeader, v)
-	}
+	c.killFollowerThenLeader(v)
 
 	// Nothing was spawned twice for one need: 2 to grow, 1 per death.
 	time.Sleep(3 * time.Second) // a stray extra spawn would show by now

@@ -1,0 +1,391 @@
+// Package docker is the compute backend over the Docker Engine API: a machine
+// is a container on a user-defined bridge network of the cluster, labelled
+// with its machine ID, machine type and cluster, running the raptiformica
+// agent (which runs its Consul). The node image is built locally FROM
+// scratch with the two static binaries, on first use; nothing is pulled.
+//
+// Every container gets the engine's socket, so that whichever node leads can
+// spawn and remove its siblings.
+package docker
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/provision"
+)
+
+// Labels carried by every container and network of ours.
+const (
+	LabelCluster     = "raptiformica.cluster"
+	LabelMachineID   = "raptiformica.machine_id"
+	LabelMachineType = "raptiformica.machine_type"
+)
+
+// Paths inside the node image.
+const (
+	imageBinary = "/usr/local/bin/raptiformica"
+	imageConsul = "/usr/local/bin/consul"
+	configPath  = "/etc/raptiformica/agent.json"
+	dataDir     = "/var/lib/raptiformica"
+	socketPath  = "/var/run/docker.sock"
+)
+
+var _ backends.Backend = (*Backend)(nil)
+
+// Backend spawns machines as containers.
+type Backend struct {
+	name    string
+	cluster string
+	network string
+	image   string // set: use as is; empty: build our own on first use
+	binary  string
+	consul  string
+	cli     *client.Client
+
+	mu    sync.Mutex // guards built
+	built string     // the image tag built or found, once
+}
+
+// New builds a docker backend. Settings: "network" (default
+// "raptiformica-<cluster>", created when missing) and "image" (default: the
+// node image built from this node's binaries).
+func New(name string, settings map[string]string, env backends.Env) (backends.Backend, error) {
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	for k := range settings {
+		if k != "network" && k != "image" {
+			return nil, fmt.Errorf("unknown setting %q (known: network, image)", k)
+		}
+	}
+	net := settings["network"]
+	if net == "" {
+		net = "raptiformica-" + env.Cluster
+	}
+	return &Backend{name: name, cluster: env.Cluster, network: net, image: settings["image"], binary: env.Binary, consul: env.ConsulBinary, cli: cli}, nil
+}
+
+// Available pings the engine.
+func (b *Backend) Available(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := b.cli.Ping(ctx); err != nil {
+		return fmt.Errorf("docker engine unreachable: %w", err)
+	}
+	return nil
+}
+
+// Network returns the name of the cluster's network.
+func (b *Backend) Network() string { return b.network }
+
+// Spawn creates and starts a container for spec.Node. A container that
+// fails to start is removed again.
+func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
+	img, err := b.ensureImage(ctx)
+	if err != nil {
+		return backends.Instance{}, err
+	}
+	if err := b.ensureNetwork(ctx); err != nil {
+		return backends.Instance{}, err
+	}
+	node := spec.Node
+	node.Backend = b.name
+	node.BindAddr = provision.BindAuto
+	node.DataDir = dataDir
+	node.ConsulBinary = imageConsul
+	node.ClusterDir = ""
+	node.FastGossip = true
+	cfg, err := json.MarshalIndent(node.WithDefaults(), "", "  ")
+	if err != nil {
+		return backends.Instance{}, err
+	}
+	created, err := b.cli.ContainerCreate(ctx,
+		&container.Config{
+			Image:    img,
+			Hostname: node.MachineID,
+			Labels:   map[string]string{LabelCluster: b.cluster, LabelMachineID: node.MachineID, LabelMachineType: node.MachineType},
+			Cmd:      []string{"agent", "-config", configPath},
+		},
+		&container.HostConfig{
+			Binds:       []string{socketPath + ":" + socketPath},
+			NetworkMode: container.NetworkMode(b.network),
+		},
+		&network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{b.network: {}}},
+		nil, node.MachineID)
+	if err != nil {
+		return backends.Instance{}, fmt.Errorf("create container: %w", err)
+	}
+	fail := func(err error) (backends.Instance, error) {
+		rmCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_ = b.cli.ContainerRemove(rmCtx, created.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+		return backends.Instance{}, err
+	}
+	tarball, err := tarFiles(map[string]tarEntry{configPath: {data: cfg, mode: 0o600}})
+	if err != nil {
+		return fail(err)
+	}
+	if err := b.cli.CopyToContainer(ctx, created.ID, "/", tarball, container.CopyToContainerOptions{}); err != nil {
+		return fail(fmt.Errorf("copy node config: %w", err))
+	}
+	if err := b.cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		return fail(fmt.Errorf("start container: %w", err))
+	}
+	in, err := b.inspect(ctx, created.ID)
+	if err != nil {
+		return fail(err)
+	}
+	return in, nil
+}
+
+// SpawnSeed starts the first machine of a new cluster, which bootstraps
+// Consul alone; `raptiformica up` calls it.
+func (b *Backend) SpawnSeed(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
+	spec.Node.Bootstrap = true
+	return b.Spawn(ctx, spec)
+}
+
+func (b *Backend) inspect(ctx context.Context, id string) (backends.Instance, error) {
+	info, err := b.cli.ContainerInspect(ctx, id)
+	if err != nil {
+		return backends.Instance{}, fmt.Errorf("inspect container: %w", err)
+	}
+	in := backends.Instance{
+		MachineID:   info.Config.Labels[LabelMachineID],
+		MachineType: info.Config.Labels[LabelMachineType],
+		Running:     info.State != nil && info.State.Running,
+	}
+	if t, err := time.Parse(time.RFC3339Nano, info.Created); err == nil {
+		in.Created = t
+	}
+	if info.NetworkSettings != nil {
+		if ep := info.NetworkSettings.Networks[b.network]; ep != nil {
+			in.Address = ep.IPAddress
+		}
+	}
+	return in, nil
+}
+
+// Destroy removes the machine's container, running or not.
+func (b *Backend) Destroy(ctx context.Context, machineID string) error {
+	list, err := b.containers(ctx, machineID)
+	if err != nil {
+		return err
+	}
+	for _, c := range list {
+		if err := b.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("remove container %s: %w", machineID, err)
+		}
+	}
+	return nil
+}
+
+// List returns every container of the cluster, running or not.
+func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
+	list, err := b.containers(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]backends.Instance, 0, len(list))
+	for _, c := range list {
+		in := backends.Instance{
+			MachineID:   c.Labels[LabelMachineID],
+			MachineType: c.Labels[LabelMachineType],
+			Running:     c.State == "running",
+			Created:     time.Unix(c.Created, 0),
+		}
+		if c.NetworkSettings != nil {
+			if ep := c.NetworkSettings.Networks[b.network]; ep != nil {
+				in.Address = ep.IPAddress
+			}
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+func (b *Backend) containers(ctx context.Context, machineID string) ([]container.Summary, error) {
+	f := filters.NewArgs(filters.Arg("label", LabelCluster+"="+b.cluster))
+	if machineID != "" {
+		f.Add("label", LabelMachineID+"="+machineID)
+	}
+	list, err := b.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	return list, nil
+}
+
+// RemoveAll removes every container of the cluster and its network; `down`
+// calls it. It returns how many containers it removed.
+func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
+	list, err := b.containers(ctx, "")
+	if err != nil {
+		return 0, err
+	}
+	for _, c := range list {
+		if err := b.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
+			return 0, err
+		}
+	}
+	if err := b.cli.NetworkRemove(ctx, b.network); err != nil && !errdefs.IsNotFound(err) {
+		return len(list), fmt.Errorf("remove network %s: %w", b.network, err)
+	}
+	return len(list), nil
+}
+
+// Client returns the engine client, for tests and the CLI.
+func (b *Backend) Client() *client.Client { return b.cli }
+
+func (b *Backend) ensureNetwork(ctx context.Context) error {
+	if _, err := b.cli.NetworkInspect(ctx, b.network, network.InspectOptions{}); err == nil {
+		return nil
+	} else if !errdefs.IsNotFound(err) {
+		return fmt.Errorf("inspect network %s: %w", b.network, err)
+	}
+	_, err := b.cli.NetworkCreate(ctx, b.network, network.CreateOptions{Driver: "bridge", Labels: map[string]string{LabelCluster: b.cluster}})
+	if err != nil && !errdefs.IsConflict(err) {
+		return fmt.Errorf("create network %s: %w", b.network, err)
+	}
+	return nil
+}
+
+// ensureImage returns the image to run: the configured one, which must
+// exist, or the node image built from this node's binaries, tagged by their
+// content so that new binaries make a new image.
+func (b *Backend) ensureImage(ctx context.Context) (string, error) {
+	if b.image != "" {
+		if _, err := b.cli.ImageInspect(ctx, b.image); err != nil {
+			return "", fmt.Errorf("image %q: %w", b.image, err)
+		}
+		return b.image, nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.built != "" {
+		return b.built, nil
+	}
+	tag, err := BuildImage(ctx, b.cli, b.binary, b.consul)
+	if err != nil {
+		return "", err
+	}
+	b.built = tag
+	return tag, nil
+}
+
+// BuildImage builds the node image FROM scratch with the raptiformica and
+// Consul binaries at the given paths, unless an image with the same content
+// exists, and returns its tag. Both binaries must be static.
+func BuildImage(ctx context.Context, cli *client.Client, binary, consul string) (string, error) {
+	bin, err := os.ReadFile(binary)
+	if err != nil {
+		return "", fmt.Errorf("node image: %w", err)
+	}
+	con, err := os.ReadFile(consul)
+	if err != nil {
+		return "", fmt.Errorf("node image: %w", err)
+	}
+	h := sha256.New()
+	h.Write(bin)
+	h.Write(con)
+	tag := "raptiformica-node:" + hex.EncodeToString(h.Sum(nil))[:12]
+	if _, err := cli.ImageInspect(ctx, tag); err == nil {
+		return tag, nil
+	}
+	dockerfile := "FROM scratch\nCOPY raptiformica consul /usr/local/bin/\nENTRYPOINT [\"" + imageBinary + "\"]\n"
+	tarball, err := tarFiles(map[string]tarEntry{
+		"Dockerfile":   {data: []byte(dockerfile), mode: 0o644},
+		"raptiformica": {data: bin, mode: 0o755},
+		"consul":       {data: con, mode: 0o755},
+	})
+	if err != nil {
+		return "", err
+	}
+	resp, err := cli.ImageBuild(ctx, tarball, build.ImageBuildOptions{Tags: []string{tag}, Remove: true, ForceRemove: true,
+		Labels: map[string]string{"raptiformica.node-image": "1"}})
+	if err != nil {
+		return "", fmt.Errorf("build node image: %w", err)
+	}
+	defer resp.Body.Close()
+	// The build reports errors inside its JSON stream, not as a status.
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var msg struct {
+			Error string `json:"error"`
+		}
+		if err := dec.Decode(&msg); err == io.EOF {
+			break
+		} else if err != nil {
+			return "", fmt.Errorf("build node image: %w", err)
+		}
+		if msg.Error != "" {
+			return "", fmt.Errorf("build node image: %s", strings.TrimSpace(msg.Error))
+		}
+	}
+	if _, err := cli.ImageInspect(ctx, tag); err != nil {
+		return "", fmt.Errorf("build node image: %s missing after the build: %w", tag, err)
+	}
+	return tag, nil
+}
+
+type tarEntry struct {
+	data []byte
+	mode int64
+}
+
+// tarFiles makes a tar stream of files; parent folders are added so that
+// the engine creates them.
+func tarFiles(files map[string]tarEntry) (io.Reader, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dirs := map[string]bool{}
+	for name, f := range files {
+		rel := strings.TrimPrefix(name, "/")
+		parts := strings.Split(rel, "/")
+		for i := 1; i < len(parts); i++ {
+			d := strings.Join(parts[:i], "/") + "/"
+			if !dirs[d] {
+				dirs[d] = true
+				if err := tw.WriteHeader(&tar.Header{Name: d, Mode: 0o755, Typeflag: tar.TypeDir, ModTime: time.Unix(0, 0)}); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: rel, Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0)}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return &buf, nil
+}
+
+// IsUnavailable reports whether err means the engine cannot be reached.
+func IsUnavailable(err error) bool {
+	return client.IsErrConnectionFailed(err) || errors.Is(err, context.DeadlineExceeded)
+}

@@ -1,0 +1,192 @@
+package main
+
+// End-to-end tests on the docker backend: every machine is a container with
+// its own address on a bridge network of its cluster, built from the node
+// image the backend makes FROM scratch. They need the Docker engine; on a
+// machine without one they say so and skip.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/backends/docker"
+)
+
+type dockerCluster struct {
+	*testCluster
+	name string
+	be   *docker.Backend
+}
+
+func newDockerCluster(t *testing.T) *dockerCluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test (run without -short)")
+	}
+	name := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
+	be, err := docker.New("docker", nil, backends.Env{Cluster: name})
+	if err != nil {
+		t.Skipf("SKIPPED: no Docker client (%v); the docker chaos tests need a Docker engine", err)
+	}
+	if err := be.Available(context.Background()); err != nil {
+		t.Skipf("SKIPPED: %v; the docker chaos tests need a Docker engine", err)
+	}
+	c := &dockerCluster{testCluster: newCluster(t), name: name, be: be.(*docker.Backend)}
+	c.testCluster.addrs, c.testCluster.instances, c.testCluster.killer = c.addresses, c.containers, c.dockerKill
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.dumpContainerLogs()
+		}
+		_, _ = c.be.RemoveAll(context.Background())
+	})
+	return c
+}
+
+func dockerPlatform(cluster, extraBackend string) string {
+	return fmt.Sprintf(`cluster = %q
+policy {
+  grace_period      = "2s"
+  cooldown          = "1s"
+  provision_timeout = "90s"
+  resync_interval   = "2s"
+  backoff_initial   = "2s"
+  backoff_max       = "10s"
+}
+backend "docker" {
+  type = "docker"
+%s}
+machine "server" {
+  min           = 3
+  consul_server = true
+  backends      = ["docker"]
+}
+`, cluster, extraBackend)
+}
+
+// containers lists the cluster's containers for the view.
+func (c *dockerCluster) containers() ([]string, int, error) {
+	insts, err := c.be.List(context.Background())
+	if err != nil {
+		return nil, 0, err
+	}
+	var running []string
+	for _, in := range insts {
+		if in.Running {
+			running = append(running, in.MachineID)
+		}
+	}
+	sort.Strings(running)
+	return running, len(insts), nil
+}
+
+func (c *dockerCluster) addresses() []string {
+	insts, _ := c.be.List(context.Background())
+	var out []string
+	for _, in := range insts {
+		if in.Running && in.Address != "" {
+			out = append(out, in.Address+":8500")
+		}
+	}
+	return out
+}
+
+// dockerKill is `docker kill`, through the engine's API.
+func (c *dockerCluster) dockerKill(id string) {
+	c.t.Helper()
+	if err := c.be.Client().ContainerKill(context.Background(), id, "KILL"); err != nil {
+		c.t.Fatalf("docker kill %s: %v", id, err)
+	}
+}
+
+func (c *dockerCluster) dumpContainerLogs() {
+	insts, _ := c.be.List(context.Background())
+	for _, in := range insts {
+		c.t.Logf("container %s running=%v address=%s", in.MachineID, in.Running, in.Address)
+	}
+}
+
+func (c *dockerCluster) up(src string) {
+	c.t.Helper()
+	out, errOut, code := c.rf("up", "--platform", c.writePlatform("platform.hcl", src), "--timeout", "3m")
+	if code != 0 {
+		c.t.Fatalf("up: exit %d\n%s\n%s", code, out, errOut)
+	}
+}
+
+func TestDockerSelfHealing(t *testing.T) {
+	t.Parallel()
+	c := newDockerCluster(t)
+	c.up(dockerPlatform(c.name, ""))
+	c.killFollowerThenLeader(c.waitAgree(3, 2*time.Minute, "after up"))
+}
+
+func TestDockerBackendFailure(t *testing.T) {
+	t.Parallel()
+	c := newDockerCluster(t)
+	c.up(dockerPlatform(c.name, ""))
+	v := c.waitAgree(3, 2*time.Minute, "after up")
+
+	// The engine refuses: the description names an image that is not there.
+	bad := c.writePlatform("bad-image.hcl", dockerPlatform(c.name, "  settings = { image = \"raptiformica-node:missing\" }\n"))
+	if out, errOut, code := c.rf("platform", "apply", bad); code != 0 {
+		t.Fatalf("apply: %s %s", out, errOut)
+	}
+	victim := v.follower()
+	c.kill(victim)
+	// The loop backs off and says why, in status.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, _, _ := c.rf("status", "--json")
+		var st statusView
+		_ = json.Unmarshal([]byte(out), &st)
+		if st.Reconcile != nil && strings.Contains(strings.Join(st.Reconcile.Waiting, "\n"), `backend "docker" skipped: backing off`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status never reported the backoff:\n%s", out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// No half-made machine is left: failed spawns are recorded and removed.
+	insts, _ := c.be.List(context.Background())
+	if len(insts) != 2 {
+		t.Errorf("containers while the backend fails: got %d want the 2 survivors", len(insts))
+	}
+
+	// The description is fixed: the loop recovers and heals.
+	good := c.writePlatform("good.hcl", dockerPlatform(c.name, ""))
+	if out, errOut, code := c.rf("platform", "apply", good); code != 0 {
+		t.Fatalf("apply: %s %s", out, errOut)
+	}
+	c.waitAgree(3, 2*time.Minute, "after fixing the image", victim)
+}
+
+// removeNodeImages removes the node images the tests built, so that runs
+// from different checkouts (different binaries, different images) do not
+// pile up on the machine. Images still in use stay.
+func removeNodeImages() {
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	imgs, err := cli.ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(filters.Arg("label", "raptiformica.node-image=1"))})
+	if err != nil {
+		return
+	}
+	for _, img := range imgs {
+		_, _ = cli.ImageRemove(ctx, img.ID, image.RemoveOptions{PruneChildren: true})
+	}
+}
