@@ -2,7 +2,8 @@
 # heal.sh measures, on real local clusters, and prints:
 #   heal time (SIGKILL of a machine until its replacement is a joined voter and
 #   the dead one is reaped) beside the floor it cannot beat, measured in the
-#   same run: Consul's failure detection plus a bare node start;
+#   same run: Consul's failure detection plus a bare node start; the same for
+#   a `docker kill`ed container (floor: detection plus a bare container start);
 #   reaction time from `platform apply` to the leader's first spawn intent;
 #   idle RSS and CPU of the agents and of their Consuls.
 # Figures only: nothing here passes or fails on time.
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 : "${RAPTIFORMICA_CONSUL:=$(scripts/consul.sh)}"
 export RAPTIFORMICA_CONSUL
 count="${BENCH_COUNT:-3}"
-go test -run '^$' -bench 'Heal|Reaction|Idle' -benchtime "${count}x" -timeout 30m ./cmd/raptiformica/ |
+go test -run '^$' -bench 'Heal|DockerHeal|Reaction|Idle' -benchtime "${count}x" -timeout 30m ./cmd/raptiformica/ |
 	awk '/^Benchmark/ {
 		name = $1; sub(/-[0-9]+$/, "", name)
 		printf "%s\n", name

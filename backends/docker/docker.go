@@ -240,19 +240,31 @@ func (b *Backend) containers(ctx context.Context, machineID string) ([]container
 // RemoveAll removes every container of the cluster and its network; `down`
 // calls it. It returns how many containers it removed.
 func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
-	list, err := b.containers(ctx, "")
-	if err != nil {
-		return 0, err
-	}
-	for _, c := range list {
-		if err := b.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
-			return 0, err
+	removed := 0
+	// A leader still running while its siblings go spawns replacements:
+	// list again until nothing is left.
+	for round := 0; ; round++ {
+		list, err := b.containers(ctx, "")
+		if err != nil {
+			return removed, err
+		}
+		if len(list) == 0 {
+			break
+		}
+		if round == 10 {
+			return removed, fmt.Errorf("containers of cluster %s keep appearing", b.cluster)
+		}
+		for _, c := range list {
+			if err := b.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
+				return removed, err
+			}
+			removed++
 		}
 	}
 	if err := b.cli.NetworkRemove(ctx, b.network); err != nil && !errdefs.IsNotFound(err) {
-		return len(list), fmt.Errorf("remove network %s: %w", b.network, err)
+		return removed, fmt.Errorf("remove network %s: %w", b.network, err)
 	}
-	return len(list), nil
+	return removed, nil
 }
 
 // Client returns the engine client, for tests and the CLI.

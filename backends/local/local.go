@@ -386,24 +386,33 @@ func Machines(clusterDir string) ([]Machine, error) {
 // (SIGKILL: the cluster is being torn down, there is nobody to leave to),
 // waits until none is left, and removes the machines.
 func KillAll(ctx context.Context, clusterDir string) (int, error) {
-	ms, err := Machines(clusterDir)
-	if err != nil {
-		return 0, err
-	}
 	n := 0
-	for _, m := range ms {
-		if m.Running {
-			killGroup(m.PID, syscall.SIGKILL)
-			n++
+	// A leader still running while its siblings die spawns replacements:
+	// look again until no machine runs.
+	for {
+		ms, err := Machines(clusterDir)
+		if err != nil {
+			return n, err
 		}
-	}
-	for _, m := range ms {
-		for m.Running && groupAlive(m.PID) {
-			select {
-			case <-ctx.Done():
-				return n, ctx.Err()
-			case <-time.After(50 * time.Millisecond):
+		killed := 0
+		for _, m := range ms {
+			if m.Running {
+				killGroup(m.PID, syscall.SIGKILL)
+				killed++
 			}
+		}
+		for _, m := range ms {
+			for m.Running && groupAlive(m.PID) {
+				select {
+				case <-ctx.Done():
+					return n, ctx.Err()
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}
+		n += killed
+		if killed == 0 {
+			break
 		}
 	}
 	return n, os.RemoveAll(filepath.Join(clusterDir, "machines"))

@@ -81,17 +81,25 @@ func poll(timeout time.Duration, f func() bool) bool {
 func BenchmarkHeal(b *testing.B) {
 	c := newCluster(b)
 	c.up(c.writePlatform("platform.hcl", benchPlatform("")))
+	benchHeal(b, c)
+}
+
+// BenchmarkDockerHeal is BenchmarkHeal on containers: `docker kill` of a
+// follower's container, and the floor is Consul's failure detection plus a
+// bare container start (a machine spawned by hand until it is an alive voter).
+func BenchmarkDockerHeal(b *testing.B) {
+	c := newDockerCluster(b)
+	c.up(strings.Replace(dockerPlatform(c.name, ""), `grace_period      = "2s"`, fmt.Sprintf("grace_period      = %q", benchGrace), 1))
+	benchHeal(b, c.testCluster)
+}
+
+func benchHeal(b *testing.B, c *testCluster) {
 	c.waitAgree(3, time.Minute, "after up")
 	var heal, detect, start time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		v := c.waitAgree(3, time.Minute, "before kill")
-		victim := ""
-		for _, id := range v.joined {
-			if id != v.leader {
-				victim = id
-			}
-		}
+		victim := v.follower()
 		cl := c.client()
 		t0 := time.Now()
 		c.kill(victim)
@@ -118,18 +126,16 @@ func BenchmarkHeal(b *testing.B) {
 		b.Logf("iteration %d: detect %s, reaped %s, heal %s", i, d.Round(time.Millisecond), gone.Round(time.Millisecond), h.Round(time.Millisecond))
 
 		// A bare node start: spawn one by hand, time it to an alive voter.
-		before := map[string]bool{}
-		for _, m := range c.machines() {
-			before[m.Config.MachineID] = true
-		}
+		before, _, _ := c.listInstances()
 		t1 := time.Now()
 		if out, errOut, code := c.rf("spawn", "--type", "server"); code != 0 {
 			b.Fatalf("spawn: %s %s", out, errOut)
 		}
+		after, _, _ := c.listInstances()
 		extra := ""
-		for _, m := range c.machines() {
-			if !before[m.Config.MachineID] {
-				extra = m.Config.MachineID
+		for _, id := range after {
+			if !contains(before, id) {
+				extra = id
 			}
 		}
 		cl = c.client()

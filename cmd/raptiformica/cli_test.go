@@ -17,6 +17,7 @@ func TestCLI(t *testing.T) {
 		{name: "unknown command", args: []string{"frobnicate"}, code: 2, err: `unknown command "frobnicate"`},
 		{name: "version", args: []string{"version"}, code: 0, out: "raptiformica dev (consul 1.22.0)"},
 		{name: "validate the example", args: []string{"platform", "validate", "../../deploy/examples/platform.hcl"}, code: 0, out: "valid (2 machine types, 3 Consul servers)"},
+		{name: "validate the docker example", args: []string{"platform", "validate", "../../deploy/examples/docker.hcl"}, code: 0, out: "valid (2 machine types, 3 Consul servers)"},
 		{name: "validate the JSON example", args: []string{"platform", "validate", "../../rules/testdata/good.json"}, code: 0, out: "valid"},
 		{name: "validate a missing file", args: []string{"platform", "validate", "nope.hcl"}, code: 1, err: "nope.hcl: no such file"},
 		{name: "platform without subcommand", args: []string{"platform"}, code: 2, err: "platform validate|apply|get"},

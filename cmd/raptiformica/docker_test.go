@@ -29,7 +29,7 @@ type dockerCluster struct {
 	be   *docker.Backend
 }
 
-func newDockerCluster(t *testing.T) *dockerCluster {
+func newDockerCluster(t testing.TB) *dockerCluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test (run without -short)")
