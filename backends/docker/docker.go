@@ -194,11 +194,21 @@ func (b *Backend) Destroy(ctx context.Context, machineID string) error {
 		return err
 	}
 	for _, c := range list {
-		if err := b.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("remove container %s: %w", machineID, err)
+		if err := b.remove(ctx, c.ID); err != nil {
+			return fmt.Errorf("machine %s: %w", machineID, err)
 		}
 	}
 	return nil
+}
+
+// remove force-removes a container. A container already gone, or already
+// being removed (by another node, or a previous call), is no error.
+func (b *Backend) remove(ctx context.Context, id string) error {
+	err := b.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err == nil || errdefs.IsNotFound(err) || errdefs.IsConflict(err) {
+		return nil
+	}
+	return fmt.Errorf("remove container: %w", err)
 }
 
 // List returns every container of the cluster, running or not.
@@ -251,11 +261,14 @@ func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 		if len(list) == 0 {
 			break
 		}
-		if round == 10 {
+		if round == 20 {
 			return removed, fmt.Errorf("containers of cluster %s keep appearing", b.cluster)
 		}
+		if round > 0 {
+			time.Sleep(250 * time.Millisecond) // removals in progress
+		}
 		for _, c := range list {
-			if err := b.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
+			if err := b.remove(ctx, c.ID); err != nil {
 				return removed, err
 			}
 			removed++

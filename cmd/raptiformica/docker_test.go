@@ -48,7 +48,9 @@ func newDockerCluster(t testing.TB) *dockerCluster {
 		if t.Failed() {
 			c.dumpContainerLogs()
 		}
-		_, _ = c.be.RemoveAll(context.Background())
+		if n, err := c.be.RemoveAll(context.Background()); err != nil {
+			t.Errorf("remove the cluster's containers: %v (removed %d)", err, n)
+		}
 	})
 	return c
 }
