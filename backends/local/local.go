@@ -301,13 +301,10 @@ func killGroup(pgid int, sig syscall.Signal) {
 	_ = syscall.Kill(-pgid, sig)
 }
 
-// groupAlive reports whether any process of the group is left.
-func groupAlive(pgid int) bool {
-	err := syscall.Kill(-pgid, 0)
-	if err != nil {
-		return false
-	}
-	// Zombies still count for kill(2); look for a live member.
+// groupProcs returns the PIDs and states of a process group's members,
+// zombies included.
+func groupProcs(pgid int) map[int]byte {
+	procs := map[int]byte{}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -319,13 +316,47 @@ func groupAlive(pgid int) bool {
 			continue
 		}
 		s := string(stat)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
+		if i := strings.LastIndexByte(s, ')'); i > 0 {
+			// After the command: state, ppid, pgrp.
+			if f := strings.Fields(s[i+1:]); len(f) > 2 && f[2] == strconv.Itoa(pgid) {
+				procs[pid] = f[0][0]
+			}
+		}
+	}
+	return procs
+}
+
+// groupMembers counts the processes of a group, zombies included.
+func groupMembers(pgid int) int { return len(groupProcs(pgid)) }
+
+// groupAlive reports whether any process of the group has not exited.
+func groupAlive(pgid int) bool {
+	if syscall.Kill(-pgid, 0) != nil {
+		return false
+	}
+	for pid, state := range groupProcs(pgid) {
+		if state != 'Z' || threadsLive(pid) {
+			return true
+		}
+	}
+	return false
+}
+
+// threadsLive reports whether any thread of pid has not exited yet. The
+// leader thread of an exiting multi-threaded process turns zombie before
+// the others finish, and until they do its sockets are still open.
+func threadsLive(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return false
+	}
+	for _, t := range tasks {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+		if err != nil {
 			continue
 		}
-		f := strings.Fields(s[i+1:])
-		// f[0] state, f[1] ppid, f[2] pgrp
-		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" {
+		s := string(stat)
+		if i := strings.LastIndexByte(s, ')'); i > 0 && len(s) > i+2 && s[i+2] != 'Z' && s[i+2] != 'X' {
 			return true
 		}
 	}
@@ -413,6 +444,15 @@ func KillAll(ctx context.Context, clusterDir string) (int, error) {
 		n += killed
 		if killed == 0 {
 			break
+		}
+		// Until init has reaped them, exiting processes may still hold
+		// their sockets: give it a moment, so that `down` returns with
+		// every port closed.
+		deadline := time.Now().Add(3 * time.Second)
+		for _, m := range ms {
+			for m.Running && groupMembers(m.PID) > 0 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
 		}
 	}
 	return n, os.RemoveAll(filepath.Join(clusterDir, "machines"))
