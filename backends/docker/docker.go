@@ -15,7 +15,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -408,9 +407,4 @@ func tarFiles(files map[string]tarEntry) (io.Reader, error) {
 		return nil, err
 	}
 	return &buf, nil
-}
-
-// IsUnavailable reports whether err means the engine cannot be reached.
-func IsUnavailable(err error) bool {
-	return client.IsErrConnectionFailed(err) || errors.Is(err, context.DeadlineExceeded)
 }

@@ -37,12 +37,11 @@ var _ backends.Backend = (*Backend)(nil)
 
 // Backend spawns machines as local process groups.
 type Backend struct {
-	name    string
-	dir     string // <cluster dir>/machines
-	subnet  string // "127.x.y"
-	binary  string
-	consul  string
-	cluster string
+	name   string
+	dir    string // <cluster dir>/machines
+	subnet string // "127.x.y"
+	binary string
+	consul string
 }
 
 // New builds a local backend. Settings: "subnet" (three octets such as
@@ -60,12 +59,11 @@ func New(name string, settings map[string]string, env backends.Env) (backends.Ba
 		return nil, fmt.Errorf("setting subnet: want three octets in 127.0.0.0/8 such as \"127.42.7\", got %q", subnet)
 	}
 	return &Backend{
-		name:    name,
-		dir:     filepath.Join(env.ClusterDir, "machines"),
-		subnet:  subnet,
-		binary:  env.Binary,
-		consul:  env.ConsulBinary,
-		cluster: env.Cluster,
+		name:   name,
+		dir:    filepath.Join(env.ClusterDir, "machines"),
+		subnet: subnet,
+		binary: env.Binary,
+		consul: env.ConsulBinary,
 	}, nil
 }
 
