@@ -313,7 +313,7 @@ func NodeConfigFor(client *api.Client, clusterDir, consulBinary string) reconcil
 		}
 		var join []string
 		for _, m := range members {
-			if m.Status == 1 && m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
+			if reconcile.SerfStatus(m.Status) == reconcile.MemberAlive && m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
 				join = append(join, m.Addr)
 			}
 		}

@@ -58,9 +58,7 @@ func (a *Agent) status() AgentStatus {
 		IsLeader: a.leading, Ready: a.ready, PlatformError: a.platformErr, Reconcile: a.lastStatus,
 	}
 	a.mu.RUnlock()
-	if pair, _, err := a.consul.KV().Get(reconcile.KeyLeader, nil); err == nil && pair != nil && pair.Session != "" {
-		st.Leader = string(pair.Value)
-	}
+	st.Leader = reconcile.LeaderOf(a.consul.KV())
 	if !st.IsLeader {
 		if pair, _, err := a.consul.KV().Get(reconcile.KeyStatus, nil); err == nil && pair != nil {
 			var rs reconcile.Status

@@ -53,7 +53,7 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	voters := serverVoters(ctx, consul, recs)
 	for _, mb := range members {
 		obs.Members[mb.Name] = Member{
-			Name: mb.Name, Address: mb.Addr, Status: serfStatus(mb.Status),
+			Name: mb.Name, Address: mb.Addr, Status: SerfStatus(mb.Status),
 			Server: mb.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer,
 			Voter:  voters[mb.Name],
 			Type:   recs[mb.Name].Type,
@@ -123,7 +123,8 @@ func serverVoters(ctx context.Context, consul *api.Client, recs map[string]Recor
 	return voters
 }
 
-func serfStatus(s int) MemberStatus {
+// SerfStatus names a serf member status code, as api.AgentMember carries it.
+func SerfStatus(s int) MemberStatus {
 	switch s {
 	case 1:
 		return MemberAlive

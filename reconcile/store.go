@@ -28,6 +28,16 @@ const (
 // ErrConflict means a check-and-set lost: someone else changed the record.
 var ErrConflict = errors.New("inventory record changed underneath (check-and-set failed)")
 
+// LeaderOf returns the machine ID holding the leader lock, or "" when the
+// lock is free or cannot be read.
+func LeaderOf(kv *api.KV) string {
+	pair, _, err := kv.Get(KeyLeader, nil)
+	if err != nil || pair == nil || pair.Session == "" {
+		return ""
+	}
+	return string(pair.Value)
+}
+
 // Inventory reads and writes machine records with check-and-set.
 type Inventory struct {
 	KV *api.KV

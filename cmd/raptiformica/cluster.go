@@ -371,7 +371,7 @@ func progress(c *api.Client, plat *rules.Platform) (string, bool) {
 	}
 	alive := map[string]bool{}
 	for _, m := range members {
-		alive[m.Name] = m.Status == 1
+		alive[m.Name] = reconcile.SerfStatus(m.Status) == reconcile.MemberAlive
 	}
 	var parts []string
 	done := true
@@ -470,7 +470,7 @@ func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
 	if err != nil {
 		return err
 	}
-	leader := leaderOf(c)
+	leader := reconcile.LeaderOf(c.KV())
 	rows := []memberRow{}
 	for _, m := range members {
 		role := "client"
@@ -478,7 +478,7 @@ func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
 			role = "server"
 		}
 		r := recs[m.Name]
-		rows = append(rows, memberRow{Name: m.Name, Address: m.Addr, Status: string(serf(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader})
+		rows = append(rows, memberRow{Name: m.Name, Address: m.Addr, Status: string(reconcile.SerfStatus(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader})
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
 	if asJSON {
@@ -496,23 +496,11 @@ func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
 	return w.Flush()
 }
 
-func serf(s int) reconcile.MemberStatus {
-	return map[int]reconcile.MemberStatus{1: reconcile.MemberAlive, 2: reconcile.MemberLeaving, 3: reconcile.MemberLeft, 4: reconcile.MemberFailed}[s]
-}
-
 func dash(s string) string {
 	if s == "" {
 		return "-"
 	}
 	return s
-}
-
-func leaderOf(c *api.Client) string {
-	pair, _, err := c.KV().Get(reconcile.KeyLeader, nil)
-	if err != nil || pair == nil || pair.Session == "" {
-		return ""
-	}
-	return string(pair.Value)
 }
 
 func writeJSON(out io.Writer, v any) error {

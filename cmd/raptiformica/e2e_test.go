@@ -248,9 +248,7 @@ func (c *testCluster) view() (view, error) {
 			v.alive = append(v.alive, m.Name)
 		}
 	}
-	if pair, _, err := cl.KV().Get(reconcile.KeyLeader, nil); err == nil && pair != nil && pair.Session != "" {
-		v.leader = string(pair.Value)
-	}
+	v.leader = reconcile.LeaderOf(cl.KV())
 	sort.Strings(v.alive)
 	sort.Strings(v.instances)
 	sort.Strings(v.joined)

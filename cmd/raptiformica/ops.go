@@ -6,8 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -39,7 +40,7 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	v := statusView{Leader: leaderOf(c)}
+	v := statusView{Leader: reconcile.LeaderOf(c.KV())}
 	if _, err := kvPlatform(c); err != nil {
 		v.PlatformError = err.Error()
 	}
@@ -83,20 +84,11 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "TYPE\tMIN\tMAX\tLIVE\tPENDING\tFAILED")
-	for _, name := range sortedTypes(st.Types) {
+	for _, name := range slices.Sorted(maps.Keys(st.Types)) {
 		ts := st.Types[name]
 		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\n", name, ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed)
 	}
 	return w.Flush()
-}
-
-func sortedTypes(m map[string]reconcile.TypeStatus) []string {
-	var names []string
-	for n := range m {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
 }
 
 func cmdPlan(ctx context.Context, args []string, out io.Writer) error {
@@ -122,7 +114,7 @@ func cmdPlan(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	obs.Self = leaderOf(c)
+	obs.Self = reconcile.LeaderOf(c.KV())
 	d := reconcile.Plan(p, obs, time.Now())
 	if *asJSON {
 		return writeJSON(out, d)
