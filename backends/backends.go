@@ -32,6 +32,14 @@ type Backend interface {
 	List(ctx context.Context) ([]Instance, error)
 }
 
+// LocalView is implemented by a backend whose List may see only the
+// machines spawned from this node (an exec backend without list_instances).
+// The control loop then takes a machine missing from the list as unknown,
+// not as gone.
+type LocalView interface {
+	ListsOnlyLocal() bool
+}
+
 // Spec is what to spawn.
 type Spec struct {
 	// Node is the agent's config; the backend fills in what it owns, such as
@@ -61,5 +69,16 @@ type Env struct {
 	Logger       hclog.Logger
 }
 
-// Factory builds a backend from its settings in the platform description.
-type Factory func(name string, settings map[string]string, env Env) (Backend, error)
+// Config is a backend as the platform description declares it.
+type Config struct {
+	// Name is the backend's name in the description, as machine types
+	// refer to it.
+	Name string
+	// Settings are the backend's own settings, passed as written.
+	Settings map[string]string
+	// Commands are the argv lists of an exec backend, by command name.
+	Commands map[string][]string
+}
+
+// Factory builds a backend from its declaration in the platform description.
+type Factory func(cfg Config, env Env) (Backend, error)

@@ -3,6 +3,8 @@ package backends
 import (
 	"fmt"
 	"sort"
+
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // Registry maps backend type names to factories.
@@ -37,15 +39,16 @@ func (r Registry) Types() []string {
 	return names
 }
 
-// New builds the backend called name of type typ.
-func (r Registry) New(typ, name string, settings map[string]string, env Env) (Backend, error) {
-	f, ok := r[typ]
+// New builds a backend the platform description declares.
+func (r Registry) New(spec rules.Backend, env Env) (Backend, error) {
+	f, ok := r[spec.Type]
 	if !ok {
-		return nil, fmt.Errorf("backend %q: unknown type %q (known: %v)", name, typ, r.Types())
+		return nil, fmt.Errorf("backend %q: unknown type %q (known: %v)", spec.Name, spec.Type, r.Types())
 	}
-	b, err := f(name, settings, env)
+	cfg := Config{Name: spec.Name, Settings: spec.Settings, Commands: spec.Commands}
+	b, err := f(cfg, env)
 	if err != nil {
-		return nil, fmt.Errorf("backend %q: %w", name, err)
+		return nil, fmt.Errorf("backend %q: %w", cfg.Name, err)
 	}
 	return b, nil
 }

@@ -270,7 +270,7 @@ func (a *Agent) backends() map[string]backends.Backend {
 	bes := map[string]backends.Backend{}
 	env := backends.Env{Cluster: p.Cluster, ClusterDir: a.Config.ClusterDir, Binary: a.Binary, ConsulBinary: a.Config.ConsulBinary, Logger: a.Log.Named("backend")}
 	for name, spec := range p.Backends {
-		b, err := a.Registry.New(spec.Type, name, spec.Settings, env)
+		b, err := a.Registry.New(spec, env)
 		if err != nil {
 			a.Log.Error("backend unusable", telemetry.KeyBackend, name, telemetry.KeyError, err)
 			b = brokenBackend{err: err}

@@ -24,6 +24,10 @@ const (
 // lock it runs the control loop; the moment the lock is lost the loop's
 // context is cancelled, which stops every action in flight.
 func (a *Agent) campaign(ctx context.Context) {
+	if a.Config.NeverLead {
+		a.Log.Info("not campaigning for leader: never_lead is set in the node config")
+		return
+	}
 	// Only a node that has a description can lead.
 	for a.Platform() == nil {
 		select {

@@ -46,7 +46,12 @@ type NodeConfig struct {
 	// Bootstrap makes this node a single-server cluster that the others join.
 	// Only the first node of a new cluster (the seed) has it; a replacement
 	// never does, or it would found a second cluster beside the first.
-	Bootstrap bool     `json:"bootstrap,omitempty"`
+	Bootstrap bool `json:"bootstrap,omitempty"`
+	// NeverLead keeps the agent from campaigning for the leader lock, for
+	// machines that cannot run the backends' commands (an exec backend's
+	// containers without its tools): the leader makes machines, so it must
+	// be able to.
+	NeverLead bool     `json:"never_lead,omitempty"`
 	RetryJoin []string `json:"retry_join,omitempty"`
 	// Encrypt is the gossip encryption key, also kept in KV.
 	Encrypt string `json:"encrypt,omitempty"`

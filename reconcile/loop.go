@@ -40,7 +40,7 @@ type Status struct {
 // of Instances and named in BackendErrors. Only a failure to read Consul is
 // an error.
 func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[string]backends.Backend, m *telemetry.Metrics) (Observed, error) {
-	obs := Observed{Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{}, BackendErrors: map[string]string{}}
+	obs := Observed{Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{}, BackendErrors: map[string]string{}, LocalOnly: map[string]bool{}}
 	recs, _, err := inv.List(ctx, nil)
 	if err != nil {
 		return obs, err
@@ -61,6 +61,9 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	}
 	for _, name := range sortedKeys(bes) {
 		be := bes[name]
+		if lv, ok := be.(backends.LocalView); ok && lv.ListsOnlyLocal() {
+			obs.LocalOnly[name] = true
+		}
 		up := 1.0
 		if err := be.Available(ctx); err != nil {
 			obs.BackendErrors[name] = "unavailable: " + err.Error()

@@ -59,7 +59,7 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 		// whatever its backend lists.
 		if insts, listed := obs.Instances[r.Backend]; listed && id != obs.Self {
 			in, exists := insts[id]
-			instGone = !exists || !in.Running
+			instGone = exists && !in.Running || !exists && !obs.LocalOnly[r.Backend]
 		}
 		if obs.InFlight[id] {
 			// An action is running on it; count it as what it will be.

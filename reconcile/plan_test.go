@@ -133,6 +133,23 @@ func TestPlan(t *testing.T) {
 			want: []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
 		},
 		{
+			name: "a machine missing from a list that covers only this node is unknown, not gone",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				delete(o.Instances["local"], "c")
+				o.LocalOnly = map[string]bool{"local": true}
+			}),
+		},
+		{
+			name: "a stopped machine in a list that covers only this node is gone",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: false}
+				o.LocalOnly = map[string]bool{"local": true}
+			}),
+			want: []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
+		},
+		{
 			name: "the leader never judges itself gone from its backend",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {

@@ -101,6 +101,9 @@ type Observed struct {
 	// ID. A backend that could not be listed is absent, so that nothing is
 	// judged from missing knowledge.
 	Instances map[string]map[string]backends.Instance
+	// LocalOnly names the backends whose list covers only the machines this
+	// node spawned: a machine missing from it is unknown, not gone.
+	LocalOnly map[string]bool
 	// BackendErrors says why a backend cannot be used now (unavailable, or
 	// listing failed).
 	BackendErrors map[string]string

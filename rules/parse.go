@@ -64,6 +64,7 @@ var topSchema = &hcl.BodySchema{
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "policy"},
 		{Type: "backend", LabelNames: []string{"name"}},
+		{Type: "compute", LabelNames: []string{"type", "server"}},
 		{Type: "machine", LabelNames: []string{"name"}},
 		{Type: "hook", LabelNames: []string{"event"}},
 	},
@@ -75,7 +76,7 @@ var policySchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "max_unhealthy"}, {Name: "resync_interval"},
 }}
 
-var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}}}
+var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}, {Name: "commands"}}}
 
 var machineSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"},
@@ -211,6 +212,14 @@ func (d *decoder) platform(body hcl.Body, opts Options) *Platform {
 			if unique(b) {
 				plat.Backends[b.Labels[0]] = d.backend(b, opts)
 			}
+		case "compute":
+			be := d.compute(b, opts)
+			if prev, dup := seen["backend "+be.Name]; dup {
+				d.at(b.DefRange, fmt.Sprintf("compute %q %q", b.Labels[0], b.Labels[1]), "backend %q declared twice (first at line %d)", be.Name, prev.Start.Line)
+				continue
+			}
+			seen["backend "+be.Name] = b.DefRange
+			plat.Backends[be.Name] = be
 		case "machine":
 			if unique(b) {
 				m, minRange, minOK := d.machine(b)
@@ -340,7 +349,95 @@ func (d *decoder) backend(b *hcl.Block, opts Options) Backend {
 			be.Settings = m
 		}
 	}
+	if a := content.Attributes["commands"]; a != nil {
+		var m map[string][]string
+		if d.decode(a, field+" commands", cty.Map(cty.List(cty.String)), &m) {
+			be.Commands = m
+		}
+		if be.Type != ExecType {
+			d.at(a.Expr.Range(), field+" commands", "only a backend of type %q runs commands; this one is %q", ExecType, be.Type)
+		}
+	}
+	if be.Type == ExecType {
+		d.execCommands(b.DefRange, field, be.Commands)
+	}
 	return be
+}
+
+// compute reads a compute module in the original project's format,
+// compute.<type>.<server>.<command> = "shell command": a backend of type exec
+// called "<type>/<server>". Its commands were shell strings there, so a
+// string runs under /bin/sh -c (the machine's data is in the environment,
+// never in the string); a list is an argv list as in a backend block.
+func (d *decoder) compute(b *hcl.Block, opts Options) Backend {
+	be := Backend{Name: b.Labels[0] + "/" + b.Labels[1], Type: ExecType, Settings: map[string]string{}, Commands: map[string][]string{}}
+	field := fmt.Sprintf("compute %q %q", b.Labels[0], b.Labels[1])
+	if !known(opts.BackendTypes, ExecType) {
+		d.at(b.DefRange, field, "the exec backend is not available here (known: %s)", knownList(opts.BackendTypes))
+	}
+	attrs, diags := b.Body.JustAttributes()
+	d.addDiags(diags)
+	for _, name := range sortedAttrs(attrs) {
+		a := attrs[name]
+		switch {
+		case name == "source":
+			if s, ok := d.str(a, field+" source"); ok {
+				be.Settings["source"] = s
+			}
+		case known(ExecCommands, name):
+			v, diags := a.Expr.Value(nil)
+			if diags.HasErrors() {
+				d.at(a.Expr.Range(), field+" "+name, "must be a constant value: %s", diags[0].Summary)
+				continue
+			}
+			if v.Type() == cty.String {
+				be.Commands[name] = []string{"/bin/sh", "-c", v.AsString()}
+				continue
+			}
+			var argv []string
+			if d.decode(a, field+" "+name, cty.List(cty.String), &argv) {
+				be.Commands[name] = argv
+			}
+		default:
+			d.at(a.NameRange, field+" "+name, "unknown command (known: source, %s)", strings.Join(ExecCommands, ", "))
+		}
+	}
+	d.execCommands(b.DefRange, field, be.Commands)
+	return be
+}
+
+// execCommands checks an exec backend's commands: the required ones are
+// there and each is an argv list with its program first.
+func (d *decoder) execCommands(rng hcl.Range, field string, cmds map[string][]string) {
+	for _, name := range ExecRequired {
+		if _, ok := cmds[name]; !ok {
+			d.at(rng, field+" commands", "an exec backend needs the command %q", name)
+		}
+	}
+	names := make([]string, 0, len(cmds))
+	for name := range cmds {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		switch argv := cmds[name]; {
+		case !known(ExecCommands, name):
+			d.at(rng, field+" commands "+name, "unknown command (known: %s)", strings.Join(ExecCommands, ", "))
+		case len(argv) == 0 || argv[0] == "":
+			d.at(rng, field+" commands "+name, "must be an argv list with the program first, such as [\"/bin/sh\", \"-c\", \"vagrant up\"]")
+		}
+	}
+}
+
+func sortedAttrs(attrs hcl.Attributes) []string {
+	names := make([]string, 0, len(attrs))
+	for n := range attrs {
+		names = append(names, n)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		return attrs[names[i]].NameRange.Start.Byte < attrs[names[j]].NameRange.Start.Byte
+	})
+	return names
 }
 
 func knownList(list []string) string {

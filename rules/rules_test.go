@@ -2,6 +2,7 @@ package rules
 
 import (
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -156,5 +157,110 @@ policy {
 				}
 			}
 		})
+	}
+}
+
+var allTypes = Options{BackendTypes: []string{"local", "docker", "exec"}}
+
+// The original project's compute modules, compute.<type>.<server>.<command>
+// with shell strings, load as exec backends named "<type>/<server>".
+func TestComputeModules(t *testing.T) {
+	src := `{
+  "compute": {
+    "vagrant": {
+      "headless": {
+        "available": "vagrant -v",
+        "source": "https://example.invalid/vagrantfiles.git",
+        "start_instance": "cd headless && vagrant up",
+        "get_hostname": "cd headless && vagrant ssh-config | grep HostName | awk '{print $NF}'",
+        "get_port": ["/bin/echo", "22"],
+        "detect_stale_instance": "cd headless && vagrant status | grep running",
+        "clean_up_instance_command": "cd headless && vagrant destroy -f"
+      }
+    }
+  },
+  "machine": {"headless": {"min": 1, "consul_server": true, "backends": ["vagrant/headless"]}}
+}`
+	p, err := Parse("m.json", []byte(src), allTypes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Backend{
+		Name: "vagrant/headless", Type: ExecType,
+		Settings: map[string]string{"source": "https://example.invalid/vagrantfiles.git"},
+		Commands: map[string][]string{
+			CmdAvailable: {"/bin/sh", "-c", "vagrant -v"},
+			CmdStart:     {"/bin/sh", "-c", "cd headless && vagrant up"},
+			CmdHostname:  {"/bin/sh", "-c", "cd headless && vagrant ssh-config | grep HostName | awk '{print $NF}'"},
+			CmdPort:      {"/bin/echo", "22"},
+			CmdRunning:   {"/bin/sh", "-c", "cd headless && vagrant status | grep running"},
+			CmdCleanUp:   {"/bin/sh", "-c", "cd headless && vagrant destroy -f"},
+		},
+	}
+	if diff := cmp.Diff(want, p.Backends["vagrant/headless"]); diff != "" {
+		t.Errorf("backend mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestExecProblems(t *testing.T) {
+	const machine = "machine \"s\" {\n  min = 1\n  consul_server = true\n}\n"
+	for _, tc := range []struct {
+		name, src string
+		want      []string
+	}{
+		{
+			name: "missing commands",
+			src:  "backend \"vm\" {\n  type = \"exec\"\n  commands = { start_instance = [\"vagrant\", \"up\"] }\n}\n" + machine,
+			want: []string{`p.hcl:1,1: backend "vm" commands: an exec backend needs the command "get_hostname"`, `backend "vm" commands: an exec backend needs the command "clean_up_instance_command"`},
+		},
+		{
+			name: "commands on another type",
+			src:  "backend \"d\" {\n  type = \"docker\"\n  commands = { start_instance = [\"x\"] }\n}\n" + machine,
+			want: []string{`p.hcl:3,14: backend "d" commands: only a backend of type "exec" runs commands; this one is "docker"`},
+		},
+		{
+			name: "empty argv and unknown command",
+			src:  "backend \"vm\" {\n  type = \"exec\"\n  commands = {\n    start_instance = []\n    get_hostname = [\"hostname\"]\n    clean_up_instance_command = [\"true\"]\n    stop = [\"x\"]\n  }\n}\n" + machine,
+			want: []string{`backend "vm" commands start_instance: must be an argv list`, `backend "vm" commands stop: unknown command`},
+		},
+		{
+			name: "unknown key in a compute module",
+			src:  "compute \"docker\" \"headless\" {\n  start_instance = \"docker run x\"\n  get_hostname = \"echo h\"\n  clean_up_instance_command = \"true\"\n  stop_instance = \"x\"\n}\n" + machine,
+			want: []string{`p.hcl:5,3: compute "docker" "headless" stop_instance: unknown command`},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("p.hcl", []byte(tc.src), allTypes)
+			var perr *Error
+			if !errors.As(err, &perr) {
+				t.Fatalf("got error %v, want *Error", err)
+			}
+			if len(perr.Problems) != len(tc.want) {
+				t.Fatalf("got %d problems, want %d:\n%v", len(perr.Problems), len(tc.want), err)
+			}
+			for i, w := range tc.want {
+				if got := perr.Problems[i].String(); !strings.Contains(got, w) {
+					t.Errorf("problem %d: got %q want it to contain %q", i, got, w)
+				}
+			}
+		})
+	}
+}
+
+// Every description shipped under deploy/examples is valid.
+func TestShippedExamples(t *testing.T) {
+	files, _ := filepath.Glob("../deploy/examples/*")
+	n := 0
+	for _, f := range files {
+		if filepath.Base(f) == "agent.json" || !(strings.HasSuffix(f, ".hcl") || strings.HasSuffix(f, ".json")) {
+			continue
+		}
+		n++
+		if _, err := ParseFile(f, allTypes); err != nil {
+			t.Errorf("%v", err)
+		}
+	}
+	if n < 3 {
+		t.Errorf("found %d example descriptions, want platform, docker and exec ones", n)
 	}
 }

@@ -6,7 +6,9 @@ package builtin
 import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/backends/docker"
+	"github.com/raptiformica/raptiformica/backends/exec"
 	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // Registry returns the built-in backends by type name.
@@ -14,6 +16,7 @@ func Registry() backends.Registry {
 	r, err := backends.NewRegistry(
 		backends.RegistryEntry{Type: "local", Factory: local.New},
 		backends.RegistryEntry{Type: "docker", Factory: docker.New},
+		backends.RegistryEntry{Type: rules.ExecType, Factory: exec.New},
 	)
 	if err != nil {
 		panic(err) // a programming error caught by the first test run

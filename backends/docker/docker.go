@@ -15,8 +15,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -56,6 +58,7 @@ type Backend struct {
 	name    string
 	cluster string
 	network string
+	subnet  string
 	image   string // set: use as is; empty: build our own on first use
 	binary  string
 	consul  string
@@ -66,23 +69,35 @@ type Backend struct {
 }
 
 // New builds a docker backend. Settings: "network" (default
-// "raptiformica-<cluster>", created when missing) and "image" (default: the
-// node image built from this node's binaries).
-func New(name string, settings map[string]string, env backends.Env) (backends.Backend, error) {
+// "raptiformica-<cluster>", created when missing), "subnet" (the network's
+// IPv4 subnet in CIDR form when this backend creates it; by default the
+// engine picks one, but only a configured subnet lets a container keep its
+// address when it is reconnected) and "image" (default: the node image built
+// from this node's binaries).
+func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
+	if len(cfg.Commands) > 0 {
+		return nil, errors.New("commands are for exec backends; a docker backend takes settings only")
+	}
+	for k := range cfg.Settings {
+		if k != "network" && k != "image" && k != "subnet" {
+			return nil, fmt.Errorf("unknown setting %q (known: network, image, subnet)", k)
+		}
+	}
+	subnet := cfg.Settings["subnet"]
+	if subnet != "" {
+		if _, err := netip.ParsePrefix(subnet); err != nil {
+			return nil, fmt.Errorf("setting subnet: %w", err)
+		}
+	}
 	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	for k := range settings {
-		if k != "network" && k != "image" {
-			return nil, fmt.Errorf("unknown setting %q (known: network, image)", k)
-		}
-	}
-	net := settings["network"]
+	net := cfg.Settings["network"]
 	if net == "" {
 		net = "raptiformica-" + env.Cluster
 	}
-	return &Backend{name: name, cluster: env.Cluster, network: net, image: settings["image"], binary: env.Binary, consul: env.ConsulBinary, cli: cli}, nil
+	return &Backend{name: cfg.Name, cluster: env.Cluster, network: net, subnet: subnet, image: cfg.Settings["image"], binary: env.Binary, consul: env.ConsulBinary, cli: cli}, nil
 }
 
 // Available pings the engine.
@@ -288,7 +303,11 @@ func (b *Backend) ensureNetwork(ctx context.Context) error {
 	} else if !errdefs.IsNotFound(err) {
 		return fmt.Errorf("inspect network %s: %w", b.network, err)
 	}
-	_, err := b.cli.NetworkCreate(ctx, b.network, network.CreateOptions{Driver: "bridge", Labels: map[string]string{LabelCluster: b.cluster}})
+	opts := network.CreateOptions{Driver: "bridge", Labels: map[string]string{LabelCluster: b.cluster}}
+	if b.subnet != "" {
+		opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: b.subnet}}}
+	}
+	_, err := b.cli.NetworkCreate(ctx, b.network, opts)
 	if err != nil && !errdefs.IsConflict(err) {
 		return fmt.Errorf("create network %s: %w", b.network, err)
 	}

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,33 +38,61 @@ var _ backends.Backend = (*Backend)(nil)
 
 // Backend spawns machines as local process groups.
 type Backend struct {
-	name   string
-	dir    string // <cluster dir>/machines
-	subnet string // "127.x.y"
-	binary string
-	consul string
+	name      string
+	dir       string   // <cluster dir>/machines
+	addresses []string // the addresses machines may bind, in order
+	binary    string
+	consul    string
 }
 
 // New builds a local backend. Settings: "subnet" (three octets such as
 // "127.42.7"; by default derived from the cluster folder, so that clusters in
-// different folders do not share addresses).
-func New(name string, settings map[string]string, env backends.Env) (backends.Backend, error) {
+// different folders do not share addresses) or "addresses" (a comma-separated
+// list of this host's addresses, one machine each: how host processes join
+// machines that cannot reach this host's loopback, such as containers
+// reaching a Docker bridge's gateway address).
+func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	if env.ClusterDir == "" {
 		return nil, errors.New("local backend needs the node's cluster_dir")
 	}
-	subnet := settings["subnet"]
-	if subnet == "" {
-		subnet = Subnet(env.ClusterDir)
+	if len(cfg.Commands) > 0 {
+		return nil, errors.New("commands are for exec backends; a local backend takes settings only")
 	}
-	if parts := strings.Split(subnet, "."); len(parts) != 3 || parts[0] != "127" {
-		return nil, fmt.Errorf("setting subnet: want three octets in 127.0.0.0/8 such as \"127.42.7\", got %q", subnet)
+	for k := range cfg.Settings {
+		if k != "subnet" && k != "addresses" {
+			return nil, fmt.Errorf("unknown setting %q (known: subnet, addresses)", k)
+		}
+	}
+	var addrs []string
+	if list := cfg.Settings["addresses"]; list != "" {
+		if cfg.Settings["subnet"] != "" {
+			return nil, errors.New("settings subnet and addresses exclude each other")
+		}
+		for _, a := range strings.Split(list, ",") {
+			ip, err := netip.ParseAddr(strings.TrimSpace(a))
+			if err != nil || !ip.Is4() {
+				return nil, fmt.Errorf("setting addresses: %q is not an IPv4 address", a)
+			}
+			addrs = append(addrs, ip.String())
+		}
+	} else {
+		subnet := cfg.Settings["subnet"]
+		if subnet == "" {
+			subnet = Subnet(env.ClusterDir)
+		}
+		if parts := strings.Split(subnet, "."); len(parts) != 3 || parts[0] != "127" {
+			return nil, fmt.Errorf("setting subnet: want three octets in 127.0.0.0/8 such as \"127.42.7\", got %q", subnet)
+		}
+		for n := 2; n < 255; n++ {
+			addrs = append(addrs, fmt.Sprintf("%s.%d", subnet, n))
+		}
 	}
 	return &Backend{
-		name:   name,
-		dir:    filepath.Join(env.ClusterDir, "machines"),
-		subnet: subnet,
-		binary: env.Binary,
-		consul: env.ConsulBinary,
+		name:      cfg.Name,
+		dir:       filepath.Join(env.ClusterDir, "machines"),
+		addresses: addrs,
+		binary:    env.Binary,
+		consul:    env.ConsulBinary,
 	}, nil
 }
 
@@ -175,13 +204,12 @@ func (b *Backend) freeAddress() (string, error) {
 	for _, in := range insts {
 		used[in.Address] = true
 	}
-	for n := 2; n < 255; n++ {
-		a := fmt.Sprintf("%s.%d", b.subnet, n)
+	for _, a := range b.addresses {
 		if !used[a] {
 			return a, nil
 		}
 	}
-	return "", fmt.Errorf("local backend: no free address left in %s.0/24", b.subnet)
+	return "", fmt.Errorf("local backend %s: all %d addresses are taken", b.name, len(b.addresses))
 }
 
 // Destroy signals the machine's process group, waits for it to exit (SIGKILL

@@ -23,7 +23,7 @@ func newBackend(t *testing.T) (*Backend, string) {
 	if err := os.WriteFile(bin, []byte(standIn), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := New("local", map[string]string{"subnet": "127.99.1"}, backends.Env{Cluster: "t", ClusterDir: dir, Binary: bin, ConsulBinary: bin})
+	b, err := New(backends.Config{Name: "local", Settings: map[string]string{"subnet": "127.99.1"}}, backends.Env{Cluster: "t", ClusterDir: dir, Binary: bin, ConsulBinary: bin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,8 +41,26 @@ func TestSubnet(t *testing.T) {
 	if strings.HasPrefix(a, "127.0.") || !strings.HasPrefix(a, "127.") {
 		t.Errorf("subnet %s outside 127.16-239.x", a)
 	}
-	if _, err := New("local", map[string]string{"subnet": "10.0.0"}, backends.Env{ClusterDir: "/tmp/x"}); err == nil {
-		t.Errorf("a subnet outside 127/8 was accepted")
+	for _, bad := range []map[string]string{
+		{"subnet": "10.0.0"},
+		{"addresses": "172.17.0.1, nonsense"},
+		{"addresses": "172.17.0.1", "subnet": "127.1.2"},
+		{"subnett": "127.1.2"},
+	} {
+		if _, err := New(backends.Config{Name: "local", Settings: bad}, backends.Env{ClusterDir: "/tmp/x"}); err == nil {
+			t.Errorf("settings %v were accepted", bad)
+		}
+	}
+}
+
+func TestAddressesSetting(t *testing.T) {
+	b, err := New(backends.Config{Name: "host", Settings: map[string]string{"addresses": "172.17.0.1, 10.1.2.3"}}, backends.Env{ClusterDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := b.(*Backend).freeAddress()
+	if err != nil || a != "172.17.0.1" {
+		t.Fatalf("first free address = %q, %v; want 172.17.0.1", a, err)
 	}
 }
 

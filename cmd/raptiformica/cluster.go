@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -124,7 +126,7 @@ func (t *target) dockerBackend() (*docker.Backend, bool) {
 	if !ok || cf.BackendType != "docker" {
 		return nil, false
 	}
-	be, err := docker.New(cf.Backend, cf.Settings, backends.Env{Cluster: cf.Cluster})
+	be, err := docker.New(backends.Config{Name: cf.Backend, Settings: cf.Settings}, backends.Env{Cluster: cf.Cluster})
 	if err != nil {
 		return nil, false
 	}
@@ -179,7 +181,7 @@ func (t *target) backends(p *rules.Platform) (map[string]backends.Backend, error
 	reg := builtin.Registry()
 	out := map[string]backends.Backend{}
 	for name, b := range p.Backends {
-		be, err := reg.New(b.Type, name, b.Settings, env)
+		be, err := reg.New(b, env)
 		if err != nil {
 			return nil, err
 		}
@@ -275,7 +277,7 @@ func startSeed(ctx context.Context, dir, platformFile string, out io.Writer) (*r
 	// The seed runs on its type's first backend.
 	beName := plat.Machines[seedType].Backends[0]
 	spec := plat.Backends[beName]
-	be, err := builtin.Registry().New(spec.Type, beName, spec.Settings, env)
+	be, err := builtin.Registry().New(spec, env)
 	if err != nil {
 		return nil, err
 	}
@@ -432,8 +434,57 @@ func cmdDown(ctx context.Context, args []string, out io.Writer) error {
 		}
 		n += m
 	}
+	m, err := t.removeElsewhere(ctx)
+	n += m
 	fmt.Fprintf(out, "stopped %d machines in %s\n", n, t.folder())
-	return nil
+	return err
+}
+
+// removeElsewhere removes the machines the cluster's last description put
+// on backends other than local processes, such as an exec backend's
+// containers or VMs. The local machines must be gone already, or their
+// leader would replace what this removes.
+func (t *target) removeElsewhere(ctx context.Context) (int, error) {
+	src := newestMirror(t.folder())
+	if src == "" {
+		return 0, nil
+	}
+	p, err := rules.ParseFile(src, parseOpts())
+	if err != nil {
+		return 0, nil // nothing but local machines can be known from it
+	}
+	bes, err := t.backends(p)
+	if err != nil {
+		return 0, err
+	}
+	removed := 0
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(bes)) {
+		if p.Backends[name].Type == "local" {
+			continue
+		}
+		if ra, ok := bes[name].(interface {
+			RemoveAll(context.Context) (int, error)
+		}); ok {
+			m, err := ra.RemoveAll(ctx)
+			removed += m
+			errs = append(errs, err)
+			continue
+		}
+		insts, err := bes[name].List(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("backend %s: %w", name, err))
+			continue
+		}
+		for _, in := range insts {
+			if err := bes[name].Destroy(ctx, in.MachineID); err != nil {
+				errs = append(errs, fmt.Errorf("backend %s: %w", name, err))
+				continue
+			}
+			removed++
+		}
+	}
+	return removed, errors.Join(errs...)
 }
 
 // memberRow is one line of `members`.

@@ -35,7 +35,7 @@ func newDockerCluster(t testing.TB) *dockerCluster {
 		t.Skip("end-to-end test (run without -short)")
 	}
 	name := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
-	be, err := docker.New("docker", nil, backends.Env{Cluster: name})
+	be, err := docker.New(backends.Config{Name: "docker"}, backends.Env{Cluster: name})
 	if err != nil {
 		t.Skipf("SKIPPED: no Docker client (%v); the docker chaos tests need a Docker engine", err)
 	}

@@ -1,0 +1,545 @@
+// Package exec is the backend whose machines are made by commands the user
+// writes: the original project's compute modules (Docker, Vagrant, anything
+// with a command line), with the same command names and meaning.
+//
+// Every command is an argv list run with a timeout, in its own process group
+// (a timeout kills the whole group), with the machine's data in environment
+// variables and never interpolated into the command:
+//
+//	RAPTIFORMICA_CLUSTER         the cluster name
+//	RAPTIFORMICA_BACKEND         this backend's name
+//	RAPTIFORMICA_MACHINE_ID      the machine (not set for available and list_instances)
+//	RAPTIFORMICA_MACHINE_TYPE    its type (start_instance only)
+//	RAPTIFORMICA_WORKDIR         the machine's working folder, also the command's
+//	RAPTIFORMICA_AGENT_CONFIG    the agent config to start the machine with
+//	RAPTIFORMICA_BINARY          this node's raptiformica binary
+//	RAPTIFORMICA_CONSUL_BINARY   this node's Consul binary
+//	RAPTIFORMICA_SETTING_<NAME>  each setting this package does not read itself
+//
+// A machine's working folder is <cluster dir>/exec/<backend>/<machine id>. It
+// holds agent.json, instance.json (what get_hostname and get_port printed)
+// and commands.log (every command's output). It lives on the node that
+// spawned the machine; commands that find their machine by
+// RAPTIFORMICA_MACHINE_ID rather than by files in the folder work from any
+// leader.
+package exec
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+var _ backends.Backend = (*Backend)(nil)
+
+// Where the agent runs on a machine made by commands, unless settings say
+// otherwise: the paths of the node image.
+const (
+	defaultDataDir = "/var/lib/raptiformica"
+	defaultConsul  = "/usr/local/bin/consul"
+)
+
+// outputLimit bounds how much of a command's output is kept in memory.
+const outputLimit = 64 << 10
+
+// Backend makes machines by running commands.
+type Backend struct {
+	name     string
+	cluster  string
+	dir      string // <cluster dir>/exec/<backend>
+	cmds     map[string][]string
+	source   string
+	timeout  time.Duration // start_instance and clean_up_instance_command
+	query    time.Duration // every other command
+	node     provision.NodeConfig
+	settings []string // RAPTIFORMICA_SETTING_* variables
+	binary   string
+	consul   string
+}
+
+var settingName = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+
+// New builds an exec backend. Settings this package reads:
+//
+//	timeout        for start_instance and clean_up_instance_command (default 10m)
+//	query_timeout  for every other command (default 30s)
+//	source         a git repository cloned into each machine's working folder
+//	bind_addr      the agent's bind address on the machine (default "auto")
+//	data_dir       the agent's data folder on the machine (default /var/lib/raptiformica)
+//	consul_binary  Consul's path on the machine (default /usr/local/bin/consul)
+//	lead           "false" when the machines cannot run these commands
+//	               themselves, so they never become leader
+//
+// Every other setting is passed to the commands as RAPTIFORMICA_SETTING_<NAME>.
+func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
+	if env.ClusterDir == "" {
+		return nil, errors.New("exec backend needs the node's cluster_dir")
+	}
+	for _, name := range rules.ExecRequired {
+		if len(cfg.Commands[name]) == 0 {
+			return nil, fmt.Errorf("command %s is missing", name)
+		}
+	}
+	b := &Backend{
+		name:    cfg.Name,
+		cluster: env.Cluster,
+		dir:     filepath.Join(env.ClusterDir, "exec", strings.ReplaceAll(cfg.Name, "/", "_")),
+		cmds:    cfg.Commands,
+		timeout: 10 * time.Minute,
+		query:   30 * time.Second,
+		binary:  env.Binary,
+		consul:  env.ConsulBinary,
+		node:    provision.NodeConfig{BindAddr: provision.BindAuto, DataDir: defaultDataDir, ConsulBinary: defaultConsul},
+	}
+	keys := make([]string, 0, len(cfg.Settings))
+	for k := range cfg.Settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := cfg.Settings[k]
+		var err error
+		switch k {
+		case "timeout":
+			b.timeout, err = positiveDuration(v)
+		case "query_timeout":
+			b.query, err = positiveDuration(v)
+		case "source":
+			b.source = v
+		case "bind_addr":
+			b.node.BindAddr = v
+		case "data_dir":
+			b.node.DataDir = v
+		case "consul_binary":
+			b.node.ConsulBinary = v
+		case "lead":
+			var lead bool
+			lead, err = strconv.ParseBool(v)
+			b.node.NeverLead = !lead
+		default:
+			if !settingName.MatchString(k) {
+				err = errors.New("want lower-case letters, digits and _, as it becomes an environment variable")
+			}
+			b.settings = append(b.settings, "RAPTIFORMICA_SETTING_"+strings.ToUpper(k)+"="+v)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("setting %s: %w", k, err)
+		}
+	}
+	return b, nil
+}
+
+func positiveDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err == nil && d <= 0 {
+		err = fmt.Errorf("must be positive, got %s", s)
+	}
+	return d, err
+}
+
+// ListsOnlyLocal reports whether List sees only the machines spawned from
+// this node: true without a list_instances command.
+func (b *Backend) ListsOnlyLocal() bool { return len(b.cmds[rules.CmdList]) == 0 }
+
+// Available runs the available command, after checking that every command's
+// program is on this node, so that a node without the tools says which.
+func (b *Backend) Available(ctx context.Context) error {
+	for _, name := range rules.ExecCommands {
+		argv := b.cmds[name]
+		if len(argv) == 0 {
+			continue
+		}
+		if _, err := osexec.LookPath(argv[0]); err != nil {
+			return fmt.Errorf("%s: program %q not found on this node", name, argv[0])
+		}
+	}
+	if len(b.cmds[rules.CmdAvailable]) == 0 {
+		return nil
+	}
+	_, err := b.run(ctx, rules.CmdAvailable, b.dir, nil)
+	return err
+}
+
+// instanceFile records what a machine's commands printed when it started.
+type instanceFile struct {
+	MachineID   string    `json:"machine_id"`
+	MachineType string    `json:"machine_type"`
+	Address     string    `json:"address"`
+	Port        int       `json:"port,omitempty"`
+	Created     time.Time `json:"created"`
+}
+
+// Spawn clones the source (if any) into a new working folder, writes the
+// agent config there and runs start_instance, then get_hostname and
+// get_port. When any step fails it runs clean_up_instance_command, so that no
+// machine is left running unrecorded; if that fails too, the folder stays
+// for Destroy to retry.
+func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
+	node := spec.Node
+	if err := checkID(node.MachineID); err != nil {
+		return backends.Instance{}, err
+	}
+	wd := filepath.Join(b.dir, node.MachineID)
+	if err := os.MkdirAll(b.dir, 0o755); err != nil {
+		return backends.Instance{}, err
+	}
+	if err := os.Mkdir(wd, 0o755); err != nil {
+		return backends.Instance{}, fmt.Errorf("machine %s: %w", node.MachineID, err)
+	}
+	inst, err := b.start(ctx, wd, node)
+	if err == nil {
+		return inst, nil
+	}
+	err = fmt.Errorf("machine %s: %w", node.MachineID, err)
+	// The caller's context may be what ended the spawn; cleaning up must not
+	// end with it.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
+	defer cancel()
+	if cerr := b.Destroy(cctx, node.MachineID); cerr != nil {
+		return backends.Instance{}, fmt.Errorf("%w; cleaning up failed too, will retry: %v", err, cerr)
+	}
+	return backends.Instance{}, err
+}
+
+// SpawnSeed starts the first machine of a new cluster: Spawn with the
+// node's Bootstrap set. `raptiformica up` calls it.
+func (b *Backend) SpawnSeed(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
+	spec.Node.Bootstrap = true
+	return b.Spawn(ctx, spec)
+}
+
+func (b *Backend) start(ctx context.Context, wd string, node provision.NodeConfig) (backends.Instance, error) {
+	if b.source != "" {
+		if err := b.clone(ctx, wd); err != nil {
+			return backends.Instance{}, err
+		}
+	}
+	node.Backend = b.name
+	node.BindAddr = b.node.BindAddr
+	node.DataDir = b.node.DataDir
+	node.ConsulBinary = b.node.ConsulBinary
+	node.NeverLead = b.node.NeverLead
+	node.ClusterDir = ""
+	cfgPath := filepath.Join(wd, "agent.json")
+	if err := provision.WriteConfig(cfgPath, node); err != nil {
+		return backends.Instance{}, err
+	}
+	env := []string{
+		"RAPTIFORMICA_MACHINE_ID=" + node.MachineID,
+		"RAPTIFORMICA_MACHINE_TYPE=" + node.MachineType,
+		"RAPTIFORMICA_AGENT_CONFIG=" + cfgPath,
+	}
+	if _, err := b.run(ctx, rules.CmdStart, wd, env); err != nil {
+		return backends.Instance{}, err
+	}
+	out, err := b.run(ctx, rules.CmdHostname, wd, env[:1])
+	if err != nil {
+		return backends.Instance{}, err
+	}
+	addr, err := parseHost(out)
+	if err != nil {
+		return backends.Instance{}, fmt.Errorf("%s: %w", rules.CmdHostname, err)
+	}
+	rec := instanceFile{MachineID: node.MachineID, MachineType: node.MachineType, Address: addr, Created: time.Now().UTC()}
+	if len(b.cmds[rules.CmdPort]) > 0 {
+		out, err := b.run(ctx, rules.CmdPort, wd, env[:1])
+		if err != nil {
+			return backends.Instance{}, err
+		}
+		if rec.Port, err = parsePort(out); err != nil {
+			return backends.Instance{}, fmt.Errorf("%s: %w", rules.CmdPort, err)
+		}
+	}
+	data, _ := json.MarshalIndent(rec, "", "  ")
+	if err := fsutil.WriteFileAtomic(filepath.Join(wd, "instance.json"), append(data, '\n'), 0o644); err != nil {
+		return backends.Instance{}, err
+	}
+	return backends.Instance{MachineID: rec.MachineID, MachineType: rec.MachineType, Address: addr, Running: true, Created: rec.Created}, nil
+}
+
+// clone fetches the source into the working folder, as the original project
+// did before running a module's commands there.
+func (b *Backend) clone(ctx context.Context, wd string) error {
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
+	c := osexec.CommandContext(ctx, "git", "clone", "--quiet", "--", b.source, ".")
+	c.Dir = wd
+	out, err := c.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("clone source %s: %v%s", b.source, err, tail(out))
+	}
+	return nil
+}
+
+// Destroy runs clean_up_instance_command in the machine's working folder
+// (made empty when this node never had it) and removes the folder once the
+// command succeeds. Whether a missing machine is an error is the command's
+// to say; the original modules end theirs with "|| true".
+func (b *Backend) Destroy(ctx context.Context, machineID string) error {
+	if err := checkID(machineID); err != nil {
+		return err
+	}
+	wd := filepath.Join(b.dir, machineID)
+	if err := os.MkdirAll(wd, 0o755); err != nil {
+		return err
+	}
+	if _, err := b.run(ctx, rules.CmdCleanUp, wd, []string{"RAPTIFORMICA_MACHINE_ID=" + machineID}); err != nil {
+		return fmt.Errorf("machine %s: %w", machineID, err)
+	}
+	if err := os.RemoveAll(wd); err != nil {
+		return fmt.Errorf("machine %s: %w", machineID, err)
+	}
+	return nil
+}
+
+// List runs list_instances when there is one. Without it, it lists the
+// working folders on this node and asks detect_stale_instance about each;
+// a machine is taken to be running when there is no such command.
+func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
+	local, err := b.localInstances()
+	if err != nil {
+		return nil, err
+	}
+	if !b.ListsOnlyLocal() {
+		out, err := b.run(ctx, rules.CmdList, b.dir, nil)
+		if err != nil {
+			return nil, err
+		}
+		return parseList(out, local)
+	}
+	insts := make([]backends.Instance, 0, len(local))
+	for _, in := range local {
+		if len(b.cmds[rules.CmdRunning]) > 0 && in.Running {
+			_, err := b.run(ctx, rules.CmdRunning, filepath.Join(b.dir, in.MachineID), []string{"RAPTIFORMICA_MACHINE_ID=" + in.MachineID})
+			var exit *osexec.ExitError
+			switch {
+			case errors.As(err, &exit):
+				in.Running = false
+			case err != nil:
+				return nil, err
+			}
+		}
+		insts = append(insts, in)
+	}
+	return insts, nil
+}
+
+// localInstances reads the working folders on this node. A folder without
+// instance.json is a spawn in progress or one whose clean-up failed: it is
+// listed as not running, so that the control loop finishes removing it.
+func (b *Backend) localInstances() (map[string]backends.Instance, error) {
+	entries, err := os.ReadDir(b.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]backends.Instance{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]backends.Instance, len(entries))
+	for _, e := range entries {
+		if !e.IsDir() || checkID(e.Name()) != nil {
+			continue
+		}
+		in := backends.Instance{MachineID: e.Name()}
+		if info, err := e.Info(); err == nil {
+			in.Created = info.ModTime()
+		}
+		data, err := os.ReadFile(filepath.Join(b.dir, e.Name(), "instance.json"))
+		var rec instanceFile
+		if err == nil && json.Unmarshal(data, &rec) == nil {
+			in = backends.Instance{MachineID: e.Name(), MachineType: rec.MachineType, Address: rec.Address, Running: true, Created: rec.Created}
+		}
+		out[in.MachineID] = in
+	}
+	return out, nil
+}
+
+// parseList reads list_instances' output: "<machine id> <state> [<address>]"
+// per line. What this node knows of a machine fills in the rest.
+func parseList(out string, local map[string]backends.Instance) ([]backends.Instance, error) {
+	var insts []backends.Instance
+	for i, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		bad := len(f) > 3 || len(f) < 2 || checkID(f[0]) != nil
+		var addr string
+		if !bad && len(f) == 3 {
+			var err error
+			addr, err = parseHost(f[2])
+			bad = err != nil
+		}
+		if bad {
+			return nil, fmt.Errorf("%s: line %d: want \"<machine id> <state> [<address>]\", got %q", rules.CmdList, i+1, truncate(line))
+		}
+		in := local[f[0]]
+		in.MachineID = f[0]
+		in.Running = f[1] == "running"
+		if addr != "" {
+			in.Address = addr
+		}
+		insts = append(insts, in)
+	}
+	return insts, nil
+}
+
+// run runs one command. Its output goes to the working folder's
+// commands.log when it has one; the error carries the end of its stderr.
+func (b *Backend) run(ctx context.Context, name, wd string, env []string) (string, error) {
+	argv := b.cmds[name]
+	if len(argv) == 0 {
+		return "", fmt.Errorf("no %s command", name)
+	}
+	timeout := b.query
+	if name == rules.CmdStart || name == rules.CmdCleanUp {
+		timeout = b.timeout
+	}
+	if wd == b.dir {
+		if err := os.MkdirAll(wd, 0o755); err != nil {
+			return "", err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c := osexec.CommandContext(ctx, argv[0], argv[1:]...)
+	c.Dir = wd
+	c.Env = append(os.Environ(),
+		"RAPTIFORMICA_CLUSTER="+b.cluster,
+		"RAPTIFORMICA_BACKEND="+b.name,
+		"RAPTIFORMICA_WORKDIR="+wd,
+		"RAPTIFORMICA_BINARY="+b.binary,
+		"RAPTIFORMICA_CONSUL_BINARY="+b.consul,
+	)
+	c.Env = append(append(c.Env, b.settings...), env...)
+	// A group of its own, so that a timeout kills what the command started
+	// too, not only the shell.
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	c.Cancel = func() error { return syscall.Kill(-c.Process.Pid, syscall.SIGKILL) }
+	c.WaitDelay = 5 * time.Second
+	stdout, stderr := &limitedBuffer{}, &limitedBuffer{}
+	c.Stdout, c.Stderr = stdout, stderr
+	started := time.Now()
+	err := c.Run()
+	if wd != b.dir {
+		logRun(wd, name, argv, started, err, stdout.Bytes(), stderr.Bytes())
+	}
+	switch {
+	case ctx.Err() == context.DeadlineExceeded:
+		return "", fmt.Errorf("%s timed out after %s and was killed%s", name, timeout, tail(stderr.Bytes()))
+	case err != nil:
+		var exit *osexec.ExitError
+		if errors.As(err, &exit) {
+			return "", &commandError{name: name, exit: exit, stderr: tail(stderr.Bytes())}
+		}
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	return stdout.String(), nil
+}
+
+// commandError is a command that ran and exited non-zero; it unwraps to the
+// *exec.ExitError so that callers can tell it from a command that could not
+// run.
+type commandError struct {
+	name   string
+	exit   *osexec.ExitError
+	stderr string
+}
+
+func (e *commandError) Error() string { return fmt.Sprintf("%s: %v%s", e.name, e.exit, e.stderr) }
+func (e *commandError) Unwrap() error { return e.exit }
+
+func logRun(wd, name string, argv []string, started time.Time, err error, stdout, stderr []byte) {
+	f, ferr := os.OpenFile(filepath.Join(wd, "commands.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if ferr != nil {
+		return
+	}
+	defer f.Close()
+	result := "ok"
+	if err != nil {
+		result = err.Error()
+	}
+	fmt.Fprintf(f, "=== %s %s %q (%s): %s\n", started.UTC().Format(time.RFC3339), name, argv, time.Since(started).Round(time.Millisecond), result)
+	f.Write(stdout)
+	f.Write(stderr)
+}
+
+// limitedBuffer keeps the first outputLimit bytes written and drops the
+// rest, so that a command printing without end cannot exhaust memory.
+type limitedBuffer struct{ bytes.Buffer }
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	if room := outputLimit - l.Len(); room > 0 {
+		l.Buffer.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+// tail returns the last line of a command's output, for an error message.
+func tail(out []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	last := strings.TrimSpace(lines[len(lines)-1])
+	if last == "" {
+		return ""
+	}
+	return ": " + truncate(last)
+}
+
+func truncate(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
+}
+
+var hostname = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$`)
+
+// parseHost reads an address or host name from the last line a command
+// printed (the original modules piped theirs through `tail -n 1`).
+func parseHost(out string) (string, error) {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	s := strings.TrimSpace(lines[len(lines)-1])
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return ip.String(), nil
+	}
+	if s == "" || len(s) > 253 || !hostname.MatchString(s) {
+		return "", fmt.Errorf("printed %q, not an address or host name", truncate(s))
+	}
+	return s, nil
+}
+
+func parsePort(out string) (int, error) {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	s := strings.TrimSpace(lines[len(lines)-1])
+	p, err := strconv.Atoi(s)
+	if err != nil || p < 1 || p > 65535 {
+		return 0, fmt.Errorf("printed %q, not a port number", truncate(s))
+	}
+	return p, nil
+}
+
+var machineID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
+
+func checkID(id string) error {
+	if !machineID.MatchString(id) {
+		return fmt.Errorf("exec backend: bad machine id %q", truncate(id))
+	}
+	return nil
+}
