@@ -41,6 +41,7 @@ type Executor struct {
 	inFlight  map[string]Action    // machine ID -> running action; guarded by mu
 	failures  map[string]int       // backend -> consecutive failures; guarded by mu
 	backoff   map[string]time.Time // backend -> not before; guarded by mu
+	lastErr   map[string]string    // backend -> its last failure; guarded by mu
 	lastSpawn map[string]time.Time // machine type -> last spawn; guarded by mu
 	wg        sync.WaitGroup
 }
@@ -50,6 +51,7 @@ func (e *Executor) init() {
 		e.inFlight = map[string]Action{}
 		e.failures = map[string]int{}
 		e.backoff = map[string]time.Time{}
+		e.lastErr = map[string]string{}
 		e.lastSpawn = map[string]time.Time{}
 	}
 }
@@ -65,8 +67,10 @@ func (e *Executor) Snapshot(obs *Observed) {
 		obs.InFlight[id] = true
 	}
 	obs.BackoffUntil = map[string]time.Time{}
+	obs.BackendFailures = map[string]string{}
 	for b, t := range e.backoff {
 		obs.BackoffUntil[b] = t
+		obs.BackendFailures[b] = e.lastErr[b]
 	}
 	obs.LastSpawn = map[string]time.Time{}
 	for t, at := range e.lastSpawn {
@@ -215,7 +219,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 			return
 		}
 		if err != nil {
-			e.backendFailed(a.Backend, p)
+			e.backendFailed(a.Backend, p, err)
 			e.count(KindSpawn, "error")
 			log.Error("spawn failed", telemetry.KeyError, err)
 			rec.State, rec.Updated, rec.Reason = StateDestroying, e.Clock.Now(), "spawn failed: "+err.Error()
@@ -269,7 +273,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			err := be.Destroy(ctx, a.MachineID)
 			e.observeCall(a.Backend, "destroy", begin)
 			if err != nil {
-				e.backendFailed(a.Backend, p)
+				e.backendFailed(a.Backend, p, err)
 				e.count(a.Kind, "error")
 				log.Error("destroy failed", telemetry.KeyError, err)
 				return
@@ -326,13 +330,14 @@ func (e *Executor) observeCall(backend, op string, begin time.Time) {
 	}
 }
 
-func (e *Executor) backendFailed(name string, p *rules.Platform) {
+func (e *Executor) backendFailed(name string, p *rules.Platform, err error) {
 	if e.Metrics != nil {
 		e.Metrics.BackendErrors.WithLabelValues(name).Inc()
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.failures[name]++
+	e.lastErr[name] = err.Error()
 	e.backoff[name] = e.Clock.Now().Add(Backoff(p.Policy.BackoffInitial, p.Policy.BackoffMax, e.failures[name], nil))
 }
 
@@ -341,4 +346,5 @@ func (e *Executor) backendOK(name string) {
 	defer e.mu.Unlock()
 	delete(e.failures, name)
 	delete(e.backoff, name)
+	delete(e.lastErr, name)
 }

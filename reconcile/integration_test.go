@@ -184,6 +184,9 @@ func TestExecutorFailedSpawnIsRecordedAndBacksOff(t *testing.T) {
 	if until := obs.BackoffUntil["local"]; !until.After(time.Now()) {
 		t.Errorf("backend not backing off after a failure: until %v", until)
 	}
+	if got := obs.BackendFailures["local"]; got != "engine refused: no such image" {
+		t.Errorf("backend's last failure: got %q", got)
+	}
 	// The planner finishes the removal: no half-made machine stays recorded.
 	obs.Records = recs
 	d := Plan(p, obs, time.Now())

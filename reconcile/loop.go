@@ -227,7 +227,7 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 		r.Executor.Snapshot(&obs)
 		obs.Self = r.Self
 		d = Plan(p, obs, now)
-		r.record(p, d)
+		r.record(p, d, obs, now)
 		err = r.Executor.Execute(ctx, p, bes, obs, d.Actions)
 	}
 	st.Types, st.Planned, st.Halted, st.Waiting, st.BackendErrors = d.Types, d.Actions, d.Halted, d.Waiting, obs.BackendErrors
@@ -256,9 +256,13 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 	return d, err
 }
 
-func (r *Reconciler) record(p *rules.Platform, d Decision) {
+func (r *Reconciler) record(p *rules.Platform, d Decision, obs Observed, now time.Time) {
 	if r.Metrics == nil {
 		return
+	}
+	r.Metrics.BackendBackoff.Reset()
+	for name := range p.Backends {
+		r.Metrics.BackendBackoff.WithLabelValues(name).Set(max(0, obs.BackoffUntil[name].Sub(now).Seconds()))
 	}
 	halted := 0.0
 	if d.Halted != "" {

@@ -216,7 +216,11 @@ func pickBackend(names []string, obs Observed, now time.Time, wake func(time.Tim
 		}
 		if until, ok := obs.BackoffUntil[b]; ok && now.Before(until) {
 			wake(until)
-			skipped = append(skipped, fmt.Sprintf("backend %q skipped: backing off for %s after failures", b, until.Sub(now).Round(time.Millisecond)))
+			why := ""
+			if last := obs.BackendFailures[b]; last != "" {
+				why = " (last: " + last + ")"
+			}
+			skipped = append(skipped, fmt.Sprintf("backend %q skipped: backing off for %s after failures%s", b, until.Sub(now).Round(time.Millisecond), why))
 			continue
 		}
 		return b, skipped

@@ -371,6 +371,17 @@ func TestPlanExplainsWaiting(t *testing.T) {
 	if diff := cmp.Diff(want, got.Waiting); diff != "" {
 		t.Errorf("waiting (-want +got):\n%s", diff)
 	}
+
+	// A backend backing off says what failed last.
+	obs = with(cluster("server", "a"), func(o *Observed) {
+		o.BackoffUntil = map[string]time.Time{"local": now.Add(4 * time.Second)}
+		o.BackendFailures = map[string]string{"local": "start_instance timed out after 3s and was killed"}
+	})
+	got = Plan(p, obs, now)
+	want = []string{`backend "local" skipped: backing off for 4s after failures (last: start_instance timed out after 3s and was killed)`, `machine "server": 2 to spawn, but no backend is usable`}
+	if diff := cmp.Diff(want, got.Waiting); diff != "" {
+		t.Errorf("waiting (-want +got):\n%s", diff)
+	}
 }
 
 // TestPlanConverges runs the planner against a simulated world until it stops

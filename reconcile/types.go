@@ -109,6 +109,8 @@ type Observed struct {
 	BackendErrors map[string]string
 	// BackoffUntil is when each failing backend may be tried again.
 	BackoffUntil map[string]time.Time
+	// BackendFailures is the last error of each backend backing off.
+	BackendFailures map[string]string
 	// LastSpawn is when each machine type was last spawned.
 	LastSpawn map[string]time.Time
 	// InFlight are the machine IDs with an action still running. A spawn's

@@ -42,6 +42,7 @@ type Metrics struct {
 	MachinesFailed      *prometheus.GaugeVec
 	BackendUp           *prometheus.GaugeVec
 	BackendErrors       *prometheus.CounterVec
+	BackendBackoff      *prometheus.GaugeVec
 	BackendCallDuration *prometheus.HistogramVec
 	HookRuns            *prometheus.CounterVec
 	IsLeader            prometheus.Gauge
@@ -81,6 +82,8 @@ func New() *Metrics {
 			Help: "Failed machines not yet reaped, by machine type."}, []string{"machine_type"}),
 		BackendUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "backend_up",
 			Help: "1 when the backend answered its last availability check and listing."}, []string{"backend"}),
+		BackendBackoff: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "backend_backoff_seconds",
+			Help: "Seconds until a backend whose calls failed is tried again; 0 when it is not backing off."}, []string{"backend"}),
 		BackendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "backend_errors_total",
 			Help: "Failed backend calls, by backend."}, []string{"backend"}),
 		BackendCallDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "backend_call_duration_seconds",
@@ -101,7 +104,7 @@ func New() *Metrics {
 	reg.MustRegister(
 		m.ReconcileDuration, m.ReconcileTotal, m.LastSuccess, m.Halted, m.Actions,
 		m.MachinesDesired, m.MachinesMax, m.MachinesLive, m.MachinesPending, m.MachinesFailed,
-		m.BackendUp, m.BackendErrors, m.BackendCallDuration, m.HookRuns,
+		m.BackendUp, m.BackendErrors, m.BackendBackoff, m.BackendCallDuration, m.HookRuns,
 		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
