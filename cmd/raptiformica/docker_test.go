@@ -17,6 +17,7 @@ import (
 
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 
 	"github.com/raptiformica/raptiformica/backends"
@@ -191,4 +192,90 @@ func removeNodeImages() {
 	for _, img := range imgs {
 		_, _ = cli.ImageRemove(ctx, img.ID, image.RemoveOptions{PruneChildren: true})
 	}
+}
+
+// TestDockerPartition cuts machines off the cluster's network with `docker
+// network disconnect` (through the engine's API), first the leader's for a
+// short while, then a follower's for longer than the grace period.
+func TestDockerPartition(t *testing.T) {
+	t.Parallel()
+	c := newDockerCluster(t)
+	// A configured subnet lets a reconnected container keep its address,
+	// as a machine whose link came back would.
+	subnet := fmt.Sprintf("  settings = { subnet = \"10.213.%d.0/24\" }\n", 1+rand.IntN(250))
+	patient := strings.Replace(dockerPlatform(c.name, subnet), `grace_period      = "2s"`, `grace_period      = "60s"`, 1)
+	c.up(patient)
+	v := c.waitAgree(3, 2*time.Minute, "after up")
+	before := append([]string(nil), v.joined...)
+	ctx := context.Background()
+	cli, net := c.be.Client(), c.be.Network()
+
+	// The leader's machine is the minority of one. The majority elects a new
+	// leader; the minority, without quorum, can write no intent, so nobody
+	// spawns while the cut machine is within its grace period.
+	old := v.leader
+	addr := c.address(old)
+	if err := cli.NetworkDisconnect(ctx, net, old, true); err != nil {
+		t.Fatalf("docker network disconnect %s: %v", old, err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		v, err := c.view()
+		if err == nil && v.leader != "" && v.leader != old {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the majority elected no new leader: %v (%v)", v, err)
+		}
+		if _, total, _ := c.containers(); total != 3 {
+			t.Fatalf("%d containers during the partition: someone spawned", total)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	for range 20 { // and still nothing spawns under the new leader
+		if v, err := c.view(); err == nil && (v.total != 3 || len(v.records) != 3 || v.leader == old) {
+			t.Fatalf("during the partition: %v, total %d", v, v.total)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+
+	// The link comes back: the same three machines, one leader, no duplicate.
+	if err := cli.NetworkConnect(ctx, net, old, &network.EndpointSettings{IPAMConfig: &network.EndpointIPAMConfig{IPv4Address: addr}}); err != nil {
+		t.Fatalf("docker network connect %s: %v", old, err)
+	}
+	v = c.waitAgree(3, 2*time.Minute, "after the partition healed")
+	if !equal(v.joined, before) {
+		t.Errorf("after a partition shorter than the grace period the machines changed: %v, were %v", v.joined, before)
+	}
+
+	// A longer cut: the follower is judged dead, destroyed and replaced.
+	short := c.writePlatform("short-grace.hcl", dockerPlatform(c.name, subnet))
+	if out, errOut, code := c.rf("platform", "apply", short); code != 0 {
+		t.Fatalf("apply: %s %s", out, errOut)
+	}
+	victim := v.follower()
+	if err := cli.NetworkDisconnect(ctx, net, victim, true); err != nil {
+		t.Fatalf("docker network disconnect %s: %v", victim, err)
+	}
+	c.waitAgree(3, 2*time.Minute, "after cutting "+victim+" off for good", victim)
+	// Its container went with it: healing the link finds nothing to
+	// reconnect, and no orphan is left (waitAgree counted every container).
+	if err := cli.NetworkConnect(ctx, net, victim, nil); err == nil {
+		t.Errorf("the cut-off machine %s still had a container", victim)
+	}
+}
+
+func (c *dockerCluster) address(id string) string {
+	c.t.Helper()
+	insts, err := c.be.List(context.Background())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, in := range insts {
+		if in.MachineID == id && in.Address != "" {
+			return in.Address
+		}
+	}
+	c.t.Fatalf("no address for %s", id)
+	return ""
 }
