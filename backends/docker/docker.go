@@ -261,8 +261,8 @@ func (b *Backend) containers(ctx context.Context, machineID string) ([]container
 	return list, nil
 }
 
-// RemoveAll removes every container of the cluster and its network; `down`
-// calls it. It returns how many containers it removed.
+// RemoveAll removes every container of the cluster and the network it
+// made for them; `down` calls it. It returns how many containers it removed.
 func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 	removed := 0
 	// A leader still running while its siblings go spawns replacements:
@@ -288,7 +288,16 @@ func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 			removed++
 		}
 	}
-	if err := b.cli.NetworkRemove(ctx, b.network); err != nil && !errdefs.IsNotFound(err) {
+	// Only a network this backend made for the cluster goes: one named in
+	// the settings (Docker's own "bridge", a user's) is not ours to remove.
+	nw, err := b.cli.NetworkInspect(ctx, b.network, network.InspectOptions{})
+	if errdefs.IsNotFound(err) || err == nil && nw.Labels[LabelCluster] != b.cluster {
+		return removed, nil
+	}
+	if err == nil {
+		err = b.cli.NetworkRemove(ctx, b.network)
+	}
+	if err != nil && !errdefs.IsNotFound(err) {
 		return removed, fmt.Errorf("remove network %s: %w", b.network, err)
 	}
 	return removed, nil

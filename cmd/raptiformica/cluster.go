@@ -46,6 +46,10 @@ func defaultDir() string {
 type target struct {
 	dir      string
 	explicit bool // --dir was given
+	// clients are kept per address: each api.Client has its own connection
+	// pool, and a new one per poll (up waits minutes) would exhaust Consul's
+	// per-client connection limit.
+	clients map[string]*api.Client
 }
 
 func addTarget(fs *flag.FlagSet) *target {
@@ -73,7 +77,14 @@ func (t *target) folder() string {
 // else the Consul of a running machine of the cluster in the folder.
 func (t *target) client() (*api.Client, error) {
 	if !t.explicit && os.Getenv("CONSUL_HTTP_ADDR") != "" {
-		return api.NewClient(api.DefaultConfig())
+		if c := t.clients[""]; c != nil {
+			return c, nil
+		}
+		c, err := api.NewClient(api.DefaultConfig())
+		if err == nil {
+			t.clients = map[string]*api.Client{"": c}
+		}
+		return c, err
 	}
 	addrs, err := t.addresses()
 	if err != nil {
@@ -81,12 +92,18 @@ func (t *target) client() (*api.Client, error) {
 	}
 	var lastErr error
 	for _, addr := range addrs {
-		cfg := api.DefaultConfig()
-		cfg.Address = addr
-		cfg.Scheme = "http"
-		c, err := api.NewClient(cfg)
-		if err != nil {
-			return nil, err
+		c := t.clients[addr]
+		if c == nil {
+			cfg := api.DefaultConfig()
+			cfg.Address = addr
+			cfg.Scheme = "http"
+			if c, err = api.NewClient(cfg); err != nil {
+				return nil, err
+			}
+			if t.clients == nil {
+				t.clients = map[string]*api.Client{}
+			}
+			t.clients[addr] = c
 		}
 		if leader, err := c.Status().Leader(); err == nil && leader != "" {
 			return c, nil

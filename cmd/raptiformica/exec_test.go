@@ -22,6 +22,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
+
+	"github.com/raptiformica/raptiformica/backends/docker"
 )
 
 type execCluster struct {
@@ -96,16 +98,36 @@ func (c *execCluster) examplePlatform(t *testing.T, gateway string, edit func(st
 	if edit != nil {
 		s = edit(s)
 	}
-	return s
+	// Beside the exec workers, a machine of the docker backend on the same
+	// bridge: a host-process leader serves both kinds of container.
+	return s + `
+backend "docker" {
+  type     = "docker"
+  settings = { network = "bridge" }
 }
 
-func (c *execCluster) containers(t testing.TB) []container.Summary {
-	list, err := c.cli.ContainerList(context.Background(), container.ListOptions{All: true,
-		Filters: filters.NewArgs(filters.Arg("label", "raptiformica.exec="+c.name))})
-	if err != nil {
-		t.Fatalf("list containers: %v", err)
+machine "box" {
+  min      = 1
+  backends = ["docker"]
+}
+`
+}
+
+// containers are the exec backend's and the docker backend's containers of
+// the cluster, each with its machine ID.
+func (c *execCluster) containers(t testing.TB) map[string]container.Summary {
+	out := map[string]container.Summary{}
+	for label, idLabel := range map[string]string{"raptiformica.exec": "raptiformica.exec_machine_id", docker.LabelCluster: docker.LabelMachineID} {
+		list, err := c.cli.ContainerList(context.Background(), container.ListOptions{All: true,
+			Filters: filters.NewArgs(filters.Arg("label", label+"="+c.name))})
+		if err != nil {
+			t.Fatalf("list containers: %v", err)
+		}
+		for _, ct := range list {
+			out[ct.Labels[idLabel]] = ct
+		}
 	}
-	return list
+	return out
 }
 
 // machinesAndContainers is the backends' view: the host's machine folders
@@ -119,9 +141,9 @@ func (c *execCluster) machinesAndContainers() ([]string, int, error) {
 		}
 	}
 	cts := c.containers(c.t)
-	for _, ct := range cts {
+	for id, ct := range cts {
 		if ct.State == "running" {
-			running = append(running, ct.Labels["raptiformica.exec_machine_id"])
+			running = append(running, id)
 		}
 	}
 	sort.Strings(running)
@@ -130,13 +152,11 @@ func (c *execCluster) machinesAndContainers() ([]string, int, error) {
 
 func (c *execCluster) killEither(id string) {
 	c.t.Helper()
-	for _, ct := range c.containers(c.t) {
-		if ct.Labels["raptiformica.exec_machine_id"] == id {
-			if err := c.cli.ContainerKill(context.Background(), ct.ID, "KILL"); err != nil {
-				c.t.Fatalf("docker kill %s: %v", id, err)
-			}
-			return
+	if ct, ok := c.containers(c.t)[id]; ok {
+		if err := c.cli.ContainerKill(context.Background(), ct.ID, "KILL"); err != nil {
+			c.t.Fatalf("docker kill %s: %v", id, err)
 		}
+		return
 	}
 	for _, m := range c.machines() {
 		if m.Config.MachineID == id && m.Running {
@@ -153,24 +173,27 @@ func TestExecDockerExample(t *testing.T) {
 	t.Parallel()
 	c, gateway := newExecCluster(t)
 	c.up(c.writePlatform("exec.hcl", c.examplePlatform(t, gateway, nil)))
-	v := c.waitAgree(3, 2*time.Minute, "after up")
+	v := c.waitAgree(4, 2*time.Minute, "after up")
 	server := v.leader
 	if !strings.HasPrefix(server, "server-") {
 		t.Fatalf("leader is %q, want the host's server: containers have never_lead", server)
 	}
 
-	// A container dies: the host's leader makes another through the commands.
-	var worker string
-	for _, id := range v.joined {
-		if id != server {
-			worker = id
-			break
+	// Containers die: the host's leader makes others, through the commands
+	// for a worker and the engine's API for a box.
+	for _, kind := range []string{"worker-", "box-"} {
+		var victim string
+		for _, id := range v.joined {
+			if strings.HasPrefix(id, kind) {
+				victim = id
+				break
+			}
 		}
-	}
-	c.kill(worker)
-	v = c.waitAgree(3, 2*time.Minute, "after killing worker "+worker, worker)
-	if v.leader != server {
-		t.Errorf("leader moved to %s", v.leader)
+		c.kill(victim)
+		v = c.waitAgree(4, 2*time.Minute, "after killing "+victim, victim)
+		if v.leader != server {
+			t.Errorf("leader moved to %s", v.leader)
+		}
 	}
 
 	// start_instance hangs: it is killed at its timeout, the half-made
@@ -182,7 +205,13 @@ func TestExecDockerExample(t *testing.T) {
 	if out, errOut, code := c.rf("platform", "apply", hang); code != 0 {
 		t.Fatalf("apply: %s %s", out, errOut)
 	}
-	worker = v.follower()
+	var worker string
+	for _, id := range v.joined {
+		if strings.HasPrefix(id, "worker-") {
+			worker = id
+			break
+		}
+	}
 	c.kill(worker)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -198,7 +227,7 @@ func TestExecDockerExample(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if _, total, _ := c.machinesAndContainers(); total > 3 {
+	if _, total, _ := c.machinesAndContainers(); total > 4 {
 		t.Errorf("%d machines while start_instance hangs: a half-made one was left", total)
 	}
 
@@ -207,7 +236,7 @@ func TestExecDockerExample(t *testing.T) {
 	if out, errOut, code := c.rf("platform", "apply", good); code != 0 {
 		t.Fatalf("apply: %s %s", out, errOut)
 	}
-	c.waitAgree(3, 2*time.Minute, "after fixing start_instance", worker)
+	c.waitAgree(4, 2*time.Minute, "after fixing start_instance", worker)
 
 	// down removes the containers too, not only the host's processes.
 	if out, errOut, code := c.rf("down"); code != 0 {
