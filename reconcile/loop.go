@@ -99,9 +99,11 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 // answer is "not yet", which only delays a join.
 func serverVoters(ctx context.Context, consul *api.Client, recs map[string]Record) map[string]bool {
 	voters := map[string]bool{}
+	// Only while a server joins, or comes back after failing (a partition
+	// that healed): the read blocks while Raft has no leader.
 	joining := false
 	for _, r := range recs {
-		joining = joining || r.State == StateSpawning || r.State == StateJoining
+		joining = joining || r.State == StateSpawning || r.State == StateJoining || r.State == StateFailed || !r.FailedSince.IsZero()
 	}
 	if !joining {
 		return voters

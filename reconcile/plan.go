@@ -93,8 +93,17 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 				wakeAt(r.Updated.Add(pol.ProvisionTimeout))
 			}
 		case StateJoined, StateFailed:
+			back := r.State == StateFailed || !r.FailedSince.IsZero()
+			if alive && !instGone && back && m.Server && !m.Voter {
+				// A server back from a partition may have been dropped
+				// from Raft; until autopilot makes it a voter again it
+				// adds nothing to quorum, so it is not yet live.
+				t.pending++
+				pendingTotal++
+				continue
+			}
 			if alive && !instGone {
-				if r.State == StateFailed || !r.FailedSince.IsZero() {
+				if back {
 					marks = append(marks, Action{Kind: KindMarkJoined, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "member is alive again"})
 				}
 				t.live++

@@ -182,6 +182,17 @@ func TestPlan(t *testing.T) {
 			},
 		},
 		{
+			name: "a failed server that comes back is not live until it is a Raft voter again",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				r := o.Records["c"]
+				r.State, r.FailedSince = StateFailed, now.Add(-5*time.Second)
+				o.Records["c"] = r
+				o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, Voter: false}
+			}),
+			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Pending: 1}},
+		},
+		{
 			name: "a failed member that comes back is marked joined",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {

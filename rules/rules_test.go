@@ -144,18 +144,7 @@ policy {
 			if p != nil {
 				t.Errorf("got a platform from a bad description")
 			}
-			var perr *Error
-			if !errors.As(err, &perr) {
-				t.Fatalf("got error %v, want *Error", err)
-			}
-			if len(perr.Problems) != len(tc.want) {
-				t.Fatalf("got %d problems, want %d:\n%v", len(perr.Problems), len(tc.want), err)
-			}
-			for i, w := range tc.want {
-				if got := perr.Problems[i].String(); !strings.Contains(got, w) {
-					t.Errorf("problem %d: got %q want it to contain %q", i, got, w)
-				}
-			}
+			checkProblems(t, err, tc.want)
 		})
 	}
 }
@@ -231,18 +220,7 @@ func TestExecProblems(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse("p.hcl", []byte(tc.src), allTypes)
-			var perr *Error
-			if !errors.As(err, &perr) {
-				t.Fatalf("got error %v, want *Error", err)
-			}
-			if len(perr.Problems) != len(tc.want) {
-				t.Fatalf("got %d problems, want %d:\n%v", len(perr.Problems), len(tc.want), err)
-			}
-			for i, w := range tc.want {
-				if got := perr.Problems[i].String(); !strings.Contains(got, w) {
-					t.Errorf("problem %d: got %q want it to contain %q", i, got, w)
-				}
-			}
+			checkProblems(t, err, tc.want)
 		})
 	}
 }
@@ -262,5 +240,23 @@ func TestShippedExamples(t *testing.T) {
 	}
 	if n < 3 {
 		t.Errorf("found %d example descriptions, want platform, docker and exec ones", n)
+	}
+}
+
+// checkProblems checks that err lists one problem per want, in order, each
+// containing its want.
+func checkProblems(t *testing.T, err error, want []string) {
+	t.Helper()
+	var perr *Error
+	if !errors.As(err, &perr) {
+		t.Fatalf("got error %v, want *Error", err)
+	}
+	if len(perr.Problems) != len(want) {
+		t.Fatalf("got %d problems, want %d:\n%v", len(perr.Problems), len(want), err)
+	}
+	for i, w := range want {
+		if got := perr.Problems[i].String(); !strings.Contains(got, w) {
+			t.Errorf("problem %d: got %q want it to contain %q", i, got, w)
+		}
 	}
 }

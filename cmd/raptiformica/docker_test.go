@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -148,19 +147,7 @@ func TestDockerBackendFailure(t *testing.T) {
 	victim := v.follower()
 	c.kill(victim)
 	// The loop backs off and says why, in status.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		out, _, _ := c.rf("status", "--json")
-		var st statusView
-		_ = json.Unmarshal([]byte(out), &st)
-		if st.Reconcile != nil && strings.Contains(strings.Join(st.Reconcile.Waiting, "\n"), `backend "docker" skipped: backing off`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status never reported the backoff:\n%s", out)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	c.waitWaiting(2*time.Minute, `backend "docker" skipped: backing off`)
 	// No half-made machine is left: failed spawns are recorded and removed.
 	insts, _ := c.be.List(context.Background())
 	if len(insts) != 2 {

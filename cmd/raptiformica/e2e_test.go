@@ -305,6 +305,12 @@ func (c *testCluster) kill(id string) {
 		c.killer(id)
 		return
 	}
+	c.killLocal(id)
+}
+
+// killLocal SIGKILLs a local machine's process group.
+func (c *testCluster) killLocal(id string) {
+	c.t.Helper()
 	for _, m := range c.machines() {
 		if m.Config.MachineID == id && m.Running {
 			if err := syscall.Kill(-m.PID, syscall.SIGKILL); err != nil {
@@ -314,6 +320,33 @@ func (c *testCluster) kill(id string) {
 		}
 	}
 	c.t.Fatalf("no running machine %s", id)
+}
+
+// waitWaiting waits until the leader's status explains, among the reasons
+// it waits, every one of wants.
+func (c *testCluster) waitWaiting(timeout time.Duration, wants ...string) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		out, _, _ := c.rf("status", "--json")
+		var st statusView
+		_ = json.Unmarshal([]byte(out), &st)
+		waiting := ""
+		if st.Reconcile != nil {
+			waiting = strings.Join(st.Reconcile.Waiting, "\n")
+		}
+		missing := false
+		for _, w := range wants {
+			missing = missing || !strings.Contains(waiting, w)
+		}
+		if !missing {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("status never said %q:\n%s", wants, out)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
 }
 
 // spawns counts the after_spawn hook events logged. Hooks of parallel

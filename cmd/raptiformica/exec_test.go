@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -158,15 +156,7 @@ func (c *execCluster) killEither(id string) {
 		}
 		return
 	}
-	for _, m := range c.machines() {
-		if m.Config.MachineID == id && m.Running {
-			if err := syscall.Kill(-m.PID, syscall.SIGKILL); err != nil {
-				c.t.Fatalf("kill %s: %v", id, err)
-			}
-			return
-		}
-	}
-	c.t.Fatalf("no running machine %s", id)
+	c.killLocal(id)
 }
 
 func TestExecDockerExample(t *testing.T) {
@@ -213,20 +203,7 @@ func TestExecDockerExample(t *testing.T) {
 		}
 	}
 	c.kill(worker)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		out, _, _ := c.rf("status", "--json")
-		var st statusView
-		_ = json.Unmarshal([]byte(out), &st)
-		if st.Reconcile != nil && strings.Contains(strings.Join(st.Reconcile.Waiting, "\n"), `backend "containers" skipped: backing off`) &&
-			strings.Contains(strings.Join(st.Reconcile.Waiting, "\n"), "start_instance timed out after 3s and was killed") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status never reported the hung command:\n%s", out)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	c.waitWaiting(2*time.Minute, `backend "containers" skipped: backing off`, "start_instance timed out after 3s and was killed")
 	if _, total, _ := c.machinesAndContainers(); total > 4 {
 		t.Errorf("%d machines while start_instance hangs: a half-made one was left", total)
 	}

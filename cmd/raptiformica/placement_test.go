@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -46,26 +45,10 @@ func TestPlacementSkipsUnusableBackends(t *testing.T) {
 	}
 
 	// No usable backend: status says why for each.
-	deadline := time.Now().Add(time.Minute)
-	for {
-		out, _, _ := c.rf("status", "--json")
-		var st statusView
-		_ = json.Unmarshal([]byte(out), &st)
-		waiting := ""
-		if st.Reconcile != nil {
-			waiting = strings.Join(st.Reconcile.Waiting, "\n")
-		}
-		if strings.Contains(waiting, `backend "vm" skipped: unavailable: available: exit status 1: vagrant: not installed`) &&
-			strings.Contains(waiting, `backend "flaky" skipped: backing off`) &&
-			strings.Contains(waiting, `(last: machine worker-`) && strings.Contains(waiting, `start_instance: exit status 1: quota exceeded)`) &&
-			strings.Contains(waiting, `machine "worker": 2 to spawn, but no backend is usable`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status never explained the skipped backends:\n%s", out)
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+	c.waitWaiting(time.Minute,
+		`backend "vm" skipped: unavailable: available: exit status 1: vagrant: not installed`,
+		`backend "flaky" skipped: backing off`, `(last: machine worker-`, `start_instance: exit status 1: quota exceeded)`,
+		`machine "worker": 2 to spawn, but no backend is usable`)
 	// And the leader's metrics show it.
 	v := c.waitAgree(1, time.Minute, "server only")
 	metrics := leaderMetrics(t, c, v.leader)
