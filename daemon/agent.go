@@ -57,7 +57,8 @@ type Agent struct {
 	besFor      *rules.Platform // the description bes were built from; guarded by mu
 	leading     bool            // guarded by mu
 	lastStatus  *reconcile.Status
-	ready       bool // Consul reachable and a description loaded; guarded by mu
+	ready       bool          // Consul reachable and a description loaded; guarded by mu
+	quorum      *QuorumStatus // set while Consul has no leader; guarded by mu
 }
 
 // Run starts the node and blocks until ctx ends; then it stops leading,
@@ -138,6 +139,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		goRun(a.watchPlatform)
 		goRun(a.watchInventory)
 		goRun(a.campaign)
+		goRun(a.watchQuorum)
 	})
 
 	<-ctx.Done()

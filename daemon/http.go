@@ -23,6 +23,8 @@ type AgentStatus struct {
 	PlatformError string `json:"platform_error,omitempty"`
 	// Reconcile is the leader's last published pass.
 	Reconcile *reconcile.Status `json:"reconcile,omitempty"`
+	// Quorum is set while this node's Consul has no leader.
+	Quorum *QuorumStatus `json:"quorum,omitempty"`
 }
 
 func (a *Agent) handler() http.Handler {
@@ -56,8 +58,14 @@ func (a *Agent) status() AgentStatus {
 	st := AgentStatus{
 		MachineID: a.Config.MachineID, MachineType: a.Config.MachineType, Address: a.Config.BindAddr,
 		IsLeader: a.leading, Ready: a.ready, PlatformError: a.platformErr, Reconcile: a.lastStatus,
+		Quorum: a.quorum,
 	}
 	a.mu.RUnlock()
+	if st.Quorum != nil {
+		// Without a Consul leader a KV read waits for one for seconds, then
+		// fails: say what this node knows instead.
+		return st
+	}
 	st.Leader = reconcile.LeaderOf(a.consul.KV())
 	if !st.IsLeader {
 		if pair, _, err := a.consul.KV().Get(reconcile.KeyStatus, nil); err == nil && pair != nil {

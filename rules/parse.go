@@ -73,7 +73,7 @@ var topSchema = &hcl.BodySchema{
 var policySchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "max_concurrent_spawns"}, {Name: "cooldown"}, {Name: "backoff_initial"},
 	{Name: "backoff_max"}, {Name: "provision_timeout"}, {Name: "grace_period"},
-	{Name: "max_unhealthy"}, {Name: "resync_interval"},
+	{Name: "max_unhealthy"}, {Name: "resync_interval"}, {Name: "quorum_lost_after"},
 }}
 
 var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}, {Name: "commands"}}}
@@ -93,6 +93,7 @@ var DefaultPolicy = Policy{
 	ProvisionTimeout:    2 * time.Minute,
 	GracePeriod:         20 * time.Second,
 	ResyncInterval:      10 * time.Second,
+	QuorumLostAfter:     30 * time.Second,
 }
 
 // ParseFile is Parse for a file on disk.
@@ -313,6 +314,7 @@ func (d *decoder) policy(b *hcl.Block, p *Policy) {
 	}{
 		{"cooldown", &p.Cooldown}, {"backoff_initial", &p.BackoffInitial}, {"backoff_max", &p.BackoffMax},
 		{"provision_timeout", &p.ProvisionTimeout}, {"grace_period", &p.GracePeriod}, {"resync_interval", &p.ResyncInterval},
+		{"quorum_lost_after", &p.QuorumLostAfter},
 	} {
 		d.duration(attrs[f.name], "policy "+f.name, f.dst)
 	}

@@ -51,6 +51,9 @@ type Policy struct {
 	MaxUnhealthy int
 	// ResyncInterval is how often the leader re-plans without any event.
 	ResyncInterval time.Duration
+	// QuorumLostAfter is how long a node's Consul may have no leader before
+	// the node reports the cluster's quorum as lost.
+	QuorumLostAfter time.Duration
 }
 
 // Backend is one configured compute backend.

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -622,4 +623,53 @@ func listeners(t *testing.T, addrs map[string]bool) []string {
 		}
 	}
 	return out
+}
+
+// TestQuorumLossIsReported kills two of three servers: the survivor's Consul
+// has no leader, so there is no KV and no control loop, and the survivor's
+// own status and metrics must say so, naming the servers it saw die.
+func TestQuorumLossIsReported(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	src := strings.Replace(platformWith(3, 3, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\"", 1)
+	c.up(c.writePlatform("platform.hcl", src))
+	v := c.waitAgree(3, 2*time.Minute, "after up")
+	survivor, dead := v.joined[0], v.joined[1:]
+	for _, id := range dead {
+		c.kill(id)
+	}
+	var node provision.NodeConfig
+	for _, m := range c.machines() {
+		if m.Config.MachineID == survivor {
+			node = m.Config
+		}
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st, err := agentStatus(node)
+		failed := 0
+		if err == nil && st.Quorum != nil {
+			for _, s := range st.Quorum.Servers {
+				if contains(dead, s.Name) && s.Status == reconcile.MemberFailed {
+					failed++
+				}
+			}
+		}
+		if err == nil && st.Quorum != nil && st.Quorum.Lost && failed == len(dead) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the survivor never reported lost quorum with %v failed: %+v (%v)", dead, st.Quorum, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", node.BindAddr, node.HTTPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), "raptiformica_quorum_lost 1") {
+		t.Errorf("metrics do not say raptiformica_quorum_lost 1")
+	}
 }

@@ -16,6 +16,7 @@ policy {
   grace_period          = "20s"  # a failed member is replaced after this long
   max_unhealthy         = 2      # above this many failed members, stop replacing and alert
   resync_interval       = "10s"  # re-plan this often even when nothing changed
+  quorum_lost_after     = "30s"  # no Consul leader this long: every node reports lost quorum
 }
 
 # Compute backends. "local" runs a machine as processes on its own loopback

@@ -50,6 +50,8 @@ type Metrics struct {
 	PlatformValid       prometheus.Gauge
 	PlatformRejected    prometheus.Counter
 	ConsulRestarts      prometheus.Counter
+	ConsulLeaderless    prometheus.Gauge
+	QuorumLost          prometheus.Gauge
 }
 
 const ns = "raptiformica"
@@ -98,6 +100,10 @@ func New() *Metrics {
 			Help: "1 when the description in KV is valid; 0 when it was rejected and the last good one is in use."}),
 		PlatformRejected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "platform_rejected_total",
 			Help: "Descriptions read from KV and rejected as invalid."}),
+		ConsulLeaderless: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consul_leaderless_seconds",
+			Help: "How long this node's Consul has had no Raft leader; 0 while it has one."}),
+		QuorumLost: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "quorum_lost",
+			Help: "1 when this node's Consul has had no leader for longer than the policy's quorum_lost_after."}),
 		ConsulRestarts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consul_restarts_total",
 			Help: "Times the supervised Consul agent exited and was restarted."}),
 	}
@@ -106,6 +112,7 @@ func New() *Metrics {
 		m.MachinesDesired, m.MachinesMax, m.MachinesLive, m.MachinesPending, m.MachinesFailed,
 		m.BackendUp, m.BackendErrors, m.BackendBackoff, m.BackendCallDuration, m.HookRuns,
 		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
+		m.ConsulLeaderless, m.QuorumLost,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	for _, r := range []string{"success", "error"} {
