@@ -59,6 +59,7 @@ type Agent struct {
 	lastStatus  *reconcile.Status
 	ready       bool          // Consul reachable and a description loaded; guarded by mu
 	quorum      *QuorumStatus // set while Consul has no leader; guarded by mu
+	consulProc  *ConsulProcess
 }
 
 // Run starts the node and blocks until ctx ends; then it stops leading,
@@ -127,6 +128,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	consulCtx, stopConsul := context.WithCancel(context.Background())
 	consulDone := make(chan struct{})
 	proc := &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirroredPeers}
+	a.consulProc = proc
 	go func() { defer close(consulDone); proc.Run(consulCtx) }()
 	go func() { _ = srv.Serve(ln) }()
 

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 
@@ -101,18 +102,41 @@ type ConsulProcess struct {
 	Metrics *telemetry.Metrics
 	// Peers returns addresses of known members to join, read at each start.
 	Peers func() []string
+
+	restart chan struct{}
+	once    sync.Once
 }
+
+// errRestart ends a run of Consul that was asked to restart.
+var errRestart = errors.New("restart requested")
+
+// Restart stops Consul and starts it again at once, so that it reads what
+// was changed in its data folder (raft/peers.json).
+func (p *ConsulProcess) Restart() {
+	p.init()
+	select {
+	case p.restart <- struct{}{}:
+	default:
+	}
+}
+
+func (p *ConsulProcess) init() { p.once.Do(func() { p.restart = make(chan struct{}, 1) }) }
 
 // Run writes Consul's config, starts it, and restarts it with backoff when it
 // exits. It blocks until ctx ends, then stops Consul (SIGTERM, SIGKILL after
 // 10 s) and returns nil.
 func (p *ConsulProcess) Run(ctx context.Context) error {
+	p.init()
 	failures := 0
 	for {
 		started := time.Now()
 		err := p.runOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if err == errRestart {
+			p.Log.Info("consul restarted on request")
+			continue
 		}
 		if time.Since(started) > time.Minute {
 			failures = 0
@@ -166,14 +190,22 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 			err = errors.New("consul exited with status 0")
 		}
 		return err
+	case <-p.restart:
+		stopProcess(cmd, done)
+		return errRestart
 	case <-ctx.Done():
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
+		stopProcess(cmd, done)
 		return ctx.Err()
+	}
+}
+
+// stopProcess stops Consul: SIGTERM, then SIGKILL after 10 s.
+func stopProcess(cmd *exec.Cmd, done <-chan error) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
 	}
 }

@@ -2,11 +2,19 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -38,7 +46,7 @@ type ServerSeen struct {
 // working exactly when everything else stops.
 func (a *Agent) watchQuorum(ctx context.Context) {
 	since := a.Clock.Now()
-	lost := false
+	lost, recovering := false, false
 	for {
 		select {
 		case <-ctx.Done():
@@ -48,6 +56,9 @@ func (a *Agent) watchQuorum(ctx context.Context) {
 		leader, err := a.consul.Status().Leader()
 		now := a.Clock.Now()
 		if err == nil && leader != "" {
+			if recovering {
+				recovering = a.dropLostServers(ctx) != nil
+			}
 			if lost {
 				a.Log.Info("consul has a leader again: quorum restored", "leaderless_for", now.Sub(since).Round(time.Second))
 			}
@@ -79,7 +90,96 @@ func (a *Agent) watchQuorum(ctx context.Context) {
 			a.metrics.QuorumLost.Set(1)
 		}
 		lost = qs.Lost
+		if lost && a.recoverRequested() {
+			if err := a.recoverAlone(); err != nil {
+				a.Log.Error("recovery failed", telemetry.KeyError, err)
+			} else {
+				recovering = true
+			}
+		}
 	}
+}
+
+// RecoverFile, in a node's data folder while its Consul has lost quorum,
+// asks the node to recover the cluster alone; `raptiformica recover` writes
+// it. A file rather than an HTTP call, so that only who may write the
+// node's folder may do it.
+const RecoverFile = "recover"
+
+func (a *Agent) recoverRequested() bool {
+	_, err := os.Stat(filepath.Join(a.Config.DataDir, RecoverFile))
+	return err == nil
+}
+
+// raftPeer is an entry of Consul's raft/peers.json (Raft protocol 3).
+type raftPeer struct {
+	ID       string `json:"id"`
+	Address  string `json:"address"`
+	NonVoter bool   `json:"non_voter"`
+}
+
+// recoverAlone follows Consul's outage recovery: a raft/peers.json naming
+// only this server, read when Consul starts, so that it becomes a Raft
+// cluster of one that keeps its data (the description, the inventory, the
+// intents). The control loop then replaces the rest.
+func (a *Agent) recoverAlone() error {
+	if !a.Config.ConsulServer {
+		return errors.New("this node is not a Consul server: recover on a server")
+	}
+	dataDir := filepath.Join(a.Config.DataDir, "consul")
+	id, err := os.ReadFile(filepath.Join(dataDir, "node-id"))
+	if err != nil {
+		return fmt.Errorf("read consul node id: %w", err)
+	}
+	peers, _ := json.Marshal([]raftPeer{{ID: strings.TrimSpace(string(id)), Address: net.JoinHostPort(a.Config.BindAddr, "8300")}})
+	if err := fsutil.WriteFileAtomic(filepath.Join(dataDir, "raft", "peers.json"), peers, 0o600); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(a.Config.DataDir, RecoverFile)); err != nil {
+		return err
+	}
+	a.Log.Warn("recovering the cluster alone: restarting consul with only this server in raft/peers.json")
+	a.consulProc.Restart()
+	return nil
+}
+
+// dropLostServers marks the records of the servers that are not alive for
+// removal, once the recovered Consul has a leader: they were given up by
+// the recovery, so they are replaced, not waited for (and they do not count
+// toward max_unhealthy, which would halt the very replacement needed).
+func (a *Agent) dropLostServers(ctx context.Context) error {
+	recs, _, err := a.inventory.List(ctx, nil)
+	if err != nil {
+		return err
+	}
+	members, err := a.consul.Agent().Members(false)
+	if err != nil {
+		return err
+	}
+	alive := map[string]bool{}
+	for _, m := range members {
+		alive[m.Name] = reconcile.SerfStatus(m.Status) == reconcile.MemberAlive
+	}
+	p := a.Platform()
+	if p == nil {
+		return errors.New("no platform description loaded")
+	}
+	for id, r := range recs {
+		mt, known := p.Machines[r.Type]
+		if id == a.Config.MachineID || alive[id] || !known || !mt.ConsulServer || r.State == reconcile.StateDestroying {
+			continue
+		}
+		r.State, r.Updated, r.Reason = reconcile.StateDestroying, a.Clock.Now(), "lost with quorum; the cluster was recovered on "+a.Config.MachineID
+		if _, err := a.inventory.Put(ctx, r); err != nil {
+			return err
+		}
+		a.Log.Info("lost server given up", telemetry.KeyMachineID, id)
+	}
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 func (a *Agent) serversSeen() []ServerSeen {

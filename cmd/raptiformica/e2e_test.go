@@ -625,16 +625,18 @@ func listeners(t *testing.T, addrs map[string]bool) []string {
 	return out
 }
 
-// TestQuorumLossIsReported kills two of three servers: the survivor's Consul
+// TestQuorumLossAndRecover kills two of three servers: the survivor's Consul
 // has no leader, so there is no KV and no control loop, and the survivor's
-// own status and metrics must say so, naming the servers it saw die.
-func TestQuorumLossIsReported(t *testing.T) {
+// own status and metrics must say so, naming the servers it saw die. Then
+// the operator recovers on it.
+func TestQuorumLossAndRecover(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	src := strings.Replace(platformWith(3, 3, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\"", 1)
 	c.up(c.writePlatform("platform.hcl", src))
 	v := c.waitAgree(3, 2*time.Minute, "after up")
 	survivor, dead := v.joined[0], v.joined[1:]
+	before, _, _ := c.rf("platform", "get")
 	for _, id := range dead {
 		c.kill(id)
 	}
@@ -671,5 +673,19 @@ func TestQuorumLossIsReported(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if !strings.Contains(string(body), "raptiformica_quorum_lost 1") {
 		t.Errorf("metrics do not say raptiformica_quorum_lost 1")
+	}
+
+	// The operator recovers on the survivor: the cluster is whole again,
+	// with the same description, and the lost servers are gone.
+	out, errOut, code := c.rf("recover", "--machine", survivor, "--yes")
+	if code != 0 {
+		t.Fatalf("recover: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if !strings.Contains(out, "These servers are given up") || !strings.Contains(out, dead[0]) {
+		t.Errorf("recover did not say what it would do:\n%s", out)
+	}
+	c.waitAgree(3, 2*time.Minute, "after recover", dead...)
+	if after, _, _ := c.rf("platform", "get"); after != before || before == "" {
+		t.Errorf("the description changed through recovery:\n%s\nwas\n%s", after, before)
 	}
 }

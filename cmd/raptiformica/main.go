@@ -38,6 +38,8 @@ Usage:
   raptiformica platform get [--dir DIR]           print the stored platform description
   raptiformica spawn --type T [--backend B]       spawn one machine on top of the description
   raptiformica destroy MACHINE_ID                 remove one machine (replaced if below min)
+  raptiformica recover [--dir DIR] [--machine ID] [--yes]
+                                                  after lost quorum: re-create the cluster from a survivor
   raptiformica agent --config FILE                run the node agent (what systemd starts)
   raptiformica version
 
@@ -71,6 +73,7 @@ func runWith(args []string, stdout, stderr io.Writer) int {
 		"platform": cmdPlatform,
 		"spawn":    cmdSpawn,
 		"destroy":  cmdDestroy,
+		"recover":  cmdRecover,
 		"version": func(_ context.Context, _ []string, stdout io.Writer) error {
 			fmt.Fprintf(stdout, "raptiformica %s (consul %s)\n", version, provision.ConsulVersion)
 			return nil

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/daemon"
+)
+
+// cmdRecover is the operator's way out of lost quorum: the chosen survivor
+// restarts its Consul as the only Raft server, keeping its data, and the
+// control loop replaces the servers it gave up.
+func cmdRecover(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("recover", flag.ContinueOnError)
+	t := addTarget(fs)
+	machine := fs.String("machine", "", "the surviving server to recover on (default: the only one running)")
+	yes := fs.Bool("yes", false, "do not ask for confirmation")
+	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the cluster to be whole again")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ms, err := local.Machines(t.folder())
+	if err != nil {
+		return err
+	}
+	var cands []local.Machine
+	for _, m := range ms {
+		if m.Running && m.Config.ConsulServer && (*machine == "" || m.Config.MachineID == *machine) {
+			cands = append(cands, m)
+		}
+	}
+	switch {
+	case len(cands) == 0 && *machine != "":
+		return fmt.Errorf("no running server machine %s in %s", *machine, t.folder())
+	case len(cands) == 0:
+		return fmt.Errorf("no running server machine in %s: nothing to recover on (`up` re-creates the cluster from its mirror)", t.folder())
+	case len(cands) > 1:
+		var ids []string
+		for _, m := range cands {
+			ids = append(ids, m.Config.MachineID)
+		}
+		return fmt.Errorf("%w: several servers run (%s): choose one with --machine", errUsage, strings.Join(ids, ", "))
+	}
+	m := cands[0]
+	st, err := nodeStatus(m)
+	if err != nil {
+		return fmt.Errorf("machine %s: %w", m.Config.MachineID, err)
+	}
+	if st.Quorum == nil || !st.Quorum.Lost {
+		return fmt.Errorf("machine %s has not lost quorum (its Consul has a leader, or has not missed one for the policy's quorum_lost_after): nothing to recover", m.Config.MachineID)
+	}
+	var dropped []string
+	for _, s := range st.Quorum.Servers {
+		if s.Name != m.Config.MachineID {
+			dropped = append(dropped, fmt.Sprintf("%s (%s, %s)", s.Name, s.Address, s.Status))
+		}
+	}
+	fmt.Fprintf(out, "Recover cluster on %s (%s): its Consul restarts as the only Raft server and keeps\n"+
+		"the description, the inventory and the intents. These servers are given up, then\n"+
+		"removed and replaced by the control loop:\n  %s\n"+
+		"If any of them is only cut off, not dead, it must not come back: destroy it.\n",
+		m.Config.MachineID, m.Config.BindAddr, strings.Join(dropped, "\n  "))
+	if !*yes {
+		fmt.Fprint(out, "Type yes to go on: ")
+		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+		if strings.TrimSpace(line) != "yes" {
+			return errors.New("not confirmed; nothing was changed")
+		}
+	}
+	if err := os.WriteFile(filepath.Join(m.Config.DataDir, daemon.RecoverFile), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	c, err := waitConverged(ctx, t, nil, out)
+	if err != nil {
+		return err
+	}
+	return printMembers(c, out, false)
+}
+
+func nodeStatus(m local.Machine) (daemon.AgentStatus, error) {
+	var st daemon.AgentStatus
+	cl := http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get(fmt.Sprintf("http://%s:%d/v1/status", m.Config.BindAddr, m.Config.HTTPPort))
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
