@@ -6,14 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -32,6 +35,11 @@ type QuorumStatus struct {
 	// Servers are the Consul servers in this node's gossip pool, as it
 	// sees them now.
 	Servers []ServerSeen `json:"servers"`
+	// RaftLastIndex is the last Raft log index this node's Consul holds:
+	// among survivors the most up to date recovers.
+	RaftLastIndex uint64 `json:"raft_last_index"`
+	// Recovery says what this node decided about recovering, and why.
+	Recovery string `json:"recovery,omitempty"`
 }
 
 // ServerSeen is one Consul server as this node's gossip pool sees it.
@@ -74,7 +82,17 @@ func (a *Agent) watchQuorum(ctx context.Context) {
 		if p := a.Platform(); p != nil {
 			after = p.Policy.QuorumLostAfter
 		}
-		qs := &QuorumStatus{LeaderlessSince: since, Lost: missing >= after, Servers: a.serversSeen()}
+		qs := &QuorumStatus{LeaderlessSince: since, Lost: missing >= after, Servers: a.serversSeen(), RaftLastIndex: a.raftLastIndex()}
+		if qs.Lost && !recovering {
+			var here bool
+			qs.Recovery, here = a.decideRecovery(ctx, qs)
+			if here {
+				a.Log.Warn("recovering on backend evidence", telemetry.KeyReason, qs.Recovery)
+				if err := a.requestRecovery(); err != nil {
+					a.Log.Error("request recovery", telemetry.KeyError, err)
+				}
+			}
+		}
 		a.setQuorum(qs)
 		if qs.Lost && !lost {
 			var failed, alive []string
@@ -105,6 +123,11 @@ func (a *Agent) watchQuorum(ctx context.Context) {
 // it. A file rather than an HTTP call, so that only who may write the
 // node's folder may do it.
 const RecoverFile = "recover"
+
+// requestRecovery asks this node to recover, as `raptiformica recover` does.
+func (a *Agent) requestRecovery() error {
+	return os.WriteFile(filepath.Join(a.Config.DataDir, RecoverFile), []byte(time.Now().UTC().Format(time.RFC3339)+" on backend evidence\n"), 0o600)
+}
 
 func (a *Agent) recoverRequested() bool {
 	_, err := os.Stat(filepath.Join(a.Config.DataDir, RecoverFile))
@@ -180,6 +203,117 @@ func (a *Agent) dropLostServers(ctx context.Context) error {
 	default:
 	}
 	return nil
+}
+
+// decideRecovery decides, from evidence, whether this node recovers the
+// cluster alone. A partition must never make two platforms, so it recovers
+// only when the backend that owns every server the gossip pool no longer
+// sees alive confirms that server's machine is gone or stopped, and when it
+// is the one survivor every survivor would choose: the most up-to-date Raft
+// log, then the lowest machine ID.
+func (a *Agent) decideRecovery(ctx context.Context, qs *QuorumStatus) (string, bool) {
+	p := a.Platform()
+	if p == nil || !a.Config.ConsulServer {
+		return "not a Consul server: waiting for a server to recover", false
+	}
+	if !p.Policy.RecoverOnEvidence {
+		return "recover_on_evidence is off: waiting for `raptiformica recover`", false
+	}
+	recs := a.loadMirroredInventory()
+	bes := a.backends()
+	lists := map[string]map[string]bool{} // backend -> machine ID -> running
+	var survivors []ServerSeen
+	for _, s := range qs.Servers {
+		if s.Status == reconcile.MemberAlive {
+			survivors = append(survivors, s)
+			continue
+		}
+		r, ok := recs[s.Name]
+		if !ok {
+			return fmt.Sprintf("no mirrored record of lost server %s: cannot ask its backend; run `raptiformica recover` if it is gone", s.Name), false
+		}
+		be := bes[r.Backend]
+		if be == nil {
+			return fmt.Sprintf("lost server %s is on backend %q, unknown here", s.Name, r.Backend), false
+		}
+		if lv, ok := be.(backends.LocalView); ok && lv.ListsOnlyLocal() {
+			return fmt.Sprintf("backend %q cannot confirm that %s is gone (it lists only this node's machines)", r.Backend, s.Name), false
+		}
+		running, listed := lists[r.Backend]
+		if !listed {
+			lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			insts, err := be.List(lctx)
+			cancel()
+			if err != nil {
+				return fmt.Sprintf("backend %q cannot be asked about %s: %v", r.Backend, s.Name, err), false
+			}
+			running = map[string]bool{}
+			for _, in := range insts {
+				running[in.MachineID] = in.Running
+			}
+			lists[r.Backend] = running
+		}
+		if running[s.Name] {
+			return fmt.Sprintf("lost server %s still runs on backend %q: a partition, not a death; waiting", s.Name, r.Backend), false
+		}
+	}
+	if len(survivors) == 0 {
+		return "this node does not see itself alive in the gossip pool yet", false
+	}
+	// Every survivor computes the same choice from the same facts; one that
+	// cannot be asked stops the choice, rather than risk two recoveries.
+	best, bestIndex := "", uint64(0)
+	for _, s := range survivors {
+		idx := qs.RaftLastIndex
+		if s.Name != a.Config.MachineID {
+			st, err := a.peerQuorum(ctx, s.Address)
+			if err != nil || st == nil {
+				return fmt.Sprintf("survivor %s cannot be asked for its Raft index (%v): waiting", s.Name, err), false
+			}
+			idx = st.RaftLastIndex
+		}
+		if best == "" || idx > bestIndex || idx == bestIndex && s.Name < best {
+			best, bestIndex = s.Name, idx
+		}
+	}
+	if best != a.Config.MachineID {
+		return fmt.Sprintf("every lost server is gone by its backend's word; %s (Raft index %d) recovers, this node joins it", best, bestIndex), false
+	}
+	return fmt.Sprintf("every lost server is gone by its backend's word; this node has the most up-to-date Raft log (index %d) of %d survivors", bestIndex, len(survivors)), true
+}
+
+// peerQuorum asks another agent, at the same HTTP port as this one, what it
+// knows of the lost quorum.
+func (a *Agent) peerQuorum(ctx context.Context, addr string) (*QuorumStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/v1/status", net.JoinHostPort(addr, strconv.Itoa(a.Config.HTTPPort))), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var st AgentStatus
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, err
+	}
+	return st.Quorum, nil
+}
+
+// raftLastIndex reads the last Raft log index from this node's Consul,
+// which answers without a leader.
+func (a *Agent) raftLastIndex() uint64 {
+	self, err := a.consul.Agent().Self()
+	if err != nil {
+		return 0
+	}
+	raft, _ := self["Stats"]["raft"].(map[string]any)
+	s, _ := raft["last_log_index"].(string)
+	n, _ := strconv.ParseUint(s, 10, 64)
+	return n
 }
 
 func (a *Agent) serversSeen() []ServerSeen {

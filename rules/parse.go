@@ -74,6 +74,7 @@ var policySchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "max_concurrent_spawns"}, {Name: "cooldown"}, {Name: "backoff_initial"},
 	{Name: "backoff_max"}, {Name: "provision_timeout"}, {Name: "grace_period"},
 	{Name: "max_unhealthy"}, {Name: "resync_interval"}, {Name: "quorum_lost_after"},
+	{Name: "recover_on_evidence"},
 }}
 
 var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}, {Name: "commands"}}}
@@ -94,6 +95,7 @@ var DefaultPolicy = Policy{
 	GracePeriod:         20 * time.Second,
 	ResyncInterval:      10 * time.Second,
 	QuorumLostAfter:     30 * time.Second,
+	RecoverOnEvidence:   true,
 }
 
 // ParseFile is Parse for a file on disk.
@@ -308,6 +310,9 @@ func (d *decoder) policy(b *hcl.Block, p *Policy) {
 	attrs := content.Attributes
 	d.positiveInt(attrs["max_concurrent_spawns"], "policy max_concurrent_spawns", &p.MaxConcurrentSpawns, 1)
 	d.positiveInt(attrs["max_unhealthy"], "policy max_unhealthy", &p.MaxUnhealthy, 1)
+	if a := attrs["recover_on_evidence"]; a != nil {
+		d.decode(a, "policy recover_on_evidence", cty.Bool, &p.RecoverOnEvidence)
+	}
 	for _, f := range []struct {
 		name string
 		dst  *time.Duration

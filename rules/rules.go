@@ -54,6 +54,10 @@ type Policy struct {
 	// QuorumLostAfter is how long a node's Consul may have no leader before
 	// the node reports the cluster's quorum as lost.
 	QuorumLostAfter time.Duration
+	// RecoverOnEvidence lets a survivor recover a cluster that lost quorum
+	// by itself, once the backends confirm the lost servers are gone.
+	// Without it only an operator's `raptiformica recover` does.
+	RecoverOnEvidence bool
 }
 
 // Backend is one configured compute backend.

@@ -17,7 +17,7 @@ func TestParseExamples(t *testing.T) {
 		Policy: Policy{
 			MaxConcurrentSpawns: 2, Cooldown: 2 * time.Second, BackoffInitial: 5 * time.Second,
 			BackoffMax: 2 * time.Minute, ProvisionTimeout: 2 * time.Minute, GracePeriod: 20 * time.Second,
-			MaxUnhealthy: 2, ResyncInterval: 10 * time.Second, QuorumLostAfter: 30 * time.Second,
+			MaxUnhealthy: 2, ResyncInterval: 10 * time.Second, QuorumLostAfter: 30 * time.Second, RecoverOnEvidence: true,
 		},
 		Backends: map[string]Backend{"local": {Name: "local", Type: "local", Settings: map[string]string{}}},
 		Machines: map[string]MachineType{

@@ -21,6 +21,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/backends/docker"
+	"github.com/raptiformica/raptiformica/provision"
 )
 
 type dockerCluster struct {
@@ -265,4 +266,89 @@ func (c *dockerCluster) address(id string) string {
 	}
 	c.t.Fatalf("no address for %s", id)
 	return ""
+}
+
+// fiveServers is dockerPlatform with five servers and lost quorum declared
+// after 3 s.
+func fiveServers(c *dockerCluster, settings, grace string) string {
+	src := strings.Replace(dockerPlatform(c.name, settings), "min           = 3", "min           = 5", 1)
+	src = strings.Replace(src, `grace_period      = "2s"`, fmt.Sprintf("grace_period      = %q", grace), 1)
+	return strings.Replace(src, `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\"", 1)
+}
+
+// TestDockerLastMachineStanding: `docker kill` four of five containers. The
+// survivor asks the engine, which says they are not running, recovers alone
+// and the cluster is back to five.
+func TestDockerLastMachineStanding(t *testing.T) {
+	t.Parallel()
+	c := newDockerCluster(t)
+	c.up(fiveServers(c, "", "2s"))
+	v := c.waitAgree(5, 3*time.Minute, "after up")
+	before, _, _ := c.rf("platform", "get")
+	dead := v.joined[1:]
+	for _, id := range dead {
+		c.kill(id)
+	}
+	c.waitAgree(5, 3*time.Minute, "after killing four of five containers", dead...)
+	if after, _, _ := c.rf("platform", "get"); after != before || before == "" {
+		t.Errorf("the description changed through recovery:\n%s\nwas\n%s", after, before)
+	}
+}
+
+// TestDockerMajorityCutOff cuts three of five containers off the network:
+// they keep running, so neither side may recover. When the links come back
+// one cluster remains, with the same five machines.
+func TestDockerMajorityCutOff(t *testing.T) {
+	t.Parallel()
+	c := newDockerCluster(t)
+	subnet := fmt.Sprintf("  settings = { subnet = \"10.214.%d.0/24\" }\n", 1+rand.IntN(250))
+	c.up(fiveServers(c, subnet, "60s"))
+	v := c.waitAgree(5, 3*time.Minute, "after up")
+	before := append([]string(nil), v.joined...)
+	ctx := context.Background()
+	cli, net := c.be.Client(), c.be.Network()
+	cut, kept := v.joined[:3], v.joined[3:]
+	addrs := map[string]string{}
+	for _, id := range v.joined {
+		addrs[id] = c.address(id)
+	}
+	for _, id := range cut {
+		if err := cli.NetworkDisconnect(ctx, net, id, true); err != nil {
+			t.Fatalf("docker network disconnect %s: %v", id, err)
+		}
+	}
+	// The two still connected lose quorum, see the three are still running,
+	// and say they wait.
+	deadline := time.Now().Add(time.Minute)
+	for _, id := range kept {
+		for {
+			st, err := agentStatus(provision.NodeConfig{BindAddr: addrs[id], HTTPPort: 9550})
+			if err == nil && st.Quorum != nil && st.Quorum.Lost && strings.Contains(st.Quorum.Recovery, "a partition, not a death") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never said it waits out a partition: %+v (%v)", id, st.Quorum, err)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	time.Sleep(5 * time.Second) // and nobody recovers or spawns meanwhile
+	if _, total, _ := c.containers(); total != 5 {
+		t.Fatalf("%d containers during the partition", total)
+	}
+	for _, id := range kept {
+		st, err := agentStatus(provision.NodeConfig{BindAddr: addrs[id], HTTPPort: 9550})
+		if err != nil || st.Quorum == nil {
+			t.Fatalf("%s regained quorum while three of five were cut off: %+v (%v)", id, st, err)
+		}
+	}
+	for _, id := range cut {
+		if err := cli.NetworkConnect(ctx, net, id, &network.EndpointSettings{IPAMConfig: &network.EndpointIPAMConfig{IPv4Address: addrs[id]}}); err != nil {
+			t.Fatalf("docker network connect %s: %v", id, err)
+		}
+	}
+	v = c.waitAgree(5, 3*time.Minute, "after the partition healed")
+	if !equal(v.joined, before) {
+		t.Errorf("the machines changed: %v, were %v", v.joined, before)
+	}
 }

@@ -632,7 +632,7 @@ func listeners(t *testing.T, addrs map[string]bool) []string {
 func TestQuorumLossAndRecover(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	src := strings.Replace(platformWith(3, 3, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\"", 1)
+	src := strings.Replace(platformWith(3, 3, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\"\n  recover_on_evidence = false", 1)
 	c.up(c.writePlatform("platform.hcl", src))
 	v := c.waitAgree(3, 2*time.Minute, "after up")
 	survivor, dead := v.joined[0], v.joined[1:]
@@ -685,6 +685,30 @@ func TestQuorumLossAndRecover(t *testing.T) {
 		t.Errorf("recover did not say what it would do:\n%s", out)
 	}
 	c.waitAgree(3, 2*time.Minute, "after recover", dead...)
+	if after, _, _ := c.rf("platform", "get"); after != before || before == "" {
+		t.Errorf("the description changed through recovery:\n%s\nwas\n%s", after, before)
+	}
+}
+
+// TestLastMachineStanding SIGKILLs four of five servers at once. The
+// survivor has no quorum, asks the local backend, which confirms the four
+// are dead, recovers alone, and the control loop brings the cluster back to
+// five with the same description: no human step.
+func TestLastMachineStanding(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	src := strings.Replace(platformWith(5, 5, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\"", 1)
+	c.up(c.writePlatform("platform.hcl", src))
+	v := c.waitAgree(5, 3*time.Minute, "after up")
+	before, _, _ := c.rf("platform", "get")
+	survivor, dead := v.joined[0], v.joined[1:]
+	for _, id := range dead {
+		c.kill(id)
+	}
+	v = c.waitAgree(5, 3*time.Minute, "after killing four of five servers", dead...)
+	if !contains(v.joined, survivor) {
+		t.Errorf("the survivor %s is not in the recovered cluster: %v", survivor, v)
+	}
 	if after, _, _ := c.rf("platform", "get"); after != before || before == "" {
 		t.Errorf("the description changed through recovery:\n%s\nwas\n%s", after, before)
 	}

@@ -17,6 +17,7 @@ policy {
   max_unhealthy         = 2      # above this many failed members, stop replacing and alert
   resync_interval       = "10s"  # re-plan this often even when nothing changed
   quorum_lost_after     = "30s"  # no Consul leader this long: every node reports lost quorum
+  recover_on_evidence   = true   # a survivor recovers alone once backends confirm the rest are gone
 }
 
 # Compute backends. "local" runs a machine as processes on its own loopback
