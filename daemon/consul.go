@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -105,6 +106,7 @@ type ConsulProcess struct {
 
 	restart chan struct{}
 	once    sync.Once
+	fresh   atomic.Bool // the next start wipes the data folder and bootstraps
 }
 
 // errRestart ends a run of Consul that was asked to restart.
@@ -118,6 +120,14 @@ func (p *ConsulProcess) Restart() {
 	case p.restart <- struct{}{}:
 	default:
 	}
+}
+
+// RestartFresh restarts Consul on an empty data folder as the first server
+// of a new cluster: the way back when its data is unusable. The agent then
+// re-seeds the KV from its mirror.
+func (p *ConsulProcess) RestartFresh() {
+	p.fresh.Store(true)
+	p.Restart()
 }
 
 func (p *ConsulProcess) init() { p.once.Do(func() { p.restart = make(chan struct{}, 1) }) }
@@ -161,6 +171,12 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 		peers = p.Peers()
 	}
 	cc := consulConfigFor(p.Config, peers)
+	if p.fresh.Swap(false) {
+		if err := os.RemoveAll(cc.DataDir); err != nil {
+			return err
+		}
+		cc.Bootstrap, cc.RetryJoin = true, nil
+	}
 	b, _ := json.MarshalIndent(cc, "", "  ")
 	cfgPath := filepath.Join(p.Config.DataDir, "consul.json")
 	if err := fsutil.WriteFileAtomic(cfgPath, b, 0o600); err != nil {

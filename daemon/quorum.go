@@ -151,8 +151,17 @@ func (a *Agent) recoverAlone() error {
 	}
 	dataDir := filepath.Join(a.Config.DataDir, "consul")
 	id, err := os.ReadFile(filepath.Join(dataDir, "node-id"))
-	if err != nil {
-		return fmt.Errorf("read consul node id: %w", err)
+	_, rerr := os.Stat(filepath.Join(dataDir, "raft", "raft.db"))
+	if err != nil || rerr != nil {
+		// Nothing to keep: start a cluster of one afresh and re-seed it
+		// from the mirror of the description and the inventory.
+		why := errors.Join(err, rerr)
+		if err := os.Remove(filepath.Join(a.Config.DataDir, RecoverFile)); err != nil {
+			return err
+		}
+		a.Log.Warn("consul data unusable: recovering on a fresh consul, re-seeded from the mirror", telemetry.KeyError, why)
+		a.consulProc.RestartFresh()
+		return nil
 	}
 	peers, _ := json.Marshal([]raftPeer{{ID: strings.TrimSpace(string(id)), Address: net.JoinHostPort(a.Config.BindAddr, "8300")}})
 	if err := fsutil.WriteFileAtomic(filepath.Join(dataDir, "raft", "peers.json"), peers, 0o600); err != nil {
@@ -171,9 +180,17 @@ func (a *Agent) recoverAlone() error {
 // the recovery, so they are replaced, not waited for (and they do not count
 // toward max_unhealthy, which would halt the very replacement needed).
 func (a *Agent) dropLostServers(ctx context.Context) error {
+	// A fresh Consul has an empty KV until the mirror re-seeds it; the
+	// gossip key replacements need is the one this node runs with.
+	if err := a.ensureGossipKey(ctx); err != nil {
+		return err
+	}
 	recs, _, err := a.inventory.List(ctx, nil)
 	if err != nil {
 		return err
+	}
+	if len(recs) == 0 {
+		return errors.New("inventory empty: waiting for the mirror to re-seed it")
 	}
 	members, err := a.consul.Agent().Members(false)
 	if err != nil {

@@ -265,7 +265,9 @@ func orphans(obs Observed, now time.Time, wake func(time.Time)) []Action {
 		insts := obs.Instances[b]
 		for _, id := range sortedKeys(insts) {
 			in := insts[id]
-			if _, ok := obs.Records[id]; ok || obs.InFlight[id] {
+			if _, ok := obs.Records[id]; ok || obs.InFlight[id] || id == obs.Self {
+				// The leader evidently runs: whatever its record's fate
+				// (a KV being re-seeded), it never destroys itself.
 				continue
 			}
 			if !in.Created.IsZero() && now.Sub(in.Created) < orphanAge {

@@ -150,6 +150,15 @@ func TestPlan(t *testing.T) {
 			want: []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
 		},
 		{
+			name: "the leader is never an orphan, even without a record",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				delete(o.Records, "a")
+				o.Self = "a"
+			}),
+			want: []Action{{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"}},
+		},
+		{
 			name: "the leader never judges itself gone from its backend",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {

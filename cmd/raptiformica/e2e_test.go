@@ -713,3 +713,35 @@ func TestLastMachineStanding(t *testing.T) {
 		t.Errorf("the description changed through recovery:\n%s\nwas\n%s", after, before)
 	}
 }
+
+// TestRecoverFromMirror loses the survivor's Consul data too: the cluster is
+// re-created on a fresh Consul from the description and inventory the
+// survivor mirrored to its disk.
+func TestRecoverFromMirror(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	src := strings.Replace(platformWith(3, 3, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\"", 1)
+	c.up(c.writePlatform("platform.hcl", src))
+	v := c.waitAgree(3, 2*time.Minute, "after up")
+	before, _, _ := c.rf("platform", "get")
+	survivor, dead := v.joined[0], v.joined[1:]
+	for _, id := range dead {
+		c.kill(id)
+	}
+	for _, m := range c.machines() {
+		if m.Config.MachineID == survivor {
+			for _, f := range []string{"raft", "node-id"} {
+				if err := os.RemoveAll(filepath.Join(m.Config.DataDir, "consul", f)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	v = c.waitAgree(3, 3*time.Minute, "after losing two servers and the survivor's Consul data", dead...)
+	if !contains(v.joined, survivor) {
+		t.Errorf("the survivor %s is not in the re-created cluster: %v", survivor, v)
+	}
+	if after, _, _ := c.rf("platform", "get"); after != before || before == "" {
+		t.Errorf("the description changed:\n%s\nwas\n%s", after, before)
+	}
+}
