@@ -5,14 +5,15 @@
 #   same run: Consul's failure detection plus a bare node start; the same for
 #   a `docker kill`ed container (floor: detection plus a bare container start);
 #   reaction time from `platform apply` to the leader's first spawn intent;
-#   idle RSS and CPU of the agents and of their Consuls.
+#   idle RSS and CPU of the agents and of their Consuls; recovery after
+#   losing two of three servers beside a fresh `up` of three.
 # Figures only: nothing here passes or fails on time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${RAPTIFORMICA_CONSUL:=$(scripts/consul.sh)}"
 export RAPTIFORMICA_CONSUL
 count="${BENCH_COUNT:-3}"
-go test -run '^$' -bench 'Heal|DockerHeal|Reaction|Idle' -benchtime "${count}x" -timeout 30m ./cmd/raptiformica/ |
+go test -run '^$' -bench 'Heal|DockerHeal|Reaction|Idle|Recovery' -benchtime "${count}x" -timeout 30m ./cmd/raptiformica/ |
 	awk '/^Benchmark/ {
 		name = $1; sub(/-[0-9]+$/, "", name)
 		printf "%s\n", name

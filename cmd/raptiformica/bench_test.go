@@ -289,3 +289,35 @@ func rssMB(pids []int) float64 {
 	}
 	return total
 }
+
+// BenchmarkRecovery measures the last machine standing: two of three
+// servers SIGKILLed at once, until the cluster is three joined voters again
+// with the dead reaped, beside the time a fresh `up` of the same size takes,
+// measured on the same clusters.
+func BenchmarkRecovery(b *testing.B) {
+	const lostAfter = 3 * time.Second
+	var up, recovery time.Duration
+	for i := 0; i < b.N; i++ {
+		c := newCluster(b)
+		src := strings.Replace(benchPlatform(""), `resync_interval   = "2s"`, fmt.Sprintf("resync_interval   = \"2s\"\n  quorum_lost_after = %q", lostAfter), 1)
+		begin := time.Now()
+		c.up(c.writePlatform("platform.hcl", src))
+		v := c.waitAgree(3, 2*time.Minute, "after up")
+		u := time.Since(begin)
+		dead := v.joined[1:]
+		begin = time.Now()
+		for _, id := range dead {
+			c.kill(id)
+		}
+		c.waitAgree(3, 3*time.Minute, "after losing two of three", dead...)
+		r := time.Since(begin)
+		b.Logf("iteration %d: fresh up %s, recovery %s", i, u.Round(time.Millisecond), r.Round(time.Millisecond))
+		up += u
+		recovery += r
+		c.rf("down")
+	}
+	n := float64(b.N)
+	b.ReportMetric(recovery.Seconds()/n, "recovery_s")
+	b.ReportMetric(up.Seconds()/n, "fresh_up_s")
+	b.ReportMetric(lostAfter.Seconds(), "quorum_lost_after_s")
+}
