@@ -82,7 +82,14 @@ func (a *Agent) lead(ctx context.Context, lost <-chan struct{}) {
 	// A KV that lost its state (a fresh Consul after recovery) is re-seeded
 	// from this node's mirror before anything is planned: planning on an
 	// empty inventory would take every machine for an orphan.
-	a.reseed(lctx)
+	for !a.reseed(lctx) {
+		select {
+		case <-lctx.Done():
+		case <-time.After(500 * time.Millisecond):
+			continue
+		}
+		break
+	}
 	a.setLeading(true)
 	a.Log.Info("became leader")
 	a.executor.Hooks.Fire(lctx, a.Platform(), "leader_elected", reconcile.Action{MachineID: a.Config.MachineID, Reason: "leader elected"})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
@@ -124,26 +125,39 @@ func (a *Agent) markReady() {
 // reseed writes this node's description, and its mirrored inventory, into an
 // empty KV: the cluster is new, or its state was lost and this node is what
 // remains of it.
-func (a *Agent) reseed(ctx context.Context) {
+//
+// It reports whether the KV holds a description afterwards.
+func (a *Agent) reseed(ctx context.Context) bool {
 	p := a.Platform()
 	if p == nil {
-		return
+		return false
 	}
-	ok, _, err := a.consul.KV().CAS(&api.KVPair{Key: reconcile.KeyPlatform, Value: p.Source}, (&api.WriteOptions{}).WithContext(ctx))
-	if err != nil || !ok {
-		return
+	// The description is written last: while it is missing the KV counts
+	// as lost, so a reseed cut short is done again by the next caller.
+	pair, _, err := a.consul.KV().Get(reconcile.KeyPlatform, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil || pair != nil {
+		return err == nil
 	}
-	a.Log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename)
 	recs, _, err := a.inventory.List(ctx, nil)
-	if err != nil || len(recs) > 0 {
-		return
+	if err != nil {
+		return false
 	}
-	for _, r := range a.loadMirroredInventory() {
-		r.Index = 0
-		if _, err := a.inventory.Put(ctx, r); err == nil {
-			a.Log.Info("re-seeded inventory record from the mirror", telemetry.KeyMachineID, r.ID)
+	if len(recs) == 0 {
+		for _, r := range a.loadMirroredInventory() {
+			r.Index = 0
+			if _, err := a.inventory.Put(ctx, r); err != nil && !errors.Is(err, reconcile.ErrConflict) {
+				a.Log.Warn("re-seed inventory from the mirror", telemetry.KeyMachineID, r.ID, telemetry.KeyError, err)
+				return false
+			} else if err == nil {
+				a.Log.Info("re-seeded inventory record from the mirror", telemetry.KeyMachineID, r.ID)
+			}
 		}
 	}
+	ok, _, err := a.consul.KV().CAS(&api.KVPair{Key: reconcile.KeyPlatform, Value: p.Source}, (&api.WriteOptions{}).WithContext(ctx))
+	if err == nil && ok {
+		a.Log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename)
+	}
+	return err == nil
 }
 
 // watchInventory mirrors the inventory to disk on every change.

@@ -151,7 +151,11 @@ func (a *Agent) recoverAlone() error {
 	}
 	dataDir := filepath.Join(a.Config.DataDir, "consul")
 	id, err := os.ReadFile(filepath.Join(dataDir, "node-id"))
-	_, rerr := os.Stat(filepath.Join(dataDir, "raft", "raft.db"))
+	// Raft's log is raft/wal (Consul's default log store) or raft/raft.db.
+	_, rerr := os.Stat(filepath.Join(dataDir, "raft", "wal"))
+	if rerr != nil {
+		_, rerr = os.Stat(filepath.Join(dataDir, "raft", "raft.db"))
+	}
 	if err != nil || rerr != nil {
 		// Nothing to keep: start a cluster of one afresh and re-seed it
 		// from the mirror of the description and the inventory.
@@ -182,7 +186,11 @@ func (a *Agent) recoverAlone() error {
 func (a *Agent) dropLostServers(ctx context.Context) error {
 	// A fresh Consul has an empty KV until the mirror re-seeds it; the
 	// gossip key replacements need is the one this node runs with.
+	a.reseed(ctx)
 	if err := a.ensureGossipKey(ctx); err != nil {
+		return err
+	}
+	if err := a.ensureRecord(ctx); err != nil {
 		return err
 	}
 	recs, _, err := a.inventory.List(ctx, nil)

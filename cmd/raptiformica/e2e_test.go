@@ -702,10 +702,14 @@ func TestLastMachineStanding(t *testing.T) {
 	v := c.waitAgree(5, 3*time.Minute, "after up")
 	before, _, _ := c.rf("platform", "get")
 	survivor, dead := v.joined[0], v.joined[1:]
+	nodeID := c.consulNodeID(survivor)
 	for _, id := range dead {
 		c.kill(id)
 	}
 	v = c.waitAgree(5, 3*time.Minute, "after killing four of five servers", dead...)
+	if got := c.consulNodeID(survivor); got != nodeID {
+		t.Errorf("the survivor's Consul data was not kept: node ID %s, was %s", got, nodeID)
+	}
 	if !contains(v.joined, survivor) {
 		t.Errorf("the survivor %s is not in the recovered cluster: %v", survivor, v)
 	}
@@ -744,4 +748,21 @@ func TestRecoverFromMirror(t *testing.T) {
 	if after, _, _ := c.rf("platform", "get"); after != before || before == "" {
 		t.Errorf("the description changed:\n%s\nwas\n%s", after, before)
 	}
+}
+
+// consulNodeID reads a local machine's Consul node ID, which a recovery
+// that keeps the Consul data keeps.
+func (c *testCluster) consulNodeID(id string) string {
+	c.t.Helper()
+	for _, m := range c.machines() {
+		if m.Config.MachineID == id {
+			b, err := os.ReadFile(filepath.Join(m.Config.DataDir, "consul", "node-id"))
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			return string(b)
+		}
+	}
+	c.t.Fatalf("no machine %s", id)
+	return ""
 }
