@@ -165,6 +165,28 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 		t.Errorf("platform_valid after a good description: got %v want 1", got)
 	}
 
+	// Versions: two applies make version 2, mirrored with it; an older
+	// version written back (a KV re-seeded from a stale copy) is run but
+	// never replaces the newer mirror.
+	v3 := strings.Replace(next, `resync_interval = "2s"`, `resync_interval = "3s"`, 1)
+	v4 := strings.Replace(next, `resync_interval = "2s"`, `resync_interval = "4s"`, 1)
+	for _, src := range []string{v3, v4} {
+		if _, err := reconcile.PutPlatform(kv, []byte(src)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "version 2 is mirrored", func() bool {
+		b, _ := os.ReadFile(filepath.Join(a.mirrorDir(), "platform"))
+		return string(b) == v4 && a.mirroredVersion() == 2
+	})
+	if _, err := kv.Put(&api.KVPair{Key: reconcile.KeyPlatform, Value: []byte(v3), Flags: 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the older version is loaded", func() bool { return a.Platform().Policy.ResyncInterval == 3*time.Second })
+	if b, _ := os.ReadFile(filepath.Join(a.mirrorDir(), "platform")); string(b) != v4 || a.mirroredVersion() != 2 {
+		t.Errorf("an older version replaced the mirror: version %d\n%s", a.mirroredVersion(), b)
+	}
+
 	// SIGTERM's path: the agent stops, and its Consul with it.
 	stop()
 	if conn, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", a.Config.BindAddr, a.Config.ConsulHTTPPort), time.Second); err == nil {

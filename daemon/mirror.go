@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -38,6 +40,30 @@ func (a *Agent) loadMirroredInventory() map[string]reconcile.Record {
 		_ = json.Unmarshal(b, &recs)
 	}
 	return recs
+}
+
+// mirroredVersion is the version of the mirrored description, 0 when it
+// has none.
+func (a *Agent) mirroredVersion() uint64 {
+	b, err := os.ReadFile(filepath.Join(a.mirrorDir(), "platform.version"))
+	if err != nil {
+		return 0
+	}
+	v, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return v
+}
+
+// writeMirror keeps a description and its version on disk. The text goes
+// first: cut short, the mirror holds a newer text under an older version,
+// which the next apply simply overwrites.
+func (a *Agent) writeMirror(src []byte, version uint64) {
+	if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "platform"), src, 0o600); err != nil {
+		a.Log.Error("mirror platform description", telemetry.KeyError, err)
+		return
+	}
+	if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "platform.version"), []byte(strconv.FormatUint(version, 10)+"\n"), 0o600); err != nil {
+		a.Log.Error("mirror platform version", telemetry.KeyError, err)
+	}
 }
 
 // mirroredPeers are the addresses of the machines this node last knew of.
@@ -93,8 +119,12 @@ func (a *Agent) applyKV(pair *api.KVPair) {
 		return
 	}
 	a.metrics.PlatformValid.Set(1)
-	if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "platform"), p.Source, 0o600); err != nil {
-		a.Log.Error("mirror platform description", telemetry.KeyError, err)
+	// Versions come from `platform apply` (the pair's Flags); a description
+	// written into KV by other means has none and is taken as the newest.
+	if mine := a.mirroredVersion(); pair.Flags != 0 && pair.Flags < mine {
+		a.Log.Warn("KV holds an older description than this node's mirror; keeping the mirror", "kv_version", pair.Flags, "mirror_version", mine)
+	} else {
+		a.writeMirror(p.Source, pair.Flags)
 	}
 	if cur := a.Platform(); cur != nil && bytes.Equal(cur.Source, p.Source) {
 		a.mu.Lock()
@@ -153,7 +183,7 @@ func (a *Agent) reseed(ctx context.Context) bool {
 			}
 		}
 	}
-	ok, _, err := a.consul.KV().CAS(&api.KVPair{Key: reconcile.KeyPlatform, Value: p.Source}, (&api.WriteOptions{}).WithContext(ctx))
+	ok, _, err := a.consul.KV().CAS(&api.KVPair{Key: reconcile.KeyPlatform, Value: p.Source, Flags: a.mirroredVersion()}, (&api.WriteOptions{}).WithContext(ctx))
 	if err == nil && ok {
 		a.Log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename)
 	}

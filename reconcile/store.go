@@ -121,3 +121,28 @@ func (inv *Inventory) Delete(ctx context.Context, r Record) error {
 	}
 	return nil
 }
+
+// PutPlatform stores a description's source as the next version: the
+// KV pair's Flags carry a counter that every apply raises by one (by
+// check-and-set, so two concurrent applies cannot share a version), and
+// that mirrors keep, so that no node replaces its copy with an older one.
+func PutPlatform(kv *api.KV, src []byte) (uint64, error) {
+	for range 10 {
+		cur, _, err := kv.Get(KeyPlatform, &api.QueryOptions{RequireConsistent: true})
+		if err != nil {
+			return 0, err
+		}
+		p := &api.KVPair{Key: KeyPlatform, Value: src, Flags: 1}
+		if cur != nil {
+			p.Flags, p.ModifyIndex = cur.Flags+1, cur.ModifyIndex
+		}
+		ok, _, err := kv.CAS(p, nil)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			return p.Flags, nil
+		}
+	}
+	return 0, errors.New("the description kept changing underneath: try again")
+}

@@ -162,10 +162,11 @@ func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if _, err := c.KV().Put(&api.KVPair{Key: reconcile.KeyPlatform, Value: p.Source}, nil); err != nil {
+		version, err := reconcile.PutPlatform(c.KV(), p.Source)
+		if err != nil {
 			return fmt.Errorf("store description: %w", err)
 		}
-		fmt.Fprintf(out, "applied %s\n", fs.Arg(0))
+		fmt.Fprintf(out, "applied %s as version %d\n", fs.Arg(0), version)
 		return nil
 	case "get":
 		c, err := t.client()
