@@ -23,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -60,6 +61,8 @@ type Agent struct {
 	ready       bool          // Consul reachable and a description loaded; guarded by mu
 	quorum      *QuorumStatus // set while Consul has no leader; guarded by mu
 	consulProc  *ConsulProcess
+	// lastRaftIndex is the last Raft index read from Consul.
+	lastRaftIndex atomic.Uint64
 }
 
 // Run starts the node and blocks until ctx ends; then it stops leading,

@@ -40,6 +40,9 @@ type QuorumStatus struct {
 	RaftLastIndex uint64 `json:"raft_last_index"`
 	// Recovery says what this node decided about recovering, and why.
 	Recovery string `json:"recovery,omitempty"`
+	// Recovering is set once this node has started to recover: the other
+	// survivors then join it, whatever its Raft index reads meanwhile.
+	Recovering bool `json:"recovering,omitempty"`
 }
 
 // ServerSeen is one Consul server as this node's gossip pool sees it.
@@ -93,6 +96,9 @@ func (a *Agent) watchQuorum(ctx context.Context) {
 				}
 			}
 		}
+		// Say so before the restart, so that no other survivor reads this
+		// node's Raft index while its Consul is down and decides otherwise.
+		qs.Recovering = recovering || a.recoverRequested()
 		a.setQuorum(qs)
 		if qs.Lost && !lost {
 			var failed, alive []string
@@ -295,6 +301,9 @@ func (a *Agent) decideRecovery(ctx context.Context, qs *QuorumStatus) (string, b
 			if err != nil || st == nil {
 				return fmt.Sprintf("survivor %s cannot be asked for its Raft index (%v): waiting", s.Name, err), false
 			}
+			if st.Recovering {
+				return fmt.Sprintf("survivor %s is recovering; this node joins it", s.Name), false
+			}
 			idx = st.RaftLastIndex
 		}
 		if best == "" || idx > bestIndex || idx == bestIndex && s.Name < best {
@@ -330,15 +339,18 @@ func (a *Agent) peerQuorum(ctx context.Context, addr string) (*QuorumStatus, err
 
 // raftLastIndex reads the last Raft log index from this node's Consul,
 // which answers without a leader.
+// When Consul cannot be asked, it is the last index read: the log does not
+// shrink while Consul is down.
 func (a *Agent) raftLastIndex() uint64 {
 	self, err := a.consul.Agent().Self()
-	if err != nil {
-		return 0
+	if err == nil {
+		raft, _ := self["Stats"]["raft"].(map[string]any)
+		s, _ := raft["last_log_index"].(string)
+		if n, err := strconv.ParseUint(s, 10, 64); err == nil && n > 0 {
+			a.lastRaftIndex.Store(n)
+		}
 	}
-	raft, _ := self["Stats"]["raft"].(map[string]any)
-	s, _ := raft["last_log_index"].(string)
-	n, _ := strconv.ParseUint(s, 10, 64)
-	return n
+	return a.lastRaftIndex.Load()
 }
 
 func (a *Agent) serversSeen() []ServerSeen {

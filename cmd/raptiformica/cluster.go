@@ -231,7 +231,13 @@ func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	return waitAndPrint(ctx, t, plat, *timeout, out)
+}
+
+// waitAndPrint waits up to timeout for every machine type to have its min
+// joined, then prints the members.
+func waitAndPrint(ctx context.Context, t *target, plat *rules.Platform, timeout time.Duration, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, err := waitConverged(ctx, t, plat, out)
 	if err != nil {

@@ -632,7 +632,7 @@ func listeners(t *testing.T, addrs map[string]bool) []string {
 func TestQuorumLossAndRecover(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	src := strings.Replace(platformWith(3, 3, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\"\n  recover_on_evidence = false", 1)
+	src := quorumPlatform(3, "\n  recover_on_evidence = false")
 	c.up(c.writePlatform("platform.hcl", src))
 	v := c.waitAgree(3, 2*time.Minute, "after up")
 	survivor, dead := v.joined[0], v.joined[1:]
@@ -685,9 +685,7 @@ func TestQuorumLossAndRecover(t *testing.T) {
 		t.Errorf("recover did not say what it would do:\n%s", out)
 	}
 	c.waitAgree(3, 2*time.Minute, "after recover", dead...)
-	if after, _, _ := c.rf("platform", "get"); after != before || before == "" {
-		t.Errorf("the description changed through recovery:\n%s\nwas\n%s", after, before)
-	}
+	c.samePlatform(before)
 }
 
 // TestLastMachineStanding SIGKILLs four of five servers at once. The
@@ -697,7 +695,7 @@ func TestQuorumLossAndRecover(t *testing.T) {
 func TestLastMachineStanding(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	src := strings.Replace(platformWith(5, 5, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\"", 1)
+	src := quorumPlatform(5, "")
 	c.up(c.writePlatform("platform.hcl", src))
 	v := c.waitAgree(5, 3*time.Minute, "after up")
 	before, _, _ := c.rf("platform", "get")
@@ -713,9 +711,7 @@ func TestLastMachineStanding(t *testing.T) {
 	if !contains(v.joined, survivor) {
 		t.Errorf("the survivor %s is not in the recovered cluster: %v", survivor, v)
 	}
-	if after, _, _ := c.rf("platform", "get"); after != before || before == "" {
-		t.Errorf("the description changed through recovery:\n%s\nwas\n%s", after, before)
-	}
+	c.samePlatform(before)
 }
 
 // TestRecoverFromMirror loses the survivor's Consul data too: the cluster is
@@ -724,7 +720,7 @@ func TestLastMachineStanding(t *testing.T) {
 func TestRecoverFromMirror(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
-	src := strings.Replace(platformWith(3, 3, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\"", 1)
+	src := quorumPlatform(3, "")
 	c.up(c.writePlatform("platform.hcl", src))
 	v := c.waitAgree(3, 2*time.Minute, "after up")
 	before, _, _ := c.rf("platform", "get")
@@ -745,9 +741,7 @@ func TestRecoverFromMirror(t *testing.T) {
 	if !contains(v.joined, survivor) {
 		t.Errorf("the survivor %s is not in the re-created cluster: %v", survivor, v)
 	}
-	if after, _, _ := c.rf("platform", "get"); after != before || before == "" {
-		t.Errorf("the description changed:\n%s\nwas\n%s", after, before)
-	}
+	c.samePlatform(before)
 }
 
 // consulNodeID reads a local machine's Consul node ID, which a recovery
@@ -765,4 +759,51 @@ func (c *testCluster) consulNodeID(id string) string {
 	}
 	c.t.Fatalf("no machine %s", id)
 	return ""
+}
+
+// TestTwoSurvivorsRecoverOnce SIGKILLs three of five servers: two survivors
+// qualify, exactly one recovers (the same choice on both) and the other
+// joins it, and the cluster is back to five.
+func TestTwoSurvivorsRecoverOnce(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	src := quorumPlatform(5, "")
+	c.up(c.writePlatform("platform.hcl", src))
+	v := c.waitAgree(5, 3*time.Minute, "after up")
+	survivors, dead := v.joined[:2], v.joined[2:]
+	for _, id := range dead {
+		c.kill(id)
+	}
+	v = c.waitAgree(5, 3*time.Minute, "after killing three of five servers", dead...)
+	for _, id := range survivors {
+		if !contains(v.joined, id) {
+			t.Errorf("survivor %s is not in the recovered cluster: %v", id, v)
+		}
+	}
+	recovered := 0
+	for _, m := range c.machines() {
+		if contains(survivors, m.Config.MachineID) {
+			b, _ := os.ReadFile(filepath.Join(m.Dir, "agent.log"))
+			if strings.Contains(string(b), "recovering on backend evidence") {
+				recovered++
+			}
+		}
+	}
+	if recovered != 1 {
+		t.Errorf("%d survivors recovered, want exactly one", recovered)
+	}
+}
+
+// quorumPlatform is a description of n servers whose nodes declare lost
+// quorum after 3 s, with extra policy lines.
+func quorumPlatform(n int, extraPolicy string) string {
+	return strings.Replace(platformWith(n, n, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\""+extraPolicy, 1)
+}
+
+// samePlatform checks that the stored description is still before.
+func (c *testCluster) samePlatform(before string) {
+	c.t.Helper()
+	if after, _, _ := c.rf("platform", "get"); after != before || before == "" {
+		c.t.Errorf("the description changed through recovery:\n%s\nwas\n%s", after, before)
+	}
 }

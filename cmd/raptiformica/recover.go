@@ -81,13 +81,7 @@ func cmdRecover(ctx context.Context, args []string, out io.Writer) error {
 	if err := os.WriteFile(filepath.Join(m.Config.DataDir, daemon.RecoverFile), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	c, err := waitConverged(ctx, t, nil, out)
-	if err != nil {
-		return err
-	}
-	return printMembers(c, out, false)
+	return waitAndPrint(ctx, t, nil, *timeout, out)
 }
 
 func nodeStatus(m local.Machine) (daemon.AgentStatus, error) {
