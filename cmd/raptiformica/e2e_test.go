@@ -675,9 +675,15 @@ func TestQuorumLossAndRecover(t *testing.T) {
 		t.Errorf("metrics do not say raptiformica_quorum_lost 1")
 	}
 
+	// status says so too, from the survivor, with the dead servers.
+	out, errOut, code := c.rf("status")
+	if code == 0 || !strings.Contains(out, survivor+": QUORUM LOST") || !strings.Contains(out, "server "+dead[0]) {
+		t.Errorf("status during lost quorum (exit %d):\n%s", code, out)
+	}
+
 	// The operator recovers on the survivor: the cluster is whole again,
 	// with the same description, and the lost servers are gone.
-	out, errOut, code := c.rf("recover", "--machine", survivor, "--yes")
+	out, errOut, code = c.rf("recover", "--machine", survivor, "--yes")
 	if code != 0 {
 		t.Fatalf("recover: exit %d\n%s\n%s", code, out, errOut)
 	}

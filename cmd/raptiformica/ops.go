@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -27,6 +29,41 @@ type statusView struct {
 	Leader        string            `json:"leader"`
 	PlatformError string            `json:"platform_error,omitempty"`
 	Reconcile     *reconcile.Status `json:"reconcile,omitempty"`
+	// Quorum is each local machine's view while there is no Consul leader.
+	Quorum map[string]*daemon.QuorumStatus `json:"quorum,omitempty"`
+}
+
+// localQuorum asks every running local machine what it knows of a lost
+// quorum.
+func localQuorum(t *target) map[string]*daemon.QuorumStatus {
+	ms, _ := local.Machines(t.folder())
+	out := map[string]*daemon.QuorumStatus{}
+	for _, m := range ms {
+		if !m.Running {
+			continue
+		}
+		if st, err := nodeStatus(m); err == nil && st.Quorum != nil {
+			out[m.Config.MachineID] = st.Quorum
+		}
+	}
+	return out
+}
+
+func printQuorum(out io.Writer, q map[string]*daemon.QuorumStatus) {
+	for _, id := range slices.Sorted(maps.Keys(q)) {
+		s := q[id]
+		state := "no Consul leader"
+		if s.Lost {
+			state = "QUORUM LOST"
+		}
+		fmt.Fprintf(out, "%s: %s since %s (Raft index %d)\n", id, state, s.LeaderlessSince.Format(time.RFC3339), s.RaftLastIndex)
+		for _, sv := range s.Servers {
+			fmt.Fprintf(out, "  server %s %s %s\n", sv.Name, sv.Address, sv.Status)
+		}
+		if s.Recovery != "" {
+			fmt.Fprintf(out, "  recovery: %s\n", s.Recovery)
+		}
+	}
 }
 
 func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
@@ -38,6 +75,15 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
 	}
 	c, err := t.client()
 	if err != nil {
+		// Without a Consul leader there is no KV to read: what each local
+		// machine knows of the lost quorum is the status there is.
+		if q := localQuorum(t); len(q) > 0 {
+			if *asJSON {
+				return writeJSON(out, statusView{Quorum: q})
+			}
+			printQuorum(out, q)
+			return errors.New("no Consul leader: the cluster lost quorum")
+		}
 		return err
 	}
 	v := statusView{Leader: reconcile.LeaderOf(c.KV())}
