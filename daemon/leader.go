@@ -82,13 +82,11 @@ func (a *Agent) lead(ctx context.Context, lost <-chan struct{}) {
 	// A KV that lost its state (a fresh Consul after recovery) is re-seeded
 	// from this node's mirror before anything is planned: planning on an
 	// empty inventory would take every machine for an orphan.
-	for !a.reseed(lctx) {
+	for lctx.Err() == nil && !a.reseed(lctx) {
 		select {
 		case <-lctx.Done():
 		case <-time.After(500 * time.Millisecond):
-			continue
 		}
-		break
 	}
 	a.setLeading(true)
 	a.Log.Info("became leader")

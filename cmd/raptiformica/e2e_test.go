@@ -581,15 +581,7 @@ func TestPlatformChanges(t *testing.T) {
 }
 
 func agentStatus(n provision.NodeConfig) (daemon.AgentStatus, error) {
-	var st daemon.AgentStatus
-	cl := http.Client{Timeout: 2 * time.Second}
-	resp, err := cl.Get(fmt.Sprintf("http://%s:%d/v1/status", n.BindAddr, n.HTTPPort))
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	err = json.NewDecoder(resp.Body).Decode(&st)
-	return st, err
+	return nodeStatus(local.Machine{Config: n})
 }
 
 func contains(list []string, s string) bool {
