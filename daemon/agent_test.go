@@ -139,6 +139,12 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 		t.Errorf("mirror after a rejected description: got %q err=%v", mirror, err)
 	}
 
+	// A new cluster's inventory is mirrored at epoch 0.
+	waitFor(t, 10*time.Second, "the inventory is mirrored", func() bool {
+		v := a.mirroredInventoryVersion()
+		return v.Epoch == 0 && v.Index > 0 && a.loadMirroredInventory()["server-daemon"].ID != ""
+	})
+
 	// An empty KV (the cluster's state lost) is re-seeded from the mirror.
 	if _, err := kv.DeleteTree(reconcile.Prefix, nil); err != nil {
 		t.Fatal(err)
@@ -150,6 +156,9 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 		}
 		_, found, err := a.inventory.Get(context.Background(), "server-daemon")
 		return err == nil && found
+	})
+	waitFor(t, 10*time.Second, "the re-seeded inventory is mirrored at epoch 1", func() bool {
+		return a.mirroredInventoryVersion().Epoch == 1
 	})
 
 	// A new valid description is taken up and mirrored.
@@ -186,6 +195,42 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(a.mirrorDir(), "platform")); string(b) != v4 || a.mirroredVersion() != 2 {
 		t.Errorf("an older version replaced the mirror: version %d\n%s", a.mirroredVersion(), b)
 	}
+	if got := testutil.ToFloat64(a.metrics.MirrorKeptNewer.WithLabelValues("platform")); got != 1 {
+		t.Errorf("mirror_kept_newer_total{what=platform}: got %v want 1", got)
+	}
+
+	// The inventory likewise: a change in a KV of an older epoch is not
+	// mirrored; the next change in the current epoch is.
+	touch := func(reason string) {
+		t.Helper()
+		rec, _, err := a.inventory.Get(context.Background(), "server-daemon")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.Reason = reason
+		if _, err := a.inventory.Put(context.Background(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setEpoch := func(e string) {
+		t.Helper()
+		if _, err := kv.Put(&api.KVPair{Key: reconcile.KeyEpoch, Value: []byte(e)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setEpoch("0")
+	touch("from an older history")
+	waitFor(t, 10*time.Second, "the older inventory is refused", func() bool {
+		return testutil.ToFloat64(a.metrics.MirrorKeptNewer.WithLabelValues("inventory")) == 1
+	})
+	if got := a.loadMirroredInventory()["server-daemon"].Reason; got != "" || a.mirroredInventoryVersion().Epoch != 1 {
+		t.Errorf("an older inventory replaced the mirror: reason %q, version %v", got, a.mirroredInventoryVersion())
+	}
+	setEpoch("1")
+	touch("current")
+	waitFor(t, 10*time.Second, "the current inventory is mirrored", func() bool {
+		return a.loadMirroredInventory()["server-daemon"].Reason == "current"
+	})
 
 	// SIGTERM's path: the agent stops, and its Consul with it.
 	stop()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -40,6 +41,49 @@ func (a *Agent) loadMirroredInventory() map[string]reconcile.Record {
 		_ = json.Unmarshal(b, &recs)
 	}
 	return recs
+}
+
+// inventoryVersion orders copies of the inventory: the KV's epoch, then the
+// Raft index the copy was read at.
+type inventoryVersion struct {
+	Epoch, Index uint64
+}
+
+func (v inventoryVersion) less(w inventoryVersion) bool {
+	return v.Epoch < w.Epoch || v.Epoch == w.Epoch && v.Index < w.Index
+}
+
+func (v inventoryVersion) String() string {
+	return fmt.Sprintf("%d.%d", v.Epoch, v.Index)
+}
+
+// mirroredInventoryVersion is the version of the mirrored inventory, zero
+// when it has none.
+func (a *Agent) mirroredInventoryVersion() inventoryVersion {
+	var v inventoryVersion
+	b, err := os.ReadFile(filepath.Join(a.mirrorDir(), "inventory.version"))
+	if err == nil {
+		_, _ = fmt.Sscanf(string(b), "%d %d", &v.Epoch, &v.Index)
+	}
+	return v
+}
+
+// writeInventoryMirror keeps an inventory and its version on disk; like
+// writeMirror, the records go first.
+func (a *Agent) writeInventoryMirror(b []byte, v inventoryVersion) error {
+	if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "inventory.json"), b, 0o600); err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "inventory.version"), []byte(fmt.Sprintf("%d %d\n", v.Epoch, v.Index)), 0o600)
+}
+
+// kvEpoch reads the KV's epoch, 0 when it has none.
+func (a *Agent) kvEpoch(ctx context.Context) (uint64, error) {
+	pair, _, err := a.consul.KV().Get(reconcile.KeyEpoch, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || pair == nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(pair.Value)), 10, 64)
 }
 
 // mirroredVersion is the version of the mirrored description, 0 when it
@@ -123,6 +167,7 @@ func (a *Agent) applyKV(pair *api.KVPair) {
 	// written into KV by other means has none and is taken as the newest.
 	if mine := a.mirroredVersion(); pair.Flags != 0 && pair.Flags < mine {
 		a.Log.Warn("KV holds an older description than this node's mirror; keeping the mirror", "kv_version", pair.Flags, "mirror_version", mine)
+		a.metrics.MirrorKeptNewer.WithLabelValues("platform").Inc()
 	} else {
 		a.writeMirror(p.Source, pair.Flags)
 	}
@@ -173,6 +218,16 @@ func (a *Agent) reseed(ctx context.Context) bool {
 		return false
 	}
 	if len(recs) == 0 {
+		// A new history starts here: its epoch is one past the mirror's,
+		// so every node's mirror takes what follows as newer than what it
+		// holds, though a fresh Consul counts its indexes from 1 again.
+		// Written only when missing: a reseed cut short and run again
+		// belongs to the same epoch.
+		epoch := a.mirroredInventoryVersion().Epoch + 1
+		if _, _, err := a.consul.KV().CAS(&api.KVPair{Key: reconcile.KeyEpoch, Value: []byte(strconv.FormatUint(epoch, 10))}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+			a.Log.Warn("re-seed epoch", telemetry.KeyError, err)
+			return false
+		}
 		for _, r := range a.loadMirroredInventory() {
 			r.Index = 0
 			if _, err := a.inventory.Put(ctx, r); err != nil && !errors.Is(err, reconcile.ErrConflict) {
@@ -190,7 +245,10 @@ func (a *Agent) reseed(ctx context.Context) bool {
 	return err == nil
 }
 
-// watchInventory mirrors the inventory to disk on every change.
+// watchInventory mirrors the inventory to disk on every change, unless the
+// mirror already holds a newer version: a KV from an older history (a
+// cluster re-created from a staler copy than this node's) is run but never
+// replaces what this node knows.
 func (a *Agent) watchInventory(ctx context.Context) {
 	var last []byte
 	query := func(q *api.QueryOptions) (uint64, bool, error) {
@@ -204,13 +262,26 @@ func (a *Agent) watchInventory(ctx context.Context) {
 			return index, false, nil
 		}
 		b, _ := json.MarshalIndent(recs, "", "  ")
-		if bytes.Equal(b, last) {
+		epoch, err := a.kvEpoch(ctx)
+		if err != nil {
+			return 0, false, err
+		}
+		v, mine := inventoryVersion{Epoch: epoch, Index: index}, a.mirroredInventoryVersion()
+		// The same records in a new epoch (a re-seed) still move the
+		// mirror's version forward.
+		if bytes.Equal(b, last) && v.Epoch == mine.Epoch {
+			return index, false, nil
+		}
+		if v.less(mine) {
+			a.Log.Warn("KV holds an older inventory than this node's mirror; keeping the mirror", "kv_version", v, "mirror_version", mine)
+			a.metrics.MirrorKeptNewer.WithLabelValues("inventory").Inc()
+			return index, false, nil
+		}
+		if err := a.writeInventoryMirror(b, v); err != nil {
+			a.Log.Error("mirror inventory", telemetry.KeyError, err)
 			return index, false, nil
 		}
 		last = b
-		if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "inventory.json"), b, 0o600); err != nil {
-			a.Log.Error("mirror inventory", telemetry.KeyError, err)
-		}
 		return index, true, nil
 	}
 	_ = watch.Loop(ctx, 5*time.Minute, query, func() {}, func(err error) {

@@ -23,6 +23,11 @@ const (
 	KeyGossip = Prefix + "gossip-key"
 	// KeyStatus holds the leader's last published Status.
 	KeyStatus = Prefix + "status"
+	// KeyEpoch counts the times the cluster's KV was re-created from a
+	// node's on-disk mirror. Raft indexes restart with a fresh Consul, so
+	// the epoch is what orders copies of the inventory across those
+	// restarts.
+	KeyEpoch = Prefix + "epoch"
 )
 
 // ErrConflict means a check-and-set lost: someone else changed the record.

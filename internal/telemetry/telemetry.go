@@ -49,6 +49,9 @@ type Metrics struct {
 	LeaderChanges       prometheus.Counter
 	PlatformValid       prometheus.Gauge
 	PlatformRejected    prometheus.Counter
+	MirrorKeptNewer     *prometheus.CounterVec
+	ConsulVoters        prometheus.Gauge
+	FailureTolerance    prometheus.Gauge
 	ConsulRestarts      prometheus.Counter
 	ConsulLeaderless    prometheus.Gauge
 	QuorumLost          prometheus.Gauge
@@ -100,6 +103,12 @@ func New() *Metrics {
 			Help: "1 when the description in KV is valid; 0 when it was rejected and the last good one is in use."}),
 		PlatformRejected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "platform_rejected_total",
 			Help: "Descriptions read from KV and rejected as invalid."}),
+		MirrorKeptNewer: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "mirror_kept_newer_total",
+			Help: "Times KV held an older copy than this node's on-disk mirror, which was kept; by what (platform, inventory)."}, []string{"what"}),
+		ConsulVoters: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consul_voters",
+			Help: "Consul servers with a vote in Raft, as the leader sees them; leader only."}),
+		FailureTolerance: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consul_failure_tolerance",
+			Help: "Consul servers that may fail before quorum is lost, as Consul's autopilot reports; leader only."}),
 		ConsulLeaderless: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consul_leaderless_seconds",
 			Help: "How long this node's Consul has had no Raft leader; 0 while it has one."}),
 		QuorumLost: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "quorum_lost",
@@ -112,11 +121,28 @@ func New() *Metrics {
 		m.MachinesDesired, m.MachinesMax, m.MachinesLive, m.MachinesPending, m.MachinesFailed,
 		m.BackendUp, m.BackendErrors, m.BackendBackoff, m.BackendCallDuration, m.HookRuns,
 		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
-		m.ConsulLeaderless, m.QuorumLost,
+		m.ConsulLeaderless, m.QuorumLost, m.MirrorKeptNewer,
+		m.ConsulVoters, m.FailureTolerance,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	for _, r := range []string{"success", "error"} {
 		m.ReconcileTotal.WithLabelValues(r)
 	}
+	for _, w := range []string{"platform", "inventory"} {
+		m.MirrorKeptNewer.WithLabelValues(w)
+	}
 	return m
+}
+
+// ForgetLeaderView drops what only the leader knows (the machines per type,
+// backend health, halts, Consul's fault tolerance) when this node stops
+// leading, so that a scrape shows the current leader's view and no stale
+// copy of a former one's.
+func (m *Metrics) ForgetLeaderView() {
+	for _, v := range []*prometheus.GaugeVec{m.MachinesDesired, m.MachinesMax, m.MachinesLive, m.MachinesPending, m.MachinesFailed, m.BackendUp, m.BackendBackoff} {
+		v.Reset()
+	}
+	m.Halted.Set(0)
+	m.ConsulVoters.Set(0)
+	m.FailureTolerance.Set(0)
 }
