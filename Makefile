@@ -32,8 +32,11 @@ vet:
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: the files above need formatting"; exit 1; }
 	$(GO) vet ./...
 
+# The tools the tests check our files with are pinned and built once into
+# the cache, like Consul: Prometheus and promtool.
 test: vet
-	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" $(GO) test -race -count=1 -timeout 30m ./...
+	@consul="$$(scripts/consul.sh)" && prom="$$(scripts/prometheus.sh)" && \
+		PATH="$$prom:$$PATH" RAPTIFORMICA_CONSUL="$$consul" $(GO) test -race -count=1 -timeout 30m ./...
 
 # Unit tests only: no Consul, no processes.
 test-short:

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -43,6 +45,45 @@ type consulConfig struct {
 	Autopilot          map[string]any    `json:"autopilot,omitempty"`
 	Performance        map[string]any    `json:"performance,omitempty"`
 	GossipLAN          map[string]any    `json:"gossip_lan,omitempty"`
+	Services           []consulService   `json:"services,omitempty"`
+}
+
+// consulService is a service Consul registers from its own config, so that
+// it is back after every restart of Consul, a fresh one included.
+type consulService struct {
+	ID      string            `json:"id"`
+	Name    string            `json:"name"`
+	Address string            `json:"address"`
+	Port    int               `json:"port"`
+	Tags    []string          `json:"tags"`
+	Meta    map[string]string `json:"meta"`
+	Checks  []consulCheck     `json:"checks"`
+}
+
+type consulCheck struct {
+	ID       string `json:"id"`
+	Name     string `json:"name"`
+	HTTP     string `json:"http"`
+	Interval string `json:"interval"`
+	Timeout  string `json:"timeout"`
+}
+
+// ServiceName is the Consul service every agent registers with its HTTP
+// port: Prometheus finds the agents' /metrics through it.
+const ServiceName = "raptiformica"
+
+// agentService is the node's agent as a Consul service: its metrics port,
+// and a check on /healthz.
+func agentService(c provision.NodeConfig) consulService {
+	return consulService{
+		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPPort,
+		Tags: []string{c.MachineType},
+		Meta: map[string]string{"machine_id": c.MachineID, "machine_type": c.MachineType, "cluster": c.Cluster, "backend": c.Backend},
+		Checks: []consulCheck{{
+			ID: ServiceName + "-healthz", Name: "raptiformica agent /healthz",
+			HTTP: fmt.Sprintf("http://%s/healthz", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPPort))), Interval: "10s", Timeout: "2s",
+		}},
+	}
 }
 
 // consulConfigFor builds the Consul configuration of a node. peers are the
@@ -84,6 +125,7 @@ func consulConfigFor(c provision.NodeConfig, peers []string) consulConfig {
 		// Our agent decides when to leave (a graceful stop leaves; a
 		// crash does not), not Consul's signal handling.
 		LeaveOnTerminate: false,
+		Services:         []consulService{agentService(c)},
 	}
 	if c.ConsulServer {
 		cc.Autopilot = map[string]any{"cleanup_dead_servers": true, "server_stabilization_time": "2s", "last_contact_threshold": "1s"}

@@ -97,7 +97,11 @@ func (a *Agent) lead(ctx context.Context, lost <-chan struct{}) {
 		Clock: a.Clock, Log: a.Log.Named("reconcile"), Metrics: a.metrics,
 		Wake: a.wake, Publish: a.publish,
 	}
+	autopilotDone := make(chan struct{})
+	go func() { defer close(autopilotDone); a.watchAutopilot(lctx) }()
 	_ = r.Run(lctx)
+	cancel()
+	<-autopilotDone // it must not set a gauge after they are forgotten
 	a.setLeading(false)
 	if ctx.Err() == nil {
 		a.Log.Warn("lost leadership")
@@ -113,6 +117,30 @@ func (a *Agent) setLeading(on bool) {
 		a.metrics.IsLeader.Set(1)
 	} else {
 		a.metrics.IsLeader.Set(0)
+		a.metrics.ForgetLeaderView()
+	}
+}
+
+// watchAutopilot exports how many Consul servers may still fail, so that an
+// alert can say quorum is at risk before it is lost. Only the leader asks:
+// every server would give the same answer.
+func (a *Agent) watchAutopilot(ctx context.Context) {
+	for {
+		if h, err := a.consul.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx)); err == nil {
+			voters := 0
+			for _, s := range h.Servers {
+				if s.Voter {
+					voters++
+				}
+			}
+			a.metrics.ConsulVoters.Set(float64(voters))
+			a.metrics.FailureTolerance.Set(float64(h.FailureTolerance))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
 	}
 }
 

@@ -43,6 +43,7 @@ type Executor struct {
 	backoff   map[string]time.Time // backend -> not before; guarded by mu
 	lastErr   map[string]string    // backend -> its last failure; guarded by mu
 	lastSpawn map[string]time.Time // machine type -> last spawn; guarded by mu
+	recent    []Outcome            // newest last, at most recentOutcomes; guarded by mu
 	wg        sync.WaitGroup
 }
 
@@ -127,20 +128,54 @@ func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[strin
 			err = fmt.Errorf("unknown action kind %q", a.Kind)
 		}
 		if err != nil {
-			e.count(a.Kind, "error")
+			e.finish(a, err)
 			log.Error("action failed", telemetry.KeyError, err)
 			errs = append(errs, fmt.Errorf("%s %s: %w", a.Kind, a.MachineID, err))
 		} else if a.Kind == KindMarkJoined || a.Kind == KindMarkFailed {
-			e.count(a.Kind, "success")
+			e.finish(a, nil)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (e *Executor) count(k Kind, result string) {
-	if e.Metrics != nil {
-		e.Metrics.Actions.WithLabelValues(string(k), result).Inc()
+// recentOutcomes is how many finished actions the executor remembers for
+// status: enough to see what the last replacements did.
+const recentOutcomes = 20
+
+// Outcome is a finished action and how it ended.
+type Outcome struct {
+	Action
+	Result string    `json:"result"` // success or error
+	Error  string    `json:"error,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// finish counts a finished action and keeps it among the recent outcomes.
+func (e *Executor) finish(a Action, err error) {
+	o := Outcome{Action: a, Result: "success", At: e.Clock.Now()}
+	if err != nil {
+		o.Result, o.Error = "error", err.Error()
 	}
+	if e.Metrics != nil {
+		e.Metrics.Actions.WithLabelValues(string(a.Kind), o.Result).Inc()
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.recent = append(e.recent, o)
+	if n := len(e.recent) - recentOutcomes; n > 0 {
+		e.recent = append(e.recent[:0:0], e.recent[n:]...)
+	}
+}
+
+// Recent lists the last finished actions, newest first, for status.
+func (e *Executor) Recent() []Outcome {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Outcome, len(e.recent))
+	for i, o := range e.recent {
+		out[len(out)-1-i] = o
+	}
+	return out
 }
 
 func (e *Executor) mark(ctx context.Context, r Record, s State, reason string) error {
@@ -220,7 +255,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 		}
 		if err != nil {
 			e.backendFailed(a.Backend, p, err)
-			e.count(KindSpawn, "error")
+			e.finish(a, err)
 			log.Error("spawn failed", telemetry.KeyError, err)
 			rec.State, rec.Updated, rec.Reason = StateDestroying, e.Clock.Now(), "spawn failed: "+err.Error()
 			if _, perr := e.Inventory.Put(ctx, rec); perr != nil {
@@ -234,7 +269,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 			log.Error("record spawned machine", telemetry.KeyError, err)
 			return
 		}
-		e.count(KindSpawn, "success")
+		e.finish(a, nil)
 		log.Info("machine spawned", telemetry.KeyAddress, inst.Address)
 		e.Hooks.Fire(ctx, p, "after_spawn", a)
 	})
@@ -274,7 +309,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			e.observeCall(a.Backend, "destroy", begin)
 			if err != nil {
 				e.backendFailed(a.Backend, p, err)
-				e.count(a.Kind, "error")
+				e.finish(a, err)
 				log.Error("destroy failed", telemetry.KeyError, err)
 				return
 			}
@@ -288,12 +323,12 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		}
 		if hasRecord {
 			if err := e.Inventory.Delete(ctx, rec); err != nil {
-				e.count(a.Kind, "error")
+				e.finish(a, err)
 				log.Error("delete record", telemetry.KeyError, err)
 				return
 			}
 		}
-		e.count(a.Kind, "success")
+		e.finish(a, nil)
 		log.Info("machine removed", telemetry.KeyReason, a.Reason)
 		event := "after_destroy"
 		if a.Kind == KindReap {

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -158,6 +159,9 @@ func TestExecutorWritesIntentBeforeSpawning(t *testing.T) {
 	if got := testutil.ToFloat64(ex.Metrics.Actions.WithLabelValues("spawn", "success")); got != 2 {
 		t.Errorf("actions_total{spawn,success}: got %v want 2", got)
 	}
+	if rec := ex.Recent(); len(rec) != 2 || rec[0].Result != "success" || rec[1].Result != "success" || rec[0].MachineID == rec[1].MachineID {
+		t.Errorf("recent outcomes after two spawns: got %+v", rec)
+	}
 }
 
 func TestExecutorFailedSpawnIsRecordedAndBacksOff(t *testing.T) {
@@ -186,6 +190,9 @@ func TestExecutorFailedSpawnIsRecordedAndBacksOff(t *testing.T) {
 	}
 	if got := obs.BackendFailures["local"]; got != "engine refused: no such image" {
 		t.Errorf("backend's last failure: got %q", got)
+	}
+	if rec := ex.Recent(); len(rec) != 1 || rec[0].Kind != KindSpawn || rec[0].Result != "error" || !strings.Contains(rec[0].Error, "no such image") || rec[0].MachineID == "" {
+		t.Errorf("recent outcomes after a failed spawn: got %+v", rec)
 	}
 	// The planner finishes the removal: no half-made machine stays recorded.
 	obs.Records = recs

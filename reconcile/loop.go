@@ -30,6 +30,7 @@ type Status struct {
 	Types         map[string]TypeStatus `json:"types"`
 	Planned       []Action              `json:"planned"`
 	InFlight      []Action              `json:"in_flight"`
+	Recent        []Outcome             `json:"recent,omitempty"`
 	Halted        string                `json:"halted,omitempty"`
 	Waiting       []string              `json:"waiting,omitempty"`
 	BackendErrors map[string]string     `json:"backend_errors,omitempty"`
@@ -234,6 +235,7 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 	}
 	st.Types, st.Planned, st.Halted, st.Waiting, st.BackendErrors = d.Types, d.Actions, d.Halted, d.Waiting, obs.BackendErrors
 	st.InFlight = r.Executor.InFlight()
+	st.Recent = r.Executor.Recent()
 	st.Duration = time.Since(begin).Round(time.Microsecond).String()
 	result := "success"
 	if err != nil {
