@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"syscall"
@@ -665,6 +666,24 @@ func TestQuorumLossAndRecover(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if !strings.Contains(string(body), "raptiformica_quorum_lost 1") {
 		t.Errorf("metrics do not say raptiformica_quorum_lost 1")
+	}
+	// So does the status page, at once (no KV read to hang on), with the
+	// failed servers.
+	begin := time.Now()
+	resp, err = http.Get(fmt.Sprintf("http://%s:%d/", node.BindAddr, node.HTTPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ = io.ReadAll(resp.Body)
+	page := pageText(string(body))
+	if !strings.Contains(page, "Consul has lost quorum") || time.Since(begin) > 3*time.Second {
+		t.Errorf("status page during lost quorum (in %s): %s", time.Since(begin), page)
+	}
+	for _, id := range dead {
+		if !regexp.MustCompile(regexp.QuoteMeta(id) + ` [0-9.]+ failed server`).MatchString(page) {
+			t.Errorf("status page does not show %s as a failed server: %s", id, page)
+		}
 	}
 
 	// status says so too, from the survivor, with the dead servers.

@@ -1,0 +1,141 @@
+package daemon
+
+import (
+	"context"
+	_ "embed"
+	"html/template"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+//go:embed page.html.tmpl
+var pageSource string
+
+// pageTemplate is the status page. It is one self-contained document (no
+// script, no external asset) so it works offline and in any browser; it
+// reloads itself every few seconds.
+var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
+	"ago": func(now, t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return now.Sub(t).Round(time.Second).String() + " ago"
+	},
+	"join": strings.Join,
+}).Parse(pageSource))
+
+// pageMember is one row of the members table: the inventory's record beside
+// what Consul's gossip says of the machine.
+type pageMember struct {
+	ID, Type, Backend, Address, State, Health, Role, Reason string
+	Leader                                                  bool
+}
+
+// pageData is what the status page shows.
+type pageData struct {
+	Now     time.Time
+	Self    AgentStatus
+	Members []pageMember
+	// Problems says why anything is blocked, in plain words.
+	Problems []string
+	Types    []pageType
+	// MembersError is set when the members could not be read.
+	MembersError string
+}
+
+type pageType struct {
+	Name string
+	reconcile.TypeStatus
+	Short bool // fewer live than min
+}
+
+// pageView gathers the page's data from this node's status, the inventory
+// and Consul's members. While quorum is lost only what this node knows is
+// shown: KV reads would hang.
+func (a *Agent) pageView(ctx context.Context) pageData {
+	d := pageData{Now: a.Clock.Now(), Self: a.status()}
+	if q := d.Self.Quorum; q != nil {
+		if q.Lost {
+			d.Problems = append(d.Problems, "Consul has lost quorum: no leader since "+q.LeaderlessSince.Format(time.RFC3339)+". "+q.Recovery)
+		} else {
+			d.Problems = append(d.Problems, "Consul has no leader since "+q.LeaderlessSince.Format(time.RFC3339)+" (waiting before calling quorum lost)")
+		}
+	}
+	if d.Self.PlatformError != "" {
+		d.Problems = append(d.Problems, "The description in KV was rejected; every node runs its last good one: "+d.Self.PlatformError)
+	}
+	if st := d.Self.Reconcile; st != nil {
+		if st.Halted != "" {
+			d.Problems = append(d.Problems, "Replacement halted: "+st.Halted)
+		}
+		d.Problems = append(d.Problems, st.Waiting...)
+		for _, b := range slices.Sorted(maps.Keys(st.BackendErrors)) {
+			d.Problems = append(d.Problems, "Backend "+b+": "+st.BackendErrors[b])
+		}
+		if st.LastError != "" {
+			d.Problems = append(d.Problems, "Last reconcile pass failed: "+st.LastError)
+		}
+		for _, name := range slices.Sorted(maps.Keys(st.Types)) {
+			ts := st.Types[name]
+			d.Types = append(d.Types, pageType{Name: name, TypeStatus: ts, Short: ts.Live < ts.Min})
+		}
+	}
+	if q := d.Self.Quorum; q != nil {
+		for _, s := range q.Servers {
+			d.Members = append(d.Members, pageMember{ID: s.Name, Address: s.Address, Health: string(s.Status), Role: "server"})
+		}
+		return d
+	}
+	recs, _, err := a.inventory.List(ctx, nil)
+	if err != nil {
+		d.MembersError = err.Error()
+		return d
+	}
+	members, err := a.consul.Agent().Members(false)
+	if err != nil {
+		d.MembersError = err.Error()
+		return d
+	}
+	health := map[string]string{}
+	role := map[string]string{}
+	for _, m := range members {
+		health[m.Name] = string(reconcile.SerfStatus(m.Status))
+		role[m.Name] = "client"
+		if m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
+			role[m.Name] = "server"
+		}
+		if _, ok := recs[m.Name]; !ok {
+			// A member without a record: joined by hand, or its record
+			// is being written.
+			d.Members = append(d.Members, pageMember{ID: m.Name, Address: m.Addr, Health: health[m.Name], Role: role[m.Name], State: "no record"})
+		}
+	}
+	for _, r := range recs {
+		h := health[r.ID]
+		if h == "" {
+			h = "not a member"
+		}
+		d.Members = append(d.Members, pageMember{
+			ID: r.ID, Type: r.Type, Backend: r.Backend, Address: r.Address, State: string(r.State),
+			Health: h, Role: role[r.ID], Reason: r.Reason, Leader: r.ID == d.Self.Leader,
+		})
+	}
+	slices.SortFunc(d.Members, func(x, y pageMember) int { return strings.Compare(x.ID, y.ID) })
+	return d
+}
+
+func (a *Agent) servePage(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := pageTemplate.Execute(w, a.pageView(ctx)); err != nil {
+		a.Log.Warn("status page", "error", err)
+	}
+}
