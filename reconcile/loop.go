@@ -267,6 +267,8 @@ func (r *Reconciler) record(p *rules.Platform, d Decision, obs Observed, now tim
 	r.Metrics.BackendBackoff.Reset()
 	for name := range p.Backends {
 		r.Metrics.BackendBackoff.WithLabelValues(name).Set(max(0, obs.BackoffUntil[name].Sub(now).Seconds()))
+		// A counter that exists from 0 lets increase() see its first error.
+		r.Metrics.BackendErrors.WithLabelValues(name)
 	}
 	halted := 0.0
 	if d.Halted != "" {

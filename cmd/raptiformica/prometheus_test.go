@@ -130,6 +130,13 @@ func TestPrometheusScrapesCluster(t *testing.T) {
 	}
 	waitUntil(t, 90*time.Second, "Prometheus sees 3 agents, one leader, 3 of 3 servers", func() bool { return agree(v.leader) })
 
+	// Every query of the Grafana dashboard is valid and finds series in
+	// the live cluster: it names only metrics that exist.
+	for _, e := range dashboardExprs(t) {
+		expr := strings.ReplaceAll(e, "$cluster", "e2e")
+		waitUntil(t, 30*time.Second, "the dashboard query finds series: "+expr, func() bool { return len(q(expr)) > 0 })
+	}
+
 	// The leader dies: Prometheus sees one leader again, the new one, and
 	// no stale copy of the old one's view.
 	old := v.leader
@@ -198,4 +205,32 @@ func waitUntil(t *testing.T, timeout time.Duration, what string, ok func() bool)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// dashboardExprs are the queries of the shipped Grafana dashboard.
+func dashboardExprs(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("../../deploy/grafana/raptiformica.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatalf("deploy/grafana/raptiformica.json: %v", err)
+	}
+	var out []string
+	for _, p := range d.Panels {
+		if len(p.Targets) == 0 {
+			t.Errorf("dashboard panel %q has no query", p.Title)
+		}
+		for _, tg := range p.Targets {
+			out = append(out, tg.Expr)
+		}
+	}
+	return out
 }
