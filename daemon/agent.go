@@ -118,7 +118,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", c.BindAddr, c.HTTPPort))
 	if err != nil {
-		return fmt.Errorf("agent http: %w", err)
+		return fmt.Errorf("node config http_port %d on bind_addr %s: %w (another agent or program holds it; set http_port)", c.HTTPPort, c.BindAddr, err)
 	}
 	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
 
@@ -145,6 +145,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		goRun(a.watchInventory)
 		goRun(a.campaign)
 		goRun(a.watchQuorum)
+		goRun(a.watchdog)
 	})
 
 	<-ctx.Done()

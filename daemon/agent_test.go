@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -342,14 +343,34 @@ func TestAgentNotifiesSystemd(t *testing.T) {
 	}
 	defer conn.Close()
 	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "400000")
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 	_, stop := startAgent(t)
-	got := readNotify(t, conn)
-	if got != "READY=1" {
-		t.Errorf("first notification: got %q want READY=1", got)
+	// READY once, and watchdog pings while the node runs; the two may
+	// interleave, so count them over the next pings.
+	var ready, pings int
+	for ready == 0 || pings < 3 {
+		switch got := readNotify(t, conn); got {
+		case "READY=1":
+			ready++
+		case "WATCHDOG=1":
+			pings++
+		default:
+			t.Fatalf("unexpected notification %q", got)
+		}
+	}
+	if ready != 1 {
+		t.Errorf("READY=1 sent %d times, want once", ready)
 	}
 	stop()
-	if got := readNotify(t, conn); got != "STOPPING=1" {
-		t.Errorf("notification at stop: got %q want STOPPING=1", got)
+	for {
+		got := readNotify(t, conn)
+		if got == "STOPPING=1" {
+			break
+		}
+		if got != "WATCHDOG=1" {
+			t.Fatalf("notification at stop: got %q want STOPPING=1", got)
+		}
 	}
 }
 
@@ -362,4 +383,32 @@ func readNotify(t *testing.T, conn *net.UnixConn) string {
 		t.Fatalf("no notification: %v", err)
 	}
 	return string(buf[:n])
+}
+
+func TestAgentRefusesBusyHTTPPort(t *testing.T) {
+	addr := testconsul.FreeIP()
+	ln, err := net.Listen("tcp", addr+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	dir := t.TempDir()
+	cfg := provision.NodeConfig{
+		MachineID: "busy", MachineType: "server", Cluster: "daemon-test", Backend: "local",
+		ClusterDir: dir, DataDir: filepath.Join(dir, "data"), BindAddr: addr, HTTPPort: port,
+		ConsulBinary: "/nonexistent/consul", ConsulServer: true, Bootstrap: true, Platform: onePlatform,
+	}.WithDefaults()
+	a := &Agent{Config: cfg, Registry: builtin.Registry(), Binary: "/nonexistent", Log: hclog.NewNullLogger()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = a.Run(ctx)
+	want := fmt.Sprintf("node config http_port %d on bind_addr %s: ", port, addr)
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Run with a busy http_port: got %v, want an error naming %q", err, want)
+	}
+	// Nothing was started: no Consul folder was made.
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, "consul")); !os.IsNotExist(err) {
+		t.Errorf("consul data folder exists after a refused start (err=%v)", err)
+	}
 }

@@ -1,8 +1,11 @@
 package daemon
 
 import (
+	"context"
 	"net"
 	"os"
+	"strconv"
+	"time"
 )
 
 // notify sends a state line to systemd when the agent runs under it as a
@@ -23,4 +26,40 @@ func notify(state string) {
 	}
 	defer conn.Close()
 	_, _ = conn.Write([]byte(state))
+}
+
+// watchdogInterval is how often systemd expects WATCHDOG=1 (WatchdogSec=),
+// 0 when it expects none or expects it from another process.
+func watchdogInterval() time.Duration {
+	usec, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	if err != nil || usec <= 0 {
+		return 0
+	}
+	if pid := os.Getenv("WATCHDOG_PID"); pid != "" && pid != strconv.Itoa(os.Getpid()) {
+		return 0
+	}
+	return time.Duration(usec) * time.Microsecond
+}
+
+// watchdog pings systemd at half its interval while this node's Consul
+// answers. A Consul without a leader still answers (that is lost quorum, which
+// a restart would not mend); a hung Consul or agent does not, and systemd
+// restarts the service.
+func (a *Agent) watchdog(ctx context.Context) {
+	every := watchdogInterval() / 2
+	if every <= 0 {
+		return
+	}
+	for {
+		if _, err := a.consul.Status().Leader(); err == nil {
+			notify("WATCHDOG=1")
+		} else {
+			a.Log.Warn("not pinging the systemd watchdog: consul does not answer", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
 }

@@ -6,6 +6,7 @@
 package provision
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 )
@@ -108,8 +110,26 @@ func ReadConfig(name string) (NodeConfig, error) {
 	if err != nil {
 		return c, fmt.Errorf("read node config: %w", err)
 	}
-	if err := json.Unmarshal(b, &c); err != nil {
-		return c, fmt.Errorf("node config %s: %w", name, err)
+	// Unknown fields are refused: a misspelt setting would otherwise be
+	// dropped silently and the agent would start without it.
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		off := dec.InputOffset()
+		var syn *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		if errors.As(err, &syn) {
+			off = syn.Offset
+		} else if errors.As(err, &typ) {
+			off = typ.Offset
+		} else if field, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			// The decoder reports it after the whole object: point at
+			// the field itself.
+			if i := bytes.Index(b, []byte(field)); i >= 0 {
+				off = int64(i)
+			}
+		}
+		return c, fmt.Errorf("node config %s:%d: %w", name, 1+bytes.Count(b[:min(int(off), len(b))], []byte("\n")), err)
 	}
 	if err := c.Validate(); err != nil {
 		return c, fmt.Errorf("node config %s: %w", name, err)
