@@ -3,6 +3,7 @@
 #   make test   every test: unit, integration (real Consul), end-to-end
 #   make bench  benchmarks and measured scripts that print figures
 #   make down   stop the local virtual data center
+#   make package  .deb and .rpm in dist/ (agent, pinned Consul, systemd unit)
 
 SHELL := /bin/bash
 GO ?= go
@@ -11,7 +12,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # The pinned Consul, built once into the cache (see scripts/consul.sh).
 CONSUL = $(shell scripts/consul.sh)
 
-.PHONY: all build consul up down test test-short vet bench soak clean
+.PHONY: all build consul up down test test-short vet bench soak clean package
 
 all: build
 
@@ -46,5 +47,17 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./reconcile/
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/heal.sh
 
+# Package versions must sort and start with a digit; until releases are
+# tagged, the commit names the build.
+PKG_VERSION ?= 0.1.0+git$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+package: build
+	@consul="$$(scripts/consul.sh)" && nfpm="$$(scripts/nfpm.sh)" && rm -rf dist && mkdir -p dist/stage && \
+	cp $(BIN) dist/stage/raptiformica && cp "$$consul" dist/stage/consul && \
+	for format in deb rpm; do \
+		PKG_ARCH="$$($(GO) env GOARCH)" PKG_VERSION="$(PKG_VERSION)" \
+			"$$nfpm" package --config packaging/nfpm.yaml --packager $$format --target dist/ || exit 1; \
+	done
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

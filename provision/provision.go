@@ -141,8 +141,14 @@ func ReadConfig(name string) (NodeConfig, error) {
 // Consul is installed.
 const ConsulVersion = "1.22.0"
 
+// PackagedConsul is where the raptiformica package installs the pinned
+// Consul: beside the agent, not on PATH, so it never shadows another Consul.
+const PackagedConsul = "/usr/lib/raptiformica/consul"
+
 // FindConsul returns the Consul binary to use: $RAPTIFORMICA_CONSUL, else the
-// pinned build in the cache (made by scripts/consul.sh), else `consul` on PATH.
+// pinned build in the cache (made by scripts/consul.sh), else the packaged
+// one, else `consul` on PATH.
+
 func FindConsul() (string, error) {
 	if p := os.Getenv("RAPTIFORMICA_CONSUL"); p != "" {
 		if _, err := os.Stat(p); err != nil {
@@ -161,6 +167,9 @@ func FindConsul() (string, error) {
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
+	}
+	if _, err := os.Stat(PackagedConsul); err == nil {
+		return PackagedConsul, nil
 	}
 	if p, err := exec.LookPath("consul"); err == nil {
 		return p, nil
