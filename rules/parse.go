@@ -16,12 +16,12 @@ import (
 
 // Problem is one thing wrong with a description, located in its source.
 type Problem struct {
-	File   string
-	Line   int
-	Column int
+	File   string `json:"file"`
+	Line   int    `json:"line,omitempty"`
+	Column int    `json:"column,omitempty"`
 	// Field is the path of the offending field, such as `machine "web" min`.
-	Field   string
-	Message string
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
 }
 
 func (p Problem) String() string {

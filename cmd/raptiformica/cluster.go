@@ -210,11 +210,11 @@ func (t *target) backends(p *rules.Platform) (map[string]backends.Backend, error
 func parseOpts() rules.Options { return rules.Options{BackendTypes: builtin.Registry().Types()} }
 
 func cmdUp(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	fs := newFlagSet("up")
 	t := addTarget(fs)
 	platformFile := fs.String("platform", "", "platform description (default: 3 Consul servers on the local backend)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to wait for the desired members")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	dir := t.folder()
@@ -434,9 +434,9 @@ func kvPlatform(c *api.Client) (*rules.Platform, error) {
 }
 
 func cmdDown(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("down", flag.ContinueOnError)
+	fs := newFlagSet("down")
 	t := addTarget(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	// The machines' folders go, but their last description stays, so that
@@ -522,10 +522,10 @@ type memberRow struct {
 }
 
 func cmdMembers(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("members", flag.ContinueOnError)
+	fs := newFlagSet("members")
 	t := addTarget(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	c, err := t.client()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -67,10 +66,10 @@ func printQuorum(out io.Writer, q map[string]*daemon.QuorumStatus) {
 }
 
 func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs := newFlagSet("status")
 	t := addTarget(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	c, err := t.client()
@@ -138,10 +137,10 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func cmdPlan(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("plan", flag.ContinueOnError)
+	fs := newFlagSet("plan")
 	t := addTarget(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	c, err := t.client()
@@ -186,9 +185,16 @@ func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("%w: platform validate|apply|get", errUsage)
 	}
 	sub, args := args[0], args[1:]
-	fs := flag.NewFlagSet("platform "+sub, flag.ContinueOnError)
-	t := addTarget(fs)
-	if err := fs.Parse(args); err != nil {
+	fs := newFlagSet("platform " + sub)
+	var t *target
+	if sub != "validate" {
+		t = addTarget(fs) // validate reads a file only
+	}
+	var asJSON *bool
+	if sub != "get" {
+		asJSON = fs.Bool("json", false, "print JSON")
+	}
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	switch sub {
@@ -197,6 +203,24 @@ func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("%w: platform %s FILE", errUsage, sub)
 		}
 		p, err := rules.ParseFile(fs.Arg(0), parseOpts())
+		if sub == "validate" && *asJSON {
+			v := validation{File: fs.Arg(0), Valid: err == nil}
+			var perr *rules.Error
+			if errors.As(err, &perr) {
+				v.Problems = perr.Problems
+			} else if err != nil {
+				v.Problems = []rules.Problem{{File: fs.Arg(0), Message: err.Error()}}
+			} else {
+				v.MachineTypes, v.ConsulServers = len(p.Machines), p.ServerCount()
+			}
+			if werr := writeJSON(out, v); werr != nil {
+				return werr
+			}
+			if err != nil {
+				return errReported
+			}
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -211,6 +235,9 @@ func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
 		version, err := reconcile.PutPlatform(c.KV(), p.Source)
 		if err != nil {
 			return fmt.Errorf("store description: %w", err)
+		}
+		if *asJSON {
+			return writeJSON(out, map[string]any{"file": fs.Arg(0), "version": version})
 		}
 		fmt.Fprintf(out, "applied %s as version %d\n", fs.Arg(0), version)
 		return nil
@@ -232,6 +259,15 @@ func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
 	return fmt.Errorf("%w: unknown subcommand %q (validate, apply, get)", errUsage, sub)
 }
 
+// validation is `platform validate --json`'s answer.
+type validation struct {
+	File          string          `json:"file"`
+	Valid         bool            `json:"valid"`
+	MachineTypes  int             `json:"machine_types,omitempty"`
+	ConsulServers int             `json:"consul_servers,omitempty"`
+	Problems      []rules.Problem `json:"problems,omitempty"`
+}
+
 // executor builds an executor for the CLI's own spawn and destroy.
 func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
 	consul, err := provision.FindConsul()
@@ -246,11 +282,12 @@ func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
 }
 
 func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("spawn", flag.ContinueOnError)
+	fs := newFlagSet("spawn")
 	t := addTarget(fs)
 	typ := fs.String("type", "", "machine type (required)")
 	backend := fs.String("backend", "", "backend (default: the type's first)")
-	if err := fs.Parse(args); err != nil {
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	c, err := t.client()
@@ -298,6 +335,9 @@ func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
 		if r.State != reconcile.StateJoining {
 			return fmt.Errorf("machine %s: %s", id, r.Reason)
 		}
+		if *asJSON {
+			return writeJSON(out, map[string]string{"machine_id": id, "machine_type": *typ, "backend": *backend, "address": r.Address})
+		}
 		fmt.Fprintf(out, "spawned %s (%s on %s at %s); the leader records it as joined once it is alive\n", id, *typ, *backend, r.Address)
 		return nil
 	}
@@ -305,9 +345,9 @@ func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func cmdDestroy(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("destroy", flag.ContinueOnError)
+	fs := newFlagSet("destroy")
 	t := addTarget(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {

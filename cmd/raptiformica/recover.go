@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,12 +21,12 @@ import (
 // restarts its Consul as the only Raft server, keeping its data, and the
 // control loop replaces the servers it gave up.
 func cmdRecover(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("recover", flag.ContinueOnError)
+	fs := newFlagSet("recover")
 	t := addTarget(fs)
 	machine := fs.String("machine", "", "the surviving server to recover on (default: the only one running)")
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
 	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the cluster to be whole again")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	ms, err := local.Machines(t.folder())
