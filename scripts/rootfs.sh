@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # rootfs.sh prints the path of a minimal Debian root filesystem (a tarball)
 # that tests import as a Docker image: a fresh Debian to install packages
-# into, and the base of the SSH test hosts. It is made once with debootstrap
-# from the Debian mirror this machine's apt already uses, and cached.
+# into, and, with its OpenSSH server and sudo, the machines the SSH adoption
+# tests adopt. It is made once with debootstrap from the Debian mirror this
+# machine's apt already uses, and cached.
 set -euo pipefail
 
 SUITE="${ROOTFS_SUITE:-bookworm}"
 CACHE="${RAPTIFORMICA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/raptiformica}"
-OUT="$CACHE/rootfs-$SUITE-minbase.tar"
+# What the tests need beyond minbase: a real sshd to adopt through, sudo for
+# the non-root user case.
+INCLUDE="openssh-server,sudo"
+OUT="$CACHE/rootfs-$SUITE-minbase-ssh.tar"
 
 if [ -s "$OUT" ]; then
 	echo "$OUT"
@@ -36,11 +40,13 @@ command -v debootstrap >/dev/null || {
 echo "making a $SUITE root filesystem with debootstrap into $OUT (once; a minute or two)" >&2
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-debootstrap --variant=minbase "$SUITE" "$work/root" "$mirror" >"$work/log" 2>&1 || {
+debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$work/root" "$mirror" >"$work/log" 2>&1 || {
 	tail -20 "$work/log" >&2
 	exit 1
 }
 rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*
+# Host keys are made by each test host when it starts, never shared.
+rm -f "$work/root/etc/ssh/ssh_host_"*
 mkdir -p "$CACHE"
 tar -C "$work/root" -cf "$OUT.tmp" .
 mv "$OUT.tmp" "$OUT"

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os/exec"
 	"sort"
 	"strings"
 	"testing"
@@ -115,7 +116,9 @@ func (c *dockerCluster) dockerKill(id string) {
 func (c *dockerCluster) dumpContainerLogs() {
 	insts, _ := c.be.List(context.Background())
 	for _, in := range insts {
-		c.t.Logf("container %s running=%v address=%s", in.MachineID, in.Running, in.Address)
+		// The agent logs to the container's output (its Consul at WARN).
+		logs, _ := exec.Command("docker", "logs", "--tail", "25", in.MachineID).CombinedOutput()
+		c.t.Logf("container %s running=%v address=%s; last log lines:\n%s", in.MachineID, in.Running, in.Address, logs)
 	}
 }
 

@@ -52,6 +52,10 @@ func init() {
 			examples: []string{"raptiformica destroy worker-3f2a9c1d"}, run: cmdDestroy},
 		{name: "recover", args: "[--dir DIR] [--machine ID] [--yes] [--timeout D]", summary: "after lost quorum: re-create the cluster from a surviving server",
 			examples: []string{"raptiformica recover", "raptiformica recover --machine server-0a1b2c3d --yes"}, run: cmdRecover},
+		{name: "adopt", args: "[user@]host[:port] --type T [--identity FILE] [--known-hosts FILE] [--fingerprint SHA256:...] [--jump HOST]",
+			summary: "make a machine reachable over SSH a node: upload, configure, start, wait until it joins (the original's slave)",
+			examples: []string{"raptiformica adopt root@192.0.2.20 --type worker", "raptiformica adopt deploy@nas.home:2222 --type storage --identity ~/.ssh/id_ed25519",
+				"raptiformica adopt root@10.0.0.5 --type worker --jump root@bastion.example.org"}, run: cmdAdopt},
 		{name: "agent", args: "[--config FILE] [--log-level L]", summary: "run the node agent (what systemd starts)",
 			examples: []string{"raptiformica agent --config /etc/raptiformica/agent.json"}, run: cmdAgent},
 		{name: "completion", args: "bash|zsh|fish", summary: "print a shell completion script",
@@ -128,11 +132,49 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		flagCapture(fs.Name(), fs)
 		return flag.ErrHelp
 	}
-	err := fs.Parse(args)
+	err := fs.Parse(flagsFirst(fs, args))
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	return err
+}
+
+// flagsFirst moves flags ahead of positional arguments, so that
+// `adopt root@host --type worker` reads as it is written; Go's flag package
+// stops at the first positional one. "--" ends the flags as usual.
+func flagsFirst(fs *flag.FlagSet, args []string) []string {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			pos = append(pos, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			continue // Parse reports it
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			continue
+		}
+		if i+1 < len(args) {
+			flags = append(flags, args[i+1])
+			i++
+		}
+	}
+	if len(pos) == 0 {
+		return flags
+	}
+	return append(append(flags, "--"), pos...)
 }
 
 func hasFlags(fs *flag.FlagSet) bool {

@@ -281,6 +281,24 @@ func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
 	}, nil
 }
 
+// machineType reads the stored description and one of its machine types,
+// for the commands that make a machine by hand.
+func (t *target) machineType(typ string) (*api.Client, *rules.Platform, rules.MachineType, error) {
+	c, err := t.client()
+	if err != nil {
+		return nil, nil, rules.MachineType{}, err
+	}
+	p, err := kvPlatform(c)
+	if err != nil {
+		return nil, nil, rules.MachineType{}, err
+	}
+	mt, ok := p.Machines[typ]
+	if !ok {
+		return nil, nil, rules.MachineType{}, fmt.Errorf("%w: --type must be one of %s", errUsage, strings.Join(p.MachineNames(), ", "))
+	}
+	return c, p, mt, nil
+}
+
 func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("spawn")
 	t := addTarget(fs)
@@ -290,17 +308,9 @@ func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	c, err := t.client()
+	c, p, mt, err := t.machineType(*typ)
 	if err != nil {
 		return err
-	}
-	p, err := kvPlatform(c)
-	if err != nil {
-		return err
-	}
-	mt, ok := p.Machines[*typ]
-	if !ok {
-		return fmt.Errorf("%w: --type must be one of %s", errUsage, strings.Join(p.MachineNames(), ", "))
 	}
 	if *backend == "" {
 		*backend = mt.Backends[0]

@@ -57,7 +57,8 @@ func (e *scriptError) Error() string { return e.what + " failed:\n" + e.out }
 // run there, the unit and the state folder are in place, and removing the
 // package keeps the operator's defaults file.
 func TestDebPackage(t *testing.T) {
-	t.Parallel()
+	// Not parallel: packing 135 MB of Consul twice takes both cores for a
+	// while, which the chaos tests running in parallel should not share.
 	needDebianImage(t)
 	root, _ := filepath.Abs("../../")
 	mk := exec.Command("make", "package", "PKG_VERSION=0.1.0+test")

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/deploy/systemd"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// adoptBackend is the backend name recorded for machines adopted over SSH.
+const adoptBackend = "ssh"
+
+// cmdAdopt provisions a machine reachable over SSH into a node of the
+// cluster: the original's `slave HOST`.
+func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlagSet("adopt")
+	t := addTarget(fs)
+	typ := fs.String("type", "", "machine type the machine becomes (required)")
+	identity := fs.String("identity", "", "private key file (default: the SSH agent's keys and ~/.ssh/id_*)")
+	knownHosts := fs.String("known-hosts", "", "known_hosts file to check the host key against (default ~/.ssh/known_hosts when it names the host)")
+	fingerprint := fs.String("fingerprint", "", "the host key's SHA256 fingerprint, as ssh-keygen -lf prints it")
+	jump := fs.String("jump", "", "reach the machine through this one, as ssh -J does: [user@]host[:port]")
+	bind := fs.String("bind", "", "address the node binds to (default: the host's address when it is an IP, else its first non-loopback IPv4)")
+	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the machine to join")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || *typ == "" {
+		return fmt.Errorf("%w: adopt [user@]host[:port] --type T", errUsage)
+	}
+	h, err := provision.ParseHost(fs.Arg(0))
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	c, p, mt, err := t.machineType(*typ)
+	if err != nil {
+		return err
+	}
+	dialer, err := sshDialer(c, *identity, *knownHosts, *fingerprint, *jump)
+	if err != nil {
+		return err
+	}
+	consul, err := provision.FindConsul()
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	node, err := daemon.NodeConfigFor(c, "", provision.RemoteConsul)(ctx, p, reconcile.NewMachineID(*typ), mt, adoptBackend)
+	if err != nil {
+		return err
+	}
+	node.DataDir, node.ClusterDir = provision.RemoteDataDir, provision.RemoteDataDir
+	node.BindAddr = *bind
+	if node.BindAddr == "" {
+		node.BindAddr = provision.BindAuto
+		if ip := net.ParseIP(h.Addr); ip != nil && ip.To4() != nil {
+			node.BindAddr = h.Addr
+		}
+	}
+	a := &provision.Adopter{
+		Dialer: dialer, Binary: self, Consul: consul, Unit: systemd.Unit(provision.RemoteBinary),
+		Joined:   func(ctx context.Context, id string) (bool, error) { return isAliveMember(c, id) },
+		Progress: func(s provision.Step) { fmt.Fprintln(out, s) },
+	}
+	return adoptOne(ctx, c, a, provision.AdoptSpec{Host: h, Node: node, JoinTimeout: *timeout}, out)
+}
+
+// adoptOne adopts a machine and keeps its inventory record: an intent before
+// anything is installed, joining once it is a member; a failed adoption's
+// record says where it failed, and the leader clears it.
+func adoptOne(ctx context.Context, c *api.Client, a *provision.Adopter, spec provision.AdoptSpec, out io.Writer) error {
+	inv := &reconcile.Inventory{KV: c.KV()}
+	now := time.Now()
+	res, err := a.Adopt(ctx, spec)
+	id := res.Node.MachineID
+	rec, found, gerr := inv.Get(ctx, id)
+	if gerr != nil {
+		return errors.Join(err, gerr)
+	}
+	if !found {
+		rec = reconcile.Record{ID: id, Type: spec.Node.MachineType, Backend: adoptBackend, Created: now, Manual: true}
+	}
+	rec.Address, rec.Updated = spec.Host.Addr, time.Now()
+	switch {
+	case err != nil && found && rec.State == reconcile.StateJoined:
+		// A member that was fine before keeps its record; the error is
+		// the answer.
+		return err
+	case err != nil:
+		var se *provision.StepError
+		step := "adopt"
+		if errors.As(err, &se) {
+			step = se.Step
+		}
+		rec.State, rec.Reason = reconcile.StateDestroying, fmt.Sprintf("adopting %s failed at %s: %v", spec.Host, step, err)
+		if _, perr := inv.Put(ctx, rec); perr != nil && res.Changed {
+			return errors.Join(err, perr)
+		}
+		return err
+	}
+	if !found || rec.State != reconcile.StateJoined {
+		rec.State, rec.Reason = reconcile.StateJoining, "adopted over SSH"
+		if _, err := inv.Put(ctx, rec); err != nil {
+			return fmt.Errorf("record adopted machine %s: %w", id, err)
+		}
+	}
+	what := "adopted"
+	if !res.Changed {
+		what = "already adopted, nothing changed:"
+	}
+	fmt.Fprintf(out, "%s %s as %s (%s)\n", what, spec.Host, id, spec.Node.MachineType)
+	return nil
+}
+
+func isAliveMember(c *api.Client, id string) (bool, error) {
+	members, err := c.Agent().Members(false)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range members {
+		if m.Name == id && reconcile.SerfStatus(m.Status) == reconcile.MemberAlive {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// sshDialer builds the SSH settings of the adopt flags. Host keys are
+// checked against the fingerprint given, known_hosts, and else the keys
+// the cluster trusted on first use.
+func sshDialer(c *api.Client, identity, knownHosts, fingerprint, jump string) (provision.Dialer, error) {
+	d := provision.Dialer{Trust: provision.Trust{Fingerprint: fingerprint, Store: provision.KVHostKeys{KV: c.KV()}}}
+	if identity != "" {
+		if _, err := os.Stat(identity); err != nil {
+			return d, fmt.Errorf("--identity: %w", err)
+		}
+		d.Auth.KeyFiles = []string{identity}
+	} else {
+		d.Auth.KeyFiles = provision.DefaultKeyFiles()
+	}
+	switch {
+	case knownHosts != "":
+		if _, err := os.Stat(knownHosts); err != nil {
+			return d, fmt.Errorf("--known-hosts: %w", err)
+		}
+		d.Trust.KnownHosts = []string{knownHosts}
+	default:
+		if home, err := os.UserHomeDir(); err == nil {
+			d.Trust.KnownHosts = []string{filepath.Join(home, ".ssh", "known_hosts")}
+		}
+	}
+	if jump != "" {
+		j, err := provision.ParseHost(jump)
+		if err != nil {
+			return d, fmt.Errorf("%w: --jump: %v", errUsage, err)
+		}
+		d.Jump = &j
+	}
+	return d, nil
+}

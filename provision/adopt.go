@@ -1,0 +1,546 @@
+package provision
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pkg/sftp"
+)
+
+// Where adoption installs a node. /usr/local, not the package's /usr: a
+// machine may hold the package too, and the two never overwrite each other.
+const (
+	RemoteBinary     = "/usr/local/bin/raptiformica"
+	RemoteConsul     = "/usr/local/lib/raptiformica/consul"
+	RemoteConfig     = "/etc/raptiformica/agent.json"
+	RemoteDataDir    = "/var/lib/raptiformica"
+	RemoteUnit       = "/etc/systemd/system/raptiformica.service"
+	RemoteSupervisor = "/usr/local/lib/raptiformica/supervise"
+)
+
+// Adopter turns a machine reachable over SSH into a node: it uploads the
+// binaries, writes the agent's config, installs and starts the service, runs
+// the machine type's bootstrap steps and waits until the node is an alive
+// member. Every step first looks at what is there, so adopting a machine
+// that is already right changes nothing.
+type Adopter struct {
+	Dialer Dialer
+	// Binary and Consul are the local files uploaded; they must be built
+	// for Linux on GOARCH.
+	Binary, Consul string
+	// GOARCH is the architecture of Binary and Consul (default: this
+	// process's).
+	GOARCH string
+	// Unit is the systemd unit installed where systemd runs; its ExecStart
+	// names RemoteBinary.
+	Unit []byte
+	// Joined reports whether the machine is an alive member of the
+	// cluster; Adopt waits for it last. Nil skips the wait.
+	Joined func(ctx context.Context, machineID string) (bool, error)
+	// Progress, when set, is told each step as it ends.
+	Progress func(Step)
+	// StepTimeout bounds each remote step (default 5 minutes).
+	StepTimeout time.Duration
+}
+
+// AdoptSpec is one machine to adopt.
+type AdoptSpec struct {
+	Host Host
+	// Node is the agent's config on the machine. Its machine ID is kept
+	// when the machine already runs a node of the same cluster.
+	Node NodeConfig
+	// Bootstrap are the machine type's bootstrap steps (argv lists), run
+	// once per distinct list.
+	Bootstrap [][]string
+	// JoinTimeout bounds the wait for the node to join (default 2 minutes).
+	JoinTimeout time.Duration
+}
+
+// Step is one adoption step and what it did.
+type Step struct {
+	Host    Host
+	Name    string
+	Changed bool
+	Detail  string
+}
+
+func (s Step) String() string {
+	what := "ok"
+	if s.Changed {
+		what = "changed"
+	}
+	if s.Detail != "" {
+		what += ": " + s.Detail
+	}
+	return fmt.Sprintf("%s %-10s %s", s.Host, s.Name, what)
+}
+
+// StepError is an adoption that failed: the host, the step and why.
+type StepError struct {
+	Host Host
+	Step string
+	Err  error
+}
+
+func (e *StepError) Error() string { return fmt.Sprintf("adopt %s: %s: %v", e.Host, e.Step, e.Err) }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// Result is what an adoption did.
+type Result struct {
+	Node  NodeConfig
+	Steps []Step
+	// Changed is false when the machine was already right.
+	Changed bool
+}
+
+// remote is one adoption in progress.
+type remote struct {
+	a       *Adopter
+	conn    *Conn
+	h       Host
+	sudo    bool
+	res     *Result
+	ctx     context.Context
+	timeout time.Duration
+}
+
+// Adopt provisions the machine. On failure it returns a *StepError naming
+// the host and the step; a node it started in this call is stopped again,
+// so nothing half-made keeps running.
+func (a *Adopter) Adopt(ctx context.Context, spec AdoptSpec) (Result, error) {
+	res := Result{Node: spec.Node}
+	h := spec.Host
+	timeout := a.StepTimeout
+	if timeout == 0 {
+		timeout = 5 * time.Minute
+	}
+	fail := func(step string, err error) (Result, error) { return res, &StepError{Host: h, Step: step, Err: err} }
+
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	conn, err := a.Dialer.Dial(dctx, h)
+	cancel()
+	if err != nil {
+		return fail("connect", err)
+	}
+	defer conn.Close()
+	r := &remote{a: a, conn: conn, h: h, sudo: h.User != "root", res: &res, ctx: ctx, timeout: timeout}
+	r.step("connect", false, string(conn.Client.ServerVersion()))
+
+	sys, err := r.detect()
+	if err != nil {
+		return fail("detect", err)
+	}
+	if err := r.checkSpace(); err != nil {
+		return fail("disk", err)
+	}
+	// A machine that already runs a node of this cluster keeps its ID.
+	if old, err := r.readConfig(); err == nil && old.MachineID != "" && old.Cluster == spec.Node.Cluster && old.MachineType == spec.Node.MachineType {
+		res.Node.MachineID = old.MachineID
+	}
+	changedBin, err := r.upload(a.Binary, RemoteBinary)
+	if err != nil {
+		return fail("upload", err)
+	}
+	changedConsul, err := r.upload(a.Consul, RemoteConsul)
+	if err != nil {
+		return fail("upload", err)
+	}
+	changedCfg, err := r.writeConfig(res.Node)
+	if err != nil {
+		return fail("config", err)
+	}
+	started, err := r.service(sys.systemd, changedBin || changedConsul || changedCfg)
+	if err != nil {
+		return fail("service", err)
+	}
+	stopOnFailure := func(step string, err error) (Result, error) {
+		if started {
+			r.stop(sys.systemd)
+		}
+		return fail(step, err)
+	}
+	if err := r.bootstrap(spec.Bootstrap); err != nil {
+		return stopOnFailure("bootstrap", err)
+	}
+	if a.Joined != nil {
+		jt := spec.JoinTimeout
+		if jt == 0 {
+			jt = 2 * time.Minute
+		}
+		if err := r.waitJoined(res.Node.MachineID, jt); err != nil {
+			return stopOnFailure("join", err)
+		}
+	}
+	return res, nil
+}
+
+func (r *remote) step(name string, changed bool, detail string) {
+	s := Step{Host: r.h, Name: name, Changed: changed, Detail: detail}
+	r.res.Steps = append(r.res.Steps, s)
+	r.res.Changed = r.res.Changed || changed
+	if r.a.Progress != nil {
+		r.a.Progress(s)
+	}
+}
+
+// run runs argv on the machine, as root (through sudo -n for other users).
+func (r *remote) run(argv []string, stdin []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(r.ctx, r.timeout)
+	defer cancel()
+	if r.sudo {
+		argv = append([]string{"sudo", "-n", "--"}, argv...)
+	}
+	return r.conn.Run(ctx, argv, stdin)
+}
+
+// sh runs a shell script on the machine; args are $1.. in it, never
+// pasted into the script.
+func (r *remote) sh(script string, args ...string) ([]byte, error) {
+	return r.run(append([]string{"/bin/sh", "-c", script, "sh"}, args...), nil)
+}
+
+type system struct {
+	arch    string
+	systemd bool
+}
+
+// goArch maps `uname -m` to Go's architecture names.
+var goArch = map[string]string{
+	"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+	"armv7l": "arm", "i686": "386", "i386": "386", "riscv64": "riscv64", "ppc64le": "ppc64le", "s390x": "s390x",
+}
+
+func (r *remote) detect() (system, error) {
+	var sys system
+	out, err := r.sh(`uname -s -m; if [ -d /run/systemd/system ]; then echo systemd; else echo no-systemd; fi; . /etc/os-release 2>/dev/null && echo "$PRETTY_NAME"`)
+	if err != nil {
+		var re *RunError
+		if r.sudo && errors.As(err, &re) && strings.Contains(re.Stderr, "sudo") {
+			return sys, fmt.Errorf("user %s cannot run commands as root with sudo -n (passwordless sudo is needed): %w", r.h.User, err)
+		}
+		return sys, err
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	f := strings.Fields(lines[0])
+	if len(f) != 2 || f[0] != "Linux" {
+		return sys, fmt.Errorf("unsupported system %q: raptiformica runs on Linux", lines[0])
+	}
+	want := r.a.GOARCH
+	if want == "" {
+		want = runtime.GOARCH
+	}
+	sys.arch = goArch[f[1]]
+	if sys.arch != want {
+		return sys, fmt.Errorf("unsupported architecture %s (%s): the binaries at hand are linux/%s; nothing was installed", f[1], orUnknown(sys.arch), want)
+	}
+	sys.systemd = len(lines) > 1 && lines[1] == "systemd"
+	detail := "linux/" + sys.arch
+	if len(lines) > 2 {
+		detail += ", " + lines[2]
+	}
+	if sys.systemd {
+		detail += ", systemd"
+	} else {
+		detail += ", no systemd (supervisor fallback)"
+	}
+	r.step("detect", false, detail)
+	return sys, nil
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown to Go"
+	}
+	return "Go " + s
+}
+
+// checkSpace refuses a machine whose disk cannot take the binaries, before
+// anything is written.
+func (r *remote) checkSpace() error {
+	var need int64 = 16 << 20 // config, logs and Consul's first writes
+	for _, f := range []string{r.a.Binary, r.a.Consul} {
+		st, err := os.Stat(f)
+		if err != nil {
+			return fmt.Errorf("local binary: %w", err)
+		}
+		need += 2 * st.Size() // the staged copy and the installed one
+	}
+	out, err := r.sh(`df -Pk "$1" | awk 'NR==2 { print $4 }'`, "/usr/local")
+	if err != nil {
+		return err
+	}
+	kb, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		return fmt.Errorf("df gave %q", strings.TrimSpace(string(out)))
+	}
+	if kb*1024 < need {
+		return fmt.Errorf("disk full: /usr/local has %d MiB free, %d MiB needed; nothing was installed", kb>>10, need>>20)
+	}
+	r.step("disk", false, fmt.Sprintf("%d MiB free", kb>>10))
+	return nil
+}
+
+func sha256File(name string) (string, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// remoteSHA256 is the checksum of a file on the machine, "" when missing.
+func (r *remote) remoteSHA256(p string) (string, error) {
+	out, err := r.sh(`if [ -f "$1" ]; then sha256sum "$1"; fi`, p)
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(string(out))
+	if len(f) == 0 {
+		return "", nil
+	}
+	return f[0], nil
+}
+
+// upload puts a local file at dst on the machine, unless the same bytes
+// are there: staged with SFTP next to nothing that runs, checked against
+// its checksum, then moved into place in one step.
+func (r *remote) upload(src, dst string) (bool, error) {
+	sum, err := sha256File(src)
+	if err != nil {
+		return false, fmt.Errorf("local %s: %w", src, err)
+	}
+	have, err := r.remoteSHA256(dst)
+	if err != nil {
+		return false, err
+	}
+	if have == sum {
+		r.step("upload", false, dst+" sha256 "+sum[:12])
+		return false, nil
+	}
+	sc, err := sftp.NewClient(r.conn.Client)
+	if err != nil {
+		return false, fmt.Errorf("sftp: %w", err)
+	}
+	defer sc.Close()
+	staged := path.Join("/var/tmp", fmt.Sprintf(".raptiformica-%s-%d", path.Base(dst), time.Now().UnixNano()))
+	if err := sftpPut(sc, src, staged); err != nil {
+		_ = sc.Remove(staged)
+		return false, fmt.Errorf("sftp %s: %w", staged, err)
+	}
+	got, err := r.remoteSHA256(staged)
+	if err != nil || got != sum {
+		_ = sc.Remove(staged)
+		return false, fmt.Errorf("uploaded %s has sha256 %q, want %s (err %v)", dst, got, sum, err)
+	}
+	if _, err := r.sh(`mkdir -p "$(dirname "$2")" && install -m 0755 "$1" "$2.new" && mv -f "$2.new" "$2"; rc=$?; rm -f "$1"; exit $rc`, staged, dst); err != nil {
+		return false, err
+	}
+	r.step("upload", true, dst+" sha256 "+sum[:12])
+	return true, nil
+}
+
+func sftpPut(sc *sftp.Client, src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := sc.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return err
+	}
+	if _, err := out.ReadFrom(in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func (r *remote) readConfig() (NodeConfig, error) {
+	var c NodeConfig
+	out, err := r.sh(`if [ -f "$1" ]; then cat "$1"; fi`, RemoteConfig)
+	if err != nil || len(out) == 0 {
+		return c, errors.New("no config")
+	}
+	err = json.Unmarshal(out, &c)
+	return c, err
+}
+
+// writeFile puts content at p (mode 0600 under umask 077) unless it is
+// there already.
+func (r *remote) writeFile(p string, content []byte, mode string) (bool, error) {
+	sum := sha256.Sum256(content)
+	have, err := r.remoteSHA256(p)
+	if err != nil {
+		return false, err
+	}
+	if have == hex.EncodeToString(sum[:]) {
+		return false, nil
+	}
+	argv := []string{"/bin/sh", "-c", `umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1.new" && chmod "$2" "$1.new" && mv -f "$1.new" "$1"`, "sh", p, mode}
+	if r.sudo {
+		argv = append([]string{"sudo", "-n", "--"}, argv...)
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.timeout)
+	defer cancel()
+	_, err = r.conn.Run(ctx, argv, content)
+	return err == nil, err
+}
+
+func (r *remote) writeConfig(c NodeConfig) (bool, error) {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return false, err
+	}
+	changed, err := r.writeFile(RemoteConfig, append(b, '\n'), "0600")
+	if err != nil {
+		return false, err
+	}
+	r.step("config", changed, RemoteConfig+" ("+c.MachineID+")")
+	return changed, nil
+}
+
+// supervisor keeps the agent running where there is no systemd: it starts
+// it again two seconds after it exits. It does not start it at boot; the
+// machine's own init has to run it for that.
+const supervisor = `#!/bin/sh
+# raptiformica supervisor, for machines without systemd: restarts the agent
+# when it exits. Installed by raptiformica adopt.
+echo $$ > ` + RemoteDataDir + `/supervise.pid
+trap 'kill "$agent" 2>/dev/null; wait "$agent"; exit 0' TERM INT
+while :; do
+	` + RemoteBinary + ` agent -config ` + RemoteConfig + ` >>` + RemoteDataDir + `/agent.log 2>&1 &
+	agent=$!
+	echo "$agent" > ` + RemoteDataDir + `/agent.pid
+	wait "$agent"
+	sleep 2
+done
+`
+
+// service installs and starts the agent's service, restarting it when
+// restart is set (its binary or config changed). It reports whether it
+// started the agent.
+func (r *remote) service(systemd, restart bool) (bool, error) {
+	if _, err := r.sh(`mkdir -p "$1" && chmod 0700 "$1"`, RemoteDataDir); err != nil {
+		return false, err
+	}
+	if systemd {
+		changed, err := r.writeFile(RemoteUnit, r.a.Unit, "0644")
+		if err != nil {
+			return false, err
+		}
+		out, err := r.sh(`systemctl daemon-reload && systemctl enable raptiformica.service >/dev/null 2>&1
+if [ "$1" = yes ] || ! systemctl is-active --quiet raptiformica.service; then
+	systemctl restart raptiformica.service && echo started
+fi`, yesNo(restart || changed))
+		if err != nil {
+			return false, err
+		}
+		started := strings.Contains(string(out), "started")
+		r.step("service", started || changed, "systemd unit raptiformica.service")
+		return started, nil
+	}
+	if _, err := r.writeFile(RemoteSupervisor, []byte(supervisor), "0755"); err != nil {
+		return false, err
+	}
+	out, err := r.sh(`d="$1"
+alive() { [ -f "$d/$2.pid" ] && kill -0 "$(cat "$d/$2.pid")" 2>/dev/null; }
+if ! alive "$d" supervise; then
+	setsid "$3" </dev/null >/dev/null 2>&1 &
+	echo started
+elif [ "$4" = yes ] && alive "$d" agent; then
+	kill "$(cat "$d/agent.pid")" && echo restarted
+fi`, RemoteDataDir, "", RemoteSupervisor, yesNo(restart))
+	if err != nil {
+		return false, err
+	}
+	s := strings.TrimSpace(string(out))
+	r.step("service", s != "", "supervisor "+RemoteSupervisor+" "+s)
+	return s != "", nil
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// stop stops an agent this adoption started, after a later step failed.
+func (r *remote) stop(systemd bool) {
+	if systemd {
+		_, _ = r.sh(`systemctl disable --now raptiformica.service`)
+		return
+	}
+	_, _ = r.sh(`for p in supervise agent; do [ -f "$1/$p.pid" ] && kill "$(cat "$1/$p.pid")" 2>/dev/null; done; true`, RemoteDataDir)
+}
+
+// bootstrap runs the type's bootstrap steps, once for each distinct list:
+// the list's checksum is kept on the machine. Output goes to a log there.
+func (r *remote) bootstrap(steps [][]string) error {
+	if len(steps) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(steps)
+	sum := sha256.Sum256(b)
+	mark := hex.EncodeToString(sum[:])
+	out, err := r.sh(`cat "$1/bootstrap.done" 2>/dev/null; true`, RemoteDataDir)
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(string(out)) == mark {
+		r.step("bootstrap", false, fmt.Sprintf("%d steps already run", len(steps)))
+		return nil
+	}
+	for i, argv := range steps {
+		logged := append([]string{"/bin/sh", "-c", `log="$1"; shift; "$@" >>"$log" 2>&1`, "sh", RemoteDataDir + "/bootstrap.log"}, argv...)
+		if _, err := r.run(logged, nil); err != nil {
+			tail, _ := r.sh(`tail -n 5 "$1"`, RemoteDataDir+"/bootstrap.log")
+			return fmt.Errorf("step %d %q: %v; last output: %s", i+1, strings.Join(argv, " "), err, strings.TrimSpace(string(tail)))
+		}
+	}
+	if _, err := r.sh(`echo "$2" > "$1/bootstrap.done"`, RemoteDataDir, mark); err != nil {
+		return err
+	}
+	r.step("bootstrap", true, fmt.Sprintf("%d steps", len(steps)))
+	return nil
+}
+
+func (r *remote) waitJoined(id string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(r.ctx, timeout)
+	defer cancel()
+	begin := time.Now()
+	var last error
+	for {
+		ok, err := r.a.Joined(ctx, id)
+		if ok {
+			r.step("join", false, fmt.Sprintf("%s alive after %s", id, time.Since(begin).Round(100*time.Millisecond)))
+			return nil
+		}
+		if err != nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			tail, _ := r.sh(`tail -n 5 "$1/agent.log" 2>/dev/null || journalctl -u raptiformica -n 5 --no-pager 2>/dev/null; true`, RemoteDataDir)
+			return fmt.Errorf("%s is not an alive member after %s (last error: %v); agent log: %s", id, timeout, last, strings.TrimSpace(string(tail)))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
