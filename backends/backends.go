@@ -6,6 +6,7 @@ package backends
 
 import (
 	"context"
+	"github.com/hashicorp/consul/api"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -45,6 +46,9 @@ type Spec struct {
 	// Node is the agent's config; the backend fills in what it owns, such as
 	// BindAddr and DataDir.
 	Node provision.NodeConfig
+	// Bootstrap are the machine type's bootstrap steps, for backends that
+	// provision machines over SSH.
+	Bootstrap [][]string
 }
 
 // Instance is a machine as a backend sees it.
@@ -67,6 +71,10 @@ type Env struct {
 	// ConsulBinary is the Consul binary to run on new machines.
 	ConsulBinary string
 	Logger       hclog.Logger
+	// KV is the cluster's KV, for backends that keep state there (the ssh
+	// pool: which host runs which machine, and the hosts' keys). Nil where
+	// no cluster is reachable.
+	KV *api.KV
 }
 
 // Config is a backend as the platform description declares it.

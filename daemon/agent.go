@@ -276,7 +276,7 @@ func (a *Agent) backends() map[string]backends.Backend {
 		return a.bes
 	}
 	bes := map[string]backends.Backend{}
-	env := backends.Env{Cluster: p.Cluster, ClusterDir: a.Config.ClusterDir, Binary: a.Binary, ConsulBinary: a.Config.ConsulBinary, Logger: a.Log.Named("backend")}
+	env := backends.Env{Cluster: p.Cluster, ClusterDir: a.Config.ClusterDir, Binary: a.Binary, ConsulBinary: a.Config.ConsulBinary, Logger: a.Log.Named("backend"), KV: a.consul.KV()}
 	for name, spec := range p.Backends {
 		b, err := a.Registry.New(spec, env)
 		if err != nil {

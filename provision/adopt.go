@@ -57,9 +57,13 @@ type Adopter struct {
 // AdoptSpec is one machine to adopt.
 type AdoptSpec struct {
 	Host Host
-	// Node is the agent's config on the machine. Its machine ID is kept
-	// when the machine already runs a node of the same cluster.
+	// Node is the agent's config on the machine.
 	Node NodeConfig
+	// KeepID keeps the machine ID of a node of the same cluster and type
+	// that the machine already runs, so that adopting it again is a no-op.
+	// A backend that has recorded Node's ID before the adoption leaves it
+	// off.
+	KeepID bool
 	// Bootstrap are the machine type's bootstrap steps (argv lists), run
 	// once per distinct list.
 	Bootstrap [][]string
@@ -145,7 +149,7 @@ func (a *Adopter) Adopt(ctx context.Context, spec AdoptSpec) (Result, error) {
 		return fail("disk", err)
 	}
 	// A machine that already runs a node of this cluster keeps its ID.
-	if old, err := r.readConfig(); err == nil && old.MachineID != "" && old.Cluster == spec.Node.Cluster && old.MachineType == spec.Node.MachineType {
+	if old, err := r.readConfig(); spec.KeepID && err == nil && old.MachineID != "" && old.Cluster == spec.Node.Cluster && old.MachineType == spec.Node.MachineType {
 		res.Node.MachineID = old.MachineID
 	}
 	changedBin, err := r.upload(a.Binary, RemoteBinary)
@@ -488,7 +492,14 @@ func (r *remote) stop(systemd bool) {
 		_, _ = r.sh(`systemctl disable --now raptiformica.service`)
 		return
 	}
-	_, _ = r.sh(`for p in supervise agent; do [ -f "$1/$p.pid" ] && kill "$(cat "$1/$p.pid")" 2>/dev/null; done; true`, RemoteDataDir)
+	// The supervisor takes its agent down with it; wait for the agent to
+	// have left, so that nothing writes into what a caller removes next.
+	_, _ = r.sh(`for p in supervise agent; do [ -f "$1/$p.pid" ] && kill "$(cat "$1/$p.pid")" 2>/dev/null; done
+if [ -f "$1/agent.pid" ]; then
+	a=$(cat "$1/agent.pid"); i=0
+	while kill -0 "$a" 2>/dev/null && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done
+fi
+true`, RemoteDataDir)
 }
 
 // bootstrap runs the type's bootstrap steps, once for each distinct list:
@@ -543,4 +554,31 @@ func (r *remote) waitJoined(id string, timeout time.Duration) error {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// Remove stops the node a machine runs and deletes its config and state,
+// so that it cannot come back as the old machine; the binaries stay for the
+// next adoption.
+func (a *Adopter) Remove(ctx context.Context, h Host) error {
+	timeout := a.StepTimeout
+	if timeout == 0 {
+		timeout = time.Minute
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := a.Dialer.Dial(dctx, h)
+	if err != nil {
+		return &StepError{Host: h, Step: "connect", Err: err}
+	}
+	defer conn.Close()
+	r := &remote{a: a, conn: conn, h: h, sudo: h.User != "root", res: &Result{}, ctx: dctx, timeout: timeout}
+	out, err := r.sh(`[ -d /run/systemd/system ] && echo systemd; true`)
+	if err != nil {
+		return &StepError{Host: h, Step: "detect", Err: err}
+	}
+	r.stop(strings.TrimSpace(string(out)) == "systemd")
+	if _, err := r.sh(`rm -f "$1" && rm -rf "$2"`, RemoteConfig, RemoteDataDir); err != nil {
+		return &StepError{Host: h, Step: "remove", Err: err}
+	}
+	return nil
 }

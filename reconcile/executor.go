@@ -246,7 +246,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 		var inst backends.Instance
 		if err == nil {
 			begin := time.Now()
-			inst, err = be.Spawn(ctx, backends.Spec{Node: node})
+			inst, err = be.Spawn(ctx, backends.Spec{Node: node, Bootstrap: mt.Bootstrap})
 			e.observeCall(a.Backend, "spawn", begin)
 		}
 		if ctx.Err() != nil {

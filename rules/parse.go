@@ -80,7 +80,7 @@ var policySchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}, {Name: "commands"}}}
 
 var machineSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-	{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"},
+	{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"}, {Name: "bootstrap"},
 }}
 
 var hookSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "command", Required: true}, {Name: "timeout"}}}
@@ -498,6 +498,17 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 				d.at(a.Expr.Range(), field+" backends", "must name at least one backend")
 			}
 			m.Backends = list
+		}
+	}
+	if a := attrs["bootstrap"]; a != nil {
+		var steps [][]string
+		if d.decode(a, field+" bootstrap", cty.List(cty.List(cty.String)), &steps) {
+			for i, argv := range steps {
+				if len(argv) == 0 || argv[0] == "" {
+					d.at(a.Expr.Range(), field+" bootstrap", "step %d must be an argv list with the program first, such as [\"apt-get\", \"install\", \"-y\", \"nginx\"]", i+1)
+				}
+			}
+			m.Bootstrap = steps
 		}
 	}
 	return m, minRange, minOK

@@ -115,6 +115,10 @@ type MachineType struct {
 	ConsulServer bool
 	// Backends lists backend names in order of preference.
 	Backends []string
+	// Bootstrap are the steps (argv lists) run on a machine adopted over
+	// SSH after its agent is installed, once for each distinct list: the
+	// original's provisioner bootstrap, without the shell strings.
+	Bootstrap [][]string
 }
 
 // Hook is a command run when an event happens. The event's data is written to

@@ -61,6 +61,28 @@ func TestParseProblems(t *testing.T) {
 		want []string
 	}{
 		{
+			name: "bootstrap steps are argv lists",
+			file: "p.hcl",
+			src: `machine "s" {
+  min           = 1
+  consul_server = true
+  bootstrap     = [["apt-get", "update"], [], "reboot"]
+}
+`,
+			want: []string{`p.hcl:4,`},
+		},
+		{
+			name: "an empty bootstrap step",
+			file: "p.hcl",
+			src: `machine "s" {
+  min           = 1
+  consul_server = true
+  bootstrap     = [["apt-get", "update"], []]
+}
+`,
+			want: []string{`p.hcl:4,19: machine "s" bootstrap: step 2 must be an argv list with the program first`},
+		},
+		{
 			name: "syntax error names the line",
 			file: "p.hcl",
 			src:  "machine \"a\" {\n  min = \n}\n",
@@ -149,7 +171,7 @@ policy {
 	}
 }
 
-var allTypes = Options{BackendTypes: []string{"local", "docker", "exec"}}
+var allTypes = Options{BackendTypes: []string{"local", "docker", "exec", "ssh"}}
 
 // The original project's compute modules, compute.<type>.<server>.<command>
 // with shell strings, load as exec backends named "<type>/<server>".

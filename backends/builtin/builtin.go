@@ -8,6 +8,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends/docker"
 	"github.com/raptiformica/raptiformica/backends/exec"
 	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/backends/sshpool"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -17,6 +18,7 @@ func Registry() backends.Registry {
 		backends.RegistryEntry{Type: "local", Factory: local.New},
 		backends.RegistryEntry{Type: "docker", Factory: docker.New},
 		backends.RegistryEntry{Type: rules.ExecType, Factory: exec.New},
+		backends.RegistryEntry{Type: "ssh", Factory: sshpool.New},
 	)
 	if err != nil {
 		panic(err) // a programming error caught by the first test run

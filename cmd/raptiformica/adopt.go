@@ -76,7 +76,7 @@ func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
 		Joined:   func(ctx context.Context, id string) (bool, error) { return isAliveMember(c, id) },
 		Progress: func(s provision.Step) { fmt.Fprintln(out, s) },
 	}
-	return adoptOne(ctx, c, a, provision.AdoptSpec{Host: h, Node: node, JoinTimeout: *timeout}, out)
+	return adoptOne(ctx, c, a, provision.AdoptSpec{Host: h, Node: node, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: *timeout}, out)
 }
 
 // adoptOne adopts a machine and keeps its inventory record: an intent before

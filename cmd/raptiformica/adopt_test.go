@@ -46,12 +46,19 @@ func dockerRun(t *testing.T, args ...string) string {
 func newSSHLab(t *testing.T) *sshLab {
 	t.Helper()
 	needDebianImage(t)
-	n := 1 + mrand.IntN(250)
-	l := &sshLab{
-		network: fmt.Sprintf("rf-adopt-%06x", mrand.IntN(1<<24)),
-		subnet:  fmt.Sprintf("10.216.%d.0/24", n), gateway: fmt.Sprintf("10.216.%d.1", n),
+	l := &sshLab{network: fmt.Sprintf("rf-adopt-%06x", mrand.IntN(1<<24))}
+	// A subnet of its own; another test may hold the one drawn first.
+	for attempt := 1; ; attempt++ {
+		n := 1 + mrand.IntN(250)
+		l.subnet, l.gateway = fmt.Sprintf("10.216.%d.0/24", n), fmt.Sprintf("10.216.%d.1", n)
+		out, err := exec.Command("docker", "network", "create", "--subnet", l.subnet, "--gateway", l.gateway, "--label", "raptiformica.test=1", l.network).CombinedOutput()
+		if err == nil {
+			break
+		}
+		if attempt == 5 {
+			t.Fatalf("docker network create %s: %v\n%s", l.subnet, err, out)
+		}
 	}
-	dockerRun(t, "network", "create", "--subnet", l.subnet, "--gateway", l.gateway, "--label", "raptiformica.test=1", l.network)
 	t.Cleanup(func() {
 		ids, _ := exec.Command("docker", "ps", "-aq", "--filter", "network="+l.network).Output()
 		for _, id := range strings.Fields(string(ids)) {
@@ -75,10 +82,23 @@ func newSSHLab(t *testing.T) *sshLab {
 	l.pub = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))
 
 	l.testCluster = newCluster(t)
-	l.up(l.writePlatform("platform.hcl", fmt.Sprintf(`cluster = "%s"
+	l.up(l.writePlatform("platform.hcl", l.platform(`machine "worker" {
+  min      = 0
+  max      = 5
+  backends = ["host"]
+}
+`)))
+	return l
+}
+
+// platform is the lab's description: the server on this host, and the
+// given worker type and backends.
+func (l *sshLab) platform(rest string) string {
+	return fmt.Sprintf(`cluster = "%s"
 policy {
-  grace_period = "5s"
-  cooldown     = "1s"
+  grace_period      = "5s"
+  cooldown          = "1s"
+  provision_timeout = "3m"
 }
 backend "host" {
   type     = "local"
@@ -90,13 +110,15 @@ machine "server" {
   consul_server = true
   backends      = ["host"]
 }
-machine "worker" {
-  min      = 0
-  max      = 5
-  backends = ["host"]
+`, l.network, l.gateway) + rest
 }
-`, l.network, l.gateway)))
-	return l
+
+// apply stores a new description in the lab's cluster.
+func (l *sshLab) apply(t *testing.T, name, src string) {
+	t.Helper()
+	if out, errOut, code := l.rf("platform", "apply", l.writePlatform(name, src)); code != 0 {
+		t.Fatalf("platform apply: exit %d\n%s%s", code, out, errOut)
+	}
 }
 
 // host starts an sshd container at .last of the network and returns its
@@ -165,7 +187,7 @@ func TestAdopt(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("second adopt: exit %d\n%s\n%s", code, out, errOut)
 	}
-	if !strings.Contains(out, "already adopted, nothing changed: root@"+ip+" as "+id) || strings.Contains(out, " changed") {
+	if !strings.Contains(out, "already adopted, nothing changed: root@"+ip+" as "+id) || regexp.MustCompile(`(?m)^root@\S+ \S+ +changed:`).MatchString(out) {
 		t.Errorf("second adoption changed something:\n%s", out)
 	}
 	if again := dockerRun(t, "exec", name, "cat", "/var/lib/raptiformica/agent.pid"); again != pid {
@@ -194,6 +216,28 @@ func TestAdopt(t *testing.T) {
 	if recs := l.recordsOf("worker"); len(recs) != 1 || recs[0].ID != id {
 		t.Errorf("inventory after the failed adoptions holds %v, want only %s", recs, id)
 	}
+
+	// A bootstrap step fails: the adoption stops there, names the host,
+	// the step and its output, and leaves no agent running.
+	l.apply(t, "bootstrap.hcl", l.platform(`machine "worker" {
+  min       = 0
+  max       = 5
+  backends  = ["host"]
+  bootstrap = [["/bin/sh", "-c", "echo preparing the disks; exit 3"]]
+}
+`))
+	ip2 := l.host(t, 11)
+	out, errOut, code = l.adopt("root@" + ip2)
+	if code != 1 || !strings.Contains(errOut, "adopt root@"+ip2+": bootstrap: step 1") || !strings.Contains(errOut, "exit status 3") || !strings.Contains(errOut, "preparing the disks") {
+		t.Errorf("adopt with a failing bootstrap step: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if alive := dockerRun(t, "exec", fmt.Sprintf("%s-%d", l.network, 11), "sh", "-c", `for p in supervise agent; do kill -0 "$(cat /var/lib/raptiformica/$p.pid)" 2>/dev/null && echo "$p alive"; done; true`); alive != "" {
+		t.Errorf("a failed adoption left processes running: %s", alive)
+	}
+	waitUntil(t, time.Minute, "the failed adoption's record is cleared", func() bool {
+		recs := l.recordsOf("worker")
+		return len(recs) == 1 && recs[0].ID == id
+	})
 }
 
 // recordsOf lists the inventory records of one machine type that are not
@@ -210,4 +254,63 @@ func (c *testCluster) recordsOf(typ string) []reconcile.Record {
 		}
 	}
 	return out
+}
+
+// TestAdoptPool: the leader adopts machines from a pool of hosts listed in
+// the description, and replaces a dead one with the next free host.
+func TestAdoptPool(t *testing.T) {
+	t.Parallel()
+	l := newSSHLab(t)
+	a, b := l.host(t, 20), l.host(t, 21)
+	l.apply(t, "pool.hcl", l.platform(fmt.Sprintf(`backend "pool" {
+  type     = "ssh"
+  settings = {
+    hosts        = "root@%s, root@%s"
+    identity     = "%s"
+    join_timeout = "60s"
+  }
+}
+machine "worker" {
+  min      = 1
+  max      = 1
+  backends = ["pool"]
+}
+`, a, b, l.key)))
+	worker := func(addr string) string {
+		v, err := l.view()
+		if err != nil {
+			return ""
+		}
+		for id, r := range v.records {
+			if r.Type == "worker" && r.Backend == "pool" && r.Address == addr && r.State == reconcile.StateJoined && contains(v.alive, id) {
+				return id
+			}
+		}
+		return ""
+	}
+	var first string
+	waitUntil(t, 2*time.Minute, "the leader adopts the pool's first host "+a, func() bool { first = worker(a); return first != "" })
+
+	// The machine dies: the leader reaps it and adopts the next free host.
+	dockerRun(t, "stop", "-t", "0", fmt.Sprintf("%s-%d", l.network, 20))
+	var second string
+	waitUntil(t, 3*time.Minute, "the leader replaces "+first+" with a machine on "+b, func() bool {
+		second = worker(b)
+		v, err := l.view()
+		_, old := v.records[first]
+		return err == nil && second != "" && !old
+	})
+	if second == first {
+		t.Errorf("the replacement kept the dead machine's ID %s", first)
+	}
+	// The pool's record of which host runs what names only the live one.
+	kv := l.client().KV()
+	pairs, _, err := kv.List("raptiformica/ssh-pool/pool/", nil)
+	if err != nil || len(pairs) != 1 || !strings.Contains(string(pairs[0].Value), second) {
+		var got []string
+		for _, p := range pairs {
+			got = append(got, p.Key+"="+string(p.Value))
+		}
+		t.Errorf("pool assignments: %v (err %v), want only %s on %s", got, err, second, b)
+	}
 }

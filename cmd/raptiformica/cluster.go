@@ -187,7 +187,11 @@ func (t *target) backendEnv(p *rules.Platform) (backends.Env, error) {
 	if err != nil {
 		return backends.Env{}, err
 	}
-	return backends.Env{Cluster: p.Cluster, ClusterDir: t.folder(), Binary: bin, ConsulBinary: consul, Logger: hclog.NewNullLogger()}, nil
+	env := backends.Env{Cluster: p.Cluster, ClusterDir: t.folder(), Binary: bin, ConsulBinary: consul, Logger: hclog.NewNullLogger()}
+	if c, err := t.client(); err == nil {
+		env.KV = c.KV()
+	}
+	return env, nil
 }
 
 func (t *target) backends(p *rules.Platform) (map[string]backends.Backend, error) {
