@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path"
 	"runtime"
@@ -28,6 +29,18 @@ const (
 	RemoteUnit       = "/etc/systemd/system/raptiformica.service"
 	RemoteSupervisor = "/usr/local/lib/raptiformica/supervise"
 )
+
+// AdoptedNode is n as it runs on a machine adopted at h: the installed
+// paths, and bound to the address it was reached at when that is an IPv4
+// address (else to its first non-loopback one).
+func AdoptedNode(n NodeConfig, h Host) NodeConfig {
+	n.DataDir, n.ClusterDir, n.ConsulBinary = RemoteDataDir, RemoteDataDir, RemoteConsul
+	n.BindAddr = BindAuto
+	if ip := net.ParseIP(h.Addr); ip != nil && ip.To4() != nil {
+		n.BindAddr = h.Addr
+	}
+	return n
+}
 
 // Adopter turns a machine reachable over SSH into a node: it uploads the
 // binaries, writes the agent's config, installs and starts the service, runs
@@ -337,7 +350,9 @@ func (r *remote) upload(src, dst string) (bool, error) {
 		r.step("upload", false, dst+" sha256 "+sum[:12])
 		return false, nil
 	}
-	sc, err := sftp.NewClient(r.conn.Client)
+	// Many requests in flight: one at a time, a link with any latency (a
+	// jump host, a VPS abroad) moves a few MB/s.
+	sc, err := sftp.NewClient(r.conn.Client, sftp.UseConcurrentWrites(true), sftp.MaxConcurrentRequestsPerFile(64))
 	if err != nil {
 		return false, fmt.Errorf("sftp: %w", err)
 	}

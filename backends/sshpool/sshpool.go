@@ -234,12 +234,7 @@ func (b *Backend) adopt(ctx context.Context, h provision.Host, spec backends.Spe
 	if !ok {
 		return backends.Instance{}, fmt.Errorf("%s was claimed meanwhile", h)
 	}
-	node := spec.Node
-	node.DataDir, node.ClusterDir, node.ConsulBinary = provision.RemoteDataDir, provision.RemoteDataDir, provision.RemoteConsul
-	node.BindAddr = provision.BindAuto
-	if ip := net.ParseIP(h.Addr); ip != nil && ip.To4() != nil {
-		node.BindAddr = h.Addr
-	}
+	node := provision.AdoptedNode(spec.Node, h)
 	_, err = b.adopter.Adopt(ctx, provision.AdoptSpec{Host: h, Node: node, Bootstrap: spec.Bootstrap, JoinTimeout: b.joinWait})
 	if err != nil {
 		// Adopt stopped whatever it started; the host is free again,

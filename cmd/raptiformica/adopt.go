@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -26,7 +27,9 @@ const adoptBackend = "ssh"
 func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("adopt")
 	t := addTarget(fs)
-	typ := fs.String("type", "", "machine type the machine becomes (required)")
+	typ := fs.String("type", "", "machine type the machine becomes (required, or per line of --inventory)")
+	inventory := fs.String("inventory", "", "file of machines to adopt, one \"[user@]host[:port] [TYPE]\" per line (# comments)")
+	parallel := fs.Int("parallel", 4, "with --inventory: machines adopted at once")
 	identity := fs.String("identity", "", "private key file (default: the SSH agent's keys and ~/.ssh/id_*)")
 	knownHosts := fs.String("known-hosts", "", "known_hosts file to check the host key against (default ~/.ssh/known_hosts when it names the host)")
 	fingerprint := fs.String("fingerprint", "", "the host key's SHA256 fingerprint, as ssh-keygen -lf prints it")
@@ -36,16 +39,37 @@ func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 || *typ == "" {
-		return fmt.Errorf("%w: adopt [user@]host[:port] --type T", errUsage)
+	var jobs []adoptJob
+	switch {
+	case *inventory != "" && fs.NArg() == 0:
+		var err error
+		if jobs, err = readAdoptInventory(*inventory, *typ); err != nil {
+			return err
+		}
+	case *inventory == "" && fs.NArg() == 1 && *typ != "":
+		h, err := provision.ParseHost(fs.Arg(0))
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		jobs = []adoptJob{{host: h, typ: *typ, where: "--type"}}
+	default:
+		return fmt.Errorf("%w: adopt [user@]host[:port] --type T, or adopt --inventory FILE", errUsage)
 	}
-	h, err := provision.ParseHost(fs.Arg(0))
-	if err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+	if *parallel < 1 {
+		return fmt.Errorf("%w: --parallel must be at least 1", errUsage)
 	}
-	c, p, mt, err := t.machineType(*typ)
+	c, err := t.client()
 	if err != nil {
 		return err
+	}
+	p, err := kvPlatform(c)
+	if err != nil {
+		return err
+	}
+	for _, j := range jobs {
+		if _, ok := p.Machines[j.typ]; !ok {
+			return fmt.Errorf("%w: %s: machine type %q is not in the description (%s)", errUsage, j.where, j.typ, strings.Join(p.MachineNames(), ", "))
+		}
 	}
 	dialer, err := sshDialer(c, *identity, *knownHosts, *fingerprint, *jump)
 	if err != nil {
@@ -59,24 +83,116 @@ func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	node, err := daemon.NodeConfigFor(c, "", provision.RemoteConsul)(ctx, p, reconcile.NewMachineID(*typ), mt, adoptBackend)
-	if err != nil {
-		return err
-	}
-	node.DataDir, node.ClusterDir = provision.RemoteDataDir, provision.RemoteDataDir
-	node.BindAddr = *bind
-	if node.BindAddr == "" {
-		node.BindAddr = provision.BindAuto
-		if ip := net.ParseIP(h.Addr); ip != nil && ip.To4() != nil {
-			node.BindAddr = h.Addr
-		}
+	var outMu sync.Mutex
+	say := func(format string, args ...any) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		fmt.Fprintf(out, format, args...)
 	}
 	a := &provision.Adopter{
 		Dialer: dialer, Binary: self, Consul: consul, Unit: systemd.Unit(provision.RemoteBinary),
 		Joined:   func(ctx context.Context, id string) (bool, error) { return isAliveMember(c, id) },
-		Progress: func(s provision.Step) { fmt.Fprintln(out, s) },
+		Progress: func(s provision.Step) { say("%s\n", s) },
 	}
-	return adoptOne(ctx, c, a, provision.AdoptSpec{Host: h, Node: node, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: *timeout}, out)
+	adopt := func(j adoptJob) error {
+		mt := p.Machines[j.typ]
+		node, err := daemon.NodeConfigFor(c, "", provision.RemoteConsul)(ctx, p, reconcile.NewMachineID(j.typ), mt, adoptBackend)
+		if err != nil {
+			return err
+		}
+		node = provision.AdoptedNode(node, j.host)
+		if *bind != "" {
+			node.BindAddr = *bind
+		}
+		var msg strings.Builder
+		err = adoptOne(ctx, c, a, provision.AdoptSpec{Host: j.host, Node: node, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: *timeout}, &msg)
+		say("%s", msg.String())
+		return err
+	}
+	if len(jobs) == 1 && *inventory == "" {
+		return adopt(jobs[0])
+	}
+	// Many machines: a bounded number at once, then what failed and why.
+	errs := make([]error, len(jobs))
+	sem := make(chan struct{}, *parallel)
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = adopt(j)
+		}()
+	}
+	wg.Wait()
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			failed++
+		}
+	}
+	say("\nadopted %d of %d machines from %s\n", len(jobs)-failed, len(jobs), *inventory)
+	if failed == 0 {
+		return nil
+	}
+	for i, err := range errs {
+		if err != nil {
+			say("FAILED %s (%s): %v\n", jobs[i].host, jobs[i].where, err)
+		}
+	}
+	return fmt.Errorf("%d of %d machines were not adopted (listed above)", failed, len(jobs))
+}
+
+// adoptJob is one machine to adopt, and where it was asked for.
+type adoptJob struct {
+	host  provision.Host
+	typ   string
+	where string // FILE:LINE, or the command line
+}
+
+// readAdoptInventory reads "[user@]host[:port] [TYPE]" lines; TYPE defaults
+// to def. Problems name the file and line.
+func readAdoptInventory(name, def string) ([]adoptJob, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return nil, err
+	}
+	var jobs []adoptJob
+	seen := map[string]string{}
+	for i, line := range strings.Split(string(b), "\n") {
+		where := fmt.Sprintf("%s:%d", name, i+1)
+		if k := strings.Index(line, "#"); k >= 0 {
+			line = line[:k]
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) > 2 {
+			return nil, fmt.Errorf("%w: %s: want \"[user@]host[:port] [TYPE]\", got %q", errUsage, where, strings.TrimSpace(line))
+		}
+		h, err := provision.ParseHost(f[0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", errUsage, where, err)
+		}
+		typ := def
+		if len(f) == 2 {
+			typ = f[1]
+		}
+		if typ == "" {
+			return nil, fmt.Errorf("%w: %s: no machine type (give one on the line or --type)", errUsage, where)
+		}
+		if prev, dup := seen[h.HostPort()]; dup {
+			return nil, fmt.Errorf("%w: %s: %s is listed already at %s", errUsage, where, h.HostPort(), prev)
+		}
+		seen[h.HostPort()] = where
+		jobs = append(jobs, adoptJob{host: h, typ: typ, where: where})
+	}
+	if len(jobs) == 0 {
+		return nil, fmt.Errorf("%w: %s lists no machine", errUsage, name)
+	}
+	return jobs, nil
 }
 
 // adoptOne adopts a machine and keeps its inventory record: an intent before

@@ -125,15 +125,24 @@ func (l *sshLab) apply(t *testing.T, name, src string) {
 // address. Its host keys are made at start; root logs in with the lab key.
 func (l *sshLab) host(t *testing.T, last int) string {
 	t.Helper()
+	return l.hostWith(t, last, "")
+}
+
+// hostWith is host with a setup script run before sshd starts and extra
+// arguments for docker run.
+func (l *sshLab) hostWith(t *testing.T, last int, setup string, dockerArgs ...string) string {
+	t.Helper()
 	ip := strings.TrimSuffix(l.gateway, ".1") + fmt.Sprintf(".%d", last)
 	script := `set -e
 ssh-keygen -A >/dev/null
 mkdir -p /run/sshd /root/.ssh
 echo "$PUB" > /root/.ssh/authorized_keys
 chmod 700 /root/.ssh && chmod 600 /root/.ssh/authorized_keys
+` + setup + `
 exec /usr/sbin/sshd -D -e`
-	dockerRun(t, "run", "-d", "--name", fmt.Sprintf("%s-%d", l.network, last), "--hostname", fmt.Sprintf("host%d", last),
-		"--network", l.network, "--ip", ip, "-e", "PUB="+l.pub, "--label", "raptiformica.test=1", debianImage, "/bin/sh", "-c", script)
+	args := append([]string{"run", "-d", "--name", fmt.Sprintf("%s-%d", l.network, last), "--hostname", fmt.Sprintf("host%d", last),
+		"--network", l.network, "--ip", ip, "-e", "PUB=" + l.pub, "--label", "raptiformica.test=1"}, dockerArgs...)
+	dockerRun(t, append(args, debianImage, "/bin/sh", "-c", script)...)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if out, err := exec.Command("docker", "exec", fmt.Sprintf("%s-%d", l.network, last), "sh", "-c", "test -s /run/sshd.pid && echo up").Output(); err == nil && strings.Contains(string(out), "up") {
@@ -312,5 +321,84 @@ machine "worker" {
 			got = append(got, p.Key+"="+string(p.Value))
 		}
 		t.Errorf("pool assignments: %v (err %v), want only %s on %s", got, err, second, b)
+	}
+}
+
+// TestAdoptThroughJumpAsSudoUser: a machine that accepts SSH only from
+// another machine is adopted through it (ssh -J), logging in as a user with
+// sudo; and a machine whose disk cannot take the binaries is refused
+// before anything is written.
+func TestAdoptThroughJumpAsSudoUser(t *testing.T) {
+	t.Parallel()
+	l := newSSHLab(t)
+	jump := l.host(t, 30)
+	target := l.hostWith(t, 31, `useradd -m -s /bin/sh deploy
+mkdir -p /home/deploy/.ssh && echo "$PUB" > /home/deploy/.ssh/authorized_keys
+chown -R deploy /home/deploy/.ssh && chmod 700 /home/deploy/.ssh
+echo 'deploy ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/deploy
+echo "AllowUsers *@`+jump+`" >> /etc/ssh/sshd_config`)
+
+	// Straight from here the target refuses us.
+	begin := time.Now()
+	out, errOut, code := l.adopt("deploy@"+target, "--timeout", "10s")
+	t.Logf("refused in %s", time.Since(begin))
+	if code != 1 || !strings.Contains(errOut, "adopt deploy@"+target+": connect:") {
+		t.Fatalf("direct adopt of a machine that only lets the jump host in: exit %d\n%s\n%s", code, out, errOut)
+	}
+	// Through the jump host it works, as deploy with sudo.
+	begin = time.Now()
+	out, errOut, code = l.adopt("deploy@"+target, "--jump", "root@"+jump)
+	t.Logf("adopted through the jump host in %s:\n%s", time.Since(begin), out)
+	if code != 0 {
+		t.Fatalf("adopt through the jump host: exit %d\n%s\n%s", code, out, errOut)
+	}
+	m := regexp.MustCompile(`adopted deploy@\S+ as (worker-[0-9a-f]+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("adopt did not name the machine:\n%s", out)
+	}
+	waitUntil(t, time.Minute, m[1]+" is an alive member", func() bool {
+		v, err := l.view()
+		return err == nil && contains(v.alive, m[1])
+	})
+	if owner := dockerRun(t, "exec", fmt.Sprintf("%s-%d", l.network, 31), "stat", "-c", "%U %a", "/etc/raptiformica/agent.json"); owner != "root 600" {
+		t.Errorf("the config written through sudo is %q, want root 600", owner)
+	}
+
+	// A full disk: refused at the disk step, nothing installed.
+	small := l.hostWith(t, 32, "", "--tmpfs", "/usr/local:size=32m")
+	out, errOut, code = l.adopt("root@" + small)
+	if code != 1 || !strings.Contains(errOut, "adopt root@"+small+": disk: disk full: /usr/local has 32 MiB free") {
+		t.Errorf("adopt onto a full disk: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if left := dockerRun(t, "exec", fmt.Sprintf("%s-%d", l.network, 32), "sh", "-c", "ls /usr/local/bin /etc/raptiformica 2>/dev/null; true"); left != "" {
+		t.Errorf("a refused adoption left files behind: %s", left)
+	}
+
+	// Many at once from an inventory file: a bad line is refused before
+	// anything happens, naming file and line; then the good machines are
+	// adopted and the summary says which failed and why.
+	inv := filepath.Join(t.TempDir(), "machines.txt")
+	a, b := l.host(t, 33), l.host(t, 34)
+	gone := strings.TrimSuffix(l.gateway, ".1") + ".97"
+	write := func(src string) {
+		if err := os.WriteFile(inv, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("root@" + a + "\nroot@" + b + " nosuchtype\n")
+	out, errOut, code = l.rf("adopt", "--inventory", inv, "--type", "worker", "--identity", l.key, "--known-hosts", os.DevNull)
+	if code != 2 || !strings.Contains(errOut, inv+`:2: machine type "nosuchtype" is not in the description`) {
+		t.Errorf("inventory with an unknown type: exit %d\n%s\n%s", code, out, errOut)
+	}
+	write("# two machines and one that is gone\nroot@" + a + "\nroot@" + b + "  worker\nroot@" + gone + "\n")
+	out, errOut, code = l.rf("adopt", "--inventory", inv, "--type", "worker", "--identity", l.key, "--known-hosts", os.DevNull, "--parallel", "2", "--timeout", "90s")
+	if code != 1 || !strings.Contains(out, "adopted 2 of 3 machines from "+inv) ||
+		!strings.Contains(out, "FAILED root@"+gone+" ("+inv+":4): adopt root@"+gone+": connect:") {
+		t.Errorf("inventory adoption: exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, ip := range []string{a, b} {
+		if !regexp.MustCompile(`adopted root@` + regexp.QuoteMeta(ip) + ` as worker-`).MatchString(out) {
+			t.Errorf("inventory adoption did not adopt %s:\n%s", ip, out)
+		}
 	}
 }
