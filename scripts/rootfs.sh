@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # rootfs.sh prints the path of a minimal Debian root filesystem (a tarball)
 # that tests import as a Docker image: a fresh Debian to install packages
-# into, and, with its OpenSSH server and sudo, the machines the SSH adoption
-# tests adopt. It is made once with debootstrap from the Debian mirror this
+# into, and, with its OpenSSH server, sudo and systemd, the machines the SSH
+# adoption tests adopt. It is made once with debootstrap from the Debian mirror this
 # machine's apt already uses, and cached.
 set -euo pipefail
 
 SUITE="${ROOTFS_SUITE:-bookworm}"
 CACHE="${RAPTIFORMICA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/raptiformica}"
 # What the tests need beyond minbase: a real sshd to adopt through, sudo for
-# the non-root user case.
-INCLUDE="openssh-server,sudo"
-OUT="$CACHE/rootfs-$SUITE-minbase-ssh.tar"
+# the non-root user case, systemd for the machines that boot it as PID 1.
+INCLUDE="openssh-server,sudo,systemd,systemd-sysv"
+OUT="$CACHE/rootfs-$SUITE-minbase-$(echo "$INCLUDE" | tr , -).tar"
 
 if [ -s "$OUT" ]; then
 	echo "$OUT"

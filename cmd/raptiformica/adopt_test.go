@@ -402,3 +402,78 @@ echo "AllowUsers *@`+jump+`" >> /etc/ssh/sshd_config`)
 		}
 	}
 }
+
+// systemdHost starts a container that boots systemd as PID 1, with sshd as
+// its service, at .last of the network.
+func (l *sshLab) systemdHost(t *testing.T, last int) string {
+	t.Helper()
+	ip := strings.TrimSuffix(l.gateway, ".1") + fmt.Sprintf(".%d", last)
+	name := fmt.Sprintf("%s-%d", l.network, last)
+	script := `set -e
+ssh-keygen -A >/dev/null
+mkdir -p /root/.ssh && echo "$PUB" > /root/.ssh/authorized_keys
+chmod 700 /root/.ssh && chmod 600 /root/.ssh/authorized_keys
+exec /lib/systemd/systemd`
+	dockerRun(t, "run", "-d", "--name", name, "--hostname", fmt.Sprintf("host%d", last), "--network", l.network, "--ip", ip,
+		"-e", "PUB="+l.pub, "--label", "raptiformica.test=1", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro", "--tmpfs", "/run", "--tmpfs", "/run/lock",
+		debianImage, "/bin/sh", "-c", script)
+	waitUntil(t, time.Minute, "systemd starts sshd in "+name, func() bool {
+		out, _ := exec.Command("docker", "exec", name, "systemctl", "is-active", "ssh").Output()
+		return strings.TrimSpace(string(out)) == "active"
+	})
+	return ip
+}
+
+// TestAdoptSystemd: on a machine that runs systemd the agent is installed as
+// the shipped unit: Type=notify (systemctl returns once the agent says
+// READY), sandboxed, and stopped gracefully (the node leaves Consul).
+func TestAdoptSystemd(t *testing.T) {
+	t.Parallel()
+	l := newSSHLab(t)
+	ip := l.systemdHost(t, 40)
+	name := fmt.Sprintf("%s-%d", l.network, 40)
+	out, errOut, code := l.adopt("root@" + ip)
+	if code != 0 {
+		logs, _ := exec.Command("docker", "exec", name, "journalctl", "-u", "raptiformica", "-n", "30", "--no-pager").CombinedOutput()
+		t.Fatalf("adopt: exit %d\n%s\n%s\njournal:\n%s", code, out, errOut, logs)
+	}
+	if !strings.Contains(out, "linux/amd64, Debian GNU/Linux 12 (bookworm), systemd") || !strings.Contains(out, "service    changed: systemd unit raptiformica.service") {
+		t.Errorf("adopt did not install the systemd unit:\n%s", out)
+	}
+	id := regexp.MustCompile(`adopted root@\S+ as (worker-[0-9a-f]+)`).FindStringSubmatch(out)
+	if id == nil {
+		t.Fatalf("adopt did not name the machine:\n%s", out)
+	}
+	show := func() string {
+		return dockerRun(t, "exec", name, "systemctl", "show", "raptiformica", "-p", "ActiveState,SubState,MainPID,Type,NRestarts")
+	}
+	before := show()
+	if !strings.Contains(before, "ActiveState=active") || !strings.Contains(before, "Type=notify") {
+		t.Errorf("the unit is not an active notify service: %s", before)
+	}
+	// Again: nothing changes, the agent is not restarted.
+	if out, errOut, code := l.adopt("root@" + ip); code != 0 || regexp.MustCompile(`(?m)^root@\S+ \S+ +changed:`).MatchString(out) {
+		t.Errorf("second adoption: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if after := show(); after != before {
+		t.Errorf("a no-op adoption touched the service: %s, then %s", before, after)
+	}
+	// systemctl stop: SIGTERM, and the node leaves the cluster gracefully.
+	dockerRun(t, "exec", name, "systemctl", "stop", "raptiformica")
+	waitUntil(t, 30*time.Second, id[1]+" has left (not failed)", func() bool {
+		c := l.client()
+		if c == nil {
+			return false
+		}
+		ms, err := c.Agent().Members(false)
+		if err != nil {
+			return false
+		}
+		for _, m := range ms {
+			if m.Name == id[1] {
+				return reconcile.SerfStatus(m.Status) == reconcile.MemberLeft
+			}
+		}
+		return false
+	})
+}
