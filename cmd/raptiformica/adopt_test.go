@@ -7,6 +7,7 @@ package main
 // adopted machines reach it and it reaches them.
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
@@ -22,6 +23,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -222,6 +224,31 @@ func TestAdopt(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "adopt root@"+unreachable+": connect:") {
 		t.Errorf("adopt of an unreachable host: exit %d in %s\n%s\n%s", code, time.Since(begin), out, errOut)
 	}
+	// A name that does not resolve.
+	out, errOut, code = l.adopt("root@no-such-host.invalid")
+	if code != 1 || !strings.Contains(errOut, "adopt root@no-such-host.invalid: connect:") || !strings.Contains(errOut, "no such host") {
+		t.Errorf("adopt of an unknown host: exit %d\n%s\n%s", code, out, errOut)
+	}
+
+	// A machine of an architecture the binaries are not built for (here:
+	// binaries said to be arm64): refused when detected, nothing installed.
+	consul, err := provision.FindConsul()
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := &provision.Adopter{
+		Dialer: provision.Dialer{Auth: provision.Auth{KeyFiles: []string{l.key}}, Trust: provision.Trust{Store: provision.KVHostKeys{KV: l.client().KV()}}},
+		Binary: binary, Consul: consul, GOARCH: "arm64",
+	}
+	ip3 := l.host(t, 12)
+	_, err = foreign.Adopt(context.Background(), provision.AdoptSpec{Host: provision.Host{User: "root", Addr: ip3, Port: 22}, Node: provision.NodeConfig{MachineID: "worker-arm", MachineType: "worker"}})
+	if err == nil || err.Error() != "adopt root@"+ip3+": detect: unsupported architecture x86_64 (Go amd64): the binaries at hand are linux/arm64; nothing was installed" {
+		t.Errorf("adopt of an x86_64 machine with arm64 binaries: %v", err)
+	}
+	if left := dockerRun(t, "exec", fmt.Sprintf("%s-%d", l.network, 12), "sh", "-c", "ls -A /usr/local/bin 2>/dev/null; test -e /etc/raptiformica && echo /etc/raptiformica; true"); left != "" {
+		t.Errorf("a refused adoption left files behind: %s", left)
+	}
+
 	if recs := l.recordsOf("worker"); len(recs) != 1 || recs[0].ID != id {
 		t.Errorf("inventory after the failed adoptions holds %v, want only %s", recs, id)
 	}
@@ -370,7 +397,7 @@ echo "AllowUsers *@`+jump+`" >> /etc/ssh/sshd_config`)
 	if code != 1 || !strings.Contains(errOut, "adopt root@"+small+": disk: disk full: /usr/local has 32 MiB free") {
 		t.Errorf("adopt onto a full disk: exit %d\n%s\n%s", code, out, errOut)
 	}
-	if left := dockerRun(t, "exec", fmt.Sprintf("%s-%d", l.network, 32), "sh", "-c", "ls /usr/local/bin /etc/raptiformica 2>/dev/null; true"); left != "" {
+	if left := dockerRun(t, "exec", fmt.Sprintf("%s-%d", l.network, 32), "sh", "-c", "ls -A /usr/local/bin 2>/dev/null; test -e /etc/raptiformica && echo /etc/raptiformica; true"); left != "" {
 		t.Errorf("a refused adoption left files behind: %s", left)
 	}
 

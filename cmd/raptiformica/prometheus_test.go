@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/raptiformica/raptiformica/provision"
 )
 
 const promDir = "../../deploy/prometheus"
@@ -64,8 +66,15 @@ func TestPrometheusScrapesCluster(t *testing.T) {
 	c.up(c.writePlatform("platform.hcl", platformSrc(3, 3)))
 	v := c.waitAgree(3, time.Minute, "after up")
 
-	// A live agent's /metrics passes promtool's lint.
-	m := c.machines()[0].Config
+	// A live agent's /metrics passes promtool's lint. A follower's: its
+	// Consul is also the one Prometheus discovers through, and the leader
+	// is killed below.
+	var m provision.NodeConfig
+	for _, mc := range c.machines() {
+		if mc.Config.MachineID == v.follower() {
+			m = mc.Config
+		}
+	}
 	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", m.BindAddr, m.HTTPPort))
 	if err != nil {
 		t.Fatal(err)
