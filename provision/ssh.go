@@ -3,6 +3,7 @@ package provision
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -142,6 +143,57 @@ func (tr Trust) callback(ctx context.Context, h Host) (ssh.HostKeyCallback, erro
 	}, nil
 }
 
+// algorithms returns the host key algorithms to ask for when known_hosts
+// names the host: those of its keys there. Without it the server may offer
+// a key of another type, which known_hosts could only call a mismatch.
+func (tr Trust) algorithms(h Host) []string {
+	if tr.Fingerprint != "" {
+		return nil
+	}
+	var files []string
+	for _, f := range tr.KnownHosts {
+		if _, err := os.Stat(f); err == nil {
+			files = append(files, f)
+		}
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	cb, err := knownhosts.New(files...)
+	if err != nil {
+		return nil
+	}
+	// Asked about a key nobody has, the callback lists the keys it knows.
+	probe, err := ssh.NewPublicKey(ed25519.PublicKey(make([]byte, ed25519.PublicKeySize)))
+	if err != nil {
+		return nil
+	}
+	var kerr *knownhosts.KeyError
+	addr := &net.TCPAddr{IP: net.ParseIP(h.Addr), Port: h.Port}
+	if err := cb(h.HostPort(), addr, probe); !errors.As(err, &kerr) {
+		return nil
+	}
+	var algos []string
+	seen := map[string]bool{}
+	for _, k := range kerr.Want {
+		for _, a := range algorithmsFor(k.Key.Type()) {
+			if !seen[a] {
+				seen[a] = true
+				algos = append(algos, a)
+			}
+		}
+	}
+	return algos
+}
+
+// algorithmsFor maps a key type to the signature algorithms that use it.
+func algorithmsFor(keyType string) []string {
+	if keyType == ssh.KeyAlgoRSA {
+		return []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA}
+	}
+	return []string{keyType}
+}
+
 // Auth says how we log in: the keys of the SSH agent and key files.
 type Auth struct {
 	// Agent is the SSH agent's socket; empty means $SSH_AUTH_SOCK.
@@ -240,7 +292,7 @@ func (d Dialer) Dial(ctx context.Context, h Host) (*Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &ssh.ClientConfig{User: target.User, Auth: methods, HostKeyCallback: cb, Timeout: timeout}, nil
+		return &ssh.ClientConfig{User: target.User, Auth: methods, HostKeyCallback: cb, HostKeyAlgorithms: d.Trust.algorithms(target), Timeout: timeout}, nil
 	}
 	var raw net.Conn
 	if d.Jump != nil {

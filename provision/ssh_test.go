@@ -1,9 +1,18 @@
 package provision
 
 import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 func TestParseHost(t *testing.T) {
@@ -46,5 +55,30 @@ func TestShellQuote(t *testing.T) {
 	want := "it's|$HOME|`id`|a b||\\|*|\n|"
 	if string(out) != want {
 		t.Errorf("through the shell: got %q want %q", out, want)
+	}
+}
+
+// With known_hosts naming the host, the client asks for those key types
+// only, so a server holding several types shows the one we know.
+func TestKnownHostsAlgorithms(t *testing.T) {
+	_, priv, _ := ed25519.GenerateKey(nil)
+	signer, _ := ssh.NewSignerFromKey(priv)
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ecSigner, _ := ssh.NewSignerFromKey(ecKey)
+	f := filepath.Join(t.TempDir(), "known_hosts")
+	lines := knownhosts.Line([]string{"192.0.2.7"}, signer.PublicKey()) + "\n" +
+		knownhosts.Line([]string{"[192.0.2.8]:2222"}, ecSigner.PublicKey()) + "\n"
+	if err := os.WriteFile(f, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tr := Trust{KnownHosts: []string{f}}
+	if got := tr.algorithms(Host{Addr: "192.0.2.7", Port: 22}); len(got) != 1 || got[0] != ssh.KeyAlgoED25519 {
+		t.Errorf("algorithms for an ed25519 host: %v", got)
+	}
+	if got := tr.algorithms(Host{Addr: "192.0.2.8", Port: 2222}); len(got) != 1 || got[0] != ssh.KeyAlgoECDSA256 {
+		t.Errorf("algorithms for an ecdsa host on port 2222: %v", got)
+	}
+	if got := tr.algorithms(Host{Addr: "192.0.2.9", Port: 22}); got != nil {
+		t.Errorf("algorithms for a host known_hosts does not name: %v", got)
 	}
 }

@@ -401,6 +401,46 @@ echo "AllowUsers *@`+jump+`" >> /etc/ssh/sshd_config`)
 		t.Errorf("a refused adoption left files behind: %s", left)
 	}
 
+	// Host keys vouched for by the operator: a fingerprint, then a
+	// known_hosts file. A wrong one is refused, naming the key shown.
+	fp := l.host(t, 35)
+	out, errOut, code = l.adopt("root@"+fp, "--fingerprint", "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+	shown := regexp.MustCompile(`presents \S+ (SHA256:\S+), but SHA256:A+ was given`).FindStringSubmatch(errOut)
+	if code != 1 || shown == nil {
+		t.Fatalf("adopt with a wrong fingerprint: exit %d\n%s\n%s", code, out, errOut)
+	}
+	keys := dockerRun(t, "exec", fmt.Sprintf("%s-%d", l.network, 35), "sh", "-c", "for k in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $k; done")
+	if !strings.Contains(keys, shown[1]) {
+		t.Errorf("the refused key %s is none of the host's keys:\n%s", shown[1], keys)
+	}
+	if out, errOut, code := l.adopt("root@"+fp, "--fingerprint", shown[1]); code != 0 {
+		t.Errorf("adopt with the right fingerprint: exit %d\n%s\n%s", code, out, errOut)
+	}
+	kh := l.host(t, 36)
+	pubs := dockerRun(t, "exec", fmt.Sprintf("%s-%d", l.network, 36), "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub")
+	other := dockerRun(t, "exec", fmt.Sprintf("%s-%d", l.network, 35), "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub")
+	khFile := filepath.Join(t.TempDir(), "known_hosts")
+	knownHosts := func(keys string) {
+		var b strings.Builder
+		for _, line := range strings.Split(keys, "\n") {
+			if f := strings.Fields(line); len(f) >= 2 {
+				fmt.Fprintf(&b, "%s %s %s\n", kh, f[0], f[1])
+			}
+		}
+		if err := os.WriteFile(khFile, []byte(b.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	knownHosts(other) // another machine's keys under this one's address
+	out, errOut, code = l.rf("adopt", "root@"+kh, "--type", "worker", "--identity", l.key, "--known-hosts", khFile)
+	if code != 1 || !strings.Contains(errOut, "which is not the key known_hosts has for it ("+khFile+" line") {
+		t.Errorf("adopt against a known_hosts with other keys: exit %d\n%s\n%s", code, out, errOut)
+	}
+	knownHosts(pubs)
+	if out, errOut, code := l.rf("adopt", "root@"+kh, "--type", "worker", "--identity", l.key, "--known-hosts", khFile); code != 0 {
+		t.Errorf("adopt against the right known_hosts: exit %d\n%s\n%s", code, out, errOut)
+	}
+
 	// Many at once from an inventory file: a bad line is refused before
 	// anything happens, naming file and line; then the good machines are
 	// adopted and the summary says which failed and why.
