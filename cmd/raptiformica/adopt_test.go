@@ -205,6 +205,27 @@ func TestAdopt(t *testing.T) {
 		t.Errorf("the agent was restarted by a no-op adoption: pid %s, then %s", pid, again)
 	}
 
+	// Logging in with the SSH agent's key alone (no key file in reach):
+	// the same machine, adopted again, nothing changed.
+	agentDir := t.TempDir()
+	sock := filepath.Join(agentDir, "agent.sock")
+	agent := exec.Command("ssh-agent", "-D", "-a", sock)
+	if err := agent.Start(); err != nil {
+		t.Fatalf("ssh-agent: %v", err)
+	}
+	t.Cleanup(func() { _ = agent.Process.Kill(); _ = agent.Wait() })
+	waitUntil(t, 10*time.Second, "ssh-agent listens", func() bool { _, err := os.Stat(sock); return err == nil })
+	if out, err := exec.Command("env", "SSH_AUTH_SOCK="+sock, "ssh-add", l.key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-add: %v\n%s", err, out)
+	}
+	cache, _ := os.UserCacheDir() // where the pinned Consul is, whatever HOME says
+	l.env = []string{"SSH_AUTH_SOCK=" + sock, "HOME=" + agentDir, "XDG_CACHE_HOME=" + cache}
+	out, errOut, code = l.rf("adopt", "root@"+ip, "--type", "worker", "--known-hosts", os.DevNull)
+	l.env = nil
+	if code != 0 || !strings.Contains(out, "already adopted, nothing changed: root@"+ip+" as "+id) {
+		t.Errorf("adopt with the agent's key: exit %d\n%s\n%s", code, out, errOut)
+	}
+
 	// The machine's host key changes (reinstalled, or someone in between):
 	// refused, naming the host, with the running node untouched.
 	dockerRun(t, "exec", name, "sh", "-c", "rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null && kill -HUP $(cat /run/sshd.pid)")

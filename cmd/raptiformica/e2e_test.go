@@ -96,6 +96,8 @@ type testCluster struct {
 	dir      string
 	spawnLog string
 	clients  map[string]*api.Client
+	// env is added to the environment of the commands rf runs.
+	env []string
 	// addrs and instances find the machines when they are not local
 	// processes.
 	addrs     func() []string
@@ -156,7 +158,7 @@ func (c *testCluster) rf(args ...string) (string, string, int) {
 	cmd := exec.Command(binary, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR=")
+	cmd.Env = append(append(os.Environ(), "CONSUL_HTTP_ADDR="), c.env...)
 	err := cmd.Run()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
