@@ -1,8 +1,12 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -25,6 +29,26 @@ type AgentStatus struct {
 	Reconcile *reconcile.Status `json:"reconcile,omitempty"`
 	// Quorum is set while this node's Consul has no leader.
 	Quorum *QuorumStatus `json:"quorum,omitempty"`
+}
+
+// FetchStatus asks the agent at addr:port for its /v1/status: how the CLI
+// and the other agents learn what a node knows, with or without a Consul
+// leader.
+func FetchStatus(ctx context.Context, addr string, port int) (AgentStatus, error) {
+	var st AgentStatus
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(addr, strconv.Itoa(port))+"/v1/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("%s: %s", req.URL, resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
 func (a *Agent) handler() http.Handler {

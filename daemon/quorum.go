@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -321,20 +320,8 @@ func (a *Agent) decideRecovery(ctx context.Context, qs *QuorumStatus) (string, b
 func (a *Agent) peerQuorum(ctx context.Context, addr string) (*QuorumStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/v1/status", net.JoinHostPort(addr, strconv.Itoa(a.Config.HTTPPort))), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var st AgentStatus
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return nil, err
-	}
-	return st.Quorum, nil
+	st, err := FetchStatus(ctx, addr, a.Config.HTTPPort)
+	return st.Quorum, err
 }
 
 // raftLastIndex reads the last Raft log index from this node's Consul,

@@ -227,3 +227,44 @@ func TestExecutorStopsWhenLeadershipIsLost(t *testing.T) {
 		t.Errorf("destroyed %v after losing leadership", fb.destroyed)
 	}
 }
+
+// handshakeBackend lists only once its partner has been asked too: if
+// Observe asked backends one after another, the first would wait out its
+// context.
+type handshakeBackend struct {
+	mine, partner chan struct{}
+	inst          backends.Instance
+}
+
+func (b *handshakeBackend) Available(context.Context) error { return nil }
+func (b *handshakeBackend) Spawn(context.Context, backends.Spec) (backends.Instance, error) {
+	return backends.Instance{}, errors.New("not here")
+}
+func (b *handshakeBackend) Destroy(context.Context, string) error { return nil }
+func (b *handshakeBackend) List(ctx context.Context) ([]backends.Instance, error) {
+	close(b.mine)
+	select {
+	case <-b.partner:
+		return []backends.Instance{b.inst}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func TestObserveAsksBackendsAtOnce(t *testing.T) {
+	needConsul(t)
+	a, b := make(chan struct{}), make(chan struct{})
+	bes := map[string]backends.Backend{
+		"one": &handshakeBackend{mine: a, partner: b, inst: backends.Instance{MachineID: "m1", Running: true}},
+		"two": &handshakeBackend{mine: b, partner: a, inst: backends.Instance{MachineID: "m2", Running: true}},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	obs, err := Observe(ctx, consul.Client, &Inventory{KV: consul.Client.KV()}, bes, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(obs.BackendErrors) != 0 || obs.Instances["one"]["m1"].MachineID != "m1" || obs.Instances["two"]["m2"].MachineID != "m2" {
+		t.Errorf("backends asked one after another, or answers lost: errors %v, instances %v", obs.BackendErrors, obs.Instances)
+	}
+}

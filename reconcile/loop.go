@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -60,32 +61,59 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 			Type:   recs[mb.Name].Type,
 		}
 	}
+	// Backends are asked at once: one slow to answer (an exec command up to
+	// its query_timeout, a pool host's KV) must not hold up the others.
+	type answer struct {
+		name      string
+		localOnly bool
+		insts     []backends.Instance
+		listErr   error
+		availErr  error
+	}
+	answers := make([]answer, 0, len(bes))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	for _, name := range sortedKeys(bes) {
 		be := bes[name]
-		if lv, ok := be.(backends.LocalView); ok && lv.ListsOnlyLocal() {
-			obs.LocalOnly[name] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := answer{name: name}
+			if lv, ok := be.(backends.LocalView); ok && lv.ListsOnlyLocal() {
+				a.localOnly = true
+			}
+			a.availErr = be.Available(ctx)
+			a.insts, a.listErr = be.List(ctx)
+			mu.Lock()
+			answers = append(answers, a)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, a := range answers {
+		if a.localOnly {
+			obs.LocalOnly[a.name] = true
 		}
 		up := 1.0
-		if err := be.Available(ctx); err != nil {
-			obs.BackendErrors[name] = "unavailable: " + err.Error()
+		if a.availErr != nil {
+			obs.BackendErrors[a.name] = "unavailable: " + a.availErr.Error()
 			up = 0
 		}
-		insts, err := be.List(ctx)
-		if err != nil {
-			obs.BackendErrors[name] = "list failed: " + err.Error()
+		if a.listErr != nil {
+			obs.BackendErrors[a.name] = "list failed: " + a.listErr.Error()
 			up = 0
 			if m != nil {
-				m.BackendErrors.WithLabelValues(name).Inc()
+				m.BackendErrors.WithLabelValues(a.name).Inc()
 			}
 		} else {
-			byID := make(map[string]backends.Instance, len(insts))
-			for _, in := range insts {
+			byID := make(map[string]backends.Instance, len(a.insts))
+			for _, in := range a.insts {
 				byID[in.MachineID] = in
 			}
-			obs.Instances[name] = byID
+			obs.Instances[a.name] = byID
 		}
 		if m != nil {
-			m.BackendUp.WithLabelValues(name).Set(up)
+			m.BackendUp.WithLabelValues(a.name).Set(up)
 		}
 	}
 	return obs, nil

@@ -3,11 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,12 +82,7 @@ func cmdRecover(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func nodeStatus(m local.Machine) (daemon.AgentStatus, error) {
-	var st daemon.AgentStatus
-	cl := http.Client{Timeout: 5 * time.Second}
-	resp, err := cl.Get(fmt.Sprintf("http://%s:%d/v1/status", m.Config.BindAddr, m.Config.HTTPPort))
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return daemon.FetchStatus(ctx, m.Config.BindAddr, m.Config.HTTPPort)
 }
