@@ -57,6 +57,13 @@ type ServerSeen struct {
 func (a *Agent) watchQuorum(ctx context.Context) {
 	since := a.Clock.Now()
 	lost, recovering := false, false
+	// The last decision on recovering, reused for evidenceEvery while the
+	// servers seen stay the same: asking every backend each second is
+	// cheap for containers, not for a cloud CLI.
+	var decision string
+	var decidedHere bool
+	var decidedAt time.Time
+	var decidedOn string
 	for {
 		select {
 		case <-ctx.Done():
@@ -86,9 +93,12 @@ func (a *Agent) watchQuorum(ctx context.Context) {
 		}
 		qs := &QuorumStatus{LeaderlessSince: since, Lost: missing >= after, Servers: a.serversSeen(), RaftLastIndex: a.raftLastIndex()}
 		if qs.Lost && !recovering {
-			var here bool
-			qs.Recovery, here = a.decideRecovery(ctx, qs)
-			if here {
+			if seen := serversKey(qs.Servers); seen != decidedOn || now.Sub(decidedAt) >= evidenceEvery {
+				decision, decidedHere = a.decideRecovery(ctx, qs)
+				decidedAt, decidedOn = now, seen
+			}
+			qs.Recovery = decision
+			if decidedHere {
 				a.Log.Warn("recovering on backend evidence", telemetry.KeyReason, qs.Recovery)
 				if err := a.requestRecovery(); err != nil {
 					a.Log.Error("request recovery", telemetry.KeyError, err)
@@ -121,6 +131,19 @@ func (a *Agent) watchQuorum(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// evidenceEvery is how often a survivor asks the backends again whether the
+// lost servers are gone, while what it sees of them does not change.
+const evidenceEvery = 5 * time.Second
+
+// serversKey is what a survivor sees of the servers, to notice a change.
+func serversKey(ss []ServerSeen) string {
+	var b strings.Builder
+	for _, s := range ss {
+		b.WriteString(s.Name + "=" + string(s.Status) + ";")
+	}
+	return b.String()
 }
 
 // RecoverFile, in a node's data folder while its Consul has lost quorum,
