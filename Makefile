@@ -2,6 +2,7 @@
 #   make up     build, then boot a local self-healing virtual data center
 #   make test   every test: unit, integration (real Consul), end-to-end
 #   make bench  benchmarks and measured scripts that print figures
+#   make soak   the long chaos run (SOAK_ROUNDS rounds of killing machines)
 #   make down   stop the local virtual data center
 #   make package  .deb and .rpm in dist/ (agent, pinned Consul, systemd unit)
 
@@ -58,6 +59,9 @@ package: build
 		PKG_ARCH="$$($(GO) env GOARCH)" PKG_VERSION="$(PKG_VERSION)" \
 			"$$nfpm" package --config packaging/nfpm.yaml --packager $$format --target dist/ || exit 1; \
 	done
+
+soak: build
+	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/soak.sh
 
 clean:
 	rm -rf bin dist
