@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,7 +103,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	cfg := api.DefaultConfig()
-	cfg.Address = fmt.Sprintf("%s:%d", c.BindAddr, c.ConsulHTTPPort)
+	cfg.Address = net.JoinHostPort(c.BindAddr, strconv.Itoa(c.ConsulHTTPPort))
 	cfg.Scheme = "http"
 	client, err := api.NewClient(cfg)
 	if err != nil {
@@ -116,7 +117,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Metrics: a.metrics, NodeConfig: NodeConfigFor(client, c.ClusterDir, c.ConsulBinary), Hooks: hooks,
 	}
 
-	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", c.BindAddr, c.HTTPPort))
+	ln, err := net.Listen("tcp", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPPort)))
 	if err != nil {
 		return fmt.Errorf("node config http_port %d on bind_addr %s: %w (another agent or program holds it; set http_port)", c.HTTPPort, c.BindAddr, err)
 	}

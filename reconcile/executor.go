@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -342,7 +344,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 // leave asks the member's own Consul agent to leave the cluster.
 func (e *Executor) leave(ctx context.Context, m Member) error {
 	cfg := api.DefaultConfig()
-	cfg.Address = fmt.Sprintf("%s:%d", m.Address, provision.ConsulHTTPPort)
+	cfg.Address = net.JoinHostPort(m.Address, strconv.Itoa(provision.ConsulHTTPPort))
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return err

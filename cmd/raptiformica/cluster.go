@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -160,7 +162,7 @@ func (t *target) addresses() ([]string, error) {
 	var out []string
 	for _, m := range ms {
 		if m.Running {
-			out = append(out, fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort))
+			out = append(out, net.JoinHostPort(m.Config.BindAddr, strconv.Itoa(m.Config.ConsulHTTPPort)))
 		}
 	}
 	if be, ok := t.dockerBackend(); ok {
@@ -170,7 +172,7 @@ func (t *target) addresses() ([]string, error) {
 		}
 		for _, in := range insts {
 			if in.Running && in.Address != "" {
-				out = append(out, fmt.Sprintf("%s:%d", in.Address, provision.ConsulHTTPPort))
+				out = append(out, net.JoinHostPort(in.Address, strconv.Itoa(provision.ConsulHTTPPort)))
 			}
 		}
 	}
