@@ -412,13 +412,7 @@ func (r *remote) writeFile(p string, content []byte, mode string) (bool, error) 
 	if have == hex.EncodeToString(sum[:]) {
 		return false, nil
 	}
-	argv := []string{"/bin/sh", "-c", `umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1.new" && chmod "$2" "$1.new" && mv -f "$1.new" "$1"`, "sh", p, mode}
-	if r.sudo {
-		argv = append([]string{"sudo", "-n", "--"}, argv...)
-	}
-	ctx, cancel := context.WithTimeout(r.ctx, r.timeout)
-	defer cancel()
-	_, err = r.conn.Run(ctx, argv, content)
+	_, err = r.run([]string{"/bin/sh", "-c", `umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1.new" && chmod "$2" "$1.new" && mv -f "$1.new" "$1"`, "sh", p, mode}, content)
 	return err == nil, err
 }
 

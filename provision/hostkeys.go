@@ -3,7 +3,6 @@ package provision
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/hashicorp/consul/api"
 	"golang.org/x/crypto/ssh"
@@ -21,7 +20,7 @@ type KVHostKeys struct {
 }
 
 func hostKeyPath(hostport string) string {
-	return KeyHostKeys + strings.NewReplacer("/", "_", "[", "", "]", "").Replace(hostport)
+	return KeyHostKeys + kvSegment(hostport)
 }
 
 // HostKey returns the key recorded for hostport.

@@ -54,6 +54,14 @@ func ParseHost(s string) (Host, error) {
 // HostPort is the address SSH dials.
 func (h Host) HostPort() string { return net.JoinHostPort(h.Addr, strconv.Itoa(h.Port)) }
 
+// KVKey is host:port as one KV path segment: IPv6 brackets dropped, no
+// slash to make a folder of it.
+func (h Host) KVKey() string { return kvSegment(h.HostPort()) }
+
+func kvSegment(hostport string) string {
+	return strings.NewReplacer("/", "_", "[", "", "]", "").Replace(hostport)
+}
+
 func (h Host) String() string {
 	s := h.Addr
 	if h.Port != 22 {

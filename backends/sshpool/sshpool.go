@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -76,7 +77,7 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		return nil, errors.New("commands are for exec backends; an ssh backend takes settings only")
 	}
 	for k := range cfg.Settings {
-		if !contains(known, k) {
+		if !slices.Contains(known, k) {
 			return nil, fmt.Errorf("unknown setting %q (known: %s)", k, strings.Join(known, ", "))
 		}
 	}
@@ -130,17 +131,8 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	return b, nil
 }
 
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
 func (b *Backend) key(h provision.Host) string {
-	return KeyPool + b.name + "/" + strings.NewReplacer("/", "_", "[", "", "]", "").Replace(h.HostPort())
+	return KeyPool + b.name + "/" + h.KVKey()
 }
 
 // assignments reads which hosts run which machines, by host:port.

@@ -58,11 +58,7 @@ func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
 	if *parallel < 1 {
 		return fmt.Errorf("%w: --parallel must be at least 1", errUsage)
 	}
-	c, err := t.client()
-	if err != nil {
-		return err
-	}
-	p, err := kvPlatform(c)
+	c, p, err := t.stored()
 	if err != nil {
 		return err
 	}

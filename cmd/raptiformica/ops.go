@@ -143,11 +143,7 @@ func cmdPlan(ctx context.Context, args []string, out io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	c, err := t.client()
-	if err != nil {
-		return err
-	}
-	p, err := kvPlatform(c)
+	c, p, err := t.stored()
 	if err != nil {
 		return err
 	}
@@ -281,14 +277,23 @@ func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
 	}, nil
 }
 
+// stored is a client of the cluster and the description it stores.
+func (t *target) stored() (*api.Client, *rules.Platform, error) {
+	c, err := t.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := kvPlatform(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, p, nil
+}
+
 // machineType reads the stored description and one of its machine types,
 // for the commands that make a machine by hand.
 func (t *target) machineType(typ string) (*api.Client, *rules.Platform, rules.MachineType, error) {
-	c, err := t.client()
-	if err != nil {
-		return nil, nil, rules.MachineType{}, err
-	}
-	p, err := kvPlatform(c)
+	c, p, err := t.stored()
 	if err != nil {
 		return nil, nil, rules.MachineType{}, err
 	}
@@ -364,11 +369,7 @@ func cmdDestroy(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("%w: destroy MACHINE_ID", errUsage)
 	}
 	id := fs.Arg(0)
-	c, err := t.client()
-	if err != nil {
-		return err
-	}
-	p, err := kvPlatform(c)
+	c, p, err := t.stored()
 	if err != nil {
 		return err
 	}
