@@ -1,0 +1,432 @@
+// Package mesh is a node's overlay network: an embedded yggdrasil node that
+// gives the machine a stable IPv6 address in 200::/7, derived from a key pair
+// kept on its disk, and carries packets to every other member through
+// whichever members can reach each other. A machine needs one link to any
+// member, in either direction, to reach them all; Consul then binds to the
+// overlay address, so gossip and RPC cross the mesh, never assuming that
+// every machine reaches every other.
+//
+// Links are authenticated by the cluster's mesh secret: both sides of a
+// link prove they hold it in the handshake, so a machine without it can
+// neither peer with a member nor accept a member's link, and both sides say
+// why ("password does not match remote side").
+//
+// A Node's life:
+//
+//	Start ─▶ key loaded (or made once) ─▶ TUN up with the overlay address
+//	      ─▶ listening (unless dial-only) ─▶ AddPeer/RemovePeer ⇄ links ─▶ Close
+package mesh
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/yggdrasil-network/yggdrasil-go/src/address"
+	"github.com/yggdrasil-network/yggdrasil-go/src/config"
+	"github.com/yggdrasil-network/yggdrasil-go/src/core"
+	"github.com/yggdrasil-network/yggdrasil-go/src/ipv6rwc"
+	"github.com/yggdrasil-network/yggdrasil-go/src/tun"
+)
+
+// DefaultPort is the overlay's TCP listen port when the description sets none.
+const DefaultPort = 9651
+
+// DefaultInterface is the TUN interface the agent creates.
+const DefaultInterface = "raptiformica0"
+
+// SecretLen is the length of a mesh secret: 32 random bytes in hex, the
+// longest password a link handshake takes (64 bytes).
+const SecretLen = 64
+
+// retryEvery caps the wait between two attempts at a peer that cannot be
+// reached: a machine that comes back is found within it. The library's own
+// cap is over an hour.
+const retryEvery = 30 * time.Second
+
+// Config is what a node's mesh needs.
+type Config struct {
+	// KeyFile holds the node's private key (hex), created on first start
+	// and kept: the overlay address derives from it.
+	KeyFile string
+	// ListenPort is the TCP port other members dial; 0 makes the node
+	// dial-only (behind NAT, or unreachable by choice).
+	ListenPort int
+	// Secret is the cluster's mesh secret; every link proves it.
+	Secret string
+	// Peers are endpoints ("host:port" or "tcp://host:port") dialled at
+	// start and kept.
+	Peers []string
+	// Interface names the TUN interface that carries the overlay address.
+	// Empty runs the node without one (tests in-process): packets then
+	// arrive on Packets.
+	Interface string
+	Log       hclog.Logger
+}
+
+// Node is a running overlay node. Its methods may be called concurrently.
+type Node struct {
+	core   *core.Core
+	rwc    *ipv6rwc.ReadWriteCloser
+	tun    *tun.TunAdapter
+	secret string
+	log    hclog.Logger
+	addr   netip.Addr
+
+	// Packets receives the IPv6 packets addressed to this node when it runs
+	// without a TUN interface; nil with one.
+	Packets chan []byte
+
+	mu    sync.Mutex          // guards peers
+	peers map[string]struct{} // endpoints added and kept, without the secret
+	done  chan struct{}
+}
+
+// Start brings the node up: loads or creates its key, creates the TUN
+// interface with the overlay address, listens, and dials cfg.Peers. The
+// node runs until Close.
+func Start(cfg Config) (*Node, error) {
+	if len(cfg.Secret) == 0 || len(cfg.Secret) > SecretLen {
+		return nil, fmt.Errorf("mesh secret must be 1 to %d characters, got %d", SecretLen, len(cfg.Secret))
+	}
+	key, err := LoadOrCreateKey(cfg.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	ycfg := config.GenerateConfig()
+	ycfg.PrivateKey = config.KeyBytes(key)
+	if err := ycfg.GenerateSelfSignedCertificate(); err != nil {
+		return nil, fmt.Errorf("mesh certificate: %w", err)
+	}
+	var opts []core.SetupOption
+	if cfg.ListenPort > 0 {
+		u := &url.URL{Scheme: "tcp", Host: net.JoinHostPort("::", strconv.Itoa(cfg.ListenPort))}
+		opts = append(opts, core.ListenAddress(withSecret(u, cfg.Secret).String()))
+	}
+	c, err := core.New(ycfg.Certificate, logAdapter{log}, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	n := &Node{core: c, secret: cfg.Secret, log: log, peers: map[string]struct{}{}, done: make(chan struct{})}
+	n.addr, _ = netip.AddrFromSlice(c.Address())
+	n.rwc = ipv6rwc.NewReadWriteCloser(c)
+	if cfg.Interface != "" {
+		t, err := tun.New(n.rwc, logAdapter{log}, tun.InterfaceName(cfg.Interface))
+		if err != nil {
+			c.Stop()
+			return nil, fmt.Errorf("mesh interface %s: %w (the agent needs CAP_NET_ADMIN and /dev/net/tun)", cfg.Interface, err)
+		}
+		n.tun = t
+	} else {
+		// The core handles its session packets only while someone reads:
+		// without a TUN, this node reads itself.
+		n.Packets = make(chan []byte, 64)
+		go n.drain()
+	}
+	for _, p := range cfg.Peers {
+		if err := n.AddPeer(p); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+func (n *Node) drain() {
+	buf := make([]byte, 65535)
+	for {
+		m, err := n.rwc.Read(buf)
+		if err != nil {
+			select {
+			case <-n.done:
+				return
+			default:
+				continue
+			}
+		}
+		select {
+		case n.Packets <- append([]byte(nil), buf[:m]...):
+		default: // nobody reads: drop, as a full interface queue would
+		}
+	}
+}
+
+// Write sends one IPv6 packet into the overlay, for a node without a TUN
+// interface.
+func (n *Node) Write(packet []byte) error {
+	_, err := n.rwc.Write(packet)
+	return err
+}
+
+// Address is the node's overlay address.
+func (n *Node) Address() netip.Addr { return n.addr }
+
+// PublicKey is the node's public key in hex.
+func (n *Node) PublicKey() string { return hex.EncodeToString(n.core.PublicKey()) }
+
+// AddPeer dials endpoint and keeps dialling it while it is unreachable or
+// after its link drops, until RemovePeer. Adding a kept peer again is a
+// no-op.
+func (n *Node) AddPeer(endpoint string) error {
+	u, err := ParseEndpoint(endpoint)
+	if err != nil {
+		return err
+	}
+	key := u.String()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.peers[key]; ok {
+		return nil
+	}
+	if err := n.core.AddPeer(n.dialURL(u), ""); err != nil {
+		return fmt.Errorf("mesh peer %s: %w", key, err)
+	}
+	n.peers[key] = struct{}{}
+	return nil
+}
+
+// RemovePeer stops dialling endpoint and closes its link.
+func (n *Node) RemovePeer(endpoint string) error {
+	u, err := ParseEndpoint(endpoint)
+	if err != nil {
+		return err
+	}
+	key := u.String()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.peers[key]; !ok {
+		return nil
+	}
+	delete(n.peers, key)
+	if err := n.core.RemovePeer(n.dialURL(u), ""); err != nil {
+		return fmt.Errorf("mesh peer %s: %w", key, err)
+	}
+	return nil
+}
+
+// Kept returns the endpoints this node dials, sorted.
+func (n *Node) Kept() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]string, 0, len(n.peers))
+	for p := range n.peers {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (n *Node) dialURL(u *url.URL) *url.URL {
+	d := withSecret(u, n.secret)
+	q := d.Query()
+	q.Set("maxbackoff", retryEvery.String())
+	d.RawQuery = q.Encode()
+	return d
+}
+
+func withSecret(u *url.URL, secret string) *url.URL {
+	c := *u
+	q := c.Query()
+	q.Set("password", secret)
+	c.RawQuery = q.Encode()
+	return &c
+}
+
+// Peer is one link of a node, up or being dialled.
+type Peer struct {
+	// Endpoint is the remote end ("tcp://host:port"), without the secret.
+	Endpoint string `json:"endpoint"`
+	Up       bool   `json:"up"`
+	// Inbound is true for a link the remote side dialled.
+	Inbound bool `json:"inbound,omitempty"`
+	// Key and Address identify the remote node once the link is up.
+	Key     string `json:"key,omitempty"`
+	Address string `json:"address,omitempty"`
+	// LastError says why the link is down, when it is.
+	LastError string        `json:"last_error,omitempty"`
+	RXBytes   uint64        `json:"rx_bytes"`
+	TXBytes   uint64        `json:"tx_bytes"`
+	Uptime    time.Duration `json:"uptime_ns,omitempty"`
+}
+
+// Peers returns the node's links, up ones first, then by endpoint.
+func (n *Node) Peers() []Peer {
+	var out []Peer
+	for _, p := range n.core.GetPeers() {
+		pe := Peer{Endpoint: stripQuery(p.URI), Up: p.Up, Inbound: p.Inbound, RXBytes: p.RXBytes, TXBytes: p.TXBytes, Uptime: p.Uptime}
+		if p.LastError != nil {
+			pe.LastError = p.LastError.Error()
+		}
+		if p.Up && len(p.Key) == ed25519.PublicKeySize {
+			pe.Key = hex.EncodeToString(p.Key)
+			pe.Address = addrForKey(p.Key).String()
+		}
+		out = append(out, pe)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Up != out[j].Up {
+			return out[i].Up
+		}
+		return out[i].Endpoint < out[j].Endpoint
+	})
+	return out
+}
+
+// Close stops the node: its links, listener and TUN interface.
+func (n *Node) Close() {
+	select {
+	case <-n.done:
+		return
+	default:
+	}
+	close(n.done)
+	if n.tun != nil {
+		_ = n.tun.Stop()
+	}
+	n.core.Stop()
+	_ = n.rwc.Close()
+}
+
+// ParseEndpoint reads "host:port" or "tcp://host:port" into a tcp URL
+// without query, so that one peer has one spelling.
+func ParseEndpoint(s string) (*url.URL, error) {
+	raw := s
+	if !strings.Contains(s, "://") {
+		raw = "tcp://" + s
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("mesh endpoint %q: %w", s, err)
+	}
+	if u.Scheme != "tcp" {
+		return nil, fmt.Errorf("mesh endpoint %q: scheme %q (only tcp)", s, u.Scheme)
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil || host == "" {
+		return nil, fmt.Errorf("mesh endpoint %q: want host:port", s)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return nil, fmt.Errorf("mesh endpoint %q: bad port %q", s, port)
+	}
+	return &url.URL{Scheme: "tcp", Host: u.Host}, nil
+}
+
+func stripQuery(uri string) string {
+	if i := strings.IndexByte(uri, '?'); i >= 0 {
+		return uri[:i]
+	}
+	return uri
+}
+
+// AddressOf returns the overlay address of the node with the given public
+// key (hex).
+func AddressOf(publicKey string) (netip.Addr, error) {
+	k, err := hex.DecodeString(publicKey)
+	if err != nil || len(k) != ed25519.PublicKeySize {
+		return netip.Addr{}, fmt.Errorf("mesh public key %q: want %d bytes in hex", publicKey, ed25519.PublicKeySize)
+	}
+	return addrForKey(k), nil
+}
+
+func addrForKey(k ed25519.PublicKey) netip.Addr {
+	a := address.AddrForKey(k)
+	if a == nil {
+		return netip.Addr{}
+	}
+	return netip.AddrFrom16(*a)
+}
+
+// IsOverlay reports whether a is in the overlay's range, 200::/7.
+func IsOverlay(a netip.Addr) bool {
+	return netip.MustParsePrefix("200::/7").Contains(a)
+}
+
+// NewSecret returns a fresh mesh secret.
+func NewSecret() string {
+	var b [SecretLen / 2]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// LoadOrCreateKey reads the node's private key from name, or creates it
+// there (mode 0600) when the file does not exist. A key is never replaced:
+// a damaged file is an error, because a new key is a new overlay address.
+func LoadOrCreateKey(name string) (ed25519.PrivateKey, error) {
+	b, err := os.ReadFile(name)
+	if err == nil {
+		k, err := hex.DecodeString(strings.TrimSpace(string(b)))
+		if err != nil || len(k) != ed25519.PrivateKeySize {
+			return nil, fmt.Errorf("mesh key %s: not a %d-byte key in hex; move it away to make a new one (the node's overlay address changes)", name, ed25519.PrivateKeySize)
+		}
+		return ed25519.PrivateKey(k), nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("mesh key: %w", err)
+	}
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("mesh key: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(name), 0o700); err != nil {
+		return nil, fmt.Errorf("mesh key: %w", err)
+	}
+	// O_EXCL: two starts racing keep one key.
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return LoadOrCreateKey(name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mesh key: %w", err)
+	}
+	if _, err := f.WriteString(hex.EncodeToString(k) + "\n"); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("mesh key %s: %w", name, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("mesh key %s: %w", name, err)
+	}
+	return k, f.Close()
+}
+
+// logAdapter routes the library's log lines into hclog. The library logs a
+// refused incoming link at debug level; it is raised to warn, because an
+// operator wants to know who failed to peer and why.
+type logAdapter struct{ l hclog.Logger }
+
+func (a logAdapter) Printf(f string, v ...any) { a.l.Info(strings.TrimSpace(fmt.Sprintf(f, v...))) }
+func (a logAdapter) Println(v ...any)          { a.l.Info(strings.TrimSpace(fmt.Sprintln(v...))) }
+func (a logAdapter) Infof(f string, v ...any)  { a.l.Debug(strings.TrimSpace(fmt.Sprintf(f, v...))) }
+func (a logAdapter) Infoln(v ...any)           { a.l.Debug(strings.TrimSpace(fmt.Sprintln(v...))) }
+func (a logAdapter) Warnf(f string, v ...any)  { a.l.Warn(strings.TrimSpace(fmt.Sprintf(f, v...))) }
+func (a logAdapter) Warnln(v ...any)           { a.l.Warn(strings.TrimSpace(fmt.Sprintln(v...))) }
+func (a logAdapter) Errorf(f string, v ...any) { a.l.Error(strings.TrimSpace(fmt.Sprintf(f, v...))) }
+func (a logAdapter) Errorln(v ...any)          { a.l.Error(strings.TrimSpace(fmt.Sprintln(v...))) }
+func (a logAdapter) Debugf(f string, v ...any) {
+	msg := strings.TrimSpace(fmt.Sprintf(f, v...))
+	if strings.HasPrefix(msg, "Link ") && strings.Contains(msg, " error: ") {
+		a.l.Warn("mesh link refused", "detail", msg)
+		return
+	}
+	a.l.Trace(msg)
+}
+func (a logAdapter) Debugln(v ...any) { a.l.Trace(strings.TrimSpace(fmt.Sprintln(v...))) }
+func (a logAdapter) Traceln(v ...any) { a.l.Trace(strings.TrimSpace(fmt.Sprintln(v...))) }
