@@ -32,6 +32,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -62,6 +63,9 @@ type Agent struct {
 	ready       bool          // Consul reachable and a description loaded; guarded by mu
 	quorum      *QuorumStatus // set while Consul has no leader; guarded by mu
 	consulProc  *ConsulProcess
+	// mesh is the overlay node, nil with mesh = "none".
+	mesh   *mesh.Node
+	meshMu sync.Mutex // guards the mesh mirror file
 	// lastRaftIndex is the last Raft index read from Consul.
 	lastRaftIndex atomic.Uint64
 }
@@ -78,8 +82,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.Config.BindAddr = addr
+	a.Log = a.Log.With(telemetry.KeyMachineID, a.Config.MachineID)
+	if a.Config.Mesh != nil {
+		if err := os.MkdirAll(a.Config.DataDir, 0o700); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+		if err := a.startMesh(); err != nil {
+			return err
+		}
+		defer a.mesh.Close()
+	}
 	c := a.Config
-	a.Log = a.Log.With(telemetry.KeyMachineID, c.MachineID)
 	a.metrics = telemetry.New()
 	a.wake = make(chan struct{}, 1)
 	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
@@ -117,9 +130,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		Metrics: a.metrics, NodeConfig: NodeConfigFor(client, c.ClusterDir, c.ConsulBinary), Hooks: hooks,
 	}
 
-	ln, err := net.Listen("tcp", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPPort)))
-	if err != nil {
-		return fmt.Errorf("node config http_port %d on bind_addr %s: %w (another agent or program holds it; set http_port)", c.HTTPPort, c.BindAddr, err)
+	var lns []net.Listener
+	for _, host := range listenHosts(c) {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(c.HTTPPort)))
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return fmt.Errorf("node config http_port %d on bind_addr %s: %w (another agent or program holds it; set http_port)", c.HTTPPort, host, err)
+		}
+		lns = append(lns, ln)
 	}
 	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
 
@@ -134,7 +154,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	proc := &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirroredPeers}
 	a.consulProc = proc
 	go func() { defer close(consulDone); proc.Run(consulCtx) }()
-	go func() { _ = srv.Serve(ln) }()
+	for _, ln := range lns {
+		go func() { _ = srv.Serve(ln) }()
+	}
+	if a.mesh != nil {
+		goRun(a.runMesh)
+	}
 
 	goRun(func(ctx context.Context) {
 		if err := a.waitConsul(ctx); err != nil {
@@ -203,6 +228,9 @@ func (a *Agent) bootstrapKV(ctx context.Context) {
 	for attempt := 1; ctx.Err() == nil; attempt++ {
 		err := a.ensureGossipKey(ctx)
 		if err == nil {
+			err = a.ensureMeshSecret(ctx)
+		}
+		if err == nil {
 			err = a.ensureRecord(ctx)
 		}
 		if err == nil {
@@ -226,9 +254,21 @@ func (a *Agent) ensureGossipKey(ctx context.Context) error {
 }
 
 func (a *Agent) ensureRecord(ctx context.Context) error {
-	_, found, err := a.inventory.Get(ctx, a.Config.MachineID)
-	if err != nil || found {
+	rec, found, err := a.inventory.Get(ctx, a.Config.MachineID)
+	if err != nil {
 		return err
+	}
+	if found && a.mesh != nil && rec.Address != a.Config.BindAddr {
+		// The spawner recorded the machine's own network address; over
+		// the mesh the others reach it at its overlay address.
+		rec.Address, rec.Updated = a.Config.BindAddr, a.Clock.Now()
+		if _, err := a.inventory.Put(ctx, rec); err != nil && !errors.Is(err, reconcile.ErrConflict) {
+			return err
+		}
+		return nil
+	}
+	if found {
+		return nil
 	}
 	now := a.Clock.Now()
 	_, err = a.inventory.Put(ctx, reconcile.Record{
@@ -316,6 +356,12 @@ func NodeConfigFor(client *api.Client, clusterDir, consulBinary string) reconcil
 		if pair != nil {
 			key = string(pair.Value)
 		}
+		var meshCfg *provision.MeshConfig
+		if p.Mesh.Enabled() {
+			if meshCfg, err = meshConfigFor(ctx, client.KV(), p.Mesh.Port, p.Mesh.Peers); err != nil {
+				return provision.NodeConfig{}, err
+			}
+		}
 		members, err := client.Agent().Members(false)
 		if err != nil {
 			return provision.NodeConfig{}, fmt.Errorf("list members: %w", err)
@@ -329,9 +375,29 @@ func NodeConfigFor(client *api.Client, clusterDir, consulBinary string) reconcil
 		return provision.NodeConfig{
 			MachineID: id, MachineType: mt.Name, Cluster: p.Cluster, Backend: backend,
 			ClusterDir: clusterDir, ConsulBinary: consulBinary, ConsulServer: mt.ConsulServer,
-			RetryJoin: join, Encrypt: key,
+			RetryJoin: join, Encrypt: key, Mesh: meshCfg,
 		}.WithDefaults(), nil
 	}
+}
+
+// listenHosts are the addresses the agent's HTTP listens on: the node's
+// address, and with the mesh also loopback, where the CLI on the machine
+// finds its agent and Consul.
+func listenHosts(c provision.NodeConfig) []string {
+	if c.Mesh == nil {
+		return []string{c.BindAddr}
+	}
+	hosts := []string{c.BindAddr, "127.0.0.1"}
+	if c.Mesh.ServeUnderlay && c.Mesh.Underlay != "" && c.Mesh.Underlay != provision.BindAuto {
+		hosts = append(hosts, c.Mesh.Underlay)
+	}
+	return hosts
+}
+
+func (a *Agent) isLeading() bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.leading
 }
 
 func (a *Agent) mirrorDir() string { return filepath.Join(a.Config.DataDir, "mirror") }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -107,7 +108,7 @@ func consulConfigFor(c provision.NodeConfig, peers []string) consulConfig {
 		DataDir:       filepath.Join(c.DataDir, "consul"),
 		BindAddr:      c.BindAddr,
 		AdvertiseAddr: c.BindAddr,
-		ClientAddr:    c.BindAddr,
+		ClientAddr:    strings.Join(listenHosts(c), " "),
 		Server:        c.ConsulServer,
 		Bootstrap:     c.Bootstrap && c.ConsulServer,
 		RetryJoin:     joins,

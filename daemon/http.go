@@ -29,6 +29,8 @@ type AgentStatus struct {
 	Reconcile *reconcile.Status `json:"reconcile,omitempty"`
 	// Quorum is set while this node's Consul has no leader.
 	Quorum *QuorumStatus `json:"quorum,omitempty"`
+	// Mesh is the node's overlay, when it runs one.
+	Mesh *MeshStatus `json:"mesh,omitempty"`
 }
 
 // FetchStatus asks the agent at addr:port for its /v1/status: how the CLI
@@ -69,6 +71,7 @@ func (a *Agent) handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /{$}", a.servePage)
+	mux.HandleFunc("POST /v1/mesh/peers", a.serveMeshPeer)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -86,6 +89,7 @@ func (a *Agent) status() AgentStatus {
 		Quorum: a.quorum,
 	}
 	a.mu.RUnlock()
+	st.Mesh = a.meshStatus()
 	if st.Quorum != nil {
 		// Without a Consul leader a KV read waits for one for seconds, then
 		// fails: say what this node knows instead.

@@ -92,7 +92,7 @@ type Node struct {
 	Packets chan []byte
 
 	mu    sync.Mutex          // guards peers
-	peers map[string]struct{} // endpoints added and kept, without the secret
+	peers map[string]struct{} // host:port of the peers added and kept
 	done  chan struct{}
 }
 
@@ -129,7 +129,7 @@ func Start(cfg Config) (*Node, error) {
 	n.addr, _ = netip.AddrFromSlice(c.Address())
 	n.rwc = ipv6rwc.NewReadWriteCloser(c)
 	if cfg.Interface != "" {
-		t, err := tun.New(n.rwc, logAdapter{log}, tun.InterfaceName(cfg.Interface))
+		t, err := tun.New(n.rwc, logAdapter{log}, tun.InterfaceName(cfg.Interface), tun.InterfaceMTU(n.rwc.MaxMTU()))
 		if err != nil {
 			c.Stop()
 			return nil, fmt.Errorf("mesh interface %s: %w (the agent needs CAP_NET_ADMIN and /dev/net/tun)", cfg.Interface, err)
@@ -190,7 +190,7 @@ func (n *Node) AddPeer(endpoint string) error {
 	if err != nil {
 		return err
 	}
-	key := u.String()
+	key := u.Host
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if _, ok := n.peers[key]; ok {
@@ -209,7 +209,7 @@ func (n *Node) RemovePeer(endpoint string) error {
 	if err != nil {
 		return err
 	}
-	key := u.String()
+	key := u.Host
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if _, ok := n.peers[key]; !ok {
@@ -222,7 +222,7 @@ func (n *Node) RemovePeer(endpoint string) error {
 	return nil
 }
 
-// Kept returns the endpoints this node dials, sorted.
+// Kept returns the endpoints (host:port) this node dials, sorted.
 func (n *Node) Kept() []string {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -68,6 +68,35 @@ type NodeConfig struct {
 	HTTPPort int `json:"http_port,omitempty"`
 	// ConsulHTTPPort is the port of the node's Consul HTTP API.
 	ConsulHTTPPort int `json:"consul_http_port,omitempty"`
+	// Mesh, when set, runs the overlay: Consul and the agent then bind to
+	// the node's overlay address, and BindAddr only picks the machine's
+	// own network.
+	Mesh *MeshConfig `json:"mesh,omitempty"`
+}
+
+// MeshConfig is a node's part of the overlay mesh.
+type MeshConfig struct {
+	// ListenPort is the TCP port other members dial; 0 makes the node
+	// dial-only (behind NAT), reachable only through links it makes.
+	ListenPort int `json:"listen_port"`
+	// Secret is the cluster's mesh secret; links without it are refused.
+	Secret string `json:"secret"`
+	// Peers are endpoints ("host:port") of members to dial at start.
+	Peers []string `json:"peers,omitempty"`
+	// Advertise are endpoints others should dial to reach this node, when
+	// its own addresses are not (a NAT's forwarded port, a DNS name). By
+	// default it advertises its addresses with ListenPort.
+	Advertise []string `json:"advertise,omitempty"`
+	// Interface names the TUN interface; default "raptiformica0".
+	Interface string `json:"interface,omitempty"`
+	// ServeUnderlay also serves Consul's and the agent's HTTP on the
+	// machine's own address, not only on the overlay and loopback: for
+	// containers, whose host (which runs them anyway) watches them over
+	// its private bridge.
+	ServeUnderlay bool `json:"serve_underlay,omitempty"`
+	// Underlay is the machine's own address once BindAddr has become the
+	// overlay one; set by the agent, not read from the file.
+	Underlay string `json:"-"`
 }
 
 // WithDefaults fills the ports left at zero.
@@ -89,6 +118,14 @@ func (c NodeConfig) Validate() error {
 	} {
 		if f.v == "" {
 			return fmt.Errorf("field %s is required", f.name)
+		}
+	}
+	if m := c.Mesh; m != nil {
+		if m.Secret == "" {
+			return errors.New("field mesh.secret is required with a mesh (a member prints it: raptiformica mesh secret)")
+		}
+		if m.ListenPort < 0 || m.ListenPort > 65535 {
+			return fmt.Errorf("field mesh.listen_port must be 0 (dial-only) to 65535, got %d", m.ListenPort)
 		}
 	}
 	return nil

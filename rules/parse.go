@@ -3,7 +3,9 @@ package rules
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,7 +62,7 @@ type Options struct {
 }
 
 var topSchema = &hcl.BodySchema{
-	Attributes: []hcl.AttributeSchema{{Name: "cluster"}},
+	Attributes: []hcl.AttributeSchema{{Name: "cluster"}, {Name: "mesh"}, {Name: "mesh_port"}, {Name: "mesh_peers"}},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "policy"},
 		{Type: "backend", LabelNames: []string{"name"}},
@@ -179,7 +181,9 @@ func (d *decoder) platform(body hcl.Body, opts Options) *Platform {
 		Policy:   DefaultPolicy,
 		Backends: map[string]Backend{},
 		Machines: map[string]MachineType{},
+		Mesh:     Mesh{Mode: MeshNone, Port: DefaultMeshPort},
 	}
+	d.mesh(content.Attributes, &plat.Mesh)
 	if a, ok := content.Attributes["cluster"]; ok {
 		if s, ok := d.str(a, "cluster"); ok {
 			if s == "" {
@@ -302,6 +306,51 @@ func known(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+func (d *decoder) mesh(attrs hcl.Attributes, m *Mesh) {
+	if a := attrs["mesh"]; a != nil {
+		if s, ok := d.str(a, "mesh"); ok {
+			if s != MeshOverlay && s != MeshNone {
+				d.at(a.Expr.Range(), "mesh", "must be %q (the overlay) or %q (the machines' own network), got %q", MeshOverlay, MeshNone, s)
+			}
+			m.Mode = s
+		}
+	}
+	if a := attrs["mesh_port"]; a != nil {
+		d.positiveInt(a, "mesh_port", &m.Port, 1)
+		if m.Port > 65535 {
+			d.at(a.Expr.Range(), "mesh_port", "must be at most 65535, got %d", m.Port)
+		}
+	}
+	if a := attrs["mesh_peers"]; a != nil {
+		if d.decode(a, "mesh_peers", cty.List(cty.String), &m.Peers) {
+			for _, p := range m.Peers {
+				if err := checkEndpoint(p); err != nil {
+					d.at(a.Expr.Range(), "mesh_peers", "%v", err)
+				}
+			}
+		}
+	}
+	for _, name := range []string{"mesh_port", "mesh_peers"} {
+		if a := attrs[name]; a != nil && m.Mode == MeshNone {
+			d.at(a.NameRange, name, "has no effect without mesh = %q", MeshOverlay)
+		}
+	}
+}
+
+// checkEndpoint accepts "host:port" and "tcp://host:port", the spellings
+// the overlay dials.
+func checkEndpoint(s string) error {
+	hp := strings.TrimPrefix(s, "tcp://")
+	host, port, err := net.SplitHostPort(hp)
+	if err != nil || host == "" || strings.Contains(hp, "/") {
+		return fmt.Errorf("peer %q: want host:port or tcp://host:port", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("peer %q: port must be 1 to 65535", s)
+	}
+	return nil
 }
 
 func (d *decoder) policy(b *hcl.Block, p *Policy) {

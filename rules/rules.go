@@ -26,6 +26,8 @@ type Platform struct {
 	Machines map[string]MachineType
 	// Hooks are the commands run on events, in the order they were declared.
 	Hooks []Hook
+	// Mesh is the network the machines talk over.
+	Mesh Mesh
 	// Source is the text the description was parsed from, kept so that the
 	// same bytes can be mirrored and re-seeded.
 	Source []byte
@@ -59,6 +61,34 @@ type Policy struct {
 	// Without it only an operator's `raptiformica recover` does.
 	RecoverOnEvidence bool
 }
+
+// Mesh says how the machines reach each other.
+type Mesh struct {
+	// Mode is MeshOverlay or MeshNone.
+	Mode string
+	// Port is the overlay's TCP listen port on every machine.
+	Port int
+	// Peers are endpoints ("host:port") every machine dials besides the
+	// members it learns from KV: public machines that anchor the mesh.
+	Peers []string
+}
+
+// The mesh modes.
+const (
+	// MeshOverlay runs the yggdrasil overlay in every agent: Consul binds
+	// to the overlay address, and a machine joins when one member reaches
+	// it or it reaches one member.
+	MeshOverlay = "yggdrasil"
+	// MeshNone uses the machines' own network, where all of them already
+	// reach each other.
+	MeshNone = "none"
+)
+
+// DefaultMeshPort is the overlay's port when the description sets none.
+const DefaultMeshPort = 9651
+
+// Enabled reports whether machines run the overlay.
+func (m Mesh) Enabled() bool { return m.Mode == MeshOverlay }
 
 // Backend is one configured compute backend.
 type Backend struct {

@@ -25,6 +25,7 @@ func TestParseExamples(t *testing.T) {
 			"worker": {Name: "worker", Min: 2, Max: 4, Backends: []string{"local"}},
 		},
 		Hooks: []Hook{{Event: "after_join", Command: []string{"/usr/bin/logger", "-t", "raptiformica"}, Timeout: 10 * time.Second}},
+		Mesh:  Mesh{Mode: MeshNone, Port: DefaultMeshPort},
 	}
 	for _, file := range []string{"../deploy/examples/platform.hcl", "testdata/good.json"} {
 		t.Run(file, func(t *testing.T) {
@@ -154,6 +155,30 @@ policy {
 			want: []string{`p.json:3,18: machine "s" min: must be at least 0, got -1`},
 		},
 		{
+			name: "mesh mode, port and peers",
+			file: "p.hcl",
+			src: `mesh       = "cjdns"
+mesh_port  = 70000
+mesh_peers = ["vps1.example.org", "tcp://[2001:db8::1]:9651", "udp://x:1"]
+machine "s" {
+  min           = 1
+  consul_server = true
+}
+`,
+			want: []string{
+				`p.hcl:1,14: mesh: must be "yggdrasil" (the overlay) or "none" (the machines' own network), got "cjdns"`,
+				`p.hcl:2,14: mesh_port: must be at most 65535, got 70000`,
+				`p.hcl:3,14: mesh_peers: peer "vps1.example.org": want host:port`,
+				`mesh_peers: peer "udp://x:1": want host:port`,
+			},
+		},
+		{
+			name: "mesh settings without the mesh",
+			file: "p.hcl",
+			src:  "mesh_port = 7000\nmachine \"s\" {\n  min = 1\n  consul_server = true\n}\n",
+			want: []string{`p.hcl:1,1: mesh_port: has no effect without mesh = "yggdrasil"`},
+		},
+		{
 			name: "empty",
 			file: "p.hcl",
 			src:  "",
@@ -175,6 +200,23 @@ var allTypes = Options{BackendTypes: []string{"local", "docker", "exec", "ssh"}}
 
 // The original project's compute modules, compute.<type>.<server>.<command>
 // with shell strings, load as exec backends named "<type>/<server>".
+func TestMesh(t *testing.T) {
+	p, err := Parse("p.hcl", []byte(`mesh       = "yggdrasil"
+mesh_peers = ["vps1.example.org:9651", "tcp://[2001:db8::1]:7000"]
+machine "s" {
+  min           = 1
+  consul_server = true
+}
+`), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Mesh{Mode: MeshOverlay, Port: DefaultMeshPort, Peers: []string{"vps1.example.org:9651", "tcp://[2001:db8::1]:7000"}}
+	if diff := cmp.Diff(want, p.Mesh); diff != "" || !p.Mesh.Enabled() {
+		t.Errorf("mesh mismatch (-want +got):\n%s", diff)
+	}
+}
+
 func TestComputeModules(t *testing.T) {
 	src := `{
   "compute": {

@@ -57,7 +57,8 @@ var _ backends.Backend = (*Backend)(nil)
 type Backend struct {
 	name    string
 	cluster string
-	network string
+	network string   // the primary network: machines' addresses are on it
+	extra   []string // further networks every container is attached to
 	subnet  string
 	image   string // set: use as is; empty: build our own on first use
 	binary  string
@@ -69,11 +70,13 @@ type Backend struct {
 }
 
 // New builds a docker backend. Settings: "network" (default
-// "raptiformica-<cluster>", created when missing), "subnet" (the network's
-// IPv4 subnet in CIDR form when this backend creates it; by default the
-// engine picks one, but only a configured subnet lets a container keep its
-// address when it is reconnected) and "image" (default: the node image built
-// from this node's binaries).
+// "raptiformica-<cluster>", created when missing; a comma-separated list
+// attaches every container to each network, the first being the one its
+// address is on: a machine between two networks), "subnet" (the first
+// network's IPv4 subnet in CIDR form when this backend creates it; by
+// default the engine picks one, but only a configured subnet lets a
+// container keep its address when it is reconnected) and "image" (default:
+// the node image built from this node's binaries).
 func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	if len(cfg.Commands) > 0 {
 		return nil, errors.New("commands are for exec backends; a docker backend takes settings only")
@@ -81,6 +84,12 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	for k := range cfg.Settings {
 		if k != "network" && k != "image" && k != "subnet" {
 			return nil, fmt.Errorf("unknown setting %q (known: network, image, subnet)", k)
+		}
+	}
+	var nets []string
+	for _, n := range strings.Split(cfg.Settings["network"], ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			nets = append(nets, n)
 		}
 	}
 	subnet := cfg.Settings["subnet"]
@@ -93,11 +102,10 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	net := cfg.Settings["network"]
-	if net == "" {
-		net = "raptiformica-" + env.Cluster
+	if len(nets) == 0 {
+		nets = []string{"raptiformica-" + env.Cluster}
 	}
-	return &Backend{name: cfg.Name, cluster: env.Cluster, network: net, subnet: subnet, image: cfg.Settings["image"], binary: env.Binary, consul: env.ConsulBinary, cli: cli}, nil
+	return &Backend{name: cfg.Name, cluster: env.Cluster, network: nets[0], extra: nets[1:], subnet: subnet, image: cfg.Settings["image"], binary: env.Binary, consul: env.ConsulBinary, cli: cli}, nil
 }
 
 // Available pings the engine.
@@ -129,7 +137,25 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 	node.DataDir = dataDir
 	node.ConsulBinary = imageConsul
 	node.ClusterDir = ""
-	node.FastGossip = true
+	// On a bridge, failures are found in about a second; over the mesh,
+	// the first packets to a member wait for its route, so Consul's own
+	// timing stays.
+	node.FastGossip = node.Mesh == nil
+	host := &container.HostConfig{
+		Binds:       []string{socketPath + ":" + socketPath},
+		NetworkMode: container.NetworkMode(b.network),
+	}
+	if node.Mesh != nil {
+		// The overlay's TUN interface: the one capability it needs (no
+		// --privileged), the device, and IPv6, which the engine turns off
+		// in containers of IPv4-only networks.
+		m := *node.Mesh
+		m.ServeUnderlay = true
+		node.Mesh = &m
+		host.CapAdd = []string{"NET_ADMIN"}
+		host.Resources.Devices = []container.DeviceMapping{{PathOnHost: "/dev/net/tun", PathInContainer: "/dev/net/tun", CgroupPermissions: "rwm"}}
+		host.Sysctls = map[string]string{"net.ipv6.conf.all.disable_ipv6": "0"}
+	}
 	cfg, err := json.MarshalIndent(node.WithDefaults(), "", "  ")
 	if err != nil {
 		return backends.Instance{}, err
@@ -141,10 +167,7 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 			Labels:   map[string]string{LabelCluster: b.cluster, LabelMachineID: node.MachineID, LabelMachineType: node.MachineType},
 			Cmd:      []string{"agent", "-config", configPath},
 		},
-		&container.HostConfig{
-			Binds:       []string{socketPath + ":" + socketPath},
-			NetworkMode: container.NetworkMode(b.network),
-		},
+		host,
 		&network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{b.network: {}}},
 		nil, node.MachineID)
 	if err != nil {
@@ -155,6 +178,13 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 		defer cancel()
 		_ = b.cli.ContainerRemove(rmCtx, created.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
 		return backends.Instance{}, err
+	}
+	// The engine attaches one network at create; the others before start,
+	// so that the agent finds all its addresses when it starts.
+	for _, n := range b.extra {
+		if err := b.cli.NetworkConnect(ctx, n, created.ID, nil); err != nil {
+			return fail(fmt.Errorf("attach network %s: %w", n, err))
+		}
 	}
 	tarball, err := tarFiles(map[string]tarEntry{configPath: {data: cfg, mode: 0o600}})
 	if err != nil {
@@ -290,15 +320,17 @@ func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 	}
 	// Only a network this backend made for the cluster goes: one named in
 	// the settings (Docker's own "bridge", a user's) is not ours to remove.
-	nw, err := b.cli.NetworkInspect(ctx, b.network, network.InspectOptions{})
-	if errdefs.IsNotFound(err) || err == nil && nw.Labels[LabelCluster] != b.cluster {
-		return removed, nil
-	}
-	if err == nil {
-		err = b.cli.NetworkRemove(ctx, b.network)
-	}
-	if err != nil && !errdefs.IsNotFound(err) {
-		return removed, fmt.Errorf("remove network %s: %w", b.network, err)
+	for _, name := range append([]string{b.network}, b.extra...) {
+		nw, err := b.cli.NetworkInspect(ctx, name, network.InspectOptions{})
+		if errdefs.IsNotFound(err) || err == nil && nw.Labels[LabelCluster] != b.cluster {
+			continue
+		}
+		if err == nil {
+			err = b.cli.NetworkRemove(ctx, name)
+		}
+		if err != nil && !errdefs.IsNotFound(err) {
+			return removed, fmt.Errorf("remove network %s: %w", name, err)
+		}
 	}
 	return removed, nil
 }
@@ -307,18 +339,20 @@ func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 func (b *Backend) Client() *client.Client { return b.cli }
 
 func (b *Backend) ensureNetwork(ctx context.Context) error {
-	if _, err := b.cli.NetworkInspect(ctx, b.network, network.InspectOptions{}); err == nil {
-		return nil
-	} else if !errdefs.IsNotFound(err) {
-		return fmt.Errorf("inspect network %s: %w", b.network, err)
-	}
-	opts := network.CreateOptions{Driver: "bridge", Labels: map[string]string{LabelCluster: b.cluster}}
-	if b.subnet != "" {
-		opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: b.subnet}}}
-	}
-	_, err := b.cli.NetworkCreate(ctx, b.network, opts)
-	if err != nil && !errdefs.IsConflict(err) {
-		return fmt.Errorf("create network %s: %w", b.network, err)
+	for i, name := range append([]string{b.network}, b.extra...) {
+		if _, err := b.cli.NetworkInspect(ctx, name, network.InspectOptions{}); err == nil {
+			continue
+		} else if !errdefs.IsNotFound(err) {
+			return fmt.Errorf("inspect network %s: %w", name, err)
+		}
+		opts := network.CreateOptions{Driver: "bridge", Labels: map[string]string{LabelCluster: b.cluster}}
+		if b.subnet != "" && i == 0 {
+			opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: b.subnet}}}
+		}
+		_, err := b.cli.NetworkCreate(ctx, name, opts)
+		if err != nil && !errdefs.IsConflict(err) {
+			return fmt.Errorf("create network %s: %w", name, err)
+		}
 	}
 	return nil
 }

@@ -128,6 +128,9 @@ func (b *Backend) Available(ctx context.Context) error {
 // config and starts its agent in a new session.
 func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
 	node := spec.Node
+	if node.Mesh != nil {
+		return backends.Instance{}, ErrNoMesh
+	}
 	if err := os.MkdirAll(b.dir, 0o755); err != nil {
 		return backends.Instance{}, err
 	}
@@ -190,6 +193,11 @@ func (b *Backend) start(mdir string, node provision.NodeConfig) (backends.Instan
 
 // SpawnSeed starts the first machine of a new cluster. It is Spawn with the
 // node's Bootstrap set; `raptiformica up` calls it.
+// ErrNoMesh refuses a mesh machine: the local backend's machines share one
+// host, and the overlay gives each machine an interface routing all of
+// 200::/7, which only one per host can have.
+var ErrNoMesh = errors.New(`the local backend runs every machine on this host and cannot give each its own overlay interface; set mesh = "none" in the description (its machines reach each other on loopback anyway)`)
+
 func (b *Backend) SpawnSeed(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
 	spec.Node.Bootstrap = true
 	return b.Spawn(ctx, spec)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -326,6 +328,9 @@ func startSeed(ctx context.Context, dir, platformFile string, out io.Writer) (*r
 		// A container cannot read our files: the description goes inline.
 		node.PlatformFile, node.Platform = "", string(plat.Source)
 	}
+	if plat.Mesh.Enabled() {
+		node.Mesh = &provision.MeshConfig{ListenPort: plat.Mesh.Port, Secret: mesh.NewSecret(), Peers: plat.Mesh.Peers}
+	}
 	inst, err := sd.SpawnSeed(ctx, backends.Spec{Node: node})
 	if err != nil {
 		return nil, fmt.Errorf("start seed: %w", err)
@@ -525,6 +530,10 @@ type memberRow struct {
 	State   string `json:"state"`
 	Role    string `json:"role"`
 	Leader  bool   `json:"leader"`
+	// MeshEndpoints are where the member accepts overlay links; MeshPeers
+	// the members it has a link to. Both empty without the mesh.
+	MeshEndpoints []string `json:"mesh_endpoints,omitempty"`
+	MeshPeers     []string `json:"mesh_peers,omitempty"`
 }
 
 func cmdMembers(ctx context.Context, args []string, out io.Writer) error {
@@ -551,6 +560,14 @@ func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
 		return err
 	}
 	leader := reconcile.LeaderOf(c.KV())
+	meshNodes, err := daemon.MeshNodes(c.KV())
+	if err != nil {
+		return err
+	}
+	nameOf := map[string]string{}
+	for _, m := range members {
+		nameOf[m.Addr] = m.Name
+	}
 	rows := []memberRow{}
 	for _, m := range members {
 		role := "client"
@@ -558,20 +575,37 @@ func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
 			role = "server"
 		}
 		r := recs[m.Name]
-		rows = append(rows, memberRow{Name: m.Name, Address: m.Addr, Status: string(reconcile.SerfStatus(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader})
+		row := memberRow{Name: m.Name, Address: m.Addr, Status: string(reconcile.SerfStatus(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader}
+		if mn, ok := meshNodes[m.Name]; ok {
+			row.MeshEndpoints = mn.Endpoints
+			for _, l := range mn.Links {
+				row.MeshPeers = append(row.MeshPeers, cmp.Or(nameOf[l], l))
+			}
+			sort.Strings(row.MeshPeers)
+		}
+		rows = append(rows, row)
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
 	if asJSON {
 		return writeJSON(out, rows)
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER")
+	withMesh := len(meshNodes) > 0
+	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER"
+	if withMesh {
+		head += "\tMESH ENDPOINTS\tMESH PEERS"
+	}
+	fmt.Fprintln(w, head)
 	for _, r := range rows {
 		mark := ""
 		if r.Leader {
 			mark = "*"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Address, r.Status, dash(r.Type), dash(r.State), r.Role, mark)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Address, r.Status, dash(r.Type), dash(r.State), r.Role, mark)
+		if withMesh {
+			fmt.Fprintf(w, "\t%s\t%s", dash(strings.Join(r.MeshEndpoints, ",")), dash(strings.Join(r.MeshPeers, ",")))
+		}
+		fmt.Fprintln(w)
 	}
 	return w.Flush()
 }

@@ -55,6 +55,9 @@ type Metrics struct {
 	ConsulRestarts      prometheus.Counter
 	ConsulLeaderless    prometheus.Gauge
 	QuorumLost          prometheus.Gauge
+	MeshPeers           *prometheus.GaugeVec
+	MeshBytes           *prometheus.CounterVec
+	MeshPeerChanges     *prometheus.CounterVec
 }
 
 const ns = "raptiformica"
@@ -115,6 +118,12 @@ func New() *Metrics {
 			Help: "1 when this node's Consul has had no leader for longer than the policy's quorum_lost_after."}),
 		ConsulRestarts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consul_restarts_total",
 			Help: "Times the supervised Consul agent exited and was restarted."}),
+		MeshPeers: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "mesh_peers",
+			Help: "Overlay links of this node: up, or kept and being dialled (down)."}, []string{"state"}),
+		MeshBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "mesh_bytes_total",
+			Help: "Bytes this node's overlay links carried, by direction (rx, tx)."}, []string{"direction"}),
+		MeshPeerChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "mesh_peer_changes_total",
+			Help: "Overlay peers (by key) that came up or went down: the mesh's churn."}, []string{"change"}),
 	}
 	reg.MustRegister(
 		m.ReconcileDuration, m.ReconcileTotal, m.LastSuccess, m.Halted, m.Actions,
@@ -122,7 +131,7 @@ func New() *Metrics {
 		m.BackendUp, m.BackendErrors, m.BackendBackoff, m.BackendCallDuration, m.HookRuns,
 		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
 		m.ConsulLeaderless, m.QuorumLost, m.MirrorKeptNewer,
-		m.ConsulVoters, m.FailureTolerance,
+		m.ConsulVoters, m.FailureTolerance, m.MeshPeers, m.MeshBytes, m.MeshPeerChanges,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	for _, r := range []string{"success", "error"} {

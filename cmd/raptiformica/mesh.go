@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/mesh"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// localAgent is where the CLI on a machine finds its own agent: a mesh node
+// serves its HTTP on loopback too.
+var localAgent = net.JoinHostPort("127.0.0.1", strconv.Itoa(provision.AgentHTTPPort))
+
+// splitAgent reads --agent HOST[:PORT].
+func splitAgent(s string) (string, int, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return s, provision.AgentHTTPPort, nil
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", 0, fmt.Errorf("%w: --agent %q: bad port", errUsage, s)
+	}
+	return host, p, nil
+}
+
+// cmdJoin asks an agent to link to a member (or, run against a member with
+// --agent, to a new machine) and waits until the link is up.
+func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlagSet("join")
+	agent := fs.String("agent", localAgent, "the agent that dials: this machine's by default; a member's to have it dial a machine that cannot dial out")
+	timeout := fs.Duration("timeout", time.Minute, "how long to wait for the link")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%w: join HOST[:PORT]", errUsage)
+	}
+	endpoint := fs.Arg(0)
+	if _, _, err := net.SplitHostPort(strings.TrimPrefix(endpoint, "tcp://")); err != nil {
+		endpoint = net.JoinHostPort(strings.Trim(strings.TrimPrefix(endpoint, "tcp://"), "[]"), strconv.Itoa(rules.DefaultMeshPort))
+	}
+	u, err := mesh.ParseEndpoint(endpoint)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	host, port, err := splitAgent(*agent)
+	if err != nil {
+		return err
+	}
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	if err := daemon.AddMeshPeer(ctx, addr, u.Host); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "agent at %s dials %s\n", addr, u.Host)
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	var last *daemon.MeshStatus
+	for {
+		st, err := daemon.FetchStatus(ctx, host, port)
+		if err == nil && st.Mesh != nil {
+			last = st.Mesh
+			for _, p := range st.Mesh.Peers {
+				if p.Up && p.Endpoint == u.String() {
+					fmt.Fprintf(out, "link up to %s (overlay %s)\n", u.Host, p.Address)
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			why := "no answer from the agent"
+			if last != nil {
+				why = linkError(last, u.String())
+			}
+			return fmt.Errorf("no link to %s after %s: %s", u.Host, *timeout, why)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// linkError is what a node's dials of endpoint report.
+func linkError(st *daemon.MeshStatus, endpoint string) string {
+	for _, p := range st.Peers {
+		if p.Endpoint == endpoint && p.LastError != "" {
+			return p.LastError
+		}
+	}
+	if st.Problem != "" {
+		return st.Problem
+	}
+	return "still dialling"
+}
+
+// cmdMesh shows an agent's overlay: its address, links and why it has
+// none; or prints the cluster's mesh secret for a machine joined by hand.
+func cmdMesh(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlagSet("mesh")
+	agent := fs.String("agent", localAgent, "the agent to ask")
+	secret := fs.Bool("secret", false, "print the cluster's mesh secret (from KV) instead, for a machine's node config")
+	asJSON := fs.Bool("json", false, "print JSON")
+	t := addTarget(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: mesh [--agent ADDR] [--json] [--secret]", errUsage)
+	}
+	if *secret {
+		c, err := t.client()
+		if err != nil {
+			return err
+		}
+		pair, _, err := c.KV().Get(daemon.KeyMeshSecret, nil)
+		if err != nil {
+			return err
+		}
+		if pair == nil {
+			return errors.New("the cluster has no mesh secret: it runs with mesh = \"none\"")
+		}
+		fmt.Fprintln(out, string(pair.Value))
+		return nil
+	}
+	host, port, err := splitAgent(*agent)
+	if err != nil {
+		return err
+	}
+	st, err := daemon.FetchStatus(ctx, host, port)
+	if err != nil {
+		return err
+	}
+	if st.Mesh == nil {
+		return fmt.Errorf("machine %s runs without the mesh (mesh = \"none\")", st.MachineID)
+	}
+	if *asJSON {
+		return writeJSON(out, st.Mesh)
+	}
+	m := st.Mesh
+	fmt.Fprintf(out, "machine %s: overlay %s, key %s\n", st.MachineID, m.Address, m.Key)
+	if m.ListenPort == 0 {
+		fmt.Fprintln(out, "dial-only: accepts no links")
+	} else {
+		fmt.Fprintf(out, "accepts links on %s\n", dash(strings.Join(m.Endpoints, ", ")))
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ENDPOINT\tSTATE\tDIRECTION\tOVERLAY\tRX\tTX\tLAST ERROR")
+	for _, p := range m.Peers {
+		state, dir := "down", "out"
+		if p.Up {
+			state = "up"
+		}
+		if p.Inbound {
+			dir = "in"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Endpoint, state, dir, dash(p.Address), p.RXBytes, p.TXBytes, dash(p.LastError))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if m.Problem != "" {
+		fmt.Fprintln(out, m.Problem)
+	}
+	return nil
+}

@@ -1,0 +1,565 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/mesh"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// Mesh keys in KV.
+const (
+	// KeyMeshSecret holds the cluster's mesh secret, given to new machines.
+	KeyMeshSecret = reconcile.Prefix + "mesh/secret"
+	// KeyMeshNodes is the folder of MeshNode entries, one per member.
+	KeyMeshNodes = reconcile.Prefix + "mesh/nodes/"
+)
+
+// meshPass is how often the mesh is looked at without a change in KV: links
+// that came up are joined into Consul, and a node without a cluster retries.
+const meshPass = 5 * time.Second
+
+// MeshNode is a member's entry in KV: how the others reach it.
+type MeshNode struct {
+	MachineID string `json:"machine_id"`
+	Key       string `json:"key"`
+	Address   string `json:"address"`
+	// Endpoints are where it accepts links; none for a dial-only node.
+	Endpoints []string `json:"endpoints,omitempty"`
+	// Links are the overlay addresses of the members it has a link to.
+	Links []string `json:"links,omitempty"`
+}
+
+// MeshNodes reads every member's mesh entry, by machine ID.
+func MeshNodes(kv *api.KV) (map[string]MeshNode, error) {
+	pairs, _, err := kv.List(KeyMeshNodes, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read mesh entries: %w", err)
+	}
+	return decodeMeshNodes(pairs), nil
+}
+
+func decodeMeshNodes(pairs api.KVPairs) map[string]MeshNode {
+	nodes := map[string]MeshNode{}
+	for _, p := range pairs {
+		var n MeshNode
+		if json.Unmarshal(p.Value, &n) == nil && n.MachineID != "" {
+			nodes[n.MachineID] = n
+		}
+	}
+	return nodes
+}
+
+// MeshStatus is the mesh part of /v1/status.
+type MeshStatus struct {
+	Address    string      `json:"address"`
+	Key        string      `json:"key"`
+	ListenPort int         `json:"listen_port"`
+	Endpoints  []string    `json:"endpoints,omitempty"`
+	Peers      []mesh.Peer `json:"peers"`
+	// Problem explains a node that has no link up.
+	Problem string `json:"problem,omitempty"`
+}
+
+// meshMirror is what a node keeps on disk of the mesh, so that after a
+// restart it dials the members it knew without any help.
+type meshMirror struct {
+	// Joined are endpoints given by hand (raptiformica join): kept until
+	// the node leaves.
+	Joined []string `json:"joined,omitempty"`
+	// Known are the other members' endpoints last read from KV.
+	Known []string `json:"known,omitempty"`
+}
+
+func (a *Agent) meshMirrorPath() string { return filepath.Join(a.Config.DataDir, "mesh-peers.json") }
+
+func (a *Agent) loadMeshMirror() meshMirror {
+	var m meshMirror
+	if b, err := os.ReadFile(a.meshMirrorPath()); err == nil {
+		if err := json.Unmarshal(b, &m); err != nil {
+			a.Log.Warn("mesh mirror unreadable; starting from the configured peers", telemetry.KeyFile, a.meshMirrorPath(), telemetry.KeyError, err)
+		}
+	}
+	return m
+}
+
+func (a *Agent) saveMeshMirror(m meshMirror) {
+	b, _ := json.MarshalIndent(m, "", "  ")
+	if err := fsutil.WriteFileAtomic(a.meshMirrorPath(), append(b, '\n'), 0o600); err != nil {
+		a.Log.Warn("write mesh mirror", telemetry.KeyError, err)
+	}
+}
+
+// startMesh brings the overlay up before Consul, which binds to its
+// address: the node's address becomes the overlay one.
+func (a *Agent) startMesh() error {
+	mc := a.Config.Mesh
+	iface := mc.Interface
+	if iface == "" {
+		iface = mesh.DefaultInterface
+	}
+	mirror := a.loadMeshMirror()
+	for i, p := range mc.Peers {
+		if _, err := mesh.ParseEndpoint(p); err != nil {
+			return fmt.Errorf("node config mesh.peers[%d]: %w", i, err)
+		}
+	}
+	n, err := mesh.Start(mesh.Config{
+		KeyFile: filepath.Join(a.Config.DataDir, "mesh.key"), ListenPort: mc.ListenPort, Secret: mc.Secret,
+		Peers:     uniqueSorted(mc.Peers, mirror.Joined, mirror.Known),
+		Interface: iface, Log: a.Log.Named("mesh"),
+	})
+	if err != nil {
+		return err
+	}
+	a.mesh = n
+	a.Config.Mesh.Underlay = a.Config.BindAddr
+	a.Config.BindAddr = n.Address().String()
+	a.Log.Info("mesh up", telemetry.KeyAddress, a.Config.BindAddr, "key", n.PublicKey(), "listen_port", mc.ListenPort)
+	return nil
+}
+
+// meshEndpoints are where this node accepts links: the advertised ones, or
+// each address of its own network with the listen port.
+func (a *Agent) meshEndpoints() []string {
+	mc := a.Config.Mesh
+	if mc.ListenPort == 0 {
+		return nil
+	}
+	if len(mc.Advertise) > 0 {
+		return uniqueSorted(mc.Advertise)
+	}
+	port := strconv.Itoa(mc.ListenPort)
+	if u := mc.Underlay; u != provision.BindAuto && u != "" && u != "0.0.0.0" && u != "::" {
+		return []string{net.JoinHostPort(u, port)}
+	}
+	var out []string
+	ifaces, _ := net.Interfaces()
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 || localOnlyInterface(ifc.Name) {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, ad := range addrs {
+			ipn, ok := ad.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			if !ok || !ip.Unmap().IsGlobalUnicast() || mesh.IsOverlay(ip) {
+				continue
+			}
+			out = append(out, net.JoinHostPort(ip.Unmap().String(), port))
+		}
+	}
+	return uniqueSorted(out)
+}
+
+// localOnlyInterface names interfaces whose addresses mean nothing to other
+// machines: every Docker host has its own 172.17.0.1, and the overlay's own
+// interface is reached through the mesh.
+func localOnlyInterface(name string) bool {
+	for _, p := range []string{"docker", "br-", "veth", "virbr", "cni", "raptiformica"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// runMesh keeps the node's links in line with KV: it dials every other
+// member's endpoints, drops those of machines gone from KV, writes its own
+// entry, mirrors what it learnt, and joins into Consul every peer it has a
+// link to. It runs before Consul has a leader too: a new node's first link
+// is how it finds the cluster. It blocks until ctx ends.
+func (a *Agent) runMesh(ctx context.Context) {
+	var index uint64
+	seen := map[string]bool{} // keys of peers up in the last pass
+	bytes := map[string][2]uint64{}
+	for ctx.Err() == nil {
+		nodes, next, err := a.meshNodes(ctx, index)
+		if err != nil {
+			index = 0
+		} else {
+			index = next
+		}
+		a.syncMesh(ctx, nodes, err == nil)
+		a.meshMetrics(seen, bytes)
+		wait := time.Duration(0)
+		if err != nil {
+			wait = 2 * time.Second // no cluster yet, or Consul restarting
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// meshNodes reads the members' entries, blocking up to meshPass for a
+// change after index.
+func (a *Agent) meshNodes(ctx context.Context, index uint64) (map[string]MeshNode, uint64, error) {
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: meshPass}).WithContext(ctx)
+	pairs, meta, err := a.consul.KV().List(KeyMeshNodes, q)
+	if err != nil {
+		return nil, 0, err
+	}
+	nodes := decodeMeshNodes(pairs)
+	next := meta.LastIndex
+	if next < index {
+		next = 0
+	}
+	return nodes, next, nil
+}
+
+func (a *Agent) syncMesh(ctx context.Context, nodes map[string]MeshNode, fromKV bool) {
+	a.meshMu.Lock()
+	defer a.meshMu.Unlock()
+	mirror := a.loadMeshMirror()
+	var described []string
+	port := rules.DefaultMeshPort
+	if p := a.Platform(); p != nil {
+		described, port = p.Mesh.Peers, p.Mesh.Port
+	}
+	static := hostPorts(a.Config.Mesh.Peers, described, mirror.Joined)
+	own := hostPorts(a.meshEndpoints())
+	if fromKV {
+		var known []string
+		for id, n := range nodes {
+			if id != a.Config.MachineID {
+				known = append(known, n.Endpoints...)
+			}
+		}
+		recs, _, err := a.inventory.List(ctx, nil)
+		if err == nil {
+			known = append(known, newMachineEndpoints(recs, nodes, port)...)
+			if a.isLeading() {
+				a.pruneMeshNodes(ctx, nodes, recs)
+			}
+		}
+		known = hostPorts(known)
+		if !slices.Equal(known, mirror.Known) {
+			mirror.Known = known
+			a.saveMeshMirror(mirror)
+		}
+		a.publishMeshNode(ctx, nodes[a.Config.MachineID], own)
+	}
+	want := uniqueSorted(static, mirror.Known)
+	for _, ep := range want {
+		if slices.Contains(own, ep) {
+			continue
+		}
+		if err := a.mesh.AddPeer(ep); err != nil {
+			a.Log.Warn("mesh peer refused", "endpoint", ep, telemetry.KeyError, err)
+		}
+	}
+	if fromKV {
+		// Only what KV says is gone is dropped: without KV the node keeps
+		// dialling everything it knew.
+		for _, ep := range a.mesh.Kept() {
+			if !slices.Contains(want, ep) {
+				_ = a.mesh.RemovePeer(ep)
+			}
+		}
+	}
+	a.joinMeshPeers()
+}
+
+// newMachineEndpoints are the endpoints of machines spawned but not yet in
+// the mesh: their address on their own network, as the backend reported
+// it, with the mesh port. Every member dials them, so that a new machine
+// that reaches no member, but that one member reaches, still links.
+func newMachineEndpoints(recs map[string]reconcile.Record, nodes map[string]MeshNode, port int) []string {
+	var out []string
+	for id, r := range recs {
+		if _, ok := nodes[id]; ok || r.Address == "" || r.State != reconcile.StateJoining {
+			continue
+		}
+		if ip, err := netip.ParseAddr(r.Address); err == nil && mesh.IsOverlay(ip) {
+			continue
+		}
+		out = append(out, net.JoinHostPort(r.Address, strconv.Itoa(port)))
+	}
+	return out
+}
+
+// publishMeshNode writes this node's entry when KV lacks it or holds an old
+// one.
+func (a *Agent) publishMeshNode(ctx context.Context, have MeshNode, endpoints []string) {
+	var links []string
+	for _, p := range a.mesh.Peers() {
+		if p.Up {
+			links = append(links, p.Address)
+		}
+	}
+	me := MeshNode{MachineID: a.Config.MachineID, Key: a.mesh.PublicKey(), Address: a.Config.BindAddr, Endpoints: endpoints, Links: uniqueSorted(links)}
+	if have.Key == me.Key && have.Address == me.Address && slices.Equal(have.Endpoints, me.Endpoints) && slices.Equal(have.Links, me.Links) {
+		return
+	}
+	b, _ := json.Marshal(me)
+	if _, err := a.consul.KV().Put(&api.KVPair{Key: KeyMeshNodes + me.MachineID, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		a.Log.Warn("publish mesh entry", telemetry.KeyError, err)
+	}
+}
+
+// pruneMeshNodes drops the entries of machines the inventory no longer
+// has, so that nobody keeps dialling a machine that was reaped.
+func (a *Agent) pruneMeshNodes(ctx context.Context, nodes map[string]MeshNode, recs map[string]reconcile.Record) {
+	for id := range nodes {
+		if _, ok := recs[id]; !ok && id != a.Config.MachineID {
+			if _, err := a.consul.KV().Delete(KeyMeshNodes+id, (&api.WriteOptions{}).WithContext(ctx)); err == nil {
+				a.Log.Info("mesh entry of a removed machine dropped", telemetry.KeyMachineID, id)
+			}
+		}
+	}
+}
+
+// joinMeshPeers asks Consul to join each peer with a link up that it does
+// not know as alive: the first link of a new node, or a member back after
+// a split, is in the cluster at once rather than at the next retry.
+func (a *Agent) joinMeshPeers() {
+	members, err := a.consul.Agent().Members(false)
+	if err != nil {
+		return
+	}
+	alive := map[string]bool{}
+	for _, m := range members {
+		if reconcile.SerfStatus(m.Status) == reconcile.MemberAlive {
+			alive[m.Addr] = true
+		}
+	}
+	for _, p := range a.mesh.Peers() {
+		if !p.Up || p.Address == "" || alive[p.Address] {
+			continue
+		}
+		if err := a.consul.Agent().Join(p.Address, false); err != nil {
+			a.Log.Debug("consul join over the mesh", telemetry.KeyAddress, p.Address, telemetry.KeyError, err)
+		}
+		alive[p.Address] = true
+	}
+}
+
+func (a *Agent) meshMetrics(seen map[string]bool, last map[string][2]uint64) {
+	peers := a.mesh.Peers()
+	up, down := 0, 0
+	now := map[string]bool{}
+	for _, p := range peers {
+		if !p.Up {
+			down++
+			continue
+		}
+		up++
+		now[p.Key] = true
+		// Byte counts are per link and restart with it: count what each
+		// link added since the last pass.
+		id := p.Endpoint + "|" + p.Key
+		prev := last[id]
+		if p.RXBytes < prev[0] || p.TXBytes < prev[1] {
+			prev = [2]uint64{}
+		}
+		a.metrics.MeshBytes.WithLabelValues("rx").Add(float64(p.RXBytes - prev[0]))
+		a.metrics.MeshBytes.WithLabelValues("tx").Add(float64(p.TXBytes - prev[1]))
+		last[id] = [2]uint64{p.RXBytes, p.TXBytes}
+	}
+	a.metrics.MeshPeers.WithLabelValues("up").Set(float64(up))
+	a.metrics.MeshPeers.WithLabelValues("down").Set(float64(down))
+	for k := range now {
+		if !seen[k] {
+			a.metrics.MeshPeerChanges.WithLabelValues("up").Inc()
+		}
+	}
+	for k := range seen {
+		if !now[k] {
+			a.metrics.MeshPeerChanges.WithLabelValues("down").Inc()
+			delete(seen, k)
+		}
+	}
+	for k := range now {
+		seen[k] = true
+	}
+}
+
+// meshStatus describes the node's mesh, and when no link is up, why.
+func (a *Agent) meshStatus() *MeshStatus {
+	if a.mesh == nil {
+		return nil
+	}
+	st := &MeshStatus{Address: a.mesh.Address().String(), Key: a.mesh.PublicKey(), ListenPort: a.Config.Mesh.ListenPort,
+		Endpoints: a.meshEndpoints(), Peers: a.mesh.Peers()}
+	for _, p := range st.Peers {
+		if p.Up {
+			return st
+		}
+	}
+	st.Problem = noPeerProblem(st.Peers, st.ListenPort)
+	return st
+}
+
+// noPeerProblem says why a node has no link, from what its dials report.
+func noPeerProblem(peers []mesh.Peer, listenPort int) string {
+	if len(peers) == 0 {
+		if listenPort == 0 {
+			return "no mesh peer: this node is dial-only and knows no member to dial; run `raptiformica join HOST[:PORT]` with a member's address"
+		}
+		return "no mesh peer: no member is known to dial and none has dialled in; run `raptiformica join HOST[:PORT]` here, or on a member with --agent to dial this node"
+	}
+	var why []string
+	for _, p := range peers {
+		e := p.LastError
+		switch {
+		case e == "":
+			e = "dialling"
+		case strings.Contains(e, "password does not match"):
+			e += " (this node's mesh secret is not the cluster's: a member prints it with `raptiformica mesh secret`)"
+		}
+		why = append(why, p.Endpoint+": "+e)
+	}
+	return "no mesh peer is up: " + strings.Join(why, "; ")
+}
+
+// ensureMeshSecret puts the node's mesh secret in KV when the cluster has
+// none yet (the seed), so that the leader can give it to new machines.
+func (a *Agent) ensureMeshSecret(ctx context.Context) error {
+	if a.Config.Mesh == nil {
+		return nil
+	}
+	_, _, err := a.consul.KV().CAS(&api.KVPair{Key: KeyMeshSecret, Value: []byte(a.Config.Mesh.Secret)}, (&api.WriteOptions{}).WithContext(ctx))
+	return err
+}
+
+// meshPeerRequest is the body of POST /v1/mesh/peers.
+type meshPeerRequest struct {
+	Endpoint string `json:"endpoint"`
+}
+
+// serveMeshPeer adds a peer by hand (raptiformica join): it is dialled at
+// once and kept in the mirror, so a restarted node dials it again.
+func (a *Agent) serveMeshPeer(w http.ResponseWriter, r *http.Request) {
+	if a.mesh == nil {
+		http.Error(w, "this node runs without the mesh (mesh = \"none\"): there is nothing to peer\n", http.StatusConflict)
+		return
+	}
+	var req meshPeerRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error()+"\n", http.StatusBadRequest)
+		return
+	}
+	u, err := mesh.ParseEndpoint(req.Endpoint)
+	if err != nil {
+		http.Error(w, err.Error()+"\n", http.StatusBadRequest)
+		return
+	}
+	if err := a.mesh.AddPeer(u.Host); err != nil {
+		http.Error(w, err.Error()+"\n", http.StatusBadRequest)
+		return
+	}
+	a.meshMu.Lock()
+	m := a.loadMeshMirror()
+	m.Joined = uniqueSorted(m.Joined, []string{u.Host})
+	a.saveMeshMirror(m)
+	a.meshMu.Unlock()
+	a.Log.Info("mesh peer added by hand", "endpoint", u.Host)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// AddMeshPeer asks the agent at addr to dial endpoint and keep it: how
+// `raptiformica join` reaches the local agent, or a member (--agent).
+func AddMeshPeer(ctx context.Context, addr, endpoint string) error {
+	b, _ := json.Marshal(meshPeerRequest{Endpoint: endpoint})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/mesh/peers", strings.NewReader(string(b)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("agent at %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		var msg strings.Builder
+		_, _ = fmt.Fprintf(&msg, "agent at %s: %s", addr, resp.Status)
+		buf := make([]byte, 512)
+		if n, _ := resp.Body.Read(buf); n > 0 {
+			msg.WriteString(": " + strings.TrimSpace(string(buf[:n])))
+		}
+		return errors.New(msg.String())
+	}
+	return nil
+}
+
+// meshConfigFor is the mesh part of a new machine's config: the cluster's
+// secret and every member's endpoints, so that it links to whichever of
+// them it reaches.
+func meshConfigFor(ctx context.Context, kv *api.KV, port int, static []string) (*provision.MeshConfig, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	pair, _, err := kv.Get(KeyMeshSecret, q)
+	if err != nil {
+		return nil, fmt.Errorf("read mesh secret: %w", err)
+	}
+	if pair == nil || len(pair.Value) == 0 {
+		return nil, errors.New("the description asks for the mesh, but the cluster has no mesh secret in KV (" + KeyMeshSecret + "); its first node runs without the mesh")
+	}
+	pairs, _, err := kv.List(KeyMeshNodes, q)
+	if err != nil {
+		return nil, fmt.Errorf("read mesh entries: %w", err)
+	}
+	peers := append([]string(nil), static...)
+	for _, n := range decodeMeshNodes(pairs) {
+		peers = append(peers, n.Endpoints...)
+	}
+	return &provision.MeshConfig{ListenPort: port, Secret: string(pair.Value), Peers: uniqueSorted(peers)}, nil
+}
+
+// hostPorts merges lists of endpoints into one sorted list of host:port
+// without repeats, the spelling the mesh keeps peers in; invalid ones are
+// dropped (the description and the config were checked when read).
+func hostPorts(lists ...[]string) []string {
+	var out []string
+	for _, l := range lists {
+		for _, s := range l {
+			if u, err := mesh.ParseEndpoint(s); err == nil {
+				out = append(out, u.Host)
+			}
+		}
+	}
+	return uniqueSorted(out)
+}
+
+// uniqueSorted merges lists into one sorted list without repeats.
+func uniqueSorted(lists ...[]string) []string {
+	set := map[string]bool{}
+	for _, l := range lists {
+		for _, s := range l {
+			if s != "" {
+				set[s] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(set))
+	for s := range set {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
+}
