@@ -57,7 +57,7 @@ func init() {
 			examples: []string{"raptiformica adopt root@192.0.2.20 --type worker", "raptiformica adopt deploy@nas.home:2222 --type storage --identity ~/.ssh/id_ed25519",
 				"raptiformica adopt root@10.0.0.5 --type worker --jump root@bastion.example.org"}, run: cmdAdopt},
 		{name: "join", args: "HOST[:PORT] [--agent ADDR] [--timeout D]",
-			summary: "link this machine's overlay to a member (default port 9651); with --agent, have that member dial a machine instead (the original's inject)",
+			summary:  "link this machine's overlay to a member (default port 9651); with --agent, have that member dial a machine instead (the original's inject)",
 			examples: []string{"raptiformica join vps1.example.org", "raptiformica join 192.0.2.20:9651 --agent 10.0.0.5:9550"}, run: cmdJoin},
 		{name: "mesh", args: "[--agent ADDR] [--json] [--secret]", summary: "show this machine's overlay: address, links, and why it has none",
 			examples: []string{"raptiformica mesh", "raptiformica mesh --json | jq '.peers[] | select(.up | not)'", "raptiformica mesh --secret"}, run: cmdMesh},
