@@ -47,6 +47,7 @@ test-short:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./reconcile/
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/heal.sh
+	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/mesh.sh
 
 # Package versions must sort and start with a digit; until releases are
 # tagged, the commit names the build.

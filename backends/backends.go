@@ -53,11 +53,14 @@ type Spec struct {
 
 // Instance is a machine as a backend sees it.
 type Instance struct {
-	MachineID   string    `json:"machine_id"`
-	MachineType string    `json:"machine_type"`
-	Address     string    `json:"address"`
-	Running     bool      `json:"running"`
-	Created     time.Time `json:"created"`
+	MachineID   string `json:"machine_id"`
+	MachineType string `json:"machine_type"`
+	Address     string `json:"address"`
+	// Addresses are all the machine's addresses, Address first, for a
+	// machine on several networks; empty when Address is the only one.
+	Addresses []string  `json:"addresses,omitempty"`
+	Running   bool      `json:"running"`
+	Created   time.Time `json:"created"`
 }
 
 // Env is what a backend needs to know about the node that runs it.

@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -66,6 +67,9 @@ type Agent struct {
 	// mesh is the overlay node, nil with mesh = "none".
 	mesh   *mesh.Node
 	meshMu sync.Mutex // guards the mesh mirror file
+	// bindAuto: bind_addr was "auto", so the machine's own network is all
+	// of its interfaces, and the mesh advertises each.
+	bindAuto bool
 	// lastRaftIndex is the last Raft index read from Consul.
 	lastRaftIndex atomic.Uint64
 }
@@ -77,6 +81,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.Clock == nil {
 		a.Clock = reconcile.RealClock{}
 	}
+	a.bindAuto = a.Config.BindAddr == provision.BindAuto
 	addr, err := provision.ResolveBindAddr(a.Config.BindAddr)
 	if err != nil {
 		return err
@@ -127,7 +132,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	hooks := &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock}
 	a.executor = &reconcile.Executor{
 		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"),
-		Metrics: a.metrics, NodeConfig: NodeConfigFor(client, c.ClusterDir, c.ConsulBinary), Hooks: hooks,
+		Metrics: a.metrics, NodeConfig: NodeConfigFor(client, c.ClusterDir, c.ConsulBinary, a.selfEndpoints), Hooks: hooks,
 	}
 
 	var lns []net.Listener
@@ -261,6 +266,11 @@ func (a *Agent) ensureRecord(ctx context.Context) error {
 	if found && a.mesh != nil && rec.Address != a.Config.BindAddr {
 		// The spawner recorded the machine's own network address; over
 		// the mesh the others reach it at its overlay address.
+		// The old address stays among Addresses: members dial it until
+		// this node's mesh entry is in KV.
+		if !slices.Contains(rec.Addresses, rec.Address) {
+			rec.Addresses = append(rec.Addresses, rec.Address)
+		}
 		rec.Address, rec.Updated = a.Config.BindAddr, a.Clock.Now()
 		if _, err := a.inventory.Put(ctx, rec); err != nil && !errors.Is(err, reconcile.ErrConflict) {
 			return err
@@ -345,8 +355,10 @@ func (b brokenBackend) List(context.Context) ([]backends.Instance, error) { retu
 
 // NodeConfigFor returns how new machines are configured by a node that
 // reaches Consul through client: they join the live servers, get the
-// cluster's gossip key, and run the given Consul binary.
-func NodeConfigFor(client *api.Client, clusterDir, consulBinary string) reconcile.NodeConfigFunc {
+// cluster's gossip key and mesh secret, dial the members' mesh endpoints
+// and the configuring node's own (self, which may be nil), and run the
+// given Consul binary.
+func NodeConfigFor(client *api.Client, clusterDir, consulBinary string, self func() []string) reconcile.NodeConfigFunc {
 	return func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (provision.NodeConfig, error) {
 		pair, _, err := client.KV().Get(reconcile.KeyGossip, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
@@ -358,7 +370,11 @@ func NodeConfigFor(client *api.Client, clusterDir, consulBinary string) reconcil
 		}
 		var meshCfg *provision.MeshConfig
 		if p.Mesh.Enabled() {
-			if meshCfg, err = meshConfigFor(ctx, client.KV(), p.Mesh.Port, p.Mesh.Peers); err != nil {
+			var own []string
+			if self != nil {
+				own = self()
+			}
+			if meshCfg, err = meshConfigFor(ctx, client.KV(), p.Mesh.Port, p.Mesh.Peers, own); err != nil {
 				return provision.NodeConfig{}, err
 			}
 		}

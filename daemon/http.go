@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -95,9 +97,13 @@ func (a *Agent) status() AgentStatus {
 		// fails: say what this node knows instead.
 		return st
 	}
-	st.Leader = reconcile.LeaderOf(a.consul.KV())
+	// A node cut off from the servers (before its quorum watch says so)
+	// waits seconds for each read: answer with what it knows instead.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st.Leader = reconcile.LeaderWithin(ctx, a.consul.KV())
 	if !st.IsLeader {
-		if pair, _, err := a.consul.KV().Get(reconcile.KeyStatus, nil); err == nil && pair != nil {
+		if pair, _, err := a.consul.KV().Get(reconcile.KeyStatus, (&api.QueryOptions{}).WithContext(ctx)); err == nil && pair != nil {
 			var rs reconcile.Status
 			if json.Unmarshal(pair.Value, &rs) == nil {
 				st.Reconcile = &rs

@@ -138,6 +138,15 @@ func (a *Agent) startMesh() error {
 	return nil
 }
 
+// selfEndpoints are where a new machine can dial the node that configures
+// it: in its config even before this node's entry is in KV.
+func (a *Agent) selfEndpoints() []string {
+	if a.mesh == nil {
+		return nil
+	}
+	return a.meshEndpoints()
+}
+
 // meshEndpoints are where this node accepts links: the advertised ones, or
 // each address of its own network with the listen port.
 func (a *Agent) meshEndpoints() []string {
@@ -149,7 +158,7 @@ func (a *Agent) meshEndpoints() []string {
 		return uniqueSorted(mc.Advertise)
 	}
 	port := strconv.Itoa(mc.ListenPort)
-	if u := mc.Underlay; u != provision.BindAuto && u != "" && u != "0.0.0.0" && u != "::" {
+	if u := mc.Underlay; !a.bindAuto && u != "" && u != "0.0.0.0" && u != "::" {
 		return []string{net.JoinHostPort(u, port)}
 	}
 	var out []string
@@ -252,7 +261,7 @@ func (a *Agent) syncMesh(ctx context.Context, nodes map[string]MeshNode, fromKV 
 		}
 		recs, _, err := a.inventory.List(ctx, nil)
 		if err == nil {
-			known = append(known, newMachineEndpoints(recs, nodes, port)...)
+			known = append(known, unlistedEndpoints(recs, nodes, port)...)
 			if a.isLeading() {
 				a.pruneMeshNodes(ctx, nodes, recs)
 			}
@@ -285,20 +294,23 @@ func (a *Agent) syncMesh(ctx context.Context, nodes map[string]MeshNode, fromKV 
 	a.joinMeshPeers()
 }
 
-// newMachineEndpoints are the endpoints of machines spawned but not yet in
-// the mesh: their address on their own network, as the backend reported
-// it, with the mesh port. Every member dials them, so that a new machine
-// that reaches no member, but that one member reaches, still links.
-func newMachineEndpoints(recs map[string]reconcile.Record, nodes map[string]MeshNode, port int) []string {
+// unlistedEndpoints are the endpoints of machines without a mesh entry:
+// their addresses on their own networks, as the backend reported them at
+// spawn, with the mesh port. Every member dials them, so that a new machine
+// that reaches no member, but that one member reaches, still links, and
+// keeps that link until its own entry is in KV.
+func unlistedEndpoints(recs map[string]reconcile.Record, nodes map[string]MeshNode, port int) []string {
 	var out []string
 	for id, r := range recs {
-		if _, ok := nodes[id]; ok || r.Address == "" || r.State != reconcile.StateJoining {
+		if _, ok := nodes[id]; ok || r.State == reconcile.StateDestroying {
 			continue
 		}
-		if ip, err := netip.ParseAddr(r.Address); err == nil && mesh.IsOverlay(ip) {
-			continue
+		for _, addr := range uniqueSorted([]string{r.Address}, r.Addresses) {
+			if ip, err := netip.ParseAddr(addr); err != nil || mesh.IsOverlay(ip) {
+				continue // a host name is an SSH target, not a mesh endpoint
+			}
+			out = append(out, net.JoinHostPort(addr, strconv.Itoa(port)))
 		}
-		out = append(out, net.JoinHostPort(r.Address, strconv.Itoa(port)))
 	}
 	return out
 }
@@ -511,7 +523,7 @@ func AddMeshPeer(ctx context.Context, addr, endpoint string) error {
 // meshConfigFor is the mesh part of a new machine's config: the cluster's
 // secret and every member's endpoints, so that it links to whichever of
 // them it reaches.
-func meshConfigFor(ctx context.Context, kv *api.KV, port int, static []string) (*provision.MeshConfig, error) {
+func meshConfigFor(ctx context.Context, kv *api.KV, port int, static ...[]string) (*provision.MeshConfig, error) {
 	q := (&api.QueryOptions{}).WithContext(ctx)
 	pair, _, err := kv.Get(KeyMeshSecret, q)
 	if err != nil {
@@ -524,11 +536,11 @@ func meshConfigFor(ctx context.Context, kv *api.KV, port int, static []string) (
 	if err != nil {
 		return nil, fmt.Errorf("read mesh entries: %w", err)
 	}
-	peers := append([]string(nil), static...)
+	peers := uniqueSorted(static...)
 	for _, n := range decodeMeshNodes(pairs) {
 		peers = append(peers, n.Endpoints...)
 	}
-	return &provision.MeshConfig{ListenPort: port, Secret: string(pair.Value), Peers: uniqueSorted(peers)}, nil
+	return &provision.MeshConfig{ListenPort: port, Secret: string(pair.Value), Peers: hostPorts(peers)}, nil
 }
 
 // hostPorts merges lists of endpoints into one sorted list of host:port

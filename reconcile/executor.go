@@ -266,7 +266,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 			return
 		}
 		e.backendOK(a.Backend)
-		rec.State, rec.Updated, rec.Address = StateJoining, e.Clock.Now(), inst.Address
+		rec.State, rec.Updated, rec.Address, rec.Addresses = StateJoining, e.Clock.Now(), inst.Address, inst.Addresses
 		if _, err := e.Inventory.Put(ctx, rec); err != nil {
 			log.Error("record spawned machine", telemetry.KeyError, err)
 			return

@@ -126,12 +126,19 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 				marks = append(marks, Action{Kind: KindMarkFailed, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: why})
 				t.failedIn++
 				wakeAt(now.Add(pol.GracePeriod))
-			case now.Sub(r.FailedSince) < pol.GracePeriod:
+			case now.Sub(r.FailedSince) < pol.GracePeriod && !instGone:
 				t.failedIn++
 				wakeAt(r.FailedSince.Add(pol.GracePeriod))
 			default:
-				reaps = append(reaps, Action{Kind: KindReap, MachineID: id, Type: r.Type, Backend: r.Backend,
-					Reason: fmt.Sprintf("failed for %s, longer than the grace period (%s)", now.Sub(r.FailedSince).Round(time.Second), pol.GracePeriod)})
+				// The grace period waits out a member that may come back
+				// (a network blip); a machine its backend reports gone
+				// will not, and a machine cut off behind it (the middle of
+				// a chain) needs its replacement before its own grace ends.
+				why := fmt.Sprintf("failed for %s, longer than the grace period (%s)", now.Sub(r.FailedSince).Round(time.Second), pol.GracePeriod)
+				if instGone {
+					why = "instance is gone from backend " + r.Backend + ": no grace period to wait out"
+				}
+				reaps = append(reaps, Action{Kind: KindReap, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: why})
 				t.failedOut++
 			}
 		}

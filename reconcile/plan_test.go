@@ -133,6 +133,21 @@ func TestPlan(t *testing.T) {
 			want: []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
 		},
 		{
+			name: "a gone instance, once marked, is reaped without waiting for the grace period",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: false}
+				r := o.Records["c"]
+				r.State, r.FailedSince = StateFailed, now.Add(-time.Second)
+				o.Records["c"] = r
+			}),
+			want: []Action{
+				{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+				{Kind: KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local: no grace period to wait out"},
+			},
+			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Failed: 1}},
+		},
+		{
 			name: "a machine missing from a list that covers only this node is unknown, not gone",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {

@@ -35,8 +35,12 @@ var ErrConflict = errors.New("inventory record changed underneath (check-and-set
 
 // LeaderOf returns the machine ID holding the leader lock, or "" when the
 // lock is free or cannot be read.
-func LeaderOf(kv *api.KV) string {
-	pair, _, err := kv.Get(KeyLeader, nil)
+func LeaderOf(kv *api.KV) string { return LeaderWithin(context.Background(), kv) }
+
+// LeaderWithin is LeaderOf giving up when ctx ends: a node cut off from
+// the servers waits seconds for each read.
+func LeaderWithin(ctx context.Context, kv *api.KV) string {
+	pair, _, err := kv.Get(KeyLeader, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil || pair == nil || pair.Session == "" {
 		return ""
 	}

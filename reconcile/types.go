@@ -47,6 +47,10 @@ type Record struct {
 	Backend string `json:"backend"`
 	State   State  `json:"state"`
 	Address string `json:"address,omitempty"`
+	// Addresses are all the addresses its backend reported at spawn, for
+	// a machine on several networks: over the mesh, members dial each
+	// until it links.
+	Addresses []string `json:"addresses,omitempty"`
 	// Manual marks a machine spawned by hand (`raptiformica spawn`): it is
 	// on top of what the description asks for, so it neither counts toward
 	// its type's min and max nor is ever scaled down. It is reaped, and not

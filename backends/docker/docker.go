@@ -227,6 +227,13 @@ func (b *Backend) inspect(ctx context.Context, id string) (backends.Instance, er
 		if ep := info.NetworkSettings.Networks[b.network]; ep != nil {
 			in.Address = ep.IPAddress
 		}
+		if len(b.extra) > 0 {
+			for _, n := range append([]string{b.network}, b.extra...) {
+				if ep := info.NetworkSettings.Networks[n]; ep != nil && ep.IPAddress != "" {
+					in.Addresses = append(in.Addresses, ep.IPAddress)
+				}
+			}
+		}
 	}
 	return in, nil
 }

@@ -92,7 +92,7 @@ func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
 	}
 	adopt := func(j adoptJob) error {
 		mt := p.Machines[j.typ]
-		node, err := daemon.NodeConfigFor(c, "", provision.RemoteConsul)(ctx, p, reconcile.NewMachineID(j.typ), mt, adoptBackend)
+		node, err := daemon.NodeConfigFor(c, "", provision.RemoteConsul, nil)(ctx, p, reconcile.NewMachineID(j.typ), mt, adoptBackend)
 		if err != nil {
 			return err
 		}

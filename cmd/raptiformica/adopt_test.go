@@ -34,7 +34,7 @@ type sshLab struct {
 	pub                      string // authorized_keys line
 }
 
-func dockerRun(t *testing.T, args ...string) string {
+func dockerRun(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command("docker", args...).CombinedOutput()
 	if err != nil {

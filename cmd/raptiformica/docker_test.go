@@ -117,7 +117,7 @@ func (c *dockerCluster) dumpContainerLogs() {
 	insts, _ := c.be.List(context.Background())
 	for _, in := range insts {
 		// The agent logs to the container's output (its Consul at WARN).
-		logs, _ := exec.Command("docker", "logs", "--tail", "25", in.MachineID).CombinedOutput()
+		logs, _ := exec.Command("docker", "logs", "--tail", "60", in.MachineID).CombinedOutput()
 		c.t.Logf("container %s running=%v address=%s; last log lines:\n%s", in.MachineID, in.Running, in.Address, logs)
 	}
 }

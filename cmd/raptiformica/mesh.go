@@ -109,6 +109,7 @@ func cmdMesh(ctx context.Context, args []string, out io.Writer) error {
 	agent := fs.String("agent", localAgent, "the agent to ask")
 	secret := fs.Bool("secret", false, "print the cluster's mesh secret (from KV) instead, for a machine's node config")
 	asJSON := fs.Bool("json", false, "print JSON")
+	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the agent's answer")
 	t := addTarget(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -135,6 +136,8 @@ func cmdMesh(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
 	st, err := daemon.FetchStatus(ctx, host, port)
 	if err != nil {
 		return err

@@ -273,7 +273,7 @@ func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
 	log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.Warn, Output: os.Stderr})
 	return &reconcile.Executor{
 		Inventory: &reconcile.Inventory{KV: c.KV()}, Consul: c, Clock: reconcile.RealClock{}, Log: log,
-		NodeConfig: daemon.NodeConfigFor(c, t.folder(), consul),
+		NodeConfig: daemon.NodeConfigFor(c, t.folder(), consul, nil),
 	}, nil
 }
 
