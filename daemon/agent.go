@@ -368,6 +368,9 @@ func NodeConfigFor(client *api.Client, clusterDir, consulBinary string, self fun
 		if pair != nil {
 			key = string(pair.Value)
 		}
+		if err := CheckMeshMode(ctx, client.KV(), p); err != nil {
+			return provision.NodeConfig{}, err
+		}
 		var meshCfg *provision.MeshConfig
 		if p.Mesh.Enabled() {
 			var own []string

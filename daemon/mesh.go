@@ -520,6 +520,25 @@ func AddMeshPeer(ctx context.Context, addr, endpoint string) error {
 	return nil
 }
 
+// CheckMeshMode refuses a description whose mesh mode is not the running
+// cluster's: the mode decides where every machine's Consul listens, so a
+// machine made under the other mode could never join. The cluster's mode is
+// whether it has a mesh secret, which its first node wrote.
+func CheckMeshMode(ctx context.Context, kv *api.KV, p *rules.Platform) error {
+	pair, _, err := kv.Get(KeyMeshSecret, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("read mesh secret: %w", err)
+	}
+	running := pair != nil && len(pair.Value) > 0
+	switch {
+	case running && !p.Mesh.Enabled():
+		return fmt.Errorf("%s: mesh: the cluster runs the overlay mesh (its machines' Consul listens on it), so a description with mesh = %q can add no machine to it; the mode is chosen when a cluster is created", p.Filename, rules.MeshNone)
+	case !running && p.Mesh.Enabled():
+		return fmt.Errorf("%s: mesh: the cluster runs without the mesh (it has no mesh secret; its machines' Consul listens on their own network), so a description with mesh = %q can add no machine to it; the mode is chosen when a cluster is created", p.Filename, rules.MeshOverlay)
+	}
+	return nil
+}
+
 // meshConfigFor is the mesh part of a new machine's config: the cluster's
 // secret and every member's endpoints, so that it links to whichever of
 // them it reaches.
@@ -530,7 +549,7 @@ func meshConfigFor(ctx context.Context, kv *api.KV, port int, static ...[]string
 		return nil, fmt.Errorf("read mesh secret: %w", err)
 	}
 	if pair == nil || len(pair.Value) == 0 {
-		return nil, errors.New("the description asks for the mesh, but the cluster has no mesh secret in KV (" + KeyMeshSecret + "); its first node runs without the mesh")
+		return nil, errors.New("the cluster has no mesh secret in KV (" + KeyMeshSecret + ")")
 	}
 	pairs, _, err := kv.List(KeyMeshNodes, q)
 	if err != nil {

@@ -68,6 +68,9 @@ func (a *Agent) pageView(ctx context.Context) pageData {
 			d.Problems = append(d.Problems, "Consul has no leader since "+q.LeaderlessSince.Format(time.RFC3339)+" (waiting before calling quorum lost)")
 		}
 	}
+	if m := d.Self.Mesh; m != nil && m.Problem != "" {
+		d.Problems = append(d.Problems, "This machine has no overlay link: "+m.Problem)
+	}
 	if d.Self.PlatformError != "" {
 		d.Problems = append(d.Problems, "The description in KV was rejected; every node runs its last good one: "+d.Self.PlatformError)
 	}

@@ -89,6 +89,18 @@ func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
 	}
 }
 
+// localMeshProblem is why this machine's agent has no overlay link, or ""
+// when it has one, runs no mesh, or does not answer.
+func localMeshProblem(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := daemon.FetchStatus(ctx, "127.0.0.1", provision.AgentHTTPPort)
+	if err != nil || st.Mesh == nil {
+		return ""
+	}
+	return st.Mesh.Problem
+}
+
 // linkError is what a node's dials of endpoint report.
 func linkError(st *daemon.MeshStatus, endpoint string) string {
 	for _, p := range st.Peers {

@@ -222,6 +222,13 @@ func TestMeshBridgesTwoNetworks(t *testing.T) {
 		t.Fatalf("A has a direct link to C:\n%s", out)
 	}
 	t.Logf("A's mesh:\n%s", out)
+
+	// The mode is the cluster's from its creation: a description without
+	// the mesh could add no machine to it, so it is refused.
+	next := l.writePlatform("none.hcl", l.platform("none", "30s", meshHost{name: "a", nets: []string{"ab"}, server: true}))
+	if out, errOut, code := l.rf("platform", "apply", next); code != 1 || !strings.Contains(errOut, "none.hcl: mesh: the cluster runs the overlay mesh") {
+		t.Fatalf("apply mesh = none to a mesh cluster: exit %d, want 1 naming the file and field\n%s%s", code, out, errOut)
+	}
 }
 
 // TestMeshNoneCannotBridge is the same three machines without the mesh: C
@@ -232,6 +239,10 @@ func TestMeshNoneCannotBridge(t *testing.T) {
 	hosts := []meshHost{{name: "a", nets: []string{"ab"}, server: true}, {name: "b", nets: []string{"ab", "bc"}}}
 	l.up(l.platform("none", "30s", hosts...))
 	l.waitAgree(2, 3*time.Minute, "A and B without the mesh")
+	next := l.writePlatform("mesh.hcl", l.platform("yggdrasil", "30s", hosts...))
+	if out, errOut, code := l.rf("platform", "apply", next); code != 1 || !strings.Contains(errOut, "mesh.hcl: mesh: the cluster runs without the mesh") {
+		t.Fatalf("apply mesh = yggdrasil to a cluster without it: exit %d, want 1 naming the file and field\n%s%s", code, out, errOut)
+	}
 	l.apply(l.platform("none", "30s", append(hosts, meshHost{name: "c", nets: []string{"bc"}})...))
 
 	var c string
@@ -339,6 +350,7 @@ func TestMeshJoinByHand(t *testing.T) {
 	// A machine that only dials out.
 	x := l.handMachine("laptop-dialonly", secret, 0)
 	waitOutput(t, x, "no mesh peer: this node is dial-only", "mesh")
+	waitOutput(t, x, "this machine: no mesh peer: this node is dial-only", "status")
 	if out, ok := inside(t, x, "join", sIP); !ok || !strings.Contains(out, "link up to "+sIP+":9651") {
 		t.Fatalf("join from the dial-only machine: ok=%v\n%s", ok, out)
 	}

@@ -83,6 +83,11 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
 			printQuorum(out, q)
 			return errors.New("no Consul leader: the cluster lost quorum")
 		}
+		if why := localMeshProblem(ctx); why != "" {
+			// A machine of a mesh cluster without a link has no cluster
+			// to ask: that is the status.
+			return fmt.Errorf("%w; this machine: %s", err, why)
+		}
 		return err
 	}
 	v := statusView{Leader: reconcile.LeaderOf(c.KV())}
@@ -226,6 +231,9 @@ func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
 		}
 		c, err := t.client()
 		if err != nil {
+			return err
+		}
+		if err := daemon.CheckMeshMode(ctx, c.KV(), p); err != nil {
 			return err
 		}
 		version, err := reconcile.PutPlatform(c.KV(), p.Source)
