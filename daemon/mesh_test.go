@@ -1,0 +1,85 @@
+package daemon
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/raptiformica/raptiformica/mesh"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+func TestUnlistedEndpoints(t *testing.T) {
+	recs := map[string]reconcile.Record{
+		// Spawned on two networks, no entry yet: both addresses.
+		"new": {ID: "new", State: reconcile.StateJoining, Address: "10.0.1.2", Addresses: []string{"10.0.1.2", "10.0.2.2"}},
+		// Joined and re-addressed to the overlay, entry not yet in KV: its
+		// old address is still dialled.
+		"joined": {ID: "joined", State: reconcile.StateJoined, Address: "200:1::1", Addresses: []string{"10.0.1.3"}},
+		// Has an entry: its endpoints come from there.
+		"listed": {ID: "listed", State: reconcile.StateJoined, Address: "10.0.1.4"},
+		// Being removed, or adopted by host name: nothing to dial.
+		"going":   {ID: "going", State: reconcile.StateDestroying, Address: "10.0.1.5"},
+		"by-name": {ID: "by-name", State: reconcile.StateJoining, Address: "nas.home"},
+	}
+	nodes := map[string]MeshNode{"listed": {MachineID: "listed", Endpoints: []string{"10.0.1.4:9651"}}}
+	got := uniqueSorted(unlistedEndpoints(recs, nodes, 7000))
+	want := []string{"10.0.1.2:7000", "10.0.1.3:7000", "10.0.2.2:7000"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("endpoints (-want +got):\n%s", diff)
+	}
+}
+
+func TestHostPorts(t *testing.T) {
+	got := hostPorts([]string{"tcp://10.0.0.1:9651", "10.0.0.1:9651"}, []string{"[fd00::1]:9651", "not an endpoint", ""})
+	want := []string{"10.0.0.1:9651", "[fd00::1]:9651"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("host:port list (-want +got):\n%s", diff)
+	}
+}
+
+func TestNoPeerProblem(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		peers  []mesh.Peer
+		listen int
+		want   string
+	}{
+		{name: "dial-only with nothing to dial", listen: 0, want: "this node is dial-only and knows no member to dial"},
+		{name: "listening, nobody known", listen: 9651, want: "none has dialled in"},
+		{name: "wrong secret", listen: 9651, peers: []mesh.Peer{{Endpoint: "tcp://10.0.0.1:9651", LastError: "password does not match remote side"}},
+			want: "tcp://10.0.0.1:9651: password does not match remote side (this node's mesh secret is not the cluster's"},
+		{name: "unreachable and still dialling", listen: 9651, peers: []mesh.Peer{{Endpoint: "tcp://10.0.0.1:9651", LastError: "dial tcp 10.0.0.1:9651: i/o timeout"}, {Endpoint: "tcp://10.0.0.2:9651"}},
+			want: "tcp://10.0.0.1:9651: dial tcp 10.0.0.1:9651: i/o timeout; tcp://10.0.0.2:9651: dialling"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := noPeerProblem(tc.peers, tc.listen); !strings.Contains(got, tc.want) {
+				t.Errorf("got %q, want it to contain %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// A mesh node's Consul listens on the overlay and loopback (and, for a
+// container, its bridge), and binds gossip to the overlay only.
+func TestConsulConfigOnTheMesh(t *testing.T) {
+	c := provision.NodeConfig{MachineID: "m", MachineType: "w", DataDir: "/d", BindAddr: "200:1::1", ConsulBinary: "consul",
+		Mesh: &provision.MeshConfig{ListenPort: 9651, Secret: "s", ServeUnderlay: true, Underlay: "172.18.0.2"}}.WithDefaults()
+	cc := consulConfigFor(c, []string{"200:2::1", "200:1::1"})
+	if cc.BindAddr != "200:1::1" || cc.AdvertiseAddr != "200:1::1" {
+		t.Errorf("bind %s advertise %s, want the overlay address", cc.BindAddr, cc.AdvertiseAddr)
+	}
+	if cc.ClientAddr != "200:1::1 127.0.0.1 172.18.0.2" {
+		t.Errorf("client_addr %q", cc.ClientAddr)
+	}
+	if diff := cmp.Diff([]string{"200:2::1"}, cc.RetryJoin); diff != "" {
+		t.Errorf("retry_join (-want +got):\n%s", diff)
+	}
+	c.Mesh = nil
+	c.BindAddr = "10.0.0.5"
+	if cc := consulConfigFor(c, nil); cc.ClientAddr != "10.0.0.5" {
+		t.Errorf("without the mesh: client_addr %q, want the node's address only", cc.ClientAddr)
+	}
+}
