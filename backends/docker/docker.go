@@ -298,8 +298,8 @@ func (b *Backend) containers(ctx context.Context, machineID string) ([]container
 	return list, nil
 }
 
-// RemoveAll removes every container of the cluster and the network it
-// made for them; `down` calls it. It returns how many containers it removed.
+// RemoveAll removes every container of the cluster and the networks made
+// for it; `down` calls it. It returns how many containers it removed.
 func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 	removed := 0
 	// A leader still running while its siblings go spawns replacements:
@@ -325,18 +325,16 @@ func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 			removed++
 		}
 	}
-	// Only a network this backend made for the cluster goes: one named in
-	// the settings (Docker's own "bridge", a user's) is not ours to remove.
-	for _, name := range append([]string{b.network}, b.extra...) {
-		nw, err := b.cli.NetworkInspect(ctx, name, network.InspectOptions{})
-		if errdefs.IsNotFound(err) || err == nil && nw.Labels[LabelCluster] != b.cluster {
-			continue
-		}
-		if err == nil {
-			err = b.cli.NetworkRemove(ctx, name)
-		}
-		if err != nil && !errdefs.IsNotFound(err) {
-			return removed, fmt.Errorf("remove network %s: %w", name, err)
+	// Only networks made for the cluster go (by any of its backends: each
+	// labels what it creates); one named in the settings (Docker's own
+	// "bridge", a user's) is not ours to remove.
+	nets, err := b.cli.NetworkList(ctx, network.ListOptions{Filters: filters.NewArgs(filters.Arg("label", LabelCluster+"="+b.cluster))})
+	if err != nil {
+		return removed, fmt.Errorf("list networks: %w", err)
+	}
+	for _, nw := range nets {
+		if err := b.cli.NetworkRemove(ctx, nw.ID); err != nil && !errdefs.IsNotFound(err) {
+			return removed, fmt.Errorf("remove network %s: %w", nw.Name, err)
 		}
 	}
 	return removed, nil
@@ -345,7 +343,16 @@ func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 // Client returns the engine client, for tests and the CLI.
 func (b *Backend) Client() *client.Client { return b.cli }
 
+// networkMu serialises network creation in this process: the engine
+// checks a new network's name against existing ones, but not against one
+// being created at the same moment, so two spawns racing (of one backend,
+// or of two backends sharing a network) would make two networks of one
+// name, which every later use then finds ambiguous.
+var networkMu sync.Mutex
+
 func (b *Backend) ensureNetwork(ctx context.Context) error {
+	networkMu.Lock()
+	defer networkMu.Unlock()
 	for i, name := range append([]string{b.network}, b.extra...) {
 		if _, err := b.cli.NetworkInspect(ctx, name, network.InspectOptions{}); err == nil {
 			continue

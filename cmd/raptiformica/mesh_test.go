@@ -66,13 +66,17 @@ func newMeshLab(t testing.TB, nets ...string) *meshLab {
 		if t.Failed() {
 			l.dumpContainerLogs()
 		}
-		_, _ = l.be.RemoveAll(context.Background())
 		for _, id := range l.extraContainers() {
 			_ = exec.Command("docker", "rm", "-f", id).Run()
 		}
+		if _, err := l.be.RemoveAll(context.Background()); err != nil {
+			t.Errorf("remove the cluster: %v", err)
+		}
+		// They carry the cluster's label, so RemoveAll took them: check.
 		for _, name := range l.nets {
-			if out, err := exec.Command("docker", "network", "rm", name).CombinedOutput(); err != nil {
-				t.Errorf("docker network rm %s: %v\n%s", name, err, out)
+			if exec.Command("docker", "network", "inspect", name).Run() == nil {
+				t.Errorf("network %s is still there after the cluster was removed", name)
+				_ = exec.Command("docker", "network", "rm", name).Run()
 			}
 		}
 	})
