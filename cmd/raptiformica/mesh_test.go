@@ -360,6 +360,17 @@ func TestMeshJoinByHand(t *testing.T) {
 	}
 	l.waitMember("laptop-dialonly")
 
+	// Restarted, it finds the mesh again without help (the member it was
+	// told to dial is in its mirror), at the same overlay address (its key
+	// is kept).
+	before := l.overlayOf("laptop-dialonly")
+	dockerRun(t, "restart", x)
+	waitOutput(t, x, "up     out", "mesh")
+	l.waitMember("laptop-dialonly")
+	if after := l.overlayOf("laptop-dialonly"); after != before {
+		t.Fatalf("overlay address after a restart %s, want %s", after, before)
+	}
+
 	// A machine a member is told to dial.
 	y := l.handMachine("laptop-dialled", secret, 9651)
 	if out, err := exec.Command(binary, "join", l.ipOn(y, "lan"), "--agent", sIP+":9550").CombinedOutput(); err != nil || !strings.Contains(string(out), "link up") {
