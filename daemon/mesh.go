@@ -212,7 +212,7 @@ func (a *Agent) runMesh(ctx context.Context) {
 			index = next
 		}
 		a.syncMesh(ctx, nodes, err == nil)
-		a.meshMetrics(seen, bytes)
+		a.meshMetrics(a.mesh.Peers(), seen, bytes)
 		wait := time.Duration(0)
 		if err != nil {
 			wait = 2 * time.Second // no cluster yet, or Consul restarting
@@ -371,10 +371,12 @@ func (a *Agent) joinMeshPeers() {
 	}
 }
 
-func (a *Agent) meshMetrics(seen map[string]bool, last map[string][2]uint64) {
-	peers := a.mesh.Peers()
+// meshMetrics exports one look at the links: counts, bytes carried since
+// the last look (seen and last carry what that look saw), and churn.
+func (a *Agent) meshMetrics(peers []mesh.Peer, seen map[string]bool, last map[string][2]uint64) {
 	up, down := 0, 0
 	now := map[string]bool{}
+	links := map[string]bool{}
 	for _, p := range peers {
 		if !p.Up {
 			down++
@@ -392,6 +394,12 @@ func (a *Agent) meshMetrics(seen map[string]bool, last map[string][2]uint64) {
 		a.metrics.MeshBytes.WithLabelValues("rx").Add(float64(p.RXBytes - prev[0]))
 		a.metrics.MeshBytes.WithLabelValues("tx").Add(float64(p.TXBytes - prev[1]))
 		last[id] = [2]uint64{p.RXBytes, p.TXBytes}
+		links[id] = true
+	}
+	for id := range last {
+		if !links[id] {
+			delete(last, id) // a link gone for good: forget its counts
+		}
 	}
 	a.metrics.MeshPeers.WithLabelValues("up").Set(float64(up))
 	a.metrics.MeshPeers.WithLabelValues("down").Set(float64(down))

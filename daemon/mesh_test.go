@@ -5,7 +5,9 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -81,5 +83,39 @@ func TestConsulConfigOnTheMesh(t *testing.T) {
 	c.BindAddr = "10.0.0.5"
 	if cc := consulConfigFor(c, nil); cc.ClientAddr != "10.0.0.5" {
 		t.Errorf("without the mesh: client_addr %q, want the node's address only", cc.ClientAddr)
+	}
+}
+
+// Bytes are counted per link since the last look, across a link that
+// restarts (its counts start again); churn counts peers, not links.
+func TestMeshMetrics(t *testing.T) {
+	a := &Agent{metrics: telemetry.New()}
+	seen, last := map[string]bool{}, map[string][2]uint64{}
+	look := func(peers ...mesh.Peer) { a.meshMetrics(peers, seen, last) }
+	link := func(ep, key string, rx, tx uint64) mesh.Peer {
+		return mesh.Peer{Endpoint: ep, Up: true, Key: key, RXBytes: rx, TXBytes: tx}
+	}
+	look(link("tcp://b:1", "kb", 100, 10), link("tcp://b:2", "kb", 5, 5), mesh.Peer{Endpoint: "tcp://c:1", LastError: "timeout"})
+	look(link("tcp://b:1", "kb", 300, 20))                              // b's second link dropped; b still up
+	look(link("tcp://b:1", "kb", 50, 1), link("tcp://d:1", "kd", 7, 7)) // b's link restarted; d came up
+	look(link("tcp://d:1", "kd", 7, 7))                                 // b went down
+	for _, tc := range []struct {
+		name string
+		got  float64
+		want float64
+	}{
+		{"rx bytes", testutil.ToFloat64(a.metrics.MeshBytes.WithLabelValues("rx")), 100 + 5 + 200 + 50 + 7},
+		{"tx bytes", testutil.ToFloat64(a.metrics.MeshBytes.WithLabelValues("tx")), 10 + 5 + 10 + 1 + 7},
+		{"peers up", testutil.ToFloat64(a.metrics.MeshPeers.WithLabelValues("up")), 1},
+		{"peers down", testutil.ToFloat64(a.metrics.MeshPeers.WithLabelValues("down")), 0},
+		{"came up", testutil.ToFloat64(a.metrics.MeshPeerChanges.WithLabelValues("up")), 2},
+		{"went down", testutil.ToFloat64(a.metrics.MeshPeerChanges.WithLabelValues("down")), 1},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s: got %v want %v", tc.name, tc.got, tc.want)
+		}
+	}
+	if len(last) != 1 {
+		t.Errorf("counts kept for %d links, want 1 (the links gone are forgotten)", len(last))
 	}
 }
