@@ -517,15 +517,25 @@ func AddMeshPeer(ctx context.Context, addr, endpoint string) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
-		var msg strings.Builder
-		_, _ = fmt.Fprintf(&msg, "agent at %s: %s", addr, resp.Status)
 		buf := make([]byte, 512)
-		if n, _ := resp.Body.Read(buf); n > 0 {
-			msg.WriteString(": " + strings.TrimSpace(string(buf[:n])))
-		}
-		return errors.New(msg.String())
+		n, _ := resp.Body.Read(buf)
+		return &AgentRefused{Agent: addr, Status: resp.Status, Reason: strings.TrimSpace(string(buf[:n]))}
 	}
 	return nil
+}
+
+// AgentRefused is an agent's answer refusing a request: retrying does not
+// help, unlike an agent that does not answer (yet).
+type AgentRefused struct {
+	Agent, Status, Reason string
+}
+
+func (e *AgentRefused) Error() string {
+	msg := fmt.Sprintf("agent at %s: %s", e.Agent, e.Status)
+	if e.Reason != "" {
+		msg += ": " + e.Reason
+	}
+	return msg
 }
 
 // CheckMeshMode refuses a description whose mesh mode is not the running

@@ -59,12 +59,26 @@ func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
-	if err := daemon.AddMeshPeer(ctx, addr, u.Host); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "agent at %s dials %s\n", addr, u.Host)
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	// An agent just started (the service, a fresh machine) may not answer
+	// yet: wait for it; one that answers with a refusal is final.
+	for {
+		err := daemon.AddMeshPeer(ctx, addr, u.Host)
+		if err == nil {
+			break
+		}
+		var refused *daemon.AgentRefused
+		if errors.As(err, &refused) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (for %s)", err, *timeout)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	fmt.Fprintf(out, "agent at %s dials %s\n", addr, u.Host)
 	var last *daemon.MeshStatus
 	for {
 		st, err := daemon.FetchStatus(ctx, host, port)

@@ -380,7 +380,8 @@ func TestMeshJoinByHand(t *testing.T) {
 
 	// A machine without the cluster's secret.
 	z := l.handMachine("laptop-stranger", strings.Repeat("0", 64), 9651)
-	out, ok := inside(t, z, "join", sIP, "--timeout", "15s")
+	// join waits for the agent just started to answer.
+	out, ok := inside(t, z, "join", sIP, "--timeout", "20s")
 	if ok || !strings.Contains(out, "password does not match") {
 		t.Fatalf("join with another secret: ok=%v, want a refusal saying the secret does not match:\n%s", ok, out)
 	}
