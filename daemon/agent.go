@@ -65,8 +65,9 @@ type Agent struct {
 	quorum      *QuorumStatus // set while Consul has no leader; guarded by mu
 	consulProc  *ConsulProcess
 	// mesh is the overlay node, nil with mesh = "none".
-	mesh   *mesh.Node
-	meshMu sync.Mutex // guards the mesh mirror file
+	mesh       *mesh.Node
+	meshMu     sync.Mutex // guards meshMirror and its file
+	meshMirror meshMirror
 	// bindAuto: bind_addr was "auto", so the machine's own network is all
 	// of its interfaces, and the mesh advertises each.
 	bindAuto bool

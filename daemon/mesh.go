@@ -92,6 +92,8 @@ type meshMirror struct {
 
 func (a *Agent) meshMirrorPath() string { return filepath.Join(a.Config.DataDir, "mesh-peers.json") }
 
+// loadMeshMirror reads the mirror once, at start; after that the agent
+// holds it in meshMirror and writes it back when it changes.
 func (a *Agent) loadMeshMirror() meshMirror {
 	var m meshMirror
 	if b, err := os.ReadFile(a.meshMirrorPath()); err == nil {
@@ -102,7 +104,9 @@ func (a *Agent) loadMeshMirror() meshMirror {
 	return m
 }
 
+// saveMeshMirror stores m as the mirror; the caller holds meshMu.
 func (a *Agent) saveMeshMirror(m meshMirror) {
+	a.meshMirror = m
 	b, _ := json.MarshalIndent(m, "", "  ")
 	if err := fsutil.WriteFileAtomic(a.meshMirrorPath(), append(b, '\n'), 0o600); err != nil {
 		a.Log.Warn("write mesh mirror", telemetry.KeyError, err)
@@ -118,11 +122,7 @@ func (a *Agent) startMesh() error {
 		iface = mesh.DefaultInterface
 	}
 	mirror := a.loadMeshMirror()
-	for i, p := range mc.Peers {
-		if _, err := mesh.ParseEndpoint(p); err != nil {
-			return fmt.Errorf("node config mesh.peers[%d]: %w", i, err)
-		}
-	}
+	a.meshMirror = mirror
 	n, err := mesh.Start(mesh.Config{
 		KeyFile: filepath.Join(a.Config.DataDir, "mesh.key"), ListenPort: mc.ListenPort, Secret: mc.Secret,
 		Peers:     uniqueSorted(mc.Peers, mirror.Joined, mirror.Known),
@@ -244,7 +244,7 @@ func (a *Agent) meshNodes(ctx context.Context, index uint64) (map[string]MeshNod
 func (a *Agent) syncMesh(ctx context.Context, nodes map[string]MeshNode, fromKV bool) {
 	a.meshMu.Lock()
 	defer a.meshMu.Unlock()
-	mirror := a.loadMeshMirror()
+	mirror := a.meshMirror
 	var described []string
 	port := rules.DefaultMeshPort
 	if p := a.Platform(); p != nil {
@@ -494,7 +494,7 @@ func (a *Agent) serveMeshPeer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.meshMu.Lock()
-	m := a.loadMeshMirror()
+	m := a.meshMirror
 	m.Joined = uniqueSorted(m.Joined, []string{u.Host})
 	a.saveMeshMirror(m)
 	a.meshMu.Unlock()

@@ -43,9 +43,6 @@ import (
 	"github.com/yggdrasil-network/yggdrasil-go/src/tun"
 )
 
-// DefaultPort is the overlay's TCP listen port when the description sets none.
-const DefaultPort = 9651
-
 // DefaultInterface is the TUN interface the agent creates.
 const DefaultInterface = "raptiformica0"
 
@@ -72,8 +69,8 @@ type Config struct {
 	// start and kept.
 	Peers []string
 	// Interface names the TUN interface that carries the overlay address.
-	// Empty runs the node without one (tests in-process): packets then
-	// arrive on Packets.
+	// Empty runs the node without one (tests in-process): packets to it
+	// are read and dropped.
 	Interface string
 	Log       hclog.Logger
 }
@@ -86,10 +83,6 @@ type Node struct {
 	secret string
 	log    hclog.Logger
 	addr   netip.Addr
-
-	// Packets receives the IPv6 packets addressed to this node when it runs
-	// without a TUN interface; nil with one.
-	Packets chan []byte
 
 	mu    sync.Mutex          // guards peers
 	peers map[string]struct{} // host:port of the peers added and kept
@@ -137,8 +130,7 @@ func Start(cfg Config) (*Node, error) {
 		n.tun = t
 	} else {
 		// The core handles its session packets only while someone reads:
-		// without a TUN, this node reads itself.
-		n.Packets = make(chan []byte, 64)
+		// without a TUN, this node reads (and drops) itself.
 		go n.drain()
 	}
 	for _, p := range cfg.Peers {
@@ -153,27 +145,14 @@ func Start(cfg Config) (*Node, error) {
 func (n *Node) drain() {
 	buf := make([]byte, 65535)
 	for {
-		m, err := n.rwc.Read(buf)
-		if err != nil {
+		if _, err := n.rwc.Read(buf); err != nil {
 			select {
 			case <-n.done:
 				return
 			default:
-				continue
 			}
 		}
-		select {
-		case n.Packets <- append([]byte(nil), buf[:m]...):
-		default: // nobody reads: drop, as a full interface queue would
-		}
 	}
-}
-
-// Write sends one IPv6 packet into the overlay, for a node without a TUN
-// interface.
-func (n *Node) Write(packet []byte) error {
-	_, err := n.rwc.Write(packet)
-	return err
 }
 
 // Address is the node's overlay address.
@@ -271,11 +250,14 @@ type Peer struct {
 func (n *Node) Peers() []Peer {
 	var out []Peer
 	for _, p := range n.core.GetPeers() {
-		pe := Peer{Endpoint: stripQuery(p.URI), Up: p.Up, Inbound: p.Inbound, RXBytes: p.RXBytes, TXBytes: p.TXBytes, Uptime: p.Uptime}
+		pe := Peer{Endpoint: stripQuery(p.URI), Inbound: p.Inbound, RXBytes: p.RXBytes, TXBytes: p.TXBytes, Uptime: p.Uptime}
 		if p.LastError != nil {
 			pe.LastError = p.LastError.Error()
 		}
+		// The library counts a link up from its TCP connection on; it is
+		// a link only once the handshake has named the remote key.
 		if p.Up && len(p.Key) == ed25519.PublicKeySize {
+			pe.Up = true
 			pe.Key = hex.EncodeToString(p.Key)
 			pe.Address = addrForKey(p.Key).String()
 		}

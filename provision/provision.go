@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/mesh"
 )
 
 // Default ports on a node's own address.
@@ -126,6 +127,11 @@ func (c NodeConfig) Validate() error {
 		}
 		if m.ListenPort < 0 || m.ListenPort > 65535 {
 			return fmt.Errorf("field mesh.listen_port must be 0 (dial-only) to 65535, got %d", m.ListenPort)
+		}
+		for i, p := range m.Peers {
+			if _, err := mesh.ParseEndpoint(p); err != nil {
+				return fmt.Errorf("field mesh.peers[%d]: %w", i, err)
+			}
 		}
 	}
 	return nil
