@@ -1,17 +1,22 @@
 // Package backends is the compute backend plugin API: how the control loop
 // creates, lists and destroys machines. Implementations live in subpackages
-// named after what they depend on (backends/local) and are registered in
-// builtin.go.
+// named after what they depend on (backends/local, backends/docker,
+// backends/exec, provision/sshpool) and are registered in package builtin.
+//
+// The contract is a leaf: it imports the node config and a logger, nothing
+// that talks to Consul, SSH or the overlay, so that a backend author reads
+// this file and one backend and nothing else. Capabilities only some
+// backends have are the small interfaces below (Seeder, ClusterRemover,
+// LocalView), found by a type assertion.
 package backends
 
 import (
 	"context"
-	"github.com/hashicorp/consul/api"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/hashicorp/go-hclog"
 )
 
 // Backend creates and removes machines of one compute backend. Every method
@@ -41,11 +46,50 @@ type LocalView interface {
 	ListsOnlyLocal() bool
 }
 
+// Seeder is implemented by a backend that can start the first machine of a
+// new cluster: one that needs no running cluster to spawn (no state in KV).
+// The caller spawns the seed with the node config's Bootstrap set; CanSeed
+// says no where the backend's settings rule it out.
+type Seeder interface {
+	Backend
+	CanSeed() error
+}
+
+// ClusterRemover is implemented by a backend that can remove every machine
+// of the cluster at once, and whatever it made for them (networks), without
+// a Destroy per listed machine: what `down` uses. It returns how many
+// machines it removed.
+type ClusterRemover interface {
+	RemoveAll(ctx context.Context) (int, error)
+}
+
+// Store is a folder of the cluster's KV that a backend keeps shared state in,
+// so that whichever node leads next sees it (which pool host runs which
+// machine). Keys are relative to the folder. Every call returns when ctx is
+// done.
+type Store interface {
+	// List returns the folder's entries by key.
+	List(ctx context.Context) (map[string]Entry, error)
+	// Get returns the entry at key; ok is false when there is none.
+	Get(ctx context.Context, key string) (e Entry, ok bool, err error)
+	// CAS writes value at key if its index is still index (0: only if there
+	// is none) and reports whether it did.
+	CAS(ctx context.Context, key string, value []byte, index uint64) (bool, error)
+	// Delete removes key, whatever its index.
+	Delete(ctx context.Context, key string) error
+}
+
+// Entry is a value in a Store and the index to check-and-set it against.
+type Entry struct {
+	Value []byte
+	Index uint64
+}
+
 // Spec is what to spawn.
 type Spec struct {
 	// Node is the agent's config; the backend fills in what it owns, such as
-	// BindAddr and DataDir.
-	Node provision.NodeConfig
+	// BindAddr and DataDir. Node.Bootstrap is set only for a seed.
+	Node nodeconfig.Config
 	// Bootstrap are the machine type's bootstrap steps, for backends that
 	// provision machines over SSH.
 	Bootstrap [][]string
@@ -74,10 +118,11 @@ type Env struct {
 	// ConsulBinary is the Consul binary to run on new machines.
 	ConsulBinary string
 	Logger       hclog.Logger
-	// KV is the cluster's KV, for backends that keep state there (the ssh
-	// pool: which host runs which machine, and the hosts' keys). Nil where
-	// no cluster is reachable.
-	KV *api.KV
+	// Claims is the backend's own folder of the cluster's KV (the ssh pool
+	// records there which host runs which machine); HostKeys holds the SSH
+	// host keys trusted on first use. Both nil where no cluster is reachable.
+	Claims   Store
+	HostKeys Store
 }
 
 // Config is a backend as the platform description declares it.
@@ -85,6 +130,8 @@ type Config struct {
 	// Name is the backend's name in the description, as machine types
 	// refer to it.
 	Name string
+	// Type is the backend's type, the name it is registered under.
+	Type string
 	// Settings are the backend's own settings, passed as written.
 	Settings map[string]string
 	// Commands are the argv lists of an exec backend, by command name.

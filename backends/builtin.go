@@ -3,8 +3,6 @@ package backends
 import (
 	"fmt"
 	"sort"
-
-	"github.com/raptiformica/raptiformica/rules"
 )
 
 // Registry maps backend type names to factories.
@@ -40,12 +38,11 @@ func (r Registry) Types() []string {
 }
 
 // New builds a backend the platform description declares.
-func (r Registry) New(spec rules.Backend, env Env) (Backend, error) {
-	f, ok := r[spec.Type]
+func (r Registry) New(cfg Config, env Env) (Backend, error) {
+	f, ok := r[cfg.Type]
 	if !ok {
-		return nil, fmt.Errorf("backend %q: unknown type %q (known: %v)", spec.Name, spec.Type, r.Types())
+		return nil, fmt.Errorf("backend %q: unknown type %q (known: %v)", cfg.Name, cfg.Type, r.Types())
 	}
-	cfg := Config{Name: spec.Name, Settings: spec.Settings, Commands: spec.Commands}
 	b, err := f(cfg, env)
 	if err != nil {
 		return nil, fmt.Errorf("backend %q: %w", cfg.Name, err)

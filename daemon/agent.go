@@ -32,16 +32,17 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/mesh"
-	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
 // Agent is one node's daemon.
 type Agent struct {
-	Config   provision.NodeConfig
+	Config   nodeconfig.Config
 	Registry backends.Registry
 	// Binary is the raptiformica executable that new machines run.
 	Binary string
@@ -50,6 +51,7 @@ type Agent struct {
 
 	metrics   *telemetry.Metrics
 	consul    *api.Client
+	store     *kvschema.Store
 	inventory *reconcile.Inventory
 	executor  *reconcile.Executor
 	wake      chan struct{}
@@ -82,8 +84,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.Clock == nil {
 		a.Clock = reconcile.RealClock{}
 	}
-	a.bindAuto = a.Config.BindAddr == provision.BindAuto
-	addr, err := provision.ResolveBindAddr(a.Config.BindAddr)
+	a.bindAuto = a.Config.BindAddr == nodeconfig.BindAuto
+	addr, err := nodeconfig.ResolveBindAddr(a.Config.BindAddr)
 	if err != nil {
 		return err
 	}
@@ -129,7 +131,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("consul client: %w", err)
 	}
 	a.consul = client
-	a.inventory = &reconcile.Inventory{KV: client.KV()}
+	a.store = kvschema.New(client)
+	a.inventory = &reconcile.Inventory{Store: a.store}
 	hooks := &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock}
 	a.executor = &reconcile.Executor{
 		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"),
@@ -255,8 +258,7 @@ func (a *Agent) ensureGossipKey(ctx context.Context) error {
 	if key == "" {
 		return nil
 	}
-	_, _, err := a.consul.KV().CAS(&api.KVPair{Key: reconcile.KeyGossip, Value: []byte(key)}, (&api.WriteOptions{}).WithContext(ctx))
-	return err
+	return a.store.InitGossipKey(ctx, key)
 }
 
 func (a *Agent) ensureRecord(ctx context.Context) error {
@@ -327,15 +329,11 @@ func (a *Agent) backends() map[string]backends.Backend {
 	if a.besFor == p && a.bes != nil {
 		return a.bes
 	}
-	bes := map[string]backends.Backend{}
-	env := backends.Env{Cluster: p.Cluster, ClusterDir: a.Config.ClusterDir, Binary: a.Binary, ConsulBinary: a.Config.ConsulBinary, Logger: a.Log.Named("backend"), KV: a.consul.KV()}
-	for name, spec := range p.Backends {
-		b, err := a.Registry.New(spec, env)
-		if err != nil {
-			a.Log.Error("backend unusable", telemetry.KeyBackend, name, telemetry.KeyError, err)
-			b = brokenBackend{err: err}
-		}
-		bes[name] = b
+	env := backends.Env{Cluster: p.Cluster, ClusterDir: a.Config.ClusterDir, Binary: a.Binary, ConsulBinary: a.Config.ConsulBinary, Logger: a.Log.Named("backend")}
+	bes, errs := reconcile.NewBackends(a.Registry, p, env, a.store)
+	for name, err := range errs {
+		a.Log.Error("backend unusable", telemetry.KeyBackend, name, telemetry.KeyError, err)
+		bes[name] = brokenBackend{err: err}
 	}
 	a.bes, a.besFor = bes, p
 	return bes
@@ -360,31 +358,28 @@ func (b brokenBackend) List(context.Context) ([]backends.Instance, error) { retu
 // and the configuring node's own (self, which may be nil), and run the
 // given Consul binary.
 func NodeConfigFor(client *api.Client, clusterDir, consulBinary string, self func() []string) reconcile.NodeConfigFunc {
-	return func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (provision.NodeConfig, error) {
-		pair, _, err := client.KV().Get(reconcile.KeyGossip, (&api.QueryOptions{}).WithContext(ctx))
+	return func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (nodeconfig.Config, error) {
+		store := kvschema.New(client)
+		key, err := store.GossipKey(ctx)
 		if err != nil {
-			return provision.NodeConfig{}, fmt.Errorf("read gossip key: %w", err)
+			return nodeconfig.Config{}, fmt.Errorf("read gossip key: %w", err)
 		}
-		key := ""
-		if pair != nil {
-			key = string(pair.Value)
+		if err := CheckMeshMode(ctx, store, p); err != nil {
+			return nodeconfig.Config{}, err
 		}
-		if err := CheckMeshMode(ctx, client.KV(), p); err != nil {
-			return provision.NodeConfig{}, err
-		}
-		var meshCfg *provision.MeshConfig
+		var meshCfg *nodeconfig.Mesh
 		if p.Mesh.Enabled() {
 			var own []string
 			if self != nil {
 				own = self()
 			}
-			if meshCfg, err = meshConfigFor(ctx, client.KV(), p.Mesh.Port, p.Mesh.Peers, own); err != nil {
-				return provision.NodeConfig{}, err
+			if meshCfg, err = meshConfigFor(ctx, store, p.Mesh.Port, p.Mesh.Peers, own); err != nil {
+				return nodeconfig.Config{}, err
 			}
 		}
 		members, err := client.Agent().Members(false)
 		if err != nil {
-			return provision.NodeConfig{}, fmt.Errorf("list members: %w", err)
+			return nodeconfig.Config{}, fmt.Errorf("list members: %w", err)
 		}
 		var join []string
 		for _, m := range members {
@@ -392,7 +387,7 @@ func NodeConfigFor(client *api.Client, clusterDir, consulBinary string, self fun
 				join = append(join, m.Addr)
 			}
 		}
-		return provision.NodeConfig{
+		return nodeconfig.Config{
 			MachineID: id, MachineType: mt.Name, Cluster: p.Cluster, Backend: backend,
 			ClusterDir: clusterDir, ConsulBinary: consulBinary, ConsulServer: mt.ConsulServer,
 			RetryJoin: join, Encrypt: key, Mesh: meshCfg,
@@ -403,12 +398,12 @@ func NodeConfigFor(client *api.Client, clusterDir, consulBinary string, self fun
 // listenHosts are the addresses the agent's HTTP listens on: the node's
 // address, and with the mesh also loopback, where the CLI on the machine
 // finds its agent and Consul.
-func listenHosts(c provision.NodeConfig) []string {
+func listenHosts(c nodeconfig.Config) []string {
 	if c.Mesh == nil {
 		return []string{c.BindAddr}
 	}
 	hosts := []string{c.BindAddr, "127.0.0.1"}
-	if c.Mesh.ServeUnderlay && c.Mesh.Underlay != "" && c.Mesh.Underlay != provision.BindAuto {
+	if c.Mesh.ServeUnderlay && c.Mesh.Underlay != "" && c.Mesh.Underlay != nodeconfig.BindAuto {
 		hosts = append(hosts, c.Mesh.Underlay)
 	}
 	return hosts

@@ -19,9 +19,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/raptiformica/raptiformica/backends/builtin"
+	"github.com/raptiformica/raptiformica/builtin"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
-	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -50,7 +51,7 @@ func startAgent(t *testing.T) (*Agent, func()) {
 	if err := os.WriteFile(pf, []byte(onePlatform), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := provision.NodeConfig{
+	cfg := nodeconfig.Config{
 		MachineID: "server-daemon", MachineType: "server", Cluster: "daemon-test", Backend: "local",
 		ClusterDir: dir, DataDir: filepath.Join(dir, "data"), BindAddr: testconsul.FreeIP(),
 		ConsulBinary: consulBin, ConsulServer: true, Bootstrap: true, Encrypt: NewGossipKey(),
@@ -84,7 +85,7 @@ func stopAgent(t *testing.T, cancel func(), done <-chan error) {
 	}
 }
 
-func httpStatus(cfg provision.NodeConfig) (AgentStatus, error) {
+func httpStatus(cfg nodeconfig.Config) (AgentStatus, error) {
 	var st AgentStatus
 	resp, err := http.Get(fmt.Sprintf("http://%s:%d/v1/status", cfg.BindAddr, cfg.HTTPPort))
 	if err != nil {
@@ -114,12 +115,12 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 	if rec, found, err := a.inventory.Get(context.Background(), "server-daemon"); err != nil || !found || rec.State != reconcile.StateJoined || !rec.Seed {
 		t.Errorf("own record: got %+v found=%v err=%v", rec, found, err)
 	}
-	if pair, _, err := kv.Get(reconcile.KeyGossip, nil); err != nil || pair == nil || string(pair.Value) != a.Config.Encrypt {
+	if pair, _, err := kv.Get(kvschema.GossipKey, nil); err != nil || pair == nil || string(pair.Value) != a.Config.Encrypt {
 		t.Errorf("gossip key in KV: got %v err=%v", pair, err)
 	}
 
 	// A bad description written straight to KV is rejected, with its line.
-	if _, err := kv.Put(&api.KVPair{Key: reconcile.KeyPlatform, Value: []byte("machine \"server\" {\n  min = -1\n}\n")}, nil); err != nil {
+	if _, err := kv.Put(&api.KVPair{Key: kvschema.Platform, Value: []byte("machine \"server\" {\n  min = -1\n}\n")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the bad description is rejected", func() bool {
@@ -147,11 +148,11 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 	})
 
 	// An empty KV (the cluster's state lost) is re-seeded from the mirror.
-	if _, err := kv.DeleteTree(reconcile.Prefix, nil); err != nil {
+	if _, err := kv.DeleteTree(kvschema.Prefix, nil); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "KV is re-seeded", func() bool {
-		pair, _, err := kv.Get(reconcile.KeyPlatform, nil)
+		pair, _, err := kv.Get(kvschema.Platform, nil)
 		if err != nil || pair == nil || string(pair.Value) != string(good) {
 			return false
 		}
@@ -164,7 +165,7 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 
 	// A new valid description is taken up and mirrored.
 	next := strings.Replace(string(good), `resync_interval = "1s"`, `resync_interval = "2s"`, 1)
-	if _, err := kv.Put(&api.KVPair{Key: reconcile.KeyPlatform, Value: []byte(next)}, nil); err != nil {
+	if _, err := kv.Put(&api.KVPair{Key: kvschema.Platform, Value: []byte(next)}, nil); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the new description is loaded and mirrored", func() bool {
@@ -181,7 +182,7 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 	v3 := strings.Replace(next, `resync_interval = "2s"`, `resync_interval = "3s"`, 1)
 	v4 := strings.Replace(next, `resync_interval = "2s"`, `resync_interval = "4s"`, 1)
 	for _, src := range []string{v3, v4} {
-		if _, err := reconcile.PutPlatform(kv, []byte(src)); err != nil {
+		if _, err := kvschema.New(a.consul).PutPlatform(context.Background(), []byte(src)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -189,7 +190,7 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(a.mirrorDir(), "platform"))
 		return string(b) == v4 && a.mirroredVersion() == 2
 	})
-	if _, err := kv.Put(&api.KVPair{Key: reconcile.KeyPlatform, Value: []byte(v3), Flags: 1}, nil); err != nil {
+	if _, err := kv.Put(&api.KVPair{Key: kvschema.Platform, Value: []byte(v3), Flags: 1}, nil); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the older version is loaded", func() bool { return a.Platform().Policy.ResyncInterval == 3*time.Second })
@@ -215,7 +216,7 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 	}
 	setEpoch := func(e string) {
 		t.Helper()
-		if _, err := kv.Put(&api.KVPair{Key: reconcile.KeyEpoch, Value: []byte(e)}, nil); err != nil {
+		if _, err := kv.Put(&api.KVPair{Key: kvschema.Epoch, Value: []byte(e)}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -288,7 +289,7 @@ raptiformica_reconcile_halted 0
 }
 
 // consulPID finds the agent's Consul process, or returns 0.
-func consulPID(cfg provision.NodeConfig) int {
+func consulPID(cfg nodeconfig.Config) int {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
@@ -326,7 +327,7 @@ func TestAgentRestartsConsul(t *testing.T) {
 		return err == nil && st.IsLeader && st.Leader == a.Config.MachineID
 	})
 	// The restarted Consul kept its data: the description is still there.
-	pair, _, err := a.consul.KV().Get(reconcile.KeyPlatform, nil)
+	pair, _, err := a.consul.KV().Get(kvschema.Platform, nil)
 	if err != nil || pair == nil {
 		t.Errorf("description after the restart: %v %v", pair, err)
 	}
@@ -394,7 +395,7 @@ func TestAgentRefusesBusyHTTPPort(t *testing.T) {
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
 	dir := t.TempDir()
-	cfg := provision.NodeConfig{
+	cfg := nodeconfig.Config{
 		MachineID: "busy", MachineType: "server", Cluster: "daemon-test", Backend: "local",
 		ClusterDir: dir, DataDir: filepath.Join(dir, "data"), BindAddr: addr, HTTPPort: port,
 		ConsulBinary: "/nonexistent/consul", ConsulServer: true, Bootstrap: true, Platform: onePlatform,

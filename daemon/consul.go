@@ -20,8 +20,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
-	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -75,7 +75,7 @@ const ServiceName = "raptiformica"
 
 // agentService is the node's agent as a Consul service: its metrics port,
 // and a check on /healthz.
-func agentService(c provision.NodeConfig) consulService {
+func agentService(c nodeconfig.Config) consulService {
 	return consulService{
 		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPPort,
 		Tags: []string{c.MachineType},
@@ -90,7 +90,7 @@ func agentService(c provision.NodeConfig) consulService {
 // consulConfigFor builds the Consul configuration of a node. peers are the
 // addresses of other known members, joined to the configured retry_join, so
 // that a restarted node finds the cluster again from its mirror.
-func consulConfigFor(c provision.NodeConfig, peers []string) consulConfig {
+func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 	join := map[string]bool{}
 	for _, a := range append(append([]string(nil), c.RetryJoin...), peers...) {
 		if a != "" && a != c.BindAddr {
@@ -141,7 +141,7 @@ func consulConfigFor(c provision.NodeConfig, peers []string) consulConfig {
 
 // ConsulProcess supervises the node's Consul agent as a child process.
 type ConsulProcess struct {
-	Config  provision.NodeConfig
+	Config  nodeconfig.Config
 	Log     hclog.Logger
 	Metrics *telemetry.Metrics
 	// Peers returns addresses of known members to join, read at each start.

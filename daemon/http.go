@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -101,11 +100,11 @@ func (a *Agent) status() AgentStatus {
 	// waits seconds for each read: answer with what it knows instead.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	st.Leader = reconcile.LeaderWithin(ctx, a.consul.KV())
+	st.Leader = a.store.Leader(ctx)
 	if !st.IsLeader {
-		if pair, _, err := a.consul.KV().Get(reconcile.KeyStatus, (&api.QueryOptions{}).WithContext(ctx)); err == nil && pair != nil {
+		if b, err := a.store.Status(ctx); err == nil && b != nil {
 			var rs reconcile.Status
-			if json.Unmarshal(pair.Value, &rs) == nil {
+			if json.Unmarshal(b, &rs) == nil {
 				st.Reconcile = &rs
 			}
 		}

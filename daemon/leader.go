@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -38,7 +39,7 @@ func (a *Agent) campaign(ctx context.Context) {
 	}
 	for attempt := 1; ctx.Err() == nil; attempt++ {
 		lock, err := a.consul.LockOpts(&api.LockOptions{
-			Key:            reconcile.KeyLeader,
+			Key:            kvschema.Leader,
 			Value:          []byte(a.Config.MachineID),
 			SessionName:    "raptiformica leader " + a.Config.MachineID,
 			SessionTTL:     sessionTTL,
@@ -154,7 +155,10 @@ func (a *Agent) publish(st reconcile.Status) {
 	if err != nil {
 		return
 	}
-	if _, err := a.consul.KV().Put(&api.KVPair{Key: reconcile.KeyStatus, Value: b}, nil); err != nil {
+	// The pass goes on whether or not this write lands: bound it.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.store.PutStatus(ctx, b); err != nil {
 		a.Log.Warn("publish status", telemetry.KeyError, err)
 	}
 }

@@ -18,20 +18,14 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/mesh"
-	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
-)
-
-// Mesh keys in KV.
-const (
-	// KeyMeshSecret holds the cluster's mesh secret, given to new machines.
-	KeyMeshSecret = reconcile.Prefix + "mesh/secret"
-	// KeyMeshNodes is the folder of MeshNode entries, one per member.
-	KeyMeshNodes = reconcile.Prefix + "mesh/nodes/"
 )
 
 // meshPass is how often the mesh is looked at without a change in KV: links
@@ -50,8 +44,8 @@ type MeshNode struct {
 }
 
 // MeshNodes reads every member's mesh entry, by machine ID.
-func MeshNodes(kv *api.KV) (map[string]MeshNode, error) {
-	pairs, _, err := kv.List(KeyMeshNodes, nil)
+func MeshNodes(ctx context.Context, store *kvschema.Store) (map[string]MeshNode, error) {
+	pairs, _, err := store.MeshNodes(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mesh entries: %w", err)
 	}
@@ -228,8 +222,7 @@ func (a *Agent) runMesh(ctx context.Context) {
 // meshNodes reads the members' entries, blocking up to meshPass for a
 // change after index.
 func (a *Agent) meshNodes(ctx context.Context, index uint64) (map[string]MeshNode, uint64, error) {
-	q := (&api.QueryOptions{WaitIndex: index, WaitTime: meshPass}).WithContext(ctx)
-	pairs, meta, err := a.consul.KV().List(KeyMeshNodes, q)
+	pairs, meta, err := a.store.MeshNodes(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: meshPass})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -329,7 +322,7 @@ func (a *Agent) publishMeshNode(ctx context.Context, have MeshNode, endpoints []
 		return
 	}
 	b, _ := json.Marshal(me)
-	if _, err := a.consul.KV().Put(&api.KVPair{Key: KeyMeshNodes + me.MachineID, Value: b}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+	if err := a.store.PutMeshNode(ctx, me.MachineID, b); err != nil {
 		a.Log.Warn("publish mesh entry", telemetry.KeyError, err)
 	}
 }
@@ -339,7 +332,7 @@ func (a *Agent) publishMeshNode(ctx context.Context, have MeshNode, endpoints []
 func (a *Agent) pruneMeshNodes(ctx context.Context, nodes map[string]MeshNode, recs map[string]reconcile.Record) {
 	for id := range nodes {
 		if _, ok := recs[id]; !ok && id != a.Config.MachineID {
-			if _, err := a.consul.KV().Delete(KeyMeshNodes+id, (&api.WriteOptions{}).WithContext(ctx)); err == nil {
+			if err := a.store.DeleteMeshNode(ctx, id); err == nil {
 				a.Log.Info("mesh entry of a removed machine dropped", telemetry.KeyMachineID, id)
 			}
 		}
@@ -463,8 +456,7 @@ func (a *Agent) ensureMeshSecret(ctx context.Context) error {
 	if a.Config.Mesh == nil {
 		return nil
 	}
-	_, _, err := a.consul.KV().CAS(&api.KVPair{Key: KeyMeshSecret, Value: []byte(a.Config.Mesh.Secret)}, (&api.WriteOptions{}).WithContext(ctx))
-	return err
+	return a.store.InitMeshSecret(ctx, a.Config.Mesh.Secret)
 }
 
 // meshPeerRequest is the body of POST /v1/mesh/peers.
@@ -484,7 +476,7 @@ func (a *Agent) serveMeshPeer(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad request: "+err.Error()+"\n", http.StatusBadRequest)
 		return
 	}
-	u, err := mesh.ParseEndpoint(req.Endpoint)
+	u, err := endpoint.Parse(req.Endpoint)
 	if err != nil {
 		http.Error(w, err.Error()+"\n", http.StatusBadRequest)
 		return
@@ -542,12 +534,12 @@ func (e *AgentRefused) Error() string {
 // cluster's: the mode decides where every machine's Consul listens, so a
 // machine made under the other mode could never join. The cluster's mode is
 // whether it has a mesh secret, which its first node wrote.
-func CheckMeshMode(ctx context.Context, kv *api.KV, p *rules.Platform) error {
-	pair, _, err := kv.Get(KeyMeshSecret, (&api.QueryOptions{}).WithContext(ctx))
+func CheckMeshMode(ctx context.Context, store *kvschema.Store, p *rules.Platform) error {
+	secret, err := store.MeshSecret(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("read mesh secret: %w", err)
 	}
-	running := pair != nil && len(pair.Value) > 0
+	running := secret != ""
 	switch {
 	case running && !p.Mesh.Enabled():
 		return fmt.Errorf("%s: mesh: the cluster runs the overlay mesh (its machines' Consul listens on it), so a description with mesh = %q can add no machine to it; the mode is chosen when a cluster is created", p.Filename, rules.MeshNone)
@@ -560,16 +552,15 @@ func CheckMeshMode(ctx context.Context, kv *api.KV, p *rules.Platform) error {
 // meshConfigFor is the mesh part of a new machine's config: the cluster's
 // secret and every member's endpoints, so that it links to whichever of
 // them it reaches.
-func meshConfigFor(ctx context.Context, kv *api.KV, port int, static ...[]string) (*provision.MeshConfig, error) {
-	q := (&api.QueryOptions{}).WithContext(ctx)
-	pair, _, err := kv.Get(KeyMeshSecret, q)
+func meshConfigFor(ctx context.Context, store *kvschema.Store, port int, static ...[]string) (*nodeconfig.Mesh, error) {
+	secret, err := store.MeshSecret(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mesh secret: %w", err)
 	}
-	if pair == nil || len(pair.Value) == 0 {
-		return nil, errors.New("the cluster has no mesh secret in KV (" + KeyMeshSecret + ")")
+	if secret == "" {
+		return nil, errors.New("the cluster has no mesh secret in KV (" + kvschema.MeshSecret + ")")
 	}
-	pairs, _, err := kv.List(KeyMeshNodes, q)
+	pairs, _, err := store.MeshNodes(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mesh entries: %w", err)
 	}
@@ -577,7 +568,7 @@ func meshConfigFor(ctx context.Context, kv *api.KV, port int, static ...[]string
 	for _, n := range decodeMeshNodes(pairs) {
 		peers = append(peers, n.Endpoints...)
 	}
-	return &provision.MeshConfig{ListenPort: port, Secret: string(pair.Value), Peers: hostPorts(peers)}, nil
+	return &nodeconfig.Mesh{ListenPort: port, Secret: secret, Peers: hostPorts(peers)}, nil
 }
 
 // hostPorts merges lists of endpoints into one sorted list of host:port
@@ -587,7 +578,7 @@ func hostPorts(lists ...[]string) []string {
 	var out []string
 	for _, l := range lists {
 		for _, s := range l {
-			if u, err := mesh.ParseEndpoint(s); err == nil {
+			if u, err := endpoint.Parse(s); err == nil {
 				out = append(out, u.Host)
 			}
 		}

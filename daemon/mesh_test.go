@@ -7,9 +7,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/mesh"
-	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -67,8 +67,8 @@ func TestNoPeerProblem(t *testing.T) {
 // A mesh node's Consul listens on the overlay and loopback (and, for a
 // container, its bridge), and binds gossip to the overlay only.
 func TestConsulConfigOnTheMesh(t *testing.T) {
-	c := provision.NodeConfig{MachineID: "m", MachineType: "w", DataDir: "/d", BindAddr: "200:1::1", ConsulBinary: "consul",
-		Mesh: &provision.MeshConfig{ListenPort: 9651, Secret: "s", ServeUnderlay: true, Underlay: "172.18.0.2"}}.WithDefaults()
+	c := nodeconfig.Config{MachineID: "m", MachineType: "w", DataDir: "/d", BindAddr: "200:1::1", ConsulBinary: "consul",
+		Mesh: &nodeconfig.Mesh{ListenPort: 9651, Secret: "s", ServeUnderlay: true, Underlay: "172.18.0.2"}}.WithDefaults()
 	cc := consulConfigFor(c, []string{"200:2::1", "200:1::1"})
 	if cc.BindAddr != "200:1::1" || cc.AdvertiseAddr != "200:1::1" {
 		t.Errorf("bind %s advertise %s, want the overlay address", cc.BindAddr, cc.AdvertiseAddr)

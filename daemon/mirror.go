@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -24,7 +25,7 @@ import (
 
 // KVSourceName is the file name given to descriptions read from KV, so that
 // their problems point at where they live.
-const KVSourceName = "consul:" + reconcile.KeyPlatform
+const KVSourceName = kvschema.PlatformSource
 
 func (a *Agent) loadMirror() (*rules.Platform, error) {
 	src, err := os.ReadFile(filepath.Join(a.mirrorDir(), "platform"))
@@ -79,11 +80,7 @@ func (a *Agent) writeInventoryMirror(b []byte, v inventoryVersion) error {
 
 // kvEpoch reads the KV's epoch, 0 when it has none.
 func (a *Agent) kvEpoch(ctx context.Context) (uint64, error) {
-	pair, _, err := a.consul.KV().Get(reconcile.KeyEpoch, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil || pair == nil {
-		return 0, err
-	}
-	return strconv.ParseUint(strings.TrimSpace(string(pair.Value)), 10, 64)
+	return a.store.Epoch(ctx)
 }
 
 // mirroredVersion is the version of the mirrored description, 0 when it
@@ -129,7 +126,7 @@ func (a *Agent) mirroredPeers() []string {
 func (a *Agent) watchPlatform(ctx context.Context) {
 	var last uint64
 	query := func(q *api.QueryOptions) (uint64, bool, error) {
-		pair, meta, err := a.consul.KV().Get(reconcile.KeyPlatform, q)
+		pair, meta, err := a.store.Platform(ctx, q)
 		if err != nil {
 			return 0, false, err
 		}
@@ -209,7 +206,7 @@ func (a *Agent) reseed(ctx context.Context) bool {
 	}
 	// The description is written last: while it is missing the KV counts
 	// as lost, so a reseed cut short is done again by the next caller.
-	pair, _, err := a.consul.KV().Get(reconcile.KeyPlatform, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	pair, _, err := a.store.Platform(ctx, &api.QueryOptions{RequireConsistent: true})
 	if err != nil || pair != nil {
 		return err == nil
 	}
@@ -224,7 +221,7 @@ func (a *Agent) reseed(ctx context.Context) bool {
 		// Written only when missing: a reseed cut short and run again
 		// belongs to the same epoch.
 		epoch := a.mirroredInventoryVersion().Epoch + 1
-		if _, _, err := a.consul.KV().CAS(&api.KVPair{Key: reconcile.KeyEpoch, Value: []byte(strconv.FormatUint(epoch, 10))}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		if err := a.store.InitEpoch(ctx, epoch); err != nil {
 			a.Log.Warn("re-seed epoch", telemetry.KeyError, err)
 			return false
 		}
@@ -238,7 +235,7 @@ func (a *Agent) reseed(ctx context.Context) bool {
 			}
 		}
 	}
-	ok, _, err := a.consul.KV().CAS(&api.KVPair{Key: reconcile.KeyPlatform, Value: p.Source, Flags: a.mirroredVersion()}, (&api.WriteOptions{}).WithContext(ctx))
+	ok, err := a.store.SeedPlatform(ctx, p.Source, a.mirroredVersion())
 	if err == nil && ok {
 		a.Log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename)
 	}

@@ -41,6 +41,8 @@ import (
 	"github.com/yggdrasil-network/yggdrasil-go/src/core"
 	"github.com/yggdrasil-network/yggdrasil-go/src/ipv6rwc"
 	"github.com/yggdrasil-network/yggdrasil-go/src/tun"
+
+	"github.com/raptiformica/raptiformica/internal/endpoint"
 )
 
 // DefaultInterface is the TUN interface the agent creates.
@@ -161,11 +163,11 @@ func (n *Node) Address() netip.Addr { return n.addr }
 // PublicKey is the node's public key in hex.
 func (n *Node) PublicKey() string { return hex.EncodeToString(n.core.PublicKey()) }
 
-// AddPeer dials endpoint and keeps dialling it while it is unreachable or
+// AddPeer dials ep and keeps dialling it while it is unreachable or
 // after its link drops, until RemovePeer. Adding a kept peer again is a
 // no-op.
-func (n *Node) AddPeer(endpoint string) error {
-	u, err := ParseEndpoint(endpoint)
+func (n *Node) AddPeer(ep string) error {
+	u, err := endpoint.Parse(ep)
 	if err != nil {
 		return err
 	}
@@ -182,9 +184,9 @@ func (n *Node) AddPeer(endpoint string) error {
 	return nil
 }
 
-// RemovePeer stops dialling endpoint and closes its link.
-func (n *Node) RemovePeer(endpoint string) error {
-	u, err := ParseEndpoint(endpoint)
+// RemovePeer stops dialling ep and closes its link.
+func (n *Node) RemovePeer(ep string) error {
+	u, err := endpoint.Parse(ep)
 	if err != nil {
 		return err
 	}
@@ -285,30 +287,6 @@ func (n *Node) Close() {
 	}
 	n.core.Stop()
 	_ = n.rwc.Close()
-}
-
-// ParseEndpoint reads "host:port" or "tcp://host:port" into a tcp URL
-// without query, so that one peer has one spelling.
-func ParseEndpoint(s string) (*url.URL, error) {
-	raw := s
-	if !strings.Contains(s, "://") {
-		raw = "tcp://" + s
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, fmt.Errorf("mesh endpoint %q: %w", s, err)
-	}
-	if u.Scheme != "tcp" {
-		return nil, fmt.Errorf("mesh endpoint %q: scheme %q (only tcp)", s, u.Scheme)
-	}
-	host, port, err := net.SplitHostPort(u.Host)
-	if err != nil || host == "" {
-		return nil, fmt.Errorf("mesh endpoint %q: want host:port", s)
-	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return nil, fmt.Errorf("mesh endpoint %q: bad port %q", s, port)
-	}
-	return &url.URL{Scheme: "tcp", Host: u.Host}, nil
 }
 
 func stripQuery(uri string) string {

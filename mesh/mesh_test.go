@@ -132,25 +132,3 @@ func TestKeyIsKept(t *testing.T) {
 		t.Fatalf("start on a damaged key: %v; want an error naming the file", err)
 	}
 }
-
-func TestParseEndpoint(t *testing.T) {
-	for _, tc := range []struct{ in, want, err string }{
-		{in: "10.0.0.1:9651", want: "tcp://10.0.0.1:9651"},
-		{in: "tcp://[fd00::1]:9651?password=x", want: "tcp://[fd00::1]:9651"},
-		{in: "host.example:1", want: "tcp://host.example:1"},
-		{in: "10.0.0.1", err: "want host:port"},
-		{in: "tls://10.0.0.1:1", err: "only tcp"},
-		{in: "10.0.0.1:0", err: "bad port"},
-	} {
-		u, err := ParseEndpoint(tc.in)
-		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("ParseEndpoint(%q) error %v; want %q", tc.in, err, tc.err)
-			}
-			continue
-		}
-		if err != nil || u.String() != tc.want {
-			t.Errorf("ParseEndpoint(%q) = %v, %v; want %s", tc.in, u, err, tc.want)
-		}
-	}
-}

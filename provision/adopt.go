@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
+
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
 // Where adoption installs a node. /usr/local, not the package's /usr: a
@@ -33,9 +35,9 @@ const (
 // AdoptedNode is n as it runs on a machine adopted at h: the installed
 // paths, and bound to the address it was reached at when that is an IPv4
 // address (else to its first non-loopback one).
-func AdoptedNode(n NodeConfig, h Host) NodeConfig {
+func AdoptedNode(n nodeconfig.Config, h Host) nodeconfig.Config {
 	n.DataDir, n.ClusterDir, n.ConsulBinary = RemoteDataDir, RemoteDataDir, RemoteConsul
-	n.BindAddr = BindAuto
+	n.BindAddr = nodeconfig.BindAuto
 	if ip := net.ParseIP(h.Addr); ip != nil && ip.To4() != nil {
 		n.BindAddr = h.Addr
 	}
@@ -71,7 +73,7 @@ type Adopter struct {
 type AdoptSpec struct {
 	Host Host
 	// Node is the agent's config on the machine.
-	Node NodeConfig
+	Node nodeconfig.Config
 	// KeepID keeps the machine ID of a node of the same cluster and type
 	// that the machine already runs, so that adopting it again is a no-op.
 	// A backend that has recorded Node's ID before the adoption leaves it
@@ -115,7 +117,7 @@ func (e *StepError) Unwrap() error { return e.Err }
 
 // Result is what an adoption did.
 type Result struct {
-	Node  NodeConfig
+	Node  nodeconfig.Config
 	Steps []Step
 	// Changed is false when the machine was already right.
 	Changed bool
@@ -391,8 +393,8 @@ func sftpPut(sc *sftp.Client, src, dst string) error {
 	return out.Close()
 }
 
-func (r *remote) readConfig() (NodeConfig, error) {
-	var c NodeConfig
+func (r *remote) readConfig() (nodeconfig.Config, error) {
+	var c nodeconfig.Config
 	out, err := r.sh(`if [ -f "$1" ]; then cat "$1"; fi`, RemoteConfig)
 	if err != nil || len(out) == 0 {
 		return c, errors.New("no config")
@@ -416,7 +418,7 @@ func (r *remote) writeFile(p string, content []byte, mode string) (bool, error) 
 	return err == nil, err
 }
 
-func (r *remote) writeConfig(c NodeConfig) (bool, error) {
+func (r *remote) writeConfig(c nodeconfig.Config) (bool, error) {
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
 		return false, err

@@ -54,14 +54,6 @@ func ParseHost(s string) (Host, error) {
 // HostPort is the address SSH dials.
 func (h Host) HostPort() string { return net.JoinHostPort(h.Addr, strconv.Itoa(h.Port)) }
 
-// KVKey is host:port as one KV path segment: IPv6 brackets dropped, no
-// slash to make a folder of it.
-func (h Host) KVKey() string { return kvSegment(h.HostPort()) }
-
-func kvSegment(hostport string) string {
-	return strings.NewReplacer("/", "_", "[", "", "]", "").Replace(hostport)
-}
-
 func (h Host) String() string {
 	s := h.Addr
 	if h.Port != 22 {
@@ -72,7 +64,7 @@ func (h Host) String() string {
 
 // HostKeyStore keeps the host keys trusted on first use, so that every
 // later connection, from any node, checks the same key. The cluster's KV is
-// the store in practice (see KVHostKeys).
+// the store in practice (see StoreHostKeys).
 type HostKeyStore interface {
 	// HostKey returns the recorded key of hostport, if any.
 	HostKey(ctx context.Context, hostport string) (ssh.PublicKey, bool, error)

@@ -16,14 +16,14 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
-	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
 // NodeConfigFunc builds the config a new machine's agent starts with: which
 // servers to join, the gossip key, whether it is a Consul server.
-type NodeConfigFunc func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (provision.NodeConfig, error)
+type NodeConfigFunc func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (nodeconfig.Config, error)
 
 // Executor carries out the planner's actions. Quick state changes (marking a
 // machine joined or failed, writing a spawn's intent) happen within Execute;
@@ -344,7 +344,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 // leave asks the member's own Consul agent to leave the cluster.
 func (e *Executor) leave(ctx context.Context, m Member) error {
 	cfg := api.DefaultConfig()
-	cfg.Address = net.JoinHostPort(m.Address, strconv.Itoa(provision.ConsulHTTPPort))
+	cfg.Address = net.JoinHostPort(m.Address, strconv.Itoa(nodeconfig.ConsulHTTPPort))
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return err

@@ -15,9 +15,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
-	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -43,10 +44,10 @@ func needConsul(t *testing.T) *Inventory {
 	if testing.Short() {
 		t.Skip("integration test: needs Consul (run without -short)")
 	}
-	if err := consul.Reset(Prefix); err != nil {
+	if err := consul.Reset(kvschema.Prefix); err != nil {
 		t.Fatal(err)
 	}
-	return &Inventory{KV: consul.Client.KV()}
+	return &Inventory{Store: kvschema.New(consul.Client)}
 }
 
 func TestInventoryCheckAndSet(t *testing.T) {
@@ -125,8 +126,8 @@ func (f *fakeBackend) List(context.Context) ([]backends.Instance, error) { retur
 func newExecutor(inv *Inventory) *Executor {
 	return &Executor{
 		Inventory: inv, Consul: consul.Client, Clock: RealClock{}, Log: hclog.NewNullLogger(), Metrics: telemetry.New(),
-		NodeConfig: func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (provision.NodeConfig, error) {
-			return provision.NodeConfig{MachineID: id, MachineType: mt.Name}, nil
+		NodeConfig: func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (nodeconfig.Config, error) {
+			return nodeconfig.Config{MachineID: id, MachineType: mt.Name}, nil
 		},
 	}
 }
@@ -260,7 +261,7 @@ func TestObserveAsksBackendsAtOnce(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	obs, err := Observe(ctx, consul.Client, &Inventory{KV: consul.Client.KV()}, bes, nil)
+	obs, err := Observe(ctx, consul.Client, &Inventory{Store: kvschema.New(consul.Client)}, bes, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,7 @@ package rules
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -14,6 +12,8 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 	"github.com/zclconf/go-cty/cty/gocty"
+
+	"github.com/raptiformica/raptiformica/internal/endpoint"
 )
 
 // Problem is one thing wrong with a description, located in its source.
@@ -326,7 +326,7 @@ func (d *decoder) mesh(attrs hcl.Attributes, m *Mesh) {
 	if a := attrs["mesh_peers"]; a != nil {
 		if d.decode(a, "mesh_peers", cty.List(cty.String), &m.Peers) {
 			for _, p := range m.Peers {
-				if err := checkEndpoint(p); err != nil {
+				if _, err := endpoint.Parse(p); err != nil {
 					d.at(a.Expr.Range(), "mesh_peers", "%v", err)
 				}
 			}
@@ -337,20 +337,6 @@ func (d *decoder) mesh(attrs hcl.Attributes, m *Mesh) {
 			d.at(a.NameRange, name, "has no effect without mesh = %q", MeshOverlay)
 		}
 	}
-}
-
-// checkEndpoint accepts "host:port" and "tcp://host:port", the spellings
-// the overlay dials.
-func checkEndpoint(s string) error {
-	hp := strings.TrimPrefix(s, "tcp://")
-	host, port, err := net.SplitHostPort(hp)
-	if err != nil || host == "" || strings.Contains(hp, "/") {
-		return fmt.Errorf("peer %q: want host:port or tcp://host:port", s)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("peer %q: port must be 1 to 65535", s)
-	}
-	return nil
 }
 
 func (d *decoder) policy(b *hcl.Block, p *Policy) {

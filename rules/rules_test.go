@@ -168,8 +168,8 @@ machine "s" {
 			want: []string{
 				`p.hcl:1,14: mesh: must be "yggdrasil" (the overlay) or "none" (the machines' own network), got "cjdns"`,
 				`p.hcl:2,14: mesh_port: must be at most 65535, got 70000`,
-				`p.hcl:3,14: mesh_peers: peer "vps1.example.org": want host:port`,
-				`mesh_peers: peer "udp://x:1": want host:port`,
+				`p.hcl:3,14: mesh_peers: endpoint "vps1.example.org": want host:port`,
+				`mesh_peers: endpoint "udp://x:1": scheme "udp" (only tcp)`,
 			},
 		},
 		{

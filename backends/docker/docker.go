@@ -32,7 +32,7 @@ import (
 	"github.com/docker/docker/errdefs"
 
 	"github.com/raptiformica/raptiformica/backends"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
 // Labels carried by every container and network of ours.
@@ -51,7 +51,10 @@ const (
 	socketPath  = "/var/run/docker.sock"
 )
 
-var _ backends.Backend = (*Backend)(nil)
+var (
+	_ backends.Seeder         = (*Backend)(nil)
+	_ backends.ClusterRemover = (*Backend)(nil)
+)
 
 // Backend spawns machines as containers.
 type Backend struct {
@@ -133,7 +136,7 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 	}
 	node := spec.Node
 	node.Backend = b.name
-	node.BindAddr = provision.BindAuto
+	node.BindAddr = nodeconfig.BindAuto
 	node.DataDir = dataDir
 	node.ConsulBinary = imageConsul
 	node.ClusterDir = ""
@@ -203,12 +206,9 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 	return in, nil
 }
 
-// SpawnSeed starts the first machine of a new cluster, which bootstraps
-// Consul alone; `raptiformica up` calls it.
-func (b *Backend) SpawnSeed(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
-	spec.Node.Bootstrap = true
-	return b.Spawn(ctx, spec)
-}
+// CanSeed says the backend can start the first machine of a new cluster:
+// it keeps no state in the cluster's KV.
+func (b *Backend) CanSeed() error { return nil }
 
 func (b *Backend) inspect(ctx context.Context, id string) (backends.Instance, error) {
 	info, err := b.cli.ContainerInspect(ctx, id)

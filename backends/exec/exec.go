@@ -43,11 +43,14 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
-var _ backends.Backend = (*Backend)(nil)
+var (
+	_ backends.Seeder    = (*Backend)(nil)
+	_ backends.LocalView = (*Backend)(nil)
+)
 
 // Where the agent runs on a machine made by commands, unless settings say
 // otherwise: the paths of the node image.
@@ -68,7 +71,7 @@ type Backend struct {
 	source   string
 	timeout  time.Duration // start_instance and clean_up_instance_command
 	query    time.Duration // every other command
-	node     provision.NodeConfig
+	node     nodeconfig.Config
 	settings []string // RAPTIFORMICA_SETTING_* variables
 	binary   string
 	consul   string
@@ -106,7 +109,7 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		query:   30 * time.Second,
 		binary:  env.Binary,
 		consul:  env.ConsulBinary,
-		node:    provision.NodeConfig{BindAddr: provision.BindAuto, DataDir: defaultDataDir, ConsulBinary: defaultConsul},
+		node:    nodeconfig.Config{BindAddr: nodeconfig.BindAuto, DataDir: defaultDataDir, ConsulBinary: defaultConsul},
 	}
 	keys := make([]string, 0, len(cfg.Settings))
 	for k := range cfg.Settings {
@@ -218,14 +221,11 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 	return backends.Instance{}, err
 }
 
-// SpawnSeed starts the first machine of a new cluster: Spawn with the
-// node's Bootstrap set. `raptiformica up` calls it.
-func (b *Backend) SpawnSeed(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
-	spec.Node.Bootstrap = true
-	return b.Spawn(ctx, spec)
-}
+// CanSeed says the backend can start the first machine of a new cluster:
+// it keeps no state in the cluster's KV.
+func (b *Backend) CanSeed() error { return nil }
 
-func (b *Backend) start(ctx context.Context, wd string, node provision.NodeConfig) (backends.Instance, error) {
+func (b *Backend) start(ctx context.Context, wd string, node nodeconfig.Config) (backends.Instance, error) {
 	if b.source != "" {
 		if err := b.clone(ctx, wd); err != nil {
 			return backends.Instance{}, err
@@ -238,7 +238,7 @@ func (b *Backend) start(ctx context.Context, wd string, node provision.NodeConfi
 	node.NeverLead = b.node.NeverLead
 	node.ClusterDir = ""
 	cfgPath := filepath.Join(wd, "agent.json")
-	if err := provision.WriteConfig(cfgPath, node); err != nil {
+	if err := nodeconfig.Write(cfgPath, node); err != nil {
 		return backends.Instance{}, err
 	}
 	env := []string{

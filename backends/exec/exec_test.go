@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -48,7 +48,7 @@ func newBackend(t *testing.T, cmds map[string][]string, settings map[string]stri
 }
 
 func spec(id string) backends.Spec {
-	return backends.Spec{Node: provision.NodeConfig{MachineID: id, MachineType: "worker", Cluster: "t"}}
+	return backends.Spec{Node: nodeconfig.Config{MachineID: id, MachineType: "worker", Cluster: "t"}}
 }
 
 func TestSpawnListDestroy(t *testing.T) {
@@ -62,11 +62,11 @@ func TestSpawnListDestroy(t *testing.T) {
 		t.Errorf("spawned %+v, want worker at 10.9.8.7 (the last line get_hostname printed)", in)
 	}
 	// start_instance got the agent config through the environment.
-	cfg, err := provision.ReadConfig(filepath.Join(pool, "worker-1"))
+	cfg, err := nodeconfig.Read(filepath.Join(pool, "worker-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.MachineID != "worker-1" || cfg.Backend != "fake/headless" || !cfg.NeverLead || cfg.BindAddr != provision.BindAuto || cfg.DataDir != defaultDataDir {
+	if cfg.MachineID != "worker-1" || cfg.Backend != "fake/headless" || !cfg.NeverLead || cfg.BindAddr != nodeconfig.BindAuto || cfg.DataDir != defaultDataDir {
 		t.Errorf("agent config %+v", cfg)
 	}
 

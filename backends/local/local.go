@@ -31,10 +31,13 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
-var _ backends.Backend = (*Backend)(nil)
+var (
+	_ backends.Seeder         = (*Backend)(nil)
+	_ backends.ClusterRemover = (*Backend)(nil)
+)
 
 // Backend spawns machines as local process groups.
 type Backend struct {
@@ -163,9 +166,9 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 	return inst, nil
 }
 
-func (b *Backend) start(mdir string, node provision.NodeConfig) (backends.Instance, error) {
+func (b *Backend) start(mdir string, node nodeconfig.Config) (backends.Instance, error) {
 	cfgPath := filepath.Join(mdir, "agent.json")
-	if err := provision.WriteConfig(cfgPath, node); err != nil {
+	if err := nodeconfig.Write(cfgPath, node); err != nil {
 		return backends.Instance{}, err
 	}
 	logf, err := os.OpenFile(filepath.Join(mdir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -191,17 +194,14 @@ func (b *Backend) start(mdir string, node provision.NodeConfig) (backends.Instan
 	return backends.Instance{MachineID: node.MachineID, MachineType: node.MachineType, Address: node.BindAddr, Running: true, Created: time.Now()}, nil
 }
 
-// SpawnSeed starts the first machine of a new cluster. It is Spawn with the
-// node's Bootstrap set; `raptiformica up` calls it.
 // ErrNoMesh refuses a mesh machine: the local backend's machines share one
 // host, and the overlay gives each machine an interface routing all of
 // 200::/7, which only one per host can have.
 var ErrNoMesh = errors.New(`the local backend runs every machine on this host and cannot give each its own overlay interface; set mesh = "none" in the description (its machines reach each other on loopback anyway)`)
 
-func (b *Backend) SpawnSeed(ctx context.Context, spec backends.Spec) (backends.Instance, error) {
-	spec.Node.Bootstrap = true
-	return b.Spawn(ctx, spec)
-}
+// CanSeed says the backend can start the first machine of a new cluster:
+// it keeps no state in the cluster's KV.
+func (b *Backend) CanSeed() error { return nil }
 
 func (b *Backend) freeAddress() (string, error) {
 	used := map[string]bool{}
@@ -294,8 +294,8 @@ func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
 	return out, nil
 }
 
-func readNode(mdir string) (provision.NodeConfig, error) {
-	var c provision.NodeConfig
+func readNode(mdir string) (nodeconfig.Config, error) {
+	var c nodeconfig.Config
 	raw, err := os.ReadFile(filepath.Join(mdir, "agent.json"))
 	if err != nil {
 		return c, err
@@ -415,7 +415,7 @@ func lockDir(dir string) (func(), error) {
 // Machine is a machine folder of a local cluster.
 type Machine struct {
 	Dir     string
-	Config  provision.NodeConfig
+	Config  nodeconfig.Config
 	PID     int
 	Running bool
 }
@@ -445,6 +445,11 @@ func Machines(clusterDir string) ([]Machine, error) {
 		out = append(out, Machine{Dir: mdir, Config: cfg.WithDefaults(), PID: pid, Running: alive})
 	}
 	return out, nil
+}
+
+// RemoveAll ends every machine of the backend's cluster folder: KillAll.
+func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
+	return KillAll(ctx, filepath.Dir(b.dir))
 }
 
 // KillAll ends every process of every machine in a cluster folder at once

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
 // standIn is a program in place of the agent: it starts a child (as the agent
@@ -73,7 +73,7 @@ func TestSpawnListDestroy(t *testing.T) {
 	t.Cleanup(func() { KillAll(context.Background(), dir) })
 	var ids []string
 	for _, id := range []string{"m-1", "m-2", "m-3"} {
-		in, err := b.Spawn(ctx, backends.Spec{Node: provision.NodeConfig{MachineID: id, MachineType: "server"}})
+		in, err := b.Spawn(ctx, backends.Spec{Node: nodeconfig.Config{MachineID: id, MachineType: "server"}})
 		if err != nil {
 			t.Fatalf("spawn %s: %v", id, err)
 		}
@@ -82,7 +82,7 @@ func TestSpawnListDestroy(t *testing.T) {
 	if got, want := strings.Join(ids, " "), "127.99.1.2 127.99.1.3 127.99.1.4"; got != want {
 		t.Errorf("addresses: got %s want %s", got, want)
 	}
-	cfg, err := provision.ReadConfig(filepath.Join(dir, "machines", "m-1", "agent.json"))
+	cfg, err := nodeconfig.Read(filepath.Join(dir, "machines", "m-1", "agent.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestSpawnListDestroy(t *testing.T) {
 	if groupAlive(pid) {
 		t.Errorf("process group %d of a destroyed machine is alive", pid)
 	}
-	in, err := b.Spawn(ctx, backends.Spec{Node: provision.NodeConfig{MachineID: "m-4", MachineType: "server"}})
+	in, err := b.Spawn(ctx, backends.Spec{Node: nodeconfig.Config{MachineID: "m-4", MachineType: "server"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/deploy/systemd"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -71,7 +73,7 @@ func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	consul, err := provision.FindConsul()
+	consul, err := nodeconfig.FindConsul()
 	if err != nil {
 		return err
 	}
@@ -195,7 +197,7 @@ func readAdoptInventory(name, def string) ([]adoptJob, error) {
 // anything is installed, joining once it is a member; a failed adoption's
 // record says where it failed, and the leader clears it.
 func adoptOne(ctx context.Context, c *api.Client, a *provision.Adopter, spec provision.AdoptSpec, out io.Writer) error {
-	inv := &reconcile.Inventory{KV: c.KV()}
+	inv := &reconcile.Inventory{Store: kvschema.New(c)}
 	now := time.Now()
 	res, err := a.Adopt(ctx, spec)
 	id := res.Node.MachineID
@@ -255,7 +257,7 @@ func isAliveMember(c *api.Client, id string) (bool, error) {
 // checked against the fingerprint given, known_hosts, and else the keys
 // the cluster trusted on first use.
 func sshDialer(c *api.Client, identity, knownHosts, fingerprint, jump string) (provision.Dialer, error) {
-	d := provision.Dialer{Trust: provision.Trust{Fingerprint: fingerprint, Store: provision.KVHostKeys{KV: c.KV()}}}
+	d := provision.Dialer{Trust: provision.Trust{Fingerprint: fingerprint, Store: provision.StoreHostKeys{Store: kvschema.New(c).TrustedHostKeys()}}}
 	if identity != "" {
 		if _, err := os.Stat(identity); err != nil {
 			return d, fmt.Errorf("--identity: %w", err)

@@ -23,6 +23,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -253,16 +255,16 @@ func TestAdopt(t *testing.T) {
 
 	// A machine of an architecture the binaries are not built for (here:
 	// binaries said to be arm64): refused when detected, nothing installed.
-	consul, err := provision.FindConsul()
+	consul, err := nodeconfig.FindConsul()
 	if err != nil {
 		t.Fatal(err)
 	}
 	foreign := &provision.Adopter{
-		Dialer: provision.Dialer{Auth: provision.Auth{KeyFiles: []string{l.key}}, Trust: provision.Trust{Store: provision.KVHostKeys{KV: l.client().KV()}}},
+		Dialer: provision.Dialer{Auth: provision.Auth{KeyFiles: []string{l.key}}, Trust: provision.Trust{Store: provision.StoreHostKeys{Store: kvschema.New(l.client()).TrustedHostKeys()}}},
 		Binary: binary, Consul: consul, GOARCH: "arm64",
 	}
 	ip3 := l.host(t, 12)
-	_, err = foreign.Adopt(context.Background(), provision.AdoptSpec{Host: provision.Host{User: "root", Addr: ip3, Port: 22}, Node: provision.NodeConfig{MachineID: "worker-arm", MachineType: "worker"}})
+	_, err = foreign.Adopt(context.Background(), provision.AdoptSpec{Host: provision.Host{User: "root", Addr: ip3, Port: 22}, Node: nodeconfig.Config{MachineID: "worker-arm", MachineType: "worker"}})
 	if err == nil || err.Error() != "adopt root@"+ip3+": detect: unsupported architecture x86_64 (Go amd64): the binaries at hand are linux/arm64; nothing was installed" {
 		t.Errorf("adopt of an x86_64 machine with arm64 binaries: %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -166,7 +167,7 @@ func BenchmarkReaction(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		cl := c.client()
-		inv := &reconcile.Inventory{KV: cl.KV()}
+		inv := &reconcile.Inventory{Store: kvschema.New(cl)}
 		_, index, err := inv.List(context.Background(), nil)
 		if err != nil {
 			b.Fatal(err)

@@ -23,13 +23,14 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/backends"
-	"github.com/raptiformica/raptiformica/backends/builtin"
 	"github.com/raptiformica/raptiformica/backends/docker"
 	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/builtin"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/mesh"
-	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -174,7 +175,7 @@ func (t *target) addresses() ([]string, error) {
 		}
 		for _, in := range insts {
 			if in.Running && in.Address != "" {
-				out = append(out, net.JoinHostPort(in.Address, strconv.Itoa(provision.ConsulHTTPPort)))
+				out = append(out, net.JoinHostPort(in.Address, strconv.Itoa(nodeconfig.ConsulHTTPPort)))
 			}
 		}
 	}
@@ -187,15 +188,11 @@ func (t *target) backendEnv(p *rules.Platform) (backends.Env, error) {
 	if err != nil {
 		return backends.Env{}, err
 	}
-	consul, err := provision.FindConsul()
+	consul, err := nodeconfig.FindConsul()
 	if err != nil {
 		return backends.Env{}, err
 	}
-	env := backends.Env{Cluster: p.Cluster, ClusterDir: t.folder(), Binary: bin, ConsulBinary: consul, Logger: hclog.NewNullLogger()}
-	if c, err := t.client(); err == nil {
-		env.KV = c.KV()
-	}
-	return env, nil
+	return backends.Env{Cluster: p.Cluster, ClusterDir: t.folder(), Binary: bin, ConsulBinary: consul, Logger: hclog.NewNullLogger()}, nil
 }
 
 func (t *target) backends(p *rules.Platform) (map[string]backends.Backend, error) {
@@ -203,16 +200,15 @@ func (t *target) backends(p *rules.Platform) (map[string]backends.Backend, error
 	if err != nil {
 		return nil, err
 	}
-	reg := builtin.Registry()
-	out := map[string]backends.Backend{}
-	for name, b := range p.Backends {
-		be, err := reg.New(b, env)
-		if err != nil {
-			return nil, err
-		}
-		out[name] = be
+	var store *kvschema.Store
+	if c, err := t.client(); err == nil {
+		store = kvschema.New(c)
 	}
-	return out, nil
+	bes, errs := reconcile.NewBackends(builtin.Registry(), p, env, store)
+	for _, name := range slices.Sorted(maps.Keys(errs)) {
+		return nil, fmt.Errorf("backend %s: %w", name, errs[name])
+	}
+	return bes, nil
 }
 
 func parseOpts() rules.Options { return rules.Options{BackendTypes: builtin.Registry().Types()} }
@@ -252,11 +248,6 @@ func waitAndPrint(ctx context.Context, t *target, plat *rules.Platform, timeout 
 		return err
 	}
 	return printMembers(c, out, false)
-}
-
-// seeder is a backend that can start the first machine of a cluster.
-type seeder interface {
-	SpawnSeed(ctx context.Context, spec backends.Spec) (backends.Instance, error)
 }
 
 // startSeed starts the first machine of a new cluster: a Consul server that
@@ -308,19 +299,22 @@ func startSeed(ctx context.Context, dir, platformFile string, out io.Writer) (*r
 	// The seed runs on its type's first backend.
 	beName := plat.Machines[seedType].Backends[0]
 	spec := plat.Backends[beName]
-	be, err := builtin.Registry().New(spec, env)
+	be, err := builtin.Registry().New(backends.Config{Name: spec.Name, Type: spec.Type, Settings: spec.Settings, Commands: spec.Commands}, env)
 	if err != nil {
 		return nil, err
 	}
-	sd, ok := be.(seeder)
+	sd, ok := be.(backends.Seeder)
 	if !ok {
 		return nil, fmt.Errorf("backend %q (type %s) cannot start a seed; the first backend of machine type %q must be local or docker", beName, spec.Type, seedType)
+	}
+	if err := sd.CanSeed(); err != nil {
+		return nil, fmt.Errorf("backend %q cannot start a seed: %w", beName, err)
 	}
 	cf, _ := json.Marshal(clusterFile{Cluster: plat.Cluster, Backend: beName, BackendType: spec.Type, Settings: spec.Settings})
 	if err := fsutil.WriteFileAtomic(filepath.Join(dir, "cluster.json"), cf, 0o644); err != nil {
 		return nil, err
 	}
-	node := provision.NodeConfig{
+	node := nodeconfig.Config{
 		MachineID: reconcile.NewMachineID(seedType), MachineType: seedType, Cluster: plat.Cluster,
 		ConsulServer: true, Encrypt: daemon.NewGossipKey(), PlatformFile: name,
 	}.WithDefaults()
@@ -329,9 +323,10 @@ func startSeed(ctx context.Context, dir, platformFile string, out io.Writer) (*r
 		node.PlatformFile, node.Platform = "", string(plat.Source)
 	}
 	if plat.Mesh.Enabled() {
-		node.Mesh = &provision.MeshConfig{ListenPort: plat.Mesh.Port, Secret: mesh.NewSecret(), Peers: plat.Mesh.Peers}
+		node.Mesh = &nodeconfig.Mesh{ListenPort: plat.Mesh.Port, Secret: mesh.NewSecret(), Peers: plat.Mesh.Peers}
 	}
-	inst, err := sd.SpawnSeed(ctx, backends.Spec{Node: node})
+	node.Bootstrap = true
+	inst, err := sd.Spawn(ctx, backends.Spec{Node: node})
 	if err != nil {
 		return nil, fmt.Errorf("start seed: %w", err)
 	}
@@ -396,7 +391,7 @@ func waitConverged(ctx context.Context, t *target, plat *rules.Platform, out io.
 }
 
 func progress(c *api.Client, plat *rules.Platform) (string, bool) {
-	inv := &reconcile.Inventory{KV: c.KV()}
+	inv := &reconcile.Inventory{Store: kvschema.New(c)}
 	recs, _, err := inv.List(context.Background(), nil)
 	if err != nil {
 		return "waiting for the inventory: " + err.Error(), false
@@ -434,7 +429,9 @@ func progress(c *api.Client, plat *rules.Platform) (string, bool) {
 }
 
 func kvPlatform(c *api.Client) (*rules.Platform, error) {
-	pair, _, err := c.KV().Get(reconcile.KeyPlatform, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pair, _, err := kvschema.New(c).Platform(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -497,9 +494,7 @@ func (t *target) removeElsewhere(ctx context.Context) (int, error) {
 		if p.Backends[name].Type == "local" {
 			continue
 		}
-		if ra, ok := bes[name].(interface {
-			RemoveAll(context.Context) (int, error)
-		}); ok {
+		if ra, ok := bes[name].(backends.ClusterRemover); ok {
 			m, err := ra.RemoveAll(ctx)
 			removed += m
 			errs = append(errs, err)
@@ -555,12 +550,15 @@ func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
 	if err != nil {
 		return err
 	}
-	recs, _, err := (&reconcile.Inventory{KV: c.KV()}).List(context.Background(), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	store := kvschema.New(c)
+	recs, _, err := (&reconcile.Inventory{Store: store}).List(ctx, nil)
 	if err != nil {
 		return err
 	}
-	leader := reconcile.LeaderOf(c.KV())
-	meshNodes, err := daemon.MeshNodes(c.KV())
+	leader := store.Leader(ctx)
+	meshNodes, err := daemon.MeshNodes(ctx, store)
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/backends/docker"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
 type dockerCluster struct {
@@ -323,7 +323,7 @@ func TestDockerMajorityCutOff(t *testing.T) {
 	deadline := time.Now().Add(time.Minute)
 	for _, id := range kept {
 		for {
-			st, err := agentStatus(provision.NodeConfig{BindAddr: addrs[id], HTTPPort: 9550})
+			st, err := agentStatus(nodeconfig.Config{BindAddr: addrs[id], HTTPPort: 9550})
 			if err == nil && st.Quorum != nil && st.Quorum.Lost && strings.Contains(st.Quorum.Recovery, "a partition, not a death") {
 				break
 			}
@@ -338,7 +338,7 @@ func TestDockerMajorityCutOff(t *testing.T) {
 		t.Fatalf("%d containers during the partition", total)
 	}
 	for _, id := range kept {
-		st, err := agentStatus(provision.NodeConfig{BindAddr: addrs[id], HTTPPort: 9550})
+		st, err := agentStatus(nodeconfig.Config{BindAddr: addrs[id], HTTPPort: 9550})
 		if err != nil || st.Quorum == nil {
 			t.Fatalf("%s regained quorum while three of five were cut off: %+v (%v)", id, st, err)
 		}

@@ -26,7 +26,8 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -51,7 +52,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 			return 1
 		}
-		if _, err := provision.FindConsul(); err != nil {
+		if _, err := nodeconfig.FindConsul(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -233,7 +234,7 @@ func (c *testCluster) view() (view, error) {
 	if cl == nil {
 		return v, fmt.Errorf("no Consul answers")
 	}
-	recs, _, err := (&reconcile.Inventory{KV: cl.KV()}).List(context.Background(), nil)
+	recs, _, err := (&reconcile.Inventory{Store: kvschema.New(cl)}).List(context.Background(), nil)
 	if err != nil {
 		return v, err
 	}
@@ -252,7 +253,7 @@ func (c *testCluster) view() (view, error) {
 			v.alive = append(v.alive, m.Name)
 		}
 	}
-	v.leader = reconcile.LeaderOf(cl.KV())
+	v.leader = kvschema.New(cl).Leader(context.Background())
 	sort.Strings(v.alive)
 	sort.Strings(v.instances)
 	sort.Strings(v.joined)
@@ -490,7 +491,7 @@ func TestPlatformChanges(t *testing.T) {
 	// A malformed description written straight into KV is rejected by
 	// every agent, which keep their last good one.
 	cl := c.client()
-	if _, err := cl.KV().Put(&api.KVPair{Key: reconcile.KeyPlatform, Value: []byte("machine \"server\" {\n  min = \"many\"\n}\n")}, nil); err != nil {
+	if _, err := cl.KV().Put(&api.KVPair{Key: kvschema.Platform, Value: []byte("machine \"server\" {\n  min = \"many\"\n}\n")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -583,7 +584,7 @@ func TestPlatformChanges(t *testing.T) {
 	}
 }
 
-func agentStatus(n provision.NodeConfig) (daemon.AgentStatus, error) {
+func agentStatus(n nodeconfig.Config) (daemon.AgentStatus, error) {
 	return nodeStatus(local.Machine{Config: n})
 }
 
@@ -635,7 +636,7 @@ func TestQuorumLossAndRecover(t *testing.T) {
 	for _, id := range dead {
 		c.kill(id)
 	}
-	var node provision.NodeConfig
+	var node nodeconfig.Config
 	for _, m := range c.machines() {
 		if m.Config.MachineID == survivor {
 			node = m.Config

@@ -9,7 +9,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
 // command is one entry of the CLI: how it is called, what it does, examples
@@ -198,9 +198,9 @@ func cmdVersion(_ context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return writeJSON(out, map[string]string{"version": version, "consul": provision.ConsulVersion})
+		return writeJSON(out, map[string]string{"version": version, "consul": nodeconfig.ConsulVersion})
 	}
-	fmt.Fprintf(out, "raptiformica %s (consul %s)\n", version, provision.ConsulVersion)
+	fmt.Fprintf(out, "raptiformica %s (consul %s)\n", version, nodeconfig.ConsulVersion)
 	return nil
 }
 

@@ -17,9 +17,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/raptiformica/raptiformica/backends/builtin"
+	"github.com/raptiformica/raptiformica/builtin"
 	"github.com/raptiformica/raptiformica/daemon"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -78,7 +78,7 @@ func cmdAgent(ctx context.Context, args []string, _ io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg, err := provision.ReadConfig(*cfgPath)
+	cfg, err := nodeconfig.Read(*cfgPath)
 	if err != nil {
 		return err
 	}

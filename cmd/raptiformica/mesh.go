@@ -12,20 +12,21 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/daemon"
-	"github.com/raptiformica/raptiformica/mesh"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/endpoint"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
 // localAgent is where the CLI on a machine finds its own agent: a mesh node
 // serves its HTTP on loopback too.
-var localAgent = net.JoinHostPort("127.0.0.1", strconv.Itoa(provision.AgentHTTPPort))
+var localAgent = net.JoinHostPort("127.0.0.1", strconv.Itoa(nodeconfig.AgentHTTPPort))
 
 // splitAgent reads --agent HOST[:PORT].
 func splitAgent(s string) (string, int, error) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return s, provision.AgentHTTPPort, nil
+		return s, nodeconfig.AgentHTTPPort, nil
 	}
 	p, err := strconv.Atoi(port)
 	if err != nil {
@@ -46,11 +47,11 @@ func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
 	if fs.NArg() != 1 {
 		return fmt.Errorf("%w: join HOST[:PORT]", errUsage)
 	}
-	endpoint := fs.Arg(0)
-	if _, _, err := net.SplitHostPort(strings.TrimPrefix(endpoint, "tcp://")); err != nil {
-		endpoint = net.JoinHostPort(strings.Trim(strings.TrimPrefix(endpoint, "tcp://"), "[]"), strconv.Itoa(rules.DefaultMeshPort))
+	ep := fs.Arg(0)
+	if _, _, err := net.SplitHostPort(strings.TrimPrefix(ep, "tcp://")); err != nil {
+		ep = net.JoinHostPort(strings.Trim(strings.TrimPrefix(ep, "tcp://"), "[]"), strconv.Itoa(rules.DefaultMeshPort))
 	}
-	u, err := mesh.ParseEndpoint(endpoint)
+	u, err := endpoint.Parse(ep)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -108,7 +109,7 @@ func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
 func localMeshProblem(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	st, err := daemon.FetchStatus(ctx, "127.0.0.1", provision.AgentHTTPPort)
+	st, err := daemon.FetchStatus(ctx, "127.0.0.1", nodeconfig.AgentHTTPPort)
 	if err != nil || st.Mesh == nil {
 		return ""
 	}
@@ -148,14 +149,14 @@ func cmdMesh(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		pair, _, err := c.KV().Get(daemon.KeyMeshSecret, nil)
+		secret, err := kvschema.New(c).MeshSecret(ctx, nil)
 		if err != nil {
 			return err
 		}
-		if pair == nil {
+		if secret == "" {
 			return errors.New("the cluster has no mesh secret: it runs with mesh = \"none\"")
 		}
-		fmt.Fprintln(out, string(pair.Value))
+		fmt.Fprintln(out, secret)
 		return nil
 	}
 	host, port, err := splitAgent(*agent)

@@ -23,7 +23,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 
 	"github.com/raptiformica/raptiformica/backends/docker"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -401,14 +402,14 @@ func TestMeshJoinByHand(t *testing.T) {
 func (l *meshLab) handMachine(id, secret string, listenPort int) string {
 	l.t.Helper()
 	t := l.t
-	pair, _, err := l.client().KV().Get(reconcile.KeyGossip, nil)
+	pair, _, err := l.client().KV().Get(kvschema.GossipKey, nil)
 	if err != nil || pair == nil {
 		t.Fatalf("gossip key: %v", err)
 	}
-	cfg := provision.NodeConfig{
+	cfg := nodeconfig.Config{
 		MachineID: id, MachineType: "laptop", Cluster: l.name, Backend: "by-hand", DataDir: "/var/lib/raptiformica",
-		BindAddr: provision.BindAuto, ConsulBinary: "/usr/local/bin/consul", Encrypt: string(pair.Value),
-		Mesh: &provision.MeshConfig{ListenPort: listenPort, Secret: secret},
+		BindAddr: nodeconfig.BindAuto, ConsulBinary: "/usr/local/bin/consul", Encrypt: string(pair.Value),
+		Mesh: &nodeconfig.Mesh{ListenPort: listenPort, Secret: secret},
 	}.WithDefaults()
 	b, _ := json.MarshalIndent(cfg, "", "  ")
 	dir := t.TempDir()
@@ -418,7 +419,7 @@ func (l *meshLab) handMachine(id, secret string, listenPort int) string {
 	if err := os.WriteFile(filepath.Join(dir, "etc", "raptiformica", "agent.json"), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	consul, err := provision.FindConsul()
+	consul, err := nodeconfig.FindConsul()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,8 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -90,13 +91,14 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return err
 	}
-	v := statusView{Leader: reconcile.LeaderOf(c.KV())}
+	store := kvschema.New(c)
+	v := statusView{Leader: store.Leader(ctx)}
 	if _, err := kvPlatform(c); err != nil {
 		v.PlatformError = err.Error()
 	}
-	if pair, _, err := c.KV().Get(reconcile.KeyStatus, nil); err == nil && pair != nil {
+	if b, err := store.Status(ctx); err == nil && b != nil {
 		var st reconcile.Status
-		if err := json.Unmarshal(pair.Value, &st); err == nil {
+		if err := json.Unmarshal(b, &st); err == nil {
 			v.Reconcile = &st
 		}
 	}
@@ -156,11 +158,11 @@ func cmdPlan(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{KV: c.KV()}, bes, nil)
+	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{Store: kvschema.New(c)}, bes, nil)
 	if err != nil {
 		return err
 	}
-	obs.Self = reconcile.LeaderOf(c.KV())
+	obs.Self = kvschema.New(c).Leader(ctx)
 	d := reconcile.Plan(p, obs, time.Now())
 	if *asJSON {
 		return writeJSON(out, d)
@@ -233,10 +235,11 @@ func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := daemon.CheckMeshMode(ctx, c.KV(), p); err != nil {
+		store := kvschema.New(c)
+		if err := daemon.CheckMeshMode(ctx, store, p); err != nil {
 			return err
 		}
-		version, err := reconcile.PutPlatform(c.KV(), p.Source)
+		version, err := store.PutPlatform(ctx, p.Source)
 		if err != nil {
 			return fmt.Errorf("store description: %w", err)
 		}
@@ -250,7 +253,7 @@ func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		pair, _, err := c.KV().Get(reconcile.KeyPlatform, nil)
+		pair, _, err := kvschema.New(c).Platform(ctx, nil)
 		if err != nil {
 			return err
 		}
@@ -274,13 +277,13 @@ type validation struct {
 
 // executor builds an executor for the CLI's own spawn and destroy.
 func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
-	consul, err := provision.FindConsul()
+	consul, err := nodeconfig.FindConsul()
 	if err != nil {
 		return nil, err
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.Warn, Output: os.Stderr})
 	return &reconcile.Executor{
-		Inventory: &reconcile.Inventory{KV: c.KV()}, Consul: c, Clock: reconcile.RealClock{}, Log: log,
+		Inventory: &reconcile.Inventory{Store: kvschema.New(c)}, Consul: c, Clock: reconcile.RealClock{}, Log: log,
 		NodeConfig: daemon.NodeConfigFor(c, t.folder(), consul, nil),
 	}, nil
 }
@@ -337,7 +340,7 @@ func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	a := reconcile.Action{Kind: reconcile.KindSpawn, Type: *typ, Backend: *backend, Reason: "spawned by hand", Manual: true}
-	inv := &reconcile.Inventory{KV: c.KV()}
+	inv := &reconcile.Inventory{Store: kvschema.New(c)}
 	before, _, err := inv.List(ctx, nil)
 	if err != nil {
 		return err
@@ -385,7 +388,7 @@ func cmdDestroy(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{KV: c.KV()}, bes, nil)
+	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{Store: kvschema.New(c)}, bes, nil)
 	if err != nil {
 		return err
 	}

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
 const promDir = "../../deploy/prometheus"
@@ -69,7 +69,7 @@ func TestPrometheusScrapesCluster(t *testing.T) {
 	// A live agent's /metrics passes promtool's lint. A follower's: its
 	// Consul is also the one Prometheus discovers through, and the leader
 	// is killed below.
-	var m provision.NodeConfig
+	var m nodeconfig.Config
 	for _, mc := range c.machines() {
 		if mc.Config.MachineID == v.follower() {
 			m = mc.Config

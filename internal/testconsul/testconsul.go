@@ -15,7 +15,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
 // Server is a running Consul dev agent.
@@ -30,7 +30,7 @@ type Server struct {
 // Binary returns the Consul binary tests use, failing loudly when there is
 // none: tests are never skipped for lack of Consul (`make test` builds it).
 func Binary() (string, error) {
-	return provision.FindConsul()
+	return nodeconfig.FindConsul()
 }
 
 // FreeIP returns a loopback address on which port 8500 is free.

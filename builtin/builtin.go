@@ -8,7 +8,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends/docker"
 	"github.com/raptiformica/raptiformica/backends/exec"
 	"github.com/raptiformica/raptiformica/backends/local"
-	"github.com/raptiformica/raptiformica/backends/sshpool"
+	"github.com/raptiformica/raptiformica/provision/sshpool"
 	"github.com/raptiformica/raptiformica/rules"
 )
 

@@ -17,17 +17,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/deploy/systemd"
 	"github.com/raptiformica/raptiformica/provision"
 )
-
-// KeyPool is the KV folder of host assignments: <backend>/<host:port> holds
-// the machine the host runs.
-const KeyPool = "raptiformica/ssh-pool/"
 
 // Settings of an ssh backend.
 const (
@@ -51,7 +46,7 @@ type Backend struct {
 	name     string
 	cluster  string
 	hosts    []provision.Host
-	kv       *api.KV
+	claims   backends.Store // host:port -> assignment; nil without a cluster
 	adopter  *provision.Adopter
 	log      hclog.Logger
 	now      func() time.Time
@@ -71,6 +66,8 @@ type assignment struct {
 	Since       time.Time `json:"since"`
 }
 
+var _ backends.Backend = (*Backend)(nil)
+
 // New builds an ssh pool backend from its settings.
 func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	if len(cfg.Commands) > 0 {
@@ -81,7 +78,7 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 			return nil, fmt.Errorf("unknown setting %q (known: %s)", k, strings.Join(known, ", "))
 		}
 	}
-	b := &Backend{name: cfg.Name, cluster: env.Cluster, kv: env.KV, log: env.Logger, now: time.Now,
+	b := &Backend{name: cfg.Name, cluster: env.Cluster, claims: env.Claims, log: env.Logger, now: time.Now,
 		failures: map[string]int{}, notUntil: map[string]time.Time{}, lastErr: map[string]string{}}
 	if b.log == nil {
 		b.log = hclog.NewNullLogger()
@@ -100,8 +97,8 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		return nil, errors.New("setting hosts: list at least one [user@]host[:port] to adopt")
 	}
 	d := provision.Dialer{Trust: provision.Trust{}}
-	if env.KV != nil {
-		d.Trust.Store = provision.KVHostKeys{KV: env.KV}
+	if env.HostKeys != nil {
+		d.Trust.Store = provision.StoreHostKeys{Store: env.HostKeys}
 	}
 	if f := cfg.Settings[SettingIdentity]; f != "" {
 		d.Auth.KeyFiles = []string{f}
@@ -131,21 +128,17 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	return b, nil
 }
 
-func (b *Backend) key(h provision.Host) string {
-	return KeyPool + b.name + "/" + h.KVKey()
-}
-
 // assignments reads which hosts run which machines, by host:port.
 func (b *Backend) assignments(ctx context.Context) (map[string]assignment, error) {
-	if b.kv == nil {
+	if b.claims == nil {
 		return nil, errors.New("the ssh backend keeps its hosts in the cluster's KV, which is not reachable from here")
 	}
-	pairs, _, err := b.kv.List(KeyPool+b.name+"/", (&api.QueryOptions{}).WithContext(ctx))
+	entries, err := b.claims.List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read pool assignments: %w", err)
 	}
 	out := map[string]assignment{}
-	for _, p := range pairs {
+	for _, p := range entries {
 		var a assignment
 		if json.Unmarshal(p.Value, &a) == nil {
 			out[a.Host] = a
@@ -219,7 +212,7 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 func (b *Backend) adopt(ctx context.Context, h provision.Host, spec backends.Spec) (backends.Instance, error) {
 	a := assignment{MachineID: spec.Node.MachineID, MachineType: spec.Node.MachineType, Host: h.HostPort(), Since: b.now()}
 	val, _ := json.Marshal(a)
-	ok, _, err := b.kv.CAS(&api.KVPair{Key: b.key(h), Value: val}, (&api.WriteOptions{}).WithContext(ctx))
+	ok, err := b.claims.CAS(ctx, h.HostPort(), val, 0)
 	if err != nil {
 		return backends.Instance{}, fmt.Errorf("claim %s: %w", h, err)
 	}
@@ -231,7 +224,10 @@ func (b *Backend) adopt(ctx context.Context, h provision.Host, spec backends.Spe
 	if err != nil {
 		// Adopt stopped whatever it started; the host is free again,
 		// after its backoff.
-		_, _ = b.kv.Delete(b.key(h), nil)
+		// Freed even when the spawn's own deadline has passed.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = b.claims.Delete(dctx, h.HostPort())
+		cancel()
 		b.failed(h, err)
 		return backends.Instance{}, err
 	}
@@ -278,8 +274,7 @@ func (b *Backend) Destroy(ctx context.Context, machineID string) error {
 		if err := b.adopter.Remove(ctx, h); err != nil {
 			b.log.Warn("could not stop the node on its host; freeing the host anyway", "backend", b.name, "host", h.String(), "machine", machineID, "error", err)
 		}
-		_, err = b.kv.Delete(b.key(h), (&api.WriteOptions{}).WithContext(ctx))
-		return err
+		return b.claims.Delete(ctx, h.HostPort())
 	}
 	return nil
 }

@@ -1,9 +1,10 @@
-// Package provision turns a reachable machine into a raptiformica node. A node
-// is the raptiformica agent (which runs its own Consul) started with a
-// NodeConfig; provisioning is putting the binaries and that config in place
-// and starting the agent. Backends that start processes themselves, such as
-// the local backend, only need WriteConfig.
-package provision
+// Package nodeconfig is a node's own configuration: the agent config file
+// that whoever creates a machine writes (the spawning leader, a backend,
+// `up` for the seed, an operator by hand) and the agent reads at start, its
+// defaults and validation, and where the Consul binary is found. It imports
+// nothing heavy, so that the backend contract, which hands a Config to every
+// backend, stays a leaf.
+package nodeconfig
 
 import (
 	"bytes"
@@ -16,8 +17,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
-	"github.com/raptiformica/raptiformica/mesh"
 )
 
 // Default ports on a node's own address.
@@ -27,10 +28,10 @@ const (
 	AgentHTTPPort  = 9550
 )
 
-// NodeConfig is everything a machine's agent needs to become a member. It is
+// Config is everything a machine's agent needs to become a member. It is
 // written once by whoever creates the machine (the spawning leader, or `up`
 // for the seed) and read by the agent at start.
-type NodeConfig struct {
+type Config struct {
 	// MachineID is the node's identity: its Consul node name and the key of
 	// its inventory record.
 	MachineID   string `json:"machine_id"`
@@ -72,11 +73,11 @@ type NodeConfig struct {
 	// Mesh, when set, runs the overlay: Consul and the agent then bind to
 	// the node's overlay address, and BindAddr only picks the machine's
 	// own network.
-	Mesh *MeshConfig `json:"mesh,omitempty"`
+	Mesh *Mesh `json:"mesh,omitempty"`
 }
 
-// MeshConfig is a node's part of the overlay mesh.
-type MeshConfig struct {
+// Mesh is a node's part of the overlay mesh.
+type Mesh struct {
 	// ListenPort is the TCP port other members dial; 0 makes the node
 	// dial-only (behind NAT), reachable only through links it makes.
 	ListenPort int `json:"listen_port"`
@@ -101,7 +102,7 @@ type MeshConfig struct {
 }
 
 // WithDefaults fills the ports left at zero.
-func (c NodeConfig) WithDefaults() NodeConfig {
+func (c Config) WithDefaults() Config {
 	if c.HTTPPort == 0 {
 		c.HTTPPort = AgentHTTPPort
 	}
@@ -112,7 +113,7 @@ func (c NodeConfig) WithDefaults() NodeConfig {
 }
 
 // Validate reports the first missing field of a config read from disk.
-func (c NodeConfig) Validate() error {
+func (c Config) Validate() error {
 	for _, f := range []struct{ name, v string }{
 		{"machine_id", c.MachineID}, {"machine_type", c.MachineType}, {"data_dir", c.DataDir},
 		{"bind_addr", c.BindAddr}, {"consul_binary", c.ConsulBinary},
@@ -129,7 +130,7 @@ func (c NodeConfig) Validate() error {
 			return fmt.Errorf("field mesh.listen_port must be 0 (dial-only) to 65535, got %d", m.ListenPort)
 		}
 		for i, p := range m.Peers {
-			if _, err := mesh.ParseEndpoint(p); err != nil {
+			if _, err := endpoint.Parse(p); err != nil {
 				return fmt.Errorf("field mesh.peers[%d]: %w", i, err)
 			}
 		}
@@ -137,8 +138,8 @@ func (c NodeConfig) Validate() error {
 	return nil
 }
 
-// WriteConfig writes c to name atomically.
-func WriteConfig(name string, c NodeConfig) error {
+// Write writes c to name atomically.
+func Write(name string, c Config) error {
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
 		return err
@@ -146,9 +147,9 @@ func WriteConfig(name string, c NodeConfig) error {
 	return fsutil.WriteFileAtomic(name, append(b, '\n'), 0o600)
 }
 
-// ReadConfig reads and validates a NodeConfig, naming the file in errors.
-func ReadConfig(name string) (NodeConfig, error) {
-	var c NodeConfig
+// Read reads and validates a node config, naming the file in errors.
+func Read(name string) (Config, error) {
+	var c Config
 	b, err := os.ReadFile(name)
 	if err != nil {
 		return c, fmt.Errorf("read node config: %w", err)

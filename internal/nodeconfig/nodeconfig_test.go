@@ -1,4 +1,4 @@
-package provision
+package nodeconfig
 
 import (
 	"os"
@@ -7,13 +7,13 @@ import (
 	"testing"
 )
 
-func TestReadConfig(t *testing.T) {
+func TestRead(t *testing.T) {
 	for _, tc := range []struct {
 		name, src, wantErr string
 	}{
 		{"valid", `{"machine_id": "m1", "machine_type": "server", "data_dir": "/d", "bind_addr": "10.0.0.1", "consul_binary": "/c"}`, ""},
 		{"misspelt field", "{\n  \"machine_id\": \"m1\",\n  \"bind_adr\": \"10.0.0.1\"\n}", `agent.json:3: json: unknown field "bind_adr"`},
-		{"wrong type", "{\n  \"machine_id\": \"m1\",\n  \"http_port\": \"9550\"\n}", `agent.json:3: json: cannot unmarshal string into Go struct field NodeConfig.http_port of type int`},
+		{"wrong type", "{\n  \"machine_id\": \"m1\",\n  \"http_port\": \"9550\"\n}", `agent.json:3: json: cannot unmarshal string into Go struct field Config.http_port of type int`},
 		{"broken JSON", "{\n  \"machine_id\": \"m1\",\n  \"machine_type\": }", `agent.json:3: invalid character '}'`},
 		{"missing field", `{"machine_id": "m1", "machine_type": "server", "data_dir": "/d", "consul_binary": "/c"}`, `agent.json: field bind_addr is required`},
 	} {
@@ -22,7 +22,7 @@ func TestReadConfig(t *testing.T) {
 			if err := os.WriteFile(f, []byte(tc.src), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			c, err := ReadConfig(f)
+			c, err := Read(f)
 			if tc.wantErr == "" {
 				if err != nil || c.MachineID != "m1" || c.HTTPPort != AgentHTTPPort {
 					t.Fatalf("got %+v, %v", c, err)

@@ -1,0 +1,293 @@
+// Package kvschema is everything raptiformica keeps in Consul's KV: the
+// contract that lets any node, and a new leader above all, resume from what
+// the cluster holds. No other package spells a key; the ACL policies are
+// written against this map.
+//
+//	raptiformica/
+//	  platform             the description's source; Flags carry its version,
+//	                       raised by one on every apply (check-and-set)
+//	  inventory/<id>       a machine's record (JSON), written by the leader by
+//	                       check-and-set before it acts, so that a new leader
+//	                       neither forgets nor repeats an action
+//	  leader               the leader lock (a session lock; value: machine ID)
+//	  status               the leader's last pass (JSON), for status and the page
+//	  epoch                times the KV was re-created from a node's mirror:
+//	                       orders inventory copies across fresh Consuls
+//	  gossip-key           the gossip key given to new machines (set once)
+//	  mesh/secret          the overlay's link secret (set once)
+//	  mesh/nodes/<id>      how the others reach a member over the overlay (JSON)
+//	  ssh-pool/<backend>/  an ssh backend's claims: <host:port> -> machine (JSON)
+//	  hostkeys/<host:port> SSH host keys trusted on first use (authorized_keys)
+//
+// Reads take a context, so that a node cut off from the servers gives up;
+// the blocking reads that watches make take the caller's QueryOptions
+// (WaitIndex, consistency) as well.
+package kvschema
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/backends"
+)
+
+// The keys and folders; see the package doc for what each holds.
+const (
+	Prefix     = "raptiformica/"
+	Platform   = Prefix + "platform"
+	Inventory  = Prefix + "inventory/"
+	Leader     = Prefix + "leader"
+	Status     = Prefix + "status"
+	Epoch      = Prefix + "epoch"
+	GossipKey  = Prefix + "gossip-key"
+	MeshSecret = Prefix + "mesh/secret"
+	MeshNodes  = Prefix + "mesh/nodes/"
+	SSHPool    = Prefix + "ssh-pool/"
+	HostKeys   = Prefix + "hostkeys/"
+)
+
+// PlatformSource names the stored description in messages and in mirrors,
+// as a file name would.
+const PlatformSource = "consul:" + Platform
+
+// Store reads and writes the cluster's KV along the layout above.
+type Store struct {
+	kv *api.KV
+}
+
+// New returns the Store of the cluster c talks to.
+func New(c *api.Client) *Store { return &Store{kv: c.KV()} }
+
+func query(ctx context.Context, q *api.QueryOptions) *api.QueryOptions {
+	if q == nil {
+		q = &api.QueryOptions{}
+	}
+	return q.WithContext(ctx)
+}
+
+func write(ctx context.Context) *api.WriteOptions { return (&api.WriteOptions{}).WithContext(ctx) }
+
+// segment makes a host:port one KV path segment: IPv6 brackets go and a
+// slash cannot start a folder.
+func segment(s string) string {
+	return strings.NewReplacer("/", "_", "[", "", "]", "").Replace(s)
+}
+
+// Platform reads the stored description; the pair is nil when there is none.
+func (s *Store) Platform(ctx context.Context, q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
+	return s.kv.Get(Platform, query(ctx, q))
+}
+
+// PutPlatform stores a description's source as the next version: the pair's
+// Flags carry a counter that every apply raises by one (by check-and-set, so
+// two concurrent applies cannot share a version), and that mirrors keep, so
+// that no node replaces its copy with an older one.
+func (s *Store) PutPlatform(ctx context.Context, src []byte) (uint64, error) {
+	for range 10 {
+		cur, _, err := s.Platform(ctx, &api.QueryOptions{RequireConsistent: true})
+		if err != nil {
+			return 0, err
+		}
+		p := &api.KVPair{Key: Platform, Value: src, Flags: 1}
+		if cur != nil {
+			p.Flags, p.ModifyIndex = cur.Flags+1, cur.ModifyIndex
+		}
+		ok, _, err := s.kv.CAS(p, write(ctx))
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			return p.Flags, nil
+		}
+	}
+	return 0, errors.New("the description kept changing underneath: try again")
+}
+
+// SeedPlatform stores a description at version only when the KV holds none:
+// a node re-seeding an empty KV from its mirror never overwrites an apply.
+func (s *Store) SeedPlatform(ctx context.Context, src []byte, version uint64) (bool, error) {
+	ok, _, err := s.kv.CAS(&api.KVPair{Key: Platform, Value: src, Flags: version}, write(ctx))
+	return ok, err
+}
+
+// Leader returns the machine ID holding the leader lock, or "" when the
+// lock is free or cannot be read before ctx ends.
+func (s *Store) Leader(ctx context.Context) string {
+	pair, _, err := s.kv.Get(Leader, query(ctx, nil))
+	if err != nil || pair == nil || pair.Session == "" {
+		return ""
+	}
+	return string(pair.Value)
+}
+
+// Status reads the leader's last published pass; nil when there is none.
+func (s *Store) Status(ctx context.Context) ([]byte, error) {
+	pair, _, err := s.kv.Get(Status, query(ctx, nil))
+	if err != nil || pair == nil {
+		return nil, err
+	}
+	return pair.Value, nil
+}
+
+// PutStatus publishes the leader's pass.
+func (s *Store) PutStatus(ctx context.Context, b []byte) error {
+	_, err := s.kv.Put(&api.KVPair{Key: Status, Value: b}, write(ctx))
+	return err
+}
+
+// Epoch reads the KV's epoch, 0 when it has none.
+func (s *Store) Epoch(ctx context.Context) (uint64, error) {
+	pair, _, err := s.kv.Get(Epoch, query(ctx, nil))
+	if err != nil || pair == nil {
+		return 0, err
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(pair.Value)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", Epoch, err)
+	}
+	return n, nil
+}
+
+// InitEpoch sets the epoch unless one is set: a re-seed cut short and run
+// again belongs to the same epoch.
+func (s *Store) InitEpoch(ctx context.Context, epoch uint64) error {
+	_, _, err := s.kv.CAS(&api.KVPair{Key: Epoch, Value: []byte(strconv.FormatUint(epoch, 10))}, write(ctx))
+	return err
+}
+
+// GossipKey reads the gossip key new machines are given; "" when none.
+func (s *Store) GossipKey(ctx context.Context) (string, error) {
+	return s.value(ctx, GossipKey, nil)
+}
+
+// InitGossipKey stores key unless a key is stored.
+func (s *Store) InitGossipKey(ctx context.Context, key string) error {
+	_, _, err := s.kv.CAS(&api.KVPair{Key: GossipKey, Value: []byte(key)}, write(ctx))
+	return err
+}
+
+// MeshSecret reads the overlay's link secret; "" when none.
+func (s *Store) MeshSecret(ctx context.Context, q *api.QueryOptions) (string, error) {
+	return s.value(ctx, MeshSecret, q)
+}
+
+// InitMeshSecret stores secret unless a secret is stored.
+func (s *Store) InitMeshSecret(ctx context.Context, secret string) error {
+	_, _, err := s.kv.CAS(&api.KVPair{Key: MeshSecret, Value: []byte(secret)}, write(ctx))
+	return err
+}
+
+func (s *Store) value(ctx context.Context, key string, q *api.QueryOptions) (string, error) {
+	pair, _, err := s.kv.Get(key, query(ctx, q))
+	if err != nil || pair == nil {
+		return "", err
+	}
+	return string(pair.Value), nil
+}
+
+// MeshNodes lists the members' overlay entries.
+func (s *Store) MeshNodes(ctx context.Context, q *api.QueryOptions) (api.KVPairs, *api.QueryMeta, error) {
+	return s.kv.List(MeshNodes, query(ctx, q))
+}
+
+// PutMeshNode writes a member's overlay entry.
+func (s *Store) PutMeshNode(ctx context.Context, machineID string, b []byte) error {
+	_, err := s.kv.Put(&api.KVPair{Key: MeshNodes + machineID, Value: b}, write(ctx))
+	return err
+}
+
+// DeleteMeshNode removes a member's overlay entry.
+func (s *Store) DeleteMeshNode(ctx context.Context, machineID string) error {
+	_, err := s.kv.Delete(MeshNodes+machineID, write(ctx))
+	return err
+}
+
+// Records lists the inventory.
+func (s *Store) Records(ctx context.Context, q *api.QueryOptions) (api.KVPairs, *api.QueryMeta, error) {
+	return s.kv.List(Inventory, query(ctx, q))
+}
+
+// Record reads one machine's record; nil when there is none.
+func (s *Store) Record(ctx context.Context, machineID string) (*api.KVPair, error) {
+	p, _, err := s.kv.Get(Inventory+machineID, query(ctx, nil))
+	return p, err
+}
+
+// CASRecord writes a machine's record if its index is still index (0: only
+// if there is none) and reports whether it did.
+func (s *Store) CASRecord(ctx context.Context, machineID string, b []byte, index uint64) (bool, error) {
+	if machineID == "" || strings.Contains(machineID, "/") {
+		return false, fmt.Errorf("bad machine id %q", machineID)
+	}
+	ok, _, err := s.kv.CAS(&api.KVPair{Key: Inventory + machineID, Value: b, ModifyIndex: index}, write(ctx))
+	return ok, err
+}
+
+// DeleteRecord removes a machine's record if its index is still index.
+func (s *Store) DeleteRecord(ctx context.Context, machineID string, index uint64) (bool, error) {
+	ok, _, err := s.kv.DeleteCAS(&api.KVPair{Key: Inventory + machineID, ModifyIndex: index}, write(ctx))
+	return ok, err
+}
+
+// PoolClaims is the folder in which the ssh backend named backend records
+// which host runs which machine.
+func (s *Store) PoolClaims(backend string) *Folder {
+	return &Folder{kv: s.kv, prefix: SSHPool + backend + "/"}
+}
+
+// TrustedHostKeys is the folder of SSH host keys trusted on first use, one
+// per host:port.
+func (s *Store) TrustedHostKeys() *Folder {
+	return &Folder{kv: s.kv, prefix: HostKeys}
+}
+
+// Folder is one folder of the KV, handed to code that keeps its own entries
+// there (a backend's claims, the host keys) without seeing the rest: it is a
+// backends.Store. Keys are relative to the folder; a host:port is made one
+// segment.
+type Folder struct {
+	kv     *api.KV
+	prefix string
+}
+
+var _ backends.Store = (*Folder)(nil)
+
+// List returns the folder's entries by key.
+func (f *Folder) List(ctx context.Context) (map[string]backends.Entry, error) {
+	pairs, _, err := f.kv.List(f.prefix, query(ctx, nil))
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]backends.Entry, len(pairs))
+	for _, p := range pairs {
+		out[strings.TrimPrefix(p.Key, f.prefix)] = backends.Entry{Value: p.Value, Index: p.ModifyIndex}
+	}
+	return out, nil
+}
+
+// Get returns the entry at key; ok is false when there is none.
+func (f *Folder) Get(ctx context.Context, key string) (e backends.Entry, ok bool, err error) {
+	p, _, err := f.kv.Get(f.prefix+segment(key), query(ctx, nil))
+	if err != nil || p == nil {
+		return backends.Entry{}, false, err
+	}
+	return backends.Entry{Value: p.Value, Index: p.ModifyIndex}, true, nil
+}
+
+// CAS writes value at key if its index is still index (0: only if there is
+// none) and reports whether it did.
+func (f *Folder) CAS(ctx context.Context, key string, value []byte, index uint64) (bool, error) {
+	ok, _, err := f.kv.CAS(&api.KVPair{Key: f.prefix + segment(key), Value: value, ModifyIndex: index}, write(ctx))
+	return ok, err
+}
+
+// Delete removes key, whatever its index.
+func (f *Folder) Delete(ctx context.Context, key string) error {
+	_, err := f.kv.Delete(f.prefix+segment(key), write(ctx))
+	return err
+}
