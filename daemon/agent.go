@@ -32,6 +32,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
@@ -47,7 +48,7 @@ type Agent struct {
 	// Binary is the raptiformica executable that new machines run.
 	Binary string
 	Log    hclog.Logger
-	Clock  reconcile.Clock
+	Clock  clock.Clock
 
 	metrics   *telemetry.Metrics
 	consul    *api.Client
@@ -82,7 +83,7 @@ type Agent struct {
 // only when the node cannot start at all.
 func (a *Agent) Run(ctx context.Context) error {
 	if a.Clock == nil {
-		a.Clock = reconcile.RealClock{}
+		a.Clock = clock.Real{}
 	}
 	a.bindAuto = a.Config.BindAddr == nodeconfig.BindAuto
 	addr, err := nodeconfig.ResolveBindAddr(a.Config.BindAddr)
@@ -160,7 +161,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	consulCtx, stopConsul := context.WithCancel(context.Background())
 	consulDone := make(chan struct{})
-	proc := &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirroredPeers}
+	proc := &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirroredPeers, Clock: a.Clock}
 	a.consulProc = proc
 	go func() { defer close(consulDone); proc.Run(consulCtx) }()
 	for _, ln := range lns {
@@ -197,7 +198,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			a.Log.Warn("leave failed", telemetry.KeyError, err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-a.Clock.After(5 * time.Second):
 		a.Log.Warn("leave timed out")
 	}
 	stopConsul()
@@ -216,17 +217,10 @@ func (a *Agent) parseOptions() rules.Options {
 // waitConsul blocks until the local Consul answers and the cluster has a
 // leader, which every KV write needs.
 func (a *Agent) waitConsul(ctx context.Context) error {
-	for {
+	return clock.Poll(ctx, a.Clock, 250*time.Millisecond, func() (bool, error) {
 		leader, err := a.consul.Status().Leader()
-		if err == nil && leader != "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
+		return err == nil && leader != "", nil
+	})
 }
 
 // bootstrapKV puts in KV what the cluster needs from this node: the gossip
@@ -234,7 +228,9 @@ func (a *Agent) waitConsul(ctx context.Context) error {
 // (when it has none: the seed, or a machine joined by hand). It retries until
 // it succeeds or ctx ends.
 func (a *Agent) bootstrapKV(ctx context.Context) {
-	for attempt := 1; ctx.Err() == nil; attempt++ {
+	attempt := 0
+	_ = clock.Poll(ctx, a.Clock, time.Second, func() (bool, error) {
+		attempt++
 		err := a.ensureGossipKey(ctx)
 		if err == nil {
 			err = a.ensureMeshSecret(ctx)
@@ -242,15 +238,11 @@ func (a *Agent) bootstrapKV(ctx context.Context) {
 		if err == nil {
 			err = a.ensureRecord(ctx)
 		}
-		if err == nil {
-			return
+		if err != nil {
+			a.Log.Warn("bootstrap KV", telemetry.KeyError, err, telemetry.KeyAttempt, attempt)
 		}
-		a.Log.Warn("bootstrap KV", telemetry.KeyError, err, telemetry.KeyAttempt, attempt)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
+		return err == nil, nil
+	})
 }
 
 func (a *Agent) ensureGossipKey(ctx context.Context) error {

@@ -19,10 +19,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
-	"github.com/raptiformica/raptiformica/reconcile"
 )
 
 // consulConfig is the subset of Consul's agent configuration we generate.
@@ -146,6 +146,8 @@ type ConsulProcess struct {
 	Metrics *telemetry.Metrics
 	// Peers returns addresses of known members to join, read at each start.
 	Peers func() []string
+	// Clock times the restarts; nil is the wall clock.
+	Clock clock.Clock
 
 	restart chan struct{}
 	once    sync.Once
@@ -182,7 +184,8 @@ func (p *ConsulProcess) Run(ctx context.Context) error {
 	p.init()
 	failures := 0
 	for {
-		started := time.Now()
+		clk := clock.Or(p.Clock)
+		started := clk.Now()
 		err := p.runOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -191,19 +194,17 @@ func (p *ConsulProcess) Run(ctx context.Context) error {
 			p.Log.Info("consul restarted on request")
 			continue
 		}
-		if time.Since(started) > time.Minute {
+		if clk.Now().Sub(started) > time.Minute {
 			failures = 0
 		}
 		failures++
-		wait := reconcile.Backoff(500*time.Millisecond, 30*time.Second, failures, nil)
+		wait := clock.Backoff{Initial: 500 * time.Millisecond, Max: 30 * time.Second}.Delay(failures)
 		p.Log.Error("consul exited; restarting", telemetry.KeyError, err, telemetry.KeyAttempt, failures, "wait", wait)
 		if p.Metrics != nil {
 			p.Metrics.ConsulRestarts.Inc()
 		}
-		select {
-		case <-ctx.Done():
+		if clock.Sleep(ctx, clk, wait) != nil {
 			return nil
-		case <-time.After(wait):
 		}
 	}
 }

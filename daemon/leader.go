@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -30,12 +31,8 @@ func (a *Agent) campaign(ctx context.Context) {
 		return
 	}
 	// Only a node that has a description can lead.
-	for a.Platform() == nil {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(250 * time.Millisecond):
-		}
+	if clock.Poll(ctx, a.Clock, 250*time.Millisecond, func() (bool, error) { return a.Platform() != nil, nil }) != nil {
+		return
 	}
 	for attempt := 1; ctx.Err() == nil; attempt++ {
 		lock, err := a.consul.LockOpts(&api.LockOptions{
@@ -53,12 +50,9 @@ func (a *Agent) campaign(ctx context.Context) {
 		}
 		lost, err := lock.Lock(ctx.Done())
 		if err != nil {
-			wait := reconcile.Backoff(time.Second, 15*time.Second, attempt, nil)
+			wait := clock.Backoff{Initial: time.Second, Max: 15 * time.Second}.Delay(attempt)
 			a.Log.Warn("leader lock failed", telemetry.KeyError, err, "wait", wait)
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
-			}
+			_ = clock.Sleep(ctx, a.Clock, wait)
 			continue
 		}
 		if lost == nil {
@@ -83,12 +77,7 @@ func (a *Agent) lead(ctx context.Context, lost <-chan struct{}) {
 	// A KV that lost its state (a fresh Consul after recovery) is re-seeded
 	// from this node's mirror before anything is planned: planning on an
 	// empty inventory would take every machine for an orphan.
-	for lctx.Err() == nil && !a.reseed(lctx) {
-		select {
-		case <-lctx.Done():
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+	_ = clock.Poll(lctx, a.Clock, 500*time.Millisecond, func() (bool, error) { return a.reseed(lctx), nil })
 	a.setLeading(true)
 	a.Log.Info("became leader")
 	a.executor.Hooks.Fire(lctx, a.Platform(), "leader_elected", reconcile.Action{MachineID: a.Config.MachineID, Reason: "leader elected"})
@@ -126,7 +115,7 @@ func (a *Agent) setLeading(on bool) {
 // alert can say quorum is at risk before it is lost. Only the leader asks:
 // every server would give the same answer.
 func (a *Agent) watchAutopilot(ctx context.Context) {
-	for {
+	clock.Every(ctx, a.Clock, 5*time.Second, func() {
 		if h, err := a.consul.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx)); err == nil {
 			voters := 0
 			for _, s := range h.Servers {
@@ -137,12 +126,7 @@ func (a *Agent) watchAutopilot(ctx context.Context) {
 			a.metrics.ConsulVoters.Set(float64(voters))
 			a.metrics.FailureTolerance.Set(float64(h.FailureTolerance))
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(5 * time.Second):
-		}
-	}
+	})
 }
 
 // publish keeps the leader's status for /v1/status and writes it to KV for

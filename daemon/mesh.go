@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
@@ -207,14 +208,9 @@ func (a *Agent) runMesh(ctx context.Context) {
 		}
 		a.syncMesh(ctx, nodes, err == nil)
 		a.meshMetrics(a.mesh.Peers(), seen, bytes)
-		wait := time.Duration(0)
 		if err != nil {
-			wait = 2 * time.Second // no cluster yet, or Consul restarting
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
+			// No cluster yet, or Consul restarting.
+			_ = clock.Sleep(ctx, a.Clock, 2*time.Second)
 		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/raptiformica/raptiformica/internal/clock"
 )
 
 // notify sends a state line to systemd when the agent runs under it as a
@@ -50,16 +52,11 @@ func (a *Agent) watchdog(ctx context.Context) {
 	if every <= 0 {
 		return
 	}
-	for {
+	clock.Every(ctx, a.Clock, every, func() {
 		if _, err := a.consul.Status().Leader(); err == nil {
 			notify("WATCHDOG=1")
 		} else {
 			a.Log.Warn("not pinging the systemd watchdog: consul does not answer", "error", err)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
-		}
-	}
+	})
 }

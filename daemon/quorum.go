@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -64,12 +65,7 @@ func (a *Agent) watchQuorum(ctx context.Context) {
 	var decidedHere bool
 	var decidedAt time.Time
 	var decidedOn string
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-a.Clock.After(time.Second):
-		}
+	for clock.Sleep(ctx, a.Clock, time.Second) == nil {
 		leader, err := a.consul.Status().Leader()
 		now := a.Clock.Now()
 		if err == nil && leader != "" {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pkg/sftp"
 
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
@@ -549,22 +550,19 @@ func (r *remote) waitJoined(id string, timeout time.Duration) error {
 	defer cancel()
 	begin := time.Now()
 	var last error
-	for {
+	err := clock.Poll(ctx, clock.Real{}, 500*time.Millisecond, func() (bool, error) {
 		ok, err := r.a.Joined(ctx, id)
-		if ok {
-			r.step("join", false, fmt.Sprintf("%s alive after %s", id, time.Since(begin).Round(100*time.Millisecond)))
-			return nil
-		}
 		if err != nil {
 			last = err
 		}
-		select {
-		case <-ctx.Done():
-			tail, _ := r.sh(`tail -n 5 "$1/agent.log" 2>/dev/null || journalctl -u raptiformica -n 5 --no-pager 2>/dev/null; true`, RemoteDataDir)
-			return fmt.Errorf("%s is not an alive member after %s (last error: %v); agent log: %s", id, timeout, last, strings.TrimSpace(string(tail)))
-		case <-time.After(500 * time.Millisecond):
-		}
+		return ok, nil
+	})
+	if err != nil {
+		tail, _ := r.sh(`tail -n 5 "$1/agent.log" 2>/dev/null || journalctl -u raptiformica -n 5 --no-pager 2>/dev/null; true`, RemoteDataDir)
+		return fmt.Errorf("%s is not an alive member after %s (last error: %v); agent log: %s", id, timeout, last, strings.TrimSpace(string(tail)))
 	}
+	r.step("join", false, fmt.Sprintf("%s alive after %s", id, time.Since(begin).Round(100*time.Millisecond)))
+	return nil
 }
 
 // Remove stops the node a machine runs and deletes its config and state,

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/rules"
@@ -33,7 +34,7 @@ type NodeConfigFunc func(ctx context.Context, p *rules.Platform, id string, mt r
 type Executor struct {
 	Inventory  *Inventory
 	Consul     *api.Client
-	Clock      Clock
+	Clock      clock.Clock
 	Log        hclog.Logger
 	Metrics    *telemetry.Metrics
 	NodeConfig NodeConfigFunc
@@ -375,7 +376,7 @@ func (e *Executor) backendFailed(name string, p *rules.Platform, err error) {
 	defer e.mu.Unlock()
 	e.failures[name]++
 	e.lastErr[name] = err.Error()
-	e.backoff[name] = e.Clock.Now().Add(Backoff(p.Policy.BackoffInitial, p.Policy.BackoffMax, e.failures[name], nil))
+	e.backoff[name] = e.Clock.Now().Add(clock.Backoff{Initial: p.Policy.BackoffInitial, Max: p.Policy.BackoffMax}.Delay(e.failures[name]))
 }
 
 func (e *Executor) backendOK(name string) {

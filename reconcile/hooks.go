@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -26,7 +27,7 @@ type HookEvent struct {
 type HookRunner struct {
 	Log     hclog.Logger
 	Metrics *telemetry.Metrics
-	Clock   Clock
+	Clock   clock.Clock
 }
 
 // Fire starts every hook of event in the background and returns at once. A

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
@@ -125,7 +126,7 @@ func (f *fakeBackend) List(context.Context) ([]backends.Instance, error) { retur
 
 func newExecutor(inv *Inventory) *Executor {
 	return &Executor{
-		Inventory: inv, Consul: consul.Client, Clock: RealClock{}, Log: hclog.NewNullLogger(), Metrics: telemetry.New(),
+		Inventory: inv, Consul: consul.Client, Clock: clock.Real{}, Log: hclog.NewNullLogger(), Metrics: telemetry.New(),
 		NodeConfig: func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (nodeconfig.Config, error) {
 			return nodeconfig.Config{MachineID: id, MachineType: mt.Name}, nil
 		},

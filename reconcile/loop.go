@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/rules"
@@ -182,7 +183,7 @@ type Reconciler struct {
 	Backends func() map[string]backends.Backend
 	// Self is this node's machine ID.
 	Self    string
-	Clock   Clock
+	Clock   clock.Clock
 	Log     hclog.Logger
 	Metrics *telemetry.Metrics
 	// Wake is signalled when the description changes.
@@ -221,10 +222,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-r.Clock.After(next):
 		}
 		// Coalesce a burst of events into one pass.
-		select {
-		case <-ctx.Done():
+		if clock.Sleep(ctx, r.Clock, 100*time.Millisecond) != nil {
 			return nil
-		case <-r.Clock.After(100 * time.Millisecond):
 		}
 		p := r.Platform()
 		d, err := r.Pass(ctx)
@@ -233,7 +232,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 		if err != nil {
 			failures++
-			next = Backoff(time.Second, 30*time.Second, failures, nil)
+			next = clock.Backoff{Initial: time.Second, Max: 30 * time.Second}.Delay(failures)
 			r.Log.Error("reconcile failed", telemetry.KeyError, err, telemetry.KeyAttempt, failures)
 			continue
 		}

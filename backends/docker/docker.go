@@ -32,6 +32,7 @@ import (
 	"github.com/docker/docker/errdefs"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
@@ -316,7 +317,10 @@ func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 			return removed, fmt.Errorf("containers of cluster %s keep appearing", b.cluster)
 		}
 		if round > 0 {
-			time.Sleep(250 * time.Millisecond) // removals in progress
+			// Removals in progress.
+			if err := clock.Sleep(ctx, clock.Real{}, 250*time.Millisecond); err != nil {
+				return removed, err
+			}
 		}
 		for _, c := range list {
 			if err := b.remove(ctx, c.ID); err != nil {

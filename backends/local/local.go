@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
@@ -472,12 +473,11 @@ func KillAll(ctx context.Context, clusterDir string) (int, error) {
 			}
 		}
 		for _, m := range ms {
-			for m.Running && groupAlive(m.PID) {
-				select {
-				case <-ctx.Done():
-					return n, ctx.Err()
-				case <-time.After(50 * time.Millisecond):
-				}
+			if !m.Running {
+				continue
+			}
+			if err := clock.Poll(ctx, clock.Real{}, 50*time.Millisecond, func() (bool, error) { return !groupAlive(m.PID), nil }); err != nil {
+				return n, err
 			}
 		}
 		n += killed
@@ -487,12 +487,13 @@ func KillAll(ctx context.Context, clusterDir string) (int, error) {
 		// Until init has reaped them, exiting processes may still hold
 		// their sockets: give it a moment, so that `down` returns with
 		// every port closed.
-		deadline := time.Now().Add(3 * time.Second)
+		settle, cancel := context.WithTimeout(ctx, 3*time.Second)
 		for _, m := range ms {
-			for m.Running && groupMembers(m.PID) > 0 && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond)
+			if m.Running {
+				_ = clock.Poll(settle, clock.Real{}, 20*time.Millisecond, func() (bool, error) { return groupMembers(m.PID) == 0, nil })
 			}
 		}
+		cancel()
 	}
 	return n, os.RemoveAll(filepath.Join(clusterDir, "machines"))
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -283,7 +284,7 @@ func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.Warn, Output: os.Stderr})
 	return &reconcile.Executor{
-		Inventory: &reconcile.Inventory{Store: kvschema.New(c)}, Consul: c, Clock: reconcile.RealClock{}, Log: log,
+		Inventory: &reconcile.Inventory{Store: kvschema.New(c)}, Consul: c, Clock: clock.Real{}, Log: log,
 		NodeConfig: daemon.NodeConfigFor(c, t.folder(), consul, nil),
 	}, nil
 }

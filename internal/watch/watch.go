@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/internal/clock"
 )
 
 // Query runs one blocking query with q and returns the result's index and
@@ -20,7 +22,8 @@ type Query func(q *api.QueryOptions) (index uint64, changed bool, err error)
 func Loop(ctx context.Context, wait time.Duration, query Query, onChange func(), onError func(error)) error {
 	var index uint64
 	const minGap = 100 * time.Millisecond
-	errPause := time.Second
+	backoff := clock.Backoff{Initial: time.Second, Max: 30 * time.Second}
+	failures := 0
 	for {
 		start := time.Now()
 		q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
@@ -33,13 +36,13 @@ func Loop(ctx context.Context, wait time.Duration, query Query, onChange func(),
 				onError(err)
 			}
 			index = 0
-			if !sleep(ctx, errPause) {
-				return ctx.Err()
+			failures++
+			if err := clock.Sleep(ctx, clock.Real{}, backoff.Delay(failures)); err != nil {
+				return err
 			}
-			errPause = min(errPause*2, 30*time.Second)
 			continue
 		}
-		errPause = time.Second
+		failures = 0
 		switch {
 		case next < index:
 			// The index went backwards (a snapshot restore, a new
@@ -52,20 +55,9 @@ func Loop(ctx context.Context, wait time.Duration, query Query, onChange func(),
 			onChange()
 		}
 		if gap := time.Since(start); gap < minGap {
-			if !sleep(ctx, minGap-gap) {
-				return ctx.Err()
+			if err := clock.Sleep(ctx, clock.Real{}, minGap-gap); err != nil {
+				return err
 			}
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

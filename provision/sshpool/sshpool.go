@@ -21,6 +21,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/deploy/systemd"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/provision"
 )
 
@@ -35,11 +36,8 @@ const (
 
 var known = []string{SettingHosts, SettingIdentity, SettingKnownHosts, SettingJump, SettingJoinTimeout}
 
-// Host backoff after a failed adoption: doubling from the first to the cap.
-const (
-	backoffFirst = 30 * time.Second
-	backoffMax   = 10 * time.Minute
-)
+// hostBackoff is how long a host rests after failed adoptions.
+var hostBackoff = clock.Backoff{Initial: 30 * time.Second, Max: 10 * time.Minute}
 
 // Backend adopts machines from a pool of hosts.
 type Backend struct {
@@ -49,7 +47,7 @@ type Backend struct {
 	claims   backends.Store // host:port -> assignment; nil without a cluster
 	adopter  *provision.Adopter
 	log      hclog.Logger
-	now      func() time.Time
+	clock    clock.Clock
 	joinWait time.Duration
 
 	mu       sync.Mutex
@@ -78,7 +76,7 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 			return nil, fmt.Errorf("unknown setting %q (known: %s)", k, strings.Join(known, ", "))
 		}
 	}
-	b := &Backend{name: cfg.Name, cluster: env.Cluster, claims: env.Claims, log: env.Logger, now: time.Now,
+	b := &Backend{name: cfg.Name, cluster: env.Cluster, claims: env.Claims, log: env.Logger, clock: clock.Real{},
 		failures: map[string]int{}, notUntil: map[string]time.Time{}, lastErr: map[string]string{}}
 	if b.log == nil {
 		b.log = hclog.NewNullLogger()
@@ -163,8 +161,8 @@ func (b *Backend) free(ctx context.Context) ([]provision.Host, []string, error) 
 			why = append(why, fmt.Sprintf("%s runs %s", h, a.MachineID))
 			continue
 		}
-		if until := b.notUntil[h.HostPort()]; b.now().Before(until) {
-			why = append(why, fmt.Sprintf("%s backing off for %s (%s)", h, until.Sub(b.now()).Round(time.Second), b.lastErr[h.HostPort()]))
+		if until := b.notUntil[h.HostPort()]; b.clock.Now().Before(until) {
+			why = append(why, fmt.Sprintf("%s backing off for %s (%s)", h, until.Sub(b.clock.Now()).Round(time.Second), b.lastErr[h.HostPort()]))
 			continue
 		}
 		out = append(out, h)
@@ -210,7 +208,7 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 }
 
 func (b *Backend) adopt(ctx context.Context, h provision.Host, spec backends.Spec) (backends.Instance, error) {
-	a := assignment{MachineID: spec.Node.MachineID, MachineType: spec.Node.MachineType, Host: h.HostPort(), Since: b.now()}
+	a := assignment{MachineID: spec.Node.MachineID, MachineType: spec.Node.MachineType, Host: h.HostPort(), Since: b.clock.Now()}
 	val, _ := json.Marshal(a)
 	ok, err := b.claims.CAS(ctx, h.HostPort(), val, 0)
 	if err != nil {
@@ -244,9 +242,8 @@ func (b *Backend) failed(h provision.Host, err error) {
 	defer b.mu.Unlock()
 	n := b.failures[h.HostPort()] + 1
 	b.failures[h.HostPort()] = n
-	wait := backoffFirst << min(n-1, 10)
-	wait = min(wait, backoffMax)
-	b.notUntil[h.HostPort()] = b.now().Add(wait)
+	wait := hostBackoff.Delay(n)
+	b.notUntil[h.HostPort()] = b.clock.Now().Add(wait)
 	msg := err.Error()
 	if len(msg) > 200 {
 		msg = msg[:200] + "..."
