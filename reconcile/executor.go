@@ -109,36 +109,81 @@ func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[strin
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		log := e.Log.With(telemetry.KeyAction, string(a.Kind), telemetry.KeyMachineID, a.MachineID, telemetry.KeyMachineType, a.Type)
-		var err error
-		switch a.Kind {
-		case KindMarkJoined:
-			err = e.mark(ctx, obs.Records[a.MachineID], StateJoined, a.Reason)
-			if err == nil {
-				log.Info("machine joined", telemetry.KeyReason, a.Reason)
-				e.Hooks.Fire(ctx, p, "after_join", a)
-			}
-		case KindMarkFailed:
-			err = e.mark(ctx, obs.Records[a.MachineID], StateFailed, a.Reason)
-			if err == nil {
-				log.Warn("machine failed", telemetry.KeyReason, a.Reason)
-			}
-		case KindSpawn:
-			err = e.spawn(ctx, p, bes, a, log)
-		case KindReap, KindScaleDown, KindDestroyOrphan:
-			err = e.remove(ctx, p, bes, obs, a, log)
-		default:
-			err = fmt.Errorf("unknown action kind %q", a.Kind)
-		}
-		if err != nil {
-			e.finish(a, err)
-			log.Error("action failed", telemetry.KeyError, err)
+		if _, err := e.execute(ctx, p, bes, obs, a); err != nil {
 			errs = append(errs, fmt.Errorf("%s %s: %w", a.Kind, a.MachineID, err))
-		} else if a.Kind == KindMarkJoined || a.Kind == KindMarkFailed {
-			e.finish(a, nil)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// execute starts one action and returns the ID of the machine it acts on
+// (for a spawn, the new one's).
+func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a Action) (string, error) {
+	log := e.Log.With(telemetry.KeyAction, string(a.Kind), telemetry.KeyMachineID, a.MachineID, telemetry.KeyMachineType, a.Type)
+	id, err := a.MachineID, error(nil)
+	switch a.Kind {
+	case KindMarkJoined:
+		err = e.mark(ctx, obs.Records[a.MachineID], StateJoined, a.Reason)
+		if err == nil {
+			log.Info("machine joined", telemetry.KeyReason, a.Reason)
+			e.Hooks.Fire(ctx, p, "after_join", a)
+		}
+	case KindMarkFailed:
+		err = e.mark(ctx, obs.Records[a.MachineID], StateFailed, a.Reason)
+		if err == nil {
+			log.Warn("machine failed", telemetry.KeyReason, a.Reason)
+		}
+	case KindSpawn:
+		id, err = e.spawn(ctx, p, bes, a, log)
+	case KindReap, KindScaleDown, KindDestroyOrphan:
+		err = e.remove(ctx, p, bes, obs, a, log)
+	default:
+		err = fmt.Errorf("unknown action kind %q", a.Kind)
+	}
+	if err != nil {
+		e.finish(a, err)
+		log.Error("action failed", telemetry.KeyError, err)
+	} else if a.Kind == KindMarkJoined || a.Kind == KindMarkFailed {
+		e.finish(a, nil)
+	}
+	return id, err
+}
+
+// Do runs one action to its end and returns the record it left: a spawned
+// machine's (joining, with its address), or the removed machine's last
+// (ok false once the record is gone). An action that failed returns its
+// error, and a spawn that failed the record saying why. It blocks until the
+// backend call returns or ctx ends. The CLI's spawn and destroy use it, as
+// the leader uses Execute: the intent is written first either way.
+func (e *Executor) Do(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a Action) (rec Record, ok bool, err error) {
+	e.mu.Lock()
+	e.init()
+	e.mu.Unlock()
+	id, err := e.execute(ctx, p, bes, obs, a)
+	if err != nil {
+		return Record{}, false, err
+	}
+	e.Wait()
+	if err := ctx.Err(); err != nil {
+		return Record{}, false, err
+	}
+	rec, ok, err = e.Inventory.Get(ctx, id)
+	if err != nil {
+		return rec, ok, err
+	}
+	for _, o := range e.Recent() { // newest first: this action's outcome
+		if o.MachineID != id {
+			continue
+		}
+		if o.Result == "error" {
+			return rec, ok, fmt.Errorf("%s %s: %s", a.Kind, id, o.Error)
+		}
+		break
+	}
+	if a.Kind == KindSpawn && (!ok || rec.State != StateJoining) {
+		return rec, ok, fmt.Errorf("spawn %s: %s", id, rec.Reason)
+	}
+	return rec, ok, nil
 }
 
 // recentOutcomes is how many finished actions the executor remembers for
@@ -224,10 +269,10 @@ func NewMachineID(machineType string) string {
 	return machineType + "-" + hex.EncodeToString(b[:])
 }
 
-func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, a Action, log hclog.Logger) error {
+func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, a Action, log hclog.Logger) (string, error) {
 	be, ok := bes[a.Backend]
 	if !ok {
-		return fmt.Errorf("backend %q is not configured", a.Backend)
+		return "", fmt.Errorf("backend %q is not configured", a.Backend)
 	}
 	mt := p.Machines[a.Type]
 	id := NewMachineID(a.Type)
@@ -237,7 +282,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	// for, and clean up if it never joins.
 	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
 	if err != nil {
-		return err
+		return "", err
 	}
 	e.mu.Lock()
 	e.lastSpawn[a.Type] = now
@@ -276,7 +321,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 		log.Info("machine spawned", telemetry.KeyAddress, inst.Address)
 		e.Hooks.Fire(ctx, p, "after_spawn", a)
 	})
-	return nil
+	return id, nil
 }
 
 func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a Action, log hclog.Logger) error {

@@ -1,0 +1,516 @@
+// Package cluster is the engine behind `up`, `down` and the CLI's view of a
+// cluster: it finds a local cluster's machines in their folder, starts the
+// seed of a new one on a seed-capable backend (found through the registry),
+// waits until every machine type has its minimum alive, and removes every
+// machine again. The CLI parses and prints; tests and scripts call this
+// package for the same work.
+//
+// A local cluster lives in a folder: machines/ holds the local backend's
+// machines, cluster.json names the backend the seed runs on, platform.hcl
+// (or .json) the description it started from, and last-platform the
+// description its machines held when `down` removed them, so that the next
+// `up` brings the same platform back.
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/mesh"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// DefaultDir is where local clusters live when no folder is named.
+func DefaultDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "raptiformica")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "raptiformica")
+	}
+	return filepath.Join(home, ".local", "share", "raptiformica")
+}
+
+// Local is the cluster whose machines live in a folder of this host.
+type Local struct {
+	// Dir is the cluster's folder, absolute.
+	Dir      string
+	Registry backends.Registry
+
+	mu sync.Mutex
+	// clients are kept per address: each api.Client has its own connection
+	// pool, and a new one per poll (up waits minutes) would exhaust Consul's
+	// per-client connection limit. Guarded by mu.
+	clients map[string]*api.Client
+}
+
+// Open returns the cluster in dir (DefaultDir when empty); nothing needs to
+// run there yet.
+func Open(dir string, reg backends.Registry) *Local {
+	if dir == "" {
+		dir = DefaultDir()
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	return &Local{Dir: dir, Registry: reg}
+}
+
+// ParseOptions are the options every description of this cluster is
+// parsed with.
+func (l *Local) ParseOptions() rules.Options {
+	return rules.Options{BackendTypes: l.Registry.Types()}
+}
+
+// SeedFile records, in a cluster's folder, which backend its seed runs on,
+// so that commands find machines that are not local processes.
+type SeedFile struct {
+	Cluster     string            `json:"cluster"`
+	Backend     string            `json:"backend"`
+	BackendType string            `json:"backend_type"`
+	Settings    map[string]string `json:"settings,omitempty"`
+}
+
+func (l *Local) seedFile() (SeedFile, bool) {
+	var sf SeedFile
+	b, err := os.ReadFile(filepath.Join(l.Dir, "cluster.json"))
+	if err != nil || json.Unmarshal(b, &sf) != nil {
+		return sf, false
+	}
+	return sf, true
+}
+
+// seedBackend is the backend the seed runs on, when it is not the local
+// one, whose machines the folder lists itself.
+func (l *Local) seedBackend() (backends.Backend, bool) {
+	sf, ok := l.seedFile()
+	if !ok || sf.BackendType == "" || sf.BackendType == "local" {
+		return nil, false
+	}
+	be, err := l.Registry.New(backends.Config{Name: sf.Backend, Type: sf.BackendType, Settings: sf.Settings}, backends.Env{Cluster: sf.Cluster, ClusterDir: l.Dir, Logger: hclog.NewNullLogger()})
+	if err != nil {
+		return nil, false
+	}
+	return be, true
+}
+
+// Addresses lists the Consul HTTP addresses of the cluster's running
+// machines: local processes, and the seed backend's machines when the seed
+// is not a local process (a container).
+func (l *Local) Addresses(ctx context.Context) ([]string, error) {
+	ms, err := local.Machines(l.Dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range ms {
+		if m.Running {
+			out = append(out, net.JoinHostPort(m.Config.BindAddr, strconv.Itoa(m.Config.ConsulHTTPPort)))
+		}
+	}
+	if be, ok := l.seedBackend(); ok {
+		insts, err := be.List(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, in := range insts {
+			if in.Running && in.Address != "" {
+				out = append(out, net.JoinHostPort(in.Address, strconv.Itoa(nodeconfig.ConsulHTTPPort)))
+			}
+		}
+	}
+	return out, nil
+}
+
+// Client connects to the Consul of a running machine of the cluster that
+// has a Consul leader.
+func (l *Local) Client(ctx context.Context) (*api.Client, error) {
+	addrs, err := l.Addresses(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for _, addr := range addrs {
+		c, err := l.client(addr)
+		if err != nil {
+			return nil, err
+		}
+		if leader, err := c.Status().Leader(); err == nil && leader != "" {
+			return c, nil
+		} else if err != nil {
+			lastErr = err
+		} else {
+			lastErr = errors.New("no Consul leader yet")
+		}
+	}
+	if lastErr != nil {
+		return nil, fmt.Errorf("no machine of %s answers: %w", l.Dir, lastErr)
+	}
+	return nil, fmt.Errorf("no running machine in %s (start one with `raptiformica up --dir %s`)", l.Dir, l.Dir)
+}
+
+func (l *Local) client(addr string) (*api.Client, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c := l.clients[addr]; c != nil {
+		return c, nil
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address = addr
+	cfg.Scheme = "http"
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if l.clients == nil {
+		l.clients = map[string]*api.Client{}
+	}
+	l.clients[addr] = c
+	return c, nil
+}
+
+// Env is what backends need when the CLI drives them itself, on this host:
+// this binary and the Consul found here go onto new machines.
+func (l *Local) Env(p *rules.Platform) (backends.Env, error) {
+	bin, err := os.Executable()
+	if err != nil {
+		return backends.Env{}, err
+	}
+	consul, err := nodeconfig.FindConsul()
+	if err != nil {
+		return backends.Env{}, err
+	}
+	return backends.Env{Cluster: p.Cluster, ClusterDir: l.Dir, Binary: bin, ConsulBinary: consul, Logger: hclog.NewNullLogger()}, nil
+}
+
+// Backends builds every backend of p for this host; c, when not nil, gives
+// the backends that keep state in KV their folder.
+func (l *Local) Backends(p *rules.Platform, c *api.Client) (map[string]backends.Backend, error) {
+	env, err := l.Env(p)
+	if err != nil {
+		return nil, err
+	}
+	var store *kvschema.Store
+	if c != nil {
+		store = kvschema.New(c)
+	}
+	bes, errs := reconcile.NewBackends(l.Registry, p, env, store)
+	for _, name := range slices.Sorted(maps.Keys(errs)) {
+		return nil, fmt.Errorf("backend %s: %w", name, errs[name])
+	}
+	return bes, nil
+}
+
+// Platform reads and parses the description the cluster stores.
+func Platform(ctx context.Context, c *api.Client, opts rules.Options) (*rules.Platform, error) {
+	pair, _, err := kvschema.New(c).Platform(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	if pair == nil {
+		return nil, errors.New("no platform description in KV yet")
+	}
+	return rules.Parse(kvschema.PlatformSource, pair.Value, opts)
+}
+
+// Up starts a new cluster in the folder unless machines run there: its seed
+// (a Consul server that bootstraps alone, carrying the description the
+// control loop grows from) from platformFile, else from the description the
+// folder's machines last mirrored, else from the default. It returns the
+// description it seeded, nil when the cluster was up already. Progress goes
+// to out.
+func (l *Local) Up(ctx context.Context, platformFile string, out io.Writer) (*rules.Platform, error) {
+	addrs, err := l.Addresses(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(addrs) > 0 {
+		fmt.Fprintf(out, "cluster in %s is already up (%d machines running)\n", l.Dir, len(addrs))
+		return nil, nil
+	}
+	return l.seed(ctx, platformFile, out)
+}
+
+func (l *Local) seed(ctx context.Context, platformFile string, out io.Writer) (*rules.Platform, error) {
+	plat, name, err := l.seedPlatform(platformFile, out)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := local.KillAll(ctx, l.Dir); err != nil { // leftovers of a cluster that died
+		return nil, err
+	}
+	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(name, plat.Source, 0o644); err != nil {
+		return nil, err
+	}
+	seedType := ""
+	for _, n := range plat.MachineNames() {
+		if plat.Machines[n].ConsulServer {
+			seedType = n
+			break
+		}
+	}
+	env, err := l.Env(plat)
+	if err != nil {
+		return nil, err
+	}
+	// The seed runs on its type's first backend.
+	beName := plat.Machines[seedType].Backends[0]
+	spec := plat.Backends[beName]
+	be, err := l.Registry.New(backends.Config{Name: spec.Name, Type: spec.Type, Settings: spec.Settings, Commands: spec.Commands}, env)
+	if err != nil {
+		return nil, err
+	}
+	sd, ok := be.(backends.Seeder)
+	if !ok {
+		return nil, fmt.Errorf("backend %q (type %s) cannot start a seed; the first backend of machine type %q must be local or docker", beName, spec.Type, seedType)
+	}
+	if err := sd.CanSeed(); err != nil {
+		return nil, fmt.Errorf("backend %q cannot start a seed: %w", beName, err)
+	}
+	sf, _ := json.Marshal(SeedFile{Cluster: plat.Cluster, Backend: beName, BackendType: spec.Type, Settings: spec.Settings})
+	if err := fsutil.WriteFileAtomic(filepath.Join(l.Dir, "cluster.json"), sf, 0o644); err != nil {
+		return nil, err
+	}
+	node := nodeconfig.Config{
+		MachineID: reconcile.NewMachineID(seedType), MachineType: seedType, Cluster: plat.Cluster,
+		ConsulServer: true, Encrypt: daemon.NewGossipKey(), PlatformFile: name,
+		// The seed bootstraps Consul alone; no machine after it does.
+		Bootstrap: true,
+	}.WithDefaults()
+	if spec.Type != "local" {
+		// A container cannot read our files: the description goes inline.
+		node.PlatformFile, node.Platform = "", string(plat.Source)
+	}
+	if plat.Mesh.Enabled() {
+		node.Mesh = &nodeconfig.Mesh{ListenPort: plat.Mesh.Port, Secret: mesh.NewSecret(), Peers: plat.Mesh.Peers}
+	}
+	inst, err := sd.Spawn(ctx, backends.Spec{Node: node})
+	if err != nil {
+		return nil, fmt.Errorf("start seed: %w", err)
+	}
+	fmt.Fprintf(out, "started seed %s on %s (cluster %q in %s)\n", inst.MachineID, inst.Address, plat.Cluster, l.Dir)
+	return plat, nil
+}
+
+// seedPlatform reads the description a new seed starts from and the file
+// in the folder it is kept in.
+func (l *Local) seedPlatform(platformFile string, out io.Writer) (*rules.Platform, string, error) {
+	name := filepath.Join(l.Dir, "platform.hcl")
+	if platformFile == "" {
+		if mirror := NewestMirror(l.Dir); mirror != "" {
+			// The machines of this folder died (a reboot): the cluster is
+			// re-created from the last description one of them held.
+			fmt.Fprintf(out, "re-creating the cluster from the description mirrored in %s\n", mirror)
+			platformFile = mirror
+		}
+	}
+	if platformFile == "" {
+		p, err := rules.Parse(name, []byte(rules.DefaultSource), l.ParseOptions())
+		return p, name, err
+	}
+	p, err := rules.ParseFile(platformFile, l.ParseOptions())
+	if strings.HasSuffix(platformFile, ".json") {
+		name = filepath.Join(l.Dir, "platform.json")
+	}
+	return p, name, err
+}
+
+// NewestMirror returns the most recently written platform mirror of the
+// machines in a cluster folder, or "". `down` keeps a copy of it as
+// last-platform in the folder.
+func NewestMirror(dir string) string {
+	ms, _ := local.Machines(dir)
+	paths := []string{filepath.Join(dir, "last-platform")}
+	for _, m := range ms {
+		paths = append(paths, filepath.Join(m.Config.DataDir, "mirror", "platform"))
+	}
+	best, bestTime := "", time.Time{}
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil && fi.ModTime().After(bestTime) {
+			best, bestTime = p, fi.ModTime()
+		}
+	}
+	return best
+}
+
+// Wait blocks until every machine type of plat has its min of joined, alive
+// members (plat nil: the description the cluster stores), printing progress
+// to out as it changes, and returns a client of the cluster. It gives up when
+// ctx ends, or when machines run but none has had a Consul leader for 30 s
+// (quorum lost: waiting longer would not help).
+func (l *Local) Wait(ctx context.Context, plat *rules.Platform, out io.Writer) (*api.Client, error) {
+	last := ""
+	start := time.Now()
+	var ready *api.Client
+	err := clock.Poll(ctx, clock.Real{}, 300*time.Millisecond, func() (bool, error) {
+		c, err := l.Client(ctx)
+		line := "waiting for the seed's Consul"
+		if plat == nil {
+			line = "waiting for a Consul leader"
+			if err != nil && time.Since(start) > 30*time.Second {
+				return false, fmt.Errorf("machines run in %s but none has had a Consul leader for 30s: the cluster lost quorum (%v); `raptiformica down --dir %s` and then `up` re-create it with the description its machines mirrored", l.Dir, err, l.Dir)
+			}
+		}
+		done := false
+		if err == nil {
+			if plat == nil {
+				plat, _ = Platform(ctx, c, l.ParseOptions())
+			}
+			if plat != nil {
+				line, done = Progress(ctx, c, plat)
+			}
+		}
+		if line != last {
+			fmt.Fprintf(out, "[%5.1fs] %s\n", time.Since(start).Seconds(), line)
+			last = line
+		}
+		ready = c
+		return done, nil
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("gave up waiting (%s): %v", last, ctx.Err())
+		}
+		return nil, err
+	}
+	return ready, nil
+}
+
+// Progress says, per machine type, how many machines are alive of its min
+// and how many are joining, and whether every type has its min.
+func Progress(ctx context.Context, c *api.Client, plat *rules.Platform) (string, bool) {
+	inv := &reconcile.Inventory{Store: kvschema.New(c)}
+	recs, _, err := inv.List(ctx, nil)
+	if err != nil {
+		return "waiting for the inventory: " + err.Error(), false
+	}
+	members, err := c.Agent().Members(false)
+	if err != nil {
+		return "waiting for members: " + err.Error(), false
+	}
+	alive := map[string]bool{}
+	for _, m := range members {
+		alive[m.Name] = reconcile.SerfStatus(m.Status) == reconcile.MemberAlive
+	}
+	var parts []string
+	done := true
+	for _, name := range plat.MachineNames() {
+		mt := plat.Machines[name]
+		live, pending := 0, 0
+		for _, r := range recs {
+			if r.Type != name {
+				continue
+			}
+			switch {
+			case r.State == reconcile.StateJoined && alive[r.ID]:
+				live++
+			case r.State == reconcile.StateSpawning || r.State == reconcile.StateJoining:
+				pending++
+			}
+		}
+		if live < mt.Min {
+			done = false
+		}
+		parts = append(parts, fmt.Sprintf("%s %d/%d alive, %d joining", name, live, mt.Min, pending))
+	}
+	return strings.Join(parts, "; "), done
+}
+
+// Down removes every machine of the cluster: the local processes first (or
+// their leader would replace what the rest of Down removes), then the seed
+// backend's machines, then what the last description put on other backends
+// (an exec backend's containers or VMs). The description stays in the
+// folder as last-platform for the next Up. It returns how many machines it
+// removed.
+func (l *Local) Down(ctx context.Context) (int, error) {
+	if m := NewestMirror(l.Dir); m != "" && filepath.Dir(m) != l.Dir {
+		if src, err := os.ReadFile(m); err == nil {
+			_ = fsutil.WriteFileAtomic(filepath.Join(l.Dir, "last-platform"), src, 0o644)
+		}
+	}
+	n, err := local.KillAll(ctx, l.Dir)
+	if err != nil {
+		return n, err
+	}
+	if be, ok := l.seedBackend(); ok {
+		if ra, ok := be.(backends.ClusterRemover); ok {
+			m, err := ra.RemoveAll(ctx)
+			n += m
+			if err != nil {
+				return n, err
+			}
+		}
+	}
+	m, err := l.removeElsewhere(ctx)
+	return n + m, err
+}
+
+// removeElsewhere removes the machines the cluster's last description put
+// on backends other than local processes.
+func (l *Local) removeElsewhere(ctx context.Context) (int, error) {
+	src := NewestMirror(l.Dir)
+	if src == "" {
+		return 0, nil
+	}
+	p, err := rules.ParseFile(src, l.ParseOptions())
+	if err != nil {
+		return 0, nil // nothing but local machines can be known from it
+	}
+	bes, err := l.Backends(p, nil)
+	if err != nil {
+		return 0, err
+	}
+	removed := 0
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(bes)) {
+		if p.Backends[name].Type == "local" {
+			continue
+		}
+		if ra, ok := bes[name].(backends.ClusterRemover); ok {
+			m, err := ra.RemoveAll(ctx)
+			removed += m
+			errs = append(errs, err)
+			continue
+		}
+		insts, err := bes[name].List(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("backend %s: %w", name, err))
+			continue
+		}
+		for _, in := range insts {
+			if err := bes[name].Destroy(ctx, in.MachineID); err != nil {
+				errs = append(errs, fmt.Errorf("backend %s: %w", name, err))
+				continue
+			}
+			removed++
+		}
+	}
+	return removed, errors.Join(errs...)
+}
