@@ -18,211 +18,374 @@ const orphanAge = 10 * time.Second
 // control loop makes can be tested from a table. It is level-triggered: given
 // the same inputs it gives the same actions, whatever happened before.
 func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
-	d := Decision{Types: map[string]TypeStatus{}}
-	pol := p.Policy
-	wakeAt := func(t time.Time) {
-		if t.After(now) && (d.NextCheck.IsZero() || t.Before(d.NextCheck)) {
-			d.NextCheck = t
-		}
-	}
-
-	type tally struct {
-		live, pending, failedIn, failedOut int
-		liveRecs                           []Record
-	}
-	tallies := map[string]*tally{}
-	for _, name := range p.MachineNames() {
-		tallies[name] = &tally{}
-	}
-	var marks, reaps, strays []Action
-	failed, failedServers := 0, 0
-	pendingTotal := 0
-
-	for _, id := range sortedKeys(obs.Records) {
-		r := obs.Records[id]
-		mt, known := p.Machines[r.Type]
-		t := tallies[r.Type]
-		if t == nil {
-			t = &tally{}
-		}
-		if r.Manual {
-			// A machine spawned by hand is outside the rules: it neither
-			// counts toward its type nor is scaled down, but it is
-			// still reaped when it dies (and not replaced).
-			t = &tally{}
-		}
-		m, isMember := obs.Members[id]
-		alive := isMember && m.Status == MemberAlive
-		instGone := false
-		// The backend's view only adds speed (a dead process shows there
-		// before Consul notices); the leader itself is evidently running,
-		// whatever its backend lists.
-		if insts, listed := obs.Instances[r.Backend]; listed && id != obs.Self {
-			in, exists := insts[id]
-			instGone = exists && !in.Running || !exists && !obs.LocalOnly[r.Backend]
-		}
-		if obs.InFlight[id] {
-			// An action is running on it; count it as what it will be.
-			switch r.State {
-			case StateSpawning, StateJoining:
-				t.pending++
-				pendingTotal++
-			case StateJoined:
-				t.live++
-			}
-			continue
-		}
-		if !known && r.State != StateDestroying {
-			strays = append(strays, Action{Kind: KindScaleDown, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: fmt.Sprintf("machine type %q is not in the description", r.Type)})
-		}
-		switch r.State {
-		case StateDestroying:
-			reaps = append(reaps, Action{Kind: KindReap, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "finish removal: " + r.Reason})
-		case StateSpawning, StateJoining:
-			switch {
-			case alive && !instGone && (!m.Server || m.Voter):
-				marks = append(marks, Action{Kind: KindMarkJoined, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "member is alive"})
-				t.live++
-				t.liveRecs = append(t.liveRecs, r)
-			case now.Sub(r.Updated) >= pol.ProvisionTimeout:
-				reaps = append(reaps, Action{Kind: KindReap, MachineID: id, Type: r.Type, Backend: r.Backend,
-					Reason: fmt.Sprintf("did not join within the provision timeout (%s)", pol.ProvisionTimeout)})
-			default:
-				t.pending++
-				pendingTotal++
-				wakeAt(r.Updated.Add(pol.ProvisionTimeout))
-			}
-		case StateJoined, StateFailed:
-			back := r.State == StateFailed || !r.FailedSince.IsZero()
-			if alive && !instGone && back && m.Server && !m.Voter {
-				// A server back from a partition may have been dropped
-				// from Raft; until autopilot makes it a voter again it
-				// adds nothing to quorum, so it is not yet live.
-				t.pending++
-				pendingTotal++
-				continue
-			}
-			if alive && !instGone {
-				if back {
-					marks = append(marks, Action{Kind: KindMarkJoined, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "member is alive again"})
-				}
-				t.live++
-				t.liveRecs = append(t.liveRecs, r)
-				continue
-			}
-			failed++
-			if known && mt.ConsulServer {
-				failedServers++
-			}
-			switch {
-			case r.FailedSince.IsZero():
-				why := "member is " + string(m.Status)
-				if !isMember {
-					why = "not a Consul member"
-				}
-				if instGone {
-					why = "instance is gone from backend " + r.Backend
-				}
-				marks = append(marks, Action{Kind: KindMarkFailed, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: why})
-				t.failedIn++
-				wakeAt(now.Add(pol.GracePeriod))
-			case now.Sub(r.FailedSince) < pol.GracePeriod && !instGone:
-				t.failedIn++
-				wakeAt(r.FailedSince.Add(pol.GracePeriod))
-			default:
-				// The grace period waits out a member that may come back
-				// (a network blip); a machine its backend reports gone
-				// will not, and a machine cut off behind it (the middle of
-				// a chain) needs its replacement before its own grace ends.
-				why := fmt.Sprintf("failed for %s, longer than the grace period (%s)", now.Sub(r.FailedSince).Round(time.Second), pol.GracePeriod)
-				if instGone {
-					why = "instance is gone from backend " + r.Backend + ": no grace period to wait out"
-				}
-				reaps = append(reaps, Action{Kind: KindReap, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: why})
-				t.failedOut++
-			}
-		}
-	}
-
-	if failed > pol.MaxUnhealthy {
-		d.Halted = fmt.Sprintf("%d members are failed, more than max_unhealthy (%d): not replacing or reaping until fewer are", failed, pol.MaxUnhealthy)
-	}
-
-	var spawns, downs []Action
-	allSettled := pendingTotal == 0 && failed == 0
-	for _, name := range p.MachineNames() {
-		mt := p.Machines[name]
-		t := tallies[name]
-		d.Types[name] = TypeStatus{Min: mt.Min, Max: mt.Max, Live: t.live, Pending: t.pending, Failed: t.failedIn + t.failedOut}
-		have := t.live + t.pending + t.failedIn
-		if need := mt.Min - have; need > 0 && d.Halted == "" {
-			if last, ok := obs.LastSpawn[name]; ok && now.Sub(last) < pol.Cooldown {
-				wakeAt(last.Add(pol.Cooldown))
-				d.Waiting = append(d.Waiting, fmt.Sprintf("machine %q: %d to spawn after the cooldown (%s)", name, need, (pol.Cooldown-now.Sub(last)).Round(time.Millisecond)))
-				continue
-			}
-			budget := pol.MaxConcurrentSpawns - pendingTotal
-			if budget <= 0 {
-				d.Waiting = append(d.Waiting, fmt.Sprintf("machine %q: %d to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need, pol.MaxConcurrentSpawns))
-				continue
-			}
-			backend, skipped := pickBackend(mt.Backends, obs, now, wakeAt)
-			d.Waiting = append(d.Waiting, skipped...)
-			if backend == "" {
-				d.Waiting = append(d.Waiting, fmt.Sprintf("machine %q: %d to spawn, but no backend is usable", name, need))
-				continue
-			}
-			n := min(need, budget)
-			for i := 0; i < n; i++ {
-				spawns = append(spawns, Action{Kind: KindSpawn, Type: name, Backend: backend, Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)})
-			}
-			pendingTotal += n
-			if n < need {
-				d.Waiting = append(d.Waiting, fmt.Sprintf("machine %q: %d more to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need-n, pol.MaxConcurrentSpawns))
-			}
-			continue
-		}
-		if excess := t.live - mt.Max; excess > 0 && allSettled {
-			// Removing servers changes the Raft quorum: one at a time,
-			// and only while none is failed.
-			if mt.ConsulServer {
-				if failedServers > 0 {
-					continue
-				}
-				excess = 1
-			}
-			downs = append(downs, scaleDown(t.liveRecs, excess, obs.Self, mt)...)
-		}
-	}
-	if allSettled && len(strays) > 0 && len(spawns) == 0 {
-		// Machines of a removed type go one per pass, after the types that
-		// remain are at strength, so that a server type renamed in the
-		// description never drops the cluster below quorum.
-		for _, a := range strays {
-			if a.MachineID != obs.Self {
-				downs = append(downs, a)
-				break
-			}
-		}
-	}
-
-	d.Actions = append(d.Actions, marks...)
-	// Replacements go before removals: spawn first, then reap.
-	d.Actions = append(d.Actions, spawns...)
-	if d.Halted == "" {
-		d.Actions = append(d.Actions, reaps...)
-	} else {
-		for _, a := range reaps {
-			if obs.Records[a.MachineID].State != StateJoined && obs.Records[a.MachineID].State != StateFailed {
-				d.Actions = append(d.Actions, a) // never-joined or half-removed machines are no quorum risk
-			}
-		}
-	}
-	d.Actions = append(d.Actions, downs...)
-	d.Actions = append(d.Actions, orphans(obs, now, wakeAt)...)
-	return d
+	ps := newPass(p, obs, now)
+	ps.tallyAll()
+	ps.halt()
+	ps.scale()
+	ps.removeStray()
+	return ps.decide()
 }
 
+// pass is one run of Plan. Its steps run in the order Plan calls them; each
+// reads the inputs and what the steps before it left, and adds its own part,
+// so that each can be read and checked on its own.
+type pass struct {
+	p   *rules.Platform
+	pol rules.Policy
+	obs Observed
+	now time.Time
+
+	// Left by tallyAll.
+	tallies              map[string]*tally
+	marks, reaps, strays []Action
+	failed               int
+	failedServers        int
+	// pendingTotal counts machines being spawned or provisioned, of every
+	// type; spawn adds what it spawns, so that max_concurrent_spawns holds
+	// across types.
+	pendingTotal int
+	// settled is true when nothing was pending or failed before this pass
+	// spawned anything: only then are healthy machines removed.
+	settled bool
+
+	// Left by scale and removeStray.
+	spawns, downs []Action
+
+	// d is the decision being built; every step may add to its NextCheck.
+	d Decision
+}
+
+// tally counts the records of one machine type.
+type tally struct {
+	live, pending int
+	// failedIn are failed within their grace period: they may come back,
+	// so they still count toward min. failedOut are being reaped.
+	failedIn, failedOut int
+	// liveRecs are the machines scale-down may pick from.
+	liveRecs []Record
+}
+
+func (t *tally) addLive(r Record) {
+	t.live++
+	t.liveRecs = append(t.liveRecs, r)
+}
+
+func newPass(p *rules.Platform, obs Observed, now time.Time) pass {
+	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, d: Decision{Types: map[string]TypeStatus{}}}
+	for _, name := range p.MachineNames() {
+		ps.tallies[name] = &tally{}
+	}
+	return ps
+}
+
+// wakeAt asks for another pass at t, when the same observation would give
+// another plan, unless an earlier time is already asked for.
+func (ps *pass) wakeAt(t time.Time) {
+	if t.After(ps.now) && (ps.d.NextCheck.IsZero() || t.Before(ps.d.NextCheck)) {
+		ps.d.NextCheck = t
+	}
+}
+
+func (ps *pass) addPending(t *tally) {
+	t.pending++
+	ps.pendingTotal++
+}
+
+// tallyAll walks the records in ID order, so that the actions come out in
+// the same order from the same inputs.
+func (ps *pass) tallyAll() {
+	for _, id := range sortedKeys(ps.obs.Records) {
+		ps.tallyRecord(id, ps.obs.Records[id])
+	}
+	ps.settled = ps.pendingTotal == 0 && ps.failed == 0
+}
+
+// tallyRecord counts one machine and collects the mark, reap or stray
+// removal its state asks for.
+func (ps *pass) tallyRecord(id string, r Record) {
+	t := ps.tallyOf(r)
+	if ps.obs.InFlight[id] {
+		// An action is running on it; count it as what it will be.
+		switch r.State {
+		case StateSpawning, StateJoining:
+			ps.addPending(t)
+		case StateJoined:
+			t.live++
+		}
+		return
+	}
+	if _, known := ps.p.Machines[r.Type]; !known && r.State != StateDestroying {
+		ps.strays = append(ps.strays, actOn(KindScaleDown, id, r, fmt.Sprintf("machine type %q is not in the description", r.Type)))
+	}
+	h := ps.healthOf(id, r)
+	switch r.State {
+	case StateDestroying:
+		ps.reaps = append(ps.reaps, actOn(KindReap, id, r, "finish removal: "+r.Reason))
+	case StateSpawning, StateJoining:
+		ps.tallyJoining(id, r, t, h)
+	case StateJoined, StateFailed:
+		ps.tallyJoined(id, r, t, h)
+	}
+}
+
+// tallyOf is the tally a record counts toward: a throwaway one for a
+// machine of a type no longer described, or spawned by hand.
+func (ps *pass) tallyOf(r Record) *tally {
+	t := ps.tallies[r.Type]
+	if t == nil {
+		return &tally{}
+	}
+	if r.Manual {
+		// A machine spawned by hand is outside the rules: it neither
+		// counts toward its type nor is scaled down, but it is
+		// still reaped when it dies (and not replaced).
+		return &tally{}
+	}
+	return t
+}
+
+// health is what Consul and the backend say of one recorded machine.
+type health struct {
+	member   Member
+	isMember bool
+	// instGone is true when the machine's backend lists it stopped, or
+	// does not list it in a list that covers every node.
+	instGone bool
+	// up is true when its member is alive and its instance not gone.
+	up bool
+}
+
+func (ps *pass) healthOf(id string, r Record) health {
+	m, isMember := ps.obs.Members[id]
+	h := health{member: m, isMember: isMember}
+	// The backend's view only adds speed (a dead process shows there
+	// before Consul notices); the leader itself is evidently running,
+	// whatever its backend lists.
+	if insts, listed := ps.obs.Instances[r.Backend]; listed && id != ps.obs.Self {
+		in, exists := insts[id]
+		h.instGone = exists && !in.Running || !exists && !ps.obs.LocalOnly[r.Backend]
+	}
+	h.up = isMember && m.Status == MemberAlive && !h.instGone
+	return h
+}
+
+// failure says why a machine that is not up counts as failed.
+func (h health) failure(backend string) string {
+	switch {
+	case h.instGone:
+		return "instance is gone from backend " + backend
+	case !h.isMember:
+		return "not a Consul member"
+	}
+	return "member is " + string(h.member.Status)
+}
+
+// tallyJoining counts a machine being spawned or provisioned.
+func (ps *pass) tallyJoining(id string, r Record, t *tally, h health) {
+	switch {
+	case h.up && (!h.member.Server || h.member.Voter):
+		ps.marks = append(ps.marks, actOn(KindMarkJoined, id, r, "member is alive"))
+		t.addLive(r)
+	case ps.now.Sub(r.Updated) >= ps.pol.ProvisionTimeout:
+		ps.reaps = append(ps.reaps, actOn(KindReap, id, r, fmt.Sprintf("did not join within the provision timeout (%s)", ps.pol.ProvisionTimeout)))
+	default:
+		ps.addPending(t)
+		ps.wakeAt(r.Updated.Add(ps.pol.ProvisionTimeout))
+	}
+}
+
+// tallyJoined counts a machine that joined once, whether it is up or failed.
+func (ps *pass) tallyJoined(id string, r Record, t *tally, h health) {
+	back := r.State == StateFailed || !r.FailedSince.IsZero()
+	if h.up && back && h.member.Server && !h.member.Voter {
+		// A server back from a partition may have been dropped
+		// from Raft; until autopilot makes it a voter again it
+		// adds nothing to quorum, so it is not yet live.
+		ps.addPending(t)
+		return
+	}
+	if h.up {
+		if back {
+			ps.marks = append(ps.marks, actOn(KindMarkJoined, id, r, "member is alive again"))
+		}
+		t.addLive(r)
+		return
+	}
+	ps.failed++
+	if ps.p.Machines[r.Type].ConsulServer {
+		ps.failedServers++
+	}
+	ps.tallyFailed(id, r, t, h)
+}
+
+// tallyFailed counts a failed machine: marked when first seen failed, left
+// alone for the grace period, then reaped.
+func (ps *pass) tallyFailed(id string, r Record, t *tally, h health) {
+	grace := ps.pol.GracePeriod
+	switch {
+	case r.FailedSince.IsZero():
+		ps.marks = append(ps.marks, actOn(KindMarkFailed, id, r, h.failure(r.Backend)))
+		t.failedIn++
+		ps.wakeAt(ps.now.Add(grace))
+	case ps.now.Sub(r.FailedSince) < grace && !h.instGone:
+		t.failedIn++
+		ps.wakeAt(r.FailedSince.Add(grace))
+	default:
+		// The grace period waits out a member that may come back
+		// (a network blip); a machine its backend reports gone
+		// will not, and a machine cut off behind it (the middle of
+		// a chain) needs its replacement before its own grace ends.
+		why := fmt.Sprintf("failed for %s, longer than the grace period (%s)", ps.now.Sub(r.FailedSince).Round(time.Second), grace)
+		if h.instGone {
+			why = "instance is gone from backend " + r.Backend + ": no grace period to wait out"
+		}
+		ps.reaps = append(ps.reaps, actOn(KindReap, id, r, why))
+		t.failedOut++
+	}
+}
+
+// halt suspends replacements while more members are failed than
+// max_unhealthy allows, rather than thrash.
+func (ps *pass) halt() {
+	if ps.failed > ps.pol.MaxUnhealthy {
+		ps.d.Halted = fmt.Sprintf("%d members are failed, more than max_unhealthy (%d): not replacing or reaping until fewer are", ps.failed, ps.pol.MaxUnhealthy)
+	}
+}
+
+// scale reports each machine type's counts and brings it toward its min, or
+// down toward its max.
+func (ps *pass) scale() {
+	for _, name := range ps.p.MachineNames() {
+		mt, t := ps.p.Machines[name], ps.tallies[name]
+		ps.d.Types[name] = TypeStatus{Min: mt.Min, Max: mt.Max, Live: t.live, Pending: t.pending, Failed: t.failedIn + t.failedOut}
+		have := t.live + t.pending + t.failedIn
+		if need := mt.Min - have; need > 0 && ps.d.Halted == "" {
+			ps.spawn(name, mt, have, need)
+		} else if excess := t.live - mt.Max; excess > 0 && ps.settled {
+			ps.scaleDown(t, mt, excess)
+		}
+	}
+}
+
+// spawn spawns up to need machines of a type as far as the cooldown,
+// max_concurrent_spawns and the backends allow, and says in Waiting what
+// holds back the rest.
+func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
+	pol := ps.pol
+	if last, ok := ps.obs.LastSpawn[name]; ok && ps.now.Sub(last) < pol.Cooldown {
+		ps.wakeAt(last.Add(pol.Cooldown))
+		ps.waitf("machine %q: %d to spawn after the cooldown (%s)", name, need, (pol.Cooldown - ps.now.Sub(last)).Round(time.Millisecond))
+		return
+	}
+	budget := pol.MaxConcurrentSpawns - ps.pendingTotal
+	if budget <= 0 {
+		ps.waitf("machine %q: %d to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need, pol.MaxConcurrentSpawns)
+		return
+	}
+	backend, skipped := pickBackend(mt.Backends, ps.obs, ps.now, ps.wakeAt)
+	ps.d.Waiting = append(ps.d.Waiting, skipped...)
+	if backend == "" {
+		ps.waitf("machine %q: %d to spawn, but no backend is usable", name, need)
+		return
+	}
+	n := min(need, budget)
+	for i := 0; i < n; i++ {
+		ps.spawns = append(ps.spawns, Action{Kind: KindSpawn, Type: name, Backend: backend, Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)})
+	}
+	ps.pendingTotal += n
+	if n < need {
+		ps.waitf("machine %q: %d more to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need-n, pol.MaxConcurrentSpawns)
+	}
+}
+
+func (ps *pass) waitf(format string, args ...any) {
+	ps.d.Waiting = append(ps.d.Waiting, fmt.Sprintf(format, args...))
+}
+
+// scaleDown removes the machines of a type above its max.
+func (ps *pass) scaleDown(t *tally, mt rules.MachineType, excess int) {
+	// Removing servers changes the Raft quorum: one at a time,
+	// and only while none is failed.
+	if mt.ConsulServer {
+		if ps.failedServers > 0 {
+			return
+		}
+		excess = 1
+	}
+	ps.downs = append(ps.downs, pickScaleDown(t.liveRecs, excess, ps.obs.Self, mt)...)
+}
+
+// removeStray removes a machine of a type no longer described.
+func (ps *pass) removeStray() {
+	if !ps.settled || len(ps.spawns) > 0 {
+		return
+	}
+	// Machines of a removed type go one per pass, after the types that
+	// remain are at strength, so that a server type renamed in the
+	// description never drops the cluster below quorum.
+	for _, a := range ps.strays {
+		if a.MachineID != ps.obs.Self {
+			ps.downs = append(ps.downs, a)
+			return
+		}
+	}
+}
+
+// decide puts the actions in the order the executor is to run them.
+func (ps *pass) decide() Decision {
+	ps.d.Actions = append(ps.d.Actions, ps.marks...)
+	// Replacements go before removals: spawn first, then reap.
+	ps.d.Actions = append(ps.d.Actions, ps.spawns...)
+	ps.d.Actions = append(ps.d.Actions, ps.allowedReaps()...)
+	ps.d.Actions = append(ps.d.Actions, ps.downs...)
+	ps.d.Actions = append(ps.d.Actions, ps.orphans()...)
+	return ps.d
+}
+
+// allowedReaps are the reaps to run: all of them, or only those without a
+// quorum risk while replacements are halted.
+func (ps *pass) allowedReaps() []Action {
+	if ps.d.Halted == "" {
+		return ps.reaps
+	}
+	var out []Action
+	for _, a := range ps.reaps {
+		if s := ps.obs.Records[a.MachineID].State; s != StateJoined && s != StateFailed {
+			out = append(out, a) // never-joined or half-removed machines are no quorum risk
+		}
+	}
+	return out
+}
+
+// orphans destroys the backend instances that have no record.
+func (ps *pass) orphans() []Action {
+	var out []Action
+	for _, b := range sortedKeys(ps.obs.Instances) {
+		insts := ps.obs.Instances[b]
+		for _, id := range sortedKeys(insts) {
+			in := insts[id]
+			if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || id == ps.obs.Self {
+				// The leader evidently runs: whatever its record's fate
+				// (a KV being re-seeded), it never destroys itself.
+				continue
+			}
+			if !in.Created.IsZero() && ps.now.Sub(in.Created) < orphanAge {
+				ps.wakeAt(in.Created.Add(orphanAge))
+				continue
+			}
+			out = append(out, Action{Kind: KindDestroyOrphan, MachineID: id, Type: in.MachineType, Backend: b, Reason: "instance has no inventory record"})
+		}
+	}
+	return out
+}
+
+// actOn is an action on a recorded machine.
+func actOn(kind Kind, id string, r Record, reason string) Action {
+	return Action{Kind: kind, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: reason}
+}
+
+// pickBackend returns the first of names that is usable now, or "" if none
+// is, and why each backend before it was skipped.
 func pickBackend(names []string, obs Observed, now time.Time, wake func(time.Time)) (string, []string) {
 	var skipped []string
 	for _, b := range names {
@@ -244,9 +407,9 @@ func pickBackend(names []string, obs Observed, now time.Time, wake func(time.Tim
 	return "", skipped
 }
 
-// scaleDown picks the newest machines that are neither the leader, nor
+// pickScaleDown picks the newest machines that are neither the leader, nor
 // spawned by hand.
-func scaleDown(live []Record, n int, self string, mt rules.MachineType) []Action {
+func pickScaleDown(live []Record, n int, self string, mt rules.MachineType) []Action {
 	cands := make([]Record, 0, len(live))
 	for _, r := range live {
 		if r.ID != self && !r.Manual {
@@ -262,27 +425,6 @@ func scaleDown(live []Record, n int, self string, mt rules.MachineType) []Action
 	var out []Action
 	for _, r := range cands[:min(n, len(cands))] {
 		out = append(out, Action{Kind: KindScaleDown, MachineID: r.ID, Type: r.Type, Backend: r.Backend, Reason: fmt.Sprintf("more than max %d", mt.Max)})
-	}
-	return out
-}
-
-func orphans(obs Observed, now time.Time, wake func(time.Time)) []Action {
-	var out []Action
-	for _, b := range sortedKeys(obs.Instances) {
-		insts := obs.Instances[b]
-		for _, id := range sortedKeys(insts) {
-			in := insts[id]
-			if _, ok := obs.Records[id]; ok || obs.InFlight[id] || id == obs.Self {
-				// The leader evidently runs: whatever its record's fate
-				// (a KV being re-seeded), it never destroys itself.
-				continue
-			}
-			if !in.Created.IsZero() && now.Sub(in.Created) < orphanAge {
-				wake(in.Created.Add(orphanAge))
-				continue
-			}
-			out = append(out, Action{Kind: KindDestroyOrphan, MachineID: id, Type: in.MachineType, Backend: b, Reason: "instance has no inventory record"})
-		}
 	}
 	return out
 }
