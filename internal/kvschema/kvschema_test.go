@@ -1,0 +1,151 @@
+package kvschema
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/internal/testconsul"
+)
+
+var consul *testconsul.Server
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
+	var err error
+	if consul, err = testconsul.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "start consul:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	consul.Stop()
+	os.Exit(code)
+}
+
+func newStore(t *testing.T) *Store {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: needs Consul (run without -short)")
+	}
+	if err := consul.Reset(Prefix); err != nil {
+		t.Fatal(err)
+	}
+	return New(consul.Client)
+}
+
+// The layout is the contract a new leader resumes from and an older node
+// reads: the keys must not move.
+func TestLayout(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	if _, err := s.PutPlatform(ctx, []byte("cluster = \"x\"\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CASRecord(ctx, "server-1", []byte(`{"id":"server-1"}`), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []func() error{
+		func() error { return s.InitGossipKey(ctx, "k") },
+		func() error { return s.InitMeshSecret(ctx, "s") },
+		func() error { return s.InitEpoch(ctx, 3) },
+		func() error { return s.PutStatus(ctx, []byte("{}")) },
+		func() error { return s.PutMeshNode(ctx, "server-1", []byte("{}")) },
+		func() error { _, err := s.PoolClaims("pool").CAS(ctx, "[2001:db8::1]:22", []byte("{}"), 0); return err },
+		func() error { _, err := s.TrustedHostKeys().CAS(ctx, "10.0.0.1:22", []byte("ssh-ed25519 AAAA"), 0); return err },
+	} {
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, _, err := consul.Client.KV().Keys(Prefix, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"raptiformica/epoch", "raptiformica/gossip-key", "raptiformica/hostkeys/10.0.0.1:22",
+		"raptiformica/inventory/server-1", "raptiformica/mesh/nodes/server-1", "raptiformica/mesh/secret",
+		"raptiformica/platform", "raptiformica/ssh-pool/pool/2001:db8::1:22", "raptiformica/status",
+	}
+	if fmt.Sprint(keys) != fmt.Sprint(want) {
+		t.Errorf("keys: got %v\nwant %v", keys, want)
+	}
+}
+
+// Two applies at once never share a version, and a re-seed never replaces
+// an apply.
+func TestPlatformVersions(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	versions := make(chan uint64, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := s.PutPlatform(ctx, []byte(fmt.Sprintf("# %d\n", i)))
+			if err != nil {
+				t.Error(err)
+			}
+			versions <- v
+		}()
+	}
+	wg.Wait()
+	close(versions)
+	seen := map[uint64]bool{}
+	for v := range versions {
+		if seen[v] {
+			t.Errorf("version %d given twice", v)
+		}
+		seen[v] = true
+	}
+	if ok, err := s.SeedPlatform(ctx, []byte("# stale mirror\n"), 1); err != nil || ok {
+		t.Errorf("re-seed over a stored description: got ok=%v err=%v, want refused", ok, err)
+	}
+	pair, _, err := s.Platform(ctx, &api.QueryOptions{RequireConsistent: true})
+	if err != nil || pair == nil || pair.Flags != 8 {
+		t.Fatalf("stored description: got %+v err=%v, want version 8", pair, err)
+	}
+}
+
+// Set-once values keep the first writer's, and a folder's check-and-set
+// loses against a concurrent writer.
+func TestSetOnceAndFolders(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	for _, k := range []string{"first", "second"} {
+		if err := s.InitGossipKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if k, err := s.GossipKey(ctx); err != nil || k != "first" {
+		t.Errorf("gossip key: got %q, %v; want the first writer's", k, err)
+	}
+	f := s.PoolClaims("pool")
+	if ok, err := f.CAS(ctx, "10.0.0.1:22", []byte("a"), 0); err != nil || !ok {
+		t.Fatalf("claim: got %v, %v", ok, err)
+	}
+	if ok, err := f.CAS(ctx, "10.0.0.1:22", []byte("b"), 0); err != nil || ok {
+		t.Errorf("second claim of a claimed host: got ok=%v err=%v, want refused", ok, err)
+	}
+	entries, err := f.List(ctx)
+	if err != nil || len(entries) != 1 || string(entries["10.0.0.1:22"].Value) != "a" {
+		t.Errorf("list: got %v, %v", entries, err)
+	}
+	if err := f.Delete(ctx, "10.0.0.1:22"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := f.Get(ctx, "10.0.0.1:22"); err != nil || ok {
+		t.Errorf("after delete: got ok=%v err=%v", ok, err)
+	}
+	if _, err := s.CASRecord(ctx, "a/b", nil, 0); err == nil {
+		t.Error("a machine ID with a slash was accepted as a record key")
+	}
+}
