@@ -134,7 +134,9 @@ type Config struct {
 	Type string
 	// Settings are the backend's own settings, passed as written.
 	Settings map[string]string
-	// Commands are the argv lists of an exec backend, by command name.
+	// Commands are argv lists by name, for a type that runs commands (the
+	// exec backend, whose package says which); a type that runs none
+	// refuses them.
 	Commands map[string][]string
 }
 

@@ -9,7 +9,6 @@ import (
 	"github.com/raptiformica/raptiformica/backends/exec"
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/provision/sshpool"
-	"github.com/raptiformica/raptiformica/rules"
 )
 
 // Registry returns the built-in backends by type name.
@@ -17,7 +16,7 @@ func Registry() backends.Registry {
 	r, err := backends.NewRegistry(
 		backends.RegistryEntry{Type: "local", Factory: local.New},
 		backends.RegistryEntry{Type: "docker", Factory: docker.New},
-		backends.RegistryEntry{Type: rules.ExecType, Factory: exec.New},
+		backends.RegistryEntry{Type: exec.Type, Factory: exec.New, Check: exec.Check},
 		backends.RegistryEntry{Type: "ssh", Factory: sshpool.New},
 	)
 	if err != nil {

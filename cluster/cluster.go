@@ -83,7 +83,7 @@ func Open(dir string, reg backends.Registry) *Local {
 // ParseOptions are the options every description of this cluster is
 // parsed with.
 func (l *Local) ParseOptions() rules.Options {
-	return rules.Options{BackendTypes: l.Registry.Types()}
+	return reconcile.ParseOptions(l.Registry)
 }
 
 // SeedFile records, in a cluster's folder, which backend its seed runs on,
@@ -283,7 +283,7 @@ func (l *Local) seed(ctx context.Context, platformFile string, out io.Writer) (*
 	// The seed runs on its type's first backend.
 	beName := plat.Machines[seedType].Backends[0]
 	spec := plat.Backends[beName]
-	be, err := l.Registry.New(backends.Config{Name: spec.Name, Type: spec.Type, Settings: spec.Settings, Commands: spec.Commands}, env)
+	be, err := l.Registry.New(reconcile.BackendConfig(spec), env)
 	if err != nil {
 		return nil, err
 	}

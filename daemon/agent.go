@@ -211,7 +211,7 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) parseOptions() rules.Options {
-	return rules.Options{BackendTypes: a.Registry.Types()}
+	return reconcile.ParseOptions(a.Registry)
 }
 
 // waitConsul blocks until the local Consul answers and the cluster has a

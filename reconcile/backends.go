@@ -17,8 +17,7 @@ func NewBackends(reg backends.Registry, p *rules.Platform, env backends.Env, sto
 		if store != nil {
 			e.Claims, e.HostKeys = store.PoolClaims(name), store.TrustedHostKeys()
 		}
-		cfg := backends.Config{Name: spec.Name, Type: spec.Type, Settings: spec.Settings, Commands: spec.Commands}
-		b, err := reg.New(cfg, e)
+		b, err := reg.New(BackendConfig(spec), e)
 		if err != nil {
 			errs[name] = err
 			continue
@@ -26,4 +25,26 @@ func NewBackends(reg backends.Registry, p *rules.Platform, env backends.Env, sto
 		bes[name] = b
 	}
 	return bes, errs
+}
+
+// ParseOptions are the options a description is parsed with where reg's
+// backends run: the registered types, and each type's check of its
+// declarations, so that a wrong command is refused with its file and line
+// rather than when the leader builds the backend.
+func ParseOptions(reg backends.Registry) rules.Options {
+	return rules.Options{
+		BackendTypes: reg.Types(),
+		CheckBackend: func(b rules.Backend) []rules.FieldProblem {
+			var out []rules.FieldProblem
+			for _, p := range reg.Check(BackendConfig(b)) {
+				out = append(out, rules.FieldProblem{Field: p.Field, Message: p.Message})
+			}
+			return out
+		},
+	}
+}
+
+// BackendConfig is a declared backend as its factory takes it.
+func BackendConfig(b rules.Backend) backends.Config {
+	return backends.Config{Name: b.Name, Type: b.Type, Settings: b.Settings, Commands: b.Commands}
 }

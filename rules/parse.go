@@ -59,6 +59,10 @@ type Options struct {
 	// BackendTypes are the backend implementations available; a backend of
 	// another type is a problem. Nil accepts any type.
 	BackendTypes []string
+	// CheckBackend checks a backend's settings and commands as its type
+	// reads them, so that each problem is reported with the file, line and
+	// field. Nil checks nothing.
+	CheckBackend func(Backend) []FieldProblem
 }
 
 var topSchema = &hcl.BodySchema{
@@ -396,13 +400,13 @@ func (d *decoder) backend(b *hcl.Block, opts Options) Backend {
 		if d.decode(a, field+" commands", cty.Map(cty.List(cty.String)), &m) {
 			be.Commands = m
 		}
-		if be.Type != ExecType {
-			d.at(a.Expr.Range(), field+" commands", "only a backend of type %q runs commands; this one is %q", ExecType, be.Type)
+	}
+	d.checkBackend(be, opts, field, func(f string) hcl.Range {
+		if name, _, _ := strings.Cut(f, " "); content.Attributes[name] != nil {
+			return content.Attributes[name].Expr.Range()
 		}
-	}
-	if be.Type == ExecType {
-		d.execCommands(b.DefRange, field, be.Commands)
-	}
+		return b.DefRange
+	})
 	return be
 }
 
@@ -426,7 +430,7 @@ func (d *decoder) compute(b *hcl.Block, opts Options) Backend {
 			if s, ok := d.str(a, field+" source"); ok {
 				be.Settings["source"] = s
 			}
-		case known(ExecCommands, name):
+		default:
 			v, diags := a.Expr.Value(nil)
 			if diags.HasErrors() {
 				d.at(a.Expr.Range(), field+" "+name, "must be a constant value: %s", diags[0].Summary)
@@ -440,35 +444,35 @@ func (d *decoder) compute(b *hcl.Block, opts Options) Backend {
 			if d.decode(a, field+" "+name, cty.List(cty.String), &argv) {
 				be.Commands[name] = argv
 			}
-		default:
-			d.at(a.NameRange, field+" "+name, "unknown command (known: source, %s)", strings.Join(ExecCommands, ", "))
 		}
 	}
-	d.execCommands(b.DefRange, field, be.Commands)
+	// Here every attribute but source is a command: a problem names the
+	// attribute, as the module's author wrote it.
+	probs := d.backendProblems(be, opts)
+	for _, p := range probs {
+		name, isCmd := strings.CutPrefix(p.Field, "commands ")
+		if a := attrs[name]; isCmd && a != nil {
+			d.at(a.NameRange, field+" "+name, "%s", p.Message)
+			continue
+		}
+		d.at(b.DefRange, field, "%s", p.Message)
+	}
 	return be
 }
 
-// execCommands checks an exec backend's commands: the required ones are
-// there and each is an argv list with its program first.
-func (d *decoder) execCommands(rng hcl.Range, field string, cmds map[string][]string) {
-	for _, name := range ExecRequired {
-		if _, ok := cmds[name]; !ok {
-			d.at(rng, field+" commands", "an exec backend needs the command %q", name)
-		}
+// checkBackend reports what the backend's type finds wrong, each problem at
+// the attribute it names (rangeOf).
+func (d *decoder) checkBackend(be Backend, opts Options, field string, rangeOf func(field string) hcl.Range) {
+	for _, p := range d.backendProblems(be, opts) {
+		d.at(rangeOf(p.Field), field+" "+p.Field, "%s", p.Message)
 	}
-	names := make([]string, 0, len(cmds))
-	for name := range cmds {
-		names = append(names, name)
+}
+
+func (d *decoder) backendProblems(be Backend, opts Options) []FieldProblem {
+	if opts.CheckBackend == nil || !known(opts.BackendTypes, be.Type) {
+		return nil
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		switch argv := cmds[name]; {
-		case !known(ExecCommands, name):
-			d.at(rng, field+" commands "+name, "unknown command (known: %s)", strings.Join(ExecCommands, ", "))
-		case len(argv) == 0 || argv[0] == "":
-			d.at(rng, field+" commands "+name, "must be an argv list with the program first, such as [\"/bin/sh\", \"-c\", \"vagrant up\"]")
-		}
-	}
+	return opts.CheckBackend(be)
 }
 
 func sortedAttrs(attrs hcl.Attributes) []string {

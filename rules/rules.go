@@ -98,41 +98,20 @@ type Backend struct {
 	Type string
 	// Settings are passed to the implementation as they are.
 	Settings map[string]string
-	// Commands are an exec backend's argv lists, by command name (see
-	// ExecCommands); other types have none.
+	// Commands are argv lists by name, for a type that runs commands (exec);
+	// the type checks them (Options.CheckBackend).
 	Commands map[string][]string
 }
 
-// ExecType is the type of a backend whose machines are made by commands.
+// ExecType is the type of a backend whose machines are made by commands:
+// what the original project's compute modules become.
 const ExecType = "exec"
 
-// The commands of an exec backend. The names and their meaning are those of
-// the original project's JSON compute modules, plus CmdList.
-const (
-	// CmdAvailable exits 0 when the backend can make machines now.
-	CmdAvailable = "available"
-	// CmdStart makes the machine and starts its agent.
-	CmdStart = "start_instance"
-	// CmdHostname prints the machine's address.
-	CmdHostname = "get_hostname"
-	// CmdPort prints the machine's SSH port.
-	CmdPort = "get_port"
-	// CmdRunning exits 0 while the machine still runs.
-	CmdRunning = "detect_stale_instance"
-	// CmdCleanUp stops the machine and removes it.
-	CmdCleanUp = "clean_up_instance_command"
-	// CmdList prints every machine of the cluster the backend holds, one
-	// per line: "<machine id> <state> [<address>]", the state "running" for
-	// a running one. Without it the backend knows only the machines spawned
-	// from the node it runs on.
-	CmdList = "list_instances"
-)
-
-// ExecCommands are the command names an exec backend accepts.
-var ExecCommands = []string{CmdAvailable, CmdStart, CmdHostname, CmdPort, CmdRunning, CmdCleanUp, CmdList}
-
-// ExecRequired are the commands every exec backend must have.
-var ExecRequired = []string{CmdStart, CmdHostname, CmdCleanUp}
+// FieldProblem is what a backend type finds wrong in its settings or
+// commands: the field under the backend ("commands start_instance") and why.
+type FieldProblem struct {
+	Field, Message string
+}
 
 // MachineType is one kind of machine and how many of it should exist.
 type MachineType struct {

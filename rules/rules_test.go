@@ -9,6 +9,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/backends/exec"
 )
 
 func TestParseExamples(t *testing.T) {
@@ -196,7 +199,24 @@ machine "s" {
 	}
 }
 
-var allTypes = Options{BackendTypes: []string{"local", "docker", "exec", "ssh"}}
+// allTypes parses as a node with the built-in backend types does: exec's own
+// check of its commands included, so that a wrong one is named by line.
+var allTypes = func() Options {
+	reg, err := backends.NewRegistry(
+		backends.RegistryEntry{Type: "local"}, backends.RegistryEntry{Type: "docker"},
+		backends.RegistryEntry{Type: exec.Type, Check: exec.Check}, backends.RegistryEntry{Type: "ssh"},
+	)
+	if err != nil {
+		panic(err)
+	}
+	return Options{BackendTypes: reg.Types(), CheckBackend: func(b Backend) []FieldProblem {
+		var out []FieldProblem
+		for _, p := range reg.Check(backends.Config{Name: b.Name, Type: b.Type, Settings: b.Settings, Commands: b.Commands}) {
+			out = append(out, FieldProblem{Field: p.Field, Message: p.Message})
+		}
+		return out
+	}}
+}()
 
 // The original project's compute modules, compute.<type>.<server>.<command>
 // with shell strings, load as exec backends named "<type>/<server>".
@@ -242,12 +262,12 @@ func TestComputeModules(t *testing.T) {
 		Name: "vagrant/headless", Type: ExecType,
 		Settings: map[string]string{"source": "https://example.invalid/vagrantfiles.git"},
 		Commands: map[string][]string{
-			CmdAvailable: {"/bin/sh", "-c", "vagrant -v"},
-			CmdStart:     {"/bin/sh", "-c", "cd headless && vagrant up"},
-			CmdHostname:  {"/bin/sh", "-c", "cd headless && vagrant ssh-config | grep HostName | awk '{print $NF}'"},
-			CmdPort:      {"/bin/echo", "22"},
-			CmdRunning:   {"/bin/sh", "-c", "cd headless && vagrant status | grep running"},
-			CmdCleanUp:   {"/bin/sh", "-c", "cd headless && vagrant destroy -f"},
+			exec.CmdAvailable: {"/bin/sh", "-c", "vagrant -v"},
+			exec.CmdStart:     {"/bin/sh", "-c", "cd headless && vagrant up"},
+			exec.CmdHostname:  {"/bin/sh", "-c", "cd headless && vagrant ssh-config | grep HostName | awk '{print $NF}'"},
+			exec.CmdPort:      {"/bin/echo", "22"},
+			exec.CmdRunning:   {"/bin/sh", "-c", "cd headless && vagrant status | grep running"},
+			exec.CmdCleanUp:   {"/bin/sh", "-c", "cd headless && vagrant destroy -f"},
 		},
 	}
 	if diff := cmp.Diff(want, p.Backends["vagrant/headless"]); diff != "" {
@@ -264,12 +284,12 @@ func TestExecProblems(t *testing.T) {
 		{
 			name: "missing commands",
 			src:  "backend \"vm\" {\n  type = \"exec\"\n  commands = { start_instance = [\"vagrant\", \"up\"] }\n}\n" + machine,
-			want: []string{`p.hcl:1,1: backend "vm" commands: an exec backend needs the command "get_hostname"`, `backend "vm" commands: an exec backend needs the command "clean_up_instance_command"`},
+			want: []string{`p.hcl:3,14: backend "vm" commands: an exec backend needs the command "get_hostname"`, `backend "vm" commands: an exec backend needs the command "clean_up_instance_command"`},
 		},
 		{
 			name: "commands on another type",
 			src:  "backend \"d\" {\n  type = \"docker\"\n  commands = { start_instance = [\"x\"] }\n}\n" + machine,
-			want: []string{`p.hcl:3,14: backend "d" commands: only a backend of type "exec" runs commands; this one is "docker"`},
+			want: []string{`p.hcl:3,14: backend "d" commands: a backend of type "docker" runs no commands; it takes settings only`},
 		},
 		{
 			name: "empty argv and unknown command",

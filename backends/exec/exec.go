@@ -35,6 +35,7 @@ import (
 	osexec "os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,13 +45,70 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
-	"github.com/raptiformica/raptiformica/rules"
 )
 
 var (
 	_ backends.Seeder    = (*Backend)(nil)
 	_ backends.LocalView = (*Backend)(nil)
 )
+
+// Type is the name the exec backend is registered under.
+const Type = "exec"
+
+// The commands of an exec backend. The names and their meaning are those of
+// the original project's JSON compute modules, plus CmdList.
+const (
+	// CmdAvailable exits 0 when the backend can make machines now.
+	CmdAvailable = "available"
+	// CmdStart makes the machine and starts its agent.
+	CmdStart = "start_instance"
+	// CmdHostname prints the machine's address.
+	CmdHostname = "get_hostname"
+	// CmdPort prints the machine's SSH port.
+	CmdPort = "get_port"
+	// CmdRunning exits 0 while the machine still runs.
+	CmdRunning = "detect_stale_instance"
+	// CmdCleanUp stops the machine and removes it.
+	CmdCleanUp = "clean_up_instance_command"
+	// CmdList prints every machine of the cluster the backend holds, one
+	// per line: "<machine id> <state> [<address>]", the state "running" for
+	// a running one. Without it the backend knows only the machines spawned
+	// from the node it runs on.
+	CmdList = "list_instances"
+)
+
+// Commands are the command names an exec backend accepts.
+var Commands = []string{CmdAvailable, CmdStart, CmdHostname, CmdPort, CmdRunning, CmdCleanUp, CmdList}
+
+// Required are the commands every exec backend must have.
+var Required = []string{CmdStart, CmdHostname, CmdCleanUp}
+
+// Check reports what is wrong in an exec backend's commands: a required one
+// missing, an unknown name, an argv list without a program. The description's
+// parser calls it (through the registry) to name the line; New refuses the
+// same.
+func Check(cfg backends.Config) []backends.Problem {
+	var probs []backends.Problem
+	for _, name := range Required {
+		if _, ok := cfg.Commands[name]; !ok {
+			probs = append(probs, backends.Problem{Field: "commands", Message: fmt.Sprintf("an exec backend needs the command %q", name)})
+		}
+	}
+	names := make([]string, 0, len(cfg.Commands))
+	for name := range cfg.Commands {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		switch argv := cfg.Commands[name]; {
+		case !slices.Contains(Commands, name):
+			probs = append(probs, backends.Problem{Field: "commands " + name, Message: fmt.Sprintf("unknown command (known: %s)", strings.Join(Commands, ", "))})
+		case len(argv) == 0 || argv[0] == "":
+			probs = append(probs, backends.Problem{Field: "commands " + name, Message: `must be an argv list with the program first, such as ["/bin/sh", "-c", "vagrant up"]`})
+		}
+	}
+	return probs
+}
 
 // Where the agent runs on a machine made by commands, unless settings say
 // otherwise: the paths of the node image.
@@ -95,10 +153,8 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	if env.ClusterDir == "" {
 		return nil, errors.New("exec backend needs the node's cluster_dir")
 	}
-	for _, name := range rules.ExecRequired {
-		if len(cfg.Commands[name]) == 0 {
-			return nil, fmt.Errorf("command %s is missing", name)
-		}
+	if probs := Check(cfg); len(probs) > 0 {
+		return nil, fmt.Errorf("%s: %s", probs[0].Field, probs[0].Message)
 	}
 	b := &Backend{
 		name:    cfg.Name,
@@ -159,12 +215,12 @@ func positiveDuration(s string) (time.Duration, error) {
 
 // ListsOnlyLocal reports whether List sees only the machines spawned from
 // this node: true without a list_instances command.
-func (b *Backend) ListsOnlyLocal() bool { return len(b.cmds[rules.CmdList]) == 0 }
+func (b *Backend) ListsOnlyLocal() bool { return len(b.cmds[CmdList]) == 0 }
 
 // Available runs the available command, after checking that every command's
 // program is on this node, so that a node without the tools says which.
 func (b *Backend) Available(ctx context.Context) error {
-	for _, name := range rules.ExecCommands {
+	for _, name := range Commands {
 		argv := b.cmds[name]
 		if len(argv) == 0 {
 			continue
@@ -173,10 +229,10 @@ func (b *Backend) Available(ctx context.Context) error {
 			return fmt.Errorf("%s: program %q not found on this node", name, argv[0])
 		}
 	}
-	if len(b.cmds[rules.CmdAvailable]) == 0 {
+	if len(b.cmds[CmdAvailable]) == 0 {
 		return nil
 	}
-	_, err := b.run(ctx, rules.CmdAvailable, b.dir, nil)
+	_, err := b.run(ctx, CmdAvailable, b.dir, nil)
 	return err
 }
 
@@ -246,25 +302,25 @@ func (b *Backend) start(ctx context.Context, wd string, node nodeconfig.Config) 
 		"RAPTIFORMICA_MACHINE_TYPE=" + node.MachineType,
 		"RAPTIFORMICA_AGENT_CONFIG=" + cfgPath,
 	}
-	if _, err := b.run(ctx, rules.CmdStart, wd, env); err != nil {
+	if _, err := b.run(ctx, CmdStart, wd, env); err != nil {
 		return backends.Instance{}, err
 	}
-	out, err := b.run(ctx, rules.CmdHostname, wd, env[:1])
+	out, err := b.run(ctx, CmdHostname, wd, env[:1])
 	if err != nil {
 		return backends.Instance{}, err
 	}
 	addr, err := parseHost(out)
 	if err != nil {
-		return backends.Instance{}, fmt.Errorf("%s: %w", rules.CmdHostname, err)
+		return backends.Instance{}, fmt.Errorf("%s: %w", CmdHostname, err)
 	}
 	rec := instanceFile{MachineID: node.MachineID, MachineType: node.MachineType, Address: addr, Created: time.Now().UTC()}
-	if len(b.cmds[rules.CmdPort]) > 0 {
-		out, err := b.run(ctx, rules.CmdPort, wd, env[:1])
+	if len(b.cmds[CmdPort]) > 0 {
+		out, err := b.run(ctx, CmdPort, wd, env[:1])
 		if err != nil {
 			return backends.Instance{}, err
 		}
 		if rec.Port, err = parsePort(out); err != nil {
-			return backends.Instance{}, fmt.Errorf("%s: %w", rules.CmdPort, err)
+			return backends.Instance{}, fmt.Errorf("%s: %w", CmdPort, err)
 		}
 	}
 	data, _ := json.MarshalIndent(rec, "", "  ")
@@ -300,7 +356,7 @@ func (b *Backend) Destroy(ctx context.Context, machineID string) error {
 	if err := os.MkdirAll(wd, 0o755); err != nil {
 		return err
 	}
-	if _, err := b.run(ctx, rules.CmdCleanUp, wd, []string{"RAPTIFORMICA_MACHINE_ID=" + machineID}); err != nil {
+	if _, err := b.run(ctx, CmdCleanUp, wd, []string{"RAPTIFORMICA_MACHINE_ID=" + machineID}); err != nil {
 		return fmt.Errorf("machine %s: %w", machineID, err)
 	}
 	if err := os.RemoveAll(wd); err != nil {
@@ -318,7 +374,7 @@ func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
 		return nil, err
 	}
 	if !b.ListsOnlyLocal() {
-		out, err := b.run(ctx, rules.CmdList, b.dir, nil)
+		out, err := b.run(ctx, CmdList, b.dir, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -326,8 +382,8 @@ func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
 	}
 	insts := make([]backends.Instance, 0, len(local))
 	for _, in := range local {
-		if len(b.cmds[rules.CmdRunning]) > 0 && in.Running {
-			_, err := b.run(ctx, rules.CmdRunning, filepath.Join(b.dir, in.MachineID), []string{"RAPTIFORMICA_MACHINE_ID=" + in.MachineID})
+		if len(b.cmds[CmdRunning]) > 0 && in.Running {
+			_, err := b.run(ctx, CmdRunning, filepath.Join(b.dir, in.MachineID), []string{"RAPTIFORMICA_MACHINE_ID=" + in.MachineID})
 			var exit *osexec.ExitError
 			switch {
 			case errors.As(err, &exit):
@@ -388,7 +444,7 @@ func parseList(out string, local map[string]backends.Instance) ([]backends.Insta
 			bad = err != nil
 		}
 		if bad {
-			return nil, fmt.Errorf("%s: line %d: want \"<machine id> <state> [<address>]\", got %q", rules.CmdList, i+1, truncate(line))
+			return nil, fmt.Errorf("%s: line %d: want \"<machine id> <state> [<address>]\", got %q", CmdList, i+1, truncate(line))
 		}
 		in := local[f[0]]
 		in.MachineID = f[0]
@@ -409,7 +465,7 @@ func (b *Backend) run(ctx context.Context, name, wd string, env []string) (strin
 		return "", fmt.Errorf("no %s command", name)
 	}
 	timeout := b.query
-	if name == rules.CmdStart || name == rules.CmdCleanUp {
+	if name == CmdStart || name == CmdCleanUp {
 		timeout = b.timeout
 	}
 	if wd == b.dir {

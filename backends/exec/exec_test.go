@@ -13,7 +13,6 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
-	"github.com/raptiformica/raptiformica/rules"
 )
 
 // sh is a command run by the shell, the way the original modules were.
@@ -24,11 +23,11 @@ func sh(script string) []string { return []string{"/bin/sh", "-c", script} }
 // runs, with which data, and in what order.
 func fakeMachines() map[string][]string {
 	return map[string][]string{
-		rules.CmdStart:    sh(`cp "$RAPTIFORMICA_AGENT_CONFIG" "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"`),
-		rules.CmdHostname: sh(`echo "starting..."; echo 10.9.8.7`),
-		rules.CmdPort:     sh(`echo 22`),
-		rules.CmdRunning:  sh(`test -f "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"`),
-		rules.CmdCleanUp:  sh(`rm -f "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"; echo "$RAPTIFORMICA_MACHINE_ID" >> "$RAPTIFORMICA_SETTING_POOL/cleaned"`),
+		CmdStart:    sh(`cp "$RAPTIFORMICA_AGENT_CONFIG" "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"`),
+		CmdHostname: sh(`echo "starting..."; echo 10.9.8.7`),
+		CmdPort:     sh(`echo 22`),
+		CmdRunning:  sh(`test -f "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"`),
+		CmdCleanUp:  sh(`rm -f "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"; echo "$RAPTIFORMICA_MACHINE_ID" >> "$RAPTIFORMICA_SETTING_POOL/cleaned"`),
 	}
 }
 
@@ -94,7 +93,7 @@ func TestSpawnListDestroy(t *testing.T) {
 
 func TestDataIsNeverInterpolated(t *testing.T) {
 	cmds := fakeMachines()
-	cmds[rules.CmdStart] = sh(`printf %s "$RAPTIFORMICA_SETTING_IMAGE" > "$RAPTIFORMICA_SETTING_POOL/image"`)
+	cmds[CmdStart] = sh(`printf %s "$RAPTIFORMICA_SETTING_IMAGE" > "$RAPTIFORMICA_SETTING_POOL/image"`)
 	evil := `x"; touch "$RAPTIFORMICA_SETTING_POOL/pwned`
 	b, pool := newBackend(t, cmds, map[string]string{"image": evil})
 	if _, err := b.Spawn(context.Background(), spec("worker-1")); err != nil {
@@ -114,10 +113,10 @@ func TestSpawnFailures(t *testing.T) {
 	for _, tc := range []struct {
 		name, cmd, script, want string
 	}{
-		{"exits non-zero", rules.CmdStart, `echo "no space left on device" >&2; exit 3`, "start_instance: exit status 3: no space left on device"},
-		{"hangs", rules.CmdStart, `sleep 60 & echo $! > "$RAPTIFORMICA_SETTING_POOL/child"; wait`, "start_instance timed out after 300ms and was killed"},
-		{"prints garbage", rules.CmdHostname, `echo "Error: No such container"`, `get_hostname: printed "Error: No such container", not an address or host name`},
-		{"prints no port", rules.CmdPort, `echo twenty-two`, `get_port: printed "twenty-two", not a port number`},
+		{"exits non-zero", CmdStart, `echo "no space left on device" >&2; exit 3`, "start_instance: exit status 3: no space left on device"},
+		{"hangs", CmdStart, `sleep 60 & echo $! > "$RAPTIFORMICA_SETTING_POOL/child"; wait`, "start_instance timed out after 300ms and was killed"},
+		{"prints garbage", CmdHostname, `echo "Error: No such container"`, `get_hostname: printed "Error: No such container", not an address or host name`},
+		{"prints no port", CmdPort, `echo twenty-two`, `get_port: printed "twenty-two", not a port number`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmds := fakeMachines()
@@ -145,8 +144,8 @@ func TestSpawnFailures(t *testing.T) {
 
 func TestFailedCleanupKeepsTheMachineForRetry(t *testing.T) {
 	cmds := fakeMachines()
-	cmds[rules.CmdHostname] = sh(`exit 1`)
-	cmds[rules.CmdCleanUp] = sh(`test -f "$RAPTIFORMICA_SETTING_POOL/fixed"`)
+	cmds[CmdHostname] = sh(`exit 1`)
+	cmds[CmdCleanUp] = sh(`test -f "$RAPTIFORMICA_SETTING_POOL/fixed"`)
 	b, pool := newBackend(t, cmds, nil)
 	_, err := b.Spawn(context.Background(), spec("worker-1"))
 	if err == nil || !strings.Contains(err.Error(), "cleaning up failed too") {
@@ -168,7 +167,7 @@ func TestFailedCleanupKeepsTheMachineForRetry(t *testing.T) {
 func TestListInstances(t *testing.T) {
 	cmds := fakeMachines()
 	out := "worker-1 running 10.0.0.5\nworker-2 exited\n\n"
-	cmds[rules.CmdList] = sh(`printf "$RAPTIFORMICA_SETTING_OUT"`)
+	cmds[CmdList] = sh(`printf "$RAPTIFORMICA_SETTING_OUT"`)
 	b, _ := newBackend(t, cmds, map[string]string{"out": out})
 	if b.ListsOnlyLocal() {
 		t.Error("a backend with list_instances says it lists only its own")
@@ -194,13 +193,13 @@ func TestListInstances(t *testing.T) {
 
 func TestAvailable(t *testing.T) {
 	cmds := fakeMachines()
-	cmds[rules.CmdAvailable] = sh(`echo "vagrant: command not found" >&2; exit 127`)
+	cmds[CmdAvailable] = sh(`echo "vagrant: command not found" >&2; exit 127`)
 	b, _ := newBackend(t, cmds, nil)
 	if err := b.Available(context.Background()); err == nil || !strings.Contains(err.Error(), "available: exit status 127: vagrant: command not found") {
 		t.Errorf("err = %v", err)
 	}
 	cmds = fakeMachines()
-	cmds[rules.CmdStart] = []string{"no-such-program-here", "up"}
+	cmds[CmdStart] = []string{"no-such-program-here", "up"}
 	b, _ = newBackend(t, cmds, nil)
 	if err := b.Available(context.Background()); err == nil || !strings.Contains(err.Error(), `start_instance: program "no-such-program-here" not found on this node`) {
 		t.Errorf("err = %v", err)
@@ -223,7 +222,7 @@ func TestSourceIsClonedIntoTheWorkdir(t *testing.T) {
 	gitRun(t, repo, "commit", "-q", "-m", "box")
 
 	cmds := fakeMachines()
-	cmds[rules.CmdStart] = sh(`cd headless && cp Vagrantfile "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"`)
+	cmds[CmdStart] = sh(`cd headless && cp Vagrantfile "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"`)
 	b, pool := newBackend(t, cmds, map[string]string{"source": repo})
 	if _, err := b.Spawn(context.Background(), spec("worker-1")); err != nil {
 		t.Fatal(err)
@@ -243,7 +242,7 @@ func TestBadSettings(t *testing.T) {
 		}
 	}
 	cmds := fakeMachines()
-	delete(cmds, rules.CmdCleanUp)
+	delete(cmds, CmdCleanUp)
 	if _, err := New(backends.Config{Name: "x", Commands: cmds}, backends.Env{ClusterDir: t.TempDir()}); err == nil {
 		t.Error("a backend without clean_up_instance_command was accepted")
 	}

@@ -211,7 +211,7 @@ func (t *target) backends(p *rules.Platform) (map[string]backends.Backend, error
 	return bes, nil
 }
 
-func parseOpts() rules.Options { return rules.Options{BackendTypes: builtin.Registry().Types()} }
+func parseOpts() rules.Options { return reconcile.ParseOptions(builtin.Registry()) }
 
 func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("up")
@@ -299,7 +299,7 @@ func startSeed(ctx context.Context, dir, platformFile string, out io.Writer) (*r
 	// The seed runs on its type's first backend.
 	beName := plat.Machines[seedType].Backends[0]
 	spec := plat.Backends[beName]
-	be, err := builtin.Registry().New(backends.Config{Name: spec.Name, Type: spec.Type, Settings: spec.Settings, Commands: spec.Commands}, env)
+	be, err := builtin.Registry().New(reconcile.BackendConfig(spec), env)
 	if err != nil {
 		return nil, err
 	}
