@@ -59,7 +59,10 @@ func TestLayout(t *testing.T) {
 		func() error { return s.PutStatus(ctx, []byte("{}")) },
 		func() error { return s.PutMeshNode(ctx, "server-1", []byte("{}")) },
 		func() error { _, err := s.PoolClaims("pool").CAS(ctx, "[2001:db8::1]:22", []byte("{}"), 0); return err },
-		func() error { _, err := s.TrustedHostKeys().CAS(ctx, "10.0.0.1:22", []byte("ssh-ed25519 AAAA"), 0); return err },
+		func() error {
+			_, err := s.TrustedHostKeys().CAS(ctx, "10.0.0.1:22", []byte("ssh-ed25519 AAAA"), 0)
+			return err
+		},
 	} {
 		if err := f(); err != nil {
 			t.Fatal(err)
