@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/spf13/cobra"
 
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/deploy/systemd"
@@ -24,40 +25,57 @@ import (
 // adoptBackend is the backend name recorded for machines adopted over SSH.
 const adoptBackend = "ssh"
 
-// cmdAdopt provisions a machine reachable over SSH into a node of the
-// cluster: the original's `slave HOST`.
-func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("adopt")
-	t := addTarget(fs)
-	typ := fs.String("type", "", "machine type the machine becomes (required, or per line of --inventory)")
-	inventory := fs.String("inventory", "", "file of machines to adopt, one \"[user@]host[:port] [TYPE]\" per line (# comments)")
-	parallel := fs.Int("parallel", 4, "with --inventory: machines adopted at once")
-	identity := fs.String("identity", "", "private key file (default: the SSH agent's keys and ~/.ssh/id_*)")
-	knownHosts := fs.String("known-hosts", "", "known_hosts file to check the host key against (default ~/.ssh/known_hosts when it names the host)")
-	fingerprint := fs.String("fingerprint", "", "the host key's SHA256 fingerprint, as ssh-keygen -lf prints it")
-	jump := fs.String("jump", "", "reach the machine through this one, as ssh -J does: [user@]host[:port]")
-	bind := fs.String("bind", "", "address the node binds to (default: the host's address when it is an IP, else its first non-loopback IPv4)")
-	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the machine to join")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
+// adoptOptions are adopt's flags.
+type adoptOptions struct {
+	typ, inventory                          string
+	parallel                                int
+	identity, knownHosts, fingerprint, jump string
+	bind                                    string
+	timeout                                 time.Duration
+}
+
+// adoptCmd is adopt, which provisions a machine reachable over SSH into a
+// node of the cluster: the original's `slave HOST`.
+func adoptCmd() *cobra.Command {
+	c := newCommand("adopt [user@]host[:port] --type T | --inventory FILE",
+		"make a machine reachable over SSH a node: upload, configure, start, wait until it joins (the original's slave)", nArgs(0, 1),
+		"raptiformica adopt root@192.0.2.20 --type worker", "raptiformica adopt deploy@nas.home:2222 --type storage --identity ~/.ssh/id_ed25519",
+		"raptiformica adopt root@10.0.0.5 --type worker --jump root@bastion.example.org")
+	t := addTarget(c)
+	var o adoptOptions
+	fs := c.Flags()
+	fs.StringVar(&o.typ, "type", "", "machine type the machine becomes (required, or per line of --inventory)")
+	fs.StringVar(&o.inventory, "inventory", "", "file of machines to adopt, one \"[user@]host[:port] [TYPE]\" per line (# comments)")
+	fs.IntVar(&o.parallel, "parallel", 4, "with --inventory: machines adopted at once")
+	fs.StringVar(&o.identity, "identity", "", "private key file (default: the SSH agent's keys and ~/.ssh/id_*)")
+	fs.StringVar(&o.knownHosts, "known-hosts", "", "known_hosts file to check the host key against (default ~/.ssh/known_hosts when it names the host)")
+	fs.StringVar(&o.fingerprint, "fingerprint", "", "the host key's SHA256 fingerprint, as ssh-keygen -lf prints it")
+	fs.StringVar(&o.jump, "jump", "", "reach the machine through this one, as ssh -J does: [user@]host[:port]")
+	fs.StringVar(&o.bind, "bind", "", "address the node binds to (default: the host's address when it is an IP, else its first non-loopback IPv4)")
+	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the machine to join")
+	_ = c.RegisterFlagCompletionFunc("type", machineTypes(t))
+	c.RunE = func(c *cobra.Command, args []string) error { return adoptAll(c.Context(), t, o, args, c.OutOrStdout()) }
+	return c
+}
+
+func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out io.Writer) error {
 	var jobs []adoptJob
 	switch {
-	case *inventory != "" && fs.NArg() == 0:
+	case o.inventory != "" && len(args) == 0:
 		var err error
-		if jobs, err = readAdoptInventory(*inventory, *typ); err != nil {
+		if jobs, err = readAdoptInventory(o.inventory, o.typ); err != nil {
 			return err
 		}
-	case *inventory == "" && fs.NArg() == 1 && *typ != "":
-		h, err := provision.ParseHost(fs.Arg(0))
+	case o.inventory == "" && len(args) == 1 && o.typ != "":
+		h, err := provision.ParseHost(args[0])
 		if err != nil {
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}
-		jobs = []adoptJob{{host: h, typ: *typ, where: "--type"}}
+		jobs = []adoptJob{{host: h, typ: o.typ, where: "--type"}}
 	default:
 		return fmt.Errorf("%w: adopt [user@]host[:port] --type T, or adopt --inventory FILE", errUsage)
 	}
-	if *parallel < 1 {
+	if o.parallel < 1 {
 		return fmt.Errorf("%w: --parallel must be at least 1", errUsage)
 	}
 	c, p, err := t.stored()
@@ -69,7 +87,7 @@ func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("%w: %s: machine type %q is not in the description (%s)", errUsage, j.where, j.typ, strings.Join(p.MachineNames(), ", "))
 		}
 	}
-	dialer, err := sshDialer(c, *identity, *knownHosts, *fingerprint, *jump)
+	dialer, err := sshDialer(c, o.identity, o.knownHosts, o.fingerprint, o.jump)
 	if err != nil {
 		return err
 	}
@@ -99,20 +117,20 @@ func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		node = provision.AdoptedNode(node, j.host)
-		if *bind != "" {
-			node.BindAddr = *bind
+		if o.bind != "" {
+			node.BindAddr = o.bind
 		}
 		var msg strings.Builder
-		err = adoptOne(ctx, c, a, provision.AdoptSpec{Host: j.host, Node: node, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: *timeout}, &msg)
+		err = adoptOne(ctx, c, a, provision.AdoptSpec{Host: j.host, Node: node, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: o.timeout}, &msg)
 		say("%s", msg.String())
 		return err
 	}
-	if len(jobs) == 1 && *inventory == "" {
+	if len(jobs) == 1 && o.inventory == "" {
 		return adopt(jobs[0])
 	}
 	// Many machines: a bounded number at once, then what failed and why.
 	errs := make([]error, len(jobs))
-	sem := make(chan struct{}, *parallel)
+	sem := make(chan struct{}, o.parallel)
 	var wg sync.WaitGroup
 	for i, j := range jobs {
 		wg.Add(1)
@@ -130,7 +148,7 @@ func cmdAdopt(ctx context.Context, args []string, out io.Writer) error {
 			failed++
 		}
 	}
-	say("\nadopted %d of %d machines from %s\n", len(jobs)-failed, len(jobs), *inventory)
+	say("\nadopted %d of %d machines from %s\n", len(jobs)-failed, len(jobs), o.inventory)
 	if failed == 0 {
 		return nil
 	}

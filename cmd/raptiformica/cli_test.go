@@ -7,22 +7,39 @@ import (
 )
 
 func TestCLI(t *testing.T) {
+	const example = "../../deploy/examples/platform.hcl"
 	cases := []struct {
 		name     string
 		args     []string
 		code     int
-		out, err string
+		out, err []string // each must appear
 	}{
-		{name: "no arguments prints usage", args: nil, code: 2, err: "Usage:"},
-		{name: "unknown command", args: []string{"frobnicate"}, code: 2, err: `unknown command "frobnicate"`},
-		{name: "version", args: []string{"version"}, code: 0, out: "raptiformica dev (consul 1.22.0)"},
-		{name: "validate the example", args: []string{"platform", "validate", "../../deploy/examples/platform.hcl"}, code: 0, out: "valid (2 machine types, 3 Consul servers)"},
-		{name: "validate the docker example", args: []string{"platform", "validate", "../../deploy/examples/docker.hcl"}, code: 0, out: "valid (2 machine types, 3 Consul servers)"},
-		{name: "validate the JSON example", args: []string{"platform", "validate", "../../rules/testdata/good.json"}, code: 0, out: "valid"},
-		{name: "validate a missing file", args: []string{"platform", "validate", "nope.hcl"}, code: 1, err: "nope.hcl: no such file"},
-		{name: "platform without subcommand", args: []string{"platform"}, code: 2, err: "platform validate|apply|get"},
-		{name: "destroy without id", args: []string{"destroy", "--dir", "/nonexistent"}, code: 2, err: "destroy MACHINE_ID"},
-		{name: "members of a folder with no cluster", args: []string{"members", "--dir", "/nonexistent"}, code: 1, err: "no running machine in /nonexistent"},
+		{name: "no arguments prints usage", args: nil, code: 2, err: []string{"Usage:", "Cluster:", "spawn"}},
+		{name: "unknown command", args: []string{"frobnicate"}, code: 2, err: []string{`unknown command "frobnicate"`}},
+		{name: "misspelt command", args: []string{"stauts"}, code: 2, err: []string{"did you mean status?"}},
+		{name: "help", args: []string{"help"}, code: 0, out: []string{"Usage:", "Cluster:", "platform", "Exit codes"}},
+		{name: "--help", args: []string{"--help"}, code: 0, out: []string{"Usage:", "Machines:", "spawn"}},
+		{name: "version", args: []string{"version"}, code: 0, out: []string{"raptiformica dev (consul 1.22.0)\n"}},
+		{name: "--version", args: []string{"--version"}, code: 0, out: []string{"raptiformica dev (consul 1.22.0)\n"}},
+		{name: "validate the example", args: []string{"platform", "validate", example}, code: 0, out: []string{"valid (2 machine types, 3 Consul servers)"}},
+		{name: "validate the docker example", args: []string{"platform", "validate", "../../deploy/examples/docker.hcl"}, code: 0, out: []string{"valid (2 machine types, 3 Consul servers)"}},
+		{name: "validate the JSON example", args: []string{"platform", "validate", "../../rules/testdata/good.json"}, code: 0, out: []string{"valid"}},
+		{name: "validate a missing file", args: []string{"platform", "validate", "nope.hcl"}, code: 1, err: []string{"raptiformica platform validate: ", "nope.hcl: no such file"}},
+		{name: "a flag after the argument", args: []string{"platform", "validate", example, "--json"}, code: 0, out: []string{`"valid": true`}},
+		{name: "a Go-style single-dash flag", args: []string{"platform", "validate", "-json", example}, code: 0, out: []string{`"valid": true`}},
+		{name: "agent -config, as units and backends start it", args: []string{"agent", "-config", "/nonexistent/agent.json"}, code: 1, err: []string{"raptiformica agent: ", "/nonexistent/agent.json"}},
+		{name: "platform without subcommand", args: []string{"platform"}, code: 2, err: []string{"platform validate|apply|get", "Available Commands:"}},
+		{name: "platform --help lists its subcommands", args: []string{"platform", "--help"}, code: 0, out: []string{"validate", "apply", "get"}},
+		{name: "unknown platform subcommand", args: []string{"platform", "frobnicate"}, code: 2, err: []string{`unknown command "frobnicate"`}},
+		{name: "-h on a subcommand", args: []string{"spawn", "-h"}, code: 0, out: []string{"--type", "raptiformica spawn --type worker"}},
+		{name: "-h on a nested subcommand", args: []string{"platform", "apply", "-h"}, code: 0, out: []string{"raptiformica platform apply FILE", "--dir"}},
+		{name: "unknown flag", args: []string{"members", "--frobnicate"}, code: 2, err: []string{"unknown flag: --frobnicate"}},
+		{name: "flag without its value", args: []string{"spawn", "--type"}, code: 2, err: []string{"flag needs an argument: --type"}},
+		{name: "destroy without id", args: []string{"destroy", "--dir", "/nonexistent"}, code: 2, err: []string{"missing argument", "destroy MACHINE_ID"}},
+		{name: "an extra argument", args: []string{"members", "extra", "--dir", "/nonexistent"}, code: 2, err: []string{`unexpected argument "extra"`}},
+		{name: "members of a folder with no cluster", args: []string{"members", "--dir", "/nonexistent"}, code: 1, err: []string{"no running machine in /nonexistent"}},
+		{name: "completion powershell", args: []string{"completion", "powershell"}, code: 0, out: []string{"Register-ArgumentCompleter"}},
+		{name: "completion of an unknown shell", args: []string{"completion", "tcsh"}, code: 2, err: []string{`no completion for shell "tcsh"`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -31,11 +48,15 @@ func TestCLI(t *testing.T) {
 			if code != tc.code {
 				t.Errorf("exit code: got %d want %d (stderr %q)", code, tc.code, errOut.String())
 			}
-			if !strings.Contains(out.String(), tc.out) {
-				t.Errorf("stdout: got %q want it to contain %q", out.String(), tc.out)
+			for _, want := range tc.out {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("stdout: got %q want it to contain %q", out.String(), want)
+				}
 			}
-			if !strings.Contains(errOut.String(), tc.err) {
-				t.Errorf("stderr: got %q want it to contain %q", errOut.String(), tc.err)
+			for _, want := range tc.err {
+				if !strings.Contains(errOut.String(), want) {
+					t.Errorf("stderr: got %q want it to contain %q", errOut.String(), want)
+				}
 			}
 		})
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/backends/docker"
@@ -57,12 +57,14 @@ type target struct {
 	clients map[string]*api.Client
 }
 
-func addTarget(fs *flag.FlagSet) *target {
+// addTarget gives a command --dir. Given, it wins over $CONSUL_HTTP_ADDR.
+func addTarget(c *cobra.Command) *target {
 	t := &target{}
-	fs.Func("dir", "folder of a local cluster (default "+defaultDir()+")", func(s string) error {
+	c.Flags().Func("dir", "`folder` of a local cluster (default "+defaultDir()+")", func(s string) error {
 		t.dir, t.explicit = s, true
 		return nil
 	})
+	_ = c.MarkFlagDirname("dir")
 	return t
 }
 
@@ -213,14 +215,19 @@ func (t *target) backends(p *rules.Platform) (map[string]backends.Backend, error
 
 func parseOpts() rules.Options { return reconcile.ParseOptions(builtin.Registry()) }
 
-func cmdUp(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("up")
-	t := addTarget(fs)
-	platformFile := fs.String("platform", "", "platform description (default: 3 Consul servers on the local backend)")
-	timeout := fs.Duration("timeout", 5*time.Minute, "how long to wait for the desired members")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func upCmd() *cobra.Command {
+	c := newCommand("up", "boot a local virtual data center and wait for it", nArgs(0, 0),
+		"raptiformica up", "raptiformica up --platform deploy/examples/docker.hcl --dir /tmp/dc2")
+	t := addTarget(c)
+	platformFile := c.Flags().String("platform", "", "platform description (default: 3 Consul servers on the local backend)")
+	timeout := c.Flags().Duration("timeout", 5*time.Minute, "how long to wait for the desired members")
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		return up(c.Context(), t, *platformFile, *timeout, c.OutOrStdout())
 	}
+	return c
+}
+
+func up(ctx context.Context, t *target, platformFile string, timeout time.Duration, out io.Writer) error {
 	dir := t.folder()
 	addrs, err := t.addresses()
 	if err != nil {
@@ -231,11 +238,11 @@ func cmdUp(ctx context.Context, args []string, out io.Writer) error {
 	if running > 0 {
 		fmt.Fprintf(out, "cluster in %s is already up (%d machines running)\n", dir, running)
 	} else {
-		if plat, err = startSeed(ctx, dir, *platformFile, out); err != nil {
+		if plat, err = startSeed(ctx, dir, platformFile, out); err != nil {
 			return err
 		}
 	}
-	return waitAndPrint(ctx, t, plat, *timeout, out)
+	return waitAndPrint(ctx, t, plat, timeout, out)
 }
 
 // waitAndPrint waits up to timeout for every machine type to have its min
@@ -441,12 +448,15 @@ func kvPlatform(c *api.Client) (*rules.Platform, error) {
 	return rules.Parse(daemon.KVSourceName, pair.Value, parseOpts())
 }
 
-func cmdDown(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("down")
-	t := addTarget(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
+func downCmd() *cobra.Command {
+	c := newCommand("down", "stop every local machine of DIR (the description stays for the next up)", nArgs(0, 0),
+		"raptiformica down", "raptiformica down --dir /tmp/dc2")
+	t := addTarget(c)
+	c.RunE = func(c *cobra.Command, _ []string) error { return down(c.Context(), t, c.OutOrStdout()) }
+	return c
+}
+
+func down(ctx context.Context, t *target, out io.Writer) error {
 	// The machines' folders go, but their last description stays, so that
 	// the next `up` brings the platform back as it was.
 	if m := newestMirror(t.folder()); m != "" && filepath.Dir(m) != t.folder() {
@@ -531,18 +541,19 @@ type memberRow struct {
 	MeshPeers     []string `json:"mesh_peers,omitempty"`
 }
 
-func cmdMembers(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("members")
-	t := addTarget(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func membersCmd() *cobra.Command {
+	c := newCommand("members", "list the cluster's members with type, state, role and the leader", nArgs(0, 0),
+		"raptiformica members", "raptiformica members --json | jq -r '.[] | select(.status != \"alive\") | .name'")
+	t := addTarget(c)
+	asJSON := jsonFlag(c)
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		cl, err := t.client()
+		if err != nil {
+			return err
+		}
+		return printMembers(cl, c.OutOrStdout(), *asJSON)
 	}
-	c, err := t.client()
-	if err != nil {
-		return err
-	}
-	return printMembers(c, out, *asJSON)
+	return c
 }
 
 func printMembers(c *api.Client, out io.Writer, asJSON bool) error {

@@ -11,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
@@ -35,19 +37,21 @@ func splitAgent(s string) (string, int, error) {
 	return host, p, nil
 }
 
-// cmdJoin asks an agent to link to a member (or, run against a member with
-// --agent, to a new machine) and waits until the link is up.
-func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("join")
-	agent := fs.String("agent", localAgent, "the agent that dials: this machine's by default; a member's to have it dial a machine that cannot dial out")
-	timeout := fs.Duration("timeout", time.Minute, "how long to wait for the link")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+// joinCmd is join, which asks an agent to link to a member (or, run against
+// a member with --agent, to a new machine) and waits until the link is up.
+func joinCmd() *cobra.Command {
+	c := newCommand("join HOST[:PORT]",
+		"link this machine's overlay to a member (default port 9651); with --agent, have that member dial a machine instead (the original's inject)", nArgs(1, 1),
+		"raptiformica join vps1.example.org", "raptiformica join 192.0.2.20:9651 --agent 10.0.0.5:9550")
+	agent := c.Flags().String("agent", localAgent, "the agent that dials: this machine's by default; a member's to have it dial a machine that cannot dial out")
+	timeout := c.Flags().Duration("timeout", time.Minute, "how long to wait for the link")
+	c.RunE = func(c *cobra.Command, args []string) error {
+		return join(c.Context(), args[0], *agent, *timeout, c.OutOrStdout())
 	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: join HOST[:PORT]", errUsage)
-	}
-	ep := fs.Arg(0)
+	return c
+}
+
+func join(ctx context.Context, ep, agent string, timeout time.Duration, out io.Writer) error {
 	if _, _, err := net.SplitHostPort(strings.TrimPrefix(ep, "tcp://")); err != nil {
 		ep = net.JoinHostPort(strings.Trim(strings.TrimPrefix(ep, "tcp://"), "[]"), strconv.Itoa(rules.DefaultMeshPort))
 	}
@@ -55,12 +59,12 @@ func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	host, port, err := splitAgent(*agent)
+	host, port, err := splitAgent(agent)
 	if err != nil {
 		return err
 	}
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// An agent just started (the service, a fresh machine) may not answer
 	// yet: wait for it; one that answers with a refusal is final.
@@ -75,7 +79,7 @@ func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (for %s)", err, *timeout)
+			return fmt.Errorf("%w (for %s)", err, timeout)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -98,7 +102,7 @@ func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
 			if last != nil {
 				why = linkError(last, u.String())
 			}
-			return fmt.Errorf("no link to %s after %s: %s", u.Host, *timeout, why)
+			return fmt.Errorf("no link to %s after %s: %s", u.Host, timeout, why)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -129,41 +133,50 @@ func linkError(st *daemon.MeshStatus, endpoint string) string {
 	return "still dialling"
 }
 
-// cmdMesh shows an agent's overlay: its address, links and why it has
-// none; or prints the cluster's mesh secret for a machine joined by hand.
-func cmdMesh(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("mesh")
-	agent := fs.String("agent", localAgent, "the agent to ask")
-	secret := fs.Bool("secret", false, "print the cluster's mesh secret (from KV) instead, for a machine's node config")
-	asJSON := fs.Bool("json", false, "print JSON")
-	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the agent's answer")
-	t := addTarget(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		return fmt.Errorf("%w: mesh [--agent ADDR] [--json] [--secret]", errUsage)
-	}
-	if *secret {
-		c, err := t.client()
-		if err != nil {
-			return err
+// meshCmd is mesh, which shows an agent's overlay: its address, links and
+// why it has none; or prints the cluster's mesh secret for a machine joined
+// by hand.
+func meshCmd() *cobra.Command {
+	c := newCommand("mesh", "show this machine's overlay: address, links, and why it has none", nArgs(0, 0),
+		"raptiformica mesh", "raptiformica mesh --json | jq '.peers[] | select(.up | not)'", "raptiformica mesh --secret")
+	agent := c.Flags().String("agent", localAgent, "the agent to ask")
+	secret := c.Flags().Bool("secret", false, "print the cluster's mesh secret (from KV) instead, for a machine's node config")
+	asJSON := jsonFlag(c)
+	timeout := c.Flags().Duration("timeout", 10*time.Second, "how long to wait for the agent's answer")
+	t := addTarget(c)
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		if *secret {
+			return meshSecret(c.Context(), t, c.OutOrStdout())
 		}
-		secret, err := kvschema.New(c).MeshSecret(ctx, nil)
-		if err != nil {
-			return err
-		}
-		if secret == "" {
-			return errors.New("the cluster has no mesh secret: it runs with mesh = \"none\"")
-		}
-		fmt.Fprintln(out, secret)
-		return nil
+		return showMesh(c.Context(), *agent, *asJSON, *timeout, c.OutOrStdout())
 	}
-	host, port, err := splitAgent(*agent)
+	return c
+}
+
+// meshSecret prints the cluster's mesh secret, for a machine joined by hand.
+func meshSecret(ctx context.Context, t *target, out io.Writer) error {
+	c, err := t.client()
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	secret, err := kvschema.New(c).MeshSecret(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if secret == "" {
+		return errors.New("the cluster has no mesh secret: it runs with mesh = \"none\"")
+	}
+	fmt.Fprintln(out, secret)
+	return nil
+}
+
+// showMesh prints what the agent at agent says of its overlay.
+func showMesh(ctx context.Context, agent string, asJSON bool, timeout time.Duration, out io.Writer) error {
+	host, port, err := splitAgent(agent)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	st, err := daemon.FetchStatus(ctx, host, port)
 	if err != nil {
@@ -172,7 +185,7 @@ func cmdMesh(ctx context.Context, args []string, out io.Writer) error {
 	if st.Mesh == nil {
 		return fmt.Errorf("machine %s runs without the mesh (mesh = \"none\")", st.MachineID)
 	}
-	if *asJSON {
+	if asJSON {
 		return writeJSON(out, st.Mesh)
 	}
 	m := st.Mesh

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
@@ -67,19 +68,22 @@ func printQuorum(out io.Writer, q map[string]*daemon.QuorumStatus) {
 	}
 }
 
-func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("status")
-	t := addTarget(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
+func statusCmd() *cobra.Command {
+	c := newCommand("status", "show the leader's last reconcile pass and what blocks it (exit 1 while quorum is lost)", nArgs(0, 0),
+		"raptiformica status", "raptiformica status --json | jq .reconcile.types")
+	t := addTarget(c)
+	asJSON := jsonFlag(c)
+	c.RunE = func(c *cobra.Command, _ []string) error { return status(c.Context(), t, *asJSON, c.OutOrStdout()) }
+	return c
+}
+
+func status(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 	c, err := t.client()
 	if err != nil {
 		// Without a Consul leader there is no KV to read: what each local
 		// machine knows of the lost quorum is the status there is.
 		if q := localQuorum(t); len(q) > 0 {
-			if *asJSON {
+			if asJSON {
 				return writeJSON(out, statusView{Quorum: q})
 			}
 			printQuorum(out, q)
@@ -103,7 +107,7 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
 			v.Reconcile = &st
 		}
 	}
-	if *asJSON {
+	if asJSON {
 		return writeJSON(out, v)
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
@@ -144,13 +148,16 @@ func cmdStatus(ctx context.Context, args []string, out io.Writer) error {
 	return w.Flush()
 }
 
-func cmdPlan(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("plan")
-	t := addTarget(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
+func planCmd() *cobra.Command {
+	c := newCommand("plan", "show what the leader would do now, changing nothing", nArgs(0, 0),
+		"raptiformica plan", "raptiformica plan --json | jq '.actions | length'")
+	t := addTarget(c)
+	asJSON := jsonFlag(c)
+	c.RunE = func(c *cobra.Command, _ []string) error { return plan(c.Context(), t, *asJSON, c.OutOrStdout()) }
+	return c
+}
+
+func plan(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 	c, p, err := t.stored()
 	if err != nil {
 		return err
@@ -165,7 +172,7 @@ func cmdPlan(ctx context.Context, args []string, out io.Writer) error {
 	}
 	obs.Self = kvschema.New(c).Leader(ctx)
 	d := reconcile.Plan(p, obs, time.Now())
-	if *asJSON {
+	if asJSON {
 		return writeJSON(out, d)
 	}
 	if len(d.Actions) == 0 {
@@ -184,36 +191,31 @@ func cmdPlan(ctx context.Context, args []string, out io.Writer) error {
 	return w.Flush()
 }
 
-func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
-	if len(args) == 0 {
+func platformCmd() *cobra.Command {
+	c := newCommand("platform", "check, store or print the platform description", noSubcommand,
+		"raptiformica platform validate platform.hcl && raptiformica platform apply platform.hcl")
+	c.RunE = func(*cobra.Command, []string) error {
 		return fmt.Errorf("%w: platform validate|apply|get", errUsage)
 	}
-	sub, args := args[0], args[1:]
-	fs := newFlagSet("platform " + sub)
-	var t *target
-	if sub != "validate" {
-		t = addTarget(fs) // validate reads a file only
-	}
-	var asJSON *bool
-	if sub != "get" {
-		asJSON = fs.Bool("json", false, "print JSON")
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	switch sub {
-	case "validate", "apply":
-		if fs.NArg() != 1 {
-			return fmt.Errorf("%w: platform %s FILE", errUsage, sub)
-		}
-		p, err := rules.ParseFile(fs.Arg(0), parseOpts())
-		if sub == "validate" && *asJSON {
-			v := validation{File: fs.Arg(0), Valid: err == nil}
+	c.AddCommand(platformValidateCmd(), platformApplyCmd(), platformGetCmd())
+	return c
+}
+
+func platformValidateCmd() *cobra.Command {
+	c := newCommand("validate FILE", "check a platform description: every problem with file, line and field", nArgs(1, 1),
+		"raptiformica platform validate platform.hcl", "raptiformica platform validate --json platform.hcl")
+	asJSON := jsonFlag(c)
+	c.ValidArgsFunction = nil // FILE: the shell completes file names
+	c.RunE = func(c *cobra.Command, args []string) error {
+		out, file := c.OutOrStdout(), args[0]
+		p, err := rules.ParseFile(file, parseOpts())
+		if *asJSON {
+			v := validation{File: file, Valid: err == nil}
 			var perr *rules.Error
 			if errors.As(err, &perr) {
 				v.Problems = perr.Problems
 			} else if err != nil {
-				v.Problems = []rules.Problem{{File: fs.Arg(0), Message: err.Error()}}
+				v.Problems = []rules.Problem{{File: file, Message: err.Error()}}
 			} else {
 				v.MachineTypes, v.ConsulServers = len(p.Machines), p.ServerCount()
 			}
@@ -228,43 +230,65 @@ func cmdPlatform(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if sub == "validate" {
-			fmt.Fprintf(out, "%s: valid (%d machine types, %d Consul servers)\n", fs.Arg(0), len(p.Machines), p.ServerCount())
-			return nil
-		}
-		c, err := t.client()
+		fmt.Fprintf(out, "%s: valid (%d machine types, %d Consul servers)\n", file, len(p.Machines), p.ServerCount())
+		return nil
+	}
+	return c
+}
+
+func platformApplyCmd() *cobra.Command {
+	c := newCommand("apply FILE", "validate, then store a description as the next version; the leader acts at once", nArgs(1, 1),
+		"raptiformica platform apply platform.hcl", "raptiformica platform apply --json platform.hcl | jq .version")
+	t := addTarget(c)
+	asJSON := jsonFlag(c)
+	c.ValidArgsFunction = nil // FILE: the shell completes file names
+	c.RunE = func(c *cobra.Command, args []string) error {
+		out, file := c.OutOrStdout(), args[0]
+		p, err := rules.ParseFile(file, parseOpts())
 		if err != nil {
 			return err
 		}
-		store := kvschema.New(c)
-		if err := daemon.CheckMeshMode(ctx, store, p); err != nil {
+		cl, err := t.client()
+		if err != nil {
 			return err
 		}
-		version, err := store.PutPlatform(ctx, p.Source)
+		store := kvschema.New(cl)
+		if err := daemon.CheckMeshMode(c.Context(), store, p); err != nil {
+			return err
+		}
+		version, err := store.PutPlatform(c.Context(), p.Source)
 		if err != nil {
 			return fmt.Errorf("store description: %w", err)
 		}
 		if *asJSON {
-			return writeJSON(out, map[string]any{"file": fs.Arg(0), "version": version})
+			return writeJSON(out, map[string]any{"file": file, "version": version})
 		}
-		fmt.Fprintf(out, "applied %s as version %d\n", fs.Arg(0), version)
+		fmt.Fprintf(out, "applied %s as version %d\n", file, version)
 		return nil
-	case "get":
-		c, err := t.client()
+	}
+	return c
+}
+
+func platformGetCmd() *cobra.Command {
+	c := newCommand("get", "print the stored platform description", nArgs(0, 0),
+		"raptiformica platform get > platform.hcl")
+	t := addTarget(c)
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		cl, err := t.client()
 		if err != nil {
 			return err
 		}
-		pair, _, err := kvschema.New(c).Platform(ctx, nil)
+		pair, _, err := kvschema.New(cl).Platform(c.Context(), nil)
 		if err != nil {
 			return err
 		}
 		if pair == nil {
 			return fmt.Errorf("no platform description stored")
 		}
-		_, err = out.Write(pair.Value)
+		_, err = c.OutOrStdout().Write(pair.Value)
 		return err
 	}
-	return fmt.Errorf("%w: unknown subcommand %q (validate, apply, get)", errUsage, sub)
+	return c
 }
 
 // validation is `platform validate --json`'s answer.
@@ -316,21 +340,27 @@ func (t *target) machineType(typ string) (*api.Client, *rules.Platform, rules.Ma
 	return c, p, mt, nil
 }
 
-func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("spawn")
-	t := addTarget(fs)
-	typ := fs.String("type", "", "machine type (required)")
-	backend := fs.String("backend", "", "backend (default: the type's first)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func spawnCmd() *cobra.Command {
+	c := newCommand("spawn", "spawn one machine on top of the description (never scaled down)", nArgs(0, 0),
+		"raptiformica spawn --type worker", "raptiformica spawn --type worker --backend docker --json | jq -r .machine_id")
+	t := addTarget(c)
+	typ := c.Flags().String("type", "", "machine type (required)")
+	backend := c.Flags().String("backend", "", "backend (default: the type's first)")
+	asJSON := jsonFlag(c)
+	_ = c.RegisterFlagCompletionFunc("type", machineTypes(t))
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		return spawn(c.Context(), t, *typ, *backend, *asJSON, c.OutOrStdout())
 	}
-	c, p, mt, err := t.machineType(*typ)
+	return c
+}
+
+func spawn(ctx context.Context, t *target, typ, backend string, asJSON bool, out io.Writer) error {
+	c, p, mt, err := t.machineType(typ)
 	if err != nil {
 		return err
 	}
-	if *backend == "" {
-		*backend = mt.Backends[0]
+	if backend == "" {
+		backend = mt.Backends[0]
 	}
 	bes, err := t.backends(p)
 	if err != nil {
@@ -340,7 +370,7 @@ func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	a := reconcile.Action{Kind: reconcile.KindSpawn, Type: *typ, Backend: *backend, Reason: "spawned by hand", Manual: true}
+	a := reconcile.Action{Kind: reconcile.KindSpawn, Type: typ, Backend: backend, Reason: "spawned by hand", Manual: true}
 	inv := &reconcile.Inventory{Store: kvschema.New(c)}
 	before, _, err := inv.List(ctx, nil)
 	if err != nil {
@@ -362,25 +392,31 @@ func cmdSpawn(ctx context.Context, args []string, out io.Writer) error {
 		if r.State != reconcile.StateJoining {
 			return fmt.Errorf("machine %s: %s", id, r.Reason)
 		}
-		if *asJSON {
-			return writeJSON(out, map[string]string{"machine_id": id, "machine_type": *typ, "backend": *backend, "address": r.Address})
+		if asJSON {
+			return writeJSON(out, map[string]string{"machine_id": id, "machine_type": typ, "backend": backend, "address": r.Address})
 		}
-		fmt.Fprintf(out, "spawned %s (%s on %s at %s); the leader records it as joined once it is alive\n", id, *typ, *backend, r.Address)
+		fmt.Fprintf(out, "spawned %s (%s on %s at %s); the leader records it as joined once it is alive\n", id, typ, backend, r.Address)
 		return nil
 	}
-	return fmt.Errorf("spawn of a %s machine left no record", *typ)
+	return fmt.Errorf("spawn of a %s machine left no record", typ)
 }
 
-func cmdDestroy(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("destroy")
-	t := addTarget(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func destroyCmd() *cobra.Command {
+	c := newCommand("destroy MACHINE_ID", "remove one machine gracefully (replaced if that takes its type below min)", nArgs(1, 1),
+		"raptiformica destroy worker-3f2a9c1d")
+	t := addTarget(c)
+	ids := machineIDs(t)
+	c.ValidArgsFunction = func(c *cobra.Command, args []string, prefix string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		return ids(c, args, prefix)
 	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: destroy MACHINE_ID", errUsage)
-	}
-	id := fs.Arg(0)
+	c.RunE = func(c *cobra.Command, args []string) error { return destroy(c.Context(), t, args[0], c.OutOrStdout()) }
+	return c
+}
+
+func destroy(ctx context.Context, t *target, id string, out io.Writer) error {
 	c, p, err := t.stored()
 	if err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/spf13/cobra"
 )
 
 // The probe measures a path between two machines with TCP, so that the
@@ -24,30 +26,35 @@ const (
 	probeChunk = 128 << 10
 )
 
-func cmdProbe(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("probe")
-	serve := fs.Bool("serve", false, "answer probes instead of sending them")
-	listen := fs.String("listen", net.JoinHostPort("::", strconv.Itoa(probePort)), "with --serve: the address to listen on")
-	rounds := fs.Int("rounds", 500, "round trips to time")
-	seconds := fs.Duration("for", 3*time.Second, "how long to stream for the throughput")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func probeCmd() *cobra.Command {
+	c := newCommand("probe HOST[:PORT] | --serve",
+		"measure round-trip time and throughput to a machine running probe --serve (default port 9700), over the mesh or not", nArgs(0, 1),
+		"raptiformica probe --serve", "raptiformica probe '[200:1234::1]'", "raptiformica probe 10.0.0.5:9700 --for 10s")
+	serve := c.Flags().Bool("serve", false, "answer probes instead of sending them")
+	listen := c.Flags().String("listen", net.JoinHostPort("::", strconv.Itoa(probePort)), "with --serve: the address to listen on")
+	rounds := c.Flags().Int("rounds", 500, "round trips to time")
+	seconds := c.Flags().Duration("for", 3*time.Second, "how long to stream for the throughput")
+	c.RunE = func(c *cobra.Command, args []string) error {
+		if *serve {
+			return probeServe(c.Context(), *listen, c.OutOrStdout())
+		}
+		if len(args) != 1 {
+			return fmt.Errorf("%w: probe HOST[:PORT] or probe --serve", errUsage)
+		}
+		return probe(c.Context(), args[0], *rounds, *seconds, c.OutOrStdout())
 	}
-	if *serve {
-		return probeServe(ctx, *listen, out)
-	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: probe HOST[:PORT] or probe --serve", errUsage)
-	}
-	addr := fs.Arg(0)
+	return c
+}
+
+func probe(ctx context.Context, addr string, rounds int, seconds time.Duration, out io.Writer) error {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(addr, strconv.Itoa(probePort))
 	}
-	rtts, err := probeRTT(ctx, addr, *rounds)
+	rtts, err := probeRTT(ctx, addr, rounds)
 	if err != nil {
 		return err
 	}
-	bps, err := probeThroughput(ctx, addr, *seconds)
+	bps, err := probeThroughput(ctx, addr, seconds)
 	if err != nil {
 		return err
 	}

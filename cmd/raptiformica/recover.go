@@ -11,35 +11,43 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
 )
 
-// cmdRecover is the operator's way out of lost quorum: the chosen survivor
+// recoverCmd is the operator's way out of lost quorum: the chosen survivor
 // restarts its Consul as the only Raft server, keeping its data, and the
 // control loop replaces the servers it gave up.
-func cmdRecover(ctx context.Context, args []string, out io.Writer) error {
-	fs := newFlagSet("recover")
-	t := addTarget(fs)
-	machine := fs.String("machine", "", "the surviving server to recover on (default: the only one running)")
-	yes := fs.Bool("yes", false, "do not ask for confirmation")
-	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the cluster to be whole again")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func recoverCmd() *cobra.Command {
+	c := newCommand("recover", "after lost quorum: re-create the cluster from a surviving server", nArgs(0, 0),
+		"raptiformica recover", "raptiformica recover --machine server-0a1b2c3d --yes")
+	t := addTarget(c)
+	machine := c.Flags().String("machine", "", "the surviving server to recover on (default: the only one running)")
+	yes := c.Flags().Bool("yes", false, "do not ask for confirmation")
+	timeout := c.Flags().Duration("timeout", 3*time.Minute, "how long to wait for the cluster to be whole again")
+	_ = c.RegisterFlagCompletionFunc("machine", runningServers(t))
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		return recoverOn(c.Context(), t, *machine, *yes, *timeout, c.InOrStdin(), c.OutOrStdout())
 	}
+	return c
+}
+
+func recoverOn(ctx context.Context, t *target, machine string, yes bool, timeout time.Duration, in io.Reader, out io.Writer) error {
 	ms, err := local.Machines(t.folder())
 	if err != nil {
 		return err
 	}
 	var cands []local.Machine
 	for _, m := range ms {
-		if m.Running && m.Config.ConsulServer && (*machine == "" || m.Config.MachineID == *machine) {
+		if m.Running && m.Config.ConsulServer && (machine == "" || m.Config.MachineID == machine) {
 			cands = append(cands, m)
 		}
 	}
 	switch {
-	case len(cands) == 0 && *machine != "":
-		return fmt.Errorf("no running server machine %s in %s", *machine, t.folder())
+	case len(cands) == 0 && machine != "":
+		return fmt.Errorf("no running server machine %s in %s", machine, t.folder())
 	case len(cands) == 0:
 		return fmt.Errorf("no running server machine in %s: nothing to recover on (`up` re-creates the cluster from its mirror)", t.folder())
 	case len(cands) > 1:
@@ -68,9 +76,9 @@ func cmdRecover(ctx context.Context, args []string, out io.Writer) error {
 		"removed and replaced by the control loop:\n  %s\n"+
 		"If any of them is only cut off, not dead, it must not come back: destroy it.\n",
 		m.Config.MachineID, m.Config.BindAddr, strings.Join(dropped, "\n  "))
-	if !*yes {
+	if !yes {
 		fmt.Fprint(out, "Type yes to go on: ")
-		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+		line, _ := bufio.NewReader(in).ReadString('\n')
 		if strings.TrimSpace(line) != "yes" {
 			return errors.New("not confirmed; nothing was changed")
 		}
@@ -78,7 +86,7 @@ func cmdRecover(ctx context.Context, args []string, out io.Writer) error {
 	if err := os.WriteFile(filepath.Join(m.Config.DataDir, daemon.RecoverFile), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
 		return err
 	}
-	return waitAndPrint(ctx, t, nil, *timeout, out)
+	return waitAndPrint(ctx, t, nil, timeout, out)
 }
 
 func nodeStatus(m local.Machine) (daemon.AgentStatus, error) {
