@@ -371,34 +371,15 @@ func spawn(ctx context.Context, t *target, typ, backend string, asJSON bool, out
 		return err
 	}
 	a := reconcile.Action{Kind: reconcile.KindSpawn, Type: typ, Backend: backend, Reason: "spawned by hand", Manual: true}
-	inv := &reconcile.Inventory{Store: kvschema.New(c)}
-	before, _, err := inv.List(ctx, nil)
+	r, _, err := ex.Do(ctx, p, bes, reconcile.Observed{}, a)
 	if err != nil {
 		return err
 	}
-	if err := ex.Execute(ctx, p, bes, reconcile.Observed{}, []reconcile.Action{a}); err != nil {
-		return err
+	if asJSON {
+		return writeJSON(out, map[string]string{"machine_id": r.ID, "machine_type": typ, "backend": backend, "address": r.Address})
 	}
-	ex.Wait()
-	// The backend call ran in the background; its outcome is in the record.
-	after, _, err := inv.List(ctx, nil)
-	if err != nil {
-		return err
-	}
-	for id, r := range after {
-		if _, old := before[id]; old || !r.Manual {
-			continue
-		}
-		if r.State != reconcile.StateJoining {
-			return fmt.Errorf("machine %s: %s", id, r.Reason)
-		}
-		if asJSON {
-			return writeJSON(out, map[string]string{"machine_id": id, "machine_type": typ, "backend": backend, "address": r.Address})
-		}
-		fmt.Fprintf(out, "spawned %s (%s on %s at %s); the leader records it as joined once it is alive\n", id, typ, backend, r.Address)
-		return nil
-	}
-	return fmt.Errorf("spawn of a %s machine left no record", typ)
+	fmt.Fprintf(out, "spawned %s (%s on %s at %s); the leader records it as joined once it is alive\n", r.ID, typ, backend, r.Address)
+	return nil
 }
 
 func destroyCmd() *cobra.Command {
@@ -438,10 +419,9 @@ func destroy(ctx context.Context, t *target, id string, out io.Writer) error {
 		return err
 	}
 	a := reconcile.Action{Kind: reconcile.KindScaleDown, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "destroyed by hand"}
-	if err := ex.Execute(ctx, p, bes, obs, []reconcile.Action{a}); err != nil {
+	if _, _, err := ex.Do(ctx, p, bes, obs, a); err != nil {
 		return err
 	}
-	ex.Wait()
 	fmt.Fprintf(out, "destroyed %s\n", id)
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // recoverCmd is the operator's way out of lost quorum: the chosen survivor
@@ -87,6 +88,18 @@ func recoverOn(ctx context.Context, t *target, machine string, yes bool, timeout
 		return err
 	}
 	return waitAndPrint(ctx, t, nil, timeout, out)
+}
+
+// waitAndPrint waits up to timeout for every machine type to have its min
+// alive, then prints the members.
+func waitAndPrint(ctx context.Context, t *target, plat *rules.Platform, timeout time.Duration, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := t.cluster().Wait(ctx, plat, out)
+	if err != nil {
+		return err
+	}
+	return printMembers(c, out, false)
 }
 
 func nodeStatus(m local.Machine) (daemon.AgentStatus, error) {
