@@ -59,19 +59,19 @@ func adoptCmd() *cobra.Command {
 }
 
 func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out io.Writer) error {
-	var jobs []adoptJob
+	var jobs []provision.HostEntry
 	switch {
 	case o.inventory != "" && len(args) == 0:
 		var err error
-		if jobs, err = readAdoptInventory(o.inventory, o.typ); err != nil {
-			return err
+		if jobs, err = provision.ReadHostList(o.inventory, o.typ); err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
 		}
 	case o.inventory == "" && len(args) == 1 && o.typ != "":
 		h, err := provision.ParseHost(args[0])
 		if err != nil {
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}
-		jobs = []adoptJob{{host: h, typ: o.typ, where: "--type"}}
+		jobs = []provision.HostEntry{{Host: h, Type: o.typ, Where: "--type"}}
 	default:
 		return fmt.Errorf("%w: adopt [user@]host[:port] --type T, or adopt --inventory FILE", errUsage)
 	}
@@ -83,11 +83,11 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 		return err
 	}
 	for _, j := range jobs {
-		if _, ok := p.Machines[j.typ]; !ok {
-			return fmt.Errorf("%w: %s: machine type %q is not in the description (%s)", errUsage, j.where, j.typ, strings.Join(p.MachineNames(), ", "))
+		if _, ok := p.Machines[j.Type]; !ok {
+			return fmt.Errorf("%w: %s: machine type %q is not in the description (%s)", errUsage, j.Where, j.Type, strings.Join(p.MachineNames(), ", "))
 		}
 	}
-	dialer, err := sshDialer(c, o.identity, o.knownHosts, o.fingerprint, o.jump)
+	dialer, err := sshDialer(c, o)
 	if err != nil {
 		return err
 	}
@@ -110,18 +110,18 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 		Joined:   func(ctx context.Context, id string) (bool, error) { return isAliveMember(c, id) },
 		Progress: func(s provision.Step) { say("%s\n", s) },
 	}
-	adopt := func(j adoptJob) error {
-		mt := p.Machines[j.typ]
-		node, err := daemon.NodeConfigFor(c, "", provision.RemoteConsul, nil)(ctx, p, reconcile.NewMachineID(j.typ), mt, adoptBackend)
+	adopt := func(j provision.HostEntry) error {
+		mt := p.Machines[j.Type]
+		node, err := daemon.NodeConfigFor(c, "", provision.RemoteConsul, nil)(ctx, p, reconcile.NewMachineID(j.Type), mt, adoptBackend)
 		if err != nil {
 			return err
 		}
-		node = provision.AdoptedNode(node, j.host)
+		node = provision.AdoptedNode(node, j.Host)
 		if o.bind != "" {
 			node.BindAddr = o.bind
 		}
 		var msg strings.Builder
-		err = adoptOne(ctx, c, a, provision.AdoptSpec{Host: j.host, Node: node, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: o.timeout}, &msg)
+		err = adoptOne(ctx, c, a, provision.AdoptSpec{Host: j.Host, Node: node, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: o.timeout}, &msg)
 		say("%s", msg.String())
 		return err
 	}
@@ -154,61 +154,10 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 	}
 	for i, err := range errs {
 		if err != nil {
-			say("FAILED %s (%s): %v\n", jobs[i].host, jobs[i].where, err)
+			say("FAILED %s (%s): %v\n", jobs[i].Host, jobs[i].Where, err)
 		}
 	}
 	return fmt.Errorf("%d of %d machines were not adopted (listed above)", failed, len(jobs))
-}
-
-// adoptJob is one machine to adopt, and where it was asked for.
-type adoptJob struct {
-	host  provision.Host
-	typ   string
-	where string // FILE:LINE, or the command line
-}
-
-// readAdoptInventory reads "[user@]host[:port] [TYPE]" lines; TYPE defaults
-// to def. Problems name the file and line.
-func readAdoptInventory(name, def string) ([]adoptJob, error) {
-	b, err := os.ReadFile(name)
-	if err != nil {
-		return nil, err
-	}
-	var jobs []adoptJob
-	seen := map[string]string{}
-	for i, line := range strings.Split(string(b), "\n") {
-		where := fmt.Sprintf("%s:%d", name, i+1)
-		if k := strings.Index(line, "#"); k >= 0 {
-			line = line[:k]
-		}
-		f := strings.Fields(line)
-		if len(f) == 0 {
-			continue
-		}
-		if len(f) > 2 {
-			return nil, fmt.Errorf("%w: %s: want \"[user@]host[:port] [TYPE]\", got %q", errUsage, where, strings.TrimSpace(line))
-		}
-		h, err := provision.ParseHost(f[0])
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", errUsage, where, err)
-		}
-		typ := def
-		if len(f) == 2 {
-			typ = f[1]
-		}
-		if typ == "" {
-			return nil, fmt.Errorf("%w: %s: no machine type (give one on the line or --type)", errUsage, where)
-		}
-		if prev, dup := seen[h.HostPort()]; dup {
-			return nil, fmt.Errorf("%w: %s: %s is listed already at %s", errUsage, where, h.HostPort(), prev)
-		}
-		seen[h.HostPort()] = where
-		jobs = append(jobs, adoptJob{host: h, typ: typ, where: where})
-	}
-	if len(jobs) == 0 {
-		return nil, fmt.Errorf("%w: %s lists no machine", errUsage, name)
-	}
-	return jobs, nil
 }
 
 // adoptOne adopts a machine and keeps its inventory record: an intent before
@@ -274,33 +223,19 @@ func isAliveMember(c *api.Client, id string) (bool, error) {
 // sshDialer builds the SSH settings of the adopt flags. Host keys are
 // checked against the fingerprint given, known_hosts, and else the keys
 // the cluster trusted on first use.
-func sshDialer(c *api.Client, identity, knownHosts, fingerprint, jump string) (provision.Dialer, error) {
-	d := provision.Dialer{Trust: provision.Trust{Fingerprint: fingerprint, Store: provision.StoreHostKeys{Store: kvschema.New(c).TrustedHostKeys()}}}
-	if identity != "" {
-		if _, err := os.Stat(identity); err != nil {
-			return d, fmt.Errorf("--identity: %w", err)
-		}
-		d.Auth.KeyFiles = []string{identity}
-	} else {
-		d.Auth.KeyFiles = provision.DefaultKeyFiles()
-	}
-	switch {
-	case knownHosts != "":
-		if _, err := os.Stat(knownHosts); err != nil {
-			return d, fmt.Errorf("--known-hosts: %w", err)
-		}
-		d.Trust.KnownHosts = []string{knownHosts}
-	default:
-		if home, err := os.UserHomeDir(); err == nil {
-			d.Trust.KnownHosts = []string{filepath.Join(home, ".ssh", "known_hosts")}
+func sshDialer(c *api.Client, o adoptOptions) (provision.Dialer, error) {
+	for flag, f := range map[string]string{"--identity": o.identity, "--known-hosts": o.knownHosts} {
+		if _, err := os.Stat(f); f != "" && err != nil {
+			return provision.Dialer{}, fmt.Errorf("%s: %w", flag, err)
 		}
 	}
-	if jump != "" {
-		j, err := provision.ParseHost(jump)
-		if err != nil {
-			return d, fmt.Errorf("%w: --jump: %v", errUsage, err)
-		}
-		d.Jump = &j
+	known := o.knownHosts
+	if home, err := os.UserHomeDir(); known == "" && err == nil {
+		known = filepath.Join(home, ".ssh", "known_hosts")
+	}
+	d, err := provision.NewDialer(provision.DialOptions{Identity: o.identity, KnownHosts: known, Fingerprint: o.fingerprint, Jump: o.jump, HostKeys: kvschema.New(c).TrustedHostKeys()})
+	if err != nil {
+		return d, fmt.Errorf("%w: --%v", errUsage, err)
 	}
 	return d, nil
 }

@@ -94,24 +94,12 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	if len(b.hosts) == 0 {
 		return nil, errors.New("setting hosts: list at least one [user@]host[:port] to adopt")
 	}
-	d := provision.Dialer{Trust: provision.Trust{}}
-	if env.HostKeys != nil {
-		d.Trust.Store = provision.StoreHostKeys{Store: env.HostKeys}
-	}
-	if f := cfg.Settings[SettingIdentity]; f != "" {
-		d.Auth.KeyFiles = []string{f}
-	} else {
-		d.Auth.KeyFiles = provision.DefaultKeyFiles()
-	}
-	if f := cfg.Settings[SettingKnownHosts]; f != "" {
-		d.Trust.KnownHosts = []string{f}
-	}
-	if j := cfg.Settings[SettingJump]; j != "" {
-		h, err := provision.ParseHost(j)
-		if err != nil {
-			return nil, fmt.Errorf("setting jump: %w", err)
-		}
-		d.Jump = &h
+	d, err := provision.NewDialer(provision.DialOptions{
+		Identity: cfg.Settings[SettingIdentity], KnownHosts: cfg.Settings[SettingKnownHosts],
+		Jump: cfg.Settings[SettingJump], HostKeys: env.HostKeys,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("setting %w", err)
 	}
 	b.joinWait = 2 * time.Minute
 	if s := cfg.Settings[SettingJoinTimeout]; s != "" {
