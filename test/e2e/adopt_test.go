@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Adoption over SSH, against real OpenSSH servers: containers of the Debian
 // root filesystem the project makes with debootstrap (openssh-server and

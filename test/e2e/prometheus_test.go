@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The Prometheus pieces under deploy/prometheus, checked by the tools that
 // consume them: promtool on the rules and their unit tests, and a real

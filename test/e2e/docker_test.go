@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests on the docker backend: every machine is a container with
 // its own address on a bridge network of its cluster, built from the node

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end test of the exec backend with the shipped example,
 // deploy/examples/exec-docker.hcl: a Consul server that is a process on this
