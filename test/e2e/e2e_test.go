@@ -6,7 +6,9 @@
 // main.
 //
 // Each cluster test boots its own cluster in its own folder (and so its own
-// 127.x.y.0/24), which lets them run in parallel.
+// 127.x.y.0/24), which lets them run in parallel. `make test` installs and
+// builds every tool they need; one that is missing fails the test that
+// needs it, with where it comes from. With -short they skip.
 package e2e
 
 import (
@@ -70,6 +72,24 @@ func TestMain(m *testing.M) {
 		return m.Run()
 	}()
 	os.Exit(code)
+}
+
+// needTool returns the path of a program a test needs. `make test` installs
+// or builds every one of them (scripts/testdeps.sh, scripts/prometheus.sh)
+// and puts it on PATH, so a missing one fails the test, saying where it
+// comes from. With -short the test is skipped instead, as every end-to-end
+// test is.
+func needTool(t testing.TB, name, from string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if testing.Short() {
+		t.Skipf("%s not found on PATH (%s); skipped with -short", name, from)
+	}
+	t.Fatalf("%s not found on PATH: run the tests with make test, which provides it (%s)", name, from)
+	return ""
 }
 
 // moduleRoot is the folder of the go.mod this package belongs to, found by
@@ -442,6 +462,7 @@ func (c *testCluster) killFollowerThenLeader(v view) {
 func TestSelfHealing(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
+	pgrep := needTool(t, "pgrep", "Debian's procps package; scripts/testdeps.sh installs it")
 	c.up(c.writePlatform("platform.hcl", platformSrc(3, 3)))
 	v := c.waitAgree(3, time.Minute, "after up")
 	t.Logf("up: %v", v)
@@ -493,7 +514,7 @@ func TestSelfHealing(t *testing.T) {
 	if l := listeners(t, addrs); len(l) > 0 {
 		t.Errorf("listening after down: %v", l)
 	}
-	if out, _ := exec.Command("pgrep", "-f", c.dir).Output(); len(out) > 0 {
+	if out, _ := exec.Command(pgrep, "-f", c.dir).Output(); len(out) > 0 {
 		t.Errorf("processes left after down: %s", out)
 	}
 }
