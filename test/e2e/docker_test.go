@@ -67,7 +67,7 @@ func needDocker(t testing.TB) string {
 	t.Helper()
 	docker := needTool(t, "docker", fromDocker)
 	if out, err := exec.Command(docker, "version", "--format", "{{.Server.Version}}").CombinedOutput(); err != nil {
-		t.Fatalf("no Docker engine answers `docker version` (%v): this test needs one running (%s)\n%s", err, fromDocker, out)
+		t.Fatalf("no Docker engine answers `docker version` (%v: %s): this test needs one running (%s)", err, strings.TrimSpace(string(out)), fromDocker)
 	}
 	return docker
 }
