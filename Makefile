@@ -1,6 +1,7 @@
 # raptiformica: the targets the README names.
 #   make up     build, then boot a local self-healing virtual data center
-#   make test   every test: unit, integration (real Consul), end-to-end
+#   make test   every test: unit, integration (real Consul), end-to-end,
+#               after installing what they need (scripts/testdeps.sh)
 #   make bench  benchmarks and measured scripts that print figures
 #   make soak   the long chaos run (SOAK_ROUNDS rounds of killing machines)
 #   make down   stop the local virtual data center
@@ -13,7 +14,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # The pinned Consul, built once into the cache (see scripts/consul.sh).
 CONSUL = $(shell scripts/consul.sh)
 
-.PHONY: all build consul up down test test-short vet bench soak clean package
+.PHONY: all build consul up down test testdeps test-short vet bench soak clean package
 
 all: build
 
@@ -34,24 +35,32 @@ vet:
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || { echo "gofmt: the files above need formatting"; exit 1; }
 	$(GO) vet ./...
 
-# The tools the tests check our files with are pinned and built once into
-# the cache, like Consul: Prometheus and promtool.
+# The programs the tests run come from Debian's packages (testdeps: Chromium,
+# debootstrap, zsh, fish, OpenSSH's client, systemd-analyze, pgrep, Docker),
+# installed when missing, or are pinned and built once into the cache, like
+# Consul: Prometheus and promtool. A test whose program is missing fails.
+#
+# The end-to-end tests are one package, test/e2e, which builds the binary
+# once and runs its tests in one process (the cluster tests in parallel).
 #
 # The mesh package runs without the race detector: the yggdrasil library's
 # peer listing (ironwood's Debug.GetPeers) reads a link's latency timestamps
 # in one actor while another writes them, which -race reports on every run;
 # the fields are a debug latency figure we do not read. Our own code there is
 # a mutex and a channel.
-test: vet
+test: testdeps vet
 	@consul="$$(scripts/consul.sh)" && prom="$$(scripts/prometheus.sh)" && \
 		PATH="$$prom:$$PATH" RAPTIFORMICA_CONSUL="$$consul" $(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/mesh$$') && \
 		$(GO) test -count=1 ./mesh/
+
+testdeps:
+	@scripts/testdeps.sh
 
 # Unit tests only: no Consul, no processes.
 test-short:
 	$(GO) test -short -count=1 ./...
 
-bench: build
+bench: build testdeps
 	$(GO) test -run '^$$' -bench . -benchmem ./reconcile/
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/heal.sh
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/mesh.sh

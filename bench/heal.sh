@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 : "${RAPTIFORMICA_CONSUL:=$(scripts/consul.sh)}"
 export RAPTIFORMICA_CONSUL
 count="${BENCH_COUNT:-3}"
-go test -run '^$' -bench 'Heal|DockerHeal|Reaction|Idle|Recovery' -benchtime "${count}x" -timeout 30m ./cmd/raptiformica/ |
+go test -run '^$' -bench 'Heal|DockerHeal|Reaction|Idle|Recovery' -benchtime "${count}x" -timeout 30m ./test/e2e/ |
 	awk '/^Benchmark/ {
 		name = $1; sub(/-[0-9]+$/, "", name)
 		printf "%s\n", name

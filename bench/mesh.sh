@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 : "${RAPTIFORMICA_CONSUL:=$(scripts/consul.sh)}"
 export RAPTIFORMICA_CONSUL
 count="${BENCH_COUNT:-3}"
-go test -run '^$' -bench 'Mesh' -benchtime "${count}x" -timeout 20m ./cmd/raptiformica/ |
+go test -run '^$' -bench 'Mesh' -benchtime "${count}x" -timeout 20m ./test/e2e/ |
 	awk '/^Benchmark/ {
 		name = $1; sub(/-[0-9]+$/, "", name)
 		printf "%s (mean of %s runs)\n", name, $2

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${RAPTIFORMICA_CONSUL:=$(scripts/consul.sh)}"
 export RAPTIFORMICA_CONSUL
-go test -run '^$' -bench 'Soak' -benchtime 1x -timeout 60m ./cmd/raptiformica/ |
+go test -run '^$' -bench 'Soak' -benchtime 1x -timeout 60m ./test/e2e/ |
 	awk '/^Benchmark/ {
 		name = $1; sub(/-[0-9]+$/, "", name)
 		printf "%s\n", name

@@ -33,7 +33,7 @@ if [ -z "$mirror" ] && [ -e /etc/apt/sources.list ]; then
 fi
 [ -n "$mirror" ] || { echo "rootfs.sh: no apt source for $SUITE in /etc/apt" >&2; exit 1; }
 command -v debootstrap >/dev/null || {
-	echo "rootfs.sh: debootstrap is missing (apt-get install debootstrap; .ci/run does)" >&2
+	echo "rootfs.sh: debootstrap is missing (apt-get install debootstrap; make test does, through scripts/testdeps.sh)" >&2
 	exit 1
 }
 

@@ -38,9 +38,9 @@ func init() {
 	}
 }
 
-// lookTool returns the path of a shell a test runs. The CI installs every
-// one before make test (.ci/run), so a missing shell fails the test, unless
-// -short.
+// lookTool returns the path of a shell a test runs. make test installs
+// every one (scripts/testdeps.sh), so a missing shell fails the test,
+// unless -short.
 func lookTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
@@ -50,7 +50,7 @@ func lookTool(t *testing.T, name string) string {
 	if testing.Short() {
 		t.Skipf("%s not found on PATH (-short)", name)
 	}
-	t.Fatalf("%s not found on PATH: make test in CI installs it (.ci/run), or apt-get install %s", name, name)
+	t.Fatalf("%s not found on PATH: make test installs it (scripts/testdeps.sh), or apt-get install %s", name, name)
 	return ""
 }
 

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Adoption over SSH, against real OpenSSH servers: containers of the Debian
 // root filesystem the project makes with debootstrap (openssh-server and
@@ -166,6 +166,8 @@ func (l *sshLab) adopt(target string, extra ...string) (string, string, int) {
 
 func TestAdopt(t *testing.T) {
 	t.Parallel()
+	const fromOpenSSH = "Debian's openssh-client package; scripts/testdeps.sh installs it"
+	sshAgent, sshAdd := needTool(t, "ssh-agent", fromOpenSSH), needTool(t, "ssh-add", fromOpenSSH)
 	l := newSSHLab(t)
 	ip := l.host(t, 10)
 	name := fmt.Sprintf("%s-%d", l.network, 10)
@@ -211,13 +213,13 @@ func TestAdopt(t *testing.T) {
 	// the same machine, adopted again, nothing changed.
 	agentDir := t.TempDir()
 	sock := filepath.Join(agentDir, "agent.sock")
-	agent := exec.Command("ssh-agent", "-D", "-a", sock)
+	agent := exec.Command(sshAgent, "-D", "-a", sock)
 	if err := agent.Start(); err != nil {
 		t.Fatalf("ssh-agent: %v", err)
 	}
 	t.Cleanup(func() { _ = agent.Process.Kill(); _ = agent.Wait() })
 	waitUntil(t, 10*time.Second, "ssh-agent listens", func() bool { _, err := os.Stat(sock); return err == nil })
-	if out, err := exec.Command("env", "SSH_AUTH_SOCK="+sock, "ssh-add", l.key).CombinedOutput(); err != nil {
+	if out, err := exec.Command("env", "SSH_AUTH_SOCK="+sock, sshAdd, l.key).CombinedOutput(); err != nil {
 		t.Fatalf("ssh-add: %v\n%s", err, out)
 	}
 	cache, _ := os.UserCacheDir() // where the pinned Consul is, whatever HOME says

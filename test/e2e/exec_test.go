@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end test of the exec backend with the shipped example,
 // deploy/examples/exec-docker.hcl: a Consul server that is a process on this
@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"sort"
 	"strings"
 	"testing"
@@ -35,16 +34,14 @@ func newExecCluster(t *testing.T) (*execCluster, string) {
 	if testing.Short() {
 		t.Skip("end-to-end test (run without -short)")
 	}
-	if _, err := exec.LookPath("docker"); err != nil {
-		t.Skip("SKIPPED: no docker command line; the exec example drives it")
-	}
+	needDocker(t) // the example drives the docker command line
 	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
-		t.Skipf("SKIPPED: no Docker client (%v)", err)
+		t.Fatalf("no Docker client: %v", err)
 	}
 	gateway, err := bridgeAddress(cli)
 	if err != nil {
-		t.Skipf("SKIPPED: no address of this host on Docker's default bridge to serve containers from: %v", err)
+		t.Fatalf("no address of this host on Docker's default bridge to serve containers from: %v", err)
 	}
 	c := &execCluster{testCluster: newCluster(t), name: fmt.Sprintf("exec-%06x", rand.IntN(1<<24)), cli: cli}
 	c.testCluster.instances, c.testCluster.killer = c.machinesAndContainers, c.killEither

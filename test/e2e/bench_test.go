@@ -1,9 +1,9 @@
-package main
+package e2e
 
 // Benchmarks that measure the real thing and print figures beside the floor
 // they cannot beat, measured in the same run. They never fail on time.
 //
-//	go test -run '^$' -bench . -benchtime 3x ./cmd/raptiformica/
+//	go test -run '^$' -bench . -benchtime 3x ./test/e2e/
 
 import (
 	"context"

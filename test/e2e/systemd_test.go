@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"os"
@@ -14,10 +14,10 @@ const unitFile = "../../deploy/systemd/raptiformica.service"
 // output counts as a failure: systemd-analyze warns of a misspelt value and
 // ignores it, exiting 0.
 func TestSystemdUnit(t *testing.T) {
-	analyze := needTool(t, "systemd-analyze", "Debian's systemd package")
 	if testing.Short() {
 		t.Skip("needs the built binary (run without -short)")
 	}
+	analyze := needTool(t, "systemd-analyze", "Debian's systemd package; scripts/testdeps.sh installs it")
 	unit, err := os.ReadFile(unitFile)
 	if err != nil {
 		t.Fatal(err)

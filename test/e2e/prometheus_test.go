@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The Prometheus pieces under deploy/prometheus, checked by the tools that
 // consume them: promtool on the rules and their unit tests, and a real
@@ -23,23 +23,6 @@ import (
 )
 
 const promDir = "../../deploy/prometheus"
-
-// needTool returns the path of a program a test needs. `make test` puts
-// every one of them on PATH, so under CI a missing tool fails the test;
-// elsewhere (a bare `go test`) the test is skipped and says where it comes
-// from.
-func needTool(t *testing.T, name, from string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s not found on PATH: make test provides it (%s)", name, from)
-	}
-	t.Skipf("%s not found on PATH: run the tests with make test, which provides it (%s)", name, from)
-	return ""
-}
 
 const fromPrometheus = "scripts/prometheus.sh builds it"
 

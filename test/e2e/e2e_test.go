@@ -1,8 +1,15 @@
-package main
-
-// End-to-end tests: the real binary, real Consul, real processes on loopback
-// addresses. Each test boots its own cluster in its own folder (and so its
-// own 127.x.y.0/24), which lets them run in parallel.
+// Package e2e holds the system tests: the real binary, built from
+// ./cmd/raptiformica in TestMain, driving real Consul agents, processes,
+// Docker containers, OpenSSH servers, Prometheus and Chromium. They talk to
+// the program as a user does, through its command line, its HTTP API and
+// what Consul and the backends report; nothing here reaches into package
+// main.
+//
+// Each cluster test boots its own cluster in its own folder (and so its own
+// 127.x.y.0/24), which lets them run in parallel. `make test` installs and
+// builds every tool they need; one that is missing fails the test that
+// needs it, with where it comes from. With -short they skip.
+package e2e
 
 import (
 	"bytes"
@@ -39,13 +46,19 @@ func TestMain(m *testing.M) {
 		if testing.Short() {
 			return m.Run()
 		}
+		root, err := moduleRoot()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		dir, err := os.MkdirTemp("", "rf-e2e-bin")
 		if err != nil {
 			panic(err)
 		}
 		defer os.RemoveAll(dir)
 		binary = filepath.Join(dir, "raptiformica")
-		build := exec.Command("go", "build", "-o", binary, ".")
+		build := exec.Command("go", "build", "-o", binary, "./cmd/raptiformica")
+		build.Dir = root
 		build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, for the node image
 		out, err := build.CombinedOutput()
 		if err != nil {
@@ -60,6 +73,41 @@ func TestMain(m *testing.M) {
 		return m.Run()
 	}()
 	os.Exit(code)
+}
+
+// needTool returns the path of a program a test needs. `make test` installs
+// or builds every one of them (scripts/testdeps.sh, scripts/prometheus.sh)
+// and puts it on PATH, so a missing one fails the test, saying where it
+// comes from. With -short the test is skipped instead, as every end-to-end
+// test is.
+func needTool(t testing.TB, name, from string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if testing.Short() {
+		t.Skipf("%s not found on PATH (%s); skipped with -short", name, from)
+	}
+	t.Fatalf("%s not found on PATH: run the tests with make test, which provides it (%s)", name, from)
+	return ""
+}
+
+// moduleRoot is the folder of the go.mod this package belongs to, found by
+// walking up from the package's folder (where go test runs it).
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no go.mod in %s or any folder above it", dir)
+		}
+	}
 }
 
 // platformSrc is a description with short timings, so that healing takes
@@ -334,7 +382,9 @@ func (c *testCluster) waitWaiting(timeout time.Duration, wants ...string) {
 	deadline := time.Now().Add(timeout)
 	for {
 		out, _, _ := c.rf("status", "--json")
-		var st statusView
+		var st struct {
+			Reconcile *reconcile.Status `json:"reconcile"`
+		}
 		_ = json.Unmarshal([]byte(out), &st)
 		waiting := ""
 		if st.Reconcile != nil {
@@ -413,6 +463,7 @@ func (c *testCluster) killFollowerThenLeader(v view) {
 func TestSelfHealing(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
+	pgrep := needTool(t, "pgrep", "Debian's procps package; scripts/testdeps.sh installs it")
 	c.up(c.writePlatform("platform.hcl", platformSrc(3, 3)))
 	v := c.waitAgree(3, time.Minute, "after up")
 	t.Logf("up: %v", v)
@@ -464,7 +515,7 @@ func TestSelfHealing(t *testing.T) {
 	if l := listeners(t, addrs); len(l) > 0 {
 		t.Errorf("listening after down: %v", l)
 	}
-	if out, _ := exec.Command("pgrep", "-f", c.dir).Output(); len(out) > 0 {
+	if out, _ := exec.Command(pgrep, "-f", c.dir).Output(); len(out) > 0 {
 		t.Errorf("processes left after down: %s", out)
 	}
 }
@@ -566,7 +617,10 @@ func TestPlatformChanges(t *testing.T) {
 	c.waitAgree(3, time.Minute, "after destroying by hand")
 
 	out, _, code = c.rf("members", "--json")
-	var rows []memberRow
+	var rows []struct {
+		Status string `json:"status"`
+		Leader bool   `json:"leader"`
+	}
 	if err := json.Unmarshal([]byte(out), &rows); err != nil || code != 0 {
 		t.Fatalf("members --json: exit %d, %v:\n%s", code, err, out)
 	}
@@ -584,8 +638,11 @@ func TestPlatformChanges(t *testing.T) {
 	}
 }
 
+// agentStatus asks a machine's agent for its status over its HTTP API.
 func agentStatus(n nodeconfig.Config) (daemon.AgentStatus, error) {
-	return nodeStatus(local.Machine{Config: n})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return daemon.FetchStatus(ctx, n.BindAddr, n.HTTPPort)
 }
 
 func contains(list []string, s string) bool {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"os"
@@ -25,10 +25,7 @@ func needDebianImage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test (run without -short)")
 	}
-	docker := needTool(t, "docker", "the Docker CLI")
-	if err := exec.Command(docker, "version").Run(); err != nil {
-		t.Skipf("SKIPPED: no Docker engine answers (%v)", err)
-	}
+	docker := needDocker(t)
 	debianOnce.Do(func() {
 		var out []byte
 		out, debianErr = exec.Command("../../scripts/rootfs.sh").Output()

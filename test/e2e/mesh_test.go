@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of the overlay mesh on real containers, each on Docker
 // networks of its own: the engine isolates networks from each other, so a

@@ -1,9 +1,9 @@
-package main
+package e2e
 
 // End-to-end tests on the docker backend: every machine is a container with
 // its own address on a bridge network of its cluster, built from the node
-// image the backend makes FROM scratch. They need the Docker engine; on a
-// machine without one they say so and skip.
+// image the backend makes FROM scratch. They need the Docker engine: on a
+// machine without one they fail, saying so.
 
 import (
 	"context"
@@ -36,13 +36,14 @@ func newDockerCluster(t testing.TB) *dockerCluster {
 	if testing.Short() {
 		t.Skip("end-to-end test (run without -short)")
 	}
+	needDocker(t)
 	name := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
 	be, err := docker.New(backends.Config{Name: "docker"}, backends.Env{Cluster: name})
 	if err != nil {
-		t.Skipf("SKIPPED: no Docker client (%v); the docker chaos tests need a Docker engine", err)
+		t.Fatalf("no Docker client (%v); the docker chaos tests need a Docker engine", err)
 	}
 	if err := be.Available(context.Background()); err != nil {
-		t.Skipf("SKIPPED: %v; the docker chaos tests need a Docker engine", err)
+		t.Fatalf("the docker backend is not available: %v; the docker chaos tests need a Docker engine", err)
 	}
 	c := &dockerCluster{testCluster: newCluster(t), name: name, be: be.(*docker.Backend)}
 	c.testCluster.addrs, c.testCluster.instances, c.testCluster.killer = c.addresses, c.containers, c.dockerKill
@@ -55,6 +56,20 @@ func newDockerCluster(t testing.TB) *dockerCluster {
 		}
 	})
 	return c
+}
+
+// fromDocker says where the docker command and engine come from.
+const fromDocker = "Debian's docker.io package; scripts/testdeps.sh installs it"
+
+// needDocker returns the path of the docker command, and fails the test
+// unless a Docker engine answers it. With -short the test is skipped.
+func needDocker(t testing.TB) string {
+	t.Helper()
+	docker := needTool(t, "docker", fromDocker)
+	if out, err := exec.Command(docker, "version", "--format", "{{.Server.Version}}").CombinedOutput(); err != nil {
+		t.Fatalf("no Docker engine answers `docker version` (%v: %s): this test needs one running (%s)", err, strings.TrimSpace(string(out)), fromDocker)
+	}
+	return docker
 }
 
 func dockerPlatform(cluster, extraBackend string) string {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -56,7 +56,7 @@ func screenshot(t *testing.T, chromium, url, file string) []byte {
 
 func TestStatusPage(t *testing.T) {
 	t.Parallel()
-	chromium := needTool(t, "chromium", "Debian's chromium package; .ci/run installs it")
+	chromium := needTool(t, "chromium", "Debian's chromium package; scripts/testdeps.sh installs it")
 	c := newCluster(t)
 	c.up(c.writePlatform("platform.hcl", platformWith(3, 3, "2s", "", false)))
 	v := c.waitAgree(3, time.Minute, "after up")

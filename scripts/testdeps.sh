@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# testdeps.sh installs, from Debian's packages, the programs the tests run
+# that `make test` does not build itself (those are pinned and cached:
+# Consul, Prometheus, the Debian root filesystem). `make test` runs it first,
+# so that on a fresh Debian machine nothing is missing and no test has a
+# reason to skip:
+#   chromium         loads the status page (TestStatusPage)
+#   debootstrap      makes the fresh Debian the package is installed into and
+#                    the adopted machines boot (scripts/rootfs.sh)
+#   zsh, fish        run the completion scripts (TestCompletion)
+#   ssh-agent, -add  the adoption test logs in through an SSH agent
+#   systemd-analyze  checks the shipped unit (TestSystemdUnit)
+#   pgrep            finds processes left behind (TestSelfHealing)
+#   docker           the engine and CLI the container tests drive
+# It installs only what is missing, and says nothing when nothing is.
+set -euo pipefail
+
+# program:package
+need=()
+for pair in chromium:chromium debootstrap:debootstrap zsh:zsh fish:fish \
+	ssh-agent:openssh-client ssh-add:openssh-client systemd-analyze:systemd \
+	pgrep:procps docker:docker.io; do
+	command -v "${pair%%:*}" >/dev/null && continue
+	pkg="${pair#*:}"
+	[[ " ${need[*]-} " == *" $pkg "* ]] || need+=("$pkg")
+done
+
+if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "testdeps.sh: the tests need these Debian packages, and only root can install them: ${need[*]}" >&2
+		echo "testdeps.sh: run as root, or: sudo apt-get install --no-install-recommends ${need[*]}" >&2
+		exit 1
+	fi
+	echo "testdeps.sh: installing ${need[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >&2
+	apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
+
+# The container tests need an engine that answers, not only its command.
+if ! out="$(timeout 30 docker version --format '{{.Server.Version}}' 2>&1)"; then
+	echo "testdeps.sh: no Docker engine answers (docker version: ${out##*$'\n'}); the container tests need one running (systemctl start docker)" >&2
+	exit 1
+fi
