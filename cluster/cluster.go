@@ -159,7 +159,7 @@ func (l *Local) Client(ctx context.Context) (*api.Client, error) {
 		if err != nil {
 			return nil, err
 		}
-		if leader, err := c.Status().Leader(); err == nil && leader != "" {
+		if leader, err := c.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx)); err == nil && leader != "" {
 			return c, nil
 		} else if err != nil {
 			lastErr = err

@@ -78,7 +78,7 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 	if o.parallel < 1 {
 		return fmt.Errorf("%w: --parallel must be at least 1", errUsage)
 	}
-	c, p, err := t.stored()
+	c, p, err := t.stored(ctx)
 	if err != nil {
 		return err
 	}

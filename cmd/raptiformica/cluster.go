@@ -57,7 +57,7 @@ func (t *target) folder() string { return t.cluster().Dir }
 
 // client connects to the cluster: $CONSUL_HTTP_ADDR unless --dir was given,
 // else the Consul of a running machine of the cluster in the folder.
-func (t *target) client() (*api.Client, error) {
+func (t *target) client(ctx context.Context) (*api.Client, error) {
 	if !t.explicit && os.Getenv("CONSUL_HTTP_ADDR") != "" {
 		if t.env == nil {
 			c, err := api.NewClient(api.DefaultConfig())
@@ -68,15 +68,13 @@ func (t *target) client() (*api.Client, error) {
 		}
 		return t.env, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	return t.cluster().Client(ctx)
 }
 
 // backends builds the description's backends on this host, with the KV
 // folders of the cluster when it answers.
-func (t *target) backends(p *rules.Platform) (map[string]backends.Backend, error) {
-	c, err := t.client()
+func (t *target) backends(ctx context.Context, p *rules.Platform) (map[string]backends.Backend, error) {
+	c, err := t.client(ctx)
 	if err != nil {
 		c = nil
 	}
@@ -102,9 +100,7 @@ func upCmd() *cobra.Command {
 }
 
 // kvPlatform is the description the cluster stores.
-func kvPlatform(c *api.Client) (*rules.Platform, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+func kvPlatform(ctx context.Context, c *api.Client) (*rules.Platform, error) {
 	return cluster.Platform(ctx, c, parseOpts())
 }
 
@@ -143,7 +139,7 @@ func membersCmd() *cobra.Command {
 	t := addTarget(c)
 	asJSON := jsonFlag(c)
 	c.RunE = func(c *cobra.Command, _ []string) error {
-		cl, err := t.client()
+		cl, err := t.client(c.Context())
 		if err != nil {
 			return err
 		}

@@ -72,34 +72,22 @@ func fromCluster(t *target, list func(context.Context, *api.Client) ([]cobra.Com
 	return func(c *cobra.Command, _ []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
 		ctx, cancel := context.WithTimeout(c.Context(), completionTimeout)
 		defer cancel()
-		found := make(chan []cobra.Completion, 1)
-		// Not every call on the way takes ctx (finding the cluster,
-		// reading the description): the wait is bounded here instead, and
-		// a completion process exits right after it answers.
-		go func() {
-			var comps []cobra.Completion
-			cl, err := t.client()
-			if err == nil {
-				comps, err = list(ctx, cl)
-			}
-			if err != nil {
-				comps = nil
-			}
-			found <- comps
-		}()
-		select {
-		case comps := <-found:
-			return comps, cobra.ShellCompDirectiveNoFileComp
-		case <-ctx.Done():
+		cl, err := t.client(ctx)
+		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
+		comps, err := list(ctx, cl)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		return comps, cobra.ShellCompDirectiveNoFileComp
 	}
 }
 
 // machineTypes completes --type with the types of the stored description.
 func machineTypes(t *target) cobra.CompletionFunc {
-	return fromCluster(t, func(_ context.Context, c *api.Client) ([]cobra.Completion, error) {
-		p, err := kvPlatform(c)
+	return fromCluster(t, func(ctx context.Context, c *api.Client) ([]cobra.Completion, error) {
+		p, err := kvPlatform(ctx, c)
 		if err != nil {
 			return nil, err
 		}

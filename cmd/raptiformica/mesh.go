@@ -155,7 +155,7 @@ func meshCmd() *cobra.Command {
 
 // meshSecret prints the cluster's mesh secret, for a machine joined by hand.
 func meshSecret(ctx context.Context, t *target, out io.Writer) error {
-	c, err := t.client()
+	c, err := t.client(ctx)
 	if err != nil {
 		return err
 	}

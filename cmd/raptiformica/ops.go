@@ -78,7 +78,7 @@ func statusCmd() *cobra.Command {
 }
 
 func status(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
-	c, err := t.client()
+	c, err := t.client(ctx)
 	if err != nil {
 		// Without a Consul leader there is no KV to read: what each local
 		// machine knows of the lost quorum is the status there is.
@@ -98,7 +98,7 @@ func status(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 	}
 	store := kvschema.New(c)
 	v := statusView{Leader: store.Leader(ctx)}
-	if _, err := kvPlatform(c); err != nil {
+	if _, err := kvPlatform(ctx, c); err != nil {
 		v.PlatformError = err.Error()
 	}
 	if b, err := store.Status(ctx); err == nil && b != nil {
@@ -158,11 +158,11 @@ func planCmd() *cobra.Command {
 }
 
 func plan(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
-	c, p, err := t.stored()
+	c, p, err := t.stored(ctx)
 	if err != nil {
 		return err
 	}
-	bes, err := t.backends(p)
+	bes, err := t.backends(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -248,7 +248,7 @@ func platformApplyCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		cl, err := t.client()
+		cl, err := t.client(c.Context())
 		if err != nil {
 			return err
 		}
@@ -274,7 +274,7 @@ func platformGetCmd() *cobra.Command {
 		"raptiformica platform get > platform.hcl")
 	t := addTarget(c)
 	c.RunE = func(c *cobra.Command, _ []string) error {
-		cl, err := t.client()
+		cl, err := t.client(c.Context())
 		if err != nil {
 			return err
 		}
@@ -314,12 +314,12 @@ func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
 }
 
 // stored is a client of the cluster and the description it stores.
-func (t *target) stored() (*api.Client, *rules.Platform, error) {
-	c, err := t.client()
+func (t *target) stored(ctx context.Context) (*api.Client, *rules.Platform, error) {
+	c, err := t.client(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := kvPlatform(c)
+	p, err := kvPlatform(ctx, c)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -328,8 +328,8 @@ func (t *target) stored() (*api.Client, *rules.Platform, error) {
 
 // machineType reads the stored description and one of its machine types,
 // for the commands that make a machine by hand.
-func (t *target) machineType(typ string) (*api.Client, *rules.Platform, rules.MachineType, error) {
-	c, p, err := t.stored()
+func (t *target) machineType(ctx context.Context, typ string) (*api.Client, *rules.Platform, rules.MachineType, error) {
+	c, p, err := t.stored(ctx)
 	if err != nil {
 		return nil, nil, rules.MachineType{}, err
 	}
@@ -355,14 +355,14 @@ func spawnCmd() *cobra.Command {
 }
 
 func spawn(ctx context.Context, t *target, typ, backend string, asJSON bool, out io.Writer) error {
-	c, p, mt, err := t.machineType(typ)
+	c, p, mt, err := t.machineType(ctx, typ)
 	if err != nil {
 		return err
 	}
 	if backend == "" {
 		backend = mt.Backends[0]
 	}
-	bes, err := t.backends(p)
+	bes, err := t.backends(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -398,11 +398,11 @@ func destroyCmd() *cobra.Command {
 }
 
 func destroy(ctx context.Context, t *target, id string, out io.Writer) error {
-	c, p, err := t.stored()
+	c, p, err := t.stored(ctx)
 	if err != nil {
 		return err
 	}
-	bes, err := t.backends(p)
+	bes, err := t.backends(ctx, p)
 	if err != nil {
 		return err
 	}
