@@ -32,6 +32,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -64,8 +65,8 @@ type Agent struct {
 	besFor      *rules.Platform // the description bes were built from; guarded by mu
 	leading     bool            // guarded by mu
 	lastStatus  *reconcile.Status
-	ready       bool          // Consul reachable and a description loaded; guarded by mu
-	quorum      *QuorumStatus // set while Consul has no leader; guarded by mu
+	ready       bool                   // Consul reachable and a description loaded; guarded by mu
+	quorum      *agentapi.QuorumStatus // set while Consul has no leader; guarded by mu
 	consulProc  *ConsulProcess
 	// mesh is the overlay node, nil with mesh = "none".
 	mesh       *mesh.Node

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/raptiformica/raptiformica/builtin"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
@@ -85,8 +86,8 @@ func stopAgent(t *testing.T, cancel func(), done <-chan error) {
 	}
 }
 
-func httpStatus(cfg nodeconfig.Config) (AgentStatus, error) {
-	var st AgentStatus
+func httpStatus(cfg nodeconfig.Config) (agentapi.AgentStatus, error) {
+	var st agentapi.AgentStatus
 	resp, err := http.Get(fmt.Sprintf("http://%s:%d/v1/status", cfg.BindAddr, cfg.HTTPPort))
 	if err != nil {
 		return st, err

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
@@ -62,17 +63,6 @@ func decodeMeshNodes(pairs api.KVPairs) map[string]MeshNode {
 		}
 	}
 	return nodes
-}
-
-// MeshStatus is the mesh part of /v1/status.
-type MeshStatus struct {
-	Address    string      `json:"address"`
-	Key        string      `json:"key"`
-	ListenPort int         `json:"listen_port"`
-	Endpoints  []string    `json:"endpoints,omitempty"`
-	Peers      []mesh.Peer `json:"peers"`
-	// Problem explains a node that has no link up.
-	Problem string `json:"problem,omitempty"`
 }
 
 // meshMirror is what a node keeps on disk of the mesh, so that after a
@@ -409,11 +399,11 @@ func (a *Agent) meshMetrics(peers []mesh.Peer, seen map[string]bool, last map[st
 }
 
 // meshStatus describes the node's mesh, and when no link is up, why.
-func (a *Agent) meshStatus() *MeshStatus {
+func (a *Agent) meshStatus() *agentapi.MeshStatus {
 	if a.mesh == nil {
 		return nil
 	}
-	st := &MeshStatus{Address: a.mesh.Address().String(), Key: a.mesh.PublicKey(), ListenPort: a.Config.Mesh.ListenPort,
+	st := &agentapi.MeshStatus{Address: a.mesh.Address().String(), Key: a.mesh.PublicKey(), ListenPort: a.Config.Mesh.ListenPort,
 		Endpoints: a.meshEndpoints(), Peers: a.mesh.Peers()}
 	for _, p := range st.Peers {
 		if p.Up {
@@ -455,11 +445,6 @@ func (a *Agent) ensureMeshSecret(ctx context.Context) error {
 	return a.store.InitMeshSecret(ctx, a.Config.Mesh.Secret)
 }
 
-// meshPeerRequest is the body of POST /v1/mesh/peers.
-type meshPeerRequest struct {
-	Endpoint string `json:"endpoint"`
-}
-
 // serveMeshPeer adds a peer by hand (raptiformica join): it is dialled at
 // once and kept in the mirror, so a restarted node dials it again.
 func (a *Agent) serveMeshPeer(w http.ResponseWriter, r *http.Request) {
@@ -467,7 +452,7 @@ func (a *Agent) serveMeshPeer(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this node runs without the mesh (mesh = \"none\"): there is nothing to peer\n", http.StatusConflict)
 		return
 	}
-	var req meshPeerRequest
+	var req agentapi.MeshPeerRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
 		http.Error(w, "bad request: "+err.Error()+"\n", http.StatusBadRequest)
 		return
@@ -488,42 +473,6 @@ func (a *Agent) serveMeshPeer(w http.ResponseWriter, r *http.Request) {
 	a.meshMu.Unlock()
 	a.Log.Info("mesh peer added by hand", "endpoint", u.Host)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// AddMeshPeer asks the agent at addr to dial endpoint and keep it: how
-// `raptiformica join` reaches the local agent, or a member (--agent).
-func AddMeshPeer(ctx context.Context, addr, endpoint string) error {
-	b, _ := json.Marshal(meshPeerRequest{Endpoint: endpoint})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/mesh/peers", strings.NewReader(string(b)))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("agent at %s: %w", addr, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		buf := make([]byte, 512)
-		n, _ := resp.Body.Read(buf)
-		return &AgentRefused{Agent: addr, Status: resp.Status, Reason: strings.TrimSpace(string(buf[:n]))}
-	}
-	return nil
-}
-
-// AgentRefused is an agent's answer refusing a request: retrying does not
-// help, unlike an agent that does not answer (yet).
-type AgentRefused struct {
-	Agent, Status, Reason string
-}
-
-func (e *AgentRefused) Error() string {
-	msg := fmt.Sprintf("agent at %s: %s", e.Agent, e.Status)
-	if e.Reason != "" {
-		msg += ": " + e.Reason
-	}
-	return msg
 }
 
 // CheckMeshMode refuses a description whose mesh mode is not the running

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -41,7 +42,7 @@ type pageMember struct {
 // pageData is what the status page shows.
 type pageData struct {
 	Now     time.Time
-	Self    AgentStatus
+	Self    agentapi.AgentStatus
 	Members []pageMember
 	// Problems says why anything is blocked, in plain words.
 	Problems []string

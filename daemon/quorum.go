@@ -16,41 +16,12 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
-
-// QuorumStatus is what a node knows while its Consul has no leader: with
-// most servers gone there is no KV, no lock and no control loop, so every
-// node says so itself, from its own view of the gossip pool.
-type QuorumStatus struct {
-	// Lost is set once the leader has been missing for longer than the
-	// policy's quorum_lost_after.
-	Lost bool `json:"lost"`
-	// LeaderlessSince is when this node last saw a leader, or when it
-	// started looking.
-	LeaderlessSince time.Time `json:"leaderless_since"`
-	// Servers are the Consul servers in this node's gossip pool, as it
-	// sees them now.
-	Servers []ServerSeen `json:"servers"`
-	// RaftLastIndex is the last Raft log index this node's Consul holds:
-	// among survivors the most up to date recovers.
-	RaftLastIndex uint64 `json:"raft_last_index"`
-	// Recovery says what this node decided about recovering, and why.
-	Recovery string `json:"recovery,omitempty"`
-	// Recovering is set once this node has started to recover: the other
-	// survivors then join it, whatever its Raft index reads meanwhile.
-	Recovering bool `json:"recovering,omitempty"`
-}
-
-// ServerSeen is one Consul server as this node's gossip pool sees it.
-type ServerSeen struct {
-	Name    string                 `json:"name"`
-	Address string                 `json:"address"`
-	Status  reconcile.MemberStatus `json:"status"`
-}
 
 // watchQuorum polls this node's Consul for a leader. The poll is the local
 // agent's status endpoint, which answers without quorum, so it keeps
@@ -87,7 +58,7 @@ func (a *Agent) watchQuorum(ctx context.Context) {
 		if p := a.Platform(); p != nil {
 			after = p.Policy.QuorumLostAfter
 		}
-		qs := &QuorumStatus{LeaderlessSince: since, Lost: missing >= after, Servers: a.serversSeen(), RaftLastIndex: a.raftLastIndex()}
+		qs := &agentapi.QuorumStatus{LeaderlessSince: since, Lost: missing >= after, Servers: a.serversSeen(), RaftLastIndex: a.raftLastIndex()}
 		if qs.Lost && !recovering {
 			if seen := serversKey(qs.Servers); seen != decidedOn || now.Sub(decidedAt) >= evidenceEvery {
 				decision, decidedHere = a.decideRecovery(ctx, qs)
@@ -134,7 +105,7 @@ func (a *Agent) watchQuorum(ctx context.Context) {
 const evidenceEvery = 5 * time.Second
 
 // serversKey is what a survivor sees of the servers, to notice a change.
-func serversKey(ss []ServerSeen) string {
+func serversKey(ss []agentapi.ServerSeen) string {
 	var b strings.Builder
 	for _, s := range ss {
 		b.WriteString(s.Name + "=" + string(s.Status) + ";")
@@ -260,7 +231,7 @@ func (a *Agent) dropLostServers(ctx context.Context) error {
 // sees alive confirms that server's machine is gone or stopped, and when it
 // is the one survivor every survivor would choose: the most up-to-date Raft
 // log, then the lowest machine ID.
-func (a *Agent) decideRecovery(ctx context.Context, qs *QuorumStatus) (string, bool) {
+func (a *Agent) decideRecovery(ctx context.Context, qs *agentapi.QuorumStatus) (string, bool) {
 	p := a.Platform()
 	if p == nil || !a.Config.ConsulServer {
 		return "not a Consul server: waiting for a server to recover", false
@@ -271,7 +242,7 @@ func (a *Agent) decideRecovery(ctx context.Context, qs *QuorumStatus) (string, b
 	recs := a.loadMirroredInventory()
 	bes := a.backends()
 	lists := map[string]map[string]bool{} // backend -> machine ID -> running
-	var survivors []ServerSeen
+	var survivors []agentapi.ServerSeen
 	for _, s := range qs.Servers {
 		if s.Status == reconcile.MemberAlive {
 			survivors = append(survivors, s)
@@ -336,10 +307,10 @@ func (a *Agent) decideRecovery(ctx context.Context, qs *QuorumStatus) (string, b
 
 // peerQuorum asks another agent, at the same HTTP port as this one, what it
 // knows of the lost quorum.
-func (a *Agent) peerQuorum(ctx context.Context, addr string) (*QuorumStatus, error) {
+func (a *Agent) peerQuorum(ctx context.Context, addr string) (*agentapi.QuorumStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	st, err := FetchStatus(ctx, addr, a.Config.HTTPPort)
+	st, err := agentapi.FetchStatus(ctx, addr, a.Config.HTTPPort)
 	return st.Quorum, err
 }
 
@@ -359,22 +330,22 @@ func (a *Agent) raftLastIndex() uint64 {
 	return a.lastRaftIndex.Load()
 }
 
-func (a *Agent) serversSeen() []ServerSeen {
+func (a *Agent) serversSeen() []agentapi.ServerSeen {
 	members, err := a.consul.Agent().Members(false)
 	if err != nil {
 		return nil
 	}
-	var out []ServerSeen
+	var out []agentapi.ServerSeen
 	for _, m := range members {
 		if m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
-			out = append(out, ServerSeen{Name: m.Name, Address: m.Addr, Status: reconcile.SerfStatus(m.Status)})
+			out = append(out, agentapi.ServerSeen{Name: m.Name, Address: m.Addr, Status: reconcile.SerfStatus(m.Status)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-func (a *Agent) setQuorum(q *QuorumStatus) {
+func (a *Agent) setQuorum(q *agentapi.QuorumStatus) {
 	a.mu.Lock()
 	a.quorum = q
 	a.mu.Unlock()

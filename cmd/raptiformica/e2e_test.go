@@ -26,6 +26,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -584,7 +585,7 @@ func TestPlatformChanges(t *testing.T) {
 	}
 }
 
-func agentStatus(n nodeconfig.Config) (daemon.AgentStatus, error) {
+func agentStatus(n nodeconfig.Config) (agentapi.AgentStatus, error) {
 	return nodeStatus(local.Machine{Config: n})
 }
 

@@ -11,7 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -65,11 +65,11 @@ func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
 	// An agent just started (the service, a fresh machine) may not answer
 	// yet: wait for it; one that answers with a refusal is final.
 	for {
-		err := daemon.AddMeshPeer(ctx, addr, u.Host)
+		err := agentapi.AddMeshPeer(ctx, addr, u.Host)
 		if err == nil {
 			break
 		}
-		var refused *daemon.AgentRefused
+		var refused *agentapi.AgentRefused
 		if errors.As(err, &refused) {
 			return err
 		}
@@ -80,9 +80,9 @@ func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	fmt.Fprintf(out, "agent at %s dials %s\n", addr, u.Host)
-	var last *daemon.MeshStatus
+	var last *agentapi.MeshStatus
 	for {
-		st, err := daemon.FetchStatus(ctx, host, port)
+		st, err := agentapi.FetchStatus(ctx, host, port)
 		if err == nil && st.Mesh != nil {
 			last = st.Mesh
 			for _, p := range st.Mesh.Peers {
@@ -109,7 +109,7 @@ func cmdJoin(ctx context.Context, args []string, out io.Writer) error {
 func localMeshProblem(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	st, err := daemon.FetchStatus(ctx, "127.0.0.1", nodeconfig.AgentHTTPPort)
+	st, err := agentapi.FetchStatus(ctx, "127.0.0.1", nodeconfig.AgentHTTPPort)
 	if err != nil || st.Mesh == nil {
 		return ""
 	}
@@ -117,7 +117,7 @@ func localMeshProblem(ctx context.Context) string {
 }
 
 // linkError is what a node's dials of endpoint report.
-func linkError(st *daemon.MeshStatus, endpoint string) string {
+func linkError(st *agentapi.MeshStatus, endpoint string) string {
 	for _, p := range st.Peers {
 		if p.Endpoint == endpoint && p.LastError != "" {
 			return p.LastError
@@ -165,7 +165,7 @@ func cmdMesh(ctx context.Context, args []string, out io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	st, err := daemon.FetchStatus(ctx, host, port)
+	st, err := agentapi.FetchStatus(ctx, host, port)
 	if err != nil {
 		return err
 	}

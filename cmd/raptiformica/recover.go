@@ -13,6 +13,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 )
 
 // cmdRecover is the operator's way out of lost quorum: the chosen survivor
@@ -81,8 +82,8 @@ func cmdRecover(ctx context.Context, args []string, out io.Writer) error {
 	return waitAndPrint(ctx, t, nil, *timeout, out)
 }
 
-func nodeStatus(m local.Machine) (daemon.AgentStatus, error) {
+func nodeStatus(m local.Machine) (agentapi.AgentStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return daemon.FetchStatus(ctx, m.Config.BindAddr, m.Config.HTTPPort)
+	return agentapi.FetchStatus(ctx, m.Config.BindAddr, m.Config.HTTPPort)
 }
