@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -36,7 +35,8 @@ const RecoverFile = "recover"
 // look is the local agent's status endpoint, which answers without quorum,
 // so it keeps working exactly when everything else stops. While there is no
 // leader it says what this node knows (Status); once quorum is lost it
-// decides whether this node recovers the cluster, and does it.
+// decides, by decideRecovery, whether this node recovers the cluster, and
+// does it.
 //
 //	leader ─no leader─▶ leaderless ─quorum_lost_after─▶ lost ─chosen, or `recover`─▶ recovering
 //	  ▲                     │                            │                               │
@@ -70,14 +70,8 @@ type quorumWatch struct {
 // the next look.
 func (q *quorumWatch) Run(ctx context.Context) error {
 	since := q.clock.Now()
-	lost, recovering := false, false
-	// The last decision on recovering, reused for evidenceEvery while the
-	// servers seen stay the same: asking every backend each second is
-	// cheap for containers, not for a cloud CLI.
-	var decision string
-	var decidedHere bool
-	var decidedAt time.Time
-	var decidedOn string
+	wasLost, recovering := false, false
+	var last recoveryDecision
 	for clock.Sleep(ctx, q.clock, time.Second) == nil {
 		leader, err := q.consul.Status().Leader()
 		now := q.clock.Now()
@@ -85,40 +79,37 @@ func (q *quorumWatch) Run(ctx context.Context) error {
 			if recovering {
 				recovering = q.dropLostServers(ctx) != nil
 			}
-			if lost {
+			if wasLost {
 				q.log.Info("consul has a leader again: quorum restored", "leaderless_for", now.Sub(since).Round(time.Second))
 			}
-			since, lost = now, false
+			since, wasLost, last = now, false, recoveryDecision{}
 			q.setStatus(nil)
 			q.metrics.ConsulLeaderless.Set(0)
 			q.metrics.QuorumLost.Set(0)
 			continue
 		}
-		missing := now.Sub(since)
-		q.metrics.ConsulLeaderless.Set(missing.Seconds())
-		after := 30 * time.Second
-		if p := q.mirror.Platform(); p != nil {
-			after = p.Policy.QuorumLostAfter
+		q.metrics.ConsulLeaderless.Set(now.Sub(since).Seconds())
+		f := recoveryFacts{
+			Self: q.cfg.MachineID, ConsulServer: q.cfg.ConsulServer, Now: now, LeaderlessSince: since,
+			Recovering: recovering, Last: last, Servers: q.serversSeen(), RaftLastIndex: q.raftLastIndex(),
 		}
-		qs := &agentapi.QuorumStatus{LeaderlessSince: since, Lost: missing >= after, Servers: q.serversSeen(), RaftLastIndex: q.raftLastIndex()}
-		if qs.Lost && !recovering {
-			if seen := serversKey(qs.Servers); seen != decidedOn || now.Sub(decidedAt) >= evidenceEvery {
-				decision, decidedHere = q.decideRecovery(ctx, qs)
-				decidedAt, decidedOn = now, seen
-			}
-			qs.Recovery = decision
-			if decidedHere {
-				q.log.Warn("recovering on backend evidence", telemetry.KeyReason, qs.Recovery)
-				if err := q.requestRecovery(); err != nil {
-					q.log.Error("request recovery", telemetry.KeyError, err)
-				}
+		if p := q.mirror.Platform(); p != nil {
+			f.Policy = &p.Policy
+		}
+		d := q.decide(ctx, f)
+		last = d
+		qs := &agentapi.QuorumStatus{LeaderlessSince: since, Lost: d.Lost, Servers: f.Servers, RaftLastIndex: f.RaftLastIndex, Recovery: d.Reason}
+		if d.Recover {
+			q.log.Warn("recovering on backend evidence", telemetry.KeyReason, d.Reason)
+			if err := q.requestRecovery(); err != nil {
+				q.log.Error("request recovery", telemetry.KeyError, err)
 			}
 		}
 		// Say so before the restart, so that no other survivor reads this
 		// node's Raft index while its Consul is down and decides otherwise.
 		qs.Recovering = recovering || q.recoverRequested()
 		q.setStatus(qs)
-		if qs.Lost && !lost {
+		if qs.Lost && !wasLost {
 			var failed, alive []string
 			for _, s := range qs.Servers {
 				if s.Status == reconcile.MemberAlive {
@@ -127,12 +118,12 @@ func (q *quorumWatch) Run(ctx context.Context) error {
 					failed = append(failed, s.Name+" ("+string(s.Status)+")")
 				}
 			}
-			q.log.Error("quorum lost: consul has had no leader", "for", missing.Round(time.Second),
+			q.log.Error("quorum lost: consul has had no leader", "for", now.Sub(since).Round(time.Second),
 				"servers_alive", alive, "servers_not_alive", failed, telemetry.KeyError, err)
 			q.metrics.QuorumLost.Set(1)
 		}
-		lost = qs.Lost
-		if lost && q.recoverRequested() {
+		wasLost = qs.Lost
+		if wasLost && q.recoverRequested() {
 			if err := q.recoverAlone(); err != nil {
 				q.log.Error("recovery failed", telemetry.KeyError, err)
 			} else {
@@ -141,19 +132,6 @@ func (q *quorumWatch) Run(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// evidenceEvery is how often a survivor asks the backends again whether the
-// lost servers are gone, while what it sees of them does not change.
-const evidenceEvery = 5 * time.Second
-
-// serversKey is what a survivor sees of the servers, to notice a change.
-func serversKey(ss []agentapi.ServerSeen) string {
-	var b strings.Builder
-	for _, s := range ss {
-		b.WriteString(s.Name + "=" + string(s.Status) + ";")
-	}
-	return b.String()
 }
 
 // Status is what this node knows while its Consul has no leader, nil while
@@ -170,84 +148,50 @@ func (q *quorumWatch) setStatus(s *agentapi.QuorumStatus) {
 	q.mu.Unlock()
 }
 
-// decideRecovery decides, from evidence, whether this node recovers the
-// cluster alone. A partition must never make two platforms, so it recovers
-// only when the backend that owns every server the gossip pool no longer
-// sees alive confirms that server's machine is gone or stopped, and when it
-// is the one survivor every survivor would choose: the most up-to-date Raft
-// log, then the lowest machine ID.
-func (q *quorumWatch) decideRecovery(ctx context.Context, qs *agentapi.QuorumStatus) (string, bool) {
-	p := q.mirror.Platform()
-	if p == nil || !q.cfg.ConsulServer {
-		return "not a Consul server: waiting for a server to recover", false
-	}
-	if !p.Policy.RecoverOnEvidence {
-		return "recover_on_evidence is off: waiting for `raptiformica recover`", false
-	}
-	recs := q.mirror.records()
-	bes := q.backends()
-	lists := map[string]map[string]bool{} // backend -> machine ID -> running
-	var survivors []agentapi.ServerSeen
-	for _, s := range qs.Servers {
-		if s.Status == reconcile.MemberAlive {
-			survivors = append(survivors, s)
-			continue
-		}
-		r, ok := recs[s.Name]
-		if !ok {
-			return fmt.Sprintf("no mirrored record of lost server %s: cannot ask its backend; run `raptiformica recover` if it is gone", s.Name), false
-		}
-		be := bes[r.Backend]
-		if be == nil {
-			return fmt.Sprintf("lost server %s is on backend %q, unknown here", s.Name, r.Backend), false
-		}
-		if lv, ok := be.(backends.LocalView); ok && lv.ListsOnlyLocal() {
-			return fmt.Sprintf("backend %q cannot confirm that %s is gone (it lists only this node's machines)", r.Backend, s.Name), false
-		}
-		running, listed := lists[r.Backend]
-		if !listed {
-			lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			insts, err := be.List(lctx)
-			cancel()
-			if err != nil {
-				return fmt.Sprintf("backend %q cannot be asked about %s: %v", r.Backend, s.Name, err), false
+// decide takes the recovery decision of one look, asking the backends and
+// the other survivors for the evidence it needs as it needs it.
+func (q *quorumWatch) decide(ctx context.Context, f recoveryFacts) recoveryDecision {
+	f.Backends, f.Survivors = map[string]backendEvidence{}, map[string]survivorEvidence{}
+	for {
+		d := decideRecovery(f)
+		switch {
+		case d.AskRecords:
+			if f.Records = q.mirror.records(); f.Records == nil {
+				f.Records = map[string]reconcile.Record{}
 			}
-			running = map[string]bool{}
-			for _, in := range insts {
-				running[in.MachineID] = in.Running
-			}
-			lists[r.Backend] = running
-		}
-		if running[s.Name] {
-			return fmt.Sprintf("lost server %s still runs on backend %q: a partition, not a death; waiting", s.Name, r.Backend), false
-		}
-	}
-	if len(survivors) == 0 {
-		return "this node does not see itself alive in the gossip pool yet", false
-	}
-	// Every survivor computes the same choice from the same facts; one that
-	// cannot be asked stops the choice, rather than risk two recoveries.
-	best, bestIndex := "", uint64(0)
-	for _, s := range survivors {
-		idx := qs.RaftLastIndex
-		if s.Name != q.cfg.MachineID {
-			st, err := q.askPeer(ctx, s.Address)
-			if err != nil || st == nil {
-				return fmt.Sprintf("survivor %s cannot be asked for its Raft index (%v): waiting", s.Name, err), false
-			}
-			if st.Recovering {
-				return fmt.Sprintf("survivor %s is recovering; this node joins it", s.Name), false
-			}
-			idx = st.RaftLastIndex
-		}
-		if best == "" || idx > bestIndex || idx == bestIndex && s.Name < best {
-			best, bestIndex = s.Name, idx
+		case d.AskBackend != "":
+			f.Backends[d.AskBackend] = q.askBackend(ctx, d.AskBackend)
+		case d.AskSurvivor != "":
+			var ev survivorEvidence
+			ev.Quorum, ev.Err = q.askPeer(ctx, addressOf(f.Servers, d.AskSurvivor))
+			f.Survivors[d.AskSurvivor] = ev
+		default:
+			return d
 		}
 	}
-	if best != q.cfg.MachineID {
-		return fmt.Sprintf("every lost server is gone by its backend's word; %s (Raft index %d) recovers, this node joins it", best, bestIndex), false
+}
+
+// askBackend asks a backend of the current description which machines it
+// runs.
+func (q *quorumWatch) askBackend(ctx context.Context, name string) backendEvidence {
+	be := q.backends()[name]
+	if be == nil {
+		return backendEvidence{Unknown: true}
 	}
-	return fmt.Sprintf("every lost server is gone by its backend's word; this node has the most up-to-date Raft log (index %d) of %d survivors", bestIndex, len(survivors)), true
+	if lv, ok := be.(backends.LocalView); ok && lv.ListsOnlyLocal() {
+		return backendEvidence{LocalOnly: true}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	insts, err := be.List(ctx)
+	if err != nil {
+		return backendEvidence{Err: err}
+	}
+	running := map[string]bool{}
+	for _, in := range insts {
+		running[in.MachineID] = in.Running
+	}
+	return backendEvidence{Running: running}
 }
 
 // askPeerQuorum asks another agent, at the given HTTP port (every agent's
@@ -259,6 +203,15 @@ func askPeerQuorum(port int) func(ctx context.Context, addr string) (*agentapi.Q
 		st, err := agentapi.FetchStatus(ctx, addr, port)
 		return st.Quorum, err
 	}
+}
+
+func addressOf(ss []agentapi.ServerSeen, name string) string {
+	for _, s := range ss {
+		if s.Name == name {
+			return s.Address
+		}
+	}
+	return ""
 }
 
 // requestRecovery asks this node to recover, as `raptiformica recover` does.
