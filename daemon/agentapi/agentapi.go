@@ -140,6 +140,7 @@ type AgentRefused struct {
 	Agent, Status, Reason string
 }
 
+// Error says which agent refused, with its status and reason.
 func (e *AgentRefused) Error() string {
 	msg := fmt.Sprintf("agent at %s: %s", e.Agent, e.Status)
 	if e.Reason != "" {
