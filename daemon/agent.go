@@ -1,9 +1,22 @@
-// Package daemon is the raptiformica agent's lifecycle: it supervises the
-// node's own Consul, watches the platform description with blocking queries,
-// mirrors the description and the inventory to disk (and re-seeds an empty KV
-// from that mirror), takes part in leader election through a Consul lock,
-// runs the control loop while it leads, and serves /metrics, /v1/status and
-// /healthz.
+// Package daemon is the raptiformica agent: one process on every machine,
+// made of components that each own their state and each run, as
+// Run(ctx) error, until the agent stops:
+//
+//	ConsulProcess  consul.go  the node's own Consul, a supervised child process
+//	meshSync       mesh.go    the overlay's links, kept in line with KV (mesh = "overlay")
+//	httpServer     http.go    /metrics, /healthz, /v1/status, /v1/mesh/peers, the status page
+//	mirror         mirror.go  the description and inventory watches, their copy on
+//	                          disk, and the re-seed of an empty KV from that copy
+//	elector        leader.go  the campaign for the leader lock; while it holds the
+//	                          lock, the control loop and the autopilot watch
+//	quorumWatch    quorum.go  lost quorum noticed, and recovered on evidence
+//	watchdog       notify.go  the systemd watchdog
+//
+// Agent.Run wires them and runs them as controller-runtime's manager runs
+// its runnables: Consul, the HTTP server and the mesh at once, the rest once
+// Consul answers with a leader; a component that returns an error stops the
+// agent. Components retry what fails on their own and return an error only
+// when they cannot go on.
 //
 // An agent's life:
 //
@@ -14,22 +27,17 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
@@ -50,79 +58,132 @@ type Agent struct {
 	Log    hclog.Logger
 	Clock  clock.Clock
 
+	// Set by Run before any component starts; read-only afterwards.
 	metrics   *telemetry.Metrics
 	consul    *api.Client
 	store     *kvschema.Store
 	inventory *reconcile.Inventory
-	executor  *reconcile.Executor
-	wake      chan struct{}
+	seed      *kvSeed
 
-	mu          sync.RWMutex
-	platform    *rules.Platform // last valid description; guarded by mu
-	platformErr string          // why the description in KV was rejected; guarded by mu
-	bes         map[string]backends.Backend
-	besFor      *rules.Platform // the description bes were built from; guarded by mu
-	leading     bool            // guarded by mu
-	lastStatus  *reconcile.Status
-	ready       bool          // Consul reachable and a description loaded; guarded by mu
-	quorum      *QuorumStatus // set while Consul has no leader; guarded by mu
-	consulProc  *ConsulProcess
-	// mesh is the overlay node, nil with mesh = "none".
-	mesh       *mesh.Node
-	meshMu     sync.Mutex // guards meshMirror and its file
-	meshMirror meshMirror
-	// bindAuto: bind_addr was "auto", so the machine's own network is all
-	// of its interfaces, and the mesh advertises each.
-	bindAuto bool
-	// lastRaftIndex is the last Raft index read from Consul.
-	lastRaftIndex atomic.Uint64
+	// The components.
+	proc     *ConsulProcess
+	mesh     *meshSync // nil with mesh = "none"
+	http     *httpServer
+	mirror   *mirror
+	elector  *elector
+	quorum   *quorumWatch
+	watchdog *watchdog
 }
 
-// Run starts the node and blocks until ctx ends; then it stops leading,
-// leaves Consul gracefully, stops Consul and returns. It returns an error
-// only when the node cannot start at all.
+// component is a long-lived part of the agent. Run blocks until ctx ends
+// and then returns nil; an error means the agent cannot go on.
+type component interface {
+	Run(ctx context.Context) error
+}
+
+// Run starts the node and blocks until ctx ends or a component fails; then
+// it stops leading, leaves Consul gracefully, stops Consul, shuts the HTTP
+// server and returns. It returns an error when the node cannot start at
+// all, or the error of the component that stopped it.
 func (a *Agent) Run(ctx context.Context) error {
-	if a.Clock == nil {
-		a.Clock = clock.Real{}
+	if err := a.setUp(); err != nil {
+		return err
 	}
-	a.bindAuto = a.Config.BindAddr == nodeconfig.BindAuto
+	if a.mesh != nil {
+		// Consul binds to the overlay: it goes last.
+		defer a.mesh.node.Close()
+	}
+	lns, err := listen(a.Config)
+	if err != nil {
+		return err
+	}
+	a.http.lns = lns
+
+	// stopping ends with ctx, or when Consul or the HTTP server fails.
+	stopping, fail := context.WithCancelCause(ctx)
+	defer fail(nil)
+	// Consul and the HTTP server outlive the other components, so that
+	// the node leaves Consul and answers /healthz while it stops.
+	consul := startDetached(a.proc, fail)
+	web := startDetached(a.http, fail)
+
+	// Without Consul: the mesh is how a new node finds the cluster.
+	atOnce := []component{}
+	if a.mesh != nil {
+		atOnce = append(atOnce, a.mesh)
+	}
+	// Once Consul has a leader and the KV holds this node's part.
+	afterConsul := []component{a.mirror, a.elector, a.quorum, a.watchdog}
+
+	g, gctx := errgroup.WithContext(stopping)
+	for _, c := range atOnce {
+		g.Go(func() error { return c.Run(gctx) })
+	}
+	up := make(chan struct{})
+	g.Go(func() error {
+		if a.waitConsul(gctx) != nil {
+			return nil
+		}
+		a.Log.Info("consul is up")
+		if a.seed.run(gctx) == nil {
+			close(up)
+		}
+		return nil
+	})
+	for _, c := range afterConsul {
+		g.Go(func() error {
+			select {
+			case <-up:
+				return c.Run(gctx)
+			case <-gctx.Done():
+				return nil
+			}
+		})
+	}
+
+	<-gctx.Done()
+	a.Log.Info("stopping")
+	notify("STOPPING=1")
+	err = g.Wait() // the elector has stopped leading when this returns
+	a.leave()
+	err = errors.Join(err, consul.stop())
+	err = errors.Join(err, web.stop())
+	a.Log.Info("stopped")
+	return err
+}
+
+// setUp makes what the components share and the components themselves:
+// the node's address resolved, the mesh up (the node's address becomes the
+// overlay one), the Consul client, and a description loaded (from the
+// mirror, else the node config). It starts no goroutine but the mesh's.
+func (a *Agent) setUp() (err error) {
+	a.Clock = clock.Or(a.Clock)
+	bindAuto := a.Config.BindAddr == nodeconfig.BindAuto
 	addr, err := nodeconfig.ResolveBindAddr(a.Config.BindAddr)
 	if err != nil {
 		return err
 	}
 	a.Config.BindAddr = addr
 	a.Log = a.Log.With(telemetry.KeyMachineID, a.Config.MachineID)
-	if a.Config.Mesh != nil {
-		if err := os.MkdirAll(a.Config.DataDir, 0o700); err != nil {
-			return fmt.Errorf("data dir: %w", err)
-		}
-		if err := a.startMesh(); err != nil {
-			return err
-		}
-		defer a.mesh.Close()
-	}
-	c := a.Config
-	a.metrics = telemetry.New()
-	a.wake = make(chan struct{}, 1)
-	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+	if err := os.MkdirAll(a.Config.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	if p, err := a.loadMirror(); err == nil {
-		a.setPlatform(p)
-		a.Log.Info("loaded platform description from the local mirror")
-	} else if c.PlatformFile != "" {
-		p, err := rules.ParseFile(c.PlatformFile, a.parseOptions())
-		if err != nil {
+	var overlay *mesh.Node
+	var known meshMirror
+	if a.Config.Mesh != nil {
+		if overlay, known, err = startMesh(a.Config, a.Log); err != nil {
 			return err
 		}
-		a.setPlatform(p)
-	} else if c.Platform != "" {
-		p, err := rules.Parse("node config platform", []byte(c.Platform), a.parseOptions())
-		if err != nil {
-			return err
-		}
-		a.setPlatform(p)
+		defer func() {
+			if err != nil {
+				overlay.Close()
+			}
+		}()
+		a.Config.Mesh.Underlay = a.Config.BindAddr
+		a.Config.BindAddr = overlay.Address().String()
+		a.Log.Info("mesh up", telemetry.KeyAddress, a.Config.BindAddr, "key", overlay.PublicKey(), "listen_port", a.Config.Mesh.ListenPort)
 	}
+	c := a.Config
 
 	cfg := api.DefaultConfig()
 	cfg.Address = net.JoinHostPort(c.BindAddr, strconv.Itoa(c.ConsulHTTPPort))
@@ -131,87 +192,58 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consul client: %w", err)
 	}
+	a.metrics = telemetry.New()
 	a.consul = client
 	a.store = kvschema.New(client)
 	a.inventory = &reconcile.Inventory{Store: a.store}
-	hooks := &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock}
-	a.executor = &reconcile.Executor{
-		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"),
-		Metrics: a.metrics, NodeConfig: NodeConfigFor(client, c.ClusterDir, c.ConsulBinary, a.selfEndpoints), Hooks: hooks,
-	}
+	a.seed = &kvSeed{cfg: c, store: a.store, inventory: a.inventory, clock: a.Clock, log: a.Log}
 
-	var lns []net.Listener
-	for _, host := range listenHosts(c) {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(c.HTTPPort)))
-		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
-			return fmt.Errorf("node config http_port %d on bind_addr %s: %w (another agent or program holds it; set http_port)", c.HTTPPort, host, err)
+	a.mirror = &mirror{
+		dir: filepath.Join(c.DataDir, "mirror"), self: c.MachineID, parse: reconcile.ParseOptions(a.Registry),
+		store: a.store, inventory: a.inventory, log: a.Log, metrics: a.metrics,
+	}
+	bes := &backendSet{
+		registry: a.Registry, platform: a.mirror.Platform, store: a.store, log: a.Log,
+		env: backends.Env{ClusterDir: c.ClusterDir, Binary: a.Binary, ConsulBinary: c.ConsulBinary, Logger: a.Log.Named("backend")},
+	}
+	a.proc = &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirror.peers, Clock: a.Clock}
+	// Where a new machine can dial the node that configures it: in its
+	// config even before this node's mesh entry is in KV.
+	var selfEndpoints func() []string
+	if overlay != nil {
+		selfEndpoints = func() []string { return meshEndpoints(c.Mesh, bindAuto) }
+	}
+	executor := &reconcile.Executor{
+		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics,
+		NodeConfig: NodeConfigFor(client, c.ClusterDir, c.ConsulBinary, selfEndpoints),
+		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
+	}
+	a.elector = &elector{
+		self: c.MachineID, neverLead: c.NeverLead, consul: client, store: a.store, inventory: a.inventory, executor: executor,
+		platform: a.mirror.Platform, reseed: a.mirror.reseed, backends: bes.get,
+		clock: a.Clock, log: a.Log, metrics: a.metrics, wake: make(chan struct{}, 1),
+	}
+	a.mirror.changed = a.elector.poke
+	a.quorum = &quorumWatch{
+		cfg: c, consul: client, inventory: a.inventory, proc: a.proc, mirror: a.mirror, seed: a.seed,
+		backends: bes.get, poke: a.elector.poke, askPeer: askPeerQuorum(c.HTTPPort),
+		clock: a.Clock, log: a.Log, metrics: a.metrics,
+	}
+	if overlay != nil {
+		a.mesh = &meshSync{
+			node: overlay, known: known, cfg: c, bindAuto: bindAuto,
+			consul: client, store: a.store, inventory: a.inventory,
+			platform: a.mirror.Platform, leading: a.elector.Leading,
+			clock: a.Clock, log: a.Log, metrics: a.metrics,
 		}
-		lns = append(lns, ln)
 	}
-	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
-
-	runCtx, stop := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	goRun := func(f func(context.Context)) {
-		wg.Add(1)
-		go func() { defer wg.Done(); f(runCtx) }()
+	a.watchdog = &watchdog{consul: client, clock: a.Clock, log: a.Log}
+	a.http = &httpServer{
+		cfg: c, consul: client, store: a.store, inventory: a.inventory,
+		mirror: a.mirror, elector: a.elector, quorum: a.quorum, mesh: a.mesh,
+		clock: a.Clock, log: a.Log, metrics: a.metrics,
 	}
-	consulCtx, stopConsul := context.WithCancel(context.Background())
-	consulDone := make(chan struct{})
-	proc := &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirroredPeers, Clock: a.Clock}
-	a.consulProc = proc
-	go func() { defer close(consulDone); proc.Run(consulCtx) }()
-	for _, ln := range lns {
-		go func() { _ = srv.Serve(ln) }()
-	}
-	if a.mesh != nil {
-		goRun(a.runMesh)
-	}
-
-	goRun(func(ctx context.Context) {
-		if err := a.waitConsul(ctx); err != nil {
-			return
-		}
-		a.Log.Info("consul is up")
-		a.bootstrapKV(ctx)
-		goRun(a.watchPlatform)
-		goRun(a.watchInventory)
-		goRun(a.campaign)
-		goRun(a.watchQuorum)
-		goRun(a.watchdog)
-	})
-
-	<-ctx.Done()
-	a.Log.Info("stopping")
-	notify("STOPPING=1")
-	stop()
-	wg.Wait()
-	// A graceful stop leaves the cluster, so that the others see "left",
-	// not "failed", and a server is taken out of Raft.
-	leaveDone := make(chan error, 1)
-	go func() { leaveDone <- client.Agent().Leave() }()
-	select {
-	case err := <-leaveDone:
-		if err != nil {
-			a.Log.Warn("leave failed", telemetry.KeyError, err)
-		}
-	case <-a.Clock.After(5 * time.Second):
-		a.Log.Warn("leave timed out")
-	}
-	stopConsul()
-	<-consulDone
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(shutdownCtx)
-	a.Log.Info("stopped")
-	return nil
-}
-
-func (a *Agent) parseOptions() rules.Options {
-	return reconcile.ParseOptions(a.Registry)
+	return a.mirror.load(c.PlatformFile, c.Platform)
 }
 
 // waitConsul blocks until the local Consul answers and the cluster has a
@@ -223,168 +255,64 @@ func (a *Agent) waitConsul(ctx context.Context) error {
 	})
 }
 
-// bootstrapKV puts in KV what the cluster needs from this node: the gossip
-// key (when the cluster has none yet) and this machine's inventory record
-// (when it has none: the seed, or a machine joined by hand). It retries until
-// it succeeds or ctx ends.
-func (a *Agent) bootstrapKV(ctx context.Context) {
-	attempt := 0
-	_ = clock.Poll(ctx, a.Clock, time.Second, func() (bool, error) {
-		attempt++
-		err := a.ensureGossipKey(ctx)
-		if err == nil {
-			err = a.ensureMeshSecret(ctx)
-		}
-		if err == nil {
-			err = a.ensureRecord(ctx)
-		}
-		if err != nil {
-			a.Log.Warn("bootstrap KV", telemetry.KeyError, err, telemetry.KeyAttempt, attempt)
-		}
-		return err == nil, nil
-	})
-}
-
-func (a *Agent) ensureGossipKey(ctx context.Context) error {
-	key := a.Config.Encrypt
-	if key == "" {
-		return nil
-	}
-	return a.store.InitGossipKey(ctx, key)
-}
-
-func (a *Agent) ensureRecord(ctx context.Context) error {
-	rec, found, err := a.inventory.Get(ctx, a.Config.MachineID)
-	if err != nil {
-		return err
-	}
-	if found && a.mesh != nil && rec.Address != a.Config.BindAddr {
-		// The spawner recorded the machine's own network address; over
-		// the mesh the others reach it at its overlay address.
-		// The old address stays among Addresses: members dial it until
-		// this node's mesh entry is in KV.
-		if !slices.Contains(rec.Addresses, rec.Address) {
-			rec.Addresses = append(rec.Addresses, rec.Address)
-		}
-		rec.Address, rec.Updated = a.Config.BindAddr, a.Clock.Now()
-		if _, err := a.inventory.Put(ctx, rec); err != nil && !errors.Is(err, reconcile.ErrConflict) {
-			return err
-		}
-		return nil
-	}
-	if found {
-		return nil
-	}
-	now := a.Clock.Now()
-	_, err = a.inventory.Put(ctx, reconcile.Record{
-		ID: a.Config.MachineID, Type: a.Config.MachineType, Backend: a.Config.Backend, State: reconcile.StateJoined,
-		Address: a.Config.BindAddr, Seed: a.Config.Bootstrap, Created: now, Updated: now,
-	})
-	if errors.Is(err, reconcile.ErrConflict) {
-		return nil // written by the leader meanwhile
-	}
-	return err
-}
-
-// NewGossipKey returns a fresh 32-byte gossip encryption key, base64-encoded
-// as Consul wants it.
-func NewGossipKey() string {
-	var b [32]byte
-	_, _ = rand.Read(b[:])
-	return base64.StdEncoding.EncodeToString(b[:])
-}
-
-// Platform returns the last valid description, or nil before the first.
-func (a *Agent) Platform() *rules.Platform {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return a.platform
-}
-
-func (a *Agent) setPlatform(p *rules.Platform) {
-	a.mu.Lock()
-	a.platform = p
-	a.platformErr = ""
-	a.mu.Unlock()
+// leave takes the node out of the cluster, so that the others see "left",
+// not "failed", and a server is taken out of Raft. It gives up after 5 s.
+func (a *Agent) leave() {
+	done := make(chan error, 1)
+	go func() { done <- a.consul.Agent().Leave() }()
 	select {
-	case a.wake <- struct{}{}:
-	default:
-	}
-}
-
-// backends returns the backends of the current description, built once per
-// description.
-func (a *Agent) backends() map[string]backends.Backend {
-	p := a.Platform()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.besFor == p && a.bes != nil {
-		return a.bes
-	}
-	env := backends.Env{Cluster: p.Cluster, ClusterDir: a.Config.ClusterDir, Binary: a.Binary, ConsulBinary: a.Config.ConsulBinary, Logger: a.Log.Named("backend")}
-	bes, errs := reconcile.NewBackends(a.Registry, p, env, a.store)
-	for name, err := range errs {
-		a.Log.Error("backend unusable", telemetry.KeyBackend, name, telemetry.KeyError, err)
-		bes[name] = brokenBackend{err: err}
-	}
-	a.bes, a.besFor = bes, p
-	return bes
-}
-
-// brokenBackend stands in for a backend whose settings are wrong, so that the
-// planner sees it as unavailable and says why.
-type brokenBackend struct{ err error }
-
-var _ backends.Backend = brokenBackend{}
-
-func (b brokenBackend) Available(context.Context) error { return b.err }
-func (b brokenBackend) Spawn(context.Context, backends.Spec) (backends.Instance, error) {
-	return backends.Instance{}, b.err
-}
-func (b brokenBackend) Destroy(context.Context, string) error             { return b.err }
-func (b brokenBackend) List(context.Context) ([]backends.Instance, error) { return nil, b.err }
-
-// NodeConfigFor returns how new machines are configured by a node that
-// reaches Consul through client: they join the live servers, get the
-// cluster's gossip key and mesh secret, dial the members' mesh endpoints
-// and the configuring node's own (self, which may be nil), and run the
-// given Consul binary.
-func NodeConfigFor(client *api.Client, clusterDir, consulBinary string, self func() []string) reconcile.NodeConfigFunc {
-	return func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (nodeconfig.Config, error) {
-		store := kvschema.New(client)
-		key, err := store.GossipKey(ctx)
+	case err := <-done:
 		if err != nil {
-			return nodeconfig.Config{}, fmt.Errorf("read gossip key: %w", err)
+			a.Log.Warn("leave failed", telemetry.KeyError, err)
 		}
-		if err := CheckMeshMode(ctx, store, p); err != nil {
-			return nodeconfig.Config{}, err
-		}
-		var meshCfg *nodeconfig.Mesh
-		if p.Mesh.Enabled() {
-			var own []string
-			if self != nil {
-				own = self()
-			}
-			if meshCfg, err = meshConfigFor(ctx, store, p.Mesh.Port, p.Mesh.Peers, own); err != nil {
-				return nodeconfig.Config{}, err
-			}
-		}
-		members, err := client.Agent().Members(false)
-		if err != nil {
-			return nodeconfig.Config{}, fmt.Errorf("list members: %w", err)
-		}
-		var join []string
-		for _, m := range members {
-			if reconcile.SerfStatus(m.Status) == reconcile.MemberAlive && m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
-				join = append(join, m.Addr)
-			}
-		}
-		return nodeconfig.Config{
-			MachineID: id, MachineType: mt.Name, Cluster: p.Cluster, Backend: backend,
-			ClusterDir: clusterDir, ConsulBinary: consulBinary, ConsulServer: mt.ConsulServer,
-			RetryJoin: join, Encrypt: key, Mesh: meshCfg,
-		}.WithDefaults(), nil
+	case <-a.Clock.After(5 * time.Second):
+		a.Log.Warn("leave timed out")
 	}
+}
+
+// detached is a component run on a context of its own, so that the agent's
+// stop ends it at its turn rather than with the others.
+type detached struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startDetached runs c until stop; if c fails first, fail is called with
+// its error, which stops the agent.
+func startDetached(c component, fail context.CancelCauseFunc) *detached {
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &detached{cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		err := c.Run(ctx)
+		if err != nil {
+			fail(err)
+		}
+		d.done <- err
+	}()
+	return d
+}
+
+// stop ends the component, waits for it and returns its error.
+func (d *detached) stop() error {
+	d.cancel()
+	return <-d.done
+}
+
+// listen holds the agent's HTTP port on every address it serves, before
+// anything starts: a port held by another program stops the agent at once.
+func listen(c nodeconfig.Config) ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, host := range listenHosts(c) {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(c.HTTPPort)))
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, fmt.Errorf("node config http_port %d on bind_addr %s: %w (another agent or program holds it; set http_port)", c.HTTPPort, host, err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
 }
 
 // listenHosts are the addresses the agent's HTTP listens on: the node's
@@ -401,10 +329,10 @@ func listenHosts(c nodeconfig.Config) []string {
 	return hosts
 }
 
-func (a *Agent) isLeading() bool {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return a.leading
+// Platform returns the last valid description, or nil before the first.
+func (a *Agent) Platform() *rules.Platform {
+	if a.mirror == nil {
+		return nil
+	}
+	return a.mirror.Platform()
 }
-
-func (a *Agent) mirrorDir() string { return filepath.Join(a.Config.DataDir, "mirror") }

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/raptiformica/raptiformica/builtin"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
@@ -85,8 +86,8 @@ func stopAgent(t *testing.T, cancel func(), done <-chan error) {
 	}
 }
 
-func httpStatus(cfg nodeconfig.Config) (AgentStatus, error) {
-	var st AgentStatus
+func httpStatus(cfg nodeconfig.Config) (agentapi.AgentStatus, error) {
+	var st agentapi.AgentStatus
 	resp, err := http.Get(fmt.Sprintf("http://%s:%d/v1/status", cfg.BindAddr, cfg.HTTPPort))
 	if err != nil {
 		return st, err
@@ -136,15 +137,15 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 	if got := testutil.ToFloat64(a.metrics.PlatformRejected); got != 1 {
 		t.Errorf("platform_rejected_total: got %v want 1", got)
 	}
-	mirror, err := os.ReadFile(filepath.Join(a.mirrorDir(), "platform"))
+	mirror, err := os.ReadFile(filepath.Join(a.mirror.dir, "platform"))
 	if err != nil || string(mirror) != string(good) {
 		t.Errorf("mirror after a rejected description: got %q err=%v", mirror, err)
 	}
 
 	// A new cluster's inventory is mirrored at epoch 0.
 	waitFor(t, 10*time.Second, "the inventory is mirrored", func() bool {
-		v := a.mirroredInventoryVersion()
-		return v.Epoch == 0 && v.Index > 0 && a.loadMirroredInventory()["server-daemon"].ID != ""
+		v := a.mirror.inventoryVersion()
+		return v.Epoch == 0 && v.Index > 0 && a.mirror.records()["server-daemon"].ID != ""
 	})
 
 	// An empty KV (the cluster's state lost) is re-seeded from the mirror.
@@ -160,7 +161,7 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 		return err == nil && found
 	})
 	waitFor(t, 10*time.Second, "the re-seeded inventory is mirrored at epoch 1", func() bool {
-		return a.mirroredInventoryVersion().Epoch == 1
+		return a.mirror.inventoryVersion().Epoch == 1
 	})
 
 	// A new valid description is taken up and mirrored.
@@ -169,7 +170,7 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the new description is loaded and mirrored", func() bool {
-		b, _ := os.ReadFile(filepath.Join(a.mirrorDir(), "platform"))
+		b, _ := os.ReadFile(filepath.Join(a.mirror.dir, "platform"))
 		return a.Platform().Policy.ResyncInterval == 2*time.Second && string(b) == next
 	})
 	if got := testutil.ToFloat64(a.metrics.PlatformValid); got != 1 {
@@ -187,15 +188,15 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 		}
 	}
 	waitFor(t, 10*time.Second, "version 2 is mirrored", func() bool {
-		b, _ := os.ReadFile(filepath.Join(a.mirrorDir(), "platform"))
-		return string(b) == v4 && a.mirroredVersion() == 2
+		b, _ := os.ReadFile(filepath.Join(a.mirror.dir, "platform"))
+		return string(b) == v4 && a.mirror.platformVersion() == 2
 	})
 	if _, err := kv.Put(&api.KVPair{Key: kvschema.Platform, Value: []byte(v3), Flags: 1}, nil); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the older version is loaded", func() bool { return a.Platform().Policy.ResyncInterval == 3*time.Second })
-	if b, _ := os.ReadFile(filepath.Join(a.mirrorDir(), "platform")); string(b) != v4 || a.mirroredVersion() != 2 {
-		t.Errorf("an older version replaced the mirror: version %d\n%s", a.mirroredVersion(), b)
+	if b, _ := os.ReadFile(filepath.Join(a.mirror.dir, "platform")); string(b) != v4 || a.mirror.platformVersion() != 2 {
+		t.Errorf("an older version replaced the mirror: version %d\n%s", a.mirror.platformVersion(), b)
 	}
 	if got := testutil.ToFloat64(a.metrics.MirrorKeptNewer.WithLabelValues("platform")); got != 1 {
 		t.Errorf("mirror_kept_newer_total{what=platform}: got %v want 1", got)
@@ -225,13 +226,13 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 	waitFor(t, 10*time.Second, "the older inventory is refused", func() bool {
 		return testutil.ToFloat64(a.metrics.MirrorKeptNewer.WithLabelValues("inventory")) == 1
 	})
-	if got := a.loadMirroredInventory()["server-daemon"].Reason; got != "" || a.mirroredInventoryVersion().Epoch != 1 {
-		t.Errorf("an older inventory replaced the mirror: reason %q, version %v", got, a.mirroredInventoryVersion())
+	if got := a.mirror.records()["server-daemon"].Reason; got != "" || a.mirror.inventoryVersion().Epoch != 1 {
+		t.Errorf("an older inventory replaced the mirror: reason %q, version %v", got, a.mirror.inventoryVersion())
 	}
 	setEpoch("1")
 	touch("current")
 	waitFor(t, 10*time.Second, "the current inventory is mirrored", func() bool {
-		return a.loadMirroredInventory()["server-daemon"].Reason == "current"
+		return a.mirror.records()["server-daemon"].Reason == "current"
 	})
 
 	// SIGTERM's path: the agent stops, and its Consul with it.

@@ -251,20 +251,20 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 		}
 		return err
 	case <-p.restart:
-		stopProcess(cmd, done)
+		stopProcess(cmd, done, clock.Or(p.Clock))
 		return errRestart
 	case <-ctx.Done():
-		stopProcess(cmd, done)
+		stopProcess(cmd, done, clock.Or(p.Clock))
 		return ctx.Err()
 	}
 }
 
 // stopProcess stops Consul: SIGTERM, then SIGKILL after 10 s.
-func stopProcess(cmd *exec.Cmd, done <-chan error) {
+func stopProcess(cmd *exec.Cmd, done <-chan error, clk clock.Clock) {
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
+	case <-clk.After(10 * time.Second):
 		_ = cmd.Process.Kill()
 		<-done
 	}

@@ -3,94 +3,106 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
 
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
-// AgentStatus is the body of GET /v1/status.
-type AgentStatus struct {
-	MachineID   string `json:"machine_id"`
-	MachineType string `json:"machine_type"`
-	Address     string `json:"address"`
-	IsLeader    bool   `json:"is_leader"`
-	// Leader is the machine ID holding the leader lock, empty when none.
-	Leader string `json:"leader"`
-	Ready  bool   `json:"ready"`
-	// PlatformError says why the description in KV was rejected; the node
-	// then runs its last good one.
-	PlatformError string `json:"platform_error,omitempty"`
-	// Reconcile is the leader's last published pass.
-	Reconcile *reconcile.Status `json:"reconcile,omitempty"`
-	// Quorum is set while this node's Consul has no leader.
-	Quorum *QuorumStatus `json:"quorum,omitempty"`
-	// Mesh is the node's overlay, when it runs one.
-	Mesh *MeshStatus `json:"mesh,omitempty"`
+// httpServer serves the agent's API (package agentapi), /metrics, /healthz
+// and the status page on the listeners the agent opened at start. It owns
+// no state: it reports the other components'.
+type httpServer struct {
+	lns       []net.Listener
+	cfg       nodeconfig.Config
+	consul    *api.Client
+	store     *kvschema.Store
+	inventory *reconcile.Inventory
+	mirror    *mirror
+	elector   *elector
+	quorum    *quorumWatch
+	mesh      *meshSync // nil with mesh = "none"
+	clock     clock.Clock
+	log       hclog.Logger
+	metrics   *telemetry.Metrics
 }
 
-// FetchStatus asks the agent at addr:port for its /v1/status: how the CLI
-// and the other agents learn what a node knows, with or without a Consul
-// leader.
-func FetchStatus(ctx context.Context, addr string, port int) (AgentStatus, error) {
-	var st AgentStatus
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(addr, strconv.Itoa(port))+"/v1/status", nil)
-	if err != nil {
-		return st, err
+// Run serves until ctx ends, then shuts the server down (open requests get
+// 2 s) and returns nil; it returns an error when a listener fails.
+func (h *httpServer) Run(ctx context.Context) error {
+	srv := &http.Server{Handler: h.handler(), ReadHeaderTimeout: 5 * time.Second}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, ln := range h.lns {
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve http on %s: %w", ln.Addr(), err)
+			}
+			return nil
+		})
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("%s: %s", req.URL, resp.Status)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	g.Go(func() error {
+		<-gctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+		return nil
+	})
+	return g.Wait()
 }
 
-func (a *Agent) handler() http.Handler {
+func (h *httpServer) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{Registry: a.metrics.Registry}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(h.metrics.Registry, promhttp.HandlerOpts{Registry: h.metrics.Registry}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		a.mu.RLock()
-		ready := a.ready
-		a.mu.RUnlock()
-		if !ready {
+		if !h.mirror.Ready() {
 			http.Error(w, "not ready: waiting for Consul and a platform description\n", http.StatusServiceUnavailable)
 			return
 		}
-		if _, err := a.consul.Status().Leader(); err != nil {
+		if _, err := h.consul.Status().Leader(); err != nil {
 			http.Error(w, "consul unreachable: "+err.Error()+"\n", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("GET /{$}", a.servePage)
-	mux.HandleFunc("POST /v1/mesh/peers", a.serveMeshPeer)
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /{$}", h.servePage)
+	if h.mesh != nil {
+		mux.HandleFunc("POST "+agentapi.MeshPeersPath, h.mesh.serveAddPeer)
+	} else {
+		mux.HandleFunc("POST "+agentapi.MeshPeersPath, func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "this node runs without the mesh (mesh = \"none\"): there is nothing to peer\n", http.StatusConflict)
+		})
+	}
+	mux.HandleFunc("GET "+agentapi.StatusPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(a.status())
+		_ = enc.Encode(h.status())
 	})
 	return mux
 }
 
-func (a *Agent) status() AgentStatus {
-	a.mu.RLock()
-	st := AgentStatus{
-		MachineID: a.Config.MachineID, MachineType: a.Config.MachineType, Address: a.Config.BindAddr,
-		IsLeader: a.leading, Ready: a.ready, PlatformError: a.platformErr, Reconcile: a.lastStatus,
-		Quorum: a.quorum,
+func (h *httpServer) status() agentapi.AgentStatus {
+	st := agentapi.AgentStatus{
+		MachineID: h.cfg.MachineID, MachineType: h.cfg.MachineType, Address: h.cfg.BindAddr,
+		IsLeader: h.elector.Leading(), Ready: h.mirror.Ready(), PlatformError: h.mirror.PlatformError(),
+		Reconcile: h.elector.LastStatus(), Quorum: h.quorum.Status(),
 	}
-	a.mu.RUnlock()
-	st.Mesh = a.meshStatus()
+	if h.mesh != nil {
+		st.Mesh = h.mesh.Status()
+	}
 	if st.Quorum != nil {
 		// Without a Consul leader a KV read waits for one for seconds, then
 		// fails: say what this node knows instead.
@@ -100,9 +112,9 @@ func (a *Agent) status() AgentStatus {
 	// waits seconds for each read: answer with what it knows instead.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	st.Leader = a.store.Leader(ctx)
+	st.Leader = h.store.Leader(ctx)
 	if !st.IsLeader {
-		if b, err := a.store.Status(ctx); err == nil && b != nil {
+		if b, err := h.store.Status(ctx); err == nil && b != nil {
 			var rs reconcile.Status
 			if json.Unmarshal(b, &rs) == nil {
 				st.Reconcile = &rs

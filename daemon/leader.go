@@ -3,14 +3,21 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
 
+	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // Leader election settings. The session is tied to this node's serfHealth
@@ -22,119 +29,190 @@ const (
 	monitorRetries = 5
 )
 
-// campaign competes for the leader lock until ctx ends. While it holds the
-// lock it runs the control loop; the moment the lock is lost the loop's
-// context is cancelled, which stops every action in flight.
-func (a *Agent) campaign(ctx context.Context) {
-	if a.Config.NeverLead {
-		a.Log.Info("not campaigning for leader: never_lead is set in the node config")
-		return
+// errLockLost ends a leadership term: Consul says the lock is gone.
+var errLockLost = errors.New("leader lock lost")
+
+// elector campaigns for the leader lock and, while it holds the lock, runs
+// the leader-only group: the control loop and the autopilot watch. The
+// group starts when the lock is taken and is cancelled the moment the lock
+// is lost, which stops every action in flight.
+//
+//	campaigning ─lock taken─▶ re-seeding an empty KV ─▶ leading
+//	     ▲                                                 │
+//	     └──────────────────── lock lost ──────────────────┘
+type elector struct {
+	self      string // this node's machine ID, the lock's value
+	neverLead bool
+	consul    *api.Client
+	store     *kvschema.Store
+	inventory *reconcile.Inventory
+	executor  *reconcile.Executor
+	platform  func() *rules.Platform
+	reseed    func(context.Context) bool
+	backends  func() map[string]backends.Backend
+	clock     clock.Clock
+	log       hclog.Logger
+	metrics   *telemetry.Metrics
+	// wake is signalled (poke) when the control loop should look again
+	// before its next pass: the description changed, lost servers were
+	// given up. It holds one signal while nobody leads.
+	wake chan struct{}
+
+	mu      sync.RWMutex      // guards leading and last
+	leading bool              // this node holds the lock and runs the loop
+	last    *reconcile.Status // the last pass this node published as leader
+}
+
+// Run competes for the leader lock until ctx ends, leading whenever it
+// holds it; it blocks until ctx ends and returns nil, or an error when the
+// lock cannot be made or the control loop fails for good. A node that may
+// never lead just waits.
+func (e *elector) Run(ctx context.Context) error {
+	if e.neverLead {
+		e.log.Info("not campaigning for leader: never_lead is set in the node config")
+		<-ctx.Done()
+		return nil
 	}
 	// Only a node that has a description can lead.
-	if clock.Poll(ctx, a.Clock, 250*time.Millisecond, func() (bool, error) { return a.Platform() != nil, nil }) != nil {
-		return
+	if clock.Poll(ctx, e.clock, 250*time.Millisecond, func() (bool, error) { return e.platform() != nil, nil }) != nil {
+		return nil
 	}
 	for attempt := 1; ctx.Err() == nil; attempt++ {
-		lock, err := a.consul.LockOpts(&api.LockOptions{
+		lock, err := e.consul.LockOpts(&api.LockOptions{
 			Key:            kvschema.Leader,
-			Value:          []byte(a.Config.MachineID),
-			SessionName:    "raptiformica leader " + a.Config.MachineID,
+			Value:          []byte(e.self),
+			SessionName:    "raptiformica leader " + e.self,
 			SessionTTL:     sessionTTL,
 			LockDelay:      lockDelay,
 			MonitorRetries: monitorRetries,
 			LockWaitTime:   10 * time.Second,
 		})
 		if err != nil {
-			a.Log.Error("leader lock", telemetry.KeyError, err)
-			return
+			return fmt.Errorf("leader lock: %w", err)
 		}
 		lost, err := lock.Lock(ctx.Done())
 		if err != nil {
 			wait := clock.Backoff{Initial: time.Second, Max: 15 * time.Second}.Delay(attempt)
-			a.Log.Warn("leader lock failed", telemetry.KeyError, err, "wait", wait)
-			_ = clock.Sleep(ctx, a.Clock, wait)
+			e.log.Warn("leader lock failed", telemetry.KeyError, err, "wait", wait)
+			_ = clock.Sleep(ctx, e.clock, wait)
 			continue
 		}
 		if lost == nil {
-			return // ctx ended while waiting
+			return nil // ctx ended while waiting
 		}
 		attempt = 0
-		a.lead(ctx, lost)
+		err = e.lead(ctx, lost)
 		_ = lock.Unlock()
+		if err != nil {
+			return err
+		}
 	}
+	return nil
 }
 
-func (a *Agent) lead(ctx context.Context, lost <-chan struct{}) {
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
+// lead runs the leader-only group until the lock is lost or ctx ends. It
+// returns an error only when a member of the group fails for good.
+func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
+	g, lctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
 		select {
 		case <-lost:
-			cancel()
+			return errLockLost
 		case <-lctx.Done():
+			return nil
 		}
-	}()
+	})
 	// A KV that lost its state (a fresh Consul after recovery) is re-seeded
 	// from this node's mirror before anything is planned: planning on an
 	// empty inventory would take every machine for an orphan.
-	_ = clock.Poll(lctx, a.Clock, 500*time.Millisecond, func() (bool, error) { return a.reseed(lctx), nil })
-	a.setLeading(true)
-	a.Log.Info("became leader")
-	a.executor.Hooks.Fire(lctx, a.Platform(), "leader_elected", reconcile.Action{MachineID: a.Config.MachineID, Reason: "leader elected"})
-	r := &reconcile.Reconciler{
-		Consul: a.consul, Inventory: a.inventory, Executor: a.executor,
-		Platform: a.Platform, Backends: a.backends, Self: a.Config.MachineID,
-		Clock: a.Clock, Log: a.Log.Named("reconcile"), Metrics: a.metrics,
-		Wake: a.wake, Publish: a.publish,
+	led := clock.Poll(lctx, e.clock, 500*time.Millisecond, func() (bool, error) { return e.reseed(lctx), nil }) == nil
+	if led {
+		e.setLeading(true)
+		e.log.Info("became leader")
+		e.executor.Hooks.Fire(lctx, e.platform(), "leader_elected", reconcile.Action{MachineID: e.self, Reason: "leader elected"})
+		r := &reconcile.Reconciler{
+			Consul: e.consul, Inventory: e.inventory, Executor: e.executor,
+			Platform: e.platform, Backends: e.backends, Self: e.self,
+			Clock: e.clock, Log: e.log.Named("reconcile"), Metrics: e.metrics,
+			Wake: e.wake, Publish: e.publish,
+		}
+		g.Go(func() error { return r.Run(lctx) })
+		g.Go(func() error { e.watchAutopilot(lctx); return nil })
 	}
-	autopilotDone := make(chan struct{})
-	go func() { defer close(autopilotDone); a.watchAutopilot(lctx) }()
-	_ = r.Run(lctx)
-	cancel()
-	<-autopilotDone // it must not set a gauge after they are forgotten
-	a.setLeading(false)
-	if ctx.Err() == nil {
-		a.Log.Warn("lost leadership")
+	err := g.Wait() // the autopilot watch has stopped: it sets no gauge after they are forgotten
+	if led {
+		e.setLeading(false)
+		if ctx.Err() == nil {
+			e.log.Warn("lost leadership")
+		}
+	}
+	if errors.Is(err, errLockLost) {
+		return nil
+	}
+	return err
+}
+
+// Leading reports whether this node holds the leader lock and runs the
+// control loop.
+func (e *elector) Leading() bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.leading
+}
+
+// LastStatus is the last pass this node published as leader, nil before
+// its first.
+func (e *elector) LastStatus() *reconcile.Status {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.last
+}
+
+// poke asks the control loop to look again; it never blocks.
+func (e *elector) poke() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
 	}
 }
 
-func (a *Agent) setLeading(on bool) {
-	a.mu.Lock()
-	a.leading = on
-	a.mu.Unlock()
-	a.metrics.LeaderChanges.Inc()
+func (e *elector) setLeading(on bool) {
+	e.mu.Lock()
+	e.leading = on
+	e.mu.Unlock()
+	e.metrics.LeaderChanges.Inc()
 	if on {
-		a.metrics.IsLeader.Set(1)
+		e.metrics.IsLeader.Set(1)
 	} else {
-		a.metrics.IsLeader.Set(0)
-		a.metrics.ForgetLeaderView()
+		e.metrics.IsLeader.Set(0)
+		e.metrics.ForgetLeaderView()
 	}
 }
 
 // watchAutopilot exports how many Consul servers may still fail, so that an
 // alert can say quorum is at risk before it is lost. Only the leader asks:
 // every server would give the same answer.
-func (a *Agent) watchAutopilot(ctx context.Context) {
-	clock.Every(ctx, a.Clock, 5*time.Second, func() {
-		if h, err := a.consul.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx)); err == nil {
+func (e *elector) watchAutopilot(ctx context.Context) {
+	clock.Every(ctx, e.clock, 5*time.Second, func() {
+		if h, err := e.consul.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx)); err == nil {
 			voters := 0
 			for _, s := range h.Servers {
 				if s.Voter {
 					voters++
 				}
 			}
-			a.metrics.ConsulVoters.Set(float64(voters))
-			a.metrics.FailureTolerance.Set(float64(h.FailureTolerance))
+			e.metrics.ConsulVoters.Set(float64(voters))
+			e.metrics.FailureTolerance.Set(float64(h.FailureTolerance))
 		}
 	})
 }
 
 // publish keeps the leader's status for /v1/status and writes it to KV for
 // the other nodes and the CLI.
-func (a *Agent) publish(st reconcile.Status) {
-	a.mu.Lock()
-	a.lastStatus = &st
-	a.mu.Unlock()
+func (e *elector) publish(st reconcile.Status) {
+	e.mu.Lock()
+	e.last = &st
+	e.mu.Unlock()
 	b, err := json.Marshal(st)
 	if err != nil {
 		return
@@ -142,7 +220,7 @@ func (a *Agent) publish(st reconcile.Status) {
 	// The pass goes on whether or not this write lands: bound it.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := a.store.PutStatus(ctx, b); err != nil {
-		a.Log.Warn("publish status", telemetry.KeyError, err)
+	if err := e.store.PutStatus(ctx, b); err != nil {
+		e.log.Warn("publish status", telemetry.KeyError, err)
 	}
 }

@@ -14,10 +14,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
 
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
@@ -64,17 +67,6 @@ func decodeMeshNodes(pairs api.KVPairs) map[string]MeshNode {
 	return nodes
 }
 
-// MeshStatus is the mesh part of /v1/status.
-type MeshStatus struct {
-	Address    string      `json:"address"`
-	Key        string      `json:"key"`
-	ListenPort int         `json:"listen_port"`
-	Endpoints  []string    `json:"endpoints,omitempty"`
-	Peers      []mesh.Peer `json:"peers"`
-	// Problem explains a node that has no link up.
-	Problem string `json:"problem,omitempty"`
-}
-
 // meshMirror is what a node keeps on disk of the mesh, so that after a
 // restart it dials the members it knew without any help.
 type meshMirror struct {
@@ -85,67 +77,74 @@ type meshMirror struct {
 	Known []string `json:"known,omitempty"`
 }
 
-func (a *Agent) meshMirrorPath() string { return filepath.Join(a.Config.DataDir, "mesh-peers.json") }
+// meshSync keeps the node's overlay links in line with KV: it dials every
+// other member's endpoints, drops those of machines gone from KV, writes
+// its own entry, mirrors what it learnt, and joins into Consul every peer it
+// has a link to. It runs from the start, before Consul has a leader: a new
+// node's first link is how it finds the cluster.
+type meshSync struct {
+	node *mesh.Node
+	cfg  nodeconfig.Config // the node's, its BindAddr the overlay address
+	// bindAuto: bind_addr was "auto", so the machine's own network is all
+	// of its interfaces, and the mesh advertises each.
+	bindAuto  bool
+	consul    *api.Client
+	store     *kvschema.Store
+	inventory *reconcile.Inventory
+	platform  func() *rules.Platform
+	leading   func() bool
+	clock     clock.Clock
+	log       hclog.Logger
+	metrics   *telemetry.Metrics
 
-// loadMeshMirror reads the mirror once, at start; after that the agent
-// holds it in meshMirror and writes it back when it changes.
-func (a *Agent) loadMeshMirror() meshMirror {
+	mu    sync.Mutex // guards known and its file, mesh-peers.json
+	known meshMirror
+}
+
+func meshMirrorPath(dataDir string) string { return filepath.Join(dataDir, "mesh-peers.json") }
+
+// loadMeshMirror reads the mirror once, at start; after that meshSync
+// holds it and writes it back when it changes.
+func loadMeshMirror(dataDir string, log hclog.Logger) meshMirror {
 	var m meshMirror
-	if b, err := os.ReadFile(a.meshMirrorPath()); err == nil {
+	if b, err := os.ReadFile(meshMirrorPath(dataDir)); err == nil {
 		if err := json.Unmarshal(b, &m); err != nil {
-			a.Log.Warn("mesh mirror unreadable; starting from the configured peers", telemetry.KeyFile, a.meshMirrorPath(), telemetry.KeyError, err)
+			log.Warn("mesh mirror unreadable; starting from the configured peers", telemetry.KeyFile, meshMirrorPath(dataDir), telemetry.KeyError, err)
 		}
 	}
 	return m
 }
 
-// saveMeshMirror stores m as the mirror; the caller holds meshMu.
-func (a *Agent) saveMeshMirror(m meshMirror) {
-	a.meshMirror = m
+// save stores m as the mirror; the caller holds mu.
+func (s *meshSync) save(m meshMirror) {
+	s.known = m
 	b, _ := json.MarshalIndent(m, "", "  ")
-	if err := fsutil.WriteFileAtomic(a.meshMirrorPath(), append(b, '\n'), 0o600); err != nil {
-		a.Log.Warn("write mesh mirror", telemetry.KeyError, err)
+	if err := fsutil.WriteFileAtomic(meshMirrorPath(s.cfg.DataDir), append(b, '\n'), 0o600); err != nil {
+		s.log.Warn("write mesh mirror", telemetry.KeyError, err)
 	}
 }
 
 // startMesh brings the overlay up before Consul, which binds to its
-// address: the node's address becomes the overlay one.
-func (a *Agent) startMesh() error {
-	mc := a.Config.Mesh
+// address: the node's address becomes the overlay one. It returns the
+// overlay and what the mesh mirror held.
+func startMesh(c nodeconfig.Config, log hclog.Logger) (*mesh.Node, meshMirror, error) {
+	mc := c.Mesh
 	iface := mc.Interface
 	if iface == "" {
 		iface = mesh.DefaultInterface
 	}
-	mirror := a.loadMeshMirror()
-	a.meshMirror = mirror
+	mirror := loadMeshMirror(c.DataDir, log)
 	n, err := mesh.Start(mesh.Config{
-		KeyFile: filepath.Join(a.Config.DataDir, "mesh.key"), ListenPort: mc.ListenPort, Secret: mc.Secret,
+		KeyFile: filepath.Join(c.DataDir, "mesh.key"), ListenPort: mc.ListenPort, Secret: mc.Secret,
 		Peers:     uniqueSorted(mc.Peers, mirror.Joined, mirror.Known),
-		Interface: iface, Log: a.Log.Named("mesh"),
+		Interface: iface, Log: log.Named("mesh"),
 	})
-	if err != nil {
-		return err
-	}
-	a.mesh = n
-	a.Config.Mesh.Underlay = a.Config.BindAddr
-	a.Config.BindAddr = n.Address().String()
-	a.Log.Info("mesh up", telemetry.KeyAddress, a.Config.BindAddr, "key", n.PublicKey(), "listen_port", mc.ListenPort)
-	return nil
+	return n, mirror, err
 }
 
-// selfEndpoints are where a new machine can dial the node that configures
-// it: in its config even before this node's entry is in KV.
-func (a *Agent) selfEndpoints() []string {
-	if a.mesh == nil {
-		return nil
-	}
-	return a.meshEndpoints()
-}
-
-// meshEndpoints are where this node accepts links: the advertised ones, or
+// meshEndpoints are where a node accepts links: the advertised ones, or
 // each address of its own network with the listen port.
-func (a *Agent) meshEndpoints() []string {
-	mc := a.Config.Mesh
+func meshEndpoints(mc *nodeconfig.Mesh, bindAuto bool) []string {
 	if mc.ListenPort == 0 {
 		return nil
 	}
@@ -153,7 +152,7 @@ func (a *Agent) meshEndpoints() []string {
 		return uniqueSorted(mc.Advertise)
 	}
 	port := strconv.Itoa(mc.ListenPort)
-	if u := mc.Underlay; !a.bindAuto && u != "" && u != "0.0.0.0" && u != "::" {
+	if u := mc.Underlay; !bindAuto && u != "" && u != "0.0.0.0" && u != "::" {
 		return []string{net.JoinHostPort(u, port)}
 	}
 	var out []string
@@ -178,6 +177,8 @@ func (a *Agent) meshEndpoints() []string {
 	return uniqueSorted(out)
 }
 
+func (s *meshSync) endpoints() []string { return meshEndpoints(s.cfg.Mesh, s.bindAuto) }
+
 // localOnlyInterface names interfaces whose addresses mean nothing to other
 // machines: every Docker host has its own 172.17.0.1, and the overlay's own
 // interface is reached through the mesh.
@@ -190,35 +191,33 @@ func localOnlyInterface(name string) bool {
 	return false
 }
 
-// runMesh keeps the node's links in line with KV: it dials every other
-// member's endpoints, drops those of machines gone from KV, writes its own
-// entry, mirrors what it learnt, and joins into Consul every peer it has a
-// link to. It runs before Consul has a leader too: a new node's first link
-// is how it finds the cluster. It blocks until ctx ends.
-func (a *Agent) runMesh(ctx context.Context) {
+// Run keeps the links in line with KV until ctx ends, then returns nil; a
+// pass without KV (no cluster yet, or Consul restarting) dials what the
+// node knew and is retried.
+func (s *meshSync) Run(ctx context.Context) error {
 	var index uint64
 	seen := map[string]bool{} // keys of peers up in the last pass
 	bytes := map[string][2]uint64{}
 	for ctx.Err() == nil {
-		nodes, next, err := a.meshNodes(ctx, index)
+		nodes, next, err := s.nodes(ctx, index)
 		if err != nil {
 			index = 0
 		} else {
 			index = next
 		}
-		a.syncMesh(ctx, nodes, err == nil)
-		a.meshMetrics(a.mesh.Peers(), seen, bytes)
+		s.sync(ctx, nodes, err == nil)
+		s.recordMetrics(s.node.Peers(), seen, bytes)
 		if err != nil {
-			// No cluster yet, or Consul restarting.
-			_ = clock.Sleep(ctx, a.Clock, 2*time.Second)
+			_ = clock.Sleep(ctx, s.clock, 2*time.Second)
 		}
 	}
+	return nil
 }
 
-// meshNodes reads the members' entries, blocking up to meshPass for a
-// change after index.
-func (a *Agent) meshNodes(ctx context.Context, index uint64) (map[string]MeshNode, uint64, error) {
-	pairs, meta, err := a.store.MeshNodes(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: meshPass})
+// nodes reads the members' entries, blocking up to meshPass for a change
+// after index.
+func (s *meshSync) nodes(ctx context.Context, index uint64) (map[string]MeshNode, uint64, error) {
+	pairs, meta, err := s.store.MeshNodes(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: meshPass})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -230,57 +229,57 @@ func (a *Agent) meshNodes(ctx context.Context, index uint64) (map[string]MeshNod
 	return nodes, next, nil
 }
 
-func (a *Agent) syncMesh(ctx context.Context, nodes map[string]MeshNode, fromKV bool) {
-	a.meshMu.Lock()
-	defer a.meshMu.Unlock()
-	mirror := a.meshMirror
+func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, fromKV bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	mirror := s.known
 	var described []string
 	port := rules.DefaultMeshPort
-	if p := a.Platform(); p != nil {
+	if p := s.platform(); p != nil {
 		described, port = p.Mesh.Peers, p.Mesh.Port
 	}
-	static := hostPorts(a.Config.Mesh.Peers, described, mirror.Joined)
-	own := hostPorts(a.meshEndpoints())
+	static := hostPorts(s.cfg.Mesh.Peers, described, mirror.Joined)
+	own := hostPorts(s.endpoints())
 	if fromKV {
 		var known []string
 		for id, n := range nodes {
-			if id != a.Config.MachineID {
+			if id != s.cfg.MachineID {
 				known = append(known, n.Endpoints...)
 			}
 		}
-		recs, _, err := a.inventory.List(ctx, nil)
+		recs, _, err := s.inventory.List(ctx, nil)
 		if err == nil {
 			known = append(known, unlistedEndpoints(recs, nodes, port)...)
-			if a.isLeading() {
-				a.pruneMeshNodes(ctx, nodes, recs)
+			if s.leading() {
+				s.pruneNodes(ctx, nodes, recs)
 			}
 		}
 		known = hostPorts(known)
 		if !slices.Equal(known, mirror.Known) {
 			mirror.Known = known
-			a.saveMeshMirror(mirror)
+			s.save(mirror)
 		}
-		a.publishMeshNode(ctx, nodes[a.Config.MachineID], own)
+		s.publishNode(ctx, nodes[s.cfg.MachineID], own)
 	}
 	want := uniqueSorted(static, mirror.Known)
 	for _, ep := range want {
 		if slices.Contains(own, ep) {
 			continue
 		}
-		if err := a.mesh.AddPeer(ep); err != nil {
-			a.Log.Warn("mesh peer refused", "endpoint", ep, telemetry.KeyError, err)
+		if err := s.node.AddPeer(ep); err != nil {
+			s.log.Warn("mesh peer refused", "endpoint", ep, telemetry.KeyError, err)
 		}
 	}
 	if fromKV {
 		// Only what KV says is gone is dropped: without KV the node keeps
 		// dialling everything it knew.
-		for _, ep := range a.mesh.Kept() {
+		for _, ep := range s.node.Kept() {
 			if !slices.Contains(want, ep) {
-				_ = a.mesh.RemovePeer(ep)
+				_ = s.node.RemovePeer(ep)
 			}
 		}
 	}
-	a.joinMeshPeers()
+	s.joinPeers()
 }
 
 // unlistedEndpoints are the endpoints of machines without a mesh entry:
@@ -304,42 +303,42 @@ func unlistedEndpoints(recs map[string]reconcile.Record, nodes map[string]MeshNo
 	return out
 }
 
-// publishMeshNode writes this node's entry when KV lacks it or holds an old
+// publishNode writes this node's entry when KV lacks it or holds an old
 // one.
-func (a *Agent) publishMeshNode(ctx context.Context, have MeshNode, endpoints []string) {
+func (s *meshSync) publishNode(ctx context.Context, have MeshNode, endpoints []string) {
 	var links []string
-	for _, p := range a.mesh.Peers() {
+	for _, p := range s.node.Peers() {
 		if p.Up {
 			links = append(links, p.Address)
 		}
 	}
-	me := MeshNode{MachineID: a.Config.MachineID, Key: a.mesh.PublicKey(), Address: a.Config.BindAddr, Endpoints: endpoints, Links: uniqueSorted(links)}
+	me := MeshNode{MachineID: s.cfg.MachineID, Key: s.node.PublicKey(), Address: s.cfg.BindAddr, Endpoints: endpoints, Links: uniqueSorted(links)}
 	if have.Key == me.Key && have.Address == me.Address && slices.Equal(have.Endpoints, me.Endpoints) && slices.Equal(have.Links, me.Links) {
 		return
 	}
 	b, _ := json.Marshal(me)
-	if err := a.store.PutMeshNode(ctx, me.MachineID, b); err != nil {
-		a.Log.Warn("publish mesh entry", telemetry.KeyError, err)
+	if err := s.store.PutMeshNode(ctx, me.MachineID, b); err != nil {
+		s.log.Warn("publish mesh entry", telemetry.KeyError, err)
 	}
 }
 
-// pruneMeshNodes drops the entries of machines the inventory no longer
+// pruneNodes drops the entries of machines the inventory no longer
 // has, so that nobody keeps dialling a machine that was reaped.
-func (a *Agent) pruneMeshNodes(ctx context.Context, nodes map[string]MeshNode, recs map[string]reconcile.Record) {
+func (s *meshSync) pruneNodes(ctx context.Context, nodes map[string]MeshNode, recs map[string]reconcile.Record) {
 	for id := range nodes {
-		if _, ok := recs[id]; !ok && id != a.Config.MachineID {
-			if err := a.store.DeleteMeshNode(ctx, id); err == nil {
-				a.Log.Info("mesh entry of a removed machine dropped", telemetry.KeyMachineID, id)
+		if _, ok := recs[id]; !ok && id != s.cfg.MachineID {
+			if err := s.store.DeleteMeshNode(ctx, id); err == nil {
+				s.log.Info("mesh entry of a removed machine dropped", telemetry.KeyMachineID, id)
 			}
 		}
 	}
 }
 
-// joinMeshPeers asks Consul to join each peer with a link up that it does
+// joinPeers asks Consul to join each peer with a link up that it does
 // not know as alive: the first link of a new node, or a member back after
 // a split, is in the cluster at once rather than at the next retry.
-func (a *Agent) joinMeshPeers() {
-	members, err := a.consul.Agent().Members(false)
+func (s *meshSync) joinPeers() {
+	members, err := s.consul.Agent().Members(false)
 	if err != nil {
 		return
 	}
@@ -349,20 +348,20 @@ func (a *Agent) joinMeshPeers() {
 			alive[m.Addr] = true
 		}
 	}
-	for _, p := range a.mesh.Peers() {
+	for _, p := range s.node.Peers() {
 		if !p.Up || p.Address == "" || alive[p.Address] {
 			continue
 		}
-		if err := a.consul.Agent().Join(p.Address, false); err != nil {
-			a.Log.Debug("consul join over the mesh", telemetry.KeyAddress, p.Address, telemetry.KeyError, err)
+		if err := s.consul.Agent().Join(p.Address, false); err != nil {
+			s.log.Debug("consul join over the mesh", telemetry.KeyAddress, p.Address, telemetry.KeyError, err)
 		}
 		alive[p.Address] = true
 	}
 }
 
-// meshMetrics exports one look at the links: counts, bytes carried since
+// recordMetrics exports one look at the links: counts, bytes carried since
 // the last look (seen and last carry what that look saw), and churn.
-func (a *Agent) meshMetrics(peers []mesh.Peer, seen map[string]bool, last map[string][2]uint64) {
+func (s *meshSync) recordMetrics(peers []mesh.Peer, seen map[string]bool, last map[string][2]uint64) {
 	up, down := 0, 0
 	now := map[string]bool{}
 	links := map[string]bool{}
@@ -380,8 +379,8 @@ func (a *Agent) meshMetrics(peers []mesh.Peer, seen map[string]bool, last map[st
 		if p.RXBytes < prev[0] || p.TXBytes < prev[1] {
 			prev = [2]uint64{}
 		}
-		a.metrics.MeshBytes.WithLabelValues("rx").Add(float64(p.RXBytes - prev[0]))
-		a.metrics.MeshBytes.WithLabelValues("tx").Add(float64(p.TXBytes - prev[1]))
+		s.metrics.MeshBytes.WithLabelValues("rx").Add(float64(p.RXBytes - prev[0]))
+		s.metrics.MeshBytes.WithLabelValues("tx").Add(float64(p.TXBytes - prev[1]))
 		last[id] = [2]uint64{p.RXBytes, p.TXBytes}
 		links[id] = true
 	}
@@ -390,16 +389,16 @@ func (a *Agent) meshMetrics(peers []mesh.Peer, seen map[string]bool, last map[st
 			delete(last, id) // a link gone for good: forget its counts
 		}
 	}
-	a.metrics.MeshPeers.WithLabelValues("up").Set(float64(up))
-	a.metrics.MeshPeers.WithLabelValues("down").Set(float64(down))
+	s.metrics.MeshPeers.WithLabelValues("up").Set(float64(up))
+	s.metrics.MeshPeers.WithLabelValues("down").Set(float64(down))
 	for k := range now {
 		if !seen[k] {
-			a.metrics.MeshPeerChanges.WithLabelValues("up").Inc()
+			s.metrics.MeshPeerChanges.WithLabelValues("up").Inc()
 		}
 	}
 	for k := range seen {
 		if !now[k] {
-			a.metrics.MeshPeerChanges.WithLabelValues("down").Inc()
+			s.metrics.MeshPeerChanges.WithLabelValues("down").Inc()
 			delete(seen, k)
 		}
 	}
@@ -408,13 +407,10 @@ func (a *Agent) meshMetrics(peers []mesh.Peer, seen map[string]bool, last map[st
 	}
 }
 
-// meshStatus describes the node's mesh, and when no link is up, why.
-func (a *Agent) meshStatus() *MeshStatus {
-	if a.mesh == nil {
-		return nil
-	}
-	st := &MeshStatus{Address: a.mesh.Address().String(), Key: a.mesh.PublicKey(), ListenPort: a.Config.Mesh.ListenPort,
-		Endpoints: a.meshEndpoints(), Peers: a.mesh.Peers()}
+// Status describes the node's mesh, and when no link is up, why.
+func (s *meshSync) Status() *agentapi.MeshStatus {
+	st := &agentapi.MeshStatus{Address: s.node.Address().String(), Key: s.node.PublicKey(), ListenPort: s.cfg.Mesh.ListenPort,
+		Endpoints: s.endpoints(), Peers: s.node.Peers()}
 	for _, p := range st.Peers {
 		if p.Up {
 			return st
@@ -446,28 +442,10 @@ func noPeerProblem(peers []mesh.Peer, listenPort int) string {
 	return "no mesh peer is up: " + strings.Join(why, "; ")
 }
 
-// ensureMeshSecret puts the node's mesh secret in KV when the cluster has
-// none yet (the seed), so that the leader can give it to new machines.
-func (a *Agent) ensureMeshSecret(ctx context.Context) error {
-	if a.Config.Mesh == nil {
-		return nil
-	}
-	return a.store.InitMeshSecret(ctx, a.Config.Mesh.Secret)
-}
-
-// meshPeerRequest is the body of POST /v1/mesh/peers.
-type meshPeerRequest struct {
-	Endpoint string `json:"endpoint"`
-}
-
-// serveMeshPeer adds a peer by hand (raptiformica join): it is dialled at
+// serveAddPeer adds a peer by hand (raptiformica join): it is dialled at
 // once and kept in the mirror, so a restarted node dials it again.
-func (a *Agent) serveMeshPeer(w http.ResponseWriter, r *http.Request) {
-	if a.mesh == nil {
-		http.Error(w, "this node runs without the mesh (mesh = \"none\"): there is nothing to peer\n", http.StatusConflict)
-		return
-	}
-	var req meshPeerRequest
+func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
+	var req agentapi.MeshPeerRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
 		http.Error(w, "bad request: "+err.Error()+"\n", http.StatusBadRequest)
 		return
@@ -477,53 +455,17 @@ func (a *Agent) serveMeshPeer(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error()+"\n", http.StatusBadRequest)
 		return
 	}
-	if err := a.mesh.AddPeer(u.Host); err != nil {
+	if err := s.node.AddPeer(u.Host); err != nil {
 		http.Error(w, err.Error()+"\n", http.StatusBadRequest)
 		return
 	}
-	a.meshMu.Lock()
-	m := a.meshMirror
+	s.mu.Lock()
+	m := s.known
 	m.Joined = uniqueSorted(m.Joined, []string{u.Host})
-	a.saveMeshMirror(m)
-	a.meshMu.Unlock()
-	a.Log.Info("mesh peer added by hand", "endpoint", u.Host)
+	s.save(m)
+	s.mu.Unlock()
+	s.log.Info("mesh peer added by hand", "endpoint", u.Host)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// AddMeshPeer asks the agent at addr to dial endpoint and keep it: how
-// `raptiformica join` reaches the local agent, or a member (--agent).
-func AddMeshPeer(ctx context.Context, addr, endpoint string) error {
-	b, _ := json.Marshal(meshPeerRequest{Endpoint: endpoint})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/mesh/peers", strings.NewReader(string(b)))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("agent at %s: %w", addr, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		buf := make([]byte, 512)
-		n, _ := resp.Body.Read(buf)
-		return &AgentRefused{Agent: addr, Status: resp.Status, Reason: strings.TrimSpace(string(buf[:n]))}
-	}
-	return nil
-}
-
-// AgentRefused is an agent's answer refusing a request: retrying does not
-// help, unlike an agent that does not answer (yet).
-type AgentRefused struct {
-	Agent, Status, Reason string
-}
-
-func (e *AgentRefused) Error() string {
-	msg := fmt.Sprintf("agent at %s: %s", e.Agent, e.Status)
-	if e.Reason != "" {
-		msg += ": " + e.Reason
-	}
-	return msg
 }
 
 // CheckMeshMode refuses a description whose mesh mode is not the running

@@ -89,9 +89,9 @@ func TestConsulConfigOnTheMesh(t *testing.T) {
 // Bytes are counted per link since the last look, across a link that
 // restarts (its counts start again); churn counts peers, not links.
 func TestMeshMetrics(t *testing.T) {
-	a := &Agent{metrics: telemetry.New()}
+	s := &meshSync{metrics: telemetry.New()}
 	seen, last := map[string]bool{}, map[string][2]uint64{}
-	look := func(peers ...mesh.Peer) { a.meshMetrics(peers, seen, last) }
+	look := func(peers ...mesh.Peer) { s.recordMetrics(peers, seen, last) }
 	link := func(ep, key string, rx, tx uint64) mesh.Peer {
 		return mesh.Peer{Endpoint: ep, Up: true, Key: key, RXBytes: rx, TXBytes: tx}
 	}
@@ -104,12 +104,12 @@ func TestMeshMetrics(t *testing.T) {
 		got  float64
 		want float64
 	}{
-		{"rx bytes", testutil.ToFloat64(a.metrics.MeshBytes.WithLabelValues("rx")), 100 + 5 + 200 + 50 + 7},
-		{"tx bytes", testutil.ToFloat64(a.metrics.MeshBytes.WithLabelValues("tx")), 10 + 5 + 10 + 1 + 7},
-		{"peers up", testutil.ToFloat64(a.metrics.MeshPeers.WithLabelValues("up")), 1},
-		{"peers down", testutil.ToFloat64(a.metrics.MeshPeers.WithLabelValues("down")), 0},
-		{"came up", testutil.ToFloat64(a.metrics.MeshPeerChanges.WithLabelValues("up")), 2},
-		{"went down", testutil.ToFloat64(a.metrics.MeshPeerChanges.WithLabelValues("down")), 1},
+		{"rx bytes", testutil.ToFloat64(s.metrics.MeshBytes.WithLabelValues("rx")), 100 + 5 + 200 + 50 + 7},
+		{"tx bytes", testutil.ToFloat64(s.metrics.MeshBytes.WithLabelValues("tx")), 10 + 5 + 10 + 1 + 7},
+		{"peers up", testutil.ToFloat64(s.metrics.MeshPeers.WithLabelValues("up")), 1},
+		{"peers down", testutil.ToFloat64(s.metrics.MeshPeers.WithLabelValues("down")), 0},
+		{"came up", testutil.ToFloat64(s.metrics.MeshPeerChanges.WithLabelValues("up")), 2},
+		{"went down", testutil.ToFloat64(s.metrics.MeshPeerChanges.WithLabelValues("down")), 1},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s: got %v want %v", tc.name, tc.got, tc.want)

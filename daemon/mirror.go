@@ -11,9 +11,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
@@ -27,17 +30,114 @@ import (
 // their problems point at where they live.
 const KVSourceName = kvschema.PlatformSource
 
-func (a *Agent) loadMirror() (*rules.Platform, error) {
-	src, err := os.ReadFile(filepath.Join(a.mirrorDir(), "platform"))
+// mirror is this node's copy of the cluster's state. It follows the
+// description and the inventory in KV with blocking queries, holds the last
+// valid description (Platform), keeps both on disk (dir: platform,
+// platform.version, inventory.json, inventory.version) so that a restarted
+// node, or the last one standing, starts from them, and writes them back
+// into a KV that lost them (reseed).
+//
+// The description's life on a node:
+//
+//	mirror on disk, else node config ─▶ loaded ─▶ KV's, when valid ─▶ ready
+//	                                               invalid: kept, PlatformError says why
+type mirror struct {
+	dir       string
+	self      string // this node's machine ID
+	parse     rules.Options
+	store     *kvschema.Store
+	inventory *reconcile.Inventory
+	log       hclog.Logger
+	metrics   *telemetry.Metrics
+	// changed is called when the description changes, so that the
+	// control loop looks again at once.
+	changed func()
+
+	mu          sync.RWMutex    // guards platform, platformErr and ready
+	platform    *rules.Platform // last valid description
+	platformErr string          // why the description in KV was rejected
+	ready       bool            // Consul reachable and a description loaded from it
+}
+
+// Run watches the description and the inventory in KV; it blocks until ctx
+// ends and returns nil. Failed reads are logged and retried.
+func (m *mirror) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { m.watchPlatform(ctx); return nil })
+	g.Go(func() error { m.watchInventory(ctx); return nil })
+	return g.Wait()
+}
+
+// Platform returns the last valid description, or nil before the first.
+func (m *mirror) Platform() *rules.Platform {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.platform
+}
+
+// PlatformError says why the description in KV was rejected, "" when it
+// was not.
+func (m *mirror) PlatformError() string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.platformErr
+}
+
+// Ready reports whether Consul answered with a description and this node
+// has a valid one.
+func (m *mirror) Ready() bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.ready
+}
+
+// load reads the first description: the mirror's, else the node config's
+// file, else its inline text. A node with none waits for KV's.
+func (m *mirror) load(file, inline string) error {
+	if p, err := m.loadPlatform(); err == nil {
+		m.setPlatform(p)
+		m.log.Info("loaded platform description from the local mirror")
+		return nil
+	}
+	switch {
+	case file != "":
+		p, err := rules.ParseFile(file, m.parse)
+		if err != nil {
+			return err
+		}
+		m.setPlatform(p)
+	case inline != "":
+		p, err := rules.Parse("node config platform", []byte(inline), m.parse)
+		if err != nil {
+			return err
+		}
+		m.setPlatform(p)
+	}
+	return nil
+}
+
+func (m *mirror) setPlatform(p *rules.Platform) {
+	m.mu.Lock()
+	m.platform = p
+	m.platformErr = ""
+	m.mu.Unlock()
+	if m.changed != nil {
+		m.changed()
+	}
+}
+
+func (m *mirror) loadPlatform() (*rules.Platform, error) {
+	src, err := os.ReadFile(filepath.Join(m.dir, "platform"))
 	if err != nil {
 		return nil, err
 	}
-	return rules.Parse(filepath.Join(a.mirrorDir(), "platform"), src, a.parseOptions())
+	return rules.Parse(filepath.Join(m.dir, "platform"), src, m.parse)
 }
 
-func (a *Agent) loadMirroredInventory() map[string]reconcile.Record {
+// records is the mirrored inventory, by machine ID; nil when there is none.
+func (m *mirror) records() map[string]reconcile.Record {
 	var recs map[string]reconcile.Record
-	b, err := os.ReadFile(filepath.Join(a.mirrorDir(), "inventory.json"))
+	b, err := os.ReadFile(filepath.Join(m.dir, "inventory.json"))
 	if err == nil {
 		_ = json.Unmarshal(b, &recs)
 	}
@@ -58,35 +158,30 @@ func (v inventoryVersion) String() string {
 	return fmt.Sprintf("%d.%d", v.Epoch, v.Index)
 }
 
-// mirroredInventoryVersion is the version of the mirrored inventory, zero
-// when it has none.
-func (a *Agent) mirroredInventoryVersion() inventoryVersion {
+// inventoryVersion is the version of the mirrored inventory, zero when it
+// has none.
+func (m *mirror) inventoryVersion() inventoryVersion {
 	var v inventoryVersion
-	b, err := os.ReadFile(filepath.Join(a.mirrorDir(), "inventory.version"))
+	b, err := os.ReadFile(filepath.Join(m.dir, "inventory.version"))
 	if err == nil {
 		_, _ = fmt.Sscanf(string(b), "%d %d", &v.Epoch, &v.Index)
 	}
 	return v
 }
 
-// writeInventoryMirror keeps an inventory and its version on disk; like
-// writeMirror, the records go first.
-func (a *Agent) writeInventoryMirror(b []byte, v inventoryVersion) error {
-	if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "inventory.json"), b, 0o600); err != nil {
+// writeInventory keeps an inventory and its version on disk; like
+// writePlatform, the records go first.
+func (m *mirror) writeInventory(b []byte, v inventoryVersion) error {
+	if err := fsutil.WriteFileAtomic(filepath.Join(m.dir, "inventory.json"), b, 0o600); err != nil {
 		return err
 	}
-	return fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "inventory.version"), []byte(fmt.Sprintf("%d %d\n", v.Epoch, v.Index)), 0o600)
+	return fsutil.WriteFileAtomic(filepath.Join(m.dir, "inventory.version"), []byte(fmt.Sprintf("%d %d\n", v.Epoch, v.Index)), 0o600)
 }
 
-// kvEpoch reads the KV's epoch, 0 when it has none.
-func (a *Agent) kvEpoch(ctx context.Context) (uint64, error) {
-	return a.store.Epoch(ctx)
-}
-
-// mirroredVersion is the version of the mirrored description, 0 when it
+// platformVersion is the version of the mirrored description, 0 when it
 // has none.
-func (a *Agent) mirroredVersion() uint64 {
-	b, err := os.ReadFile(filepath.Join(a.mirrorDir(), "platform.version"))
+func (m *mirror) platformVersion() uint64 {
+	b, err := os.ReadFile(filepath.Join(m.dir, "platform.version"))
 	if err != nil {
 		return 0
 	}
@@ -94,24 +189,25 @@ func (a *Agent) mirroredVersion() uint64 {
 	return v
 }
 
-// writeMirror keeps a description and its version on disk. The text goes
+// writePlatform keeps a description and its version on disk. The text goes
 // first: cut short, the mirror holds a newer text under an older version,
 // which the next apply simply overwrites.
-func (a *Agent) writeMirror(src []byte, version uint64) {
-	if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "platform"), src, 0o600); err != nil {
-		a.Log.Error("mirror platform description", telemetry.KeyError, err)
+func (m *mirror) writePlatform(src []byte, version uint64) {
+	if err := fsutil.WriteFileAtomic(filepath.Join(m.dir, "platform"), src, 0o600); err != nil {
+		m.log.Error("mirror platform description", telemetry.KeyError, err)
 		return
 	}
-	if err := fsutil.WriteFileAtomic(filepath.Join(a.mirrorDir(), "platform.version"), []byte(strconv.FormatUint(version, 10)+"\n"), 0o600); err != nil {
-		a.Log.Error("mirror platform version", telemetry.KeyError, err)
+	if err := fsutil.WriteFileAtomic(filepath.Join(m.dir, "platform.version"), []byte(strconv.FormatUint(version, 10)+"\n"), 0o600); err != nil {
+		m.log.Error("mirror platform version", telemetry.KeyError, err)
 	}
 }
 
-// mirroredPeers are the addresses of the machines this node last knew of.
-func (a *Agent) mirroredPeers() []string {
+// peers are the addresses of the machines this node last knew of: where a
+// restarted Consul looks for the cluster.
+func (m *mirror) peers() []string {
 	var out []string
-	for _, r := range a.loadMirroredInventory() {
-		if r.ID != a.Config.MachineID && r.Address != "" {
+	for _, r := range m.records() {
+		if r.ID != m.self && r.Address != "" {
 			out = append(out, r.Address)
 		}
 	}
@@ -123,94 +219,94 @@ func (a *Agent) mirroredPeers() []string {
 // one replaces the current one and is mirrored to disk; an invalid one is
 // reported and ignored, so the node keeps its last good description. When the
 // key is missing (a new or wiped cluster) the node writes its own copy back.
-func (a *Agent) watchPlatform(ctx context.Context) {
+func (m *mirror) watchPlatform(ctx context.Context) {
 	var last uint64
 	query := func(q *api.QueryOptions) (uint64, bool, error) {
-		pair, meta, err := a.store.Platform(ctx, q)
+		pair, meta, err := m.store.Platform(ctx, q)
 		if err != nil {
 			return 0, false, err
 		}
 		if pair == nil {
-			a.reseed(ctx)
+			m.reseed(ctx)
 			last = 0
 			return meta.LastIndex, false, nil
 		}
 		changed := pair.ModifyIndex != last
 		last = pair.ModifyIndex
 		if changed {
-			a.applyKV(pair)
+			m.apply(pair)
 		}
 		return meta.LastIndex, changed, nil
 	}
 	_ = watch.Loop(ctx, 5*time.Minute, query, func() {}, func(err error) {
-		a.Log.Warn("watch platform", telemetry.KeyError, err)
+		m.log.Warn("watch platform", telemetry.KeyError, err)
 	})
 }
 
-func (a *Agent) applyKV(pair *api.KVPair) {
-	p, err := rules.Parse(KVSourceName, pair.Value, a.parseOptions())
+func (m *mirror) apply(pair *api.KVPair) {
+	p, err := rules.Parse(KVSourceName, pair.Value, m.parse)
 	if err != nil {
-		a.mu.Lock()
-		a.platformErr = err.Error()
-		a.mu.Unlock()
-		a.metrics.PlatformValid.Set(0)
-		a.metrics.PlatformRejected.Inc()
-		a.Log.Error("platform description rejected; keeping the last good one", telemetry.KeyIndex, pair.ModifyIndex, telemetry.KeyError, err)
-		a.markReady()
+		m.mu.Lock()
+		m.platformErr = err.Error()
+		m.mu.Unlock()
+		m.metrics.PlatformValid.Set(0)
+		m.metrics.PlatformRejected.Inc()
+		m.log.Error("platform description rejected; keeping the last good one", telemetry.KeyIndex, pair.ModifyIndex, telemetry.KeyError, err)
+		m.markReady()
 		return
 	}
-	a.metrics.PlatformValid.Set(1)
+	m.metrics.PlatformValid.Set(1)
 	// Versions come from `platform apply` (the pair's Flags); a description
 	// written into KV by other means has none and is taken as the newest.
-	if mine := a.mirroredVersion(); pair.Flags != 0 && pair.Flags < mine {
-		a.Log.Warn("KV holds an older description than this node's mirror; keeping the mirror", "kv_version", pair.Flags, "mirror_version", mine)
-		a.metrics.MirrorKeptNewer.WithLabelValues("platform").Inc()
+	if mine := m.platformVersion(); pair.Flags != 0 && pair.Flags < mine {
+		m.log.Warn("KV holds an older description than this node's mirror; keeping the mirror", "kv_version", pair.Flags, "mirror_version", mine)
+		m.metrics.MirrorKeptNewer.WithLabelValues("platform").Inc()
 	} else {
-		a.writeMirror(p.Source, pair.Flags)
+		m.writePlatform(p.Source, pair.Flags)
 	}
-	if cur := a.Platform(); cur != nil && bytes.Equal(cur.Source, p.Source) {
-		a.mu.Lock()
-		a.platformErr = ""
-		a.mu.Unlock()
+	if cur := m.Platform(); cur != nil && bytes.Equal(cur.Source, p.Source) {
+		m.mu.Lock()
+		m.platformErr = ""
+		m.mu.Unlock()
 	} else {
-		a.setPlatform(p)
-		a.Log.Info("platform description loaded", telemetry.KeyIndex, pair.ModifyIndex, "cluster", p.Cluster)
+		m.setPlatform(p)
+		m.log.Info("platform description loaded", telemetry.KeyIndex, pair.ModifyIndex, "cluster", p.Cluster)
 	}
-	a.markReady()
+	m.markReady()
 }
 
 // markReady tells systemd the node is ready, once: Consul answers and a
 // description is loaded.
-func (a *Agent) markReady() {
-	a.mu.Lock()
-	first := !a.ready && a.platform != nil
+func (m *mirror) markReady() {
+	m.mu.Lock()
+	first := !m.ready && m.platform != nil
 	if first {
-		a.ready = true
+		m.ready = true
 	}
-	a.mu.Unlock()
+	m.mu.Unlock()
 	if first {
 		notify("READY=1")
-		a.Log.Info("ready")
+		m.log.Info("ready")
 	}
 }
 
 // reseed writes this node's description, and its mirrored inventory, into an
 // empty KV: the cluster is new, or its state was lost and this node is what
-// remains of it.
+// remains of it. The watch, a new leader and a recovered survivor call it.
 //
 // It reports whether the KV holds a description afterwards.
-func (a *Agent) reseed(ctx context.Context) bool {
-	p := a.Platform()
+func (m *mirror) reseed(ctx context.Context) bool {
+	p := m.Platform()
 	if p == nil {
 		return false
 	}
 	// The description is written last: while it is missing the KV counts
 	// as lost, so a reseed cut short is done again by the next caller.
-	pair, _, err := a.store.Platform(ctx, &api.QueryOptions{RequireConsistent: true})
+	pair, _, err := m.store.Platform(ctx, &api.QueryOptions{RequireConsistent: true})
 	if err != nil || pair != nil {
 		return err == nil
 	}
-	recs, _, err := a.inventory.List(ctx, nil)
+	recs, _, err := m.inventory.List(ctx, nil)
 	if err != nil {
 		return false
 	}
@@ -220,24 +316,24 @@ func (a *Agent) reseed(ctx context.Context) bool {
 		// holds, though a fresh Consul counts its indexes from 1 again.
 		// Written only when missing: a reseed cut short and run again
 		// belongs to the same epoch.
-		epoch := a.mirroredInventoryVersion().Epoch + 1
-		if err := a.store.InitEpoch(ctx, epoch); err != nil {
-			a.Log.Warn("re-seed epoch", telemetry.KeyError, err)
+		epoch := m.inventoryVersion().Epoch + 1
+		if err := m.store.InitEpoch(ctx, epoch); err != nil {
+			m.log.Warn("re-seed epoch", telemetry.KeyError, err)
 			return false
 		}
-		for _, r := range a.loadMirroredInventory() {
+		for _, r := range m.records() {
 			r.Index = 0
-			if _, err := a.inventory.Put(ctx, r); err != nil && !errors.Is(err, reconcile.ErrConflict) {
-				a.Log.Warn("re-seed inventory from the mirror", telemetry.KeyMachineID, r.ID, telemetry.KeyError, err)
+			if _, err := m.inventory.Put(ctx, r); err != nil && !errors.Is(err, reconcile.ErrConflict) {
+				m.log.Warn("re-seed inventory from the mirror", telemetry.KeyMachineID, r.ID, telemetry.KeyError, err)
 				return false
 			} else if err == nil {
-				a.Log.Info("re-seeded inventory record from the mirror", telemetry.KeyMachineID, r.ID)
+				m.log.Info("re-seeded inventory record from the mirror", telemetry.KeyMachineID, r.ID)
 			}
 		}
 	}
-	ok, err := a.store.SeedPlatform(ctx, p.Source, a.mirroredVersion())
+	ok, err := m.store.SeedPlatform(ctx, p.Source, m.platformVersion())
 	if err == nil && ok {
-		a.Log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename)
+		m.log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename)
 	}
 	return err == nil
 }
@@ -246,10 +342,10 @@ func (a *Agent) reseed(ctx context.Context) bool {
 // mirror already holds a newer version: a KV from an older history (a
 // cluster re-created from a staler copy than this node's) is run but never
 // replaces what this node knows.
-func (a *Agent) watchInventory(ctx context.Context) {
+func (m *mirror) watchInventory(ctx context.Context) {
 	var last []byte
 	query := func(q *api.QueryOptions) (uint64, bool, error) {
-		recs, index, err := a.inventory.List(ctx, q)
+		recs, index, err := m.inventory.List(ctx, q)
 		if err != nil {
 			return 0, false, err
 		}
@@ -259,29 +355,29 @@ func (a *Agent) watchInventory(ctx context.Context) {
 			return index, false, nil
 		}
 		b, _ := json.MarshalIndent(recs, "", "  ")
-		epoch, err := a.kvEpoch(ctx)
+		epoch, err := m.store.Epoch(ctx)
 		if err != nil {
 			return 0, false, err
 		}
-		v, mine := inventoryVersion{Epoch: epoch, Index: index}, a.mirroredInventoryVersion()
+		v, mine := inventoryVersion{Epoch: epoch, Index: index}, m.inventoryVersion()
 		// The same records in a new epoch (a re-seed) still move the
 		// mirror's version forward.
 		if bytes.Equal(b, last) && v.Epoch == mine.Epoch {
 			return index, false, nil
 		}
 		if v.less(mine) {
-			a.Log.Warn("KV holds an older inventory than this node's mirror; keeping the mirror", "kv_version", v, "mirror_version", mine)
-			a.metrics.MirrorKeptNewer.WithLabelValues("inventory").Inc()
+			m.log.Warn("KV holds an older inventory than this node's mirror; keeping the mirror", "kv_version", v, "mirror_version", mine)
+			m.metrics.MirrorKeptNewer.WithLabelValues("inventory").Inc()
 			return index, false, nil
 		}
-		if err := a.writeInventoryMirror(b, v); err != nil {
-			a.Log.Error("mirror inventory", telemetry.KeyError, err)
+		if err := m.writeInventory(b, v); err != nil {
+			m.log.Error("mirror inventory", telemetry.KeyError, err)
 			return index, false, nil
 		}
 		last = b
 		return index, true, nil
 	}
 	_ = watch.Loop(ctx, 5*time.Minute, query, func() {}, func(err error) {
-		a.Log.Warn("watch inventory", telemetry.KeyError, err)
+		m.log.Warn("watch inventory", telemetry.KeyError, err)
 	})
 }

@@ -7,7 +7,11 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
 )
 
 // notify sends a state line to systemd when the agent runs under it as a
@@ -44,19 +48,29 @@ func watchdogInterval() time.Duration {
 }
 
 // watchdog pings systemd at half its interval while this node's Consul
-// answers. A Consul without a leader still answers (that is lost quorum, which
-// a restart would not mend); a hung Consul or agent does not, and systemd
-// restarts the service.
-func (a *Agent) watchdog(ctx context.Context) {
+// answers. A Consul without a leader still answers (that is lost quorum,
+// which a restart would not mend); a hung Consul or agent does not, and
+// systemd restarts the service. It has no state.
+type watchdog struct {
+	consul *api.Client
+	clock  clock.Clock
+	log    hclog.Logger
+}
+
+// Run pings until ctx ends, then returns nil; without a systemd watchdog
+// it just waits.
+func (w *watchdog) Run(ctx context.Context) error {
 	every := watchdogInterval() / 2
 	if every <= 0 {
-		return
+		<-ctx.Done()
+		return nil
 	}
-	clock.Every(ctx, a.Clock, every, func() {
-		if _, err := a.consul.Status().Leader(); err == nil {
+	clock.Every(ctx, w.clock, every, func() {
+		if _, err := w.consul.Status().Leader(); err == nil {
 			notify("WATCHDOG=1")
 		} else {
-			a.Log.Warn("not pinging the systemd watchdog: consul does not answer", "error", err)
+			w.log.Warn("not pinging the systemd watchdog: consul does not answer", telemetry.KeyError, err)
 		}
 	})
+	return nil
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -41,7 +43,7 @@ type pageMember struct {
 // pageData is what the status page shows.
 type pageData struct {
 	Now     time.Time
-	Self    AgentStatus
+	Self    agentapi.AgentStatus
 	Members []pageMember
 	// Problems says why anything is blocked, in plain words.
 	Problems []string
@@ -59,8 +61,8 @@ type pageType struct {
 // pageView gathers the page's data from this node's status, the inventory
 // and Consul's members. While quorum is lost only what this node knows is
 // shown: KV reads would hang.
-func (a *Agent) pageView(ctx context.Context) pageData {
-	d := pageData{Now: a.Clock.Now(), Self: a.status()}
+func (h *httpServer) pageView(ctx context.Context) pageData {
+	d := pageData{Now: h.clock.Now(), Self: h.status()}
 	if q := d.Self.Quorum; q != nil {
 		if q.Lost {
 			d.Problems = append(d.Problems, "Consul has lost quorum: no leader since "+q.LeaderlessSince.Format(time.RFC3339)+". "+q.Recovery)
@@ -96,12 +98,12 @@ func (a *Agent) pageView(ctx context.Context) pageData {
 		}
 		return d
 	}
-	recs, _, err := a.inventory.List(ctx, nil)
+	recs, _, err := h.inventory.List(ctx, nil)
 	if err != nil {
 		d.MembersError = err.Error()
 		return d
 	}
-	members, err := a.consul.Agent().Members(false)
+	members, err := h.consul.Agent().Members(false)
 	if err != nil {
 		d.MembersError = err.Error()
 		return d
@@ -134,11 +136,11 @@ func (a *Agent) pageView(ctx context.Context) pageData {
 	return d
 }
 
-func (a *Agent) servePage(w http.ResponseWriter, r *http.Request) {
+func (h *httpServer) servePage(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := pageTemplate.Execute(w, a.pageView(ctx)); err != nil {
-		a.Log.Warn("status page", "error", err)
+	if err := pageTemplate.Execute(w, h.pageView(ctx)); err != nil {
+		h.log.Warn("status page", telemetry.KeyError, err)
 	}
 }

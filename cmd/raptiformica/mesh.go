@@ -13,7 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -69,11 +69,11 @@ func join(ctx context.Context, ep, agent string, timeout time.Duration, out io.W
 	// An agent just started (the service, a fresh machine) may not answer
 	// yet: wait for it; one that answers with a refusal is final.
 	for {
-		err := daemon.AddMeshPeer(ctx, addr, u.Host)
+		err := agentapi.AddMeshPeer(ctx, addr, u.Host)
 		if err == nil {
 			break
 		}
-		var refused *daemon.AgentRefused
+		var refused *agentapi.AgentRefused
 		if errors.As(err, &refused) {
 			return err
 		}
@@ -84,9 +84,9 @@ func join(ctx context.Context, ep, agent string, timeout time.Duration, out io.W
 		}
 	}
 	fmt.Fprintf(out, "agent at %s dials %s\n", addr, u.Host)
-	var last *daemon.MeshStatus
+	var last *agentapi.MeshStatus
 	for {
-		st, err := daemon.FetchStatus(ctx, host, port)
+		st, err := agentapi.FetchStatus(ctx, host, port)
 		if err == nil && st.Mesh != nil {
 			last = st.Mesh
 			for _, p := range st.Mesh.Peers {
@@ -113,7 +113,7 @@ func join(ctx context.Context, ep, agent string, timeout time.Duration, out io.W
 func localMeshProblem(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	st, err := daemon.FetchStatus(ctx, "127.0.0.1", nodeconfig.AgentHTTPPort)
+	st, err := agentapi.FetchStatus(ctx, "127.0.0.1", nodeconfig.AgentHTTPPort)
 	if err != nil || st.Mesh == nil {
 		return ""
 	}
@@ -121,7 +121,7 @@ func localMeshProblem(ctx context.Context) string {
 }
 
 // linkError is what a node's dials of endpoint report.
-func linkError(st *daemon.MeshStatus, endpoint string) string {
+func linkError(st *agentapi.MeshStatus, endpoint string) string {
 	for _, p := range st.Peers {
 		if p.Endpoint == endpoint && p.LastError != "" {
 			return p.LastError
@@ -178,7 +178,7 @@ func showMesh(ctx context.Context, agent string, asJSON bool, timeout time.Durat
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	st, err := daemon.FetchStatus(ctx, host, port)
+	st, err := agentapi.FetchStatus(ctx, host, port)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -32,14 +33,14 @@ type statusView struct {
 	PlatformError string            `json:"platform_error,omitempty"`
 	Reconcile     *reconcile.Status `json:"reconcile,omitempty"`
 	// Quorum is each local machine's view while there is no Consul leader.
-	Quorum map[string]*daemon.QuorumStatus `json:"quorum,omitempty"`
+	Quorum map[string]*agentapi.QuorumStatus `json:"quorum,omitempty"`
 }
 
 // localQuorum asks every running local machine what it knows of a lost
 // quorum.
-func localQuorum(t *target) map[string]*daemon.QuorumStatus {
+func localQuorum(t *target) map[string]*agentapi.QuorumStatus {
 	ms, _ := local.Machines(t.folder())
-	out := map[string]*daemon.QuorumStatus{}
+	out := map[string]*agentapi.QuorumStatus{}
 	for _, m := range ms {
 		if !m.Running {
 			continue
@@ -51,7 +52,7 @@ func localQuorum(t *target) map[string]*daemon.QuorumStatus {
 	return out
 }
 
-func printQuorum(out io.Writer, q map[string]*daemon.QuorumStatus) {
+func printQuorum(out io.Writer, q map[string]*agentapi.QuorumStatus) {
 	for _, id := range slices.Sorted(maps.Keys(q)) {
 		s := q[id]
 		state := "no Consul leader"

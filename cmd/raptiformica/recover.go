@@ -15,6 +15,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -102,8 +103,8 @@ func waitAndPrint(ctx context.Context, t *target, plat *rules.Platform, timeout 
 	return printMembers(c, out, false)
 }
 
-func nodeStatus(m local.Machine) (daemon.AgentStatus, error) {
+func nodeStatus(m local.Machine) (agentapi.AgentStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return daemon.FetchStatus(ctx, m.Config.BindAddr, m.Config.HTTPPort)
+	return agentapi.FetchStatus(ctx, m.Config.BindAddr, m.Config.HTTPPort)
 }

@@ -33,6 +33,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -639,10 +640,10 @@ func TestPlatformChanges(t *testing.T) {
 }
 
 // agentStatus asks a machine's agent for its status over its HTTP API.
-func agentStatus(n nodeconfig.Config) (daemon.AgentStatus, error) {
+func agentStatus(n nodeconfig.Config) (agentapi.AgentStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return daemon.FetchStatus(ctx, n.BindAddr, n.HTTPPort)
+	return agentapi.FetchStatus(ctx, n.BindAddr, n.HTTPPort)
 }
 
 func contains(list []string, s string) bool {

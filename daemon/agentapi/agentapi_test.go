@@ -1,0 +1,107 @@
+package agentapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// agent serves h as an agent would and returns its host and port.
+func agent(t *testing.T, h http.HandlerFunc) (string, int) {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	host, port, err := net.SplitHostPort(srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := strconv.Atoi(port)
+	return host, p
+}
+
+func TestFetchStatus(t *testing.T) {
+	want := AgentStatus{MachineID: "m1", IsLeader: true, Quorum: &QuorumStatus{Lost: true, RaftLastIndex: 7}}
+	host, port := agent(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != StatusPath {
+			http.NotFound(w, r)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(want)
+	})
+	got, err := FetchStatus(context.Background(), host, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("status (-want +got):\n%s", diff)
+	}
+
+	host, port = agent(t, func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusServiceUnavailable) })
+	if _, err := FetchStatus(context.Background(), host, port); err == nil {
+		t.Errorf("an agent answering 503: got no error")
+	}
+}
+
+func TestAddMeshPeer(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		status  int
+		body    string
+		refused *AgentRefused
+	}{
+		{name: "accepted", status: http.StatusNoContent},
+		{name: "refused with a reason", status: http.StatusConflict, body: "this node runs without the mesh\n",
+			refused: &AgentRefused{Status: "409 Conflict", Reason: "this node runs without the mesh"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var sent MeshPeerRequest
+			host, port := agent(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != http.MethodPost || r.URL.Path != MeshPeersPath {
+					http.NotFound(w, r)
+					return
+				}
+				_ = json.NewDecoder(r.Body).Decode(&sent)
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte(tc.body))
+			})
+			addr := net.JoinHostPort(host, strconv.Itoa(port))
+			err := AddMeshPeer(context.Background(), addr, "tcp://10.0.0.1:9651")
+			if sent.Endpoint != "tcp://10.0.0.1:9651" {
+				t.Errorf("endpoint sent: got %q want %q", sent.Endpoint, "tcp://10.0.0.1:9651")
+			}
+			var refused *AgentRefused
+			if tc.refused == nil {
+				if err != nil {
+					t.Errorf("got %v want nil", err)
+				}
+				return
+			}
+			if !errors.As(err, &refused) {
+				t.Fatalf("got %v, want an *AgentRefused", err)
+			}
+			tc.refused.Agent = addr
+			if diff := cmp.Diff(tc.refused, refused); diff != "" {
+				t.Errorf("refusal (-want +got):\n%s", diff)
+			}
+		})
+	}
+
+	// An agent that does not answer is not a refusal: the caller retries.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	var refused *AgentRefused
+	if err := AddMeshPeer(context.Background(), addr, "tcp://10.0.0.1:9651"); err == nil || errors.As(err, &refused) {
+		t.Errorf("no agent listening: got %v, want an error that is not a refusal", err)
+	}
+}

@@ -1,0 +1,109 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// kvSeed puts in KV what the cluster needs from this node: the gossip key
+// and the mesh secret when the cluster has none yet (the seed), and this
+// machine's inventory record when it has none (the seed, or a machine
+// joined by hand). Every write is idempotent, so the agent runs it at start
+// and the quorum watch again on a recovered, emptied KV. It has no state.
+type kvSeed struct {
+	cfg       nodeconfig.Config
+	store     *kvschema.Store
+	inventory *reconcile.Inventory
+	clock     clock.Clock
+	log       hclog.Logger
+}
+
+// run writes it all, retrying every second; it blocks until it succeeds
+// (nil) or ctx ends (ctx's error).
+func (s *kvSeed) run(ctx context.Context) error {
+	attempt := 0
+	return clock.Poll(ctx, s.clock, time.Second, func() (bool, error) {
+		attempt++
+		err := s.gossipKey(ctx)
+		if err == nil {
+			err = s.meshSecret(ctx)
+		}
+		if err == nil {
+			err = s.record(ctx)
+		}
+		if err != nil {
+			s.log.Warn("bootstrap KV", telemetry.KeyError, err, telemetry.KeyAttempt, attempt)
+		}
+		return err == nil, nil
+	})
+}
+
+func (s *kvSeed) gossipKey(ctx context.Context) error {
+	key := s.cfg.Encrypt
+	if key == "" {
+		return nil
+	}
+	return s.store.InitGossipKey(ctx, key)
+}
+
+// meshSecret puts the node's mesh secret in KV when the cluster has none
+// yet (the seed), so that the leader can give it to new machines.
+func (s *kvSeed) meshSecret(ctx context.Context) error {
+	if s.cfg.Mesh == nil {
+		return nil
+	}
+	return s.store.InitMeshSecret(ctx, s.cfg.Mesh.Secret)
+}
+
+func (s *kvSeed) record(ctx context.Context) error {
+	rec, found, err := s.inventory.Get(ctx, s.cfg.MachineID)
+	if err != nil {
+		return err
+	}
+	if found && s.cfg.Mesh != nil && rec.Address != s.cfg.BindAddr {
+		// The spawner recorded the machine's own network address; over
+		// the mesh the others reach it at its overlay address.
+		// The old address stays among Addresses: members dial it until
+		// this node's mesh entry is in KV.
+		if !slices.Contains(rec.Addresses, rec.Address) {
+			rec.Addresses = append(rec.Addresses, rec.Address)
+		}
+		rec.Address, rec.Updated = s.cfg.BindAddr, s.clock.Now()
+		if _, err := s.inventory.Put(ctx, rec); err != nil && !errors.Is(err, reconcile.ErrConflict) {
+			return err
+		}
+		return nil
+	}
+	if found {
+		return nil
+	}
+	now := s.clock.Now()
+	_, err = s.inventory.Put(ctx, reconcile.Record{
+		ID: s.cfg.MachineID, Type: s.cfg.MachineType, Backend: s.cfg.Backend, State: reconcile.StateJoined,
+		Address: s.cfg.BindAddr, Seed: s.cfg.Bootstrap, Created: now, Updated: now,
+	})
+	if errors.Is(err, reconcile.ErrConflict) {
+		return nil // written by the leader meanwhile
+	}
+	return err
+}
+
+// NewGossipKey returns a fresh 32-byte gossip encryption key, base64-encoded
+// as Consul wants it.
+func NewGossipKey() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return base64.StdEncoding.EncodeToString(b[:])
+}
