@@ -63,49 +63,14 @@ func join(ctx context.Context, ep, agent string, timeout time.Duration, out io.W
 	if err != nil {
 		return err
 	}
-	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	// An agent just started (the service, a fresh machine) may not answer
-	// yet: wait for it; one that answers with a refusal is final.
-	for {
-		err := agentapi.AddMeshPeer(ctx, addr, u.Host)
-		if err == nil {
-			break
-		}
-		var refused *agentapi.AgentRefused
-		if errors.As(err, &refused) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (for %s)", err, timeout)
-		case <-time.After(500 * time.Millisecond):
-		}
+	overlay, err := agentapi.Link(ctx, host, port, u)
+	if err != nil {
+		return fmt.Errorf("%w (waited up to %s)", err, timeout)
 	}
-	fmt.Fprintf(out, "agent at %s dials %s\n", addr, u.Host)
-	var last *agentapi.MeshStatus
-	for {
-		st, err := agentapi.FetchStatus(ctx, host, port)
-		if err == nil && st.Mesh != nil {
-			last = st.Mesh
-			for _, p := range st.Mesh.Peers {
-				if p.Up && p.Endpoint == u.String() {
-					fmt.Fprintf(out, "link up to %s (overlay %s)\n", u.Host, p.Address)
-					return nil
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			why := "no answer from the agent"
-			if last != nil {
-				why = linkError(last, u.String())
-			}
-			return fmt.Errorf("no link to %s after %s: %s", u.Host, timeout, why)
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+	fmt.Fprintf(out, "agent at %s dials %s\nlink up to %s (overlay %s)\n", net.JoinHostPort(host, strconv.Itoa(port)), u.Host, u.Host, overlay)
+	return nil
 }
 
 // localMeshProblem is why this machine's agent has no overlay link, or ""
@@ -118,19 +83,6 @@ func localMeshProblem(ctx context.Context) string {
 		return ""
 	}
 	return st.Mesh.Problem
-}
-
-// linkError is what a node's dials of endpoint report.
-func linkError(st *agentapi.MeshStatus, endpoint string) string {
-	for _, p := range st.Peers {
-		if p.Endpoint == endpoint && p.LastError != "" {
-			return p.LastError
-		}
-	}
-	if st.Problem != "" {
-		return st.Problem
-	}
-	return "still dialling"
 }
 
 // meshCmd is mesh, which shows an agent's overlay: its address, links and

@@ -7,13 +7,16 @@ package agentapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -147,4 +150,66 @@ func (e *AgentRefused) Error() string {
 		msg += ": " + e.Reason
 	}
 	return msg
+}
+
+// Link has the agent at host:port dial endpoint (host:port of a mesh node)
+// and waits until its link there is up, returning the peer's overlay
+// address. An agent just started (the service, a fresh machine) may not
+// answer yet: it is asked again every half second; one that refuses is
+// final. It gives up when ctx ends, saying what the agent's dials report.
+func Link(ctx context.Context, host string, port int, endpoint *url.URL) (string, error) {
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	var asked error
+	err := clock.Poll(ctx, clock.Real{}, 500*time.Millisecond, func() (bool, error) {
+		asked = AddMeshPeer(ctx, addr, endpoint.Host)
+		var refused *AgentRefused
+		if errors.As(asked, &refused) {
+			return false, asked
+		}
+		return asked == nil, nil
+	})
+	if err != nil {
+		if asked != nil {
+			return "", asked
+		}
+		return "", err
+	}
+	var last *MeshStatus
+	var overlay string
+	err = clock.Poll(ctx, clock.Real{}, 500*time.Millisecond, func() (bool, error) {
+		st, err := FetchStatus(ctx, host, port)
+		if err != nil || st.Mesh == nil {
+			return false, nil
+		}
+		last = st.Mesh
+		for _, p := range st.Mesh.Peers {
+			if p.Up && p.Endpoint == endpoint.String() {
+				overlay = p.Address
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		why := "no answer from the agent"
+		if last != nil {
+			why = last.LinkError(endpoint.String())
+		}
+		return "", fmt.Errorf("no link to %s: %s", endpoint.Host, why)
+	}
+	return overlay, nil
+}
+
+// LinkError is what the node's dials of endpoint report, or why it has no
+// link at all.
+func (st *MeshStatus) LinkError(endpoint string) string {
+	for _, p := range st.Peers {
+		if p.Endpoint == endpoint && p.LastError != "" {
+			return p.LastError
+		}
+	}
+	if st.Problem != "" {
+		return st.Problem
+	}
+	return "still dialling"
 }

@@ -7,10 +7,16 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/raptiformica/raptiformica/mesh"
 )
 
 // agent serves h as an agent would and returns its host and port.
@@ -103,5 +109,51 @@ func TestAddMeshPeer(t *testing.T) {
 	var refused *AgentRefused
 	if err := AddMeshPeer(context.Background(), addr, "tcp://10.0.0.1:9651"); err == nil || errors.As(err, &refused) {
 		t.Errorf("no agent listening: got %v, want an error that is not a refusal", err)
+	}
+}
+
+// Link gives up at once on a refusal, and else waits until the status shows
+// the link up, or says what the dials report.
+func TestLink(t *testing.T) {
+	ep, _ := url.Parse("tcp://192.0.2.7:9651")
+	var mu sync.Mutex
+	asks, polls := 0, 0
+	host, port := agent(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch r.URL.Path {
+		case MeshPeersPath:
+			asks++
+			w.WriteHeader(http.StatusNoContent)
+		case StatusPath:
+			polls++
+			st := AgentStatus{Mesh: &MeshStatus{Peers: []mesh.Peer{{Endpoint: ep.String(), Up: polls > 1, Address: "200::7", LastError: "dialling"}}}}
+			_ = json.NewEncoder(w).Encode(st)
+		}
+	})
+	overlay, err := Link(context.Background(), host, port, ep)
+	if err != nil || overlay != "200::7" || asks != 1 || polls != 2 {
+		t.Errorf("got %q, %v after %d asks and %d polls; want 200::7 after 1 and 2", overlay, err, asks, polls)
+	}
+
+	host, port = agent(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "this node runs without the mesh", http.StatusConflict)
+	})
+	var refused *AgentRefused
+	if _, err := Link(context.Background(), host, port, ep); !errors.As(err, &refused) {
+		t.Errorf("a refusing agent: got %v, want an AgentRefused", err)
+	}
+
+	host, port = agent(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == MeshPeersPath {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(AgentStatus{Mesh: &MeshStatus{Peers: []mesh.Peer{{Endpoint: ep.String(), LastError: "connection refused"}}}})
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
+	defer cancel()
+	if _, err := Link(ctx, host, port, ep); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("a link that never comes up: got %v, want the dial's error", err)
 	}
 }
