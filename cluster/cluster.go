@@ -34,6 +34,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
@@ -191,6 +192,89 @@ func (l *Local) client(addr string) (*api.Client, error) {
 	}
 	l.clients[addr] = c
 	return c, nil
+}
+
+// ErrSeveralServers is Survivor's answer when more than one server runs
+// and none was named.
+var ErrSeveralServers = errors.New("several servers run")
+
+// Survivor is the running Consul server of the folder to recover a cluster
+// that lost quorum on: the one named machine, or else the only one.
+func (l *Local) Survivor(machine string) (local.Machine, error) {
+	ms, err := local.Machines(l.Dir)
+	if err != nil {
+		return local.Machine{}, err
+	}
+	var cands []local.Machine
+	var ids []string
+	for _, m := range ms {
+		if m.Running && m.Config.ConsulServer && (machine == "" || m.Config.MachineID == machine) {
+			cands = append(cands, m)
+			ids = append(ids, m.Config.MachineID)
+		}
+	}
+	switch {
+	case len(cands) == 0 && machine != "":
+		return local.Machine{}, fmt.Errorf("no running server machine %s in %s", machine, l.Dir)
+	case len(cands) == 0:
+		return local.Machine{}, fmt.Errorf("no running server machine in %s: nothing to recover on (`up` re-creates the cluster from its mirror)", l.Dir)
+	case len(cands) > 1:
+		return local.Machine{}, fmt.Errorf("%w (%s)", ErrSeveralServers, strings.Join(ids, ", "))
+	}
+	return cands[0], nil
+}
+
+// MachineStatus asks a local machine's agent for its status, which it
+// answers with or without quorum.
+func MachineStatus(ctx context.Context, m local.Machine) (agentapi.AgentStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return agentapi.FetchStatus(ctx, m.Config.BindAddr, m.Config.HTTPPort)
+}
+
+// Quorum is what each running machine of the folder knows of a lost
+// quorum, by machine ID: the status there is when no Consul has a leader.
+func (l *Local) Quorum(ctx context.Context) map[string]*agentapi.QuorumStatus {
+	ms, _ := local.Machines(l.Dir)
+	out := map[string]*agentapi.QuorumStatus{}
+	for _, m := range ms {
+		if !m.Running {
+			continue
+		}
+		if st, err := MachineStatus(ctx, m); err == nil && st.Quorum != nil {
+			out[m.Config.MachineID] = st.Quorum
+		}
+	}
+	return out
+}
+
+// Alive reports whether the machine id is an alive member of the cluster c
+// talks to (its local agent's view, which needs no quorum).
+func Alive(c *api.Client, id string) (bool, error) {
+	members, err := c.Agent().Members(false)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range members {
+		if m.Name == id && reconcile.SerfStatus(m.Status) == reconcile.MemberAlive {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// LastPass is the leader's last published pass, nil before the first or
+// when it cannot be read.
+func LastPass(ctx context.Context, c *api.Client) *reconcile.Status {
+	b, err := kvschema.New(c).Status(ctx)
+	if err != nil || b == nil {
+		return nil
+	}
+	var st reconcile.Status
+	if json.Unmarshal(b, &st) != nil {
+		return nil
+	}
+	return &st
 }
 
 // Env is what backends need when the CLI drives them itself, on this host:

@@ -31,6 +31,13 @@ import (
 // node's folder may do it.
 const RecoverFile = "recover"
 
+// RequestRecovery asks the node whose data folder is dataDir to recover the
+// cluster alone, once its Consul has lost quorum; why is kept in the file
+// for whoever looks.
+func RequestRecovery(dataDir string, now time.Time, why string) error {
+	return os.WriteFile(filepath.Join(dataDir, RecoverFile), []byte(now.UTC().Format(time.RFC3339)+" "+why+"\n"), 0o600)
+}
+
 // quorumWatch looks at this node's Consul every second for a leader. The
 // look is the local agent's status endpoint, which answers without quorum,
 // so it keeps working exactly when everything else stops. While there is no
@@ -216,7 +223,7 @@ func addressOf(ss []agentapi.ServerSeen, name string) string {
 
 // requestRecovery asks this node to recover, as `raptiformica recover` does.
 func (q *quorumWatch) requestRecovery() error {
-	return os.WriteFile(filepath.Join(q.cfg.DataDir, RecoverFile), []byte(q.clock.Now().UTC().Format(time.RFC3339)+" on backend evidence\n"), 0o600)
+	return RequestRecovery(q.cfg.DataDir, q.clock.Now(), "on backend evidence")
 }
 
 func (q *quorumWatch) recoverRequested() bool {

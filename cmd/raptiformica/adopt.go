@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
 
+	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/deploy/systemd"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
@@ -107,7 +108,7 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 	}
 	a := &provision.Adopter{
 		Dialer: dialer, Binary: self, Consul: consul, Unit: systemd.Unit(provision.RemoteBinary),
-		Joined:   func(ctx context.Context, id string) (bool, error) { return isAliveMember(c, id) },
+		Joined:   func(_ context.Context, id string) (bool, error) { return cluster.Alive(c, id) },
 		Progress: func(s provision.Step) { say("%s\n", s) },
 	}
 	adopt := func(j provision.HostEntry) error {
@@ -205,19 +206,6 @@ func adoptOne(ctx context.Context, c *api.Client, a *provision.Adopter, spec pro
 	}
 	fmt.Fprintf(out, "%s %s as %s (%s)\n", what, spec.Host, id, spec.Node.MachineType)
 	return nil
-}
-
-func isAliveMember(c *api.Client, id string) (bool, error) {
-	members, err := c.Agent().Members(false)
-	if err != nil {
-		return false, err
-	}
-	for _, m := range members {
-		if m.Name == id && reconcile.SerfStatus(m.Status) == reconcile.MemberAlive {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // sshDialer builds the SSH settings of the adopt flags. Host keys are

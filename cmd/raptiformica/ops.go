@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
-	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
@@ -34,22 +33,6 @@ type statusView struct {
 	Reconcile     *reconcile.Status `json:"reconcile,omitempty"`
 	// Quorum is each local machine's view while there is no Consul leader.
 	Quorum map[string]*agentapi.QuorumStatus `json:"quorum,omitempty"`
-}
-
-// localQuorum asks every running local machine what it knows of a lost
-// quorum.
-func localQuorum(t *target) map[string]*agentapi.QuorumStatus {
-	ms, _ := local.Machines(t.folder())
-	out := map[string]*agentapi.QuorumStatus{}
-	for _, m := range ms {
-		if !m.Running {
-			continue
-		}
-		if st, err := nodeStatus(m); err == nil && st.Quorum != nil {
-			out[m.Config.MachineID] = st.Quorum
-		}
-	}
-	return out
 }
 
 func printQuorum(out io.Writer, q map[string]*agentapi.QuorumStatus) {
@@ -83,7 +66,7 @@ func status(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 	if err != nil {
 		// Without a Consul leader there is no KV to read: what each local
 		// machine knows of the lost quorum is the status there is.
-		if q := localQuorum(t); len(q) > 0 {
+		if q := t.cluster().Quorum(ctx); len(q) > 0 {
 			if asJSON {
 				return writeJSON(out, statusView{Quorum: q})
 			}
@@ -97,16 +80,9 @@ func status(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 		}
 		return err
 	}
-	store := kvschema.New(c)
-	v := statusView{Leader: store.Leader(ctx)}
+	v := statusView{Leader: kvschema.New(c).Leader(ctx), Reconcile: cluster.LastPass(ctx, c)}
 	if _, err := kvPlatform(ctx, c); err != nil {
 		v.PlatformError = err.Error()
-	}
-	if b, err := store.Status(ctx); err == nil && b != nil {
-		var st reconcile.Status
-		if err := json.Unmarshal(b, &st); err == nil {
-			v.Reconcile = &st
-		}
 	}
 	if asJSON {
 		return writeJSON(out, v)

@@ -6,16 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
-	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -37,30 +34,13 @@ func recoverCmd() *cobra.Command {
 }
 
 func recoverOn(ctx context.Context, t *target, machine string, yes bool, timeout time.Duration, in io.Reader, out io.Writer) error {
-	ms, err := local.Machines(t.folder())
-	if err != nil {
+	m, err := t.cluster().Survivor(machine)
+	if errors.Is(err, cluster.ErrSeveralServers) {
+		return fmt.Errorf("%w: %v: choose one with --machine", errUsage, err)
+	} else if err != nil {
 		return err
 	}
-	var cands []local.Machine
-	for _, m := range ms {
-		if m.Running && m.Config.ConsulServer && (machine == "" || m.Config.MachineID == machine) {
-			cands = append(cands, m)
-		}
-	}
-	switch {
-	case len(cands) == 0 && machine != "":
-		return fmt.Errorf("no running server machine %s in %s", machine, t.folder())
-	case len(cands) == 0:
-		return fmt.Errorf("no running server machine in %s: nothing to recover on (`up` re-creates the cluster from its mirror)", t.folder())
-	case len(cands) > 1:
-		var ids []string
-		for _, m := range cands {
-			ids = append(ids, m.Config.MachineID)
-		}
-		return fmt.Errorf("%w: several servers run (%s): choose one with --machine", errUsage, strings.Join(ids, ", "))
-	}
-	m := cands[0]
-	st, err := nodeStatus(m)
+	st, err := cluster.MachineStatus(ctx, m)
 	if err != nil {
 		return fmt.Errorf("machine %s: %w", m.Config.MachineID, err)
 	}
@@ -85,7 +65,7 @@ func recoverOn(ctx context.Context, t *target, machine string, yes bool, timeout
 			return errors.New("not confirmed; nothing was changed")
 		}
 	}
-	if err := os.WriteFile(filepath.Join(m.Config.DataDir, daemon.RecoverFile), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
+	if err := daemon.RequestRecovery(m.Config.DataDir, time.Now(), "by raptiformica recover"); err != nil {
 		return err
 	}
 	return waitAndPrint(ctx, t, nil, timeout, out)
@@ -101,10 +81,4 @@ func waitAndPrint(ctx context.Context, t *target, plat *rules.Platform, timeout 
 		return err
 	}
 	return printMembers(c, out, false)
-}
-
-func nodeStatus(m local.Machine) (agentapi.AgentStatus, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return agentapi.FetchStatus(ctx, m.Config.BindAddr, m.Config.HTTPPort)
 }
