@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -22,9 +21,6 @@ import (
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
-
-// adoptBackend is the backend name recorded for machines adopted over SSH.
-const adoptBackend = "ssh"
 
 // adoptOptions are adopt's flags.
 type adoptOptions struct {
@@ -113,7 +109,7 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 	}
 	adopt := func(j provision.HostEntry) error {
 		mt := p.Machines[j.Type]
-		node, err := daemon.NodeConfigFor(c, "", provision.RemoteConsul, nil)(ctx, p, reconcile.NewMachineID(j.Type), mt, adoptBackend)
+		node, err := daemon.NodeConfigFor(c, "", provision.RemoteConsul, nil)(ctx, p, reconcile.NewMachineID(j.Type), mt, provision.AdoptBackend)
 		if err != nil {
 			return err
 		}
@@ -121,10 +117,16 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 		if o.bind != "" {
 			node.BindAddr = o.bind
 		}
-		var msg strings.Builder
-		err = adoptOne(ctx, c, a, provision.AdoptSpec{Host: j.Host, Node: node, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: o.timeout}, &msg)
-		say("%s", msg.String())
-		return err
+		res, err := a.AdoptRecorded(ctx, &reconcile.Inventory{Store: kvschema.New(c)}, provision.AdoptSpec{Host: j.Host, Node: node, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: o.timeout})
+		if err != nil {
+			return err
+		}
+		what := "adopted"
+		if !res.Changed {
+			what = "already adopted, nothing changed:"
+		}
+		say("%s %s as %s (%s)\n", what, j.Host, res.Node.MachineID, j.Type)
+		return nil
 	}
 	if len(jobs) == 1 && o.inventory == "" {
 		return adopt(jobs[0])
@@ -159,53 +161,6 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 		}
 	}
 	return fmt.Errorf("%d of %d machines were not adopted (listed above)", failed, len(jobs))
-}
-
-// adoptOne adopts a machine and keeps its inventory record: an intent before
-// anything is installed, joining once it is a member; a failed adoption's
-// record says where it failed, and the leader clears it.
-func adoptOne(ctx context.Context, c *api.Client, a *provision.Adopter, spec provision.AdoptSpec, out io.Writer) error {
-	inv := &reconcile.Inventory{Store: kvschema.New(c)}
-	now := time.Now()
-	res, err := a.Adopt(ctx, spec)
-	id := res.Node.MachineID
-	rec, found, gerr := inv.Get(ctx, id)
-	if gerr != nil {
-		return errors.Join(err, gerr)
-	}
-	if !found {
-		rec = reconcile.Record{ID: id, Type: spec.Node.MachineType, Backend: adoptBackend, Created: now, Manual: true}
-	}
-	rec.Address, rec.Updated = spec.Host.Addr, time.Now()
-	switch {
-	case err != nil && found && rec.State == reconcile.StateJoined:
-		// A member that was fine before keeps its record; the error is
-		// the answer.
-		return err
-	case err != nil:
-		var se *provision.StepError
-		step := "adopt"
-		if errors.As(err, &se) {
-			step = se.Step
-		}
-		rec.State, rec.Reason = reconcile.StateDestroying, fmt.Sprintf("adopting %s failed at %s: %v", spec.Host, step, err)
-		if _, perr := inv.Put(ctx, rec); perr != nil && res.Changed {
-			return errors.Join(err, perr)
-		}
-		return err
-	}
-	if !found || rec.State != reconcile.StateJoined {
-		rec.State, rec.Reason = reconcile.StateJoining, "adopted over SSH"
-		if _, err := inv.Put(ctx, rec); err != nil {
-			return fmt.Errorf("record adopted machine %s: %w", id, err)
-		}
-	}
-	what := "adopted"
-	if !res.Changed {
-		what = "already adopted, nothing changed:"
-	}
-	fmt.Fprintf(out, "%s %s as %s (%s)\n", what, spec.Host, id, spec.Node.MachineType)
-	return nil
 }
 
 // sshDialer builds the SSH settings of the adopt flags. Host keys are
