@@ -29,13 +29,11 @@ import (
 // builds the real one.
 const asCLI = "RAPTIFORMICA_TEST_AS_CLI"
 
-// An init rather than a TestMain: it runs before any TestMain (e2e_test.go
-// has one that builds the real binary and needs Consul), and keeps working
-// whichever TestMain the package has.
-func init() {
+func TestMain(m *testing.M) {
 	if os.Getenv(asCLI) == "1" {
 		os.Exit(runWith(os.Args[1:], os.Stdout, os.Stderr))
 	}
+	os.Exit(m.Run())
 }
 
 // lookTool returns the path of a shell a test runs. make test installs
