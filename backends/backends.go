@@ -68,21 +68,16 @@ type ClusterRemover interface {
 // machine). Keys are relative to the folder. Every call returns when ctx is
 // done.
 type Store interface {
-	// List returns the folder's entries by key.
-	List(ctx context.Context) (map[string]Entry, error)
-	// Get returns the entry at key; ok is false when there is none.
-	Get(ctx context.Context, key string) (e Entry, ok bool, err error)
+	// List returns the folder's values by key.
+	List(ctx context.Context) (map[string][]byte, error)
+	// Get returns the value at key and the index to check-and-set it
+	// against; index 0 when there is none.
+	Get(ctx context.Context, key string) (value []byte, index uint64, err error)
 	// CAS writes value at key if its index is still index (0: only if there
 	// is none) and reports whether it did.
 	CAS(ctx context.Context, key string, value []byte, index uint64) (bool, error)
 	// Delete removes key, whatever its index.
 	Delete(ctx context.Context, key string) error
-}
-
-// Entry is a value in a Store and the index to check-and-set it against.
-type Entry struct {
-	Value []byte
-	Index uint64
 }
 
 // Spec is what to spawn.

@@ -18,11 +18,11 @@ type StoreHostKeys struct {
 
 // HostKey returns the key recorded for hostport.
 func (s StoreHostKeys) HostKey(ctx context.Context, hostport string) (ssh.PublicKey, bool, error) {
-	e, ok, err := s.Store.Get(ctx, hostport)
-	if err != nil || !ok {
+	value, index, err := s.Store.Get(ctx, hostport)
+	if err != nil || index == 0 {
 		return nil, false, err
 	}
-	key, _, _, _, err := ssh.ParseAuthorizedKey(e.Value)
+	key, _, _, _, err := ssh.ParseAuthorizedKey(value)
 	if err != nil {
 		return nil, false, fmt.Errorf("recorded host key of %s: %w", hostport, err)
 	}

@@ -6,6 +6,9 @@ import (
 	"github.com/raptiformica/raptiformica/rules"
 )
 
+// The KV's folders are what backends keep shared state in.
+var _ backends.Store = (*kvschema.Folder)(nil)
+
 // NewBackends builds every backend the description declares, by name, with
 // env and, where a cluster is reachable (store is not nil), each backend's
 // own folder of the KV. A backend that cannot be built is in errs instead,

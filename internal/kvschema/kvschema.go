@@ -32,8 +32,6 @@ import (
 	"strings"
 
 	"github.com/hashicorp/consul/api"
-
-	"github.com/raptiformica/raptiformica/backends"
 )
 
 // The keys and folders; see the package doc for what each holds.
@@ -247,36 +245,35 @@ func (s *Store) TrustedHostKeys() *Folder {
 }
 
 // Folder is one folder of the KV, handed to code that keeps its own entries
-// there (a backend's claims, the host keys) without seeing the rest: it is a
-// backends.Store. Keys are relative to the folder; a host:port is made one
-// segment.
+// there (a backend's claims, the host keys) without seeing the rest: what a
+// backends.Store asks for. Keys are relative to the folder; a host:port is
+// made one segment.
 type Folder struct {
 	kv     *api.KV
 	prefix string
 }
 
-var _ backends.Store = (*Folder)(nil)
-
-// List returns the folder's entries by key.
-func (f *Folder) List(ctx context.Context) (map[string]backends.Entry, error) {
+// List returns the folder's values by key.
+func (f *Folder) List(ctx context.Context) (map[string][]byte, error) {
 	pairs, _, err := f.kv.List(f.prefix, query(ctx, nil))
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]backends.Entry, len(pairs))
+	out := make(map[string][]byte, len(pairs))
 	for _, p := range pairs {
-		out[strings.TrimPrefix(p.Key, f.prefix)] = backends.Entry{Value: p.Value, Index: p.ModifyIndex}
+		out[strings.TrimPrefix(p.Key, f.prefix)] = p.Value
 	}
 	return out, nil
 }
 
-// Get returns the entry at key; ok is false when there is none.
-func (f *Folder) Get(ctx context.Context, key string) (e backends.Entry, ok bool, err error) {
+// Get returns the value at key and the index to check-and-set it against;
+// index 0 when there is none.
+func (f *Folder) Get(ctx context.Context, key string) (value []byte, index uint64, err error) {
 	p, _, err := f.kv.Get(f.prefix+segment(key), query(ctx, nil))
 	if err != nil || p == nil {
-		return backends.Entry{}, false, err
+		return nil, 0, err
 	}
-	return backends.Entry{Value: p.Value, Index: p.ModifyIndex}, true, nil
+	return p.Value, p.ModifyIndex, nil
 }
 
 // CAS writes value at key if its index is still index (0: only if there is

@@ -139,14 +139,14 @@ func TestSetOnceAndFolders(t *testing.T) {
 		t.Errorf("second claim of a claimed host: got ok=%v err=%v, want refused", ok, err)
 	}
 	entries, err := f.List(ctx)
-	if err != nil || len(entries) != 1 || string(entries["10.0.0.1:22"].Value) != "a" {
+	if err != nil || len(entries) != 1 || string(entries["10.0.0.1:22"]) != "a" {
 		t.Errorf("list: got %v, %v", entries, err)
 	}
 	if err := f.Delete(ctx, "10.0.0.1:22"); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok, err := f.Get(ctx, "10.0.0.1:22"); err != nil || ok {
-		t.Errorf("after delete: got ok=%v err=%v", ok, err)
+	if _, index, err := f.Get(ctx, "10.0.0.1:22"); err != nil || index != 0 {
+		t.Errorf("after delete: got index %d, err %v; want none", index, err)
 	}
 	if _, err := s.CASRecord(ctx, "a/b", nil, 0); err == nil {
 		t.Error("a machine ID with a slash was accepted as a record key")

@@ -126,7 +126,7 @@ func (b *Backend) assignments(ctx context.Context) (map[string]assignment, error
 	out := map[string]assignment{}
 	for _, p := range entries {
 		var a assignment
-		if json.Unmarshal(p.Value, &a) == nil {
+		if json.Unmarshal(p, &a) == nil {
 			out[a.Host] = a
 		}
 	}
