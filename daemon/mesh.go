@@ -442,6 +442,10 @@ func noPeerProblem(peers []mesh.Peer, listenPort int) string {
 	return "no mesh peer is up: " + strings.Join(why, "; ")
 }
 
+// maxJoined caps the peers added by hand, each redialled for ever: a node
+// joins through one member, a few at most.
+const maxJoined = 16
+
 // serveAddPeer adds a peer by hand (raptiformica join): it is dialled at
 // once and kept in the mirror, so a restarted node dials it again.
 func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
@@ -453,6 +457,13 @@ func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
 	u, err := endpoint.Parse(req.Endpoint)
 	if err != nil {
 		http.Error(w, err.Error()+"\n", http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	full := len(s.known.Joined) >= maxJoined && !slices.Contains(s.known.Joined, u.Host)
+	s.mu.Unlock()
+	if full {
+		http.Error(w, fmt.Sprintf("this node keeps at most %d peers added by hand\n", maxJoined), http.StatusTooManyRequests)
 		return
 	}
 	if err := s.node.AddPeer(u.Host); err != nil {

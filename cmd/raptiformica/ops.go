@@ -286,7 +286,7 @@ func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
 	log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.Warn, Output: os.Stderr})
 	return &reconcile.Executor{
 		Inventory: &reconcile.Inventory{Store: kvschema.New(c)}, Consul: c, Clock: clock.Real{}, Log: log,
-		NodeConfig: daemon.NodeConfigFor(c, t.folder(), consul, nil),
+		NodeConfig: daemon.NodeConfigFor(c, t.token(), t.folder(), consul, nil), Token: t.token(),
 	}, nil
 }
 

@@ -115,15 +115,17 @@ func FetchStatus(ctx context.Context, addr string, port int) (AgentStatus, error
 
 // AddMeshPeer asks the agent at addr (host:port) to dial endpoint and keep
 // it: how `raptiformica join` reaches the local agent, or a member
-// (--agent). It blocks until the agent answers or ctx ends; an agent that
-// answers with a refusal returns an *AgentRefused.
-func AddMeshPeer(ctx context.Context, addr, endpoint string) error {
+// (--agent). token is the cluster's: an agent acts only for who holds it.
+// It blocks until the agent answers or ctx ends; an agent that answers with
+// a refusal returns an *AgentRefused.
+func AddMeshPeer(ctx context.Context, addr, endpoint, token string) error {
 	b, _ := json.Marshal(MeshPeerRequest{Endpoint: endpoint})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+MeshPeersPath, strings.NewReader(string(b)))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("agent at %s: %w", addr, err)
@@ -157,11 +159,11 @@ func (e *AgentRefused) Error() string {
 // address. An agent just started (the service, a fresh machine) may not
 // answer yet: it is asked again every half second; one that refuses is
 // final. It gives up when ctx ends, saying what the agent's dials report.
-func Link(ctx context.Context, host string, port int, endpoint *url.URL) (string, error) {
+func Link(ctx context.Context, host string, port int, endpoint *url.URL, token string) (string, error) {
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	var asked error
 	err := clock.Poll(ctx, clock.Real{}, 500*time.Millisecond, func() (bool, error) {
-		asked = AddMeshPeer(ctx, addr, endpoint.Host)
+		asked = AddMeshPeer(ctx, addr, endpoint.Host, token)
 		var refused *AgentRefused
 		if errors.As(asked, &refused) {
 			return false, asked

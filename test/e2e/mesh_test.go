@@ -408,7 +408,7 @@ func (l *meshLab) handMachine(id, secret string, listenPort int) string {
 	}
 	cfg := nodeconfig.Config{
 		MachineID: id, MachineType: "laptop", Cluster: l.name, Backend: "by-hand", DataDir: "/var/lib/raptiformica",
-		BindAddr: nodeconfig.BindAuto, ConsulBinary: "/usr/local/bin/consul", Encrypt: string(pair.Value),
+		BindAddr: nodeconfig.BindAuto, ConsulBinary: "/usr/local/bin/consul", Encrypt: string(pair.Value), ACLToken: l.token(),
 		Mesh: &nodeconfig.Mesh{ListenPort: listenPort, Secret: secret},
 	}.WithDefaults()
 	b, _ := json.MarshalIndent(cfg, "", "  ")
