@@ -35,6 +35,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
@@ -264,6 +265,25 @@ func Alive(c *api.Client, id string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// LeaderAgent is the address (host:port) of the leader's agent, as it
+// registered itself in Consul's catalog.
+func LeaderAgent(ctx context.Context, c *api.Client) (string, error) {
+	leader := kvschema.New(c).Leader(ctx)
+	if leader == "" {
+		return "", errors.New("no machine leads now (the lock is free): try again in a few seconds")
+	}
+	svcs, _, err := c.Catalog().Service(daemon.ServiceName, "", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", err
+	}
+	for _, s := range svcs {
+		if s.ServiceMeta["machine_id"] == leader {
+			return net.JoinHostPort(s.ServiceAddress, strconv.Itoa(s.ServicePort)), nil
+		}
+	}
+	return "", fmt.Errorf("the leader %s has no agent in the catalog", leader)
 }
 
 // LastPass is the leader's last published pass, nil before the first or

@@ -86,6 +86,21 @@ func (h *httpServer) handler() http.Handler {
 		addPeer = h.mesh.serveAddPeer
 	}
 	mux.HandleFunc("POST "+agentapi.MeshPeersPath, h.acting(addPeer))
+	// A plan observes through the backends: token holders only.
+	mux.HandleFunc("GET "+agentapi.PlanPath, h.acting(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+		defer cancel()
+		d, err := h.elector.DryRun(ctx)
+		if errors.Is(err, errNotLeading) {
+			http.Error(w, err.Error()+": ask the leader\n", http.StatusConflict)
+			return
+		} else if err != nil {
+			http.Error(w, "observe: "+err.Error()+"\n", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(d)
+	}))
 	mux.HandleFunc("GET "+agentapi.StatusPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

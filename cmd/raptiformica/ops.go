@@ -135,20 +135,19 @@ func planCmd() *cobra.Command {
 }
 
 func plan(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
-	c, p, err := t.stored(ctx)
+	c, err := t.client(ctx)
 	if err != nil {
 		return err
 	}
-	bes, err := t.backends(ctx, p)
+	// The leader plans, on its own machine: no backend command runs here.
+	addr, err := cluster.LeaderAgent(ctx, c)
 	if err != nil {
 		return err
 	}
-	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{Store: kvschema.New(c)}, bes, nil)
+	d, err := agentapi.FetchPlan(ctx, addr, t.token())
 	if err != nil {
 		return err
 	}
-	obs.Self = kvschema.New(c).Leader(ctx)
-	d := reconcile.Plan(p, obs, time.Now())
 	if asJSON {
 		return writeJSON(out, d)
 	}

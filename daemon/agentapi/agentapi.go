@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -25,6 +26,7 @@ import (
 const (
 	StatusPath    = "/v1/status"
 	MeshPeersPath = "/v1/mesh/peers"
+	PlanPath      = "/v1/plan"
 )
 
 // AgentStatus is the body of GET /v1/status.
@@ -214,4 +216,30 @@ func (st *MeshStatus) LinkError(endpoint string) string {
 		return st.Problem
 	}
 	return "still dialling"
+}
+
+// FetchPlan asks the leader's agent at addr (host:port) what the control
+// loop would do now; token is the cluster's. It blocks until the agent
+// answers or ctx ends; an agent that does not lead answers with a refusal.
+func FetchPlan(ctx context.Context, addr, token string) (reconcile.Decision, error) {
+	var d reconcile.Decision
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+PlanPath, nil)
+	if err != nil {
+		return d, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return d, fmt.Errorf("agent at %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		buf := make([]byte, 512)
+		n, _ := resp.Body.Read(buf)
+		return d, &AgentRefused{Agent: addr, Status: resp.Status, Reason: strings.TrimSpace(string(buf[:n]))}
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&d); err != nil {
+		return d, fmt.Errorf("agent at %s: plan: %w", addr, err)
+	}
+	return d, nil
 }

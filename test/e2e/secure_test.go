@@ -68,10 +68,10 @@ func TestSecureConsulRefusesStrangers(t *testing.T) {
 	}
 }
 
-// TestSecureAgentActsForTokenHoldersOnly: the endpoint that makes an agent
-// act (dial a mesh peer) refuses a caller without the cluster's token, or
-// with another, before it looks at the request; reading the status needs
-// none.
+// TestSecureAgentActsForTokenHoldersOnly: the endpoints that make an agent
+// act (dial a mesh peer) or run backend calls (a plan) refuse a caller
+// without the cluster's token, or with another, before they look at the
+// request; reading the status needs none.
 func TestSecureAgentActsForTokenHoldersOnly(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
@@ -85,6 +85,15 @@ func TestSecureAgentActsForTokenHoldersOnly(t *testing.T) {
 		if !errors.As(err, &refused) || !strings.HasPrefix(refused.Status, "401") {
 			t.Errorf("POST %s with token %q: got %v, want 401", agentapi.MeshPeersPath, token, err)
 		}
+	}
+	// A plan observes through the backends, on the leader: token holders
+	// only.
+	var refused *agentapi.AgentRefused
+	if _, err := agentapi.FetchPlan(context.Background(), addr, ""); !errors.As(err, &refused) || !strings.HasPrefix(refused.Status, "401") {
+		t.Errorf("GET %s without a token: got %v, want 401", agentapi.PlanPath, err)
+	}
+	if d, err := agentapi.FetchPlan(context.Background(), addr, c.token()); err != nil || len(d.Actions) != 0 {
+		t.Errorf("the leader's plan with the token: got %+v, %v; want no action at rest", d, err)
 	}
 	if _, err := agentStatus(m); err != nil {
 		t.Errorf("reading the status without a token: %v", err)
