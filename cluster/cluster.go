@@ -278,8 +278,10 @@ func LeaderAgent(ctx context.Context, c *api.Client) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// The entry the leader's own node registered (only token holders may
+	// register), with an address of its own.
 	for _, s := range svcs {
-		if s.ServiceMeta["machine_id"] == leader {
+		if s.Node == leader && s.ServiceMeta["machine_id"] == leader && s.ServiceAddress != "" && s.ServicePort > 0 {
 			return net.JoinHostPort(s.ServiceAddress, strconv.Itoa(s.ServicePort)), nil
 		}
 	}

@@ -266,6 +266,12 @@ func (a *Agent) ensureIdentity() error {
 	}
 	id, err := identity.Read(a.Config.DataDir)
 	if errors.Is(err, identity.ErrNone) {
+		if _, serr := os.Stat(filepath.Join(a.Config.DataDir, "consul", "raft")); serr == nil {
+			// A seed of a cluster made before ACLs: an identity made now
+			// would lock its Consul alone, apart from its members.
+			return errors.New("node config: acl_token is missing, and this seed's Consul holds a cluster made before ACLs. " +
+				"Re-create the cluster with them: `raptiformica down` keeps its description and `raptiformica up` brings it back")
+		}
 		if id, err = identity.New(); err == nil {
 			if a.Config.Encrypt != "" {
 				id.GossipKey = a.Config.Encrypt

@@ -460,9 +460,8 @@ func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	full := len(s.known.Joined) >= maxJoined && !slices.Contains(s.known.Joined, u.Host)
-	s.mu.Unlock()
-	if full {
+	defer s.mu.Unlock()
+	if len(s.known.Joined) >= maxJoined && !slices.Contains(s.known.Joined, u.Host) {
 		http.Error(w, fmt.Sprintf("this node keeps at most %d peers added by hand\n", maxJoined), http.StatusTooManyRequests)
 		return
 	}
@@ -470,11 +469,9 @@ func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error()+"\n", http.StatusBadRequest)
 		return
 	}
-	s.mu.Lock()
 	m := s.known
 	m.Joined = uniqueSorted(m.Joined, []string{u.Host})
 	s.save(m)
-	s.mu.Unlock()
 	s.log.Info("mesh peer added by hand", "endpoint", u.Host)
 	w.WriteHeader(http.StatusNoContent)
 }

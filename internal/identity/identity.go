@@ -62,6 +62,11 @@ func Write(dir string, id Identity) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	// A folder made before (a local cluster's) is closed too: it also
+	// holds the machines' configs and the backends' settings.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return err
+	}
 	b, err := json.MarshalIndent(id, "", "  ")
 	if err != nil {
 		return err

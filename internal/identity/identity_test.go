@@ -21,6 +21,9 @@ func TestWriteRead(t *testing.T) {
 		t.Error("two identities are the same")
 	}
 	dir := filepath.Join(t.TempDir(), "cluster")
+	if err := os.Mkdir(dir, 0o755); err != nil { // a local cluster's folder, made before
+		t.Fatal(err)
+	}
 	if _, err := Read(dir); !errors.Is(err, ErrNone) {
 		t.Errorf("an empty folder: got %v, want ErrNone", err)
 	}

@@ -185,6 +185,10 @@ func Read(name string) (Config, error) {
 	if err := c.Validate(); err != nil {
 		return c, fmt.Errorf("node config %s: %w", name, err)
 	}
+	// The token lets its holder do anything to the cluster.
+	if st, err := os.Stat(name); err == nil && c.ACLToken != "" && st.Mode().Perm()&0o077 != 0 {
+		return c, fmt.Errorf("node config %s holds the cluster's acl_token and is readable by others (mode %04o): chmod 600 %s", name, st.Mode().Perm(), name)
+	}
 	return c.WithDefaults(), nil
 }
 
