@@ -70,6 +70,9 @@ type consulService struct {
 	Tags    []string          `json:"tags"`
 	Meta    map[string]string `json:"meta"`
 	Checks  []consulCheck     `json:"checks"`
+	// Token registers the service: a service from the config file is
+	// synced with its own token, not the agent's.
+	Token string `json:"token,omitempty"`
 }
 
 type consulCheck struct {
@@ -89,8 +92,9 @@ const ServiceName = "raptiformica"
 func agentService(c nodeconfig.Config) consulService {
 	return consulService{
 		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPPort,
-		Tags: []string{c.MachineType},
-		Meta: map[string]string{"machine_id": c.MachineID, "machine_type": c.MachineType, "cluster": c.Cluster, "backend": c.Backend},
+		Tags:  []string{c.MachineType},
+		Meta:  map[string]string{"machine_id": c.MachineID, "machine_type": c.MachineType, "cluster": c.Cluster, "backend": c.Backend},
+		Token: c.ACLToken,
 		Checks: []consulCheck{{
 			ID: ServiceName + "-healthz", Name: "raptiformica agent /healthz",
 			HTTP: fmt.Sprintf("http://%s/healthz", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPPort))), Interval: "10s", Timeout: "2s",
