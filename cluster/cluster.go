@@ -6,7 +6,9 @@
 // package for the same work.
 //
 // A local cluster lives in a folder: machines/ holds the local backend's
-// machines, cluster.json names the backend the seed runs on, platform.hcl
+// machines, identity.json the cluster's credentials (the ACL management
+// token, the gossip key; readable by the folder's owner only), cluster.json
+// names the backend the seed runs on, platform.hcl
 // (or .json) the description it started from, and last-platform the
 // description its machines held when `down` removed them, so that the next
 // `up` brings the same platform back.
@@ -37,6 +39,7 @@ import (
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/mesh"
@@ -183,6 +186,7 @@ func (l *Local) client(addr string) (*api.Client, error) {
 	cfg := api.DefaultConfig()
 	cfg.Address = addr
 	cfg.Scheme = "http"
+	cfg.Token = l.Token()
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, err
@@ -263,6 +267,27 @@ func Alive(c *api.Client, id string) (bool, error) {
 	return false, nil
 }
 
+// LeaderAgent is the address (host:port) of the leader's agent, as it
+// registered itself in Consul's catalog.
+func LeaderAgent(ctx context.Context, c *api.Client) (string, error) {
+	leader := kvschema.New(c).Leader(ctx)
+	if leader == "" {
+		return "", errors.New("no machine leads now (the lock is free): try again in a few seconds")
+	}
+	svcs, _, err := c.Catalog().Service(daemon.ServiceName, "", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", err
+	}
+	// The entry the leader's own node registered (only token holders may
+	// register), with an address of its own.
+	for _, s := range svcs {
+		if s.Node == leader && s.ServiceMeta["machine_id"] == leader && s.ServiceAddress != "" && s.ServicePort > 0 {
+			return net.JoinHostPort(s.ServiceAddress, strconv.Itoa(s.ServicePort)), nil
+		}
+	}
+	return "", fmt.Errorf("the leader %s has no agent in the catalog", leader)
+}
+
 // LastPass is the leader's last published pass, nil before the first or
 // when it cannot be read.
 func LastPass(ctx context.Context, c *api.Client) *reconcile.Status {
@@ -275,6 +300,22 @@ func LastPass(ctx context.Context, c *api.Client) *reconcile.Status {
 		return nil
 	}
 	return &st
+}
+
+// Token is the cluster's ACL token as the folder keeps it: the identity
+// `up` made, else what a running machine's config carries; "" when the
+// folder has neither (a cluster made before ACLs).
+func (l *Local) Token() string {
+	if id, err := identity.Read(l.Dir); err == nil {
+		return id.ManagementToken
+	}
+	ms, _ := local.Machines(l.Dir)
+	for _, m := range ms {
+		if m.Config.ACLToken != "" {
+			return m.Config.ACLToken
+		}
+	}
+	return ""
 }
 
 // Env is what backends need when the CLI drives them itself, on this host:
@@ -378,13 +419,24 @@ func (l *Local) seed(ctx context.Context, platformFile string, out io.Writer) (*
 	if err := sd.CanSeed(); err != nil {
 		return nil, fmt.Errorf("backend %q cannot start a seed: %w", beName, err)
 	}
+	// A new cluster, a new identity; one that came back from its mirror
+	// keeps the one its machines carried.
+	id, err := identity.Read(l.Dir)
+	if errors.Is(err, identity.ErrNone) {
+		if id, err = identity.New(); err == nil {
+			err = identity.Write(l.Dir, id)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
 	sf, _ := json.Marshal(SeedFile{Cluster: plat.Cluster, Backend: beName, BackendType: spec.Type, Settings: spec.Settings})
 	if err := fsutil.WriteFileAtomic(filepath.Join(l.Dir, "cluster.json"), sf, 0o644); err != nil {
 		return nil, err
 	}
 	node := nodeconfig.Config{
 		MachineID: reconcile.NewMachineID(seedType), MachineType: seedType, Cluster: plat.Cluster,
-		ConsulServer: true, Encrypt: daemon.NewGossipKey(), PlatformFile: name,
+		ConsulServer: true, Encrypt: id.GossipKey, ACLToken: id.ManagementToken, PlatformFile: name,
 		// The seed bootstraps Consul alone; no machine after it does.
 		Bootstrap: true,
 	}.WithDefaults()

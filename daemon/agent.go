@@ -41,6 +41,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
@@ -168,6 +169,9 @@ func (a *Agent) setUp() (err error) {
 	if err := os.MkdirAll(a.Config.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
+	if err := a.ensureIdentity(); err != nil {
+		return err
+	}
 	var overlay *mesh.Node
 	var known meshMirror
 	if a.Config.Mesh != nil {
@@ -188,6 +192,7 @@ func (a *Agent) setUp() (err error) {
 	cfg := api.DefaultConfig()
 	cfg.Address = net.JoinHostPort(c.BindAddr, strconv.Itoa(c.ConsulHTTPPort))
 	cfg.Scheme = "http"
+	cfg.Token = c.ACLToken
 	client, err := api.NewClient(cfg)
 	if err != nil {
 		return fmt.Errorf("consul client: %w", err)
@@ -214,8 +219,8 @@ func (a *Agent) setUp() (err error) {
 		selfEndpoints = func() []string { return meshEndpoints(c.Mesh, bindAuto) }
 	}
 	executor := &reconcile.Executor{
-		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics,
-		NodeConfig: NodeConfigFor(client, c.ClusterDir, c.ConsulBinary, selfEndpoints),
+		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics, Token: c.ACLToken,
+		NodeConfig: NodeConfigFor(client, c.ACLToken, c.ClusterDir, c.ConsulBinary, selfEndpoints),
 		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
 	}
 	a.elector = &elector{
@@ -244,6 +249,45 @@ func (a *Agent) setUp() (err error) {
 		clock: a.Clock, log: a.Log, metrics: a.metrics,
 	}
 	return a.mirror.load(c.PlatformFile, c.Platform)
+}
+
+// ensureIdentity gives the node its ACL token. A node config carries one,
+// written by whoever made the machine; only a seed may start without: on
+// its first start it makes the cluster's identity and keeps it in its data
+// folder, where every later start (and a recovery) finds it again.
+func (a *Agent) ensureIdentity() error {
+	if a.Config.ACLToken != "" {
+		return nil
+	}
+	if !a.Config.Bootstrap || !a.Config.ConsulServer {
+		return errors.New("node config: acl_token is missing: Consul runs with ACLs, and a machine without the cluster's token can join nothing. " +
+			"Machines made by the cluster get theirs from their maker; for a machine configured by hand, copy acl_token from a server's node config. " +
+			"A cluster made before ACLs is re-created with them: `raptiformica down` keeps its description and `raptiformica up` brings it back")
+	}
+	id, err := identity.Read(a.Config.DataDir)
+	if errors.Is(err, identity.ErrNone) {
+		if _, serr := os.Stat(filepath.Join(a.Config.DataDir, "consul", "raft")); serr == nil {
+			// A seed of a cluster made before ACLs: an identity made now
+			// would lock its Consul alone, apart from its members.
+			return errors.New("node config: acl_token is missing, and this seed's Consul holds a cluster made before ACLs. " +
+				"Re-create the cluster with them: `raptiformica down` keeps its description and `raptiformica up` brings it back")
+		}
+		if id, err = identity.New(); err == nil {
+			if a.Config.Encrypt != "" {
+				id.GossipKey = a.Config.Encrypt
+			}
+			err = identity.Write(a.Config.DataDir, id)
+			a.Log.Info("made the cluster's identity", telemetry.KeyFile, filepath.Join(a.Config.DataDir, identity.File))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	a.Config.ACLToken = id.ManagementToken
+	if a.Config.Encrypt == "" {
+		a.Config.Encrypt = id.GossipKey
+	}
+	return nil
 }
 
 // waitConsul blocks until the local Consul answers and the cluster has a

@@ -55,7 +55,7 @@ func startAgent(t *testing.T) (*Agent, func()) {
 	cfg := nodeconfig.Config{
 		MachineID: "server-daemon", MachineType: "server", Cluster: "daemon-test", Backend: "local",
 		ClusterDir: dir, DataDir: filepath.Join(dir, "data"), BindAddr: testconsul.FreeIP(),
-		ConsulBinary: consulBin, ConsulServer: true, Bootstrap: true, Encrypt: NewGossipKey(),
+		ConsulBinary: consulBin, ConsulServer: true, Bootstrap: true,
 		FastGossip: true, PlatformFile: pf,
 	}.WithDefaults()
 	a := &Agent{Config: cfg, Registry: builtin.Registry(), Binary: "/nonexistent", Log: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})}

@@ -2,8 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"slices"
 	"time"
@@ -98,12 +96,4 @@ func (s *kvSeed) record(ctx context.Context) error {
 		return nil // written by the leader meanwhile
 	}
 	return err
-}
-
-// NewGossipKey returns a fresh 32-byte gossip encryption key, base64-encoded
-// as Consul wants it.
-func NewGossipKey() string {
-	var b [32]byte
-	_, _ = rand.Read(b[:])
-	return base64.StdEncoding.EncodeToString(b[:])
 }

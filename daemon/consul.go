@@ -47,6 +47,17 @@ type consulConfig struct {
 	Performance        map[string]any    `json:"performance,omitempty"`
 	GossipLAN          map[string]any    `json:"gossip_lan,omitempty"`
 	Services           []consulService   `json:"services,omitempty"`
+	ACL                *consulACL        `json:"acl,omitempty"`
+}
+
+// consulACL locks Consul down: without a token nothing is read or written,
+// members included. Tokens given through the API are kept across restarts.
+type consulACL struct {
+	Enabled                bool              `json:"enabled"`
+	DefaultPolicy          string            `json:"default_policy"`
+	DownPolicy             string            `json:"down_policy"`
+	EnableTokenPersistence bool              `json:"enable_token_persistence"`
+	Tokens                 map[string]string `json:"tokens"`
 }
 
 // consulService is a service Consul registers from its own config, so that
@@ -59,6 +70,9 @@ type consulService struct {
 	Tags    []string          `json:"tags"`
 	Meta    map[string]string `json:"meta"`
 	Checks  []consulCheck     `json:"checks"`
+	// Token registers the service: a service from the config file is
+	// synced with its own token, not the agent's.
+	Token string `json:"token,omitempty"`
 }
 
 type consulCheck struct {
@@ -78,8 +92,9 @@ const ServiceName = "raptiformica"
 func agentService(c nodeconfig.Config) consulService {
 	return consulService{
 		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPPort,
-		Tags: []string{c.MachineType},
-		Meta: map[string]string{"machine_id": c.MachineID, "machine_type": c.MachineType, "cluster": c.Cluster, "backend": c.Backend},
+		Tags:  []string{c.MachineType},
+		Meta:  map[string]string{"machine_id": c.MachineID, "machine_type": c.MachineType, "cluster": c.Cluster, "backend": c.Backend},
+		Token: c.ACLToken,
 		Checks: []consulCheck{{
 			ID: ServiceName + "-healthz", Name: "raptiformica agent /healthz",
 			HTTP: fmt.Sprintf("http://%s/healthz", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPPort))), Interval: "10s", Timeout: "2s",
@@ -127,6 +142,15 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 		// crash does not), not Consul's signal handling.
 		LeaveOnTerminate: false,
 		Services:         []consulService{agentService(c)},
+	}
+	if c.ACLToken != "" {
+		cc.ACL = &consulACL{Enabled: true, DefaultPolicy: "deny", DownPolicy: "extend-cache", EnableTokenPersistence: true,
+			Tokens: map[string]string{"agent": c.ACLToken}}
+		if c.ConsulServer {
+			// Used once, by the first leader of a Raft history: the seed,
+			// or a survivor's fresh Consul after a recovery.
+			cc.ACL.Tokens["initial_management"] = c.ACLToken
+		}
 	}
 	if c.ConsulServer {
 		cc.Autopilot = map[string]any{"cleanup_dead_servers": true, "server_stabilization_time": "2s", "last_contact_threshold": "1s"}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,13 +79,28 @@ func (h *httpServer) handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /{$}", h.servePage)
-	if h.mesh != nil {
-		mux.HandleFunc("POST "+agentapi.MeshPeersPath, h.mesh.serveAddPeer)
-	} else {
-		mux.HandleFunc("POST "+agentapi.MeshPeersPath, func(w http.ResponseWriter, r *http.Request) {
-			http.Error(w, "this node runs without the mesh (mesh = \"none\"): there is nothing to peer\n", http.StatusConflict)
-		})
+	addPeer := func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "this node runs without the mesh (mesh = \"none\"): there is nothing to peer\n", http.StatusConflict)
 	}
+	if h.mesh != nil {
+		addPeer = h.mesh.serveAddPeer
+	}
+	mux.HandleFunc("POST "+agentapi.MeshPeersPath, h.acting(addPeer))
+	// A plan observes through the backends: token holders only.
+	mux.HandleFunc("GET "+agentapi.PlanPath, h.acting(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+		defer cancel()
+		d, err := h.elector.DryRun(ctx)
+		if errors.Is(err, errNotLeading) {
+			http.Error(w, err.Error()+": ask the leader\n", http.StatusConflict)
+			return
+		} else if err != nil {
+			http.Error(w, "observe: "+err.Error()+"\n", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(d)
+	}))
 	mux.HandleFunc("GET "+agentapi.StatusPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -92,6 +108,21 @@ func (h *httpServer) handler() http.Handler {
 		_ = enc.Encode(h.status())
 	})
 	return mux
+}
+
+// acting guards an endpoint that makes the node act: the caller must hold
+// the cluster's token, compared in constant time. Reading (status, metrics,
+// the page) needs none and discloses no secret.
+func (h *httpServer) acting(next http.HandlerFunc) http.HandlerFunc {
+	want := []byte("Bearer " + h.cfg.ACLToken)
+	return func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if h.cfg.ACLToken == "" || subtle.ConstantTimeCompare(got, want) != 1 {
+			http.Error(w, "this endpoint acts for the cluster's token holders only: send it as Authorization: Bearer TOKEN\n", http.StatusUnauthorized)
+			return
+		}
+		next(w, r)
+	}
 }
 
 func (h *httpServer) status() agentapi.AgentStatus {

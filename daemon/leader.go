@@ -224,3 +224,24 @@ func (e *elector) publish(st reconcile.Status) {
 		e.log.Warn("publish status", telemetry.KeyError, err)
 	}
 }
+
+// errNotLeading is DryRun's answer on a node that does not lead.
+var errNotLeading = errors.New("this node does not lead")
+
+// DryRun is what the control loop would do now, changing nothing: the
+// leader observes as a pass does (its backends, on its own machine, where
+// it runs them anyway) and plans, without acting. It is how `plan` asks,
+// so that no backend command runs on the operator's machine.
+func (e *elector) DryRun(ctx context.Context) (reconcile.Decision, error) {
+	p := e.platform()
+	if !e.Leading() || p == nil {
+		return reconcile.Decision{}, errNotLeading
+	}
+	obs, err := reconcile.Observe(ctx, e.consul, e.inventory, e.backends(), nil)
+	if err != nil {
+		return reconcile.Decision{}, err
+	}
+	e.executor.Snapshot(&obs)
+	obs.Self = e.self
+	return reconcile.Plan(p, obs, e.clock.Now()), nil
+}

@@ -442,6 +442,10 @@ func noPeerProblem(peers []mesh.Peer, listenPort int) string {
 	return "no mesh peer is up: " + strings.Join(why, "; ")
 }
 
+// maxJoined caps the peers added by hand, each redialled for ever: a node
+// joins through one member, a few at most.
+const maxJoined = 16
+
 // serveAddPeer adds a peer by hand (raptiformica join): it is dialled at
 // once and kept in the mirror, so a restarted node dials it again.
 func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
@@ -455,15 +459,19 @@ func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error()+"\n", http.StatusBadRequest)
 		return
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.known.Joined) >= maxJoined && !slices.Contains(s.known.Joined, u.Host) {
+		http.Error(w, fmt.Sprintf("this node keeps at most %d peers added by hand\n", maxJoined), http.StatusTooManyRequests)
+		return
+	}
 	if err := s.node.AddPeer(u.Host); err != nil {
 		http.Error(w, err.Error()+"\n", http.StatusBadRequest)
 		return
 	}
-	s.mu.Lock()
 	m := s.known
 	m.Joined = uniqueSorted(m.Joined, []string{u.Host})
 	s.save(m)
-	s.mu.Unlock()
 	s.log.Info("mesh peer added by hand", "endpoint", u.Host)
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -15,9 +15,9 @@ import (
 // NodeConfigFor returns how new machines are configured by a node that
 // reaches Consul through client: they join the live servers, get the
 // cluster's gossip key and mesh secret, dial the members' mesh endpoints
-// and the configuring node's own (self, which may be nil), and run the
-// given Consul binary.
-func NodeConfigFor(client *api.Client, clusterDir, consulBinary string, self func() []string) reconcile.NodeConfigFunc {
+// and the configuring node's own (self, which may be nil), run the given
+// Consul binary, and carry token, the cluster's ACL token.
+func NodeConfigFor(client *api.Client, token, clusterDir, consulBinary string, self func() []string) reconcile.NodeConfigFunc {
 	return func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (nodeconfig.Config, error) {
 		store := kvschema.New(client)
 		key, err := store.GossipKey(ctx)
@@ -50,7 +50,7 @@ func NodeConfigFor(client *api.Client, clusterDir, consulBinary string, self fun
 		return nodeconfig.Config{
 			MachineID: id, MachineType: mt.Name, Cluster: p.Cluster, Backend: backend,
 			ClusterDir: clusterDir, ConsulBinary: consulBinary, ConsulServer: mt.ConsulServer,
-			RetryJoin: join, Encrypt: key, Mesh: meshCfg,
+			RetryJoin: join, Encrypt: key, Mesh: meshCfg, ACLToken: token,
 		}.WithDefaults(), nil
 	}
 }

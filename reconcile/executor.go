@@ -39,6 +39,9 @@ type Executor struct {
 	Metrics    *telemetry.Metrics
 	NodeConfig NodeConfigFunc
 	Hooks      *HookRunner
+	// Token is the Consul ACL token the executor's own calls to members
+	// use (asking one to leave).
+	Token string
 
 	mu        sync.Mutex
 	inFlight  map[string]Action    // machine ID -> running action; guarded by mu
@@ -391,6 +394,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 func (e *Executor) leave(ctx context.Context, m Member) error {
 	cfg := api.DefaultConfig()
 	cfg.Address = net.JoinHostPort(m.Address, strconv.Itoa(nodeconfig.ConsulHTTPPort))
+	cfg.Token = e.Token
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return err

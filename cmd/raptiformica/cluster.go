@@ -20,6 +20,7 @@ import (
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -69,6 +70,47 @@ func (t *target) client(ctx context.Context) (*api.Client, error) {
 		return t.env, nil
 	}
 	return t.cluster().Client(ctx)
+}
+
+// token is the ACL token the command uses and gives the machines it makes:
+// Consul's environment ($CONSUL_HTTP_TOKEN, $CONSUL_HTTP_TOKEN_FILE) when
+// the command talks to $CONSUL_HTTP_ADDR, else the local cluster's.
+func (t *target) token() string {
+	if !t.explicit && os.Getenv("CONSUL_HTTP_ADDR") != "" {
+		return envToken()
+	}
+	return t.cluster().Token()
+}
+
+// agentToken is the token an agent acts for: Consul's environment, else
+// this machine's own node config (a member's: root reads it), else the
+// local cluster's.
+func (t *target) agentToken() string {
+	if tok := envToken(); tok != "" || t.explicit {
+		return cmp.Or(tok, t.cluster().Token())
+	}
+	if cfg, err := nodeconfig.Read(nodeConfigPath); err == nil && cfg.ACLToken != "" {
+		return cfg.ACLToken
+	}
+	return t.cluster().Token()
+}
+
+// nodeConfigPath is where a machine installed from the package, or adopted,
+// keeps its node config.
+const nodeConfigPath = "/etc/raptiformica/agent.json"
+
+// envToken is the token Consul's own CLI would use: $CONSUL_HTTP_TOKEN or
+// the file $CONSUL_HTTP_TOKEN_FILE names.
+func envToken() string {
+	if tok := os.Getenv("CONSUL_HTTP_TOKEN"); tok != "" {
+		return tok
+	}
+	if f := os.Getenv("CONSUL_HTTP_TOKEN_FILE"); f != "" {
+		if b, err := os.ReadFile(f); err == nil {
+			return strings.TrimSpace(string(b))
+		}
+	}
+	return ""
 }
 
 // backends builds the description's backends on this host, with the KV

@@ -163,7 +163,7 @@ func singleDash(root *cobra.Command, args []string) []string {
 func agentCmd() *cobra.Command {
 	c := newCommand("agent", "run the node agent (what systemd starts)", nArgs(0, 0),
 		"raptiformica agent --config /etc/raptiformica/agent.json")
-	cfgPath := c.Flags().String("config", "/etc/raptiformica/agent.json", "node config file")
+	cfgPath := c.Flags().String("config", nodeConfigPath, "node config file")
 	logLevel := c.Flags().String("log-level", "info", "trace, debug, info, warn or error")
 	c.RunE = func(c *cobra.Command, _ []string) error {
 		cfg, err := nodeconfig.Read(*cfgPath)

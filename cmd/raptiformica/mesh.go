@@ -43,15 +43,16 @@ func joinCmd() *cobra.Command {
 	c := newCommand("join HOST[:PORT]",
 		"link this machine's overlay to a member (default port 9651); with --agent, have that member dial a machine instead (the original's inject)", nArgs(1, 1),
 		"raptiformica join vps1.example.org", "raptiformica join 192.0.2.20:9651 --agent 10.0.0.5:9550")
+	t := addTarget(c)
 	agent := c.Flags().String("agent", localAgent, "the agent that dials: this machine's by default; a member's to have it dial a machine that cannot dial out")
 	timeout := c.Flags().Duration("timeout", time.Minute, "how long to wait for the link")
 	c.RunE = func(c *cobra.Command, args []string) error {
-		return join(c.Context(), args[0], *agent, *timeout, c.OutOrStdout())
+		return join(c.Context(), args[0], *agent, t.agentToken(), *timeout, c.OutOrStdout())
 	}
 	return c
 }
 
-func join(ctx context.Context, ep, agent string, timeout time.Duration, out io.Writer) error {
+func join(ctx context.Context, ep, agent, token string, timeout time.Duration, out io.Writer) error {
 	if _, _, err := net.SplitHostPort(strings.TrimPrefix(ep, "tcp://")); err != nil {
 		ep = net.JoinHostPort(strings.Trim(strings.TrimPrefix(ep, "tcp://"), "[]"), strconv.Itoa(rules.DefaultMeshPort))
 	}
@@ -65,7 +66,7 @@ func join(ctx context.Context, ep, agent string, timeout time.Duration, out io.W
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	overlay, err := agentapi.Link(ctx, host, port, u)
+	overlay, err := agentapi.Link(ctx, host, port, u, token)
 	if err != nil {
 		return fmt.Errorf("%w (waited up to %s)", err, timeout)
 	}

@@ -135,20 +135,19 @@ func planCmd() *cobra.Command {
 }
 
 func plan(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
-	c, p, err := t.stored(ctx)
+	c, err := t.client(ctx)
 	if err != nil {
 		return err
 	}
-	bes, err := t.backends(ctx, p)
+	// The leader plans, on its own machine: no backend command runs here.
+	addr, err := cluster.LeaderAgent(ctx, c)
 	if err != nil {
 		return err
 	}
-	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{Store: kvschema.New(c)}, bes, nil)
+	d, err := agentapi.FetchPlan(ctx, addr, t.token())
 	if err != nil {
 		return err
 	}
-	obs.Self = kvschema.New(c).Leader(ctx)
-	d := reconcile.Plan(p, obs, time.Now())
 	if asJSON {
 		return writeJSON(out, d)
 	}
@@ -286,7 +285,7 @@ func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
 	log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.Warn, Output: os.Stderr})
 	return &reconcile.Executor{
 		Inventory: &reconcile.Inventory{Store: kvschema.New(c)}, Consul: c, Clock: clock.Real{}, Log: log,
-		NodeConfig: daemon.NodeConfigFor(c, t.folder(), consul, nil),
+		NodeConfig: daemon.NodeConfigFor(c, t.token(), t.folder(), consul, nil), Token: t.token(),
 	}, nil
 }
 

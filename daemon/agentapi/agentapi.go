@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -25,6 +26,7 @@ import (
 const (
 	StatusPath    = "/v1/status"
 	MeshPeersPath = "/v1/mesh/peers"
+	PlanPath      = "/v1/plan"
 )
 
 // AgentStatus is the body of GET /v1/status.
@@ -115,15 +117,17 @@ func FetchStatus(ctx context.Context, addr string, port int) (AgentStatus, error
 
 // AddMeshPeer asks the agent at addr (host:port) to dial endpoint and keep
 // it: how `raptiformica join` reaches the local agent, or a member
-// (--agent). It blocks until the agent answers or ctx ends; an agent that
-// answers with a refusal returns an *AgentRefused.
-func AddMeshPeer(ctx context.Context, addr, endpoint string) error {
+// (--agent). token is the cluster's: an agent acts only for who holds it.
+// It blocks until the agent answers or ctx ends; an agent that answers with
+// a refusal returns an *AgentRefused.
+func AddMeshPeer(ctx context.Context, addr, endpoint, token string) error {
 	b, _ := json.Marshal(MeshPeerRequest{Endpoint: endpoint})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+MeshPeersPath, strings.NewReader(string(b)))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("agent at %s: %w", addr, err)
@@ -157,11 +161,11 @@ func (e *AgentRefused) Error() string {
 // address. An agent just started (the service, a fresh machine) may not
 // answer yet: it is asked again every half second; one that refuses is
 // final. It gives up when ctx ends, saying what the agent's dials report.
-func Link(ctx context.Context, host string, port int, endpoint *url.URL) (string, error) {
+func Link(ctx context.Context, host string, port int, endpoint *url.URL, token string) (string, error) {
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	var asked error
 	err := clock.Poll(ctx, clock.Real{}, 500*time.Millisecond, func() (bool, error) {
-		asked = AddMeshPeer(ctx, addr, endpoint.Host)
+		asked = AddMeshPeer(ctx, addr, endpoint.Host, token)
 		var refused *AgentRefused
 		if errors.As(asked, &refused) {
 			return false, asked
@@ -212,4 +216,30 @@ func (st *MeshStatus) LinkError(endpoint string) string {
 		return st.Problem
 	}
 	return "still dialling"
+}
+
+// FetchPlan asks the leader's agent at addr (host:port) what the control
+// loop would do now; token is the cluster's. It blocks until the agent
+// answers or ctx ends; an agent that does not lead answers with a refusal.
+func FetchPlan(ctx context.Context, addr, token string) (reconcile.Decision, error) {
+	var d reconcile.Decision
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+PlanPath, nil)
+	if err != nil {
+		return d, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return d, fmt.Errorf("agent at %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		buf := make([]byte, 512)
+		n, _ := resp.Body.Read(buf)
+		return d, &AgentRefused{Agent: addr, Status: resp.Status, Reason: strings.TrimSpace(string(buf[:n]))}
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&d); err != nil {
+		return d, fmt.Errorf("agent at %s: plan: %w", addr, err)
+	}
+	return d, nil
 }

@@ -68,19 +68,21 @@ func TestAddMeshPeer(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var sent MeshPeerRequest
+			var auth string
 			host, port := agent(t, func(w http.ResponseWriter, r *http.Request) {
 				if r.Method != http.MethodPost || r.URL.Path != MeshPeersPath {
 					http.NotFound(w, r)
 					return
 				}
+				auth = r.Header.Get("Authorization")
 				_ = json.NewDecoder(r.Body).Decode(&sent)
 				w.WriteHeader(tc.status)
 				_, _ = w.Write([]byte(tc.body))
 			})
 			addr := net.JoinHostPort(host, strconv.Itoa(port))
-			err := AddMeshPeer(context.Background(), addr, "tcp://10.0.0.1:9651")
-			if sent.Endpoint != "tcp://10.0.0.1:9651" {
-				t.Errorf("endpoint sent: got %q want %q", sent.Endpoint, "tcp://10.0.0.1:9651")
+			err := AddMeshPeer(context.Background(), addr, "tcp://10.0.0.1:9651", "s3cret")
+			if sent.Endpoint != "tcp://10.0.0.1:9651" || auth != "Bearer s3cret" {
+				t.Errorf("sent: endpoint %q with %q, want %q with the token as a bearer", sent.Endpoint, auth, "tcp://10.0.0.1:9651")
 			}
 			var refused *AgentRefused
 			if tc.refused == nil {
@@ -107,7 +109,7 @@ func TestAddMeshPeer(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	var refused *AgentRefused
-	if err := AddMeshPeer(context.Background(), addr, "tcp://10.0.0.1:9651"); err == nil || errors.As(err, &refused) {
+	if err := AddMeshPeer(context.Background(), addr, "tcp://10.0.0.1:9651", ""); err == nil || errors.As(err, &refused) {
 		t.Errorf("no agent listening: got %v, want an error that is not a refusal", err)
 	}
 }
@@ -131,7 +133,7 @@ func TestLink(t *testing.T) {
 			_ = json.NewEncoder(w).Encode(st)
 		}
 	})
-	overlay, err := Link(context.Background(), host, port, ep)
+	overlay, err := Link(context.Background(), host, port, ep, "t")
 	if err != nil || overlay != "200::7" || asks != 1 || polls != 2 {
 		t.Errorf("got %q, %v after %d asks and %d polls; want 200::7 after 1 and 2", overlay, err, asks, polls)
 	}
@@ -140,7 +142,7 @@ func TestLink(t *testing.T) {
 		http.Error(w, "this node runs without the mesh", http.StatusConflict)
 	})
 	var refused *AgentRefused
-	if _, err := Link(context.Background(), host, port, ep); !errors.As(err, &refused) {
+	if _, err := Link(context.Background(), host, port, ep, "t"); !errors.As(err, &refused) {
 		t.Errorf("a refusing agent: got %v, want an AgentRefused", err)
 	}
 
@@ -153,7 +155,7 @@ func TestLink(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
 	defer cancel()
-	if _, err := Link(ctx, host, port, ep); err == nil || !strings.Contains(err.Error(), "connection refused") {
+	if _, err := Link(ctx, host, port, ep, "t"); err == nil || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("a link that never comes up: got %v, want the dial's error", err)
 	}
 }

@@ -59,6 +59,13 @@ type Config struct {
 	RetryJoin []string `json:"retry_join,omitempty"`
 	// Encrypt is the gossip encryption key, also kept in KV.
 	Encrypt string `json:"encrypt,omitempty"`
+	// ACLToken is the machine's Consul ACL token, which its Consul and its
+	// agent use: Consul runs with ACLs, default deny, so nothing is read
+	// or written without one. A server's is the cluster's management
+	// token, with which its Consul bootstraps ACLs (a fresh Consul after a
+	// recovery too). Only a seed may start without one: it makes the
+	// cluster's on its first start and keeps it in its data folder.
+	ACLToken string `json:"acl_token,omitempty"`
 	// FastGossip tunes failure detection for a loopback or LAN network.
 	FastGossip bool `json:"fast_gossip,omitempty"`
 	// PlatformFile seeds an empty KV with a description on first start.
@@ -177,6 +184,10 @@ func Read(name string) (Config, error) {
 	}
 	if err := c.Validate(); err != nil {
 		return c, fmt.Errorf("node config %s: %w", name, err)
+	}
+	// The token lets its holder do anything to the cluster.
+	if st, err := os.Stat(name); err == nil && c.ACLToken != "" && st.Mode().Perm()&0o077 != 0 {
+		return c, fmt.Errorf("node config %s holds the cluster's acl_token and is readable by others (mode %04o): chmod 600 %s", name, st.Mode().Perm(), name)
 	}
 	return c.WithDefaults(), nil
 }

@@ -35,3 +35,22 @@ func TestRead(t *testing.T) {
 		})
 	}
 }
+
+// A config that holds the cluster's token is refused while others can read
+// it: the token lets its holder do anything to the cluster.
+func TestReadRefusesAnExposedToken(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "agent.json")
+	src := `{"machine_id": "m1", "machine_type": "server", "data_dir": "/d", "bind_addr": "10.0.0.1", "consul_binary": "/c", "acl_token": "t"}`
+	if err := os.WriteFile(f, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(f); err == nil || !strings.Contains(err.Error(), "chmod 600 "+f) {
+		t.Errorf("a readable config with a token: got %v, want a refusal saying chmod 600", err)
+	}
+	if err := os.Chmod(f, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := Read(f); err != nil || c.ACLToken != "t" {
+		t.Errorf("mode 600: got %+v, %v", c, err)
+	}
+}

@@ -34,6 +34,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -241,7 +242,7 @@ func (c *testCluster) client() *api.Client {
 		cl := c.clients[addr]
 		if cl == nil {
 			cfg := api.DefaultConfig()
-			cfg.Address, cfg.Scheme = addr, "http"
+			cfg.Address, cfg.Scheme, cfg.Token = addr, "http", c.token()
 			var err error
 			if cl, err = api.NewClient(cfg); err != nil {
 				continue
@@ -253,6 +254,16 @@ func (c *testCluster) client() *api.Client {
 		}
 	}
 	return nil
+}
+
+// token is the cluster's ACL token, which `up` keeps in the folder: what
+// an operator's commands use.
+func (c *testCluster) token() string {
+	id, err := identity.Read(c.dir)
+	if err != nil {
+		c.t.Fatalf("cluster identity: %v", err)
+	}
+	return id.ManagementToken
 }
 
 func (c *testCluster) machines() []local.Machine {

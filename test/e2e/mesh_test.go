@@ -374,7 +374,8 @@ func TestMeshJoinByHand(t *testing.T) {
 
 	// A machine a member is told to dial.
 	y := l.handMachine("laptop-dialled", secret, 9651)
-	if out, err := exec.Command(binary, "join", l.ipOn(y, "lan"), "--agent", sIP+":9550").CombinedOutput(); err != nil || !strings.Contains(string(out), "link up") {
+	// From the operator's host: the cluster's token is in its folder.
+	if out, err := exec.Command(binary, "join", l.ipOn(y, "lan"), "--agent", sIP+":9550", "--dir", l.dir).CombinedOutput(); err != nil || !strings.Contains(string(out), "link up") {
 		t.Fatalf("join --agent (the member dials): %v\n%s", err, out)
 	}
 	l.waitMember("laptop-dialled")
@@ -408,7 +409,7 @@ func (l *meshLab) handMachine(id, secret string, listenPort int) string {
 	}
 	cfg := nodeconfig.Config{
 		MachineID: id, MachineType: "laptop", Cluster: l.name, Backend: "by-hand", DataDir: "/var/lib/raptiformica",
-		BindAddr: nodeconfig.BindAuto, ConsulBinary: "/usr/local/bin/consul", Encrypt: string(pair.Value),
+		BindAddr: nodeconfig.BindAuto, ConsulBinary: "/usr/local/bin/consul", Encrypt: string(pair.Value), ACLToken: l.token(),
 		Mesh: &nodeconfig.Mesh{ListenPort: listenPort, Secret: secret},
 	}.WithDefaults()
 	b, _ := json.MarshalIndent(cfg, "", "  ")

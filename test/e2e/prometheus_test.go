@@ -84,7 +84,12 @@ func TestPrometheusScrapesCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tokenFile := filepath.Join(dir, "consul.token")
+	if err := os.WriteFile(tokenFile, []byte(m.ACLToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	r := strings.NewReplacer(`server: "127.0.0.1:8500"`, fmt.Sprintf(`server: "%s:%d"`, m.BindAddr, m.ConsulHTTPPort),
+		"/etc/prometheus/raptiformica-consul.token", tokenFile,
 		"scrape_interval: 15s", "scrape_interval: 1s", "evaluation_interval: 15s", "evaluation_interval: 1s")
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(r.Replace(string(cfg))), 0o644); err != nil {
 		t.Fatal(err)
