@@ -446,7 +446,8 @@ func waitOutput(t *testing.T, id, want string, args ...string) {
 			return
 		}
 	}
-	t.Fatalf("%s %v never printed %q; last:\n%s", id, args, want, out)
+	logs, _ := exec.Command("docker", "logs", "--tail", "30", id).CombinedOutput()
+	t.Fatalf("%s %v never printed %q; last:\n%s\nits agent's last log lines:\n%s", id, args, want, out, logs)
 }
 
 // waitMember waits until id is an alive member whose record is joined.
