@@ -33,6 +33,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -347,7 +348,18 @@ func (d *detached) stop() error {
 func listen(c nodeconfig.Config) ([]net.Listener, error) {
 	var lns []net.Listener
 	for _, host := range listenHosts(c) {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(c.HTTPPort)))
+		addr := net.JoinHostPort(host, strconv.Itoa(c.HTTPPort))
+		// The overlay's address is tentative until the kernel's duplicate
+		// address detection is done, a second or so after the interface
+		// came up: wait for it rather than fail the start.
+		var ln net.Listener
+		var err error
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = clock.Poll(ctx, clock.Real{}, 200*time.Millisecond, func() (bool, error) {
+			ln, err = net.Listen("tcp", addr)
+			return !errors.Is(err, syscall.EADDRNOTAVAIL), nil
+		})
+		cancel()
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
