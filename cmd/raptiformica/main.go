@@ -1,8 +1,8 @@
 // Command raptiformica is the agent and the operator's CLI of raptiformica:
 // decentralized server orchestration over Consul. This package only parses
-// flags, wires the packages together and prints; the logic lives in daemon,
-// reconcile, rules, backends and provision. Commands, help, flag parsing and
-// shell completion come from cobra.
+// flags, wires the packages together and prints; the logic lives in
+// cluster, daemon, reconcile, rules, backends and provision. Commands, help,
+// flag parsing and shell completion come from cobra.
 package main
 
 import (
