@@ -126,14 +126,26 @@ func (l *Local) seedBackend() (backends.Backend, bool) {
 // machines: local processes, and the seed backend's machines when the seed
 // is not a local process (a container).
 func (l *Local) Addresses(ctx context.Context) ([]string, error) {
+	ms, err := l.running(ctx)
+	out := make([]string, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, m.addr)
+	}
+	return out, err
+}
+
+// machineAddr is a running machine and its Consul's HTTP address.
+type machineAddr struct{ id, addr string }
+
+func (l *Local) running(ctx context.Context) ([]machineAddr, error) {
 	ms, err := local.Machines(l.Dir)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
+	var out []machineAddr
 	for _, m := range ms {
 		if m.Running {
-			out = append(out, net.JoinHostPort(m.Config.BindAddr, strconv.Itoa(m.Config.ConsulHTTPPort)))
+			out = append(out, machineAddr{m.Config.MachineID, net.JoinHostPort(m.Config.BindAddr, strconv.Itoa(m.Config.ConsulHTTPPort))})
 		}
 	}
 	if be, ok := l.seedBackend(); ok {
@@ -143,7 +155,7 @@ func (l *Local) Addresses(ctx context.Context) ([]string, error) {
 		}
 		for _, in := range insts {
 			if in.Running && in.Address != "" {
-				out = append(out, net.JoinHostPort(in.Address, strconv.Itoa(nodeconfig.ConsulHTTPPort)))
+				out = append(out, machineAddr{in.MachineID, net.JoinHostPort(in.Address, strconv.Itoa(nodeconfig.ConsulHTTPPort))})
 			}
 		}
 	}
@@ -152,14 +164,21 @@ func (l *Local) Addresses(ctx context.Context) ([]string, error) {
 
 // Client connects to the Consul of a running machine of the cluster that
 // has a Consul leader.
-func (l *Local) Client(ctx context.Context) (*api.Client, error) {
-	addrs, err := l.Addresses(ctx)
+func (l *Local) Client(ctx context.Context) (*api.Client, error) { return l.ClientExcept(ctx, "") }
+
+// ClientExcept is Client through any machine but the one named: the one
+// about to be destroyed, whose Consul goes with it.
+func (l *Local) ClientExcept(ctx context.Context, machineID string) (*api.Client, error) {
+	ms, err := l.running(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var lastErr error
-	for _, addr := range addrs {
-		c, err := l.client(addr)
+	for _, m := range ms {
+		if m.id == machineID && machineID != "" {
+			continue
+		}
+		c, err := l.client(m.addr)
 		if err != nil {
 			return nil, err
 		}

@@ -170,7 +170,13 @@ func (e *Executor) Do(ctx context.Context, p *rules.Platform, bes map[string]bac
 	if err := ctx.Err(); err != nil {
 		return Record{}, false, err
 	}
-	rec, ok, err = e.Inventory.Get(ctx, id)
+	// The KV may be between Raft leaders (a server just left): ask again.
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_ = clock.Poll(rctx, e.Clock, 500*time.Millisecond, func() (bool, error) {
+		rec, ok, err = e.Inventory.Get(rctx, id)
+		return err == nil, nil
+	})
 	if err != nil {
 		return rec, ok, err
 	}
@@ -373,7 +379,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			}
 		}
 		if hasRecord {
-			if err := e.Inventory.Delete(ctx, rec); err != nil {
+			if err := e.deleteRecord(ctx, rec); err != nil {
 				e.finish(a, err)
 				log.Error("delete record", telemetry.KeyError, err)
 				return
@@ -388,6 +394,23 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		e.Hooks.Fire(ctx, p, event, a)
 	})
 	return nil
+}
+
+// deleteRecord removes a removed machine's record. A server that just left
+// takes Raft through a new configuration, and for a few seconds the KV has
+// no leader to write through: the delete is tried again for up to 30 s. A
+// record changed meanwhile is not retried: whoever changed it decides.
+func (e *Executor) deleteRecord(ctx context.Context, rec Record) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var err error
+	if perr := clock.Poll(ctx, e.Clock, 500*time.Millisecond, func() (bool, error) {
+		err = e.Inventory.Delete(ctx, rec)
+		return err == nil || errors.Is(err, ErrConflict), nil
+	}); perr != nil && err == nil {
+		err = perr
+	}
+	return err
 }
 
 // leave asks the member's own Consul agent to leave the cluster.

@@ -32,6 +32,7 @@ type target struct {
 	explicit bool // --dir was given
 	local    *cluster.Local
 	env      *api.Client // the client of $CONSUL_HTTP_ADDR, made once
+	avoid    string      // a machine not to talk through: the one being destroyed
 }
 
 // addTarget gives a command --dir. Given, it wins over $CONSUL_HTTP_ADDR.
@@ -69,7 +70,7 @@ func (t *target) client(ctx context.Context) (*api.Client, error) {
 		}
 		return t.env, nil
 	}
-	return t.cluster().Client(ctx)
+	return t.cluster().ClientExcept(ctx, t.avoid)
 }
 
 // token is the ACL token the command uses and gives the machines it makes:

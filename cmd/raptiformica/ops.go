@@ -374,6 +374,7 @@ func destroyCmd() *cobra.Command {
 }
 
 func destroy(ctx context.Context, t *target, id string, out io.Writer) error {
+	t.avoid = id
 	c, p, err := t.stored(ctx)
 	if err != nil {
 		return err
