@@ -8,6 +8,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -101,7 +102,14 @@ func benchHeal(b *testing.B, c *testCluster) {
 	for i := 0; i < b.N; i++ {
 		v := c.waitAgree(3, time.Minute, "before kill")
 		victim := v.follower()
-		cl := c.client()
+		// Asked through the leader's Consul: the victim's own would stop
+		// answering rather than say it died.
+		cfg := api.DefaultConfig()
+		cfg.Address, cfg.Scheme, cfg.Token = net.JoinHostPort(v.records[v.leader].Address, "8500"), "http", c.token()
+		cl, err := api.NewClient(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
 		t0 := time.Now()
 		c.kill(victim)
 		poll(time.Minute, func() bool { return !memberAlive(cl, victim) })
