@@ -126,7 +126,7 @@ func TestAgentKeepsLastGoodDescriptionAndReseeds(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "the bad description is rejected", func() bool {
 		st, err := httpStatus(a.Config)
-		return err == nil && strings.Contains(st.PlatformError, KVSourceName+":2,9: machine \"server\" min: must be at least 0")
+		return err == nil && strings.Contains(st.PlatformError, kvschema.PlatformSource+":2,9: machine \"server\" min: must be at least 0")
 	})
 	if got := string(a.Platform().Source); got != string(good) {
 		t.Errorf("the bad description replaced the good one:\n%s", got)

@@ -506,12 +506,12 @@ func meshConfigFor(ctx context.Context, store *kvschema.Store, port int, static 
 	if secret == "" {
 		return nil, errors.New("the cluster has no mesh secret in KV (" + kvschema.MeshSecret + ")")
 	}
-	pairs, _, err := store.MeshNodes(ctx, nil)
+	nodes, err := MeshNodes(ctx, store)
 	if err != nil {
-		return nil, fmt.Errorf("read mesh entries: %w", err)
+		return nil, err
 	}
 	peers := uniqueSorted(static...)
-	for _, n := range decodeMeshNodes(pairs) {
+	for _, n := range nodes {
 		peers = append(peers, n.Endpoints...)
 	}
 	return &nodeconfig.Mesh{ListenPort: port, Secret: secret, Peers: hostPorts(peers)}, nil

@@ -26,10 +26,6 @@ import (
 	"github.com/raptiformica/raptiformica/rules"
 )
 
-// KVSourceName is the file name given to descriptions read from KV, so that
-// their problems point at where they live.
-const KVSourceName = kvschema.PlatformSource
-
 // mirror is this node's copy of the cluster's state. It follows the
 // description and the inventory in KV with blocking queries, holds the last
 // valid description (Platform), keeps both on disk (dir: platform,
@@ -244,7 +240,7 @@ func (m *mirror) watchPlatform(ctx context.Context) {
 }
 
 func (m *mirror) apply(pair *api.KVPair) {
-	p, err := rules.Parse(KVSourceName, pair.Value, m.parse)
+	p, err := rules.Parse(kvschema.PlatformSource, pair.Value, m.parse)
 	if err != nil {
 		m.mu.Lock()
 		m.platformErr = err.Error()

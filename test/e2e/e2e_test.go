@@ -32,7 +32,6 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/backends/local"
-	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
@@ -561,7 +560,7 @@ func TestPlatformChanges(t *testing.T) {
 	for {
 		rejected := 0
 		for _, m := range c.machines() {
-			if st, err := agentStatus(m.Config); err == nil && strings.Contains(st.PlatformError, daemon.KVSourceName+":2,9") {
+			if st, err := agentStatus(m.Config); err == nil && strings.Contains(st.PlatformError, kvschema.PlatformSource+":2,9") {
 				rejected++
 			}
 		}
