@@ -70,7 +70,11 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer removeNodeImages()
+		// A second run beside this one (a helper's, in another checkout)
+		// shares the node images: RF_KEEP_IMAGES=1 leaves them.
+		if os.Getenv("RF_KEEP_IMAGES") == "" {
+			defer removeNodeImages()
+		}
 		return m.Run()
 	}()
 	os.Exit(code)
