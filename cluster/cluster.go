@@ -38,10 +38,12 @@ import (
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -122,20 +124,11 @@ func (l *Local) seedBackend() (backends.Backend, bool) {
 	return be, true
 }
 
-// Addresses lists the Consul HTTP addresses of the cluster's running
-// machines: local processes, and the seed backend's machines when the seed
-// is not a local process (a container).
-func (l *Local) Addresses(ctx context.Context) ([]string, error) {
-	ms, err := l.running(ctx)
-	out := make([]string, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, m.addr)
-	}
-	return out, err
+// machineAddr is a running machine and where its Consul is reached.
+type machineAddr struct {
+	id     string
+	target consulclient.Target
 }
-
-// machineAddr is a running machine and its Consul's HTTP address.
-type machineAddr struct{ id, addr string }
 
 func (l *Local) running(ctx context.Context) ([]machineAddr, error) {
 	ms, err := local.Machines(l.Dir)
@@ -145,7 +138,9 @@ func (l *Local) running(ctx context.Context) ([]machineAddr, error) {
 	var out []machineAddr
 	for _, m := range ms {
 		if m.Running {
-			out = append(out, machineAddr{m.Config.MachineID, net.JoinHostPort(m.Config.BindAddr, strconv.Itoa(m.Config.ConsulHTTPPort))})
+			out = append(out, machineAddr{m.Config.MachineID, consulclient.Target{
+				Host: m.Config.BindAddr, HTTPPort: m.Config.ConsulHTTPPort, HTTPSPort: m.Config.ConsulHTTPSPort,
+			}})
 		}
 	}
 	if be, ok := l.seedBackend(); ok {
@@ -155,7 +150,7 @@ func (l *Local) running(ctx context.Context) ([]machineAddr, error) {
 		}
 		for _, in := range insts {
 			if in.Running && in.Address != "" {
-				out = append(out, machineAddr{in.MachineID, net.JoinHostPort(in.Address, strconv.Itoa(nodeconfig.ConsulHTTPPort))})
+				out = append(out, machineAddr{in.MachineID, consulclient.Target{Host: in.Address}})
 			}
 		}
 	}
@@ -178,7 +173,7 @@ func (l *Local) ClientExcept(ctx context.Context, machineID string) (*api.Client
 		if m.id == machineID && machineID != "" {
 			continue
 		}
-		c, err := l.client(m.addr)
+		c, err := l.client(m.target)
 		if err != nil {
 			return nil, err
 		}
@@ -196,17 +191,15 @@ func (l *Local) ClientExcept(ctx context.Context, machineID string) (*api.Client
 	return nil, fmt.Errorf("no running machine in %s (start one with `raptiformica up --dir %s`)", l.Dir, l.Dir)
 }
 
-func (l *Local) client(addr string) (*api.Client, error) {
+func (l *Local) client(t consulclient.Target) (*api.Client, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	addr := net.JoinHostPort(t.Host, strconv.Itoa(t.HTTPPort))
 	if c := l.clients[addr]; c != nil {
 		return c, nil
 	}
-	cfg := api.DefaultConfig()
-	cfg.Address = addr
-	cfg.Scheme = "http"
-	cfg.Token = l.Token()
-	c, err := api.NewClient(cfg)
+	t.Token, t.CACert = l.Token(), l.CA().CertPEM
+	c, err := consulclient.New(t)
 	if err != nil {
 		return nil, err
 	}
@@ -337,6 +330,23 @@ func (l *Local) Token() string {
 	return ""
 }
 
+// CA is the cluster's certificate authority as the folder keeps it: the
+// identity `up` made, else what a running machine's config carries. Its
+// certificate checks the HTTPS API of every machine not on loopback; its
+// key signs the certificates of the machines the CLI makes.
+func (l *Local) CA() pki.CA {
+	if id, err := identity.Read(l.Dir); err == nil && id.CACert != "" {
+		return id.CA()
+	}
+	ms, _ := local.Machines(l.Dir)
+	for _, m := range ms {
+		if m.Config.TLS != nil {
+			return m.Config.TLS.CA()
+		}
+	}
+	return pki.CA{}
+}
+
 // Env is what backends need when the CLI drives them itself, on this host:
 // this binary and the Consul found here go onto new machines.
 func (l *Local) Env(p *rules.Platform) (backends.Env, error) {
@@ -388,12 +398,12 @@ func Platform(ctx context.Context, c *api.Client, opts rules.Options) (*rules.Pl
 // description it seeded, nil when the cluster was up already. Progress goes
 // to out.
 func (l *Local) Up(ctx context.Context, platformFile string, out io.Writer) (*rules.Platform, error) {
-	addrs, err := l.Addresses(ctx)
+	running, err := l.running(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if len(addrs) > 0 {
-		fmt.Fprintf(out, "cluster in %s is already up (%d machines running)\n", l.Dir, len(addrs))
+	if len(running) > 0 {
+		fmt.Fprintf(out, "cluster in %s is already up (%d machines running)\n", l.Dir, len(running))
 		return nil, nil
 	}
 	return l.seed(ctx, platformFile, out)
@@ -438,24 +448,36 @@ func (l *Local) seed(ctx context.Context, platformFile string, out io.Writer) (*
 	if err := sd.CanSeed(); err != nil {
 		return nil, fmt.Errorf("backend %q cannot start a seed: %w", beName, err)
 	}
+	seedID := reconcile.NewMachineID(seedType)
 	// A new cluster, a new identity; one that came back from its mirror
 	// keeps the one its machines carried.
 	id, err := identity.Read(l.Dir)
 	if errors.Is(err, identity.ErrNone) {
-		if id, err = identity.New(); err == nil {
+		if id, err = identity.New(plat.Cluster); err == nil {
+			err = identity.Write(l.Dir, id)
+		}
+	} else if err == nil && id.CACert == "" {
+		// Kept from before the cluster had a CA: every machine of the
+		// cluster that comes back is made anew, with certificates of it.
+		if err = id.EnsureCA(plat.Cluster); err == nil {
 			err = identity.Write(l.Dir, id)
 		}
 	}
 	if err != nil {
 		return nil, err
 	}
+	cert, err := id.CA().Issue(seedID, true)
+	if err != nil {
+		return nil, fmt.Errorf("sign the seed's certificate: %w", err)
+	}
 	sf, _ := json.Marshal(SeedFile{Cluster: plat.Cluster, Backend: beName, BackendType: spec.Type, Settings: spec.Settings})
 	if err := fsutil.WriteFileAtomic(filepath.Join(l.Dir, "cluster.json"), sf, 0o644); err != nil {
 		return nil, err
 	}
 	node := nodeconfig.Config{
-		MachineID: reconcile.NewMachineID(seedType), MachineType: seedType, Cluster: plat.Cluster,
+		MachineID: seedID, MachineType: seedType, Cluster: plat.Cluster,
 		ConsulServer: true, Encrypt: id.GossipKey, ACLToken: id.ManagementToken, PlatformFile: name,
+		TLS: &nodeconfig.TLS{CACert: id.CACert, CAKey: id.CAKey, Cert: cert.CertPEM, Key: cert.KeyPEM},
 		// The seed bootstraps Consul alone; no machine after it does.
 		Bootstrap: true,
 	}.WithDefaults()

@@ -66,7 +66,7 @@ func TestSurvivorAndDown(t *testing.T) {
 	if err != nil || n != 3 {
 		t.Fatalf("down: got %d, %v; want 3 machines stopped", n, err)
 	}
-	if addrs, err := l.Addresses(context.Background()); err != nil || len(addrs) != 0 {
+	if addrs, err := l.running(context.Background()); err != nil || len(addrs) != 0 {
 		t.Errorf("after down: got %v, %v; want no machine answering", addrs, err)
 	}
 }

@@ -42,6 +42,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -190,11 +191,7 @@ func (a *Agent) setUp() (err error) {
 	}
 	c := a.Config
 
-	cfg := api.DefaultConfig()
-	cfg.Address = net.JoinHostPort(c.BindAddr, strconv.Itoa(c.ConsulHTTPPort))
-	cfg.Scheme = "http"
-	cfg.Token = c.ACLToken
-	client, err := api.NewClient(cfg)
+	client, err := consulclient.Local(c)
 	if err != nil {
 		return fmt.Errorf("consul client: %w", err)
 	}
@@ -220,8 +217,8 @@ func (a *Agent) setUp() (err error) {
 		selfEndpoints = func() []string { return meshEndpoints(c.Mesh, bindAuto) }
 	}
 	executor := &reconcile.Executor{
-		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics, Token: c.ACLToken,
-		NodeConfig: NodeConfigFor(client, c.ACLToken, c.ClusterDir, c.ConsulBinary, selfEndpoints),
+		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics, Token: c.ACLToken, CACert: c.TLS.CACert,
+		NodeConfig: NodeConfigFor(client, Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, c.ClusterDir, c.ConsulBinary, selfEndpoints),
 		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
 	}
 	a.elector = &elector{
@@ -252,18 +249,24 @@ func (a *Agent) setUp() (err error) {
 	return a.mirror.load(c.PlatformFile, c.Platform)
 }
 
-// ensureIdentity gives the node its ACL token. A node config carries one,
-// written by whoever made the machine; only a seed may start without: on
-// its first start it makes the cluster's identity and keeps it in its data
-// folder, where every later start (and a recovery) finds it again.
+// ensureIdentity gives the node its credentials: its ACL token and its
+// certificate. A node config carries them, written by whoever made the
+// machine; only a seed may start without: on its first start it makes the
+// cluster's identity, keeps it in its data folder, where every later start
+// (and a recovery) finds it again, and signs its own certificate.
 func (a *Agent) ensureIdentity() error {
-	if a.Config.ACLToken != "" {
+	if a.Config.ACLToken != "" && a.Config.TLS != nil {
 		return nil
 	}
-	if !a.Config.Bootstrap || !a.Config.ConsulServer {
-		return errors.New("node config: acl_token is missing: Consul runs with ACLs, and a machine without the cluster's token can join nothing. " +
-			"Machines made by the cluster get theirs from their maker; for a machine configured by hand, copy acl_token from a server's node config. " +
-			"A cluster made before ACLs is re-created with them: `raptiformica down` keeps its description and `raptiformica up` brings it back")
+	seed := a.Config.Bootstrap && a.Config.ConsulServer
+	if !seed {
+		missing := "acl_token"
+		if a.Config.ACLToken != "" {
+			missing = "tls"
+		}
+		return fmt.Errorf("node config: %s is missing: Consul runs with ACLs and TLS, and a machine without the cluster's credentials can join nothing. "+
+			"Machines made by the cluster get theirs from their maker; for a machine configured by hand, use `raptiformica join` or copy them from a server's node config. "+
+			"A cluster made before this version is re-created: `raptiformica down` keeps its description and `raptiformica up` brings it back", missing)
 	}
 	id, err := identity.Read(a.Config.DataDir)
 	if errors.Is(err, identity.ErrNone) {
@@ -273,20 +276,34 @@ func (a *Agent) ensureIdentity() error {
 			return errors.New("node config: acl_token is missing, and this seed's Consul holds a cluster made before ACLs. " +
 				"Re-create the cluster with them: `raptiformica down` keeps its description and `raptiformica up` brings it back")
 		}
-		if id, err = identity.New(); err == nil {
+		if id, err = identity.New(a.Config.Cluster); err == nil {
 			if a.Config.Encrypt != "" {
 				id.GossipKey = a.Config.Encrypt
 			}
 			err = identity.Write(a.Config.DataDir, id)
 			a.Log.Info("made the cluster's identity", telemetry.KeyFile, filepath.Join(a.Config.DataDir, identity.File))
 		}
+	} else if err == nil && id.CACert == "" {
+		// Kept by a seed of before TLS: the CA joins it.
+		if err = id.EnsureCA(a.Config.Cluster); err == nil {
+			err = identity.Write(a.Config.DataDir, id)
+		}
 	}
 	if err != nil {
 		return err
 	}
-	a.Config.ACLToken = id.ManagementToken
+	if a.Config.ACLToken == "" {
+		a.Config.ACLToken = id.ManagementToken
+	}
 	if a.Config.Encrypt == "" {
 		a.Config.Encrypt = id.GossipKey
+	}
+	if a.Config.TLS == nil {
+		cert, err := id.CA().Issue(a.Config.MachineID, true)
+		if err != nil {
+			return fmt.Errorf("sign this seed's certificate: %w", err)
+		}
+		a.Config.TLS = &nodeconfig.TLS{CACert: id.CACert, CAKey: id.CAKey, Cert: cert.CertPEM, Key: cert.KeyPEM}
 	}
 	return nil
 }

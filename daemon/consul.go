@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
@@ -33,6 +34,7 @@ type consulConfig struct {
 	BindAddr           string            `json:"bind_addr"`
 	AdvertiseAddr      string            `json:"advertise_addr"`
 	ClientAddr         string            `json:"client_addr"`
+	Addresses          map[string]string `json:"addresses,omitempty"`
 	Server             bool              `json:"server"`
 	Bootstrap          bool              `json:"bootstrap,omitempty"`
 	RetryJoin          []string          `json:"retry_join,omitempty"`
@@ -48,6 +50,52 @@ type consulConfig struct {
 	GossipLAN          map[string]any    `json:"gossip_lan,omitempty"`
 	Services           []consulService   `json:"services,omitempty"`
 	ACL                *consulACL        `json:"acl,omitempty"`
+	TLS                *consulTLS        `json:"tls,omitempty"`
+}
+
+// consulTLS makes Consul's RPC mutual TLS with the cluster's CA: a server
+// or client without a certificate of it is refused, and only a server's
+// certificate may serve as a server (verify_server_hostname). HTTPS asks
+// no client certificate: its callers (the CLI, Prometheus, other agents)
+// show a token instead.
+type consulTLS struct {
+	Defaults    consulTLSDefaults `json:"defaults"`
+	InternalRPC map[string]bool   `json:"internal_rpc"`
+	HTTPS       map[string]bool   `json:"https"`
+}
+
+type consulTLSDefaults struct {
+	CAFile         string `json:"ca_file"`
+	CertFile       string `json:"cert_file"`
+	KeyFile        string `json:"key_file"`
+	VerifyIncoming bool   `json:"verify_incoming"`
+	VerifyOutgoing bool   `json:"verify_outgoing"`
+	MinVersion     string `json:"tls_min_version"`
+}
+
+// tlsFiles are where a node's certificate files are written for Consul,
+// in its data folder.
+func tlsFiles(c nodeconfig.Config) (ca, cert, key string) {
+	dir := filepath.Join(c.DataDir, "tls")
+	return filepath.Join(dir, "ca.pem"), filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+}
+
+// writeTLSFiles writes the node's certificate files, readable by their
+// owner only.
+func writeTLSFiles(c nodeconfig.Config) error {
+	if c.TLS == nil {
+		return nil
+	}
+	ca, cert, key := tlsFiles(c)
+	if err := os.MkdirAll(filepath.Dir(ca), 0o700); err != nil {
+		return err
+	}
+	for _, f := range []struct{ name, pem string }{{ca, c.TLS.CACert}, {cert, c.TLS.Cert}, {key, c.TLS.Key}} {
+		if err := fsutil.WriteFileAtomic(f.name, []byte(f.pem), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // consulACL locks Consul down: without a token nothing is read or written,
@@ -124,13 +172,16 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 		BindAddr:      c.BindAddr,
 		AdvertiseAddr: c.BindAddr,
 		ClientAddr:    strings.Join(listenHosts(c), " "),
+		// Plain HTTP only where nobody but the machine's own users
+		// reach it; other machines use HTTPS.
+		Addresses:     map[string]string{"http": consulclient.LocalHost(c), "https": strings.Join(listenHosts(c), " ")},
 		Server:        c.ConsulServer,
 		Bootstrap:     c.Bootstrap && c.ConsulServer,
 		RetryJoin:     joins,
 		RetryInterval: "2s",
 		Encrypt:       c.Encrypt,
 		// Only what the cluster uses is opened: no DNS, no gRPC, no WAN.
-		Ports: map[string]int{"http": c.ConsulHTTPPort, "dns": -1, "grpc": -1, "grpc_tls": -1, "serf_wan": -1},
+		Ports: map[string]int{"http": c.ConsulHTTPPort, "https": c.ConsulHTTPSPort, "dns": -1, "grpc": -1, "grpc_tls": -1, "serf_wan": -1},
 		NodeMeta: map[string]string{
 			"raptiformica_machine_type": c.MachineType,
 			"raptiformica_cluster":      c.Cluster,
@@ -151,6 +202,17 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 			// or a survivor's fresh Consul after a recovery.
 			cc.ACL.Tokens["initial_management"] = c.ACLToken
 		}
+	}
+	if c.TLS != nil {
+		ca, cert, key := tlsFiles(c)
+		cc.TLS = &consulTLS{
+			Defaults:    consulTLSDefaults{CAFile: ca, CertFile: cert, KeyFile: key, VerifyIncoming: true, VerifyOutgoing: true, MinVersion: "TLSv1_2"},
+			InternalRPC: map[string]bool{"verify_server_hostname": true},
+			HTTPS:       map[string]bool{"verify_incoming": false},
+		}
+	} else {
+		delete(cc.Ports, "https")
+		delete(cc.Addresses, "https")
 	}
 	if c.ConsulServer {
 		cc.Autopilot = map[string]any{"cleanup_dead_servers": true, "server_stabilization_time": "2s", "last_contact_threshold": "1s"}
@@ -244,6 +306,9 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 			return err
 		}
 		cc.Bootstrap, cc.RetryJoin = true, nil
+	}
+	if err := writeTLSFiles(p.Config); err != nil {
+		return fmt.Errorf("write certificate files: %w", err)
 	}
 	b, _ := json.MarshalIndent(cc, "", "  ")
 	cfgPath := filepath.Join(p.Config.DataDir, "consul.json")

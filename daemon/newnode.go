@@ -2,23 +2,41 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
+
+// Credentials are what a node that makes machines gives them: the ACL
+// token, and the CA that signs their certificates.
+type Credentials struct {
+	Token string
+	CA    pki.CA
+}
 
 // NodeConfigFor returns how new machines are configured by a node that
 // reaches Consul through client: they join the live servers, get the
 // cluster's gossip key and mesh secret, dial the members' mesh endpoints
 // and the configuring node's own (self, which may be nil), run the given
-// Consul binary, and carry token, the cluster's ACL token.
-func NodeConfigFor(client *api.Client, token, clusterDir, consulBinary string, self func() []string) reconcile.NodeConfigFunc {
+// Consul binary, carry the cluster's ACL token and a certificate signed
+// for their role by its CA, and the CA key, with which they sign the
+// certificates of the machines they make when they lead.
+func NodeConfigFor(client *api.Client, cred Credentials, clusterDir, consulBinary string, self func() []string) reconcile.NodeConfigFunc {
 	return func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (nodeconfig.Config, error) {
+		if cred.CA.KeyPEM == "" {
+			return nodeconfig.Config{}, errors.New("this node holds no CA key to sign the new machine's certificate with (tls.ca_key of its node config, or the cluster's identity.json)")
+		}
+		cert, err := cred.CA.Issue(id, mt.ConsulServer)
+		if err != nil {
+			return nodeconfig.Config{}, fmt.Errorf("sign the certificate of %s: %w", id, err)
+		}
 		store := kvschema.New(client)
 		key, err := store.GossipKey(ctx)
 		if err != nil {
@@ -50,7 +68,8 @@ func NodeConfigFor(client *api.Client, token, clusterDir, consulBinary string, s
 		return nodeconfig.Config{
 			MachineID: id, MachineType: mt.Name, Cluster: p.Cluster, Backend: backend,
 			ClusterDir: clusterDir, ConsulBinary: consulBinary, ConsulServer: mt.ConsulServer,
-			RetryJoin: join, Encrypt: key, Mesh: meshCfg, ACLToken: token,
+			RetryJoin: join, Encrypt: key, Mesh: meshCfg, ACLToken: cred.Token,
+			TLS: &nodeconfig.TLS{CACert: cred.CA.CertPEM, CAKey: cred.CA.KeyPEM, Cert: cert.CertPEM, Key: cert.KeyPEM},
 		}.WithDefaults(), nil
 	}
 }

@@ -6,9 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/rules"
@@ -42,6 +41,9 @@ type Executor struct {
 	// Token is the Consul ACL token the executor's own calls to members
 	// use (asking one to leave).
 	Token string
+	// CACert is the cluster's CA, which a member's HTTPS API is checked
+	// against.
+	CACert string
 
 	mu        sync.Mutex
 	inFlight  map[string]Action    // machine ID -> running action; guarded by mu
@@ -415,10 +417,7 @@ func (e *Executor) deleteRecord(ctx context.Context, rec Record) error {
 
 // leave asks the member's own Consul agent to leave the cluster.
 func (e *Executor) leave(ctx context.Context, m Member) error {
-	cfg := api.DefaultConfig()
-	cfg.Address = net.JoinHostPort(m.Address, strconv.Itoa(nodeconfig.ConsulHTTPPort))
-	cfg.Token = e.Token
-	c, err := api.NewClient(cfg)
+	c, err := consulclient.New(consulclient.Target{Host: m.Address, Token: e.Token, CACert: e.CACert})
 	if err != nil {
 		return err
 	}

@@ -109,7 +109,7 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 	}
 	adopt := func(j provision.HostEntry) error {
 		mt := p.Machines[j.Type]
-		node, err := daemon.NodeConfigFor(c, t.token(), "", provision.RemoteConsul, nil)(ctx, p, reconcile.NewMachineID(j.Type), mt, provision.AdoptBackend)
+		node, err := daemon.NodeConfigFor(c, t.credentials(), "", provision.RemoteConsul, nil)(ctx, p, reconcile.NewMachineID(j.Type), mt, provision.AdoptBackend)
 		if err != nil {
 			return err
 		}

@@ -83,6 +83,21 @@ func (t *target) token() string {
 	return t.cluster().Token()
 }
 
+// credentials are what the command gives the machines it makes: the
+// token, and the CA that signs their certificates, from the local
+// cluster's identity, else this machine's node config (a member's: root
+// reads it).
+func (t *target) credentials() daemon.Credentials {
+	if !t.explicit && os.Getenv("CONSUL_HTTP_ADDR") != "" {
+		cred := daemon.Credentials{Token: envToken()}
+		if cfg, err := nodeconfig.Read(nodeConfigPath); err == nil {
+			cred.CA = cfg.TLS.CA()
+		}
+		return cred
+	}
+	return daemon.Credentials{Token: t.cluster().Token(), CA: t.cluster().CA()}
+}
+
 // agentToken is the token an agent acts for: Consul's environment, else
 // this machine's own node config (a member's: root reads it), else the
 // local cluster's.

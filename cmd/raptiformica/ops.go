@@ -283,9 +283,10 @@ func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
 		return nil, err
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.Warn, Output: os.Stderr})
+	cred := t.credentials()
 	return &reconcile.Executor{
 		Inventory: &reconcile.Inventory{Store: kvschema.New(c)}, Consul: c, Clock: clock.Real{}, Log: log,
-		NodeConfig: daemon.NodeConfigFor(c, t.token(), t.folder(), consul, nil), Token: t.token(),
+		NodeConfig: daemon.NodeConfigFor(c, cred, t.folder(), consul, nil), Token: cred.Token, CACert: cred.CA.CertPEM,
 	}, nil
 }
 

@@ -1,9 +1,10 @@
 // Package identity is a cluster's credentials: what the seed makes when a
 // cluster is created and every machine after it is given by whoever makes
-// it. Today that is the Consul ACL management token, which Consul's ACLs
-// are bootstrapped with (default deny: nobody without a token reads or
-// writes anything), and the gossip key. They are kept in files readable by
-// their owner only, in a folder only its owner may enter.
+// it: the Consul ACL management token, which Consul's ACLs are
+// bootstrapped with (default deny: nobody without a token reads or writes
+// anything), the gossip key, and the cluster's certificate authority, which
+// signs each machine's certificate for Consul's TLS. They are kept in files
+// readable by their owner only, in a folder only its owner may enter.
 package identity
 
 import (
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/pki"
 )
 
 // File is where a folder keeps its cluster's identity.
@@ -29,19 +31,49 @@ type Identity struct {
 	ManagementToken string `json:"management_token"`
 	// GossipKey encrypts Consul's gossip.
 	GossipKey string `json:"gossip_key"`
+	// CACert and CAKey are the cluster's certificate authority (PEM).
+	CACert string `json:"ca_cert,omitempty"`
+	CAKey  string `json:"ca_key,omitempty"`
 }
 
-// New makes a cluster's credentials.
-func New() (Identity, error) {
+// New makes the credentials of the cluster named cluster.
+func New(cluster string) (Identity, error) {
 	tok, err := NewToken()
 	if err != nil {
 		return Identity{}, err
 	}
-	var key [32]byte
-	if _, err := rand.Read(key[:]); err != nil {
+	key, err := NewGossipKey()
+	if err != nil {
 		return Identity{}, err
 	}
-	return Identity{ManagementToken: tok, GossipKey: base64.StdEncoding.EncodeToString(key[:])}, nil
+	id := Identity{ManagementToken: tok, GossipKey: key}
+	return id, id.EnsureCA(cluster)
+}
+
+// EnsureCA gives an identity made before the cluster had a CA one of its
+// own.
+func (id *Identity) EnsureCA(cluster string) error {
+	if id.CACert != "" && id.CAKey != "" {
+		return nil
+	}
+	ca, err := pki.NewCA(cluster)
+	if err != nil {
+		return err
+	}
+	id.CACert, id.CAKey = ca.CertPEM, ca.KeyPEM
+	return nil
+}
+
+// CA is the identity's certificate authority.
+func (id Identity) CA() pki.CA { return pki.CA{CertPEM: id.CACert, KeyPEM: id.CAKey} }
+
+// NewGossipKey returns a fresh Consul gossip key: 32 random bytes, base64.
+func NewGossipKey() (string, error) {
+	var key [32]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(key[:]), nil
 }
 
 // NewToken returns a fresh Consul ACL secret: a random UUID, the form

@@ -10,14 +10,14 @@ import (
 )
 
 func TestWriteRead(t *testing.T) {
-	id, err := New()
+	id, err := New("test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`).MatchString(id.ManagementToken) {
 		t.Errorf("token %q is not a version 4 UUID", id.ManagementToken)
 	}
-	if other, _ := New(); other == id {
+	if other, _ := New("test"); other == id {
 		t.Error("two identities are the same")
 	}
 	dir := filepath.Join(t.TempDir(), "cluster")

@@ -19,13 +19,15 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/pki"
 )
 
 // Default ports on a node's own address.
 const (
-	ConsulHTTPPort = 8500
-	ConsulSerfPort = 8301
-	AgentHTTPPort  = 9550
+	ConsulHTTPPort  = 8500
+	ConsulHTTPSPort = 8501
+	ConsulSerfPort  = 8301
+	AgentHTTPPort   = 9550
 )
 
 // Config is everything a machine's agent needs to become a member. It is
@@ -66,6 +68,10 @@ type Config struct {
 	// recovery too). Only a seed may start without one: it makes the
 	// cluster's on its first start and keeps it in its data folder.
 	ACLToken string `json:"acl_token,omitempty"`
+	// TLS is the machine's certificate, with which its Consul speaks
+	// mutual TLS on RPC and serves HTTPS on its address. Like the token,
+	// only a seed may start without: it signs its own.
+	TLS *TLS `json:"tls,omitempty"`
 	// FastGossip tunes failure detection for a loopback or LAN network.
 	FastGossip bool `json:"fast_gossip,omitempty"`
 	// PlatformFile seeds an empty KV with a description on first start.
@@ -75,12 +81,29 @@ type Config struct {
 	Platform string `json:"platform,omitempty"`
 	// HTTPPort is the agent's own port for /metrics, /v1/status, /healthz.
 	HTTPPort int `json:"http_port,omitempty"`
-	// ConsulHTTPPort is the port of the node's Consul HTTP API.
+	// ConsulHTTPPort is the port of the node's Consul HTTP API: plain
+	// HTTP, served on loopback only.
 	ConsulHTTPPort int `json:"consul_http_port,omitempty"`
+	// ConsulHTTPSPort is the port of the same API over TLS, served on the
+	// node's addresses: how other machines reach it.
+	ConsulHTTPSPort int `json:"consul_https_port,omitempty"`
 	// Mesh, when set, runs the overlay: Consul and the agent then bind to
 	// the node's overlay address, and BindAddr only picks the machine's
 	// own network.
 	Mesh *Mesh `json:"mesh,omitempty"`
+}
+
+// TLS is a machine's part of the cluster's PKI, all PEM.
+type TLS struct {
+	// CACert is the cluster's CA: the only one a machine trusts.
+	CACert string `json:"ca_cert"`
+	// Cert and Key are the machine's own, signed by the CA for its role
+	// (a server's names the server, see internal/pki).
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+	// CAKey lets the machine sign certificates for the machines it makes
+	// when it leads: the machines that may lead carry it.
+	CAKey string `json:"ca_key,omitempty"`
 }
 
 // Mesh is a node's part of the overlay mesh.
@@ -116,6 +139,9 @@ func (c Config) WithDefaults() Config {
 	if c.ConsulHTTPPort == 0 {
 		c.ConsulHTTPPort = ConsulHTTPPort
 	}
+	if c.ConsulHTTPSPort == 0 {
+		c.ConsulHTTPSPort = ConsulHTTPSPort
+	}
 	return c
 }
 
@@ -127,6 +153,13 @@ func (c Config) Validate() error {
 	} {
 		if f.v == "" {
 			return fmt.Errorf("field %s is required", f.name)
+		}
+	}
+	if t := c.TLS; t != nil {
+		for _, f := range []struct{ name, v string }{{"tls.ca_cert", t.CACert}, {"tls.cert", t.Cert}, {"tls.key", t.Key}} {
+			if f.v == "" {
+				return fmt.Errorf("field %s is required with tls", f.name)
+			}
 		}
 	}
 	if m := c.Mesh; m != nil {
@@ -185,9 +218,10 @@ func Read(name string) (Config, error) {
 	if err := c.Validate(); err != nil {
 		return c, fmt.Errorf("node config %s: %w", name, err)
 	}
-	// The token lets its holder do anything to the cluster.
-	if st, err := os.Stat(name); err == nil && c.ACLToken != "" && st.Mode().Perm()&0o077 != 0 {
-		return c, fmt.Errorf("node config %s holds the cluster's acl_token and is readable by others (mode %04o): chmod 600 %s", name, st.Mode().Perm(), name)
+	// The token lets its holder do anything to the cluster; the keys let
+	// it pose as the machine, or sign machines.
+	if st, err := os.Stat(name); err == nil && (c.ACLToken != "" || c.TLS != nil) && st.Mode().Perm()&0o077 != 0 {
+		return c, fmt.Errorf("node config %s holds the machine's credentials (acl_token, tls) and is readable by others (mode %04o): chmod 600 %s", name, st.Mode().Perm(), name)
 	}
 	return c.WithDefaults(), nil
 }
@@ -252,4 +286,13 @@ func ResolveBindAddr(s string) (string, error) {
 		}
 	}
 	return "", errors.New("bind_addr auto: no non-loopback IPv4 address on this host")
+}
+
+// CA is the certificate authority the machine may sign with: empty KeyPEM
+// when it carries none.
+func (t *TLS) CA() pki.CA {
+	if t == nil {
+		return pki.CA{}
+	}
+	return pki.CA{CertPEM: t.CACert, KeyPEM: t.CAKey}
 }

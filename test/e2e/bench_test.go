@@ -8,7 +8,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -104,9 +104,8 @@ func benchHeal(b *testing.B, c *testCluster) {
 		victim := v.follower()
 		// Asked through the leader's Consul: the victim's own would stop
 		// answering rather than say it died.
-		cfg := api.DefaultConfig()
-		cfg.Address, cfg.Scheme, cfg.Token = net.JoinHostPort(v.records[v.leader].Address, "8500"), "http", c.token()
-		cl, err := api.NewClient(cfg)
+		id := c.identity()
+		cl, err := consulclient.New(consulclient.Target{Host: v.records[v.leader].Address, Token: id.ManagementToken, CACert: id.CACert})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -114,7 +114,7 @@ func (c *dockerCluster) addresses() []string {
 	var out []string
 	for _, in := range insts {
 		if in.Running && in.Address != "" {
-			out = append(out, in.Address+":8500")
+			out = append(out, in.Address)
 		}
 	}
 	return out

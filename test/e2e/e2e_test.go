@@ -33,6 +33,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -152,8 +153,8 @@ type testCluster struct {
 	clients  map[string]*api.Client
 	// env is added to the environment of the commands rf runs.
 	env []string
-	// addrs and instances find the machines when they are not local
-	// processes.
+	// addrs (the hosts of their Consul, reached over HTTPS) and instances
+	// find the machines when they are not local processes.
 	addrs     func() []string
 	instances func() (running []string, total int, err error)
 	killer    func(id string)
@@ -231,26 +232,29 @@ func (c *testCluster) client() *api.Client {
 	if c.clients == nil {
 		c.clients = map[string]*api.Client{}
 	}
-	var addrs []string
+	var targets []consulclient.Target
 	if c.addrs != nil {
-		addrs = c.addrs()
+		for _, h := range c.addrs() {
+			targets = append(targets, consulclient.Target{Host: h})
+		}
 	} else {
 		for _, m := range c.machines() {
 			if m.Running {
-				addrs = append(addrs, fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort))
+				targets = append(targets, consulclient.Target{Host: m.Config.BindAddr, HTTPPort: m.Config.ConsulHTTPPort, HTTPSPort: m.Config.ConsulHTTPSPort})
 			}
 		}
 	}
-	for _, addr := range addrs {
-		cl := c.clients[addr]
+	for _, tg := range targets {
+		key := fmt.Sprintf("%s:%d", tg.Host, tg.HTTPPort)
+		cl := c.clients[key]
 		if cl == nil {
-			cfg := api.DefaultConfig()
-			cfg.Address, cfg.Scheme, cfg.Token = addr, "http", c.token()
+			id := c.identity()
+			tg.Token, tg.CACert = id.ManagementToken, id.CACert
 			var err error
-			if cl, err = api.NewClient(cfg); err != nil {
+			if cl, err = consulclient.New(tg); err != nil {
 				continue
 			}
-			c.clients[addr] = cl
+			c.clients[key] = cl
 		}
 		if l, err := cl.Status().Leader(); err == nil && l != "" {
 			return cl
@@ -261,12 +265,15 @@ func (c *testCluster) client() *api.Client {
 
 // token is the cluster's ACL token, which `up` keeps in the folder: what
 // an operator's commands use.
-func (c *testCluster) token() string {
+func (c *testCluster) token() string { return c.identity().ManagementToken }
+
+// identity is the cluster's credentials, which `up` keeps in the folder.
+func (c *testCluster) identity() identity.Identity {
 	id, err := identity.Read(c.dir)
 	if err != nil {
 		c.t.Fatalf("cluster identity: %v", err)
 	}
-	return id.ManagementToken
+	return id
 }
 
 func (c *testCluster) machines() []local.Machine {

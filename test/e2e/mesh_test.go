@@ -115,7 +115,7 @@ policy {
 	return b.String()
 }
 
-// consulAddresses are the Consul HTTP addresses of the lab's containers, on
+// consulAddresses are the Consul hosts of the lab's containers, on
 // every network they are on (the test runs on the host, which reaches all).
 func (l *meshLab) consulAddresses() []string {
 	list, err := l.be.Client().ContainerList(context.Background(), container.ListOptions{
@@ -130,7 +130,7 @@ func (l *meshLab) consulAddresses() []string {
 		}
 		for _, ep := range c.NetworkSettings.Networks {
 			if ep.IPAddress != "" {
-				out = append(out, ep.IPAddress+":8500")
+				out = append(out, ep.IPAddress)
 			}
 		}
 	}
@@ -399,7 +399,8 @@ func TestMeshJoinByHand(t *testing.T) {
 
 // handMachine starts a node in a container of the lab's network from a
 // node config written by hand, as an operator installing a laptop would:
-// the cluster's gossip key and mesh secret, no peers.
+// the cluster's gossip key, mesh secret and token, a certificate of its CA,
+// no peers.
 func (l *meshLab) handMachine(id, secret string, listenPort int) string {
 	l.t.Helper()
 	t := l.t
@@ -407,9 +408,15 @@ func (l *meshLab) handMachine(id, secret string, listenPort int) string {
 	if err != nil || pair == nil {
 		t.Fatalf("gossip key: %v", err)
 	}
+	ident := l.identity()
+	cert, err := ident.CA().Issue(id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := nodeconfig.Config{
 		MachineID: id, MachineType: "laptop", Cluster: l.name, Backend: "by-hand", DataDir: "/var/lib/raptiformica",
-		BindAddr: nodeconfig.BindAuto, ConsulBinary: "/usr/local/bin/consul", Encrypt: string(pair.Value), ACLToken: l.token(),
+		BindAddr: nodeconfig.BindAuto, ConsulBinary: "/usr/local/bin/consul", Encrypt: string(pair.Value), ACLToken: ident.ManagementToken,
+		TLS:  &nodeconfig.TLS{CACert: ident.CACert, Cert: cert.CertPEM, Key: cert.KeyPEM},
 		Mesh: &nodeconfig.Mesh{ListenPort: listenPort, Secret: secret},
 	}.WithDefaults()
 	b, _ := json.MarshalIndent(cfg, "", "  ")

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,8 +14,11 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/backends/docker"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
 // TestSecureConsulRefusesStrangers: a local process without the cluster's
@@ -98,4 +103,93 @@ func TestSecureAgentActsForTokenHoldersOnly(t *testing.T) {
 	if _, err := agentStatus(m); err != nil {
 		t.Errorf("reading the status without a token: %v", err)
 	}
+}
+
+// TestSecureDockerNetworkStrangers: a container on the cluster's Docker
+// network, as a stranger on a provider's LAN would be, finds no plain HTTP
+// on a machine's address; over HTTPS, without a token, it lists no member
+// and reads and writes no key. A Consul agent with another gossip key never
+// becomes a member. One with the right gossip key, and even the cluster's
+// token, but without a certificate of the cluster's CA joins the gossip and
+// is refused on RPC: it reads nothing through it.
+func TestSecureDockerNetworkStrangers(t *testing.T) {
+	t.Parallel()
+	c := newDockerCluster(t)
+	c.up(strings.Replace(dockerPlatform(c.name, ""), "min           = 3", "min           = 1", 1))
+	v := c.waitAgree(1, 2*time.Minute, "after up")
+	server := v.alive[0]
+	addr := c.address(server)
+	network := dockerRun(t, "inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}", server)
+	consul, err := nodeconfig.FindConsul()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := docker.BuildImage(context.Background(), c.be.Client(), binary, consul)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// stranger runs Consul's own CLI in a container of the network. It
+	// takes any certificate: what refuses it is the token it lacks.
+	stranger := func(args ...string) (string, error) {
+		out, err := exec.Command("docker", append([]string{"run", "--rm", "--network", network, "-e", "CONSUL_HTTP_SSL_VERIFY=false",
+			"--entrypoint", "/usr/local/bin/consul", img}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	id := c.identity()
+	https := "-http-addr=https://" + net.JoinHostPort(addr, "8501")
+	if out, err := stranger("members", "-http-addr=http://"+net.JoinHostPort(addr, "8500")); err == nil || !strings.Contains(out, "connection refused") {
+		t.Errorf("plain HTTP on the machine's address: %v, want connection refused:\n%s", err, out)
+	}
+	// Consul filters what a token may not see: a listing comes back empty.
+	if out, _ := stranger("members", https); strings.Contains(out, server) {
+		t.Errorf("a stranger listed the members:\n%s", out)
+	}
+	if out, _ := stranger("kv", "get", https, "-recurse", kvschema.Prefix); strings.Contains(out, kvschema.Prefix) {
+		t.Errorf("a stranger listed keys:\n%s", out)
+	}
+	for _, key := range []string{kvschema.GossipKey, kvschema.Platform} {
+		if out, err := stranger("kv", "get", https, key); err == nil || strings.Contains(out, id.GossipKey) || strings.Contains(out, "machine") {
+			t.Errorf("a stranger read %s: %v\n%s", key, err, out)
+		}
+	}
+	if out, err := stranger("kv", "put", https, kvschema.Platform, "machine \"server\" {\n  min = 9\n}\n"); err == nil || !strings.Contains(out, "403") {
+		t.Errorf("a stranger's write of the description: %v, want 403:\n%s", err, out)
+	}
+
+	// Two Consul agents dial the server's gossip: one with another key,
+	// one with the cluster's key and token but no certificate.
+	otherKey, err := identity.NewGossipKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := func(name, key string) {
+		dockerRun(t, "run", "-d", "--name", name, "--network", network, "--label", "raptiformica.test="+c.name, "--entrypoint", "/usr/local/bin/consul", img,
+			"agent", "-node="+name, "-data-dir=/tmp/consul", "-bind={{ GetPrivateIP }}", "-retry-join="+addr, "-retry-interval=1s", "-encrypt="+key)
+		t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", name).Run() })
+	}
+	wrongKey, noCert := c.name+"-wrong-key", c.name+"-no-cert"
+	agent(wrongKey, otherKey)
+	agent(noCert, id.GossipKey)
+	cl := c.client()
+	members := func() map[string]bool {
+		ms, _ := cl.Agent().Members(false)
+		out := map[string]bool{}
+		for _, m := range ms {
+			out[m.Name] = true
+		}
+		return out
+	}
+	// The one with the key joins the gossip: the other has had as long.
+	poll(time.Minute, func() bool { return members()[noCert] })
+	if !members()[noCert] {
+		t.Fatalf("an agent with the cluster's gossip key did not join the gossip in a minute: the test proves nothing")
+	}
+	if members()[wrongKey] {
+		t.Errorf("an agent with another gossip key is a member")
+	}
+	out, err := exec.Command("docker", "exec", noCert, "/usr/local/bin/consul", "kv", "get", "-token="+id.ManagementToken, kvschema.GossipKey).CombinedOutput()
+	if err == nil || strings.Contains(string(out), id.GossipKey) {
+		t.Errorf("an agent without a certificate read the KV through RPC: %v\n%s", err, out)
+	}
+	t.Logf("the agent without a certificate: %s", strings.TrimSpace(string(out)))
 }

@@ -1,0 +1,38 @@
+package daemon
+
+import (
+	"testing"
+
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+)
+
+// With a certificate, Consul serves plain HTTP on loopback only and HTTPS
+// on the node's addresses, and its RPC is mutual TLS in which only a
+// server's certificate may act as a server. A machine of the local backend,
+// whose address is a loopback one, serves HTTP there (several share the
+// host, each on its own 127.x address).
+func TestConsulConfigTLS(t *testing.T) {
+	tlsCfg := &nodeconfig.TLS{CACert: "ca", Cert: "c", Key: "k"}
+	for _, tc := range []struct {
+		bind, http, https string
+	}{
+		{"10.0.0.5", "127.0.0.1", "10.0.0.5"},
+		{"127.0.0.7", "127.0.0.7", "127.0.0.7"},
+	} {
+		c := nodeconfig.Config{MachineID: "m", MachineType: "w", DataDir: "/d", BindAddr: tc.bind, ConsulBinary: "consul", TLS: tlsCfg}.WithDefaults()
+		cc := consulConfigFor(c, nil)
+		if cc.Addresses["http"] != tc.http || cc.Addresses["https"] != tc.https {
+			t.Errorf("bind %s: http on %q, https on %q; want %q, %q", tc.bind, cc.Addresses["http"], cc.Addresses["https"], tc.http, tc.https)
+		}
+		if cc.Ports["https"] != nodeconfig.ConsulHTTPSPort || cc.Ports["http"] != nodeconfig.ConsulHTTPPort {
+			t.Errorf("bind %s: ports %v", tc.bind, cc.Ports)
+		}
+		d := cc.TLS.Defaults
+		if !d.VerifyIncoming || !d.VerifyOutgoing || !cc.TLS.InternalRPC["verify_server_hostname"] || d.CAFile != "/d/tls/ca.pem" || d.KeyFile != "/d/tls/key.pem" {
+			t.Errorf("bind %s: tls %+v", tc.bind, cc.TLS)
+		}
+		if cc.TLS.HTTPS["verify_incoming"] {
+			t.Errorf("HTTPS asks for client certificates: its callers show tokens")
+		}
+	}
+}
