@@ -15,6 +15,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -279,8 +280,9 @@ func Alive(c *api.Client, id string) (bool, error) {
 	return false, nil
 }
 
-// LeaderAgent is the address (host:port) of the leader's agent, as it
-// registered itself in Consul's catalog.
+// LeaderAgent is the address (host:port) where the leader's agent is asked
+// to act, as it registered itself in Consul's catalog: its plain port on a
+// loopback address, else its TLS port.
 func LeaderAgent(ctx context.Context, c *api.Client) (string, error) {
 	leader := kvschema.New(c).Leader(ctx)
 	if leader == "" {
@@ -294,7 +296,10 @@ func LeaderAgent(ctx context.Context, c *api.Client) (string, error) {
 	// register), with an address of its own.
 	for _, s := range svcs {
 		if s.Node == leader && s.ServiceMeta["machine_id"] == leader && s.ServiceAddress != "" && s.ServicePort > 0 {
-			return net.JoinHostPort(s.ServiceAddress, strconv.Itoa(s.ServicePort)), nil
+			if consulclient.IsLoopback(s.ServiceAddress) {
+				return net.JoinHostPort(s.ServiceAddress, strconv.Itoa(s.ServicePort)), nil
+			}
+			return net.JoinHostPort(s.ServiceAddress, cmp.Or(s.ServiceMeta["https_port"], strconv.Itoa(nodeconfig.AgentHTTPSPort))), nil
 		}
 	}
 	return "", fmt.Errorf("the leader %s has no agent in the catalog", leader)

@@ -27,6 +27,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -96,11 +97,24 @@ func (a *Agent) Run(ctx context.Context) error {
 		// Consul binds to the overlay: it goes last.
 		defer a.mesh.node.Close()
 	}
-	lns, err := listen(a.Config)
+	lns, err := listen(a.Config, a.Config.HTTPPort, "http_port")
 	if err != nil {
 		return err
 	}
 	a.http.lns = lns
+	if a.Config.TLS != nil {
+		tlsCfg, err := serverTLS(a.Config.TLS)
+		if err != nil {
+			return fmt.Errorf("node config tls: %w", err)
+		}
+		tlns, err := listen(a.Config, a.Config.HTTPSPort, "https_port")
+		if err != nil {
+			return err
+		}
+		for _, ln := range tlns {
+			a.http.lns = append(a.http.lns, tls.NewListener(ln, tlsCfg))
+		}
+	}
 
 	// stopping ends with ctx, or when Consul or the HTTP server fails.
 	stopping, fail := context.WithCancelCause(ctx)
@@ -243,7 +257,7 @@ func (a *Agent) setUp() (err error) {
 	a.watchdog = &watchdog{consul: client, clock: a.Clock, log: a.Log}
 	a.http = &httpServer{
 		cfg: c, consul: client, store: a.store, inventory: a.inventory,
-		mirror: a.mirror, elector: a.elector, quorum: a.quorum, mesh: a.mesh,
+		mirror: a.mirror, elector: a.elector, quorum: a.quorum, mesh: a.mesh, newNode: executor.NodeConfig,
 		clock: a.Clock, log: a.Log, metrics: a.metrics,
 	}
 	return a.mirror.load(c.PlatformFile, c.Platform)
@@ -360,12 +374,24 @@ func (d *detached) stop() error {
 	return <-d.done
 }
 
-// listen holds the agent's HTTP port on every address it serves, before
-// anything starts: a port held by another program stops the agent at once.
-func listen(c nodeconfig.Config) ([]net.Listener, error) {
+// serverTLS is the agent's TLS: the machine's certificate, sent with the
+// CA's, so that a machine joining with a token can check the CA by its
+// hash before it sends anything.
+func serverTLS(t *nodeconfig.TLS) (*tls.Config, error) {
+	pair, err := tls.X509KeyPair([]byte(t.Cert+t.CACert), []byte(t.Key))
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// listen holds one of the agent's ports (named by its setting) on every
+// address it serves, before anything starts: a port held by another
+// program stops the agent at once.
+func listen(c nodeconfig.Config, port int, setting string) ([]net.Listener, error) {
 	var lns []net.Listener
 	for _, host := range listenHosts(c) {
-		addr := net.JoinHostPort(host, strconv.Itoa(c.HTTPPort))
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
 		// The overlay's address is tentative until the kernel's duplicate
 		// address detection is done, a second or so after the interface
 		// came up: wait for it rather than fail the start.
@@ -381,7 +407,7 @@ func listen(c nodeconfig.Config) ([]net.Listener, error) {
 			for _, l := range lns {
 				l.Close()
 			}
-			return nil, fmt.Errorf("node config http_port %d on bind_addr %s: %w (another agent or program holds it; set http_port)", c.HTTPPort, host, err)
+			return nil, fmt.Errorf("node config %s %d on bind_addr %s: %w (another agent or program holds it; set %s)", setting, port, host, err, setting)
 		}
 		lns = append(lns, ln)
 	}

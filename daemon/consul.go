@@ -140,8 +140,10 @@ const ServiceName = "raptiformica"
 func agentService(c nodeconfig.Config) consulService {
 	return consulService{
 		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPPort,
-		Tags:  []string{c.MachineType},
-		Meta:  map[string]string{"machine_id": c.MachineID, "machine_type": c.MachineType, "cluster": c.Cluster, "backend": c.Backend},
+		Tags: []string{c.MachineType},
+		Meta: map[string]string{"machine_id": c.MachineID, "machine_type": c.MachineType, "cluster": c.Cluster, "backend": c.Backend,
+			// Where the agent is asked to act (plan, join).
+			"https_port": strconv.Itoa(c.HTTPSPort)},
 		Token: c.ACLToken,
 		Checks: []consulCheck{{
 			ID: ServiceName + "-healthz", Name: "raptiformica agent /healthz",

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
@@ -36,9 +38,11 @@ type httpServer struct {
 	elector   *elector
 	quorum    *quorumWatch
 	mesh      *meshSync // nil with mesh = "none"
-	clock     clock.Clock
-	log       hclog.Logger
-	metrics   *telemetry.Metrics
+	// newNode configures a machine joined with a token.
+	newNode reconcile.NodeConfigFunc
+	clock   clock.Clock
+	log     hclog.Logger
+	metrics *telemetry.Metrics
 }
 
 // Run serves until ctx ends, then shuts the server down (open requests get
@@ -101,6 +105,7 @@ func (h *httpServer) handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(d)
 	}))
+	mux.HandleFunc("POST "+agentapi.JoinPath, h.serveJoin)
 	mux.HandleFunc("GET "+agentapi.StatusPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -111,11 +116,16 @@ func (h *httpServer) handler() http.Handler {
 }
 
 // acting guards an endpoint that makes the node act: the caller must hold
-// the cluster's token, compared in constant time. Reading (status, metrics,
-// the page) needs none and discloses no secret.
+// the cluster's token, compared in constant time, and send it over TLS, or
+// from the machine itself (loopback), where nobody else sees it. Reading
+// (status, metrics, the page) needs none and discloses no secret.
 func (h *httpServer) acting(next http.HandlerFunc) http.HandlerFunc {
 	want := []byte("Bearer " + h.cfg.ACLToken)
 	return func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil && !fromLoopback(r) {
+			http.Error(w, fmt.Sprintf("this endpoint is served over TLS to other machines: ask https://%s\n", net.JoinHostPort(h.cfg.BindAddr, strconv.Itoa(h.cfg.HTTPSPort))), http.StatusForbidden)
+			return
+		}
 		got := []byte(r.Header.Get("Authorization"))
 		if h.cfg.ACLToken == "" || subtle.ConstantTimeCompare(got, want) != 1 {
 			http.Error(w, "this endpoint acts for the cluster's token holders only: send it as Authorization: Bearer TOKEN\n", http.StatusUnauthorized)
@@ -123,6 +133,12 @@ func (h *httpServer) acting(next http.HandlerFunc) http.HandlerFunc {
 		}
 		next(w, r)
 	}
+}
+
+// fromLoopback reports whether the request came from the machine itself.
+func fromLoopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	return err == nil && consulclient.IsLoopback(host)
 }
 
 func (h *httpServer) status() agentapi.AgentStatus {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/pki"
 )
 
 // Where adoption installs a node. /usr/local, not the package's /usr: a
@@ -43,6 +44,22 @@ func AdoptedNode(n nodeconfig.Config, h Host) nodeconfig.Config {
 		n.BindAddr = h.Addr
 	}
 	return n
+}
+
+// keptTLS is the certificate a re-adopted machine keeps: its own, while it
+// is of the cluster's CA, for the same role, and good for a month more. A
+// new one would change its config, and restart its node, for nothing.
+func keptTLS(old, node nodeconfig.Config) *nodeconfig.TLS {
+	if old.TLS == nil || node.TLS == nil || old.TLS.CACert != node.TLS.CACert || old.ConsulServer != node.ConsulServer {
+		return node.TLS
+	}
+	cert, err := pki.ParseCert(old.TLS.Cert)
+	if err != nil || cert.Subject.CommonName != old.MachineID || time.Until(cert.NotAfter) < 30*24*time.Hour {
+		return node.TLS
+	}
+	keep := *old.TLS
+	keep.CAKey = node.TLS.CAKey
+	return &keep
 }
 
 // Adopter turns a machine reachable over SSH into a node: it uploads the
@@ -167,6 +184,7 @@ func (a *Adopter) Adopt(ctx context.Context, spec AdoptSpec) (Result, error) {
 	// A machine that already runs a node of this cluster keeps its ID.
 	if old, err := r.readConfig(); spec.KeepID && err == nil && old.MachineID != "" && old.Cluster == spec.Node.Cluster && old.MachineType == spec.Node.MachineType {
 		res.Node.MachineID = old.MachineID
+		res.Node.TLS = keptTLS(old, spec.Node)
 	}
 	changedBin, err := r.upload(a.Binary, RemoteBinary)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/raptiformica/raptiformica/backends"
 )
@@ -101,4 +102,24 @@ func ReadHostList(name, defType string) ([]HostEntry, error) {
 		return nil, fmt.Errorf("%s lists no machine", name)
 	}
 	return out, nil
+}
+
+// AdoptAll runs adopt on every entry, at most parallel at once, and
+// returns each entry's error, in order: one machine that fails stops none
+// of the others.
+func AdoptAll(entries []HostEntry, parallel int, adopt func(HostEntry) error) []error {
+	errs := make([]error, len(entries))
+	sem := make(chan struct{}, max(parallel, 1))
+	var wg sync.WaitGroup
+	for i, e := range entries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = adopt(e)
+		}()
+	}
+	wg.Wait()
+	return errs
 }

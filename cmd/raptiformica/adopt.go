@@ -132,19 +132,7 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 		return adopt(jobs[0])
 	}
 	// Many machines: a bounded number at once, then what failed and why.
-	errs := make([]error, len(jobs))
-	sem := make(chan struct{}, o.parallel)
-	var wg sync.WaitGroup
-	for i, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			errs[i] = adopt(j)
-		}()
-	}
-	wg.Wait()
+	errs := provision.AdoptAll(jobs, o.parallel, adopt)
 	failed := 0
 	for _, err := range errs {
 		if err != nil {

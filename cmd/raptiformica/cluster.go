@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,8 +18,10 @@ import (
 	"github.com/raptiformica/raptiformica/builtin"
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
-	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -57,77 +58,60 @@ func (t *target) cluster() *cluster.Local {
 
 func (t *target) folder() string { return t.cluster().Dir }
 
-// client connects to the cluster: $CONSUL_HTTP_ADDR unless --dir was given,
-// else the Consul of a running machine of the cluster in the folder.
+// client connects to the cluster: $CONSUL_HTTP_ADDR unless --dir was given;
+// else the Consul of a running machine of the cluster in the folder; else,
+// on a member with no local cluster (installed from the package, adopted,
+// joined), its own Consul on loopback, with its node config's token.
 func (t *target) client(ctx context.Context) (*api.Client, error) {
-	if !t.explicit && os.Getenv("CONSUL_HTTP_ADDR") != "" {
-		if t.env == nil {
-			c, err := api.NewClient(api.DefaultConfig())
-			if err != nil {
-				return nil, err
-			}
-			t.env = c
-		}
+	if t.env != nil {
 		return t.env, nil
+	}
+	if t.viaEnv() {
+		cfg := api.DefaultConfig()
+		if cfg.Token == "" && cfg.TokenFile == "" {
+			cfg.Token = t.credentials().Token
+		}
+		if cfg.Scheme == "https" && cfg.TLSConfig.CAFile == "" && cfg.TLSConfig.CAPath == "" {
+			cfg.TLSConfig.CAPem = []byte(t.credentials().CA.CertPEM)
+			cfg.TLSConfig.Address = cmp.Or(cfg.TLSConfig.Address, pki.MemberName)
+		}
+		c, err := api.NewClient(cfg)
+		t.env = c
+		return c, err
+	}
+	if node, err := nodeconfig.Read(nodeConfigPath); err == nil && !t.explicit && t.cluster().Token() == "" {
+		c, err := consulclient.Local(node)
+		t.env = c
+		return c, err
 	}
 	return t.cluster().ClientExcept(ctx, t.avoid)
 }
 
-// token is the ACL token the command uses and gives the machines it makes:
-// Consul's environment ($CONSUL_HTTP_TOKEN, $CONSUL_HTTP_TOKEN_FILE) when
-// the command talks to $CONSUL_HTTP_ADDR, else the local cluster's.
-func (t *target) token() string {
-	if !t.explicit && os.Getenv("CONSUL_HTTP_ADDR") != "" {
-		return envToken()
-	}
-	return t.cluster().Token()
-}
+// viaEnv reports whether the command talks to $CONSUL_HTTP_ADDR.
+func (t *target) viaEnv() bool { return !t.explicit && os.Getenv("CONSUL_HTTP_ADDR") != "" }
 
-// credentials are what the command gives the machines it makes: the
-// token, and the CA that signs their certificates, from the local
-// cluster's identity, else this machine's node config (a member's: root
-// reads it).
+// credentials are what the command shows and gives the machines it makes:
+// Consul's environment and this machine's node config when it talks to
+// $CONSUL_HTTP_ADDR or runs on a member with no local cluster, else the
+// local cluster's (cluster.Local.Credentials).
 func (t *target) credentials() daemon.Credentials {
-	if !t.explicit && os.Getenv("CONSUL_HTTP_ADDR") != "" {
-		cred := daemon.Credentials{Token: envToken()}
-		if cfg, err := nodeconfig.Read(nodeConfigPath); err == nil {
-			cred.CA = cfg.TLS.CA()
-		}
-		return cred
-	}
-	return daemon.Credentials{Token: t.cluster().Token(), CA: t.cluster().CA()}
+	return t.cluster().Credentials(!t.explicit && (t.viaEnv() || t.cluster().Token() == ""), nodeConfigPath)
 }
 
-// agentToken is the token an agent acts for: Consul's environment, else
-// this machine's own node config (a member's: root reads it), else the
-// local cluster's.
-func (t *target) agentToken() string {
-	if tok := envToken(); tok != "" || t.explicit {
-		return cmp.Or(tok, t.cluster().Token())
+// agent is the agent at addr (HOST[:PORT]) with the credentials to ask it
+// to act: this machine's own unless --dir names a local cluster.
+func (t *target) agent(addr string) (agentapi.Agent, error) {
+	cred := t.cluster().Credentials(!t.explicit, nodeConfigPath)
+	a, err := agentapi.NewAgent(addr, cred.Token, cred.CA.CertPEM)
+	if err != nil {
+		return a, fmt.Errorf("%w: --agent: %v", errUsage, err)
 	}
-	if cfg, err := nodeconfig.Read(nodeConfigPath); err == nil && cfg.ACLToken != "" {
-		return cfg.ACLToken
-	}
-	return t.cluster().Token()
+	return a, nil
 }
 
 // nodeConfigPath is where a machine installed from the package, or adopted,
 // keeps its node config.
 const nodeConfigPath = "/etc/raptiformica/agent.json"
-
-// envToken is the token Consul's own CLI would use: $CONSUL_HTTP_TOKEN or
-// the file $CONSUL_HTTP_TOKEN_FILE names.
-func envToken() string {
-	if tok := os.Getenv("CONSUL_HTTP_TOKEN"); tok != "" {
-		return tok
-	}
-	if f := os.Getenv("CONSUL_HTTP_TOKEN_FILE"); f != "" {
-		if b, err := os.ReadFile(f); err == nil {
-			return strings.TrimSpace(string(b))
-		}
-	}
-	return ""
-}
 
 // backends builds the description's backends on this host, with the KV
 // folders of the cluster when it answers.
@@ -176,21 +160,6 @@ func down(ctx context.Context, t *target, out io.Writer) error {
 	return err
 }
 
-// memberRow is one line of `members`.
-type memberRow struct {
-	Name    string `json:"name"`
-	Address string `json:"address"`
-	Status  string `json:"status"`
-	Type    string `json:"machine_type"`
-	State   string `json:"state"`
-	Role    string `json:"role"`
-	Leader  bool   `json:"leader"`
-	// MeshEndpoints are where the member accepts overlay links; MeshPeers
-	// the members it has a link to. Both empty without the mesh.
-	MeshEndpoints []string `json:"mesh_endpoints,omitempty"`
-	MeshPeers     []string `json:"mesh_peers,omitempty"`
-}
-
 func membersCmd() *cobra.Command {
 	c := newCommand("members", "list the cluster's members with type, state, role and the leader", nArgs(0, 0),
 		"raptiformica members", "raptiformica members --json | jq -r '.[] | select(.status != \"alive\") | .name'")
@@ -207,49 +176,16 @@ func membersCmd() *cobra.Command {
 }
 
 func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
-	members, err := c.Agent().Members(false)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	store := kvschema.New(c)
-	recs, _, err := (&reconcile.Inventory{Store: store}).List(ctx, nil)
+	rows, withMesh, err := cluster.Members(ctx, c)
 	if err != nil {
 		return err
 	}
-	leader := store.Leader(ctx)
-	meshNodes, err := daemon.MeshNodes(ctx, store)
-	if err != nil {
-		return err
-	}
-	nameOf := map[string]string{}
-	for _, m := range members {
-		nameOf[m.Addr] = m.Name
-	}
-	rows := []memberRow{}
-	for _, m := range members {
-		role := "client"
-		if m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
-			role = "server"
-		}
-		r := recs[m.Name]
-		row := memberRow{Name: m.Name, Address: m.Addr, Status: string(reconcile.SerfStatus(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader}
-		if mn, ok := meshNodes[m.Name]; ok {
-			row.MeshEndpoints = mn.Endpoints
-			for _, l := range mn.Links {
-				row.MeshPeers = append(row.MeshPeers, cmp.Or(nameOf[l], l))
-			}
-			sort.Strings(row.MeshPeers)
-		}
-		rows = append(rows, row)
-	}
-	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
 	if asJSON {
 		return writeJSON(out, rows)
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	withMesh := len(meshNodes) > 0
 	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER"
 	if withMesh {
 		head += "\tMESH ENDPOINTS\tMESH PEERS"

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
@@ -41,18 +42,42 @@ func splitAgent(s string) (string, int, error) {
 // a member with --agent, to a new machine) and waits until the link is up.
 func joinCmd() *cobra.Command {
 	c := newCommand("join HOST[:PORT]",
-		"link this machine's overlay to a member (default port 9651); with --agent, have that member dial a machine instead (the original's inject)", nArgs(1, 1),
-		"raptiformica join vps1.example.org", "raptiformica join 192.0.2.20:9651 --agent 10.0.0.5:9550")
+		"link this machine's overlay to a member (default port 9651); with --agent, have that member dial a machine instead (the original's inject); with --token, make this machine a member", nArgs(1, 1),
+		"raptiformica join vps1.example.org", "raptiformica join 192.0.2.20:9651 --agent 10.0.0.5",
+		"raptiformica join --token RF1.… vps1.example.org && systemctl start raptiformica")
 	t := addTarget(c)
-	agent := c.Flags().String("agent", localAgent, "the agent that dials: this machine's by default; a member's to have it dial a machine that cannot dial out")
-	timeout := c.Flags().Duration("timeout", time.Minute, "how long to wait for the link")
+	agent := c.Flags().String("agent", localAgent, "the agent that dials, HOST[:PORT]: this machine's by default; a member's (over TLS, port 9551 unless given) to have it dial a machine that cannot dial out")
+	timeout := c.Flags().Duration("timeout", time.Minute, "how long to wait for the link, or the member's answer")
+	var js cluster.JoinSpec
+	c.Flags().StringVar(&js.Token, "token", "", "a join token (`raptiformica token create` on a member): HOST is then a member's agent (TLS port 9551 unless given), checked by the token's CA hash; this machine's node config is written")
+	c.Flags().StringVar(&js.Type, "type", "", "with --token: the machine type, when the token names none")
+	c.Flags().StringVar(&js.Config, "config", nodeConfigPath, "with --token: where to write the node config")
+	c.Flags().StringVar(&js.DataDir, "data-dir", "/var/lib/raptiformica", "with --token: this machine's data folder")
+	c.Flags().StringVar(&js.BindAddr, "bind", nodeconfig.BindAuto, "with --token: this machine's address (auto: the one with the default route)")
+	c.Flags().BoolVar(&js.Force, "force", false, "with --token: replace a node config in place")
 	c.RunE = func(c *cobra.Command, args []string) error {
-		return join(c.Context(), args[0], *agent, t.agentToken(), *timeout, c.OutOrStdout())
+		ctx, cancel := context.WithTimeout(c.Context(), *timeout)
+		defer cancel()
+		if js.Token != "" {
+			js.Agent = args[0]
+			cfg, err := cluster.Join(ctx, js)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "joined as %s (type %s): wrote %s; start the agent: systemctl start raptiformica (or raptiformica agent --config %s)\n",
+				cfg.MachineID, cfg.MachineType, js.Config, js.Config)
+			return nil
+		}
+		a, err := t.agent(*agent)
+		if err != nil {
+			return err
+		}
+		return join(ctx, args[0], a, *timeout, c.OutOrStdout())
 	}
 	return c
 }
 
-func join(ctx context.Context, ep, agent, token string, timeout time.Duration, out io.Writer) error {
+func join(ctx context.Context, ep string, agent agentapi.Agent, timeout time.Duration, out io.Writer) error {
 	if _, _, err := net.SplitHostPort(strings.TrimPrefix(ep, "tcp://")); err != nil {
 		ep = net.JoinHostPort(strings.Trim(strings.TrimPrefix(ep, "tcp://"), "[]"), strconv.Itoa(rules.DefaultMeshPort))
 	}
@@ -60,17 +85,11 @@ func join(ctx context.Context, ep, agent, token string, timeout time.Duration, o
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	host, port, err := splitAgent(agent)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	overlay, err := agentapi.Link(ctx, host, port, u, token)
+	overlay, err := agentapi.Link(ctx, agent, u)
 	if err != nil {
 		return fmt.Errorf("%w (waited up to %s)", err, timeout)
 	}
-	fmt.Fprintf(out, "agent at %s dials %s\nlink up to %s (overlay %s)\n", net.JoinHostPort(host, strconv.Itoa(port)), u.Host, u.Host, overlay)
+	fmt.Fprintf(out, "agent at %s dials %s\nlink up to %s (overlay %s)\n", agent, u.Host, u.Host, overlay)
 	return nil
 }
 

@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
-	"slices"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -25,32 +22,6 @@ import (
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
-
-// statusView is the body of `status --json`.
-type statusView struct {
-	Leader        string            `json:"leader"`
-	PlatformError string            `json:"platform_error,omitempty"`
-	Reconcile     *reconcile.Status `json:"reconcile,omitempty"`
-	// Quorum is each local machine's view while there is no Consul leader.
-	Quorum map[string]*agentapi.QuorumStatus `json:"quorum,omitempty"`
-}
-
-func printQuorum(out io.Writer, q map[string]*agentapi.QuorumStatus) {
-	for _, id := range slices.Sorted(maps.Keys(q)) {
-		s := q[id]
-		state := "no Consul leader"
-		if s.Lost {
-			state = "QUORUM LOST"
-		}
-		fmt.Fprintf(out, "%s: %s since %s (Raft index %d)\n", id, state, s.LeaderlessSince.Format(time.RFC3339), s.RaftLastIndex)
-		for _, sv := range s.Servers {
-			fmt.Fprintf(out, "  server %s %s %s\n", sv.Name, sv.Address, sv.Status)
-		}
-		if s.Recovery != "" {
-			fmt.Fprintf(out, "  recovery: %s\n", s.Recovery)
-		}
-	}
-}
 
 func statusCmd() *cobra.Command {
 	c := newCommand("status", "show the leader's last reconcile pass and what blocks it (exit 1 while quorum is lost)", nArgs(0, 0),
@@ -67,10 +38,11 @@ func status(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 		// Without a Consul leader there is no KV to read: what each local
 		// machine knows of the lost quorum is the status there is.
 		if q := t.cluster().Quorum(ctx); len(q) > 0 {
+			v := cluster.StatusView{Quorum: q}
 			if asJSON {
-				return writeJSON(out, statusView{Quorum: q})
+				return writeJSON(out, v)
 			}
-			printQuorum(out, q)
+			_ = v.WriteText(out)
 			return errors.New("no Consul leader: the cluster lost quorum")
 		}
 		if why := localMeshProblem(ctx); why != "" {
@@ -80,49 +52,14 @@ func status(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 		}
 		return err
 	}
-	v := statusView{Leader: kvschema.New(c).Leader(ctx), Reconcile: cluster.LastPass(ctx, c)}
+	v := cluster.StatusView{Leader: kvschema.New(c).Leader(ctx), Reconcile: cluster.LastPass(ctx, c)}
 	if _, err := kvPlatform(ctx, c); err != nil {
 		v.PlatformError = err.Error()
 	}
 	if asJSON {
 		return writeJSON(out, v)
 	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "leader\t%s\n", dash(v.Leader))
-	if v.PlatformError != "" {
-		fmt.Fprintf(w, "platform\tREJECTED (nodes keep their last good description):\n%s\n", v.PlatformError)
-	}
-	st := v.Reconcile
-	if st == nil {
-		fmt.Fprintln(w, "reconcile\tno pass yet")
-		return w.Flush()
-	}
-	fmt.Fprintf(w, "cluster\t%s\n", st.Cluster)
-	fmt.Fprintf(w, "last reconcile\t%s ago by %s: %s in %s\n", time.Since(st.LastReconcile).Round(time.Second), st.Leader, st.LastResult, st.Duration)
-	if st.LastError != "" {
-		fmt.Fprintf(w, "last error\t%s\n", st.LastError)
-	}
-	if st.Halted != "" {
-		fmt.Fprintf(w, "HALTED\t%s\n", st.Halted)
-	}
-	for _, s := range st.Waiting {
-		fmt.Fprintf(w, "waiting\t%s\n", s)
-	}
-	for b, e := range st.BackendErrors {
-		fmt.Fprintf(w, "backend %s\t%s\n", b, e)
-	}
-	for _, a := range st.InFlight {
-		fmt.Fprintf(w, "in flight\t%s %s (%s)\n", a.Kind, a.MachineID, a.Reason)
-	}
-	w.Flush()
-	fmt.Fprintln(out)
-	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TYPE\tMIN\tMAX\tLIVE\tPENDING\tFAILED")
-	for _, name := range slices.Sorted(maps.Keys(st.Types)) {
-		ts := st.Types[name]
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\n", name, ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed)
-	}
-	return w.Flush()
+	return v.WriteText(out)
 }
 
 func planCmd() *cobra.Command {
@@ -144,7 +81,11 @@ func plan(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	d, err := agentapi.FetchPlan(ctx, addr, t.token())
+	a, err := t.agent(addr)
+	if err != nil {
+		return err
+	}
+	d, err := agentapi.FetchPlan(ctx, a)
 	if err != nil {
 		return err
 	}

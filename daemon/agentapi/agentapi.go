@@ -5,6 +5,7 @@
 package agentapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,9 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -115,30 +119,118 @@ func FetchStatus(ctx context.Context, addr string, port int) (AgentStatus, error
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-// AddMeshPeer asks the agent at addr (host:port) to dial endpoint and keep
-// it: how `raptiformica join` reaches the local agent, or a member
-// (--agent). token is the cluster's: an agent acts only for who holds it.
-// It blocks until the agent answers or ctx ends; an agent that answers with
-// a refusal returns an *AgentRefused.
-func AddMeshPeer(ctx context.Context, addr, endpoint, token string) error {
-	b, _ := json.Marshal(MeshPeerRequest{Endpoint: endpoint})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+MeshPeersPath, strings.NewReader(string(b)))
+// Agent is an agent to ask to act, and the credentials to ask with. On a
+// loopback host (the machine's own agent, or one of the local backend's)
+// it is asked over plain HTTP on its http_port; on any other over TLS on
+// its https_port, its certificate checked against the cluster's CA before
+// the token is sent.
+type Agent struct {
+	Host string
+	Port int
+	// Token is the cluster's: an agent acts only for who holds it.
+	Token string
+	// CACert is the cluster's CA (PEM); needed for any host but loopback.
+	CACert string
+}
+
+// NewAgent is the agent at addr (HOST[:PORT]), the port defaulting to the
+// one its host is asked on: http_port on loopback, https_port elsewhere.
+func NewAgent(addr, token, caCert string) (Agent, error) {
+	host, port := addr, 0
+	if h, p, err := net.SplitHostPort(addr); err == nil {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return Agent{}, fmt.Errorf("agent %q: port must be a number from 1 to 65535", addr)
+		}
+		host, port = h, n
+	}
+	host = strings.Trim(host, "[]")
+	if host == "" {
+		return Agent{}, fmt.Errorf("agent %q: no host", addr)
+	}
+	if port == 0 {
+		port = nodeconfig.AgentHTTPSPort
+		if consulclient.IsLoopback(host) {
+			port = nodeconfig.AgentHTTPPort
+		}
+	}
+	return Agent{Host: host, Port: port, Token: token, CACert: caCert}, nil
+}
+
+// String is the agent's address.
+func (a Agent) String() string { return net.JoinHostPort(a.Host, strconv.Itoa(a.Port)) }
+
+// client returns the HTTP client and the base URL to ask the agent with.
+func (a Agent) client() (*http.Client, string, error) {
+	if consulclient.IsLoopback(a.Host) {
+		return http.DefaultClient, "http://" + a.String(), nil
+	}
+	if a.CACert == "" {
+		return nil, "", fmt.Errorf("agent at %s: no CA certificate to check it with (the cluster's identity or a node config holds it)", a)
+	}
+	cfg, err := pki.ClientTLS(a.CACert)
+	if err != nil {
+		return nil, "", fmt.Errorf("agent at %s: %w", a, err)
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, TLSHandshakeTimeout: 10 * time.Second}}, "https://" + a.String(), nil
+}
+
+// do sends an acting request with the token and returns the response, or
+// an *AgentRefused when the agent answers with another status than want.
+func (a Agent) do(ctx context.Context, method, path string, body any, want int) (*http.Response, error) {
+	hc, base, err := a.client()
+	if err != nil {
+		return nil, err
+	}
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+a.Token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("agent at %s: %w", a, err)
+	}
+	if resp.StatusCode != want {
+		defer resp.Body.Close()
+		buf, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, &AgentRefused{Agent: a.String(), Status: resp.Status, Reason: strings.TrimSpace(string(buf))}
+	}
+	return resp, nil
+}
+
+// AddMeshPeer asks the agent to dial endpoint and keep it: how `raptiformica
+// join` reaches the local agent, or a member (--agent). It blocks until the
+// agent answers or ctx ends; an agent that answers with a refusal returns
+// an *AgentRefused.
+func AddMeshPeer(ctx context.Context, a Agent, endpoint string) error {
+	resp, err := a.do(ctx, http.MethodPost, MeshPeersPath, MeshPeerRequest{Endpoint: endpoint}, http.StatusNoContent)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
+	return resp.Body.Close()
+}
+
+// status is the agent's /v1/status, asked where it is asked to act.
+func (a Agent) status(ctx context.Context) (AgentStatus, error) {
+	var st AgentStatus
+	resp, err := a.do(ctx, http.MethodGet, StatusPath, nil, http.StatusOK)
 	if err != nil {
-		return fmt.Errorf("agent at %s: %w", addr, err)
+		return st, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		buf := make([]byte, 512)
-		n, _ := resp.Body.Read(buf)
-		return &AgentRefused{Agent: addr, Status: resp.Status, Reason: strings.TrimSpace(string(buf[:n]))}
-	}
-	return nil
+	return st, json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&st)
 }
 
 // AgentRefused is an agent's answer refusing a request: retrying does not
@@ -156,16 +248,14 @@ func (e *AgentRefused) Error() string {
 	return msg
 }
 
-// Link has the agent at host:port dial endpoint (host:port of a mesh node)
-// and waits until its link there is up, returning the peer's overlay
-// address. An agent just started (the service, a fresh machine) may not
+// Link has the agent dial endpoint (host:port of a mesh node) and waits
+// until its link there is up, returning the peer's overlay address. An agent just started (the service, a fresh machine) may not
 // answer yet: it is asked again every half second; one that refuses is
 // final. It gives up when ctx ends, saying what the agent's dials report.
-func Link(ctx context.Context, host string, port int, endpoint *url.URL, token string) (string, error) {
-	addr := net.JoinHostPort(host, strconv.Itoa(port))
+func Link(ctx context.Context, a Agent, endpoint *url.URL) (string, error) {
 	var asked error
 	err := clock.Poll(ctx, clock.Real{}, 500*time.Millisecond, func() (bool, error) {
-		asked = AddMeshPeer(ctx, addr, endpoint.Host, token)
+		asked = AddMeshPeer(ctx, a, endpoint.Host)
 		var refused *AgentRefused
 		if errors.As(asked, &refused) {
 			return false, asked
@@ -181,7 +271,7 @@ func Link(ctx context.Context, host string, port int, endpoint *url.URL, token s
 	var last *MeshStatus
 	var overlay string
 	err = clock.Poll(ctx, clock.Real{}, 500*time.Millisecond, func() (bool, error) {
-		st, err := FetchStatus(ctx, host, port)
+		st, err := a.status(ctx)
 		if err != nil || st.Mesh == nil {
 			return false, nil
 		}
@@ -218,28 +308,18 @@ func (st *MeshStatus) LinkError(endpoint string) string {
 	return "still dialling"
 }
 
-// FetchPlan asks the leader's agent at addr (host:port) what the control
-// loop would do now; token is the cluster's. It blocks until the agent
-// answers or ctx ends; an agent that does not lead answers with a refusal.
-func FetchPlan(ctx context.Context, addr, token string) (reconcile.Decision, error) {
+// FetchPlan asks the leader's agent what the control loop would do now.
+// It blocks until the agent answers or ctx ends; an agent that does not
+// lead answers with a refusal.
+func FetchPlan(ctx context.Context, a Agent) (reconcile.Decision, error) {
 	var d reconcile.Decision
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+PlanPath, nil)
+	resp, err := a.do(ctx, http.MethodGet, PlanPath, nil, http.StatusOK)
 	if err != nil {
 		return d, err
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return d, fmt.Errorf("agent at %s: %w", addr, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		buf := make([]byte, 512)
-		n, _ := resp.Body.Read(buf)
-		return d, &AgentRefused{Agent: addr, Status: resp.Status, Reason: strings.TrimSpace(string(buf[:n]))}
-	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&d); err != nil {
-		return d, fmt.Errorf("agent at %s: plan: %w", addr, err)
+		return d, fmt.Errorf("agent at %s: plan: %w", a, err)
 	}
 	return d, nil
 }

@@ -80,7 +80,7 @@ func TestAddMeshPeer(t *testing.T) {
 				_, _ = w.Write([]byte(tc.body))
 			})
 			addr := net.JoinHostPort(host, strconv.Itoa(port))
-			err := AddMeshPeer(context.Background(), addr, "tcp://10.0.0.1:9651", "s3cret")
+			err := AddMeshPeer(context.Background(), Agent{Host: host, Port: port, Token: "s3cret"}, "tcp://10.0.0.1:9651")
 			if sent.Endpoint != "tcp://10.0.0.1:9651" || auth != "Bearer s3cret" {
 				t.Errorf("sent: endpoint %q with %q, want %q with the token as a bearer", sent.Endpoint, auth, "tcp://10.0.0.1:9651")
 			}
@@ -106,10 +106,10 @@ func TestAddMeshPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	gone := Agent{Host: "127.0.0.1", Port: ln.Addr().(*net.TCPAddr).Port}
 	ln.Close()
 	var refused *AgentRefused
-	if err := AddMeshPeer(context.Background(), addr, "tcp://10.0.0.1:9651", ""); err == nil || errors.As(err, &refused) {
+	if err := AddMeshPeer(context.Background(), gone, "tcp://10.0.0.1:9651"); err == nil || errors.As(err, &refused) {
 		t.Errorf("no agent listening: got %v, want an error that is not a refusal", err)
 	}
 }
@@ -133,7 +133,7 @@ func TestLink(t *testing.T) {
 			_ = json.NewEncoder(w).Encode(st)
 		}
 	})
-	overlay, err := Link(context.Background(), host, port, ep, "t")
+	overlay, err := Link(context.Background(), Agent{Host: host, Port: port, Token: "t"}, ep)
 	if err != nil || overlay != "200::7" || asks != 1 || polls != 2 {
 		t.Errorf("got %q, %v after %d asks and %d polls; want 200::7 after 1 and 2", overlay, err, asks, polls)
 	}
@@ -142,7 +142,7 @@ func TestLink(t *testing.T) {
 		http.Error(w, "this node runs without the mesh", http.StatusConflict)
 	})
 	var refused *AgentRefused
-	if _, err := Link(context.Background(), host, port, ep, "t"); !errors.As(err, &refused) {
+	if _, err := Link(context.Background(), Agent{Host: host, Port: port, Token: "t"}, ep); !errors.As(err, &refused) {
 		t.Errorf("a refusing agent: got %v, want an AgentRefused", err)
 	}
 
@@ -155,7 +155,27 @@ func TestLink(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
 	defer cancel()
-	if _, err := Link(ctx, host, port, ep, "t"); err == nil || !strings.Contains(err.Error(), "connection refused") {
+	if _, err := Link(ctx, Agent{Host: host, Port: port, Token: "t"}, ep); err == nil || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("a link that never comes up: got %v, want the dial's error", err)
+	}
+}
+
+// An agent anywhere but on loopback is asked over TLS, checked against the
+// cluster's CA: without one, nothing is sent.
+func TestAgentNeedsTheCA(t *testing.T) {
+	a, err := NewAgent("192.0.2.9", "tok", "")
+	if err != nil || a.Port != 9551 {
+		t.Fatalf("NewAgent: %+v, %v; want the TLS port", a, err)
+	}
+	if _, err := FetchPlan(context.Background(), a); err == nil || !strings.Contains(err.Error(), "no CA certificate") {
+		t.Errorf("a remote agent without a CA: %v", err)
+	}
+	if lo, _ := NewAgent("127.0.0.1", "", ""); lo.Port != 9550 {
+		t.Errorf("the machine's own agent: port %d, want its plain 9550", lo.Port)
+	}
+	for _, bad := range []string{"h:0", "h:x", ":9551"} {
+		if _, err := NewAgent(bad, "", ""); err == nil {
+			t.Errorf("NewAgent(%q) took it", bad)
+		}
 	}
 }

@@ -47,6 +47,7 @@ const (
 	MeshNodes  = Prefix + "mesh/nodes/"
 	SSHPool    = Prefix + "ssh-pool/"
 	HostKeys   = Prefix + "hostkeys/"
+	JoinTokens = Prefix + "join-tokens/"
 )
 
 // PlatformSource names the stored description in messages and in mirrors,
@@ -242,6 +243,11 @@ func (s *Store) PoolClaims(backend string) *Folder {
 // per host:port.
 func (s *Store) TrustedHostKeys() *Folder {
 	return &Folder{kv: s.kv, prefix: HostKeys}
+}
+
+// JoinTokens is the folder of join tokens' records, one per token ID.
+func (s *Store) JoinTokens() *Folder {
+	return &Folder{kv: s.kv, prefix: JoinTokens}
 }
 
 // Folder is one folder of the KV, handed to code that keeps its own entries

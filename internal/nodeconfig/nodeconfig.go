@@ -28,6 +28,7 @@ const (
 	ConsulHTTPSPort = 8501
 	ConsulSerfPort  = 8301
 	AgentHTTPPort   = 9550
+	AgentHTTPSPort  = 9551
 )
 
 // Config is everything a machine's agent needs to become a member. It is
@@ -79,8 +80,12 @@ type Config struct {
 	// Platform is the same as an inline text, for a seed that cannot read
 	// its creator's files (a container).
 	Platform string `json:"platform,omitempty"`
-	// HTTPPort is the agent's own port for /metrics, /v1/status, /healthz.
+	// HTTPPort is the agent's own port for /metrics, /v1/status, /healthz
+	// and the status page: plain HTTP, which discloses no secret.
 	HTTPPort int `json:"http_port,omitempty"`
+	// HTTPSPort is the agent's API over TLS, with the machine's
+	// certificate: where other machines ask it to act, with a token.
+	HTTPSPort int `json:"https_port,omitempty"`
 	// ConsulHTTPPort is the port of the node's Consul HTTP API: plain
 	// HTTP, served on loopback only.
 	ConsulHTTPPort int `json:"consul_http_port,omitempty"`
@@ -135,6 +140,9 @@ type Mesh struct {
 func (c Config) WithDefaults() Config {
 	if c.HTTPPort == 0 {
 		c.HTTPPort = AgentHTTPPort
+	}
+	if c.HTTPSPort == 0 {
+		c.HTTPSPort = AgentHTTPSPort
 	}
 	if c.ConsulHTTPPort == 0 {
 		c.ConsulHTTPPort = ConsulHTTPPort

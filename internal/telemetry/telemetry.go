@@ -58,6 +58,7 @@ type Metrics struct {
 	MeshPeers           *prometheus.GaugeVec
 	MeshBytes           *prometheus.CounterVec
 	MeshPeerChanges     *prometheus.CounterVec
+	JoinRequests        *prometheus.CounterVec
 }
 
 const ns = "raptiformica"
@@ -124,6 +125,8 @@ func New() *Metrics {
 			Help: "Bytes this node's overlay links carried, by direction (rx, tx)."}, []string{"direction"}),
 		MeshPeerChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "mesh_peer_changes_total",
 			Help: "Overlay peers (by key) that came up or went down: the mesh's churn."}, []string{"change"}),
+		JoinRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "join_requests_total",
+			Help: "Join tokens presented to this agent, by result (joined, refused, error)."}, []string{"result"}),
 	}
 	reg.MustRegister(
 		m.ReconcileDuration, m.ReconcileTotal, m.LastSuccess, m.Halted, m.Actions,
@@ -131,7 +134,7 @@ func New() *Metrics {
 		m.BackendUp, m.BackendErrors, m.BackendBackoff, m.BackendCallDuration, m.HookRuns,
 		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
 		m.ConsulLeaderless, m.QuorumLost, m.MirrorKeptNewer,
-		m.ConsulVoters, m.FailureTolerance, m.MeshPeers, m.MeshBytes, m.MeshPeerChanges,
+		m.ConsulVoters, m.FailureTolerance, m.MeshPeers, m.MeshBytes, m.MeshPeerChanges, m.JoinRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	for _, r := range []string{"success", "error"} {

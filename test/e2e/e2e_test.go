@@ -205,7 +205,7 @@ func (c *testCluster) writePlatform(name, src string) string {
 // rf runs the binary against this cluster's folder.
 func (c *testCluster) rf(args ...string) (string, string, int) {
 	c.t.Helper()
-	if len(args) > 0 && args[0] != "platform" {
+	if len(args) > 0 && args[0] != "platform" && args[0] != "token" {
 		args = append([]string{args[0], "--dir", c.dir}, args[1:]...)
 	} else if len(args) > 1 {
 		args = append([]string{args[0], args[1], "--dir", c.dir}, args[2:]...)

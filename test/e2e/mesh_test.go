@@ -375,7 +375,7 @@ func TestMeshJoinByHand(t *testing.T) {
 	// A machine a member is told to dial.
 	y := l.handMachine("laptop-dialled", secret, 9651)
 	// From the operator's host: the cluster's token is in its folder.
-	if out, err := exec.Command(binary, "join", l.ipOn(y, "lan"), "--agent", sIP+":9550", "--dir", l.dir).CombinedOutput(); err != nil || !strings.Contains(string(out), "link up") {
+	if out, err := exec.Command(binary, "join", l.ipOn(y, "lan"), "--agent", sIP, "--dir", l.dir).CombinedOutput(); err != nil || !strings.Contains(string(out), "link up") {
 		t.Fatalf("join --agent (the member dials): %v\n%s", err, out)
 	}
 	l.waitMember("laptop-dialled")

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +22,8 @@ import (
 	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/testconsul"
 )
 
 // TestSecureConsulRefusesStrangers: a local process without the cluster's
@@ -83,9 +88,11 @@ func TestSecureAgentActsForTokenHoldersOnly(t *testing.T) {
 	c.up(c.writePlatform("platform.hcl", platformSrc(1, 1)))
 	c.waitAgree(1, time.Minute, "after up")
 	m := c.machines()[0].Config
-	addr := fmt.Sprintf("%s:%d", m.BindAddr, m.HTTPPort)
+	agent := func(token string) agentapi.Agent {
+		return agentapi.Agent{Host: m.BindAddr, Port: m.HTTPPort, Token: token}
+	}
 	for _, token := range []string{"", "not-the-token"} {
-		err := agentapi.AddMeshPeer(context.Background(), addr, "tcp://192.0.2.1:9651", token)
+		err := agentapi.AddMeshPeer(context.Background(), agent(token), "tcp://192.0.2.1:9651")
 		var refused *agentapi.AgentRefused
 		if !errors.As(err, &refused) || !strings.HasPrefix(refused.Status, "401") {
 			t.Errorf("POST %s with token %q: got %v, want 401", agentapi.MeshPeersPath, token, err)
@@ -94,10 +101,10 @@ func TestSecureAgentActsForTokenHoldersOnly(t *testing.T) {
 	// A plan observes through the backends, on the leader: token holders
 	// only.
 	var refused *agentapi.AgentRefused
-	if _, err := agentapi.FetchPlan(context.Background(), addr, ""); !errors.As(err, &refused) || !strings.HasPrefix(refused.Status, "401") {
+	if _, err := agentapi.FetchPlan(context.Background(), agent("")); !errors.As(err, &refused) || !strings.HasPrefix(refused.Status, "401") {
 		t.Errorf("GET %s without a token: got %v, want 401", agentapi.PlanPath, err)
 	}
-	if d, err := agentapi.FetchPlan(context.Background(), addr, c.token()); err != nil || len(d.Actions) != 0 {
+	if d, err := agentapi.FetchPlan(context.Background(), agent(c.token())); err != nil || len(d.Actions) != 0 {
 		t.Errorf("the leader's plan with the token: got %+v, %v; want no action at rest", d, err)
 	}
 	if _, err := agentStatus(m); err != nil {
@@ -156,6 +163,39 @@ func TestSecureDockerNetworkStrangers(t *testing.T) {
 		t.Errorf("a stranger's write of the description: %v, want 403:\n%s", err, out)
 	}
 
+	// The agent acts over TLS only, for the token only; the operator's
+	// client checks the agent's certificate before it sends the token.
+	ctx := context.Background()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+net.JoinHostPort(addr, "9550")+agentapi.PlanPath, nil)
+	req.Header.Set("Authorization", "Bearer "+id.ManagementToken)
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Errorf("the agent's plain port: %v", err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("the token in clear to the agent's plain port from another machine: %s, want 403", resp.Status)
+	}
+	tlsAgent, err := agentapi.NewAgent(addr, id.ManagementToken, id.CACert)
+	if err != nil || tlsAgent.Port != 9551 {
+		t.Fatalf("agent %s: %+v, %v", addr, tlsAgent, err)
+	}
+	if d, err := agentapi.FetchPlan(ctx, tlsAgent); err != nil || len(d.Actions) != 0 {
+		t.Errorf("the leader's plan over TLS with the token: %+v, %v; want no action at rest", d, err)
+	}
+	var refused *agentapi.AgentRefused
+	noToken := tlsAgent
+	noToken.Token = ""
+	if _, err := agentapi.FetchPlan(ctx, noToken); !errors.As(err, &refused) || !strings.HasPrefix(refused.Status, "401") {
+		t.Errorf("a plan over TLS without the token: %v, want 401", err)
+	}
+	otherCA, err := pki.NewCA("other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostor := tlsAgent
+	impostor.CACert = otherCA.CertPEM
+	if _, err := agentapi.FetchPlan(ctx, impostor); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("a client expecting another CA talked to the agent: %v", err)
+	}
+
 	// Two Consul agents dial the server's gossip: one with another key,
 	// one with the cluster's key and token but no certificate.
 	otherKey, err := identity.NewGossipKey()
@@ -192,4 +232,118 @@ func TestSecureDockerNetworkStrangers(t *testing.T) {
 		t.Errorf("an agent without a certificate read the KV through RPC: %v\n%s", err, out)
 	}
 	t.Logf("the agent without a certificate: %s", strings.TrimSpace(string(out)))
+}
+
+// TestSecureJoinTokens: a machine joins by hand with a token from `token
+// create`, checking the member's CA by the token's hash first: it gets its
+// node config (certificate, token, gossip key) and becomes a member. A
+// token naming another CA stops before anything is sent (the member counts
+// no join request); an expired token and a revoked one are refused.
+func TestSecureJoinTokens(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	c.up(c.writePlatform("platform.hcl", platformWith(1, 1, "2s", `machine "worker" {
+  min      = 0
+  max      = 5
+  backends = ["local"]
+}
+`, false)))
+	c.waitAgree(1, time.Minute, "after up")
+	server := c.machines()[0].Config
+	member := fmt.Sprintf("%s:%d", server.BindAddr, server.HTTPSPort)
+	create := func(args ...string) string {
+		out, errOut, code := c.rf(append([]string{"token", "create"}, args...)...)
+		if code != 0 {
+			t.Fatalf("token create %v: exit %d\n%s%s", args, code, out, errOut)
+		}
+		return strings.TrimSpace(out)
+	}
+	dir := t.TempDir()
+	join := func(tok string) (string, error) {
+		out, err := exec.Command(binary, "join", "--token", tok, member, "--type", "worker", "--config", filepath.Join(dir, "agent.json"),
+			"--data-dir", filepath.Join(dir, "data"), "--bind", testconsul.FreeIP(), "--timeout", "20s").CombinedOutput()
+		return string(out), err
+	}
+	joins := func() float64 {
+		return scrape(t, fmt.Sprintf("http://%s:%d/metrics", server.BindAddr, server.HTTPPort), `raptiformica_join_requests_total{result="joined"}`) +
+			scrape(t, fmt.Sprintf("http://%s:%d/metrics", server.BindAddr, server.HTTPPort), `raptiformica_join_requests_total{result="refused"}`)
+	}
+
+	// Another cluster's CA: refused before a word is sent.
+	tok := create("--ttl", "10m")
+	parts := strings.Split(tok, ".")
+	parts[1] = strings.Repeat("0", 64)
+	if out, err := join(strings.Join(parts, ".")); err == nil || !strings.Contains(out, "nothing was sent") {
+		t.Errorf("join with another CA's hash: %v\n%s", err, out)
+	}
+	if n := joins(); n != 0 {
+		t.Errorf("the member counted %v join requests from a machine expecting another CA", n)
+	}
+
+	// Expired, and revoked.
+	short := create("--ttl", "1s")
+	time.Sleep(1500 * time.Millisecond)
+	if out, err := join(short); err == nil || !strings.Contains(out, "expired") {
+		t.Errorf("join with an expired token: %v\n%s", err, out)
+	}
+	revoked := create()
+	id := strings.Split(revoked, ".")[2]
+	if out, errOut, code := c.rf("token", "revoke", id); code != 0 {
+		t.Fatalf("token revoke: exit %d\n%s%s", code, out, errOut)
+	}
+	if out, _, _ := c.rf("token", "list"); strings.Contains(out, id) {
+		t.Errorf("token list shows the revoked token:\n%s", out)
+	}
+	if out, err := join(revoked); err == nil || !strings.Contains(out, "revoked") {
+		t.Errorf("join with a revoked token: %v\n%s", err, out)
+	}
+
+	// The token: a node config, then a member.
+	out, err := join(tok)
+	if err != nil || !strings.Contains(out, "joined as worker-") {
+		t.Fatalf("join with the token: %v\n%s", err, out)
+	}
+	cfgFile := filepath.Join(dir, "agent.json")
+	if st, err := os.Stat(cfgFile); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("the node config: %v, mode %v; want 0600", err, st.Mode().Perm())
+	}
+	cfg, err := nodeconfig.Read(cfgFile)
+	if err != nil || cfg.TLS == nil || cfg.ACLToken == "" || cfg.Encrypt == "" {
+		t.Fatalf("the node config: %+v, %v", cfg, err)
+	}
+	agent := exec.Command(binary, "agent", "--config", cfgFile)
+	agentLog, _ := os.Create(filepath.Join(dir, "agent.log"))
+	agent.Stdout, agent.Stderr = agentLog, agentLog
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = agent.Process.Signal(os.Interrupt)
+		_, _ = agent.Process.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
+			t.Logf("joined agent's log:\n%s", b)
+		}
+	})
+	if !poll(time.Minute, func() bool { return memberAlive(c.client(), cfg.MachineID) }) {
+		t.Fatalf("%s joined with a token is not an alive member after a minute", cfg.MachineID)
+	}
+}
+
+// scrape reads one sample of a Prometheus text page; 0 when absent.
+func scrape(t *testing.T, url, sample string) float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
 }

@@ -1,0 +1,71 @@
+package cluster
+
+import (
+	"cmp"
+	"context"
+	"sort"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// Member is one line of `members`: a Consul member with what the
+// inventory, the lock and the mesh say of it.
+type Member struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	Status  string `json:"status"`
+	Type    string `json:"machine_type"`
+	State   string `json:"state"`
+	Role    string `json:"role"`
+	Leader  bool   `json:"leader"`
+	// MeshEndpoints are where the member accepts overlay links; MeshPeers
+	// the members it has a link to. Both empty without the mesh.
+	MeshEndpoints []string `json:"mesh_endpoints,omitempty"`
+	MeshPeers     []string `json:"mesh_peers,omitempty"`
+}
+
+// Members lists the cluster's members by name, and whether it runs the
+// mesh.
+func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
+	members, err := c.Agent().Members(false)
+	if err != nil {
+		return nil, false, err
+	}
+	store := kvschema.New(c)
+	recs, _, err := (&reconcile.Inventory{Store: store}).List(ctx, nil)
+	if err != nil {
+		return nil, false, err
+	}
+	leader := store.Leader(ctx)
+	meshNodes, err := daemon.MeshNodes(ctx, store)
+	if err != nil {
+		return nil, false, err
+	}
+	nameOf := map[string]string{}
+	for _, m := range members {
+		nameOf[m.Addr] = m.Name
+	}
+	rows := []Member{}
+	for _, m := range members {
+		role := "client"
+		if m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
+			role = "server"
+		}
+		r := recs[m.Name]
+		row := Member{Name: m.Name, Address: m.Addr, Status: string(reconcile.SerfStatus(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader}
+		if mn, ok := meshNodes[m.Name]; ok {
+			row.MeshEndpoints = mn.Endpoints
+			for _, l := range mn.Links {
+				row.MeshPeers = append(row.MeshPeers, cmp.Or(nameOf[l], l))
+			}
+			sort.Strings(row.MeshPeers)
+		}
+		rows = append(rows, row)
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
+	return rows, len(meshNodes) > 0, nil
+}

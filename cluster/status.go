@@ -1,0 +1,93 @@
+package cluster
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// StatusView is the cluster's status as `status` prints it, and the body
+// of `status --json`.
+type StatusView struct {
+	Leader        string            `json:"leader"`
+	PlatformError string            `json:"platform_error,omitempty"`
+	Reconcile     *reconcile.Status `json:"reconcile,omitempty"`
+	// Quorum is each local machine's view while there is no Consul leader.
+	Quorum map[string]*agentapi.QuorumStatus `json:"quorum,omitempty"`
+}
+
+// WriteText writes the view for a person: the leader, the description's
+// state, the leader's last pass and a table of the machine types; without
+// a Consul leader, what each machine knows of the lost quorum.
+func (v StatusView) WriteText(out io.Writer) error {
+	if v.Quorum != nil {
+		writeQuorum(out, v.Quorum)
+		return nil
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "leader\t%s\n", orDash(v.Leader))
+	if v.PlatformError != "" {
+		fmt.Fprintf(w, "platform\tREJECTED (nodes keep their last good description):\n%s\n", v.PlatformError)
+	}
+	st := v.Reconcile
+	if st == nil {
+		fmt.Fprintln(w, "reconcile\tno pass yet")
+		return w.Flush()
+	}
+	fmt.Fprintf(w, "cluster\t%s\n", st.Cluster)
+	fmt.Fprintf(w, "last reconcile\t%s ago by %s: %s in %s\n", time.Since(st.LastReconcile).Round(time.Second), st.Leader, st.LastResult, st.Duration)
+	if st.LastError != "" {
+		fmt.Fprintf(w, "last error\t%s\n", st.LastError)
+	}
+	if st.Halted != "" {
+		fmt.Fprintf(w, "HALTED\t%s\n", st.Halted)
+	}
+	for _, s := range st.Waiting {
+		fmt.Fprintf(w, "waiting\t%s\n", s)
+	}
+	for b, e := range st.BackendErrors {
+		fmt.Fprintf(w, "backend %s\t%s\n", b, e)
+	}
+	for _, a := range st.InFlight {
+		fmt.Fprintf(w, "in flight\t%s %s (%s)\n", a.Kind, a.MachineID, a.Reason)
+	}
+	w.Flush()
+	fmt.Fprintln(out)
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TYPE\tMIN\tMAX\tLIVE\tPENDING\tFAILED")
+	for _, name := range slices.Sorted(maps.Keys(st.Types)) {
+		ts := st.Types[name]
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\n", name, ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed)
+	}
+	return w.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func writeQuorum(out io.Writer, q map[string]*agentapi.QuorumStatus) {
+	for _, id := range slices.Sorted(maps.Keys(q)) {
+		s := q[id]
+		state := "no Consul leader"
+		if s.Lost {
+			state = "QUORUM LOST"
+		}
+		fmt.Fprintf(out, "%s: %s since %s (Raft index %d)\n", id, state, s.LeaderlessSince.Format(time.RFC3339), s.RaftLastIndex)
+		for _, sv := range s.Servers {
+			fmt.Fprintf(out, "  server %s %s %s\n", sv.Name, sv.Address, sv.Status)
+		}
+		if s.Recovery != "" {
+			fmt.Fprintf(out, "  recovery: %s\n", s.Recovery)
+		}
+	}
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/raptiformica/raptiformica/cluster"
+	"github.com/raptiformica/raptiformica/internal/jointoken"
+)
+
+// tokenCmd groups the join tokens' commands: a token lets one machine
+// join by hand (`join --token`) until it expires or is revoked.
+func tokenCmd() *cobra.Command {
+	c := newCommand("token", "create, list or revoke join tokens", noSubcommand,
+		"raptiformica token create --type worker", "raptiformica token list", "raptiformica token revoke 3f2a9c01b7d4")
+	c.RunE = func(*cobra.Command, []string) error { return fmt.Errorf("%w: token create|list|revoke", errUsage) }
+	c.AddCommand(tokenCreateCmd(), tokenListCmd(), tokenRevokeCmd())
+	return c
+}
+
+func tokenCreateCmd() *cobra.Command {
+	c := newCommand("create", "print a join token: the CA's hash and a secret, valid for --ttl", nArgs(0, 0),
+		"raptiformica token create", "raptiformica token create --ttl 15m --type worker")
+	t := addTarget(c)
+	ttl := c.Flags().Duration("ttl", jointoken.DefaultTTL, "how long the token is valid")
+	typ := c.Flags().String("type", "", "the machine type its machines join as (default: the one `join --type` names)")
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		cl, p, err := t.stored(c.Context())
+		if err != nil {
+			return err
+		}
+		tok, err := cluster.CreateJoinToken(c.Context(), cl, p, t.credentials().CA.CertPEM, *typ, *ttl)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(c.OutOrStdout(), tok)
+		return nil
+	}
+	return c
+}
+
+func tokenListCmd() *cobra.Command {
+	c := newCommand("list", "list the join tokens: ID, type, expiry (never the secrets)", nArgs(0, 0),
+		"raptiformica token list", "raptiformica token list --json")
+	t := addTarget(c)
+	asJSON := jsonFlag(c)
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		cl, err := t.client(c.Context())
+		if err != nil {
+			return err
+		}
+		recs, err := cluster.JoinTokens(c.Context(), cl)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return writeJSON(c.OutOrStdout(), recs)
+		}
+		w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "ID\tTYPE\tEXPIRES\tSTATE")
+		for _, r := range recs {
+			state := "valid"
+			if !time.Now().Before(r.Expires) {
+				state = "expired"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.ID, dash(r.Type), r.Expires.Local().Format(time.RFC3339), state)
+		}
+		return w.Flush()
+	}
+	return c
+}
+
+func tokenRevokeCmd() *cobra.Command {
+	c := newCommand("revoke ID", "revoke a join token: no machine joins with it after", nArgs(1, 1),
+		"raptiformica token revoke 3f2a9c01b7d4")
+	t := addTarget(c)
+	c.RunE = func(c *cobra.Command, args []string) error {
+		cl, err := t.client(c.Context())
+		if err != nil {
+			return err
+		}
+		if err := cluster.RevokeJoinToken(c.Context(), cl, args[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.OutOrStdout(), "revoked %s\n", args[0])
+		return nil
+	}
+	return c
+}
