@@ -199,7 +199,7 @@ func (l *Local) client(t consulclient.Target) (*api.Client, error) {
 	if c := l.clients[addr]; c != nil {
 		return c, nil
 	}
-	t.Token, t.CACert = l.Token(), l.CA().CertPEM
+	t.Token, t.CACert = cmp.Or(EnvToken(), l.Token()), l.CA().CertPEM
 	c, err := consulclient.New(t)
 	if err != nil {
 		return nil, err

@@ -49,9 +49,9 @@ func CreateJoinToken(ctx context.Context, c *api.Client, p *rules.Platform, caCe
 	return tok, err
 }
 
-// JoinTokens lists the cluster's join tokens, oldest first, expired ones
+// joinTokens lists the cluster's join tokens, oldest first, expired ones
 // included (revoke removes them).
-func JoinTokens(ctx context.Context, c *api.Client) ([]jointoken.Record, error) {
+func joinTokens(ctx context.Context, c *api.Client) ([]jointoken.Record, error) {
 	vals, err := kvschema.New(c).JoinTokens().List(ctx)
 	if err != nil {
 		return nil, err
@@ -68,8 +68,8 @@ func JoinTokens(ctx context.Context, c *api.Client) ([]jointoken.Record, error) 
 	return out, nil
 }
 
-// RevokeJoinToken removes a join token: no machine joins with it after.
-func RevokeJoinToken(ctx context.Context, c *api.Client, id string) error {
+// revokeJoinToken removes a join token: no machine joins with it after.
+func revokeJoinToken(ctx context.Context, c *api.Client, id string) error {
 	f := kvschema.New(c).JoinTokens()
 	v, _, err := f.Get(ctx, id)
 	if err != nil {

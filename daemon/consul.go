@@ -196,7 +196,7 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 		LeaveOnTerminate: false,
 		Services:         []consulService{agentService(c)},
 	}
-	if c.ACLToken != "" {
+	if c.ACLToken != "" && !insecureBench {
 		cc.ACL = &consulACL{Enabled: true, DefaultPolicy: "deny", DownPolicy: "extend-cache", EnableTokenPersistence: true,
 			Tokens: map[string]string{"agent": c.ACLToken}}
 		if c.ConsulServer {
@@ -205,7 +205,7 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 			cc.ACL.Tokens["initial_management"] = c.ACLToken
 		}
 	}
-	if c.TLS != nil {
+	if c.TLS != nil && !insecureBench {
 		ca, cert, key := tlsFiles(c)
 		cc.TLS = &consulTLS{
 			Defaults:    consulTLSDefaults{CAFile: ca, CertFile: cert, KeyFile: key, VerifyIncoming: true, VerifyOutgoing: true, MinVersion: "TLSv1_2"},
@@ -215,6 +215,9 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 	} else {
 		delete(cc.Ports, "https")
 		delete(cc.Addresses, "https")
+	}
+	if insecureBench {
+		cc.Addresses["http"] = cc.ClientAddr
 	}
 	if c.ConsulServer {
 		cc.Autopilot = map[string]any{"cleanup_dead_servers": true, "server_stabilization_time": "2s", "last_contact_threshold": "1s"}

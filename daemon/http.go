@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -116,9 +117,11 @@ func (h *httpServer) handler() http.Handler {
 }
 
 // acting guards an endpoint that makes the node act: the caller must hold
-// the cluster's token, compared in constant time, and send it over TLS, or
-// from the machine itself (loopback), where nobody else sees it. Reading
-// (status, metrics, the page) needs none and discloses no secret.
+// the cluster's token (compared in constant time) or another operator's
+// token (one with Consul's global-management policy, which Consul itself
+// vouches for), and send it over TLS, or from the machine itself
+// (loopback), where nobody else sees it. Reading (status, metrics, the
+// page) needs none and discloses no secret.
 func (h *httpServer) acting(next http.HandlerFunc) http.HandlerFunc {
 	want := []byte("Bearer " + h.cfg.ACLToken)
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -127,12 +130,34 @@ func (h *httpServer) acting(next http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		got := []byte(r.Header.Get("Authorization"))
-		if h.cfg.ACLToken == "" || subtle.ConstantTimeCompare(got, want) != 1 {
-			http.Error(w, "this endpoint acts for the cluster's token holders only: send it as Authorization: Bearer TOKEN\n", http.StatusUnauthorized)
+		if h.cfg.ACLToken == "" || (subtle.ConstantTimeCompare(got, want) != 1 && !h.operator(r.Context(), string(got))) {
+			http.Error(w, "this endpoint acts for the cluster's operators only: send an operator's token as Authorization: Bearer TOKEN\n", http.StatusUnauthorized)
 			return
 		}
 		next(w, r)
 	}
+}
+
+// operator asks Consul whether the bearer token of auth may manage the
+// cluster. Only a token's shape reaches Consul, which caches what it
+// resolves.
+func (h *httpServer) operator(ctx context.Context, auth string) bool {
+	tok, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok || len(tok) != 36 || h.consul == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	self, _, err := h.consul.ACL().TokenReadSelf((&api.QueryOptions{Token: tok}).WithContext(ctx))
+	if err != nil || self == nil {
+		return false
+	}
+	for _, p := range self.Policies {
+		if p.ID == kvschema.GlobalManagementPolicyID {
+			return true
+		}
+	}
+	return false
 }
 
 // fromLoopback reports whether the request came from the machine itself.

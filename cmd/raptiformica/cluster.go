@@ -80,6 +80,7 @@ func (t *target) client(ctx context.Context) (*api.Client, error) {
 		return c, err
 	}
 	if node, err := nodeconfig.Read(nodeConfigPath); err == nil && !t.explicit && t.cluster().Token() == "" {
+		node.ACLToken = cmp.Or(cluster.EnvToken(), node.ACLToken)
 		c, err := consulclient.Local(node)
 		t.env = c
 		return c, err
@@ -102,7 +103,7 @@ func (t *target) credentials() daemon.Credentials {
 // to act: this machine's own unless --dir names a local cluster.
 func (t *target) agent(addr string) (agentapi.Agent, error) {
 	cred := t.cluster().Credentials(!t.explicit, nodeConfigPath)
-	a, err := agentapi.NewAgent(addr, cred.Token, cred.CA.CertPEM)
+	a, err := agentapi.NewAgent(addr, cmp.Or(cluster.EnvToken(), cred.Token), cred.CA.CertPEM)
 	if err != nil {
 		return a, fmt.Errorf("%w: --agent: %v", errUsage, err)
 	}

@@ -25,19 +25,6 @@ import (
 // serves its HTTP on loopback too.
 var localAgent = net.JoinHostPort("127.0.0.1", strconv.Itoa(nodeconfig.AgentHTTPPort))
 
-// splitAgent reads --agent HOST[:PORT].
-func splitAgent(s string) (string, int, error) {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return s, nodeconfig.AgentHTTPPort, nil
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil {
-		return "", 0, fmt.Errorf("%w: --agent %q: bad port", errUsage, s)
-	}
-	return host, p, nil
-}
-
 // joinCmd is join, which asks an agent to link to a member (or, run against
 // a member with --agent, to a new machine) and waits until the link is up.
 func joinCmd() *cobra.Command {
@@ -144,9 +131,9 @@ func meshSecret(ctx context.Context, t *target, out io.Writer) error {
 
 // showMesh prints what the agent at agent says of its overlay.
 func showMesh(ctx context.Context, agent string, asJSON bool, timeout time.Duration, out io.Writer) error {
-	host, port, err := splitAgent(agent)
+	host, port, err := agentapi.ParseAddr(agent, nodeconfig.AgentHTTPPort)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: --agent: %v", errUsage, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

@@ -22,15 +22,28 @@ func tokenCmd() *cobra.Command {
 }
 
 func tokenCreateCmd() *cobra.Command {
-	c := newCommand("create", "print a join token: the CA's hash and a secret, valid for --ttl", nArgs(0, 0),
-		"raptiformica token create", "raptiformica token create --ttl 15m --type worker")
+	c := newCommand("create", "print a join token (the CA's hash and a secret), or with --role a Consul ACL token for a person or Prometheus", nArgs(0, 0),
+		"raptiformica token create", "raptiformica token create --ttl 15m --type worker", "raptiformica token create --role metrics > prometheus.token")
 	t := addTarget(c)
-	ttl := c.Flags().Duration("ttl", jointoken.DefaultTTL, "how long the token is valid")
+	ttl := c.Flags().Duration("ttl", jointoken.DefaultTTL, "how long the token is valid (a role's: forever unless given)")
 	typ := c.Flags().String("type", "", "the machine type its machines join as (default: the one `join --type` names)")
+	role := c.Flags().String("role", "", "operator, read-only or metrics: a Consul ACL token with that role's policy")
 	c.RunE = func(c *cobra.Command, _ []string) error {
 		cl, p, err := t.stored(c.Context())
 		if err != nil {
 			return err
+		}
+		if *role != "" {
+			if !c.Flags().Changed("ttl") {
+				*ttl = 0
+			}
+			tok, err := cluster.CreateRoleToken(c.Context(), cl, *role, *ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.ErrOrStderr(), "accessor %s (token revoke %s)\n", tok.AccessorID, tok.AccessorID)
+			fmt.Fprintln(c.OutOrStdout(), tok.SecretID)
+			return nil
 		}
 		tok, err := cluster.CreateJoinToken(c.Context(), cl, p, t.credentials().CA.CertPEM, *typ, *ttl)
 		if err != nil {
@@ -43,7 +56,7 @@ func tokenCreateCmd() *cobra.Command {
 }
 
 func tokenListCmd() *cobra.Command {
-	c := newCommand("list", "list the join tokens: ID, type, expiry (never the secrets)", nArgs(0, 0),
+	c := newCommand("list", "list the join tokens and role tokens: ID, type or role, expiry (never the secrets)", nArgs(0, 0),
 		"raptiformica token list", "raptiformica token list --json")
 	t := addTarget(c)
 	asJSON := jsonFlag(c)
@@ -52,21 +65,23 @@ func tokenListCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		recs, err := cluster.JoinTokens(c.Context(), cl)
+		toks, err := cluster.Tokens(c.Context(), cl)
 		if err != nil {
 			return err
-		}
-		if *asJSON {
-			return writeJSON(c.OutOrStdout(), recs)
+		} else if *asJSON {
+			return writeJSON(c.OutOrStdout(), toks)
 		}
 		w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "ID\tTYPE\tEXPIRES\tSTATE")
-		for _, r := range recs {
-			state := "valid"
-			if !time.Now().Before(r.Expires) {
-				state = "expired"
+		fmt.Fprintln(w, "ID\tKIND\tFOR\tEXPIRES")
+		for _, r := range toks {
+			exp := "never"
+			if r.Expires != nil {
+				exp = r.Expires.Local().Format(time.RFC3339)
+				if !time.Now().Before(*r.Expires) {
+					exp += " (expired)"
+				}
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.ID, dash(r.Type), r.Expires.Local().Format(time.RFC3339), state)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(r.For), exp)
 		}
 		return w.Flush()
 	}
@@ -74,7 +89,7 @@ func tokenListCmd() *cobra.Command {
 }
 
 func tokenRevokeCmd() *cobra.Command {
-	c := newCommand("revoke ID", "revoke a join token: no machine joins with it after", nArgs(1, 1),
+	c := newCommand("revoke ID", "revoke a join token, or a role token by its accessor ID: nobody uses it after", nArgs(1, 1),
 		"raptiformica token revoke 3f2a9c01b7d4")
 	t := addTarget(c)
 	c.RunE = func(c *cobra.Command, args []string) error {
@@ -82,7 +97,7 @@ func tokenRevokeCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		if err := cluster.RevokeJoinToken(c.Context(), cl, args[0]); err != nil {
+		if err := cluster.RevokeToken(c.Context(), cl, args[0]); err != nil {
 			return err
 		}
 		fmt.Fprintf(c.OutOrStdout(), "revoked %s\n", args[0])

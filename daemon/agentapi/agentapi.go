@@ -136,17 +136,9 @@ type Agent struct {
 // NewAgent is the agent at addr (HOST[:PORT]), the port defaulting to the
 // one its host is asked on: http_port on loopback, https_port elsewhere.
 func NewAgent(addr, token, caCert string) (Agent, error) {
-	host, port := addr, 0
-	if h, p, err := net.SplitHostPort(addr); err == nil {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
-			return Agent{}, fmt.Errorf("agent %q: port must be a number from 1 to 65535", addr)
-		}
-		host, port = h, n
-	}
-	host = strings.Trim(host, "[]")
-	if host == "" {
-		return Agent{}, fmt.Errorf("agent %q: no host", addr)
+	host, port, err := ParseAddr(addr, 0)
+	if err != nil {
+		return Agent{}, err
 	}
 	if port == 0 {
 		port = nodeconfig.AgentHTTPSPort
@@ -155,6 +147,23 @@ func NewAgent(addr, token, caCert string) (Agent, error) {
 		}
 	}
 	return Agent{Host: host, Port: port, Token: token, CACert: caCert}, nil
+}
+
+// ParseAddr reads an agent's HOST[:PORT], the port defaulting to defPort.
+func ParseAddr(addr string, defPort int) (string, int, error) {
+	host, port := addr, defPort
+	if h, p, err := net.SplitHostPort(addr); err == nil {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return "", 0, fmt.Errorf("agent %q: port must be a number from 1 to 65535", addr)
+		}
+		host, port = h, n
+	}
+	host = strings.Trim(host, "[]")
+	if host == "" {
+		return "", 0, fmt.Errorf("agent %q: no host", addr)
+	}
+	return host, port, nil
 }
 
 // String is the agent's address.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/docker"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -346,4 +347,91 @@ func scrape(t *testing.T, url, sample string) float64 {
 		}
 	}
 	return 0
+}
+
+// TestSecureRoleTokens: tokens for people and programs (`token create
+// --role`). A read-only token reads the description, the members and the
+// status, but no secret, and Consul refuses its write of the description;
+// a metrics token reads the catalog (what Prometheus needs) and no key; an
+// operator's token does everything, making an agent act included. A
+// revoked token reads nothing.
+func TestSecureRoleTokens(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	plat := c.writePlatform("platform.hcl", platformSrc(1, 1))
+	c.up(plat)
+	c.waitAgree(1, time.Minute, "after up")
+	create := func(role string) string {
+		out, errOut, code := c.rf("token", "create", "--role", role)
+		if code != 0 || len(strings.TrimSpace(out)) != 36 {
+			t.Fatalf("token create --role %s: exit %d\n%s%s", role, code, out, errOut)
+		}
+		return strings.TrimSpace(out)
+	}
+	ro, metrics, op := create("read-only"), create("metrics"), create("operator")
+	as := func(tok string, args ...string) (string, int) {
+		saved := c.env
+		c.env = append(append([]string(nil), c.env...), "CONSUL_HTTP_TOKEN="+tok)
+		defer func() { c.env = saved }()
+		out, errOut, code := c.rf(args...)
+		return out + errOut, code
+	}
+	client := func(tok string) *api.Client {
+		m := c.machines()[0].Config
+		cl, err := consulclient.New(consulclient.Target{Host: m.BindAddr, HTTPPort: m.ConsulHTTPPort, Token: tok})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cl
+	}
+
+	if out, code := as(ro, "platform", "get"); code != 0 || !strings.Contains(out, `machine "server"`) {
+		t.Errorf("platform get with a read-only token: exit %d\n%s", code, out)
+	}
+	if out, code := as(ro, "members"); code != 0 || !strings.Contains(out, "alive") {
+		t.Errorf("members with a read-only token: exit %d\n%s", code, out)
+	}
+	if out, code := as(ro, "platform", "apply", plat); code == 0 || !strings.Contains(out, "Permission denied") {
+		t.Errorf("platform apply with a read-only token: exit %d, want Consul's refusal\n%s", code, out)
+	}
+	for _, key := range []string{kvschema.GossipKey, kvschema.MeshSecret} {
+		if _, _, err := client(ro).KV().Get(key, nil); err == nil || !strings.Contains(err.Error(), "403") {
+			t.Errorf("read-only token reads %s: %v, want 403", key, err)
+		}
+	}
+
+	if svcs, _, err := client(metrics).Catalog().Service("raptiformica", "", nil); err != nil || len(svcs) != 1 {
+		t.Errorf("the catalog with a metrics token: %d entries, %v; want the agent", len(svcs), err)
+	}
+	if pair, _, err := client(metrics).KV().Get(kvschema.Platform, nil); err == nil && pair != nil {
+		t.Errorf("a metrics token read the description")
+	}
+
+	if out, code := as(op, "platform", "apply", plat); code != 0 {
+		t.Errorf("platform apply with an operator's token: exit %d\n%s", code, out)
+	}
+	m := c.machines()[0].Config
+	if _, err := agentapi.FetchPlan(context.Background(), agentapi.Agent{Host: m.BindAddr, Port: m.HTTPPort, Token: op}); err != nil {
+		t.Errorf("an operator's token asking the leader for a plan: %v", err)
+	}
+	if _, err := agentapi.FetchPlan(context.Background(), agentapi.Agent{Host: m.BindAddr, Port: m.HTTPPort, Token: ro}); err == nil {
+		t.Errorf("a read-only token made the agent plan")
+	}
+
+	out, _, _ := c.rf("token", "list")
+	for _, role := range []string{"read-only", "metrics", "operator"} {
+		if !strings.Contains(out, role) {
+			t.Errorf("token list does not show the %s token:\n%s", role, out)
+		}
+	}
+	self, _, err := client(ro).ACL().TokenReadSelf(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := c.rf("token", "revoke", self.AccessorID); code != 0 {
+		t.Fatalf("token revoke: exit %d\n%s%s", code, out, errOut)
+	}
+	if out, code := as(ro, "platform", "get"); code == 0 {
+		t.Errorf("platform get with a revoked token: exit 0\n%s", out)
+	}
 }

@@ -1,0 +1,31 @@
+package kvschema
+
+// Consul ACL rules of the roles a person or a program may be given (`token
+// create --role`), written against the layout above. The operator's role
+// is Consul's own global-management policy: it may do everything.
+const (
+	// ReadOnlyRules read the description, the inventory, the leader's
+	// status, the members and the catalog, but none of the secrets kept
+	// in KV (the gossip key, the mesh secret) nor the join tokens'
+	// records, and write nothing: Consul takes the longest prefix, so the
+	// denials win over the folder's read.
+	ReadOnlyRules = `key_prefix "` + Prefix + `" { policy = "read" }
+key "` + GossipKey + `" { policy = "deny" }
+key_prefix "` + MeshSecret + `" { policy = "deny" }
+key_prefix "` + JoinTokens + `" { policy = "deny" }
+node_prefix "" { policy = "read" }
+service_prefix "" { policy = "read" }
+agent_prefix "" { policy = "read" }
+operator = "read"
+`
+	// MetricsRules read the catalog, as Prometheus's Consul discovery
+	// does, and nothing of the KV.
+	MetricsRules = `node_prefix "" { policy = "read" }
+service_prefix "" { policy = "read" }
+agent_prefix "" { policy = "read" }
+`
+)
+
+// GlobalManagementPolicyID is Consul's built-in policy that allows
+// everything: the operator's.
+const GlobalManagementPolicyID = "00000000-0000-0000-0000-000000000001"
