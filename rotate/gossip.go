@@ -2,8 +2,6 @@ package rotate
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"sort"
@@ -51,7 +49,7 @@ func Gossip(ctx context.Context, c *api.Client, opts Options) (string, error) {
 	}
 	key := stored
 	if stored == "" || primaryOf(rings) == stored {
-		if key, err = newGossipKey(); err != nil {
+		if key, err = identity.NewGossipKey(); err != nil {
 			return "", err
 		}
 	} else {
@@ -122,15 +120,6 @@ func Gossip(ctx context.Context, c *api.Client, opts Options) (string, error) {
 	}
 	opts.printf("done: every member encrypts gossip with the new key, the only one installed")
 	return key, nil
-}
-
-// newGossipKey makes a gossip key: 32 random bytes (AES-256), base64.
-func newGossipKey() (string, error) {
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	return base64.StdEncoding.EncodeToString(b[:]), nil
 }
 
 // keepInIdentity replaces the gossip key of the identity kept in dir, if

@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	}
 	var err error
-	if firstKey, err = newGossipKey(); err != nil {
+	if firstKey, err = identity.NewGossipKey(); err != nil {
 		panic(err)
 	}
 	if consul, err = testconsul.StartWith("-encrypt", firstKey); err != nil {
@@ -69,7 +69,7 @@ func TestGossipOnRealConsul(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	id, err := identity.New()
+	id, err := identity.New("test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestGossipOnRealConsul(t *testing.T) {
 
 	// A rotation that stopped after step 2: the key is installed and
 	// stored (machines made since carry it), not used.
-	pending, err := newGossipKey()
+	pending, err := identity.NewGossipKey()
 	if err != nil {
 		t.Fatal(err)
 	}
