@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -48,8 +49,12 @@ func (s *kvSeed) run(ctx context.Context) error {
 	})
 }
 
+// gossipKey puts the key this node's Consul encrypts gossip with in KV
+// when the cluster has none (the seed, or a KV re-created on a fresh
+// Consul): its keyring's, which a rotation may have changed since the node
+// config was written.
 func (s *kvSeed) gossipKey(ctx context.Context) error {
-	key := s.cfg.Encrypt
+	key := gossipKeyOf(filepath.Join(s.cfg.DataDir, "consul"), s.cfg.Encrypt)
 	if key == "" {
 		return nil
 	}
@@ -57,12 +62,23 @@ func (s *kvSeed) gossipKey(ctx context.Context) error {
 }
 
 // meshSecret puts the node's mesh secret in KV when the cluster has none
-// yet (the seed), so that the leader can give it to new machines.
+// yet (the seed, or a KV re-created on a fresh Consul), so that the leader
+// can give it to new machines: the one it runs with, and in the middle of
+// a rotation the other it dials with as the secret being retired (a later
+// `rotate mesh` finishes the rotation from there).
 func (s *kvSeed) meshSecret(ctx context.Context) error {
 	if s.cfg.Mesh == nil {
 		return nil
 	}
-	return s.store.InitMeshSecret(ctx, s.cfg.Mesh.Secret)
+	m, ok := loadMeshSecrets(s.cfg.DataDir)
+	if !ok {
+		return s.store.InitMeshSecret(ctx, s.cfg.Mesh.Secret)
+	}
+	kv := kvschema.MeshSecrets{Current: m.Listen}
+	if len(m.Dial) > 0 {
+		kv.Previous = m.Dial[0]
+	}
+	return s.store.InitMeshSecrets(ctx, kv)
 }
 
 func (s *kvSeed) record(ctx context.Context) error {

@@ -307,7 +307,7 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 	}
 	cc := consulConfigFor(p.Config, peers)
 	if p.fresh.Swap(false) {
-		if err := os.RemoveAll(cc.DataDir); err != nil {
+		if err := wipeConsulData(cc.DataDir); err != nil {
 			return err
 		}
 		cc.Bootstrap, cc.RetryJoin = true, nil

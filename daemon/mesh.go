@@ -45,6 +45,11 @@ type MeshNode struct {
 	Endpoints []string `json:"endpoints,omitempty"`
 	// Links are the overlay addresses of the members it has a link to.
 	Links []string `json:"links,omitempty"`
+	// ListenSecret and DialSecrets are the fingerprints (mesh.Fingerprint)
+	// of the secrets it listens and dials with: how `rotate mesh` knows
+	// that every member has taken a step.
+	ListenSecret string   `json:"listen_secret,omitempty"`
+	DialSecrets  []string `json:"dial_secrets,omitempty"`
 }
 
 // MeshNodes reads every member's mesh entry, by machine ID.
@@ -97,8 +102,12 @@ type meshSync struct {
 	log       hclog.Logger
 	metrics   *telemetry.Metrics
 
-	mu    sync.Mutex // guards known and its file, mesh-peers.json
+	mu    sync.Mutex // guards known and its file, mesh-peers.json, and secrets and its file
 	known meshMirror
+	// secrets are what mesh-secrets.json holds, read at the first pass
+	// that finds secrets in KV.
+	secrets       meshSecrets
+	secretsLoaded bool
 }
 
 func meshMirrorPath(dataDir string) string { return filepath.Join(dataDir, "mesh-peers.json") }
@@ -134,12 +143,23 @@ func startMesh(c nodeconfig.Config, log hclog.Logger) (*mesh.Node, meshMirror, e
 		iface = mesh.DefaultInterface
 	}
 	mirror := loadMeshMirror(c.DataDir, log)
+	secrets := startSecrets(c)
 	n, err := mesh.Start(mesh.Config{
-		KeyFile: filepath.Join(c.DataDir, "mesh.key"), ListenPort: mc.ListenPort, Secret: mc.Secret,
+		KeyFile: filepath.Join(c.DataDir, "mesh.key"), ListenPort: mc.ListenPort, Secret: secrets.Listen, DialSecrets: secrets.Dial,
 		Peers:     uniqueSorted(mc.Peers, mirror.Joined, mirror.Known),
 		Interface: iface, Log: log.Named("mesh"),
 	})
 	return n, mirror, err
+}
+
+// startSecrets are the secrets a node's mesh starts with: those it last
+// ran with win over the config's, which the cluster may have rotated since
+// the config was written.
+func startSecrets(c nodeconfig.Config) meshSecrets {
+	if kept, ok := loadMeshSecrets(c.DataDir); ok {
+		return kept
+	}
+	return meshSecrets{Listen: c.Mesh.Secret}
 }
 
 // meshEndpoints are where a node accepts links: the advertised ones, or
@@ -199,13 +219,13 @@ func (s *meshSync) Run(ctx context.Context) error {
 	seen := map[string]bool{} // keys of peers up in the last pass
 	bytes := map[string][2]uint64{}
 	for ctx.Err() == nil {
-		nodes, next, err := s.nodes(ctx, index)
+		nodes, secrets, next, err := s.nodes(ctx, index)
 		if err != nil {
 			index = 0
 		} else {
 			index = next
 		}
-		s.sync(ctx, nodes, err == nil)
+		s.sync(ctx, nodes, secrets, err == nil)
 		s.recordMetrics(s.node.Peers(), seen, bytes)
 		if err != nil {
 			_ = clock.Sleep(ctx, s.clock, 2*time.Second)
@@ -214,24 +234,27 @@ func (s *meshSync) Run(ctx context.Context) error {
 	return nil
 }
 
-// nodes reads the members' entries, blocking up to meshPass for a change
-// after index.
-func (s *meshSync) nodes(ctx context.Context, index uint64) (map[string]MeshNode, uint64, error) {
-	pairs, meta, err := s.store.MeshNodes(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: meshPass})
+// nodes reads the members' entries and the mesh secrets, blocking up to
+// meshPass for a change of either after index.
+func (s *meshSync) nodes(ctx context.Context, index uint64) (map[string]MeshNode, kvschema.MeshSecrets, uint64, error) {
+	pairs, secrets, meta, err := s.store.Mesh(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: meshPass})
 	if err != nil {
-		return nil, 0, err
+		return nil, secrets, 0, err
 	}
 	nodes := decodeMeshNodes(pairs)
 	next := meta.LastIndex
 	if next < index {
 		next = 0
 	}
-	return nodes, next, nil
+	return nodes, secrets, next, nil
 }
 
-func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, fromKV bool) {
+func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, secrets kvschema.MeshSecrets, fromKV bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if fromKV {
+		s.applySecrets(secrets)
+	}
 	mirror := s.known
 	var described []string
 	port := rules.DefaultMeshPort
@@ -282,6 +305,42 @@ func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, fromKV b
 	s.joinPeers()
 }
 
+// applySecrets takes the rotation's step the KV is at (see
+// kvschema.MeshSecrets and package rotate), on every pass until the node
+// is done with it (mesh.Node.SetSecrets). The step is kept on disk before
+// the node takes it, so that a restart comes back at least as far as the
+// node got. The caller holds mu.
+func (s *meshSync) applySecrets(kv kvschema.MeshSecrets) {
+	want, ok := meshSecretsFor(kv)
+	if !ok {
+		return
+	}
+	if !s.secretsLoaded {
+		s.secrets, _ = loadMeshSecrets(s.cfg.DataDir)
+		s.secretsLoaded = true
+	}
+	if !want.equal(s.secrets) {
+		if err := saveMeshSecrets(s.cfg.DataDir, want); err != nil {
+			s.log.Warn("keep the mesh secrets", telemetry.KeyFile, filepath.Join(s.cfg.DataDir, meshSecretsFile), telemetry.KeyError, err)
+			return
+		}
+		s.secrets = want
+		s.log.Info("mesh secrets changed", "listen", mesh.Fingerprint(want.Listen), "dial", fingerprints(want.Dial))
+	}
+	if err := s.node.SetSecrets(want.Listen, want.Dial); err != nil {
+		s.log.Warn("mesh secrets not taken; retrying", telemetry.KeyError, err)
+	}
+}
+
+func fingerprints(secrets []string) []string {
+	out := []string{}
+	for _, s := range secrets {
+		out = append(out, mesh.Fingerprint(s))
+	}
+	sort.Strings(out)
+	return out
+}
+
 // unlistedEndpoints are the endpoints of machines without a mesh entry:
 // their addresses on their own networks, as the backend reported them at
 // spawn, with the mesh port. Every member dials them, so that a new machine
@@ -312,8 +371,11 @@ func (s *meshSync) publishNode(ctx context.Context, have MeshNode, endpoints []s
 			links = append(links, p.Address)
 		}
 	}
-	me := MeshNode{MachineID: s.cfg.MachineID, Key: s.node.PublicKey(), Address: s.cfg.BindAddr, Endpoints: endpoints, Links: uniqueSorted(links)}
-	if have.Key == me.Key && have.Address == me.Address && slices.Equal(have.Endpoints, me.Endpoints) && slices.Equal(have.Links, me.Links) {
+	listen, dial := s.node.Secrets()
+	me := MeshNode{MachineID: s.cfg.MachineID, Key: s.node.PublicKey(), Address: s.cfg.BindAddr, Endpoints: endpoints, Links: uniqueSorted(links),
+		ListenSecret: mesh.Fingerprint(listen), DialSecrets: fingerprints(dial)}
+	if have.Key == me.Key && have.Address == me.Address && slices.Equal(have.Endpoints, me.Endpoints) && slices.Equal(have.Links, me.Links) &&
+		have.ListenSecret == me.ListenSecret && slices.Equal(have.DialSecrets, me.DialSecrets) {
 		return
 	}
 	b, _ := json.Marshal(me)
@@ -497,12 +559,14 @@ func CheckMeshMode(ctx context.Context, store *kvschema.Store, p *rules.Platform
 
 // meshConfigFor is the mesh part of a new machine's config: the cluster's
 // secret and every member's endpoints, so that it links to whichever of
-// them it reaches.
+// them it reaches. During a rotation the secret is the one brought in,
+// with which every member dials at every step (kvschema.MeshSecrets.Newest).
 func meshConfigFor(ctx context.Context, store *kvschema.Store, port int, static ...[]string) (*nodeconfig.Mesh, error) {
-	secret, err := store.MeshSecret(ctx, nil)
+	secrets, err := store.MeshSecrets(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mesh secret: %w", err)
 	}
+	secret := secrets.Newest()
 	if secret == "" {
 		return nil, errors.New("the cluster has no mesh secret in KV (" + kvschema.MeshSecret + ")")
 	}

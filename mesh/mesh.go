@@ -11,6 +11,13 @@
 // neither peer with a member nor accept a member's link, and both sides say
 // why ("password does not match remote side").
 //
+// The secret can change on a live node (SetSecrets), which is how a
+// rotation replaces it without cutting anyone off. The library checks one
+// password per listener and per dialled peer, so a node listens with one
+// secret and dials each peer once per secret it holds: during a rotation,
+// whichever secret the remote end listens with, one of the dials matches.
+// Links already up are kept when the listener changes its secret.
+//
 // A Node's life:
 //
 //	Start ─▶ key loaded (or made once) ─▶ TUN up with the overlay address
@@ -20,6 +27,7 @@ package mesh
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -29,6 +37,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -65,8 +74,12 @@ type Config struct {
 	// ListenPort is the TCP port other members dial; 0 makes the node
 	// dial-only (behind NAT, or unreachable by choice).
 	ListenPort int
-	// Secret is the cluster's mesh secret; every link proves it.
+	// Secret is the cluster's mesh secret; every link proves it. The node
+	// listens with it, and dials with it.
 	Secret string
+	// DialSecrets are secrets the node dials with too: during a rotation,
+	// the one being brought in or retired.
+	DialSecrets []string
 	// Peers are endpoints ("host:port" or "tcp://host:port") dialled at
 	// start and kept.
 	Peers []string
@@ -79,24 +92,31 @@ type Config struct {
 
 // Node is a running overlay node. Its methods may be called concurrently.
 type Node struct {
-	core   *core.Core
-	rwc    *ipv6rwc.ReadWriteCloser
-	tun    *tun.TunAdapter
-	secret string
-	log    hclog.Logger
-	addr   netip.Addr
+	core       *core.Core
+	rwc        *ipv6rwc.ReadWriteCloser
+	tun        *tun.TunAdapter
+	log        hclog.Logger
+	addr       netip.Addr
+	listenPort int
+	done       chan struct{}
 
-	mu    sync.Mutex          // guards peers
-	peers map[string]struct{} // host:port of the peers added and kept
-	done  chan struct{}
+	mu sync.Mutex // guards what follows
+	// peers maps each kept peer (host:port) to the secrets it is dialled
+	// with: the node's own, and for a while after a rotation a retired
+	// one, until a link dialled with a kept secret is up.
+	peers    map[string][]string
+	secret   string         // listened with, and dialled with
+	dial     []string       // dialled with too, sorted
+	listener *core.Listener // nil for a dial-only node
 }
 
 // Start brings the node up: loads or creates its key, creates the TUN
 // interface with the overlay address, listens, and dials cfg.Peers. The
 // node runs until Close.
 func Start(cfg Config) (*Node, error) {
-	if len(cfg.Secret) == 0 || len(cfg.Secret) > SecretLen {
-		return nil, fmt.Errorf("mesh secret must be 1 to %d characters, got %d", SecretLen, len(cfg.Secret))
+	dial, err := checkSecrets(cfg.Secret, cfg.DialSecrets)
+	if err != nil {
+		return nil, err
 	}
 	key, err := LoadOrCreateKey(cfg.KeyFile)
 	if err != nil {
@@ -111,16 +131,19 @@ func Start(cfg Config) (*Node, error) {
 	if err := ycfg.GenerateSelfSignedCertificate(); err != nil {
 		return nil, fmt.Errorf("mesh certificate: %w", err)
 	}
-	var opts []core.SetupOption
-	if cfg.ListenPort > 0 {
-		u := &url.URL{Scheme: "tcp", Host: net.JoinHostPort("::", strconv.Itoa(cfg.ListenPort))}
-		opts = append(opts, core.ListenAddress(withSecret(u, cfg.Secret).String()))
-	}
-	c, err := core.New(ycfg.Certificate, logAdapter{log}, opts...)
+	c, err := core.New(ycfg.Certificate, logAdapter{log})
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	n := &Node{core: c, secret: cfg.Secret, log: log, peers: map[string]struct{}{}, done: make(chan struct{})}
+	n := &Node{core: c, secret: cfg.Secret, dial: dial, listenPort: cfg.ListenPort, log: log, peers: map[string][]string{}, done: make(chan struct{})}
+	if cfg.ListenPort > 0 {
+		// The listener is the node's own, not a setup option, so that
+		// SetSecrets can replace it.
+		if n.listener, err = n.listen(cfg.Secret); err != nil {
+			c.Stop()
+			return nil, err
+		}
+	}
 	n.addr, _ = netip.AddrFromSlice(c.Address())
 	n.rwc = ipv6rwc.NewReadWriteCloser(c)
 	if cfg.Interface != "" {
@@ -163,9 +186,20 @@ func (n *Node) Address() netip.Addr { return n.addr }
 // PublicKey is the node's public key in hex.
 func (n *Node) PublicKey() string { return hex.EncodeToString(n.core.PublicKey()) }
 
-// AddPeer dials ep and keeps dialling it while it is unreachable or
-// after its link drops, until RemovePeer. Adding a kept peer again is a
-// no-op.
+// listen opens the node's listener, whose handshake checks secret; the
+// caller holds mu or owns the node alone.
+func (n *Node) listen(secret string) (*core.Listener, error) {
+	u := &url.URL{Scheme: "tcp", Host: net.JoinHostPort("::", strconv.Itoa(n.listenPort))}
+	l, err := n.core.Listen(withSecret(u, secret), "")
+	if err != nil {
+		return nil, fmt.Errorf("mesh listen on port %d: %w", n.listenPort, err)
+	}
+	return l, nil
+}
+
+// AddPeer dials ep, with each secret the node holds, and keeps dialling it
+// while it is unreachable or after its link drops, until RemovePeer.
+// Adding a kept peer again is a no-op.
 func (n *Node) AddPeer(ep string) error {
 	u, err := endpoint.Parse(ep)
 	if err != nil {
@@ -177,14 +211,21 @@ func (n *Node) AddPeer(ep string) error {
 	if _, ok := n.peers[key]; ok {
 		return nil
 	}
-	if err := n.core.AddPeer(n.dialURL(u), ""); err != nil {
-		return fmt.Errorf("mesh peer %s: %w", key, err)
+	var dialled []string
+	for _, secret := range n.secrets() {
+		if err := n.core.AddPeer(dialURL(key, secret), ""); err != nil {
+			for _, s := range dialled {
+				_ = n.core.RemovePeer(dialURL(key, s), "")
+			}
+			return fmt.Errorf("mesh peer %s: %w", key, err)
+		}
+		dialled = append(dialled, secret)
 	}
-	n.peers[key] = struct{}{}
+	n.peers[key] = dialled
 	return nil
 }
 
-// RemovePeer stops dialling ep and closes its link.
+// RemovePeer stops dialling ep and closes its links.
 func (n *Node) RemovePeer(ep string) error {
 	u, err := endpoint.Parse(ep)
 	if err != nil {
@@ -193,14 +234,164 @@ func (n *Node) RemovePeer(ep string) error {
 	key := u.Host
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if _, ok := n.peers[key]; !ok {
-		return nil
+	var errs []error
+	for _, secret := range n.peers[key] {
+		if err := n.core.RemovePeer(dialURL(key, secret), ""); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	delete(n.peers, key)
-	if err := n.core.RemovePeer(n.dialURL(u), ""); err != nil {
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("mesh peer %s: %w", key, err)
 	}
 	return nil
+}
+
+// secrets are the secrets the node dials with: its own first; the caller
+// holds mu.
+func (n *Node) secrets() []string { return append([]string{n.secret}, n.dial...) }
+
+// Secrets returns the secret the node listens with and the others it
+// dials with, sorted: those SetSecrets gave it and any retired one still
+// dialled while a link with a kept secret is not up yet.
+func (n *Node) Secrets() (listen string, dial []string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	dial = slices.Clone(n.dial)
+	for _, have := range n.peers {
+		for _, s := range have {
+			if s != n.secret && !slices.Contains(dial, s) {
+				dial = append(dial, s)
+			}
+		}
+	}
+	sort.Strings(dial)
+	return n.secret, dial
+}
+
+// SetSecrets makes the node listen with listen and dial every kept peer
+// with listen and each of dial, as a rotation's steps ask; called again
+// with the same secrets it finishes what the last call left. The order
+// keeps every link a node has:
+//
+//  1. every kept peer is dialled with each new secret;
+//  2. the listener takes the new secret: links it accepted run on their
+//     own connections and stay up;
+//  3. a peer's dials with a secret no longer held are closed only once a
+//     link with a held one is up (they are redialled at once meanwhile),
+//     or when no dial of that peer is up, so there is nothing to lose.
+//
+// On an error the node keeps listening with its old secret, and the call
+// is to be made again.
+func (n *Node) SetSecrets(listen string, dial []string) error {
+	dial, err := checkSecrets(listen, dial)
+	if err != nil {
+		return err
+	}
+	want := append([]string{listen}, dial...)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for host, have := range n.peers {
+		for _, secret := range want {
+			if slices.Contains(have, secret) {
+				continue
+			}
+			if err := n.core.AddPeer(dialURL(host, secret), ""); err != nil && !errors.Is(err, core.ErrLinkAlreadyConfigured) {
+				return fmt.Errorf("mesh peer %s: %w", host, err)
+			}
+			have = append(have, secret)
+			n.peers[host] = have
+		}
+	}
+	if listen != n.secret && n.listener != nil {
+		// The port is given up and taken again at once.
+		n.listener.Cancel()
+		l, err := n.listen(listen)
+		if err != nil {
+			if n.listener, err = n.listen(n.secret); err != nil {
+				n.listener = nil
+				n.log.Error("mesh listener lost", "port", n.listenPort, "error", err)
+			}
+			return err
+		}
+		n.listener = l
+	}
+	n.secret, n.dial = listen, dial
+	n.retire(want)
+	return nil
+}
+
+// retire closes the dials with secrets not in want where step 3 of
+// SetSecrets allows, and kicks the dials it waits for; the caller holds mu.
+func (n *Node) retire(want []string) {
+	var up map[string]bool // host and secret fingerprint of links up
+	for host, have := range n.peers {
+		var kept, stale []string
+		for _, s := range have {
+			if slices.Contains(want, s) {
+				kept = append(kept, s)
+			} else {
+				stale = append(stale, s)
+			}
+		}
+		if len(stale) == 0 {
+			continue
+		}
+		if up == nil {
+			up = n.dialsUp()
+		}
+		isUp := func(s string) bool { return up[host+"/"+Fingerprint(s)] }
+		if !slices.ContainsFunc(kept, isUp) && slices.ContainsFunc(stale, isUp) {
+			for _, s := range kept {
+				// Adding a dial again redials it now if it is waiting.
+				_ = n.core.AddPeer(dialURL(host, s), "")
+			}
+			continue
+		}
+		for _, s := range stale {
+			_ = n.core.RemovePeer(dialURL(host, s), "")
+		}
+		n.peers[host] = kept
+	}
+}
+
+// dialsUp returns the outbound links that are up, as host/fingerprint.
+func (n *Node) dialsUp() map[string]bool {
+	out := map[string]bool{}
+	for _, p := range n.core.GetPeers() {
+		if p.Inbound || !p.Up || len(p.Key) != ed25519.PublicKeySize {
+			continue
+		}
+		if u, err := url.Parse(p.URI); err == nil {
+			out[u.Host+u.Path] = true
+		}
+	}
+	return out
+}
+
+// checkSecrets validates a node's secrets and returns the dial-only ones
+// without repeats (nor the listen one), sorted.
+func checkSecrets(listen string, dial []string) ([]string, error) {
+	var out []string
+	for _, s := range append([]string{listen}, dial...) {
+		if len(s) == 0 || len(s) > SecretLen {
+			return nil, fmt.Errorf("mesh secret must be 1 to %d characters, got %d", SecretLen, len(s))
+		}
+		if s != listen && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Fingerprint names a secret without disclosing it (64 bits of a hash of
+// 256 random bits: enough to tell secrets apart, nothing to guess one
+// from): a member publishes the fingerprints of the secrets it runs with,
+// so that a rotation knows when every member has taken a step.
+func Fingerprint(secret string) string {
+	sum := sha256.Sum256([]byte("raptiformica mesh secret\x00" + secret))
+	return hex.EncodeToString(sum[:8])
 }
 
 // Kept returns the endpoints (host:port) this node dials, sorted.
@@ -215,8 +406,13 @@ func (n *Node) Kept() []string {
 	return out
 }
 
-func (n *Node) dialURL(u *url.URL) *url.URL {
-	d := withSecret(u, n.secret)
+// dialURL is how the node dials host with secret. The library keys a peer
+// by its URL without the query (where the password goes): the path, which
+// a TCP dial ignores, tells the dials of one endpoint with two secrets
+// apart.
+func dialURL(host, secret string) *url.URL {
+	d := withSecret(&url.URL{Scheme: "tcp", Host: host}, secret)
+	d.Path = "/" + Fingerprint(secret)
 	q := d.Query()
 	q.Set("maxbackoff", retryEvery.String())
 	d.RawQuery = q.Encode()
@@ -238,6 +434,9 @@ type Peer struct {
 	Up       bool   `json:"up"`
 	// Inbound is true for a link the remote side dialled.
 	Inbound bool `json:"inbound,omitempty"`
+	// Secret is the fingerprint of the secret an outbound link is dialled
+	// with.
+	Secret string `json:"secret,omitempty"`
 	// Key and Address identify the remote node once the link is up.
 	Key     string `json:"key,omitempty"`
 	Address string `json:"address,omitempty"`
@@ -252,7 +451,8 @@ type Peer struct {
 func (n *Node) Peers() []Peer {
 	var out []Peer
 	for _, p := range n.core.GetPeers() {
-		pe := Peer{Endpoint: stripQuery(p.URI), Inbound: p.Inbound, RXBytes: p.RXBytes, TXBytes: p.TXBytes, Uptime: p.Uptime}
+		pe := Peer{Inbound: p.Inbound, RXBytes: p.RXBytes, TXBytes: p.TXBytes, Uptime: p.Uptime}
+		pe.Endpoint, pe.Secret = splitURI(p.URI)
 		if p.LastError != nil {
 			pe.LastError = p.LastError.Error()
 		}
@@ -282,6 +482,11 @@ func (n *Node) Close() {
 	default:
 	}
 	close(n.done)
+	n.mu.Lock()
+	if n.listener != nil {
+		n.listener.Cancel()
+	}
+	n.mu.Unlock()
 	if n.tun != nil {
 		_ = n.tun.Stop()
 	}
@@ -289,11 +494,16 @@ func (n *Node) Close() {
 	_ = n.rwc.Close()
 }
 
-func stripQuery(uri string) string {
-	if i := strings.IndexByte(uri, '?'); i >= 0 {
-		return uri[:i]
+// splitURI parts a link's URI into its endpoint ("tcp://host:port") and
+// the fingerprint of the secret it was dialled with, if any: the secret in
+// the query is never shown.
+func splitURI(uri string) (endpoint, secret string) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		before, _, _ := strings.Cut(uri, "?")
+		return before, ""
 	}
-	return uri
+	return u.Scheme + "://" + u.Host, strings.TrimPrefix(u.Path, "/")
 }
 
 // AddressOf returns the overlay address of the node with the given public

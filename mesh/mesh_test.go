@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -130,5 +131,150 @@ func TestKeyIsKept(t *testing.T) {
 	}
 	if _, err := Start(Config{KeyFile: filepath.Join(dir, "mesh.key"), Secret: NewSecret()}); err == nil || !strings.Contains(err.Error(), "mesh.key") {
 		t.Fatalf("start on a damaged key: %v; want an error naming the file", err)
+	}
+}
+
+// linkedTo reports whether n has a link up to the node with key.
+func linkedTo(n *Node, key string) bool {
+	for _, p := range upPeers(n) {
+		if p.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSecretRotationKeepsLinks takes A ← B ← C (C dial-only) through a
+// rotation's three steps, one node at a time as members take them, while
+// a watcher checks every few milliseconds that B stays linked to A and C:
+// no link is ever lost. Afterwards the old secret is refused and the new
+// one links.
+func TestSecretRotationKeepsLinks(t *testing.T) {
+	old, next := NewSecret(), NewSecret()
+	pa, pb := freePort(t), freePort(t)
+	a := startNode(t, t.TempDir(), pa, old)
+	b := startNode(t, t.TempDir(), pb, old, "127.0.0.1:"+strconv.Itoa(pa))
+	c := startNode(t, t.TempDir(), 0, old, "127.0.0.1:"+strconv.Itoa(pb))
+	nodes := []*Node{a, b, c}
+	waitFor(t, "B linked to A and C", 10*time.Second, func() bool {
+		return linkedTo(b, a.PublicKey()) && linkedTo(b, c.PublicKey()) && linkedTo(c, b.PublicKey())
+	})
+
+	linked := func() string {
+		switch {
+		case !linkedTo(b, a.PublicKey()):
+			return "B has no link to A"
+		case !linkedTo(b, c.PublicKey()):
+			return "B has no link to C"
+		}
+		return ""
+	}
+	stop := make(chan struct{})
+	lost := make(chan string, 1)
+	go func() {
+		defer close(lost)
+		for {
+			if why := linked(); why != "" {
+				lost <- why
+				return
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	step := func(name, listen string, dial []string, done func(*Node) bool) {
+		t.Helper()
+		for _, n := range nodes {
+			if err := n.SetSecrets(listen, dial); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+		// The agent calls SetSecrets on every pass until the node is
+		// done with the step.
+		waitFor(t, name, time.Minute, func() bool {
+			all := true
+			for _, n := range nodes {
+				if err := n.SetSecrets(listen, dial); err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				all = all && done(n)
+			}
+			// A step is over once the links are up again too.
+			all = all && linked() == ""
+			if !all {
+				time.Sleep(200 * time.Millisecond)
+			}
+			return all
+		})
+	}
+	dialsWith := func(want ...string) func(*Node) bool {
+		return func(n *Node) bool {
+			_, dial := n.Secrets()
+			return fmt.Sprint(dial) == fmt.Sprint(want)
+		}
+	}
+	step("every node dials with the new secret too", old, []string{next}, dialsWith(next))
+	step("every node listens with the new secret", next, []string{old}, dialsWith(old))
+	step("every node drops the old secret", next, nil, dialsWith())
+	close(stop)
+	if why, ok := <-lost; ok {
+		t.Fatalf("a link was lost during the rotation: %s", why)
+	}
+	for _, n := range nodes {
+		if listen, _ := n.Secrets(); listen != next {
+			t.Fatalf("a node listens with %s after the rotation, want the new secret", Fingerprint(listen))
+		}
+		for _, p := range n.Peers() {
+			if strings.Contains(p.Endpoint, "password") || strings.Contains(p.Endpoint, old) || strings.Contains(p.Endpoint, next) {
+				t.Fatalf("a peer's endpoint shows the secret: %q", p.Endpoint)
+			}
+			if !p.Inbound && p.Secret != Fingerprint(next) {
+				t.Fatalf("a dial with secret %q after the rotation: %+v", p.Secret, p)
+			}
+		}
+	}
+
+	// The old secret no longer links, the new one does.
+	stale := startNode(t, t.TempDir(), 0, old, "127.0.0.1:"+strconv.Itoa(pa))
+	fresh := startNode(t, t.TempDir(), 0, next, "127.0.0.1:"+strconv.Itoa(pa))
+	waitFor(t, "the new secret to link", 10*time.Second, func() bool { return linkedTo(fresh, a.PublicKey()) })
+	var why string
+	waitFor(t, "the old secret's refusal", 10*time.Second, func() bool {
+		for _, p := range stale.Peers() {
+			if p.Up {
+				t.Fatalf("a node with the old secret linked: %+v", p)
+			}
+			why = p.LastError
+		}
+		return why != ""
+	})
+	if !strings.Contains(why, "password does not match") {
+		t.Fatalf("old secret: last error %q, want the secret refused", why)
+	}
+}
+
+// TestStartWithTwoSecrets: a node restarted in the middle of a rotation
+// dials with both secrets it holds, so it links to a member listening with
+// either.
+func TestStartWithTwoSecrets(t *testing.T) {
+	old, next := NewSecret(), NewSecret()
+	pa, pb := freePort(t), freePort(t)
+	a := startNode(t, t.TempDir(), pa, old)
+	b := startNode(t, t.TempDir(), pb, next)
+	n, err := Start(Config{KeyFile: filepath.Join(t.TempDir(), "mesh.key"), Secret: next, DialSecrets: []string{old, next},
+		Peers: []string{"127.0.0.1:" + strconv.Itoa(pa), "127.0.0.1:" + strconv.Itoa(pb)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	waitFor(t, "links to both", 10*time.Second, func() bool { return linkedTo(n, a.PublicKey()) && linkedTo(n, b.PublicKey()) })
+	if listen, dial := n.Secrets(); listen != next || fmt.Sprint(dial) != fmt.Sprint([]string{old}) {
+		t.Fatalf("secrets: listen %s dial %v; want the new one and the old one once", Fingerprint(listen), dial)
+	}
+	if _, err := Start(Config{KeyFile: filepath.Join(t.TempDir(), "mesh.key"), Secret: next, DialSecrets: []string{strings.Repeat("x", SecretLen+1)}}); err == nil {
+		t.Fatal("a node started with a dial secret too long for a link")
 	}
 }

@@ -133,22 +133,17 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 	}
 	// Many machines: a bounded number at once, then what failed and why.
 	errs := provision.AdoptAll(jobs, o.parallel, adopt)
-	failed := 0
-	for _, err := range errs {
-		if err != nil {
-			failed++
-		}
-	}
-	say("\nadopted %d of %d machines from %s\n", len(jobs)-failed, len(jobs), o.inventory)
-	if failed == 0 {
-		return nil
-	}
+	var failed []string
 	for i, err := range errs {
 		if err != nil {
-			say("FAILED %s (%s): %v\n", jobs[i].Host, jobs[i].Where, err)
+			failed = append(failed, fmt.Sprintf("FAILED %s (%s): %v\n", jobs[i].Host, jobs[i].Where, err))
 		}
 	}
-	return fmt.Errorf("%d of %d machines were not adopted (listed above)", failed, len(jobs))
+	say("\nadopted %d of %d machines from %s\n%s", len(jobs)-len(failed), len(jobs), o.inventory, strings.Join(failed, ""))
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d machines were not adopted (listed above)", len(failed), len(jobs))
+	}
+	return nil
 }
 
 // sshDialer builds the SSH settings of the adopt flags. Host keys are

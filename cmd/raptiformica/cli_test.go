@@ -38,6 +38,9 @@ func TestCLI(t *testing.T) {
 		{name: "destroy without id", args: []string{"destroy", "--dir", "/nonexistent"}, code: 2, err: []string{"missing argument", "destroy MACHINE_ID"}},
 		{name: "an extra argument", args: []string{"members", "extra", "--dir", "/nonexistent"}, code: 2, err: []string{`unexpected argument "extra"`}},
 		{name: "members of a folder with no cluster", args: []string{"members", "--dir", "/nonexistent"}, code: 1, err: []string{"no running machine in /nonexistent"}},
+		{name: "rotate without what", args: []string{"rotate"}, code: 2, err: []string{"rotate gossip|mesh", "Available Commands:"}},
+		{name: "rotate --help lists what it rotates", args: []string{"rotate", "--help"}, code: 0, out: []string{"gossip", "mesh"}},
+		{name: "rotate a folder with no cluster", args: []string{"rotate", "gossip", "--dir", "/nonexistent"}, code: 1, err: []string{"raptiformica rotate gossip: ", "no running machine in /nonexistent"}},
 		{name: "completion powershell", args: []string{"completion", "powershell"}, code: 0, out: []string{"Register-ArgumentCompleter"}},
 		{name: "completion of an unknown shell", args: []string{"completion", "tcsh"}, code: 2, err: []string{`no completion for shell "tcsh"`}},
 	}

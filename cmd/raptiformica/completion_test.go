@@ -21,6 +21,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // asCLI set to 1 makes the test binary run the CLI on its arguments instead
@@ -354,7 +355,7 @@ func TestJSONOutputs(t *testing.T) {
 	if code := runWith([]string{"platform", "validate", "--json", bad}, &out, &errOut); code != 1 {
 		t.Errorf("validate --json of a bad description: exit %d, want 1", code)
 	}
-	var val validation
+	var val rules.Validation
 	if err := json.Unmarshal(out.Bytes(), &val); err != nil {
 		t.Fatalf("validate --json: %v\n%s", err, out.String())
 	}

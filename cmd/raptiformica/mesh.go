@@ -112,16 +112,19 @@ func meshCmd() *cobra.Command {
 	return c
 }
 
-// meshSecret prints the cluster's mesh secret, for a machine joined by hand.
+// meshSecret prints the cluster's mesh secret, for a machine joined by
+// hand: during a rotation, the one being brought in, which every member
+// dials with.
 func meshSecret(ctx context.Context, t *target, out io.Writer) error {
 	c, err := t.client(ctx)
 	if err != nil {
 		return err
 	}
-	secret, err := kvschema.New(c).MeshSecret(ctx, nil)
+	secrets, err := kvschema.New(c).MeshSecrets(ctx, nil)
 	if err != nil {
 		return err
 	}
+	secret := secrets.Newest()
 	if secret == "" {
 		return errors.New("the cluster has no mesh secret: it runs with mesh = \"none\"")
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
@@ -124,30 +125,17 @@ func platformValidateCmd() *cobra.Command {
 	asJSON := jsonFlag(c)
 	c.ValidArgsFunction = nil // FILE: the shell completes file names
 	c.RunE = func(c *cobra.Command, args []string) error {
-		out, file := c.OutOrStdout(), args[0]
-		p, err := rules.ParseFile(file, parseOpts())
+		v, err := rules.Validate(args[0], parseOpts())
 		if *asJSON {
-			v := validation{File: file, Valid: err == nil}
-			var perr *rules.Error
-			if errors.As(err, &perr) {
-				v.Problems = perr.Problems
-			} else if err != nil {
-				v.Problems = []rules.Problem{{File: file, Message: err.Error()}}
-			} else {
-				v.MachineTypes, v.ConsulServers = len(p.Machines), p.ServerCount()
-			}
-			if werr := writeJSON(out, v); werr != nil {
+			if werr := writeJSON(c.OutOrStdout(), v); werr != nil || err == nil {
 				return werr
 			}
-			if err != nil {
-				return errReported
-			}
-			return nil
+			return errReported
 		}
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "%s: valid (%d machine types, %d Consul servers)\n", file, len(p.Machines), p.ServerCount())
+		fmt.Fprintf(c.OutOrStdout(), "%s: valid (%d machine types, %d Consul servers)\n", v.File, v.MachineTypes, v.ConsulServers)
 		return nil
 	}
 	return c
@@ -208,27 +196,21 @@ func platformGetCmd() *cobra.Command {
 	return c
 }
 
-// validation is `platform validate --json`'s answer.
-type validation struct {
-	File          string          `json:"file"`
-	Valid         bool            `json:"valid"`
-	MachineTypes  int             `json:"machine_types,omitempty"`
-	ConsulServers int             `json:"consul_servers,omitempty"`
-	Problems      []rules.Problem `json:"problems,omitempty"`
-}
-
-// executor builds an executor for the CLI's own spawn and destroy.
-func (t *target) executor(c *api.Client) (*reconcile.Executor, error) {
+// do runs one action from this host, as the leader's executor would: the
+// CLI's own spawn and destroy.
+func (t *target) do(ctx context.Context, c *api.Client, p *rules.Platform, bes map[string]backends.Backend, obs reconcile.Observed, a reconcile.Action) (reconcile.Record, error) {
 	consul, err := nodeconfig.FindConsul()
 	if err != nil {
-		return nil, err
+		return reconcile.Record{}, err
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.Warn, Output: os.Stderr})
 	cred := t.credentials()
-	return &reconcile.Executor{
+	ex := &reconcile.Executor{
 		Inventory: &reconcile.Inventory{Store: kvschema.New(c)}, Consul: c, Clock: clock.Real{}, Log: log,
 		NodeConfig: daemon.NodeConfigFor(c, cred, t.folder(), consul, nil), Token: cred.Token, CACert: cred.CA.CertPEM,
-	}, nil
+	}
+	r, _, err := ex.Do(ctx, p, bes, obs, a)
+	return r, err
 }
 
 // stored is a client of the cluster and the description it stores.
@@ -242,20 +224,6 @@ func (t *target) stored(ctx context.Context) (*api.Client, *rules.Platform, erro
 		return nil, nil, err
 	}
 	return c, p, nil
-}
-
-// machineType reads the stored description and one of its machine types,
-// for the commands that make a machine by hand.
-func (t *target) machineType(ctx context.Context, typ string) (*api.Client, *rules.Platform, rules.MachineType, error) {
-	c, p, err := t.stored(ctx)
-	if err != nil {
-		return nil, nil, rules.MachineType{}, err
-	}
-	mt, ok := p.Machines[typ]
-	if !ok {
-		return nil, nil, rules.MachineType{}, fmt.Errorf("%w: --type must be one of %s", errUsage, strings.Join(p.MachineNames(), ", "))
-	}
-	return c, p, mt, nil
 }
 
 func spawnCmd() *cobra.Command {
@@ -273,9 +241,13 @@ func spawnCmd() *cobra.Command {
 }
 
 func spawn(ctx context.Context, t *target, typ, backend string, asJSON bool, out io.Writer) error {
-	c, p, mt, err := t.machineType(ctx, typ)
+	c, p, err := t.stored(ctx)
 	if err != nil {
 		return err
+	}
+	mt, ok := p.Machines[typ]
+	if !ok {
+		return fmt.Errorf("%w: --type must be one of %s", errUsage, strings.Join(p.MachineNames(), ", "))
 	}
 	if backend == "" {
 		backend = mt.Backends[0]
@@ -284,12 +256,8 @@ func spawn(ctx context.Context, t *target, typ, backend string, asJSON bool, out
 	if err != nil {
 		return err
 	}
-	ex, err := t.executor(c)
-	if err != nil {
-		return err
-	}
 	a := reconcile.Action{Kind: reconcile.KindSpawn, Type: typ, Backend: backend, Reason: "spawned by hand", Manual: true}
-	r, _, err := ex.Do(ctx, p, bes, reconcile.Observed{}, a)
+	r, err := t.do(ctx, c, p, bes, reconcile.Observed{}, a)
 	if err != nil {
 		return err
 	}
@@ -333,12 +301,8 @@ func destroy(ctx context.Context, t *target, id string, out io.Writer) error {
 	if !ok {
 		return fmt.Errorf("no machine %q in the inventory", id)
 	}
-	ex, err := t.executor(c)
-	if err != nil {
-		return err
-	}
 	a := reconcile.Action{Kind: reconcile.KindScaleDown, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "destroyed by hand"}
-	if _, _, err := ex.Do(ctx, p, bes, obs, a); err != nil {
+	if _, err := t.do(ctx, c, p, bes, obs, a); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "destroyed %s\n", id)

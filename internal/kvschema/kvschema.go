@@ -13,8 +13,14 @@
 //	  status               the leader's last pass (JSON), for status and the page
 //	  epoch                times the KV was re-created from a node's mirror:
 //	                       orders inventory copies across fresh Consuls
-//	  gossip-key           the gossip key given to new machines (set once)
-//	  mesh/secret          the overlay's link secret (set once)
+//	  gossip-key           the gossip key given to new machines (set by the
+//	                       seed, replaced by `rotate gossip`)
+//	  mesh/secret          the overlay's link secret: what every node listens
+//	                       with (set by the seed, replaced by `rotate mesh`)
+//	  mesh/secret-next     during a mesh rotation, the secret being brought in
+//	  mesh/secret-previous during a mesh rotation, the secret being retired;
+//	                       nodes dial with every secret of the three they find
+//	                       (the prefix mesh/secret covers them for ACL rules)
 //	  mesh/nodes/<id>      how the others reach a member over the overlay (JSON)
 //	  ssh-pool/<backend>/  an ssh backend's claims: <host:port> -> machine (JSON)
 //	  hostkeys/<host:port> SSH host keys trusted on first use (authorized_keys)
@@ -48,6 +54,13 @@ const (
 	SSHPool    = Prefix + "ssh-pool/"
 	HostKeys   = Prefix + "hostkeys/"
 	JoinTokens = Prefix + "join-tokens/"
+)
+
+// MeshSecretNext and MeshSecretPrevious exist only while a mesh rotation
+// runs; see MeshSecrets.
+const (
+	MeshSecretNext     = MeshSecret + "-next"
+	MeshSecretPrevious = MeshSecret + "-previous"
 )
 
 // PlatformSource names the stored description in messages and in mirrors,
@@ -170,6 +183,13 @@ func (s *Store) InitGossipKey(ctx context.Context, key string) error {
 	return err
 }
 
+// PutGossipKey replaces the gossip key new machines are given: `rotate
+// gossip` does, once every member holds the new key.
+func (s *Store) PutGossipKey(ctx context.Context, key string) error {
+	_, err := s.kv.Put(&api.KVPair{Key: GossipKey, Value: []byte(key)}, write(ctx))
+	return err
+}
+
 // MeshSecret reads the overlay's link secret; "" when none.
 func (s *Store) MeshSecret(ctx context.Context, q *api.QueryOptions) (string, error) {
 	return s.value(ctx, MeshSecret, q)
@@ -177,8 +197,148 @@ func (s *Store) MeshSecret(ctx context.Context, q *api.QueryOptions) (string, er
 
 // InitMeshSecret stores secret unless a secret is stored.
 func (s *Store) InitMeshSecret(ctx context.Context, secret string) error {
-	_, _, err := s.kv.CAS(&api.KVPair{Key: MeshSecret, Value: []byte(secret)}, write(ctx))
-	return err
+	return s.InitMeshSecrets(ctx, MeshSecrets{Current: secret})
+}
+
+// InitMeshSecrets stores each secret of m that is set unless that key is
+// stored: a node re-seeding an emptied KV in the middle of a rotation puts
+// back the step its own links are at.
+func (s *Store) InitMeshSecrets(ctx context.Context, m MeshSecrets) error {
+	for key, v := range map[string]string{MeshSecret: m.Current, MeshSecretNext: m.Next, MeshSecretPrevious: m.Previous} {
+		if v == "" {
+			continue
+		}
+		if _, _, err := s.kv.CAS(&api.KVPair{Key: key, Value: []byte(v)}, write(ctx)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// MeshSecrets is where a mesh rotation stands: the secret nodes listen
+// with, and the one being brought in (Next) or retired (Previous), with
+// which nodes dial too. At rest only Current is set. A rotation moves
+//
+//	{Current: S} ─▶ {Current: S, Next: N} ─▶ {Current: N, Previous: S} ─▶ {Current: N}
+//
+// each step taken once every member has applied the one before it.
+type MeshSecrets struct {
+	Current, Next, Previous string
+
+	// The indexes the rotation's check-and-set writes are made against.
+	currentIndex, nextIndex, previousIndex uint64
+}
+
+// Newest is the secret a new machine is given: the one the rotation
+// brings in, else the current one. A node with it alone is dialled by
+// every member at every step of a rotation.
+func (m MeshSecrets) Newest() string {
+	if m.Next != "" {
+		return m.Next
+	}
+	return m.Current
+}
+
+// MeshSecrets reads the mesh secrets in one consistent list.
+func (s *Store) MeshSecrets(ctx context.Context, q *api.QueryOptions) (MeshSecrets, error) {
+	pairs, _, err := s.kv.List(MeshSecret, query(ctx, q))
+	if err != nil {
+		return MeshSecrets{}, err
+	}
+	return meshSecretsOf(pairs), nil
+}
+
+// meshSecretsOf picks the mesh secrets out of pairs (other keys are
+// ignored).
+func meshSecretsOf(pairs api.KVPairs) MeshSecrets {
+	var m MeshSecrets
+	for _, p := range pairs {
+		switch p.Key {
+		case MeshSecret:
+			m.Current, m.currentIndex = string(p.Value), p.ModifyIndex
+		case MeshSecretNext:
+			m.Next, m.nextIndex = string(p.Value), p.ModifyIndex
+		case MeshSecretPrevious:
+			m.Previous, m.previousIndex = string(p.Value), p.ModifyIndex
+		}
+	}
+	return m
+}
+
+// Mesh reads the overlay's folder in one list: every member's entry and
+// the secrets, so that a node's watch wakes for a change of either.
+func (s *Store) Mesh(ctx context.Context, q *api.QueryOptions) (api.KVPairs, MeshSecrets, *api.QueryMeta, error) {
+	pairs, meta, err := s.kv.List(Prefix+"mesh/", query(ctx, q))
+	if err != nil {
+		return nil, MeshSecrets{}, nil, err
+	}
+	var nodes api.KVPairs
+	for _, p := range pairs {
+		if strings.HasPrefix(p.Key, MeshNodes) {
+			nodes = append(nodes, p)
+		}
+	}
+	return nodes, meshSecretsOf(pairs), meta, nil
+}
+
+// ErrMeshMoved is returned by the rotation's writes when the secrets
+// changed since they were read: another rotation runs.
+var ErrMeshMoved = errors.New("the mesh secrets changed underneath (is another `rotate mesh` running?)")
+
+// StartMeshRotation brings next in beside the current secret, if the
+// secrets are still cur.
+func (s *Store) StartMeshRotation(ctx context.Context, cur MeshSecrets, next string) error {
+	if cur.Next != "" || cur.Previous != "" || cur.Current == "" {
+		return fmt.Errorf("a mesh rotation can start only from rest: %w", ErrMeshMoved)
+	}
+	return s.meshTxn(ctx, api.KVTxnOps{
+		{Verb: api.KVCheckIndex, Key: MeshSecret, Index: cur.currentIndex},
+		{Verb: api.KVCheckNotExists, Key: MeshSecretPrevious},
+		{Verb: api.KVCAS, Key: MeshSecretNext, Value: []byte(next), Index: 0},
+	})
+}
+
+// PromoteMeshSecret makes the secret being brought in the current one and
+// the current one the previous, in one transaction, if the secrets are
+// still cur.
+func (s *Store) PromoteMeshSecret(ctx context.Context, cur MeshSecrets) error {
+	if cur.Next == "" {
+		return fmt.Errorf("no secret to promote: %w", ErrMeshMoved)
+	}
+	return s.meshTxn(ctx, api.KVTxnOps{
+		{Verb: api.KVCAS, Key: MeshSecret, Value: []byte(cur.Next), Index: cur.currentIndex},
+		{Verb: api.KVDeleteCAS, Key: MeshSecretNext, Index: cur.nextIndex},
+		{Verb: api.KVSet, Key: MeshSecretPrevious, Value: []byte(cur.Current)},
+	})
+}
+
+// FinishMeshRotation retires the previous secret, if the secrets are still
+// cur.
+func (s *Store) FinishMeshRotation(ctx context.Context, cur MeshSecrets) error {
+	if cur.Previous == "" {
+		return fmt.Errorf("no secret to retire: %w", ErrMeshMoved)
+	}
+	return s.meshTxn(ctx, api.KVTxnOps{
+		{Verb: api.KVCheckIndex, Key: MeshSecret, Index: cur.currentIndex},
+		{Verb: api.KVDeleteCAS, Key: MeshSecretPrevious, Index: cur.previousIndex},
+	})
+}
+
+func (s *Store) meshTxn(ctx context.Context, ops api.KVTxnOps) error {
+	ok, resp, _, err := s.kv.Txn(ops, query(ctx, nil))
+	if err != nil {
+		return err
+	}
+	if !ok {
+		var why []string
+		if resp != nil {
+			for _, e := range resp.Errors {
+				why = append(why, e.What)
+			}
+		}
+		return fmt.Errorf("%w: %s", ErrMeshMoved, strings.Join(why, "; "))
+	}
+	return nil
 }
 
 func (s *Store) value(ctx context.Context, key string, q *api.QueryOptions) (string, error) {

@@ -2,6 +2,7 @@ package kvschema
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -150,5 +151,79 @@ func TestSetOnceAndFolders(t *testing.T) {
 	}
 	if _, err := s.CASRecord(ctx, "a/b", nil, 0); err == nil {
 		t.Error("a machine ID with a slash was accepted as a record key")
+	}
+}
+
+// A mesh rotation's steps are each taken only from the step before, as
+// read: a second rotation, or a step taken twice, is refused; a node's
+// watch reads the entries and the secrets in one list.
+func TestMeshRotationSteps(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	read := func() MeshSecrets {
+		t.Helper()
+		m, err := s.MeshSecrets(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	if err := s.StartMeshRotation(ctx, read(), "n"); err == nil {
+		t.Error("a rotation started on a cluster without a secret")
+	}
+	if err := s.InitMeshSecret(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutMeshNode(ctx, "m1", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	rest := read()
+	if rest.Current != "s" || rest.Newest() != "s" {
+		t.Fatalf("at rest: %+v", rest)
+	}
+	if err := s.StartMeshRotation(ctx, rest, "n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.StartMeshRotation(ctx, rest, "other"); !errors.Is(err, ErrMeshMoved) {
+		t.Errorf("a second rotation from the same read: %v, want ErrMeshMoved", err)
+	}
+	step1 := read()
+	if step1.Current != "s" || step1.Next != "n" || step1.Previous != "" || step1.Newest() != "n" {
+		t.Fatalf("step 1: %+v", step1)
+	}
+	if err := s.FinishMeshRotation(ctx, step1); !errors.Is(err, ErrMeshMoved) {
+		t.Errorf("finish from step 1: %v, want ErrMeshMoved", err)
+	}
+	if err := s.PromoteMeshSecret(ctx, step1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PromoteMeshSecret(ctx, step1); !errors.Is(err, ErrMeshMoved) {
+		t.Errorf("promote twice: %v, want ErrMeshMoved", err)
+	}
+	nodes, step2, _, err := s.Mesh(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if step2.Current != "n" || step2.Next != "" || step2.Previous != "s" || len(nodes) != 1 || nodes[0].Key != MeshNodes+"m1" {
+		t.Fatalf("step 2: %+v, nodes %v", step2, nodes)
+	}
+	if err := s.FinishMeshRotation(ctx, step2); err != nil {
+		t.Fatal(err)
+	}
+	if done := read(); done.Current != "n" || done.Next != "" || done.Previous != "" {
+		t.Fatalf("done: %+v", done)
+	}
+	// A re-seed puts back what a node runs with, never over what is there.
+	if err := s.InitMeshSecrets(ctx, MeshSecrets{Current: "x", Previous: "y"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got.Current != "n" || got.Previous != "y" {
+		t.Errorf("after a re-seed: %+v, want the stored current secret kept", got)
+	}
+	if err := s.PutGossipKey(ctx, "k2"); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := s.GossipKey(ctx); err != nil || k != "k2" {
+		t.Errorf("gossip key after a put: %q, %v", k, err)
 	}
 }

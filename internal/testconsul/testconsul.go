@@ -47,7 +47,11 @@ func FreeIP() string {
 
 // Start runs `consul agent -dev` on a free loopback address and waits until it
 // has a leader. Stop it with Stop.
-func Start() (*Server, error) {
+func Start() (*Server, error) { return StartWith() }
+
+// StartWith is Start with more arguments to `consul agent`, such as
+// -encrypt KEY.
+func StartWith(args ...string) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -59,6 +63,7 @@ func Start() (*Server, error) {
 	ip := FreeIP()
 	cmd := exec.Command(bin, "agent", "-dev", "-bind", ip, "-client", ip, "-dns-port", "-1", "-grpc-port", "-1",
 		"-serf-wan-port", "-1", "-data-dir", dir, "-log-level", "warn", "-node", "test-"+ip)
+	cmd.Args = append(cmd.Args, args...)
 	logf, err := os.Create(filepath.Join(dir, "consul.log"))
 	if err != nil {
 		return nil, err
