@@ -6,14 +6,15 @@
 #   a `docker kill`ed container (floor: detection plus a bare container start);
 #   reaction time from `platform apply` to the leader's first spawn intent;
 #   idle RSS and CPU of the agents and of their Consuls; recovery after
-#   losing two of three servers beside a fresh `up` of three.
+#   losing two of three servers beside a fresh `up` of three; `up` and heal
+#   time with Consul's ACLs and TLS beside a binary built without them.
 # Figures only: nothing here passes or fails on time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${RAPTIFORMICA_CONSUL:=$(scripts/consul.sh)}"
 export RAPTIFORMICA_CONSUL
 count="${BENCH_COUNT:-3}"
-go test -run '^$' -bench 'Heal|DockerHeal|Reaction|Idle|Recovery' -benchtime "${count}x" -timeout 30m ./test/e2e/ |
+go test -run '^$' -bench 'Heal|DockerHeal|Reaction|Idle|Recovery|Security' -benchtime "${count}x" -timeout 45m ./test/e2e/ |
 	awk '/^Benchmark/ {
 		name = $1; sub(/-[0-9]+$/, "", name)
 		printf "%s\n", name

@@ -2,10 +2,17 @@ package cluster
 
 import (
 	"cmp"
+	"context"
+	"errors"
+	"fmt"
 	"os"
 	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
@@ -54,4 +61,27 @@ func EnvToken() string {
 		}
 	}
 	return ""
+}
+
+// MemberClient is the client of this machine's own Consul, on loopback,
+// for a member with no local cluster folder (installed from the package,
+// adopted, joined): with the environment's token, else its node config's.
+// A Consul without a cluster leader is an error, as for Local.Client: the
+// machine then has nothing to ask.
+func MemberClient(ctx context.Context, node nodeconfig.Config) (*api.Client, error) {
+	node.ACLToken = cmp.Or(EnvToken(), node.ACLToken)
+	c, err := consulclient.Local(node)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	leader, err := c.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+	if err == nil && leader == "" {
+		err = errors.New("no Consul leader yet")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("this machine's Consul (%s): %w", consulclient.LocalHost(node), err)
+	}
+	return c, nil
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
-	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -80,8 +79,7 @@ func (t *target) client(ctx context.Context) (*api.Client, error) {
 		return c, err
 	}
 	if node, err := nodeconfig.Read(nodeConfigPath); err == nil && !t.explicit && t.cluster().Token() == "" {
-		node.ACLToken = cmp.Or(cluster.EnvToken(), node.ACLToken)
-		c, err := consulclient.Local(node)
+		c, err := cluster.MemberClient(ctx, node)
 		t.env = c
 		return c, err
 	}

@@ -329,3 +329,40 @@ func BenchmarkRecovery(b *testing.B) {
 	b.ReportMetric(up.Seconds()/n, "fresh_up_s")
 	b.ReportMetric(lostAfter.Seconds(), "quorum_lost_after_s")
 }
+
+// BenchmarkSecurity prints what Consul's ACLs and TLS cost: `up` of three
+// servers until they agree, and the heal of a SIGKILLed follower, on the
+// real binary and on one built with -tags benchinsecure (ACLs and TLS
+// off), in turns in the same run. Security may cost at most 10 % of the
+// heal time (heal-cost-%).
+func BenchmarkSecurity(b *testing.B) {
+	if insecureBinary == "" {
+		b.Fatal("no binary without security: TestMain builds it when -bench is given")
+	}
+	var up, heal [2]time.Duration
+	for i := 0; i < b.N; i++ {
+		for k, bin := range []string{binary, insecureBinary} {
+			c := newCluster(b)
+			c.bin = bin
+			t0 := time.Now()
+			c.up(c.writePlatform("platform.hcl", benchPlatform("")))
+			v := c.waitAgree(3, 2*time.Minute, "after up")
+			u := time.Since(t0)
+			victim := v.follower()
+			t1 := time.Now()
+			c.kill(victim)
+			c.waitAgree(3, 2*time.Minute, "healed", victim)
+			h := time.Since(t1)
+			up[k] += u
+			heal[k] += h
+			b.Logf("iteration %d, %s: up %s, heal %s", i, []string{"secure", "insecure"}[k], u.Round(time.Millisecond), h.Round(time.Millisecond))
+			c.rf("down")
+		}
+	}
+	n := float64(b.N)
+	b.ReportMetric(up[0].Seconds()/n, "up-secure-s")
+	b.ReportMetric(up[1].Seconds()/n, "up-insecure-s")
+	b.ReportMetric(heal[0].Seconds()/n, "heal-secure-s")
+	b.ReportMetric(heal[1].Seconds()/n, "heal-insecure-s")
+	b.ReportMetric(100*(heal[0]-heal[1]).Seconds()/heal[1].Seconds(), "heal-cost-%")
+}

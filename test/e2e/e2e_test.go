@@ -13,6 +13,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -42,6 +43,10 @@ import (
 
 var binary string
 
+// insecureBinary is the binary without ACLs and TLS, built for benchmarks
+// only.
+var insecureBinary string
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := func() int {
@@ -66,6 +71,18 @@ func TestMain(m *testing.M) {
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 			return 1
+		}
+		// Benchmarks also measure what ACLs and TLS cost, on a binary
+		// built without them (never released: see daemon/insecure_bench.go).
+		if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+			insecureBinary = filepath.Join(dir, "raptiformica-insecure")
+			build := exec.Command("go", "build", "-tags", "benchinsecure", "-o", insecureBinary, "./cmd/raptiformica")
+			build.Dir = root
+			build.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := build.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "build -tags benchinsecure: %v\n%s", err, out)
+				return 1
+			}
 		}
 		if _, err := nodeconfig.FindConsul(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -148,6 +165,7 @@ machine "server" {
 
 type testCluster struct {
 	t        testing.TB
+	bin      string // the binary rf runs, and so the machines; default binary
 	dir      string
 	spawnLog string
 	clients  map[string]*api.Client
@@ -210,7 +228,7 @@ func (c *testCluster) rf(args ...string) (string, string, int) {
 	} else if len(args) > 1 {
 		args = append([]string{args[0], args[1], "--dir", c.dir}, args[2:]...)
 	}
-	cmd := exec.Command(binary, args...)
+	cmd := exec.Command(cmp.Or(c.bin, binary), args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Env = append(append(os.Environ(), "CONSUL_HTTP_ADDR="), c.env...)
