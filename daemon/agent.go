@@ -232,11 +232,14 @@ func (a *Agent) setUp() (err error) {
 	}
 	executor := &reconcile.Executor{
 		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics, Token: c.ACLToken, CACert: c.TLS.CACert,
+		Forget:     func(ctx context.Context, id string) error { return RemoveMachineToken(ctx, client, id) },
 		NodeConfig: NodeConfigFor(client, Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, c.ClusterDir, c.ConsulBinary, selfEndpoints),
 		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
 	}
 	a.elector = &elector{
-		self: c.MachineID, neverLead: c.NeverLead, consul: client, store: a.store, inventory: a.inventory, executor: executor,
+		// Only servers lead: a client holds a token that may write only
+		// its own keys.
+		self: c.MachineID, neverLead: c.NeverLead || !c.ConsulServer, consul: client, store: a.store, inventory: a.inventory, executor: executor,
 		platform: a.mirror.Platform, reseed: a.mirror.reseed, backends: bes.get,
 		clock: a.Clock, log: a.Log, metrics: a.metrics, wake: make(chan struct{}, 1),
 	}

@@ -35,9 +35,14 @@ func (s *kvSeed) run(ctx context.Context) error {
 	attempt := 0
 	return clock.Poll(ctx, s.clock, time.Second, func() (bool, error) {
 		attempt++
-		err := s.gossipKey(ctx)
-		if err == nil {
-			err = s.meshSecret(ctx)
+		var err error
+		if s.cfg.ConsulServer {
+			// A client may write only its own keys: the cluster's are
+			// a server's to put back.
+			err = s.gossipKey(ctx)
+			if err == nil {
+				err = s.meshSecret(ctx)
+			}
 		}
 		if err == nil {
 			err = s.record(ctx)

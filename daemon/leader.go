@@ -69,7 +69,7 @@ type elector struct {
 // never lead just waits.
 func (e *elector) Run(ctx context.Context) error {
 	if e.neverLead {
-		e.log.Info("not campaigning for leader: never_lead is set in the node config")
+		e.log.Info("not campaigning for leader: a client machine (consul_server = false), or never_lead in the node config")
 		<-ctx.Done()
 		return nil
 	}

@@ -25,9 +25,11 @@ type Credentials struct {
 // reaches Consul through client: they join the live servers, get the
 // cluster's gossip key and mesh secret, dial the members' mesh endpoints
 // and the configuring node's own (self, which may be nil), run the given
-// Consul binary, carry the cluster's ACL token and a certificate signed
-// for their role by its CA, and the CA key, with which they sign the
-// certificates of the machines they make when they lead.
+// Consul binary, and carry a certificate signed for their role by the
+// cluster's CA. Servers, which may lead, get the cluster's ACL token and
+// the CA key, with which they sign the certificates of the machines they
+// make; clients, which never lead, a token of their own that writes only
+// their own keys (machineToken).
 func NodeConfigFor(client *api.Client, cred Credentials, clusterDir, consulBinary string, self func() []string) reconcile.NodeConfigFunc {
 	return func(ctx context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (nodeconfig.Config, error) {
 		if cred.CA.KeyPEM == "" {
@@ -36,6 +38,15 @@ func NodeConfigFor(client *api.Client, cred Credentials, clusterDir, consulBinar
 		cert, err := cred.CA.Issue(id, mt.ConsulServer)
 		if err != nil {
 			return nodeconfig.Config{}, fmt.Errorf("sign the certificate of %s: %w", id, err)
+		}
+		// A server may lead: it gets the cluster's token and the CA key.
+		// A client never leads: a token of its own, and no key.
+		token, caKey := cred.Token, cred.CA.KeyPEM
+		if !mt.ConsulServer {
+			if token, err = machineToken(ctx, client, id); err != nil {
+				return nodeconfig.Config{}, err
+			}
+			caKey = ""
 		}
 		store := kvschema.New(client)
 		key, err := store.GossipKey(ctx)
@@ -68,8 +79,8 @@ func NodeConfigFor(client *api.Client, cred Credentials, clusterDir, consulBinar
 		return nodeconfig.Config{
 			MachineID: id, MachineType: mt.Name, Cluster: p.Cluster, Backend: backend,
 			ClusterDir: clusterDir, ConsulBinary: consulBinary, ConsulServer: mt.ConsulServer,
-			RetryJoin: join, Encrypt: key, Mesh: meshCfg, ACLToken: cred.Token,
-			TLS: &nodeconfig.TLS{CACert: cred.CA.CertPEM, CAKey: cred.CA.KeyPEM, Cert: cert.CertPEM, Key: cert.KeyPEM},
+			RetryJoin: join, Encrypt: key, Mesh: meshCfg, ACLToken: token,
+			TLS: &nodeconfig.TLS{CACert: cred.CA.CertPEM, CAKey: caKey, Cert: cert.CertPEM, Key: cert.KeyPEM},
 		}.WithDefaults(), nil
 	}
 }

@@ -44,6 +44,9 @@ type Executor struct {
 	// CACert is the cluster's CA, which a member's HTTPS API is checked
 	// against.
 	CACert string
+	// Forget, when set, removes a removed machine's credentials (its ACL
+	// token and policy).
+	Forget func(ctx context.Context, machineID string) error
 
 	mu        sync.Mutex
 	inFlight  map[string]Action    // machine ID -> running action; guarded by mu
@@ -385,6 +388,13 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 				e.finish(a, err)
 				log.Error("delete record", telemetry.KeyError, err)
 				return
+			}
+		}
+		if e.Forget != nil {
+			// Its credentials go with it; one left behind is only a
+			// token of a machine that no longer exists.
+			if err := e.Forget(ctx, a.MachineID); err != nil {
+				log.Warn("remove the machine's token", telemetry.KeyError, err)
 			}
 		}
 		e.finish(a, nil)

@@ -208,6 +208,7 @@ func (t *target) do(ctx context.Context, c *api.Client, p *rules.Platform, bes m
 	ex := &reconcile.Executor{
 		Inventory: &reconcile.Inventory{Store: kvschema.New(c)}, Consul: c, Clock: clock.Real{}, Log: log,
 		NodeConfig: daemon.NodeConfigFor(c, cred, t.folder(), consul, nil), Token: cred.Token, CACert: cred.CA.CertPEM,
+		Forget: func(ctx context.Context, id string) error { return daemon.RemoveMachineToken(ctx, c, id) },
 	}
 	r, _, err := ex.Do(ctx, p, bes, obs, a)
 	return r, err

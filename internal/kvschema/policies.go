@@ -29,3 +29,26 @@ agent_prefix "" { policy = "read" }
 // GlobalManagementPolicyID is Consul's built-in policy that allows
 // everything: the operator's.
 const GlobalManagementPolicyID = "00000000-0000-0000-0000-000000000001"
+
+// ClientRules are what every machine that is not a Consul server may do,
+// beside its node identity (its own node in the catalog): read the
+// cluster's folder (the description, the inventory, the mesh, the keys it
+// holds anyway), register its agent's service, and read the Raft
+// configuration its quorum watch looks at. It writes no key but its own
+// (MachineRules): it never leads.
+const ClientRules = `key_prefix "` + Prefix + `" { policy = "read" }
+key_prefix "` + JoinTokens + `" { policy = "deny" }
+node_prefix "" { policy = "read" }
+service_prefix "" { policy = "read" }
+service "raptiformica" { policy = "write" }
+operator = "read"
+`
+
+// MachineRules are one client machine's own: its inventory record and its
+// mesh entry, and its own agent (to leave the cluster).
+func MachineRules(machineID string) string {
+	return `key "` + Inventory + machineID + `" { policy = "write" }
+key "` + MeshNodes + machineID + `" { policy = "write" }
+agent "` + machineID + `" { policy = "write" }
+`
+}

@@ -329,6 +329,38 @@ func TestSecureJoinTokens(t *testing.T) {
 	if !poll(time.Minute, func() bool { return memberAlive(c.client(), cfg.MachineID) }) {
 		t.Fatalf("%s joined with a token is not an alive member after a minute", cfg.MachineID)
 	}
+
+	// A client never leads: it holds a token of its own, which reads the
+	// description and writes its own record, and nothing of the others',
+	// and no CA key.
+	if cfg.ACLToken == c.token() || cfg.TLS.CAKey != "" {
+		t.Errorf("a client machine got the cluster's token or the CA key")
+	}
+	own, err := consulclient.New(consulclient.Target{Host: server.BindAddr, HTTPPort: server.ConsulHTTPPort, Token: cfg.ACLToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pair, _, err := own.KV().Get(kvschema.Platform, nil); err != nil || pair == nil {
+		t.Errorf("the client's token reads no description: %v", err)
+	}
+	// The machine records itself as joined by hand.
+	poll(30*time.Second, func() bool {
+		pair, _, err := own.KV().Get(kvschema.Inventory+cfg.MachineID, nil)
+		return err == nil && pair != nil
+	})
+	for key, want := range map[string]bool{kvschema.Inventory + cfg.MachineID: true, kvschema.Inventory + server.MachineID: false, kvschema.Platform: false, kvschema.Leader: false} {
+		pair, _, err := own.KV().Get(key, nil)
+		if err != nil || pair == nil {
+			if want {
+				t.Errorf("read %s with the client's token: %v", key, err)
+			}
+			continue
+		}
+		_, err = own.KV().Put(pair, nil)
+		if (err == nil) != want {
+			t.Errorf("write %s with the client's token: %v, want allowed=%v", key, err, want)
+		}
+	}
 }
 
 // scrape reads one sample of a Prometheus text page; 0 when absent.

@@ -1,0 +1,85 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+)
+
+// Names of the ACL policies of client machines: one all share, and one of
+// each machine's own.
+const (
+	clientPolicy        = "raptiformica-client"
+	machinePolicyPrefix = "raptiformica-machine-"
+)
+
+// machineToken makes the ACL token of a new client machine: its node
+// identity, the policy every client shares and one of its own (its
+// inventory record, its mesh entry). A client never leads, so it never
+// needs more; a server gets the cluster's token, with which it bootstraps
+// ACLs and leads. c must hold a token that may write ACLs (the leader's,
+// an operator's).
+func machineToken(ctx context.Context, c *api.Client, id string) (string, error) {
+	w := (&api.WriteOptions{}).WithContext(ctx)
+	shared, err := ensurePolicy(ctx, c, clientPolicy, "what every raptiformica client machine may do", kvschema.ClientRules)
+	if err != nil {
+		return "", err
+	}
+	own, err := ensurePolicy(ctx, c, machinePolicyPrefix+id, "raptiformica machine "+id+"'s own keys", kvschema.MachineRules(id))
+	if err != nil {
+		return "", err
+	}
+	tok, _, err := c.ACL().TokenCreate(&api.ACLToken{
+		Description:    "raptiformica machine " + id,
+		Policies:       []*api.ACLTokenPolicyLink{{ID: shared.ID}, {ID: own.ID}},
+		NodeIdentities: []*api.ACLNodeIdentity{{NodeName: id, Datacenter: "dc1"}},
+	}, w)
+	if err != nil {
+		return "", fmt.Errorf("create the token of %s: %w", id, err)
+	}
+	return tok.SecretID, nil
+}
+
+// ensurePolicy returns the policy of that name, made or made right.
+func ensurePolicy(ctx context.Context, c *api.Client, name, desc, rules string) (*api.ACLPolicy, error) {
+	w := (&api.WriteOptions{}).WithContext(ctx)
+	p, _, err := c.ACL().PolicyReadByName(name, (&api.QueryOptions{}).WithContext(ctx))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("read policy %s: %w", name, err)
+	case p == nil:
+		p, _, err = c.ACL().PolicyCreate(&api.ACLPolicy{Name: name, Description: desc, Rules: rules}, w)
+	case p.Rules != rules:
+		p.Rules = rules
+		p, _, err = c.ACL().PolicyUpdate(p, w)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: %w", name, err)
+	}
+	return p, nil
+}
+
+// RemoveMachineToken deletes a removed machine's tokens and its own
+// policy: its credentials die with its record. A machine that has none (a
+// server, or one made before) is no error.
+func RemoveMachineToken(ctx context.Context, c *api.Client, id string) error {
+	p, _, err := c.ACL().PolicyReadByName(machinePolicyPrefix+id, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || p == nil {
+		return err
+	}
+	toks, _, err := c.ACL().TokenListFiltered(api.ACLTokenFilterOptions{Policy: p.ID}, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	w := (&api.WriteOptions{}).WithContext(ctx)
+	for _, t := range toks {
+		if _, err := c.ACL().TokenDelete(t.AccessorID, w); err != nil {
+			return fmt.Errorf("delete the token of %s: %w", id, err)
+		}
+	}
+	_, err = c.ACL().PolicyDelete(p.ID, w)
+	return err
+}
