@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -75,9 +76,12 @@ func decodeMeshNodes(pairs api.KVPairs) map[string]MeshNode {
 // meshMirror is what a node keeps on disk of the mesh, so that after a
 // restart it dials the members it knew without any help.
 type meshMirror struct {
-	// Joined are endpoints given by hand (raptiformica join): kept until
-	// the node leaves.
+	// Joined are endpoints given by hand (raptiformica join, or a
+	// member's POST /v1/mesh/peers): kept while they are of use (see
+	// expireJoined).
 	Joined []string `json:"joined,omitempty"`
+	// JoinedSeen is when each of Joined was added or last seen up.
+	JoinedSeen map[string]time.Time `json:"joined_seen,omitempty"`
 	// Known are the other members' endpoints last read from KV.
 	Known []string `json:"known,omitempty"`
 }
@@ -278,7 +282,14 @@ func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, secrets 
 			}
 		}
 		known = hostPorts(known)
-		if !slices.Equal(known, mirror.Known) {
+		joined := slices.Clone(mirror.Joined)
+		mirror = expireJoined(mirror, known, upEndpoints(s.node.Peers()), s.clock.Now())
+		for _, ep := range joined {
+			if !slices.Contains(mirror.Joined, ep) {
+				s.log.Info("mesh peer added by hand dropped", "endpoint", ep, telemetry.KeyReason, "a member publishes it, or it was not up for "+joinedTTL.String())
+			}
+		}
+		if !slices.Equal(known, mirror.Known) || !slices.Equal(joined, mirror.Joined) {
 			mirror.Known = known
 			s.save(mirror)
 		}
@@ -504,9 +515,45 @@ func noPeerProblem(peers []mesh.Peer, listenPort int) string {
 	return "no mesh peer is up: " + strings.Join(why, "; ")
 }
 
-// maxJoined caps the peers added by hand, each redialled for ever: a node
-// joins through one member, a few at most.
+// maxJoined caps the peers added by hand: a node joins through one
+// member, a few at most.
 const maxJoined = 16
+
+// joinedTTL is how long a peer added by hand is dialled without ever
+// coming up before it is dropped: an endpoint given by mistake, or by a
+// caller that meant harm, is not redialled for ever.
+const joinedTTL = 24 * time.Hour
+
+// expireJoined drops the peers added by hand that are no longer of use:
+// those a member publishes (the node dials them as known endpoints anyway)
+// and those not up for joinedTTL. A peer up now is seen now.
+func expireJoined(m meshMirror, known []string, up map[string]bool, now time.Time) meshMirror {
+	seen := make(map[string]time.Time, len(m.Joined))
+	var keep []string
+	for _, ep := range m.Joined {
+		at, ok := m.JoinedSeen[ep]
+		if !ok || up[ep] {
+			at = now // a mirror from before, or a link up
+		}
+		if slices.Contains(known, ep) || now.Sub(at) > joinedTTL {
+			continue
+		}
+		keep, seen[ep] = append(keep, ep), at
+	}
+	m.Joined, m.JoinedSeen = keep, seen
+	return m
+}
+
+// upEndpoints are the host:port endpoints of the links up.
+func upEndpoints(peers []mesh.Peer) map[string]bool {
+	up := map[string]bool{}
+	for _, p := range peers {
+		if u, err := endpoint.Parse(p.Endpoint); err == nil && p.Up {
+			up[u.Host] = true
+		}
+	}
+	return up
+}
 
 // serveAddPeer adds a peer by hand (raptiformica join): it is dialled at
 // once and kept in the mirror, so a restarted node dials it again.
@@ -533,6 +580,11 @@ func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
 	}
 	m := s.known
 	m.Joined = uniqueSorted(m.Joined, []string{u.Host})
+	m.JoinedSeen = maps.Clone(m.JoinedSeen)
+	if m.JoinedSeen == nil {
+		m.JoinedSeen = map[string]time.Time{}
+	}
+	m.JoinedSeen[u.Host] = s.clock.Now()
 	s.save(m)
 	s.log.Info("mesh peer added by hand", "endpoint", u.Host)
 	w.WriteHeader(http.StatusNoContent)

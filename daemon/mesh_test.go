@@ -3,6 +3,7 @@ package daemon
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -117,5 +118,31 @@ func TestMeshMetrics(t *testing.T) {
 	}
 	if len(last) != 1 {
 		t.Errorf("counts kept for %d links, want 1 (the links gone are forgotten)", len(last))
+	}
+}
+
+// Peers added by hand are kept while of use: dropped once a member
+// publishes them (dialled as known anyway) or after a day without coming
+// up; a link up, or a mirror from before the field, counts as seen now.
+func TestExpireJoined(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	old, recent := now.Add(-joinedTTL-time.Minute), now.Add(-time.Hour)
+	m := meshMirror{
+		Joined: []string{"a:9651", "b:9651", "c:9651", "d:9651", "e:9651"},
+		JoinedSeen: map[string]time.Time{
+			"a:9651": old,    // never up for a day: dropped
+			"b:9651": old,    // up now: kept, seen now
+			"c:9651": recent, // down an hour: kept
+			"d:9651": recent, // a member publishes it: dropped
+			// e: from a mirror without times: kept, seen now
+		},
+	}
+	got := expireJoined(m, []string{"d:9651"}, map[string]bool{"b:9651": true}, now)
+	want := meshMirror{
+		Joined:     []string{"b:9651", "c:9651", "e:9651"},
+		JoinedSeen: map[string]time.Time{"b:9651": now, "c:9651": recent, "e:9651": now},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("expireJoined (-want +got):\n%s", diff)
 	}
 }
