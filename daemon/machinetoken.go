@@ -14,6 +14,7 @@ import (
 const (
 	clientPolicy        = "raptiformica-client"
 	machinePolicyPrefix = "raptiformica-machine-"
+	machineDescription  = "raptiformica machine "
 )
 
 // machineToken makes the ACL token of a new client machine: its node
@@ -32,8 +33,19 @@ func machineToken(ctx context.Context, c *api.Client, id string) (string, error)
 	if err != nil {
 		return "", err
 	}
+	// A machine configured again (adopted again) keeps the token it has:
+	// its config, and so its node, stay as they are.
+	toks, _, err := c.ACL().TokenListFiltered(api.ACLTokenFilterOptions{Policy: own.ID}, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", fmt.Errorf("list the tokens of %s: %w", id, err)
+	}
+	for _, t := range toks {
+		if full, _, err := c.ACL().TokenRead(t.AccessorID, (&api.QueryOptions{}).WithContext(ctx)); err == nil && full != nil && full.Description == machineDescription+id {
+			return full.SecretID, nil
+		}
+	}
 	tok, _, err := c.ACL().TokenCreate(&api.ACLToken{
-		Description:    "raptiformica machine " + id,
+		Description:    machineDescription + id,
 		Policies:       []*api.ACLTokenPolicyLink{{ID: shared.ID}, {ID: own.ID}},
 		NodeIdentities: []*api.ACLNodeIdentity{{NodeName: id, Datacenter: "dc1"}},
 	}, w)

@@ -97,6 +97,11 @@ type AdoptSpec struct {
 	// A backend that has recorded Node's ID before the adoption leaves it
 	// off.
 	KeepID bool
+	// Configure, when set, builds the node config once the machine's ID
+	// is known (its own, when KeepID keeps it), so that the credentials
+	// made for it (an ACL token of its own) name the ID it takes; Node
+	// then only gives the ID to propose, the cluster and the type.
+	Configure func(ctx context.Context, machineID string) (nodeconfig.Config, error)
 	// Bootstrap are the machine type's bootstrap steps (argv lists), run
 	// once per distinct list.
 	Bootstrap [][]string
@@ -182,9 +187,20 @@ func (a *Adopter) Adopt(ctx context.Context, spec AdoptSpec) (Result, error) {
 		return fail("disk", err)
 	}
 	// A machine that already runs a node of this cluster keeps its ID.
-	if old, err := r.readConfig(); spec.KeepID && err == nil && old.MachineID != "" && old.Cluster == spec.Node.Cluster && old.MachineType == spec.Node.MachineType {
+	old, err := r.readConfig()
+	keep := spec.KeepID && err == nil && old.MachineID != "" && old.Cluster == spec.Node.Cluster && old.MachineType == spec.Node.MachineType
+	if keep {
 		res.Node.MachineID = old.MachineID
-		res.Node.TLS = keptTLS(old, spec.Node)
+	}
+	if spec.Configure != nil {
+		n, err := spec.Configure(ctx, res.Node.MachineID)
+		if err != nil {
+			return fail("config", err)
+		}
+		res.Node = n
+	}
+	if keep {
+		res.Node.TLS = keptTLS(old, res.Node)
 	}
 	changedBin, err := r.upload(a.Binary, RemoteBinary)
 	if err != nil {

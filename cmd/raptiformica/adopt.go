@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -109,15 +110,15 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 	}
 	adopt := func(j provision.HostEntry) error {
 		mt := p.Machines[j.Type]
-		node, err := daemon.NodeConfigFor(c, t.credentials(), "", provision.RemoteConsul, nil)(ctx, p, reconcile.NewMachineID(j.Type), mt, provision.AdoptBackend)
-		if err != nil {
-			return err
+		configure := func(ctx context.Context, id string) (nodeconfig.Config, error) {
+			node, err := daemon.NodeConfigFor(c, t.credentials(), "", provision.RemoteConsul, nil)(ctx, p, id, mt, provision.AdoptBackend)
+			node = provision.AdoptedNode(node, j.Host)
+			node.BindAddr = cmp.Or(o.bind, node.BindAddr)
+			return node, err
 		}
-		node = provision.AdoptedNode(node, j.Host)
-		if o.bind != "" {
-			node.BindAddr = o.bind
-		}
-		res, err := a.AdoptRecorded(ctx, &reconcile.Inventory{Store: kvschema.New(c)}, provision.AdoptSpec{Host: j.Host, Node: node, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: o.timeout})
+		proposed := nodeconfig.Config{MachineID: reconcile.NewMachineID(j.Type), MachineType: j.Type, Cluster: p.Cluster}
+		res, err := a.AdoptRecorded(ctx, &reconcile.Inventory{Store: kvschema.New(c)},
+			provision.AdoptSpec{Host: j.Host, Node: proposed, Configure: configure, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: o.timeout})
 		if err != nil {
 			return err
 		}
