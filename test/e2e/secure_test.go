@@ -432,6 +432,12 @@ func TestSecureRoleTokens(t *testing.T) {
 		}
 	}
 
+	// The agent's service reaches the catalog by Consul's anti-entropy,
+	// a moment after the machine is up: seen first with the cluster's token.
+	poll(30*time.Second, func() bool {
+		svcs, _, err := c.client().Catalog().Service("raptiformica", "", nil)
+		return err == nil && len(svcs) == 1
+	})
 	if svcs, _, err := client(metrics).Catalog().Service("raptiformica", "", nil); err != nil || len(svcs) != 1 {
 		t.Errorf("the catalog with a metrics token: %d entries, %v; want the agent", len(svcs), err)
 	}
