@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 	"github.com/zclconf/go-cty/cty/gocty"
@@ -117,6 +118,9 @@ func ParseFile(filename string, opts Options) (*Platform, error) {
 // or the text starts with "{", and validates it. On any problem it returns an
 // *Error listing all of them, and no Platform.
 func Parse(filename string, src []byte, opts Options) (*Platform, error) {
+	if len(src) > MaxDescriptionSize {
+		return nil, &Error{Problems: []Problem{{File: filename, Message: fmt.Sprintf("the description is %d bytes, more than the %d a description may be", len(src), MaxDescriptionSize)}}}
+	}
 	p := hclparse.NewParser()
 	var f *hcl.File
 	var diags hcl.Diagnostics
@@ -129,6 +133,11 @@ func Parse(filename string, src []byte, opts Options) (*Platform, error) {
 	d.addDiags(diags)
 	if f == nil || diags.HasErrors() {
 		return nil, d.err()
+	}
+	if body, ok := f.Body.(*hclsyntax.Body); ok {
+		if d.literalOnly(body); len(d.problems) > 0 {
+			return nil, d.err()
+		}
 	}
 	plat := d.platform(f.Body, opts)
 	if len(d.problems) > 0 {
