@@ -2,7 +2,9 @@ package rules
 
 import (
 	"fmt"
+	"regexp"
 
+	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
@@ -79,5 +81,18 @@ func exprKind(e hclsyntax.Expression) string {
 		return "a template"
 	default:
 		return fmt.Sprintf("%T", e)
+	}
+}
+
+// nameRule is what a cluster, machine type or backend name may be: a DNS
+// label, lower case. Names become machine IDs, Consul node names, container
+// and folder names, and KV keys: a dot made local machines that could
+// never be destroyed, a slash broke every inventory write.
+var nameRule = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// name reports a name that breaks nameRule.
+func (d *decoder) name(rng hcl.Range, field, s string) {
+	if !nameRule.MatchString(s) {
+		d.at(rng, field, "%q is not a name: lower-case letters, digits and hyphens, 1 to 63, starting and ending with a letter or digit", s)
 	}
 }

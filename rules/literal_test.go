@@ -77,3 +77,29 @@ func TestHostileDescriptionSize(t *testing.T) {
 		t.Errorf("a %d-byte description: %v, want a refusal naming the file", len(src), err)
 	}
 }
+
+// One rule for the names of the cluster, machine types and backends, at
+// parse time with file and line: a dot made machines that could never be
+// destroyed, a slash broke every inventory write.
+func TestHostileNames(t *testing.T) {
+	base := "machine \"server\" {\n  min = 1\n  consul_server = true\n  backends = [\"local\"]\n}\n"
+	for name, src := range map[string]string{
+		"a dot in a type":        "machine \"web.v2\" {\n  min = 1\n}\n" + base,
+		"a slash in a type":      "machine \"a/b\" {\n  min = 1\n}\n" + base,
+		"a control character":    "cluster = \"a\\nb\\u0000c\"\n" + base,
+		"an empty cluster":       "cluster = \"\"\n" + base,
+		"upper case, a space":    "backend \"Docker Host\" {\n  type = \"docker\"\n}\n" + base,
+		"a compute label":        "compute \"x\" \"y z\" {\n  available = \"true\"\n}\n" + base,
+		"a 64-character cluster": "cluster = \"" + strings.Repeat("a", 64) + "\"\n" + base,
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse("names.hcl", []byte(src), Options{})
+			if err == nil || !strings.Contains(err.Error(), "names.hcl:") || !strings.Contains(err.Error(), "is not a name") {
+				t.Errorf("got %v, want a refusal naming the file, line and the name", err)
+			}
+		})
+	}
+	if _, err := Parse("ok.hcl", []byte("cluster = \"rf-adopt-bd368a\"\n"+base), Options{}); err != nil {
+		t.Errorf("good names: %v", err)
+	}
+}

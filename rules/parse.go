@@ -199,9 +199,7 @@ func (d *decoder) platform(body hcl.Body, opts Options) *Platform {
 	d.mesh(content.Attributes, &plat.Mesh)
 	if a, ok := content.Attributes["cluster"]; ok {
 		if s, ok := d.str(a, "cluster"); ok {
-			if s == "" {
-				d.at(a.Expr.Range(), "cluster", "must not be empty")
-			}
+			d.name(a.Expr.Range(), "cluster", s)
 			plat.Cluster = s
 		}
 	}
@@ -220,6 +218,11 @@ func (d *decoder) platform(body hcl.Body, opts Options) *Platform {
 	var serverMinRange *hcl.Range
 	serverMinKnown := true
 	for _, b := range content.Blocks {
+		if b.Type != "hook" { // a hook's label is an event
+			for i, l := range b.Labels {
+				d.name(b.LabelRanges[i], b.Type, l)
+			}
+		}
 		switch b.Type {
 		case "policy":
 			policies++
