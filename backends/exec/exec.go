@@ -507,7 +507,12 @@ func (b *Backend) run(ctx context.Context, name, wd string, env []string) (strin
 		}
 		return "", fmt.Errorf("%s: %w", name, err)
 	}
-	return stdout.String(), nil
+	if stdout.truncated {
+		// What is read from it (a list above all) must be whole: a short
+		// list would make machines look gone.
+		return "", fmt.Errorf("%s printed more than %d KiB on its standard output", name, outputLimit>>10)
+	}
+	return string(stdout.Bytes()), nil
 }
 
 // commandError is a command that ran and exited non-zero; it unwraps to the
@@ -538,15 +543,28 @@ func logRun(wd, name string, argv []string, started time.Time, err error, stdout
 }
 
 // limitedBuffer keeps the first outputLimit bytes written and drops the
-// rest, so that a command printing without end cannot exhaust memory.
-type limitedBuffer struct{ bytes.Buffer }
+// rest, so that a command printing without end cannot exhaust memory. The
+// buffer is a field, not embedded: embedded, its ReadFrom would be
+// promoted, and io.Copy (which os/exec uses) would call it and take the
+// whole output.
+type limitedBuffer struct {
+	buf       bytes.Buffer
+	truncated bool
+}
 
 func (l *limitedBuffer) Write(p []byte) (int, error) {
-	if room := outputLimit - l.Len(); room > 0 {
-		l.Buffer.Write(p[:min(len(p), room)])
+	room := outputLimit - l.buf.Len()
+	if len(p) > room {
+		l.truncated = true
+	}
+	if room > 0 {
+		l.buf.Write(p[:min(len(p), room)])
 	}
 	return len(p), nil
 }
+
+// Bytes is what was kept.
+func (l *limitedBuffer) Bytes() []byte { return l.buf.Bytes() }
 
 // tail returns the last line of a command's output, for an error message.
 func tail(out []byte) string {

@@ -2,6 +2,7 @@ package exec
 
 import (
 	"context"
+	"io"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -278,3 +279,20 @@ func alive(pid int) bool {
 	}
 	return true
 }
+
+// The output cap holds through io.Copy, which os/exec uses: it once took
+// a bytes.Buffer's ReadFrom and kept all 50 MB a command printed.
+func TestHostileOutputCap(t *testing.T) {
+	var l limitedBuffer
+	n, err := io.Copy(&l, io.LimitReader(zeros{}, 4<<20))
+	if err != nil || n != 4<<20 {
+		t.Fatalf("copy: %d, %v", n, err)
+	}
+	if len(l.Bytes()) != outputLimit || !l.truncated {
+		t.Errorf("kept %d bytes (truncated %v), want %d and truncated", len(l.Bytes()), l.truncated, outputLimit)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
