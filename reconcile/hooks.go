@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os/exec"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -53,7 +54,16 @@ func (h *HookRunner) run(ctx context.Context, hk rules.Hook, payload []byte) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, hk.Command[0], hk.Command[1:]...)
 	cmd.Stdin = bytes.NewReader(payload)
-	out, err := cmd.CombinedOutput()
+	// A group of its own, so that its timeout kills what it started too
+	// (`sleep 60 &` kept a hook with a 1 s timeout for a minute), and the
+	// pipes are let go soon after.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second
+	var output cappedOutput
+	cmd.Stdout, cmd.Stderr = &output, &output
+	err := cmd.Run()
+	out := output.buf.Bytes()
 	result := "success"
 	if err != nil {
 		result = "error"
@@ -64,4 +74,19 @@ func (h *HookRunner) run(ctx context.Context, hk rules.Hook, payload []byte) {
 	if h.Metrics != nil {
 		h.Metrics.HookRuns.WithLabelValues(hk.Event, result).Inc()
 	}
+}
+
+// hookOutputLimit is how much of a hook's output is kept for the log.
+const hookOutputLimit = 16 << 10
+
+// cappedOutput keeps the first hookOutputLimit bytes of a hook's output.
+// The buffer is a field: embedded, its ReadFrom would let io.Copy take it
+// all.
+type cappedOutput struct{ buf bytes.Buffer }
+
+func (c *cappedOutput) Write(p []byte) (int, error) {
+	if room := hookOutputLimit - c.buf.Len(); room > 0 {
+		c.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
 }
