@@ -384,6 +384,9 @@ func (l *Local) Backends(p *rules.Platform, c *api.Client) (map[string]backends.
 	return bes, nil
 }
 
+// ErrNoPlatform is Platform's error for a KV that holds no description yet.
+var ErrNoPlatform = errors.New("no platform description in KV yet")
+
 // Platform reads and parses the description the cluster stores.
 func Platform(ctx context.Context, c *api.Client, opts rules.Options) (*rules.Platform, error) {
 	pair, _, err := kvschema.New(c).Platform(ctx, nil)
@@ -391,7 +394,7 @@ func Platform(ctx context.Context, c *api.Client, opts rules.Options) (*rules.Pl
 		return nil, err
 	}
 	if pair == nil {
-		return nil, errors.New("no platform description in KV yet")
+		return nil, ErrNoPlatform
 	}
 	return rules.Parse(kvschema.PlatformSource, pair.Value, opts)
 }

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -8,8 +10,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // StatusView is the cluster's status as `status` prints it, and the body
@@ -20,6 +26,21 @@ type StatusView struct {
 	Reconcile     *reconcile.Status `json:"reconcile,omitempty"`
 	// Quorum is each local machine's view while there is no Consul leader.
 	Quorum map[string]*agentapi.QuorumStatus `json:"quorum,omitempty"`
+}
+
+// Status is the cluster's status as c's Consul holds it. A Consul that
+// cannot be read is an error, not a rejected description.
+func Status(ctx context.Context, c *api.Client, opts rules.Options) (StatusView, error) {
+	v := StatusView{Leader: kvschema.New(c).Leader(ctx), Reconcile: LastPass(ctx, c)}
+	_, err := Platform(ctx, c, opts)
+	var invalid *rules.Error
+	switch {
+	case errors.As(err, &invalid), errors.Is(err, ErrNoPlatform):
+		v.PlatformError = err.Error()
+	case err != nil:
+		return v, fmt.Errorf("cannot read the cluster's Consul: %w", err)
+	}
+	return v, nil
 }
 
 // WriteText writes the view for a person: the leader, the description's

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -42,13 +43,33 @@ func ParseHost(s string) (Host, error) {
 			return h, fmt.Errorf("host %q: port %q is not a port number", s, port)
 		}
 		h.Addr, h.Port = host, p
+	} else if len(s) > 1 && s[0] == '[' && s[len(s)-1] == ']' {
+		h.Addr = s[1 : len(s)-1]
 	} else {
-		h.Addr = strings.Trim(s, "[]")
+		h.Addr = s
 	}
 	if h.Addr == "" {
 		return h, fmt.Errorf("host %q: no host name", s)
 	}
+	if !validHost(h.Addr) {
+		return h, fmt.Errorf("host %q: %q is neither an IP address nor a host name", s, h.Addr)
+	}
 	return h, nil
+}
+
+// validHost reports whether s is an IP address or a host name (letters,
+// digits, dots, hyphens, underscores): what a brace, a colon or a space
+// makes of a host is no host.
+func validHost(s string) bool {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return true
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // HostPort is the address SSH dials.

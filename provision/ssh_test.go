@@ -30,6 +30,11 @@ func TestParseHost(t *testing.T) {
 		{in: "host:0", err: `port "0" is not a port number`},
 		{in: "host:ssh", err: `port "ssh" is not a port number`},
 		{in: "root@", err: `no host name`},
+		// Hostile spellings: what they make of a host is no host.
+		{in: "x]:22", err: `neither an IP address nor a host name`},
+		{in: "vps 1", err: `neither an IP address nor a host name`},
+		{in: "[x", err: `neither an IP address nor a host name`},
+		{in: "host/path", err: `neither an IP address nor a host name`},
 	} {
 		got, err := ParseHost(tc.in)
 		if tc.err != "" {

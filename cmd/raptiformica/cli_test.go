@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"strings"
 	"testing"
 )
@@ -62,5 +63,21 @@ func TestCLI(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// status with its Consul unreachable says so and fails; it once exited 0,
+// taking the refused connection for a rejected description.
+func TestHostileStatusUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	t.Setenv("CONSUL_HTTP_ADDR", addr)
+	var out, errOut bytes.Buffer
+	if code := runWith([]string{"status"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "cannot read the cluster's Consul") {
+		t.Errorf("status with %s closed: exit %d, stdout %q, stderr %q; want 1 and why", addr, code, out.String(), errOut.String())
 	}
 }

@@ -53,9 +53,9 @@ func status(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 		}
 		return err
 	}
-	v := cluster.StatusView{Leader: kvschema.New(c).Leader(ctx), Reconcile: cluster.LastPass(ctx, c)}
-	if _, err := kvPlatform(ctx, c); err != nil {
-		v.PlatformError = err.Error()
+	v, err := cluster.Status(ctx, c, parseOpts())
+	if err != nil {
+		return err
 	}
 	if asJSON {
 		return writeJSON(out, v)
