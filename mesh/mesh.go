@@ -25,6 +25,7 @@
 package mesh
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -52,6 +53,7 @@ import (
 	"github.com/yggdrasil-network/yggdrasil-go/src/tun"
 
 	"github.com/raptiformica/raptiformica/internal/endpoint"
+	"github.com/raptiformica/raptiformica/internal/fsutil"
 )
 
 // DefaultInterface is the TUN interface the agent creates.
@@ -539,18 +541,21 @@ func NewSecret() string {
 // LoadOrCreateKey reads the node's private key from name, or creates it
 // there (mode 0600) when the file does not exist. A key is never replaced:
 // a damaged file is an error, because a new key is a new overlay address.
+// An empty file is no key: only a crash of a version that wrote the file
+// in place could leave one, before the key was ever used.
 func LoadOrCreateKey(name string) (ed25519.PrivateKey, error) {
 	b, err := os.ReadFile(name)
-	if err == nil {
+	if err == nil && len(bytes.TrimSpace(b)) > 0 {
 		k, err := hex.DecodeString(strings.TrimSpace(string(b)))
 		if err != nil || len(k) != ed25519.PrivateKeySize {
 			return nil, fmt.Errorf("mesh key %s: not a %d-byte key in hex; move it away to make a new one (the node's overlay address changes)", name, ed25519.PrivateKeySize)
 		}
 		return ed25519.PrivateKey(k), nil
 	}
-	if !errors.Is(err, fs.ErrNotExist) {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("mesh key: %w", err)
 	}
+	empty := err == nil
 	_, k, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("mesh key: %w", err)
@@ -558,23 +563,39 @@ func LoadOrCreateKey(name string) (ed25519.PrivateKey, error) {
 	if err := os.MkdirAll(filepath.Dir(name), 0o700); err != nil {
 		return nil, fmt.Errorf("mesh key: %w", err)
 	}
-	// O_EXCL: two starts racing keep one key.
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return LoadOrCreateKey(name)
+	if empty {
+		if err := fsutil.WriteFileAtomic(name, []byte(hex.EncodeToString(k)+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("mesh key: %w", err)
+		}
+		return k, nil
 	}
+	// Written whole to a file of its own, then linked into place: a crash
+	// leaves no half-written key, and of two starts racing the first
+	// link wins and the other reads its key.
+	f, err := os.CreateTemp(filepath.Dir(name), ".mesh.key.tmp*")
 	if err != nil {
 		return nil, fmt.Errorf("mesh key: %w", err)
 	}
-	if _, err := f.WriteString(hex.EncodeToString(k) + "\n"); err != nil {
-		f.Close()
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(hex.EncodeToString(k) + "\n")
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return nil, fmt.Errorf("mesh key %s: %w", name, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("mesh key %s: %w", name, err)
+	if err := os.Link(f.Name(), name); errors.Is(err, fs.ErrExist) {
+		return LoadOrCreateKey(name)
+	} else if err != nil {
+		return nil, fmt.Errorf("mesh key: %w", err)
 	}
-	return k, f.Close()
+	return k, fsutil.SyncDir(filepath.Dir(name))
 }
 
 // logAdapter routes the library's log lines into hclog. The library logs a

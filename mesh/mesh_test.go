@@ -278,3 +278,23 @@ func TestStartWithTwoSecrets(t *testing.T) {
 		t.Fatal("a node started with a dial secret too long for a link")
 	}
 }
+
+// A key file left empty by a crash mid-write (of a version that wrote it in
+// place) held the node up for ever: it is no key, and a new one is made.
+func TestHostileEmptyMeshKey(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "mesh.key")
+	if err := os.WriteFile(name, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k, err := LoadOrCreateKey(name)
+	if err != nil {
+		t.Fatalf("an empty key file: %v", err)
+	}
+	again, err := LoadOrCreateKey(name)
+	if err != nil || !again.Equal(k) {
+		t.Errorf("the key made is not the one kept: %v", err)
+	}
+	if st, err := os.Stat(name); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode: %v %v", st.Mode(), err)
+	}
+}

@@ -10,7 +10,7 @@ import (
 
 // WriteFileAtomic replaces name with data so that a reader sees either the old
 // content or the new one, never a mix: the data is written to a temporary file
-// in the same folder, synced, and renamed over name.
+// in the same folder, synced, and renamed over name, and the folder synced.
 func WriteFileAtomic(name string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -39,6 +39,20 @@ func WriteFileAtomic(name string, data []byte, perm os.FileMode) error {
 	}
 	if err := os.Rename(tmp, name); err != nil {
 		return fmt.Errorf("replace %s: %w", name, err)
+	}
+	return SyncDir(dir)
+}
+
+// SyncDir makes a folder's entries durable: a file renamed or linked into
+// it survives a crash only once its folder is synced too.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }
