@@ -373,6 +373,14 @@ func (ps *pass) orphans() []Action {
 				ps.wakeAt(in.Created.Add(orphanAge))
 				continue
 			}
+			if m, ok := ps.obs.Members[id]; ok && m.Status == MemberAlive {
+				// A live member, a Consul server perhaps, is never
+				// destroyed for a missing record: the record is what was
+				// lost (a KV re-seeded from an older mirror), not the
+				// machine. Destroying them once lost quorum.
+				ps.waitf("machine %s on backend %s is an alive member without an inventory record: kept", id, b)
+				continue
+			}
 			out = append(out, Action{Kind: KindDestroyOrphan, MachineID: id, Type: in.MachineType, Backend: b, Reason: "instance has no inventory record"})
 		}
 	}

@@ -174,6 +174,22 @@ func TestPlan(t *testing.T) {
 			want: []Action{{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"}},
 		},
 		{
+			name: "alive members without records are never destroyed as orphans",
+			src:  threeServers,
+			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
+				delete(o.Records, "b")
+				delete(o.Records, "c")
+				o.Self = "a"
+				for _, id := range []string{"b", "c"} {
+					in := o.Instances["local"][id]
+					in.Created = now.Add(-time.Hour)
+					o.Instances["local"][id] = in
+				}
+			}),
+			// Not re-recorded yet: their type counts them missing.
+			want: []Action{{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "1 of min 3"}, {Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"}},
+		},
+		{
 			name: "the leader never judges itself gone from its backend",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
