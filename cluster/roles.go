@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 )
 
@@ -35,19 +36,9 @@ func CreateRoleToken(ctx context.Context, c *api.Client, role string, ttl time.D
 	w := (&api.WriteOptions{}).WithContext(ctx)
 	link := &api.ACLTokenPolicyLink{ID: kvschema.GlobalManagementPolicyID}
 	if r.policy != "" {
-		p, _, err := c.ACL().PolicyReadByName(r.policy, (&api.QueryOptions{}).WithContext(ctx))
-		switch {
-		case err != nil:
-			return nil, fmt.Errorf("read policy %s: %w", r.policy, err)
-		case p == nil:
-			p, _, err = c.ACL().PolicyCreate(&api.ACLPolicy{Name: r.policy, Description: "raptiformica's " + role + " role", Rules: r.rules}, w)
-		case p.Rules != r.rules:
-			// Made by an older version: the rules follow the layout.
-			p.Rules = r.rules
-			p, _, err = c.ACL().PolicyUpdate(p, w)
-		}
+		p, err := daemon.EnsurePolicy(ctx, c, r.policy, "raptiformica's "+role+" role", r.rules)
 		if err != nil {
-			return nil, fmt.Errorf("policy %s: %w", r.policy, err)
+			return nil, err
 		}
 		link = &api.ACLTokenPolicyLink{ID: p.ID}
 	}

@@ -25,11 +25,11 @@ const (
 // an operator's).
 func machineToken(ctx context.Context, c *api.Client, id string) (string, error) {
 	w := (&api.WriteOptions{}).WithContext(ctx)
-	shared, err := ensurePolicy(ctx, c, clientPolicy, "what every raptiformica client machine may do", kvschema.ClientRules)
+	shared, err := EnsurePolicy(ctx, c, clientPolicy, "what every raptiformica client machine may do", kvschema.ClientRules)
 	if err != nil {
 		return "", err
 	}
-	own, err := ensurePolicy(ctx, c, machinePolicyPrefix+id, "raptiformica machine "+id+"'s own keys", kvschema.MachineRules(id))
+	own, err := EnsurePolicy(ctx, c, machinePolicyPrefix+id, "raptiformica machine "+id+"'s own keys", kvschema.MachineRules(id))
 	if err != nil {
 		return "", err
 	}
@@ -55,8 +55,10 @@ func machineToken(ctx context.Context, c *api.Client, id string) (string, error)
 	return tok.SecretID, nil
 }
 
-// ensurePolicy returns the policy of that name, made or made right.
-func ensurePolicy(ctx context.Context, c *api.Client, name, desc, rules string) (*api.ACLPolicy, error) {
+// EnsurePolicy returns the ACL policy of that name, made, or made right
+// when an older version wrote other rules: the rules follow kvschema's
+// layout.
+func EnsurePolicy(ctx context.Context, c *api.Client, name, desc, rules string) (*api.ACLPolicy, error) {
 	w := (&api.WriteOptions{}).WithContext(ctx)
 	p, _, err := c.ACL().PolicyReadByName(name, (&api.QueryOptions{}).WithContext(ctx))
 	switch {
