@@ -138,13 +138,19 @@ func TestFreshConsulKeepsRotatedGossipKey(t *testing.T) {
 	// makes anew.
 	idFile := filepath.Join(a.Config.DataDir, "consul", "node-id")
 	before, _ := os.ReadFile(idFile)
-	waitFor(t, time.Minute, "a fresh Consul with a leader", func() bool {
+	// Its leader bootstraps ACLs a moment after it is elected: the test
+	// waits for the token to be known, not only for a leader.
+	waitFor(t, time.Minute, "a fresh Consul with a leader and ACLs bootstrapped", func() bool {
 		id, err := os.ReadFile(idFile)
 		if err != nil || string(id) == string(before) {
 			return false
 		}
 		l, err := a.consul.Status().Leader()
-		return err == nil && l != ""
+		if err != nil || l == "" {
+			return false
+		}
+		_, _, err = a.consul.ACL().TokenReadSelf(nil)
+		return err == nil
 	})
 	cfg, err := os.ReadFile(filepath.Join(a.Config.DataDir, "consul.json"))
 	if err != nil || !strings.Contains(string(cfg), old) {
