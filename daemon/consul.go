@@ -188,6 +188,7 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 			"raptiformica_machine_type": c.MachineType,
 			"raptiformica_cluster":      c.Cluster,
 			"raptiformica_backend":      c.Backend,
+			nodeconfig.MetaHTTPSPort:    strconv.Itoa(c.ConsulHTTPSPort),
 		},
 		DisableUpdateCheck: true,
 		LogLevel:           "WARN",

@@ -23,6 +23,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
@@ -411,7 +412,9 @@ func (s *meshSync) pruneNodes(ctx context.Context, nodes map[string]MeshNode, re
 // not know as alive: the first link of a new node, or a member back after
 // a split, is in the cluster at once rather than at the next retry.
 func (s *meshSync) joinPeers() {
-	members, err := s.consul.Agent().Members(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	members, err := consulclient.Members(ctx, s.consul)
 	if err != nil {
 		return
 	}

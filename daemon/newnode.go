@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
@@ -66,7 +67,7 @@ func NodeConfigFor(client *api.Client, cred Credentials, clusterDir, consulBinar
 				return nodeconfig.Config{}, err
 			}
 		}
-		members, err := client.Agent().Members(false)
+		members, err := consulclient.Members(ctx, client)
 		if err != nil {
 			return nodeconfig.Config{}, fmt.Errorf("list members: %w", err)
 		}

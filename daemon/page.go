@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -103,7 +104,7 @@ func (h *httpServer) pageView(ctx context.Context) pageData {
 		d.MembersError = err.Error()
 		return d
 	}
-	members, err := h.consul.Agent().Members(false)
+	members, err := consulclient.Members(ctx, h.consul)
 	if err != nil {
 		d.MembersError = err.Error()
 		return d

@@ -21,6 +21,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
@@ -349,7 +350,7 @@ func (q *quorumWatch) dropLostServers(ctx context.Context) error {
 	if len(recs) == 0 {
 		return errors.New("inventory empty: waiting for the mirror to re-seed it")
 	}
-	members, err := q.consul.Agent().Members(false)
+	members, err := consulclient.Members(ctx, q.consul)
 	if err != nil {
 		return err
 	}
@@ -393,7 +394,9 @@ func (q *quorumWatch) raftLastIndex() uint64 {
 }
 
 func (q *quorumWatch) serversSeen() []agentapi.ServerSeen {
-	members, err := q.consul.Agent().Members(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	members, err := consulclient.Members(ctx, q.consul)
 	if err != nil {
 		return nil
 	}

@@ -1,12 +1,14 @@
 package reconcile
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -55,6 +57,7 @@ type Executor struct {
 	lastErr   map[string]string    // backend -> its last failure; guarded by mu
 	lastSpawn map[string]time.Time // machine type -> last spawn; guarded by mu
 	recent    []Outcome            // newest last, at most recentOutcomes; guarded by mu
+	seen      map[string]Sighting  // the last pass's sightings; guarded by mu
 	wg        sync.WaitGroup
 }
 
@@ -88,6 +91,19 @@ func (e *Executor) Snapshot(obs *Observed) {
 	for t, at := range e.lastSpawn {
 		obs.LastSpawn[t] = at
 	}
+	obs.Seen = make(map[string]Sighting, len(e.seen))
+	for id, s := range e.seen {
+		obs.Seen[id] = s
+	}
+}
+
+// See keeps a pass's sightings for the next pass's Snapshot. Nil forgets
+// them: a new leadership term starts its observations afresh, since what
+// this node saw before it led is not a run of consecutive passes.
+func (e *Executor) See(seen map[string]Sighting) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.seen = seen
 }
 
 // InFlight lists the running actions, for status.
@@ -140,6 +156,12 @@ func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[strin
 		err = e.mark(ctx, obs.Records[a.MachineID], StateFailed, a.Reason)
 		if err == nil {
 			log.Warn("machine failed", telemetry.KeyReason, a.Reason)
+		}
+	case KindRestoreRecord:
+		err = e.restore(ctx, obs, a)
+		if err == nil {
+			log.Warn("inventory record re-created", telemetry.KeyReason, a.Reason)
+			e.finish(a, nil)
 		}
 	case KindSpawn:
 		id, err = e.spawn(ctx, p, bes, a, log)
@@ -253,6 +275,25 @@ func (e *Executor) mark(ctx context.Context, r Record, s State, reason string) e
 	return err
 }
 
+// restore writes the record of an alive member that has none, from its
+// backend's listing. It only ever creates: a record written meanwhile (the
+// mirror's re-seed, another leader) is the better one and stays.
+func (e *Executor) restore(ctx context.Context, obs Observed, a Action) error {
+	in := obs.Instances[a.Backend][a.MachineID]
+	now := e.Clock.Now()
+	created := in.Created
+	if created.IsZero() {
+		created = now
+	}
+	r := Record{ID: a.MachineID, Type: a.Type, Backend: a.Backend, State: StateJoined,
+		Address: cmp.Or(in.Address, obs.Members[a.MachineID].Address), Addresses: in.Addresses,
+		Created: created, Updated: now, Reason: a.Reason}
+	if _, err := e.Inventory.Put(ctx, r); err != nil && !errors.Is(err, ErrConflict) {
+		return err
+	}
+	return nil
+}
+
 // start marks id in flight and runs f in a goroutine; false if it already is.
 func (e *Executor) start(id string, a Action, f func()) bool {
 	e.mu.Lock()
@@ -304,12 +345,20 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	a.MachineID = id
 	log = log.With(telemetry.KeyMachineID, id, telemetry.KeyBackend, a.Backend)
 	e.start(id, a, func() {
-		node, err := e.NodeConfig(ctx, p, id, mt, a.Backend)
+		// A spawn that has not returned within the provision timeout
+		// would be reaped had it returned: a hung backend call must
+		// not hold its spawn slot, and its record, forever.
+		sctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
+		defer cancel()
+		node, err := e.NodeConfig(sctx, p, id, mt, a.Backend)
 		var inst backends.Instance
 		if err == nil {
 			begin := time.Now()
-			inst, err = be.Spawn(ctx, backends.Spec{Node: node, Bootstrap: mt.Bootstrap})
+			inst, err = be.Spawn(sctx, backends.Spec{Node: node, Bootstrap: mt.Bootstrap})
 			e.observeCall(a.Backend, "spawn", begin)
+			if err != nil && sctx.Err() != nil && ctx.Err() == nil {
+				err = fmt.Errorf("no answer within the provision timeout (%s): %w", p.Policy.ProvisionTimeout, err)
+			}
 		}
 		if ctx.Err() != nil {
 			// Leadership is gone; the next leader judges this record.
@@ -366,8 +415,12 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			return
 		}
 		if be != nil {
+			// As long as a spawn may take: destroying is as slow as
+			// creating on some providers, and no slower.
+			dctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
 			begin := time.Now()
-			err := be.Destroy(ctx, a.MachineID)
+			err := be.Destroy(dctx, a.MachineID)
+			cancel()
 			e.observeCall(a.Backend, "destroy", begin)
 			if err != nil {
 				e.backendFailed(a.Backend, p, err)
@@ -379,7 +432,10 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			log.Warn("backend not configured; removing the record only")
 		}
 		if isMember {
-			if err := e.Consul.Agent().ForceLeavePrune(a.MachineID); err != nil {
+			fctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+			err := e.Consul.Agent().ForceLeaveOptions(a.MachineID, api.ForceLeaveOpts{Prune: true}, (&api.QueryOptions{}).WithContext(fctx))
+			cancel()
+			if err != nil {
 				log.Warn("force-leave failed", telemetry.KeyError, err)
 			}
 		}
@@ -425,22 +481,49 @@ func (e *Executor) deleteRecord(ctx context.Context, rec Record) error {
 	return err
 }
 
-// leave asks the member's own Consul agent to leave the cluster.
+// consulCallTimeout bounds one call to Consul's HTTP API that is not a
+// blocking query.
+const consulCallTimeout = 15 * time.Second
+
+// leave asks the member's own Consul agent to leave the cluster, on the
+// HTTPS port the member publishes (a machine may have been given another
+// than the default).
 func (e *Executor) leave(ctx context.Context, m Member) error {
-	c, err := consulclient.New(consulclient.Target{Host: m.Address, Token: e.Token, CACert: e.CACert})
+	ctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+	defer cancel()
+	t, err := MemberTarget(ctx, e.Consul, m.Name, m.Address)
 	if err != nil {
 		return err
 	}
-	done := make(chan error, 1)
-	go func() { done <- c.Agent().Leave() }()
-	select {
-	case err := <-done:
+	t.Token, t.CACert = e.Token, e.CACert
+	c, err := consulclient.New(t)
+	if err != nil {
 		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-e.Clock.After(15 * time.Second):
-		return errors.New("leave timed out")
 	}
+	_, err = c.Raw().Write("/v1/agent/leave", nil, nil, (&api.WriteOptions{}).WithContext(ctx))
+	return err
+}
+
+// MemberTarget is where a member's Consul HTTP API is: its address, and the
+// ports it publishes in its node meta (the defaults when it publishes none,
+// as a machine of an older version does).
+func MemberTarget(ctx context.Context, consul *api.Client, node, addr string) (consulclient.Target, error) {
+	t := consulclient.Target{Host: addr}
+	n, _, err := consul.Catalog().Node(node, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return t, fmt.Errorf("read member %s from the catalog: %w", node, err)
+	}
+	if n == nil || n.Node == nil {
+		return t, nil
+	}
+	if v, ok := n.Node.Meta[nodeconfig.MetaHTTPSPort]; ok {
+		port, err := strconv.Atoi(v)
+		if err != nil || port < 1 || port > 65535 {
+			return t, fmt.Errorf("member %s publishes HTTPS port %q: not a port", node, v)
+		}
+		t.HTTPSPort = port
+	}
+	return t, nil
 }
 
 func (e *Executor) observeCall(backend, op string, begin time.Time) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -91,9 +92,12 @@ func TestInventoryCheckAndSet(t *testing.T) {
 // fakeBackend records calls. It is a stand-in for the backend, which is not
 // what these tests test; at Spawn it reads KV, to prove the intent is there.
 type fakeBackend struct {
-	mu        sync.Mutex
-	inv       *Inventory
-	spawnErr  error
+	mu       sync.Mutex
+	inv      *Inventory
+	spawnErr error
+	// hang makes Spawn and Destroy answer only when their context ends, as
+	// a hung engine or provider API does.
+	hang      bool
 	spawned   []string
 	destroyed []string
 	// sawIntent records, per spawn, the record state in KV at that moment.
@@ -110,13 +114,23 @@ func (f *fakeBackend) Spawn(ctx context.Context, spec backends.Spec) (backends.I
 		state = r.State
 	}
 	f.sawIntent = append(f.sawIntent, state)
+	if f.hang {
+		f.mu.Unlock()
+		<-ctx.Done()
+		f.mu.Lock()
+		return backends.Instance{}, ctx.Err()
+	}
 	if f.spawnErr != nil {
 		return backends.Instance{}, f.spawnErr
 	}
 	f.spawned = append(f.spawned, spec.Node.MachineID)
 	return backends.Instance{MachineID: spec.Node.MachineID, Address: "127.0.0.9", Running: true}, nil
 }
-func (f *fakeBackend) Destroy(_ context.Context, id string) error {
+func (f *fakeBackend) Destroy(ctx context.Context, id string) error {
+	if f.hang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.destroyed = append(f.destroyed, id)
@@ -268,5 +282,110 @@ func TestObserveAsksBackendsAtOnce(t *testing.T) {
 	}
 	if len(obs.BackendErrors) != 0 || obs.Instances["one"]["m1"].MachineID != "m1" || obs.Instances["two"]["m2"].MachineID != "m2" {
 		t.Errorf("backends asked one after another, or answers lost: errors %v, instances %v", obs.BackendErrors, obs.Instances)
+	}
+}
+
+// waitFor fails the test if the executor's actions have not all returned
+// within d: an action with no deadline would hold its slot forever.
+func waitFor(t *testing.T, ex *Executor, d time.Duration) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { ex.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatalf("actions still in flight after %s: %+v", d, ex.InFlight())
+	}
+}
+
+// TestExecutorSpawnEndsAtTheProvisionTimeout is issue 15's hung backend: a
+// spawn whose backend call never returns gives up its slot at the
+// provision timeout, and leaves its record to be reaped, not running
+// unrecorded or pinned in flight.
+func TestExecutorSpawnEndsAtTheProvisionTimeout(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	p := platform(t, `
+policy {
+  provision_timeout = "1s"
+}
+machine "server" {
+  min = 1
+  consul_server = true
+}`)
+	fb := &fakeBackend{inv: inv, hang: true}
+	ex := newExecutor(inv)
+	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, Observed{}, []Action{{Kind: KindSpawn, Type: "server", Backend: "local"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ex, 20*time.Second)
+	recs, _, _ := inv.List(ctx, nil)
+	if len(recs) != 1 {
+		t.Fatalf("got %d records, want the one hung spawn", len(recs))
+	}
+	for _, r := range recs {
+		if r.State != StateDestroying || !strings.Contains(r.Reason, "provision timeout") {
+			t.Errorf("hung spawn's record: got state %q reason %q, want destroying for the provision timeout", r.State, r.Reason)
+		}
+	}
+}
+
+// TestExecutorDestroyHasADeadline: a destroy that hangs ends, fails, and
+// leaves the record announcing the removal for the next pass to retry.
+func TestExecutorDestroyHasADeadline(t *testing.T) {
+	inv := needConsul(t)
+	p := platform(t, `
+policy {
+  provision_timeout = "1s"
+}
+machine "server" {
+  min = 1
+  consul_server = true
+}`)
+	r, err := inv.Put(context.Background(), Record{ID: "dead", Type: "server", Backend: "local", State: StateFailed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := &fakeBackend{inv: inv, hang: true}
+	ex := newExecutor(inv)
+	obs := Observed{Records: map[string]Record{"dead": r}}
+	if err := ex.Execute(context.Background(), p, map[string]backends.Backend{"local": fb}, obs, []Action{{Kind: KindReap, MachineID: "dead", Type: "server", Backend: "local"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ex, 20*time.Second)
+	got, ok, err := inv.Get(context.Background(), "dead")
+	if err != nil || !ok || got.State != StateDestroying {
+		t.Errorf("record after a hung destroy: %+v ok=%v err=%v, want it kept as destroying", got, ok, err)
+	}
+	if rec := ex.Recent(); len(rec) != 1 || rec[0].Result != "error" {
+		t.Errorf("outcome of a hung destroy: %+v", rec)
+	}
+}
+
+// TestMemberTargetReadsThePublishedPort: the leader asks a member to leave
+// on the HTTPS port that member publishes, not on the default.
+func TestMemberTargetReadsThePublishedPort(t *testing.T) {
+	needConsul(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	reg := &api.CatalogRegistration{Node: "odd-port", Address: "192.0.2.7", NodeMeta: map[string]string{nodeconfig.MetaHTTPSPort: "18501"}}
+	if _, err := consul.Client.Catalog().Register(reg, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer consul.Client.Catalog().Deregister(&api.CatalogDeregistration{Node: "odd-port"}, nil)
+	tg, err := MemberTarget(ctx, consul.Client, "odd-port", "192.0.2.7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tg.Host != "192.0.2.7" || tg.HTTPSPort != 18501 {
+		t.Errorf("target: got %+v want 192.0.2.7 on 18501", tg)
+	}
+	reg.Node, reg.NodeMeta = "bad-port", map[string]string{nodeconfig.MetaHTTPSPort: "99999"}
+	if _, err := consul.Client.Catalog().Register(reg, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer consul.Client.Catalog().Deregister(&api.CatalogDeregistration{Node: "bad-port"}, nil)
+	if _, err := MemberTarget(ctx, consul.Client, "bad-port", "192.0.2.7"); err == nil || !strings.Contains(err.Error(), "bad-port") {
+		t.Errorf("a member publishing port 99999: got %v, want an error naming it", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/rules"
@@ -38,6 +39,11 @@ type Status struct {
 	BackendErrors map[string]string     `json:"backend_errors,omitempty"`
 }
 
+// backendQueryTimeout bounds a backend's Available and List together: a
+// backend that has not answered by then is taken as not listed this pass
+// (nothing is judged from it), not waited for.
+const backendQueryTimeout = 45 * time.Second
+
 // Observe reads what the planner needs: the inventory, Consul's LAN members
 // and every backend's machines. A backend that cannot be listed is left out
 // of Instances and named in BackendErrors. Only a failure to read Consul is
@@ -49,7 +55,9 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 		return obs, err
 	}
 	obs.Records = recs
-	members, err := consul.Agent().Members(false)
+	mctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+	members, err := consulclient.Members(mctx, consul)
+	cancel()
 	if err != nil {
 		return obs, fmt.Errorf("list consul members: %w", err)
 	}
@@ -83,8 +91,10 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 			if lv, ok := be.(backends.LocalView); ok && lv.ListsOnlyLocal() {
 				a.localOnly = true
 			}
-			a.availErr = be.Available(ctx)
-			a.insts, a.listErr = be.List(ctx)
+			bctx, cancel := context.WithTimeout(ctx, backendQueryTimeout)
+			defer cancel()
+			a.availErr = be.Available(bctx)
+			a.insts, a.listErr = be.List(bctx)
 			mu.Lock()
 			answers = append(answers, a)
 			mu.Unlock()
@@ -190,6 +200,8 @@ type Reconciler struct {
 	Wake <-chan struct{}
 	// Publish receives the status after every pass.
 	Publish func(Status)
+
+	termStart time.Time // set by Run
 }
 
 // Run re-plans whenever the description, the membership or the inventory
@@ -210,6 +222,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	go watch.Loop(ctx, 5*time.Minute, r.healthQuery(), wake, logErr("health"))
 	go watch.Loop(ctx, 5*time.Minute, r.inventoryQuery(ctx), wake, logErr("inventory"))
 	defer r.Executor.Wait()
+	r.Executor.See(nil)
+	r.termStart = r.Clock.Now()
 
 	failures := 0
 	next := time.Duration(0)
@@ -255,8 +269,9 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 	var d Decision
 	if err == nil {
 		r.Executor.Snapshot(&obs)
-		obs.Self = r.Self
+		obs.Self, obs.TermStart = r.Self, r.termStart
 		d = Plan(p, obs, now)
+		r.Executor.See(d.Seen)
 		r.record(p, d, obs, now)
 		err = r.Executor.Execute(ctx, p, bes, obs, d.Actions)
 	}

@@ -8,10 +8,21 @@ import (
 	"github.com/raptiformica/raptiformica/rules"
 )
 
-// orphanAge is how old an instance without a record must be before it is
-// destroyed, so that a machine whose seed record is still being written is
-// not taken for an orphan.
+// orphanAge is how long this leader must have seen an instance without a
+// record before it is destroyed, so that a machine whose seed record is
+// still being written is not taken for an orphan.
 const orphanAge = 10 * time.Second
+
+// confirmAfter is how soon a pass looks again at a machine that would be
+// reaped on one observation alone: a reap needs two passes in a row to agree.
+const confirmAfter = time.Second
+
+// The conditions a Sighting follows. A machine that is up has none.
+const (
+	condJoining = "joining" // spawned or provisioned, not yet a live member
+	condDown    = "down"    // joined once, now failed or gone
+	condOrphan  = "orphan"  // an instance with no inventory record
+)
 
 // Plan decides what to do now. It is a pure function of the description, the
 // observed state and the time: it does no I/O, so that every decision the
@@ -24,6 +35,45 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 	ps.scale()
 	ps.removeStray()
 	return ps.decide()
+}
+
+// Sighting is what one leader has seen of one machine's condition: since
+// when, on its own clock, and in how many passes in a row. Ages that lead to
+// a removal are measured from First, never from times in a record: those
+// were written by whichever leader's wall clock, and a clock step would
+// make every failure look old at once.
+type Sighting struct {
+	Cond   string    `json:"cond"`
+	First  time.Time `json:"first"`
+	Passes int       `json:"passes"`
+}
+
+// sight returns id's sighting of cond for this pass: the previous one
+// carried on when the condition held, a new one from now when it changed.
+func (ps *pass) sight(id, cond string) Sighting {
+	s, ok := ps.obs.Seen[id]
+	if ok && s.Cond == cond {
+		s.Passes++
+	} else {
+		s = Sighting{Cond: cond, First: ps.now, Passes: 1}
+	}
+	ps.d.Seen[id] = s
+	return s
+}
+
+// ripe reports whether a condition seen in s has lasted limit on this
+// leader's clock and been seen in two passes in a row, and asks for the
+// pass that would make it so.
+func (ps *pass) ripe(s Sighting, limit time.Duration) bool {
+	if age := ps.now.Sub(s.First); age < limit {
+		ps.wakeAt(s.First.Add(limit))
+		return false
+	}
+	if s.Passes < 2 {
+		ps.wakeAt(ps.now.Add(confirmAfter))
+		return false
+	}
+	return true
 }
 
 // pass is one run of Plan. Its steps run in the order Plan calls them; each
@@ -71,7 +121,7 @@ func (t *tally) addLive(r Record) {
 }
 
 func newPass(p *rules.Platform, obs Observed, now time.Time) pass {
-	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, d: Decision{Types: map[string]TypeStatus{}}}
+	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, d: Decision{Types: map[string]TypeStatus{}, Seen: map[string]Sighting{}}}
 	for _, name := range p.MachineNames() {
 		ps.tallies[name] = &tally{}
 	}
@@ -97,7 +147,30 @@ func (ps *pass) tallyAll() {
 	for _, id := range sortedKeys(ps.obs.Records) {
 		ps.tallyRecord(id, ps.obs.Records[id])
 	}
+	ps.tallyUnrecorded()
 	ps.settled = ps.pendingTotal == 0 && ps.failed == 0
+}
+
+// tallyUnrecorded counts the alive members that have an instance but no
+// record, and writes their records again from what the backend knows of
+// them. Such a member, a Consul server perhaps, is never destroyed or
+// replaced for a missing record: the record is what was lost (a KV
+// re-seeded from an older mirror), not the machine. Destroying them once
+// lost quorum; replacing them would spawn machines that already run.
+func (ps *pass) tallyUnrecorded() {
+	for _, b := range sortedKeys(ps.obs.Instances) {
+		insts := ps.obs.Instances[b]
+		for _, id := range sortedKeys(insts) {
+			in := insts[id]
+			m, member := ps.obs.Members[id]
+			if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || !member || m.Status != MemberAlive {
+				continue
+			}
+			r := Record{ID: id, Type: in.MachineType, Backend: b, State: StateJoined}
+			ps.tallyOf(r).addLive(r)
+			ps.marks = append(ps.marks, actOn(KindRestoreRecord, id, r, "alive member without an inventory record: re-created from backend "+b))
+		}
+	}
 }
 
 // tallyRecord counts one machine and collects the mark, reap or stray
@@ -186,11 +259,10 @@ func (ps *pass) tallyJoining(id string, r Record, t *tally, h health) {
 	case h.up && (!h.member.Server || h.member.Voter):
 		ps.marks = append(ps.marks, actOn(KindMarkJoined, id, r, "member is alive"))
 		t.addLive(r)
-	case ps.now.Sub(r.Updated) >= ps.pol.ProvisionTimeout:
+	case ps.ripe(ps.sight(id, condJoining), ps.pol.ProvisionTimeout):
 		ps.reaps = append(ps.reaps, actOn(KindReap, id, r, fmt.Sprintf("did not join within the provision timeout (%s)", ps.pol.ProvisionTimeout)))
 	default:
 		ps.addPending(t)
-		ps.wakeAt(r.Updated.Add(ps.pol.ProvisionTimeout))
 	}
 }
 
@@ -219,29 +291,32 @@ func (ps *pass) tallyJoined(id string, r Record, t *tally, h health) {
 }
 
 // tallyFailed counts a failed machine: marked when first seen failed, left
-// alone for the grace period, then reaped.
+// alone for the grace period, then reaped. The grace period is measured on
+// this leader's clock from when it first saw the failure, whatever the
+// record's FailedSince says.
 func (ps *pass) tallyFailed(id string, r Record, t *tally, h health) {
 	grace := ps.pol.GracePeriod
-	switch {
-	case r.FailedSince.IsZero():
-		ps.marks = append(ps.marks, actOn(KindMarkFailed, id, r, h.failure(r.Backend)))
-		t.failedIn++
-		ps.wakeAt(ps.now.Add(grace))
-	case ps.now.Sub(r.FailedSince) < grace && !h.instGone:
-		t.failedIn++
-		ps.wakeAt(r.FailedSince.Add(grace))
-	default:
+	if h.instGone {
 		// The grace period waits out a member that may come back
 		// (a network blip); a machine its backend reports gone
 		// will not, and a machine cut off behind it (the middle of
 		// a chain) needs its replacement before its own grace ends.
-		why := fmt.Sprintf("failed for %s, longer than the grace period (%s)", ps.now.Sub(r.FailedSince).Round(time.Second), grace)
-		if h.instGone {
-			why = "instance is gone from backend " + r.Backend + ": no grace period to wait out"
-		}
-		ps.reaps = append(ps.reaps, actOn(KindReap, id, r, why))
-		t.failedOut++
+		grace = 0
 	}
+	s := ps.sight(id, condDown)
+	if r.FailedSince.IsZero() {
+		ps.marks = append(ps.marks, actOn(KindMarkFailed, id, r, h.failure(r.Backend)))
+	}
+	if !ps.ripe(s, grace) {
+		t.failedIn++
+		return
+	}
+	why := fmt.Sprintf("failed for %s, longer than the grace period (%s)", ps.now.Sub(s.First).Round(time.Second), grace)
+	if h.instGone {
+		why = "instance is gone from backend " + r.Backend + ": no grace period to wait out"
+	}
+	ps.reaps = append(ps.reaps, actOn(KindReap, id, r, why))
+	t.failedOut++
 }
 
 // halt suspends replacements while more members are failed than
@@ -342,17 +417,28 @@ func (ps *pass) decide() Decision {
 	return ps.d
 }
 
-// allowedReaps are the reaps to run: all of them, or only those without a
-// quorum risk while replacements are halted.
+// allowedReaps are the reaps to run. Removals already announced always
+// go on. Of the machines that may still hold a quorum (joined, failed, or
+// joining), at most max_unhealthy go in one pass, so that no single
+// observation, however wrong, takes out more than the cluster can lose; and
+// while replacements are halted only machines that never joined go.
 func (ps *pass) allowedReaps() []Action {
-	if ps.d.Halted == "" {
-		return ps.reaps
-	}
 	var out []Action
+	budget := ps.pol.MaxUnhealthy
 	for _, a := range ps.reaps {
-		if s := ps.obs.Records[a.MachineID].State; s != StateJoined && s != StateFailed {
-			out = append(out, a) // never-joined or half-removed machines are no quorum risk
+		s := ps.obs.Records[a.MachineID].State
+		switch {
+		case s == StateDestroying:
+		case ps.d.Halted != "" && (s == StateJoined || s == StateFailed):
+			continue
+		case budget <= 0:
+			ps.waitf("machine %s: reap waits for the next pass (at most max_unhealthy, %d, per pass)", a.MachineID, ps.pol.MaxUnhealthy)
+			ps.wakeAt(ps.now.Add(confirmAfter))
+			continue
+		default:
+			budget--
 		}
+		out = append(out, a)
 	}
 	return out
 }
@@ -369,22 +455,32 @@ func (ps *pass) orphans() []Action {
 				// (a KV being re-seeded), it never destroys itself.
 				continue
 			}
-			if !in.Created.IsZero() && ps.now.Sub(in.Created) < orphanAge {
-				ps.wakeAt(in.Created.Add(orphanAge))
-				continue
-			}
 			if m, ok := ps.obs.Members[id]; ok && m.Status == MemberAlive {
-				// A live member, a Consul server perhaps, is never
-				// destroyed for a missing record: the record is what was
-				// lost (a KV re-seeded from an older mirror), not the
-				// machine. Destroying them once lost quorum.
-				ps.waitf("machine %s on backend %s is an alive member without an inventory record: kept", id, b)
+				continue // tallyUnrecorded re-creates its record
+			}
+			// Seen on this leader's clock, not the backend's: an instance
+			// whose record is still being written is not an orphan yet.
+			if !ps.ripe(ps.sight(id, condOrphan), ps.orphanAge()) {
 				continue
 			}
 			out = append(out, Action{Kind: KindDestroyOrphan, MachineID: id, Type: in.MachineType, Backend: b, Reason: "instance has no inventory record"})
 		}
 	}
 	return out
+}
+
+// orphanAge is how long an instance must be seen without a record or a
+// membership before it is destroyed. Early in a leadership term it is the
+// provision timeout: a term often starts with a re-seeded KV (a recovery on
+// a fresh Consul), whose mirror may be older than the machines, and those
+// rejoin over the next retry intervals; until they had the time a spawn
+// has to join, the inventory is not rebuilt and no missing record means
+// anything.
+func (ps *pass) orphanAge() time.Duration {
+	if !ps.obs.TermStart.IsZero() && ps.now.Sub(ps.obs.TermStart) < ps.pol.ProvisionTimeout {
+		return max(orphanAge, ps.pol.ProvisionTimeout)
+	}
+	return orphanAge
 }
 
 // actOn is an action on a recorded machine.

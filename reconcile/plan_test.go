@@ -47,6 +47,34 @@ func cluster(typ string, ids ...string) Observed {
 
 func with(o Observed, f func(o *Observed)) Observed { f(&o); return o }
 
+// watched is o as a leader sees it that has watched the cluster all along,
+// in a pass every second: each machine that is not up was first seen when
+// its record says (a spawn's last update, a failure's FailedSince) and an
+// orphan when it was created. Tests of what a new leader or a clock step
+// sees set Seen themselves.
+func watched(o Observed) Observed {
+	if o.Seen != nil {
+		return o
+	}
+	o.Seen = map[string]Sighting{}
+	for id, r := range o.Records {
+		switch {
+		case r.State == StateSpawning || r.State == StateJoining:
+			o.Seen[id] = Sighting{Cond: condJoining, First: r.Updated, Passes: 2}
+		case !r.FailedSince.IsZero():
+			o.Seen[id] = Sighting{Cond: condDown, First: r.FailedSince, Passes: 2}
+		}
+	}
+	for _, insts := range o.Instances {
+		for id, in := range insts {
+			if _, ok := o.Records[id]; !ok {
+				o.Seen[id] = Sighting{Cond: condOrphan, First: in.Created, Passes: 2}
+			}
+		}
+	}
+	return o
+}
+
 func TestPlan(t *testing.T) {
 	now := t0.Add(time.Hour)
 	cases := []struct {
@@ -165,16 +193,17 @@ func TestPlan(t *testing.T) {
 			want: []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
 		},
 		{
-			name: "the leader is never an orphan, even without a record",
+			name: "the leader is never an orphan, even without a record or a membership",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
 				delete(o.Records, "a")
+				delete(o.Members, "a")
 				o.Self = "a"
 			}),
 			want: []Action{{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"}},
 		},
 		{
-			name: "alive members without records are never destroyed as orphans",
+			name: "alive members without records are re-recorded, never destroyed or replaced",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
 				delete(o.Records, "b")
@@ -186,8 +215,11 @@ func TestPlan(t *testing.T) {
 					o.Instances["local"][id] = in
 				}
 			}),
-			// Not re-recorded yet: their type counts them missing.
-			want: []Action{{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "1 of min 3"}, {Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"}},
+			want: []Action{
+				{Kind: KindRestoreRecord, MachineID: "b", Type: "server", Backend: "local", Reason: "alive member without an inventory record: re-created from backend local"},
+				{Kind: KindRestoreRecord, MachineID: "c", Type: "server", Backend: "local", Reason: "alive member without an inventory record: re-created from backend local"},
+			},
+			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 3}},
 		},
 		{
 			name: "the leader never judges itself gone from its backend",
@@ -378,7 +410,7 @@ func TestPlan(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got := Plan(platform(t, tc.src), tc.obs, now)
+			got := Plan(platform(t, tc.src), watched(tc.obs), now)
 			if diff := cmp.Diff(tc.want, got.Actions); diff != "" {
 				t.Errorf("actions (-want +got):\n%s\nwaiting: %q", diff, got.Waiting)
 			}
@@ -403,7 +435,7 @@ func TestPlanWakesWhenATimerRunsOut(t *testing.T) {
 		r.State, r.FailedSince = StateFailed, now.Add(-10*time.Second)
 		o.Records["c"] = r
 	})
-	if got, want := Plan(p, obs, now).NextCheck, now.Add(20*time.Second); !got.Equal(want) {
+	if got, want := Plan(p, watched(obs), now).NextCheck, now.Add(20*time.Second); !got.Equal(want) {
 		t.Errorf("next check with a failed member: got %v want the end of its grace period %v", got, want)
 	}
 	if got := Plan(p, cluster("server", "a", "b", "c"), now).NextCheck; !got.IsZero() {
@@ -482,5 +514,162 @@ func TestPlanConverges(t *testing.T) {
 	want := map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 3}, "worker": {Min: 4, Max: 6, Live: 4}}
 	if diff := cmp.Diff(want, d.Types); diff != "" {
 		t.Errorf("final types (-want +got):\n%s", diff)
+	}
+}
+
+// TestPlanAgesOnItsOwnClock is issue 15's clock step: times in records were
+// written by other leaders' wall clocks (or by this one before its clock
+// stepped), so a leader that has only just seen a failure, a join or an
+// orphan removes nothing, however old the record says it is.
+func TestPlanAgesOnItsOwnClock(t *testing.T) {
+	now := t0.Add(time.Hour)
+	p := platform(t, threeServers+`machine "worker" {
+  min = 1
+}`)
+	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Members["c"] = Member{Name: "c", Status: MemberFailed, Server: true}
+		r := o.Records["c"]
+		r.State, r.FailedSince = StateFailed, now.Add(-3*time.Minute)
+		o.Records["c"] = r
+		o.Records["w"] = Record{ID: "w", Type: "worker", Backend: "local", State: StateJoining, Updated: now.Add(-3 * time.Minute)}
+		o.Instances["local"]["w"] = backends.Instance{MachineID: "w", Running: true}
+		o.Instances["local"]["stray"] = backends.Instance{MachineID: "stray", Running: true, Created: now.Add(-3 * time.Minute)}
+	})
+	obs.Seen = map[string]Sighting{} // a leader's first pass
+	for _, step := range []struct {
+		after time.Duration
+		want  []Action
+	}{
+		{after: 0},
+		{after: time.Second},
+		{after: 29 * time.Second, want: []Action{
+			{Kind: KindDestroyOrphan, MachineID: "stray", Backend: "local", Reason: "instance has no inventory record"},
+		}},
+		{after: 31 * time.Second, want: []Action{
+			{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+			{Kind: KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "failed for 31s, longer than the grace period (30s)"},
+		}},
+		{after: time.Minute, want: []Action{
+			{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+			{Kind: KindSpawn, Type: "worker", Backend: "local", Reason: "0 of min 1"},
+			{Kind: KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "failed for 1m0s, longer than the grace period (30s)"},
+			{Kind: KindReap, MachineID: "w", Type: "worker", Backend: "local", Reason: "did not join within the provision timeout (1m0s)"},
+		}},
+	} {
+		d := Plan(p, obs, now.Add(step.after))
+		var got []Action
+		for _, a := range d.Actions {
+			if a.Kind != KindMarkFailed {
+				got = append(got, a)
+			}
+		}
+		if diff := cmp.Diff(step.want, got); diff != "" {
+			t.Errorf("%s after this leader first looked (-want +got):\n%s", step.after, diff)
+		}
+		obs.Seen = d.Seen
+		for _, a := range got {
+			if a.Kind == KindDestroyOrphan {
+				delete(obs.Instances[a.Backend], a.MachineID)
+			}
+		}
+	}
+}
+
+// TestPlanReapsOnlyWhenTwoPassesAgree: a backend's one list that leaves a
+// machine out is not enough to reap it, however sure it looks.
+// TestPlanHoldsOrphansEarlyInATerm: a leader whose term just began (often
+// on a KV re-seeded from a mirror older than the machines) waits the
+// provision timeout before it takes an unrecorded instance for an orphan,
+// since machines rejoining the re-created cluster take that long.
+func TestPlanHoldsOrphansEarlyInATerm(t *testing.T) {
+	now := t0.Add(time.Hour)
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Instances["local"]["old"] = backends.Instance{MachineID: "old", MachineType: "server", Running: true}
+		o.Seen = map[string]Sighting{"old": {Cond: condOrphan, First: now.Add(-30 * time.Second), Passes: 30}}
+		o.TermStart = now.Add(-30 * time.Second)
+	})
+	if d := Plan(p, obs, now); len(d.Actions) != 0 {
+		t.Errorf("30 s into a term, with a provision timeout of 1m: %+v", d.Actions)
+	}
+	obs.Seen["old"] = Sighting{Cond: condOrphan, First: now.Add(-time.Minute), Passes: 60}
+	obs.TermStart = now.Add(-time.Minute)
+	want := []Action{{Kind: KindDestroyOrphan, MachineID: "old", Type: "server", Backend: "local", Reason: "instance has no inventory record"}}
+	if diff := cmp.Diff(want, Plan(p, obs, now).Actions); diff != "" {
+		t.Errorf("a provision timeout into the term (-want +got):\n%s", diff)
+	}
+}
+
+func TestPlanReapsOnlyWhenTwoPassesAgree(t *testing.T) {
+	now := t0.Add(time.Hour)
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		delete(o.Instances["local"], "c")
+		o.Members["c"] = Member{Name: "c", Status: MemberFailed, Server: true}
+	})
+	obs.Seen = map[string]Sighting{}
+	d := Plan(p, obs, now)
+	for _, a := range d.Actions {
+		if a.Kind == KindReap {
+			t.Fatalf("first pass that saw c gone reaped it: %+v", d.Actions)
+		}
+	}
+	if want := now.Add(confirmAfter); !d.NextCheck.Equal(want) {
+		t.Errorf("next check: got %v want %v, to confirm soon", d.NextCheck, want)
+	}
+	obs.Seen = d.Seen
+	d = Plan(p, obs, now.Add(confirmAfter))
+	reaped := false
+	for _, a := range d.Actions {
+		reaped = reaped || a.Kind == KindReap && a.MachineID == "c"
+	}
+	if !reaped {
+		t.Errorf("second pass that saw c gone did not reap it: %+v", d.Actions)
+	}
+
+	// The machine back in between starts the count again.
+	obs.Seen = map[string]Sighting{"c": {Cond: condDown, First: now, Passes: 1}}
+	obs.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: true}
+	obs.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, Voter: true}
+	if d := Plan(p, obs, now.Add(confirmAfter)); len(d.Seen) != 0 {
+		t.Errorf("a machine up again keeps its sighting: %+v", d.Seen)
+	}
+}
+
+// TestPlanReapsAtMostMaxUnhealthyPerPass: however many machines one
+// observation condemns, a pass removes no more than the cluster may lose.
+func TestPlanReapsAtMostMaxUnhealthyPerPass(t *testing.T) {
+	now := t0.Add(time.Hour)
+	p := platform(t, `
+policy {
+  provision_timeout = "1m"
+  max_unhealthy = 2
+}
+machine "server" {
+  min = 1
+  consul_server = true
+}
+machine "worker" {
+  min = 4
+}`)
+	obs := cluster("server", "a")
+	for _, id := range []string{"w1", "w2", "w3", "w4"} {
+		obs.Records[id] = Record{ID: id, Type: "worker", Backend: "local", State: StateJoining, Updated: now.Add(-time.Hour)}
+		obs.Instances["local"][id] = backends.Instance{MachineID: id, Running: true}
+	}
+	reaps := func(d Decision) (ids []string) {
+		for _, a := range d.Actions {
+			if a.Kind == KindReap {
+				ids = append(ids, a.MachineID)
+			}
+		}
+		return ids
+	}
+	d := Plan(p, watched(obs), now)
+	if diff := cmp.Diff([]string{"w1", "w2"}, reaps(d)); diff != "" {
+		t.Errorf("reaps in one pass (-want +got):\n%s", diff)
+	}
+	if want := now.Add(confirmAfter); !d.NextCheck.Equal(want) {
+		t.Errorf("next check: got %v want %v, for the reaps held back", d.NextCheck, want)
 	}
 }

@@ -123,6 +123,13 @@ type Observed struct {
 	InFlight map[string]bool
 	// Self is the leader's own machine ID: never scaled down by itself.
 	Self string
+	// Seen is what the previous passes of this leader saw of the machines
+	// that are not up (Decision.Seen of the last pass): removals wait for
+	// ages measured on its clock, in passes in a row.
+	Seen map[string]Sighting
+	// TermStart is when this leader's term began, on its clock; zero when
+	// unknown (a dry run), which counts as long ago.
+	TermStart time.Time
 }
 
 // Kind names an action.
@@ -144,6 +151,10 @@ const (
 	KindScaleDown Kind = "scale_down"
 	// KindDestroyOrphan destroys a backend instance that has no record.
 	KindDestroyOrphan Kind = "destroy_orphan"
+	// KindRestoreRecord writes the record of an alive member that has
+	// none (a KV re-seeded from an older mirror), from what its backend
+	// lists: the record was lost, not the machine.
+	KindRestoreRecord Kind = "restore_record"
 )
 
 // Action is one step the executor takes.
@@ -183,4 +194,6 @@ type Decision struct {
 	// out); zero when only an event can change it. The loop wakes then, so
 	// that timers act on time rather than at the next resync.
 	NextCheck time.Time `json:"next_check,omitzero"`
+	// Seen is this pass's sightings, for the next pass's Observed.Seen.
+	Seen map[string]Sighting `json:"-"`
 }

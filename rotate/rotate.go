@@ -25,6 +25,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -92,29 +93,6 @@ func waitFor(ctx context.Context, opts Options, what string, check func(context.
 	return fmt.Errorf("waited %s for %s: %s", opts.timeout(), what, why)
 }
 
-// members lists Consul's members, giving up when ctx ends: the API's call
-// takes no context.
-func members(ctx context.Context, c *api.Client) ([]*api.AgentMember, error) {
-	type result struct {
-		m   []*api.AgentMember
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		m, err := c.Agent().Members(false)
-		done <- result{m, err}
-	}()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			return nil, fmt.Errorf("list members: %w", r.err)
-		}
-		return r.m, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("list members: %w", ctx.Err())
-	}
-}
-
 // cluster is one look at who must take a rotation's steps.
 type cluster struct {
 	records map[string]reconcile.Record
@@ -129,7 +107,7 @@ func look(ctx context.Context, opts Options, c *api.Client) (cluster, error) {
 	if err != nil {
 		return cluster{}, fmt.Errorf("read the inventory: %w", err)
 	}
-	ms, err := members(cctx, c)
+	ms, err := consulclient.Members(cctx, c)
 	if err != nil {
 		return cluster{}, err
 	}

@@ -20,7 +20,10 @@ type Clock interface {
 // Real is the wall clock.
 type Real struct{}
 
-// Now returns the current time.
+// Now returns the current time with its monotonic reading: the control
+// loop measures ages as differences of two Nows, which that reading keeps
+// true when the wall clock is stepped (NTP, a VM resumed, an operator).
+// Such a time must stay in memory: stored or sent, it loses the reading.
 func (Real) Now() time.Time { return time.Now() }
 
 // After waits for d on the wall clock.

@@ -3,6 +3,7 @@ package clock
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -64,5 +65,19 @@ func TestPollStops(t *testing.T) {
 	cancel()
 	if err := Poll(ctx, NewFake(time.Time{}), time.Hour, func() (bool, error) { return false, nil }); !errors.Is(err, context.Canceled) {
 		t.Errorf("a cancelled context: got %v want %v", err, context.Canceled)
+	}
+}
+
+// TestRealNowIsMonotonic guards what the planner's ages rely on: a
+// difference of two Real Nows is measured on the monotonic clock, so a
+// step of the wall clock between them does not count. A Now stripped of
+// that reading (Round(0), as a stored time is) does not have it.
+func TestRealNowIsMonotonic(t *testing.T) {
+	now := Real{}.Now()
+	if !strings.Contains(now.String(), " m=") {
+		t.Fatalf("Real.Now() %v carries no monotonic reading", now)
+	}
+	if strings.Contains(now.Round(0).String(), " m=") {
+		t.Fatalf("a stripped time still carries a monotonic reading")
 	}
 }

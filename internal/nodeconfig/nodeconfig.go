@@ -31,6 +31,11 @@ const (
 	AgentHTTPSPort  = 9551
 )
 
+// MetaHTTPSPort is the Consul node meta key under which a member publishes
+// the port of its Consul HTTPS API, so that the leader reaches a member whose
+// port is not the default (asking it to leave the cluster).
+const MetaHTTPSPort = "raptiformica_https_port"
+
 // Config is everything a machine's agent needs to become a member. It is
 // written once by whoever creates the machine (the spawning leader, or `up`
 // for the seed) and read by the agent at start.

@@ -3,11 +3,120 @@ package e2e
 import (
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
+
+// clockStep is the wall-clock step of the clock round: issue 15 saw a step
+// this size reap a joining and a failed server at once.
+const clockStep = 3 * time.Minute
+
+// stepClock steps this host's wall clock (every local machine's, the
+// leader's included) by d.
+func stepClock(d time.Duration) error {
+	return exec.Command("date", "-s", "@"+strconv.FormatInt(time.Now().Add(d).Unix(), 10)).Run()
+}
+
+// clockStepRound kills one worker and at once steps the wall clock forward
+// by clockStep: the leader must replace that worker and reap nothing else,
+// since its grace periods run on its own (monotonic) clock, not on the
+// times in records. The clock is stepped back at the end. It reports the
+// heal time, or false when this host's clock cannot be set (not root).
+func clockStepRound(b *testing.B, c *testCluster, size int) (time.Duration, bool) {
+	v := c.waitAgree(size, 2*time.Minute, "before the clock step")
+	if err := stepClock(0); err != nil {
+		b.Logf("clock step round skipped: cannot set the clock here: %v", err)
+		return 0, false
+	}
+	var victim string
+	for _, id := range v.joined {
+		if id != v.leader && strings.HasPrefix(id, "worker-") {
+			victim = id
+			break
+		}
+	}
+	t0 := time.Now()
+	c.kill(victim)
+	if err := stepClock(clockStep); err != nil {
+		b.Fatalf("step the clock: %v", err)
+	}
+	defer func() {
+		if err := stepClock(-clockStep); err != nil {
+			b.Errorf("step the clock back by %s: %v", clockStep, err)
+		}
+	}()
+	after := c.waitAgree(size, 3*time.Minute, "healing after the clock step", victim)
+	h := time.Since(t0)
+	for _, id := range v.joined {
+		if id != victim && !contains(after.joined, id) {
+			b.Errorf("clock step: %s was removed though only %s died (before %v, after %v)", id, victim, v.joined, after.joined)
+		}
+	}
+	b.Logf("round clock: killed %s and stepped the clock %s, healed in %s", victim, clockStep, h.Round(time.Millisecond))
+	return h, true
+}
+
+// soakProvisionTimeout is platformWith's provision_timeout: the floor of a
+// heal whose first spawn hangs.
+const soakProvisionTimeout = 90 * time.Second
+
+// hungBackendRound puts first in the workers' backends one whose
+// start_instance never returns (an exec backend whose command sleeps an
+// hour, within its own timeout of an hour), then kills a worker. The spawn
+// on it must give its slot back at the provision timeout, the worker come
+// back on local, and nothing else be reaped. It reports the heal time,
+// whose floor is the grace period plus the provision timeout.
+func hungBackendRound(b *testing.B, c *testCluster, size int) time.Duration {
+	hung := c.writePlatform("hung.hcl", platformWith(3, 3, benchGrace.String(), `backend "hung" {
+  type     = "exec"
+  settings = { timeout = "1h" }
+  commands = {
+    start_instance            = ["sleep", "3600"]
+    get_hostname              = ["true"]
+    clean_up_instance_command = ["true"]
+  }
+}
+machine "worker" {
+  min      = 3
+  backends = ["hung", "local"]
+}
+`, true))
+	if out, errOut, code := c.rf("platform", "apply", hung); code != 0 {
+		b.Fatalf("apply the hung backend: exit %d\n%s%s", code, out, errOut)
+	}
+	v := c.waitAgree(size, 2*time.Minute, "before the hung backend round")
+	var victim string
+	for _, id := range v.joined {
+		if id != v.leader && strings.HasPrefix(id, "worker-") {
+			victim = id
+			break
+		}
+	}
+	t0 := time.Now()
+	c.kill(victim)
+	after := c.waitAgree(size, soakProvisionTimeout+3*time.Minute, "healing past the hung backend", victim)
+	h := time.Since(t0)
+	for _, id := range v.joined {
+		if id != victim && !contains(after.joined, id) {
+			b.Errorf("hung backend: %s was removed though only %s died (before %v, after %v)", id, victim, v.joined, after.joined)
+		}
+	}
+	gaveUp := false
+	for _, m := range c.machines() {
+		log, _ := os.ReadFile(filepath.Join(m.Dir, "agent.log"))
+		gaveUp = gaveUp || strings.Contains(string(log), "no answer within the provision timeout")
+	}
+	if !gaveUp {
+		b.Errorf("hung backend: no agent log says a spawn was given up at the provision timeout; was the hung backend used?")
+	}
+	b.Logf("round hung: killed %s with a hung first backend, healed in %s (provision timeout %s)", victim, h.Round(time.Millisecond), soakProvisionTimeout)
+	return h
+}
 
 // BenchmarkSoak is the long chaos run behind `make soak`: a local cluster of
 // three servers and three workers loses machines round after round (a
@@ -15,6 +124,8 @@ import (
 // once) and must heal each time, with exactly one spawn per death. It
 // prints heal times; it fails only when the cluster does not heal or
 // spawns twice for one need. SOAK_ROUNDS sets the rounds (default 20).
+// A round then steps the wall clock forward while a worker is dead, and a
+// last one makes the workers' first backend hang.
 func BenchmarkSoak(b *testing.B) {
 	rounds := 20
 	if s := os.Getenv("SOAK_ROUNDS"); s != "" {
@@ -63,6 +174,15 @@ func BenchmarkSoak(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	if d, ok := clockStepRound(b, c, size); ok {
+		deaths++
+		b.ReportMetric(d.Seconds(), "clock_step_heal_s")
+	}
+	if d := hungBackendRound(b, c, size); d > 0 {
+		deaths++
+		b.ReportMetric(d.Seconds(), "hung_backend_heal_s")
+		b.ReportMetric(soakProvisionTimeout.Seconds(), "provision_timeout_s")
+	}
 	time.Sleep(3 * time.Second) // a stray second spawn would show by now
 	extra := c.spawns() - grown
 	if extra != deaths {
