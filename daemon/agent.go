@@ -329,7 +329,9 @@ func (a *Agent) ensureIdentity() error {
 // leader, which every KV write needs.
 func (a *Agent) waitConsul(ctx context.Context) error {
 	return clock.Poll(ctx, a.Clock, 250*time.Millisecond, func() (bool, error) {
-		leader, err := a.consul.Status().Leader()
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		leader, err := consulclient.Leader(lctx, a.consul)
 		return err == nil && leader != "", nil
 	})
 }
@@ -337,15 +339,10 @@ func (a *Agent) waitConsul(ctx context.Context) error {
 // leave takes the node out of the cluster, so that the others see "left",
 // not "failed", and a server is taken out of Raft. It gives up after 5 s.
 func (a *Agent) leave() {
-	done := make(chan error, 1)
-	go func() { done <- a.consul.Agent().Leave() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			a.Log.Warn("leave failed", telemetry.KeyError, err)
-		}
-	case <-a.Clock.After(5 * time.Second):
-		a.Log.Warn("leave timed out")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := consulclient.Leave(ctx, a.consul); err != nil {
+		a.Log.Warn("leave failed", telemetry.KeyError, err)
 	}
 }
 

@@ -428,7 +428,7 @@ func (s *meshSync) joinPeers() {
 		if !p.Up || p.Address == "" || alive[p.Address] {
 			continue
 		}
-		if err := s.consul.Agent().Join(p.Address, false); err != nil {
+		if err := consulclient.Join(ctx, s.consul, p.Address); err != nil {
 			s.log.Debug("consul join over the mesh", telemetry.KeyAddress, p.Address, telemetry.KeyError, err)
 		}
 		alive[p.Address] = true

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 )
 
@@ -66,7 +67,10 @@ func (w *watchdog) Run(ctx context.Context) error {
 		return nil
 	}
 	clock.Every(ctx, w.clock, every, func() {
-		if _, err := w.consul.Status().Leader(); err == nil {
+		lctx, cancel := context.WithTimeout(ctx, every)
+		_, err := consulclient.Leader(lctx, w.consul)
+		cancel()
+		if err == nil {
 			notify("WATCHDOG=1")
 		} else {
 			w.log.Warn("not pinging the systemd watchdog: consul does not answer", telemetry.KeyError, err)

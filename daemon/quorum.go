@@ -127,7 +127,9 @@ func (q *quorumWatch) Run(ctx context.Context) error {
 	wasLost, recovering := false, false
 	var last recoveryDecision
 	for clock.Sleep(ctx, q.clock, time.Second) == nil {
-		leader, err := q.consul.Status().Leader()
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		leader, err := consulclient.Leader(lctx, q.consul)
+		cancel()
 		now := q.clock.Now()
 		if err == nil && leader != "" {
 			if recovering {
@@ -382,7 +384,9 @@ func (q *quorumWatch) dropLostServers(ctx context.Context) error {
 // When Consul cannot be asked, it is the last index read: the log does not
 // shrink while Consul is down.
 func (q *quorumWatch) raftLastIndex() uint64 {
-	self, err := q.consul.Agent().Self()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	self, err := consulclient.Self(ctx, q.consul)
 	if err == nil {
 		raft, _ := self["Stats"]["raft"].(map[string]any)
 		s, _ := raft["last_log_index"].(string)
