@@ -2,7 +2,6 @@ package exec
 
 import (
 	"context"
-	"io"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -280,19 +279,39 @@ func alive(pid int) bool {
 	return true
 }
 
-// The output cap holds through io.Copy, which os/exec uses: it once took
-// a bytes.Buffer's ReadFrom and kept all 50 MB a command printed.
+// An overflowing list_instances is an error, never a shorter list (a
+// short list makes machines look gone), and it is stopped as soon as it
+// overflows rather than left printing until its timeout. The cap itself
+// (through io.Copy, which once took 50 MB) is internal/capped's test.
 func TestHostileOutputCap(t *testing.T) {
-	var l limitedBuffer
-	n, err := io.Copy(&l, io.LimitReader(zeros{}, 4<<20))
-	if err != nil || n != 4<<20 {
-		t.Fatalf("copy: %d, %v", n, err)
+	cmds := fakeMachines()
+	cmds[CmdList] = sh(`while :; do echo "worker-1 running 10.0.0.1"; done`)
+	b, _ := newBackend(t, cmds, map[string]string{"query_timeout": "20s"})
+	start := time.Now()
+	insts, err := b.List(context.Background())
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "list_instances printed more than 64 KiB") {
+		t.Errorf("list: got %d machines, error %v; want an error saying list_instances printed more than 64 KiB", len(insts), err)
 	}
-	if len(l.Bytes()) != outputLimit || !l.truncated {
-		t.Errorf("kept %d bytes (truncated %v), want %d and truncated", len(l.Bytes()), l.truncated, outputLimit)
+	if took > 10*time.Second {
+		t.Errorf("an overflowing list_instances ran for %s: it was left printing until its timeout", took)
 	}
 }
 
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+// What a machine's commands print goes to its commands.log capped, with a
+// note of what was cut.
+func TestHostileCommandsLogCap(t *testing.T) {
+	cmds := fakeMachines()
+	cmds[CmdStart] = sh(`head -c 4000000 /dev/zero | tr '\0' o; head -c 4000000 /dev/zero | tr '\0' e >&2; cp "$RAPTIFORMICA_AGENT_CONFIG" "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"`)
+	b, _ := newBackend(t, cmds, map[string]string{"timeout": "20s"})
+	if _, err := b.Spawn(context.Background(), spec("worker-1")); err != nil {
+		t.Fatal(err)
+	}
+	log := readFile(t, filepath.Join(b.dir, "worker-1", "commands.log"))
+	if len(log) > 2*outputLimit+4096 {
+		t.Errorf("commands.log holds %d bytes after one command, want at most the two %d-byte caps and headers", len(log), outputLimit)
+	}
+	if n := strings.Count(log, "output cut at 64 KiB"); n != 2 {
+		t.Errorf("commands.log notes %d cut outputs, want 2 (stdout and stderr):\n%s", n, log[len(log)-min(len(log), 400):])
+	}
+}
