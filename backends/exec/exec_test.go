@@ -1,6 +1,7 @@
 package exec
 
 import (
+	"bytes"
 	"context"
 	"os"
 	osexec "os/exec"
@@ -114,14 +115,20 @@ func TestSpawnFailures(t *testing.T) {
 		name, cmd, script, want string
 	}{
 		{"exits non-zero", CmdStart, `echo "no space left on device" >&2; exit 3`, "start_instance: exit status 3: no space left on device"},
-		{"hangs", CmdStart, `sleep 60 & echo $! > "$RAPTIFORMICA_SETTING_POOL/child"; wait`, "start_instance timed out after 300ms and was killed"},
+		{"hangs", CmdStart, `sleep 60 & echo $! > "$RAPTIFORMICA_SETTING_POOL/child"; wait`, "start_instance timed out after 1s and was killed"},
 		{"prints garbage", CmdHostname, `echo "Error: No such container"`, `get_hostname: printed "Error: No such container", not an address or host name`},
 		{"prints no port", CmdPort, `echo twenty-two`, `get_port: printed "twenty-two", not a port number`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmds := fakeMachines()
 			cmds[tc.cmd] = sh(tc.script)
-			b, pool := newBackend(t, cmds, map[string]string{"timeout": "300ms"})
+			// Only the hanging command may reach its timeout: at 300 ms
+			// for all, a loaded machine timed out the others too.
+			timeout := "30s"
+			if tc.name == "hangs" {
+				timeout = "1s"
+			}
+			b, pool := newBackend(t, cmds, map[string]string{"timeout": timeout})
 			_, err := b.Spawn(context.Background(), spec("worker-1"))
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "worker-1") {
 				t.Fatalf("err = %v, want it to name worker-1 and say %q", err, tc.want)
@@ -273,6 +280,13 @@ func alive(pid int) bool {
 	for time.Now().Before(deadline) {
 		if err := syscall.Kill(pid, 0); err != nil {
 			return false
+		}
+		// Killed, but not yet reaped by init (slow on a loaded machine):
+		// a zombie runs nothing.
+		if stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err == nil {
+			if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); len(f) > 0 && f[0] == "Z" {
+				return false
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
