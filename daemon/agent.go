@@ -61,6 +61,9 @@ type Agent struct {
 	Binary string
 	Log    hclog.Logger
 	Clock  clock.Clock
+	// LogMaxBytes is the size at which agent.log and consul.log are
+	// rotated; 0 means logfile.DefaultMaxBytes.
+	LogMaxBytes int64
 
 	// Set by Run before any component starts; read-only afterwards.
 	metrics   *telemetry.Metrics
@@ -90,6 +93,7 @@ type component interface {
 // server and returns. It returns an error when the node cannot start at
 // all, or the error of the component that stopped it.
 func (a *Agent) Run(ctx context.Context) error {
+	defer a.rotateOwnLog(ctx, logCheckInterval)()
 	if err := a.setUp(); err != nil {
 		return err
 	}
@@ -223,7 +227,7 @@ func (a *Agent) setUp() (err error) {
 		registry: a.Registry, platform: a.mirror.Platform, store: a.store, log: a.Log,
 		env: backends.Env{ClusterDir: c.ClusterDir, Binary: a.Binary, ConsulBinary: c.ConsulBinary, Logger: a.Log.Named("backend")},
 	}
-	a.proc = &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirror.peers, Clock: a.Clock}
+	a.proc = &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirror.peers, Clock: a.Clock, LogMaxBytes: a.LogMaxBytes}
 	// Where a new machine can dial the node that configures it: in its
 	// config even before this node's mesh entry is in KV.
 	var selfEndpoints func() []string

@@ -22,6 +22,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/logfile"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 )
@@ -240,6 +241,9 @@ type ConsulProcess struct {
 	Peers func() []string
 	// Clock times the restarts; nil is the wall clock.
 	Clock clock.Clock
+	// LogMaxBytes is the size at which consul.log is rotated; 0 means
+	// logfile.DefaultMaxBytes.
+	LogMaxBytes int64
 
 	restart chan struct{}
 	once    sync.Once
@@ -324,13 +328,24 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 	if err := os.MkdirAll(cc.DataDir, 0o700); err != nil {
 		return err
 	}
-	logf, err := os.OpenFile(filepath.Join(p.Config.DataDir, "consul.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	// Consul's output goes through the agent, into a file with a size cap,
+	// rather than to a descriptor of that file that Consul would fill
+	// without end. The pipe dies with the agent, as Consul does.
+	logw, err := logfile.Open(filepath.Join(p.Config.DataDir, "consul.log"), logfile.Options{MaxBytes: p.LogMaxBytes})
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
+	defer func() {
+		if err := logw.Err(); err != nil {
+			p.Log.Warn("consul log", telemetry.KeyError, err)
+		}
+		logw.Close()
+	}()
 	cmd := exec.Command(p.Config.ConsulBinary, "agent", "-config-file", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Stdout, cmd.Stderr = logw, logw
+	// Consul gone, its output is all read soon after; nothing it started
+	// may hold the pipe and the restart.
+	cmd.WaitDelay = 5 * time.Second
 	// If the agent dies, its Consul goes with it: a node is one unit.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -18,6 +18,8 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/raptiformica/raptiformica/internal/capped"
 )
 
 // Host is a machine reached over SSH: [user@]host[:port].
@@ -420,7 +422,10 @@ type RunError struct {
 	Argv   []string
 	Code   int
 	Stderr string
-	Err    error
+	// Cut notes, when set, that the command printed more than OutputLimit
+	// on its standard error and the rest was not kept.
+	Cut string
+	Err error
 }
 
 func (e *RunError) Error() string {
@@ -428,40 +433,64 @@ func (e *RunError) Error() string {
 	if len(msg) > 400 {
 		msg = "..." + msg[len(msg)-400:]
 	}
+	if e.Cut != "" {
+		msg += " " + strings.TrimSpace(e.Cut)
+	}
 	if e.Code >= 0 && e.Err == nil {
 		return fmt.Sprintf("%s: exit status %d: %s", strings.Join(e.Argv, " "), e.Code, msg)
 	}
-	return fmt.Sprintf("%s: %v %s", strings.Join(e.Argv, " "), e.Err, msg)
+	return strings.TrimSpace(fmt.Sprintf("%s: %v %s", strings.Join(e.Argv, " "), e.Err, msg))
 }
 
+func (e *RunError) Unwrap() error { return e.Err }
+
+// OutputLimit is how much of a remote command's standard output, and of
+// its standard error, is kept. Nothing adoption reads (a node config, a
+// checksum, uname) comes near it.
+const OutputLimit = 1 << 20
+
 // Run runs argv on the host and returns its standard output. stdin may be
-// nil. It gives up when ctx ends, closing the session.
+// nil. It gives up when ctx ends, closing the session. A command that
+// prints more than OutputLimit on its standard output is stopped at once
+// and fails with an error matching capped.ErrOverflow: a cut output read
+// as a whole would be wrong. Its standard error is cut at OutputLimit too.
 func (c *Conn) Run(ctx context.Context, argv []string, stdin []byte) ([]byte, error) {
 	s, err := c.Client.NewSession()
 	if err != nil {
 		return nil, &RunError{Argv: argv, Code: -1, Err: err}
 	}
 	defer s.Close()
-	var out, errOut bytes.Buffer
-	s.Stdout, s.Stderr = &out, &errOut
+	out, errOut := capped.New(OutputLimit), capped.New(OutputLimit)
+	s.Stdout, s.Stderr = out, errOut
 	if stdin != nil {
 		s.Stdin = bytes.NewReader(stdin)
+	}
+	failed := func(code int, err error) ([]byte, error) {
+		return out.Bytes(), &RunError{Argv: argv, Code: code, Stderr: errOut.String(), Cut: errOut.Note(), Err: err}
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ShellQuote(argv)) }()
 	select {
 	case err = <-done:
+	case <-out.Overflow():
+		_ = s.Signal(ssh.SIGKILL)
+		s.Close()
+		return failed(-1, out.Err())
 	case <-ctx.Done():
 		_ = s.Signal(ssh.SIGKILL)
 		s.Close()
-		return out.Bytes(), &RunError{Argv: argv, Code: -1, Stderr: errOut.String(), Err: ctx.Err()}
+		return failed(-1, ctx.Err())
 	}
 	if err != nil {
 		var exit *ssh.ExitError
 		if errors.As(err, &exit) {
-			return out.Bytes(), &RunError{Argv: argv, Code: exit.ExitStatus(), Stderr: errOut.String()}
+			return failed(exit.ExitStatus(), nil)
 		}
-		return out.Bytes(), &RunError{Argv: argv, Code: -1, Stderr: errOut.String(), Err: err}
+		return failed(-1, err)
+	}
+	if out.Truncated() {
+		// It ended before the overflow was seen above.
+		return failed(-1, out.Err())
 	}
 	return out.Bytes(), nil
 }

@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/raptiformica/raptiformica/internal/capped"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/rules"
@@ -60,16 +62,21 @@ func (h *HookRunner) run(ctx context.Context, hk rules.Hook, payload []byte) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 2 * time.Second
-	var output cappedOutput
-	cmd.Stdout, cmd.Stderr = &output, &output
+	// One buffer for both streams: os/exec then gives the hook a single
+	// pipe, and its lines stay in the order it wrote them.
+	output := capped.New(hookOutputLimit)
+	cmd.Stdout, cmd.Stderr = output, output
 	err := cmd.Run()
-	out := output.buf.Bytes()
+	kv := []any{telemetry.KeyEvent, hk.Event, "command", hk.Command, "output", output.String()}
+	if output.Truncated() {
+		kv = append(kv, "output_cut", strings.TrimSpace(output.Note()))
+	}
 	result := "success"
 	if err != nil {
 		result = "error"
-		h.Log.Error("hook failed", telemetry.KeyEvent, hk.Event, "command", hk.Command, telemetry.KeyError, err, "output", string(out))
+		h.Log.Error("hook failed", append(kv, telemetry.KeyError, err)...)
 	} else {
-		h.Log.Debug("hook ran", telemetry.KeyEvent, hk.Event, "command", hk.Command, "output", string(out))
+		h.Log.Debug("hook ran", kv...)
 	}
 	if h.Metrics != nil {
 		h.Metrics.HookRuns.WithLabelValues(hk.Event, result).Inc()
@@ -78,15 +85,3 @@ func (h *HookRunner) run(ctx context.Context, hk rules.Hook, payload []byte) {
 
 // hookOutputLimit is how much of a hook's output is kept for the log.
 const hookOutputLimit = 16 << 10
-
-// cappedOutput keeps the first hookOutputLimit bytes of a hook's output.
-// The buffer is a field: embedded, its ReadFrom would let io.Copy take it
-// all.
-type cappedOutput struct{ buf bytes.Buffer }
-
-func (c *cappedOutput) Write(p []byte) (int, error) {
-	if room := hookOutputLimit - c.buf.Len(); room > 0 {
-		c.buf.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
-}

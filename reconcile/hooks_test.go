@@ -1,7 +1,10 @@
 package reconcile
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,5 +23,28 @@ func TestHostileHookTimeoutKillsItsGroup(t *testing.T) {
 	h.run(context.Background(), hk, []byte("{}"))
 	if took := time.Since(start); took > 4*time.Second {
 		t.Errorf("a hook with a 1 s timeout ran for %s", took)
+	}
+}
+
+// A hook that prints without end is capped the way the exec backend's and
+// SSH commands are, and its log line says what was cut.
+func TestHostileHookOutputCap(t *testing.T) {
+	var logged bytes.Buffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &logged, Level: hclog.Debug, JSONFormat: true})
+	h := &HookRunner{Log: log, Clock: clock.Real{}}
+	hk := rules.Hook{Event: "after_spawn", Command: []string{"/bin/sh", "-c", "head -c 4000000 /dev/zero | tr '\\0' o; head -c 4000000 /dev/zero | tr '\\0' e >&2"}, Timeout: 20 * time.Second}
+	h.run(context.Background(), hk, []byte("{}"))
+	var line struct {
+		Output    string `json:"output"`
+		OutputCut string `json:"output_cut"`
+	}
+	if err := json.Unmarshal(logged.Bytes(), &line); err != nil {
+		t.Fatalf("log line: %v\n%.300s", err, logged.String())
+	}
+	if len(line.Output) > hookOutputLimit {
+		t.Errorf("logged %d bytes of output, more than the %d cap", len(line.Output), hookOutputLimit)
+	}
+	if !strings.Contains(line.OutputCut, "not kept") {
+		t.Errorf("output_cut = %q, want a note of what was not kept", line.OutputCut)
 	}
 }

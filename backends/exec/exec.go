@@ -39,11 +39,14 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/capped"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/logfile"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
@@ -117,8 +120,13 @@ const (
 	defaultConsul  = "/usr/local/bin/consul"
 )
 
-// outputLimit bounds how much of a command's output is kept in memory.
+// outputLimit bounds how much of a command's output is kept in memory,
+// for stdout and stderr each.
 const outputLimit = 64 << 10
+
+// commandsLogLimit is the size at which a machine's commands.log is
+// rotated to commands.log.1.
+const commandsLogLimit = 4 << 20
 
 // Backend makes machines by running commands.
 type Backend struct {
@@ -133,6 +141,8 @@ type Backend struct {
 	settings []string // RAPTIFORMICA_SETTING_* variables
 	binary   string
 	consul   string
+
+	logMu sync.Mutex // serialises writes to the machines' commands.log
 }
 
 var settingName = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
@@ -337,9 +347,10 @@ func (b *Backend) clone(ctx context.Context, wd string) error {
 	defer cancel()
 	c := osexec.CommandContext(ctx, "git", "clone", "--quiet", "--", b.source, ".")
 	c.Dir = wd
-	out, err := c.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("clone source %s: %v%s", b.source, err, tail(out))
+	out := capped.New(outputLimit)
+	c.Stdout, c.Stderr = out, out
+	if err := c.Run(); err != nil {
+		return fmt.Errorf("clone source %s: %v%s", b.source, err, tail(out.Bytes()))
 	}
 	return nil
 }
@@ -490,14 +501,30 @@ func (b *Backend) run(ctx context.Context, name, wd string, env []string) (strin
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	c.Cancel = func() error { return syscall.Kill(-c.Process.Pid, syscall.SIGKILL) }
 	c.WaitDelay = 5 * time.Second
-	stdout, stderr := &limitedBuffer{}, &limitedBuffer{}
+	stdout, stderr := capped.New(outputLimit), capped.New(outputLimit)
 	c.Stdout, c.Stderr = stdout, stderr
+	// What is read from a command's output (a list above all) must be
+	// whole: a short list would make machines look gone. Such a command
+	// is stopped as soon as it overflows instead of printing until its
+	// timeout; the others only lose the end of what they log.
+	read := readsOutput[name]
+	if read {
+		go func() {
+			select {
+			case <-stdout.Overflow():
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
 	started := time.Now()
 	err := c.Run()
 	if wd != b.dir {
-		logRun(wd, name, argv, started, err, stdout.Bytes(), stderr.Bytes())
+		b.logRun(wd, name, argv, started, err, stdout, stderr)
 	}
 	switch {
+	case read && stdout.Truncated():
+		return "", fmt.Errorf("%s printed more than %s on its standard output and was stopped", name, capped.Size(outputLimit))
 	case ctx.Err() == context.DeadlineExceeded:
 		return "", fmt.Errorf("%s timed out after %s and was killed%s", name, timeout, tail(stderr.Bytes()))
 	case err != nil:
@@ -507,13 +534,11 @@ func (b *Backend) run(ctx context.Context, name, wd string, env []string) (strin
 		}
 		return "", fmt.Errorf("%s: %w", name, err)
 	}
-	if stdout.truncated {
-		// What is read from it (a list above all) must be whole: a short
-		// list would make machines look gone.
-		return "", fmt.Errorf("%s printed more than %d KiB on its standard output", name, outputLimit>>10)
-	}
-	return string(stdout.Bytes()), nil
+	return stdout.String(), nil
 }
+
+// readsOutput are the commands whose standard output the backend parses.
+var readsOutput = map[string]bool{CmdList: true, CmdHostname: true, CmdPort: true}
 
 // commandError is a command that ran and exited non-zero; it unwraps to the
 // *exec.ExitError so that callers can tell it from a command that could not
@@ -527,44 +552,29 @@ type commandError struct {
 func (e *commandError) Error() string { return fmt.Sprintf("%s: %v%s", e.name, e.exit, e.stderr) }
 func (e *commandError) Unwrap() error { return e.exit }
 
-func logRun(wd, name string, argv []string, started time.Time, err error, stdout, stderr []byte) {
-	f, ferr := os.OpenFile(filepath.Join(wd, "commands.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if ferr != nil {
-		return
-	}
-	defer f.Close()
+// logRun appends a command's record to its machine's commands.log, which
+// is rotated at commandsLogLimit; commands of one machine may run at once
+// (a list's detect_stale_instance beside a destroy), hence the lock.
+func (b *Backend) logRun(wd, name string, argv []string, started time.Time, err error, stdout, stderr *capped.Buffer) {
 	result := "ok"
 	if err != nil {
 		result = err.Error()
 	}
-	fmt.Fprintf(f, "=== %s %s %q (%s): %s\n", started.UTC().Format(time.RFC3339), name, argv, time.Since(started).Round(time.Millisecond), result)
-	f.Write(stdout)
-	f.Write(stderr)
-}
-
-// limitedBuffer keeps the first outputLimit bytes written and drops the
-// rest, so that a command printing without end cannot exhaust memory. The
-// buffer is a field, not embedded: embedded, its ReadFrom would be
-// promoted, and io.Copy (which os/exec uses) would call it and take the
-// whole output.
-type limitedBuffer struct {
-	buf       bytes.Buffer
-	truncated bool
-}
-
-func (l *limitedBuffer) Write(p []byte) (int, error) {
-	room := outputLimit - l.buf.Len()
-	if len(p) > room {
-		l.truncated = true
+	var rec bytes.Buffer
+	fmt.Fprintf(&rec, "=== %s %s %q (%s): %s\n", started.UTC().Format(time.RFC3339), name, argv, time.Since(started).Round(time.Millisecond), result)
+	rec.Write(stdout.Bytes())
+	rec.WriteString(stdout.Note())
+	rec.Write(stderr.Bytes())
+	rec.WriteString(stderr.Note())
+	b.logMu.Lock()
+	defer b.logMu.Unlock()
+	w, ferr := logfile.Open(filepath.Join(wd, "commands.log"), logfile.Options{MaxBytes: commandsLogLimit})
+	if ferr != nil {
+		return
 	}
-	if room > 0 {
-		l.buf.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
+	defer w.Close()
+	w.Write(rec.Bytes())
 }
-
-// Bytes is what was kept.
-func (l *limitedBuffer) Bytes() []byte { return l.buf.Bytes() }
 
 // tail returns the last line of a command's output, for an error message.
 func tail(out []byte) string {

@@ -1,8 +1,8 @@
 package exec
 
 import (
+	"bytes"
 	"context"
-	"io"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -115,14 +115,20 @@ func TestSpawnFailures(t *testing.T) {
 		name, cmd, script, want string
 	}{
 		{"exits non-zero", CmdStart, `echo "no space left on device" >&2; exit 3`, "start_instance: exit status 3: no space left on device"},
-		{"hangs", CmdStart, `sleep 60 & echo $! > "$RAPTIFORMICA_SETTING_POOL/child"; wait`, "start_instance timed out after 300ms and was killed"},
+		{"hangs", CmdStart, `sleep 60 & echo $! > "$RAPTIFORMICA_SETTING_POOL/child"; wait`, "start_instance timed out after 1s and was killed"},
 		{"prints garbage", CmdHostname, `echo "Error: No such container"`, `get_hostname: printed "Error: No such container", not an address or host name`},
 		{"prints no port", CmdPort, `echo twenty-two`, `get_port: printed "twenty-two", not a port number`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmds := fakeMachines()
 			cmds[tc.cmd] = sh(tc.script)
-			b, pool := newBackend(t, cmds, map[string]string{"timeout": "300ms"})
+			// Only the hanging command may reach its timeout: at 300 ms
+			// for all, a loaded machine timed out the others too.
+			timeout := "30s"
+			if tc.name == "hangs" {
+				timeout = "1s"
+			}
+			b, pool := newBackend(t, cmds, map[string]string{"timeout": timeout})
 			_, err := b.Spawn(context.Background(), spec("worker-1"))
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "worker-1") {
 				t.Fatalf("err = %v, want it to name worker-1 and say %q", err, tc.want)
@@ -275,24 +281,51 @@ func alive(pid int) bool {
 		if err := syscall.Kill(pid, 0); err != nil {
 			return false
 		}
+		// Killed, but not yet reaped by init (slow on a loaded machine):
+		// a zombie runs nothing.
+		if stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat"); err == nil {
+			if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); len(f) > 0 && f[0] == "Z" {
+				return false
+			}
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	return true
 }
 
-// The output cap holds through io.Copy, which os/exec uses: it once took
-// a bytes.Buffer's ReadFrom and kept all 50 MB a command printed.
+// An overflowing list_instances is an error, never a shorter list (a
+// short list makes machines look gone), and it is stopped as soon as it
+// overflows rather than left printing until its timeout. The cap itself
+// (through io.Copy, which once took 50 MB) is internal/capped's test.
 func TestHostileOutputCap(t *testing.T) {
-	var l limitedBuffer
-	n, err := io.Copy(&l, io.LimitReader(zeros{}, 4<<20))
-	if err != nil || n != 4<<20 {
-		t.Fatalf("copy: %d, %v", n, err)
+	cmds := fakeMachines()
+	cmds[CmdList] = sh(`while :; do echo "worker-1 running 10.0.0.1"; done`)
+	b, _ := newBackend(t, cmds, map[string]string{"query_timeout": "20s"})
+	start := time.Now()
+	insts, err := b.List(context.Background())
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "list_instances printed more than 64 KiB") {
+		t.Errorf("list: got %d machines, error %v; want an error saying list_instances printed more than 64 KiB", len(insts), err)
 	}
-	if len(l.Bytes()) != outputLimit || !l.truncated {
-		t.Errorf("kept %d bytes (truncated %v), want %d and truncated", len(l.Bytes()), l.truncated, outputLimit)
+	if took > 10*time.Second {
+		t.Errorf("an overflowing list_instances ran for %s: it was left printing until its timeout", took)
 	}
 }
 
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+// What a machine's commands print goes to its commands.log capped, with a
+// note of what was cut.
+func TestHostileCommandsLogCap(t *testing.T) {
+	cmds := fakeMachines()
+	cmds[CmdStart] = sh(`head -c 4000000 /dev/zero | tr '\0' o; head -c 4000000 /dev/zero | tr '\0' e >&2; cp "$RAPTIFORMICA_AGENT_CONFIG" "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"`)
+	b, _ := newBackend(t, cmds, map[string]string{"timeout": "20s"})
+	if _, err := b.Spawn(context.Background(), spec("worker-1")); err != nil {
+		t.Fatal(err)
+	}
+	log := readFile(t, filepath.Join(b.dir, "worker-1", "commands.log"))
+	if len(log) > 2*outputLimit+4096 {
+		t.Errorf("commands.log holds %d bytes after one command, want at most the two %d-byte caps and headers", len(log), outputLimit)
+	}
+	if n := strings.Count(log, "output cut at 64 KiB"); n != 2 {
+		t.Errorf("commands.log notes %d cut outputs, want 2 (stdout and stderr):\n%s", n, log[len(log)-min(len(log), 400):])
+	}
+}
