@@ -341,10 +341,19 @@ func (d *decoder) mesh(attrs hcl.Attributes, m *Mesh) {
 	}
 	if a := attrs["mesh_peers"]; a != nil {
 		if d.decode(a, "mesh_peers", cty.List(cty.String), &m.Peers) {
-			for _, p := range m.Peers {
-				if _, err := endpoint.Parse(p); err != nil {
-					d.at(a.Expr.Range(), "mesh_peers", "%v", err)
+			elems, _ := hcl.ExprList(a.Expr)
+			for i, p := range m.Peers {
+				u, err := endpoint.Parse(p)
+				if err != nil {
+					rng := a.Expr.Range()
+					if len(elems) == len(m.Peers) {
+						rng = elems[i].Range()
+					}
+					d.at(rng, fmt.Sprintf("mesh_peers[%d]", i), "%v", err)
+					continue
 				}
+				// The spelling every node keeps the peer in.
+				m.Peers[i] = u.Host
 			}
 		}
 	}
