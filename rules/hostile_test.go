@@ -71,3 +71,30 @@ machine "s" {
 		t.Errorf("peers (-want +got):\n%s", diff)
 	}
 }
+
+// TestHostileCounts: a count is a number of machines someone will pay for
+// and the planner makes one action per machine it spawns in a pass, so a
+// min or a max_concurrent_spawns of 2^63-1 made a leader build actions
+// until it ran out of memory. Counts have a ceiling, by line.
+func TestHostileCounts(t *testing.T) {
+	src := `policy {
+  max_concurrent_spawns = 9223372036854775807
+  max_unhealthy         = 1000001
+}
+machine "server" {
+  min           = 9223372036854775807
+  consul_server = true
+}
+machine "worker" {
+  min = 1
+  max = 100001
+}
+`
+	_, err := Parse("p.hcl", []byte(src), Options{})
+	checkProblems(t, err, []string{
+		`p.hcl:2,27: policy max_concurrent_spawns: must be at most 1000, got 9223372036854775807`,
+		`p.hcl:3,27: policy max_unhealthy: must be at most 100000, got 1000001`,
+		`p.hcl:6,19: machine "server" min: must be at most 100000, got 9223372036854775807`,
+		`p.hcl:11,9: machine "worker" max: must be at most 100000, got 100001`,
+	})
+}
