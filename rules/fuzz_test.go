@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -44,9 +45,26 @@ func FuzzParseJSON(f *testing.F) {
 	f.Fuzz(func(t *testing.T, src []byte) { checkParse(t, "fuzz.json", src) })
 }
 
+// parseDeadline bounds one parse in a fuzz run: the fuzzer itself waits
+// on a slow input without end and says nothing, and a description every
+// node parses on each change must not be slow. The bound is loose, for a
+// loaded machine; a real parse takes well under a millisecond.
+const parseDeadline = 5 * time.Second
+
 func checkParse(t *testing.T, name string, src []byte) {
 	t.Helper()
-	p, err := Parse(name, src, allTypes)
+	var p *Platform
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p, err = Parse(name, src, allTypes)
+	}()
+	select {
+	case <-done:
+	case <-time.After(parseDeadline):
+		t.Fatalf("parse took more than %s", parseDeadline)
+	}
 	if err != nil {
 		var perr *Error
 		if !errors.As(err, &perr) || len(perr.Problems) == 0 {
