@@ -113,7 +113,8 @@ type Node struct {
 }
 
 // Start brings the node up: loads or creates its key, creates the TUN
-// interface with the overlay address, listens, and dials cfg.Peers. The
+// interface with the overlay address, listens, and dials cfg.Peers. A peer
+// that cannot be parsed or dialled is logged and skipped, never fatal. The
 // node runs until Close.
 func Start(cfg Config) (*Node, error) {
 	dial, err := checkSecrets(cfg.Secret, cfg.DialSecrets)
@@ -161,9 +162,12 @@ func Start(cfg Config) (*Node, error) {
 		go n.drain()
 	}
 	for _, p := range cfg.Peers {
+		// One peer that cannot be dialled must not keep the node down: the
+		// peers come from the config and the mirror, which every node
+		// shares, so one bad spelling there stopped every node at its
+		// next restart. The others are enough to join.
 		if err := n.AddPeer(p); err != nil {
-			n.Close()
-			return nil, err
+			log.Warn("mesh peer skipped", "endpoint", p, "error", err)
 		}
 	}
 	return n, nil

@@ -2,6 +2,7 @@ package provision
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -59,13 +60,31 @@ type HostEntry struct {
 	Where string
 }
 
-// ReadHostList reads a file of "[user@]host[:port] [TYPE]" lines (# starts a
-// comment); TYPE defaults to defType. Every problem names the file and line;
-// a host listed twice is one.
+// MaxHostListSize caps a host list file: a million bytes is tens of
+// thousands of machines, and a bound on what a wrong file name (a disk
+// image, a log) makes the command read.
+const MaxHostListSize = 1 << 20
+
+// ReadHostList reads the host list in the file name (see ParseHostList).
 func ReadHostList(name, defType string) ([]HostEntry, error) {
-	b, err := os.ReadFile(name)
+	f, err := os.Open(name)
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxHostListSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return ParseHostList(name, b, defType)
+}
+
+// ParseHostList reads b, the text of the file name, as "[user@]host[:port]
+// [TYPE]" lines (# starts a comment); TYPE defaults to defType. Every
+// problem names the file and line; a host listed twice is one.
+func ParseHostList(name string, b []byte, defType string) ([]HostEntry, error) {
+	if len(b) > MaxHostListSize {
+		return nil, fmt.Errorf("%s: larger than %d bytes, not a host list", name, MaxHostListSize)
 	}
 	var out []HostEntry
 	seen := map[string]string{}

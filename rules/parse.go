@@ -334,17 +334,23 @@ func (d *decoder) mesh(attrs hcl.Attributes, m *Mesh) {
 		}
 	}
 	if a := attrs["mesh_port"]; a != nil {
-		d.positiveInt(a, "mesh_port", &m.Port, 1)
-		if m.Port > 65535 {
-			d.at(a.Expr.Range(), "mesh_port", "must be at most 65535, got %d", m.Port)
-		}
+		d.intIn(a, "mesh_port", &m.Port, 1, 65535)
 	}
 	if a := attrs["mesh_peers"]; a != nil {
 		if d.decode(a, "mesh_peers", cty.List(cty.String), &m.Peers) {
-			for _, p := range m.Peers {
-				if _, err := endpoint.Parse(p); err != nil {
-					d.at(a.Expr.Range(), "mesh_peers", "%v", err)
+			elems, _ := hcl.ExprList(a.Expr)
+			for i, p := range m.Peers {
+				u, err := endpoint.Parse(p)
+				if err != nil {
+					rng := a.Expr.Range()
+					if len(elems) == len(m.Peers) {
+						rng = elems[i].Range()
+					}
+					d.at(rng, fmt.Sprintf("mesh_peers[%d]", i), "%v", err)
+					continue
 				}
+				// The spelling every node keeps the peer in.
+				m.Peers[i] = u.Host
 			}
 		}
 	}
@@ -359,8 +365,8 @@ func (d *decoder) policy(b *hcl.Block, p *Policy) {
 	content, diags := b.Body.Content(policySchema)
 	d.addDiags(diags)
 	attrs := content.Attributes
-	d.positiveInt(attrs["max_concurrent_spawns"], "policy max_concurrent_spawns", &p.MaxConcurrentSpawns, 1)
-	d.positiveInt(attrs["max_unhealthy"], "policy max_unhealthy", &p.MaxUnhealthy, 1)
+	d.intIn(attrs["max_concurrent_spawns"], "policy max_concurrent_spawns", &p.MaxConcurrentSpawns, 1, MaxConcurrentSpawns)
+	d.intIn(attrs["max_unhealthy"], "policy max_unhealthy", &p.MaxUnhealthy, 1, MaxMachines)
 	if a := attrs["recover_on_evidence"]; a != nil {
 		d.decode(a, "policy recover_on_evidence", cty.Bool, &p.RecoverOnEvidence)
 	}
@@ -520,9 +526,13 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 		minRange = a.Expr.Range()
 		var v int
 		if d.decode(a, field+" min", cty.Number, &v) {
-			minOK = v >= 0
+			minOK = v >= 0 && v <= MaxMachines
 			if v < 0 {
 				d.at(a.Expr.Range(), field+" min", "must be at least 0, got %d", v)
+			}
+			if v > MaxMachines {
+				d.at(a.Expr.Range(), field+" min", "must be at most %d, got %d", MaxMachines, v)
+				v = MaxMachines
 			}
 			m.Min = v
 		}
@@ -532,6 +542,9 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 		if d.decode(a, field+" max", cty.Number, &v) {
 			if v < m.Min {
 				d.at(a.Expr.Range(), field+" max", "must be at least min (%d), got %d", m.Min, v)
+			}
+			if v > MaxMachines {
+				d.at(a.Expr.Range(), field+" max", "must be at most %d, got %d", MaxMachines, v)
 			}
 			m.Max = v
 		}
@@ -611,7 +624,8 @@ func (d *decoder) str(a *hcl.Attribute, field string) (string, bool) {
 	return s, ok
 }
 
-func (d *decoder) positiveInt(a *hcl.Attribute, field string, dst *int, least int) {
+// intIn decodes a whole number from least to most into dst.
+func (d *decoder) intIn(a *hcl.Attribute, field string, dst *int, least, most int) {
 	if a == nil {
 		return
 	}
@@ -621,6 +635,10 @@ func (d *decoder) positiveInt(a *hcl.Attribute, field string, dst *int, least in
 	}
 	if v < least {
 		d.at(a.Expr.Range(), field, "must be at least %d, got %d", least, v)
+		return
+	}
+	if v > most {
+		d.at(a.Expr.Range(), field, "must be at most %d, got %d", most, v)
 		return
 	}
 	*dst = v

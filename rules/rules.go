@@ -87,6 +87,15 @@ const (
 // DefaultMeshPort is the overlay's port when the description sets none.
 const DefaultMeshPort = 9651
 
+// MaxMachines caps a machine type's min and max, and max_unhealthy: far
+// more machines than one cluster runs (5,000 are simulated), and a bound
+// on what the planner counts and plans in one pass.
+const MaxMachines = 100_000
+
+// MaxConcurrentSpawns caps the policy's max_concurrent_spawns: the planner
+// makes one action, and one intent in KV, per spawn it starts in a pass.
+const MaxConcurrentSpawns = 1000
+
 // Enabled reports whether machines run the overlay.
 func (m Mesh) Enabled() bool { return m.Mode == MeshOverlay }
 

@@ -171,8 +171,8 @@ machine "s" {
 			want: []string{
 				`p.hcl:1,14: mesh: must be "yggdrasil" (the overlay) or "none" (the machines' own network), got "cjdns"`,
 				`p.hcl:2,14: mesh_port: must be at most 65535, got 70000`,
-				`p.hcl:3,14: mesh_peers: endpoint "vps1.example.org": want host:port`,
-				`mesh_peers: endpoint "udp://x:1": scheme "udp" (only tcp)`,
+				`p.hcl:3,15: mesh_peers[0]: endpoint "vps1.example.org": want host:port`,
+				`p.hcl:3,63: mesh_peers[2]: endpoint "udp://x:1": scheme "udp" (only tcp)`,
 			},
 		},
 		{
@@ -231,7 +231,7 @@ machine "s" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Mesh{Mode: MeshOverlay, Port: DefaultMeshPort, Peers: []string{"vps1.example.org:9651", "tcp://[2001:db8::1]:7000"}}
+	want := Mesh{Mode: MeshOverlay, Port: DefaultMeshPort, Peers: []string{"vps1.example.org:9651", "[2001:db8::1]:7000"}}
 	if diff := cmp.Diff(want, p.Mesh); diff != "" || !p.Mesh.Enabled() {
 		t.Errorf("mesh mismatch (-want +got):\n%s", diff)
 	}

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -187,6 +188,13 @@ func (c Config) Validate() error {
 				return fmt.Errorf("field mesh.peers[%d]: %w", i, err)
 			}
 		}
+		// What a node advertises, every other node dials: a spelling
+		// that does not parse there would be dropped by all of them.
+		for i, p := range m.Advertise {
+			if _, err := endpoint.Parse(p); err != nil {
+				return fmt.Errorf("field mesh.advertise[%d]: %w", i, err)
+			}
+		}
 	}
 	return nil
 }
@@ -200,13 +208,44 @@ func Write(name string, c Config) error {
 	return fsutil.WriteFileAtomic(name, append(b, '\n'), 0o600)
 }
 
+// MaxSize is the largest node config read, in bytes: room for its
+// certificates and an inline description (rules caps one at 1 MiB), and a
+// bound on what a damaged or hostile file makes the agent hold.
+const MaxSize = 4 << 20
+
 // Read reads and validates a node config, naming the file in errors.
 func Read(name string) (Config, error) {
-	var c Config
-	b, err := os.ReadFile(name)
+	f, err := os.Open(name)
 	if err != nil {
-		return c, fmt.Errorf("read node config: %w", err)
+		return Config{}, fmt.Errorf("read node config: %w", err)
 	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("read node config: %w", err)
+	}
+	c, err := Parse(name, b)
+	if err != nil {
+		return c, err
+	}
+	// The token lets its holder do anything to the cluster; the keys let
+	// it pose as the machine, or sign machines.
+	if st, err := f.Stat(); err == nil && (c.ACLToken != "" || c.TLS != nil) && st.Mode().Perm()&0o077 != 0 {
+		return c, fmt.Errorf("node config %s holds the machine's credentials (acl_token, tls) and is readable by others (mode %04o): chmod 600 %s", name, st.Mode().Perm(), name)
+	}
+	return c.WithDefaults(), nil
+}
+
+// Parse decodes and validates the node config b read from the file name,
+// which its errors name, with the line where the JSON is wrong. The ports
+// left at zero stay zero (see WithDefaults), so that what Write writes of
+// the result parses again to it.
+func Parse(name string, b []byte) (Config, error) {
+	var c Config
+	if len(b) > MaxSize {
+		return c, fmt.Errorf("node config %s: larger than %d bytes", name, MaxSize)
+	}
+	line := func(off int64) int { return 1 + bytes.Count(b[:min(max(int(off), 0), len(b))], []byte("\n")) }
 	// Unknown fields are refused: a misspelt setting would otherwise be
 	// dropped silently and the agent would start without it.
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -226,17 +265,17 @@ func Read(name string) (Config, error) {
 				off = int64(i)
 			}
 		}
-		return c, fmt.Errorf("node config %s:%d: %w", name, 1+bytes.Count(b[:min(int(off), len(b))], []byte("\n")), err)
+		return c, fmt.Errorf("node config %s:%d: %w", name, line(off), err)
+	}
+	// A second document would be dropped silently, and with it whatever
+	// its writer meant to say.
+	if _, err := dec.Token(); err != io.EOF {
+		return c, fmt.Errorf("node config %s:%d: more after the config", name, line(dec.InputOffset()))
 	}
 	if err := c.Validate(); err != nil {
 		return c, fmt.Errorf("node config %s: %w", name, err)
 	}
-	// The token lets its holder do anything to the cluster; the keys let
-	// it pose as the machine, or sign machines.
-	if st, err := os.Stat(name); err == nil && (c.ACLToken != "" || c.TLS != nil) && st.Mode().Perm()&0o077 != 0 {
-		return c, fmt.Errorf("node config %s holds the machine's credentials (acl_token, tls) and is readable by others (mode %04o): chmod 600 %s", name, st.Mode().Perm(), name)
-	}
-	return c.WithDefaults(), nil
+	return c, nil
 }
 
 // ConsulVersion is the Consul release the project pins and builds when no
