@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -184,24 +182,7 @@ func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
 	if asJSON {
 		return writeJSON(out, rows)
 	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER"
-	if withMesh {
-		head += "\tMESH ENDPOINTS\tMESH PEERS"
-	}
-	fmt.Fprintln(w, head)
-	for _, r := range rows {
-		mark := ""
-		if r.Leader {
-			mark = "*"
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Address, r.Status, dash(r.Type), dash(r.State), r.Role, mark)
-		if withMesh {
-			fmt.Fprintf(w, "\t%s\t%s", dash(strings.Join(r.MeshEndpoints, ",")), dash(strings.Join(r.MeshPeers, ",")))
-		}
-		fmt.Fprintln(w)
-	}
-	return w.Flush()
+	return cluster.WriteMembers(out, rows, withMesh)
 }
 
 func dash(s string) string {
