@@ -17,6 +17,7 @@ import (
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -72,7 +73,7 @@ func (t *target) client(ctx context.Context) (*api.Client, error) {
 			cfg.TLSConfig.CAPem = []byte(t.credentials().CA.CertPEM)
 			cfg.TLSConfig.Address = cmp.Or(cfg.TLSConfig.Address, pki.MemberName)
 		}
-		c, err := api.NewClient(cfg)
+		c, err := consulclient.FromConfig(cfg, 0)
 		t.env = c
 		return c, err
 	}
