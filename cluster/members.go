@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -35,7 +36,7 @@ type Member struct {
 // Members lists the cluster's members by name, and whether it runs the
 // mesh.
 func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
-	members, err := c.Agent().Members(false)
+	members, err := consulclient.Members(ctx, c)
 	if err != nil {
 		return nil, false, err
 	}

@@ -168,13 +168,13 @@ func membersCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printMembers(cl, c.OutOrStdout(), *asJSON)
+		return printMembers(c.Context(), cl, c.OutOrStdout(), *asJSON)
 	}
 	return c
 }
 
-func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func printMembers(ctx context.Context, c *api.Client, out io.Writer, asJSON bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	rows, withMesh, err := cluster.Members(ctx, c)
 	if err != nil {
