@@ -100,6 +100,8 @@ func TestHostileJSONFailures(t *testing.T) {
 		{"status of a folder with no cluster", []string{"status", "--dir", "/nonexistent", "--json"}, 1, "no running machine in /nonexistent"},
 		{"token list, single-dash", []string{"token", "list", "-json", "--dir", "/nonexistent"}, 1, "no running machine in /nonexistent"},
 		{"version with an extra argument", []string{"version", "--json", "extra"}, 2, `unexpected argument "extra"`},
+		{"platform apply of a missing file", []string{"platform", "apply", "nope.hcl", "--json"}, 1, "nope.hcl"},
+		{"spawn without a cluster", []string{"spawn", "--type", "worker", "--json", "--dir", "/nonexistent"}, 1, "no running machine in /nonexistent"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
