@@ -267,8 +267,8 @@ func (l *Local) Quorum(ctx context.Context) map[string]*agentapi.QuorumStatus {
 
 // Alive reports whether the machine id is an alive member of the cluster c
 // talks to (its local agent's view, which needs no quorum).
-func Alive(c *api.Client, id string) (bool, error) {
-	members, err := c.Agent().Members(false)
+func Alive(ctx context.Context, c *api.Client, id string) (bool, error) {
+	members, err := consulclient.Members(ctx, c)
 	if err != nil {
 		return false, err
 	}
@@ -596,7 +596,7 @@ func Progress(ctx context.Context, c *api.Client, plat *rules.Platform) (string,
 	if err != nil {
 		return "waiting for the inventory: " + err.Error(), false
 	}
-	members, err := c.Agent().Members(false)
+	members, err := consulclient.Members(ctx, c)
 	if err != nil {
 		return "waiting for members: " + err.Error(), false
 	}

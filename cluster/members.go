@@ -3,11 +3,16 @@ package cluster
 import (
 	"cmp"
 	"context"
+	"fmt"
+	"io"
 	"sort"
+	"strings"
+	"text/tabwriter"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -31,7 +36,7 @@ type Member struct {
 // Members lists the cluster's members by name, and whether it runs the
 // mesh.
 func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
-	members, err := c.Agent().Members(false)
+	members, err := consulclient.Members(ctx, c)
 	if err != nil {
 		return nil, false, err
 	}
@@ -68,4 +73,27 @@ func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
 	return rows, len(meshNodes) > 0, nil
+}
+
+// WriteMembers writes rows as a table for a person, the mesh's columns
+// only when the cluster runs the mesh.
+func WriteMembers(out io.Writer, rows []Member, withMesh bool) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER"
+	if withMesh {
+		head += "\tMESH ENDPOINTS\tMESH PEERS"
+	}
+	fmt.Fprintln(w, head)
+	for _, r := range rows {
+		mark := ""
+		if r.Leader {
+			mark = "*"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Address, r.Status, orDash(r.Type), orDash(r.State), r.Role, mark)
+		if withMesh {
+			fmt.Fprintf(w, "\t%s\t%s", orDash(strings.Join(r.MeshEndpoints, ",")), orDash(strings.Join(r.MeshPeers, ",")))
+		}
+		fmt.Fprintln(w)
+	}
+	return w.Flush()
 }

@@ -44,12 +44,54 @@ type httpServer struct {
 	clock   clock.Clock
 	log     hclog.Logger
 	metrics *telemetry.Metrics
+	// limits bound each client; nil is defaultHTTPLimits.
+	limits *httpLimits
+}
+
+// httpLimits bound what one client of the agent's HTTP server may hold:
+// the time to send its headers and body, to read the answer, to keep an
+// idle connection, and the size of its headers and body.
+type httpLimits struct {
+	readHeader, read, write, idle time.Duration
+	maxHeaderBytes                int
+	maxBodyBytes                  int64
+}
+
+// defaultHTTPLimits are the agent's. Requests are small (a join or a peer
+// is under 4 KiB), so a client gets seconds to send one; the slowest
+// answer is a plan, which observes for up to a minute.
+var defaultHTTPLimits = httpLimits{
+	readHeader: 5 * time.Second, read: 10 * time.Second, write: planTimeout + 15*time.Second, idle: time.Minute,
+	maxHeaderBytes: 16 << 10, maxBodyBytes: 64 << 10,
+}
+
+const (
+	// planTimeout bounds a plan's observation, which asks the backends.
+	planTimeout = time.Minute
+	// healthzConsulTimeout bounds /healthz's question to Consul: whoever
+	// asks (systemd, a load balancer, Prometheus) gets an answer within a
+	// second, and a Consul that slow is not healthy.
+	healthzConsulTimeout = 750 * time.Millisecond
+)
+
+// server is the HTTP server of handler under h's limits: no client holds
+// a connection, or a handler's memory, for longer or more than they say.
+func (h *httpServer) server(handler http.Handler) *http.Server {
+	l := defaultHTTPLimits
+	if h.limits != nil {
+		l = *h.limits
+	}
+	return &http.Server{
+		Handler:           http.MaxBytesHandler(handler, l.maxBodyBytes),
+		ReadHeaderTimeout: l.readHeader, ReadTimeout: l.read, WriteTimeout: l.write, IdleTimeout: l.idle,
+		MaxHeaderBytes: l.maxHeaderBytes,
+	}
 }
 
 // Run serves until ctx ends, then shuts the server down (open requests get
 // 2 s) and returns nil; it returns an error when a listener fails.
 func (h *httpServer) Run(ctx context.Context) error {
-	srv := &http.Server{Handler: h.handler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := h.server(h.handler())
 	g, gctx := errgroup.WithContext(ctx)
 	for _, ln := range h.lns {
 		g.Go(func() error {
@@ -77,7 +119,9 @@ func (h *httpServer) handler() http.Handler {
 			http.Error(w, "not ready: waiting for Consul and a platform description\n", http.StatusServiceUnavailable)
 			return
 		}
-		if _, err := h.consul.Status().Leader(); err != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), healthzConsulTimeout)
+		defer cancel()
+		if _, err := h.consul.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx)); err != nil {
 			http.Error(w, "consul unreachable: "+err.Error()+"\n", http.StatusServiceUnavailable)
 			return
 		}
@@ -93,7 +137,7 @@ func (h *httpServer) handler() http.Handler {
 	mux.HandleFunc("POST "+agentapi.MeshPeersPath, h.acting(addPeer))
 	// A plan observes through the backends: token holders only.
 	mux.HandleFunc("GET "+agentapi.PlanPath, h.acting(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+		ctx, cancel := context.WithTimeout(r.Context(), planTimeout)
 		defer cancel()
 		d, err := h.elector.DryRun(ctx)
 		if errors.Is(err, errNotLeading) {

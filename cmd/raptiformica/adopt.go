@@ -105,7 +105,7 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 	}
 	a := &provision.Adopter{
 		Dialer: dialer, Binary: self, Consul: consul, Unit: systemd.Unit(provision.RemoteBinary),
-		Joined:   func(_ context.Context, id string) (bool, error) { return cluster.Alive(c, id) },
+		Joined:   func(ctx context.Context, id string) (bool, error) { return cluster.Alive(ctx, c, id) },
 		Progress: func(s provision.Step) { say("%s\n", s) },
 	}
 	adopt := func(j provision.HostEntry) error {

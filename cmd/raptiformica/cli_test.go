@@ -2,9 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/raptiformica/raptiformica/internal/probe"
 )
 
 func TestCLI(t *testing.T) {
@@ -79,5 +83,63 @@ func TestHostileStatusUnreachable(t *testing.T) {
 	var out, errOut bytes.Buffer
 	if code := runWith([]string{"status"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "cannot read the cluster's Consul") {
 		t.Errorf("status with %s closed: exit %d, stdout %q, stderr %q; want 1 and why", addr, code, out.String(), errOut.String())
+	}
+}
+
+// With --json a failure is a JSON object on stdout, as the README promises
+// scripts: `members --json` once printed nothing there, only a line on
+// stderr, and `jq` read an empty input.
+func TestHostileJSONFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string // in the error's text
+	}{
+		{"members of a folder with no cluster", []string{"members", "--json", "--dir", "/nonexistent"}, 1, "no running machine in /nonexistent"},
+		{"status of a folder with no cluster", []string{"status", "--dir", "/nonexistent", "--json"}, 1, "no running machine in /nonexistent"},
+		{"token list, single-dash", []string{"token", "list", "-json", "--dir", "/nonexistent"}, 1, "no running machine in /nonexistent"},
+		{"version with an extra argument", []string{"version", "--json", "extra"}, 2, `unexpected argument "extra"`},
+		{"platform apply of a missing file", []string{"platform", "apply", "nope.hcl", "--json"}, 1, "nope.hcl"},
+		{"spawn without a cluster", []string{"spawn", "--type", "worker", "--json", "--dir", "/nonexistent"}, 1, "no running machine in /nonexistent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := runWith(tc.args, &out, &errOut)
+			var got struct {
+				Error   string `json:"error"`
+				Command string `json:"command"`
+			}
+			if err := json.Unmarshal(out.Bytes(), &got); err != nil || code != tc.code || !strings.Contains(got.Error, tc.want) || got.Command == "" {
+				t.Errorf("got exit %d, stdout %q (%v), stderr %q; want %d and {\"error\": …%q…, \"command\": …}", code, out.String(), err, errOut.String(), tc.code, tc.want)
+			}
+			if tc.code == 1 && errOut.Len() > 0 {
+				t.Errorf("stderr: got %q, want nothing: the failure is on stdout", errOut.String())
+			}
+		})
+	}
+}
+
+// A probe's counts are checked before it measures: --rounds -1 once
+// panicked (a slice of negative capacity) against a live prober.
+func TestHostileProbeFlags(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = probe.Serve(ctx, ln) }()
+	addr := ln.Addr().String()
+	for _, tc := range []struct{ flag, value string }{
+		{"--rounds", "-1"}, {"--rounds", "0"}, {"--for", "-1s"}, {"--for", "0s"},
+	} {
+		t.Run(tc.flag+"="+tc.value, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := runWith([]string{"probe", addr, tc.flag, tc.value}, &out, &errOut)
+			if code != 2 || !strings.Contains(errOut.String(), tc.flag) {
+				t.Errorf("got exit %d, stderr %q; want 2 and a message naming %s", code, errOut.String(), tc.flag)
+			}
+		})
 	}
 }

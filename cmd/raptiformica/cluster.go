@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -19,6 +17,7 @@ import (
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -74,7 +73,7 @@ func (t *target) client(ctx context.Context) (*api.Client, error) {
 			cfg.TLSConfig.CAPem = []byte(t.credentials().CA.CertPEM)
 			cfg.TLSConfig.Address = cmp.Or(cfg.TLSConfig.Address, pki.MemberName)
 		}
-		c, err := api.NewClient(cfg)
+		c, err := consulclient.FromConfig(cfg, 0)
 		t.env = c
 		return c, err
 	}
@@ -169,13 +168,13 @@ func membersCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printMembers(cl, c.OutOrStdout(), *asJSON)
+		return printMembers(c.Context(), cl, c.OutOrStdout(), *asJSON)
 	}
 	return c
 }
 
-func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func printMembers(ctx context.Context, c *api.Client, out io.Writer, asJSON bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	rows, withMesh, err := cluster.Members(ctx, c)
 	if err != nil {
@@ -184,24 +183,7 @@ func printMembers(c *api.Client, out io.Writer, asJSON bool) error {
 	if asJSON {
 		return writeJSON(out, rows)
 	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER"
-	if withMesh {
-		head += "\tMESH ENDPOINTS\tMESH PEERS"
-	}
-	fmt.Fprintln(w, head)
-	for _, r := range rows {
-		mark := ""
-		if r.Leader {
-			mark = "*"
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Address, r.Status, dash(r.Type), dash(r.State), r.Role, mark)
-		if withMesh {
-			fmt.Fprintf(w, "\t%s\t%s", dash(strings.Join(r.MeshEndpoints, ",")), dash(strings.Join(r.MeshPeers, ",")))
-		}
-		fmt.Fprintln(w)
-	}
-	return w.Flush()
+	return cluster.WriteMembers(out, rows, withMesh)
 }
 
 func dash(s string) string {

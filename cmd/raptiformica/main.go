@@ -49,17 +49,27 @@ func runWith(args []string, stdout, stderr io.Writer) int {
 	root.SetErr(stderr)
 	root.SetArgs(singleDash(root, args))
 	c, err := root.ExecuteContextC(ctx)
+	code := 1
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, errReported):
 		return 1
 	case errors.Is(err, errUsage):
-		fmt.Fprintf(stderr, "%s: %v\n\n%s", c.CommandPath(), err, c.UsageString())
-		return 2
+		code = 2
 	}
-	fmt.Fprintf(stderr, "%s: %v\n", c.CommandPath(), err)
-	return 1
+	// A script that asked for JSON reads the failure from stdout too; a
+	// person still gets the usage on stderr.
+	if f := c.Flags().Lookup("json"); f != nil && f.Value.String() == "true" {
+		_ = writeJSON(stdout, map[string]any{"error": err.Error(), "command": c.CommandPath(), "exit_code": code})
+		if code == 1 {
+			return 1
+		}
+	}
+	if fmt.Fprintf(stderr, "%s: %v\n", c.CommandPath(), err); code == 2 {
+		fmt.Fprintf(stderr, "\n%s", c.UsageString())
+	}
+	return code
 }
 
 // newRoot is the CLI: every command, grouped for the help.

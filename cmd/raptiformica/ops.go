@@ -40,11 +40,13 @@ func status(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 		// machine knows of the lost quorum is the status there is.
 		if q := t.cluster().Quorum(ctx); len(q) > 0 {
 			v := cluster.StatusView{Quorum: q}
-			if asJSON {
-				return writeJSON(out, v)
+			if !asJSON {
+				_ = v.WriteText(out)
+				return errors.New("no Consul leader: the cluster lost quorum")
+			} else if err := writeJSON(out, v); err != nil {
+				return err
 			}
-			_ = v.WriteText(out)
-			return errors.New("no Consul leader: the cluster lost quorum")
+			return errReported // exit 1, as the README says, the view being the report
 		}
 		if why := localMeshProblem(ctx); why != "" {
 			// A machine of a mesh cluster without a link has no cluster

@@ -27,6 +27,8 @@ func probeCmd() *cobra.Command {
 		}
 		if len(args) != 1 {
 			return fmt.Errorf("%w: probe HOST[:PORT] or probe --serve", errUsage)
+		} else if err := probe.CheckCounts(*rounds, *seconds); err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
 		}
 		return measure(c.Context(), args[0], *rounds, *seconds, c.OutOrStdout())
 	}

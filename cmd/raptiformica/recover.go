@@ -74,11 +74,11 @@ func recoverOn(ctx context.Context, t *target, machine string, yes bool, timeout
 // waitAndPrint waits up to timeout for every machine type to have its min
 // alive, then prints the members.
 func waitAndPrint(ctx context.Context, t *target, plat *rules.Platform, timeout time.Duration, out io.Writer) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c, err := t.cluster().Wait(ctx, plat, out)
+	c, err := t.cluster().Wait(wctx, plat, out) // the members get their own 30 s after
 	if err != nil {
 		return err
 	}
-	return printMembers(c, out, false)
+	return printMembers(ctx, c, out, false)
 }

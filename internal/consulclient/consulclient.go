@@ -2,14 +2,24 @@
 // member serves plain HTTP on loopback only, and HTTPS on its addresses
 // with a certificate of the cluster's CA: a client on the machine itself
 // takes the first, any other the second, checking the certificate.
+//
+// Every call of these clients has a deadline, even one the Consul API
+// offers no context for (Agent().Members): its caller's, else Timeout, or
+// for a blocking query the wait Consul may hold it for, then Timeout. A
+// Consul that accepts and never answers fails a call; it never hangs it.
 package consulclient
 
 import (
 	"cmp"
+	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -28,6 +38,9 @@ type Target struct {
 	// CACert is the cluster's CA (PEM), which the member's certificate
 	// must be signed by. Needed for any host but loopback.
 	CACert string
+	// Timeout bounds a call that is not a blocking query; zero is
+	// DefaultTimeout.
+	Timeout time.Duration
 }
 
 // New returns a client of t's Consul: plain HTTP when the host is a
@@ -38,7 +51,7 @@ func New(t Target) (*api.Client, error) {
 	if IsLoopback(t.Host) {
 		cfg.Scheme = "http"
 		cfg.Address = net.JoinHostPort(t.Host, strconv.Itoa(cmp.Or(t.HTTPPort, nodeconfig.ConsulHTTPPort)))
-		return api.NewClient(cfg)
+		return FromConfig(cfg, t.Timeout)
 	}
 	if t.CACert == "" {
 		return nil, fmt.Errorf("consul of %s: no CA certificate to check it with (the cluster's identity or a node config holds it)", t.Host)
@@ -46,7 +59,104 @@ func New(t Target) (*api.Client, error) {
 	cfg.Scheme = "https"
 	cfg.Address = net.JoinHostPort(t.Host, strconv.Itoa(cmp.Or(t.HTTPSPort, nodeconfig.ConsulHTTPSPort)))
 	cfg.TLSConfig = api.TLSConfig{Address: pki.MemberName, CAPem: []byte(t.CACert)}
-	return api.NewClient(cfg)
+	return FromConfig(cfg, t.Timeout)
+}
+
+// Members is the members c's agent sees (Agent().Members(false)), asked
+// under ctx: the Consul API's own call takes no context.
+func Members(ctx context.Context, c *api.Client) ([]*api.AgentMember, error) {
+	var members []*api.AgentMember
+	if _, err := c.Raw().Query("/v1/agent/members", &members, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+		return nil, fmt.Errorf("consul members: %w", err)
+	}
+	return members, nil
+}
+
+// DefaultTimeout bounds a call that is not a blocking query when its
+// caller set no deadline. Consul answers a read or a Raft write in well
+// under a second when it is healthy; a server that takes longer is one
+// to give up on and retry.
+const DefaultTimeout = 30 * time.Second
+
+const (
+	// dialTimeout bounds a connection to a member: a black-holed address
+	// otherwise waits for the kernel's SYN retries, minutes.
+	dialTimeout = 10 * time.Second
+	// defaultWait and maxWait are Consul's default_query_time and
+	// max_query_time: how long it holds a blocking query that names no
+	// wait, and at most.
+	defaultWait, maxWait = 5 * time.Minute, 10 * time.Minute
+)
+
+// FromConfig returns a client of cfg (api.NewClient's) whose calls all
+// have a deadline, and whose connections are dialled and their TLS
+// handshakes done within seconds. timeout is Target.Timeout.
+func FromConfig(cfg *api.Config, timeout time.Duration) (*api.Client, error) {
+	if cfg.Transport == nil {
+		cfg.Transport = api.DefaultConfig().Transport
+	}
+	cfg.Transport.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	cfg.Transport.TLSHandshakeTimeout = dialTimeout
+	cfg.Transport.MaxResponseHeaderBytes = 1 << 20
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	// NewClient made cfg.HttpClient (for a unix socket too) and keeps the
+	// pointer: the deadlines wrap whatever transport it chose.
+	cfg.HttpClient.Transport = deadlines{next: cfg.HttpClient.Transport, timeout: cmp.Or(timeout, DefaultTimeout)}
+	return c, nil
+}
+
+// deadlines gives a request whose context has no deadline one: a Consul
+// call is never left waiting for an answer that does not come.
+type deadlines struct {
+	next    http.RoundTripper
+	timeout time.Duration
+}
+
+// RoundTrip sends r under its deadline; the deadline covers reading the
+// body too, and ends when the body is closed.
+func (d deadlines) RoundTrip(r *http.Request) (*http.Response, error) {
+	if _, ok := r.Context().Deadline(); ok {
+		return d.next.RoundTrip(r)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), d.limit(r.URL.Query()))
+	resp, err := d.next.RoundTrip(r.WithContext(ctx))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// limit is how long a call of query q may take: a blocking query (one
+// with an index) is held by Consul for its wait plus up to a sixteenth
+// (its jitter) before the answer starts.
+func (d deadlines) limit(q url.Values) time.Duration {
+	if !q.Has("index") {
+		return d.timeout
+	}
+	wait, err := time.ParseDuration(q.Get("wait"))
+	if err != nil || wait <= 0 {
+		wait = defaultWait
+	}
+	wait = min(wait, maxWait)
+	return wait + wait/16 + d.timeout
+}
+
+// cancelOnClose releases a request's deadline when its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+// Close closes the body, then releases the deadline.
+func (c cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
 }
 
 // Local returns the client a machine's own agent uses: its Consul's plain

@@ -9,6 +9,7 @@ import (
 	"context"
 	endian "encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"slices"
@@ -32,9 +33,25 @@ type Result struct {
 	BitsPerSecond float64
 }
 
+// CheckCounts refuses what Measure cannot measure: fewer than one round
+// trip, or a stream of no time. Its errors name the CLI's flags.
+func CheckCounts(rounds int, d time.Duration) error {
+	if rounds < 1 {
+		return fmt.Errorf("--rounds must be at least 1, got %d", rounds)
+	}
+	if d <= 0 {
+		return fmt.Errorf("--for must be more than 0s, got %s", d)
+	}
+	return nil
+}
+
 // Measure times rounds round trips to the prober at addr, then streams to it
-// for d. It returns when both are done, or with ctx's error.
+// for d. It returns when both are done, or with ctx's error; counts that
+// CheckCounts refuses are an error before anything is sent.
 func Measure(ctx context.Context, addr string, rounds int, d time.Duration) (Result, error) {
+	if err := CheckCounts(rounds, d); err != nil {
+		return Result{}, err
+	}
 	rtts, err := rtt(ctx, addr, rounds)
 	if err != nil {
 		return Result{}, err
@@ -102,7 +119,7 @@ func rtt(ctx context.Context, addr string, rounds int) ([]time.Duration, error) 
 	_ = c.SetDeadline(time.Now().Add(time.Minute))
 	msg, back := make([]byte, msgSize), make([]byte, msgSize)
 	rtts := make([]time.Duration, 0, rounds)
-	for range max(rounds, 1) {
+	for range rounds {
 		start := time.Now()
 		if _, err := c.Write(msg); err != nil {
 			return nil, err
