@@ -2,6 +2,7 @@ package consulclient
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 
 	"github.com/hashicorp/consul/api"
@@ -16,7 +17,7 @@ import (
 func Members(ctx context.Context, c *api.Client) ([]*api.AgentMember, error) {
 	var out []*api.AgentMember
 	if _, err := c.Raw().Query("/v1/agent/members", &out, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("consul members: %w", err)
 	}
 	return out, nil
 }

@@ -62,16 +62,6 @@ func New(t Target) (*api.Client, error) {
 	return FromConfig(cfg, t.Timeout)
 }
 
-// Members is the members c's agent sees (Agent().Members(false)), asked
-// under ctx: the Consul API's own call takes no context.
-func Members(ctx context.Context, c *api.Client) ([]*api.AgentMember, error) {
-	var members []*api.AgentMember
-	if _, err := c.Raw().Query("/v1/agent/members", &members, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-		return nil, fmt.Errorf("consul members: %w", err)
-	}
-	return members, nil
-}
-
 // DefaultTimeout bounds a call that is not a blocking query when its
 // caller set no deadline. Consul answers a read or a Raft write in well
 // under a second when it is healthy; a server that takes longer is one
