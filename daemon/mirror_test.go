@@ -5,11 +5,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -17,6 +21,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/builtin"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -303,5 +308,43 @@ func TestHostileCorruptInventoryMirrorIsReported(t *testing.T) {
 	}
 	if e := m.MirrorError(); e != "" || unreadable(m, "inventory") != 0 {
 		t.Errorf("mirror error after a good copy: got %q (gauge %v) want none", e, unreadable(m, "inventory"))
+	}
+}
+
+// The overlay address is the node's own, configured by its mesh: a loaded
+// machine may take longer than any fixed wait to make it usable, and the
+// agent waits rather than exit (TestMeshJoinByHand lost its dial-only
+// machine under load). Needs root to add an address to lo.
+func TestHostileSlowOverlayAddress(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits 11 s for an address")
+	}
+	addr := fmt.Sprintf("fd00:5eed::%x", 0x100+rand.IntN(0xfeff))
+	if out, err := exec.Command("ip", "-6", "addr", "add", addr+"/128", "dev", "lo").CombinedOutput(); err != nil {
+		t.Skipf("cannot add an address to lo (%v: %s)", err, out)
+	}
+	_ = exec.Command("ip", "-6", "addr", "del", addr+"/128", "dev", "lo").Run()
+	t.Cleanup(func() { _ = exec.Command("ip", "-6", "addr", "del", addr+"/128", "dev", "lo").Run() })
+	cfg := nodeconfig.Config{BindAddr: addr, Mesh: &nodeconfig.Mesh{}}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		lns, err := listen(ctx, cfg, 0, "http_port", hclog.NewNullLogger())
+		for _, ln := range lns {
+			ln.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("listen returned before the address existed: %v", err)
+	case <-time.After(11 * time.Second):
+	}
+	if out, err := exec.Command("ip", "-6", "addr", "add", addr+"/128", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("add %s: %v: %s", addr, err, out)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("listen on the overlay address once it exists: %v", err)
 	}
 }
