@@ -101,7 +101,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		// Consul binds to the overlay: it goes last.
 		defer a.mesh.node.Close()
 	}
-	lns, err := listen(a.Config, a.Config.HTTPPort, "http_port")
+	lns, err := listen(ctx, a.Config, a.Config.HTTPPort, "http_port", a.Log)
 	if err != nil {
 		return err
 	}
@@ -111,7 +111,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("node config tls: %w", err)
 		}
-		tlns, err := listen(a.Config, a.Config.HTTPSPort, "https_port")
+		tlns, err := listen(ctx, a.Config, a.Config.HTTPSPort, "https_port", a.Log)
 		if err != nil {
 			return err
 		}
@@ -391,25 +391,44 @@ func serverTLS(t *nodeconfig.TLS) (*tls.Config, error) {
 
 // listen holds one of the agent's ports (named by its setting) on every
 // address it serves, before anything starts: a port held by another
-// program stops the agent at once.
-func listen(c nodeconfig.Config, port int, setting string) ([]net.Listener, error) {
+// program stops the agent at once; the overlay address is waited for until
+// ctx ends.
+func listen(ctx context.Context, c nodeconfig.Config, port int, setting string, log hclog.Logger) ([]net.Listener, error) {
 	var lns []net.Listener
 	for _, host := range listenHosts(c) {
 		addr := net.JoinHostPort(host, strconv.Itoa(port))
-		// The overlay's address is tentative until the kernel's duplicate
-		// address detection is done, a second or so after the interface
-		// came up: wait for it rather than fail the start.
+		// The overlay's address is this node's own and tentative until the
+		// kernel's duplicate address detection is done, which a loaded
+		// machine may take long over: wait for it as long as the agent
+		// runs (an agent that gave up after a fixed time exited under
+		// load). Any other address missing is a configuration error.
+		wait := 10 * time.Second
+		overlay := c.Mesh != nil && host == c.BindAddr
+		if overlay {
+			wait = 0
+		}
 		var ln net.Listener
 		var err error
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_ = clock.Poll(ctx, clock.Real{}, 200*time.Millisecond, func() (bool, error) {
+		wctx, cancel := ctx, context.CancelFunc(func() {})
+		if wait > 0 {
+			wctx, cancel = context.WithTimeout(ctx, wait)
+		}
+		start, said := time.Now(), time.Duration(0)
+		_ = clock.Poll(wctx, clock.Real{}, 200*time.Millisecond, func() (bool, error) {
 			ln, err = net.Listen("tcp", addr)
+			if waited := time.Since(start); overlay && errors.Is(err, syscall.EADDRNOTAVAIL) && waited-said > 10*time.Second {
+				said = waited
+				log.Warn("waiting for the overlay address to become usable", telemetry.KeyAddress, host, "waited", waited.Round(time.Second))
+			}
 			return !errors.Is(err, syscall.EADDRNOTAVAIL), nil
 		})
 		cancel()
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
+			}
+			if errors.Is(err, syscall.EADDRNOTAVAIL) {
+				return nil, fmt.Errorf("node config %s %d on bind_addr %s: %w (no interface of this machine has that address)", setting, port, host, err)
 			}
 			return nil, fmt.Errorf("node config %s %d on bind_addr %s: %w (another agent or program holds it; set %s)", setting, port, host, err, setting)
 		}

@@ -3,9 +3,12 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -28,10 +31,23 @@ import (
 
 // mirror is this node's copy of the cluster's state. It follows the
 // description and the inventory in KV with blocking queries, holds the last
-// valid description (Platform), keeps both on disk (dir: platform,
-// platform.version, inventory.json, inventory.version) so that a restarted
-// node, or the last one standing, starts from them, and writes them back
-// into a KV that lost them (reseed).
+// valid description (Platform), keeps both on disk so that a restarted node,
+// or the last one standing, starts from them, and writes them back into a KV
+// that lost them (reseed).
+//
+// On disk (dir), each text sits beside a version file that names the text
+// it belongs to by checksum, so that a version is never carried past its
+// text (a write cut short between the two, a file damaged or edited):
+//
+//	platform            the description's source
+//	platform.version    "VERSION sha256:HEX": the KV version it was stored under
+//	inventory.json      the records, by machine ID
+//	inventory.version   "EPOCH INDEX sha256:HEX"
+//
+// A mirror that cannot be read, or whose version is not its text's, is an
+// error in the log, in MirrorError (the agent's status) and in
+// raptiformica_mirror_unreadable, never taken as empty: the node does not
+// re-seed KV from it until a good copy from KV has replaced it.
 //
 // The description's life on a node:
 //
@@ -49,11 +65,24 @@ type mirror struct {
 	// control loop looks again at once.
 	changed func()
 
-	mu          sync.RWMutex    // guards platform, platformErr and ready
+	mu          sync.RWMutex    // guards the fields below
 	platform    *rules.Platform // last valid description
+	version     uint64          // the version platform was stored under; 0: none (node config, or a KV write without one)
 	platformErr string          // why the description in KV was rejected
 	ready       bool            // Consul reachable and a description loaded from it
+	fileErrs    map[string]string
+	refused     string // the last re-seed refusal logged, so that retries do not flood the log
 }
+
+// The parts of the mirror, as MirrorError and the metric's label name them.
+const (
+	mirrorPlatform  = "platform"
+	mirrorInventory = "inventory"
+)
+
+// maxMirrorFile caps what is read of a mirror file: far above any real
+// inventory, low enough that a damaged file cannot exhaust memory.
+const maxMirrorFile = 64 << 20
 
 // Run watches the description and the inventory in KV; it blocks until ctx
 // ends and returns nil. Failed reads are logged and retried.
@@ -71,12 +100,60 @@ func (m *mirror) Platform() *rules.Platform {
 	return m.platform
 }
 
+// current is the description in use and the version it was stored under,
+// read together: a re-seed writes them as one.
+func (m *mirror) current() (*rules.Platform, uint64) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.platform, m.version
+}
+
 // PlatformError says why the description in KV was rejected, "" when it
 // was not.
 func (m *mirror) PlatformError() string {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.platformErr
+}
+
+// MirrorError says why this node's mirror on disk cannot be used, "" when
+// it can: the description's, then the inventory's.
+func (m *mirror) MirrorError() string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var out []string
+	for _, what := range []string{mirrorPlatform, mirrorInventory} {
+		if e := m.fileErrs[what]; e != "" {
+			out = append(out, e)
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// report records whether a part of the mirror can be used (err nil) and
+// logs each change, so that a broken mirror is said once, not per read.
+func (m *mirror) report(what string, err error) {
+	msg := ""
+	if err != nil {
+		msg = fmt.Sprintf("%s mirror unusable, not re-seeding KV from it until KV replaces it: %v", what, err)
+	}
+	m.mu.Lock()
+	was := m.fileErrs[what]
+	if m.fileErrs == nil {
+		m.fileErrs = map[string]string{}
+	}
+	m.fileErrs[what] = msg
+	m.mu.Unlock()
+	if msg == was {
+		return
+	}
+	if err != nil {
+		m.metrics.MirrorUnreadable.WithLabelValues(what).Set(1)
+		m.log.Error("mirror unusable; not re-seeding KV from it until KV replaces it", "what", what, telemetry.KeyError, err)
+		return
+	}
+	m.metrics.MirrorUnreadable.WithLabelValues(what).Set(0)
+	m.log.Info("mirror usable again", "what", what)
 }
 
 // Ready reports whether Consul answered with a description and this node
@@ -88,11 +165,14 @@ func (m *mirror) Ready() bool {
 }
 
 // load reads the first description: the mirror's, else the node config's
-// file, else its inline text. A node with none waits for KV's.
+// file, else its inline text. A node with none waits for KV's. A mirror
+// that cannot be used is reported and passed over.
 func (m *mirror) load(file, inline string) error {
-	if p, err := m.loadPlatform(); err == nil {
-		m.setPlatform(p)
-		m.log.Info("loaded platform description from the local mirror")
+	p, v, err := m.loadPlatform()
+	m.report(mirrorPlatform, err)
+	if p != nil {
+		m.setPlatform(p, v)
+		m.log.Info("loaded platform description from the local mirror", "version", v)
 		return nil
 	}
 	switch {
@@ -101,20 +181,20 @@ func (m *mirror) load(file, inline string) error {
 		if err != nil {
 			return err
 		}
-		m.setPlatform(p)
+		m.setPlatform(p, 0)
 	case inline != "":
 		p, err := rules.Parse("node config platform", []byte(inline), m.parse)
 		if err != nil {
 			return err
 		}
-		m.setPlatform(p)
+		m.setPlatform(p, 0)
 	}
 	return nil
 }
 
-func (m *mirror) setPlatform(p *rules.Platform) {
+func (m *mirror) setPlatform(p *rules.Platform, version uint64) {
 	m.mu.Lock()
-	m.platform = p
+	m.platform, m.version = p, version
 	m.platformErr = ""
 	m.mu.Unlock()
 	if m.changed != nil {
@@ -122,21 +202,170 @@ func (m *mirror) setPlatform(p *rules.Platform) {
 	}
 }
 
-func (m *mirror) loadPlatform() (*rules.Platform, error) {
-	src, err := os.ReadFile(filepath.Join(m.dir, "platform"))
+// loadPlatform reads and parses the mirrored description. A text that
+// parses but whose version is not its own comes back with version 0 and
+// the error: the best description this node has, known to be broken.
+func (m *mirror) loadPlatform() (*rules.Platform, uint64, error) {
+	src, v, err := m.platformFiles()
+	if src == nil {
+		return nil, 0, err
+	}
+	p, perr := rules.Parse(m.path(mirrorPlatformFile), src, m.parse)
+	if perr != nil {
+		return nil, 0, perr
+	}
+	return p, v, err
+}
+
+// The mirror's files; see the mirror's doc.
+const (
+	mirrorPlatformFile         = "platform"
+	mirrorPlatformVersionFile  = "platform.version"
+	mirrorInventoryFile        = "inventory.json"
+	mirrorInventoryVersionFile = "inventory.version"
+)
+
+func (m *mirror) path(name string) string { return filepath.Join(m.dir, name) }
+
+// readMirrorFile reads a mirror file, nil without error when there is none.
+func readMirrorFile(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	return rules.Parse(filepath.Join(m.dir, "platform"), src, m.parse)
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxMirrorFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if len(b) > maxMirrorFile {
+		return nil, fmt.Errorf("%s: larger than the %d bytes a mirror file may be", name, maxMirrorFile)
+	}
+	if b == nil {
+		b = []byte{}
+	}
+	return b, nil
 }
 
-// records is the mirrored inventory, by machine ID; nil when there is none.
-func (m *mirror) records() map[string]reconcile.Record {
-	var recs map[string]reconcile.Record
-	b, err := os.ReadFile(filepath.Join(m.dir, "inventory.json"))
-	if err == nil {
-		_ = json.Unmarshal(b, &recs)
+// readVersion reads a version file: n unsigned numbers, then the checksum
+// of the text it belongs to. A file without the checksum (written by an
+// agent before checksums, after its text) is taken as it is: the old write
+// order never let a version run ahead of its text.
+func readVersion(name string, text []byte, n int) ([]uint64, error) {
+	b, err := readMirrorFile(name)
+	if err != nil {
+		return nil, err
 	}
+	if b == nil {
+		return nil, fmt.Errorf("%s: missing beside its text (a write cut short?)", name)
+	}
+	fields := strings.Fields(string(b))
+	if len(fields) != n && len(fields) != n+1 {
+		return nil, fmt.Errorf("%s:1: want %d numbers and a checksum, got %q", name, n, strings.TrimSpace(string(b)))
+	}
+	nums := make([]uint64, n)
+	for i := range n {
+		if nums[i], err = strconv.ParseUint(fields[i], 10, 64); err != nil {
+			return nil, fmt.Errorf("%s:1: field %d: %q is no version number", name, i+1, fields[i])
+		}
+	}
+	if len(fields) == n+1 && fields[n] != checksum(text) {
+		return nil, fmt.Errorf("%s: does not belong to the text beside it (checksum %s, the text's %s)", name, fields[n], checksum(text))
+	}
+	return nums, nil
+}
+
+func checksum(b []byte) string {
+	h := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(h[:])
+}
+
+// platformFiles reads the mirrored description's text and its version. A
+// text whose version cannot be trusted comes back with version 0 and the
+// error; no text is (nil, 0, nil).
+func (m *mirror) platformFiles() ([]byte, uint64, error) {
+	src, err := readMirrorFile(m.path(mirrorPlatformFile))
+	if src == nil || err != nil {
+		return nil, 0, err
+	}
+	v, err := readVersion(m.path(mirrorPlatformVersionFile), src, 1)
+	if err != nil {
+		return src, 0, err
+	}
+	return src, v[0], nil
+}
+
+// platformVersion is the version of the mirrored description, 0 when it
+// has none or none that can be trusted.
+func (m *mirror) platformVersion() uint64 {
+	_, v, _ := m.platformFiles()
+	return v
+}
+
+// writePlatform keeps a description and its version on disk, and clears a
+// broken mirror's error once both are written.
+func (m *mirror) writePlatform(src []byte, version uint64) {
+	if err := fsutil.WriteFileAtomic(m.path(mirrorPlatformFile), src, 0o600); err != nil {
+		m.log.Error("mirror platform description", telemetry.KeyError, err)
+		return
+	}
+	if err := fsutil.WriteFileAtomic(m.path(mirrorPlatformVersionFile), fmt.Appendf(nil, "%d %s\n", version, checksum(src)), 0o600); err != nil {
+		m.log.Error("mirror platform version", telemetry.KeyError, err)
+		return
+	}
+	m.report(mirrorPlatform, nil)
+}
+
+// readInventory reads the mirrored records and their version; no mirror
+// is (nil, zero, nil). Records whose version cannot be trusted come back
+// with a zero version and the error.
+func (m *mirror) readInventory() (map[string]reconcile.Record, inventoryVersion, error) {
+	name := m.path(mirrorInventoryFile)
+	b, err := readMirrorFile(name)
+	if b == nil || err != nil {
+		return nil, inventoryVersion{}, err
+	}
+	var recs map[string]reconcile.Record
+	if err := json.Unmarshal(b, &recs); err != nil {
+		return nil, inventoryVersion{}, jsonError(name, b, err)
+	}
+	if recs == nil {
+		// "null" is no inventory the mirror writes.
+		return nil, inventoryVersion{}, fmt.Errorf("%s:1: no records object", name)
+	}
+	nums, err := readVersion(m.path(mirrorInventoryVersionFile), b, 2)
+	if err != nil {
+		return recs, inventoryVersion{}, err
+	}
+	return recs, inventoryVersion{Epoch: nums[0], Index: nums[1]}, nil
+}
+
+// jsonError names the file and the line where a JSON document went wrong.
+func jsonError(name string, b []byte, err error) error {
+	var off int64 = -1
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		off = syn.Offset
+	case errors.As(err, &typ):
+		off = typ.Offset
+	}
+	if off < 0 {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	off = min(off, int64(len(b)))
+	return fmt.Errorf("%s:%d: %w", name, 1+bytes.Count(b[:off], []byte("\n")), err)
+}
+
+// records is the mirrored inventory, by machine ID; nil when there is none
+// or it cannot be read (which is reported).
+func (m *mirror) records() map[string]reconcile.Record {
+	recs, _, err := m.readInventory()
+	m.report(mirrorInventory, err)
 	return recs
 }
 
@@ -155,47 +384,24 @@ func (v inventoryVersion) String() string {
 }
 
 // inventoryVersion is the version of the mirrored inventory, zero when it
-// has none.
+// has none or none that can be trusted.
 func (m *mirror) inventoryVersion() inventoryVersion {
-	var v inventoryVersion
-	b, err := os.ReadFile(filepath.Join(m.dir, "inventory.version"))
-	if err == nil {
-		_, _ = fmt.Sscanf(string(b), "%d %d", &v.Epoch, &v.Index)
-	}
+	_, v, err := m.readInventory()
+	m.report(mirrorInventory, err)
 	return v
 }
 
-// writeInventory keeps an inventory and its version on disk; like
-// writePlatform, the records go first.
+// writeInventory keeps an inventory and its version on disk, and clears a
+// broken mirror's error once both are written.
 func (m *mirror) writeInventory(b []byte, v inventoryVersion) error {
-	if err := fsutil.WriteFileAtomic(filepath.Join(m.dir, "inventory.json"), b, 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(m.path(mirrorInventoryFile), b, 0o600); err != nil {
 		return err
 	}
-	return fsutil.WriteFileAtomic(filepath.Join(m.dir, "inventory.version"), []byte(fmt.Sprintf("%d %d\n", v.Epoch, v.Index)), 0o600)
-}
-
-// platformVersion is the version of the mirrored description, 0 when it
-// has none.
-func (m *mirror) platformVersion() uint64 {
-	b, err := os.ReadFile(filepath.Join(m.dir, "platform.version"))
-	if err != nil {
-		return 0
+	if err := fsutil.WriteFileAtomic(m.path(mirrorInventoryVersionFile), fmt.Appendf(nil, "%d %d %s\n", v.Epoch, v.Index, checksum(b)), 0o600); err != nil {
+		return err
 	}
-	v, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	return v
-}
-
-// writePlatform keeps a description and its version on disk. The text goes
-// first: cut short, the mirror holds a newer text under an older version,
-// which the next apply simply overwrites.
-func (m *mirror) writePlatform(src []byte, version uint64) {
-	if err := fsutil.WriteFileAtomic(filepath.Join(m.dir, "platform"), src, 0o600); err != nil {
-		m.log.Error("mirror platform description", telemetry.KeyError, err)
-		return
-	}
-	if err := fsutil.WriteFileAtomic(filepath.Join(m.dir, "platform.version"), []byte(strconv.FormatUint(version, 10)+"\n"), 0o600); err != nil {
-		m.log.Error("mirror platform version", telemetry.KeyError, err)
-	}
+	m.report(mirrorInventory, nil)
+	return nil
 }
 
 // peers are the addresses of the machines this node last knew of: where a
@@ -254,19 +460,32 @@ func (m *mirror) apply(pair *api.KVPair) {
 	m.metrics.PlatformValid.Set(1)
 	// Versions come from `platform apply` (the pair's Flags); a description
 	// written into KV by other means has none and is taken as the newest.
-	if mine := m.platformVersion(); pair.Flags != 0 && pair.Flags < mine {
+	src, mine, ferr := m.platformFiles()
+	older := src != nil && pair.Flags != 0 && pair.Flags < mine
+	if ferr == nil && older {
+		// Kept only while it still loads: a text that does not is no
+		// newer copy of anything.
+		if _, err := rules.Parse(m.path(mirrorPlatformFile), src, m.parse); err != nil {
+			ferr = err
+		}
+	}
+	m.report(mirrorPlatform, ferr)
+	if ferr == nil && older {
 		m.log.Warn("KV holds an older description than this node's mirror; keeping the mirror", "kv_version", pair.Flags, "mirror_version", mine)
 		m.metrics.MirrorKeptNewer.WithLabelValues("platform").Inc()
 	} else {
 		m.writePlatform(p.Source, pair.Flags)
 	}
-	if cur := m.Platform(); cur != nil && bytes.Equal(cur.Source, p.Source) {
-		m.mu.Lock()
-		m.platformErr = ""
-		m.mu.Unlock()
-	} else {
-		m.setPlatform(p)
-		m.log.Info("platform description loaded", telemetry.KeyIndex, pair.ModifyIndex, "cluster", p.Cluster)
+	m.mu.Lock()
+	same := m.platform != nil && bytes.Equal(m.platform.Source, p.Source)
+	if same {
+		// The same text applied again carries a new version.
+		m.version, m.platformErr = pair.Flags, ""
+	}
+	m.mu.Unlock()
+	if !same {
+		m.setPlatform(p, pair.Flags)
+		m.log.Info("platform description loaded", telemetry.KeyIndex, pair.ModifyIndex, "cluster", p.Cluster, "version", pair.Flags)
 	}
 	m.markReady()
 }
@@ -292,7 +511,9 @@ func (m *mirror) markReady() {
 //
 // It reports whether the KV holds a description afterwards.
 func (m *mirror) reseed(ctx context.Context) bool {
-	p := m.Platform()
+	// The text and the version it was stored under, as one: never the
+	// mirror's version with another text (a node config's, an older KV's).
+	p, version := m.current()
 	if p == nil {
 		return false
 	}
@@ -302,6 +523,25 @@ func (m *mirror) reseed(ctx context.Context) bool {
 	if err != nil || pair != nil {
 		return err == nil
 	}
+	// A mirror that cannot be read is no copy to restore from: an empty
+	// inventory makes every machine look like an orphan, and a node
+	// config's text may be older than what the cluster ran. Another node,
+	// or this one once its mirror is mended, re-seeds.
+	mirrored, mirroredVersion, ierr := m.readInventory()
+	m.report(mirrorInventory, ierr)
+	if broken := m.MirrorError(); broken != "" {
+		m.mu.Lock()
+		again := m.refused == broken
+		m.refused = broken
+		m.mu.Unlock()
+		if !again {
+			m.log.Error("KV lost its state but this node's mirror is unusable: not re-seeding from it; move the named file aside to re-seed without it", telemetry.KeyError, broken)
+		}
+		return false
+	}
+	m.mu.Lock()
+	m.refused = ""
+	m.mu.Unlock()
 	recs, _, err := m.inventory.List(ctx, nil)
 	if err != nil {
 		return false
@@ -312,12 +552,12 @@ func (m *mirror) reseed(ctx context.Context) bool {
 		// holds, though a fresh Consul counts its indexes from 1 again.
 		// Written only when missing: a reseed cut short and run again
 		// belongs to the same epoch.
-		epoch := m.inventoryVersion().Epoch + 1
+		epoch := mirroredVersion.Epoch + 1
 		if err := m.store.InitEpoch(ctx, epoch); err != nil {
 			m.log.Warn("re-seed epoch", telemetry.KeyError, err)
 			return false
 		}
-		for _, r := range m.records() {
+		for _, r := range mirrored {
 			r.Index = 0
 			if _, err := m.inventory.Put(ctx, r); err != nil && !errors.Is(err, reconcile.ErrConflict) {
 				m.log.Warn("re-seed inventory from the mirror", telemetry.KeyMachineID, r.ID, telemetry.KeyError, err)
@@ -327,9 +567,9 @@ func (m *mirror) reseed(ctx context.Context) bool {
 			}
 		}
 	}
-	ok, err := m.store.SeedPlatform(ctx, p.Source, m.platformVersion())
+	ok, err := m.store.SeedPlatform(ctx, p.Source, version)
 	if err == nil && ok {
-		m.log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename)
+		m.log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename, "version", version)
 	}
 	return err == nil
 }

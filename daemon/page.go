@@ -77,6 +77,9 @@ func (h *httpServer) pageView(ctx context.Context) pageData {
 	if d.Self.PlatformError != "" {
 		d.Problems = append(d.Problems, "The description in KV was rejected; every node runs its last good one: "+d.Self.PlatformError)
 	}
+	if d.Self.MirrorError != "" {
+		d.Problems = append(d.Problems, "This machine's copy of the cluster's state on disk is unusable: "+d.Self.MirrorError)
+	}
 	if st := d.Self.Reconcile; st != nil {
 		if st.Halted != "" {
 			d.Problems = append(d.Problems, "Replacement halted: "+st.Halted)

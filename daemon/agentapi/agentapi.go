@@ -45,6 +45,10 @@ type AgentStatus struct {
 	// PlatformError says why the description in KV was rejected; the node
 	// then runs its last good one.
 	PlatformError string `json:"platform_error,omitempty"`
+	// MirrorError says why this node's on-disk mirror (the description or
+	// the inventory) cannot be read: the node neither starts from it nor
+	// re-seeds KV from it until a good copy from KV replaces it.
+	MirrorError string `json:"mirror_error,omitempty"`
 	// Reconcile is the leader's last published pass.
 	Reconcile *reconcile.Status `json:"reconcile,omitempty"`
 	// Quorum is set while this node's Consul has no leader.

@@ -50,6 +50,7 @@ type Metrics struct {
 	PlatformValid       prometheus.Gauge
 	PlatformRejected    prometheus.Counter
 	MirrorKeptNewer     *prometheus.CounterVec
+	MirrorUnreadable    *prometheus.GaugeVec
 	ConsulVoters        prometheus.Gauge
 	FailureTolerance    prometheus.Gauge
 	ConsulRestarts      prometheus.Counter
@@ -109,6 +110,8 @@ func New() *Metrics {
 			Help: "Descriptions read from KV and rejected as invalid."}),
 		MirrorKeptNewer: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "mirror_kept_newer_total",
 			Help: "Times KV held an older copy than this node's on-disk mirror, which was kept; by what (platform, inventory)."}, []string{"what"}),
+		MirrorUnreadable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "mirror_unreadable",
+			Help: "1 while this node's on-disk mirror cannot be read or does not match the version stored with it, by what (platform, inventory): the node neither starts from it nor re-seeds KV from it."}, []string{"what"}),
 		ConsulVoters: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consul_voters",
 			Help: "Consul servers with a vote in Raft, as the leader sees them; leader only."}),
 		FailureTolerance: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "consul_failure_tolerance",
@@ -133,7 +136,7 @@ func New() *Metrics {
 		m.MachinesDesired, m.MachinesMax, m.MachinesLive, m.MachinesPending, m.MachinesFailed,
 		m.BackendUp, m.BackendErrors, m.BackendBackoff, m.BackendCallDuration, m.HookRuns,
 		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
-		m.ConsulLeaderless, m.QuorumLost, m.MirrorKeptNewer,
+		m.ConsulLeaderless, m.QuorumLost, m.MirrorKeptNewer, m.MirrorUnreadable,
 		m.ConsulVoters, m.FailureTolerance, m.MeshPeers, m.MeshBytes, m.MeshPeerChanges, m.JoinRequests,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -142,6 +145,7 @@ func New() *Metrics {
 	}
 	for _, w := range []string{"platform", "inventory"} {
 		m.MirrorKeptNewer.WithLabelValues(w)
+		m.MirrorUnreadable.WithLabelValues(w)
 	}
 	return m
 }

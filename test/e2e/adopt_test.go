@@ -64,6 +64,11 @@ func newSSHLab(t *testing.T) *sshLab {
 		}
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			// The adopted machines: sshd's output, and the agent's
+			// and Consul's logs in the data folder.
+			dumpContainers(t, "network="+l.network)
+		}
 		ids, _ := exec.Command("docker", "ps", "-aq", "--filter", "network="+l.network).Output()
 		for _, id := range strings.Fields(string(ids)) {
 			_ = exec.Command("docker", "rm", "-f", id).Run()

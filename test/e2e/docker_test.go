@@ -128,13 +128,10 @@ func (c *dockerCluster) dockerKill(id string) {
 	}
 }
 
+// dumpContainerLogs prints, for a failed test, every container of the
+// cluster, exited ones included: the agent logs to the container's output.
 func (c *dockerCluster) dumpContainerLogs() {
-	insts, _ := c.be.List(context.Background())
-	for _, in := range insts {
-		// The agent logs to the container's output (its Consul at WARN).
-		logs, _ := exec.Command("docker", "logs", "--tail", "60", in.MachineID).CombinedOutput()
-		c.t.Logf("container %s running=%v address=%s; last log lines:\n%s", in.MachineID, in.Running, in.Address, logs)
-	}
+	dumpContainers(c.t, "label="+docker.LabelCluster+"="+c.name)
 }
 
 func (c *dockerCluster) up(src string) {

@@ -451,13 +451,20 @@ func (c *testCluster) spawns() int {
 	return strings.Count(string(b), `"event":"after_spawn"`)
 }
 
+// dumpLogs prints, for a failed test, the end of the logs of every local
+// machine of the cluster, running or not.
 func (c *testCluster) dumpLogs() {
-	for _, m := range c.machines() {
-		b, _ := os.ReadFile(filepath.Join(m.Dir, "agent.log"))
-		if len(b) > 4000 {
-			b = b[len(b)-4000:]
+	ms, err := local.Machines(c.dir)
+	if err != nil {
+		c.t.Logf("--- machines of %s: %v", c.dir, err)
+		return
+	}
+	for _, m := range ms {
+		dirs := []string{m.Dir}
+		if d := m.Config.DataDir; d != "" && d != m.Dir {
+			dirs = append(dirs, d)
 		}
-		c.t.Logf("--- %s (running=%v):\n%s", m.Config.MachineID, m.Running, b)
+		dumpMachineDir(c.t, fmt.Sprintf("%s (running=%v, pid %d)", m.Config.MachineID, m.Running, m.PID), dirs...)
 	}
 }
 

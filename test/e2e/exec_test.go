@@ -46,6 +46,10 @@ func newExecCluster(t *testing.T) (*execCluster, string) {
 	c := &execCluster{testCluster: newCluster(t), name: fmt.Sprintf("exec-%06x", rand.IntN(1<<24)), cli: cli}
 	c.testCluster.instances, c.testCluster.killer = c.machinesAndContainers, c.killEither
 	t.Cleanup(func() {
+		if t.Failed() {
+			dumpContainers(t, "label=raptiformica.exec="+c.name)
+			dumpContainers(t, "label="+docker.LabelCluster+"="+c.name)
+		}
 		// down removes them; this is for a test that failed before it.
 		for _, ct := range c.containers(t) {
 			_ = cli.ContainerRemove(context.Background(), ct.ID, container.RemoveOptions{Force: true})

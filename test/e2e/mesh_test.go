@@ -66,6 +66,8 @@ func newMeshLab(t testing.TB, nets ...string) *meshLab {
 		// clean-up removes later: remove them here first.
 		if t.Failed() {
 			l.dumpContainerLogs()
+			// And the machines the test made by hand.
+			dumpContainers(t, "label=raptiformica.test="+l.name)
 		}
 		for _, id := range l.extraContainers() {
 			_ = exec.Command("docker", "rm", "-f", id).Run()

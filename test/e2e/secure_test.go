@@ -206,7 +206,12 @@ func TestSecureDockerNetworkStrangers(t *testing.T) {
 	agent := func(name, key string) {
 		dockerRun(t, "run", "-d", "--name", name, "--network", network, "--label", "raptiformica.test="+c.name, "--entrypoint", "/usr/local/bin/consul", img,
 			"agent", "-node="+name, "-data-dir=/tmp/consul", "-bind={{ GetPrivateIP }}", "-retry-join="+addr, "-retry-interval=1s", "-encrypt="+key)
-		t.Cleanup(func() { _ = exec.Command("docker", "rm", "-f", name).Run() })
+		t.Cleanup(func() {
+			if t.Failed() {
+				dumpContainer(t, name)
+			}
+			_ = exec.Command("docker", "rm", "-f", name).Run()
+		})
 	}
 	wrongKey, noCert := c.name+"-wrong-key", c.name+"-no-cert"
 	agent(wrongKey, otherKey)
@@ -322,8 +327,7 @@ func TestSecureJoinTokens(t *testing.T) {
 		_ = agent.Process.Signal(os.Interrupt)
 		_, _ = agent.Process.Wait()
 		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
-			t.Logf("joined agent's log:\n%s", b)
+			dumpMachineDir(t, "the joined agent", dir)
 		}
 	})
 	if !poll(time.Minute, func() bool { return memberAlive(c.client(), cfg.MachineID) }) {
