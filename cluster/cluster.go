@@ -265,6 +265,23 @@ func (l *Local) Quorum(ctx context.Context) map[string]*agentapi.QuorumStatus {
 	return out
 }
 
+// MirrorErrors is, by machine ID, why a running machine of the folder
+// cannot use its mirror (its copy of the description and inventory on
+// disk); machines whose mirror is sound are left out.
+func (l *Local) MirrorErrors(ctx context.Context) map[string]string {
+	ms, _ := local.Machines(l.Dir)
+	out := map[string]string{}
+	for _, m := range ms {
+		if !m.Running {
+			continue
+		}
+		if st, err := MachineStatus(ctx, m); err == nil && st.MirrorError != "" {
+			out[m.Config.MachineID] = st.MirrorError
+		}
+	}
+	return out
+}
+
 // Alive reports whether the machine id is an alive member of the cluster c
 // talks to (its local agent's view, which needs no quorum).
 func Alive(ctx context.Context, c *api.Client, id string) (bool, error) {

@@ -26,6 +26,10 @@ type StatusView struct {
 	Reconcile     *reconcile.Status `json:"reconcile,omitempty"`
 	// Quorum is each local machine's view while there is no Consul leader.
 	Quorum map[string]*agentapi.QuorumStatus `json:"quorum,omitempty"`
+	// MirrorErrors are the local machines whose copy of the cluster's
+	// state on disk is unusable, and why: such a machine cannot re-create
+	// the cluster until KV replaces its copy.
+	MirrorErrors map[string]string `json:"mirror_errors,omitempty"`
 }
 
 // Status is the cluster's status as c's Consul holds it. A Consul that
@@ -55,6 +59,9 @@ func (v StatusView) WriteText(out io.Writer) error {
 	fmt.Fprintf(w, "leader\t%s\n", orDash(v.Leader))
 	if v.PlatformError != "" {
 		fmt.Fprintf(w, "platform\tREJECTED (nodes keep their last good description):\n%s\n", v.PlatformError)
+	}
+	for _, id := range slices.Sorted(maps.Keys(v.MirrorErrors)) {
+		fmt.Fprintf(w, "mirror of %s\tUNUSABLE: %s\n", id, v.MirrorErrors[id])
 	}
 	st := v.Reconcile
 	if st == nil {

@@ -213,7 +213,7 @@ func fromLoopback(r *http.Request) bool {
 func (h *httpServer) status() agentapi.AgentStatus {
 	st := agentapi.AgentStatus{
 		MachineID: h.cfg.MachineID, MachineType: h.cfg.MachineType, Address: h.cfg.BindAddr,
-		IsLeader: h.elector.Leading(), Ready: h.mirror.Ready(), PlatformError: h.mirror.PlatformError(),
+		IsLeader: h.elector.Leading(), Ready: h.mirror.Ready(), PlatformError: h.mirror.PlatformError(), MirrorError: h.mirror.MirrorError(),
 		Reconcile: h.elector.LastStatus(), Quorum: h.quorum.Status(),
 	}
 	if h.mesh != nil {

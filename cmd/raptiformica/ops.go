@@ -59,6 +59,7 @@ func status(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	v.MirrorErrors = t.cluster().MirrorErrors(ctx)
 	if asJSON {
 		return writeJSON(out, v)
 	}
