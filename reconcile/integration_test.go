@@ -389,3 +389,52 @@ func TestMemberTargetReadsThePublishedPort(t *testing.T) {
 		t.Errorf("a member publishing port 99999: got %v, want an error naming it", err)
 	}
 }
+
+// TestExecutorRestoresALostRecord: an alive member whose record was lost
+// gets one again from what its backend lists, and a record written
+// meanwhile (by a re-seed, another leader) is left as it is.
+func TestExecutorRestoresALostRecord(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	p := platform(t, threeServers)
+	ex := newExecutor(inv)
+	created := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	obs := Observed{
+		Records:   map[string]Record{},
+		Members:   map[string]Member{"b": {Name: "b", Address: "127.0.0.3", Status: MemberAlive}},
+		Instances: map[string]map[string]backends.Instance{"local": {"b": {MachineID: "b", MachineType: "server", Address: "127.0.0.3", Running: true, Created: created}}},
+	}
+	d := Plan(p, with(obs, func(o *Observed) {
+		o.Records["a"] = Record{ID: "a", Type: "server", Backend: "local", State: StateJoined}
+		o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", State: StateJoined}
+		o.Members["a"] = Member{Name: "a", Status: MemberAlive}
+		o.Members["c"] = Member{Name: "c", Status: MemberAlive}
+		o.Instances["local"]["a"] = backends.Instance{MachineID: "a", Running: true}
+		o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: true}
+	}), time.Now())
+	if len(d.Actions) != 1 || d.Actions[0].Kind != KindRestoreRecord {
+		t.Fatalf("plan: got %+v, want one restore_record", d.Actions)
+	}
+	if err := ex.Execute(ctx, p, nil, obs, d.Actions); err != nil {
+		t.Fatal(err)
+	}
+	r, ok, err := inv.Get(ctx, "b")
+	if err != nil || !ok {
+		t.Fatalf("restored record: ok=%v err=%v", ok, err)
+	}
+	if r.Type != "server" || r.Backend != "local" || r.State != StateJoined || r.Address != "127.0.0.3" || !r.Created.Equal(created) {
+		t.Errorf("restored record: %+v", r)
+	}
+	// A second restore (a pass that planned on an older view) changes
+	// nothing and is no error.
+	r.Reason = "written meanwhile"
+	if _, err := inv.Put(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := ex.Execute(ctx, p, nil, obs, d.Actions); err != nil {
+		t.Fatalf("restore over an existing record: %v", err)
+	}
+	if r, _, _ := inv.Get(ctx, "b"); r.Reason != "written meanwhile" {
+		t.Errorf("restore overwrote a record written meanwhile: %+v", r)
+	}
+}
