@@ -31,6 +31,9 @@ type Member struct {
 	// the members it has a link to. Both empty without the mesh.
 	MeshEndpoints []string `json:"mesh_endpoints,omitempty"`
 	MeshPeers     []string `json:"mesh_peers,omitempty"`
+	// Offers are the backends the member can run, as its agent found on
+	// it; nil when it published no offer (an older agent, or just started).
+	Offers []string `json:"offers"`
 }
 
 // Members lists the cluster's members by name, and whether it runs the
@@ -50,6 +53,10 @@ func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
+	offers, _, err := store.Offers(ctx, nil)
+	if err != nil {
+		return nil, false, err
+	}
 	nameOf := map[string]string{}
 	for _, m := range members {
 		nameOf[m.Addr] = m.Name
@@ -62,6 +69,11 @@ func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
 		}
 		r := recs[m.Name]
 		row := Member{Name: m.Name, Address: m.Addr, Status: string(reconcile.SerfStatus(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader}
+		if b, ok := offers[m.Name]; ok {
+			if o, err := reconcile.ParseOffer(m.Name, b); err == nil {
+				row.Offers = append([]string{}, o.Offered()...)
+			}
+		}
 		if mn, ok := meshNodes[m.Name]; ok {
 			row.MeshEndpoints = mn.Endpoints
 			for _, l := range mn.Links {
@@ -75,11 +87,20 @@ func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
 	return rows, len(meshNodes) > 0, nil
 }
 
+// offered is a member's offers for the table: "?" when it published none,
+// "-" when it offers nothing.
+func offered(o []string) string {
+	if o == nil {
+		return "?"
+	}
+	return orDash(strings.Join(o, ","))
+}
+
 // WriteMembers writes rows as a table for a person, the mesh's columns
 // only when the cluster runs the mesh.
 func WriteMembers(out io.Writer, rows []Member, withMesh bool) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER"
+	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER\tOFFERS"
 	if withMesh {
 		head += "\tMESH ENDPOINTS\tMESH PEERS"
 	}
@@ -89,7 +110,7 @@ func WriteMembers(out io.Writer, rows []Member, withMesh bool) error {
 		if r.Leader {
 			mark = "*"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Address, r.Status, orDash(r.Type), orDash(r.State), r.Role, mark)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Address, r.Status, orDash(r.Type), orDash(r.State), r.Role, mark, offered(r.Offers))
 		if withMesh {
 			fmt.Fprintf(w, "\t%s\t%s", orDash(strings.Join(r.MeshEndpoints, ",")), orDash(strings.Join(r.MeshPeers, ",")))
 		}

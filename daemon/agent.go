@@ -79,6 +79,7 @@ type Agent struct {
 	mirror   *mirror
 	elector  *elector
 	quorum   *quorumWatch
+	offers   *offerer
 	watchdog *watchdog
 }
 
@@ -134,7 +135,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		atOnce = append(atOnce, a.mesh)
 	}
 	// Once Consul has a leader and the KV holds this node's part.
-	afterConsul := []component{a.mirror, a.elector, a.quorum, a.watchdog}
+	afterConsul := []component{a.mirror, a.elector, a.quorum, a.watchdog, a.offers}
 
 	g, gctx := errgroup.WithContext(stopping)
 	for _, c := range atOnce {
@@ -236,7 +237,10 @@ func (a *Agent) setUp() (err error) {
 	}
 	executor := &reconcile.Executor{
 		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics, Token: c.ACLToken, CACert: c.TLS.CACert,
-		Forget:     func(ctx context.Context, id string) error { return RemoveMachineToken(ctx, client, id) },
+		Forget: func(ctx context.Context, id string) error {
+			// A removed machine offers nothing: its offer goes with it.
+			return errors.Join(RemoveMachineToken(ctx, client, id), a.store.DeleteOffer(ctx, id))
+		},
 		NodeConfig: NodeConfigFor(client, Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, c.ClusterDir, c.ConsulBinary, selfEndpoints),
 		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
 	}
@@ -247,7 +251,15 @@ func (a *Agent) setUp() (err error) {
 		platform: a.mirror.Platform, reseed: a.mirror.reseed, backends: bes.get,
 		clock: a.Clock, log: a.Log, metrics: a.metrics, wake: make(chan struct{}, 1),
 	}
-	a.mirror.changed = a.elector.poke
+	notHere := ""
+	if c.NeverLead {
+		notHere = c.Backend
+	}
+	a.offers = &offerer{
+		self: c.MachineID, notHere: notHere, backends: bes.get, platform: a.mirror.Platform, store: a.store,
+		clock: a.Clock, log: a.Log.Named("offers"), metrics: a.metrics, wake: make(chan struct{}, 1),
+	}
+	a.mirror.changed = func() { a.elector.poke(); a.offers.poke() }
 	a.quorum = &quorumWatch{
 		cfg: c, consul: client, inventory: a.inventory, proc: a.proc, mirror: a.mirror, seed: a.seed,
 		backends: bes.get, poke: a.elector.poke, askPeer: askPeerQuorum(c.HTTPPort),

@@ -54,6 +54,9 @@ const (
 	SSHPool    = Prefix + "ssh-pool/"
 	HostKeys   = Prefix + "hostkeys/"
 	JoinTokens = Prefix + "join-tokens/"
+	// Offers holds, per machine, which of the description's backends
+	// that machine can run (offers/<machine id>), as its agent found.
+	Offers = Prefix + "offers/"
 )
 
 // MeshSecretNext and MeshSecretPrevious exist only while a mesh rotation
@@ -363,6 +366,31 @@ func (s *Store) PutMeshNode(ctx context.Context, machineID string, b []byte) err
 // DeleteMeshNode removes a member's overlay entry.
 func (s *Store) DeleteMeshNode(ctx context.Context, machineID string) error {
 	_, err := s.kv.Delete(MeshNodes+machineID, write(ctx))
+	return err
+}
+
+// Offers lists every machine's offer of backends, by machine ID.
+func (s *Store) Offers(ctx context.Context, q *api.QueryOptions) (map[string][]byte, uint64, error) {
+	pairs, meta, err := s.kv.List(Offers, query(ctx, q))
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make(map[string][]byte, len(pairs))
+	for _, p := range pairs {
+		out[strings.TrimPrefix(p.Key, Offers)] = p.Value
+	}
+	return out, meta.LastIndex, nil
+}
+
+// PutOffer writes a machine's offer of backends.
+func (s *Store) PutOffer(ctx context.Context, machineID string, b []byte) error {
+	_, err := s.kv.Put(&api.KVPair{Key: Offers + machineID, Value: b}, write(ctx))
+	return err
+}
+
+// DeleteOffer removes a removed machine's offer.
+func (s *Store) DeleteOffer(ctx context.Context, machineID string) error {
+	_, err := s.kv.Delete(Offers+machineID, write(ctx))
 	return err
 }
 

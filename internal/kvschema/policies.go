@@ -44,11 +44,13 @@ service "raptiformica" { policy = "write" }
 operator = "read"
 `
 
-// MachineRules are one client machine's own: its inventory record and its
-// mesh entry, and its own agent (to leave the cluster).
+// MachineRules are one client machine's own: its inventory record, its
+// mesh entry, its offer of backends, and its own agent (to leave the
+// cluster).
 func MachineRules(machineID string) string {
 	return `key "` + Inventory + machineID + `" { policy = "write" }
 key "` + MeshNodes + machineID + `" { policy = "write" }
+key "` + Offers + machineID + `" { policy = "write" }
 agent "` + machineID + `" { policy = "write" }
 `
 }

@@ -41,6 +41,7 @@ type Metrics struct {
 	MachinesPending     *prometheus.GaugeVec
 	MachinesFailed      *prometheus.GaugeVec
 	BackendUp           *prometheus.GaugeVec
+	BackendOffered      *prometheus.GaugeVec
 	BackendErrors       *prometheus.CounterVec
 	BackendBackoff      *prometheus.GaugeVec
 	BackendCallDuration *prometheus.HistogramVec
@@ -92,6 +93,8 @@ func New() *Metrics {
 			Help: "Failed machines not yet reaped, by machine type."}, []string{"machine_type"}),
 		BackendUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "backend_up",
 			Help: "1 when the backend answered its last availability check and listing."}, []string{"backend"}),
+		BackendOffered: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "backend_offered",
+			Help: "1 when this machine can run the backend (its availability check passed here), so that the leader may place machines of it on this one."}, []string{"backend"}),
 		BackendBackoff: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "backend_backoff_seconds",
 			Help: "Seconds until a backend whose calls failed is tried again; 0 when it is not backing off."}, []string{"backend"}),
 		BackendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "backend_errors_total",
@@ -134,7 +137,7 @@ func New() *Metrics {
 	reg.MustRegister(
 		m.ReconcileDuration, m.ReconcileTotal, m.LastSuccess, m.Halted, m.Actions,
 		m.MachinesDesired, m.MachinesMax, m.MachinesLive, m.MachinesPending, m.MachinesFailed,
-		m.BackendUp, m.BackendErrors, m.BackendBackoff, m.BackendCallDuration, m.HookRuns,
+		m.BackendUp, m.BackendOffered, m.BackendErrors, m.BackendBackoff, m.BackendCallDuration, m.HookRuns,
 		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
 		m.ConsulLeaderless, m.QuorumLost, m.MirrorKeptNewer, m.MirrorUnreadable,
 		m.ConsulVoters, m.FailureTolerance, m.MeshPeers, m.MeshBytes, m.MeshPeerChanges, m.JoinRequests,

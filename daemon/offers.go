@@ -1,0 +1,152 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+const (
+	// offerInterval is how often a machine asks its backends again
+	// without a cause (a description change asks at once): an engine
+	// installed or a socket that went away shows within it.
+	offerInterval = time.Minute
+	// offerRefresh is how old a published offer may grow while nothing in
+	// it changed: its Checked time then says the machine still asks.
+	offerRefresh = 10 * time.Minute
+	// offerCheckTimeout bounds asking every backend once, all at once.
+	offerCheckTimeout = 30 * time.Second
+)
+
+// offerer publishes which of the description's backends this machine can
+// run, asked here: the leader places machines on members that offer a
+// backend, where today it could use only the backends of its own machine.
+type offerer struct {
+	self string
+	// notHere is a backend this machine may not offer whatever its check
+	// says: the one that made it, when its commands cannot run on the
+	// machines it makes (an exec backend's lead = "false").
+	notHere  string
+	backends func() map[string]backends.Backend
+	platform func() *rules.Platform
+	store    *kvschema.Store
+	clock    clock.Clock
+	log      hclog.Logger
+	metrics  *telemetry.Metrics
+	wake     chan struct{}
+
+	last    []byte    // the last offer published, without its time
+	lastAt  time.Time // when it was published
+	lastErr string    // the last failure to publish, said once
+}
+
+// poke asks for a check now (the description changed); it never blocks.
+func (o *offerer) poke() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run checks and publishes until ctx ends, then returns nil.
+func (o *offerer) Run(ctx context.Context) error {
+	for {
+		o.check(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-o.wake:
+		case <-o.clock.After(offerInterval):
+		}
+	}
+}
+
+// check asks every backend of the description whether it can run here, and
+// publishes the answer when it changed or has grown old.
+func (o *offerer) check(ctx context.Context) {
+	if o.platform() == nil {
+		return
+	}
+	offer := o.ask(ctx)
+	stable, _ := json.Marshal(offer.Backends)
+	now := o.clock.Now()
+	if bytes.Equal(stable, o.last) && now.Sub(o.lastAt) < offerRefresh {
+		return
+	}
+	offer.Checked = now
+	b, err := json.Marshal(offer)
+	if err != nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := o.store.PutOffer(pctx, o.self, b); err != nil {
+		// A machine made before offers existed has a token that may not
+		// write one: said once, not every minute.
+		if err.Error() != o.lastErr {
+			o.log.Warn("publish this machine's offer of backends", telemetry.KeyError, err)
+		}
+		o.lastErr = err.Error()
+		return
+	}
+	o.lastErr = ""
+	if !bytes.Equal(stable, o.last) {
+		o.log.Info("offering backends", "offered", offer.Offered())
+	}
+	o.last, o.lastAt = stable, now
+}
+
+// ask calls every backend's Available at once: one that hangs costs the
+// check its deadline, not the others their answers.
+func (o *offerer) ask(ctx context.Context) reconcile.Offer {
+	bes := o.backends()
+	ctx, cancel := context.WithTimeout(ctx, offerCheckTimeout)
+	defer cancel()
+	offer := reconcile.Offer{Machine: o.self, Backends: make(map[string]reconcile.BackendOffer, len(bes))}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for name, be := range bes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bo := reconcile.BackendOffer{Available: true}
+			if name == o.notHere {
+				bo = reconcile.BackendOffer{Reason: "this machine was made by it and cannot run its commands (lead = false)"}
+			} else if err := be.Available(ctx); err != nil {
+				bo = reconcile.BackendOffer{Reason: err.Error()}
+			}
+			mu.Lock()
+			offer.Backends[name] = bo
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if o.metrics != nil {
+		o.metrics.BackendOffered.Reset()
+		names := make([]string, 0, len(offer.Backends))
+		for name := range offer.Backends {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			v := 0.0
+			if offer.Backends[name].Available {
+				v = 1
+			}
+			o.metrics.BackendOffered.WithLabelValues(name).Set(v)
+		}
+	}
+	return offer
+}

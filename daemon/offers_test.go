@@ -1,0 +1,108 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// answerBackend is a stand-in whose availability the test sets: the
+// backends are not what these tests test, the offer is.
+type answerBackend struct {
+	brokenBackend
+	avail error
+}
+
+func (b answerBackend) Available(context.Context) error { return b.avail }
+
+func readOffer(t *testing.T, store *kvschema.Store, id string) (reconcile.Offer, bool) {
+	t.Helper()
+	all, _, err := store.Offers(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, ok := all[id]
+	if !ok {
+		return reconcile.Offer{}, false
+	}
+	o, err := reconcile.ParseOffer(id, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o, true
+}
+
+// TestOffersSayWhatThisMachineCanRun: each agent publishes, for every
+// backend of the description, whether it runs here and why not, never
+// offers the backend that made it when that backend's commands cannot run
+// on its machines, and writes again only when the answer changes.
+func TestOffersSayWhatThisMachineCanRun(t *testing.T) {
+	consul := startTestConsul(t)
+	store := kvschema.New(consul.Client)
+	bes := map[string]backends.Backend{
+		"docker": answerBackend{avail: errors.New("no Docker socket at /var/run/docker.sock")},
+		"local":  answerBackend{},
+		"vms":    answerBackend{},
+	}
+	p := &rules.Platform{Cluster: "c"}
+	o := &offerer{
+		self: "worker-1", notHere: "vms", backends: func() map[string]backends.Backend { return bes },
+		platform: func() *rules.Platform { return p }, store: store,
+		clock: clock.Real{}, log: hclog.NewNullLogger(), wake: make(chan struct{}, 1),
+	}
+	ctx := context.Background()
+	o.check(ctx)
+	got, ok := readOffer(t, store, "worker-1")
+	if !ok {
+		t.Fatal("no offer published")
+	}
+	if off := got.Offered(); len(off) != 1 || off[0] != "local" {
+		t.Errorf("offered: got %v want [local]", off)
+	}
+	if r := got.Backends["docker"].Reason; !strings.Contains(r, "no Docker socket") {
+		t.Errorf("docker's reason: got %q", r)
+	}
+	if r := got.Backends["vms"].Reason; !strings.Contains(r, "lead = false") {
+		t.Errorf("the backend that made this machine, whose commands cannot run here: got %+v", got.Backends["vms"])
+	}
+	first := got.Checked
+
+	// The same answer is not written again (until it grows old).
+	time.Sleep(10 * time.Millisecond)
+	o.check(ctx)
+	if got, _ := readOffer(t, store, "worker-1"); !got.Checked.Equal(first) {
+		t.Errorf("an unchanged offer was written again at %v (first %v)", got.Checked, first)
+	}
+
+	// A backend that becomes usable is offered at the next check.
+	bes["docker"] = answerBackend{}
+	o.check(ctx)
+	if got, _ := readOffer(t, store, "worker-1"); strings.Join(got.Offered(), ",") != "docker,local" {
+		t.Errorf("after docker became usable: offered %v", got.Offered())
+	}
+}
+
+// TestAgentPublishesItsOffer: a real agent publishes its offer of the
+// description's backends once it runs.
+func TestAgentPublishesItsOffer(t *testing.T) {
+	a, _ := startAgent(t)
+	waitFor(t, 30*time.Second, "the agent's offer is in KV", func() bool {
+		all, _, err := a.store.Offers(context.Background(), nil)
+		if err != nil {
+			return false
+		}
+		o, err := reconcile.ParseOffer(a.Config.MachineID, all[a.Config.MachineID])
+		_, hasLocal := o.Backends["local"]
+		return err == nil && hasLocal && !o.Checked.IsZero()
+	})
+}
