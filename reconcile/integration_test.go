@@ -438,3 +438,46 @@ func TestExecutorRestoresALostRecord(t *testing.T) {
 		t.Errorf("restore overwrote a record written meanwhile: %+v", r)
 	}
 }
+
+// TestScaleHealthWatchIsTheFailureDetectors: the leader's health watch
+// wakes for a member's serfHealth check, not for a service check flapping,
+// and carries only the failure detector's checks.
+func TestScaleHealthWatchIsTheFailureDetectors(t *testing.T) {
+	needConsul(t)
+	c := consul.Client
+	register := func(check, status string) {
+		t.Helper()
+		reg := &api.CatalogRegistration{Node: "scale-node", Address: "192.0.2.9",
+			Check: &api.AgentCheck{Node: "scale-node", CheckID: check, Name: check, Status: status}}
+		if check != "serfHealth" {
+			reg.Service = &api.AgentService{ID: "app", Service: "app"}
+			reg.Check.ServiceID = "app"
+		}
+		if _, err := c.Catalog().Register(reg, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer c.Catalog().Deregister(&api.CatalogDeregistration{Node: "scale-node"}, nil)
+	register("serfHealth", api.HealthPassing)
+	register("app-check", api.HealthPassing)
+	q := healthQuery(c)
+	ask := func() bool {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, changed, err := q((&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return changed
+	}
+	ask() // the first answer is the baseline
+	register("app-check", api.HealthCritical)
+	if ask() {
+		t.Errorf("a service check turning critical woke the planner")
+	}
+	register("serfHealth", api.HealthCritical)
+	if !ask() {
+		t.Errorf("the member's serfHealth turning critical did not wake the planner")
+	}
+}

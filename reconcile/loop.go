@@ -332,12 +332,24 @@ func (r *Reconciler) record(p *rules.Platform, d Decision, obs Observed, now tim
 	}
 }
 
-// healthQuery watches every health check: a member failing or recovering
-// changes its serfHealth check.
+// healthQuery watches the failure detector's checks (serfHealth), the only
+// ones the planner reads: a member failing or recovering changes its
+// serfHealth check. A service's own check flapping (the agent's HTTP
+// check, an application's) would wake a pass on every member's every flap
+// and carry every check of the datacenter in each answer, which at a
+// thousand machines is what the leader would spend its time on.
 func (r *Reconciler) healthQuery() watch.Query {
+	return healthQuery(r.Consul)
+}
+
+// serfHealthFilter keeps the failure detector's checks of a health query.
+const serfHealthFilter = `CheckID == "serfHealth"`
+
+func healthQuery(consul *api.Client) watch.Query {
 	var last uint64
 	return func(q *api.QueryOptions) (uint64, bool, error) {
-		checks, meta, err := r.Consul.Health().State(api.HealthAny, q)
+		q.Filter = serfHealthFilter
+		checks, meta, err := consul.Health().State(api.HealthAny, q)
 		if err != nil {
 			return 0, false, err
 		}
