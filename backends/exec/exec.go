@@ -30,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	osexec "os/exec"
@@ -42,6 +43,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/capped"
@@ -391,22 +394,38 @@ func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
 		}
 		return parseList(out, local)
 	}
-	insts := make([]backends.Instance, 0, len(local))
-	for _, in := range local {
-		if len(b.cmds[CmdRunning]) > 0 && in.Running {
-			_, err := b.run(ctx, CmdRunning, filepath.Join(b.dir, in.MachineID), []string{"RAPTIFORMICA_MACHINE_ID=" + in.MachineID})
-			var exit *osexec.ExitError
-			switch {
-			case errors.As(err, &exit):
-				in.Running = false
-			case err != nil:
-				return nil, err
+	ids := slices.Sorted(maps.Keys(local))
+	insts := make([]backends.Instance, len(ids))
+	// One check per machine: run a few at once, so that a pass over a
+	// hundred machines costs a few checks' time, not a hundred, and no more
+	// than a few processes at a time.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(staleChecks)
+	for i, id := range ids {
+		in := local[id]
+		g.Go(func() error {
+			if len(b.cmds[CmdRunning]) > 0 && in.Running {
+				_, err := b.run(gctx, CmdRunning, filepath.Join(b.dir, in.MachineID), []string{"RAPTIFORMICA_MACHINE_ID=" + in.MachineID})
+				var exit *osexec.ExitError
+				switch {
+				case errors.As(err, &exit):
+					in.Running = false
+				case err != nil:
+					return err
+				}
 			}
-		}
-		insts = append(insts, in)
+			insts[i] = in
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	return insts, nil
 }
+
+// staleChecks is how many detect_stale_instance commands List runs at once.
+const staleChecks = 8
 
 // localInstances reads the working folders on this node. A folder without
 // instance.json is a spawn in progress or one whose clean-up failed: it is

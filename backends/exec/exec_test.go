@@ -329,3 +329,44 @@ func TestHostileCommandsLogCap(t *testing.T) {
 		t.Errorf("commands.log notes %d cut outputs, want 2 (stdout and stderr):\n%s", n, log[len(log)-min(len(log), 400):])
 	}
 }
+
+// TestScaleStaleChecksRunAtOnce: without list_instances, List asks each
+// machine's detect_stale_instance; a few run at once, never more than the
+// bound, and every machine's answer lands on its own line.
+func TestScaleStaleChecksRunAtOnce(t *testing.T) {
+	cmds := fakeMachines()
+	// Each check marks itself running, counts who else is, and leaves
+	// after a moment; a machine whose ID ends in 7 is gone.
+	cmds[CmdRunning] = sh(`p="$RAPTIFORMICA_SETTING_POOL"; touch "$p/active-$RAPTIFORMICA_MACHINE_ID"
+ls "$p" | grep -c '^active-' >> "$p/seen"; sleep 0.3; rm "$p/active-$RAPTIFORMICA_MACHINE_ID"
+case "$RAPTIFORMICA_MACHINE_ID" in *7) exit 1;; esac`)
+	b, pool := newBackend(t, cmds, nil)
+	const n = 20
+	for i := 0; i < n; i++ {
+		if _, err := b.Spawn(context.Background(), spec("worker-"+strconv.Itoa(10+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insts, err := b.List(context.Background())
+	if err != nil || len(insts) != n {
+		t.Fatalf("list = %d machines, %v", len(insts), err)
+	}
+	for i, in := range insts {
+		wantID := "worker-" + strconv.Itoa(10+i)
+		if in.MachineID != wantID || in.Running == strings.HasSuffix(wantID, "7") {
+			t.Errorf("machine %d: %+v, want %s running=%v", i, in, wantID, !strings.HasSuffix(wantID, "7"))
+		}
+	}
+	seen, err := os.ReadFile(filepath.Join(pool, "seen"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	most := 0
+	for _, f := range strings.Fields(string(seen)) {
+		k, _ := strconv.Atoi(f)
+		most = max(most, k)
+	}
+	if most < 2 || most > staleChecks {
+		t.Errorf("at most %d checks ran at once, want 2 to %d", most, staleChecks)
+	}
+}
