@@ -129,9 +129,15 @@ func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[strin
 	e.init()
 	e.mu.Unlock()
 	var errs []error
+	if err := e.markAll(ctx, p, obs, actions); err != nil {
+		errs = append(errs, err)
+	}
 	for _, a := range actions {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if a.Kind == KindMarkJoined || a.Kind == KindMarkFailed {
+			continue // markAll wrote them
 		}
 		if _, err := e.execute(ctx, p, bes, obs, a); err != nil {
 			errs = append(errs, fmt.Errorf("%s %s: %w", a.Kind, a.MachineID, err))
@@ -263,7 +269,12 @@ func (e *Executor) Recent() []Outcome {
 }
 
 func (e *Executor) mark(ctx context.Context, r Record, s State, reason string) error {
-	now := e.Clock.Now()
+	_, err := e.Inventory.Put(ctx, marked(r, s, reason, e.Clock.Now()))
+	return err
+}
+
+// marked is r moved to state s at now.
+func marked(r Record, s State, reason string, now time.Time) Record {
 	r.State, r.Updated = s, now
 	switch s {
 	case StateFailed:
@@ -271,7 +282,50 @@ func (e *Executor) mark(ctx context.Context, r Record, s State, reason string) e
 	case StateJoined:
 		r.FailedSince, r.Reason = time.Time{}, ""
 	}
-	_, err := e.Inventory.Put(ctx, r)
+	return r
+}
+
+// markAll writes a pass's marks (joined, failed) together, in as few
+// transactions as Consul allows: a pass that sees fifty machines come up
+// is one Raft write, not fifty writes and fifty reads.
+func (e *Executor) markAll(ctx context.Context, p *rules.Platform, obs Observed, actions []Action) error {
+	var marks []Action
+	var recs []Record
+	now := e.Clock.Now()
+	for _, a := range actions {
+		switch a.Kind {
+		case KindMarkJoined:
+			recs = append(recs, marked(obs.Records[a.MachineID], StateJoined, a.Reason, now))
+		case KindMarkFailed:
+			recs = append(recs, marked(obs.Records[a.MachineID], StateFailed, a.Reason, now))
+		default:
+			continue
+		}
+		marks = append(marks, a)
+	}
+	if len(marks) == 0 {
+		return nil
+	}
+	written, err := e.Inventory.PutAll(ctx, recs)
+	done := make(map[string]bool, len(written))
+	for _, r := range written {
+		done[r.ID] = true
+	}
+	for _, a := range marks {
+		log := e.Log.With(telemetry.KeyAction, string(a.Kind), telemetry.KeyMachineID, a.MachineID, telemetry.KeyMachineType, a.Type)
+		if !done[a.MachineID] {
+			e.finish(a, fmt.Errorf("write the mark of %s: not written", a.MachineID))
+			log.Error("action failed", telemetry.KeyError, err)
+			continue
+		}
+		e.finish(a, nil)
+		if a.Kind == KindMarkJoined {
+			log.Info("machine joined", telemetry.KeyReason, a.Reason)
+			e.Hooks.Fire(ctx, p, "after_join", a)
+		} else {
+			log.Warn("machine failed", telemetry.KeyReason, a.Reason)
+		}
+	}
 	return err
 }
 

@@ -481,3 +481,66 @@ func TestScaleHealthWatchIsTheFailureDetectors(t *testing.T) {
 		t.Errorf("the member's serfHealth turning critical did not wake the planner")
 	}
 }
+
+// TestScaleMarksAreOneTransaction: a pass's marks are one Raft write (every
+// record gets the same ModifyIndex), and a record changed meanwhile costs
+// only its own mark.
+func TestScaleMarksAreOneTransaction(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	p := platform(t, threeServers)
+	ex := newExecutor(inv)
+	obs := Observed{Records: map[string]Record{}}
+	var acts []Action
+	for i := 0; i < 10; i++ {
+		id := fmt.Sprintf("w%d", i)
+		r, err := inv.Put(ctx, Record{ID: id, Type: "server", Backend: "local", State: StateJoining})
+		if err != nil {
+			t.Fatal(err)
+		}
+		obs.Records[id] = r
+		acts = append(acts, Action{Kind: KindMarkJoined, MachineID: id, Type: "server", Reason: "member is alive"})
+	}
+	if err := ex.Execute(ctx, p, nil, obs, acts); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, err := inv.List(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	indexes := map[uint64]bool{}
+	for _, r := range recs {
+		if r.State != StateJoined {
+			t.Errorf("%s: state %q, want joined", r.ID, r.State)
+		}
+		indexes[r.Index] = true
+	}
+	if len(indexes) != 1 {
+		t.Errorf("the marks of one pass landed at %d Raft indexes, want 1", len(indexes))
+	}
+
+	// w3 changes under the pass: the others are still marked failed.
+	for id, r := range recs {
+		obs.Records[id] = r
+	}
+	busy := recs["w3"]
+	busy.Reason = "changed by someone else"
+	if _, err := inv.Put(ctx, busy); err != nil {
+		t.Fatal(err)
+	}
+	for i := range acts {
+		acts[i].Kind = KindMarkFailed
+	}
+	if err := ex.Execute(ctx, p, nil, obs, acts); err == nil {
+		t.Error("a mark over a record changed meanwhile reported no error")
+	}
+	recs, _, _ = inv.List(ctx, nil)
+	for id, r := range recs {
+		if want := StateFailed; id != "w3" && r.State != want {
+			t.Errorf("%s: state %q, want %q", id, r.State, want)
+		}
+	}
+	if recs["w3"].State != StateJoined || recs["w3"].Reason != "changed by someone else" {
+		t.Errorf("w3, changed meanwhile, was overwritten: %+v", recs["w3"])
+	}
+}

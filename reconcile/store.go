@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/hashicorp/consul/api"
 
@@ -78,6 +79,45 @@ func (inv *Inventory) Put(ctx context.Context, r Record) (Record, error) {
 		return r, fmt.Errorf("write inventory record %s: %w", r.ID, ErrConflict)
 	}
 	return fresh, nil
+}
+
+// PutAll writes every record of rs, each if its Index still matches, in
+// transactions of at most kvschema.MaxTxnOps: one Raft write for a pass's
+// marks instead of one per machine. A transaction that meets a record
+// changed meanwhile writes nothing, and its records are written one by
+// one, so that one busy record does not hold back the others. It returns
+// the records with their new indexes, and the records it could not write
+// with why.
+func (inv *Inventory) PutAll(ctx context.Context, rs []Record) ([]Record, error) {
+	out := make([]Record, 0, len(rs))
+	var errs []error
+	for chunk := range slices.Chunk(rs, kvschema.MaxTxnOps) {
+		ws := make([]kvschema.RecordWrite, len(chunk))
+		for i, r := range chunk {
+			b, err := json.Marshal(r)
+			if err != nil {
+				return out, err
+			}
+			ws[i] = kvschema.RecordWrite{MachineID: r.ID, Value: b, Index: r.Index}
+		}
+		indexes, ok, err := inv.Store.CASRecords(ctx, ws)
+		if err == nil && ok {
+			for i, r := range chunk {
+				r.Index = indexes[i]
+				out = append(out, r)
+			}
+			continue
+		}
+		for _, r := range chunk {
+			fresh, err := inv.Put(ctx, r)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			out = append(out, fresh)
+		}
+	}
+	return out, errors.Join(errs...)
 }
 
 // Delete removes r if its Index still matches.

@@ -415,6 +415,45 @@ func (s *Store) CASRecord(ctx context.Context, machineID string, b []byte, index
 	return ok, err
 }
 
+// MaxTxnOps is how many operations Consul takes in one transaction.
+const MaxTxnOps = 64
+
+// RecordWrite is one record of a CASRecords transaction.
+type RecordWrite struct {
+	MachineID string
+	Value     []byte
+	// Index is the record's ModifyIndex it was read at (0: only if absent).
+	Index uint64
+}
+
+// CASRecords writes several machines' records in one transaction, each
+// only if its index still matches: all or none. It returns the new
+// ModifyIndex of each, in order; ok is false when any index had moved.
+func (s *Store) CASRecords(ctx context.Context, ws []RecordWrite) (indexes []uint64, ok bool, err error) {
+	if len(ws) > MaxTxnOps {
+		return nil, false, fmt.Errorf("%d records in one transaction, more than Consul's %d", len(ws), MaxTxnOps)
+	}
+	ops := make(api.KVTxnOps, 0, len(ws))
+	for _, w := range ws {
+		if w.MachineID == "" || strings.Contains(w.MachineID, "/") {
+			return nil, false, fmt.Errorf("bad machine id %q", w.MachineID)
+		}
+		ops = append(ops, &api.KVTxnOp{Verb: api.KVCAS, Key: Inventory + w.MachineID, Value: w.Value, Index: w.Index})
+	}
+	ok, resp, _, err := s.kv.Txn(ops, query(ctx, nil))
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	byKey := map[string]uint64{}
+	for _, r := range resp.Results {
+		byKey[r.Key] = r.ModifyIndex
+	}
+	for _, w := range ws {
+		indexes = append(indexes, byKey[Inventory+w.MachineID])
+	}
+	return indexes, true, nil
+}
+
 // DeleteRecord removes a machine's record if its index is still index.
 func (s *Store) DeleteRecord(ctx context.Context, machineID string, index uint64) (bool, error) {
 	ok, _, err := s.kv.DeleteCAS(&api.KVPair{Key: Inventory + machineID, ModifyIndex: index}, write(ctx))
