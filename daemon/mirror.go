@@ -406,12 +406,27 @@ func (m *mirror) writeInventory(b []byte, v inventoryVersion) error {
 
 // peers are the addresses of the machines this node last knew of: where a
 // restarted Consul looks for the cluster.
+//
+// They are the Consul servers' addresses: a node joins the cluster through
+// any member, and the servers are the few that stay; listing every member
+// made every agent's retry_join, and every restart's join attempts, grow
+// with the cluster. Without a description to tell servers from clients, or
+// without a server recorded, every member is named.
 func (m *mirror) peers() []string {
-	var out []string
+	p := m.Platform()
+	var all, servers []string
 	for _, r := range m.records() {
-		if r.ID != m.self && r.Address != "" {
-			out = append(out, r.Address)
+		if r.ID == m.self || r.Address == "" {
+			continue
 		}
+		all = append(all, r.Address)
+		if r.Seed || p != nil && p.Machines[r.Type].ConsulServer {
+			servers = append(servers, r.Address)
+		}
+	}
+	out := servers
+	if len(out) == 0 {
+		out = all
 	}
 	sort.Strings(out)
 	return out

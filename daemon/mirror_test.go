@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // lockedBuffer is a log sink the mirror's goroutines and the test share.
@@ -346,5 +348,47 @@ func TestHostileSlowOverlayAddress(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("listen on the overlay address once it exists: %v", err)
+	}
+}
+
+// TestScaleRetryJoinNamesServers: a restarted node looks for the cluster
+// at the Consul servers it last knew, not at every member: a hundred
+// workers do not make every agent's retry_join a hundred long.
+func TestScaleRetryJoinNamesServers(t *testing.T) {
+	m, _ := newTestMirror(t, nil)
+	recs := map[string]reconcile.Record{
+		"server-1": {ID: "server-1", Type: "server", Address: "10.0.0.1", Seed: true},
+		"server-2": {ID: "server-2", Type: "server", Address: "10.0.0.2"},
+		"server-3": {ID: "server-3", Type: "server", Address: "10.0.0.3"},
+	}
+	for i := 0; i < 100; i++ {
+		id := fmt.Sprintf("worker-%d", i)
+		recs[id] = reconcile.Record{ID: id, Type: "worker", Address: fmt.Sprintf("10.0.1.%d", i)}
+	}
+	b, err := json.Marshal(recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.writeInventory(b, inventoryVersion{Epoch: 1, Index: 7}); err != nil {
+		t.Fatal(err)
+	}
+	// Before a description is known, every member is a way in.
+	if got := len(m.peers()); got != 102 {
+		t.Errorf("peers without a description: %d, want every other member (102)", got)
+	}
+	p, err := rules.Parse("p.hcl", []byte(`
+machine "server" {
+  min = 3
+  consul_server = true
+}
+machine "worker" {
+  min = 100
+}`), m.parse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.setPlatform(p, 1)
+	if got, want := strings.Join(m.peers(), ","), "10.0.0.2,10.0.0.3"; got != want {
+		t.Errorf("peers: got %s want the other servers %s", got, want)
 	}
 }
