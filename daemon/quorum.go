@@ -119,14 +119,28 @@ type quorumWatch struct {
 	lastRaftIndex uint64
 }
 
-// Run looks for a leader every second until ctx ends, then returns nil.
-// Failures (Consul unreachable, a recovery step) are logged and retried at
-// the next look.
+// The quorum watch's cadence. A server looks every second: it may have to
+// recover the cluster, and quorum_lost_after counts from its looks. A
+// client only reports what it sees (it never recovers), and its look is an
+// RPC to a server: at a thousand clients, once a second each is a thousand
+// requests a second on the servers for no decision.
+const (
+	serverQuorumLook = time.Second
+	clientQuorumLook = 10 * time.Second
+)
+
+// Run looks for a leader every second (every 10 s on a client) until ctx
+// ends, then returns nil. Failures (Consul unreachable, a recovery step)
+// are logged and retried at the next look.
 func (q *quorumWatch) Run(ctx context.Context) error {
 	since := q.clock.Now()
 	wasLost, recovering := false, false
 	var last recoveryDecision
-	for clock.Sleep(ctx, q.clock, time.Second) == nil {
+	every := serverQuorumLook
+	if !q.cfg.ConsulServer {
+		every = clientQuorumLook
+	}
+	for clock.Sleep(ctx, q.clock, every) == nil {
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		leader, err := consulclient.Leader(lctx, q.consul)
 		cancel()

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,7 +62,7 @@ func TestHostileStaleRecoveryRequestDropped(t *testing.T) {
 	if err := RequestRecovery(dir, time.Now(), "test"); err != nil {
 		t.Fatal(err)
 	}
-	q := &quorumWatch{cfg: nodeconfig.Config{DataDir: dir}, consul: client, clock: clock.Real{}, log: hclog.NewNullLogger(), metrics: telemetry.New()}
+	q := &quorumWatch{cfg: nodeconfig.Config{DataDir: dir, ConsulServer: true}, consul: client, clock: clock.Real{}, log: hclog.NewNullLogger(), metrics: telemetry.New()}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	go func() { _ = q.Run(ctx) }()
@@ -72,4 +73,47 @@ func TestHostileStaleRecoveryRequestDropped(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Error("a recovery request left while the cluster has a leader was kept")
+}
+
+// TestScaleOnlyServersWatchQuorumEverySecond: a client's look at the leader
+// is an RPC to a server, and a client never recovers: it looks ten times
+// less often than a server, which may have to.
+func TestScaleOnlyServersWatchQuorumEverySecond(t *testing.T) {
+	for _, server := range []bool{true, false} {
+		var looks atomic.Int64
+		leader := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			looks.Add(1)
+			_, _ = w.Write([]byte(`"127.0.0.1:8300"`))
+		}))
+		cfg := api.DefaultConfig()
+		cfg.Address = leader.Listener.Addr().String()
+		client, err := api.NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fake := clock.NewFake(time.Now())
+		q := &quorumWatch{cfg: nodeconfig.Config{DataDir: t.TempDir(), ConsulServer: server}, consul: client, clock: fake, log: hclog.NewNullLogger(), metrics: telemetry.New()}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { _ = q.Run(ctx); close(done) }()
+		for i := 0; i < 20; i++ { // 20 s of the fake clock, a second at a time
+			for fake.Waiters() == 0 {
+				time.Sleep(time.Millisecond)
+			}
+			fake.Advance(time.Second)
+		}
+		for fake.Waiters() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+		<-done
+		leader.Close()
+		want := int64(20)
+		if !server {
+			want = 2
+		}
+		if got := looks.Load(); got != want {
+			t.Errorf("server=%v: %d looks at the leader in 20 s, want %d", server, got, want)
+		}
+	}
 }
