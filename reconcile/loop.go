@@ -61,6 +61,7 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	if err != nil {
 		return obs, fmt.Errorf("list consul members: %w", err)
 	}
+	obs.Offers = liveOffers(ctx, inv, members)
 	voters := serverVoters(ctx, consul, recs)
 	for _, mb := range members {
 		obs.Members[mb.Name] = Member{
@@ -128,6 +129,28 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 		}
 	}
 	return obs, nil
+}
+
+// liveOffers reads the alive members' offers of backends; nil when they
+// cannot be read (the planner then says nothing of them). An offer that
+// does not parse is left out: it is its member's to fix.
+func liveOffers(ctx context.Context, inv *Inventory, members []*api.AgentMember) map[string]Offer {
+	all, _, err := inv.Store.Offers(ctx, nil)
+	if err != nil {
+		return nil
+	}
+	out := map[string]Offer{}
+	for _, m := range members {
+		if SerfStatus(m.Status) != MemberAlive {
+			continue
+		}
+		if b, ok := all[m.Name]; ok {
+			if o, err := ParseOffer(m.Name, b); err == nil {
+				out[m.Name] = o
+			}
+		}
+	}
+	return out
 }
 
 // serverVoters returns which servers are healthy Raft voters. A server adds

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/raptiformica/raptiformica/rules"
@@ -494,7 +495,7 @@ func pickBackend(names []string, obs Observed, now time.Time, wake func(time.Tim
 	var skipped []string
 	for _, b := range names {
 		if why, bad := obs.BackendErrors[b]; bad {
-			skipped = append(skipped, fmt.Sprintf("backend %q skipped: %s", b, why))
+			skipped = append(skipped, fmt.Sprintf("backend %q skipped: %s%s", b, why, offeredBy(obs, b)))
 			continue
 		}
 		if until, ok := obs.BackoffUntil[b]; ok && now.Before(until) {
@@ -509,6 +510,25 @@ func pickBackend(names []string, obs Observed, now time.Time, wake func(time.Tim
 		return b, skipped
 	}
 	return "", skipped
+}
+
+// offeredBy says which alive members offer backend b, for a backend the
+// leader cannot use itself: whether moving the work elsewhere would help.
+// Empty when offers are unknown.
+func offeredBy(obs Observed, b string) string {
+	if obs.Offers == nil {
+		return ""
+	}
+	var by []string
+	for _, id := range sortedKeys(obs.Offers) {
+		if id != obs.Self && obs.Offers[id].Backends[b].Available {
+			by = append(by, id)
+		}
+	}
+	if len(by) == 0 {
+		return " (no other member offers it)"
+	}
+	return fmt.Sprintf(" (offered by %s; the leader runs spawns itself for now)", strings.Join(by, ", "))
 }
 
 // pickScaleDown picks the newest machines that are neither the leader, nor

@@ -673,3 +673,23 @@ machine "worker" {
 		t.Errorf("next check: got %v want %v, for the reaps held back", d.NextCheck, want)
 	}
 }
+
+// TestPlanSaysWhoOffersABackendTheLeaderCannotUse: status names the members
+// that offer a backend the leader cannot run, or that none does.
+func TestPlanSaysWhoOffersABackendTheLeaderCannotUse(t *testing.T) {
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a"), func(o *Observed) {
+		o.Self = "a"
+		o.BackendErrors = map[string]string{"local": "unavailable: binary missing"}
+		o.Offers = map[string]Offer{"a": offering("a", "!local"), "b": offering("b", "local"), "c": offering("c", "!local")}
+	})
+	got := Plan(p, obs, t0).Waiting
+	if len(got) == 0 || got[0] != `backend "local" skipped: unavailable: binary missing (offered by b; the leader runs spawns itself for now)` {
+		t.Errorf("waiting: %q", got)
+	}
+	obs.Offers = map[string]Offer{"a": offering("a", "!local")}
+	got = Plan(p, obs, t0).Waiting
+	if len(got) == 0 || got[0] != `backend "local" skipped: unavailable: binary missing (no other member offers it)` {
+		t.Errorf("waiting with no offer: %q", got)
+	}
+}

@@ -127,6 +127,9 @@ type Observed struct {
 	// that are not up (Decision.Seen of the last pass): removals wait for
 	// ages measured on its clock, in passes in a row.
 	Seen map[string]Sighting
+	// Offers are the alive members' offers of backends, by machine ID; nil
+	// when they could not be read.
+	Offers map[string]Offer
 	// TermStart is when this leader's term began, on its clock; zero when
 	// unknown (a dry run), which counts as long ago.
 	TermStart time.Time
