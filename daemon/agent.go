@@ -80,6 +80,7 @@ type Agent struct {
 	elector  *elector
 	quorum   *quorumWatch
 	offers   *offerer
+	changes  *clusterChange
 	watchdog *watchdog
 }
 
@@ -135,7 +136,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		atOnce = append(atOnce, a.mesh)
 	}
 	// Once Consul has a leader and the KV holds this node's part.
-	afterConsul := []component{a.mirror, a.elector, a.quorum, a.watchdog, a.offers}
+	afterConsul := []component{a.mirror, a.elector, a.quorum, a.watchdog, a.offers, a.changes}
 
 	g, gctx := errgroup.WithContext(stopping)
 	for _, c := range atOnce {
@@ -274,6 +275,7 @@ func (a *Agent) setUp() (err error) {
 		}
 	}
 	a.watchdog = &watchdog{consul: client, clock: a.Clock, log: a.Log}
+	a.changes = &clusterChange{self: c.MachineID, consul: client, platform: a.mirror.Platform, hooks: executor.Hooks, clock: a.Clock, log: a.Log.Named("hook")}
 	a.http = &httpServer{
 		cfg: c, consul: client, store: a.store, inventory: a.inventory,
 		mirror: a.mirror, elector: a.elector, quorum: a.quorum, mesh: a.mesh, newNode: executor.NodeConfig,

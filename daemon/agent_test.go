@@ -40,6 +40,12 @@ machine "server" {
 // startAgent runs a real agent, with its own real Consul, in this process.
 func startAgent(t *testing.T) (*Agent, func()) {
 	t.Helper()
+	return startAgentWith(t, onePlatform)
+}
+
+// startAgentWith runs a real agent whose description is platform.
+func startAgentWith(t *testing.T, platform string) (*Agent, func()) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test: runs a real agent and Consul (run without -short)")
 	}
@@ -49,7 +55,7 @@ func startAgent(t *testing.T) (*Agent, func()) {
 	}
 	dir := t.TempDir()
 	pf := filepath.Join(dir, "platform.hcl")
-	if err := os.WriteFile(pf, []byte(onePlatform), 0o644); err != nil {
+	if err := os.WriteFile(pf, []byte(platform), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg := nodeconfig.Config{

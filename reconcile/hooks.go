@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -50,23 +51,29 @@ func (h *HookRunner) Fire(ctx context.Context, p *rules.Platform, event string, 
 	}
 }
 
-// run runs one hook and waits for it. Its combined output is logged.
+// run runs one hook and waits for it: its predicate first, if it has one,
+// and the command only when that exits 0. Both share the hook's timeout.
+// The combined output is logged.
 func (h *HookRunner) run(ctx context.Context, hk rules.Hook, payload []byte) {
 	ctx, cancel := context.WithTimeout(ctx, hk.Timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, hk.Command[0], hk.Command[1:]...)
-	cmd.Stdin = bytes.NewReader(payload)
-	// A group of its own, so that its timeout kills what it started too
-	// (`sleep 60 &` kept a hook with a 1 s timeout for a minute), and the
-	// pipes are let go soon after.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 2 * time.Second
-	// One buffer for both streams: os/exec then gives the hook a single
-	// pipe, and its lines stay in the order it wrote them.
+	if len(hk.Predicate) > 0 {
+		output := capped.New(hookOutputLimit)
+		err := command(ctx, hk.Predicate, payload, output).Run()
+		var exit *exec.ExitError
+		switch {
+		case errors.As(err, &exit) && ctx.Err() == nil:
+			h.Log.Debug("hook skipped: its predicate said no", telemetry.KeyEvent, hk.Event, "predicate", hk.Predicate, "exit_code", exit.ExitCode())
+			h.count(hk, "skipped")
+			return
+		case err != nil:
+			h.Log.Error("hook predicate failed", telemetry.KeyEvent, hk.Event, "predicate", hk.Predicate, "output", output.String(), telemetry.KeyError, err)
+			h.count(hk, "error")
+			return
+		}
+	}
 	output := capped.New(hookOutputLimit)
-	cmd.Stdout, cmd.Stderr = output, output
-	err := cmd.Run()
+	err := command(ctx, hk.Command, payload, output).Run()
 	kv := []any{telemetry.KeyEvent, hk.Event, "command", hk.Command, "output", output.String()}
 	if output.Truncated() {
 		kv = append(kv, "output_cut", strings.TrimSpace(output.Note()))
@@ -78,9 +85,30 @@ func (h *HookRunner) run(ctx context.Context, hk rules.Hook, payload []byte) {
 	} else {
 		h.Log.Debug("hook ran", kv...)
 	}
+	h.count(hk, result)
+}
+
+func (h *HookRunner) count(hk rules.Hook, result string) {
 	if h.Metrics != nil {
 		h.Metrics.HookRuns.WithLabelValues(hk.Event, result).Inc()
 	}
+}
+
+// command is one of a hook's commands, with the event on its standard
+// input and its output into output.
+func command(ctx context.Context, argv []string, payload []byte, output *capped.Buffer) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdin = bytes.NewReader(payload)
+	// A group of its own, so that its timeout kills what it started too
+	// (`sleep 60 &` kept a hook with a 1 s timeout for a minute), and the
+	// pipes are let go soon after.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second
+	// One buffer for both streams: os/exec then gives the hook a single
+	// pipe, and its lines stay in the order it wrote them.
+	cmd.Stdout, cmd.Stderr = output, output
+	return cmd
 }
 
 // hookOutputLimit is how much of a hook's output is kept for the log.

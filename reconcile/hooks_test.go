@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -46,5 +47,29 @@ func TestHostileHookOutputCap(t *testing.T) {
 	}
 	if !strings.Contains(line.OutputCut, "not kept") {
 		t.Errorf("output_cut = %q, want a note of what was not kept", line.OutputCut)
+	}
+}
+
+// TestHooksPredicateGatesTheCommand: a hook with a predicate runs its
+// command only when the predicate exits 0, with the event on the
+// predicate's standard input too.
+func TestHooksPredicateGatesTheCommand(t *testing.T) {
+	dir := t.TempDir()
+	marker, role := dir+"/ran", dir+"/role-lb"
+	h := &HookRunner{Log: hclog.NewNullLogger(), Clock: clock.Real{}}
+	hk := rules.Hook{Event: "cluster_change", Timeout: 10 * time.Second,
+		Predicate: []string{"/bin/sh", "-c", `grep -q '"event"' && test -f "$0"`, role},
+		Command:   []string{"/bin/sh", "-c", `echo ran >> "$0"`, marker}}
+	payload := []byte(`{"event":"cluster_change"}`)
+	h.run(context.Background(), hk, payload)
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the command ran though its predicate exited 1")
+	}
+	if err := os.WriteFile(role, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.run(context.Background(), hk, payload)
+	if b, err := os.ReadFile(marker); err != nil || string(b) != "ran\n" {
+		t.Errorf("the command after its predicate said yes: %q, %v", b, err)
 	}
 }

@@ -460,7 +460,7 @@ func TestScaleHealthWatchIsTheFailureDetectors(t *testing.T) {
 	defer c.Catalog().Deregister(&api.CatalogDeregistration{Node: "scale-node"}, nil)
 	register("serfHealth", api.HealthPassing)
 	register("app-check", api.HealthPassing)
-	q := healthQuery(c)
+	q := MembershipQuery(c)
 	ask := func() bool {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

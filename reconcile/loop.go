@@ -362,13 +362,16 @@ func (r *Reconciler) record(p *rules.Platform, d Decision, obs Observed, now tim
 // and carry every check of the datacenter in each answer, which at a
 // thousand machines is what the leader would spend its time on.
 func (r *Reconciler) healthQuery() watch.Query {
-	return healthQuery(r.Consul)
+	return MembershipQuery(r.Consul)
 }
 
 // serfHealthFilter keeps the failure detector's checks of a health query.
 const serfHealthFilter = `CheckID == "serfHealth"`
 
-func healthQuery(consul *api.Client) watch.Query {
+// MembershipQuery is a blocking query that reports a change when a member
+// fails, recovers, joins or leaves: it watches the failure detector's
+// checks. Its first answer counts as a change.
+func MembershipQuery(consul *api.Client) watch.Query {
 	var last uint64
 	return func(q *api.QueryOptions) (uint64, bool, error) {
 		q.Filter = serfHealthFilter

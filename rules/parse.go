@@ -90,7 +90,7 @@ var machineSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"}, {Name: "bootstrap"},
 }}
 
-var hookSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "command", Required: true}, {Name: "timeout"}}}
+var hookSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "command", Required: true}, {Name: "timeout"}, {Name: "predicate"}, {Name: "interval"}}}
 
 // DefaultPolicy is the policy used for every field a description leaves out.
 var DefaultPolicy = Policy{
@@ -580,6 +580,9 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 
 func (d *decoder) hook(b *hcl.Block) Hook {
 	h := Hook{Event: b.Labels[0], Timeout: 30 * time.Second}
+	if h.Event == "cluster_change" {
+		h.Interval = DefaultHookInterval
+	}
 	field := fmt.Sprintf("hook %q", h.Event)
 	if !known(Events, h.Event) {
 		d.at(b.LabelRanges[0], field, "unknown event (known: %s)", strings.Join(Events, ", "))
@@ -592,6 +595,17 @@ func (d *decoder) hook(b *hcl.Block) Hook {
 		}
 	}
 	d.duration(content.Attributes["timeout"], field+" timeout", &h.Timeout)
+	if a := content.Attributes["predicate"]; a != nil {
+		if d.decode(a, field+" predicate", cty.List(cty.String), &h.Predicate) && (len(h.Predicate) == 0 || h.Predicate[0] == "") {
+			d.at(a.Expr.Range(), field+" predicate", "must be an argv list with the program first, such as [\"/usr/bin/test\", \"-f\", \"/etc/role-web\"]")
+		}
+	}
+	if a := content.Attributes["interval"]; a != nil {
+		if h.Event != "cluster_change" {
+			d.at(a.Expr.Range(), field+" interval", "only cluster_change hooks run at an interval; the others run once per event")
+		}
+		d.duration(a, field+" interval", &h.Interval)
+	}
 	return h
 }
 

@@ -145,7 +145,18 @@ type Hook struct {
 	Event   string
 	Command []string
 	Timeout time.Duration
+	// Predicate, when set, is a command run first: the hook runs only when
+	// it exits 0 (the original's predicates, such as "only on web
+	// machines").
+	Predicate []string
+	// Interval is, for cluster_change, the least time between two runs on
+	// one machine: membership churns, and a burst of joins is one change.
+	Interval time.Duration
 }
+
+// DefaultHookInterval is a cluster_change hook's interval when the
+// description gives none.
+const DefaultHookInterval = 10 * time.Second
 
 // Events are the hook events the control loop emits.
 var Events = []string{"after_spawn", "after_join", "after_reap", "after_destroy", "cluster_change", "leader_elected"}

@@ -146,6 +146,12 @@ policy {
 			want: []string{`p.hcl:6,13: hook "after_join" command: must be list of string`},
 		},
 		{
+			name: "hook predicate as a shell string, interval on an event that has none",
+			file: "p.hcl",
+			src:  "machine \"s\" {\n  min = 1\n  consul_server = true\n}\nhook \"after_join\" {\n  command = [\"true\"]\n  predicate = \"test -f x\"\n  interval = \"5s\"\n}\n",
+			want: []string{`p.hcl:7,15: hook "after_join" predicate: must be list of string`, `p.hcl:8,14: hook "after_join" interval: only cluster_change hooks run at an interval; the others run once per event`},
+		},
+		{
 			name: "unknown event and backend type",
 			file: "p.hcl",
 			src:  "backend \"b\" {\n  type = \"cloud9\"\n}\nmachine \"s\" {\n  min = 1\n  consul_server = true\n}\nhook \"after_lunch\" {\n  command = [\"true\"]\n}\n",
@@ -342,5 +348,31 @@ func checkProblems(t *testing.T, err error, want []string) {
 		if got := perr.Problems[i].String(); !strings.Contains(got, w) {
 			t.Errorf("problem %d: got %q want it to contain %q", i, got, w)
 		}
+	}
+}
+
+// TestHooksClusterChangeAndPredicate: a cluster_change hook has an interval
+// (10 s unless given), and any hook may have a predicate.
+func TestHooksClusterChangeAndPredicate(t *testing.T) {
+	p, err := Parse("p.hcl", []byte(`
+machine "s" {
+  min = 1
+  consul_server = true
+}
+hook "cluster_change" {
+  command   = ["/usr/local/bin/reload-haproxy"]
+  predicate = ["/usr/bin/test", "-f", "/etc/role-lb"]
+}
+hook "cluster_change" {
+  command  = ["/bin/true"]
+  interval = "1m"
+}
+`), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := p.HooksFor("cluster_change")
+	if len(hs) != 2 || hs[0].Interval != DefaultHookInterval || strings.Join(hs[0].Predicate, " ") != "/usr/bin/test -f /etc/role-lb" || hs[1].Interval != time.Minute {
+		t.Errorf("cluster_change hooks: %+v", hs)
 	}
 }

@@ -1,0 +1,101 @@
+package daemon
+
+import (
+	"context"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/watch"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// clusterChangeSettle is how long a change of membership is left to settle
+// before the hooks run: the joins of a burst land together.
+const clusterChangeSettle = time.Second
+
+// clusterChange runs the description's cluster_change hooks on this
+// machine when the membership changes (a member joins, fails, recovers or
+// leaves), as the original did on every node: a load balancer's config is
+// rewritten where it runs. A burst is one change, and the hooks run at most
+// once per interval: membership churns, and its author warned that hooks
+// "might fire very often".
+type clusterChange struct {
+	self     string
+	consul   *api.Client
+	platform func() *rules.Platform
+	hooks    *reconcile.HookRunner
+	clock    clock.Clock
+	log      hclog.Logger
+}
+
+// Run watches the membership and fires until ctx ends, then returns nil.
+func (c *clusterChange) Run(ctx context.Context) error {
+	changed := make(chan struct{}, 1)
+	go func() {
+		_ = watch.Loop(ctx, 5*time.Minute, reconcile.MembershipQuery(c.consul), func() {
+			select {
+			case changed <- struct{}{}:
+			default: // one pending change stands for many
+			}
+		}, func(err error) { c.log.Debug("watch membership", telemetry.KeyError, err) })
+	}()
+	c.fireOnChanges(ctx, changed)
+	return nil
+}
+
+// fireOnChanges fires cluster_change for the changes on changed, whose
+// first is the membership as it was found, not a change. A change waits
+// clusterChangeSettle, and until the interval since the last run has
+// passed; the changes meanwhile are part of the same run.
+func (c *clusterChange) fireOnChanges(ctx context.Context, changed <-chan struct{}) {
+	first := true
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+		if first {
+			first = false
+			continue
+		}
+		p := c.platform()
+		if p == nil {
+			continue
+		}
+		hooks := p.HooksFor("cluster_change")
+		if len(hooks) == 0 {
+			continue
+		}
+		wait := clusterChangeSettle
+		if !last.IsZero() {
+			wait = max(wait, interval(hooks)-c.clock.Now().Sub(last))
+		}
+		if clock.Sleep(ctx, c.clock, wait) != nil {
+			return
+		}
+		select {
+		case <-changed: // came while waiting: this run covers it
+		default:
+		}
+		last = c.clock.Now()
+		c.hooks.Fire(ctx, c.platform(), "cluster_change", reconcile.Action{MachineID: c.self, Reason: "the cluster's membership changed"})
+	}
+}
+
+// interval is the least time between two runs of the cluster_change hooks
+// on one machine: the longest any of them asks for, so that each runs at
+// most once per its own interval.
+func interval(hooks []rules.Hook) time.Duration {
+	d := time.Duration(0)
+	for _, h := range hooks {
+		d = max(d, h.Interval)
+	}
+	return d
+}

@@ -1,0 +1,85 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// TestHooksClusterChangeCoalescesABurst: the first answer of the watch is
+// no change; ten changes within a second run the hooks at most twice (once
+// after they settle, once at the end of the interval for the rest), and
+// each run has the event and this machine on its standard input.
+func TestHooksClusterChangeCoalescesABurst(t *testing.T) {
+	runs := filepath.Join(t.TempDir(), "runs")
+	p := &rules.Platform{Cluster: "c", Hooks: []rules.Hook{{
+		Event: "cluster_change", Timeout: 5 * time.Second, Interval: 2 * time.Second,
+		Command: []string{"/bin/sh", "-c", `cat >> "$0"; echo >> "$0"`, runs},
+	}}}
+	c := &clusterChange{
+		self: "worker-1", platform: func() *rules.Platform { return p },
+		hooks: &reconcile.HookRunner{Log: hclog.NewNullLogger(), Clock: clock.Real{}}, clock: clock.Real{}, log: hclog.NewNullLogger(),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changed := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() { c.fireOnChanges(ctx, changed); close(done) }()
+	send := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	send() // the membership as found
+	time.Sleep(200 * time.Millisecond)
+	if b, _ := os.ReadFile(runs); len(b) > 0 {
+		t.Fatalf("the first answer of the watch ran the hooks: %s", b)
+	}
+	for i := 0; i < 10; i++ {
+		send()
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(4 * time.Second) // settle + interval + the hook itself
+	cancel()
+	<-done
+	b, _ := os.ReadFile(runs)
+	if n := strings.Count(string(b), `"event":"cluster_change"`); n < 1 || n > 2 {
+		t.Errorf("ten changes in a second ran the hooks %d times, want 1 or 2:\n%s", n, b)
+	}
+	if !strings.Contains(string(b), `"machine_id":"worker-1"`) {
+		t.Errorf("the hook's input does not name this machine:\n%s", b)
+	}
+}
+
+// TestHooksClusterChangeRunsOnTheAgent: a real agent runs its description's
+// cluster_change hook when a member's failure detector changes.
+func TestHooksClusterChangeRunsOnTheAgent(t *testing.T) {
+	runs := filepath.Join(t.TempDir(), "runs")
+	a, _ := startAgentWith(t, onePlatform+`hook "cluster_change" {
+  command  = ["/bin/sh", "-c", "cat >> \"$0\"; echo >> \"$0\"", "`+runs+`"]
+  interval = "1s"
+}
+`)
+	time.Sleep(2 * time.Second) // the watch's first answer, which runs nothing
+	before, _ := os.ReadFile(runs)
+	reg := &api.CatalogRegistration{Node: "worker-far", Address: "192.0.2.20",
+		Check: &api.AgentCheck{Node: "worker-far", CheckID: "serfHealth", Name: "Serf Health Status", Status: api.HealthPassing}}
+	if _, err := a.consul.Catalog().Register(reg, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the cluster_change hook ran on the agent", func() bool {
+		b, _ := os.ReadFile(runs)
+		return strings.Count(string(b), `"event":"cluster_change"`) > strings.Count(string(before), `"event":"cluster_change"`)
+	})
+}
