@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -682,6 +683,31 @@ func TestPlatformChanges(t *testing.T) {
 	}
 	if alive != 3 || leaders != 1 {
 		t.Errorf("members --json: %d alive and %d leaders, want 3 and 1:\n%s", alive, leaders, out)
+	}
+
+	// Every member says what it can run: here, the local backend.
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		out, _, _ = c.rf("members", "--json")
+		var rows []struct {
+			Name   string   `json:"name"`
+			Offers []string `json:"offers"`
+		}
+		_ = json.Unmarshal([]byte(out), &rows)
+		offering := 0
+		for _, r := range rows {
+			if slices.Contains(r.Offers, "local") {
+				offering++
+			}
+		}
+		if len(rows) == 3 && offering == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("members --json: %d of %d members offer the local backend, want every one:\n%s", offering, len(rows), out)
+			break
+		}
+		time.Sleep(time.Second)
 	}
 }
 
