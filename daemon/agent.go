@@ -271,7 +271,7 @@ func (a *Agent) setUp() (err error) {
 			node: overlay, known: known, cfg: c, bindAuto: bindAuto,
 			consul: client, store: a.store, inventory: a.inventory,
 			platform: a.mirror.Platform, leading: a.elector.Leading,
-			clock: a.Clock, log: a.Log, metrics: a.metrics,
+			clock: a.Clock, log: a.Log, metrics: a.metrics, hooks: executor.Hooks,
 		}
 	}
 	a.watchdog = &watchdog{consul: client, clock: a.Clock, log: a.Log}

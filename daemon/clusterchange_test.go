@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -82,4 +83,29 @@ func TestHooksClusterChangeRunsOnTheAgent(t *testing.T) {
 		b, _ := os.ReadFile(runs)
 		return strings.Count(string(b), `"event":"cluster_change"`) > strings.Count(string(before), `"event":"cluster_change"`)
 	})
+}
+
+// TestHooksAfterMeshFiresWhenTheFirstLinkComesUp: after_mesh runs on the
+// machine when its overlay goes from no link to one, not on every look.
+func TestHooksAfterMeshFiresWhenTheFirstLinkComesUp(t *testing.T) {
+	runs := filepath.Join(t.TempDir(), "runs")
+	p := &rules.Platform{Cluster: "c", Hooks: []rules.Hook{{
+		Event: "after_mesh", Timeout: 5 * time.Second,
+		Command: []string{"/bin/sh", "-c", `cat >> "$0"; echo >> "$0"`, runs},
+	}}}
+	s := &meshSync{cfg: nodeconfig.Config{MachineID: "laptop-1"}, platform: func() *rules.Platform { return p },
+		hooks: &reconcile.HookRunner{Log: hclog.NewNullLogger(), Clock: clock.Real{}}}
+	ctx := context.Background()
+	linked := false
+	for _, up := range []bool{false, true, true, true, false, true} { // two times from none to one
+		linked = s.afterMesh(ctx, linked, up)
+	}
+	waitFor(t, 10*time.Second, "two after_mesh runs", func() bool {
+		b, _ := os.ReadFile(runs)
+		return strings.Count(string(b), `"event":"after_mesh"`) == 2
+	})
+	time.Sleep(500 * time.Millisecond)
+	if b, _ := os.ReadFile(runs); strings.Count(string(b), `"event":"after_mesh"`) != 2 || !strings.Contains(string(b), `"machine_id":"laptop-1"`) {
+		t.Errorf("after_mesh runs:\n%s", b)
+	}
 }

@@ -106,6 +106,8 @@ type meshSync struct {
 	clock     clock.Clock
 	log       hclog.Logger
 	metrics   *telemetry.Metrics
+	// hooks runs the after_mesh hooks on this machine; nil runs none.
+	hooks *reconcile.HookRunner
 
 	mu    sync.Mutex // guards known and its file, mesh-peers.json, and secrets and its file
 	known meshMirror
@@ -223,6 +225,7 @@ func (s *meshSync) Run(ctx context.Context) error {
 	var index uint64
 	seen := map[string]bool{} // keys of peers up in the last pass
 	bytes := map[string][2]uint64{}
+	linked := false // some link was up at the last look
 	for ctx.Err() == nil {
 		nodes, secrets, next, err := s.nodes(ctx, index)
 		if err != nil {
@@ -231,7 +234,8 @@ func (s *meshSync) Run(ctx context.Context) error {
 			index = next
 		}
 		s.sync(ctx, nodes, secrets, err == nil)
-		s.recordMetrics(s.node.Peers(), seen, bytes)
+		up := s.recordMetrics(s.node.Peers(), seen, bytes)
+		linked = s.afterMesh(ctx, linked, up > 0)
 		if err != nil {
 			_ = clock.Sleep(ctx, s.clock, 2*time.Second)
 		}
@@ -435,9 +439,22 @@ func (s *meshSync) joinPeers() {
 	}
 }
 
+// afterMesh fires the after_mesh hooks when this machine's overlay goes
+// from no link to one (its first, or its first after it was cut off): the
+// machine can now reach the cluster. It returns whether a link is up.
+func (s *meshSync) afterMesh(ctx context.Context, was, now bool) bool {
+	if now && !was && s.hooks != nil {
+		if p := s.platform(); p != nil {
+			s.hooks.Fire(ctx, p, "after_mesh", reconcile.Action{MachineID: s.cfg.MachineID, Reason: "the overlay has a link up"})
+		}
+	}
+	return now
+}
+
 // recordMetrics exports one look at the links: counts, bytes carried since
-// the last look (seen and last carry what that look saw), and churn.
-func (s *meshSync) recordMetrics(peers []mesh.Peer, seen map[string]bool, last map[string][2]uint64) {
+// the last look (seen and last carry what that look saw), and churn. It
+// returns how many links are up.
+func (s *meshSync) recordMetrics(peers []mesh.Peer, seen map[string]bool, last map[string][2]uint64) int {
 	up, down := 0, 0
 	now := map[string]bool{}
 	links := map[string]bool{}
@@ -481,6 +498,7 @@ func (s *meshSync) recordMetrics(peers []mesh.Peer, seen map[string]bool, last m
 	for k := range now {
 		seen[k] = true
 	}
+	return up
 }
 
 // Status describes the node's mesh, and when no link is up, why.

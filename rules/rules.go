@@ -159,7 +159,7 @@ type Hook struct {
 const DefaultHookInterval = 10 * time.Second
 
 // Events are the hook events the control loop emits.
-var Events = []string{"after_spawn", "after_join", "after_reap", "after_destroy", "cluster_change", "leader_elected"}
+var Events = []string{"after_spawn", "after_join", "after_reap", "after_destroy", "cluster_change", "leader_elected", "after_mesh"}
 
 // MachineNames returns the machine type names in a stable order.
 func (p *Platform) MachineNames() []string {
