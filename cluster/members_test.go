@@ -2,11 +2,11 @@ package cluster
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/raptiformica/raptiformica/internal/consulclient"
+	"github.com/raptiformica/raptiformica/internal/testconsul"
 )
 
 // The CLI's member reads honour their caller's deadline (and Ctrl-C): a
@@ -14,27 +14,8 @@ import (
 // `adopt` for as long as the client's own limit, whatever the command
 // asked for.
 func TestHostileMembersHonourTheDeadline(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		var held []net.Conn
-		defer func() {
-			for _, c := range held {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	}()
-	c, err := consulclient.New(consulclient.Target{Host: "127.0.0.1", HTTPPort: ln.Addr().(*net.TCPAddr).Port})
+	ln := testconsul.Silent(t)
+	c, err := consulclient.New(consulclient.Target{Host: "127.0.0.1", HTTPPort: ln.Port})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/testconsul"
 )
 
 // Only a caller holding the cluster's token makes a node act; a node that
@@ -159,27 +160,8 @@ func TestHTTPBodyCap(t *testing.T) {
 // answers): systemd, a load balancer or Prometheus asking it must not
 // hang too, and a hung Consul is unhealthy.
 func TestHostileHealthzWithHungConsul(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		var held []net.Conn
-		defer func() {
-			for _, c := range held {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			held = append(held, c)
-		}
-	}()
-	client, err := consulclient.New(consulclient.Target{Host: "127.0.0.1", HTTPPort: ln.Addr().(*net.TCPAddr).Port})
+	ln := testconsul.Silent(t)
+	client, err := consulclient.New(consulclient.Target{Host: "127.0.0.1", HTTPPort: ln.Port})
 	if err != nil {
 		t.Fatal(err)
 	}

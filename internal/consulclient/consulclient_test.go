@@ -1,7 +1,6 @@
 package consulclient
 
 import (
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -9,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/internal/testconsul"
 )
 
 // hungConsul is a Consul that accepts connections and never answers, as a
@@ -16,30 +17,7 @@ import (
 // that drops replies; it returns its port.
 func hungConsul(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c) // held open, never read
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().(*net.TCPAddr).Port
+	return testconsul.Silent(t).Port
 }
 
 // call runs f and fails the test unless it returns an error within

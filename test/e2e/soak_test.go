@@ -33,13 +33,7 @@ func clockStepRound(b *testing.B, c *testCluster, size int) (time.Duration, bool
 		b.Logf("clock step round skipped: cannot set the clock here: %v", err)
 		return 0, false
 	}
-	var victim string
-	for _, id := range v.joined {
-		if id != v.leader && strings.HasPrefix(id, "worker-") {
-			victim = id
-			break
-		}
-	}
+	victim := aWorker(v)
 	t0 := time.Now()
 	c.kill(victim)
 	if err := stepClock(clockStep); err != nil {
@@ -90,13 +84,7 @@ machine "worker" {
 		b.Fatalf("apply the hung backend: exit %d\n%s%s", code, out, errOut)
 	}
 	v := c.waitAgree(size, 2*time.Minute, "before the hung backend round")
-	var victim string
-	for _, id := range v.joined {
-		if id != v.leader && strings.HasPrefix(id, "worker-") {
-			victim = id
-			break
-		}
-	}
+	victim := aWorker(v)
 	t0 := time.Now()
 	c.kill(victim)
 	after := c.waitAgree(size, soakProvisionTimeout+3*time.Minute, "healing past the hung backend", victim)
@@ -116,6 +104,16 @@ machine "worker" {
 	}
 	b.Logf("round hung: killed %s with a hung first backend, healed in %s (provision timeout %s)", victim, h.Round(time.Millisecond), soakProvisionTimeout)
 	return h
+}
+
+// aWorker is a joined worker that does not lead.
+func aWorker(v view) string {
+	for _, id := range v.joined {
+		if id != v.leader && strings.HasPrefix(id, "worker-") {
+			return id
+		}
+	}
+	return ""
 }
 
 // BenchmarkSoak is the long chaos run behind `make soak`: a local cluster of
