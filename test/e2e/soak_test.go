@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -19,7 +20,10 @@ const clockStep = 3 * time.Minute
 // stepClock steps this host's wall clock (every local machine's, the
 // leader's included) by d.
 func stepClock(d time.Duration) error {
-	return exec.Command("date", "-s", "@"+strconv.FormatInt(time.Now().Add(d).Unix(), 10)).Run()
+	// To the nanosecond: stepping there and back must not leave the
+	// host's clock off by the seconds a truncation would lose.
+	t := time.Now().Add(d)
+	return exec.Command("date", "-s", fmt.Sprintf("@%d.%09d", t.Unix(), t.Nanosecond())).Run()
 }
 
 // clockStepRound kills one worker and at once steps the wall clock forward
