@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/hashicorp/consul/api"
 
@@ -57,23 +58,31 @@ func machineToken(ctx context.Context, c *api.Client, id string) (string, error)
 
 // EnsurePolicy returns the ACL policy of that name, made, or made right
 // when an older version wrote other rules: the rules follow kvschema's
-// layout.
+// layout. Two callers at once (two spawns of one pass, each making its
+// machine's token) may both find it missing; the one whose create loses
+// reads it again and goes on with the winner's, where it once failed its
+// spawn.
 func EnsurePolicy(ctx context.Context, c *api.Client, name, desc, rules string) (*api.ACLPolicy, error) {
 	w := (&api.WriteOptions{}).WithContext(ctx)
-	p, _, err := c.ACL().PolicyReadByName(name, (&api.QueryOptions{}).WithContext(ctx))
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("read policy %s: %w", name, err)
-	case p == nil:
-		p, _, err = c.ACL().PolicyCreate(&api.ACLPolicy{Name: name, Description: desc, Rules: rules}, w)
-	case p.Rules != rules:
-		p.Rules = rules
-		p, _, err = c.ACL().PolicyUpdate(p, w)
+	for attempt := 1; ; attempt++ {
+		p, _, err := c.ACL().PolicyReadByName(name, (&api.QueryOptions{}).WithContext(ctx))
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("read policy %s: %w", name, err)
+		case p == nil:
+			p, _, err = c.ACL().PolicyCreate(&api.ACLPolicy{Name: name, Description: desc, Rules: rules}, w)
+			if err != nil && attempt < 3 && strings.Contains(err.Error(), "already exists") {
+				continue // made meanwhile by another caller: use it
+			}
+		case p.Rules != rules:
+			p.Rules = rules
+			p, _, err = c.ACL().PolicyUpdate(p, w)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("policy %s: %w", name, err)
+		}
+		return p, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("policy %s: %w", name, err)
-	}
-	return p, nil
 }
 
 // RemoveMachineToken deletes a removed machine's tokens and its own

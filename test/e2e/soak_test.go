@@ -102,6 +102,11 @@ machine "worker" {
 	for _, m := range c.machines() {
 		log, _ := os.ReadFile(filepath.Join(m.Dir, "agent.log"))
 		gaveUp = gaveUp || strings.Contains(string(log), "no answer within the provision timeout")
+		for _, line := range strings.Split(string(log), "\n") {
+			if strings.Contains(line, "backend=hung") {
+				b.Logf("round hung: %s: %s", m.Config.MachineID, line)
+			}
+		}
 	}
 	if !gaveUp {
 		b.Errorf("hung backend: no agent log says a spawn was given up at the provision timeout; was the hung backend used?")
