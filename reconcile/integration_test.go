@@ -285,6 +285,16 @@ func TestObserveAsksBackendsAtOnce(t *testing.T) {
 	}
 }
 
+// oneSecondToProvision is a description whose backend calls get a second.
+const oneSecondToProvision = `
+policy {
+  provision_timeout = "1s"
+}
+machine "server" {
+  min = 1
+  consul_server = true
+}`
+
 // waitFor fails the test if the executor's actions have not all returned
 // within d: an action with no deadline would hold its slot forever.
 func waitFor(t *testing.T, ex *Executor, d time.Duration) {
@@ -305,14 +315,7 @@ func waitFor(t *testing.T, ex *Executor, d time.Duration) {
 func TestExecutorSpawnEndsAtTheProvisionTimeout(t *testing.T) {
 	inv := needConsul(t)
 	ctx := context.Background()
-	p := platform(t, `
-policy {
-  provision_timeout = "1s"
-}
-machine "server" {
-  min = 1
-  consul_server = true
-}`)
+	p := platform(t, oneSecondToProvision)
 	fb := &fakeBackend{inv: inv, hang: true}
 	ex := newExecutor(inv)
 	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, Observed{}, []Action{{Kind: KindSpawn, Type: "server", Backend: "local"}}); err != nil {
@@ -334,14 +337,7 @@ machine "server" {
 // leaves the record announcing the removal for the next pass to retry.
 func TestExecutorDestroyHasADeadline(t *testing.T) {
 	inv := needConsul(t)
-	p := platform(t, `
-policy {
-  provision_timeout = "1s"
-}
-machine "server" {
-  min = 1
-  consul_server = true
-}`)
+	p := platform(t, oneSecondToProvision)
 	r, err := inv.Put(context.Background(), Record{ID: "dead", Type: "server", Backend: "local", State: StateFailed})
 	if err != nil {
 		t.Fatal(err)

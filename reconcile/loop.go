@@ -61,7 +61,6 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	if err != nil {
 		return obs, fmt.Errorf("list consul members: %w", err)
 	}
-	obs.Offers = liveOffers(ctx, inv, members)
 	voters := serverVoters(ctx, consul, recs)
 	for _, mb := range members {
 		obs.Members[mb.Name] = Member{
@@ -127,6 +126,12 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 		if m != nil {
 			m.BackendUp.WithLabelValues(a.name).Set(up)
 		}
+	}
+	if len(obs.BackendErrors) > 0 {
+		// Only to say who else offers a backend the leader cannot use:
+		// a pass that needs no such word does not read every member's
+		// offer.
+		obs.Offers = liveOffers(ctx, inv, members)
 	}
 	return obs, nil
 }

@@ -128,7 +128,8 @@ type Observed struct {
 	// ages measured on its clock, in passes in a row.
 	Seen map[string]Sighting
 	// Offers are the alive members' offers of backends, by machine ID; nil
-	// when they could not be read.
+	// when they could not be read, or were not needed (no backend failed
+	// on the leader this pass).
 	Offers map[string]Offer
 	// TermStart is when this leader's term began, on its clock; zero when
 	// unknown (a dry run), which counts as long ago.
