@@ -137,6 +137,28 @@ type MachineType struct {
 	// SSH after its agent is installed, once for each distinct list: the
 	// original's provisioner bootstrap, without the shell strings.
 	Bootstrap [][]string
+	// Provisioners are what a machine of this type installs and configures
+	// on itself after it joins, in order: the original's server types.
+	Provisioners []Provisioner
+	// ReadyAfterProvision makes a machine count toward Min only once its
+	// provisioners have all succeeded, so that the leader's counts mean
+	// "serving", not "booted".
+	ReadyAfterProvision bool
+}
+
+// Provisioner is software a machine installs on itself: a source folder
+// (a git repository, cloned or updated into a folder of its own) and steps
+// run in it. The agent runs them after joining and records them by
+// checksum, so unchanged steps never rerun and changed ones converge.
+type Provisioner struct {
+	// Name labels the provisioner and names its folder.
+	Name string
+	// Source is a git repository (file://, https://, ...); empty runs the
+	// steps in an empty folder of the provisioner's own.
+	Source string
+	// Steps are argv lists, run in order in the source's folder. A module
+	// in the original format becomes ["/bin/sh", "-c", its shell string].
+	Steps [][]string
 }
 
 // Hook is a command run when an event happens. The event's data is written to
@@ -159,7 +181,7 @@ type Hook struct {
 const DefaultHookInterval = 10 * time.Second
 
 // Events are the hook events the control loop emits.
-var Events = []string{"after_spawn", "after_join", "after_reap", "after_destroy", "cluster_change", "leader_elected", "after_mesh"}
+var Events = []string{"after_spawn", "after_join", "after_reap", "after_destroy", "cluster_change", "leader_elected", "after_mesh", "after_provision"}
 
 // MachineNames returns the machine type names in a stable order.
 func (p *Platform) MachineNames() []string {
