@@ -86,9 +86,15 @@ var policySchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 
 var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}, {Name: "commands"}}}
 
-var machineSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-	{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"}, {Name: "bootstrap"},
-}}
+var machineSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{
+		{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"}, {Name: "bootstrap"},
+		{Name: "ready_after_provision"},
+	},
+	Blocks: []hcl.BlockHeaderSchema{{Type: "provisioner", LabelNames: []string{"name"}}},
+}
+
+var provisionerSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "source"}, {Name: "steps", Required: true}}}
 
 var hookSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "command", Required: true}, {Name: "timeout"}, {Name: "predicate"}, {Name: "interval"}}}
 
@@ -575,7 +581,64 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 			m.Bootstrap = steps
 		}
 	}
+	if a := attrs["ready_after_provision"]; a != nil {
+		d.decode(a, field+" ready_after_provision", cty.Bool, &m.ReadyAfterProvision)
+	}
+	seen := map[string]hcl.Range{}
+	for _, pb := range content.Blocks {
+		pname := pb.Labels[0]
+		pfield := fmt.Sprintf("%s provisioner %q", field, pname)
+		d.name(pb.LabelRanges[0], pfield, pname)
+		if prev, dup := seen[pname]; dup {
+			d.at(pb.DefRange, pfield, "declared twice (first at line %d)", prev.Start.Line)
+			continue
+		}
+		seen[pname] = pb.DefRange
+		if len(m.Provisioners) == MaxProvisioners {
+			d.at(pb.DefRange, pfield, "more than the %d provisioners a machine type may have", MaxProvisioners)
+			continue
+		}
+		m.Provisioners = append(m.Provisioners, d.provisioner(pb, pfield))
+	}
 	return m, minRange, minOK
+}
+
+// provisioner reads one provisioner block of a machine type. Its steps run
+// as root on every machine of the type, so they are argv lists, and its
+// source is a git URL that git cannot take for an option.
+func (d *decoder) provisioner(b *hcl.Block, field string) Provisioner {
+	p := Provisioner{Name: b.Labels[0]}
+	content, diags := b.Body.Content(provisionerSchema)
+	d.addDiags(diags)
+	if a := content.Attributes["source"]; a != nil {
+		if s, ok := d.str(a, field+" source"); ok {
+			if err := CheckGitSource(s); err != nil {
+				d.at(a.Expr.Range(), field+" source", "%v", err)
+			}
+			p.Source = s
+		}
+	}
+	if a := content.Attributes["steps"]; a != nil {
+		if d.decode(a, field+" steps", cty.List(cty.List(cty.String)), &p.Steps) {
+			if len(p.Steps) == 0 {
+				d.at(a.Expr.Range(), field+" steps", "must list at least one step, such as [[\"make\", \"install\"]]")
+			}
+			if len(p.Steps) > MaxProvisionerSteps {
+				d.at(a.Expr.Range(), field+" steps", "has %d steps, more than the %d a provisioner may have", len(p.Steps), MaxProvisionerSteps)
+			}
+			elems, _ := hcl.ExprList(a.Expr)
+			for i, argv := range p.Steps {
+				if len(argv) == 0 || argv[0] == "" {
+					rng := a.Expr.Range()
+					if len(elems) == len(p.Steps) {
+						rng = elems[i].Range()
+					}
+					d.at(rng, field+" steps", "step %d must be an argv list with the program first, such as [\"make\", \"install\"]", i+1)
+				}
+			}
+		}
+	}
+	return p
 }
 
 func (d *decoder) hook(b *hcl.Block) Hook {

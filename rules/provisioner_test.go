@@ -1,0 +1,151 @@
+package rules
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestProvisionerParse(t *testing.T) {
+	hclSrc := `machine "web" {
+  min                   = 1
+  consul_server         = true
+  ready_after_provision = true
+  provisioner "nginx" {
+    source = "file:///srv/git/nginx.git"
+    steps  = [["make", "install"], ["systemctl", "reload", "nginx"]]
+  }
+  provisioner "motd" {
+    steps = [["/bin/cp", "motd", "/etc/motd"]]
+  }
+}
+`
+	jsonSrc := `{
+  "machine": {
+    "web": {
+      "min": 1, "consul_server": true, "ready_after_provision": true,
+      "provisioner": {
+        "nginx": {"source": "file:///srv/git/nginx.git", "steps": [["make", "install"], ["systemctl", "reload", "nginx"]]},
+        "motd": {"steps": [["/bin/cp", "motd", "/etc/motd"]]}
+      }
+    }
+  }
+}`
+	want := MachineType{
+		Name: "web", Min: 1, Max: 1, ConsulServer: true, Backends: []string{"local"}, ReadyAfterProvision: true,
+		Provisioners: []Provisioner{
+			{Name: "nginx", Source: "file:///srv/git/nginx.git", Steps: [][]string{{"make", "install"}, {"systemctl", "reload", "nginx"}}},
+			{Name: "motd", Steps: [][]string{{"/bin/cp", "motd", "/etc/motd"}}},
+		},
+	}
+	for _, tc := range []struct{ file, src string }{{"p.hcl", hclSrc}, {"p.json", jsonSrc}} {
+		t.Run(tc.file, func(t *testing.T) {
+			p, err := Parse(tc.file, []byte(tc.src), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, p.Machines["web"]); diff != "" {
+				t.Errorf("machine type mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestProvisionerProblems(t *testing.T) {
+	const head = "machine \"s\" {\n  min = 1\n  consul_server = true\n"
+	for _, tc := range []struct {
+		name, file, src string
+		want            []string
+	}{
+		{
+			name: "steps are required",
+			file: "p.hcl",
+			src:  head + "  provisioner \"a\" {\n    source = \"file:///x\"\n  }\n}\n",
+			want: []string{`p.hcl:4,19: Missing required argument: The argument "steps" is required`},
+		},
+		{
+			name: "no steps",
+			file: "p.hcl",
+			src:  head + "  provisioner \"a\" {\n    steps = []\n  }\n}\n",
+			want: []string{`p.hcl:5,13: machine "s" provisioner "a" steps: must list at least one step`},
+		},
+		{
+			name: "an empty step and a shell string",
+			file: "p.hcl",
+			src:  head + "  provisioner \"a\" {\n    steps = [[\"make\"], []]\n  }\n  provisioner \"b\" {\n    steps = [\"make install\"]\n  }\n}\n",
+			want: []string{
+				`p.hcl:5,24: machine "s" provisioner "a" steps: step 2 must be an argv list with the program first`,
+				`p.hcl:8,13: machine "s" provisioner "b" steps: must be list of list of string`,
+			},
+		},
+		{
+			name: "bad name and duplicate",
+			file: "p.hcl",
+			src:  head + "  provisioner \"Web_1\" {\n    steps = [[\"true\"]]\n  }\n  provisioner \"w\" {\n    steps = [[\"true\"]]\n  }\n  provisioner \"w\" {\n    steps = [[\"true\"]]\n  }\n}\n",
+			want: []string{
+				`p.hcl:4,15: machine "s" provisioner "Web_1": "Web_1" is not a name`,
+				`p.hcl:10,3: machine "s" provisioner "w": declared twice (first at line 7)`,
+			},
+		},
+		{
+			name: "sources",
+			file: "p.hcl",
+			src: head + "  provisioner \"a\" {\n    source = \"http://example.org/r.git\"\n    steps = [[\"true\"]]\n  }\n" +
+				"  provisioner \"b\" {\n    source = \"--upload-pack=touch /tmp/x\"\n    steps = [[\"true\"]]\n  }\n" +
+				"  provisioner \"c\" {\n    source = \"ext::sh\"\n    steps = [[\"true\"]]\n  }\n" +
+				"  provisioner \"d\" {\n    source = \"file://relative/path\"\n    steps = [[\"true\"]]\n  }\n" +
+				"  provisioner \"e\" {\n    source = 42\n    steps = [[\"true\"]]\n  }\n}\n",
+			want: []string{
+				`p.hcl:5,14: machine "s" provisioner "a" source: "http://example.org/r.git": http:// is not authenticated`,
+				`p.hcl:9,14: machine "s" provisioner "b" source: "--upload-pack=touch /tmp/x" starts with "-"`,
+				`p.hcl:13,14: machine "s" provisioner "c" source: "ext::sh": scheme "ext" is not taken`,
+				`p.hcl:17,14: machine "s" provisioner "d" source: "file://relative/path": a file URL names an absolute path`,
+				`p.hcl:21,14: machine "s" provisioner "e" source: "42" is not a git URL`,
+			},
+		},
+		{
+			name: "ready_after_provision is a bool",
+			file: "p.hcl",
+			src:  head + "  ready_after_provision = \"yes\"\n}\n",
+			want: []string{`p.hcl:4,27: machine "s" ready_after_provision: must be bool`},
+		},
+		{
+			name: "json names the line",
+			file: "p.json",
+			src:  "{\"machine\": {\"s\": {\"min\": 1, \"consul_server\": true,\n  \"provisioner\": {\"a\": {\"steps\": [[]]}}}}}\n",
+			want: []string{`p.json:2,35: machine "s" provisioner "a" steps: step 1 must be an argv list`},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(tc.file, []byte(tc.src), Options{})
+			checkProblems(t, err, tc.want)
+		})
+	}
+}
+
+func TestCheckGitSource(t *testing.T) {
+	for _, tc := range []struct {
+		src  string
+		want string // empty: accepted
+	}{
+		{"", ""},
+		{"file:///srv/git/web.git", ""},
+		{"https://github.com/vdloo/puppetfiles", ""},
+		{"ssh://git@example.org:2222/repo.git", ""},
+		{"git@github.com:vdloo/puppetfiles.git", ""},
+		{"git://example.org/r.git", "not authenticated"},
+		{"https://", "names a host and a repository"},
+		{"/srv/git/web.git", "is not a git URL"},
+		{"file:///a b", "space or a control character"},
+		{"-oProxyCommand=x", `starts with "-"`},
+	} {
+		err := CheckGitSource(tc.src)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%q: got %v, want accepted", tc.src, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%q: got %v, want an error containing %q", tc.src, err, tc.want)
+		}
+	}
+}
