@@ -94,7 +94,7 @@ var machineSchema = &hcl.BodySchema{
 	Blocks: []hcl.BlockHeaderSchema{{Type: "provisioner", LabelNames: []string{"name"}}},
 }
 
-var provisionerSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "source"}, {Name: "steps", Required: true}}}
+var provisionerSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "source"}, {Name: "steps", Required: true}, {Name: "timeout"}}}
 
 var hookSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "command", Required: true}, {Name: "timeout"}, {Name: "predicate"}, {Name: "interval"}}}
 
@@ -607,9 +607,10 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 // as root on every machine of the type, so they are argv lists, and its
 // source is a git URL that git cannot take for an option.
 func (d *decoder) provisioner(b *hcl.Block, field string) Provisioner {
-	p := Provisioner{Name: b.Labels[0]}
+	p := Provisioner{Name: b.Labels[0], Timeout: DefaultStepTimeout}
 	content, diags := b.Body.Content(provisionerSchema)
 	d.addDiags(diags)
+	d.duration(content.Attributes["timeout"], field+" timeout", &p.Timeout)
 	if a := content.Attributes["source"]; a != nil {
 		if s, ok := d.str(a, field+" source"); ok {
 			if err := CheckGitSource(s); err != nil {

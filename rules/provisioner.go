@@ -1,6 +1,9 @@
 package rules
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -57,4 +60,28 @@ func CheckGitSource(s string) error {
 		return fmt.Errorf("%q: scheme %q is not taken (file, https, ssh or git@host:path)", s, u.Scheme)
 	}
 	return nil
+}
+
+// ProvisionChecksum identifies what the description asks machines of this
+// type to provision: every provisioner's name, source and steps, in order.
+// A machine publishes the checksum it provisioned for, and the leader
+// compares it with this one, so that a machine counts as provisioned only
+// for the description in force. It is the same on every node for the same
+// description, and the empty string for a type without provisioners.
+func (m MachineType) ProvisionChecksum() string {
+	if len(m.Provisioners) == 0 {
+		return ""
+	}
+	type spec struct {
+		Name   string     `json:"name"`
+		Source string     `json:"source"`
+		Steps  [][]string `json:"steps"`
+	}
+	specs := make([]spec, len(m.Provisioners))
+	for i, p := range m.Provisioners {
+		specs[i] = spec{p.Name, p.Source, p.Steps}
+	}
+	b, _ := json.Marshal(specs) // strings and lists of them always encode
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

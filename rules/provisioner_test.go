@@ -3,6 +3,7 @@ package rules
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -13,8 +14,9 @@ func TestProvisionerParse(t *testing.T) {
   consul_server         = true
   ready_after_provision = true
   provisioner "nginx" {
-    source = "file:///srv/git/nginx.git"
-    steps  = [["make", "install"], ["systemctl", "reload", "nginx"]]
+    source  = "file:///srv/git/nginx.git"
+    steps   = [["make", "install"], ["systemctl", "reload", "nginx"]]
+    timeout = "30m"
   }
   provisioner "motd" {
     steps = [["/bin/cp", "motd", "/etc/motd"]]
@@ -26,7 +28,7 @@ func TestProvisionerParse(t *testing.T) {
     "web": {
       "min": 1, "consul_server": true, "ready_after_provision": true,
       "provisioner": {
-        "nginx": {"source": "file:///srv/git/nginx.git", "steps": [["make", "install"], ["systemctl", "reload", "nginx"]]},
+        "nginx": {"source": "file:///srv/git/nginx.git", "steps": [["make", "install"], ["systemctl", "reload", "nginx"]], "timeout": "30m"},
         "motd": {"steps": [["/bin/cp", "motd", "/etc/motd"]]}
       }
     }
@@ -35,8 +37,8 @@ func TestProvisionerParse(t *testing.T) {
 	want := MachineType{
 		Name: "web", Min: 1, Max: 1, ConsulServer: true, Backends: []string{"local"}, ReadyAfterProvision: true,
 		Provisioners: []Provisioner{
-			{Name: "nginx", Source: "file:///srv/git/nginx.git", Steps: [][]string{{"make", "install"}, {"systemctl", "reload", "nginx"}}},
-			{Name: "motd", Steps: [][]string{{"/bin/cp", "motd", "/etc/motd"}}},
+			{Name: "nginx", Source: "file:///srv/git/nginx.git", Steps: [][]string{{"make", "install"}, {"systemctl", "reload", "nginx"}}, Timeout: 30 * time.Minute},
+			{Name: "motd", Steps: [][]string{{"/bin/cp", "motd", "/etc/motd"}}, Timeout: DefaultStepTimeout},
 		},
 	}
 	for _, tc := range []struct{ file, src string }{{"p.hcl", hclSrc}, {"p.json", jsonSrc}} {
@@ -146,6 +148,38 @@ func TestCheckGitSource(t *testing.T) {
 			t.Errorf("%q: got %v, want accepted", tc.src, err)
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("%q: got %v, want an error containing %q", tc.src, err, tc.want)
+		}
+	}
+}
+
+func TestProvisionChecksum(t *testing.T) {
+	base := MachineType{Name: "web", Provisioners: []Provisioner{
+		{Name: "nginx", Source: "file:///srv/git/nginx.git", Steps: [][]string{{"make", "install"}}, Timeout: time.Minute},
+	}}
+	sum := base.ProvisionChecksum()
+	if len(sum) != 64 {
+		t.Fatalf("checksum %q: want 64 hex digits", sum)
+	}
+	if got := (MachineType{Name: "bare"}).ProvisionChecksum(); got != "" {
+		t.Errorf("no provisioners: got %q want empty", got)
+	}
+	same := base
+	same.Min, same.Provisioners = 7, []Provisioner{base.Provisioners[0]}
+	same.Provisioners[0].Timeout = time.Hour
+	if got := same.ProvisionChecksum(); got != sum {
+		t.Errorf("count and timeout changed the checksum: got %s want %s", got, sum)
+	}
+	for name, change := range map[string]func(p *Provisioner){
+		"step":   func(p *Provisioner) { p.Steps = [][]string{{"make", "install", "V=1"}} },
+		"split":  func(p *Provisioner) { p.Steps = [][]string{{"make"}, {"install"}} },
+		"source": func(p *Provisioner) { p.Source = "file:///srv/git/other.git" },
+		"name":   func(p *Provisioner) { p.Name = "nginx2" },
+	} {
+		m := base
+		m.Provisioners = []Provisioner{base.Provisioners[0]}
+		change(&m.Provisioners[0])
+		if m.ProvisionChecksum() == sum {
+			t.Errorf("changing the %s kept the checksum", name)
 		}
 	}
 }

@@ -159,7 +159,16 @@ type Provisioner struct {
 	// Steps are argv lists, run in order in the source's folder. A module
 	// in the original format becomes ["/bin/sh", "-c", its shell string].
 	Steps [][]string
+	// Timeout is how long one step may run before its process group is
+	// killed; zero means DefaultStepTimeout. It is not part of the
+	// checksum: a longer timeout reruns nothing.
+	Timeout time.Duration
 }
+
+// DefaultStepTimeout is how long a provisioner's step may run when the
+// description sets no timeout: long enough to install packages over a
+// slow link, short enough that a step waiting on a prompt is ended.
+const DefaultStepTimeout = 10 * time.Minute
 
 // Hook is a command run when an event happens. The event's data is written to
 // its standard input as JSON; the command is an argv list, never a shell string.

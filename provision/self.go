@@ -1,0 +1,401 @@
+package provision
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/raptiformica/raptiformica/internal/capped"
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// Defaults of Self's fields.
+const (
+	// DefaultGitTimeout bounds one git command: a clone of a large
+	// repository over a slow link, not a prompt waited on forever.
+	DefaultGitTimeout = 5 * time.Minute
+	// selfOutputLimit is how much of a provisioner's output is kept in its
+	// log file: the end, where a failure says what went wrong.
+	selfOutputLimit = 64 << 10
+	// selfOutputLines is how many last lines a record carries.
+	selfOutputLines = 40
+)
+
+// DefaultSelfBackoff is how long Converge waits after consecutive failures:
+// a step failing on a transient cause (a mirror down) is retried soon, one
+// failing for good does not run every few seconds.
+var DefaultSelfBackoff = clock.Backoff{Initial: 10 * time.Second, Max: 5 * time.Minute}
+
+// Self runs a machine type's provisioners on the machine it runs on, as
+// cloud-init runs per instance. For each provisioner, in order, it clones
+// or updates the source into a folder of its own (Dir/<name>) with the git
+// program, then runs the steps in that folder, each in a process group of
+// its own that its timeout kills.
+//
+// What ran is recorded by checksum (the source, its resolved commit and
+// the steps) in Dir/<name>.json, written atomically: a provisioner that
+// succeeded is not run again while its checksum is unchanged, and one whose
+// steps or source commit changed runs again (convergence). The end of each
+// run's output is kept in Dir/<name>.log.
+//
+// A Self runs one pass at a time; it is not safe for concurrent use.
+type Self struct {
+	// Dir is the provisioners' folder, such as <state dir>/provisioners.
+	Dir string
+	// Git is the git program; empty finds "git" on PATH.
+	Git string
+	// GitTimeout bounds each git command; zero is DefaultGitTimeout.
+	GitTimeout time.Duration
+	// Env is added to the environment of every step, after the agent's
+	// own.
+	Env []string
+	// Backoff spaces Converge's retries; the zero value is
+	// DefaultSelfBackoff.
+	Backoff clock.Backoff
+	// Clock times records and retries; nil is the wall clock.
+	Clock clock.Clock
+}
+
+// selfState is a provisioner's state file.
+type selfState struct {
+	Checksum string    `json:"checksum"`
+	Commit   string    `json:"commit,omitempty"`
+	Result   string    `json:"result"`
+	Time     time.Time `json:"time"`
+}
+
+// Converge runs the provisioners of mt until they have all succeeded,
+// retrying a failed pass after a backoff. It blocks until they succeed
+// (and returns nil) or ctx ends (and returns ctx's error): a caller whose
+// description changed cancels ctx and converges on the new one. report is
+// called with every state the machine's provisioning reaches (running,
+// failed, ok), from Converge's goroutine.
+func (s *Self) Converge(ctx context.Context, machine string, mt rules.MachineType, report func(reconcile.Provisioned)) error {
+	bo := s.Backoff
+	if bo.Initial <= 0 {
+		bo = DefaultSelfBackoff
+	}
+	for failures := 0; ; {
+		rec := s.run(ctx, machine, mt, failures, report)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		report(rec)
+		if rec.State == reconcile.ProvisionOK {
+			return nil
+		}
+		failures = rec.Failures
+		if err := clock.Sleep(ctx, clock.Or(s.Clock), bo.Delay(failures)); err != nil {
+			return err
+		}
+	}
+}
+
+// Run makes one pass over the provisioners of mt and returns its outcome,
+// ok or failed; report is given the running states on the way. It blocks
+// until the pass ends; when ctx ends, the step running is killed and the
+// pass fails.
+func (s *Self) Run(ctx context.Context, machine string, mt rules.MachineType, report func(reconcile.Provisioned)) reconcile.Provisioned {
+	return s.run(ctx, machine, mt, 0, report)
+}
+
+func (s *Self) run(ctx context.Context, machine string, mt rules.MachineType, failures int, report func(reconcile.Provisioned)) reconcile.Provisioned {
+	clk := clock.Or(s.Clock)
+	rec := reconcile.Provisioned{Machine: machine, MachineType: mt.Name, Checksum: mt.ProvisionChecksum(), Failures: failures}
+	for _, p := range mt.Provisioners {
+		res, out, err := s.one(ctx, p, func() {
+			running := rec
+			running.State, running.Provisioner, running.Time = reconcile.ProvisionRunning, p.Name, clk.Now().UTC()
+			report(running)
+		})
+		rec.Provisioners = append(rec.Provisioners, res)
+		if err != nil {
+			rec.State, rec.Provisioner, rec.Error, rec.Output = reconcile.ProvisionFailed, p.Name, err.Error(), out
+			rec.Failures++
+			rec.Time = clk.Now().UTC()
+			return rec
+		}
+	}
+	rec.State, rec.Failures, rec.Time = reconcile.ProvisionOK, 0, clk.Now().UTC()
+	return rec
+}
+
+// one brings one provisioner up to date: its source, then its steps unless
+// they already succeeded for this checksum. starting is called before the
+// steps run. It returns the output's last lines with any error.
+func (s *Self) one(ctx context.Context, p rules.Provisioner, starting func()) (reconcile.ProvisionerResult, string, error) {
+	res := reconcile.ProvisionerResult{Name: p.Name}
+	// The name makes paths: checked here too, whoever built the type.
+	if !nameRule(p.Name) {
+		return res, "", fmt.Errorf("provisioner %q: not a name (lower-case letters, digits and hyphens)", p.Name)
+	}
+	if err := rules.CheckGitSource(p.Source); err != nil {
+		return res, "", fmt.Errorf("provisioner %q source: %w", p.Name, err)
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return res, "", fmt.Errorf("provisioner %q: %w", p.Name, err)
+	}
+	out := capped.NewTail(selfOutputLimit)
+	dir := filepath.Join(s.Dir, p.Name)
+	commit, warning, err := s.source(ctx, p.Source, dir, out)
+	res.Commit, res.Warning = commit, warning
+	if err != nil {
+		err = fmt.Errorf("provisioner %q: get %s: %w", p.Name, p.Source, err)
+		s.keepLog(p.Name, out, err)
+		return res, lastLines(out), err
+	}
+	sum := runChecksum(p, commit)
+	statePath := filepath.Join(s.Dir, p.Name+".json")
+	if st, ok := readSelfState(statePath); ok && st.Result == reconcile.ProvisionOK && st.Checksum == sum {
+		return res, "", nil
+	}
+	res.Ran = true
+	starting()
+	// Running, recorded before the first step: a pass cut short (the agent
+	// stopped, the description changed) never leaves an older "ok" behind
+	// for steps that half ran.
+	if err := s.writeState(statePath, selfState{Checksum: sum, Commit: commit, Result: reconcile.ProvisionRunning}); err != nil {
+		return res, "", fmt.Errorf("provisioner %q: %w", p.Name, err)
+	}
+	timeout := p.Timeout
+	if timeout <= 0 {
+		timeout = rules.DefaultStepTimeout
+	}
+	env := append(os.Environ(), "RAPTIFORMICA_PROVISIONER="+p.Name, "RAPTIFORMICA_PROVISIONER_DIR="+dir)
+	env = append(env, s.Env...)
+	for i, argv := range p.Steps {
+		fmt.Fprintf(out, "$ %s\n", quoteArgv(argv))
+		if err := s.step(ctx, dir, argv, env, timeout, out); err != nil {
+			err = fmt.Errorf("provisioner %q step %d (%s): %w", p.Name, i+1, argv[0], err)
+			s.keepLog(p.Name, out, err)
+			if werr := s.writeState(statePath, selfState{Checksum: sum, Commit: commit, Result: reconcile.ProvisionFailed}); werr != nil {
+				err = fmt.Errorf("%w (and %v)", err, werr)
+			}
+			return res, lastLines(out), err
+		}
+	}
+	s.keepLog(p.Name, out, nil)
+	if err := s.writeState(statePath, selfState{Checksum: sum, Commit: commit, Result: reconcile.ProvisionOK}); err != nil {
+		return res, lastLines(out), fmt.Errorf("provisioner %q: %w", p.Name, err)
+	}
+	return res, "", nil
+}
+
+// step runs one argv in dir and waits for it. Its process group is killed
+// when timeout passes or ctx ends, so that what it started in the
+// background dies with it.
+func (s *Self) step(ctx context.Context, dir string, argv, env []string, timeout time.Duration, out *capped.Tail) error {
+	sctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := groupCommand(sctx, dir, argv, env, out).Run()
+	if err != nil && ctx.Err() == nil && errors.Is(sctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("timed out after %s", timeout)
+	}
+	return err
+}
+
+// source clones or updates the repository at url into dir and returns the
+// commit checked out. A repository already there is fetched and reset hard
+// to the remote's HEAD; when that fails (the remote unreachable for a
+// while), the checkout there is used and a warning says so, so that a
+// machine already provisioned does not fail for a network blip. Without a
+// url, dir is an empty folder of the provisioner's own.
+func (s *Self) source(ctx context.Context, url, dir string, out *capped.Tail) (commit, warning string, err error) {
+	if url == "" {
+		return "", "", os.MkdirAll(dir, 0o755)
+	}
+	if s.originOf(ctx, dir) == url {
+		err := s.git(ctx, dir, out, "fetch", "--quiet", "origin", "HEAD")
+		if err == nil {
+			err = s.git(ctx, dir, out, "reset", "--quiet", "--hard", "FETCH_HEAD")
+		}
+		commit, cerr := s.head(ctx, dir)
+		switch {
+		case err == nil && cerr == nil:
+			return commit, "", nil
+		case cerr == nil:
+			return commit, fmt.Sprintf("could not update the source (%v); its last checkout, commit %.12s, was used", err, commit), nil
+		}
+		// A checkout without a commit is no use: cloned again below.
+	}
+	// Cloned beside the folder and moved into place, so that a clone cut
+	// short is never taken for the source.
+	tmp := dir + ".clone"
+	if err := os.RemoveAll(tmp); err != nil {
+		return "", "", err
+	}
+	if err := s.git(ctx, s.Dir, out, "clone", "--quiet", "--", url, tmp); err != nil {
+		os.RemoveAll(tmp)
+		return "", "", err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return "", "", err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", "", err
+	}
+	commit, err = s.head(ctx, dir)
+	return commit, "", err
+}
+
+// originOf returns the origin URL of the repository at dir, or "" when dir
+// holds none.
+func (s *Self) originOf(ctx context.Context, dir string) string {
+	if _, err := os.Stat(filepath.Join(dir, ".git")); err != nil {
+		return ""
+	}
+	out := capped.NewTail(4 << 10)
+	if s.git(ctx, dir, out, "config", "--get", "remote.origin.url") != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out.Bytes()))
+}
+
+// head returns the commit checked out in dir.
+func (s *Self) head(ctx context.Context, dir string) (string, error) {
+	out := capped.NewTail(4 << 10)
+	if err := s.git(ctx, dir, out, "rev-parse", "--verify", "HEAD"); err != nil {
+		return "", fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out.Bytes())))
+	}
+	return strings.TrimSpace(string(out.Bytes())), nil
+}
+
+// git runs the git program in dir with its deadline. It never prompts (an
+// agent has no one to answer), never looks for a repository above Dir,
+// and speaks only the protocols a source may use, submodules included.
+func (s *Self) git(ctx context.Context, dir string, out *capped.Tail, args ...string) error {
+	timeout := s.GitTimeout
+	if timeout <= 0 {
+		timeout = DefaultGitTimeout
+	}
+	gctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	prog := s.Git
+	if prog == "" {
+		prog = "git"
+	}
+	env := append(os.Environ(),
+		"GIT_TERMINAL_PROMPT=0",
+		"GIT_ALLOW_PROTOCOL=file:https:ssh",
+		"GIT_CEILING_DIRECTORIES="+filepath.Dir(s.Dir),
+	)
+	if os.Getenv("GIT_SSH_COMMAND") == "" {
+		env = append(env, "GIT_SSH_COMMAND=ssh -o BatchMode=yes")
+	}
+	err := groupCommand(gctx, dir, append([]string{prog}, args...), env, out).Run()
+	if err != nil && ctx.Err() == nil && errors.Is(gctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("git %s timed out after %s", args[0], timeout)
+	}
+	if err != nil {
+		return fmt.Errorf("git %s: %w", args[0], err)
+	}
+	return nil
+}
+
+// groupCommand is argv run in dir in a process group of its own, killed
+// whole when ctx ends, its output (both streams, in order) into out.
+func groupCommand(ctx context.Context, dir string, argv, env []string, out *capped.Tail) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir, cmd.Env = dir, env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	// A grandchild that escaped the group and holds the pipe is let go.
+	cmd.WaitDelay = 2 * time.Second
+	cmd.Stdout, cmd.Stderr = out, out
+	return cmd
+}
+
+func (s *Self) writeState(path string, st selfState) error {
+	st.Time = clock.Or(s.Clock).Now().UTC()
+	b, _ := json.Marshal(st)
+	return fsutil.WriteFileAtomic(path, b, 0o600)
+}
+
+// keepLog writes the output's end to Dir/<name>.log, for an operator on
+// the machine. It is a courtesy: a failure to write it fails nothing.
+func (s *Self) keepLog(name string, out *capped.Tail, err error) {
+	b := out.Bytes()
+	if d := out.Dropped(); d > 0 {
+		b = append([]byte(fmt.Sprintf("[%d bytes before this not kept]\n", d)), b...)
+	}
+	if err != nil {
+		b = append(b, "error: "+err.Error()+"\n"...)
+	}
+	_ = fsutil.WriteFileAtomic(filepath.Join(s.Dir, name+".log"), b, 0o600)
+}
+
+func readSelfState(path string) (selfState, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return selfState{}, false
+	}
+	var st selfState
+	if json.Unmarshal(b, &st) != nil {
+		return selfState{}, false
+	}
+	return st, true
+}
+
+// runChecksum identifies one run of a provisioner: its source, the commit
+// resolved from it and its steps.
+func runChecksum(p rules.Provisioner, commit string) string {
+	b, _ := json.Marshal(struct {
+		Source string     `json:"source"`
+		Commit string     `json:"commit"`
+		Steps  [][]string `json:"steps"`
+	}{p.Source, commit, p.Steps})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// lastLines is what a record carries of an output: its last lines, at
+// most reconcile.MaxProvisionedOutput bytes of them.
+func lastLines(out *capped.Tail) string {
+	s := out.LastLines(selfOutputLines)
+	for len(s) > reconcile.MaxProvisionedOutput {
+		i := strings.IndexByte(s, '\n')
+		if i < 0 {
+			return s[len(s)-reconcile.MaxProvisionedOutput:]
+		}
+		s = s[i+1:]
+	}
+	return s
+}
+
+// quoteArgv spells an argv for a log, each word quoted when it needs it.
+func quoteArgv(argv []string) string {
+	words := make([]string, len(argv))
+	for i, a := range argv {
+		if a == "" || strings.ContainsAny(a, " \t\n\"'\\$`;&|<>()*?[]#~") {
+			a = strconv.Quote(a)
+		}
+		words[i] = a
+	}
+	return strings.Join(words, " ")
+}
+
+// nameRule is rules' name rule: a DNS label.
+func nameRule(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
