@@ -15,6 +15,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // Member is one line of `members`: a Consul member with what the
@@ -34,11 +35,15 @@ type Member struct {
 	// Offers are the backends the member can run, as its agent found on
 	// it; nil when it published no offer (an older agent, or just started).
 	Offers []string `json:"offers"`
+	// Provisioned is the member's provisioning: ok, running, failed,
+	// outdated (done for an earlier description) or waiting (nothing
+	// published yet); empty when its type provisions nothing.
+	Provisioned string `json:"provisioned,omitempty"`
 }
 
 // Members lists the cluster's members by name, and whether it runs the
-// mesh.
-func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
+// mesh. opts parse the description, which says which types provision.
+func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, bool, error) {
 	members, err := consulclient.Members(ctx, c)
 	if err != nil {
 		return nil, false, err
@@ -57,6 +62,13 @@ func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
+	provisioned, err := Provisioning(ctx, store)
+	if err != nil {
+		return nil, false, err
+	}
+	// The description says which types provision and for what checksum;
+	// without a valid one the records are shown as they are.
+	plat, _ := Platform(ctx, c, opts)
 	nameOf := map[string]string{}
 	for _, m := range members {
 		nameOf[m.Addr] = m.Name
@@ -74,6 +86,8 @@ func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
 				row.Offers = append([]string{}, o.Offered()...)
 			}
 		}
+		pr, has := provisioned[m.Name]
+		row.Provisioned = provisionState(plat, r.Type, pr, has)
 		if mn, ok := meshNodes[m.Name]; ok {
 			row.MeshEndpoints = mn.Endpoints
 			for _, l := range mn.Links {
@@ -100,7 +114,7 @@ func offered(o []string) string {
 // only when the cluster runs the mesh.
 func WriteMembers(out io.Writer, rows []Member, withMesh bool) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER\tOFFERS"
+	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER\tOFFERS\tPROVISIONED"
 	if withMesh {
 		head += "\tMESH ENDPOINTS\tMESH PEERS"
 	}
@@ -110,7 +124,7 @@ func WriteMembers(out io.Writer, rows []Member, withMesh bool) error {
 		if r.Leader {
 			mark = "*"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Address, r.Status, orDash(r.Type), orDash(r.State), r.Role, mark, offered(r.Offers))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Address, r.Status, orDash(r.Type), orDash(r.State), r.Role, mark, offered(r.Offers), orDash(r.Provisioned))
 		if withMesh {
 			fmt.Fprintf(w, "\t%s\t%s", orDash(strings.Join(r.MeshEndpoints, ",")), orDash(strings.Join(r.MeshPeers, ",")))
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // The CLI's member reads honour their caller's deadline (and Ctrl-C): a
@@ -20,7 +21,7 @@ func TestHostileMembersHonourTheDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, f := range map[string]func(context.Context) error{
-		"Members": func(ctx context.Context) error { _, _, err := Members(ctx, c); return err },
+		"Members": func(ctx context.Context) error { _, _, err := Members(ctx, c, rules.Options{}); return err },
 		"Alive":   func(ctx context.Context) error { _, err := Alive(ctx, c, "m"); return err },
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -30,12 +30,18 @@ type StatusView struct {
 	// state on disk is unusable, and why: such a machine cannot re-create
 	// the cluster until KV replaces its copy.
 	MirrorErrors map[string]string `json:"mirror_errors,omitempty"`
+	// Provisioning is each machine's provisioning record, by machine ID.
+	Provisioning map[string]reconcile.Provisioned `json:"provisioning,omitempty"`
 }
 
 // Status is the cluster's status as c's Consul holds it. A Consul that
 // cannot be read is an error, not a rejected description.
 func Status(ctx context.Context, c *api.Client, opts rules.Options) (StatusView, error) {
-	v := StatusView{Leader: kvschema.New(c).Leader(ctx), Reconcile: LastPass(ctx, c)}
+	store := kvschema.New(c)
+	v := StatusView{Leader: store.Leader(ctx), Reconcile: LastPass(ctx, c)}
+	if recs, err := Provisioning(ctx, store); err == nil && len(recs) > 0 {
+		v.Provisioning = recs
+	}
 	_, err := Platform(ctx, c, opts)
 	var invalid *rules.Error
 	switch {
@@ -85,13 +91,14 @@ func (v StatusView) WriteText(out io.Writer) error {
 	for _, a := range st.InFlight {
 		fmt.Fprintf(w, "in flight\t%s %s (%s)\n", a.Kind, a.MachineID, a.Reason)
 	}
+	writeProvisioning(w, v.Provisioning)
 	w.Flush()
 	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TYPE\tMIN\tMAX\tLIVE\tPENDING\tFAILED")
+	fmt.Fprintln(w, "TYPE\tMIN\tMAX\tLIVE\tPENDING\tFAILED\tUNREADY")
 	for _, name := range slices.Sorted(maps.Keys(st.Types)) {
 		ts := st.Types[name]
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\n", name, ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed)
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\n", name, ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed, ts.Unready)
 	}
 	return w.Flush()
 }

@@ -1,11 +1,13 @@
 package cluster
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // TestStatusShowsUnusableMirrors: a machine whose copy of the cluster's
@@ -23,5 +25,74 @@ func TestStatusShowsUnusableMirrors(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "mirror of server-2") || !strings.Contains(out.String(), "UNUSABLE: platform.version: line 1") {
 		t.Errorf("status without the unusable mirror:\n%s", out.String())
+	}
+}
+
+// A failed provisioning is in status with its last lines; a machine whose
+// provisioning is done is not.
+func TestStatusShowsFailedProvisioning(t *testing.T) {
+	var output strings.Builder
+	for i := range 30 {
+		output.WriteString("line " + strconv.Itoa(i) + "\n")
+	}
+	output.WriteString("E: Unable to locate package nginx-fancy")
+	v := StatusView{
+		Reconcile: &reconcile.Status{Cluster: "c", LastReconcile: time.Now(), Types: map[string]reconcile.TypeStatus{}},
+		Provisioning: map[string]reconcile.Provisioned{
+			"web-1": {Machine: "web-1", State: reconcile.ProvisionFailed, Failures: 2, Provisioner: "nginx", Error: `provisioner "nginx" step 1 (apt-get): exit status 100`, Output: output.String()},
+			"web-2": {Machine: "web-2", State: reconcile.ProvisionOK},
+			"web-3": {Machine: "web-3", State: reconcile.ProvisionRunning, Provisioner: "nginx"},
+		},
+	}
+	var out strings.Builder
+	if err := v.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{
+		`provisioning web-1  FAILED (attempt 2): provisioner "nginx" step 1 (apt-get): exit status 100`,
+		"| E: Unable to locate package nginx-fancy",
+		"| line 21\n",
+		"provisioning web-3  running nginx",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("status lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "web-2") || strings.Contains(got, "| line 20\n") {
+		t.Errorf("status shows a done machine or more than %d lines:\n%s", statusOutputLines, got)
+	}
+}
+
+func TestProvisionState(t *testing.T) {
+	mt := rules.MachineType{Name: "web", Provisioners: []rules.Provisioner{{Name: "a", Steps: [][]string{{"true"}}}}}
+	plat := &rules.Platform{Machines: map[string]rules.MachineType{"web": mt, "db": {Name: "db"}}}
+	sum := mt.ProvisionChecksum()
+	for _, tc := range []struct {
+		name string
+		typ  string
+		rec  *reconcile.Provisioned
+		want string
+	}{
+		{"done", "web", &reconcile.Provisioned{State: reconcile.ProvisionOK, Checksum: sum}, "ok"},
+		{"done for an older description", "web", &reconcile.Provisioned{State: reconcile.ProvisionOK, Checksum: "old"}, "outdated"},
+		{"failed", "web", &reconcile.Provisioned{State: reconcile.ProvisionFailed, Checksum: sum}, "failed"},
+		{"nothing published", "web", nil, "waiting"},
+		{"type provisions nothing", "db", &reconcile.Provisioned{State: reconcile.ProvisionOK}, ""},
+		{"no description", "web", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := plat
+			if tc.name == "no description" {
+				p = nil
+			}
+			var rec reconcile.Provisioned
+			if tc.rec != nil {
+				rec = *tc.rec
+			}
+			if got := provisionState(p, tc.typ, rec, tc.rec != nil); got != tc.want {
+				t.Errorf("got %q want %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -10,6 +10,7 @@
 //	elector        leader.go  the campaign for the leader lock; while it holds the
 //	                          lock, the control loop and the autopilot watch
 //	quorumWatch    quorum.go  lost quorum noticed, and recovered on evidence
+//	provisioner    provisioner.go  this machine's provisioners, run on itself
 //	watchdog       notify.go  the systemd watchdog
 //
 // Agent.Run wires them and runs them as controller-runtime's manager runs
@@ -49,6 +50,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/mesh"
+	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -73,15 +75,16 @@ type Agent struct {
 	seed      *kvSeed
 
 	// The components.
-	proc     *ConsulProcess
-	mesh     *meshSync // nil with mesh = "none"
-	http     *httpServer
-	mirror   *mirror
-	elector  *elector
-	quorum   *quorumWatch
-	offers   *offerer
-	changes  *clusterChange
-	watchdog *watchdog
+	proc        *ConsulProcess
+	mesh        *meshSync // nil with mesh = "none"
+	http        *httpServer
+	mirror      *mirror
+	elector     *elector
+	quorum      *quorumWatch
+	offers      *offerer
+	changes     *clusterChange
+	provisioner *provisioner
+	watchdog    *watchdog
 }
 
 // component is a long-lived part of the agent. Run blocks until ctx ends
@@ -136,7 +139,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		atOnce = append(atOnce, a.mesh)
 	}
 	// Once Consul has a leader and the KV holds this node's part.
-	afterConsul := []component{a.mirror, a.elector, a.quorum, a.watchdog, a.offers, a.changes}
+	afterConsul := []component{a.mirror, a.elector, a.quorum, a.watchdog, a.offers, a.changes, a.provisioner}
 
 	g, gctx := errgroup.WithContext(stopping)
 	for _, c := range atOnce {
@@ -239,8 +242,9 @@ func (a *Agent) setUp() (err error) {
 	executor := &reconcile.Executor{
 		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics, Token: c.ACLToken, CACert: c.TLS.CACert,
 		Forget: func(ctx context.Context, id string) error {
-			// A removed machine offers nothing: its offer goes with it.
-			return errors.Join(RemoveMachineToken(ctx, client, id), a.store.DeleteOffer(ctx, id))
+			// A removed machine offers nothing: its offer goes with it,
+			// and so does its provisioning record.
+			return errors.Join(RemoveMachineToken(ctx, client, id), a.store.DeleteOffer(ctx, id), a.store.DeleteProvisioned(ctx, id))
 		},
 		NodeConfig: NodeConfigFor(client, Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, c.ClusterDir, c.ConsulBinary, selfEndpoints),
 		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
@@ -260,7 +264,12 @@ func (a *Agent) setUp() (err error) {
 		self: c.MachineID, notHere: notHere, backends: bes.get, platform: a.mirror.Platform, store: a.store,
 		clock: a.Clock, log: a.Log.Named("offers"), metrics: a.metrics, wake: make(chan struct{}, 1),
 	}
-	a.mirror.changed = func() { a.elector.poke(); a.offers.poke() }
+	a.provisioner = &provisioner{
+		self: c.MachineID, machineType: c.MachineType, runner: &provision.Self{Dir: filepath.Join(c.DataDir, "provisioners"), Clock: a.Clock},
+		platform: a.mirror.Platform, store: a.store, hooks: executor.Hooks,
+		clock: a.Clock, log: a.Log.Named("provision"), metrics: a.metrics, wake: make(chan struct{}, 1), publish: make(chan struct{}, 1),
+	}
+	a.mirror.changed = func() { a.elector.poke(); a.offers.poke(); a.provisioner.poke() }
 	a.quorum = &quorumWatch{
 		cfg: c, consul: client, inventory: a.inventory, proc: a.proc, mirror: a.mirror, seed: a.seed,
 		backends: bes.get, poke: a.elector.poke, askPeer: askPeerQuorum(c.HTTPPort),
@@ -278,7 +287,7 @@ func (a *Agent) setUp() (err error) {
 	a.changes = &clusterChange{self: c.MachineID, consul: client, platform: a.mirror.Platform, hooks: executor.Hooks, clock: a.Clock, log: a.Log.Named("hook")}
 	a.http = &httpServer{
 		cfg: c, consul: client, store: a.store, inventory: a.inventory,
-		mirror: a.mirror, elector: a.elector, quorum: a.quorum, mesh: a.mesh, newNode: executor.NodeConfig,
+		mirror: a.mirror, elector: a.elector, quorum: a.quorum, mesh: a.mesh, provisioner: a.provisioner, newNode: executor.NodeConfig,
 		clock: a.Clock, log: a.Log, metrics: a.metrics,
 	}
 	return a.mirror.load(c.PlatformFile, c.Platform)

@@ -39,6 +39,8 @@ type httpServer struct {
 	elector   *elector
 	quorum    *quorumWatch
 	mesh      *meshSync // nil with mesh = "none"
+	// provisioner is this machine's provisioning; nil shows none.
+	provisioner *provisioner
 	// newNode configures a machine joined with a token.
 	newNode reconcile.NodeConfigFunc
 	clock   clock.Clock
@@ -218,6 +220,9 @@ func (h *httpServer) status() agentapi.AgentStatus {
 	}
 	if h.mesh != nil {
 		st.Mesh = h.mesh.Status()
+	}
+	if h.provisioner != nil {
+		st.Provisioning = h.provisioner.Status()
 	}
 	if st.Quorum != nil {
 		// Without a Consul leader a KV read waits for one for seconds, then

@@ -39,6 +39,10 @@ var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
 type pageMember struct {
 	ID, Type, Backend, Address, State, Health, Role, Reason string
 	Leader                                                  bool
+	// Provisioned is the machine's provisioning state, with the last line
+	// of a failure; empty when its type provisions nothing.
+	Provisioned string
+	ProvisionOK bool
 }
 
 // pageData is what the status page shows.
@@ -136,8 +140,47 @@ func (h *httpServer) pageView(ctx context.Context) pageData {
 			Health: h, Role: role[r.ID], Reason: r.Reason, Leader: r.ID == d.Self.Leader,
 		})
 	}
+	h.addProvisioning(ctx, d.Members)
 	slices.SortFunc(d.Members, func(x, y pageMember) int { return strings.Compare(x.ID, y.ID) })
 	return d
+}
+
+// addProvisioning fills in each member's provisioning, for the types that
+// have provisioners in the description in force.
+func (h *httpServer) addProvisioning(ctx context.Context, members []pageMember) {
+	plat := h.mirror.Platform()
+	if plat == nil {
+		return
+	}
+	raw, _, err := h.store.ProvisionedRecords(ctx, nil)
+	if err != nil {
+		return
+	}
+	for i := range members {
+		m := &members[i]
+		mt, ok := plat.Machines[m.Type]
+		if !ok || len(mt.Provisioners) == 0 {
+			continue
+		}
+		b, ok := raw[m.ID]
+		if !ok {
+			m.Provisioned = "waiting"
+			continue
+		}
+		rec, err := reconcile.ParseProvisioned(m.ID, b)
+		switch {
+		case err != nil:
+			m.Provisioned = "unreadable: " + err.Error()
+		case rec.ReadyFor(mt.ProvisionChecksum()):
+			m.Provisioned, m.ProvisionOK = "ok", true
+		case rec.State == reconcile.ProvisionOK:
+			m.Provisioned = "outdated: the description changed since"
+		case rec.State == reconcile.ProvisionFailed:
+			m.Provisioned = "failed: " + rec.LastLine()
+		default:
+			m.Provisioned = rec.State + " " + rec.Provisioner
+		}
+	}
 }
 
 func (h *httpServer) servePage(w http.ResponseWriter, r *http.Request) {

@@ -298,6 +298,7 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 	if err == nil {
 		r.Executor.Snapshot(&obs)
 		obs.Self, obs.TermStart = r.Self, r.termStart
+		obs.Provisioned = ObserveProvisioned(ctx, r.Inventory, p)
 		d = Plan(p, obs, now)
 		r.Executor.See(d.Seen)
 		r.record(p, d, obs, now)

@@ -109,6 +109,8 @@ type pass struct {
 // tally counts the records of one machine type.
 type tally struct {
 	live, pending int
+	// unready are up but not provisioned (ready_after_provision).
+	unready int
 	// failedIn are failed within their grace period: they may come back,
 	// so they still count toward min. failedOut are being reaped.
 	failedIn, failedOut int
@@ -259,7 +261,7 @@ func (ps *pass) tallyJoining(id string, r Record, t *tally, h health) {
 	switch {
 	case h.up && (!h.member.Server || h.member.Voter):
 		ps.marks = append(ps.marks, actOn(KindMarkJoined, id, r, "member is alive"))
-		t.addLive(r)
+		ps.addUp(id, r, t)
 	case ps.ripe(ps.sight(id, condJoining), ps.pol.ProvisionTimeout):
 		ps.reaps = append(ps.reaps, actOn(KindReap, id, r, fmt.Sprintf("did not join within the provision timeout (%s)", ps.pol.ProvisionTimeout)))
 	default:
@@ -281,7 +283,7 @@ func (ps *pass) tallyJoined(id string, r Record, t *tally, h health) {
 		if back {
 			ps.marks = append(ps.marks, actOn(KindMarkJoined, id, r, "member is alive again"))
 		}
-		t.addLive(r)
+		ps.addUp(id, r, t)
 		return
 	}
 	ps.failed++
@@ -289,6 +291,29 @@ func (ps *pass) tallyJoined(id string, r Record, t *tally, h health) {
 		ps.failedServers++
 	}
 	ps.tallyFailed(id, r, t, h)
+}
+
+// addUp counts a machine that is up: live, unless its type is
+// ready_after_provision and its provisioning has not succeeded for the
+// description in force, when it is unready and Waiting says why.
+func (ps *pass) addUp(id string, r Record, t *tally) {
+	mt := ps.p.Machines[r.Type]
+	if !mt.ReadyAfterProvision || r.Manual {
+		t.addLive(r)
+		return
+	}
+	sum := mt.ProvisionChecksum()
+	rec, ok := ps.obs.Provisioned[id]
+	switch {
+	case ok && rec.ReadyFor(sum):
+		t.addLive(r)
+		return
+	case ok && rec.State == ProvisionFailed && rec.Checksum == sum:
+		ps.waitf("provisioning failed on %s: %s", id, rec.LastLine())
+	default:
+		ps.waitf("waiting for provisioning on %s", id)
+	}
+	t.unready++
 }
 
 // tallyFailed counts a failed machine: marked when first seen failed, left
@@ -333,8 +358,8 @@ func (ps *pass) halt() {
 func (ps *pass) scale() {
 	for _, name := range ps.p.MachineNames() {
 		mt, t := ps.p.Machines[name], ps.tallies[name]
-		ps.d.Types[name] = TypeStatus{Min: mt.Min, Max: mt.Max, Live: t.live, Pending: t.pending, Failed: t.failedIn + t.failedOut}
-		have := t.live + t.pending + t.failedIn
+		ps.d.Types[name] = TypeStatus{Min: mt.Min, Max: mt.Max, Live: t.live, Pending: t.pending, Failed: t.failedIn + t.failedOut, Unready: t.unready}
+		have := t.live + t.pending + t.failedIn + t.unready
 		if need := mt.Min - have; need > 0 && ps.d.Halted == "" {
 			ps.spawn(name, mt, have, need)
 		} else if excess := t.live - mt.Max; excess > 0 && ps.settled {

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -691,5 +692,133 @@ func TestPlanSaysWhoOffersABackendTheLeaderCannotUse(t *testing.T) {
 	got = Plan(p, obs, t0).Waiting
 	if len(got) == 0 || got[0] != `backend "local" skipped: unavailable: binary missing (no other member offers it)` {
 		t.Errorf("waiting with no offer: %q", got)
+	}
+}
+
+// TestPlanReadyAfterProvision: a machine of a ready_after_provision type
+// counts as live only once its provisioning record says ok for the
+// description's checksum; until then it is unready, named in Waiting, and
+// not replaced.
+func TestPlanReadyAfterProvision(t *testing.T) {
+	const src = `
+machine "server" {
+  min = 1
+  consul_server = true
+}
+machine "web" {
+  min = 2
+  ready_after_provision = true
+  provisioner "site" {
+    source = "file:///srv/git/site.git"
+    steps  = [["make", "install"]]
+  }
+}
+`
+	p := platform(t, src)
+	sum := p.Machines["web"].ProvisionChecksum()
+	now := t0.Add(time.Hour)
+	base := func(f func(o *Observed)) Observed {
+		o := cluster("server", "s")
+		for _, id := range []string{"w1", "w2"} {
+			o.Records[id] = Record{ID: id, Type: "web", Backend: "local", State: StateJoined, Created: t0, Updated: t0}
+			o.Members[id] = Member{Name: id, Status: MemberAlive, Type: "web"}
+			o.Instances["local"][id] = backends.Instance{MachineID: id, MachineType: "web", Running: true, Created: t0}
+		}
+		if f != nil {
+			f(&o)
+		}
+		return o
+	}
+	ok := Provisioned{State: ProvisionOK, Checksum: sum}
+	for _, tc := range []struct {
+		name    string
+		src     string
+		obs     Observed
+		web     TypeStatus
+		waiting []string
+		spawns  int
+	}{
+		{
+			name: "both provisioned for this description: live",
+			obs:  base(func(o *Observed) { o.Provisioned = map[string]Provisioned{"w1": ok, "w2": ok} }),
+			web:  TypeStatus{Min: 2, Max: 2, Live: 2},
+		},
+		{
+			name:    "nothing published yet: unready, waiting, not replaced",
+			obs:     base(func(o *Observed) { o.Provisioned = map[string]Provisioned{"w1": ok} }),
+			web:     TypeStatus{Min: 2, Max: 2, Live: 1, Unready: 1},
+			waiting: []string{"waiting for provisioning on w2"},
+		},
+		{
+			name: "running, and ok for an earlier description: both unready",
+			obs: base(func(o *Observed) {
+				o.Provisioned = map[string]Provisioned{
+					"w1": {State: ProvisionRunning, Checksum: sum},
+					"w2": {State: ProvisionOK, Checksum: "an-earlier-description"},
+				}
+			}),
+			web:     TypeStatus{Min: 2, Max: 2, Unready: 2},
+			waiting: []string{"waiting for provisioning on w1", "waiting for provisioning on w2"},
+		},
+		{
+			name: "failed: its last line is in Waiting",
+			obs: base(func(o *Observed) {
+				o.Provisioned = map[string]Provisioned{
+					"w1": ok,
+					"w2": {State: ProvisionFailed, Checksum: sum, Error: "step 1 (make): exit status 2", Output: "cc -o site site.c\nsite.c:3: error: expected ';'\n"},
+				}
+			}),
+			web:     TypeStatus{Min: 2, Max: 2, Live: 1, Unready: 1},
+			waiting: []string{"provisioning failed on w2: site.c:3: error: expected ';'"},
+		},
+		{
+			name:    "records not read: unready, and still nothing spawned",
+			obs:     base(nil),
+			web:     TypeStatus{Min: 2, Max: 2, Unready: 2},
+			waiting: []string{"waiting for provisioning on w1", "waiting for provisioning on w2"},
+		},
+		{
+			name: "a machine short: the spawn still happens",
+			obs: base(func(o *Observed) {
+				delete(o.Records, "w2")
+				delete(o.Members, "w2")
+				delete(o.Instances["local"], "w2")
+				o.Provisioned = map[string]Provisioned{"w1": {State: ProvisionRunning, Checksum: sum}}
+			}),
+			web:     TypeStatus{Min: 2, Max: 2, Unready: 1},
+			waiting: []string{"waiting for provisioning on w1"},
+			spawns:  1,
+		},
+		{
+			name: "without ready_after_provision, a failed provisioning still counts live",
+			src:  strings.Replace(src, "ready_after_provision = true", "", 1),
+			obs: base(func(o *Observed) {
+				o.Provisioned = map[string]Provisioned{"w1": {State: ProvisionFailed, Checksum: sum}}
+			}),
+			web: TypeStatus{Min: 2, Max: 2, Live: 2},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pl := p
+			if tc.src != "" {
+				pl = platform(t, tc.src)
+			}
+			d := Plan(pl, watched(tc.obs), now)
+			if diff := cmp.Diff(tc.web, d.Types["web"]); diff != "" {
+				t.Errorf("web counts (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.waiting, d.Waiting); diff != "" {
+				t.Errorf("waiting (-want +got):\n%s", diff)
+			}
+			spawns := 0
+			for _, a := range d.Actions {
+				if a.Kind == KindSpawn {
+					spawns++
+				}
+			}
+			if spawns != tc.spawns {
+				t.Errorf("got %d spawns want %d: %+v", spawns, tc.spawns, d.Actions)
+			}
+		})
 	}
 }

@@ -1,9 +1,12 @@
 package reconcile
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // The states of a machine's provisioning, as its agent publishes them.
@@ -107,4 +110,60 @@ func ParseProvisioned(id string, b []byte) (Provisioned, error) {
 		return Provisioned{}, fmt.Errorf("provisioning record of %s names machine %q", id, p.Machine)
 	}
 	return p, nil
+}
+
+// ProvisionEvent is what an after_provision hook reads on its standard
+// input: the common fields of every event, and the machine's record.
+type ProvisionEvent struct {
+	HookEvent
+	Provisioned Provisioned `json:"provisioned"`
+}
+
+// FireProvisioned starts the after_provision hooks of p on this machine in
+// the background and returns at once, as Fire does, with rec in the
+// payload. A nil *HookRunner runs nothing.
+func (h *HookRunner) FireProvisioned(ctx context.Context, p *rules.Platform, rec Provisioned) {
+	if h == nil || p == nil {
+		return
+	}
+	hooks := p.HooksFor("after_provision")
+	if len(hooks) == 0 {
+		return
+	}
+	payload, _ := json.Marshal(ProvisionEvent{
+		HookEvent:   HookEvent{Event: "after_provision", Cluster: p.Cluster, Time: h.Clock.Now(), Action: Action{MachineID: rec.Machine, Type: rec.MachineType, Reason: "provisioning " + rec.State}},
+		Provisioned: rec,
+	})
+	for _, hk := range hooks {
+		go h.run(context.WithoutCancel(ctx), hk, payload)
+	}
+}
+
+// ObserveProvisioned reads the members' provisioning records for the
+// planner (Observed.Provisioned), only when a machine type of p is
+// ready_after_provision: the others' do not change a plan. A record that
+// does not parse is left out (its machine then waits), and so are all of
+// them when they cannot be read: the machines then count as unready for a
+// pass, which spawns nothing.
+func ObserveProvisioned(ctx context.Context, inv *Inventory, p *rules.Platform) map[string]Provisioned {
+	need := false
+	for _, mt := range p.Machines {
+		need = need || mt.ReadyAfterProvision
+	}
+	if !need {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+	defer cancel()
+	raw, _, err := inv.Store.ProvisionedRecords(rctx, nil)
+	out := make(map[string]Provisioned, len(raw))
+	if err != nil {
+		return out
+	}
+	for id, b := range raw {
+		if rec, err := ParseProvisioned(id, b); err == nil {
+			out[id] = rec
+		}
+	}
+	return out
 }

@@ -131,6 +131,11 @@ type Observed struct {
 	// when they could not be read, or were not needed (no backend failed
 	// on the leader this pass).
 	Offers map[string]Offer
+	// Provisioned are the members' provisioning records, by machine ID,
+	// read only when a machine type is ready_after_provision (nil
+	// otherwise): a machine of such a type counts as live only once its
+	// record says ok for the description's checksum.
+	Provisioned map[string]Provisioned
 	// TermStart is when this leader's term began, on its clock; zero when
 	// unknown (a dry run), which counts as long ago.
 	TermStart time.Time
@@ -182,6 +187,11 @@ type TypeStatus struct {
 	Pending int `json:"pending"`
 	// Failed are failed members not yet reaped.
 	Failed int `json:"failed"`
+	// Unready are alive members of a ready_after_provision type whose
+	// provisioning has not succeeded for the description in force: not
+	// live, and not replaced either (a replacement would provision the
+	// same way).
+	Unready int `json:"unready,omitempty"`
 }
 
 // Decision is the planner's answer for one pass.

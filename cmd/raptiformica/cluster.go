@@ -176,7 +176,7 @@ func membersCmd() *cobra.Command {
 func printMembers(ctx context.Context, c *api.Client, out io.Writer, asJSON bool) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	rows, withMesh, err := cluster.Members(ctx, c)
+	rows, withMesh, err := cluster.Members(ctx, c, parseOpts())
 	if err != nil {
 		return err
 	}

@@ -55,6 +55,9 @@ type AgentStatus struct {
 	Quorum *QuorumStatus `json:"quorum,omitempty"`
 	// Mesh is the node's overlay, when it runs one.
 	Mesh *MeshStatus `json:"mesh,omitempty"`
+	// Provisioning is this machine's provisioning, when its type has
+	// provisioners.
+	Provisioning *reconcile.Provisioned `json:"provisioning,omitempty"`
 }
 
 // QuorumStatus is what a node knows while its Consul has no leader: with

@@ -57,6 +57,9 @@ const (
 	// Offers holds, per machine, which of the description's backends
 	// that machine can run (offers/<machine id>), as its agent found.
 	Offers = Prefix + "offers/"
+	// Provisioned holds, per machine, the outcome of its provisioners
+	// (provisioned/<machine id>), as its agent ran them on itself.
+	Provisioned = Prefix + "provisioned/"
 )
 
 // MeshSecretNext and MeshSecretPrevious exist only while a mesh rotation
@@ -391,6 +394,32 @@ func (s *Store) PutOffer(ctx context.Context, machineID string, b []byte) error 
 // DeleteOffer removes a removed machine's offer.
 func (s *Store) DeleteOffer(ctx context.Context, machineID string) error {
 	_, err := s.kv.Delete(Offers+machineID, write(ctx))
+	return err
+}
+
+// ProvisionedRecords lists every machine's provisioning record, by
+// machine ID.
+func (s *Store) ProvisionedRecords(ctx context.Context, q *api.QueryOptions) (map[string][]byte, uint64, error) {
+	pairs, meta, err := s.kv.List(Provisioned, query(ctx, q))
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make(map[string][]byte, len(pairs))
+	for _, p := range pairs {
+		out[strings.TrimPrefix(p.Key, Provisioned)] = p.Value
+	}
+	return out, meta.LastIndex, nil
+}
+
+// PutProvisioned writes a machine's provisioning record.
+func (s *Store) PutProvisioned(ctx context.Context, machineID string, b []byte) error {
+	_, err := s.kv.Put(&api.KVPair{Key: Provisioned + machineID, Value: b}, write(ctx))
+	return err
+}
+
+// DeleteProvisioned removes a removed machine's provisioning record.
+func (s *Store) DeleteProvisioned(ctx context.Context, machineID string) error {
+	_, err := s.kv.Delete(Provisioned+machineID, write(ctx))
 	return err
 }
 

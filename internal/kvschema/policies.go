@@ -45,12 +45,13 @@ operator = "read"
 `
 
 // MachineRules are one client machine's own: its inventory record, its
-// mesh entry, its offer of backends, and its own agent (to leave the
-// cluster).
+// mesh entry, its offer of backends, its provisioning record, and its own
+// agent (to leave the cluster).
 func MachineRules(machineID string) string {
 	return `key "` + Inventory + machineID + `" { policy = "write" }
 key "` + MeshNodes + machineID + `" { policy = "write" }
 key "` + Offers + machineID + `" { policy = "write" }
+key "` + Provisioned + machineID + `" { policy = "write" }
 agent "` + machineID + `" { policy = "write" }
 `
 }

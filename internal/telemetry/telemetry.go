@@ -61,6 +61,8 @@ type Metrics struct {
 	MeshBytes           *prometheus.CounterVec
 	MeshPeerChanges     *prometheus.CounterVec
 	JoinRequests        *prometheus.CounterVec
+	ProvisionRuns       *prometheus.CounterVec
+	ProvisionState      *prometheus.GaugeVec
 }
 
 const ns = "raptiformica"
@@ -133,6 +135,10 @@ func New() *Metrics {
 			Help: "Overlay peers (by key) that came up or went down: the mesh's churn."}, []string{"change"}),
 		JoinRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "join_requests_total",
 			Help: "Join tokens presented to this agent, by result (joined, refused, error)."}, []string{"result"}),
+		ProvisionRuns: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "provision_runs_total",
+			Help: "Passes over this machine's provisioners that ran steps, by result (ok, failed)."}, []string{"result"}),
+		ProvisionState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "provision_state",
+			Help: "1 for this machine's provisioning state (running, ok, failed), 0 for the others; all 0 when its type has no provisioners."}, []string{"state"}),
 	}
 	reg.MustRegister(
 		m.ReconcileDuration, m.ReconcileTotal, m.LastSuccess, m.Halted, m.Actions,
@@ -141,10 +147,14 @@ func New() *Metrics {
 		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
 		m.ConsulLeaderless, m.QuorumLost, m.MirrorKeptNewer, m.MirrorUnreadable,
 		m.ConsulVoters, m.FailureTolerance, m.MeshPeers, m.MeshBytes, m.MeshPeerChanges, m.JoinRequests,
+		m.ProvisionRuns, m.ProvisionState,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	for _, r := range []string{"success", "error"} {
 		m.ReconcileTotal.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "failed"} {
+		m.ProvisionRuns.WithLabelValues(r)
 	}
 	for _, w := range []string{"platform", "inventory"} {
 		m.MirrorKeptNewer.WithLabelValues(w)

@@ -1,0 +1,81 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// statusOutputLines is how many of a failed provisioning's last lines
+// `status` prints; `status --json` carries all the record holds.
+const statusOutputLines = 10
+
+// Provisioning reads every machine's provisioning record, by machine ID.
+// A record that cannot be read is left out: one machine's bad record does
+// not hide the others'.
+func Provisioning(ctx context.Context, store *kvschema.Store) (map[string]reconcile.Provisioned, error) {
+	raw, _, err := store.ProvisionedRecords(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]reconcile.Provisioned, len(raw))
+	for id, b := range raw {
+		if p, err := reconcile.ParseProvisioned(id, b); err == nil {
+			out[id] = p
+		}
+	}
+	return out, nil
+}
+
+// provisionState is what a members row says of a machine's provisioning
+// under the description plat: "ok", "running", "failed", "outdated" (ok
+// for an earlier description), or "" when its type provisions nothing or
+// the machine published nothing.
+func provisionState(plat *rules.Platform, typ string, rec reconcile.Provisioned, ok bool) string {
+	if !ok {
+		if plat != nil && len(plat.Machines[typ].Provisioners) > 0 {
+			return "waiting"
+		}
+		return ""
+	}
+	if plat != nil {
+		if len(plat.Machines[typ].Provisioners) == 0 {
+			return ""
+		}
+		if rec.State == reconcile.ProvisionOK && !rec.ReadyFor(plat.Machines[typ].ProvisionChecksum()) {
+			return "outdated"
+		}
+	}
+	return rec.State
+}
+
+// writeProvisioning writes, for a person, every machine whose provisioning
+// is not done: running, or failed with its last lines.
+func writeProvisioning(w io.Writer, recs map[string]reconcile.Provisioned) {
+	for _, id := range slices.Sorted(maps.Keys(recs)) {
+		p := recs[id]
+		switch p.State {
+		case reconcile.ProvisionRunning:
+			fmt.Fprintf(w, "provisioning %s\trunning %s\n", id, p.Provisioner)
+		case reconcile.ProvisionFailed:
+			fmt.Fprintf(w, "provisioning %s\tFAILED (attempt %d): %s\n", id, p.Failures, p.Error)
+			out := p.Output
+			lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+			if len(lines) > statusOutputLines {
+				lines = lines[len(lines)-statusOutputLines:]
+			}
+			for _, l := range lines {
+				if l != "" {
+					fmt.Fprintf(w, "\t| %s\n", l)
+				}
+			}
+		}
+	}
+}
