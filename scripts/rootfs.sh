@@ -9,8 +9,9 @@ set -euo pipefail
 SUITE="${ROOTFS_SUITE:-bookworm}"
 CACHE="${RAPTIFORMICA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/raptiformica}"
 # What the tests need beyond minbase: a real sshd to adopt through, sudo for
-# the non-root user case, systemd for the machines that boot it as PID 1.
-INCLUDE="openssh-server,sudo,systemd,systemd-sysv"
+# the non-root user case, systemd for the machines that boot it as PID 1, git
+# for the machines that provision themselves from a repository.
+INCLUDE="openssh-server,sudo,systemd,systemd-sysv,git"
 OUT="$CACHE/rootfs-$SUITE-minbase-$(echo "$INCLUDE" | tr , -).tar"
 
 if [ -s "$OUT" ]; then
