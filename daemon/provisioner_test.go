@@ -44,7 +44,7 @@ func TestProvisionerPublishesAndConverges(t *testing.T) {
 	metrics := telemetry.New()
 	p := &provisioner{
 		self: "web-1", machineType: "web",
-		runner: &provision.Self{Dir: filepath.Join(tmp, "provisioners"), Backoff: clock.Backoff{Initial: 50 * time.Millisecond, Max: 50 * time.Millisecond}},
+		runner:   &provision.Self{Dir: filepath.Join(tmp, "provisioners"), Backoff: clock.Backoff{Initial: 50 * time.Millisecond, Max: 50 * time.Millisecond}},
 		platform: func() *rules.Platform { mu.Lock(); defer mu.Unlock(); return plat },
 		store:    store, hooks: &reconcile.HookRunner{Log: hclog.NewNullLogger(), Clock: clock.Real{}},
 		clock: clock.Real{}, log: hclog.NewNullLogger(), metrics: metrics,
