@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -184,4 +185,129 @@ func (c *testCluster) reconcileStatus() reconcile.Status {
 		return reconcile.Status{}
 	}
 	return *st.Reconcile
+}
+
+// provisionNodeImage builds a node image that can provision itself: the
+// project's Debian root filesystem (scripts/rootfs.sh, git included) with
+// the two binaries and the git repository at repo copied to
+// /srv/git/motd.git. The docker backend's own image is FROM scratch, with
+// neither git nor a shell. Its tag is returned; it carries the node-image
+// label, so that the run's clean-up removes it with the others.
+func provisionNodeImage(t *testing.T, repo string) string {
+	t.Helper()
+	docker := needDocker(t)
+	out, err := exec.Command("../../scripts/rootfs.sh").Output()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			t.Fatalf("scripts/rootfs.sh: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatal(err)
+	}
+	tarball := strings.TrimSpace(string(out))
+	// A tag of this test's own: other tests import a root filesystem of
+	// their own making under theirs.
+	base := "raptiformica-test/debian-git:bookworm"
+	if b, err := exec.Command(docker, "import", "--change", "LABEL raptiformica.node-image=1", tarball, base).CombinedOutput(); err != nil {
+		t.Fatalf("docker import %s: %v\n%s", tarball, err, b)
+	}
+	consul, err := nodeconfig.FindConsul()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctxDir := t.TempDir()
+	for src, dst := range map[string]string{binary: "raptiformica", consul: "consul"} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(ctxDir, dst), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, err := exec.Command("cp", "-a", repo, filepath.Join(ctxDir, "motd.git")).CombinedOutput(); err != nil {
+		t.Fatalf("copy the repository: %v\n%s", err, b)
+	}
+	dockerfile := "FROM " + base + "\nCOPY raptiformica consul /usr/local/bin/\nCOPY motd.git /srv/git/motd.git\n" +
+		"LABEL raptiformica.node-image=1\nENTRYPOINT [\"/usr/local/bin/raptiformica\"]\n"
+	if err := os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tag := fmt.Sprintf("raptiformica-test/provision-node:%d", time.Now().UnixNano())
+	if b, err := exec.Command(docker, "build", "-q", "-t", tag, ctxDir).CombinedOutput(); err != nil {
+		t.Fatalf("docker build: %v\n%s", err, b)
+	}
+	t.Cleanup(func() { _ = exec.Command(docker, "rmi", tag).Run() })
+	return tag
+}
+
+// gitRepoWithMotd makes a git repository in dir holding a file motd.
+func gitRepoWithMotd(t *testing.T, dir, motd string) string {
+	t.Helper()
+	git := needTool(t, "git", "the git package")
+	repo := filepath.Join(dir, "motd.git")
+	if out, err := exec.Command(git, "init", "--quiet", "--initial-branch=main", repo).CombinedOutput(); err != nil {
+		t.Fatalf("git init: %v\n%s", err, out)
+	}
+	if err := os.WriteFile(filepath.Join(repo, "motd"), []byte(motd), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"-C", repo, "add", "motd"}, {"-C", repo, "-c", "user.name=e2e", "-c", "user.email=e2e@example.org", "commit", "--quiet", "-m", "motd"}} {
+		if out, err := exec.Command(git, args...).CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	return repo
+}
+
+// TestProvisionDocker: docker machines from an image with git provision
+// themselves from a repository as local ones do, and a changed step runs
+// again on every one of them.
+func TestProvisionDocker(t *testing.T) {
+	t.Parallel()
+	c := newDockerCluster(t)
+	repo := gitRepoWithMotd(t, t.TempDir(), "hello from docker\n")
+	img := provisionNodeImage(t, repo)
+	hookLog := "/var/lib/raptiformica/after_provision.log" // in each container
+	src := func(steps string) string {
+		return strings.Replace(provisionPlatform("file:///srv/git/motd.git", steps, "", hookLog),
+			`cluster = "e2e"`, fmt.Sprintf("cluster = %q\nbackend \"docker\" {\n  type = \"docker\"\n  settings = { image = %q }\n}", c.name, img), 1)
+	}
+	src1 := strings.Replace(src(`[["cp", "motd", "../motd.installed"]]`), `["local"]`, `["docker"]`, 1)
+	c.up(src1)
+	c.waitAgree(3, 3*time.Minute, "after up")
+	c.waitContainersInstalled("hello from docker\n", 2*time.Minute)
+	c.waitProvisioned(3, "ok", time.Minute)
+
+	src2 := strings.Replace(src(`[["cp", "motd", "../motd.installed"], ["/bin/sh", "-c", "echo v2 >> ../motd.installed"]]`), `["local"]`, `["docker"]`, 1)
+	if out, errOut, code := c.rf("platform", "apply", c.writePlatform("p2.hcl", src2)); code != 0 {
+		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
+	}
+	c.waitContainersInstalled("hello from docker\nv2\n", 2*time.Minute)
+	c.waitProvisioned(3, "ok", time.Minute)
+}
+
+// waitContainersInstalled waits until every running container of the
+// cluster has the provisioned file with want in it.
+func (c *dockerCluster) waitContainersInstalled(want string, timeout time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		running, _, err := c.containers()
+		got := map[string]string{}
+		done := 0
+		for _, id := range running {
+			b, _ := exec.Command("docker", "exec", id, "cat", "/var/lib/raptiformica/provisioners/motd.installed").Output()
+			got[id] = string(b)
+			if string(b) == want {
+				done++
+			}
+		}
+		if err == nil && done == len(running) && done == 3 {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%d of %d containers installed %q: %q (list error: %v)", done, len(running), want, got, err)
+		}
+		time.Sleep(time.Second)
+	}
 }
