@@ -85,9 +85,6 @@ type Spec struct {
 	// Node is the agent's config; the backend fills in what it owns, such as
 	// BindAddr and DataDir. Node.Bootstrap is set only for a seed.
 	Node nodeconfig.Config
-	// Bootstrap are the machine type's bootstrap steps, for backends that
-	// provision machines over SSH.
-	Bootstrap [][]string
 }
 
 // Instance is a machine as a backend sees it.

@@ -63,9 +63,9 @@ func keptTLS(old, node nodeconfig.Config) *nodeconfig.TLS {
 }
 
 // Adopter turns a machine reachable over SSH into a node: it uploads the
-// binaries, writes the agent's config, installs and starts the service, runs
-// the machine type's bootstrap steps and waits until the node is an alive
-// member. Every step first looks at what is there, so adopting a machine
+// binaries, writes the agent's config, installs and starts the service and
+// waits until the node is an alive member (the machine type's bootstrap
+// steps are provisioners, which its agent runs on itself; see Self). Every step first looks at what is there, so adopting a machine
 // that is already right changes nothing.
 type Adopter struct {
 	Dialer Dialer
@@ -102,9 +102,6 @@ type AdoptSpec struct {
 	// made for it (an ACL token of its own) name the ID it takes; Node
 	// then only gives the ID to propose, the cluster and the type.
 	Configure func(ctx context.Context, machineID string) (nodeconfig.Config, error)
-	// Bootstrap are the machine type's bootstrap steps (argv lists), run
-	// once per distinct list.
-	Bootstrap [][]string
 	// JoinTimeout bounds the wait for the node to join (default 2 minutes).
 	JoinTimeout time.Duration
 }
@@ -223,9 +220,6 @@ func (a *Adopter) Adopt(ctx context.Context, spec AdoptSpec) (Result, error) {
 			r.stop(sys.systemd)
 		}
 		return fail(step, err)
-	}
-	if err := r.bootstrap(spec.Bootstrap); err != nil {
-		return stopOnFailure("bootstrap", err)
 	}
 	if a.Joined != nil {
 		jt := spec.JoinTimeout
@@ -546,37 +540,6 @@ if [ -f "$1/agent.pid" ]; then
 	while kill -0 "$a" 2>/dev/null && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done
 fi
 true`, RemoteDataDir)
-}
-
-// bootstrap runs the type's bootstrap steps, once for each distinct list:
-// the list's checksum is kept on the machine. Output goes to a log there.
-func (r *remote) bootstrap(steps [][]string) error {
-	if len(steps) == 0 {
-		return nil
-	}
-	b, _ := json.Marshal(steps)
-	sum := sha256.Sum256(b)
-	mark := hex.EncodeToString(sum[:])
-	out, err := r.sh(`cat "$1/bootstrap.done" 2>/dev/null; true`, RemoteDataDir)
-	if err != nil {
-		return err
-	}
-	if strings.TrimSpace(string(out)) == mark {
-		r.step("bootstrap", false, fmt.Sprintf("%d steps already run", len(steps)))
-		return nil
-	}
-	for i, argv := range steps {
-		logged := append([]string{"/bin/sh", "-c", `log="$1"; shift; "$@" >>"$log" 2>&1`, "sh", RemoteDataDir + "/bootstrap.log"}, argv...)
-		if _, err := r.run(logged, nil); err != nil {
-			tail, _ := r.sh(`tail -n 5 "$1"`, RemoteDataDir+"/bootstrap.log")
-			return fmt.Errorf("step %d %q: %v; last output: %s", i+1, strings.Join(argv, " "), err, strings.TrimSpace(string(tail)))
-		}
-	}
-	if _, err := r.sh(`echo "$2" > "$1/bootstrap.done"`, RemoteDataDir, mark); err != nil {
-		return err
-	}
-	r.step("bootstrap", true, fmt.Sprintf("%d steps", len(steps)))
-	return nil
 }
 
 func (r *remote) waitJoined(id string, timeout time.Duration) error {

@@ -408,7 +408,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 		var inst backends.Instance
 		if err == nil {
 			begin := time.Now()
-			inst, err = be.Spawn(sctx, backends.Spec{Node: node, Bootstrap: mt.Bootstrap})
+			inst, err = be.Spawn(sctx, backends.Spec{Node: node})
 			e.observeCall(a.Backend, "spawn", begin)
 			if err != nil && sctx.Err() != nil && ctx.Err() == nil {
 				err = fmt.Errorf("no answer within the provision timeout (%s): %w", p.Policy.ProvisionTimeout, err)

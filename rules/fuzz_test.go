@@ -119,9 +119,11 @@ func checkAccepted(t *testing.T, p *Platform) {
 				t.Errorf("machine type %q: backend %q is not declared", name, b)
 			}
 		}
-		for i, argv := range m.Bootstrap {
-			if len(argv) == 0 || argv[0] == "" {
-				t.Errorf("machine type %q: bootstrap step %d has no program", name, i+1)
+		for _, pr := range m.Provisioners {
+			for i, argv := range pr.Steps {
+				if len(argv) == 0 || argv[0] == "" {
+					t.Errorf("machine type %q: provisioner %q step %d has no program", name, pr.Name, i+1)
+				}
 			}
 		}
 	}

@@ -578,13 +578,16 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 					d.at(a.Expr.Range(), field+" bootstrap", "step %d must be an argv list with the program first, such as [\"apt-get\", \"install\", \"-y\", \"nginx\"]", i+1)
 				}
 			}
-			m.Bootstrap = steps
+			m.Provisioners = append(m.Provisioners, Provisioner{Name: BootstrapProvisioner, Steps: steps, Timeout: DefaultStepTimeout})
 		}
 	}
 	if a := attrs["ready_after_provision"]; a != nil {
 		d.decode(a, field+" ready_after_provision", cty.Bool, &m.ReadyAfterProvision)
 	}
 	seen := map[string]hcl.Range{}
+	if a := attrs["bootstrap"]; a != nil {
+		seen[BootstrapProvisioner] = a.NameRange
+	}
 	for _, pb := range content.Blocks {
 		pname := pb.Labels[0]
 		pfield := fmt.Sprintf("%s provisioner %q", field, pname)

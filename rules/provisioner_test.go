@@ -183,3 +183,30 @@ func TestProvisionChecksum(t *testing.T) {
 		}
 	}
 }
+
+// A type's bootstrap steps, once run over SSH on adopted machines only,
+// are its first provisioner, which every machine of the type runs on
+// itself; a provisioner block may not take its name.
+func TestBootstrapIsAProvisioner(t *testing.T) {
+	p, err := Parse("p.hcl", []byte(`machine "s" {
+  min           = 1
+  consul_server = true
+  provisioner "site" {
+    steps = [["make"]]
+  }
+  bootstrap = [["apt-get", "update"], ["apt-get", "install", "-y", "git"]]
+}
+`), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Provisioner{
+		{Name: BootstrapProvisioner, Steps: [][]string{{"apt-get", "update"}, {"apt-get", "install", "-y", "git"}}, Timeout: DefaultStepTimeout},
+		{Name: "site", Steps: [][]string{{"make"}}, Timeout: DefaultStepTimeout},
+	}
+	if diff := cmp.Diff(want, p.Machines["s"].Provisioners); diff != "" {
+		t.Errorf("provisioners (-want +got):\n%s", diff)
+	}
+	_, err = Parse("p.hcl", []byte("machine \"s\" {\n  min = 1\n  consul_server = true\n  bootstrap = [[\"true\"]]\n  provisioner \"bootstrap\" {\n    steps = [[\"true\"]]\n  }\n}\n"), Options{})
+	checkProblems(t, err, []string{`p.hcl:5,3: machine "s" provisioner "bootstrap": declared twice (first at line 4)`})
+}

@@ -133,12 +133,11 @@ type MachineType struct {
 	ConsulServer bool
 	// Backends lists backend names in order of preference.
 	Backends []string
-	// Bootstrap are the steps (argv lists) run on a machine adopted over
-	// SSH after its agent is installed, once for each distinct list: the
-	// original's provisioner bootstrap, without the shell strings.
-	Bootstrap [][]string
 	// Provisioners are what a machine of this type installs and configures
-	// on itself after it joins, in order: the original's server types.
+	// on itself after it joins, in order: the original's server types. A
+	// type's bootstrap steps (bootstrap = [...], once run over SSH on
+	// adopted machines) are its first provisioner, named "bootstrap",
+	// without a source, run by every machine of the type on itself.
 	Provisioners []Provisioner
 	// ReadyAfterProvision makes a machine count toward Min only once its
 	// provisioners have all succeeded, so that the leader's counts mean
@@ -164,6 +163,10 @@ type Provisioner struct {
 	// checksum: a longer timeout reruns nothing.
 	Timeout time.Duration
 }
+
+// BootstrapProvisioner names the provisioner a machine type's bootstrap
+// steps become.
+const BootstrapProvisioner = "bootstrap"
 
 // DefaultStepTimeout is how long a provisioner's step may run when the
 // description sets no timeout: long enough to install packages over a

@@ -118,7 +118,7 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 		}
 		proposed := nodeconfig.Config{MachineID: reconcile.NewMachineID(j.Type), MachineType: j.Type, Cluster: p.Cluster}
 		res, err := a.AdoptRecorded(ctx, &reconcile.Inventory{Store: kvschema.New(c)},
-			provision.AdoptSpec{Host: j.Host, Node: proposed, Configure: configure, Bootstrap: mt.Bootstrap, KeepID: true, JoinTimeout: o.timeout})
+			provision.AdoptSpec{Host: j.Host, Node: proposed, Configure: configure, KeepID: true, JoinTimeout: o.timeout})
 		if err != nil {
 			return err
 		}

@@ -1,7 +1,7 @@
 # Machines you already own, adopted by the leader when the rules need them:
 # the "ssh" backend is a pool of hosts reachable over SSH. The leader claims
-# a free host in KV, provisions it (binaries over SFTP, config, service,
-# bootstrap steps) and records it; when the machine dies it frees the host and
+# a free host in KV, provisions it (binaries over SFTP, config, service) and
+# records it; when the machine dies it frees the host and
 # adopts the next one. A host that fails to provision is backed off (30 s,
 # doubling to 10 min) while the others are tried.
 #
@@ -35,8 +35,9 @@ machine "worker" {
   min      = 2
   max      = 3
   backends = ["boxes"]
-  # Run once per distinct list on each adopted machine, after its agent is
-  # installed; output goes to /var/lib/raptiformica/bootstrap.log there.
+  # The type's first provisioner: each machine runs it on itself once it
+  # has joined, once per distinct list; output goes to
+  # /var/lib/raptiformica/provisioners/bootstrap.log there.
   bootstrap = [
     ["apt-get", "update"],
     ["apt-get", "install", "-y", "--no-install-recommends", "nginx"],

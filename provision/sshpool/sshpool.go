@@ -206,7 +206,7 @@ func (b *Backend) adopt(ctx context.Context, h provision.Host, spec backends.Spe
 		return backends.Instance{}, fmt.Errorf("%s was claimed meanwhile", h)
 	}
 	node := provision.AdoptedNode(spec.Node, h)
-	_, err = b.adopter.Adopt(ctx, provision.AdoptSpec{Host: h, Node: node, Bootstrap: spec.Bootstrap, JoinTimeout: b.joinWait})
+	_, err = b.adopter.Adopt(ctx, provision.AdoptSpec{Host: h, Node: node, JoinTimeout: b.joinWait})
 	if err != nil {
 		// Adopt stopped whatever it started; the host is free again,
 		// after its backoff.
