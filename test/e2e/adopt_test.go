@@ -283,6 +283,29 @@ func TestAdopt(t *testing.T) {
 		t.Errorf("inventory after the failed adoptions holds %v, want only %s", recs, id)
 	}
 
+	// The type's provisioners run on the adopted machine itself, from a
+	// git repository there, as on any other.
+	dockerRun(t, "exec", name, "sh", "-c", `set -e
+git init --quiet --initial-branch=main /srv/motd.git
+cd /srv/motd.git
+echo "provisioned on an adopted machine" > motd
+git add motd
+git -c user.name=e2e -c user.email=e2e@example.org commit --quiet -m motd`)
+	l.apply(t, "provision.hcl", l.platform(`machine "worker" {
+  min      = 0
+  max      = 5
+  backends = ["host"]
+  provisioner "motd" {
+    source = "file:///srv/motd.git"
+    steps  = [["cp", "motd", "/etc/motd"]]
+  }
+}
+`))
+	waitUntil(t, time.Minute, id+" provisions itself from the repository", func() bool {
+		out, _ := exec.Command("docker", "exec", name, "cat", "/etc/motd").Output()
+		return string(out) == "provisioned on an adopted machine\n"
+	})
+
 	// A bootstrap step fails. Bootstrap steps are the type's first
 	// provisioner, which the machine runs on itself once it has joined: the
 	// adoption succeeds, and status shows the failure with the step's
