@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -119,5 +122,47 @@ func TestProvisionerPublishesAndConverges(t *testing.T) {
 	b, _ := os.ReadFile(hookLog)
 	if n := strings.Count(string(b), `"state":"failed"`); n != 1 {
 		t.Errorf("after_provision heard of %d failures, want the first only:\n%s", n, b)
+	}
+}
+
+// TestAgentProvisionsItself: a real agent runs its type's provisioners,
+// the leader counts it live only then (ready_after_provision), and its
+// status and page say so.
+func TestAgentProvisionsItself(t *testing.T) {
+	a, _ := startAgentWith(t, `cluster = "daemon-test"
+policy {
+  resync_interval = "1s"
+}
+machine "server" {
+  min                   = 1
+  consul_server         = true
+  ready_after_provision = true
+  provisioner "marker" {
+    steps = [["/bin/sh", "-c", "echo provisioned > marker"]]
+  }
+}
+`)
+	// startAgentWith returned once the leader counted the machine live.
+	b, err := os.ReadFile(filepath.Join(a.Config.DataDir, "provisioners", "marker", "marker"))
+	if err != nil || string(b) != "provisioned\n" {
+		t.Fatalf("the step's file: %q, %v", b, err)
+	}
+	st, err := httpStatus(a.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := st.Provisioning; p == nil || p.State != reconcile.ProvisionOK || p.Checksum != a.Platform().Machines["server"].ProvisionChecksum() {
+		t.Errorf("/v1/status provisioning: %+v", st.Provisioning)
+	}
+	resp, err := http.Get(fmt.Sprintf("http://%s:%d/", a.Config.BindAddr, a.Config.HTTPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	page, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	for _, want := range []string{`provisioning here: <strong id="provisioning">ok</strong>`, `<td class="ok">ok</td>`} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("status page lacks %q", want)
+		}
 	}
 }
