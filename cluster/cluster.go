@@ -404,16 +404,19 @@ func (l *Local) Backends(p *rules.Platform, c *api.Client) (map[string]backends.
 // ErrNoPlatform is Platform's error for a KV that holds no description yet.
 var ErrNoPlatform = errors.New("no platform description in KV yet")
 
-// Platform reads and parses the description the cluster stores.
+// Platform reads the description the cluster stores and applies the
+// modules it keeps: the effective platform, which the leader plans with.
 func Platform(ctx context.Context, c *api.Client, opts rules.Options) (*rules.Platform, error) {
-	pair, _, err := kvschema.New(c).Platform(ctx, nil)
+	p, err := description(ctx, c, opts)
 	if err != nil {
 		return nil, err
 	}
-	if pair == nil {
-		return nil, ErrNoPlatform
+	mods, _, err := Modules(ctx, c)
+	if err != nil {
+		return nil, err
 	}
-	return rules.Parse(kvschema.PlatformSource, pair.Value, opts)
+	p, _, err = rules.Effective(p, mods, opts)
+	return p, err
 }
 
 // Up starts a new cluster in the folder unless machines run there: its seed

@@ -422,3 +422,105 @@ func sortedKeys[V any](m map[string]V) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// MaxModules caps how many modules a cluster keeps: they are stored
+// together in one KV value (Consul's limit is 512 KiB).
+const MaxModules = 32
+
+// storedModule is a module as kept in KV and in mirrors: its text as it
+// was written, so that it is checked again whenever it is read.
+type storedModule struct {
+	Name   string `json:"name"`
+	File   string `json:"file"`
+	Source string `json:"source"`
+}
+
+// EncodeModules is the stored form of modules, in order.
+func EncodeModules(mods []*Module) []byte {
+	out := make([]storedModule, len(mods))
+	for i, m := range mods {
+		out[i] = storedModule{Name: m.Name, File: m.File, Source: string(m.Source)}
+	}
+	b, _ := json.MarshalIndent(out, "", "  ")
+	return b
+}
+
+// DecodeModules reads modules stored by EncodeModules (where names the
+// copy in messages), checking each again as ParseModule does.
+func DecodeModules(where string, b []byte) ([]*Module, error) {
+	var stored []storedModule
+	if err := json.Unmarshal(b, &stored); err != nil {
+		return nil, fmt.Errorf("%s: not a list of modules: %w", where, err)
+	}
+	if len(stored) > MaxModules {
+		return nil, fmt.Errorf("%s: %d modules, more than the %d a cluster keeps", where, len(stored), MaxModules)
+	}
+	mods := make([]*Module, 0, len(stored))
+	for _, s := range stored {
+		m, err := ParseModule(s.Name, s.File, []byte(s.Source))
+		if err != nil {
+			return nil, fmt.Errorf("%s: module %q: %w", where, s.Name, err)
+		}
+		mods = append(mods, m)
+	}
+	return mods, nil
+}
+
+// WithModule is mods with m added last; a module of the same name is
+// replaced, and moves last: it is the newest, so it overrides the others.
+func WithModule(mods []*Module, m *Module) ([]*Module, error) {
+	out := WithoutModule(mods, m.Name)
+	if len(out) >= MaxModules {
+		return nil, fmt.Errorf("a cluster keeps at most %d modules; remove one first", MaxModules)
+	}
+	return append(out, m), nil
+}
+
+// WithoutModule is mods without the module called name.
+func WithoutModule(mods []*Module, name string) []*Module {
+	return slices.DeleteFunc(slices.Clone(mods), func(m *Module) bool { return m.Name == name })
+}
+
+// ModuleName is the name a module is kept under when added from path (a
+// folder, a file, a git URL or the original's owner/repo): the folder's or
+// repository's name, or the file's without .json.
+func ModuleName(path string) string {
+	p := strings.TrimRight(path, "/")
+	base := p[strings.LastIndexAny(p, "/:")+1:]
+	if base == "raptiformica.json" {
+		return ModuleName(p[:len(p)-len(base)])
+	}
+	base = strings.TrimSuffix(strings.TrimSuffix(base, ".git"), ".json")
+	return strings.Trim(strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r - 'A' + 'a'
+		}
+		return '-'
+	}, base), "-")
+}
+
+// Summary says what a module holds, for `module list`: each section with
+// its entries, such as "compute docker/headless; platform default".
+func (m *Module) Summary() string {
+	var parts []string
+	for _, sec := range topFields[1:] {
+		var names []string
+		m.root.get(sec).each(func(k string, n *mnode) {
+			if sec == "platform" {
+				names = append(names, k)
+				return
+			}
+			n.each(func(k2 string, _ *mnode) { names = append(names, k+"/"+k2) })
+		})
+		if len(names) > 0 {
+			parts = append(parts, sec+" "+strings.Join(names, ", "))
+		}
+	}
+	if len(parts) == 0 {
+		return "empty"
+	}
+	return strings.Join(parts, "; ")
+}

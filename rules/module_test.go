@@ -348,3 +348,45 @@ func TestModuleEffectiveProblems(t *testing.T) {
 		t.Errorf("problems (-want +got):\n%s", diff)
 	}
 }
+
+func TestModuleStoredForm(t *testing.T) {
+	mods := parseModules(t, `{"raptiformica_api_version": "0.1"}`, `{"raptiformica_api_version": "0.1", "server": {}}`)
+	again, err := DecodeModules("kv", EncodeModules(mods))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != 2 || again[0].Name != "a" || again[1].File != "b.json" || string(again[1].Source) != string(mods[1].Source) {
+		t.Errorf("round trip: got %+v", again)
+	}
+	// A stored module is checked again as any file is.
+	bad := strings.Replace(string(EncodeModules(mods)), `0.1`, `0.9`, 1)
+	if _, err := DecodeModules("kv", []byte(bad)); err == nil || !strings.Contains(err.Error(), `kv: module "a": invalid module: a.json:1,`) {
+		t.Errorf("a stored module of another version: got %v", err)
+	}
+	// Adding again replaces the module and makes it the newest.
+	re, err := WithModule(mods, mods[0])
+	if err != nil || len(re) != 2 || re[0].Name != "b" || re[1].Name != "a" {
+		t.Errorf("WithModule again: got %v, %v; want b, a", re, err)
+	}
+	if got := WithoutModule(mods, "a"); len(got) != 1 || got[0].Name != "b" || len(mods) != 2 {
+		t.Errorf("WithoutModule: got %v (mods %v)", got, mods)
+	}
+}
+
+func TestModuleName(t *testing.T) {
+	for src, want := range map[string]string{
+		"/srv/modules/compute/docker":                   "docker",
+		"/srv/modules/compute/docker/":                  "docker",
+		"modules/compute/docker/raptiformica.json":      "docker",
+		"modules/platform/garbage_collection.json":      "garbage-collection",
+		"https://github.com/vdloo/raptiformica-map.git": "raptiformica-map",
+		"vdloo/Raptiformica_Map":                        "raptiformica-map",
+		"git@example.org:mods/web.git":                  "web",
+		"raptiformica.json":                             "",
+		"/":                                             "",
+	} {
+		if got := ModuleName(src); got != want {
+			t.Errorf("ModuleName(%q): got %q want %q", src, got, want)
+		}
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -150,30 +149,5 @@ func showMesh(ctx context.Context, agent string, asJSON bool, timeout time.Durat
 	if asJSON {
 		return writeJSON(out, st.Mesh)
 	}
-	m := st.Mesh
-	fmt.Fprintf(out, "machine %s: overlay %s, key %s\n", st.MachineID, m.Address, m.Key)
-	if m.ListenPort == 0 {
-		fmt.Fprintln(out, "dial-only: accepts no links")
-	} else {
-		fmt.Fprintf(out, "accepts links on %s\n", dash(strings.Join(m.Endpoints, ", ")))
-	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ENDPOINT\tSTATE\tDIRECTION\tOVERLAY\tRX\tTX\tLAST ERROR")
-	for _, p := range m.Peers {
-		state, dir := "down", "out"
-		if p.Up {
-			state = "up"
-		}
-		if p.Inbound {
-			dir = "in"
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Endpoint, state, dir, dash(p.Address), p.RXBytes, p.TXBytes, dash(p.LastError))
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if m.Problem != "" {
-		fmt.Fprintln(out, m.Problem)
-	}
-	return nil
+	return cluster.WriteMesh(out, st.MachineID, st.Mesh)
 }
