@@ -158,7 +158,7 @@ func ParseModule(name, file string, src []byte) (*Module, error) {
 	if err != nil {
 		var se *jsonSyntax
 		if errors.As(err, &se) {
-			return nil, fail(se.line, "", "%s", se.msg)
+			return nil, &ModuleError{Problems: []Problem{{File: file, Line: se.line, Column: se.col, Message: se.msg}}}
 		}
 		return nil, fail(0, "", "%v", err)
 	}
@@ -170,10 +170,10 @@ func ParseModule(name, file string, src []byte) (*Module, error) {
 	return &Module{Name: name, File: file, Source: append([]byte(nil), src...), root: root}, nil
 }
 
-// jsonSyntax is a JSON syntax error at a line.
+// jsonSyntax is a JSON syntax error at a position.
 type jsonSyntax struct {
-	line int
-	msg  string
+	position
+	msg string
 }
 
 func (e *jsonSyntax) Error() string { return fmt.Sprintf("line %d: %s", e.line, e.msg) }
@@ -183,7 +183,12 @@ func (e *jsonSyntax) Error() string { return fmt.Sprintf("line %d: %s", e.line, 
 func readJSON(src []byte) (*jv, error) {
 	dec := json.NewDecoder(bytes.NewReader(src))
 	dec.UseNumber()
-	lineAt := func(off int64) int { return 1 + bytes.Count(src[:min(int(off), len(src))], []byte("\n")) }
+	// lineAt is the position of the byte before off, where the decoder
+	// found a problem; at the end of the file, the end.
+	lineAt := func(off int64) position {
+		i := max(0, min(int(off), len(src))-1)
+		return position{line: 1 + bytes.Count(src[:i], []byte("\n")), col: 1 + i - (bytes.LastIndexByte(src[:i], '\n') + 1)}
+	}
 	// start is where the token that ends at off began: the decoder's
 	// offset is just past the token it read.
 	start := func(off int64) position {
@@ -207,17 +212,17 @@ func readJSON(src []byte) (*jv, error) {
 	syntax := func(err error) error {
 		var se *json.SyntaxError
 		if errors.As(err, &se) {
-			return &jsonSyntax{line: lineAt(se.Offset), msg: "not valid JSON: " + se.Error()}
+			return &jsonSyntax{position: lineAt(se.Offset), msg: "not valid JSON: " + se.Error()}
 		}
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return &jsonSyntax{line: lineAt(int64(len(src))), msg: "not valid JSON: unexpected end of the file"}
+			return &jsonSyntax{position: lineAt(int64(len(src))), msg: "not valid JSON: unexpected end of the file"}
 		}
-		return &jsonSyntax{line: lineAt(dec.InputOffset()), msg: "not valid JSON: " + err.Error()}
+		return &jsonSyntax{position: lineAt(dec.InputOffset()), msg: "not valid JSON: " + err.Error()}
 	}
 	var value func(depth int) (*jv, error)
 	value = func(depth int) (*jv, error) {
 		if depth > 32 {
-			return nil, &jsonSyntax{line: lineAt(dec.InputOffset()), msg: "nested more than 32 deep"}
+			return nil, &jsonSyntax{position: lineAt(dec.InputOffset()), msg: "nested more than 32 deep"}
 		}
 		tok, err := dec.Token()
 		if err != nil {
@@ -269,7 +274,7 @@ func readJSON(src []byte) (*jv, error) {
 		return nil, err
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, &jsonSyntax{line: lineAt(dec.InputOffset()), msg: "not valid JSON: more than one value in the file"}
+		return nil, &jsonSyntax{position: lineAt(dec.InputOffset()), msg: "not valid JSON: more than one value in the file"}
 	}
 	return v, nil
 }
