@@ -186,7 +186,7 @@ func TestModulesLive(t *testing.T) {
 	if err := os.WriteFile(bad, []byte(`{"raptiformica_api_version": "0.1", "compute": {"box": {"worker": {"start_instance": "x"}}}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, errOut, code := c.rfModule("add", bad); code != 1 || !strings.Contains(errOut, bad+`:1,57: compute.box.worker: an exec backend needs the command "get_hostname"`) {
+	if _, errOut, code := c.rfModule("add", bad); code != 1 || !strings.Contains(errOut, bad+`:1,67: compute.box.worker: an exec backend needs the command "get_hostname"`) {
 		t.Errorf("module add of an incomplete compute module: exit %d\n%s", code, errOut)
 	}
 	if _, errOut, code := c.rfModule("add", "someone/some-module"); code != 1 || !strings.Contains(errOut, "https://github.com/someone/some-module") {
