@@ -134,7 +134,11 @@ func ChangeModules(ctx context.Context, c *api.Client, opts rules.Options, chang
 		if err != nil {
 			return notices, err
 		}
-		ok, err := store.CASModules(ctx, rules.EncodeModules(next), index)
+		enc := rules.EncodeModules(next)
+		if len(enc) > rules.MaxStoredModules {
+			return notices, fmt.Errorf("the modules would take %d bytes, more than the %d a cluster keeps (one KV value): remove one first", len(enc), rules.MaxStoredModules)
+		}
+		ok, err := store.CASModules(ctx, enc, index)
 		if err != nil {
 			return nil, fmt.Errorf("store modules: %w", err)
 		}

@@ -428,9 +428,12 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// MaxModules caps how many modules a cluster keeps: they are stored
-// together in one KV value (Consul's limit is 512 KiB).
+// MaxModules caps how many modules a cluster keeps.
 const MaxModules = 32
+
+// MaxStoredModules caps the stored form of a cluster's modules, in bytes:
+// they are one KV value, and Consul takes at most 512 KiB.
+const MaxStoredModules = 500 << 10
 
 // storedModule is a module as kept in KV and in mirrors: its text as it
 // was written, so that it is checked again whenever it is read.
@@ -453,6 +456,9 @@ func EncodeModules(mods []*Module) []byte {
 // DecodeModules reads modules stored by EncodeModules (where names the
 // copy in messages), checking each again as ParseModule does.
 func DecodeModules(where string, b []byte) ([]*Module, error) {
+	if len(b) > MaxStoredModules {
+		return nil, fmt.Errorf("%s: %d bytes of modules, more than the %d kept", where, len(b), MaxStoredModules)
+	}
 	var stored []storedModule
 	if err := json.Unmarshal(b, &stored); err != nil {
 		return nil, fmt.Errorf("%s: not a list of modules: %w", where, err)
