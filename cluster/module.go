@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -196,4 +197,49 @@ func WriteModules(out, errOut io.Writer, mods []*rules.Module, notices []rules.P
 		fmt.Fprintf(w, "%s\t%s\t%s\n", m.Name, m.File, m.Summary())
 	}
 	return w.Flush()
+}
+
+// Package runs the package command of the compute module that makes
+// backend ("<compute type>/<server type>"; a bare compute type means its
+// server type headless, the original's default) as the original's
+// `package` did: in a fresh clone of the module's source, its output
+// streamed to out and errOut, so that an image a module builds can be
+// reused by the machines it makes. The command's process group is killed
+// after timeout.
+func Package(ctx context.Context, c *api.Client, backend string, timeout time.Duration, out, errOut io.Writer) error {
+	if !strings.Contains(backend, "/") {
+		backend += "/headless"
+	}
+	mods, _, err := Modules(ctx, c)
+	if err != nil {
+		return err
+	}
+	command, source, ok := rules.Merge(mods).Package(backend)
+	if !ok {
+		return fmt.Errorf("no module gives %s a package command (`module list` shows the modules)", backend)
+	}
+	dir, err := os.MkdirTemp("", "raptiformica-package-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if source != "" {
+		if err := clone(ctx, source, dir); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := osexec.CommandContext(ctx, "/bin/sh", "-c", command)
+	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, out, errOut
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("package %s: killed after %s", backend, timeout)
+		}
+		return fmt.Errorf("package %s: %w", backend, err)
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
 	execbackend "github.com/raptiformica/raptiformica/backends/exec"
@@ -124,6 +125,27 @@ func TestModulesStoredAndEffective(t *testing.T) {
 	}
 	if _, err := RemoveModule(ctx, c, opts, "override"); err == nil || !strings.Contains(err.Error(), `no module "override"`) {
 		t.Errorf("removing it twice: got %v", err)
+	}
+	// package runs in a fresh clone of the module's source.
+	pkg := writeModule(t, "pkg", `{"raptiformica_api_version": "0.1",
+ "compute": {"box": {"headless": {"source": "file://`+repo+`", "start_instance": "a", "get_hostname": "a", "clean_up_instance_command": "a",
+   "package": "test -f raptiformica.json && echo packaged in $(basename $PWD) && echo warn >&2"}},
+             "slow": {"headless": {"start_instance": "a", "get_hostname": "a", "clean_up_instance_command": "a",
+   "package": "sleep 60 & sleep 60"}}}}`)
+	if _, _, err := AddModule(ctx, c, opts, pkg); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut strings.Builder
+	if err := Package(ctx, c, "box", time.Minute, &out, &errOut); err != nil || !strings.HasPrefix(out.String(), "packaged in raptiformica-package-") || errOut.String() != "warn\n" {
+		t.Errorf("package box: %v, stdout %q, stderr %q", err, out.String(), errOut.String())
+	}
+	// A package command that hangs is killed, with what it started.
+	start := time.Now()
+	if err := Package(ctx, c, "slow", 300*time.Millisecond, &out, &errOut); err == nil || !strings.Contains(err.Error(), "killed after 300ms") || time.Since(start) > 10*time.Second {
+		t.Errorf("package slow: got %v after %s", err, time.Since(start))
+	}
+	if err := Package(ctx, c, "box/server", time.Minute, &out, &errOut); err == nil || !strings.Contains(err.Error(), "no module gives box/server a package command") {
+		t.Errorf("package of a compute type without one: got %v", err)
 	}
 	if _, err := FetchModule(ctx, "no-such-owner-xyz/no-such-repo-xyz"); err == nil || !strings.Contains(err.Error(), "https://github.com/no-such-owner-xyz/no-such-repo-xyz") {
 		t.Errorf("owner/repo: got %v, want the GitHub URL named", err)

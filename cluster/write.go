@@ -1,13 +1,18 @@
 package cluster
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/hashicorp/consul/api"
+
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -81,4 +86,20 @@ func WriteTokens(out io.Writer, toks []Token, now time.Time) error {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(r.For), exp)
 	}
 	return w.Flush()
+}
+
+// WriteMeshSecret prints the mesh secret a machine joined by hand dials
+// with: during a rotation, the one being brought in, which every member
+// dials with.
+func WriteMeshSecret(ctx context.Context, c *api.Client, out io.Writer) error {
+	secrets, err := kvschema.New(c).MeshSecrets(ctx, nil)
+	if err != nil {
+		return err
+	}
+	secret := secrets.Newest()
+	if secret == "" {
+		return errors.New("the cluster has no mesh secret: it runs with mesh = \"none\"")
+	}
+	_, err = fmt.Fprintln(out, secret)
+	return err
 }

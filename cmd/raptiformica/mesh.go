@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,7 +14,6 @@ import (
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
-	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -112,23 +110,13 @@ func meshCmd() *cobra.Command {
 }
 
 // meshSecret prints the cluster's mesh secret, for a machine joined by
-// hand: during a rotation, the one being brought in, which every member
-// dials with.
+// hand.
 func meshSecret(ctx context.Context, t *target, out io.Writer) error {
 	c, err := t.client(ctx)
 	if err != nil {
 		return err
 	}
-	secrets, err := kvschema.New(c).MeshSecrets(ctx, nil)
-	if err != nil {
-		return err
-	}
-	secret := secrets.Newest()
-	if secret == "" {
-		return errors.New("the cluster has no mesh secret: it runs with mesh = \"none\"")
-	}
-	fmt.Fprintln(out, secret)
-	return nil
+	return cluster.WriteMeshSecret(ctx, c, out)
 }
 
 // showMesh prints what the agent at agent says of its overlay.

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -56,5 +57,20 @@ func moduleCmd() *cobra.Command {
 		return err
 	}
 	c.AddCommand(add, rm, list, validate)
+	return c
+}
+
+func packageCmd() *cobra.Command {
+	c := newCommand("package COMPUTE_TYPE[/SERVER_TYPE]", "run a compute module's package command (such as building its image) in a clone of its source", nArgs(1, 1),
+		"raptiformica package docker", "raptiformica package docker/headless --timeout 1h")
+	t := addTarget(c)
+	timeout := c.Flags().Duration("timeout", 30*time.Minute, "how long the package command may run")
+	c.RunE = func(c *cobra.Command, args []string) error {
+		cl, err := t.client(c.Context())
+		if err != nil {
+			return err
+		}
+		return cluster.Package(c.Context(), cl, args[0], *timeout, c.OutOrStdout(), c.ErrOrStderr())
+	}
 	return c
 }
