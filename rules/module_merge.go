@@ -3,6 +3,7 @@ package rules
 import (
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -262,11 +263,19 @@ func (a *applier) server(st, name string, n *mnode) {
 	a.out.Machines[st] = mt
 }
 
+// originalScript finds a command that runs one of the original Python
+// tool's own scripts, as its built-in platform hooks did.
+var originalScript = regexp.MustCompile(`\bbin/raptiformica_[a-z_]+\.py\b`)
+
 func (a *applier) hook(ev, name string, n *mnode) {
 	field := "platform." + ModulePlatformType + ".hooks." + ev + "." + name
 	cmd, ok := n.str("command")
 	if !ok || strings.TrimSpace(cmd) == "" {
 		a.problem(n, field+".command", "missing: a handler needs the shell command it runs")
+		return
+	}
+	if script := originalScript.FindString(cmd); script != "" {
+		a.notice(n, field, "skipped: it runs the original Python tool's %s, whose work this agent does itself (reaping gone machines, rejoining members)", script)
 		return
 	}
 	h := Hook{Event: ModuleEvents[ev], Command: sh(cmd), Timeout: 30 * time.Second}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -220,18 +221,28 @@ func TestModuleEffectiveOriginal(t *testing.T) {
 			t.Errorf("hook %+v: want shell command and predicate, 30s", h)
 		}
 	}
-	// garbage_collection (2), notifications (3), consensus (1), in the order
-	// the files were walked: compute, platform/{consensus,garbage,notifications}, server.
-	wantEvents := []string{"cluster_change", "cluster_change", "cluster_change", "after_spawn", "after_join", "after_join"}
+	// In the order the files were walked: compute, platform/{consensus,
+	// garbage_collection, notifications}, server. The hooks that run the
+	// Python tool's scripts are skipped: consensus's one, and one of
+	// garbage_collection's two.
+	wantEvents := []string{"cluster_change", "after_spawn", "after_join", "after_join"}
 	if !cmp.Equal(events, wantEvents) {
 		t.Errorf("hook events: got %q want %q", events, wantEvents)
 	}
-	skipped := false
+	var skipped []string
 	for _, n := range notices {
-		skipped = skipped || n.Field == "server.headless.raptiformica" && strings.Contains(n.Message, "skipped")
+		if strings.Contains(n.Message, "skipped") {
+			skipped = append(skipped, n.Field)
+		}
 	}
-	if !skipped {
-		t.Errorf("no notice that the original's provisioner was skipped: %v", notices)
+	wantSkipped := []string{"server.headless.raptiformica", "platform.default.hooks.cluster_change.rejoin_peers", "platform.default.hooks.cluster_change.clean_up_gone_resources"}
+	slices.Sort(skipped)
+	slices.Sort(wantSkipped)
+	if !cmp.Equal(skipped, wantSkipped) {
+		t.Errorf("skipped with a notice: got %q want %q (notices %v)", skipped, wantSkipped, notices)
+	}
+	if got := got.HooksFor("cluster_change"); len(got) != 1 || !strings.Contains(got[0].Command[2], "consul force-leave") {
+		t.Errorf("cluster_change hooks: got %+v, want evict_gone_machines", got)
 	}
 	// The description is left as it was.
 	if len(desc.Hooks) != 0 || len(desc.Backends) != 1 || len(desc.Machines["headless"].Backends) != 1 {
