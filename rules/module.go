@@ -67,12 +67,12 @@ var provisionerName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$`)
 // Module is one validated module file.
 type Module struct {
 	// Name is what the module is kept and removed under.
-	Name string `json:"name"`
+	Name string
 	// File is where it was read from, for messages.
-	File string `json:"file"`
+	File string
 	// Source is the file's text, kept so that the same bytes are stored
 	// and mirrored.
-	Source []byte `json:"source"`
+	Source []byte
 
 	root *mnode
 }
@@ -148,11 +148,8 @@ func openLimited(file string) ([]byte, error) {
 // ParseModule reads and validates a module file. On any problem it
 // returns a *ModuleError listing all of them, and no Module.
 func ParseModule(name, file string, src []byte) (*Module, error) {
-	fail := func(line int, field, format string, args ...any) error {
-		return &ModuleError{Problems: []Problem{{File: file, Line: line, Field: field, Message: fmt.Sprintf(format, args...)}}}
-	}
 	if len(src) > MaxModuleSize {
-		return nil, fail(0, "", "the module is %d bytes, more than the %d a module may be", len(src), MaxModuleSize)
+		return nil, &ModuleError{Problems: []Problem{{File: file, Message: fmt.Sprintf("the module is %d bytes, more than the %d a module may be", len(src), MaxModuleSize)}}}
 	}
 	v, err := readJSON(src)
 	if err != nil {
@@ -160,7 +157,7 @@ func ParseModule(name, file string, src []byte) (*Module, error) {
 		if errors.As(err, &se) {
 			return nil, &ModuleError{Problems: []Problem{{File: file, Line: se.line, Column: se.col, Message: se.msg}}}
 		}
-		return nil, fail(0, "", "%v", err)
+		return nil, &ModuleError{Problems: []Problem{{File: file, Message: err.Error()}}}
 	}
 	c := &mchecker{file: file}
 	root := c.top(v)

@@ -401,3 +401,36 @@ func TestModuleName(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseModule: no module text makes the reader panic or accept
+// something that does not load again from its stored form, and every
+// problem names the file and a line within it.
+func FuzzParseModule(f *testing.F) {
+	files, _ := filepath.Glob("testdata/original-modules/*/*.json")
+	more, _ := filepath.Glob("testdata/original-modules/*/*/*.json")
+	for _, file := range append(files, more...) {
+		b, _ := os.ReadFile(file)
+		f.Add(b)
+	}
+	f.Add([]byte(`{"raptiformica_api_version": "0.1", "server": {"a": {"b": {"bootstrap": "\"\\\""}}}}`))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		m, err := ParseModule("m", "m.json", src)
+		var merr *ModuleError
+		if err != nil {
+			if !errors.As(err, &merr) {
+				t.Fatalf("got %T, want a *ModuleError", err)
+			}
+			lines := 1 + strings.Count(string(src), "\n")
+			for _, p := range merr.Problems {
+				if p.File != "m.json" || p.Line < 0 || p.Line > lines || (p.Line > 0 && p.Column < 1) {
+					t.Fatalf("problem out of the file: %+v (%d lines)", p, lines)
+				}
+			}
+			return
+		}
+		if _, err := DecodeModules("kv", EncodeModules([]*Module{m})); err != nil {
+			t.Fatalf("accepted, but not once stored: %v", err)
+		}
+		_, _, _ = Effective(Default(), []*Module{m}, allTypes)
+	})
+}
