@@ -73,6 +73,9 @@ type Local struct {
 	// pool, and a new one per poll (up waits minutes) would exhaust Consul's
 	// per-client connection limit. Guarded by mu.
 	clients map[string]*api.Client
+	// restore are the modules a cluster re-created from its machines'
+	// mirror ran with, written into its KV once it answers (Wait).
+	restore []byte
 }
 
 // Open returns the cluster in dir (DefaultDir when empty); nothing needs to
@@ -534,6 +537,7 @@ func (l *Local) seedPlatform(platformFile string, out io.Writer) (*rules.Platfor
 			// re-created from the last description one of them held.
 			fmt.Fprintf(out, "re-creating the cluster from the description mirrored in %s\n", mirror)
 			platformFile = mirror
+			l.restore = mirroredModules(l.Dir, out)
 		}
 	}
 	if platformFile == "" {
@@ -584,6 +588,9 @@ func (l *Local) Wait(ctx context.Context, plat *rules.Platform, out io.Writer) (
 			}
 		}
 		done := false
+		if err == nil && l.restore != nil && l.restoreModules(ctx, c, out) {
+			l.restore = nil
+		}
 		if err == nil {
 			if plat == nil {
 				plat, _ = Platform(ctx, c, l.ParseOptions())
@@ -660,6 +667,7 @@ func (l *Local) Down(ctx context.Context) (int, error) {
 			_ = fsutil.WriteFileAtomic(filepath.Join(l.Dir, "last-platform"), src, 0o644)
 		}
 	}
+	keepModules(l.Dir)
 	n, err := local.KillAll(ctx, l.Dir)
 	if err != nil {
 		return n, err
