@@ -188,6 +188,21 @@ func RemoveModule(ctx context.Context, c *api.Client, opts rules.Options, name s
 	})
 }
 
+// ListModules returns the modules the cluster keeps, in order, and the
+// notices of applying them to its description (what they leave out).
+func ListModules(ctx context.Context, c *api.Client, opts rules.Options) ([]*rules.Module, []rules.Problem, error) {
+	mods, _, err := Modules(ctx, c)
+	if err != nil || len(mods) == 0 {
+		return mods, nil, err
+	}
+	desc, err := description(ctx, c, opts)
+	if err != nil {
+		return mods, nil, err
+	}
+	_, notices, err := rules.Effective(desc, mods, opts)
+	return mods, notices, err
+}
+
 // WriteModules prints modules as `module list` shows them, and notices
 // (what a merge left out) to errOut.
 func WriteModules(out, errOut io.Writer, mods []*rules.Module, notices []rules.Problem) error {

@@ -44,7 +44,7 @@ func moduleCmd() *cobra.Command {
 					fmt.Fprintf(c.OutOrStdout(), "removed module %s\n", args[0])
 				}
 			default:
-				mods, _, err = cluster.Modules(c.Context(), cl)
+				mods, notices, err = cluster.ListModules(c.Context(), cl, parseOpts())
 			}
 			return cmp.Or(cluster.WriteModules(c.OutOrStdout(), c.ErrOrStderr(), mods, notices), err)
 		}
