@@ -73,6 +73,9 @@ type Local struct {
 	// pool, and a new one per poll (up waits minutes) would exhaust Consul's
 	// per-client connection limit. Guarded by mu.
 	clients map[string]*api.Client
+	// restore are the modules a cluster re-created from its machines'
+	// mirror ran with, written into its KV once it answers (Wait).
+	restore []byte
 }
 
 // Open returns the cluster in dir (DefaultDir when empty); nothing needs to
@@ -404,16 +407,19 @@ func (l *Local) Backends(p *rules.Platform, c *api.Client) (map[string]backends.
 // ErrNoPlatform is Platform's error for a KV that holds no description yet.
 var ErrNoPlatform = errors.New("no platform description in KV yet")
 
-// Platform reads and parses the description the cluster stores.
+// Platform reads the description the cluster stores and applies the
+// modules it keeps: the effective platform, which the leader plans with.
 func Platform(ctx context.Context, c *api.Client, opts rules.Options) (*rules.Platform, error) {
-	pair, _, err := kvschema.New(c).Platform(ctx, nil)
+	p, err := description(ctx, c, opts)
 	if err != nil {
 		return nil, err
 	}
-	if pair == nil {
-		return nil, ErrNoPlatform
+	mods, _, err := Modules(ctx, c)
+	if err != nil {
+		return nil, err
 	}
-	return rules.Parse(kvschema.PlatformSource, pair.Value, opts)
+	p, _, err = rules.Effective(p, mods, opts)
+	return p, err
 }
 
 // Up starts a new cluster in the folder unless machines run there: its seed
@@ -531,6 +537,7 @@ func (l *Local) seedPlatform(platformFile string, out io.Writer) (*rules.Platfor
 			// re-created from the last description one of them held.
 			fmt.Fprintf(out, "re-creating the cluster from the description mirrored in %s\n", mirror)
 			platformFile = mirror
+			l.restore = mirroredModules(l.Dir, out)
 		}
 	}
 	if platformFile == "" {
@@ -581,6 +588,9 @@ func (l *Local) Wait(ctx context.Context, plat *rules.Platform, out io.Writer) (
 			}
 		}
 		done := false
+		if err == nil && l.restore != nil && l.restoreModules(ctx, c, out) {
+			l.restore = nil
+		}
 		if err == nil {
 			if plat == nil {
 				plat, _ = Platform(ctx, c, l.ParseOptions())
@@ -657,6 +667,7 @@ func (l *Local) Down(ctx context.Context) (int, error) {
 			_ = fsutil.WriteFileAtomic(filepath.Join(l.Dir, "last-platform"), src, 0o644)
 		}
 	}
+	keepModules(l.Dir)
 	n, err := local.KillAll(ctx, l.Dir)
 	if err != nil {
 		return n, err

@@ -7,6 +7,8 @@
 //	httpServer     http.go    /metrics, /healthz, /v1/status, /v1/mesh/peers, the status page
 //	mirror         mirror.go  the description and inventory watches, their copy on
 //	                          disk, and the re-seed of an empty KV from that copy
+//	moduleWatch    modules.go the modules (`module add`), mirrored on disk, applied
+//	                          to the description the mirror gives out
 //	elector        leader.go  the campaign for the leader lock; while it holds the
 //	                          lock, the control loop and the autopilot watch
 //	quorumWatch    quorum.go  lost quorum noticed, and recovered on evidence
@@ -79,6 +81,7 @@ type Agent struct {
 	mesh        *meshSync // nil with mesh = "none"
 	http        *httpServer
 	mirror      *mirror
+	modules     *moduleWatch
 	elector     *elector
 	quorum      *quorumWatch
 	offers      *offerer
@@ -139,7 +142,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		atOnce = append(atOnce, a.mesh)
 	}
 	// Once Consul has a leader and the KV holds this node's part.
-	afterConsul := []component{a.mirror, a.elector, a.quorum, a.watchdog, a.offers, a.changes, a.provisioner}
+	afterConsul := []component{a.mirror, a.modules, a.elector, a.quorum, a.watchdog, a.offers, a.changes, a.provisioner}
 
 	g, gctx := errgroup.WithContext(stopping)
 	for _, c := range atOnce {
@@ -270,6 +273,12 @@ func (a *Agent) setUp() (err error) {
 		clock: a.Clock, log: a.Log.Named("provision"), metrics: a.metrics, wake: make(chan struct{}, 1), publish: make(chan struct{}, 1),
 	}
 	a.mirror.changed = func() { a.elector.poke(); a.offers.poke(); a.provisioner.poke() }
+	a.modules = &moduleWatch{
+		path: filepath.Join(c.DataDir, "mirror", modulesFile), store: a.store, parse: a.mirror.parse,
+		log: a.Log.Named("modules"), changed: a.mirror.changed,
+	}
+	a.modules.load()
+	a.mirror.overlay = a.modules.apply
 	a.quorum = &quorumWatch{
 		cfg: c, consul: client, inventory: a.inventory, proc: a.proc, mirror: a.mirror, seed: a.seed,
 		backends: bes.get, poke: a.elector.poke, askPeer: askPeerQuorum(c.HTTPPort),

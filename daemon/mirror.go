@@ -64,6 +64,9 @@ type mirror struct {
 	// changed is called when the description changes, so that the
 	// control loop looks again at once.
 	changed func()
+	// overlay, when set, makes the description Platform returns the
+	// effective one: with the cluster's modules applied (moduleWatch).
+	overlay func(*rules.Platform) *rules.Platform
 
 	mu          sync.RWMutex    // guards the fields below
 	platform    *rules.Platform // last valid description
@@ -93,11 +96,16 @@ func (m *mirror) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// Platform returns the last valid description, or nil before the first.
+// Platform returns the last valid description, with the overlay applied,
+// or nil before the first.
 func (m *mirror) Platform() *rules.Platform {
 	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return m.platform
+	p := m.platform
+	m.mu.RUnlock()
+	if m.overlay != nil {
+		return m.overlay(p)
+	}
+	return p
 }
 
 // current is the description in use and the version it was stored under,

@@ -186,13 +186,6 @@ func printMembers(ctx context.Context, c *api.Client, out io.Writer, asJSON bool
 	return cluster.WriteMembers(out, rows, withMesh)
 }
 
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
 func writeJSON(out io.Writer, v any) error {
 	enc := json.NewEncoder(out)
 	enc.SetIndent("", "  ")

@@ -99,8 +99,8 @@ Exit codes: 0 success, 1 failure (the message says why), 2 usage error.`,
 	})
 	root.AddGroup(&cobra.Group{ID: "cluster", Title: "Cluster:"}, &cobra.Group{ID: "machines", Title: "Machines:"}, &cobra.Group{ID: "overlay", Title: "Overlay:"})
 	for group, cmds := range map[string][]*cobra.Command{
-		"cluster":  {upCmd(), downCmd(), membersCmd(), statusCmd(), planCmd(), platformCmd(), recoverCmd(), tokenCmd(), rotateCmd()},
-		"machines": {spawnCmd(), destroyCmd(), adoptCmd()},
+		"cluster":  {upCmd(), downCmd(), membersCmd(), statusCmd(), planCmd(), platformCmd(), moduleCmd(), recoverCmd(), tokenCmd(), rotateCmd()},
+		"machines": {spawnCmd(), destroyCmd(), adoptCmd(), packageCmd()},
 		"overlay":  {joinCmd(), meshCmd(), probeCmd()},
 		"":         {agentCmd(), completionCmd(), versionCmd()},
 	} {

@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,7 +14,6 @@ import (
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
-	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -113,23 +110,13 @@ func meshCmd() *cobra.Command {
 }
 
 // meshSecret prints the cluster's mesh secret, for a machine joined by
-// hand: during a rotation, the one being brought in, which every member
-// dials with.
+// hand.
 func meshSecret(ctx context.Context, t *target, out io.Writer) error {
 	c, err := t.client(ctx)
 	if err != nil {
 		return err
 	}
-	secrets, err := kvschema.New(c).MeshSecrets(ctx, nil)
-	if err != nil {
-		return err
-	}
-	secret := secrets.Newest()
-	if secret == "" {
-		return errors.New("the cluster has no mesh secret: it runs with mesh = \"none\"")
-	}
-	fmt.Fprintln(out, secret)
-	return nil
+	return cluster.WriteMeshSecret(ctx, c, out)
 }
 
 // showMesh prints what the agent at agent says of its overlay.
@@ -150,30 +137,5 @@ func showMesh(ctx context.Context, agent string, asJSON bool, timeout time.Durat
 	if asJSON {
 		return writeJSON(out, st.Mesh)
 	}
-	m := st.Mesh
-	fmt.Fprintf(out, "machine %s: overlay %s, key %s\n", st.MachineID, m.Address, m.Key)
-	if m.ListenPort == 0 {
-		fmt.Fprintln(out, "dial-only: accepts no links")
-	} else {
-		fmt.Fprintf(out, "accepts links on %s\n", dash(strings.Join(m.Endpoints, ", ")))
-	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ENDPOINT\tSTATE\tDIRECTION\tOVERLAY\tRX\tTX\tLAST ERROR")
-	for _, p := range m.Peers {
-		state, dir := "down", "out"
-		if p.Up {
-			state = "up"
-		}
-		if p.Inbound {
-			dir = "in"
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Endpoint, state, dir, dash(p.Address), p.RXBytes, p.TXBytes, dash(p.LastError))
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if m.Problem != "" {
-		fmt.Fprintln(out, m.Problem)
-	}
-	return nil
+	return cluster.WriteMesh(out, st.MachineID, st.Mesh)
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -96,20 +95,7 @@ func plan(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 	if asJSON {
 		return writeJSON(out, d)
 	}
-	if len(d.Actions) == 0 {
-		fmt.Fprintln(out, "no actions: the cluster matches the description")
-	}
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	for _, a := range d.Actions {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", a.Kind, dash(a.MachineID), a.Type, a.Backend, a.Reason)
-	}
-	if d.Halted != "" {
-		fmt.Fprintf(w, "HALTED\t%s\n", d.Halted)
-	}
-	for _, s := range d.Waiting {
-		fmt.Fprintf(w, "waiting\t%s\n", s)
-	}
-	return w.Flush()
+	return cluster.WritePlan(out, d)
 }
 
 func platformCmd() *cobra.Command {

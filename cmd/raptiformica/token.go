@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -71,19 +70,7 @@ func tokenListCmd() *cobra.Command {
 		} else if *asJSON {
 			return writeJSON(c.OutOrStdout(), toks)
 		}
-		w := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "ID\tKIND\tFOR\tEXPIRES")
-		for _, r := range toks {
-			exp := "never"
-			if r.Expires != nil {
-				exp = r.Expires.Local().Format(time.RFC3339)
-				if !time.Now().Before(*r.Expires) {
-					exp += " (expired)"
-				}
-			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(r.For), exp)
-		}
-		return w.Flush()
+		return cluster.WriteTokens(c.OutOrStdout(), toks, time.Now())
 	}
 	return c
 }

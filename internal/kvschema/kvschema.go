@@ -6,6 +6,11 @@
 //	raptiformica/
 //	  platform             the description's source; Flags carry its version,
 //	                       raised by one on every apply (check-and-set)
+//	  modules              the modules added (`module add`), in order (JSON: name,
+//	                       file, source); written by check-and-set, by a
+//	                       token that may write the description (the
+//	                       operator's), read by every node; [] when none,
+//	                       so that a missing key means a KV that lost it
 //	  inventory/<id>       a machine's record (JSON), written by the leader by
 //	                       check-and-set before it acts, so that a new leader
 //	                       neither forgets nor repeats an action
@@ -44,6 +49,7 @@ import (
 const (
 	Prefix     = "raptiformica/"
 	Platform   = Prefix + "platform"
+	Modules    = Prefix + "modules"
 	Inventory  = Prefix + "inventory/"
 	Leader     = Prefix + "leader"
 	Status     = Prefix + "status"
@@ -130,6 +136,21 @@ func (s *Store) PutPlatform(ctx context.Context, src []byte) (uint64, error) {
 // a node re-seeding an empty KV from its mirror never overwrites an apply.
 func (s *Store) SeedPlatform(ctx context.Context, src []byte, version uint64) (bool, error) {
 	ok, _, err := s.kv.CAS(&api.KVPair{Key: Platform, Value: src, Flags: version}, write(ctx))
+	return ok, err
+}
+
+// ModulesSource names the stored modules in messages and in mirrors.
+const ModulesSource = "consul:" + Modules
+
+// Modules reads the stored modules; the pair is nil when there are none.
+func (s *Store) Modules(ctx context.Context, q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
+	return s.kv.Get(Modules, query(ctx, q))
+}
+
+// CASModules replaces the stored modules if they are still at index (0:
+// only if there are none), and reports whether it did.
+func (s *Store) CASModules(ctx context.Context, value []byte, index uint64) (bool, error) {
+	ok, _, err := s.kv.CAS(&api.KVPair{Key: Modules, Value: value, ModifyIndex: index}, write(ctx))
 	return ok, err
 }
 

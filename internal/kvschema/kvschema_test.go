@@ -58,6 +58,7 @@ func TestLayout(t *testing.T) {
 		func() error { return s.InitMeshSecret(ctx, "s") },
 		func() error { return s.InitEpoch(ctx, 3) },
 		func() error { return s.PutStatus(ctx, []byte("{}")) },
+		func() error { _, err := s.CASModules(ctx, []byte("[]"), 0); return err },
 		func() error { return s.PutMeshNode(ctx, "server-1", []byte("{}")) },
 		func() error { _, err := s.PoolClaims("pool").CAS(ctx, "[2001:db8::1]:22", []byte("{}"), 0); return err },
 		func() error {
@@ -76,7 +77,7 @@ func TestLayout(t *testing.T) {
 	want := []string{
 		"raptiformica/epoch", "raptiformica/gossip-key", "raptiformica/hostkeys/10.0.0.1:22",
 		"raptiformica/inventory/server-1", "raptiformica/mesh/nodes/server-1", "raptiformica/mesh/secret",
-		"raptiformica/platform", "raptiformica/ssh-pool/pool/2001:db8::1:22", "raptiformica/status",
+		"raptiformica/modules", "raptiformica/platform", "raptiformica/ssh-pool/pool/2001:db8::1:22", "raptiformica/status",
 	}
 	if fmt.Sprint(keys) != fmt.Sprint(want) {
 		t.Errorf("keys: got %v\nwant %v", keys, want)

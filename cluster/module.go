@@ -1,0 +1,330 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/internal/capped"
+	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// ModuleFile is the file a module folder or repository holds, as in the
+// original.
+const ModuleFile = "raptiformica.json"
+
+// CloneTimeout bounds cloning a module's repository.
+const CloneTimeout = 2 * time.Minute
+
+// gitHubRepo is the original's shorthand for a module on GitHub.
+var gitHubRepo = regexp.MustCompile(`^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$`)
+
+// FetchModule reads and checks the module at src: a local folder (its
+// raptiformica.json) or file, a git URL, or owner/repo (the original's
+// shorthand for https://github.com/owner/repo). A repository is cloned with
+// the git program into a temporary folder, removed afterwards, within
+// CloneTimeout.
+func FetchModule(ctx context.Context, src string) (*rules.Module, error) {
+	name := rules.ModuleName(src)
+	if name == "" || len(name) > 63 {
+		return nil, fmt.Errorf("%s: no module name can be made of it (want a folder, file or repository named with letters, digits and hyphens)", src)
+	}
+	if fi, err := os.Stat(src); err == nil {
+		file := src
+		if fi.IsDir() {
+			file = filepath.Join(src, ModuleFile)
+		}
+		return rules.ParseModuleFile(name, file)
+	}
+	url := src
+	switch {
+	case strings.Contains(src, "://") || strings.HasPrefix(src, "git@") || strings.HasSuffix(src, ".git"):
+	case gitHubRepo.MatchString(src):
+		url = "https://github.com/" + src
+	default:
+		return nil, fmt.Errorf("%s: no such file or folder, and neither a git URL nor owner/repo", src)
+	}
+	dir, err := os.MkdirTemp("", "raptiformica-module-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	if err := clone(ctx, url, dir); err != nil {
+		if url != src {
+			return nil, fmt.Errorf("%s (the original's owner/repo shorthand for %s): %w", src, url, err)
+		}
+		return nil, fmt.Errorf("%s: %w", src, err)
+	}
+	m, err := rules.ParseModuleFile(name, filepath.Join(dir, ModuleFile))
+	if err != nil {
+		// Name the repository, not the temporary folder.
+		return nil, errors.New(strings.ReplaceAll(err.Error(), dir, url))
+	}
+	m.File = url + "/" + ModuleFile
+	return m, nil
+}
+
+// clone fetches the newest commit of url into dir, never asking for
+// credentials on a terminal.
+func clone(ctx context.Context, url, dir string) error {
+	ctx, cancel := context.WithTimeout(ctx, CloneTimeout)
+	defer cancel()
+	c := osexec.CommandContext(ctx, "git", "clone", "--quiet", "--depth", "1", "--", url, dir)
+	c.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "GIT_ASKPASS=/bin/false")
+	out := capped.New(8 << 10)
+	c.Stdout, c.Stderr = out, out
+	c.WaitDelay = 5 * time.Second
+	if err := c.Run(); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("git clone %s: gave up after %s", url, CloneTimeout)
+		}
+		return fmt.Errorf("git clone %s: %v: %s", url, err, strings.TrimSpace(out.String()))
+	}
+	return nil
+}
+
+// Modules reads the modules the cluster keeps, in the order added, and the
+// index they were read at (0: none stored).
+func Modules(ctx context.Context, c *api.Client) ([]*rules.Module, uint64, error) {
+	pair, _, err := kvschema.New(c).Modules(ctx, &api.QueryOptions{RequireConsistent: true})
+	if err != nil || pair == nil {
+		return nil, 0, err
+	}
+	mods, err := rules.DecodeModules(kvschema.ModulesSource, pair.Value)
+	return mods, pair.ModifyIndex, err
+}
+
+// ChangeModules stores change(the modules the cluster keeps) by
+// check-and-set, once the description with them applied is known to be
+// valid: a module that the merge cannot run is refused before any node
+// sees it. It returns the merge's notices. Writing takes a token that may
+// write the description.
+func ChangeModules(ctx context.Context, c *api.Client, opts rules.Options, change func([]*rules.Module) ([]*rules.Module, error)) ([]rules.Problem, error) {
+	store := kvschema.New(c)
+	for range 10 {
+		mods, index, err := Modules(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		next, err := change(mods)
+		if err != nil {
+			return nil, err
+		}
+		var notices []rules.Problem
+		desc, err := description(ctx, c, opts)
+		switch {
+		case errors.Is(err, ErrNoPlatform):
+			// Checked against the description when one is stored.
+			_, notices, err = rules.Effective(rules.Default(), next, opts)
+		case err == nil:
+			_, notices, err = rules.Effective(desc, next, opts)
+		}
+		if err != nil {
+			return notices, err
+		}
+		enc := rules.EncodeModules(next)
+		if len(enc) > rules.MaxStoredModules {
+			return notices, fmt.Errorf("the modules would take %d bytes, more than the %d a cluster keeps (one KV value): remove one first", len(enc), rules.MaxStoredModules)
+		}
+		ok, err := store.CASModules(ctx, enc, index)
+		if err != nil {
+			return nil, fmt.Errorf("store modules: %w", err)
+		}
+		if ok {
+			return notices, nil
+		}
+	}
+	return nil, errors.New("the modules kept changing underneath: try again")
+}
+
+// description reads and parses the description the cluster stores,
+// without its modules.
+func description(ctx context.Context, c *api.Client, opts rules.Options) (*rules.Platform, error) {
+	pair, _, err := kvschema.New(c).Platform(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	if pair == nil {
+		return nil, ErrNoPlatform
+	}
+	return rules.Parse(kvschema.PlatformSource, pair.Value, opts)
+}
+
+// AddModule fetches the module at src (FetchModule) and keeps it in the
+// cluster, last: it overrides the modules added before it. It returns the
+// module and the merge's notices.
+func AddModule(ctx context.Context, c *api.Client, opts rules.Options, src string) (*rules.Module, []rules.Problem, error) {
+	m, err := FetchModule(ctx, src)
+	if err != nil {
+		return nil, nil, err
+	}
+	notices, err := ChangeModules(ctx, c, opts, func(mods []*rules.Module) ([]*rules.Module, error) { return rules.WithModule(mods, m) })
+	return m, notices, err
+}
+
+// RemoveModule drops the module called name from the cluster's: what it
+// overrode comes back. It returns the merge's notices.
+func RemoveModule(ctx context.Context, c *api.Client, opts rules.Options, name string) ([]rules.Problem, error) {
+	return ChangeModules(ctx, c, opts, func(mods []*rules.Module) ([]*rules.Module, error) {
+		if !slices.ContainsFunc(mods, func(m *rules.Module) bool { return m.Name == name }) {
+			return nil, fmt.Errorf("no module %q (`module list` shows them)", name)
+		}
+		return rules.WithoutModule(mods, name), nil
+	})
+}
+
+// ListModules returns the modules the cluster keeps, in order, and the
+// notices of applying them to its description (what they leave out).
+func ListModules(ctx context.Context, c *api.Client, opts rules.Options) ([]*rules.Module, []rules.Problem, error) {
+	mods, _, err := Modules(ctx, c)
+	if err != nil || len(mods) == 0 {
+		return mods, nil, err
+	}
+	desc, err := description(ctx, c, opts)
+	if err != nil {
+		return mods, nil, err
+	}
+	_, notices, err := rules.Effective(desc, mods, opts)
+	return mods, notices, err
+}
+
+// WriteModules prints modules as `module list` shows them, and notices
+// (what a merge left out) to errOut.
+func WriteModules(out, errOut io.Writer, mods []*rules.Module, notices []rules.Problem) error {
+	for _, n := range notices {
+		fmt.Fprintf(errOut, "notice: %s\n", n)
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	for _, m := range mods {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", m.Name, m.File, m.Summary())
+	}
+	return w.Flush()
+}
+
+// Package runs the package command of the compute module that makes
+// backend ("<compute type>/<server type>"; a bare compute type means its
+// server type headless, the original's default) as the original's
+// `package` did: in a fresh clone of the module's source, its output
+// streamed to out and errOut, so that an image a module builds can be
+// reused by the machines it makes. The command's process group is killed
+// after timeout.
+func Package(ctx context.Context, c *api.Client, backend string, timeout time.Duration, out, errOut io.Writer) error {
+	if !strings.Contains(backend, "/") {
+		backend += "/headless"
+	}
+	mods, _, err := Modules(ctx, c)
+	if err != nil {
+		return err
+	}
+	command, source, ok := rules.Merge(mods).Package(backend)
+	if !ok {
+		return fmt.Errorf("no module gives %s a package command (`module list` shows the modules)", backend)
+	}
+	dir, err := os.MkdirTemp("", "raptiformica-package-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if source != "" {
+		if err := clone(ctx, source, dir); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := osexec.CommandContext(ctx, "/bin/sh", "-c", command)
+	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, out, errOut
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("package %s: killed after %s", backend, timeout)
+		}
+		return fmt.Errorf("package %s: %w", backend, err)
+	}
+	return nil
+}
+
+// lastModulesFile is where Down keeps the modules the folder's machines
+// last mirrored, beside last-platform, for the next Up.
+const lastModulesFile = "last-modules.json"
+
+// newestModules is the most recently written modules mirror of the
+// machines in a cluster folder (or Down's copy), "" when there is none: the
+// last change of modules any of them saw, whichever description it is
+// newest with.
+func newestModules(dir string) string {
+	ms, _ := local.Machines(dir)
+	paths := []string{filepath.Join(dir, lastModulesFile)}
+	for _, m := range ms {
+		paths = append(paths, filepath.Join(m.Config.DataDir, "mirror", "modules.json"))
+	}
+	best, bestTime := "", time.Time{}
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil && fi.ModTime().After(bestTime) {
+			best, bestTime = p, fi.ModTime()
+		}
+	}
+	return best
+}
+
+// keepModules keeps the newest modules mirror in dir, as Down keeps the
+// description.
+func keepModules(dir string) {
+	if m := newestModules(dir); m != "" && filepath.Dir(m) != dir {
+		if b, err := os.ReadFile(m); err == nil {
+			_ = fsutil.WriteFileAtomic(filepath.Join(dir, lastModulesFile), b, 0o644)
+		}
+	}
+}
+
+// mirroredModules reads the newest modules mirror of a cluster folder,
+// nil when there is none or it does not load (said on out).
+func mirroredModules(dir string, out io.Writer) []byte {
+	file := newestModules(dir)
+	if file == "" {
+		return nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil
+	}
+	mods, err := rules.DecodeModules(file, b)
+	if err != nil {
+		fmt.Fprintf(out, "not restoring the mirrored modules: %v\n", err)
+		return nil
+	}
+	if len(mods) > 0 {
+		fmt.Fprintf(out, "restoring %d modules mirrored in %s\n", len(mods), file)
+	}
+	return b
+}
+
+// restoreModules writes the modules of a re-created cluster into its KV,
+// unless it holds some already; it reports whether that is settled.
+func (l *Local) restoreModules(ctx context.Context, c *api.Client, out io.Writer) bool {
+	ok, err := kvschema.New(c).CASModules(ctx, l.restore, 0)
+	if err != nil {
+		return false // no leader yet: the next poll tries again
+	}
+	if !ok {
+		fmt.Fprintln(out, "the cluster holds modules already: the mirrored ones are not restored")
+	}
+	return true
+}

@@ -1,0 +1,105 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// WritePlan prints what the leader would do, as `plan` shows it.
+func WritePlan(out io.Writer, d reconcile.Decision) error {
+	if len(d.Actions) == 0 {
+		fmt.Fprintln(out, "no actions: the cluster matches the description")
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	for _, a := range d.Actions {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", a.Kind, dash(a.MachineID), a.Type, a.Backend, a.Reason)
+	}
+	if d.Halted != "" {
+		fmt.Fprintf(w, "HALTED\t%s\n", d.Halted)
+	}
+	for _, s := range d.Waiting {
+		fmt.Fprintf(w, "waiting\t%s\n", s)
+	}
+	return w.Flush()
+}
+
+// WriteMesh prints an agent's overlay, as `mesh` shows it.
+func WriteMesh(out io.Writer, machineID string, m *agentapi.MeshStatus) error {
+	fmt.Fprintf(out, "machine %s: overlay %s, key %s\n", machineID, m.Address, m.Key)
+	if m.ListenPort == 0 {
+		fmt.Fprintln(out, "dial-only: accepts no links")
+	} else {
+		fmt.Fprintf(out, "accepts links on %s\n", dash(strings.Join(m.Endpoints, ", ")))
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ENDPOINT\tSTATE\tDIRECTION\tOVERLAY\tRX\tTX\tLAST ERROR")
+	for _, p := range m.Peers {
+		state, dir := "down", "out"
+		if p.Up {
+			state = "up"
+		}
+		if p.Inbound {
+			dir = "in"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Endpoint, state, dir, dash(p.Address), p.RXBytes, p.TXBytes, dash(p.LastError))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if m.Problem != "" {
+		fmt.Fprintln(out, m.Problem)
+	}
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// WriteTokens prints tokens as `token list` shows them, expiry in the
+// local time zone, those past now marked expired.
+func WriteTokens(out io.Writer, toks []Token, now time.Time) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ID\tKIND\tFOR\tEXPIRES")
+	for _, r := range toks {
+		exp := "never"
+		if r.Expires != nil {
+			exp = r.Expires.Local().Format(time.RFC3339)
+			if !now.Before(*r.Expires) {
+				exp += " (expired)"
+			}
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(r.For), exp)
+	}
+	return w.Flush()
+}
+
+// WriteMeshSecret prints the mesh secret a machine joined by hand dials
+// with: during a rotation, the one being brought in, which every member
+// dials with.
+func WriteMeshSecret(ctx context.Context, c *api.Client, out io.Writer) error {
+	secrets, err := kvschema.New(c).MeshSecrets(ctx, nil)
+	if err != nil {
+		return err
+	}
+	secret := secrets.Newest()
+	if secret == "" {
+		return errors.New("the cluster has no mesh secret: it runs with mesh = \"none\"")
+	}
+	_, err = fmt.Fprintln(out, secret)
+	return err
+}
