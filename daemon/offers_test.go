@@ -31,7 +31,8 @@ func readOffer(t *testing.T, store *kvschema.Store, id string) (reconcile.Offer,
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, ok := all[id]
+	e, ok := all[id]
+	b := e.Value
 	if !ok {
 		return reconcile.Offer{}, false
 	}
@@ -101,7 +102,7 @@ func TestAgentPublishesItsOffer(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		o, err := reconcile.ParseOffer(a.Config.MachineID, all[a.Config.MachineID])
+		o, err := reconcile.ParseOffer(a.Config.MachineID, all[a.Config.MachineID].Value)
 		_, hasLocal := o.Backends["local"]
 		return err == nil && hasLocal && !o.Checked.IsZero()
 	})

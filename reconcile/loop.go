@@ -127,12 +127,9 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 			m.BackendUp.WithLabelValues(a.name).Set(up)
 		}
 	}
-	if len(obs.BackendErrors) > 0 {
-		// Only to say who else offers a backend the leader cannot use:
-		// a pass that needs no such word does not read every member's
-		// offer.
-		obs.Offers = liveOffers(ctx, inv, members)
-	}
+	// Every pass: placement chooses among them, and the machines other
+	// members made are judged from the lists in their offers.
+	obs.Offers = liveOffers(ctx, inv, members)
 	return obs, nil
 }
 
@@ -149,8 +146,9 @@ func liveOffers(ctx context.Context, inv *Inventory, members []*api.AgentMember)
 		if SerfStatus(m.Status) != MemberAlive {
 			continue
 		}
-		if b, ok := all[m.Name]; ok {
-			if o, err := ParseOffer(m.Name, b); err == nil {
+		if e, ok := all[m.Name]; ok {
+			if o, err := ParseOffer(m.Name, e.Value); err == nil {
+				o.Index = e.Index
 				out[m.Name] = o
 			}
 		}

@@ -1,6 +1,8 @@
 package reconcile
 
 import (
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -675,21 +677,172 @@ machine "worker" {
 }
 
 // TestPlanSaysWhoOffersABackendTheLeaderCannotUse: status names the members
-// that offer a backend the leader cannot run, or that none does.
-func TestPlanSaysWhoOffersABackendTheLeaderCannotUse(t *testing.T) {
+// TestPlanPlacesWhereTheLeaderCannot: a backend the leader cannot run
+// itself is given to the members that offer it, spread across them; with
+// none, the status says so.
+func TestPlanPlacesWhereTheLeaderCannot(t *testing.T) {
 	p := platform(t, threeServers)
 	obs := with(cluster("server", "a"), func(o *Observed) {
 		o.Self = "a"
 		o.BackendErrors = map[string]string{"local": "unavailable: binary missing"}
-		o.Offers = map[string]Offer{"a": offering("a", "!local"), "b": offering("b", "local"), "c": offering("c", "!local")}
+		o.Offers = offers(offering("a", "!local"), offering("b", "local"), offering("c", "local"))
 	})
-	got := Plan(p, obs, t0).Waiting
-	if len(got) == 0 || got[0] != `backend "local" skipped: unavailable: binary missing (offered by b; the leader runs spawns itself for now)` {
-		t.Errorf("waiting: %q", got)
+	d := Plan(p, obs, t0)
+	var hosts []string
+	for _, a := range d.Actions {
+		if a.Kind != KindSpawn || a.Backend != "local" {
+			t.Fatalf("action %+v, want spawns on local", a)
+		}
+		hosts = append(hosts, a.Host)
 	}
-	obs.Offers = map[string]Offer{"a": offering("a", "!local")}
-	got = Plan(p, obs, t0).Waiting
-	if len(got) == 0 || got[0] != `backend "local" skipped: unavailable: binary missing (no other member offers it)` {
-		t.Errorf("waiting with no offer: %q", got)
+	if !reflect.DeepEqual(hosts, []string{"b", "c"}) {
+		t.Errorf("spawned on %q, want one on b and one on c (two servers never share a host while another can take one)", hosts)
+	}
+
+	obs.Offers = offers(offering("a", "!local"), offering("c", "!local"))
+	d = Plan(p, obs, t0)
+	if len(d.Actions) != 0 {
+		t.Errorf("actions %+v with no member offering local", d.Actions)
+	}
+	if len(d.Waiting) == 0 || d.Waiting[0] != `backend "local" skipped: unavailable: binary missing; backend "local": no member offers it` {
+		t.Errorf("waiting: %q", d.Waiting)
+	}
+
+	// A host backing off a backend after its failures there is passed
+	// over, and said to be.
+	obs.Offers = offers(offering("a", "!local"), offering("b", "local"))
+	obs.HostBackoffUntil = map[string]map[string]time.Time{"b": {"local": t0.Add(time.Minute)}}
+	d = Plan(p, obs, t0)
+	if len(d.Actions) != 0 || len(d.Waiting) == 0 || !strings.Contains(d.Waiting[0], "host b backing off for 1m0s") {
+		t.Errorf("actions %+v, waiting %q: want none, and host b backing off", d.Actions, d.Waiting)
+	}
+	if d.NextCheck != t0.Add(time.Minute) {
+		t.Errorf("next check %v, want when b's backoff ends", d.NextCheck)
+	}
+}
+
+// TestPlanPrefersTheTypesBackendOrderAnywhere: the type's first backend
+// wins when any member offers it, even when the leader could run the second
+// itself.
+func TestPlanPrefersTheTypesBackendOrderAnywhere(t *testing.T) {
+	p := platform(t, `
+machine "server" {
+  min = 1
+  consul_server = true
+}
+machine "web" {
+  min = 1
+  backends = ["docker", "local"]
+}
+`)
+	obs := with(cluster("server", "a"), func(o *Observed) {
+		o.Self = "a"
+		o.BackendErrors = map[string]string{"docker": "unavailable: no socket"}
+		o.Offers = offers(offering("a", "!docker", "local"), offering("b", "docker"))
+	})
+	d := Plan(p, obs, t0)
+	if len(d.Actions) != 1 || d.Actions[0].Backend != "docker" || d.Actions[0].Host != "b" {
+		t.Errorf("actions %+v, want one docker spawn on b", d.Actions)
+	}
+	// b goes: the type falls through to its next backend, on the leader.
+	delete(obs.Offers, "b")
+	d = Plan(p, obs, t0)
+	if len(d.Actions) != 1 || d.Actions[0].Backend != "local" || d.Actions[0].Host != "" {
+		t.Errorf("actions %+v, want one local spawn on the leader", d.Actions)
+	}
+}
+
+// hostList is an offer of host listing the given machines on backend b,
+// written at index.
+func hostList(host, b string, index uint64, ids ...string) Offer {
+	o := offering(host, b)
+	bo := o.Backends[b]
+	bo.Listed = true
+	for _, id := range ids {
+		bo.Instances = append(bo.Instances, backends.Instance{MachineID: id, MachineType: "server", Running: true})
+	}
+	o.Backends[b] = bo
+	o.Index = index
+	return o
+}
+
+// TestPlanJudgesAMachineByItsHostsList: a machine another member made is
+// gone when that member's list, written after the record, no longer has
+// it; a list older than the record, or a host that is not alive, says
+// nothing of it.
+func TestPlanJudgesAMachineByItsHostsList(t *testing.T) {
+	p := platform(t, threeServers)
+	base := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Self = "a"
+		r := o.Records["c"]
+		r.Host, r.Backend, r.Index = "b", "docker", 100
+		o.Records["c"] = r
+		delete(o.Instances["local"], "c")
+		o.Members["c"] = Member{Name: "c", Status: MemberFailed, Server: true}
+	})
+	cases := []struct {
+		name    string
+		offers  map[string]Offer
+		reapNow bool
+	}{
+		{"listed without it, after the record", offers(offering("a"), hostList("b", "docker", 101, "x")), true},
+		{"listed with it", offers(offering("a"), hostList("b", "docker", 101, "c")), false},
+		{"list older than the record", offers(offering("a"), hostList("b", "docker", 99)), false},
+		{"host not alive", offers(offering("a")), false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			obs := with(base, func(o *Observed) { o.Offers = c.offers })
+			obs.Seen = map[string]Sighting{"c": {Cond: condDown, First: t0.Add(-time.Second), Passes: 1}}
+			d := Plan(p, obs, t0)
+			var reap *Action
+			for i, a := range d.Actions {
+				if a.Kind == KindReap && a.MachineID == "c" {
+					reap = &d.Actions[i]
+				}
+			}
+			if (reap != nil) != c.reapNow {
+				t.Fatalf("reap of c: %v, want %v (actions %+v)", reap != nil, c.reapNow, d.Actions)
+			}
+			if reap != nil && reap.Host != "b" {
+				t.Errorf("reap of c on host %q, want b (its destroy goes where it was made)", reap.Host)
+			}
+		})
+	}
+}
+
+// TestPlanOrphansAndLostRecordsOnAnotherHost: a machine another member
+// lists without a record is destroyed there once seen long enough, unless
+// it is an alive member, whose record is restored naming its host.
+func TestPlanOrphansAndLostRecordsOnAnotherHost(t *testing.T) {
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Self = "a"
+		o.Offers = offers(offering("a"), hostList("b", "docker", 5, "lost", "orphan"))
+		o.Members["lost"] = Member{Name: "lost", Status: MemberAlive, Server: true, Voter: true}
+		o.Seen = map[string]Sighting{"orphan": {Cond: condOrphan, First: t0.Add(-time.Minute), Passes: 3}}
+	})
+	d := Plan(p, obs, t0)
+	var restore, orphan *Action
+	for i, a := range d.Actions {
+		switch {
+		case a.Kind == KindRestoreRecord && a.MachineID == "lost":
+			restore = &d.Actions[i]
+		case a.Kind == KindDestroyOrphan && a.MachineID == "orphan":
+			orphan = &d.Actions[i]
+		}
+	}
+	if restore == nil || restore.Host != "b" || restore.Backend != "docker" {
+		t.Errorf("restore of lost: %+v, want one on docker naming host b", restore)
+	}
+	if orphan == nil || orphan.Host != "b" {
+		t.Errorf("orphan destroy: %+v, want one on host b", orphan)
+	}
+	// Where the leader lists the backend itself, its own list decides.
+	obs.Instances["docker"] = map[string]backends.Instance{}
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.Host != "" {
+			t.Errorf("action %+v on another host while the leader lists docker itself", a)
+		}
 	}
 }

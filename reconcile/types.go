@@ -56,6 +56,10 @@ type Record struct {
 	// its type's min and max nor is ever scaled down. It is reaped, and not
 	// replaced, when it dies.
 	Manual bool `json:"manual,omitempty"`
+	// Host is the member that made the machine and holds its instance,
+	// when that is not whoever leads: its destroy goes there, and its
+	// instance is judged from that host's list.
+	Host string `json:"host,omitempty"`
 	// Seed marks the node that founded the cluster.
 	Seed    bool      `json:"seed,omitempty"`
 	Created time.Time `json:"created"`
@@ -128,9 +132,11 @@ type Observed struct {
 	// ages measured on its clock, in passes in a row.
 	Seen map[string]Sighting
 	// Offers are the alive members' offers of backends, by machine ID; nil
-	// when they could not be read, or were not needed (no backend failed
-	// on the leader this pass).
+	// when they could not be read.
 	Offers map[string]Offer
+	// HostBackoffUntil is, by host then backend, when a backend that
+	// failed on another member may be given work there again.
+	HostBackoffUntil map[string]map[string]time.Time
 	// TermStart is when this leader's term began, on its clock; zero when
 	// unknown (a dry run), which counts as long ago.
 	TermStart time.Time
@@ -170,6 +176,10 @@ type Action struct {
 	Reason    string `json:"reason"`
 	// Manual marks a spawn asked for by hand; see Record.Manual.
 	Manual bool `json:"manual,omitempty"`
+	// Host is the member that runs the action when it is not the leader:
+	// the one placement chose for a spawn, the one that holds the machine
+	// for a removal.
+	Host string `json:"host,omitempty"`
 }
 
 // TypeStatus is desired against live for one machine type.
