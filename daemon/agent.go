@@ -80,6 +80,7 @@ type Agent struct {
 	elector  *elector
 	quorum   *quorumWatch
 	offers   *offerer
+	work     *worker
 	changes  *clusterChange
 	watchdog *watchdog
 }
@@ -136,7 +137,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		atOnce = append(atOnce, a.mesh)
 	}
 	// Once Consul has a leader and the KV holds this node's part.
-	afterConsul := []component{a.mirror, a.elector, a.quorum, a.watchdog, a.offers, a.changes}
+	afterConsul := []component{a.mirror, a.elector, a.quorum, a.watchdog, a.offers, a.work, a.changes}
 
 	g, gctx := errgroup.WithContext(stopping)
 	for _, c := range atOnce {
@@ -243,6 +244,7 @@ func (a *Agent) setUp() (err error) {
 			return errors.Join(RemoveMachineToken(ctx, client, id), a.store.DeleteOffer(ctx, id))
 		},
 		NodeConfig: NodeConfigFor(client, Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, c.ClusterDir, c.ConsulBinary, selfEndpoints),
+		Grant:      grantWork(client),
 		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
 	}
 	a.elector = &elector{
@@ -259,6 +261,10 @@ func (a *Agent) setUp() (err error) {
 	a.offers = &offerer{
 		self: c.MachineID, notHere: notHere, backends: bes.get, platform: a.mirror.Platform, store: a.store,
 		clock: a.Clock, log: a.Log.Named("offers"), metrics: a.metrics, wake: make(chan struct{}, 1),
+	}
+	a.work = &worker{
+		orders: reconcile.NewOrders(a.store, c.MachineID), backends: bes.get, env: bes.env, published: a.offers.publish,
+		clock: a.Clock, log: a.Log.Named("work"),
 	}
 	a.mirror.changed = func() { a.elector.poke(); a.offers.poke() }
 	a.quorum = &quorumWatch{

@@ -62,7 +62,7 @@ func TestOffersSayWhatThisMachineCanRun(t *testing.T) {
 		clock: clock.Real{}, log: hclog.NewNullLogger(), wake: make(chan struct{}, 1),
 	}
 	ctx := context.Background()
-	o.check(ctx)
+	o.check(ctx, false)
 	got, ok := readOffer(t, store, "worker-1")
 	if !ok {
 		t.Fatal("no offer published")
@@ -80,14 +80,14 @@ func TestOffersSayWhatThisMachineCanRun(t *testing.T) {
 
 	// The same answer is not written again (until it grows old).
 	time.Sleep(10 * time.Millisecond)
-	o.check(ctx)
+	o.check(ctx, false)
 	if got, _ := readOffer(t, store, "worker-1"); !got.Checked.Equal(first) {
 		t.Errorf("an unchanged offer was written again at %v (first %v)", got.Checked, first)
 	}
 
 	// A backend that becomes usable is offered at the next check.
 	bes["docker"] = answerBackend{}
-	o.check(ctx)
+	o.check(ctx, false)
 	if got, _ := readOffer(t, store, "worker-1"); strings.Join(got.Offered(), ",") != "docker,local" {
 		t.Errorf("after docker became usable: offered %v", got.Offered())
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +50,10 @@ type Executor struct {
 	// Forget, when set, removes a removed machine's credentials (its ACL
 	// token and policy).
 	Forget func(ctx context.Context, machineID string) error
+	// Grant, when set, lets the member host read and write the work
+	// orders given to it (a machine made before work orders existed has
+	// a policy without them). It is called before every order.
+	Grant func(ctx context.Context, host string) error
 
 	mu        sync.Mutex
 	inFlight  map[string]Action    // machine ID -> running action; guarded by mu
@@ -83,7 +88,15 @@ func (e *Executor) Snapshot(obs *Observed) {
 	}
 	obs.BackoffUntil = map[string]time.Time{}
 	obs.BackendFailures = map[string]string{}
+	obs.HostBackoffUntil = map[string]map[string]time.Time{}
 	for b, t := range e.backoff {
+		if host, backend, elsewhere := strings.Cut(b, "/"); elsewhere {
+			if obs.HostBackoffUntil[host] == nil {
+				obs.HostBackoffUntil[host] = map[string]time.Time{}
+			}
+			obs.HostBackoffUntil[host][backend] = t
+			continue
+		}
 		obs.BackoffUntil[b] = t
 		obs.BackendFailures[b] = e.lastErr[b]
 	}
@@ -129,6 +142,7 @@ func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[strin
 	e.init()
 	e.mu.Unlock()
 	var errs []error
+	e.resumeAll(ctx, p, obs)
 	if err := e.markAll(ctx, p, obs, actions); err != nil {
 		errs = append(errs, err)
 	}
@@ -144,6 +158,20 @@ func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[strin
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// resumeAll follows the spawns on other hosts that no action of this
+// leader is following: an earlier leader ordered them.
+func (e *Executor) resumeAll(ctx context.Context, p *rules.Platform, obs Observed) {
+	for _, id := range sortedKeys(obs.Records) {
+		rec := obs.Records[id]
+		if rec.State != StateSpawning || rec.Host == "" || rec.Host == obs.Self || obs.InFlight[id] {
+			continue
+		}
+		log := e.Log.With(telemetry.KeyAction, string(KindSpawn), telemetry.KeyMachineID, id, telemetry.KeyMachineType, rec.Type)
+		a := Action{Kind: KindSpawn, MachineID: id, Type: rec.Type, Backend: rec.Backend, Host: rec.Host, Reason: "resumed"}
+		e.start(id, a, func() { e.resumeSpawn(ctx, p, rec, log) })
+	}
 }
 
 // execute starts one action and returns the ID of the machine it acts on
@@ -380,7 +408,7 @@ func NewMachineID(machineType string) string {
 
 func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, a Action, log hclog.Logger) (string, error) {
 	be, ok := bes[a.Backend]
-	if !ok {
+	if !ok && a.Host == "" {
 		return "", fmt.Errorf("backend %q is not configured", a.Backend)
 	}
 	mt := p.Machines[a.Type]
@@ -389,7 +417,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	// The intent goes to KV before anything is created: a leader that dies
 	// right after this line leaves a record the next leader will see, wait
 	// for, and clean up if it never joins.
-	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
+	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, Host: a.Host, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
 	if err != nil {
 		return "", err
 	}
@@ -398,6 +426,10 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	e.mu.Unlock()
 	a.MachineID = id
 	log = log.With(telemetry.KeyMachineID, id, telemetry.KeyBackend, a.Backend)
+	if a.Host != "" {
+		e.start(id, a, func() { e.spawnElsewhere(ctx, p, rec, a, log) })
+		return id, nil
+	}
 	e.start(id, a, func() {
 		// A spawn that has not returned within the provision timeout
 		// would be reaped had it returned: a hung backend call must
@@ -468,7 +500,20 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		if ctx.Err() != nil {
 			return
 		}
-		if be != nil {
+		if a.Host != "" {
+			// Where it was made: that host's backend holds it.
+			dctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
+			err := e.destroyElsewhere(dctx, p, a)
+			cancel()
+			if err != nil {
+				if !errors.Is(err, errHostGone) {
+					e.backendFailed(hostKey(a.Host, a.Backend), p, err)
+				}
+				e.finish(a, err)
+				log.Error("destroy on another host failed", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
+				return
+			}
+		} else if be != nil {
 			// As long as a spawn may take: destroying is as slow as
 			// creating on some providers, and no slower.
 			dctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)

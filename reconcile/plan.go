@@ -260,9 +260,9 @@ func (ps *pass) healthOf(id string, r Record) health {
 
 // listOf is the list a recorded machine is judged by: the leader's own of
 // its backend, or, for a machine another member made, that member's as its
-// offer carries it, and only when the offer was written after the record
-// last changed (a list from before the machine was made says nothing of
-// it). A host that is not an alive member lists nothing: its machines are
+// offer carries it, and only when the offer was written after the host
+// reported the machine made (a list from before says nothing of it). A
+// host that is not an alive member lists nothing: its machines are
 // unknown, not gone.
 func (ps *pass) listOf(r Record) (insts map[string]backends.Instance, localOnly, listed bool) {
 	if r.Host == "" || r.Host == ps.obs.Self {
@@ -270,7 +270,7 @@ func (ps *pass) listOf(r Record) (insts map[string]backends.Instance, localOnly,
 		return insts, ps.obs.LocalOnly[r.Backend], listed
 	}
 	o, ok := ps.obs.Offers[r.Host]
-	if !ok || o.Index <= r.Index {
+	if !ok || o.Index <= r.HostSince {
 		return nil, false, false
 	}
 	bo := o.Backends[r.Backend]

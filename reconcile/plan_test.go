@@ -767,15 +767,15 @@ func hostList(host, b string, index uint64, ids ...string) Offer {
 }
 
 // TestPlanJudgesAMachineByItsHostsList: a machine another member made is
-// gone when that member's list, written after the record, no longer has
-// it; a list older than the record, or a host that is not alive, says
+// gone when that member's list, written after it reported the machine
+// made, no longer has it; an older list, or a host that is not alive, says
 // nothing of it.
 func TestPlanJudgesAMachineByItsHostsList(t *testing.T) {
 	p := platform(t, threeServers)
 	base := with(cluster("server", "a", "b", "c"), func(o *Observed) {
 		o.Self = "a"
 		r := o.Records["c"]
-		r.Host, r.Backend, r.Index = "b", "docker", 100
+		r.Host, r.Backend, r.HostSince = "b", "docker", 100
 		o.Records["c"] = r
 		delete(o.Instances["local"], "c")
 		o.Members["c"] = Member{Name: "c", Status: MemberFailed, Server: true}
@@ -785,9 +785,9 @@ func TestPlanJudgesAMachineByItsHostsList(t *testing.T) {
 		offers  map[string]Offer
 		reapNow bool
 	}{
-		{"listed without it, after the record", offers(offering("a"), hostList("b", "docker", 101, "x")), true},
+		{"listed without it, after the spawn", offers(offering("a"), hostList("b", "docker", 101, "x")), true},
 		{"listed with it", offers(offering("a"), hostList("b", "docker", 101, "c")), false},
-		{"list older than the record", offers(offering("a"), hostList("b", "docker", 99)), false},
+		{"list older than the spawn", offers(offering("a"), hostList("b", "docker", 99)), false},
 		{"host not alive", offers(offering("a")), false},
 	}
 	for _, c := range cases {

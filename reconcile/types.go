@@ -60,6 +60,10 @@ type Record struct {
 	// when that is not whoever leads: its destroy goes there, and its
 	// instance is judged from that host's list.
 	Host string `json:"host,omitempty"`
+	// HostSince is the KV index at which the host reported the machine
+	// made: only a list the host published after it (a larger index)
+	// can tell that the machine is gone.
+	HostSince uint64 `json:"host_since,omitempty"`
 	// Seed marks the node that founded the cluster.
 	Seed    bool      `json:"seed,omitempty"`
 	Created time.Time `json:"created"`

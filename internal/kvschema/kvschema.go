@@ -532,6 +532,19 @@ func (f *Folder) Get(ctx context.Context, key string) (value []byte, index uint6
 	return p.Value, p.ModifyIndex, nil
 }
 
+// Wait returns the value at key (nil when there is none), its index, and
+// the index to wait from next: a blocking query when q has a WaitIndex.
+func (f *Folder) Wait(ctx context.Context, key string, q *api.QueryOptions) (value []byte, index, next uint64, err error) {
+	p, meta, err := f.kv.Get(f.prefix+segment(key), query(ctx, q))
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if p != nil {
+		value, index = p.Value, p.ModifyIndex
+	}
+	return value, index, meta.LastIndex, nil
+}
+
 // CAS writes value at key if its index is still index (0: only if there is
 // none) and reports whether it did.
 func (f *Folder) CAS(ctx context.Context, key string, value []byte, index uint64) (bool, error) {
