@@ -264,8 +264,9 @@ func (a *Agent) setUp() (err error) {
 	}
 	a.work = &worker{
 		orders: reconcile.NewOrders(a.store, c.MachineID), backends: bes.get, env: bes.env, published: a.offers.publish,
-		clock: a.Clock, log: a.Log.Named("work"),
+		served: filepath.Join(c.DataDir, "hosted-backends.json"), clock: a.Clock, log: a.Log.Named("work"),
 	}
+	a.offers.hosting = a.work.hosting
 	a.mirror.changed = func() { a.elector.poke(); a.offers.poke() }
 	a.quorum = &quorumWatch{
 		cfg: c, consul: client, inventory: a.inventory, proc: a.proc, mirror: a.mirror, seed: a.seed,

@@ -40,6 +40,9 @@ type offerer struct {
 	// machines it makes (an exec backend's lead = "false").
 	notHere  string
 	backends func() map[string]backends.Backend
+	// hosting, when set, names the backends whose machines the offer
+	// lists (worker.hosting); nil lists none.
+	hosting  func() map[string]bool
 	platform func() *rules.Platform
 	store    *kvschema.Store
 	clock    clock.Clock
@@ -133,6 +136,10 @@ func (o *offerer) check(ctx context.Context, force bool) {
 // answers.
 func (o *offerer) ask(ctx context.Context) reconcile.Offer {
 	bes := o.backends()
+	var hosting map[string]bool
+	if o.hosting != nil {
+		hosting = o.hosting()
+	}
 	ctx, cancel := context.WithTimeout(ctx, offerCheckTimeout)
 	defer cancel()
 	offer := reconcile.Offer{Machine: o.self, Backends: make(map[string]reconcile.BackendOffer, len(bes))}
@@ -148,7 +155,7 @@ func (o *offerer) ask(ctx context.Context) reconcile.Offer {
 			} else if err := be.Available(ctx); err != nil {
 				bo = reconcile.BackendOffer{Reason: err.Error()}
 			}
-			if bo.Available {
+			if bo.Available && hosting[name] {
 				if insts, err := be.List(ctx); err == nil {
 					bo.Listed, bo.Instances = true, insts
 					if lv, ok := be.(backends.LocalView); ok {

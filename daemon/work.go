@@ -2,8 +2,12 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -13,6 +17,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -41,13 +46,59 @@ type worker struct {
 	// the lists of its backends: called after every order, so that the
 	// leader judges the machine by a list that has it.
 	published func(ctx context.Context)
-	clock     clock.Clock
-	log       hclog.Logger
+	// served is the file that keeps which backends this machine has run
+	// orders on: only their lists are published (see hosting).
+	served string
+	clock  clock.Clock
+	log    hclog.Logger
 
 	mu      sync.Mutex
 	running map[string]bool // machine IDs of the orders running here; guarded by mu
+	hosts   map[string]bool // backends this machine has run orders on; guarded by mu
 	said    map[string]string
 	wg      sync.WaitGroup
+}
+
+// hosting reports the backends this machine has run work orders on, and so
+// holds machines of: the offer lists those backends' machines only. A
+// backend every member can list (the local machines of one box, say) would
+// otherwise have every member publish the same list again on every change,
+// which costs the cluster the square of its size; only the members the
+// leader gave work need to say what they hold.
+func (w *worker) hosting() map[string]bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.hosts == nil {
+		w.hosts = map[string]bool{}
+		if b, err := os.ReadFile(w.served); err == nil {
+			var names []string
+			if json.Unmarshal(b, &names) == nil {
+				for _, n := range names {
+					w.hosts[n] = true
+				}
+			}
+		}
+	}
+	return maps.Clone(w.hosts)
+}
+
+// serve notes that this machine runs orders on backend, for good: its
+// machines may outlive any agent restart.
+func (w *worker) serve(backend string) {
+	hosts := w.hosting()
+	if hosts[backend] {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.hosts[backend] = true
+	names := slices.Sorted(maps.Keys(w.hosts))
+	b, _ := json.Marshal(names)
+	if w.served != "" {
+		if err := fsutil.WriteFileAtomic(w.served, b, 0o600); err != nil {
+			w.log.Warn("keep the backends this machine hosts machines on", telemetry.KeyError, err)
+		}
+	}
 }
 
 // Run takes and runs orders until ctx ends, then waits for the running
@@ -141,6 +192,7 @@ func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (backends.Insta
 	if !ok {
 		return backends.Instance{}, fmt.Errorf("backend %q is not configured on %s", o.Backend, w.orders.Host)
 	}
+	w.serve(o.Backend)
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	log.Info("running a work order from the leader")

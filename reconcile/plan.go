@@ -457,8 +457,11 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 		}
 		ps.pendingTotal += len(placed)
 		if len(placed) > 0 {
-			if len(placed) < need {
-				ps.waitf("machine %q: %d more to spawn once there is room or fewer than max_concurrent_spawns (%d) are in flight", name, need-len(placed), pol.MaxConcurrentSpawns)
+			switch {
+			case len(placed) < n:
+				ps.waitf("machine %q: %d more to spawn once there is room: %s", name, need-len(placed), whyNot)
+			case len(placed) < need:
+				ps.waitf("machine %q: %d more to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need-len(placed), pol.MaxConcurrentSpawns)
 			}
 			return
 		}
@@ -515,7 +518,12 @@ func (ps *pass) placeElsewhere(mt rules.MachineType, b string, n int) (placed []
 // members but the leader, what each already holds (the records that name
 // it as their host), and the backends backing off on each.
 func (ps *pass) otherHosts() Hosts {
-	hs := Hosts{Offers: map[string]Offer{}, BackoffUntil: ps.obs.HostBackoffUntil}
+	hs := Hosts{Offers: map[string]Offer{}, BackoffUntil: ps.obs.HostBackoffUntil, MaxPerHost: map[string]int{}}
+	for name, be := range ps.p.Backends {
+		if be.MaxPerHost > 0 {
+			hs.MaxPerHost[name] = be.MaxPerHost
+		}
+	}
 	for id, o := range ps.obs.Offers {
 		if id != ps.obs.Self {
 			hs.Offers[id] = o

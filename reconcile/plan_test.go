@@ -721,6 +721,49 @@ func TestPlanPlacesWhereTheLeaderCannot(t *testing.T) {
 	}
 }
 
+// TestPlanHoldsToEachHostsCapacity: a backend's max_per_host caps what
+// placement gives one member, counting the machines the records say it
+// holds; when every host is full the status says so.
+func TestPlanHoldsToEachHostsCapacity(t *testing.T) {
+	p := platform(t, `
+backend "docker" {
+  max_per_host = 2
+}
+machine "server" {
+  min = 1
+  consul_server = true
+}
+machine "web" {
+  min = 5
+  backends = ["docker"]
+}
+policy {
+  max_concurrent_spawns = 10
+}
+`)
+	obs := with(cluster("server", "a"), func(o *Observed) {
+		o.Self = "a"
+		o.BackendErrors = map[string]string{"docker": "unavailable: no socket"}
+		o.Offers = offers(offering("a", "!docker"), offering("b", "docker"), offering("c", "docker"))
+		o.Records["web-1"] = Record{ID: "web-1", Type: "web", Backend: "docker", Host: "b", State: StateJoined}
+		o.Members["web-1"] = Member{Name: "web-1", Status: MemberAlive, Type: "web"}
+	})
+	d := Plan(p, obs, t0)
+	perHost := map[string]int{}
+	for _, a := range d.Actions {
+		if a.Kind == KindSpawn {
+			perHost[a.Host]++
+		}
+	}
+	if perHost["b"] != 1 || perHost["c"] != 2 || len(perHost) != 2 {
+		t.Errorf("spawns per host %v, want b 1 (it holds one) and c 2", perHost)
+	}
+	want := `machine "web": 1 more to spawn once there is room: backend "docker": every host offering it is full (2 per host)`
+	if !strings.Contains(strings.Join(d.Waiting, "\n"), want) {
+		t.Errorf("waiting %q, want %q", d.Waiting, want)
+	}
+}
+
 // TestPlanPrefersTheTypesBackendOrderAnywhere: the type's first backend
 // wins when any member offers it, even when the leader could run the second
 // itself.
