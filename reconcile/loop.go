@@ -37,6 +37,9 @@ type Status struct {
 	Halted        string                `json:"halted,omitempty"`
 	Waiting       []string              `json:"waiting,omitempty"`
 	BackendErrors map[string]string     `json:"backend_errors,omitempty"`
+	// OfferedBy names, for each backend the leader cannot use itself, the
+	// other members that offer it: where its spawns go instead.
+	OfferedBy map[string][]string `json:"offered_by,omitempty"`
 }
 
 // backendQueryTimeout bounds a backend's Available and List together: a
@@ -302,6 +305,16 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 		err = r.Executor.Execute(ctx, p, bes, obs, d.Actions)
 	}
 	st.Types, st.Planned, st.Halted, st.Waiting, st.BackendErrors = d.Types, d.Actions, d.Halted, d.Waiting, obs.BackendErrors
+	for b := range obs.BackendErrors {
+		for _, id := range sortedKeys(obs.Offers) {
+			if id != obs.Self && obs.Offers[id].Backends[b].Available {
+				if st.OfferedBy == nil {
+					st.OfferedBy = map[string][]string{}
+				}
+				st.OfferedBy[b] = append(st.OfferedBy[b], id)
+			}
+		}
+	}
 	st.InFlight = r.Executor.InFlight()
 	st.Recent = r.Executor.Recent()
 	st.Duration = time.Since(begin).Round(time.Microsecond).String()

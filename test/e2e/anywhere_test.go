@@ -209,6 +209,11 @@ machine "crate" {
 	}
 	out, _, _ = l.rf("status")
 	t.Logf("status:\n%s", out)
+	for _, want := range []string{"backend engine  runs on " + idA + " (not on the leader", "backend job     runs on " + idB + " (not on the leader"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q", want)
+		}
+	}
 }
 
 // offersOf reads `raptiformica members --json`: each member's offered
