@@ -112,7 +112,12 @@ type Env struct {
 	Binary string
 	// ConsulBinary is the Consul binary to run on new machines.
 	ConsulBinary string
-	Logger       hclog.Logger
+	// BindAddr is the address the node's own Consul binds (or "auto");
+	// empty when the backend runs outside an agent (the CLI). A backend
+	// whose machines are reachable only from this machine's network
+	// (loopback) is offered only where that network is the cluster's.
+	BindAddr string
+	Logger   hclog.Logger
 	// Claims is the backend's own folder of the cluster's KV (the ssh pool
 	// records there which host runs which machine); HostKeys holds the SSH
 	// host keys trusted on first use. Both nil where no cluster is reachable.

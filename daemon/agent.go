@@ -228,7 +228,7 @@ func (a *Agent) setUp() (err error) {
 	}
 	bes := &backendSet{
 		registry: a.Registry, platform: a.mirror.Platform, store: a.store, log: a.Log,
-		env: backends.Env{ClusterDir: c.ClusterDir, Binary: a.Binary, ConsulBinary: c.ConsulBinary, Logger: a.Log.Named("backend")},
+		env: backends.Env{ClusterDir: c.ClusterDir, Binary: a.Binary, ConsulBinary: c.ConsulBinary, BindAddr: c.BindAddr, Logger: a.Log.Named("backend")},
 	}
 	a.proc = &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirror.peers, Clock: a.Clock, LogMaxBytes: a.LogMaxBytes}
 	// Where a new machine can dial the node that configures it: in its
@@ -245,6 +245,7 @@ func (a *Agent) setUp() (err error) {
 		},
 		NodeConfig: NodeConfigFor(client, Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, c.ClusterDir, c.ConsulBinary, selfEndpoints),
 		Grant:      grantWork(client),
+		Self:       c.MachineID,
 		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
 	}
 	a.elector = &elector{
@@ -267,6 +268,12 @@ func (a *Agent) setUp() (err error) {
 		served: filepath.Join(c.DataDir, "hosted-backends.json"), clock: a.Clock, log: a.Log.Named("work"),
 	}
 	a.offers.hosting = a.work.hosting
+	executor.Served = func(ctx context.Context, backend string) {
+		a.work.serve(backend)
+		pctx, cancel := context.WithTimeout(ctx, offerCheckTimeout)
+		defer cancel()
+		a.offers.publish(pctx)
+	}
 	a.mirror.changed = func() { a.elector.poke(); a.offers.poke() }
 	a.quorum = &quorumWatch{
 		cfg: c, consul: client, inventory: a.inventory, proc: a.proc, mirror: a.mirror, seed: a.seed,

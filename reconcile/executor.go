@@ -50,6 +50,13 @@ type Executor struct {
 	// Forget, when set, removes a removed machine's credentials (its ACL
 	// token and policy).
 	Forget func(ctx context.Context, machineID string) error
+	// Self is the machine the executor runs on: the host of the machines
+	// it spawns itself. Empty outside an agent (the CLI's spawn).
+	Self string
+	// Served, when set, is told after this machine made a machine on a
+	// backend, before the machine is recorded: this machine then lists
+	// that backend's machines in its offer, for whoever leads next.
+	Served func(ctx context.Context, backend string)
 	// Grant, when set, lets the member host read and write the work
 	// orders given to it (a machine made before work orders existed has
 	// a policy without them). It is called before every order.
@@ -417,7 +424,8 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	// The intent goes to KV before anything is created: a leader that dies
 	// right after this line leaves a record the next leader will see, wait
 	// for, and clean up if it never joins.
-	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, Host: a.Host, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
+	host := cmp.Or(a.Host, e.Self)
+	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, Host: host, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
 	if err != nil {
 		return "", err
 	}
@@ -461,6 +469,12 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 			return
 		}
 		e.backendOK(a.Backend)
+		if e.Served != nil {
+			// Its list goes out before the record says the machine
+			// exists: a leader after this one judges the machine
+			// by this machine's list, and only by one that has it.
+			e.Served(ctx, a.Backend)
+		}
 		rec.State, rec.Updated, rec.Address, rec.Addresses = StateJoining, e.Clock.Now(), inst.Address, inst.Addresses
 		if _, err := e.Inventory.Put(ctx, rec); err != nil {
 			log.Error("record spawned machine", telemetry.KeyError, err)

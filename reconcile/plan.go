@@ -263,18 +263,21 @@ func (ps *pass) healthOf(id string, r Record) health {
 // offer carries it, and only when the offer was written after the host
 // reported the machine made (a list from before says nothing of it). A
 // host that is not an alive member lists nothing: its machines are
-// unknown, not gone.
+// unknown, not gone, unless the leader's own list has them.
 func (ps *pass) listOf(r Record) (insts map[string]backends.Instance, localOnly, listed bool) {
 	if r.Host == "" || r.Host == ps.obs.Self {
 		insts, listed = ps.obs.Instances[r.Backend]
 		return insts, ps.obs.LocalOnly[r.Backend], listed
 	}
 	o, ok := ps.obs.Offers[r.Host]
-	if !ok || o.Index <= r.HostSince {
-		return nil, false, false
-	}
 	bo := o.Backends[r.Backend]
-	if !bo.Listed {
+	if !ok || o.Index <= r.HostSince || !bo.Listed {
+		// The leader's own list may still have seen the machine (one
+		// engine, one box): a machine it lists, stopped or running, is
+		// as good as the host's word. Its absence there says nothing.
+		if in, seen := ps.obs.Instances[r.Backend][r.ID]; seen {
+			return map[string]backends.Instance{r.ID: in}, true, true
+		}
 		return nil, false, false
 	}
 	insts = make(map[string]backends.Instance, len(bo.Instances))
@@ -437,23 +440,17 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 		return
 	}
 	n := min(need, budget)
-	// The type's backends in its order: the first one the leader can use
-	// itself, or that another member offers, takes the spawns.
+	// The type's backends in its order: the first one that the leader or
+	// another member can run takes the spawns, spread over them.
 	for _, b := range mt.Backends {
-		why, usable := ps.usableHere(b)
-		if usable {
-			for i := 0; i < n; i++ {
-				ps.spawns = append(ps.spawns, Action{Kind: KindSpawn, Type: name, Backend: b, Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)})
-			}
-			ps.pendingTotal += n
-			if n < need {
-				ps.waitf("machine %q: %d more to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need-n, pol.MaxConcurrentSpawns)
-			}
-			return
-		}
-		placed, whyNot := ps.placeElsewhere(mt, b, n)
+		why, here := ps.usableHere(b)
+		placed, whyNot := ps.place(mt, b, n)
 		for i, pl := range placed {
-			ps.spawns = append(ps.spawns, Action{Kind: KindSpawn, Type: name, Backend: b, Host: pl.Host, Reason: fmt.Sprintf("%d of min %d, on %s", have+i, mt.Min, pl.Host)})
+			a := Action{Kind: KindSpawn, Type: name, Backend: b, Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)}
+			if pl.Host != ps.obs.Self {
+				a.Host, a.Reason = pl.Host, a.Reason+", on "+pl.Host
+			}
+			ps.spawns = append(ps.spawns, a)
 		}
 		ps.pendingTotal += len(placed)
 		if len(placed) > 0 {
@@ -465,7 +462,10 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 			}
 			return
 		}
-		if whyNot != "" {
+		switch {
+		case here:
+			why = whyNot
+		case whyNot != "":
 			why += "; " + whyNot
 		}
 		ps.waitf("backend %q skipped: %s", b, why)
@@ -490,15 +490,21 @@ func (ps *pass) usableHere(b string) (string, bool) {
 	return "", true
 }
 
-// placeElsewhere places up to n machines of type mt on backend b on other
-// members that offer it, spread by Place; whyNot says what held the rest
-// back.
-func (ps *pass) placeElsewhere(mt rules.MachineType, b string, n int) (placed []Placement, whyNot string) {
+// place places up to n machines of type mt on backend b, on the leader
+// and the other members that can run it, spread by Place; whyNot says what
+// held the rest back. Without the members' offers (they could not be
+// read) the leader places on itself alone, as it can.
+func (ps *pass) place(mt rules.MachineType, b string, n int) (placed []Placement, whyNot string) {
 	if ps.obs.Offers == nil {
-		return nil, "" // unknown: nothing to say of them
+		if _, here := ps.usableHere(b); here {
+			for range n {
+				placed = append(placed, Placement{Backend: b, Host: ps.obs.Self})
+			}
+		}
+		return placed, ""
 	}
 	if ps.hosts == nil {
-		hs := ps.otherHosts()
+		hs := ps.allHosts()
 		ps.hosts = &hs
 	}
 	one := mt
@@ -514,11 +520,12 @@ func (ps *pass) placeElsewhere(mt rules.MachineType, b string, n int) (placed []
 	return placed, ""
 }
 
-// otherHosts is what placement on other members chooses among: the alive
-// members but the leader, what each already holds (the records that name
-// it as their host), and the backends backing off on each.
-func (ps *pass) otherHosts() Hosts {
-	hs := Hosts{Offers: map[string]Offer{}, BackoffUntil: ps.obs.HostBackoffUntil, MaxPerHost: map[string]int{}}
+// allHosts is what placement chooses among: the alive members, the leader
+// with the backends it can run now (fresher than its published offer),
+// what each already holds (the records that name it as their host), and
+// the backends backing off on each.
+func (ps *pass) allHosts() Hosts {
+	hs := Hosts{Offers: map[string]Offer{}, BackoffUntil: ps.obs.HostBackoffUntil, MaxPerHost: map[string]int{}, Prefer: ps.obs.Self}
 	for name, be := range ps.p.Backends {
 		if be.MaxPerHost > 0 {
 			hs.MaxPerHost[name] = be.MaxPerHost
@@ -529,6 +536,13 @@ func (ps *pass) otherHosts() Hosts {
 			hs.Offers[id] = o
 		}
 	}
+	self := Offer{Machine: ps.obs.Self, Backends: map[string]BackendOffer{}}
+	for _, name := range sortedKeys(ps.p.Backends) {
+		if _, here := ps.usableHere(name); here {
+			self.Backends[name] = BackendOffer{Available: true}
+		}
+	}
+	hs.Offers[ps.obs.Self] = self
 	for _, id := range sortedKeys(ps.obs.Records) {
 		r := ps.obs.Records[id]
 		if r.Host == "" || r.State == StateDestroying {

@@ -721,6 +721,43 @@ func TestPlanPlacesWhereTheLeaderCannot(t *testing.T) {
 	}
 }
 
+// TestPlanSpreadsOverTheLeaderAndTheMembers: the leader is one host among
+// the members that offer a backend: three servers land on three hosts
+// though the leader could run them all, and the leader keeps a tie.
+func TestPlanSpreadsOverTheLeaderAndTheMembers(t *testing.T) {
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a"), func(o *Observed) {
+		o.Self = "a"
+		r := o.Records["a"]
+		r.Host = "a"
+		o.Records["a"] = r
+		o.Offers = offers(offering("a", "local"), offering("b", "local"), offering("c", "local"))
+	})
+	var hosts []string
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.Kind == KindSpawn {
+			hosts = append(hosts, a.Host)
+		}
+	}
+	if !reflect.DeepEqual(hosts, []string{"b", "c"}) {
+		t.Errorf("servers spawned on %q, want b and c: a already holds one", hosts)
+	}
+	// A server made before records named hosts counts for no host: the
+	// leader wins the tie and runs the first spawn itself.
+	r := obs.Records["a"]
+	r.Host = ""
+	obs.Records["a"] = r
+	hosts = nil
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.Kind == KindSpawn {
+			hosts = append(hosts, a.Host)
+		}
+	}
+	if !reflect.DeepEqual(hosts, []string{"", "b"}) {
+		t.Errorf("servers spawned on %q, want the leader itself (\"\") then b", hosts)
+	}
+}
+
 // TestPlanHoldsToEachHostsCapacity: a backend's max_per_host caps what
 // placement gives one member, counting the machines the records say it
 // holds; when every host is full the status says so.
@@ -826,16 +863,26 @@ func TestPlanJudgesAMachineByItsHostsList(t *testing.T) {
 	cases := []struct {
 		name    string
 		offers  map[string]Offer
+		leaders map[string]backends.Instance // the leader's own list of docker
 		reapNow bool
 	}{
-		{"listed without it, after the spawn", offers(offering("a"), hostList("b", "docker", 101, "x")), true},
-		{"listed with it", offers(offering("a"), hostList("b", "docker", 101, "c")), false},
-		{"list older than the spawn", offers(offering("a"), hostList("b", "docker", 99)), false},
-		{"host not alive", offers(offering("a")), false},
+		{"listed without it, after the spawn", offers(offering("a"), hostList("b", "docker", 101, "x")), nil, true},
+		{"listed with it", offers(offering("a"), hostList("b", "docker", 101, "c")), nil, false},
+		{"list older than the spawn", offers(offering("a"), hostList("b", "docker", 99)), nil, false},
+		{"host not alive", offers(offering("a")), nil, false},
+		{"host not alive, the leader lists it stopped", offers(offering("a")), map[string]backends.Instance{"c": {MachineID: "c"}}, true},
+		{"host not alive, the leader lists it running", offers(offering("a")), map[string]backends.Instance{"c": {MachineID: "c", Running: true}}, false},
+		{"host not alive, the leader's list lacks it", offers(offering("a")), map[string]backends.Instance{}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			obs := with(base, func(o *Observed) { o.Offers = c.offers })
+			obs := with(base, func(o *Observed) {
+				o.Offers = c.offers
+				o.Instances = map[string]map[string]backends.Instance{"local": o.Instances["local"]}
+				if c.leaders != nil {
+					o.Instances["docker"] = c.leaders
+				}
+			})
 			obs.Seen = map[string]Sighting{"c": {Cond: condDown, First: t0.Add(-time.Second), Passes: 1}}
 			d := Plan(p, obs, t0)
 			var reap *Action
