@@ -46,6 +46,15 @@ type LocalView interface {
 	ListsOnlyLocal() bool
 }
 
+// Scoped is implemented by a backend that can name what it manages: one
+// Docker engine, one machine's loopback. Two members whose backends give the
+// same scope see the same machines, so either's List covers the other's
+// and either can destroy them: how the machines of a member that died are
+// still judged and cleaned up. An empty scope is unknown.
+type Scoped interface {
+	Scope(ctx context.Context) (string, error)
+}
+
 // Seeder is implemented by a backend that can start the first machine of a
 // new cluster: one that needs no running cluster to spawn (no state in KV).
 // The caller spawns the seed with the node config's Bootstrap set; CanSeed

@@ -155,6 +155,9 @@ func (o *offerer) ask(ctx context.Context) reconcile.Offer {
 			} else if err := be.Available(ctx); err != nil {
 				bo = reconcile.BackendOffer{Reason: err.Error()}
 			}
+			if sc, ok := be.(backends.Scoped); ok && bo.Available {
+				bo.Scope, _ = sc.Scope(ctx)
+			}
 			if bo.Available && hosting[name] {
 				if insts, err := be.List(ctx); err == nil {
 					bo.Listed, bo.Instances = true, insts

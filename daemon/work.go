@@ -180,17 +180,19 @@ func (w *worker) take(ctx context.Context, o reconcile.WorkOrder) {
 			delete(w.running, o.MachineID)
 			w.mu.Unlock()
 		}()
-		inst, err := w.run(ctx, claimed)
+		inst, scope, err := w.run(ctx, claimed)
+		claimed.Scope = scope
 		w.report(ctx, claimed, inst, err)
 	})
 }
 
-// run calls the backend for one claimed order, within its timeout.
-func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (backends.Instance, error) {
+// run calls the backend for one claimed order, within its timeout, and
+// says what the backend manages a spawned machine in.
+func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (inst backends.Instance, scope string, err error) {
 	log := w.log.With(telemetry.KeyAction, string(o.Kind), telemetry.KeyMachineID, o.MachineID, telemetry.KeyBackend, o.Backend)
 	be, ok := w.backends()[o.Backend]
 	if !ok {
-		return backends.Instance{}, fmt.Errorf("backend %q is not configured on %s", o.Backend, w.orders.Host)
+		return backends.Instance{}, "", fmt.Errorf("backend %q is not configured on %s", o.Backend, w.orders.Host)
 	}
 	w.serve(o.Backend)
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
@@ -200,13 +202,18 @@ func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (backends.Insta
 	if o.Kind == reconcile.WorkDestroy {
 		err := be.Destroy(ctx, o.MachineID)
 		log.Info("work order ran", telemetry.KeyDuration, w.clock.Now().Sub(begin), telemetry.KeyError, err)
-		return backends.Instance{}, err
+		return backends.Instance{}, "", err
 	}
 	node := *o.Node
 	node.ClusterDir, node.ConsulBinary = w.env.ClusterDir, w.env.ConsulBinary
-	inst, err := be.Spawn(ctx, backends.Spec{Node: node, Bootstrap: o.Bootstrap})
+	inst, err = be.Spawn(ctx, backends.Spec{Node: node, Bootstrap: o.Bootstrap})
 	log.Info("work order ran", telemetry.KeyDuration, w.clock.Now().Sub(begin), telemetry.KeyError, err)
-	return inst, err
+	if err == nil {
+		if sc, ok := be.(backends.Scoped); ok {
+			scope, _ = sc.Scope(ctx)
+		}
+	}
+	return inst, scope, err
 }
 
 // report writes how an order ended, tried until outcomeTimeout (a Raft

@@ -369,12 +369,22 @@ func (e *Executor) markAll(ctx context.Context, p *rules.Platform, obs Observed,
 // mirror's re-seed, another leader) is the better one and stays.
 func (e *Executor) restore(ctx context.Context, obs Observed, a Action) error {
 	in := obs.Instances[a.Backend][a.MachineID]
+	scope := ""
+	if a.Host != "" {
+		bo := obs.Offers[a.Host].Backends[a.Backend]
+		scope = bo.Scope
+		for _, hin := range bo.Instances {
+			if hin.MachineID == a.MachineID {
+				in = hin
+			}
+		}
+	}
 	now := e.Clock.Now()
 	created := in.Created
 	if created.IsZero() {
 		created = now
 	}
-	r := Record{ID: a.MachineID, Type: a.Type, Backend: a.Backend, State: StateJoined,
+	r := Record{ID: a.MachineID, Type: a.Type, Backend: a.Backend, Host: a.Host, Scope: scope, State: StateJoined,
 		Address: cmp.Or(in.Address, obs.Members[a.MachineID].Address), Addresses: in.Addresses,
 		Created: created, Updated: now, Reason: a.Reason}
 	if _, err := e.Inventory.Put(ctx, r); err != nil && !errors.Is(err, ErrConflict) {
@@ -474,6 +484,11 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 			// exists: a leader after this one judges the machine
 			// by this machine's list, and only by one that has it.
 			e.Served(ctx, a.Backend)
+		}
+		if sc, ok := be.(backends.Scoped); ok {
+			qctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+			rec.Scope, _ = sc.Scope(qctx)
+			cancel()
 		}
 		rec.State, rec.Updated, rec.Address, rec.Addresses = StateJoining, e.Clock.Now(), inst.Address, inst.Addresses
 		if _, err := e.Inventory.Put(ctx, rec); err != nil {

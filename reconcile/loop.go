@@ -52,7 +52,7 @@ const backendQueryTimeout = 45 * time.Second
 // of Instances and named in BackendErrors. Only a failure to read Consul is
 // an error.
 func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[string]backends.Backend, m *telemetry.Metrics) (Observed, error) {
-	obs := Observed{Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{}, BackendErrors: map[string]string{}, LocalOnly: map[string]bool{}}
+	obs := Observed{Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{}, BackendErrors: map[string]string{}, LocalOnly: map[string]bool{}, Scopes: map[string]string{}}
 	recs, _, err := inv.List(ctx, nil)
 	if err != nil {
 		return obs, err
@@ -81,6 +81,7 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 		insts     []backends.Instance
 		listErr   error
 		availErr  error
+		scope     string
 	}
 	answers := make([]answer, 0, len(bes))
 	var mu sync.Mutex
@@ -98,6 +99,9 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 			defer cancel()
 			a.availErr = be.Available(bctx)
 			a.insts, a.listErr = be.List(bctx)
+			if sc, ok := be.(backends.Scoped); ok && a.availErr == nil {
+				a.scope, _ = sc.Scope(bctx)
+			}
 			mu.Lock()
 			answers = append(answers, a)
 			mu.Unlock()
@@ -107,6 +111,9 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	for _, a := range answers {
 		if a.localOnly {
 			obs.LocalOnly[a.name] = true
+		}
+		if a.scope != "" {
+			obs.Scopes[a.name] = a.scope
 		}
 		up := 1.0
 		if a.availErr != nil {

@@ -38,6 +38,8 @@ type BackendOffer struct {
 	// LocalOnly says that the list covers only the machines spawned there
 	// (backends.LocalView): a machine missing from it is unknown.
 	LocalOnly bool `json:"local_only,omitempty"`
+	// Scope is what the backend manages there (backends.Scoped).
+	Scope string `json:"scope,omitempty"`
 }
 
 // Offered lists the backends the offer makes available, sorted.

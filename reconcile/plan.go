@@ -183,7 +183,7 @@ func (ps *pass) tallyUnrecorded() {
 		if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || !member || m.Status != MemberAlive {
 			continue
 		}
-		r := Record{ID: id, Type: hd.in.MachineType, Backend: hd.backend, Host: hd.host, State: StateJoined}
+		r := Record{ID: id, Type: hd.in.MachineType, Backend: hd.backend, Host: hd.host, Scope: ps.obs.Offers[hd.host].Backends[hd.backend].Scope, State: StateJoined}
 		ps.tallyOf(r).addLive(r)
 		ps.marks = append(ps.marks, actOn(KindRestoreRecord, id, r, fmt.Sprintf("alive member without an inventory record: re-created from backend %s on %s", hd.backend, hd.host)))
 	}
@@ -265,7 +265,7 @@ func (ps *pass) healthOf(id string, r Record) health {
 // host that is not an alive member lists nothing: its machines are
 // unknown, not gone, unless the leader's own list has them.
 func (ps *pass) listOf(r Record) (insts map[string]backends.Instance, localOnly, listed bool) {
-	if r.Host == "" || r.Host == ps.obs.Self {
+	if ps.runsHere(r) {
 		insts, listed = ps.obs.Instances[r.Backend]
 		return insts, ps.obs.LocalOnly[r.Backend], listed
 	}
@@ -285,6 +285,14 @@ func (ps *pass) listOf(r Record) (insts map[string]backends.Instance, localOnly,
 		insts[in.MachineID] = in
 	}
 	return insts, bo.LocalOnly, true
+}
+
+// runsHere reports whether the leader's own backend holds the machine of r:
+// the leader made it, or made it before hosts were recorded, or its host's
+// backend manages the same thing as the leader's (one engine, one box).
+// The leader then lists it and destroys it itself, its host alive or not.
+func (ps *pass) runsHere(r Record) bool {
+	return r.Host == "" || r.Host == ps.obs.Self || r.Scope != "" && r.Scope == ps.obs.Scopes[r.Backend]
 }
 
 // hosted is a machine another member lists on a backend the leader cannot
@@ -593,8 +601,16 @@ func (ps *pass) removeStray() {
 	}
 }
 
-// decide puts the actions in the order the executor is to run them.
+// decide puts the actions in the order the executor is to run them, each
+// removal where it runs.
 func (ps *pass) decide() Decision {
+	for _, as := range [][]Action{ps.reaps, ps.downs, ps.strays} {
+		for i, a := range as {
+			if r, ok := ps.obs.Records[a.MachineID]; ok && ps.runsHere(r) {
+				as[i].Host = ""
+			}
+		}
+	}
 	ps.d.Actions = append(ps.d.Actions, ps.marks...)
 	// Replacements go before removals: spawn first, then reap.
 	ps.d.Actions = append(ps.d.Actions, ps.spawns...)

@@ -901,6 +901,33 @@ func TestPlanJudgesAMachineByItsHostsList(t *testing.T) {
 	}
 }
 
+// TestPlanRunsWhatItsOwnBackendHolds: a machine whose host's backend
+// manages the same thing as the leader's (one engine, one box) is the
+// leader's to judge and remove, its host alive or not: a spawn its dead
+// host left half-made is cleaned up, not stuck waiting for the host.
+func TestPlanRunsWhatItsOwnBackendHolds(t *testing.T) {
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a", "b"), func(o *Observed) {
+		o.Self = "a"
+		o.Scopes = map[string]string{"local": "local:box-1"}
+		o.Offers = offers(offering("a", "local"))
+		o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", Host: "b", Scope: "local:box-1", State: StateDestroying, Reason: "spawn failed"}
+		o.Records["d"] = Record{ID: "d", Type: "server", Backend: "local", Host: "b", Scope: "local:box-2", State: StateDestroying, Reason: "spawn failed"}
+	})
+	where := map[string]string{}
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.Kind == KindReap {
+			where[a.MachineID] = a.Host
+		}
+	}
+	if h, ok := where["c"]; !ok || h != "" {
+		t.Errorf("reap of c (the leader's scope) on %q (planned %v), want on the leader", h, ok)
+	}
+	if h, ok := where["d"]; !ok || h != "b" {
+		t.Errorf("reap of d (another scope) on %q (planned %v), want on its host b", h, ok)
+	}
+}
+
 // TestPlanOrphansAndLostRecordsOnAnotherHost: a machine another member
 // lists without a record is destroyed there once seen long enough, unless
 // it is an alive member, whose record is restored naming its host.

@@ -64,6 +64,10 @@ type Record struct {
 	// made: only a list the host published after it (a larger index)
 	// can tell that the machine is gone.
 	HostSince uint64 `json:"host_since,omitempty"`
+	// Scope is what its backend manages it in, as its host's backend
+	// named it (backends.Scoped): a leader whose own backend has the same
+	// scope lists and destroys it itself, its host alive or not.
+	Scope string `json:"scope,omitempty"`
 	// Seed marks the node that founded the cluster.
 	Seed    bool      `json:"seed,omitempty"`
 	Created time.Time `json:"created"`
@@ -116,6 +120,9 @@ type Observed struct {
 	// LocalOnly names the backends whose list covers only the machines this
 	// node spawned: a machine missing from it is unknown, not gone.
 	LocalOnly map[string]bool
+	// Scopes are what the leader's own backends manage, by backend
+	// (backends.Scoped); a backend missing has an unknown scope.
+	Scopes map[string]string
 	// BackendErrors says why a backend cannot be used now (unavailable, or
 	// listing failed).
 	BackendErrors map[string]string

@@ -52,8 +52,10 @@ type WorkOrder struct {
 	// Timeout bounds the backend call on the host.
 	Timeout time.Duration `json:"timeout"`
 	State   WorkState     `json:"state,omitempty"`
-	// Instance is what a done spawn made.
+	// Instance is what a done spawn made, and Scope what its backend
+	// manages it in (backends.Scoped).
 	Instance *backends.Instance `json:"instance,omitempty"`
+	Scope    string             `json:"scope,omitempty"`
 	// Error says why a failed order failed.
 	Error string `json:"error,omitempty"`
 	// Index is the order's KV ModifyIndex, for check-and-set.

@@ -147,6 +147,22 @@ func (b *Backend) Available(ctx context.Context) error {
 	return nil
 }
 
+// Scope names the engine, by the ID it gives itself: members that reach
+// one engine (its socket shared with the containers) list the same
+// containers.
+func (b *Backend) Scope(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := b.cli.Info(ctx)
+	if err != nil {
+		return "", err
+	}
+	if info.ID == "" {
+		return "", nil
+	}
+	return "docker:" + info.ID, nil
+}
+
 // Network returns the name of the cluster's network.
 func (b *Backend) Network() string { return b.network }
 

@@ -158,6 +158,21 @@ func (b *Backend) Available(ctx context.Context) error {
 	return nil
 }
 
+// Scope names this machine's kernel (its boot) and network namespace, and
+// the folder of machines: loopback machines are reachable, listable and
+// destroyable exactly from there.
+func (b *Backend) Scope(context.Context) (string, error) {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", err
+	}
+	netns, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return "", err
+	}
+	return "local:" + strings.TrimSpace(string(boot)) + "/" + netns + ":" + b.dir, nil
+}
+
 // ownAddresses are the IP addresses of this machine's interfaces.
 func ownAddresses() (map[string]bool, error) {
 	addrs, err := net.InterfaceAddrs()
