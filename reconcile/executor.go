@@ -435,7 +435,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	// right after this line leaves a record the next leader will see, wait
 	// for, and clean up if it never joins.
 	host := cmp.Or(a.Host, e.Self)
-	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, Host: host, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
+	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, Host: host, Scope: a.Scope, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
 	if err != nil {
 		return "", err
 	}
@@ -487,7 +487,9 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 		}
 		if sc, ok := be.(backends.Scoped); ok {
 			qctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
-			rec.Scope, _ = sc.Scope(qctx)
+			if s, err := sc.Scope(qctx); err == nil && s != "" {
+				rec.Scope = s
+			}
 			cancel()
 		}
 		rec.State, rec.Updated, rec.Address, rec.Addresses = StateJoining, e.Clock.Now(), inst.Address, inst.Addresses

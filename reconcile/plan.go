@@ -454,9 +454,10 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 		why, here := ps.usableHere(b)
 		placed, whyNot := ps.place(mt, b, n)
 		for i, pl := range placed {
-			a := Action{Kind: KindSpawn, Type: name, Backend: b, Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)}
+			a := Action{Kind: KindSpawn, Type: name, Backend: b, Scope: ps.obs.Scopes[b], Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)}
 			if pl.Host != ps.obs.Self {
 				a.Host, a.Reason = pl.Host, a.Reason+", on "+pl.Host
+				a.Scope = ps.obs.Offers[pl.Host].Backends[b].Scope
 			}
 			ps.spawns = append(ps.spawns, a)
 		}

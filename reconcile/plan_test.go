@@ -732,15 +732,24 @@ func TestPlanSpreadsOverTheLeaderAndTheMembers(t *testing.T) {
 		r.Host = "a"
 		o.Records["a"] = r
 		o.Offers = offers(offering("a", "local"), offering("b", "local"), offering("c", "local"))
+		o.Scopes = map[string]string{"local": "local:box-a"}
+		bo := o.Offers["b"].Backends["local"]
+		bo.Scope = "local:box-b"
+		o.Offers["b"].Backends["local"] = bo
 	})
 	var hosts []string
+	scopes := map[string]string{}
 	for _, a := range Plan(p, obs, t0).Actions {
 		if a.Kind == KindSpawn {
 			hosts = append(hosts, a.Host)
+			scopes[a.Host] = a.Scope
 		}
 	}
 	if !reflect.DeepEqual(hosts, []string{"b", "c"}) {
 		t.Errorf("servers spawned on %q, want b and c: a already holds one", hosts)
+	}
+	if scopes["b"] != "local:box-b" || scopes["c"] != "" {
+		t.Errorf("spawns' scopes %v, want b's offer's scope on b, none on c", scopes)
 	}
 	// A server made before records named hosts counts for no host: the
 	// leader wins the tie and runs the first spawn itself.
@@ -755,6 +764,11 @@ func TestPlanSpreadsOverTheLeaderAndTheMembers(t *testing.T) {
 	}
 	if !reflect.DeepEqual(hosts, []string{"", "b"}) {
 		t.Errorf("servers spawned on %q, want the leader itself (\"\") then b", hosts)
+	}
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.Kind == KindSpawn && a.Host == "" && a.Scope != "local:box-a" {
+			t.Errorf("the leader's spawn has scope %q, want its own backend's", a.Scope)
+		}
 	}
 }
 

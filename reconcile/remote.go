@@ -94,7 +94,10 @@ func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders
 	if err == nil && w.State == WorkDone && w.Instance != nil {
 		e.backendOK(key)
 		rec.State, rec.Updated, rec.Address, rec.Addresses = StateJoining, e.Clock.Now(), w.Instance.Address, w.Instance.Addresses
-		rec.HostSince, rec.Scope = w.Index, w.Scope
+		rec.HostSince = w.Index
+		if w.Scope != "" {
+			rec.Scope = w.Scope
+		}
 		if _, err := e.Inventory.Put(ctx, rec); err != nil {
 			log.Error("record spawned machine", telemetry.KeyError, err)
 			e.finish(a, err)

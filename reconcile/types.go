@@ -191,6 +191,11 @@ type Action struct {
 	// the one placement chose for a spawn, the one that holds the machine
 	// for a removal.
 	Host string `json:"host,omitempty"`
+	// Scope is, for a spawn, what the chosen host's backend manages (its
+	// offer's, or the leader's own): recorded with the intent, so that a
+	// machine its host left half-made is the leader's to clean up when
+	// both see the same thing.
+	Scope string `json:"scope,omitempty"`
 }
 
 // TypeStatus is desired against live for one machine type.
