@@ -46,6 +46,15 @@ type LocalView interface {
 	ListsOnlyLocal() bool
 }
 
+// Scoped is implemented by a backend that can name what it manages: one
+// Docker engine, one machine's loopback. Two members whose backends give the
+// same scope see the same machines, so either's List covers the other's
+// and either can destroy them: how the machines of a member that died are
+// still judged and cleaned up. An empty scope is unknown.
+type Scoped interface {
+	Scope(ctx context.Context) (string, error)
+}
+
 // Seeder is implemented by a backend that can start the first machine of a
 // new cluster: one that needs no running cluster to spawn (no state in KV).
 // The caller spawns the seed with the node config's Bootstrap set; CanSeed
@@ -109,7 +118,12 @@ type Env struct {
 	Binary string
 	// ConsulBinary is the Consul binary to run on new machines.
 	ConsulBinary string
-	Logger       hclog.Logger
+	// BindAddr is the address the node's own Consul binds (or "auto");
+	// empty when the backend runs outside an agent (the CLI). A backend
+	// whose machines are reachable only from this machine's network
+	// (loopback) is offered only where that network is the cluster's.
+	BindAddr string
+	Logger   hclog.Logger
 	// Claims is the backend's own folder of the cluster's KV (the ssh pool
 	// records there which host runs which machine); HostKeys holds the SSH
 	// host keys trusted on first use. Both nil where no cluster is reachable.

@@ -82,7 +82,7 @@ func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, 
 		r := recs[m.Name]
 		row := Member{Name: m.Name, Address: m.Addr, Status: string(reconcile.SerfStatus(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader}
 		if b, ok := offers[m.Name]; ok {
-			if o, err := reconcile.ParseOffer(m.Name, b); err == nil {
+			if o, err := reconcile.ParseOffer(m.Name, b.Value); err == nil {
 				row.Offers = append([]string{}, o.Offered()...)
 			}
 		}

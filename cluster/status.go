@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -85,8 +86,12 @@ func (v StatusView) WriteText(out io.Writer) error {
 	for _, s := range st.Waiting {
 		fmt.Fprintf(w, "waiting\t%s\n", s)
 	}
-	for b, e := range st.BackendErrors {
-		fmt.Fprintf(w, "backend %s\t%s\n", b, e)
+	for _, b := range slices.Sorted(maps.Keys(st.BackendErrors)) {
+		if by := st.OfferedBy[b]; len(by) > 0 {
+			fmt.Fprintf(w, "backend %s\truns on %s (not on the leader: %s)\n", b, strings.Join(by, ", "), st.BackendErrors[b])
+			continue
+		}
+		fmt.Fprintf(w, "backend %s\t%s\n", b, st.BackendErrors[b])
 	}
 	for _, a := range st.InFlight {
 		fmt.Fprintf(w, "in flight\t%s %s (%s)\n", a.Kind, a.MachineID, a.Reason)

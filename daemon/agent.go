@@ -85,6 +85,7 @@ type Agent struct {
 	elector     *elector
 	quorum      *quorumWatch
 	offers      *offerer
+	work        *worker
 	changes     *clusterChange
 	provisioner *provisioner
 	watchdog    *watchdog
@@ -142,7 +143,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		atOnce = append(atOnce, a.mesh)
 	}
 	// Once Consul has a leader and the KV holds this node's part.
-	afterConsul := []component{a.mirror, a.modules, a.elector, a.quorum, a.watchdog, a.offers, a.changes, a.provisioner}
+	afterConsul := []component{a.mirror, a.modules, a.elector, a.quorum, a.watchdog, a.offers, a.work, a.changes, a.provisioner}
 
 	g, gctx := errgroup.WithContext(stopping)
 	for _, c := range atOnce {
@@ -233,7 +234,7 @@ func (a *Agent) setUp() (err error) {
 	}
 	bes := &backendSet{
 		registry: a.Registry, platform: a.mirror.Platform, store: a.store, log: a.Log,
-		env: backends.Env{ClusterDir: c.ClusterDir, Binary: a.Binary, ConsulBinary: c.ConsulBinary, Logger: a.Log.Named("backend")},
+		env: backends.Env{ClusterDir: c.ClusterDir, Binary: a.Binary, ConsulBinary: c.ConsulBinary, BindAddr: c.BindAddr, Logger: a.Log.Named("backend")},
 	}
 	a.proc = &ConsulProcess{Config: c, Log: a.Log.Named("consul"), Metrics: a.metrics, Peers: a.mirror.peers, Clock: a.Clock, LogMaxBytes: a.LogMaxBytes}
 	// Where a new machine can dial the node that configures it: in its
@@ -250,6 +251,8 @@ func (a *Agent) setUp() (err error) {
 			return errors.Join(RemoveMachineToken(ctx, client, id), a.store.DeleteOffer(ctx, id), a.store.DeleteProvisioned(ctx, id))
 		},
 		NodeConfig: NodeConfigFor(client, Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, c.ClusterDir, c.ConsulBinary, selfEndpoints),
+		Grant:      grantWork(client),
+		Self:       c.MachineID,
 		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
 	}
 	a.elector = &elector{
@@ -266,6 +269,17 @@ func (a *Agent) setUp() (err error) {
 	a.offers = &offerer{
 		self: c.MachineID, notHere: notHere, backends: bes.get, platform: a.mirror.Platform, store: a.store,
 		clock: a.Clock, log: a.Log.Named("offers"), metrics: a.metrics, wake: make(chan struct{}, 1),
+	}
+	a.work = &worker{
+		orders: reconcile.NewOrders(a.store, c.MachineID), backends: bes.get, env: bes.env, published: a.offers.publish,
+		served: filepath.Join(c.DataDir, "hosted-backends.json"), clock: a.Clock, log: a.Log.Named("work"),
+	}
+	a.offers.hosting = a.work.hosting
+	executor.Served = func(ctx context.Context, backend string) {
+		a.work.serve(backend)
+		pctx, cancel := context.WithTimeout(ctx, offerCheckTimeout)
+		defer cancel()
+		a.offers.publish(pctx)
 	}
 	a.provisioner = &provisioner{
 		self: c.MachineID, machineType: c.MachineType, runner: &provision.Self{Dir: filepath.Join(c.DataDir, "provisioners"), Clock: a.Clock},

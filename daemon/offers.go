@@ -40,6 +40,9 @@ type offerer struct {
 	// machines it makes (an exec backend's lead = "false").
 	notHere  string
 	backends func() map[string]backends.Backend
+	// hosting, when set, names the backends whose machines the offer
+	// lists (worker.hosting); nil lists none.
+	hosting  func() map[string]bool
 	platform func() *rules.Platform
 	store    *kvschema.Store
 	clock    clock.Clock
@@ -47,9 +50,10 @@ type offerer struct {
 	metrics  *telemetry.Metrics
 	wake     chan struct{}
 
-	last    []byte    // the last offer published, without its time
-	lastAt  time.Time // when it was published
-	lastErr string    // the last failure to publish, said once
+	mu      sync.Mutex // held by a check: the loop's and a worker's
+	last    []byte     // the last offer published, without its time
+	lastAt  time.Time  // when it was published
+	lastErr string     // the last failure to publish, said once
 }
 
 // poke asks for a check now (the description changed); it never blocks.
@@ -63,7 +67,7 @@ func (o *offerer) poke() {
 // Run checks and publishes until ctx ends, then returns nil.
 func (o *offerer) Run(ctx context.Context) error {
 	for {
-		o.check(ctx)
+		o.check(ctx, false)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -73,22 +77,41 @@ func (o *offerer) Run(ctx context.Context) error {
 	}
 }
 
+// publish checks and publishes at once, changed or not: after a work order
+// ran here, so that a list written after its outcome is in KV.
+func (o *offerer) publish(ctx context.Context) { o.check(ctx, true) }
+
 // check asks every backend of the description whether it can run here, and
-// publishes the answer when it changed or has grown old.
-func (o *offerer) check(ctx context.Context) {
+// publishes the answer when it changed or has grown old, or when forced.
+func (o *offerer) check(ctx context.Context, force bool) {
 	if o.platform() == nil {
 		return
 	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	offer := o.ask(ctx)
 	stable, _ := json.Marshal(offer.Backends)
 	now := o.clock.Now()
-	if bytes.Equal(stable, o.last) && now.Sub(o.lastAt) < offerRefresh {
+	if !force && bytes.Equal(stable, o.last) && now.Sub(o.lastAt) < offerRefresh {
 		return
 	}
 	offer.Checked = now
 	b, err := json.Marshal(offer)
 	if err != nil {
 		return
+	}
+	if len(b) > reconcile.MaxOfferSize {
+		// More machines than one value holds: offered without the
+		// lists, so that placement still works; its machines are then
+		// judged by Consul alone.
+		o.log.Warn("this machine's lists of machines are too long to publish", "bytes", len(b), "max", reconcile.MaxOfferSize)
+		for name, bo := range offer.Backends {
+			bo.Listed, bo.Instances = false, nil
+			offer.Backends[name] = bo
+		}
+		if b, err = json.Marshal(offer); err != nil {
+			return
+		}
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -108,10 +131,15 @@ func (o *offerer) check(ctx context.Context) {
 	o.last, o.lastAt = stable, now
 }
 
-// ask calls every backend's Available at once: one that hangs costs the
-// check its deadline, not the others their answers.
+// ask calls every backend's Available, and List where it is available, at
+// once: one that hangs costs the check its deadline, not the others their
+// answers.
 func (o *offerer) ask(ctx context.Context) reconcile.Offer {
 	bes := o.backends()
+	var hosting map[string]bool
+	if o.hosting != nil {
+		hosting = o.hosting()
+	}
 	ctx, cancel := context.WithTimeout(ctx, offerCheckTimeout)
 	defer cancel()
 	offer := reconcile.Offer{Machine: o.self, Backends: make(map[string]reconcile.BackendOffer, len(bes))}
@@ -126,6 +154,17 @@ func (o *offerer) ask(ctx context.Context) reconcile.Offer {
 				bo = reconcile.BackendOffer{Reason: "this machine was made by it and cannot run its commands (lead = false)"}
 			} else if err := be.Available(ctx); err != nil {
 				bo = reconcile.BackendOffer{Reason: err.Error()}
+			}
+			if sc, ok := be.(backends.Scoped); ok && bo.Available {
+				bo.Scope, _ = sc.Scope(ctx)
+			}
+			if bo.Available && hosting[name] {
+				if insts, err := be.List(ctx); err == nil {
+					bo.Listed, bo.Instances = true, insts
+					if lv, ok := be.(backends.LocalView); ok {
+						bo.LocalOnly = lv.ListsOnlyLocal()
+					}
+				}
 			}
 			mu.Lock()
 			offer.Backends[name] = bo

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +32,8 @@ func readOffer(t *testing.T, store *kvschema.Store, id string) (reconcile.Offer,
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, ok := all[id]
+	e, ok := all[id]
+	b := e.Value
 	if !ok {
 		return reconcile.Offer{}, false
 	}
@@ -61,7 +63,7 @@ func TestOffersSayWhatThisMachineCanRun(t *testing.T) {
 		clock: clock.Real{}, log: hclog.NewNullLogger(), wake: make(chan struct{}, 1),
 	}
 	ctx := context.Background()
-	o.check(ctx)
+	o.check(ctx, false)
 	got, ok := readOffer(t, store, "worker-1")
 	if !ok {
 		t.Fatal("no offer published")
@@ -79,14 +81,14 @@ func TestOffersSayWhatThisMachineCanRun(t *testing.T) {
 
 	// The same answer is not written again (until it grows old).
 	time.Sleep(10 * time.Millisecond)
-	o.check(ctx)
+	o.check(ctx, false)
 	if got, _ := readOffer(t, store, "worker-1"); !got.Checked.Equal(first) {
 		t.Errorf("an unchanged offer was written again at %v (first %v)", got.Checked, first)
 	}
 
 	// A backend that becomes usable is offered at the next check.
 	bes["docker"] = answerBackend{}
-	o.check(ctx)
+	o.check(ctx, false)
 	if got, _ := readOffer(t, store, "worker-1"); strings.Join(got.Offered(), ",") != "docker,local" {
 		t.Errorf("after docker became usable: offered %v", got.Offered())
 	}
@@ -101,8 +103,54 @@ func TestAgentPublishesItsOffer(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		o, err := reconcile.ParseOffer(a.Config.MachineID, all[a.Config.MachineID])
+		o, err := reconcile.ParseOffer(a.Config.MachineID, all[a.Config.MachineID].Value)
 		_, hasLocal := o.Backends["local"]
 		return err == nil && hasLocal && !o.Checked.IsZero()
 	})
+}
+
+// listingBackend lists the machines the test gives it.
+type listingBackend struct {
+	brokenBackend
+	insts []backends.Instance
+}
+
+func (b listingBackend) List(context.Context) ([]backends.Instance, error) { return b.insts, nil }
+
+// TestOfferListsOnlyWhatThisMachineHosts: the offer lists the machines of
+// the backends this machine ran work orders on, and of no other: a backend
+// every member can list (the local machines of one box) would otherwise
+// have every member publish the same list on every change.
+func TestOfferListsOnlyWhatThisMachineHosts(t *testing.T) {
+	consul := startTestConsul(t)
+	store := kvschema.New(consul.Client)
+	web := []backends.Instance{{MachineID: "web-1", MachineType: "web", Address: "10.0.0.5", Running: true}}
+	bes := map[string]backends.Backend{"engine": listingBackend{insts: web}, "local": listingBackend{insts: web}}
+	w := &worker{served: filepath.Join(t.TempDir(), "hosted-backends.json"), log: hclog.NewNullLogger()}
+	o := &offerer{
+		self: "worker-1", backends: func() map[string]backends.Backend { return bes }, hosting: w.hosting,
+		platform: func() *rules.Platform { return &rules.Platform{Cluster: "c"} }, store: store,
+		clock: clock.Real{}, log: hclog.NewNullLogger(), wake: make(chan struct{}, 1),
+	}
+	o.check(context.Background(), false)
+	got, _ := readOffer(t, store, "worker-1")
+	for name, bo := range got.Backends {
+		if !bo.Available || bo.Listed || len(bo.Instances) != 0 {
+			t.Errorf("before any order, %s: %+v, want offered and not listed", name, bo)
+		}
+	}
+	w.serve("engine")
+	o.publish(context.Background())
+	got, _ = readOffer(t, store, "worker-1")
+	if bo := got.Backends["engine"]; !bo.Listed || len(bo.Instances) != 1 || bo.Instances[0].MachineID != "web-1" {
+		t.Errorf("engine after an order ran on it: %+v, want web-1 listed", bo)
+	}
+	if bo := got.Backends["local"]; bo.Listed {
+		t.Errorf("local, which ran no order here, is listed: %+v", bo)
+	}
+	// Kept across restarts: the machines outlive the agent.
+	again := &worker{served: w.served, log: hclog.NewNullLogger()}
+	if !again.hosting()["engine"] {
+		t.Error("a restarted agent forgot that it hosts machines on engine")
+	}
 }

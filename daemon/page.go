@@ -90,6 +90,9 @@ func (h *httpServer) pageView(ctx context.Context) pageData {
 		}
 		d.Problems = append(d.Problems, st.Waiting...)
 		for _, b := range slices.Sorted(maps.Keys(st.BackendErrors)) {
+			if len(st.OfferedBy[b]) > 0 {
+				continue // it runs on the members that offer it
+			}
 			d.Problems = append(d.Problems, "Backend "+b+": "+st.BackendErrors[b])
 		}
 		if st.LastError != "" {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +50,17 @@ type Executor struct {
 	// Forget, when set, removes a removed machine's credentials (its ACL
 	// token and policy).
 	Forget func(ctx context.Context, machineID string) error
+	// Self is the machine the executor runs on: the host of the machines
+	// it spawns itself. Empty outside an agent (the CLI's spawn).
+	Self string
+	// Served, when set, is told after this machine made a machine on a
+	// backend, before the machine is recorded: this machine then lists
+	// that backend's machines in its offer, for whoever leads next.
+	Served func(ctx context.Context, backend string)
+	// Grant, when set, lets the member host read and write the work
+	// orders given to it (a machine made before work orders existed has
+	// a policy without them). It is called before every order.
+	Grant func(ctx context.Context, host string) error
 
 	mu        sync.Mutex
 	inFlight  map[string]Action    // machine ID -> running action; guarded by mu
@@ -83,7 +95,15 @@ func (e *Executor) Snapshot(obs *Observed) {
 	}
 	obs.BackoffUntil = map[string]time.Time{}
 	obs.BackendFailures = map[string]string{}
+	obs.HostBackoffUntil = map[string]map[string]time.Time{}
 	for b, t := range e.backoff {
+		if host, backend, elsewhere := strings.Cut(b, "/"); elsewhere {
+			if obs.HostBackoffUntil[host] == nil {
+				obs.HostBackoffUntil[host] = map[string]time.Time{}
+			}
+			obs.HostBackoffUntil[host][backend] = t
+			continue
+		}
 		obs.BackoffUntil[b] = t
 		obs.BackendFailures[b] = e.lastErr[b]
 	}
@@ -129,6 +149,7 @@ func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[strin
 	e.init()
 	e.mu.Unlock()
 	var errs []error
+	e.resumeAll(ctx, p, obs)
 	if err := e.markAll(ctx, p, obs, actions); err != nil {
 		errs = append(errs, err)
 	}
@@ -144,6 +165,20 @@ func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[strin
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// resumeAll follows the spawns on other hosts that no action of this
+// leader is following: an earlier leader ordered them.
+func (e *Executor) resumeAll(ctx context.Context, p *rules.Platform, obs Observed) {
+	for _, id := range sortedKeys(obs.Records) {
+		rec := obs.Records[id]
+		if rec.State != StateSpawning || rec.Host == "" || rec.Host == obs.Self || obs.InFlight[id] {
+			continue
+		}
+		log := e.Log.With(telemetry.KeyAction, string(KindSpawn), telemetry.KeyMachineID, id, telemetry.KeyMachineType, rec.Type)
+		a := Action{Kind: KindSpawn, MachineID: id, Type: rec.Type, Backend: rec.Backend, Host: rec.Host, Reason: "resumed"}
+		e.start(id, a, func() { e.resumeSpawn(ctx, p, rec, log) })
+	}
 }
 
 // execute starts one action and returns the ID of the machine it acts on
@@ -334,12 +369,22 @@ func (e *Executor) markAll(ctx context.Context, p *rules.Platform, obs Observed,
 // mirror's re-seed, another leader) is the better one and stays.
 func (e *Executor) restore(ctx context.Context, obs Observed, a Action) error {
 	in := obs.Instances[a.Backend][a.MachineID]
+	scope := ""
+	if a.Host != "" {
+		bo := obs.Offers[a.Host].Backends[a.Backend]
+		scope = bo.Scope
+		for _, hin := range bo.Instances {
+			if hin.MachineID == a.MachineID {
+				in = hin
+			}
+		}
+	}
 	now := e.Clock.Now()
 	created := in.Created
 	if created.IsZero() {
 		created = now
 	}
-	r := Record{ID: a.MachineID, Type: a.Type, Backend: a.Backend, State: StateJoined,
+	r := Record{ID: a.MachineID, Type: a.Type, Backend: a.Backend, Host: a.Host, Scope: scope, State: StateJoined,
 		Address: cmp.Or(in.Address, obs.Members[a.MachineID].Address), Addresses: in.Addresses,
 		Created: created, Updated: now, Reason: a.Reason}
 	if _, err := e.Inventory.Put(ctx, r); err != nil && !errors.Is(err, ErrConflict) {
@@ -380,7 +425,7 @@ func NewMachineID(machineType string) string {
 
 func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, a Action, log hclog.Logger) (string, error) {
 	be, ok := bes[a.Backend]
-	if !ok {
+	if !ok && a.Host == "" {
 		return "", fmt.Errorf("backend %q is not configured", a.Backend)
 	}
 	mt := p.Machines[a.Type]
@@ -389,7 +434,8 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	// The intent goes to KV before anything is created: a leader that dies
 	// right after this line leaves a record the next leader will see, wait
 	// for, and clean up if it never joins.
-	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
+	host := cmp.Or(a.Host, e.Self)
+	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, Host: host, Scope: a.Scope, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
 	if err != nil {
 		return "", err
 	}
@@ -398,6 +444,10 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	e.mu.Unlock()
 	a.MachineID = id
 	log = log.With(telemetry.KeyMachineID, id, telemetry.KeyBackend, a.Backend)
+	if a.Host != "" {
+		e.start(id, a, func() { e.spawnElsewhere(ctx, p, rec, a, log) })
+		return id, nil
+	}
 	e.start(id, a, func() {
 		// A spawn that has not returned within the provision timeout
 		// would be reaped had it returned: a hung backend call must
@@ -429,6 +479,19 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 			return
 		}
 		e.backendOK(a.Backend)
+		if e.Served != nil {
+			// Its list goes out before the record says the machine
+			// exists: a leader after this one judges the machine
+			// by this machine's list, and only by one that has it.
+			e.Served(ctx, a.Backend)
+		}
+		if sc, ok := be.(backends.Scoped); ok {
+			qctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+			if s, err := sc.Scope(qctx); err == nil && s != "" {
+				rec.Scope = s
+			}
+			cancel()
+		}
 		rec.State, rec.Updated, rec.Address, rec.Addresses = StateJoining, e.Clock.Now(), inst.Address, inst.Addresses
 		if _, err := e.Inventory.Put(ctx, rec); err != nil {
 			log.Error("record spawned machine", telemetry.KeyError, err)
@@ -468,7 +531,20 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		if ctx.Err() != nil {
 			return
 		}
-		if be != nil {
+		if a.Host != "" {
+			// Where it was made: that host's backend holds it.
+			dctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
+			err := e.destroyElsewhere(dctx, p, a)
+			cancel()
+			if err != nil {
+				if !errors.Is(err, errHostGone) {
+					e.backendFailed(hostKey(a.Host, a.Backend), p, err)
+				}
+				e.finish(a, err)
+				log.Error("destroy on another host failed", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
+				return
+			}
+		} else if be != nil {
 			// As long as a spawn may take: destroying is as slow as
 			// creating on some providers, and no slower.
 			dctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)

@@ -37,6 +37,9 @@ type Status struct {
 	Halted        string                `json:"halted,omitempty"`
 	Waiting       []string              `json:"waiting,omitempty"`
 	BackendErrors map[string]string     `json:"backend_errors,omitempty"`
+	// OfferedBy names, for each backend the leader cannot use itself, the
+	// other members that offer it: where its spawns go instead.
+	OfferedBy map[string][]string `json:"offered_by,omitempty"`
 }
 
 // backendQueryTimeout bounds a backend's Available and List together: a
@@ -49,7 +52,7 @@ const backendQueryTimeout = 45 * time.Second
 // of Instances and named in BackendErrors. Only a failure to read Consul is
 // an error.
 func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[string]backends.Backend, m *telemetry.Metrics) (Observed, error) {
-	obs := Observed{Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{}, BackendErrors: map[string]string{}, LocalOnly: map[string]bool{}}
+	obs := Observed{Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{}, BackendErrors: map[string]string{}, LocalOnly: map[string]bool{}, Scopes: map[string]string{}}
 	recs, _, err := inv.List(ctx, nil)
 	if err != nil {
 		return obs, err
@@ -78,6 +81,7 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 		insts     []backends.Instance
 		listErr   error
 		availErr  error
+		scope     string
 	}
 	answers := make([]answer, 0, len(bes))
 	var mu sync.Mutex
@@ -95,6 +99,9 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 			defer cancel()
 			a.availErr = be.Available(bctx)
 			a.insts, a.listErr = be.List(bctx)
+			if sc, ok := be.(backends.Scoped); ok && a.availErr == nil {
+				a.scope, _ = sc.Scope(bctx)
+			}
 			mu.Lock()
 			answers = append(answers, a)
 			mu.Unlock()
@@ -104,6 +111,9 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	for _, a := range answers {
 		if a.localOnly {
 			obs.LocalOnly[a.name] = true
+		}
+		if a.scope != "" {
+			obs.Scopes[a.name] = a.scope
 		}
 		up := 1.0
 		if a.availErr != nil {
@@ -127,12 +137,9 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 			m.BackendUp.WithLabelValues(a.name).Set(up)
 		}
 	}
-	if len(obs.BackendErrors) > 0 {
-		// Only to say who else offers a backend the leader cannot use:
-		// a pass that needs no such word does not read every member's
-		// offer.
-		obs.Offers = liveOffers(ctx, inv, members)
-	}
+	// Every pass: placement chooses among them, and the machines other
+	// members made are judged from the lists in their offers.
+	obs.Offers = liveOffers(ctx, inv, members)
 	return obs, nil
 }
 
@@ -149,8 +156,9 @@ func liveOffers(ctx context.Context, inv *Inventory, members []*api.AgentMember)
 		if SerfStatus(m.Status) != MemberAlive {
 			continue
 		}
-		if b, ok := all[m.Name]; ok {
-			if o, err := ParseOffer(m.Name, b); err == nil {
+		if e, ok := all[m.Name]; ok {
+			if o, err := ParseOffer(m.Name, e.Value); err == nil {
+				o.Index = e.Index
 				out[m.Name] = o
 			}
 		}
@@ -305,6 +313,16 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 		err = r.Executor.Execute(ctx, p, bes, obs, d.Actions)
 	}
 	st.Types, st.Planned, st.Halted, st.Waiting, st.BackendErrors = d.Types, d.Actions, d.Halted, d.Waiting, obs.BackendErrors
+	for b := range obs.BackendErrors {
+		for _, id := range sortedKeys(obs.Offers) {
+			if id != obs.Self && obs.Offers[id].Backends[b].Available {
+				if st.OfferedBy == nil {
+					st.OfferedBy = map[string][]string{}
+				}
+				st.OfferedBy[b] = append(st.OfferedBy[b], id)
+			}
+		}
+	}
 	st.InFlight = r.Executor.InFlight()
 	st.Recent = r.Executor.Recent()
 	st.Duration = time.Since(begin).Round(time.Microsecond).String()

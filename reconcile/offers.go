@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"time"
+
+	"github.com/raptiformica/raptiformica/backends"
 )
 
 // Offer is what one machine can run: each of the description's backends,
@@ -18,6 +20,10 @@ type Offer struct {
 	Backends map[string]BackendOffer `json:"backends"`
 	// Checked is when the machine last asked its backends.
 	Checked time.Time `json:"checked"`
+	// Index is the offer's KV index: an offer written after a record
+	// (a larger index) lists what its host ran after the record's last
+	// change, whatever the machines' clocks say.
+	Index uint64 `json:"-"`
 }
 
 // BackendOffer is one backend as one machine found it.
@@ -25,6 +31,15 @@ type BackendOffer struct {
 	Available bool `json:"available"`
 	// Reason says why it is not available there.
 	Reason string `json:"reason,omitempty"`
+	// Listed says that Instances is the backend's whole list there: the
+	// machines it runs, which the leader judges the host's machines by.
+	Listed    bool                `json:"listed,omitempty"`
+	Instances []backends.Instance `json:"instances,omitempty"`
+	// LocalOnly says that the list covers only the machines spawned there
+	// (backends.LocalView): a machine missing from it is unknown.
+	LocalOnly bool `json:"local_only,omitempty"`
+	// Scope is what the backend manages there (backends.Scoped).
+	Scope string `json:"scope,omitempty"`
 }
 
 // Offered lists the backends the offer makes available, sorted.
@@ -39,14 +54,16 @@ func (o Offer) Offered() []string {
 	return out
 }
 
-// maxOfferSize bounds one stored offer: a description has at most a few
-// dozen backends, each a name and a line of reason.
-const maxOfferSize = 64 << 10
+// MaxOfferSize bounds one stored offer: a description has at most a few
+// dozen backends, each a name and a line of reason, and a host lists its
+// machines (about 150 bytes each: a thousand fit). Half Consul's limit on
+// one value.
+const MaxOfferSize = 256 << 10
 
 // ParseOffer reads a stored offer of the machine id.
 func ParseOffer(id string, b []byte) (Offer, error) {
-	if len(b) > maxOfferSize {
-		return Offer{}, fmt.Errorf("offer of %s: %d bytes, more than %d", id, len(b), maxOfferSize)
+	if len(b) > MaxOfferSize {
+		return Offer{}, fmt.Errorf("offer of %s: %d bytes, more than %d", id, len(b), MaxOfferSize)
 	}
 	var o Offer
 	if err := json.Unmarshal(b, &o); err != nil {

@@ -29,6 +29,9 @@ type Hosts struct {
 	// BackoffUntil is, by host then backend, when a failing backend may
 	// be tried there again.
 	BackoffUntil map[string]map[string]time.Time
+	// Prefer is the host that wins a tie: the leader, which runs a spawn
+	// without a work order's round trip.
+	Prefer string
 }
 
 // Placement is where one spawn goes.
@@ -42,8 +45,8 @@ type Placement struct {
 // can take now; on it, the host that spreads the type best (a Consul server
 // goes to the host with the fewest servers, so that two never share a host
 // while another can take one; then the fewest of the type, then the fewest
-// machines of that backend, then the host's ID, for the same answer from
-// the same inputs). When nothing fits, ok is false and why says, per
+// machines of that backend, then the preferred host, then the host's ID,
+// for the same answer from the same inputs). When nothing fits, ok is false and why says, per
 // backend, what held it back. It is pure: the planner calls it per spawn,
 // adding each placement to the load before the next.
 func Place(mt rules.MachineType, hs Hosts, now time.Time) (p Placement, why []string, ok bool) {
@@ -88,7 +91,8 @@ func Place(mt rules.MachineType, hs Hosts, now time.Time) (p Placement, why []st
 		}
 		best := usable[0]
 		for _, h := range usable[1:] {
-			if fewer(mt, b, hs.Load[h], hs.Load[best]) {
+			l, m := hs.Load[h], hs.Load[best]
+			if fewer(mt, b, l, m) || h == hs.Prefer && !fewer(mt, b, m, l) {
 				best = h
 			}
 		}

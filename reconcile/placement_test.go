@@ -136,6 +136,20 @@ func TestPlace(t *testing.T) {
 	}
 }
 
+// TestPlacePrefersTheLeaderOnATie: the leader runs a spawn without a
+// round trip, so it wins a tie, and only a tie.
+func TestPlacePrefersTheLeaderOnATie(t *testing.T) {
+	worker := rules.MachineType{Name: "worker", Backends: []string{"docker"}}
+	hs := Hosts{Offers: offers(offering("a", "docker"), offering("b", "docker"), offering("c", "docker")), Prefer: "b"}
+	if p, _, _ := Place(worker, hs, t0); p.Host != "b" {
+		t.Errorf("placed on %s, want the preferred b on a tie", p.Host)
+	}
+	hs.Load = map[string]HostLoad{"b": {ByType: map[string]int{"worker": 1}, ByBackend: map[string]int{"docker": 1}}}
+	if p, _, _ := Place(worker, hs, t0); p.Host != "a" {
+		t.Errorf("placed on %s, want a: b holds more", p.Host)
+	}
+}
+
 // TestPlaceSpreadsThreeServersOverThreeHosts: placed one after another in
 // a pass, three servers land on three hosts, and a fourth host is left.
 func TestPlaceSpreadsThreeServersOverThreeHosts(t *testing.T) {

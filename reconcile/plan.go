@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -102,6 +103,10 @@ type pass struct {
 	// Left by scale and removeStray.
 	spawns, downs []Action
 
+	// hosts is what placement on other members chooses among, made on
+	// the first spawn that needs it and added to by each.
+	hosts *Hosts
+
 	// d is the decision being built; every step may add to its NextCheck.
 	d Decision
 }
@@ -174,6 +179,16 @@ func (ps *pass) tallyUnrecorded() {
 			ps.marks = append(ps.marks, actOn(KindRestoreRecord, id, r, "alive member without an inventory record: re-created from backend "+b))
 		}
 	}
+	for _, hd := range ps.hostedElsewhere() {
+		id := hd.in.MachineID
+		m, member := ps.obs.Members[id]
+		if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || !member || m.Status != MemberAlive {
+			continue
+		}
+		r := Record{ID: id, Type: hd.in.MachineType, Backend: hd.backend, Host: hd.host, Scope: ps.obs.Offers[hd.host].Backends[hd.backend].Scope, State: StateJoined}
+		ps.tallyOf(r).addLive(r)
+		ps.marks = append(ps.marks, actOn(KindRestoreRecord, id, r, fmt.Sprintf("alive member without an inventory record: re-created from backend %s on %s", hd.backend, hd.host)))
+	}
 }
 
 // tallyRecord counts one machine and collects the mark, reap or stray
@@ -237,12 +252,86 @@ func (ps *pass) healthOf(id string, r Record) health {
 	// The backend's view only adds speed (a dead process shows there
 	// before Consul notices); the leader itself is evidently running,
 	// whatever its backend lists.
-	if insts, listed := ps.obs.Instances[r.Backend]; listed && id != ps.obs.Self {
+	if insts, localOnly, listed := ps.listOf(r); listed && id != ps.obs.Self {
 		in, exists := insts[id]
-		h.instGone = exists && !in.Running || !exists && !ps.obs.LocalOnly[r.Backend]
+		h.instGone = exists && !in.Running || !exists && !localOnly
 	}
 	h.up = isMember && m.Status == MemberAlive && !h.instGone
 	return h
+}
+
+// listOf is the list a recorded machine is judged by: the leader's own of
+// its backend, or, for a machine another member made, that member's as its
+// offer carries it, and only when the offer was written after the host
+// reported the machine made (a list from before says nothing of it). A
+// host that is not an alive member lists nothing: its machines are
+// unknown, not gone, unless the leader's own list has them.
+func (ps *pass) listOf(r Record) (insts map[string]backends.Instance, localOnly, listed bool) {
+	if ps.runsHere(r) {
+		insts, listed = ps.obs.Instances[r.Backend]
+		return insts, ps.obs.LocalOnly[r.Backend], listed
+	}
+	o, ok := ps.obs.Offers[r.Host]
+	bo := o.Backends[r.Backend]
+	if !ok || o.Index <= r.HostSince || !bo.Listed {
+		// The leader's own list may still have seen the machine (one
+		// engine, one box): a machine it lists, stopped or running, is
+		// as good as the host's word. Its absence there says nothing.
+		if in, seen := ps.obs.Instances[r.Backend][r.ID]; seen {
+			return map[string]backends.Instance{r.ID: in}, true, true
+		}
+		return nil, false, false
+	}
+	insts = make(map[string]backends.Instance, len(bo.Instances))
+	for _, in := range bo.Instances {
+		insts[in.MachineID] = in
+	}
+	return insts, bo.LocalOnly, true
+}
+
+// runsHere reports whether the leader's own backend holds the machine of r:
+// the leader made it, or made it before hosts were recorded, or its host's
+// backend manages the same thing as the leader's (one engine, one box).
+// The leader then lists it and destroys it itself, its host alive or not.
+func (ps *pass) runsHere(r Record) bool {
+	return r.Host == "" || r.Host == ps.obs.Self || r.Scope != "" && r.Scope == ps.obs.Scopes[r.Backend]
+}
+
+// hosted is a machine another member lists on a backend the leader cannot
+// list itself: what restores its record, or destroys it as an orphan, on
+// that member.
+type hosted struct {
+	host, backend string
+	in            backends.Instance
+}
+
+// hostedElsewhere lists, in a stable order, the machines the other alive
+// members list on the backends the leader cannot list: where the leader's
+// own list covers a backend, it alone decides. A machine two members list
+// (one engine both reach) goes to the first by ID.
+func (ps *pass) hostedElsewhere() []hosted {
+	var out []hosted
+	seen := map[string]bool{}
+	for _, h := range sortedKeys(ps.obs.Offers) {
+		if h == ps.obs.Self {
+			continue
+		}
+		o := ps.obs.Offers[h]
+		for _, b := range sortedKeys(o.Backends) {
+			bo := o.Backends[b]
+			if _, own := ps.obs.Instances[b]; own || !bo.Listed {
+				continue
+			}
+			for _, in := range bo.Instances {
+				if in.MachineID == "" || seen[in.MachineID] {
+					continue
+				}
+				seen[in.MachineID] = true
+				out = append(out, hosted{host: h, backend: b, in: in})
+			}
+		}
+	}
+	return out
 }
 
 // failure says why a machine that is not up counts as failed.
@@ -383,20 +472,126 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 		ps.waitf("machine %q: %d to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need, pol.MaxConcurrentSpawns)
 		return
 	}
-	backend, skipped := pickBackend(mt.Backends, ps.obs, ps.now, ps.wakeAt)
-	ps.d.Waiting = append(ps.d.Waiting, skipped...)
-	if backend == "" {
-		ps.waitf("machine %q: %d to spawn, but no backend is usable", name, need)
-		return
-	}
 	n := min(need, budget)
-	for i := 0; i < n; i++ {
-		ps.spawns = append(ps.spawns, Action{Kind: KindSpawn, Type: name, Backend: backend, Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)})
+	// The type's backends in its order: the first one that the leader or
+	// another member can run takes the spawns, spread over them.
+	for _, b := range mt.Backends {
+		why, here := ps.usableHere(b)
+		placed, whyNot := ps.place(mt, b, n)
+		for i, pl := range placed {
+			a := Action{Kind: KindSpawn, Type: name, Backend: b, Scope: ps.obs.Scopes[b], Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)}
+			if pl.Host != ps.obs.Self {
+				a.Host, a.Reason = pl.Host, a.Reason+", on "+pl.Host
+				a.Scope = ps.obs.Offers[pl.Host].Backends[b].Scope
+			}
+			ps.spawns = append(ps.spawns, a)
+		}
+		ps.pendingTotal += len(placed)
+		if len(placed) > 0 {
+			switch {
+			case len(placed) < n:
+				ps.waitf("machine %q: %d more to spawn once there is room: %s", name, need-len(placed), whyNot)
+			case len(placed) < need:
+				ps.waitf("machine %q: %d more to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need-len(placed), pol.MaxConcurrentSpawns)
+			}
+			return
+		}
+		switch {
+		case here:
+			why = whyNot
+		case whyNot != "":
+			why += "; " + whyNot
+		}
+		ps.waitf("backend %q skipped: %s", b, why)
 	}
-	ps.pendingTotal += n
-	if n < need {
-		ps.waitf("machine %q: %d more to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need-n, pol.MaxConcurrentSpawns)
+	ps.waitf("machine %q: %d to spawn, but no backend is usable", name, need)
+}
+
+// usableHere says whether the leader can run backend b itself now, and if
+// not, why not.
+func (ps *pass) usableHere(b string) (string, bool) {
+	if why, bad := ps.obs.BackendErrors[b]; bad {
+		return why, false
 	}
+	if until, ok := ps.obs.BackoffUntil[b]; ok && ps.now.Before(until) {
+		ps.wakeAt(until)
+		why := ""
+		if last := ps.obs.BackendFailures[b]; last != "" {
+			why = " (last: " + last + ")"
+		}
+		return fmt.Sprintf("backing off for %s after failures%s", until.Sub(ps.now).Round(time.Millisecond), why), false
+	}
+	return "", true
+}
+
+// place places up to n machines of type mt on backend b, on the leader
+// and the other members that can run it, spread by Place; whyNot says what
+// held the rest back. Without the members' offers (they could not be
+// read) the leader places on itself alone, as it can.
+func (ps *pass) place(mt rules.MachineType, b string, n int) (placed []Placement, whyNot string) {
+	if ps.obs.Offers == nil {
+		if _, here := ps.usableHere(b); here {
+			for range n {
+				placed = append(placed, Placement{Backend: b, Host: ps.obs.Self})
+			}
+		}
+		return placed, ""
+	}
+	if ps.hosts == nil {
+		hs := ps.allHosts()
+		ps.hosts = &hs
+	}
+	one := mt
+	one.Backends = []string{b}
+	for range n {
+		pl, why, ok := Place(one, *ps.hosts, ps.now)
+		if !ok {
+			return placed, strings.Join(why, "; ")
+		}
+		ps.hosts.Add(pl, mt)
+		placed = append(placed, pl)
+	}
+	return placed, ""
+}
+
+// allHosts is what placement chooses among: the alive members, the leader
+// with the backends it can run now (fresher than its published offer),
+// what each already holds (the records that name it as their host), and
+// the backends backing off on each.
+func (ps *pass) allHosts() Hosts {
+	hs := Hosts{Offers: map[string]Offer{}, BackoffUntil: ps.obs.HostBackoffUntil, MaxPerHost: map[string]int{}, Prefer: ps.obs.Self}
+	for name, be := range ps.p.Backends {
+		if be.MaxPerHost > 0 {
+			hs.MaxPerHost[name] = be.MaxPerHost
+		}
+	}
+	for id, o := range ps.obs.Offers {
+		if id != ps.obs.Self {
+			hs.Offers[id] = o
+		}
+	}
+	self := Offer{Machine: ps.obs.Self, Backends: map[string]BackendOffer{}}
+	for _, name := range sortedKeys(ps.p.Backends) {
+		if _, here := ps.usableHere(name); here {
+			self.Backends[name] = BackendOffer{Available: true}
+		}
+	}
+	hs.Offers[ps.obs.Self] = self
+	for _, id := range sortedKeys(ps.obs.Records) {
+		r := ps.obs.Records[id]
+		if r.Host == "" || r.State == StateDestroying {
+			continue
+		}
+		hs.Add(Placement{Backend: r.Backend, Host: r.Host}, ps.p.Machines[r.Type])
+	}
+	for h, bs := range ps.obs.HostBackoffUntil {
+		for _, until := range bs {
+			if ps.now.Before(until) && ps.obs.Offers[h].Machine != "" {
+				ps.wakeAt(until)
+			}
+		}
+	}
+	return hs
 }
 
 func (ps *pass) waitf(format string, args ...any) {
@@ -432,8 +627,16 @@ func (ps *pass) removeStray() {
 	}
 }
 
-// decide puts the actions in the order the executor is to run them.
+// decide puts the actions in the order the executor is to run them, each
+// removal where it runs.
 func (ps *pass) decide() Decision {
+	for _, as := range [][]Action{ps.reaps, ps.downs, ps.strays} {
+		for i, a := range as {
+			if r, ok := ps.obs.Records[a.MachineID]; ok && ps.runsHere(r) {
+				as[i].Host = ""
+			}
+		}
+	}
 	ps.d.Actions = append(ps.d.Actions, ps.marks...)
 	// Replacements go before removals: spawn first, then reap.
 	ps.d.Actions = append(ps.d.Actions, ps.spawns...)
@@ -492,6 +695,19 @@ func (ps *pass) orphans() []Action {
 			out = append(out, Action{Kind: KindDestroyOrphan, MachineID: id, Type: in.MachineType, Backend: b, Reason: "instance has no inventory record"})
 		}
 	}
+	for _, hd := range ps.hostedElsewhere() {
+		id := hd.in.MachineID
+		if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || id == ps.obs.Self {
+			continue
+		}
+		if m, ok := ps.obs.Members[id]; ok && m.Status == MemberAlive {
+			continue
+		}
+		if !ps.ripe(ps.sight(id, condOrphan), ps.orphanAge()) {
+			continue
+		}
+		out = append(out, Action{Kind: KindDestroyOrphan, MachineID: id, Type: hd.in.MachineType, Backend: hd.backend, Host: hd.host, Reason: "instance on " + hd.host + " has no inventory record"})
+	}
 	return out
 }
 
@@ -511,49 +727,7 @@ func (ps *pass) orphanAge() time.Duration {
 
 // actOn is an action on a recorded machine.
 func actOn(kind Kind, id string, r Record, reason string) Action {
-	return Action{Kind: kind, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: reason}
-}
-
-// pickBackend returns the first of names that is usable now, or "" if none
-// is, and why each backend before it was skipped.
-func pickBackend(names []string, obs Observed, now time.Time, wake func(time.Time)) (string, []string) {
-	var skipped []string
-	for _, b := range names {
-		if why, bad := obs.BackendErrors[b]; bad {
-			skipped = append(skipped, fmt.Sprintf("backend %q skipped: %s%s", b, why, offeredBy(obs, b)))
-			continue
-		}
-		if until, ok := obs.BackoffUntil[b]; ok && now.Before(until) {
-			wake(until)
-			why := ""
-			if last := obs.BackendFailures[b]; last != "" {
-				why = " (last: " + last + ")"
-			}
-			skipped = append(skipped, fmt.Sprintf("backend %q skipped: backing off for %s after failures%s", b, until.Sub(now).Round(time.Millisecond), why))
-			continue
-		}
-		return b, skipped
-	}
-	return "", skipped
-}
-
-// offeredBy says which alive members offer backend b, for a backend the
-// leader cannot use itself: whether moving the work elsewhere would help.
-// Empty when offers are unknown.
-func offeredBy(obs Observed, b string) string {
-	if obs.Offers == nil {
-		return ""
-	}
-	var by []string
-	for _, id := range sortedKeys(obs.Offers) {
-		if id != obs.Self && obs.Offers[id].Backends[b].Available {
-			by = append(by, id)
-		}
-	}
-	if len(by) == 0 {
-		return " (no other member offers it)"
-	}
-	return fmt.Sprintf(" (offered by %s; the leader runs spawns itself for now)", strings.Join(by, ", "))
+	return Action{Kind: kind, MachineID: id, Type: r.Type, Backend: r.Backend, Host: r.Host, Reason: reason}
 }
 
 // pickScaleDown picks the newest machines that are neither the leader, nor

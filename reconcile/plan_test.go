@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -676,22 +677,304 @@ machine "worker" {
 }
 
 // TestPlanSaysWhoOffersABackendTheLeaderCannotUse: status names the members
-// that offer a backend the leader cannot run, or that none does.
-func TestPlanSaysWhoOffersABackendTheLeaderCannotUse(t *testing.T) {
+// TestPlanPlacesWhereTheLeaderCannot: a backend the leader cannot run
+// itself is given to the members that offer it, spread across them; with
+// none, the status says so.
+func TestPlanPlacesWhereTheLeaderCannot(t *testing.T) {
 	p := platform(t, threeServers)
 	obs := with(cluster("server", "a"), func(o *Observed) {
 		o.Self = "a"
 		o.BackendErrors = map[string]string{"local": "unavailable: binary missing"}
-		o.Offers = map[string]Offer{"a": offering("a", "!local"), "b": offering("b", "local"), "c": offering("c", "!local")}
+		o.Offers = offers(offering("a", "!local"), offering("b", "local"), offering("c", "local"))
 	})
-	got := Plan(p, obs, t0).Waiting
-	if len(got) == 0 || got[0] != `backend "local" skipped: unavailable: binary missing (offered by b; the leader runs spawns itself for now)` {
-		t.Errorf("waiting: %q", got)
+	d := Plan(p, obs, t0)
+	var hosts []string
+	for _, a := range d.Actions {
+		if a.Kind != KindSpawn || a.Backend != "local" {
+			t.Fatalf("action %+v, want spawns on local", a)
+		}
+		hosts = append(hosts, a.Host)
 	}
-	obs.Offers = map[string]Offer{"a": offering("a", "!local")}
-	got = Plan(p, obs, t0).Waiting
-	if len(got) == 0 || got[0] != `backend "local" skipped: unavailable: binary missing (no other member offers it)` {
-		t.Errorf("waiting with no offer: %q", got)
+	if !reflect.DeepEqual(hosts, []string{"b", "c"}) {
+		t.Errorf("spawned on %q, want one on b and one on c (two servers never share a host while another can take one)", hosts)
+	}
+
+	obs.Offers = offers(offering("a", "!local"), offering("c", "!local"))
+	d = Plan(p, obs, t0)
+	if len(d.Actions) != 0 {
+		t.Errorf("actions %+v with no member offering local", d.Actions)
+	}
+	if len(d.Waiting) == 0 || d.Waiting[0] != `backend "local" skipped: unavailable: binary missing; backend "local": no member offers it` {
+		t.Errorf("waiting: %q", d.Waiting)
+	}
+
+	// A host backing off a backend after its failures there is passed
+	// over, and said to be.
+	obs.Offers = offers(offering("a", "!local"), offering("b", "local"))
+	obs.HostBackoffUntil = map[string]map[string]time.Time{"b": {"local": t0.Add(time.Minute)}}
+	d = Plan(p, obs, t0)
+	if len(d.Actions) != 0 || len(d.Waiting) == 0 || !strings.Contains(d.Waiting[0], "host b backing off for 1m0s") {
+		t.Errorf("actions %+v, waiting %q: want none, and host b backing off", d.Actions, d.Waiting)
+	}
+	if d.NextCheck != t0.Add(time.Minute) {
+		t.Errorf("next check %v, want when b's backoff ends", d.NextCheck)
+	}
+}
+
+// TestPlanSpreadsOverTheLeaderAndTheMembers: the leader is one host among
+// the members that offer a backend: three servers land on three hosts
+// though the leader could run them all, and the leader keeps a tie.
+func TestPlanSpreadsOverTheLeaderAndTheMembers(t *testing.T) {
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a"), func(o *Observed) {
+		o.Self = "a"
+		r := o.Records["a"]
+		r.Host = "a"
+		o.Records["a"] = r
+		o.Offers = offers(offering("a", "local"), offering("b", "local"), offering("c", "local"))
+		o.Scopes = map[string]string{"local": "local:box-a"}
+		bo := o.Offers["b"].Backends["local"]
+		bo.Scope = "local:box-b"
+		o.Offers["b"].Backends["local"] = bo
+	})
+	var hosts []string
+	scopes := map[string]string{}
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.Kind == KindSpawn {
+			hosts = append(hosts, a.Host)
+			scopes[a.Host] = a.Scope
+		}
+	}
+	if !reflect.DeepEqual(hosts, []string{"b", "c"}) {
+		t.Errorf("servers spawned on %q, want b and c: a already holds one", hosts)
+	}
+	if scopes["b"] != "local:box-b" || scopes["c"] != "" {
+		t.Errorf("spawns' scopes %v, want b's offer's scope on b, none on c", scopes)
+	}
+	// A server made before records named hosts counts for no host: the
+	// leader wins the tie and runs the first spawn itself.
+	r := obs.Records["a"]
+	r.Host = ""
+	obs.Records["a"] = r
+	hosts = nil
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.Kind == KindSpawn {
+			hosts = append(hosts, a.Host)
+		}
+	}
+	if !reflect.DeepEqual(hosts, []string{"", "b"}) {
+		t.Errorf("servers spawned on %q, want the leader itself (\"\") then b", hosts)
+	}
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.Kind == KindSpawn && a.Host == "" && a.Scope != "local:box-a" {
+			t.Errorf("the leader's spawn has scope %q, want its own backend's", a.Scope)
+		}
+	}
+}
+
+// TestPlanHoldsToEachHostsCapacity: a backend's max_per_host caps what
+// placement gives one member, counting the machines the records say it
+// holds; when every host is full the status says so.
+func TestPlanHoldsToEachHostsCapacity(t *testing.T) {
+	p := platform(t, `
+backend "docker" {
+  max_per_host = 2
+}
+machine "server" {
+  min = 1
+  consul_server = true
+}
+machine "web" {
+  min = 5
+  backends = ["docker"]
+}
+policy {
+  max_concurrent_spawns = 10
+}
+`)
+	obs := with(cluster("server", "a"), func(o *Observed) {
+		o.Self = "a"
+		o.BackendErrors = map[string]string{"docker": "unavailable: no socket"}
+		o.Offers = offers(offering("a", "!docker"), offering("b", "docker"), offering("c", "docker"))
+		o.Records["web-1"] = Record{ID: "web-1", Type: "web", Backend: "docker", Host: "b", State: StateJoined}
+		o.Members["web-1"] = Member{Name: "web-1", Status: MemberAlive, Type: "web"}
+	})
+	d := Plan(p, obs, t0)
+	perHost := map[string]int{}
+	for _, a := range d.Actions {
+		if a.Kind == KindSpawn {
+			perHost[a.Host]++
+		}
+	}
+	if perHost["b"] != 1 || perHost["c"] != 2 || len(perHost) != 2 {
+		t.Errorf("spawns per host %v, want b 1 (it holds one) and c 2", perHost)
+	}
+	want := `machine "web": 1 more to spawn once there is room: backend "docker": every host offering it is full (2 per host)`
+	if !strings.Contains(strings.Join(d.Waiting, "\n"), want) {
+		t.Errorf("waiting %q, want %q", d.Waiting, want)
+	}
+}
+
+// TestPlanPrefersTheTypesBackendOrderAnywhere: the type's first backend
+// wins when any member offers it, even when the leader could run the second
+// itself.
+func TestPlanPrefersTheTypesBackendOrderAnywhere(t *testing.T) {
+	p := platform(t, `
+machine "server" {
+  min = 1
+  consul_server = true
+}
+machine "web" {
+  min = 1
+  backends = ["docker", "local"]
+}
+`)
+	obs := with(cluster("server", "a"), func(o *Observed) {
+		o.Self = "a"
+		o.BackendErrors = map[string]string{"docker": "unavailable: no socket"}
+		o.Offers = offers(offering("a", "!docker", "local"), offering("b", "docker"))
+	})
+	d := Plan(p, obs, t0)
+	if len(d.Actions) != 1 || d.Actions[0].Backend != "docker" || d.Actions[0].Host != "b" {
+		t.Errorf("actions %+v, want one docker spawn on b", d.Actions)
+	}
+	// b goes: the type falls through to its next backend, on the leader.
+	delete(obs.Offers, "b")
+	d = Plan(p, obs, t0)
+	if len(d.Actions) != 1 || d.Actions[0].Backend != "local" || d.Actions[0].Host != "" {
+		t.Errorf("actions %+v, want one local spawn on the leader", d.Actions)
+	}
+}
+
+// hostList is an offer of host listing the given machines on backend b,
+// written at index.
+func hostList(host, b string, index uint64, ids ...string) Offer {
+	o := offering(host, b)
+	bo := o.Backends[b]
+	bo.Listed = true
+	for _, id := range ids {
+		bo.Instances = append(bo.Instances, backends.Instance{MachineID: id, MachineType: "server", Running: true})
+	}
+	o.Backends[b] = bo
+	o.Index = index
+	return o
+}
+
+// TestPlanJudgesAMachineByItsHostsList: a machine another member made is
+// gone when that member's list, written after it reported the machine
+// made, no longer has it; an older list, or a host that is not alive, says
+// nothing of it.
+func TestPlanJudgesAMachineByItsHostsList(t *testing.T) {
+	p := platform(t, threeServers)
+	base := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Self = "a"
+		r := o.Records["c"]
+		r.Host, r.Backend, r.HostSince = "b", "docker", 100
+		o.Records["c"] = r
+		delete(o.Instances["local"], "c")
+		o.Members["c"] = Member{Name: "c", Status: MemberFailed, Server: true}
+	})
+	cases := []struct {
+		name    string
+		offers  map[string]Offer
+		leaders map[string]backends.Instance // the leader's own list of docker
+		reapNow bool
+	}{
+		{"listed without it, after the spawn", offers(offering("a"), hostList("b", "docker", 101, "x")), nil, true},
+		{"listed with it", offers(offering("a"), hostList("b", "docker", 101, "c")), nil, false},
+		{"list older than the spawn", offers(offering("a"), hostList("b", "docker", 99)), nil, false},
+		{"host not alive", offers(offering("a")), nil, false},
+		{"host not alive, the leader lists it stopped", offers(offering("a")), map[string]backends.Instance{"c": {MachineID: "c"}}, true},
+		{"host not alive, the leader lists it running", offers(offering("a")), map[string]backends.Instance{"c": {MachineID: "c", Running: true}}, false},
+		{"host not alive, the leader's list lacks it", offers(offering("a")), map[string]backends.Instance{}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			obs := with(base, func(o *Observed) {
+				o.Offers = c.offers
+				o.Instances = map[string]map[string]backends.Instance{"local": o.Instances["local"]}
+				if c.leaders != nil {
+					o.Instances["docker"] = c.leaders
+				}
+			})
+			obs.Seen = map[string]Sighting{"c": {Cond: condDown, First: t0.Add(-time.Second), Passes: 1}}
+			d := Plan(p, obs, t0)
+			var reap *Action
+			for i, a := range d.Actions {
+				if a.Kind == KindReap && a.MachineID == "c" {
+					reap = &d.Actions[i]
+				}
+			}
+			if (reap != nil) != c.reapNow {
+				t.Fatalf("reap of c: %v, want %v (actions %+v)", reap != nil, c.reapNow, d.Actions)
+			}
+			if reap != nil && reap.Host != "b" {
+				t.Errorf("reap of c on host %q, want b (its destroy goes where it was made)", reap.Host)
+			}
+		})
+	}
+}
+
+// TestPlanRunsWhatItsOwnBackendHolds: a machine whose host's backend
+// manages the same thing as the leader's (one engine, one box) is the
+// leader's to judge and remove, its host alive or not: a spawn its dead
+// host left half-made is cleaned up, not stuck waiting for the host.
+func TestPlanRunsWhatItsOwnBackendHolds(t *testing.T) {
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a", "b"), func(o *Observed) {
+		o.Self = "a"
+		o.Scopes = map[string]string{"local": "local:box-1"}
+		o.Offers = offers(offering("a", "local"))
+		o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", Host: "b", Scope: "local:box-1", State: StateDestroying, Reason: "spawn failed"}
+		o.Records["d"] = Record{ID: "d", Type: "server", Backend: "local", Host: "b", Scope: "local:box-2", State: StateDestroying, Reason: "spawn failed"}
+	})
+	where := map[string]string{}
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.Kind == KindReap {
+			where[a.MachineID] = a.Host
+		}
+	}
+	if h, ok := where["c"]; !ok || h != "" {
+		t.Errorf("reap of c (the leader's scope) on %q (planned %v), want on the leader", h, ok)
+	}
+	if h, ok := where["d"]; !ok || h != "b" {
+		t.Errorf("reap of d (another scope) on %q (planned %v), want on its host b", h, ok)
+	}
+}
+
+// TestPlanOrphansAndLostRecordsOnAnotherHost: a machine another member
+// lists without a record is destroyed there once seen long enough, unless
+// it is an alive member, whose record is restored naming its host.
+func TestPlanOrphansAndLostRecordsOnAnotherHost(t *testing.T) {
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Self = "a"
+		o.Offers = offers(offering("a"), hostList("b", "docker", 5, "lost", "orphan"))
+		o.Members["lost"] = Member{Name: "lost", Status: MemberAlive, Server: true, Voter: true}
+		o.Seen = map[string]Sighting{"orphan": {Cond: condOrphan, First: t0.Add(-time.Minute), Passes: 3}}
+	})
+	d := Plan(p, obs, t0)
+	var restore, orphan *Action
+	for i, a := range d.Actions {
+		switch {
+		case a.Kind == KindRestoreRecord && a.MachineID == "lost":
+			restore = &d.Actions[i]
+		case a.Kind == KindDestroyOrphan && a.MachineID == "orphan":
+			orphan = &d.Actions[i]
+		}
+	}
+	if restore == nil || restore.Host != "b" || restore.Backend != "docker" {
+		t.Errorf("restore of lost: %+v, want one on docker naming host b", restore)
+	}
+	if orphan == nil || orphan.Host != "b" {
+		t.Errorf("orphan destroy: %+v, want one on host b", orphan)
+	}
+	// Where the leader lists the backend itself, its own list decides.
+	obs.Instances["docker"] = map[string]backends.Instance{}
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.Host != "" {
+			t.Errorf("action %+v on another host while the leader lists docker itself", a)
+		}
 	}
 }
 

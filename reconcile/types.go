@@ -56,6 +56,18 @@ type Record struct {
 	// its type's min and max nor is ever scaled down. It is reaped, and not
 	// replaced, when it dies.
 	Manual bool `json:"manual,omitempty"`
+	// Host is the member that made the machine and holds its instance,
+	// when that is not whoever leads: its destroy goes there, and its
+	// instance is judged from that host's list.
+	Host string `json:"host,omitempty"`
+	// HostSince is the KV index at which the host reported the machine
+	// made: only a list the host published after it (a larger index)
+	// can tell that the machine is gone.
+	HostSince uint64 `json:"host_since,omitempty"`
+	// Scope is what its backend manages it in, as its host's backend
+	// named it (backends.Scoped): a leader whose own backend has the same
+	// scope lists and destroys it itself, its host alive or not.
+	Scope string `json:"scope,omitempty"`
 	// Seed marks the node that founded the cluster.
 	Seed    bool      `json:"seed,omitempty"`
 	Created time.Time `json:"created"`
@@ -108,6 +120,9 @@ type Observed struct {
 	// LocalOnly names the backends whose list covers only the machines this
 	// node spawned: a machine missing from it is unknown, not gone.
 	LocalOnly map[string]bool
+	// Scopes are what the leader's own backends manage, by backend
+	// (backends.Scoped); a backend missing has an unknown scope.
+	Scopes map[string]string
 	// BackendErrors says why a backend cannot be used now (unavailable, or
 	// listing failed).
 	BackendErrors map[string]string
@@ -128,14 +143,16 @@ type Observed struct {
 	// ages measured on its clock, in passes in a row.
 	Seen map[string]Sighting
 	// Offers are the alive members' offers of backends, by machine ID; nil
-	// when they could not be read, or were not needed (no backend failed
-	// on the leader this pass).
+	// when they could not be read.
 	Offers map[string]Offer
 	// Provisioned are the members' provisioning records, by machine ID,
 	// read only when a machine type is ready_after_provision (nil
 	// otherwise): a machine of such a type counts as live only once its
 	// record says ok for the description's checksum.
 	Provisioned map[string]Provisioned
+	// HostBackoffUntil is, by host then backend, when a backend that
+	// failed on another member may be given work there again.
+	HostBackoffUntil map[string]map[string]time.Time
 	// TermStart is when this leader's term began, on its clock; zero when
 	// unknown (a dry run), which counts as long ago.
 	TermStart time.Time
@@ -175,6 +192,15 @@ type Action struct {
 	Reason    string `json:"reason"`
 	// Manual marks a spawn asked for by hand; see Record.Manual.
 	Manual bool `json:"manual,omitempty"`
+	// Host is the member that runs the action when it is not the leader:
+	// the one placement chose for a spawn, the one that holds the machine
+	// for a removal.
+	Host string `json:"host,omitempty"`
+	// Scope is, for a spawn, what the chosen host's backend manages (its
+	// offer's, or the leader's own): recorded with the intent, so that a
+	// machine its host left half-made is the leader's to clean up when
+	// both see the same thing.
+	Scope string `json:"scope,omitempty"`
 }
 
 // TypeStatus is desired against live for one machine type.

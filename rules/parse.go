@@ -84,7 +84,7 @@ var policySchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "recover_on_evidence"},
 }}
 
-var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}, {Name: "commands"}}}
+var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}, {Name: "commands"}, {Name: "max_per_host"}}}
 
 var machineSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
@@ -423,6 +423,15 @@ func (d *decoder) backend(b *hcl.Block, opts Options) Backend {
 		var m map[string][]string
 		if d.decode(a, field+" commands", cty.Map(cty.List(cty.String)), &m) {
 			be.Commands = m
+		}
+	}
+	if a := content.Attributes["max_per_host"]; a != nil {
+		var n int
+		if d.decode(a, field+" max_per_host", cty.Number, &n) {
+			if n < 1 || n > MaxMachines {
+				d.at(a.Expr.Range(), field+" max_per_host", "must be between 1 and %d, got %d", MaxMachines, n)
+			}
+			be.MaxPerHost = n
 		}
 	}
 	d.checkBackend(be, opts, field, func(f string) hcl.Range {

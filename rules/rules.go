@@ -110,6 +110,9 @@ type Backend struct {
 	// Commands are argv lists by name, for a type that runs commands (exec);
 	// the type checks them (Options.CheckBackend).
 	Commands map[string][]string
+	// MaxPerHost caps the machines one member may hold on this backend
+	// when the leader places them on other members; 0 is no cap.
+	MaxPerHost int
 }
 
 // ExecType is the type of a backend whose machines are made by commands:

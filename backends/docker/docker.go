@@ -20,6 +20,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -68,6 +69,9 @@ type Backend struct {
 	binary  string
 	consul  string
 	cli     *client.Client
+	// share gives the machines the engine's socket, so that they can run
+	// this backend too (lead, or take its spawns).
+	share bool
 
 	mu    sync.Mutex // guards built
 	built string     // the image tag built or found, once
@@ -79,16 +83,37 @@ type Backend struct {
 // address is on: a machine between two networks), "subnet" (the first
 // network's IPv4 subnet in CIDR form when this backend creates it; by
 // default the engine picks one, but only a configured subnet lets a
-// container keep its address when it is reconnected) and "image" (default:
-// the node image built from this node's binaries).
+// container keep its address when it is reconnected), "image" (default:
+// the node image built from this node's binaries), "socket" (the engine's
+// unix socket on the machine that runs the backend; default: DOCKER_HOST,
+// or the engine's usual socket) and "share_socket" ("false" keeps the
+// engine's socket out of the machines, which then cannot run this backend
+// themselves; by default they get it).
 func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	if len(cfg.Commands) > 0 {
 		return nil, errors.New("commands are for exec backends; a docker backend takes settings only")
 	}
 	for k := range cfg.Settings {
-		if k != "network" && k != "image" && k != "subnet" {
-			return nil, fmt.Errorf("unknown setting %q (known: network, image, subnet)", k)
+		switch k {
+		case "network", "image", "subnet", "socket", "share_socket":
+		default:
+			return nil, fmt.Errorf("unknown setting %q (known: network, image, subnet, socket, share_socket)", k)
 		}
+	}
+	share := true
+	switch cfg.Settings["share_socket"] {
+	case "", "true":
+	case "false":
+		share = false
+	default:
+		return nil, fmt.Errorf("setting share_socket: must be \"true\" or \"false\", got %q", cfg.Settings["share_socket"])
+	}
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if s := cfg.Settings["socket"]; s != "" {
+		if !filepath.IsAbs(s) {
+			return nil, fmt.Errorf("setting socket: must be an absolute path, got %q", s)
+		}
+		opts = append(opts, client.WithHost("unix://"+s))
 	}
 	var nets []string
 	for _, n := range strings.Split(cfg.Settings["network"], ",") {
@@ -102,14 +127,14 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 			return nil, fmt.Errorf("setting subnet: %w", err)
 		}
 	}
-	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	cli, err := client.NewClientWithOpts(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
 	if len(nets) == 0 {
 		nets = []string{"raptiformica-" + env.Cluster}
 	}
-	return &Backend{name: cfg.Name, cluster: env.Cluster, network: nets[0], extra: nets[1:], subnet: subnet, image: cfg.Settings["image"], binary: env.Binary, consul: env.ConsulBinary, cli: cli}, nil
+	return &Backend{name: cfg.Name, cluster: env.Cluster, network: nets[0], extra: nets[1:], subnet: subnet, image: cfg.Settings["image"], binary: env.Binary, consul: env.ConsulBinary, cli: cli, share: share}, nil
 }
 
 // Available pings the engine.
@@ -120,6 +145,22 @@ func (b *Backend) Available(ctx context.Context) error {
 		return fmt.Errorf("docker engine unreachable: %w", err)
 	}
 	return nil
+}
+
+// Scope names the engine, by the ID it gives itself: members that reach
+// one engine (its socket shared with the containers) list the same
+// containers.
+func (b *Backend) Scope(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := b.cli.Info(ctx)
+	if err != nil {
+		return "", err
+	}
+	if info.ID == "" {
+		return "", nil
+	}
+	return "docker:" + info.ID, nil
 }
 
 // Network returns the name of the cluster's network.
@@ -145,9 +186,12 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 	// the first packets to a member wait for its route, so Consul's own
 	// timing stays.
 	node.FastGossip = node.Mesh == nil
-	host := &container.HostConfig{
-		Binds:       []string{socketPath + ":" + socketPath},
-		NetworkMode: container.NetworkMode(b.network),
+	host := &container.HostConfig{NetworkMode: container.NetworkMode(b.network)}
+	if b.share {
+		// The engine resolves the path on its own machine, where its
+		// socket is at the usual place, whatever path this machine
+		// reaches it by.
+		host.Binds = []string{socketPath + ":" + socketPath}
 	}
 	if node.Mesh != nil {
 		// The overlay's TUN interface: the one capability it needs (no

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -45,6 +46,8 @@ type Backend struct {
 	name      string
 	dir       string   // <cluster dir>/machines
 	addresses []string // the addresses machines may bind, in order
+	explicit  bool     // addresses were configured: this host's own
+	bindAddr  string   // the address the node running the backend binds
 	binary    string
 	consul    string
 }
@@ -95,6 +98,8 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		name:      cfg.Name,
 		dir:       filepath.Join(env.ClusterDir, "machines"),
 		addresses: addrs,
+		explicit:  cfg.Settings["addresses"] != "",
+		bindAddr:  env.BindAddr,
 		binary:    env.Binary,
 		consul:    env.ConsulBinary,
 	}, nil
@@ -119,13 +124,68 @@ func MachineDir(clusterDir, machineID string) string {
 }
 
 // Available checks that the binaries a machine needs are there.
+//
+// It also says whether this machine is one the backend's machines are
+// reachable from: every member may be asked to run a spawn (the leader
+// places it on one that offers the backend), and a machine on loopback is
+// reachable only from its host's own network. So configured addresses must
+// be this machine's own, and loopback machines are made only by a node
+// that itself lives on loopback (a local cluster's), never by one bound to
+// a real network (an adopted server, a container).
 func (b *Backend) Available(ctx context.Context) error {
 	for _, bin := range []string{b.binary, b.consul} {
 		if _, err := os.Stat(bin); err != nil {
 			return fmt.Errorf("local backend: %w", err)
 		}
 	}
+	if b.explicit {
+		own, err := ownAddresses()
+		if err != nil {
+			return fmt.Errorf("local backend: list this machine's addresses: %w", err)
+		}
+		for _, a := range b.addresses {
+			if own[a] {
+				return nil
+			}
+		}
+		return fmt.Errorf("local backend: none of its addresses (%s) is this machine's", strings.Join(b.addresses, ", "))
+	}
+	if b.bindAddr != "" {
+		if ip, err := netip.ParseAddr(b.bindAddr); err != nil || !ip.IsLoopback() {
+			return fmt.Errorf("local backend: its machines are on loopback, out of reach of this machine's network (%s)", b.bindAddr)
+		}
+	}
 	return nil
+}
+
+// Scope names this machine's kernel (its boot) and network namespace, and
+// the folder of machines: loopback machines are reachable, listable and
+// destroyable exactly from there.
+func (b *Backend) Scope(context.Context) (string, error) {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", err
+	}
+	netns, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return "", err
+	}
+	return "local:" + strings.TrimSpace(string(boot)) + "/" + netns + ":" + b.dir, nil
+}
+
+// ownAddresses are the IP addresses of this machine's interfaces.
+func ownAddresses() (map[string]bool, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	own := map[string]bool{}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			own[p.Addr().String()] = true
+		}
+	}
+	return own, nil
 }
 
 // Spawn allocates the lowest free address of the subnet, writes the machine's

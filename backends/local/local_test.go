@@ -166,3 +166,40 @@ func TestDestroyRefusesPaths(t *testing.T) {
 		}
 	}
 }
+
+// TestAvailableOnlyWhereItsMachinesAreReachable: any member may be asked to
+// run a spawn, so the backend says it runs only where its machines would
+// be reachable: configured addresses must be this machine's own, and
+// loopback machines are made only by a node that itself lives on loopback.
+func TestAvailableOnlyWhereItsMachinesAreReachable(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "agent.sh")
+	if err := os.WriteFile(bin, []byte(standIn), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name     string
+		settings map[string]string
+		bindAddr string
+		ok       bool
+	}{
+		{"loopback machines, made by a node on loopback", map[string]string{"subnet": "127.99.1"}, "127.99.1.2", true},
+		{"loopback machines, made outside an agent (the CLI)", map[string]string{"subnet": "127.99.1"}, "", true},
+		{"loopback machines, asked of a node on a real network", map[string]string{"subnet": "127.99.1"}, "10.20.30.40", false},
+		{"loopback machines, asked of a container (bind auto)", map[string]string{"subnet": "127.99.1"}, nodeconfig.BindAuto, false},
+		{"addresses of this machine", map[string]string{"addresses": "192.0.2.77, 127.0.0.1"}, "10.20.30.40", true},
+		{"addresses of another machine", map[string]string{"addresses": "192.0.2.77"}, "127.99.1.2", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := New(backends.Config{Name: "host", Settings: tc.settings}, backends.Env{ClusterDir: dir, Binary: bin, ConsulBinary: bin, BindAddr: tc.bindAddr})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = b.Available(context.Background())
+			if (err == nil) != tc.ok {
+				t.Errorf("available: %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}

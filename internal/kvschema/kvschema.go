@@ -66,6 +66,9 @@ const (
 	// Provisioned holds, per machine, the outcome of its provisioners
 	// (provisioned/<machine id>), as its agent ran them on itself.
 	Provisioned = Prefix + "provisioned/"
+	// Work holds the work orders the leader gives the members that run
+	// its actions (work/<host>/<machine id>).
+	Work = Prefix + "work/"
 )
 
 // MeshSecretNext and MeshSecretPrevious exist only while a mesh rotation
@@ -393,17 +396,11 @@ func (s *Store) DeleteMeshNode(ctx context.Context, machineID string) error {
 	return err
 }
 
-// Offers lists every machine's offer of backends, by machine ID.
-func (s *Store) Offers(ctx context.Context, q *api.QueryOptions) (map[string][]byte, uint64, error) {
-	pairs, meta, err := s.kv.List(Offers, query(ctx, q))
-	if err != nil {
-		return nil, 0, err
-	}
-	out := make(map[string][]byte, len(pairs))
-	for _, p := range pairs {
-		out[strings.TrimPrefix(p.Key, Offers)] = p.Value
-	}
-	return out, meta.LastIndex, nil
+// Offers lists every machine's offer of backends, by machine ID, each with
+// the index it was written at: the Raft order in which offers and records
+// were written, which no machine's clock can disturb.
+func (s *Store) Offers(ctx context.Context, q *api.QueryOptions) (map[string]Entry, uint64, error) {
+	return (&Folder{kv: s.kv, prefix: Offers}).Entries(ctx, q)
 }
 
 // PutOffer writes a machine's offer of backends.
@@ -522,6 +519,12 @@ func (s *Store) TrustedHostKeys() *Folder {
 	return &Folder{kv: s.kv, prefix: HostKeys}
 }
 
+// Work is the folder of the work orders given to the machine host, one per
+// machine it is to spawn or destroy.
+func (s *Store) Work(host string) *Folder {
+	return &Folder{kv: s.kv, prefix: Work + host + "/"}
+}
+
 // JoinTokens is the folder of join tokens' records, one per token ID.
 func (s *Store) JoinTokens() *Folder {
 	return &Folder{kv: s.kv, prefix: JoinTokens}
@@ -549,6 +552,26 @@ func (f *Folder) List(ctx context.Context) (map[string][]byte, error) {
 	return out, nil
 }
 
+// Entry is a value and the index it was written at.
+type Entry struct {
+	Value []byte
+	Index uint64
+}
+
+// Entries returns the folder's values by key, with their indexes, and the
+// folder's index: a blocking query when q has a WaitIndex.
+func (f *Folder) Entries(ctx context.Context, q *api.QueryOptions) (map[string]Entry, uint64, error) {
+	pairs, meta, err := f.kv.List(f.prefix, query(ctx, q))
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make(map[string]Entry, len(pairs))
+	for _, p := range pairs {
+		out[strings.TrimPrefix(p.Key, f.prefix)] = Entry{Value: p.Value, Index: p.ModifyIndex}
+	}
+	return out, meta.LastIndex, nil
+}
+
 // Get returns the value at key and the index to check-and-set it against;
 // index 0 when there is none.
 func (f *Folder) Get(ctx context.Context, key string) (value []byte, index uint64, err error) {
@@ -559,10 +582,30 @@ func (f *Folder) Get(ctx context.Context, key string) (value []byte, index uint6
 	return p.Value, p.ModifyIndex, nil
 }
 
+// Wait returns the value at key (nil when there is none), its index, and
+// the index to wait from next: a blocking query when q has a WaitIndex.
+func (f *Folder) Wait(ctx context.Context, key string, q *api.QueryOptions) (value []byte, index, next uint64, err error) {
+	p, meta, err := f.kv.Get(f.prefix+segment(key), query(ctx, q))
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if p != nil {
+		value, index = p.Value, p.ModifyIndex
+	}
+	return value, index, meta.LastIndex, nil
+}
+
 // CAS writes value at key if its index is still index (0: only if there is
 // none) and reports whether it did.
 func (f *Folder) CAS(ctx context.Context, key string, value []byte, index uint64) (bool, error) {
 	ok, _, err := f.kv.CAS(&api.KVPair{Key: f.prefix + segment(key), Value: value, ModifyIndex: index}, write(ctx))
+	return ok, err
+}
+
+// DeleteCAS removes key if its index is still index, and reports whether
+// it did.
+func (f *Folder) DeleteCAS(ctx context.Context, key string, index uint64) (bool, error) {
+	ok, _, err := f.kv.DeleteCAS(&api.KVPair{Key: f.prefix + segment(key), ModifyIndex: index}, write(ctx))
 	return ok, err
 }
 

@@ -13,6 +13,7 @@ const (
 key "` + GossipKey + `" { policy = "deny" }
 key_prefix "` + MeshSecret + `" { policy = "deny" }
 key_prefix "` + JoinTokens + `" { policy = "deny" }
+key_prefix "` + Work + `" { policy = "deny" }
 node_prefix "" { policy = "read" }
 service_prefix "" { policy = "read" }
 agent_prefix "" { policy = "read" }
@@ -38,6 +39,7 @@ const GlobalManagementPolicyID = "00000000-0000-0000-0000-000000000001"
 // (MachineRules): it never leads.
 const ClientRules = `key_prefix "` + Prefix + `" { policy = "read" }
 key_prefix "` + JoinTokens + `" { policy = "deny" }
+key_prefix "` + Work + `" { policy = "deny" }
 node_prefix "" { policy = "read" }
 service_prefix "" { policy = "read" }
 service "raptiformica" { policy = "write" }
@@ -45,13 +47,16 @@ operator = "read"
 `
 
 // MachineRules are one client machine's own: its inventory record, its
-// mesh entry, its offer of backends, its provisioning record, and its own
-// agent (to leave the cluster).
+// mesh entry, its offer of backends, its provisioning record, the work
+// orders given to it (which carry new machines' credentials: no other
+// client reads them, as the longer prefix wins over ClientRules' denial),
+// and its own agent (to leave the cluster).
 func MachineRules(machineID string) string {
 	return `key "` + Inventory + machineID + `" { policy = "write" }
 key "` + MeshNodes + machineID + `" { policy = "write" }
 key "` + Offers + machineID + `" { policy = "write" }
 key "` + Provisioned + machineID + `" { policy = "write" }
+key_prefix "` + Work + machineID + `/" { policy = "write" }
 agent "` + machineID + `" { policy = "write" }
 `
 }

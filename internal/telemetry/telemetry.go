@@ -22,6 +22,7 @@ const (
 	KeyLeader      = "leader"
 	KeyPID         = "pid"
 	KeyAddress     = "address"
+	KeyHost        = "host"
 	KeyAttempt     = "attempt"
 )
 

@@ -1,0 +1,244 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+const (
+	// workWait is how long one blocking read of this machine's work
+	// orders waits for a change.
+	workWait = 5 * time.Minute
+	// outcomeTimeout bounds writing an order's outcome, which outlives
+	// the agent's own stop: a spawn that ended is reported even then.
+	outcomeTimeout = 30 * time.Second
+)
+
+// worker runs the work orders the leader gives this machine: the spawns
+// and destroys placed on its backends. It claims each order by
+// check-and-set before it calls the backend, so that an order runs once
+// however many times it is read, and writes the outcome for whoever leads.
+type worker struct {
+	orders   reconcile.Orders
+	backends func() map[string]backends.Backend
+	// env is this machine's own: a new machine's node config names the
+	// Consul binary and cluster folder of the leader that wrote it,
+	// which mean nothing here.
+	env backends.Env
+	// published, when set, publishes this machine's offer again, with
+	// the lists of its backends: called after every order, so that the
+	// leader judges the machine by a list that has it.
+	published func(ctx context.Context)
+	// served is the file that keeps which backends this machine has run
+	// orders on: only their lists are published (see hosting).
+	served string
+	clock  clock.Clock
+	log    hclog.Logger
+
+	mu      sync.Mutex
+	running map[string]bool // machine IDs of the orders running here; guarded by mu
+	hosts   map[string]bool // backends this machine has run orders on; guarded by mu
+	said    map[string]string
+	wg      sync.WaitGroup
+}
+
+// hosting reports the backends this machine has run work orders on, and so
+// holds machines of: the offer lists those backends' machines only. A
+// backend every member can list (the local machines of one box, say) would
+// otherwise have every member publish the same list again on every change,
+// which costs the cluster the square of its size; only the members the
+// leader gave work need to say what they hold.
+func (w *worker) hosting() map[string]bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.hosts == nil {
+		w.hosts = map[string]bool{}
+		if b, err := os.ReadFile(w.served); err == nil {
+			var names []string
+			if json.Unmarshal(b, &names) == nil {
+				for _, n := range names {
+					w.hosts[n] = true
+				}
+			}
+		}
+	}
+	return maps.Clone(w.hosts)
+}
+
+// serve notes that this machine runs orders on backend, for good: its
+// machines may outlive any agent restart.
+func (w *worker) serve(backend string) {
+	hosts := w.hosting()
+	if hosts[backend] {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.hosts[backend] = true
+	names := slices.Sorted(maps.Keys(w.hosts))
+	b, _ := json.Marshal(names)
+	if w.served != "" {
+		if err := fsutil.WriteFileAtomic(w.served, b, 0o600); err != nil {
+			w.log.Warn("keep the backends this machine hosts machines on", telemetry.KeyError, err)
+		}
+	}
+}
+
+// Run takes and runs orders until ctx ends, then waits for the running
+// ones and returns nil.
+func (w *worker) Run(ctx context.Context) error {
+	defer w.wg.Wait()
+	w.running, w.said = map[string]bool{}, map[string]string{}
+	var index uint64
+	for ctx.Err() == nil {
+		orders, bad, next, err := w.orders.List(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: workWait})
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Debug("read this machine's work orders", telemetry.KeyError, err)
+				select {
+				case <-ctx.Done():
+				case <-w.clock.After(2 * time.Second):
+				}
+			}
+			continue
+		}
+		// An index that went back (a re-seeded KV) starts over.
+		if next < index {
+			index = 0
+		} else {
+			index = next
+		}
+		for id, err := range bad {
+			w.once(id, "a work order that does not parse is left alone", err)
+		}
+		ids := make([]string, 0, len(orders))
+		for id := range orders {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		for _, id := range ids {
+			w.take(ctx, orders[id])
+		}
+	}
+	return nil
+}
+
+// once logs a problem with an order once per distinct error.
+func (w *worker) once(id, msg string, err error) {
+	if w.said[id] == err.Error() {
+		return
+	}
+	w.said[id] = err.Error()
+	w.log.Warn(msg, telemetry.KeyMachineID, id, telemetry.KeyError, err)
+}
+
+// take claims a new order and starts it; an order that says it runs but
+// does not run here was running when this agent stopped, and is reported
+// failed, so that the leader cleans up whatever it left.
+func (w *worker) take(ctx context.Context, o reconcile.WorkOrder) {
+	w.mu.Lock()
+	busy := w.running[o.MachineID]
+	w.mu.Unlock()
+	switch {
+	case busy || o.Finished():
+		return
+	case o.State == reconcile.WorkRunning:
+		w.report(ctx, o, backends.Instance{}, errors.New("this machine's agent stopped while it ran the order"))
+		return
+	}
+	o.State = reconcile.WorkRunning
+	claimed, err := w.orders.Put(ctx, o)
+	if err != nil {
+		if !errors.Is(err, reconcile.ErrConflict) {
+			w.once(o.MachineID, "claim a work order", err)
+		}
+		return // taken back, or changed: the next read decides
+	}
+	w.mu.Lock()
+	w.running[o.MachineID] = true
+	w.mu.Unlock()
+	w.wg.Go(func() {
+		defer func() {
+			w.mu.Lock()
+			delete(w.running, o.MachineID)
+			w.mu.Unlock()
+		}()
+		inst, scope, err := w.run(ctx, claimed)
+		claimed.Scope = scope
+		w.report(ctx, claimed, inst, err)
+	})
+}
+
+// run calls the backend for one claimed order, within its timeout, and
+// says what the backend manages a spawned machine in.
+func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (inst backends.Instance, scope string, err error) {
+	log := w.log.With(telemetry.KeyAction, string(o.Kind), telemetry.KeyMachineID, o.MachineID, telemetry.KeyBackend, o.Backend)
+	be, ok := w.backends()[o.Backend]
+	if !ok {
+		return backends.Instance{}, "", fmt.Errorf("backend %q is not configured on %s", o.Backend, w.orders.Host)
+	}
+	w.serve(o.Backend)
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	log.Info("running a work order from the leader")
+	begin := w.clock.Now()
+	if o.Kind == reconcile.WorkDestroy {
+		err := be.Destroy(ctx, o.MachineID)
+		log.Info("work order ran", telemetry.KeyDuration, w.clock.Now().Sub(begin), telemetry.KeyError, err)
+		return backends.Instance{}, "", err
+	}
+	node := *o.Node
+	node.ClusterDir, node.ConsulBinary = w.env.ClusterDir, w.env.ConsulBinary
+	inst, err = be.Spawn(ctx, backends.Spec{Node: node})
+	log.Info("work order ran", telemetry.KeyDuration, w.clock.Now().Sub(begin), telemetry.KeyError, err)
+	if err == nil {
+		if sc, ok := be.(backends.Scoped); ok {
+			scope, _ = sc.Scope(ctx)
+		}
+	}
+	return inst, scope, err
+}
+
+// report writes how an order ended, tried until outcomeTimeout (a Raft
+// election may be under way), and then publishes this machine's offer
+// again: after the outcome, so that the leader, which records the machine
+// at the outcome's index, judges it only by a list written later.
+func (w *worker) report(ctx context.Context, o reconcile.WorkOrder, inst backends.Instance, err error) {
+	o.Node = nil // its credentials were for the spawn: they go with it
+	o.State, o.Error, o.Instance = reconcile.WorkDone, "", nil
+	if err != nil {
+		o.State, o.Error = reconcile.WorkFailed, err.Error()
+	} else if o.Kind == reconcile.WorkSpawn {
+		o.Instance = &inst
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), outcomeTimeout)
+	defer cancel()
+	var werr error
+	_ = clock.Poll(rctx, w.clock, time.Second, func() (bool, error) {
+		_, werr = w.orders.Put(rctx, o)
+		return werr == nil || errors.Is(werr, reconcile.ErrConflict), nil
+	})
+	if werr != nil {
+		w.log.Error("report a work order's outcome", telemetry.KeyMachineID, o.MachineID, telemetry.KeyError, werr)
+	}
+	if w.published != nil {
+		w.published(rctx)
+	}
+}

@@ -1,0 +1,233 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// An action placed on another member runs there: the executor writes a work
+// order to that host's folder (kvschema.Work), and waits for its outcome
+// with blocking queries, looking every awaitRecheck whether the host is
+// still an alive member. It never waits on a host that died: the order
+// stays, the host finishes or fails it when it returns, and whoever leads
+// then reads the outcome.
+
+// awaitRecheck is how long one blocking read of an order waits before the
+// executor looks again whether its host is alive.
+const awaitRecheck = 10 * time.Second
+
+// errHostGone means the host of an order is not an alive member.
+var errHostGone = errors.New("is not an alive member")
+
+// hostKey keys the backoff of a backend on another host, beside the
+// leader's own backends' (names and machine IDs hold no slash).
+func hostKey(host, backend string) string { return host + "/" + backend }
+
+// spawnElsewhere runs in the goroutine of a spawn placed on a.Host: it
+// grants the host its orders, writes the order with the new machine's node
+// config, and records the outcome in rec.
+func (e *Executor) spawnElsewhere(ctx context.Context, p *rules.Platform, rec Record, a Action, log hclog.Logger) {
+	sctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
+	defer cancel()
+	orders := NewOrders(e.Inventory.Store, a.Host)
+	w, err := e.orderSpawn(sctx, p, orders, rec, a)
+	if err == nil {
+		w, err = e.await(sctx, orders, w)
+	}
+	e.spawned(ctx, p, orders, rec, a, w, err, log)
+}
+
+// resumeSpawn follows, for a new leader, a spawn on another host that an
+// earlier leader ordered: the host may have finished it meanwhile, or be
+// running it still.
+func (e *Executor) resumeSpawn(ctx context.Context, p *rules.Platform, rec Record, log hclog.Logger) {
+	a := Action{Kind: KindSpawn, MachineID: rec.ID, Type: rec.Type, Backend: rec.Backend, Host: rec.Host, Reason: "resumed: " + rec.Reason}
+	sctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
+	defer cancel()
+	orders := NewOrders(e.Inventory.Store, rec.Host)
+	w, ok, _, err := orders.Get(sctx, rec.ID, nil)
+	switch {
+	case err != nil:
+	case !ok:
+		// The last leader stopped between the record and the order:
+		// nothing was made, and the removal finds nothing to destroy.
+		err = errors.New("its work order was never written")
+	default:
+		log.Info("resuming a spawn on another host", telemetry.KeyHost, rec.Host, "state", string(w.State))
+		w, err = e.await(sctx, orders, w)
+	}
+	e.spawned(ctx, p, orders, rec, a, w, err, log)
+}
+
+// orderSpawn writes the work order of a spawn on another host.
+func (e *Executor) orderSpawn(ctx context.Context, p *rules.Platform, orders Orders, rec Record, a Action) (WorkOrder, error) {
+	if e.Grant != nil {
+		if err := e.Grant(ctx, a.Host); err != nil {
+			return WorkOrder{}, fmt.Errorf("let host %s read its work orders: %w", a.Host, err)
+		}
+	}
+	mt := p.Machines[a.Type]
+	node, err := e.NodeConfig(ctx, p, rec.ID, mt, a.Backend)
+	if err != nil {
+		return WorkOrder{}, err
+	}
+	return orders.Put(ctx, WorkOrder{Kind: WorkSpawn, MachineID: rec.ID, Type: a.Type, Backend: a.Backend,
+		Node: &node, Timeout: p.Policy.ProvisionTimeout})
+}
+
+// spawned records how a spawn on another host ended: joining with its
+// address, or to be destroyed with why. A spawn its host never started is
+// taken back, and its record removed, since nothing was made.
+func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders, rec Record, a Action, w WorkOrder, err error, log hclog.Logger) {
+	if ctx.Err() != nil {
+		return // leadership is gone; the next leader resumes
+	}
+	key := hostKey(a.Host, a.Backend)
+	if err == nil && w.State == WorkDone && w.Instance != nil {
+		e.backendOK(key)
+		rec.State, rec.Updated, rec.Address, rec.Addresses = StateJoining, e.Clock.Now(), w.Instance.Address, w.Instance.Addresses
+		rec.HostSince = w.Index
+		if w.Scope != "" {
+			rec.Scope = w.Scope
+		}
+		if _, err := e.Inventory.Put(ctx, rec); err != nil {
+			log.Error("record spawned machine", telemetry.KeyError, err)
+			e.finish(a, err)
+			return
+		}
+		if err := orders.Delete(ctx, w); err != nil {
+			log.Warn("remove a finished work order", telemetry.KeyError, err)
+		}
+		e.finish(a, nil)
+		log.Info("machine spawned", telemetry.KeyHost, a.Host, telemetry.KeyAddress, w.Instance.Address)
+		e.Hooks.Fire(ctx, p, "after_spawn", a)
+		return
+	}
+	if err == nil {
+		err = fmt.Errorf("host %s: %s", a.Host, w.Error)
+		if w.State == WorkDone {
+			err = fmt.Errorf("host %s reported the spawn done without the machine it made", a.Host)
+		}
+	}
+	if w.Index != 0 && (w.State == WorkNew || w.Finished()) {
+		// Not started: take it back, so the host never starts a spawn
+		// nobody waits for. Finished: read. A claim that comes first
+		// wins, and the removal waits for it.
+		if derr := orders.Delete(ctx, w); derr == nil && w.State == WorkNew {
+			err = fmt.Errorf("%w; the order was taken back before the host started it", err)
+		}
+	}
+	if !errors.Is(err, errHostGone) && !errors.Is(err, context.DeadlineExceeded) || w.State == WorkFailed {
+		e.backendFailed(key, p, err)
+	}
+	e.finish(a, err)
+	log.Error("spawn on another host failed", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
+	rec.State, rec.Updated, rec.Reason = StateDestroying, e.Clock.Now(), "spawn failed: "+err.Error()
+	if _, perr := e.Inventory.Put(ctx, rec); perr != nil {
+		log.Error("record spawn failure", telemetry.KeyError, perr)
+	}
+}
+
+// destroyElsewhere has a.Host destroy machine a.MachineID, and waits for it
+// to be done. An order already there decides: a spawn not started is taken
+// back, one running is waited for by a later pass, a destroy is awaited.
+func (e *Executor) destroyElsewhere(ctx context.Context, p *rules.Platform, a Action) error {
+	orders := NewOrders(e.Inventory.Store, a.Host)
+	w, ok, _, err := orders.Get(ctx, a.MachineID, nil)
+	if err != nil {
+		return err
+	}
+	switch {
+	case ok && w.Kind == WorkSpawn && w.State == WorkNew:
+		if err := orders.Delete(ctx, w); err != nil {
+			return fmt.Errorf("take back the spawn on %s: %w", a.Host, err)
+		}
+		return nil // never started: nothing to destroy
+	case ok && w.State == WorkRunning && w.Kind == WorkSpawn:
+		return fmt.Errorf("host %s is still spawning it", a.Host)
+	case ok && w.Kind == WorkDestroy && !w.Finished():
+	default:
+		if e.Grant != nil {
+			if err := e.Grant(ctx, a.Host); err != nil {
+				return fmt.Errorf("let host %s read its work orders: %w", a.Host, err)
+			}
+		}
+		next := WorkOrder{Kind: WorkDestroy, MachineID: a.MachineID, Type: a.Type, Backend: a.Backend, Timeout: p.Policy.ProvisionTimeout}
+		if ok {
+			next.Index = w.Index
+		}
+		if w, err = orders.Put(ctx, next); err != nil {
+			return err
+		}
+	}
+	w, err = e.await(ctx, orders, w)
+	if err != nil {
+		return err
+	}
+	if derr := orders.Delete(ctx, w); derr != nil {
+		e.Log.Warn("remove a finished work order", telemetry.KeyError, derr)
+	}
+	if w.State == WorkFailed {
+		return fmt.Errorf("host %s: %s", a.Host, w.Error)
+	}
+	return nil
+}
+
+// await waits for w to be finished by its host, until ctx ends or the host
+// is no longer an alive member.
+func (e *Executor) await(ctx context.Context, orders Orders, w WorkOrder) (WorkOrder, error) {
+	next := w.Index
+	for !w.Finished() {
+		if err := e.hostAlive(ctx, orders.Host); errors.Is(err, errHostGone) {
+			return w, err
+		} else if err != nil {
+			e.Log.Debug("read a host's health", telemetry.KeyError, err)
+		}
+		got, ok, idx, err := orders.Get(ctx, w.MachineID, &api.QueryOptions{WaitIndex: next, WaitTime: awaitRecheck})
+		switch {
+		case ctx.Err() != nil:
+			return w, fmt.Errorf("no outcome from host %s within the provision timeout: %w", orders.Host, ctx.Err())
+		case err != nil:
+			// A read that failed (a Raft election) is tried again
+			// after a pause, until the deadline.
+			e.Log.Debug("read a work order", telemetry.KeyError, err)
+			select {
+			case <-ctx.Done():
+			case <-e.Clock.After(time.Second):
+			}
+			continue
+		case !ok:
+			return w, fmt.Errorf("the work order on %s is gone", orders.Host)
+		}
+		w, next = got, idx
+	}
+	return w, nil
+}
+
+// hostAlive reports whether host is an alive member, by its serf health
+// check: one node's checks, not the member list.
+func (e *Executor) hostAlive(ctx context.Context, host string) error {
+	cctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+	defer cancel()
+	checks, _, err := e.Consul.Health().Node(host, (&api.QueryOptions{}).WithContext(cctx))
+	if err != nil {
+		return fmt.Errorf("read the health of host %s: %w", host, err)
+	}
+	for _, c := range checks {
+		if c.CheckID == "serfHealth" {
+			if c.Status == api.HealthPassing {
+				return nil
+			}
+			break
+		}
+	}
+	return fmt.Errorf("host %s %w", host, errHostGone)
+}
