@@ -232,3 +232,46 @@ func offersOf(t *testing.T, l *sshLab) map[string]string {
 	}
 	return offers
 }
+
+// TestBackendsAnywhereLeaderMoves: three docker servers, each of which can
+// run the docker backend; four workers are asked for and placed across
+// them, the leader among them. The leader is killed while another server
+// runs one of the spawns: the new leader resumes the order its predecessor
+// gave, and no machine is made twice (every container has a record and
+// every record one container).
+func TestBackendsAnywhereLeaderMoves(t *testing.T) {
+	t.Parallel()
+	c := newDockerCluster(t)
+	c.up(dockerPlatform(c.name, ""))
+	v := c.waitAgree(3, 3*time.Minute, "after up")
+	src := strings.Replace(dockerPlatform(c.name, ""), `cooldown          = "1s"`, "cooldown          = \"1s\"\n  max_concurrent_spawns = 4", 1) + `
+machine "worker" {
+  min      = 4
+  backends = ["docker"]
+}
+`
+	if out, errOut, code := c.rf("platform", "apply", c.writePlatform("workers.hcl", src)); code != 0 {
+		t.Fatalf("apply: %s %s", out, errOut)
+	}
+	var elsewhere reconcile.Record
+	waitUntil(t, time.Minute, "a worker's spawn runs on a server that does not lead", func() bool {
+		for _, r := range c.recordsOf("worker") {
+			if r.Host != "" && r.Host != v.leader {
+				elsewhere = r
+				return true
+			}
+		}
+		return false
+	})
+	c.kill(v.leader)
+	t.Logf("killed the leader %s while %s was %s on %s", v.leader, elsewhere.ID, elsewhere.State, elsewhere.Host)
+	after := c.waitAgree(7, 4*time.Minute, "after the leader was killed mid-spawn", v.leader)
+	if r, ok := after.records[elsewhere.ID]; !ok || r.Host != elsewhere.Host {
+		t.Errorf("the worker ordered on %s: %+v (present %v), want it made there once", elsewhere.Host, r, ok)
+	}
+	hosts := map[string]int{}
+	for _, r := range c.recordsOf("worker") {
+		hosts[r.Host]++
+	}
+	t.Logf("workers per host: %v", hosts)
+}
