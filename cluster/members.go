@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -14,7 +13,9 @@ import (
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/mesh/peering"
 	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // Member is one line of `members`: a Consul member with what the
@@ -28,7 +29,8 @@ type Member struct {
 	Role    string `json:"role"`
 	Leader  bool   `json:"leader"`
 	// MeshEndpoints are where the member accepts overlay links; MeshPeers
-	// the members it has a link to. Both empty without the mesh.
+	// the members the mesh's rule links it to (daemon.MeshLinks). Both
+	// empty without the mesh.
 	MeshEndpoints []string `json:"mesh_endpoints,omitempty"`
 	MeshPeers     []string `json:"mesh_peers,omitempty"`
 	// Offers are the backends the member can run, as its agent found on
@@ -53,13 +55,14 @@ func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
+	maxLinks := peering.DefaultMaxLinks
+	if p, err := Platform(ctx, c, rules.Options{}); err == nil {
+		maxLinks = p.Mesh.Links()
+	}
+	meshLinks := daemon.MeshLinks(meshNodes, maxLinks)
 	offers, _, err := store.Offers(ctx, nil)
 	if err != nil {
 		return nil, false, err
-	}
-	nameOf := map[string]string{}
-	for _, m := range members {
-		nameOf[m.Addr] = m.Name
 	}
 	rows := []Member{}
 	for _, m := range members {
@@ -76,10 +79,7 @@ func Members(ctx context.Context, c *api.Client) ([]Member, bool, error) {
 		}
 		if mn, ok := meshNodes[m.Name]; ok {
 			row.MeshEndpoints = mn.Endpoints
-			for _, l := range mn.Links {
-				row.MeshPeers = append(row.MeshPeers, cmp.Or(nameOf[l], l))
-			}
-			sort.Strings(row.MeshPeers)
+			row.MeshPeers = meshLinks[m.Name]
 		}
 		rows = append(rows, row)
 	}
