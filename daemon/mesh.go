@@ -279,15 +279,18 @@ func localOnlyInterface(name string) bool {
 // node knew and is retried.
 func (s *meshSync) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	reads := make(chan meshRead, 1)
-	go s.watch(ctx, reads)
-	var last *meshRead        // the last read of KV, nil before the first
+	watching := make(chan struct{})
+	go func() { defer close(watching); s.watch(ctx, reads) }()
+	defer func() { cancel(); <-watching }()
+	var last *meshRead        // the last good read of KV, nil before the first
+	failing := false          // the last read failed
 	seen := map[string]bool{} // keys of peers up in the last pass
 	bytes := map[string][2]uint64{}
 	linked := false // some link was up at the last look
 	for ctx.Err() == nil {
-		if last == nil {
+		if last == nil || failing {
+			// Without KV the node keeps dialling what it knew.
 			s.sync(ctx, nil, kvschema.MeshSecrets{}, false)
 		} else {
 			s.sync(ctx, last.nodes, last.secrets, true)
@@ -297,6 +300,9 @@ func (s *meshSync) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 		case r := <-reads:
+			if failing = r.err != nil; failing {
+				break
+			}
 			last = &r
 			// The read is the truth now: the entry is written again if
 			// it differs (see publishNode).
@@ -309,36 +315,43 @@ func (s *meshSync) Run(ctx context.Context) error {
 	return nil
 }
 
-// meshRead is one read of the mesh's folder.
+// meshRead is one read of the mesh's folder, or why it failed.
 type meshRead struct {
 	nodes   map[string]MeshNode
 	secrets kvschema.MeshSecrets
+	err     error
 }
 
 // watch reads the members' entries and the mesh secrets whenever they
 // change, at most once per meshReadGap, and hands each read to reads (a
-// read not yet taken is replaced by the newer one). It blocks until ctx
-// ends; a failed read is retried after the gap.
+// read not yet taken is replaced by the newer one), or a failed read's
+// error. It blocks until ctx ends; a failed read is retried after the gap.
 func (s *meshSync) watch(ctx context.Context, reads chan meshRead) {
 	var index uint64
 	for ctx.Err() == nil {
 		started := s.clock.Now()
 		pairs, secrets, meta, err := s.store.Mesh(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: meshWait, AllowStale: true})
+		var r *meshRead
 		switch {
 		case err != nil:
 			index = 0
+			if ctx.Err() == nil {
+				r = &meshRead{err: err}
+			}
 		case meta.LastIndex < index:
 			index = 0 // the index went backwards (a restored snapshot): read afresh
 		case meta.LastIndex == index:
 			// The wait ended without a change.
 		default:
 			index = meta.LastIndex
-			r := meshRead{nodes: decodeMeshNodes(pairs), secrets: secrets}
+			r = &meshRead{nodes: decodeMeshNodes(pairs), secrets: secrets}
+		}
+		if r != nil {
 			select {
 			case <-reads:
 			default:
 			}
-			reads <- r
+			reads <- *r
 		}
 		if wait := meshReadGap - s.clock.Now().Sub(started); wait > 0 {
 			_ = clock.Sleep(ctx, s.clock, wait)
