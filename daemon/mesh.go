@@ -142,9 +142,8 @@ type meshMirror struct {
 //
 // The peers of its node config are its way in: they are dialled until it
 // has read KV and one of its chosen links is up, and again whenever none
-// is. A server dials, besides, every machine of the inventory without an
-// entry yet (a new machine that reaches nobody, but that a server reaches):
-// a handful at a time, each until its entry is in KV.
+// is. The leader writes a first entry for a machine that has not published
+// its own yet (see firstEntries).
 type meshSync struct {
 	node *mesh.Node
 	cfg  nodeconfig.Config // the node's, its BindAddr the overlay address
@@ -374,19 +373,16 @@ func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, secrets 
 	static := hostPorts(described, mirror.Joined)
 	own := hostPorts(s.endpoints())
 	up := upEndpoints(s.node.Peers())
-	var unlisted []string
 	if fromKV {
 		self := peering.Member{ID: s.cfg.MachineID, Server: s.cfg.ConsulServer, Listens: len(own) > 0}
 		known := chosenEndpoints(self, nodes, maxLinks)
-		if s.cfg.ConsulServer || s.leading() {
-			// The inventory is read by the servers only: a client's pass
+		if s.leading() {
+			// The inventory is read by the leader only: a client's pass
 			// costs one read of the mesh's folder, when it changes.
 			recs, _, err := s.inventory.List(ctx, &api.QueryOptions{AllowStale: true})
 			if err == nil {
-				unlisted = hostPorts(unlistedEndpoints(recs, nodes, port))
-				if s.leading() {
-					s.pruneNodes(ctx, nodes, recs)
-				}
+				s.pruneNodes(ctx, nodes, recs)
+				s.firstEntries(ctx, nodes, recs, port)
 			}
 		}
 		joined := slices.Clone(mirror.Joined)
@@ -405,7 +401,7 @@ func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, secrets 
 		s.publishNode(ctx, nodes[s.cfg.MachineID], own)
 		static = hostPorts(described, mirror.Joined)
 	}
-	want := uniqueSorted(static, mirror.Known, unlisted)
+	want := uniqueSorted(static, mirror.Known)
 	if !fromKV || !slices.ContainsFunc(mirror.Known, func(ep string) bool { return up[ep] }) {
 		// The node's way in: until KV is read and a chosen link is up.
 		want = uniqueSorted(want, hostPorts(s.cfg.Mesh.Peers))
@@ -466,24 +462,48 @@ func fingerprints(secrets []string) []string {
 	return out
 }
 
-// unlistedEndpoints are the endpoints of machines without a mesh entry:
-// their addresses on their own networks, as the backend reported them at
-// spawn, with the mesh port. Every member dials them, so that a new machine
-// that reaches no member, but that one member reaches, still links, and
-// keeps that link until its own entry is in KV.
-func unlistedEndpoints(recs map[string]reconcile.Record, nodes map[string]MeshNode, port int) []string {
-	var out []string
+// firstEntries writes, for each machine of the inventory without a mesh
+// entry, a first one made of its addresses on its own networks, as the
+// backend reported them at spawn, with the mesh port: every node reads it
+// with the rest, and the members the mesh's rule links to the machine dial
+// it, so that a new machine that reaches no member, but that a member
+// reaches, still links. The machine replaces the entry with its own once it
+// is in the cluster; the leader never overwrites one (see
+// kvschema.Store.CreateMeshNode).
+func (s *meshSync) firstEntries(ctx context.Context, nodes map[string]MeshNode, recs map[string]reconcile.Record, port int) {
+	var server func(string) bool
+	if p := s.platform(); p != nil {
+		server = func(typ string) bool { return p.Machines[typ].ConsulServer }
+	}
+	for _, n := range unlistedEntries(recs, nodes, port, server) {
+		b, _ := json.Marshal(n)
+		if _, err := s.store.CreateMeshNode(ctx, n.MachineID, b); err != nil {
+			s.log.Debug("first mesh entry", telemetry.KeyMachineID, n.MachineID, telemetry.KeyError, err)
+		}
+	}
+}
+
+// unlistedEntries are first entries for the machines without a mesh entry
+// that have an address of their own network (see firstEntries); server,
+// if not nil, says whether a machine type is a Consul server.
+func unlistedEntries(recs map[string]reconcile.Record, nodes map[string]MeshNode, port int, server func(string) bool) []MeshNode {
+	var out []MeshNode
 	for id, r := range recs {
 		if _, ok := nodes[id]; ok || r.State == reconcile.StateDestroying {
 			continue
 		}
+		var eps []string
 		for _, addr := range uniqueSorted([]string{r.Address}, r.Addresses) {
 			if ip, err := netip.ParseAddr(addr); err != nil || mesh.IsOverlay(ip) {
 				continue // a host name is an SSH target, not a mesh endpoint
 			}
-			out = append(out, net.JoinHostPort(addr, strconv.Itoa(port)))
+			eps = append(eps, net.JoinHostPort(addr, strconv.Itoa(port)))
+		}
+		if len(eps) > 0 {
+			out = append(out, MeshNode{MachineID: id, Endpoints: hostPorts(eps), Server: server != nil && server(r.Type)})
 		}
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].MachineID < out[j].MachineID })
 	return out
 }
 

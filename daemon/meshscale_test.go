@@ -8,11 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/mesh/peering"
+	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -143,5 +145,31 @@ func TestScaleMeshReadsHaveAGap(t *testing.T) {
 	case r := <-reads:
 		t.Fatalf("a read without a change (%d entries)", len(r.nodes))
 	case <-time.After(500 * time.Millisecond):
+	}
+}
+
+// The leader's first entry for a machine is written once, and never over
+// the entry the machine wrote itself.
+func TestScaleFirstEntryNeverReplacesOwn(t *testing.T) {
+	consul := startTestConsul(t)
+	store := kvschema.New(consul.Client)
+	ctx := context.Background()
+	own := MeshNode{MachineID: "m1", Key: "k1", Address: "200::1", Endpoints: []string{"10.0.0.1:9651"}}
+	putMeshEntries(t, store, map[string]MeshNode{"m1": own})
+	p := &rules.Platform{Machines: map[string]rules.MachineType{"s": {Name: "s", ConsulServer: true}}}
+	s := &meshSync{store: store, platform: func() *rules.Platform { return p }, log: hclog.NewNullLogger()}
+	recs := map[string]reconcile.Record{
+		"m1": {ID: "m1", Type: "w", State: reconcile.StateJoined, Address: "10.0.0.1"},
+		"m2": {ID: "m2", Type: "s", State: reconcile.StateJoining, Address: "10.0.0.2"},
+	}
+	// As a stale read that has not seen m1's entry yet would.
+	s.firstEntries(ctx, map[string]MeshNode{}, recs, 9651)
+	got, err := MeshNodes(ctx, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]MeshNode{"m1": own, "m2": {MachineID: "m2", Endpoints: []string{"10.0.0.2:9651"}, Server: true}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("entries (-want +got):\n%s", diff)
 	}
 }
