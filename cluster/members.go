@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/mesh/peering"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -29,7 +29,8 @@ type Member struct {
 	Role    string `json:"role"`
 	Leader  bool   `json:"leader"`
 	// MeshEndpoints are where the member accepts overlay links; MeshPeers
-	// the members it has a link to. Both empty without the mesh.
+	// the members the mesh's rule links it to (daemon.MeshLinks). Both
+	// empty without the mesh.
 	MeshEndpoints []string `json:"mesh_endpoints,omitempty"`
 	MeshPeers     []string `json:"mesh_peers,omitempty"`
 	// Offers are the backends the member can run, as its agent found on
@@ -58,6 +59,11 @@ func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, 
 	if err != nil {
 		return nil, false, err
 	}
+	maxLinks := peering.DefaultMaxLinks
+	if p, err := Platform(ctx, c, rules.Options{}); err == nil {
+		maxLinks = p.Mesh.Links()
+	}
+	meshLinks := daemon.MeshLinks(meshNodes, maxLinks)
 	offers, _, err := store.Offers(ctx, nil)
 	if err != nil {
 		return nil, false, err
@@ -69,10 +75,6 @@ func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, 
 	// The description says which types provision and for what checksum;
 	// without a valid one the records are shown as they are.
 	plat, _ := Platform(ctx, c, opts)
-	nameOf := map[string]string{}
-	for _, m := range members {
-		nameOf[m.Addr] = m.Name
-	}
 	rows := []Member{}
 	for _, m := range members {
 		role := "client"
@@ -90,10 +92,7 @@ func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, 
 		row.Provisioned = provisionState(plat, r.Type, pr, has)
 		if mn, ok := meshNodes[m.Name]; ok {
 			row.MeshEndpoints = mn.Endpoints
-			for _, l := range mn.Links {
-				row.MeshPeers = append(row.MeshPeers, cmp.Or(nameOf[l], l))
-			}
-			sort.Strings(row.MeshPeers)
+			row.MeshPeers = meshLinks[m.Name]
 		}
 		rows = append(rows, row)
 	}

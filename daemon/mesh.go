@@ -30,6 +30,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/mesh"
+	"github.com/raptiformica/raptiformica/mesh/peering"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -38,6 +39,16 @@ import (
 // that came up are joined into Consul, and a node without a cluster retries.
 const meshPass = 5 * time.Second
 
+// meshReadGap is the least time between two reads of the mesh's folder,
+// and meshWait how long one read blocks for a change: each read returns
+// every member's entry, so the reads of N nodes cost O(N²) bytes through
+// the servers; they are rare (a change, at most one per gap) and stale
+// (any server answers, not only the Raft leader).
+const (
+	meshReadGap = 5 * time.Second
+	meshWait    = 5 * time.Minute
+)
+
 // MeshNode is a member's entry in KV: how the others reach it.
 type MeshNode struct {
 	MachineID string `json:"machine_id"`
@@ -45,8 +56,11 @@ type MeshNode struct {
 	Address   string `json:"address"`
 	// Endpoints are where it accepts links; none for a dial-only node.
 	Endpoints []string `json:"endpoints,omitempty"`
-	// Links are the overlay addresses of the members it has a link to.
-	Links []string `json:"links,omitempty"`
+	// Server is true for a Consul server: the mesh's rule links servers
+	// to each other (package mesh/peering). The entry lists no links:
+	// they follow from the rule, and a list would make every entry, and
+	// so every read of the folder, grow with the cluster.
+	Server bool `json:"server,omitempty"`
 	// ListenSecret and DialSecrets are the fingerprints (mesh.Fingerprint)
 	// of the secrets it listens and dials with: how `rotate mesh` knows
 	// that every member has taken a step.
@@ -61,6 +75,37 @@ func MeshNodes(ctx context.Context, store *kvschema.Store) (map[string]MeshNode,
 		return nil, fmt.Errorf("read mesh entries: %w", err)
 	}
 	return decodeMeshNodes(pairs), nil
+}
+
+// meshMembers are the members as the mesh's rule sees them, from their
+// entries.
+func meshMembers(nodes map[string]MeshNode) []peering.Member {
+	out := make([]peering.Member, 0, len(nodes))
+	for id, n := range nodes {
+		out = append(out, peering.Member{ID: id, Server: n.Server, Listens: len(n.Endpoints) > 0})
+	}
+	return out
+}
+
+// MeshLinks returns, for each member with an entry, the members the mesh's
+// rule links it to (package mesh/peering), by machine ID: what `members`
+// shows. It costs O(maxLinks × N²): a table of a few thousand machines.
+func MeshLinks(nodes map[string]MeshNode, maxLinks int) map[string][]string {
+	members := meshMembers(nodes)
+	out := make(map[string][]string, len(members))
+	for _, m := range members {
+		out[m.ID] = peering.Choose(m, members, maxLinks)
+	}
+	return out
+}
+
+// chosenEndpoints are the endpoints of the members the rule links self to.
+func chosenEndpoints(self peering.Member, nodes map[string]MeshNode, maxLinks int) []string {
+	var out []string
+	for _, id := range peering.Choose(self, meshMembers(nodes), maxLinks) {
+		out = append(out, nodes[id].Endpoints...)
+	}
+	return hostPorts(out)
 }
 
 func decodeMeshNodes(pairs api.KVPairs) map[string]MeshNode {
@@ -83,15 +128,22 @@ type meshMirror struct {
 	Joined []string `json:"joined,omitempty"`
 	// JoinedSeen is when each of Joined was added or last seen up.
 	JoinedSeen map[string]time.Time `json:"joined_seen,omitempty"`
-	// Known are the other members' endpoints last read from KV.
+	// Known are the endpoints of the members the rule linked the node to
+	// at the last read of KV.
 	Known []string `json:"known,omitempty"`
 }
 
-// meshSync keeps the node's overlay links in line with KV: it dials every
-// other member's endpoints, drops those of machines gone from KV, writes
-// its own entry, mirrors what it learnt, and joins into Consul every peer it
-// has a link to. It runs from the start, before Consul has a leader: a new
-// node's first link is how it finds the cluster.
+// meshSync keeps the node's overlay links in line with KV: it dials the
+// members the mesh's rule chooses for it (package mesh/peering) and the
+// description's anchors, drops the rest, writes its own entry, mirrors what
+// it learnt, and joins into Consul every peer it has a link to. It runs
+// from the start, before Consul has a leader: a new node's first link is
+// how it finds the cluster.
+//
+// The peers of its node config are its way in: they are dialled until it
+// has read KV and one of its chosen links is up, and again whenever none
+// is. The leader writes a first entry for a machine that has not published
+// its own yet (see firstEntries).
 type meshSync struct {
 	node *mesh.Node
 	cfg  nodeconfig.Config // the node's, its BindAddr the overlay address
@@ -109,8 +161,11 @@ type meshSync struct {
 	// hooks runs the after_mesh hooks on this machine; nil runs none.
 	hooks *reconcile.HookRunner
 
-	mu    sync.Mutex // guards known and its file, mesh-peers.json, and secrets and its file
+	mu    sync.Mutex // guards known and its file, mesh-peers.json, published, and secrets and its file
 	known meshMirror
+	// published is the entry this node last wrote, so that a pass writes
+	// it again only when it changed.
+	published MeshNode
 	// secrets are what mesh-secrets.json holds, read at the first pass
 	// that finds secrets in KV.
 	secrets       meshSecrets
@@ -222,40 +277,85 @@ func localOnlyInterface(name string) bool {
 // pass without KV (no cluster yet, or Consul restarting) dials what the
 // node knew and is retried.
 func (s *meshSync) Run(ctx context.Context) error {
-	var index uint64
+	ctx, cancel := context.WithCancel(ctx)
+	reads := make(chan meshRead, 1)
+	watching := make(chan struct{})
+	go func() { defer close(watching); s.watch(ctx, reads) }()
+	defer func() { cancel(); <-watching }()
+	var last *meshRead        // the last good read of KV, nil before the first
+	failing := false          // the last read failed
 	seen := map[string]bool{} // keys of peers up in the last pass
 	bytes := map[string][2]uint64{}
 	linked := false // some link was up at the last look
 	for ctx.Err() == nil {
-		nodes, secrets, next, err := s.nodes(ctx, index)
-		if err != nil {
-			index = 0
+		if last == nil || failing {
+			// Without KV the node keeps dialling what it knew.
+			s.sync(ctx, nil, kvschema.MeshSecrets{}, false)
 		} else {
-			index = next
+			s.sync(ctx, last.nodes, last.secrets, true)
 		}
-		s.sync(ctx, nodes, secrets, err == nil)
 		up := s.recordMetrics(s.node.Peers(), seen, bytes)
 		linked = s.afterMesh(ctx, linked, up > 0)
-		if err != nil {
-			_ = clock.Sleep(ctx, s.clock, 2*time.Second)
+		select {
+		case <-ctx.Done():
+		case r := <-reads:
+			if failing = r.err != nil; failing {
+				break
+			}
+			last = &r
+			// The read is the truth now: the entry is written again if
+			// it differs (see publishNode).
+			s.mu.Lock()
+			s.published = MeshNode{}
+			s.mu.Unlock()
+		case <-s.clock.After(meshPass):
 		}
 	}
 	return nil
 }
 
-// nodes reads the members' entries and the mesh secrets, blocking up to
-// meshPass for a change of either after index.
-func (s *meshSync) nodes(ctx context.Context, index uint64) (map[string]MeshNode, kvschema.MeshSecrets, uint64, error) {
-	pairs, secrets, meta, err := s.store.Mesh(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: meshPass})
-	if err != nil {
-		return nil, secrets, 0, err
+// meshRead is one read of the mesh's folder, or why it failed.
+type meshRead struct {
+	nodes   map[string]MeshNode
+	secrets kvschema.MeshSecrets
+	err     error
+}
+
+// watch reads the members' entries and the mesh secrets whenever they
+// change, at most once per meshReadGap, and hands each read to reads (a
+// read not yet taken is replaced by the newer one), or a failed read's
+// error. It blocks until ctx ends; a failed read is retried after the gap.
+func (s *meshSync) watch(ctx context.Context, reads chan meshRead) {
+	var index uint64
+	for ctx.Err() == nil {
+		started := s.clock.Now()
+		pairs, secrets, meta, err := s.store.Mesh(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: meshWait, AllowStale: true})
+		var r *meshRead
+		switch {
+		case err != nil:
+			index = 0
+			if ctx.Err() == nil {
+				r = &meshRead{err: err}
+			}
+		case meta.LastIndex < index:
+			index = 0 // the index went backwards (a restored snapshot): read afresh
+		case meta.LastIndex == index:
+			// The wait ended without a change.
+		default:
+			index = meta.LastIndex
+			r = &meshRead{nodes: decodeMeshNodes(pairs), secrets: secrets}
+		}
+		if r != nil {
+			select {
+			case <-reads:
+			default:
+			}
+			reads <- *r
+		}
+		if wait := meshReadGap - s.clock.Now().Sub(started); wait > 0 {
+			_ = clock.Sleep(ctx, s.clock, wait)
+		}
 	}
-	nodes := decodeMeshNodes(pairs)
-	next := meta.LastIndex
-	if next < index {
-		next = 0
-	}
-	return nodes, secrets, next, nil
 }
 
 func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, secrets kvschema.MeshSecrets, fromKV bool) {
@@ -266,32 +366,32 @@ func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, secrets 
 	}
 	mirror := s.known
 	var described []string
-	port := rules.DefaultMeshPort
+	port, maxLinks := rules.DefaultMeshPort, peering.DefaultMaxLinks
 	if p := s.platform(); p != nil {
-		described, port = p.Mesh.Peers, p.Mesh.Port
+		described, port, maxLinks = p.Mesh.Peers, p.Mesh.Port, p.Mesh.Links()
 	}
-	static := hostPorts(s.cfg.Mesh.Peers, described, mirror.Joined)
+	static := hostPorts(described, mirror.Joined)
 	own := hostPorts(s.endpoints())
+	up := upEndpoints(s.node.Peers())
 	if fromKV {
-		var known []string
-		for id, n := range nodes {
-			if id != s.cfg.MachineID {
-				known = append(known, n.Endpoints...)
-			}
-		}
-		recs, _, err := s.inventory.List(ctx, nil)
-		if err == nil {
-			known = append(known, unlistedEndpoints(recs, nodes, port)...)
-			if s.leading() {
+		self := peering.Member{ID: s.cfg.MachineID, Server: s.cfg.ConsulServer, Listens: len(own) > 0}
+		known := chosenEndpoints(self, nodes, maxLinks)
+		if s.leading() {
+			// The inventory is read by the leader only: a client's pass
+			// costs one read of the mesh's folder, when it changes.
+			recs, _, err := s.inventory.List(ctx, &api.QueryOptions{AllowStale: true})
+			if err == nil {
 				s.pruneNodes(ctx, nodes, recs)
+				s.firstEntries(ctx, nodes, recs, port)
 			}
 		}
-		known = hostPorts(known)
 		joined := slices.Clone(mirror.Joined)
-		mirror = expireJoined(mirror, known, upEndpoints(s.node.Peers()), s.clock.Now())
+		// A peer added by hand that is not among the chosen stays: an
+		// operator gave it, perhaps as the only way this machine has.
+		mirror = expireJoined(mirror, known, up, s.clock.Now())
 		for _, ep := range joined {
 			if !slices.Contains(mirror.Joined, ep) {
-				s.log.Info("mesh peer added by hand dropped", "endpoint", ep, telemetry.KeyReason, "a member publishes it, or it was not up for "+joinedTTL.String())
+				s.log.Info("mesh peer added by hand dropped", "endpoint", ep, telemetry.KeyReason, "the mesh's rule links this node to it, or it was not up for "+joinedTTL.String())
 			}
 		}
 		if !slices.Equal(known, mirror.Known) || !slices.Equal(joined, mirror.Joined) {
@@ -299,8 +399,13 @@ func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, secrets 
 			s.save(mirror)
 		}
 		s.publishNode(ctx, nodes[s.cfg.MachineID], own)
+		static = hostPorts(described, mirror.Joined)
 	}
 	want := uniqueSorted(static, mirror.Known)
+	if !fromKV || !slices.ContainsFunc(mirror.Known, func(ep string) bool { return up[ep] }) {
+		// The node's way in: until KV is read and a chosen link is up.
+		want = uniqueSorted(want, hostPorts(s.cfg.Mesh.Peers))
+	}
 	for _, ep := range want {
 		if slices.Contains(own, ep) {
 			continue
@@ -357,47 +462,74 @@ func fingerprints(secrets []string) []string {
 	return out
 }
 
-// unlistedEndpoints are the endpoints of machines without a mesh entry:
-// their addresses on their own networks, as the backend reported them at
-// spawn, with the mesh port. Every member dials them, so that a new machine
-// that reaches no member, but that one member reaches, still links, and
-// keeps that link until its own entry is in KV.
-func unlistedEndpoints(recs map[string]reconcile.Record, nodes map[string]MeshNode, port int) []string {
-	var out []string
+// firstEntries writes, for each machine of the inventory without a mesh
+// entry, a first one made of its addresses on its own networks, as the
+// backend reported them at spawn, with the mesh port: every node reads it
+// with the rest, and the members the mesh's rule links to the machine dial
+// it, so that a new machine that reaches no member, but that a member
+// reaches, still links. The machine replaces the entry with its own once it
+// is in the cluster; the leader never overwrites one (see
+// kvschema.Store.CreateMeshNode).
+func (s *meshSync) firstEntries(ctx context.Context, nodes map[string]MeshNode, recs map[string]reconcile.Record, port int) {
+	var server func(string) bool
+	if p := s.platform(); p != nil {
+		server = func(typ string) bool { return p.Machines[typ].ConsulServer }
+	}
+	for _, n := range unlistedEntries(recs, nodes, port, server) {
+		b, _ := json.Marshal(n)
+		if _, err := s.store.CreateMeshNode(ctx, n.MachineID, b); err != nil {
+			s.log.Debug("first mesh entry", telemetry.KeyMachineID, n.MachineID, telemetry.KeyError, err)
+		}
+	}
+}
+
+// unlistedEntries are first entries for the machines without a mesh entry
+// that have an address of their own network (see firstEntries); server,
+// if not nil, says whether a machine type is a Consul server.
+func unlistedEntries(recs map[string]reconcile.Record, nodes map[string]MeshNode, port int, server func(string) bool) []MeshNode {
+	var out []MeshNode
 	for id, r := range recs {
 		if _, ok := nodes[id]; ok || r.State == reconcile.StateDestroying {
 			continue
 		}
+		var eps []string
 		for _, addr := range uniqueSorted([]string{r.Address}, r.Addresses) {
 			if ip, err := netip.ParseAddr(addr); err != nil || mesh.IsOverlay(ip) {
 				continue // a host name is an SSH target, not a mesh endpoint
 			}
-			out = append(out, net.JoinHostPort(addr, strconv.Itoa(port)))
+			eps = append(eps, net.JoinHostPort(addr, strconv.Itoa(port)))
+		}
+		if len(eps) > 0 {
+			out = append(out, MeshNode{MachineID: id, Endpoints: hostPorts(eps), Server: server != nil && server(r.Type)})
 		}
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].MachineID < out[j].MachineID })
 	return out
 }
 
 // publishNode writes this node's entry when KV lacks it or holds an old
-// one.
+// one, or one this node has not written since its last read of KV. The
+// caller holds mu.
 func (s *meshSync) publishNode(ctx context.Context, have MeshNode, endpoints []string) {
-	var links []string
-	for _, p := range s.node.Peers() {
-		if p.Up {
-			links = append(links, p.Address)
-		}
-	}
 	listen, dial := s.node.Secrets()
-	me := MeshNode{MachineID: s.cfg.MachineID, Key: s.node.PublicKey(), Address: s.cfg.BindAddr, Endpoints: endpoints, Links: uniqueSorted(links),
+	me := MeshNode{MachineID: s.cfg.MachineID, Key: s.node.PublicKey(), Address: s.cfg.BindAddr, Endpoints: endpoints, Server: s.cfg.ConsulServer,
 		ListenSecret: mesh.Fingerprint(listen), DialSecrets: fingerprints(dial)}
-	if have.Key == me.Key && have.Address == me.Address && slices.Equal(have.Endpoints, me.Endpoints) && slices.Equal(have.Links, me.Links) &&
-		have.ListenSecret == me.ListenSecret && slices.Equal(have.DialSecrets, me.DialSecrets) {
+	// Reads are rare and may be stale: what this node wrote last counts
+	// as in KV, or every pass would write it again until the next read.
+	if sameMeshNode(have, me) || sameMeshNode(s.published, me) {
 		return
 	}
 	b, _ := json.Marshal(me)
 	if err := s.store.PutMeshNode(ctx, me.MachineID, b); err != nil {
 		s.log.Warn("publish mesh entry", telemetry.KeyError, err)
+		return
 	}
+	s.published = me
+}
+
+func sameMeshNode(a, b MeshNode) bool {
+	return a.MachineID == b.MachineID && a.Key == b.Key && a.Address == b.Address && slices.Equal(a.Endpoints, b.Endpoints) && a.Server == b.Server &&
+		a.ListenSecret == b.ListenSecret && slices.Equal(a.DialSecrets, b.DialSecrets)
 }
 
 // pruneNodes drops the entries of machines the inventory no longer
@@ -546,8 +678,8 @@ const maxJoined = 16
 const joinedTTL = 24 * time.Hour
 
 // expireJoined drops the peers added by hand that are no longer of use:
-// those a member publishes (the node dials them as known endpoints anyway)
-// and those not up for joinedTTL. A peer up now is seen now.
+// those among known, the chosen members' endpoints (the node dials them
+// anyway), and those not up for joinedTTL. A peer up now is seen now.
 func expireJoined(m meshMirror, known []string, up map[string]bool, now time.Time) meshMirror {
 	seen := make(map[string]time.Time, len(m.Joined))
 	var keep []string
@@ -631,10 +763,13 @@ func CheckMeshMode(ctx context.Context, store *kvschema.Store, p *rules.Platform
 }
 
 // meshConfigFor is the mesh part of a new machine's config: the cluster's
-// secret and every member's endpoints, so that it links to whichever of
-// them it reaches. During a rotation the secret is the one brought in,
+// secret and, as its way in, the endpoints of static (the anchors, the
+// configuring node's own), of the servers and of the members the mesh's
+// rule will link it to, a bounded list whatever the cluster's size. The
+// machine dials them until it has read KV and one of its chosen links is
+// up (see meshSync). During a rotation the secret is the one brought in,
 // with which every member dials at every step (kvschema.MeshSecrets.Newest).
-func meshConfigFor(ctx context.Context, store *kvschema.Store, port int, static ...[]string) (*nodeconfig.Mesh, error) {
+func meshConfigFor(ctx context.Context, store *kvschema.Store, m rules.Mesh, self peering.Member, static ...[]string) (*nodeconfig.Mesh, error) {
 	secrets, err := store.MeshSecrets(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mesh secret: %w", err)
@@ -649,9 +784,12 @@ func meshConfigFor(ctx context.Context, store *kvschema.Store, port int, static 
 	}
 	peers := uniqueSorted(static...)
 	for _, n := range nodes {
-		peers = append(peers, n.Endpoints...)
+		if n.Server {
+			peers = append(peers, n.Endpoints...)
+		}
 	}
-	return &nodeconfig.Mesh{ListenPort: port, Secret: secret, Peers: hostPorts(peers)}, nil
+	peers = append(peers, chosenEndpoints(self, nodes, m.Links())...)
+	return &nodeconfig.Mesh{ListenPort: m.Port, Secret: secret, Peers: hostPorts(peers)}, nil
 }
 
 // hostPorts merges lists of endpoints into one sorted list of host:port

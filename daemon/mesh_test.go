@@ -14,13 +14,13 @@ import (
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
-func TestUnlistedEndpoints(t *testing.T) {
+func TestUnlistedEntries(t *testing.T) {
 	recs := map[string]reconcile.Record{
 		// Spawned on two networks, no entry yet: both addresses.
-		"new": {ID: "new", State: reconcile.StateJoining, Address: "10.0.1.2", Addresses: []string{"10.0.1.2", "10.0.2.2"}},
+		"new": {ID: "new", Type: "server", State: reconcile.StateJoining, Address: "10.0.1.2", Addresses: []string{"10.0.1.2", "10.0.2.2"}},
 		// Joined and re-addressed to the overlay, entry not yet in KV: its
 		// old address is still dialled.
-		"joined": {ID: "joined", State: reconcile.StateJoined, Address: "200:1::1", Addresses: []string{"10.0.1.3"}},
+		"joined": {ID: "joined", Type: "worker", State: reconcile.StateJoined, Address: "200:1::1", Addresses: []string{"10.0.1.3"}},
 		// Has an entry: its endpoints come from there.
 		"listed": {ID: "listed", State: reconcile.StateJoined, Address: "10.0.1.4"},
 		// Being removed, or adopted by host name: nothing to dial.
@@ -28,10 +28,13 @@ func TestUnlistedEndpoints(t *testing.T) {
 		"by-name": {ID: "by-name", State: reconcile.StateJoining, Address: "nas.home"},
 	}
 	nodes := map[string]MeshNode{"listed": {MachineID: "listed", Endpoints: []string{"10.0.1.4:9651"}}}
-	got := uniqueSorted(unlistedEndpoints(recs, nodes, 7000))
-	want := []string{"10.0.1.2:7000", "10.0.1.3:7000", "10.0.2.2:7000"}
+	got := unlistedEntries(recs, nodes, 7000, func(typ string) bool { return typ == "server" })
+	want := []MeshNode{
+		{MachineID: "joined", Endpoints: []string{"10.0.1.3:7000"}},
+		{MachineID: "new", Endpoints: []string{"10.0.1.2:7000", "10.0.2.2:7000"}, Server: true},
+	}
 	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("endpoints (-want +got):\n%s", diff)
+		t.Errorf("first entries (-want +got):\n%s", diff)
 	}
 }
 

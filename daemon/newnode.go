@@ -11,6 +11,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/mesh/peering"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -63,7 +64,7 @@ func NodeConfigFor(client *api.Client, cred Credentials, clusterDir, consulBinar
 			if self != nil {
 				own = self()
 			}
-			if meshCfg, err = meshConfigFor(ctx, store, p.Mesh.Port, p.Mesh.Peers, own); err != nil {
+			if meshCfg, err = meshConfigFor(ctx, store, p.Mesh, peering.Member{ID: id, Server: mt.ConsulServer, Listens: true}, p.Mesh.Peers, own); err != nil {
 				return nodeconfig.Config{}, err
 			}
 		}

@@ -90,6 +90,10 @@ type Config struct {
 	// are read and dropped.
 	Interface string
 	Log       hclog.Logger
+
+	// onPacket, for tests in-process, is given each packet a node without
+	// a TUN interface reads (the buffer is reused after it returns).
+	onPacket func([]byte)
 }
 
 // Node is a running overlay node. Its methods may be called concurrently.
@@ -159,7 +163,7 @@ func Start(cfg Config) (*Node, error) {
 	} else {
 		// The core handles its session packets only while someone reads:
 		// without a TUN, this node reads (and drops) itself.
-		go n.drain()
+		go n.drain(cfg.onPacket)
 	}
 	for _, p := range cfg.Peers {
 		// One peer that cannot be dialled must not keep the node down: the
@@ -173,15 +177,20 @@ func Start(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-func (n *Node) drain() {
+func (n *Node) drain(onPacket func([]byte)) {
 	buf := make([]byte, 65535)
 	for {
-		if _, err := n.rwc.Read(buf); err != nil {
+		m, err := n.rwc.Read(buf)
+		if err != nil {
 			select {
 			case <-n.done:
 				return
 			default:
 			}
+			continue
+		}
+		if onPacket != nil {
+			onPacket(buf[:m])
 		}
 	}
 }

@@ -67,7 +67,7 @@ type Options struct {
 }
 
 var topSchema = &hcl.BodySchema{
-	Attributes: []hcl.AttributeSchema{{Name: "cluster"}, {Name: "mesh"}, {Name: "mesh_port"}, {Name: "mesh_peers"}},
+	Attributes: []hcl.AttributeSchema{{Name: "cluster"}, {Name: "mesh"}, {Name: "mesh_port"}, {Name: "mesh_peers"}, {Name: "mesh_max_links"}},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "policy"},
 		{Type: "backend", LabelNames: []string{"name"}},
@@ -360,7 +360,10 @@ func (d *decoder) mesh(attrs hcl.Attributes, m *Mesh) {
 			}
 		}
 	}
-	for _, name := range []string{"mesh_port", "mesh_peers"} {
+	if a := attrs["mesh_max_links"]; a != nil {
+		d.intIn(a, "mesh_max_links", &m.MaxLinks, MinMeshLinks, MaxMeshLinks)
+	}
+	for _, name := range []string{"mesh_port", "mesh_peers", "mesh_max_links"} {
 		if a := attrs[name]; a != nil && m.Mode == MeshNone {
 			d.at(a.NameRange, name, "has no effect without mesh = %q", MeshOverlay)
 		}

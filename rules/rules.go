@@ -11,6 +11,8 @@ package rules
 import (
 	"sort"
 	"time"
+
+	"github.com/raptiformica/raptiformica/mesh/peering"
 )
 
 // Platform is a validated platform description. Every field has its default
@@ -71,7 +73,25 @@ type Mesh struct {
 	// Peers are endpoints ("host:port") every machine dials besides the
 	// members it learns from KV: public machines that anchor the mesh.
 	Peers []string
+	// MaxLinks caps the links the mesh's rule gives a machine (package
+	// mesh/peering); 0 means peering.DefaultMaxLinks. Read it with Links.
+	MaxLinks int
 }
+
+// Links is the cap on a machine's mesh links: MaxLinks, or the default.
+func (m Mesh) Links() int {
+	if m.MaxLinks == 0 {
+		return peering.DefaultMaxLinks
+	}
+	return m.MaxLinks
+}
+
+// MinMeshLinks and MaxMeshLinks bound mesh_max_links: the rule's ring needs
+// two links; 64 is far above what a machine needs, well below a full mesh.
+const (
+	MinMeshLinks = peering.MinMaxLinks
+	MaxMeshLinks = 64
+)
 
 // The mesh modes.
 const (

@@ -1,0 +1,175 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/mesh/peering"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// meshEntries are n mesh entries, the first servers of them servers, each
+// listening on one endpoint 10.0.x.y:9651.
+func meshEntries(n, servers int) map[string]MeshNode {
+	out := map[string]MeshNode{}
+	for i := range n {
+		id := fmt.Sprintf("m%03d", i)
+		out[id] = MeshNode{MachineID: id, Key: id, Address: fmt.Sprintf("200::%x", i+1), Server: i < servers,
+			Endpoints: []string{fmt.Sprintf("10.0.%d.%d:9651", i/250, i%250+1)}}
+	}
+	return out
+}
+
+func putMeshEntries(t *testing.T, store *kvschema.Store, nodes map[string]MeshNode) {
+	t.Helper()
+	for id, n := range nodes {
+		b, _ := json.Marshal(n)
+		if err := store.PutMeshNode(context.Background(), id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A node dials the endpoints of the members the rule chooses, no others.
+func TestScaleChosenEndpoints(t *testing.T) {
+	nodes := meshEntries(40, 3)
+	self := peering.Member{ID: "m017", Listens: true}
+	got := chosenEndpoints(self, nodes, 8)
+	var want []string
+	for _, id := range peering.Choose(self, meshMembers(nodes), 8) {
+		want = append(want, nodes[id].Endpoints...)
+	}
+	want = hostPorts(want)
+	if !slices.Equal(got, want) || len(got) == 0 || len(got) > 8 {
+		t.Errorf("got %v, want %v (at most 8)", got, want)
+	}
+	// Every member's choice, as `members` shows it, is the rule's.
+	links := MeshLinks(nodes, 8)
+	if len(links) != 40 || !slices.Equal(links["m017"], peering.Choose(self, meshMembers(nodes), 8)) {
+		t.Errorf("MeshLinks disagrees with the rule for m017: %v", links["m017"])
+	}
+}
+
+// A new machine's config names a bounded list of peers however many
+// members there are: the servers, the members the rule will link it to,
+// and the static ones (anchors, the configuring node).
+func TestScaleNewMachineMeshPeersAreBounded(t *testing.T) {
+	consul := startTestConsul(t)
+	store := kvschema.New(consul.Client)
+	ctx := context.Background()
+	if err := store.InitMeshSecret(ctx, "s3cret"); err != nil {
+		t.Fatal(err)
+	}
+	nodes := meshEntries(60, 3)
+	putMeshEntries(t, store, nodes)
+	m := rules.Mesh{Mode: rules.MeshOverlay, Port: 9651, MaxLinks: 6}
+	self := peering.Member{ID: "new", Listens: true}
+	cfg, err := meshConfigFor(ctx, store, m, self, []string{"anchor.example.org:9651"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed := map[string]bool{"anchor.example.org:9651": true}
+	for _, id := range peering.Choose(self, meshMembers(nodes), 6) {
+		allowed[nodes[id].Endpoints[0]] = true
+	}
+	for _, id := range []string{"m000", "m001", "m002"} {
+		allowed[nodes[id].Endpoints[0]] = true
+		if !slices.Contains(cfg.Peers, nodes[id].Endpoints[0]) {
+			t.Errorf("the new machine's peers %v lack server %s", cfg.Peers, id)
+		}
+	}
+	for _, p := range cfg.Peers {
+		if !allowed[p] {
+			t.Errorf("the new machine's peers name %s, neither a server, nor chosen, nor static", p)
+		}
+	}
+	if len(cfg.Peers) > 1+3+6 {
+		t.Errorf("the new machine dials %d peers of 60 members, want at most 10: %v", len(cfg.Peers), cfg.Peers)
+	}
+}
+
+// TestScaleMeshReadsHaveAGap: the mesh's folder is read when it changes,
+// at most once per meshReadGap: a burst of writes costs one more read,
+// which sees them all.
+func TestScaleMeshReadsHaveAGap(t *testing.T) {
+	consul := startTestConsul(t)
+	store := kvschema.New(consul.Client)
+	putMeshEntries(t, store, meshEntries(1, 1))
+	fake := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	s := &meshSync{store: store, clock: fake, log: hclog.NewNullLogger()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reads := make(chan meshRead, 1)
+	done := make(chan struct{})
+	go func() { defer close(done); s.watch(ctx, reads) }()
+	defer func() { cancel(); <-done }()
+
+	take := func(what string) meshRead {
+		t.Helper()
+		select {
+		case r := <-reads:
+			return r
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no read %s", what)
+		}
+		return meshRead{}
+	}
+	if r := take("at start"); len(r.nodes) != 1 {
+		t.Fatalf("first read: %d entries, want 1", len(r.nodes))
+	}
+	waitFor(t, 10*time.Second, "the watch to wait out its gap", func() bool { return fake.Waiters() == 1 })
+	putMeshEntries(t, store, meshEntries(5, 1))
+	select {
+	case r := <-reads:
+		t.Fatalf("a read within the gap after the last (%d entries)", len(r.nodes))
+	case <-time.After(500 * time.Millisecond):
+	}
+	fake.Advance(meshReadGap)
+	if r := take("after the gap"); len(r.nodes) != 5 {
+		t.Fatalf("read after the gap: %d entries, want the burst's 5", len(r.nodes))
+	}
+	// Without a change, the next read blocks in Consul: nothing comes.
+	waitFor(t, 10*time.Second, "the watch to wait out its gap", func() bool { return fake.Waiters() == 1 })
+	fake.Advance(meshReadGap)
+	select {
+	case r := <-reads:
+		t.Fatalf("a read without a change (%d entries)", len(r.nodes))
+	case <-time.After(500 * time.Millisecond):
+	}
+}
+
+// The leader's first entry for a machine is written once, and never over
+// the entry the machine wrote itself.
+func TestScaleFirstEntryNeverReplacesOwn(t *testing.T) {
+	consul := startTestConsul(t)
+	store := kvschema.New(consul.Client)
+	ctx := context.Background()
+	own := MeshNode{MachineID: "m1", Key: "k1", Address: "200::1", Endpoints: []string{"10.0.0.1:9651"}}
+	putMeshEntries(t, store, map[string]MeshNode{"m1": own})
+	p := &rules.Platform{Machines: map[string]rules.MachineType{"s": {Name: "s", ConsulServer: true}}}
+	s := &meshSync{store: store, platform: func() *rules.Platform { return p }, log: hclog.NewNullLogger()}
+	recs := map[string]reconcile.Record{
+		"m1": {ID: "m1", Type: "w", State: reconcile.StateJoined, Address: "10.0.0.1"},
+		"m2": {ID: "m2", Type: "s", State: reconcile.StateJoining, Address: "10.0.0.2"},
+	}
+	// As a stale read that has not seen m1's entry yet would.
+	s.firstEntries(ctx, map[string]MeshNode{}, recs, 9651)
+	got, err := MeshNodes(ctx, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]MeshNode{"m1": own, "m2": {MachineID: "m2", Endpoints: []string{"10.0.0.2:9651"}, Server: true}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("entries (-want +got):\n%s", diff)
+	}
+}
