@@ -271,15 +271,15 @@ func (a *Agent) setUp() (err error) {
 		clock: a.Clock, log: a.Log.Named("offers"), metrics: a.metrics, wake: make(chan struct{}, 1),
 	}
 	a.work = &worker{
-		orders: reconcile.NewOrders(a.store, c.MachineID), backends: bes.get, env: bes.env, published: a.offers.publish,
+		orders: reconcile.NewOrders(a.store, c.MachineID), backends: bes.get, env: bes.env, published: a.offers.publishAfter,
 		served: filepath.Join(c.DataDir, "hosted-backends.json"), clock: a.Clock, log: a.Log.Named("work"),
 	}
 	a.offers.hosting = a.work.hosting
-	executor.Served = func(ctx context.Context, backend string) {
+	executor.Served = func(ctx context.Context, backend string) uint64 {
 		a.work.serve(backend)
 		pctx, cancel := context.WithTimeout(ctx, offerCheckTimeout)
 		defer cancel()
-		a.offers.publish(pctx)
+		return a.offers.publish(pctx)
 	}
 	a.provisioner = &provisioner{
 		self: c.MachineID, machineType: c.MachineType, runner: &provision.Self{Dir: filepath.Join(c.DataDir, "provisioners"), Clock: a.Clock},

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/hashicorp/consul/api"
 
@@ -58,36 +57,22 @@ func machineToken(ctx context.Context, c *api.Client, id string) (string, error)
 }
 
 // grantWork returns the executor's Grant: before the leader gives a client
-// machine its first work order, that machine's own policy gets the rules
-// of this version (MachineRules: its work orders), and the policy all
-// clients share denies them the others'. A machine without a policy of its
-// own holds the cluster's token (a server) and needs nothing. Each host is
-// brought up to date once per leader.
+// machine a work order, that machine's own policy gets the rules of this
+// version (MachineRules: its work orders). A machine without a policy of
+// its own holds the cluster's token (a server) and needs nothing. It is
+// asked every time, not remembered: orders are rare, and an older leader
+// may have written older rules meanwhile.
 func grantWork(c *api.Client) func(ctx context.Context, host string) error {
-	var mu sync.Mutex
-	done := map[string]bool{}
 	return func(ctx context.Context, host string) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if done[host] {
-			return nil
-		}
-		if !done[""] {
-			if _, err := EnsurePolicy(ctx, c, clientPolicy, "what every raptiformica client machine may do", kvschema.ClientRules); err != nil {
-				return err
-			}
-			done[""] = true
-		}
 		p, _, err := c.ACL().PolicyReadByName(machinePolicyPrefix+host, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
 			return fmt.Errorf("read the policy of %s: %w", host, err)
 		}
-		if p != nil {
+		if p != nil && p.Rules != kvschema.MachineRules(host) {
 			if _, err := EnsurePolicy(ctx, c, machinePolicyPrefix+host, machineDescription+host+"'s own keys", kvschema.MachineRules(host)); err != nil {
 				return err
 			}
 		}
-		done[host] = true
 		return nil
 	}
 }

@@ -79,26 +79,46 @@ func (o *offerer) Run(ctx context.Context) error {
 
 // publish checks and publishes at once, changed or not: after a work order
 // ran here, so that a list written after its outcome is in KV.
-func (o *offerer) publish(ctx context.Context) { o.check(ctx, true) }
+// It returns the index the offer was written at, 0 when it was not.
+func (o *offerer) publish(ctx context.Context) uint64 { return o.publishAfter(ctx, nil) }
+
+// publishAfter runs write (a work order's outcome), then publishes at once,
+// with no check in between: a check that listed this machine's backends
+// before the outcome cannot publish after it, so that the last offer
+// published after an outcome has what that outcome made.
+func (o *offerer) publishAfter(ctx context.Context, write func()) uint64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if write != nil {
+		write()
+	}
+	return o.checkLocked(ctx, true)
+}
 
 // check asks every backend of the description whether it can run here, and
 // publishes the answer when it changed or has grown old, or when forced.
 func (o *offerer) check(ctx context.Context, force bool) {
-	if o.platform() == nil {
-		return
-	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.checkLocked(ctx, force)
+}
+
+// checkLocked is check, with o.mu held; it returns the index the offer was
+// written at, 0 when it was not written.
+func (o *offerer) checkLocked(ctx context.Context, force bool) uint64 {
+	if o.platform() == nil {
+		return 0
+	}
 	offer := o.ask(ctx)
 	stable, _ := json.Marshal(offer.Backends)
 	now := o.clock.Now()
 	if !force && bytes.Equal(stable, o.last) && now.Sub(o.lastAt) < offerRefresh {
-		return
+		return 0
 	}
 	offer.Checked = now
 	b, err := json.Marshal(offer)
 	if err != nil {
-		return
+		return 0
 	}
 	if len(b) > reconcile.MaxOfferSize {
 		// More machines than one value holds: offered without the
@@ -110,25 +130,27 @@ func (o *offerer) check(ctx context.Context, force bool) {
 			offer.Backends[name] = bo
 		}
 		if b, err = json.Marshal(offer); err != nil {
-			return
+			return 0
 		}
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := o.store.PutOffer(pctx, o.self, b); err != nil {
+	index, err := o.store.PutOffer(pctx, o.self, b)
+	if err != nil {
 		// A machine made before offers existed has a token that may not
 		// write one: said once, not every minute.
 		if err.Error() != o.lastErr {
 			o.log.Warn("publish this machine's offer of backends", telemetry.KeyError, err)
 		}
 		o.lastErr = err.Error()
-		return
+		return 0
 	}
 	o.lastErr = ""
 	if !bytes.Equal(stable, o.last) {
 		o.log.Info("offering backends", "offered", offer.Offered())
 	}
 	o.last, o.lastAt = stable, now
+	return index
 }
 
 // ask calls every backend's Available, and List where it is available, at

@@ -42,10 +42,11 @@ type worker struct {
 	// Consul binary and cluster folder of the leader that wrote it,
 	// which mean nothing here.
 	env backends.Env
-	// published, when set, publishes this machine's offer again, with
-	// the lists of its backends: called after every order, so that the
-	// leader judges the machine by a list that has it.
-	published func(ctx context.Context)
+	// published, when set, writes an order's outcome with write and then
+	// publishes this machine's offer again, with the lists of its
+	// backends, no check in between (offerer.publishAfter): the leader
+	// judges the machine by a list published after the outcome.
+	published func(ctx context.Context, write func()) uint64
 	// served is the file that keeps which backends this machine has run
 	// orders on: only their lists are published (see hosting).
 	served string
@@ -163,7 +164,11 @@ func (w *worker) take(ctx context.Context, o reconcile.WorkOrder) {
 		w.report(ctx, o, backends.Instance{}, errors.New("this machine's agent stopped while it ran the order"))
 		return
 	}
-	o.State = reconcile.WorkRunning
+	// The claim takes the new machine's credentials out of KV: this
+	// agent holds them in memory for the spawn, and an order that says it
+	// runs is never run again.
+	node := o.Node
+	o.State, o.Node = reconcile.WorkRunning, nil
 	claimed, err := w.orders.Put(ctx, o)
 	if err != nil {
 		if !errors.Is(err, reconcile.ErrConflict) {
@@ -180,6 +185,7 @@ func (w *worker) take(ctx context.Context, o reconcile.WorkOrder) {
 			delete(w.running, o.MachineID)
 			w.mu.Unlock()
 		}()
+		claimed.Node = node
 		inst, scope, err := w.run(ctx, claimed)
 		claimed.Scope = scope
 		w.report(ctx, claimed, inst, err)
@@ -224,21 +230,39 @@ func (w *worker) report(ctx context.Context, o reconcile.WorkOrder, inst backend
 	o.Node = nil // its credentials were for the spawn: they go with it
 	o.State, o.Error, o.Instance = reconcile.WorkDone, "", nil
 	if err != nil {
-		o.State, o.Error = reconcile.WorkFailed, err.Error()
+		o.State, o.Error = reconcile.WorkFailed, clip(err.Error(), maxOrderError)
 	} else if o.Kind == reconcile.WorkSpawn {
 		o.Instance = &inst
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), outcomeTimeout)
 	defer cancel()
-	var werr error
-	_ = clock.Poll(rctx, w.clock, time.Second, func() (bool, error) {
-		_, werr = w.orders.Put(rctx, o)
-		return werr == nil || errors.Is(werr, reconcile.ErrConflict), nil
-	})
-	if werr != nil {
-		w.log.Error("report a work order's outcome", telemetry.KeyMachineID, o.MachineID, telemetry.KeyError, werr)
+	write := func() {
+		var werr error
+		_ = clock.Poll(rctx, w.clock, time.Second, func() (bool, error) {
+			_, werr = w.orders.Put(rctx, o)
+			return werr == nil || errors.Is(werr, reconcile.ErrConflict), nil
+		})
+		if werr != nil {
+			w.log.Error("report a work order's outcome", telemetry.KeyMachineID, o.MachineID, telemetry.KeyError, werr)
+		}
 	}
-	if w.published != nil {
-		w.published(rctx)
+	if w.published == nil {
+		write()
+		return
 	}
+	w.published(rctx, write)
 }
+
+// clip keeps the first n bytes of s, marked as cut: a backend's error says
+// what went wrong first.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + " … (cut)"
+}
+
+// maxOrderError caps the error an outcome carries: a backend's message may
+// be long (a command's output), and an order must stay small enough to be
+// read back.
+const maxOrderError = 4 << 10

@@ -93,11 +93,13 @@ func newWorkLab(t *testing.T, gate chan struct{}) *workLab {
 		orders:   reconcile.NewOrders(l.store, host),
 		backends: func() map[string]backends.Backend { return map[string]backends.Backend{"engine": l.be} },
 		env:      backends.Env{ClusterDir: "/host/cluster", ConsulBinary: "/host/consul"},
-		published: func(context.Context) {
+		published: func(_ context.Context, write func()) uint64 {
+			write()
 			select {
 			case l.published <- struct{}{}:
 			default:
 			}
+			return 1
 		},
 		clock: clock.Real{}, log: hclog.NewNullLogger(),
 	}
@@ -200,6 +202,13 @@ func TestWorkOrderOutlivesItsLeader(t *testing.T) {
 		}
 		return false
 	})
+	// The claim took the new machine's credentials out of KV.
+	orders, _, _, _ := reconcile.NewOrders(l.store, l.host).List(context.Background(), nil)
+	for _, o := range orders {
+		if o.Node != nil {
+			t.Errorf("a claimed order still carries the node config: %+v", o.Node)
+		}
+	}
 	lose()
 	first.Wait()
 
@@ -225,8 +234,8 @@ func TestWorkOrderOutlivesItsLeader(t *testing.T) {
 }
 
 // TestWorkOrderForAHostThatIsGone: the leader never waits on a host that
-// is not an alive member: the order it did not start is taken back and
-// the record says why.
+// is not an alive member: the order it did not start is taken back, and
+// its record goes (nothing was made), the outcome saying why.
 func TestWorkOrderForAHostThatIsGone(t *testing.T) {
 	l := newWorkLab(t, nil)
 	e := l.executor()
@@ -239,10 +248,12 @@ func TestWorkOrderForAHostThatIsGone(t *testing.T) {
 	if d := time.Since(begin); d > 10*time.Second {
 		t.Errorf("the leader waited %s on a host that is not a member", d)
 	}
-	for _, r := range l.records(t) {
-		if r.State != reconcile.StateDestroying || !strings.Contains(r.Reason, "host gone-1 is not an alive member") || !strings.Contains(r.Reason, "taken back") {
-			t.Errorf("record: %+v, want destroying, saying the host is gone and the order taken back", r)
-		}
+	// Nothing was made: the record goes, and the need is planned again.
+	if recs := l.records(t); len(recs) != 0 {
+		t.Errorf("records: %+v, want none: the order was taken back before anything was made", recs)
+	}
+	if o := e.Recent(); len(o) == 0 || !strings.Contains(o[0].Error, "host gone-1 is not an alive member") || !strings.Contains(o[0].Error, "taken back") {
+		t.Errorf("outcome %+v, want an error saying the host is gone and the order taken back", o)
 	}
 	orders, _, _, err := reconcile.NewOrders(l.store, "gone-1").List(context.Background(), nil)
 	if err != nil || len(orders) != 0 {
@@ -259,9 +270,9 @@ func assertNoOrders(t *testing.T, l *workLab) {
 }
 
 // TestWorkOrdersAreTheirHostsOnly: a spawn's order carries the new
-// machine's credentials, so no client reads another's orders; a client made
-// before work orders existed is granted its own when the leader first gives
-// it one, and can then claim it.
+// machine's credentials, so neither another client nor a read-only token
+// reads a client's orders; a client made before work orders existed is
+// granted its own when the leader gives it one, and can then claim it.
 func TestWorkOrdersAreTheirHostsOnly(t *testing.T) {
 	a, _ := startAgent(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -296,6 +307,22 @@ func TestWorkOrdersAreTheirHostsOnly(t *testing.T) {
 	}
 	if got, ok, _, err := w2.Get(ctx, "web-1", nil); ok || err == nil {
 		t.Errorf("another client read w1's order: %+v, %v", got, err)
+	}
+	// Nor does a read-only token, which reads the cluster's folder.
+	ro, err := EnsurePolicy(ctx, a.consul, "raptiformica-test-read-only", "test", kvschema.ReadOnlyRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roTok, _, err := a.consul.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: ro.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roClient, err := consulclient.New(consulclient.Target{Host: a.Config.BindAddr, HTTPPort: a.Config.ConsulHTTPPort, Token: roTok.SecretID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok, _, err := reconcile.NewOrders(kvschema.New(roClient), "w1").Get(ctx, "web-1", nil); ok || err == nil {
+		t.Errorf("a read-only token read w1's order: %+v, %v", got, err)
 	}
 	if got, _, _, _ := w1.List(ctx, nil); len(got) != 0 {
 		t.Errorf("w1 read its orders before it was granted them: %+v", got)

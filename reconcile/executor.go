@@ -55,8 +55,9 @@ type Executor struct {
 	Self string
 	// Served, when set, is told after this machine made a machine on a
 	// backend, before the machine is recorded: this machine then lists
-	// that backend's machines in its offer, for whoever leads next.
-	Served func(ctx context.Context, backend string)
+	// that backend's machines in its offer, for whoever leads next. It
+	// returns the index the offer was published at, 0 when it was not.
+	Served func(ctx context.Context, backend string) uint64
 	// Grant, when set, lets the member host read and write the work
 	// orders given to it (a machine made before work orders existed has
 	// a policy without them). It is called before every order.
@@ -483,7 +484,13 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 			// Its list goes out before the record says the machine
 			// exists: a leader after this one judges the machine
 			// by this machine's list, and only by one that has it.
-			e.Served(ctx, a.Backend)
+			// Unpublished, the machine names no host: whoever leads
+			// judges it by its own list, as before hosts existed.
+			if index := e.Served(ctx, a.Backend); index > 0 {
+				rec.HostSince = index - 1
+			} else {
+				rec.Host = ""
+			}
 		}
 		if sc, ok := be.(backends.Scoped); ok {
 			qctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
@@ -537,7 +544,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			err := e.destroyElsewhere(dctx, p, a)
 			cancel()
 			if err != nil {
-				if !errors.Is(err, errHostGone) {
+				if !errors.Is(err, errHostGone) && !errors.Is(err, errHostBusy) {
 					e.backendFailed(hostKey(a.Host, a.Backend), p, err)
 				}
 				e.finish(a, err)

@@ -308,10 +308,14 @@ type hosted struct {
 // hostedElsewhere lists, in a stable order, the machines the other alive
 // members list on the backends the leader cannot list: where the leader's
 // own list covers a backend, it alone decides. A machine two members list
-// (one engine both reach) goes to the first by ID.
+// in one scope (one engine both reach) goes to the first by ID; one that
+// members of different scopes both claim is left alone, since one of them
+// lies or is confused, and acting on either could take a machine from its
+// real host.
 func (ps *pass) hostedElsewhere() []hosted {
 	var out []hosted
-	seen := map[string]bool{}
+	first := map[string]int{} // machine ID -> its index in out
+	contested := map[string]bool{}
 	for _, h := range sortedKeys(ps.obs.Offers) {
 		if h == ps.obs.Self {
 			continue
@@ -323,15 +327,27 @@ func (ps *pass) hostedElsewhere() []hosted {
 				continue
 			}
 			for _, in := range bo.Instances {
-				if in.MachineID == "" || seen[in.MachineID] {
+				if in.MachineID == "" {
 					continue
 				}
-				seen[in.MachineID] = true
+				if i, seen := first[in.MachineID]; seen {
+					if prev := out[i]; prev.backend != b || bo.Scope == "" || ps.obs.Offers[prev.host].Backends[prev.backend].Scope != bo.Scope {
+						contested[in.MachineID] = true
+					}
+					continue
+				}
+				first[in.MachineID] = len(out)
 				out = append(out, hosted{host: h, backend: b, in: in})
 			}
 		}
 	}
-	return out
+	kept := out[:0]
+	for _, hd := range out {
+		if !contested[hd.in.MachineID] {
+			kept = append(kept, hd)
+		}
+	}
+	return kept
 }
 
 // failure says why a machine that is not up counts as failed.
@@ -543,12 +559,25 @@ func (ps *pass) place(mt rules.MachineType, b string, n int) (placed []Placement
 	}
 	one := mt
 	one.Backends = []string{b}
+	hs := *ps.hosts
+	if mt.ConsulServer {
+		// A server's node config carries the cluster's token and the CA
+		// key: only a member that holds them already (a server) may
+		// run its spawn, whatever a client's offer says.
+		hs.Offers = map[string]Offer{}
+		for id, o := range ps.hosts.Offers {
+			if id == ps.obs.Self || ps.obs.Members[id].Server {
+				hs.Offers[id] = o
+			}
+		}
+	}
 	for range n {
-		pl, why, ok := Place(one, *ps.hosts, ps.now)
+		pl, why, ok := Place(one, hs, ps.now)
 		if !ok {
 			return placed, strings.Join(why, "; ")
 		}
 		ps.hosts.Add(pl, mt)
+		hs.Load = ps.hosts.Load
 		placed = append(placed, pl)
 	}
 	return placed, ""

@@ -686,6 +686,8 @@ func TestPlanPlacesWhereTheLeaderCannot(t *testing.T) {
 		o.Self = "a"
 		o.BackendErrors = map[string]string{"local": "unavailable: binary missing"}
 		o.Offers = offers(offering("a", "!local"), offering("b", "local"), offering("c", "local"))
+		o.Members["b"] = Member{Name: "b", Status: MemberAlive, Server: true}
+		o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true}
 	})
 	d := Plan(p, obs, t0)
 	var hosts []string
@@ -732,6 +734,8 @@ func TestPlanSpreadsOverTheLeaderAndTheMembers(t *testing.T) {
 		r.Host = "a"
 		o.Records["a"] = r
 		o.Offers = offers(offering("a", "local"), offering("b", "local"), offering("c", "local"))
+		o.Members["b"] = Member{Name: "b", Status: MemberAlive, Server: true}
+		o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true}
 		o.Scopes = map[string]string{"local": "local:box-a"}
 		bo := o.Offers["b"].Backends["local"]
 		bo.Scope = "local:box-b"
@@ -812,6 +816,28 @@ policy {
 	want := `machine "web": 1 more to spawn once there is room: backend "docker": every host offering it is full (2 per host)`
 	if !strings.Contains(strings.Join(d.Waiting, "\n"), want) {
 		t.Errorf("waiting %q, want %q", d.Waiting, want)
+	}
+}
+
+// TestPlanGivesServersOnlyToServers: a server's node config carries the
+// cluster's token and the CA key, so a server spawn goes only to the
+// leader or another server, whatever a client's offer says.
+func TestPlanGivesServersOnlyToServers(t *testing.T) {
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a"), func(o *Observed) {
+		o.Self = "a"
+		o.BackendErrors = map[string]string{"local": "unavailable: binary missing"}
+		o.Offers = offers(offering("a", "!local"), offering("client-1", "local"))
+		o.Members["client-1"] = Member{Name: "client-1", Status: MemberAlive, Type: "worker"}
+	})
+	d := Plan(p, obs, t0)
+	for _, a := range d.Actions {
+		if a.Kind == KindSpawn {
+			t.Errorf("server spawn %+v: a client offered local, and must not get it", a)
+		}
+	}
+	if len(d.Waiting) == 0 || !strings.Contains(d.Waiting[0], `backend "local": no member offers it`) {
+		t.Errorf("waiting %q", d.Waiting)
 	}
 }
 
@@ -969,6 +995,19 @@ func TestPlanOrphansAndLostRecordsOnAnotherHost(t *testing.T) {
 	if orphan == nil || orphan.Host != "b" {
 		t.Errorf("orphan destroy: %+v, want one on host b", orphan)
 	}
+	// A member of another scope that lists the same machines contests
+	// them: neither restore nor destroy acts on either's word.
+	liar := hostList("x", "docker", 6, "lost", "orphan")
+	bo := liar.Backends["docker"]
+	bo.Scope = "docker:elsewhere"
+	liar.Backends["docker"] = bo
+	obs.Offers["x"] = liar
+	for _, a := range Plan(p, obs, t0).Actions {
+		if a.MachineID == "lost" || a.MachineID == "orphan" {
+			t.Errorf("action %+v on a machine two scopes claim", a)
+		}
+	}
+	delete(obs.Offers, "x")
 	// Where the leader lists the backend itself, its own list decides.
 	obs.Instances["docker"] = map[string]backends.Instance{}
 	for _, a := range Plan(p, obs, t0).Actions {

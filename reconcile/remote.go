@@ -27,6 +27,14 @@ const awaitRecheck = 10 * time.Second
 // errHostGone means the host of an order is not an alive member.
 var errHostGone = errors.New("is not an alive member")
 
+// errOrderNeverWritten means a spawn's record has no order: the leader that
+// wrote the record stopped before the order.
+var errOrderNeverWritten = errors.New("its work order was never written")
+
+// errHostBusy means the host still runs the spawn a removal waits for: a
+// later pass destroys what it made.
+var errHostBusy = errors.New("is still spawning it")
+
 // hostKey keys the backoff of a backend on another host, beside the
 // leader's own backends' (names and machine IDs hold no slash).
 func hostKey(host, backend string) string { return host + "/" + backend }
@@ -53,13 +61,18 @@ func (e *Executor) resumeSpawn(ctx context.Context, p *rules.Platform, rec Recor
 	sctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
 	defer cancel()
 	orders := NewOrders(e.Inventory.Store, rec.Host)
+	// The pass read the record before it saw what was in flight: a spawn
+	// of this leader's that ended meanwhile has moved it on.
+	if now, found, err := e.Inventory.Get(sctx, rec.ID); err != nil || !found || now.Index != rec.Index || now.State != StateSpawning {
+		return
+	}
 	w, ok, _, err := orders.Get(sctx, rec.ID, nil)
 	switch {
 	case err != nil:
 	case !ok:
 		// The last leader stopped between the record and the order:
-		// nothing was made, and the removal finds nothing to destroy.
-		err = errors.New("its work order was never written")
+		// nothing was made.
+		err = errOrderNeverWritten
 	default:
 		log.Info("resuming a spawn on another host", telemetry.KeyHost, rec.Host, "state", string(w.State))
 		w, err = e.await(sctx, orders, w)
@@ -117,13 +130,30 @@ func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders
 			err = fmt.Errorf("host %s reported the spawn done without the machine it made", a.Host)
 		}
 	}
+	neverMade := w.Index == 0 && w.State == WorkNew && errors.Is(err, errOrderNeverWritten)
 	if w.Index != 0 && (w.State == WorkNew || w.Finished()) {
 		// Not started: take it back, so the host never starts a spawn
 		// nobody waits for. Finished: read. A claim that comes first
 		// wins, and the removal waits for it.
 		if derr := orders.Delete(ctx, w); derr == nil && w.State == WorkNew {
-			err = fmt.Errorf("%w; the order was taken back before the host started it", err)
+			err, neverMade = fmt.Errorf("%w; the order was taken back before the host started it", err), true
 		}
+	}
+	if neverMade {
+		// Nothing was made: the record and the credentials made for it
+		// go, and the need is planned again.
+		e.finish(a, err)
+		log.Warn("spawn on another host given up before it started", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
+		if derr := e.deleteRecord(ctx, rec); derr != nil {
+			log.Error("delete the record of a spawn never started", telemetry.KeyError, derr)
+			return
+		}
+		if e.Forget != nil {
+			if ferr := e.Forget(ctx, rec.ID); ferr != nil {
+				log.Warn("remove the machine's token", telemetry.KeyError, ferr)
+			}
+		}
+		return
 	}
 	if !errors.Is(err, errHostGone) && !errors.Is(err, context.DeadlineExceeded) || w.State == WorkFailed {
 		e.backendFailed(key, p, err)
@@ -152,7 +182,7 @@ func (e *Executor) destroyElsewhere(ctx context.Context, p *rules.Platform, a Ac
 		}
 		return nil // never started: nothing to destroy
 	case ok && w.State == WorkRunning && w.Kind == WorkSpawn:
-		return fmt.Errorf("host %s is still spawning it", a.Host)
+		return fmt.Errorf("host %s %w", a.Host, errHostBusy)
 	case ok && w.Kind == WorkDestroy && !w.Finished():
 	default:
 		if e.Grant != nil {

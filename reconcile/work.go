@@ -82,7 +82,7 @@ func ParseWorkOrder(id string, b []byte) (WorkOrder, error) {
 		return WorkOrder{}, fmt.Errorf("work order for %s names machine %q", id, w.MachineID)
 	case w.Kind != WorkSpawn && w.Kind != WorkDestroy:
 		return WorkOrder{}, fmt.Errorf("work order for %s: unknown kind %q", id, w.Kind)
-	case w.Kind == WorkSpawn && w.Node == nil && !w.Finished():
+	case w.Kind == WorkSpawn && w.Node == nil && w.State == WorkNew:
 		return WorkOrder{}, fmt.Errorf("work order for %s: a spawn without a node config", id)
 	case w.Timeout <= 0:
 		return WorkOrder{}, fmt.Errorf("work order for %s: timeout %s", id, w.Timeout)

@@ -160,7 +160,9 @@ func (b *Backend) Scope(ctx context.Context) (string, error) {
 	if info.ID == "" {
 		return "", nil
 	}
-	return "docker:" + info.ID, nil
+	// Machines cloned from one image share an engine ID: the engine's
+	// host name tells them apart.
+	return "docker:" + info.ID + "/" + info.Name, nil
 }
 
 // Network returns the name of the cluster's network.

@@ -29,6 +29,18 @@
 //	  mesh/nodes/<id>      how the others reach a member over the overlay (JSON)
 //	  ssh-pool/<backend>/  an ssh backend's claims: <host:port> -> machine (JSON)
 //	  hostkeys/<host:port> SSH host keys trusted on first use (authorized_keys)
+//	  offers/<id>          the backends a machine can run, and the machines it
+//	                       holds on those it ran work orders on (JSON), as its
+//	                       own agent found them
+//	  provisioned/<id>     how a machine's provisioners ran on it (JSON)
+//
+//	raptiformica-work/<host>/<id>
+//	                       a work order: the spawn or destroy of machine <id>
+//	                       the leader gave the machine <host>, and its outcome
+//	                       (JSON); a new spawn's carries the new machine's
+//	                       node config, so it lives outside raptiformica/,
+//	                       where only <host>'s own policy and the servers'
+//	                       token reach it
 //
 // Reads take a context, so that a node cut off from the servers gives up;
 // the blocking reads that watches make take the caller's QueryOptions
@@ -67,8 +79,12 @@ const (
 	// (provisioned/<machine id>), as its agent ran them on itself.
 	Provisioned = Prefix + "provisioned/"
 	// Work holds the work orders the leader gives the members that run
-	// its actions (work/<host>/<machine id>).
-	Work = Prefix + "work/"
+	// its actions (<host>/<machine id>). It is outside Prefix on purpose:
+	// orders carry new machines' credentials, and every role that reads
+	// the cluster's folder would read them; here only the host's own
+	// policy and the servers' token reach them, with no denial to keep
+	// up to date.
+	Work = "raptiformica-work/"
 )
 
 // MeshSecretNext and MeshSecretPrevious exist only while a mesh rotation
@@ -404,9 +420,17 @@ func (s *Store) Offers(ctx context.Context, q *api.QueryOptions) (map[string]Ent
 }
 
 // PutOffer writes a machine's offer of backends.
-func (s *Store) PutOffer(ctx context.Context, machineID string, b []byte) error {
-	_, err := s.kv.Put(&api.KVPair{Key: Offers + machineID, Value: b}, write(ctx))
-	return err
+// It returns the index the offer was written at, which orders it after or
+// before the records (one transaction: a write and its index at once).
+func (s *Store) PutOffer(ctx context.Context, machineID string, b []byte) (uint64, error) {
+	ok, resp, _, err := s.kv.Txn(api.KVTxnOps{{Verb: api.KVSet, Key: Offers + machineID, Value: b}}, query(ctx, nil))
+	if err != nil {
+		return 0, err
+	}
+	if !ok || resp == nil || len(resp.Results) != 1 {
+		return 0, fmt.Errorf("write the offer of %s: the transaction was refused", machineID)
+	}
+	return resp.Results[0].ModifyIndex, nil
 }
 
 // DeleteOffer removes a removed machine's offer.

@@ -13,7 +13,6 @@ const (
 key "` + GossipKey + `" { policy = "deny" }
 key_prefix "` + MeshSecret + `" { policy = "deny" }
 key_prefix "` + JoinTokens + `" { policy = "deny" }
-key_prefix "` + Work + `" { policy = "deny" }
 node_prefix "" { policy = "read" }
 service_prefix "" { policy = "read" }
 agent_prefix "" { policy = "read" }
@@ -39,7 +38,6 @@ const GlobalManagementPolicyID = "00000000-0000-0000-0000-000000000001"
 // (MachineRules): it never leads.
 const ClientRules = `key_prefix "` + Prefix + `" { policy = "read" }
 key_prefix "` + JoinTokens + `" { policy = "deny" }
-key_prefix "` + Work + `" { policy = "deny" }
 node_prefix "" { policy = "read" }
 service_prefix "" { policy = "read" }
 service "raptiformica" { policy = "write" }
@@ -48,9 +46,8 @@ operator = "read"
 
 // MachineRules are one client machine's own: its inventory record, its
 // mesh entry, its offer of backends, its provisioning record, the work
-// orders given to it (which carry new machines' credentials: no other
-// client reads them, as the longer prefix wins over ClientRules' denial),
-// and its own agent (to leave the cluster).
+// orders given to it (outside the cluster's folder: no other role reads
+// them), and its own agent (to leave the cluster).
 func MachineRules(machineID string) string {
 	return `key "` + Inventory + machineID + `" { policy = "write" }
 key "` + MeshNodes + machineID + `" { policy = "write" }
