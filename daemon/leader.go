@@ -15,6 +15,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -29,11 +30,26 @@ const (
 	monitorRetries = 5
 )
 
+// mayLead says whether a node campaigns for the leader lock: a Consul
+// server, unless its node config says never_lead. A client never does, and
+// no setting lets it: the leader writes every machine's record, the
+// cluster's keys and the tokens of new machines, and a client's token may
+// write only its own keys (the price of a thousand clients is one small
+// set of machines that hold the cluster's credentials). A type whose
+// machines should lead is made a Consul server (`consul_server = true`).
+// Keeping clients out of the campaign keeps its cost, a session with its
+// renewals and a blocking read of the lock for every candidate, to the few
+// servers, whatever the cluster's size.
+func mayLead(c nodeconfig.Config) bool {
+	return c.ConsulServer && !c.NeverLead
+}
+
 // errLockLost ends a leadership term: Consul says the lock is gone.
 var errLockLost = errors.New("leader lock lost")
 
 // elector campaigns for the leader lock and, while it holds the lock, runs
-// the leader-only group: the control loop and the autopilot watch. The
+// the leader-only group: the control loop, the autopilot watch and the
+// inventory snapshot. The
 // group starts when the lock is taken and is cancelled the moment the lock
 // is lost, which stops every action in flight.
 //
@@ -50,6 +66,9 @@ type elector struct {
 	platform  func() *rules.Platform
 	reseed    func(context.Context) bool
 	backends  func() map[string]backends.Backend
+	// snapshots writes the inventory snapshot the servers mirror, while
+	// this node leads; nil: none.
+	snapshots component
 	clock     clock.Clock
 	log       hclog.Logger
 	metrics   *telemetry.Metrics
@@ -138,6 +157,9 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 		}
 		g.Go(func() error { return r.Run(lctx) })
 		g.Go(func() error { e.watchAutopilot(lctx); return nil })
+		if e.snapshots != nil {
+			g.Go(func() error { return e.snapshots.Run(lctx) })
+		}
 	}
 	err := g.Wait() // the autopilot watch has stopped: it sets no gauge after they are forgotten
 	if led {
