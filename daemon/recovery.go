@@ -10,6 +10,13 @@ import (
 	"github.com/raptiformica/raptiformica/rules"
 )
 
+// lostMajorityAfter is how long a node waits without a leader before it
+// takes a majority of the servers failed in its gossip pool for lost
+// quorum, without waiting out quorum_lost_after: Raft cannot elect a
+// leader without that majority, so waiting longer only delays the heal.
+// The margin is for a view of the pool that is still settling.
+const lostMajorityAfter = 2 * time.Second
+
 // evidenceEvery is how often a survivor asks the backends again whether the
 // lost servers are gone, while what it sees of them does not change: asking
 // every backend each second is cheap for containers, not for a cloud CLI.
@@ -97,7 +104,9 @@ type recoveryDecision struct {
 // a look asks no more than its answer requires.
 //
 // A partition must never make two platforms, so a node recovers only when
-// quorum is lost (no leader for quorum_lost_after), recover_on_evidence is
+// quorum is lost (no leader for quorum_lost_after, or for lostMajorityAfter
+// with a majority of the servers failed: healing at the floor when the
+// failure is plain), recover_on_evidence is
 // on, the backend that owns every server the gossip pool no longer sees
 // alive confirms that server's machine is gone or stopped, and it is the
 // one survivor every survivor would choose: the most up-to-date Raft log,
@@ -108,7 +117,8 @@ func decideRecovery(f recoveryFacts) recoveryDecision {
 	if f.Policy != nil {
 		after = f.Policy.QuorumLostAfter
 	}
-	d := recoveryDecision{Lost: f.Now.Sub(f.LeaderlessSince) >= after}
+	leaderless := f.Now.Sub(f.LeaderlessSince)
+	d := recoveryDecision{Lost: leaderless >= after || leaderless >= min(lostMajorityAfter, after) && majorityFailed(f.Servers)}
 	if !d.Lost || f.Recovering {
 		return d
 	}
@@ -181,6 +191,25 @@ func decideRecovery(f recoveryFacts) recoveryDecision {
 		return decide(false, "every lost server is gone by its backend's word; %s (Raft index %d) recovers, this node joins it", best, bestIndex)
 	}
 	return decide(true, "every lost server is gone by its backend's word; this node has the most up-to-date Raft log (index %d) of %d survivors", bestIndex, len(survivors))
+}
+
+// majorityFailed says whether the servers failed in this node's gossip pool
+// are at least half of those not gone by leaving: the ones alive cannot
+// elect a Raft leader alone. A server that left gracefully was taken out
+// of Raft, so it counts on neither side.
+func majorityFailed(ss []agentapi.ServerSeen) bool {
+	total, failed := 0, 0
+	for _, s := range ss {
+		switch s.Status {
+		case reconcile.MemberLeft:
+		case reconcile.MemberFailed:
+			total++
+			failed++
+		default:
+			total++
+		}
+	}
+	return failed > 0 && 2*failed >= total
 }
 
 // serversKey is what a survivor sees of the servers, to notice a change.

@@ -96,6 +96,49 @@ func TestDecideRecovery(t *testing.T) {
 			want:  recoveryDecision{Lost: true},
 		},
 		{
+			name: "a majority of the servers failed is lost quorum after lostMajorityAfter: the gone ones' survivor recovers at once",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberFailed), server("c", reconcile.MemberFailed)}
+				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true}}
+			}),
+			want: recoveryDecision{Lost: true, Recover: true, At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=failed;c=failed;",
+				Reason: "every lost server is gone by its backend's word; this node has the most up-to-date Raft log (index 120) of 1 survivors"},
+		},
+		{
+			name: "a majority failed but still running is a partition, even early",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberFailed), server("c", reconcile.MemberFailed)}
+				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true, "b": true}}
+			}),
+			want: recoveryDecision{Lost: true, At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=failed;c=failed;",
+				Reason: `lost server b still runs on backend "local": a partition, not a death; waiting`},
+		},
+		{
+			name: "a majority failed for less than lostMajorityAfter is not lost quorum yet",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter - time.Millisecond)
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberFailed), server("c", reconcile.MemberFailed)}
+			}),
+			want: recoveryDecision{},
+		},
+		{
+			name:  "a minority failed waits out quorum_lost_after: the others may elect a leader",
+			facts: facts(func(f *recoveryFacts) { f.Now = leaderlessSince.Add(lostAfter - time.Second) }),
+			want:  recoveryDecision{},
+		},
+		{
+			name: "a server that left counts on neither side: one failed of two is no majority left",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberLeft), server("c", reconcile.MemberFailed)}
+				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true}}
+			}),
+			want: recoveryDecision{Lost: true, At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=left;c=failed;", Recover: true,
+				Reason: "every lost server is gone by its backend's word; this node has the most up-to-date Raft log (index 120) of 1 survivors"},
+		},
+		{
 			name:  "the mirrored inventory is read before any backend is asked",
 			facts: facts(func(f *recoveryFacts) { f.Records = nil }),
 			want:  recoveryDecision{Lost: true, AskRecords: true},
