@@ -704,9 +704,8 @@ func (m *mirror) watchOwnRecord(ctx context.Context) {
 			asked = now
 			m.keepServers(ctx)
 		}
-		if pair == nil || pair.ModifyIndex <= last {
-			// No record (a wiped KV; the seed writes it back) or a read
-			// behind the last one.
+		if pair == nil || pair.ModifyIndex == last {
+			// No record (a wiped KV; it is written back) or no change.
 			return meta.LastIndex, false, nil
 		}
 		var r reconcile.Record
@@ -720,10 +719,13 @@ func (m *mirror) watchOwnRecord(ctx context.Context) {
 		recs := map[string]reconcile.Record{m.self: r}
 		b, _ := json.MarshalIndent(recs, "", "  ")
 		v := inventoryVersion{Epoch: epoch, Index: pair.ModifyIndex}
-		if old, mv, _ := m.readInventory(); len(old) != 1 || mv.Epoch != v.Epoch || mv.Index != v.Index {
-			// Anything else than this record at this version is
-			// replaced: a client's mirror never holds another's record
-			// (an older agent's mirror did).
+		old, mv, _ := m.readInventory()
+		// Passed over: the same version, or a stale read behind it (same
+		// epoch, older index). Anything else replaces the mirror, and
+		// always a mirror of other records than this one (an older
+		// agent's): a client's mirror never holds another's record.
+		kept := v == mv || v.Epoch == mv.Epoch && v.Index < mv.Index
+		if _, own := old[m.self]; len(old) != 1 || !own || !kept {
 			if err := m.writeInventory(b, v); err != nil {
 				m.log.Error("mirror own record", telemetry.KeyError, err)
 				return meta.LastIndex, false, nil
