@@ -13,6 +13,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/testconsul"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -28,30 +29,10 @@ func TestScaleOnlyServersCampaign(t *testing.T) {
 		{MachineID: "client-c", NeverLead: true},
 		{MachineID: "server-d", ConsulServer: true, NeverLead: true},
 	}
-	p := &rules.Platform{}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	for _, c := range nodes {
-		e := &elector{
-			self: c.MachineID, neverLead: !mayLead(c), consul: consul.Client, store: kvschema.New(consul.Client),
-			platform: func() *rules.Platform { return p },
-			// Never done: the winner holds the lock without starting the
-			// control loop, which this test is not about.
-			reseed: func(context.Context) bool { return false },
-			clock:  clock.Real{}, log: hclog.NewNullLogger(), metrics: telemetry.New(), wake: make(chan struct{}, 1),
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := e.Run(ctx); err != nil {
-				t.Errorf("%s: Run: %v", c.MachineID, err)
-			}
-		}()
-	}
+	runElectors(t, consul, nodes)
 	store := kvschema.New(consul.Client)
 	waitFor(t, 30*time.Second, "server-a holds the lock", func() bool {
-		lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+		lctx, lcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer lcancel()
 		return store.Leader(lctx) == "server-a"
 	})
@@ -68,5 +49,65 @@ func TestScaleOnlyServersCampaign(t *testing.T) {
 	}
 	if got, want := strings.Join(names, ","), "raptiformica leader server-a"; got != want {
 		t.Errorf("sessions: got %q want only %q", got, want)
+	}
+}
+
+// runElectors campaigns for each node on consul until the test ends. The
+// winner holds the lock without leading: its re-seed never succeeds, and
+// the control loop is not what these tests are about.
+func runElectors(t *testing.T, consul *testconsul.Server, nodes []nodeconfig.Config) {
+	t.Helper()
+	p := &rules.Platform{}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	for _, c := range nodes {
+		e := &elector{
+			self: c.MachineID, neverLead: !mayLead(c), consul: consul.Client, store: kvschema.New(consul.Client),
+			platform: func() *rules.Platform { return p },
+			reseed:   func(context.Context) bool { return false },
+			clock:    clock.Real{}, log: hclog.NewNullLogger(), metrics: telemetry.New(), wake: make(chan struct{}, 1),
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := e.Run(ctx); err != nil {
+				t.Errorf("%s: Run: %v", c.MachineID, err)
+			}
+		}()
+	}
+}
+
+// TestScaleLeadershipMovesWithinTheLockDelay: when the holder's session
+// goes (its machine died, as Consul's failure detector found), another
+// server holds the lock within the lock delay and a retry or two, not the
+// 5 s api.Lock waited after meeting a lock delay.
+func TestScaleLeadershipMovesWithinTheLockDelay(t *testing.T) {
+	consul := startTestConsul(t)
+	runElectors(t, consul, []nodeconfig.Config{{MachineID: "server-a", ConsulServer: true}, {MachineID: "server-b", ConsulServer: true}})
+	kv := consul.Client.KV()
+	holder := func() string {
+		pair, _, err := kv.Get(kvschema.Leader, nil)
+		if err != nil || pair == nil {
+			return ""
+		}
+		return pair.Session
+	}
+	waitFor(t, 30*time.Second, "a server holds the lock", func() bool { return holder() != "" })
+	for round := range 3 {
+		old := holder()
+		if _, err := consul.Client.Session().Destroy(old, nil); err != nil {
+			t.Fatal(err)
+		}
+		gone := time.Now()
+		waitFor(t, 30*time.Second, "another session holds the lock", func() bool { h := holder(); return h != "" && h != old })
+		took := time.Since(gone)
+		t.Logf("round %d: the lock moved in %s", round, took.Round(time.Millisecond))
+		if took < lockDelay-100*time.Millisecond {
+			t.Errorf("round %d: the lock moved in %s, within its lock delay of %s", round, took, lockDelay)
+		}
+		if limit := lockDelay + 3*time.Second; took > limit {
+			t.Errorf("round %d: the lock moved in %s, want within %s (the lock delay and a few retries)", round, took, limit)
+		}
 	}
 }

@@ -100,7 +100,7 @@ func TestScaleHealsBeforeQuorumLostAfter(t *testing.T) {
 			}
 			// The heal's steps, for whoever looks for where its time goes.
 			for _, line := range strings.Split(string(b), "\n") {
-				for _, step := range []string{"quorum lost", "recovering", "quorum restored", "lost server given up", "became leader"} {
+				for _, step := range []string{"quorum lost", "recovering", "quorum restored", "lost server given up", "leader lock", "became leader"} {
 					if strings.Contains(line, step) {
 						t.Log(line)
 						break
