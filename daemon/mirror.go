@@ -700,9 +700,8 @@ func (m *mirror) watchOwnRecord(ctx context.Context) {
 		if err != nil {
 			return 0, false, err
 		}
-		if now := clock.Or(m.clock).Now(); now.Sub(asked) >= serversEvery {
+		if now := clock.Or(m.clock).Now(); now.Sub(asked) >= serversEvery && m.keepServers(ctx) {
 			asked = now
-			m.keepServers(ctx)
 		}
 		if pair == nil || pair.ModifyIndex == last {
 			// No record (a wiped KV; it is written back) or no change.
@@ -741,17 +740,18 @@ func (m *mirror) watchOwnRecord(ctx context.Context) {
 
 // keepServers asks this client's Consul for the servers' addresses (the
 // Raft peers, a few whatever the cluster's size) and keeps them when they
-// changed. A failure keeps the last ones.
-func (m *mirror) keepServers(ctx context.Context) {
+// changed; it reports whether it had an answer. A failure keeps the last
+// ones, and is asked again at the next look.
+func (m *mirror) keepServers(ctx context.Context) bool {
 	if m.consul == nil {
-		return
+		return true
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	raft, err := m.consul.Status().PeersWithQueryOptions((&api.QueryOptions{AllowStale: true}).WithContext(ctx))
 	if err != nil {
 		m.log.Debug("consul servers", telemetry.KeyError, err)
-		return
+		return false
 	}
 	var addrs []string
 	for _, p := range raft {
@@ -760,16 +760,17 @@ func (m *mirror) keepServers(ctx context.Context) {
 		}
 	}
 	if len(addrs) == 0 {
-		return
+		return false
 	}
 	sort.Strings(addrs)
 	b, _ := json.Marshal(addrs)
 	if old, _ := readMirrorFile(m.path(mirrorServersFile)); bytes.Equal(old, b) {
-		return
+		return true
 	}
 	if err := fsutil.WriteFileAtomic(m.path(mirrorServersFile), b, 0o600); err != nil {
 		m.log.Error("mirror servers", telemetry.KeyError, err)
 	}
+	return true
 }
 
 // servers are the Consul servers' addresses a client last kept; none when
