@@ -18,6 +18,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // putRecords writes records w<from>..w<to-1> of a worker type, with a
@@ -101,7 +102,7 @@ func TestScaleClientMirrorHoldsOnlyItsOwnRecord(t *testing.T) {
 
 // TestScaleServerMirrorFromSnapshot: the leader writes the inventory as a
 // snapshot in chunks; a server's mirror follows it and holds every record,
-// as a re-seed needs; changes are snapshotted at most once per interval,
+// and a re-seed from it carries them all; changes are snapshotted at most once per interval,
 // the last one included; older versions' chunks are deleted; and a stale
 // read behind the mirror is passed over without a word, unlike a KV of an
 // older epoch.
@@ -170,6 +171,22 @@ func TestScaleServerMirrorFromSnapshot(t *testing.T) {
 	if want := []string{kvschema.InventorySnapshotChunks + head().version().String() + "/"}; !slices.Equal(folders, want) {
 		t.Errorf("snapshot chunk folders: got %v want only the head's %v", folders, want)
 	}
+
+	// The last one standing re-seeds a lost KV from this mirror: every
+	// record comes back.
+	p, err := rules.Parse("p.hcl", []byte(onePlatform), m.parse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.setPlatform(p, 1)
+	if _, err := consul.Client.KV().DeleteTree(kvschema.Prefix, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the KV is re-seeded with every record", func() bool {
+		m.reseed(context.Background())
+		recs, _, err := m.inventory.List(context.Background(), nil)
+		return err == nil && len(recs) == 320 && recs["w009"].Reason == "changed in the burst"
+	})
 
 	// Reads behind the mirror: same epoch, quietly kept; older epoch, said.
 	mine := m.inventoryVersion()
