@@ -711,7 +711,9 @@ func (m *mirror) watchOwnRecord(ctx context.Context) {
 		if err := json.Unmarshal(pair.Value, &r); err != nil || r.ID != m.self {
 			return 0, false, fmt.Errorf("%s%s: not this machine's record: %v", kvschema.Inventory, m.self, err)
 		}
-		epoch, err := m.store.Epoch(ctx)
+		ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		epoch, err := m.store.Epoch(ectx)
+		cancel()
 		if err != nil {
 			return 0, false, err
 		}

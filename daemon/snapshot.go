@@ -37,6 +37,8 @@ const (
 	snapshotEvery     = 2 * time.Second
 	snapshotChunk     = 384 << 10 // under Consul's 512 KiB value cap, with room
 	maxSnapshotChunks = 64
+	// snapshotIO bounds a snapshot's reads and writes (a few values).
+	snapshotIO = 30 * time.Second
 )
 
 // snapshotHead is the snapshot's head: which version of the inventory it
@@ -110,6 +112,8 @@ func decodeSnapshot(head snapshotHead, chunks [][]byte) (map[string]reconcile.Re
 
 // readSnapshot reads the snapshot a head names, with q's consistency.
 func readSnapshot(ctx context.Context, store *kvschema.Store, pair *api.KVPair, q *api.QueryOptions) (snapshotHead, map[string]reconcile.Record, error) {
+	ctx, cancel := context.WithTimeout(ctx, snapshotIO)
+	defer cancel()
 	var head snapshotHead
 	if err := json.Unmarshal(pair.Value, &head); err != nil {
 		return head, nil, fmt.Errorf("%s: %w", kvschema.InventorySnapshot, err)
@@ -188,7 +192,9 @@ func (s *snapshotter) write(ctx context.Context, recs map[string]reconcile.Recor
 		// the servers keep the mirror they have.
 		return nil
 	}
-	epoch, err := s.store.Epoch(ctx)
+	ectx, cancel := context.WithTimeout(ctx, snapshotIO)
+	epoch, err := s.store.Epoch(ectx)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -198,7 +204,10 @@ func (s *snapshotter) write(ctx context.Context, recs map[string]reconcile.Recor
 	}
 	if *written == (inventoryVersion{}) {
 		// A new leader: the last one may have stored this version.
-		if pair, _, err := s.store.InventorySnapshotHead(ctx, nil); err == nil && pair != nil {
+		hctx, cancel := context.WithTimeout(ctx, snapshotIO)
+		pair, _, err := s.store.InventorySnapshotHead(hctx, nil)
+		cancel()
+		if err == nil && pair != nil {
 			var h snapshotHead
 			if json.Unmarshal(pair.Value, &h) == nil && h.version() == v {
 				*written = v
@@ -211,7 +220,9 @@ func (s *snapshotter) write(ctx context.Context, recs map[string]reconcile.Recor
 		return err
 	}
 	hb, _ := json.Marshal(head)
-	if err := s.store.PutInventorySnapshot(ctx, v.String(), hb, chunks); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, snapshotIO)
+	defer cancel()
+	if err := s.store.PutInventorySnapshot(wctx, v.String(), hb, chunks); err != nil {
 		return err
 	}
 	*written = v
