@@ -5,12 +5,14 @@
 //	ConsulProcess  consul.go  the node's own Consul, a supervised child process
 //	meshSync       mesh.go    the overlay's links, kept in line with KV (mesh = "overlay")
 //	httpServer     http.go    /metrics, /healthz, /v1/status, /v1/mesh/peers, the status page
-//	mirror         mirror.go  the description and inventory watches, their copy on
-//	                          disk, and the re-seed of an empty KV from that copy
+//	mirror         mirror.go  the description and inventory watches (a server: every
+//	                          record, from the snapshot; a client: its own), their
+//	                          copy on disk, and the re-seed of an empty KV from it
 //	moduleWatch    modules.go the modules (`module add`), mirrored on disk, applied
 //	                          to the description the mirror gives out
-//	elector        leader.go  the campaign for the leader lock; while it holds the
-//	                          lock, the control loop and the autopilot watch
+//	elector        leader.go  the campaign for the leader lock (servers only); while
+//	                          it holds the lock, the control loop, the autopilot
+//	                          watch and the inventory snapshot (snapshot.go)
 //	quorumWatch    quorum.go  lost quorum noticed, and recovered on evidence
 //	provisioner    provisioner.go  this machine's provisioners, run on itself
 //	watchdog       notify.go  the systemd watchdog
@@ -229,8 +231,8 @@ func (a *Agent) setUp() (err error) {
 	a.seed = &kvSeed{cfg: c, store: a.store, inventory: a.inventory, clock: a.Clock, log: a.Log}
 
 	a.mirror = &mirror{
-		dir: filepath.Join(c.DataDir, "mirror"), self: c.MachineID, parse: reconcile.ParseOptions(a.Registry),
-		store: a.store, inventory: a.inventory, log: a.Log, metrics: a.metrics,
+		dir: filepath.Join(c.DataDir, "mirror"), self: c.MachineID, server: c.ConsulServer, parse: reconcile.ParseOptions(a.Registry),
+		store: a.store, inventory: a.inventory, consul: client, clock: a.Clock, log: a.Log, metrics: a.metrics,
 	}
 	bes := &backendSet{
 		registry: a.Registry, platform: a.mirror.Platform, store: a.store, log: a.Log,
@@ -256,11 +258,10 @@ func (a *Agent) setUp() (err error) {
 		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
 	}
 	a.elector = &elector{
-		// Only servers lead: a client holds a token that may write only
-		// its own keys.
-		self: c.MachineID, neverLead: c.NeverLead || !c.ConsulServer, consul: client, store: a.store, inventory: a.inventory, executor: executor,
+		self: c.MachineID, neverLead: !mayLead(c), consul: client, store: a.store, inventory: a.inventory, executor: executor,
 		platform: a.mirror.Platform, reseed: a.mirror.reseed, backends: bes.get,
-		clock: a.Clock, log: a.Log, metrics: a.metrics, wake: make(chan struct{}, 1),
+		snapshots: &snapshotter{store: a.store, inventory: a.inventory, every: snapshotEvery, chunkSize: snapshotChunk, clock: a.Clock, log: a.Log.Named("snapshot")},
+		clock:     a.Clock, log: a.Log, metrics: a.metrics, wake: make(chan struct{}, 1),
 	}
 	notHere := ""
 	if c.NeverLead {

@@ -33,11 +33,50 @@ type clusterChange struct {
 	log      hclog.Logger
 }
 
+// hooksLook is how often a machine looks whether its description has
+// cluster_change hooks, and so whether it watches the membership.
+const hooksLook = 5 * time.Second
+
 // Run watches the membership and fires until ctx ends, then returns nil.
+// It watches only while the description has a cluster_change hook: the
+// watch reads every member's failure detector check on every change, a
+// cost that grows with the cluster, on every machine; with no hook to run
+// it is paid for nothing. Its reads are stale, answered by whichever
+// server the node asks rather than all by the Raft leader.
 func (c *clusterChange) Run(ctx context.Context) error {
+	for ctx.Err() == nil {
+		if clock.Poll(ctx, c.clock, hooksLook, func() (bool, error) { return c.wanted(), nil }) != nil {
+			return nil
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		go func() {
+			_ = clock.Poll(wctx, c.clock, hooksLook, func() (bool, error) { return !c.wanted(), nil })
+			cancel()
+		}()
+		c.watch(wctx)
+		cancel()
+	}
+	return nil
+}
+
+// wanted says whether the description has cluster_change hooks.
+func (c *clusterChange) wanted() bool {
+	p := c.platform()
+	return p != nil && len(p.HooksFor("cluster_change")) > 0
+}
+
+// watch watches the membership and fires until ctx ends.
+func (c *clusterChange) watch(ctx context.Context) {
+	members := reconcile.MembershipQuery(c.consul)
+	stale := func(q *api.QueryOptions) (uint64, bool, error) {
+		q.AllowStale = true
+		return members(q)
+	}
 	changed := make(chan struct{}, 1)
+	done := make(chan struct{})
 	go func() {
-		_ = watch.Loop(ctx, 5*time.Minute, reconcile.MembershipQuery(c.consul), func() {
+		defer close(done)
+		_ = watch.Loop(ctx, 5*time.Minute, stale, func() {
 			select {
 			case changed <- struct{}{}:
 			default: // one pending change stands for many
@@ -45,7 +84,7 @@ func (c *clusterChange) Run(ctx context.Context) error {
 		}, func(err error) { c.log.Debug("watch membership", telemetry.KeyError, err) })
 	}()
 	c.fireOnChanges(ctx, changed)
-	return nil
+	<-done
 }
 
 // fireOnChanges fires cluster_change for the changes on changed, whose

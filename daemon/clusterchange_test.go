@@ -2,9 +2,12 @@ package daemon
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -107,5 +110,68 @@ func TestHooksAfterMeshFiresWhenTheFirstLinkComesUp(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if b, _ := os.ReadFile(runs); strings.Count(string(b), `"event":"after_mesh"`) != 2 || !strings.Contains(string(b), `"machine_id":"laptop-1"`) {
 		t.Errorf("after_mesh runs:\n%s", b)
+	}
+}
+
+// TestScaleClusterChangeWatchesOnlyWithHooks: a machine whose description
+// has no cluster_change hook reads nothing of the membership (the read
+// grows with the cluster); one with a hook watches, with stale reads, and
+// stops when the hook goes.
+func TestScaleClusterChangeWatchesOnlyWithHooks(t *testing.T) {
+	var reads, consistent atomic.Int64
+	consul := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/health/state/any" {
+			reads.Add(1)
+			if _, ok := r.URL.Query()["stale"]; !ok {
+				consistent.Add(1)
+			}
+		}
+		w.Header().Set("X-Consul-Index", "1")
+		_, _ = w.Write([]byte("[]"))
+	}))
+	defer consul.Close()
+	cfg := api.DefaultConfig()
+	cfg.Address = consul.Listener.Addr().String()
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withHook := &rules.Platform{Cluster: "c", Hooks: []rules.Hook{{Event: "cluster_change", Command: []string{"/bin/true"}}}}
+	var current atomic.Pointer[rules.Platform]
+	current.Store(&rules.Platform{Cluster: "c"})
+	fake := clock.NewFake(time.Now())
+	c := &clusterChange{
+		self: "worker-1", consul: client, platform: current.Load,
+		hooks: &reconcile.HookRunner{Log: hclog.NewNullLogger(), Clock: fake}, clock: fake, log: hclog.NewNullLogger(),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	advance := func() {
+		for fake.Waiters() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		fake.Advance(hooksLook)
+	}
+
+	advance()
+	time.Sleep(300 * time.Millisecond)
+	if n := reads.Load(); n != 0 {
+		t.Errorf("without a cluster_change hook: %d reads of the membership, want none", n)
+	}
+	current.Store(withHook)
+	advance()
+	waitFor(t, 10*time.Second, "the membership is watched", func() bool { return reads.Load() >= 2 })
+	if n := consistent.Load(); n != 0 {
+		t.Errorf("%d of %d membership reads were not stale", n, reads.Load())
+	}
+	current.Store(&rules.Platform{Cluster: "c"})
+	advance()
+	time.Sleep(300 * time.Millisecond) // the read in flight ends
+	before := reads.Load()
+	time.Sleep(500 * time.Millisecond)
+	if after := reads.Load(); after != before {
+		t.Errorf("the hook is gone but the membership is still read: %d reads, then %d", before, after)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -23,17 +24,49 @@ import (
 // Leader election settings. The session is tied to this node's serfHealth
 // check as well as to its TTL, so a node that dies loses the lock when Consul
 // notices, and a node cut off loses it when the TTL runs out.
+//
+// Leadership moves within the failure detector's time and lockDelay plus
+// lockRetry. The lock delay is short: an old holder that reaches Consul
+// learns of its loss from its monitor at once, one that cannot is not
+// helped by any delay shorter than its monitor's retries (10 s), and every
+// action a leader takes is an intent written by check-and-set first, so a
+// second leader meets a conflict, not a repeat. api.Lock's own acquisition
+// waits a fixed 5 s after meeting a lock delay, which cost every change of
+// leader those 5 s: the campaign acquires the lock itself (campaign), and
+// lockRetry is its look again.
 const (
 	sessionTTL     = "10s"
-	lockDelay      = 3 * time.Second
+	lockDelay      = time.Second
+	lockRetry      = 250 * time.Millisecond
 	monitorRetries = 5
 )
+
+// campaignBackoff paces the campaign's retries after a failure (most often:
+// Consul has no leader). Only servers campaign, so a quick retry costs the
+// cluster little, and a long one would hold back the heal once a leader is
+// back.
+var campaignBackoff = clock.Backoff{Initial: 250 * time.Millisecond, Max: 2 * time.Second}
+
+// mayLead says whether a node campaigns for the leader lock: a Consul
+// server, unless its node config says never_lead. A client never does, and
+// no setting lets it: the leader writes every machine's record, the
+// cluster's keys and the tokens of new machines, and a client's token may
+// write only its own keys (the price of a thousand clients is one small
+// set of machines that hold the cluster's credentials). A type whose
+// machines should lead is made a Consul server (`consul_server = true`).
+// Keeping clients out of the campaign keeps its cost, a session with its
+// renewals and a blocking read of the lock for every candidate, to the few
+// servers, whatever the cluster's size.
+func mayLead(c nodeconfig.Config) bool {
+	return c.ConsulServer && !c.NeverLead
+}
 
 // errLockLost ends a leadership term: Consul says the lock is gone.
 var errLockLost = errors.New("leader lock lost")
 
 // elector campaigns for the leader lock and, while it holds the lock, runs
-// the leader-only group: the control loop and the autopilot watch. The
+// the leader-only group: the control loop, the autopilot watch and the
+// inventory snapshot. The
 // group starts when the lock is taken and is cancelled the moment the lock
 // is lost, which stops every action in flight.
 //
@@ -50,6 +83,9 @@ type elector struct {
 	platform  func() *rules.Platform
 	reseed    func(context.Context) bool
 	backends  func() map[string]backends.Backend
+	// snapshots writes the inventory snapshot the servers mirror, while
+	// this node leads; nil: none.
+	snapshots component
 	clock     clock.Clock
 	log       hclog.Logger
 	metrics   *telemetry.Metrics
@@ -78,36 +114,113 @@ func (e *elector) Run(ctx context.Context) error {
 		return nil
 	}
 	for attempt := 1; ctx.Err() == nil; attempt++ {
-		lock, err := e.consul.LockOpts(&api.LockOptions{
-			Key:            kvschema.Leader,
-			Value:          []byte(e.self),
-			SessionName:    "raptiformica leader " + e.self,
-			SessionTTL:     sessionTTL,
-			LockDelay:      lockDelay,
-			MonitorRetries: monitorRetries,
-			LockWaitTime:   10 * time.Second,
-		})
-		if err != nil {
-			return fmt.Errorf("leader lock: %w", err)
+		err := e.campaign(ctx)
+		if ctx.Err() != nil {
+			return nil
 		}
-		lost, err := lock.Lock(ctx.Done())
+		if errors.Is(err, errLeading) {
+			return err
+		}
 		if err != nil {
-			wait := clock.Backoff{Initial: time.Second, Max: 15 * time.Second}.Delay(attempt)
+			wait := campaignBackoff.Delay(attempt)
 			e.log.Warn("leader lock failed", telemetry.KeyError, err, "wait", wait)
 			_ = clock.Sleep(ctx, e.clock, wait)
 			continue
 		}
-		if lost == nil {
-			return nil // ctx ended while waiting
-		}
 		attempt = 0
-		err = e.lead(ctx, lost)
-		_ = lock.Unlock()
+	}
+	return nil
+}
+
+// errLeading wraps the error of a leadership term that failed for good.
+var errLeading = errors.New("leading")
+
+// campaign makes a session, takes the lock with it as soon as it is free,
+// leads until the lock is lost or ctx ends, and gives the lock and the
+// session up. It returns nil after a term, the error of a term that failed
+// for good wrapped in errLeading, or why the lock could not be taken.
+func (e *elector) campaign(ctx context.Context) error {
+	wo := (&api.WriteOptions{}).WithContext(ctx)
+	sid, _, err := e.consul.Session().Create(&api.SessionEntry{
+		Name: "raptiformica leader " + e.self, TTL: sessionTTL, LockDelay: lockDelay, Behavior: api.SessionBehaviorRelease,
+	}, wo)
+	if err != nil {
+		return fmt.Errorf("create session: %w", err)
+	}
+	// Renewed until done closes, then destroyed; the destroy must outlive
+	// ctx, so it runs on a context of its own, bounded.
+	done := make(chan struct{})
+	defer close(done)
+	rctx, rcancel := context.WithCancel(context.Background())
+	go func() {
+		defer rcancel()
+		_ = e.consul.Session().RenewPeriodic(sessionTTL, sid, (&api.WriteOptions{}).WithContext(rctx), done)
+	}()
+	go func() {
+		select {
+		case <-done:
+			// Give the destroy its time, then stop it.
+			time.AfterFunc(10*time.Second, rcancel)
+		case <-rctx.Done():
+		}
+	}()
+	if err := e.acquire(ctx, sid); err != nil {
+		return err
+	}
+	// Held: api.Lock with this session finds it so and watches it.
+	lock, err := e.consul.LockOpts(&api.LockOptions{
+		Key: kvschema.Leader, Value: []byte(e.self), Session: sid, MonitorRetries: monitorRetries, LockWaitTime: 10 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("leader lock: %w", err)
+	}
+	lost, err := lock.Lock(ctx.Done())
+	if err != nil || lost == nil {
+		return err // nil: ctx ended
+	}
+	err = e.lead(ctx, lost)
+	_ = lock.Unlock()
+	if err != nil {
+		return fmt.Errorf("%w: %w", errLeading, err)
+	}
+	return nil
+}
+
+// acquire takes the leader lock with session sid as soon as it is free: it
+// waits on the held key with a blocking query and, when a lock delay keeps
+// a freed key, looks again every lockRetry. It returns nil once sid holds
+// the lock.
+func (e *elector) acquire(ctx context.Context, sid string) error {
+	kv := e.consul.KV()
+	var index uint64
+	for {
+		pair, meta, err := kv.Get(kvschema.Leader, (&api.QueryOptions{WaitIndex: index, WaitTime: 10 * time.Second}).WithContext(ctx))
 		if err != nil {
+			return fmt.Errorf("read lock: %w", err)
+		}
+		switch {
+		case pair != nil && pair.Flags != api.LockFlagValue:
+			return fmt.Errorf("%s: %w", kvschema.Leader, api.ErrLockConflict)
+		case pair != nil && pair.Session == sid:
+			return nil
+		case pair != nil && pair.Session != "":
+			index = meta.LastIndex // held: wait for a change
+			continue
+		}
+		ok, _, err := kv.Acquire(&api.KVPair{Key: kvschema.Leader, Value: []byte(e.self), Session: sid, Flags: api.LockFlagValue}, (&api.WriteOptions{}).WithContext(ctx))
+		if err != nil {
+			return fmt.Errorf("acquire lock: %w", err)
+		}
+		if ok {
+			return nil
+		}
+		// Free but not taken: a lock delay holds it, or another node
+		// was quicker. Look again soon.
+		index = 0
+		if err := clock.Sleep(ctx, e.clock, lockRetry); err != nil {
 			return err
 		}
 	}
-	return nil
 }
 
 // lead runs the leader-only group until the lock is lost or ctx ends. It
@@ -138,6 +251,9 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 		}
 		g.Go(func() error { return r.Run(lctx) })
 		g.Go(func() error { e.watchAutopilot(lctx); return nil })
+		if e.snapshots != nil {
+			g.Go(func() error { return e.snapshots.Run(lctx) })
+		}
 	}
 	err := g.Wait() // the autopilot watch has stopped: it sets no gauge after they are forgotten
 	if led {

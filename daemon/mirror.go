@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -21,6 +22,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
@@ -35,6 +37,19 @@ import (
 // or the last one standing, starts from them, and writes them back into a KV
 // that lost them (reseed).
 //
+// What a node follows of the inventory depends on its role, so that a
+// client's cost does not grow with the cluster:
+//
+//   - a Consul server (which may have to re-create the cluster from its
+//     mirror, being the last one standing) mirrors every record, from the
+//     snapshot the leader writes at a bounded rate (snapshot.go), read
+//     with stale blocking queries that any server answers;
+//   - a client follows its own record alone, and keeps the Consul
+//     servers' addresses (asked of Consul now and then), where its Consul
+//     looks for the cluster when it restarts. It never re-seeds: its
+//     mirror holds no other machine's record, and its token may write
+//     none.
+//
 // On disk (dir), each text sits beside a version file that names the text
 // it belongs to by checksum, so that a version is never carried past its
 // text (a write cut short between the two, a file damaged or edited):
@@ -43,6 +58,8 @@ import (
 //	platform.version    "VERSION sha256:HEX": the KV version it was stored under
 //	inventory.json      the records, by machine ID
 //	inventory.version   "EPOCH INDEX sha256:HEX"
+//	servers.json        a client's: the Consul servers' addresses (a hint
+//	                    for retry_join, not versioned)
 //
 // A mirror that cannot be read, or whose version is not its text's, is an
 // error in the log, in MirrorError (the agent's status) and in
@@ -54,8 +71,13 @@ import (
 //	mirror on disk, else node config ─▶ loaded ─▶ KV's, when valid ─▶ ready
 //	                                               invalid: kept, PlatformError says why
 type mirror struct {
-	dir       string
-	self      string // this node's machine ID
+	dir  string
+	self string // this node's machine ID
+	// server is set on a Consul server: it mirrors every record, and
+	// may re-seed KV from them.
+	server    bool
+	consul    *api.Client // a client asks it for the servers' addresses
+	clock     clock.Clock
 	parse     rules.Options
 	store     *kvschema.Store
 	inventory *reconcile.Inventory
@@ -92,7 +114,14 @@ const maxMirrorFile = 64 << 20
 func (m *mirror) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { m.watchPlatform(ctx); return nil })
-	g.Go(func() error { m.watchInventory(ctx); return nil })
+	g.Go(func() error {
+		if m.server {
+			m.watchSnapshot(ctx)
+		} else {
+			m.watchOwnRecord(ctx)
+		}
+		return nil
+	})
 	return g.Wait()
 }
 
@@ -231,6 +260,7 @@ const (
 	mirrorPlatformVersionFile  = "platform.version"
 	mirrorInventoryFile        = "inventory.json"
 	mirrorInventoryVersionFile = "inventory.version"
+	mirrorServersFile          = "servers.json"
 )
 
 func (m *mirror) path(name string) string { return filepath.Join(m.dir, name) }
@@ -419,8 +449,12 @@ func (m *mirror) writeInventory(b []byte, v inventoryVersion) error {
 // any member, and the servers are the few that stay; listing every member
 // made every agent's retry_join, and every restart's join attempts, grow
 // with the cluster. Without a description to tell servers from clients, or
-// without a server recorded, every member is named.
+// without a server recorded, every member is named. A client, whose mirror
+// holds no other record, names the servers its Consul last reported.
 func (m *mirror) peers() []string {
+	if !m.server {
+		return m.servers()
+	}
 	p := m.Platform()
 	var all, servers []string
 	for _, r := range m.records() {
@@ -543,8 +577,10 @@ func (m *mirror) reseed(ctx context.Context) bool {
 	// The description is written last: while it is missing the KV counts
 	// as lost, so a reseed cut short is done again by the next caller.
 	pair, _, err := m.store.Platform(ctx, &api.QueryOptions{RequireConsistent: true})
-	if err != nil || pair != nil {
-		return err == nil
+	if err != nil || pair != nil || !m.server {
+		// A client's mirror holds only its own record: a server
+		// re-seeds.
+		return err == nil && pair != nil
 	}
 	// A mirror that cannot be read is no copy to restore from: an empty
 	// inventory makes every machine look like an orphan, and a node
@@ -597,46 +633,167 @@ func (m *mirror) reseed(ctx context.Context) bool {
 	return err == nil
 }
 
-// watchInventory mirrors the inventory to disk on every change, unless the
-// mirror already holds a newer version: a KV from an older history (a
-// cluster re-created from a staler copy than this node's) is run but never
-// replaces what this node knows.
-func (m *mirror) watchInventory(ctx context.Context) {
-	var last []byte
+// keepInventory writes recs at v to the mirror unless it already holds v
+// or a newer version. A version of an older epoch is a KV of an older
+// history (a cluster re-created from a staler copy than this node's): it
+// is run, but never replaces what this node knows, and that is said. One of
+// the same epoch and an older index is a stale read, from a server behind
+// the one that answered before: it is passed over quietly.
+func (m *mirror) keepInventory(recs map[string]reconcile.Record, v inventoryVersion) {
+	mine := m.inventoryVersion()
+	switch {
+	case v == mine:
+		return
+	case v.Epoch < mine.Epoch:
+		m.log.Warn("KV holds an older inventory than this node's mirror; keeping the mirror", "kv_version", v, "mirror_version", mine)
+		m.metrics.MirrorKeptNewer.WithLabelValues("inventory").Inc()
+		return
+	case v.less(mine):
+		m.log.Debug("inventory read behind the mirror's (a stale read); keeping the mirror", "kv_version", v, "mirror_version", mine)
+		return
+	}
+	b, _ := json.MarshalIndent(recs, "", "  ")
+	if err := m.writeInventory(b, v); err != nil {
+		m.log.Error("mirror inventory", telemetry.KeyError, err)
+	}
+}
+
+// watchSnapshot mirrors the inventory from the leader's snapshot, on a
+// server. It follows the snapshot's head with a stale blocking query, so
+// that the servers' watches spread over the servers rather than all land
+// on the Raft leader; a head behind the mirror is passed over
+// (keepInventory). No head (a wiped KV, or a leader that has not written
+// one yet) keeps the mirror, to re-seed from.
+func (m *mirror) watchSnapshot(ctx context.Context) {
+	var last uint64
 	query := func(q *api.QueryOptions) (uint64, bool, error) {
-		recs, index, err := m.inventory.List(ctx, q)
+		q.AllowStale = true
+		pair, meta, err := m.store.InventorySnapshotHead(ctx, q)
 		if err != nil {
 			return 0, false, err
 		}
-		if len(recs) == 0 {
-			// A running node always has its own record, so an empty
-			// inventory is a wiped KV: keep the mirror to re-seed from.
-			return index, false, nil
+		if pair == nil || pair.ModifyIndex == last {
+			return meta.LastIndex, false, nil
 		}
-		b, _ := json.MarshalIndent(recs, "", "  ")
-		epoch, err := m.store.Epoch(ctx)
+		head, recs, err := readSnapshot(ctx, m.store, pair, &api.QueryOptions{AllowStale: true})
 		if err != nil {
 			return 0, false, err
 		}
-		v, mine := inventoryVersion{Epoch: epoch, Index: index}, m.inventoryVersion()
-		// The same records in a new epoch (a re-seed) still move the
-		// mirror's version forward.
-		if bytes.Equal(b, last) && v.Epoch == mine.Epoch {
-			return index, false, nil
+		if len(recs) > 0 {
+			m.keepInventory(recs, head.version())
 		}
-		if v.less(mine) {
-			m.log.Warn("KV holds an older inventory than this node's mirror; keeping the mirror", "kv_version", v, "mirror_version", mine)
-			m.metrics.MirrorKeptNewer.WithLabelValues("inventory").Inc()
-			return index, false, nil
-		}
-		if err := m.writeInventory(b, v); err != nil {
-			m.log.Error("mirror inventory", telemetry.KeyError, err)
-			return index, false, nil
-		}
-		last = b
-		return index, true, nil
+		last = pair.ModifyIndex
+		return meta.LastIndex, true, nil
 	}
 	_ = watch.Loop(ctx, 5*time.Minute, query, func() {}, func(err error) {
-		m.log.Warn("watch inventory", telemetry.KeyError, err)
+		m.log.Warn("watch inventory snapshot", telemetry.KeyError, err)
 	})
+}
+
+// serversEvery is how often, at most, a client asks its Consul for the
+// servers' addresses (at least every five minutes: the blocking query's
+// wait).
+const serversEvery = time.Minute
+
+// watchOwnRecord mirrors this node's own record, on a client: one key,
+// whatever the cluster's size, read with stale blocking queries. Its
+// version is the record's own index; a read behind it is passed over. With
+// it the client keeps the Consul servers' addresses, for peers.
+func (m *mirror) watchOwnRecord(ctx context.Context) {
+	var last uint64
+	var asked time.Time
+	query := func(q *api.QueryOptions) (uint64, bool, error) {
+		q.AllowStale = true
+		pair, meta, err := m.store.WatchRecord(ctx, m.self, q)
+		if err != nil {
+			return 0, false, err
+		}
+		if now := clock.Or(m.clock).Now(); now.Sub(asked) >= serversEvery && m.keepServers(ctx) {
+			asked = now
+		}
+		if pair == nil || pair.ModifyIndex == last {
+			// No record (a wiped KV; it is written back) or no change.
+			return meta.LastIndex, false, nil
+		}
+		var r reconcile.Record
+		if err := json.Unmarshal(pair.Value, &r); err != nil || r.ID != m.self {
+			return 0, false, fmt.Errorf("%s%s: not this machine's record: %v", kvschema.Inventory, m.self, err)
+		}
+		ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		epoch, err := m.store.Epoch(ectx)
+		cancel()
+		if err != nil {
+			return 0, false, err
+		}
+		recs := map[string]reconcile.Record{m.self: r}
+		b, _ := json.MarshalIndent(recs, "", "  ")
+		v := inventoryVersion{Epoch: epoch, Index: pair.ModifyIndex}
+		old, mv, _ := m.readInventory()
+		// Passed over: the same version, or a stale read behind it (same
+		// epoch, older index). Anything else replaces the mirror, and
+		// always a mirror of other records than this one (an older
+		// agent's): a client's mirror never holds another's record.
+		kept := v == mv || v.Epoch == mv.Epoch && v.Index < mv.Index
+		if _, own := old[m.self]; len(old) != 1 || !own || !kept {
+			if err := m.writeInventory(b, v); err != nil {
+				m.log.Error("mirror own record", telemetry.KeyError, err)
+				return meta.LastIndex, false, nil
+			}
+		}
+		last = pair.ModifyIndex
+		return meta.LastIndex, true, nil
+	}
+	_ = watch.Loop(ctx, 5*time.Minute, query, func() {}, func(err error) {
+		m.log.Warn("watch own record", telemetry.KeyError, err)
+	})
+}
+
+// keepServers asks this client's Consul for the servers' addresses (the
+// Raft peers, a few whatever the cluster's size) and keeps them when they
+// changed; it reports whether it had an answer. A failure keeps the last
+// ones, and is asked again at the next look.
+func (m *mirror) keepServers(ctx context.Context) bool {
+	if m.consul == nil {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	raft, err := m.consul.Status().PeersWithQueryOptions((&api.QueryOptions{AllowStale: true}).WithContext(ctx))
+	if err != nil {
+		m.log.Debug("consul servers", telemetry.KeyError, err)
+		return false
+	}
+	var addrs []string
+	for _, p := range raft {
+		if host, _, err := net.SplitHostPort(p); err == nil && host != "" {
+			addrs = append(addrs, host)
+		}
+	}
+	if len(addrs) == 0 {
+		return false
+	}
+	sort.Strings(addrs)
+	b, _ := json.Marshal(addrs)
+	if old, _ := readMirrorFile(m.path(mirrorServersFile)); bytes.Equal(old, b) {
+		return true
+	}
+	if err := fsutil.WriteFileAtomic(m.path(mirrorServersFile), b, 0o600); err != nil {
+		m.log.Error("mirror servers", telemetry.KeyError, err)
+	}
+	return true
+}
+
+// servers are the Consul servers' addresses a client last kept; none when
+// it has not, or they cannot be read (a hint only: said at debug level).
+func (m *mirror) servers() []string {
+	b, err := readMirrorFile(m.path(mirrorServersFile))
+	var addrs []string
+	if err == nil && b != nil {
+		err = json.Unmarshal(b, &addrs)
+	}
+	if err != nil {
+		m.log.Debug("mirrored servers unusable", telemetry.KeyError, err)
+		return nil
+	}
+	return addrs
 }

@@ -53,7 +53,7 @@ func newTestMirror(t *testing.T, consul *testconsul.Server) (*mirror, *lockedBuf
 	t.Helper()
 	logs := &lockedBuffer{}
 	m := &mirror{
-		dir: filepath.Join(t.TempDir(), "mirror"), self: "server-1", parse: reconcile.ParseOptions(builtin.Registry()),
+		dir: filepath.Join(t.TempDir(), "mirror"), self: "server-1", server: true, parse: reconcile.ParseOptions(builtin.Registry()),
 		log: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs}), metrics: telemetry.New(),
 	}
 	if err := os.MkdirAll(m.dir, 0o700); err != nil {

@@ -92,6 +92,10 @@ func dropRecovery(dataDir string) bool {
 // decides, by decideRecovery, whether this node recovers the cluster, and
 // does it.
 //
+// Quorum is lost after quorum_lost_after without a leader, or 2 s without
+// one once a majority of the servers have failed or are gone by their
+// backends' word (decideRecovery).
+//
 //	leader ─no leader─▶ leaderless ─quorum_lost_after─▶ lost ─chosen, or `recover`─▶ recovering
 //	  ▲                     │                            │                               │
 //	  └─────────────────────┴────────── leader again ────┴── leader, lost servers given up┘

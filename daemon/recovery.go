@@ -10,6 +10,13 @@ import (
 	"github.com/raptiformica/raptiformica/rules"
 )
 
+// lostMajorityAfter is how long a node waits without a leader before it
+// takes a majority of the servers failed in its gossip pool for lost
+// quorum, without waiting out quorum_lost_after: Raft cannot elect a
+// leader without that majority, so waiting longer only delays the heal.
+// The margin is for a view of the pool that is still settling.
+const lostMajorityAfter = 2 * time.Second
+
 // evidenceEvery is how often a survivor asks the backends again whether the
 // lost servers are gone, while what it sees of them does not change: asking
 // every backend each second is cheap for containers, not for a cloud CLI.
@@ -97,9 +104,12 @@ type recoveryDecision struct {
 // a look asks no more than its answer requires.
 //
 // A partition must never make two platforms, so a node recovers only when
-// quorum is lost (no leader for quorum_lost_after), recover_on_evidence is
-// on, the backend that owns every server the gossip pool no longer sees
-// alive confirms that server's machine is gone or stopped, and it is the
+// quorum is lost (no leader for quorum_lost_after, or for lostMajorityAfter
+// with a majority of the servers failed in the gossip pool or gone by their
+// backends' word: healing at the floor when the failure is plain),
+// recover_on_evidence is on, the backend that owns every server the gossip
+// pool no longer sees alive (or that its backend says is gone) confirms
+// that server's machine is gone or stopped, and it is the
 // one survivor every survivor would choose: the most up-to-date Raft log,
 // then the lowest machine ID. A survivor that cannot be asked stops the
 // choice, rather than risk two recoveries.
@@ -108,12 +118,40 @@ func decideRecovery(f recoveryFacts) recoveryDecision {
 	if f.Policy != nil {
 		after = f.Policy.QuorumLostAfter
 	}
-	d := recoveryDecision{Lost: f.Now.Sub(f.LeaderlessSince) >= after}
-	if !d.Lost || f.Recovering {
+	leaderless := f.Now.Sub(f.LeaderlessSince)
+	early := leaderless >= min(lostMajorityAfter, after)
+	d := recoveryDecision{Lost: leaderless >= after || early && majorityFailed(f.Servers, nil)}
+	if f.Recovering {
+		d.Lost = d.Lost || f.Last.Lost
 		return d
 	}
 	on := serversKey(f.Servers)
-	if last := f.Last; last.Lost && last.On == on && !last.At.IsZero() && f.Now.Sub(last.At) < evidenceEvery {
+	last := f.Last
+	fresh := last.On == on && !last.At.IsZero() && f.Now.Sub(last.At) < evidenceEvery
+	// gone are the servers the gossip pool still sees alive whose backend
+	// says their machine is gone: Consul's failure detector takes up to
+	// some 11 s to call a server failed when no other member confirms it
+	// (two of three dead), the backend answers at once.
+	var gone map[string]bool
+	if !d.Lost {
+		if !early || f.Policy == nil || !f.ConsulServer || !f.Policy.RecoverOnEvidence {
+			return d
+		}
+		if fresh && !last.Lost {
+			return last
+		}
+		var ask recoveryDecision
+		if gone, ask = goneByBackend(f); gone == nil {
+			return ask
+		}
+		if !majorityFailed(f.Servers, gone) {
+			// Not lost, as far as the backends know: looked at again
+			// after evidenceEvery, or when the servers seen change.
+			return recoveryDecision{At: f.Now, On: on}
+		}
+		d.Lost = true
+	}
+	if fresh && last.Lost {
 		return last
 	}
 	d.At, d.On = f.Now, on
@@ -129,7 +167,7 @@ func decideRecovery(f recoveryFacts) recoveryDecision {
 	}
 	var survivors []agentapi.ServerSeen
 	for _, s := range f.Servers {
-		if s.Status == reconcile.MemberAlive {
+		if s.Status == reconcile.MemberAlive && !gone[s.Name] {
 			survivors = append(survivors, s)
 			continue
 		}
@@ -181,6 +219,56 @@ func decideRecovery(f recoveryFacts) recoveryDecision {
 		return decide(false, "every lost server is gone by its backend's word; %s (Raft index %d) recovers, this node joins it", best, bestIndex)
 	}
 	return decide(true, "every lost server is gone by its backend's word; this node has the most up-to-date Raft log (index %d) of %d survivors", bestIndex, len(survivors))
+}
+
+// majorityFailed says whether the servers failed in this node's gossip pool,
+// or gone by their backend's word, are at least half of those not gone by
+// leaving: the ones alive cannot elect a Raft leader alone. A server that
+// left gracefully was taken out of Raft, so it counts on neither side.
+func majorityFailed(ss []agentapi.ServerSeen, gone map[string]bool) bool {
+	total, failed := 0, 0
+	for _, s := range ss {
+		switch {
+		case s.Status == reconcile.MemberLeft:
+		case s.Status == reconcile.MemberFailed || gone[s.Name]:
+			total++
+			failed++
+		default:
+			total++
+		}
+	}
+	return failed > 0 && 2*failed >= total
+}
+
+// goneByBackend finds, among the servers other than this node that have
+// not left, those whose backend confirms their machine is gone or stopped.
+// While it lacks evidence it returns nil and what to ask first (the
+// decision to return). A server without a mirrored record, or on a backend
+// that cannot confirm (unknown here, listing only this node's machines,
+// failing), is not taken for gone.
+func goneByBackend(f recoveryFacts) (map[string]bool, recoveryDecision) {
+	if f.Records == nil {
+		return nil, recoveryDecision{AskRecords: true}
+	}
+	gone := map[string]bool{}
+	for _, s := range f.Servers {
+		if s.Name == f.Self || s.Status == reconcile.MemberLeft {
+			continue
+		}
+		r, ok := f.Records[s.Name]
+		if !ok {
+			continue
+		}
+		ev, asked := f.Backends[r.Backend]
+		switch {
+		case !asked:
+			return nil, recoveryDecision{AskBackend: r.Backend}
+		case ev.Unknown || ev.LocalOnly || ev.Err != nil || ev.Running[s.Name]:
+		default:
+			gone[s.Name] = true
+		}
+	}
+	return gone, recoveryDecision{}
 }
 
 // serversKey is what a survivor sees of the servers, to notice a change.

@@ -67,9 +67,9 @@ func TestDecideRecovery(t *testing.T) {
 		want  recoveryDecision
 	}{
 		{
-			name:  "a leader missing for less than quorum_lost_after is not lost quorum",
+			name:  "a leader missing for less than quorum_lost_after is not lost quorum: one server of three gone, by the backend's word too",
 			facts: facts(func(f *recoveryFacts) { f.Now = leaderlessSince.Add(lostAfter - time.Second) }),
-			want:  recoveryDecision{},
+			want:  recoveryDecision{At: leaderlessSince.Add(lostAfter - time.Second), On: "a=alive;b=alive;c=failed;"},
 		},
 		{
 			name: "without a description the default quorum_lost_after applies, and only a server with one recovers",
@@ -94,6 +94,112 @@ func TestDecideRecovery(t *testing.T) {
 			name:  "a node already recovering decides nothing",
 			facts: facts(func(f *recoveryFacts) { f.Recovering = true }),
 			want:  recoveryDecision{Lost: true},
+		},
+		{
+			name: "a majority of the servers failed is lost quorum after lostMajorityAfter: the gone ones' survivor recovers at once",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberFailed), server("c", reconcile.MemberFailed)}
+				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true}}
+			}),
+			want: recoveryDecision{Lost: true, Recover: true, At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=failed;c=failed;",
+				Reason: "every lost server is gone by its backend's word; this node has the most up-to-date Raft log (index 120) of 1 survivors"},
+		},
+		{
+			name: "a majority failed but still running is a partition, even early",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberFailed), server("c", reconcile.MemberFailed)}
+				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true, "b": true}}
+			}),
+			want: recoveryDecision{Lost: true, At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=failed;c=failed;",
+				Reason: `lost server b still runs on backend "local": a partition, not a death; waiting`},
+		},
+		{
+			name: "a majority failed for less than lostMajorityAfter is not lost quorum yet",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter - time.Millisecond)
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberFailed), server("c", reconcile.MemberFailed)}
+			}),
+			want: recoveryDecision{},
+		},
+		{
+			name:  "a minority failed waits out quorum_lost_after: the others may elect a leader",
+			facts: facts(func(f *recoveryFacts) { f.Now = leaderlessSince.Add(lostMajorityAfter) }),
+			want:  recoveryDecision{At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=alive;c=failed;"},
+		},
+		{
+			name: "servers the gossip pool still sees alive but their backend says gone count: a majority gone is lost quorum at once",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberAlive), server("c", reconcile.MemberAlive)}
+				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true}}
+				f.Survivors = map[string]survivorEvidence{}
+			}),
+			want: recoveryDecision{Lost: true, Recover: true, At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=alive;c=alive;",
+				Reason: "every lost server is gone by its backend's word; this node has the most up-to-date Raft log (index 120) of 1 survivors"},
+		},
+		{
+			name: "before quorum_lost_after the mirrored records are read to ask the backends",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Records = nil
+			}),
+			want: recoveryDecision{AskRecords: true},
+		},
+		{
+			name: "before quorum_lost_after the backends are asked about the servers still seen alive",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Backends = map[string]backendEvidence{}
+			}),
+			want: recoveryDecision{AskBackend: "local"},
+		},
+		{
+			name: "a backend that cannot confirm makes nobody gone before quorum_lost_after",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberAlive), server("c", reconcile.MemberAlive)}
+				f.Backends["local"] = backendEvidence{LocalOnly: true}
+			}),
+			want: recoveryDecision{At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=alive;c=alive;"},
+		},
+		{
+			name: "recover_on_evidence off: nothing is asked before quorum_lost_after",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Policy = policy(false)
+				f.Backends = map[string]backendEvidence{}
+			}),
+			want: recoveryDecision{},
+		},
+		{
+			name: "the backends' word that a majority runs is reused for evidenceEvery",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter + time.Second)
+				f.Last = recoveryDecision{At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=alive;c=failed;"}
+				f.Backends = map[string]backendEvidence{}
+			}),
+			want: recoveryDecision{At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=alive;c=failed;"},
+		},
+		{
+			name: "a node recovering stays lost while the gossip pool catches up",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Recovering = true
+				f.Last = recoveryDecision{Lost: true, Recover: true}
+			}),
+			want: recoveryDecision{Lost: true},
+		},
+		{
+			name: "a server that left counts on neither side: one failed of two is no majority left",
+			facts: facts(func(f *recoveryFacts) {
+				f.Now = leaderlessSince.Add(lostMajorityAfter)
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberLeft), server("c", reconcile.MemberFailed)}
+				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true}}
+			}),
+			want: recoveryDecision{Lost: true, At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=left;c=failed;", Recover: true,
+				Reason: "every lost server is gone by its backend's word; this node has the most up-to-date Raft log (index 120) of 1 survivors"},
 		},
 		{
 			name:  "the mirrored inventory is read before any backend is asked",

@@ -14,6 +14,14 @@
 //	  inventory/<id>       a machine's record (JSON), written by the leader by
 //	                       check-and-set before it acts, so that a new leader
 //	                       neither forgets nor repeats an action
+//	  inventory-snapshot   the inventory in one read, for the servers' mirrors:
+//	                       a head (JSON: version, chunk count, checksum) the
+//	                       leader rewrites at a bounded rate when the
+//	                       inventory changed; clients never read it
+//	  inventory-snapshot-chunks/<version>/<n>
+//	                       the head's gzipped records, in values under
+//	                       Consul's 512 KiB cap; written before the head that
+//	                       names them, older versions deleted after it
 //	  leader               the leader lock (a session lock; value: machine ID)
 //	  status               the leader's last pass (JSON), for status and the page
 //	  epoch                times the KV was re-created from a node's mirror:
@@ -59,19 +67,23 @@ import (
 
 // The keys and folders; see the package doc for what each holds.
 const (
-	Prefix     = "raptiformica/"
-	Platform   = Prefix + "platform"
-	Modules    = Prefix + "modules"
-	Inventory  = Prefix + "inventory/"
-	Leader     = Prefix + "leader"
-	Status     = Prefix + "status"
-	Epoch      = Prefix + "epoch"
-	GossipKey  = Prefix + "gossip-key"
-	MeshSecret = Prefix + "mesh/secret"
-	MeshNodes  = Prefix + "mesh/nodes/"
-	SSHPool    = Prefix + "ssh-pool/"
-	HostKeys   = Prefix + "hostkeys/"
-	JoinTokens = Prefix + "join-tokens/"
+	Prefix    = "raptiformica/"
+	Platform  = Prefix + "platform"
+	Modules   = Prefix + "modules"
+	Inventory = Prefix + "inventory/"
+	Leader    = Prefix + "leader"
+	// InventorySnapshot and InventorySnapshotChunks hold the inventory
+	// in one read; see PutInventorySnapshot.
+	InventorySnapshot       = Prefix + "inventory-snapshot"
+	InventorySnapshotChunks = Prefix + "inventory-snapshot-chunks/"
+	Status                  = Prefix + "status"
+	Epoch                   = Prefix + "epoch"
+	GossipKey               = Prefix + "gossip-key"
+	MeshSecret              = Prefix + "mesh/secret"
+	MeshNodes               = Prefix + "mesh/nodes/"
+	SSHPool                 = Prefix + "ssh-pool/"
+	HostKeys                = Prefix + "hostkeys/"
+	JoinTokens              = Prefix + "join-tokens/"
 	// Offers holds, per machine, which of the description's backends
 	// that machine can run (offers/<machine id>), as its agent found.
 	Offers = Prefix + "offers/"
@@ -472,8 +484,73 @@ func (s *Store) Records(ctx context.Context, q *api.QueryOptions) (api.KVPairs, 
 
 // Record reads one machine's record; nil when there is none.
 func (s *Store) Record(ctx context.Context, machineID string) (*api.KVPair, error) {
-	p, _, err := s.kv.Get(Inventory+machineID, query(ctx, nil))
+	p, _, err := s.WatchRecord(ctx, machineID, nil)
 	return p, err
+}
+
+// WatchRecord reads one machine's record with q, for a blocking query on
+// it alone: what a client's mirror follows instead of the whole folder.
+func (s *Store) WatchRecord(ctx context.Context, machineID string, q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
+	return s.kv.Get(Inventory+machineID, query(ctx, q))
+}
+
+// MaxValueBytes is the largest value Consul's KV takes (kv_max_value_size).
+const MaxValueBytes = 512 << 10
+
+// InventorySnapshotHead reads the inventory snapshot's head with q (a
+// blocking, stale query for the servers' mirrors); nil when there is none.
+func (s *Store) InventorySnapshotHead(ctx context.Context, q *api.QueryOptions) (*api.KVPair, *api.QueryMeta, error) {
+	return s.kv.Get(InventorySnapshot, query(ctx, q))
+}
+
+// InventorySnapshotChunk reads chunk n of the snapshot of version with q;
+// nil when there is none (a read from a server behind the head's, or a
+// version deleted since).
+func (s *Store) InventorySnapshotChunk(ctx context.Context, version string, n int, q *api.QueryOptions) ([]byte, error) {
+	p, _, err := s.kv.Get(snapshotChunk(version, n), query(ctx, q))
+	if err != nil || p == nil {
+		return nil, err
+	}
+	return p.Value, nil
+}
+
+func snapshotChunk(version string, n int) string {
+	return InventorySnapshotChunks + version + "/" + strconv.Itoa(n)
+}
+
+// PutInventorySnapshot stores a snapshot of version (one path segment):
+// its chunks first, then the head that names them, so that a reader that
+// sees the head finds them; then it deletes the chunks of every other
+// version. A reader still on an older head meets its chunks gone and reads
+// the new head. Each chunk must be at most MaxValueBytes.
+func (s *Store) PutInventorySnapshot(ctx context.Context, version string, head []byte, chunks [][]byte) error {
+	if version == "" || strings.Contains(version, "/") {
+		return fmt.Errorf("bad snapshot version %q", version)
+	}
+	for n, c := range chunks {
+		if len(c) > MaxValueBytes {
+			return fmt.Errorf("snapshot chunk %d: %d bytes, more than Consul's %d", n, len(c), MaxValueBytes)
+		}
+		if _, err := s.kv.Put(&api.KVPair{Key: snapshotChunk(version, n), Value: c}, write(ctx)); err != nil {
+			return fmt.Errorf("snapshot chunk %d: %w", n, err)
+		}
+	}
+	if _, err := s.kv.Put(&api.KVPair{Key: InventorySnapshot, Value: head}, write(ctx)); err != nil {
+		return fmt.Errorf("snapshot head: %w", err)
+	}
+	folders, _, err := s.kv.Keys(InventorySnapshotChunks, "/", query(ctx, nil))
+	if err != nil {
+		return fmt.Errorf("list snapshot versions: %w", err)
+	}
+	for _, f := range folders {
+		if f == InventorySnapshotChunks+version+"/" || !strings.HasSuffix(f, "/") {
+			continue
+		}
+		if _, err := s.kv.DeleteTree(f, write(ctx)); err != nil {
+			return fmt.Errorf("delete snapshot %s: %w", f, err)
+		}
+	}
+	return nil
 }
 
 // CASRecord writes a machine's record if its index is still index (0: only
