@@ -105,6 +105,12 @@ func TestSecureAgentActsForTokenHoldersOnly(t *testing.T) {
 	if _, err := agentapi.FetchPlan(context.Background(), agent("")); !errors.As(err, &refused) || !strings.HasPrefix(refused.Status, "401") {
 		t.Errorf("GET %s without a token: got %v, want 401", agentapi.PlanPath, err)
 	}
+	// The lock in KV names the machine a moment before its agent starts
+	// leading (and answers plans): wait for the agent's own word.
+	waitUntil(t, 30*time.Second, "the machine's agent says it leads", func() bool {
+		st, err := agentStatus(m)
+		return err == nil && st.IsLeader
+	})
 	if d, err := agentapi.FetchPlan(context.Background(), agent(c.token())); err != nil || len(d.Actions) != 0 {
 		t.Errorf("the leader's plan with the token: got %+v, %v; want no action at rest", d, err)
 	}
