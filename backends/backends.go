@@ -55,6 +55,13 @@ type Scoped interface {
 	Scope(ctx context.Context) (string, error)
 }
 
+// MemoryReporter is implemented by a backend whose machines take the memory
+// of the machine it runs on (local processes): how much is free there, so
+// that placement keeps a floor.
+type MemoryReporter interface {
+	FreeMemory(ctx context.Context) (uint64, error)
+}
+
 // Seeder is implemented by a backend that can start the first machine of a
 // new cluster: one that needs no running cluster to spawn (no state in KV).
 // The caller spawns the seed with the node config's Bootstrap set; CanSeed

@@ -180,6 +180,9 @@ func (o *offerer) ask(ctx context.Context) reconcile.Offer {
 			if sc, ok := be.(backends.Scoped); ok && bo.Available {
 				bo.Scope, _ = sc.Scope(ctx)
 			}
+			if mr, ok := be.(backends.MemoryReporter); ok && bo.Available {
+				bo.FreeMemory, _ = mr.FreeMemory(ctx)
+			}
 			if bo.Available && hosting[name] {
 				if insts, err := be.List(ctx); err == nil {
 					bo.Listed, bo.Instances = true, insts

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"html/template"
@@ -43,6 +44,10 @@ type pageMember struct {
 	// of a failure; empty when its type provisions nothing.
 	Provisioned string
 	ProvisionOK bool
+	// Host is the member that made the machine, when not the leader of
+	// the time; Offers the backends the machine's agent can run, as it
+	// published them ("?" when it published none).
+	Host, Offers string
 }
 
 // pageData is what the status page shows.
@@ -140,12 +145,30 @@ func (h *httpServer) pageView(ctx context.Context) pageData {
 		}
 		d.Members = append(d.Members, pageMember{
 			ID: r.ID, Type: r.Type, Backend: r.Backend, Address: r.Address, State: string(r.State),
-			Health: h, Role: role[r.ID], Reason: r.Reason, Leader: r.ID == d.Self.Leader,
+			Health: h, Role: role[r.ID], Reason: r.Reason, Leader: r.ID == d.Self.Leader, Host: r.Host,
 		})
 	}
 	h.addProvisioning(ctx, d.Members)
+	h.addOffers(ctx, d.Members)
 	slices.SortFunc(d.Members, func(x, y pageMember) int { return strings.Compare(x.ID, y.ID) })
 	return d
+}
+
+// addOffers fills in the backends each member offers.
+func (h *httpServer) addOffers(ctx context.Context, members []pageMember) {
+	all, _, err := h.store.Offers(ctx, nil)
+	if err != nil {
+		return
+	}
+	for i := range members {
+		m := &members[i]
+		m.Offers = "?"
+		if e, ok := all[m.ID]; ok {
+			if o, err := reconcile.ParseOffer(m.ID, e.Value); err == nil {
+				m.Offers = cmp.Or(strings.Join(o.Offered(), ", "), "-")
+			}
+		}
+	}
 }
 
 // addProvisioning fills in each member's provisioning, for the types that

@@ -40,6 +40,9 @@ type BackendOffer struct {
 	LocalOnly bool `json:"local_only,omitempty"`
 	// Scope is what the backend manages there (backends.Scoped).
 	Scope string `json:"scope,omitempty"`
+	// FreeMemory is the memory free for its machines there, in bytes;
+	// 0 when the backend cannot tell (backends.MemoryReporter).
+	FreeMemory uint64 `json:"free_memory,omitempty"`
 }
 
 // Offered lists the backends the offer makes available, sorted.

@@ -26,6 +26,9 @@ type Hosts struct {
 	// MaxPerHost caps the machines one host may hold on a backend; a
 	// backend missing (or 0) has no cap.
 	MaxPerHost map[string]int
+	// MinFree is, by backend, the memory in bytes a host must have free
+	// for one more machine, where its offer says how much it has.
+	MinFree map[string]uint64
 	// BackoffUntil is, by host then backend, when a failing backend may
 	// be tried there again.
 	BackoffUntil map[string]map[string]time.Time
@@ -53,7 +56,7 @@ func Place(mt rules.MachineType, hs Hosts, now time.Time) (p Placement, why []st
 	hosts := sortedKeys(hs.Offers)
 	for _, b := range mt.Backends {
 		var offering, usable []string
-		backingOff, full := 0, 0
+		backingOff, full, low := 0, 0, 0
 		firstBackoff := ""
 		for _, h := range hosts {
 			if !hs.Offers[h].Backends[b].Available {
@@ -70,6 +73,12 @@ func Place(mt rules.MachineType, hs Hosts, now time.Time) (p Placement, why []st
 				full++
 				continue
 			}
+			if floor := hs.MinFree[b]; floor > 0 {
+				if free := hs.Offers[h].Backends[b].FreeMemory; free > 0 && free < floor {
+					low++
+					continue
+				}
+			}
 			usable = append(usable, h)
 		}
 		switch backingOff {
@@ -83,8 +92,11 @@ func Place(mt rules.MachineType, hs Hosts, now time.Time) (p Placement, why []st
 		case len(offering) == 0:
 			why = append(why, fmt.Sprintf("backend %q: no member offers it", b))
 			continue
-		case len(usable) == 0 && full > 0 && backingOff == 0:
+		case len(usable) == 0 && full > 0 && low == 0 && backingOff == 0:
 			why = append(why, fmt.Sprintf("backend %q: every host offering it is full (%d per host)", b, hs.MaxPerHost[b]))
+			continue
+		case len(usable) == 0 && low > 0 && backingOff == 0:
+			why = append(why, fmt.Sprintf("backend %q: %d hosts offering it are below its free-memory floor (%d MiB) and %d full", b, low, hs.MinFree[b]>>20, full))
 			continue
 		case len(usable) == 0:
 			continue

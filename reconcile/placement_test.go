@@ -105,6 +105,29 @@ func TestPlace(t *testing.T) {
 			why: []string{`backend "docker": every host offering it is full (2 per host)`},
 		},
 		{
+			name: "a host below the backend's free-memory floor is passed over; one that cannot tell is not",
+			mt:   worker,
+			hs: Hosts{
+				Offers: offers(
+					Offer{Machine: "a", Backends: map[string]BackendOffer{"docker": {Available: true, FreeMemory: 100 << 20}}},
+					Offer{Machine: "b", Backends: map[string]BackendOffer{"docker": {Available: true}}},
+				),
+				Load:    map[string]HostLoad{"b": {ByType: map[string]int{"worker": 5}, ByBackend: map[string]int{"docker": 5}}},
+				MinFree: map[string]uint64{"docker": 512 << 20},
+			},
+			want: Placement{Backend: "docker", Host: "b"}, ok: true,
+		},
+		{
+			name: "every host below the floor: the next backend, and why",
+			mt:   worker,
+			hs: Hosts{
+				Offers:  offers(Offer{Machine: "a", Backends: map[string]BackendOffer{"docker": {Available: true, FreeMemory: 100 << 20}, "exec": {Available: true}}}),
+				MinFree: map[string]uint64{"docker": 512 << 20},
+			},
+			want: Placement{Backend: "exec", Host: "a"}, ok: true,
+			why: []string{`backend "docker": 1 hosts offering it are below its free-memory floor (512 MiB) and 0 full`},
+		},
+		{
 			name: "a host backing off a backend is passed over, and said",
 			mt:   worker,
 			hs: Hosts{

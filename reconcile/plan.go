@@ -588,10 +588,13 @@ func (ps *pass) place(mt rules.MachineType, b string, n int) (placed []Placement
 // what each already holds (the records that name it as their host), and
 // the backends backing off on each.
 func (ps *pass) allHosts() Hosts {
-	hs := Hosts{Offers: map[string]Offer{}, BackoffUntil: ps.obs.HostBackoffUntil, MaxPerHost: map[string]int{}, Prefer: ps.obs.Self}
+	hs := Hosts{Offers: map[string]Offer{}, BackoffUntil: ps.obs.HostBackoffUntil, MaxPerHost: map[string]int{}, MinFree: map[string]uint64{}, Prefer: ps.obs.Self}
 	for name, be := range ps.p.Backends {
 		if be.MaxPerHost > 0 {
 			hs.MaxPerHost[name] = be.MaxPerHost
+		}
+		if be.MinFreeMemoryMB > 0 {
+			hs.MinFree[name] = uint64(be.MinFreeMemoryMB) << 20
 		}
 	}
 	for id, o := range ps.obs.Offers {
@@ -602,7 +605,8 @@ func (ps *pass) allHosts() Hosts {
 	self := Offer{Machine: ps.obs.Self, Backends: map[string]BackendOffer{}}
 	for _, name := range sortedKeys(ps.p.Backends) {
 		if _, here := ps.usableHere(name); here {
-			self.Backends[name] = BackendOffer{Available: true}
+			// Its free memory as it last published it.
+			self.Backends[name] = BackendOffer{Available: true, FreeMemory: ps.obs.Offers[ps.obs.Self].Backends[name].FreeMemory}
 		}
 	}
 	hs.Offers[ps.obs.Self] = self

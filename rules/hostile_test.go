@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -97,4 +98,30 @@ machine "worker" {
 		`p.hcl:6,19: machine "server" min: must be at most 100000, got 9223372036854775807`,
 		`p.hcl:11,9: machine "worker" max: must be at most 100000, got 100001`,
 	})
+}
+
+// TestHostilePlacementLimits: a backend's per-host cap and free-memory
+// floor are bounded and named with their line.
+func TestHostilePlacementLimits(t *testing.T) {
+	src := `backend "local" {
+  max_per_host       = 0
+  min_free_memory_mb = 9223372036854775807
+}
+machine "server" {
+  min           = 1
+  consul_server = true
+}
+`
+	_, err := Parse("p.hcl", []byte(src), Options{BackendTypes: []string{"local"}})
+	checkProblems(t, err, []string{
+		`p.hcl:2,24: backend "local" max_per_host: must be between 1 and 100000, got 0`,
+		`p.hcl:3,24: backend "local" min_free_memory_mb: must be between 1 and 1073741824 (MiB), got 9223372036854775807`,
+	})
+	p, err := Parse("p.hcl", []byte(strings.NewReplacer("= 0", "= 3", "9223372036854775807", "512").Replace(src)), Options{BackendTypes: []string{"local"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if be := p.Backends["local"]; be.MaxPerHost != 3 || be.MinFreeMemoryMB != 512 {
+		t.Errorf("backend: %+v", be)
+	}
 }

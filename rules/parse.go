@@ -84,7 +84,7 @@ var policySchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "recover_on_evidence"},
 }}
 
-var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}, {Name: "commands"}, {Name: "max_per_host"}}}
+var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "type"}, {Name: "settings"}, {Name: "commands"}, {Name: "max_per_host"}, {Name: "min_free_memory_mb"}}}
 
 var machineSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
@@ -435,6 +435,15 @@ func (d *decoder) backend(b *hcl.Block, opts Options) Backend {
 				d.at(a.Expr.Range(), field+" max_per_host", "must be between 1 and %d, got %d", MaxMachines, n)
 			}
 			be.MaxPerHost = n
+		}
+	}
+	if a := content.Attributes["min_free_memory_mb"]; a != nil {
+		var n int
+		if d.decode(a, field+" min_free_memory_mb", cty.Number, &n) {
+			if n < 1 || n > 1<<30 {
+				d.at(a.Expr.Range(), field+" min_free_memory_mb", "must be between 1 and %d (MiB), got %d", 1<<30, n)
+			}
+			be.MinFreeMemoryMB = n
 		}
 	}
 	d.checkBackend(be, opts, field, func(f string) hcl.Range {

@@ -133,6 +133,10 @@ type Backend struct {
 	// MaxPerHost caps the machines one member may hold on this backend
 	// when the leader places them on other members; 0 is no cap.
 	MaxPerHost int
+	// MinFreeMemoryMB is the memory, in MiB, a member must have free to
+	// be given a machine of this backend, where the backend can tell
+	// (local); 0 is no floor.
+	MinFreeMemoryMB int
 }
 
 // ExecType is the type of a backend whose machines are made by commands:

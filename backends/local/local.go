@@ -173,6 +173,31 @@ func (b *Backend) Scope(context.Context) (string, error) {
 	return "local:" + strings.TrimSpace(string(boot)) + "/" + netns + ":" + b.dir, nil
 }
 
+// FreeMemory is the kernel's estimate of the memory available to new
+// processes (MemAvailable), in bytes.
+func (b *Backend) FreeMemory(context.Context) (uint64, error) {
+	return memAvailable("/proc/meminfo")
+}
+
+// memAvailable reads MemAvailable from a meminfo file, in bytes.
+func memAvailable(path string) (uint64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && f[0] == "MemAvailable:" && f[2] == "kB" {
+			kb, err := strconv.ParseUint(f[1], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: MemAvailable %q: %w", path, f[1], err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("%s: no MemAvailable line", path)
+}
+
 // ownAddresses are the IP addresses of this machine's interfaces.
 func ownAddresses() (map[string]bool, error) {
 	addrs, err := net.InterfaceAddrs()

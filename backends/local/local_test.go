@@ -203,3 +203,27 @@ func TestAvailableOnlyWhereItsMachinesAreReachable(t *testing.T) {
 		})
 	}
 }
+
+// TestFreeMemoryReadsMemAvailable: the floor placement keeps is the
+// kernel's MemAvailable, in bytes; a file without it is an error, not 0.
+func TestFreeMemoryReadsMemAvailable(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "meminfo")
+	if err := os.WriteFile(good, []byte("MemTotal:       16000000 kB\nMemFree:          100000 kB\nMemAvailable:    2048000 kB\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := memAvailable(good); err != nil || got != 2048000<<10 {
+		t.Errorf("memAvailable = %d, %v; want %d", got, err, 2048000<<10)
+	}
+	bad := filepath.Join(dir, "old")
+	if err := os.WriteFile(bad, []byte("MemTotal: 1 kB\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := memAvailable(bad); err == nil {
+		t.Error("a meminfo without MemAvailable gave no error")
+	}
+	b, _ := newBackend(t)
+	if free, err := b.FreeMemory(context.Background()); err != nil || free == 0 {
+		t.Errorf("this machine's free memory: %d, %v", free, err)
+	}
+}

@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -152,6 +154,15 @@ machine "jobbed" {
 			t.Errorf("the leader %s offers %q: it must offer neither engine nor job", id, o)
 		}
 	}
+	// The status page shows them too: each member's offers, and who made
+	// each machine.
+	seed := l.machines()[0].Config
+	page := httpGet(t, fmt.Sprintf("http://%s:%d/", seed.BindAddr, seed.HTTPPort))
+	for _, want := range []string{`<td class="offers">engine</td>`, `<td class="offers">job</td>`, "<td>engine</td><td><code>" + idA + "</code></td>", "<td>job</td><td><code>" + idB + "</code></td>"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the status page lacks %q", want)
+		}
+	}
 
 	// A frozen: nobody offers docker. A type with nowhere else to go
 	// waits, saying so; one that may fall through gets B's exec.
@@ -217,6 +228,22 @@ machine "crate" {
 	}
 }
 
+// httpGet returns the body of a plain GET, failing the test on any error.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s, %v", url, resp.Status, err)
+	}
+	return string(b)
+}
+
 // offersOf reads `raptiformica members --json`: each member's offered
 // backends, comma-separated.
 func offersOf(t *testing.T, l *sshLab) map[string]string {
@@ -274,4 +301,7 @@ machine "worker" {
 		hosts[r.Host]++
 	}
 	t.Logf("workers per host: %v", hosts)
+	if len(hosts) < 2 {
+		t.Errorf("workers per host %v: the four were not spread over the three servers", hosts)
+	}
 }
