@@ -78,7 +78,9 @@ func TestStatusPage(t *testing.T) {
 		}
 	}
 	for _, id := range v.joined {
-		if !regexp.MustCompile(regexp.QuoteMeta(id) + `( \(leader\))? server local [0-9.]+ joined alive server`).MatchString(text) {
+		// Machine, type, backend, the member that made it (none for
+		// the seed), address, state, health, Consul role, its offers.
+		if !regexp.MustCompile(regexp.QuoteMeta(id) + `( \(leader\))? server local (server-[0-9a-f]+ )?[0-9.]+ joined alive server local`).MatchString(text) {
 			t.Errorf("the page does not show %s as a joined, alive server:\n%s", id, text)
 		}
 	}
