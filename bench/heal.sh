@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${RAPTIFORMICA_CONSUL:=$(scripts/consul.sh)}"
 export RAPTIFORMICA_CONSUL
-count="${BENCH_COUNT:-3}"
+count="${BENCH_COUNT:-5}" # p50 and p90 of heal and recovery need five runs
 go test -run '^$' -bench 'Heal|DockerHeal|Reaction|Idle|Recovery|Security' -benchtime "${count}x" -timeout 45m ./test/e2e/ |
 	awk '/^Benchmark/ {
 		name = $1; sub(/-[0-9]+$/, "", name)

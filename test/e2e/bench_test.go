@@ -8,6 +8,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -65,6 +66,18 @@ func memberState(cl *api.Client, name string) (alive, voter bool) {
 	return alive, voter
 }
 
+// quantile is the q-quantile of ds in seconds, by the nearest rank: with
+// five runs, p50 is the third and p90 the fifth.
+func quantile(ds []time.Duration, q float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	rank := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[max(0, min(rank, len(s)-1))].Seconds()
+}
+
 func poll(timeout time.Duration, f func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
@@ -98,6 +111,7 @@ func BenchmarkDockerHeal(b *testing.B) {
 func benchHeal(b *testing.B, c *testCluster) {
 	c.waitAgree(3, time.Minute, "after up")
 	var heal, detect, start time.Duration
+	var heals, floors []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		v := c.waitAgree(3, time.Minute, "before kill")
@@ -131,6 +145,7 @@ func benchHeal(b *testing.B, c *testCluster) {
 		}
 		h := time.Since(t0)
 		heal += h
+		heals = append(heals, h)
 		b.Logf("iteration %d: detect %s, reaped %s, heal %s", i, d.Round(time.Millisecond), gone.Round(time.Millisecond), h.Round(time.Millisecond))
 
 		// A bare node start: spawn one by hand, time it to an alive voter.
@@ -149,6 +164,7 @@ func benchHeal(b *testing.B, c *testCluster) {
 		cl = c.client()
 		poll(time.Minute, func() bool { alive, voter := memberState(cl, extra); return alive && voter })
 		start += time.Since(t1)
+		floors = append(floors, d+time.Since(t1))
 		if out, errOut, code := c.rf("destroy", extra); code != 0 {
 			b.Fatalf("destroy: %s %s", out, errOut)
 		}
@@ -156,6 +172,10 @@ func benchHeal(b *testing.B, c *testCluster) {
 	n := float64(b.N)
 	b.ReportMetric(heal.Seconds()/n, "heal_s")
 	b.ReportMetric((detect+start).Seconds()/n, "floor_s")
+	b.ReportMetric(quantile(heals, 0.5), "heal_p50_s")
+	b.ReportMetric(quantile(heals, 0.9), "heal_p90_s")
+	b.ReportMetric(quantile(floors, 0.5), "floor_p50_s")
+	b.ReportMetric(quantile(floors, 0.9), "floor_p90_s")
 	b.ReportMetric(detect.Seconds()/n, "detect_s")
 	b.ReportMetric(start.Seconds()/n, "node_start_s")
 	b.ReportMetric(benchGrace.Seconds(), "grace_s")
@@ -305,6 +325,7 @@ func rssMB(pids []int) float64 {
 func BenchmarkRecovery(b *testing.B) {
 	const lostAfter = 3 * time.Second
 	var up, recovery time.Duration
+	var ups, recoveries []time.Duration
 	for i := 0; i < b.N; i++ {
 		c := newCluster(b)
 		src := strings.Replace(benchPlatform(""), `resync_interval   = "2s"`, fmt.Sprintf("resync_interval   = \"2s\"\n  quorum_lost_after = %q", lostAfter), 1)
@@ -322,11 +343,16 @@ func BenchmarkRecovery(b *testing.B) {
 		b.Logf("iteration %d: fresh up %s, recovery %s", i, u.Round(time.Millisecond), r.Round(time.Millisecond))
 		up += u
 		recovery += r
+		ups, recoveries = append(ups, u), append(recoveries, r)
 		c.rf("down")
 	}
 	n := float64(b.N)
 	b.ReportMetric(recovery.Seconds()/n, "recovery_s")
 	b.ReportMetric(up.Seconds()/n, "fresh_up_s")
+	b.ReportMetric(quantile(recoveries, 0.5), "recovery_p50_s")
+	b.ReportMetric(quantile(recoveries, 0.9), "recovery_p90_s")
+	b.ReportMetric(quantile(ups, 0.5), "fresh_up_p50_s")
+	b.ReportMetric(quantile(ups, 0.9), "fresh_up_p90_s")
 	b.ReportMetric(lostAfter.Seconds(), "quorum_lost_after_s")
 }
 
@@ -365,4 +391,16 @@ func BenchmarkSecurity(b *testing.B) {
 	b.ReportMetric(heal[0].Seconds()/n, "heal-secure-s")
 	b.ReportMetric(heal[1].Seconds()/n, "heal-insecure-s")
 	b.ReportMetric(100*(heal[0]-heal[1]).Seconds()/heal[1].Seconds(), "heal-cost-%")
+}
+
+// TestQuantileNearestRank: the benchmarks' p50 and p90 over five runs are
+// the third and the fifth of them.
+func TestQuantileNearestRank(t *testing.T) {
+	runs := []time.Duration{5 * time.Second, time.Second, 4 * time.Second, 2 * time.Second, 3 * time.Second}
+	if p50, p90 := quantile(runs, 0.5), quantile(runs, 0.9); p50 != 3 || p90 != 5 {
+		t.Errorf("p50 %v, p90 %v; want 3 and 5", p50, p90)
+	}
+	if quantile(nil, 0.5) != 0 || quantile(runs[:1], 0.9) != 5 {
+		t.Error("empty or single-run quantiles")
+	}
 }
