@@ -271,12 +271,14 @@ func assertNoOrders(t *testing.T, l *workLab) {
 
 // TestWorkOrdersAreTheirHostsOnly: a spawn's order carries the new
 // machine's credentials, so neither another client nor a read-only token
-// reads a client's orders; a client made before work orders existed is
-// granted its own when the leader gives it one, and can then claim it.
+// reads a client's orders, nor does another client write its offer; a
+// client made before work orders existed is granted its own when the
+// leader gives it one, and can then claim it.
 func TestWorkOrdersAreTheirHostsOnly(t *testing.T) {
 	a, _ := startAgent(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	stores := map[string]*kvschema.Store{}
 	clientOf := func(id string) reconcile.Orders {
 		t.Helper()
 		tok, err := machineToken(ctx, a.consul, id)
@@ -287,9 +289,17 @@ func TestWorkOrdersAreTheirHostsOnly(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return reconcile.NewOrders(kvschema.New(c), "w1")
+		stores[id] = kvschema.New(c)
+		return reconcile.NewOrders(stores[id], "w1")
 	}
 	w1, w2 := clientOf("w1"), clientOf("w2")
+	// An offer is its machine's word: another client cannot write it.
+	if _, err := stores["w1"].PutOffer(ctx, "w1", []byte(`{"machine":"w1","backends":{}}`)); err != nil {
+		t.Errorf("w1 writes its own offer: %v", err)
+	}
+	if _, err := stores["w2"].PutOffer(ctx, "w1", []byte(`{"machine":"w1","backends":{"docker":{"available":true}}}`)); err == nil {
+		t.Error("w2 wrote w1's offer")
+	}
 	// w1 as a client made by an older version: its policy lacks orders.
 	old := strings.Replace(kvschema.MachineRules("w1"), `key_prefix "`+kvschema.Work+`w1/" { policy = "write" }`, "", 1)
 	if old == kvschema.MachineRules("w1") {
