@@ -276,7 +276,7 @@ func TestObserveAsksBackendsAtOnce(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	obs, err := Observe(ctx, consul.Client, &Inventory{Store: kvschema.New(consul.Client)}, bes, nil)
+	obs, err := Observe(ctx, consul.Client, &Inventory{Store: kvschema.New(consul.Client)}, bes, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -538,5 +538,57 @@ func TestScaleMarksAreOneTransaction(t *testing.T) {
 	}
 	if recs["w3"].State != StateJoined || recs["w3"].Reason != "changed by someone else" {
 		t.Errorf("w3, changed meanwhile, was overwritten: %+v", recs["w3"])
+	}
+}
+
+// countingBackend counts its List calls and lists what the test gives it.
+type countingBackend struct {
+	fakeBackend
+	mu    sync.Mutex
+	lists int
+	insts []backends.Instance
+}
+
+func (b *countingBackend) List(context.Context) ([]backends.Instance, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lists++
+	return append([]backends.Instance(nil), b.insts...), nil
+}
+
+// TestScaleListsAreSpacedAcrossPasses: passes that come closer than the
+// gap reuse a backend's last list, saying at which inventory index it was
+// taken; a new description asks afresh.
+func TestScaleListsAreSpacedAcrossPasses(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	be := &countingBackend{insts: []backends.Instance{{MachineID: "m1", Running: true}}}
+	bes := map[string]backends.Backend{"local": be}
+	lists := &Lists{MinGap: time.Hour}
+	p1 := &rules.Platform{}
+	lists.For(p1)
+	first, err := Observe(ctx, consul.Client, inv, bes, nil, lists)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inv.Put(ctx, Record{ID: "m2", Type: "server", State: StateJoining}); err != nil {
+		t.Fatal(err)
+	}
+	second, err := Observe(ctx, consul.Client, inv, bes, nil, lists)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if be.lists != 1 {
+		t.Errorf("lists: %d, want 1 (the second pass within the gap reuses the first)", be.lists)
+	}
+	if second.ListedAt["local"] != first.ListedAt["local"] || second.Records["m2"].Index <= second.ListedAt["local"] {
+		t.Errorf("listed at %d then %d, m2 recorded at %d: the reused list must say it predates m2", first.ListedAt["local"], second.ListedAt["local"], second.Records["m2"].Index)
+	}
+	lists.For(&rules.Platform{})
+	if _, err := Observe(ctx, consul.Client, inv, bes, nil, lists); err != nil {
+		t.Fatal(err)
+	}
+	if be.lists != 2 {
+		t.Errorf("lists after a new description: %d, want 2", be.lists)
 	}
 }

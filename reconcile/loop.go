@@ -51,9 +51,14 @@ const backendQueryTimeout = 45 * time.Second
 // and every backend's machines. A backend that cannot be listed is left out
 // of Instances and named in BackendErrors. Only a failure to read Consul is
 // an error.
-func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[string]backends.Backend, m *telemetry.Metrics) (Observed, error) {
-	obs := Observed{Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{}, BackendErrors: map[string]string{}, LocalOnly: map[string]bool{}, Scopes: map[string]string{}}
-	recs, _, err := inv.List(ctx, nil)
+//
+// With lists, a backend asked less than lists.MinGap ago is not asked
+// again: its last answer is reused, and ListedAt says at which inventory
+// index it was taken, so that a machine recorded since is not judged gone
+// for missing from it. Nil asks every backend.
+func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[string]backends.Backend, m *telemetry.Metrics, lists *Lists) (Observed, error) {
+	obs := Observed{Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{}, BackendErrors: map[string]string{}, LocalOnly: map[string]bool{}, Scopes: map[string]string{}, ListedAt: map[string]uint64{}}
+	recs, index, err := inv.List(ctx, nil)
 	if err != nil {
 		return obs, err
 	}
@@ -75,19 +80,17 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	}
 	// Backends are asked at once: one slow to answer (an exec command up to
 	// its query_timeout, a pool host's KV) must not hold up the others.
-	type answer struct {
-		name      string
-		localOnly bool
-		insts     []backends.Instance
-		listErr   error
-		availErr  error
-		scope     string
-	}
 	answers := make([]answer, 0, len(bes))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, name := range sortedKeys(bes) {
 		be := bes[name]
+		if c, at, ok := lists.recent(name); ok {
+			answers = append(answers, c)
+			obs.ListedAt[name] = at
+			continue
+		}
+		obs.ListedAt[name] = index
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -102,6 +105,7 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 			if sc, ok := be.(backends.Scoped); ok && a.availErr == nil {
 				a.scope, _ = sc.Scope(bctx)
 			}
+			lists.keep(name, a, index)
 			mu.Lock()
 			answers = append(answers, a)
 			mu.Unlock()
@@ -141,6 +145,77 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	// members made are judged from the lists in their offers.
 	obs.Offers = liveOffers(ctx, inv, members)
 	return obs, nil
+}
+
+// answer is what one backend said in a pass.
+type answer struct {
+	name      string
+	localOnly bool
+	insts     []backends.Instance
+	listErr   error
+	availErr  error
+	scope     string
+}
+
+// Lists keeps each backend's last answer for MinGap: a burst of events
+// (a hundred machines joining) makes a pass every few hundred
+// milliseconds, and each would otherwise list every backend, which for an
+// exec backend is a command and for a cloud an API call. Safe for
+// concurrent use; the zero value (or nil) keeps nothing.
+type Lists struct {
+	MinGap time.Duration
+
+	mu   sync.Mutex
+	p    *rules.Platform       // the description the answers were for; guarded by mu
+	last map[string]cachedList // by backend name; guarded by mu
+}
+
+type cachedList struct {
+	at    time.Time // when, on the monotonic clock
+	index uint64    // the inventory index read before it was asked
+	a     answer
+}
+
+// For forgets every answer when the description changed: its backends may
+// be other ones under the same names.
+func (l *Lists) For(p *rules.Platform) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.p != p {
+		l.p, l.last = p, nil
+	}
+}
+
+// recent returns the backend's answer when it was asked less than MinGap
+// ago.
+func (l *Lists) recent(name string) (answer, uint64, bool) {
+	if l == nil || l.MinGap <= 0 {
+		return answer{}, 0, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, ok := l.last[name]
+	if !ok || time.Since(c.at) >= l.MinGap {
+		return answer{}, 0, false
+	}
+	return c.a, c.index, true
+}
+
+// keep remembers a backend's answer, asked after the inventory read at
+// index.
+func (l *Lists) keep(name string, a answer, index uint64) {
+	if l == nil || l.MinGap <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last == nil {
+		l.last = map[string]cachedList{}
+	}
+	l.last[name] = cachedList{at: time.Now(), index: index, a: a}
 }
 
 // liveOffers reads the alive members' offers of backends; nil when they
@@ -236,6 +311,9 @@ type Reconciler struct {
 	Wake <-chan struct{}
 	// Publish receives the status after every pass.
 	Publish func(Status)
+	// Lists, when set, spaces each backend's Available and List calls by
+	// its MinGap across passes.
+	Lists *Lists
 
 	termStart time.Time // set by Run
 }
@@ -301,7 +379,8 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 	p := r.Platform()
 	bes := r.Backends()
 	st := Status{Leader: r.Self, Cluster: p.Cluster, LastReconcile: now}
-	obs, err := Observe(ctx, r.Consul, r.Inventory, bes, r.Metrics)
+	r.Lists.For(p)
+	obs, err := Observe(ctx, r.Consul, r.Inventory, bes, r.Metrics, r.Lists)
 	var d Decision
 	if err == nil {
 		r.Executor.Snapshot(&obs)

@@ -254,7 +254,7 @@ func (ps *pass) healthOf(id string, r Record) health {
 	// whatever its backend lists.
 	if insts, localOnly, listed := ps.listOf(r); listed && id != ps.obs.Self {
 		in, exists := insts[id]
-		h.instGone = exists && !in.Running || !exists && !localOnly
+		h.instGone = exists && !in.Running || !exists && !localOnly && !ps.recordedSinceListed(r)
 	}
 	h.up = isMember && m.Status == MemberAlive && !h.instGone
 	return h
@@ -287,6 +287,13 @@ func (ps *pass) listOf(r Record) (insts map[string]backends.Instance, localOnly,
 		insts[in.MachineID] = in
 	}
 	return insts, bo.LocalOnly, true
+}
+
+// recordedSinceListed reports whether r changed after the leader's list of
+// its backend was taken: the list says nothing of its absence.
+func (ps *pass) recordedSinceListed(r Record) bool {
+	at, ok := ps.obs.ListedAt[r.Backend]
+	return ok && ps.runsHere(r) && r.Index > at
 }
 
 // runsHere reports whether the leader's own backend holds the machine of r:

@@ -968,6 +968,35 @@ func TestPlanRunsWhatItsOwnBackendHolds(t *testing.T) {
 	}
 }
 
+// TestScalePlanReusesAListOnlyForOlderRecords: a list reused from an
+// earlier pass says a machine is gone only when the machine's record is
+// older than the list; one recorded since is not judged by its absence.
+func TestScalePlanReusesAListOnlyForOlderRecords(t *testing.T) {
+	p := platform(t, threeServers)
+	for _, tc := range []struct {
+		index uint64
+		reap  bool
+	}{{index: 30, reap: true}, {index: 50, reap: false}} {
+		obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+			o.Self = "a"
+			r := o.Records["c"]
+			r.Index = tc.index
+			o.Records["c"] = r
+			delete(o.Instances["local"], "c")
+			o.Members["c"] = Member{Name: "c", Status: MemberFailed, Server: true}
+			o.ListedAt = map[string]uint64{"local": 40}
+			o.Seen = map[string]Sighting{"c": {Cond: condDown, First: t0.Add(-time.Second), Passes: 1}}
+		})
+		reaped := false
+		for _, a := range Plan(p, obs, t0).Actions {
+			reaped = reaped || a.Kind == KindReap && a.MachineID == "c"
+		}
+		if reaped != tc.reap {
+			t.Errorf("record at index %d, list at 40: reaped %v, want %v", tc.index, reaped, tc.reap)
+		}
+	}
+}
+
 // TestPlanOrphansAndLostRecordsOnAnotherHost: a machine another member
 // lists without a record is destroyed there once seen long enough, unless
 // it is an alive member, whose record is restored naming its host.

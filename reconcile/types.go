@@ -123,6 +123,11 @@ type Observed struct {
 	// Scopes are what the leader's own backends manage, by backend
 	// (backends.Scoped); a backend missing has an unknown scope.
 	Scopes map[string]string
+	// ListedAt is, by backend, the inventory index read before its list
+	// was taken (an earlier pass's, when the list was reused): a machine
+	// recorded after it is not judged gone for missing from the list. A
+	// backend missing counts as listed now.
+	ListedAt map[string]uint64
 	// BackendErrors says why a backend cannot be used now (unavailable, or
 	// listing failed).
 	BackendErrors map[string]string

@@ -283,7 +283,7 @@ func destroy(ctx context.Context, t *target, id string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{Store: kvschema.New(c)}, bes, nil)
+	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{Store: kvschema.New(c)}, bes, nil, nil)
 	if err != nil {
 		return err
 	}
