@@ -510,7 +510,8 @@ func (l *Local) seed(ctx context.Context, platformFile string, out io.Writer) (*
 		ConsulServer: true, Encrypt: id.GossipKey, ACLToken: id.ManagementToken, PlatformFile: name,
 		TLS: &nodeconfig.TLS{CACert: id.CACert, CAKey: id.CAKey, Cert: cert.CertPEM, Key: cert.KeyPEM},
 		// The seed bootstraps Consul alone; no machine after it does.
-		Bootstrap: true,
+		Bootstrap:     true,
+		DefaultGossip: plat.PlannedMachines() > nodeconfig.FastGossipMax,
 	}.WithDefaults()
 	if spec.Type != "local" {
 		// A container cannot read our files: the description goes inline.

@@ -225,7 +225,7 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 		cc.Autopilot = map[string]any{"cleanup_dead_servers": true, "server_stabilization_time": "2s", "last_contact_threshold": "1s"}
 		cc.Performance = map[string]any{"raft_multiplier": 1}
 	}
-	if c.FastGossip {
+	if c.FastGossip && !c.DefaultGossip {
 		// Loopback and LAN links: detect a dead member in seconds.
 		cc.GossipLAN = map[string]any{"probe_interval": "500ms", "probe_timeout": "250ms", "suspicion_mult": 3, "gossip_interval": "100ms"}
 	}

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // With a certificate, Consul serves plain HTTP on loopback only and HTTPS
@@ -34,5 +35,25 @@ func TestConsulConfigTLS(t *testing.T) {
 		if cc.TLS.HTTPS["verify_incoming"] {
 			t.Errorf("HTTPS asks for client certificates: its callers show tokens")
 		}
+	}
+}
+
+// TestScaleFastGossipOnlyOnSmallClusters: fast gossip pays on a few
+// machines; a node made for a description that asks for more keeps
+// Consul's own timings, whatever its backend's network would allow.
+func TestScaleFastGossipOnlyOnSmallClusters(t *testing.T) {
+	base := nodeconfig.Config{MachineID: "m", MachineType: "w", DataDir: "/d", BindAddr: "127.0.0.7", ConsulBinary: "consul", FastGossip: true}.WithDefaults()
+	if cc := consulConfigFor(base, nil); cc.GossipLAN["probe_interval"] != "500ms" {
+		t.Errorf("a small cluster on loopback: gossip %v, want fast", cc.GossipLAN)
+	}
+	large := base
+	large.DefaultGossip = true
+	if cc := consulConfigFor(large, nil); cc.GossipLAN != nil {
+		t.Errorf("a large cluster: gossip %v, want Consul's own", cc.GossipLAN)
+	}
+	small := &rules.Platform{Machines: map[string]rules.MachineType{"server": {Min: 3, Max: 3}, "worker": {Min: 2, Max: 5}}}
+	big := &rules.Platform{Machines: map[string]rules.MachineType{"server": {Min: 3, Max: 3}, "worker": {Min: 100, Max: 100}}}
+	if small.PlannedMachines() > nodeconfig.FastGossipMax || big.PlannedMachines() <= nodeconfig.FastGossipMax {
+		t.Errorf("planned machines: small %d, big %d, against %d", small.PlannedMachines(), big.PlannedMachines(), nodeconfig.FastGossipMax)
 	}
 }

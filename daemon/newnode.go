@@ -82,7 +82,8 @@ func NodeConfigFor(client *api.Client, cred Credentials, clusterDir, consulBinar
 			MachineID: id, MachineType: mt.Name, Cluster: p.Cluster, Backend: backend,
 			ClusterDir: clusterDir, ConsulBinary: consulBinary, ConsulServer: mt.ConsulServer,
 			RetryJoin: join, Encrypt: key, Mesh: meshCfg, ACLToken: token,
-			TLS: &nodeconfig.TLS{CACert: cred.CA.CertPEM, CAKey: caKey, Cert: cert.CertPEM, Key: cert.KeyPEM},
+			TLS:           &nodeconfig.TLS{CACert: cred.CA.CertPEM, CAKey: caKey, Cert: cert.CertPEM, Key: cert.KeyPEM},
+			DefaultGossip: p.PlannedMachines() > nodeconfig.FastGossipMax,
 		}.WithDefaults(), nil
 	}
 }

@@ -232,6 +232,15 @@ func (p *Platform) MachineNames() []string {
 	return names
 }
 
+// PlannedMachines is how many machines the description may ask for at most.
+func (p *Platform) PlannedMachines() int {
+	n := 0
+	for _, m := range p.Machines {
+		n += max(m.Min, m.Max)
+	}
+	return n
+}
+
 // ServerCount returns how many Consul servers the description asks for.
 func (p *Platform) ServerCount() int {
 	n := 0

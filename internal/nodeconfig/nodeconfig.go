@@ -37,6 +37,12 @@ const (
 // port is not the default (asking it to leave the cluster).
 const MetaHTTPSPort = "raptiformica_https_port"
 
+// FastGossipMax is the most machines a description may ask for and still
+// get fast gossip where the network allows it: a member probes twice a
+// second and gossips ten times, which pays for itself in heal time on a
+// few machines and costs every member CPU at a hundred.
+const FastGossipMax = 25
+
 // Config is everything a machine's agent needs to become a member. It is
 // written once by whoever creates the machine (the spawning leader, or `up`
 // for the seed) and read by the agent at start.
@@ -81,6 +87,10 @@ type Config struct {
 	TLS *TLS `json:"tls,omitempty"`
 	// FastGossip tunes failure detection for a loopback or LAN network.
 	FastGossip bool `json:"fast_gossip,omitempty"`
+	// DefaultGossip keeps Consul's own gossip timings whatever FastGossip
+	// says: the description asks for more machines than fast gossip pays
+	// for (each member probes twice a second and gossips ten times).
+	DefaultGossip bool `json:"default_gossip,omitempty"`
 	// PlatformFile seeds an empty KV with a description on first start.
 	PlatformFile string `json:"platform_file,omitempty"`
 	// Platform is the same as an inline text, for a seed that cannot read
