@@ -71,6 +71,7 @@ type Executor struct {
 	lastSpawn map[string]time.Time // machine type -> last spawn; guarded by mu
 	recent    []Outcome            // newest last, at most recentOutcomes; guarded by mu
 	seen      map[string]Sighting  // the last pass's sightings; guarded by mu
+	said      map[string]string    // machine ID -> the waiting last logged; guarded by mu
 	wg        sync.WaitGroup
 }
 
@@ -167,6 +168,27 @@ func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[strin
 	}
 	return errors.Join(errs...)
 }
+
+// sayOnce reports whether msg is news for machine id: a wait that lasts is
+// logged when it starts or changes, not on every pass.
+func (e *Executor) sayOnce(id, msg string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.said == nil {
+		e.said = map[string]string{}
+	}
+	if e.said[id] == msg {
+		return false
+	}
+	if len(e.said) >= maxSaid {
+		clear(e.said) // bounded: at worst a wait is said again
+	}
+	e.said[id] = msg
+	return true
+}
+
+// maxSaid bounds the waits remembered for sayOnce.
+const maxSaid = 1024
 
 // resumeAll follows the spawns on other hosts that no action of this
 // leader is following: an earlier leader ordered them.
@@ -544,10 +566,16 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			err := e.destroyElsewhere(dctx, p, a)
 			cancel()
 			if err != nil {
-				if !errors.Is(err, errHostGone) && !errors.Is(err, errHostBusy) {
-					e.backendFailed(hostKey(a.Host, a.Backend), p, err)
-				}
 				e.finish(a, err)
+				if errors.Is(err, errHostGone) || errors.Is(err, errHostBusy) {
+					// A state that lasts (a host that is down): said once,
+					// not every pass.
+					if e.sayOnce(a.MachineID, err.Error()) {
+						log.Warn("destroy waits for its host", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
+					}
+					return
+				}
+				e.backendFailed(hostKey(a.Host, a.Backend), p, err)
 				log.Error("destroy on another host failed", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
 				return
 			}
