@@ -108,7 +108,9 @@ func (m *Merged) Package(backend string) (command, source string, ok bool) {
 // modules add what it lacks:
 //
 //   - compute.<ct>.<st> becomes a backend of type exec named "<ct>/<st>",
-//     each command run as ["/bin/sh", "-c", command] in a clone of source;
+//     each command run as ["/bin/sh", "-c", command] in a clone of source,
+//     in the original's contract (setting contract = "ssh": the machine
+//     start_instance makes is adopted over SSH);
 //     the machine type <st>, when the description has it, may be made on
 //     it, after its own backends.
 //   - server.<st>.<name> becomes provisioner name of machine type <st>,
@@ -212,7 +214,9 @@ func (a *applier) compute(ct, st string, n *mnode) {
 		a.problem(n, field, "the exec backend is not available here (known: %s)", knownList(a.opts.BackendTypes))
 		return
 	}
-	be := Backend{Name: name, Type: ExecType, Settings: map[string]string{}, Commands: map[string][]string{}}
+	// Every original compute module makes a machine root can SSH into,
+	// which the backend adopts: the exec backend's "ssh" contract.
+	be := Backend{Name: name, Type: ExecType, Settings: map[string]string{"contract": "ssh"}, Commands: map[string][]string{}}
 	n.each(func(k string, v *mnode) {
 		switch k {
 		case "source":

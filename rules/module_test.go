@@ -196,7 +196,7 @@ func TestModuleEffectiveOriginal(t *testing.T) {
 		t.Fatalf("Effective: %v", err)
 	}
 	be := got.Backends["docker/headless"]
-	if be.Type != ExecType || be.Settings["source"] != "https://github.com/vdloo/raptiformica" {
+	if be.Type != ExecType || be.Settings["source"] != "https://github.com/vdloo/raptiformica" || be.Settings["contract"] != "ssh" {
 		t.Errorf("docker/headless: got %+v", be)
 	}
 	if c := be.Commands["get_port"]; !cmp.Equal(c, []string{"/bin/sh", "-c", "echo 22"}) {
