@@ -74,6 +74,14 @@ func (a SpawnAdopter) Adopt(ctx context.Context, m exec.SSHMachine) error {
 		h.Port = 22
 	}
 	ad := &Adopter{Dialer: d, Binary: m.Binary, Consul: m.Consul, Unit: systemd.Unit(RemoteBinary), Progress: a.Progress}
+	if m.Progress != nil {
+		ad.Progress = func(s Step) {
+			if a.Progress != nil {
+				a.Progress(s)
+			}
+			m.Progress(s.String())
+		}
+	}
 	_, err = ad.Adopt(ctx, AdoptSpec{Host: h, Node: AdoptedNode(m.Node, h)})
 	return err
 }

@@ -25,6 +25,9 @@ func (r *recordingAdopter) Adopt(ctx context.Context, m SSHMachine) error {
 		return errors.New("no deadline")
 	}
 	r.got = append(r.got, m)
+	if m.Progress != nil {
+		m.Progress("root@" + m.Addr + " connect ok")
+	}
 	return r.err
 }
 
@@ -70,8 +73,8 @@ func TestContractSSHAdoptsWhatStartMade(t *testing.T) {
 	if m.Node.MachineID != "worker-1" || m.Node.MachineType != "worker" || m.Node.Backend != "docker/worker" || m.Node.Cluster != "t" {
 		t.Errorf("node config %+v, want worker-1 of type worker on docker/worker", m.Node)
 	}
-	if !strings.Contains(readFile(t, filepath.Join(b.dir, "worker-1", "commands.log")), `adopt ["ssh" "root@10.9.8.7:2222"]`) {
-		t.Errorf("commands.log does not record the adoption")
+	if log := readFile(t, filepath.Join(b.dir, "worker-1", "commands.log")); !strings.Contains(log, `adopt ["ssh" "root@10.9.8.7:2222"]`) || !strings.Contains(log, "root@10.9.8.7 connect ok\n") {
+		t.Errorf("commands.log does not record the adoption and its steps:\n%s", log)
 	}
 }
 

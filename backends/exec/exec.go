@@ -131,6 +131,9 @@ type SSHMachine struct {
 	Node nodeconfig.Config
 	// Binary and Consul are this node's binaries, to install there.
 	Binary, Consul string
+	// Progress, when set, is told each adoption step as it ends, as one
+	// line.
+	Progress func(step string)
 }
 
 // Adopter turns a machine made in the SSH contract into a node. Package
@@ -465,12 +468,14 @@ func (b *Backend) adopt(ctx context.Context, wd string, node nodeconfig.Config, 
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
 	started := time.Now()
-	err := b.adopter.Adopt(ctx, SSHMachine{Addr: rec.Address, Port: rec.Port, Identity: b.identity, Node: node, Binary: b.binary, Consul: b.consul})
+	steps := capped.New(outputLimit)
+	err := b.adopter.Adopt(ctx, SSHMachine{Addr: rec.Address, Port: rec.Port, Identity: b.identity, Node: node, Binary: b.binary, Consul: b.consul,
+		Progress: func(step string) { fmt.Fprintln(steps, step) }})
 	if err != nil {
 		err = fmt.Errorf("adopt over SSH at %s: %w", net.JoinHostPort(rec.Address, strconv.Itoa(rec.Port)), err)
 	}
 	argv := []string{"ssh", "root@" + net.JoinHostPort(rec.Address, strconv.Itoa(rec.Port))}
-	b.logRun(wd, "adopt", argv, started, err, capped.New(0), capped.New(0))
+	b.logRun(wd, "adopt", argv, started, err, steps, capped.New(0))
 	return err
 }
 
