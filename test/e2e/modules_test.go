@@ -352,6 +352,7 @@ func TestModulesComputeAdoptsOverSSH(t *testing.T) {
 		}
 		return len(workers) == 2
 	})
+	t.Logf("adopted and joined: %v", workers)
 	for _, id := range workers {
 		// The agent runs in the container the module made, installed
 		// there over SSH (no systemd: the supervisor).
