@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -149,5 +150,58 @@ func TestModulesStoredAndEffective(t *testing.T) {
 	}
 	if _, err := FetchModule(ctx, "no-such-owner-xyz/no-such-repo-xyz"); err == nil || !strings.Contains(err.Error(), "https://github.com/no-such-owner-xyz/no-such-repo-xyz") {
 		t.Errorf("owner/repo: got %v, want the GitHub URL named", err)
+	}
+}
+
+// A description that names a module's backend is stored only while a
+// module provides it, and the module cannot be removed from under it; each
+// refusal names the description's file and line.
+func TestModulesBackendNamedByDescription(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: needs Consul (run without -short)")
+	}
+	srv, err := testconsul.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	ctx, c, opts := context.Background(), srv.Client, execOptions(t)
+	src := rules.DefaultSource + `
+machine "worker" {
+  min      = 1
+  backends = ["box/server"]
+}
+`
+	desc, err := rules.Parse("named.hcl", []byte(src), opts)
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	line := strings.Count(rules.DefaultSource, "\n") + 2
+	want := fmt.Sprintf(`named.hcl:%d,1: machine "worker" backends: backend "box/server" is not declared, and no module provides it`, line)
+	if err := CheckApply(ctx, c, desc, opts); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("CheckApply without the module: got %v, want %q", err, want)
+	}
+	if _, _, err := AddModule(ctx, c, opts, writeModule(t, "box", webModule)); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckApply(ctx, c, desc, opts); err != nil {
+		t.Fatalf("CheckApply with the module: %v", err)
+	}
+	if _, err := kvschema.New(c).PutPlatform(ctx, []byte(src)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Platform(ctx, c, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Machines["worker"].Backends; len(got) != 1 || got[0] != "box/server" || p.Backends["box/server"].Settings["contract"] != "ssh" {
+		t.Errorf("effective worker backends %q, box/server %+v", got, p.Backends["box/server"])
+	}
+	want = strings.Replace(want, "named.hcl", kvschema.PlatformSource, 1)
+	if _, err := RemoveModule(ctx, c, opts, "box"); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("removing the module the description needs: got %v, want %q", err, want)
+	}
+	if mods, _, err := Modules(ctx, c); err != nil || len(mods) != 1 {
+		t.Errorf("modules after the refused removal: %v, %v", mods, err)
 	}
 }

@@ -108,7 +108,9 @@ func (m *Merged) Package(backend string) (command, source string, ok bool) {
 // modules add what it lacks:
 //
 //   - compute.<ct>.<st> becomes a backend of type exec named "<ct>/<st>",
-//     each command run as ["/bin/sh", "-c", command] in a clone of source;
+//     each command run as ["/bin/sh", "-c", command] in a clone of source,
+//     in the original's contract (setting contract = "ssh": the machine
+//     start_instance makes is adopted over SSH);
 //     the machine type <st>, when the description has it, may be made on
 //     it, after its own backends.
 //   - server.<st>.<name> becomes provisioner name of machine type <st>,
@@ -119,14 +121,37 @@ func (m *Merged) Package(backend string) (command, source string, ok bool) {
 //     ModuleEvents maps it to, after the description's own hooks, its
 //     predicate and command run under /bin/sh -c.
 //
+// A machine type may name a module's backend ("<ct>/<st>") in its
+// backends: it stays where the description put it, and when no module
+// provides it the error is a *Error naming the machine type's line.
+//
 // Notices say what was left out and why; an error (a *ModuleError) lists
 // what the merge lacks to be run, such as a compute type without
 // start_instance, naming the file and field. p is not changed.
 func Effective(p *Platform, mods []*Module, opts Options) (*Platform, []Problem, error) {
 	if len(mods) == 0 {
+		if err := p.unprovided(); err != nil {
+			return nil, nil, err
+		}
 		return p, nil, nil
 	}
 	return Merge(mods).Apply(p, opts)
+}
+
+// unprovided is the error for the backends p's machine types name for a
+// module to provide (see IsModuleBackendName) that no module does: a
+// *Error naming the line of each machine type, nil when all are there.
+func (p *Platform) unprovided() error {
+	var problems []Problem
+	for _, ref := range p.ModuleRefs {
+		if _, ok := p.Backends[ref.Backend]; !ok {
+			problems = append(problems, ref.Problem)
+		}
+	}
+	if len(problems) > 0 {
+		return &Error{Problems: problems}
+	}
+	return nil
 }
 
 // Apply is Effective for modules already merged.
@@ -153,6 +178,9 @@ func (m *Merged) Apply(p *Platform, opts Options) (*Platform, []Problem, error) 
 	})
 	if len(a.problems) > 0 {
 		return nil, a.notices, &ModuleError{Problems: a.problems}
+	}
+	if err := out.unprovided(); err != nil {
+		return nil, a.notices, err
 	}
 	return &out, a.notices, nil
 }
@@ -186,7 +214,9 @@ func (a *applier) compute(ct, st string, n *mnode) {
 		a.problem(n, field, "the exec backend is not available here (known: %s)", knownList(a.opts.BackendTypes))
 		return
 	}
-	be := Backend{Name: name, Type: ExecType, Settings: map[string]string{}, Commands: map[string][]string{}}
+	// Every original compute module makes a machine root can SSH into,
+	// which the backend adopts: the exec backend's "ssh" contract.
+	be := Backend{Name: name, Type: ExecType, Settings: map[string]string{"contract": "ssh"}, Commands: map[string][]string{}}
 	n.each(func(k string, v *mnode) {
 		switch k {
 		case "source":

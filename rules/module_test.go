@@ -196,7 +196,7 @@ func TestModuleEffectiveOriginal(t *testing.T) {
 		t.Fatalf("Effective: %v", err)
 	}
 	be := got.Backends["docker/headless"]
-	if be.Type != ExecType || be.Settings["source"] != "https://github.com/vdloo/raptiformica" {
+	if be.Type != ExecType || be.Settings["source"] != "https://github.com/vdloo/raptiformica" || be.Settings["contract"] != "ssh" {
 		t.Errorf("docker/headless: got %+v", be)
 	}
 	if c := be.Commands["get_port"]; !cmp.Equal(c, []string{"/bin/sh", "-c", "echo 22"}) {
@@ -433,4 +433,83 @@ func FuzzParseModule(f *testing.F) {
 		}
 		_, _, _ = Effective(Default(), []*Module{m}, allTypes)
 	})
+}
+
+func TestModuleBackendNamedByDescription(t *testing.T) {
+	const desc = `
+machine "headless" {
+  min           = 1
+  consul_server = true
+  backends      = ["docker/headless", "local"]
+}
+machine "worker" {
+  min      = 0
+  backends = ["docker/headles"]
+}
+`
+	p, err := Parse("p.hcl", []byte(desc), allTypes)
+	if err != nil {
+		t.Fatalf("Parse refused a module's backend name: %v", err)
+	}
+	if got, want := p.ModuleBackends(), []string{"docker/headless", "docker/headles"}; !cmp.Equal(got, want) {
+		t.Errorf("ModuleBackends: got %q want %q", got, want)
+	}
+	mods := parseModules(t, `{"raptiformica_api_version": "0.1",
+ "compute": {"docker": {"headless": {
+   "start_instance": "x", "get_hostname": "x", "clean_up_instance_command": "x"}}}}`)
+
+	wantErr := []string{`p.hcl:7,1: machine "worker" backends: backend "docker/headles" is not declared, and no module provides it (compute.<type>.<server> in a module makes backend "<type>/<server>")`}
+	for _, tc := range []struct {
+		name string
+		mods []*Module
+		want []string
+	}{
+		{name: "a module provides one, not the other", mods: mods, want: wantErr},
+		{name: "no modules", want: []string{
+			`p.hcl:2,1: machine "headless" backends: backend "docker/headless" is not declared, and no module provides it (compute.<type>.<server> in a module makes backend "<type>/<server>")`,
+			wantErr[0],
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := Effective(p, tc.mods, allTypes)
+			var perr *Error
+			if !errors.As(err, &perr) {
+				t.Fatalf("got %v, want a *Error", err)
+			}
+			var got []string
+			for _, pr := range perr.Problems {
+				got = append(got, pr.String())
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("problems (-want +got):\n%s", diff)
+			}
+		})
+	}
+
+	// Without the misspelt type, the module's backend is used where the
+	// description put it, first, not appended after the type's own.
+	ok, err := Parse("p.hcl", []byte(desc[:strings.Index(desc, `machine "worker"`)]), allTypes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := Effective(ok, mods, allTypes)
+	if err != nil {
+		t.Fatalf("Effective: %v", err)
+	}
+	if got, want := got.Machines["headless"].Backends, []string{"docker/headless", "local"}; !cmp.Equal(got, want) {
+		t.Errorf("headless backends: got %q want %q", got, want)
+	}
+	if be := got.Backends["docker/headless"]; be.Type != ExecType {
+		t.Errorf("docker/headless: got %+v, want the module's exec backend", be)
+	}
+
+	// A name of another shape is still refused when parsing.
+	_, err = Parse("p.hcl", []byte(`machine "m" {
+  min           = 1
+  consul_server = true
+  backends      = ["dockr"]
+}`), allTypes)
+	if err == nil || !strings.Contains(err.Error(), `p.hcl:1,1: machine "m" backends: backend "dockr" is not declared`) {
+		t.Errorf("got %v, want dockr refused at p.hcl:1,1", err)
+	}
 }

@@ -285,7 +285,20 @@ func (d *decoder) platform(body hcl.Body, opts Options) *Platform {
 				plat.Backends[bn] = Backend{Name: bn, Type: bn, Settings: map[string]string{}}
 				continue
 			}
-			d.at(machineRanges[name].DefRange, fmt.Sprintf("machine %q backends", name), "backend %q is not declared", bn)
+			rng, field := machineRanges[name].DefRange, fmt.Sprintf("machine %q backends", name)
+			if IsModuleBackendName(bn) {
+				// A compute module may provide it: modules are applied
+				// after parsing (Effective), which reports it there,
+				// at this line, when none does.
+				file := rng.Filename
+				if file == "" {
+					file = d.file
+				}
+				plat.ModuleRefs = append(plat.ModuleRefs, ModuleRef{Backend: bn, Problem: Problem{File: file, Line: rng.Start.Line, Column: rng.Start.Column, Field: field,
+					Message: fmt.Sprintf("backend %q is not declared, and no module provides it (compute.<type>.<server> in a module makes backend \"<type>/<server>\")", bn)}})
+				continue
+			}
+			d.at(rng, field, "backend %q is not declared", bn)
 		}
 	}
 	servers := plat.ServerCount()

@@ -9,7 +9,9 @@
 package rules
 
 import (
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/raptiformica/raptiformica/mesh/peering"
@@ -35,6 +37,39 @@ type Platform struct {
 	Source []byte
 	// Filename is where Source came from, for messages.
 	Filename string
+
+	// ModuleRefs are the backends machine types name that the description
+	// does not declare but a module may provide ("<type>/<server>"), in
+	// the order named, each with the problem reported, at the naming
+	// line, when no module does (see Effective).
+	ModuleRefs []ModuleRef `json:"-"`
+}
+
+// ModuleRef is a backend a machine type names for a module to provide,
+// and the problem to report when none does.
+type ModuleRef struct {
+	Backend string
+	Problem Problem
+}
+
+// IsModuleBackendName reports whether name has the shape of a backend a
+// compute module makes, "<compute type>/<server type>": a description may
+// name such a backend without declaring it, for a module to provide.
+func IsModuleBackendName(name string) bool {
+	ct, st, ok := strings.Cut(name, "/")
+	return ok && ct != "" && st != "" && !strings.Contains(st, "/")
+}
+
+// ModuleBackends returns the backends p's machine types name for modules
+// to provide (see IsModuleBackendName), each once, in the order named.
+func (p *Platform) ModuleBackends() []string {
+	var names []string
+	for _, r := range p.ModuleRefs {
+		if !slices.Contains(names, r.Backend) {
+			names = append(names, r.Backend)
+		}
+	}
+	return names
 }
 
 // Policy bounds the control loop. Durations are positive after parsing.

@@ -16,6 +16,11 @@
 //	RAPTIFORMICA_CONSUL_BINARY   this node's Consul binary
 //	RAPTIFORMICA_SETTING_<NAME>  each setting this package does not read itself
 //
+// A backend whose setting contract is "ssh" follows the original project's
+// contract instead: start_instance makes a machine that root can log into
+// over SSH at get_hostname:get_port, and the backend then adopts it (an
+// Adopter, which package provision implements: builtin wires it in).
+//
 // A machine's working folder is <cluster dir>/exec/<backend>/<machine id>. It
 // holds agent.json, instance.json (what get_hostname and get_port printed)
 // and commands.log (every command's output). It lives on the node that
@@ -31,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"os"
 	osexec "os/exec"
@@ -89,6 +95,60 @@ var Commands = []string{CmdAvailable, CmdStart, CmdHostname, CmdPort, CmdRunning
 // Required are the commands every exec backend must have.
 var Required = []string{CmdStart, CmdHostname, CmdCleanUp}
 
+// What start_instance makes, the setting contract.
+const (
+	// ContractAgent (the default): start_instance starts our agent on the
+	// machine with $RAPTIFORMICA_AGENT_CONFIG.
+	ContractAgent = "agent"
+	// ContractSSH, the original project's: start_instance makes a machine
+	// that root can log into over SSH at get_hostname:get_port (22 without
+	// get_port), and the backend adopts it. The original's compute modules
+	// are all in this contract.
+	ContractSSH = "ssh"
+)
+
+// Settings this package reads for the SSH contract.
+const (
+	// SettingContract is ContractAgent or ContractSSH.
+	SettingContract = "contract"
+	// SettingIdentity is the private key file root's login uses (on the
+	// node that runs the backend); without it, the agent's own keys:
+	// ~/.ssh/id_ed25519, id_ecdsa or id_rsa of the user it runs as, or
+	// its SSH agent (SSH_AUTH_SOCK), as `raptiformica adopt` uses.
+	SettingIdentity = "identity"
+)
+
+// SSHMachine is a machine made in the SSH contract, for an Adopter.
+type SSHMachine struct {
+	// Addr and Port are what get_hostname and get_port printed.
+	Addr string
+	Port int
+	// Identity is the private key file to log in with; empty: the
+	// agent's own keys.
+	Identity string
+	// Node is the agent config the machine is to run: its ID, type,
+	// backend and credentials.
+	Node nodeconfig.Config
+	// Binary and Consul are this node's binaries, to install there.
+	Binary, Consul string
+	// Progress, when set, is told each adoption step as it ends, as one
+	// line.
+	Progress func(step string)
+}
+
+// Adopter turns a machine made in the SSH contract into a node. Package
+// provision implements it with the SSH adoption `raptiformica adopt` uses;
+// it lives there so that this package does not depend on SSH.
+type Adopter interface {
+	// Adopt installs and starts the agent on m as root over SSH. It
+	// blocks until done or ctx ends, and trusts the host key m presents
+	// for this call only.
+	Adopt(ctx context.Context, m SSHMachine) error
+	// CheckIdentity says why no SSH identity can be used to log in
+	// (identity empty: the agent's own keys), nil when one can.
+	CheckIdentity(identity string) error
+}
+
 // Check reports what is wrong in an exec backend's commands: a required one
 // missing, an unknown name, an argv list without a program. The description's
 // parser calls it (through the registry) to name the line; New refuses the
@@ -144,6 +204,9 @@ type Backend struct {
 	settings []string // RAPTIFORMICA_SETTING_* variables
 	binary   string
 	consul   string
+	ssh      bool   // contract is ContractSSH: adopt what start_instance made
+	identity string // SettingIdentity
+	adopter  Adopter
 
 	logMu sync.Mutex // serialises writes to the machines' commands.log
 }
@@ -160,9 +223,21 @@ var settingName = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 //	consul_binary  Consul's path on the machine (default /usr/local/bin/consul)
 //	lead           "false" when the machines cannot run these commands
 //	               themselves, so they never become leader
+//	contract       "agent" (the default) or "ssh" (see ContractSSH)
+//	identity       the private key file for the SSH contract's login
 //
 // Every other setting is passed to the commands as RAPTIFORMICA_SETTING_<NAME>.
+// New cannot adopt machines: a backend in the SSH contract needs NewFactory.
 func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
+	return build(cfg, env, nil)
+}
+
+// NewFactory is New with machines in the SSH contract adopted by a.
+func NewFactory(a Adopter) backends.Factory {
+	return func(cfg backends.Config, env backends.Env) (backends.Backend, error) { return build(cfg, env, a) }
+}
+
+func build(cfg backends.Config, env backends.Env, adopter Adopter) (backends.Backend, error) {
 	if env.ClusterDir == "" {
 		return nil, errors.New("exec backend needs the node's cluster_dir")
 	}
@@ -178,6 +253,7 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		query:   30 * time.Second,
 		binary:  env.Binary,
 		consul:  env.ConsulBinary,
+		adopter: adopter,
 		node:    nodeconfig.Config{BindAddr: nodeconfig.BindAuto, DataDir: defaultDataDir, ConsulBinary: defaultConsul},
 	}
 	keys := make([]string, 0, len(cfg.Settings))
@@ -205,6 +281,16 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 			var lead bool
 			lead, err = strconv.ParseBool(v)
 			b.node.NeverLead = !lead
+		case SettingContract:
+			switch v {
+			case ContractAgent:
+			case ContractSSH:
+				b.ssh = true
+			default:
+				err = fmt.Errorf("want %q (start_instance starts our agent) or %q (it makes a machine root can SSH into, which is adopted), got %q", ContractAgent, ContractSSH, v)
+			}
+		case SettingIdentity:
+			b.identity = v
 		default:
 			if !settingName.MatchString(k) {
 				err = errors.New("want lower-case letters, digits and _, as it becomes an environment variable")
@@ -214,6 +300,12 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		if err != nil {
 			return nil, fmt.Errorf("setting %s: %w", k, err)
 		}
+	}
+	if b.identity != "" && !b.ssh {
+		return nil, fmt.Errorf("setting %s: only for contract = %q, whose machines are logged into over SSH", SettingIdentity, ContractSSH)
+	}
+	if b.ssh && b.adopter == nil {
+		return nil, fmt.Errorf("setting %s: %q needs SSH adoption, which this build of the exec backend lacks", SettingContract, ContractSSH)
 	}
 	return b, nil
 }
@@ -241,6 +333,9 @@ func (b *Backend) Available(ctx context.Context) error {
 		if _, err := osexec.LookPath(argv[0]); err != nil {
 			return fmt.Errorf("%s: program %q not found on this node", name, argv[0])
 		}
+	}
+	if err := b.checkIdentity(); err != nil {
+		return err
 	}
 	if len(b.cmds[CmdAvailable]) == 0 {
 		return nil
@@ -294,7 +389,22 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 // it keeps no state in the cluster's KV.
 func (b *Backend) CanSeed() error { return nil }
 
+// checkIdentity refuses, in the SSH contract, a node without a way to log
+// into the machines: better said before a machine is made than after.
+func (b *Backend) checkIdentity() error {
+	if !b.ssh {
+		return nil
+	}
+	if err := b.adopter.CheckIdentity(b.identity); err != nil {
+		return fmt.Errorf("machines of %s are logged into as root over SSH (contract %q), but %w", b.name, ContractSSH, err)
+	}
+	return nil
+}
+
 func (b *Backend) start(ctx context.Context, wd string, node nodeconfig.Config) (backends.Instance, error) {
+	if err := b.checkIdentity(); err != nil {
+		return backends.Instance{}, err
+	}
 	if b.source != "" {
 		if err := b.clone(ctx, wd); err != nil {
 			return backends.Instance{}, err
@@ -327,6 +437,9 @@ func (b *Backend) start(ctx context.Context, wd string, node nodeconfig.Config) 
 		return backends.Instance{}, fmt.Errorf("%s: %w", CmdHostname, err)
 	}
 	rec := instanceFile{MachineID: node.MachineID, MachineType: node.MachineType, Address: addr, Created: time.Now().UTC()}
+	if b.ssh {
+		rec.Port = 22 // the original's default, for a module without get_port
+	}
 	if len(b.cmds[CmdPort]) > 0 {
 		out, err := b.run(ctx, CmdPort, wd, env[:1])
 		if err != nil {
@@ -340,7 +453,30 @@ func (b *Backend) start(ctx context.Context, wd string, node nodeconfig.Config) 
 	if err := fsutil.WriteFileAtomic(filepath.Join(wd, "instance.json"), append(data, '\n'), 0o644); err != nil {
 		return backends.Instance{}, err
 	}
+	if b.ssh {
+		if err := b.adopt(ctx, wd, node, rec); err != nil {
+			return backends.Instance{}, err
+		}
+	}
 	return backends.Instance{MachineID: rec.MachineID, MachineType: rec.MachineType, Address: addr, Running: true, Created: rec.Created}, nil
+}
+
+// adopt installs the agent on a machine made in the SSH contract, within
+// the spawn's deadline (the provision timeout, from the control loop) and
+// never longer than the backend's timeout, its outcome in commands.log.
+func (b *Backend) adopt(ctx context.Context, wd string, node nodeconfig.Config, rec instanceFile) error {
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
+	started := time.Now()
+	steps := capped.New(outputLimit)
+	err := b.adopter.Adopt(ctx, SSHMachine{Addr: rec.Address, Port: rec.Port, Identity: b.identity, Node: node, Binary: b.binary, Consul: b.consul,
+		Progress: func(step string) { fmt.Fprintln(steps, step) }})
+	if err != nil {
+		err = fmt.Errorf("adopt over SSH at %s: %w", net.JoinHostPort(rec.Address, strconv.Itoa(rec.Port)), err)
+	}
+	argv := []string{"ssh", "root@" + net.JoinHostPort(rec.Address, strconv.Itoa(rec.Port))}
+	b.logRun(wd, "adopt", argv, started, err, steps, capped.New(0))
+	return err
 }
 
 // clone fetches the source into the working folder, as the original project

@@ -146,11 +146,10 @@ func platformApplyCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		store := kvschema.New(cl)
-		if err := daemon.CheckMeshMode(c.Context(), store, p); err != nil {
+		if err := cluster.CheckApply(c.Context(), cl, p, parseOpts()); err != nil {
 			return err
 		}
-		version, err := store.PutPlatform(c.Context(), p.Source)
+		version, err := kvschema.New(cl).PutPlatform(c.Context(), p.Source)
 		if err != nil {
 			return fmt.Errorf("store description: %w", err)
 		}

@@ -49,6 +49,14 @@ func dockerRun(t testing.TB, args ...string) string {
 // the network's gateway, with a "worker" type to adopt machines as.
 func newSSHLab(t *testing.T) *sshLab {
 	t.Helper()
+	return newSSHLabEnv(t, nil)
+}
+
+// newSSHLabEnv is newSSHLab with env(the lab's key file) added to the
+// environment of the cluster's commands, and so of its local machines'
+// agents.
+func newSSHLabEnv(t *testing.T, env func(key string) []string) *sshLab {
+	t.Helper()
 	needDebianImage(t)
 	l := &sshLab{network: fmt.Sprintf("rf-adopt-%06x", mrand.IntN(1<<24))}
 	// A subnet of its own; another test may hold the one drawn first.
@@ -91,6 +99,9 @@ func newSSHLab(t *testing.T) *sshLab {
 	l.pub = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp)))
 
 	l.testCluster = newCluster(t)
+	if env != nil {
+		l.env = env(l.key)
+	}
 	l.up(l.writePlatform("platform.hcl", l.platform(`machine "worker" {
   min      = 0
   max      = 5

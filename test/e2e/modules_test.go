@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +14,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
 )
 
 // rfModule runs `raptiformica module SUB ARGS` against this cluster's
@@ -112,6 +122,10 @@ func TestModulesLive(t *testing.T) {
 }
 `
 	}
+	// The module's compute type is in the original's contract: its
+	// machines are logged into over SSH, and a node without an SSH
+	// identity does not offer it.
+	c.env = []string{agentHome(t, "")}
 	c.up(c.writePlatform("platform.hcl", platformWith(1, 1, "2s", worker(0), false)))
 	c.waitAgree(1, time.Minute, "after up")
 
@@ -228,4 +242,132 @@ func TestModulesLive(t *testing.T) {
 		t.Errorf("module list after re-creating the cluster: exit %d\n%s%s", code, out, errOut)
 	}
 	offers(true)
+}
+
+// agentHome makes a home folder whose ~/.ssh/id_ed25519 is key (a new key
+// when key is empty) and returns the HOME= setting for agents that are to
+// log into machines with it: the SSH identity a module's compute backend
+// uses when none is set.
+func agentHome(t *testing.T, key string) string {
+	t.Helper()
+	var pemKey []byte
+	if key != "" {
+		var err error
+		if pemKey, err = os.ReadFile(key); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, err := ssh.MarshalPrivateKey(priv, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pemKey = pem.EncodeToMemory(block)
+	}
+	home := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(home, ".ssh"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(home, ".ssh", "id_ed25519"), pemKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return "HOME=" + home
+}
+
+// TestModulesComputeAdoptsOverSSH: a compute module in the original
+// format and contract, offline: its start_instance runs an SSH server
+// container of the project's Debian root filesystem (as the original's
+// docker module ran one from a Dockerfile) and prints nothing of our
+// agent; get_hostname prints its address, get_port 22. A machine type that
+// names the module's backend gets machines that the leader adopts over
+// SSH, as root with its agent's own key, and that join the cluster; their
+// host keys are trusted for the spawn only, never recorded for the
+// cluster. A description naming a module backend no module provides is
+// refused at its line.
+func TestModulesComputeAdoptsOverSSH(t *testing.T) {
+	t.Parallel()
+	l := newSSHLabEnv(t, func(key string) []string { return []string{agentHome(t, key)} })
+
+	name := l.network + `-$RAPTIFORMICA_MACHINE_ID`
+	boot := `set -e; ssh-keygen -A >/dev/null; mkdir -p /run/sshd /root/.ssh; echo "$PUB" > /root/.ssh/authorized_keys; ` +
+		`chmod 700 /root/.ssh; chmod 600 /root/.ssh/authorized_keys; exec /usr/sbin/sshd -D -e`
+	mod := map[string]any{
+		"raptiformica_api_version": "0.1",
+		"compute": map[string]any{"docker": map[string]any{"worker": map[string]string{
+			"available": "docker version >/dev/null",
+			"start_instance": `docker run -d --name "` + name + `" --hostname "$RAPTIFORMICA_MACHINE_ID" --network ` + l.network +
+				` --label raptiformica.test=1 -e "PUB=` + l.pub + `" ` + debianImage + ` /bin/sh -c '` + boot + `' && ` +
+				`for i in $(seq 150); do docker exec "` + name + `" test -s /run/sshd.pid && exit 0; sleep 0.2; done; exit 1`,
+			"get_hostname":              `docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "` + name + `"`,
+			"get_port":                  "echo 22",
+			"detect_stale_instance":     `test "$(docker inspect -f '{{.State.Running}}' "` + name + `" 2>/dev/null)" = true`,
+			"clean_up_instance_command": `docker rm -f "` + name + `" >/dev/null 2>&1 || true`,
+		}}},
+	}
+	src, err := json.MarshalIndent(mod, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(l.dir, "docker-module")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "raptiformica.json"), src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := l.rfModule("add", dir); code != 0 {
+		t.Fatalf("module add: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// A backend name no module provides is refused, at its machine type.
+	bad := l.writePlatform("bad.hcl", l.platform(`machine "worker" {
+  min      = 1
+  backends = ["docker/wroker"]
+}
+`))
+	if _, errOut, code := l.rf("platform", "apply", bad); code != 1 || !strings.Contains(errOut, fmt.Sprintf("%s:%d,1: ", bad, strings.Count(l.platform(""), "\n")+1)+`machine "worker" backends: backend "docker/wroker" is not declared, and no module provides it`) {
+		t.Errorf("platform apply naming a backend no module provides: exit %d\n%s", code, errOut)
+	}
+
+	l.apply(t, "workers.hcl", l.platform(`machine "worker" {
+  min      = 2
+  max      = 2
+  backends = ["docker/worker"]
+}
+`))
+	var workers []string
+	waitUntil(t, 4*time.Minute, "two workers on docker/worker adopted over SSH and joined", func() bool {
+		v, err := l.view()
+		if err != nil {
+			return false
+		}
+		workers = workers[:0]
+		for id, r := range v.records {
+			if r.Type == "worker" && r.Backend == "docker/worker" && r.State == reconcile.StateJoined && contains(v.alive, id) {
+				workers = append(workers, id)
+			}
+		}
+		return len(workers) == 2
+	})
+	t.Logf("adopted and joined: %v", workers)
+	for _, id := range workers {
+		// The agent runs in the container the module made, installed
+		// there over SSH (no systemd: the supervisor).
+		out, err := exec.Command("docker", "exec", l.network+"-"+id, "sh", "-c", "cat "+provision.RemoteConfig+"; test -x "+provision.RemoteSupervisor+" && echo supervised").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), `"machine_id": "`+id+`"`) || !strings.Contains(string(out), "supervised") {
+			t.Errorf("%s: the adopted agent's config and supervisor: %v\n%s", id, err, out)
+		}
+	}
+	// Trusted for the spawn only: no host key of theirs is recorded for
+	// the cluster.
+	pairs, _, err := l.client().KV().List(kvschema.HostKeys, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pairs {
+		t.Errorf("host key recorded for the cluster: %s", p.Key)
+	}
 }
