@@ -652,6 +652,7 @@ func run(args []string) error {
 	warmup := fs.Duration("warmup", 15*time.Second, "how long the agents run before the window")
 	churn := fs.Duration("churn", 15*time.Second, "one machine replaced this often (0: none)")
 	perWorker := fs.Int("per-worker", 2500, "agents per worker process")
+	keep := fs.Bool("keep", false, "keep the servers' folders and logs")
 	workEntries := fs.Bool("work-entries", false, "give each agent's work-order folder one entry (what-if: an empty folder's watch wakes on every KV write)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -677,7 +678,13 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer func() {
+		if *keep {
+			fmt.Printf("(the servers' folders and logs are kept in %s)\n", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -1148,6 +1155,14 @@ func pct(xs []float64, p float64) float64 {
 	return s[min(len(s)-1, int(p*float64(len(s))))]
 }
 
+// pcts is "p50 / p99 ms" of xs, or says that nothing answered.
+func pcts(xs []float64, hi float64) string {
+	if len(xs) == 0 {
+		return "none answered"
+	}
+	return fmt.Sprintf("%.2f / %.2f ms", pct(xs, .5), pct(xs, hi))
+}
+
 func printPhase(ph, floor phase) {
 	secs := ph.window.Seconds()
 	if ph.n == 0 {
@@ -1155,17 +1170,17 @@ func printPhase(ph, floor phase) {
 		fmt.Printf("  %-34s %8.1f %%\n", "leader_cpu", ph.leaderCPU)
 		fmt.Printf("  %-34s %8.1f %%\n", "servers_cpu (3)", ph.allCPU)
 		fmt.Printf("  %-34s %8.0f MB\n", "leader_rss", ph.leaderRSS)
-		fmt.Printf("  %-34s %8.2f / %.2f ms\n", "probe_read p50/p99", pct(ph.probeRead, .5), pct(ph.probeRead, .99))
-		fmt.Printf("  %-34s %8.2f / %.2f ms\n", "probe_write p50/p99", pct(ph.probeWrite, .5), pct(ph.probeWrite, .99))
+		fmt.Printf("  %-34s %s\n", "probe_read p50/p99", pcts(ph.probeRead, .99))
+		fmt.Printf("  %-34s %s\n", "probe_write p50/p99", pcts(ph.probeWrite, .99))
 		return
 	}
 	fmt.Printf("N=%d agents (+3 servers, one leading), %s window, one machine replaced every churn interval (%d in the window)\n", ph.n, ph.window, ph.churned)
 	fmt.Printf("  %-34s %8.1f %%   floor %.1f %%   per agent %.4f %%\n", "leader_cpu", ph.leaderCPU, floor.leaderCPU, (ph.leaderCPU-floor.leaderCPU)/float64(ph.n))
 	fmt.Printf("  %-34s %8.1f %%   floor %.1f %%\n", "servers_cpu (3)", ph.allCPU, floor.allCPU)
 	fmt.Printf("  %-34s %8.0f MB  floor %.0f MB\n", "leader_rss", ph.leaderRSS, floor.leaderRSS)
-	fmt.Printf("  %-34s %8.2f / %.2f ms   floor %.2f / %.2f ms\n", "probe_read p50/p99", pct(ph.probeRead, .5), pct(ph.probeRead, .99), pct(floor.probeRead, .5), pct(floor.probeRead, .99))
-	fmt.Printf("  %-34s %8.2f / %.2f ms   floor %.2f / %.2f ms\n", "probe_write p50/p99", pct(ph.probeWrite, .5), pct(ph.probeWrite, .99), pct(floor.probeWrite, .5), pct(floor.probeWrite, .99))
-	fmt.Printf("  %-34s %8.2f / %.2f ms   (%d requests)\n", "sim_request p50/p99", pct(ph.sim.Latencies, .5), pct(ph.sim.Latencies, .99), len(ph.sim.Latencies))
+	fmt.Printf("  %-34s %s   floor %s   (%d answered)\n", "probe_read p50/p99", pcts(ph.probeRead, .99), pcts(floor.probeRead, .99), len(ph.probeRead))
+	fmt.Printf("  %-34s %s   floor %s   (%d answered)\n", "probe_write p50/p99", pcts(ph.probeWrite, .99), pcts(floor.probeWrite, .99), len(ph.probeWrite))
+	fmt.Printf("  %-34s %s   (%d requests)\n", "sim_request p50/p99", pcts(ph.sim.Latencies, .99), len(ph.sim.Latencies))
 	fmt.Printf("  %-34s %8.1f /s   per agent %.3f /s\n", "sim_requests", float64(ph.sim.Requests)/secs, float64(ph.sim.Requests)/secs/float64(ph.n))
 	var by []string
 	for _, k := range slices.Sorted(maps.Keys(ph.sim.WakesBy)) {
@@ -1174,8 +1189,8 @@ func printPhase(ph, floor phase) {
 	fmt.Printf("  %-34s %8.1f /s   (%s)\n", "watch_wakes", float64(ph.sim.Wakes)/secs, strings.Join(by, ", "))
 	fmt.Printf("  %-34s %8.2f MB/s per agent %.1f B/s\n", "bytes_served", float64(ph.sim.Bytes)/secs/1e6, float64(ph.sim.Bytes)/secs/float64(ph.n))
 	fmt.Printf("  %-34s %8d\n", "snapshots_written", ph.snapshots)
-	fmt.Printf("  %-34s %8.2f / %.2f ms   (%d passes)\n", "pass_observe p50/max", pct(ph.observe, .5), pct(ph.observe, 1), len(ph.observe))
-	fmt.Printf("  %-34s %8.2f / %.2f ms\n", "pass_plan p50/max", pct(ph.plan, .5), pct(ph.plan, 1))
+	fmt.Printf("  %-34s %s   (%d passes)\n", "pass_observe p50/max", pcts(ph.observe, 1), len(ph.observe))
+	fmt.Printf("  %-34s %s\n", "pass_plan p50/max", pcts(ph.plan, 1))
 	fmt.Printf("  %-34s %8.1f %%   (the load generator, on the same cores)\n", "simulator_cpu", ph.simCPU)
 	if ph.sim.Errors > 0 {
 		fmt.Printf("  %-34s %8d   first: %s\n", "errors", ph.sim.Errors, ph.sim.FirstErr)
