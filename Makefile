@@ -106,6 +106,8 @@ bench: build testdeps
 	$(GO) test -run '^$$' -bench . -benchmem ./mesh/peering/
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/heal.sh
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/mesh.sh
+	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/simulate.sh
+	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/scale.sh
 
 # Package versions must sort and start with a digit; until releases are
 # tagged, the commit names the build.

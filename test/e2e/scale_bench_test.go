@@ -1,0 +1,244 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/internal/testconsul"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// scaleWorkers is how many workers BenchmarkScale boots beside three
+// servers (RF_SCALE_WORKERS overrides it, for a smaller try).
+func scaleWorkers(b *testing.B) int {
+	if s := os.Getenv("RF_SCALE_WORKERS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("RF_SCALE_WORKERS=%q: want a positive number", s)
+		}
+		return n
+	}
+	return 100
+}
+
+// BenchmarkScale boots three servers and scaleWorkers workers on local, as
+// a user would (`up` with a description asking for them, at most ten
+// spawns at once), and reports, beside the floor of the same number of
+// bare Consul agents (no raptiformica agent) measured in the same run:
+// time to converge, RSS and CPU per machine at rest, a reconcile pass's
+// duration, and the heal time of a killed worker. It asserts nothing but
+// that the cluster converges and heals.
+//
+// RF_SCALE_DIR, when set, is the cluster's folder and holds the bare
+// agents' PIDs (bare.pids), so that the script that runs it can clean up
+// after a benchmark that was killed.
+func BenchmarkScale(b *testing.B) {
+	workers := scaleWorkers(b)
+	total := workers + 3
+	floorCPU, floorRSS := bareFloor(b, total)
+
+	c := newCluster(b)
+	if d := os.Getenv("RF_SCALE_DIR"); d != "" {
+		c.dir = d
+	}
+	src := fmt.Sprintf(`cluster = "scale"
+policy {
+  grace_period          = %q
+  cooldown              = "1s"
+  provision_timeout     = "5m"
+  max_concurrent_spawns = 10
+  max_unhealthy         = 10
+}
+machine "server" {
+  min           = 3
+  max           = 3
+  consul_server = true
+  backends      = ["local"]
+}
+machine "worker" {
+  min      = %d
+  max      = %d
+  backends = ["local"]
+}
+`, benchGrace, workers, workers)
+	b.ResetTimer()
+	t0 := time.Now()
+	out, errOut, code := c.rf("up", "--platform", c.writePlatform("scale.hcl", src), "--timeout", "20m")
+	if code != 0 {
+		b.Fatalf("up: exit %d\n%s\n%s", code, out, errOut)
+	}
+	v := c.waitAgree(total, 20*time.Minute, "after up")
+	converge := time.Since(t0)
+	leaderType := v.records[v.leader].Type
+	var servers []string
+	for id, r := range v.records {
+		if r.Type == "server" {
+			servers = append(servers, id)
+		}
+	}
+
+	time.Sleep(10 * time.Second)
+	var agents, consuls []int
+	for _, m := range c.machines() {
+		if m.Running {
+			agents = append(agents, m.PID)
+			consuls = append(consuls, children(m.PID)...)
+		}
+	}
+	const window = 10 * time.Second
+	a0, c0 := cpuTicks(agents), cpuTicks(consuls)
+	time.Sleep(window)
+	a1, c1 := cpuTicks(agents), cpuTicks(consuls)
+	const hz = 100.0
+	perMachineCPU := ((a1 - a0) + (c1 - c0)) / hz / window.Seconds() * 100 / float64(len(agents))
+	perMachineRSS := (rssMB(agents) + rssMB(consuls)) / float64(len(agents))
+
+	pass := passDuration(b, c)
+
+	v = c.waitAgree(total, time.Minute, "before kill")
+	var victim string
+	for _, id := range v.joined {
+		if v.records[id].Type == "worker" {
+			victim = id
+			break
+		}
+	}
+	if victim == "" {
+		b.Fatal("no joined worker to kill")
+	}
+	t1 := time.Now()
+	c.kill(victim)
+	c.waitAgree(total, 10*time.Minute, "after killing "+victim, victim)
+	heal := time.Since(t1)
+	b.StopTimer()
+
+	v, _ = c.view()
+	replaced := 0
+	for _, id := range servers {
+		if _, ok := v.records[id]; !ok {
+			replaced++
+		}
+	}
+	b.Logf("%d machines: converged in %s, leader %s (a %s), servers gone since: %d; at rest %.2f %% CPU and %.0f MB per machine (bare Consul %.2f %%, %.0f MB); pass %s; heal %s",
+		total, converge.Round(time.Second), v.leader, leaderType, replaced, perMachineCPU, perMachineRSS, floorCPU, floorRSS, pass, heal.Round(100*time.Millisecond))
+	b.ReportMetric(float64(total), "machines")
+	b.ReportMetric(converge.Seconds(), "converge_s")
+	b.ReportMetric(perMachineCPU, "cpu_%/machine")
+	b.ReportMetric(floorCPU, "floor_cpu_%/machine")
+	b.ReportMetric(perMachineRSS, "rss_MB/machine")
+	b.ReportMetric(floorRSS, "floor_rss_MB/machine")
+	b.ReportMetric(pass.Seconds()*1000, "pass_ms")
+	b.ReportMetric(heal.Seconds(), "heal_s")
+	if leaderType == "server" {
+		b.ReportMetric(1, "server_leads")
+	} else {
+		b.ReportMetric(0, "server_leads")
+	}
+}
+
+// passDuration is the leader's last pass's duration, from `status`.
+func passDuration(b *testing.B, c *testCluster) time.Duration {
+	out, _, _ := c.rf("status", "--json")
+	var st struct {
+		Reconcile *reconcile.Status `json:"reconcile"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Reconcile == nil {
+		b.Logf("status: no pass to read (%v)", err)
+		return 0
+	}
+	d, err := time.ParseDuration(st.Reconcile.Duration)
+	if err != nil {
+		b.Logf("status: pass duration %q: %v", st.Reconcile.Duration, err)
+	}
+	return d
+}
+
+// bareFloor starts n bare Consul agents (three servers, the rest clients)
+// on loopback addresses, waits until the servers see all n alive, and
+// returns their CPU (percent of a core) and RSS (MB) per agent at rest
+// over ten seconds. They are killed before it returns.
+func bareFloor(b *testing.B, n int) (cpu, rss float64) {
+	bin, err := testconsul.Binary()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	pidFile := ""
+	if d := os.Getenv("RF_SCALE_DIR"); d != "" {
+		pidFile = filepath.Join(d, "bare.pids")
+	}
+	base := fmt.Sprintf("127.%d.%d.", 16+rand.IntN(224), rand.IntN(256))
+	ip := func(i int) string { return base + strconv.Itoa(2+i) }
+	var cmds []*exec.Cmd
+	defer func() {
+		for _, cmd := range cmds {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		if pidFile != "" {
+			_ = os.Remove(pidFile)
+		}
+	}()
+	var pids []string
+	for i := range n {
+		args := []string{"agent", "-node", fmt.Sprintf("bare-%03d", i), "-bind", ip(i), "-client", ip(i),
+			"-data-dir", filepath.Join(dir, strconv.Itoa(i)), "-dns-port", "-1", "-grpc-port", "-1", "-log-level", "warn"}
+		if i < 3 {
+			args = append(args, "-server", "-bootstrap-expect", "3", "-serf-wan-port", "-1")
+		}
+		for j := range 3 {
+			if j != i {
+				args = append(args, "-retry-join", ip(j))
+			}
+		}
+		cmd := exec.Command(bin, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			b.Fatalf("bare agent %d: %v", i, err)
+		}
+		cmds = append(cmds, cmd)
+		pids = append(pids, strconv.Itoa(cmd.Process.Pid))
+		if pidFile != "" {
+			_ = os.WriteFile(pidFile, []byte(strings.Join(pids, "\n")+"\n"), 0o600)
+		}
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address, cfg.Token = ip(0)+":8500", ""
+	cl, err := api.NewClient(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if !poll(5*time.Minute, func() bool {
+		ms, err := cl.Agent().Members(false)
+		alive := 0
+		for _, m := range ms {
+			if m.Status == 1 {
+				alive++
+			}
+		}
+		return err == nil && alive == n
+	}) {
+		b.Fatalf("%d bare Consul agents did not all join in 5 minutes", n)
+	}
+	time.Sleep(10 * time.Second)
+	var all []int
+	for _, cmd := range cmds {
+		all = append(all, cmd.Process.Pid)
+	}
+	const window = 10 * time.Second
+	t0 := cpuTicks(all)
+	time.Sleep(window)
+	t1 := cpuTicks(all)
+	return (t1 - t0) / 100 / window.Seconds() * 100 / float64(n), rssMB(all) / float64(n)
+}
