@@ -108,7 +108,17 @@ func (w *worker) Run(ctx context.Context) error {
 	defer w.wg.Wait()
 	w.running, w.said = map[string]bool{}, map[string]string{}
 	var index uint64
+	anchored := false
 	for ctx.Err() == nil {
+		if !anchored {
+			// Until it is there, the watch below wakes on every write
+			// in the cluster: tried again each time round.
+			if err := w.orders.Anchor(ctx); err == nil {
+				anchored = true
+			} else {
+				w.once(".watch", "anchor this machine's folder of work orders", err)
+			}
+		}
 		orders, bad, next, err := w.orders.List(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: workWait})
 		if err != nil {
 			if ctx.Err() == nil {
@@ -128,6 +138,14 @@ func (w *worker) Run(ctx context.Context) error {
 		}
 		for id, err := range bad {
 			w.once(id, "a work order that does not parse is left alone", err)
+		}
+		if !anchored {
+			// Every write in the cluster ends the wait: not faster
+			// than once a second.
+			select {
+			case <-ctx.Done():
+			case <-w.clock.After(time.Second):
+			}
 		}
 		ids := make([]string, 0, len(orders))
 		for id := range orders {

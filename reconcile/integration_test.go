@@ -592,3 +592,59 @@ func TestScaleListsAreSpacedAcrossPasses(t *testing.T) {
 		t.Errorf("lists after a new description: %d, want 2", be.lists)
 	}
 }
+
+// TestScaleWorkWatchWakesOnlyForItsOrders: Consul answers a blocking read
+// of an empty prefix with the whole store's index, so a host watching an
+// empty folder of orders would wake on every write in the cluster. The
+// anchor key keeps the folder from being empty: an unrelated write leaves
+// the watch asleep, an order wakes it.
+func TestScaleWorkWatchWakesOnlyForItsOrders(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	wakes := func(o Orders, write func()) time.Duration {
+		t.Helper()
+		_, _, index, err := o.List(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan time.Duration, 1)
+		begin := time.Now()
+		go func() {
+			_, _, _, _ = o.List(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: 3 * time.Second})
+			done <- time.Since(begin)
+		}()
+		time.Sleep(200 * time.Millisecond)
+		write()
+		return <-done
+	}
+	unrelated := func() {
+		if err := inv.Store.PutStatus(ctx, []byte(`{"leader":"x"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bare := NewOrders(inv.Store, "bare-host")
+	if d := wakes(bare, unrelated); d > 2*time.Second {
+		t.Logf("an empty folder's watch slept through an unrelated write (%s): Consul changed, the anchor may no longer be needed", d)
+	}
+	anchored := NewOrders(inv.Store, "anchored-host")
+	if err := anchored.Anchor(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := anchored.Anchor(ctx); err != nil {
+		t.Fatalf("anchoring twice: %v", err)
+	}
+	if d := wakes(anchored, unrelated); d < 2*time.Second {
+		t.Errorf("the anchored folder's watch woke after %s on a write elsewhere", d)
+	}
+	if d := wakes(anchored, func() {
+		if _, err := anchored.Put(ctx, WorkOrder{Kind: WorkDestroy, MachineID: "m1", Backend: "b", Timeout: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+	}); d > 2*time.Second {
+		t.Errorf("the anchored folder's watch slept through an order (%s)", d)
+	}
+	orders, bad, _, err := anchored.List(ctx, nil)
+	if err != nil || len(bad) != 0 || len(orders) != 1 {
+		t.Errorf("orders %v, bad %v, %v: the anchor is no order", orders, bad, err)
+	}
+}

@@ -90,6 +90,13 @@ func ParseWorkOrder(id string, b []byte) (WorkOrder, error) {
 	return w, nil
 }
 
+// watchKey is a key that stays in every host's folder of orders: Consul
+// answers a blocking read of a prefix that holds no key with the index of
+// the whole KV store, so a host watching an empty folder would wake on
+// every write in the cluster, which at a thousand machines is the load
+// that matters. It is no order.
+const watchKey = ".watch"
+
 // Orders are the work orders of one host, in its KV folder.
 type Orders struct {
 	Host   string
@@ -111,6 +118,9 @@ func (o Orders) List(ctx context.Context, q *api.QueryOptions) (orders map[strin
 	}
 	orders = make(map[string]WorkOrder, len(es))
 	for id, e := range es {
+		if id == watchKey {
+			continue
+		}
 		w, err := ParseWorkOrder(id, e.Value)
 		if err != nil {
 			if bad == nil {
@@ -123,6 +133,14 @@ func (o Orders) List(ctx context.Context, q *api.QueryOptions) (orders map[strin
 		orders[id] = w
 	}
 	return orders, bad, index, nil
+}
+
+// Anchor writes the key that keeps the folder from being empty (see
+// watchKey), once: a key already there is left as it is. The host does
+// it before it watches.
+func (o Orders) Anchor(ctx context.Context) error {
+	_, err := o.folder.CAS(ctx, watchKey, []byte("the host's watch of this folder wakes only for its orders"), 0)
+	return err
 }
 
 // Get reads the order for machine id, waiting for a change past q's

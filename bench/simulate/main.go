@@ -653,7 +653,7 @@ func run(args []string) error {
 	churn := fs.Duration("churn", 15*time.Second, "one machine replaced this often (0: none)")
 	perWorker := fs.Int("per-worker", 2500, "agents per worker process")
 	keep := fs.Bool("keep", false, "keep the servers' folders and logs")
-	workEntries := fs.Bool("work-entries", false, "give each agent's work-order folder one entry (what-if: an empty folder's watch wakes on every KV write)")
+	workEntries := fs.Bool("work-entries", true, "give each agent's work-order folder its anchor key, as the agent does (false: the empty folder of agents before the anchor, whose watch wakes on every KV write)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
