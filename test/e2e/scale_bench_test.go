@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -36,9 +37,11 @@ func scaleWorkers(b *testing.B) int {
 // a user would (`up` with a description asking for them, at most ten
 // spawns at once), and reports, beside the floor of the same number of
 // bare Consul agents (no raptiformica agent) measured in the same run:
-// time to converge, RSS and CPU per machine at rest, a reconcile pass's
-// duration, and the heal time of a killed worker. It asserts nothing but
-// that the cluster converges and heals.
+// time to converge, RSS and CPU per machine at rest, the Consul leader
+// server's RPC rate at rest, a reconcile pass's duration, and the heal time
+// of a killed worker beside the heal of one in a six-machine cluster
+// booted the same way in the same run. It asserts nothing but that the
+// clusters converge and heal.
 //
 // RF_SCALE_DIR, when set, is the cluster's folder and holds the bare
 // agents' PIDs (bare.pids), so that the script that runs it can clean up
@@ -47,31 +50,13 @@ func BenchmarkScale(b *testing.B) {
 	workers := scaleWorkers(b)
 	total := workers + 3
 	floorCPU, floorRSS := bareFloor(b, total)
+	small := smallHeal(b)
 
 	c := newCluster(b)
 	if d := os.Getenv("RF_SCALE_DIR"); d != "" {
 		c.dir = d
 	}
-	src := fmt.Sprintf(`cluster = "scale"
-policy {
-  grace_period          = %q
-  cooldown              = "1s"
-  provision_timeout     = "5m"
-  max_concurrent_spawns = 10
-  max_unhealthy         = 10
-}
-machine "server" {
-  min           = 3
-  max           = 3
-  consul_server = true
-  backends      = ["local"]
-}
-machine "worker" {
-  min      = %d
-  max      = %d
-  backends = ["local"]
-}
-`, benchGrace, workers, workers)
+	src := scaleDescription(workers)
 	b.ResetTimer()
 	t0 := time.Now()
 	out, errOut, code := c.rf("up", "--platform", c.writePlatform("scale.hcl", src), "--timeout", "20m")
@@ -105,6 +90,7 @@ machine "worker" {
 	perMachineRSS := (rssMB(agents) + rssMB(consuls)) / float64(len(agents))
 
 	pass := passDuration(b, c)
+	rpc := leaderRPCRate(b, c)
 
 	v = c.waitAgree(total, time.Minute, "before kill")
 	var victim string
@@ -130,8 +116,8 @@ machine "worker" {
 			replaced++
 		}
 	}
-	b.Logf("%d machines: converged in %s, leader %s (a %s), servers gone since: %d; at rest %.2f %% CPU and %.0f MB per machine (bare Consul %.2f %%, %.0f MB); pass %s; heal %s",
-		total, converge.Round(time.Second), v.leader, leaderType, replaced, perMachineCPU, perMachineRSS, floorCPU, floorRSS, pass, heal.Round(100*time.Millisecond))
+	b.Logf("%d machines: converged in %s, leader %s (a %s), servers gone since: %d; at rest %.2f %% CPU and %.0f MB per machine (bare Consul %.2f %%, %.0f MB), the Consul leader serving %.1f RPCs/s; pass %s; heal %s (on 6 machines: %s)",
+		total, converge.Round(time.Second), v.leader, leaderType, replaced, perMachineCPU, perMachineRSS, floorCPU, floorRSS, rpc, pass, heal.Round(100*time.Millisecond), small.Round(100*time.Millisecond))
 	b.ReportMetric(float64(total), "machines")
 	b.ReportMetric(converge.Seconds(), "converge_s")
 	b.ReportMetric(perMachineCPU, "cpu_%/machine")
@@ -140,11 +126,100 @@ machine "worker" {
 	b.ReportMetric(floorRSS, "floor_rss_MB/machine")
 	b.ReportMetric(pass.Seconds()*1000, "pass_ms")
 	b.ReportMetric(heal.Seconds(), "heal_s")
+	b.ReportMetric(small.Seconds(), "heal_6_machines_s")
+	b.ReportMetric(rpc, "leader_rpc_per_s")
 	if leaderType == "server" {
 		b.ReportMetric(1, "server_leads")
 	} else {
 		b.ReportMetric(0, "server_leads")
 	}
+}
+
+// scaleDescription is the benchmarks' description: three servers and n
+// workers on local, at most ten spawns at once.
+func scaleDescription(n int) string {
+	return fmt.Sprintf(`cluster = "scale"
+policy {
+  grace_period          = %q
+  cooldown              = "1s"
+  provision_timeout     = "5m"
+  max_concurrent_spawns = 10
+  max_unhealthy         = 10
+}
+machine "server" {
+  min           = 3
+  max           = 3
+  consul_server = true
+  backends      = ["local"]
+}
+machine "worker" {
+  min      = %d
+  max      = %d
+  backends = ["local"]
+}
+`, benchGrace, n, n)
+}
+
+// smallHeal boots three servers and three workers the way BenchmarkScale
+// boots its cluster, kills a worker, and returns the time until it is
+// replaced: the heal the big cluster's is set beside. The cluster is
+// removed before it returns.
+func smallHeal(b *testing.B) time.Duration {
+	c := newCluster(b)
+	defer c.rf("down")
+	if out, errOut, code := c.rf("up", "--platform", c.writePlatform("small.hcl", scaleDescription(3)), "--timeout", "5m"); code != 0 {
+		b.Fatalf("up of six machines: exit %d\n%s\n%s", code, out, errOut)
+	}
+	v := c.waitAgree(6, 5*time.Minute, "six machines after up")
+	for _, id := range v.joined {
+		if v.records[id].Type == "worker" {
+			t0 := time.Now()
+			c.kill(id)
+			c.waitAgree(6, 5*time.Minute, "six machines after killing "+id, id)
+			return time.Since(t0)
+		}
+	}
+	b.Fatal("no joined worker among six machines")
+	return 0
+}
+
+// leaderRPCRate is the RPCs a second the Consul leader server handled at
+// rest (consul.rpc.request over its current metrics interval, from the
+// interval's start to now): what the cluster asks of the one server every
+// write goes through. 0 when it cannot be read.
+func leaderRPCRate(b *testing.B, c *testCluster) float64 {
+	leader, err := c.client().Status().Leader()
+	if err != nil {
+		b.Logf("consul leader: %v", err)
+		return 0
+	}
+	host, _, _ := strings.Cut(leader, ":")
+	id := c.identity()
+	cl, err := consulclient.New(consulclient.Target{Host: host, Token: id.ManagementToken, CACert: id.CACert})
+	if err != nil {
+		b.Logf("consul leader %s: %v", host, err)
+		return 0
+	}
+	for range 3 {
+		time.Sleep(5 * time.Second)
+		m, err := cl.Agent().Metrics()
+		if err != nil {
+			b.Logf("metrics of %s: %v", host, err)
+			return 0
+		}
+		start, err := time.Parse("2006-01-02 15:04:05 -0700 MST", m.Timestamp)
+		if elapsed := time.Since(start); err != nil || elapsed < 3*time.Second {
+			continue // an interval just begun says little: look again
+		} else {
+			for _, ctr := range m.Counters {
+				if ctr.Name == "consul.rpc.request" {
+					return float64(ctr.Count) / elapsed.Seconds()
+				}
+			}
+			return 0
+		}
+	}
+	return 0
 }
 
 // passDuration is the leader's last pass's duration, from `status`.
