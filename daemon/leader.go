@@ -47,10 +47,6 @@ const (
 // back.
 var campaignBackoff = clock.Backoff{Initial: 250 * time.Millisecond, Max: 2 * time.Second}
 
-// listGap is the least time between two asks of one backend by the
-// leader's passes.
-const listGap = time.Second
-
 // mayLead says whether a node campaigns for the leader lock: a Consul
 // server, unless its node config says never_lead. A client never does, and
 // no setting lets it: the leader writes every machine's record, the
@@ -252,9 +248,10 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 			Platform: e.platform, Backends: e.backends, Self: e.self,
 			Clock: e.clock, Log: e.log.Named("reconcile"), Metrics: e.metrics,
 			Wake: e.wake, Publish: e.publish,
-			// A burst of joins makes a pass every few hundred ms:
-			// each backend is asked at most once a second.
-			Lists: &reconcile.Lists{MinGap: listGap},
+			// Lists are asked afresh every pass (no reconcile.Lists):
+			// a reused list that caught a machine in the instant it
+			// restarted made two passes "agree" on one observation,
+			// and reaped a machine that was coming back.
 		}
 		g.Go(func() error { return r.Run(lctx) })
 		g.Go(func() error { e.watchAutopilot(lctx); return nil })
