@@ -7,7 +7,7 @@
 // that talks to Consul, SSH or the overlay, so that a backend author reads
 // this file and one backend and nothing else. Capabilities only some
 // backends have are the small interfaces below (Seeder, ClusterRemover,
-// LocalView), found by a type assertion.
+// LocalView, Scoped, Watcher), found by a type assertion.
 package backends
 
 import (
@@ -44,6 +44,19 @@ type Backend interface {
 // not as gone.
 type LocalView interface {
 	ListsOnlyLocal() bool
+}
+
+// Watcher is implemented by a backend that can tell at once when one of its
+// machines stops (a process exits, a container dies), sooner than Consul's
+// failure detector at its default timings: the control loop then looks
+// again at once, so that a worker's heal does not grow with the cluster's
+// gossip. Watch calls stopped, with the machine's ID when it knows it,
+// after each such event until ctx ends, and returns ctx's error then; it
+// returns another error when it cannot watch (the caller tries again with
+// backoff). An event is only a reason to look: List stays the authority,
+// and a missed event costs speed, never a decision.
+type Watcher interface {
+	Watch(ctx context.Context, stopped func(machineID string)) error
 }
 
 // Scoped is implemented by a backend that can name what it manages: one
