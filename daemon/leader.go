@@ -47,6 +47,11 @@ const (
 // back.
 var campaignBackoff = clock.Backoff{Initial: 250 * time.Millisecond, Max: 2 * time.Second}
 
+// listGap is the least time between two asks of one backend by the
+// leader's passes, unless the backend reported a machine stopped or a
+// removal waits on a confirmation (both ask afresh).
+const listGap = time.Second
+
 // mayLead says whether a node campaigns for the leader lock: a Consul
 // server, unless its node config says never_lead. A client never does, and
 // no setting lets it: the leader writes every machine's record, the
@@ -248,10 +253,9 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 			Platform: e.platform, Backends: e.backends, Self: e.self,
 			Clock: e.clock, Log: e.log.Named("reconcile"), Metrics: e.metrics,
 			Wake: e.wake, Publish: e.publish,
-			// Lists are asked afresh every pass (no reconcile.Lists):
-			// a reused list that caught a machine in the instant it
-			// restarted made two passes "agree" on one observation,
-			// and reaped a machine that was coming back.
+			// A burst of joins makes a pass every few hundred ms:
+			// each backend is asked at most once a second.
+			Lists: &reconcile.Lists{MinGap: listGap},
 		}
 		g.Go(func() error { return r.Run(lctx) })
 		g.Go(func() error { e.watchAutopilot(lctx); return nil })

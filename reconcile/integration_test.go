@@ -648,3 +648,166 @@ func TestScaleWorkWatchWakesOnlyForItsOrders(t *testing.T) {
 		t.Errorf("orders %v, bad %v, %v: the anchor is no order", orders, bad, err)
 	}
 }
+
+// flipBackend lists the machine x stopped the first time it is asked and
+// running after that: a machine caught in the instant it restarted.
+type flipBackend struct {
+	countingBackend
+}
+
+func (b *flipBackend) List(context.Context) ([]backends.Instance, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lists++
+	return []backends.Instance{{MachineID: "x", MachineType: "worker", Running: b.lists > 1}}, nil
+}
+
+// TestScaleAReusedListNeverConfirmsARemoval: the leader spaces its lists
+// of a backend, but the pass that confirms a removal lists afresh. One list
+// caught x stopped in the instant it restarted; reused by the next pass,
+// that one list would have made two passes agree and reaped a machine that
+// was back. (TestSecureRotateGossip saw it: a restarted member reaped.)
+func TestScaleAReusedListNeverConfirmsARemoval(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	p := platform(t, `
+policy {
+  grace_period = "1h"
+}
+machine "server" {
+  min           = 1
+  consul_server = true
+}
+machine "worker" {
+  min = 1
+}
+`)
+	// The leader is the test's Consul: a live server member.
+	self, err := consul.Client.Agent().NodeName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inv.Put(ctx, Record{ID: self, Type: "server", Backend: "local", State: StateJoined}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inv.Put(ctx, Record{ID: "x", Type: "worker", Backend: "local", State: StateJoined}); err != nil {
+		t.Fatal(err)
+	}
+	be := &flipBackend{}
+	be.inv = inv
+	fake := clock.NewFake(time.Now())
+	ex := newExecutor(inv)
+	ex.Clock = fake
+	r := &Reconciler{
+		Consul: consul.Client, Inventory: inv, Executor: ex,
+		Platform: func() *rules.Platform { return p },
+		Backends: func() map[string]backends.Backend { return map[string]backends.Backend{"local": be} },
+		Self:     self, Clock: fake, Log: hclog.NewNullLogger(),
+		Lists: &Lists{MinGap: time.Hour},
+	}
+	d, err := r.Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.FreshLists {
+		t.Fatalf("the pass that first saw x stopped asks for no fresh lists: %+v", d)
+	}
+	fake.Advance(confirmAfter)
+	if d, err = r.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ex.Wait()
+	for _, a := range d.Actions {
+		if a.Kind == KindReap {
+			t.Fatalf("x reaped on one list, read twice: %+v", d.Actions)
+		}
+	}
+	if be.lists != 2 {
+		t.Errorf("lists: %d, want 2 (the confirming pass asks again)", be.lists)
+	}
+}
+
+// watchingBackend is a backend whose Watch reports x stopped whenever the
+// test says so.
+type watchingBackend struct {
+	countingBackend
+	stop chan struct{}
+}
+
+func (b *watchingBackend) Watch(ctx context.Context, stopped func(string)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.stop:
+			stopped("x")
+		}
+	}
+}
+
+// TestScaleABackendsStopWakesAPass: a machine its backend reports stopped
+// wakes the leader at once, and that pass asks the backend afresh however
+// recently it listed, rather than waiting for the failure detector or the
+// resync an hour away.
+func TestScaleABackendsStopWakesAPass(t *testing.T) {
+	inv := needConsul(t)
+	self, err := consul.Client.Agent().NodeName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := platform(t, `
+policy {
+  resync_interval = "1h"
+}
+machine "server" {
+  min           = 1
+  consul_server = true
+}
+`)
+	if _, err := inv.Put(context.Background(), Record{ID: self, Type: "server", Backend: "local", State: StateJoined}); err != nil {
+		t.Fatal(err)
+	}
+	be := &watchingBackend{stop: make(chan struct{})}
+	passes := make(chan time.Time, 100)
+	r := &Reconciler{
+		Consul: consul.Client, Inventory: inv, Executor: newExecutor(inv),
+		Platform: func() *rules.Platform { return p },
+		Backends: func() map[string]backends.Backend { return map[string]backends.Backend{"local": be} },
+		Self:     self, Clock: clock.Real{}, Log: hclog.NewNullLogger(),
+		Publish: func(Status) { passes <- time.Now() },
+		Lists:   &Lists{MinGap: time.Hour},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	// The passes of the start (the watches' first answers) settle.
+	quiet := time.NewTimer(0)
+	for settled := false; !settled; {
+		quiet.Reset(2 * time.Second)
+		select {
+		case <-passes:
+		case <-quiet.C:
+			settled = true
+		}
+	}
+	be.mu.Lock()
+	before := be.lists
+	be.mu.Unlock()
+	t0 := time.Now()
+	be.stop <- struct{}{}
+	select {
+	case at := <-passes:
+		t.Logf("a pass %s after the backend's report", at.Sub(t0).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("no pass within 5 s of a backend's report")
+	}
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	if be.lists != before+1 {
+		t.Errorf("lists: %d before the report, %d after; want one more (asked afresh within the gap)", before, be.lists)
+	}
+}

@@ -189,6 +189,22 @@ func (l *Lists) For(p *rules.Platform) {
 	}
 }
 
+// Forget drops the last answer of the backend named, or of every backend
+// when name is empty: the next pass asks again (a backend said one of its
+// machines stopped; a removal waits on a confirmation).
+func (l *Lists) Forget(name string) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if name == "" {
+		l.last = nil
+		return
+	}
+	delete(l.last, name)
+}
+
 // recent returns the backend's answer when it was asked less than MinGap
 // ago.
 func (l *Lists) recent(name string) (answer, uint64, bool) {
@@ -336,6 +352,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	go watch.Loop(ctx, 5*time.Minute, r.healthQuery(), wake, logErr("health"))
 	go watch.Loop(ctx, 5*time.Minute, r.inventoryQuery(ctx), wake, logErr("inventory"))
 	defer r.Executor.Wait()
+	bw := &backendWatches{}
+	defer bw.stop()
 	r.Executor.See(nil)
 	r.termStart = r.Clock.Now()
 
@@ -354,6 +372,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			return nil
 		}
 		p := r.Platform()
+		bw.follow(ctx, r, wake)
 		d, err := r.Pass(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -387,6 +406,9 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 		obs.Self, obs.TermStart = r.Self, r.termStart
 		obs.Provisioned = ObserveProvisioned(ctx, r.Inventory, p)
 		d = Plan(p, obs, now)
+		if d.FreshLists {
+			r.Lists.Forget("")
+		}
 		r.Executor.See(d.Seen)
 		r.record(p, d, obs, now)
 		err = r.Executor.Execute(ctx, p, bes, obs, d.Actions)
@@ -506,4 +528,77 @@ func (r *Reconciler) inventoryQuery(ctx context.Context) watch.Query {
 		last = string(b)
 		return index, changed, nil
 	}
+}
+
+// backendWatches runs the Watch of every backend of the description that
+// has one, for as long as that backend is the description's.
+type backendWatches struct {
+	running map[string]runningWatch
+	wg      sync.WaitGroup
+}
+
+type runningWatch struct {
+	be     backends.Backend
+	cancel context.CancelFunc
+}
+
+// watchBackoff spaces the attempts of a backend's watch that fails.
+var watchBackoff = clock.Backoff{Initial: time.Second, Max: 30 * time.Second}
+
+// follow starts the watches of backends new since the last call and stops
+// those of backends the description no longer has (a new description
+// builds new backends, even under the same names). A machine a backend
+// reports stopped makes its next list a fresh one and wakes a pass.
+func (w *backendWatches) follow(ctx context.Context, r *Reconciler, wake func()) {
+	bes := r.Backends()
+	for name, rw := range w.running {
+		if be, ok := bes[name]; !ok || be != rw.be {
+			rw.cancel()
+			delete(w.running, name)
+		}
+	}
+	for _, name := range sortedKeys(bes) {
+		be := bes[name]
+		wt, ok := be.(backends.Watcher)
+		if _, running := w.running[name]; running || !ok {
+			continue
+		}
+		if w.running == nil {
+			w.running = map[string]runningWatch{}
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		w.running[name] = runningWatch{be: be, cancel: cancel}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			stopped := func(id string) {
+				r.Lists.Forget(name)
+				r.Log.Debug("backend reports a machine stopped", telemetry.KeyBackend, name, telemetry.KeyMachineID, id)
+				wake()
+			}
+			for failures := 0; ; {
+				began := r.Clock.Now()
+				err := wt.Watch(wctx, stopped)
+				if wctx.Err() != nil {
+					return
+				}
+				if r.Clock.Now().Sub(began) > watchBackoff.Max {
+					failures = 0
+				}
+				failures++
+				r.Log.Warn("backend watch failed", telemetry.KeyBackend, name, telemetry.KeyError, err, telemetry.KeyAttempt, failures)
+				if clock.Sleep(wctx, r.Clock, watchBackoff.Delay(failures)) != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// stop ends every watch and waits for them.
+func (w *backendWatches) stop() {
+	for _, rw := range w.running {
+		rw.cancel()
+	}
+	w.wg.Wait()
 }

@@ -16,7 +16,10 @@ import (
 const orphanAge = 10 * time.Second
 
 // confirmAfter is how soon a pass looks again at a machine that would be
-// reaped on one observation alone: a reap needs two passes in a row to agree.
+// reaped on one observation alone: a reap needs two passes in a row, at
+// least this far apart, to agree, the second on backend lists asked after
+// the first (Decision.FreshLists), so that one list that caught a machine
+// in the instant it restarted cannot condemn it twice.
 const confirmAfter = time.Second
 
 // The conditions a Sighting follows. A machine that is up has none.
@@ -64,15 +67,19 @@ func (ps *pass) sight(id, cond string) Sighting {
 }
 
 // ripe reports whether a condition seen in s has lasted limit on this
-// leader's clock and been seen in two passes in a row, and asks for the
-// pass that would make it so.
+// leader's clock and been seen in two passes in a row at least
+// confirmAfter apart, and asks for the pass that would make it so, on
+// fresh lists.
 func (ps *pass) ripe(s Sighting, limit time.Duration) bool {
-	if age := ps.now.Sub(s.First); age < limit {
+	age := ps.now.Sub(s.First)
+	if age < limit {
 		ps.wakeAt(s.First.Add(limit))
+		ps.d.FreshLists = true
 		return false
 	}
-	if s.Passes < 2 {
-		ps.wakeAt(ps.now.Add(confirmAfter))
+	if s.Passes < 2 || age < confirmAfter {
+		ps.wakeAt(s.First.Add(confirmAfter))
+		ps.d.FreshLists = true
 		return false
 	}
 	return true

@@ -638,6 +638,46 @@ func TestPlanReapsOnlyWhenTwoPassesAgree(t *testing.T) {
 	}
 }
 
+// TestPlanConfirmsASecondApartOnFreshLists: a pass that came soon after
+// the first sighting (an event woke it) does not confirm a removal; each
+// pass that waits on one asks for fresh lists.
+func TestPlanConfirmsASecondApartOnFreshLists(t *testing.T) {
+	now := t0.Add(time.Hour)
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: false}
+	})
+	obs.Seen = map[string]Sighting{}
+	reaps := func(d Decision) bool {
+		for _, a := range d.Actions {
+			if a.Kind == KindReap {
+				return true
+			}
+		}
+		return false
+	}
+	d := Plan(p, obs, now)
+	if reaps(d) || !d.FreshLists {
+		t.Fatalf("first pass: reaps %v, fresh lists %v; want no reap, fresh lists", reaps(d), d.FreshLists)
+	}
+	obs.Seen = d.Seen
+	soon := now.Add(confirmAfter / 5)
+	d = Plan(p, obs, soon)
+	if reaps(d) || !d.FreshLists {
+		t.Fatalf("a pass %s after: reaps %v, fresh lists %v; want no reap, fresh lists", confirmAfter/5, reaps(d), d.FreshLists)
+	}
+	if want := now.Add(confirmAfter); !d.NextCheck.Equal(want) {
+		t.Errorf("next check %v, want %v: a second after the first sighting", d.NextCheck, want)
+	}
+	obs.Seen = d.Seen
+	if d = Plan(p, obs, now.Add(confirmAfter)); !reaps(d) {
+		t.Errorf("a second after, still stopped: not reaped: %+v", d.Actions)
+	}
+	if d.FreshLists {
+		t.Error("nothing waits, and the pass asks for fresh lists")
+	}
+}
+
 // TestPlanReapsAtMostMaxUnhealthyPerPass: however many machines one
 // observation condemns, a pass removes no more than the cluster may lose.
 func TestPlanReapsAtMostMaxUnhealthyPerPass(t *testing.T) {

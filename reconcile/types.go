@@ -239,6 +239,9 @@ type Decision struct {
 	// out); zero when only an event can change it. The loop wakes then, so
 	// that timers act on time rather than at the next resync.
 	NextCheck time.Time `json:"next_check,omitzero"`
+	// FreshLists asks that the next pass list every backend afresh, not
+	// reuse a recent list: a removal waits on it for its confirmation.
+	FreshLists bool `json:"-"`
 	// Seen is this pass's sightings, for the next pass's Observed.Seen.
 	Seen map[string]Sighting `json:"-"`
 }

@@ -1,0 +1,101 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+)
+
+// TestWatchReportsAnAgentThatEnds: a machine whose agent is killed is
+// reported at once, by its ID, whether it ran before Watch started or was
+// spawned after; a machine still running is not; Watch ends with its
+// context.
+func TestWatchReportsAnAgentThatEnds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	b, dir := newBackend(t)
+	t.Cleanup(func() { KillAll(context.Background(), dir) })
+	ctx := context.Background()
+	spawn := func(id string) {
+		t.Helper()
+		if _, err := b.Spawn(ctx, backends.Spec{Node: nodeconfig.Config{MachineID: id, MachineType: "worker"}}); err != nil {
+			t.Fatalf("spawn %s: %v", id, err)
+		}
+	}
+	kill := func(id string) {
+		t.Helper()
+		ms, _ := Machines(dir)
+		for _, m := range ms {
+			if m.Config.MachineID == id && m.Running {
+				if err := syscall.Kill(-m.PID, syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		}
+		t.Fatalf("%s is not running", id)
+	}
+	spawn("m-1")
+	spawn("m-2")
+
+	took := make(chan string, 10)
+	watchTook = func(id string) { took <- id }
+	t.Cleanup(func() { watchTook = nil })
+	wctx, cancel := context.WithCancel(ctx)
+	stopped := make(chan string, 10)
+	done := make(chan error, 1)
+	go func() { done <- b.Watch(wctx, func(id string) { stopped <- id }) }()
+	waitTook := func(want ...string) {
+		t.Helper()
+		for range want {
+			select {
+			case <-took:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("Watch did not take %v in 10 s", want)
+			}
+		}
+	}
+	waitStopped := func(want string) {
+		t.Helper()
+		select {
+		case id := <-stopped:
+			if id != want {
+				t.Fatalf("reported %s stopped, want %s", id, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s killed, not reported in 5 s", want)
+		}
+	}
+	waitTook("m-1", "m-2")
+
+	t0 := time.Now()
+	kill("m-1")
+	waitStopped("m-1")
+	t.Logf("a killed agent reported in %s", time.Since(t0).Round(time.Millisecond))
+
+	spawn("m-3")
+	waitTook("m-3")
+	kill("m-3")
+	waitStopped("m-3")
+
+	select {
+	case id := <-stopped:
+		t.Fatalf("%s reported stopped, and it runs", id)
+	case <-time.After(500 * time.Millisecond):
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Watch ended with %v, want its context's error", err)
+		}
+	case <-time.After(3 * watchRescan):
+		t.Error("Watch did not end with its context")
+	}
+}
