@@ -63,7 +63,8 @@ func idlerImage(t *testing.T, cli *client.Client) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "idler")
 	cmd := exec.Command("go", "build", "-o", bin, "./testdata/idler")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	// Static, and whatever flags the tests run with (-race needs cgo).
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build testdata/idler: %v\n%s", err, out)
 	}
