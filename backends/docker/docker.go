@@ -56,6 +56,7 @@ const (
 var (
 	_ backends.Seeder         = (*Backend)(nil)
 	_ backends.ClusterRemover = (*Backend)(nil)
+	_ backends.Watcher        = (*Backend)(nil)
 )
 
 // Backend spawns machines as containers.
@@ -75,6 +76,12 @@ type Backend struct {
 
 	mu    sync.Mutex // guards built
 	built string     // the image tag built or found, once
+
+	// clock times Watch's resubscriptions; nil is the wall clock.
+	clock clock.Clock
+	// betweenSubscriptions, when set (by tests), runs in Watch after one
+	// subscription to the engine's events ends and before the next opens.
+	betweenSubscriptions func()
 }
 
 // New builds a docker backend. Settings: "network" (default
