@@ -259,7 +259,7 @@ func (a *Agent) setUp() (err error) {
 	}
 	a.elector = &elector{
 		self: c.MachineID, neverLead: !mayLead(c), consul: client, store: a.store, inventory: a.inventory, executor: executor,
-		platform: a.mirror.Platform, reseed: a.mirror.reseed, backends: bes.get,
+		platform: a.mirror.Platform, backends: bes.get,
 		snapshots: &snapshotter{store: a.store, inventory: a.inventory, every: snapshotEvery, chunkSize: snapshotChunk, clock: a.Clock, log: a.Log.Named("snapshot")},
 		clock:     a.Clock, log: a.Log, metrics: a.metrics, wake: make(chan struct{}, 1),
 	}
@@ -294,6 +294,16 @@ func (a *Agent) setUp() (err error) {
 	}
 	a.modules.load()
 	a.mirror.overlay = a.modules.apply
+	a.mirror.leading, a.modules.leading = a.elector.Leading, a.elector.Leading
+	// A new leader re-seeds a KV that lost its state and reads the
+	// description and the modules from the Raft leader before it plans.
+	a.elector.reseed = func(ctx context.Context) bool {
+		ok := a.mirror.reseed(ctx)
+		if ok {
+			a.modules.confirm(ctx)
+		}
+		return ok
+	}
 	a.quorum = &quorumWatch{
 		cfg: c, consul: client, inventory: a.inventory, proc: a.proc, mirror: a.mirror, seed: a.seed,
 		backends: bes.get, poke: a.elector.poke, askPeer: askPeerQuorum(c.HTTPPort),

@@ -89,6 +89,12 @@ type mirror struct {
 	// overlay, when set, makes the description Platform returns the
 	// effective one: with the cluster's modules applied (moduleWatch).
 	overlay func(*rules.Platform) *rules.Platform
+	// leading, when set, says whether this node leads: the leader reads
+	// the description consistently (forwardKey).
+	leading func() bool
+
+	keyOnce sync.Once
+	key     *forwardKey // the description's; see platformKey
 
 	mu          sync.RWMutex    // guards the fields below
 	platform    *rules.Platform // last valid description
@@ -474,32 +480,27 @@ func (m *mirror) peers() []string {
 	return out
 }
 
-// watchPlatform follows the description in KV with a blocking query. A valid
-// one replaces the current one and is mirrored to disk; an invalid one is
-// reported and ignored, so the node keeps its last good description. When the
-// key is missing (a new or wiped cluster) the node writes its own copy back.
+// watchPlatform follows the description in KV with a blocking query, read
+// stale but only ever moving forward (forwardKey). A valid one replaces the
+// current one and is mirrored to disk; an invalid one is reported and
+// ignored, so the node keeps its last good description. When the key is
+// missing (a new or wiped cluster) the node writes its own copy back.
 func (m *mirror) watchPlatform(ctx context.Context) {
-	var last uint64
+	key := m.platformKey()
 	query := func(q *api.QueryOptions) (uint64, bool, error) {
-		pair, meta, err := m.store.Platform(ctx, q)
-		if err != nil {
-			return 0, false, err
-		}
-		if pair == nil {
-			m.reseed(ctx)
-			last = 0
-			return meta.LastIndex, false, nil
-		}
-		changed := pair.ModifyIndex != last
-		last = pair.ModifyIndex
-		if changed {
-			m.apply(pair)
-		}
-		return meta.LastIndex, changed, nil
+		return key.read(ctx, q, m.apply, func() { m.reseed(ctx) })
 	}
 	_ = watch.Loop(ctx, 5*time.Minute, query, func() {}, func(err error) {
 		m.log.Warn("watch platform", telemetry.KeyError, err)
 	})
+}
+
+// platformKey is the description's forwardKey, made on first use.
+func (m *mirror) platformKey() *forwardKey {
+	m.keyOnce.Do(func() {
+		m.key = &forwardKey{what: kvschema.Platform, get: m.store.Platform, leading: m.leading, log: m.log}
+	})
+	return m.key
 }
 
 func (m *mirror) apply(pair *api.KVPair) {
@@ -566,7 +567,10 @@ func (m *mirror) markReady() {
 // empty KV: the cluster is new, or its state was lost and this node is what
 // remains of it. The watch, a new leader and a recovered survivor call it.
 //
-// It reports whether the KV holds a description afterwards.
+// It reports whether the KV holds a description afterwards. A description
+// the KV holds is read from the Raft leader and taken when it is not the
+// one applied: a new leader calls reseed before its first plan, and plans
+// with the KV's description, not a stale read's.
 func (m *mirror) reseed(ctx context.Context) bool {
 	// The text and the version it was stored under, as one: never the
 	// mirror's version with another text (a node config's, an older KV's).
@@ -576,11 +580,13 @@ func (m *mirror) reseed(ctx context.Context) bool {
 	}
 	// The description is written last: while it is missing the KV counts
 	// as lost, so a reseed cut short is done again by the next caller.
-	pair, _, err := m.store.Platform(ctx, &api.QueryOptions{RequireConsistent: true})
-	if err != nil || pair != nil || !m.server {
+	// The read is consistent, and its description is taken when it is
+	// not the one applied: a new leader plans with the KV's.
+	exists, err := m.platformKey().confirm(ctx, m.apply)
+	if err != nil || exists || !m.server {
 		// A client's mirror holds only its own record: a server
 		// re-seeds.
-		return err == nil && pair != nil
+		return err == nil && exists
 	}
 	// A mirror that cannot be read is no copy to restore from: an empty
 	// inventory makes every machine look like an orphan, and a node

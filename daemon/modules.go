@@ -35,6 +35,12 @@ type moduleWatch struct {
 	// changed is called when the modules change, so that the control
 	// loop looks again at once.
 	changed func()
+	// leading, when set, says whether this node leads: the leader reads
+	// the modules consistently (forwardKey).
+	leading func() bool
+
+	keyOnce sync.Once
+	fwd     *forwardKey // see key
 
 	mu       sync.Mutex // guards the fields below
 	mods     []*rules.Module
@@ -72,42 +78,57 @@ func (w *moduleWatch) set(mods []*rules.Module, src []byte) {
 	w.mu.Unlock()
 }
 
-// Run watches the modules in KV; it blocks until ctx ends and returns nil.
+// Run watches the modules in KV, read stale but only ever moving forward
+// (forwardKey); it blocks until ctx ends and returns nil.
 func (w *moduleWatch) Run(ctx context.Context) error {
+	key := w.key()
 	query := func(q *api.QueryOptions) (uint64, bool, error) {
-		pair, meta, err := w.store.Modules(ctx, q)
-		if err != nil {
-			return 0, false, err
-		}
-		if pair == nil {
-			w.reseed(ctx)
-			return meta.LastIndex, false, nil
-		}
-		w.mu.Lock()
-		same := bytes.Equal(pair.Value, w.src)
-		w.mu.Unlock()
-		if same {
-			return meta.LastIndex, false, nil
-		}
-		mods, err := rules.DecodeModules(kvschema.ModulesSource, pair.Value)
-		if err != nil {
-			w.log.Error("modules in KV rejected; keeping the last good ones", telemetry.KeyError, err)
-			return meta.LastIndex, false, nil
-		}
-		if err := fsutil.WriteFileAtomic(w.path, pair.Value, 0o600); err != nil {
-			w.log.Error("mirror modules", telemetry.KeyError, err)
-		}
-		w.set(mods, pair.Value)
-		w.log.Info("modules loaded", "modules", len(mods))
-		if w.changed != nil {
-			w.changed()
-		}
-		return meta.LastIndex, true, nil
+		return key.read(ctx, q, w.take, func() { w.reseed(ctx) })
 	}
 	_ = watch.Loop(ctx, 5*time.Minute, query, func() {}, func(err error) {
 		w.log.Warn("watch modules", telemetry.KeyError, err)
 	})
 	return nil
+}
+
+// key is the modules' forwardKey, made on first use.
+func (w *moduleWatch) key() *forwardKey {
+	w.keyOnce.Do(func() {
+		w.fwd = &forwardKey{what: kvschema.Modules, get: w.store.Modules, leading: w.leading, log: w.log}
+	})
+	return w.fwd
+}
+
+// confirm reads the modules from the Raft leader and takes them when they
+// are not the ones applied: a new leader calls it before its first plan.
+func (w *moduleWatch) confirm(ctx context.Context) {
+	if _, err := w.key().confirm(ctx, w.take); err != nil {
+		w.log.Debug("confirm modules", telemetry.KeyError, err)
+	}
+}
+
+// take applies the modules of pair, an answer newer than the ones applied
+// (forwardKey), unless they are the same or do not load.
+func (w *moduleWatch) take(pair *api.KVPair) {
+	w.mu.Lock()
+	same := bytes.Equal(pair.Value, w.src)
+	w.mu.Unlock()
+	if same {
+		return
+	}
+	mods, err := rules.DecodeModules(kvschema.ModulesSource, pair.Value)
+	if err != nil {
+		w.log.Error("modules in KV rejected; keeping the last good ones", telemetry.KeyError, err)
+		return
+	}
+	if err := fsutil.WriteFileAtomic(w.path, pair.Value, 0o600); err != nil {
+		w.log.Error("mirror modules", telemetry.KeyError, err)
+	}
+	w.set(mods, pair.Value)
+	w.log.Info("modules loaded", "modules", len(mods))
+	if w.changed != nil {
+		w.changed()
+	}
 }
 
 // reseed writes this node's modules into a KV that has none: it lost its

@@ -15,13 +15,15 @@
 //
 //	client (N)  blocking watches, each with a five-minute wait: its own
 //	            inventory record (stale), the description and the modules
-//	            (default consistency), its work orders; the mesh folder
+//	            (stale), its work orders; the mesh folder
 //	            (stale, at most one read per 5 s); a quorum look every 10 s;
 //	            the servers' addresses (stale) at most once a minute when its
 //	            record watch returns; its offer rewritten every 10 minutes
 //	            (the agent asks every minute and writes when the offer
 //	            changed or grew ten minutes old). Clients hold no session.
-//	server (3)  the same watches, but the inventory snapshot's head (stale)
+//	server (3)  the same watches (the description and the modules read
+//	            consistently on the one that holds the lock, as the leader
+//	            reads them), but the inventory snapshot's head (stale)
 //	            and its chunks instead of an own record; a quorum look every
 //	            second; the campaign: one holds the lock and renews its
 //	            session every 5 s (TTL 10 s), the others block on the lock
@@ -35,11 +37,18 @@
 //	            and its mesh entry rewritten), which wakes its own record
 //	            watch, the snapshot and every member's mesh watch.
 //
+// A failed watch waits as the agent's do: a draw of watch.Retry (full
+// jitter from 1 s), and the mesh's read its gap and a draw from [0, gap]
+// on top.
+//
 // The watches start where an agent at rest is: blocked on the current index,
 // each's first wait drawn at random within the five minutes, so that the
 // waits that end in the window are the steady rate, not a burst.
 //
-// Not simulated: the Consul client agents themselves (their gossip and
+// Not simulated: the consistent read with which an agent checks a stale
+// answer older than the one it applied (rare: a server behind the leader
+// answering right after a failed query) and its first read of each after
+// it starts, the Consul client agents themselves (their gossip and
 // anti-entropy; the simulated agents speak HTTP straight to the servers,
 // spread over the three as client agents' RPCs are), the join (each new
 // agent's first full reads), cluster_change hooks, and ACLs (off here; on a
@@ -78,7 +87,9 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -97,6 +108,8 @@ const (
 	snapshotChunk    = 384 << 10
 	resyncInterval   = 10 * time.Second
 	autopilotEvery   = 5 * time.Second
+	// meshRetryMax caps the mesh read's jittered retry, as the agent's.
+	meshRetryMax = time.Minute
 	// callTimeout bounds every non-blocking request; a blocking one gets
 	// its wait, Consul's jitter (wait/16) and this on top.
 	callTimeout = 10 * time.Second
@@ -278,6 +291,10 @@ func (c *client) watch(ctx context.Context, kind string, s int, path string, sta
 	}
 	wait := time.Duration(1+rand.Int64N(int64(watchWait/time.Second))) * time.Second
 	first := true
+	retry, failures := watch.Retry, 0
+	if gap > 0 {
+		retry = meshRetry
+	}
 	for ctx.Err() == nil {
 		started := time.Now()
 		q := fmt.Sprintf("%s%sindex=%d&wait=%ds", path, sep, index, int(wait/time.Second))
@@ -289,7 +306,8 @@ func (c *client) watch(ctx context.Context, kind string, s int, path string, sta
 		switch {
 		case err != nil:
 			index = 0
-			sleep(ctx, time.Second)
+			failures++
+			sleep(ctx, max(gap-time.Since(started), 0)+retry.Delay(failures))
 			continue
 		case first && next < index:
 			// The folder's own index, below the table's it started
@@ -305,12 +323,15 @@ func (c *client) watch(ctx context.Context, kind string, s int, path string, sta
 				changed(body)
 			}
 		}
-		first = false
+		first, failures = false, 0
 		if rest := gap - time.Since(started); rest > 0 {
 			sleep(ctx, rest)
 		}
 	}
 }
+
+// meshRetry is the mesh read's draw after a failure, as the agent's.
+var meshRetry = clock.Backoff{Initial: meshReadGap, Max: meshRetryMax, Spread: 1}
 
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
@@ -349,8 +370,8 @@ func clientAgent(ctx context.Context, c *client, i int, index uint64) {
 			_, _, _ = c.do(ctx, s, http.MethodGet, "/v1/status/peers?stale", nil, false, false)
 		}
 	})
-	goWatch("description", "/v1/kv/"+kvschema.Platform, false, 0, nil)
-	goWatch("modules", "/v1/kv/"+kvschema.Modules, false, 0, nil)
+	goWatch("description", "/v1/kv/"+kvschema.Platform, true, 0, nil)
+	goWatch("modules", "/v1/kv/"+kvschema.Modules, true, 0, nil)
 	goWatch("work", "/v1/kv/"+kvschema.Work+id+"/?recurse", false, 0, nil)
 	goWatch("mesh", "/v1/kv/"+kvschema.Prefix+"mesh/?recurse", true, meshReadGap, nil)
 	wg.Add(2)
@@ -940,8 +961,14 @@ func serverAgent(ctx context.Context, c *client, i, holder int, index uint64) {
 			_, _, _ = c.do(ctx, i, http.MethodGet, fmt.Sprintf("/v1/kv/%s%s/%d?stale", kvschema.InventorySnapshotChunks, head.Version, n), nil, false, false)
 		}
 	})
-	go c.watch(ctx, "description", i, "/v1/kv/"+kvschema.Platform, false, index, 0, nil)
-	go c.watch(ctx, "modules", i, "/v1/kv/"+kvschema.Modules, false, index, 0, nil)
+	// The lock holder reads the description and the modules from the
+	// Raft leader (consistent reads): it plans with them.
+	consistent, stale := "", i != holder
+	if !stale {
+		consistent = "?consistent"
+	}
+	go c.watch(ctx, "description", i, "/v1/kv/"+kvschema.Platform+consistent, stale, index, 0, nil)
+	go c.watch(ctx, "modules", i, "/v1/kv/"+kvschema.Modules+consistent, stale, index, 0, nil)
 	go c.watch(ctx, "work", i, "/v1/kv/"+kvschema.Work+id+"/?recurse", false, index, 0, nil)
 	var meshChanged func([]byte)
 	if i == holder {

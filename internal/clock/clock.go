@@ -39,16 +39,26 @@ func Or(c Clock) Clock {
 }
 
 // Backoff is how long to wait after consecutive failures: Initial doubled
-// per failure, capped at Max, with up to a fifth taken off at random so that
-// many nodes do not retry in step. The zero Jitter draws from math/rand;
-// tests fix it.
+// per failure, capped at Max, with a part taken off at random so that many
+// nodes do not retry in step. Spread is that part, from 0 to 1: a wait d
+// becomes one between (1-Spread)·d and d. Zero means a fifth; 1 is full
+// jitter, for failures that many nodes meet at the same instant (a Raft
+// leader change ends every blocking query at once), where only a wait drawn
+// from the whole of [0, d] spreads their retries over d. The zero Jitter
+// draws from math/rand; tests fix it.
 type Backoff struct {
 	Initial, Max time.Duration
+	Spread       float64
 	Jitter       func() float64
 }
 
+// DefaultSpread is the part of a wait drawn at random when Backoff.Spread
+// is zero.
+const DefaultSpread = 0.2
+
 // Delay returns the wait after the given number of consecutive failures; 0
-// for none. It is pure but for the jitter source.
+// for none. It is pure but for the jitter source, and never more than Max
+// (nor Initial after one failure), never less than (1-Spread) of that.
 func (b Backoff) Delay(failures int) time.Duration {
 	if failures <= 0 {
 		return 0
@@ -62,7 +72,15 @@ func (b Backoff) Delay(failures int) time.Duration {
 	if jitter == nil {
 		jitter = rand.Float64
 	}
-	return d - time.Duration(float64(d)*0.2*jitter())
+	spread := b.Spread
+	if spread <= 0 {
+		spread = DefaultSpread
+	}
+	spread = min(spread, 1)
+	// A source outside [0, 1] (a test's, a bad one) must not widen the
+	// bounds the doc promises.
+	r := min(max(jitter(), 0), 1)
+	return d - time.Duration(float64(d)*spread*r)
 }
 
 // Sleep waits d on c. It returns ctx's error if ctx ends first, else nil.

@@ -3,6 +3,7 @@ package clock
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,11 @@ func TestBackoffDelay(t *testing.T) {
 		{"capped", Backoff{Initial: time.Second, Max: 5 * time.Second, Jitter: noJitter}, 10, 5 * time.Second},
 		{"many failures do not overflow", Backoff{Initial: time.Second, Max: time.Hour, Jitter: noJitter}, 1000, time.Hour},
 		{"jitter takes off at most a fifth", Backoff{Initial: 10 * time.Second, Max: time.Minute, Jitter: fullJitter}, 1, 8 * time.Second},
+		{"full spread may take off the whole wait", Backoff{Initial: 10 * time.Second, Max: time.Minute, Spread: 1, Jitter: fullJitter}, 1, 0},
+		{"full spread without jitter waits the whole", Backoff{Initial: 10 * time.Second, Max: time.Minute, Spread: 1, Jitter: noJitter}, 3, 40 * time.Second},
+		{"a spread above 1 is full", Backoff{Initial: 10 * time.Second, Max: time.Minute, Spread: 3, Jitter: fullJitter}, 1, 0},
+		{"a source above 1 does not go below the floor", Backoff{Initial: 10 * time.Second, Max: time.Minute, Spread: 0.5, Jitter: func() float64 { return 7 }}, 1, 5 * time.Second},
+		{"a source below 0 does not go above the cap", Backoff{Initial: 10 * time.Second, Max: time.Minute, Spread: 0.5, Jitter: func() float64 { return -7 }}, 10, time.Minute},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := tc.b.Delay(tc.failures); got != tc.want {
@@ -79,5 +85,38 @@ func TestRealNowIsMonotonic(t *testing.T) {
 	}
 	if strings.Contains(now.Round(0).String(), " m=") {
 		t.Fatalf("a stripped time still carries a monotonic reading")
+	}
+}
+
+// TestScaleBackoffSpreadBounds draws many waits as many nodes would after
+// one common failure: every wait stays within [(1-Spread)·d, d], and a full
+// spread uses the whole of it, where the default fifth keeps them all in
+// the last fifth (N nodes retrying within d/5 of each other).
+func TestScaleBackoffSpreadBounds(t *testing.T) {
+	src := rand.New(rand.NewPCG(1, 2))
+	for _, tc := range []struct {
+		name      string
+		spread    float64
+		floor     time.Duration
+		lowestMax time.Duration // the least wait drawn must be below this
+	}{
+		{"default fifth", 0, 8 * time.Second, 10 * time.Second},
+		{"full", 1, 0, time.Second},
+		{"half", 0.5, 5 * time.Second, 6 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := Backoff{Initial: 10 * time.Second, Max: time.Minute, Spread: tc.spread, Jitter: src.Float64}
+			lowest, highest := time.Duration(1<<62), time.Duration(0)
+			for range 1000 {
+				d := b.Delay(1)
+				if d < tc.floor || d > 10*time.Second {
+					t.Fatalf("Delay(1): got %v want within [%v, 10s]", d, tc.floor)
+				}
+				lowest, highest = min(lowest, d), max(highest, d)
+			}
+			if lowest >= tc.lowestMax || highest < 9*time.Second {
+				t.Errorf("1000 draws span [%v, %v]: want them spread over [%v, 10s]", lowest, highest, tc.floor)
+			}
+		})
 	}
 }
