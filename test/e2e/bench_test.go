@@ -130,7 +130,11 @@ type healPhases struct {
 
 func (p healPhases) String() string {
 	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
-	return fmt.Sprintf("detect %s, leader moved %s, spawn intent %s, reaped %s, heal %s", r(p.detect), r(p.moved), r(p.spawn), r(p.reaped), r(p.heal))
+	moved := "" // a follower's heal moves no lock
+	if p.moved != 0 {
+		moved = fmt.Sprintf(", leader moved %s", r(p.moved))
+	}
+	return fmt.Sprintf("detect %s%s, spawn intent %s, reaped %s, heal %s", r(p.detect), moved, r(p.spawn), r(p.reaped), r(p.heal))
 }
 
 // benchHeal kills, b.N times, a follower's machine or (leader) the leader
@@ -151,7 +155,6 @@ func benchHeal(b *testing.B, c *testCluster, leader bool) {
 		if leader {
 			moves = append(moves, p.moved)
 		}
-		b.Logf("iteration %d: killed %s (leader %v): %s", i, victim, leader, p)
 
 		// A bare node start: spawn one by hand, time it to an alive voter.
 		before, _, _ := c.listInstances()
@@ -170,6 +173,7 @@ func benchHeal(b *testing.B, c *testCluster, leader bool) {
 		poll(time.Minute, func() bool { alive, voter := memberState(cl, extra); return alive && voter })
 		s := time.Since(t1)
 		starts, floors = append(starts, s), append(floors, p.detect+s)
+		b.Logf("iteration %d: killed %s (leader %v): %s; bare node start %s, floor %s", i, victim, leader, p, s.Round(time.Millisecond), (p.detect + s).Round(time.Millisecond))
 		if out, errOut, code := c.rf("destroy", extra); code != 0 {
 			b.Fatalf("destroy: %s %s", out, errOut)
 		}
