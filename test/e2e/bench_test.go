@@ -96,7 +96,7 @@ func poll(timeout time.Duration, f func() bool) bool {
 func BenchmarkHeal(b *testing.B) {
 	c := newCluster(b)
 	c.up(c.writePlatform("platform.hcl", benchPlatform("")))
-	benchHeal(b, c)
+	benchHeal(b, c, false)
 }
 
 // BenchmarkDockerHeal is BenchmarkHeal on containers: `docker kill` of a
@@ -105,48 +105,56 @@ func BenchmarkHeal(b *testing.B) {
 func BenchmarkDockerHeal(b *testing.B) {
 	c := newDockerCluster(b)
 	c.up(strings.Replace(dockerPlatform(c.name, ""), `grace_period      = "2s"`, fmt.Sprintf("grace_period      = %q", benchGrace), 1))
-	benchHeal(b, c.testCluster)
+	benchHeal(b, c.testCluster, false)
 }
 
-func benchHeal(b *testing.B, c *testCluster) {
+// BenchmarkHealLeader is BenchmarkHeal for the machine that holds the
+// leader lock: the heal waits for the lock to move as well, so beside the
+// floor it prints how long leadership took to move (lead_move) next to
+// Consul's failure detection (detect), which the move cannot beat.
+func BenchmarkHealLeader(b *testing.B) {
+	c := newCluster(b)
+	c.up(c.writePlatform("platform.hcl", benchPlatform("")))
+	benchHeal(b, c, true)
+}
+
+// healPhases is when, after the SIGKILL, each step of one heal was first
+// seen; zero when it was not.
+type healPhases struct {
+	detect time.Duration // a survivor's Consul says the victim is not alive
+	moved  time.Duration // another live machine holds the leader lock
+	spawn  time.Duration // the replacement's record (the spawn intent) is in KV
+	reaped time.Duration // the victim's record is gone
+	heal   time.Duration // three joined machines agree, the victim gone
+}
+
+func (p healPhases) String() string {
+	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+	moved := "" // a follower's heal moves no lock
+	if p.moved != 0 {
+		moved = fmt.Sprintf(", leader moved %s", r(p.moved))
+	}
+	return fmt.Sprintf("detect %s%s, spawn intent %s, reaped %s, heal %s", r(p.detect), moved, r(p.spawn), r(p.reaped), r(p.heal))
+}
+
+// benchHeal kills, b.N times, a follower's machine or (leader) the leader
+// lock holder's, and measures its heal beside the floor of the same
+// iteration: the detection plus a bare node start.
+func benchHeal(b *testing.B, c *testCluster, leader bool) {
 	c.waitAgree(3, time.Minute, "after up")
-	var heal, detect, start time.Duration
-	var heals, floors []time.Duration
+	var heals, floors, detects, moves, starts []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		v := c.waitAgree(3, time.Minute, "before kill")
-		victim := v.follower()
-		// Asked through the leader's Consul: the victim's own would stop
-		// answering rather than say it died.
-		id := c.identity()
-		cl, err := consulclient.New(consulclient.Target{Host: v.records[v.leader].Address, Token: id.ManagementToken, CACert: id.CACert})
-		if err != nil {
-			b.Fatal(err)
+		victim, survivor := v.follower(), v.leader
+		if leader {
+			victim, survivor = v.leader, v.follower()
 		}
-		t0 := time.Now()
-		c.kill(victim)
-		poll(time.Minute, func() bool { return !memberAlive(cl, victim) })
-		d := time.Since(t0)
-		detect += d
-		// Phases, for the log: when the view first showed each step.
-		var gone time.Duration
-		deadline := time.Now().Add(2 * time.Minute)
-		for time.Now().Before(deadline) {
-			v, err := c.view()
-			if err == nil {
-				if _, ok := v.records[victim]; !ok && gone == 0 {
-					gone = time.Since(t0)
-				}
-				if v.agreeOn(3) && !v.has(victim) {
-					break
-				}
-			}
-			time.Sleep(20 * time.Millisecond)
+		p := healOnce(b, c, v, victim, survivor, leader)
+		heals, detects = append(heals, p.heal), append(detects, p.detect)
+		if leader {
+			moves = append(moves, p.moved)
 		}
-		h := time.Since(t0)
-		heal += h
-		heals = append(heals, h)
-		b.Logf("iteration %d: detect %s, reaped %s, heal %s", i, d.Round(time.Millisecond), gone.Round(time.Millisecond), h.Round(time.Millisecond))
 
 		// A bare node start: spawn one by hand, time it to an alive voter.
 		before, _, _ := c.listInstances()
@@ -161,24 +169,136 @@ func benchHeal(b *testing.B, c *testCluster) {
 				extra = id
 			}
 		}
-		cl = c.client()
+		cl := c.client()
 		poll(time.Minute, func() bool { alive, voter := memberState(cl, extra); return alive && voter })
-		start += time.Since(t1)
-		floors = append(floors, d+time.Since(t1))
+		s := time.Since(t1)
+		starts, floors = append(starts, s), append(floors, p.detect+s)
+		b.Logf("iteration %d: killed %s (leader %v): %s; bare node start %s, floor %s", i, victim, leader, p, s.Round(time.Millisecond), (p.detect + s).Round(time.Millisecond))
 		if out, errOut, code := c.rf("destroy", extra); code != 0 {
 			b.Fatalf("destroy: %s %s", out, errOut)
 		}
 	}
-	n := float64(b.N)
-	b.ReportMetric(heal.Seconds()/n, "heal_s")
-	b.ReportMetric((detect+start).Seconds()/n, "floor_s")
+	b.ReportMetric(mean(heals), "heal_s")
+	b.ReportMetric(mean(floors), "floor_s")
 	b.ReportMetric(quantile(heals, 0.5), "heal_p50_s")
 	b.ReportMetric(quantile(heals, 0.9), "heal_p90_s")
 	b.ReportMetric(quantile(floors, 0.5), "floor_p50_s")
 	b.ReportMetric(quantile(floors, 0.9), "floor_p90_s")
-	b.ReportMetric(detect.Seconds()/n, "detect_s")
-	b.ReportMetric(start.Seconds()/n, "node_start_s")
+	if f := quantile(floors, 0.9); f > 0 {
+		b.ReportMetric(quantile(heals, 0.9)/f, "heal/floor_p90")
+	}
+	b.ReportMetric(mean(detects), "detect_s")
+	b.ReportMetric(quantile(detects, 0.5), "detect_p50_s")
+	b.ReportMetric(quantile(detects, 0.9), "detect_p90_s")
+	if leader {
+		b.ReportMetric(quantile(moves, 0.5), "lead_move_p50_s")
+		b.ReportMetric(quantile(moves, 0.9), "lead_move_p90_s")
+	}
+	b.ReportMetric(mean(starts), "node_start_s")
 	b.ReportMetric(benchGrace.Seconds(), "grace_s")
+}
+
+// healOnce SIGKILLs victim and returns the phases of its heal, asked
+// through survivor's Consul: the victim's own would stop answering rather
+// than say it died. The lock holder is watched with a blocking query, so
+// that its move is timed to the index, not to the next poll.
+func healOnce(b *testing.B, c *testCluster, v view, victim, survivor string, leader bool) healPhases {
+	b.Helper()
+	id := c.identity()
+	cl, err := consulclient.New(consulclient.Target{Host: v.records[survivor].Address, Token: id.ManagementToken, CACert: id.CACert})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var p healPhases
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	moved := make(chan time.Duration, 1)
+	t0 := time.Now()
+	c.kill(victim)
+	if leader {
+		go func() { moved <- waitLeaderMoved(ctx, cl, victim, t0) }()
+	}
+	for ctx.Err() == nil {
+		if p.detect == 0 && !memberAlive(cl, victim) {
+			p.detect = time.Since(t0)
+		}
+		select {
+		case d := <-moved:
+			p.moved = d
+		default:
+		}
+		// The view is slow to read: detection alone is polled until
+		// it is seen, so that its time is not the view's.
+		if p.detect == 0 {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		if v2, err := c.view(); err == nil {
+			if _, ok := v2.records[victim]; !ok && p.reaped == 0 {
+				p.reaped = time.Since(t0)
+			}
+			for rid := range v2.records {
+				if _, old := v.records[rid]; !old && p.spawn == 0 {
+					p.spawn = time.Since(t0)
+				}
+			}
+			if v2.agreeOn(3) && !v2.has(victim) {
+				p.heal = time.Since(t0)
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if p.heal == 0 {
+		b.Fatalf("no heal within 3m of killing %s: %s", victim, p)
+	}
+	if leader && p.moved == 0 {
+		// Healed means a leader: the move is in the channel by now, or
+		// was never seen.
+		select {
+		case p.moved = <-moved:
+		case <-time.After(15 * time.Second):
+		}
+		if p.moved == 0 {
+			b.Fatalf("the leader lock never left %s: %s", victim, p)
+		}
+	}
+	return p
+}
+
+// waitLeaderMoved returns how long after t0 a live machine other than
+// victim held the leader lock, read through cl; 0 when ctx ended first.
+func waitLeaderMoved(ctx context.Context, cl *api.Client, victim string, t0 time.Time) time.Duration {
+	var index uint64
+	for ctx.Err() == nil {
+		pair, meta, err := cl.KV().Get(kvschema.Leader, (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Second}).WithContext(ctx))
+		if err != nil {
+			index = 0
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if pair != nil && pair.Session != "" && string(pair.Value) != victim && memberAlive(cl, string(pair.Value)) {
+			return time.Since(t0)
+		}
+		if meta.LastIndex < index {
+			index = 0
+		} else {
+			index = meta.LastIndex
+		}
+	}
+	return 0
+}
+
+// mean is the mean of ds in seconds.
+func mean(ds []time.Duration) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range ds {
+		sum += d
+	}
+	return sum.Seconds() / float64(len(ds))
 }
 
 // BenchmarkReaction: from `platform apply` of min+1 to the leader's spawn
