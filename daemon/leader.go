@@ -198,6 +198,10 @@ func (e *elector) campaign(ctx context.Context) error {
 func (e *elector) acquire(ctx context.Context, sid string) error {
 	kv := e.consul.KV()
 	var index uint64
+	// While another session holds the lock, its machine is watched
+	// through this node's own backends (endStoppedHolder).
+	watching, stopWatching := "", func() {}
+	defer func() { stopWatching() }()
 	for {
 		pair, meta, err := kv.Get(kvschema.Leader, (&api.QueryOptions{WaitIndex: index, WaitTime: 10 * time.Second}).WithContext(ctx))
 		if err != nil {
@@ -210,6 +214,12 @@ func (e *elector) acquire(ctx context.Context, sid string) error {
 			return nil
 		case pair != nil && pair.Session != "":
 			index = meta.LastIndex // held: wait for a change
+			if pair.Session != watching {
+				stopWatching()
+				hctx, hcancel := context.WithCancel(ctx)
+				watching, stopWatching = pair.Session, hcancel
+				go e.endStoppedHolder(hctx, string(pair.Value), pair.Session)
+			}
 			continue
 		}
 		ok, _, err := kv.Acquire(&api.KVPair{Key: kvschema.Leader, Value: []byte(e.self), Session: sid, Flags: api.LockFlagValue}, (&api.WriteOptions{}).WithContext(ctx))
