@@ -64,9 +64,14 @@ func (o *offerer) poke() {
 	}
 }
 
-// Run checks and publishes until ctx ends, then returns nil.
+// Run checks and publishes until ctx ends, then returns nil. A backend
+// this machine holds machines of that reports one stopped makes it check
+// and publish at once: the leader judges the machine by this list.
 func (o *offerer) Run(ctx context.Context) error {
+	w := &reconcile.Watches{Clock: o.clock, Log: o.log, Stopped: func(string, string) { o.poke() }}
+	defer w.Stop()
 	for {
+		w.Follow(ctx, o.hosted())
 		o.check(ctx, false)
 		select {
 		case <-ctx.Done():
@@ -92,6 +97,9 @@ func (o *offerer) publishAfter(ctx context.Context, write func()) uint64 {
 	if write != nil {
 		write()
 	}
+	// The next check follows the watches of what this machine now
+	// holds: a machine made here is watched from then on.
+	defer o.poke()
 	return o.checkLocked(ctx, true)
 }
 
@@ -213,4 +221,20 @@ func (o *offerer) ask(ctx context.Context) reconcile.Offer {
 		}
 	}
 	return offer
+}
+
+// hosted returns the backends of the description whose machines this
+// machine's offer lists.
+func (o *offerer) hosted() map[string]backends.Backend {
+	if o.hosting == nil || o.platform() == nil {
+		return nil
+	}
+	names := o.hosting()
+	out := map[string]backends.Backend{}
+	for name, be := range o.backends() {
+		if names[name] {
+			out[name] = be
+		}
+	}
+	return out
 }

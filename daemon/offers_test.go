@@ -154,3 +154,47 @@ func TestOfferListsOnlyWhatThisMachineHosts(t *testing.T) {
 		t.Error("a restarted agent forgot that it hosts machines on engine")
 	}
 }
+
+// TestScaleAHostPublishesAStoppedMachineAtOnce: a machine this host holds
+// that its backend reports stopped is in the host's published list within
+// moments, not at the next minute's check: the leader judges the machine by
+// that list.
+func TestScaleAHostPublishesAStoppedMachineAtOnce(t *testing.T) {
+	consul := startTestConsul(t)
+	store := kvschema.New(consul.Client)
+	be := &holderBackend{id: "web-1", running: true, events: make(chan struct{})}
+	w := &worker{served: filepath.Join(t.TempDir(), "hosted-backends.json"), log: hclog.NewNullLogger()}
+	w.serve("engine")
+	o := &offerer{
+		self: "worker-1", backends: func() map[string]backends.Backend { return map[string]backends.Backend{"engine": be} }, hosting: w.hosting,
+		platform: func() *rules.Platform { return &rules.Platform{Cluster: "c"} }, store: store,
+		clock: clock.Real{}, log: hclog.NewNullLogger(), wake: make(chan struct{}, 1),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = o.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	listed := func(running bool) func() bool {
+		return func() bool {
+			all, _, err := store.Offers(context.Background(), nil)
+			if err != nil || all["worker-1"].Value == nil {
+				return false
+			}
+			got, err := reconcile.ParseOffer("worker-1", all["worker-1"].Value)
+			bo := got.Backends["engine"]
+			return err == nil && bo.Listed && len(bo.Instances) == 1 && bo.Instances[0].Running == running
+		}
+	}
+	waitFor(t, 10*time.Second, "web-1 listed running", listed(true))
+	be.mu.Lock()
+	be.running = false
+	be.mu.Unlock()
+	t0 := time.Now()
+	select {
+	case be.events <- struct{}{}:
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing watches the backend this host holds machines of")
+	}
+	waitFor(t, 5*time.Second, "web-1 listed stopped", listed(false))
+	t.Logf("published %s after the backend's report", time.Since(t0).Round(time.Millisecond))
+}

@@ -597,11 +597,21 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			log.Warn("backend not configured; removing the record only")
 		}
 		if isMember {
+			// A member the failure detector still has alive (its
+			// backend said first that it is gone) is not pruned now:
+			// Consul's prune of a member it has alive sleeps its
+			// broadcast timeout and leave delay (8 s) holding the
+			// member list, and every read of the members (the next
+			// pass's, the replacement's node config) waits on it. It
+			// is marked leaving at once and pruned once it is failed.
+			prune := member.Status != MemberAlive
 			fctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
-			err := e.Consul.Agent().ForceLeaveOptions(a.MachineID, api.ForceLeaveOpts{Prune: true}, (&api.QueryOptions{}).WithContext(fctx))
+			err := e.Consul.Agent().ForceLeaveOptions(a.MachineID, api.ForceLeaveOpts{Prune: prune}, (&api.QueryOptions{}).WithContext(fctx))
 			cancel()
 			if err != nil {
 				log.Warn("force-leave failed", telemetry.KeyError, err)
+			} else if !prune {
+				e.pruneWhenDown(ctx, a.MachineID, log)
 			}
 		}
 		if hasRecord {
@@ -628,6 +638,45 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 	})
 	return nil
 }
+
+// pruneWhenDown erases a member that was made to leave while Consul still
+// had it alive from the member list, once Consul has it left or failed:
+// looked for every pruneEvery, for at most pruneWithin (a member that
+// never goes down is left as it is, leaving). It runs beside the actions,
+// not as one (Wait does not wait for it), and ends with ctx.
+func (e *Executor) pruneWhenDown(ctx context.Context, id string, log hclog.Logger) {
+	go func() {
+		ctx, cancel := context.WithTimeout(ctx, pruneWithin)
+		defer cancel()
+		_ = clock.Poll(ctx, e.Clock, pruneEvery, func() (bool, error) {
+			mctx, mcancel := context.WithTimeout(ctx, consulCallTimeout)
+			defer mcancel()
+			members, err := consulclient.Members(mctx, e.Consul)
+			if err != nil {
+				return false, nil
+			}
+			for _, m := range members {
+				if m.Name != id {
+					continue
+				}
+				if st := SerfStatus(m.Status); st != MemberLeft && st != MemberFailed {
+					return false, nil
+				}
+				if err := e.Consul.Agent().ForceLeaveOptions(id, api.ForceLeaveOpts{Prune: true}, (&api.QueryOptions{}).WithContext(mctx)); err != nil {
+					log.Debug("prune a member that left", telemetry.KeyError, err)
+					return false, nil
+				}
+			}
+			return true, nil
+		})
+	}()
+}
+
+// How pruneWhenDown looks for a member to go down.
+const (
+	pruneEvery  = time.Second
+	pruneWithin = 10 * time.Minute
+)
 
 // deleteRecord removes a removed machine's record. A server that just left
 // takes Raft through a new configuration, and for a few seconds the KV has

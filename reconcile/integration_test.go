@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -809,5 +810,80 @@ machine "server" {
 	defer be.mu.Unlock()
 	if be.lists != before+1 {
 		t.Errorf("lists: %d before the report, %d after; want one more (asked afresh within the gap)", before, be.lists)
+	}
+}
+
+// TestScaleAHostsListWakesTheLeader: a host that publishes a changed list
+// of its machines (one stopped) wakes the leader at once; an offer that
+// changed only in its free memory and time does not make a pass.
+func TestScaleAHostsListWakesTheLeader(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	self, err := consul.Client.Agent().NodeName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := platform(t, `
+policy {
+  resync_interval = "1h"
+}
+machine "server" {
+  min           = 1
+  consul_server = true
+}
+`)
+	if _, err := inv.Put(ctx, Record{ID: self, Type: "server", Backend: "local", State: StateJoined}); err != nil {
+		t.Fatal(err)
+	}
+	offer := func(running bool, free uint64) {
+		t.Helper()
+		o := Offer{Machine: "h1", Checked: time.Now(), Backends: map[string]BackendOffer{"engine": {
+			Available: true, Listed: true, FreeMemory: free,
+			Instances: []backends.Instance{{MachineID: "web-1", MachineType: "web", Running: running}},
+		}}}
+		b, _ := json.Marshal(o)
+		if _, err := inv.Store.PutOffer(ctx, "h1", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	offer(true, 1<<30)
+	passes := make(chan time.Time, 100)
+	r := &Reconciler{
+		Consul: consul.Client, Inventory: inv, Executor: newExecutor(inv),
+		Platform: func() *rules.Platform { return p },
+		Backends: func() map[string]backends.Backend { return map[string]backends.Backend{"local": &countingBackend{}} },
+		Self:     self, Clock: clock.Real{}, Log: hclog.NewNullLogger(),
+		Publish: func(Status) { passes <- time.Now() },
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	settle := func() {
+		for {
+			select {
+			case <-passes:
+			case <-time.After(2 * time.Second):
+				return
+			}
+		}
+	}
+	settle()
+	offer(true, 2<<30)
+	select {
+	case <-passes:
+		t.Fatal("a pass for an offer whose list did not change")
+	case <-time.After(1500 * time.Millisecond):
+	}
+	t0 := time.Now()
+	offer(false, 2<<30)
+	select {
+	case at := <-passes:
+		t.Logf("a pass %s after the host's list changed", at.Sub(t0).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("no pass within 5 s of a host's changed list")
 	}
 }

@@ -352,8 +352,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	go watch.Loop(ctx, 5*time.Minute, r.healthQuery(), wake, logErr("health"))
 	go watch.Loop(ctx, 5*time.Minute, r.inventoryQuery(ctx), wake, logErr("inventory"))
 	defer r.Executor.Wait()
-	bw := &backendWatches{}
-	defer bw.stop()
+	go watch.Loop(ctx, 5*time.Minute, r.hostListsQuery(ctx), wake, logErr("offers"))
+	bw := &Watches{Clock: r.Clock, Log: r.Log, Stopped: func(backend, id string) {
+		r.Lists.Forget(backend)
+		r.Log.Debug("backend reports a machine stopped", telemetry.KeyBackend, backend, telemetry.KeyMachineID, id)
+		wake()
+	}}
+	defer bw.Stop()
 	r.Executor.See(nil)
 	r.termStart = r.Clock.Now()
 
@@ -372,7 +377,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			return nil
 		}
 		p := r.Platform()
-		bw.follow(ctx, r, wake)
+		bw.Follow(ctx, r.Backends())
 		d, err := r.Pass(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -530,75 +535,39 @@ func (r *Reconciler) inventoryQuery(ctx context.Context) watch.Query {
 	}
 }
 
-// backendWatches runs the Watch of every backend of the description that
-// has one, for as long as that backend is the description's.
-type backendWatches struct {
-	running map[string]runningWatch
-	wg      sync.WaitGroup
-}
-
-type runningWatch struct {
-	be     backends.Backend
-	cancel context.CancelFunc
-}
-
-// watchBackoff spaces the attempts of a backend's watch that fails.
-var watchBackoff = clock.Backoff{Initial: time.Second, Max: 30 * time.Second}
-
-// follow starts the watches of backends new since the last call and stops
-// those of backends the description no longer has (a new description
-// builds new backends, even under the same names). A machine a backend
-// reports stopped makes its next list a fresh one and wakes a pass.
-func (w *backendWatches) follow(ctx context.Context, r *Reconciler, wake func()) {
-	bes := r.Backends()
-	for name, rw := range w.running {
-		if be, ok := bes[name]; !ok || be != rw.be {
-			rw.cancel()
-			delete(w.running, name)
+// hostListsQuery watches the members' offers for a change in what their
+// hosts list (a host whose machine stopped publishes at once), not in
+// their free memory or the time they were checked.
+func (r *Reconciler) hostListsQuery(ctx context.Context) watch.Query {
+	var last uint64
+	return func(q *api.QueryOptions) (uint64, bool, error) {
+		// Only a reason to look: the pass reads the offers it plans on.
+		q.AllowStale = true
+		all, index, err := r.Inventory.Store.Offers(ctx, q)
+		if err != nil {
+			return 0, false, err
 		}
-	}
-	for _, name := range sortedKeys(bes) {
-		be := bes[name]
-		wt, ok := be.(backends.Watcher)
-		if _, running := w.running[name]; running || !ok {
-			continue
-		}
-		if w.running == nil {
-			w.running = map[string]runningWatch{}
-		}
-		wctx, cancel := context.WithCancel(ctx)
-		w.running[name] = runningWatch{be: be, cancel: cancel}
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			stopped := func(id string) {
-				r.Lists.Forget(name)
-				r.Log.Debug("backend reports a machine stopped", telemetry.KeyBackend, name, telemetry.KeyMachineID, id)
-				wake()
+		h := fnv.New64a()
+		for _, id := range sortedKeys(all) {
+			o, err := ParseOffer(id, all[id].Value)
+			if err != nil {
+				continue
 			}
-			for failures := 0; ; {
-				began := r.Clock.Now()
-				err := wt.Watch(wctx, stopped)
-				if wctx.Err() != nil {
-					return
+			h.Write([]byte(id))
+			for _, b := range sortedKeys(o.Backends) {
+				bo := o.Backends[b]
+				if !bo.Listed {
+					continue
 				}
-				if r.Clock.Now().Sub(began) > watchBackoff.Max {
-					failures = 0
-				}
-				failures++
-				r.Log.Warn("backend watch failed", telemetry.KeyBackend, name, telemetry.KeyError, err, telemetry.KeyAttempt, failures)
-				if clock.Sleep(wctx, r.Clock, watchBackoff.Delay(failures)) != nil {
-					return
+				fmt.Fprintf(h, "\x00%s", b)
+				for _, in := range bo.Instances {
+					fmt.Fprintf(h, "\x00%s %t", in.MachineID, in.Running)
 				}
 			}
-		}()
+		}
+		sum := h.Sum64()
+		changed := sum != last
+		last = sum
+		return index, changed, nil
 	}
-}
-
-// stop ends every watch and waits for them.
-func (w *backendWatches) stop() {
-	for _, rw := range w.running {
-		rw.cancel()
-	}
-	w.wg.Wait()
 }
