@@ -249,8 +249,8 @@ func (a *Agent) setUp() (err error) {
 		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics, Token: c.ACLToken, CACert: c.TLS.CACert,
 		Forget: func(ctx context.Context, id string) error {
 			// A removed machine offers nothing: its offer goes with it,
-			// and so does its provisioning record.
-			return errors.Join(RemoveMachineToken(ctx, client, id), a.store.DeleteOffer(ctx, id), a.store.DeleteProvisioned(ctx, id))
+			// and so do its provisioning record and its work orders.
+			return errors.Join(RemoveMachineToken(ctx, client, id), a.store.DeleteOffer(ctx, id), a.store.DeleteProvisioned(ctx, id), a.store.DeleteWork(ctx, id))
 		},
 		NodeConfig: NodeConfigFor(client, Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, c.ClusterDir, c.ConsulBinary, selfEndpoints),
 		Grant:      grantWork(client),

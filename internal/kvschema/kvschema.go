@@ -626,6 +626,17 @@ func (s *Store) Work(host string) *Folder {
 	return &Folder{kv: s.kv, prefix: Work + host + "/"}
 }
 
+// DeleteWork removes a removed machine's folder of work orders, its anchor
+// included: a machine that is gone runs no order, and a thousand machines
+// replaced over time would leave a thousand anchors.
+func (s *Store) DeleteWork(ctx context.Context, host string) error {
+	if host == "" || strings.Contains(host, "/") {
+		return fmt.Errorf("delete work orders: bad machine id %q", host)
+	}
+	_, err := s.kv.DeleteTree(Work+host+"/", write(ctx))
+	return err
+}
+
 // JoinTokens is the folder of join tokens' records, one per token ID.
 func (s *Store) JoinTokens() *Folder {
 	return &Folder{kv: s.kv, prefix: JoinTokens}

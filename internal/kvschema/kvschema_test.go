@@ -228,3 +228,29 @@ func TestMeshRotationSteps(t *testing.T) {
 		t.Errorf("gossip key after a put: %q, %v", k, err)
 	}
 }
+
+// TestDeleteWorkTakesOnlyThatMachinesFolder: a removed machine's work
+// orders and anchor go; a machine whose ID it prefixes keeps its own.
+func TestDeleteWorkTakesOnlyThatMachinesFolder(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	for _, host := range []string{"h1", "h10"} {
+		for _, key := range []string{".watch", "worker-1"} {
+			if ok, err := s.Work(host).CAS(ctx, key, []byte("x"), 0); err != nil || !ok {
+				t.Fatalf("write %s/%s: %v %v", host, key, ok, err)
+			}
+		}
+	}
+	if err := s.DeleteWork(ctx, "h1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Work("h1").List(ctx); len(got) != 0 {
+		t.Errorf("h1's folder after its delete: %v", got)
+	}
+	if got, _ := s.Work("h10").List(ctx); len(got) != 2 {
+		t.Errorf("h10's folder after h1's delete: %v, want its 2 keys", got)
+	}
+	if err := s.DeleteWork(ctx, ""); err == nil {
+		t.Error("an empty machine ID deleted the whole work folder")
+	}
+}
