@@ -49,7 +49,9 @@ var campaignBackoff = clock.Backoff{Initial: 250 * time.Millisecond, Max: 2 * ti
 
 // listGap is the least time between two asks of one backend by the
 // leader's passes, unless the backend reported a machine stopped or a
-// removal waits on a confirmation (both ask afresh).
+// removal waits on a confirmation (both ask afresh). It must not exceed
+// the planner's confirmAfter (a second): a decision further off than that
+// does not ask for fresh lists, and relies on no list living longer.
 const listGap = time.Second
 
 // mayLead says whether a node campaigns for the leader lock: a Consul

@@ -74,7 +74,12 @@ func (ps *pass) ripe(s Sighting, limit time.Duration) bool {
 	age := ps.now.Sub(s.First)
 	if age < limit {
 		ps.wakeAt(s.First.Add(limit))
-		ps.d.FreshLists = true
+		// The pass that decides lists afresh when it comes within a
+		// list's reuse (at most confirmAfter); a limit further off is
+		// no reason to ask every backend again on each pass between.
+		if limit-age <= confirmAfter {
+			ps.d.FreshLists = true
+		}
 		return false
 	}
 	if s.Passes < 2 || age < confirmAfter {
@@ -113,6 +118,10 @@ type pass struct {
 	// hosts is what placement on other members chooses among, made on
 	// the first spawn that needs it and added to by each.
 	hosts *Hosts
+	// notHost are the recorded machines that may not host a spawn: not up
+	// (a machine its backend reports gone is still an alive member until
+	// Consul notices), or being removed.
+	notHost map[string]bool
 
 	// d is the decision being built; every step may add to its NextCheck.
 	d Decision
@@ -136,7 +145,7 @@ func (t *tally) addLive(r Record) {
 }
 
 func newPass(p *rules.Platform, obs Observed, now time.Time) pass {
-	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, d: Decision{Types: map[string]TypeStatus{}, Seen: map[string]Sighting{}}}
+	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, notHost: map[string]bool{}, d: Decision{Types: map[string]TypeStatus{}, Seen: map[string]Sighting{}}}
 	for _, name := range p.MachineNames() {
 		ps.tallies[name] = &tally{}
 	}
@@ -202,6 +211,9 @@ func (ps *pass) tallyUnrecorded() {
 // removal its state asks for.
 func (ps *pass) tallyRecord(id string, r Record) {
 	t := ps.tallyOf(r)
+	if r.State == StateDestroying {
+		ps.notHost[id] = true
+	}
 	if ps.obs.InFlight[id] {
 		// An action is running on it; count it as what it will be.
 		switch r.State {
@@ -216,6 +228,9 @@ func (ps *pass) tallyRecord(id string, r Record) {
 		ps.strays = append(ps.strays, actOn(KindScaleDown, id, r, fmt.Sprintf("machine type %q is not in the description", r.Type)))
 	}
 	h := ps.healthOf(id, r)
+	if !h.up {
+		ps.notHost[id] = true
+	}
 	switch r.State {
 	case StateDestroying:
 		ps.reaps = append(ps.reaps, actOn(KindReap, id, r, "finish removal: "+r.Reason))
@@ -375,8 +390,16 @@ func (h health) failure(backend string) string {
 	return "member is " + string(h.member.Status)
 }
 
+// voterRecheck is how soon a pass looks again at a server that is an alive
+// member but not yet a Raft voter: autopilot's promotion is no event the
+// leader watches, and the heal waits on it.
+const voterRecheck = time.Second
+
 // tallyJoining counts a machine being spawned or provisioned.
 func (ps *pass) tallyJoining(id string, r Record, t *tally, h health) {
+	if h.up && h.member.Server && !h.member.Voter {
+		ps.wakeAt(ps.now.Add(voterRecheck))
+	}
 	switch {
 	case h.up && (!h.member.Server || h.member.Voter):
 		ps.marks = append(ps.marks, actOn(KindMarkJoined, id, r, "member is alive"))
@@ -612,7 +635,7 @@ func (ps *pass) allHosts() Hosts {
 		}
 	}
 	for id, o := range ps.obs.Offers {
-		if id != ps.obs.Self {
+		if id != ps.obs.Self && !ps.notHost[id] {
 			hs.Offers[id] = o
 		}
 	}

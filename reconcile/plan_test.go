@@ -678,6 +678,32 @@ func TestPlanConfirmsASecondApartOnFreshLists(t *testing.T) {
 	}
 }
 
+// TestPlanLooksAgainAtAServerAwaitingItsVote: a server that is an alive
+// member but not yet a Raft voter is looked at again within a second, since
+// autopilot's promotion wakes nothing; a joining machine far from its
+// provision timeout asks for no fresh lists (a burst of joins reuses them).
+func TestPlanLooksAgainAtAServerAwaitingItsVote(t *testing.T) {
+	now := t0.Add(time.Hour)
+	p := platform(t, threeServers)
+	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", State: StateJoining, Updated: now}
+		o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, Voter: false}
+	})
+	obs.Seen = map[string]Sighting{}
+	d := Plan(p, obs, now)
+	for _, a := range d.Actions {
+		if a.Kind == KindMarkJoined {
+			t.Fatalf("a server that is not a voter marked joined: %+v", d.Actions)
+		}
+	}
+	if want := now.Add(voterRecheck); !d.NextCheck.Equal(want) {
+		t.Errorf("next check %v, want %v", d.NextCheck, want)
+	}
+	if d.FreshLists {
+		t.Error("a join a minute from its timeout asks for fresh lists")
+	}
+}
+
 // TestPlanReapsAtMostMaxUnhealthyPerPass: however many machines one
 // observation condemns, a pass removes no more than the cluster may lose.
 func TestPlanReapsAtMostMaxUnhealthyPerPass(t *testing.T) {
@@ -878,6 +904,51 @@ func TestPlanGivesServersOnlyToServers(t *testing.T) {
 	}
 	if len(d.Waiting) == 0 || !strings.Contains(d.Waiting[0], `backend "local": no member offers it`) {
 		t.Errorf("waiting %q", d.Waiting)
+	}
+}
+
+// TestPlanNeverPlacesOnAMachineItsBackendReportsGone: a machine whose
+// instance its backend lists stopped is still an alive member until Consul
+// notices, and still offers its backends; it holds the fewest servers, and
+// a replacement must not go to it (it went there, and waited on a host
+// that was dead).
+func TestPlanNeverPlacesOnAMachineItsBackendReportsGone(t *testing.T) {
+	p := platform(t, `
+machine "server" {
+  min = 5
+  consul_server = true
+}
+`)
+	obs := with(cluster("server", "a", "b", "c", "d", "e"), func(o *Observed) {
+		o.Self = "a"
+		for _, id := range []string{"a", "b", "c"} {
+			r := o.Records[id]
+			r.Host = "a"
+			o.Records[id] = r
+		}
+		for _, id := range []string{"d", "e"} {
+			r := o.Records[id]
+			r.Host = "b"
+			o.Records[id] = r
+		}
+		o.Offers = offers(offering("a", "local"), offering("b", "local"), offering("c", "local"), offering("d", "local"), offering("e", "local"))
+		// d and e run on b, the others on a; c's process is gone,
+		// Consul has it alive.
+		o.Instances["local"]["c"] = backends.Instance{MachineID: "c", MachineType: "server", Running: false}
+	})
+	obs.Seen = map[string]Sighting{"c": {Cond: condDown, First: t0, Passes: 1}}
+	d := Plan(p, obs, t0.Add(confirmAfter))
+	spawned := false
+	for _, a := range d.Actions {
+		if a.Kind == KindSpawn {
+			spawned = true
+			if a.Host == "c" {
+				t.Errorf("replacement placed on c, whose instance is gone: %+v", a)
+			}
+		}
+	}
+	if !spawned {
+		t.Fatalf("no replacement for c: %+v (waiting %q)", d.Actions, d.Waiting)
 	}
 }
 
