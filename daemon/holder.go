@@ -76,39 +76,51 @@ func (e *elector) endStoppedHolder(ctx context.Context, holder, session string) 
 			return
 		case <-look:
 		}
-		if e.holderStopped(ctx, be, holder, session) {
-			return
+		// The holder's machine was often the Raft leader too: ending
+		// its session waits for a new one, so a stop confirmed but
+		// not yet acted on is tried again until it is.
+		for {
+			stopped, ended := e.holderStopped(ctx, be, holder, session)
+			if ended {
+				return
+			}
+			if !stopped || clock.Sleep(ctx, e.clock, lockRetry) != nil {
+				break
+			}
 		}
 	}
 }
 
 // holderStopped asks be afresh whether holder's machine is stopped and, if
 // so and session is still that machine's node's, ends the session. It
-// reports whether it did.
-func (e *elector) holderStopped(ctx context.Context, be backends.Backend, holder, session string) bool {
+// reports whether the machine is stopped, and whether the session is
+// ended (or gone, or not the holder's: nothing left to do).
+func (e *elector) holderStopped(ctx context.Context, be backends.Backend, holder, session string) (stopped, ended bool) {
 	lctx, cancel := context.WithTimeout(ctx, holderCallTimeout)
 	defer cancel()
 	insts, err := be.List(lctx)
 	if err != nil {
-		return false
+		return false, false
 	}
-	stopped := false
 	for _, in := range insts {
 		if in.MachineID == holder {
 			stopped = !in.Running
 		}
 	}
 	if !stopped {
-		return false
+		return false, false
 	}
 	entry, _, err := e.consul.Session().Info(session, (&api.QueryOptions{}).WithContext(lctx))
-	if err != nil || entry == nil || entry.Node != holder {
-		return false
+	if err != nil {
+		return true, false
+	}
+	if entry == nil || entry.Node != holder {
+		return true, true
 	}
 	if _, err := e.consul.Session().Destroy(session, (&api.WriteOptions{}).WithContext(lctx)); err != nil {
-		e.log.Warn("could not end the session of the leader's stopped machine", telemetry.KeyLeader, holder, telemetry.KeyError, err)
-		return false
+		e.log.Debug("could not end the session of the leader's stopped machine yet", telemetry.KeyLeader, holder, telemetry.KeyError, err)
+		return true, false
 	}
 	e.log.Info("the leader's machine stopped, as its backend says: ended its session so that the lock moves now", telemetry.KeyLeader, holder)
-	return true
+	return true, true
 }

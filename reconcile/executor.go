@@ -611,6 +611,13 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			if err != nil {
 				log.Warn("force-leave failed", telemetry.KeyError, err)
 			} else if !prune {
+				if member.Server {
+					// Consul takes a leaving server out of Raft only
+					// once it has it failed: until then the dead
+					// server still counts toward quorum, and one more
+					// death would lose it. Out now, as a prune did.
+					e.removeRaftPeer(ctx, a.MachineID, log)
+				}
 				e.pruneWhenDown(ctx, a.MachineID, log)
 			}
 		}
@@ -670,6 +677,26 @@ func (e *Executor) pruneWhenDown(ctx context.Context, id string, log hclog.Logge
 			return true, nil
 		})
 	}()
+}
+
+// removeRaftPeer takes the server id out of the Raft configuration, if it
+// is in it.
+func (e *Executor) removeRaftPeer(ctx context.Context, id string, log hclog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+	defer cancel()
+	cfg, err := e.Consul.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		log.Warn("read the Raft configuration to remove a server", telemetry.KeyError, err)
+		return
+	}
+	for _, s := range cfg.Servers {
+		if s.Node != id {
+			continue
+		}
+		if err := e.Consul.Operator().RaftRemovePeerByID(s.ID, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+			log.Warn("remove a server from Raft", telemetry.KeyError, err)
+		}
+	}
 }
 
 // How pruneWhenDown looks for a member to go down.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -174,6 +175,11 @@ func benchHeal(b *testing.B, c *testCluster, leader bool) {
 		s := time.Since(t1)
 		starts, floors = append(starts, s), append(floors, p.detect+s)
 		b.Logf("iteration %d: killed %s (leader %v): %s; bare node start %s, floor %s", i, victim, leader, p, s.Round(time.Millisecond), (p.detect + s).Round(time.Millisecond))
+		if dir := os.Getenv("RF_BENCH_LOGS"); dir != "" && p.heal > 2*(p.detect+s) {
+			// A heal slower than twice its floor: what the survivors
+			// logged, for whoever looks for where its time went.
+			keepLogs(b, c, filepath.Join(dir, fmt.Sprintf("%s-%d-%s", b.Name(), i, victim)))
+		}
 		if out, errOut, code := c.rf("destroy", extra); code != 0 {
 			b.Fatalf("destroy: %s %s", out, errOut)
 		}
@@ -523,4 +529,27 @@ func TestQuantileNearestRank(t *testing.T) {
 	if quantile(nil, 0.5) != 0 || quantile(runs[:1], 0.9) != 5 {
 		t.Error("empty or single-run quantiles")
 	}
+}
+
+// keepLogs copies the agent's and Consul's logs of every machine of c into
+// dir.
+func keepLogs(b *testing.B, c *testCluster, dir string) {
+	ms, err := local.Machines(c.dir)
+	if err != nil {
+		b.Logf("keep logs: %v", err)
+		return
+	}
+	for _, m := range ms {
+		for _, f := range []string{filepath.Join(m.Dir, "agent.log"), filepath.Join(m.Config.DataDir, "consul.log")} {
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			to := filepath.Join(dir, m.Config.MachineID, filepath.Base(f))
+			if err := os.MkdirAll(filepath.Dir(to), 0o755); err == nil {
+				_ = os.WriteFile(to, raw, 0o644)
+			}
+		}
+	}
+	b.Logf("a slow heal: the machines' logs are in %s", dir)
 }

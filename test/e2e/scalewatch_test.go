@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -109,4 +110,58 @@ func TestScaleHealsBeforeQuorumLostAfter(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestScaleAReapedServerLeavesRaftAtOnce: a server reaped on its backend's
+// word while Consul's failure detector still has it alive (Consul's own
+// gossip timings here: the description plans more machines than fast
+// gossip is kept for) is out of the Raft configuration by the time its
+// record is gone. Made to leave without a prune, Consul would keep it a
+// voter until its failure detector had it failed, and one more death in
+// between would lose quorum.
+func TestScaleAReapedServerLeavesRaftAtOnce(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	src := platformWith(3, 3, "2s", "", false) + `
+machine "spare" {
+  min      = 0
+  max      = 30
+  backends = ["local"]
+}
+`
+	c.up(c.writePlatform("platform.hcl", src))
+	v := c.waitAgree(3, 2*time.Minute, "after up")
+	victim, survivor := v.follower(), v.leader
+	id := c.identity()
+	cl, err := consulclient.New(consulclient.Target{Host: v.records[survivor].Address, Token: id.ManagementToken, CACert: id.CACert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.kill(victim)
+	var inRaft bool
+	if !poll(time.Minute, func() bool {
+		v, err := c.view()
+		if err != nil {
+			return false
+		}
+		if _, recorded := v.records[victim]; recorded {
+			return false
+		}
+		raft, err := cl.Operator().RaftGetConfiguration(nil)
+		if err != nil {
+			return false
+		}
+		inRaft = false
+		for _, s := range raft.Servers {
+			inRaft = inRaft || s.Node == victim
+		}
+		return true
+	}) {
+		t.Fatalf("%s was never reaped", victim)
+	}
+	alive, _ := memberState(cl, victim)
+	if inRaft {
+		t.Errorf("%s reaped (its record gone), and still in the Raft configuration (Consul has it alive: %v)", victim, alive)
+	}
+	c.waitAgree(3, 2*time.Minute, "after the heal", victim)
 }
