@@ -12,6 +12,7 @@ package backends
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -58,6 +59,11 @@ type LocalView interface {
 type Watcher interface {
 	Watch(ctx context.Context, stopped func(machineID string)) error
 }
+
+// ErrCannotWatch is what a Watch returns, wrapped, when it can never watch
+// here (the kernel lacks what it needs): the caller stops trying, and the
+// backend's machines are found by their lists alone.
+var ErrCannotWatch = errors.New("this backend cannot watch its machines here")
 
 // Scoped is implemented by a backend that can name what it manages: one
 // Docker engine, one machine's loopback. Two members whose backends give the

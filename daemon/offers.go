@@ -67,9 +67,21 @@ func (o *offerer) poke() {
 // Run checks and publishes until ctx ends, then returns nil. A backend
 // this machine holds machines of that reports one stopped makes it check
 // and publish at once: the leader judges the machine by this list.
+//
+// A second list follows a second later, published whatever it says: the
+// leader removes a machine only on two lists of its host (a restarted
+// container shows running again in the second).
 func (o *offerer) Run(ctx context.Context) error {
-	w := &reconcile.Watches{Clock: o.clock, Log: o.log, Stopped: func(string, string) { o.poke() }}
+	again := make(chan struct{}, 1)
+	w := &reconcile.Watches{Clock: o.clock, Log: o.log, Stopped: func(string, string) {
+		o.poke()
+		select {
+		case again <- struct{}{}:
+		default:
+		}
+	}}
 	defer w.Stop()
+	var confirm <-chan time.Time
 	for {
 		w.Follow(ctx, o.hosted())
 		o.check(ctx, false)
@@ -77,10 +89,19 @@ func (o *offerer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-o.wake:
+		case <-again:
+			o.check(ctx, false)
+			confirm = o.clock.After(stopConfirm)
+		case <-confirm:
+			confirm = nil
+			o.publish(ctx)
 		case <-o.clock.After(offerInterval):
 		}
 	}
 }
+
+// stopConfirm is how long after a stop its host publishes its list again.
+const stopConfirm = time.Second
 
 // publish checks and publishes at once, changed or not: after a work order
 // ran here, so that a list written after its outcome is in KV.

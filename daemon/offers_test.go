@@ -197,4 +197,15 @@ func TestScaleAHostPublishesAStoppedMachineAtOnce(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "web-1 listed stopped", listed(false))
 	t.Logf("published %s after the backend's report", time.Since(t0).Round(time.Millisecond))
+	// A second list follows, unchanged or not: the leader removes a
+	// machine only on two lists of its host.
+	all, _, err := store.Offers(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := all["worker-1"].Index
+	waitFor(t, 5*time.Second, "a second list published after the stop", func() bool {
+		all, _, err := store.Offers(context.Background(), nil)
+		return err == nil && all["worker-1"].Index > first && listed(false)()
+	})
 }

@@ -596,6 +596,8 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		} else if a.Backend != "" {
 			log.Warn("backend not configured; removing the record only")
 		}
+		// Only a machine a backend destroyed is known to be gone.
+		destroyed := a.Host != "" || be != nil
 		if isMember {
 			// A member the failure detector still has alive (its
 			// backend said first that it is gone) is not pruned now:
@@ -611,7 +613,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			if err != nil {
 				log.Warn("force-leave failed", telemetry.KeyError, err)
 			} else if !prune {
-				if member.Server {
+				if member.Server && destroyed {
 					// Consul takes a leaving server out of Raft only
 					// once it has it failed: until then the dead
 					// server still counts toward quorum, and one more
@@ -631,7 +633,10 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		if e.Forget != nil {
 			// Its credentials go with it; one left behind is only a
 			// token of a machine that no longer exists.
-			if err := e.Forget(ctx, a.MachineID); err != nil {
+			fctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+			err := e.Forget(fctx, a.MachineID)
+			cancel()
+			if err != nil {
 				log.Warn("remove the machine's token", telemetry.KeyError, err)
 			}
 		}
@@ -649,7 +654,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 // pruneWhenDown erases a member that was made to leave while Consul still
 // had it alive from the member list, once Consul has it left or failed:
 // looked for every pruneEvery, for at most pruneWithin (a member that
-// never goes down is left as it is, leaving). It runs beside the actions,
+// never goes down is left as it is, leaving; Consul drops it in time). It runs beside the actions,
 // not as one (Wait does not wait for it), and ends with ctx.
 func (e *Executor) pruneWhenDown(ctx context.Context, id string, log hclog.Logger) {
 	go func() {
@@ -680,17 +685,25 @@ func (e *Executor) pruneWhenDown(ctx context.Context, id string, log hclog.Logge
 }
 
 // removeRaftPeer takes the server id out of the Raft configuration, if it
-// is in it.
+// is in it. The peer is named by the server's node ID, from the catalog:
+// the configuration's node names are found by address, and a replacement
+// may already listen on the dead server's address (it then carried the
+// dead one's name, and the replacement was removed).
 func (e *Executor) removeRaftPeer(ctx context.Context, id string, log hclog.Logger) {
 	ctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
 	defer cancel()
+	node, _, err := e.Consul.Catalog().Node(id, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || node == nil || node.Node == nil || node.Node.ID == "" {
+		log.Debug("no node ID to remove a server from Raft by", telemetry.KeyError, err)
+		return
+	}
 	cfg, err := e.Consul.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		log.Warn("read the Raft configuration to remove a server", telemetry.KeyError, err)
 		return
 	}
 	for _, s := range cfg.Servers {
-		if s.Node != id {
+		if s.ID != node.Node.ID {
 			continue
 		}
 		if err := e.Consul.Operator().RaftRemovePeerByID(s.ID, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
@@ -701,8 +714,8 @@ func (e *Executor) removeRaftPeer(ctx context.Context, id string, log hclog.Logg
 
 // How pruneWhenDown looks for a member to go down.
 const (
-	pruneEvery  = time.Second
-	pruneWithin = 10 * time.Minute
+	pruneEvery  = 2 * time.Second
+	pruneWithin = 3 * time.Minute
 )
 
 // deleteRecord removes a removed machine's record. A server that just left

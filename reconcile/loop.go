@@ -85,7 +85,8 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	var wg sync.WaitGroup
 	for _, name := range sortedKeys(bes) {
 		be := bes[name]
-		if c, at, ok := lists.recent(name); ok {
+		c, at, ok, gen := lists.recent(name)
+		if ok {
 			answers = append(answers, c)
 			obs.ListedAt[name] = at
 			continue
@@ -98,6 +99,7 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 			if lv, ok := be.(backends.LocalView); ok && lv.ListsOnlyLocal() {
 				a.localOnly = true
 			}
+			asked := time.Now()
 			bctx, cancel := context.WithTimeout(ctx, backendQueryTimeout)
 			defer cancel()
 			a.availErr = be.Available(bctx)
@@ -105,7 +107,7 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 			if sc, ok := be.(backends.Scoped); ok && a.availErr == nil {
 				a.scope, _ = sc.Scope(bctx)
 			}
-			lists.keep(name, a, index)
+			lists.keep(name, a, index, gen, asked)
 			mu.Lock()
 			answers = append(answers, a)
 			mu.Unlock()
@@ -168,6 +170,9 @@ type Lists struct {
 	mu   sync.Mutex
 	p    *rules.Platform       // the description the answers were for; guarded by mu
 	last map[string]cachedList // by backend name; guarded by mu
+	// gen counts the Forgets, so that a list asked before one is not
+	// kept after it (a stop reported while the list was in flight).
+	gen uint64 // guarded by mu
 }
 
 type cachedList struct {
@@ -198,6 +203,7 @@ func (l *Lists) Forget(name string) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.gen++
 	if name == "" {
 		l.last = nil
 		return
@@ -206,32 +212,35 @@ func (l *Lists) Forget(name string) {
 }
 
 // recent returns the backend's answer when it was asked less than MinGap
-// ago.
-func (l *Lists) recent(name string) (answer, uint64, bool) {
+// ago, and the generation a list asked now is kept under.
+func (l *Lists) recent(name string) (a answer, index uint64, ok bool, gen uint64) {
 	if l == nil || l.MinGap <= 0 {
-		return answer{}, 0, false
+		return answer{}, 0, false, 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	c, ok := l.last[name]
-	if !ok || time.Since(c.at) >= l.MinGap {
-		return answer{}, 0, false
+	c, found := l.last[name]
+	if !found || time.Since(c.at) >= l.MinGap {
+		return answer{}, 0, false, l.gen
 	}
-	return c.a, c.index, true
+	return c.a, c.index, true, l.gen
 }
 
-// keep remembers a backend's answer, asked after the inventory read at
-// index.
-func (l *Lists) keep(name string, a answer, index uint64) {
+// keep remembers a backend's answer, asked at asked after the inventory
+// read at index, unless a Forget came since the ask (generation gen).
+func (l *Lists) keep(name string, a answer, index, gen uint64, asked time.Time) {
 	if l == nil || l.MinGap <= 0 {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.gen != gen {
+		return
+	}
 	if l.last == nil {
 		l.last = map[string]cachedList{}
 	}
-	l.last[name] = cachedList{at: time.Now(), index: index, a: a}
+	l.last[name] = cachedList{at: asked, index: index, a: a}
 }
 
 // liveOffers reads the alive members' offers of backends; nil when they
@@ -535,12 +544,24 @@ func (r *Reconciler) inventoryQuery(ctx context.Context) watch.Query {
 	}
 }
 
+// hostListsGap is the least time between two reads of every offer by the
+// leader's watch of its hosts' lists.
+const hostListsGap = time.Second
+
 // hostListsQuery watches the members' offers for a change in what their
 // hosts list (a host whose machine stopped publishes at once), not in
 // their free memory or the time they were checked.
 func (r *Reconciler) hostListsQuery(ctx context.Context) watch.Query {
 	var last uint64
+	var at time.Time
 	return func(q *api.QueryOptions) (uint64, bool, error) {
+		// Every member rewrites its offer as its free memory moves: a
+		// thousand of them would have the leader read every offer
+		// many times a second. Once a second is soon enough to wake.
+		if err := clock.Sleep(ctx, clock.Real{}, time.Until(at.Add(hostListsGap))); err != nil {
+			return 0, false, err
+		}
+		at = time.Now()
 		// Only a reason to look: the pass reads the offers it plans on.
 		q.AllowStale = true
 		all, index, err := r.Inventory.Store.Offers(ctx, q)

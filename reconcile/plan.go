@@ -51,6 +51,9 @@ type Sighting struct {
 	Cond   string    `json:"cond"`
 	First  time.Time `json:"first"`
 	Passes int       `json:"passes"`
+	// Evidence is the index of the host's offer that first showed the
+	// machine gone, when only that list said so.
+	Evidence uint64 `json:"evidence,omitempty"`
 }
 
 // sight returns id's sighting of cond for this pass: the previous one
@@ -266,6 +269,9 @@ type health struct {
 	instGone bool
 	// up is true when its member is alive and its instance not gone.
 	up bool
+	// offerIndex is the index of the host's offer instGone was read
+	// from; 0 when it came from the leader's own list.
+	offerIndex uint64
 }
 
 func (ps *pass) healthOf(id string, r Record) health {
@@ -274,9 +280,10 @@ func (ps *pass) healthOf(id string, r Record) health {
 	// The backend's view only adds speed (a dead process shows there
 	// before Consul notices); the leader itself is evidently running,
 	// whatever its backend lists.
-	if insts, localOnly, listed := ps.listOf(r); listed && id != ps.obs.Self {
+	if insts, localOnly, listed, from := ps.listOf(r); listed && id != ps.obs.Self {
 		in, exists := insts[id]
 		h.instGone = exists && !in.Running || !exists && !localOnly && !ps.recordedSinceListed(r)
+		h.offerIndex = from
 	}
 	h.up = isMember && m.Status == MemberAlive && !h.instGone
 	return h
@@ -288,10 +295,13 @@ func (ps *pass) healthOf(id string, r Record) health {
 // reported the machine made (a list from before says nothing of it). A
 // host that is not an alive member lists nothing: its machines are
 // unknown, not gone, unless the leader's own list has them.
-func (ps *pass) listOf(r Record) (insts map[string]backends.Instance, localOnly, listed bool) {
+//
+// from is the index of the offer the list came from, 0 for the leader's
+// own: a host's list is asked again only when the host publishes.
+func (ps *pass) listOf(r Record) (insts map[string]backends.Instance, localOnly, listed bool, from uint64) {
 	if ps.runsHere(r) {
 		insts, listed = ps.obs.Instances[r.Backend]
-		return insts, ps.obs.LocalOnly[r.Backend], listed
+		return insts, ps.obs.LocalOnly[r.Backend], listed, 0
 	}
 	o, ok := ps.obs.Offers[r.Host]
 	bo := o.Backends[r.Backend]
@@ -300,15 +310,15 @@ func (ps *pass) listOf(r Record) (insts map[string]backends.Instance, localOnly,
 		// engine, one box): a machine it lists, stopped or running, is
 		// as good as the host's word. Its absence there says nothing.
 		if in, seen := ps.obs.Instances[r.Backend][r.ID]; seen {
-			return map[string]backends.Instance{r.ID: in}, true, true
+			return map[string]backends.Instance{r.ID: in}, true, true, 0
 		}
-		return nil, false, false
+		return nil, false, false, 0
 	}
 	insts = make(map[string]backends.Instance, len(bo.Instances))
 	for _, in := range bo.Instances {
 		insts[in.MachineID] = in
 	}
-	return insts, bo.LocalOnly, true
+	return insts, bo.LocalOnly, true, o.Index
 }
 
 // recordedSinceListed reports whether r changed after the leader's list of
@@ -474,6 +484,20 @@ func (ps *pass) tallyFailed(id string, r Record, t *tally, h health) {
 	s := ps.sight(id, condDown)
 	if r.FailedSince.IsZero() {
 		ps.marks = append(ps.marks, actOn(KindMarkFailed, id, r, h.failure(r.Backend)))
+	}
+	if h.instGone && h.offerIndex != 0 && h.isMember && h.member.Status == MemberAlive {
+		// The host's list is the only word that it is gone (Consul
+		// has it alive), and the leader cannot ask that list again:
+		// the confirmation waits for a list the host published
+		// after the first, as a restarted container shows running.
+		if s.Evidence == 0 {
+			s.Evidence = h.offerIndex
+			ps.d.Seen[id] = s
+		}
+		if h.offerIndex <= s.Evidence {
+			t.failedIn++
+			return
+		}
 	}
 	if !ps.ripe(s, grace) {
 		t.failedIn++

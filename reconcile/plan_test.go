@@ -997,6 +997,53 @@ func hostList(host, b string, index uint64, ids ...string) Offer {
 	return o
 }
 
+// TestPlanRemovesOnTwoListsOfItsHost: a machine only its host's list
+// says is gone, which Consul still has alive, is removed only once a list
+// the host published later agrees: the leader cannot ask that list again,
+// and a container restarted in the meantime shows running in the next.
+func TestPlanRemovesOnTwoListsOfItsHost(t *testing.T) {
+	p := platform(t, threeServers)
+	stopped := func(index uint64, running bool) map[string]Offer {
+		o := hostList("b", "docker", index, "c")
+		bo := o.Backends["docker"]
+		bo.Instances[0].Running = running
+		o.Backends["docker"] = bo
+		return offers(offering("a"), o)
+	}
+	base := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Self = "a"
+		r := o.Records["c"]
+		r.Host, r.Backend, r.HostSince = "b", "docker", 100
+		o.Records["c"] = r
+		delete(o.Instances["local"], "c")
+	})
+	reaps := func(d Decision) bool {
+		for _, a := range d.Actions {
+			if a.Kind == KindReap && a.MachineID == "c" {
+				return true
+			}
+		}
+		return false
+	}
+	obs := with(base, func(o *Observed) { o.Offers = stopped(101, false) })
+	obs.Seen = map[string]Sighting{}
+	d := Plan(p, obs, t0)
+	obs.Seen = d.Seen
+	if d = Plan(p, obs, t0.Add(2*confirmAfter)); reaps(d) {
+		t.Fatalf("reaped on one list of its host, read twice: %+v", d.Actions)
+	}
+	later := with(obs, func(o *Observed) { o.Offers = stopped(102, false) })
+	later.Seen = d.Seen
+	if d := Plan(p, later, t0.Add(3*confirmAfter)); !reaps(d) {
+		t.Errorf("a later list of its host agrees, and it was not reaped: %+v", d.Actions)
+	}
+	back := with(obs, func(o *Observed) { o.Offers = stopped(102, true) })
+	back.Seen = d.Seen
+	if d := Plan(p, back, t0.Add(3*confirmAfter)); reaps(d) {
+		t.Errorf("its host lists it running again, and it was reaped: %+v", d.Actions)
+	}
+}
+
 // TestPlanJudgesAMachineByItsHostsList: a machine another member made is
 // gone when that member's list, written after it reported the machine
 // made, no longer has it; an older list, or a host that is not alive, says

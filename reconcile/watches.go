@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -73,6 +74,12 @@ func (w *Watches) run(ctx context.Context, name string, wt backends.Watcher) {
 		began := c.Now()
 		err := wt.Watch(ctx, stopped)
 		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, backends.ErrCannotWatch) {
+			if w.Log != nil {
+				w.Log.Info("backend cannot watch its machines here: its lists alone find a machine that stops", telemetry.KeyBackend, name, telemetry.KeyError, err)
+			}
 			return
 		}
 		if c.Now().Sub(began) > watchBackoff.Max {

@@ -104,6 +104,11 @@ func (b *Backend) watchNew(held map[string]watched) error {
 		if errors.Is(err, unix.ESRCH) {
 			continue // ended meanwhile: List sees it stopped
 		}
+		if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
+			// A kernel before 5.3, or a seccomp profile that
+			// refuses it: no watch, the lists alone.
+			return fmt.Errorf("local backend: pidfd_open: %w (%w)", backends.ErrCannotWatch, err)
+		}
 		if err != nil {
 			return fmt.Errorf("local backend: watch the agent of %s (pid %d): %w", node.MachineID, pid, err)
 		}
