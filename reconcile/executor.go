@@ -606,8 +606,14 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			// member list, and every read of the members (the next
 			// pass's, the replacement's node config) waits on it. It
 			// is marked leaving at once and pruned once it is failed.
-			prune := member.Status != MemberAlive
+			// Asked again now: a member that left gracefully (a scale
+			// down) or failed meanwhile is pruned at once, and the
+			// prune is what takes a left server out of Raft for sure.
 			fctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+			prune := member.Status != MemberAlive
+			if st, ok := e.memberStatus(fctx, a.MachineID); ok {
+				prune = st != MemberAlive
+			}
 			err := e.Consul.Agent().ForceLeaveOptions(a.MachineID, api.ForceLeaveOpts{Prune: prune}, (&api.QueryOptions{}).WithContext(fctx))
 			cancel()
 			if err != nil {
@@ -682,6 +688,21 @@ func (e *Executor) pruneWhenDown(ctx context.Context, id string, log hclog.Logge
 			return true, nil
 		})
 	}()
+}
+
+// memberStatus is what Consul says of member id now; ok is false when it
+// cannot tell.
+func (e *Executor) memberStatus(ctx context.Context, id string) (MemberStatus, bool) {
+	members, err := consulclient.Members(ctx, e.Consul)
+	if err != nil {
+		return "", false
+	}
+	for _, m := range members {
+		if m.Name == id {
+			return SerfStatus(m.Status), true
+		}
+	}
+	return "", false
 }
 
 // removeRaftPeer takes the server id out of the Raft configuration, if it
