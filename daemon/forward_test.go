@@ -368,29 +368,6 @@ func TestScaleReseededKVIsTaken(t *testing.T) {
 	}
 }
 
-// TestScaleMeshRetrySpreads: a failed read of the mesh's folder waits the
-// gap and a draw from the whole of [0, gap] on top, so that N members whose
-// reads failed together (a Raft leader change) read again spread over the
-// gap, never later than a minute and a gap.
-func TestScaleMeshRetrySpreads(t *testing.T) {
-	lowest, highest := time.Hour, time.Duration(0)
-	for range 1000 {
-		d := meshRetry.Delay(1)
-		if d < 0 || d > meshReadGap {
-			t.Fatalf("first retry's draw: got %v want within [0, %v]", d, meshReadGap)
-		}
-		lowest, highest = min(lowest, d), max(highest, d)
-	}
-	if lowest > meshReadGap/10 || highest < meshReadGap*9/10 {
-		t.Errorf("1000 draws span [%v, %v]: want them over the whole of [0, %v]", lowest, highest, meshReadGap)
-	}
-	for failures := 1; failures < 100; failures++ {
-		if d := meshRetry.Delay(failures); d > time.Minute {
-			t.Fatalf("retry after %d failures: got %v want at most a minute", failures, d)
-		}
-	}
-}
-
 // appliedIndex is applied, read under its lock while a watch runs.
 func (k *forwardKey) appliedIndex() uint64 {
 	k.mu.Lock()

@@ -49,14 +49,6 @@ const (
 	meshWait    = 5 * time.Minute
 )
 
-// meshRetry is what a failed read of the mesh's folder waits on top of
-// meshReadGap, drawn from the whole of [0, d] (full jitter): a Raft leader
-// change fails every member's read at once, and N reads of the whole
-// folder in the same instant after it are what grew the leader to gigabytes
-// at 5,000 simulated members. The first retry is spread over one gap, the
-// later ones over up to a minute.
-var meshRetry = clock.Backoff{Initial: meshReadGap, Max: time.Minute, Spread: 1}
-
 // MeshNode is a member's entry in KV: how the others reach it.
 type MeshNode struct {
 	MachineID string `json:"machine_id"`
@@ -332,20 +324,13 @@ type meshRead struct {
 // watch reads the members' entries and the mesh secrets whenever they
 // change, at most once per meshReadGap, and hands each read to reads (a
 // read not yet taken is replaced by the newer one), or a failed read's
-// error. It blocks until ctx ends; a failed read is retried after the gap
-// and a draw of meshRetry.
+// error. It blocks until ctx ends; a failed read is retried after the gap.
 func (s *meshSync) watch(ctx context.Context, reads chan meshRead) {
 	var index uint64
-	failures := 0
 	for ctx.Err() == nil {
 		started := s.clock.Now()
 		pairs, secrets, meta, err := s.store.Mesh(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: meshWait, AllowStale: true})
 		var r *meshRead
-		if err != nil {
-			failures++
-		} else {
-			failures = 0
-		}
 		switch {
 		case err != nil:
 			index = 0
@@ -367,7 +352,7 @@ func (s *meshSync) watch(ctx context.Context, reads chan meshRead) {
 			}
 			reads <- *r
 		}
-		if wait := meshReadGap - s.clock.Now().Sub(started) + meshRetry.Delay(failures); wait > 0 {
+		if wait := meshReadGap - s.clock.Now().Sub(started); wait > 0 {
 			_ = clock.Sleep(ctx, s.clock, wait)
 		}
 	}

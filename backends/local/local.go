@@ -295,11 +295,21 @@ func (b *Backend) freeAddress() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	last := -1
 	for _, in := range insts {
 		used[in.Address] = true
 	}
-	for _, a := range b.addresses {
-		if !used[a] {
+	for i, a := range b.addresses {
+		if used[a] {
+			last = i
+		}
+	}
+	// The first free address after the highest in use, then from the
+	// start: an address freed a moment ago (a dead machine destroyed
+	// while its replacement spawns) is not handed out again at once,
+	// while Consul and Raft may still know the dead machine by it.
+	for i := range b.addresses {
+		if a := b.addresses[(last+1+i)%len(b.addresses)]; !used[a] {
 			return a, nil
 		}
 	}

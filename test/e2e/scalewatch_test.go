@@ -137,6 +137,13 @@ machine "spare" {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// By its node ID: the Raft configuration names its servers by
+	// address, and a replacement may listen on the dead one's.
+	node, _, err := cl.Catalog().Node(victim, nil)
+	if err != nil || node == nil || node.Node == nil {
+		t.Fatalf("the catalog's node of %s: %v", victim, err)
+	}
+	victimID := node.Node.ID
 	c.kill(victim)
 	var inRaft bool
 	if !poll(time.Minute, func() bool {
@@ -153,7 +160,7 @@ machine "spare" {
 		}
 		inRaft = false
 		for _, s := range raft.Servers {
-			inRaft = inRaft || s.Node == victim
+			inRaft = inRaft || s.ID == victimID
 		}
 		return true
 	}) {
