@@ -752,22 +752,7 @@ func (b *watchingBackend) Watch(ctx context.Context, stopped func(string)) error
 // resync an hour away.
 func TestScaleABackendsStopWakesAPass(t *testing.T) {
 	inv := needConsul(t)
-	self, err := consul.Client.Agent().NodeName()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := platform(t, `
-policy {
-  resync_interval = "1h"
-}
-machine "server" {
-  min           = 1
-  consul_server = true
-}
-`)
-	if _, err := inv.Put(context.Background(), Record{ID: self, Type: "server", Backend: "local", State: StateJoined}); err != nil {
-		t.Fatal(err)
-	}
+	self, p := quietLeader(t, inv)
 	be := &watchingBackend{stop: make(chan struct{})}
 	passes := make(chan time.Time, 100)
 	r := &Reconciler{
@@ -819,22 +804,7 @@ machine "server" {
 func TestScaleAHostsListWakesTheLeader(t *testing.T) {
 	inv := needConsul(t)
 	ctx := context.Background()
-	self, err := consul.Client.Agent().NodeName()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := platform(t, `
-policy {
-  resync_interval = "1h"
-}
-machine "server" {
-  min           = 1
-  consul_server = true
-}
-`)
-	if _, err := inv.Put(ctx, Record{ID: self, Type: "server", Backend: "local", State: StateJoined}); err != nil {
-		t.Fatal(err)
-	}
+	self, p := quietLeader(t, inv)
 	offer := func(running bool, free uint64) {
 		t.Helper()
 		o := Offer{Machine: "h1", Checked: time.Now(), Backends: map[string]BackendOffer{"engine": {
@@ -886,4 +856,28 @@ machine "server" {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no pass within 5 s of a host's changed list")
 	}
+}
+
+// quietLeader is a one-server cluster led by the test's Consul node, with a
+// resync an hour away: any pass within a test's time is one an event woke.
+// It returns the leader's ID and the description.
+func quietLeader(t *testing.T, inv *Inventory) (string, *rules.Platform) {
+	t.Helper()
+	self, err := consul.Client.Agent().NodeName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := platform(t, `
+policy {
+  resync_interval = "1h"
+}
+machine "server" {
+  min           = 1
+  consul_server = true
+}
+`)
+	if _, err := inv.Put(context.Background(), Record{ID: self, Type: "server", Backend: "local", State: StateJoined}); err != nil {
+		t.Fatal(err)
+	}
+	return self, p
 }
