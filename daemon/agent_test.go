@@ -102,7 +102,7 @@ func httpStatus(cfg nodeconfig.Config) (agentapi.AgentStatus, error) {
 	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !ok() {

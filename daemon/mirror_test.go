@@ -66,7 +66,7 @@ func newTestMirror(t *testing.T, consul *testconsul.Server) (*mirror, *lockedBuf
 	return m, logs
 }
 
-func startTestConsul(t *testing.T) *testconsul.Server {
+func startTestConsul(t testing.TB) *testconsul.Server {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test: runs a real Consul (run without -short)")

@@ -195,6 +195,15 @@ func decideRecovery(f recoveryFacts) recoveryDecision {
 	if len(survivors) == 0 {
 		return decide(false, "this node does not see itself alive in the gossip pool yet")
 	}
+	// One survivor restarts Raft alone, and the others join it. Should
+	// the others be a majority of the voters without it, they could elect
+	// a leader of the old configuration while it leads the new one: two
+	// clusters, each committing writes the other will drop. Survivors that
+	// many are a Raft starved of CPU or cut apart, not a lost quorum, and
+	// are waited for, however long it takes.
+	if voters := votersNotLeft(f.Servers); 2*(len(survivors)-1) > voters {
+		return decide(false, "%d of %d servers are alive: the others could elect a leader without this node, so it does not restart Raft alone (a starved or cut Raft, not lost quorum); waiting, or `raptiformica recover`", len(survivors), voters)
+	}
 	// Every survivor computes the same choice from the same facts.
 	best, bestIndex := "", uint64(0)
 	for _, s := range survivors {
@@ -238,6 +247,18 @@ func majorityFailed(ss []agentapi.ServerSeen, gone map[string]bool) bool {
 		}
 	}
 	return failed > 0 && 2*failed >= total
+}
+
+// votersNotLeft counts the servers that have not left gracefully: those
+// Raft still counts for a majority.
+func votersNotLeft(ss []agentapi.ServerSeen) int {
+	n := 0
+	for _, s := range ss {
+		if s.Status != reconcile.MemberLeft {
+			n++
+		}
+	}
+	return n
 }
 
 // goneByBackend finds, among the servers other than this node that have

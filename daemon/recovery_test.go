@@ -106,6 +106,26 @@ func TestDecideRecovery(t *testing.T) {
 				Reason: "every lost server is gone by its backend's word; this node has the most up-to-date Raft log (index 120) of 1 survivors"},
 		},
 		{
+			name: "every server alive and no leader past quorum_lost_after is a starved Raft: nobody restarts it alone, or the other two could elect a second leader",
+			facts: facts(func(f *recoveryFacts) {
+				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberAlive), server("c", reconcile.MemberAlive)}
+				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true, "b": true, "c": true}}
+				f.Survivors["c"] = survivorEvidence{Quorum: &agentapi.QuorumStatus{Lost: true, RaftLastIndex: 90}}
+			}),
+			want: recoveryDecision{Lost: true, At: now, On: "a=alive;b=alive;c=alive;",
+				Reason: "3 of 3 servers are alive: the others could elect a leader without this node, so it does not restart Raft alone (a starved or cut Raft, not lost quorum); waiting, or `raptiformica recover`"},
+		},
+		{
+			name: "of five servers one lost: the four survivors are a majority and wait for an election",
+			facts: facts(func(f *recoveryFacts) {
+				f.Servers = append(f.Servers, server("d", reconcile.MemberAlive), server("e", reconcile.MemberAlive))
+				f.Records = onBackend("local", "a", "b", "c", "d", "e")
+				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true, "b": true, "d": true, "e": true}}
+			}),
+			want: recoveryDecision{Lost: true, At: now, On: "a=alive;b=alive;c=failed;d=alive;e=alive;",
+				Reason: "4 of 5 servers are alive: the others could elect a leader without this node, so it does not restart Raft alone (a starved or cut Raft, not lost quorum); waiting, or `raptiformica recover`"},
+		},
+		{
 			name: "a majority failed but still running is a partition, even early",
 			facts: facts(func(f *recoveryFacts) {
 				f.Now = leaderlessSince.Add(lostMajorityAfter)
