@@ -137,7 +137,10 @@ type consulCheck struct {
 const ServiceName = "raptiformica"
 
 // agentService is the node's agent as a Consul service: its metrics port,
-// and a check on /healthz.
+// and a check on /livez. Not /healthz, which asks the Consul servers: when
+// they are slow, every member's check would go critical at once and back,
+// each change a write through the Raft leader that is already slow, a
+// hundred at a time.
 func agentService(c nodeconfig.Config) consulService {
 	return consulService{
 		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPPort,
@@ -147,8 +150,8 @@ func agentService(c nodeconfig.Config) consulService {
 			"https_port": strconv.Itoa(c.HTTPSPort)},
 		Token: c.ACLToken,
 		Checks: []consulCheck{{
-			ID: ServiceName + "-healthz", Name: "raptiformica agent /healthz",
-			HTTP: fmt.Sprintf("http://%s/healthz", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPPort))), Interval: "10s", Timeout: "2s",
+			ID: ServiceName + "-livez", Name: "raptiformica agent /livez",
+			HTTP: fmt.Sprintf("http://%s/livez", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPPort))), Interval: "10s", Timeout: "2s",
 		}},
 	}
 }
@@ -223,7 +226,15 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 	}
 	if c.ConsulServer {
 		cc.Autopilot = map[string]any{"cleanup_dead_servers": true, "server_stabilization_time": "2s", "last_contact_threshold": "1s"}
-		cc.Performance = map[string]any{"raft_multiplier": 1}
+		// A 500 ms leader lease moves leadership in a second when a
+		// server dies, and makes the leader step down whenever it is
+		// starved of CPU for half a second. On a few machines that pays;
+		// on a hundred sharing their cores, one death's work starved the
+		// leader, every election added more, and the cluster lost its
+		// leader for minutes. Large clusters keep Consul's own timings.
+		if !c.DefaultGossip {
+			cc.Performance = map[string]any{"raft_multiplier": 1}
+		}
 	}
 	if c.FastGossip && !c.DefaultGossip {
 		// Loopback and LAN links: detect a dead member in seconds.

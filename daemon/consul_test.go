@@ -38,9 +38,10 @@ func TestConsulConfigTLS(t *testing.T) {
 	}
 }
 
-// TestScaleFastGossipOnlyOnSmallClusters: fast gossip pays on a few
-// machines; a node made for a description that asks for more keeps
-// Consul's own timings, whatever its backend's network would allow.
+// TestScaleFastGossipOnlyOnSmallClusters: fast gossip and a fast Raft
+// lease pay on a few machines; a node made for a description that asks
+// for more keeps Consul's own timings, whatever its backend's network
+// would allow.
 func TestScaleFastGossipOnlyOnSmallClusters(t *testing.T) {
 	base := nodeconfig.Config{MachineID: "m", MachineType: "w", DataDir: "/d", BindAddr: "127.0.0.7", ConsulBinary: "consul", FastGossip: true}.WithDefaults()
 	if cc := consulConfigFor(base, nil); cc.GossipLAN["probe_interval"] != "500ms" {
@@ -50,6 +51,15 @@ func TestScaleFastGossipOnlyOnSmallClusters(t *testing.T) {
 	large.DefaultGossip = true
 	if cc := consulConfigFor(large, nil); cc.GossipLAN != nil {
 		t.Errorf("a large cluster: gossip %v, want Consul's own", cc.GossipLAN)
+	}
+	server := base
+	server.ConsulServer = true
+	if cc := consulConfigFor(server, nil); cc.Performance["raft_multiplier"] != 1 {
+		t.Errorf("a server of a small cluster: performance %v, want raft_multiplier 1", cc.Performance)
+	}
+	server.DefaultGossip = true
+	if cc := consulConfigFor(server, nil); cc.Performance != nil {
+		t.Errorf("a server of a large cluster: performance %v, want Consul's own", cc.Performance)
 	}
 	small := &rules.Platform{Machines: map[string]rules.MachineType{"server": {Min: 3, Max: 3}, "worker": {Min: 2, Max: 5}}}
 	big := &rules.Platform{Machines: map[string]rules.MachineType{"server": {Min: 3, Max: 3}, "worker": {Min: 100, Max: 100}}}

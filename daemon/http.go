@@ -129,6 +129,16 @@ func (h *httpServer) handler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	// /livez is the agent alone: it serves and holds a description. It
+	// asks nothing of Consul, so that a slow cluster does not flip every
+	// member's Consul check (see agentService).
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
+		if !h.mirror.Ready() {
+			http.Error(w, "not ready: waiting for Consul and a platform description\n", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
 	mux.HandleFunc("GET /{$}", h.servePage)
 	addPeer := func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this node runs without the mesh (mesh = \"none\"): there is nothing to peer\n", http.StatusConflict)

@@ -178,3 +178,35 @@ func TestHostileHealthzWithHungConsul(t *testing.T) {
 		t.Errorf("/healthz with a hung Consul: got %d %q after %s, want 503 within 1s", resp.StatusCode, body, took)
 	}
 }
+
+// TestScaleLivezAsksNothingOfConsul: Consul's check of every member asks
+// /livez, which must not depend on the servers: with a hung Consul it
+// still says the agent lives. Were it /healthz, every member's check would
+// turn critical whenever the servers are slow, a hundred catalog writes
+// through a Raft leader already behind (seen at 103 machines: the leader
+// lost for minutes after one worker died).
+func TestScaleLivezAsksNothingOfConsul(t *testing.T) {
+	ln := testconsul.Silent(t)
+	client, err := consulclient.New(consulclient.Target{Host: "127.0.0.1", HTTPPort: ln.Port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		ready bool
+		want  int
+	}{{true, http.StatusOK}, {false, http.StatusServiceUnavailable}} {
+		addr := serveForTest(t, &httpServer{consul: client, mirror: &mirror{ready: tc.ready}})
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/livez")
+		if err != nil {
+			t.Fatalf("/livez: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("/livez of an agent ready=%v with a hung Consul: %d, want %d", tc.ready, resp.StatusCode, tc.want)
+		}
+	}
+	check := agentService(nodeconfig.Config{MachineID: "m", BindAddr: "127.0.0.7", HTTPPort: 9550}).Checks
+	if len(check) != 1 || !strings.HasSuffix(check[0].HTTP, "/livez") {
+		t.Errorf("the agent's Consul check: %+v, want one on /livez", check)
+	}
+}

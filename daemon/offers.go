@@ -42,7 +42,10 @@ type offerer struct {
 	backends func() map[string]backends.Backend
 	// hosting, when set, names the backends whose machines the offer
 	// lists (worker.hosting); nil lists none.
-	hosting  func() map[string]bool
+	hosting func() map[string]bool
+	// madeHere, when set, says whether this machine made a machine: only
+	// those machines' stops make it publish at once (worker.madeHere).
+	madeHere func(machineID string) bool
 	platform func() *rules.Platform
 	store    *kvschema.Store
 	clock    clock.Clock
@@ -50,10 +53,11 @@ type offerer struct {
 	metrics  *telemetry.Metrics
 	wake     chan struct{}
 
-	mu      sync.Mutex // held by a check: the loop's and a worker's
-	last    []byte     // the last offer published, without its time
-	lastAt  time.Time  // when it was published
-	lastErr string     // the last failure to publish, said once
+	mu       sync.Mutex        // held by a check: the loop's and a worker's
+	last     []byte            // the last offer published, without its time
+	lastAt   time.Time         // when it was published
+	lastFree map[string]uint64 // its free memory, by backend
+	lastErr  string            // the last failure to publish, said once
 }
 
 // poke asks for a check now (the description changed); it never blocks.
@@ -73,7 +77,10 @@ func (o *offerer) poke() {
 // container shows running again in the second).
 func (o *offerer) Run(ctx context.Context) error {
 	again := make(chan struct{}, 1)
-	w := &reconcile.Watches{Clock: o.clock, Log: o.log, Stopped: func(string, string) {
+	w := &reconcile.Watches{Clock: o.clock, Log: o.log, Stopped: func(_, id string) {
+		if o.madeHere != nil && !o.madeHere(id) {
+			return // another member's machine: its host says so
+		}
 		o.poke()
 		select {
 		case again <- struct{}{}:
@@ -139,6 +146,7 @@ func (o *offerer) checkLocked(ctx context.Context, force bool) uint64 {
 		return 0
 	}
 	offer := o.ask(ctx)
+	o.steadyMemory(&offer)
 	stable, _ := json.Marshal(offer.Backends)
 	now := o.clock.Now()
 	if !force && bytes.Equal(stable, o.last) && now.Sub(o.lastAt) < offerRefresh {
@@ -179,7 +187,35 @@ func (o *offerer) checkLocked(ctx context.Context, force bool) uint64 {
 		o.log.Info("offering backends", "offered", offer.Offered())
 	}
 	o.last, o.lastAt = stable, now
+	o.lastFree = map[string]uint64{}
+	for name, bo := range offer.Backends {
+		o.lastFree[name] = bo.FreeMemory
+	}
 	return index
+}
+
+// memoryShift is the least change of a backend's free memory that makes
+// an offer worth publishing again: a tenth of it, and at least 64 MiB.
+// MemAvailable moves a little every second; were every move a change,
+// every member would publish its offer at every minute's check, each
+// write waking the leader to read every offer again.
+func memoryShift(last uint64) uint64 { return max(64<<20, last/10) }
+
+// steadyMemory keeps in offer the free memory last published for each
+// backend unless it moved by memoryShift or more: a placement floor is
+// judged on a figure within a tenth of the truth, or fresher.
+func (o *offerer) steadyMemory(offer *reconcile.Offer) {
+	for name, bo := range offer.Backends {
+		last, ok := o.lastFree[name]
+		if !ok || bo.FreeMemory == last {
+			continue
+		}
+		diff := max(bo.FreeMemory, last) - min(bo.FreeMemory, last)
+		if last != 0 && bo.FreeMemory != 0 && diff < memoryShift(last) {
+			bo.FreeMemory = last
+			offer.Backends[name] = bo
+		}
+	}
 }
 
 // ask calls every backend's Available, and List where it is available, at

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -208,4 +209,127 @@ func TestScaleAHostPublishesAStoppedMachineAtOnce(t *testing.T) {
 		all, _, err := store.Offers(context.Background(), nil)
 		return err == nil && all["worker-1"].Index > first && listed(false)()
 	})
+}
+
+// TestScaleAHostReactsOnlyToStopsOfMachinesItMade: members that share a
+// backend's scope (one box's local machines, one Docker engine) each see
+// every stop there. Only the member that made the machine publishes at
+// once; were every member to, one death at a hundred members was five
+// hundred offers written in twelve seconds, and the Raft leader starved.
+// What a host made is kept across its agent's restarts.
+func TestScaleAHostReactsOnlyToStopsOfMachinesItMade(t *testing.T) {
+	consul := startTestConsul(t)
+	store := kvschema.New(consul.Client)
+	be := &holderBackend{id: "web-1", running: true, events: make(chan struct{})}
+	dir := t.TempDir()
+	w := &worker{served: filepath.Join(dir, "hosted-backends.json"), madeFile: filepath.Join(dir, "hosted-machines.json"), log: hclog.NewNullLogger()}
+	w.serve("engine")
+	o := &offerer{
+		self: "worker-1", backends: func() map[string]backends.Backend { return map[string]backends.Backend{"engine": be} },
+		hosting: w.hosting, madeHere: w.madeHere,
+		platform: func() *rules.Platform { return &rules.Platform{Cluster: "c"} }, store: store,
+		clock: clock.Real{}, log: hclog.NewNullLogger(), wake: make(chan struct{}, 1),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = o.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	listed := func(running bool) bool {
+		all, _, err := store.Offers(context.Background(), nil)
+		if err != nil || all["worker-1"].Value == nil {
+			return false
+		}
+		got, err := reconcile.ParseOffer("worker-1", all["worker-1"].Value)
+		bo := got.Backends["engine"]
+		return err == nil && bo.Listed && len(bo.Instances) == 1 && bo.Instances[0].Running == running
+	}
+	stop := func() {
+		t.Helper()
+		select {
+		case be.events <- struct{}{}:
+		case <-time.After(10 * time.Second):
+			t.Fatal("nothing watches the backend this host holds machines of")
+		}
+	}
+	waitFor(t, 10*time.Second, "web-1 listed running", func() bool { return listed(true) })
+	be.mu.Lock()
+	be.running = false
+	be.mu.Unlock()
+	stop()
+	time.Sleep(2 * time.Second)
+	if !listed(true) {
+		t.Fatal("a host published at once the stop of a machine another member made")
+	}
+	w.keep("web-1", true)
+	stop()
+	waitFor(t, 5*time.Second, "web-1, made here, listed stopped", func() bool { return listed(false) })
+	again := &worker{madeFile: w.madeFile, log: hclog.NewNullLogger()}
+	if !again.madeHere("web-1") {
+		t.Error("a restarted agent forgot a machine it made")
+	}
+	again.keep("web-1", false)
+	if (&worker{madeFile: w.madeFile, log: hclog.NewNullLogger()}).madeHere("web-1") {
+		t.Error("a machine destroyed here is still kept as made here")
+	}
+}
+
+// memoryBackend reports the free memory the test sets.
+type memoryBackend struct {
+	answerBackend
+	mu   sync.Mutex
+	free uint64
+}
+
+func (b *memoryBackend) FreeMemory(context.Context) (uint64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.free, nil
+}
+
+// TestScaleOfferIgnoresSmallMovesOfFreeMemory: free memory moves a little
+// every second; an offer is written again only when it moved by a tenth
+// (and 64 MiB) or more. Were every move a change, every member would
+// write its offer at every minute's check, and each write wakes the
+// leader to read every member's offer: seen at 103 machines at rest.
+func TestScaleOfferIgnoresSmallMovesOfFreeMemory(t *testing.T) {
+	consul := startTestConsul(t)
+	store := kvschema.New(consul.Client)
+	be := &memoryBackend{free: 4 << 30}
+	o := &offerer{
+		self: "worker-1", backends: func() map[string]backends.Backend { return map[string]backends.Backend{"local": be} },
+		platform: func() *rules.Platform { return &rules.Platform{Cluster: "c"} }, store: store,
+		clock: clock.Real{}, log: hclog.NewNullLogger(), wake: make(chan struct{}, 1),
+	}
+	index := func() (uint64, uint64) {
+		all, _, err := store.Offers(context.Background(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := reconcile.ParseOffer("worker-1", all["worker-1"].Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return all["worker-1"].Index, got.Backends["local"].FreeMemory
+	}
+	set := func(free uint64) {
+		be.mu.Lock()
+		be.free = free
+		be.mu.Unlock()
+		o.check(context.Background(), false)
+	}
+	set(4 << 30)
+	first, free := index()
+	if free != 4<<30 {
+		t.Fatalf("first offer: free memory %d, want %d", free, 4<<30)
+	}
+	for _, small := range []uint64{4<<30 + 5<<20, 4<<30 - 100<<20, 4<<30 + 300<<20} {
+		set(small)
+		if i, free := index(); i != first || free != 4<<30 {
+			t.Errorf("free memory moved to %d MiB: offer at index %d with %d MiB, want unchanged at %d with 4096 MiB", small>>20, i, free>>20, first)
+		}
+	}
+	set(5 << 30)
+	if i, free := index(); i == first || free != 5<<30 {
+		t.Errorf("free memory up a quarter: offer at index %d with %d MiB, want a new one with 5120 MiB", i, free>>20)
+	}
 }

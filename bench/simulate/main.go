@@ -546,9 +546,10 @@ func startCluster(bin, dir string) ([]*consulServer, error) {
 		// The agent's own server settings that bear on load: ACLs are off
 		// here (see the package doc); the connection cap is lifted because
 		// every simulated agent's requests come from one address.
-		// (Consul wants the open-file limit above the cap.)
+		// (Consul wants the open-file limit above the cap.) Consul's own
+		// Raft timings, as the agent keeps them for a description of more
+		// than nodeconfig.FastGossipMax machines.
 		cfg := fmt.Sprintf(`limits { http_max_conns_per_client = %d }
-performance { raft_multiplier = 1 }
 disable_update_check = true
 ports { dns = -1, grpc = -1, serf_wan = -1 }
 `, fileLimit()-100)

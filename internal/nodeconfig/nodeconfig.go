@@ -87,9 +87,10 @@ type Config struct {
 	TLS *TLS `json:"tls,omitempty"`
 	// FastGossip tunes failure detection for a loopback or LAN network.
 	FastGossip bool `json:"fast_gossip,omitempty"`
-	// DefaultGossip keeps Consul's own gossip timings whatever FastGossip
-	// says: the description asks for more machines than fast gossip pays
-	// for (each member probes twice a second and gossips ten times).
+	// DefaultGossip keeps Consul's own gossip and Raft timings whatever
+	// FastGossip says: the description asks for more machines than fast
+	// timings pay for (each member probes twice a second and gossips ten
+	// times; a server's 500 ms leader lease is lost to a starved second).
 	DefaultGossip bool `json:"default_gossip,omitempty"`
 	// PlatformFile seeds an empty KV with a description on first start.
 	PlatformFile string `json:"platform_file,omitempty"`
