@@ -132,6 +132,9 @@ type Instance struct {
 	Addresses []string  `json:"addresses,omitempty"`
 	Running   bool      `json:"running"`
 	Created   time.Time `json:"created"`
+	// MadeBy is the member that made it (its node config's made_by),
+	// where the backend can tell; empty when it cannot.
+	MadeBy string `json:"made_by,omitempty"`
 }
 
 // Env is what a backend needs to know about the node that runs it.

@@ -194,6 +194,22 @@ func (o *offerer) checkLocked(ctx context.Context, force bool) uint64 {
 	return index
 }
 
+// madeBy keeps of insts the machines self made, and those whose maker the
+// backend cannot tell. Members sharing a backend's scope (one box's local
+// machines, one engine's containers) would each list all of them: a
+// hundred hosts listing a hundred machines is 1.8 MB of offers the leader
+// reads on every change. The leader judges a machine by its maker's list
+// only, and by its own list when the maker is gone.
+func madeBy(self string, insts []backends.Instance) []backends.Instance {
+	out := insts[:0:0]
+	for _, in := range insts {
+		if in.MadeBy == "" || in.MadeBy == self {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
 // memoryShift is the least change of a backend's free memory that makes
 // an offer worth publishing again: a tenth of it, and at least 64 MiB.
 // MemAvailable moves a little every second; were every move a change,
@@ -250,7 +266,7 @@ func (o *offerer) ask(ctx context.Context) reconcile.Offer {
 			}
 			if bo.Available && hosting[name] {
 				if insts, err := be.List(ctx); err == nil {
-					bo.Listed, bo.Instances = true, insts
+					bo.Listed, bo.Instances = true, madeBy(o.self, insts)
 					if lv, ok := be.(backends.LocalView); ok {
 						bo.LocalOnly = lv.ListsOnlyLocal()
 					}

@@ -333,3 +333,37 @@ func TestScaleOfferIgnoresSmallMovesOfFreeMemory(t *testing.T) {
 		t.Errorf("free memory up a quarter: offer at index %d with %d MiB, want a new one with 5120 MiB", i, free>>20)
 	}
 }
+
+// TestScaleOfferListsOnlyMachinesItMade: a host lists, of a backend's
+// machines, those it made and those whose maker the backend cannot tell
+// (made before machines knew), not those another member made in the same
+// scope: a hundred hosts on one box each listing all hundred machines
+// was 1.8 MB of offers, read by the leader on every change.
+func TestScaleOfferListsOnlyMachinesItMade(t *testing.T) {
+	consul := startTestConsul(t)
+	store := kvschema.New(consul.Client)
+	insts := []backends.Instance{
+		{MachineID: "web-1", MachineType: "web", Running: true, MadeBy: "worker-1"},
+		{MachineID: "web-2", MachineType: "web", Running: true, MadeBy: "worker-2"},
+		{MachineID: "web-3", MachineType: "web", Running: true},
+	}
+	w := &worker{served: filepath.Join(t.TempDir(), "hosted-backends.json"), log: hclog.NewNullLogger()}
+	w.serve("local")
+	o := &offerer{
+		self: "worker-1", backends: func() map[string]backends.Backend {
+			return map[string]backends.Backend{"local": listingBackend{insts: insts}}
+		},
+		hosting:  w.hosting,
+		platform: func() *rules.Platform { return &rules.Platform{Cluster: "c"} }, store: store,
+		clock: clock.Real{}, log: hclog.NewNullLogger(), wake: make(chan struct{}, 1),
+	}
+	o.publish(context.Background())
+	got, _ := readOffer(t, store, "worker-1")
+	var ids []string
+	for _, in := range got.Backends["local"].Instances {
+		ids = append(ids, in.MachineID)
+	}
+	if strings.Join(ids, ",") != "web-1,web-3" {
+		t.Errorf("worker-1 lists %v, want web-1 (made here) and web-3 (maker unknown), not web-2 (made by worker-2)", ids)
+	}
+}

@@ -294,7 +294,7 @@ func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (inst backends.
 		return backends.Instance{}, "", err
 	}
 	node := *o.Node
-	node.ClusterDir, node.ConsulBinary = w.env.ClusterDir, w.env.ConsulBinary
+	node.ClusterDir, node.ConsulBinary, node.MadeBy = w.env.ClusterDir, w.env.ConsulBinary, w.orders.Host
 	inst, err = be.Spawn(ctx, backends.Spec{Node: node})
 	log.Info("work order ran", telemetry.KeyDuration, w.clock.Now().Sub(begin), telemetry.KeyError, err)
 	if err == nil {

@@ -478,6 +478,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 		sctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
 		defer cancel()
 		node, err := e.NodeConfig(sctx, p, id, mt, a.Backend)
+		node.MadeBy = e.Self
 		var inst backends.Instance
 		if err == nil {
 			begin := time.Now()

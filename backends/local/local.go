@@ -381,7 +381,7 @@ func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
 		}
 		info, _ := e.Info()
 		_, alive := agentPID(mdir)
-		in := backends.Instance{MachineID: node.MachineID, MachineType: node.MachineType, Address: node.BindAddr, Running: alive}
+		in := backends.Instance{MachineID: node.MachineID, MachineType: node.MachineType, Address: node.BindAddr, Running: alive, MadeBy: node.MadeBy}
 		if info != nil {
 			in.Created = info.ModTime()
 		}

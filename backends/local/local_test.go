@@ -106,7 +106,7 @@ func TestSpawnListDestroy(t *testing.T) {
 	if groupAlive(pid) {
 		t.Errorf("process group %d of a destroyed machine is alive", pid)
 	}
-	in, err := b.Spawn(ctx, backends.Spec{Node: nodeconfig.Config{MachineID: "m-4", MachineType: "server"}})
+	in, err := b.Spawn(ctx, backends.Spec{Node: nodeconfig.Config{MachineID: "m-4", MachineType: "server", MadeBy: "host-a"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +120,11 @@ func TestSpawnListDestroy(t *testing.T) {
 	got := map[string]bool{}
 	for _, in := range list {
 		got[in.MachineID] = in.Running
+		// Who made a machine is listed, so that only its maker's
+		// offer need list it.
+		if want := map[string]string{"m-4": "host-a"}[in.MachineID]; in.MadeBy != want {
+			t.Errorf("list: %s made by %q, want %q", in.MachineID, in.MadeBy, want)
+		}
 	}
 	if len(got) != 3 || !got["m-1"] || !got["m-3"] || !got["m-4"] {
 		t.Errorf("list: got %v want m-1, m-3, m-4 running", got)

@@ -92,6 +92,10 @@ type Config struct {
 	// timings pay for (each member probes twice a second and gossips ten
 	// times; a server's 500 ms leader lease is lost to a starved second).
 	DefaultGossip bool `json:"default_gossip,omitempty"`
+	// MadeBy is the member whose backend made this machine, where a member
+	// did (empty for the machines `up` makes): that member's offer lists
+	// it, and no other member's need to.
+	MadeBy string `json:"made_by,omitempty"`
 	// PlatformFile seeds an empty KV with a description on first start.
 	PlatformFile string `json:"platform_file,omitempty"`
 	// Platform is the same as an inline text, for a seed that cannot read
