@@ -611,9 +611,9 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			// down) or failed meanwhile is pruned at once, and the
 			// prune is what takes a left server out of Raft for sure.
 			fctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
-			prune := member.Status != MemberAlive
+			prune := prunable(member.Status)
 			if st, ok := e.memberStatus(fctx, a.MachineID); ok {
-				prune = st != MemberAlive
+				prune = prunable(st)
 			}
 			err := e.Consul.Agent().ForceLeaveOptions(a.MachineID, api.ForceLeaveOpts{Prune: prune}, (&api.QueryOptions{}).WithContext(fctx))
 			cancel()
@@ -658,6 +658,14 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 	return nil
 }
 
+// prunable says whether a member in status st may be pruned at once: one
+// that left or failed. Consul's prune of a member it has alive or leaving
+// sleeps its broadcast timeout and leave delay (8 s) holding the member
+// list; a reap that finishes the removal of a member an earlier reap made
+// leave finds it leaving, and pruned it then: every read of the members
+// waited 8 s (seen as an 8 s pass at 103 machines).
+func prunable(st MemberStatus) bool { return st == MemberLeft || st == MemberFailed }
+
 // pruneWhenDown erases a member that was made to leave while Consul still
 // had it alive from the member list, once Consul has it left or failed:
 // looked for every pruneEvery, for at most pruneWithin (a member that
@@ -678,7 +686,7 @@ func (e *Executor) pruneWhenDown(ctx context.Context, id string, log hclog.Logge
 				if m.Name != id {
 					continue
 				}
-				if st := SerfStatus(m.Status); st != MemberLeft && st != MemberFailed {
+				if !prunable(SerfStatus(m.Status)) {
 					return false, nil
 				}
 				if err := e.Consul.Agent().ForceLeaveOptions(id, api.ForceLeaveOpts{Prune: true}, (&api.QueryOptions{}).WithContext(mctx)); err != nil {

@@ -414,6 +414,7 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 	st := Status{Leader: r.Self, Cluster: p.Cluster, LastReconcile: now}
 	r.Lists.For(p)
 	obs, err := Observe(ctx, r.Consul, r.Inventory, bes, r.Metrics, r.Lists)
+	observed := time.Since(begin)
 	var d Decision
 	if err == nil {
 		r.Executor.Snapshot(&obs)
@@ -456,7 +457,7 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 		}
 	}
 	if len(d.Actions) > 0 {
-		r.Log.Info("reconcile pass", "actions", len(d.Actions), telemetry.KeyDuration, st.Duration)
+		r.Log.Info("reconcile pass", "actions", len(d.Actions), telemetry.KeyDuration, st.Duration, "observe", observed.Round(time.Microsecond))
 	}
 	if r.Publish != nil {
 		r.Publish(st)
