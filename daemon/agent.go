@@ -303,6 +303,9 @@ func (a *Agent) setUp() (err error) {
 		ok := a.mirror.reseed(ctx)
 		if ok {
 			a.modules.confirm(ctx)
+			if err := a.store.AnchorModules(ctx); err != nil {
+				a.Log.Debug("anchor the modules' watches", telemetry.KeyError, err)
+			}
 		}
 		return ok
 	}

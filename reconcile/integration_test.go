@@ -881,3 +881,60 @@ machine "server" {
 	}
 	return self, p
 }
+
+// TestScaleModulesWatchWakesOnlyForModules: a cluster that never added a
+// module has no modules key, and Consul ends a blocking read of a missing
+// key on any write in the KV: every member's modules watch woke on each of
+// the leader's status writes. With the leader's anchor beside it, the
+// watch sleeps through writes elsewhere and wakes for the modules, and an
+// anchored KV still reads as holding no modules.
+func TestScaleModulesWatchWakesOnlyForModules(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	store := inv.Store
+	wakes := func(write func()) time.Duration {
+		t.Helper()
+		_, meta, err := store.Modules(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan time.Duration, 1)
+		begin := time.Now()
+		go func() {
+			_, _, _ = store.Modules(ctx, &api.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 3 * time.Second})
+			done <- time.Since(begin)
+		}()
+		time.Sleep(200 * time.Millisecond)
+		write()
+		return <-done
+	}
+	unrelated := func() {
+		if err := store.PutStatus(ctx, []byte(`{"leader":"x"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := wakes(unrelated); d > 2*time.Second {
+		t.Logf("the missing key's watch slept through an unrelated write (%s): Consul changed, the anchor may no longer be needed", d)
+	}
+	for range 2 {
+		if err := store.AnchorModules(ctx); err != nil {
+			t.Fatalf("anchor: %v", err)
+		}
+	}
+	if pair, _, err := store.Modules(ctx, nil); err != nil || pair != nil {
+		t.Fatalf("anchored, no module added: got %v, %v; want no modules", pair, err)
+	}
+	if d := wakes(unrelated); d < 2*time.Second {
+		t.Errorf("the anchored modules' watch woke after %s on a write elsewhere", d)
+	}
+	if d := wakes(func() {
+		if _, err := store.CASModules(ctx, []byte(`[]`), 0); err != nil {
+			t.Fatal(err)
+		}
+	}); d > 2*time.Second {
+		t.Errorf("the anchored modules' watch slept through a module change (%s)", d)
+	}
+	if pair, _, err := store.Modules(ctx, nil); err != nil || pair == nil || string(pair.Value) != "[]" {
+		t.Errorf("modules after a write: got %v, %v; want []", pair, err)
+	}
+}
