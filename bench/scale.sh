@@ -4,12 +4,16 @@
 # prints, beside the floor of the same number of bare Consul agents with no
 # raptiformica agent, measured first in the same run:
 #   converge_s                  `up` until every machine is a joined member
-#   cpu_%/machine, rss_MB/machine  agent + its Consul at rest, per machine
+#   cpu_%/machine, rss_MB/machine  agent + its Consul at rest (a minute after converging), per machine
 #   floor_cpu_%/machine, floor_rss_MB/machine  a bare Consul agent at rest
+#   floor_secured_*             the same, secured as the agent runs Consul
+#                               (gossip encryption, ACLs, TLS)
+#   agent_cpu_%/machine         the raptiformica agent's own share
 #   pass_ms                     the leader's last reconcile pass (status)
 #   heal_s                      SIGKILL of a worker until it is replaced
 #   server_leads                1 when a Consul server holds the leader lock
-# Figures only: nothing here passes or fails on time. Heavy: about 200
+# Figures only: nothing here passes or fails on time. About 6 minutes;
+# heavy: about 200
 # processes and 14 GB at 100 workers. Whatever it started is stopped on
 # exit, failure or interrupt included (`raptiformica down`, the bare agents
 # killed by the PIDs it wrote).

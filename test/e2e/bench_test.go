@@ -387,7 +387,9 @@ func BenchmarkIdle(b *testing.B) {
 	b.ReportMetric(consulCPU/n, "consul_cpu_%")
 }
 
-// children returns the PIDs whose parent is pid (the agent's Consul).
+// children returns the PIDs of the Consul processes whose parent is pid:
+// the agent's own Consul. An agent is also the parent of the agents of the
+// local machines it made, which are counted as agents, not again here.
 func children(pid int) []int {
 	ents, _ := os.ReadDir("/proc")
 	var out []int
@@ -402,7 +404,7 @@ func children(pid int) []int {
 		}
 		s := string(b)
 		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) && strings.HasPrefix(s[strings.IndexByte(s, '(')+1:], "consul)") {
 			out = append(out, n)
 		}
 	}

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	cryptorand "crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -16,6 +18,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/internal/consulclient"
+	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -49,7 +52,8 @@ func scaleWorkers(b *testing.B) int {
 func BenchmarkScale(b *testing.B) {
 	workers := scaleWorkers(b)
 	total := workers + 3
-	floorCPU, floorRSS := bareFloor(b, total)
+	floorCPU, floorRSS := bareFloor(b, total, false)
+	secureCPU, secureRSS := bareFloor(b, total, true)
 	small := smallHeal(b)
 
 	c := newCluster(b)
@@ -73,7 +77,7 @@ func BenchmarkScale(b *testing.B) {
 		}
 	}
 
-	time.Sleep(10 * time.Second)
+	time.Sleep(settle)
 	var agents, consuls []int
 	for _, m := range c.machines() {
 		if m.Running {
@@ -117,12 +121,14 @@ func BenchmarkScale(b *testing.B) {
 			replaced++
 		}
 	}
-	b.Logf("%d machines: converged in %s, leader %s (a %s), servers gone since: %d; at rest %.2f %% CPU and %.0f MB per machine (bare Consul %.2f %%, %.0f MB), the Consul leader serving %.1f RPCs/s; pass %s; heal %s (on 6 machines: %s)",
-		total, converge.Round(time.Second), v.leader, leaderType, replaced, perMachineCPU, perMachineRSS, floorCPU, floorRSS, rpc, pass, heal.Round(100*time.Millisecond), small.Round(100*time.Millisecond))
+	b.Logf("%d machines: converged in %s, leader %s (a %s), servers gone since: %d; at rest %.2f %% CPU and %.0f MB per machine (bare Consul %.2f %%, %.0f MB; secured as the agent runs it %.2f %%, %.0f MB), the Consul leader serving %.1f RPCs/s; pass %s; heal %s (on 6 machines: %s)",
+		total, converge.Round(time.Second), v.leader, leaderType, replaced, perMachineCPU, perMachineRSS, floorCPU, floorRSS, secureCPU, secureRSS, rpc, pass, heal.Round(100*time.Millisecond), small.Round(100*time.Millisecond))
 	b.ReportMetric(float64(total), "machines")
 	b.ReportMetric(converge.Seconds(), "converge_s")
 	b.ReportMetric(perMachineCPU, "cpu_%/machine")
 	b.ReportMetric(floorCPU, "floor_cpu_%/machine")
+	b.ReportMetric(secureCPU, "floor_secured_cpu_%/machine")
+	b.ReportMetric(secureRSS, "floor_secured_rss_MB/machine")
 	b.ReportMetric(agentCPU, "agent_cpu_%/machine")
 	b.ReportMetric(perMachineRSS, "rss_MB/machine")
 	b.ReportMetric(floorRSS, "floor_rss_MB/machine")
@@ -136,6 +142,13 @@ func BenchmarkScale(b *testing.B) {
 		b.ReportMetric(0, "server_leads")
 	}
 }
+
+// settle is how long a cluster, or the floor's bare agents, run after
+// they agree before CPU is measured at rest: a minute, so that the
+// window sees neither the join's tail nor every member's first
+// minute-long checks at once (measured 10 s after converging, 103
+// machines used twice the CPU they use a minute later).
+const settle = time.Minute
 
 // scaleDescription is the benchmarks' description: three servers and n
 // workers on local, at most ten spawns at once.
@@ -245,8 +258,10 @@ func passDuration(b *testing.B, c *testCluster) time.Duration {
 // on loopback addresses, waits until the servers see all n alive, and
 // returns their CPU (percent of a core) and RSS (MB) per agent at rest
 // over thirty seconds (the cluster's window is as long). They are killed
-// before it returns.
-func bareFloor(b *testing.B, n int) (cpu, rss float64) {
+// before it returns. Secured, they run as the agent runs its Consul,
+// which no secure cluster can do without: gossip encrypted, ACLs denying
+// by default, TLS on every RPC with the server name verified.
+func bareFloor(b *testing.B, n int, secured bool) (cpu, rss float64) {
 	bin, err := testconsul.Binary()
 	if err != nil {
 		b.Fatal(err)
@@ -269,9 +284,14 @@ func bareFloor(b *testing.B, n int) (cpu, rss float64) {
 		}
 	}()
 	var pids []string
+	token, secure := "", func(int) []string { return nil }
+	if secured {
+		token, secure = securedFloor(b, dir)
+	}
 	for i := range n {
 		args := []string{"agent", "-node", fmt.Sprintf("bare-%03d", i), "-bind", ip(i), "-client", ip(i),
 			"-data-dir", filepath.Join(dir, strconv.Itoa(i)), "-dns-port", "-1", "-grpc-port", "-1", "-log-level", "warn"}
+		args = append(args, secure(i)...)
 		if i < 3 {
 			args = append(args, "-server", "-bootstrap-expect", "3", "-serf-wan-port", "-1")
 		}
@@ -292,7 +312,7 @@ func bareFloor(b *testing.B, n int) (cpu, rss float64) {
 		}
 	}
 	cfg := api.DefaultConfig()
-	cfg.Address, cfg.Token = ip(0)+":8500", ""
+	cfg.Address, cfg.Token = ip(0)+":8500", token
 	cl, err := api.NewClient(cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -309,7 +329,7 @@ func bareFloor(b *testing.B, n int) (cpu, rss float64) {
 	}) {
 		b.Fatalf("%d bare Consul agents did not all join in 5 minutes", n)
 	}
-	time.Sleep(10 * time.Second)
+	time.Sleep(settle)
 	var all []int
 	for _, cmd := range cmds {
 		all = append(all, cmd.Process.Pid)
@@ -319,4 +339,64 @@ func bareFloor(b *testing.B, n int) (cpu, rss float64) {
 	time.Sleep(window)
 	t1 := cpuTicks(all)
 	return (t1 - t0) / 100 / window.Seconds() * 100 / float64(n), rssMB(all) / float64(n)
+}
+
+// securedFloor writes, under dir, what bare agents need to run secured as
+// the agent runs its Consul (a gossip key, one CA, a certificate per role,
+// a management token), and returns the token and the extra arguments of
+// agent i (the first three are servers).
+func securedFloor(b *testing.B, dir string) (string, func(i int) []string) {
+	key := make([]byte, 32)
+	if _, err := cryptorand.Read(key); err != nil {
+		b.Fatal(err)
+	}
+	token := fmt.Sprintf("%x-%x-%x-%x-%x", key[0:4], key[4:6], key[6:8], key[8:10], key[10:16])
+	ca, err := pki.NewCA("floor")
+	if err != nil {
+		b.Fatal(err)
+	}
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		return p
+	}
+	caFile := write("ca.pem", ca.CertPEM)
+	configs := map[bool]string{}
+	for _, server := range []bool{true, false} {
+		cert, err := ca.Issue("floor", server)
+		if err != nil {
+			b.Fatal(err)
+		}
+		role := map[bool]string{true: "server", false: "client"}[server]
+		certFile, keyFile := write(role+".pem", cert.CertPEM), write(role+"-key.pem", cert.KeyPEM)
+		tokens := fmt.Sprintf("agent = %q", token)
+		if server {
+			tokens += fmt.Sprintf("\n    initial_management = %q", token)
+		}
+		configs[server] = write(role+".hcl", fmt.Sprintf(`encrypt = %q
+acl {
+  enabled        = true
+  default_policy = "deny"
+  down_policy    = "extend-cache"
+  tokens {
+    %s
+  }
+}
+tls {
+  defaults {
+    ca_file         = %q
+    cert_file       = %q
+    key_file        = %q
+    verify_incoming = true
+    verify_outgoing = true
+  }
+  internal_rpc {
+    verify_server_hostname = true
+  }
+}
+`, base64.StdEncoding.EncodeToString(key), tokens, caFile, certFile, keyFile))
+	}
+	return token, func(i int) []string { return []string{"-config-file", configs[i < 3]} }
 }
