@@ -273,13 +273,11 @@ func (a *Agent) setUp() (err error) {
 	}
 	a.work = &worker{
 		orders: reconcile.NewOrders(a.store, c.MachineID), backends: bes.get, env: bes.env, published: a.offers.publishAfter,
-		served: filepath.Join(c.DataDir, "hosted-backends.json"), madeFile: filepath.Join(c.DataDir, "hosted-machines.json"),
-		clock: a.Clock, log: a.Log.Named("work"),
+		served: filepath.Join(c.DataDir, "hosted-backends.json"), clock: a.Clock, log: a.Log.Named("work"),
 	}
-	a.offers.hosting, a.offers.madeHere = a.work.hosting, a.work.madeHere
-	executor.Served = func(ctx context.Context, backend, machineID string) uint64 {
+	a.offers.hosting = a.work.hosting
+	executor.Served = func(ctx context.Context, backend string) uint64 {
 		a.work.serve(backend)
-		a.work.keep(machineID, true)
 		pctx, cancel := context.WithTimeout(ctx, offerCheckTimeout)
 		defer cancel()
 		return a.offers.publish(pctx)

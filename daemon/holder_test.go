@@ -21,6 +21,7 @@ import (
 // reports it stopped whenever the test asks.
 type holderBackend struct {
 	id      string
+	madeBy  string
 	mu      sync.Mutex
 	running bool
 	events  chan struct{}
@@ -34,7 +35,7 @@ func (b *holderBackend) Destroy(context.Context, string) error { return nil }
 func (b *holderBackend) List(context.Context) ([]backends.Instance, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return []backends.Instance{{MachineID: b.id, MachineType: "server", Running: b.running}}, nil
+	return []backends.Instance{{MachineID: b.id, MachineType: "server", Running: b.running, MadeBy: b.madeBy}}, nil
 }
 func (b *holderBackend) Watch(ctx context.Context, stopped func(string)) error {
 	for {

@@ -42,10 +42,7 @@ type offerer struct {
 	backends func() map[string]backends.Backend
 	// hosting, when set, names the backends whose machines the offer
 	// lists (worker.hosting); nil lists none.
-	hosting func() map[string]bool
-	// madeHere, when set, says whether this machine made a machine: only
-	// those machines' stops make it publish at once (worker.madeHere).
-	madeHere func(machineID string) bool
+	hosting  func() map[string]bool
 	platform func() *rules.Platform
 	store    *kvschema.Store
 	clock    clock.Clock
@@ -57,6 +54,7 @@ type offerer struct {
 	last     []byte            // the last offer published, without its time
 	lastAt   time.Time         // when it was published
 	lastFree map[string]uint64 // its free memory, by backend
+	listed   map[string]bool   // the machines its lists name
 	lastErr  string            // the last failure to publish, said once
 }
 
@@ -78,8 +76,8 @@ func (o *offerer) poke() {
 func (o *offerer) Run(ctx context.Context) error {
 	again := make(chan struct{}, 1)
 	w := &reconcile.Watches{Clock: o.clock, Log: o.log, Stopped: func(_, id string) {
-		if o.madeHere != nil && !o.madeHere(id) {
-			return // another member's machine: its host says so
+		if !o.lists(id) {
+			return // another member's machine: its maker says so
 		}
 		o.poke()
 		select {
@@ -187,11 +185,26 @@ func (o *offerer) checkLocked(ctx context.Context, force bool) uint64 {
 		o.log.Info("offering backends", "offered", offer.Offered())
 	}
 	o.last, o.lastAt = stable, now
-	o.lastFree = map[string]uint64{}
+	o.lastFree, o.listed = map[string]uint64{}, map[string]bool{}
 	for name, bo := range offer.Backends {
 		o.lastFree[name] = bo.FreeMemory
+		for _, in := range bo.Instances {
+			o.listed[in.MachineID] = true
+		}
 	}
 	return index
+}
+
+// lists says whether this machine's last published lists name machine id:
+// the leader judges by this machine's word only the machines these lists
+// name, so only their stops make it publish at once. Members that share a
+// backend's scope (one box's local machines, one Docker engine) each see
+// every stop there; each publishing twice for every one was a hundred
+// writes through the Raft leader at a hundred members, for one death.
+func (o *offerer) lists(id string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.listed[id]
 }
 
 // madeBy keeps of insts the machines self made, and those whose maker the
@@ -218,16 +231,24 @@ func madeBy(self string, insts []backends.Instance) []backends.Instance {
 func memoryShift(last uint64) uint64 { return max(64<<20, last/10) }
 
 // steadyMemory keeps in offer the free memory last published for each
-// backend unless it moved by memoryShift or more: a placement floor is
-// judged on a figure within a tenth of the truth, or fresher.
+// backend unless it moved by memoryShift or more, or crossed the backend's
+// free-memory floor: placement compares that floor with this figure, so a
+// crossing is always news (a host back above it may take the heal's spawn,
+// one gone below it must not).
 func (o *offerer) steadyMemory(offer *reconcile.Offer) {
+	var floors map[string]rules.Backend
+	if p := o.platform(); p != nil {
+		floors = p.Backends
+	}
 	for name, bo := range offer.Backends {
 		last, ok := o.lastFree[name]
 		if !ok || bo.FreeMemory == last {
 			continue
 		}
+		floor := uint64(floors[name].MinFreeMemoryMB) << 20
+		crossed := floor > 0 && (last < floor) != (bo.FreeMemory < floor)
 		diff := max(bo.FreeMemory, last) - min(bo.FreeMemory, last)
-		if last != 0 && bo.FreeMemory != 0 && diff < memoryShift(last) {
+		if last != 0 && bo.FreeMemory != 0 && diff < memoryShift(last) && !crossed {
 			bo.FreeMemory = last
 			offer.Backends[name] = bo
 		}

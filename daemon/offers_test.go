@@ -213,64 +213,66 @@ func TestScaleAHostPublishesAStoppedMachineAtOnce(t *testing.T) {
 
 // TestScaleAHostReactsOnlyToStopsOfMachinesItMade: members that share a
 // backend's scope (one box's local machines, one Docker engine) each see
-// every stop there. Only the member that made the machine publishes at
-// once; were every member to, one death at a hundred members was five
-// hundred offers written in twelve seconds, and the Raft leader starved.
-// What a host made is kept across its agent's restarts.
+// every stop there. Only the member whose lists name the machine (its
+// maker) publishes at once; were every member to, one death at a hundred
+// members was five hundred offers written in twelve seconds, and the Raft
+// leader starved.
 func TestScaleAHostReactsOnlyToStopsOfMachinesItMade(t *testing.T) {
 	consul := startTestConsul(t)
 	store := kvschema.New(consul.Client)
-	be := &holderBackend{id: "web-1", running: true, events: make(chan struct{})}
-	dir := t.TempDir()
-	w := &worker{served: filepath.Join(dir, "hosted-backends.json"), madeFile: filepath.Join(dir, "hosted-machines.json"), log: hclog.NewNullLogger()}
+	be := &holderBackend{id: "web-1", madeBy: "worker-2", running: true, events: make(chan struct{})}
+	w := &worker{served: filepath.Join(t.TempDir(), "hosted-backends.json"), log: hclog.NewNullLogger()}
 	w.serve("engine")
 	o := &offerer{
 		self: "worker-1", backends: func() map[string]backends.Backend { return map[string]backends.Backend{"engine": be} },
-		hosting: w.hosting, madeHere: w.madeHere,
-		platform: func() *rules.Platform { return &rules.Platform{Cluster: "c"} }, store: store,
+		hosting: w.hosting, platform: func() *rules.Platform { return &rules.Platform{Cluster: "c"} }, store: store,
 		clock: clock.Real{}, log: hclog.NewNullLogger(), wake: make(chan struct{}, 1),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = o.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	listed := func(running bool) bool {
+	offer := func() (uint64, []backends.Instance) {
 		all, _, err := store.Offers(context.Background(), nil)
 		if err != nil || all["worker-1"].Value == nil {
-			return false
+			return 0, nil
 		}
 		got, err := reconcile.ParseOffer("worker-1", all["worker-1"].Value)
-		bo := got.Backends["engine"]
-		return err == nil && bo.Listed && len(bo.Instances) == 1 && bo.Instances[0].Running == running
+		if err != nil {
+			t.Fatal(err)
+		}
+		return all["worker-1"].Index, got.Backends["engine"].Instances
 	}
 	stop := func() {
 		t.Helper()
+		be.mu.Lock()
+		be.running = false
+		be.mu.Unlock()
 		select {
 		case be.events <- struct{}{}:
 		case <-time.After(10 * time.Second):
 			t.Fatal("nothing watches the backend this host holds machines of")
 		}
 	}
-	waitFor(t, 10*time.Second, "web-1 listed running", func() bool { return listed(true) })
-	be.mu.Lock()
-	be.running = false
-	be.mu.Unlock()
+	waitFor(t, 10*time.Second, "an offer published", func() bool { i, _ := offer(); return i > 0 })
+	before, insts := offer()
+	if len(insts) != 0 {
+		t.Fatalf("worker-1 lists %v, made by worker-2", insts)
+	}
 	stop()
 	time.Sleep(2 * time.Second)
-	if !listed(true) {
+	if after, _ := offer(); after != before {
 		t.Fatal("a host published at once the stop of a machine another member made")
 	}
-	w.keep("web-1", true)
+	be.mu.Lock()
+	be.madeBy, be.running = "worker-1", true
+	be.mu.Unlock()
+	o.publish(context.Background())
 	stop()
-	waitFor(t, 5*time.Second, "web-1, made here, listed stopped", func() bool { return listed(false) })
-	again := &worker{madeFile: w.madeFile, log: hclog.NewNullLogger()}
-	if !again.madeHere("web-1") {
-		t.Error("a restarted agent forgot a machine it made")
-	}
-	again.keep("web-1", false)
-	if (&worker{madeFile: w.madeFile, log: hclog.NewNullLogger()}).madeHere("web-1") {
-		t.Error("a machine destroyed here is still kept as made here")
-	}
+	waitFor(t, 5*time.Second, "web-1, made here, listed stopped", func() bool {
+		_, insts := offer()
+		return len(insts) == 1 && !insts[0].Running
+	})
 }
 
 // memoryBackend reports the free memory the test sets.
@@ -329,8 +331,17 @@ func TestScaleOfferIgnoresSmallMovesOfFreeMemory(t *testing.T) {
 		}
 	}
 	set(5 << 30)
-	if i, free := index(); i == first || free != 5<<30 {
-		t.Errorf("free memory up a quarter: offer at index %d with %d MiB, want a new one with 5120 MiB", i, free>>20)
+	second, free := index()
+	if second == first || free != 5<<30 {
+		t.Errorf("free memory up a quarter: offer at index %d with %d MiB, want a new one with 5120 MiB", second, free>>20)
+	}
+	// A move too small to be news is news when it crosses the backend's
+	// floor: placement compares the floor with the published figure.
+	platform := &rules.Platform{Cluster: "c", Backends: map[string]rules.Backend{"local": {Name: "local", MinFreeMemoryMB: 5100}}}
+	o.platform = func() *rules.Platform { return platform }
+	set(5<<30 - 30<<20)
+	if i, free := index(); i == second || free != 5<<30-30<<20 {
+		t.Errorf("free memory moved 30 MiB across its floor of 5100 MiB: offer at index %d with %d MiB, want a new one with 5090 MiB", i, free>>20)
 	}
 }
 

@@ -50,15 +50,12 @@ type worker struct {
 	// served is the file that keeps which backends this machine has run
 	// orders on: only their lists are published (see hosting).
 	served string
-	// madeFile keeps the machines this machine made (see madeHere).
-	madeFile string
-	clock    clock.Clock
-	log      hclog.Logger
+	clock  clock.Clock
+	log    hclog.Logger
 
 	mu      sync.Mutex
 	running map[string]bool // machine IDs of the orders running here; guarded by mu
 	hosts   map[string]bool // backends this machine has run orders on; guarded by mu
-	made    []string        // machines this machine made, oldest first; guarded by mu
 	said    map[string]string
 	wg      sync.WaitGroup
 }
@@ -102,65 +99,6 @@ func (w *worker) serve(backend string) {
 		if err := fsutil.WriteFileAtomic(w.served, b, 0o600); err != nil {
 			w.log.Warn("keep the backends this machine hosts machines on", telemetry.KeyError, err)
 		}
-	}
-}
-
-// maxMade caps the machines a host remembers making: a host that made
-// more forgets the oldest, which then heal at the lists' pace instead of
-// at once (see madeHere).
-const maxMade = 10000
-
-// madeHere reports whether this machine made the machine id and has not
-// destroyed it since. A host reacts at once only to a stop of a machine it
-// made: members that share a backend's scope (the local machines of one
-// box, the containers of one engine) each see every stop there, and each
-// publishing its lists twice for every one is a hundred writes through
-// the Raft leader at a hundred members, for one death.
-func (w *worker) madeHere(id string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.loadMade()
-	return slices.Contains(w.made, id)
-}
-
-// keep notes that this machine made the machine id (made) or destroyed it,
-// and keeps the note on disk: a machine outlives its host's agent.
-func (w *worker) keep(id string, made bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.loadMade()
-	i := slices.Index(w.made, id)
-	switch {
-	case made && i < 0:
-		w.made = append(w.made, id)
-		if over := len(w.made) - maxMade; over > 0 {
-			w.made = slices.Delete(w.made, 0, over)
-		}
-	case !made && i >= 0:
-		w.made = slices.Delete(w.made, i, i+1)
-	default:
-		return
-	}
-	if w.madeFile == "" {
-		return
-	}
-	b, _ := json.Marshal(w.made)
-	if err := fsutil.WriteFileAtomic(w.madeFile, b, 0o600); err != nil {
-		w.log.Warn("keep the machines this machine made", telemetry.KeyError, err)
-	}
-}
-
-// loadMade reads the machines made here once; w.mu is held.
-func (w *worker) loadMade() {
-	if w.made != nil {
-		return
-	}
-	w.made = []string{}
-	if w.madeFile == "" {
-		return
-	}
-	if b, err := os.ReadFile(w.madeFile); err == nil {
-		_ = json.Unmarshal(b, &w.made)
 	}
 }
 
@@ -288,9 +226,6 @@ func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (inst backends.
 	if o.Kind == reconcile.WorkDestroy {
 		err := be.Destroy(ctx, o.MachineID)
 		log.Info("work order ran", telemetry.KeyDuration, w.clock.Now().Sub(begin), telemetry.KeyError, err)
-		if err == nil {
-			w.keep(o.MachineID, false)
-		}
 		return backends.Instance{}, "", err
 	}
 	node := *o.Node
@@ -298,7 +233,6 @@ func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (inst backends.
 	inst, err = be.Spawn(ctx, backends.Spec{Node: node})
 	log.Info("work order ran", telemetry.KeyDuration, w.clock.Now().Sub(begin), telemetry.KeyError, err)
 	if err == nil {
-		w.keep(o.MachineID, true)
 		if sc, ok := be.(backends.Scoped); ok {
 			scope, _ = sc.Scope(ctx)
 		}

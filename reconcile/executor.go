@@ -57,7 +57,7 @@ type Executor struct {
 	// backend, before the machine is recorded: this machine then lists
 	// that backend's machines in its offer, for whoever leads next. It
 	// returns the index the offer was published at, 0 when it was not.
-	Served func(ctx context.Context, backend, machineID string) uint64
+	Served func(ctx context.Context, backend string) uint64
 	// Grant, when set, lets the member host read and write the work
 	// orders given to it (a machine made before work orders existed has
 	// a policy without them). It is called before every order.
@@ -509,7 +509,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 			// by this machine's list, and only by one that has it.
 			// Unpublished, the machine names no host: whoever leads
 			// judges it by its own list, as before hosts existed.
-			if index := e.Served(ctx, a.Backend, a.MachineID); index > 0 {
+			if index := e.Served(ctx, a.Backend); index > 0 {
 				rec.HostSince = index - 1
 			} else {
 				rec.Host = ""

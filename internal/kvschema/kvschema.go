@@ -11,6 +11,8 @@
 //	                       token that may write the description (the
 //	                       operator's), read by every node; [] when none,
 //	                       so that a missing key means a KV that lost it
+//	  modules.watch        empty, kept by the leader so that a watch of the
+//	                       modules' prefix wakes only for them (Modules)
 //	  inventory/<id>       a machine's record (JSON), written by the leader by
 //	                       check-and-set before it acts, so that a new leader
 //	                       neither forgets nor repeats an action
