@@ -225,7 +225,13 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 		cc.Addresses["http"] = cc.ClientAddr
 	}
 	if c.ConsulServer {
-		cc.Autopilot = map[string]any{"cleanup_dead_servers": true, "server_stabilization_time": "2s", "last_contact_threshold": "1s"}
+		// Dead servers are taken out of Raft by the control loop when it
+		// reaps them (the backend's word, or the grace period), not by
+		// autopilot, which takes out any server gossip has failed at its
+		// next pass (10 s), one cut off for seconds included (see
+		// ownServerRemoval). The description fixes it for a new Raft
+		// history; the leader fixes it for an older one.
+		cc.Autopilot = map[string]any{"cleanup_dead_servers": false, "server_stabilization_time": "2s", "last_contact_threshold": "1s"}
 		// A 500 ms leader lease moves leadership in a second when a
 		// server dies, and makes the leader step down whenever it is
 		// starved of CPU for half a second. On a few machines that pays;

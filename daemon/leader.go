@@ -270,7 +270,7 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 			Lists: &reconcile.Lists{MinGap: listGap},
 		}
 		g.Go(func() error { return r.Run(lctx) })
-		g.Go(func() error { e.watchAutopilot(lctx); return nil })
+		g.Go(func() error { e.ownServerRemoval(lctx); e.watchAutopilot(lctx); return nil })
 		if e.snapshots != nil {
 			g.Go(func() error { return e.snapshots.Run(lctx) })
 		}
@@ -322,6 +322,43 @@ func (e *elector) setLeading(on bool) {
 	} else {
 		e.metrics.IsLeader.Set(0)
 		e.metrics.ForgetLeaderView()
+	}
+}
+
+// autopilotCallTimeout bounds the leader's read and write of autopilot's
+// configuration.
+const autopilotCallTimeout = 10 * time.Second
+
+// ownServerRemoval turns off autopilot's cleanup of dead servers in a Raft
+// history that began with it on (Consul's default, and ours before): the
+// control loop takes a server out of Raft when it reaps it. Autopilot's
+// cleanup takes out, at its next pass, up to a minority of the servers
+// gossip has failed, whether dead or cut off; one cut off and back within
+// the grace period is then left "leaving" in some servers' views, out of
+// Raft and never re-added (hashicorp/consul#13379), and the loop, which
+// reads it as failed, replaces a machine that never died.
+//
+// Consul reads the setting from the agent's file only when a Raft history
+// begins; afterwards it lives in Raft, and only this call changes it. A
+// failure is logged and tried again at the next term.
+func (e *elector) ownServerRemoval(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, autopilotCallTimeout)
+	defer cancel()
+	op := e.consul.Operator()
+	conf, err := op.AutopilotGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
+	if err == nil && conf.CleanupDeadServers {
+		conf.CleanupDeadServers = false
+		var done bool
+		done, err = op.AutopilotCASConfiguration(conf, (&api.WriteOptions{}).WithContext(ctx))
+		if err == nil && !done {
+			err = errors.New("changed meanwhile")
+		}
+		if err == nil {
+			e.log.Info("autopilot's cleanup of dead servers turned off: the control loop removes them")
+		}
+	}
+	if err != nil {
+		e.log.Warn("turn off autopilot's cleanup of dead servers", telemetry.KeyError, err)
 	}
 }
 

@@ -143,3 +143,31 @@ func moveLock(t testing.TB, consul *testconsul.Server, timeout time.Duration) ti
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestLeaderTurnsOffAutopilotCleanup: a Raft history begun with autopilot's
+// cleanup of dead servers on (Consul's default, as a cluster made before
+// this version has it) has it off once a leader ran: the control loop, not
+// autopilot, takes servers out of Raft.
+func TestLeaderTurnsOffAutopilotCleanup(t *testing.T) {
+	consul := startTestConsul(t)
+	op := consul.Client.Operator()
+	conf, err := op.AutopilotGetConfiguration(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !conf.CleanupDeadServers {
+		t.Fatal("the test's Consul began with the cleanup off: nothing to turn off")
+	}
+	e := &elector{consul: consul.Client, clock: clock.Real{}, log: hclog.NewNullLogger()}
+	e.ownServerRemoval(context.Background())
+	after, err := op.AutopilotGetConfiguration(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.CleanupDeadServers {
+		t.Error("autopilot still cleans up dead servers after a leader's term began")
+	}
+	if after.ServerStabilizationTime.Duration() != conf.ServerStabilizationTime.Duration() || after.LastContactThreshold.Duration() != conf.LastContactThreshold.Duration() || after.MaxTrailingLogs != conf.MaxTrailingLogs {
+		t.Errorf("the rest of autopilot's configuration changed: %+v, was %+v", after, conf)
+	}
+}

@@ -944,6 +944,87 @@ func TestTwoSurvivorsRecoverOnce(t *testing.T) {
 	}
 }
 
+// TestQuorumAServerCutOffKeepsItsVote stops a follower server (SIGSTOP,
+// its agent and Consul) for longer than the failure detector and autopilot
+// need, and less than the grace period: a partition, not a death. It stays
+// in the Raft configuration all along, and when it runs again it is alive
+// and a voter in every server's view, and no machine was replaced. With
+// autopilot's cleanup of dead servers on, Consul took it out of Raft at
+// its next pass and, back, some servers kept it "leaving" for good
+// (hashicorp/consul#13379): the control loop replaced it after the grace
+// period (TestDockerMajorityCutOff failed so, now and then).
+func TestQuorumAServerCutOffKeepsItsVote(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	c.up(c.writePlatform("platform.hcl", platformWith(3, 3, "90s", "", false)))
+	v := c.waitAgree(3, 2*time.Minute, "after up")
+	victim := v.follower()
+	id := c.identity()
+	clients := map[string]*api.Client{}
+	var pid int
+	for _, m := range c.machines() {
+		if m.Config.MachineID == victim {
+			pid = m.PID
+		}
+		cl, err := consulclient.New(consulclient.Target{Host: m.Config.BindAddr, HTTPPort: m.Config.ConsulHTTPPort,
+			HTTPSPort: m.Config.ConsulHTTPSPort, Token: id.ManagementToken, CACert: id.CACert, Timeout: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients[m.Config.MachineID] = cl
+	}
+	if err := syscall.Kill(-pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("stop %s: %v", victim, err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			if err := syscall.Kill(-pid, syscall.SIGCONT); err != nil {
+				t.Fatalf("resume %s: %v", victim, err)
+			}
+		}
+	}
+	defer resume()
+	// Gossip has it failed within seconds; autopilot's pass comes every
+	// 10 s. 25 s leaves it two passes after the failure detector.
+	leader := clients[v.leader]
+	failed := false
+	for end := time.Now().Add(25 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		alive, _ := memberState(leader, victim)
+		failed = failed || !alive
+		raft, err := leader.Operator().RaftGetConfiguration(nil)
+		if err != nil {
+			continue
+		}
+		in := false
+		for _, s := range raft.Servers {
+			in = in || s.Node == victim
+		}
+		if !in {
+			t.Fatalf("%s, stopped for seconds (its machine running), was taken out of the Raft configuration", victim)
+		}
+	}
+	if !failed {
+		t.Fatalf("the failure detector never had the stopped %s failed: the test stopped nothing", victim)
+	}
+	resume()
+	for _, cl := range clients {
+		if !poll(time.Minute, func() bool { alive, voter := memberState(cl, victim); return alive && voter }) {
+			members, _ := cl.Agent().Members(false)
+			var seen []string
+			for _, m := range members {
+				seen = append(seen, fmt.Sprintf("%s=%s", m.Name, reconcile.SerfStatus(m.Status)))
+			}
+			t.Errorf("%s is not an alive voter in a server's view after it ran again: %v", victim, seen)
+		}
+	}
+	after := c.waitAgree(3, time.Minute, "after the stopped server ran again")
+	if !equal(after.joined, v.joined) {
+		t.Errorf("the machines changed: %v, were %v", after.joined, v.joined)
+	}
+}
+
 // quorumPlatform is a description of n servers whose nodes declare lost
 // quorum after 3 s, with extra policy lines.
 func quorumPlatform(n int, extraPolicy string) string {
