@@ -60,6 +60,18 @@ type Watcher interface {
 	Watch(ctx context.Context, stopped func(machineID string)) error
 }
 
+// SelectiveWatcher is implemented by a Watcher whose cost grows with the
+// machines it watches (a descriptor per process, looked at every second):
+// WatchOnly is Watch over the machines want keeps. want is asked once per
+// machine, with what the backend knows of it without a call (its ID and
+// maker); nil keeps every machine. Members that share a scope (a hundred
+// agents on one box) each watch only the machines they made, not every
+// machine a hundred times.
+type SelectiveWatcher interface {
+	Watcher
+	WatchOnly(ctx context.Context, want func(Instance) bool, stopped func(machineID string)) error
+}
+
 // ErrCannotWatch is what a Watch returns, wrapped, when it can never watch
 // here (the kernel lacks what it needs): the caller stops trying, and the
 // backend's machines are found by their lists alone.

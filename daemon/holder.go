@@ -51,9 +51,16 @@ func (e *elector) endStoppedHolder(ctx context.Context, holder, session string) 
 	look := make(chan struct{}, 1)
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
+	watch := w.Watch
+	if sw, ok := w.(backends.SelectiveWatcher); ok {
+		// The holder's machine alone, not every machine of its scope.
+		watch = func(ctx context.Context, stopped func(string)) error {
+			return sw.WatchOnly(ctx, func(in backends.Instance) bool { return in.MachineID == holder }, stopped)
+		}
+	}
 	go func() {
 		for failures := 1; ; failures++ {
-			err := w.Watch(wctx, func(id string) {
+			err := watch(wctx, func(id string) {
 				if id == holder || id == "" {
 					select {
 					case look <- struct{}{}:

@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +28,9 @@ type holderBackend struct {
 	mu      sync.Mutex
 	running bool
 	events  chan struct{}
+	// wants is what WatchOnly's want said of the backend's machine, of a
+	// bystander made by another member and of a machine of no known maker.
+	wants map[string]bool
 }
 
 func (b *holderBackend) Available(context.Context) error { return nil }
@@ -46,6 +52,43 @@ func (b *holderBackend) Watch(ctx context.Context, stopped func(string)) error {
 			stopped(b.id)
 		}
 	}
+}
+
+// WatchOnly is Watch reporting a stop only when want keeps the machine. It
+// notes what want says of three machines, for the tests to check.
+func (b *holderBackend) WatchOnly(ctx context.Context, want func(backends.Instance) bool, stopped func(string)) error {
+	b.mu.Lock()
+	b.wants = map[string]bool{
+		b.id:        want(backends.Instance{MachineID: b.id, MadeBy: b.madeBy}),
+		"bystander": want(backends.Instance{MachineID: "bystander", MadeBy: "someone-else"}),
+		"unmade":    want(backends.Instance{MachineID: "unmade"}),
+	}
+	b.mu.Unlock()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.events:
+			b.mu.Lock()
+			in := backends.Instance{MachineID: b.id, MadeBy: b.madeBy}
+			b.mu.Unlock()
+			if want(in) {
+				stopped(b.id)
+			}
+		}
+	}
+}
+
+// watched returns what WatchOnly's want said, as "id=bool" sorted.
+func (b *holderBackend) watched() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for id, w := range b.wants {
+		out = append(out, fmt.Sprintf("%s=%t", id, w))
+	}
+	slices.Sort(out)
+	return strings.Join(out, " ")
 }
 
 // TestScaleAStoppedLeadersLockMovesAtOnce: a server waiting for the lock
@@ -103,6 +146,11 @@ func TestScaleAStoppedLeadersLockMovesAtOnce(t *testing.T) {
 	}
 	// A report the list contradicts: the holder keeps its lock.
 	report()
+	// The holder's machine alone is watched, not every machine of its
+	// backend's scope.
+	if got, want := be.watched(), "bystander=false "+holder+"=true unmade=false"; got != want {
+		t.Errorf("the holder watch keeps %s, want %s", got, want)
+	}
 	time.Sleep(2 * time.Second)
 	if got := leader(); got != holder {
 		t.Fatalf("the lock moved to %q on a report its list did not bear out", got)

@@ -84,6 +84,11 @@ func (o *offerer) Run(ctx context.Context) error {
 		case again <- struct{}{}:
 		default:
 		}
+	}, Want: func(_ string, in backends.Instance) bool {
+		// What its lists can name (madeBy): a hundred members on one
+		// box watching every machine of it held ten thousand pidfds
+		// and looked at each every second.
+		return in.MadeBy == "" || in.MadeBy == o.self
 	}}
 	defer w.Stop()
 	var confirm <-chan time.Time

@@ -260,6 +260,11 @@ func TestScaleAHostReactsOnlyToStopsOfMachinesItMade(t *testing.T) {
 		t.Fatalf("worker-1 lists %v, made by worker-2", insts)
 	}
 	stop()
+	// It watches only what its lists may name: a hundred members on one
+	// box each watched every machine of it.
+	if got, want := be.watched(), "bystander=false unmade=true web-1=false"; got != want {
+		t.Errorf("the host's watch keeps %s, want %s", got, want)
+	}
 	time.Sleep(2 * time.Second)
 	if after, _ := offer(); after != before {
 		t.Fatal("a host published at once the stop of a machine another member made")

@@ -23,6 +23,10 @@ type Watches struct {
 	// Stopped is told each machine a backend reports stopped, from that
 	// backend's watch; it must return quickly.
 	Stopped func(backend, machineID string)
+	// Want, when set, keeps the machines worth watching on a backend
+	// that can watch some only (backends.SelectiveWatcher); the others
+	// watch every machine.
+	Want func(backend string, in backends.Instance) bool
 
 	running map[string]runningWatch
 	wg      sync.WaitGroup
@@ -70,9 +74,15 @@ func (w *Watches) Follow(ctx context.Context, bes map[string]backends.Backend) {
 func (w *Watches) run(ctx context.Context, name string, wt backends.Watcher) {
 	c := clock.Or(w.Clock)
 	stopped := func(id string) { w.Stopped(name, id) }
+	watch := wt.Watch
+	if sw, ok := wt.(backends.SelectiveWatcher); ok && w.Want != nil {
+		watch = func(ctx context.Context, stopped func(string)) error {
+			return sw.WatchOnly(ctx, func(in backends.Instance) bool { return w.Want(name, in) }, stopped)
+		}
+	}
 	for failures := 0; ; {
 		began := c.Now()
-		err := wt.Watch(ctx, stopped)
+		err := watch(ctx, stopped)
 		if ctx.Err() != nil {
 			return
 		}

@@ -13,7 +13,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 )
 
-var _ backends.Watcher = (*Backend)(nil)
+var _ backends.SelectiveWatcher = (*Backend)(nil)
 
 // watchRescan is how often Watch looks for machine folders it does not
 // watch yet (a spawn, an agent restarted by hand), and the longest it takes
@@ -37,7 +37,15 @@ type watched struct {
 // New folders are picked up within watchRescan; a machine started and
 // killed within that time is not reported (List still sees it).
 func (b *Backend) Watch(ctx context.Context, stopped func(machineID string)) error {
+	return b.WatchOnly(ctx, nil, stopped)
+}
+
+// WatchOnly is Watch over the machines want keeps (nil: all of them). A
+// folder want passed over is not read again while the watch lasts: a
+// machine's ID and maker never change.
+func (b *Backend) WatchOnly(ctx context.Context, want func(backends.Instance) bool, stopped func(machineID string)) error {
 	held := map[string]watched{} // by machine folder
+	passed := map[string]bool{}  // folders want passed over
 	defer func() {
 		for _, w := range held {
 			unix.Close(w.fd)
@@ -47,7 +55,7 @@ func (b *Backend) Watch(ctx context.Context, stopped func(machineID string)) err
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := b.watchNew(held); err != nil {
+		if err := b.watchNew(held, passed, want); err != nil {
 			return err
 		}
 		fds := make([]unix.PollFd, 0, len(held))
@@ -75,9 +83,9 @@ func (b *Backend) Watch(ctx context.Context, stopped func(machineID string)) err
 	}
 }
 
-// watchNew opens a pidfd for every running machine not held yet, and
-// drops the folders that are gone.
-func (b *Backend) watchNew(held map[string]watched) error {
+// watchNew opens a pidfd for every running machine want keeps that is not
+// held yet, and drops the folders that are gone.
+func (b *Backend) watchNew(held map[string]watched, passed map[string]bool, want func(backends.Instance) bool) error {
 	ents, err := os.ReadDir(b.dir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("local backend: %w", err)
@@ -89,7 +97,7 @@ func (b *Backend) watchNew(held map[string]watched) error {
 		}
 		mdir := filepath.Join(b.dir, e.Name())
 		present[mdir] = true
-		if _, ok := held[mdir]; ok {
+		if _, ok := held[mdir]; ok || passed[mdir] {
 			continue
 		}
 		pid, alive := agentPID(mdir)
@@ -98,6 +106,10 @@ func (b *Backend) watchNew(held map[string]watched) error {
 		}
 		node, err := readNode(mdir)
 		if err != nil {
+			continue
+		}
+		if want != nil && !want(backends.Instance{MachineID: node.MachineID, MachineType: node.MachineType, MadeBy: node.MadeBy}) {
+			passed[mdir] = true
 			continue
 		}
 		fd, err := unix.PidfdOpen(pid, 0)
@@ -128,6 +140,11 @@ func (b *Backend) watchNew(held map[string]watched) error {
 		if !present[mdir] {
 			unix.Close(w.fd)
 			delete(held, mdir)
+		}
+	}
+	for mdir := range passed {
+		if !present[mdir] {
+			delete(passed, mdir)
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package local
 import (
 	"context"
 	"errors"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -97,5 +98,85 @@ func TestWatchReportsAnAgentThatEnds(t *testing.T) {
 		}
 	case <-time.After(3 * watchRescan):
 		t.Error("Watch did not end with its context")
+	}
+}
+
+// TestScaleAHostWatchesOnlyTheMachinesItMade: WatchOnly holds a pidfd of
+// the machines want keeps, asks want once per machine however many
+// rescans pass, and reports the stop of a kept machine, never of another.
+// A hundred agents on one box each held a pidfd of every machine of it.
+func TestScaleAHostWatchesOnlyTheMachinesItMade(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	b, dir := newBackend(t)
+	t.Cleanup(func() { KillAll(context.Background(), dir) })
+	ctx := context.Background()
+	for id, maker := range map[string]string{"m-mine": "host-a", "m-theirs": "host-b"} {
+		if _, err := b.Spawn(ctx, backends.Spec{Node: nodeconfig.Config{MachineID: id, MachineType: "worker", MadeBy: maker}}); err != nil {
+			t.Fatalf("spawn %s: %v", id, err)
+		}
+	}
+	took := make(chan string, 10)
+	watchTook = func(id string) { took <- id }
+	t.Cleanup(func() { watchTook = nil })
+	var mu sync.Mutex
+	asked := map[string]int{}
+	want := func(in backends.Instance) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		asked[in.MachineID]++
+		return in.MadeBy == "host-a"
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopped := make(chan string, 10)
+	go func() { _ = b.WatchOnly(wctx, want, func(id string) { stopped <- id }) }()
+	select {
+	case id := <-took:
+		if id != "m-mine" {
+			t.Fatalf("watches %s, made by another host", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("m-mine was not watched in 10 s")
+	}
+	time.Sleep(3 * watchRescan)
+	select {
+	case id := <-took:
+		t.Fatalf("watches %s too", id)
+	default:
+	}
+	mu.Lock()
+	if asked["m-mine"] != 1 || asked["m-theirs"] != 1 {
+		t.Errorf("want asked %v over several rescans, want once per machine", asked)
+	}
+	mu.Unlock()
+	kill := func(id string) {
+		t.Helper()
+		ms, _ := Machines(dir)
+		for _, m := range ms {
+			if m.Config.MachineID == id && m.Running {
+				if err := syscall.Kill(-m.PID, syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		}
+		t.Fatalf("%s is not running", id)
+	}
+	kill("m-theirs")
+	kill("m-mine")
+	select {
+	case id := <-stopped:
+		if id != "m-mine" {
+			t.Fatalf("reported %s stopped, made by another host", id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("m-mine killed, not reported in 5 s")
+	}
+	select {
+	case id := <-stopped:
+		t.Fatalf("reported %s stopped too", id)
+	case <-time.After(2 * watchRescan):
 	}
 }
