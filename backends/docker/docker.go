@@ -42,7 +42,20 @@ const (
 	LabelCluster     = "raptiformica.cluster"
 	LabelMachineID   = "raptiformica.machine_id"
 	LabelMachineType = "raptiformica.machine_type"
+	// LabelMadeBy names the member that made the container (its node
+	// config's made_by): members sharing an engine each list only the
+	// containers they made.
+	LabelMadeBy = "raptiformica.made_by"
 )
+
+// machineLabels are the labels of the container of node in cluster.
+func machineLabels(cluster string, node nodeconfig.Config) map[string]string {
+	l := map[string]string{LabelCluster: cluster, LabelMachineID: node.MachineID, LabelMachineType: node.MachineType}
+	if node.MadeBy != "" {
+		l[LabelMadeBy] = node.MadeBy
+	}
+	return l
+}
 
 // Paths inside the node image.
 const (
@@ -221,7 +234,7 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 		&container.Config{
 			Image:    img,
 			Hostname: node.MachineID,
-			Labels:   map[string]string{LabelCluster: b.cluster, LabelMachineID: node.MachineID, LabelMachineType: node.MachineType},
+			Labels:   machineLabels(b.cluster, node),
 			Cmd:      []string{"agent", "-config", configPath},
 		},
 		host,
@@ -272,6 +285,7 @@ func (b *Backend) inspect(ctx context.Context, id string) (backends.Instance, er
 	in := backends.Instance{
 		MachineID:   info.Config.Labels[LabelMachineID],
 		MachineType: info.Config.Labels[LabelMachineType],
+		MadeBy:      info.Config.Labels[LabelMadeBy],
 		Running:     info.State != nil && info.State.Running,
 	}
 	if t, err := time.Parse(time.RFC3339Nano, info.Created); err == nil {
@@ -327,6 +341,7 @@ func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
 		in := backends.Instance{
 			MachineID:   c.Labels[LabelMachineID],
 			MachineType: c.Labels[LabelMachineType],
+			MadeBy:      c.Labels[LabelMadeBy],
 			Running:     c.State == "running",
 			Created:     time.Unix(c.Created, 0),
 		}

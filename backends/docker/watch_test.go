@@ -33,6 +33,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
 // reportWithin is how long a stop may take to be reported: generous, for
@@ -113,6 +114,7 @@ type machine struct {
 	args        []string // the idler's arguments
 	memory      int64    // a memory limit in bytes; 0: none
 	noStart     bool     // created only
+	madeBy      string   // its maker, as Spawn labels it
 }
 
 // startMachine creates (and starts, unless m.noStart) a container labelled
@@ -128,7 +130,7 @@ func startMachine(t *testing.T, cli *client.Client, img string, m machine) strin
 		host.Resources.MemorySwap = m.memory
 	}
 	created, err := cli.ContainerCreate(ctx,
-		&container.Config{Image: img, Cmd: m.args, Labels: map[string]string{LabelCluster: m.cluster, LabelMachineID: m.id}},
+		&container.Config{Image: img, Cmd: m.args, Labels: machineLabels(m.cluster, nodeconfig.Config{MachineID: m.id, MadeBy: m.madeBy})},
 		host, nil, nil, m.cluster+"-"+m.id)
 	if err != nil {
 		t.Fatalf("create machine %s of %s: %v", m.id, m.cluster, err)
@@ -617,4 +619,40 @@ func killAndAwaitDie(t *testing.T, cli *client.Client, id string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Errorf("the engine logged no death of %s within a minute", id)
+}
+
+// TestScaleDockerListsEachContainersMaker: a container is labelled with
+// the member that made it, as the node config says, and List (and the
+// inspection behind Spawn) report it, so that members sharing an engine
+// each list only their own; a container of no known maker (made before
+// made_by) is listed with none, and every member lists it.
+func TestScaleDockerListsEachContainersMaker(t *testing.T) {
+	cli := needEngine(t)
+	img := idlerImage(t, cli)
+	cluster := uniqueCluster()
+	b, _ := watcher(t, cluster, "")
+	startMachine(t, cli, img, machine{cluster: cluster, id: "made", madeBy: "host-a"})
+	startMachine(t, cli, img, machine{cluster: cluster, id: "unmade"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	insts, err := b.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, in := range insts {
+		got[in.MachineID] = in.MadeBy
+	}
+	if len(got) != 2 || got["made"] != "host-a" || got["unmade"] != "" {
+		t.Errorf("List says the makers are %v, want made=host-a and unmade of none", got)
+	}
+	for id, want := range map[string]string{"made": "host-a", "unmade": ""} {
+		in, err := b.inspect(ctx, cluster+"-"+id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.MadeBy != want {
+			t.Errorf("inspect of %s says made by %q, want %q", id, in.MadeBy, want)
+		}
+	}
 }
