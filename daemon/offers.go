@@ -54,8 +54,13 @@ type offerer struct {
 	last     []byte            // the last offer published, without its time
 	lastAt   time.Time         // when it was published
 	lastFree map[string]uint64 // its free memory, by backend
-	listed   map[string]bool   // the machines its lists name
 	lastErr  string            // the last failure to publish, said once
+
+	// listed is the machines its lists name, under a lock of its own: a
+	// stop's report asks it while a check may hold mu for as long as a
+	// hung backend takes (offerCheckTimeout).
+	listedMu sync.Mutex
+	listed   map[string]bool
 }
 
 // poke asks for a check now (the description changed); it never blocks.
@@ -190,13 +195,17 @@ func (o *offerer) checkLocked(ctx context.Context, force bool) uint64 {
 		o.log.Info("offering backends", "offered", offer.Offered())
 	}
 	o.last, o.lastAt = stable, now
-	o.lastFree, o.listed = map[string]uint64{}, map[string]bool{}
+	o.lastFree = map[string]uint64{}
+	listed := map[string]bool{}
 	for name, bo := range offer.Backends {
 		o.lastFree[name] = bo.FreeMemory
 		for _, in := range bo.Instances {
-			o.listed[in.MachineID] = true
+			listed[in.MachineID] = true
 		}
 	}
+	o.listedMu.Lock()
+	o.listed = listed
+	o.listedMu.Unlock()
 	return index
 }
 
@@ -207,8 +216,8 @@ func (o *offerer) checkLocked(ctx context.Context, force bool) uint64 {
 // every stop there; each publishing twice for every one was a hundred
 // writes through the Raft leader at a hundred members, for one death.
 func (o *offerer) lists(id string) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
+	o.listedMu.Lock()
+	defer o.listedMu.Unlock()
 	return o.listed[id]
 }
 

@@ -383,3 +383,50 @@ func TestScaleOfferListsOnlyMachinesItMade(t *testing.T) {
 		t.Errorf("worker-1 lists %v, want web-1 (made here) and web-3 (maker unknown), not web-2 (made by worker-2)", ids)
 	}
 }
+
+// hungBackend's Available answers only when released or its context ends.
+type hungBackend struct {
+	brokenBackend
+	asked   chan struct{}
+	release chan struct{}
+}
+
+func (b hungBackend) Available(ctx context.Context) error {
+	b.asked <- struct{}{}
+	select {
+	case <-b.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestAStopReportDoesNotWaitForAHungBackend: while a check waits on a
+// backend that does not answer (up to offerCheckTimeout, 30 s), a stop's
+// report still learns at once whether this host's lists name the machine.
+// It took the check's lock, and waited the check out.
+func TestAStopReportDoesNotWaitForAHungBackend(t *testing.T) {
+	consul := startTestConsul(t)
+	be := hungBackend{asked: make(chan struct{}, 1), release: make(chan struct{})}
+	o := &offerer{
+		self: "worker-1", backends: func() map[string]backends.Backend { return map[string]backends.Backend{"engine": be} },
+		platform: func() *rules.Platform { return &rules.Platform{Cluster: "c"} }, store: kvschema.New(consul.Client),
+		clock: clock.Real{}, log: hclog.NewNullLogger(), wake: make(chan struct{}, 1),
+	}
+	o.listed = map[string]bool{"web-1": true}
+	ctx, cancel := context.WithCancel(context.Background())
+	checked := make(chan struct{})
+	go func() { defer close(checked); o.check(ctx, false) }()
+	t.Cleanup(func() { cancel(); <-checked })
+	<-be.asked
+	answered := make(chan bool, 1)
+	go func() { answered <- o.lists("web-1") }()
+	select {
+	case named := <-answered:
+		if !named {
+			t.Error("the lists no longer name web-1")
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("a stop's report waited on a check that waits on a hung backend")
+	}
+}
