@@ -177,6 +177,10 @@ type testCluster struct {
 	addrs     func() []string
 	instances func() (running []string, total int, err error)
 	killer    func(id string)
+	// viewFrom, when set, is the machine whose Consul view reads
+	// (its members as that agent sees them); otherwise any that has a
+	// leader.
+	viewFrom string
 }
 
 // listInstances returns the machines the backend runs, sorted, and how many
@@ -282,6 +286,33 @@ func (c *testCluster) client() *api.Client {
 	return nil
 }
 
+// clientOf returns a client of machine id's own Consul, nil when it does
+// not run or cannot be reached.
+func (c *testCluster) clientOf(id string) *api.Client {
+	c.t.Helper()
+	for _, m := range c.machines() {
+		if m.Config.MachineID != id || !m.Running {
+			continue
+		}
+		key := fmt.Sprintf("%s:%d", m.Config.BindAddr, m.Config.ConsulHTTPPort)
+		if cl := c.clients[key]; cl != nil {
+			return cl
+		}
+		ident := c.identity()
+		cl, err := consulclient.New(consulclient.Target{Host: m.Config.BindAddr, HTTPPort: m.Config.ConsulHTTPPort,
+			HTTPSPort: m.Config.ConsulHTTPSPort, Token: ident.ManagementToken, CACert: ident.CACert})
+		if err != nil {
+			return nil
+		}
+		if c.clients == nil {
+			c.clients = map[string]*api.Client{}
+		}
+		c.clients[key] = cl
+		return cl
+	}
+	return nil
+}
+
 // token is the cluster's ACL token, which `up` keeps in the folder: what
 // an operator's commands use.
 func (c *testCluster) token() string { return c.identity().ManagementToken }
@@ -320,6 +351,9 @@ func (c *testCluster) view() (view, error) {
 		return v, err
 	}
 	cl := c.client()
+	if c.viewFrom != "" {
+		cl = c.clientOf(c.viewFrom)
+	}
 	if cl == nil {
 		return v, fmt.Errorf("no Consul answers")
 	}
