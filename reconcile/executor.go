@@ -724,7 +724,9 @@ func (e *Executor) removeRaftPeer(ctx context.Context, id string, log hclog.Logg
 	defer cancel()
 	node, _, err := e.Consul.Catalog().Node(id, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil || node == nil || node.Node == nil || node.Node.ID == "" {
-		log.Debug("no node ID to remove a server from Raft by", telemetry.KeyError, err)
+		// The prune once Consul has it failed is left to take it
+		// out: until then it counts toward quorum.
+		log.Warn("no node ID to remove a server from Raft by", telemetry.KeyError, err)
 		return
 	}
 	cfg, err := e.Consul.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
