@@ -270,7 +270,13 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 			Lists: &reconcile.Lists{MinGap: listGap},
 		}
 		g.Go(func() error { return r.Run(lctx) })
-		g.Go(func() error { e.ownServerRemoval(lctx); e.watchAutopilot(lctx); return nil })
+		g.Go(func() error {
+			// Until it is done (a Consul mid-election refuses it):
+			// a term may last weeks.
+			_ = clock.Poll(lctx, e.clock, autopilotRetry, func() (bool, error) { return e.ownServerRemoval(lctx), nil })
+			e.watchAutopilot(lctx)
+			return nil
+		})
 		if e.snapshots != nil {
 			g.Go(func() error { return e.snapshots.Run(lctx) })
 		}
@@ -326,8 +332,11 @@ func (e *elector) setLeading(on bool) {
 }
 
 // autopilotCallTimeout bounds the leader's read and write of autopilot's
-// configuration.
-const autopilotCallTimeout = 10 * time.Second
+// configuration; autopilotRetry spaces its attempts.
+const (
+	autopilotCallTimeout = 10 * time.Second
+	autopilotRetry       = 5 * time.Second
+)
 
 // ownServerRemoval turns off autopilot's cleanup of dead servers in a Raft
 // history that began with it on (Consul's default, and ours before): the
@@ -340,8 +349,8 @@ const autopilotCallTimeout = 10 * time.Second
 //
 // Consul reads the setting from the agent's file only when a Raft history
 // begins; afterwards it lives in Raft, and only this call changes it. A
-// failure is logged and tried again at the next term.
-func (e *elector) ownServerRemoval(ctx context.Context) {
+// failure is logged; it reports whether the cleanup is off.
+func (e *elector) ownServerRemoval(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, autopilotCallTimeout)
 	defer cancel()
 	op := e.consul.Operator()
@@ -360,6 +369,7 @@ func (e *elector) ownServerRemoval(ctx context.Context) {
 	if err != nil {
 		e.log.Warn("turn off autopilot's cleanup of dead servers", telemetry.KeyError, err)
 	}
+	return err == nil
 }
 
 // watchAutopilot exports how many Consul servers may still fail, so that an

@@ -159,7 +159,9 @@ func TestLeaderTurnsOffAutopilotCleanup(t *testing.T) {
 		t.Fatal("the test's Consul began with the cleanup off: nothing to turn off")
 	}
 	e := &elector{consul: consul.Client, clock: clock.Real{}, log: hclog.NewNullLogger()}
-	e.ownServerRemoval(context.Background())
+	if !e.ownServerRemoval(context.Background()) {
+		t.Error("ownServerRemoval reported a failure")
+	}
 	after, err := op.AutopilotGetConfiguration(nil)
 	if err != nil {
 		t.Fatal(err)

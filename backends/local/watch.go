@@ -31,9 +31,12 @@ type watched struct {
 }
 
 // ended is what a machine's waiter says: its agent exited (err nil), or
-// its pidfd cannot be waited on.
+// its pidfd cannot be waited on. file names the pidfd it waited on: a
+// waiter let go of (its folder gone, perhaps made again since) still
+// reports, and only the watch of the same file may act on it.
 type ended struct {
 	mdir string
+	file *os.File
 	err  error
 }
 
@@ -77,8 +80,8 @@ func (b *Backend) WatchOnly(ctx context.Context, want func(backends.Instance) bo
 			return ctx.Err()
 		case e := <-ends:
 			w, ok := held[e.mdir]
-			if !ok {
-				continue // dropped meanwhile
+			if !ok || w.file != e.file {
+				continue // let go of meanwhile
 			}
 			w.file.Close()
 			delete(held, e.mdir)
@@ -151,16 +154,15 @@ func (b *Backend) watchNew(ctx context.Context, held map[string]watched, passed 
 			// A pidfd is readable once its process has exited; it
 			// has nothing to read, so the callback only looks. The
 			// first call comes before any wait.
+			// A file closed by the watch ends the wait with an
+			// error too; the watch knows it let go of it.
 			err := rc.Read(func(fd uintptr) bool {
 				pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 				n, _ := unix.Poll(pfd, 0)
 				return n > 0
 			})
-			if errors.Is(err, os.ErrClosed) {
-				return // the watch let it go
-			}
 			select {
-			case ends <- ended{mdir: mdir, err: err}:
+			case ends <- ended{mdir: mdir, file: file, err: err}:
 			case <-ctx.Done():
 			}
 		}()

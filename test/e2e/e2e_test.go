@@ -1007,6 +1007,9 @@ func TestQuorumAServerCutOffKeepsItsVote(t *testing.T) {
 		}
 		clients[m.Config.MachineID] = cl
 	}
+	if pid <= 0 {
+		t.Fatalf("no running machine %s to stop", victim)
+	}
 	if err := syscall.Kill(-pid, syscall.SIGSTOP); err != nil {
 		t.Fatalf("stop %s: %v", victim, err)
 	}
