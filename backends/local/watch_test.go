@@ -29,19 +29,7 @@ func TestWatchReportsAnAgentThatEnds(t *testing.T) {
 			t.Fatalf("spawn %s: %v", id, err)
 		}
 	}
-	kill := func(id string) {
-		t.Helper()
-		ms, _ := Machines(dir)
-		for _, m := range ms {
-			if m.Config.MachineID == id && m.Running {
-				if err := syscall.Kill(-m.PID, syscall.SIGKILL); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-		}
-		t.Fatalf("%s is not running", id)
-	}
+	kill := func(id string) { t.Helper(); killMachine(t, dir, id) }
 	spawn("m-1")
 	spawn("m-2")
 
@@ -151,19 +139,7 @@ func TestScaleAHostWatchesOnlyTheMachinesItMade(t *testing.T) {
 		t.Errorf("want asked %v over several rescans, want once per machine", asked)
 	}
 	mu.Unlock()
-	kill := func(id string) {
-		t.Helper()
-		ms, _ := Machines(dir)
-		for _, m := range ms {
-			if m.Config.MachineID == id && m.Running {
-				if err := syscall.Kill(-m.PID, syscall.SIGKILL); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-		}
-		t.Fatalf("%s is not running", id)
-	}
+	kill := func(id string) { t.Helper(); killMachine(t, dir, id) }
 	kill("m-theirs")
 	kill("m-mine")
 	select {
@@ -179,4 +155,20 @@ func TestScaleAHostWatchesOnlyTheMachinesItMade(t *testing.T) {
 		t.Fatalf("reported %s stopped too", id)
 	case <-time.After(2 * watchRescan):
 	}
+}
+
+// killMachine SIGKILLs the process group of the running machine id in the
+// cluster folder dir.
+func killMachine(t *testing.T, dir, id string) {
+	t.Helper()
+	ms, _ := Machines(dir)
+	for _, m := range ms {
+		if m.Config.MachineID == id && m.Running {
+			if err := syscall.Kill(-m.PID, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("%s is not running", id)
 }

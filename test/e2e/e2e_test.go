@@ -350,9 +350,11 @@ func (c *testCluster) view() (view, error) {
 	if v.instances, v.total, err = c.listInstances(); err != nil {
 		return v, err
 	}
-	cl := c.client()
+	var cl *api.Client
 	if c.viewFrom != "" {
 		cl = c.clientOf(c.viewFrom)
+	} else {
+		cl = c.client()
 	}
 	if cl == nil {
 		return v, fmt.Errorf("no Consul answers")
