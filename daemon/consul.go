@@ -30,6 +30,7 @@ import (
 // consulConfig is the subset of Consul's agent configuration we generate.
 type consulConfig struct {
 	NodeName           string            `json:"node_name"`
+	NodeID             string            `json:"node_id,omitempty"`
 	Datacenter         string            `json:"datacenter"`
 	DataDir            string            `json:"data_dir"`
 	BindAddr           string            `json:"bind_addr"`
@@ -249,6 +250,33 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 	return cc
 }
 
+// nodeIDFor is the node ID Consul is given in dataDir: the one derived from
+// the machine's name (consulclient.NodeID), unless Consul there already has
+// another, made before IDs were derived, which it keeps: a server whose ID
+// changed would come back as a new Raft peer beside its old self.
+func nodeIDFor(dataDir, machineID string) string {
+	id := consulclient.NodeID(machineID)
+	b, err := os.ReadFile(filepath.Join(dataDir, "node-id"))
+	if errors.Is(err, os.ErrNotExist) || (err == nil && strings.EqualFold(strings.TrimSpace(string(b)), id)) {
+		return id
+	}
+	return ""
+}
+
+// consulNodeIDIn is the node ID of the Consul whose data is in dataDir:
+// the one Consul made and keeps there, for a machine made before IDs were
+// derived, or else the one derived from the machine's name.
+func consulNodeIDIn(dataDir, machineID string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "node-id"))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return consulclient.NodeID(machineID), nil
+	case err != nil:
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
 // ConsulProcess supervises the node's Consul agent as a child process.
 type ConsulProcess struct {
 	Config  nodeconfig.Config
@@ -334,6 +362,7 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 		}
 		cc.Bootstrap, cc.RetryJoin = true, nil
 	}
+	cc.NodeID = nodeIDFor(cc.DataDir, p.Config.MachineID)
 	if err := writeTLSFiles(p.Config); err != nil {
 		return fmt.Errorf("write certificate files: %w", err)
 	}

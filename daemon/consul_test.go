@@ -1,8 +1,12 @@
 package daemon
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -65,5 +69,44 @@ func TestScaleFastGossipOnlyOnSmallClusters(t *testing.T) {
 	big := &rules.Platform{Machines: map[string]rules.MachineType{"server": {Min: 3, Max: 3}, "worker": {Min: 100, Max: 100}}}
 	if small.PlannedMachines() > nodeconfig.FastGossipMax || big.PlannedMachines() <= nodeconfig.FastGossipMax {
 		t.Errorf("planned machines: small %d, big %d, against %d", small.PlannedMachines(), big.PlannedMachines(), nodeconfig.FastGossipMax)
+	}
+}
+
+// A new machine's Consul gets the node ID derived from its name; one whose
+// Consul already made its own keeps it, or it would come back as a new Raft
+// peer beside its old self.
+func TestConsulNodeIDIsDerivedUnlessConsulHasOne(t *testing.T) {
+	dir := t.TempDir()
+	want := consulclient.NodeID("server-1")
+	if got := nodeIDFor(dir, "server-1"); got != want {
+		t.Errorf("a fresh data dir: node ID %q, want %q", got, want)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "node-id"), []byte(strings.ToUpper(want)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := nodeIDFor(dir, "server-1"); got != want {
+		t.Errorf("Consul's file holds the derived ID: node ID %q, want %q", got, want)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "node-id"), []byte("5e9d1f66-8c2c-4f0e-9a43-0d2b4f9b7a11"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := nodeIDFor(dir, "server-1"); got != "" {
+		t.Errorf("Consul made its own ID before: node ID %q, want it left to Consul", got)
+	}
+}
+
+// The recovery writes peers.json with the ID Consul runs with: the derived
+// one where Consul keeps none on disk, Consul's own where it does.
+func TestConsulNodeIDInItsData(t *testing.T) {
+	dir := t.TempDir()
+	if id, err := consulNodeIDIn(dir, "server-1"); err != nil || id != consulclient.NodeID("server-1") {
+		t.Errorf("no node-id file: %q, %v; want the derived ID", id, err)
+	}
+	own := "5e9d1f66-8c2c-4f0e-9a43-0d2b4f9b7a11"
+	if err := os.WriteFile(filepath.Join(dir, "node-id"), []byte(own+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := consulNodeIDIn(dir, "server-1"); err != nil || id != own {
+		t.Errorf("Consul's own node-id file: %q, %v; want %q", id, err, own)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -324,7 +323,7 @@ func (q *quorumWatch) recoverAlone() error {
 		return errors.New("this node is not a Consul server: recover on a server")
 	}
 	dataDir := filepath.Join(q.cfg.DataDir, "consul")
-	id, err := os.ReadFile(filepath.Join(dataDir, "node-id"))
+	id, err := consulNodeIDIn(dataDir, q.cfg.MachineID)
 	// Raft's log is raft/wal (Consul's default log store) or raft/raft.db.
 	_, rerr := os.Stat(filepath.Join(dataDir, "raft", "wal"))
 	if rerr != nil {
@@ -339,7 +338,7 @@ func (q *quorumWatch) recoverAlone() error {
 		q.proc.RestartFresh()
 		return nil
 	}
-	peers, _ := json.Marshal([]raftPeer{{ID: strings.TrimSpace(string(id)), Address: net.JoinHostPort(q.cfg.BindAddr, "8300")}})
+	peers, _ := json.Marshal([]raftPeer{{ID: id, Address: net.JoinHostPort(q.cfg.BindAddr, "8300")}})
 	if err := fsutil.WriteFileAtomic(filepath.Join(dataDir, "raft", "peers.json"), peers, 0o600); err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -715,32 +716,36 @@ func (e *Executor) memberStatus(ctx context.Context, id string) (MemberStatus, b
 }
 
 // removeRaftPeer takes the server id out of the Raft configuration, if it
-// is in it. The peer is named by the server's node ID, from the catalog:
-// the configuration's node names are found by address, and a replacement
-// may already listen on the dead server's address (it then carried the
-// dead one's name, and the replacement was removed).
+// is in it. The peer is named by its node ID: the one derived from its name
+// (consulclient.NodeID), found in the configuration itself, or, for a
+// server made before IDs were derived, the catalog's. Never by the
+// configuration's node names: Consul finds those by address, and a
+// replacement may already listen on the dead server's address (it then
+// carried the dead one's name, and the replacement was removed).
 func (e *Executor) removeRaftPeer(ctx context.Context, id string, log hclog.Logger) {
 	ctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
 	defer cancel()
-	node, _, err := e.Consul.Catalog().Node(id, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil || node == nil || node.Node == nil || node.Node.ID == "" {
-		// The prune once Consul has it failed is left to take it
-		// out: until then it counts toward quorum.
-		log.Warn("no node ID to remove a server from Raft by", telemetry.KeyError, err)
-		return
-	}
 	cfg, err := e.Consul.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		log.Warn("read the Raft configuration to remove a server", telemetry.KeyError, err)
 		return
 	}
-	for _, s := range cfg.Servers {
-		if s.ID != node.Node.ID {
-			continue
+	peer := consulclient.NodeID(id)
+	if !slices.ContainsFunc(cfg.Servers, func(s *api.RaftServer) bool { return s.ID == peer }) {
+		node, _, err := e.Consul.Catalog().Node(id, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil || node == nil || node.Node == nil || node.Node.ID == "" {
+			// The prune once Consul has it failed is left to take it
+			// out: until then it counts toward quorum.
+			log.Warn("no node ID to remove a server from Raft by", telemetry.KeyError, err)
+			return
 		}
-		if err := e.Consul.Operator().RaftRemovePeerByID(s.ID, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-			log.Warn("remove a server from Raft", telemetry.KeyError, err)
+		peer = node.Node.ID
+		if !slices.ContainsFunc(cfg.Servers, func(s *api.RaftServer) bool { return s.ID == peer }) {
+			return
 		}
+	}
+	if err := e.Consul.Operator().RaftRemovePeerByID(peer, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		log.Warn("remove a server from Raft", telemetry.KeyError, err)
 	}
 }
 

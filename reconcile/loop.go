@@ -294,12 +294,19 @@ func serverVoters(ctx context.Context, consul *api.Client, recs map[string]Recor
 	if err != nil {
 		return voters
 	}
-	healthy := map[string]bool{}
+	// Matched by Raft ID, named by autopilot, which knows each server's
+	// name by its ID. The Raft configuration's node names are Consul's
+	// guess by address: where a replacement took the address of a server
+	// that left and is still listed, either name may come out, and the
+	// replacement waited for seconds (one pass in two) to be seen a voter.
+	byID := map[string]api.ServerHealth{}
 	for _, s := range health.Servers {
-		healthy[s.Name] = s.Healthy
+		byID[s.ID] = s
 	}
 	for _, s := range raft.Servers {
-		voters[s.Node] = s.Voter && healthy[s.Node]
+		if h, ok := byID[s.ID]; ok {
+			voters[h.Name] = s.Voter && h.Healthy
+		}
 	}
 	return voters
 }

@@ -3,6 +3,7 @@ package consulclient
 import (
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"testing"
 	"time"
@@ -92,5 +93,21 @@ func TestBlockingQueryKeepsItsWait(t *testing.T) {
 	})
 	if took < wait {
 		t.Errorf("a blocking query gave up after %s, before its wait of %s", took, wait)
+	}
+}
+
+// A machine's node ID is a UUID Consul accepts, the same for the same name
+// every time (the reaper derives it again) and different for another name.
+func TestNodeIDIsAUUIDOfTheName(t *testing.T) {
+	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	a, b := NodeID("server-0a1b2c3d"), NodeID("server-0a1b2c3e")
+	if !uuid.MatchString(a) || !uuid.MatchString(b) {
+		t.Fatalf("not a version 8 UUID: %q, %q", a, b)
+	}
+	if a == b {
+		t.Errorf("two names, one ID: %s", a)
+	}
+	if again := NodeID("server-0a1b2c3d"); again != a {
+		t.Errorf("the same name gave %s, then %s", a, again)
 	}
 }

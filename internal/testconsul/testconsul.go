@@ -52,6 +52,19 @@ func Start() (*Server, error) { return StartWith() }
 // StartWith is Start with more arguments to `consul agent`, such as
 // -encrypt KEY.
 func StartWith(args ...string) (*Server, error) {
+	ip := FreeIP()
+	return start(ip, append([]string{"-dev", "-node", "test-" + ip}, args...))
+}
+
+// StartServer runs a Consul server that is not in dev mode, named node, on
+// ip, that joins the cluster of join (a dev agent's IP) and waits until it
+// has a leader: for a test of what a cluster of several servers reports.
+// ip may be one a stopped server used.
+func StartServer(ip, node, join string) (*Server, error) {
+	return start(ip, []string{"-server", "-node", node, "-retry-join", join, "-retry-interval", "1s"})
+}
+
+func start(ip string, args []string) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -60,9 +73,8 @@ func StartWith(args ...string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	ip := FreeIP()
-	cmd := exec.Command(bin, "agent", "-dev", "-bind", ip, "-client", ip, "-dns-port", "-1", "-grpc-port", "-1",
-		"-serf-wan-port", "-1", "-data-dir", dir, "-log-level", "warn", "-node", "test-"+ip)
+	cmd := exec.Command(bin, "agent", "-bind", ip, "-client", ip, "-dns-port", "-1", "-grpc-port", "-1",
+		"-serf-wan-port", "-1", "-data-dir", dir, "-log-level", "warn")
 	cmd.Args = append(cmd.Args, args...)
 	logf, err := os.Create(filepath.Join(dir, "consul.log"))
 	if err != nil {

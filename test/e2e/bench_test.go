@@ -58,8 +58,11 @@ func memberState(cl *api.Client, name string) (alive, voter bool) {
 	}
 	raft, err := cl.Operator().RaftGetConfiguration(nil)
 	if err == nil {
+		// By its ID: the configuration names servers by address, and a
+		// machine may have the address of one that left and is still
+		// listed.
 		for _, s := range raft.Servers {
-			if s.Node == name {
+			if s.ID == consulclient.NodeID(name) {
 				voter = s.Voter
 			}
 		}

@@ -144,6 +144,12 @@ machine "spare" {
 		t.Fatalf("the catalog's node of %s: %v", victim, err)
 	}
 	victimID := node.Node.ID
+	// Derived from its name, the reaper finds it in the Raft
+	// configuration without asking the catalog, which may not answer
+	// right after the Raft leader has changed.
+	if victimID != consulclient.NodeID(victim) {
+		t.Errorf("%s has node ID %s, not the one derived from its name, %s", victim, victimID, consulclient.NodeID(victim))
+	}
 	c.kill(victim)
 	var inRaft bool
 	if !poll(time.Minute, func() bool {
