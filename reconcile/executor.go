@@ -232,6 +232,13 @@ func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[strin
 		id, err = e.spawn(ctx, p, bes, a, log)
 	case KindReap, KindScaleDown, KindDestroyOrphan:
 		err = e.remove(ctx, p, bes, obs, a, log)
+	case KindUnvote:
+		e.start(a.MachineID, a, func() {
+			if e.removeRaftPeer(ctx, a.MachineID, log) {
+				log.Warn("failed server taken out of Raft", telemetry.KeyReason, a.Reason)
+			}
+			e.finish(a, nil)
+		})
 	default:
 		err = fmt.Errorf("unknown action kind %q", a.Kind)
 	}
@@ -562,6 +569,13 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		if ctx.Err() != nil {
 			return
 		}
+		if a.Kind == KindReap && isMember && member.Server && member.Status == MemberFailed {
+			// Given up, and Consul has it failed: out of Raft first.
+			// The destroy may wait on a host that is down or a
+			// backend that fails for as long as they last, and the
+			// dead server would count toward quorum all that time.
+			e.removeRaftPeer(ctx, a.MachineID, log)
+		}
 		if a.Host != "" {
 			// Where it was made: that host's backend holds it.
 			dctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
@@ -716,13 +730,13 @@ func (e *Executor) memberStatus(ctx context.Context, id string) (MemberStatus, b
 }
 
 // removeRaftPeer takes the server id out of the Raft configuration, if it
-// is in it. The peer is named by its node ID: the one derived from its name
+// is in it, and says whether it did. The peer is named by its node ID: the one derived from its name
 // (consulclient.NodeID), found in the configuration itself, or, for a
 // server made before IDs were derived, the catalog's. Never by the
 // configuration's node names: Consul finds those by address, and a
 // replacement may already listen on the dead server's address (it then
 // carried the dead one's name, and the replacement was removed).
-func (e *Executor) removeRaftPeer(ctx context.Context, id string, log hclog.Logger) {
+func (e *Executor) removeRaftPeer(ctx context.Context, id string, log hclog.Logger) (removed bool) {
 	ctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
 	defer cancel()
 	cfg, err := e.Consul.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
@@ -746,7 +760,9 @@ func (e *Executor) removeRaftPeer(ctx context.Context, id string, log hclog.Logg
 	}
 	if err := e.Consul.Operator().RaftRemovePeerByID(peer, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		log.Warn("remove a server from Raft", telemetry.KeyError, err)
+		return false
 	}
+	return true
 }
 
 // How pruneWhenDown looks for a member to go down.

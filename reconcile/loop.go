@@ -73,9 +73,10 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	for _, mb := range members {
 		obs.Members[mb.Name] = Member{
 			Name: mb.Name, Address: mb.Addr, Status: SerfStatus(mb.Status),
-			Server: mb.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer,
-			Voter:  voters[mb.Name],
-			Type:   recs[mb.Name].Type,
+			Server:    mb.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer,
+			Voter:     voters[mb.Name].voter && voters[mb.Name].healthy,
+			RaftVoter: voters[mb.Name].voter,
+			Type:      recs[mb.Name].Type,
 		}
 	}
 	// Backends are asked at once: one slow to answer (an exec command up to
@@ -266,15 +267,19 @@ func liveOffers(ctx context.Context, inv *Inventory, members []*api.AgentMember)
 	return out
 }
 
-// serverVoters returns which servers are healthy Raft voters. A server adds
-// to quorum once the Raft configuration has it as a voter (autopilot's
+// raftSeat is what Raft and autopilot say of one server.
+type raftSeat struct{ voter, healthy bool }
+
+// serverVoters returns which servers are Raft voters, and healthy. A server
+// adds to quorum once the Raft configuration has it as a voter (autopilot's
 // health report says "voter" before Raft does) and autopilot finds it
-// healthy. Only a machine still joining needs the answer, and reading the
+// healthy; a failed one is taken out of it (KindUnvote). Only a machine
+// still joining, or failed, needs the answer, and reading the
 // Raft configuration can stall for seconds while the leader removes a dead
 // server, so it is read only then, with a short timeout; on any error the
 // answer is "not yet", which only delays a join.
-func serverVoters(ctx context.Context, consul *api.Client, recs map[string]Record) map[string]bool {
-	voters := map[string]bool{}
+func serverVoters(ctx context.Context, consul *api.Client, recs map[string]Record) map[string]raftSeat {
+	voters := map[string]raftSeat{}
 	// Only while a server joins, or comes back after failing (a partition
 	// that healed): the read blocks while Raft has no leader.
 	joining := false
@@ -305,7 +310,7 @@ func serverVoters(ctx context.Context, consul *api.Client, recs map[string]Recor
 	}
 	for _, s := range raft.Servers {
 		if h, ok := byID[s.ID]; ok {
-			voters[h.Name] = s.Voter && h.Healthy
+			voters[h.Name] = raftSeat{voter: s.Voter, healthy: h.Healthy}
 		}
 	}
 	return voters

@@ -734,7 +734,9 @@ func (ps *pass) decide() Decision {
 	ps.d.Actions = append(ps.d.Actions, ps.marks...)
 	// Replacements go before removals: spawn first, then reap.
 	ps.d.Actions = append(ps.d.Actions, ps.spawns...)
-	ps.d.Actions = append(ps.d.Actions, ps.allowedReaps()...)
+	reaps := ps.allowedReaps()
+	ps.d.Actions = append(ps.d.Actions, reaps...)
+	ps.d.Actions = append(ps.d.Actions, ps.unvotes(reaps)...)
 	ps.d.Actions = append(ps.d.Actions, ps.downs...)
 	ps.d.Actions = append(ps.d.Actions, ps.orphans()...)
 	return ps.d
@@ -762,6 +764,44 @@ func (ps *pass) allowedReaps() []Action {
 			budget--
 		}
 		out = append(out, a)
+	}
+	return out
+}
+
+// unvotes takes out of the Raft configuration the servers Consul has had
+// failed for longer than the grace period whose reap does not go ahead in
+// this pass: while replacements are halted, or when the reap waits for the
+// next pass. Until it is out, a dead server counts toward quorum, and one
+// more death could lose it; autopilot's cleanup, which took it out, is off
+// (it took out servers cut off for seconds too). The machine and its
+// record stay for the reap, and a server that comes back is let into Raft
+// again by Consul. As with autopilot's cleanup, at most a minority of the
+// voters go, all at once or none.
+func (ps *pass) unvotes(reaping []Action) []Action {
+	going := map[string]bool{}
+	for _, a := range reaping {
+		going[a.MachineID] = true
+	}
+	voters := 0
+	var out []Action
+	for _, id := range sortedKeys(ps.obs.Members) {
+		m := ps.obs.Members[id]
+		if !m.RaftVoter {
+			continue
+		}
+		voters++
+		r, recorded := ps.obs.Records[id]
+		s, seen := ps.d.Seen[id]
+		if !recorded || going[id] || m.Status != MemberFailed || !seen || s.Cond != condDown || !ps.ripe(s, ps.pol.GracePeriod) {
+			continue
+		}
+		a := actOn(KindUnvote, id, r, fmt.Sprintf("failed for %s, longer than the grace period (%s), and not reaped now", ps.now.Sub(s.First).Round(time.Second), ps.pol.GracePeriod))
+		a.Host = "" // Raft is the leader's to change, wherever the machine runs
+		out = append(out, a)
+	}
+	if len(out) > (voters-1)/2 {
+		ps.waitf("%d of %d Raft voters are failed, more than a minority: left in Raft", len(out), voters)
+		return nil
 	}
 	return out
 }

@@ -1331,3 +1331,72 @@ machine "web" {
 		})
 	}
 }
+
+// TestPlanUnvotesAFailedServerItDoesNotReap: a server Consul has had failed
+// past the grace period, whose reap does not go ahead (replacements are
+// halted), is taken out of Raft, and its record left; never before the
+// grace period, never one that is no Raft voter, never a majority of the
+// voters, and not one the pass reaps (the reap takes it out).
+func TestPlanUnvotesAFailedServerItDoesNotReap(t *testing.T) {
+	now := t0.Add(time.Hour)
+	p := platform(t, `
+policy {
+  grace_period = "30s"
+  provision_timeout = "1m"
+  max_unhealthy = 1
+}
+machine "server" {
+  min = 5
+  consul_server = true
+}`)
+	servers := func(failedSince time.Time, failed ...string) Observed {
+		o := cluster("server", "a", "b", "c", "d", "e")
+		for id, m := range o.Members {
+			m.RaftVoter = true
+			o.Members[id] = m
+		}
+		for _, id := range failed {
+			o.Members[id] = Member{Name: id, Status: MemberFailed, Server: true, RaftVoter: true}
+			r := o.Records[id]
+			r.State, r.FailedSince = StateFailed, failedSince
+			o.Records[id] = r
+		}
+		return watched(o)
+	}
+	kinds := func(d Decision) map[Kind][]string {
+		out := map[Kind][]string{}
+		for _, a := range d.Actions {
+			out[a.Kind] = append(out[a.Kind], a.MachineID)
+			if a.Kind == KindUnvote && a.Host != "" {
+				t.Errorf("unvote of %s runs on %s, not the leader", a.MachineID, a.Host)
+			}
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		obs    Observed
+		unvote []string
+		reap   []string
+	}{
+		{"halted, past the grace period", servers(now.Add(-time.Minute), "d", "e"), []string{"d", "e"}, nil},
+		{"halted, within the grace period", servers(now.Add(-10*time.Second), "d", "e"), nil, nil},
+		{"a majority failed", servers(now.Add(-time.Minute), "c", "d", "e"), nil, nil},
+		{"not a Raft voter", with(servers(now.Add(-time.Minute), "d", "e"), func(o *Observed) {
+			m := o.Members["e"]
+			m.RaftVoter = false
+			o.Members["e"] = m
+		}), []string{"d"}, nil},
+		{"reaped, not halted", servers(now.Add(-time.Minute), "e"), nil, []string{"e"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := kinds(Plan(p, tc.obs, now))
+			if diff := cmp.Diff(tc.unvote, got[KindUnvote]); diff != "" {
+				t.Errorf("unvotes (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.reap, got[KindReap]); diff != "" {
+				t.Errorf("reaps (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

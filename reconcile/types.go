@@ -105,6 +105,10 @@ type Member struct {
 	// nothing to quorum, so it does not count as joined. It is only known
 	// for machines still joining.
 	Voter bool `json:"voter"`
+	// RaftVoter is true for a server the Raft configuration has as a
+	// voter, healthy or not: a dead one still counts toward quorum. Known
+	// when Voter is.
+	RaftVoter bool `json:"raft_voter,omitempty"`
 }
 
 // Observed is everything the planner looks at besides the description.
@@ -186,6 +190,11 @@ const (
 	// none (a KV re-seeded from an older mirror), from what its backend
 	// lists: the record was lost, not the machine.
 	KindRestoreRecord Kind = "restore_record"
+	// KindUnvote takes a server Consul has had failed for longer than the
+	// grace period out of the Raft configuration, and leaves its machine
+	// and record to its reap: while the reap does not go ahead, the dead
+	// server would count toward quorum.
+	KindUnvote Kind = "unvote"
 )
 
 // Action is one step the executor takes.

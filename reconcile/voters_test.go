@@ -5,6 +5,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 )
 
@@ -74,7 +81,7 @@ func TestScaleAReplacementOnALeftServersAddressIsAVoter(t *testing.T) {
 	// Serf lists members in no fixed order: asked twenty times, the
 	// address's name was the left server's about half of them.
 	for i := range 20 {
-		if v := serverVoters(ctx, seed.Client, recs); !v["server-repl"] {
+		if v := serverVoters(ctx, seed.Client, recs); !v["server-repl"].voter || !v["server-repl"].healthy {
 			t.Fatalf("read %d: the replacement, a healthy voter, is not one to the leader: %v", i, v)
 		}
 	}
@@ -102,4 +109,77 @@ func pollUntil(t *testing.T, within time.Duration, f func() bool) bool {
 		}
 	}
 	return false
+}
+
+// TestScaleAFailedServerGivenUpLeavesRaft: a failed server the planner
+// gives up on is out of the Raft configuration, by the node ID derived from
+// its name, whether its reap does not go ahead (the unvote action, which
+// leaves its record) or its reap's destroy hangs (a host that is down, a
+// backend that does not answer). Autopilot's cleanup is off, as the agent
+// has it: nothing else takes the dead server out.
+func TestScaleAFailedServerGivenUpLeavesRaft(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: needs Consul (run without -short)")
+	}
+	t.Parallel()
+	seed, err := testconsul.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seed.Stop()
+	ap, err := seed.Client.Operator().AutopilotGetConfiguration(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap.CleanupDeadServers = false
+	if err := seed.Client.Operator().AutopilotSetConfiguration(ap, nil); err != nil {
+		t.Fatal(err)
+	}
+	inRaft := func(id string) bool {
+		cfg, err := seed.Client.Operator().RaftGetConfiguration(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range cfg.Servers {
+			if s.ID == consulclient.NodeID(id) {
+				return true
+			}
+		}
+		return false
+	}
+	inv := &Inventory{Store: kvschema.New(seed.Client)}
+	for _, kind := range []Kind{KindUnvote, KindReap} {
+		id := "server-" + string(kind)
+		dead, err := testconsul.StartServer(testconsul.FreeIP(), id, seed.IP, "-node-id", consulclient.NodeID(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !pollUntil(t, time.Minute, func() bool { return inRaft(id) }) {
+			t.Fatalf("%s never joined Raft", id)
+		}
+		dead.Stop()
+
+		ctx, cancel := context.WithCancel(context.Background())
+		rec, err := inv.Put(ctx, Record{ID: id, Type: "server", Backend: "local", State: StateFailed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ex := &Executor{Inventory: inv, Consul: seed.Client, Clock: clock.Real{}, Log: hclog.NewNullLogger(), Metrics: telemetry.New()}
+		obs := Observed{Records: map[string]Record{id: rec}, Members: map[string]Member{id: {Name: id, Status: MemberFailed, Server: true, RaftVoter: true}}}
+		hung := map[string]backends.Backend{"local": &fakeBackend{inv: inv, hang: true}}
+		if err := ex.Execute(ctx, platform(t, threeServers), hung, obs, []Action{{Kind: kind, MachineID: id, Type: "server", Backend: "local"}}); err != nil {
+			t.Fatal(err)
+		}
+		out := pollUntil(t, 10*time.Second, func() bool { return !inRaft(id) })
+		cancel() // ends the hung destroy
+		ex.Wait()
+		if !out {
+			t.Errorf("%s: the failed server is still in the Raft configuration", kind)
+		}
+		if kind == KindUnvote {
+			if recs, _, err := inv.List(context.Background(), nil); err != nil || recs[id].State != StateFailed {
+				t.Errorf("unvote: its record is %+v, %v; want it left, failed", recs[id], err)
+			}
+		}
+	}
 }

@@ -59,9 +59,9 @@ func StartWith(args ...string) (*Server, error) {
 // StartServer runs a Consul server that is not in dev mode, named node, on
 // ip, that joins the cluster of join (a dev agent's IP) and waits until it
 // has a leader: for a test of what a cluster of several servers reports.
-// ip may be one a stopped server used.
-func StartServer(ip, node, join string) (*Server, error) {
-	return start(ip, []string{"-server", "-node", node, "-retry-join", join, "-retry-interval", "1s"})
+// ip may be one a stopped server used; args go to `consul agent` too.
+func StartServer(ip, node, join string, args ...string) (*Server, error) {
+	return start(ip, append([]string{"-server", "-node", node, "-retry-join", join, "-retry-interval", "1s"}, args...))
 }
 
 func start(ip string, args []string) (*Server, error) {

@@ -1065,6 +1065,55 @@ func TestQuorumAServerCutOffKeepsItsVote(t *testing.T) {
 
 // quorumPlatform is a description of n servers whose nodes declare lost
 // quorum after 3 s, with extra policy lines.
+// TestQuorumAHaltedLoopTakesDeadServersOutOfRaft: two of five servers die
+// with max_unhealthy at 1, so the loop halts and reaps nothing. With
+// autopilot's cleanup off, the two would stay Raft voters, and one more
+// death would lose quorum; the loop takes them out of Raft once the grace
+// period is over, and leaves their records for when it is no longer halted.
+func TestQuorumAHaltedLoopTakesDeadServersOutOfRaft(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	src := strings.Replace(platformWith(5, 5, "3s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  max_unhealthy     = 1", 1)
+	c.up(c.writePlatform("platform.hcl", src))
+	v := c.waitAgree(5, 3*time.Minute, "after up")
+	var dead []string
+	for _, id := range v.joined {
+		if id != v.leader && len(dead) < 2 {
+			dead = append(dead, id)
+		}
+	}
+	for _, id := range dead {
+		c.kill(id)
+	}
+	var voters []string
+	if !poll(2*time.Minute, func() bool {
+		cfg, err := c.client().Operator().RaftGetConfiguration(nil)
+		if err != nil {
+			return false
+		}
+		voters = voters[:0]
+		in := false
+		for _, s := range cfg.Servers {
+			voters = append(voters, s.Node)
+			for _, id := range dead {
+				in = in || s.ID == consulclient.NodeID(id)
+			}
+		}
+		return !in
+	}) {
+		t.Fatalf("%v, dead and not reaped (the loop is halted), are still in Raft: %v", dead, voters)
+	}
+	v, err := c.view()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range dead {
+		if _, ok := v.records[id]; !ok {
+			t.Errorf("%s was reaped while the loop was halted", id)
+		}
+	}
+}
+
 func quorumPlatform(n int, extraPolicy string) string {
 	return strings.Replace(platformWith(n, n, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\""+extraPolicy, 1)
 }
