@@ -30,7 +30,6 @@ import (
 // consulConfig is the subset of Consul's agent configuration we generate.
 type consulConfig struct {
 	NodeName           string            `json:"node_name"`
-	NodeID             string            `json:"node_id,omitempty"`
 	Datacenter         string            `json:"datacenter"`
 	DataDir            string            `json:"data_dir"`
 	BindAddr           string            `json:"bind_addr"`
@@ -250,31 +249,39 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 	return cc
 }
 
-// nodeIDFor is the node ID Consul is given in dataDir: the one derived from
-// the machine's name (consulclient.NodeID), unless Consul there already has
-// another, made before IDs were derived, which it keeps: a server whose ID
-// changed would come back as a new Raft peer beside its old self.
-func nodeIDFor(dataDir, machineID string) string {
-	id := consulclient.NodeID(machineID)
-	b, err := os.ReadFile(filepath.Join(dataDir, "node-id"))
-	if errors.Is(err, os.ErrNotExist) || (err == nil && strings.EqualFold(strings.TrimSpace(string(b)), id)) {
-		return id
+// seedNodeID gives a machine's first Consul the node ID derived from its
+// name (consulclient.NodeID), in the node-id file Consul reads when it
+// starts: the reaper finds a derived ID in the Raft configuration without
+// asking the catalog. Only the first: a Consul that has a file of its own
+// keeps it (made before IDs were derived), and one whose data was wiped
+// since (a recovery on a fresh Consul, an operator's hand) makes a new
+// random one, as it always did: a server back under its old ID with an
+// empty log would be a voter at once, with no memory of its votes. The
+// marker beside Consul's data says the first start happened. The file, not
+// the configuration's node_id, so that an older agent finds the same ID.
+func seedNodeID(dataDir, consulDir, machineID string) error {
+	idFile := filepath.Join(consulDir, "node-id")
+	if _, err := os.Stat(idFile); !errors.Is(err, os.ErrNotExist) {
+		return err // Consul's own (nil), or one it cannot read either
 	}
-	return ""
+	marker := filepath.Join(dataDir, "consul-node-id-seeded")
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		return err // seeded once already (nil): the data was wiped since
+	}
+	if err := fsutil.WriteFileAtomic(idFile, []byte(consulclient.NodeID(machineID)), 0o600); err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(marker, nil, 0o600)
 }
 
-// consulNodeIDIn is the node ID of the Consul whose data is in dataDir:
-// the one Consul made and keeps there, for a machine made before IDs were
-// derived, or else the one derived from the machine's name.
-func consulNodeIDIn(dataDir, machineID string) (string, error) {
+// consulNodeID is the node ID of the Consul whose data is in dataDir, as
+// Consul reads it.
+func consulNodeID(dataDir string) (string, error) {
 	b, err := os.ReadFile(filepath.Join(dataDir, "node-id"))
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return consulclient.NodeID(machineID), nil
-	case err != nil:
+	if err != nil {
 		return "", err
 	}
-	return strings.TrimSpace(string(b)), nil
+	return strings.ToLower(strings.TrimSpace(string(b))), nil
 }
 
 // ConsulProcess supervises the node's Consul agent as a child process.
@@ -362,7 +369,6 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 		}
 		cc.Bootstrap, cc.RetryJoin = true, nil
 	}
-	cc.NodeID = nodeIDFor(cc.DataDir, p.Config.MachineID)
 	if err := writeTLSFiles(p.Config); err != nil {
 		return fmt.Errorf("write certificate files: %w", err)
 	}
@@ -373,6 +379,10 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 	}
 	if err := os.MkdirAll(cc.DataDir, 0o700); err != nil {
 		return err
+	}
+	if err := seedNodeID(p.Config.DataDir, cc.DataDir, p.Config.MachineID); err != nil {
+		// Consul makes a random one: only the reaper's way to it is longer.
+		p.Log.Warn("give consul the node ID derived from the machine's name", telemetry.KeyError, err)
 	}
 	// Consul's output goes through the agent, into a file with a size cap,
 	// rather than to a descriptor of that file that Consul would fill

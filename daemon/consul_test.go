@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,41 +73,45 @@ func TestScaleFastGossipOnlyOnSmallClusters(t *testing.T) {
 	}
 }
 
-// A new machine's Consul gets the node ID derived from its name; one whose
-// Consul already made its own keeps it, or it would come back as a new Raft
-// peer beside its old self.
-func TestConsulNodeIDIsDerivedUnlessConsulHasOne(t *testing.T) {
-	dir := t.TempDir()
-	want := consulclient.NodeID("server-1")
-	if got := nodeIDFor(dir, "server-1"); got != want {
-		t.Errorf("a fresh data dir: node ID %q, want %q", got, want)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "node-id"), []byte(strings.ToUpper(want)+"\n"), 0o600); err != nil {
+// A machine's first Consul gets the node ID derived from its name, in the
+// file Consul reads it from; a Consul that made its own keeps it (or it
+// would come back as a new Raft peer beside its old self), and so does one
+// whose data was wiped after its first start: back under its old ID with an
+// empty log, a server would be a voter with no memory of its votes.
+func TestConsulNodeIDIsDerivedOnlyAtTheFirstStart(t *testing.T) {
+	dataDir := t.TempDir()
+	consulDir := filepath.Join(dataDir, "consul")
+	if err := os.MkdirAll(consulDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if got := nodeIDFor(dir, "server-1"); got != want {
-		t.Errorf("Consul's file holds the derived ID: node ID %q, want %q", got, want)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "node-id"), []byte("5e9d1f66-8c2c-4f0e-9a43-0d2b4f9b7a11"), 0o600); err != nil {
+	if err := seedNodeID(dataDir, consulDir, "server-1"); err != nil {
 		t.Fatal(err)
 	}
-	if got := nodeIDFor(dir, "server-1"); got != "" {
-		t.Errorf("Consul made its own ID before: node ID %q, want it left to Consul", got)
+	if id, err := consulNodeID(consulDir); err != nil || id != consulclient.NodeID("server-1") {
+		t.Errorf("first start: node ID %q, %v; want the derived %s", id, err, consulclient.NodeID("server-1"))
 	}
-}
+	if err := os.RemoveAll(consulDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(consulDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := seedNodeID(dataDir, consulDir, "server-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(consulDir, "node-id")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after a wipe of Consul's data: a node-id file (%v), want none, for Consul to make a new one", err)
+	}
 
-// The recovery writes peers.json with the ID Consul runs with: the derived
-// one where Consul keeps none on disk, Consul's own where it does.
-func TestConsulNodeIDInItsData(t *testing.T) {
-	dir := t.TempDir()
-	if id, err := consulNodeIDIn(dir, "server-1"); err != nil || id != consulclient.NodeID("server-1") {
-		t.Errorf("no node-id file: %q, %v; want the derived ID", id, err)
-	}
-	own := "5e9d1f66-8c2c-4f0e-9a43-0d2b4f9b7a11"
-	if err := os.WriteFile(filepath.Join(dir, "node-id"), []byte(own+"\n"), 0o600); err != nil {
+	older := t.TempDir()
+	own := "5E9D1F66-8C2C-4F0E-9A43-0D2B4F9B7A11"
+	if err := os.WriteFile(filepath.Join(older, "node-id"), []byte(own+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if id, err := consulNodeIDIn(dir, "server-1"); err != nil || id != own {
-		t.Errorf("Consul's own node-id file: %q, %v; want %q", id, err, own)
+	if err := seedNodeID(t.TempDir(), older, "server-2"); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := consulNodeID(older); err != nil || id != strings.ToLower(own) {
+		t.Errorf("Consul's own ID: %q, %v; want it kept, as Consul reads it (lower case)", id, err)
 	}
 }

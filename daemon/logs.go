@@ -10,7 +10,9 @@ import (
 )
 
 // logCheckInterval is how often the agent looks at the size of its own
-// log file: the file passes its cap by at most what is logged in between.
+// log file while it grows (less often while it does not; see
+// logfile.Writer.Watch): the file passes its cap by at most what is logged
+// in between.
 const logCheckInterval = time.Second
 
 // rotateOwnLog caps the agent's own log when its standard error is a file

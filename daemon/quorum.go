@@ -323,7 +323,7 @@ func (q *quorumWatch) recoverAlone() error {
 		return errors.New("this node is not a Consul server: recover on a server")
 	}
 	dataDir := filepath.Join(q.cfg.DataDir, "consul")
-	id, err := consulNodeIDIn(dataDir, q.cfg.MachineID)
+	id, err := consulNodeID(dataDir)
 	// Raft's log is raft/wal (Consul's default log store) or raft/raft.db.
 	_, rerr := os.Stat(filepath.Join(dataDir, "raft", "wal"))
 	if rerr != nil {

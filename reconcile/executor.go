@@ -73,6 +73,7 @@ type Executor struct {
 	recent    []Outcome            // newest last, at most recentOutcomes; guarded by mu
 	seen      map[string]Sighting  // the last pass's sightings; guarded by mu
 	said      map[string]string    // machine ID -> the waiting last logged; guarded by mu
+	unvoting  map[string]bool      // machine IDs an unvote runs for; guarded by mu
 	wg        sync.WaitGroup
 }
 
@@ -233,12 +234,7 @@ func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[strin
 	case KindReap, KindScaleDown, KindDestroyOrphan:
 		err = e.remove(ctx, p, bes, obs, a, log)
 	case KindUnvote:
-		e.start(a.MachineID, a, func() {
-			if e.removeRaftPeer(ctx, a.MachineID, log) {
-				log.Warn("failed server taken out of Raft", telemetry.KeyReason, a.Reason)
-			}
-			e.finish(a, nil)
-		})
+		e.unvote(ctx, a, log)
 	default:
 		err = fmt.Errorf("unknown action kind %q", a.Kind)
 	}
@@ -446,6 +442,49 @@ func (e *Executor) start(id string, a Action, f func()) bool {
 	return true
 }
 
+// unvote takes a failed server out of Raft beside the actions, not as one:
+// it changes no record, and its machine must still count as failed in the
+// passes meanwhile (a machine with an action in flight counts as what the
+// action will make it), or replacements held back by max_unhealthy would
+// go ahead. One runs per machine at a time; Wait waits for it.
+func (e *Executor) unvote(ctx context.Context, a Action, log hclog.Logger) {
+	e.mu.Lock()
+	if e.unvoting == nil {
+		e.unvoting = map[string]bool{}
+	}
+	if e.unvoting[a.MachineID] {
+		e.mu.Unlock()
+		return
+	}
+	e.unvoting[a.MachineID] = true
+	e.mu.Unlock()
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer func() {
+			e.mu.Lock()
+			delete(e.unvoting, a.MachineID)
+			e.mu.Unlock()
+		}()
+		// Looked at again right before: a server back since the pass
+		// keeps its seat (Consul would let it in again only at its
+		// next reconcile, a minute on).
+		mctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+		st, ok := e.memberStatus(mctx, a.MachineID)
+		cancel()
+		if !ok || st != MemberFailed {
+			e.finish(a, nil)
+			log.Info("server no longer failed: left in Raft", "status", st)
+			return
+		}
+		removed, err := e.removeRaftPeer(ctx, a.MachineID, log)
+		e.finish(a, err)
+		if removed {
+			log.Warn("failed server taken out of Raft", telemetry.KeyReason, a.Reason)
+		}
+	}()
+}
+
 // NewMachineID returns a fresh machine ID for a machine type: the type name
 // and 8 random hex digits, short enough for a hostname and a Consul node name.
 func NewMachineID(machineType string) string {
@@ -574,7 +613,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 			// The destroy may wait on a host that is down or a
 			// backend that fails for as long as they last, and the
 			// dead server would count toward quorum all that time.
-			e.removeRaftPeer(ctx, a.MachineID, log)
+			_, _ = e.removeRaftPeer(ctx, a.MachineID, log)
 		}
 		if a.Host != "" {
 			// Where it was made: that host's backend holds it.
@@ -640,7 +679,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 					// once it has it failed: until then the dead
 					// server still counts toward quorum, and one more
 					// death would lose it. Out now, as a prune did.
-					e.removeRaftPeer(ctx, a.MachineID, log)
+					_, _ = e.removeRaftPeer(ctx, a.MachineID, log)
 				}
 				e.pruneWhenDown(ctx, a.MachineID, log)
 			}
@@ -730,39 +769,45 @@ func (e *Executor) memberStatus(ctx context.Context, id string) (MemberStatus, b
 }
 
 // removeRaftPeer takes the server id out of the Raft configuration, if it
-// is in it, and says whether it did. The peer is named by its node ID: the one derived from its name
-// (consulclient.NodeID), found in the configuration itself, or, for a
-// server made before IDs were derived, the catalog's. Never by the
-// configuration's node names: Consul finds those by address, and a
-// replacement may already listen on the dead server's address (it then
-// carried the dead one's name, and the replacement was removed).
-func (e *Executor) removeRaftPeer(ctx context.Context, id string, log hclog.Logger) (removed bool) {
+// is in it, and says whether it did. The peer is named by its node ID: the
+// one derived from its name (consulclient.NodeID), found in the
+// configuration itself, or, for a server whose Consul made its own, the
+// catalog's. Never by the configuration's node names: Consul finds those
+// by address, and a replacement may already listen on the dead server's
+// address (it then carried the dead one's name, and the replacement was
+// removed). Failures are logged once per machine and returned.
+func (e *Executor) removeRaftPeer(ctx context.Context, id string, log hclog.Logger) (removed bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
 	defer cancel()
+	defer func() {
+		if err != nil && e.sayOnce(id, err.Error()) {
+			// Until it is out, it counts toward quorum; the prune
+			// once Consul has it failed, or the next pass, tries again.
+			log.Warn("take a server out of Raft", telemetry.KeyError, err)
+		}
+	}()
 	cfg, err := e.Consul.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		log.Warn("read the Raft configuration to remove a server", telemetry.KeyError, err)
-		return
+		return false, fmt.Errorf("read the Raft configuration: %w", err)
+	}
+	in := func(peer string) bool {
+		return slices.ContainsFunc(cfg.Servers, func(s *api.RaftServer) bool { return s.ID == peer })
 	}
 	peer := consulclient.NodeID(id)
-	if !slices.ContainsFunc(cfg.Servers, func(s *api.RaftServer) bool { return s.ID == peer }) {
+	if !in(peer) {
 		node, _, err := e.Consul.Catalog().Node(id, (&api.QueryOptions{}).WithContext(ctx))
-		if err != nil || node == nil || node.Node == nil || node.Node.ID == "" {
-			// The prune once Consul has it failed is left to take it
-			// out: until then it counts toward quorum.
-			log.Warn("no node ID to remove a server from Raft by", telemetry.KeyError, err)
-			return
+		if err != nil {
+			return false, fmt.Errorf("find its node ID in the catalog: %w", err)
+		}
+		if node == nil || node.Node == nil || !in(node.Node.ID) {
+			return false, nil // not in Raft (or not known at all)
 		}
 		peer = node.Node.ID
-		if !slices.ContainsFunc(cfg.Servers, func(s *api.RaftServer) bool { return s.ID == peer }) {
-			return
-		}
 	}
 	if err := e.Consul.Operator().RaftRemovePeerByID(peer, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
-		log.Warn("remove a server from Raft", telemetry.KeyError, err)
-		return false
+		return false, fmt.Errorf("remove it from Raft: %w", err)
 	}
-	return true
+	return true, nil
 }
 
 // How pruneWhenDown looks for a member to go down.

@@ -776,13 +776,16 @@ func (ps *pass) allowedReaps() []Action {
 // (it took out servers cut off for seconds too). The machine and its
 // record stay for the reap, and a server that comes back is let into Raft
 // again by Consul. As with autopilot's cleanup, at most a minority of the
-// voters go, all at once or none.
+// voters go, counting the failed ones this pass reaps, all at once or none.
+// The grace period is waited out even for a server its backend reports
+// gone, which a reap would not wait for: replacements are halted because
+// the leader's view is in doubt.
 func (ps *pass) unvotes(reaping []Action) []Action {
 	going := map[string]bool{}
 	for _, a := range reaping {
 		going[a.MachineID] = true
 	}
-	voters := 0
+	voters, reaped := 0, 0
 	var out []Action
 	for _, id := range sortedKeys(ps.obs.Members) {
 		m := ps.obs.Members[id]
@@ -790,6 +793,9 @@ func (ps *pass) unvotes(reaping []Action) []Action {
 			continue
 		}
 		voters++
+		if going[id] && m.Status == MemberFailed {
+			reaped++ // its reap takes it out of Raft too
+		}
 		r, recorded := ps.obs.Records[id]
 		s, seen := ps.d.Seen[id]
 		if !recorded || going[id] || m.Status != MemberFailed || !seen || s.Cond != condDown || !ps.ripe(s, ps.pol.GracePeriod) {
@@ -799,8 +805,8 @@ func (ps *pass) unvotes(reaping []Action) []Action {
 		a.Host = "" // Raft is the leader's to change, wherever the machine runs
 		out = append(out, a)
 	}
-	if len(out) > (voters-1)/2 {
-		ps.waitf("%d of %d Raft voters are failed, more than a minority: left in Raft", len(out), voters)
+	if len(out) > 0 && len(out)+reaped > (voters-1)/2 {
+		ps.waitf("%d of %d Raft voters are failed and given up, more than a minority: left in Raft", len(out)+reaped, voters)
 		return nil
 	}
 	return out

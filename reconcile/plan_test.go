@@ -1388,6 +1388,11 @@ machine "server" {
 			o.Members["e"] = m
 		}), []string{"d"}, nil},
 		{"reaped, not halted", servers(now.Add(-time.Minute), "e"), nil, []string{"e"}},
+		{"with a failed server reaped, a majority", with(servers(now.Add(-time.Minute), "c", "d", "e"), func(o *Observed) {
+			r := o.Records["e"]
+			r.State = StateDestroying // a removal already announced goes on while halted
+			o.Records["e"] = r
+		}), nil, []string{"e"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := kinds(Plan(p, tc.obs, now))

@@ -114,7 +114,7 @@ func pollUntil(t *testing.T, within time.Duration, f func() bool) bool {
 // TestScaleAFailedServerGivenUpLeavesRaft: a failed server the planner
 // gives up on is out of the Raft configuration, by the node ID derived from
 // its name, whether its reap does not go ahead (the unvote action, which
-// leaves its record) or its reap's destroy hangs (a host that is down, a
+// leaves its record, and its machine counted failed) or its reap's destroy hangs (a host that is down, a
 // backend that does not answer). Autopilot's cleanup is off, as the agent
 // has it: nothing else takes the dead server out.
 func TestScaleAFailedServerGivenUpLeavesRaft(t *testing.T) {
@@ -158,6 +158,11 @@ func TestScaleAFailedServerGivenUpLeavesRaft(t *testing.T) {
 			t.Fatalf("%s never joined Raft", id)
 		}
 		dead.Stop()
+		// As the planner sees it: Consul has it failed (serf status 4),
+		// which the unvote looks at again before it acts.
+		if !pollUntil(t, time.Minute, func() bool { return memberIs(seed, id, 4) }) {
+			t.Fatalf("%s stopped, and Consul never had it failed", id)
+		}
 
 		ctx, cancel := context.WithCancel(context.Background())
 		rec, err := inv.Put(ctx, Record{ID: id, Type: "server", Backend: "local", State: StateFailed})
@@ -169,6 +174,16 @@ func TestScaleAFailedServerGivenUpLeavesRaft(t *testing.T) {
 		hung := map[string]backends.Backend{"local": &fakeBackend{inv: inv, hang: true}}
 		if err := ex.Execute(ctx, platform(t, threeServers), hung, obs, []Action{{Kind: kind, MachineID: id, Type: "server", Backend: "local"}}); err != nil {
 			t.Fatal(err)
+		}
+		if kind == KindUnvote {
+			// The next pass must still count it failed: an action in
+			// flight counts as what it will make the machine, and
+			// an unvote makes it nothing else.
+			var next Observed
+			ex.Snapshot(&next)
+			if next.InFlight[id] {
+				t.Error("unvote: the machine is in flight, and a pass would not count it failed")
+			}
 		}
 		out := pollUntil(t, 10*time.Second, func() bool { return !inRaft(id) })
 		cancel() // ends the hung destroy

@@ -50,6 +50,7 @@ type Backend struct {
 	bindAddr  string   // the address the node running the backend binds
 	binary    string
 	consul    string
+	rescan    time.Duration // how often Watch looks for folders no spawn told it of
 }
 
 // New builds a local backend. Settings: "subnet" (three octets such as
@@ -102,6 +103,7 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		bindAddr:  env.BindAddr,
 		binary:    env.Binary,
 		consul:    env.ConsulBinary,
+		rescan:    watchRescan,
 	}, nil
 }
 
@@ -277,6 +279,7 @@ func (b *Backend) start(mdir string, node nodeconfig.Config) (backends.Instance,
 		killGroup(pid, syscall.SIGKILL)
 		return backends.Instance{}, err
 	}
+	spawns.tell(b.dir)
 	return backends.Instance{MachineID: node.MachineID, MachineType: node.MachineType, Address: node.BindAddr, Running: true, Created: time.Now()}, nil
 }
 

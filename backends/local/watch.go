@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,8 +17,42 @@ import (
 var _ backends.SelectiveWatcher = (*Backend)(nil)
 
 // watchRescan is how often Watch looks for machine folders it does not
-// watch yet (a spawn, an agent restarted by hand).
-const watchRescan = time.Second
+// watch yet that no spawn of this process told it of (a machine spawned or
+// an agent restarted by another process). A rescan a second was one of the
+// few wake-ups of an idle agent that hosts machines.
+const watchRescan = 5 * time.Second
+
+// spawns tells the watches of a machines folder in this process that a
+// machine was started in it, so that they take it at once rather than at
+// their next rescan.
+var spawns = &folderNews{waiting: map[string]chan struct{}{}}
+
+// folderNews is a broadcast per folder: next returns a channel that the
+// next tell of that folder closes.
+type folderNews struct {
+	mu      sync.Mutex
+	waiting map[string]chan struct{} // one per folder watched; bounded by them
+}
+
+func (n *folderNews) next(dir string) <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ch, ok := n.waiting[dir]
+	if !ok {
+		ch = make(chan struct{})
+		n.waiting[dir] = ch
+	}
+	return ch
+}
+
+func (n *folderNews) tell(dir string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if ch, ok := n.waiting[dir]; ok {
+		close(ch)
+		delete(n.waiting, dir)
+	}
+}
 
 // watchTook, when set (by tests), is told each machine Watch holds a pidfd
 // of, so that a test kills a machine only once it is watched.
@@ -43,8 +78,9 @@ type ended struct {
 // Watch reports each machine whose agent process ends. It holds a pidfd
 // per running machine, so the kernel says when a process exits: nothing
 // polls /proc, and a PID reused by another process cannot hide an exit.
-// New folders are picked up within watchRescan; a machine started and
-// killed within that time is not reported (List still sees it).
+// A machine this process starts is picked up at once, others within the
+// backend's rescan; a machine started elsewhere and killed within that
+// time is not reported (List still sees it).
 func (b *Backend) Watch(ctx context.Context, stopped func(machineID string)) error {
 	return b.WatchOnly(ctx, nil, stopped)
 }
@@ -69,15 +105,18 @@ func (b *Backend) WatchOnly(ctx context.Context, want func(backends.Instance) bo
 			w.file.Close() // ends its waiter
 		}
 	}()
-	tick := time.NewTicker(watchRescan)
+	tick := time.NewTicker(b.rescan)
 	defer tick.Stop()
 	for {
+		// Asked before the scan: a start during it is news after it.
+		started := spawns.next(b.dir)
 		if err := b.watchNew(wctx, held, passed, want, ends); err != nil {
 			return err
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-started:
 		case e := <-ends:
 			w, ok := held[e.mdir]
 			if !ok || w.file != e.file {

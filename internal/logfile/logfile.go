@@ -114,19 +114,40 @@ func (w *Writer) Check() {
 	}
 }
 
-// Watch calls Check every interval; it blocks until ctx ends.
+// Watch calls Check every interval while the file grows, and less often
+// while it does not, up to QuietChecks intervals apart: an idle process is
+// not woken every second to find nothing logged. It blocks until ctx ends.
 func (w *Writer) Watch(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
+	wait := every
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			w.Check()
 		}
+		w.mu.Lock()
+		before := w.size
+		w.mu.Unlock()
+		w.Check()
+		w.mu.Lock()
+		grew := w.size != before
+		w.mu.Unlock()
+		if grew {
+			wait = every
+		} else {
+			wait = min(2*wait, QuietChecks*every)
+		}
+		t.Reset(wait)
 	}
 }
+
+// QuietChecks bounds how far apart Watch checks a file that does not grow,
+// in its intervals: a burst of logging after a quiet while passes the cap
+// by at most what is written in that time before the checks come every
+// interval again.
+const QuietChecks = 16
 
 // rotate moves NAME to NAME.1 (after NAME.1 to NAME.2 … up to Keep) and
 // opens a new NAME with the old one's mode. When it cannot, the current

@@ -1063,8 +1063,6 @@ func TestQuorumAServerCutOffKeepsItsVote(t *testing.T) {
 	}
 }
 
-// quorumPlatform is a description of n servers whose nodes declare lost
-// quorum after 3 s, with extra policy lines.
 // TestQuorumAHaltedLoopTakesDeadServersOutOfRaft: two of five servers die
 // with max_unhealthy at 1, so the loop halts and reaps nothing. With
 // autopilot's cleanup off, the two would stay Raft voters, and one more
@@ -1114,6 +1112,8 @@ func TestQuorumAHaltedLoopTakesDeadServersOutOfRaft(t *testing.T) {
 	}
 }
 
+// quorumPlatform is a description of n servers whose nodes declare lost
+// quorum after 3 s, with extra policy lines.
 func quorumPlatform(n int, extraPolicy string) string {
 	return strings.Replace(platformWith(n, n, "2s", "", false), `resync_interval   = "2s"`, "resync_interval   = \"2s\"\n  quorum_lost_after = \"3s\""+extraPolicy, 1)
 }
