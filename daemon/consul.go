@@ -140,7 +140,10 @@ const ServiceName = "raptiformica"
 // and a check on /livez. Not /healthz, which asks the Consul servers: when
 // they are slow, every member's check would go critical at once and back,
 // each change a write through the Raft leader that is already slow, a
-// hundred at a time.
+// hundred at a time. Every 30 s: the check only tells Prometheus's service
+// discovery which agents to scrape (a dead machine's Consul is failed by
+// gossip in seconds anyway), and at rest it was one of the few things that
+// woke every machine's Consul and agent.
 func agentService(c nodeconfig.Config) consulService {
 	return consulService{
 		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPPort,
@@ -151,7 +154,7 @@ func agentService(c nodeconfig.Config) consulService {
 		Token: c.ACLToken,
 		Checks: []consulCheck{{
 			ID: ServiceName + "-livez", Name: "raptiformica agent /livez",
-			HTTP: fmt.Sprintf("http://%s/livez", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPPort))), Interval: "10s", Timeout: "2s",
+			HTTP: fmt.Sprintf("http://%s/livez", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPPort))), Interval: "30s", Timeout: "2s",
 		}},
 	}
 }
