@@ -73,13 +73,14 @@ type Executor struct {
 	recent    []Outcome            // newest last, at most recentOutcomes; guarded by mu
 	seen      map[string]Sighting  // the last pass's sightings; guarded by mu
 	said      map[string]string    // machine ID -> the waiting last logged; guarded by mu
-	unvoting  map[string]bool      // machine IDs an unvote runs for; guarded by mu
+	unvoting  map[string]Action    // machine ID -> running unvote; guarded by mu
 	wg        sync.WaitGroup
 }
 
 func (e *Executor) init() {
 	if e.inFlight == nil {
 		e.inFlight = map[string]Action{}
+		e.unvoting = map[string]Action{}
 		e.failures = map[string]int{}
 		e.backoff = map[string]time.Time{}
 		e.lastErr = map[string]string{}
@@ -422,19 +423,25 @@ func (e *Executor) restore(ctx context.Context, obs Observed, a Action) error {
 
 // start marks id in flight and runs f in a goroutine; false if it already is.
 func (e *Executor) start(id string, a Action, f func()) bool {
+	return e.startIn(e.inFlight, id, a, f)
+}
+
+// startIn runs f in a goroutine, with id in busy (guarded by mu) until f
+// returns; false if id already is. Wait waits for it.
+func (e *Executor) startIn(busy map[string]Action, id string, a Action, f func()) bool {
 	e.mu.Lock()
-	if _, busy := e.inFlight[id]; busy {
+	if _, ok := busy[id]; ok {
 		e.mu.Unlock()
 		return false
 	}
-	e.inFlight[id] = a
+	busy[id] = a
 	e.mu.Unlock()
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		defer func() {
 			e.mu.Lock()
-			delete(e.inFlight, id)
+			delete(busy, id)
 			e.mu.Unlock()
 		}()
 		f()
@@ -448,24 +455,7 @@ func (e *Executor) start(id string, a Action, f func()) bool {
 // action will make it), or replacements held back by max_unhealthy would
 // go ahead. One runs per machine at a time; Wait waits for it.
 func (e *Executor) unvote(ctx context.Context, a Action, log hclog.Logger) {
-	e.mu.Lock()
-	if e.unvoting == nil {
-		e.unvoting = map[string]bool{}
-	}
-	if e.unvoting[a.MachineID] {
-		e.mu.Unlock()
-		return
-	}
-	e.unvoting[a.MachineID] = true
-	e.mu.Unlock()
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		defer func() {
-			e.mu.Lock()
-			delete(e.unvoting, a.MachineID)
-			e.mu.Unlock()
-		}()
+	e.startIn(e.unvoting, a.MachineID, a, func() {
 		// Looked at again right before: a server back since the pass
 		// keeps its seat (Consul would let it in again only at its
 		// next reconcile, a minute on).
@@ -482,7 +472,7 @@ func (e *Executor) unvote(ctx context.Context, a Action, log hclog.Logger) {
 		if removed {
 			log.Warn("failed server taken out of Raft", telemetry.KeyReason, a.Reason)
 		}
-	}()
+	})
 }
 
 // NewMachineID returns a fresh machine ID for a machine type: the type name

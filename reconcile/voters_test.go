@@ -22,15 +22,7 @@ import (
 // either name may come out; read that way, the replacement was "not yet a
 // voter" in about one pass of two, and its heal waited for it.
 func TestScaleAReplacementOnALeftServersAddressIsAVoter(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: needs Consul (run without -short)")
-	}
-	t.Parallel()
-	seed, err := testconsul.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer seed.Stop()
+	seed := ownConsul(t)
 	ip := testconsul.FreeIP()
 	left, err := testconsul.StartServer(ip, "server-left", seed.IP)
 	if err != nil {
@@ -87,6 +79,23 @@ func TestScaleAReplacementOnALeftServersAddressIsAVoter(t *testing.T) {
 	}
 }
 
+// ownConsul starts a Consul dev server for one test that adds servers to
+// it (the package's shared one must stay a cluster of one), in parallel
+// with the others, and stops it when the test ends.
+func ownConsul(t *testing.T) *testconsul.Server {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: needs Consul (run without -short)")
+	}
+	t.Parallel()
+	seed, err := testconsul.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(seed.Stop)
+	return seed
+}
+
 // memberIs says whether c's agent lists member name with serf status code.
 func memberIs(c *testconsul.Server, name string, status int) bool {
 	ms, err := c.Client.Agent().Members(false)
@@ -114,19 +123,11 @@ func pollUntil(t *testing.T, within time.Duration, f func() bool) bool {
 // TestScaleAFailedServerGivenUpLeavesRaft: a failed server the planner
 // gives up on is out of the Raft configuration, by the node ID derived from
 // its name, whether its reap does not go ahead (the unvote action, which
-// leaves its record, and its machine counted failed) or its reap's destroy hangs (a host that is down, a
-// backend that does not answer). Autopilot's cleanup is off, as the agent
+// leaves its record, and its machine counted failed) or its reap's destroy
+// hangs (a host that is down, a backend that does not answer). Autopilot's cleanup is off, as the agent
 // has it: nothing else takes the dead server out.
 func TestScaleAFailedServerGivenUpLeavesRaft(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: needs Consul (run without -short)")
-	}
-	t.Parallel()
-	seed, err := testconsul.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer seed.Stop()
+	seed := ownConsul(t)
 	ap, err := seed.Client.Operator().AutopilotGetConfiguration(nil)
 	if err != nil {
 		t.Fatal(err)
