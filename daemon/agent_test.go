@@ -21,6 +21,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/builtin"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
@@ -378,6 +379,60 @@ func TestAgentNotifiesSystemd(t *testing.T) {
 		}
 		if got != "WATCHDOG=1" {
 			t.Fatalf("notification at stop: got %q want STOPPING=1", got)
+		}
+	}
+}
+
+// TestAgentWatchdogPingsWhileServersAreCutOff: a Consul client whose
+// servers are all unreachable still answers from its own state, and the
+// watchdog keeps pinging systemd. It asked for the leader once, which a
+// cut-off client cannot answer: systemd restarted every client of a
+// partition, its Consul and its mesh with it, once a minute.
+func TestAgentWatchdogPingsWhileServersAreCutOff(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs a real Consul server and client (run without -short)")
+	}
+	server, err := testconsul.StartWith()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Stop()
+	client, err := testconsul.StartClient(testconsul.FreeIP(), "cut-off", server.IP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Stop()
+	server.Stop()
+	if _, err := client.Client.Status().Leader(); err == nil {
+		t.Fatal("the client still reaches a server: nothing is cut off")
+	}
+
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "400000")
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		_ = (&watchdog{consul: client.Client, clock: clock.Real{}, log: hclog.NewNullLogger()}).Run(ctx)
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	// A ping every 200 ms: three in two seconds, not one missed.
+	buf := make([]byte, 64)
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for i := range 3 {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("ping %d of 3 never came with the servers cut off: %v", i+1, err)
+		}
+		if got := string(buf[:n]); got != "WATCHDOG=1" {
+			t.Fatalf("notification %q, want WATCHDOG=1", got)
 		}
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
-	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 )
 
@@ -49,9 +48,13 @@ func watchdogInterval() time.Duration {
 }
 
 // watchdog pings systemd at half its interval while this node's Consul
-// answers. A Consul without a leader still answers (that is lost quorum,
-// which a restart would not mend); a hung Consul or agent does not, and
-// systemd restarts the service. It has no state.
+// answers from its own state: a hung Consul or agent does not, and systemd
+// restarts the service. The look asks nothing of the servers. A Consul
+// without a leader still answers (that is lost quorum, which a restart
+// would not mend), and so does a client cut off from every server: it
+// used to ask for the leader, an RPC to a server that fails in a
+// partition, and systemd restarted every cut-off client, its Consul and
+// its mesh, once a minute until the partition healed. It has no state.
 type watchdog struct {
 	consul *api.Client
 	clock  clock.Clock
@@ -68,7 +71,7 @@ func (w *watchdog) Run(ctx context.Context) error {
 	}
 	clock.Every(ctx, w.clock, every, func() {
 		lctx, cancel := context.WithTimeout(ctx, every)
-		_, err := consulclient.Leader(lctx, w.consul)
+		_, err := w.consul.Agent().ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(lctx))
 		cancel()
 		if err == nil {
 			notify("WATCHDOG=1")

@@ -64,6 +64,13 @@ func StartServer(ip, node, join string, args ...string) (*Server, error) {
 	return start(ip, append([]string{"-server", "-node", node, "-retry-join", join, "-retry-interval", "1s"}, args...))
 }
 
+// StartClient runs a Consul client agent named node on ip that joins the
+// cluster of join (a server's IP) and waits until it sees a leader through
+// it: for a test of what a client does once its servers are gone.
+func StartClient(ip, node, join string, args ...string) (*Server, error) {
+	return start(ip, append([]string{"-node", node, "-retry-join", join, "-retry-interval", "1s"}, args...))
+}
+
 func start(ip string, args []string) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
