@@ -287,7 +287,8 @@ func (a *Agent) setUp() (err error) {
 		platform: a.mirror.Platform, store: a.store, hooks: executor.Hooks,
 		clock: a.Clock, log: a.Log.Named("provision"), metrics: a.metrics, wake: make(chan struct{}, 1), publish: make(chan struct{}, 1),
 	}
-	a.mirror.changed = func() { a.elector.poke(); a.offers.poke(); a.provisioner.poke() }
+	a.changes = &clusterChange{self: c.MachineID, consul: client, platform: a.mirror.Platform, hooks: executor.Hooks, clock: a.Clock, log: a.Log.Named("hook"), wake: make(chan struct{}, 1)}
+	a.mirror.changed = func() { a.elector.poke(); a.offers.poke(); a.provisioner.poke(); a.changes.poke() }
 	a.modules = &moduleWatch{
 		path: filepath.Join(c.DataDir, "mirror", modulesFile), store: a.store, parse: a.mirror.parse,
 		log: a.Log.Named("modules"), changed: a.mirror.changed,
@@ -321,7 +322,6 @@ func (a *Agent) setUp() (err error) {
 		}
 	}
 	a.watchdog = &watchdog{consul: client, clock: a.Clock, log: a.Log}
-	a.changes = &clusterChange{self: c.MachineID, consul: client, platform: a.mirror.Platform, hooks: executor.Hooks, clock: a.Clock, log: a.Log.Named("hook")}
 	a.http = &httpServer{
 		cfg: c, consul: client, store: a.store, inventory: a.inventory,
 		mirror: a.mirror, elector: a.elector, quorum: a.quorum, mesh: a.mesh, provisioner: a.provisioner, newNode: executor.NodeConfig,

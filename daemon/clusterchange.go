@@ -31,11 +31,19 @@ type clusterChange struct {
 	hooks    *reconcile.HookRunner
 	clock    clock.Clock
 	log      hclog.Logger
+	// wake is poked when the description changes (poke): whether it has
+	// cluster_change hooks is looked at then, not on a timer, which woke
+	// every machine of the cluster every few seconds to find nothing.
+	wake chan struct{}
 }
 
-// hooksLook is how often a machine looks whether its description has
-// cluster_change hooks, and so whether it watches the membership.
-const hooksLook = 5 * time.Second
+// poke says the description changed; it never blocks.
+func (c *clusterChange) poke() {
+	select {
+	case c.wake <- struct{}{}:
+	default: // one pending look stands for many changes
+	}
+}
 
 // Run watches the membership and fires until ctx ends, then returns nil.
 // It watches only while the description has a cluster_change hook: the
@@ -44,19 +52,35 @@ const hooksLook = 5 * time.Second
 // it is paid for nothing. Its reads are stale, answered by whichever
 // server the node asks rather than all by the Raft leader.
 func (c *clusterChange) Run(ctx context.Context) error {
-	for ctx.Err() == nil {
-		if clock.Poll(ctx, c.clock, hooksLook, func() (bool, error) { return c.wanted(), nil }) != nil {
-			return nil
+	for {
+		if !c.wanted() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-c.wake:
+				continue
+			}
 		}
 		wctx, cancel := context.WithCancel(ctx)
 		go func() {
-			_ = clock.Poll(wctx, c.clock, hooksLook, func() (bool, error) { return !c.wanted(), nil })
-			cancel()
+			for {
+				select {
+				case <-wctx.Done():
+					return
+				case <-c.wake:
+					if !c.wanted() {
+						cancel()
+						return
+					}
+				}
+			}
 		}()
 		c.watch(wctx)
 		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
 	}
-	return nil
 }
 
 // wanted says whether the description has cluster_change hooks.

@@ -139,35 +139,29 @@ func TestScaleClusterChangeWatchesOnlyWithHooks(t *testing.T) {
 	withHook := &rules.Platform{Cluster: "c", Hooks: []rules.Hook{{Event: "cluster_change", Command: []string{"/bin/true"}}}}
 	var current atomic.Pointer[rules.Platform]
 	current.Store(&rules.Platform{Cluster: "c"})
-	fake := clock.NewFake(time.Now())
 	c := &clusterChange{
 		self: "worker-1", consul: client, platform: current.Load,
-		hooks: &reconcile.HookRunner{Log: hclog.NewNullLogger(), Clock: fake}, clock: fake, log: hclog.NewNullLogger(),
+		hooks: &reconcile.HookRunner{Log: hclog.NewNullLogger(), Clock: clock.Real{}}, clock: clock.Real{}, log: hclog.NewNullLogger(),
+		wake: make(chan struct{}, 1),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = c.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	advance := func() {
-		for fake.Waiters() == 0 {
-			time.Sleep(time.Millisecond)
-		}
-		fake.Advance(hooksLook)
-	}
 
-	advance()
+	c.poke() // a description changed, still without the hook
 	time.Sleep(300 * time.Millisecond)
 	if n := reads.Load(); n != 0 {
 		t.Errorf("without a cluster_change hook: %d reads of the membership, want none", n)
 	}
 	current.Store(withHook)
-	advance()
+	c.poke()
 	waitFor(t, 10*time.Second, "the membership is watched", func() bool { return reads.Load() >= 2 })
 	if n := consistent.Load(); n != 0 {
 		t.Errorf("%d of %d membership reads were not stale", n, reads.Load())
 	}
 	current.Store(&rules.Platform{Cluster: "c"})
-	advance()
+	c.poke()
 	time.Sleep(300 * time.Millisecond) // the read in flight ends
 	before := reads.Load()
 	time.Sleep(500 * time.Millisecond)

@@ -76,44 +76,77 @@ func TestHostileStaleRecoveryRequestDropped(t *testing.T) {
 }
 
 // TestScaleOnlyServersWatchQuorumEverySecond: a client's look at the leader
-// is an RPC to a server, and a client never recovers: it looks ten times
-// less often than a server, which may have to.
+// is an RPC to a server, and a client never recovers: it looks once a
+// minute while there is a leader. Once a look finds none it looks every
+// second, and counts the outage from that look, not from its last look
+// with a leader a minute before (it would say quorum lost before any
+// server did).
 func TestScaleOnlyServersWatchQuorumEverySecond(t *testing.T) {
 	for _, server := range []bool{true, false} {
 		var looks atomic.Int64
-		leader := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			looks.Add(1)
-			_, _ = w.Write([]byte(`"127.0.0.1:8300"`))
+		var leaderless atomic.Bool
+		consul := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch r.URL.Path {
+			case "/v1/status/leader":
+				looks.Add(1)
+				if leaderless.Load() {
+					_, _ = w.Write([]byte(`""`))
+					return
+				}
+				_, _ = w.Write([]byte(`"127.0.0.1:8300"`))
+			case "/v1/agent/members":
+				_, _ = w.Write([]byte(`[]`))
+			default:
+				_, _ = w.Write([]byte(`{}`))
+			}
 		}))
 		cfg := api.DefaultConfig()
-		cfg.Address = leader.Listener.Addr().String()
+		cfg.Address = consul.Listener.Addr().String()
 		client, err := api.NewClient(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fake := clock.NewFake(time.Now())
-		q := &quorumWatch{cfg: nodeconfig.Config{DataDir: t.TempDir(), ConsulServer: server}, consul: client, clock: fake, log: hclog.NewNullLogger(), metrics: telemetry.New()}
+		q := &quorumWatch{cfg: nodeconfig.Config{DataDir: t.TempDir(), ConsulServer: server}, consul: client, mirror: &mirror{},
+			clock: fake, log: hclog.NewNullLogger(), metrics: telemetry.New()}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { _ = q.Run(ctx); close(done) }()
-		for i := 0; i < 20; i++ { // 20 s of the fake clock, a second at a time
+		seconds := func(n int) { // n seconds of the fake clock, one at a time
+			for range n {
+				for fake.Waiters() == 0 {
+					time.Sleep(time.Millisecond)
+				}
+				fake.Advance(time.Second)
+			}
 			for fake.Waiters() == 0 {
 				time.Sleep(time.Millisecond)
 			}
-			fake.Advance(time.Second)
 		}
-		for fake.Waiters() == 0 {
-			time.Sleep(time.Millisecond)
+		seconds(120)
+		want := map[bool]int64{true: 120, false: 2}[server]
+		if got := looks.Load(); got != want {
+			t.Errorf("server=%v: %d looks at the leader in 120 s with a leader, want %d", server, got, want)
 		}
+		leaderless.Store(true)
+		lost := fake.Now()
+		seconds(65)
+		// The client finds the leader gone at its next look, 60 s on,
+		// then looks every second.
+		want = map[bool]int64{true: 185, false: 2 + 1 + 5}[server]
+		if got := looks.Load(); got != want {
+			t.Errorf("server=%v: %d looks in all, want %d", server, got, want)
+		}
+		st := q.Status()
 		cancel()
 		<-done
-		leader.Close()
-		want := int64(20)
-		if !server {
-			want = 2
+		consul.Close()
+		if st == nil {
+			t.Fatalf("server=%v: no quorum status while leaderless", server)
 		}
-		if got := looks.Load(); got != want {
-			t.Errorf("server=%v: %d looks at the leader in 20 s, want %d", server, got, want)
+		since := map[bool]time.Time{true: lost, false: lost.Add(time.Minute)}[server]
+		if !st.LeaderlessSince.Equal(since) {
+			t.Errorf("server=%v: leaderless since %s, want %s (the leader went at %s)", server, st.LeaderlessSince, since, lost)
 		}
 	}
 }

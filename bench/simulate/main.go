@@ -16,7 +16,7 @@
 //	client (N)  blocking watches, each with a five-minute wait: its own
 //	            inventory record (stale), the description and the modules
 //	            (stale), its work orders; the mesh folder
-//	            (stale, at most one read per 5 s); a quorum look every 10 s;
+//	            (stale, at most one read per 5 s); a quorum look every minute;
 //	            the servers' addresses (stale) at most once a minute when its
 //	            record watch returns; its offer rewritten every 10 minutes
 //	            (the agent asks every minute and writes when the offer
@@ -98,7 +98,7 @@ import (
 const (
 	watchWait        = 5 * time.Minute
 	meshReadGap      = 5 * time.Second
-	clientQuorumLook = 10 * time.Second
+	clientQuorumLook = time.Minute
 	serverQuorumLook = time.Second
 	serversEvery     = time.Minute
 	offerRefresh     = 10 * time.Minute
