@@ -9,10 +9,13 @@
 #   floor_secured_*             the same, secured as the agent runs Consul
 #                               (gossip encryption, ACLs, TLS)
 #   agent_cpu_%/machine         the raptiformica agent's own share
+#   server_consul_cpu_%, client_consul_cpu_%  per role, beside
+#                               floor_secured_server/client_cpu_%
 #   pass_ms                     the leader's last reconcile pass (status)
 #   heal_s                      SIGKILL of a worker until it is replaced
 #   server_leads                1 when a Consul server holds the leader lock
-# Figures only: nothing here passes or fails on time. About 6 minutes;
+# CPU is measured over two minutes each, floors and cluster alike. Figures
+# only: nothing here passes or fails on time. About 11 minutes;
 # heavy: about 200
 # processes and 14 GB at 100 workers. Whatever it started is stopped on
 # exit, failure or interrupt included (`raptiformica down`, the bare agents
