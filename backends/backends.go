@@ -86,6 +86,16 @@ type Scoped interface {
 	Scope(ctx context.Context) (string, error)
 }
 
+// MakerLister is implemented by a backend that can list, cheaper than List
+// and a filter, only the machines one member made (Instance.MadeBy) and
+// those whose maker it cannot tell: what a host publishes of its machines.
+// A local cluster's hundred hosts share one folder of a hundred machines;
+// each looking at every machine's process once a minute was most of what
+// an idle agent did.
+type MakerLister interface {
+	ListMadeBy(ctx context.Context, maker string) ([]Instance, error)
+}
+
 // MemoryReporter is implemented by a backend whose machines take the memory
 // of the machine it runs on (local processes): how much is free there, so
 // that placement keeps a floor.

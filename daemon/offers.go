@@ -221,6 +221,16 @@ func (o *offerer) lists(id string) bool {
 	return o.listed[id]
 }
 
+// listMine lists be's machines this member made, and those whose maker be
+// cannot tell (madeBy): with the backend's own filter where it has one.
+func (o *offerer) listMine(ctx context.Context, be backends.Backend) ([]backends.Instance, error) {
+	if ml, ok := be.(backends.MakerLister); ok {
+		return ml.ListMadeBy(ctx, o.self)
+	}
+	insts, err := be.List(ctx)
+	return madeBy(o.self, insts), err
+}
+
 // madeBy keeps of insts the machines self made, and those whose maker the
 // backend cannot tell. Members sharing a backend's scope (one box's local
 // machines, one engine's containers) would each list all of them: a
@@ -300,8 +310,8 @@ func (o *offerer) ask(ctx context.Context) reconcile.Offer {
 				bo.FreeMemory, _ = mr.FreeMemory(ctx)
 			}
 			if bo.Available && hosting[name] {
-				if insts, err := be.List(ctx); err == nil {
-					bo.Listed, bo.Instances = true, madeBy(o.self, insts)
+				if insts, err := o.listMine(ctx, be); err == nil {
+					bo.Listed, bo.Instances = true, insts
 					if lv, ok := be.(backends.LocalView); ok {
 						bo.LocalOnly = lv.ListsOnlyLocal()
 					}

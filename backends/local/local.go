@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -51,6 +52,23 @@ type Backend struct {
 	binary    string
 	consul    string
 	rescan    time.Duration // how often Watch looks for folders no spawn told it of
+
+	// nodes are the machines' configs as List last parsed them, by
+	// folder: every host of a local cluster lists the whole folder once a
+	// minute to publish its offer, and reading and parsing each machine's
+	// config was nearly all of a list's cost (10 ms at 103 machines, on
+	// each of a hundred hosts).
+	nodesMu sync.Mutex
+	nodes   map[string]parsedNode
+}
+
+// parsedNode is a machine's config and the file it was parsed from, known
+// by its inode, size and time: the config is written by rename, so a new
+// one is a new inode.
+type parsedNode struct {
+	ino, size int64
+	mod       time.Time
+	node      nodeconfig.Config
 }
 
 // New builds a local backend. Settings: "subnet" (three octets such as
@@ -363,6 +381,18 @@ func StopMachine(ctx context.Context, mdir string) error {
 
 // List reads every machine folder.
 func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
+	return b.list(func(nodeconfig.Config) bool { return true })
+}
+
+// ListMadeBy reads the folders of the machines maker made, and of those
+// whose maker is not written (made before makers were): another maker's
+// machine costs a stat of its config, not a look at its process.
+func (b *Backend) ListMadeBy(ctx context.Context, maker string) ([]backends.Instance, error) {
+	return b.list(func(n nodeconfig.Config) bool { return n.MadeBy == "" || n.MadeBy == maker })
+}
+
+// list reads the machine folders whose config want keeps.
+func (b *Backend) list(want func(nodeconfig.Config) bool) ([]backends.Instance, error) {
 	ents, err := os.ReadDir(b.dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -371,15 +401,24 @@ func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
 		return nil, fmt.Errorf("local backend: %w", err)
 	}
 	var out []backends.Instance
+	b.nodesMu.Lock()
+	seen := make(map[string]parsedNode, len(ents))
+	defer func() {
+		b.nodes = seen // forgets the machines that are gone
+		b.nodesMu.Unlock()
+	}()
 	for _, e := range ents {
 		if !e.IsDir() {
 			continue
 		}
 		mdir := filepath.Join(b.dir, e.Name())
-		node, err := readNode(mdir)
+		node, err := b.node(mdir, seen)
 		if err != nil {
 			// A folder being created holds no config yet; it is not a
 			// machine until Spawn finishes under the lock.
+			continue
+		}
+		if !want(node) {
 			continue
 		}
 		info, _ := e.Info()
@@ -391,6 +430,28 @@ func (b *Backend) List(ctx context.Context) ([]backends.Instance, error) {
 		out = append(out, in)
 	}
 	return out, nil
+}
+
+// node is the config of the machine in mdir, parsed again only when its
+// file changed since the last List; it is noted in seen. b.nodesMu is held.
+func (b *Backend) node(mdir string, seen map[string]parsedNode) (nodeconfig.Config, error) {
+	fi, err := os.Stat(filepath.Join(mdir, "agent.json"))
+	if err != nil {
+		return nodeconfig.Config{}, err
+	}
+	p := parsedNode{size: fi.Size(), mod: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		p.ino = int64(st.Ino)
+	}
+	if was, ok := b.nodes[mdir]; ok && was.ino == p.ino && was.size == p.size && was.mod.Equal(p.mod) {
+		seen[mdir] = was
+		return was.node, nil
+	}
+	if p.node, err = readNode(mdir); err != nil {
+		return p.node, err
+	}
+	seen[mdir] = p
+	return p.node, nil
 }
 
 func readNode(mdir string) (nodeconfig.Config, error) {

@@ -2,13 +2,16 @@ package local
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
@@ -175,4 +178,62 @@ func killMachine(t *testing.T, dir, id string) {
 		}
 	}
 	t.Fatalf("%s is not running", id)
+}
+
+// TestScaleAHostListsOnlyTheMachinesItMade: ListMadeBy keeps a host's own
+// machines and those without a maker, alive or not, and follows a config
+// rewritten since the last list (the parsed configs are kept between
+// lists).
+func TestScaleAHostListsOnlyTheMachinesItMade(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	b, dir := newBackend(t)
+	t.Cleanup(func() { KillAll(context.Background(), dir) })
+	ctx := context.Background()
+	for id, maker := range map[string]string{"m-mine": "host-a", "m-theirs": "host-b", "m-old": ""} {
+		if _, err := b.Spawn(ctx, backends.Spec{Node: nodeconfig.Config{MachineID: id, MachineType: "worker", MadeBy: maker}}); err != nil {
+			t.Fatalf("spawn %s: %v", id, err)
+		}
+	}
+	listed := func() map[string]bool {
+		t.Helper()
+		insts, err := b.ListMadeBy(ctx, "host-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, in := range insts {
+			out[in.MachineID] = in.Running
+		}
+		return out
+	}
+	if got := listed(); len(got) != 2 || !got["m-mine"] || !got["m-old"] {
+		t.Fatalf("host-a lists %v, want m-mine and m-old, running", got)
+	}
+	killMachine(t, dir, "m-mine")
+	deadline := time.Now().Add(5 * time.Second)
+	for got := listed(); got["m-mine"]; got = listed() {
+		if time.Now().After(deadline) {
+			t.Fatalf("host-a lists %v 5 s after m-mine was killed, want it there, stopped", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := listed(); len(got) != 2 {
+		t.Errorf("host-a lists %v after m-mine was killed, want m-mine and m-old", got)
+	}
+	// m-theirs handed over to host-a: its config is written anew.
+	mdir := MachineDir(dir, "m-theirs")
+	node, err := readNode(mdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.MadeBy = "host-a"
+	raw, _ := json.Marshal(node)
+	if err := fsutil.WriteFileAtomic(filepath.Join(mdir, "agent.json"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := listed(); len(got) != 3 || !got["m-theirs"] {
+		t.Errorf("host-a lists %v after m-theirs became its own, want it there, running", got)
+	}
 }
