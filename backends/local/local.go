@@ -63,11 +63,12 @@ type Backend struct {
 }
 
 // parsedNode is a machine's config and the file it was parsed from, known
-// by its inode, size and time: the config is written by rename, so a new
-// one is a new inode.
+// by its inode, size, and modification and change times: the config is
+// written by rename, so a new one is a new inode, and its change time no
+// tool can set back (cp -p and tar can set the modification time).
 type parsedNode struct {
 	ino, size int64
-	mod       time.Time
+	mod, ctim time.Time
 	node      nodeconfig.Config
 }
 
@@ -441,9 +442,9 @@ func (b *Backend) node(mdir string, seen map[string]parsedNode) (nodeconfig.Conf
 	}
 	p := parsedNode{size: fi.Size(), mod: fi.ModTime()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		p.ino = int64(st.Ino)
+		p.ino, p.ctim = int64(st.Ino), time.Unix(st.Ctim.Unix())
 	}
-	if was, ok := b.nodes[mdir]; ok && was.ino == p.ino && was.size == p.size && was.mod.Equal(p.mod) {
+	if was, ok := b.nodes[mdir]; ok && was.ino == p.ino && was.size == p.size && was.mod.Equal(p.mod) && was.ctim.Equal(p.ctim) {
 		seen[mdir] = was
 		return was.node, nil
 	}

@@ -67,8 +67,9 @@ type QuorumStatus struct {
 	// Lost is set once the leader has been missing for longer than the
 	// policy's quorum_lost_after.
 	Lost bool `json:"lost"`
-	// LeaderlessSince is when this node last saw a leader, or when it
-	// started looking.
+	// LeaderlessSince is when a server last saw a leader (it looks every
+	// second), or when it started looking; on a client, which looks once
+	// a minute, its first look that found none.
 	LeaderlessSince time.Time `json:"leaderless_since"`
 	// Servers are the Consul servers in this node's gossip pool, as it
 	// sees them now.
