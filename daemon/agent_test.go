@@ -345,15 +345,7 @@ func TestAgentNotifiesSystemd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: runs a real agent and Consul (run without -short)")
 	}
-	sock := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	t.Setenv("NOTIFY_SOCKET", sock)
-	t.Setenv("WATCHDOG_USEC", "400000")
-	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	conn := listenNotify(t)
 	_, stop := startAgent(t)
 	// READY once, and watchdog pings while the node runs; the two may
 	// interleave, so count them over the next pings.
@@ -407,15 +399,7 @@ func TestAgentWatchdogPingsWhileServersAreCutOff(t *testing.T) {
 		t.Fatal("the client still reaches a server: nothing is cut off")
 	}
 
-	sock := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	t.Setenv("NOTIFY_SOCKET", sock)
-	t.Setenv("WATCHDOG_USEC", "400000")
-	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	conn := listenNotify(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -435,6 +419,23 @@ func TestAgentWatchdogPingsWhileServersAreCutOff(t *testing.T) {
 			t.Fatalf("notification %q, want WATCHDOG=1", got)
 		}
 	}
+}
+
+// listenNotify plays systemd for the test: the socket the agent notifies,
+// and a watchdog of 400 ms for this process (a ping every 200 ms). It is
+// closed when the test ends.
+func listenNotify(t *testing.T) *net.UnixConn {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "400000")
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	return conn
 }
 
 func readNotify(t *testing.T, conn *net.UnixConn) string {
