@@ -19,9 +19,9 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/daemon"
-	"github.com/raptiformica/raptiformica/internal/capped"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/source"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -39,13 +39,19 @@ var gitHubRepo = regexp.MustCompile(`^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$`)
 // raptiformica.json) or file, a git URL, or owner/repo (the original's
 // shorthand for https://github.com/owner/repo). A repository is cloned with
 // the git program into a temporary folder, removed afterwards, within
-// CloneTimeout.
-func FetchModule(ctx context.Context, src string) (*rules.Module, error) {
+// CloneTimeout, by the rule for code that is cloned and run (package
+// internal/source): file://, https://, ssh:// or user@host:path only, and
+// ref, when given, the branch, tag or pinned commit read (a pin is
+// verified after the fetch).
+func FetchModule(ctx context.Context, src, ref string) (*rules.Module, error) {
 	name := rules.ModuleName(src)
 	if name == "" || len(name) > 63 {
 		return nil, fmt.Errorf("%s: no module name can be made of it (want a folder, file or repository named with letters, digits and hyphens)", src)
 	}
 	if fi, err := os.Stat(src); err == nil {
+		if ref != "" {
+			return nil, fmt.Errorf("%s: a local module has no ref; a ref is for a git URL", src)
+		}
 		file := src
 		if fi.IsDir() {
 			file = filepath.Join(src, ModuleFile)
@@ -54,18 +60,26 @@ func FetchModule(ctx context.Context, src string) (*rules.Module, error) {
 	}
 	url := src
 	switch {
-	case strings.Contains(src, "://") || strings.HasPrefix(src, "git@") || strings.HasSuffix(src, ".git"):
+	case strings.Contains(src, ":") || strings.HasSuffix(src, ".git"):
+		// A URL, git's user@host:path or a remote helper's: the rule
+		// says which it takes.
 	case gitHubRepo.MatchString(src):
 		url = "https://github.com/" + src
 	default:
 		return nil, fmt.Errorf("%s: no such file or folder, and neither a git URL nor owner/repo", src)
+	}
+	if err := source.Check(url); err != nil {
+		return nil, fmt.Errorf("module source: %w", err)
+	}
+	if err := source.CheckRef(ref); err != nil {
+		return nil, fmt.Errorf("module ref: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "raptiformica-module-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	if err := clone(ctx, url, dir); err != nil {
+	if err := clone(ctx, url, ref, dir); err != nil {
 		if url != src {
 			return nil, fmt.Errorf("%s (the original's owner/repo shorthand for %s): %w", src, url, err)
 		}
@@ -80,21 +94,16 @@ func FetchModule(ctx context.Context, src string) (*rules.Module, error) {
 	return m, nil
 }
 
-// clone fetches the newest commit of url into dir, never asking for
-// credentials on a terminal.
-func clone(ctx context.Context, url, dir string) error {
+// clone fetches url at ref (empty: the newest commit) into dir, a clone
+// read once, within CloneTimeout.
+func clone(ctx context.Context, url, ref, dir string) error {
 	ctx, cancel := context.WithTimeout(ctx, CloneTimeout)
 	defer cancel()
-	c := osexec.CommandContext(ctx, "git", "clone", "--quiet", "--depth", "1", "--", url, dir)
-	c.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "GIT_ASKPASS=/bin/false")
-	out := capped.New(8 << 10)
-	c.Stdout, c.Stderr = out, out
-	c.WaitDelay = 5 * time.Second
-	if err := c.Run(); err != nil {
+	if _, err := (source.Git{Timeout: CloneTimeout, Shallow: true}).Clone(ctx, url, ref, dir); err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("git clone %s: gave up after %s", url, CloneTimeout)
 		}
-		return fmt.Errorf("git clone %s: %v: %s", url, err, strings.TrimSpace(out.String()))
+		return fmt.Errorf("git clone %s: %w", url, err)
 	}
 	return nil
 }
@@ -166,11 +175,11 @@ func description(ctx context.Context, c *api.Client, opts rules.Options) (*rules
 	return rules.Parse(kvschema.PlatformSource, pair.Value, opts)
 }
 
-// AddModule fetches the module at src (FetchModule) and keeps it in the
-// cluster, last: it overrides the modules added before it. It returns the
-// module and the merge's notices.
-func AddModule(ctx context.Context, c *api.Client, opts rules.Options, src string) (*rules.Module, []rules.Problem, error) {
-	m, err := FetchModule(ctx, src)
+// AddModule fetches the module at src and ref (FetchModule) and keeps it
+// in the cluster, last: it overrides the modules added before it. It
+// returns the module and the merge's notices.
+func AddModule(ctx context.Context, c *api.Client, opts rules.Options, src, ref string) (*rules.Module, []rules.Problem, error) {
+	m, err := FetchModule(ctx, src, ref)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -220,10 +229,10 @@ func WriteModules(out, errOut io.Writer, mods []*rules.Module, notices []rules.P
 // Package runs the package command of the compute module that makes
 // backend ("<compute type>/<server type>"; a bare compute type means its
 // server type headless, the original's default) as the original's
-// `package` did: in a fresh clone of the module's source, its output
-// streamed to out and errOut, so that an image a module builds can be
-// reused by the machines it makes. The command's process group is killed
-// after timeout.
+// `package` did: in a fresh clone of the module's source at its ref, its
+// output streamed to out and errOut, so that an image a module builds can
+// be reused by the machines it makes. The command's process group is
+// killed after timeout.
 func Package(ctx context.Context, c *api.Client, backend string, timeout time.Duration, out, errOut io.Writer) error {
 	if !strings.Contains(backend, "/") {
 		backend += "/headless"
@@ -232,7 +241,7 @@ func Package(ctx context.Context, c *api.Client, backend string, timeout time.Du
 	if err != nil {
 		return err
 	}
-	command, source, ok := rules.Merge(mods).Package(backend)
+	command, src, ref, ok := rules.Merge(mods).Package(backend)
 	if !ok {
 		return fmt.Errorf("no module gives %s a package command (`module list` shows the modules)", backend)
 	}
@@ -241,9 +250,9 @@ func Package(ctx context.Context, c *api.Client, backend string, timeout time.Du
 		return err
 	}
 	defer os.RemoveAll(dir)
-	if source != "" {
-		if err := clone(ctx, source, dir); err != nil {
-			return err
+	if src != "" {
+		if err := clone(ctx, src, ref, dir); err != nil {
+			return fmt.Errorf("package %s: %w", backend, err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)

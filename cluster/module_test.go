@@ -70,7 +70,7 @@ func TestModulesStoredAndEffective(t *testing.T) {
 			t.Fatalf("git %v: %v: %s", args, err, out)
 		}
 	}
-	m, _, err := AddModule(ctx, c, opts, "file://"+repo)
+	m, _, err := AddModule(ctx, c, opts, "file://"+repo, "")
 	if err != nil {
 		t.Fatalf("add from git: %v", err)
 	}
@@ -79,7 +79,7 @@ func TestModulesStoredAndEffective(t *testing.T) {
 	}
 	over := writeModule(t, "override", `{"raptiformica_api_version": "0.1",
  "server": {"server": {"web": {"bootstrap": "./install.sh --v2"}}}}`)
-	if _, _, err := AddModule(ctx, c, opts, over); err != nil {
+	if _, _, err := AddModule(ctx, c, opts, over, ""); err != nil {
 		t.Fatal(err)
 	}
 	step := func() string {
@@ -104,13 +104,13 @@ func TestModulesStoredAndEffective(t *testing.T) {
 	// Refused whole: nothing stored changes.
 	broken := writeModule(t, "broken", `{"raptiformica_api_version": "0.1",
  "compute": {"box": {"server": {"start_instance": "b", "get_hostname": null}}}}`)
-	if _, _, err := AddModule(ctx, c, opts, broken); err == nil || !strings.Contains(err.Error(), "broken/raptiformica.json:2,") || !strings.Contains(err.Error(), "compute.box.server.get_hostname: must be a string") {
+	if _, _, err := AddModule(ctx, c, opts, broken, ""); err == nil || !strings.Contains(err.Error(), "broken/raptiformica.json:2,") || !strings.Contains(err.Error(), "compute.box.server.get_hostname: must be a string") {
 		t.Errorf("broken module: got %v, want its file, line and field", err)
 	}
 	partial := writeModule(t, "partial", `{"raptiformica_api_version": "0.1",
  "compute": {"other": {"server": {"start_instance": "b"}}}}`)
 	var merr *rules.ModuleError
-	if _, _, err := AddModule(ctx, c, opts, partial); !errors.As(err, &merr) || !strings.Contains(err.Error(), `compute.other.server: an exec backend needs the command "get_hostname"`) {
+	if _, _, err := AddModule(ctx, c, opts, partial, ""); !errors.As(err, &merr) || !strings.Contains(err.Error(), `compute.other.server: an exec backend needs the command "get_hostname"`) {
 		t.Errorf("a module the merge cannot run: got %v", err)
 	}
 	mods, _, err := Modules(ctx, c)
@@ -133,7 +133,7 @@ func TestModulesStoredAndEffective(t *testing.T) {
    "package": "test -f raptiformica.json && echo packaged in $(basename $PWD) && echo warn >&2"}},
              "slow": {"headless": {"start_instance": "a", "get_hostname": "a", "clean_up_instance_command": "a",
    "package": "sleep 60 & sleep 60"}}}}`)
-	if _, _, err := AddModule(ctx, c, opts, pkg); err != nil {
+	if _, _, err := AddModule(ctx, c, opts, pkg, ""); err != nil {
 		t.Fatal(err)
 	}
 	var out, errOut strings.Builder
@@ -148,7 +148,7 @@ func TestModulesStoredAndEffective(t *testing.T) {
 	if err := Package(ctx, c, "box/server", time.Minute, &out, &errOut); err == nil || !strings.Contains(err.Error(), "no module gives box/server a package command") {
 		t.Errorf("package of a compute type without one: got %v", err)
 	}
-	if _, err := FetchModule(ctx, "no-such-owner-xyz/no-such-repo-xyz"); err == nil || !strings.Contains(err.Error(), "https://github.com/no-such-owner-xyz/no-such-repo-xyz") {
+	if _, err := FetchModule(ctx, "no-such-owner-xyz/no-such-repo-xyz", ""); err == nil || !strings.Contains(err.Error(), "https://github.com/no-such-owner-xyz/no-such-repo-xyz") {
 		t.Errorf("owner/repo: got %v, want the GitHub URL named", err)
 	}
 }
@@ -181,7 +181,7 @@ machine "worker" {
 	if err := CheckApply(ctx, c, desc, opts); err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("CheckApply without the module: got %v, want %q", err, want)
 	}
-	if _, _, err := AddModule(ctx, c, opts, writeModule(t, "box", webModule)); err != nil {
+	if _, _, err := AddModule(ctx, c, opts, writeModule(t, "box", webModule), ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := CheckApply(ctx, c, desc, opts); err != nil {

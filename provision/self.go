@@ -18,6 +18,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/capped"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/source"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -26,7 +27,7 @@ import (
 const (
 	// DefaultGitTimeout bounds one git command: a clone of a large
 	// repository over a slow link, not a prompt waited on forever.
-	DefaultGitTimeout = 5 * time.Minute
+	DefaultGitTimeout = source.DefaultTimeout
 	// selfOutputLimit is how much of a provisioner's output is kept in its
 	// log file: the end, where a failure says what went wrong.
 	selfOutputLimit = 64 << 10
@@ -142,15 +143,17 @@ func (s *Self) one(ctx context.Context, p rules.Provisioner, starting func()) (r
 	if !nameRule(p.Name) {
 		return res, "", fmt.Errorf("provisioner %q: not a name (lower-case letters, digits and hyphens)", p.Name)
 	}
-	if err := rules.CheckGitSource(p.Source); err != nil {
-		return res, "", fmt.Errorf("provisioner %q source: %w", p.Name, err)
+	if p.Source != "" {
+		if err := source.Check(p.Source); err != nil {
+			return res, "", fmt.Errorf("provisioner %q source: %w", p.Name, err)
+		}
 	}
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return res, "", fmt.Errorf("provisioner %q: %w", p.Name, err)
 	}
 	out := capped.NewTail(selfOutputLimit)
 	dir := filepath.Join(s.Dir, p.Name)
-	commit, warning, err := s.source(ctx, p.Source, dir, out)
+	commit, warning, err := s.source(ctx, p, dir, out)
 	res.Commit, res.Warning = commit, warning
 	if err != nil {
 		err = fmt.Errorf("provisioner %q: get %s: %w", p.Name, p.Source, err)
@@ -207,29 +210,32 @@ func (s *Self) step(ctx context.Context, dir string, argv, env []string, timeout
 	return err
 }
 
-// source clones or updates the repository at url into dir and returns the
-// commit checked out. A repository already there is fetched and reset hard
-// to the remote's HEAD; when that fails (the remote unreachable for a
-// while), the checkout there is used and a warning says so, so that a
-// machine already provisioned does not fail for a network blip. Without a
-// url, dir is an empty folder of the provisioner's own.
-func (s *Self) source(ctx context.Context, url, dir string, out *capped.Tail) (commit, warning string, err error) {
-	if url == "" {
+// source clones or updates p's source into dir and returns the commit
+// checked out, by the rule for code that is cloned and run (package
+// internal/source): the source is checked again, git speaks only its
+// allowlist, and a pinned commit is verified after every fetch. A
+// repository already there is updated to p's ref; when that fails (the
+// remote unreachable for a while) and the source is not pinned, the
+// checkout there is used and a warning says so, so that a machine already
+// provisioned does not fail for a network blip. A pinned source never runs
+// another commit than its pin. Without a source, dir is an empty folder of
+// the provisioner's own.
+func (s *Self) source(ctx context.Context, p rules.Provisioner, dir string, out *capped.Tail) (commit, warning string, err error) {
+	if p.Source == "" {
 		return "", "", os.MkdirAll(dir, 0o755)
 	}
-	if s.originOf(ctx, dir) == url {
-		err := s.git(ctx, dir, out, "fetch", "--quiet", "origin", "HEAD")
+	g := source.Git{Program: s.Git, Timeout: s.GitTimeout, Out: out}
+	if g.Origin(ctx, dir) == p.Source {
+		commit, err := g.Update(ctx, dir, p.Ref)
 		if err == nil {
-			err = s.git(ctx, dir, out, "reset", "--quiet", "--hard", "FETCH_HEAD")
-		}
-		commit, cerr := s.head(ctx, dir)
-		switch {
-		case err == nil && cerr == nil:
 			return commit, "", nil
-		case cerr == nil:
-			return commit, fmt.Sprintf("could not update the source (%v); its last checkout, commit %.12s, was used", err, commit), nil
 		}
-		// A checkout without a commit is no use: cloned again below.
+		if !source.IsCommit(p.Ref) {
+			if head, herr := g.Head(ctx, dir); herr == nil {
+				return head, fmt.Sprintf("could not update the source (%v); its last checkout, commit %.12s, was used", err, head), nil
+			}
+		}
+		// No usable checkout: cloned again below.
 	}
 	// Cloned beside the folder and moved into place, so that a clone cut
 	// short is never taken for the source.
@@ -237,7 +243,8 @@ func (s *Self) source(ctx context.Context, url, dir string, out *capped.Tail) (c
 	if err := os.RemoveAll(tmp); err != nil {
 		return "", "", err
 	}
-	if err := s.git(ctx, s.Dir, out, "clone", "--quiet", "--", url, tmp); err != nil {
+	commit, err = g.Clone(ctx, p.Source, p.Ref, tmp)
+	if err != nil {
 		os.RemoveAll(tmp)
 		return "", "", err
 	}
@@ -247,62 +254,7 @@ func (s *Self) source(ctx context.Context, url, dir string, out *capped.Tail) (c
 	if err := os.Rename(tmp, dir); err != nil {
 		return "", "", err
 	}
-	commit, err = s.head(ctx, dir)
-	return commit, "", err
-}
-
-// originOf returns the origin URL of the repository at dir, or "" when dir
-// holds none.
-func (s *Self) originOf(ctx context.Context, dir string) string {
-	if _, err := os.Stat(filepath.Join(dir, ".git")); err != nil {
-		return ""
-	}
-	out := capped.NewTail(4 << 10)
-	if s.git(ctx, dir, out, "config", "--get", "remote.origin.url") != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(out.Bytes()))
-}
-
-// head returns the commit checked out in dir.
-func (s *Self) head(ctx context.Context, dir string) (string, error) {
-	out := capped.NewTail(4 << 10)
-	if err := s.git(ctx, dir, out, "rev-parse", "--verify", "HEAD"); err != nil {
-		return "", fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out.Bytes())))
-	}
-	return strings.TrimSpace(string(out.Bytes())), nil
-}
-
-// git runs the git program in dir with its deadline. It never prompts (an
-// agent has no one to answer), never looks for a repository above Dir,
-// and speaks only the protocols a source may use, submodules included.
-func (s *Self) git(ctx context.Context, dir string, out *capped.Tail, args ...string) error {
-	timeout := s.GitTimeout
-	if timeout <= 0 {
-		timeout = DefaultGitTimeout
-	}
-	gctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	prog := s.Git
-	if prog == "" {
-		prog = "git"
-	}
-	env := append(os.Environ(),
-		"GIT_TERMINAL_PROMPT=0",
-		"GIT_ALLOW_PROTOCOL=file:https:ssh",
-		"GIT_CEILING_DIRECTORIES="+filepath.Dir(s.Dir),
-	)
-	if os.Getenv("GIT_SSH_COMMAND") == "" {
-		env = append(env, "GIT_SSH_COMMAND=ssh -o BatchMode=yes")
-	}
-	err := groupCommand(gctx, dir, append([]string{prog}, args...), env, out).Run()
-	if err != nil && ctx.Err() == nil && errors.Is(gctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("git %s timed out after %s", args[0], timeout)
-	}
-	if err != nil {
-		return fmt.Errorf("git %s: %w", args[0], err)
-	}
-	return nil
+	return commit, "", nil
 }
 
 // groupCommand is argv run in dir in a process group of its own, killed

@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/raptiformica/raptiformica/internal/source"
 )
 
 // A module is a file in the original project's format (raptiformica.json),
@@ -38,8 +40,8 @@ const MaxModuleSize = 64 << 10
 
 // The fields of each section, as the original read them.
 var (
-	computeFields  = []string{"available", "source", "start_instance", "get_hostname", "get_port", "detect_stale_instance", "clean_up_instance_command", "package"}
-	serverFields   = []string{"source", "bootstrap"}
+	computeFields  = []string{"available", "source", "ref", "start_instance", "get_hostname", "get_port", "detect_stale_instance", "clean_up_instance_command", "package"}
+	serverFields   = []string{"source", "ref", "bootstrap"}
 	handlerFields  = []string{"predicate", "command"}
 	topFields      = []string{"raptiformica_api_version", "compute", "server", "platform"}
 	platformFields = []string{"hooks"}
@@ -146,8 +148,16 @@ func openLimited(file string) ([]byte, error) {
 }
 
 // ParseModule reads and validates a module file. On any problem it
-// returns a *ModuleError listing all of them, and no Module.
+// returns a *ModuleError listing all of them, and no Module. Each source
+// and ref is held to the rule for code that is cloned and run (package
+// internal/source).
 func ParseModule(name, file string, src []byte) (*Module, error) {
+	return parseModule(name, file, src, true)
+}
+
+// parseModule is ParseModule, checking sources only when checkSources is
+// set.
+func parseModule(name, file string, src []byte, checkSources bool) (*Module, error) {
 	if len(src) > MaxModuleSize {
 		return nil, &ModuleError{Problems: []Problem{{File: file, Message: fmt.Sprintf("the module is %d bytes, more than the %d a module may be", len(src), MaxModuleSize)}}}
 	}
@@ -159,7 +169,7 @@ func ParseModule(name, file string, src []byte) (*Module, error) {
 		}
 		return nil, &ModuleError{Problems: []Problem{{File: file, Message: err.Error()}}}
 	}
-	c := &mchecker{file: file}
+	c := &mchecker{file: file, sources: checkSources}
 	root := c.top(v)
 	if len(c.problems) > 0 {
 		return nil, &ModuleError{Problems: c.problems}
@@ -279,6 +289,7 @@ func readJSON(src []byte) (*jv, error) {
 // mchecker walks a module's JSON against the schema, collecting problems.
 type mchecker struct {
 	file     string
+	sources  bool // check sources and refs (ParseModule)
 	problems []Problem
 }
 
@@ -368,13 +379,13 @@ func (c *mchecker) top(v *jv) *mnode {
 		case "compute":
 			return c.named(val, k, "compute type", nameRule, func(v *jv, f string) *mnode {
 				return c.named(v, f, "server type", nameRule, func(v *jv, f string) *mnode {
-					return c.fields(v, f, computeFields)
+					return c.source(c.fields(v, f, computeFields), f)
 				})
 			})
 		case "server":
 			return c.named(val, k, "server type", nameRule, func(v *jv, f string) *mnode {
 				return c.named(v, f, "provisioner", provisionerName, func(v *jv, f string) *mnode {
-					return c.fields(v, f, serverFields)
+					return c.source(c.fields(v, f, serverFields), f)
 				})
 			})
 		case "platform":
@@ -407,6 +418,47 @@ func (c *mchecker) top(v *jv) *mnode {
 		}
 	}
 	return n
+}
+
+// source checks the source and ref of n, an object of compute or server
+// fields, and returns n.
+func (c *mchecker) source(n *mnode, field string) *mnode {
+	if n == nil || !c.sources {
+		return n
+	}
+	for _, p := range sourceProblems(n) {
+		c.at(p.at.position, join(field, p.field), "%v", p.err)
+	}
+	return n
+}
+
+// sourceProblem is what is wrong with a module's source or ref field.
+type sourceProblem struct {
+	at    *mnode
+	field string // "source" or "ref"
+	err   error
+}
+
+// sourceProblems is what the rule for code that is cloned and run
+// (package internal/source) finds wrong in the source and ref of n: the
+// one check of a module's sources, where it is parsed and where it is
+// applied.
+func sourceProblems(n *mnode) []sourceProblem {
+	var out []sourceProblem
+	src := n.get("source")
+	if src != nil && src.value != "" {
+		if err := source.Check(src.value); err != nil {
+			out = append(out, sourceProblem{src, "source", err})
+		}
+	}
+	if ref := n.get("ref"); ref != nil {
+		if err := source.CheckRef(ref.value); err != nil {
+			out = append(out, sourceProblem{ref, "ref", err})
+		} else if ref.value != "" && (src == nil || src.value == "") {
+			out = append(out, sourceProblem{ref, "ref", errors.New("a ref needs a source: it names a branch, tag or commit of one")})
+		}
+	}
+	return out
 }
 
 func join(field, key string) string {
@@ -451,7 +503,8 @@ func EncodeModules(mods []*Module) []byte {
 }
 
 // DecodeModules reads modules stored by EncodeModules (where names the
-// copy in messages), checking each again as ParseModule does.
+// copy in messages), checking each again as ParseModule does but for its
+// sources, which Apply checks.
 func DecodeModules(where string, b []byte) ([]*Module, error) {
 	if len(b) > MaxStoredModules {
 		return nil, fmt.Errorf("%s: %d bytes of modules, more than the %d kept", where, len(b), MaxStoredModules)
@@ -465,7 +518,9 @@ func DecodeModules(where string, b []byte) ([]*Module, error) {
 	}
 	mods := make([]*Module, 0, len(stored))
 	for _, s := range stored {
-		m, err := ParseModule(s.Name, s.File, []byte(s.Source))
+		// A module stored before its sources were checked still loads,
+		// so that it can be removed; Apply refuses to run its sources.
+		m, err := parseModule(s.Name, s.File, []byte(s.Source), false)
 		if err != nil {
 			return nil, fmt.Errorf("%s: module %q: %w", where, s.Name, err)
 		}

@@ -90,16 +90,18 @@ func (n *mnode) str(key string) (string, bool) {
 }
 
 // Package returns the package command of the compute module that makes
-// backend (named "<compute type>/<server type>") and its source, ok false
-// when no module has one.
-func (m *Merged) Package(backend string) (command, source string, ok bool) {
+// backend (named "<compute type>/<server type>") with its source and ref,
+// ok false when no module has one. The source and ref are not checked
+// here: the clone that fetches them does.
+func (m *Merged) Package(backend string) (command, src, ref string, ok bool) {
 	ct, st, _ := strings.Cut(backend, "/")
 	n := m.root.get("compute", ct, st)
 	if command, ok = n.str("package"); !ok {
-		return "", "", false
+		return "", "", "", false
 	}
-	source, _ = n.str("source")
-	return command, source, true
+	src, _ = n.str("source")
+	ref, _ = n.str("ref")
+	return command, src, ref, true
 }
 
 // Effective is the description p with modules mods applied: what the
@@ -108,13 +110,15 @@ func (m *Merged) Package(backend string) (command, source string, ok bool) {
 // modules add what it lacks:
 //
 //   - compute.<ct>.<st> becomes a backend of type exec named "<ct>/<st>",
-//     each command run as ["/bin/sh", "-c", command] in a clone of source,
+//     each command run as ["/bin/sh", "-c", command] in a clone of source
+//     (at ref),
 //     in the original's contract (setting contract = "ssh": the machine
 //     start_instance makes is adopted over SSH);
 //     the machine type <st>, when the description has it, may be made on
 //     it, after its own backends.
 //   - server.<st>.<name> becomes provisioner name of machine type <st>,
-//     one step ["/bin/sh", "-c", bootstrap] run in a clone of source. The
+//     one step ["/bin/sh", "-c", bootstrap] run in a clone of source (at
+//     ref). The
 //     original's own provisioner, which installs the Python tool, is
 //     skipped.
 //   - platform.default.hooks.<event>.<handler> becomes a hook on the event
@@ -214,13 +218,16 @@ func (a *applier) compute(ct, st string, n *mnode) {
 		a.problem(n, field, "the exec backend is not available here (known: %s)", knownList(a.opts.BackendTypes))
 		return
 	}
+	if a.sources(n, field) {
+		return
+	}
 	// Every original compute module makes a machine root can SSH into,
 	// which the backend adopts: the exec backend's "ssh" contract.
 	be := Backend{Name: name, Type: ExecType, Settings: map[string]string{"contract": "ssh"}, Commands: map[string][]string{}}
 	n.each(func(k string, v *mnode) {
 		switch k {
-		case "source":
-			be.Settings["source"] = v.value
+		case "source", "ref":
+			be.Settings[k] = v.value
 		case "package":
 			// Run by `raptiformica package`, not by the backend.
 		default:
@@ -232,9 +239,13 @@ func (a *applier) compute(ct, st string, n *mnode) {
 		for _, fp := range a.opts.CheckBackend(be) {
 			bad = true
 			at, sub := n, ""
-			if cmd, ok := strings.CutPrefix(fp.Field, "commands "); ok {
-				sub = "." + cmd
-				if kid := n.get(cmd); kid != nil {
+			name, ok := strings.CutPrefix(fp.Field, "commands ")
+			if !ok {
+				name, ok = strings.CutPrefix(fp.Field, "settings ")
+			}
+			if ok {
+				sub = "." + name
+				if kid := n.get(name); kid != nil {
 					at = kid
 				}
 			}
@@ -254,6 +265,17 @@ func (a *applier) compute(ct, st string, n *mnode) {
 		mt.Backends = append(slices.Clone(mt.Backends), name)
 		a.out.Machines[st] = mt
 	}
+}
+
+// sources reports, as problems, what is wrong with the source and ref of
+// n, and whether anything is: a module stored before sources were checked
+// is refused here, when it would run.
+func (a *applier) sources(n *mnode, field string) bool {
+	probs := sourceProblems(n)
+	for _, p := range probs {
+		a.problem(p.at, field+"."+p.field, "%v", p.err)
+	}
+	return len(probs) > 0
 }
 
 // isOriginalSelf reports whether a provisioner is the original's own,
@@ -288,8 +310,12 @@ func (a *applier) server(st, name string, n *mnode) {
 		a.notice(n, field, "the description's provisioner %q of machine type %q wins over the module's", name, st)
 		return
 	}
+	if a.sources(n, field) {
+		return
+	}
 	src, _ := n.str("source")
-	mt.Provisioners = append(slices.Clone(mt.Provisioners), Provisioner{Name: name, Source: src, Steps: [][]string{sh(boot)}})
+	ref, _ := n.str("ref")
+	mt.Provisioners = append(slices.Clone(mt.Provisioners), Provisioner{Name: name, Source: src, Ref: ref, Steps: [][]string{sh(boot)}})
 	a.out.Machines[st] = mt
 }
 

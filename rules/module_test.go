@@ -69,10 +69,10 @@ func TestModuleProblems(t *testing.T) {
 			name: "unknown section and field",
 			src: `{"raptiformica_api_version": "0.1",
  "computes": {},
- "server": {"headless": {"web": {"source": "x", "boostrap": "y"}}}}`,
+ "server": {"headless": {"web": {"source": "file:///srv/web.git", "boostrap": "y"}}}}`,
 			want: []Problem{
 				{Line: 2, Field: "computes", Message: "unknown section (known: raptiformica_api_version, compute, server, platform)"},
-				{Line: 3, Field: "server.headless.web.boostrap", Message: "unknown field (known: source, bootstrap)"},
+				{Line: 3, Field: "server.headless.web.boostrap", Message: "unknown field (known: source, ref, bootstrap)"},
 			},
 		},
 		{
@@ -205,8 +205,8 @@ func TestModuleEffectiveOriginal(t *testing.T) {
 	if _, ok := be.Commands["package"]; ok {
 		t.Errorf("package became a backend command: %q", be.Commands["package"])
 	}
-	if cmd, src, ok := Merge(mods).Package("docker/headless"); !ok || cmd != "cd modules/compute/docker && sh package.sh" || src == "" {
-		t.Errorf("Package: got %q %q %v", cmd, src, ok)
+	if cmd, src, ref, ok := Merge(mods).Package("docker/headless"); !ok || cmd != "cd modules/compute/docker && sh package.sh" || src == "" || ref != "" {
+		t.Errorf("Package: got %q %q %q %v", cmd, src, ref, ok)
 	}
 	if got, want := got.Machines["headless"].Backends, []string{"local", "docker/headless"}; !cmp.Equal(got, want) {
 		t.Errorf("headless backends: got %q want %q", got, want)

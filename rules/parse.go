@@ -15,6 +15,7 @@ import (
 	"github.com/zclconf/go-cty/cty/gocty"
 
 	"github.com/raptiformica/raptiformica/internal/endpoint"
+	"github.com/raptiformica/raptiformica/internal/source"
 )
 
 // Problem is one thing wrong with a description, located in its source.
@@ -94,7 +95,7 @@ var machineSchema = &hcl.BodySchema{
 	Blocks: []hcl.BlockHeaderSchema{{Type: "provisioner", LabelNames: []string{"name"}}},
 }
 
-var provisionerSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "source"}, {Name: "steps", Required: true}, {Name: "timeout"}}}
+var provisionerSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "source"}, {Name: "ref"}, {Name: "steps", Required: true}, {Name: "timeout"}}}
 
 var hookSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "command", Required: true}, {Name: "timeout"}, {Name: "predicate"}, {Name: "interval"}}}
 
@@ -484,9 +485,9 @@ func (d *decoder) compute(b *hcl.Block, opts Options) Backend {
 	for _, name := range sortedAttrs(attrs) {
 		a := attrs[name]
 		switch {
-		case name == "source":
-			if s, ok := d.str(a, field+" source"); ok {
-				be.Settings["source"] = s
+		case name == "source", name == "ref":
+			if s, ok := d.str(a, field+" "+name); ok {
+				be.Settings[name] = s
 			}
 		default:
 			v, diags := a.Expr.Value(nil)
@@ -504,13 +505,17 @@ func (d *decoder) compute(b *hcl.Block, opts Options) Backend {
 			}
 		}
 	}
-	// Here every attribute but source is a command: a problem names the
-	// attribute, as the module's author wrote it.
+	// Here every attribute but source and ref is a command: a problem
+	// names the attribute, as the module's author wrote it.
 	probs := d.backendProblems(be, opts)
 	for _, p := range probs {
 		name, isCmd := strings.CutPrefix(p.Field, "commands ")
 		if a := attrs[name]; isCmd && a != nil {
 			d.at(a.NameRange, field+" "+name, "%s", p.Message)
+			continue
+		}
+		if name, ok := strings.CutPrefix(p.Field, "settings "); ok && attrs[name] != nil {
+			d.at(attrs[name].Expr.Range(), field+" "+name, "%s", p.Message)
 			continue
 		}
 		d.at(b.DefRange, field, "%s", p.Message)
@@ -642,7 +647,8 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 
 // provisioner reads one provisioner block of a machine type. Its steps run
 // as root on every machine of the type, so they are argv lists, and its
-// source is a git URL that git cannot take for an option.
+// source and ref are held to the rule for code that is cloned and run
+// (package internal/source).
 func (d *decoder) provisioner(b *hcl.Block, field string) Provisioner {
 	p := Provisioner{Name: b.Labels[0], Timeout: DefaultStepTimeout}
 	content, diags := b.Body.Content(provisionerSchema)
@@ -650,10 +656,22 @@ func (d *decoder) provisioner(b *hcl.Block, field string) Provisioner {
 	d.duration(content.Attributes["timeout"], field+" timeout", &p.Timeout)
 	if a := content.Attributes["source"]; a != nil {
 		if s, ok := d.str(a, field+" source"); ok {
-			if err := CheckGitSource(s); err != nil {
-				d.at(a.Expr.Range(), field+" source", "%v", err)
+			if s != "" {
+				if err := source.Check(s); err != nil {
+					d.at(a.Expr.Range(), field+" source", "%v", err)
+				}
 			}
 			p.Source = s
+		}
+	}
+	if a := content.Attributes["ref"]; a != nil {
+		if s, ok := d.str(a, field+" ref"); ok {
+			if err := source.CheckRef(s); err != nil {
+				d.at(a.Expr.Range(), field+" ref", "%v", err)
+			} else if s != "" && p.Source == "" {
+				d.at(a.Expr.Range(), field+" ref", "a ref needs a source: it names a branch, tag or commit of one")
+			}
+			p.Ref = s
 		}
 	}
 	if a := content.Attributes["steps"]; a != nil {

@@ -1,7 +1,6 @@
 package rules
 
 import (
-	"strings"
 	"testing"
 	"time"
 
@@ -123,32 +122,6 @@ func TestProvisionerProblems(t *testing.T) {
 			_, err := Parse(tc.file, []byte(tc.src), Options{})
 			checkProblems(t, err, tc.want)
 		})
-	}
-}
-
-func TestCheckGitSource(t *testing.T) {
-	for _, tc := range []struct {
-		src  string
-		want string // empty: accepted
-	}{
-		{"", ""},
-		{"file:///srv/git/web.git", ""},
-		{"https://github.com/vdloo/puppetfiles", ""},
-		{"ssh://git@example.org:2222/repo.git", ""},
-		{"git@github.com:vdloo/puppetfiles.git", ""},
-		{"git://example.org/r.git", "not authenticated"},
-		{"https://", "names a host and a repository"},
-		{"/srv/git/web.git", "is not a git URL"},
-		{"file:///a b", "space or a control character"},
-		{"-oProxyCommand=x", `starts with "-"`},
-	} {
-		err := CheckGitSource(tc.src)
-		switch {
-		case tc.want == "" && err != nil:
-			t.Errorf("%q: got %v, want accepted", tc.src, err)
-		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
-			t.Errorf("%q: got %v, want an error containing %q", tc.src, err, tc.want)
-		}
 	}
 }
 

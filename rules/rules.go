@@ -214,9 +214,13 @@ type MachineType struct {
 type Provisioner struct {
 	// Name labels the provisioner and names its folder.
 	Name string
-	// Source is a git repository (file://, https://, ...); empty runs the
+	// Source is a git repository (file://, https://, ssh:// or
+	// user@host:path, as package internal/source allows); empty runs the
 	// steps in an empty folder of the provisioner's own.
 	Source string
+	// Ref is the branch or tag of Source to run, or the full commit it is
+	// pinned to (verified after every fetch); empty is the remote's HEAD.
+	Ref string
 	// Steps are argv lists, run in order in the source's folder. A module
 	// in the original format becomes ["/bin/sh", "-c", its shell string].
 	Steps [][]string

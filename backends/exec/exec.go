@@ -57,6 +57,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/logfile"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/source"
 )
 
 var (
@@ -149,12 +150,24 @@ type Adopter interface {
 	CheckIdentity(identity string) error
 }
 
-// Check reports what is wrong in an exec backend's commands: a required one
-// missing, an unknown name, an argv list without a program. The description's
-// parser calls it (through the registry) to name the line; New refuses the
-// same.
+// Check reports what is wrong in an exec backend's commands and source: a
+// required command missing, an unknown name, an argv list without a
+// program, a source or ref that the rule for code that is cloned and run
+// refuses (package internal/source). The description's parser calls it
+// (through the registry) to name the line; New refuses the same.
 func Check(cfg backends.Config) []backends.Problem {
 	var probs []backends.Problem
+	src, ref := cfg.Settings["source"], cfg.Settings["ref"]
+	if src != "" {
+		if err := source.Check(src); err != nil {
+			probs = append(probs, backends.Problem{Field: "settings source", Message: err.Error()})
+		}
+	}
+	if err := source.CheckRef(ref); err != nil {
+		probs = append(probs, backends.Problem{Field: "settings ref", Message: err.Error()})
+	} else if ref != "" && src == "" {
+		probs = append(probs, backends.Problem{Field: "settings ref", Message: "a ref needs a source: it names a branch, tag or commit of one"})
+	}
 	for _, name := range Required {
 		if _, ok := cfg.Commands[name]; !ok {
 			probs = append(probs, backends.Problem{Field: "commands", Message: fmt.Sprintf("an exec backend needs the command %q", name)})
@@ -197,7 +210,8 @@ type Backend struct {
 	cluster  string
 	dir      string // <cluster dir>/exec/<backend>
 	cmds     map[string][]string
-	source   string
+	source   string // cloned into each working folder, at ref
+	ref      string
 	timeout  time.Duration // start_instance and clean_up_instance_command
 	query    time.Duration // every other command
 	node     nodeconfig.Config
@@ -218,6 +232,7 @@ var settingName = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 //	timeout        for start_instance and clean_up_instance_command (default 10m)
 //	query_timeout  for every other command (default 30s)
 //	source         a git repository cloned into each machine's working folder
+//	ref            its branch, tag or the full commit it is pinned to
 //	bind_addr      the agent's bind address on the machine (default "auto")
 //	data_dir       the agent's data folder on the machine (default /var/lib/raptiformica)
 //	consul_binary  Consul's path on the machine (default /usr/local/bin/consul)
@@ -271,6 +286,8 @@ func build(cfg backends.Config, env backends.Env, adopter Adopter) (backends.Bac
 			b.query, err = positiveDuration(v)
 		case "source":
 			b.source = v
+		case "ref":
+			b.ref = v
 		case "bind_addr":
 			b.node.BindAddr = v
 		case "data_dir":
@@ -479,19 +496,24 @@ func (b *Backend) adopt(ctx context.Context, wd string, node nodeconfig.Config, 
 	return err
 }
 
-// clone fetches the source into the working folder, as the original project
-// did before running a module's commands there.
+// clone fetches the source at its ref into the working folder, as the
+// original project did before running a module's commands there, and
+// records what it fetched in commands.log.
 func (b *Backend) clone(ctx context.Context, wd string) error {
-	ctx, cancel := context.WithTimeout(ctx, b.timeout)
-	defer cancel()
-	c := osexec.CommandContext(ctx, "git", "clone", "--quiet", "--", b.source, ".")
-	c.Dir = wd
+	started := time.Now()
 	out := capped.New(outputLimit)
-	c.Stdout, c.Stderr = out, out
-	if err := c.Run(); err != nil {
-		return fmt.Errorf("clone source %s: %v%s", b.source, err, tail(out.Bytes()))
+	commit, err := source.Git{Timeout: b.timeout, Out: out}.Clone(ctx, b.source, b.ref, wd)
+	if err != nil {
+		err = fmt.Errorf("clone source %s: %w", b.source, err)
+	} else {
+		fmt.Fprintf(out, "commit %s\n", commit)
 	}
-	return nil
+	argv := []string{"git", "clone", b.source}
+	if b.ref != "" {
+		argv = append(argv, "--ref", b.ref)
+	}
+	b.logRun(wd, "clone", argv, started, err, out, capped.New(0))
+	return err
 }
 
 // Destroy runs clean_up_instance_command in the machine's working folder

@@ -230,7 +230,7 @@ func TestSourceIsClonedIntoTheWorkdir(t *testing.T) {
 
 	cmds := fakeMachines()
 	cmds[CmdStart] = sh(`cd headless && cp Vagrantfile "$RAPTIFORMICA_SETTING_POOL/$RAPTIFORMICA_MACHINE_ID"`)
-	b, pool := newBackend(t, cmds, map[string]string{"source": repo})
+	b, pool := newBackend(t, cmds, map[string]string{"source": "file://" + repo})
 	if _, err := b.Spawn(context.Background(), spec("worker-1")); err != nil {
 		t.Fatal(err)
 	}
