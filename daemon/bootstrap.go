@@ -18,8 +18,8 @@ import (
 
 // kvSeed puts in KV what the cluster needs from this node: the gossip key
 // and the mesh secret when the cluster has none yet (the seed), and this
-// machine's inventory record when it has none (the seed, or a machine
-// joined by hand). Every write is idempotent, so the agent runs it at start
+// server's inventory record when it has none (the seed, or a server joined
+// by hand). Every write is idempotent, so the agent runs it at start
 // and the quorum watch again on a recovered, emptied KV. It has no state.
 type kvSeed struct {
 	cfg       nodeconfig.Config
@@ -86,7 +86,16 @@ func (s *kvSeed) meshSecret(ctx context.Context) error {
 	return s.store.InitMeshSecrets(ctx, kv)
 }
 
+// record writes this server's inventory record when it has none, and its
+// overlay address into it once the mesh gave it one.
+//
+// Only a server writes it: the inventory is the servers' (a client's
+// token may not write even its own record, see kvschema.MachineRules).
+// A client's record was written by whoever made or enrolled it.
 func (s *kvSeed) record(ctx context.Context) error {
+	if !s.cfg.ConsulServer {
+		return nil
+	}
 	rec, found, err := s.inventory.Get(ctx, s.cfg.MachineID)
 	if err != nil {
 		return err

@@ -426,6 +426,6 @@ func (e *elector) DryRun(ctx context.Context) (reconcile.Decision, error) {
 	}
 	e.executor.Snapshot(&obs)
 	obs.Self = e.self
-	obs.Provisioned = reconcile.ObserveProvisioned(ctx, e.inventory, p)
+	obs.Provisioned, _ = reconcile.ObserveProvisioned(ctx, e.inventory, p)
 	return reconcile.Plan(p, obs, e.clock.Now()), nil
 }

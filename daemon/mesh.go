@@ -28,6 +28,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/mesh/peering"
@@ -74,7 +75,8 @@ func MeshNodes(ctx context.Context, store *kvschema.Store) (map[string]MeshNode,
 	if err != nil {
 		return nil, fmt.Errorf("read mesh entries: %w", err)
 	}
-	return decodeMeshNodes(pairs), nil
+	nodes, _ := decodeMeshNodes(pairs)
+	return nodes, nil
 }
 
 // meshMembers are the members as the mesh's rule sees them, from their
@@ -108,15 +110,60 @@ func chosenEndpoints(self peering.Member, nodes map[string]MeshNode, maxLinks in
 	return hostPorts(out)
 }
 
-func decodeMeshNodes(pairs api.KVPairs) map[string]MeshNode {
-	nodes := map[string]MeshNode{}
-	for _, p := range pairs {
-		var n MeshNode
-		if json.Unmarshal(p.Value, &n) == nil && n.MachineID != "" {
-			nodes[n.MachineID] = n
+// MachineKey is the machine the entry is of (state.Keyed).
+func (n MeshNode) MachineKey() string { return n.MachineID }
+
+// maxMeshNodeSize bounds one stored entry: a key, an address, a few
+// endpoints and fingerprints.
+const maxMeshNodeSize = 16 << 10
+
+// decodeMeshNodes reads the members' entries out of the mesh folder's
+// listing, by machine ID. Each is its member's own word, so an entry is
+// believed only for the machine its key names (state.Decode), only with
+// the overlay address its public key gives, and only with a public key
+// no entry written before it holds: a client's entry cannot take another
+// member's place in every node's view, by its name or by its key.
+func decodeMeshNodes(pairs api.KVPairs) (map[string]MeshNode, []state.Bad) {
+	sp := make([]state.Pair, len(pairs))
+	created := make(map[string]uint64, len(pairs))
+	for i, p := range pairs {
+		sp[i] = state.Pair{Key: p.Key, Value: p.Value, Index: p.ModifyIndex}
+		created[p.Key] = p.CreateIndex
+	}
+	items, bad := state.DecodeAll[MeshNode]("mesh entry", kvschema.MeshNodes, sp, maxMeshNodeSize)
+	refuse := func(id, why string) {
+		bad = append(bad, state.Bad{Key: kvschema.MeshNodes + id, Error: fmt.Sprintf("mesh entry %s%s: %s", kvschema.MeshNodes, id, why)})
+		delete(items, id)
+	}
+	// The first entry written with a key holds it: a machine's key is
+	// its own, made on it, and another that copies it comes later.
+	holder := map[string]string{}
+	for _, id := range slices.Sorted(maps.Keys(items)) {
+		n := items[id].Value
+		if n.Key == "" && n.Address == "" {
+			continue // the leader's first entry: endpoints only
+		}
+		if a, err := mesh.AddressOf(n.Key); err != nil || a.String() != n.Address {
+			refuse(id, fmt.Sprintf("address %q is not its key's", n.Address))
+			continue
+		}
+		h, taken := holder[n.Key]
+		switch {
+		case !taken:
+			holder[n.Key] = id
+		case created[kvschema.MeshNodes+id] < created[kvschema.MeshNodes+h]:
+			holder[n.Key] = id
+			refuse(h, "its key is "+id+"'s, written before it")
+		default:
+			refuse(id, "its key is "+h+"'s, written before it")
 		}
 	}
-	return nodes
+	nodes := make(map[string]MeshNode, len(items))
+	for id, it := range items {
+		nodes[id] = it.Value
+	}
+	sort.Slice(bad, func(i, j int) bool { return bad[i].Key < bad[j].Key })
+	return nodes, bad
 }
 
 // meshMirror is what a node keeps on disk of the mesh, so that after a
@@ -170,6 +217,25 @@ type meshSync struct {
 	// that finds secrets in KV.
 	secrets       meshSecrets
 	secretsLoaded bool
+
+	// lastBad names the refused entries last reported; only the watch's
+	// goroutine touches it.
+	lastBad string
+}
+
+// reportBad logs the mesh entries a read refused, when they changed since
+// the last read: each read returns them all again.
+func (s *meshSync) reportBad(bad []state.Bad) {
+	var names []string
+	for _, b := range bad {
+		names = append(names, b.String())
+	}
+	if all := strings.Join(names, "; "); all != s.lastBad {
+		s.lastBad = all
+		if all != "" {
+			s.log.Warn("mesh entries refused", telemetry.KeyError, all)
+		}
+	}
 }
 
 func meshMirrorPath(dataDir string) string { return filepath.Join(dataDir, "mesh-peers.json") }
@@ -343,7 +409,9 @@ func (s *meshSync) watch(ctx context.Context, reads chan meshRead) {
 			// The wait ended without a change.
 		default:
 			index = meta.LastIndex
-			r = &meshRead{nodes: decodeMeshNodes(pairs), secrets: secrets}
+			nodes, bad := decodeMeshNodes(pairs)
+			r = &meshRead{nodes: nodes, secrets: secrets}
+			s.reportBad(bad)
 		}
 		if r != nil {
 			select {

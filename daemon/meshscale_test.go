@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/mesh/peering"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -24,10 +28,24 @@ func meshEntries(n, servers int) map[string]MeshNode {
 	out := map[string]MeshNode{}
 	for i := range n {
 		id := fmt.Sprintf("m%03d", i)
-		out[id] = MeshNode{MachineID: id, Key: id, Address: fmt.Sprintf("200::%x", i+1), Server: i < servers,
+		key, addr := meshKey(id)
+		out[id] = MeshNode{MachineID: id, Key: key, Address: addr, Server: i < servers,
 			Endpoints: []string{fmt.Sprintf("10.0.%d.%d:9651", i/250, i%250+1)}}
 	}
 	return out
+}
+
+// meshKey is a public key made from seed, in hex, and the overlay address
+// it gives: an entry whose address is not its key's is refused.
+func meshKey(seed string) (key, addr string) {
+	s := sha256.Sum256([]byte(seed))
+	pub := ed25519.NewKeyFromSeed(s[:]).Public().(ed25519.PublicKey)
+	key = hex.EncodeToString(pub)
+	a, err := mesh.AddressOf(key)
+	if err != nil {
+		panic(err)
+	}
+	return key, a.String()
 }
 
 func putMeshEntries(t *testing.T, store *kvschema.Store, nodes map[string]MeshNode) {
@@ -154,7 +172,8 @@ func TestScaleFirstEntryNeverReplacesOwn(t *testing.T) {
 	consul := startTestConsul(t)
 	store := kvschema.New(consul.Client)
 	ctx := context.Background()
-	own := MeshNode{MachineID: "m1", Key: "k1", Address: "200::1", Endpoints: []string{"10.0.0.1:9651"}}
+	key, addr := meshKey("m1")
+	own := MeshNode{MachineID: "m1", Key: key, Address: addr, Endpoints: []string{"10.0.0.1:9651"}}
 	putMeshEntries(t, store, map[string]MeshNode{"m1": own})
 	p := &rules.Platform{Machines: map[string]rules.MachineType{"s": {Name: "s", ConsulServer: true}}}
 	s := &meshSync{store: store, platform: func() *rules.Platform { return p }, log: hclog.NewNullLogger()}

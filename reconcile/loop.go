@@ -15,6 +15,8 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/rules"
@@ -40,6 +42,10 @@ type Status struct {
 	// OfferedBy names, for each backend the leader cannot use itself, the
 	// other members that offer it: where its spawns go instead.
 	OfferedBy map[string][]string `json:"offered_by,omitempty"`
+	// BadRecords are the stored records the pass refused (one too large,
+	// unreadable, or naming another machine than its key): none of them
+	// was acted on.
+	BadRecords []state.Bad `json:"bad_records,omitempty"`
 }
 
 // backendQueryTimeout bounds a backend's Available and List together: a
@@ -58,24 +64,32 @@ const backendQueryTimeout = 45 * time.Second
 // for missing from it. Nil asks every backend.
 func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[string]backends.Backend, m *telemetry.Metrics, lists *Lists) (Observed, error) {
 	obs := Observed{Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{}, BackendErrors: map[string]string{}, LocalOnly: map[string]bool{}, Scopes: map[string]string{}, ListedAt: map[string]uint64{}}
-	recs, index, err := inv.List(ctx, nil)
+	recs, bad, index, err := inv.ListAll(ctx, nil)
 	if err != nil {
 		return obs, err
 	}
-	obs.Records = recs
+	obs.Records, obs.Bad = recs, bad
 	mctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
 	members, err := consulclient.Members(mctx, consul)
 	cancel()
 	if err != nil {
 		return obs, fmt.Errorf("list consul members: %w", err)
 	}
-	voters := serverVoters(ctx, consul, recs)
+	servers, err := raftServers(ctx, consul)
+	if err != nil {
+		return obs, err
+	}
+	healthy := serverHealth(ctx, consul, recs)
 	for _, mb := range members {
+		// A member's gossip tags are its own word: a client that holds
+		// the gossip key may restart its Consul as a server and say
+		// role=consul. Only Raft's configuration says who is a server.
+		voter, inRaft := servers[consulclient.NodeID(mb.Name)]
 		obs.Members[mb.Name] = Member{
 			Name: mb.Name, Address: mb.Addr, Status: SerfStatus(mb.Status),
-			Server:    mb.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer,
-			Voter:     voters[mb.Name].voter && voters[mb.Name].healthy,
-			RaftVoter: voters[mb.Name].voter,
+			Server:    inRaft,
+			RaftVoter: voter,
+			Voter:     voter && healthy[mb.Name],
 			Type:      recs[mb.Name].Type,
 		}
 	}
@@ -146,7 +160,9 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 	}
 	// Every pass: placement chooses among them, and the machines other
 	// members made are judged from the lists in their offers.
-	obs.Offers = liveOffers(ctx, inv, members)
+	var badOffers []state.Bad
+	obs.Offers, badOffers = liveOffers(ctx, inv, members)
+	obs.Bad = append(obs.Bad, badOffers...)
 	return obs, nil
 }
 
@@ -247,73 +263,101 @@ func (l *Lists) keep(name string, a answer, index, gen uint64, asked time.Time) 
 // liveOffers reads the alive members' offers of backends; nil when they
 // cannot be read (the planner then says nothing of them). An offer that
 // does not parse is left out: it is its member's to fix.
-func liveOffers(ctx context.Context, inv *Inventory, members []*api.AgentMember) map[string]Offer {
+func liveOffers(ctx context.Context, inv *Inventory, members []*api.AgentMember) (map[string]Offer, []state.Bad) {
 	all, _, err := inv.Store.Offers(ctx, nil)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	out := map[string]Offer{}
+	var bad []state.Bad
 	for _, m := range members {
 		if SerfStatus(m.Status) != MemberAlive {
 			continue
 		}
 		if e, ok := all[m.Name]; ok {
-			if o, err := ParseOffer(m.Name, e.Value); err == nil {
-				o.Index = e.Index
-				out[m.Name] = o
+			o, err := ParseOffer(m.Name, e.Value)
+			if err != nil {
+				bad = append(bad, state.Bad{Key: kvschema.Offers + m.Name, Error: err.Error()})
+				continue
 			}
+			o.Index = e.Index
+			out[m.Name] = o
 		}
 	}
-	return out
+	return out, bad
 }
 
-// raftSeat is what Raft and autopilot say of one server.
-type raftSeat struct{ voter, healthy bool }
+// raftServers returns the servers of the Raft configuration, by Consul
+// node ID, and whether each is a voter. Node IDs are derived from machine
+// names (consulclient.NodeID), so a member is found by its name.
+//
+// A voter is a proven server: a server Consul's leader adds to the
+// configuration (as a non-voter, whatever answers on the server's
+// gossip) is made a voter by autopilot only once the leader has read its
+// Raft stats over RPC, which is mutual TLS where only a certificate that
+// names pki.ServerName may serve. A client that restarts its Consul as a
+// server, with the gossip key it holds and its own certificate, may be
+// listed, but never as a voter. A pass cannot go on without the answer:
+// where a server's credentials may go, and which servers are taken out of
+// Raft, depend on it.
+//
+// It is read stale, from the leader's own Consul (a server): the Raft
+// leader's answer can stall for seconds while it removes a dead server,
+// and a server the local log has not seen promoted yet only waits a pass
+// longer to be counted or to host a spawn.
+func raftServers(ctx context.Context, consul *api.Client) (map[string]bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+	defer cancel()
+	raft, err := consul.Operator().RaftGetConfiguration((&api.QueryOptions{AllowStale: true}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("read the raft configuration: %w", err)
+	}
+	out := make(map[string]bool, len(raft.Servers))
+	for _, s := range raft.Servers {
+		out[s.ID] = s.Voter
+	}
+	return out, nil
+}
 
-// serverVoters returns which servers are Raft voters, and healthy. A server
-// adds to quorum once the Raft configuration has it as a voter (autopilot's
-// health report says "voter" before Raft does) and autopilot finds it
-// healthy; a failed one is taken out of it (KindUnvote). Only a machine
-// still joining, or failed, needs the answer, and reading the
-// Raft configuration can stall for seconds while the leader removes a dead
-// server, so it is read only then, with a short timeout; on any error the
-// answer is "not yet", which only delays a join.
-func serverVoters(ctx context.Context, consul *api.Client, recs map[string]Record) map[string]raftSeat {
-	voters := map[string]raftSeat{}
+// serverHealth returns, by node name, the servers autopilot finds
+// healthy. A server adds to quorum once it is a voter and healthy; a
+// failed one is taken out of Raft (KindUnvote). Only a machine still
+// joining, or failed, needs the answer, and autopilot's report comes from
+// the Raft leader, which can stall for seconds while it removes a dead
+// server, so it is read only then, with a short timeout; on any error
+// the answer is "not yet", which only delays a join.
+func serverHealth(ctx context.Context, consul *api.Client, recs map[string]Record) map[string]bool {
+	healthy := map[string]bool{}
 	// Only while a server joins, or comes back after failing (a partition
-	// that healed): the read blocks while Raft has no leader.
+	// that healed).
 	joining := false
 	for _, r := range recs {
 		joining = joining || r.State == StateSpawning || r.State == StateJoining || r.State == StateFailed || !r.FailedSince.IsZero()
 	}
 	if !joining {
-		return voters
+		return healthy
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	raft, err := consul.Operator().RaftGetConfiguration((&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return voters
-	}
 	health, err := consul.Operator().AutopilotServerHealth((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return voters
+		return healthy
 	}
-	// Matched by Raft ID, named by autopilot, which knows each server's
-	// name by its ID. The Raft configuration's node names are Consul's
-	// guess by address: where a replacement took the address of a server
-	// that left and is still listed, either name may come out, and the
-	// replacement waited for seconds (one pass in two) to be seen a voter.
-	byID := map[string]api.ServerHealth{}
+	// Autopilot names each server by its Raft ID's node; the leader matches
+	// members by the ID derived from their names, so a replacement that
+	// took a dead server's address is never taken for it.
+	byID := map[string]string{}
 	for _, s := range health.Servers {
-		byID[s.ID] = s
-	}
-	for _, s := range raft.Servers {
-		if h, ok := byID[s.ID]; ok {
-			voters[h.Name] = raftSeat{voter: s.Voter, healthy: h.Healthy}
+		if s.Healthy {
+			byID[s.ID] = s.Name
 		}
 	}
-	return voters
+	for id, name := range byID {
+		if id == consulclient.NodeID(name) {
+			healthy[name] = true
+		}
+	}
+	return healthy
 }
 
 // SerfStatus names a serf member status code, as api.AgentMember carries it.
@@ -431,7 +475,9 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 	if err == nil {
 		r.Executor.Snapshot(&obs)
 		obs.Self, obs.TermStart = r.Self, r.termStart
-		obs.Provisioned = ObserveProvisioned(ctx, r.Inventory, p)
+		var bad []state.Bad
+		obs.Provisioned, bad = ObserveProvisioned(ctx, r.Inventory, p)
+		obs.Bad = append(obs.Bad, bad...)
 		d = Plan(p, obs, now)
 		if d.FreshLists {
 			r.Lists.Forget("")
@@ -441,6 +487,10 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 		err = r.Executor.Execute(ctx, p, bes, obs, d.Actions)
 	}
 	st.Types, st.Planned, st.Halted, st.Waiting, st.BackendErrors = d.Types, d.Actions, d.Halted, d.Waiting, obs.BackendErrors
+	st.BadRecords = obs.Bad
+	if r.Metrics != nil {
+		r.Metrics.BadRecords.Set(float64(len(obs.Bad)))
+	}
 	for b := range obs.BackendErrors {
 		for _, id := range sortedKeys(obs.Offers) {
 			if id != obs.Self && obs.Offers[id].Backends[b].Available {

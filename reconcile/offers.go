@@ -1,12 +1,12 @@
 package reconcile
 
 import (
-	"encoding/json"
-	"fmt"
 	"sort"
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // Offer is what one machine can run: each of the description's backends,
@@ -65,15 +65,8 @@ const MaxOfferSize = 256 << 10
 
 // ParseOffer reads a stored offer of the machine id.
 func ParseOffer(id string, b []byte) (Offer, error) {
-	if len(b) > MaxOfferSize {
-		return Offer{}, fmt.Errorf("offer of %s: %d bytes, more than %d", id, len(b), MaxOfferSize)
-	}
-	var o Offer
-	if err := json.Unmarshal(b, &o); err != nil {
-		return Offer{}, fmt.Errorf("offer of %s: %w", id, err)
-	}
-	if o.Machine != id {
-		return Offer{}, fmt.Errorf("offer of %s names machine %q", id, o.Machine)
-	}
-	return o, nil
+	return state.Decode[Offer]("offer", kvschema.Offers+id, id, b, MaxOfferSize)
 }
+
+// MachineKey is the machine the offer is of (state.Keyed).
+func (o Offer) MachineKey() string { return o.Machine }

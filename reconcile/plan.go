@@ -406,12 +406,17 @@ func (h health) failure(backend string) string {
 const voterRecheck = time.Second
 
 // tallyJoining counts a machine being spawned or provisioned.
+//
+// A machine of a server type counts as joined only once it is a healthy
+// Raft voter: an alive member adds nothing to quorum before, and its
+// gossip may say it is a server before it is one, or when it is none.
 func (ps *pass) tallyJoining(id string, r Record, t *tally, h health) {
-	if h.up && h.member.Server && !h.member.Voter {
+	server := ps.p.Machines[r.Type].ConsulServer
+	if h.up && server && !h.member.Voter {
 		ps.wakeAt(ps.now.Add(voterRecheck))
 	}
 	switch {
-	case h.up && (!h.member.Server || h.member.Voter):
+	case h.up && (!server || h.member.Voter):
 		ps.marks = append(ps.marks, actOn(KindMarkJoined, id, r, "member is alive"))
 		ps.addUp(id, r, t)
 	case ps.ripe(ps.sight(id, condJoining), ps.pol.ProvisionTimeout):
@@ -424,7 +429,7 @@ func (ps *pass) tallyJoining(id string, r Record, t *tally, h health) {
 // tallyJoined counts a machine that joined once, whether it is up or failed.
 func (ps *pass) tallyJoined(id string, r Record, t *tally, h health) {
 	back := r.State == StateFailed || !r.FailedSince.IsZero()
-	if h.up && back && h.member.Server && !h.member.Voter {
+	if h.up && back && ps.p.Machines[r.Type].ConsulServer && !h.member.Voter {
 		// A server back from a partition may have been dropped
 		// from Raft; until autopilot makes it a voter again it
 		// adds nothing to quorum, so it is not yet live.
@@ -623,11 +628,12 @@ func (ps *pass) place(mt rules.MachineType, b string, n int) (placed []Placement
 	hs := *ps.hosts
 	if mt.ConsulServer {
 		// A server's node config carries the cluster's token and the CA
-		// key: only a member that holds them already (a server) may
-		// run its spawn, whatever a client's offer says.
+		// key: only a member that holds them already may run its spawn,
+		// whatever a client's offer or gossip says: a proven server,
+		// a voter of Raft (see Member.RaftVoter).
 		hs.Offers = map[string]Offer{}
 		for id, o := range ps.hosts.Offers {
-			if id == ps.obs.Self || ps.obs.Members[id].Server {
+			if id == ps.obs.Self || ps.obs.Members[id].RaftVoter {
 				hs.Offers[id] = o
 			}
 		}

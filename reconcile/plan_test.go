@@ -501,10 +501,12 @@ func TestPlanConverges(t *testing.T) {
 				t.Fatalf("unexpected action %+v", a)
 			}
 		}
-		// Whatever was spawned last pass joins now.
+		// Whatever was spawned last pass joins now: a server as a
+		// voter, as autopilot makes it once it is stable.
 		for id, r := range obs.Records {
 			if r.State == StateSpawning {
-				obs.Members[id] = Member{Name: id, Status: MemberAlive}
+				srv := p.Machines[r.Type].ConsulServer
+				obs.Members[id] = Member{Name: id, Status: MemberAlive, Server: srv, Voter: srv, RaftVoter: srv}
 			}
 		}
 		now = now.Add(time.Second)
@@ -752,8 +754,8 @@ func TestPlanPlacesWhereTheLeaderCannot(t *testing.T) {
 		o.Self = "a"
 		o.BackendErrors = map[string]string{"local": "unavailable: binary missing"}
 		o.Offers = offers(offering("a", "!local"), offering("b", "local"), offering("c", "local"))
-		o.Members["b"] = Member{Name: "b", Status: MemberAlive, Server: true}
-		o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true}
+		o.Members["b"] = Member{Name: "b", Status: MemberAlive, Server: true, RaftVoter: true}
+		o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, RaftVoter: true}
 	})
 	d := Plan(p, obs, t0)
 	var hosts []string
@@ -800,8 +802,8 @@ func TestPlanSpreadsOverTheLeaderAndTheMembers(t *testing.T) {
 		r.Host = "a"
 		o.Records["a"] = r
 		o.Offers = offers(offering("a", "local"), offering("b", "local"), offering("c", "local"))
-		o.Members["b"] = Member{Name: "b", Status: MemberAlive, Server: true}
-		o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true}
+		o.Members["b"] = Member{Name: "b", Status: MemberAlive, Server: true, RaftVoter: true}
+		o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, RaftVoter: true}
 		o.Scopes = map[string]string{"local": "local:box-a"}
 		bo := o.Offers["b"].Backends["local"]
 		bo.Scope = "local:box-b"

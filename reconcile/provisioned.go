@@ -3,9 +3,12 @@ package reconcile
 import (
 	"context"
 	"encoding/json"
-	"fmt"
+	"maps"
+	"slices"
 	"time"
 
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -99,18 +102,11 @@ const MaxProvisionedOutput = 8 << 10
 
 // ParseProvisioned reads the stored record of the machine id.
 func ParseProvisioned(id string, b []byte) (Provisioned, error) {
-	if len(b) > MaxProvisionedSize {
-		return Provisioned{}, fmt.Errorf("provisioning record of %s: %d bytes, more than %d", id, len(b), MaxProvisionedSize)
-	}
-	var p Provisioned
-	if err := json.Unmarshal(b, &p); err != nil {
-		return Provisioned{}, fmt.Errorf("provisioning record of %s: %w", id, err)
-	}
-	if p.Machine != id {
-		return Provisioned{}, fmt.Errorf("provisioning record of %s names machine %q", id, p.Machine)
-	}
-	return p, nil
+	return state.Decode[Provisioned]("provisioning record", kvschema.Provisioned+id, id, b, MaxProvisionedSize)
 }
+
+// MachineKey is the machine the record is of (state.Keyed).
+func (p Provisioned) MachineKey() string { return p.Machine }
 
 // ProvisionEvent is what an after_provision hook reads on its standard
 // input: the common fields of every event, and the machine's record.
@@ -145,25 +141,30 @@ func (h *HookRunner) FireProvisioned(ctx context.Context, p *rules.Platform, rec
 // does not parse is left out (its machine then waits), and so are all of
 // them when they cannot be read: the machines then count as unready for a
 // pass, which spawns nothing.
-func ObserveProvisioned(ctx context.Context, inv *Inventory, p *rules.Platform) map[string]Provisioned {
+// The records it refuses are returned beside them, to be reported.
+func ObserveProvisioned(ctx context.Context, inv *Inventory, p *rules.Platform) (map[string]Provisioned, []state.Bad) {
 	need := false
 	for _, mt := range p.Machines {
 		need = need || mt.ReadyAfterProvision
 	}
 	if !need {
-		return nil
+		return nil, nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
 	defer cancel()
 	raw, _, err := inv.Store.ProvisionedRecords(rctx, nil)
 	out := make(map[string]Provisioned, len(raw))
 	if err != nil {
-		return out
+		return out, nil
 	}
-	for id, b := range raw {
-		if rec, err := ParseProvisioned(id, b); err == nil {
-			out[id] = rec
+	var bad []state.Bad
+	for _, id := range slices.Sorted(maps.Keys(raw)) {
+		rec, err := ParseProvisioned(id, raw[id])
+		if err != nil {
+			bad = append(bad, state.Bad{Key: kvschema.Provisioned + id, Error: err.Error()})
+			continue
 		}
+		out[id] = rec
 	}
-	return out
+	return out, bad
 }

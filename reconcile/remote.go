@@ -9,6 +9,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/raptiformica/raptiformica/internal/consulclient"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -92,8 +94,31 @@ func (e *Executor) orderSpawn(ctx context.Context, p *rules.Platform, orders Ord
 	if err != nil {
 		return WorkOrder{}, err
 	}
+	if err := e.mayHold(ctx, a.Host, node); err != nil {
+		return WorkOrder{}, err
+	}
 	return orders.Put(ctx, WorkOrder{Kind: WorkSpawn, MachineID: rec.ID, Type: a.Type, Backend: a.Backend,
 		Node: &node, Timeout: p.Policy.ProvisionTimeout})
+}
+
+// mayHold is the one gate through which the cluster's authority leaves
+// the leader in a work order: a node config that carries the cluster's
+// token or the CA key (a server's) goes only to a host that is a proven
+// server, a voter of Raft (see raftServers), read afresh now. The planner
+// places servers only there already; this holds whatever a plan, a
+// resumed record or a future path asks.
+func (e *Executor) mayHold(ctx context.Context, host string, node nodeconfig.Config) error {
+	if node.TLS == nil || node.TLS.CAKey == "" {
+		return nil
+	}
+	servers, err := raftServers(ctx, e.Consul)
+	if err != nil {
+		return fmt.Errorf("a server's node config for host %s: %w", host, err)
+	}
+	if !servers[consulclient.NodeID(host)] {
+		return fmt.Errorf("a server's node config (the cluster's token, the CA key) may go only to a Raft voter, and host %s is none", host)
+	}
+	return nil
 }
 
 // spawned records how a spawn on another host ended: joining with its

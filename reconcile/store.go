@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // ErrConflict means a check-and-set lost: someone else changed the record.
@@ -20,24 +21,39 @@ type Inventory struct {
 	Store *kvschema.Store
 }
 
-// List returns every record, with its index set, and the KV index.
+// List returns every record, with its index set, and the KV index. A
+// record refused by the state codec is left out; ListAll names it.
 func (inv *Inventory) List(ctx context.Context, q *api.QueryOptions) (map[string]Record, uint64, error) {
+	recs, _, index, err := inv.ListAll(ctx, q)
+	return recs, index, err
+}
+
+// ListAll returns every record, with its index set, the records it
+// refused, and the KV index. A record is refused when it cannot be read
+// or names another machine than its key: it is kept out of planning, not
+// a reason to fail the pass, and never speaks for the machine it names.
+func (inv *Inventory) ListAll(ctx context.Context, q *api.QueryOptions) (map[string]Record, []state.Bad, uint64, error) {
 	pairs, meta, err := inv.Store.Records(ctx, q)
 	if err != nil {
-		return nil, 0, fmt.Errorf("list inventory: %w", err)
+		return nil, nil, 0, fmt.Errorf("list inventory: %w", err)
 	}
-	recs := make(map[string]Record, len(pairs))
-	for _, p := range pairs {
-		var r Record
-		if err := json.Unmarshal(p.Value, &r); err != nil || r.ID == "" {
-			// A record we cannot read is kept out of planning rather than
-			// failing every pass; its key names it for the operator.
-			continue
-		}
-		r.Index = p.ModifyIndex
-		recs[r.ID] = r
+	items, bad := state.DecodeAll[Record](state.RecordKind, kvschema.Inventory, statePairs(pairs), state.MaxRecordSize)
+	recs := make(map[string]Record, len(items))
+	for id, it := range items {
+		r := it.Value
+		r.Index = it.Index
+		recs[id] = r
 	}
-	return recs, meta.LastIndex, nil
+	return recs, bad, meta.LastIndex, nil
+}
+
+// statePairs names Consul's pairs for the state codec.
+func statePairs(pairs api.KVPairs) []state.Pair {
+	out := make([]state.Pair, len(pairs))
+	for i, p := range pairs {
+		out[i] = state.Pair{Key: p.Key, Value: p.Value, Index: p.ModifyIndex}
+	}
+	return out
 }
 
 // Get reads one record; ok is false when there is none.
@@ -49,9 +65,9 @@ func (inv *Inventory) Get(ctx context.Context, id string) (Record, bool, error) 
 	if p == nil {
 		return Record{}, false, nil
 	}
-	var r Record
-	if err := json.Unmarshal(p.Value, &r); err != nil {
-		return Record{}, false, fmt.Errorf("inventory record %s: %w", id, err)
+	r, err := state.Decode[Record](state.RecordKind, p.Key, id, p.Value, state.MaxRecordSize)
+	if err != nil {
+		return Record{}, false, err
 	}
 	r.Index = p.ModifyIndex
 	return r, true, nil

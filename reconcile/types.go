@@ -25,62 +25,24 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
-// State is where a machine is in its life.
-type State string
+// State is where a machine is in its life; see the package doc for the
+// transitions.
+type State = state.MachineState
 
-// The machine states; see the package doc for the transitions.
+// The machine states.
 const (
-	StateSpawning   State = "spawning"
-	StateJoining    State = "joining"
-	StateJoined     State = "joined"
-	StateFailed     State = "failed"
-	StateDestroying State = "destroying"
+	StateSpawning   = state.StateSpawning
+	StateJoining    = state.StateJoining
+	StateJoined     = state.StateJoined
+	StateFailed     = state.StateFailed
+	StateDestroying = state.StateDestroying
 )
 
-// Record is a machine in the inventory, stored as JSON at
-// raptiformica/inventory/<machine id>.
-type Record struct {
-	ID      string `json:"id"`
-	Type    string `json:"type"`
-	Backend string `json:"backend"`
-	State   State  `json:"state"`
-	Address string `json:"address,omitempty"`
-	// Addresses are all the addresses its backend reported at spawn, for
-	// a machine on several networks: over the mesh, members dial each
-	// until it links.
-	Addresses []string `json:"addresses,omitempty"`
-	// Manual marks a machine spawned by hand (`raptiformica spawn`): it is
-	// on top of what the description asks for, so it neither counts toward
-	// its type's min and max nor is ever scaled down. It is reaped, and not
-	// replaced, when it dies.
-	Manual bool `json:"manual,omitempty"`
-	// Host is the member that made the machine and holds its instance,
-	// when that is not whoever leads: its destroy goes there, and its
-	// instance is judged from that host's list.
-	Host string `json:"host,omitempty"`
-	// HostSince is the KV index at which the host reported the machine
-	// made: only a list the host published after it (a larger index)
-	// can tell that the machine is gone.
-	HostSince uint64 `json:"host_since,omitempty"`
-	// Scope is what its backend manages it in, as its host's backend
-	// named it (backends.Scoped): a leader whose own backend has the same
-	// scope lists and destroys it itself, its host alive or not.
-	Scope string `json:"scope,omitempty"`
-	// Seed marks the node that founded the cluster.
-	Seed    bool      `json:"seed,omitempty"`
-	Created time.Time `json:"created"`
-	// Updated is when State last changed.
-	Updated time.Time `json:"updated"`
-	// FailedSince is when the member was first seen failed; zero when healthy.
-	FailedSince time.Time `json:"failed_since,omitzero"`
-	// Reason says why the machine is in its state (the last error, or why it
-	// is being destroyed).
-	Reason string `json:"reason,omitempty"`
-	// Index is the record's KV ModifyIndex, for check-and-set.
-	Index uint64 `json:"-"`
-}
+// Record is a machine in the inventory (state.Record).
+type Record = state.Record
 
 // MemberStatus is a Consul LAN member's serf status.
 type MemberStatus string
@@ -99,15 +61,18 @@ type Member struct {
 	Address string       `json:"address"`
 	Status  MemberStatus `json:"status"`
 	Type    string       `json:"machine_type,omitempty"`
-	Server  bool         `json:"server"`
+	// Server is true for a member the Raft configuration lists, voter or
+	// not: never from its gossip tags, which are its own word.
+	Server bool `json:"server"`
 	// Voter is true for a server that is a healthy Raft voter. A new server
 	// is a non-voter until autopilot finds it stable; until then it adds
 	// nothing to quorum, so it does not count as joined. It is only known
 	// for machines still joining.
 	Voter bool `json:"voter"`
 	// RaftVoter is true for a server the Raft configuration has as a
-	// voter, healthy or not: a dead one still counts toward quorum. Known
-	// when Voter is.
+	// voter, healthy or not: a dead one still counts toward quorum. It is
+	// what proves a member a server (a client cannot become a voter), and
+	// so what may receive a server's credentials.
 	RaftVoter bool `json:"raft_voter,omitempty"`
 }
 
@@ -162,6 +127,9 @@ type Observed struct {
 	// HostBackoffUntil is, by host then backend, when a backend that
 	// failed on another member may be given work there again.
 	HostBackoffUntil map[string]map[string]time.Time
+	// Bad are the stored records this pass refused (state.Decode): named
+	// in the status, never acted on.
+	Bad []state.Bad
 	// TermStart is when this leader's term began, on its clock; zero when
 	// unknown (a dry run), which counts as long ago.
 	TermStart time.Time

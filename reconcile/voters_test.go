@@ -70,11 +70,19 @@ func TestScaleAReplacementOnALeftServersAddressIsAVoter(t *testing.T) {
 	}) {
 		t.Fatal("the replacement never became a healthy voter")
 	}
+	inv := &Inventory{Store: kvschema.New(seed.Client)}
+	if _, err := inv.Put(ctx, recs["server-repl"]); err != nil {
+		t.Fatal(err)
+	}
 	// Serf lists members in no fixed order: asked twenty times, the
 	// address's name was the left server's about half of them.
 	for i := range 20 {
-		if v := serverVoters(ctx, seed.Client, recs); !v["server-repl"].voter || !v["server-repl"].healthy {
-			t.Fatalf("read %d: the replacement, a healthy voter, is not one to the leader: %v", i, v)
+		obs, err := Observe(ctx, seed.Client, inv, nil, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := obs.Members["server-repl"]; !m.Voter || !m.RaftVoter || !m.Server {
+			t.Fatalf("read %d: the replacement, a healthy voter, is not one to the leader: %+v", i, m)
 		}
 	}
 }

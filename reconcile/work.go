@@ -11,6 +11,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // WorkKind is what a work order asks its host to do.
@@ -61,6 +62,9 @@ type WorkOrder struct {
 	Index uint64 `json:"-"`
 }
 
+// MachineKey is the machine the order is for (state.Keyed).
+func (w WorkOrder) MachineKey() string { return w.MachineID }
+
 // Finished reports whether the order's host is done with it.
 func (w WorkOrder) Finished() bool { return w.State == WorkDone || w.State == WorkFailed }
 
@@ -70,16 +74,11 @@ const maxWorkOrderSize = 64 << 10
 
 // ParseWorkOrder reads a stored work order for the machine id.
 func ParseWorkOrder(id string, b []byte) (WorkOrder, error) {
-	if len(b) > maxWorkOrderSize {
-		return WorkOrder{}, fmt.Errorf("work order for %s: %d bytes, more than %d", id, len(b), maxWorkOrderSize)
-	}
-	var w WorkOrder
-	if err := json.Unmarshal(b, &w); err != nil {
-		return WorkOrder{}, fmt.Errorf("work order for %s: %w", id, err)
+	w, err := state.Decode[WorkOrder]("work order", "for "+id, id, b, maxWorkOrderSize)
+	if err != nil {
+		return WorkOrder{}, err
 	}
 	switch {
-	case w.MachineID != id:
-		return WorkOrder{}, fmt.Errorf("work order for %s names machine %q", id, w.MachineID)
 	case w.Kind != WorkSpawn && w.Kind != WorkDestroy:
 		return WorkOrder{}, fmt.Errorf("work order for %s: unknown kind %q", id, w.Kind)
 	case w.Kind == WorkSpawn && w.Node == nil && w.State == WorkNew:

@@ -44,13 +44,15 @@ service "raptiformica" { policy = "write" }
 operator = "read"
 `
 
-// MachineRules are one client machine's own: its inventory record, its
-// mesh entry, its offer of backends, its provisioning record, the work
-// orders given to it (outside the cluster's folder: no other role reads
-// them), and its own agent (to leave the cluster).
+// MachineRules are one client machine's own: its mesh entry, its offer of
+// backends, its provisioning record, the work orders given to it (outside
+// the cluster's folder: no other role reads them), and its own agent (to
+// leave the cluster). Each is a claim about itself, read through the state
+// codec, which binds it to its key. Not its inventory record: its type,
+// host, creation time and state decide what the leader places where and
+// what it destroys, so only servers write it.
 func MachineRules(machineID string) string {
-	return `key "` + Inventory + machineID + `" { policy = "write" }
-key "` + MeshNodes + machineID + `" { policy = "write" }
+	return `key "` + MeshNodes + machineID + `" { policy = "write" }
 key "` + Offers + machineID + `" { policy = "write" }
 key "` + Provisioned + machineID + `" { policy = "write" }
 key_prefix "` + Work + machineID + `/" { policy = "write" }

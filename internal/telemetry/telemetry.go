@@ -64,6 +64,7 @@ type Metrics struct {
 	JoinRequests        *prometheus.CounterVec
 	ProvisionRuns       *prometheus.CounterVec
 	ProvisionState      *prometheus.GaugeVec
+	BadRecords          prometheus.Gauge
 }
 
 const ns = "raptiformica"
@@ -140,6 +141,8 @@ func New() *Metrics {
 			Help: "Passes over this machine's provisioners that ran steps, by result (ok, failed)."}, []string{"result"}),
 		ProvisionState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "provision_state",
 			Help: "1 for this machine's provisioning state (running, ok, failed), 0 for the others; all 0 when its type has no provisioners."}, []string{"state"}),
+		BadRecords: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "bad_records",
+			Help: "Stored per-machine records the leader's last pass refused (too large, unreadable, or naming another machine than their key); leader only."}),
 	}
 	reg.MustRegister(
 		m.ReconcileDuration, m.ReconcileTotal, m.LastSuccess, m.Halted, m.Actions,
@@ -148,7 +151,7 @@ func New() *Metrics {
 		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
 		m.ConsulLeaderless, m.QuorumLost, m.MirrorKeptNewer, m.MirrorUnreadable,
 		m.ConsulVoters, m.FailureTolerance, m.MeshPeers, m.MeshBytes, m.MeshPeerChanges, m.JoinRequests,
-		m.ProvisionRuns, m.ProvisionState,
+		m.ProvisionRuns, m.ProvisionState, m.BadRecords,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	for _, r := range []string{"success", "error"} {

@@ -10,11 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
@@ -71,10 +73,33 @@ func StartClient(ip, node, join string, args ...string) (*Server, error) {
 	return start(ip, append([]string{"-node", node, "-retry-join", join, "-retry-interval", "1s"}, args...))
 }
 
+// StartUnjoined runs a Consul agent named node on ip that joins the
+// gossip of join and waits only until its own HTTP API answers, not for
+// a leader: for an agent the cluster does not let in (a client that
+// restarted its Consul as a server, say), which never sees one.
+func StartUnjoined(ip, node, join string, args ...string) (*Server, error) {
+	return startUntil(ip, append([]string{"-node", node, "-retry-join", join, "-retry-interval", "1s"}, args...), func(c *api.Client) bool {
+		_, err := c.Agent().Self()
+		return err == nil
+	})
+}
+
 func start(ip string, args []string) (*Server, error) {
+	return startUntil(ip, args, func(c *api.Client) bool {
+		l, err := c.Status().Leader()
+		return err == nil && l != ""
+	})
+}
+
+func startUntil(ip string, args []string, ready func(*api.Client) bool) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
+	}
+	// As the agent does (consulclient.NodeID): the leader finds a member
+	// in the Raft configuration by the ID its name gives.
+	if i := slices.Index(args, "-node"); i >= 0 && i+1 < len(args) && !slices.Contains(args, "-node-id") {
+		args = append(args, "-node-id", consulclient.NodeID(args[i+1]))
 	}
 	dir, err := os.MkdirTemp("", "testconsul")
 	if err != nil {
@@ -102,13 +127,13 @@ func start(ip string, args []string) (*Server, error) {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if l, err := s.Client.Status().Leader(); err == nil && l != "" {
+		if ready(s.Client) {
 			return s, nil
 		}
 		if time.Now().After(deadline) {
 			out, _ := os.ReadFile(filepath.Join(dir, "consul.log"))
 			s.Stop()
-			return nil, fmt.Errorf("consul on %s has no leader after 30s:\n%s", ip, out)
+			return nil, fmt.Errorf("consul on %s is not ready after 30s:\n%s", ip, out)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
