@@ -13,6 +13,7 @@ import (
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/mesh/peering"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -106,11 +107,22 @@ func offered(o []string) string {
 	if o == nil {
 		return "?"
 	}
-	return orDash(strings.Join(o, ","))
+	return list(o, ",")
+}
+
+// list is items joined by sep, each escaped (termsafe.String) since a
+// member wrote them, or "-" for none.
+func list(items []string, sep string) string {
+	out := make([]string, len(items))
+	for i, s := range items {
+		out[i] = termsafe.String(s)
+	}
+	return orDash(strings.Join(out, sep))
 }
 
 // WriteMembers writes rows as a table for a person, the mesh's columns
-// only when the cluster runs the mesh.
+// only when the cluster runs the mesh. Every field is escaped
+// (termsafe.String): the members wrote them.
 func WriteMembers(out io.Writer, rows []Member, withMesh bool) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER\tOFFERS\tPROVISIONED"
@@ -123,9 +135,9 @@ func WriteMembers(out io.Writer, rows []Member, withMesh bool) error {
 		if r.Leader {
 			mark = "*"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Name, r.Address, r.Status, orDash(r.Type), orDash(r.State), r.Role, mark, offered(r.Offers), orDash(r.Provisioned))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", safe(r.Name), safe(r.Address), safe(r.Status), cell(r.Type), cell(r.State), safe(r.Role), mark, offered(r.Offers), cell(r.Provisioned))
 		if withMesh {
-			fmt.Fprintf(w, "\t%s\t%s", orDash(strings.Join(r.MeshEndpoints, ",")), orDash(strings.Join(r.MeshPeers, ",")))
+			fmt.Fprintf(w, "\t%s\t%s", list(r.MeshEndpoints, ","), list(r.MeshPeers, ","))
 		}
 		fmt.Fprintln(w)
 	}

@@ -2,8 +2,12 @@ package cluster
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
@@ -38,5 +42,54 @@ func TestHostileMembersHonourTheDeadline(t *testing.T) {
 				t.Error("still waiting 3s after a deadline of 300ms")
 			}
 		})
+	}
+}
+
+// hostile are strings a member or a backend may write to fool an
+// operator's terminal: set its title, clear the screen, overwrite the line,
+// reverse the text after it, break the table.
+var hostile = []string{"\x1b]0;pwned\x07", "\x1b[2J", "a\rb", "gpj.\u202eexe", "tab\tbed", "new\nline", "del\x7f", "csi\u009b31m", "bad\xffutf8", "ls\u2028sep"}
+
+// rawControl is the first character of s a terminal would act on or that
+// reorders the text around it, as the test sees it (independently of the
+// escaping under test): any control but the newline that ends a line, any
+// format character (bidi overrides, zero-width marks), a line or paragraph
+// separator, a byte that is not UTF-8.
+func rawControl(s string) (string, bool) {
+	for i, r := range s {
+		if r == utf8.RuneError || (r != '\n' && unicode.IsControl(r)) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
+			return fmt.Sprintf("%q at byte %d", s[i:i+utf8.RuneLen(r)], i), true
+		}
+	}
+	return "", false
+}
+
+// TestTrustOutputMembers: the members table shows every member-written
+// string escaped, one line per member, whatever the strings hold.
+func TestTrustOutputMembers(t *testing.T) {
+	var rows []Member
+	for i, h := range hostile {
+		rows = append(rows, Member{
+			Name: fmt.Sprintf("m%d-%s", i, h), Address: h, Status: "alive", Type: h, State: h, Role: "client",
+			Offers: []string{h, "local"}, Provisioned: h, MeshEndpoints: []string{h}, MeshPeers: []string{h},
+		})
+	}
+	for _, withMesh := range []bool{false, true} {
+		var out strings.Builder
+		if err := WriteMembers(&out, rows, withMesh); err != nil {
+			t.Fatal(err)
+		}
+		got := out.String()
+		if what, bad := rawControl(got); bad {
+			t.Errorf("mesh %v: the table holds %s:\n%s", withMesh, what, got)
+		}
+		if n := strings.Count(got, "\n"); n != len(rows)+1 {
+			t.Errorf("mesh %v: got %d lines want %d (a header and one per member):\n%s", withMesh, n, len(rows)+1, got)
+		}
+		for _, want := range []string{`m0-\x1b]0;pwned\a`, `gpj.\u202eexe`, `tab\tbed`, `new\nline`, `bad\xffutf8`} {
+			if !strings.Contains(got, want) {
+				t.Errorf("mesh %v: the table lacks %s:\n%s", withMesh, want, got)
+			}
+		}
 	}
 }

@@ -57,15 +57,16 @@ func provisionState(plat *rules.Platform, typ string, rec reconcile.Provisioned,
 }
 
 // writeProvisioning writes, for a person, every machine whose provisioning
-// is not done: running, or failed with its last lines.
+// is not done: running, or failed with its last lines. The machine wrote
+// the record, and its commands the output: each line is escaped.
 func writeProvisioning(w io.Writer, recs map[string]reconcile.Provisioned) {
 	for _, id := range slices.Sorted(maps.Keys(recs)) {
 		p := recs[id]
 		switch p.State {
 		case reconcile.ProvisionRunning:
-			fmt.Fprintf(w, "provisioning %s\trunning %s\n", id, p.Provisioner)
+			fmt.Fprintf(w, "provisioning %s\trunning %s\n", safe(id), safe(p.Provisioner))
 		case reconcile.ProvisionFailed:
-			fmt.Fprintf(w, "provisioning %s\tFAILED (attempt %d): %s\n", id, p.Failures, p.Error)
+			fmt.Fprintf(w, "provisioning %s\tFAILED (attempt %d): %s\n", safe(id), p.Failures, safe(p.Error))
 			out := p.Output
 			lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
 			if len(lines) > statusOutputLines {
@@ -73,7 +74,7 @@ func writeProvisioning(w io.Writer, recs map[string]reconcile.Provisioned) {
 			}
 			for _, l := range lines {
 				if l != "" {
-					fmt.Fprintf(w, "\t| %s\n", l)
+					fmt.Fprintf(w, "\t| %s\n", safe(l))
 				}
 			}
 		}

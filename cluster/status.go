@@ -7,7 +7,6 @@ import (
 	"io"
 	"maps"
 	"slices"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -56,45 +56,48 @@ func Status(ctx context.Context, c *api.Client, opts rules.Options) (StatusView,
 
 // WriteText writes the view for a person: the leader, the description's
 // state, the leader's last pass and a table of the machine types; without
-// a Consul leader, what each machine knows of the lost quorum.
+// a Consul leader, what each machine knows of the lost quorum. Every
+// string is escaped (termsafe): members and backends wrote most of them,
+// and the leader's pass quotes them.
 func (v StatusView) WriteText(out io.Writer) error {
 	if v.Quorum != nil {
 		writeQuorum(out, v.Quorum)
 		return nil
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "leader\t%s\n", orDash(v.Leader))
+	fmt.Fprintf(w, "leader\t%s\n", cell(v.Leader))
 	if v.PlatformError != "" {
-		fmt.Fprintf(w, "platform\tREJECTED (nodes keep their last good description):\n%s\n", v.PlatformError)
+		// One problem a line, as the validator lists them.
+		fmt.Fprintf(w, "platform\tREJECTED (nodes keep their last good description):\n%s\n", termsafe.Text(v.PlatformError))
 	}
 	for _, id := range slices.Sorted(maps.Keys(v.MirrorErrors)) {
-		fmt.Fprintf(w, "mirror of %s\tUNUSABLE: %s\n", id, v.MirrorErrors[id])
+		fmt.Fprintf(w, "mirror of %s\tUNUSABLE: %s\n", safe(id), safe(v.MirrorErrors[id]))
 	}
 	st := v.Reconcile
 	if st == nil {
 		fmt.Fprintln(w, "reconcile\tno pass yet")
 		return w.Flush()
 	}
-	fmt.Fprintf(w, "cluster\t%s\n", st.Cluster)
-	fmt.Fprintf(w, "last reconcile\t%s ago by %s: %s in %s\n", time.Since(st.LastReconcile).Round(time.Second), st.Leader, st.LastResult, st.Duration)
+	fmt.Fprintf(w, "cluster\t%s\n", safe(st.Cluster))
+	fmt.Fprintf(w, "last reconcile\t%s ago by %s: %s in %s\n", time.Since(st.LastReconcile).Round(time.Second), safe(st.Leader), safe(st.LastResult), safe(st.Duration))
 	if st.LastError != "" {
-		fmt.Fprintf(w, "last error\t%s\n", st.LastError)
+		fmt.Fprintf(w, "last error\t%s\n", safe(st.LastError))
 	}
 	if st.Halted != "" {
-		fmt.Fprintf(w, "HALTED\t%s\n", st.Halted)
+		fmt.Fprintf(w, "HALTED\t%s\n", safe(st.Halted))
 	}
 	for _, s := range st.Waiting {
-		fmt.Fprintf(w, "waiting\t%s\n", s)
+		fmt.Fprintf(w, "waiting\t%s\n", safe(s))
 	}
 	for _, b := range slices.Sorted(maps.Keys(st.BackendErrors)) {
 		if by := st.OfferedBy[b]; len(by) > 0 {
-			fmt.Fprintf(w, "backend %s\truns on %s (not on the leader: %s)\n", b, strings.Join(by, ", "), st.BackendErrors[b])
+			fmt.Fprintf(w, "backend %s\truns on %s (not on the leader: %s)\n", safe(b), list(by, ", "), safe(st.BackendErrors[b]))
 			continue
 		}
-		fmt.Fprintf(w, "backend %s\t%s\n", b, st.BackendErrors[b])
+		fmt.Fprintf(w, "backend %s\t%s\n", safe(b), safe(st.BackendErrors[b]))
 	}
 	for _, a := range st.InFlight {
-		fmt.Fprintf(w, "in flight\t%s %s (%s)\n", a.Kind, a.MachineID, a.Reason)
+		fmt.Fprintf(w, "in flight\t%s %s (%s)\n", safe(string(a.Kind)), safe(a.MachineID), safe(a.Reason))
 	}
 	writeProvisioning(w, v.Provisioning)
 	w.Flush()
@@ -103,7 +106,7 @@ func (v StatusView) WriteText(out io.Writer) error {
 	fmt.Fprintln(w, "TYPE\tMIN\tMAX\tLIVE\tPENDING\tFAILED\tUNREADY")
 	for _, name := range slices.Sorted(maps.Keys(st.Types)) {
 		ts := st.Types[name]
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\n", name, ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed, ts.Unready)
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\n", safe(name), ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed, ts.Unready)
 	}
 	return w.Flush()
 }
@@ -115,6 +118,14 @@ func orDash(s string) string {
 	return s
 }
 
+// safe is s, which a member, a backend or the leader's pass wrote, escaped
+// for one field of a line or a table: a tab or a newline in it would make
+// a cell or a row of its own.
+func safe(s string) string { return termsafe.String(s) }
+
+// cell is safe(s), or "-" for nothing.
+func cell(s string) string { return orDash(termsafe.String(s)) }
+
 func writeQuorum(out io.Writer, q map[string]*agentapi.QuorumStatus) {
 	for _, id := range slices.Sorted(maps.Keys(q)) {
 		s := q[id]
@@ -122,12 +133,12 @@ func writeQuorum(out io.Writer, q map[string]*agentapi.QuorumStatus) {
 		if s.Lost {
 			state = "QUORUM LOST"
 		}
-		fmt.Fprintf(out, "%s: %s since %s (Raft index %d)\n", id, state, s.LeaderlessSince.Format(time.RFC3339), s.RaftLastIndex)
+		fmt.Fprintf(out, "%s: %s since %s (Raft index %d)\n", safe(id), state, s.LeaderlessSince.Format(time.RFC3339), s.RaftLastIndex)
 		for _, sv := range s.Servers {
-			fmt.Fprintf(out, "  server %s %s %s\n", sv.Name, sv.Address, sv.Status)
+			fmt.Fprintf(out, "  server %s %s %s\n", safe(sv.Name), safe(sv.Address), safe(string(sv.Status)))
 		}
 		if s.Recovery != "" {
-			fmt.Fprintf(out, "  recovery: %s\n", s.Recovery)
+			fmt.Fprintf(out, "  recovery: %s\n", safe(s.Recovery))
 		}
 	}
 }

@@ -1,11 +1,13 @@
 package cluster
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -92,6 +94,53 @@ func TestProvisionState(t *testing.T) {
 			}
 			if got := provisionState(p, tc.typ, rec, tc.rec != nil); got != tc.want {
 				t.Errorf("got %q want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestTrustOutputStatus: status shows what members, backends and the
+// leader's pass wrote (waiting lines, backend errors, reasons, a failed
+// provisioning's output, the servers seen without quorum) escaped, each on
+// the line status gives it.
+func TestTrustOutputStatus(t *testing.T) {
+	for _, h := range hostile {
+		t.Run(fmt.Sprintf("%q", h), func(t *testing.T) {
+			views := map[string]StatusView{
+				"pass": {
+					Leader:        h,
+					PlatformError: "platform.hcl:1: " + h,
+					MirrorErrors:  map[string]string{h: h},
+					Reconcile: &reconcile.Status{
+						Cluster: h, Leader: h, LastResult: h, LastError: h, Duration: h, Halted: h, Waiting: []string{h},
+						LastReconcile: time.Now(), Types: map[string]reconcile.TypeStatus{h: {Min: 1}},
+						BackendErrors: map[string]string{h: h, "docker": h}, OfferedBy: map[string][]string{"docker": {h}},
+						InFlight: []reconcile.Action{{Kind: reconcile.Kind(h), MachineID: h, Reason: h}},
+					},
+					Provisioning: map[string]reconcile.Provisioned{
+						h:       {Machine: h, State: reconcile.ProvisionFailed, Provisioner: h, Error: h, Output: "one\n" + h + "\ntwo"},
+						"web-3": {Machine: "web-3", State: reconcile.ProvisionRunning, Provisioner: h},
+					},
+				},
+				"no quorum": {Quorum: map[string]*agentapi.QuorumStatus{h: {
+					Servers: []agentapi.ServerSeen{{Name: h, Address: h, Status: reconcile.MemberStatus(h)}}, Recovery: h,
+				}}},
+			}
+			for name, v := range views {
+				var out strings.Builder
+				if err := v.WriteText(&out); err != nil {
+					t.Fatal(err)
+				}
+				got := out.String()
+				if what, bad := rawControl(got); bad {
+					t.Errorf("%s: status holds %s:\n%s", name, what, got)
+				}
+				// The description's error and a provisioning's output are
+				// shown line by line; every other string keeps to its line.
+				want := map[string]int{"pass": 20 + 2*strings.Count(h, "\n"), "no quorum": 3}[name]
+				if n := strings.Count(got, "\n"); n != want {
+					t.Errorf("%s: got %d lines want %d:\n%s", name, n, want, got)
+				}
 			}
 		})
 	}

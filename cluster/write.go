@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -16,31 +15,33 @@ import (
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
-// WritePlan prints what the leader would do, as `plan` shows it.
+// WritePlan prints what the leader would do, as `plan` shows it, every
+// string escaped: reasons and waiting lines quote members and backends.
 func WritePlan(out io.Writer, d reconcile.Decision) error {
 	if len(d.Actions) == 0 {
 		fmt.Fprintln(out, "no actions: the cluster matches the description")
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	for _, a := range d.Actions {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", a.Kind, dash(a.MachineID), a.Type, a.Backend, a.Reason)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", safe(string(a.Kind)), cell(a.MachineID), safe(a.Type), safe(a.Backend), safe(a.Reason))
 	}
 	if d.Halted != "" {
-		fmt.Fprintf(w, "HALTED\t%s\n", d.Halted)
+		fmt.Fprintf(w, "HALTED\t%s\n", safe(d.Halted))
 	}
 	for _, s := range d.Waiting {
-		fmt.Fprintf(w, "waiting\t%s\n", s)
+		fmt.Fprintf(w, "waiting\t%s\n", safe(s))
 	}
 	return w.Flush()
 }
 
-// WriteMesh prints an agent's overlay, as `mesh` shows it.
+// WriteMesh prints an agent's overlay, as `mesh` shows it, every string
+// escaped: the agent, its peers and their errors wrote them.
 func WriteMesh(out io.Writer, machineID string, m *agentapi.MeshStatus) error {
-	fmt.Fprintf(out, "machine %s: overlay %s, key %s\n", machineID, m.Address, m.Key)
+	fmt.Fprintf(out, "machine %s: overlay %s, key %s\n", safe(machineID), safe(m.Address), safe(m.Key))
 	if m.ListenPort == 0 {
 		fmt.Fprintln(out, "dial-only: accepts no links")
 	} else {
-		fmt.Fprintf(out, "accepts links on %s\n", dash(strings.Join(m.Endpoints, ", ")))
+		fmt.Fprintf(out, "accepts links on %s\n", list(m.Endpoints, ", "))
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "ENDPOINT\tSTATE\tDIRECTION\tOVERLAY\tRX\tTX\tLAST ERROR")
@@ -52,26 +53,20 @@ func WriteMesh(out io.Writer, machineID string, m *agentapi.MeshStatus) error {
 		if p.Inbound {
 			dir = "in"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Endpoint, state, dir, dash(p.Address), p.RXBytes, p.TXBytes, dash(p.LastError))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", safe(p.Endpoint), state, dir, cell(p.Address), p.RXBytes, p.TXBytes, cell(p.LastError))
 	}
 	if err := w.Flush(); err != nil {
 		return err
 	}
 	if m.Problem != "" {
-		fmt.Fprintln(out, m.Problem)
+		fmt.Fprintln(out, safe(m.Problem))
 	}
 	return nil
 }
 
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
 // WriteTokens prints tokens as `token list` shows them, expiry in the
-// local time zone, those past now marked expired.
+// local time zone, those past now marked expired; what the records say,
+// escaped.
 func WriteTokens(out io.Writer, toks []Token, now time.Time) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "ID\tKIND\tFOR\tEXPIRES")
@@ -83,7 +78,7 @@ func WriteTokens(out io.Writer, toks []Token, now time.Time) error {
 				exp += " (expired)"
 			}
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.ID, r.Kind, dash(r.For), exp)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", safe(r.ID), safe(r.Kind), cell(r.For), exp)
 	}
 	return w.Flush()
 }
@@ -100,6 +95,6 @@ func WriteMeshSecret(ctx context.Context, c *api.Client, out io.Writer) error {
 	if secret == "" {
 		return errors.New("the cluster has no mesh secret: it runs with mesh = \"none\"")
 	}
-	_, err = fmt.Fprintln(out, secret)
+	_, err = fmt.Fprintln(out, safe(secret))
 	return err
 }
