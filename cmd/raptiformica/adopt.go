@@ -19,6 +19,7 @@ import (
 	"github.com/raptiformica/raptiformica/deploy/systemd"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -98,10 +99,11 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 		return err
 	}
 	var outMu sync.Mutex
+	// Steps and errors quote what the machine answered: escaped.
 	say := func(format string, args ...any) {
 		outMu.Lock()
 		defer outMu.Unlock()
-		fmt.Fprintf(out, format, args...)
+		fmt.Fprint(out, termsafe.Text(fmt.Sprintf(format, args...)))
 	}
 	a := &provision.Adopter{
 		Dialer: dialer, Binary: self, Consul: consul, Unit: systemd.Unit(provision.RemoteBinary),

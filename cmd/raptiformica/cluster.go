@@ -20,6 +20,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -130,7 +131,7 @@ func upCmd() *cobra.Command {
 	platformFile := c.Flags().String("platform", "", "platform description (default: 3 Consul servers on the local backend)")
 	timeout := c.Flags().Duration("timeout", 5*time.Minute, "how long to wait for the desired members")
 	c.RunE = func(c *cobra.Command, _ []string) error {
-		plat, err := t.cluster().Up(c.Context(), *platformFile, c.OutOrStdout())
+		plat, err := t.cluster().Up(c.Context(), *platformFile, termsafe.NewWriter(c.OutOrStdout()))
 		if err != nil {
 			return err
 		}
@@ -186,8 +187,14 @@ func printMembers(ctx context.Context, c *api.Client, out io.Writer, asJSON bool
 	return cluster.WriteMembers(out, rows, withMesh)
 }
 
+// writeJSON prints v as indented JSON, with what members wrote kept as
+// it is but as JSON escapes (termsafe.JSON): `--json` read on a terminal
+// is printed there too.
 func writeJSON(out io.Writer, v any) error {
-	enc := json.NewEncoder(out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = out.Write(append(termsafe.JSON(b), '\n'))
+	return err
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -109,7 +110,9 @@ func machineIDs(t *target) cobra.CompletionFunc {
 		}
 		var out []cobra.Completion
 		for _, id := range slices.Sorted(maps.Keys(recs)) {
-			out = append(out, cobra.CompletionWithDesc(id, recs[id].Type+", "+string(recs[id].State)))
+			// A completion is a line of name, tab, description: a member's
+			// tab or newline would make completions of its own.
+			out = append(out, cobra.CompletionWithDesc(termsafe.String(id), termsafe.String(recs[id].Type+", "+string(recs[id].State))))
 		}
 		return out, nil
 	})

@@ -22,6 +22,7 @@ import (
 	"github.com/raptiformica/raptiformica/builtin"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -66,7 +67,8 @@ func runWith(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	if fmt.Fprintf(stderr, "%s: %v\n", c.CommandPath(), err); code == 2 {
+	// Errors quote members and backends: what they wrote is escaped.
+	if fmt.Fprintf(stderr, "%s: %s\n", c.CommandPath(), termsafe.Text(err.Error())); code == 2 {
 		fmt.Fprintf(stderr, "\n%s", c.UsageString())
 	}
 	return code

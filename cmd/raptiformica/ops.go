@@ -19,6 +19,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -253,7 +254,7 @@ func spawn(ctx context.Context, t *target, typ, backend string, asJSON bool, out
 	if asJSON {
 		return writeJSON(out, map[string]string{"machine_id": r.ID, "machine_type": typ, "backend": backend, "address": r.Address})
 	}
-	fmt.Fprintf(out, "spawned %s (%s on %s at %s); the leader records it as joined once it is alive\n", r.ID, typ, backend, r.Address)
+	fmt.Fprintf(out, "spawned %s (%s on %s at %s); the leader records it as joined once it is alive\n", r.ID, typ, backend, termsafe.String(r.Address))
 	return nil
 }
 

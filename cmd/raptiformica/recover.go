@@ -13,6 +13,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -50,7 +51,7 @@ func recoverOn(ctx context.Context, t *target, machine string, yes bool, timeout
 	var dropped []string
 	for _, s := range st.Quorum.Servers {
 		if s.Name != m.Config.MachineID {
-			dropped = append(dropped, fmt.Sprintf("%s (%s, %s)", s.Name, s.Address, s.Status))
+			dropped = append(dropped, termsafe.String(fmt.Sprintf("%s (%s, %s)", s.Name, s.Address, s.Status)))
 		}
 	}
 	fmt.Fprintf(out, "Recover cluster on %s (%s): its Consul restarts as the only Raft server and keeps\n"+
@@ -72,11 +73,12 @@ func recoverOn(ctx context.Context, t *target, machine string, yes bool, timeout
 }
 
 // waitAndPrint waits up to timeout for every machine type to have its min
-// alive, then prints the members.
+// alive, then prints the members. The progress quotes errors and what
+// the cluster holds: it is escaped as it is printed.
 func waitAndPrint(ctx context.Context, t *target, plat *rules.Platform, timeout time.Duration, out io.Writer) error {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	c, err := t.cluster().Wait(wctx, plat, out) // the members get their own 30 s after
+	c, err := t.cluster().Wait(wctx, plat, termsafe.NewWriter(out)) // the members get their own 30 s after
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/rotate"
 )
 
@@ -27,7 +28,8 @@ func rotateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			opts := rotate.Options{Out: cc.OutOrStdout(), Timeout: *timeout}
+			// The progress names members and quotes their errors.
+			opts := rotate.Options{Out: termsafe.NewWriter(cc.OutOrStdout()), Timeout: *timeout}
 			if what == "mesh" {
 				return rotate.Mesh(cc.Context(), cl, opts)
 			}
