@@ -16,6 +16,7 @@ import (
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -24,7 +25,8 @@ var pageSource string
 
 // pageTemplate is the status page. It is one self-contained document (no
 // script, no external asset) so it works offline and in any browser; it
-// reloads itself every few seconds.
+// reloads itself every few seconds. It is html/template, not text/template:
+// most of what it shows, members wrote.
 var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
 	"ago": func(now, t time.Time) string {
 		if t.IsZero() {
@@ -213,7 +215,11 @@ func (h *httpServer) servePage(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := pageTemplate.Execute(w, h.pageView(ctx)); err != nil {
+	// html/template escapes markup; what a member wrote may also hold
+	// control or bidi characters, which no escaping of markup touches and
+	// which reorder or hide the text around them. The template itself
+	// writes none, so escaping what it writes escapes only the members'.
+	if err := pageTemplate.Execute(termsafe.NewWriter(w), h.pageView(ctx)); err != nil {
 		h.log.Warn("status page", telemetry.KeyError, err)
 	}
 }
