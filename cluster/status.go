@@ -99,6 +99,9 @@ func (v StatusView) WriteText(out io.Writer) error {
 	for _, a := range st.InFlight {
 		fmt.Fprintf(w, "in flight\t%s %s (%s)\n", safe(string(a.Kind)), safe(a.MachineID), safe(a.Reason))
 	}
+	for _, b := range st.BadRecords {
+		fmt.Fprintf(w, "BAD RECORD\t%s refused, not acted on: %s\n", safe(b.Key), safe(b.Error))
+	}
 	writeProvisioning(w, v.Provisioning)
 	w.Flush()
 	fmt.Fprintln(out)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -27,6 +28,21 @@ func TestStatusShowsUnusableMirrors(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "mirror of server-2") || !strings.Contains(out.String(), "UNUSABLE: platform.version: line 1") {
 		t.Errorf("status without the unusable mirror:\n%s", out.String())
+	}
+}
+
+// TestTrustStatusNamesBadRecords: a stored record the leader refused (one
+// that names another machine than its key) is named in status with why,
+// so that an operator finds what a member wrote.
+func TestTrustStatusNamesBadRecords(t *testing.T) {
+	v := StatusView{Leader: "server-1", Reconcile: &reconcile.Status{Cluster: "c", LastReconcile: time.Now(), Types: map[string]reconcile.TypeStatus{},
+		BadRecords: []state.Bad{{Key: "raptiformica/offers/worker-x", Error: `offer raptiformica/offers/worker-x names machine "server-1"`}}}}
+	var out strings.Builder
+	if err := v.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "BAD RECORD") || !strings.Contains(out.String(), "raptiformica/offers/worker-x refused, not acted on: offer raptiformica/offers/worker-x names machine \"server-1\"") {
+		t.Errorf("status without the bad record:\n%s", out.String())
 	}
 }
 

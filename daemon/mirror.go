@@ -25,6 +25,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -380,6 +381,7 @@ func (m *mirror) readInventory() (map[string]reconcile.Record, inventoryVersion,
 		// "null" is no inventory the mirror writes.
 		return nil, inventoryVersion{}, fmt.Errorf("%s:1: no records object", name)
 	}
+	boundToKeys(recs)
 	nums, err := readVersion(m.path(mirrorInventoryVersionFile), b, 2)
 	if err != nil {
 		return recs, inventoryVersion{}, err
@@ -718,12 +720,13 @@ func (m *mirror) watchOwnRecord(ctx context.Context) {
 			asked = now
 		}
 		if pair == nil || pair.ModifyIndex == last {
-			// No record (a wiped KV; it is written back) or no change.
+			// No record (a wiped KV, which the servers' mirrors write
+			// back) or no change.
 			return meta.LastIndex, false, nil
 		}
-		var r reconcile.Record
-		if err := json.Unmarshal(pair.Value, &r); err != nil || r.ID != m.self {
-			return 0, false, fmt.Errorf("%s%s: not this machine's record: %v", kvschema.Inventory, m.self, err)
+		r, err := state.Decode[reconcile.Record](state.RecordKind, pair.Key, m.self, pair.Value, state.MaxRecordSize)
+		if err != nil {
+			return 0, false, err
 		}
 		ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		epoch, err := m.store.Epoch(ectx)

@@ -102,6 +102,9 @@ func (h *httpServer) pageView(ctx context.Context) pageData {
 			}
 			d.Problems = append(d.Problems, "Backend "+b+": "+st.BackendErrors[b])
 		}
+		for _, b := range st.BadRecords {
+			d.Problems = append(d.Problems, "Bad record, refused and not acted on: "+b.String())
+		}
 		if st.LastError != "" {
 			d.Problems = append(d.Problems, "Last reconcile pass failed: "+st.LastError)
 		}

@@ -107,7 +107,19 @@ func decodeSnapshot(head snapshotHead, chunks [][]byte) (map[string]reconcile.Re
 	if err := json.Unmarshal(raw, &recs); err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", head.version(), err)
 	}
+	boundToKeys(recs)
 	return recs, nil
+}
+
+// boundToKeys drops the records of a copy of the inventory (a snapshot, a
+// mirror) that name another machine than their key: as in KV, a record
+// speaks only for the machine its key names.
+func boundToKeys(recs map[string]reconcile.Record) {
+	for id, r := range recs {
+		if r.ID != id {
+			delete(recs, id)
+		}
+	}
 }
 
 // readSnapshot reads the snapshot a head names, with q's consistency.
