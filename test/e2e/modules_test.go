@@ -93,7 +93,7 @@ func TestModulesValidate(t *testing.T) {
 		{"number.json", "{\"raptiformica_api_version\": \"0.1\",\n \"compute\": {\"docker\": {\"headless\": {\n   \"start_instance\": 42}}}}\n",
 			"number.json:3,22: compute.docker.headless.start_instance: must be a string, got a number"},
 		{"unknown.json", "{\"raptiformica_api_version\": \"0.1\",\n \"server\": {\"headless\": {\"web\": {\"bootstap\": \"x\"}}}}\n",
-			"unknown.json:2,34: server.headless.web.bootstap: unknown field (known: source, bootstrap)"},
+			"unknown.json:2,34: server.headless.web.bootstap: unknown field (known: source, ref, bootstrap)"},
 		{"syntax.json", "{\"raptiformica_api_version\": \"0.1\",\n \"platform\": {\n", "syntax.json:2,15: not valid JSON: unexpected end of the file"},
 	} {
 		p := filepath.Join(dir, tc.name)
