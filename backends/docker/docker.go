@@ -4,8 +4,10 @@
 // agent (which runs its Consul). The node image is built locally FROM
 // scratch with the two static binaries, on first use; nothing is pulled.
 //
-// Every container gets the engine's socket, so that whichever node leads can
-// spawn and remove its siblings.
+// The engine's socket is root on the engine's machine and reaches every
+// container on it, so a container gets it only when the description's
+// share_socket says so, and then only a Consul server's (whichever leads
+// spawns and removes its siblings) unless it says "all".
 package docker
 
 import (
@@ -83,9 +85,9 @@ type Backend struct {
 	binary  string
 	consul  string
 	cli     *client.Client
-	// share gives the machines the engine's socket, so that they can run
-	// this backend too (lead, or take its spawns).
-	share bool
+	// share says which machines get the engine's socket, so that they can
+	// run this backend too (lead, or take its spawns).
+	share socketShare
 
 	mu    sync.Mutex // guards built
 	built string     // the image tag built or found, once
@@ -106,9 +108,10 @@ type Backend struct {
 // container keep its address when it is reconnected), "image" (default:
 // the node image built from this node's binaries), "socket" (the engine's
 // unix socket on the machine that runs the backend; default: DOCKER_HOST,
-// or the engine's usual socket) and "share_socket" ("false" keeps the
-// engine's socket out of the machines, which then cannot run this backend
-// themselves; by default they get it).
+// or the engine's usual socket) and "share_socket" (which machines get the
+// engine's socket, so that they can run this backend themselves: "false",
+// the default, none; "servers", or "true", the Consul servers'; "all",
+// every machine's, clients' too).
 func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	if len(cfg.Commands) > 0 {
 		return nil, errors.New("commands are for exec backends; a docker backend takes settings only")
@@ -120,13 +123,9 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 			return nil, fmt.Errorf("unknown setting %q (known: network, image, subnet, socket, share_socket)", k)
 		}
 	}
-	share := true
-	switch cfg.Settings["share_socket"] {
-	case "", "true":
-	case "false":
-		share = false
-	default:
-		return nil, fmt.Errorf("setting share_socket: must be \"true\" or \"false\", got %q", cfg.Settings["share_socket"])
+	share, err := parseShare(cfg.Settings["share_socket"])
+	if err != nil {
+		return nil, fmt.Errorf("setting share_socket: %w", err)
 	}
 	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
 	if s := cfg.Settings["socket"]; s != "" {
@@ -209,7 +208,9 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 	// timing stays.
 	node.FastGossip = node.Mesh == nil
 	host := &container.HostConfig{NetworkMode: container.NetworkMode(b.network)}
-	if b.share {
+	// Decided here, where every container is made, on the node config the
+	// machine will run with: no path to a container skips it.
+	if b.share.with(node) {
 		// The engine resolves the path on its own machine, where its
 		// socket is at the usual place, whatever path this machine
 		// reaches it by.

@@ -12,7 +12,12 @@ policy {
 
 backend "docker" {
   type = "docker"
-  # settings = { network = "my-net", image = "my-node-image:1" }
+  # The servers' containers get the engine's socket, so that whichever leads
+  # spawns and removes its siblings; the workers' never do (the socket is
+  # root on this host). Without it no machine reaches the engine, and the
+  # cluster never grows past the seed `up` starts.
+  settings = { share_socket = "servers" }
+  # settings = { share_socket = "servers", network = "my-net", image = "my-node-image:1" }
 }
 
 machine "server" {

@@ -14,9 +14,11 @@ policy {
   max_concurrent_spawns = 4
 }
 
+# The server's containers get the engine's socket (it spawns the others);
+# the relay's and the workers' never do.
 backend "left" {
   type     = "docker"
-  settings = { network = "mesh-dc-left" }
+  settings = { network = "mesh-dc-left", share_socket = "servers" }
 }
 
 backend "both" {

@@ -72,7 +72,14 @@ func needDocker(t testing.TB) string {
 	return docker
 }
 
-func dockerPlatform(cluster, extraBackend string) string {
+// dockerPlatform is a description of three servers on the docker backend,
+// whose containers get the engine's socket (so that the seed spawns the
+// others). settings, if set, are more of the backend's settings, as HCL
+// object entries (`subnet = "…"`).
+func dockerPlatform(cluster, settings string) string {
+	if settings != "" {
+		settings = ", " + settings
+	}
 	return fmt.Sprintf(`cluster = %q
 policy {
   grace_period      = "2s"
@@ -83,14 +90,15 @@ policy {
   backoff_max       = "10s"
 }
 backend "docker" {
-  type = "docker"
-%s}
+  type     = "docker"
+  settings = { share_socket = "servers"%s }
+}
 machine "server" {
   min           = 3
   consul_server = true
   backends      = ["docker"]
 }
-`, cluster, extraBackend)
+`, cluster, settings)
 }
 
 // containers lists the cluster's containers for the view.
@@ -156,7 +164,7 @@ func TestDockerBackendFailure(t *testing.T) {
 	v := c.waitAgree(3, 2*time.Minute, "after up")
 
 	// The engine refuses: the description names an image that is not there.
-	bad := c.writePlatform("bad-image.hcl", dockerPlatform(c.name, "  settings = { image = \"raptiformica-node:missing\" }\n"))
+	bad := c.writePlatform("bad-image.hcl", dockerPlatform(c.name, `image = "raptiformica-node:missing"`))
 	if out, errOut, code := c.rf("platform", "apply", bad); code != 0 {
 		t.Fatalf("apply: %s %s", out, errOut)
 	}
@@ -205,7 +213,7 @@ func TestDockerPartition(t *testing.T) {
 	c := newDockerCluster(t)
 	// A configured subnet lets a reconnected container keep its address,
 	// as a machine whose link came back would.
-	subnet := fmt.Sprintf("  settings = { subnet = \"10.213.%d.0/24\" }\n", 1+rand.IntN(250))
+	subnet := fmt.Sprintf(`subnet = "10.213.%d.0/24"`, 1+rand.IntN(250))
 	patient := strings.Replace(dockerPlatform(c.name, subnet), `grace_period      = "2s"`, `grace_period      = "60s"`, 1)
 	c.up(patient)
 	v := c.waitAgree(3, 2*time.Minute, "after up")
@@ -314,7 +322,7 @@ func TestDockerLastMachineStanding(t *testing.T) {
 func TestDockerMajorityCutOff(t *testing.T) {
 	t.Parallel()
 	c := newDockerCluster(t)
-	subnet := fmt.Sprintf("  settings = { subnet = \"10.214.%d.0/24\" }\n", 1+rand.IntN(250))
+	subnet := fmt.Sprintf(`subnet = "10.214.%d.0/24"`, 1+rand.IntN(250))
 	c.up(fiveServers(c, subnet, "60s"))
 	v := c.waitAgree(5, 3*time.Minute, "after up")
 	before := append([]string(nil), v.joined...)

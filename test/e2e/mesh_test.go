@@ -111,7 +111,9 @@ policy {
 		for _, n := range h.nets {
 			nets = append(nets, l.nets[n])
 		}
-		fmt.Fprintf(&b, "backend %q {\n  type     = \"docker\"\n  settings = { network = %q }\n}\n", h.name, strings.Join(nets, ","))
+		// The servers' containers get the engine's socket: the seed spawns
+		// the others.
+		fmt.Fprintf(&b, "backend %q {\n  type     = \"docker\"\n  settings = { network = %q, share_socket = \"servers\" }\n}\n", h.name, strings.Join(nets, ","))
 		fmt.Fprintf(&b, "machine %q {\n  min           = 1\n  consul_server = %v\n  backends      = [%q]\n}\n", h.name, h.server, h.name)
 	}
 	return b.String()

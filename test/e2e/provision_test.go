@@ -270,7 +270,7 @@ func TestProvisionDocker(t *testing.T) {
 	hookLog := "/var/lib/raptiformica/after_provision.log" // in each container
 	src := func(steps string) string {
 		return strings.Replace(provisionPlatform("file:///srv/git/motd.git", steps, "", hookLog),
-			`cluster = "e2e"`, fmt.Sprintf("cluster = %q\nbackend \"docker\" {\n  type = \"docker\"\n  settings = { image = %q }\n}", c.name, img), 1)
+			`cluster = "e2e"`, fmt.Sprintf("cluster = %q\nbackend \"docker\" {\n  type = \"docker\"\n  settings = { image = %q, share_socket = \"servers\" }\n}", c.name, img), 1)
 	}
 	src1 := strings.Replace(src(`[["cp", "motd", "../motd.installed"]]`), `["local"]`, `["docker"]`, 1)
 	c.up(src1)
