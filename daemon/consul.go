@@ -144,6 +144,13 @@ const ServiceName = "raptiformica"
 // discovery which agents to scrape (a dead machine's Consul is failed by
 // gossip in seconds anyway), and at rest it was one of the few things that
 // woke every machine's Consul and agent.
+//
+// A client's token may register more services of the name on its own node,
+// with any address and meta: Prometheus's shipped config therefore takes
+// only the one of ID ServiceName whose meta machine_id is its node's name,
+// labels it by the node and scrapes the node's address at Port; Address
+// and the meta serve readers that look at a node they trust (the CLI
+// finds the leader's agent on the leader's node).
 func agentService(c nodeconfig.Config) consulService {
 	return consulService{
 		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPPort,

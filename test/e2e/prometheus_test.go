@@ -10,15 +10,22 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
@@ -69,7 +76,144 @@ func TestPrometheusScrapesCluster(t *testing.T) {
 		t.Errorf("promtool check metrics on %s: %v\n%s", m.MachineID, err, out)
 	}
 
-	// The shipped config, pointed at one member's Consul and made quick.
+	addr := runPrometheus(t, c, prometheus, m)
+	q := func(expr string) []promSample { return promQuery(addr, expr) }
+
+	// Every agent is found through Consul and scraped; exactly one says it
+	// leads, the one holding the lock; the leader's desired and live
+	// machines agree.
+	agree := func(leader string) bool {
+		up := q(`up{job="raptiformica"} == 1`)
+		leaders := q(`raptiformica_is_leader == 1`)
+		count := q(`raptiformica:leaders:count`)
+		desired, live := q(`raptiformica_machines_desired`), q(`raptiformica_machines_live`)
+		return len(up) == 3 && len(leaders) == 1 && leaders[0].Metric["machine"] == leader &&
+			len(count) == 1 && count[0].Value == 1 &&
+			len(desired) == 1 && len(live) == 1 && desired[0].Metric["machine_type"] == "server" &&
+			live[0].Metric["machine_type"] == "server" && desired[0].Value == 3 && live[0].Value == 3 &&
+			live[0].Metric["machine"] == leader && up[0].Metric["node_type"] == "server"
+	}
+	waitUntil(t, 90*time.Second, "Prometheus sees 3 agents, one leader, 3 of 3 servers", func() bool { return agree(v.leader) })
+
+	// Every query of the Grafana dashboard is valid and finds series in
+	// the live cluster: it names only metrics that exist.
+	for _, e := range dashboardExprs(t) {
+		expr := strings.ReplaceAll(e, "$cluster", "e2e")
+		waitUntil(t, 30*time.Second, "the dashboard query finds series: "+expr, func() bool { return len(q(expr)) > 0 })
+	}
+
+	// The leader dies: Prometheus sees one leader again, the new one, and
+	// no stale copy of the old one's view.
+	old := v.leader
+	c.kill(old)
+	v = c.waitAgree(3, 2*time.Minute, "after killing leader "+old, old)
+	waitUntil(t, 90*time.Second, "Prometheus follows the new leader "+v.leader, func() bool { return agree(v.leader) })
+}
+
+// TestTrustServiceRegistrationsSpeakOnlyForTheirNode: a client, with its
+// own token on its own Consul, registers more "raptiformica" services on
+// its node, pointed elsewhere: one whose meta says it is the server, one
+// that says it is the client. Prometheus, on the shipped config, scrapes
+// one target per node, at the node's own address and labelled by the
+// node: nothing elsewhere is scraped, and only the server's own target is
+// labelled as the server.
+func TestTrustServiceRegistrationsSpeakOnlyForTheirNode(t *testing.T) {
+	t.Parallel()
+	prometheus := needTool(t, "prometheus", fromPrometheus)
+	c := newCluster(t)
+	c.up(c.writePlatform("platform.hcl", platformWith(1, 1, "2s", `machine "worker" {
+  min      = 1
+  backends = ["local"]
+}
+`, false)))
+	c.waitAgree(2, 2*time.Minute, "after up")
+	var server, worker nodeconfig.Config
+	for _, m := range c.machines() {
+		if m.Config.ConsulServer {
+			server = m.Config
+		} else {
+			worker = m.Config
+		}
+	}
+	if server.MachineID == "" || worker.MachineID == "" {
+		t.Fatalf("want a server and a client, got %+v", c.machines())
+	}
+
+	// Elsewhere: where the forged services point. It counts the scrapes
+	// that reach it, and says it leads.
+	var hits atomic.Int32
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		hits.Add(1)
+		fmt.Fprintln(w, "raptiformica_is_leader 1")
+	}))
+	t.Cleanup(elsewhere.Close)
+	host, portText, _ := net.SplitHostPort(elsewhere.Listener.Addr().String())
+	port, _ := strconv.Atoi(portText)
+
+	// The client's own credentials, as an attacker on it holds them.
+	cl, err := consulclient.New(consulclient.Target{Host: worker.BindAddr, HTTPPort: worker.ConsulHTTPPort,
+		HTTPSPort: worker.ConsulHTTPSPort, Token: worker.ACLToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := []*api.AgentServiceRegistration{
+		{ID: "raptiformica-as-server", Name: "raptiformica", Address: host, Port: port,
+			Meta: map[string]string{"machine_id": server.MachineID, "machine_type": server.MachineType, "cluster": server.Cluster}},
+		{ID: "raptiformica-elsewhere", Name: "raptiformica", Address: host, Port: port,
+			Meta: map[string]string{"machine_id": worker.MachineID, "machine_type": worker.MachineType, "cluster": worker.Cluster}},
+	}
+	for _, f := range forged {
+		if err := cl.Agent().ServiceRegister(f); err != nil {
+			t.Fatalf("the client registers service %s on its node: %v", f.ID, err)
+		}
+	}
+	waitUntil(t, 30*time.Second, "the catalog holds the forged services", func() bool {
+		svcs, _, err := cl.Catalog().Service("raptiformica", "", nil)
+		return err == nil && len(svcs) == 2+len(forged)
+	})
+
+	addr := runPrometheus(t, c, prometheus, server)
+	own := map[string]string{ // machine: its node's address and agent port
+		server.MachineID: net.JoinHostPort(server.BindAddr, strconv.Itoa(server.HTTPPort)),
+		worker.MachineID: net.JoinHostPort(worker.BindAddr, strconv.Itoa(worker.HTTPPort)),
+	}
+	waitUntil(t, 90*time.Second, "Prometheus scrapes both agents", func() bool {
+		n := 0
+		for _, s := range promQuery(addr, `up{job="raptiformica"} == 1`) {
+			if own[s.Metric["machine"]] == s.Metric["instance"] {
+				n++
+			}
+		}
+		return n == 2
+	})
+	// A few more scrape intervals, for a target elsewhere to be scraped.
+	time.Sleep(5 * time.Second)
+
+	var got []string // machine@instance
+	for _, tg := range promTargets(t, addr) {
+		got = append(got, tg.Labels["machine"]+"@"+tg.Labels["instance"])
+	}
+	sort.Strings(got)
+	want := []string{server.MachineID + "@" + own[server.MachineID], worker.MachineID + "@" + own[worker.MachineID]}
+	sort.Strings(want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Prometheus's targets (machine@instance), -want +got:\n%s", diff)
+	}
+	if n := hits.Load(); n != 0 {
+		t.Errorf("the address the forged services name was scraped %d times, want 0", n)
+	}
+	for _, s := range promQuery(addr, fmt.Sprintf(`raptiformica_is_leader{machine=%q}`, server.MachineID)) {
+		if s.Metric["instance"] != own[server.MachineID] {
+			t.Errorf("a series labelled as the server %s comes from %s, not from the server", server.MachineID, s.Metric["instance"])
+		}
+	}
+}
+
+// runPrometheus runs prometheus on the shipped config and rules, pointed at
+// machine m's Consul and made quick (1 s scrapes), until the test ends, and
+// returns the address of its API.
+func runPrometheus(t *testing.T, c *testCluster, prometheus string, m nodeconfig.Config) string {
+	t.Helper()
 	dir := t.TempDir()
 	for _, f := range []string{"recording.rules.yml", "alerts.rules.yml"} {
 		b, err := os.ReadFile(filepath.Join(promDir, f))
@@ -115,37 +259,35 @@ func TestPrometheusScrapesCluster(t *testing.T) {
 			t.Logf("prometheus log:\n%s", promLog.String())
 		}
 	})
-	q := func(expr string) []promSample { return promQuery(addr, expr) }
+	return addr
+}
 
-	// Every agent is found through Consul and scraped; exactly one says it
-	// leads, the one holding the lock; the leader's desired and live
-	// machines agree.
-	agree := func(leader string) bool {
-		up := q(`up{job="raptiformica"} == 1`)
-		leaders := q(`raptiformica_is_leader == 1`)
-		count := q(`raptiformica:leaders:count`)
-		desired, live := q(`raptiformica_machines_desired`), q(`raptiformica_machines_live`)
-		return len(up) == 3 && len(leaders) == 1 && leaders[0].Metric["machine"] == leader &&
-			len(count) == 1 && count[0].Value == 1 &&
-			len(desired) == 1 && len(live) == 1 && desired[0].Metric["machine_type"] == "server" &&
-			live[0].Metric["machine_type"] == "server" && desired[0].Value == 3 && live[0].Value == 3 &&
-			live[0].Metric["machine"] == leader && up[0].Metric["node_type"] == "server"
+// promTarget is an active target as Prometheus's API shows it.
+type promTarget struct {
+	Labels map[string]string
+}
+
+// promTargets returns Prometheus's active targets.
+func promTargets(t *testing.T, addr string) []promTarget {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/api/v1/targets?state=active")
+	if err != nil {
+		t.Fatal(err)
 	}
-	waitUntil(t, 90*time.Second, "Prometheus sees 3 agents, one leader, 3 of 3 servers", func() bool { return agree(v.leader) })
-
-	// Every query of the Grafana dashboard is valid and finds series in
-	// the live cluster: it names only metrics that exist.
-	for _, e := range dashboardExprs(t) {
-		expr := strings.ReplaceAll(e, "$cluster", "e2e")
-		waitUntil(t, 30*time.Second, "the dashboard query finds series: "+expr, func() bool { return len(q(expr)) > 0 })
+	b, err := readAll(resp)
+	if err != nil {
+		t.Fatal(err)
 	}
-
-	// The leader dies: Prometheus sees one leader again, the new one, and
-	// no stale copy of the old one's view.
-	old := v.leader
-	c.kill(old)
-	v = c.waitAgree(3, 2*time.Minute, "after killing leader "+old, old)
-	waitUntil(t, 90*time.Second, "Prometheus follows the new leader "+v.leader, func() bool { return agree(v.leader) })
+	var body struct {
+		Status string
+		Data   struct {
+			ActiveTargets []promTarget
+		}
+	}
+	if err := json.Unmarshal(b, &body); err != nil || body.Status != "success" {
+		t.Fatalf("targets: %v: %s", err, b)
+	}
+	return body.Data.ActiveTargets
 }
 
 type promSample struct {
