@@ -16,7 +16,7 @@ import (
 func Registry() backends.Registry {
 	r, err := backends.NewRegistry(
 		backends.RegistryEntry{Type: "local", Factory: local.New},
-		backends.RegistryEntry{Type: "docker", Factory: docker.New},
+		backends.RegistryEntry{Type: "docker", Factory: docker.New, Check: docker.Check},
 		backends.RegistryEntry{Type: exec.Type, Factory: exec.NewFactory(provision.SpawnAdopter{}), Check: exec.Check},
 		backends.RegistryEntry{Type: "ssh", Factory: sshpool.New},
 	)

@@ -21,3 +21,23 @@ func TestComputeModulesMeetTheExecBackend(t *testing.T) {
 		t.Fatalf("got %v, want the missing command named with file and line", err)
 	}
 }
+
+// TestTrustDockerShareSocketRefusedAtItsLine: a share_socket the docker
+// backend cannot read is refused where the description is parsed (apply,
+// validate), at its file and line, not when a leader first builds the
+// backend: a description that would give the engine's socket to the wrong
+// machines never replaces a good one.
+func TestTrustDockerShareSocketRefusedAtItsLine(t *testing.T) {
+	_, err := rules.Parse("p.hcl", []byte(`machine "server" {
+  min           = 3
+  consul_server = true
+}
+backend "docker" {
+  type     = "docker"
+  settings = { share_socket = "clients" }
+}
+`), reconcile.ParseOptions(Registry()))
+	if err == nil || !strings.Contains(err.Error(), `p.hcl:7,14: backend "docker" settings share_socket: must be "false", "servers"`) {
+		t.Errorf("got %v, want share_socket refused at its line", err)
+	}
+}

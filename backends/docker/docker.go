@@ -17,12 +17,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -99,6 +100,29 @@ type Backend struct {
 	betweenSubscriptions func()
 }
 
+// Check reports what is wrong in a docker backend's configuration: commands
+// (it takes settings only), an unknown setting, a share_socket it cannot
+// read. The description's parser calls it (through the registry), so that
+// a description that would give the engine's socket to the wrong machines
+// is refused at its line, before any machine is made; New refuses the same.
+func Check(cfg backends.Config) []backends.Problem {
+	var probs []backends.Problem
+	if len(cfg.Commands) > 0 {
+		probs = append(probs, backends.Problem{Field: "commands", Message: "commands are for exec backends; a docker backend takes settings only"})
+	}
+	for _, k := range slices.Sorted(maps.Keys(cfg.Settings)) {
+		switch k {
+		case "network", "image", "subnet", "socket", "share_socket":
+		default:
+			probs = append(probs, backends.Problem{Field: "settings " + k, Message: fmt.Sprintf("unknown setting %q (known: network, image, subnet, socket, share_socket)", k)})
+		}
+	}
+	if _, err := parseShare(cfg.Settings["share_socket"]); err != nil {
+		probs = append(probs, backends.Problem{Field: "settings share_socket", Message: err.Error()})
+	}
+	return probs
+}
+
 // New builds a docker backend. Settings: "network" (default
 // "raptiformica-<cluster>", created when missing; a comma-separated list
 // attaches every container to each network, the first being the one its
@@ -113,20 +137,10 @@ type Backend struct {
 // the default, none; "servers", or "true", the Consul servers'; "all",
 // every machine's, clients' too).
 func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
-	if len(cfg.Commands) > 0 {
-		return nil, errors.New("commands are for exec backends; a docker backend takes settings only")
+	if probs := Check(cfg); len(probs) > 0 {
+		return nil, fmt.Errorf("%s: %s", probs[0].Field, probs[0].Message)
 	}
-	for k := range cfg.Settings {
-		switch k {
-		case "network", "image", "subnet", "socket", "share_socket":
-		default:
-			return nil, fmt.Errorf("unknown setting %q (known: network, image, subnet, socket, share_socket)", k)
-		}
-	}
-	share, err := parseShare(cfg.Settings["share_socket"])
-	if err != nil {
-		return nil, fmt.Errorf("setting share_socket: %w", err)
-	}
+	share, _ := parseShare(cfg.Settings["share_socket"])
 	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
 	if s := cfg.Settings["socket"]; s != "" {
 		if !filepath.IsAbs(s) {

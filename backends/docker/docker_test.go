@@ -18,8 +18,8 @@ func TestSettingsAreChecked(t *testing.T) {
 		want     string
 	}{
 		{map[string]string{"sockett": "/run/docker.sock"}, `unknown setting "sockett"`},
-		{map[string]string{"share_socket": "maybe"}, `setting share_socket: must be "false", "servers" ("true" says the same) or "all"`},
-		{map[string]string{"share_socket": "clients"}, `setting share_socket: must be`},
+		{map[string]string{"share_socket": "maybe"}, `settings share_socket: must be "false", "servers" ("true" says the same) or "all"`},
+		{map[string]string{"share_socket": "clients"}, `settings share_socket: must be`},
 		{map[string]string{"socket": "run/docker.sock"}, "setting socket: must be an absolute path"},
 	} {
 		_, err := New(backends.Config{Name: "engine", Settings: tc.settings}, backends.Env{Cluster: "c"})
