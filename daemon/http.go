@@ -147,8 +147,9 @@ func (h *httpServer) handler() http.Handler {
 		addPeer = h.mesh.serveAddPeer
 	}
 	mux.HandleFunc("POST "+agentapi.MeshPeersPath, h.acting(addPeer))
-	// A plan observes through the backends: token holders only.
-	mux.HandleFunc("GET "+agentapi.PlanPath, h.acting(func(w http.ResponseWriter, r *http.Request) {
+	// A plan observes through the backends: token holders only, and only
+	// a server leads.
+	mux.HandleFunc("GET "+agentapi.PlanPath, h.serverOnly(h.acting(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), planTimeout)
 		defer cancel()
 		d, err := h.elector.DryRun(ctx)
@@ -161,7 +162,7 @@ func (h *httpServer) handler() http.Handler {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(d)
-	}))
+	})))
 	mux.HandleFunc("POST "+agentapi.JoinPath, h.serveJoin)
 	mux.HandleFunc("GET "+agentapi.StatusPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -173,11 +174,19 @@ func (h *httpServer) handler() http.Handler {
 }
 
 // acting guards an endpoint that makes the node act: the caller must hold
-// the cluster's token (compared in constant time) or another operator's
-// token (one with Consul's global-management policy, which Consul itself
-// vouches for), and send it over TLS, or from the machine itself
-// (loopback), where nobody else sees it. Reading (status, metrics, the
-// page) needs none and discloses no secret.
+// the machine's own token (compared in constant time) or, on a server,
+// another operator's token (one with Consul's global-management policy,
+// which Consul itself vouches for), and send it over TLS, or from the
+// machine itself (loopback), where nobody else sees it. Reading (status,
+// metrics, the page) needs none and discloses no secret.
+//
+// A client agent (consul_server = false) acts for its own token only, a
+// narrow one that speaks for that machine alone: it holds only its own
+// keys, and must not be where the cluster's authority is exercised, so an
+// operator's token is refused there without being shown to Consul.
+// Callers check that an agent's certificate names a server before they
+// send an operator's token; one that arrives at a client anyway (from its
+// own loopback) acts for nobody.
 func (h *httpServer) acting(next http.HandlerFunc) http.HandlerFunc {
 	want := []byte("Bearer " + h.cfg.ACLToken)
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -186,8 +195,27 @@ func (h *httpServer) acting(next http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		got := []byte(r.Header.Get("Authorization"))
-		if h.cfg.ACLToken == "" || (subtle.ConstantTimeCompare(got, want) != 1 && !h.operator(r.Context(), string(got))) {
+		own := h.cfg.ACLToken != "" && subtle.ConstantTimeCompare(got, want) == 1
+		switch {
+		case own:
+		case !h.cfg.ConsulServer:
+			http.Error(w, "this agent is a client's: it acts for its own machine's token only, never for an operator's\n", http.StatusUnauthorized)
+			return
+		case h.cfg.ACLToken == "" || !h.operator(r.Context(), string(got)):
 			http.Error(w, "this endpoint acts for the cluster's operators only: send an operator's token as Authorization: Bearer TOKEN\n", http.StatusUnauthorized)
+			return
+		}
+		next(w, r)
+	}
+}
+
+// serverOnly guards an endpoint that needs the cluster's authority (a
+// plan, which runs backend calls): a client agent refuses it outright,
+// whatever token comes with it.
+func (h *httpServer) serverOnly(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !h.cfg.ConsulServer {
+			http.Error(w, "this agent is a client's: it acts for no operator; ask a server (the leader)\n", http.StatusForbidden)
 			return
 		}
 		next(w, r)

@@ -30,11 +30,11 @@ func joinCmd() *cobra.Command {
 		"raptiformica join vps1.example.org", "raptiformica join 192.0.2.20:9651 --agent 10.0.0.5",
 		"raptiformica join --token RF1.… vps1.example.org && systemctl start raptiformica")
 	t := addTarget(c)
-	agent := c.Flags().String("agent", localAgent, "the agent that dials, HOST[:PORT]: this machine's by default; a member's (over TLS, port 9551 unless given) to have it dial a machine that cannot dial out")
+	agent := c.Flags().String("agent", localAgent, "the agent that dials, HOST[:PORT]: this machine's by default; a server's (over TLS, port 9551 unless given; its certificate must be a server's before the token is sent) to have it dial a machine that cannot dial out")
 	timeout := c.Flags().Duration("timeout", time.Minute, "how long to wait for the link, or the member's answer")
 	var js cluster.JoinSpec
-	c.Flags().StringVar(&js.Token, "token", "", "a join token (`raptiformica token create` on a member): HOST is then a member's agent (TLS port 9551 unless given), checked by the token's CA hash; this machine's node config is written")
-	c.Flags().StringVar(&js.Type, "type", "", "with --token: the machine type, when the token names none")
+	c.Flags().StringVar(&js.Token, "token", "", "a join token (`raptiformica token create` on a member): HOST is then a server's agent (TLS port 9551 unless given), checked by the token's CA hash and for a server's certificate; this machine's node config is written")
+	c.Flags().StringVar(&js.Type, "type", "", "with --token: the machine type this machine expects to become (a token of another type is refused, unspent)")
 	c.Flags().StringVar(&js.Config, "config", nodeConfigPath, "with --token: where to write the node config")
 	c.Flags().StringVar(&js.DataDir, "data-dir", "/var/lib/raptiformica", "with --token: this machine's data folder")
 	c.Flags().StringVar(&js.BindAddr, "bind", nodeconfig.BindAuto, "with --token: this machine's address (auto: the one with the default route)")

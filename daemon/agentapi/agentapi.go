@@ -130,15 +130,23 @@ func FetchStatus(ctx context.Context, addr string, port int) (AgentStatus, error
 // Agent is an agent to ask to act, and the credentials to ask with. On a
 // loopback host (the machine's own agent, or one of the local backend's)
 // it is asked over plain HTTP on its http_port; on any other over TLS on
-// its https_port, its certificate checked against the cluster's CA before
-// the token is sent.
+// its https_port, and the token is sent only once the handshake proved
+// the agent a server of the cluster (its certificate is of the cluster's
+// CA and names the server role, and MachineID when set): the token gives
+// the cluster's authority, which a client machine, holding only its own
+// keys, must never see.
 type Agent struct {
 	Host string
 	Port int
-	// Token is the cluster's: an agent acts only for who holds it.
+	// Token is the cluster's or an operator's: an agent acts only for who
+	// holds one.
 	Token string
 	// CACert is the cluster's CA (PEM); needed for any host but loopback.
 	CACert string
+	// MachineID, when set, is the machine the agent must be (its
+	// certificate names it): set it when asking one machine, such as the
+	// leader, so that another server at its address is not asked instead.
+	MachineID string
 }
 
 // NewAgent is the agent at addr (HOST[:PORT]), the port defaulting to the
@@ -185,7 +193,7 @@ func (a Agent) client() (*http.Client, string, error) {
 	if a.CACert == "" {
 		return nil, "", fmt.Errorf("agent at %s: no CA certificate to check it with (the cluster's identity or a node config holds it)", a)
 	}
-	cfg, err := pki.ClientTLS(a.CACert)
+	cfg, err := pki.ClientTLS(a.CACert, a.MachineID)
 	if err != nil {
 		return nil, "", fmt.Errorf("agent at %s: %w", a, err)
 	}

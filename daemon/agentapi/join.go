@@ -30,7 +30,8 @@ const JoinPath = "/v1/join"
 type JoinRequest struct {
 	TokenID string `json:"token_id"`
 	Secret  string `json:"secret"`
-	// Type is the machine type to join as, when the token names none.
+	// Type, when set, is the machine type the machine expects to join
+	// as: a token of another type is refused rather than spent.
 	Type string `json:"type,omitempty"`
 }
 
@@ -51,8 +52,9 @@ func (e *CAMismatch) Error() string {
 // Join asks the member at addr (HOST[:PORT], its TLS port, 9551 unless
 // given) for a node config in exchange for a join token. In the TLS
 // handshake, before anything is sent, the member's certificate must chain
-// to a CA whose SHA-256 is the token's; otherwise it returns a
-// *CAMismatch. A member that refuses the token returns an *AgentRefused.
+// to a CA whose SHA-256 is the token's (otherwise it returns a
+// *CAMismatch) and name a server. A member that refuses the token returns
+// an *AgentRefused.
 func Join(ctx context.Context, addr string, tok jointoken.Token, typ string) (nodeconfig.Config, error) {
 	var cfg nodeconfig.Config
 	if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -93,7 +95,9 @@ func Join(ctx context.Context, addr string, tok jointoken.Token, typ string) (no
 
 // verifyByHash accepts the connection only when one of the certificates
 // the member sent is a CA whose SHA-256 is want, and the member's own
-// certificate is signed by it for a member of the cluster.
+// certificate is signed by it for a server of the cluster: the secret
+// buys a machine's credentials (a server's, with the CA key, for a server
+// token), so a client, which holds only its own keys, never sees it.
 func verifyByHash(addr string, cs tls.ConnectionState, want string) error {
 	if len(cs.PeerCertificates) == 0 {
 		return &CAMismatch{Agent: addr, Want: want}
@@ -114,6 +118,9 @@ func verifyByHash(addr string, cs tls.ConnectionState, want string) error {
 		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, DNSName: pki.MemberName})
 		if err != nil {
 			return fmt.Errorf("agent at %s: its certificate is not one of the cluster's CA: %w", addr, err)
+		}
+		if err := pki.CheckPeer(cs.PeerCertificates[0], ""); err != nil {
+			return fmt.Errorf("agent at %s: %w; ask a server", addr, err)
 		}
 		return nil
 	}

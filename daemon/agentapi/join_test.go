@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -19,7 +20,14 @@ import (
 // ca, sent with the CA's.
 func member(t *testing.T, ca pki.CA, h http.HandlerFunc) string {
 	t.Helper()
-	cert, err := ca.Issue("m", true)
+	return memberOn(t, "127.0.0.1:0", ca, "server-m", true, h)
+}
+
+// memberOn serves h over TLS on addr with a certificate of ca for machine
+// id, a server's or a client's.
+func memberOn(t *testing.T, addr string, ca pki.CA, id string, server bool, h http.HandlerFunc) string {
+	t.Helper()
+	cert, err := ca.Issue(id, server)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,6 +36,12 @@ func member(t *testing.T, ca pki.CA, h http.HandlerFunc) string {
 		t.Fatal(err)
 	}
 	srv := httptest.NewUnstartedServer(h)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener.Close()
+	srv.Listener = ln
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)

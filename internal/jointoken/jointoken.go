@@ -7,15 +7,23 @@
 // before it sends anything (so a token given to the wrong host, or caught
 // by someone in the middle, proves nothing to it); the token's ID; and a
 // secret of 256 bits. The cluster keeps a Record per token: its type, its
-// expiry and the SHA-256 of its secret, never the secret itself, so that a
-// reader of the KV cannot join with it.
+// expiry, the uses it has left and the SHA-256 of its secret, never the
+// secret itself, so that a reader of the KV cannot join with it.
+//
+// A token always names the type its machines become (the joining machine
+// does not choose: a token it could name a server with would buy it the
+// cluster's token and the CA key), and is spent by Redeem, one use per
+// machine, by check-and-set on its record: two machines that redeem the
+// last use at once cannot both have it.
 package jointoken
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -70,32 +78,45 @@ func Parse(s string) (Token, error) {
 	return t, nil
 }
 
+// DefaultUses is how many machines a token joins unless told otherwise.
+const DefaultUses = 1
+
 // Record is what the cluster keeps of a token.
 type Record struct {
 	ID string `json:"id"`
 	// SecretSHA256 is the hash of the secret (hex), compared in constant
 	// time.
 	SecretSHA256 string `json:"secret_sha256"`
-	// Type is the machine type a machine joined with the token becomes;
-	// empty lets the joining machine say.
+	// Type is the machine type a machine joined with the token becomes.
+	// A record of before types were required may have none: it joins no
+	// machine.
 	Type    string    `json:"type,omitempty"`
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires"`
+	// UsesLeft is how many more machines may join with the token. A
+	// record of before uses were counted has none left.
+	UsesLeft int `json:"uses_left"`
 }
 
-// NewRecord is the record of t, for type typ, valid for ttl from now.
-func NewRecord(t Token, typ string, now time.Time, ttl time.Duration) Record {
+// NewRecord is the record of t, for type typ, for uses machines, valid for
+// ttl from now.
+func NewRecord(t Token, typ string, uses int, now time.Time, ttl time.Duration) Record {
 	sum := sha256.Sum256([]byte(t.Secret))
-	return Record{ID: t.ID, SecretSHA256: hex.EncodeToString(sum[:]), Type: typ, Created: now.UTC(), Expires: now.Add(ttl).UTC()}
+	return Record{ID: t.ID, SecretSHA256: hex.EncodeToString(sum[:]), Type: typ, Created: now.UTC(), Expires: now.Add(ttl).UTC(), UsesLeft: uses}
 }
 
-// Errors of Check: a token that does not match or has expired.
+// Errors of Check and Redeem: a token that does not match, has expired, is
+// spent, names no type, or is not (or no longer) in the cluster.
 var (
 	ErrWrongSecret = errors.New("join token: wrong secret")
 	ErrExpired     = errors.New("join token: expired")
+	ErrUsedUp      = errors.New("join token: used up")
+	ErrNoType      = errors.New("join token: names no machine type (made by an older version): create another")
+	ErrUnknown     = errors.New("join token: unknown or revoked")
 )
 
-// Check says whether secret matches the record at now.
+// Check says whether secret matches the record at now, and the record may
+// still join a machine.
 func (r Record) Check(secret string, now time.Time) error {
 	sum := sha256.Sum256([]byte(secret))
 	want, err := hex.DecodeString(r.SecretSHA256)
@@ -105,5 +126,86 @@ func (r Record) Check(secret string, now time.Time) error {
 	if !now.Before(r.Expires) {
 		return fmt.Errorf("%w at %s", ErrExpired, r.Expires.Format(time.RFC3339))
 	}
+	if r.Type == "" {
+		return ErrNoType
+	}
+	if r.UsesLeft <= 0 {
+		return ErrUsedUp
+	}
 	return nil
+}
+
+// KV is where the cluster keeps the records, keyed by token ID, with
+// check-and-set: the join tokens' folder of the cluster's KV
+// (kvschema.Store.JoinTokens).
+type KV interface {
+	// Get returns the value at key and its modify index; nil when absent.
+	Get(ctx context.Context, key string) ([]byte, uint64, error)
+	// CAS writes value at key if its modify index is still index, and
+	// reports whether it did.
+	CAS(ctx context.Context, key string, value []byte, index uint64) (bool, error)
+}
+
+// maxCASTries bounds Redeem's and Refund's retries: each lost
+// check-and-set means another redeem or refund of the token won, so this
+// many is only reached by a token redeemed by that many machines at once.
+const maxCASTries = 64
+
+// Redeem spends one use of token id if secret matches its record at now,
+// and returns the record as it was before. It blocks until the record is
+// written (or ctx ends); a check-and-set lost to another redeem reads the
+// record again and checks it anew, so a use is never given twice. The
+// errors are Check's, ErrUnknown, or the KV's.
+func Redeem(ctx context.Context, kv KV, id, secret string, now time.Time) (Record, error) {
+	return update(ctx, kv, id, func(r *Record) error {
+		if err := r.Check(secret, now); err != nil {
+			return err
+		}
+		r.UsesLeft--
+		return nil
+	})
+}
+
+// Refund gives back the use a redeem took, for a join that failed before
+// the machine got its config. A token revoked meanwhile stays revoked.
+func Refund(ctx context.Context, kv KV, id string) error {
+	_, err := update(ctx, kv, id, func(r *Record) error {
+		r.UsesLeft++
+		return nil
+	})
+	if errors.Is(err, ErrUnknown) {
+		return nil
+	}
+	return err
+}
+
+// update applies change to the record of token id by check-and-set, and
+// returns the record before it.
+func update(ctx context.Context, kv KV, id string, change func(*Record) error) (Record, error) {
+	for range maxCASTries {
+		val, index, err := kv.Get(ctx, id)
+		if err != nil {
+			return Record{}, fmt.Errorf("read join token %s: %w", id, err)
+		}
+		var r Record
+		if val == nil || json.Unmarshal(val, &r) != nil || r.ID != id {
+			return Record{}, ErrUnknown
+		}
+		before, next := r, r
+		if err := change(&next); err != nil {
+			return before, err
+		}
+		b, err := json.Marshal(next)
+		if err != nil {
+			return before, err
+		}
+		ok, err := kv.CAS(ctx, id, b, index)
+		if err != nil {
+			return before, fmt.Errorf("write join token %s: %w", id, err)
+		}
+		if ok {
+			return before, nil
+		}
+	}
+	return Record{}, fmt.Errorf("join token %s: changed by others %d times in a row: try again", id, maxCASTries)
 }

@@ -18,7 +18,7 @@ func TestRoundTripAndCheck(t *testing.T) {
 		t.Fatalf("parse %q: %+v, %v", tok, got, err)
 	}
 	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	rec := NewRecord(tok, "worker", now, time.Hour)
+	rec := NewRecord(tok, "worker", 1, now, time.Hour)
 	if strings.Contains(rec.SecretSHA256, tok.Secret) {
 		t.Fatal("the record holds the secret")
 	}

@@ -3,6 +3,17 @@
 // machine, with which Consul's RPC is mutual TLS and its HTTP API on a
 // node's address is HTTPS.
 //
+// A certificate says who holds it: its machine ID (a URI name,
+// raptiformica://machine/<id>) and its role (a DNS name, server.raptiformica
+// or client.raptiformica). The CA alone puts them there, so a member cannot
+// claim another role or another machine's ID: callers that send a
+// credential giving the cluster's authority (an operator's token, a join
+// secret) check that the peer's certificate names a server, and, when they
+// address one machine, its ID (ClientTLS, CheckPeer). The role is a DNS name
+// so that any TLS client can check it by name (Consul's CLI with
+// CONSUL_TLS_SERVER_NAME=server.raptiformica, curl); the ID is a URI
+// because an ID is not bounded to a DNS label's length.
+//
 // Certificates are signed by whoever makes a machine (`up` for the seed,
 // the leader, `adopt`), from the CA key it holds, and written into the
 // machine's node config with the rest of its credentials. Consul's
@@ -14,6 +25,7 @@
 package pki
 
 import (
+	"cmp"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -28,6 +40,9 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -42,6 +57,23 @@ const (
 	ClientName = "client.dc1.consul"
 	MemberName = "member.raptiformica"
 )
+
+// Roles a certificate names, and the DNS names that say them.
+const (
+	RoleServer = "server"
+	RoleClient = "client"
+	// ServerRoleName is on a server's certificate only: check it (as the
+	// TLS server name) before sending a credential that gives the
+	// cluster's authority.
+	ServerRoleName = RoleServer + ".raptiformica"
+	ClientRoleName = RoleClient + ".raptiformica"
+)
+
+// MachineURI is the URI name of machine id on its certificate,
+// raptiformica://machine/<id>.
+func MachineURI(id string) *url.URL {
+	return &url.URL{Scheme: "raptiformica", Host: "machine", Path: "/" + id}
+}
 
 // Validity of what the CA signs. Nothing renews certificates yet, so they
 // outlive the machines they are made for; a machine replaced by the
@@ -97,10 +129,14 @@ type Cert struct {
 }
 
 // Issue signs a certificate for the machine named node: a server's names
-// ServerName (it may serve Consul's RPC as a server), any other's
-// ClientName; both name MemberName, localhost and the loopback addresses,
-// and serve as client and server of TLS.
+// ServerName (it may serve Consul's RPC as a server) and ServerRoleName,
+// any other's ClientName and ClientRoleName; both name MemberName,
+// localhost, the loopback addresses and MachineURI(node), and serve as
+// client and server of TLS.
 func (ca CA) Issue(node string, server bool) (Cert, error) {
+	if node == "" || strings.ContainsAny(node, "/?#") {
+		return Cert{}, fmt.Errorf("issue a certificate: bad machine id %q", node)
+	}
 	caCert, caKey, err := ca.parse()
 	if err != nil {
 		return Cert{}, err
@@ -113,9 +149,9 @@ func (ca CA) Issue(node string, server bool) (Cert, error) {
 	if err != nil {
 		return Cert{}, err
 	}
-	role := ClientName
+	consulRole, role := ClientName, ClientRoleName
 	if server {
-		role = ServerName
+		consulRole, role = ServerName, ServerRoleName
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -125,8 +161,9 @@ func (ca CA) Issue(node string, server bool) (Cert, error) {
 		NotAfter:     now.Add(certValidity),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     []string{role, MemberName, "localhost"},
+		DNSNames:     []string{consulRole, role, MemberName, "localhost"},
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		URIs:         []*url.URL{MachineURI(node)},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
 	if err != nil {
@@ -179,15 +216,82 @@ func Fingerprint(certPEM string) (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
-// ClientTLS is the TLS configuration of a client of a member's HTTPS API:
-// the server must show a certificate of the cluster's CA that names
-// MemberName.
-func ClientTLS(caPEM string) (*tls.Config, error) {
+// Peer is who a certificate of the cluster's CA says its holder is.
+type Peer struct {
+	MachineID string
+	// Role is RoleServer, RoleClient, or "" when the certificate names
+	// none.
+	Role string
+}
+
+// PeerOf reads who c names. A certificate signed before certificates named
+// their role and ID (it names neither ServerRoleName nor ClientRoleName)
+// is read by what it named then, which only the CA put there too: Consul's
+// server or client name for the role, its common name for the ID. PeerOf
+// does not check the signature: call it on a verified chain's leaf.
+func PeerOf(c *x509.Certificate) Peer {
+	var p Peer
+	for _, u := range c.URIs {
+		if id := strings.TrimPrefix(u.Path, "/"); u.Scheme == "raptiformica" && u.Host == "machine" && id != "" {
+			p.MachineID = id
+		}
+	}
+	if p.Role = roleNamed(c.DNSNames, ServerRoleName, ClientRoleName); p.Role != "" {
+		return p
+	}
+	p.Role = roleNamed(c.DNSNames, ServerName, ClientName)
+	if p.MachineID == "" {
+		p.MachineID = c.Subject.CommonName
+	}
+	return p
+}
+
+// roleNamed is the role names say, a server's name winning.
+func roleNamed(names []string, server, client string) string {
+	switch {
+	case slices.Contains(names, server):
+		return RoleServer
+	case slices.Contains(names, client):
+		return RoleClient
+	}
+	return ""
+}
+
+// CheckPeer says why the verified leaf c may not be sent a credential that
+// gives the cluster's authority: it names no server, or, when machineID is
+// not empty, another machine. Nil when it may.
+func CheckPeer(c *x509.Certificate, machineID string) error {
+	p := PeerOf(c)
+	if p.Role != RoleServer {
+		return fmt.Errorf("its certificate (machine %s) is a %s's, not a server's: no token or join secret is sent to it", p.MachineID, cmp.Or(p.Role, "roleless member"))
+	}
+	if machineID != "" && p.MachineID != machineID {
+		return fmt.Errorf("its certificate is machine %s's, not %s's", p.MachineID, machineID)
+	}
+	return nil
+}
+
+// ClientTLS is the TLS configuration of a client that sends a credential
+// to a member's agent over HTTPS: the server must show a
+// certificate of the cluster's CA (it names MemberName) for a server
+// (CheckPeer), of machine machineID unless that is empty. The handshake
+// fails before any request is sent otherwise.
+func ClientTLS(caPEM, machineID string) (*tls.Config, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM([]byte(caPEM)) {
 		return nil, errors.New("no CA certificate in PEM")
 	}
-	return &tls.Config{RootCAs: pool, ServerName: MemberName, MinVersion: tls.VersionTLS12}, nil
+	return &tls.Config{
+		RootCAs: pool, ServerName: MemberName, MinVersion: tls.VersionTLS12,
+		// Runs after the chain and MemberName are verified, so the leaf
+		// is the CA's.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("no certificate")
+			}
+			return CheckPeer(cs.PeerCertificates[0], machineID)
+		},
+	}, nil
 }
 
 func newSerial() (*big.Int, error) {

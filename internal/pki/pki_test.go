@@ -64,7 +64,7 @@ func TestIssueRoles(t *testing.T) {
 // same CA, and refuses one of another CA.
 func TestClientTLSHandshake(t *testing.T) {
 	ca := mustCA(t)
-	cfg, err := ClientTLS(ca.CertPEM)
+	cfg, err := ClientTLS(ca.CertPEM, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestClientTLSHandshake(t *testing.T) {
 		signer CA
 		ok     bool
 	}{{ca, true}, {mustCA(t), false}} {
-		c, err := tc.signer.Issue("n", false)
+		c, err := tc.signer.Issue("n", true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,7 +106,7 @@ func TestFingerprintAndBadInput(t *testing.T) {
 	if _, err := (CA{CertPEM: ca.CertPEM, KeyPEM: "junk"}).Issue("n", false); err == nil || !strings.Contains(err.Error(), "CA key") {
 		t.Errorf("a damaged CA key: %v", err)
 	}
-	if _, err := ClientTLS("junk"); err == nil {
+	if _, err := ClientTLS("junk", ""); err == nil {
 		t.Error("ClientTLS took no certificate")
 	}
 }

@@ -248,9 +248,12 @@ func TestSecureDockerNetworkStrangers(t *testing.T) {
 
 // TestSecureJoinTokens: a machine joins by hand with a token from `token
 // create`, checking the member's CA by the token's hash first: it gets its
-// node config (certificate, token, gossip key) and becomes a member. A
-// token naming another CA stops before anything is sent (the member counts
-// no join request); an expired token and a revoked one are refused.
+// node config (certificate, token, gossip key) and becomes a member, of
+// the token's type (by default the description's client type), recorded
+// by the server. A token naming another CA stops before anything is sent
+// (the member counts no join request); an expired token, a revoked one and
+// a spent one are refused; a server's token is made only when named, with
+// a warning.
 func TestSecureJoinTokens(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
@@ -263,19 +266,22 @@ func TestSecureJoinTokens(t *testing.T) {
 	c.waitAgree(1, time.Minute, "after up")
 	server := c.machines()[0].Config
 	member := fmt.Sprintf("%s:%d", server.BindAddr, server.HTTPSPort)
+	var warned string
 	create := func(args ...string) string {
 		out, errOut, code := c.rf(append([]string{"token", "create"}, args...)...)
 		if code != 0 {
 			t.Fatalf("token create %v: exit %d\n%s%s", args, code, out, errOut)
 		}
+		warned = errOut
 		return strings.TrimSpace(out)
 	}
 	dir := t.TempDir()
-	join := func(tok string) (string, error) {
+	joinAt := func(dir, tok string) (string, error) {
 		out, err := exec.Command(binary, "join", "--token", tok, member, "--type", "worker", "--config", filepath.Join(dir, "agent.json"),
 			"--data-dir", filepath.Join(dir, "data"), "--bind", testconsul.FreeIP(), "--timeout", "20s").CombinedOutput()
 		return string(out), err
 	}
+	join := func(tok string) (string, error) { return joinAt(dir, tok) }
 	joins := func() float64 {
 		return scrape(t, fmt.Sprintf("http://%s:%d/metrics", server.BindAddr, server.HTTPPort), `raptiformica_join_requests_total{result="joined"}`) +
 			scrape(t, fmt.Sprintf("http://%s:%d/metrics", server.BindAddr, server.HTTPPort), `raptiformica_join_requests_total{result="refused"}`)
@@ -310,10 +316,24 @@ func TestSecureJoinTokens(t *testing.T) {
 		t.Errorf("join with a revoked token: %v\n%s", err, out)
 	}
 
-	// The token: a node config, then a member.
+	if strings.Contains(warned, "warning") || !strings.Contains(warned, "type worker, 1 use") {
+		t.Errorf("token create without --type: %q, want a worker's token of one use, no warning", warned)
+	}
+	create("--type", "server")
+	if !strings.Contains(warned, "warning") || !strings.Contains(warned, "CA key") {
+		t.Errorf("token create --type server: %q, want a warning", warned)
+	}
+
+	// The token: a node config, then a member; then it is spent.
 	out, err := join(tok)
 	if err != nil || !strings.Contains(out, "joined as worker-") {
 		t.Fatalf("join with the token: %v\n%s", err, out)
+	}
+	if out, err := joinAt(t.TempDir(), tok); err == nil || !strings.Contains(out, "used up") {
+		t.Errorf("a second join with a token of one use: %v\n%s", err, out)
+	}
+	if out, _, _ := c.rf("token", "list"); !strings.Contains(out, "worker, used up") {
+		t.Errorf("token list does not show the token used up:\n%s", out)
 	}
 	cfgFile := filepath.Join(dir, "agent.json")
 	if st, err := os.Stat(cfgFile); err != nil || st.Mode().Perm() != 0o600 {
@@ -341,8 +361,8 @@ func TestSecureJoinTokens(t *testing.T) {
 	}
 
 	// A client never leads: it holds a token of its own, which reads the
-	// description and writes its own record, and nothing of the others',
-	// and no CA key.
+	// description and writes no inventory record, not even its own (the
+	// server that joined it wrote that), and no CA key.
 	if cfg.ACLToken == c.token() || cfg.TLS.CAKey != "" {
 		t.Errorf("a client machine got the cluster's token or the CA key")
 	}
@@ -353,12 +373,13 @@ func TestSecureJoinTokens(t *testing.T) {
 	if pair, _, err := own.KV().Get(kvschema.Platform, nil); err != nil || pair == nil {
 		t.Errorf("the client's token reads no description: %v", err)
 	}
-	// The machine records itself as joined by hand.
-	poll(30*time.Second, func() bool {
-		pair, _, err := own.KV().Get(kvschema.Inventory+cfg.MachineID, nil)
-		return err == nil && pair != nil
-	})
-	for key, want := range map[string]bool{kvschema.Inventory + cfg.MachineID: true, kvschema.Inventory + server.MachineID: false, kvschema.Platform: false, kvschema.Leader: false} {
+	// The server recorded the machine, joined by hand, of the token's type
+	// (the leader has marked it joined since).
+	if pair, _, err := own.KV().Get(kvschema.Inventory+cfg.MachineID, nil); err != nil || pair == nil ||
+		!strings.Contains(string(pair.Value), `"backend":"by-hand"`) || !strings.Contains(string(pair.Value), `"type":"worker"`) {
+		t.Errorf("the record of the machine joined by hand: %v, %v", pair, err)
+	}
+	for key, want := range map[string]bool{kvschema.Inventory + cfg.MachineID: false, kvschema.Inventory + server.MachineID: false, kvschema.Platform: false, kvschema.Leader: false} {
 		pair, _, err := own.KV().Get(key, nil)
 		if err != nil || pair == nil {
 			if want {

@@ -1,0 +1,102 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/raptiformica/raptiformica/internal/jointoken"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/testconsul"
+	"github.com/raptiformica/raptiformica/rules"
+)
+
+// TestTrustJoinTokenHasType: a join token always names a type: the one
+// asked for, else the description's first client type by name, never a
+// server unless named; it joins one machine unless told more, and
+// `token list` says how many it has left.
+func TestTrustJoinTokenHasType(t *testing.T) {
+	p := &rules.Platform{Machines: map[string]rules.MachineType{
+		"server": {ConsulServer: true}, "worker": {}, "arm": {}, "a-server": {ConsulServer: true},
+	}}
+	for _, tc := range []struct {
+		name, typ, want string
+		server          bool
+		err             string
+	}{
+		{"none asked: the first client type", "", "arm", false, ""},
+		{"a client type", "worker", "worker", false, ""},
+		{"a server, asked by name", "server", "server", true, ""},
+		{"an unknown type", "gpu", "", false, "no such machine type"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, server, err := JoinTokenType(p, tc.typ)
+			if got != tc.want || server != tc.server || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+				t.Errorf("got %q server=%v %v, want %q server=%v %q", got, server, err, tc.want, tc.server, tc.err)
+			}
+		})
+	}
+	serversOnly := &rules.Platform{Machines: map[string]rules.MachineType{"server": {ConsulServer: true}}}
+	if got, _, err := JoinTokenType(serversOnly, ""); err == nil || !strings.Contains(err.Error(), "--type") {
+		t.Errorf("a description of servers only, no type asked: %q, %v; want told to name one", got, err)
+	}
+
+	if testing.Short() {
+		t.Skip("the rest runs a real Consul (run without -short)")
+	}
+	srv, err := testconsul.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	ca, err := pki.NewCA("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		spec     JoinTokenSpec
+		typ      string
+		usesLeft int
+	}{
+		{JoinTokenSpec{TTL: time.Hour}, "arm", 1},
+		{JoinTokenSpec{Type: "worker", Uses: 3, TTL: time.Hour}, "worker", 3},
+	} {
+		tok, rec, err := CreateJoinToken(ctx, srv.Client, p, ca.CertPEM, tc.spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		val, _, err := kvschema.New(srv.Client).JoinTokens().Get(ctx, tok.ID)
+		var stored jointoken.Record
+		if err != nil || json.Unmarshal(val, &stored) != nil || stored != rec || stored.Type != tc.typ || stored.UsesLeft != tc.usesLeft {
+			t.Errorf("%+v: stored %+v (%v), returned %+v; want type %s with %d uses", tc.spec, stored, err, rec, tc.typ, tc.usesLeft)
+		}
+	}
+	if _, _, err := CreateJoinToken(ctx, srv.Client, p, ca.CertPEM, JoinTokenSpec{Uses: -1, TTL: time.Hour}); err == nil {
+		t.Error("a token of -1 uses was made")
+	}
+
+	one, none := 1, 0
+	var out strings.Builder
+	err = WriteTokenList(&out, []JoinTokenLine{
+		{Token: Token{ID: "a1", Kind: "join", For: "worker"}, UsesLeft: &one},
+		{Token: Token{ID: "b2", Kind: "join", For: "worker"}, UsesLeft: &none},
+		{Token: Token{ID: "c3", Kind: "role", For: "metrics"}},
+	}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		lines = append(lines, strings.Join(strings.Fields(l), " "))
+	}
+	want := []string{"ID KIND FOR EXPIRES", "a1 join worker, 1 use left never", "b2 join worker, used up never", "c3 role metrics never"}
+	if diff := cmp.Diff(want, lines); diff != "" {
+		t.Errorf("token list (-want +got):\n%s", diff)
+	}
+}
