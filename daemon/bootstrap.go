@@ -3,10 +3,12 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
@@ -86,16 +88,23 @@ func (s *kvSeed) meshSecret(ctx context.Context) error {
 	return s.store.InitMeshSecrets(ctx, kv)
 }
 
-// record writes this server's inventory record when it has none, and its
+// record writes this machine's inventory record when it has none, and its
 // overlay address into it once the mesh gave it one.
 //
-// Only a server writes it: the inventory is the servers' (a client's
-// token may not write even its own record, see kvschema.MachineRules).
-// A client's record was written by whoever made or enrolled it.
+// The inventory is the servers': a client machine's own token may not
+// write even its own record (kvschema.MachineRules), which whoever made
+// or enrolled it wrote. Consul refuses such a write, and a client takes
+// that as done. A machine whose node config an operator wrote by hand,
+// with a token that may write it, records itself as before.
 func (s *kvSeed) record(ctx context.Context) error {
-	if !s.cfg.ConsulServer {
+	err := s.writeRecord(ctx)
+	if se := (api.StatusError{}); !s.cfg.ConsulServer && errors.As(err, &se) && se.Code == http.StatusForbidden {
 		return nil
 	}
+	return err
+}
+
+func (s *kvSeed) writeRecord(ctx context.Context) error {
 	rec, found, err := s.inventory.Get(ctx, s.cfg.MachineID)
 	if err != nil {
 		return err

@@ -586,9 +586,13 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 	}
 	member, isMember := obs.Members[a.MachineID]
 	e.start(a.MachineID, a, func() {
-		if a.Kind == KindScaleDown && isMember && member.Status == MemberAlive {
-			// A healthy machine leaves gracefully, so that a server is
-			// taken out of the Raft configuration before it stops.
+		if a.Kind == KindScaleDown && isMember && member.Status == MemberAlive && member.RaftVoter {
+			// A healthy server leaves gracefully, so that it is taken
+			// out of the Raft configuration before it stops. Asking a
+			// member's Consul shows it the cluster's token, which only a
+			// proven server may see (consulclient.New checks its
+			// certificate too); a client needs no leave of its own: it
+			// is destroyed, then forced out.
 			if err := e.leave(ctx, member); err != nil {
 				log.Warn("graceful leave failed; forcing", telemetry.KeyError, err)
 			}

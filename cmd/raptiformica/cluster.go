@@ -72,7 +72,7 @@ func (t *target) client(ctx context.Context) (*api.Client, error) {
 		}
 		if cfg.Scheme == "https" && cfg.TLSConfig.CAFile == "" && cfg.TLSConfig.CAPath == "" {
 			cfg.TLSConfig.CAPem = []byte(t.credentials().CA.CertPEM)
-			cfg.TLSConfig.Address = cmp.Or(cfg.TLSConfig.Address, pki.MemberName)
+			cfg.TLSConfig.Address = cmp.Or(cfg.TLSConfig.Address, pki.ServerName)
 		}
 		c, err := consulclient.FromConfig(cfg, 0)
 		t.env = c

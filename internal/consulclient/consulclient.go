@@ -44,7 +44,12 @@ type Target struct {
 }
 
 // New returns a client of t's Consul: plain HTTP when the host is a
-// loopback address, else HTTPS checked against the cluster's CA.
+// loopback address, else HTTPS checked against the cluster's CA, with a
+// server's certificate. The token a caller sends another machine's Consul
+// is an operator's or the cluster's, which only servers hold anyway: a
+// client's certificate (any member's would do for a name every member
+// has) is refused in the handshake, before the token is sent, so a
+// compromised client never collects it.
 func New(t Target) (*api.Client, error) {
 	cfg := api.DefaultConfig()
 	cfg.Token = t.Token
@@ -58,7 +63,7 @@ func New(t Target) (*api.Client, error) {
 	}
 	cfg.Scheme = "https"
 	cfg.Address = net.JoinHostPort(t.Host, strconv.Itoa(cmp.Or(t.HTTPSPort, nodeconfig.ConsulHTTPSPort)))
-	cfg.TLSConfig = api.TLSConfig{Address: pki.MemberName, CAPem: []byte(t.CACert)}
+	cfg.TLSConfig = api.TLSConfig{Address: pki.ServerName, CAPem: []byte(t.CACert)}
 	return FromConfig(cfg, t.Timeout)
 }
 

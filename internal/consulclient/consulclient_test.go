@@ -1,4 +1,4 @@
-package consulclient
+package consulclient_test
 
 import (
 	"net/http"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 )
 
@@ -44,7 +45,7 @@ func call(t *testing.T, within time.Duration, f func() error) time.Duration {
 // (Agent().Members), to a Consul that never answers once hung its caller
 // forever: the status page, a completion, a member's CLI.
 func TestHungConsulCallTimesOut(t *testing.T) {
-	c, err := New(Target{Host: "127.0.0.1", HTTPPort: hungConsul(t), Timeout: 300 * time.Millisecond})
+	c, err := consulclient.New(consulclient.Target{Host: "127.0.0.1", HTTPPort: hungConsul(t), Timeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +76,7 @@ func TestBlockingQueryKeepsItsWait(t *testing.T) {
 	}))
 	defer srv.Close()
 	port, _ := strconv.Atoi(srv.URL[len("http://127.0.0.1:"):])
-	c, err := New(Target{Host: "127.0.0.1", HTTPPort: port, Timeout: 200 * time.Millisecond})
+	c, err := consulclient.New(consulclient.Target{Host: "127.0.0.1", HTTPPort: port, Timeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func TestBlockingQueryKeepsItsWait(t *testing.T) {
 		t.Errorf("blocking query held for its wait: got %v (meta %+v), want index 8", err, meta)
 	}
 
-	hung, err := New(Target{Host: "127.0.0.1", HTTPPort: hungConsul(t), Timeout: 200 * time.Millisecond})
+	hung, err := consulclient.New(consulclient.Target{Host: "127.0.0.1", HTTPPort: hungConsul(t), Timeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,14 +101,14 @@ func TestBlockingQueryKeepsItsWait(t *testing.T) {
 // every time (the reaper derives it again) and different for another name.
 func TestNodeIDIsAUUIDOfTheName(t *testing.T) {
 	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
-	a, b := NodeID("server-0a1b2c3d"), NodeID("server-0a1b2c3e")
+	a, b := consulclient.NodeID("server-0a1b2c3d"), consulclient.NodeID("server-0a1b2c3e")
 	if !uuid.MatchString(a) || !uuid.MatchString(b) {
 		t.Fatalf("not a version 8 UUID: %q, %q", a, b)
 	}
 	if a == b {
 		t.Errorf("two names, one ID: %s", a)
 	}
-	if again := NodeID("server-0a1b2c3d"); again != a {
+	if again := consulclient.NodeID("server-0a1b2c3d"); again != a {
 		t.Errorf("the same name gave %s, then %s", a, again)
 	}
 }

@@ -1,0 +1,185 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/testconsul"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// TestTrustCredentialTable checks the README's table of what each
+// credential may read and write against a real Consul with the cluster's
+// ACLs: the tokens are made as the cluster makes them (a client machine's
+// by machineToken; the roles' from kvschema's rules), and every cell is
+// tried, a read and a write of the key. A client's token, used by hand,
+// changes nothing but its own claims; the table says so, and this holds
+// the table to it.
+func TestTrustCredentialTable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs a real Consul (run without -short)")
+	}
+	t.Parallel()
+	rows, columns := readCredentialTable(t)
+	const root = "root-token-of-this-test"
+	c, err := testconsul.StartWith("-hcl", `acl { enabled = true
+default_policy = "deny"
+tokens { initial_management = "`+root+`" } }`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	admin := clientWithToken(t, c, root)
+	ctx := context.Background()
+	const own, other = "worker-own", "worker-other"
+	tokens := map[string]string{"cluster token, operator": root}
+	if tokens["client machine"], err = machineToken(ctx, admin, own); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := machineToken(ctx, admin, other); err != nil {
+		t.Fatal(err)
+	}
+	for column, rules := range map[string]string{"read-only": kvschema.ReadOnlyRules, "metrics": kvschema.MetricsRules} {
+		p, err := EnsurePolicy(ctx, admin, "test-"+column, "", rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[column] = tok.SecretID
+	}
+	for _, col := range columns {
+		if tokens[col] == "" {
+			t.Fatalf("the README's table has a column %q this test makes no token for", col)
+		}
+	}
+	for _, row := range rows {
+		key := strings.NewReplacer("<own>", own, "<other>", other, "<id>", "x").Replace(row.key)
+		value := []byte("value of " + key)
+		if _, err := admin.KV().Put(&api.KVPair{Key: key, Value: value}, nil); err != nil {
+			t.Fatal(err)
+		}
+		for i, col := range columns {
+			kv := clientWithToken(t, c, tokens[col]).KV()
+			pair, _, err := kv.Get(key, nil)
+			read := err == nil && pair != nil && string(pair.Value) == string(value)
+			_, err = kv.Put(&api.KVPair{Key: key, Value: value}, nil)
+			wrote := err == nil
+			got := map[[2]bool]string{{true, true}: "rw", {true, false}: "r", {false, true}: "w", {false, false}: "-"}[[2]bool{read, wrote}]
+			if got != row.cells[i] {
+				t.Errorf("%s with the %s credential: Consul allows %q, the README says %q", key, col, got, row.cells[i])
+			}
+		}
+	}
+}
+
+type credentialRow struct {
+	key   string
+	cells []string
+}
+
+// readCredentialTable reads the table between the README's credential
+// markers: a header of credentials, then a row a key, each cell rw, r or -.
+func readCredentialTable(t *testing.T) ([]credentialRow, []string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, ok := strings.Cut(string(b), "<!-- credentials: checked by TestTrustCredentialTable -->")
+	if ok {
+		table, _, ok = strings.Cut(table, "<!-- /credentials -->")
+	}
+	if !ok {
+		t.Fatal("README.md has no credential table between its markers")
+	}
+	cells := func(line string) []string {
+		var out []string
+		for _, c := range strings.Split(strings.Trim(strings.TrimSpace(line), "|"), "|") {
+			out = append(out, strings.Trim(strings.TrimSpace(c), "`"))
+		}
+		return out
+	}
+	var rows []credentialRow
+	var columns []string
+	for _, line := range strings.Split(strings.TrimSpace(table), "\n") {
+		c := cells(line)
+		switch {
+		case columns == nil:
+			columns = c[1:]
+		case strings.HasPrefix(c[0], "---"):
+		default:
+			if len(c) != len(columns)+1 {
+				t.Fatalf("README credential table row %q: %d cells, want %d", line, len(c), len(columns)+1)
+			}
+			rows = append(rows, credentialRow{key: c[0], cells: c[1:]})
+		}
+	}
+	if len(rows) == 0 {
+		t.Fatal("README's credential table has no rows")
+	}
+	return rows, columns
+}
+
+func clientWithToken(t *testing.T, c *testconsul.Server, token string) *api.Client {
+	t.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address, cfg.Scheme, cfg.Token = c.Addr, "http", token
+	cl, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// TestTrustClientWritesNoRecordOfItsOwn: a client machine's agent, with
+// its own token, does not record itself (Consul refuses it, and the agent
+// takes that as done: whoever made or enrolled it recorded it); with a
+// token that may write the inventory (a node config an operator wrote by
+// hand with the cluster's), it records itself as before.
+func TestTrustClientWritesNoRecordOfItsOwn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs a real Consul (run without -short)")
+	}
+	t.Parallel()
+	const root = "root-token-of-this-test"
+	c, err := testconsul.StartWith("-hcl", `acl { enabled = true
+default_policy = "deny"
+tokens { initial_management = "`+root+`" } }`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	ctx := context.Background()
+	admin := clientWithToken(t, c, root)
+	own, err := machineToken(ctx, admin, "laptop-own")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id, token string
+		recorded  bool
+	}{{"laptop-own", own, false}, {"laptop-by-hand", root, true}} {
+		cl := clientWithToken(t, c, tc.token)
+		seed := &kvSeed{cfg: nodeconfig.Config{MachineID: tc.id, MachineType: "laptop", Backend: "by-hand"},
+			store: kvschema.New(cl), inventory: &reconcile.Inventory{Store: kvschema.New(cl)}, clock: clock.Real{}, log: hclog.NewNullLogger()}
+		if err := seed.record(ctx); err != nil {
+			t.Errorf("%s: record: %v", tc.id, err)
+		}
+		_, found, err := (&reconcile.Inventory{Store: kvschema.New(admin)}).Get(ctx, tc.id)
+		if err != nil || found != tc.recorded {
+			t.Errorf("%s: recorded %v (%v), want %v", tc.id, found, err, tc.recorded)
+		}
+	}
+}
