@@ -524,6 +524,43 @@ func BenchmarkSecurity(b *testing.B) {
 	b.ReportMetric(100*(heal[0]-heal[1]).Seconds()/heal[1].Seconds(), "heal-cost-%")
 }
 
+// BenchmarkBaseline measures `up` of three servers and a follower's heal
+// on this binary beside another version's ($RAPTIFORMICA_BASELINE, which
+// bench/baseline.sh builds), alternating in one run, so that what a change
+// costs shows beside the machine's own noise: each figure's ratio to the
+// baseline's is the change's.
+func BenchmarkBaseline(b *testing.B) {
+	base := os.Getenv("RAPTIFORMICA_BASELINE")
+	if base == "" {
+		b.Fatal("RAPTIFORMICA_BASELINE names no binary: run bench/baseline.sh REV")
+	}
+	var up, heal [2][]time.Duration
+	for i := 0; i < b.N; i++ {
+		for k, bin := range []string{binary, base} {
+			c := newCluster(b)
+			c.bin = bin
+			t0 := time.Now()
+			c.up(c.writePlatform("platform.hcl", benchPlatform("")))
+			v := c.waitAgree(3, 2*time.Minute, "after up")
+			u := time.Since(t0)
+			victim := v.follower()
+			t1 := time.Now()
+			c.kill(victim)
+			c.waitAgree(3, 2*time.Minute, "healed", victim)
+			h := time.Since(t1)
+			up[k], heal[k] = append(up[k], u), append(heal[k], h)
+			b.Logf("iteration %d, %s: up %s, heal %s", i, []string{"this", "baseline"}[k], u.Round(time.Millisecond), h.Round(time.Millisecond))
+			c.rf("down")
+		}
+	}
+	for k, name := range []string{"", "-baseline"} {
+		b.ReportMetric(quantile(up[k], 0.5), "up-p50"+name+"-s")
+		b.ReportMetric(quantile(heal[k], 0.5), "heal-p50"+name+"-s")
+	}
+	b.ReportMetric(quantile(up[0], 0.5)/quantile(up[1], 0.5), "up-ratio")
+	b.ReportMetric(quantile(heal[0], 0.5)/quantile(heal[1], 0.5), "heal-ratio")
+}
+
 // TestQuantileNearestRank: the benchmarks' p50 and p90 over five runs are
 // the third and the fifth of them.
 func TestQuantileNearestRank(t *testing.T) {
