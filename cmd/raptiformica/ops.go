@@ -89,6 +89,9 @@ func plan(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The leader itself, by its certificate: another server that took its
+	// address is not asked instead.
+	a.MachineID = kvschema.New(c).Leader(ctx)
 	d, err := agentapi.FetchPlan(ctx, a)
 	if err != nil {
 		return err
