@@ -249,7 +249,11 @@ func (l *Local) Survivor(machine string) (local.Machine, error) {
 func MachineStatus(ctx context.Context, m local.Machine) (agentapi.AgentStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return agentapi.FetchStatus(ctx, m.Config.BindAddr, m.Config.HTTPPort)
+	var r agentapi.Reader
+	if m.Config.TLS != nil {
+		r = agentapi.Reader{CACert: m.Config.TLS.CACert, Cert: m.Config.TLS.Cert, Key: m.Config.TLS.Key}
+	}
+	return agentapi.FetchStatus(ctx, m.Config.BindAddr, m.Config.HTTPPort, m.Config.HTTPSPort, r)
 }
 
 // Quorum is what each running machine of the folder knows of a lost
@@ -317,7 +321,7 @@ func LeaderAgent(ctx context.Context, c *api.Client) (string, error) {
 	for _, s := range svcs {
 		if s.Node == leader && s.ServiceMeta["machine_id"] == leader && s.ServiceAddress != "" && s.ServicePort > 0 {
 			if consulclient.IsLoopback(s.ServiceAddress) {
-				return net.JoinHostPort(s.ServiceAddress, strconv.Itoa(s.ServicePort)), nil
+				return net.JoinHostPort(s.ServiceAddress, cmp.Or(s.ServiceMeta["http_port"], strconv.Itoa(nodeconfig.AgentHTTPPort))), nil
 			}
 			return net.JoinHostPort(s.ServiceAddress, cmp.Or(s.ServiceMeta["https_port"], strconv.Itoa(nodeconfig.AgentHTTPSPort))), nil
 		}

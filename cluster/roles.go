@@ -16,8 +16,8 @@ import (
 // Roles a token may be made for, with `token create --role`.
 var roles = map[string]struct{ policy, rules string }{
 	"operator":  {},
-	"read-only": {"raptiformica-read-only", kvschema.ReadOnlyRules},
-	"metrics":   {"raptiformica-metrics", kvschema.MetricsRules},
+	"read-only": {kvschema.ReadOnlyPolicy, kvschema.ReadOnlyRules},
+	"metrics":   {kvschema.MetricsPolicy, kvschema.MetricsRules},
 }
 
 // roleDescription starts the description of every token made for a role,

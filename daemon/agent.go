@@ -33,6 +33,7 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -112,7 +113,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		// Consul binds to the overlay: it goes last.
 		defer a.mesh.node.Close()
 	}
-	lns, err := listen(ctx, a.Config, a.Config.HTTPPort, "http_port", a.Log)
+	// Plain HTTP for the machine's own users only: other machines read
+	// over TLS, with a member's certificate or a role's token.
+	lns, err := listen(ctx, a.Config, []string{consulclient.LocalHost(a.Config)}, a.Config.HTTPPort, "http_port", a.Log)
 	if err != nil {
 		return err
 	}
@@ -122,7 +125,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("node config tls: %w", err)
 		}
-		tlns, err := listen(ctx, a.Config, a.Config.HTTPSPort, "https_port", a.Log)
+		tlns, err := listen(ctx, a.Config, listenHosts(a.Config), a.Config.HTTPSPort, "https_port", a.Log)
 		if err != nil {
 			return err
 		}
@@ -310,7 +313,7 @@ func (a *Agent) setUp() (err error) {
 	}
 	a.quorum = &quorumWatch{
 		cfg: c, consul: client, inventory: a.inventory, proc: a.proc, mirror: a.mirror, seed: a.seed,
-		backends: bes.get, poke: a.elector.poke, askPeer: askPeerQuorum(c.HTTPPort),
+		backends: bes.get, poke: a.elector.poke, askPeer: askPeerQuorum(c),
 		clock: a.Clock, log: a.Log, metrics: a.metrics,
 	}
 	if overlay != nil {
@@ -440,22 +443,30 @@ func (d *detached) stop() error {
 
 // serverTLS is the agent's TLS: the machine's certificate, sent with the
 // CA's, so that a machine joining with a token can check the CA by its
-// hash before it sends anything.
+// hash before it sends anything. A caller may show a certificate of the
+// cluster's CA (a member reading this agent's status), which is verified;
+// one without any (a machine joining, a person with a token) is served as
+// well, and its requests are judged by their token.
 func serverTLS(t *nodeconfig.TLS) (*tls.Config, error) {
 	pair, err := tls.X509KeyPair([]byte(t.Cert+t.CACert), []byte(t.Key))
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(t.CACert)) {
+		return nil, errors.New("no CA certificate in PEM")
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12,
+		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool}, nil
 }
 
 // listen holds one of the agent's ports (named by its setting) on every
 // address it serves, before anything starts: a port held by another
 // program stops the agent at once; the overlay address is waited for until
 // ctx ends.
-func listen(ctx context.Context, c nodeconfig.Config, port int, setting string, log hclog.Logger) ([]net.Listener, error) {
+func listen(ctx context.Context, c nodeconfig.Config, hosts []string, port int, setting string, log hclog.Logger) ([]net.Listener, error) {
 	var lns []net.Listener
-	for _, host := range listenHosts(c) {
+	for _, host := range hosts {
 		addr := net.JoinHostPort(host, strconv.Itoa(port))
 		// The overlay's address is this node's own and tentative until the
 		// kernel's duplicate address detection is done, which a loaded
@@ -497,9 +508,9 @@ func listen(ctx context.Context, c nodeconfig.Config, port int, setting string, 
 	return lns, nil
 }
 
-// listenHosts are the addresses the agent's HTTP listens on: the node's
-// address, and with the mesh also loopback, where the CLI on the machine
-// finds its agent and Consul.
+// listenHosts are the addresses the agent's HTTPS, and Consul's, listen
+// on: the node's address, and with the mesh also loopback, where the CLI
+// on the machine finds its agent and Consul.
 func listenHosts(c nodeconfig.Config) []string {
 	if c.Mesh == nil {
 		return []string{c.BindAddr}

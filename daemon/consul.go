@@ -153,15 +153,18 @@ const ServiceName = "raptiformica"
 // finds the leader's agent on the leader's node).
 func agentService(c nodeconfig.Config) consulService {
 	return consulService{
-		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPPort,
+		// Prometheus scrapes the port over TLS, with a metrics token.
+		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPSPort,
 		Tags: []string{c.MachineType},
 		Meta: map[string]string{"machine_id": c.MachineID, "machine_type": c.MachineType, "cluster": c.Cluster, "backend": c.Backend,
-			// Where the agent is asked to act (plan, join).
-			"https_port": strconv.Itoa(c.HTTPSPort)},
+			// Where the agent is asked to act (plan, join), and, on a
+			// loopback address (the local backend's), its plain port.
+			"https_port": strconv.Itoa(c.HTTPSPort), "http_port": strconv.Itoa(c.HTTPPort)},
 		Token: c.ACLToken,
 		Checks: []consulCheck{{
 			ID: ServiceName + "-livez", Name: "raptiformica agent /livez",
-			HTTP: fmt.Sprintf("http://%s/livez", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPPort))), Interval: "30s", Timeout: "2s",
+			// Consul asks from the machine itself: plain HTTP, on loopback.
+			HTTP: fmt.Sprintf("http://%s/livez", net.JoinHostPort(consulclient.LocalHost(c), strconv.Itoa(c.HTTPPort))), Interval: "30s", Timeout: "2s",
 		}},
 	}
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -23,6 +25,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -48,6 +51,86 @@ type httpServer struct {
 	metrics *telemetry.Metrics
 	// limits bound each client; nil is defaultHTTPLimits.
 	limits *httpLimits
+	// readers remembers the tokens Consul vouched for as readers.
+	readers readerTokens
+}
+
+// readerTokens remembers, by the SHA-256 of a token, the tokens Consul
+// said may read an agent (the operator, read-only or metrics role), so
+// that a scrape every 15 s asks Consul once every readerFresh, and keeps
+// being answered while Consul cannot resolve tokens (no quorum: when the
+// metrics matter most) for up to readerStale, as Consul's own
+// extend-cache down policy does. At most readerMax are kept. Safe for
+// concurrent use; the zero value is empty.
+type readerTokens struct {
+	mu   sync.Mutex
+	seen map[[32]byte]time.Time // when Consul last vouched; guarded by mu
+}
+
+const (
+	readerFresh = 5 * time.Minute
+	readerStale = time.Hour
+	readerMax   = 64
+)
+
+// allows reports whether auth's bearer token may read the agent: Consul
+// vouches for it now, or did within readerFresh, or within readerStale
+// when Consul cannot be asked.
+func (rt *readerTokens) allows(ctx context.Context, c *api.Client, auth string) bool {
+	tok, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok || len(tok) != 36 || c == nil {
+		return false
+	}
+	key := sha256.Sum256([]byte(tok))
+	now := time.Now()
+	rt.mu.Lock()
+	last, known := rt.seen[key]
+	rt.mu.Unlock()
+	if known && now.Sub(last) < readerFresh {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	self, _, err := c.ACL().TokenReadSelf((&api.QueryOptions{Token: tok}).WithContext(ctx))
+	var se api.StatusError
+	switch {
+	case err == nil && self != nil && readerPolicy(self):
+	case err != nil && !(errors.As(err, &se) && se.Code == http.StatusForbidden) && known && now.Sub(last) < readerStale:
+		return true // Consul cannot answer: believe what it said last
+	default:
+		rt.mu.Lock()
+		delete(rt.seen, key)
+		rt.mu.Unlock()
+		return false
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.seen == nil {
+		rt.seen = map[[32]byte]time.Time{}
+	}
+	if _, ok := rt.seen[key]; !ok && len(rt.seen) >= readerMax {
+		var oldest [32]byte
+		var at time.Time
+		for k, t := range rt.seen {
+			if at.IsZero() || t.Before(at) {
+				oldest, at = k, t
+			}
+		}
+		delete(rt.seen, oldest)
+	}
+	rt.seen[key] = now
+	return true
+}
+
+// readerPolicy reports whether a token's policies make it a reader: the
+// operator's (global management) or a read-only or metrics role's.
+func readerPolicy(t *api.ACLToken) bool {
+	for _, p := range t.Policies {
+		if p.ID == kvschema.GlobalManagementPolicyID || p.Name == kvschema.ReadOnlyPolicy || p.Name == kvschema.MetricsPolicy {
+			return true
+		}
+	}
+	return false
 }
 
 // httpLimits bound what one client of the agent's HTTP server may hold:
@@ -115,7 +198,7 @@ func (h *httpServer) Run(ctx context.Context) error {
 
 func (h *httpServer) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(h.metrics.Registry, promhttp.HandlerOpts{Registry: h.metrics.Registry}))
+	mux.Handle("GET /metrics", h.reading(promhttp.HandlerFor(h.metrics.Registry, promhttp.HandlerOpts{Registry: h.metrics.Registry})))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !h.mirror.Ready() {
 			http.Error(w, "not ready: waiting for Consul and a platform description\n", http.StatusServiceUnavailable)
@@ -139,7 +222,7 @@ func (h *httpServer) handler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("GET /{$}", h.servePage)
+	mux.Handle("GET /{$}", h.reading(http.HandlerFunc(h.servePage)))
 	addPeer := func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this node runs without the mesh (mesh = \"none\"): there is nothing to peer\n", http.StatusConflict)
 	}
@@ -164,13 +247,40 @@ func (h *httpServer) handler() http.Handler {
 		_ = json.NewEncoder(w).Encode(d)
 	})))
 	mux.HandleFunc("POST "+agentapi.JoinPath, h.serveJoin)
-	mux.HandleFunc("GET "+agentapi.StatusPath, func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET "+agentapi.StatusPath, h.reading(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(h.status())
-	})
+		b, _ := json.MarshalIndent(h.status(), "", "  ")
+		// Members wrote much of it: nothing that a terminal takes for a
+		// command reaches whoever curls it.
+		_, _ = w.Write(append(termsafe.JSON(b), '\n'))
+	})))
 	return mux
+}
+
+// reading guards what discloses the cluster's state (its topology, types,
+// leader, recent actions, backend errors): the status, the page and the
+// metrics. The machine's own users read it over plain HTTP, which listens
+// on its loopback only; another machine over TLS, showing a certificate of
+// the cluster's CA (a member: the quorum watch asks its peers so, when no
+// Consul can vouch for a token), or a token of the operator, read-only or
+// metrics role (Prometheus, a person), or this machine's own.
+func (h *httpServer) reading(next http.Handler) http.HandlerFunc {
+	want := []byte("Bearer " + h.cfg.ACLToken)
+	return func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.TLS == nil && fromLoopback(r):
+		case r.TLS == nil:
+			http.Error(w, fmt.Sprintf("other machines read this agent over TLS: ask https://%s with a token of the metrics, read-only or operator role\n", net.JoinHostPort(h.cfg.BindAddr, strconv.Itoa(h.cfg.HTTPSPort))), http.StatusForbidden)
+			return
+		case len(r.TLS.VerifiedChains) > 0:
+		case h.cfg.ACLToken != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) == 1:
+		case h.readers.allows(r.Context(), h.consul, r.Header.Get("Authorization")):
+		default:
+			http.Error(w, "reading this agent takes a token of the metrics, read-only or operator role: send it as Authorization: Bearer TOKEN\n", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	}
 }
 
 // acting guards an endpoint that makes the node act: the caller must hold

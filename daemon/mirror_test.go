@@ -332,7 +332,7 @@ func TestHostileSlowOverlayAddress(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		lns, err := listen(ctx, cfg, 0, "http_port", hclog.NewNullLogger())
+		lns, err := listen(ctx, cfg, listenHosts(cfg), 0, "http_port", hclog.NewNullLogger())
 		for _, ln := range lns {
 			ln.Close()
 		}

@@ -297,13 +297,19 @@ func (q *quorumWatch) askBackend(ctx context.Context, name string) backendEviden
 	return backendEvidence{Running: running}
 }
 
-// askPeerQuorum asks another agent, at the given HTTP port (every agent's
-// is the same), what it knows of the lost quorum.
-func askPeerQuorum(port int) func(ctx context.Context, addr string) (*agentapi.QuorumStatus, error) {
+// askPeerQuorum asks another agent, at c's ports (every agent's are the
+// same), what it knows of the lost quorum: over TLS with this machine's
+// certificate, which the peer checks against the CA itself, since no
+// Consul can vouch for a token while quorum is lost.
+func askPeerQuorum(c nodeconfig.Config) func(ctx context.Context, addr string) (*agentapi.QuorumStatus, error) {
+	var r agentapi.Reader
+	if c.TLS != nil {
+		r = agentapi.Reader{CACert: c.TLS.CACert, Cert: c.TLS.Cert, Key: c.TLS.Key}
+	}
 	return func(ctx context.Context, addr string) (*agentapi.QuorumStatus, error) {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		st, err := agentapi.FetchStatus(ctx, addr, port)
+		st, err := agentapi.FetchStatus(ctx, addr, c.HTTPPort, c.HTTPSPort, r)
 		return st.Quorum, err
 	}
 }

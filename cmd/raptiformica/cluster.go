@@ -108,6 +108,17 @@ func (t *target) agent(addr string) (agentapi.Agent, error) {
 	return a, nil
 }
 
+// reader is how this machine reads another's agent: with its own
+// certificate when it is a member (its node config), else with the
+// operator's token and the cluster's CA.
+func (t *target) reader() agentapi.Reader {
+	if node, err := nodeconfig.Read(nodeConfigPath); err == nil && node.TLS != nil && !t.explicit {
+		return agentapi.Reader{CACert: node.TLS.CACert, Cert: node.TLS.Cert, Key: node.TLS.Key}
+	}
+	cred := t.credentials()
+	return agentapi.Reader{CACert: cred.CA.CertPEM, Token: cmp.Or(cluster.EnvToken(), cred.Token)}
+}
+
 // nodeConfigPath is where a machine installed from the package, or adopted,
 // keeps its node config.
 const nodeConfigPath = "/etc/raptiformica/agent.json"

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -49,7 +51,7 @@ func joinCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(c.OutOrStdout(), "joined as %s (type %s): wrote %s; start the agent: systemctl start raptiformica (or raptiformica agent --config %s)\n",
-				cfg.MachineID, cfg.MachineType, js.Config, js.Config)
+				termsafe.String(cfg.MachineID), termsafe.String(cfg.MachineType), js.Config, js.Config)
 			return nil
 		}
 		a, err := t.agent(*agent)
@@ -73,7 +75,7 @@ func join(ctx context.Context, ep string, agent agentapi.Agent, timeout time.Dur
 	if err != nil {
 		return fmt.Errorf("%w (waited up to %s)", err, timeout)
 	}
-	fmt.Fprintf(out, "agent at %s dials %s\nlink up to %s (overlay %s)\n", agent, u.Host, u.Host, overlay)
+	fmt.Fprintf(out, "agent at %s dials %s\nlink up to %s (overlay %s)\n", agent, u.Host, u.Host, termsafe.String(overlay))
 	return nil
 }
 
@@ -82,7 +84,7 @@ func join(ctx context.Context, ep string, agent agentapi.Agent, timeout time.Dur
 func localMeshProblem(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	st, err := agentapi.FetchStatus(ctx, "127.0.0.1", nodeconfig.AgentHTTPPort)
+	st, err := agentapi.FetchStatus(ctx, "127.0.0.1", nodeconfig.AgentHTTPPort, nodeconfig.AgentHTTPSPort, agentapi.Reader{})
 	if err != nil || st.Mesh == nil {
 		return ""
 	}
@@ -95,7 +97,7 @@ func localMeshProblem(ctx context.Context) string {
 func meshCmd() *cobra.Command {
 	c := newCommand("mesh", "show this machine's overlay: address, links, and why it has none", nArgs(0, 0),
 		"raptiformica mesh", "raptiformica mesh --json | jq '.peers[] | select(.up | not)'", "raptiformica mesh --secret")
-	agent := c.Flags().String("agent", localAgent, "the agent to ask")
+	agent := c.Flags().String("agent", localAgent, "the agent to ask, HOST[:PORT]: this machine's by default; another machine's over TLS (port 9551 unless given), with this machine's certificate, or else the operator's token (sent to a server only)")
 	secret := c.Flags().Bool("secret", false, "print the cluster's mesh secret (from KV) instead, for a machine's node config")
 	asJSON := jsonFlag(c)
 	timeout := c.Flags().Duration("timeout", 10*time.Second, "how long to wait for the agent's answer")
@@ -104,7 +106,7 @@ func meshCmd() *cobra.Command {
 		if *secret {
 			return meshSecret(c.Context(), t, c.OutOrStdout())
 		}
-		return showMesh(c.Context(), *agent, *asJSON, *timeout, c.OutOrStdout())
+		return showMesh(c.Context(), *agent, t.reader(), *asJSON, *timeout, c.OutOrStdout())
 	}
 	return c
 }
@@ -120,14 +122,17 @@ func meshSecret(ctx context.Context, t *target, out io.Writer) error {
 }
 
 // showMesh prints what the agent at agent says of its overlay.
-func showMesh(ctx context.Context, agent string, asJSON bool, timeout time.Duration, out io.Writer) error {
-	host, port, err := agentapi.ParseAddr(agent, nodeconfig.AgentHTTPPort)
+// Another machine's agent is read over TLS (port 9551 unless given), as r
+// says.
+func showMesh(ctx context.Context, agent string, r agentapi.Reader, asJSON bool, timeout time.Duration, out io.Writer) error {
+	host, port, err := agentapi.ParseAddr(agent, 0)
 	if err != nil {
 		return fmt.Errorf("%w: --agent: %v", errUsage, err)
 	}
+	httpPort, httpsPort := cmp.Or(port, nodeconfig.AgentHTTPPort), cmp.Or(port, nodeconfig.AgentHTTPSPort)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	st, err := agentapi.FetchStatus(ctx, host, port)
+	st, err := agentapi.FetchStatus(ctx, host, httpPort, httpsPort, r)
 	if err != nil {
 		return err
 	}

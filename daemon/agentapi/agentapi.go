@@ -7,6 +7,8 @@ package agentapi
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -107,16 +109,46 @@ type MeshPeerRequest struct {
 	Endpoint string `json:"endpoint"`
 }
 
-// FetchStatus asks the agent at addr:port for its /v1/status: how the CLI
-// and the other agents learn what a node knows, with or without a Consul
-// leader. It blocks until the agent answers or ctx ends.
-func FetchStatus(ctx context.Context, addr string, port int) (AgentStatus, error) {
+// Reader is how to read another machine's agent over TLS (its status, its
+// metrics): the cluster's CA, and either this machine's own certificate
+// and key (mutual TLS: a member reads any member's agent, a client's
+// included, and sends no token) or a token of the operator, read-only or
+// metrics role, sent only to an agent whose certificate is a server's, as
+// every token is. An agent's plain HTTP port answers its own machine only.
+type Reader struct {
+	CACert    string
+	Cert, Key string
+	Token     string
+}
+
+// maxStatusBytes bounds an agent's status: its last pass names every type
+// and a few actions, a few KiB; a lost quorum lists the servers.
+const maxStatusBytes = 16 << 20
+
+// FetchStatus asks the agent on host for its /v1/status: how the CLI and
+// the other agents learn what a node knows, with or without a Consul
+// leader. A loopback host (the machine's own agent, or one of the local
+// backend's) is asked over plain HTTP on httpPort; any other over TLS on
+// httpsPort, as r says. It blocks until the agent answers or ctx ends.
+func FetchStatus(ctx context.Context, host string, httpPort, httpsPort int, r Reader) (AgentStatus, error) {
 	var st AgentStatus
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(addr, strconv.Itoa(port))+StatusPath, nil)
+	hc, url := http.DefaultClient, "http://"+net.JoinHostPort(host, strconv.Itoa(httpPort))+StatusPath
+	var token string
+	if !consulclient.IsLoopback(host) {
+		var err error
+		if hc, token, err = r.client(host); err != nil {
+			return st, err
+		}
+		url = "https://" + net.JoinHostPort(host, strconv.Itoa(httpsPort)) + StatusPath
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return st, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return st, err
 	}
@@ -124,7 +156,36 @@ func FetchStatus(ctx context.Context, addr string, port int) (AgentStatus, error
 	if resp.StatusCode != http.StatusOK {
 		return st, fmt.Errorf("%s: %s", req.URL, resp.Status)
 	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return st, json.NewDecoder(io.LimitReader(resp.Body, maxStatusBytes)).Decode(&st)
+}
+
+// client is the HTTP client that reads the agent on host as r says, and
+// the token to send with it ("" with a certificate).
+func (r Reader) client(host string) (*http.Client, string, error) {
+	if r.CACert == "" {
+		return nil, "", fmt.Errorf("agent at %s: no CA certificate to check it with (the cluster's identity or a node config holds it)", host)
+	}
+	var cfg *tls.Config
+	switch {
+	case r.Cert != "":
+		pair, err := tls.X509KeyPair([]byte(r.Cert), []byte(r.Key))
+		if err != nil {
+			return nil, "", fmt.Errorf("this machine's certificate: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM([]byte(r.CACert)) {
+			return nil, "", errors.New("no CA certificate in PEM")
+		}
+		cfg = &tls.Config{RootCAs: pool, ServerName: pki.MemberName, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	case r.Token != "":
+		var err error
+		if cfg, err = pki.ClientTLS(r.CACert, ""); err != nil {
+			return nil, "", fmt.Errorf("agent at %s: %w", host, err)
+		}
+	default:
+		return nil, "", fmt.Errorf("agent at %s: reading another machine's agent takes a member's certificate or a token (read-only, metrics or operator role)", host)
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, TLSHandshakeTimeout: 10 * time.Second}}, r.Token, nil
 }
 
 // Agent is an agent to ask to act, and the credentials to ask with. On a

@@ -41,7 +41,7 @@ func TestFetchStatus(t *testing.T) {
 		}
 		_ = json.NewEncoder(w).Encode(want)
 	})
-	got, err := FetchStatus(context.Background(), host, port)
+	got, err := FetchStatus(context.Background(), host, port, 0, Reader{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func TestFetchStatus(t *testing.T) {
 	}
 
 	host, port = agent(t, func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusServiceUnavailable) })
-	if _, err := FetchStatus(context.Background(), host, port); err == nil {
+	if _, err := FetchStatus(context.Background(), host, port, 0, Reader{}); err == nil {
 		t.Errorf("an agent answering 503: got no error")
 	}
 }

@@ -26,6 +26,13 @@ agent_prefix "" { policy = "read" }
 `
 )
 
+// Names of the roles' policies (`token create --role`): an agent lets a
+// token of these read its status and metrics over TLS.
+const (
+	ReadOnlyPolicy = "raptiformica-read-only"
+	MetricsPolicy  = "raptiformica-metrics"
+)
+
 // GlobalManagementPolicyID is Consul's built-in policy that allows
 // everything: the operator's.
 const GlobalManagementPolicyID = "00000000-0000-0000-0000-000000000001"

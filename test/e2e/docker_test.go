@@ -333,6 +333,7 @@ func TestDockerMajorityCutOff(t *testing.T) {
 	for _, id := range v.joined {
 		addrs[id] = c.address(id)
 	}
+	reader := c.memberTLS()
 	for _, id := range cut {
 		if err := cli.NetworkDisconnect(ctx, net, id, true); err != nil {
 			t.Fatalf("docker network disconnect %s: %v", id, err)
@@ -343,7 +344,7 @@ func TestDockerMajorityCutOff(t *testing.T) {
 	deadline := time.Now().Add(time.Minute)
 	for _, id := range kept {
 		for {
-			st, err := agentStatus(nodeconfig.Config{BindAddr: addrs[id], HTTPPort: 9550})
+			st, err := agentStatus(nodeconfig.Config{BindAddr: addrs[id], TLS: reader})
 			if err == nil && st.Quorum != nil && st.Quorum.Lost && strings.Contains(st.Quorum.Recovery, "a partition, not a death") {
 				break
 			}
@@ -358,7 +359,7 @@ func TestDockerMajorityCutOff(t *testing.T) {
 		t.Fatalf("%d containers during the partition", total)
 	}
 	for _, id := range kept {
-		st, err := agentStatus(nodeconfig.Config{BindAddr: addrs[id], HTTPPort: 9550})
+		st, err := agentStatus(nodeconfig.Config{BindAddr: addrs[id], TLS: reader})
 		if err != nil || st.Quorum == nil {
 			t.Fatalf("%s regained quorum while three of five were cut off: %+v (%v)", id, st, err)
 		}

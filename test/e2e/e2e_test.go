@@ -747,11 +747,29 @@ func TestPlatformChanges(t *testing.T) {
 	}
 }
 
-// agentStatus asks a machine's agent for its status over its HTTP API.
+// agentStatus asks a machine's agent for its status over its HTTP API: on
+// loopback (the local backend's machines) over plain HTTP, elsewhere over
+// TLS with the certificate n.TLS holds.
 func agentStatus(n nodeconfig.Config) (agentapi.AgentStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return agentapi.FetchStatus(ctx, n.BindAddr, n.HTTPPort)
+	var r agentapi.Reader
+	if n.TLS != nil {
+		r = agentapi.Reader{CACert: n.TLS.CACert, Cert: n.TLS.Cert, Key: n.TLS.Key}
+	}
+	return agentapi.FetchStatus(ctx, n.BindAddr, cmp.Or(n.HTTPPort, nodeconfig.AgentHTTPPort), cmp.Or(n.HTTPSPort, nodeconfig.AgentHTTPSPort), r)
+}
+
+// memberTLS is a certificate of the cluster's CA for the test itself, as
+// a member's: what reads another machine's agent over TLS.
+func (c *testCluster) memberTLS() *nodeconfig.TLS {
+	c.t.Helper()
+	id := c.identity()
+	cert, err := id.CA().Issue("e2e-reader", false)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return &nodeconfig.TLS{CACert: id.CACert, Cert: cert.CertPEM, Key: cert.KeyPEM}
 }
 
 func contains(list []string, s string) bool {

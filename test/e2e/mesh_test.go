@@ -218,11 +218,11 @@ func TestMeshBridgesTwoNetworks(t *testing.T) {
 	a, c := l.machine("a").ID, l.machine("c").ID
 
 	cOverlay := l.overlayOf(c)
-	out, ok := reaches(t, a, "["+cOverlay+"]:9550")
+	out, ok := reaches(t, a, "["+cOverlay+"]:9551")
 	if !ok || !strings.Contains(out, "machine "+c+": overlay "+cOverlay) {
 		t.Fatalf("A asking C's agent over the overlay (%s): ok=%v\n%s", cOverlay, ok, out)
 	}
-	if out, ok := reaches(t, a, l.ipOn(c, "bc")+":9550"); ok {
+	if out, ok := reaches(t, a, l.ipOn(c, "bc")+":9551"); ok {
 		t.Fatalf("A reached C at its own address, which the test needs unreachable:\n%s", out)
 	}
 	// A has no link to C: the path is through B.
@@ -278,7 +278,7 @@ func TestMeshNoneCannotBridge(t *testing.T) {
 			t.Fatalf("C joined without the mesh: %v", v)
 		}
 	}
-	if out, ok := reaches(t, a, l.ipOn(c, "bc")+":9550"); ok || !strings.Contains(out, "deadline exceeded") {
+	if out, ok := reaches(t, a, l.ipOn(c, "bc")+":9551"); ok || !strings.Contains(out, "deadline exceeded") {
 		t.Fatalf("A asking C's agent at C's address: ok=%v, want no answer:\n%s", ok, out)
 	}
 }
@@ -317,7 +317,7 @@ func TestMeshChainHealsItsMiddle(t *testing.T) {
 		if time.Since(killed) > 3*time.Minute {
 			t.Fatalf("A never reached D over a restored path:\n%s", out)
 		}
-		out, ok = reaches(t, a, "["+dOverlay+"]:9550")
+		out, ok = reaches(t, a, "["+dOverlay+"]:9551")
 	}
 	t.Logf("A reached D again %s after the middle of the chain was killed", time.Since(killed).Round(time.Second))
 	v := l.waitAgree(4, 3*time.Minute, "after the middle of the chain died", b)

@@ -35,13 +35,31 @@ const fromPrometheus = "scripts/prometheus.sh builds it"
 
 func TestPrometheusRules(t *testing.T) {
 	promtool := needTool(t, "promtool", fromPrometheus)
+	// promtool checks that the files the config names exist: the shipped
+	// config is checked as installed, its token and CA where it says.
+	dir := t.TempDir()
+	for _, f := range []string{"prometheus.yml", "recording.rules.yml", "alerts.rules.yml", "alerts.test.yml"} {
+		b, err := os.ReadFile(filepath.Join(promDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = []byte(strings.NewReplacer("/etc/prometheus/", dir+"/").Replace(string(b)))
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"raptiformica-consul.token", "raptiformica-ca.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, args := range [][]string{
 		{"check", "rules", "recording.rules.yml", "alerts.rules.yml"},
 		{"check", "config", "prometheus.yml"},
 		{"test", "rules", "alerts.test.yml"},
 	} {
 		cmd := exec.Command(promtool, args...)
-		cmd.Dir = promDir
+		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
@@ -174,8 +192,8 @@ func TestTrustServiceRegistrationsSpeakOnlyForTheirNode(t *testing.T) {
 
 	addr := runPrometheus(t, c, prometheus, server)
 	own := map[string]string{ // machine: its node's address and agent port
-		server.MachineID: net.JoinHostPort(server.BindAddr, strconv.Itoa(server.HTTPPort)),
-		worker.MachineID: net.JoinHostPort(worker.BindAddr, strconv.Itoa(worker.HTTPPort)),
+		server.MachineID: net.JoinHostPort(server.BindAddr, strconv.Itoa(server.HTTPSPort)),
+		worker.MachineID: net.JoinHostPort(worker.BindAddr, strconv.Itoa(worker.HTTPSPort)),
 	}
 	waitUntil(t, 90*time.Second, "Prometheus scrapes both agents", func() bool {
 		n := 0
@@ -238,8 +256,14 @@ func runPrometheus(t *testing.T, c *testCluster, prometheus string, m nodeconfig
 	if err := os.WriteFile(tokenFile, []byte(metricsToken), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// And the cluster's CA, with which it checks each agent it scrapes
+	// over TLS.
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, []byte(c.identity().CACert), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	r := strings.NewReplacer(`server: "127.0.0.1:8500"`, fmt.Sprintf(`server: "%s:%d"`, m.BindAddr, m.ConsulHTTPPort),
-		"/etc/prometheus/raptiformica-consul.token", tokenFile,
+		"/etc/prometheus/raptiformica-consul.token", tokenFile, "/etc/prometheus/raptiformica-ca.pem", caFile,
 		"scrape_interval: 15s", "scrape_interval: 1s", "evaluation_interval: 15s", "evaluation_interval: 1s")
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(r.Replace(string(cfg))), 0o644); err != nil {
 		t.Fatal(err)

@@ -365,7 +365,7 @@ func TestSecureRotateMesh(t *testing.T) {
 			t.Errorf("%s runs on %q and dials with %v, want the new secret (%s) alone", id, e.ListenSecret, e.DialSecrets, mesh.Fingerprint(secret))
 		}
 	}
-	if out, ok := reaches(t, a, "["+l.overlayOf(cID)+"]:9550"); !ok {
+	if out, ok := reaches(t, a, "["+l.overlayOf(cID)+"]:9551"); !ok {
 		t.Errorf("A does not reach C across B after the rotation:\n%s", out)
 	}
 

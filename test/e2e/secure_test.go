@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -170,15 +171,45 @@ func TestSecureDockerNetworkStrangers(t *testing.T) {
 		t.Errorf("a stranger's write of the description: %v, want 403:\n%s", err, out)
 	}
 
-	// The agent acts over TLS only, for the token only; the operator's
-	// client checks the agent's certificate before it sends the token.
+	// The agent's plain port is its own machine's: from another, nothing
+	// answers, a token sent in clear included.
 	ctx := context.Background()
-	req, _ := http.NewRequest(http.MethodGet, "http://"+net.JoinHostPort(addr, "9550")+agentapi.PlanPath, nil)
-	req.Header.Set("Authorization", "Bearer "+id.ManagementToken)
-	if resp, err := http.DefaultClient.Do(req); err != nil {
-		t.Errorf("the agent's plain port: %v", err)
-	} else if resp.Body.Close(); resp.StatusCode != http.StatusForbidden {
-		t.Errorf("the token in clear to the agent's plain port from another machine: %s, want 403", resp.Status)
+	for _, path := range []string{agentapi.PlanPath, agentapi.StatusPath, "/metrics", "/"} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+net.JoinHostPort(addr, "9550")+path, nil)
+		req.Header.Set("Authorization", "Bearer "+id.ManagementToken)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			t.Errorf("the agent's plain port answered another machine for %s: %s", path, resp.Status)
+		} else if !strings.Contains(err.Error(), "connection refused") {
+			t.Errorf("the agent's plain port from another machine: %v, want connection refused", err)
+		}
+	}
+	// TestTrustStrangerReadsNothing: over TLS, the cluster's state
+	// (topology, types, leader, recent actions, backend errors) is read
+	// with a token of the metrics, read-only or operator role only.
+	metricsTok, errOut, code := c.rf("token", "create", "--role", "metrics")
+	if code != 0 {
+		t.Fatalf("token create --role metrics: exit %d\n%s", code, errOut)
+	}
+	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	for _, path := range []string{agentapi.StatusPath, "/metrics", "/"} {
+		for _, tc := range []struct {
+			token string
+			want  int
+		}{{"", http.StatusUnauthorized}, {strings.TrimSpace(metricsTok), http.StatusOK}} {
+			req, _ := http.NewRequest(http.MethodGet, "https://"+net.JoinHostPort(addr, "9551")+path, nil)
+			if tc.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			resp, err := insecure.Do(req)
+			if err != nil {
+				t.Fatalf("%s over TLS: %v", path, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Errorf("%s over TLS with token %v: %s, want %d", path, tc.token != "", resp.Status, tc.want)
+			}
+		}
 	}
 	tlsAgent, err := agentapi.NewAgent(addr, id.ManagementToken, id.CACert)
 	if err != nil || tlsAgent.Port != 9551 {

@@ -3,13 +3,18 @@ package e2e
 import (
 	"archive/tar"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,19 +126,39 @@ func TestTrustCompromisedClient(t *testing.T) {
 		t.Errorf("the client's token lists the join tokens: %v", keys)
 	}
 
-	// Restart its Consul as a server: the member keeps its name (and so
-	// its offer of the backend, which its socket made true) from
-	// another address, the host's on the cluster's network, while its
-	// machine is cut off. Its gossip then says role=consul.
+	// Its certificate, shown by a server of its own on the cluster's
+	// network, collects neither an operator's token (`join --agent`)
+	// nor a join secret (`join --token`): the operator's commands check
+	// that a peer's certificate is a server's before they send either.
 	cli := c.be.Client()
-	if err := cli.NetworkDisconnect(ctx, c.be.Network(), attacker, true); err != nil {
-		t.Fatalf("cut %s off: %v", attacker, err)
-	}
 	nw, err := cli.NetworkInspect(ctx, c.be.Network(), network.InspectOptions{})
 	if err != nil || len(nw.IPAM.Config) == 0 || nw.IPAM.Config[0].Gateway == "" {
 		t.Fatalf("the cluster's network has no gateway address: %v %+v", err, nw.IPAM)
 	}
 	gateway := nw.IPAM.Config[0].Gateway
+	collected := collector(t, node, gateway)
+	joinTok, errOut, code := c.rf("token", "create")
+	if code != 0 {
+		t.Fatalf("token create: %s", errOut)
+	}
+	joinTok = strings.TrimSpace(joinTok)
+	if _, _, code := c.rf("join", "192.0.2.20:9651", "--agent", collected.addr, "--timeout", "10s"); code == 0 {
+		t.Error("join --agent succeeded against the attacker's agent")
+	}
+	if _, _, code := c.rf("join", "--token", joinTok, collected.addr, "--config", filepath.Join(t.TempDir(), "agent.json"), "--timeout", "10s"); code == 0 {
+		t.Error("join --token succeeded against the attacker's agent")
+	}
+	if got := collected.String(); strings.Contains(got, c.token()) || strings.Contains(got, joinTok[strings.LastIndex(joinTok, ".")+1:]) {
+		t.Errorf("the attacker's agent collected a credential:\n%s", got)
+	}
+
+	// Restart its Consul as a server: the member keeps its name (and so
+	// its offer of the backend, which its socket made true) from
+	// another address, the host's on the cluster's network, while its
+	// machine is cut off. Its gossip then says role=consul.
+	if err := cli.NetworkDisconnect(ctx, c.be.Network(), attacker, true); err != nil {
+		t.Fatalf("cut %s off: %v", attacker, err)
+	}
 	tlsFile := rogueTLS(t, node)
 	// It retries its join: Consul lets a name be taken from a new address
 	// once its member has been dead for 30 s.
@@ -239,6 +264,49 @@ func TestTrustCompromisedClient(t *testing.T) {
 			t.Errorf("server %s was removed after the forged offer", id)
 		}
 	}
+}
+
+// credentials is what an attacker's agent was sent: every request's
+// headers and body.
+type credentials struct {
+	addr string
+	mu   sync.Mutex
+	seen strings.Builder
+}
+
+func (c *credentials) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seen.String()
+}
+
+// collector serves HTTPS on host with the client machine's own
+// certificate (chained to the cluster's CA, as an agent's is), and keeps
+// whatever a caller sends it once the handshake passes.
+func collector(t *testing.T, node nodeconfig.Config, host string) *credentials {
+	t.Helper()
+	pair, err := tls.X509KeyPair([]byte(node.TLS.Cert+node.TLS.CACert), []byte(node.TLS.Key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := &credentials{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+		got.mu.Lock()
+		fmt.Fprintf(&got.seen, "%s %s %v %s\n", r.Method, r.URL.Path, r.Header, body)
+		got.mu.Unlock()
+		http.Error(w, "collected", http.StatusTeapot)
+	}))
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener = ln
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	got.addr = ln.Addr().String()
+	return got
 }
 
 // waitAgreeServers waits until serversSettled, and returns that view.
