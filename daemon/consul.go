@@ -52,6 +52,7 @@ type consulConfig struct {
 	Services           []consulService   `json:"services,omitempty"`
 	ACL                *consulACL        `json:"acl,omitempty"`
 	TLS                *consulTLS        `json:"tls,omitempty"`
+	UnixSockets        map[string]string `json:"unix_sockets,omitempty"`
 }
 
 // consulTLS makes Consul's RPC mutual TLS with the cluster's CA: a server
@@ -236,6 +237,14 @@ func consulConfigFor(c nodeconfig.Config, peers []string) consulConfig {
 	}
 	if insecureBench {
 		cc.Addresses["http"] = cc.ClientAddr
+	}
+	if sock := consulclient.Socket(c); sock != "" {
+		// The agent sends its token (a server's: the cluster's) to its
+		// Consul on every call. A loopback port is anyone's to take on
+		// the machine while Consul restarts; a socket in the root-only
+		// data folder is not.
+		cc.Addresses["http"] += " unix://" + sock
+		cc.UnixSockets = map[string]string{"mode": "600"}
 	}
 	if c.ConsulServer {
 		// Dead servers are taken out of Raft by the control loop when it

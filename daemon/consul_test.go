@@ -12,7 +12,7 @@ import (
 	"github.com/raptiformica/raptiformica/rules"
 )
 
-// With a certificate, Consul serves plain HTTP on loopback only and HTTPS
+// With a certificate, Consul serves plain HTTP on loopback and its socket only and HTTPS
 // on the node's addresses, and its RPC is mutual TLS in which only a
 // server's certificate may act as a server. A machine of the local backend,
 // whose address is a loopback one, serves HTTP there (several share the
@@ -22,8 +22,8 @@ func TestConsulConfigTLS(t *testing.T) {
 	for _, tc := range []struct {
 		bind, http, https string
 	}{
-		{"10.0.0.5", "127.0.0.1", "10.0.0.5"},
-		{"127.0.0.7", "127.0.0.7", "127.0.0.7"},
+		{"10.0.0.5", "127.0.0.1 unix:///d/consul-http.sock", "10.0.0.5"},
+		{"127.0.0.7", "127.0.0.7 unix:///d/consul-http.sock", "127.0.0.7"},
 	} {
 		c := nodeconfig.Config{MachineID: "m", MachineType: "w", DataDir: "/d", BindAddr: tc.bind, ConsulBinary: "consul", TLS: tlsCfg}.WithDefaults()
 		cc := consulConfigFor(c, nil)

@@ -183,3 +183,43 @@ tokens { initial_management = "`+root+`" } }`)
 		}
 	}
 }
+
+// TestTrustOlderMachinePoliciesBroughtUpToDate: a client made by an older
+// version has a policy of its own that still lets it write its inventory
+// record; a new leader rewrites it to this version's rules, so that the
+// client's token no longer writes it.
+func TestTrustOlderMachinePoliciesBroughtUpToDate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs a real Consul (run without -short)")
+	}
+	t.Parallel()
+	const root = "root-token-of-this-test"
+	c, err := testconsul.StartWith("-hcl", `acl { enabled = true
+default_policy = "deny"
+tokens { initial_management = "`+root+`" } }`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	ctx := context.Background()
+	admin := clientWithToken(t, c, root)
+	tok, err := machineToken(ctx, admin, "worker-old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	older := `key "` + kvschema.Inventory + `worker-old" { policy = "write" }` + "\n" + kvschema.MachineRules("worker-old")
+	if _, err := EnsurePolicy(ctx, admin, machinePolicyPrefix+"worker-old", "", older); err != nil {
+		t.Fatal(err)
+	}
+	own := clientWithToken(t, c, tok).KV()
+	forged := &api.KVPair{Key: kvschema.Inventory + "worker-old", Value: []byte(`{"id": "worker-old", "type": "server"}`)}
+	if _, err := own.Put(forged, nil); err != nil {
+		t.Fatalf("the older policy should let it write its record (the test's premise): %v", err)
+	}
+	if err := updateMachinePolicies(ctx, admin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := own.Put(forged, nil); err == nil {
+		t.Error("after a leader's update, the client's token still writes its inventory record")
+	}
+}

@@ -91,7 +91,9 @@ func (rt *readerTokens) allows(ctx context.Context, c *api.Client, auth string) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	self, _, err := c.ACL().TokenReadSelf((&api.QueryOptions{Token: tok}).WithContext(ctx))
+	// Stale: any server answers, so that a scrape is judged while the
+	// servers elect a leader.
+	self, _, err := c.ACL().TokenReadSelf((&api.QueryOptions{Token: tok, AllowStale: true}).WithContext(ctx))
 	var se api.StatusError
 	switch {
 	case err == nil && self != nil && readerPolicy(self):
@@ -199,7 +201,7 @@ func (h *httpServer) Run(ctx context.Context) error {
 func (h *httpServer) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", h.reading(promhttp.HandlerFor(h.metrics.Registry, promhttp.HandlerOpts{Registry: h.metrics.Registry})))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET /healthz", h.reading(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !h.mirror.Ready() {
 			http.Error(w, "not ready: waiting for Consul and a platform description\n", http.StatusServiceUnavailable)
 			return
@@ -211,17 +213,17 @@ func (h *httpServer) handler() http.Handler {
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
-	})
+	})))
 	// /livez is the agent alone: it serves and holds a description. It
 	// asks nothing of Consul, so that a slow cluster does not flip every
 	// member's Consul check (see agentService).
-	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET /livez", h.reading(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !h.mirror.Ready() {
 			http.Error(w, "not ready: waiting for Consul and a platform description\n", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
-	})
+	})))
 	mux.Handle("GET /{$}", h.reading(http.HandlerFunc(h.servePage)))
 	addPeer := func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this node runs without the mesh (mesh = \"none\"): there is nothing to peer\n", http.StatusConflict)

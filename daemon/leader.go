@@ -277,6 +277,16 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 			e.watchAutopilot(lctx)
 			return nil
 		})
+		g.Go(func() error {
+			_ = clock.Poll(lctx, e.clock, autopilotRetry, func() (bool, error) {
+				err := updateMachinePolicies(lctx, e.consul)
+				if err != nil {
+					e.log.Warn("bring machines' policies up to date", telemetry.KeyError, err)
+				}
+				return err == nil, nil
+			})
+			return nil
+		})
 		if e.snapshots != nil {
 			g.Go(func() error { return e.snapshots.Run(lctx) })
 		}

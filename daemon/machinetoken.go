@@ -77,6 +77,36 @@ func grantWork(c *api.Client) func(ctx context.Context, host string) error {
 	}
 }
 
+// updateMachinePolicies rewrites every client machine's own policy that an
+// older version wrote with other rules (kvschema.MachineRules): a client
+// made before clients lost the write of their inventory record would keep
+// it, and could make itself a server in the leader's eyes, until the
+// leader next gave it a work order. A new leader does it once; it blocks
+// until done or ctx ends.
+func updateMachinePolicies(ctx context.Context, c *api.Client) error {
+	ps, _, err := c.ACL().PolicyList((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("list policies: %w", err)
+	}
+	for _, p := range ps {
+		id, ok := strings.CutPrefix(p.Name, machinePolicyPrefix)
+		if !ok {
+			continue
+		}
+		full, _, err := c.ACL().PolicyRead(p.ID, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return fmt.Errorf("read policy %s: %w", p.Name, err)
+		}
+		if full == nil || full.Rules == kvschema.MachineRules(id) {
+			continue
+		}
+		if _, err := EnsurePolicy(ctx, c, p.Name, machineDescription+id+"'s own keys", kvschema.MachineRules(id)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // EnsurePolicy returns the ACL policy of that name, made, or made right
 // when an older version wrote other rules: the rules follow kvschema's
 // layout. Two callers at once (two spawns of one pass, each making its

@@ -120,24 +120,24 @@ const maxMeshNodeSize = 16 << 10
 // decodeMeshNodes reads the members' entries out of the mesh folder's
 // listing, by machine ID. Each is its member's own word, so an entry is
 // believed only for the machine its key names (state.Decode), only with
-// the overlay address its public key gives, and only with a public key
-// no entry written before it holds: a client's entry cannot take another
-// member's place in every node's view, by its name or by its key.
+// the overlay address its public key gives, and only with a public key no
+// other entry holds: a client's entry cannot take another member's place
+// in every node's view, by its name or by its key. Two entries with one
+// key are both refused, since neither proves the key its own (a client
+// that copies another's key so keeps that machine out of the others'
+// view, and itself, until the copy goes: named in the log, see
+// reportBad).
 func decodeMeshNodes(pairs api.KVPairs) (map[string]MeshNode, []state.Bad) {
 	sp := make([]state.Pair, len(pairs))
-	created := make(map[string]uint64, len(pairs))
 	for i, p := range pairs {
 		sp[i] = state.Pair{Key: p.Key, Value: p.Value, Index: p.ModifyIndex}
-		created[p.Key] = p.CreateIndex
 	}
 	items, bad := state.DecodeAll[MeshNode]("mesh entry", kvschema.MeshNodes, sp, maxMeshNodeSize)
 	refuse := func(id, why string) {
 		bad = append(bad, state.Bad{Key: kvschema.MeshNodes + id, Error: fmt.Sprintf("mesh entry %s%s: %s", kvschema.MeshNodes, id, why)})
 		delete(items, id)
 	}
-	// The first entry written with a key holds it: a machine's key is
-	// its own, made on it, and another that copies it comes later.
-	holder := map[string]string{}
+	holders := map[string][]string{}
 	for _, id := range slices.Sorted(maps.Keys(items)) {
 		n := items[id].Value
 		if n.Key == "" && n.Address == "" {
@@ -147,15 +147,13 @@ func decodeMeshNodes(pairs api.KVPairs) (map[string]MeshNode, []state.Bad) {
 			refuse(id, fmt.Sprintf("address %q is not its key's", n.Address))
 			continue
 		}
-		h, taken := holder[n.Key]
-		switch {
-		case !taken:
-			holder[n.Key] = id
-		case created[kvschema.MeshNodes+id] < created[kvschema.MeshNodes+h]:
-			holder[n.Key] = id
-			refuse(h, "its key is "+id+"'s, written before it")
-		default:
-			refuse(id, "its key is "+h+"'s, written before it")
+		holders[n.Key] = append(holders[n.Key], id)
+	}
+	for _, ids := range holders {
+		if len(ids) > 1 {
+			for _, id := range ids {
+				refuse(id, "its key is held by "+strings.Join(ids, " and ")+" at once")
+			}
 		}
 	}
 	nodes := make(map[string]MeshNode, len(items))

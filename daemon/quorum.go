@@ -304,7 +304,8 @@ func (q *quorumWatch) askBackend(ctx context.Context, name string) backendEviden
 func askPeerQuorum(c nodeconfig.Config) func(ctx context.Context, addr string) (*agentapi.QuorumStatus, error) {
 	var r agentapi.Reader
 	if c.TLS != nil {
-		r = agentapi.Reader{CACert: c.TLS.CACert, Cert: c.TLS.Cert, Key: c.TLS.Key}
+		// Only a server's answer may weigh in on a recovery.
+		r = agentapi.Reader{CACert: c.TLS.CACert, Cert: c.TLS.Cert, Key: c.TLS.Key, Server: true}
 	}
 	return func(ctx context.Context, addr string) (*agentapi.QuorumStatus, error) {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -446,6 +447,11 @@ func (q *quorumWatch) raftLastIndex() uint64 {
 	return q.lastRaftIndex
 }
 
+// serversSeen are the servers this node's Consul lists. Gossip says who
+// is a server, and a client that holds the gossip key may say so of
+// itself: on a server, whose mirror holds the inventory, a member counts
+// only if it is recorded as a server (or the seed), so that no client
+// takes part in the survivors' decision to recover, or holds it up.
 func (q *quorumWatch) serversSeen() []agentapi.ServerSeen {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -453,9 +459,16 @@ func (q *quorumWatch) serversSeen() []agentapi.ServerSeen {
 	if err != nil {
 		return nil
 	}
+	recorded := func(string) bool { return true }
+	if p, recs := q.mirror.Platform(), q.mirror.records(); q.cfg.ConsulServer && p != nil && len(recs) > 0 {
+		recorded = func(name string) bool {
+			r, ok := recs[name]
+			return ok && (r.Seed || p.Machines[r.Type].ConsulServer)
+		}
+	}
 	var out []agentapi.ServerSeen
 	for _, m := range members {
-		if m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
+		if m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer && recorded(m.Name) {
 			out = append(out, agentapi.ServerSeen{Name: m.Name, Address: m.Addr, Status: reconcile.SerfStatus(m.Status)})
 		}
 	}

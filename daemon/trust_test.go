@@ -6,23 +6,29 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/testconsul"
 )
 
 // TestTrustMeshEntriesBoundToTheirKeys: a client may write its own mesh
 // entry, and only that key. What it writes there must not replace another
 // member's endpoints and key in every node's view: an entry naming
-// another machine, one whose address is not its public key's, and one
-// that copies a key another entry held first are refused and named; the
-// others are read as they are.
+// another machine, and one whose address is not its public key's, are
+// refused and named; the others are read as they are. One that copies
+// another's key takes nothing: both are refused, neither proving the key
+// its own, whichever was written first.
 func TestTrustMeshEntriesBoundToTheirKeys(t *testing.T) {
 	serverKey, serverAddr := meshKey("server-a")
 	workerKey, workerAddr := meshKey("worker-x")
@@ -43,23 +49,30 @@ func TestTrustMeshEntriesBoundToTheirKeys(t *testing.T) {
 		entry("worker-new", 50, MeshNode{MachineID: "worker-new", Endpoints: []string{"10.0.0.9:9651"}}),
 	}
 	nodes, bad := decodeMeshNodes(pairs)
-	if got := nodes["server-a"]; !slices.Equal(got.Endpoints, server.Endpoints) || got.Key != serverKey {
-		t.Errorf("server-a as every node sees it: %+v, want its own entry", got)
-	}
 	var ids []string
 	for id := range nodes {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	if want := []string{"server-a", "worker-new"}; !slices.Equal(ids, want) {
+	if want := []string{"worker-new"}; !slices.Equal(ids, want) {
 		t.Errorf("entries read: %q, want %q", ids, want)
 	}
 	var refused []string
 	for _, b := range bad {
 		refused = append(refused, strings.TrimPrefix(b.Key, kvschema.MeshNodes))
 	}
-	if want := []string{"worker-x", "worker-y", "worker-z"}; !slices.Equal(refused, want) {
+	if want := []string{"server-a", "worker-x", "worker-y", "worker-z"}; !slices.Equal(refused, want) {
 		t.Errorf("refused %q, want %q (%v)", refused, want, bad)
+	}
+	// Without the copy, server-a's own entry is read as it is.
+	nodes, _ = decodeMeshNodes(api.KVPairs{pairs[0], pairs[1]})
+	if got := nodes["server-a"]; !slices.Equal(got.Endpoints, server.Endpoints) || got.Key != serverKey {
+		t.Errorf("server-a as every node sees it: %+v, want its own entry", got)
+	}
+	// Copied by an entry older than its own: no takeover either.
+	pairs[2].CreateIndex, pairs[2].ModifyIndex = 1, 1
+	if nodes, _ = decodeMeshNodes(pairs); nodes["worker-y"].Key == serverKey {
+		t.Errorf("an older entry took server-a's key: %+v", nodes["worker-y"])
 	}
 }
 
@@ -158,5 +171,60 @@ func TestTrustAgentReadsOverTLSOnly(t *testing.T) {
 	read(rec, req)
 	if rec.Code != http.StatusOK {
 		t.Errorf("plain HTTP from the machine itself: %d, want 200", rec.Code)
+	}
+}
+
+// TestTrustConsulOverASocket: the agent's Consul serves plain HTTP on a
+// unix socket in the machine's root-only data folder, readable by its
+// owner alone, beside loopback; the agent's own client speaks to it there,
+// where no other user of the machine can take its place while Consul
+// restarts. A data folder too deep for a socket's path keeps loopback.
+func TestTrustConsulOverASocket(t *testing.T) {
+	c := nodeconfig.Config{MachineID: "server-1", DataDir: "/var/lib/raptiformica", BindAddr: "10.0.0.5"}.WithDefaults()
+	cc := consulConfigFor(c, nil)
+	if got, want := cc.Addresses["http"], "127.0.0.1 unix:///var/lib/raptiformica/consul-http.sock"; got != want {
+		t.Errorf("consul's http addresses: %q, want %q", got, want)
+	}
+	if cc.UnixSockets["mode"] != "600" {
+		t.Errorf("consul's unix socket mode: %q, want 600", cc.UnixSockets["mode"])
+	}
+	deep := c
+	deep.DataDir = "/" + strings.Repeat("d", 100)
+	if s := consulclient.Socket(deep); s != "" {
+		t.Errorf("a socket path of %d bytes: %q, want none", len(s), s)
+	}
+	if cc := consulConfigFor(deep, nil); strings.Contains(cc.Addresses["http"], "unix://") {
+		t.Errorf("consul's http addresses in a deep folder: %q, want loopback alone", cc.Addresses["http"])
+	}
+
+	// A real Consul, and the agent's client, over the socket.
+	bin, err := testconsul.Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	c.DataDir, c.BindAddr = dir, testconsul.FreeIP()
+	sock := consulclient.Socket(c)
+	cmd := exec.Command(bin, "agent", "-dev", "-bind", c.BindAddr, "-client", c.BindAddr, "-dns-port", "-1", "-grpc-port", "-1", "-serf-wan-port", "-1",
+		"-hcl", `addresses { http = "`+c.BindAddr+` unix://`+sock+`" }`, "-hcl", `unix_sockets { mode = "600" }`)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	client, err := consulclient.Local(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "consul answers on its socket", func() bool {
+		l, err := client.Status().Leader()
+		return err == nil && l != ""
+	})
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("consul's socket: %v (%v), want a socket of mode 0600", fi.Mode(), err)
 	}
 }

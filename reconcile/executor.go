@@ -409,10 +409,12 @@ func (e *Executor) restore(ctx context.Context, obs Observed, a Action) error {
 	}
 	now := e.Clock.Now()
 	created := in.Created
-	if created.IsZero() {
+	if created.IsZero() || a.Manual {
+		// A client host's word is not taken for when it made the
+		// machine (an old one is the first to stay on a scale-down).
 		created = now
 	}
-	r := Record{ID: a.MachineID, Type: a.Type, Backend: a.Backend, Host: a.Host, Scope: scope, State: StateJoined,
+	r := Record{ID: a.MachineID, Type: a.Type, Backend: a.Backend, Host: a.Host, Scope: scope, State: StateJoined, Manual: a.Manual,
 		Address: cmp.Or(in.Address, obs.Members[a.MachineID].Address), Addresses: in.Addresses,
 		Created: created, Updated: now, Reason: a.Reason}
 	if _, err := e.Inventory.Put(ctx, r); err != nil && !errors.Is(err, ErrConflict) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"sort"
 	"sync"
 	"time"
@@ -84,12 +85,12 @@ func Observe(ctx context.Context, consul *api.Client, inv *Inventory, bes map[st
 		// A member's gossip tags are its own word: a client that holds
 		// the gossip key may restart its Consul as a server and say
 		// role=consul. Only Raft's configuration says who is a server.
-		voter, inRaft := servers[consulclient.NodeID(mb.Name)]
+		s, inRaft := servers.of(mb.Name, mb.Addr)
 		obs.Members[mb.Name] = Member{
 			Name: mb.Name, Address: mb.Addr, Status: SerfStatus(mb.Status),
 			Server:    inRaft,
-			RaftVoter: voter,
-			Voter:     voter && healthy[mb.Name],
+			RaftVoter: s.voter,
+			Voter:     s.voter && healthy[s.id],
 			Type:      recs[mb.Name].Type,
 		}
 	}
@@ -287,9 +288,35 @@ func liveOffers(ctx context.Context, inv *Inventory, members []*api.AgentMember)
 	return out, bad
 }
 
-// raftServers returns the servers of the Raft configuration, by Consul
-// node ID, and whether each is a voter. Node IDs are derived from machine
-// names (consulclient.NodeID), so a member is found by its name.
+// raftSeat is one server of the Raft configuration.
+type raftSeat struct {
+	id, node, host string
+	voter          bool
+}
+
+// raftSeats are the Raft configuration's servers, by Raft ID.
+type raftSeats map[string]raftSeat
+
+// of is the seat of the member named name at address addr: the one of
+// the ID derived from its name (consulclient.NodeID), which every agent
+// gives its Consul at a machine's first start; else, for a server whose
+// Consul was started fresh (a recovery's survivor) or before IDs were
+// derived, the one Raft lists under its name at its address, which no
+// other machine holds.
+func (rs raftSeats) of(name, addr string) (raftSeat, bool) {
+	if s, ok := rs[consulclient.NodeID(name)]; ok {
+		return s, true
+	}
+	for _, s := range rs {
+		if s.node == name && s.host == addr {
+			return s, true
+		}
+	}
+	return raftSeat{}, false
+}
+
+// raftServers returns the servers of the Raft configuration and whether
+// each is a voter.
 //
 // A voter is a proven server: a server Consul's leader adds to the
 // configuration (as a non-voter, whatever answers on the server's
@@ -305,27 +332,31 @@ func liveOffers(ctx context.Context, inv *Inventory, members []*api.AgentMember)
 // leader's answer can stall for seconds while it removes a dead server,
 // and a server the local log has not seen promoted yet only waits a pass
 // longer to be counted or to host a spawn.
-func raftServers(ctx context.Context, consul *api.Client) (map[string]bool, error) {
+func raftServers(ctx context.Context, consul *api.Client) (raftSeats, error) {
 	ctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
 	defer cancel()
 	raft, err := consul.Operator().RaftGetConfiguration((&api.QueryOptions{AllowStale: true}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("read the raft configuration: %w", err)
 	}
-	out := make(map[string]bool, len(raft.Servers))
+	out := make(raftSeats, len(raft.Servers))
 	for _, s := range raft.Servers {
-		out[s.ID] = s.Voter
+		host, _, err := net.SplitHostPort(s.Address)
+		if err != nil {
+			host = s.Address
+		}
+		out[s.ID] = raftSeat{id: s.ID, node: s.Node, host: host, voter: s.Voter}
 	}
 	return out, nil
 }
 
-// serverHealth returns, by node name, the servers autopilot finds
-// healthy. A server adds to quorum once it is a voter and healthy; a
-// failed one is taken out of Raft (KindUnvote). Only a machine still
-// joining, or failed, needs the answer, and autopilot's report comes from
-// the Raft leader, which can stall for seconds while it removes a dead
-// server, so it is read only then, with a short timeout; on any error
-// the answer is "not yet", which only delays a join.
+// serverHealth returns, by Raft ID, the servers autopilot finds healthy.
+// A server adds to quorum once it is a voter and healthy; a failed one is
+// taken out of Raft (KindUnvote). Only a machine still joining, or
+// failed, needs the answer, and autopilot's report comes from the Raft
+// leader, which can stall for seconds while it removes a dead server, so
+// it is read only then, with a short timeout; on any error the answer is
+// "not yet", which only delays a join.
 func serverHealth(ctx context.Context, consul *api.Client, recs map[string]Record) map[string]bool {
 	healthy := map[string]bool{}
 	// Only while a server joins, or comes back after failing (a partition
@@ -343,19 +374,8 @@ func serverHealth(ctx context.Context, consul *api.Client, recs map[string]Recor
 	if err != nil {
 		return healthy
 	}
-	// Autopilot names each server by its Raft ID's node; the leader matches
-	// members by the ID derived from their names, so a replacement that
-	// took a dead server's address is never taken for it.
-	byID := map[string]string{}
 	for _, s := range health.Servers {
-		if s.Healthy {
-			byID[s.ID] = s.Name
-		}
-	}
-	for id, name := range byID {
-		if id == consulclient.NodeID(name) {
-			healthy[name] = true
-		}
+		healthy[s.ID] = s.Healthy
 	}
 	return healthy
 }

@@ -204,9 +204,23 @@ func (ps *pass) tallyUnrecorded() {
 		if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || !member || m.Status != MemberAlive {
 			continue
 		}
-		r := Record{ID: id, Type: hd.in.MachineType, Backend: hd.backend, Host: hd.host, Scope: ps.obs.Offers[hd.host].Backends[hd.backend].Scope, State: StateJoined}
+		// Another member's list is its word. A client's could name any
+		// gossiping name as a machine of any type, created long ago: a
+		// "server" that puts a type over its max, so that a real one is
+		// scaled down. Only a proven server's list restores a record as
+		// counted; a client's restores it on top of the description
+		// (manual: it neither counts nor displaces), never a server's.
+		mt, known := ps.p.Machines[hd.in.MachineType]
+		_, declared := ps.p.Backends[hd.backend]
+		proven := hd.host == ps.obs.Self || ps.obs.Members[hd.host].RaftVoter
+		if !known || !declared || !proven && mt.ConsulServer {
+			continue
+		}
+		r := Record{ID: id, Type: hd.in.MachineType, Backend: hd.backend, Host: hd.host, Scope: ps.obs.Offers[hd.host].Backends[hd.backend].Scope, State: StateJoined, Manual: !proven}
 		ps.tallyOf(r).addLive(r)
-		ps.marks = append(ps.marks, actOn(KindRestoreRecord, id, r, fmt.Sprintf("alive member without an inventory record: re-created from backend %s on %s", hd.backend, hd.host)))
+		a := actOn(KindRestoreRecord, id, r, fmt.Sprintf("alive member without an inventory record: re-created from backend %s on %s", hd.backend, hd.host))
+		a.Manual = r.Manual
+		ps.marks = append(ps.marks, a)
 	}
 }
 

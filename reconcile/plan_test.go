@@ -41,7 +41,7 @@ func cluster(typ string, ids ...string) Observed {
 	o := Observed{Records: map[string]Record{}, Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{"local": {}}}
 	for i, id := range ids {
 		o.Records[id] = Record{ID: id, Type: typ, Backend: "local", State: StateJoined, Created: t0.Add(time.Duration(i) * time.Minute), Updated: t0}
-		o.Members[id] = Member{Name: id, Status: MemberAlive, Type: typ, Server: true, Voter: true}
+		o.Members[id] = Member{Name: id, Status: MemberAlive, Type: typ, Server: true, Voter: true, RaftVoter: true}
 		o.Instances["local"][id] = backends.Instance{MachineID: id, MachineType: typ, Running: true, Created: t0}
 	}
 	return o
@@ -1161,7 +1161,7 @@ func TestScalePlanReusesAListOnlyForOlderRecords(t *testing.T) {
 // lists without a record is destroyed there once seen long enough, unless
 // it is an alive member, whose record is restored naming its host.
 func TestPlanOrphansAndLostRecordsOnAnotherHost(t *testing.T) {
-	p := platform(t, threeServers)
+	p := platform(t, threeServers+"backend \"docker\" {\n  type = \"docker\"\n}\n")
 	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
 		o.Self = "a"
 		o.Offers = offers(offering("a"), hostList("b", "docker", 5, "lost", "orphan"))

@@ -115,7 +115,15 @@ func (e *Executor) mayHold(ctx context.Context, host string, node nodeconfig.Con
 	if err != nil {
 		return fmt.Errorf("a server's node config for host %s: %w", host, err)
 	}
-	if !servers[consulclient.NodeID(host)] {
+	addr := ""
+	if ms, err := consulclient.Members(ctx, e.Consul); err == nil {
+		for _, m := range ms {
+			if m.Name == host {
+				addr = m.Addr
+			}
+		}
+	}
+	if s, ok := servers.of(host, addr); !ok || !s.voter {
 		return fmt.Errorf("a server's node config (the cluster's token, the CA key) may go only to a Raft voter, and host %s is none", host)
 	}
 	return nil

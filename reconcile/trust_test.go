@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/internal/state"
@@ -183,5 +184,82 @@ func TestTrustRecordsBoundToTheirKeys(t *testing.T) {
 	}
 	if _, _, err := inv.Get(ctx, "worker-x"); err == nil {
 		t.Error("Get of worker-x read the record that names server-a")
+	}
+}
+
+// TestTrustClientListRestoresNothingThatCounts: a client may list any
+// gossiping name as a machine of its own, of any type, made long ago. The
+// leader restores a record from such a list only on top of the
+// description (manual: it neither counts toward its type nor displaces
+// anything), never a server's: otherwise a fake "server" puts the type
+// over its max, and a real server is scaled down.
+func TestTrustClientListRestoresNothingThatCounts(t *testing.T) {
+	p := platform(t, threeServers+`machine "app" {
+  min = 1
+  max = 1
+}
+backend "docker" {
+  type = "docker"
+}
+`)
+	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
+		o.Self = "a"
+		o.Records["w"] = Record{ID: "w", Type: "app", Backend: "local", State: StateJoined, Created: t0, Updated: t0}
+		o.Members["w"] = Member{Name: "w", Status: MemberAlive}
+		o.Instances["local"]["w"] = backends.Instance{MachineID: "w", MachineType: "app", Running: true, Created: t0}
+		list := hostList("w", "docker", 5, "fake-server")
+		bo := list.Backends["docker"]
+		bo.Instances = append(bo.Instances, backends.Instance{MachineID: "fake-app", MachineType: "app", Running: true, Created: t0.Add(-time.Hour)})
+		for i := range bo.Instances {
+			bo.Instances[i].Created = t0.Add(-time.Hour)
+		}
+		list.Backends["docker"] = bo
+		o.Offers = offers(offering("a"), list)
+		for _, id := range []string{"fake-server", "fake-app"} {
+			o.Members[id] = Member{Name: id, Status: MemberAlive}
+		}
+	})
+	d := Plan(p, obs, t0)
+	for _, a := range d.Actions {
+		switch {
+		case a.Kind == KindScaleDown:
+			t.Errorf("a real machine is scaled down for a client's list: %+v", a)
+		case a.Kind == KindRestoreRecord && a.MachineID == "fake-server":
+			t.Errorf("a server's record restored from a client's list: %+v", a)
+		case a.Kind == KindRestoreRecord && a.MachineID == "fake-app" && !a.Manual:
+			t.Errorf("a record restored from a client's list counts toward its type: %+v", a)
+		}
+	}
+	if got := d.Types["server"]; got.Live != 3 {
+		t.Errorf("servers: %+v, want the three real ones live", got)
+	}
+	if got := d.Types["app"]; got.Live != 1 {
+		t.Errorf("apps: %+v, want the one real one live", got)
+	}
+}
+
+// TestTrustRolesFromRaftFreshNodeID: a server whose Consul was started
+// fresh (the survivor of a recovery, whose Consul gets a new node ID) is
+// still the server Raft lists under its name at its address: found so
+// when the ID its name gives is not in Raft, or it would never count as
+// a voter again, and the heal would wait on it forever.
+func TestTrustRolesFromRaftFreshNodeID(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: needs Consul (run without -short)")
+	}
+	t.Parallel()
+	s, err := testconsul.StartWith("-node-id", "8a3a1e56-9c1f-4b6e-9d3e-2f1c0b7a6d5e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	name := seedNodeName(t, s)
+	inv := &Inventory{Store: kvschema.New(s.Client)}
+	obs, err := Observe(context.Background(), s.Client, inv, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := obs.Members[name]; !m.Server || !m.RaftVoter {
+		t.Errorf("a server of a fresh node ID, to the leader: %+v, want a server and a voter", m)
 	}
 }

@@ -119,6 +119,10 @@ type Reader struct {
 	CACert    string
 	Cert, Key string
 	Token     string
+	// Server asks that the agent, read with a certificate, show a
+	// server's too: what a survivor of a lost quorum believes of its
+	// peers.
+	Server bool
 }
 
 // maxStatusBytes bounds an agent's status: its last pass names every type
@@ -172,11 +176,18 @@ func (r Reader) client(host string) (*http.Client, string, error) {
 		if err != nil {
 			return nil, "", fmt.Errorf("this machine's certificate: %w", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM([]byte(r.CACert)) {
-			return nil, "", errors.New("no CA certificate in PEM")
+		if r.Server {
+			if cfg, err = pki.ClientTLS(r.CACert, ""); err != nil {
+				return nil, "", fmt.Errorf("agent at %s: %w", host, err)
+			}
+		} else {
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM([]byte(r.CACert)) {
+				return nil, "", errors.New("no CA certificate in PEM")
+			}
+			cfg = &tls.Config{RootCAs: pool, ServerName: pki.MemberName, MinVersion: tls.VersionTLS12}
 		}
-		cfg = &tls.Config{RootCAs: pool, ServerName: pki.MemberName, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+		cfg.Certificates = []tls.Certificate{pair}
 	case r.Token != "":
 		var err error
 		if cfg, err = pki.ClientTLS(r.CACert, ""); err != nil {

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -154,12 +155,39 @@ func (c cancelOnClose) Close() error {
 	return err
 }
 
-// Local returns the client a machine's own agent uses: its Consul's plain
-// HTTP port on loopback, which is the node's own address when that is a
-// loopback one (machines of the local backend share the host), else
-// 127.0.0.1.
+// Local returns the client a machine's own agent uses: its Consul's unix
+// socket in the machine's data folder (Socket), or, where the folder's
+// path is too long for one, its plain HTTP port on loopback, which is the
+// node's own address when that is a loopback one (machines of the local
+// backend share the host), else 127.0.0.1.
 func Local(c nodeconfig.Config) (*api.Client, error) {
+	if sock := Socket(c); sock != "" {
+		cfg := api.DefaultConfig()
+		cfg.Address, cfg.Scheme, cfg.Token = "unix://"+sock, "http", c.ACLToken
+		return FromConfig(cfg, 0)
+	}
 	return New(Target{Host: LocalHost(c), HTTPPort: c.ConsulHTTPPort, Token: c.ACLToken})
+}
+
+// maxSocketPath is the longest path a unix socket may have on every system
+// Consul runs on (sun_path holds 104 bytes on the BSDs, 108 on Linux).
+const maxSocketPath = 100
+
+// Socket is the unix socket of a machine's Consul HTTP API: in its data
+// folder, which only root reads (0700), so that no other user of the
+// machine can take it while Consul restarts and catch the token sent to
+// it, as they could a loopback port. It is "" when the folder's path is
+// too long for a socket (a test's or a local cluster's deep folder):
+// such a machine's agent speaks to its Consul on loopback.
+func Socket(c nodeconfig.Config) string {
+	if c.DataDir == "" {
+		return ""
+	}
+	p := filepath.Join(c.DataDir, "consul-http.sock")
+	if len(p) > maxSocketPath || !filepath.IsAbs(p) {
+		return ""
+	}
+	return p
 }
 
 // LocalHost is the loopback address a machine's Consul serves plain HTTP
