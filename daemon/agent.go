@@ -120,6 +120,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.http.lns = lns
+	if ln, err := listenSocket(consulclient.AgentSocket(a.Config)); err != nil {
+		a.Log.Warn("no socket for the agent's API: the CLI here asks it on loopback", telemetry.KeyError, err)
+	} else if ln != nil {
+		a.http.lns = append(a.http.lns, ln)
+	}
 	if a.Config.TLS != nil {
 		tlsCfg, err := serverTLS(a.Config.TLS)
 		if err != nil {
@@ -506,6 +511,30 @@ func listen(ctx context.Context, c nodeconfig.Config, hosts []string, port int, 
 		lns = append(lns, ln)
 	}
 	return lns, nil
+}
+
+// listenSocket holds the agent API's unix socket at path (nil for ""),
+// readable by its owner alone: the machine's own token goes there from
+// the CLI, and a loopback port is any local user's to take while the
+// agent restarts. A socket left by the last run is replaced.
+func listenSocket(path string) (net.Listener, error) {
+	if path == "" {
+		return nil, nil
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		_ = os.Remove(path)
+	}
+	// The data folder is its owner's alone (0700): nobody else reaches
+	// the socket in the moment before its mode is set.
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // listenHosts are the addresses the agent's HTTPS, and Consul's, listen

@@ -356,8 +356,12 @@ func (h *httpServer) operator(ctx context.Context, auth string) bool {
 	return false
 }
 
-// fromLoopback reports whether the request came from the machine itself.
+// fromLoopback reports whether the request came from the machine itself:
+// over loopback, or over the agent's unix socket.
 func fromLoopback(r *http.Request) bool {
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && la.Network() == "unix" {
+		return true
+	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	return err == nil && consulclient.IsLoopback(host)
 }

@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -226,5 +229,35 @@ func TestTrustConsulOverASocket(t *testing.T) {
 	fi, err := os.Stat(sock)
 	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
 		t.Errorf("consul's socket: %v (%v), want a socket of mode 0600", fi.Mode(), err)
+	}
+}
+
+// TestTrustAgentActsOverItsSocket: the agent serves its API on a unix
+// socket in its data folder, readable by its owner alone, and takes a
+// request there as the machine's own, as from loopback: the CLI on the
+// machine sends the machine's token where no other user can listen in
+// its place while the agent restarts.
+func TestTrustAgentActsOverItsSocket(t *testing.T) {
+	a, _ := startAgent(t)
+	sock := consulclient.AgentSocket(a.Config)
+	if sock == "" {
+		t.Fatalf("no socket for data folder %s (%d bytes): the test's folder is too deep", a.Config.DataDir, len(a.Config.DataDir))
+	}
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the agent's socket: %v (%v), want a socket of mode 0600", fi, err)
+	}
+	// The agent runs without the mesh: a peer it cannot add is a 409,
+	// which it answers only once the token passed.
+	own := agentapi.Agent{Socket: sock, Token: a.Config.ACLToken}
+	var refused *agentapi.AgentRefused
+	err = agentapi.AddMeshPeer(context.Background(), own, "192.0.2.1:9651")
+	if !errors.As(err, &refused) || !strings.HasPrefix(refused.Status, "409") {
+		t.Errorf("acting over the socket with the machine's token: %v, want 409 (no mesh here)", err)
+	}
+	stranger := agentapi.Agent{Socket: sock, Token: "not-the-token"}
+	err = agentapi.AddMeshPeer(context.Background(), stranger, "192.0.2.1:9651")
+	if !errors.As(err, &refused) || !strings.HasPrefix(refused.Status, "401") {
+		t.Errorf("acting over the socket with another token: %v, want 401", err)
 	}
 }

@@ -99,11 +99,21 @@ func (t *target) credentials() daemon.Credentials {
 
 // agent is the agent at addr (HOST[:PORT]) with the credentials to ask it
 // to act: this machine's own unless --dir names a local cluster.
+//
+// This machine's own agent, asked with its node config's token, is asked
+// on its unix socket where it has one, not on loopback.
 func (t *target) agent(addr string) (agentapi.Agent, error) {
 	cred := t.cluster().Credentials(!t.explicit, nodeConfigPath)
 	a, err := agentapi.NewAgent(addr, cmp.Or(cluster.EnvToken(), cred.Token), cred.CA.CertPEM)
 	if err != nil {
 		return a, fmt.Errorf("%w: --agent: %v", errUsage, err)
+	}
+	if node, err := nodeconfig.Read(nodeConfigPath); err == nil && addr == localAgent && !t.explicit {
+		if sock := consulclient.AgentSocket(node); sock != "" {
+			if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+				a.Socket = sock
+			}
+		}
 	}
 	return a, nil
 }

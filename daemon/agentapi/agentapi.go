@@ -219,6 +219,10 @@ type Agent struct {
 	// certificate names it): set it when asking one machine, such as the
 	// leader, so that another server at its address is not asked instead.
 	MachineID string
+	// Socket, when set, is the agent's unix socket on this machine
+	// (consulclient.AgentSocket): asked there rather than at Host, so
+	// that the token goes where no other user of the machine listens.
+	Socket string
 }
 
 // NewAgent is the agent at addr (HOST[:PORT]), the port defaulting to the
@@ -255,10 +259,21 @@ func ParseAddr(addr string, defPort int) (string, int, error) {
 }
 
 // String is the agent's address.
-func (a Agent) String() string { return net.JoinHostPort(a.Host, strconv.Itoa(a.Port)) }
+func (a Agent) String() string {
+	if a.Socket != "" {
+		return a.Socket
+	}
+	return net.JoinHostPort(a.Host, strconv.Itoa(a.Port))
+}
 
 // client returns the HTTP client and the base URL to ask the agent with.
 func (a Agent) client() (*http.Client, string, error) {
+	if a.Socket != "" {
+		dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, "unix", a.Socket)
+		}
+		return &http.Client{Transport: &http.Transport{DialContext: dial}}, "http://agent", nil
+	}
 	if consulclient.IsLoopback(a.Host) {
 		return http.DefaultClient, "http://" + a.String(), nil
 	}

@@ -179,11 +179,18 @@ const maxSocketPath = 100
 // it, as they could a loopback port. It is "" when the folder's path is
 // too long for a socket (a test's or a local cluster's deep folder):
 // such a machine's agent speaks to its Consul on loopback.
-func Socket(c nodeconfig.Config) string {
+func Socket(c nodeconfig.Config) string { return socketIn(c, "consul-http.sock") }
+
+// AgentSocket is the unix socket of a machine's agent API, beside
+// Consul's (see Socket): where the CLI on the machine, as root, asks its
+// own agent to act with the machine's token. "" when the path is too long.
+func AgentSocket(c nodeconfig.Config) string { return socketIn(c, "agent.sock") }
+
+func socketIn(c nodeconfig.Config, name string) string {
 	if c.DataDir == "" {
 		return ""
 	}
-	p := filepath.Join(c.DataDir, "consul-http.sock")
+	p := filepath.Join(c.DataDir, name)
 	if len(p) > maxSocketPath || !filepath.IsAbs(p) {
 		return ""
 	}
