@@ -116,6 +116,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Plain HTTP for the machine's own users only: other machines read
 	// over TLS, with a member's certificate or a role's token.
 	lns, err := listen(ctx, a.Config, []string{consulclient.LocalHost(a.Config)}, a.Config.HTTPPort, "http_port", a.Log)
+	if err != nil && !consulclient.IsLoopback(a.Config.BindAddr) && errors.Is(err, syscall.EADDRINUSE) && a.Config.TLS != nil {
+		// A host that runs several machines of the local backend on its
+		// own addresses: another holds the loopback port. This one is
+		// read over TLS and asked on its socket.
+		a.Log.Warn("the plain HTTP port on loopback is another agent's: serving TLS and the socket only", telemetry.KeyError, err)
+		lns, err = nil, nil
+	}
 	if err != nil {
 		return err
 	}

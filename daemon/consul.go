@@ -126,11 +126,12 @@ type consulService struct {
 }
 
 type consulCheck struct {
-	ID       string `json:"id"`
-	Name     string `json:"name"`
-	HTTP     string `json:"http"`
-	Interval string `json:"interval"`
-	Timeout  string `json:"timeout"`
+	ID            string `json:"id"`
+	Name          string `json:"name"`
+	HTTP          string `json:"http"`
+	TLSSkipVerify bool   `json:"tls_skip_verify,omitempty"`
+	Interval      string `json:"interval"`
+	Timeout       string `json:"timeout"`
 }
 
 // ServiceName is the Consul service every agent registers with its HTTP
@@ -164,10 +165,21 @@ func agentService(c nodeconfig.Config) consulService {
 		Token: c.ACLToken,
 		Checks: []consulCheck{{
 			ID: ServiceName + "-livez", Name: "raptiformica agent /livez",
-			// Consul asks from the machine itself: plain HTTP, on loopback.
-			HTTP: fmt.Sprintf("http://%s/livez", net.JoinHostPort(consulclient.LocalHost(c), strconv.Itoa(c.HTTPPort))), Interval: "30s", Timeout: "2s",
+			HTTP: livezURL(c), TLSSkipVerify: c.TLS != nil, Interval: "30s", Timeout: "2s",
 		}},
 	}
+}
+
+// livezURL is where Consul checks the agent: its TLS port on the node's
+// address, which is this machine's own (on a host that runs several
+// machines of the local backend, the loopback port may be another's); no
+// secret goes there and the answer is only ok or not, so the certificate
+// is not checked. Without TLS, the plain port on loopback.
+func livezURL(c nodeconfig.Config) string {
+	if c.TLS == nil {
+		return fmt.Sprintf("http://%s/livez", net.JoinHostPort(consulclient.LocalHost(c), strconv.Itoa(c.HTTPPort)))
+	}
+	return fmt.Sprintf("https://%s/livez", net.JoinHostPort(c.BindAddr, strconv.Itoa(c.HTTPSPort)))
 }
 
 // consulConfigFor builds the Consul configuration of a node. peers are the

@@ -201,7 +201,9 @@ func (h *httpServer) Run(ctx context.Context) error {
 func (h *httpServer) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", h.reading(promhttp.HandlerFor(h.metrics.Registry, promhttp.HandlerOpts{Registry: h.metrics.Registry})))
-	mux.Handle("GET /healthz", h.reading(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// /healthz and /livez say ok or not to anyone (load balancers,
+	// Consul's check); why not, only to readers.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !h.mirror.Ready() {
 			http.Error(w, "not ready: waiting for Consul and a platform description\n", http.StatusServiceUnavailable)
 			return
@@ -209,21 +211,25 @@ func (h *httpServer) handler() http.Handler {
 		ctx, cancel := context.WithTimeout(r.Context(), healthzConsulTimeout)
 		defer cancel()
 		if _, err := h.consul.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx)); err != nil {
-			http.Error(w, "consul unreachable: "+err.Error()+"\n", http.StatusServiceUnavailable)
+			why := "consul unreachable"
+			if h.reader(r) {
+				why += ": " + err.Error()
+			}
+			http.Error(w, why+"\n", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
-	})))
+	})
 	// /livez is the agent alone: it serves and holds a description. It
 	// asks nothing of Consul, so that a slow cluster does not flip every
 	// member's Consul check (see agentService).
-	mux.Handle("GET /livez", h.reading(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
 		if !h.mirror.Ready() {
 			http.Error(w, "not ready: waiting for Consul and a platform description\n", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
-	})))
+	})
 	mux.Handle("GET /{$}", h.reading(http.HandlerFunc(h.servePage)))
 	addPeer := func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this node runs without the mesh (mesh = \"none\"): there is nothing to peer\n", http.StatusConflict)
@@ -267,22 +273,31 @@ func (h *httpServer) handler() http.Handler {
 // Consul can vouch for a token), or a token of the operator, read-only or
 // metrics role (Prometheus, a person), or this machine's own.
 func (h *httpServer) reading(next http.Handler) http.HandlerFunc {
-	want := []byte("Bearer " + h.cfg.ACLToken)
 	return func(w http.ResponseWriter, r *http.Request) {
 		switch {
-		case r.TLS == nil && fromLoopback(r):
+		case h.reader(r):
 		case r.TLS == nil:
 			http.Error(w, fmt.Sprintf("other machines read this agent over TLS: ask https://%s with a token of the metrics, read-only or operator role\n", net.JoinHostPort(h.cfg.BindAddr, strconv.Itoa(h.cfg.HTTPSPort))), http.StatusForbidden)
 			return
-		case len(r.TLS.VerifiedChains) > 0:
-		case h.cfg.ACLToken != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) == 1:
-		case h.readers.allows(r.Context(), h.consul, r.Header.Get("Authorization")):
 		default:
 			http.Error(w, "reading this agent takes a token of the metrics, read-only or operator role: send it as Authorization: Bearer TOKEN\n", http.StatusUnauthorized)
 			return
 		}
 		next.ServeHTTP(w, r)
 	}
+}
+
+// reader reports whether r may read the cluster's state (see reading).
+func (h *httpServer) reader(r *http.Request) bool {
+	switch {
+	case r.TLS == nil:
+		return fromLoopback(r)
+	case len(r.TLS.VerifiedChains) > 0:
+		return true
+	case h.cfg.ACLToken != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+h.cfg.ACLToken)) == 1:
+		return true
+	}
+	return h.readers.allows(r.Context(), h.consul, r.Header.Get("Authorization"))
 }
 
 // acting guards an endpoint that makes the node act: the caller must hold

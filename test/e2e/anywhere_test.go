@@ -1,17 +1,24 @@
 package e2e
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/raptiformica/raptiformica/cluster"
+	"github.com/raptiformica/raptiformica/internal/consulclient"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -157,7 +164,7 @@ machine "jobbed" {
 	// The status page shows them too: each member's offers, and who made
 	// each machine.
 	seed := l.machines()[0].Config
-	page := httpGet(t, fmt.Sprintf("http://%s:%d/", seed.BindAddr, seed.HTTPPort))
+	page := l.readPage(t, seed)
 	for _, want := range []string{`<td class="offers">engine</td>`, `<td class="offers">job</td>`, "<td>engine</td><td><code>" + idA + "</code></td>", "<td>job</td><td><code>" + idB + "</code></td>"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the status page lacks %q", want)
@@ -229,9 +236,33 @@ machine "crate" {
 }
 
 // httpGet returns the body of a plain GET, failing the test on any error.
+// readPage reads machine m's status page as another member would: over
+// TLS with a certificate of the cluster's CA (its plain port is its own
+// machine's), or plain on a loopback address.
+func (c *testCluster) readPage(t *testing.T, m nodeconfig.Config) string {
+	t.Helper()
+	if consulclient.IsLoopback(m.BindAddr) {
+		return httpGet(t, fmt.Sprintf("http://%s:%d/", m.BindAddr, m.HTTPPort))
+	}
+	id := c.memberTLS()
+	pair, err := tls.X509KeyPair([]byte(id.Cert), []byte(id.Key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(id.CACert))
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: pool, ServerName: pki.MemberName, Certificates: []tls.Certificate{pair}}}}
+	return httpGetWith(t, hc, fmt.Sprintf("https://%s/", net.JoinHostPort(m.BindAddr, strconv.Itoa(m.HTTPSPort))))
+}
+
 func httpGet(t *testing.T, url string) string {
 	t.Helper()
-	c := &http.Client{Timeout: 10 * time.Second}
+	return httpGetWith(t, &http.Client{Timeout: 10 * time.Second}, url)
+}
+
+func httpGetWith(t *testing.T, c *http.Client, url string) string {
+	t.Helper()
 	resp, err := c.Get(url)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
