@@ -30,18 +30,12 @@ func TestTrustCredentialTable(t *testing.T) {
 	}
 	t.Parallel()
 	rows, columns := readCredentialTable(t)
-	const root = "root-token-of-this-test"
-	c, err := testconsul.StartWith("-hcl", `acl { enabled = true
-default_policy = "deny"
-tokens { initial_management = "`+root+`" } }`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
+	c, root := aclConsul(t)
 	admin := clientWithToken(t, c, root)
 	ctx := context.Background()
 	const own, other = "worker-own", "worker-other"
 	tokens := map[string]string{"cluster token, operator": root}
+	var err error
 	if tokens["client machine"], err = machineToken(ctx, admin, own); err != nil {
 		t.Fatal(err)
 	}
@@ -132,6 +126,21 @@ func readCredentialTable(t *testing.T) ([]credentialRow, []string) {
 	return rows, columns
 }
 
+// aclConsul starts a Consul dev agent for one test with the cluster's ACL
+// defaults (deny), and returns it with its management token.
+func aclConsul(t *testing.T) (*testconsul.Server, string) {
+	t.Helper()
+	const root = "root-token-of-this-test"
+	c, err := testconsul.StartWith("-hcl", `acl { enabled = true
+default_policy = "deny"
+tokens { initial_management = "`+root+`" } }`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	return c, root
+}
+
 func clientWithToken(t *testing.T, c *testconsul.Server, token string) *api.Client {
 	t.Helper()
 	cfg := api.DefaultConfig()
@@ -153,14 +162,7 @@ func TestTrustClientWritesNoRecordOfItsOwn(t *testing.T) {
 		t.Skip("integration test: runs a real Consul (run without -short)")
 	}
 	t.Parallel()
-	const root = "root-token-of-this-test"
-	c, err := testconsul.StartWith("-hcl", `acl { enabled = true
-default_policy = "deny"
-tokens { initial_management = "`+root+`" } }`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
+	c, root := aclConsul(t)
 	ctx := context.Background()
 	admin := clientWithToken(t, c, root)
 	own, err := machineToken(ctx, admin, "laptop-own")
@@ -193,14 +195,7 @@ func TestTrustOlderMachinePoliciesBroughtUpToDate(t *testing.T) {
 		t.Skip("integration test: runs a real Consul (run without -short)")
 	}
 	t.Parallel()
-	const root = "root-token-of-this-test"
-	c, err := testconsul.StartWith("-hcl", `acl { enabled = true
-default_policy = "deny"
-tokens { initial_management = "`+root+`" } }`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
+	c, root := aclConsul(t)
 	ctx := context.Background()
 	admin := clientWithToken(t, c, root)
 	tok, err := machineToken(ctx, admin, "worker-old")

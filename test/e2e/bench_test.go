@@ -499,21 +499,10 @@ func BenchmarkSecurity(b *testing.B) {
 	var up, heal [2]time.Duration
 	for i := 0; i < b.N; i++ {
 		for k, bin := range []string{binary, insecureBinary} {
-			c := newCluster(b)
-			c.bin = bin
-			t0 := time.Now()
-			c.up(c.writePlatform("platform.hcl", benchPlatform("")))
-			v := c.waitAgree(3, 2*time.Minute, "after up")
-			u := time.Since(t0)
-			victim := v.follower()
-			t1 := time.Now()
-			c.kill(victim)
-			c.waitAgree(3, 2*time.Minute, "healed", victim)
-			h := time.Since(t1)
+			u, h := upAndHeal(b, bin)
 			up[k] += u
 			heal[k] += h
 			b.Logf("iteration %d, %s: up %s, heal %s", i, []string{"secure", "insecure"}[k], u.Round(time.Millisecond), h.Round(time.Millisecond))
-			c.rf("down")
 		}
 	}
 	n := float64(b.N)
@@ -522,6 +511,25 @@ func BenchmarkSecurity(b *testing.B) {
 	b.ReportMetric(heal[0].Seconds()/n, "heal-secure-s")
 	b.ReportMetric(heal[1].Seconds()/n, "heal-insecure-s")
 	b.ReportMetric(100*(heal[0]-heal[1]).Seconds()/heal[1].Seconds(), "heal-cost-%")
+}
+
+// upAndHeal times, on binary bin, `up` of a local cluster of three
+// servers until every source agrees on them, then a follower's SIGKILL
+// until its replacement is joined and it is gone, and takes it down.
+func upAndHeal(b *testing.B, bin string) (up, heal time.Duration) {
+	c := newCluster(b)
+	c.bin = bin
+	t0 := time.Now()
+	c.up(c.writePlatform("platform.hcl", benchPlatform("")))
+	v := c.waitAgree(3, 2*time.Minute, "after up")
+	up = time.Since(t0)
+	victim := v.follower()
+	t1 := time.Now()
+	c.kill(victim)
+	c.waitAgree(3, 2*time.Minute, "healed", victim)
+	heal = time.Since(t1)
+	c.rf("down")
+	return up, heal
 }
 
 // BenchmarkBaseline measures `up` of three servers and a follower's heal
@@ -537,20 +545,9 @@ func BenchmarkBaseline(b *testing.B) {
 	var up, heal [2][]time.Duration
 	for i := 0; i < b.N; i++ {
 		for k, bin := range []string{binary, base} {
-			c := newCluster(b)
-			c.bin = bin
-			t0 := time.Now()
-			c.up(c.writePlatform("platform.hcl", benchPlatform("")))
-			v := c.waitAgree(3, 2*time.Minute, "after up")
-			u := time.Since(t0)
-			victim := v.follower()
-			t1 := time.Now()
-			c.kill(victim)
-			c.waitAgree(3, 2*time.Minute, "healed", victim)
-			h := time.Since(t1)
+			u, h := upAndHeal(b, bin)
 			up[k], heal[k] = append(up[k], u), append(heal[k], h)
 			b.Logf("iteration %d, %s: up %s, heal %s", i, []string{"this", "baseline"}[k], u.Round(time.Millisecond), h.Round(time.Millisecond))
-			c.rf("down")
 		}
 	}
 	for k, name := range []string{"", "-baseline"} {
