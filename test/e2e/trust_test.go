@@ -21,6 +21,7 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -114,6 +115,27 @@ func TestTrustCompromisedClient(t *testing.T) {
 			t.Errorf("the client's token wrote %s", key)
 		}
 	}
+	// Mesh entries: its own key, in a server's name, is read as nobody's;
+	// a server's key it may not write.
+	forgedEntry, _ := json.Marshal(daemon.MeshNode{MachineID: servers[0], Endpoints: []string{"10.6.6.6:9651"}, Server: true})
+	if _, err := own.KV().Put(&api.KVPair{Key: kvschema.MeshNodes + attacker, Value: forgedEntry}, nil); err != nil {
+		t.Fatalf("the client's token may write its own mesh entry: %v", err)
+	}
+	if _, err := own.KV().Put(&api.KVPair{Key: kvschema.MeshNodes + servers[0], Value: forgedEntry}, nil); err == nil {
+		t.Errorf("the client's token wrote %s's mesh entry", servers[0])
+	}
+	if nodes, err := daemon.MeshNodes(ctx, kvschema.New(own)); err != nil {
+		t.Fatal(err)
+	} else if n, ok := nodes[servers[0]]; ok && slices.Contains(n.Endpoints, "10.6.6.6:9651") {
+		t.Errorf("the forged mesh entry is read as %s's: %+v", servers[0], n)
+	}
+	// Services: registered on its own node only; another node's is not
+	// its to write (Prometheus labels a target by its node).
+	if _, err := own.Catalog().Register(&api.CatalogRegistration{Node: servers[0], Address: "10.6.6.6",
+		Service: &api.AgentService{ID: "raptiformica-forged", Service: "raptiformica", Port: 9551, Meta: map[string]string{"machine_id": servers[0]}}}, nil); err == nil {
+		t.Errorf("the client's token registered a service on %s's node", servers[0])
+	}
+
 	// Every work-order folder, and the join tokens' records.
 	if keys, _, err := own.KV().Keys(kvschema.Work, "", nil); err == nil {
 		for _, k := range keys {
