@@ -17,6 +17,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -312,9 +313,16 @@ machine "worker" {
 		t.Fatalf("apply: %s %s", out, errOut)
 	}
 	var elsewhere reconcile.Record
+	// Its order written, not only its record (or the spawn already done):
+	// a leader killed between the two leaves nothing to resume, and the
+	// next leader gives the record up.
 	waitUntil(t, time.Minute, "a worker's spawn runs on a server that does not lead", func() bool {
+		cl := c.client()
 		for _, r := range c.recordsOf("worker") {
-			if r.Host != "" && r.Host != v.leader {
+			if r.Host == "" || r.Host == v.leader || cl == nil {
+				continue
+			}
+			if pair, _, err := cl.KV().Get(kvschema.Work+r.Host+"/"+r.ID, nil); r.State != reconcile.StateSpawning || err == nil && pair != nil {
 				elsewhere = r
 				return true
 			}
