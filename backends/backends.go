@@ -13,9 +13,9 @@ package backends
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -144,20 +144,9 @@ type Spec struct {
 	Node nodeconfig.Config
 }
 
-// Instance is a machine as a backend sees it.
-type Instance struct {
-	MachineID   string `json:"machine_id"`
-	MachineType string `json:"machine_type"`
-	Address     string `json:"address"`
-	// Addresses are all the machine's addresses, Address first, for a
-	// machine on several networks; empty when Address is the only one.
-	Addresses []string  `json:"addresses,omitempty"`
-	Running   bool      `json:"running"`
-	Created   time.Time `json:"created"`
-	// MadeBy is the member that made it (its node config's made_by),
-	// where the backend can tell; empty when it cannot.
-	MadeBy string `json:"made_by,omitempty"`
-}
+// Instance is a machine as a backend sees it (state.Instance: hosts publish
+// their lists in their offers, so the type lives with the stored records).
+type Instance = state.Instance
 
 // Env is what a backend needs to know about the node that runs it.
 type Env struct {

@@ -45,6 +45,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -297,7 +298,7 @@ func Alive(ctx context.Context, c *api.Client, id string) (bool, error) {
 		return false, err
 	}
 	for _, m := range members {
-		if m.Name == id && reconcile.SerfStatus(m.Status) == reconcile.MemberAlive {
+		if m.Name == id && reconcile.SerfStatus(m.Status) == state.MemberAlive {
 			return true, nil
 		}
 	}
@@ -331,12 +332,12 @@ func LeaderAgent(ctx context.Context, c *api.Client) (string, error) {
 
 // LastPass is the leader's last published pass, nil before the first or
 // when it cannot be read.
-func LastPass(ctx context.Context, c *api.Client) *reconcile.Status {
+func LastPass(ctx context.Context, c *api.Client) *state.Status {
 	b, err := kvschema.New(c).Status(ctx)
 	if err != nil || b == nil {
 		return nil
 	}
-	var st reconcile.Status
+	var st state.Status
 	if json.Unmarshal(b, &st) != nil {
 		return nil
 	}
@@ -634,7 +635,7 @@ func Progress(ctx context.Context, c *api.Client, plat *rules.Platform) (string,
 	}
 	alive := map[string]bool{}
 	for _, m := range members {
-		alive[m.Name] = reconcile.SerfStatus(m.Status) == reconcile.MemberAlive
+		alive[m.Name] = reconcile.SerfStatus(m.Status) == state.MemberAlive
 	}
 	var parts []string
 	done := true

@@ -10,10 +10,11 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
+	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/mesh/peering"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -30,7 +31,7 @@ type Member struct {
 	Role    string `json:"role"`
 	Leader  bool   `json:"leader"`
 	// MeshEndpoints are where the member accepts overlay links; MeshPeers
-	// the members the mesh's rule links it to (daemon.MeshLinks). Both
+	// the members the mesh's rule links it to (mesh.Links). Both
 	// empty without the mesh.
 	MeshEndpoints []string `json:"mesh_endpoints,omitempty"`
 	MeshPeers     []string `json:"mesh_peers,omitempty"`
@@ -56,7 +57,7 @@ func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, 
 		return nil, false, err
 	}
 	leader := store.Leader(ctx)
-	meshNodes, err := daemon.MeshNodes(ctx, store)
+	meshNodes, err := mesh.ReadEntries(ctx, store)
 	if err != nil {
 		return nil, false, err
 	}
@@ -64,8 +65,8 @@ func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, 
 	if p, err := Platform(ctx, c, rules.Options{}); err == nil {
 		maxLinks = p.Mesh.Links()
 	}
-	meshLinks := daemon.MeshLinks(meshNodes, maxLinks)
-	offers, _, err := store.Offers(ctx, nil)
+	meshLinks := mesh.Links(meshNodes, maxLinks)
+	offers, _, _, err := state.Offers(store).List(ctx, nil)
 	if err != nil {
 		return nil, false, err
 	}
@@ -84,10 +85,8 @@ func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, 
 		}
 		r := recs[m.Name]
 		row := Member{Name: m.Name, Address: m.Addr, Status: string(reconcile.SerfStatus(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader}
-		if b, ok := offers[m.Name]; ok {
-			if o, err := reconcile.ParseOffer(m.Name, b.Value); err == nil {
-				row.Offers = append([]string{}, o.Offered()...)
-			}
+		if o, ok := offers[m.Name]; ok {
+			row.Offers = append([]string{}, o.Offered()...)
 		}
 		pr, has := provisioned[m.Name]
 		row.Provisioned = provisionState(plat, r.Type, pr, has)

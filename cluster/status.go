@@ -14,17 +14,17 @@ import (
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
-	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
 // StatusView is the cluster's status as `status` prints it, and the body
 // of `status --json`.
 type StatusView struct {
-	Leader        string            `json:"leader"`
-	PlatformError string            `json:"platform_error,omitempty"`
-	Reconcile     *reconcile.Status `json:"reconcile,omitempty"`
+	Leader        string        `json:"leader"`
+	PlatformError string        `json:"platform_error,omitempty"`
+	Reconcile     *state.Status `json:"reconcile,omitempty"`
 	// Quorum is each local machine's view while there is no Consul leader.
 	Quorum map[string]*agentapi.QuorumStatus `json:"quorum,omitempty"`
 	// MirrorErrors are the local machines whose copy of the cluster's
@@ -32,7 +32,7 @@ type StatusView struct {
 	// the cluster until KV replaces its copy.
 	MirrorErrors map[string]string `json:"mirror_errors,omitempty"`
 	// Provisioning is each machine's provisioning record, by machine ID.
-	Provisioning map[string]reconcile.Provisioned `json:"provisioning,omitempty"`
+	Provisioning map[string]state.Provisioned `json:"provisioning,omitempty"`
 }
 
 // Status is the cluster's status as c's Consul holds it. A Consul that

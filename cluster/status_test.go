@@ -9,7 +9,6 @@ import (
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/state"
-	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -19,7 +18,7 @@ import (
 func TestStatusShowsUnusableMirrors(t *testing.T) {
 	v := StatusView{
 		Leader:       "server-1",
-		Reconcile:    &reconcile.Status{Cluster: "c", LastReconcile: time.Now(), Types: map[string]reconcile.TypeStatus{}},
+		Reconcile:    &state.Status{Cluster: "c", LastReconcile: time.Now(), Types: map[string]state.TypeStatus{}},
 		MirrorErrors: map[string]string{"server-2": "platform.version: line 1: not the version of platform.hcl's text"},
 	}
 	var out strings.Builder
@@ -35,7 +34,7 @@ func TestStatusShowsUnusableMirrors(t *testing.T) {
 // that names another machine than its key) is named in status with why,
 // so that an operator finds what a member wrote.
 func TestTrustStatusNamesBadRecords(t *testing.T) {
-	v := StatusView{Leader: "server-1", Reconcile: &reconcile.Status{Cluster: "c", LastReconcile: time.Now(), Types: map[string]reconcile.TypeStatus{},
+	v := StatusView{Leader: "server-1", Reconcile: &state.Status{Cluster: "c", LastReconcile: time.Now(), Types: map[string]state.TypeStatus{},
 		BadRecords: []state.Bad{{Key: "raptiformica/offers/worker-x", Error: `offer raptiformica/offers/worker-x names machine "server-1"`}}}}
 	var out strings.Builder
 	if err := v.WriteText(&out); err != nil {
@@ -55,11 +54,11 @@ func TestStatusShowsFailedProvisioning(t *testing.T) {
 	}
 	output.WriteString("E: Unable to locate package nginx-fancy")
 	v := StatusView{
-		Reconcile: &reconcile.Status{Cluster: "c", LastReconcile: time.Now(), Types: map[string]reconcile.TypeStatus{}},
-		Provisioning: map[string]reconcile.Provisioned{
-			"web-1": {Machine: "web-1", State: reconcile.ProvisionFailed, Failures: 2, Provisioner: "nginx", Error: `provisioner "nginx" step 1 (apt-get): exit status 100`, Output: output.String()},
-			"web-2": {Machine: "web-2", State: reconcile.ProvisionOK},
-			"web-3": {Machine: "web-3", State: reconcile.ProvisionRunning, Provisioner: "nginx"},
+		Reconcile: &state.Status{Cluster: "c", LastReconcile: time.Now(), Types: map[string]state.TypeStatus{}},
+		Provisioning: map[string]state.Provisioned{
+			"web-1": {Machine: "web-1", State: state.ProvisionFailed, Failures: 2, Provisioner: "nginx", Error: `provisioner "nginx" step 1 (apt-get): exit status 100`, Output: output.String()},
+			"web-2": {Machine: "web-2", State: state.ProvisionOK},
+			"web-3": {Machine: "web-3", State: state.ProvisionRunning, Provisioner: "nginx"},
 		},
 	}
 	var out strings.Builder
@@ -89,14 +88,14 @@ func TestProvisionState(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		typ  string
-		rec  *reconcile.Provisioned
+		rec  *state.Provisioned
 		want string
 	}{
-		{"done", "web", &reconcile.Provisioned{State: reconcile.ProvisionOK, Checksum: sum}, "ok"},
-		{"done for an older description", "web", &reconcile.Provisioned{State: reconcile.ProvisionOK, Checksum: "old"}, "outdated"},
-		{"failed", "web", &reconcile.Provisioned{State: reconcile.ProvisionFailed, Checksum: sum}, "failed"},
+		{"done", "web", &state.Provisioned{State: state.ProvisionOK, Checksum: sum}, "ok"},
+		{"done for an older description", "web", &state.Provisioned{State: state.ProvisionOK, Checksum: "old"}, "outdated"},
+		{"failed", "web", &state.Provisioned{State: state.ProvisionFailed, Checksum: sum}, "failed"},
 		{"nothing published", "web", nil, "waiting"},
-		{"type provisions nothing", "db", &reconcile.Provisioned{State: reconcile.ProvisionOK}, ""},
+		{"type provisions nothing", "db", &state.Provisioned{State: state.ProvisionOK}, ""},
 		{"no description", "web", nil, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -104,7 +103,7 @@ func TestProvisionState(t *testing.T) {
 			if tc.name == "no description" {
 				p = nil
 			}
-			var rec reconcile.Provisioned
+			var rec state.Provisioned
 			if tc.rec != nil {
 				rec = *tc.rec
 			}
@@ -127,19 +126,19 @@ func TestTrustOutputStatus(t *testing.T) {
 					Leader:        h,
 					PlatformError: "platform.hcl:1: " + h,
 					MirrorErrors:  map[string]string{h: h},
-					Reconcile: &reconcile.Status{
+					Reconcile: &state.Status{
 						Cluster: h, Leader: h, LastResult: h, LastError: h, Duration: h, Halted: h, Waiting: []string{h},
-						LastReconcile: time.Now(), Types: map[string]reconcile.TypeStatus{h: {Min: 1}},
+						LastReconcile: time.Now(), Types: map[string]state.TypeStatus{h: {Min: 1}},
 						BackendErrors: map[string]string{h: h, "docker": h}, OfferedBy: map[string][]string{"docker": {h}},
-						InFlight: []reconcile.Action{{Kind: reconcile.Kind(h), MachineID: h, Reason: h}},
+						InFlight: []state.Action{{Kind: state.Kind(h), MachineID: h, Reason: h}},
 					},
-					Provisioning: map[string]reconcile.Provisioned{
-						h:       {Machine: h, State: reconcile.ProvisionFailed, Provisioner: h, Error: h, Output: "one\n" + h + "\ntwo"},
-						"web-3": {Machine: "web-3", State: reconcile.ProvisionRunning, Provisioner: h},
+					Provisioning: map[string]state.Provisioned{
+						h:       {Machine: h, State: state.ProvisionFailed, Provisioner: h, Error: h, Output: "one\n" + h + "\ntwo"},
+						"web-3": {Machine: "web-3", State: state.ProvisionRunning, Provisioner: h},
 					},
 				},
 				"no quorum": {Quorum: map[string]*agentapi.QuorumStatus{h: {
-					Servers: []agentapi.ServerSeen{{Name: h, Address: h, Status: reconcile.MemberStatus(h)}}, Recovery: h,
+					Servers: []agentapi.ServerSeen{{Name: h, Address: h, Status: state.MemberStatus(h)}}, Recovery: h,
 				}}},
 			}
 			for name, v := range views {

@@ -12,12 +12,12 @@ import (
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
-	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // WritePlan prints what the leader would do, as `plan` shows it, every
 // string escaped: reasons and waiting lines quote members and backends.
-func WritePlan(out io.Writer, d reconcile.Decision) error {
+func WritePlan(out io.Writer, d state.Plan) error {
 	if len(d.Actions) == 0 {
 		fmt.Fprintln(out, "no actions: the cluster matches the description")
 	}

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/mesh"
-	"github.com/raptiformica/raptiformica/reconcile"
 )
 
 // TestTrustOutputPlanMeshTokens: plan, mesh and token list show what the
@@ -23,8 +23,8 @@ func TestTrustOutputPlanMeshTokens(t *testing.T) {
 				lines int
 			}{
 				"plan": {func(out *strings.Builder) error {
-					return WritePlan(out, reconcile.Decision{
-						Actions: []reconcile.Action{{Kind: reconcile.Kind(h), MachineID: h, Type: h, Backend: h, Reason: h}},
+					return WritePlan(out, state.Plan{
+						Actions: []state.Action{{Kind: state.Kind(h), MachineID: h, Type: h, Backend: h, Reason: h}},
 						Halted:  h, Waiting: []string{h},
 					})
 				}, 3},

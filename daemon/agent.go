@@ -262,11 +262,7 @@ func (a *Agent) setUp() (err error) {
 	}
 	executor := &reconcile.Executor{
 		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics, Token: c.ACLToken, CACert: c.TLS.CACert,
-		Forget: func(ctx context.Context, id string) error {
-			// A removed machine offers nothing: its offer goes with it,
-			// and so do its provisioning record and its work orders.
-			return errors.Join(RemoveMachineToken(ctx, client, id), a.store.DeleteOffer(ctx, id), a.store.DeleteProvisioned(ctx, id), a.store.DeleteWork(ctx, id))
-		},
+		Forget:     func(ctx context.Context, id string) error { return RemoveMachineToken(ctx, client, id) },
 		NodeConfig: NodeConfigFor(client, Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, c.ClusterDir, c.ConsulBinary, selfEndpoints),
 		Grant:      grantWork(client),
 		Self:       c.MachineID,

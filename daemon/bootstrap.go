@@ -14,6 +14,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -118,7 +119,7 @@ func (s *kvSeed) writeRecord(ctx context.Context) error {
 			rec.Addresses = append(rec.Addresses, rec.Address)
 		}
 		rec.Address, rec.Updated = s.cfg.BindAddr, s.clock.Now()
-		if _, err := s.inventory.Put(ctx, rec); err != nil && !errors.Is(err, reconcile.ErrConflict) {
+		if _, err := s.inventory.Put(ctx, rec); err != nil && !errors.Is(err, state.ErrConflict) {
 			return err
 		}
 		return nil
@@ -131,7 +132,7 @@ func (s *kvSeed) writeRecord(ctx context.Context) error {
 		ID: s.cfg.MachineID, Type: s.cfg.MachineType, Backend: s.cfg.Backend, State: reconcile.StateJoined,
 		Address: s.cfg.BindAddr, Seed: s.cfg.Bootstrap, Created: now, Updated: now,
 	})
-	if errors.Is(err, reconcile.ErrConflict) {
+	if errors.Is(err, state.ErrConflict) {
 		return nil // written by the leader meanwhile
 	}
 	return err

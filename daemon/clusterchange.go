@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -148,7 +149,7 @@ func (c *clusterChange) fireOnChanges(ctx context.Context, changed <-chan struct
 		default:
 		}
 		last = c.clock.Now()
-		c.hooks.Fire(ctx, c.platform(), "cluster_change", reconcile.Action{MachineID: c.self, Reason: "the cluster's membership changed"})
+		c.hooks.Fire(ctx, c.platform(), "cluster_change", state.Action{MachineID: c.self, Reason: "the cluster's membership changed"})
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -252,7 +253,7 @@ func (h *httpServer) handler() http.Handler {
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(d)
+		_ = json.NewEncoder(w).Encode(d.Plan())
 	})))
 	mux.HandleFunc("POST "+agentapi.JoinPath, h.serveJoin)
 	mux.Handle("GET "+agentapi.StatusPath, h.reading(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -405,7 +406,7 @@ func (h *httpServer) status() agentapi.AgentStatus {
 	st.Leader = h.store.Leader(ctx)
 	if !st.IsLeader {
 		if b, err := h.store.Status(ctx); err == nil && b != nil {
-			var rs reconcile.Status
+			var rs state.Status
 			if json.Unmarshal(b, &rs) == nil {
 				st.Reconcile = &rs
 			}

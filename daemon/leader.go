@@ -16,6 +16,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -101,9 +102,9 @@ type elector struct {
 	// given up. It holds one signal while nobody leads.
 	wake chan struct{}
 
-	mu      sync.RWMutex      // guards leading and last
-	leading bool              // this node holds the lock and runs the loop
-	last    *reconcile.Status // the last pass this node published as leader
+	mu      sync.RWMutex  // guards leading and last
+	leading bool          // this node holds the lock and runs the loop
+	last    *state.Status // the last pass this node published as leader
 }
 
 // Run competes for the leader lock until ctx ends, leading whenever it
@@ -259,7 +260,7 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 	if led {
 		e.setLeading(true)
 		e.log.Info("became leader")
-		e.executor.Hooks.Fire(lctx, e.platform(), "leader_elected", reconcile.Action{MachineID: e.self, Reason: "leader elected"})
+		e.executor.Hooks.Fire(lctx, e.platform(), "leader_elected", state.Action{MachineID: e.self, Reason: "leader elected"})
 		r := &reconcile.Reconciler{
 			Consul: e.consul, Inventory: e.inventory, Executor: e.executor,
 			Platform: e.platform, Backends: e.backends, Self: e.self,
@@ -314,7 +315,7 @@ func (e *elector) Leading() bool {
 
 // LastStatus is the last pass this node published as leader, nil before
 // its first.
-func (e *elector) LastStatus() *reconcile.Status {
+func (e *elector) LastStatus() *state.Status {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
 	return e.last
@@ -402,7 +403,7 @@ func (e *elector) watchAutopilot(ctx context.Context) {
 
 // publish keeps the leader's status for /v1/status and writes it to KV for
 // the other nodes and the CLI.
-func (e *elector) publish(st reconcile.Status) {
+func (e *elector) publish(st state.Status) {
 	e.mu.Lock()
 	e.last = &st
 	e.mu.Unlock()

@@ -50,118 +50,13 @@ const (
 	meshWait    = 5 * time.Minute
 )
 
-// MeshNode is a member's entry in KV: how the others reach it.
-type MeshNode struct {
-	MachineID string `json:"machine_id"`
-	Key       string `json:"key"`
-	Address   string `json:"address"`
-	// Endpoints are where it accepts links; none for a dial-only node.
-	Endpoints []string `json:"endpoints,omitempty"`
-	// Server is true for a Consul server: the mesh's rule links servers
-	// to each other (package mesh/peering). The entry lists no links:
-	// they follow from the rule, and a list would make every entry, and
-	// so every read of the folder, grow with the cluster.
-	Server bool `json:"server,omitempty"`
-	// ListenSecret and DialSecrets are the fingerprints (mesh.Fingerprint)
-	// of the secrets it listens and dials with: how `rotate mesh` knows
-	// that every member has taken a step.
-	ListenSecret string   `json:"listen_secret,omitempty"`
-	DialSecrets  []string `json:"dial_secrets,omitempty"`
-}
-
-// MeshNodes reads every member's mesh entry, by machine ID.
-func MeshNodes(ctx context.Context, store *kvschema.Store) (map[string]MeshNode, error) {
-	pairs, _, err := store.MeshNodes(ctx, nil)
-	if err != nil {
-		return nil, fmt.Errorf("read mesh entries: %w", err)
-	}
-	nodes, _ := decodeMeshNodes(pairs)
-	return nodes, nil
-}
-
-// meshMembers are the members as the mesh's rule sees them, from their
-// entries.
-func meshMembers(nodes map[string]MeshNode) []peering.Member {
-	out := make([]peering.Member, 0, len(nodes))
-	for id, n := range nodes {
-		out = append(out, peering.Member{ID: id, Server: n.Server, Listens: len(n.Endpoints) > 0})
-	}
-	return out
-}
-
-// MeshLinks returns, for each member with an entry, the members the mesh's
-// rule links it to (package mesh/peering), by machine ID: what `members`
-// shows. It costs O(maxLinks × N²): a table of a few thousand machines.
-func MeshLinks(nodes map[string]MeshNode, maxLinks int) map[string][]string {
-	members := meshMembers(nodes)
-	out := make(map[string][]string, len(members))
-	for _, m := range members {
-		out[m.ID] = peering.Choose(m, members, maxLinks)
-	}
-	return out
-}
-
 // chosenEndpoints are the endpoints of the members the rule links self to.
-func chosenEndpoints(self peering.Member, nodes map[string]MeshNode, maxLinks int) []string {
+func chosenEndpoints(self peering.Member, nodes map[string]state.MeshEntry, maxLinks int) []string {
 	var out []string
-	for _, id := range peering.Choose(self, meshMembers(nodes), maxLinks) {
+	for _, id := range peering.Choose(self, mesh.Members(nodes), maxLinks) {
 		out = append(out, nodes[id].Endpoints...)
 	}
 	return hostPorts(out)
-}
-
-// MachineKey is the machine the entry is of (state.Keyed).
-func (n MeshNode) MachineKey() string { return n.MachineID }
-
-// maxMeshNodeSize bounds one stored entry: a key, an address, a few
-// endpoints and fingerprints.
-const maxMeshNodeSize = 16 << 10
-
-// decodeMeshNodes reads the members' entries out of the mesh folder's
-// listing, by machine ID. Each is its member's own word, so an entry is
-// believed only for the machine its key names (state.Decode), only with
-// the overlay address its public key gives, and only with a public key no
-// other entry holds: a client's entry cannot take another member's place
-// in every node's view, by its name or by its key. Two entries with one
-// key are both refused, since neither proves the key its own (a client
-// that copies another's key so keeps that machine out of the others'
-// view, and itself, until the copy goes: named in the log, see
-// reportBad).
-func decodeMeshNodes(pairs api.KVPairs) (map[string]MeshNode, []state.Bad) {
-	sp := make([]state.Pair, len(pairs))
-	for i, p := range pairs {
-		sp[i] = state.Pair{Key: p.Key, Value: p.Value, Index: p.ModifyIndex}
-	}
-	items, bad := state.DecodeAll[MeshNode]("mesh entry", kvschema.MeshNodes, sp, maxMeshNodeSize)
-	refuse := func(id, why string) {
-		bad = append(bad, state.Bad{Key: kvschema.MeshNodes + id, Error: fmt.Sprintf("mesh entry %s%s: %s", kvschema.MeshNodes, id, why)})
-		delete(items, id)
-	}
-	holders := map[string][]string{}
-	for _, id := range slices.Sorted(maps.Keys(items)) {
-		n := items[id].Value
-		if n.Key == "" && n.Address == "" {
-			continue // the leader's first entry: endpoints only
-		}
-		if a, err := mesh.AddressOf(n.Key); err != nil || a.String() != n.Address {
-			refuse(id, fmt.Sprintf("address %q is not its key's", n.Address))
-			continue
-		}
-		holders[n.Key] = append(holders[n.Key], id)
-	}
-	for _, ids := range holders {
-		if len(ids) > 1 {
-			for _, id := range ids {
-				refuse(id, "its key is held by "+strings.Join(ids, " and ")+" at once")
-			}
-		}
-	}
-	nodes := make(map[string]MeshNode, len(items))
-	for id, it := range items {
-		nodes[id] = it.Value
-	}
-	sort.Slice(bad, func(i, j int) bool { return bad[i].Key < bad[j].Key })
-	return nodes, bad
 }
 
 // meshMirror is what a node keeps on disk of the mesh, so that after a
@@ -210,7 +105,7 @@ type meshSync struct {
 	known meshMirror
 	// published is the entry this node last wrote, so that a pass writes
 	// it again only when it changed.
-	published MeshNode
+	published state.MeshEntry
 	// secrets are what mesh-secrets.json holds, read at the first pass
 	// that finds secrets in KV.
 	secrets       meshSecrets
@@ -370,7 +265,7 @@ func (s *meshSync) Run(ctx context.Context) error {
 			// The read is the truth now: the entry is written again if
 			// it differs (see publishNode).
 			s.mu.Lock()
-			s.published = MeshNode{}
+			s.published = state.MeshEntry{}
 			s.mu.Unlock()
 		case <-s.clock.After(meshPass):
 		}
@@ -380,7 +275,7 @@ func (s *meshSync) Run(ctx context.Context) error {
 
 // meshRead is one read of the mesh's folder, or why it failed.
 type meshRead struct {
-	nodes   map[string]MeshNode
+	nodes   map[string]state.MeshEntry
 	secrets kvschema.MeshSecrets
 	err     error
 }
@@ -407,7 +302,7 @@ func (s *meshSync) watch(ctx context.Context, reads chan meshRead) {
 			// The wait ended without a change.
 		default:
 			index = meta.LastIndex
-			nodes, bad := decodeMeshNodes(pairs)
+			nodes, bad := mesh.DecodeEntries(pairs)
 			r = &meshRead{nodes: nodes, secrets: secrets}
 			s.reportBad(bad)
 		}
@@ -424,7 +319,7 @@ func (s *meshSync) watch(ctx context.Context, reads chan meshRead) {
 	}
 }
 
-func (s *meshSync) sync(ctx context.Context, nodes map[string]MeshNode, secrets kvschema.MeshSecrets, fromKV bool) {
+func (s *meshSync) sync(ctx context.Context, nodes map[string]state.MeshEntry, secrets kvschema.MeshSecrets, fromKV bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if fromKV {
@@ -536,7 +431,7 @@ func fingerprints(secrets []string) []string {
 // reaches, still links. The machine replaces the entry with its own once it
 // is in the cluster; the leader never overwrites one (see
 // kvschema.Store.CreateMeshNode).
-func (s *meshSync) firstEntries(ctx context.Context, nodes map[string]MeshNode, recs map[string]reconcile.Record, port int) {
+func (s *meshSync) firstEntries(ctx context.Context, nodes map[string]state.MeshEntry, recs map[string]reconcile.Record, port int) {
 	var server func(string) bool
 	if p := s.platform(); p != nil {
 		server = func(typ string) bool { return p.Machines[typ].ConsulServer }
@@ -552,8 +447,8 @@ func (s *meshSync) firstEntries(ctx context.Context, nodes map[string]MeshNode, 
 // unlistedEntries are first entries for the machines without a mesh entry
 // that have an address of their own network (see firstEntries); server,
 // if not nil, says whether a machine type is a Consul server.
-func unlistedEntries(recs map[string]reconcile.Record, nodes map[string]MeshNode, port int, server func(string) bool) []MeshNode {
-	var out []MeshNode
+func unlistedEntries(recs map[string]reconcile.Record, nodes map[string]state.MeshEntry, port int, server func(string) bool) []state.MeshEntry {
+	var out []state.MeshEntry
 	for id, r := range recs {
 		if _, ok := nodes[id]; ok || r.State == reconcile.StateDestroying {
 			continue
@@ -566,7 +461,7 @@ func unlistedEntries(recs map[string]reconcile.Record, nodes map[string]MeshNode
 			eps = append(eps, net.JoinHostPort(addr, strconv.Itoa(port)))
 		}
 		if len(eps) > 0 {
-			out = append(out, MeshNode{MachineID: id, Endpoints: hostPorts(eps), Server: server != nil && server(r.Type)})
+			out = append(out, state.MeshEntry{MachineID: id, Endpoints: hostPorts(eps), Server: server != nil && server(r.Type)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].MachineID < out[j].MachineID })
@@ -576,9 +471,9 @@ func unlistedEntries(recs map[string]reconcile.Record, nodes map[string]MeshNode
 // publishNode writes this node's entry when KV lacks it or holds an old
 // one, or one this node has not written since its last read of KV. The
 // caller holds mu.
-func (s *meshSync) publishNode(ctx context.Context, have MeshNode, endpoints []string) {
+func (s *meshSync) publishNode(ctx context.Context, have state.MeshEntry, endpoints []string) {
 	listen, dial := s.node.Secrets()
-	me := MeshNode{MachineID: s.cfg.MachineID, Key: s.node.PublicKey(), Address: s.cfg.BindAddr, Endpoints: endpoints, Server: s.cfg.ConsulServer,
+	me := state.MeshEntry{MachineID: s.cfg.MachineID, Key: s.node.PublicKey(), Address: s.cfg.BindAddr, Endpoints: endpoints, Server: s.cfg.ConsulServer,
 		ListenSecret: mesh.Fingerprint(listen), DialSecrets: fingerprints(dial)}
 	// Reads are rare and may be stale: what this node wrote last counts
 	// as in KV, or every pass would write it again until the next read.
@@ -593,14 +488,14 @@ func (s *meshSync) publishNode(ctx context.Context, have MeshNode, endpoints []s
 	s.published = me
 }
 
-func sameMeshNode(a, b MeshNode) bool {
+func sameMeshNode(a, b state.MeshEntry) bool {
 	return a.MachineID == b.MachineID && a.Key == b.Key && a.Address == b.Address && slices.Equal(a.Endpoints, b.Endpoints) && a.Server == b.Server &&
 		a.ListenSecret == b.ListenSecret && slices.Equal(a.DialSecrets, b.DialSecrets)
 }
 
 // pruneNodes drops the entries of machines the inventory no longer
 // has, so that nobody keeps dialling a machine that was reaped.
-func (s *meshSync) pruneNodes(ctx context.Context, nodes map[string]MeshNode, recs map[string]reconcile.Record) {
+func (s *meshSync) pruneNodes(ctx context.Context, nodes map[string]state.MeshEntry, recs map[string]reconcile.Record) {
 	for id := range nodes {
 		if _, ok := recs[id]; !ok && id != s.cfg.MachineID {
 			if err := s.store.DeleteMeshNode(ctx, id); err == nil {
@@ -622,7 +517,7 @@ func (s *meshSync) joinPeers() {
 	}
 	alive := map[string]bool{}
 	for _, m := range members {
-		if reconcile.SerfStatus(m.Status) == reconcile.MemberAlive {
+		if reconcile.SerfStatus(m.Status) == state.MemberAlive {
 			alive[m.Addr] = true
 		}
 	}
@@ -643,7 +538,7 @@ func (s *meshSync) joinPeers() {
 func (s *meshSync) afterMesh(ctx context.Context, was, now bool) bool {
 	if now && !was && s.hooks != nil {
 		if p := s.platform(); p != nil {
-			s.hooks.Fire(ctx, p, "after_mesh", reconcile.Action{MachineID: s.cfg.MachineID, Reason: "the overlay has a link up"})
+			s.hooks.Fire(ctx, p, "after_mesh", state.Action{MachineID: s.cfg.MachineID, Reason: "the overlay has a link up"})
 		}
 	}
 	return now
@@ -844,7 +739,7 @@ func meshConfigFor(ctx context.Context, store *kvschema.Store, m rules.Mesh, sel
 	if secret == "" {
 		return nil, errors.New("the cluster has no mesh secret in KV (" + kvschema.MeshSecret + ")")
 	}
-	nodes, err := MeshNodes(ctx, store)
+	nodes, err := mesh.ReadEntries(ctx, store)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -27,9 +28,9 @@ func TestUnlistedEntries(t *testing.T) {
 		"going":   {ID: "going", State: reconcile.StateDestroying, Address: "10.0.1.5"},
 		"by-name": {ID: "by-name", State: reconcile.StateJoining, Address: "nas.home"},
 	}
-	nodes := map[string]MeshNode{"listed": {MachineID: "listed", Endpoints: []string{"10.0.1.4:9651"}}}
+	nodes := map[string]state.MeshEntry{"listed": {MachineID: "listed", Endpoints: []string{"10.0.1.4:9651"}}}
 	got := unlistedEntries(recs, nodes, 7000, func(typ string) bool { return typ == "server" })
-	want := []MeshNode{
+	want := []state.MeshEntry{
 		{MachineID: "joined", Endpoints: []string{"10.0.1.3:7000"}},
 		{MachineID: "new", Endpoints: []string{"10.0.1.2:7000", "10.0.2.2:7000"}, Server: true},
 	}

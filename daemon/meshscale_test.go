@@ -16,6 +16,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/mesh/peering"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -24,12 +25,12 @@ import (
 
 // meshEntries are n mesh entries, the first servers of them servers, each
 // listening on one endpoint 10.0.x.y:9651.
-func meshEntries(n, servers int) map[string]MeshNode {
-	out := map[string]MeshNode{}
+func meshEntries(n, servers int) map[string]state.MeshEntry {
+	out := map[string]state.MeshEntry{}
 	for i := range n {
 		id := fmt.Sprintf("m%03d", i)
 		key, addr := meshKey(id)
-		out[id] = MeshNode{MachineID: id, Key: key, Address: addr, Server: i < servers,
+		out[id] = state.MeshEntry{MachineID: id, Key: key, Address: addr, Server: i < servers,
 			Endpoints: []string{fmt.Sprintf("10.0.%d.%d:9651", i/250, i%250+1)}}
 	}
 	return out
@@ -48,7 +49,7 @@ func meshKey(seed string) (key, addr string) {
 	return key, a.String()
 }
 
-func putMeshEntries(t *testing.T, store *kvschema.Store, nodes map[string]MeshNode) {
+func putMeshEntries(t *testing.T, store *kvschema.Store, nodes map[string]state.MeshEntry) {
 	t.Helper()
 	for id, n := range nodes {
 		b, _ := json.Marshal(n)
@@ -64,7 +65,7 @@ func TestScaleChosenEndpoints(t *testing.T) {
 	self := peering.Member{ID: "m017", Listens: true}
 	got := chosenEndpoints(self, nodes, 8)
 	var want []string
-	for _, id := range peering.Choose(self, meshMembers(nodes), 8) {
+	for _, id := range peering.Choose(self, mesh.Members(nodes), 8) {
 		want = append(want, nodes[id].Endpoints...)
 	}
 	want = hostPorts(want)
@@ -72,8 +73,8 @@ func TestScaleChosenEndpoints(t *testing.T) {
 		t.Errorf("got %v, want %v (at most 8)", got, want)
 	}
 	// Every member's choice, as `members` shows it, is the rule's.
-	links := MeshLinks(nodes, 8)
-	if len(links) != 40 || !slices.Equal(links["m017"], peering.Choose(self, meshMembers(nodes), 8)) {
+	links := mesh.Links(nodes, 8)
+	if len(links) != 40 || !slices.Equal(links["m017"], peering.Choose(self, mesh.Members(nodes), 8)) {
 		t.Errorf("MeshLinks disagrees with the rule for m017: %v", links["m017"])
 	}
 }
@@ -97,7 +98,7 @@ func TestScaleNewMachineMeshPeersAreBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	allowed := map[string]bool{"anchor.example.org:9651": true}
-	for _, id := range peering.Choose(self, meshMembers(nodes), 6) {
+	for _, id := range peering.Choose(self, mesh.Members(nodes), 6) {
 		allowed[nodes[id].Endpoints[0]] = true
 	}
 	for _, id := range []string{"m000", "m001", "m002"} {
@@ -173,8 +174,8 @@ func TestScaleFirstEntryNeverReplacesOwn(t *testing.T) {
 	store := kvschema.New(consul.Client)
 	ctx := context.Background()
 	key, addr := meshKey("m1")
-	own := MeshNode{MachineID: "m1", Key: key, Address: addr, Endpoints: []string{"10.0.0.1:9651"}}
-	putMeshEntries(t, store, map[string]MeshNode{"m1": own})
+	own := state.MeshEntry{MachineID: "m1", Key: key, Address: addr, Endpoints: []string{"10.0.0.1:9651"}}
+	putMeshEntries(t, store, map[string]state.MeshEntry{"m1": own})
 	p := &rules.Platform{Machines: map[string]rules.MachineType{"s": {Name: "s", ConsulServer: true}}}
 	s := &meshSync{store: store, platform: func() *rules.Platform { return p }, log: hclog.NewNullLogger()}
 	recs := map[string]reconcile.Record{
@@ -182,12 +183,12 @@ func TestScaleFirstEntryNeverReplacesOwn(t *testing.T) {
 		"m2": {ID: "m2", Type: "s", State: reconcile.StateJoining, Address: "10.0.0.2"},
 	}
 	// As a stale read that has not seen m1's entry yet would.
-	s.firstEntries(ctx, map[string]MeshNode{}, recs, 9651)
-	got, err := MeshNodes(ctx, store)
+	s.firstEntries(ctx, map[string]state.MeshEntry{}, recs, 9651)
+	got, err := mesh.ReadEntries(ctx, store)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]MeshNode{"m1": own, "m2": {MachineID: "m2", Endpoints: []string{"10.0.0.2:9651"}, Server: true}}
+	want := map[string]state.MeshEntry{"m1": own, "m2": {MachineID: "m2", Endpoints: []string{"10.0.0.2:9651"}, Server: true}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("entries (-want +got):\n%s", diff)
 	}

@@ -626,7 +626,7 @@ func (m *mirror) reseed(ctx context.Context) bool {
 		}
 		for _, r := range mirrored {
 			r.Index = 0
-			if _, err := m.inventory.Put(ctx, r); err != nil && !errors.Is(err, reconcile.ErrConflict) {
+			if _, err := m.inventory.Put(ctx, r); err != nil && !errors.Is(err, state.ErrConflict) {
 				m.log.Warn("re-seed inventory from the mirror", telemetry.KeyMachineID, r.ID, telemetry.KeyError, err)
 				return false
 			} else if err == nil {

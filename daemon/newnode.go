@@ -11,6 +11,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/mesh/peering"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -74,7 +75,7 @@ func NodeConfigFor(client *api.Client, cred Credentials, clusterDir, consulBinar
 		}
 		var join []string
 		for _, m := range members {
-			if reconcile.SerfStatus(m.Status) == reconcile.MemberAlive && m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
+			if reconcile.SerfStatus(m.Status) == state.MemberAlive && m.Tags[api.MemberTagKeyRole] == api.MemberTagValueRoleServer {
 				join = append(join, m.Addr)
 			}
 		}

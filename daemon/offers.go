@@ -13,6 +13,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -165,11 +166,11 @@ func (o *offerer) checkLocked(ctx context.Context, force bool) uint64 {
 	if err != nil {
 		return 0
 	}
-	if len(b) > reconcile.MaxOfferSize {
+	if len(b) > state.MaxOfferSize {
 		// More machines than one value holds: offered without the
 		// lists, so that placement still works; its machines are then
 		// judged by Consul alone.
-		o.log.Warn("this machine's lists of machines are too long to publish", "bytes", len(b), "max", reconcile.MaxOfferSize)
+		o.log.Warn("this machine's lists of machines are too long to publish", "bytes", len(b), "max", state.MaxOfferSize)
 		for name, bo := range offer.Backends {
 			bo.Listed, bo.Instances = false, nil
 			offer.Backends[name] = bo
@@ -259,7 +260,7 @@ func memoryShift(last uint64) uint64 { return max(64<<20, last/10) }
 // free-memory floor: placement compares that floor with this figure, so a
 // crossing is always news (a host back above it may take the heal's spawn,
 // one gone below it must not).
-func (o *offerer) steadyMemory(offer *reconcile.Offer) {
+func (o *offerer) steadyMemory(offer *state.Offer) {
 	var floors map[string]rules.Backend
 	if p := o.platform(); p != nil {
 		floors = p.Backends
@@ -282,7 +283,7 @@ func (o *offerer) steadyMemory(offer *reconcile.Offer) {
 // ask calls every backend's Available, and List where it is available, at
 // once: one that hangs costs the check its deadline, not the others their
 // answers.
-func (o *offerer) ask(ctx context.Context) reconcile.Offer {
+func (o *offerer) ask(ctx context.Context) state.Offer {
 	bes := o.backends()
 	var hosting map[string]bool
 	if o.hosting != nil {
@@ -290,18 +291,18 @@ func (o *offerer) ask(ctx context.Context) reconcile.Offer {
 	}
 	ctx, cancel := context.WithTimeout(ctx, offerCheckTimeout)
 	defer cancel()
-	offer := reconcile.Offer{Machine: o.self, Backends: make(map[string]reconcile.BackendOffer, len(bes))}
+	offer := state.Offer{Machine: o.self, Backends: make(map[string]state.BackendOffer, len(bes))}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for name, be := range bes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			bo := reconcile.BackendOffer{Available: true}
+			bo := state.BackendOffer{Available: true}
 			if name == o.notHere {
-				bo = reconcile.BackendOffer{Reason: "this machine was made by it and cannot run its commands (lead = false)"}
+				bo = state.BackendOffer{Reason: "this machine was made by it and cannot run its commands (lead = false)"}
 			} else if err := be.Available(ctx); err != nil {
-				bo = reconcile.BackendOffer{Reason: err.Error()}
+				bo = state.BackendOffer{Reason: err.Error()}
 			}
 			if sc, ok := be.(backends.Scoped); ok && bo.Available {
 				bo.Scope, _ = sc.Scope(ctx)

@@ -14,7 +14,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
-	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -27,7 +27,7 @@ type answerBackend struct {
 
 func (b answerBackend) Available(context.Context) error { return b.avail }
 
-func readOffer(t *testing.T, store *kvschema.Store, id string) (reconcile.Offer, bool) {
+func readOffer(t *testing.T, store *kvschema.Store, id string) (state.Offer, bool) {
 	t.Helper()
 	all, _, err := store.Offers(context.Background(), nil)
 	if err != nil {
@@ -36,9 +36,9 @@ func readOffer(t *testing.T, store *kvschema.Store, id string) (reconcile.Offer,
 	e, ok := all[id]
 	b := e.Value
 	if !ok {
-		return reconcile.Offer{}, false
+		return state.Offer{}, false
 	}
-	o, err := reconcile.ParseOffer(id, b)
+	o, err := state.ParseOffer(id, b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestAgentPublishesItsOffer(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		o, err := reconcile.ParseOffer(a.Config.MachineID, all[a.Config.MachineID].Value)
+		o, err := state.ParseOffer(a.Config.MachineID, all[a.Config.MachineID].Value)
 		_, hasLocal := o.Backends["local"]
 		return err == nil && hasLocal && !o.Checked.IsZero()
 	})
@@ -181,7 +181,7 @@ func TestScaleAHostPublishesAStoppedMachineAtOnce(t *testing.T) {
 			if err != nil || all["worker-1"].Value == nil {
 				return false
 			}
-			got, err := reconcile.ParseOffer("worker-1", all["worker-1"].Value)
+			got, err := state.ParseOffer("worker-1", all["worker-1"].Value)
 			bo := got.Backends["engine"]
 			return err == nil && bo.Listed && len(bo.Instances) == 1 && bo.Instances[0].Running == running
 		}
@@ -237,7 +237,7 @@ func TestScaleAHostReactsOnlyToStopsOfMachinesItMade(t *testing.T) {
 		if err != nil || all["worker-1"].Value == nil {
 			return 0, nil
 		}
-		got, err := reconcile.ParseOffer("worker-1", all["worker-1"].Value)
+		got, err := state.ParseOffer("worker-1", all["worker-1"].Value)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -312,7 +312,7 @@ func TestScaleOfferIgnoresSmallMovesOfFreeMemory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := reconcile.ParseOffer("worker-1", all["worker-1"].Value)
+		got, err := state.ParseOffer("worker-1", all["worker-1"].Value)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -66,7 +67,7 @@ type pageData struct {
 
 type pageType struct {
 	Name string
-	reconcile.TypeStatus
+	state.TypeStatus
 	Short bool // fewer live than min
 }
 
@@ -161,17 +162,15 @@ func (h *httpServer) pageView(ctx context.Context) pageData {
 
 // addOffers fills in the backends each member offers.
 func (h *httpServer) addOffers(ctx context.Context, members []pageMember) {
-	all, _, err := h.store.Offers(ctx, nil)
+	all, _, _, err := state.Offers(h.store).List(ctx, nil)
 	if err != nil {
 		return
 	}
 	for i := range members {
 		m := &members[i]
 		m.Offers = "?"
-		if e, ok := all[m.ID]; ok {
-			if o, err := reconcile.ParseOffer(m.ID, e.Value); err == nil {
-				m.Offers = cmp.Or(strings.Join(o.Offered(), ", "), "-")
-			}
+		if o, ok := all[m.ID]; ok {
+			m.Offers = cmp.Or(strings.Join(o.Offered(), ", "), "-")
 		}
 	}
 }
@@ -183,9 +182,14 @@ func (h *httpServer) addProvisioning(ctx context.Context, members []pageMember) 
 	if plat == nil {
 		return
 	}
-	raw, _, err := h.store.ProvisionedRecords(ctx, nil)
+	folder := state.ProvisionedRecords(h.store)
+	recs, bad, _, err := folder.List(ctx, nil)
 	if err != nil {
 		return
+	}
+	unreadable := map[string]string{}
+	for _, b := range bad {
+		unreadable[b.Key] = b.Error
 	}
 	for i := range members {
 		m := &members[i]
@@ -193,20 +197,18 @@ func (h *httpServer) addProvisioning(ctx context.Context, members []pageMember) 
 		if !ok || len(mt.Provisioners) == 0 {
 			continue
 		}
-		b, ok := raw[m.ID]
-		if !ok {
-			m.Provisioned = "waiting"
-			continue
-		}
-		rec, err := reconcile.ParseProvisioned(m.ID, b)
+		rec, ok := recs[m.ID]
+		why, bad := unreadable[folder.Key(m.ID)]
 		switch {
-		case err != nil:
-			m.Provisioned = "unreadable: " + err.Error()
+		case bad:
+			m.Provisioned = "unreadable: " + why
+		case !ok:
+			m.Provisioned = "waiting"
 		case rec.ReadyFor(mt.ProvisionChecksum()):
 			m.Provisioned, m.ProvisionOK = "ok", true
-		case rec.State == reconcile.ProvisionOK:
+		case rec.State == state.ProvisionOK:
 			m.Provisioned = "outdated: the description changed since"
-		case rec.State == reconcile.ProvisionFailed:
+		case rec.State == state.ProvisionFailed:
 			m.Provisioned = "failed: " + rec.LastLine()
 		default:
 			m.Provisioned = rec.State + " " + rec.Provisioner

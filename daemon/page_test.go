@@ -12,7 +12,7 @@ import (
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
-	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // TestTrustOutputPage: what members and backends wrote (a server's name
@@ -23,16 +23,16 @@ import (
 func TestTrustOutputPage(t *testing.T) {
 	const script = `<script>alert(1)</script>`
 	h := "\x1b]0;pwned\x07" + script + "\x1b[2J\r\u202egpj.exe\x7f\u009b"
-	e := &elector{last: &reconcile.Status{
+	e := &elector{last: &state.Status{
 		Cluster: h, LastResult: h, LastError: h, Halted: h, Waiting: []string{h},
-		Types:         map[string]reconcile.TypeStatus{h: {Min: 1}},
+		Types:         map[string]state.TypeStatus{h: {Min: 1}},
 		BackendErrors: map[string]string{h: h},
-		InFlight:      []reconcile.Action{{Kind: reconcile.KindSpawn, MachineID: h, Type: h, Backend: h, Reason: h}},
-		Recent:        []reconcile.Outcome{{Action: reconcile.Action{Kind: reconcile.KindSpawn, MachineID: h, Reason: h}, Result: "error", Error: h}},
+		InFlight:      []state.Action{{Kind: state.KindSpawn, MachineID: h, Type: h, Backend: h, Reason: h}},
+		Recent:        []state.Outcome{{Action: state.Action{Kind: state.KindSpawn, MachineID: h, Reason: h}, Result: "error", Error: h}},
 	}}
 	q := &quorumWatch{status: &agentapi.QuorumStatus{
 		LeaderlessSince: time.Now(), Recovery: h,
-		Servers: []agentapi.ServerSeen{{Name: h, Address: h, Status: reconcile.MemberStatus(h)}},
+		Servers: []agentapi.ServerSeen{{Name: h, Address: h, Status: state.MemberStatus(h)}},
 	}}
 	s := &httpServer{cfg: nodeconfig.Config{MachineID: "server-1"}, mirror: &mirror{}, elector: e, quorum: q, clock: clock.Real{}}
 	rec := httptest.NewRecorder()

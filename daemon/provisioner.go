@@ -10,6 +10,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -48,8 +49,8 @@ type provisioner struct {
 	wake        chan struct{} // a description changed
 	publish     chan struct{} // a new record to publish
 
-	mu     sync.Mutex             // guards latest
-	latest *reconcile.Provisioned // the last state reached; nil before any
+	mu     sync.Mutex         // guards latest
+	latest *state.Provisioned // the last state reached; nil before any
 }
 
 // poke says the description changed; it never blocks.
@@ -62,7 +63,7 @@ func (p *provisioner) poke() {
 
 // Status returns this machine's last provisioning record, nil when its
 // type has none.
-func (p *provisioner) Status() *reconcile.Provisioned {
+func (p *provisioner) Status() *state.Provisioned {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.latest == nil {
@@ -97,7 +98,7 @@ func (p *provisioner) Run(ctx context.Context) error {
 				// Nothing to run; said once, so that a record of earlier
 				// provisioners is not left saying otherwise.
 				if p.Status() != nil {
-					p.report(reconcile.Provisioned{Machine: p.self, MachineType: mt.Name, State: reconcile.ProvisionOK, Time: p.clock.Now().UTC()})
+					p.report(state.Provisioned{Machine: p.self, MachineType: mt.Name, State: state.ProvisionOK, Time: p.clock.Now().UTC()})
 				}
 				break
 			}
@@ -165,7 +166,7 @@ func (p *provisioner) want() (rules.MachineType, bool) {
 // report takes a state the provisioning reached: logged, counted, kept for
 // the status, published, and after a pass that ran steps, given to the
 // after_provision hooks.
-func (p *provisioner) report(rec reconcile.Provisioned) {
+func (p *provisioner) report(rec state.Provisioned) {
 	ran := false
 	for _, r := range rec.Provisioners {
 		ran = ran || r.Ran
@@ -174,24 +175,24 @@ func (p *provisioner) report(rec reconcile.Provisioned) {
 		}
 	}
 	switch rec.State {
-	case reconcile.ProvisionRunning:
+	case state.ProvisionRunning:
 		p.log.Info("provisioning", "provisioner", rec.Provisioner, "checksum", rec.Checksum)
-	case reconcile.ProvisionOK:
+	case state.ProvisionOK:
 		if ran {
 			p.log.Info("provisioned", "checksum", rec.Checksum)
 		}
-	case reconcile.ProvisionFailed:
+	case state.ProvisionFailed:
 		p.log.Error("provisioning failed", "provisioner", rec.Provisioner, telemetry.KeyAttempt, rec.Failures, "output", rec.Output, telemetry.KeyError, rec.Error)
 	}
 	if p.metrics != nil {
-		for _, s := range []string{reconcile.ProvisionRunning, reconcile.ProvisionOK, reconcile.ProvisionFailed} {
+		for _, s := range []string{state.ProvisionRunning, state.ProvisionOK, state.ProvisionFailed} {
 			v := 0.0
 			if s == rec.State {
 				v = 1
 			}
 			p.metrics.ProvisionState.WithLabelValues(s).Set(v)
 		}
-		if rec.State == reconcile.ProvisionFailed || (rec.State == reconcile.ProvisionOK && ran) {
+		if rec.State == state.ProvisionFailed || (rec.State == state.ProvisionOK && ran) {
 			p.metrics.ProvisionRuns.WithLabelValues(rec.State).Inc()
 		}
 	}
@@ -204,7 +205,7 @@ func (p *provisioner) report(rec reconcile.Provisioned) {
 	}
 	// The hooks hear of a pass that did something, and of the first
 	// failure of a series, not of every retry.
-	if (rec.State == reconcile.ProvisionOK && ran) || (rec.State == reconcile.ProvisionFailed && rec.Failures == 1) {
+	if (rec.State == state.ProvisionOK && ran) || (rec.State == state.ProvisionFailed && rec.Failures == 1) {
 		p.hooks.FireProvisioned(context.Background(), p.platform(), rec)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -62,12 +63,12 @@ func TestProvisionerPublishesAndConverges(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	published := func() reconcile.Provisioned {
+	published := func() state.Provisioned {
 		all, _, err := store.ProvisionedRecords(context.Background(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		rec, _ := reconcile.ParseProvisioned("web-1", all["web-1"])
+		rec, _ := state.ParseProvisioned("web-1", all["web-1"])
 		return rec
 	}
 	sum1 := plat.Machines["web"].ProvisionChecksum()
@@ -75,7 +76,7 @@ func TestProvisionerPublishesAndConverges(t *testing.T) {
 	if got := testutil.ToFloat64(metrics.ProvisionState.WithLabelValues("ok")); got != 1 {
 		t.Errorf("provision_state{ok} = %v, want 1", got)
 	}
-	if st := p.Status(); st == nil || st.State != reconcile.ProvisionOK {
+	if st := p.Status(); st == nil || st.State != state.ProvisionOK {
 		t.Errorf("Status: %+v", st)
 	}
 
@@ -103,10 +104,10 @@ func TestProvisionerPublishesAndConverges(t *testing.T) {
 	p.poke()
 	// The record that showed it, not a read after: the next retry (50 ms
 	// on) publishes itself running, and a second read raced with it.
-	var rec reconcile.Provisioned
+	var rec state.Provisioned
 	waitFor(t, 20*time.Second, "the failure is published after a retry", func() bool {
 		rec = published()
-		return rec.State == reconcile.ProvisionFailed && rec.Failures >= 2
+		return rec.State == state.ProvisionFailed && rec.Failures >= 2
 	})
 	if rec.Output != "$ /bin/sh -c \"echo one; echo 'two: it broke' >&2; exit 4\"\none\ntwo: it broke" || rec.LastLine() != "two: it broke" || !strings.Contains(rec.Error, "exit status 4") {
 		t.Errorf("failed record: %+v", rec)
@@ -153,7 +154,7 @@ machine "server" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := st.Provisioning; p == nil || p.State != reconcile.ProvisionOK || p.Checksum != a.Platform().Machines["server"].ProvisionChecksum() {
+	if p := st.Provisioning; p == nil || p.State != state.ProvisionOK || p.Checksum != a.Platform().Machines["server"].ProvisionChecksum() {
 		t.Errorf("/v1/status provisioning: %+v", st.Provisioning)
 	}
 	resp, err := http.Get(fmt.Sprintf("http://%s:%d/", a.Config.BindAddr, a.Config.HTTPPort))

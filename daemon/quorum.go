@@ -23,6 +23,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -201,7 +202,7 @@ func (q *quorumWatch) Run(ctx context.Context) error {
 		if qs.Lost && !wasLost {
 			var failed, alive []string
 			for _, s := range qs.Servers {
-				if s.Status == reconcile.MemberAlive {
+				if s.Status == state.MemberAlive {
 					alive = append(alive, s.Name)
 				} else {
 					failed = append(failed, s.Name+" ("+string(s.Status)+")")
@@ -408,7 +409,7 @@ func (q *quorumWatch) dropLostServers(ctx context.Context) error {
 	}
 	alive := map[string]bool{}
 	for _, m := range members {
-		alive[m.Name] = reconcile.SerfStatus(m.Status) == reconcile.MemberAlive
+		alive[m.Name] = reconcile.SerfStatus(m.Status) == state.MemberAlive
 	}
 	p := q.mirror.Platform()
 	if p == nil {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -167,7 +168,7 @@ func decideRecovery(f recoveryFacts) recoveryDecision {
 	}
 	var survivors []agentapi.ServerSeen
 	for _, s := range f.Servers {
-		if s.Status == reconcile.MemberAlive && !gone[s.Name] {
+		if s.Status == state.MemberAlive && !gone[s.Name] {
 			survivors = append(survivors, s)
 			continue
 		}
@@ -238,8 +239,8 @@ func majorityFailed(ss []agentapi.ServerSeen, gone map[string]bool) bool {
 	total, failed := 0, 0
 	for _, s := range ss {
 		switch {
-		case s.Status == reconcile.MemberLeft:
-		case s.Status == reconcile.MemberFailed || gone[s.Name]:
+		case s.Status == state.MemberLeft:
+		case s.Status == state.MemberFailed || gone[s.Name]:
 			total++
 			failed++
 		default:
@@ -254,7 +255,7 @@ func majorityFailed(ss []agentapi.ServerSeen, gone map[string]bool) bool {
 func votersNotLeft(ss []agentapi.ServerSeen) int {
 	n := 0
 	for _, s := range ss {
-		if s.Status != reconcile.MemberLeft {
+		if s.Status != state.MemberLeft {
 			n++
 		}
 	}
@@ -273,7 +274,7 @@ func goneByBackend(f recoveryFacts) (map[string]bool, recoveryDecision) {
 	}
 	gone := map[string]bool{}
 	for _, s := range f.Servers {
-		if s.Name == f.Self || s.Status == reconcile.MemberLeft {
+		if s.Name == f.Self || s.Status == state.MemberLeft {
 			continue
 		}
 		r, ok := f.Records[s.Name]

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -24,7 +25,7 @@ func policy(recoverOnEvidence bool) *rules.Policy {
 	return &p
 }
 
-func server(name string, st reconcile.MemberStatus) agentapi.ServerSeen {
+func server(name string, st state.MemberStatus) agentapi.ServerSeen {
 	return agentapi.ServerSeen{Name: name, Address: "10.0.0." + name, Status: st}
 }
 
@@ -42,7 +43,7 @@ func threeLostOne() recoveryFacts {
 	return recoveryFacts{
 		Self: "a", ConsulServer: true, Policy: policy(true),
 		Now: leaderlessSince.Add(lostAfter), LeaderlessSince: leaderlessSince,
-		Servers:       []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberAlive), server("c", reconcile.MemberFailed)},
+		Servers:       []agentapi.ServerSeen{server("a", state.MemberAlive), server("b", state.MemberAlive), server("c", state.MemberFailed)},
 		RaftLastIndex: 120,
 		Records:       onBackend("local", "a", "b", "c"),
 		Backends:      map[string]backendEvidence{"local": {Running: map[string]bool{"a": true, "b": true}}},
@@ -99,7 +100,7 @@ func TestDecideRecovery(t *testing.T) {
 			name: "a majority of the servers failed is lost quorum after lostMajorityAfter: the gone ones' survivor recovers at once",
 			facts: facts(func(f *recoveryFacts) {
 				f.Now = leaderlessSince.Add(lostMajorityAfter)
-				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberFailed), server("c", reconcile.MemberFailed)}
+				f.Servers = []agentapi.ServerSeen{server("a", state.MemberAlive), server("b", state.MemberFailed), server("c", state.MemberFailed)}
 				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true}}
 			}),
 			want: recoveryDecision{Lost: true, Recover: true, At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=failed;c=failed;",
@@ -108,7 +109,7 @@ func TestDecideRecovery(t *testing.T) {
 		{
 			name: "every server alive and no leader past quorum_lost_after is a starved Raft: nobody restarts it alone, or the other two could elect a second leader",
 			facts: facts(func(f *recoveryFacts) {
-				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberAlive), server("c", reconcile.MemberAlive)}
+				f.Servers = []agentapi.ServerSeen{server("a", state.MemberAlive), server("b", state.MemberAlive), server("c", state.MemberAlive)}
 				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true, "b": true, "c": true}}
 				f.Survivors["c"] = survivorEvidence{Quorum: &agentapi.QuorumStatus{Lost: true, RaftLastIndex: 90}}
 			}),
@@ -118,7 +119,7 @@ func TestDecideRecovery(t *testing.T) {
 		{
 			name: "of five servers one lost: the four survivors are a majority and wait for an election",
 			facts: facts(func(f *recoveryFacts) {
-				f.Servers = append(f.Servers, server("d", reconcile.MemberAlive), server("e", reconcile.MemberAlive))
+				f.Servers = append(f.Servers, server("d", state.MemberAlive), server("e", state.MemberAlive))
 				f.Records = onBackend("local", "a", "b", "c", "d", "e")
 				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true, "b": true, "d": true, "e": true}}
 			}),
@@ -129,7 +130,7 @@ func TestDecideRecovery(t *testing.T) {
 			name: "a majority failed but still running is a partition, even early",
 			facts: facts(func(f *recoveryFacts) {
 				f.Now = leaderlessSince.Add(lostMajorityAfter)
-				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberFailed), server("c", reconcile.MemberFailed)}
+				f.Servers = []agentapi.ServerSeen{server("a", state.MemberAlive), server("b", state.MemberFailed), server("c", state.MemberFailed)}
 				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true, "b": true}}
 			}),
 			want: recoveryDecision{Lost: true, At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=failed;c=failed;",
@@ -139,7 +140,7 @@ func TestDecideRecovery(t *testing.T) {
 			name: "a majority failed for less than lostMajorityAfter is not lost quorum yet",
 			facts: facts(func(f *recoveryFacts) {
 				f.Now = leaderlessSince.Add(lostMajorityAfter - time.Millisecond)
-				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberFailed), server("c", reconcile.MemberFailed)}
+				f.Servers = []agentapi.ServerSeen{server("a", state.MemberAlive), server("b", state.MemberFailed), server("c", state.MemberFailed)}
 			}),
 			want: recoveryDecision{},
 		},
@@ -152,7 +153,7 @@ func TestDecideRecovery(t *testing.T) {
 			name: "servers the gossip pool still sees alive but their backend says gone count: a majority gone is lost quorum at once",
 			facts: facts(func(f *recoveryFacts) {
 				f.Now = leaderlessSince.Add(lostMajorityAfter)
-				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberAlive), server("c", reconcile.MemberAlive)}
+				f.Servers = []agentapi.ServerSeen{server("a", state.MemberAlive), server("b", state.MemberAlive), server("c", state.MemberAlive)}
 				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true}}
 				f.Survivors = map[string]survivorEvidence{}
 			}),
@@ -179,7 +180,7 @@ func TestDecideRecovery(t *testing.T) {
 			name: "a backend that cannot confirm makes nobody gone before quorum_lost_after",
 			facts: facts(func(f *recoveryFacts) {
 				f.Now = leaderlessSince.Add(lostMajorityAfter)
-				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberAlive), server("c", reconcile.MemberAlive)}
+				f.Servers = []agentapi.ServerSeen{server("a", state.MemberAlive), server("b", state.MemberAlive), server("c", state.MemberAlive)}
 				f.Backends["local"] = backendEvidence{LocalOnly: true}
 			}),
 			want: recoveryDecision{At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=alive;c=alive;"},
@@ -215,7 +216,7 @@ func TestDecideRecovery(t *testing.T) {
 			name: "a server that left counts on neither side: one failed of two is no majority left",
 			facts: facts(func(f *recoveryFacts) {
 				f.Now = leaderlessSince.Add(lostMajorityAfter)
-				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberAlive), server("b", reconcile.MemberLeft), server("c", reconcile.MemberFailed)}
+				f.Servers = []agentapi.ServerSeen{server("a", state.MemberAlive), server("b", state.MemberLeft), server("c", state.MemberFailed)}
 				f.Backends["local"] = backendEvidence{Running: map[string]bool{"a": true}}
 			}),
 			want: recoveryDecision{Lost: true, At: leaderlessSince.Add(lostMajorityAfter), On: "a=alive;b=left;c=failed;", Recover: true,
@@ -263,7 +264,7 @@ func TestDecideRecovery(t *testing.T) {
 		{
 			name: "every lost server is checked, on its own backend",
 			facts: facts(func(f *recoveryFacts) {
-				f.Servers = append(f.Servers, server("d", reconcile.MemberLeft))
+				f.Servers = append(f.Servers, server("d", state.MemberLeft))
 				f.Records["d"] = reconcile.Record{ID: "d", Backend: "docker"}
 				f.Backends["docker"] = backendEvidence{Running: map[string]bool{"d": true}}
 			}),
@@ -313,7 +314,7 @@ func TestDecideRecovery(t *testing.T) {
 		{
 			name: "a node that does not see itself alive does not choose",
 			facts: facts(func(f *recoveryFacts) {
-				f.Servers = []agentapi.ServerSeen{server("a", reconcile.MemberFailed), server("c", reconcile.MemberFailed)}
+				f.Servers = []agentapi.ServerSeen{server("a", state.MemberFailed), server("c", state.MemberFailed)}
 				f.Backends["local"] = backendEvidence{Running: map[string]bool{}}
 			}),
 			want: recoveryDecision{Lost: true, Reason: "this node does not see itself alive in the gossip pool yet", At: now, On: "a=failed;c=failed;"},
@@ -359,7 +360,7 @@ func TestDecideRecovery(t *testing.T) {
 // more: a partition found on the first backend asks no survivor.
 func TestDecideRecoveryAsksOnlyWhatItNeeds(t *testing.T) {
 	world := threeLostOne()
-	world.Servers = append(world.Servers, server("d", reconcile.MemberFailed))
+	world.Servers = append(world.Servers, server("d", state.MemberFailed))
 	world.Records["d"] = reconcile.Record{ID: "d", Backend: "docker"}
 	world.Backends["docker"] = backendEvidence{Running: map[string]bool{}}
 	for _, tc := range []struct {

@@ -15,6 +15,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -166,32 +167,19 @@ type snapshotter struct {
 // Run writes snapshots until ctx ends, then returns nil. Failed reads and
 // writes are logged and retried.
 func (s *snapshotter) Run(ctx context.Context) error {
-	var index uint64
 	var written inventoryVersion
-	failures := 0
-	backoff := clock.Backoff{Initial: time.Second, Max: 30 * time.Second}
-	for ctx.Err() == nil {
-		recs, next, err := s.inventory.List(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute})
+	inventoryWatch := watch.Watch{Wait: 5 * time.Minute, Clock: s.clock,
+		Retry: clock.Backoff{Initial: time.Second, Max: 30 * time.Second},
+		OnError: func(err error, failures int) {
+			s.log.Warn("inventory snapshot", telemetry.KeyError, err, telemetry.KeyAttempt, failures)
+		}}
+	_ = inventoryWatch.Run(ctx, func(q *api.QueryOptions) (uint64, bool, error) {
+		recs, next, err := s.inventory.List(ctx, q)
 		if err == nil {
 			err = s.write(ctx, recs, next, &written)
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			failures++
-			s.log.Warn("inventory snapshot", telemetry.KeyError, err, telemetry.KeyAttempt, failures)
-			index = 0
-			_ = clock.Sleep(ctx, s.clock, backoff.Delay(failures))
-			continue
-		}
-		failures = 0
-		if next < index {
-			index = 0 // a new KV: read afresh
-		} else {
-			index = next
-		}
-	}
+		return next, false, err
+	}, nil)
 	return nil
 }
 

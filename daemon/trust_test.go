@@ -22,7 +22,9 @@ import (
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
+	"github.com/raptiformica/raptiformica/mesh"
 )
 
 // TestTrustMeshEntriesBoundToTheirKeys: a client may write its own mesh
@@ -35,23 +37,23 @@ import (
 func TestTrustMeshEntriesBoundToTheirKeys(t *testing.T) {
 	serverKey, serverAddr := meshKey("server-a")
 	workerKey, workerAddr := meshKey("worker-x")
-	entry := func(key string, created uint64, n MeshNode) *api.KVPair {
+	entry := func(key string, created uint64, n state.MeshEntry) *api.KVPair {
 		b, _ := json.Marshal(n)
 		return &api.KVPair{Key: kvschema.MeshNodes + key, Value: b, CreateIndex: created, ModifyIndex: created}
 	}
-	server := MeshNode{MachineID: "server-a", Key: serverKey, Address: serverAddr, Endpoints: []string{"10.0.0.1:9651"}, Server: true}
+	server := state.MeshEntry{MachineID: "server-a", Key: serverKey, Address: serverAddr, Endpoints: []string{"10.0.0.1:9651"}, Server: true}
 	pairs := api.KVPairs{
 		entry("server-a", 10, server),
 		// Under its own key, in server-a's name.
-		entry("worker-x", 20, MeshNode{MachineID: "server-a", Key: workerKey, Address: workerAddr, Endpoints: []string{"10.6.6.6:9651"}, Server: true}),
+		entry("worker-x", 20, state.MeshEntry{MachineID: "server-a", Key: workerKey, Address: workerAddr, Endpoints: []string{"10.6.6.6:9651"}, Server: true}),
 		// Under its own name, with server-a's key and address.
-		entry("worker-y", 30, MeshNode{MachineID: "worker-y", Key: serverKey, Address: serverAddr, Endpoints: []string{"10.6.6.7:9651"}}),
+		entry("worker-y", 30, state.MeshEntry{MachineID: "worker-y", Key: serverKey, Address: serverAddr, Endpoints: []string{"10.6.6.7:9651"}}),
 		// An address that is not its key's.
-		entry("worker-z", 40, MeshNode{MachineID: "worker-z", Key: workerKey, Address: serverAddr, Endpoints: []string{"10.6.6.8:9651"}}),
+		entry("worker-z", 40, state.MeshEntry{MachineID: "worker-z", Key: workerKey, Address: serverAddr, Endpoints: []string{"10.6.6.8:9651"}}),
 		// The leader's first entry for a machine: endpoints, no key.
-		entry("worker-new", 50, MeshNode{MachineID: "worker-new", Endpoints: []string{"10.0.0.9:9651"}}),
+		entry("worker-new", 50, state.MeshEntry{MachineID: "worker-new", Endpoints: []string{"10.0.0.9:9651"}}),
 	}
-	nodes, bad := decodeMeshNodes(pairs)
+	nodes, bad := mesh.DecodeEntries(pairs)
 	var ids []string
 	for id := range nodes {
 		ids = append(ids, id)
@@ -68,13 +70,13 @@ func TestTrustMeshEntriesBoundToTheirKeys(t *testing.T) {
 		t.Errorf("refused %q, want %q (%v)", refused, want, bad)
 	}
 	// Without the copy, server-a's own entry is read as it is.
-	nodes, _ = decodeMeshNodes(api.KVPairs{pairs[0], pairs[1]})
+	nodes, _ = mesh.DecodeEntries(api.KVPairs{pairs[0], pairs[1]})
 	if got := nodes["server-a"]; !slices.Equal(got.Endpoints, server.Endpoints) || got.Key != serverKey {
 		t.Errorf("server-a as every node sees it: %+v, want its own entry", got)
 	}
 	// Copied by an entry older than its own: no takeover either.
 	pairs[2].CreateIndex, pairs[2].ModifyIndex = 1, 1
-	if nodes, _ = decodeMeshNodes(pairs); nodes["worker-y"].Key == serverKey {
+	if nodes, _ = mesh.DecodeEntries(pairs); nodes["worker-y"].Key == serverKey {
 		t.Errorf("an older entry took server-a's key: %+v", nodes["worker-y"])
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"maps"
 	"os"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
@@ -18,7 +17,9 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -102,60 +103,44 @@ func (w *worker) serve(backend string) {
 	}
 }
 
+// workRetry is the pause after failed reads of the orders: a host
+// without its orders makes nothing, so it asks again soon.
+var workRetry = clock.Backoff{Initial: 2 * time.Second, Max: 2 * time.Second, Spread: 1}
+
 // Run takes and runs orders until ctx ends, then waits for the running
 // ones and returns nil.
 func (w *worker) Run(ctx context.Context) error {
 	defer w.wg.Wait()
 	w.running, w.said = map[string]bool{}, map[string]string{}
-	var index uint64
 	anchored := false
-	for ctx.Err() == nil {
+	ordersWatch := watch.Watch{Wait: workWait, Clock: w.clock, Retry: workRetry,
+		OnError: func(err error, _ int) { w.log.Debug("read this machine's work orders", telemetry.KeyError, err) }}
+	_ = ordersWatch.Run(ctx, func(q *api.QueryOptions) (uint64, bool, error) {
 		if !anchored {
-			// Until it is there, the watch below wakes on every write
-			// in the cluster: tried again each time round.
+			// Until it is there, the watch wakes on every write in the
+			// cluster: tried again each time round, and not faster
+			// than once a second meanwhile.
 			if err := w.orders.Anchor(ctx); err == nil {
 				anchored = true
 			} else {
 				w.once(".watch", "anchor this machine's folder of work orders", err)
-			}
-		}
-		orders, bad, next, err := w.orders.List(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: workWait})
-		if err != nil {
-			if ctx.Err() == nil {
-				w.log.Debug("read this machine's work orders", telemetry.KeyError, err)
-				select {
-				case <-ctx.Done():
-				case <-w.clock.After(2 * time.Second):
+				if err := clock.Sleep(ctx, w.clock, time.Second); err != nil {
+					return 0, false, err
 				}
 			}
-			continue
 		}
-		// An index that went back (a re-seeded KV) starts over.
-		if next < index {
-			index = 0
-		} else {
-			index = next
+		orders, bad, next, err := w.orders.List(ctx, q)
+		if err != nil {
+			return 0, false, err
 		}
-		for id, err := range bad {
-			w.once(id, "a work order that does not parse is left alone", err)
+		for _, b := range bad {
+			w.once(b.Key, "a work order that does not parse is left alone", errors.New(b.Error))
 		}
-		if !anchored {
-			// Every write in the cluster ends the wait: not faster
-			// than once a second.
-			select {
-			case <-ctx.Done():
-			case <-w.clock.After(time.Second):
-			}
-		}
-		ids := make([]string, 0, len(orders))
-		for id := range orders {
-			ids = append(ids, id)
-		}
-		sort.Strings(ids)
-		for _, id := range ids {
+		for _, id := range slices.Sorted(maps.Keys(orders)) {
 			w.take(ctx, orders[id])
 		}
-	}
+		return next, false, nil
+	}, nil)
 	return nil
 }
 
@@ -171,14 +156,14 @@ func (w *worker) once(id, msg string, err error) {
 // take claims a new order and starts it; an order that says it runs but
 // does not run here was running when this agent stopped, and is reported
 // failed, so that the leader cleans up whatever it left.
-func (w *worker) take(ctx context.Context, o reconcile.WorkOrder) {
+func (w *worker) take(ctx context.Context, o state.WorkOrder) {
 	w.mu.Lock()
 	busy := w.running[o.MachineID]
 	w.mu.Unlock()
 	switch {
 	case busy || o.Finished():
 		return
-	case o.State == reconcile.WorkRunning:
+	case o.State == state.WorkRunning:
 		w.report(ctx, o, backends.Instance{}, errors.New("this machine's agent stopped while it ran the order"))
 		return
 	}
@@ -186,10 +171,10 @@ func (w *worker) take(ctx context.Context, o reconcile.WorkOrder) {
 	// agent holds them in memory for the spawn, and an order that says it
 	// runs is never run again.
 	node := o.Node
-	o.State, o.Node = reconcile.WorkRunning, nil
+	o.State, o.Node = state.WorkRunning, nil
 	claimed, err := w.orders.Put(ctx, o)
 	if err != nil {
-		if !errors.Is(err, reconcile.ErrConflict) {
+		if !errors.Is(err, state.ErrConflict) {
 			w.once(o.MachineID, "claim a work order", err)
 		}
 		return // taken back, or changed: the next read decides
@@ -212,7 +197,7 @@ func (w *worker) take(ctx context.Context, o reconcile.WorkOrder) {
 
 // run calls the backend for one claimed order, within its timeout, and
 // says what the backend manages a spawned machine in.
-func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (inst backends.Instance, scope string, err error) {
+func (w *worker) run(ctx context.Context, o state.WorkOrder) (inst backends.Instance, scope string, err error) {
 	log := w.log.With(telemetry.KeyAction, string(o.Kind), telemetry.KeyMachineID, o.MachineID, telemetry.KeyBackend, o.Backend)
 	be, ok := w.backends()[o.Backend]
 	if !ok {
@@ -223,7 +208,7 @@ func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (inst backends.
 	defer cancel()
 	log.Info("running a work order from the leader")
 	begin := w.clock.Now()
-	if o.Kind == reconcile.WorkDestroy {
+	if o.Kind == state.WorkDestroy {
 		err := be.Destroy(ctx, o.MachineID)
 		log.Info("work order ran", telemetry.KeyDuration, w.clock.Now().Sub(begin), telemetry.KeyError, err)
 		return backends.Instance{}, "", err
@@ -244,12 +229,12 @@ func (w *worker) run(ctx context.Context, o reconcile.WorkOrder) (inst backends.
 // election may be under way), and then publishes this machine's offer
 // again: after the outcome, so that the leader, which records the machine
 // at the outcome's index, judges it only by a list written later.
-func (w *worker) report(ctx context.Context, o reconcile.WorkOrder, inst backends.Instance, err error) {
+func (w *worker) report(ctx context.Context, o state.WorkOrder, inst backends.Instance, err error) {
 	o.Node = nil // its credentials were for the spawn: they go with it
-	o.State, o.Error, o.Instance = reconcile.WorkDone, "", nil
+	o.State, o.Error, o.Instance = state.WorkDone, "", nil
 	if err != nil {
-		o.State, o.Error = reconcile.WorkFailed, clip(err.Error(), maxOrderError)
-	} else if o.Kind == reconcile.WorkSpawn {
+		o.State, o.Error = state.WorkFailed, clip(err.Error(), maxOrderError)
+	} else if o.Kind == state.WorkSpawn {
 		o.Instance = &inst
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), outcomeTimeout)
@@ -258,7 +243,7 @@ func (w *worker) report(ctx context.Context, o reconcile.WorkOrder, inst backend
 		var werr error
 		_ = clock.Poll(rctx, w.clock, time.Second, func() (bool, error) {
 			_, werr = w.orders.Put(rctx, o)
-			return werr == nil || errors.Is(werr, reconcile.ErrConflict), nil
+			return werr == nil || errors.Is(werr, state.ErrConflict), nil
 		})
 		if werr != nil {
 			w.log.Error("report a work order's outcome", telemetry.KeyMachineID, o.MachineID, telemetry.KeyError, werr)

@@ -15,6 +15,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -139,8 +140,8 @@ func TestWorkOrdersRunOnTheirHost(t *testing.T) {
 	l := newWorkLab(t, nil)
 	e := l.executor()
 	ctx := context.Background()
-	spawn := reconcile.Action{Kind: reconcile.KindSpawn, Type: "web", Backend: "engine", Host: l.host, Reason: "1 of min 1"}
-	if err := e.Execute(ctx, l.p, nil, reconcile.Observed{Self: "leader"}, []reconcile.Action{spawn}); err != nil {
+	spawn := state.Action{Kind: state.KindSpawn, Type: "web", Backend: "engine", Host: l.host, Reason: "1 of min 1"}
+	if err := e.Execute(ctx, l.p, nil, reconcile.Observed{Self: "leader"}, []state.Action{spawn}); err != nil {
 		t.Fatal(err)
 	}
 	e.Wait()
@@ -169,8 +170,8 @@ func TestWorkOrdersRunOnTheirHost(t *testing.T) {
 		t.Error("the host did not publish its offer again after the order")
 	}
 
-	reap := reconcile.Action{Kind: reconcile.KindReap, MachineID: rec.ID, Type: "web", Backend: "engine", Host: l.host, Reason: "test"}
-	if err := e.Execute(ctx, l.p, nil, reconcile.Observed{Self: "leader", Records: recs}, []reconcile.Action{reap}); err != nil {
+	reap := state.Action{Kind: state.KindReap, MachineID: rec.ID, Type: "web", Backend: "engine", Host: l.host, Reason: "test"}
+	if err := e.Execute(ctx, l.p, nil, reconcile.Observed{Self: "leader", Records: recs}, []state.Action{reap}); err != nil {
 		t.Fatal(err)
 	}
 	e.Wait()
@@ -191,14 +192,14 @@ func TestWorkOrderOutlivesItsLeader(t *testing.T) {
 	l := newWorkLab(t, gate)
 	first := l.executor()
 	lctx, lose := context.WithCancel(context.Background())
-	spawn := reconcile.Action{Kind: reconcile.KindSpawn, Type: "web", Backend: "engine", Host: l.host}
-	if err := first.Execute(lctx, l.p, nil, reconcile.Observed{Self: "leader"}, []reconcile.Action{spawn}); err != nil {
+	spawn := state.Action{Kind: state.KindSpawn, Type: "web", Backend: "engine", Host: l.host}
+	if err := first.Execute(lctx, l.p, nil, reconcile.Observed{Self: "leader"}, []state.Action{spawn}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the host claims the order", func() bool {
 		orders, _, _, err := reconcile.NewOrders(l.store, l.host).List(context.Background(), nil)
 		for _, o := range orders {
-			return err == nil && o.State == reconcile.WorkRunning
+			return err == nil && o.State == state.WorkRunning
 		}
 		return false
 	})
@@ -239,9 +240,9 @@ func TestWorkOrderOutlivesItsLeader(t *testing.T) {
 func TestWorkOrderForAHostThatIsGone(t *testing.T) {
 	l := newWorkLab(t, nil)
 	e := l.executor()
-	spawn := reconcile.Action{Kind: reconcile.KindSpawn, Type: "web", Backend: "engine", Host: "gone-1"}
+	spawn := state.Action{Kind: state.KindSpawn, Type: "web", Backend: "engine", Host: "gone-1"}
 	begin := time.Now()
-	if err := e.Execute(context.Background(), l.p, nil, reconcile.Observed{Self: "leader"}, []reconcile.Action{spawn}); err != nil {
+	if err := e.Execute(context.Background(), l.p, nil, reconcile.Observed{Self: "leader"}, []state.Action{spawn}); err != nil {
 		t.Fatal(err)
 	}
 	e.Wait()
@@ -310,7 +311,7 @@ func TestWorkOrdersAreTheirHostsOnly(t *testing.T) {
 	}
 
 	leader := reconcile.NewOrders(a.store, "w1")
-	order, err := leader.Put(ctx, reconcile.WorkOrder{Kind: reconcile.WorkSpawn, MachineID: "web-1", Backend: "engine", Timeout: time.Minute,
+	order, err := leader.Put(ctx, state.WorkOrder{Kind: state.WorkSpawn, MachineID: "web-1", Backend: "engine", Timeout: time.Minute,
 		Node: &nodeconfig.Config{MachineID: "web-1", ACLToken: "secret-of-web-1"}})
 	if err != nil {
 		t.Fatal(err)
@@ -345,14 +346,14 @@ func TestWorkOrdersAreTheirHostsOnly(t *testing.T) {
 	if err != nil || !ok || got.Node == nil || got.Node.ACLToken != "secret-of-web-1" {
 		t.Fatalf("w1 reads its order after the grant: %+v %v %v", got, ok, err)
 	}
-	got.State = reconcile.WorkRunning
+	got.State = state.WorkRunning
 	if _, err := w1.Put(ctx, got); err != nil {
 		t.Errorf("w1 claims its order: %v", err)
 	}
 	if _, ok, _, err := w2.Get(ctx, "web-1", nil); ok || err == nil {
 		t.Errorf("another client reads w1's order after the grant: %v %v", ok, err)
 	}
-	order.State = reconcile.WorkFailed
+	order.State = state.WorkFailed
 	if _, err := w2.Put(ctx, order); err == nil {
 		t.Error("another client wrote w1's order")
 	}

@@ -54,6 +54,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/mesh/peering"
 )
 
 // DefaultInterface is the TUN interface the agent creates.
@@ -442,25 +443,9 @@ func withSecret(u *url.URL, secret string) *url.URL {
 	return &c
 }
 
-// Peer is one link of a node, up or being dialled.
-type Peer struct {
-	// Endpoint is the remote end ("tcp://host:port"), without the secret.
-	Endpoint string `json:"endpoint"`
-	Up       bool   `json:"up"`
-	// Inbound is true for a link the remote side dialled.
-	Inbound bool `json:"inbound,omitempty"`
-	// Secret is the fingerprint of the secret an outbound link is dialled
-	// with.
-	Secret string `json:"secret,omitempty"`
-	// Key and Address identify the remote node once the link is up.
-	Key     string `json:"key,omitempty"`
-	Address string `json:"address,omitempty"`
-	// LastError says why the link is down, when it is.
-	LastError string        `json:"last_error,omitempty"`
-	RXBytes   uint64        `json:"rx_bytes"`
-	TXBytes   uint64        `json:"tx_bytes"`
-	Uptime    time.Duration `json:"uptime_ns,omitempty"`
-}
+// Peer is one link of a node (peering.Peer: what the agent's API reports,
+// kept where a client of that API need not import the overlay).
+type Peer = peering.Peer
 
 // Peers returns the node's links, up ones first, then by endpoint.
 func (n *Node) Peers() []Peer {

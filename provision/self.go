@@ -19,7 +19,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/source"
-	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -84,7 +84,7 @@ type selfState struct {
 // description changed cancels ctx and converges on the new one. report is
 // called with every state the machine's provisioning reaches (running,
 // failed, ok), from Converge's goroutine.
-func (s *Self) Converge(ctx context.Context, machine string, mt rules.MachineType, report func(reconcile.Provisioned)) error {
+func (s *Self) Converge(ctx context.Context, machine string, mt rules.MachineType, report func(state.Provisioned)) error {
 	bo := s.Backoff
 	if bo.Initial <= 0 {
 		bo = DefaultSelfBackoff
@@ -95,7 +95,7 @@ func (s *Self) Converge(ctx context.Context, machine string, mt rules.MachineTyp
 			return err
 		}
 		report(rec)
-		if rec.State == reconcile.ProvisionOK {
+		if rec.State == state.ProvisionOK {
 			return nil
 		}
 		failures = rec.Failures
@@ -109,36 +109,36 @@ func (s *Self) Converge(ctx context.Context, machine string, mt rules.MachineTyp
 // ok or failed; report is given the running states on the way. It blocks
 // until the pass ends; when ctx ends, the step running is killed and the
 // pass fails.
-func (s *Self) Run(ctx context.Context, machine string, mt rules.MachineType, report func(reconcile.Provisioned)) reconcile.Provisioned {
+func (s *Self) Run(ctx context.Context, machine string, mt rules.MachineType, report func(state.Provisioned)) state.Provisioned {
 	return s.run(ctx, machine, mt, 0, report)
 }
 
-func (s *Self) run(ctx context.Context, machine string, mt rules.MachineType, failures int, report func(reconcile.Provisioned)) reconcile.Provisioned {
+func (s *Self) run(ctx context.Context, machine string, mt rules.MachineType, failures int, report func(state.Provisioned)) state.Provisioned {
 	clk := clock.Or(s.Clock)
-	rec := reconcile.Provisioned{Machine: machine, MachineType: mt.Name, Checksum: mt.ProvisionChecksum(), Failures: failures}
+	rec := state.Provisioned{Machine: machine, MachineType: mt.Name, Checksum: mt.ProvisionChecksum(), Failures: failures}
 	for _, p := range mt.Provisioners {
 		res, out, err := s.one(ctx, p, func() {
 			running := rec
-			running.State, running.Provisioner, running.Time = reconcile.ProvisionRunning, p.Name, clk.Now().UTC()
+			running.State, running.Provisioner, running.Time = state.ProvisionRunning, p.Name, clk.Now().UTC()
 			report(running)
 		})
 		rec.Provisioners = append(rec.Provisioners, res)
 		if err != nil {
-			rec.State, rec.Provisioner, rec.Error, rec.Output = reconcile.ProvisionFailed, p.Name, err.Error(), out
+			rec.State, rec.Provisioner, rec.Error, rec.Output = state.ProvisionFailed, p.Name, err.Error(), out
 			rec.Failures++
 			rec.Time = clk.Now().UTC()
 			return rec
 		}
 	}
-	rec.State, rec.Failures, rec.Time = reconcile.ProvisionOK, 0, clk.Now().UTC()
+	rec.State, rec.Failures, rec.Time = state.ProvisionOK, 0, clk.Now().UTC()
 	return rec
 }
 
 // one brings one provisioner up to date: its source, then its steps unless
 // they already succeeded for this checksum. starting is called before the
 // steps run. It returns the output's last lines with any error.
-func (s *Self) one(ctx context.Context, p rules.Provisioner, starting func()) (reconcile.ProvisionerResult, string, error) {
-	res := reconcile.ProvisionerResult{Name: p.Name}
+func (s *Self) one(ctx context.Context, p rules.Provisioner, starting func()) (state.ProvisionerResult, string, error) {
+	res := state.ProvisionerResult{Name: p.Name}
 	// The name makes paths: checked here too, whoever built the type.
 	if !nameRule(p.Name) {
 		return res, "", fmt.Errorf("provisioner %q: not a name (lower-case letters, digits and hyphens)", p.Name)
@@ -162,7 +162,7 @@ func (s *Self) one(ctx context.Context, p rules.Provisioner, starting func()) (r
 	}
 	sum := runChecksum(p, commit)
 	statePath := filepath.Join(s.Dir, p.Name+".json")
-	if st, ok := readSelfState(statePath); ok && st.Result == reconcile.ProvisionOK && st.Checksum == sum {
+	if st, ok := readSelfState(statePath); ok && st.Result == state.ProvisionOK && st.Checksum == sum {
 		return res, "", nil
 	}
 	res.Ran = true
@@ -170,7 +170,7 @@ func (s *Self) one(ctx context.Context, p rules.Provisioner, starting func()) (r
 	// Running, recorded before the first step: a pass cut short (the agent
 	// stopped, the description changed) never leaves an older "ok" behind
 	// for steps that half ran.
-	if err := s.writeState(statePath, selfState{Checksum: sum, Commit: commit, Result: reconcile.ProvisionRunning}); err != nil {
+	if err := s.writeState(statePath, selfState{Checksum: sum, Commit: commit, Result: state.ProvisionRunning}); err != nil {
 		return res, "", fmt.Errorf("provisioner %q: %w", p.Name, err)
 	}
 	timeout := p.Timeout
@@ -184,14 +184,14 @@ func (s *Self) one(ctx context.Context, p rules.Provisioner, starting func()) (r
 		if err := s.step(ctx, dir, argv, env, timeout, out); err != nil {
 			err = fmt.Errorf("provisioner %q step %d (%s): %w", p.Name, i+1, argv[0], err)
 			s.keepLog(p.Name, out, err)
-			if werr := s.writeState(statePath, selfState{Checksum: sum, Commit: commit, Result: reconcile.ProvisionFailed}); werr != nil {
+			if werr := s.writeState(statePath, selfState{Checksum: sum, Commit: commit, Result: state.ProvisionFailed}); werr != nil {
 				err = fmt.Errorf("%w (and %v)", err, werr)
 			}
 			return res, lastLines(out), err
 		}
 	}
 	s.keepLog(p.Name, out, nil)
-	if err := s.writeState(statePath, selfState{Checksum: sum, Commit: commit, Result: reconcile.ProvisionOK}); err != nil {
+	if err := s.writeState(statePath, selfState{Checksum: sum, Commit: commit, Result: state.ProvisionOK}); err != nil {
 		return res, lastLines(out), fmt.Errorf("provisioner %q: %w", p.Name, err)
 	}
 	return res, "", nil
@@ -314,13 +314,13 @@ func runChecksum(p rules.Provisioner, commit string) string {
 }
 
 // lastLines is what a record carries of an output: its last lines, at
-// most reconcile.MaxProvisionedOutput bytes of them.
+// most state.MaxProvisionedOutput bytes of them.
 func lastLines(out *capped.Tail) string {
 	s := out.LastLines(selfOutputLines)
-	for len(s) > reconcile.MaxProvisionedOutput {
+	for len(s) > state.MaxProvisionedOutput {
 		i := strings.IndexByte(s, '\n')
 		if i < 0 {
-			return s[len(s)-reconcile.MaxProvisionedOutput:]
+			return s[len(s)-state.MaxProvisionedOutput:]
 		}
 		s = s[i+1:]
 	}

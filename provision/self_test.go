@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
-	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -54,9 +54,9 @@ func machineType(provs ...rules.Provisioner) rules.MachineType {
 }
 
 // collect gathers the records a pass reports.
-type collect struct{ got []reconcile.Provisioned }
+type collect struct{ got []state.Provisioned }
 
-func (c *collect) report(p reconcile.Provisioned) { c.got = append(c.got, p) }
+func (c *collect) report(p state.Provisioned) { c.got = append(c.got, p) }
 
 func (c *collect) states() string {
 	s := make([]string, len(c.got))
@@ -91,7 +91,7 @@ func TestSelfConvergesByChecksum(t *testing.T) {
 
 	var c collect
 	rec := s.Run(context.Background(), "m1", mt, c.report)
-	if rec.State != reconcile.ProvisionOK || rec.Checksum != mt.ProvisionChecksum() || rec.Machine != "m1" || rec.MachineType != "web" {
+	if rec.State != state.ProvisionOK || rec.Checksum != mt.ProvisionChecksum() || rec.Machine != "m1" || rec.MachineType != "web" {
 		t.Fatalf("first pass: %+v", rec)
 	}
 	if len(rec.Provisioners) != 1 || !rec.Provisioners[0].Ran || len(rec.Provisioners[0].Commit) != 40 {
@@ -107,7 +107,7 @@ func TestSelfConvergesByChecksum(t *testing.T) {
 	// Unchanged: nothing runs, nothing is reported running.
 	c = collect{}
 	rec = s.Run(context.Background(), "m1", mt, c.report)
-	if rec.State != reconcile.ProvisionOK || rec.Provisioners[0].Ran || len(c.got) != 0 {
+	if rec.State != state.ProvisionOK || rec.Provisioners[0].Ran || len(c.got) != 0 {
 		t.Errorf("second pass ran again: %+v, reports %q", rec, c.states())
 	}
 	if got := readFile(t, count); got != "run\n" {
@@ -117,7 +117,7 @@ func TestSelfConvergesByChecksum(t *testing.T) {
 	// A new commit in the source: fetched, and the steps run in it.
 	commitFiles(t, repo, map[string]string{"motd": "hello again\n"})
 	rec = s.Run(context.Background(), "m1", mt, c.report)
-	if rec.State != reconcile.ProvisionOK || !rec.Provisioners[0].Ran {
+	if rec.State != state.ProvisionOK || !rec.Provisioners[0].Ran {
 		t.Fatalf("after a commit: %+v", rec)
 	}
 	if got := readFile(t, target); got != "hello again\n" {
@@ -128,7 +128,7 @@ func TestSelfConvergesByChecksum(t *testing.T) {
 	p.Steps = append(p.Steps, []string{"true"})
 	mt2 := machineType(p)
 	rec = s.Run(context.Background(), "m1", mt2, c.report)
-	if rec.State != reconcile.ProvisionOK || !rec.Provisioners[0].Ran || rec.Checksum == mt.ProvisionChecksum() {
+	if rec.State != state.ProvisionOK || !rec.Provisioners[0].Ran || rec.Checksum == mt.ProvisionChecksum() {
 		t.Fatalf("after a changed step: %+v", rec)
 	}
 	if got := readFile(t, count); got != "run\nrun\nrun\n" {
@@ -155,7 +155,7 @@ func TestSelfFailureKeepsLastLines(t *testing.T) {
 	)
 	var c collect
 	rec := s.Run(context.Background(), "m1", mt, c.report)
-	if rec.State != reconcile.ProvisionFailed || rec.Provisioner != "noisy" || rec.Failures != 1 {
+	if rec.State != state.ProvisionFailed || rec.Provisioner != "noisy" || rec.Failures != 1 {
 		t.Fatalf("got %+v, want noisy failed", rec)
 	}
 	if !strings.Contains(rec.Error, `provisioner "noisy" step 2 (sh): exit status 3`) {
@@ -191,8 +191,8 @@ func TestSelfStepTimeoutKillsGroup(t *testing.T) {
 		{"sh", "-c", `sleep 60 & echo $! > "$1"; wait`, "sh", pidFile},
 	}})
 	start := time.Now()
-	rec := s.Run(context.Background(), "m1", mt, func(reconcile.Provisioned) {})
-	if rec.State != reconcile.ProvisionFailed || !strings.Contains(rec.Error, "timed out after 300ms") {
+	rec := s.Run(context.Background(), "m1", mt, func(state.Provisioned) {})
+	if rec.State != state.ProvisionFailed || !strings.Contains(rec.Error, "timed out after 300ms") {
 		t.Fatalf("got %+v, want a timeout", rec)
 	}
 	if d := time.Since(start); d > 10*time.Second {
@@ -226,19 +226,19 @@ func TestSelfSourceUnreachable(t *testing.T) {
 	url, repo := gitRepo(t, map[string]string{"a": "1"})
 	s := &Self{Dir: t.TempDir()}
 	p := rules.Provisioner{Name: "a", Source: url, Steps: [][]string{{"test", "-f", "a"}}}
-	if rec := s.Run(context.Background(), "m1", machineType(p), func(reconcile.Provisioned) {}); rec.State != reconcile.ProvisionOK {
+	if rec := s.Run(context.Background(), "m1", machineType(p), func(state.Provisioned) {}); rec.State != state.ProvisionOK {
 		t.Fatalf("first pass: %+v", rec)
 	}
 	if err := os.RemoveAll(repo); err != nil {
 		t.Fatal(err)
 	}
-	rec := s.Run(context.Background(), "m1", machineType(p), func(reconcile.Provisioned) {})
-	if rec.State != reconcile.ProvisionOK || rec.Provisioners[0].Ran || !strings.Contains(rec.Provisioners[0].Warning, "could not update the source") {
+	rec := s.Run(context.Background(), "m1", machineType(p), func(state.Provisioned) {})
+	if rec.State != state.ProvisionOK || rec.Provisioners[0].Ran || !strings.Contains(rec.Provisioners[0].Warning, "could not update the source") {
 		t.Errorf("unreachable source with a checkout: %+v", rec)
 	}
 	p.Name = "b"
-	rec = s.Run(context.Background(), "m1", machineType(p), func(reconcile.Provisioned) {})
-	if rec.State != reconcile.ProvisionFailed || !strings.Contains(rec.Error, "get "+url+": git clone") || !strings.Contains(rec.Output, "does not appear to be a git repository") {
+	rec = s.Run(context.Background(), "m1", machineType(p), func(state.Provisioned) {})
+	if rec.State != state.ProvisionFailed || !strings.Contains(rec.Error, "get "+url+": git clone") || !strings.Contains(rec.Output, "does not appear to be a git repository") {
 		t.Errorf("unreachable source without a checkout: %+v", rec)
 	}
 	if _, err := os.Stat(filepath.Join(s.Dir, "b.clone")); err == nil {
@@ -255,7 +255,7 @@ func TestSelfSourceChanged(t *testing.T) {
 	got := filepath.Join(t.TempDir(), "which")
 	for _, tc := range []struct{ url, want string }{{url1, "one\n"}, {url2, "two\n"}} {
 		p := rules.Provisioner{Name: "w", Source: tc.url, Steps: [][]string{{"cp", "which", got}}}
-		if rec := s.Run(context.Background(), "m1", machineType(p), func(reconcile.Provisioned) {}); rec.State != reconcile.ProvisionOK {
+		if rec := s.Run(context.Background(), "m1", machineType(p), func(state.Provisioned) {}); rec.State != state.ProvisionOK {
 			t.Fatalf("%s: %+v", tc.url, rec)
 		}
 		if b := readFile(t, got); b != tc.want {
@@ -271,9 +271,9 @@ func TestSelfConvergeRetries(t *testing.T) {
 	flag := filepath.Join(t.TempDir(), "ready")
 	mt := machineType(rules.Provisioner{Name: "wait", Steps: [][]string{{"test", "-f", flag}}})
 	var c collect
-	err := s.Converge(context.Background(), "m1", mt, func(p reconcile.Provisioned) {
+	err := s.Converge(context.Background(), "m1", mt, func(p state.Provisioned) {
 		c.report(p)
-		if p.State == reconcile.ProvisionFailed && p.Failures == 2 {
+		if p.State == state.ProvisionFailed && p.Failures == 2 {
 			os.WriteFile(flag, nil, 0o644)
 		}
 	})
@@ -302,8 +302,8 @@ func TestSelfCancelledPassRunsAgain(t *testing.T) {
 	}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	err := s.Converge(ctx, "m1", mt, func(p reconcile.Provisioned) {
-		if p.State == reconcile.ProvisionRunning {
+	err := s.Converge(ctx, "m1", mt, func(p state.Provisioned) {
+		if p.State == state.ProvisionRunning {
 			time.AfterFunc(100*time.Millisecond, cancel)
 		}
 	})
@@ -315,7 +315,7 @@ func TestSelfCancelledPassRunsAgain(t *testing.T) {
 	}
 	var c collect
 	rec := s.Run(context.Background(), "m1", mt, c.report)
-	if rec.State != reconcile.ProvisionOK || c.states() != "running" {
+	if rec.State != state.ProvisionOK || c.states() != "running" {
 		t.Errorf("after a cut pass: %+v, reports %q; want it run again", rec, c.states())
 	}
 	if got := readFile(t, count); got != "x\nx\n" {

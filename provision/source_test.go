@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -34,30 +34,30 @@ func TestTrustSourceSelfPinnedCommit(t *testing.T) {
 
 	s := &Self{Dir: t.TempDir()}
 	got := filepath.Join(t.TempDir(), "which")
-	run := func(ref string) reconcile.Provisioned {
+	run := func(ref string) state.Provisioned {
 		t.Helper()
 		p := rules.Provisioner{Name: "w", Source: url, Ref: ref, Steps: [][]string{{"cp", "which", got}}}
-		return s.Run(context.Background(), "m1", machineType(p), func(reconcile.Provisioned) {})
+		return s.Run(context.Background(), "m1", machineType(p), func(state.Provisioned) {})
 	}
-	if rec := run(first); rec.State != reconcile.ProvisionOK || rec.Provisioners[0].Commit != first || readFile(t, got) != "one\n" {
+	if rec := run(first); rec.State != state.ProvisionOK || rec.Provisioners[0].Commit != first || readFile(t, got) != "one\n" {
 		t.Fatalf("pinned to the first commit: %+v, installed %q", rec, readFile(t, got))
 	}
-	if rec := run(first); rec.State != reconcile.ProvisionOK || rec.Provisioners[0].Ran {
+	if rec := run(first); rec.State != state.ProvisionOK || rec.Provisioners[0].Ran {
 		t.Errorf("the same pin again ran again: %+v", rec)
 	}
-	if rec := run(second); rec.State != reconcile.ProvisionOK || !rec.Provisioners[0].Ran || readFile(t, got) != "two\n" {
+	if rec := run(second); rec.State != state.ProvisionOK || !rec.Provisioners[0].Ran || readFile(t, got) != "two\n" {
 		t.Errorf("a new pin: %+v, installed %q", rec, readFile(t, got))
 	}
 
 	if err := os.RemoveAll(repo); err != nil {
 		t.Fatal(err)
 	}
-	if rec := run(first); rec.State != reconcile.ProvisionOK || rec.Provisioners[0].Commit != first || rec.Provisioners[0].Warning != "" || readFile(t, got) != "one\n" {
+	if rec := run(first); rec.State != state.ProvisionOK || rec.Provisioners[0].Commit != first || rec.Provisioners[0].Warning != "" || readFile(t, got) != "one\n" {
 		t.Errorf("a pin already fetched, the remote gone: %+v, installed %q", rec, readFile(t, got))
 	}
 	missing := strings.Repeat("ab", 20)
 	rec := run(missing)
-	if rec.State != reconcile.ProvisionFailed || !strings.Contains(rec.Error, "get "+url) || readFile(t, got) != "one\n" {
+	if rec.State != state.ProvisionFailed || !strings.Contains(rec.Error, "get "+url) || readFile(t, got) != "one\n" {
 		t.Errorf("a pin that cannot be fetched: %+v, installed %q", rec, readFile(t, got))
 	}
 }

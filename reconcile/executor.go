@@ -21,6 +21,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -65,22 +66,22 @@ type Executor struct {
 	Grant func(ctx context.Context, host string) error
 
 	mu        sync.Mutex
-	inFlight  map[string]Action    // machine ID -> running action; guarded by mu
-	failures  map[string]int       // backend -> consecutive failures; guarded by mu
-	backoff   map[string]time.Time // backend -> not before; guarded by mu
-	lastErr   map[string]string    // backend -> its last failure; guarded by mu
-	lastSpawn map[string]time.Time // machine type -> last spawn; guarded by mu
-	recent    []Outcome            // newest last, at most recentOutcomes; guarded by mu
-	seen      map[string]Sighting  // the last pass's sightings; guarded by mu
-	said      map[string]string    // machine ID -> the waiting last logged; guarded by mu
-	unvoting  map[string]Action    // machine ID -> running unvote; guarded by mu
+	inFlight  map[string]state.Action // machine ID -> running action; guarded by mu
+	failures  map[string]int          // backend -> consecutive failures; guarded by mu
+	backoff   map[string]time.Time    // backend -> not before; guarded by mu
+	lastErr   map[string]string       // backend -> its last failure; guarded by mu
+	lastSpawn map[string]time.Time    // machine type -> last spawn; guarded by mu
+	recent    []state.Outcome         // newest last, at most recentOutcomes; guarded by mu
+	seen      map[string]Sighting     // the last pass's sightings; guarded by mu
+	said      map[string]string       // machine ID -> the waiting last logged; guarded by mu
+	unvoting  map[string]state.Action // machine ID -> running unvote; guarded by mu
 	wg        sync.WaitGroup
 }
 
 func (e *Executor) init() {
 	if e.inFlight == nil {
-		e.inFlight = map[string]Action{}
-		e.unvoting = map[string]Action{}
+		e.inFlight = map[string]state.Action{}
+		e.unvoting = map[string]state.Action{}
 		e.failures = map[string]int{}
 		e.backoff = map[string]time.Time{}
 		e.lastErr = map[string]string{}
@@ -132,10 +133,10 @@ func (e *Executor) See(seen map[string]Sighting) {
 }
 
 // InFlight lists the running actions, for status.
-func (e *Executor) InFlight() []Action {
+func (e *Executor) InFlight() []state.Action {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	out := make([]Action, 0, len(e.inFlight))
+	out := make([]state.Action, 0, len(e.inFlight))
 	for _, a := range e.inFlight {
 		out = append(out, a)
 	}
@@ -149,7 +150,7 @@ func (e *Executor) Wait() { e.wg.Wait() }
 // Execute runs one pass's actions. It returns the first error of the
 // synchronous part; the asynchronous parts report through logs, metrics and
 // the inventory.
-func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, actions []Action) error {
+func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, actions []state.Action) error {
 	e.mu.Lock()
 	e.init()
 	e.mu.Unlock()
@@ -162,7 +163,7 @@ func (e *Executor) Execute(ctx context.Context, p *rules.Platform, bes map[strin
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if a.Kind == KindMarkJoined || a.Kind == KindMarkFailed {
+		if a.Kind == state.KindMarkJoined || a.Kind == state.KindMarkFailed {
 			continue // markAll wrote them
 		}
 		if _, err := e.execute(ctx, p, bes, obs, a); err != nil {
@@ -201,40 +202,40 @@ func (e *Executor) resumeAll(ctx context.Context, p *rules.Platform, obs Observe
 		if rec.State != StateSpawning || rec.Host == "" || rec.Host == obs.Self || obs.InFlight[id] {
 			continue
 		}
-		log := e.Log.With(telemetry.KeyAction, string(KindSpawn), telemetry.KeyMachineID, id, telemetry.KeyMachineType, rec.Type)
-		a := Action{Kind: KindSpawn, MachineID: id, Type: rec.Type, Backend: rec.Backend, Host: rec.Host, Reason: "resumed"}
+		log := e.Log.With(telemetry.KeyAction, string(state.KindSpawn), telemetry.KeyMachineID, id, telemetry.KeyMachineType, rec.Type)
+		a := state.Action{Kind: state.KindSpawn, MachineID: id, Type: rec.Type, Backend: rec.Backend, Host: rec.Host, Reason: "resumed"}
 		e.start(id, a, func() { e.resumeSpawn(ctx, p, rec, log) })
 	}
 }
 
 // execute starts one action and returns the ID of the machine it acts on
 // (for a spawn, the new one's).
-func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a Action) (string, error) {
+func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a state.Action) (string, error) {
 	log := e.Log.With(telemetry.KeyAction, string(a.Kind), telemetry.KeyMachineID, a.MachineID, telemetry.KeyMachineType, a.Type)
 	id, err := a.MachineID, error(nil)
 	switch a.Kind {
-	case KindMarkJoined:
+	case state.KindMarkJoined:
 		err = e.mark(ctx, obs.Records[a.MachineID], StateJoined, a.Reason)
 		if err == nil {
 			log.Info("machine joined", telemetry.KeyReason, a.Reason)
 			e.Hooks.Fire(ctx, p, "after_join", a)
 		}
-	case KindMarkFailed:
+	case state.KindMarkFailed:
 		err = e.mark(ctx, obs.Records[a.MachineID], StateFailed, a.Reason)
 		if err == nil {
 			log.Warn("machine failed", telemetry.KeyReason, a.Reason)
 		}
-	case KindRestoreRecord:
+	case state.KindRestoreRecord:
 		err = e.restore(ctx, obs, a)
 		if err == nil {
 			log.Warn("inventory record re-created", telemetry.KeyReason, a.Reason)
 			e.finish(a, nil)
 		}
-	case KindSpawn:
+	case state.KindSpawn:
 		id, err = e.spawn(ctx, p, bes, a, log)
-	case KindReap, KindScaleDown, KindDestroyOrphan:
+	case state.KindReap, state.KindScaleDown, state.KindDestroyOrphan:
 		err = e.remove(ctx, p, bes, obs, a, log)
-	case KindUnvote:
+	case state.KindUnvote:
 		e.unvote(ctx, a, log)
 	default:
 		err = fmt.Errorf("unknown action kind %q", a.Kind)
@@ -242,7 +243,7 @@ func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[strin
 	if err != nil {
 		e.finish(a, err)
 		log.Error("action failed", telemetry.KeyError, err)
-	} else if a.Kind == KindMarkJoined || a.Kind == KindMarkFailed {
+	} else if a.Kind == state.KindMarkJoined || a.Kind == state.KindMarkFailed {
 		e.finish(a, nil)
 	}
 	return id, err
@@ -254,7 +255,7 @@ func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[strin
 // error, and a spawn that failed the record saying why. It blocks until the
 // backend call returns or ctx ends. The CLI's spawn and destroy use it, as
 // the leader uses Execute: the intent is written first either way.
-func (e *Executor) Do(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a Action) (rec Record, ok bool, err error) {
+func (e *Executor) Do(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a state.Action) (rec Record, ok bool, err error) {
 	e.mu.Lock()
 	e.init()
 	e.mu.Unlock()
@@ -285,7 +286,7 @@ func (e *Executor) Do(ctx context.Context, p *rules.Platform, bes map[string]bac
 		}
 		break
 	}
-	if a.Kind == KindSpawn && (!ok || rec.State != StateJoining) {
+	if a.Kind == state.KindSpawn && (!ok || rec.State != StateJoining) {
 		return rec, ok, fmt.Errorf("spawn %s: %s", id, rec.Reason)
 	}
 	return rec, ok, nil
@@ -295,17 +296,9 @@ func (e *Executor) Do(ctx context.Context, p *rules.Platform, bes map[string]bac
 // status: enough to see what the last replacements did.
 const recentOutcomes = 20
 
-// Outcome is a finished action and how it ended.
-type Outcome struct {
-	Action
-	Result string    `json:"result"` // success or error
-	Error  string    `json:"error,omitempty"`
-	At     time.Time `json:"at"`
-}
-
 // finish counts a finished action and keeps it among the recent outcomes.
-func (e *Executor) finish(a Action, err error) {
-	o := Outcome{Action: a, Result: "success", At: e.Clock.Now()}
+func (e *Executor) finish(a state.Action, err error) {
+	o := state.Outcome{Action: a, Result: "success", At: e.Clock.Now()}
 	if err != nil {
 		o.Result, o.Error = "error", err.Error()
 	}
@@ -321,10 +314,10 @@ func (e *Executor) finish(a Action, err error) {
 }
 
 // Recent lists the last finished actions, newest first, for status.
-func (e *Executor) Recent() []Outcome {
+func (e *Executor) Recent() []state.Outcome {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	out := make([]Outcome, len(e.recent))
+	out := make([]state.Outcome, len(e.recent))
 	for i, o := range e.recent {
 		out[len(out)-1-i] = o
 	}
@@ -351,15 +344,15 @@ func marked(r Record, s State, reason string, now time.Time) Record {
 // markAll writes a pass's marks (joined, failed) together, in as few
 // transactions as Consul allows: a pass that sees fifty machines come up
 // is one Raft write, not fifty writes and fifty reads.
-func (e *Executor) markAll(ctx context.Context, p *rules.Platform, obs Observed, actions []Action) error {
-	var marks []Action
+func (e *Executor) markAll(ctx context.Context, p *rules.Platform, obs Observed, actions []state.Action) error {
+	var marks []state.Action
 	var recs []Record
 	now := e.Clock.Now()
 	for _, a := range actions {
 		switch a.Kind {
-		case KindMarkJoined:
+		case state.KindMarkJoined:
 			recs = append(recs, marked(obs.Records[a.MachineID], StateJoined, a.Reason, now))
-		case KindMarkFailed:
+		case state.KindMarkFailed:
 			recs = append(recs, marked(obs.Records[a.MachineID], StateFailed, a.Reason, now))
 		default:
 			continue
@@ -382,7 +375,7 @@ func (e *Executor) markAll(ctx context.Context, p *rules.Platform, obs Observed,
 			continue
 		}
 		e.finish(a, nil)
-		if a.Kind == KindMarkJoined {
+		if a.Kind == state.KindMarkJoined {
 			log.Info("machine joined", telemetry.KeyReason, a.Reason)
 			e.Hooks.Fire(ctx, p, "after_join", a)
 		} else {
@@ -395,7 +388,7 @@ func (e *Executor) markAll(ctx context.Context, p *rules.Platform, obs Observed,
 // restore writes the record of an alive member that has none, from its
 // backend's listing. It only ever creates: a record written meanwhile (the
 // mirror's re-seed, another leader) is the better one and stays.
-func (e *Executor) restore(ctx context.Context, obs Observed, a Action) error {
+func (e *Executor) restore(ctx context.Context, obs Observed, a state.Action) error {
 	in := obs.Instances[a.Backend][a.MachineID]
 	scope := ""
 	if a.Host != "" {
@@ -417,20 +410,20 @@ func (e *Executor) restore(ctx context.Context, obs Observed, a Action) error {
 	r := Record{ID: a.MachineID, Type: a.Type, Backend: a.Backend, Host: a.Host, Scope: scope, State: StateJoined, Manual: a.Manual,
 		Address: cmp.Or(in.Address, obs.Members[a.MachineID].Address), Addresses: in.Addresses,
 		Created: created, Updated: now, Reason: a.Reason}
-	if _, err := e.Inventory.Put(ctx, r); err != nil && !errors.Is(err, ErrConflict) {
+	if _, err := e.Inventory.Put(ctx, r); err != nil && !errors.Is(err, state.ErrConflict) {
 		return err
 	}
 	return nil
 }
 
 // start marks id in flight and runs f in a goroutine; false if it already is.
-func (e *Executor) start(id string, a Action, f func()) bool {
+func (e *Executor) start(id string, a state.Action, f func()) bool {
 	return e.startIn(e.inFlight, id, a, f)
 }
 
 // startIn runs f in a goroutine, with id in busy (guarded by mu) until f
 // returns; false if id already is. Wait waits for it.
-func (e *Executor) startIn(busy map[string]Action, id string, a Action, f func()) bool {
+func (e *Executor) startIn(busy map[string]state.Action, id string, a state.Action, f func()) bool {
 	e.mu.Lock()
 	if _, ok := busy[id]; ok {
 		e.mu.Unlock()
@@ -456,7 +449,7 @@ func (e *Executor) startIn(busy map[string]Action, id string, a Action, f func()
 // passes meanwhile (a machine with an action in flight counts as what the
 // action will make it), or replacements held back by max_unhealthy would
 // go ahead. One runs per machine at a time; Wait waits for it.
-func (e *Executor) unvote(ctx context.Context, a Action, log hclog.Logger) {
+func (e *Executor) unvote(ctx context.Context, a state.Action, log hclog.Logger) {
 	e.startIn(e.unvoting, a.MachineID, a, func() {
 		// Looked at again right before: a server back since the pass
 		// keeps its seat (Consul would let it in again only at its
@@ -464,7 +457,7 @@ func (e *Executor) unvote(ctx context.Context, a Action, log hclog.Logger) {
 		mctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
 		st, ok := e.memberStatus(mctx, a.MachineID)
 		cancel()
-		if !ok || st != MemberFailed {
+		if !ok || st != state.MemberFailed {
 			e.finish(a, nil)
 			log.Info("server no longer failed: left in Raft", "status", st)
 			return
@@ -485,7 +478,7 @@ func NewMachineID(machineType string) string {
 	return machineType + "-" + hex.EncodeToString(b[:])
 }
 
-func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, a Action, log hclog.Logger) (string, error) {
+func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, a state.Action, log hclog.Logger) (string, error) {
 	be, ok := bes[a.Backend]
 	if !ok && a.Host == "" {
 		return "", fmt.Errorf("backend %q is not configured", a.Backend)
@@ -573,7 +566,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	return id, nil
 }
 
-func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a Action, log hclog.Logger) error {
+func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a state.Action, log hclog.Logger) error {
 	rec, hasRecord := obs.Records[a.MachineID]
 	be := bes[a.Backend]
 	log = log.With(telemetry.KeyBackend, a.Backend)
@@ -588,7 +581,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 	}
 	member, isMember := obs.Members[a.MachineID]
 	e.start(a.MachineID, a, func() {
-		if a.Kind == KindScaleDown && isMember && member.Status == MemberAlive && member.RaftVoter {
+		if a.Kind == state.KindScaleDown && isMember && member.Status == state.MemberAlive && member.RaftVoter {
 			// A healthy server leaves gracefully, so that it is taken
 			// out of the Raft configuration before it stops. Asking a
 			// member's Consul shows it the cluster's token, which only a
@@ -604,7 +597,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		if ctx.Err() != nil {
 			return
 		}
-		if a.Kind == KindReap && isMember && member.Server && member.Status == MemberFailed {
+		if a.Kind == state.KindReap && isMember && member.Server && member.Status == state.MemberFailed {
 			// Given up, and Consul has it failed: out of Raft first.
 			// The destroy may wait on a host that is down or a
 			// backend that fails for as long as they last, and the
@@ -687,25 +680,35 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 				return
 			}
 		}
-		if e.Forget != nil {
-			// Its credentials go with it; one left behind is only a
-			// token of a machine that no longer exists.
-			fctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
-			err := e.Forget(fctx, a.MachineID)
-			cancel()
-			if err != nil {
-				log.Warn("remove the machine's token", telemetry.KeyError, err)
-			}
-		}
+		e.forget(ctx, a.MachineID, cmp.Or(rec.Host, a.Host), log)
 		e.finish(a, nil)
 		log.Info("machine removed", telemetry.KeyReason, a.Reason)
 		event := "after_destroy"
-		if a.Kind == KindReap {
+		if a.Kind == state.KindReap {
 			event = "after_reap"
 		}
 		e.Hooks.Fire(ctx, p, event, a)
 	})
 	return nil
+}
+
+// forget removes what a removed machine leaves besides its record: every
+// key it or its host wrote (kvschema.ForgetMachine), and its credentials
+// (Forget). It is the one way out for every removal, a reap, a scale-down,
+// a destroy by hand or a spawn never started, whoever runs it. A failure
+// is logged, not returned: the machine is gone, and what is left behind is
+// a key or a token of a machine that no longer exists.
+func (e *Executor) forget(ctx context.Context, id, host string, log hclog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+	defer cancel()
+	if err := e.Inventory.Store.ForgetMachine(ctx, id, host); err != nil {
+		log.Warn("remove the machine's keys", telemetry.KeyError, err)
+	}
+	if e.Forget != nil {
+		if err := e.Forget(ctx, id); err != nil {
+			log.Warn("remove the machine's token", telemetry.KeyError, err)
+		}
+	}
 }
 
 // prunable says whether a member in status st may be pruned at once: one
@@ -714,7 +717,7 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 // list; a reap that finishes the removal of a member an earlier reap made
 // leave finds it leaving, and pruned it then: every read of the members
 // waited 8 s (seen as an 8 s pass at 103 machines).
-func prunable(st MemberStatus) bool { return st == MemberLeft || st == MemberFailed }
+func prunable(st state.MemberStatus) bool { return st == state.MemberLeft || st == state.MemberFailed }
 
 // pruneWhenDown erases a member that was made to leave while Consul still
 // had it alive from the member list, once Consul has it left or failed:
@@ -751,7 +754,7 @@ func (e *Executor) pruneWhenDown(ctx context.Context, id string, log hclog.Logge
 
 // memberStatus is what Consul says of member id now; ok is false when it
 // cannot tell.
-func (e *Executor) memberStatus(ctx context.Context, id string) (MemberStatus, bool) {
+func (e *Executor) memberStatus(ctx context.Context, id string) (state.MemberStatus, bool) {
 	members, err := consulclient.Members(ctx, e.Consul)
 	if err != nil {
 		return "", false
@@ -822,7 +825,7 @@ func (e *Executor) deleteRecord(ctx context.Context, rec Record) error {
 	var err error
 	if perr := clock.Poll(ctx, e.Clock, 500*time.Millisecond, func() (bool, error) {
 		err = e.Inventory.Delete(ctx, rec)
-		return err == nil || errors.Is(err, ErrConflict), nil
+		return err == nil || errors.Is(err, state.ErrConflict), nil
 	}); perr != nil && err == nil {
 		err = perr
 	}

@@ -14,16 +14,17 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/capped"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
 // HookEvent is what a hook command reads as JSON on its standard input.
 type HookEvent struct {
-	Event   string    `json:"event"`
-	Cluster string    `json:"cluster"`
-	Time    time.Time `json:"time"`
-	Action  Action    `json:"action"`
+	Event   string       `json:"event"`
+	Cluster string       `json:"cluster"`
+	Time    time.Time    `json:"time"`
+	Action  state.Action `json:"action"`
 }
 
 // HookRunner runs the description's hook commands. A nil *HookRunner runs
@@ -37,7 +38,7 @@ type HookRunner struct {
 // Fire starts every hook of event in the background and returns at once. A
 // hook runs as an argv list, never through a shell, with the event as JSON on
 // its standard input; it is killed when its timeout passes.
-func (h *HookRunner) Fire(ctx context.Context, p *rules.Platform, event string, a Action) {
+func (h *HookRunner) Fire(ctx context.Context, p *rules.Platform, event string, a state.Action) {
 	if h == nil {
 		return
 	}

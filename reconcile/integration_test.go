@@ -20,6 +20,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 	"github.com/raptiformica/raptiformica/rules"
@@ -63,8 +64,8 @@ func TestInventoryCheckAndSet(t *testing.T) {
 	if r.Index == 0 {
 		t.Fatalf("create returned no index")
 	}
-	if _, err := inv.Put(ctx, Record{ID: "m1", Type: "server", State: StateSpawning}); !errors.Is(err, ErrConflict) {
-		t.Errorf("second create: got %v want ErrConflict", err)
+	if _, err := inv.Put(ctx, Record{ID: "m1", Type: "server", State: StateSpawning}); !errors.Is(err, state.ErrConflict) {
+		t.Errorf("second create: got %v want state.ErrConflict", err)
 	}
 	stale := r
 	r.State = StateJoining
@@ -72,11 +73,11 @@ func TestInventoryCheckAndSet(t *testing.T) {
 		t.Fatalf("update: %v", err)
 	}
 	stale.State = StateDestroying
-	if _, err := inv.Put(ctx, stale); !errors.Is(err, ErrConflict) {
-		t.Errorf("update from a stale index: got %v want ErrConflict", err)
+	if _, err := inv.Put(ctx, stale); !errors.Is(err, state.ErrConflict) {
+		t.Errorf("update from a stale index: got %v want state.ErrConflict", err)
 	}
-	if err := inv.Delete(ctx, stale); !errors.Is(err, ErrConflict) {
-		t.Errorf("delete from a stale index: got %v want ErrConflict", err)
+	if err := inv.Delete(ctx, stale); !errors.Is(err, state.ErrConflict) {
+		t.Errorf("delete from a stale index: got %v want state.ErrConflict", err)
 	}
 	recs, _, err := inv.List(ctx, nil)
 	if err != nil {
@@ -154,7 +155,7 @@ func TestExecutorWritesIntentBeforeSpawning(t *testing.T) {
 	p := platform(t, threeServers)
 	fb := &fakeBackend{inv: inv}
 	ex := newExecutor(inv)
-	acts := []Action{{Kind: KindSpawn, Type: "server", Backend: "local"}, {Kind: KindSpawn, Type: "server", Backend: "local"}}
+	acts := []state.Action{{Kind: state.KindSpawn, Type: "server", Backend: "local"}, {Kind: state.KindSpawn, Type: "server", Backend: "local"}}
 	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, Observed{}, acts); err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +188,7 @@ func TestExecutorFailedSpawnIsRecordedAndBacksOff(t *testing.T) {
 	p := platform(t, threeServers)
 	fb := &fakeBackend{inv: inv, spawnErr: errors.New("engine refused: no such image")}
 	ex := newExecutor(inv)
-	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, Observed{}, []Action{{Kind: KindSpawn, Type: "server", Backend: "local"}}); err != nil {
+	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, Observed{}, []state.Action{{Kind: state.KindSpawn, Type: "server", Backend: "local"}}); err != nil {
 		t.Fatal(err)
 	}
 	ex.Wait()
@@ -208,13 +209,13 @@ func TestExecutorFailedSpawnIsRecordedAndBacksOff(t *testing.T) {
 	if got := obs.BackendFailures["local"]; got != "engine refused: no such image" {
 		t.Errorf("backend's last failure: got %q", got)
 	}
-	if rec := ex.Recent(); len(rec) != 1 || rec[0].Kind != KindSpawn || rec[0].Result != "error" || !strings.Contains(rec[0].Error, "no such image") || rec[0].MachineID == "" {
+	if rec := ex.Recent(); len(rec) != 1 || rec[0].Kind != state.KindSpawn || rec[0].Result != "error" || !strings.Contains(rec[0].Error, "no such image") || rec[0].MachineID == "" {
 		t.Errorf("recent outcomes after a failed spawn: got %+v", rec)
 	}
 	// The planner finishes the removal: no half-made machine stays recorded.
 	obs.Records = recs
 	d := Plan(p, obs, time.Now())
-	if len(d.Actions) != 1 || d.Actions[0].Kind != KindReap {
+	if len(d.Actions) != 1 || d.Actions[0].Kind != state.KindReap {
 		t.Fatalf("plan after a failed spawn: got %+v want one reap", d.Actions)
 	}
 	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, obs, d.Actions); err != nil {
@@ -238,7 +239,7 @@ func TestExecutorStopsWhenLeadershipIsLost(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the lock is already lost
 	obs := Observed{Records: map[string]Record{"dead": r}}
-	_ = ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, obs, []Action{{Kind: KindReap, MachineID: "dead", Type: "server", Backend: "local"}})
+	_ = ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, obs, []state.Action{{Kind: state.KindReap, MachineID: "dead", Type: "server", Backend: "local"}})
 	ex.Wait()
 	if len(fb.destroyed) != 0 {
 		t.Errorf("destroyed %v after losing leadership", fb.destroyed)
@@ -319,7 +320,7 @@ func TestExecutorSpawnEndsAtTheProvisionTimeout(t *testing.T) {
 	p := platform(t, oneSecondToProvision)
 	fb := &fakeBackend{inv: inv, hang: true}
 	ex := newExecutor(inv)
-	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, Observed{}, []Action{{Kind: KindSpawn, Type: "server", Backend: "local"}}); err != nil {
+	if err := ex.Execute(ctx, p, map[string]backends.Backend{"local": fb}, Observed{}, []state.Action{{Kind: state.KindSpawn, Type: "server", Backend: "local"}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, ex, 20*time.Second)
@@ -346,7 +347,7 @@ func TestExecutorDestroyHasADeadline(t *testing.T) {
 	fb := &fakeBackend{inv: inv, hang: true}
 	ex := newExecutor(inv)
 	obs := Observed{Records: map[string]Record{"dead": r}}
-	if err := ex.Execute(context.Background(), p, map[string]backends.Backend{"local": fb}, obs, []Action{{Kind: KindReap, MachineID: "dead", Type: "server", Backend: "local"}}); err != nil {
+	if err := ex.Execute(context.Background(), p, map[string]backends.Backend{"local": fb}, obs, []state.Action{{Kind: state.KindReap, MachineID: "dead", Type: "server", Backend: "local"}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, ex, 20*time.Second)
@@ -398,18 +399,18 @@ func TestExecutorRestoresALostRecord(t *testing.T) {
 	created := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	obs := Observed{
 		Records:   map[string]Record{},
-		Members:   map[string]Member{"b": {Name: "b", Address: "127.0.0.3", Status: MemberAlive}},
+		Members:   map[string]Member{"b": {Name: "b", Address: "127.0.0.3", Status: state.MemberAlive}},
 		Instances: map[string]map[string]backends.Instance{"local": {"b": {MachineID: "b", MachineType: "server", Address: "127.0.0.3", Running: true, Created: created}}},
 	}
 	d := Plan(p, with(obs, func(o *Observed) {
 		o.Records["a"] = Record{ID: "a", Type: "server", Backend: "local", State: StateJoined}
 		o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", State: StateJoined}
-		o.Members["a"] = Member{Name: "a", Status: MemberAlive}
-		o.Members["c"] = Member{Name: "c", Status: MemberAlive}
+		o.Members["a"] = Member{Name: "a", Status: state.MemberAlive}
+		o.Members["c"] = Member{Name: "c", Status: state.MemberAlive}
 		o.Instances["local"]["a"] = backends.Instance{MachineID: "a", Running: true}
 		o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: true}
 	}), time.Now())
-	if len(d.Actions) != 1 || d.Actions[0].Kind != KindRestoreRecord {
+	if len(d.Actions) != 1 || d.Actions[0].Kind != state.KindRestoreRecord {
 		t.Fatalf("plan: got %+v, want one restore_record", d.Actions)
 	}
 	if err := ex.Execute(ctx, p, nil, obs, d.Actions); err != nil {
@@ -488,7 +489,7 @@ func TestScaleMarksAreOneTransaction(t *testing.T) {
 	p := platform(t, threeServers)
 	ex := newExecutor(inv)
 	obs := Observed{Records: map[string]Record{}}
-	var acts []Action
+	var acts []state.Action
 	for i := 0; i < 10; i++ {
 		id := fmt.Sprintf("w%d", i)
 		r, err := inv.Put(ctx, Record{ID: id, Type: "server", Backend: "local", State: StateJoining})
@@ -496,7 +497,7 @@ func TestScaleMarksAreOneTransaction(t *testing.T) {
 			t.Fatal(err)
 		}
 		obs.Records[id] = r
-		acts = append(acts, Action{Kind: KindMarkJoined, MachineID: id, Type: "server", Reason: "member is alive"})
+		acts = append(acts, state.Action{Kind: state.KindMarkJoined, MachineID: id, Type: "server", Reason: "member is alive"})
 	}
 	if err := ex.Execute(ctx, p, nil, obs, acts); err != nil {
 		t.Fatal(err)
@@ -526,7 +527,7 @@ func TestScaleMarksAreOneTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range acts {
-		acts[i].Kind = KindMarkFailed
+		acts[i].Kind = state.KindMarkFailed
 	}
 	if err := ex.Execute(ctx, p, nil, obs, acts); err == nil {
 		t.Error("a mark over a record changed meanwhile reported no error")
@@ -638,7 +639,7 @@ func TestScaleWorkWatchWakesOnlyForItsOrders(t *testing.T) {
 		t.Errorf("the anchored folder's watch woke after %s on a write elsewhere", d)
 	}
 	if d := wakes(anchored, func() {
-		if _, err := anchored.Put(ctx, WorkOrder{Kind: WorkDestroy, MachineID: "m1", Backend: "b", Timeout: time.Minute}); err != nil {
+		if _, err := anchored.Put(ctx, state.WorkOrder{Kind: state.WorkDestroy, MachineID: "m1", Backend: "b", Timeout: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
 	}); d > 2*time.Second {
@@ -719,7 +720,7 @@ machine "worker" {
 	}
 	ex.Wait()
 	for _, a := range d.Actions {
-		if a.Kind == KindReap {
+		if a.Kind == state.KindReap {
 			t.Fatalf("x reaped on one list, read twice: %+v", d.Actions)
 		}
 	}
@@ -760,7 +761,7 @@ func TestScaleABackendsStopWakesAPass(t *testing.T) {
 		Platform: func() *rules.Platform { return p },
 		Backends: func() map[string]backends.Backend { return map[string]backends.Backend{"local": be} },
 		Self:     self, Clock: clock.Real{}, Log: hclog.NewNullLogger(),
-		Publish: func(Status) { passes <- time.Now() },
+		Publish: func(state.Status) { passes <- time.Now() },
 		Lists:   &Lists{MinGap: time.Hour},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -807,7 +808,7 @@ func TestScaleAHostsListWakesTheLeader(t *testing.T) {
 	self, p := quietLeader(t, inv)
 	offer := func(running bool, free uint64) {
 		t.Helper()
-		o := Offer{Machine: "h1", Checked: time.Now(), Backends: map[string]BackendOffer{"engine": {
+		o := state.Offer{Machine: "h1", Checked: time.Now(), Backends: map[string]state.BackendOffer{"engine": {
 			Available: true, Listed: true, FreeMemory: free,
 			Instances: []backends.Instance{{MachineID: "web-1", MachineType: "web", Running: running}},
 		}}}
@@ -823,7 +824,7 @@ func TestScaleAHostsListWakesTheLeader(t *testing.T) {
 		Platform: func() *rules.Platform { return p },
 		Backends: func() map[string]backends.Backend { return map[string]backends.Backend{"local": &countingBackend{}} },
 		Self:     self, Clock: clock.Real{}, Log: hclog.NewNullLogger(),
-		Publish: func(Status) { passes <- time.Now() },
+		Publish: func(state.Status) { passes <- time.Now() },
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)

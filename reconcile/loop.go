@@ -23,32 +23,6 @@ import (
 	"github.com/raptiformica/raptiformica/rules"
 )
 
-// Status is what the leader reports after each pass. It is published to KV
-// (KeyStatus) so that every agent and the CLI can show it.
-type Status struct {
-	Leader        string                `json:"leader"`
-	Cluster       string                `json:"cluster"`
-	LastReconcile time.Time             `json:"last_reconcile"`
-	LastSuccess   time.Time             `json:"last_success,omitzero"`
-	LastResult    string                `json:"last_result"`
-	LastError     string                `json:"last_error,omitempty"`
-	Duration      string                `json:"duration"`
-	Types         map[string]TypeStatus `json:"types"`
-	Planned       []Action              `json:"planned"`
-	InFlight      []Action              `json:"in_flight"`
-	Recent        []Outcome             `json:"recent,omitempty"`
-	Halted        string                `json:"halted,omitempty"`
-	Waiting       []string              `json:"waiting,omitempty"`
-	BackendErrors map[string]string     `json:"backend_errors,omitempty"`
-	// OfferedBy names, for each backend the leader cannot use itself, the
-	// other members that offer it: where its spawns go instead.
-	OfferedBy map[string][]string `json:"offered_by,omitempty"`
-	// BadRecords are the stored records the pass refused (one too large,
-	// unreadable, or naming another machine than its key): none of them
-	// was acted on.
-	BadRecords []state.Bad `json:"bad_records,omitempty"`
-}
-
 // backendQueryTimeout bounds a backend's Available and List together: a
 // backend that has not answered by then is taken as not listed this pass
 // (nothing is judged from it), not waited for.
@@ -264,28 +238,38 @@ func (l *Lists) keep(name string, a answer, index, gen uint64, asked time.Time) 
 // liveOffers reads the alive members' offers of backends; nil when they
 // cannot be read (the planner then says nothing of them). An offer that
 // does not parse is left out: it is its member's to fix.
-func liveOffers(ctx context.Context, inv *Inventory, members []*api.AgentMember) (map[string]Offer, []state.Bad) {
-	all, _, err := inv.Store.Offers(ctx, nil)
+func liveOffers(ctx context.Context, inv *Inventory, members []*api.AgentMember) (map[string]state.Offer, []state.Bad) {
+	folder := state.Offers(inv.Store)
+	all, refused, _, err := folder.List(ctx, nil)
 	if err != nil {
 		return nil, nil
 	}
-	out := map[string]Offer{}
+	out := map[string]state.Offer{}
 	var bad []state.Bad
 	for _, m := range members {
-		if SerfStatus(m.Status) != MemberAlive {
+		if SerfStatus(m.Status) != state.MemberAlive {
 			continue
 		}
-		if e, ok := all[m.Name]; ok {
-			o, err := ParseOffer(m.Name, e.Value)
-			if err != nil {
-				bad = append(bad, state.Bad{Key: kvschema.Offers + m.Name, Error: err.Error()})
-				continue
-			}
-			o.Index = e.Index
+		if o, ok := all[m.Name]; ok {
 			out[m.Name] = o
 		}
 	}
+	for _, b := range refused {
+		if id, _ := state.IDOf(kvschema.Offers, b.Key); alive(members, id) {
+			bad = append(bad, b)
+		}
+	}
 	return out, bad
+}
+
+// alive reports whether the member id is alive.
+func alive(members []*api.AgentMember, id string) bool {
+	for _, m := range members {
+		if m.Name == id {
+			return SerfStatus(m.Status) == state.MemberAlive
+		}
+	}
+	return false
 }
 
 // raftSeat is one server of the Raft configuration.
@@ -381,16 +365,16 @@ func serverHealth(ctx context.Context, consul *api.Client, recs map[string]Recor
 }
 
 // SerfStatus names a serf member status code, as api.AgentMember carries it.
-func SerfStatus(s int) MemberStatus {
+func SerfStatus(s int) state.MemberStatus {
 	switch s {
 	case 1:
-		return MemberAlive
+		return state.MemberAlive
 	case 2:
-		return MemberLeaving
+		return state.MemberLeaving
 	case 3:
-		return MemberLeft
+		return state.MemberLeft
 	default:
-		return MemberFailed
+		return state.MemberFailed
 	}
 }
 
@@ -411,7 +395,7 @@ type Reconciler struct {
 	// Wake is signalled when the description changes.
 	Wake <-chan struct{}
 	// Publish receives the status after every pass.
-	Publish func(Status)
+	Publish func(state.Status)
 	// Lists, when set, spaces each backend's Available and List calls by
 	// its MinGap across passes.
 	Lists *Lists
@@ -487,7 +471,7 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 	now := r.Clock.Now()
 	p := r.Platform()
 	bes := r.Backends()
-	st := Status{Leader: r.Self, Cluster: p.Cluster, LastReconcile: now}
+	st := state.Status{Leader: r.Self, Cluster: p.Cluster, LastReconcile: now}
 	r.Lists.For(p)
 	obs, err := Observe(ctx, r.Consul, r.Inventory, bes, r.Metrics, r.Lists)
 	observed := time.Since(begin)
@@ -647,16 +631,13 @@ func (r *Reconciler) hostListsQuery(ctx context.Context) watch.Query {
 		at = time.Now()
 		// Only a reason to look: the pass reads the offers it plans on.
 		q.AllowStale = true
-		all, index, err := r.Inventory.Store.Offers(ctx, q)
+		all, _, index, err := state.Offers(r.Inventory.Store).List(ctx, q)
 		if err != nil {
 			return 0, false, err
 		}
 		h := fnv.New64a()
 		for _, id := range sortedKeys(all) {
-			o, err := ParseOffer(id, all[id].Value)
-			if err != nil {
-				continue
-			}
+			o := all[id]
 			h.Write([]byte(id))
 			for _, b := range sortedKeys(o.Backends) {
 				bo := o.Backends[b]

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -20,7 +21,7 @@ type HostLoad struct {
 // hosts are backing off a backend after its calls failed there.
 type Hosts struct {
 	// Offers are the live members' offers, by machine ID.
-	Offers map[string]Offer
+	Offers map[string]state.Offer
 	// Load is what each host holds; a host missing holds nothing.
 	Load map[string]HostLoad
 	// MaxPerHost caps the machines one host may hold on a backend; a

@@ -8,25 +8,26 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
 // offering is an offer of the machine id: each name available, each
 // "!name" refused.
-func offering(id string, names ...string) Offer {
-	o := Offer{Machine: id, Backends: map[string]BackendOffer{}}
+func offering(id string, names ...string) state.Offer {
+	o := state.Offer{Machine: id, Backends: map[string]state.BackendOffer{}}
 	for _, n := range names {
 		if strings.HasPrefix(n, "!") {
-			o.Backends[n[1:]] = BackendOffer{Reason: "not here"}
+			o.Backends[n[1:]] = state.BackendOffer{Reason: "not here"}
 		} else {
-			o.Backends[n] = BackendOffer{Available: true}
+			o.Backends[n] = state.BackendOffer{Available: true}
 		}
 	}
 	return o
 }
 
-func offers(os ...Offer) map[string]Offer {
-	out := map[string]Offer{}
+func offers(os ...state.Offer) map[string]state.Offer {
+	out := map[string]state.Offer{}
 	for _, o := range os {
 		out[o.Machine] = o
 	}
@@ -109,8 +110,8 @@ func TestPlace(t *testing.T) {
 			mt:   worker,
 			hs: Hosts{
 				Offers: offers(
-					Offer{Machine: "a", Backends: map[string]BackendOffer{"docker": {Available: true, FreeMemory: 100 << 20}}},
-					Offer{Machine: "b", Backends: map[string]BackendOffer{"docker": {Available: true}}},
+					state.Offer{Machine: "a", Backends: map[string]state.BackendOffer{"docker": {Available: true, FreeMemory: 100 << 20}}},
+					state.Offer{Machine: "b", Backends: map[string]state.BackendOffer{"docker": {Available: true}}},
 				),
 				Load:    map[string]HostLoad{"b": {ByType: map[string]int{"worker": 5}, ByBackend: map[string]int{"docker": 5}}},
 				MinFree: map[string]uint64{"docker": 512 << 20},
@@ -121,7 +122,7 @@ func TestPlace(t *testing.T) {
 			name: "every host below the floor: the next backend, and why",
 			mt:   worker,
 			hs: Hosts{
-				Offers:  offers(Offer{Machine: "a", Backends: map[string]BackendOffer{"docker": {Available: true, FreeMemory: 100 << 20}, "exec": {Available: true}}}),
+				Offers:  offers(state.Offer{Machine: "a", Backends: map[string]state.BackendOffer{"docker": {Available: true, FreeMemory: 100 << 20}, "exec": {Available: true}}}),
 				MinFree: map[string]uint64{"docker": 512 << 20},
 			},
 			want: Placement{Backend: "exec", Host: "a"}, ok: true,
@@ -201,7 +202,7 @@ func BenchmarkPlace(b *testing.B) {
 		backends[i] = fmt.Sprintf("b%d", i)
 	}
 	mt := rules.MachineType{Name: "worker", Backends: backends}
-	hs := Hosts{Offers: map[string]Offer{}, Load: map[string]HostLoad{}, MaxPerHost: map[string]int{}}
+	hs := Hosts{Offers: map[string]state.Offer{}, Load: map[string]HostLoad{}, MaxPerHost: map[string]int{}}
 	for h := 0; h < 1000; h++ {
 		id := fmt.Sprintf("host-%04d", h)
 		hs.Offers[id] = offering(id, backends...)

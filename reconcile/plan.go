@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -104,7 +105,7 @@ type pass struct {
 
 	// Left by tallyAll.
 	tallies              map[string]*tally
-	marks, reaps, strays []Action
+	marks, reaps, strays []state.Action
 	failed               int
 	failedServers        int
 	// pendingTotal counts machines being spawned or provisioned, of every
@@ -116,7 +117,7 @@ type pass struct {
 	settled bool
 
 	// Left by scale and removeStray.
-	spawns, downs []Action
+	spawns, downs []state.Action
 
 	// hosts is what placement on other members chooses among, made on
 	// the first spawn that needs it and added to by each.
@@ -148,7 +149,7 @@ func (t *tally) addLive(r Record) {
 }
 
 func newPass(p *rules.Platform, obs Observed, now time.Time) pass {
-	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, notHost: map[string]bool{}, d: Decision{Types: map[string]TypeStatus{}, Seen: map[string]Sighting{}}}
+	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, notHost: map[string]bool{}, d: Decision{Types: map[string]state.TypeStatus{}, Seen: map[string]Sighting{}}}
 	for _, name := range p.MachineNames() {
 		ps.tallies[name] = &tally{}
 	}
@@ -190,18 +191,18 @@ func (ps *pass) tallyUnrecorded() {
 		for _, id := range sortedKeys(insts) {
 			in := insts[id]
 			m, member := ps.obs.Members[id]
-			if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || !member || m.Status != MemberAlive {
+			if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || !member || m.Status != state.MemberAlive {
 				continue
 			}
 			r := Record{ID: id, Type: in.MachineType, Backend: b, State: StateJoined}
 			ps.tallyOf(r).addLive(r)
-			ps.marks = append(ps.marks, actOn(KindRestoreRecord, id, r, "alive member without an inventory record: re-created from backend "+b))
+			ps.marks = append(ps.marks, actOn(state.KindRestoreRecord, id, r, "alive member without an inventory record: re-created from backend "+b))
 		}
 	}
 	for _, hd := range ps.hostedElsewhere() {
 		id := hd.in.MachineID
 		m, member := ps.obs.Members[id]
-		if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || !member || m.Status != MemberAlive {
+		if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || !member || m.Status != state.MemberAlive {
 			continue
 		}
 		// Another member's list is its word. A client's could name any
@@ -218,7 +219,7 @@ func (ps *pass) tallyUnrecorded() {
 		}
 		r := Record{ID: id, Type: hd.in.MachineType, Backend: hd.backend, Host: hd.host, Scope: ps.obs.Offers[hd.host].Backends[hd.backend].Scope, State: StateJoined, Manual: !proven}
 		ps.tallyOf(r).addLive(r)
-		a := actOn(KindRestoreRecord, id, r, fmt.Sprintf("alive member without an inventory record: re-created from backend %s on %s", hd.backend, hd.host))
+		a := actOn(state.KindRestoreRecord, id, r, fmt.Sprintf("alive member without an inventory record: re-created from backend %s on %s", hd.backend, hd.host))
 		a.Manual = r.Manual
 		ps.marks = append(ps.marks, a)
 	}
@@ -242,7 +243,7 @@ func (ps *pass) tallyRecord(id string, r Record) {
 		return
 	}
 	if _, known := ps.p.Machines[r.Type]; !known && r.State != StateDestroying {
-		ps.strays = append(ps.strays, actOn(KindScaleDown, id, r, fmt.Sprintf("machine type %q is not in the description", r.Type)))
+		ps.strays = append(ps.strays, actOn(state.KindScaleDown, id, r, fmt.Sprintf("machine type %q is not in the description", r.Type)))
 	}
 	h := ps.healthOf(id, r)
 	if !h.up {
@@ -250,7 +251,7 @@ func (ps *pass) tallyRecord(id string, r Record) {
 	}
 	switch r.State {
 	case StateDestroying:
-		ps.reaps = append(ps.reaps, actOn(KindReap, id, r, "finish removal: "+r.Reason))
+		ps.reaps = append(ps.reaps, actOn(state.KindReap, id, r, "finish removal: "+r.Reason))
 	case StateSpawning, StateJoining:
 		ps.tallyJoining(id, r, t, h)
 	case StateJoined, StateFailed:
@@ -299,7 +300,7 @@ func (ps *pass) healthOf(id string, r Record) health {
 		h.instGone = exists && !in.Running || !exists && !localOnly && !ps.recordedSinceListed(r)
 		h.offerIndex = from
 	}
-	h.up = isMember && m.Status == MemberAlive && !h.instGone
+	h.up = isMember && m.Status == state.MemberAlive && !h.instGone
 	return h
 }
 
@@ -431,10 +432,10 @@ func (ps *pass) tallyJoining(id string, r Record, t *tally, h health) {
 	}
 	switch {
 	case h.up && (!server || h.member.Voter):
-		ps.marks = append(ps.marks, actOn(KindMarkJoined, id, r, "member is alive"))
+		ps.marks = append(ps.marks, actOn(state.KindMarkJoined, id, r, "member is alive"))
 		ps.addUp(id, r, t)
 	case ps.ripe(ps.sight(id, condJoining), ps.pol.ProvisionTimeout):
-		ps.reaps = append(ps.reaps, actOn(KindReap, id, r, fmt.Sprintf("did not join within the provision timeout (%s)", ps.pol.ProvisionTimeout)))
+		ps.reaps = append(ps.reaps, actOn(state.KindReap, id, r, fmt.Sprintf("did not join within the provision timeout (%s)", ps.pol.ProvisionTimeout)))
 	default:
 		ps.addPending(t)
 	}
@@ -452,7 +453,7 @@ func (ps *pass) tallyJoined(id string, r Record, t *tally, h health) {
 	}
 	if h.up {
 		if back {
-			ps.marks = append(ps.marks, actOn(KindMarkJoined, id, r, "member is alive again"))
+			ps.marks = append(ps.marks, actOn(state.KindMarkJoined, id, r, "member is alive again"))
 		}
 		ps.addUp(id, r, t)
 		return
@@ -479,7 +480,7 @@ func (ps *pass) addUp(id string, r Record, t *tally) {
 	case ok && rec.ReadyFor(sum):
 		t.addLive(r)
 		return
-	case ok && rec.State == ProvisionFailed && rec.Checksum == sum:
+	case ok && rec.State == state.ProvisionFailed && rec.Checksum == sum:
 		ps.waitf("provisioning failed on %s: %s", id, rec.LastLine())
 	default:
 		ps.waitf("waiting for provisioning on %s", id)
@@ -502,9 +503,9 @@ func (ps *pass) tallyFailed(id string, r Record, t *tally, h health) {
 	}
 	s := ps.sight(id, condDown)
 	if r.FailedSince.IsZero() {
-		ps.marks = append(ps.marks, actOn(KindMarkFailed, id, r, h.failure(r.Backend)))
+		ps.marks = append(ps.marks, actOn(state.KindMarkFailed, id, r, h.failure(r.Backend)))
 	}
-	if h.instGone && h.offerIndex != 0 && h.isMember && h.member.Status == MemberAlive {
+	if h.instGone && h.offerIndex != 0 && h.isMember && h.member.Status == state.MemberAlive {
 		// The host's list is the only word that it is gone (Consul
 		// has it alive), and the leader cannot ask that list again:
 		// the confirmation waits for a list the host published
@@ -526,7 +527,7 @@ func (ps *pass) tallyFailed(id string, r Record, t *tally, h health) {
 	if h.instGone {
 		why = "instance is gone from backend " + r.Backend + ": no grace period to wait out"
 	}
-	ps.reaps = append(ps.reaps, actOn(KindReap, id, r, why))
+	ps.reaps = append(ps.reaps, actOn(state.KindReap, id, r, why))
 	t.failedOut++
 }
 
@@ -543,7 +544,7 @@ func (ps *pass) halt() {
 func (ps *pass) scale() {
 	for _, name := range ps.p.MachineNames() {
 		mt, t := ps.p.Machines[name], ps.tallies[name]
-		ps.d.Types[name] = TypeStatus{Min: mt.Min, Max: mt.Max, Live: t.live, Pending: t.pending, Failed: t.failedIn + t.failedOut, Unready: t.unready}
+		ps.d.Types[name] = state.TypeStatus{Min: mt.Min, Max: mt.Max, Live: t.live, Pending: t.pending, Failed: t.failedIn + t.failedOut, Unready: t.unready}
 		have := t.live + t.pending + t.failedIn + t.unready
 		if need := mt.Min - have; need > 0 && ps.d.Halted == "" {
 			ps.spawn(name, mt, have, need)
@@ -575,7 +576,7 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 		why, here := ps.usableHere(b)
 		placed, whyNot := ps.place(mt, b, n)
 		for i, pl := range placed {
-			a := Action{Kind: KindSpawn, Type: name, Backend: b, Scope: ps.obs.Scopes[b], Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)}
+			a := state.Action{Kind: state.KindSpawn, Type: name, Backend: b, Scope: ps.obs.Scopes[b], Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)}
 			if pl.Host != ps.obs.Self {
 				a.Host, a.Reason = pl.Host, a.Reason+", on "+pl.Host
 				a.Scope = ps.obs.Offers[pl.Host].Backends[b].Scope
@@ -645,7 +646,7 @@ func (ps *pass) place(mt rules.MachineType, b string, n int) (placed []Placement
 		// key: only a member that holds them already may run its spawn,
 		// whatever a client's offer or gossip says: a proven server,
 		// a voter of Raft (see Member.RaftVoter).
-		hs.Offers = map[string]Offer{}
+		hs.Offers = map[string]state.Offer{}
 		for id, o := range ps.hosts.Offers {
 			if id == ps.obs.Self || ps.obs.Members[id].RaftVoter {
 				hs.Offers[id] = o
@@ -669,7 +670,7 @@ func (ps *pass) place(mt rules.MachineType, b string, n int) (placed []Placement
 // what each already holds (the records that name it as their host), and
 // the backends backing off on each.
 func (ps *pass) allHosts() Hosts {
-	hs := Hosts{Offers: map[string]Offer{}, BackoffUntil: ps.obs.HostBackoffUntil, MaxPerHost: map[string]int{}, MinFree: map[string]uint64{}, Prefer: ps.obs.Self}
+	hs := Hosts{Offers: map[string]state.Offer{}, BackoffUntil: ps.obs.HostBackoffUntil, MaxPerHost: map[string]int{}, MinFree: map[string]uint64{}, Prefer: ps.obs.Self}
 	for name, be := range ps.p.Backends {
 		if be.MaxPerHost > 0 {
 			hs.MaxPerHost[name] = be.MaxPerHost
@@ -683,11 +684,11 @@ func (ps *pass) allHosts() Hosts {
 			hs.Offers[id] = o
 		}
 	}
-	self := Offer{Machine: ps.obs.Self, Backends: map[string]BackendOffer{}}
+	self := state.Offer{Machine: ps.obs.Self, Backends: map[string]state.BackendOffer{}}
 	for _, name := range sortedKeys(ps.p.Backends) {
 		if _, here := ps.usableHere(name); here {
 			// Its free memory as it last published it.
-			self.Backends[name] = BackendOffer{Available: true, FreeMemory: ps.obs.Offers[ps.obs.Self].Backends[name].FreeMemory}
+			self.Backends[name] = state.BackendOffer{Available: true, FreeMemory: ps.obs.Offers[ps.obs.Self].Backends[name].FreeMemory}
 		}
 	}
 	hs.Offers[ps.obs.Self] = self
@@ -744,7 +745,7 @@ func (ps *pass) removeStray() {
 // decide puts the actions in the order the executor is to run them, each
 // removal where it runs.
 func (ps *pass) decide() Decision {
-	for _, as := range [][]Action{ps.reaps, ps.downs, ps.strays} {
+	for _, as := range [][]state.Action{ps.reaps, ps.downs, ps.strays} {
 		for i, a := range as {
 			if r, ok := ps.obs.Records[a.MachineID]; ok && ps.runsHere(r) {
 				as[i].Host = ""
@@ -767,8 +768,8 @@ func (ps *pass) decide() Decision {
 // joining), at most max_unhealthy go in one pass, so that no single
 // observation, however wrong, takes out more than the cluster can lose; and
 // while replacements are halted only machines that never joined go.
-func (ps *pass) allowedReaps() []Action {
-	var out []Action
+func (ps *pass) allowedReaps() []state.Action {
+	var out []state.Action
 	budget := ps.pol.MaxUnhealthy
 	for _, a := range ps.reaps {
 		s := ps.obs.Records[a.MachineID].State
@@ -800,28 +801,28 @@ func (ps *pass) allowedReaps() []Action {
 // The grace period is waited out even for a server its backend reports
 // gone, which a reap would not wait for: replacements are halted because
 // the leader's view is in doubt.
-func (ps *pass) unvotes(reaping []Action) []Action {
+func (ps *pass) unvotes(reaping []state.Action) []state.Action {
 	going := map[string]bool{}
 	for _, a := range reaping {
 		going[a.MachineID] = true
 	}
 	voters, reaped := 0, 0
-	var out []Action
+	var out []state.Action
 	for _, id := range sortedKeys(ps.obs.Members) {
 		m := ps.obs.Members[id]
 		if !m.RaftVoter {
 			continue
 		}
 		voters++
-		if going[id] && m.Status == MemberFailed {
+		if going[id] && m.Status == state.MemberFailed {
 			reaped++ // its reap takes it out of Raft too
 		}
 		r, recorded := ps.obs.Records[id]
 		s, seen := ps.d.Seen[id]
-		if !recorded || going[id] || m.Status != MemberFailed || !seen || s.Cond != condDown || !ps.ripe(s, ps.pol.GracePeriod) {
+		if !recorded || going[id] || m.Status != state.MemberFailed || !seen || s.Cond != condDown || !ps.ripe(s, ps.pol.GracePeriod) {
 			continue
 		}
-		a := actOn(KindUnvote, id, r, fmt.Sprintf("failed for %s, longer than the grace period (%s), and not reaped now", ps.now.Sub(s.First).Round(time.Second), ps.pol.GracePeriod))
+		a := actOn(state.KindUnvote, id, r, fmt.Sprintf("failed for %s, longer than the grace period (%s), and not reaped now", ps.now.Sub(s.First).Round(time.Second), ps.pol.GracePeriod))
 		a.Host = "" // Raft is the leader's to change, wherever the machine runs
 		out = append(out, a)
 	}
@@ -833,8 +834,8 @@ func (ps *pass) unvotes(reaping []Action) []Action {
 }
 
 // orphans destroys the backend instances that have no record.
-func (ps *pass) orphans() []Action {
-	var out []Action
+func (ps *pass) orphans() []state.Action {
+	var out []state.Action
 	for _, b := range sortedKeys(ps.obs.Instances) {
 		insts := ps.obs.Instances[b]
 		for _, id := range sortedKeys(insts) {
@@ -844,7 +845,7 @@ func (ps *pass) orphans() []Action {
 				// (a KV being re-seeded), it never destroys itself.
 				continue
 			}
-			if m, ok := ps.obs.Members[id]; ok && m.Status == MemberAlive {
+			if m, ok := ps.obs.Members[id]; ok && m.Status == state.MemberAlive {
 				continue // tallyUnrecorded re-creates its record
 			}
 			// Seen on this leader's clock, not the backend's: an instance
@@ -852,7 +853,7 @@ func (ps *pass) orphans() []Action {
 			if !ps.ripe(ps.sight(id, condOrphan), ps.orphanAge()) {
 				continue
 			}
-			out = append(out, Action{Kind: KindDestroyOrphan, MachineID: id, Type: in.MachineType, Backend: b, Reason: "instance has no inventory record"})
+			out = append(out, state.Action{Kind: state.KindDestroyOrphan, MachineID: id, Type: in.MachineType, Backend: b, Reason: "instance has no inventory record"})
 		}
 	}
 	for _, hd := range ps.hostedElsewhere() {
@@ -860,13 +861,13 @@ func (ps *pass) orphans() []Action {
 		if _, ok := ps.obs.Records[id]; ok || ps.obs.InFlight[id] || id == ps.obs.Self {
 			continue
 		}
-		if m, ok := ps.obs.Members[id]; ok && m.Status == MemberAlive {
+		if m, ok := ps.obs.Members[id]; ok && m.Status == state.MemberAlive {
 			continue
 		}
 		if !ps.ripe(ps.sight(id, condOrphan), ps.orphanAge()) {
 			continue
 		}
-		out = append(out, Action{Kind: KindDestroyOrphan, MachineID: id, Type: hd.in.MachineType, Backend: hd.backend, Host: hd.host, Reason: "instance on " + hd.host + " has no inventory record"})
+		out = append(out, state.Action{Kind: state.KindDestroyOrphan, MachineID: id, Type: hd.in.MachineType, Backend: hd.backend, Host: hd.host, Reason: "instance on " + hd.host + " has no inventory record"})
 	}
 	return out
 }
@@ -886,13 +887,13 @@ func (ps *pass) orphanAge() time.Duration {
 }
 
 // actOn is an action on a recorded machine.
-func actOn(kind Kind, id string, r Record, reason string) Action {
-	return Action{Kind: kind, MachineID: id, Type: r.Type, Backend: r.Backend, Host: r.Host, Reason: reason}
+func actOn(kind state.Kind, id string, r Record, reason string) state.Action {
+	return state.Action{Kind: kind, MachineID: id, Type: r.Type, Backend: r.Backend, Host: r.Host, Reason: reason}
 }
 
 // pickScaleDown picks the newest machines that are neither the leader, nor
 // spawned by hand.
-func pickScaleDown(live []Record, n int, self string, mt rules.MachineType) []Action {
+func pickScaleDown(live []Record, n int, self string, mt rules.MachineType) []state.Action {
 	cands := make([]Record, 0, len(live))
 	for _, r := range live {
 		if r.ID != self && !r.Manual {
@@ -905,9 +906,9 @@ func pickScaleDown(live []Record, n int, self string, mt rules.MachineType) []Ac
 		}
 		return cands[i].ID > cands[j].ID
 	})
-	var out []Action
+	var out []state.Action
 	for _, r := range cands[:min(n, len(cands))] {
-		out = append(out, Action{Kind: KindScaleDown, MachineID: r.ID, Type: r.Type, Backend: r.Backend, Reason: fmt.Sprintf("more than max %d", mt.Max)})
+		out = append(out, state.Action{Kind: state.KindScaleDown, MachineID: r.ID, Type: r.Type, Backend: r.Backend, Reason: fmt.Sprintf("more than max %d", mt.Max)})
 	}
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // BenchmarkPlan plans for 10,000 members of 100 machine types, a few of them
@@ -29,15 +30,15 @@ func BenchmarkPlan(b *testing.B) {
 		for i := 0; i < count && n < 10000; i++ {
 			id := fmt.Sprintf("%s-%04d", typ, i)
 			r := Record{ID: id, Type: typ, Backend: "local", State: StateJoined, Created: t0, Updated: t0}
-			m := Member{Name: id, Status: MemberAlive, Server: typ == "server", Voter: true}
+			m := Member{Name: id, Status: state.MemberAlive, Server: typ == "server", Voter: true}
 			switch n % 100 {
 			case 7:
-				m.Status, r.State, r.FailedSince = MemberFailed, StateFailed, now.Add(-time.Minute)
+				m.Status, r.State, r.FailedSince = state.MemberFailed, StateFailed, now.Add(-time.Minute)
 			case 13:
 				r.State = StateJoining
 			}
 			obs.Records[id], obs.Members[id] = r, m
-			obs.Instances["local"][id] = backends.Instance{MachineID: id, Running: m.Status == MemberAlive, Created: t0}
+			obs.Instances["local"][id] = backends.Instance{MachineID: id, Running: m.Status == state.MemberAlive, Created: t0}
 			n++
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -41,7 +42,7 @@ func cluster(typ string, ids ...string) Observed {
 	o := Observed{Records: map[string]Record{}, Members: map[string]Member{}, Instances: map[string]map[string]backends.Instance{"local": {}}}
 	for i, id := range ids {
 		o.Records[id] = Record{ID: id, Type: typ, Backend: "local", State: StateJoined, Created: t0.Add(time.Duration(i) * time.Minute), Updated: t0}
-		o.Members[id] = Member{Name: id, Status: MemberAlive, Type: typ, Server: true, Voter: true, RaftVoter: true}
+		o.Members[id] = Member{Name: id, Status: state.MemberAlive, Type: typ, Server: true, Voter: true, RaftVoter: true}
 		o.Instances["local"][id] = backends.Instance{MachineID: id, MachineType: typ, Running: true, Created: t0}
 	}
 	return o
@@ -83,19 +84,19 @@ func TestPlan(t *testing.T) {
 		name   string
 		src    string
 		obs    Observed
-		want   []Action
+		want   []state.Action
 		halted bool
-		types  map[string]TypeStatus
+		types  map[string]state.TypeStatus
 	}{
 		{
 			name: "seed alone grows to three, two at a time",
 			src:  threeServers,
 			obs:  cluster("server", "a"),
-			want: []Action{
-				{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "1 of min 3"},
-				{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+			want: []state.Action{
+				{Kind: state.KindSpawn, Type: "server", Backend: "local", Reason: "1 of min 3"},
+				{Kind: state.KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
 			},
-			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 1}},
+			types: map[string]state.TypeStatus{"server": {Min: 3, Max: 3, Live: 1}},
 		},
 		{
 			name: "at strength does nothing",
@@ -110,7 +111,7 @@ func TestPlan(t *testing.T) {
 				o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", State: StateJoining, Updated: now.Add(-10 * time.Second)}
 				o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: true}
 			}),
-			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 1, Pending: 2}},
+			types: map[string]state.TypeStatus{"server": {Min: 3, Max: 3, Live: 1, Pending: 2}},
 		},
 		{
 			name: "a spawned machine whose member is alive is marked joined",
@@ -120,7 +121,7 @@ func TestPlan(t *testing.T) {
 				r.State = StateJoining
 				o.Records["c"] = r
 			}),
-			want: []Action{{Kind: KindMarkJoined, MachineID: "c", Type: "server", Backend: "local", Reason: "member is alive"}},
+			want: []state.Action{{Kind: state.KindMarkJoined, MachineID: "c", Type: "server", Backend: "local", Reason: "member is alive"}},
 		},
 		{
 			name: "a new server is not joined until it is a Raft voter",
@@ -129,9 +130,9 @@ func TestPlan(t *testing.T) {
 				r := o.Records["c"]
 				r.State, r.Updated = StateJoining, now
 				o.Records["c"] = r
-				o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, Voter: false}
+				o.Members["c"] = Member{Name: "c", Status: state.MemberAlive, Server: true, Voter: false}
 			}),
-			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Pending: 1}},
+			types: map[string]state.TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Pending: 1}},
 		},
 		{
 			name: "a spawn that never joined is reaped after the provision timeout",
@@ -140,19 +141,19 @@ func TestPlan(t *testing.T) {
 				o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", State: StateJoining, Updated: now.Add(-time.Minute)}
 				o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: true}
 			}),
-			want: []Action{
-				{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
-				{Kind: KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "did not join within the provision timeout (1m0s)"},
+			want: []state.Action{
+				{Kind: state.KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+				{Kind: state.KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "did not join within the provision timeout (1m0s)"},
 			},
 		},
 		{
 			name: "a newly failed member is marked, not yet replaced",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
-				o.Members["c"] = Member{Name: "c", Status: MemberFailed}
+				o.Members["c"] = Member{Name: "c", Status: state.MemberFailed}
 			}),
-			want:  []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "member is failed"}},
-			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Failed: 1}},
+			want:  []state.Action{{Kind: state.KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "member is failed"}},
+			types: map[string]state.TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Failed: 1}},
 		},
 		{
 			name: "a dead instance counts as failed before Consul notices",
@@ -160,7 +161,7 @@ func TestPlan(t *testing.T) {
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
 				o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: false}
 			}),
-			want: []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
+			want: []state.Action{{Kind: state.KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
 		},
 		{
 			name: "a gone instance, once marked, is reaped without waiting for the grace period",
@@ -171,11 +172,11 @@ func TestPlan(t *testing.T) {
 				r.State, r.FailedSince = StateFailed, now.Add(-time.Second)
 				o.Records["c"] = r
 			}),
-			want: []Action{
-				{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
-				{Kind: KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local: no grace period to wait out"},
+			want: []state.Action{
+				{Kind: state.KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+				{Kind: state.KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local: no grace period to wait out"},
 			},
-			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Failed: 1}},
+			types: map[string]state.TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Failed: 1}},
 		},
 		{
 			name: "a machine missing from a list that covers only this node is unknown, not gone",
@@ -192,7 +193,7 @@ func TestPlan(t *testing.T) {
 				o.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: false}
 				o.LocalOnly = map[string]bool{"local": true}
 			}),
-			want: []Action{{Kind: KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
+			want: []state.Action{{Kind: state.KindMarkFailed, MachineID: "c", Type: "server", Backend: "local", Reason: "instance is gone from backend local"}},
 		},
 		{
 			name: "the leader is never an orphan, even without a record or a membership",
@@ -202,7 +203,7 @@ func TestPlan(t *testing.T) {
 				delete(o.Members, "a")
 				o.Self = "a"
 			}),
-			want: []Action{{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"}},
+			want: []state.Action{{Kind: state.KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"}},
 		},
 		{
 			name: "alive members without records are re-recorded, never destroyed or replaced",
@@ -217,11 +218,11 @@ func TestPlan(t *testing.T) {
 					o.Instances["local"][id] = in
 				}
 			}),
-			want: []Action{
-				{Kind: KindRestoreRecord, MachineID: "b", Type: "server", Backend: "local", Reason: "alive member without an inventory record: re-created from backend local"},
-				{Kind: KindRestoreRecord, MachineID: "c", Type: "server", Backend: "local", Reason: "alive member without an inventory record: re-created from backend local"},
+			want: []state.Action{
+				{Kind: state.KindRestoreRecord, MachineID: "b", Type: "server", Backend: "local", Reason: "alive member without an inventory record: re-created from backend local"},
+				{Kind: state.KindRestoreRecord, MachineID: "c", Type: "server", Backend: "local", Reason: "alive member without an inventory record: re-created from backend local"},
 			},
-			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 3}},
+			types: map[string]state.TypeStatus{"server": {Min: 3, Max: 3, Live: 3}},
 		},
 		{
 			name: "the leader never judges itself gone from its backend",
@@ -235,7 +236,7 @@ func TestPlan(t *testing.T) {
 			name: "a failed member within the grace period is left alone",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
-				o.Members["c"] = Member{Name: "c", Status: MemberFailed}
+				o.Members["c"] = Member{Name: "c", Status: state.MemberFailed}
 				r := o.Records["c"]
 				r.State, r.FailedSince = StateFailed, now.Add(-29*time.Second)
 				o.Records["c"] = r
@@ -245,14 +246,14 @@ func TestPlan(t *testing.T) {
 			name: "past the grace period the replacement is spawned first, then the failed one reaped",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
-				o.Members["c"] = Member{Name: "c", Status: MemberFailed}
+				o.Members["c"] = Member{Name: "c", Status: state.MemberFailed}
 				r := o.Records["c"]
 				r.State, r.FailedSince = StateFailed, now.Add(-31*time.Second)
 				o.Records["c"] = r
 			}),
-			want: []Action{
-				{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
-				{Kind: KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "failed for 31s, longer than the grace period (30s)"},
+			want: []state.Action{
+				{Kind: state.KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+				{Kind: state.KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "failed for 31s, longer than the grace period (30s)"},
 			},
 		},
 		{
@@ -262,9 +263,9 @@ func TestPlan(t *testing.T) {
 				r := o.Records["c"]
 				r.State, r.FailedSince = StateFailed, now.Add(-5*time.Second)
 				o.Records["c"] = r
-				o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, Voter: false}
+				o.Members["c"] = Member{Name: "c", Status: state.MemberAlive, Server: true, Voter: false}
 			}),
-			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Pending: 1}},
+			types: map[string]state.TypeStatus{"server": {Min: 3, Max: 3, Live: 2, Pending: 1}},
 		},
 		{
 			name: "a failed member that comes back is marked joined",
@@ -274,14 +275,14 @@ func TestPlan(t *testing.T) {
 				r.State, r.FailedSince = StateFailed, now.Add(-5*time.Second)
 				o.Records["c"] = r
 			}),
-			want: []Action{{Kind: KindMarkJoined, MachineID: "c", Type: "server", Backend: "local", Reason: "member is alive again"}},
+			want: []state.Action{{Kind: state.KindMarkJoined, MachineID: "c", Type: "server", Backend: "local", Reason: "member is alive again"}},
 		},
 		{
 			name: "too many failed at once halts replacement",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
 				for _, id := range []string{"b", "c"} {
-					o.Members[id] = Member{Name: id, Status: MemberFailed}
+					o.Members[id] = Member{Name: id, Status: state.MemberFailed}
 					r := o.Records[id]
 					r.State, r.FailedSince = StateFailed, now.Add(-time.Hour)
 					o.Records[id] = r
@@ -302,7 +303,7 @@ func TestPlan(t *testing.T) {
 			obs: with(cluster("server", "a", "b"), func(o *Observed) {
 				o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", State: StateSpawning, Updated: now}
 			}),
-			want: []Action{{Kind: KindSpawn, Type: "worker", Backend: "local", Reason: "0 of min 2"}},
+			want: []state.Action{{Kind: state.KindSpawn, Type: "worker", Backend: "local", Reason: "0 of min 2"}},
 		},
 		{
 			name: "a backend backing off is skipped for the next one",
@@ -310,7 +311,7 @@ func TestPlan(t *testing.T) {
 			obs: with(cluster("server"), func(o *Observed) {
 				o.BackoffUntil = map[string]time.Time{"docker": now.Add(time.Minute)}
 			}),
-			want: []Action{{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "0 of min 1"}},
+			want: []state.Action{{Kind: state.KindSpawn, Type: "server", Backend: "local", Reason: "0 of min 1"}},
 		},
 		{
 			name: "no usable backend spawns nothing",
@@ -325,13 +326,13 @@ func TestPlan(t *testing.T) {
 			obs: with(cluster("server", "a", "b", "c", "d", "e"), func(o *Observed) {
 				o.Self = "e"
 			}),
-			want: []Action{{Kind: KindScaleDown, MachineID: "d", Type: "server", Backend: "local", Reason: "more than max 3"}},
+			want: []state.Action{{Kind: state.KindScaleDown, MachineID: "d", Type: "server", Backend: "local", Reason: "more than max 3"}},
 		},
 		{
 			name: "scale-down waits while a member is failed",
 			src:  `machine "server" {` + "\n min = 3\n consul_server = true\n}",
 			obs: with(cluster("server", "a", "b", "c", "d", "e"), func(o *Observed) {
-				o.Members["a"] = Member{Name: "a", Status: MemberFailed}
+				o.Members["a"] = Member{Name: "a", Status: state.MemberFailed}
 				r := o.Records["a"]
 				r.State, r.FailedSince = StateFailed, now
 				o.Records["a"] = r
@@ -345,7 +346,7 @@ func TestPlan(t *testing.T) {
 				r.Manual = true
 				o.Records["d"] = r
 			}),
-			types: map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 3}},
+			types: map[string]state.TypeStatus{"server": {Min: 3, Max: 3, Live: 3}},
 		},
 		{
 			name: "a dead machine spawned by hand is reaped and not replaced",
@@ -354,9 +355,9 @@ func TestPlan(t *testing.T) {
 				r := o.Records["d"]
 				r.Manual, r.State, r.FailedSince = true, StateFailed, now.Add(-time.Minute)
 				o.Records["d"] = r
-				o.Members["d"] = Member{Name: "d", Status: MemberFailed}
+				o.Members["d"] = Member{Name: "d", Status: state.MemberFailed}
 			}),
-			want: []Action{{Kind: KindReap, MachineID: "d", Type: "server", Backend: "local", Reason: "failed for 1m0s, longer than the grace period (30s)"}},
+			want: []state.Action{{Kind: state.KindReap, MachineID: "d", Type: "server", Backend: "local", Reason: "failed for 1m0s, longer than the grace period (30s)"}},
 		},
 		{
 			name: "workers scale down together and hand-spawned machines stay",
@@ -366,12 +367,12 @@ func TestPlan(t *testing.T) {
 				r.Manual = true
 				o.Records["w5"] = r
 				o.Records["s"] = Record{ID: "s", Type: "server", Backend: "local", State: StateJoined}
-				o.Members["s"] = Member{Name: "s", Status: MemberAlive}
+				o.Members["s"] = Member{Name: "s", Status: state.MemberAlive}
 				o.Instances["local"]["s"] = backends.Instance{MachineID: "s", Running: true}
 			}),
-			want: []Action{
-				{Kind: KindScaleDown, MachineID: "w4", Type: "worker", Backend: "local", Reason: "more than max 2"},
-				{Kind: KindScaleDown, MachineID: "w3", Type: "worker", Backend: "local", Reason: "more than max 2"},
+			want: []state.Action{
+				{Kind: state.KindScaleDown, MachineID: "w4", Type: "worker", Backend: "local", Reason: "more than max 2"},
+				{Kind: state.KindScaleDown, MachineID: "w3", Type: "worker", Backend: "local", Reason: "more than max 2"},
 			},
 		},
 		{
@@ -381,7 +382,7 @@ func TestPlan(t *testing.T) {
 				o.Instances["local"]["old"] = backends.Instance{MachineID: "old", MachineType: "server", Created: now.Add(-time.Minute)}
 				o.Instances["local"]["new"] = backends.Instance{MachineID: "new", MachineType: "server", Created: now.Add(-time.Second)}
 			}),
-			want: []Action{{Kind: KindDestroyOrphan, MachineID: "old", Type: "server", Backend: "local", Reason: "instance has no inventory record"}},
+			want: []state.Action{{Kind: state.KindDestroyOrphan, MachineID: "old", Type: "server", Backend: "local", Reason: "instance has no inventory record"}},
 		},
 		{
 			name: "an interrupted removal is finished",
@@ -389,13 +390,13 @@ func TestPlan(t *testing.T) {
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
 				o.Records["x"] = Record{ID: "x", Type: "server", Backend: "local", State: StateDestroying, Reason: "scaled down"}
 			}),
-			want: []Action{{Kind: KindReap, MachineID: "x", Type: "server", Backend: "local", Reason: "finish removal: scaled down"}},
+			want: []state.Action{{Kind: state.KindReap, MachineID: "x", Type: "server", Backend: "local", Reason: "finish removal: scaled down"}},
 		},
 		{
 			name: "a machine with an action in flight is left to it",
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
-				o.Members["c"] = Member{Name: "c", Status: MemberFailed}
+				o.Members["c"] = Member{Name: "c", Status: state.MemberFailed}
 				o.InFlight = map[string]bool{"c": true}
 			}),
 		},
@@ -404,10 +405,10 @@ func TestPlan(t *testing.T) {
 			src:  threeServers,
 			obs: with(cluster("server", "a", "b", "c"), func(o *Observed) {
 				o.Records["w"] = Record{ID: "w", Type: "worker", Backend: "local", State: StateJoined}
-				o.Members["w"] = Member{Name: "w", Status: MemberAlive}
+				o.Members["w"] = Member{Name: "w", Status: state.MemberAlive}
 				o.Instances["local"]["w"] = backends.Instance{MachineID: "w", Running: true}
 			}),
-			want: []Action{{Kind: KindScaleDown, MachineID: "w", Type: "worker", Backend: "local", Reason: `machine type "worker" is not in the description`}},
+			want: []state.Action{{Kind: state.KindScaleDown, MachineID: "w", Type: "worker", Backend: "local", Reason: `machine type "worker" is not in the description`}},
 		},
 	}
 	for _, tc := range cases {
@@ -432,7 +433,7 @@ func TestPlanWakesWhenATimerRunsOut(t *testing.T) {
 	now := t0.Add(time.Hour)
 	p := platform(t, threeServers)
 	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
-		o.Members["c"] = Member{Name: "c", Status: MemberFailed}
+		o.Members["c"] = Member{Name: "c", Status: state.MemberFailed}
 		r := o.Records["c"]
 		r.State, r.FailedSince = StateFailed, now.Add(-10*time.Second)
 		o.Records["c"] = r
@@ -487,13 +488,13 @@ func TestPlanConverges(t *testing.T) {
 		}
 		for _, a := range d.Actions {
 			switch a.Kind {
-			case KindSpawn:
+			case state.KindSpawn:
 				spawned++
 				id := a.Type + string(rune('a'+spawned))
 				obs.Records[id] = Record{ID: id, Type: a.Type, Backend: a.Backend, State: StateSpawning, Updated: now}
 				obs.Instances["local"][id] = backends.Instance{MachineID: id, Running: true, Created: now}
 				obs.LastSpawn = map[string]time.Time{a.Type: now}
-			case KindMarkJoined:
+			case state.KindMarkJoined:
 				r := obs.Records[a.MachineID]
 				r.State = StateJoined
 				obs.Records[a.MachineID] = r
@@ -506,7 +507,7 @@ func TestPlanConverges(t *testing.T) {
 		for id, r := range obs.Records {
 			if r.State == StateSpawning {
 				srv := p.Machines[r.Type].ConsulServer
-				obs.Members[id] = Member{Name: id, Status: MemberAlive, Server: srv, Voter: srv, RaftVoter: srv}
+				obs.Members[id] = Member{Name: id, Status: state.MemberAlive, Server: srv, Voter: srv, RaftVoter: srv}
 			}
 		}
 		now = now.Add(time.Second)
@@ -515,7 +516,7 @@ func TestPlanConverges(t *testing.T) {
 		t.Errorf("spawned %d machines, want 6 (2 servers and 4 workers)", spawned)
 	}
 	d := Plan(p, obs, now)
-	want := map[string]TypeStatus{"server": {Min: 3, Max: 3, Live: 3}, "worker": {Min: 4, Max: 6, Live: 4}}
+	want := map[string]state.TypeStatus{"server": {Min: 3, Max: 3, Live: 3}, "worker": {Min: 4, Max: 6, Live: 4}}
 	if diff := cmp.Diff(want, d.Types); diff != "" {
 		t.Errorf("final types (-want +got):\n%s", diff)
 	}
@@ -531,7 +532,7 @@ func TestPlanAgesOnItsOwnClock(t *testing.T) {
   min = 1
 }`)
 	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
-		o.Members["c"] = Member{Name: "c", Status: MemberFailed, Server: true}
+		o.Members["c"] = Member{Name: "c", Status: state.MemberFailed, Server: true}
 		r := o.Records["c"]
 		r.State, r.FailedSince = StateFailed, now.Add(-3*time.Minute)
 		o.Records["c"] = r
@@ -542,28 +543,28 @@ func TestPlanAgesOnItsOwnClock(t *testing.T) {
 	obs.Seen = map[string]Sighting{} // a leader's first pass
 	for _, step := range []struct {
 		after time.Duration
-		want  []Action
+		want  []state.Action
 	}{
 		{after: 0},
 		{after: time.Second},
-		{after: 29 * time.Second, want: []Action{
-			{Kind: KindDestroyOrphan, MachineID: "stray", Backend: "local", Reason: "instance has no inventory record"},
+		{after: 29 * time.Second, want: []state.Action{
+			{Kind: state.KindDestroyOrphan, MachineID: "stray", Backend: "local", Reason: "instance has no inventory record"},
 		}},
-		{after: 31 * time.Second, want: []Action{
-			{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
-			{Kind: KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "failed for 31s, longer than the grace period (30s)"},
+		{after: 31 * time.Second, want: []state.Action{
+			{Kind: state.KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+			{Kind: state.KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "failed for 31s, longer than the grace period (30s)"},
 		}},
-		{after: time.Minute, want: []Action{
-			{Kind: KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
-			{Kind: KindSpawn, Type: "worker", Backend: "local", Reason: "0 of min 1"},
-			{Kind: KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "failed for 1m0s, longer than the grace period (30s)"},
-			{Kind: KindReap, MachineID: "w", Type: "worker", Backend: "local", Reason: "did not join within the provision timeout (1m0s)"},
+		{after: time.Minute, want: []state.Action{
+			{Kind: state.KindSpawn, Type: "server", Backend: "local", Reason: "2 of min 3"},
+			{Kind: state.KindSpawn, Type: "worker", Backend: "local", Reason: "0 of min 1"},
+			{Kind: state.KindReap, MachineID: "c", Type: "server", Backend: "local", Reason: "failed for 1m0s, longer than the grace period (30s)"},
+			{Kind: state.KindReap, MachineID: "w", Type: "worker", Backend: "local", Reason: "did not join within the provision timeout (1m0s)"},
 		}},
 	} {
 		d := Plan(p, obs, now.Add(step.after))
-		var got []Action
+		var got []state.Action
 		for _, a := range d.Actions {
-			if a.Kind != KindMarkFailed {
+			if a.Kind != state.KindMarkFailed {
 				got = append(got, a)
 			}
 		}
@@ -572,7 +573,7 @@ func TestPlanAgesOnItsOwnClock(t *testing.T) {
 		}
 		obs.Seen = d.Seen
 		for _, a := range got {
-			if a.Kind == KindDestroyOrphan {
+			if a.Kind == state.KindDestroyOrphan {
 				delete(obs.Instances[a.Backend], a.MachineID)
 			}
 		}
@@ -598,7 +599,7 @@ func TestPlanHoldsOrphansEarlyInATerm(t *testing.T) {
 	}
 	obs.Seen["old"] = Sighting{Cond: condOrphan, First: now.Add(-time.Minute), Passes: 60}
 	obs.TermStart = now.Add(-time.Minute)
-	want := []Action{{Kind: KindDestroyOrphan, MachineID: "old", Type: "server", Backend: "local", Reason: "instance has no inventory record"}}
+	want := []state.Action{{Kind: state.KindDestroyOrphan, MachineID: "old", Type: "server", Backend: "local", Reason: "instance has no inventory record"}}
 	if diff := cmp.Diff(want, Plan(p, obs, now).Actions); diff != "" {
 		t.Errorf("a provision timeout into the term (-want +got):\n%s", diff)
 	}
@@ -609,12 +610,12 @@ func TestPlanReapsOnlyWhenTwoPassesAgree(t *testing.T) {
 	p := platform(t, threeServers)
 	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
 		delete(o.Instances["local"], "c")
-		o.Members["c"] = Member{Name: "c", Status: MemberFailed, Server: true}
+		o.Members["c"] = Member{Name: "c", Status: state.MemberFailed, Server: true}
 	})
 	obs.Seen = map[string]Sighting{}
 	d := Plan(p, obs, now)
 	for _, a := range d.Actions {
-		if a.Kind == KindReap {
+		if a.Kind == state.KindReap {
 			t.Fatalf("first pass that saw c gone reaped it: %+v", d.Actions)
 		}
 	}
@@ -625,7 +626,7 @@ func TestPlanReapsOnlyWhenTwoPassesAgree(t *testing.T) {
 	d = Plan(p, obs, now.Add(confirmAfter))
 	reaped := false
 	for _, a := range d.Actions {
-		reaped = reaped || a.Kind == KindReap && a.MachineID == "c"
+		reaped = reaped || a.Kind == state.KindReap && a.MachineID == "c"
 	}
 	if !reaped {
 		t.Errorf("second pass that saw c gone did not reap it: %+v", d.Actions)
@@ -634,7 +635,7 @@ func TestPlanReapsOnlyWhenTwoPassesAgree(t *testing.T) {
 	// The machine back in between starts the count again.
 	obs.Seen = map[string]Sighting{"c": {Cond: condDown, First: now, Passes: 1}}
 	obs.Instances["local"]["c"] = backends.Instance{MachineID: "c", Running: true}
-	obs.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, Voter: true}
+	obs.Members["c"] = Member{Name: "c", Status: state.MemberAlive, Server: true, Voter: true}
 	if d := Plan(p, obs, now.Add(confirmAfter)); len(d.Seen) != 0 {
 		t.Errorf("a machine up again keeps its sighting: %+v", d.Seen)
 	}
@@ -652,7 +653,7 @@ func TestPlanConfirmsASecondApartOnFreshLists(t *testing.T) {
 	obs.Seen = map[string]Sighting{}
 	reaps := func(d Decision) bool {
 		for _, a := range d.Actions {
-			if a.Kind == KindReap {
+			if a.Kind == state.KindReap {
 				return true
 			}
 		}
@@ -689,12 +690,12 @@ func TestPlanLooksAgainAtAServerAwaitingItsVote(t *testing.T) {
 	p := platform(t, threeServers)
 	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
 		o.Records["c"] = Record{ID: "c", Type: "server", Backend: "local", State: StateJoining, Updated: now}
-		o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, Voter: false}
+		o.Members["c"] = Member{Name: "c", Status: state.MemberAlive, Server: true, Voter: false}
 	})
 	obs.Seen = map[string]Sighting{}
 	d := Plan(p, obs, now)
 	for _, a := range d.Actions {
-		if a.Kind == KindMarkJoined {
+		if a.Kind == state.KindMarkJoined {
 			t.Fatalf("a server that is not a voter marked joined: %+v", d.Actions)
 		}
 	}
@@ -729,7 +730,7 @@ machine "worker" {
 	}
 	reaps := func(d Decision) (ids []string) {
 		for _, a := range d.Actions {
-			if a.Kind == KindReap {
+			if a.Kind == state.KindReap {
 				ids = append(ids, a.MachineID)
 			}
 		}
@@ -754,13 +755,13 @@ func TestPlanPlacesWhereTheLeaderCannot(t *testing.T) {
 		o.Self = "a"
 		o.BackendErrors = map[string]string{"local": "unavailable: binary missing"}
 		o.Offers = offers(offering("a", "!local"), offering("b", "local"), offering("c", "local"))
-		o.Members["b"] = Member{Name: "b", Status: MemberAlive, Server: true, RaftVoter: true}
-		o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, RaftVoter: true}
+		o.Members["b"] = Member{Name: "b", Status: state.MemberAlive, Server: true, RaftVoter: true}
+		o.Members["c"] = Member{Name: "c", Status: state.MemberAlive, Server: true, RaftVoter: true}
 	})
 	d := Plan(p, obs, t0)
 	var hosts []string
 	for _, a := range d.Actions {
-		if a.Kind != KindSpawn || a.Backend != "local" {
+		if a.Kind != state.KindSpawn || a.Backend != "local" {
 			t.Fatalf("action %+v, want spawns on local", a)
 		}
 		hosts = append(hosts, a.Host)
@@ -802,8 +803,8 @@ func TestPlanSpreadsOverTheLeaderAndTheMembers(t *testing.T) {
 		r.Host = "a"
 		o.Records["a"] = r
 		o.Offers = offers(offering("a", "local"), offering("b", "local"), offering("c", "local"))
-		o.Members["b"] = Member{Name: "b", Status: MemberAlive, Server: true, RaftVoter: true}
-		o.Members["c"] = Member{Name: "c", Status: MemberAlive, Server: true, RaftVoter: true}
+		o.Members["b"] = Member{Name: "b", Status: state.MemberAlive, Server: true, RaftVoter: true}
+		o.Members["c"] = Member{Name: "c", Status: state.MemberAlive, Server: true, RaftVoter: true}
 		o.Scopes = map[string]string{"local": "local:box-a"}
 		bo := o.Offers["b"].Backends["local"]
 		bo.Scope = "local:box-b"
@@ -812,7 +813,7 @@ func TestPlanSpreadsOverTheLeaderAndTheMembers(t *testing.T) {
 	var hosts []string
 	scopes := map[string]string{}
 	for _, a := range Plan(p, obs, t0).Actions {
-		if a.Kind == KindSpawn {
+		if a.Kind == state.KindSpawn {
 			hosts = append(hosts, a.Host)
 			scopes[a.Host] = a.Scope
 		}
@@ -830,7 +831,7 @@ func TestPlanSpreadsOverTheLeaderAndTheMembers(t *testing.T) {
 	obs.Records["a"] = r
 	hosts = nil
 	for _, a := range Plan(p, obs, t0).Actions {
-		if a.Kind == KindSpawn {
+		if a.Kind == state.KindSpawn {
 			hosts = append(hosts, a.Host)
 		}
 	}
@@ -838,7 +839,7 @@ func TestPlanSpreadsOverTheLeaderAndTheMembers(t *testing.T) {
 		t.Errorf("servers spawned on %q, want the leader itself (\"\") then b", hosts)
 	}
 	for _, a := range Plan(p, obs, t0).Actions {
-		if a.Kind == KindSpawn && a.Host == "" && a.Scope != "local:box-a" {
+		if a.Kind == state.KindSpawn && a.Host == "" && a.Scope != "local:box-a" {
 			t.Errorf("the leader's spawn has scope %q, want its own backend's", a.Scope)
 		}
 	}
@@ -869,12 +870,12 @@ policy {
 		o.BackendErrors = map[string]string{"docker": "unavailable: no socket"}
 		o.Offers = offers(offering("a", "!docker"), offering("b", "docker"), offering("c", "docker"))
 		o.Records["web-1"] = Record{ID: "web-1", Type: "web", Backend: "docker", Host: "b", State: StateJoined}
-		o.Members["web-1"] = Member{Name: "web-1", Status: MemberAlive, Type: "web"}
+		o.Members["web-1"] = Member{Name: "web-1", Status: state.MemberAlive, Type: "web"}
 	})
 	d := Plan(p, obs, t0)
 	perHost := map[string]int{}
 	for _, a := range d.Actions {
-		if a.Kind == KindSpawn {
+		if a.Kind == state.KindSpawn {
 			perHost[a.Host]++
 		}
 	}
@@ -896,11 +897,11 @@ func TestPlanGivesServersOnlyToServers(t *testing.T) {
 		o.Self = "a"
 		o.BackendErrors = map[string]string{"local": "unavailable: binary missing"}
 		o.Offers = offers(offering("a", "!local"), offering("client-1", "local"))
-		o.Members["client-1"] = Member{Name: "client-1", Status: MemberAlive, Type: "worker"}
+		o.Members["client-1"] = Member{Name: "client-1", Status: state.MemberAlive, Type: "worker"}
 	})
 	d := Plan(p, obs, t0)
 	for _, a := range d.Actions {
-		if a.Kind == KindSpawn {
+		if a.Kind == state.KindSpawn {
 			t.Errorf("server spawn %+v: a client offered local, and must not get it", a)
 		}
 	}
@@ -942,7 +943,7 @@ machine "server" {
 	d := Plan(p, obs, t0.Add(confirmAfter))
 	spawned := false
 	for _, a := range d.Actions {
-		if a.Kind == KindSpawn {
+		if a.Kind == state.KindSpawn {
 			spawned = true
 			if a.Host == "c" {
 				t.Errorf("replacement placed on c, whose instance is gone: %+v", a)
@@ -987,7 +988,7 @@ machine "web" {
 
 // hostList is an offer of host listing the given machines on backend b,
 // written at index.
-func hostList(host, b string, index uint64, ids ...string) Offer {
+func hostList(host, b string, index uint64, ids ...string) state.Offer {
 	o := offering(host, b)
 	bo := o.Backends[b]
 	bo.Listed = true
@@ -1005,7 +1006,7 @@ func hostList(host, b string, index uint64, ids ...string) Offer {
 // and a container restarted in the meantime shows running in the next.
 func TestPlanRemovesOnTwoListsOfItsHost(t *testing.T) {
 	p := platform(t, threeServers)
-	stopped := func(index uint64, running bool) map[string]Offer {
+	stopped := func(index uint64, running bool) map[string]state.Offer {
 		o := hostList("b", "docker", index, "c")
 		bo := o.Backends["docker"]
 		bo.Instances[0].Running = running
@@ -1021,7 +1022,7 @@ func TestPlanRemovesOnTwoListsOfItsHost(t *testing.T) {
 	})
 	reaps := func(d Decision) bool {
 		for _, a := range d.Actions {
-			if a.Kind == KindReap && a.MachineID == "c" {
+			if a.Kind == state.KindReap && a.MachineID == "c" {
 				return true
 			}
 		}
@@ -1058,11 +1059,11 @@ func TestPlanJudgesAMachineByItsHostsList(t *testing.T) {
 		r.Host, r.Backend, r.HostSince = "b", "docker", 100
 		o.Records["c"] = r
 		delete(o.Instances["local"], "c")
-		o.Members["c"] = Member{Name: "c", Status: MemberFailed, Server: true}
+		o.Members["c"] = Member{Name: "c", Status: state.MemberFailed, Server: true}
 	})
 	cases := []struct {
 		name    string
-		offers  map[string]Offer
+		offers  map[string]state.Offer
 		leaders map[string]backends.Instance // the leader's own list of docker
 		reapNow bool
 	}{
@@ -1085,9 +1086,9 @@ func TestPlanJudgesAMachineByItsHostsList(t *testing.T) {
 			})
 			obs.Seen = map[string]Sighting{"c": {Cond: condDown, First: t0.Add(-time.Second), Passes: 1}}
 			d := Plan(p, obs, t0)
-			var reap *Action
+			var reap *state.Action
 			for i, a := range d.Actions {
-				if a.Kind == KindReap && a.MachineID == "c" {
+				if a.Kind == state.KindReap && a.MachineID == "c" {
 					reap = &d.Actions[i]
 				}
 			}
@@ -1116,7 +1117,7 @@ func TestPlanRunsWhatItsOwnBackendHolds(t *testing.T) {
 	})
 	where := map[string]string{}
 	for _, a := range Plan(p, obs, t0).Actions {
-		if a.Kind == KindReap {
+		if a.Kind == state.KindReap {
 			where[a.MachineID] = a.Host
 		}
 	}
@@ -1143,13 +1144,13 @@ func TestScalePlanReusesAListOnlyForOlderRecords(t *testing.T) {
 			r.Index = tc.index
 			o.Records["c"] = r
 			delete(o.Instances["local"], "c")
-			o.Members["c"] = Member{Name: "c", Status: MemberFailed, Server: true}
+			o.Members["c"] = Member{Name: "c", Status: state.MemberFailed, Server: true}
 			o.ListedAt = map[string]uint64{"local": 40}
 			o.Seen = map[string]Sighting{"c": {Cond: condDown, First: t0.Add(-time.Second), Passes: 1}}
 		})
 		reaped := false
 		for _, a := range Plan(p, obs, t0).Actions {
-			reaped = reaped || a.Kind == KindReap && a.MachineID == "c"
+			reaped = reaped || a.Kind == state.KindReap && a.MachineID == "c"
 		}
 		if reaped != tc.reap {
 			t.Errorf("record at index %d, list at 40: reaped %v, want %v", tc.index, reaped, tc.reap)
@@ -1165,16 +1166,16 @@ func TestPlanOrphansAndLostRecordsOnAnotherHost(t *testing.T) {
 	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
 		o.Self = "a"
 		o.Offers = offers(offering("a"), hostList("b", "docker", 5, "lost", "orphan"))
-		o.Members["lost"] = Member{Name: "lost", Status: MemberAlive, Server: true, Voter: true}
+		o.Members["lost"] = Member{Name: "lost", Status: state.MemberAlive, Server: true, Voter: true}
 		o.Seen = map[string]Sighting{"orphan": {Cond: condOrphan, First: t0.Add(-time.Minute), Passes: 3}}
 	})
 	d := Plan(p, obs, t0)
-	var restore, orphan *Action
+	var restore, orphan *state.Action
 	for i, a := range d.Actions {
 		switch {
-		case a.Kind == KindRestoreRecord && a.MachineID == "lost":
+		case a.Kind == state.KindRestoreRecord && a.MachineID == "lost":
 			restore = &d.Actions[i]
-		case a.Kind == KindDestroyOrphan && a.MachineID == "orphan":
+		case a.Kind == state.KindDestroyOrphan && a.MachineID == "orphan":
 			orphan = &d.Actions[i]
 		}
 	}
@@ -1232,7 +1233,7 @@ machine "web" {
 		o := cluster("server", "s")
 		for _, id := range []string{"w1", "w2"} {
 			o.Records[id] = Record{ID: id, Type: "web", Backend: "local", State: StateJoined, Created: t0, Updated: t0}
-			o.Members[id] = Member{Name: id, Status: MemberAlive, Type: "web"}
+			o.Members[id] = Member{Name: id, Status: state.MemberAlive, Type: "web"}
 			o.Instances["local"][id] = backends.Instance{MachineID: id, MachineType: "web", Running: true, Created: t0}
 		}
 		if f != nil {
@@ -1240,52 +1241,52 @@ machine "web" {
 		}
 		return o
 	}
-	ok := Provisioned{State: ProvisionOK, Checksum: sum}
+	ok := state.Provisioned{State: state.ProvisionOK, Checksum: sum}
 	for _, tc := range []struct {
 		name    string
 		src     string
 		obs     Observed
-		web     TypeStatus
+		web     state.TypeStatus
 		waiting []string
 		spawns  int
 	}{
 		{
 			name: "both provisioned for this description: live",
-			obs:  base(func(o *Observed) { o.Provisioned = map[string]Provisioned{"w1": ok, "w2": ok} }),
-			web:  TypeStatus{Min: 2, Max: 2, Live: 2},
+			obs:  base(func(o *Observed) { o.Provisioned = map[string]state.Provisioned{"w1": ok, "w2": ok} }),
+			web:  state.TypeStatus{Min: 2, Max: 2, Live: 2},
 		},
 		{
 			name:    "nothing published yet: unready, waiting, not replaced",
-			obs:     base(func(o *Observed) { o.Provisioned = map[string]Provisioned{"w1": ok} }),
-			web:     TypeStatus{Min: 2, Max: 2, Live: 1, Unready: 1},
+			obs:     base(func(o *Observed) { o.Provisioned = map[string]state.Provisioned{"w1": ok} }),
+			web:     state.TypeStatus{Min: 2, Max: 2, Live: 1, Unready: 1},
 			waiting: []string{"waiting for provisioning on w2"},
 		},
 		{
 			name: "running, and ok for an earlier description: both unready",
 			obs: base(func(o *Observed) {
-				o.Provisioned = map[string]Provisioned{
-					"w1": {State: ProvisionRunning, Checksum: sum},
-					"w2": {State: ProvisionOK, Checksum: "an-earlier-description"},
+				o.Provisioned = map[string]state.Provisioned{
+					"w1": {State: state.ProvisionRunning, Checksum: sum},
+					"w2": {State: state.ProvisionOK, Checksum: "an-earlier-description"},
 				}
 			}),
-			web:     TypeStatus{Min: 2, Max: 2, Unready: 2},
+			web:     state.TypeStatus{Min: 2, Max: 2, Unready: 2},
 			waiting: []string{"waiting for provisioning on w1", "waiting for provisioning on w2"},
 		},
 		{
 			name: "failed: its last line is in Waiting",
 			obs: base(func(o *Observed) {
-				o.Provisioned = map[string]Provisioned{
+				o.Provisioned = map[string]state.Provisioned{
 					"w1": ok,
-					"w2": {State: ProvisionFailed, Checksum: sum, Error: "step 1 (make): exit status 2", Output: "cc -o site site.c\nsite.c:3: error: expected ';'\n"},
+					"w2": {State: state.ProvisionFailed, Checksum: sum, Error: "step 1 (make): exit status 2", Output: "cc -o site site.c\nsite.c:3: error: expected ';'\n"},
 				}
 			}),
-			web:     TypeStatus{Min: 2, Max: 2, Live: 1, Unready: 1},
+			web:     state.TypeStatus{Min: 2, Max: 2, Live: 1, Unready: 1},
 			waiting: []string{"provisioning failed on w2: site.c:3: error: expected ';'"},
 		},
 		{
 			name:    "records not read: unready, and still nothing spawned",
 			obs:     base(nil),
-			web:     TypeStatus{Min: 2, Max: 2, Unready: 2},
+			web:     state.TypeStatus{Min: 2, Max: 2, Unready: 2},
 			waiting: []string{"waiting for provisioning on w1", "waiting for provisioning on w2"},
 		},
 		{
@@ -1294,9 +1295,9 @@ machine "web" {
 				delete(o.Records, "w2")
 				delete(o.Members, "w2")
 				delete(o.Instances["local"], "w2")
-				o.Provisioned = map[string]Provisioned{"w1": {State: ProvisionRunning, Checksum: sum}}
+				o.Provisioned = map[string]state.Provisioned{"w1": {State: state.ProvisionRunning, Checksum: sum}}
 			}),
-			web:     TypeStatus{Min: 2, Max: 2, Unready: 1},
+			web:     state.TypeStatus{Min: 2, Max: 2, Unready: 1},
 			waiting: []string{"waiting for provisioning on w1"},
 			spawns:  1,
 		},
@@ -1304,9 +1305,9 @@ machine "web" {
 			name: "without ready_after_provision, a failed provisioning still counts live",
 			src:  strings.Replace(src, "ready_after_provision = true", "", 1),
 			obs: base(func(o *Observed) {
-				o.Provisioned = map[string]Provisioned{"w1": {State: ProvisionFailed, Checksum: sum}}
+				o.Provisioned = map[string]state.Provisioned{"w1": {State: state.ProvisionFailed, Checksum: sum}}
 			}),
-			web: TypeStatus{Min: 2, Max: 2, Live: 2},
+			web: state.TypeStatus{Min: 2, Max: 2, Live: 2},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1323,7 +1324,7 @@ machine "web" {
 			}
 			spawns := 0
 			for _, a := range d.Actions {
-				if a.Kind == KindSpawn {
+				if a.Kind == state.KindSpawn {
 					spawns++
 				}
 			}
@@ -1358,18 +1359,18 @@ machine "server" {
 			o.Members[id] = m
 		}
 		for _, id := range failed {
-			o.Members[id] = Member{Name: id, Status: MemberFailed, Server: true, RaftVoter: true}
+			o.Members[id] = Member{Name: id, Status: state.MemberFailed, Server: true, RaftVoter: true}
 			r := o.Records[id]
 			r.State, r.FailedSince = StateFailed, failedSince
 			o.Records[id] = r
 		}
 		return watched(o)
 	}
-	kinds := func(d Decision) map[Kind][]string {
-		out := map[Kind][]string{}
+	kinds := func(d Decision) map[state.Kind][]string {
+		out := map[state.Kind][]string{}
 		for _, a := range d.Actions {
 			out[a.Kind] = append(out[a.Kind], a.MachineID)
-			if a.Kind == KindUnvote && a.Host != "" {
+			if a.Kind == state.KindUnvote && a.Host != "" {
 				t.Errorf("unvote of %s runs on %s, not the leader", a.MachineID, a.Host)
 			}
 		}
@@ -1398,10 +1399,10 @@ machine "server" {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := kinds(Plan(p, tc.obs, now))
-			if diff := cmp.Diff(tc.unvote, got[KindUnvote]); diff != "" {
+			if diff := cmp.Diff(tc.unvote, got[state.KindUnvote]); diff != "" {
 				t.Errorf("unvotes (-want +got):\n%s", diff)
 			}
-			if diff := cmp.Diff(tc.reap, got[KindReap]); diff != "" {
+			if diff := cmp.Diff(tc.reap, got[state.KindReap]); diff != "" {
 				t.Errorf("reaps (-want +got):\n%s", diff)
 			}
 		})

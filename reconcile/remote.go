@@ -11,6 +11,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -44,7 +45,7 @@ func hostKey(host, backend string) string { return host + "/" + backend }
 // spawnElsewhere runs in the goroutine of a spawn placed on a.Host: it
 // grants the host its orders, writes the order with the new machine's node
 // config, and records the outcome in rec.
-func (e *Executor) spawnElsewhere(ctx context.Context, p *rules.Platform, rec Record, a Action, log hclog.Logger) {
+func (e *Executor) spawnElsewhere(ctx context.Context, p *rules.Platform, rec Record, a state.Action, log hclog.Logger) {
 	sctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
 	defer cancel()
 	orders := NewOrders(e.Inventory.Store, a.Host)
@@ -59,7 +60,7 @@ func (e *Executor) spawnElsewhere(ctx context.Context, p *rules.Platform, rec Re
 // earlier leader ordered: the host may have finished it meanwhile, or be
 // running it still.
 func (e *Executor) resumeSpawn(ctx context.Context, p *rules.Platform, rec Record, log hclog.Logger) {
-	a := Action{Kind: KindSpawn, MachineID: rec.ID, Type: rec.Type, Backend: rec.Backend, Host: rec.Host, Reason: "resumed: " + rec.Reason}
+	a := state.Action{Kind: state.KindSpawn, MachineID: rec.ID, Type: rec.Type, Backend: rec.Backend, Host: rec.Host, Reason: "resumed: " + rec.Reason}
 	sctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
 	defer cancel()
 	orders := NewOrders(e.Inventory.Store, rec.Host)
@@ -83,21 +84,21 @@ func (e *Executor) resumeSpawn(ctx context.Context, p *rules.Platform, rec Recor
 }
 
 // orderSpawn writes the work order of a spawn on another host.
-func (e *Executor) orderSpawn(ctx context.Context, p *rules.Platform, orders Orders, rec Record, a Action) (WorkOrder, error) {
+func (e *Executor) orderSpawn(ctx context.Context, p *rules.Platform, orders Orders, rec Record, a state.Action) (state.WorkOrder, error) {
 	if e.Grant != nil {
 		if err := e.Grant(ctx, a.Host); err != nil {
-			return WorkOrder{}, fmt.Errorf("let host %s read its work orders: %w", a.Host, err)
+			return state.WorkOrder{}, fmt.Errorf("let host %s read its work orders: %w", a.Host, err)
 		}
 	}
 	mt := p.Machines[a.Type]
 	node, err := e.NodeConfig(ctx, p, rec.ID, mt, a.Backend)
 	if err != nil {
-		return WorkOrder{}, err
+		return state.WorkOrder{}, err
 	}
 	if err := e.mayHold(ctx, a.Host, node); err != nil {
-		return WorkOrder{}, err
+		return state.WorkOrder{}, err
 	}
-	return orders.Put(ctx, WorkOrder{Kind: WorkSpawn, MachineID: rec.ID, Type: a.Type, Backend: a.Backend,
+	return orders.Put(ctx, state.WorkOrder{Kind: state.WorkSpawn, MachineID: rec.ID, Type: a.Type, Backend: a.Backend,
 		Node: &node, Timeout: p.Policy.ProvisionTimeout})
 }
 
@@ -132,12 +133,12 @@ func (e *Executor) mayHold(ctx context.Context, host string, node nodeconfig.Con
 // spawned records how a spawn on another host ended: joining with its
 // address, or to be destroyed with why. A spawn its host never started is
 // taken back, and its record removed, since nothing was made.
-func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders, rec Record, a Action, w WorkOrder, err error, log hclog.Logger) {
+func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders, rec Record, a state.Action, w state.WorkOrder, err error, log hclog.Logger) {
 	if ctx.Err() != nil {
 		return // leadership is gone; the next leader resumes
 	}
 	key := hostKey(a.Host, a.Backend)
-	if err == nil && w.State == WorkDone && w.Instance != nil {
+	if err == nil && w.State == state.WorkDone && w.Instance != nil {
 		e.backendOK(key)
 		rec.State, rec.Updated, rec.Address, rec.Addresses = StateJoining, e.Clock.Now(), w.Instance.Address, w.Instance.Addresses
 		rec.HostSince = w.Index
@@ -159,16 +160,16 @@ func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders
 	}
 	if err == nil {
 		err = fmt.Errorf("host %s: %s", a.Host, w.Error)
-		if w.State == WorkDone {
+		if w.State == state.WorkDone {
 			err = fmt.Errorf("host %s reported the spawn done without the machine it made", a.Host)
 		}
 	}
-	neverMade := w.Index == 0 && w.State == WorkNew && errors.Is(err, errOrderNeverWritten)
-	if w.Index != 0 && (w.State == WorkNew || w.Finished()) {
+	neverMade := w.Index == 0 && w.State == state.WorkNew && errors.Is(err, errOrderNeverWritten)
+	if w.Index != 0 && (w.State == state.WorkNew || w.Finished()) {
 		// Not started: take it back, so the host never starts a spawn
 		// nobody waits for. Finished: read. A claim that comes first
 		// wins, and the removal waits for it.
-		if derr := orders.Delete(ctx, w); derr == nil && w.State == WorkNew {
+		if derr := orders.Delete(ctx, w); derr == nil && w.State == state.WorkNew {
 			err, neverMade = fmt.Errorf("%w; the order was taken back before the host started it", err), true
 		}
 	}
@@ -181,14 +182,10 @@ func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders
 			log.Error("delete the record of a spawn never started", telemetry.KeyError, derr)
 			return
 		}
-		if e.Forget != nil {
-			if ferr := e.Forget(ctx, rec.ID); ferr != nil {
-				log.Warn("remove the machine's token", telemetry.KeyError, ferr)
-			}
-		}
+		e.forget(ctx, rec.ID, rec.Host, log)
 		return
 	}
-	if !errors.Is(err, errHostGone) && !errors.Is(err, context.DeadlineExceeded) || w.State == WorkFailed {
+	if !errors.Is(err, errHostGone) && !errors.Is(err, context.DeadlineExceeded) || w.State == state.WorkFailed {
 		e.backendFailed(key, p, err)
 	}
 	e.finish(a, err)
@@ -202,28 +199,28 @@ func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders
 // destroyElsewhere has a.Host destroy machine a.MachineID, and waits for it
 // to be done. An order already there decides: a spawn not started is taken
 // back, one running is waited for by a later pass, a destroy is awaited.
-func (e *Executor) destroyElsewhere(ctx context.Context, p *rules.Platform, a Action) error {
+func (e *Executor) destroyElsewhere(ctx context.Context, p *rules.Platform, a state.Action) error {
 	orders := NewOrders(e.Inventory.Store, a.Host)
 	w, ok, _, err := orders.Get(ctx, a.MachineID, nil)
 	if err != nil {
 		return err
 	}
 	switch {
-	case ok && w.Kind == WorkSpawn && w.State == WorkNew:
+	case ok && w.Kind == state.WorkSpawn && w.State == state.WorkNew:
 		if err := orders.Delete(ctx, w); err != nil {
 			return fmt.Errorf("take back the spawn on %s: %w", a.Host, err)
 		}
 		return nil // never started: nothing to destroy
-	case ok && w.State == WorkRunning && w.Kind == WorkSpawn:
+	case ok && w.State == state.WorkRunning && w.Kind == state.WorkSpawn:
 		return fmt.Errorf("host %s %w", a.Host, errHostBusy)
-	case ok && w.Kind == WorkDestroy && !w.Finished():
+	case ok && w.Kind == state.WorkDestroy && !w.Finished():
 	default:
 		if e.Grant != nil {
 			if err := e.Grant(ctx, a.Host); err != nil {
 				return fmt.Errorf("let host %s read its work orders: %w", a.Host, err)
 			}
 		}
-		next := WorkOrder{Kind: WorkDestroy, MachineID: a.MachineID, Type: a.Type, Backend: a.Backend, Timeout: p.Policy.ProvisionTimeout}
+		next := state.WorkOrder{Kind: state.WorkDestroy, MachineID: a.MachineID, Type: a.Type, Backend: a.Backend, Timeout: p.Policy.ProvisionTimeout}
 		if ok {
 			next.Index = w.Index
 		}
@@ -238,7 +235,7 @@ func (e *Executor) destroyElsewhere(ctx context.Context, p *rules.Platform, a Ac
 	if derr := orders.Delete(ctx, w); derr != nil {
 		e.Log.Warn("remove a finished work order", telemetry.KeyError, derr)
 	}
-	if w.State == WorkFailed {
+	if w.State == state.WorkFailed {
 		return fmt.Errorf("host %s: %s", a.Host, w.Error)
 	}
 	return nil
@@ -246,7 +243,7 @@ func (e *Executor) destroyElsewhere(ctx context.Context, p *rules.Platform, a Ac
 
 // await waits for w to be finished by its host, until ctx ends or the host
 // is no longer an alive member.
-func (e *Executor) await(ctx context.Context, orders Orders, w WorkOrder) (WorkOrder, error) {
+func (e *Executor) await(ctx context.Context, orders Orders, w state.WorkOrder) (state.WorkOrder, error) {
 	next := w.Index
 	for !w.Finished() {
 		if err := e.hostAlive(ctx, orders.Host); errors.Is(err, errHostGone) {

@@ -102,7 +102,7 @@ func TestTrustRolesFromRaftNotGossip(t *testing.T) {
 	if _, err := inv.Put(ctx, Record{ID: seedName, Type: "server", Backend: "local", State: StateJoined, Seed: true, Created: t0, Updated: t0}); err != nil {
 		t.Fatal(err)
 	}
-	offer, _ := json.Marshal(Offer{Machine: "worker-rogue", Backends: map[string]BackendOffer{"local": {Available: true, Listed: true}}})
+	offer, _ := json.Marshal(state.Offer{Machine: "worker-rogue", Backends: map[string]state.BackendOffer{"local": {Available: true, Listed: true}}})
 	if _, err := seed.Client.KV().Put(&api.KVPair{Key: kvschema.Offers + "worker-rogue", Value: offer}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestTrustRolesFromRaftNotGossip(t *testing.T) {
 	obs.BackendErrors["local"] = "unavailable: not on the leader in this test"
 	d := Plan(platform(t, threeServers), obs, time.Now())
 	for _, a := range d.Actions {
-		if a.Kind == KindSpawn && a.Host == "worker-rogue" {
+		if a.Kind == state.KindSpawn && a.Host == "worker-rogue" {
 			t.Errorf("a server's spawn was placed on the rogue: %+v", a)
 		}
 	}
@@ -205,7 +205,7 @@ backend "docker" {
 	obs := with(cluster("server", "a", "b", "c"), func(o *Observed) {
 		o.Self = "a"
 		o.Records["w"] = Record{ID: "w", Type: "app", Backend: "local", State: StateJoined, Created: t0, Updated: t0}
-		o.Members["w"] = Member{Name: "w", Status: MemberAlive}
+		o.Members["w"] = Member{Name: "w", Status: state.MemberAlive}
 		o.Instances["local"]["w"] = backends.Instance{MachineID: "w", MachineType: "app", Running: true, Created: t0}
 		list := hostList("w", "docker", 5, "fake-server")
 		bo := list.Backends["docker"]
@@ -216,17 +216,17 @@ backend "docker" {
 		list.Backends["docker"] = bo
 		o.Offers = offers(offering("a"), list)
 		for _, id := range []string{"fake-server", "fake-app"} {
-			o.Members[id] = Member{Name: id, Status: MemberAlive}
+			o.Members[id] = Member{Name: id, Status: state.MemberAlive}
 		}
 	})
 	d := Plan(p, obs, t0)
 	for _, a := range d.Actions {
 		switch {
-		case a.Kind == KindScaleDown:
+		case a.Kind == state.KindScaleDown:
 			t.Errorf("a real machine is scaled down for a client's list: %+v", a)
-		case a.Kind == KindRestoreRecord && a.MachineID == "fake-server":
+		case a.Kind == state.KindRestoreRecord && a.MachineID == "fake-server":
 			t.Errorf("a server's record restored from a client's list: %+v", a)
-		case a.Kind == KindRestoreRecord && a.MachineID == "fake-app" && !a.Manual:
+		case a.Kind == state.KindRestoreRecord && a.MachineID == "fake-app" && !a.Manual:
 			t.Errorf("a record restored from a client's list counts toward its type: %+v", a)
 		}
 	}

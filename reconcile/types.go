@@ -44,23 +44,12 @@ const (
 // Record is a machine in the inventory (state.Record).
 type Record = state.Record
 
-// MemberStatus is a Consul LAN member's serf status.
-type MemberStatus string
-
-// Member statuses, as serf reports them.
-const (
-	MemberAlive   MemberStatus = "alive"
-	MemberLeaving MemberStatus = "leaving"
-	MemberLeft    MemberStatus = "left"
-	MemberFailed  MemberStatus = "failed"
-)
-
 // Member is a Consul LAN member.
 type Member struct {
-	Name    string       `json:"name"`
-	Address string       `json:"address"`
-	Status  MemberStatus `json:"status"`
-	Type    string       `json:"machine_type,omitempty"`
+	Name    string             `json:"name"`
+	Address string             `json:"address"`
+	Status  state.MemberStatus `json:"status"`
+	Type    string             `json:"machine_type,omitempty"`
 	// Server is true for a member the Raft configuration lists, voter or
 	// not: never from its gossip tags, which are its own word.
 	Server bool `json:"server"`
@@ -118,12 +107,12 @@ type Observed struct {
 	Seen map[string]Sighting
 	// Offers are the alive members' offers of backends, by machine ID; nil
 	// when they could not be read.
-	Offers map[string]Offer
+	Offers map[string]state.Offer
 	// Provisioned are the members' provisioning records, by machine ID,
 	// read only when a machine type is ready_after_provision (nil
 	// otherwise): a machine of such a type counts as live only once its
 	// record says ok for the description's checksum.
-	Provisioned map[string]Provisioned
+	Provisioned map[string]state.Provisioned
 	// HostBackoffUntil is, by host then backend, when a backend that
 	// failed on another member may be given work there again.
 	HostBackoffUntil map[string]map[string]time.Time
@@ -135,77 +124,10 @@ type Observed struct {
 	TermStart time.Time
 }
 
-// Kind names an action.
-type Kind string
-
-// Action kinds.
-const (
-	// KindSpawn creates a machine of Type on Backend.
-	KindSpawn Kind = "spawn"
-	// KindMarkJoined records that a spawned or failed machine is alive.
-	KindMarkJoined Kind = "mark_joined"
-	// KindMarkFailed records when a machine was first seen failed.
-	KindMarkFailed Kind = "mark_failed"
-	// KindReap removes a machine that failed for longer than the grace
-	// period, or never joined: force-leave, destroy, delete the record.
-	KindReap Kind = "reap"
-	// KindScaleDown removes a healthy machine above its type's max: leave,
-	// destroy, delete the record.
-	KindScaleDown Kind = "scale_down"
-	// KindDestroyOrphan destroys a backend instance that has no record.
-	KindDestroyOrphan Kind = "destroy_orphan"
-	// KindRestoreRecord writes the record of an alive member that has
-	// none (a KV re-seeded from an older mirror), from what its backend
-	// lists: the record was lost, not the machine.
-	KindRestoreRecord Kind = "restore_record"
-	// KindUnvote takes a server Consul has had failed for longer than the
-	// grace period out of the Raft configuration, and leaves its machine
-	// and record to its reap: while the reap does not go ahead, the dead
-	// server would count toward quorum.
-	KindUnvote Kind = "unvote"
-)
-
-// Action is one step the executor takes.
-type Action struct {
-	Kind      Kind   `json:"kind"`
-	MachineID string `json:"machine_id,omitempty"`
-	Type      string `json:"machine_type,omitempty"`
-	Backend   string `json:"backend,omitempty"`
-	Reason    string `json:"reason"`
-	// Manual marks a spawn asked for by hand; see Record.Manual.
-	Manual bool `json:"manual,omitempty"`
-	// Host is the member that runs the action when it is not the leader:
-	// the one placement chose for a spawn, the one that holds the machine
-	// for a removal.
-	Host string `json:"host,omitempty"`
-	// Scope is, for a spawn, what the chosen host's backend manages (its
-	// offer's, or the leader's own): recorded with the intent, so that a
-	// machine its host left half-made is the leader's to clean up when
-	// both see the same thing.
-	Scope string `json:"scope,omitempty"`
-}
-
-// TypeStatus is desired against live for one machine type.
-type TypeStatus struct {
-	Min int `json:"min"`
-	Max int `json:"max"`
-	// Live are joined members that are alive.
-	Live int `json:"live"`
-	// Pending are spawning or joining.
-	Pending int `json:"pending"`
-	// Failed are failed members not yet reaped.
-	Failed int `json:"failed"`
-	// Unready are alive members of a ready_after_provision type whose
-	// provisioning has not succeeded for the description in force: not
-	// live, and not replaced either (a replacement would provision the
-	// same way).
-	Unready int `json:"unready,omitempty"`
-}
-
 // Decision is the planner's answer for one pass.
 type Decision struct {
-	Actions []Action              `json:"actions"`
-	Types   map[string]TypeStatus `json:"types"`
+	Actions []state.Action              `json:"actions"`
+	Types   map[string]state.TypeStatus `json:"types"`
 	// Halted says why replacements are suspended, or is empty.
 	Halted string `json:"halted,omitempty"`
 	// Waiting explains needs that could not be acted on this pass
@@ -221,4 +143,9 @@ type Decision struct {
 	FreshLists bool `json:"-"`
 	// Seen is this pass's sightings, for the next pass's Observed.Seen.
 	Seen map[string]Sighting `json:"-"`
+}
+
+// Plan is the part of the decision the leader publishes (GET /v1/plan).
+func (d Decision) Plan() state.Plan {
+	return state.Plan{Actions: d.Actions, Types: d.Types, Halted: d.Halted, Waiting: d.Waiting, NextCheck: d.NextCheck}
 }

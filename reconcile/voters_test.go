@@ -11,6 +11,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 )
@@ -157,7 +158,7 @@ func TestScaleAFailedServerGivenUpLeavesRaft(t *testing.T) {
 		return false
 	}
 	inv := &Inventory{Store: kvschema.New(seed.Client)}
-	for _, kind := range []Kind{KindUnvote, KindReap} {
+	for _, kind := range []state.Kind{state.KindUnvote, state.KindReap} {
 		id := "server-" + string(kind)
 		dead, err := testconsul.StartServer(testconsul.FreeIP(), id, seed.IP, "-node-id", consulclient.NodeID(id))
 		if err != nil {
@@ -179,12 +180,12 @@ func TestScaleAFailedServerGivenUpLeavesRaft(t *testing.T) {
 			t.Fatal(err)
 		}
 		ex := &Executor{Inventory: inv, Consul: seed.Client, Clock: clock.Real{}, Log: hclog.NewNullLogger(), Metrics: telemetry.New()}
-		obs := Observed{Records: map[string]Record{id: rec}, Members: map[string]Member{id: {Name: id, Status: MemberFailed, Server: true, RaftVoter: true}}}
+		obs := Observed{Records: map[string]Record{id: rec}, Members: map[string]Member{id: {Name: id, Status: state.MemberFailed, Server: true, RaftVoter: true}}}
 		hung := map[string]backends.Backend{"local": &fakeBackend{inv: inv, hang: true}}
-		if err := ex.Execute(ctx, platform(t, threeServers), hung, obs, []Action{{Kind: kind, MachineID: id, Type: "server", Backend: "local"}}); err != nil {
+		if err := ex.Execute(ctx, platform(t, threeServers), hung, obs, []state.Action{{Kind: kind, MachineID: id, Type: "server", Backend: "local"}}); err != nil {
 			t.Fatal(err)
 		}
-		if kind == KindUnvote {
+		if kind == state.KindUnvote {
 			// The next pass must still count it failed: an action in
 			// flight counts as what it will make the machine, and
 			// an unvote makes it nothing else.
@@ -200,7 +201,7 @@ func TestScaleAFailedServerGivenUpLeavesRaft(t *testing.T) {
 		if !out {
 			t.Errorf("%s: the failed server is still in the Raft configuration", kind)
 		}
-		if kind == KindUnvote {
+		if kind == state.KindUnvote {
 			if recs, _, err := inv.List(context.Background(), nil); err != nil || recs[id].State != StateFailed {
 				t.Errorf("unvote: its record is %+v, %v; want it left, failed", recs[id], err)
 			}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/mesh"
 )
 
@@ -126,7 +126,7 @@ func meshSecrets(ctx context.Context, opts Options, store *kvschema.Store) (kvsc
 
 // waitMesh waits until every machine that must take the step has published
 // a mesh entry that done accepts.
-func waitMesh(ctx context.Context, opts Options, c *api.Client, store *kvschema.Store, what string, done func(daemon.MeshNode) bool) error {
+func waitMesh(ctx context.Context, opts Options, c *api.Client, store *kvschema.Store, what string, done func(state.MeshEntry) bool) error {
 	return waitFor(ctx, opts, what, func(ctx context.Context) ([]string, error) {
 		cl, err := look(ctx, opts, c)
 		if err != nil {
@@ -134,7 +134,7 @@ func waitMesh(ctx context.Context, opts Options, c *api.Client, store *kvschema.
 		}
 		cctx, cancel := opts.call(ctx)
 		defer cancel()
-		nodes, err := daemon.MeshNodes(cctx, store)
+		nodes, err := mesh.ReadEntries(cctx, store)
 		if err != nil {
 			return nil, err
 		}
@@ -144,7 +144,7 @@ func waitMesh(ctx context.Context, opts Options, c *api.Client, store *kvschema.
 
 // meshLagging names the machines of ids whose mesh entry done does not
 // accept, or that have none.
-func meshLagging(ids []string, nodes map[string]daemon.MeshNode, done func(daemon.MeshNode) bool) []string {
+func meshLagging(ids []string, nodes map[string]state.MeshEntry, done func(state.MeshEntry) bool) []string {
 	var out []string
 	for _, id := range ids {
 		n, ok := nodes[id]
@@ -159,7 +159,7 @@ func meshLagging(ids []string, nodes map[string]daemon.MeshNode, done func(daemo
 }
 
 // held are the fingerprints of the secrets a member runs with.
-func held(n daemon.MeshNode) []string {
+func held(n state.MeshEntry) []string {
 	if n.ListenSecret == "" {
 		return n.DialSecrets
 	}
@@ -167,21 +167,21 @@ func held(n daemon.MeshNode) []string {
 }
 
 // holdsBoth is step 1's: the member listens or dials with each secret.
-func holdsBoth(old, next string) func(daemon.MeshNode) bool {
-	return func(n daemon.MeshNode) bool {
+func holdsBoth(old, next string) func(state.MeshEntry) bool {
+	return func(n state.MeshEntry) bool {
 		h := held(n)
 		return slices.Contains(h, mesh.Fingerprint(old)) && slices.Contains(h, mesh.Fingerprint(next))
 	}
 }
 
 // listensWith is step 2's.
-func listensWith(secret string) func(daemon.MeshNode) bool {
-	return func(n daemon.MeshNode) bool { return n.ListenSecret == mesh.Fingerprint(secret) }
+func listensWith(secret string) func(state.MeshEntry) bool {
+	return func(n state.MeshEntry) bool { return n.ListenSecret == mesh.Fingerprint(secret) }
 }
 
 // runsOn is step 3's: the member listens and dials with secret alone.
-func runsOn(secret string) func(daemon.MeshNode) bool {
-	return func(n daemon.MeshNode) bool {
+func runsOn(secret string) func(state.MeshEntry) bool {
+	return func(n state.MeshEntry) bool {
 		return n.ListenSecret == mesh.Fingerprint(secret) && len(n.DialSecrets) == 0
 	}
 }

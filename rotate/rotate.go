@@ -27,6 +27,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -118,7 +119,7 @@ func look(ctx context.Context, opts Options, c *api.Client) (cluster, error) {
 // settled, why: a machine of the inventory (not being destroyed) that is
 // not joined or not an alive member, and a member that failed. Sorted.
 func (cl cluster) unsettled() []string {
-	status := map[string]reconcile.MemberStatus{}
+	status := map[string]state.MemberStatus{}
 	for _, m := range cl.members {
 		status[m.Name] = reconcile.SerfStatus(m.Status)
 	}
@@ -131,12 +132,12 @@ func (cl cluster) unsettled() []string {
 			out = append(out, fmt.Sprintf("machine %s is %s", id, r.State))
 		case !member:
 			out = append(out, fmt.Sprintf("machine %s is not a member", id))
-		case st != reconcile.MemberAlive:
+		case st != state.MemberAlive:
 			out = append(out, fmt.Sprintf("machine %s is a %s member", id, st))
 		}
 	}
 	for id, st := range status {
-		if _, recorded := cl.records[id]; !recorded && (st == reconcile.MemberFailed || st == reconcile.MemberLeaving) {
+		if _, recorded := cl.records[id]; !recorded && (st == state.MemberFailed || st == state.MemberLeaving) {
 			out = append(out, fmt.Sprintf("member %s is %s", id, st))
 		}
 	}
@@ -149,7 +150,7 @@ func (cl cluster) unsettled() []string {
 func (cl cluster) ids() []string {
 	set := map[string]bool{}
 	for _, m := range cl.members {
-		if reconcile.SerfStatus(m.Status) == reconcile.MemberAlive {
+		if reconcile.SerfStatus(m.Status) == state.MemberAlive {
 			set[m.Name] = true
 		}
 	}

@@ -8,7 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/hashicorp/consul/api"
 
-	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -113,7 +113,7 @@ func TestKeyrings(t *testing.T) {
 func TestMeshSteps(t *testing.T) {
 	old, next := mesh.NewSecret(), mesh.NewSecret()
 	o, n := mesh.Fingerprint(old), mesh.Fingerprint(next)
-	nodes := map[string]daemon.MeshNode{
+	nodes := map[string]state.MeshEntry{
 		"rest":    {ListenSecret: o},
 		"step1":   {ListenSecret: o, DialSecrets: []string{n}},
 		"newborn": {ListenSecret: n, DialSecrets: []string{o}}, // made with the new secret, at step 1 or 2
@@ -124,7 +124,7 @@ func TestMeshSteps(t *testing.T) {
 	ids := []string{"done", "legacy", "newborn", "rest", "step1", "step2", "unlisted"}
 	for _, tc := range []struct {
 		name string
-		done func(daemon.MeshNode) bool
+		done func(state.MeshEntry) bool
 		ok   []string
 	}{
 		{name: "step 1: holds both", done: holdsBoth(old, next), ok: []string{"newborn", "step1", "step2"}},

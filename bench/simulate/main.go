@@ -89,6 +89,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -460,7 +461,7 @@ func meshValue(id string, key int) []byte {
 }
 
 func offerValue(id string) []byte {
-	b, _ := json.Marshal(reconcile.Offer{Machine: id, Backends: map[string]reconcile.BackendOffer{"local": {Available: true}}, Checked: created})
+	b, _ := json.Marshal(state.Offer{Machine: id, Backends: map[string]state.BackendOffer{"local": {Available: true}}, Checked: created})
 	return b
 }
 
@@ -1071,7 +1072,7 @@ func (l *leaderSim) pass(ctx context.Context) {
 	obs.Instances = map[string]map[string]backends.Instance{"local": {}}
 	for id, r := range obs.Records {
 		if _, ok := obs.Members[id]; !ok {
-			obs.Members[id] = reconcile.Member{Name: id, Status: reconcile.MemberAlive, Type: r.Type}
+			obs.Members[id] = reconcile.Member{Name: id, Status: state.MemberAlive, Type: r.Type}
 		}
 		obs.Instances["local"][id] = backends.Instance{MachineID: id, MachineType: r.Type, Running: true, Created: created}
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -190,7 +191,7 @@ func platformGetCmd() *cobra.Command {
 
 // do runs one action from this host, as the leader's executor would: the
 // CLI's own spawn and destroy.
-func (t *target) do(ctx context.Context, c *api.Client, p *rules.Platform, bes map[string]backends.Backend, obs reconcile.Observed, a reconcile.Action) (reconcile.Record, error) {
+func (t *target) do(ctx context.Context, c *api.Client, p *rules.Platform, bes map[string]backends.Backend, obs reconcile.Observed, a state.Action) (reconcile.Record, error) {
 	consul, err := nodeconfig.FindConsul()
 	if err != nil {
 		return reconcile.Record{}, err
@@ -249,7 +250,7 @@ func spawn(ctx context.Context, t *target, typ, backend string, asJSON bool, out
 	if err != nil {
 		return err
 	}
-	a := reconcile.Action{Kind: reconcile.KindSpawn, Type: typ, Backend: backend, Reason: "spawned by hand", Manual: true}
+	a := state.Action{Kind: state.KindSpawn, Type: typ, Backend: backend, Reason: "spawned by hand", Manual: true}
 	r, err := t.do(ctx, c, p, bes, reconcile.Observed{}, a)
 	if err != nil {
 		return err
@@ -294,7 +295,7 @@ func destroy(ctx context.Context, t *target, id string, out io.Writer) error {
 	if !ok {
 		return fmt.Errorf("no machine %q in the inventory", id)
 	}
-	a := reconcile.Action{Kind: reconcile.KindScaleDown, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "destroyed by hand"}
+	a := state.Action{Kind: state.KindScaleDown, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "destroyed by hand"}
 	if _, err := t.do(ctx, c, p, bes, obs, a); err != nil {
 		return err
 	}

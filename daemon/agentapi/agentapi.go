@@ -24,8 +24,8 @@ import (
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
-	"github.com/raptiformica/raptiformica/mesh"
-	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/internal/state"
+	"github.com/raptiformica/raptiformica/mesh/peering"
 )
 
 // Paths of the agent's API, shared by the server and this client.
@@ -52,14 +52,14 @@ type AgentStatus struct {
 	// re-seeds KV from it until a good copy from KV replaces it.
 	MirrorError string `json:"mirror_error,omitempty"`
 	// Reconcile is the leader's last published pass.
-	Reconcile *reconcile.Status `json:"reconcile,omitempty"`
+	Reconcile *state.Status `json:"reconcile,omitempty"`
 	// Quorum is set while this node's Consul has no leader.
 	Quorum *QuorumStatus `json:"quorum,omitempty"`
 	// Mesh is the node's overlay, when it runs one.
 	Mesh *MeshStatus `json:"mesh,omitempty"`
 	// Provisioning is this machine's provisioning, when its type has
 	// provisioners.
-	Provisioning *reconcile.Provisioned `json:"provisioning,omitempty"`
+	Provisioning *state.Provisioned `json:"provisioning,omitempty"`
 }
 
 // QuorumStatus is what a node knows while its Consul has no leader: with
@@ -88,18 +88,18 @@ type QuorumStatus struct {
 
 // ServerSeen is one Consul server as this node's gossip pool sees it.
 type ServerSeen struct {
-	Name    string                 `json:"name"`
-	Address string                 `json:"address"`
-	Status  reconcile.MemberStatus `json:"status"`
+	Name    string             `json:"name"`
+	Address string             `json:"address"`
+	Status  state.MemberStatus `json:"status"`
 }
 
 // MeshStatus is the mesh part of /v1/status.
 type MeshStatus struct {
-	Address    string      `json:"address"`
-	Key        string      `json:"key"`
-	ListenPort int         `json:"listen_port"`
-	Endpoints  []string    `json:"endpoints,omitempty"`
-	Peers      []mesh.Peer `json:"peers"`
+	Address    string         `json:"address"`
+	Key        string         `json:"key"`
+	ListenPort int            `json:"listen_port"`
+	Endpoints  []string       `json:"endpoints,omitempty"`
+	Peers      []peering.Peer `json:"peers"`
 	// Problem explains a node that has no link up.
 	Problem string `json:"problem,omitempty"`
 }
@@ -423,8 +423,8 @@ func (st *MeshStatus) LinkError(endpoint string) string {
 // FetchPlan asks the leader's agent what the control loop would do now.
 // It blocks until the agent answers or ctx ends; an agent that does not
 // lead answers with a refusal.
-func FetchPlan(ctx context.Context, a Agent) (reconcile.Decision, error) {
-	var d reconcile.Decision
+func FetchPlan(ctx context.Context, a Agent) (state.Plan, error) {
+	var d state.Plan
 	resp, err := a.do(ctx, http.MethodGet, PlanPath, nil, http.StatusOK)
 	if err != nil {
 		return d, err

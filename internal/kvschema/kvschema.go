@@ -755,3 +755,48 @@ func (f *Folder) Delete(ctx context.Context, key string) error {
 	_, err := f.kv.Delete(f.prefix+segment(key), write(ctx))
 	return err
 }
+
+// Folder returns the folder at prefix (one of the per-machine folders
+// above), for package state's typed folders.
+func (s *Store) Folder(prefix string) *Folder {
+	return &Folder{kv: s.kv, prefix: prefix}
+}
+
+// Prefix is the folder's whole key prefix, ending in a slash.
+func (f *Folder) Prefix() string { return f.prefix }
+
+// ForgetMachine removes every key a removed machine left, in one
+// transaction: its offer, its provisioning record, its mesh entry, its
+// own folder of work orders, and the order for it in host's folder (none
+// when host is empty). Its inventory record goes first, by its remover's
+// check-and-set: once that is gone, nothing reads these keys as a
+// machine's, and a leader that dies between the two leaves only keys the
+// next removal of nothing, the mesh's prune or this sweep, clears.
+func (s *Store) ForgetMachine(ctx context.Context, id, host string) error {
+	if id == "" || strings.Contains(id, "/") || strings.Contains(host, "/") {
+		return fmt.Errorf("forget machine: bad machine id %q (host %q)", id, host)
+	}
+	ops := api.KVTxnOps{
+		{Verb: api.KVDelete, Key: Offers + id},
+		{Verb: api.KVDelete, Key: Provisioned + id},
+		{Verb: api.KVDelete, Key: MeshNodes + id},
+		{Verb: api.KVDeleteTree, Key: Work + id + "/"},
+	}
+	if host != "" && host != id {
+		ops = append(ops, &api.KVTxnOp{Verb: api.KVDelete, Key: Work + host + "/" + id})
+	}
+	ok, resp, _, err := s.kv.Txn(ops, query(ctx, nil))
+	if err != nil {
+		return fmt.Errorf("forget machine %s: %w", id, err)
+	}
+	if !ok {
+		var why []string
+		if resp != nil {
+			for _, e := range resp.Errors {
+				why = append(why, e.What)
+			}
+		}
+		return fmt.Errorf("forget machine %s: %s", id, strings.Join(why, "; "))
+	}
+	return nil
+}

@@ -70,3 +70,5 @@ type Record struct {
 
 // MachineKey is the machine the record is of.
 func (r Record) MachineKey() string { return r.ID }
+
+func (r Record) withIndex(i uint64) Record { r.Index = i; return r }

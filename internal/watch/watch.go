@@ -24,28 +24,58 @@ type Query func(q *api.QueryOptions) (index uint64, changed bool, err error)
 // the next two if that fails too.
 var Retry = clock.Backoff{Initial: time.Second, Max: 30 * time.Second, Spread: 1}
 
-// Loop runs query until ctx ends, calling onChange after every change (and
-// once at the start). Errors are passed to onError and retried after a
-// pause drawn from Retry.
-// It blocks until ctx is done and returns ctx's error.
-func Loop(ctx context.Context, wait time.Duration, query Query, onChange func(), onError func(error)) error {
+// Watch runs one blocking query over and over: every agent loop that
+// waits on Consul for a change is one.
+type Watch struct {
+	// Wait is how long one query blocks for a change.
+	Wait time.Duration
+	// Gap is the least time between the starts of two queries, so that a
+	// flapping key cannot cause a storm; 0 is 100 ms.
+	Gap time.Duration
+	// Clock measures the gap and the pauses after failures; nil is the
+	// real one.
+	Clock clock.Clock
+	// Retry is the pause after consecutive failures; zero is package
+	// Retry.
+	Retry clock.Backoff
+	// AllowStale lets any server answer, not only the Raft leader: for
+	// reads that only tell the reader to look, or that the reader checks.
+	AllowStale bool
+	// OnError is told of each failed query and how many failed in a row;
+	// nil ignores them.
+	OnError func(err error, failures int)
+}
+
+// Run runs query until ctx ends, calling onChange after every change (and
+// once at the start, when the first query says so). A failed query is
+// passed to OnError and tried again from a fresh read after a pause drawn
+// from Retry. It blocks until ctx is done and returns ctx's error.
+func (w Watch) Run(ctx context.Context, query Query, onChange func()) error {
+	clk := clock.Or(w.Clock)
+	gap := w.Gap
+	if gap == 0 {
+		gap = 100 * time.Millisecond
+	}
+	retry := w.Retry
+	if retry.Initial == 0 {
+		retry = Retry
+	}
 	var index uint64
-	const minGap = 100 * time.Millisecond
 	failures := 0
 	for {
-		start := time.Now()
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+		start := clk.Now()
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: w.Wait, AllowStale: w.AllowStale}).WithContext(ctx)
 		next, changed, err := query(q)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err != nil {
-			if onError != nil {
-				onError(err)
+			failures++
+			if w.OnError != nil {
+				w.OnError(err, failures)
 			}
 			index = 0
-			failures++
-			if err := clock.Sleep(ctx, clock.Real{}, Retry.Delay(failures)); err != nil {
+			if err := clock.Sleep(ctx, clk, retry.Delay(failures)); err != nil {
 				return err
 			}
 			continue
@@ -59,13 +89,22 @@ func Loop(ctx context.Context, wait time.Duration, query Query, onChange func(),
 		default:
 			index = next
 		}
-		if changed {
+		if changed && onChange != nil {
 			onChange()
 		}
-		if gap := time.Since(start); gap < minGap {
-			if err := clock.Sleep(ctx, clock.Real{}, minGap-gap); err != nil {
+		if d := gap - clk.Now().Sub(start); d > 0 {
+			if err := clock.Sleep(ctx, clk, d); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// Loop runs a Watch of wait on the real clock, passing errors to onError.
+func Loop(ctx context.Context, wait time.Duration, query Query, onChange func(), onError func(error)) error {
+	w := Watch{Wait: wait}
+	if onError != nil {
+		w.OnError = func(err error, _ int) { onError(err) }
+	}
+	return w.Run(ctx, query, onChange)
 }

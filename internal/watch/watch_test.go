@@ -1,8 +1,14 @@
 package watch
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/raptiformica/raptiformica/internal/clock"
 )
 
 // TestScaleRetrySpreadsOverTheWait guards what spreads a thousand members'
@@ -24,5 +30,79 @@ func TestScaleRetrySpreadsOverTheWait(t *testing.T) {
 		if d := Retry.Delay(failures); d > 30*time.Second {
 			t.Fatalf("retry after %d failures: got %v want at most 30s", failures, d)
 		}
+	}
+}
+
+// TestWatchRunsOnItsClock: a watch's gap and its pauses after failures are
+// measured on the clock it is given, so that a loop built on it is tested
+// without sleeping; a failure starts the next query from a fresh read, and
+// an index that goes back does too.
+func TestWatchRunsOnItsClock(t *testing.T) {
+	clk := clock.NewFake(time.Unix(0, 0))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type call struct {
+		index uint64
+		stale bool
+	}
+	calls := make(chan call)
+	answers := make(chan error)
+	results := []uint64{5, 9, 0, 3}
+	n := 0
+	query := func(q *api.QueryOptions) (uint64, bool, error) {
+		calls <- call{q.WaitIndex, q.AllowStale}
+		if err := <-answers; err != nil {
+			return 0, false, err
+		}
+		idx := results[n]
+		n++
+		return idx, true, nil
+	}
+	changes := make(chan struct{}, 10)
+	var failed []int
+	w := Watch{Wait: time.Minute, Gap: time.Second, Clock: clk, AllowStale: true,
+		Retry:   clock.Backoff{Initial: 10 * time.Second, Max: 10 * time.Second, Jitter: func() float64 { return 0 }},
+		OnError: func(_ error, failures int) { failed = append(failed, failures) }}
+	done := make(chan error)
+	go func() { done <- w.Run(ctx, query, func() { changes <- struct{}{} }) }()
+
+	expect := func(want uint64) {
+		t.Helper()
+		c := <-calls
+		if c.index != want || !c.stale {
+			t.Fatalf("query with index %d (stale %t), want %d (stale)", c.index, c.stale, want)
+		}
+	}
+	// waitGap advances the fake clock past a pause of d once the watch sleeps.
+	waitGap := func(d time.Duration) {
+		t.Helper()
+		for clk.Waiters() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		clk.Advance(d)
+	}
+	expect(0)
+	answers <- nil // index 5
+	<-changes
+	waitGap(time.Second)
+	expect(5)
+	answers <- errors.New("no leader")
+	waitGap(10 * time.Second)
+	expect(0)      // a failure reads afresh
+	answers <- nil // index 9
+	<-changes
+	waitGap(time.Second)
+	expect(9)
+	answers <- nil // index 0: went back
+	<-changes
+	waitGap(time.Second)
+	expect(0)
+	cancel()
+	answers <- nil
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Run returned %v, want the context's error", err)
+	}
+	if len(failed) != 1 || failed[0] != 1 {
+		t.Errorf("OnError saw %v, want one first failure", failed)
 	}
 }

@@ -35,6 +35,7 @@ package peering
 import (
 	"cmp"
 	"slices"
+	"time"
 )
 
 // DefaultMaxLinks is the cap on a node's links when the description sets
@@ -275,4 +276,24 @@ func mix(x uint64) uint64 {
 	x *= 0x94d049bb133111eb
 	x ^= x >> 31
 	return x
+}
+
+// Peer is one link of a node, up or being dialled.
+type Peer struct {
+	// Endpoint is the remote end ("tcp://host:port"), without the secret.
+	Endpoint string `json:"endpoint"`
+	Up       bool   `json:"up"`
+	// Inbound is true for a link the remote side dialled.
+	Inbound bool `json:"inbound,omitempty"`
+	// Secret is the fingerprint of the secret an outbound link is dialled
+	// with.
+	Secret string `json:"secret,omitempty"`
+	// Key and Address identify the remote node once the link is up.
+	Key     string `json:"key,omitempty"`
+	Address string `json:"address,omitempty"`
+	// LastError says why the link is down, when it is.
+	LastError string        `json:"last_error,omitempty"`
+	RXBytes   uint64        `json:"rx_bytes"`
+	TXBytes   uint64        `json:"tx_bytes"`
+	Uptime    time.Duration `json:"uptime_ns,omitempty"`
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
@@ -604,7 +605,7 @@ func TestAdoptSystemd(t *testing.T) {
 		}
 		for _, m := range ms {
 			if m.Name == id[1] {
-				return reconcile.SerfStatus(m.Status) == reconcile.MemberLeft
+				return reconcile.SerfStatus(m.Status) == state.MemberLeft
 			}
 		}
 		return false

@@ -39,6 +39,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/identity"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -460,7 +461,7 @@ func (c *testCluster) waitWaiting(timeout time.Duration, wants ...string) {
 	for {
 		out, _, _ := c.rf("status", "--json")
 		var st struct {
-			Reconcile *reconcile.Status `json:"reconcile"`
+			Reconcile *state.Status `json:"reconcile"`
 		}
 		_ = json.Unmarshal([]byte(out), &st)
 		waiting := ""
@@ -832,7 +833,7 @@ func TestQuorumLossAndRecover(t *testing.T) {
 		failed := 0
 		if err == nil && st.Quorum != nil {
 			for _, s := range st.Quorum.Servers {
-				if contains(dead, s.Name) && s.Status == reconcile.MemberFailed {
+				if contains(dead, s.Name) && s.Status == state.MemberFailed {
 					failed++
 				}
 			}

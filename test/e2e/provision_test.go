@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
-	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // provisionPlatform is three local servers that provision themselves from
@@ -174,15 +174,15 @@ func (c *testCluster) waitProvisioned(n int, state string, timeout time.Duration
 }
 
 // reconcileStatus is the leader's last pass, as `status --json` says.
-func (c *testCluster) reconcileStatus() reconcile.Status {
+func (c *testCluster) reconcileStatus() state.Status {
 	c.t.Helper()
 	out, _, _ := c.rf("status", "--json")
 	var st struct {
-		Reconcile *reconcile.Status `json:"reconcile"`
+		Reconcile *state.Status `json:"reconcile"`
 	}
 	_ = json.Unmarshal([]byte(out), &st)
 	if st.Reconcile == nil {
-		return reconcile.Status{}
+		return state.Status{}
 	}
 	return *st.Reconcile
 }

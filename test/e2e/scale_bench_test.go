@@ -19,8 +19,8 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
-	"github.com/raptiformica/raptiformica/reconcile"
 )
 
 // scaleWorkers is how many workers BenchmarkScale boots beside three
@@ -288,7 +288,7 @@ func leaderRPCRate(b *testing.B, c *testCluster) float64 {
 func passDuration(b *testing.B, c *testCluster) time.Duration {
 	out, _, _ := c.rf("status", "--json")
 	var st struct {
-		Reconcile *reconcile.Status `json:"reconcile"`
+		Reconcile *state.Status `json:"reconcile"`
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Reconcile == nil {
 		b.Logf("status: no pass to read (%v)", err)

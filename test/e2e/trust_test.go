@@ -21,11 +21,12 @@ import (
 	"github.com/docker/docker/api/types/network"
 	"github.com/hashicorp/consul/api"
 
-	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
+	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
@@ -117,14 +118,14 @@ func TestTrustCompromisedClient(t *testing.T) {
 	}
 	// Mesh entries: its own key, in a server's name, is read as nobody's;
 	// a server's key it may not write.
-	forgedEntry, _ := json.Marshal(daemon.MeshNode{MachineID: servers[0], Endpoints: []string{"10.6.6.6:9651"}, Server: true})
+	forgedEntry, _ := json.Marshal(state.MeshEntry{MachineID: servers[0], Endpoints: []string{"10.6.6.6:9651"}, Server: true})
 	if _, err := own.KV().Put(&api.KVPair{Key: kvschema.MeshNodes + attacker, Value: forgedEntry}, nil); err != nil {
 		t.Fatalf("the client's token may write its own mesh entry: %v", err)
 	}
 	if _, err := own.KV().Put(&api.KVPair{Key: kvschema.MeshNodes + servers[0], Value: forgedEntry}, nil); err == nil {
 		t.Errorf("the client's token wrote %s's mesh entry", servers[0])
 	}
-	if nodes, err := daemon.MeshNodes(ctx, kvschema.New(own)); err != nil {
+	if nodes, err := mesh.ReadEntries(ctx, kvschema.New(own)); err != nil {
 		t.Fatal(err)
 	} else if n, ok := nodes[servers[0]]; ok && slices.Contains(n.Endpoints, "10.6.6.6:9651") {
 		t.Errorf("the forged mesh entry is read as %s's: %+v", servers[0], n)
@@ -226,7 +227,7 @@ func TestTrustCompromisedClient(t *testing.T) {
 			q := (&api.QueryOptions{}).WithContext(watchCtx)
 			pairs, _, _ := own.KV().List(kvschema.Work+attacker+"/", q)
 			for _, p := range pairs {
-				var w reconcile.WorkOrder
+				var w state.WorkOrder
 				if json.Unmarshal(p.Value, &w) == nil && w.Node != nil && (w.Node.ConsulServer || w.Node.ACLToken == c.token() || w.Node.TLS != nil && w.Node.TLS.CAKey != "") {
 					report("a server's node config in the attacker's work order " + p.Key)
 				}
@@ -269,7 +270,7 @@ func TestTrustCompromisedClient(t *testing.T) {
 
 	// A record at its own key that speaks for a server is refused, named
 	// in status, and acted on by nobody.
-	forged, _ := json.Marshal(reconcile.Offer{Machine: servers[0], Backends: map[string]reconcile.BackendOffer{"docker": {Available: true}}})
+	forged, _ := json.Marshal(state.Offer{Machine: servers[0], Backends: map[string]state.BackendOffer{"docker": {Available: true}}})
 	if _, err := own.KV().Put(&api.KVPair{Key: kvschema.Offers + attacker, Value: forged}, nil); err != nil {
 		t.Fatalf("the client's token may write its own offer: %v", err)
 	}

@@ -1,12 +1,10 @@
-package reconcile
+package state
 
 import (
 	"sort"
 	"time"
 
-	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
-	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // Offer is what one machine can run: each of the description's backends,
@@ -33,8 +31,8 @@ type BackendOffer struct {
 	Reason string `json:"reason,omitempty"`
 	// Listed says that Instances is the backend's whole list there: the
 	// machines it runs, which the leader judges the host's machines by.
-	Listed    bool                `json:"listed,omitempty"`
-	Instances []backends.Instance `json:"instances,omitempty"`
+	Listed    bool       `json:"listed,omitempty"`
+	Instances []Instance `json:"instances,omitempty"`
 	// LocalOnly says that the list covers only the machines spawned there
 	// (backends.LocalView): a machine missing from it is unknown.
 	LocalOnly bool `json:"local_only,omitempty"`
@@ -65,8 +63,13 @@ const MaxOfferSize = 256 << 10
 
 // ParseOffer reads a stored offer of the machine id.
 func ParseOffer(id string, b []byte) (Offer, error) {
-	return state.Decode[Offer]("offer", kvschema.Offers+id, id, b, MaxOfferSize)
+	return Decode[Offer](OfferKind, kvschema.Offers+id, id, b, MaxOfferSize)
 }
 
-// MachineKey is the machine the offer is of (state.Keyed).
+// MachineKey is the machine the offer is of (Keyed).
 func (o Offer) MachineKey() string { return o.Machine }
+
+// OfferKind names offers in messages.
+const OfferKind = "offer"
+
+func (o Offer) withIndex(i uint64) Offer { o.Index = i; return o }
