@@ -17,7 +17,7 @@ import (
 	"github.com/raptiformica/raptiformica/reconcile"
 )
 
-// TestTrustCredentialTable checks the README's table of what each
+// TestTrustCredentialTable checks the table in docs/security.md of what each
 // credential may read and write against a real Consul with the cluster's
 // ACLs: the tokens are made as the cluster makes them (a client machine's
 // by machineToken; the roles' from kvschema's rules), and every cell is
@@ -55,7 +55,7 @@ func TestTrustCredentialTable(t *testing.T) {
 	}
 	for _, col := range columns {
 		if tokens[col] == "" {
-			t.Fatalf("the README's table has a column %q this test makes no token for", col)
+			t.Fatalf("the table in docs/security.md has a column %q this test makes no token for", col)
 		}
 	}
 	for _, row := range rows {
@@ -72,7 +72,7 @@ func TestTrustCredentialTable(t *testing.T) {
 			wrote := err == nil
 			got := map[[2]bool]string{{true, true}: "rw", {true, false}: "r", {false, true}: "w", {false, false}: "-"}[[2]bool{read, wrote}]
 			if got != row.cells[i] {
-				t.Errorf("%s with the %s credential: Consul allows %q, the README says %q", key, col, got, row.cells[i])
+				t.Errorf("%s with the %s credential: Consul allows %q, docs/security.md says %q", key, col, got, row.cells[i])
 			}
 		}
 	}
@@ -83,11 +83,12 @@ type credentialRow struct {
 	cells []string
 }
 
-// readCredentialTable reads the table between the README's credential
-// markers: a header of credentials, then a row a key, each cell rw, r or -.
+// readCredentialTable reads the table between the credential markers of
+// docs/security.md: a header of credentials, then a row a key, each cell
+// rw, r or -.
 func readCredentialTable(t *testing.T) ([]credentialRow, []string) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "README.md"))
+	b, err := os.ReadFile(filepath.Join("..", "docs", "security.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +97,7 @@ func readCredentialTable(t *testing.T) ([]credentialRow, []string) {
 		table, _, ok = strings.Cut(table, "<!-- /credentials -->")
 	}
 	if !ok {
-		t.Fatal("README.md has no credential table between its markers")
+		t.Fatal("docs/security.md has no credential table between its markers")
 	}
 	cells := func(line string) []string {
 		var out []string
@@ -115,13 +116,13 @@ func readCredentialTable(t *testing.T) ([]credentialRow, []string) {
 		case strings.HasPrefix(c[0], "---"):
 		default:
 			if len(c) != len(columns)+1 {
-				t.Fatalf("README credential table row %q: %d cells, want %d", line, len(c), len(columns)+1)
+				t.Fatalf("docs/security.md credential table row %q: %d cells, want %d", line, len(c), len(columns)+1)
 			}
 			rows = append(rows, credentialRow{key: c[0], cells: c[1:]})
 		}
 	}
 	if len(rows) == 0 {
-		t.Fatal("README's credential table has no rows")
+		t.Fatal("the credential table in docs/security.md has no rows")
 	}
 	return rows, columns
 }

@@ -43,6 +43,10 @@
 //	                       holds on those it ran work orders on (JSON), as its
 //	                       own agent found them
 //	  provisioned/<id>     how a machine's provisioners ran on it (JSON)
+//	  join-tokens/<id>     a join token's record (JSON: type, uses left,
+//	                       expiry, the SHA-256 of its secret, never the
+//	                       secret), spent by check-and-set; no read-only
+//	                       or client token reads it
 //
 //	raptiformica-work/<host>/<id>
 //	                       a work order: the spawn or destroy of machine <id>
@@ -67,25 +71,56 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-// The keys and folders; see the package doc for what each holds.
+// The keys and folders; see the package doc for what each holds. Each
+// has a doc comment of its own: docs/kv.md is generated from them
+// (go generate), and a key without one fails the generator.
 const (
-	Prefix    = "raptiformica/"
-	Platform  = Prefix + "platform"
-	Modules   = Prefix + "modules"
+	// Prefix is the cluster's folder: every key but the work orders.
+	Prefix = "raptiformica/"
+	// Platform is the description's source; the pair's Flags carry its
+	// version, raised by one on every apply (see PutPlatform).
+	Platform = Prefix + "platform"
+	// Modules is the modules added (`module add`), in order, as one JSON
+	// list (name, file, source); [] when none, so that a missing key
+	// means a KV that lost it.
+	Modules = Prefix + "modules"
+	// Inventory holds one record per machine (inventory/<machine id>,
+	// JSON), written by the leader by check-and-set before it acts.
 	Inventory = Prefix + "inventory/"
-	Leader    = Prefix + "leader"
+	// Leader is the leader lock: a session lock whose value is the
+	// holder's machine ID.
+	Leader = Prefix + "leader"
 	// InventorySnapshot and InventorySnapshotChunks hold the inventory
 	// in one read; see PutInventorySnapshot.
-	InventorySnapshot       = Prefix + "inventory-snapshot"
+	InventorySnapshot = Prefix + "inventory-snapshot"
+	// InventorySnapshotChunks holds the snapshot's gzipped records
+	// (<version>/<n>), each under Consul's value cap.
 	InventorySnapshotChunks = Prefix + "inventory-snapshot-chunks/"
-	Status                  = Prefix + "status"
-	Epoch                   = Prefix + "epoch"
-	GossipKey               = Prefix + "gossip-key"
-	MeshSecret              = Prefix + "mesh/secret"
-	MeshNodes               = Prefix + "mesh/nodes/"
-	SSHPool                 = Prefix + "ssh-pool/"
-	HostKeys                = Prefix + "hostkeys/"
-	JoinTokens              = Prefix + "join-tokens/"
+	// Status is the leader's last pass (JSON), for `status` and the page.
+	Status = Prefix + "status"
+	// Epoch counts the times the KV was re-created from a node's mirror:
+	// it orders inventory copies across fresh Consuls.
+	Epoch = Prefix + "epoch"
+	// GossipKey is the gossip key new machines are given: set by the
+	// seed, replaced by `rotate gossip`.
+	GossipKey = Prefix + "gossip-key"
+	// MeshSecret is the overlay's link secret every node listens with:
+	// set by the seed, replaced by `rotate mesh`. As a prefix it covers
+	// the rotation's two keys too, for ACL rules.
+	MeshSecret = Prefix + "mesh/secret"
+	// MeshNodes holds each member's overlay entry (mesh/nodes/<machine
+	// id>, JSON): how the others reach it.
+	MeshNodes = Prefix + "mesh/nodes/"
+	// SSHPool holds each ssh backend's claims (ssh-pool/<backend>/<host:port>,
+	// JSON): which host runs which machine.
+	SSHPool = Prefix + "ssh-pool/"
+	// HostKeys holds the SSH host keys trusted on first use, one per
+	// host:port, in authorized_keys form.
+	HostKeys = Prefix + "hostkeys/"
+	// JoinTokens holds each join token's record (join-tokens/<token id>,
+	// JSON): its type, uses left, expiry and the SHA-256 of its secret,
+	// never the secret. Read-only and client tokens are denied it.
+	JoinTokens = Prefix + "join-tokens/"
 	// Offers holds, per machine, which of the description's backends
 	// that machine can run (offers/<machine id>), as its agent found.
 	Offers = Prefix + "offers/"
@@ -104,7 +139,11 @@ const (
 // MeshSecretNext and MeshSecretPrevious exist only while a mesh rotation
 // runs; see MeshSecrets.
 const (
-	MeshSecretNext     = MeshSecret + "-next"
+	// MeshSecretNext is, during a mesh rotation, the secret being
+	// brought in.
+	MeshSecretNext = MeshSecret + "-next"
+	// MeshSecretPrevious is, during a mesh rotation, the secret being
+	// retired.
 	MeshSecretPrevious = MeshSecret + "-previous"
 )
 

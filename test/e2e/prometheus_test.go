@@ -246,7 +246,7 @@ func runPrometheus(t *testing.T, c *testCluster, prometheus string, m nodeconfig
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Prometheus holds a token of the metrics role, as the README says:
+	// Prometheus holds a token of the metrics role, as docs/security.md says:
 	// it reads the catalog, and nothing else.
 	metricsToken, errOut, code := c.rf("token", "create", "--role", "metrics")
 	if code != 0 {
