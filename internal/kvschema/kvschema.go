@@ -513,12 +513,6 @@ func (s *Store) PutOffer(ctx context.Context, machineID string, b []byte) (uint6
 	return resp.Results[0].ModifyIndex, nil
 }
 
-// DeleteOffer removes a removed machine's offer.
-func (s *Store) DeleteOffer(ctx context.Context, machineID string) error {
-	_, err := s.kv.Delete(Offers+machineID, write(ctx))
-	return err
-}
-
 // ProvisionedRecords lists every machine's provisioning record, by
 // machine ID.
 func (s *Store) ProvisionedRecords(ctx context.Context, q *api.QueryOptions) (map[string][]byte, uint64, error) {
@@ -537,23 +531,6 @@ func (s *Store) ProvisionedRecords(ctx context.Context, q *api.QueryOptions) (ma
 func (s *Store) PutProvisioned(ctx context.Context, machineID string, b []byte) error {
 	_, err := s.kv.Put(&api.KVPair{Key: Provisioned + machineID, Value: b}, write(ctx))
 	return err
-}
-
-// DeleteProvisioned removes a removed machine's provisioning record.
-func (s *Store) DeleteProvisioned(ctx context.Context, machineID string) error {
-	_, err := s.kv.Delete(Provisioned+machineID, write(ctx))
-	return err
-}
-
-// Records lists the inventory.
-func (s *Store) Records(ctx context.Context, q *api.QueryOptions) (api.KVPairs, *api.QueryMeta, error) {
-	return s.kv.List(Inventory, query(ctx, q))
-}
-
-// Record reads one machine's record; nil when there is none.
-func (s *Store) Record(ctx context.Context, machineID string) (*api.KVPair, error) {
-	p, _, err := s.WatchRecord(ctx, machineID, nil)
-	return p, err
 }
 
 // WatchRecord reads one machine's record with q, for a blocking query on
@@ -668,12 +645,6 @@ func (s *Store) CASRecords(ctx context.Context, ws []RecordWrite) (indexes []uin
 		indexes = append(indexes, byKey[Inventory+w.MachineID])
 	}
 	return indexes, true, nil
-}
-
-// DeleteRecord removes a machine's record if its index is still index.
-func (s *Store) DeleteRecord(ctx context.Context, machineID string, index uint64) (bool, error) {
-	ok, _, err := s.kv.DeleteCAS(&api.KVPair{Key: Inventory + machineID, ModifyIndex: index}, write(ctx))
-	return ok, err
 }
 
 // PoolClaims is the folder in which the ssh backend named backend records
