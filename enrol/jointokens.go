@@ -1,4 +1,4 @@
-package cluster
+package enrol
 
 import (
 	"cmp"
@@ -6,18 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"sort"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/jointoken"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
-	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -86,61 +81,10 @@ func CreateJoinToken(ctx context.Context, c *api.Client, p *rules.Platform, caCe
 	return tok, rec, err
 }
 
-// JoinTokenLine is one line of `token list`: a token, with the uses a join
-// token has left.
-type JoinTokenLine struct {
-	Token
-	// UsesLeft is how many more machines a join token joins; nil for a
-	// role's token.
-	UsesLeft *int `json:"uses_left,omitempty"`
-}
-
-// TokenList is Tokens, each join token with its uses left.
-func TokenList(ctx context.Context, c *api.Client) ([]JoinTokenLine, error) {
-	toks, err := Tokens(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	recs, err := joinTokens(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	left := make(map[string]int, len(recs))
-	for _, r := range recs {
-		left[r.ID] = r.UsesLeft
-	}
-	out := make([]JoinTokenLine, len(toks))
-	for i, t := range toks {
-		out[i].Token = t
-		if n, ok := left[t.ID]; ok && t.Kind == "join" {
-			out[i].UsesLeft = &n
-		}
-	}
-	return out, nil
-}
-
-// WriteTokenList prints lines as `token list` shows them (WriteTokens),
-// a join token's uses left after its type.
-func WriteTokenList(out io.Writer, lines []JoinTokenLine, now time.Time) error {
-	toks := make([]Token, len(lines))
-	for i, l := range lines {
-		toks[i] = l.Token
-		switch {
-		case l.UsesLeft == nil:
-		case *l.UsesLeft <= 0:
-			toks[i].For += ", used up"
-		case *l.UsesLeft == 1:
-			toks[i].For += ", 1 use left"
-		default:
-			toks[i].For += fmt.Sprintf(", %d uses left", *l.UsesLeft)
-		}
-	}
-	return WriteTokens(out, toks, now)
-}
-
-// joinTokens lists the cluster's join tokens, oldest first, expired ones
-// included (revoke removes them).
-func joinTokens(ctx context.Context, c *api.Client) ([]jointoken.Record, error) {
+// JoinTokens lists the records of the cluster's join tokens, oldest
+// first, expired ones included (revoke removes them). It blocks on one
+// read of KV.
+func JoinTokens(ctx context.Context, c *api.Client) ([]jointoken.Record, error) {
 	vals, err := kvschema.New(c).JoinTokens().List(ctx)
 	if err != nil {
 		return nil, err
@@ -157,8 +101,9 @@ func joinTokens(ctx context.Context, c *api.Client) ([]jointoken.Record, error) 
 	return out, nil
 }
 
-// revokeJoinToken removes a join token: no machine joins with it after.
-func revokeJoinToken(ctx context.Context, c *api.Client, id string) error {
+// RevokeJoinToken removes join token id: no machine joins with it after.
+// It blocks on a read and a delete in KV.
+func RevokeJoinToken(ctx context.Context, c *api.Client, id string) error {
 	f := kvschema.New(c).JoinTokens()
 	v, _, err := f.Get(ctx, id)
 	if err != nil {
@@ -168,48 +113,4 @@ func revokeJoinToken(ctx context.Context, c *api.Client, id string) error {
 		return fmt.Errorf("no join token %s (`raptiformica token list`)", id)
 	}
 	return f.Delete(ctx, id)
-}
-
-// JoinSpec is how `join --token` configures the machine it runs on.
-type JoinSpec struct {
-	// Agent is a member's agent (HOST[:PORT], its TLS port).
-	Agent string
-	Token string
-	// Type, when set, is the machine type this machine expects to
-	// become: a token of another type is refused, unspent.
-	Type string
-	// Config is where the node config is written; DataDir and BindAddr
-	// are this machine's (BindAddr "auto" picks its address).
-	Config, DataDir, BindAddr string
-	// Force replaces a node config that exists.
-	Force bool
-}
-
-// Join exchanges a join token for this machine's node config at a server
-// and writes it (mode 0600). The member's CA is checked by the token's
-// hash, and its certificate for a server's, before anything is sent; a
-// config in place is kept unless Force.
-func Join(ctx context.Context, s JoinSpec) (nodeconfig.Config, error) {
-	tok, err := jointoken.Parse(s.Token)
-	if err != nil {
-		return nodeconfig.Config{}, err
-	}
-	if _, err := os.Stat(s.Config); err == nil && !s.Force {
-		return nodeconfig.Config{}, fmt.Errorf("%s exists: this machine has a node config (--force replaces it)", s.Config)
-	}
-	cfg, err := agentapi.Join(ctx, s.Agent, tok, s.Type)
-	if err != nil {
-		return cfg, err
-	}
-	cfg.DataDir, cfg.BindAddr, cfg.ClusterDir = s.DataDir, s.BindAddr, ""
-	if cfg.ConsulBinary, err = nodeconfig.FindConsul(); err != nil {
-		cfg.ConsulBinary = nodeconfig.PackagedConsul
-	}
-	if err := cfg.Validate(); err != nil {
-		return cfg, fmt.Errorf("the member's node config: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(s.Config), 0o755); err != nil {
-		return cfg, err
-	}
-	return cfg, nodeconfig.Write(s.Config, cfg)
 }
