@@ -15,18 +15,21 @@
 //   - A person or a program gets a token of a role (CreateRoleToken):
 //     operator, read-only or metrics.
 //   - A machine joined by hand gets the node config of the type its join
-//     token names, never one it asks for (Joiner, JoinTokenType), from a
+//     token names, never one it asks for (Joiner, CreateJoinToken), from a
 //     server whose certificate chains to the CA the token pins
 //     (agentapi.Join, which Join calls).
 //
+// Which host a server's node config may be sent to, in a work order, is
+// the executor's to check (reconcile's Executor.mayHold), right before it
+// sends it.
+//
 // The package is at the top level, beside reconcile and rules, rather than
-// under internal/: enrolment is one of the project's concerns, used by the
-// agent (package daemon, which serves the join exchange over HTTP and gives
-// its leader's executor the node configs), by the operator's commands
-// (cluster, rotate, cmd) alike, and it is where the trust rules of the
-// design ("credentials that give the cluster's authority go only to proven
-// servers") are decided in one place; internal/ keeps the small pieces
-// those concerns share.
+// under internal/: enrolment is one of the project's concerns, with the
+// design's trust rules ("credentials that give the cluster's authority go
+// only to proven servers") as its contract, used by the agent (package
+// daemon serves the join exchange over HTTP and gives its leader's
+// executor the node configs) and by the operator's commands (cluster, cmd)
+// alike; internal/ keeps the small pieces those concerns share.
 package enrol
 
 import "github.com/raptiformica/raptiformica/internal/pki"

@@ -20,20 +20,21 @@ import (
 // JoinTokenSpec is what `token create` asks of a join token.
 type JoinTokenSpec struct {
 	// Type is the machine type its machines become; empty picks the
-	// description's first client type (JoinTokenType).
+	// description's first client type (joinTokenType).
 	Type string
 	// Uses is how many machines it joins; zero is jointoken.DefaultUses.
 	Uses int
-	TTL  time.Duration
+	// TTL is how long it joins machines; it must be positive.
+	TTL time.Duration
 }
 
-// JoinTokenType is the machine type a join token asked for typ makes in
+// joinTokenType is the machine type a join token asked for typ makes in
 // the description p, and whether that is a Consul server: typ itself when
 // the description has it; when empty, the first type by name that is not
 // a server. A server is never picked for the caller: a server's node
 // config holds the cluster's token and the CA key, so a token for one is
 // made only when asked by name.
-func JoinTokenType(p *rules.Platform, typ string) (string, bool, error) {
+func joinTokenType(p *rules.Platform, typ string) (string, bool, error) {
 	if typ != "" {
 		mt, ok := p.Machines[typ]
 		if !ok {
@@ -53,7 +54,7 @@ func JoinTokenType(p *rules.Platform, typ string) (string, bool, error) {
 // cluster c talks to; caCert is the cluster's CA, whose hash the token
 // carries. It returns the token and its record, which names the type.
 func CreateJoinToken(ctx context.Context, c *api.Client, p *rules.Platform, caCert string, s JoinTokenSpec) (jointoken.Token, jointoken.Record, error) {
-	typ, _, err := JoinTokenType(p, s.Type)
+	typ, _, err := joinTokenType(p, s.Type)
 	if err != nil {
 		return jointoken.Token{}, jointoken.Record{}, err
 	}

@@ -33,14 +33,14 @@ func TestTrustJoinTokenHasType(t *testing.T) {
 		{"an unknown type", "gpu", "", false, "no such machine type"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, server, err := JoinTokenType(p, tc.typ)
+			got, server, err := joinTokenType(p, tc.typ)
 			if got != tc.want || server != tc.server || (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) {
 				t.Errorf("got %q server=%v %v, want %q server=%v %q", got, server, err, tc.want, tc.server, tc.err)
 			}
 		})
 	}
 	serversOnly := &rules.Platform{Machines: map[string]rules.MachineType{"server": {ConsulServer: true}}}
-	if got, _, err := JoinTokenType(serversOnly, ""); err == nil || !strings.Contains(err.Error(), "--type") {
+	if got, _, err := joinTokenType(serversOnly, ""); err == nil || !strings.Contains(err.Error(), "--type") {
 		t.Errorf("a description of servers only, no type asked: %q, %v; want told to name one", got, err)
 	}
 
