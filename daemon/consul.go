@@ -146,10 +146,10 @@ type consulCheck struct {
 //
 // A client's token may register more services of the name on its own node,
 // with any address and meta: Prometheus's shipped config therefore takes
-// only the one of ID kvschema.ServiceName whose meta machine_id is its node's name,
-// labels it by the node and scrapes the node's address at Port; Address
-// and the meta serve readers that look at a node they trust (the CLI
-// finds the leader's agent on the leader's node).
+// only the one of ID kvschema.ServiceName whose meta machine_id is its
+// node's name, labels it by the node and scrapes the node's address at
+// Port; Address and the meta serve readers that look at a node they trust
+// (the CLI finds the leader's agent on the leader's node).
 func agentService(c nodeconfig.Config) consulService {
 	return consulService{
 		// Prometheus scrapes the port over TLS, with a metrics token.
