@@ -36,7 +36,6 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/backends/local"
-	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
@@ -313,7 +312,7 @@ func LeaderAgent(ctx context.Context, c *api.Client) (string, error) {
 	if leader == "" {
 		return "", errors.New("no machine leads now (the lock is free): try again in a few seconds")
 	}
-	svcs, _, err := c.Catalog().Service(daemon.ServiceName, "", (&api.QueryOptions{}).WithContext(ctx))
+	svcs, _, err := c.Catalog().Service(kvschema.ServiceName, "", (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return "", err
 	}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
@@ -27,11 +27,11 @@ import (
 // $CONSUL_HTTP_TOKEN_FILE, $CONSUL_CACERT). The token a command shows is
 // another: the environment's first (see EnvToken), so that a person with a
 // read-only token reads with it.
-func (l *Local) Credentials(machine bool, nodeConfig string) daemon.Credentials {
-	var cred daemon.Credentials
+func (l *Local) Credentials(machine bool, nodeConfig string) enrol.Credentials {
+	var cred enrol.Credentials
 	if machine {
 		if cfg, err := nodeconfig.Read(nodeConfig); err == nil {
-			cred = daemon.Credentials{Token: cfg.ACLToken, CA: cfg.TLS.CA()}
+			cred = enrol.Credentials{Token: cfg.ACLToken, CA: cfg.TLS.CA()}
 		}
 	}
 	if cred.Token == "" {

@@ -18,7 +18,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/backends/local"
-	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/source"
@@ -340,12 +340,12 @@ func (l *Local) restoreModules(ctx context.Context, c *api.Client, out io.Writer
 }
 
 // CheckApply refuses a description p that the running cluster could not
-// run: a mesh mode other than the cluster's (daemon.CheckMeshMode), or a
+// run: a mesh mode other than the cluster's (enrol.CheckMeshMode), or a
 // machine type naming a module's backend ("<type>/<server>") that none of
 // the modules the cluster keeps provides, or modules that cannot be applied
 // to it. Each problem names the file and line of p.
 func CheckApply(ctx context.Context, c *api.Client, p *rules.Platform, opts rules.Options) error {
-	if err := daemon.CheckMeshMode(ctx, kvschema.New(c), p); err != nil {
+	if err := enrol.CheckMeshMode(ctx, kvschema.New(c), p); err != nil {
 		return err
 	}
 	mods, _, err := Modules(ctx, c)

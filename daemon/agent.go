@@ -48,6 +48,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/identity"
@@ -262,11 +263,14 @@ func (a *Agent) setUp() (err error) {
 	}
 	executor := &reconcile.Executor{
 		Inventory: a.inventory, Consul: client, Clock: a.Clock, Log: a.Log.Named("executor"), Metrics: a.metrics, Token: c.ACLToken, CACert: c.TLS.CACert,
-		Forget:     func(ctx context.Context, id string) error { return RemoveMachineToken(ctx, client, id) },
-		NodeConfig: NodeConfigFor(client, Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, c.ClusterDir, c.ConsulBinary, selfEndpoints),
-		Grant:      grantWork(client),
-		Self:       c.MachineID,
-		Hooks:      &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
+		Forget: func(ctx context.Context, id string) error { return enrol.RemoveMachineToken(ctx, client, id) },
+		NodeConfig: enrol.NodeConfigs{
+			Client: client, Cred: enrol.Credentials{Token: c.ACLToken, CA: c.TLS.CA()}, ClusterDir: c.ClusterDir, ConsulBinary: c.ConsulBinary,
+			Self: selfEndpoints,
+		}.For,
+		Grant: enrol.GrantWork(client),
+		Self:  c.MachineID,
+		Hooks: &reconcile.HookRunner{Log: a.Log.Named("hook"), Metrics: a.metrics, Clock: a.Clock},
 	}
 	a.elector = &elector{
 		self: c.MachineID, neverLead: !mayLead(c), consul: client, store: a.store, inventory: a.inventory, executor: executor,

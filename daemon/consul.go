@@ -22,6 +22,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/logfile"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
@@ -134,10 +135,6 @@ type consulCheck struct {
 	Timeout       string `json:"timeout"`
 }
 
-// ServiceName is the Consul service every agent registers with its HTTP
-// port: Prometheus finds the agents' /metrics through it.
-const ServiceName = "raptiformica"
-
 // agentService is the node's agent as a Consul service: its metrics port,
 // and a check on /livez. Not /healthz, which asks the Consul servers: when
 // they are slow, every member's check would go critical at once and back,
@@ -149,14 +146,14 @@ const ServiceName = "raptiformica"
 //
 // A client's token may register more services of the name on its own node,
 // with any address and meta: Prometheus's shipped config therefore takes
-// only the one of ID ServiceName whose meta machine_id is its node's name,
-// labels it by the node and scrapes the node's address at Port; Address
-// and the meta serve readers that look at a node they trust (the CLI
-// finds the leader's agent on the leader's node).
+// only the one of ID kvschema.ServiceName whose meta machine_id is its
+// node's name, labels it by the node and scrapes the node's address at
+// Port; Address and the meta serve readers that look at a node they trust
+// (the CLI finds the leader's agent on the leader's node).
 func agentService(c nodeconfig.Config) consulService {
 	return consulService{
 		// Prometheus scrapes the port over TLS, with a metrics token.
-		ID: ServiceName, Name: ServiceName, Address: c.BindAddr, Port: c.HTTPSPort,
+		ID: kvschema.ServiceName, Name: kvschema.ServiceName, Address: c.BindAddr, Port: c.HTTPSPort,
 		Tags: []string{c.MachineType},
 		Meta: map[string]string{"machine_id": c.MachineID, "machine_type": c.MachineType, "cluster": c.Cluster, "backend": c.Backend,
 			// Where the agent is asked to act (plan, join), and, on a
@@ -164,7 +161,7 @@ func agentService(c nodeconfig.Config) consulService {
 			"https_port": strconv.Itoa(c.HTTPSPort), "http_port": strconv.Itoa(c.HTTPPort)},
 		Token: c.ACLToken,
 		Checks: []consulCheck{{
-			ID: ServiceName + "-livez", Name: "raptiformica agent /livez",
+			ID: kvschema.ServiceName + "-livez", Name: "raptiformica agent /livez",
 			HTTP: livezURL(c), TLSSkipVerify: c.TLS != nil, Interval: "30s", Timeout: "2s",
 		}},
 	}

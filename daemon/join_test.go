@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/jointoken"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -108,7 +109,7 @@ func TestTrustJoinTokenUsesAndRecord(t *testing.T) {
 				t.Errorf("the record of %s: found %v, %v", cfg.MachineID, found, err)
 				continue
 			}
-			want := reconcile.Record{ID: cfg.MachineID, Type: "worker", Backend: JoinBackend, State: reconcile.StateJoining,
+			want := reconcile.Record{ID: cfg.MachineID, Type: "worker", Backend: enrol.JoinBackend, State: reconcile.StateJoining,
 				Created: rec.Created, Updated: rec.Created, Reason: "joined with token " + tok.ID, Index: rec.Index}
 			if diff := cmp.Diff(want, rec); diff != "" || rec.Created.IsZero() {
 				t.Errorf("the record of %s, made at the join (-want +got):\n%s", cfg.MachineID, diff)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -280,7 +281,7 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 		})
 		g.Go(func() error {
 			_ = clock.Poll(lctx, e.clock, autopilotRetry, func() (bool, error) {
-				err := updateMachinePolicies(lctx, e.consul)
+				err := enrol.UpdateMachinePolicies(lctx, e.consul)
 				if err != nil {
 					e.log.Warn("bring machines' policies up to date", telemetry.KeyError, err)
 				}

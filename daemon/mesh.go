@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -702,55 +701,6 @@ func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
 	s.save(m)
 	s.log.Info("mesh peer added by hand", "endpoint", u.Host)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// CheckMeshMode refuses a description whose mesh mode is not the running
-// cluster's: the mode decides where every machine's Consul listens, so a
-// machine made under the other mode could never join. The cluster's mode is
-// whether it has a mesh secret, which its first node wrote.
-func CheckMeshMode(ctx context.Context, store *kvschema.Store, p *rules.Platform) error {
-	secret, err := store.MeshSecret(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("read mesh secret: %w", err)
-	}
-	running := secret != ""
-	switch {
-	case running && !p.Mesh.Enabled():
-		return fmt.Errorf("%s: mesh: the cluster runs the overlay mesh (its machines' Consul listens on it), so a description with mesh = %q can add no machine to it; the mode is chosen when a cluster is created", p.Filename, rules.MeshNone)
-	case !running && p.Mesh.Enabled():
-		return fmt.Errorf("%s: mesh: the cluster runs without the mesh (it has no mesh secret; its machines' Consul listens on their own network), so a description with mesh = %q can add no machine to it; the mode is chosen when a cluster is created", p.Filename, rules.MeshOverlay)
-	}
-	return nil
-}
-
-// meshConfigFor is the mesh part of a new machine's config: the cluster's
-// secret and, as its way in, the endpoints of static (the anchors, the
-// configuring node's own), of the servers and of the members the mesh's
-// rule will link it to, a bounded list whatever the cluster's size. The
-// machine dials them until it has read KV and one of its chosen links is
-// up (see meshSync). During a rotation the secret is the one brought in,
-// with which every member dials at every step (kvschema.MeshSecrets.Newest).
-func meshConfigFor(ctx context.Context, store *kvschema.Store, m rules.Mesh, self peering.Member, static ...[]string) (*nodeconfig.Mesh, error) {
-	secrets, err := store.MeshSecrets(ctx, nil)
-	if err != nil {
-		return nil, fmt.Errorf("read mesh secret: %w", err)
-	}
-	secret := secrets.Newest()
-	if secret == "" {
-		return nil, errors.New("the cluster has no mesh secret in KV (" + kvschema.MeshSecret + ")")
-	}
-	nodes, err := mesh.ReadEntries(ctx, store)
-	if err != nil {
-		return nil, err
-	}
-	peers := uniqueSorted(static...)
-	for _, n := range nodes {
-		if n.Server {
-			peers = append(peers, n.Endpoints...)
-		}
-	}
-	peers = append(peers, chosenEndpoints(self, nodes, m.Links())...)
-	return &nodeconfig.Mesh{ListenPort: m.Port, Secret: secret, Peers: hostPorts(peers)}, nil
 }
 
 // hostPorts merges lists of endpoints into one sorted list of host:port

@@ -79,44 +79,6 @@ func TestScaleChosenEndpoints(t *testing.T) {
 	}
 }
 
-// A new machine's config names a bounded list of peers however many
-// members there are: the servers, the members the rule will link it to,
-// and the static ones (anchors, the configuring node).
-func TestScaleNewMachineMeshPeersAreBounded(t *testing.T) {
-	consul := startTestConsul(t)
-	store := kvschema.New(consul.Client)
-	ctx := context.Background()
-	if err := store.InitMeshSecret(ctx, "s3cret"); err != nil {
-		t.Fatal(err)
-	}
-	nodes := meshEntries(60, 3)
-	putMeshEntries(t, store, nodes)
-	m := rules.Mesh{Mode: rules.MeshOverlay, Port: 9651, MaxLinks: 6}
-	self := peering.Member{ID: "new", Listens: true}
-	cfg, err := meshConfigFor(ctx, store, m, self, []string{"anchor.example.org:9651"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	allowed := map[string]bool{"anchor.example.org:9651": true}
-	for _, id := range peering.Choose(self, mesh.Members(nodes), 6) {
-		allowed[nodes[id].Endpoints[0]] = true
-	}
-	for _, id := range []string{"m000", "m001", "m002"} {
-		allowed[nodes[id].Endpoints[0]] = true
-		if !slices.Contains(cfg.Peers, nodes[id].Endpoints[0]) {
-			t.Errorf("the new machine's peers %v lack server %s", cfg.Peers, id)
-		}
-	}
-	for _, p := range cfg.Peers {
-		if !allowed[p] {
-			t.Errorf("the new machine's peers name %s, neither a server, nor chosen, nor static", p)
-		}
-	}
-	if len(cfg.Peers) > 1+3+6 {
-		t.Errorf("the new machine dials %d peers of 60 members, want at most 10: %v", len(cfg.Peers), cfg.Peers)
-	}
-}
-
 // TestScaleMeshReadsHaveAGap: the mesh's folder is read when it changes,
 // at most once per meshReadGap: a burst of writes costs one more read,
 // which sees them all.

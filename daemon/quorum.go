@@ -2,8 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net"
@@ -23,67 +21,11 @@ import (
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/recoverfile"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
-
-// RecoverFile, in a node's data folder while its Consul has lost quorum,
-// asks the node to recover the cluster alone; `raptiformica recover` writes
-// it. A file rather than an HTTP call, so that only who may write the
-// node's folder may do it.
-const RecoverFile = "recover"
-
-// RequestRecovery asks the node whose data folder is dataDir to recover the
-// cluster alone, once its Consul has lost quorum; why is kept in the file
-// for whoever looks. The request carries a nonce, for the logs, and holds
-// for recoverRequestTTL: one left behind (quorum came back first, or the
-// recovery failed) must not make the node recover alone at the next
-// partition, which would split the cluster in two.
-func RequestRecovery(dataDir string, now time.Time, why string) error {
-	var nonce [8]byte
-	_, _ = rand.Read(nonce[:])
-	b, _ := json.Marshal(recoverRequest{Nonce: hex.EncodeToString(nonce[:]), Requested: now.UTC(), Expires: now.Add(recoverRequestTTL).UTC(), Why: why})
-	return fsutil.WriteFileAtomic(filepath.Join(dataDir, RecoverFile), append(b, '\n'), 0o600)
-}
-
-// recoverRequestTTL is how long a recovery request holds.
-const recoverRequestTTL = 10 * time.Minute
-
-// recoverRequest is what RecoverFile holds.
-type recoverRequest struct {
-	Nonce     string    `json:"nonce"`
-	Requested time.Time `json:"requested"`
-	Expires   time.Time `json:"expires"`
-	Why       string    `json:"why"`
-}
-
-// pendingRecovery is the recovery request in dataDir that holds at now.
-// One that expired, or that cannot be read (an older version's), is
-// removed, and dropped says why.
-func pendingRecovery(dataDir string, now time.Time) (req recoverRequest, ok bool, dropped string) {
-	name := filepath.Join(dataDir, RecoverFile)
-	b, err := os.ReadFile(name)
-	if err != nil {
-		return req, false, ""
-	}
-	switch {
-	case json.Unmarshal(b, &req) != nil || req.Expires.IsZero():
-		dropped = "it cannot be read: ask again with raptiformica recover"
-	case !now.Before(req.Expires):
-		dropped = "it expired at " + req.Expires.Format(time.RFC3339)
-	default:
-		return req, true, ""
-	}
-	_ = os.Remove(name)
-	return req, false, dropped
-}
-
-// dropRecovery removes the recovery request in dataDir, if any, and says
-// whether there was one.
-func dropRecovery(dataDir string) bool {
-	return os.Remove(filepath.Join(dataDir, RecoverFile)) == nil
-}
 
 // quorumWatch looks at this node's Consul every second for a leader. The
 // look is the local agent's status endpoint, which answers without quorum,
@@ -162,7 +104,7 @@ func (q *quorumWatch) Run(ctx context.Context) error {
 				q.log.Info("consul has a leader again: quorum restored", "leaderless_for", now.Sub(since).Round(time.Second))
 			}
 			since, wasLost, last = now, false, recoveryDecision{}
-			if dropRecovery(q.cfg.DataDir) {
+			if recoverfile.Drop(q.cfg.DataDir) {
 				q.log.Warn("recovery request dropped: the cluster has a leader again")
 			}
 			q.setStatus(nil)
@@ -215,7 +157,7 @@ func (q *quorumWatch) Run(ctx context.Context) error {
 		wasLost = qs.Lost
 		if wasLost && q.recoverRequested() {
 			if err := q.recoverAlone(); err != nil {
-				dropRecovery(q.cfg.DataDir)
+				recoverfile.Drop(q.cfg.DataDir)
 				q.log.Error("recovery failed; its request is dropped (ask again)", telemetry.KeyError, err)
 			} else {
 				recovering = true
@@ -327,11 +269,11 @@ func addressOf(ss []agentapi.ServerSeen, name string) string {
 
 // requestRecovery asks this node to recover, as `raptiformica recover` does.
 func (q *quorumWatch) requestRecovery() error {
-	return RequestRecovery(q.cfg.DataDir, q.clock.Now(), "on backend evidence")
+	return recoverfile.Write(q.cfg.DataDir, q.clock.Now(), "on backend evidence")
 }
 
 func (q *quorumWatch) recoverRequested() bool {
-	req, ok, dropped := pendingRecovery(q.cfg.DataDir, q.clock.Now())
+	req, ok, dropped := recoverfile.Pending(q.cfg.DataDir, q.clock.Now())
 	if dropped != "" {
 		q.log.Warn("recovery request dropped", telemetry.KeyReason, dropped)
 	}
@@ -367,7 +309,7 @@ func (q *quorumWatch) recoverAlone() error {
 		// Nothing to keep: start a cluster of one afresh and re-seed it
 		// from the mirror of the description and the inventory.
 		why := errors.Join(err, rerr)
-		dropRecovery(q.cfg.DataDir)
+		recoverfile.Drop(q.cfg.DataDir)
 		q.log.Warn("consul data unusable: recovering on a fresh consul, re-seeded from the mirror", telemetry.KeyError, why)
 		q.proc.RestartFresh()
 		return nil
@@ -376,7 +318,7 @@ func (q *quorumWatch) recoverAlone() error {
 	if err := fsutil.WriteFileAtomic(filepath.Join(dataDir, "raft", "peers.json"), peers, 0o600); err != nil {
 		return err
 	}
-	dropRecovery(q.cfg.DataDir)
+	recoverfile.Drop(q.cfg.DataDir)
 	q.log.Warn("recovering the cluster alone: restarting consul with only this server in raft/peers.json")
 	q.proc.Restart()
 	return nil

@@ -15,34 +15,9 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/recoverfile"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 )
-
-// A recovery request holds for recoverRequestTTL; one expired, or
-// unreadable, is removed rather than acted on.
-func TestHostileRecoveryRequestExpires(t *testing.T) {
-	dir := t.TempDir()
-	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
-	if err := RequestRecovery(dir, now, "test"); err != nil {
-		t.Fatal(err)
-	}
-	if req, ok, _ := pendingRecovery(dir, now.Add(time.Minute)); !ok || req.Nonce == "" || req.Why != "test" {
-		t.Fatalf("a fresh request: %+v, %v", req, ok)
-	}
-	if _, ok, dropped := pendingRecovery(dir, now.Add(recoverRequestTTL)); ok || dropped == "" {
-		t.Errorf("an expired request held (dropped %q)", dropped)
-	}
-	if _, err := os.Stat(filepath.Join(dir, RecoverFile)); err == nil {
-		t.Error("the expired request is still there")
-	}
-	// What an older version wrote: a line, no expiry.
-	if err := os.WriteFile(filepath.Join(dir, RecoverFile), []byte("2026-11-30T12:00:00Z by raptiformica recover\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok, dropped := pendingRecovery(dir, now); ok || dropped == "" {
-		t.Errorf("an unreadable request held")
-	}
-}
 
 // A request left while the cluster has a leader (quorum came back before
 // the node acted on it) is removed: once, it stayed, and the next
@@ -59,7 +34,7 @@ func TestHostileStaleRecoveryRequestDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	if err := RequestRecovery(dir, time.Now(), "test"); err != nil {
+	if err := recoverfile.Write(dir, time.Now(), "test"); err != nil {
 		t.Fatal(err)
 	}
 	q := &quorumWatch{cfg: nodeconfig.Config{DataDir: dir, ConsulServer: true}, consul: client, clock: clock.Real{}, log: hclog.NewNullLogger(), metrics: telemetry.New()}
@@ -67,7 +42,7 @@ func TestHostileStaleRecoveryRequestDropped(t *testing.T) {
 	defer cancel()
 	go func() { _ = q.Run(ctx) }()
 	for ctx.Err() == nil {
-		if _, err := os.Stat(filepath.Join(dir, RecoverFile)); os.IsNotExist(err) {
+		if _, err := os.Stat(filepath.Join(dir, recoverfile.Name)); os.IsNotExist(err) {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
@@ -282,7 +283,7 @@ func TestWorkOrdersAreTheirHostsOnly(t *testing.T) {
 	stores := map[string]*kvschema.Store{}
 	clientOf := func(id string) reconcile.Orders {
 		t.Helper()
-		tok, err := machineToken(ctx, a.consul, id)
+		tok, err := enrol.MachineToken(ctx, a.consul, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -306,7 +307,7 @@ func TestWorkOrdersAreTheirHostsOnly(t *testing.T) {
 	if old == kvschema.MachineRules("w1") {
 		t.Fatal("the machine rules no longer grant work orders as this test expects")
 	}
-	if _, err := EnsurePolicy(ctx, a.consul, machinePolicyPrefix+"w1", "test", old); err != nil {
+	if _, err := enrol.EnsurePolicy(ctx, a.consul, enrol.MachinePolicy("w1"), "test", old); err != nil {
 		t.Fatal(err)
 	}
 
@@ -320,7 +321,7 @@ func TestWorkOrdersAreTheirHostsOnly(t *testing.T) {
 		t.Errorf("another client read w1's order: %+v, %v", got, err)
 	}
 	// Nor does a read-only token, which reads the cluster's folder.
-	ro, err := EnsurePolicy(ctx, a.consul, "raptiformica-test-read-only", "test", kvschema.ReadOnlyRules)
+	ro, err := enrol.EnsurePolicy(ctx, a.consul, "raptiformica-test-read-only", "test", kvschema.ReadOnlyRules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +340,7 @@ func TestWorkOrdersAreTheirHostsOnly(t *testing.T) {
 		t.Errorf("w1 read its orders before it was granted them: %+v", got)
 	}
 
-	if err := grantWork(a.consul)(ctx, "w1"); err != nil {
+	if err := enrol.GrantWork(a.consul)(ctx, "w1"); err != nil {
 		t.Fatal(err)
 	}
 	got, ok, _, err := w1.Get(ctx, "web-1", nil)

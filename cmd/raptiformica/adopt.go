@@ -15,8 +15,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/raptiformica/raptiformica/cluster"
-	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/deploy/systemd"
+	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
@@ -113,7 +113,7 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 	adopt := func(j provision.HostEntry) error {
 		mt := p.Machines[j.Type]
 		configure := func(ctx context.Context, id string) (nodeconfig.Config, error) {
-			node, err := daemon.NodeConfigFor(c, t.credentials(), "", provision.RemoteConsul, nil)(ctx, p, id, mt, provision.AdoptBackend)
+			node, err := enrol.NodeConfigs{Client: c, Cred: t.credentials(), ConsulBinary: provision.RemoteConsul}.For(ctx, p, id, mt, provision.AdoptBackend)
 			node = provision.AdoptedNode(node, j.Host)
 			node.BindAddr = cmp.Or(o.bind, node.BindAddr)
 			return node, err

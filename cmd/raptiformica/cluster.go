@@ -15,8 +15,8 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/builtin"
 	"github.com/raptiformica/raptiformica/cluster"
-	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
@@ -93,7 +93,7 @@ func (t *target) viaEnv() bool { return !t.explicit && os.Getenv("CONSUL_HTTP_AD
 // Consul's environment and this machine's node config when it talks to
 // $CONSUL_HTTP_ADDR or runs on a member with no local cluster, else the
 // local cluster's (cluster.Local.Credentials).
-func (t *target) credentials() daemon.Credentials {
+func (t *target) credentials() enrol.Credentials {
 	return t.cluster().Credentials(!t.explicit && (t.viaEnv() || t.cluster().Token() == ""), nodeConfigPath)
 }
 

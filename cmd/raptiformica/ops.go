@@ -14,8 +14,8 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/cluster"
-	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
+	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -200,8 +200,8 @@ func (t *target) do(ctx context.Context, c *api.Client, p *rules.Platform, bes m
 	cred := t.credentials()
 	ex := &reconcile.Executor{
 		Inventory: &reconcile.Inventory{Store: kvschema.New(c)}, Consul: c, Clock: clock.Real{}, Log: log,
-		NodeConfig: daemon.NodeConfigFor(c, cred, t.folder(), consul, nil), Token: cred.Token, CACert: cred.CA.CertPEM,
-		Forget: func(ctx context.Context, id string) error { return daemon.RemoveMachineToken(ctx, c, id) },
+		NodeConfig: enrol.NodeConfigs{Client: c, Cred: cred, ClusterDir: t.folder(), ConsulBinary: consul}.For, Token: cred.Token, CACert: cred.CA.CertPEM,
+		Forget: func(ctx context.Context, id string) error { return enrol.RemoveMachineToken(ctx, c, id) },
 	}
 	r, _, err := ex.Do(ctx, p, bes, obs, a)
 	return r, err

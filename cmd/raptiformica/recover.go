@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/raptiformica/raptiformica/cluster"
-	"github.com/raptiformica/raptiformica/daemon"
+	"github.com/raptiformica/raptiformica/internal/recoverfile"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -66,7 +66,7 @@ func recoverOn(ctx context.Context, t *target, machine string, yes bool, timeout
 			return errors.New("not confirmed; nothing was changed")
 		}
 	}
-	if err := daemon.RequestRecovery(m.Config.DataDir, time.Now(), "by raptiformica recover"); err != nil {
+	if err := recoverfile.Write(m.Config.DataDir, time.Now(), "by raptiformica recover"); err != nil {
 		return err
 	}
 	return waitAndPrint(ctx, t, nil, timeout, out)

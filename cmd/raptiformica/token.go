@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/raptiformica/raptiformica/cluster"
+	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/jointoken"
 )
 
@@ -38,7 +39,7 @@ func tokenCreateCmd() *cobra.Command {
 			if !c.Flags().Changed("ttl") {
 				*ttl = 0
 			}
-			tok, err := cluster.CreateRoleToken(c.Context(), cl, *role, *ttl)
+			tok, err := enrol.CreateRoleToken(c.Context(), cl, *role, *ttl)
 			if err != nil {
 				return err
 			}
@@ -49,7 +50,7 @@ func tokenCreateCmd() *cobra.Command {
 		if *uses < 1 {
 			return fmt.Errorf("%w: --uses %d: at least 1", errUsage, *uses)
 		}
-		tok, rec, err := cluster.CreateJoinToken(c.Context(), cl, p, t.credentials().CA.CertPEM, cluster.JoinTokenSpec{Type: *typ, Uses: *uses, TTL: *ttl})
+		tok, rec, err := enrol.CreateJoinToken(c.Context(), cl, p, t.credentials().CA.CertPEM, enrol.JoinTokenSpec{Type: *typ, Uses: *uses, TTL: *ttl})
 		if err != nil {
 			return err
 		}

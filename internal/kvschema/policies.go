@@ -47,7 +47,7 @@ const ClientRules = `key_prefix "` + Prefix + `" { policy = "read" }
 key_prefix "` + JoinTokens + `" { policy = "deny" }
 node_prefix "" { policy = "read" }
 service_prefix "" { policy = "read" }
-service "raptiformica" { policy = "write" }
+service "` + ServiceName + `" { policy = "write" }
 operator = "read"
 `
 

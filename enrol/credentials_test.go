@@ -1,4 +1,4 @@
-package daemon
+package enrol
 
 import (
 	"context"
@@ -8,19 +8,15 @@ import (
 	"testing"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/hashicorp/go-hclog"
 
-	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
-	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
-	"github.com/raptiformica/raptiformica/reconcile"
 )
 
 // TestTrustCredentialTable checks the table in docs/security.md of what each
 // credential may read and write against a real Consul with the cluster's
 // ACLs: the tokens are made as the cluster makes them (a client machine's
-// by machineToken; the roles' from kvschema's rules), and every cell is
+// by MachineToken; the roles' from kvschema's rules), and every cell is
 // tried, a read and a write of the key. A client's token, used by hand,
 // changes nothing but its own claims; the table says so, and this holds
 // the table to it.
@@ -36,10 +32,10 @@ func TestTrustCredentialTable(t *testing.T) {
 	const own, other = "worker-own", "worker-other"
 	tokens := map[string]string{"cluster token, operator": root}
 	var err error
-	if tokens["client machine"], err = machineToken(ctx, admin, own); err != nil {
+	if tokens["client machine"], err = MachineToken(ctx, admin, own); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := machineToken(ctx, admin, other); err != nil {
+	if _, err := MachineToken(ctx, admin, other); err != nil {
 		t.Fatal(err)
 	}
 	for column, rules := range map[string]string{"read-only": kvschema.ReadOnlyRules, "metrics": kvschema.MetricsRules} {
@@ -153,40 +149,6 @@ func clientWithToken(t *testing.T, c *testconsul.Server, token string) *api.Clie
 	return cl
 }
 
-// TestTrustClientWritesNoRecordOfItsOwn: a client machine's agent, with
-// its own token, does not record itself (Consul refuses it, and the agent
-// takes that as done: whoever made or enrolled it recorded it); with a
-// token that may write the inventory (a node config an operator wrote by
-// hand with the cluster's), it records itself as before.
-func TestTrustClientWritesNoRecordOfItsOwn(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: runs a real Consul (run without -short)")
-	}
-	t.Parallel()
-	c, root := aclConsul(t)
-	ctx := context.Background()
-	admin := clientWithToken(t, c, root)
-	own, err := machineToken(ctx, admin, "laptop-own")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		id, token string
-		recorded  bool
-	}{{"laptop-own", own, false}, {"laptop-by-hand", root, true}} {
-		cl := clientWithToken(t, c, tc.token)
-		seed := &kvSeed{cfg: nodeconfig.Config{MachineID: tc.id, MachineType: "laptop", Backend: "by-hand"},
-			store: kvschema.New(cl), inventory: &reconcile.Inventory{Store: kvschema.New(cl)}, clock: clock.Real{}, log: hclog.NewNullLogger()}
-		if err := seed.record(ctx); err != nil {
-			t.Errorf("%s: record: %v", tc.id, err)
-		}
-		_, found, err := (&reconcile.Inventory{Store: kvschema.New(admin)}).Get(ctx, tc.id)
-		if err != nil || found != tc.recorded {
-			t.Errorf("%s: recorded %v (%v), want %v", tc.id, found, err, tc.recorded)
-		}
-	}
-}
-
 // TestTrustOlderMachinePoliciesBroughtUpToDate: a client made by an older
 // version has a policy of its own that still lets it write its inventory
 // record; a new leader rewrites it to this version's rules, so that the
@@ -199,7 +161,7 @@ func TestTrustOlderMachinePoliciesBroughtUpToDate(t *testing.T) {
 	c, root := aclConsul(t)
 	ctx := context.Background()
 	admin := clientWithToken(t, c, root)
-	tok, err := machineToken(ctx, admin, "worker-old")
+	tok, err := MachineToken(ctx, admin, "worker-old")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +174,7 @@ func TestTrustOlderMachinePoliciesBroughtUpToDate(t *testing.T) {
 	if _, err := own.Put(forged, nil); err != nil {
 		t.Fatalf("the older policy should let it write its record (the test's premise): %v", err)
 	}
-	if err := updateMachinePolicies(ctx, admin); err != nil {
+	if err := UpdateMachinePolicies(ctx, admin); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := own.Put(forged, nil); err == nil {

@@ -1,4 +1,4 @@
-package cluster
+package enrol
 
 import (
 	"context"
@@ -9,11 +9,12 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 )
 
-// Roles a token may be made for, with `token create --role`.
+// roles are the roles a token may be made for, with `token create --role`:
+// each its policy's name and rules (kvschema's); the operator's is
+// Consul's global management, no policy of ours.
 var roles = map[string]struct{ policy, rules string }{
 	"operator":  {},
 	"read-only": {kvschema.ReadOnlyPolicy, kvschema.ReadOnlyRules},
@@ -27,7 +28,7 @@ const roleDescription = "raptiformica role "
 // CreateRoleToken makes a Consul ACL token for role (operator, read-only
 // or metrics), expiring after ttl unless it is zero, and returns it. It
 // needs an operator's token: the policies of the roles are made (or made
-// right) on the way.
+// right) on the way. It blocks on a few requests to Consul.
 func CreateRoleToken(ctx context.Context, c *api.Client, role string, ttl time.Duration) (*api.ACLToken, error) {
 	r, ok := roles[role]
 	if !ok {
@@ -36,7 +37,7 @@ func CreateRoleToken(ctx context.Context, c *api.Client, role string, ttl time.D
 	w := (&api.WriteOptions{}).WithContext(ctx)
 	link := &api.ACLTokenPolicyLink{ID: kvschema.GlobalManagementPolicyID}
 	if r.policy != "" {
-		p, err := daemon.EnsurePolicy(ctx, c, r.policy, "raptiformica's "+role+" role", r.rules)
+		p, err := EnsurePolicy(ctx, c, r.policy, "raptiformica's "+role+" role", r.rules)
 		if err != nil {
 			return nil, err
 		}
@@ -50,48 +51,36 @@ func CreateRoleToken(ctx context.Context, c *api.Client, role string, ttl time.D
 	return out, nil
 }
 
-// Token is one line of `token list`: a join token, or a token made for a
-// role; never a secret.
-type Token struct {
-	// ID is a join token's ID, or a role token's accessor ID.
-	ID   string `json:"id"`
-	Kind string `json:"kind"` // join or role
-	// For is the machine type a join token makes ("" for any), or the
-	// role.
-	For     string     `json:"for"`
-	Created time.Time  `json:"created"`
-	Expires *time.Time `json:"expires,omitempty"`
+// RoleToken is a token CreateRoleToken made, as `token list` shows it:
+// never its secret.
+type RoleToken struct {
+	AccessorID string
+	Role       string
+	Created    time.Time
+	// Expires is nil for a token that never expires.
+	Expires *time.Time
 }
 
-// Tokens lists the cluster's join tokens, expired ones included, then the
-// tokens made for roles.
-func Tokens(ctx context.Context, c *api.Client) ([]Token, error) {
-	recs, err := joinTokens(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	var out []Token
-	for _, r := range recs {
-		out = append(out, Token{ID: r.ID, Kind: "join", For: r.Type, Created: r.Created, Expires: &r.Expires})
-	}
+// RoleTokens lists the tokens made for roles, in Consul's order. It blocks
+// on one request to Consul.
+func RoleTokens(ctx context.Context, c *api.Client) ([]RoleToken, error) {
 	list, _, err := c.ACL().TokenList((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, err
 	}
+	var out []RoleToken
 	for _, t := range list {
 		if role, ok := strings.CutPrefix(t.Description, roleDescription); ok {
-			out = append(out, Token{ID: t.AccessorID, Kind: "role", For: role, Created: t.CreateTime, Expires: t.ExpirationTime})
+			out = append(out, RoleToken{AccessorID: t.AccessorID, Role: role, Created: t.CreateTime, Expires: t.ExpirationTime})
 		}
 	}
 	return out, nil
 }
 
-// RevokeToken removes a join token (by its ID) or a token made for a role
-// (by its accessor ID, a UUID): nobody uses it after.
-func RevokeToken(ctx context.Context, c *api.Client, id string) error {
-	if len(id) != 36 {
-		return revokeJoinToken(ctx, c, id)
-	}
+// RevokeRoleToken deletes the token of accessor ID id, if
+// CreateRoleToken made it: nobody uses it after. A token of Consul's that
+// is not a role's (a machine's, the cluster's) is refused, untouched.
+func RevokeRoleToken(ctx context.Context, c *api.Client, id string) error {
 	t, _, err := c.ACL().TokenRead(id, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("token %s: %w", id, err)

@@ -1,4 +1,4 @@
-package daemon
+package enrol
 
 import (
 	"context"
@@ -18,19 +18,25 @@ const (
 	machineDescription  = "raptiformica machine "
 )
 
-// machineToken makes the ACL token of a new client machine: its node
-// identity, the policy every client shares and one of its own (its
-// inventory record, its mesh entry). A client never leads, so it never
-// needs more; a server gets the cluster's token, with which it bootstraps
-// ACLs and leads. c must hold a token that may write ACLs (the leader's,
-// an operator's).
-func machineToken(ctx context.Context, c *api.Client, id string) (string, error) {
+// MachinePolicy is the name of client machine id's own ACL policy, the one
+// MachineToken links its token to: the policy goes, and its tokens with
+// it, when the machine does (RemoveMachineToken).
+func MachinePolicy(id string) string { return machinePolicyPrefix + id }
+
+// MachineToken makes the ACL token of a new client machine, or returns
+// the one it has: its node identity, the policy every client shares and
+// one of its own (its mesh entry, its offer, its provisioning record, its
+// work orders). A client never leads, so it never needs more; a server
+// gets the cluster's token, with which it bootstraps ACLs and leads. c must
+// hold a token that may write ACLs (the leader's, an operator's). It
+// blocks on a few requests to Consul.
+func MachineToken(ctx context.Context, c *api.Client, id string) (string, error) {
 	w := (&api.WriteOptions{}).WithContext(ctx)
 	shared, err := EnsurePolicy(ctx, c, clientPolicy, "what every raptiformica client machine may do", kvschema.ClientRules)
 	if err != nil {
 		return "", err
 	}
-	own, err := EnsurePolicy(ctx, c, machinePolicyPrefix+id, "raptiformica machine "+id+"'s own keys", kvschema.MachineRules(id))
+	own, err := EnsurePolicy(ctx, c, MachinePolicy(id), "raptiformica machine "+id+"'s own keys", kvschema.MachineRules(id))
 	if err != nil {
 		return "", err
 	}
@@ -56,20 +62,21 @@ func machineToken(ctx context.Context, c *api.Client, id string) (string, error)
 	return tok.SecretID, nil
 }
 
-// grantWork returns the executor's Grant: before the leader gives a client
-// machine a work order, that machine's own policy gets the rules of this
-// version (MachineRules: its work orders). A machine without a policy of
-// its own holds the cluster's token (a server) and needs nothing. It is
-// asked every time, not remembered: orders are rare, and an older leader
-// may have written older rules meanwhile.
-func grantWork(c *api.Client) func(ctx context.Context, host string) error {
+// GrantWork returns the executor's Grant (reconcile.Executor): before the
+// leader gives a client machine a work order, that machine's own policy
+// gets the rules of this version (kvschema.MachineRules: its work orders).
+// A machine without a policy of its own holds the cluster's token (a
+// server) and needs nothing. It is asked every time, not remembered:
+// orders are rare, and an older leader may have written older rules
+// meanwhile.
+func GrantWork(c *api.Client) func(ctx context.Context, host string) error {
 	return func(ctx context.Context, host string) error {
-		p, _, err := c.ACL().PolicyReadByName(machinePolicyPrefix+host, (&api.QueryOptions{}).WithContext(ctx))
+		p, _, err := c.ACL().PolicyReadByName(MachinePolicy(host), (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
 			return fmt.Errorf("read the policy of %s: %w", host, err)
 		}
 		if p != nil && p.Rules != kvschema.MachineRules(host) {
-			if _, err := EnsurePolicy(ctx, c, machinePolicyPrefix+host, machineDescription+host+"'s own keys", kvschema.MachineRules(host)); err != nil {
+			if _, err := EnsurePolicy(ctx, c, MachinePolicy(host), machineDescription+host+"'s own keys", kvschema.MachineRules(host)); err != nil {
 				return err
 			}
 		}
@@ -77,13 +84,13 @@ func grantWork(c *api.Client) func(ctx context.Context, host string) error {
 	}
 }
 
-// updateMachinePolicies rewrites every client machine's own policy that an
+// UpdateMachinePolicies rewrites every client machine's own policy that an
 // older version wrote with other rules (kvschema.MachineRules): a client
 // made before clients lost the write of their inventory record would keep
 // it, and could make itself a server in the leader's eyes, until the
 // leader next gave it a work order. A new leader does it once; it blocks
 // until done or ctx ends.
-func updateMachinePolicies(ctx context.Context, c *api.Client) error {
+func UpdateMachinePolicies(ctx context.Context, c *api.Client) error {
 	ps, _, err := c.ACL().PolicyList((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("list policies: %w", err)
@@ -140,7 +147,7 @@ func EnsurePolicy(ctx context.Context, c *api.Client, name, desc, rules string) 
 // policy: its credentials die with its record. A machine that has none (a
 // server, or one made before) is no error.
 func RemoveMachineToken(ctx context.Context, c *api.Client, id string) error {
-	p, _, err := c.ACL().PolicyReadByName(machinePolicyPrefix+id, (&api.QueryOptions{}).WithContext(ctx))
+	p, _, err := c.ACL().PolicyReadByName(MachinePolicy(id), (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil || p == nil {
 		return err
 	}

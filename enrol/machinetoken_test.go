@@ -1,4 +1,4 @@
-package daemon
+package enrol
 
 import (
 	"context"
@@ -13,7 +13,12 @@ import (
 // spawn ("A policy with name ... already exists"), which the soak caught.
 // Every caller now gets the policy.
 func TestPolicyMadeByTwoSpawnsAtOnce(t *testing.T) {
-	a, _ := startAgent(t)
+	if testing.Short() {
+		t.Skip("integration test: runs a real Consul (run without -short)")
+	}
+	t.Parallel()
+	c, root := aclConsul(t)
+	admin := clientWithToken(t, c, root)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for round := 0; round < 5; round++ {
@@ -24,7 +29,7 @@ func TestPolicyMadeByTwoSpawnsAtOnce(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, errs[i] = EnsurePolicy(ctx, a.consul, name, "test", `key_prefix "raptiformica/" { policy = "read" }`)
+				_, errs[i] = EnsurePolicy(ctx, admin, name, "test", `key_prefix "raptiformica/" { policy = "read" }`)
 			}()
 		}
 		wg.Wait()
