@@ -8,8 +8,8 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/enrol"
+	"github.com/raptiformica/raptiformica/internal/jointoken"
 )
 
 // serveJoin gives a machine that shows a valid join token its node config
@@ -29,7 +29,7 @@ func (h *httpServer) serveJoin(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this agent is a client's: it gives no node config; ask a server\n", http.StatusForbidden)
 		return
 	}
-	var req agentapi.JoinRequest
+	var req jointoken.Request
 	if err := json.NewDecoder(io.LimitReader(r.Body, 4<<10)).Decode(&req); err != nil {
 		http.Error(w, "join request: "+err.Error()+"\n", http.StatusBadRequest)
 		return

@@ -17,7 +17,7 @@
 //   - A machine joined by hand gets the node config of the type its join
 //     token names, never one it asks for (Joiner, CreateJoinToken), from a
 //     server whose certificate chains to the CA the token pins
-//     (agentapi.Join, which Join calls).
+//     (agentapi.Join, which cluster.Join calls).
 //
 // Which host a server's node config may be sent to, in a work order, is
 // the executor's to check (reconcile's Executor.mayHold), right before it

@@ -10,7 +10,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/raptiformica/raptiformica/daemon/agentapi"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/jointoken"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
@@ -64,17 +63,17 @@ func TestJoinerSpendsOnlyWhatItGrants(t *testing.T) {
 		}
 		return r.UsesLeft
 	}
-	good := agentapi.JoinRequest{TokenID: tok.ID, Secret: tok.Secret}
+	good := jointoken.Request{TokenID: tok.ID, Secret: tok.Secret}
 	for _, tc := range []struct {
 		name     string
-		req      agentapi.JoinRequest
+		req      jointoken.Request
 		platform *rules.Platform
 		config   error
 		want     JoinFailure
 	}{
-		{"an unknown token", agentapi.JoinRequest{TokenID: "nope", Secret: tok.Secret}, p, nil, JoinRefused},
-		{"a wrong secret", agentapi.JoinRequest{TokenID: tok.ID, Secret: "wrong"}, p, nil, JoinRefused},
-		{"another type than the token's", agentapi.JoinRequest{TokenID: tok.ID, Secret: tok.Secret, Type: "server"}, p, nil, JoinBadRequest},
+		{"an unknown token", jointoken.Request{TokenID: "nope", Secret: tok.Secret}, p, nil, JoinRefused},
+		{"a wrong secret", jointoken.Request{TokenID: tok.ID, Secret: "wrong"}, p, nil, JoinRefused},
+		{"another type than the token's", jointoken.Request{TokenID: tok.ID, Secret: tok.Secret, Type: "server"}, p, nil, JoinBadRequest},
 		{"no description yet", good, nil, nil, JoinNotReady},
 		{"a description without the token's type", good, &rules.Platform{Machines: map[string]rules.MachineType{}}, nil, JoinBadRequest},
 		{"a machine that cannot be configured", good, p, configFails, JoinFailed},

@@ -14,7 +14,6 @@ import (
 
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
-	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
@@ -35,7 +34,7 @@ func joinCmd() *cobra.Command {
 	t := addTarget(c)
 	agent := c.Flags().String("agent", localAgent, "the agent that dials, HOST[:PORT]: this machine's by default; a server's (over TLS, port 9551 unless given; its certificate must be a server's before the token is sent) to have it dial a machine that cannot dial out")
 	timeout := c.Flags().Duration("timeout", time.Minute, "how long to wait for the link, or the member's answer")
-	var js enrol.JoinSpec
+	var js cluster.JoinSpec
 	c.Flags().StringVar(&js.Token, "token", "", "a join token (`raptiformica token create` on a member): HOST is then a server's agent (TLS port 9551 unless given), checked by the token's CA hash and for a server's certificate; this machine's node config is written")
 	c.Flags().StringVar(&js.Type, "type", "", "with --token: the machine type this machine expects to become (a token of another type is refused, unspent)")
 	c.Flags().StringVar(&js.Config, "config", nodeConfigPath, "with --token: where to write the node config")
@@ -47,7 +46,7 @@ func joinCmd() *cobra.Command {
 		defer cancel()
 		if js.Token != "" {
 			js.Agent = args[0]
-			cfg, err := enrol.Join(ctx, js)
+			cfg, err := cluster.Join(ctx, js)
 			if err != nil {
 				return err
 			}

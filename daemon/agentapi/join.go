@@ -26,14 +26,9 @@ import (
 // config, over TLS only.
 const JoinPath = "/v1/join"
 
-// JoinRequest is the body of POST /v1/join.
-type JoinRequest struct {
-	TokenID string `json:"token_id"`
-	Secret  string `json:"secret"`
-	// Type, when set, is the machine type the machine expects to join
-	// as: a token of another type is refused rather than spent.
-	Type string `json:"type,omitempty"`
-}
+// JoinRequest is the body of POST /v1/join (jointoken.Request: the
+// server's side of the exchange reads it without this client).
+type JoinRequest = jointoken.Request
 
 // CAMismatch is Join's error when the member shows a CA other than the one
 // the token names: nothing was sent to it.

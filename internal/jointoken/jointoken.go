@@ -209,3 +209,13 @@ func update(ctx context.Context, kv KV, id string, change func(*Record) error) (
 	}
 	return Record{}, fmt.Errorf("join token %s: changed by others %d times in a row: try again", id, maxCASTries)
 }
+
+// Request is what a machine sends a member to exchange a token for its
+// node config: the body of the agent's POST /v1/join.
+type Request struct {
+	TokenID string `json:"token_id"`
+	Secret  string `json:"secret"`
+	// Type, when set, is the machine type the machine expects to join
+	// as: a token of another type is refused rather than spent.
+	Type string `json:"type,omitempty"`
+}
