@@ -255,6 +255,8 @@ func (h *httpServer) handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(d.Plan())
 	})))
+	mux.HandleFunc("POST "+agentapi.MachinesPath, h.serverOnly(h.acting(h.serveSpawn)))
+	mux.HandleFunc("DELETE "+agentapi.MachinesPath+"/{id}", h.serverOnly(h.acting(h.serveDestroy)))
 	mux.HandleFunc("POST "+agentapi.JoinPath, h.serveJoin)
 	mux.Handle("GET "+agentapi.StatusPath, h.reading(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

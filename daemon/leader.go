@@ -103,9 +103,13 @@ type elector struct {
 	// given up. It holds one signal while nobody leads.
 	wake chan struct{}
 
-	mu      sync.RWMutex  // guards leading and last
-	leading bool          // this node holds the lock and runs the loop
-	last    *state.Status // the last pass this node published as leader
+	mu      sync.RWMutex // guards leading, term and last
+	leading bool         // this node holds the lock and runs the loop
+	// term is the leadership term's context while leading: what the
+	// actions asked for by hand run in, so that they outlive the request
+	// that asked and stop with the term, as the loop's do.
+	term context.Context
+	last *state.Status // the last pass this node published as leader
 }
 
 // Run competes for the leader lock until ctx ends, leading whenever it
@@ -259,6 +263,9 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 	// empty inventory would take every machine for an orphan.
 	led := clock.Poll(lctx, e.clock, 500*time.Millisecond, func() (bool, error) { return e.reseed(lctx), nil }) == nil
 	if led {
+		e.mu.Lock()
+		e.term = lctx
+		e.mu.Unlock()
 		e.setLeading(true)
 		e.log.Info("became leader")
 		e.executor.Hooks.Fire(lctx, e.platform(), "leader_elected", state.Action{MachineID: e.self, Reason: "leader elected"})
@@ -295,6 +302,9 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 	}
 	err := g.Wait() // the autopilot watch has stopped: it sets no gauge after they are forgotten
 	if led {
+		e.mu.Lock()
+		e.term = nil
+		e.mu.Unlock()
 		e.setLeading(false)
 		if ctx.Err() == nil {
 			e.log.Warn("lost leadership")
@@ -440,4 +450,41 @@ func (e *elector) DryRun(ctx context.Context) (reconcile.Decision, error) {
 	obs.Self = e.self
 	obs.Provisioned, _ = reconcile.ObserveProvisioned(ctx, e.inventory, p)
 	return reconcile.Plan(p, obs, e.clock.Now()), nil
+}
+
+// refusal is an action asked for by hand that the leader will not take as
+// asked (no such type, nowhere to place it, the leader's own machine): the
+// asker's to change, not to retry.
+type refusal struct{ error }
+
+func (r refusal) Unwrap() error { return r.error }
+
+// Act runs one action asked for by hand, chosen by choose from what this
+// leader observes now (reconcile.PlaceByHand, reconcile.DestroyByHand), on
+// the executor that runs the loop's: placed and recorded as the loop's
+// actions are, and in the term's context. It returns the record the
+// action left once it is done, or when ctx ends (the action goes on).
+func (e *elector) Act(ctx context.Context, choose func(*rules.Platform, reconcile.Observed, time.Time) (state.Action, error)) (reconcile.Record, error) {
+	e.mu.RLock()
+	term := e.term
+	e.mu.RUnlock()
+	p := e.platform()
+	if term == nil || p == nil {
+		return reconcile.Record{}, errNotLeading
+	}
+	bes := e.backends()
+	obs, err := reconcile.Observe(ctx, e.consul, e.inventory, bes, nil, nil)
+	if err != nil {
+		return reconcile.Record{}, fmt.Errorf("observe: %w", err)
+	}
+	e.executor.Snapshot(&obs)
+	obs.Self = e.self
+	a, err := choose(p, obs, e.clock.Now())
+	if err != nil {
+		return reconcile.Record{}, refusal{err}
+	}
+	e.log.Info("action asked for by hand", telemetry.KeyAction, string(a.Kind), telemetry.KeyMachineID, a.MachineID, telemetry.KeyMachineType, a.Type, telemetry.KeyHost, a.Host)
+	rec, _, err := e.executor.Act(term, ctx, p, bes, obs, a)
+	e.poke() // the loop looks at once at what changed
+	return rec, err
 }

@@ -204,22 +204,20 @@ func (w *worker) run(ctx context.Context, o state.WorkOrder) (inst backends.Inst
 		return backends.Instance{}, "", fmt.Errorf("backend %q is not configured on %s", o.Backend, w.orders.Host)
 	}
 	w.serve(o.Backend)
-	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	defer cancel()
 	log.Info("running a work order from the leader")
 	begin := w.clock.Now()
-	if o.Kind == state.WorkDestroy {
-		err := be.Destroy(ctx, o.MachineID)
-		log.Info("work order ran", telemetry.KeyDuration, w.clock.Now().Sub(begin), telemetry.KeyError, err)
-		return backends.Instance{}, "", err
+	if o.Kind == state.WorkSpawn && o.Node != nil {
+		node := *o.Node
+		node.ClusterDir, node.ConsulBinary, node.MadeBy = w.env.ClusterDir, w.env.ConsulBinary, w.orders.Host
+		o.Node = &node
 	}
-	node := *o.Node
-	node.ClusterDir, node.ConsulBinary, node.MadeBy = w.env.ClusterDir, w.env.ConsulBinary, w.orders.Host
-	inst, err = be.Spawn(ctx, backends.Spec{Node: node})
+	inst, err = reconcile.RunOrder(ctx, be, o)
 	log.Info("work order ran", telemetry.KeyDuration, w.clock.Now().Sub(begin), telemetry.KeyError, err)
-	if err == nil {
+	if err == nil && o.Kind == state.WorkSpawn {
 		if sc, ok := be.(backends.Scoped); ok {
-			scope, _ = sc.Scope(ctx)
+			sctx, cancel := context.WithTimeout(ctx, o.Timeout)
+			scope, _ = sc.Scope(sctx)
+			cancel()
 		}
 	}
 	return inst, scope, err

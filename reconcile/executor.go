@@ -65,8 +65,11 @@ type Executor struct {
 	// a policy without them). It is called before every order.
 	Grant func(ctx context.Context, host string) error
 
-	mu        sync.Mutex
-	inFlight  map[string]state.Action // machine ID -> running action; guarded by mu
+	mu       sync.Mutex
+	inFlight map[string]state.Action // machine ID -> running action; guarded by mu
+	// done is closed, per machine ID, when its running action ends: what
+	// Act waits on. Guarded by mu.
+	done      map[string]chan struct{}
 	failures  map[string]int          // backend -> consecutive failures; guarded by mu
 	backoff   map[string]time.Time    // backend -> not before; guarded by mu
 	lastErr   map[string]string       // backend -> its last failure; guarded by mu
@@ -86,6 +89,7 @@ func (e *Executor) init() {
 		e.backoff = map[string]time.Time{}
 		e.lastErr = map[string]string{}
 		e.lastSpawn = map[string]time.Time{}
+		e.done = map[string]chan struct{}{}
 	}
 }
 
@@ -249,23 +253,31 @@ func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[strin
 	return id, err
 }
 
-// Do runs one action to its end and returns the record it left: a spawned
-// machine's (joining, with its address), or the removed machine's last
-// (ok false once the record is gone). An action that failed returns its
-// error, and a spawn that failed the record saying why. It blocks until the
-// backend call returns or ctx ends. The CLI's spawn and destroy use it, as
-// the leader uses Execute: the intent is written first either way.
-func (e *Executor) Do(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a state.Action) (rec Record, ok bool, err error) {
+// Act runs one action asked for by hand (`spawn`, `destroy`) beside the
+// passes' actions, to its end, and returns the record it left: a spawned
+// machine's (joining, with its address), or the removed machine's last (ok
+// false once the record is gone). An action that failed returns its error,
+// and a spawn that failed the record saying why. The action runs in run,
+// the leadership term's context: it outlives the request that asked for
+// it, whose ctx bounds only the wait. The intent is written first, as for
+// every action.
+func (e *Executor) Act(run, ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a state.Action) (rec Record, ok bool, err error) {
 	e.mu.Lock()
 	e.init()
 	e.mu.Unlock()
-	id, err := e.execute(ctx, p, bes, obs, a)
+	id, err := e.execute(run, p, bes, obs, a)
 	if err != nil {
 		return Record{}, false, err
 	}
-	e.Wait()
-	if err := ctx.Err(); err != nil {
-		return Record{}, false, err
+	e.mu.Lock()
+	done := e.done[id]
+	e.mu.Unlock()
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return Record{}, false, fmt.Errorf("%s %s goes on without this wait: %w", a.Kind, id, ctx.Err())
+		}
 	}
 	// The KV may be between Raft leaders (a server just left): ask again.
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -430,6 +442,8 @@ func (e *Executor) startIn(busy map[string]state.Action, id string, a state.Acti
 		return false
 	}
 	busy[id] = a
+	done := make(chan struct{})
+	e.done[id] = done
 	e.mu.Unlock()
 	e.wg.Add(1)
 	go func() {
@@ -437,7 +451,11 @@ func (e *Executor) startIn(busy map[string]state.Action, id string, a state.Acti
 		defer func() {
 			e.mu.Lock()
 			delete(busy, id)
+			if e.done[id] == done {
+				delete(e.done, id)
+			}
 			e.mu.Unlock()
+			close(done)
 		}()
 		f()
 	}()
@@ -514,7 +532,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 		var inst backends.Instance
 		if err == nil {
 			begin := time.Now()
-			inst, err = be.Spawn(sctx, backends.Spec{Node: node})
+			inst, err = RunOrder(sctx, be, state.WorkOrder{Kind: state.WorkSpawn, MachineID: id, Backend: a.Backend, Node: &node, Timeout: p.Policy.ProvisionTimeout})
 			e.observeCall(a.Backend, "spawn", begin)
 			if err != nil && sctx.Err() != nil && ctx.Err() == nil {
 				err = fmt.Errorf("no answer within the provision timeout (%s): %w", p.Policy.ProvisionTimeout, err)
@@ -626,10 +644,8 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		} else if be != nil {
 			// As long as a spawn may take: destroying is as slow as
 			// creating on some providers, and no slower.
-			dctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
 			begin := time.Now()
-			err := be.Destroy(dctx, a.MachineID)
-			cancel()
+			_, err := RunOrder(ctx, be, state.WorkOrder{Kind: state.WorkDestroy, MachineID: a.MachineID, Backend: a.Backend, Timeout: p.Policy.ProvisionTimeout})
 			e.observeCall(a.Backend, "destroy", begin)
 			if err != nil {
 				e.backendFailed(a.Backend, p, err)

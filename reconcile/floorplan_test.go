@@ -95,3 +95,63 @@ func TestFloorPlanDestroyForgetsEverything(t *testing.T) {
 		t.Errorf("credentials forgotten for %q, want the destroyed machine's", forgotten)
 	}
 }
+
+// TestFloorPlanByHandIsPlacedAsThePassPlaces: a spawn asked for by hand
+// goes where a pass would put it (a member offering the backend when the
+// leader cannot run it, never a server's credentials to a client), and
+// what cannot be done is refused with why: an unknown type or backend,
+// nowhere to place it, the leader's own machine.
+func TestFloorPlanByHandIsPlacedAsThePassPlaces(t *testing.T) {
+	p := platform(t, `
+backend "docker" {
+  type = "docker"
+}
+backend "local" {
+  type = "local"
+}
+machine "server" {
+  min = 1
+  consul_server = true
+  backends = ["local", "docker"]
+}
+machine "worker" {
+  min = 0
+  backends = ["docker"]
+}`)
+	obs := Observed{
+		Self:          "leader",
+		Records:       map[string]Record{"leader": {ID: "leader", Type: "server", Backend: "local", State: StateJoined}, "w1": {ID: "w1", Type: "worker", Backend: "docker", Host: "host-b", State: StateJoined}},
+		Members:       map[string]Member{"leader": {Name: "leader", Status: state.MemberAlive, Server: true, RaftVoter: true}, "host-b": {Name: "host-b", Status: state.MemberAlive}},
+		Offers:        offers(offering("leader", "!docker", "local"), offering("host-b", "docker")),
+		BackendErrors: map[string]string{"docker": "no docker engine here"},
+	}
+	a, err := PlaceByHand(p, obs, t0, "worker", "")
+	if err != nil || a.Kind != state.KindSpawn || a.Host != "host-b" || a.Backend != "docker" || !a.Manual {
+		t.Errorf("worker by hand: %+v, %v; want a manual spawn on host-b's docker", a, err)
+	}
+	a, err = PlaceByHand(p, obs, t0, "server", "")
+	if err != nil || a.Host != "" || a.Backend != "local" {
+		t.Errorf("server by hand: %+v, %v; want it on the leader's own local backend", a, err)
+	}
+	if _, err := PlaceByHand(p, obs, t0, "server", "docker"); err == nil {
+		t.Errorf("a server on docker, offered only by a client: placed, want refused")
+	}
+	for _, tc := range []struct{ typ, backend, want string }{
+		{"nope", "", `no machine type "nope"`},
+		{"worker", "vagrant", `no backend "vagrant"`},
+	} {
+		if _, err := PlaceByHand(p, obs, t0, tc.typ, tc.backend); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("spawn %s on %q: %v, want %q", tc.typ, tc.backend, err, tc.want)
+		}
+	}
+	d, err := DestroyByHand(p, obs, t0, "w1")
+	if err != nil || d.Kind != state.KindScaleDown || d.Host != "host-b" {
+		t.Errorf("destroy w1: %+v, %v; want a removal run by its host", d, err)
+	}
+	if _, err := DestroyByHand(p, obs, t0, "leader"); err == nil || !strings.Contains(err.Error(), "leader's own") {
+		t.Errorf("destroy the leader's own machine: %v, want refused", err)
+	}
+	if _, err := DestroyByHand(p, obs, t0, "ghost"); err == nil || !strings.Contains(err.Error(), "no machine") {
+		t.Errorf("destroy an unknown machine: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"cmp"
 	"fmt"
 	"sort"
 	"strings"
@@ -920,4 +921,62 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// PlaceByHand places one machine of type typ asked for by hand (`spawn`)
+// the way a pass places one: on backend (any of the description's; empty:
+// the first of the type's backends that a member can take), on the host
+// that spreads the type best, the leader preferred on a tie. The action
+// is the spawn to execute; an error says why nothing can take it now.
+func PlaceByHand(p *rules.Platform, obs Observed, now time.Time, typ, backend string) (state.Action, error) {
+	mt, ok := p.Machines[typ]
+	if !ok {
+		return state.Action{}, fmt.Errorf("no machine type %q: the description has %s", typ, strings.Join(p.MachineNames(), ", "))
+	}
+	bs := mt.Backends
+	if backend != "" {
+		if _, ok := p.Backends[backend]; !ok {
+			return state.Action{}, fmt.Errorf("no backend %q: the description has %s", backend, strings.Join(sortedKeys(p.Backends), ", "))
+		}
+		bs = []string{backend}
+	}
+	ps := newPass(p, obs, now)
+	ps.tallyAll()
+	var why []string
+	for _, b := range bs {
+		placed, whyNot := ps.place(mt, b, 1)
+		if len(placed) == 0 {
+			if whyNot == "" {
+				whyNot, _ = ps.usableHere(b)
+			}
+			why = append(why, fmt.Sprintf("backend %q: %s", b, cmp.Or(whyNot, "no member can run it now")))
+			continue
+		}
+		a := state.Action{Kind: state.KindSpawn, Type: typ, Backend: b, Scope: obs.Scopes[b], Reason: "spawned by hand", Manual: true}
+		if pl := placed[0]; pl.Host != obs.Self {
+			a.Host, a.Reason = pl.Host, a.Reason+", on "+pl.Host
+			a.Scope = obs.Offers[pl.Host].Backends[b].Scope
+		}
+		return a, nil
+	}
+	return state.Action{}, fmt.Errorf("nowhere to spawn a %s now: %s", typ, strings.Join(why, "; "))
+}
+
+// DestroyByHand is the removal of machine id asked for by hand
+// (`destroy`), run where a pass would run it: by its host when another
+// member holds it. The leader's own machine is refused: its removal would
+// end the term that runs it, halfway.
+func DestroyByHand(p *rules.Platform, obs Observed, now time.Time, id string) (state.Action, error) {
+	r, ok := obs.Records[id]
+	if !ok {
+		return state.Action{}, fmt.Errorf("no machine %q in the inventory", id)
+	}
+	if id == obs.Self {
+		return state.Action{}, fmt.Errorf("machine %s is the leader's own: stop its agent (the next leader replaces it), or destroy it once another member leads", id)
+	}
+	a := actOn(state.KindScaleDown, id, r, "destroyed by hand")
+	if ps := newPass(p, obs, now); ps.runsHere(r) {
+		a.Host = ""
+	}
+	return a, nil
 }

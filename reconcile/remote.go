@@ -9,10 +9,12 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -242,35 +244,47 @@ func (e *Executor) destroyElsewhere(ctx context.Context, p *rules.Platform, a st
 }
 
 // await waits for w to be finished by its host, until ctx ends or the host
-// is no longer an alive member.
+// is no longer an alive member. A read that fails (a Raft election) is
+// tried again after a pause, until the deadline.
 func (e *Executor) await(ctx context.Context, orders Orders, w state.WorkOrder) (state.WorkOrder, error) {
-	next := w.Index
-	for !w.Finished() {
+	if w.Finished() {
+		return w, nil
+	}
+	var end error
+	awaiting := watch.Watch{Wait: awaitRecheck, Clock: e.Clock, Retry: awaitRetry,
+		OnError: func(err error, _ int) { e.Log.Debug("read a work order", telemetry.KeyError, err) }}
+	err := awaiting.Run(ctx, func(q *api.QueryOptions) (uint64, bool, error) {
 		if err := e.hostAlive(ctx, orders.Host); errors.Is(err, errHostGone) {
-			return w, err
+			end = err
+			return 0, false, watch.ErrStop
 		} else if err != nil {
 			e.Log.Debug("read a host's health", telemetry.KeyError, err)
 		}
-		got, ok, idx, err := orders.Get(ctx, w.MachineID, &api.QueryOptions{WaitIndex: next, WaitTime: awaitRecheck})
-		switch {
-		case ctx.Err() != nil:
-			return w, fmt.Errorf("no outcome from host %s within the provision timeout: %w", orders.Host, ctx.Err())
-		case err != nil:
-			// A read that failed (a Raft election) is tried again
-			// after a pause, until the deadline.
-			e.Log.Debug("read a work order", telemetry.KeyError, err)
-			select {
-			case <-ctx.Done():
-			case <-e.Clock.After(time.Second):
-			}
-			continue
-		case !ok:
-			return w, fmt.Errorf("the work order on %s is gone", orders.Host)
+		if q.WaitIndex == 0 {
+			q.WaitIndex = w.Index // a wait from the order as written, not a fresh read
 		}
-		w, next = got, idx
+		got, ok, idx, err := orders.Get(ctx, w.MachineID, q)
+		switch {
+		case err != nil:
+			return 0, false, err
+		case !ok:
+			end = fmt.Errorf("the work order on %s is gone", orders.Host)
+			return 0, false, watch.ErrStop
+		}
+		if w = got; w.Finished() {
+			return 0, false, watch.ErrStop
+		}
+		return idx, false, nil
+	}, nil)
+	if err != nil {
+		return w, fmt.Errorf("no outcome from host %s within the provision timeout: %w", orders.Host, err)
 	}
-	return w, nil
+	return w, end
 }
+
+// awaitRetry paces the reads of an order after they failed: a host's
+// outcome is read again soon once the servers answer.
+var awaitRetry = clock.Backoff{Initial: time.Second, Max: time.Second, Spread: 1}
 
 // hostAlive reports whether host is an alive member, by its serf health
 // check: one node's checks, not the member list.

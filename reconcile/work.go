@@ -2,9 +2,11 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/state"
 )
@@ -61,4 +63,20 @@ func (o Orders) Put(ctx context.Context, w state.WorkOrder) (state.WorkOrder, er
 // moved.
 func (o Orders) Delete(ctx context.Context, w state.WorkOrder) error {
 	return o.folder.Delete(ctx, w.MachineID, w.Index)
+}
+
+// RunOrder is the one place the engine calls a backend to make or remove
+// a machine: the leader for what it runs itself (in process: the order's
+// fast path, without the round trip through KV) and every host for the
+// orders it is given (daemon's worker). It calls be within o.Timeout.
+func RunOrder(ctx context.Context, be backends.Backend, o state.WorkOrder) (backends.Instance, error) {
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	switch {
+	case o.Kind == state.WorkDestroy:
+		return backends.Instance{}, be.Destroy(ctx, o.MachineID)
+	case o.Kind == state.WorkSpawn && o.Node != nil:
+		return be.Spawn(ctx, backends.Spec{Node: *o.Node})
+	}
+	return backends.Instance{}, fmt.Errorf("work order for %s: nothing to run (kind %q)", o.MachineID, o.Kind)
 }

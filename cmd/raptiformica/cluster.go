@@ -12,7 +12,6 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
 
-	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/builtin"
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
@@ -132,16 +131,6 @@ func (t *target) reader() agentapi.Reader {
 // nodeConfigPath is where a machine installed from the package, or adopted,
 // keeps its node config.
 const nodeConfigPath = "/etc/raptiformica/agent.json"
-
-// backends builds the description's backends on this host, with the KV
-// folders of the cluster when it answers.
-func (t *target) backends(ctx context.Context, p *rules.Platform) (map[string]backends.Backend, error) {
-	c, err := t.client(ctx)
-	if err != nil {
-		c = nil
-	}
-	return t.cluster().Backends(p, c)
-}
 
 func parseOpts() rules.Options { return reconcile.ParseOptions(builtin.Registry()) }
 

@@ -5,23 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
-	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
-	"github.com/raptiformica/raptiformica/enrol"
-	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
-	"github.com/raptiformica/raptiformica/internal/nodeconfig"
-	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
-	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -82,17 +74,10 @@ func plan(ctx context.Context, t *target, asJSON bool, out io.Writer) error {
 		return err
 	}
 	// The leader plans, on its own machine: no backend command runs here.
-	addr, err := cluster.LeaderAgent(ctx, c)
+	a, err := t.leaderAgent(ctx, c)
 	if err != nil {
 		return err
 	}
-	a, err := t.agent(addr)
-	if err != nil {
-		return err
-	}
-	// The leader itself, by its certificate: another server that took its
-	// address is not asked instead.
-	a.MachineID = kvschema.New(c).Leader(ctx)
 	d, err := agentapi.FetchPlan(ctx, a)
 	if err != nil {
 		return err
@@ -189,22 +174,21 @@ func platformGetCmd() *cobra.Command {
 	return c
 }
 
-// do runs one action from this host, as the leader's executor would: the
-// CLI's own spawn and destroy.
-func (t *target) do(ctx context.Context, c *api.Client, p *rules.Platform, bes map[string]backends.Backend, obs reconcile.Observed, a state.Action) (reconcile.Record, error) {
-	consul, err := nodeconfig.FindConsul()
+// leaderAgent is the leader's agent, by its certificate: another server
+// that took its address is not asked instead. It is where a plan is
+// asked and an action by hand runs: the leader places and runs it, on
+// whichever member offers its backend, so no backend runs here.
+func (t *target) leaderAgent(ctx context.Context, c *api.Client) (agentapi.Agent, error) {
+	addr, err := cluster.LeaderAgent(ctx, c)
 	if err != nil {
-		return reconcile.Record{}, err
+		return agentapi.Agent{}, err
 	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.Warn, Output: os.Stderr})
-	cred := t.credentials()
-	ex := &reconcile.Executor{
-		Inventory: &reconcile.Inventory{Store: kvschema.New(c)}, Consul: c, Clock: clock.Real{}, Log: log,
-		NodeConfig: enrol.NodeConfigs{Client: c, Cred: cred, ClusterDir: t.folder(), ConsulBinary: consul}.For, Token: cred.Token, CACert: cred.CA.CertPEM,
-		Forget: func(ctx context.Context, id string) error { return enrol.RemoveMachineToken(ctx, c, id) },
+	a, err := t.agent(addr)
+	if err != nil {
+		return a, err
 	}
-	r, _, err := ex.Do(ctx, p, bes, obs, a)
-	return r, err
+	a.MachineID = kvschema.New(c).Leader(ctx)
+	return a, nil
 }
 
 // stored is a client of the cluster and the description it stores.
@@ -239,26 +223,25 @@ func spawn(ctx context.Context, t *target, typ, backend string, asJSON bool, out
 	if err != nil {
 		return err
 	}
-	mt, ok := p.Machines[typ]
-	if !ok {
+	if _, ok := p.Machines[typ]; !ok {
 		return fmt.Errorf("%w: --type must be one of %s", errUsage, strings.Join(p.MachineNames(), ", "))
 	}
-	if backend == "" {
-		backend = mt.Backends[0]
-	}
-	bes, err := t.backends(ctx, p)
+	a, err := t.leaderAgent(ctx, c)
 	if err != nil {
 		return err
 	}
-	a := state.Action{Kind: state.KindSpawn, Type: typ, Backend: backend, Reason: "spawned by hand", Manual: true}
-	r, err := t.do(ctx, c, p, bes, reconcile.Observed{}, a)
+	r, err := agentapi.Spawn(ctx, a, agentapi.SpawnRequest{Type: typ, Backend: backend})
 	if err != nil {
 		return err
 	}
 	if asJSON {
-		return writeJSON(out, map[string]string{"machine_id": r.ID, "machine_type": typ, "backend": backend, "address": r.Address})
+		return writeJSON(out, map[string]string{"machine_id": r.ID, "machine_type": r.Type, "backend": r.Backend, "host": r.Host, "address": r.Address})
 	}
-	fmt.Fprintf(out, "spawned %s (%s on %s at %s); the leader records it as joined once it is alive\n", r.ID, typ, backend, termsafe.String(r.Address))
+	where := r.Backend
+	if r.Host != "" {
+		where += " of " + r.Host
+	}
+	fmt.Fprintf(out, "spawned %s (%s on %s at %s); the leader records it as joined once it is alive\n", r.ID, r.Type, termsafe.String(where), termsafe.String(r.Address))
 	return nil
 }
 
@@ -279,26 +262,17 @@ func destroyCmd() *cobra.Command {
 
 func destroy(ctx context.Context, t *target, id string, out io.Writer) error {
 	t.avoid = id
-	c, p, err := t.stored(ctx)
+	c, err := t.client(ctx)
 	if err != nil {
 		return err
 	}
-	bes, err := t.backends(ctx, p)
+	a, err := t.leaderAgent(ctx, c)
 	if err != nil {
 		return err
 	}
-	obs, err := reconcile.Observe(ctx, c, &reconcile.Inventory{Store: kvschema.New(c)}, bes, nil, nil)
-	if err != nil {
+	if err := agentapi.Destroy(ctx, a, id); err != nil {
 		return err
 	}
-	r, ok := obs.Records[id]
-	if !ok {
-		return fmt.Errorf("no machine %q in the inventory", id)
-	}
-	a := state.Action{Kind: state.KindScaleDown, MachineID: id, Type: r.Type, Backend: r.Backend, Reason: "destroyed by hand"}
-	if _, err := t.do(ctx, c, p, bes, obs, a); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "destroyed %s\n", id)
+	fmt.Fprintf(out, "destroyed %s\n", termsafe.String(id))
 	return nil
 }

@@ -5,6 +5,7 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -23,6 +24,11 @@ type Query func(q *api.QueryOptions) (index uint64, changed bool, err error)
 // each other; drawn from [0, 1 s], they ask over the whole second, and over
 // the next two if that fails too.
 var Retry = clock.Backoff{Initial: time.Second, Max: 30 * time.Second, Spread: 1}
+
+// ErrStop, returned (or wrapped) by a Query, ends its watch: Run returns
+// nil. It is how a watch that waits for a condition (an order finished)
+// ends once it holds.
+var ErrStop = errors.New("stop watching")
 
 // Watch runs one blocking query over and over: every agent loop that
 // waits on Consul for a change is one.
@@ -46,10 +52,11 @@ type Watch struct {
 	OnError func(err error, failures int)
 }
 
-// Run runs query until ctx ends, calling onChange after every change (and
+// Run runs query until ctx ends or query returns ErrStop, calling onChange after every change (and
 // once at the start, when the first query says so). A failed query is
 // passed to OnError and tried again from a fresh read after a pause drawn
-// from Retry. It blocks until ctx is done and returns ctx's error.
+// from Retry. It returns nil after ErrStop, else ctx's error once ctx is
+// done.
 func (w Watch) Run(ctx context.Context, query Query, onChange func()) error {
 	clk := clock.Or(w.Clock)
 	gap := w.Gap
@@ -68,6 +75,9 @@ func (w Watch) Run(ctx context.Context, query Query, onChange func()) error {
 		next, changed, err := query(q)
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if errors.Is(err, ErrStop) {
+			return nil
 		}
 		if err != nil {
 			failures++

@@ -3,6 +3,7 @@ package watch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -104,5 +105,21 @@ func TestWatchRunsOnItsClock(t *testing.T) {
 	}
 	if len(failed) != 1 || failed[0] != 1 {
 		t.Errorf("OnError saw %v, want one first failure", failed)
+	}
+}
+
+// TestWatchEndsOnErrStop: a query that finds what it waited for ends its
+// watch with ErrStop, and Run returns nil rather than retrying it.
+func TestWatchEndsOnErrStop(t *testing.T) {
+	calls := 0
+	err := Watch{Wait: time.Second, Gap: time.Nanosecond}.Run(context.Background(), func(q *api.QueryOptions) (uint64, bool, error) {
+		calls++
+		if calls == 3 {
+			return 0, false, fmt.Errorf("order finished: %w", ErrStop)
+		}
+		return uint64(calls), false, nil
+	}, nil)
+	if err != nil || calls != 3 {
+		t.Errorf("Run returned %v after %d queries, want nil after 3", err, calls)
 	}
 }
