@@ -10,6 +10,8 @@ import (
 	"github.com/raptiformica/raptiformica/backends/local"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/provision/sshpool"
+	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 // Registry returns the built-in backends by type name.
@@ -25,3 +27,7 @@ func Registry() backends.Registry {
 	}
 	return r
 }
+
+// ParseOptions are the description's parse options for the built-in
+// backends: their types, and each type's check of its declarations.
+func ParseOptions() rules.Options { return reconcile.ParseOptions(Registry()) }

@@ -1,27 +1,17 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
 
 	"github.com/raptiformica/raptiformica/cluster"
-	"github.com/raptiformica/raptiformica/deploy/systemd"
-	"github.com/raptiformica/raptiformica/enrol"
-	"github.com/raptiformica/raptiformica/internal/kvschema"
-	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
-	"github.com/raptiformica/raptiformica/provision"
-	"github.com/raptiformica/raptiformica/reconcile"
 )
 
 // adoptOptions are adopt's flags.
@@ -58,43 +48,11 @@ func adoptCmd() *cobra.Command {
 }
 
 func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out io.Writer) error {
-	var jobs []provision.HostEntry
-	switch {
-	case o.inventory != "" && len(args) == 0:
-		var err error
-		if jobs, err = provision.ReadHostList(o.inventory, o.typ); err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
-		}
-	case o.inventory == "" && len(args) == 1 && o.typ != "":
-		h, err := provision.ParseHost(args[0])
-		if err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
-		}
-		jobs = []provision.HostEntry{{Host: h, Type: o.typ, Where: "--type"}}
-	default:
-		return fmt.Errorf("%w: adopt [user@]host[:port] --type T, or adopt --inventory FILE", errUsage)
-	}
-	if o.parallel < 1 {
-		return fmt.Errorf("%w: --parallel must be at least 1", errUsage)
+	hosts, err := cluster.AdoptHosts(o.inventory, o.typ, args)
+	if err != nil {
+		return err
 	}
 	c, p, err := t.stored(ctx)
-	if err != nil {
-		return err
-	}
-	for _, j := range jobs {
-		if _, ok := p.Machines[j.Type]; !ok {
-			return fmt.Errorf("%w: %s: machine type %q is not in the description (%s)", errUsage, j.Where, j.Type, strings.Join(p.MachineNames(), ", "))
-		}
-	}
-	dialer, err := sshDialer(c, o)
-	if err != nil {
-		return err
-	}
-	consul, err := nodeconfig.FindConsul()
-	if err != nil {
-		return err
-	}
-	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
@@ -105,66 +63,26 @@ func adoptAll(ctx context.Context, t *target, o adoptOptions, args []string, out
 		defer outMu.Unlock()
 		fmt.Fprint(out, termsafe.Text(fmt.Sprintf(format, args...)))
 	}
-	a := &provision.Adopter{
-		Dialer: dialer, Binary: self, Consul: consul, Unit: systemd.Unit(provision.RemoteBinary),
-		Joined:   func(ctx context.Context, id string) (bool, error) { return cluster.Alive(ctx, c, id) },
-		Progress: func(s provision.Step) { say("%s\n", s) },
+	errs, err := cluster.Adopt(ctx, c, p, cluster.AdoptSpec{
+		Hosts: hosts, Parallel: o.parallel, Identity: o.identity, KnownHosts: o.knownHosts, Fingerprint: o.fingerprint, Jump: o.jump,
+		Bind: o.bind, Timeout: o.timeout, Cred: t.credentials(), Say: say,
+	})
+	if err != nil {
+		return err
 	}
-	adopt := func(j provision.HostEntry) error {
-		mt := p.Machines[j.Type]
-		configure := func(ctx context.Context, id string) (nodeconfig.Config, error) {
-			node, err := enrol.NodeConfigs{Client: c, Cred: t.credentials(), ConsulBinary: provision.RemoteConsul}.For(ctx, p, id, mt, provision.AdoptBackend)
-			node = provision.AdoptedNode(node, j.Host)
-			node.BindAddr = cmp.Or(o.bind, node.BindAddr)
-			return node, err
-		}
-		proposed := nodeconfig.Config{MachineID: reconcile.NewMachineID(j.Type), MachineType: j.Type, Cluster: p.Cluster}
-		res, err := a.AdoptRecorded(ctx, &reconcile.Inventory{Store: kvschema.New(c)},
-			provision.AdoptSpec{Host: j.Host, Node: proposed, Configure: configure, KeepID: true, JoinTimeout: o.timeout})
-		if err != nil {
-			return err
-		}
-		what := "adopted"
-		if !res.Changed {
-			what = "already adopted, nothing changed:"
-		}
-		say("%s %s as %s (%s)\n", what, j.Host, res.Node.MachineID, j.Type)
-		return nil
+	if len(hosts) == 1 && o.inventory == "" {
+		return errs[0]
 	}
-	if len(jobs) == 1 && o.inventory == "" {
-		return adopt(jobs[0])
-	}
-	// Many machines: a bounded number at once, then what failed and why.
-	errs := provision.AdoptAll(jobs, o.parallel, adopt)
+	// Many machines: what failed and why.
 	var failed []string
 	for i, err := range errs {
 		if err != nil {
-			failed = append(failed, fmt.Sprintf("FAILED %s (%s): %v\n", jobs[i].Host, jobs[i].Where, err))
+			failed = append(failed, fmt.Sprintf("FAILED %s (%s): %v\n", hosts[i].Host, hosts[i].Where, err))
 		}
 	}
-	say("\nadopted %d of %d machines from %s\n%s", len(jobs)-len(failed), len(jobs), o.inventory, strings.Join(failed, ""))
+	say("\nadopted %d of %d machines from %s\n%s", len(hosts)-len(failed), len(hosts), o.inventory, strings.Join(failed, ""))
 	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d machines were not adopted (listed above)", len(failed), len(jobs))
+		return fmt.Errorf("%d of %d machines were not adopted (listed above)", len(failed), len(hosts))
 	}
 	return nil
-}
-
-// sshDialer builds the SSH settings of the adopt flags. Host keys are
-// checked against the fingerprint given, known_hosts, and else the keys
-// the cluster trusted on first use.
-func sshDialer(c *api.Client, o adoptOptions) (provision.Dialer, error) {
-	for flag, f := range map[string]string{"--identity": o.identity, "--known-hosts": o.knownHosts} {
-		if _, err := os.Stat(f); f != "" && err != nil {
-			return provision.Dialer{}, fmt.Errorf("%s: %w", flag, err)
-		}
-	}
-	known := o.knownHosts
-	if home, err := os.UserHomeDir(); known == "" && err == nil {
-		known = filepath.Join(home, ".ssh", "known_hosts")
-	}
-	d, err := provision.NewDialer(provision.DialOptions{Identity: o.identity, KnownHosts: known, Fingerprint: o.fingerprint, Jump: o.jump, HostKeys: kvschema.New(c).TrustedHostKeys()})
-	if err != nil {
-		return d, fmt.Errorf("%w: --%v", errUsage, err)
-	}
-	return d, nil
 }

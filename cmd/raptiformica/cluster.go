@@ -20,7 +20,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
-	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/localdc"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -29,7 +29,7 @@ import (
 type target struct {
 	dir      string
 	explicit bool // --dir was given
-	local    *cluster.Local
+	local    *localdc.Local
 	env      *api.Client // the client of $CONSUL_HTTP_ADDR, made once
 	avoid    string      // a machine not to talk through: the one being destroyed
 }
@@ -37,7 +37,7 @@ type target struct {
 // addTarget gives a command --dir. Given, it wins over $CONSUL_HTTP_ADDR.
 func addTarget(c *cobra.Command) *target {
 	t := &target{}
-	c.Flags().Func("dir", "`folder` of a local cluster (default "+cluster.DefaultDir()+")", func(s string) error {
+	c.Flags().Func("dir", "`folder` of a local cluster (default "+localdc.DefaultDir()+")", func(s string) error {
 		t.dir, t.explicit = s, true
 		return nil
 	})
@@ -47,9 +47,9 @@ func addTarget(c *cobra.Command) *target {
 
 // cluster is the local cluster of the folder, opened once: it keeps its
 // Consul clients.
-func (t *target) cluster() *cluster.Local {
+func (t *target) cluster() *localdc.Local {
 	if t.local == nil {
-		t.local = cluster.Open(t.dir, builtin.Registry())
+		t.local = localdc.Open(t.dir, builtin.Registry())
 	}
 	return t.local
 }
@@ -91,7 +91,7 @@ func (t *target) viaEnv() bool { return !t.explicit && os.Getenv("CONSUL_HTTP_AD
 // credentials are what the command shows and gives the machines it makes:
 // Consul's environment and this machine's node config when it talks to
 // $CONSUL_HTTP_ADDR or runs on a member with no local cluster, else the
-// local cluster's (cluster.Local.Credentials).
+// local cluster's (localdc.Local.Credentials).
 func (t *target) credentials() enrol.Credentials {
 	return t.cluster().Credentials(!t.explicit && (t.viaEnv() || t.cluster().Token() == ""), nodeConfigPath)
 }
@@ -132,7 +132,7 @@ func (t *target) reader() agentapi.Reader {
 // keeps its node config.
 const nodeConfigPath = "/etc/raptiformica/agent.json"
 
-func parseOpts() rules.Options { return reconcile.ParseOptions(builtin.Registry()) }
+func parseOpts() rules.Options { return builtin.ParseOptions() }
 
 func upCmd() *cobra.Command {
 	c := newCommand("up", "boot a local virtual data center and wait for it", nArgs(0, 0),

@@ -11,10 +11,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
 
-	"github.com/raptiformica/raptiformica/backends/local"
-	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
-	"github.com/raptiformica/raptiformica/reconcile"
 )
 
 func completionCmd() *cobra.Command {
@@ -104,7 +102,7 @@ func machineTypes(t *target) cobra.CompletionFunc {
 // machineIDs completes a machine ID with the inventory's machines.
 func machineIDs(t *target) cobra.CompletionFunc {
 	return fromCluster(t, func(ctx context.Context, c *api.Client) ([]cobra.Completion, error) {
-		recs, _, err := (&reconcile.Inventory{Store: kvschema.New(c)}).List(ctx, nil)
+		recs, err := cluster.Machines(ctx, c)
 		if err != nil {
 			return nil, err
 		}
@@ -123,12 +121,9 @@ func machineIDs(t *target) cobra.CompletionFunc {
 // recover itself finds them.
 func runningServers(t *target) cobra.CompletionFunc {
 	return func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
-		ms, _ := local.Machines(t.folder())
 		var out []cobra.Completion
-		for _, m := range ms {
-			if m.Running && m.Config.ConsulServer {
-				out = append(out, cobra.CompletionWithDesc(m.Config.MachineID, m.Config.MachineType))
-			}
+		for _, m := range t.cluster().RunningServers() {
+			out = append(out, cobra.CompletionWithDesc(m.Config.MachineID, m.Config.MachineType))
 		}
 		return out, cobra.ShellCompDirectiveNoFileComp
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/raptiformica/raptiformica/builtin"
+	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
@@ -56,7 +57,7 @@ func runWith(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errReported):
 		return 1
-	case errors.Is(err, errUsage):
+	case errors.Is(err, errUsage), errors.Is(err, cluster.ErrUsage):
 		code = 2
 	}
 	// A script that asked for JSON reads the failure from stdout too; a

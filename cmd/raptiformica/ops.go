@@ -12,7 +12,6 @@ import (
 
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
-	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -136,12 +135,9 @@ func platformApplyCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		if err := cluster.CheckApply(c.Context(), cl, p, parseOpts()); err != nil {
-			return err
-		}
-		version, err := kvschema.New(cl).PutPlatform(c.Context(), p.Source)
+		version, err := cluster.ApplyPlatform(c.Context(), cl, p, parseOpts())
 		if err != nil {
-			return fmt.Errorf("store description: %w", err)
+			return err
 		}
 		if *asJSON {
 			return writeJSON(out, map[string]any{"file": file, "version": version})
@@ -161,14 +157,11 @@ func platformGetCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		pair, _, err := kvschema.New(cl).Platform(c.Context(), nil)
+		src, err := cluster.StoredPlatform(c.Context(), cl)
 		if err != nil {
 			return err
 		}
-		if pair == nil {
-			return fmt.Errorf("no platform description stored")
-		}
-		_, err = c.OutOrStdout().Write(pair.Value)
+		_, err = c.OutOrStdout().Write(src)
 		return err
 	}
 	return c
@@ -179,16 +172,13 @@ func platformGetCmd() *cobra.Command {
 // asked and an action by hand runs: the leader places and runs it, on
 // whichever member offers its backend, so no backend runs here.
 func (t *target) leaderAgent(ctx context.Context, c *api.Client) (agentapi.Agent, error) {
-	addr, err := cluster.LeaderAgent(ctx, c)
+	leader, addr, err := cluster.LeaderAgent(ctx, c)
 	if err != nil {
 		return agentapi.Agent{}, err
 	}
 	a, err := t.agent(addr)
-	if err != nil {
-		return a, err
-	}
-	a.MachineID = kvschema.New(c).Leader(ctx)
-	return a, nil
+	a.MachineID = leader
+	return a, err
 }
 
 // stored is a client of the cluster and the description it stores.

@@ -12,8 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/raptiformica/raptiformica/cluster"
-	"github.com/raptiformica/raptiformica/internal/recoverfile"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
+	"github.com/raptiformica/raptiformica/localdc"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -36,7 +36,7 @@ func recoverCmd() *cobra.Command {
 
 func recoverOn(ctx context.Context, t *target, machine string, yes bool, timeout time.Duration, in io.Reader, out io.Writer) error {
 	m, err := t.cluster().Survivor(machine)
-	if errors.Is(err, cluster.ErrSeveralServers) {
+	if errors.Is(err, localdc.ErrSeveralServers) {
 		return fmt.Errorf("%w: %v: choose one with --machine", errUsage, err)
 	} else if err != nil {
 		return err
@@ -66,7 +66,7 @@ func recoverOn(ctx context.Context, t *target, machine string, yes bool, timeout
 			return errors.New("not confirmed; nothing was changed")
 		}
 	}
-	if err := recoverfile.Write(m.Config.DataDir, time.Now(), "by raptiformica recover"); err != nil {
+	if err := t.cluster().Recover(m, time.Now()); err != nil {
 		return err
 	}
 	return waitAndPrint(ctx, t, nil, timeout, out)
