@@ -232,7 +232,7 @@ func (a *Agent) setUp() (err error) {
 		}()
 		a.Config.Mesh.Underlay = a.Config.BindAddr
 		a.Config.BindAddr = overlay.Address().String()
-		a.Log.Info("mesh up", telemetry.KeyAddress, a.Config.BindAddr, "key", overlay.PublicKey(), "listen_port", a.Config.Mesh.ListenPort)
+		a.Log.Info("mesh up", telemetry.KeyAddress, a.Config.BindAddr, telemetry.KeyPublicKey, overlay.PublicKey(), telemetry.KeyListenPort, a.Config.Mesh.ListenPort)
 	}
 	c := a.Config
 
@@ -501,7 +501,7 @@ func listen(ctx context.Context, c nodeconfig.Config, hosts []string, port int, 
 			ln, err = net.Listen("tcp", addr)
 			if waited := time.Since(start); overlay && errors.Is(err, syscall.EADDRNOTAVAIL) && waited-said > 10*time.Second {
 				said = waited
-				log.Warn("waiting for the overlay address to become usable", telemetry.KeyAddress, host, "waited", waited.Round(time.Second))
+				log.Warn("waiting for the overlay address to become usable", telemetry.KeyAddress, host, telemetry.KeyWaited, waited.Round(time.Second))
 			}
 			return !errors.Is(err, syscall.EADDRNOTAVAIL), nil
 		})

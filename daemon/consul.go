@@ -378,7 +378,7 @@ func (p *ConsulProcess) Run(ctx context.Context) error {
 		}
 		failures++
 		wait := clock.Backoff{Initial: 500 * time.Millisecond, Max: 30 * time.Second}.Delay(failures)
-		p.Log.Error("consul exited; restarting", telemetry.KeyError, err, telemetry.KeyAttempt, failures, "wait", wait)
+		p.Log.Error("consul exited; restarting", telemetry.KeyError, err, telemetry.KeyAttempt, failures, telemetry.KeyWait, wait)
 		if p.Metrics != nil {
 			p.Metrics.ConsulRestarts.Inc()
 		}
@@ -438,7 +438,7 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start consul: %w", err)
 	}
-	p.Log.Info("consul started", telemetry.KeyPID, cmd.Process.Pid, "server", cc.Server, "bootstrap", cc.Bootstrap, "retry_join", cc.RetryJoin)
+	p.Log.Info("consul started", telemetry.KeyPID, cmd.Process.Pid, telemetry.KeyServer, cc.Server, telemetry.KeyBootstrap, cc.Bootstrap, telemetry.KeyRetryJoin, cc.RetryJoin)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	select {

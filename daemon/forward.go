@@ -7,6 +7,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/raptiformica/raptiformica/internal/telemetry"
 )
 
 // forwardKey follows one KV key (the description, the modules) for a
@@ -113,13 +115,13 @@ func (k *forwardKey) read(ctx context.Context, q *api.QueryOptions, take func(*a
 			// The loop waits from the applied index, so that the next
 			// stale query blocks on the server behind until it has
 			// caught up rather than answering with the old key again.
-			k.log.Debug("stale read behind the one applied; passed over", "what", k.what, "read_index", behind, "applied_index", k.applied)
+			k.log.Debug("stale read behind the one applied; passed over", telemetry.KeyWhat, k.what, telemetry.KeyReadIndex, behind, telemetry.KeyAppliedIndex, k.applied)
 		}
 	}
 	switch v {
 	case readTake:
 		if pair.ModifyIndex < k.applied {
-			k.log.Warn("the KV's key went back (a restore, or a re-seed on a fresh Consul): taking the KV's", "what", k.what, "kv_index", pair.ModifyIndex, "applied_index", k.applied)
+			k.log.Warn("the KV's key went back (a restore, or a re-seed on a fresh Consul): taking the KV's", telemetry.KeyWhat, k.what, telemetry.KeyKVIndex, pair.ModifyIndex, telemetry.KeyAppliedIndex, k.applied)
 		}
 		take(pair)
 		k.applied = pair.ModifyIndex

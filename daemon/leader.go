@@ -136,7 +136,7 @@ func (e *elector) Run(ctx context.Context) error {
 		}
 		if err != nil {
 			wait := campaignBackoff.Delay(attempt)
-			e.log.Warn("leader lock failed", telemetry.KeyError, err, "wait", wait)
+			e.log.Warn("leader lock failed", telemetry.KeyError, err, telemetry.KeyWait, wait)
 			_ = clock.Sleep(ctx, e.clock, wait)
 			continue
 		}

@@ -351,7 +351,7 @@ func (s *meshSync) sync(ctx context.Context, nodes map[string]state.MeshEntry, s
 		mirror = expireJoined(mirror, known, up, s.clock.Now())
 		for _, ep := range joined {
 			if !slices.Contains(mirror.Joined, ep) {
-				s.log.Info("mesh peer added by hand dropped", "endpoint", ep, telemetry.KeyReason, "the mesh's rule links this node to it, or it was not up for "+joinedTTL.String())
+				s.log.Info("mesh peer added by hand dropped", telemetry.KeyEndpoint, ep, telemetry.KeyReason, "the mesh's rule links this node to it, or it was not up for "+joinedTTL.String())
 			}
 		}
 		if !slices.Equal(known, mirror.Known) || !slices.Equal(joined, mirror.Joined) {
@@ -371,7 +371,7 @@ func (s *meshSync) sync(ctx context.Context, nodes map[string]state.MeshEntry, s
 			continue
 		}
 		if err := s.node.AddPeer(ep); err != nil {
-			s.log.Warn("mesh peer refused", "endpoint", ep, telemetry.KeyError, err)
+			s.log.Warn("mesh peer refused", telemetry.KeyEndpoint, ep, telemetry.KeyError, err)
 		}
 	}
 	if fromKV {
@@ -406,7 +406,7 @@ func (s *meshSync) applySecrets(kv kvschema.MeshSecrets) {
 			return
 		}
 		s.secrets = want
-		s.log.Info("mesh secrets changed", "listen", mesh.Fingerprint(want.Listen), "dial", fingerprints(want.Dial))
+		s.log.Info("mesh secrets changed", telemetry.KeyListen, mesh.Fingerprint(want.Listen), telemetry.KeyDial, fingerprints(want.Dial))
 	}
 	if err := s.node.SetSecrets(want.Listen, want.Dial); err != nil {
 		s.log.Warn("mesh secrets not taken; retrying", telemetry.KeyError, err)
@@ -699,7 +699,7 @@ func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
 	}
 	m.JoinedSeen[u.Host] = s.clock.Now()
 	s.save(m)
-	s.log.Info("mesh peer added by hand", "endpoint", u.Host)
+	s.log.Info("mesh peer added by hand", telemetry.KeyEndpoint, u.Host)
 	w.WriteHeader(http.StatusNoContent)
 }
 

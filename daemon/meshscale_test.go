@@ -14,7 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/clock/clocktest"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/mesh"
@@ -86,7 +86,7 @@ func TestScaleMeshReadsHaveAGap(t *testing.T) {
 	consul := startTestConsul(t)
 	store := kvschema.New(consul.Client)
 	putMeshEntries(t, store, meshEntries(1, 1))
-	fake := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	fake := clocktest.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
 	s := &meshSync{store: store, clock: fake, log: hclog.NewNullLogger()}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -193,11 +193,11 @@ func (m *mirror) report(what string, err error) {
 	}
 	if err != nil {
 		m.metrics.MirrorUnreadable.WithLabelValues(what).Set(1)
-		m.log.Error("mirror unusable; not re-seeding KV from it until KV replaces it", "what", what, telemetry.KeyError, err)
+		m.log.Error("mirror unusable; not re-seeding KV from it until KV replaces it", telemetry.KeyWhat, what, telemetry.KeyError, err)
 		return
 	}
 	m.metrics.MirrorUnreadable.WithLabelValues(what).Set(0)
-	m.log.Info("mirror usable again", "what", what)
+	m.log.Info("mirror usable again", telemetry.KeyWhat, what)
 }
 
 // Ready reports whether Consul answered with a description and this node
@@ -216,7 +216,7 @@ func (m *mirror) load(file, inline string) error {
 	m.report(mirrorPlatform, err)
 	if p != nil {
 		m.setPlatform(p, v)
-		m.log.Info("loaded platform description from the local mirror", "version", v)
+		m.log.Info("loaded platform description from the local mirror", telemetry.KeyVersion, v)
 		return nil
 	}
 	switch {
@@ -531,7 +531,7 @@ func (m *mirror) apply(pair *api.KVPair) {
 	}
 	m.report(mirrorPlatform, ferr)
 	if ferr == nil && older {
-		m.log.Warn("KV holds an older description than this node's mirror; keeping the mirror", "kv_version", pair.Flags, "mirror_version", mine)
+		m.log.Warn("KV holds an older description than this node's mirror; keeping the mirror", telemetry.KeyKVVersion, pair.Flags, telemetry.KeyMirrorVersion, mine)
 		m.metrics.MirrorKeptNewer.WithLabelValues("platform").Inc()
 	} else {
 		m.writePlatform(p.Source, pair.Flags)
@@ -545,7 +545,7 @@ func (m *mirror) apply(pair *api.KVPair) {
 	m.mu.Unlock()
 	if !same {
 		m.setPlatform(p, pair.Flags)
-		m.log.Info("platform description loaded", telemetry.KeyIndex, pair.ModifyIndex, "cluster", p.Cluster, "version", pair.Flags)
+		m.log.Info("platform description loaded", telemetry.KeyIndex, pair.ModifyIndex, telemetry.KeyCluster, p.Cluster, telemetry.KeyVersion, pair.Flags)
 	}
 	m.markReady()
 }
@@ -636,7 +636,7 @@ func (m *mirror) reseed(ctx context.Context) bool {
 	}
 	ok, err := m.store.SeedPlatform(ctx, p.Source, version)
 	if err == nil && ok {
-		m.log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename, "version", version)
+		m.log.Info("seeded an empty KV with the platform description", telemetry.KeyFile, p.Filename, telemetry.KeyVersion, version)
 	}
 	return err == nil
 }
@@ -653,11 +653,11 @@ func (m *mirror) keepInventory(recs map[string]reconcile.Record, v inventoryVers
 	case v == mine:
 		return
 	case v.Epoch < mine.Epoch:
-		m.log.Warn("KV holds an older inventory than this node's mirror; keeping the mirror", "kv_version", v, "mirror_version", mine)
+		m.log.Warn("KV holds an older inventory than this node's mirror; keeping the mirror", telemetry.KeyKVVersion, v, telemetry.KeyMirrorVersion, mine)
 		m.metrics.MirrorKeptNewer.WithLabelValues("inventory").Inc()
 		return
 	case v.less(mine):
-		m.log.Debug("inventory read behind the mirror's (a stale read); keeping the mirror", "kv_version", v, "mirror_version", mine)
+		m.log.Debug("inventory read behind the mirror's (a stale read); keeping the mirror", telemetry.KeyKVVersion, v, telemetry.KeyMirrorVersion, mine)
 		return
 	}
 	b, _ := json.MarshalIndent(recs, "", "  ")

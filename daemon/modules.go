@@ -125,7 +125,7 @@ func (w *moduleWatch) take(pair *api.KVPair) {
 		w.log.Error("mirror modules", telemetry.KeyError, err)
 	}
 	w.set(mods, pair.Value)
-	w.log.Info("modules loaded", "modules", len(mods))
+	w.log.Info("modules loaded", telemetry.KeyModules, len(mods))
 	if w.changed != nil {
 		w.changed()
 	}
@@ -171,7 +171,7 @@ func (w *moduleWatch) apply(p *rules.Platform) *rules.Platform {
 	}
 	if err == nil && (w.cacheFor != p || w.cacheSeq != w.seq) {
 		for _, n := range notices {
-			w.log.Info("module notice", "notice", n.String())
+			w.log.Info("module notice", telemetry.KeyNotice, n.String())
 		}
 	}
 	w.said = said

@@ -170,7 +170,7 @@ func (o *offerer) checkLocked(ctx context.Context, force bool) uint64 {
 		// More machines than one value holds: offered without the
 		// lists, so that placement still works; its machines are then
 		// judged by Consul alone.
-		o.log.Warn("this machine's lists of machines are too long to publish", "bytes", len(b), "max", state.MaxOfferSize)
+		o.log.Warn("this machine's lists of machines are too long to publish", telemetry.KeyBytes, len(b), telemetry.KeyMax, state.MaxOfferSize)
 		for name, bo := range offer.Backends {
 			bo.Listed, bo.Instances = false, nil
 			offer.Backends[name] = bo
@@ -193,7 +193,7 @@ func (o *offerer) checkLocked(ctx context.Context, force bool) uint64 {
 	}
 	o.lastErr = ""
 	if !bytes.Equal(stable, o.last) {
-		o.log.Info("offering backends", "offered", offer.Offered())
+		o.log.Info("offering backends", telemetry.KeyOffered, offer.Offered())
 	}
 	o.last, o.lastAt = stable, now
 	o.lastFree = map[string]uint64{}

@@ -171,18 +171,18 @@ func (p *provisioner) report(rec state.Provisioned) {
 	for _, r := range rec.Provisioners {
 		ran = ran || r.Ran
 		if r.Warning != "" {
-			p.log.Warn("provisioner source not updated", "provisioner", r.Name, telemetry.KeyError, r.Warning)
+			p.log.Warn("provisioner source not updated", telemetry.KeyProvisioner, r.Name, telemetry.KeyError, r.Warning)
 		}
 	}
 	switch rec.State {
 	case state.ProvisionRunning:
-		p.log.Info("provisioning", "provisioner", rec.Provisioner, "checksum", rec.Checksum)
+		p.log.Info("provisioning", telemetry.KeyProvisioner, rec.Provisioner, telemetry.KeyChecksum, rec.Checksum)
 	case state.ProvisionOK:
 		if ran {
-			p.log.Info("provisioned", "checksum", rec.Checksum)
+			p.log.Info("provisioned", telemetry.KeyChecksum, rec.Checksum)
 		}
 	case state.ProvisionFailed:
-		p.log.Error("provisioning failed", "provisioner", rec.Provisioner, telemetry.KeyAttempt, rec.Failures, "output", rec.Output, telemetry.KeyError, rec.Error)
+		p.log.Error("provisioning failed", telemetry.KeyProvisioner, rec.Provisioner, telemetry.KeyAttempt, rec.Failures, telemetry.KeyOutput, rec.Output, telemetry.KeyError, rec.Error)
 	}
 	if p.metrics != nil {
 		for _, s := range []string{state.ProvisionRunning, state.ProvisionOK, state.ProvisionFailed} {

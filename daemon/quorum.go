@@ -101,7 +101,7 @@ func (q *quorumWatch) Run(ctx context.Context) error {
 				recovering = q.dropLostServers(ctx) != nil
 			}
 			if wasLost {
-				q.log.Info("consul has a leader again: quorum restored", "leaderless_for", now.Sub(since).Round(time.Second))
+				q.log.Info("consul has a leader again: quorum restored", telemetry.KeyLeaderlessFor, now.Sub(since).Round(time.Second))
 			}
 			since, wasLost, last = now, false, recoveryDecision{}
 			if recoverfile.Drop(q.cfg.DataDir) {
@@ -150,8 +150,8 @@ func (q *quorumWatch) Run(ctx context.Context) error {
 					failed = append(failed, s.Name+" ("+string(s.Status)+")")
 				}
 			}
-			q.log.Error("quorum lost: consul has had no leader", "for", now.Sub(since).Round(time.Second),
-				"servers_alive", alive, "servers_not_alive", failed, telemetry.KeyError, err)
+			q.log.Error("quorum lost: consul has had no leader", telemetry.KeyLeaderlessFor, now.Sub(since).Round(time.Second),
+				telemetry.KeyServersAlive, alive, telemetry.KeyServersNotAlive, failed, telemetry.KeyError, err)
 			q.metrics.QuorumLost.Set(1)
 		}
 		wasLost = qs.Lost
@@ -278,7 +278,7 @@ func (q *quorumWatch) recoverRequested() bool {
 		q.log.Warn("recovery request dropped", telemetry.KeyReason, dropped)
 	}
 	if ok {
-		q.log.Debug("recovery requested", "nonce", req.Nonce, telemetry.KeyReason, req.Why)
+		q.log.Debug("recovery requested", telemetry.KeyNonce, req.Nonce, telemetry.KeyReason, req.Why)
 	}
 	return ok
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/clock/clocktest"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/recoverfile"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
@@ -82,7 +83,7 @@ func TestScaleOnlyServersWatchQuorumEverySecond(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fake := clock.NewFake(time.Now())
+		fake := clocktest.NewFake(time.Now())
 		q := &quorumWatch{cfg: nodeconfig.Config{DataDir: t.TempDir(), ConsulServer: server}, consul: client, mirror: &mirror{},
 			clock: fake, log: hclog.NewNullLogger(), metrics: telemetry.New()}
 		ctx, cancel := context.WithCancel(context.Background())

@@ -226,7 +226,7 @@ func (s *snapshotter) write(ctx context.Context, recs map[string]reconcile.Recor
 		return err
 	}
 	*written = v
-	s.log.Debug("inventory snapshot written", "version", v, "records", len(recs), "chunks", len(chunks))
+	s.log.Debug("inventory snapshot written", telemetry.KeyVersion, v, telemetry.KeyRecords, len(recs), telemetry.KeyChunks, len(chunks))
 	_ = clock.Sleep(ctx, s.clock, s.every) // ends early only with ctx
 	return nil
 }

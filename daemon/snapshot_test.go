@@ -15,7 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/clock/clocktest"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -110,7 +110,7 @@ func TestScaleServerMirrorFromSnapshot(t *testing.T) {
 	consul := startTestConsul(t)
 	m, logs := newTestMirror(t, consul)
 	putRecords(t, m.inventory, 0, 300, "")
-	fake := clock.NewFake(time.Now())
+	fake := clocktest.NewFake(time.Now())
 	s := &snapshotter{store: m.store, inventory: m.inventory, every: snapshotEvery, chunkSize: 1 << 10, clock: fake, log: hclog.NewNullLogger()}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

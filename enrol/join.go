@@ -94,12 +94,12 @@ func (j *Joiner) Join(ctx context.Context, req jointoken.Request, from string) (
 	}
 	var rec jointoken.Record
 	if val == nil || json.Unmarshal(val, &rec) != nil {
-		j.Log.Warn("join refused: unknown or revoked token", "token", req.TokenID, telemetry.KeyAddress, from)
+		j.Log.Warn("join refused: unknown or revoked token", telemetry.KeyToken, req.TokenID, telemetry.KeyAddress, from)
 		return fail(JoinRefused, "unknown or revoked join token")
 	}
 	now := j.Clock.Now()
 	if err := rec.Check(req.Secret, now); err != nil {
-		j.Log.Warn("join refused", "token", req.TokenID, telemetry.KeyAddress, from, telemetry.KeyError, err)
+		j.Log.Warn("join refused", telemetry.KeyToken, req.TokenID, telemetry.KeyAddress, from, telemetry.KeyError, err)
 		return fail(JoinRefused, err.Error())
 	}
 	typ := rec.Type
@@ -115,7 +115,7 @@ func (j *Joiner) Join(ctx context.Context, req jointoken.Request, from string) (
 		return fail(JoinBadRequest, "the description has no machine type "+typ+" (the token's)")
 	}
 	if _, err := jointoken.Redeem(ctx, j.Tokens, req.TokenID, req.Secret, now); err != nil {
-		j.Log.Warn("join refused", "token", req.TokenID, telemetry.KeyAddress, from, telemetry.KeyError, err)
+		j.Log.Warn("join refused", telemetry.KeyToken, req.TokenID, telemetry.KeyAddress, from, telemetry.KeyError, err)
 		if refusedToken(err) {
 			return fail(JoinRefused, err.Error())
 		}
@@ -134,11 +134,11 @@ func (j *Joiner) Join(ctx context.Context, req jointoken.Request, from string) (
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer rcancel()
 		if rerr := jointoken.Refund(rctx, j.Tokens, req.TokenID); rerr != nil {
-			j.Log.Warn("could not give back a join token's use", "token", req.TokenID, telemetry.KeyError, rerr)
+			j.Log.Warn("could not give back a join token's use", telemetry.KeyToken, req.TokenID, telemetry.KeyError, rerr)
 		}
 		return fail(JoinFailed, "configure the machine: "+err.Error())
 	}
-	j.Log.Info("gave a machine its config for a join token", telemetry.KeyMachineID, id, telemetry.KeyMachineType, typ, "token", req.TokenID, telemetry.KeyAddress, from)
+	j.Log.Info("gave a machine its config for a join token", telemetry.KeyMachineID, id, telemetry.KeyMachineType, typ, telemetry.KeyToken, req.TokenID, telemetry.KeyAddress, from)
 	return cfg, nil
 }
 

@@ -10,7 +10,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/clock/clocktest"
 	"github.com/raptiformica/raptiformica/internal/jointoken"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -52,7 +52,7 @@ func TestJoinerSpendsOnlyWhatItGrants(t *testing.T) {
 		NodeConfig: func(_ context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (nodeconfig.Config, error) {
 			return nodeconfig.Config{MachineID: id, MachineType: mt.Name, Backend: backend}, config
 		},
-		Clock: clock.NewFake(now), Log: hclog.NewNullLogger(),
+		Clock: clocktest.NewFake(now), Log: hclog.NewNullLogger(),
 	}
 	usesLeft := func() int {
 		t.Helper()

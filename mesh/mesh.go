@@ -54,6 +54,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/mesh/peering"
 )
 
@@ -172,7 +173,7 @@ func Start(cfg Config) (*Node, error) {
 		// shares, so one bad spelling there stopped every node at its
 		// next restart. The others are enough to join.
 		if err := n.AddPeer(p); err != nil {
-			log.Warn("mesh peer skipped", "endpoint", p, "error", err)
+			log.Warn("mesh peer skipped", telemetry.KeyEndpoint, p, telemetry.KeyError, err)
 		}
 	}
 	return n, nil
@@ -326,7 +327,7 @@ func (n *Node) SetSecrets(listen string, dial []string) error {
 		if err != nil {
 			if n.listener, err = n.listen(n.secret); err != nil {
 				n.listener = nil
-				n.log.Error("mesh listener lost", "port", n.listenPort, "error", err)
+				n.log.Error("mesh listener lost", telemetry.KeyPort, n.listenPort, telemetry.KeyError, err)
 			}
 			return err
 		}
@@ -612,7 +613,7 @@ func (a logAdapter) Errorln(v ...any)          { a.l.Error(strings.TrimSpace(fmt
 func (a logAdapter) Debugf(f string, v ...any) {
 	msg := strings.TrimSpace(fmt.Sprintf(f, v...))
 	if strings.HasPrefix(msg, "Link ") && strings.Contains(msg, " error: ") {
-		a.l.Warn("mesh link refused", "detail", msg)
+		a.l.Warn("mesh link refused", telemetry.KeyDetail, msg)
 		return
 	}
 	a.l.Trace(msg)

@@ -477,7 +477,7 @@ func (e *Executor) unvote(ctx context.Context, a state.Action, log hclog.Logger)
 		cancel()
 		if !ok || st != state.MemberFailed {
 			e.finish(a, nil)
-			log.Info("server no longer failed: left in Raft", "status", st)
+			log.Info("server no longer failed: left in Raft", telemetry.KeyStatus, st)
 			return
 		}
 		removed, err := e.removeRaftPeer(ctx, a.MachineID, log)

@@ -64,20 +64,20 @@ func (h *HookRunner) run(ctx context.Context, hk rules.Hook, payload []byte) {
 		var exit *exec.ExitError
 		switch {
 		case errors.As(err, &exit) && ctx.Err() == nil:
-			h.Log.Debug("hook skipped: its predicate said no", telemetry.KeyEvent, hk.Event, "predicate", hk.Predicate, "exit_code", exit.ExitCode())
+			h.Log.Debug("hook skipped: its predicate said no", telemetry.KeyEvent, hk.Event, telemetry.KeyPredicate, hk.Predicate, telemetry.KeyExitCode, exit.ExitCode())
 			h.count(hk, "skipped")
 			return
 		case err != nil:
-			h.Log.Error("hook predicate failed", telemetry.KeyEvent, hk.Event, "predicate", hk.Predicate, "output", output.String(), telemetry.KeyError, err)
+			h.Log.Error("hook predicate failed", telemetry.KeyEvent, hk.Event, telemetry.KeyPredicate, hk.Predicate, telemetry.KeyOutput, output.String(), telemetry.KeyError, err)
 			h.count(hk, "error")
 			return
 		}
 	}
 	output := capped.New(hookOutputLimit)
 	err := command(ctx, hk.Command, payload, output).Run()
-	kv := []any{telemetry.KeyEvent, hk.Event, "command", hk.Command, "output", output.String()}
+	kv := []any{telemetry.KeyEvent, hk.Event, telemetry.KeyCommand, hk.Command, telemetry.KeyOutput, output.String()}
 	if output.Truncated() {
-		kv = append(kv, "output_cut", strings.TrimSpace(output.Note()))
+		kv = append(kv, telemetry.KeyOutputCut, strings.TrimSpace(output.Note()))
 	}
 	result := "success"
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/clock/clocktest"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/state"
@@ -697,7 +698,7 @@ machine "worker" {
 	}
 	be := &flipBackend{}
 	be.inv = inv
-	fake := clock.NewFake(time.Now())
+	fake := clocktest.NewFake(time.Now())
 	ex := newExecutor(inv)
 	ex.Clock = fake
 	r := &Reconciler{

@@ -416,7 +416,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 	}
 	logErr := func(what string) func(error) {
-		return func(err error) { r.Log.Warn("watch failed", "watch", what, telemetry.KeyError, err) }
+		return func(err error) { r.Log.Warn("watch failed", telemetry.KeyWatch, what, telemetry.KeyError, err) }
 	}
 	go watch.Loop(ctx, 5*time.Minute, r.healthQuery(), wake, logErr("health"))
 	go watch.Loop(ctx, 5*time.Minute, r.inventoryQuery(ctx), wake, logErr("inventory"))
@@ -523,7 +523,7 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 		}
 	}
 	if len(d.Actions) > 0 {
-		r.Log.Info("reconcile pass", "actions", len(d.Actions), telemetry.KeyDuration, st.Duration, "observe", observed.Round(time.Microsecond))
+		r.Log.Info("reconcile pass", telemetry.KeyActions, len(d.Actions), telemetry.KeyDuration, st.Duration, telemetry.KeyObserve, observed.Round(time.Microsecond))
 	}
 	if r.Publish != nil {
 		r.Publish(st)

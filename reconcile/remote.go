@@ -79,7 +79,7 @@ func (e *Executor) resumeSpawn(ctx context.Context, p *rules.Platform, rec Recor
 		// nothing was made.
 		err = errOrderNeverWritten
 	default:
-		log.Info("resuming a spawn on another host", telemetry.KeyHost, rec.Host, "state", string(w.State))
+		log.Info("resuming a spawn on another host", telemetry.KeyHost, rec.Host, telemetry.KeyState, string(w.State))
 		w, err = e.await(sctx, orders, w)
 	}
 	e.spawned(ctx, p, orders, rec, a, w, err, log)

@@ -28,12 +28,12 @@ import (
 	"sync"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
-	"github.com/docker/docker/errdefs"
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
@@ -339,7 +339,7 @@ func (b *Backend) Destroy(ctx context.Context, machineID string) error {
 // being removed (by another node, or a previous call), is no error.
 func (b *Backend) remove(ctx context.Context, id string) error {
 	err := b.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
-	if err == nil || errdefs.IsNotFound(err) || errdefs.IsConflict(err) {
+	if err == nil || cerrdefs.IsNotFound(err) || cerrdefs.IsConflict(err) {
 		return nil
 	}
 	return fmt.Errorf("remove container: %w", err)
@@ -420,7 +420,7 @@ func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 		return removed, fmt.Errorf("list networks: %w", err)
 	}
 	for _, nw := range nets {
-		if err := b.cli.NetworkRemove(ctx, nw.ID); err != nil && !errdefs.IsNotFound(err) {
+		if err := b.cli.NetworkRemove(ctx, nw.ID); err != nil && !cerrdefs.IsNotFound(err) {
 			return removed, fmt.Errorf("remove network %s: %w", nw.Name, err)
 		}
 	}
@@ -443,7 +443,7 @@ func (b *Backend) ensureNetwork(ctx context.Context) error {
 	for i, name := range append([]string{b.network}, b.extra...) {
 		if _, err := b.cli.NetworkInspect(ctx, name, network.InspectOptions{}); err == nil {
 			continue
-		} else if !errdefs.IsNotFound(err) {
+		} else if !cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("inspect network %s: %w", name, err)
 		}
 		opts := network.CreateOptions{Driver: "bridge", Labels: map[string]string{LabelCluster: b.cluster}}
@@ -451,7 +451,7 @@ func (b *Backend) ensureNetwork(ctx context.Context) error {
 			opts.IPAM = &network.IPAM{Config: []network.IPAMConfig{{Subnet: b.subnet}}}
 		}
 		_, err := b.cli.NetworkCreate(ctx, name, opts)
-		if err != nil && !errdefs.IsConflict(err) {
+		if err != nil && !cerrdefs.IsConflict(err) {
 			return fmt.Errorf("create network %s: %w", name, err)
 		}
 	}

@@ -32,7 +32,7 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/raptiformica/raptiformica/backends"
-	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/clock/clocktest"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
 
@@ -153,7 +153,7 @@ func startMachine(t *testing.T, cli *client.Client, img string, m machine) strin
 
 // watcher returns a docker backend of cluster on a fake clock. socket, if
 // set, is the engine's socket.
-func watcher(t *testing.T, cluster, socket string) (*Backend, *clock.Fake) {
+func watcher(t *testing.T, cluster, socket string) (*Backend, *clocktest.Fake) {
 	t.Helper()
 	settings := map[string]string{}
 	if socket != "" {
@@ -165,7 +165,7 @@ func watcher(t *testing.T, cluster, socket string) (*Backend, *clock.Fake) {
 	}
 	b := be.(*Backend)
 	t.Cleanup(func() { _ = b.cli.Close() })
-	fake := clock.NewFake(time.Now())
+	fake := clocktest.NewFake(time.Now())
 	b.clock = fake
 	return b, fake
 }
@@ -204,7 +204,7 @@ func runWatch(t *testing.T, b *Backend) (<-chan string, func() error) {
 
 // waitSubscribed waits until Watch has the engine's event stream open: it
 // sets its resubscription timer only then.
-func waitSubscribed(t *testing.T, fake *clock.Fake) {
+func waitSubscribed(t *testing.T, fake *clocktest.Fake) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for fake.Waiters() == 0 {

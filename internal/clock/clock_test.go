@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/raptiformica/raptiformica/internal/clock/clocktest"
 )
 
 func TestBackoffDelay(t *testing.T) {
@@ -39,7 +41,7 @@ func TestBackoffDelay(t *testing.T) {
 }
 
 func TestPollOnFakeClock(t *testing.T) {
-	f := NewFake(time.Unix(0, 0))
+	f := clocktest.NewFake(time.Unix(0, 0))
 	calls := 0
 	done := make(chan error, 1)
 	go func() {
@@ -64,12 +66,12 @@ func TestPollOnFakeClock(t *testing.T) {
 
 func TestPollStops(t *testing.T) {
 	boom := errors.New("boom")
-	if err := Poll(context.Background(), NewFake(time.Time{}), time.Hour, func() (bool, error) { return false, boom }); !errors.Is(err, boom) {
+	if err := Poll(context.Background(), clocktest.NewFake(time.Time{}), time.Hour, func() (bool, error) { return false, boom }); !errors.Is(err, boom) {
 		t.Errorf("a failing condition: got %v want %v", err, boom)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := Poll(ctx, NewFake(time.Time{}), time.Hour, func() (bool, error) { return false, nil }); !errors.Is(err, context.Canceled) {
+	if err := Poll(ctx, clocktest.NewFake(time.Time{}), time.Hour, func() (bool, error) { return false, nil }); !errors.Is(err, context.Canceled) {
 		t.Errorf("a cancelled context: got %v want %v", err, context.Canceled)
 	}
 }

@@ -26,6 +26,56 @@ const (
 	KeyAttempt     = "attempt"
 )
 
+// More log keys, each for what one kind of line says; like the ones above,
+// the only names a log line's fields take (TestFloorPlanOneSetOfLogKeys).
+const (
+	KeyActions         = "actions"
+	KeyAppliedIndex    = "applied_index"
+	KeyBootstrap       = "bootstrap"
+	KeyBytes           = "bytes"
+	KeyChecksum        = "checksum"
+	KeyCommand         = "command"
+	KeyChunks          = "chunks"
+	KeyCluster         = "cluster"
+	KeyDetail          = "detail"
+	KeyDial            = "dial"
+	KeyEndpoint        = "endpoint"
+	KeyExitCode        = "exit_code"
+	KeyKVIndex         = "kv_index"
+	KeyKVVersion       = "kv_version"
+	KeyLeaderlessFor   = "leaderless_for"
+	KeyListen          = "listen"
+	KeyListenPort      = "listen_port"
+	KeyMax             = "max"
+	KeyMirrorVersion   = "mirror_version"
+	KeyModules         = "modules"
+	KeyNonce           = "nonce"
+	KeyNotice          = "notice"
+	KeyObserve         = "observe"
+	KeyOffered         = "offered"
+	KeyOutput          = "output"
+	KeyOutputCut       = "output_cut"
+	KeyPort            = "port"
+	KeyPredicate       = "predicate"
+	KeyProvisioner     = "provisioner"
+	KeyPublicKey       = "key"
+	KeyReadIndex       = "read_index"
+	KeyRecords         = "records"
+	KeyRetryJoin       = "retry_join"
+	KeyServer          = "server"
+	KeyServersAlive    = "servers_alive"
+	KeyServersNotAlive = "servers_not_alive"
+	KeyState           = "state"
+	KeyStatus          = "status"
+	KeyStep            = "step"
+	KeyToken           = "token"
+	KeyVersion         = "version"
+	KeyWait            = "wait"
+	KeyWaited          = "waited"
+	KeyWatch           = "watch"
+	KeyWhat            = "what"
+)
+
 // Metrics are every metric the agent exports, registered on a private
 // registry.
 type Metrics struct {

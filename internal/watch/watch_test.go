@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/clock/clocktest"
 )
 
 // TestScaleRetrySpreadsOverTheWait guards what spreads a thousand members'
@@ -39,7 +40,7 @@ func TestScaleRetrySpreadsOverTheWait(t *testing.T) {
 // without sleeping; a failure starts the next query from a fresh read, and
 // an index that goes back does too.
 func TestWatchRunsOnItsClock(t *testing.T) {
-	clk := clock.NewFake(time.Unix(0, 0))
+	clk := clocktest.NewFake(time.Unix(0, 0))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	type call struct {

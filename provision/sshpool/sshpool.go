@@ -22,6 +22,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/deploy/systemd"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/provision"
 )
 
@@ -110,7 +111,9 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		b.joinWait = v
 	}
 	b.adopter = &provision.Adopter{Dialer: d, Binary: env.Binary, Consul: env.ConsulBinary, Unit: systemd.Unit(provision.RemoteBinary),
-		Progress: func(s provision.Step) { b.log.Debug("adopt", "backend", b.name, "step", s.String()) }}
+		Progress: func(s provision.Step) {
+			b.log.Debug("adopt", telemetry.KeyBackend, b.name, telemetry.KeyStep, s.String())
+		}}
 	return b, nil
 }
 
@@ -237,7 +240,7 @@ func (b *Backend) failed(h provision.Host, err error) {
 		msg = msg[:200] + "..."
 	}
 	b.lastErr[h.HostPort()] = msg
-	b.log.Warn("pool host failed to adopt; backing it off", "backend", b.name, "host", h.String(), "wait", wait, "error", err)
+	b.log.Warn("pool host failed to adopt; backing it off", telemetry.KeyBackend, b.name, telemetry.KeyHost, h.String(), telemetry.KeyWait, wait, telemetry.KeyError, err)
 }
 
 // Destroy stops the node on its host and frees the host. A host that cannot
@@ -257,7 +260,7 @@ func (b *Backend) Destroy(ctx context.Context, machineID string) error {
 			return err
 		}
 		if err := b.adopter.Remove(ctx, h); err != nil {
-			b.log.Warn("could not stop the node on its host; freeing the host anyway", "backend", b.name, "host", h.String(), "machine", machineID, "error", err)
+			b.log.Warn("could not stop the node on its host; freeing the host anyway", telemetry.KeyBackend, b.name, telemetry.KeyHost, h.String(), telemetry.KeyMachineID, machineID, telemetry.KeyError, err)
 		}
 		return b.claims.Delete(ctx, h.HostPort())
 	}

@@ -1,4 +1,7 @@
-package clock
+// Package clocktest is the clock of tests: a clock.Clock that moves only
+// when told to. It is apart from package clock so that no program carries
+// it.
+package clocktest
 
 import (
 	"sync"
