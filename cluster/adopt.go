@@ -95,7 +95,7 @@ func Adopt(ctx context.Context, c *api.Client, p *rules.Platform, s AdoptSpec) (
 	}
 	a := &provision.Adopter{
 		Dialer: dialer, Binary: self, Consul: consul, Unit: systemd.Unit(provision.RemoteBinary),
-		Joined:   func(ctx context.Context, id string) (bool, error) { return Alive(ctx, c, id) },
+		Joined:   func(ctx context.Context, id string) (bool, error) { return alive(ctx, c, id) },
 		Progress: func(st provision.Step) { s.Say("%s\n", st) },
 	}
 	adopt := func(j provision.HostEntry) error {

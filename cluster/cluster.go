@@ -43,9 +43,9 @@ func MachineStatus(ctx context.Context, m local.Machine) (agentapi.AgentStatus, 
 	return agentapi.FetchStatus(ctx, m.Config.BindAddr, m.Config.HTTPPort, m.Config.HTTPSPort, r)
 }
 
-// Alive reports whether the machine id is an alive member of the cluster c
+// alive reports whether the machine id is an alive member of the cluster c
 // talks to (its local agent's view, which needs no quorum).
-func Alive(ctx context.Context, c *api.Client, id string) (bool, error) {
+func alive(ctx context.Context, c *api.Client, id string) (bool, error) {
 	members, err := consulclient.Members(ctx, c)
 	if err != nil {
 		return false, err
@@ -93,7 +93,7 @@ func Machines(ctx context.Context, c *api.Client) (map[string]state.Record, erro
 // (CheckApply), as the description's next version, and returns that
 // version: the leader acts on it at once.
 func ApplyPlatform(ctx context.Context, c *api.Client, p *rules.Platform, opts rules.Options) (uint64, error) {
-	if err := CheckApply(ctx, c, p, opts); err != nil {
+	if err := checkApply(ctx, c, p, opts); err != nil {
 		return 0, err
 	}
 	version, err := kvschema.New(c).PutPlatform(ctx, p.Source)
@@ -115,9 +115,9 @@ func StoredPlatform(ctx context.Context, c *api.Client) ([]byte, error) {
 	return pair.Value, nil
 }
 
-// LastPass is the leader's last published pass, nil before the first or
+// lastPass is the leader's last published pass, nil before the first or
 // when it cannot be read.
-func LastPass(ctx context.Context, c *api.Client) *state.Status {
+func lastPass(ctx context.Context, c *api.Client) *state.Status {
 	b, err := kvschema.New(c).Status(ctx)
 	if err != nil || b == nil {
 		return nil

@@ -26,7 +26,7 @@ func TestHostileMembersHonourTheDeadline(t *testing.T) {
 	}
 	for name, f := range map[string]func(context.Context) error{
 		"Members": func(ctx context.Context) error { _, _, err := Members(ctx, c, rules.Options{}); return err },
-		"Alive":   func(ctx context.Context) error { _, err := Alive(ctx, c, "m"); return err },
+		"Alive":   func(ctx context.Context) error { _, err := alive(ctx, c, "m"); return err },
 	} {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)

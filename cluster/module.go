@@ -23,12 +23,12 @@ import (
 	"github.com/raptiformica/raptiformica/rules"
 )
 
-// ModuleFile is the file a module folder or repository holds, as in the
+// moduleFile is the file a module folder or repository holds, as in the
 // original.
-const ModuleFile = "raptiformica.json"
+const moduleFile = "raptiformica.json"
 
-// CloneTimeout bounds cloning a module's repository.
-const CloneTimeout = 2 * time.Minute
+// cloneTimeout bounds cloning a module's repository.
+const cloneTimeout = 2 * time.Minute
 
 // gitHubRepo is the original's shorthand for a module on GitHub.
 var gitHubRepo = regexp.MustCompile(`^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$`)
@@ -37,7 +37,7 @@ var gitHubRepo = regexp.MustCompile(`^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$`)
 // raptiformica.json) or file, a git URL, or owner/repo (the original's
 // shorthand for https://github.com/owner/repo). A repository is cloned with
 // the git program into a temporary folder, removed afterwards, within
-// CloneTimeout, by the rule for code that is cloned and run (package
+// cloneTimeout, by the rule for code that is cloned and run (package
 // internal/source): file://, https://, ssh:// or user@host:path only, and
 // ref, when given, the branch, tag or pinned commit read (a pin is
 // verified after the fetch).
@@ -52,7 +52,7 @@ func FetchModule(ctx context.Context, src, ref string) (*rules.Module, error) {
 		}
 		file := src
 		if fi.IsDir() {
-			file = filepath.Join(src, ModuleFile)
+			file = filepath.Join(src, moduleFile)
 		}
 		return rules.ParseModuleFile(name, file)
 	}
@@ -83,23 +83,23 @@ func FetchModule(ctx context.Context, src, ref string) (*rules.Module, error) {
 		}
 		return nil, fmt.Errorf("%s: %w", src, err)
 	}
-	m, err := rules.ParseModuleFile(name, filepath.Join(dir, ModuleFile))
+	m, err := rules.ParseModuleFile(name, filepath.Join(dir, moduleFile))
 	if err != nil {
 		// Name the repository, not the temporary folder.
 		return nil, errors.New(strings.ReplaceAll(err.Error(), dir, url))
 	}
-	m.File = url + "/" + ModuleFile
+	m.File = url + "/" + moduleFile
 	return m, nil
 }
 
 // clone fetches url at ref (empty: the newest commit) into dir, a clone
 // read once, within CloneTimeout.
 func clone(ctx context.Context, url, ref, dir string) error {
-	ctx, cancel := context.WithTimeout(ctx, CloneTimeout)
+	ctx, cancel := context.WithTimeout(ctx, cloneTimeout)
 	defer cancel()
-	if _, err := (source.Git{Timeout: CloneTimeout, Shallow: true}).Clone(ctx, url, ref, dir); err != nil {
+	if _, err := (source.Git{Timeout: cloneTimeout, Shallow: true}).Clone(ctx, url, ref, dir); err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("git clone %s: gave up after %s", url, CloneTimeout)
+			return fmt.Errorf("git clone %s: gave up after %s", url, cloneTimeout)
 		}
 		return fmt.Errorf("git clone %s: %w", url, err)
 	}
@@ -117,12 +117,12 @@ func Modules(ctx context.Context, c *api.Client) ([]*rules.Module, uint64, error
 	return mods, pair.ModifyIndex, err
 }
 
-// ChangeModules stores change(the modules the cluster keeps) by
+// changeModules stores change(the modules the cluster keeps) by
 // check-and-set, once the description with them applied is known to be
 // valid: a module that the merge cannot run is refused before any node
 // sees it. It returns the merge's notices. Writing takes a token that may
 // write the description.
-func ChangeModules(ctx context.Context, c *api.Client, opts rules.Options, change func([]*rules.Module) ([]*rules.Module, error)) ([]rules.Problem, error) {
+func changeModules(ctx context.Context, c *api.Client, opts rules.Options, change func([]*rules.Module) ([]*rules.Module, error)) ([]rules.Problem, error) {
 	store := kvschema.New(c)
 	for range 10 {
 		mods, index, err := Modules(ctx, c)
@@ -181,14 +181,14 @@ func AddModule(ctx context.Context, c *api.Client, opts rules.Options, src, ref 
 	if err != nil {
 		return nil, nil, err
 	}
-	notices, err := ChangeModules(ctx, c, opts, func(mods []*rules.Module) ([]*rules.Module, error) { return rules.WithModule(mods, m) })
+	notices, err := changeModules(ctx, c, opts, func(mods []*rules.Module) ([]*rules.Module, error) { return rules.WithModule(mods, m) })
 	return m, notices, err
 }
 
 // RemoveModule drops the module called name from the cluster's: what it
 // overrode comes back. It returns the merge's notices.
 func RemoveModule(ctx context.Context, c *api.Client, opts rules.Options, name string) ([]rules.Problem, error) {
-	return ChangeModules(ctx, c, opts, func(mods []*rules.Module) ([]*rules.Module, error) {
+	return changeModules(ctx, c, opts, func(mods []*rules.Module) ([]*rules.Module, error) {
 		if !slices.ContainsFunc(mods, func(m *rules.Module) bool { return m.Name == name }) {
 			return nil, fmt.Errorf("no module %q (`module list` shows them)", name)
 		}
@@ -269,12 +269,12 @@ func Package(ctx context.Context, c *api.Client, backend string, timeout time.Du
 	return nil
 }
 
-// CheckApply refuses a description p that the running cluster could not
+// checkApply refuses a description p that the running cluster could not
 // run: a mesh mode other than the cluster's (enrol.CheckMeshMode), or a
 // machine type naming a module's backend ("<type>/<server>") that none of
 // the modules the cluster keeps provides, or modules that cannot be applied
 // to it. Each problem names the file and line of p.
-func CheckApply(ctx context.Context, c *api.Client, p *rules.Platform, opts rules.Options) error {
+func checkApply(ctx context.Context, c *api.Client, p *rules.Platform, opts rules.Options) error {
 	if err := enrol.CheckMeshMode(ctx, kvschema.New(c), p); err != nil {
 		return err
 	}

@@ -30,7 +30,7 @@ func writeModule(t *testing.T, name, src string) string {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, ModuleFile), []byte(src), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, moduleFile), []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -178,13 +178,13 @@ machine "worker" {
 	}
 	line := strings.Count(rules.DefaultSource, "\n") + 2
 	want := fmt.Sprintf(`named.hcl:%d,1: machine "worker" backends: backend "box/server" is not declared, and no module provides it`, line)
-	if err := CheckApply(ctx, c, desc, opts); err == nil || !strings.Contains(err.Error(), want) {
+	if err := checkApply(ctx, c, desc, opts); err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("CheckApply without the module: got %v, want %q", err, want)
 	}
 	if _, _, err := AddModule(ctx, c, opts, writeModule(t, "box", webModule), ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckApply(ctx, c, desc, opts); err != nil {
+	if err := checkApply(ctx, c, desc, opts); err != nil {
 		t.Fatalf("CheckApply with the module: %v", err)
 	}
 	if _, err := kvschema.New(c).PutPlatform(ctx, []byte(src)); err != nil {

@@ -29,7 +29,7 @@ func TestTrustSourceModuleAddRefusesHTTP(t *testing.T) {
 	}
 	dir := writeModule(t, "web", `{"raptiformica_api_version": "0.1",
  "server": {"headless": {"web": {"source": "http://example.org/web.git", "bootstrap": "./install.sh"}}}}`)
-	want := filepath.Join(dir, ModuleFile) + `:2,44: server.headless.web.source: "http://example.org/web.git": http:// is not authenticated`
+	want := filepath.Join(dir, moduleFile) + `:2,44: server.headless.web.source: "http://example.org/web.git": http:// is not authenticated`
 	if _, err := FetchModule(ctx, dir, ""); err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("a module with an http:// source: got %v, want %q", err, want)
 	}
@@ -58,7 +58,7 @@ func TestTrustSourceModuleAddPinned(t *testing.T) {
 	}
 	git("init", "-q")
 	first := commit()
-	if err := os.WriteFile(filepath.Join(repo, ModuleFile), []byte(webModule), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(repo, moduleFile), []byte(webModule), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	commit()

@@ -39,7 +39,7 @@ type StatusView struct {
 // cannot be read is an error, not a rejected description.
 func Status(ctx context.Context, c *api.Client, opts rules.Options) (StatusView, error) {
 	store := kvschema.New(c)
-	v := StatusView{Leader: store.Leader(ctx), Reconcile: LastPass(ctx, c)}
+	v := StatusView{Leader: store.Leader(ctx), Reconcile: lastPass(ctx, c)}
 	if recs, err := Provisioning(ctx, store); err == nil && len(recs) > 0 {
 		v.Provisioning = recs
 	}

@@ -24,9 +24,9 @@ type Token struct {
 	Expires *time.Time `json:"expires,omitempty"`
 }
 
-// Tokens lists the cluster's join tokens, expired ones included, then the
+// roleTokens lists the cluster's join tokens, expired ones included, then the
 // tokens made for roles.
-func Tokens(ctx context.Context, c *api.Client) ([]Token, error) {
+func roleTokens(ctx context.Context, c *api.Client) ([]Token, error) {
 	recs, err := enrol.JoinTokens(ctx, c)
 	if err != nil {
 		return nil, err
@@ -65,7 +65,7 @@ type JoinTokenLine struct {
 
 // TokenList is Tokens, each join token with its uses left.
 func TokenList(ctx context.Context, c *api.Client) ([]JoinTokenLine, error) {
-	toks, err := Tokens(ctx, c)
+	toks, err := roleTokens(ctx, c)
 	if err != nil {
 		return nil, err
 	}
@@ -103,5 +103,5 @@ func WriteTokenList(out io.Writer, lines []JoinTokenLine, now time.Time) error {
 			toks[i].For += fmt.Sprintf(", %d uses left", *l.UsesLeft)
 		}
 	}
-	return WriteTokens(out, toks, now)
+	return writeTokens(out, toks, now)
 }

@@ -64,10 +64,10 @@ func WriteMesh(out io.Writer, machineID string, m *agentapi.MeshStatus) error {
 	return nil
 }
 
-// WriteTokens prints tokens as `token list` shows them, expiry in the
+// writeTokens prints tokens as `token list` shows them, expiry in the
 // local time zone, those past now marked expired; what the records say,
 // escaped.
-func WriteTokens(out io.Writer, toks []Token, now time.Time) error {
+func writeTokens(out io.Writer, toks []Token, now time.Time) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "ID\tKIND\tFOR\tEXPIRES")
 	for _, r := range toks {

@@ -35,7 +35,7 @@ func TestTrustOutputPlanMeshTokens(t *testing.T) {
 					})
 				}, 5},
 				"tokens": {func(out *strings.Builder) error {
-					return WriteTokens(out, []Token{{ID: h, Kind: h, For: h, Expires: &exp}}, exp)
+					return writeTokens(out, []Token{{ID: h, Kind: h, For: h, Expires: &exp}}, exp)
 				}, 2},
 			} {
 				var out strings.Builder

@@ -99,17 +99,17 @@ func (l *Local) ParseOptions() rules.Options {
 	return reconcile.ParseOptions(l.Registry)
 }
 
-// SeedFile records, in a cluster's folder, which backend its seed runs on,
+// seedRecord records, in a cluster's folder, which backend its seed runs on,
 // so that commands find machines that are not local processes.
-type SeedFile struct {
+type seedRecord struct {
 	Cluster     string            `json:"cluster"`
 	Backend     string            `json:"backend"`
 	BackendType string            `json:"backend_type"`
 	Settings    map[string]string `json:"settings,omitempty"`
 }
 
-func (l *Local) seedFile() (SeedFile, bool) {
-	var sf SeedFile
+func (l *Local) seedFile() (seedRecord, bool) {
+	var sf seedRecord
 	b, err := os.ReadFile(filepath.Join(l.Dir, "cluster.json"))
 	if err != nil || json.Unmarshal(b, &sf) != nil {
 		return sf, false
@@ -440,7 +440,7 @@ func (l *Local) seed(ctx context.Context, platformFile string, out io.Writer) (*
 	if err != nil {
 		return nil, fmt.Errorf("sign the seed's certificate: %w", err)
 	}
-	sf, _ := json.Marshal(SeedFile{Cluster: plat.Cluster, Backend: beName, BackendType: spec.Type, Settings: spec.Settings})
+	sf, _ := json.Marshal(seedRecord{Cluster: plat.Cluster, Backend: beName, BackendType: spec.Type, Settings: spec.Settings})
 	if err := fsutil.WriteFileAtomic(filepath.Join(l.Dir, "cluster.json"), sf, 0o644); err != nil {
 		return nil, err
 	}
@@ -472,7 +472,7 @@ func (l *Local) seed(ctx context.Context, platformFile string, out io.Writer) (*
 func (l *Local) seedPlatform(platformFile string, out io.Writer) (*rules.Platform, string, error) {
 	name := filepath.Join(l.Dir, "platform.hcl")
 	if platformFile == "" {
-		if mirror := NewestMirror(l.Dir); mirror != "" {
+		if mirror := newestMirror(l.Dir); mirror != "" {
 			// The machines of this folder died (a reboot): the cluster is
 			// re-created from the last description one of them held.
 			fmt.Fprintf(out, "re-creating the cluster from the description mirrored in %s\n", mirror)
@@ -491,10 +491,10 @@ func (l *Local) seedPlatform(platformFile string, out io.Writer) (*rules.Platfor
 	return p, name, err
 }
 
-// NewestMirror returns the most recently written platform mirror of the
+// newestMirror returns the most recently written platform mirror of the
 // machines in a cluster folder, or "". `down` keeps a copy of it as
 // last-platform in the folder.
-func NewestMirror(dir string) string {
+func newestMirror(dir string) string {
 	ms, _ := local.Machines(dir)
 	paths := []string{filepath.Join(dir, "last-platform")}
 	for _, m := range ms {
@@ -562,7 +562,7 @@ func (l *Local) Wait(ctx context.Context, plat *rules.Platform, out io.Writer) (
 // folder as last-platform for the next Up. It returns how many machines it
 // removed.
 func (l *Local) Down(ctx context.Context) (int, error) {
-	if m := NewestMirror(l.Dir); m != "" && filepath.Dir(m) != l.Dir {
+	if m := newestMirror(l.Dir); m != "" && filepath.Dir(m) != l.Dir {
 		if src, err := os.ReadFile(m); err == nil {
 			_ = fsutil.WriteFileAtomic(filepath.Join(l.Dir, "last-platform"), src, 0o644)
 		}
@@ -588,7 +588,7 @@ func (l *Local) Down(ctx context.Context) (int, error) {
 // removeElsewhere removes the machines the cluster's last description put
 // on backends other than local processes.
 func (l *Local) removeElsewhere(ctx context.Context) (int, error) {
-	src := NewestMirror(l.Dir)
+	src := newestMirror(l.Dir)
 	if src == "" {
 		return 0, nil
 	}

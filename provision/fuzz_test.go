@@ -50,7 +50,7 @@ func FuzzParseHostList(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, src, defType string) {
 		const name = "fuzz/machines.txt"
-		entries, err := ParseHostList(name, []byte(src), defType)
+		entries, err := parseHostList(name, []byte(src), defType)
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), name) {
 				t.Fatalf("the error does not name the file: %v", err)

@@ -35,7 +35,7 @@ func NewDialer(o DialOptions) (Dialer, error) {
 	if o.HostKeys != nil {
 		d.Trust.Store = StoreHostKeys{Store: o.HostKeys}
 	}
-	d.Auth.KeyFiles = DefaultKeyFiles()
+	d.Auth.KeyFiles = defaultKeyFiles()
 	if o.Identity != "" {
 		d.Auth.KeyFiles = []string{o.Identity}
 	}
@@ -60,10 +60,10 @@ type HostEntry struct {
 	Where string
 }
 
-// MaxHostListSize caps a host list file: a million bytes is tens of
+// maxHostListSize caps a host list file: a million bytes is tens of
 // thousands of machines, and a bound on what a wrong file name (a disk
 // image, a log) makes the command read.
-const MaxHostListSize = 1 << 20
+const maxHostListSize = 1 << 20
 
 // ReadHostList reads the host list in the file name (see ParseHostList).
 func ReadHostList(name, defType string) ([]HostEntry, error) {
@@ -72,19 +72,19 @@ func ReadHostList(name, defType string) ([]HostEntry, error) {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxHostListSize+1))
+	b, err := io.ReadAll(io.LimitReader(f, maxHostListSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return ParseHostList(name, b, defType)
+	return parseHostList(name, b, defType)
 }
 
-// ParseHostList reads b, the text of the file name, as "[user@]host[:port]
+// parseHostList reads b, the text of the file name, as "[user@]host[:port]
 // [TYPE]" lines (# starts a comment); TYPE defaults to defType. Every
 // problem names the file and line; a host listed twice is one.
-func ParseHostList(name string, b []byte, defType string) ([]HostEntry, error) {
-	if len(b) > MaxHostListSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes, not a host list", name, MaxHostListSize)
+func parseHostList(name string, b []byte, defType string) ([]HostEntry, error) {
+	if len(b) > maxHostListSize {
+		return nil, fmt.Errorf("%s: larger than %d bytes, not a host list", name, maxHostListSize)
 	}
 	var out []HostEntry
 	seen := map[string]string{}

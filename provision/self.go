@@ -35,10 +35,10 @@ const (
 	selfOutputLines = 40
 )
 
-// DefaultSelfBackoff is how long Converge waits after consecutive failures:
+// defaultSelfBackoff is how long Converge waits after consecutive failures:
 // a step failing on a transient cause (a mirror down) is retried soon, one
 // failing for good does not run every few seconds.
-var DefaultSelfBackoff = clock.Backoff{Initial: 10 * time.Second, Max: 5 * time.Minute}
+var defaultSelfBackoff = clock.Backoff{Initial: 10 * time.Second, Max: 5 * time.Minute}
 
 // Self runs a machine type's provisioners on the machine it runs on, as
 // cloud-init runs per instance. For each provisioner, in order, it clones
@@ -87,7 +87,7 @@ type selfState struct {
 func (s *Self) Converge(ctx context.Context, machine string, mt rules.MachineType, report func(state.Provisioned)) error {
 	bo := s.Backoff
 	if bo.Initial <= 0 {
-		bo = DefaultSelfBackoff
+		bo = defaultSelfBackoff
 	}
 	for failures := 0; ; {
 		rec := s.run(ctx, machine, mt, failures, report)

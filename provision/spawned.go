@@ -46,7 +46,7 @@ func (SpawnAdopter) CheckIdentity(identity string) error {
 	if os.Getenv("SSH_AUTH_SOCK") != "" {
 		return nil
 	}
-	files := DefaultKeyFiles()
+	files := defaultKeyFiles()
 	for _, f := range files {
 		if _, err := os.Stat(f); err == nil {
 			return nil

@@ -225,8 +225,8 @@ type Auth struct {
 	KeyFiles []string
 }
 
-// DefaultKeyFiles are the key files ssh tries, in ~/.ssh.
-func DefaultKeyFiles() []string {
+// defaultKeyFiles are the key files ssh tries, in ~/.ssh.
+func defaultKeyFiles() []string {
 	home, err := os.UserHomeDir()
 	if err != nil {
 		return nil
@@ -407,9 +407,9 @@ func (c *Conn) Close() {
 	}
 }
 
-// ShellQuote quotes argv for the remote shell, which always parses the
+// shellQuote quotes argv for the remote shell, which always parses the
 // command line: every word is single-quoted, so no value is interpreted.
-func ShellQuote(argv []string) string {
+func shellQuote(argv []string) string {
 	q := make([]string, len(argv))
 	for i, a := range argv {
 		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
@@ -469,7 +469,7 @@ func (c *Conn) Run(ctx context.Context, argv []string, stdin []byte) ([]byte, er
 		return out.Bytes(), &RunError{Argv: argv, Code: code, Stderr: errOut.String(), Cut: errOut.Note(), Err: err}
 	}
 	done := make(chan error, 1)
-	go func() { done <- s.Run(ShellQuote(argv)) }()
+	go func() { done <- s.Run(shellQuote(argv)) }()
 	select {
 	case err = <-done:
 	case <-out.Overflow():

@@ -49,11 +49,11 @@ func TestParseHost(t *testing.T) {
 	}
 }
 
-// ShellQuote's words reach the program as they are, whatever they hold:
+// shellQuote's words reach the program as they are, whatever they hold:
 // checked by the shell that will parse them.
 func TestShellQuote(t *testing.T) {
 	args := []string{"printf", "%s|", "it's", "$HOME", "`id`", "a b", "", "\\", "*", "\n"}
-	out, err := exec.Command("/bin/sh", "-c", ShellQuote(args)).Output()
+	out, err := exec.Command("/bin/sh", "-c", shellQuote(args)).Output()
 	if err != nil {
 		t.Fatal(err)
 	}

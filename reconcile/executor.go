@@ -858,7 +858,7 @@ const consulCallTimeout = 15 * time.Second
 func (e *Executor) leave(ctx context.Context, m Member) error {
 	ctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
 	defer cancel()
-	t, err := MemberTarget(ctx, e.Consul, m.Name, m.Address)
+	t, err := memberTarget(ctx, e.Consul, m.Name, m.Address)
 	if err != nil {
 		return err
 	}
@@ -871,10 +871,10 @@ func (e *Executor) leave(ctx context.Context, m Member) error {
 	return err
 }
 
-// MemberTarget is where a member's Consul HTTP API is: its address, and the
+// memberTarget is where a member's Consul HTTP API is: its address, and the
 // ports it publishes in its node meta (the defaults when it publishes none,
 // as a machine of an older version does).
-func MemberTarget(ctx context.Context, consul *api.Client, node, addr string) (consulclient.Target, error) {
+func memberTarget(ctx context.Context, consul *api.Client, node, addr string) (consulclient.Target, error) {
 	t := consulclient.Target{Host: addr}
 	n, _, err := consul.Catalog().Node(node, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {

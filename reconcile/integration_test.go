@@ -372,7 +372,7 @@ func TestMemberTargetReadsThePublishedPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer consul.Client.Catalog().Deregister(&api.CatalogDeregistration{Node: "odd-port"}, nil)
-	tg, err := MemberTarget(ctx, consul.Client, "odd-port", "192.0.2.7")
+	tg, err := memberTarget(ctx, consul.Client, "odd-port", "192.0.2.7")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +384,7 @@ func TestMemberTargetReadsThePublishedPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer consul.Client.Catalog().Deregister(&api.CatalogDeregistration{Node: "bad-port"}, nil)
-	if _, err := MemberTarget(ctx, consul.Client, "bad-port", "192.0.2.7"); err == nil || !strings.Contains(err.Error(), "bad-port") {
+	if _, err := memberTarget(ctx, consul.Client, "bad-port", "192.0.2.7"); err == nil || !strings.Contains(err.Error(), "bad-port") {
 		t.Errorf("a member publishing port 99999: got %v, want an error naming it", err)
 	}
 }

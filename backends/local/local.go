@@ -105,7 +105,7 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	} else {
 		subnet := cfg.Settings["subnet"]
 		if subnet == "" {
-			subnet = Subnet(env.ClusterDir)
+			subnet = subnetOf(env.ClusterDir)
 		}
 		if parts := strings.Split(subnet, "."); len(parts) != 3 || parts[0] != "127" {
 			return nil, fmt.Errorf("setting subnet: want three octets in 127.0.0.0/8 such as \"127.42.7\", got %q", subnet)
@@ -126,9 +126,9 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	}, nil
 }
 
-// Subnet derives a cluster's /24 in 127.0.0.0/8 from its folder. It avoids
+// subnetOf derives a cluster's /24 in 127.0.0.0/8 from its folder. It avoids
 // 127.0.0.0/24, where other local services tend to listen.
-func Subnet(clusterDir string) string {
+func subnetOf(clusterDir string) string {
 	abs, err := filepath.Abs(clusterDir)
 	if err != nil {
 		abs = clusterDir
@@ -139,8 +139,8 @@ func Subnet(clusterDir string) string {
 	return fmt.Sprintf("127.%d.%d", 16+v%224, (v>>8)%256)
 }
 
-// MachineDir returns the folder of a machine in a cluster folder.
-func MachineDir(clusterDir, machineID string) string {
+// machineDir returns the folder of a machine in a cluster folder.
+func machineDir(clusterDir, machineID string) string {
 	return filepath.Join(clusterDir, "machines", machineID)
 }
 
@@ -345,7 +345,7 @@ func (b *Backend) Destroy(ctx context.Context, machineID string) error {
 		return fmt.Errorf("local backend: bad machine id %q", machineID)
 	}
 	mdir := filepath.Join(b.dir, machineID)
-	if err := StopMachine(ctx, mdir); err != nil {
+	if err := stopMachine(ctx, mdir); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(mdir); err != nil {
@@ -354,10 +354,10 @@ func (b *Backend) Destroy(ctx context.Context, machineID string) error {
 	return nil
 }
 
-// StopMachine ends the processes of the machine in mdir, if any: SIGTERM to
+// stopMachine ends the processes of the machine in mdir, if any: SIGTERM to
 // its process group, then SIGKILL when it has not exited within 10 seconds or
 // when ctx ends.
-func StopMachine(ctx context.Context, mdir string) error {
+func stopMachine(ctx context.Context, mdir string) error {
 	pid, alive := agentPID(mdir)
 	if !alive {
 		return nil

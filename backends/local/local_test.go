@@ -31,11 +31,11 @@ func newBackend(t *testing.T) (*Backend, string) {
 }
 
 func TestSubnet(t *testing.T) {
-	a, b := Subnet("/tmp/one"), Subnet("/tmp/two")
+	a, b := subnetOf("/tmp/one"), subnetOf("/tmp/two")
 	if a == b {
 		t.Errorf("two folders share subnet %s", a)
 	}
-	if Subnet("/tmp/one") != a {
+	if subnetOf("/tmp/one") != a {
 		t.Errorf("subnet is not stable")
 	}
 	if strings.HasPrefix(a, "127.0.") || !strings.HasPrefix(a, "127.") {

@@ -223,7 +223,7 @@ func TestScaleAHostListsOnlyTheMachinesItMade(t *testing.T) {
 		t.Errorf("host-a lists %v after m-mine was killed, want m-mine and m-old", got)
 	}
 	// m-theirs handed over to host-a: its config is written anew.
-	mdir := MachineDir(dir, "m-theirs")
+	mdir := machineDir(dir, "m-theirs")
 	node, err := readNode(mdir)
 	if err != nil {
 		t.Fatal(err)

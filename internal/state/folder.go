@@ -52,12 +52,6 @@ func ProvisionedRecords(s *kvschema.Store) Folder[Provisioned] {
 	return NewFolder[Provisioned](s.Folder(kvschema.Provisioned), ProvisionedKind, MaxProvisionedSize, nil)
 }
 
-// MeshEntries is the members' folder of mesh entries. Package mesh adds
-// what only the overlay can check (an entry's address is its key's).
-func MeshEntries(s *kvschema.Store) Folder[MeshEntry] {
-	return NewFolder[MeshEntry](s.Folder(kvschema.MeshNodes), MeshEntryKind, MaxMeshEntrySize, nil)
-}
-
 // WorkOrders is the folder of orders given to host.
 func WorkOrders(s *kvschema.Store, host string) Folder[WorkOrder] {
 	return NewFolder[WorkOrder](s.Work(host), WorkOrderKind, maxWorkOrderSize, WorkOrder.valid)
