@@ -191,3 +191,54 @@ func TestTrustClientAgentRefusesActing(t *testing.T) {
 		})
 	}
 }
+
+// TestTrustActionsByHandForOperatorsOnServersOnly: a spawn or a destroy
+// asked of an agent (what `spawn` and `destroy` send the leader) is taken
+// by a server for an operator's token only, sent over TLS; a client's
+// agent refuses it whatever the token, and what the leader cannot do as
+// asked is refused with why, before anything is written.
+func TestTrustActionsByHandForOperatorsOnServersOnly(t *testing.T) {
+	a, _ := startAgent(t)
+	op, _, err := a.consul.ACL().TokenCreate(&api.ACLToken{Description: "trust test operator", Policies: []*api.ACLTokenPolicyLink{{ID: kvschema.GlobalManagementPolicyID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func(server bool, method, path, token, body string) (int, string) {
+		h := &httpServer{
+			cfg:    nodeconfig.Config{MachineID: "m", ACLToken: "own-token-of-the-machine", ConsulServer: server}.WithDefaults(),
+			consul: a.consul, store: a.store, mirror: a.mirror, elector: a.elector, metrics: telemetry.New(), clock: a.Clock, log: a.Log,
+		}
+		req := httptest.NewRequest(method, path, strings.NewReader(body))
+		req.RemoteAddr, req.TLS = "192.0.2.7:40000", &tls.ConnectionState{}
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		h.handler().ServeHTTP(rec, req)
+		return rec.Code, rec.Body.String()
+	}
+	spawn, destroy := agentapi.MachinesPath, agentapi.MachinesPath+"/worker-0a1b2c3d"
+	for _, tc := range []struct {
+		server       bool
+		method, path string
+		token, body  string
+		want         int
+		says         string
+	}{
+		{false, http.MethodPost, spawn, op.SecretID, `{"machine_type": "server"}`, http.StatusForbidden, "client"},
+		{false, http.MethodDelete, destroy, "own-token-of-the-machine", "", http.StatusForbidden, "client"},
+		{true, http.MethodPost, spawn, "not-a-token-of-this-cluster-at-all!!", `{"machine_type": "server"}`, http.StatusUnauthorized, "operators only"},
+		{true, http.MethodPost, spawn, op.SecretID, `{"machine_type": "nope"}`, http.StatusUnprocessableEntity, `no machine type "nope"`},
+		{true, http.MethodPost, spawn, op.SecretID, `{"machine_type": "server", "backend": "vagrant"}`, http.StatusUnprocessableEntity, `no backend "vagrant"`},
+		{true, http.MethodPost, spawn, op.SecretID, `not json`, http.StatusBadRequest, "machine_type"},
+		{true, http.MethodDelete, destroy, op.SecretID, "", http.StatusUnprocessableEntity, "no machine"},
+	} {
+		t.Run(fmt.Sprintf("server=%v %s %s %s", tc.server, tc.method, tc.path, tc.body), func(t *testing.T) {
+			got, body := serve(tc.server, tc.method, tc.path, tc.token, tc.body)
+			if got != tc.want || !strings.Contains(body, tc.says) {
+				t.Errorf("got %d %q, want %d saying %q", got, body, tc.want, tc.says)
+			}
+		})
+	}
+	if recs, _, err := (&reconcile.Inventory{Store: a.store}).List(context.Background(), nil); err != nil || len(recs) != 1 {
+		t.Errorf("inventory after refused actions: %d records, %v; want the agent's own alone", len(recs), err)
+	}
+}
