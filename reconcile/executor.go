@@ -501,7 +501,6 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	if !ok && a.Host == "" {
 		return "", fmt.Errorf("backend %q is not configured", a.Backend)
 	}
-	mt := p.Machines[a.Type]
 	id := NewMachineID(a.Type)
 	now := e.Clock.Now()
 	// The intent goes to KV before anything is created: a leader that dies
@@ -517,76 +516,12 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	e.mu.Unlock()
 	a.MachineID = id
 	log = log.With(telemetry.KeyMachineID, id, telemetry.KeyBackend, a.Backend)
-	if a.Host != "" {
-		e.start(id, a, func() { e.spawnElsewhere(ctx, p, rec, a, log) })
-		return id, nil
-	}
-	e.start(id, a, func() {
-		// A spawn that has not returned within the provision timeout
-		// would be reaped had it returned: a hung backend call must
-		// not hold its spawn slot, and its record, forever.
-		sctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
-		defer cancel()
-		node, err := e.NodeConfig(sctx, p, id, mt, a.Backend)
-		node.MadeBy = e.Self
-		var inst backends.Instance
-		if err == nil {
-			begin := time.Now()
-			inst, err = RunOrder(sctx, be, state.WorkOrder{Kind: state.WorkSpawn, MachineID: id, Backend: a.Backend, Node: &node, Timeout: p.Policy.ProvisionTimeout})
-			e.observeCall(a.Backend, "spawn", begin)
-			if err != nil && sctx.Err() != nil && ctx.Err() == nil {
-				err = fmt.Errorf("no answer within the provision timeout (%s): %w", p.Policy.ProvisionTimeout, err)
-			}
-		}
-		if ctx.Err() != nil {
-			// Leadership is gone; the next leader judges this record.
-			return
-		}
-		if err != nil {
-			e.backendFailed(a.Backend, p, err)
-			e.finish(a, err)
-			log.Error("spawn failed", telemetry.KeyError, err)
-			rec.State, rec.Updated, rec.Reason = StateDestroying, e.Clock.Now(), "spawn failed: "+err.Error()
-			if _, perr := e.Inventory.Put(ctx, rec); perr != nil {
-				log.Error("record spawn failure", telemetry.KeyError, perr)
-			}
-			return
-		}
-		e.backendOK(a.Backend)
-		if e.Served != nil {
-			// Its list goes out before the record says the machine
-			// exists: a leader after this one judges the machine
-			// by this machine's list, and only by one that has it.
-			// Unpublished, the machine names no host: whoever leads
-			// judges it by its own list, as before hosts existed.
-			if index := e.Served(ctx, a.Backend); index > 0 {
-				rec.HostSince = index - 1
-			} else {
-				rec.Host = ""
-			}
-		}
-		if sc, ok := be.(backends.Scoped); ok {
-			qctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
-			if s, err := sc.Scope(qctx); err == nil && s != "" {
-				rec.Scope = s
-			}
-			cancel()
-		}
-		rec.State, rec.Updated, rec.Address, rec.Addresses = StateJoining, e.Clock.Now(), inst.Address, inst.Addresses
-		if _, err := e.Inventory.Put(ctx, rec); err != nil {
-			log.Error("record spawned machine", telemetry.KeyError, err)
-			return
-		}
-		e.finish(a, nil)
-		log.Info("machine spawned", telemetry.KeyAddress, inst.Address)
-		e.Hooks.Fire(ctx, p, "after_spawn", a)
-	})
+	e.start(id, a, func() { e.spawnOn(ctx, p, be, rec, a, log) })
 	return id, nil
 }
 
 func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string]backends.Backend, obs Observed, a state.Action, log hclog.Logger) error {
 	rec, hasRecord := obs.Records[a.MachineID]
-	be := bes[a.Backend]
 	log = log.With(telemetry.KeyBackend, a.Backend)
 	if hasRecord && rec.State != StateDestroying {
 		// Announce the removal before doing it, so that an interrupted
@@ -598,114 +533,139 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		}
 	}
 	member, isMember := obs.Members[a.MachineID]
-	e.start(a.MachineID, a, func() {
-		if a.Kind == state.KindScaleDown && isMember && member.Status == state.MemberAlive && member.RaftVoter {
-			// A healthy server leaves gracefully, so that it is taken
-			// out of the Raft configuration before it stops. Asking a
-			// member's Consul shows it the cluster's token, which only a
-			// proven server may see (consulclient.New checks its
-			// certificate too); a client needs no leave of its own: it
-			// is destroyed, then forced out.
-			if err := e.leave(ctx, member); err != nil {
-				log.Warn("graceful leave failed; forcing", telemetry.KeyError, err)
-			}
+	e.start(a.MachineID, a, func() { e.removing(ctx, p, bes[a.Backend], rec, hasRecord, member, isMember, a, log) })
+	return nil
+}
+
+// removing runs in the goroutine of a removal: the member leaves (a
+// healthy server gracefully, a given-up one out of Raft first), its host
+// destroys it, Consul forgets the member, and then its record and every
+// key and credential it had go.
+func (e *Executor) removing(ctx context.Context, p *rules.Platform, be backends.Backend, rec Record, hasRecord bool, member Member, isMember bool, a state.Action, log hclog.Logger) {
+	if a.Kind == state.KindScaleDown && isMember && member.Status == state.MemberAlive && member.RaftVoter {
+		// A healthy server leaves gracefully, so that it is taken
+		// out of the Raft configuration before it stops. Asking a
+		// member's Consul shows it the cluster's token, which only a
+		// proven server may see (consulclient.New checks its
+		// certificate too); a client needs no leave of its own: it
+		// is destroyed, then forced out.
+		if err := e.leave(ctx, member); err != nil {
+			log.Warn("graceful leave failed; forcing", telemetry.KeyError, err)
 		}
-		// Consul sessions favour liveness: look again right before the
-		// destructive step, and stop if leadership is gone.
-		if ctx.Err() != nil {
+	}
+	// Consul sessions favour liveness: look again right before the
+	// destructive step, and stop if leadership is gone.
+	if ctx.Err() != nil {
+		return
+	}
+	if a.Kind == state.KindReap && isMember && member.Server && member.Status == state.MemberFailed {
+		// Given up, and Consul has it failed: out of Raft first.
+		// The destroy may wait on a host that is down or a
+		// backend that fails for as long as they last, and the
+		// dead server would count toward quorum all that time.
+		_, _ = e.removeRaftPeer(ctx, a.MachineID, log)
+	}
+	destroyed, ok := e.destroy(ctx, p, be, a, log)
+	if !ok {
+		return
+	}
+	if isMember {
+		e.forceLeave(ctx, a.MachineID, member, destroyed, log)
+	}
+	if hasRecord {
+		if err := e.deleteRecord(ctx, rec); err != nil {
+			e.finish(a, err)
+			log.Error("delete record", telemetry.KeyError, err)
 			return
 		}
-		if a.Kind == state.KindReap && isMember && member.Server && member.Status == state.MemberFailed {
-			// Given up, and Consul has it failed: out of Raft first.
-			// The destroy may wait on a host that is down or a
-			// backend that fails for as long as they last, and the
-			// dead server would count toward quorum all that time.
-			_, _ = e.removeRaftPeer(ctx, a.MachineID, log)
+	}
+	e.forget(ctx, a.MachineID, cmp.Or(rec.Host, a.Host), log)
+	e.finish(a, nil)
+	log.Info("machine removed", telemetry.KeyReason, a.Reason)
+	event := "after_destroy"
+	if a.Kind == state.KindReap {
+		event = "after_reap"
+	}
+	e.Hooks.Fire(ctx, p, event, a)
+}
+
+// destroy has the machine's host destroy it: another member through a
+// work order, the leader's own backend in process. destroyed says whether
+// a backend destroyed it (only then is it known gone); ok false means the
+// removal stops here, its outcome finished, for a later pass to retry.
+func (e *Executor) destroy(ctx context.Context, p *rules.Platform, be backends.Backend, a state.Action, log hclog.Logger) (destroyed, ok bool) {
+	switch {
+	case a.Host != "":
+		// Where it was made: that host's backend holds it.
+		dctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
+		err := e.destroyElsewhere(dctx, p, a)
+		cancel()
+		if err == nil {
+			return true, true
 		}
-		if a.Host != "" {
-			// Where it was made: that host's backend holds it.
-			dctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
-			err := e.destroyElsewhere(dctx, p, a)
-			cancel()
-			if err != nil {
-				e.finish(a, err)
-				if errors.Is(err, errHostGone) || errors.Is(err, errHostBusy) {
-					// A state that lasts (a host that is down): said once,
-					// not every pass.
-					if e.sayOnce(a.MachineID, err.Error()) {
-						log.Warn("destroy waits for its host", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
-					}
-					return
-				}
-				e.backendFailed(hostKey(a.Host, a.Backend), p, err)
-				log.Error("destroy on another host failed", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
-				return
+		e.finish(a, err)
+		if errors.Is(err, errHostGone) || errors.Is(err, errHostBusy) {
+			// A state that lasts (a host that is down): said once,
+			// not every pass.
+			if e.sayOnce(a.MachineID, err.Error()) {
+				log.Warn("destroy waits for its host", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
 			}
-		} else if be != nil {
-			// As long as a spawn may take: destroying is as slow as
-			// creating on some providers, and no slower.
-			begin := time.Now()
-			_, err := RunOrder(ctx, be, state.WorkOrder{Kind: state.WorkDestroy, MachineID: a.MachineID, Backend: a.Backend, Timeout: p.Policy.ProvisionTimeout})
-			e.observeCall(a.Backend, "destroy", begin)
-			if err != nil {
-				e.backendFailed(a.Backend, p, err)
-				e.finish(a, err)
-				log.Error("destroy failed", telemetry.KeyError, err)
-				return
-			}
-		} else if a.Backend != "" {
-			log.Warn("backend not configured; removing the record only")
+			return false, false
 		}
-		// Only a machine a backend destroyed is known to be gone.
-		destroyed := a.Host != "" || be != nil
-		if isMember {
-			// A member the failure detector still has alive (its
-			// backend said first that it is gone) is not pruned now:
-			// Consul's prune of a member it has alive sleeps its
-			// broadcast timeout and leave delay (8 s) holding the
-			// member list, and every read of the members (the next
-			// pass's, the replacement's node config) waits on it. It
-			// is marked leaving at once and pruned once it is failed.
-			// Asked again now: a member that left gracefully (a scale
-			// down) or failed meanwhile is pruned at once, and the
-			// prune is what takes a left server out of Raft for sure.
-			fctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
-			prune := prunable(member.Status)
-			if st, ok := e.memberStatus(fctx, a.MachineID); ok {
-				prune = prunable(st)
-			}
-			err := e.Consul.Agent().ForceLeaveOptions(a.MachineID, api.ForceLeaveOpts{Prune: prune}, (&api.QueryOptions{}).WithContext(fctx))
-			cancel()
-			if err != nil {
-				log.Warn("force-leave failed", telemetry.KeyError, err)
-			} else if !prune {
-				if member.Server && destroyed {
-					// Consul takes a leaving server out of Raft only
-					// once it has it failed: until then the dead
-					// server still counts toward quorum, and one more
-					// death would lose it. Out now, as a prune did.
-					_, _ = e.removeRaftPeer(ctx, a.MachineID, log)
-				}
-				e.pruneWhenDown(ctx, a.MachineID, log)
-			}
+		e.backendFailed(hostKey(a.Host, a.Backend), p, err)
+		log.Error("destroy on another host failed", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
+		return false, false
+	case be != nil:
+		// As long as a spawn may take: destroying is as slow as
+		// creating on some providers, and no slower.
+		begin := time.Now()
+		_, err := RunOrder(ctx, be, state.WorkOrder{Kind: state.WorkDestroy, MachineID: a.MachineID, Backend: a.Backend, Timeout: p.Policy.ProvisionTimeout})
+		e.observeCall(a.Backend, "destroy", begin)
+		if err != nil {
+			e.backendFailed(a.Backend, p, err)
+			e.finish(a, err)
+			log.Error("destroy failed", telemetry.KeyError, err)
+			return false, false
 		}
-		if hasRecord {
-			if err := e.deleteRecord(ctx, rec); err != nil {
-				e.finish(a, err)
-				log.Error("delete record", telemetry.KeyError, err)
-				return
-			}
+		return true, true
+	case a.Backend != "":
+		log.Warn("backend not configured; removing the record only")
+	}
+	return false, true
+}
+
+// forceLeave has Consul forget the removed member id.
+//
+// A member the failure detector still has alive (its backend said first
+// that it is gone) is not pruned now: Consul's prune of a member it has
+// alive sleeps its broadcast timeout and leave delay (8 s) holding the
+// member list, and every read of the members (the next pass's, the
+// replacement's node config) waits on it. It is marked leaving at once
+// and pruned once it is failed. Asked again now: a member that left
+// gracefully (a scale down) or failed meanwhile is pruned at once, and the
+// prune is what takes a left server out of Raft for sure.
+func (e *Executor) forceLeave(ctx context.Context, id string, member Member, destroyed bool, log hclog.Logger) {
+	fctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+	prune := prunable(member.Status)
+	if st, ok := e.memberStatus(fctx, id); ok {
+		prune = prunable(st)
+	}
+	err := e.Consul.Agent().ForceLeaveOptions(id, api.ForceLeaveOpts{Prune: prune}, (&api.QueryOptions{}).WithContext(fctx))
+	cancel()
+	if err != nil {
+		log.Warn("force-leave failed", telemetry.KeyError, err)
+		return
+	}
+	if !prune {
+		if member.Server && destroyed {
+			// Consul takes a leaving server out of Raft only
+			// once it has it failed: until then the dead
+			// server still counts toward quorum, and one more
+			// death would lose it. Out now, as a prune did.
+			_, _ = e.removeRaftPeer(ctx, id, log)
 		}
-		e.forget(ctx, a.MachineID, cmp.Or(rec.Host, a.Host), log)
-		e.finish(a, nil)
-		log.Info("machine removed", telemetry.KeyReason, a.Reason)
-		event := "after_destroy"
-		if a.Kind == state.KindReap {
-			event = "after_reap"
-		}
-		e.Hooks.Fire(ctx, p, event, a)
-	})
-	return nil
+		e.pruneWhenDown(ctx, id, log)
+	}
 }
 
 // forget removes what a removed machine leaves besides its record: every

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/hashicorp/consul/api"
@@ -70,13 +71,20 @@ func (o Orders) Delete(ctx context.Context, w state.WorkOrder) error {
 // fast path, without the round trip through KV) and every host for the
 // orders it is given (daemon's worker). It calls be within o.Timeout.
 func RunOrder(ctx context.Context, be backends.Backend, o state.WorkOrder) (backends.Instance, error) {
-	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	octx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
+	var inst backends.Instance
+	var err error
 	switch {
 	case o.Kind == state.WorkDestroy:
-		return backends.Instance{}, be.Destroy(ctx, o.MachineID)
+		err = be.Destroy(octx, o.MachineID)
 	case o.Kind == state.WorkSpawn && o.Node != nil:
-		return be.Spawn(ctx, backends.Spec{Node: *o.Node})
+		inst, err = be.Spawn(octx, backends.Spec{Node: *o.Node})
+	default:
+		return inst, fmt.Errorf("work order for %s: nothing to run (kind %q)", o.MachineID, o.Kind)
 	}
-	return backends.Instance{}, fmt.Errorf("work order for %s: nothing to run (kind %q)", o.MachineID, o.Kind)
+	if err != nil && errors.Is(octx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("no answer within the provision timeout (%s): %w", o.Timeout, err)
+	}
+	return inst, err
 }

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/consulclient"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -18,12 +20,15 @@ import (
 	"github.com/raptiformica/raptiformica/rules"
 )
 
-// An action placed on another member runs there: the executor writes a work
-// order to that host's folder (kvschema.Work), and waits for its outcome
-// with blocking queries, looking every awaitRecheck whether the host is
-// still an alive member. It never waits on a host that died: the order
-// stays, the host finishes or fails it when it returns, and whoever leads
-// then reads the outcome.
+// Every spawn is a work order, carried out by its host: the leader's own
+// in process (spawnHere, the order's fast path), another member's through
+// that member's folder of orders (kvschema.Work), which the executor
+// writes and then waits on with blocking queries, looking every
+// awaitRecheck whether the host is still an alive member. It never waits
+// on a host that died: the order stays, the host finishes or fails it when
+// it returns, and whoever leads then reads the outcome. Either way the
+// outcome is recorded by one function (spawned); a removal on another
+// member goes the same way (destroyElsewhere).
 
 // awaitRecheck is how long one blocking read of an order waits before the
 // executor looks again whether its host is alive.
@@ -44,18 +49,64 @@ var errHostBusy = errors.New("is still spawning it")
 // leader's own backends' (names and machine IDs hold no slash).
 func hostKey(host, backend string) string { return host + "/" + backend }
 
-// spawnElsewhere runs in the goroutine of a spawn placed on a.Host: it
-// grants the host its orders, writes the order with the new machine's node
-// config, and records the outcome in rec.
-func (e *Executor) spawnElsewhere(ctx context.Context, p *rules.Platform, rec Record, a state.Action, log hclog.Logger) {
+// spawnOn runs in the goroutine of a spawn: one path whichever member is
+// its host. The order is made the same way for every host, with the new
+// machine's node config; the leader's own (a.Host empty) runs in process,
+// the order's fast path, without its round trip through KV, and another
+// member's goes to that member's folder of orders, which it carries out.
+// The outcome is recorded the same way (spawned).
+func (e *Executor) spawnOn(ctx context.Context, p *rules.Platform, be backends.Backend, rec Record, a state.Action, log hclog.Logger) {
+	// A spawn that has not ended within the provision timeout would be
+	// reaped had it ended: a hung backend call, or a host that never
+	// answers, must not hold its spawn slot, and its record, forever.
 	sctx, cancel := context.WithTimeout(ctx, p.Policy.ProvisionTimeout)
 	defer cancel()
+	if a.Host == "" {
+		w, err := e.spawnHere(sctx, p, be, rec, a)
+		e.spawned(ctx, p, nil, rec, a, w, err, log)
+		return
+	}
 	orders := NewOrders(e.Inventory.Store, a.Host)
 	w, err := e.orderSpawn(sctx, p, orders, rec, a)
 	if err == nil {
 		w, err = e.await(sctx, orders, w)
 	}
-	e.spawned(ctx, p, orders, rec, a, w, err, log)
+	e.spawned(ctx, p, &orders, rec, a, w, err, log)
+}
+
+// spawnHere carries out the leader's own spawn order in process, as its
+// worker would carry out one given through KV, and returns it finished;
+// the error is one that made no order. Its Index is the one at which this
+// machine published its list with the new machine (Served), less one: a
+// list written later can tell the machine gone; 0 when none was
+// published.
+func (e *Executor) spawnHere(ctx context.Context, p *rules.Platform, be backends.Backend, rec Record, a state.Action) (state.WorkOrder, error) {
+	node, err := e.NodeConfig(ctx, p, rec.ID, p.Machines[a.Type], a.Backend)
+	if err != nil {
+		return state.WorkOrder{}, err
+	}
+	node.MadeBy = e.Self
+	w := state.WorkOrder{Kind: state.WorkSpawn, MachineID: rec.ID, Type: a.Type, Backend: a.Backend, Node: &node, Timeout: p.Policy.ProvisionTimeout}
+	begin := time.Now()
+	inst, err := RunOrder(ctx, be, w)
+	e.observeCall(a.Backend, "spawn", begin)
+	w.Node = nil // its credentials were for the spawn
+	if err != nil {
+		w.State, w.Error = state.WorkFailed, err.Error()
+		return w, nil
+	}
+	w.State, w.Instance = state.WorkDone, &inst
+	if sc, ok := be.(backends.Scoped); ok {
+		qctx, cancel := context.WithTimeout(ctx, consulCallTimeout)
+		w.Scope, _ = sc.Scope(qctx)
+		cancel()
+	}
+	if e.Served != nil {
+		if index := e.Served(ctx, a.Backend); index > 0 {
+			w.Index = index - 1
+		}
+	}
+	return w, nil
 }
 
 // resumeSpawn follows, for a new leader, a spawn on another host that an
@@ -82,7 +133,7 @@ func (e *Executor) resumeSpawn(ctx context.Context, p *rules.Platform, rec Recor
 		log.Info("resuming a spawn on another host", telemetry.KeyHost, rec.Host, telemetry.KeyState, string(w.State))
 		w, err = e.await(sctx, orders, w)
 	}
-	e.spawned(ctx, p, orders, rec, a, w, err, log)
+	e.spawned(ctx, p, &orders, rec, a, w, err, log)
 }
 
 // orderSpawn writes the work order of a spawn on another host.
@@ -132,18 +183,28 @@ func (e *Executor) mayHold(ctx context.Context, host string, node nodeconfig.Con
 	return nil
 }
 
-// spawned records how a spawn on another host ended: joining with its
-// address, or to be destroyed with why. A spawn its host never started is
-// taken back, and its record removed, since nothing was made.
-func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders, rec Record, a state.Action, w state.WorkOrder, err error, log hclog.Logger) {
+// spawned records how a spawn ended, on whichever host: joining with its
+// address, or to be destroyed with why. orders is the host's folder of
+// orders, nil for the leader's own spawn. A spawn its host never started
+// is taken back, and its record removed, since nothing was made.
+func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders *Orders, rec Record, a state.Action, w state.WorkOrder, err error, log hclog.Logger) {
 	if ctx.Err() != nil {
 		return // leadership is gone; the next leader resumes
 	}
-	key := hostKey(a.Host, a.Backend)
+	key := a.Backend
+	if orders != nil {
+		key = hostKey(a.Host, a.Backend)
+	}
 	if err == nil && w.State == state.WorkDone && w.Instance != nil {
 		e.backendOK(key)
 		rec.State, rec.Updated, rec.Address, rec.Addresses = StateJoining, e.Clock.Now(), w.Instance.Address, w.Instance.Addresses
+		// Only a list its host published after the outcome can tell
+		// the machine gone. The leader's own, never published, names
+		// no host: whoever leads judges it by its own list.
 		rec.HostSince = w.Index
+		if orders == nil && e.Served != nil && w.Index == 0 {
+			rec.Host = ""
+		}
 		if w.Scope != "" {
 			rec.Scope = w.Scope
 		}
@@ -152,22 +213,27 @@ func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders
 			e.finish(a, err)
 			return
 		}
-		if err := orders.Delete(ctx, w); err != nil {
-			log.Warn("remove a finished work order", telemetry.KeyError, err)
+		if orders != nil {
+			if err := orders.Delete(ctx, w); err != nil {
+				log.Warn("remove a finished work order", telemetry.KeyError, err)
+			}
 		}
 		e.finish(a, nil)
-		log.Info("machine spawned", telemetry.KeyHost, a.Host, telemetry.KeyAddress, w.Instance.Address)
+		log.Info("machine spawned", telemetry.KeyHost, cmp.Or(a.Host, e.Self), telemetry.KeyAddress, w.Instance.Address)
 		e.Hooks.Fire(ctx, p, "after_spawn", a)
 		return
 	}
-	if err == nil {
+	switch {
+	case err != nil:
+	case orders == nil:
+		err = errors.New(w.Error)
+	case w.State == state.WorkDone:
+		err = fmt.Errorf("host %s reported the spawn done without the machine it made", a.Host)
+	default:
 		err = fmt.Errorf("host %s: %s", a.Host, w.Error)
-		if w.State == state.WorkDone {
-			err = fmt.Errorf("host %s reported the spawn done without the machine it made", a.Host)
-		}
 	}
 	neverMade := w.Index == 0 && w.State == state.WorkNew && errors.Is(err, errOrderNeverWritten)
-	if w.Index != 0 && (w.State == state.WorkNew || w.Finished()) {
+	if orders != nil && w.Index != 0 && (w.State == state.WorkNew || w.Finished()) {
 		// Not started: take it back, so the host never starts a spawn
 		// nobody waits for. Finished: read. A claim that comes first
 		// wins, and the removal waits for it.
@@ -191,7 +257,7 @@ func (e *Executor) spawned(ctx context.Context, p *rules.Platform, orders Orders
 		e.backendFailed(key, p, err)
 	}
 	e.finish(a, err)
-	log.Error("spawn on another host failed", telemetry.KeyHost, a.Host, telemetry.KeyError, err)
+	log.Error("spawn failed", telemetry.KeyHost, cmp.Or(a.Host, e.Self), telemetry.KeyError, err)
 	rec.State, rec.Updated, rec.Reason = StateDestroying, e.Clock.Now(), "spawn failed: "+err.Error()
 	if _, perr := e.Inventory.Put(ctx, rec); perr != nil {
 		log.Error("record spawn failure", telemetry.KeyError, perr)
