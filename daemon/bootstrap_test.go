@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/enrol"
@@ -14,32 +13,6 @@ import (
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 	"github.com/raptiformica/raptiformica/reconcile"
 )
-
-// aclConsul starts a Consul dev agent for one test with the cluster's ACL
-// defaults (deny), and returns it with its management token.
-func aclConsul(t *testing.T) (*testconsul.Server, string) {
-	t.Helper()
-	const root = "root-token-of-this-test"
-	c, err := testconsul.StartWith("-hcl", `acl { enabled = true
-default_policy = "deny"
-tokens { initial_management = "`+root+`" } }`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
-	return c, root
-}
-
-func clientWithToken(t *testing.T, c *testconsul.Server, token string) *api.Client {
-	t.Helper()
-	cfg := api.DefaultConfig()
-	cfg.Address, cfg.Scheme, cfg.Token = c.Addr, "http", token
-	cl, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cl
-}
 
 // TestTrustClientWritesNoRecordOfItsOwn: a client machine's agent, with
 // its own token, does not record itself (Consul refuses it, and the agent
@@ -51,9 +24,9 @@ func TestTrustClientWritesNoRecordOfItsOwn(t *testing.T) {
 		t.Skip("integration test: runs a real Consul (run without -short)")
 	}
 	t.Parallel()
-	c, root := aclConsul(t)
+	c, root := testconsul.StartACL(t), testconsul.ACLRoot
 	ctx := context.Background()
-	admin := clientWithToken(t, c, root)
+	admin := c.ClientWithToken(t, root)
 	own, err := enrol.MachineToken(ctx, admin, "laptop-own")
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +35,7 @@ func TestTrustClientWritesNoRecordOfItsOwn(t *testing.T) {
 		id, token string
 		recorded  bool
 	}{{"laptop-own", own, false}, {"laptop-by-hand", root, true}} {
-		cl := clientWithToken(t, c, tc.token)
+		cl := c.ClientWithToken(t, tc.token)
 		seed := &kvSeed{cfg: nodeconfig.Config{MachineID: tc.id, MachineType: "laptop", Backend: "by-hand"},
 			store: kvschema.New(cl), inventory: &reconcile.Inventory{Store: kvschema.New(cl)}, clock: clock.Real{}, log: hclog.NewNullLogger()}
 		if err := seed.record(ctx); err != nil {

@@ -55,7 +55,7 @@ func chosenEndpoints(self peering.Member, nodes map[string]state.MeshEntry, maxL
 	for _, id := range peering.Choose(self, mesh.Members(nodes), maxLinks) {
 		out = append(out, nodes[id].Endpoints...)
 	}
-	return hostPorts(out)
+	return endpoint.HostPorts(out)
 }
 
 // meshMirror is what a node keeps on disk of the mesh, so that after a
@@ -166,7 +166,7 @@ func startMesh(c nodeconfig.Config, log hclog.Logger) (*mesh.Node, meshMirror, e
 	secrets := startSecrets(c)
 	n, err := mesh.Start(mesh.Config{
 		KeyFile: filepath.Join(c.DataDir, "mesh.key"), ListenPort: mc.ListenPort, Secret: secrets.Listen, DialSecrets: secrets.Dial,
-		Peers:     uniqueSorted(mc.Peers, mirror.Joined, mirror.Known),
+		Peers:     endpoint.UniqueSorted(mc.Peers, mirror.Joined, mirror.Known),
 		Interface: iface, Log: log.Named("mesh"),
 	})
 	return n, mirror, err
@@ -189,7 +189,7 @@ func meshEndpoints(mc *nodeconfig.Mesh, bindAuto bool) []string {
 		return nil
 	}
 	if len(mc.Advertise) > 0 {
-		return uniqueSorted(mc.Advertise)
+		return endpoint.UniqueSorted(mc.Advertise)
 	}
 	port := strconv.Itoa(mc.ListenPort)
 	if u := mc.Underlay; !bindAuto && u != "" && u != "0.0.0.0" && u != "::" {
@@ -214,7 +214,7 @@ func meshEndpoints(mc *nodeconfig.Mesh, bindAuto bool) []string {
 			out = append(out, net.JoinHostPort(ip.Unmap().String(), port))
 		}
 	}
-	return uniqueSorted(out)
+	return endpoint.UniqueSorted(out)
 }
 
 func (s *meshSync) endpoints() []string { return meshEndpoints(s.cfg.Mesh, s.bindAuto) }
@@ -330,8 +330,8 @@ func (s *meshSync) sync(ctx context.Context, nodes map[string]state.MeshEntry, s
 	if p := s.platform(); p != nil {
 		described, port, maxLinks = p.Mesh.Peers, p.Mesh.Port, p.Mesh.Links()
 	}
-	static := hostPorts(described, mirror.Joined)
-	own := hostPorts(s.endpoints())
+	static := endpoint.HostPorts(described, mirror.Joined)
+	own := endpoint.HostPorts(s.endpoints())
 	up := upEndpoints(s.node.Peers())
 	if fromKV {
 		self := peering.Member{ID: s.cfg.MachineID, Server: s.cfg.ConsulServer, Listens: len(own) > 0}
@@ -359,12 +359,12 @@ func (s *meshSync) sync(ctx context.Context, nodes map[string]state.MeshEntry, s
 			s.save(mirror)
 		}
 		s.publishNode(ctx, nodes[s.cfg.MachineID], own)
-		static = hostPorts(described, mirror.Joined)
+		static = endpoint.HostPorts(described, mirror.Joined)
 	}
-	want := uniqueSorted(static, mirror.Known)
+	want := endpoint.UniqueSorted(static, mirror.Known)
 	if !fromKV || !slices.ContainsFunc(mirror.Known, func(ep string) bool { return up[ep] }) {
 		// The node's way in: until KV is read and a chosen link is up.
-		want = uniqueSorted(want, hostPorts(s.cfg.Mesh.Peers))
+		want = endpoint.UniqueSorted(want, endpoint.HostPorts(s.cfg.Mesh.Peers))
 	}
 	for _, ep := range want {
 		if slices.Contains(own, ep) {
@@ -453,14 +453,14 @@ func unlistedEntries(recs map[string]reconcile.Record, nodes map[string]state.Me
 			continue
 		}
 		var eps []string
-		for _, addr := range uniqueSorted([]string{r.Address}, r.Addresses) {
+		for _, addr := range endpoint.UniqueSorted([]string{r.Address}, r.Addresses) {
 			if ip, err := netip.ParseAddr(addr); err != nil || mesh.IsOverlay(ip) {
 				continue // a host name is an SSH target, not a mesh endpoint
 			}
 			eps = append(eps, net.JoinHostPort(addr, strconv.Itoa(port)))
 		}
 		if len(eps) > 0 {
-			out = append(out, state.MeshEntry{MachineID: id, Endpoints: hostPorts(eps), Server: server != nil && server(r.Type)})
+			out = append(out, state.MeshEntry{MachineID: id, Endpoints: endpoint.HostPorts(eps), Server: server != nil && server(r.Type)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].MachineID < out[j].MachineID })
@@ -692,7 +692,7 @@ func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m := s.known
-	m.Joined = uniqueSorted(m.Joined, []string{u.Host})
+	m.Joined = endpoint.UniqueSorted(m.Joined, []string{u.Host})
 	m.JoinedSeen = maps.Clone(m.JoinedSeen)
 	if m.JoinedSeen == nil {
 		m.JoinedSeen = map[string]time.Time{}
@@ -701,37 +701,4 @@ func (s *meshSync) serveAddPeer(w http.ResponseWriter, r *http.Request) {
 	s.save(m)
 	s.log.Info("mesh peer added by hand", telemetry.KeyEndpoint, u.Host)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// hostPorts merges lists of endpoints into one sorted list of host:port
-// without repeats, the spelling the mesh keeps peers in; invalid ones are
-// dropped (the description and the config were checked when read).
-func hostPorts(lists ...[]string) []string {
-	var out []string
-	for _, l := range lists {
-		for _, s := range l {
-			if u, err := endpoint.Parse(s); err == nil {
-				out = append(out, u.Host)
-			}
-		}
-	}
-	return uniqueSorted(out)
-}
-
-// uniqueSorted merges lists into one sorted list without repeats.
-func uniqueSorted(lists ...[]string) []string {
-	set := map[string]bool{}
-	for _, l := range lists {
-		for _, s := range l {
-			if s != "" {
-				set[s] = true
-			}
-		}
-	}
-	out := make([]string, 0, len(set))
-	for s := range set {
-		out = append(out, s)
-	}
-	sort.Strings(out)
-	return out
 }

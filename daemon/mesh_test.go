@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
@@ -40,7 +41,7 @@ func TestUnlistedEntries(t *testing.T) {
 }
 
 func TestHostPorts(t *testing.T) {
-	got := hostPorts([]string{"tcp://10.0.0.1:9651", "10.0.0.1:9651"}, []string{"[fd00::1]:9651", "not an endpoint", ""})
+	got := endpoint.HostPorts([]string{"tcp://10.0.0.1:9651", "10.0.0.1:9651"}, []string{"[fd00::1]:9651", "not an endpoint", ""})
 	want := []string{"10.0.0.1:9651", "[fd00::1]:9651"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("host:port list (-want +got):\n%s", diff)

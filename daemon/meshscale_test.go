@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/raptiformica/raptiformica/internal/clock/clocktest"
+	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/mesh"
@@ -68,7 +69,7 @@ func TestScaleChosenEndpoints(t *testing.T) {
 	for _, id := range peering.Choose(self, mesh.Members(nodes), 8) {
 		want = append(want, nodes[id].Endpoints...)
 	}
-	want = hostPorts(want)
+	want = endpoint.HostPorts(want)
 	if !slices.Equal(got, want) || len(got) == 0 || len(got) > 8 {
 		t.Errorf("got %v, want %v (at most 8)", got, want)
 	}

@@ -26,8 +26,8 @@ func TestTrustCredentialTable(t *testing.T) {
 	}
 	t.Parallel()
 	rows, columns := readCredentialTable(t)
-	c, root := aclConsul(t)
-	admin := clientWithToken(t, c, root)
+	c, root := testconsul.StartACL(t), testconsul.ACLRoot
+	admin := c.ClientWithToken(t, root)
 	ctx := context.Background()
 	const own, other = "worker-own", "worker-other"
 	tokens := map[string]string{"cluster token, operator": root}
@@ -61,7 +61,7 @@ func TestTrustCredentialTable(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i, col := range columns {
-			kv := clientWithToken(t, c, tokens[col]).KV()
+			kv := c.ClientWithToken(t, tokens[col]).KV()
 			pair, _, err := kv.Get(key, nil)
 			read := err == nil && pair != nil && string(pair.Value) == string(value)
 			_, err = kv.Put(&api.KVPair{Key: key, Value: value}, nil)
@@ -123,32 +123,6 @@ func readCredentialTable(t *testing.T) ([]credentialRow, []string) {
 	return rows, columns
 }
 
-// aclConsul starts a Consul dev agent for one test with the cluster's ACL
-// defaults (deny), and returns it with its management token.
-func aclConsul(t *testing.T) (*testconsul.Server, string) {
-	t.Helper()
-	const root = "root-token-of-this-test"
-	c, err := testconsul.StartWith("-hcl", `acl { enabled = true
-default_policy = "deny"
-tokens { initial_management = "`+root+`" } }`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
-	return c, root
-}
-
-func clientWithToken(t *testing.T, c *testconsul.Server, token string) *api.Client {
-	t.Helper()
-	cfg := api.DefaultConfig()
-	cfg.Address, cfg.Scheme, cfg.Token = c.Addr, "http", token
-	cl, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cl
-}
-
 // TestTrustOlderMachinePoliciesBroughtUpToDate: a client made by an older
 // version has a policy of its own that still lets it write its inventory
 // record; a new leader rewrites it to this version's rules, so that the
@@ -158,9 +132,9 @@ func TestTrustOlderMachinePoliciesBroughtUpToDate(t *testing.T) {
 		t.Skip("integration test: runs a real Consul (run without -short)")
 	}
 	t.Parallel()
-	c, root := aclConsul(t)
+	c, root := testconsul.StartACL(t), testconsul.ACLRoot
 	ctx := context.Background()
-	admin := clientWithToken(t, c, root)
+	admin := c.ClientWithToken(t, root)
 	tok, err := MachineToken(ctx, admin, "worker-old")
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +143,7 @@ func TestTrustOlderMachinePoliciesBroughtUpToDate(t *testing.T) {
 	if _, err := EnsurePolicy(ctx, admin, machinePolicyPrefix+"worker-old", "", older); err != nil {
 		t.Fatal(err)
 	}
-	own := clientWithToken(t, c, tok).KV()
+	own := c.ClientWithToken(t, tok).KV()
 	forged := &api.KVPair{Key: kvschema.Inventory + "worker-old", Value: []byte(`{"id": "worker-old", "type": "server"}`)}
 	if _, err := own.Put(forged, nil); err != nil {
 		t.Fatalf("the older policy should let it write its record (the test's premise): %v", err)

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/raptiformica/raptiformica/internal/testconsul"
 )
 
 // TestPolicyMadeByTwoSpawnsAtOnce: two spawns of one pass both find the
@@ -17,8 +19,8 @@ func TestPolicyMadeByTwoSpawnsAtOnce(t *testing.T) {
 		t.Skip("integration test: runs a real Consul (run without -short)")
 	}
 	t.Parallel()
-	c, root := aclConsul(t)
-	admin := clientWithToken(t, c, root)
+	c, root := testconsul.StartACL(t), testconsul.ACLRoot
+	admin := c.ClientWithToken(t, root)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for round := 0; round < 5; round++ {

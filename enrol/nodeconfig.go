@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 
 	"github.com/hashicorp/consul/api"
 
@@ -143,7 +142,7 @@ func meshConfigFor(ctx context.Context, store *kvschema.Store, m rules.Mesh, sel
 	if err != nil {
 		return nil, err
 	}
-	peers := uniqueSorted(static...)
+	peers := endpoint.UniqueSorted(static...)
 	for _, n := range nodes {
 		if n.Server {
 			peers = append(peers, n.Endpoints...)
@@ -153,40 +152,6 @@ func meshConfigFor(ctx context.Context, store *kvschema.Store, m rules.Mesh, sel
 	for _, id := range peering.Choose(self, mesh.Members(nodes), m.Links()) {
 		chosen = append(chosen, nodes[id].Endpoints...)
 	}
-	peers = append(peers, hostPorts(chosen)...)
-	return &nodeconfig.Mesh{ListenPort: m.Port, Secret: secret, Peers: hostPorts(peers)}, nil
-}
-
-// hostPorts merges lists of endpoints into one sorted list of host:port
-// without repeats, the spelling the mesh keeps peers in; invalid ones are
-// dropped (the description and the config were checked when read). The
-// agent's mesh sync spells its peers the same way.
-func hostPorts(lists ...[]string) []string {
-	var out []string
-	for _, l := range lists {
-		for _, s := range l {
-			if u, err := endpoint.Parse(s); err == nil {
-				out = append(out, u.Host)
-			}
-		}
-	}
-	return uniqueSorted(out)
-}
-
-// uniqueSorted merges lists into one sorted list without repeats.
-func uniqueSorted(lists ...[]string) []string {
-	set := map[string]bool{}
-	for _, l := range lists {
-		for _, s := range l {
-			if s != "" {
-				set[s] = true
-			}
-		}
-	}
-	out := make([]string, 0, len(set))
-	for s := range set {
-		out = append(out, s)
-	}
-	sort.Strings(out)
-	return out
+	peers = append(peers, endpoint.HostPorts(chosen)...)
+	return &nodeconfig.Mesh{ListenPort: m.Port, Secret: secret, Peers: endpoint.HostPorts(peers)}, nil
 }

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -125,4 +126,34 @@ func hostName(s string) bool {
 		}
 	}
 	return strings.Trim(labels[len(labels)-1], "0123456789") != ""
+}
+
+// HostPorts merges lists of endpoints into one sorted list of host:port
+// without repeats, the spelling the mesh keeps peers in; invalid ones are
+// dropped (the description and the config were checked when read).
+func HostPorts(lists ...[]string) []string {
+	var out []string
+	for _, l := range lists {
+		for _, s := range l {
+			if u, err := Parse(s); err == nil {
+				out = append(out, u.Host)
+			}
+		}
+	}
+	return UniqueSorted(out)
+}
+
+// UniqueSorted merges lists into one sorted list without repeats or empty
+// strings.
+func UniqueSorted(lists ...[]string) []string {
+	out := []string{} // never nil: it is written to files and node configs as []
+	for _, l := range lists {
+		for _, s := range l {
+			if s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }

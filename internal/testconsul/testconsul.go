@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -152,4 +153,34 @@ func (s *Server) Stop() {
 func (s *Server) Reset(prefix string) error {
 	_, err := s.Client.KV().DeleteTree(prefix, nil)
 	return err
+}
+
+// ACLRoot is the management token of a StartACL agent.
+const ACLRoot = "root-token-of-this-test"
+
+// StartACL starts a Consul dev agent for one test with the cluster's ACL
+// defaults (deny), stopped when the test ends; its management token is
+// ACLRoot.
+func StartACL(t testing.TB) *Server {
+	t.Helper()
+	c, err := StartWith("-hcl", `acl { enabled = true
+default_policy = "deny"
+tokens { initial_management = "`+ACLRoot+`" } }`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// ClientWithToken is a client of the agent s that sends token.
+func (s *Server) ClientWithToken(t testing.TB, token string) *api.Client {
+	t.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address, cfg.Scheme, cfg.Token = s.Addr, "http", token
+	cl, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
 }
