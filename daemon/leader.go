@@ -19,6 +19,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -205,45 +206,54 @@ func (e *elector) campaign(ctx context.Context) error {
 // the lock.
 func (e *elector) acquire(ctx context.Context, sid string) error {
 	kv := e.consul.KV()
-	var index uint64
 	// While another session holds the lock, its machine is watched
 	// through this node's own backends (endStoppedHolder).
 	watching, stopWatching := "", func() {}
 	defer func() { stopWatching() }()
-	for {
-		pair, meta, err := kv.Get(kvschema.Leader, (&api.QueryOptions{WaitIndex: index, WaitTime: 10 * time.Second}).WithContext(ctx))
-		if err != nil {
-			return fmt.Errorf("read lock: %w", err)
-		}
+	var end error
+	// A read that fails ends the attempt: the campaign backs off and
+	// tries again, with a new session if it must.
+	stop := func(err error) (uint64, bool, error) {
+		end = err
+		return 0, false, watch.ErrStop
+	}
+	held := watch.Watch{Wait: 10 * time.Second, Clock: e.clock, Gap: time.Nanosecond}
+	err := held.Run(ctx, func(q *api.QueryOptions) (uint64, bool, error) {
+		pair, meta, err := kv.Get(kvschema.Leader, q)
 		switch {
+		case err != nil:
+			return stop(fmt.Errorf("read lock: %w", err))
 		case pair != nil && pair.Flags != api.LockFlagValue:
-			return fmt.Errorf("%s: %w", kvschema.Leader, api.ErrLockConflict)
+			return stop(fmt.Errorf("%s: %w", kvschema.Leader, api.ErrLockConflict))
 		case pair != nil && pair.Session == sid:
-			return nil
+			return stop(nil)
 		case pair != nil && pair.Session != "":
-			index = meta.LastIndex // held: wait for a change
 			if pair.Session != watching {
 				stopWatching()
 				hctx, hcancel := context.WithCancel(ctx)
 				watching, stopWatching = pair.Session, hcancel
 				go e.endStoppedHolder(hctx, string(pair.Value), pair.Session)
 			}
-			continue
+			return meta.LastIndex, false, nil // held: wait for a change
 		}
 		ok, _, err := kv.Acquire(&api.KVPair{Key: kvschema.Leader, Value: []byte(e.self), Session: sid, Flags: api.LockFlagValue}, (&api.WriteOptions{}).WithContext(ctx))
-		if err != nil {
-			return fmt.Errorf("acquire lock: %w", err)
-		}
-		if ok {
-			return nil
+		switch {
+		case err != nil:
+			return stop(fmt.Errorf("acquire lock: %w", err))
+		case ok:
+			return stop(nil)
 		}
 		// Free but not taken: a lock delay holds it, or another node
-		// was quicker. Look again soon.
-		index = 0
+		// was quicker. Look again soon, from a fresh read.
 		if err := clock.Sleep(ctx, e.clock, lockRetry); err != nil {
-			return err
+			return 0, false, err
 		}
+		return 0, false, nil
+	}, nil)
+	if err != nil {
+		return err
 	}
+	return end
 }
 
 // lead runs the leader-only group until the lock is lost or ctx ends. It

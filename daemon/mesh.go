@@ -29,6 +29,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
+	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/mesh"
 	"github.com/raptiformica/raptiformica/mesh/peering"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -284,38 +285,37 @@ type meshRead struct {
 // read not yet taken is replaced by the newer one), or a failed read's
 // error. It blocks until ctx ends; a failed read is retried after the gap.
 func (s *meshSync) watch(ctx context.Context, reads chan meshRead) {
-	var index uint64
-	for ctx.Err() == nil {
-		started := s.clock.Now()
-		pairs, secrets, meta, err := s.store.Mesh(ctx, &api.QueryOptions{WaitIndex: index, WaitTime: meshWait, AllowStale: true})
-		var r *meshRead
-		switch {
-		case err != nil:
-			index = 0
-			if ctx.Err() == nil {
-				r = &meshRead{err: err}
-			}
-		case meta.LastIndex < index:
-			index = 0 // the index went backwards (a restored snapshot): read afresh
-		case meta.LastIndex == index:
-			// The wait ended without a change.
+	send := func(r meshRead) {
+		select {
+		case <-reads:
 		default:
-			index = meta.LastIndex
-			nodes, bad := mesh.DecodeEntries(pairs)
-			r = &meshRead{nodes: nodes, secrets: secrets}
-			s.reportBad(bad)
 		}
-		if r != nil {
-			select {
-			case <-reads:
-			default:
-			}
-			reads <- *r
-		}
-		if wait := meshReadGap - s.clock.Now().Sub(started); wait > 0 {
-			_ = clock.Sleep(ctx, s.clock, wait)
-		}
+		reads <- r
 	}
+	w := watch.Watch{Wait: meshWait, Gap: meshReadGap, Clock: s.clock, AllowStale: true,
+		// A failed read is told at once (the node dials what it knew)
+		// and tried again after the gap, as a read that succeeded.
+		Retry: clock.Backoff{Initial: meshReadGap, Max: meshReadGap},
+		OnError: func(err error, _ int) {
+			if ctx.Err() == nil {
+				send(meshRead{err: err})
+			}
+		}}
+	_ = w.Run(ctx, func(q *api.QueryOptions) (uint64, bool, error) {
+		pairs, secrets, meta, err := s.store.Mesh(ctx, q)
+		if err != nil {
+			return 0, false, err
+		}
+		if meta.LastIndex <= q.WaitIndex {
+			// The wait ended without a change, or the index went
+			// backwards (a restored snapshot): the watch reads afresh.
+			return meta.LastIndex, false, nil
+		}
+		nodes, bad := mesh.DecodeEntries(pairs)
+		s.reportBad(bad)
+		send(meshRead{nodes: nodes, secrets: secrets})
+		return meta.LastIndex, false, nil
+	}, nil)
 }
 
 func (s *meshSync) sync(ctx context.Context, nodes map[string]state.MeshEntry, secrets kvschema.MeshSecrets, fromKV bool) {
