@@ -9,6 +9,8 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/enrol"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // Token is one line of `token list`: a join token, or a token made for a
@@ -22,27 +24,6 @@ type Token struct {
 	For     string     `json:"for"`
 	Created time.Time  `json:"created"`
 	Expires *time.Time `json:"expires,omitempty"`
-}
-
-// roleTokens lists the cluster's join tokens, expired ones included, then the
-// tokens made for roles.
-func roleTokens(ctx context.Context, c *api.Client) ([]Token, error) {
-	recs, err := enrol.JoinTokens(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	var out []Token
-	for _, r := range recs {
-		out = append(out, Token{ID: r.ID, Kind: "join", For: r.Type, Created: r.Created, Expires: &r.Expires})
-	}
-	roles, err := enrol.RoleTokens(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	for _, t := range roles {
-		out = append(out, Token{ID: t.AccessorID, Kind: "role", For: t.Role, Created: t.Created, Expires: t.Expires})
-	}
-	return out, nil
 }
 
 // RevokeToken removes a join token (by its ID) or a token made for a role
@@ -63,26 +44,32 @@ type JoinTokenLine struct {
 	UsesLeft *int `json:"uses_left,omitempty"`
 }
 
-// TokenList is Tokens, each join token with its uses left.
+// TokenList is the cluster's join tokens, oldest first, expired ones
+// included, each with its uses left, then the tokens made for roles. A
+// join token's record that cannot be read is listed by its ID with why,
+// so that it can be revoked.
 func TokenList(ctx context.Context, c *api.Client) ([]JoinTokenLine, error) {
-	toks, err := roleTokens(ctx, c)
+	recs, bad, err := enrol.JoinTokens(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	recs, err := enrol.JoinTokens(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	left := make(map[string]int, len(recs))
+	var out []JoinTokenLine
 	for _, r := range recs {
-		left[r.ID] = r.UsesLeft
+		out = append(out, JoinTokenLine{
+			Token:    Token{ID: r.ID, Kind: "join", For: r.Type, Created: r.Created, Expires: &r.Expires},
+			UsesLeft: &r.UsesLeft,
+		})
 	}
-	out := make([]JoinTokenLine, len(toks))
-	for i, t := range toks {
-		out[i].Token = t
-		if n, ok := left[t.ID]; ok && t.Kind == "join" {
-			out[i].UsesLeft = &n
-		}
+	for _, b := range bad {
+		id, _ := state.IDOf(kvschema.JoinTokens, b.Key)
+		out = append(out, JoinTokenLine{Token: Token{ID: id, Kind: "join", For: "unreadable, refused: " + b.Error}})
+	}
+	roles, err := enrol.RoleTokens(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range roles {
+		out = append(out, JoinTokenLine{Token: Token{ID: t.AccessorID, Kind: "role", For: t.Role, Created: t.Created, Expires: t.Expires}})
 	}
 	return out, nil
 }

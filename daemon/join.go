@@ -10,6 +10,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/enrol"
 	"github.com/raptiformica/raptiformica/internal/jointoken"
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // serveJoin gives a machine that shows a valid join token its node config
@@ -37,7 +38,7 @@ func (h *httpServer) serveJoin(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	j := &enrol.Joiner{
-		Tokens: h.store.JoinTokens(), Inventory: h.inventory, Platform: h.mirror.Platform,
+		Tokens: state.JoinTokens(h.store), Inventory: h.inventory, Platform: h.mirror.Platform,
 		NodeConfig: h.newNode, Clock: h.clock, Log: h.log,
 	}
 	cfg, err := j.Join(ctx, req, r.RemoteAddr)

@@ -311,7 +311,7 @@ func (s *meshSync) watch(ctx context.Context, reads chan meshRead) {
 			// backwards (a restored snapshot): the watch reads afresh.
 			return meta.LastIndex, false, nil
 		}
-		nodes, bad := mesh.DecodeEntries(pairs)
+		nodes, bad := mesh.Believe(state.MeshEntries(s.store).DecodeList(pairs))
 		s.reportBad(bad)
 		send(meshRead{nodes: nodes, secrets: secrets})
 		return meta.LastIndex, false, nil
@@ -428,16 +428,15 @@ func fingerprints(secrets []string) []string {
 // with the rest, and the members the mesh's rule links to the machine dial
 // it, so that a new machine that reaches no member, but that a member
 // reaches, still links. The machine replaces the entry with its own once it
-// is in the cluster; the leader never overwrites one (see
-// kvschema.Store.CreateMeshNode).
+// is in the cluster; the leader never overwrites one (it writes only
+// where there is none, by check-and-set on index 0).
 func (s *meshSync) firstEntries(ctx context.Context, nodes map[string]state.MeshEntry, recs map[string]reconcile.Record, port int) {
 	var server func(string) bool
 	if p := s.platform(); p != nil {
 		server = func(typ string) bool { return p.Machines[typ].ConsulServer }
 	}
 	for _, n := range unlistedEntries(recs, nodes, port, server) {
-		b, _ := json.Marshal(n)
-		if _, err := s.store.CreateMeshNode(ctx, n.MachineID, b); err != nil {
+		if _, err := state.MeshEntries(s.store).Put(ctx, n, 0); err != nil {
 			s.log.Debug("first mesh entry", telemetry.KeyMachineID, n.MachineID, telemetry.KeyError, err)
 		}
 	}
@@ -479,8 +478,7 @@ func (s *meshSync) publishNode(ctx context.Context, have state.MeshEntry, endpoi
 	if sameMeshNode(have, me) || sameMeshNode(s.published, me) {
 		return
 	}
-	b, _ := json.Marshal(me)
-	if err := s.store.PutMeshNode(ctx, me.MachineID, b); err != nil {
+	if err := state.MeshEntries(s.store).Set(ctx, me); err != nil {
 		s.log.Warn("publish mesh entry", telemetry.KeyError, err)
 		return
 	}
@@ -497,7 +495,7 @@ func sameMeshNode(a, b state.MeshEntry) bool {
 func (s *meshSync) pruneNodes(ctx context.Context, nodes map[string]state.MeshEntry, recs map[string]reconcile.Record) {
 	for id := range nodes {
 		if _, ok := recs[id]; !ok && id != s.cfg.MachineID {
-			if err := s.store.DeleteMeshNode(ctx, id); err == nil {
+			if err := state.MeshEntries(s.store).Forget(ctx, id); err == nil {
 				s.log.Info("mesh entry of a removed machine dropped", telemetry.KeyMachineID, id)
 			}
 		}

@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"testing"
@@ -52,9 +51,8 @@ func meshKey(seed string) (key, addr string) {
 
 func putMeshEntries(t *testing.T, store *kvschema.Store, nodes map[string]state.MeshEntry) {
 	t.Helper()
-	for id, n := range nodes {
-		b, _ := json.Marshal(n)
-		if err := store.PutMeshNode(context.Background(), id, b); err != nil {
+	for _, n := range nodes {
+		if err := state.MeshEntries(store).Set(context.Background(), n); err != nil {
 			t.Fatal(err)
 		}
 	}

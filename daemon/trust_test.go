@@ -53,7 +53,12 @@ func TestTrustMeshEntriesBoundToTheirKeys(t *testing.T) {
 		// The leader's first entry for a machine: endpoints, no key.
 		entry("worker-new", 50, state.MeshEntry{MachineID: "worker-new", Endpoints: []string{"10.0.0.9:9651"}}),
 	}
-	nodes, bad := mesh.DecodeEntries(pairs)
+	c, err := api.NewClient(api.DefaultConfig()) // never dialled: the folder only decodes
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := state.MeshEntries(kvschema.New(c))
+	nodes, bad := mesh.Believe(entries.DecodeList(pairs))
 	var ids []string
 	for id := range nodes {
 		ids = append(ids, id)
@@ -70,13 +75,13 @@ func TestTrustMeshEntriesBoundToTheirKeys(t *testing.T) {
 		t.Errorf("refused %q, want %q (%v)", refused, want, bad)
 	}
 	// Without the copy, server-a's own entry is read as it is.
-	nodes, _ = mesh.DecodeEntries(api.KVPairs{pairs[0], pairs[1]})
+	nodes, _ = mesh.Believe(entries.DecodeList(api.KVPairs{pairs[0], pairs[1]}))
 	if got := nodes["server-a"]; !slices.Equal(got.Endpoints, server.Endpoints) || got.Key != serverKey {
 		t.Errorf("server-a as every node sees it: %+v, want its own entry", got)
 	}
 	// Copied by an entry older than its own: no takeover either.
 	pairs[2].CreateIndex, pairs[2].ModifyIndex = 1, 1
-	if nodes, _ = mesh.DecodeEntries(pairs); nodes["worker-y"].Key == serverKey {
+	if nodes, _ = mesh.Believe(entries.DecodeList(pairs)); nodes["worker-y"].Key == serverKey {
 		t.Errorf("an older entry took server-a's key: %+v", nodes["worker-y"])
 	}
 }

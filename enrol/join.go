@@ -2,7 +2,6 @@ package enrol
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"time"
 
@@ -10,8 +9,8 @@ import (
 
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/jointoken"
-	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -34,8 +33,8 @@ const JoinBackend = "by-hand"
 // server's before it sent it (agentapi.Join, from cluster.Join), and only servers hold the CA
 // key that signs.
 type Joiner struct {
-	// Tokens is the join tokens' folder (kvschema.Store.JoinTokens).
-	Tokens *kvschema.Folder
+	// Tokens is the join tokens' folder (state.JoinTokens).
+	Tokens jointoken.Folder
 	// Inventory is where the new machine is recorded.
 	Inventory *reconcile.Inventory
 	// Platform returns the description the server holds now; nil while
@@ -88,17 +87,16 @@ func (j *Joiner) Join(ctx context.Context, req jointoken.Request, from string) (
 	fail := func(f JoinFailure, msg string) (nodeconfig.Config, error) {
 		return nodeconfig.Config{}, &JoinError{Failure: f, Msg: msg}
 	}
-	val, _, err := j.Tokens.Get(ctx, req.TokenID)
-	if err != nil {
+	rec, found, _, err := j.Tokens.Get(ctx, req.TokenID, nil)
+	if err != nil && !errors.Is(err, state.ErrBadRecord) {
 		return fail(JoinFailed, "read the token: "+err.Error())
 	}
-	var rec jointoken.Record
-	if val == nil || json.Unmarshal(val, &rec) != nil {
-		j.Log.Warn("join refused: unknown or revoked token", telemetry.KeyToken, req.TokenID, telemetry.KeyAddress, from)
+	if !found {
+		j.Log.Warn("join refused: unknown or revoked token", telemetry.KeyToken, req.TokenID, telemetry.KeyAddress, from, telemetry.KeyError, err)
 		return fail(JoinRefused, "unknown or revoked join token")
 	}
 	now := j.Clock.Now()
-	if err := rec.Check(req.Secret, now); err != nil {
+	if err := jointoken.Check(rec, req.Secret, now); err != nil {
 		j.Log.Warn("join refused", telemetry.KeyToken, req.TokenID, telemetry.KeyAddress, from, telemetry.KeyError, err)
 		return fail(JoinRefused, err.Error())
 	}

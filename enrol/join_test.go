@@ -2,7 +2,6 @@ package enrol
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/jointoken"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
@@ -38,16 +38,16 @@ func TestJoinerSpendsOnlyWhatItGrants(t *testing.T) {
 	store := kvschema.New(srv.Client)
 	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 	tok, _ := jointoken.New(strings.Repeat("ab", 32))
-	b, _ := json.Marshal(jointoken.NewRecord(tok, "worker", 1, now, time.Hour))
-	if ok, err := store.JoinTokens().CAS(ctx, tok.ID, b, 0); err != nil || !ok {
-		t.Fatalf("store the token: %v %v", ok, err)
+	tokens := state.JoinTokens(store)
+	if _, err := tokens.Put(ctx, jointoken.NewRecord(tok, "worker", 1, now, time.Hour), 0); err != nil {
+		t.Fatalf("store the token: %v", err)
 	}
 	p := &rules.Platform{Cluster: "c", Machines: map[string]rules.MachineType{"worker": {Name: "worker"}}}
 	var platform *rules.Platform
 	configFails := errors.New("no CA key")
 	var config error
 	j := &Joiner{
-		Tokens: store.JoinTokens(), Inventory: &reconcile.Inventory{Store: store},
+		Tokens: tokens, Inventory: &reconcile.Inventory{Store: store},
 		Platform: func() *rules.Platform { return platform },
 		NodeConfig: func(_ context.Context, p *rules.Platform, id string, mt rules.MachineType, backend string) (nodeconfig.Config, error) {
 			return nodeconfig.Config{MachineID: id, MachineType: mt.Name, Backend: backend}, config
@@ -56,10 +56,9 @@ func TestJoinerSpendsOnlyWhatItGrants(t *testing.T) {
 	}
 	usesLeft := func() int {
 		t.Helper()
-		v, _, err := store.JoinTokens().Get(ctx, tok.ID)
-		var r jointoken.Record
-		if err != nil || json.Unmarshal(v, &r) != nil {
-			t.Fatalf("read the token: %v", err)
+		r, found, _, err := tokens.Get(ctx, tok.ID, nil)
+		if err != nil || !found {
+			t.Fatalf("read the token: %v %v", found, err)
 		}
 		return r.UsesLeft
 	}

@@ -3,10 +3,10 @@ package enrol
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -14,6 +14,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/jointoken"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
 
@@ -53,53 +54,44 @@ func joinTokenType(p *rules.Platform, typ string) (string, bool, error) {
 // CreateJoinToken makes a join token as s asks and records it in the
 // cluster c talks to; caCert is the cluster's CA, whose hash the token
 // carries. It returns the token and its record, which names the type.
-func CreateJoinToken(ctx context.Context, c *api.Client, p *rules.Platform, caCert string, s JoinTokenSpec) (jointoken.Token, jointoken.Record, error) {
+func CreateJoinToken(ctx context.Context, c *api.Client, p *rules.Platform, caCert string, s JoinTokenSpec) (jointoken.Token, state.JoinToken, error) {
 	typ, _, err := joinTokenType(p, s.Type)
 	if err != nil {
-		return jointoken.Token{}, jointoken.Record{}, err
+		return jointoken.Token{}, state.JoinToken{}, err
 	}
 	if s.TTL <= 0 {
-		return jointoken.Token{}, jointoken.Record{}, fmt.Errorf("--ttl %s: must be positive", s.TTL)
+		return jointoken.Token{}, state.JoinToken{}, fmt.Errorf("--ttl %s: must be positive", s.TTL)
 	}
 	uses := cmp.Or(s.Uses, jointoken.DefaultUses)
 	if uses < 0 {
-		return jointoken.Token{}, jointoken.Record{}, fmt.Errorf("--uses %d: must be positive", s.Uses)
+		return jointoken.Token{}, state.JoinToken{}, fmt.Errorf("--uses %d: must be positive", s.Uses)
 	}
 	hash, err := pki.Fingerprint(caCert)
 	if err != nil {
-		return jointoken.Token{}, jointoken.Record{}, fmt.Errorf("the cluster's CA certificate: %w", err)
+		return jointoken.Token{}, state.JoinToken{}, fmt.Errorf("the cluster's CA certificate: %w", err)
 	}
 	tok, err := jointoken.New(hash)
 	if err != nil {
-		return tok, jointoken.Record{}, err
+		return tok, state.JoinToken{}, err
 	}
-	rec := jointoken.NewRecord(tok, typ, uses, time.Now(), s.TTL)
-	b, _ := json.Marshal(rec)
-	ok, err := kvschema.New(c).JoinTokens().CAS(ctx, tok.ID, b, 0)
-	if err == nil && !ok {
+	rec, err := state.JoinTokens(kvschema.New(c)).Put(ctx, jointoken.NewRecord(tok, typ, uses, time.Now(), s.TTL), 0)
+	if errors.Is(err, state.ErrConflict) {
 		err = errors.New("a token with its ID exists already: try again")
 	}
 	return tok, rec, err
 }
 
 // JoinTokens lists the records of the cluster's join tokens, oldest
-// first, expired ones included (revoke removes them). It blocks on one
+// first, expired ones included (revoke removes them), and the records it
+// could not read, to be shown (their IDs revoke them). It blocks on one
 // read of KV.
-func JoinTokens(ctx context.Context, c *api.Client) ([]jointoken.Record, error) {
-	vals, err := kvschema.New(c).JoinTokens().List(ctx)
+func JoinTokens(ctx context.Context, c *api.Client) ([]state.JoinToken, []state.Bad, error) {
+	recs, bad, _, err := state.JoinTokens(kvschema.New(c)).List(ctx, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make([]jointoken.Record, 0, len(vals))
-	for id, v := range vals {
-		var r jointoken.Record
-		if err := json.Unmarshal(v, &r); err != nil {
-			return nil, fmt.Errorf("%s%s: %w", kvschema.JoinTokens, id, err)
-		}
-		out = append(out, r)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
-	return out, nil
+	out := slices.SortedFunc(maps.Values(recs), func(a, b state.JoinToken) int { return a.Created.Compare(b.Created) })
+	return out, bad, nil
 }
 
 // RevokeJoinToken removes join token id: no machine joins with it after.

@@ -2,14 +2,13 @@ package enrol
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/raptiformica/raptiformica/internal/jointoken"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -69,16 +68,24 @@ func TestTrustJoinTokenHasType(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		val, _, err := kvschema.New(srv.Client).JoinTokens().Get(ctx, tok.ID)
-		var stored jointoken.Record
-		if err != nil || json.Unmarshal(val, &stored) != nil || stored != rec || stored.Type != tc.typ || stored.UsesLeft != tc.usesLeft {
+		stored, _, _, err := state.JoinTokens(kvschema.New(srv.Client)).Get(ctx, tok.ID, nil)
+		if err != nil || stored != rec || stored.Type != tc.typ || stored.UsesLeft != tc.usesLeft {
 			t.Errorf("%+v: stored %+v (%v), returned %+v; want type %s with %d uses", tc.spec, stored, err, rec, tc.typ, tc.usesLeft)
 		}
 	}
 	if _, _, err := CreateJoinToken(ctx, srv.Client, p, ca.CertPEM, JoinTokenSpec{Uses: -1, TTL: time.Hour}); err == nil {
 		t.Error("a token of -1 uses was made")
 	}
-	if recs, err := JoinTokens(ctx, srv.Client); err != nil || len(recs) != 2 || recs[0].Type != "arm" || recs[1].Type != "worker" {
+	// A record that cannot be read is listed apart, by its key, so that
+	// it can be revoked; it hides none of the others.
+	if _, err := kvschema.New(srv.Client).JoinTokens().CAS(ctx, "garbled", []byte("{"), 0); err != nil {
+		t.Fatal(err)
+	}
+	recs, bad, err := JoinTokens(ctx, srv.Client)
+	if err != nil || len(recs) != 2 || recs[0].Type != "arm" || recs[1].Type != "worker" {
 		t.Errorf("the tokens listed, oldest first: %+v, %v; want arm's then worker's", recs, err)
+	}
+	if len(bad) != 1 || bad[0].Key != kvschema.JoinTokens+"garbled" {
+		t.Errorf("the unreadable records: %+v, want the garbled one", bad)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"testing"
@@ -57,9 +56,8 @@ func TestScaleNewMachineMeshPeersAreBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	nodes := meshEntries(60, 3)
-	for id, n := range nodes {
-		b, _ := json.Marshal(n)
-		if err := store.PutMeshNode(ctx, id, b); err != nil {
+	for _, n := range nodes {
+		if err := state.MeshEntries(store).Set(ctx, n); err != nil {
 			t.Fatal(err)
 		}
 	}

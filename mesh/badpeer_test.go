@@ -38,8 +38,7 @@ func (s *syncBuffer) String() string {
 // is logged, by name, and skipped; the good peers are dialled and link.
 func TestHostileBadPeerIsSkipped(t *testing.T) {
 	secret := NewSecret()
-	pa := freePort(t)
-	startNode(t, t.TempDir(), pa, secret)
+	pa := startNode(t, t.TempDir(), listens, secret).ListenPort()
 	var logs syncBuffer
 	bad := []string{"[fe80::1%eth0]:9651", "tcp://[fe80::1%25eth0]:9651", "vps 1:9651", "vps1:+9651"}
 	good := "127.0.0.1:" + strconv.Itoa(pa)

@@ -8,21 +8,19 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/hashicorp/consul/api"
-
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/mesh/peering"
 )
 
 // ReadEntries reads every member's mesh entry, by machine ID, leaving out
-// the ones DecodeEntries refuses.
+// the ones the folder or Believe refuses.
 func ReadEntries(ctx context.Context, store *kvschema.Store) (map[string]state.MeshEntry, error) {
-	pairs, _, err := store.MeshNodes(ctx, nil)
+	nodes, bad, _, err := state.MeshEntries(store).List(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mesh entries: %w", err)
 	}
-	nodes, _ := DecodeEntries(pairs)
+	nodes, _ = Believe(nodes, bad)
 	return nodes, nil
 }
 
@@ -48,9 +46,10 @@ func Links(nodes map[string]state.MeshEntry, maxLinks int) map[string][]string {
 	return out
 }
 
-// DecodeEntries reads the members' entries out of the mesh folder's
-// listing, by machine ID. Each is its member's own word, so an entry is
-// believed only for the machine its key names (state.Decode), only with
+// Believe keeps, of the members' entries as the folder decoded them
+// (state.MeshEntries; bad are the ones it refused), those the mesh may
+// believe, and adds the rest to bad. Each is its member's own word, so an
+// entry is believed only for the machine its key names (state.Decode), only with
 // the overlay address its public key gives, and only with a public key no
 // other entry holds: a client's entry cannot take another member's place
 // in every node's view, by its name or by its key. Two entries with one
@@ -58,19 +57,15 @@ func Links(nodes map[string]state.MeshEntry, maxLinks int) map[string][]string {
 // that copies another's key so keeps that machine out of the others'
 // view, and itself, until the copy goes: named in the log, which the
 // agent logs).
-func DecodeEntries(pairs api.KVPairs) (map[string]state.MeshEntry, []state.Bad) {
-	sp := make([]state.Pair, len(pairs))
-	for i, p := range pairs {
-		sp[i] = state.Pair{Key: p.Key, Value: p.Value, Index: p.ModifyIndex}
-	}
-	items, bad := state.DecodeAll[state.MeshEntry](state.MeshEntryKind, kvschema.MeshNodes, sp, state.MaxMeshEntrySize)
+func Believe(decoded map[string]state.MeshEntry, bad []state.Bad) (map[string]state.MeshEntry, []state.Bad) {
+	items := maps.Clone(decoded)
 	refuse := func(id, why string) {
 		bad = append(bad, state.Bad{Key: kvschema.MeshNodes + id, Error: fmt.Sprintf("mesh entry %s%s: %s", kvschema.MeshNodes, id, why)})
 		delete(items, id)
 	}
 	holders := map[string][]string{}
 	for _, id := range slices.Sorted(maps.Keys(items)) {
-		n := items[id].Value
+		n := items[id]
 		if n.Key == "" && n.Address == "" {
 			continue // the leader's first entry: endpoints only
 		}
@@ -87,10 +82,6 @@ func DecodeEntries(pairs api.KVPairs) (map[string]state.MeshEntry, []state.Bad) 
 			}
 		}
 	}
-	nodes := make(map[string]state.MeshEntry, len(items))
-	for id, it := range items {
-		nodes[id] = it.Value
-	}
 	sort.Slice(bad, func(i, j int) bool { return bad[i].Key < bad[j].Key })
-	return nodes, bad
+	return items, bad
 }

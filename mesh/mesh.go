@@ -96,6 +96,10 @@ type Config struct {
 	// onPacket, for tests in-process, is given each packet a node without
 	// a TUN interface reads (the buffer is reused after it returns).
 	onPacket func([]byte)
+	// listenAny, for tests in-process, listens on a port the kernel
+	// picks (ListenPort says which): a port picked free and then bound
+	// can be taken in between by another test's connection.
+	listenAny bool
 }
 
 // Node is a running overlay node. Its methods may be called concurrently.
@@ -145,12 +149,15 @@ func Start(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	n := &Node{core: c, secret: cfg.Secret, dial: dial, listenPort: cfg.ListenPort, log: log, peers: map[string][]string{}, done: make(chan struct{})}
-	if cfg.ListenPort > 0 {
+	if cfg.ListenPort > 0 || cfg.listenAny {
 		// The listener is the node's own, not a setup option, so that
 		// SetSecrets can replace it.
 		if n.listener, err = n.listen(cfg.Secret); err != nil {
 			c.Stop()
 			return nil, err
+		}
+		if a, ok := n.listener.Addr().(*net.TCPAddr); ok {
+			n.listenPort = a.Port
 		}
 	}
 	n.addr, _ = netip.AddrFromSlice(c.Address())
@@ -199,6 +206,13 @@ func (n *Node) drain(onPacket func([]byte)) {
 
 // Address is the node's overlay address.
 func (n *Node) Address() netip.Addr { return n.addr }
+
+// ListenPort is the TCP port the node listens on; 0 for a dial-only node.
+func (n *Node) ListenPort() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.listenPort
+}
 
 // PublicKey is the node's public key in hex.
 func (n *Node) PublicKey() string { return hex.EncodeToString(n.core.PublicKey()) }

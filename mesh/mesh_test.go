@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,20 +10,15 @@ import (
 	"time"
 )
 
-// freePort returns a TCP port free on loopback now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+// How startNode's node listens: on a port the kernel picks, or not at all.
+const (
+	listens  = true
+	dialOnly = false
+)
 
-func startNode(t *testing.T, dir string, port int, secret string, peers ...string) *Node {
+func startNode(t *testing.T, dir string, listen bool, secret string, peers ...string) *Node {
 	t.Helper()
-	n, err := Start(Config{KeyFile: filepath.Join(dir, "mesh.key"), ListenPort: port, Secret: secret, Peers: peers})
+	n, err := Start(Config{KeyFile: filepath.Join(dir, "mesh.key"), listenAny: listen, Secret: secret, Peers: peers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,10 +54,11 @@ func upPeers(n *Node) []Peer {
 // library's first route lookups were not reliable enough to assert on.)
 func TestChainLinks(t *testing.T) {
 	secret := NewSecret()
-	pa, pb := freePort(t), freePort(t)
-	a := startNode(t, t.TempDir(), pa, secret)
-	b := startNode(t, t.TempDir(), pb, secret, "127.0.0.1:"+strconv.Itoa(pa))
-	c := startNode(t, t.TempDir(), 0, secret, "tcp://127.0.0.1:"+strconv.Itoa(pb))
+	a := startNode(t, t.TempDir(), listens, secret)
+	pa := a.ListenPort()
+	b := startNode(t, t.TempDir(), listens, secret, "127.0.0.1:"+strconv.Itoa(pa))
+	pb := b.ListenPort()
+	c := startNode(t, t.TempDir(), dialOnly, secret, "tcp://127.0.0.1:"+strconv.Itoa(pb))
 
 	for _, n := range []*Node{a, b, c} {
 		if !IsOverlay(n.Address()) {
@@ -89,9 +84,9 @@ func TestChainLinks(t *testing.T) {
 // TestWrongSecretIsRefused: a node without the cluster's secret gets no
 // link, and its peer list says why.
 func TestWrongSecretIsRefused(t *testing.T) {
-	pa := freePort(t)
-	a := startNode(t, t.TempDir(), pa, NewSecret())
-	x := startNode(t, t.TempDir(), 0, NewSecret(), "127.0.0.1:"+strconv.Itoa(pa))
+	a := startNode(t, t.TempDir(), listens, NewSecret())
+	pa := a.ListenPort()
+	x := startNode(t, t.TempDir(), dialOnly, NewSecret(), "127.0.0.1:"+strconv.Itoa(pa))
 	var why string
 	waitFor(t, "the refused link's error", 10*time.Second, func() bool {
 		for _, p := range x.Peers() {
@@ -114,14 +109,14 @@ func TestWrongSecretIsRefused(t *testing.T) {
 // a damaged key file is refused, not replaced.
 func TestKeyIsKept(t *testing.T) {
 	dir := t.TempDir()
-	n := startNode(t, dir, 0, NewSecret())
+	n := startNode(t, dir, dialOnly, NewSecret())
 	addr := n.Address()
 	n.Close()
 	info, err := os.Stat(filepath.Join(dir, "mesh.key"))
 	if err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v, mode %v; want 0600", err, info.Mode())
 	}
-	again := startNode(t, dir, 0, NewSecret())
+	again := startNode(t, dir, dialOnly, NewSecret())
 	if again.Address() != addr {
 		t.Fatalf("address after restart %s; want %s", again.Address(), addr)
 	}
@@ -151,10 +146,11 @@ func linkedTo(n *Node, key string) bool {
 // one links.
 func TestSecretRotationKeepsLinks(t *testing.T) {
 	old, next := NewSecret(), NewSecret()
-	pa, pb := freePort(t), freePort(t)
-	a := startNode(t, t.TempDir(), pa, old)
-	b := startNode(t, t.TempDir(), pb, old, "127.0.0.1:"+strconv.Itoa(pa))
-	c := startNode(t, t.TempDir(), 0, old, "127.0.0.1:"+strconv.Itoa(pb))
+	a := startNode(t, t.TempDir(), listens, old)
+	pa := a.ListenPort()
+	b := startNode(t, t.TempDir(), listens, old, "127.0.0.1:"+strconv.Itoa(pa))
+	pb := b.ListenPort()
+	c := startNode(t, t.TempDir(), dialOnly, old, "127.0.0.1:"+strconv.Itoa(pb))
 	nodes := []*Node{a, b, c}
 	waitFor(t, "B linked to A and C", 10*time.Second, func() bool {
 		return linkedTo(b, a.PublicKey()) && linkedTo(b, c.PublicKey()) && linkedTo(c, b.PublicKey())
@@ -238,8 +234,8 @@ func TestSecretRotationKeepsLinks(t *testing.T) {
 	}
 
 	// The old secret no longer links, the new one does.
-	stale := startNode(t, t.TempDir(), 0, old, "127.0.0.1:"+strconv.Itoa(pa))
-	fresh := startNode(t, t.TempDir(), 0, next, "127.0.0.1:"+strconv.Itoa(pa))
+	stale := startNode(t, t.TempDir(), dialOnly, old, "127.0.0.1:"+strconv.Itoa(pa))
+	fresh := startNode(t, t.TempDir(), dialOnly, next, "127.0.0.1:"+strconv.Itoa(pa))
 	waitFor(t, "the new secret to link", 10*time.Second, func() bool { return linkedTo(fresh, a.PublicKey()) })
 	var why string
 	waitFor(t, "the old secret's refusal", 10*time.Second, func() bool {
@@ -261,9 +257,9 @@ func TestSecretRotationKeepsLinks(t *testing.T) {
 // either.
 func TestStartWithTwoSecrets(t *testing.T) {
 	old, next := NewSecret(), NewSecret()
-	pa, pb := freePort(t), freePort(t)
-	a := startNode(t, t.TempDir(), pa, old)
-	b := startNode(t, t.TempDir(), pb, next)
+	a := startNode(t, t.TempDir(), listens, old)
+	b := startNode(t, t.TempDir(), listens, next)
+	pa, pb := a.ListenPort(), b.ListenPort()
 	n, err := Start(Config{KeyFile: filepath.Join(t.TempDir(), "mesh.key"), Secret: next, DialSecrets: []string{old, next},
 		Peers: []string{"127.0.0.1:" + strconv.Itoa(pa), "127.0.0.1:" + strconv.Itoa(pb)}})
 	if err != nil {

@@ -30,13 +30,13 @@ func startScaleNodes(t *testing.T, n int, secret string) []*scaleNode {
 	t.Helper()
 	var out []*scaleNode
 	for i := range n {
-		sn := &scaleNode{id: fmt.Sprintf("node-%02d", i), port: freePort(t), from: map[string]bool{}}
-		node, err := Start(Config{KeyFile: filepath.Join(t.TempDir(), "mesh.key"), ListenPort: sn.port, Secret: secret, onPacket: sn.receive})
+		sn := &scaleNode{id: fmt.Sprintf("node-%02d", i), from: map[string]bool{}}
+		node, err := Start(Config{KeyFile: filepath.Join(t.TempDir(), "mesh.key"), listenAny: true, Secret: secret, onPacket: sn.receive})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(node.Close)
-		sn.node = node
+		sn.node, sn.port = node, node.ListenPort()
 		out = append(out, sn)
 	}
 	return out

@@ -179,7 +179,7 @@ func TestTrustRecordsBoundToTheirKeys(t *testing.T) {
 	if want := []string{kvschema.Inventory + "worker-x", kvschema.Inventory + "worker-y"}; !slices.Equal(keys, want) {
 		t.Errorf("bad records %q, want %q", keys, want)
 	}
-	if len(bad) > 0 && !strings.Contains(bad[0].Error, `names machine "server-a"`) {
+	if len(bad) > 0 && !strings.Contains(bad[0].Error, `names "server-a"`) {
 		t.Errorf("why worker-x's is refused: %q", bad[0].Error)
 	}
 	if _, _, err := inv.Get(ctx, "worker-x"); err == nil {

@@ -6,7 +6,7 @@
 // certificate, which the joining machine checks the member it asks against
 // before it sends anything (so a token given to the wrong host, or caught
 // by someone in the middle, proves nothing to it); the token's ID; and a
-// secret of 256 bits. The cluster keeps a Record per token: its type, its
+// secret of 256 bits. The cluster keeps a record per token (state.JoinToken): its type, its
 // expiry, the uses it has left and the SHA-256 of its secret, never the
 // secret itself, so that a reader of the KV cannot join with it.
 //
@@ -23,11 +23,12 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/raptiformica/raptiformica/internal/state"
 )
 
 // version starts every token, so that a later format can be told apart.
@@ -81,28 +82,11 @@ func Parse(s string) (Token, error) {
 // DefaultUses is how many machines a token joins unless told otherwise.
 const DefaultUses = 1
 
-// Record is what the cluster keeps of a token.
-type Record struct {
-	ID string `json:"id"`
-	// SecretSHA256 is the hash of the secret (hex), compared in constant
-	// time.
-	SecretSHA256 string `json:"secret_sha256"`
-	// Type is the machine type a machine joined with the token becomes.
-	// A record of before types were required may have none: it joins no
-	// machine.
-	Type    string    `json:"type,omitempty"`
-	Created time.Time `json:"created"`
-	Expires time.Time `json:"expires"`
-	// UsesLeft is how many more machines may join with the token. A
-	// record of before uses were counted has none left.
-	UsesLeft int `json:"uses_left"`
-}
-
 // NewRecord is the record of t, for type typ, for uses machines, valid for
 // ttl from now.
-func NewRecord(t Token, typ string, uses int, now time.Time, ttl time.Duration) Record {
+func NewRecord(t Token, typ string, uses int, now time.Time, ttl time.Duration) state.JoinToken {
 	sum := sha256.Sum256([]byte(t.Secret))
-	return Record{ID: t.ID, SecretSHA256: hex.EncodeToString(sum[:]), Type: typ, Created: now.UTC(), Expires: now.Add(ttl).UTC(), UsesLeft: uses}
+	return state.JoinToken{ID: t.ID, SecretSHA256: hex.EncodeToString(sum[:]), Type: typ, Created: now.UTC(), Expires: now.Add(ttl).UTC(), UsesLeft: uses}
 }
 
 // Errors of Check and Redeem: a token that does not match, has expired, is
@@ -115,9 +99,9 @@ var (
 	ErrUnknown     = errors.New("join token: unknown or revoked")
 )
 
-// Check says whether secret matches the record at now, and the record may
-// still join a machine.
-func (r Record) Check(secret string, now time.Time) error {
+// Check says whether secret matches r at now, and r may still join a
+// machine.
+func Check(r state.JoinToken, secret string, now time.Time) error {
 	sum := sha256.Sum256([]byte(secret))
 	want, err := hex.DecodeString(r.SecretSHA256)
 	if err != nil || subtle.ConstantTimeCompare(sum[:], want) != 1 {
@@ -135,16 +119,8 @@ func (r Record) Check(secret string, now time.Time) error {
 	return nil
 }
 
-// KV is where the cluster keeps the records, keyed by token ID, with
-// check-and-set: the join tokens' folder of the cluster's KV
-// (kvschema.Store.JoinTokens).
-type KV interface {
-	// Get returns the value at key and its modify index; nil when absent.
-	Get(ctx context.Context, key string) ([]byte, uint64, error)
-	// CAS writes value at key if its modify index is still index, and
-	// reports whether it did.
-	CAS(ctx context.Context, key string, value []byte, index uint64) (bool, error)
-}
+// Folder is where the cluster keeps the records (state.JoinTokens).
+type Folder = state.Folder[state.JoinToken]
 
 // maxCASTries bounds Redeem's and Refund's retries: each lost
 // check-and-set means another redeem or refund of the token won, so this
@@ -156,9 +132,9 @@ const maxCASTries = 64
 // written (or ctx ends); a check-and-set lost to another redeem reads the
 // record again and checks it anew, so a use is never given twice. The
 // errors are Check's, ErrUnknown, or the KV's.
-func Redeem(ctx context.Context, kv KV, id, secret string, now time.Time) (Record, error) {
-	return update(ctx, kv, id, func(r *Record) error {
-		if err := r.Check(secret, now); err != nil {
+func Redeem(ctx context.Context, f Folder, id, secret string, now time.Time) (state.JoinToken, error) {
+	return update(ctx, f, id, func(r *state.JoinToken) error {
+		if err := Check(*r, secret, now); err != nil {
 			return err
 		}
 		r.UsesLeft--
@@ -168,8 +144,8 @@ func Redeem(ctx context.Context, kv KV, id, secret string, now time.Time) (Recor
 
 // Refund gives back the use a redeem took, for a join that failed before
 // the machine got its config. A token revoked meanwhile stays revoked.
-func Refund(ctx context.Context, kv KV, id string) error {
-	_, err := update(ctx, kv, id, func(r *Record) error {
+func Refund(ctx context.Context, f Folder, id string) error {
+	_, err := update(ctx, f, id, func(r *state.JoinToken) error {
 		r.UsesLeft++
 		return nil
 	})
@@ -180,34 +156,30 @@ func Refund(ctx context.Context, kv KV, id string) error {
 }
 
 // update applies change to the record of token id by check-and-set, and
-// returns the record before it.
-func update(ctx context.Context, kv KV, id string, change func(*Record) error) (Record, error) {
+// returns the record before it. A record the folder refuses (too large,
+// not JSON, under another ID) is as good as none: it joins nothing.
+func update(ctx context.Context, f Folder, id string, change func(*state.JoinToken) error) (state.JoinToken, error) {
 	for range maxCASTries {
-		val, index, err := kv.Get(ctx, id)
-		if err != nil {
-			return Record{}, fmt.Errorf("read join token %s: %w", id, err)
+		r, found, _, err := f.Get(ctx, id, nil)
+		if err != nil && !errors.Is(err, state.ErrBadRecord) {
+			return state.JoinToken{}, fmt.Errorf("read join token %s: %w", id, err)
 		}
-		var r Record
-		if val == nil || json.Unmarshal(val, &r) != nil || r.ID != id {
-			return Record{}, ErrUnknown
+		if !found {
+			return state.JoinToken{}, ErrUnknown
 		}
 		before, next := r, r
 		if err := change(&next); err != nil {
 			return before, err
 		}
-		b, err := json.Marshal(next)
-		if err != nil {
-			return before, err
-		}
-		ok, err := kv.CAS(ctx, id, b, index)
-		if err != nil {
-			return before, fmt.Errorf("write join token %s: %w", id, err)
-		}
-		if ok {
+		_, err = f.Put(ctx, next, r.Index)
+		if err == nil {
 			return before, nil
 		}
+		if !errors.Is(err, state.ErrConflict) {
+			return before, err
+		}
 	}
-	return Record{}, fmt.Errorf("join token %s: changed by others %d times in a row: try again", id, maxCASTries)
+	return state.JoinToken{}, fmt.Errorf("join token %s: changed by others %d times in a row: try again", id, maxCASTries)
 }
 
 // Request is what a machine sends a member to exchange a token for its

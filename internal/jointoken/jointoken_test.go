@@ -22,14 +22,14 @@ func TestRoundTripAndCheck(t *testing.T) {
 	if strings.Contains(rec.SecretSHA256, tok.Secret) {
 		t.Fatal("the record holds the secret")
 	}
-	if err := rec.Check(tok.Secret, now.Add(59*time.Minute)); err != nil {
+	if err := Check(rec, tok.Secret, now.Add(59*time.Minute)); err != nil {
 		t.Errorf("a valid token: %v", err)
 	}
-	if err := rec.Check(tok.Secret, now.Add(time.Hour)); !errors.Is(err, ErrExpired) {
+	if err := Check(rec, tok.Secret, now.Add(time.Hour)); !errors.Is(err, ErrExpired) {
 		t.Errorf("at its expiry: %v, want ErrExpired", err)
 	}
 	other, _ := New(hash)
-	if err := rec.Check(other.Secret, now); !errors.Is(err, ErrWrongSecret) {
+	if err := Check(rec, other.Secret, now); !errors.Is(err, ErrWrongSecret) {
 		t.Errorf("another secret: %v, want ErrWrongSecret", err)
 	}
 }

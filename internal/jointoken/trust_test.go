@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 )
 
@@ -26,14 +27,14 @@ func TestTrustJoinTokenSingleUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Stop)
-	kv := kvschema.New(srv.Client).JoinTokens()
+	raw := kvschema.New(srv.Client).JoinTokens()
+	kv := state.JoinTokens(kvschema.New(srv.Client))
 	ctx := context.Background()
 	now := time.Now()
 	for _, uses := range []int{1, 3} {
 		tok, _ := New(strings.Repeat("ab", 32))
-		b, _ := json.Marshal(NewRecord(tok, "worker", uses, now, time.Hour))
-		if ok, err := kv.CAS(ctx, tok.ID, b, 0); err != nil || !ok {
-			t.Fatalf("store the record: %v %v", ok, err)
+		if _, err := kv.Put(ctx, NewRecord(tok, "worker", uses, now, time.Hour), 0); err != nil {
+			t.Fatalf("store the record: %v", err)
 		}
 		const redeemers = 12
 		var wg sync.WaitGroup
@@ -71,8 +72,7 @@ func TestTrustJoinTokenSingleUse(t *testing.T) {
 
 	// Refused redeems spend nothing.
 	tok, _ := New(strings.Repeat("ab", 32))
-	b, _ := json.Marshal(NewRecord(tok, "worker", 1, now, time.Hour))
-	if _, err := kv.CAS(ctx, tok.ID, b, 0); err != nil {
+	if _, err := kv.Put(ctx, NewRecord(tok, "worker", 1, now, time.Hour), 0); err != nil {
 		t.Fatal(err)
 	}
 	other, _ := New(tok.CAHash)
@@ -95,6 +95,19 @@ func TestTrustJoinTokenSingleUse(t *testing.T) {
 	if _, err := Redeem(ctx, kv, tok.ID, tok.Secret, now); err != nil {
 		t.Errorf("the token after refused redeems: %v, want its one use left", err)
 	}
+
+	// A record that cannot be read, or that is filed under another
+	// token's ID, joins nothing: as good as no token.
+	good, _ := New(tok.CAHash)
+	b, _ := json.Marshal(NewRecord(good, "worker", 5, now, time.Hour))
+	for id, val := range map[string][]byte{"garbled": []byte("{not json"), "copied": b} {
+		if _, err := raw.CAS(ctx, id, val, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Redeem(ctx, kv, id, good.Secret, now); !errors.Is(err, ErrUnknown) {
+			t.Errorf("a %s record: %v, want ErrUnknown", id, err)
+		}
+	}
 }
 
 // TestTrustJoinTokenHasType: a record without a type (made before tokens
@@ -103,17 +116,17 @@ func TestTrustJoinTokenHasType(t *testing.T) {
 	tok, _ := New(strings.Repeat("ab", 32))
 	now := time.Now()
 	rec := NewRecord(tok, "worker", 1, now, time.Hour)
-	if err := rec.Check(tok.Secret, now); err != nil {
+	if err := Check(rec, tok.Secret, now); err != nil {
 		t.Fatalf("a typed token with a use: %v", err)
 	}
 	untyped := rec
 	untyped.Type = ""
-	if err := untyped.Check(tok.Secret, now); !errors.Is(err, ErrNoType) {
+	if err := Check(untyped, tok.Secret, now); !errors.Is(err, ErrNoType) {
 		t.Errorf("a token without a type: %v, want ErrNoType", err)
 	}
-	var old Record
+	var old state.JoinToken
 	_ = json.Unmarshal([]byte(`{"id":"`+tok.ID+`","secret_sha256":"`+rec.SecretSHA256+`","type":"worker","expires":"`+now.Add(time.Hour).Format(time.RFC3339)+`"}`), &old)
-	if err := old.Check(tok.Secret, now); !errors.Is(err, ErrUsedUp) {
+	if err := Check(old, tok.Secret, now); !errors.Is(err, ErrUsedUp) {
 		t.Errorf("a record of before uses were counted: %v, want ErrUsedUp", err)
 	}
 }

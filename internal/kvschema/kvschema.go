@@ -475,23 +475,6 @@ func (s *Store) value(ctx context.Context, key string, q *api.QueryOptions) (str
 	return string(pair.Value), nil
 }
 
-// MeshNodes lists the members' overlay entries.
-func (s *Store) MeshNodes(ctx context.Context, q *api.QueryOptions) (api.KVPairs, *api.QueryMeta, error) {
-	return s.kv.List(MeshNodes, query(ctx, q))
-}
-
-// PutMeshNode writes a member's overlay entry.
-func (s *Store) PutMeshNode(ctx context.Context, machineID string, b []byte) error {
-	_, err := s.kv.Put(&api.KVPair{Key: MeshNodes + machineID, Value: b}, write(ctx))
-	return err
-}
-
-// DeleteMeshNode removes a member's overlay entry.
-func (s *Store) DeleteMeshNode(ctx context.Context, machineID string) error {
-	_, err := s.kv.Delete(MeshNodes+machineID, write(ctx))
-	return err
-}
-
 // Offers lists every machine's offer of backends, by machine ID, each with
 // the index it was written at: the Raft order in which offers and records
 // were written, which no machine's clock can disturb.
@@ -758,6 +741,12 @@ func (f *Folder) CAS(ctx context.Context, key string, value []byte, index uint64
 func (f *Folder) DeleteCAS(ctx context.Context, key string, index uint64) (bool, error) {
 	ok, _, err := f.kv.DeleteCAS(&api.KVPair{Key: f.prefix + segment(key), ModifyIndex: index}, write(ctx))
 	return ok, err
+}
+
+// Put writes value at key whatever is there.
+func (f *Folder) Put(ctx context.Context, key string, value []byte) error {
+	_, err := f.kv.Put(&api.KVPair{Key: f.prefix + segment(key), Value: value}, write(ctx))
+	return err
 }
 
 // Delete removes key, whatever its index.

@@ -59,7 +59,7 @@ func TestLayout(t *testing.T) {
 		func() error { return s.InitEpoch(ctx, 3) },
 		func() error { return s.PutStatus(ctx, []byte("{}")) },
 		func() error { _, err := s.CASModules(ctx, []byte("[]"), 0); return err },
-		func() error { return s.PutMeshNode(ctx, "server-1", []byte("{}")) },
+		func() error { return s.Folder(MeshNodes).Put(ctx, "server-1", []byte("{}")) },
 		func() error { _, err := s.PoolClaims("pool").CAS(ctx, "[2001:db8::1]:22", []byte("{}"), 0); return err },
 		func() error {
 			_, err := s.TrustedHostKeys().CAS(ctx, "10.0.0.1:22", []byte("ssh-ed25519 AAAA"), 0)
@@ -175,7 +175,7 @@ func TestMeshRotationSteps(t *testing.T) {
 	if err := s.InitMeshSecret(ctx, "s"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutMeshNode(ctx, "m1", []byte("{}")); err != nil {
+	if err := s.Folder(MeshNodes).Put(ctx, "m1", []byte("{}")); err != nil {
 		t.Fatal(err)
 	}
 	rest := read()

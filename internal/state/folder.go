@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/hashicorp/consul/api"
 
@@ -65,7 +66,7 @@ func (f Folder[T]) Decode(id string, b []byte) (T, error) {
 	v, err := Decode[T](f.kind, f.Key(id), id, b, f.max)
 	if err == nil && f.check != nil {
 		if err = f.check(v); err != nil {
-			err = fmt.Errorf("%s %s: %w", f.kind, f.Key(id), err)
+			err = badRecord{fmt.Errorf("%s %s: %w", f.kind, f.Key(id), err)}
 		}
 	}
 	return withIndex(v, 0), err
@@ -80,6 +81,26 @@ func (f Folder[T]) List(ctx context.Context, q *api.QueryOptions) (map[string]T,
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("list %s: %w", f.raw.Prefix(), err)
 	}
+	out, bad := f.decodeAll(es)
+	return out, bad, index, nil
+}
+
+// DecodeList reads the folder's records out of a listing made elsewhere
+// (one read of a parent folder, for one watch over several): keys not in
+// the folder are left out, as are keys that name no machine.
+func (f Folder[T]) DecodeList(pairs api.KVPairs) (map[string]T, []Bad) {
+	es := make(map[string]kvschema.Entry, len(pairs))
+	for _, p := range pairs {
+		if rel, ok := strings.CutPrefix(p.Key, f.raw.Prefix()); ok {
+			es[rel] = kvschema.Entry{Value: p.Value, Index: p.ModifyIndex}
+		}
+	}
+	return f.decodeAll(es)
+}
+
+// decodeAll decodes a listing by key relative to the folder, with the
+// records it refused sorted by key.
+func (f Folder[T]) decodeAll(es map[string]kvschema.Entry) (map[string]T, []Bad) {
 	out := make(map[string]T, len(es))
 	var bad []Bad
 	for _, rel := range slices.Sorted(maps.Keys(es)) {
@@ -94,7 +115,7 @@ func (f Folder[T]) List(ctx context.Context, q *api.QueryOptions) (map[string]T,
 		}
 		out[id] = withIndex(v, es[rel].Index)
 	}
-	return out, bad, index, nil
+	return out, bad
 }
 
 // Get reads machine id's record, waiting for a change past q's WaitIndex
@@ -115,13 +136,10 @@ func (f Folder[T]) Get(ctx context.Context, id string, q *api.QueryOptions) (v T
 // none), and returns it as stored, with its new index; ErrConflict when
 // someone else wrote first.
 func (f Folder[T]) Put(ctx context.Context, v T, index uint64) (T, error) {
-	id := v.MachineKey()
-	b, err := json.Marshal(v)
+	id := v.RecordKey()
+	b, err := f.encode(v)
 	if err != nil {
 		return v, err
-	}
-	if len(b) > f.max {
-		return v, fmt.Errorf("write %s %s: %d bytes, more than %d", f.kind, f.Key(id), len(b), f.max)
 	}
 	ok, err := f.raw.CAS(ctx, id, b, index)
 	if err != nil {
@@ -138,6 +156,31 @@ func (f Folder[T]) Put(ctx context.Context, v T, index uint64) (T, error) {
 		return v, fmt.Errorf("write %s %s: %w", f.kind, f.Key(id), ErrConflict)
 	}
 	return fresh, nil
+}
+
+// Set writes v whatever is stored: only for a record that its own machine
+// alone writes (its mesh entry), where the last word is its word.
+func (f Folder[T]) Set(ctx context.Context, v T) error {
+	b, err := f.encode(v)
+	if err != nil {
+		return err
+	}
+	if err := f.raw.Put(ctx, v.RecordKey(), b); err != nil {
+		return fmt.Errorf("write %s %s: %w", f.kind, f.Key(v.RecordKey()), err)
+	}
+	return nil
+}
+
+// encode is v as stored, refused when over the folder's cap.
+func (f Folder[T]) encode(v T) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > f.max {
+		return nil, fmt.Errorf("write %s %s: %d bytes, more than %d", f.kind, f.Key(v.RecordKey()), len(b), f.max)
+	}
+	return b, nil
 }
 
 // Delete removes machine id's record if its index is still index;

@@ -1,8 +1,10 @@
 package state
 
+import "github.com/raptiformica/raptiformica/internal/kvschema"
+
 // MeshEntry is a member's entry in KV (kvschema.MeshNodes/<machine id>):
 // how the others reach it over the overlay. It is its member's own word:
-// package mesh believes it only for the key it proves (mesh.DecodeEntries).
+// package mesh believes it only for the key it proves (mesh.Believe).
 type MeshEntry struct {
 	MachineID string `json:"machine_id"`
 	Key       string `json:"key"`
@@ -21,8 +23,8 @@ type MeshEntry struct {
 	DialSecrets  []string `json:"dial_secrets,omitempty"`
 }
 
-// MachineKey is the machine the entry is of (Keyed).
-func (n MeshEntry) MachineKey() string { return n.MachineID }
+// RecordKey is the machine the entry is of (Keyed).
+func (n MeshEntry) RecordKey() string { return n.MachineID }
 
 // MaxMeshEntrySize bounds one stored entry: a key, an address, a few
 // endpoints and fingerprints.
@@ -30,3 +32,9 @@ const MaxMeshEntrySize = 16 << 10
 
 // MeshEntryKind names mesh entries in messages.
 const MeshEntryKind = "mesh entry"
+
+// MeshEntries is the members' folder of mesh entries, each its member's
+// own.
+func MeshEntries(s *kvschema.Store) Folder[MeshEntry] {
+	return NewFolder[MeshEntry](s.Folder(kvschema.MeshNodes), MeshEntryKind, MaxMeshEntrySize, nil)
+}

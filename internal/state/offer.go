@@ -66,8 +66,8 @@ func ParseOffer(id string, b []byte) (Offer, error) {
 	return Decode[Offer](OfferKind, kvschema.Offers+id, id, b, MaxOfferSize)
 }
 
-// MachineKey is the machine the offer is of (Keyed).
-func (o Offer) MachineKey() string { return o.Machine }
+// RecordKey is the machine the offer is of (Keyed).
+func (o Offer) RecordKey() string { return o.Machine }
 
 // OfferKind names offers in messages.
 const OfferKind = "offer"

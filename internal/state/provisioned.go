@@ -99,8 +99,8 @@ func ParseProvisioned(id string, b []byte) (Provisioned, error) {
 	return Decode[Provisioned](ProvisionedKind, kvschema.Provisioned+id, id, b, MaxProvisionedSize)
 }
 
-// MachineKey is the machine the record is of (Keyed).
-func (p Provisioned) MachineKey() string { return p.Machine }
+// RecordKey is the machine the record is of (Keyed).
+func (p Provisioned) RecordKey() string { return p.Machine }
 
 // ProvisionedKind names provisioning records in messages.
 const ProvisionedKind = "provisioning record"

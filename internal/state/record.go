@@ -68,7 +68,7 @@ type Record struct {
 	Index uint64 `json:"-"`
 }
 
-// MachineKey is the machine the record is of.
-func (r Record) MachineKey() string { return r.ID }
+// RecordKey is the machine the record is of.
+func (r Record) RecordKey() string { return r.ID }
 
 func (r Record) withIndex(i uint64) Record { r.Index = i; return r }

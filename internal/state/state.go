@@ -2,7 +2,8 @@
 // KV, and the one codec through which every such record is read.
 //
 // A per-machine record lives at <folder>/<machine id> and speaks for that
-// machine alone. Whoever may write the key may write anything into the
+// machine alone (a join token's record, the one record not of a machine,
+// lives at join-tokens/<token id> and the same rules hold for it). Whoever may write the key may write anything into the
 // value, and a client machine may write its own keys (its offer, its
 // provisioning record, its mesh entry): so a record is believed only for
 // the machine its key names. Decode refuses a value larger than its
@@ -20,15 +21,16 @@ package state
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
-	"sort"
 	"strings"
 )
 
-// Keyed is a record that names the machine it speaks for.
+// Keyed is a record that names what its key names: a machine's record
+// its machine ID, a join token's record its token ID.
 type Keyed interface {
-	// MachineKey is the machine ID the record names.
-	MachineKey() string
+	// RecordKey is the last segment of the key the record belongs at.
+	RecordKey() string
 }
 
 // Bad is a stored record that Decode refused: where it is and why. It is
@@ -43,19 +45,33 @@ type Bad struct {
 // String is how status lines and logs name it.
 func (b Bad) String() string { return b.Key + ": " + b.Error }
 
+// ErrBadRecord is in every error of Decode: the stored value is not a
+// record its reader may believe (too large, not JSON of its type, another
+// key's, against its type's rules). A reader treats it as no record,
+// reported.
+var ErrBadRecord = errors.New("bad record")
+
+// badRecord is an error of Decode: its own text, and ErrBadRecord for
+// errors.Is.
+type badRecord struct{ err error }
+
+func (b badRecord) Error() string   { return b.err.Error() }
+func (b badRecord) Unwrap() []error { return []error{b.err, ErrBadRecord} }
+
 // Decode reads the value stored at key for the machine id, as a record of
 // kind (a word for messages: "inventory record", "offer"): at most max
-// bytes, JSON of T, naming id. The error names the key and what is wrong.
+// bytes, JSON of T, naming id. The error names the key and what is wrong,
+// and is an ErrBadRecord.
 func Decode[T Keyed](kind, key, id string, b []byte, max int) (T, error) {
 	var v T
 	if len(b) > max {
-		return v, fmt.Errorf("%s %s: %d bytes, more than %d", kind, key, len(b), max)
+		return v, badRecord{fmt.Errorf("%s %s: %d bytes, more than %d", kind, key, len(b), max)}
 	}
 	if err := json.Unmarshal(b, &v); err != nil {
-		return v, fmt.Errorf("%s %s: %w", kind, key, err)
+		return v, badRecord{fmt.Errorf("%s %s: %w", kind, key, err)}
 	}
-	if got := v.MachineKey(); got != id {
-		return v, fmt.Errorf("%s %s names machine %q: a record speaks only for the machine its key names", kind, key, got)
+	if got := v.RecordKey(); got != id {
+		return v, badRecord{fmt.Errorf("%s %s names %q: a record speaks only for what its key names", kind, key, got)}
 	}
 	return v, nil
 }
@@ -69,42 +85,4 @@ func IDOf(folder, key string) (string, bool) {
 		return "", false
 	}
 	return id, true
-}
-
-// Pair is one stored value of a folder: its key, its bytes and the index
-// it was last written at. It is what Consul's KV list returns, named here
-// so that this package needs no Consul client.
-type Pair struct {
-	Key   string
-	Value []byte
-	Index uint64
-}
-
-// Item is a record read from a folder with the KV index it was written
-// at, for check-and-set.
-type Item[T Keyed] struct {
-	Value T
-	Index uint64
-}
-
-// DecodeAll reads every record of a folder's listing, by machine ID, and
-// returns the ones it refused beside them, sorted by key. Keys that name
-// no machine (see IDOf) are skipped, not refused.
-func DecodeAll[T Keyed](kind, folder string, pairs []Pair, max int) (map[string]Item[T], []Bad) {
-	out := make(map[string]Item[T], len(pairs))
-	var bad []Bad
-	for _, p := range pairs {
-		id, ok := IDOf(folder, p.Key)
-		if !ok {
-			continue
-		}
-		v, err := Decode[T](kind, p.Key, id, p.Value, max)
-		if err != nil {
-			bad = append(bad, Bad{Key: p.Key, Error: err.Error()})
-			continue
-		}
-		out[id] = Item[T]{Value: v, Index: p.Index}
-	}
-	sort.Slice(bad, func(i, j int) bool { return bad[i].Key < bad[j].Key })
-	return out, bad
 }

@@ -56,8 +56,8 @@ type WorkOrder struct {
 	Index uint64 `json:"-"`
 }
 
-// MachineKey is the machine the order is for (Keyed).
-func (w WorkOrder) MachineKey() string { return w.MachineID }
+// RecordKey is the machine the order is for (Keyed).
+func (w WorkOrder) RecordKey() string { return w.MachineID }
 
 // Finished reports whether the order's host is done with it.
 func (w WorkOrder) Finished() bool { return w.State == WorkDone || w.State == WorkFailed }
