@@ -106,12 +106,21 @@ func (v StatusView) WriteText(out io.Writer) error {
 	w.Flush()
 	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TYPE\tMIN\tMAX\tLIVE\tPENDING\tFAILED\tUNREADY")
-	for _, name := range slices.Sorted(maps.Keys(st.Types)) {
+	fmt.Fprintln(w, "TYPE\tPRIORITY\tMIN\tMAX\tLIVE\tPENDING\tFAILED\tUNREADY")
+	names := slices.Sorted(maps.Keys(st.Types))
+	for _, name := range names {
 		ts := st.Types[name]
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\n", safe(name), ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed, ts.Unready)
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", safe(name), ts.Priority, ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed, ts.Unready)
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	for _, name := range names {
+		if gw := st.Types[name].GaveWay; gw != "" {
+			fmt.Fprintf(out, "%s gave way to higher priorities, which hold the room it could use: %s\n", safe(name), safe(gw))
+		}
+	}
+	return nil
 }
 
 func orDash(s string) string {

@@ -160,3 +160,22 @@ func TestTrustOutputStatus(t *testing.T) {
 		})
 	}
 }
+
+// TestElasticStatusSaysWhatGaveWay: status shows each type's priority, and
+// for a type below its min for want of room, which higher priorities hold
+// that room.
+func TestElasticStatusSaysWhatGaveWay(t *testing.T) {
+	v := StatusView{Leader: "server-1", Reconcile: &state.Status{Cluster: "c", LastReconcile: time.Now(), Types: map[string]state.TypeStatus{
+		"app":  {Min: 3, Max: 3, Live: 1, GaveWay: "zone (priority 10)"},
+		"zone": {Min: 2, Max: 2, Live: 2, Priority: 10},
+	}}}
+	var out strings.Builder
+	if err := v.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"TYPE  PRIORITY", "zone  10 ", "app gave way to higher priorities, which hold the room it could use: zone (priority 10)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
+	}
+}

@@ -231,7 +231,7 @@ func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[strin
 		}
 	case state.KindSpawn:
 		id, err = e.spawn(ctx, p, bes, a, log)
-	case state.KindReap, state.KindScaleDown, state.KindDestroyOrphan:
+	case state.KindReap, state.KindScaleDown, state.KindPreempt, state.KindDestroyOrphan:
 		err = e.remove(ctx, p, bes, obs, a, log)
 	case state.KindUnvote:
 		e.unvote(ctx, a, log)

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/raptiformica/raptiformica/internal/state"
@@ -143,4 +144,29 @@ func (hs *Hosts) Add(p Placement, mt rules.MachineType) {
 		l.Servers++
 	}
 	hs.Load[p.Host] = l
+}
+
+// remove takes a machine of type mt out of the host's load: the room a
+// removal would free, for the planner's what-ifs.
+func (hs *Hosts) remove(p Placement, mt rules.MachineType) {
+	l, ok := hs.Load[p.Host]
+	if !ok || l.ByBackend[p.Backend] == 0 {
+		return
+	}
+	l.ByBackend[p.Backend]--
+	l.ByType[mt.Name]--
+	if mt.ConsulServer {
+		l.Servers--
+	}
+	hs.Load[p.Host] = l
+}
+
+// clone is a copy of hs whose load can change without changing hs's.
+func (hs Hosts) clone() Hosts {
+	out := hs
+	out.Load = make(map[string]HostLoad, len(hs.Load))
+	for h, l := range hs.Load {
+		out.Load[h] = HostLoad{ByBackend: maps.Clone(l.ByBackend), ByType: maps.Clone(l.ByType), Servers: l.Servers}
+	}
+	return out
 }

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -40,6 +41,7 @@ func Plan(p *rules.Platform, obs Observed, now time.Time) Decision {
 	ps.tallyAll()
 	ps.halt()
 	ps.scale()
+	ps.gaveWay()
 	ps.removeStray()
 	return ps.decide()
 }
@@ -117,8 +119,17 @@ type pass struct {
 	// spawned anything: only then are healthy machines removed.
 	settled bool
 
+	// destroying counts the removals announced and not finished: the
+	// room they free is not taken from anyone else (see preempt).
+	destroying int
+
 	// Left by scale and removeStray.
 	spawns, downs []state.Action
+	// preempted counts the machines this pass removes for a type of
+	// higher priority: at most max_unhealthy.
+	preempted int
+	// noRoom are the types this pass could not place all it needs of.
+	noRoom map[string]bool
 
 	// hosts is what placement on other members chooses among, made on
 	// the first spawn that needs it and added to by each.
@@ -150,7 +161,7 @@ func (t *tally) addLive(r Record) {
 }
 
 func newPass(p *rules.Platform, obs Observed, now time.Time) pass {
-	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, notHost: map[string]bool{}, d: Decision{Types: map[string]state.TypeStatus{}, Seen: map[string]Sighting{}}}
+	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, notHost: map[string]bool{}, noRoom: map[string]bool{}, d: Decision{Types: map[string]state.TypeStatus{}, Seen: map[string]Sighting{}}}
 	for _, name := range p.MachineNames() {
 		ps.tallies[name] = &tally{}
 	}
@@ -232,6 +243,7 @@ func (ps *pass) tallyRecord(id string, r Record) {
 	t := ps.tallyOf(r)
 	if r.State == StateDestroying {
 		ps.notHost[id] = true
+		ps.destroying++
 	}
 	if ps.obs.InFlight[id] {
 		// An action is running on it; count it as what it will be.
@@ -541,11 +553,12 @@ func (ps *pass) halt() {
 }
 
 // scale reports each machine type's counts and brings it toward its min, or
-// down toward its max.
+// down toward its max, in priority order (rules.Platform.ByPriority): the
+// spawn slots and the room on the hosts go to the types served first.
 func (ps *pass) scale() {
-	for _, name := range ps.p.MachineNames() {
+	for _, name := range ps.p.ByPriority() {
 		mt, t := ps.p.Machines[name], ps.tallies[name]
-		ps.d.Types[name] = state.TypeStatus{Min: mt.Min, Max: mt.Max, Live: t.live, Pending: t.pending, Failed: t.failedIn + t.failedOut, Unready: t.unready}
+		ps.d.Types[name] = state.TypeStatus{Min: mt.Min, Max: mt.Max, Live: t.live, Pending: t.pending, Failed: t.failedIn + t.failedOut, Unready: t.unready, Priority: mt.Priority}
 		have := t.live + t.pending + t.failedIn + t.unready
 		if need := mt.Min - have; need > 0 && ps.d.Halted == "" {
 			ps.spawn(name, mt, have, need)
@@ -563,11 +576,13 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 	if last, ok := ps.obs.LastSpawn[name]; ok && ps.now.Sub(last) < pol.Cooldown {
 		ps.wakeAt(last.Add(pol.Cooldown))
 		ps.waitf("machine %q: %d to spawn after the cooldown (%s)", name, need, (pol.Cooldown - ps.now.Sub(last)).Round(time.Millisecond))
+		ps.reserve(mt, need)
 		return
 	}
 	budget := pol.MaxConcurrentSpawns - ps.pendingTotal
 	if budget <= 0 {
 		ps.waitf("machine %q: %d to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need, pol.MaxConcurrentSpawns)
+		ps.reserve(mt, need)
 		return
 	}
 	n := min(need, budget)
@@ -589,8 +604,11 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 			switch {
 			case len(placed) < n:
 				ps.waitf("machine %q: %d more to spawn once there is room: %s", name, need-len(placed), whyNot)
+				ps.noRoom[name] = true
+				ps.preempt(name, mt, n-len(placed))
 			case len(placed) < need:
 				ps.waitf("machine %q: %d more to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need-len(placed), pol.MaxConcurrentSpawns)
+				ps.reserve(mt, need-len(placed))
 			}
 			return
 		}
@@ -603,6 +621,8 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 		ps.waitf("backend %q skipped: %s", b, why)
 	}
 	ps.waitf("machine %q: %d to spawn, but no backend is usable", name, need)
+	ps.noRoom[name] = true
+	ps.preempt(name, mt, n)
 }
 
 // usableHere says whether the leader can run backend b itself now, and if
@@ -635,25 +655,9 @@ func (ps *pass) place(mt rules.MachineType, b string, n int) (placed []Placement
 		}
 		return placed, ""
 	}
-	if ps.hosts == nil {
-		hs := ps.allHosts()
-		ps.hosts = &hs
-	}
 	one := mt
 	one.Backends = []string{b}
-	hs := *ps.hosts
-	if mt.ConsulServer {
-		// A server's node config carries the cluster's token and the CA
-		// key: only a member that holds them already may run its spawn,
-		// whatever a client's offer or gossip says: a proven server,
-		// a voter of Raft (see Member.RaftVoter).
-		hs.Offers = map[string]state.Offer{}
-		for id, o := range ps.hosts.Offers {
-			if id == ps.obs.Self || ps.obs.Members[id].RaftVoter {
-				hs.Offers[id] = o
-			}
-		}
-	}
+	hs := ps.hostsFor(mt)
 	for range n {
 		pl, why, ok := Place(one, hs, ps.now)
 		if !ok {
@@ -664,6 +668,34 @@ func (ps *pass) place(mt rules.MachineType, b string, n int) (placed []Placement
 		placed = append(placed, pl)
 	}
 	return placed, ""
+}
+
+// hostsFor is what placement of a machine of type mt chooses among:
+// every host, or only the members of the types it names as its hosts (by
+// their records: a member's own claim of its type is not believed), and
+// for a Consul server only the members that may run its spawn. A server's node config carries the cluster's token and the CA
+// key: only a member that holds them already may run its spawn, whatever
+// a client's offer or gossip says: a proven server, a voter of Raft (see
+// Member.RaftVoter). The load is shared with the pass's.
+func (ps *pass) hostsFor(mt rules.MachineType) Hosts {
+	if ps.hosts == nil {
+		hs := ps.allHosts()
+		ps.hosts = &hs
+	}
+	hs := *ps.hosts
+	if mt.ConsulServer || len(mt.Hosts) > 0 {
+		hs.Offers = map[string]state.Offer{}
+		for id, o := range ps.hosts.Offers {
+			if mt.ConsulServer && id != ps.obs.Self && !ps.obs.Members[id].RaftVoter {
+				continue
+			}
+			if len(mt.Hosts) > 0 && !slices.Contains(mt.Hosts, ps.obs.Records[id].Type) {
+				continue
+			}
+			hs.Offers[id] = o
+		}
+	}
+	return hs
 }
 
 // allHosts is what placement chooses among: the alive members, the leader
@@ -695,10 +727,13 @@ func (ps *pass) allHosts() Hosts {
 	hs.Offers[ps.obs.Self] = self
 	for _, id := range sortedKeys(ps.obs.Records) {
 		r := ps.obs.Records[id]
-		if r.Host == "" || r.State == StateDestroying {
+		if r.State == StateDestroying || r.Host == "" && (r.Seed || id == ps.obs.Self) {
 			continue
 		}
-		hs.Add(Placement{Backend: r.Backend, Host: r.Host}, ps.p.Machines[r.Type])
+		// A machine that names no host is the leader's to judge: made
+		// in its scope, it holds room there (the seed and the leader
+		// itself were placed by no leader).
+		hs.Add(Placement{Backend: r.Backend, Host: cmp.Or(r.Host, ps.obs.Self)}, ps.p.Machines[r.Type])
 	}
 	for h, bs := range ps.obs.HostBackoffUntil {
 		for _, until := range bs {

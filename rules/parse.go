@@ -90,7 +90,7 @@ var backendSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "ty
 var machineSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"}, {Name: "bootstrap"},
-		{Name: "ready_after_provision"},
+		{Name: "ready_after_provision"}, {Name: "priority"}, {Name: "hosts"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{{Type: "provisioner", LabelNames: []string{"name"}}},
 }
@@ -273,6 +273,11 @@ func (d *decoder) platform(body hcl.Body, opts Options) *Platform {
 	}
 	for _, name := range plat.MachineNames() {
 		m := plat.Machines[name]
+		for _, h := range m.Hosts {
+			if _, ok := plat.Machines[h]; !ok {
+				d.at(machineRanges[name].DefRange, fmt.Sprintf("machine %q hosts", name), "machine type %q is not declared (the description has %s)", h, strings.Join(plat.MachineNames(), ", "))
+			}
+		}
 		if len(m.Backends) == 0 {
 			m.Backends = []string{defaultBackend(plat)}
 			plat.Machines[name] = m
@@ -622,6 +627,24 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 	}
 	if a := attrs["ready_after_provision"]; a != nil {
 		d.decode(a, field+" ready_after_provision", cty.Bool, &m.ReadyAfterProvision)
+	}
+	if a := attrs["hosts"]; a != nil {
+		var list []string
+		if d.decode(a, field+" hosts", cty.List(cty.String), &list) {
+			if len(list) == 0 {
+				d.at(a.Expr.Range(), field+" hosts", "must name at least one machine type (leave it out for every member)")
+			}
+			m.Hosts = list
+		}
+	}
+	if a := attrs["priority"]; a != nil {
+		var v int
+		if d.decode(a, field+" priority", cty.Number, &v) {
+			if v < MinPriority || v > MaxPriority {
+				d.at(a.Expr.Range(), field+" priority", "must be between %d and %d, got %d", MinPriority, MaxPriority, v)
+			}
+			m.Priority = v
+		}
 	}
 	seen := map[string]hcl.Range{}
 	if a := attrs["bootstrap"]; a != nil {

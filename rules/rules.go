@@ -205,6 +205,17 @@ type MachineType struct {
 	// provisioners have all succeeded, so that the leader's counts mean
 	// "serving", not "booted".
 	ReadyAfterProvision bool
+	// Priority orders the types when there is not room for all: spawn
+	// slots, host capacity and backends go to higher priorities first, and
+	// a type below its min that nothing can place may take the room of a
+	// lower one (see ByPriority). A Consul server type comes first
+	// whatever is written: without quorum there is no leader to place
+	// anything.
+	Priority int
+	// Hosts names the machine types whose members may make machines of
+	// this type; empty, every member that offers one of its backends may.
+	// A member's type is the inventory's word, never its own.
+	Hosts []string
 }
 
 // Provisioner is software a machine installs on itself: a source folder
@@ -269,6 +280,37 @@ func (p *Platform) MachineNames() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// MinPriority and MaxPriority bound a machine type's priority.
+const (
+	MinPriority = -1000
+	MaxPriority = 1000
+)
+
+// ByPriority is the machine types' names in the order they are served when
+// there is not room for all: Consul server types first, then by priority,
+// highest first, then by name, for the same order from the same
+// description.
+func (p *Platform) ByPriority() []string {
+	names := p.MachineNames()
+	sort.SliceStable(names, func(i, j int) bool {
+		a, b := p.Machines[names[i]], p.Machines[names[j]]
+		if a.ConsulServer != b.ConsulServer {
+			return a.ConsulServer
+		}
+		return a.Priority > b.Priority
+	})
+	return names
+}
+
+// Outranks reports whether machine type a is served before type b when
+// there is not room for both (ByPriority's order, names aside).
+func Outranks(a, b MachineType) bool {
+	if a.ConsulServer != b.ConsulServer {
+		return a.ConsulServer
+	}
+	return a.Priority > b.Priority
 }
 
 // PlannedMachines is how many machines the description may ask for at most.

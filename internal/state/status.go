@@ -56,6 +56,10 @@ const (
 	// KindScaleDown removes a healthy machine above its type's max: leave,
 	// destroy, delete the record.
 	KindScaleDown Kind = "scale_down"
+	// KindPreempt removes a healthy machine of a lower priority whose room
+	// a type below its min needs, where nothing else can place it: leave,
+	// destroy, delete the record; its own type may go below its min.
+	KindPreempt Kind = "preempt"
 	// KindDestroyOrphan destroys a backend instance that has no record.
 	KindDestroyOrphan Kind = "destroy_orphan"
 	// KindRestoreRecord writes the record of an alive member that has
@@ -104,6 +108,11 @@ type TypeStatus struct {
 	// live, and not replaced either (a replacement would provision the
 	// same way).
 	Unready int `json:"unready,omitempty"`
+	// Priority is the type's (rules.MachineType.Priority).
+	Priority int `json:"priority,omitempty"`
+	// GaveWay says, while the type is below its min for want of room,
+	// which types of higher priority hold the room it could use.
+	GaveWay string `json:"gave_way,omitempty"`
 }
 
 // Outcome is a finished action and how it ended.

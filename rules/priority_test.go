@@ -1,0 +1,58 @@
+package rules
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestElasticPriorityParsed: a type's priority is read within its bounds,
+// a value outside them is refused with its place, and the types are
+// served servers first, then by priority, then by name.
+func TestElasticPriorityParsed(t *testing.T) {
+	src := `
+machine "server" {
+  min = 1
+  consul_server = true
+  priority = -5
+}
+machine "batch" {
+  min = 1
+}
+machine "web" {
+  min = 1
+  priority = 10
+}
+machine "api" {
+  min = 1
+  priority = 10
+}
+`
+	p, err := Parse("p.hcl", []byte(src), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Machines["web"].Priority != 10 || p.Machines["batch"].Priority != 0 {
+		t.Errorf("priorities web %d, batch %d; want 10 and 0", p.Machines["web"].Priority, p.Machines["batch"].Priority)
+	}
+	if got := p.ByPriority(); !slices.Equal(got, []string{"server", "api", "web", "batch"}) {
+		t.Errorf("order %q, want server, api, web, batch", got)
+	}
+	_, err = Parse("p.hcl", []byte(strings.Replace(src, "priority = 10\n}\nmachine \"api\"", "priority = 1001\n}\nmachine \"api\"", 1)), Options{})
+	if err == nil || !strings.Contains(err.Error(), `p.hcl:12,14: machine "web" priority: must be between -1000 and 1000, got 1001`) {
+		t.Errorf("priority 1001: %v", err)
+	}
+}
+
+// TestElasticHostsMustBeTypes: hosts names declared machine types.
+func TestElasticHostsMustBeTypes(t *testing.T) {
+	src := "machine \"s\" {\n  min = 1\n  consul_server = true\n}\nmachine \"w\" {\n  min = 1\n  hosts = [\"s\", \"nope\"]\n}\n"
+	_, err := Parse("p.hcl", []byte(src), Options{})
+	if err == nil || !strings.Contains(err.Error(), `p.hcl:5,1: machine "w" hosts: machine type "nope" is not declared (the description has s, w)`) {
+		t.Errorf("hosts naming no type: %v", err)
+	}
+	p, err := Parse("p.hcl", []byte(strings.Replace(src, `, "nope"`, "", 1)), Options{})
+	if err != nil || !slices.Equal(p.Machines["w"].Hosts, []string{"s"}) {
+		t.Errorf("hosts = [\"s\"]: %v %v", p, err)
+	}
+}
