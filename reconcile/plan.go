@@ -560,10 +560,20 @@ func (ps *pass) scale() {
 		mt, t := ps.p.Machines[name], ps.tallies[name]
 		ps.d.Types[name] = state.TypeStatus{Min: mt.Min, Max: mt.Max, Live: t.live, Pending: t.pending, Failed: t.failedIn + t.failedOut, Unready: t.unready, Priority: mt.Priority}
 		have := t.live + t.pending + t.failedIn + t.unready
-		if need := mt.Min - have; need > 0 && ps.d.Halted == "" {
-			ps.spawn(name, mt, have, need)
-		} else if excess := t.live - mt.Max; excess > 0 && ps.settled {
-			ps.scaleDown(t, mt, excess)
+		switch {
+		case mt.PerHost > 0:
+			ps.scalePerHost(name, mt, t)
+		case mt.Min-have > 0 && ps.d.Halted == "":
+			ps.spawn(name, mt, have, mt.Min-have)
+		case t.live-mt.Max > 0 && ps.settled:
+			ps.scaleDown(t, mt, t.live-mt.Max)
+		}
+	}
+	// What room is left after every type's min, the types that fill it
+	// take, in the same order.
+	for _, name := range ps.p.ByPriority() {
+		if mt := ps.p.Machines[name]; mt.Fill && ps.d.Halted == "" {
+			ps.fill(name, mt, ps.tallies[name])
 		}
 	}
 }
@@ -592,14 +602,8 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 		why, here := ps.usableHere(b)
 		placed, whyNot := ps.place(mt, b, n)
 		for i, pl := range placed {
-			a := state.Action{Kind: state.KindSpawn, Type: name, Backend: b, Scope: ps.obs.Scopes[b], Reason: fmt.Sprintf("%d of min %d", have+i, mt.Min)}
-			if pl.Host != ps.obs.Self {
-				a.Host, a.Reason = pl.Host, a.Reason+", on "+pl.Host
-				a.Scope = ps.obs.Offers[pl.Host].Backends[b].Scope
-			}
-			ps.spawns = append(ps.spawns, a)
+			ps.spawnAt(name, pl, fmt.Sprintf("%d of min %d", have+i, mt.Min))
 		}
-		ps.pendingTotal += len(placed)
 		if len(placed) > 0 {
 			switch {
 			case len(placed) < n:
@@ -623,6 +627,18 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 	ps.waitf("machine %q: %d to spawn, but no backend is usable", name, need)
 	ps.noRoom[name] = true
 	ps.preempt(name, mt, n)
+}
+
+// spawnAt spawns a machine of type name where placement put it, for
+// reason.
+func (ps *pass) spawnAt(name string, pl Placement, reason string) {
+	a := state.Action{Kind: state.KindSpawn, Type: name, Backend: pl.Backend, Scope: ps.obs.Scopes[pl.Backend], Reason: reason}
+	if pl.Host != ps.obs.Self {
+		a.Host, a.Reason = pl.Host, a.Reason+", on "+pl.Host
+		a.Scope = ps.obs.Offers[pl.Host].Backends[pl.Backend].Scope
+	}
+	ps.spawns = append(ps.spawns, a)
+	ps.pendingTotal++
 }
 
 // usableHere says whether the leader can run backend b itself now, and if
@@ -683,16 +699,19 @@ func (ps *pass) hostsFor(mt rules.MachineType) Hosts {
 		ps.hosts = &hs
 	}
 	hs := *ps.hosts
-	if mt.ConsulServer || len(mt.Hosts) > 0 {
+	if mt.ConsulServer || len(mt.Hosts) > 0 || mt.Expands() {
 		hs.Offers = map[string]state.Offer{}
 		for id, o := range ps.hosts.Offers {
-			if mt.ConsulServer && id != ps.obs.Self && !ps.obs.Members[id].RaftVoter {
-				continue
+			typ := ps.obs.Records[id].Type
+			switch {
+			case mt.ConsulServer && id != ps.obs.Self && !ps.obs.Members[id].RaftVoter:
+			case len(mt.Hosts) > 0 && !slices.Contains(mt.Hosts, typ):
+			case len(mt.Hosts) == 0 && mt.Expands() && typ == mt.Name:
+				// Its own machines may offer its backend: they host
+				// none of it, or it would feed on itself.
+			default:
+				hs.Offers[id] = o
 			}
-			if len(mt.Hosts) > 0 && !slices.Contains(mt.Hosts, ps.obs.Records[id].Type) {
-				continue
-			}
-			hs.Offers[id] = o
 		}
 	}
 	return hs

@@ -90,27 +90,38 @@ func (ps *pass) preempt(name string, mt rules.MachineType, n int) {
 	var gone []string
 	for _, r := range taken {
 		lower := ps.p.Machines[r.Type]
-		ps.downs = append(ps.downs, actOn(state.KindPreempt, r.ID, r,
-			fmt.Sprintf("given up for %q (priority %d over %d): its room, as nothing else can place it", name, mt.Priority, lower.Priority)))
+		why := fmt.Sprintf("given up for %q (priority %d over %d): its room, as nothing else can place it", name, mt.Priority, lower.Priority)
+		if !rules.Outranks(mt, lower) {
+			why = fmt.Sprintf("given up for %q: room %s filled beyond its min, which a min comes before", name, r.Type)
+		}
+		ps.downs = append(ps.downs, actOn(state.KindPreempt, r.ID, r, why))
 		gone = append(gone, r.ID)
 	}
 	ps.preempted += len(taken)
-	ps.waitf("machine %q: %d to spawn in the room of %s, of lower priority, once they are removed", name, made, strings.Join(gone, ", "))
+	ps.waitf("machine %q: %d to spawn in the room %s gives up for it, once removed", name, made, strings.Join(gone, ", "))
 }
 
 // lowerRoom are the machines that hold room a machine of type mt could
-// use: live machines of the types mt outranks, on one of its backends,
-// on a host that offers it; never a Consul server's, a machine made by
-// hand, the seed or the leader. The lowest priority comes first, then the
-// newest.
+// use: live machines of the types mt outranks, and those a type that
+// fills has beyond its min (whatever its priority: a min comes before
+// any fill), on one of mt's backends, on a host that offers it; never a
+// Consul server's, a machine made by hand, the seed or the leader. The
+// lowest priority comes first, then the newest.
 func (ps *pass) lowerRoom(mt rules.MachineType) []Record {
 	hs := ps.hostsFor(mt)
 	var out []Record
 	for name, lower := range ps.p.Machines {
-		if !rules.Outranks(mt, lower) || lower.ConsulServer {
+		if lower.ConsulServer || name == mt.Name {
 			continue
 		}
-		for _, r := range ps.tallies[name].liveRecs {
+		var recs []Record
+		switch t := ps.tallies[name]; {
+		case rules.Outranks(mt, lower):
+			recs = t.liveRecs
+		case lower.Fill && t.live > lower.Min:
+			recs = newest(t.liveRecs, t.live-lower.Min)
+		}
+		for _, r := range recs {
 			if !r.Manual && ps.holdsRoom(r, mt, hs) {
 				out = append(out, r)
 			}
@@ -127,6 +138,18 @@ func (ps *pass) lowerRoom(mt rules.MachineType) []Record {
 		return out[i].ID > out[j].ID
 	})
 	return out
+}
+
+// newest are the n most recently made of recs.
+func newest(recs []Record, n int) []Record {
+	out := slices.Clone(recs)
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.After(out[j].Created)
+		}
+		return out[i].ID > out[j].ID
+	})
+	return out[:min(n, len(out))]
 }
 
 // holdsRoom reports whether machine r holds room that a machine of type

@@ -112,7 +112,7 @@ func TestElasticLowerGivesWay(t *testing.T) {
 		t.Errorf("spawns %v while the room is still held", got)
 	}
 	if !slices.ContainsFunc(d.Waiting, func(w string) bool {
-		return strings.Contains(w, `machine "zone": 1 to spawn in the room of app-2, of lower priority, once they are removed`)
+		return strings.Contains(w, `machine "zone": 1 to spawn in the room app-2 gives up for it, once removed`)
 	}) {
 		t.Errorf("waiting %q: want zone's spawn in app-2's room", d.Waiting)
 	}

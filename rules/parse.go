@@ -91,6 +91,7 @@ var machineSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"}, {Name: "bootstrap"},
 		{Name: "ready_after_provision"}, {Name: "priority"}, {Name: "hosts"},
+		{Name: "per_host"}, {Name: "fill"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{{Type: "provisioner", LabelNames: []string{"name"}}},
 }
@@ -635,6 +636,32 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 				d.at(a.Expr.Range(), field+" hosts", "must name at least one machine type (leave it out for every member)")
 			}
 			m.Hosts = list
+		}
+	}
+	if a := attrs["per_host"]; a != nil {
+		var v int
+		if d.decode(a, field+" per_host", cty.Number, &v) {
+			if v < 1 || v > MaxPerHost {
+				d.at(a.Expr.Range(), field+" per_host", "must be between 1 and %d, got %d", MaxPerHost, v)
+			}
+			m.PerHost = v
+		}
+	}
+	if a := attrs["fill"]; a != nil {
+		d.decode(a, field+" fill", cty.Bool, &m.Fill)
+	}
+	if m.Expands() {
+		what := "per_host"
+		if m.Fill {
+			what = "fill"
+		}
+		switch {
+		case m.PerHost > 0 && m.Fill:
+			d.at(b.DefRange, field, "per_host and fill exclude each other: per_host places by host, fill by room")
+		case m.ConsulServer:
+			d.at(b.DefRange, field, "%s is not for a Consul server type: the servers' count must be the one written, and odd", what)
+		case attrs["max"] == nil:
+			d.at(b.DefRange, field+" max", "%s needs max: the most machines the type may have", what)
 		}
 	}
 	if a := attrs["priority"]; a != nil {

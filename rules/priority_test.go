@@ -56,3 +56,26 @@ func TestElasticHostsMustBeTypes(t *testing.T) {
 		t.Errorf("hosts = [\"s\"]: %v %v", p, err)
 	}
 }
+
+// TestElasticExpandingTypesParsed: per_host and fill are read with their
+// bounds, need max, exclude each other, and are not for servers.
+func TestElasticExpandingTypesParsed(t *testing.T) {
+	head := "machine \"s\" {\n  min = 1\n  consul_server = true\n}\n"
+	p, err := Parse("p.hcl", []byte(head+"machine \"w\" {\n  min = 0\n  max = 8\n  per_host = 2\n}\nmachine \"f\" {\n  min = 1\n  max = 9\n  fill = true\n}\n"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, f := p.Machines["w"], p.Machines["f"]; w.PerHost != 2 || !w.Expands() || !f.Fill || !f.Expands() || p.Machines["s"].Expands() {
+		t.Errorf("w %+v, f %+v", w, f)
+	}
+	for _, tc := range []struct{ src, want string }{
+		{"machine \"w\" {\n  min = 0\n  per_host = 1\n}\n", `p.hcl:5,1: machine "w" max: per_host needs max`},
+		{"machine \"w\" {\n  min = 0\n  max = 3\n  per_host = 0\n}\n", `machine "w" per_host: must be between 1 and 1000, got 0`},
+		{"machine \"w\" {\n  min = 0\n  max = 3\n  per_host = 1\n  fill = true\n}\n", `machine "w": per_host and fill exclude each other`},
+		{"machine \"w\" {\n  min = 1\n  max = 3\n  consul_server = true\n  fill = true\n}\n", `machine "w": fill is not for a Consul server type`},
+	} {
+		if _, err := Parse("p.hcl", []byte(head+tc.src), Options{}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.src, err, tc.want)
+		}
+	}
+}

@@ -214,9 +214,28 @@ type MachineType struct {
 	Priority int
 	// Hosts names the machine types whose members may make machines of
 	// this type; empty, every member that offers one of its backends may.
-	// A member's type is the inventory's word, never its own.
+	// A member's type is the inventory's word, never its own. For a
+	// PerHost or Fill type, empty is every member not of this type, so
+	// that its machines, which may offer the same backend, do not make
+	// more of it.
 	Hosts []string
+	// PerHost asks for this many machines on every host (see Hosts) that
+	// offers one of the type's backends, up to Max: a member that joins
+	// and offers it gets its machines, and one that leaves takes them
+	// with it; they are not placed elsewhere. Zero places by Min.
+	PerHost int
+	// Fill asks, beyond Min, for as many machines as the hosts have room
+	// for, up to Max, once every type's Min is served; the machines above
+	// Min give way to any type's Min.
+	Fill bool
 }
+
+// Expands reports whether the type grows with the room its hosts offer
+// (PerHost or Fill) rather than only to its Min.
+func (m MachineType) Expands() bool { return m.PerHost > 0 || m.Fill }
+
+// MaxPerHost bounds a type's per_host.
+const MaxPerHost = 1000
 
 // Provisioner is software a machine installs on itself: a source folder
 // (a git repository, cloned or updated into a folder of its own) and steps

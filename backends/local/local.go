@@ -77,7 +77,8 @@ type parsedNode struct {
 // different folders do not share addresses) or "addresses" (a comma-separated
 // list of this host's addresses, one machine each: how host processes join
 // machines that cannot reach this host's loopback, such as containers
-// reaching a Docker bridge's gateway address).
+// reaching a Docker bridge's gateway address; a list naming several hosts'
+// addresses gives each host its own).
 func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	if env.ClusterDir == "" {
 		return nil, errors.New("local backend needs the node's cluster_dir")
@@ -311,6 +312,10 @@ var ErrNoMesh = errors.New(`the local backend runs every machine on this host an
 // it keeps no state in the cluster's KV.
 func (b *Backend) CanSeed() error { return nil }
 
+// freeAddress is an address of the backend's for one more machine. Of
+// configured addresses only this machine's own are handed out: one
+// description lists the addresses of every host that may run the backend,
+// and each host makes machines on its own.
 func (b *Backend) freeAddress() (string, error) {
 	used := map[string]bool{}
 	insts, err := b.List(context.Background())
@@ -324,6 +329,17 @@ func (b *Backend) freeAddress() (string, error) {
 	for i, a := range b.addresses {
 		if used[a] {
 			last = i
+		}
+	}
+	if b.explicit {
+		own, err := ownAddresses()
+		if err != nil {
+			return "", fmt.Errorf("local backend: list this machine's addresses: %w", err)
+		}
+		for _, a := range b.addresses {
+			if !own[a] {
+				used[a] = true // another host's
+			}
 		}
 	}
 	// The first free address after the highest in use, then from the

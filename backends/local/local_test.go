@@ -233,3 +233,17 @@ func TestFreeMemoryReadsMemAvailable(t *testing.T) {
 		t.Errorf("this machine's free memory: %d, %v", free, err)
 	}
 }
+
+// TestElasticAddressesOfSeveralHosts: a list of addresses naming several
+// hosts' gives each host its own: an address that is not this machine's
+// is never handed out, whatever its place in the list.
+func TestElasticAddressesOfSeveralHosts(t *testing.T) {
+	b, err := New(backends.Config{Name: "room", Settings: map[string]string{"addresses": "192.0.2.77, 127.0.0.1, 192.0.2.78"}}, backends.Env{ClusterDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.(*Backend).freeAddress()
+	if err != nil || got != "127.0.0.1" {
+		t.Fatalf("free address %q, %v; want 127.0.0.1, this machine's own", got, err)
+	}
+}
