@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -118,6 +119,9 @@ func (v StatusView) WriteText(out io.Writer) error {
 	for _, name := range names {
 		if gw := st.Types[name].GaveWay; gw != "" {
 			fmt.Fprintf(out, "%s gave way to higher priorities, which hold the room it could use: %s\n", safe(name), safe(gw))
+		}
+		if sc := st.Types[name].Scale; sc != nil {
+			fmt.Fprintf(out, "%s scales %s\n", safe(name), strings.TrimPrefix(scaleLine(name, sc), safe(name)+" "))
 		}
 	}
 	return nil

@@ -179,3 +179,26 @@ func TestElasticStatusSaysWhatGaveWay(t *testing.T) {
 		}
 	}
 }
+
+// TestElasticStatusShowsTheSignal: status and plan show a type's signal,
+// its last value and the decision taken on it.
+func TestElasticStatusShowsTheSignal(t *testing.T) {
+	at := time.Date(2026, 12, 7, 14, 40, 7, 0, time.UTC)
+	sc := &state.ScaleStatus{Signal: "prometheus: sum(jobs)", Target: 5, Reading: state.Reading{Value: 17, At: at}, Want: 4, Decision: "up to 4: the value 17 asks for 4"}
+	v := StatusView{Leader: "server-1", Reconcile: &state.Status{Cluster: "c", LastReconcile: time.Now(), Types: map[string]state.TypeStatus{"worker": {Min: 1, Max: 10, Scale: sc}}}}
+	var out strings.Builder
+	if err := v.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	want := "worker scales on prometheus: sum(jobs) (5 a machine): 17 at 14:40:07; up to 4: the value 17 asks for 4"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, out.String())
+	}
+	out.Reset()
+	if err := WritePlan(&out, state.Plan{Types: map[string]state.TypeStatus{"worker": {Scale: &state.ScaleStatus{Signal: "consul_service: jobs", Target: 1, Reading: state.Reading{At: at, Error: "boom"}, Decision: "holds at 3: the signal failed: boom"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "worker on consul_service: jobs (1 a machine): read failed at 14:40:07; holds at 3: the signal failed: boom"; !strings.Contains(out.String(), want) {
+		t.Errorf("plan lacks %q:\n%s", want, out.String())
+	}
+}

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -31,7 +34,25 @@ func WritePlan(out io.Writer, d state.Plan) error {
 	for _, s := range d.Waiting {
 		fmt.Fprintf(w, "waiting\t%s\n", safe(s))
 	}
+	for _, name := range slices.Sorted(maps.Keys(d.Types)) {
+		if sc := d.Types[name].Scale; sc != nil {
+			fmt.Fprintf(w, "scale\t%s\n", scaleLine(name, sc))
+		}
+	}
 	return w.Flush()
+}
+
+// scaleLine is how status and plan tell a type's scaling on its signal:
+// what it reads, the last value, and what was decided on it.
+func scaleLine(name string, sc *state.ScaleStatus) string {
+	value := "no value"
+	switch {
+	case sc.Reading.Error != "":
+		value = "read failed at " + sc.Reading.At.UTC().Format(time.TimeOnly)
+	case !sc.Reading.At.IsZero():
+		value = fmt.Sprintf("%s at %s", strconv.FormatFloat(sc.Reading.Value, 'g', 6, 64), sc.Reading.At.UTC().Format(time.TimeOnly))
+	}
+	return fmt.Sprintf("%s on %s (%s a machine): %s; %s", safe(name), safe(sc.Signal), strconv.FormatFloat(sc.Target, 'g', 6, 64), value, safe(sc.Decision))
 }
 
 // WriteMesh prints an agent's overlay, as `mesh` shows it, every string

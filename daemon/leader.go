@@ -22,6 +22,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/watch"
 	"github.com/raptiformica/raptiformica/reconcile"
 	"github.com/raptiformica/raptiformica/rules"
+	"github.com/raptiformica/raptiformica/signals"
 )
 
 // Leader election settings. The session is tied to this node's serfHealth
@@ -286,7 +287,8 @@ func (e *elector) lead(ctx context.Context, lost <-chan struct{}) error {
 			Wake: e.wake, Publish: e.publish,
 			// A burst of joins makes a pass every few hundred ms:
 			// each backend is asked at most once a second.
-			Lists: &reconcile.Lists{MinGap: listGap},
+			Lists:   &reconcile.Lists{MinGap: listGap},
+			Signals: &signals.Reader{Consul: e.consul, Clock: e.clock},
 		}
 		g.Go(func() error { return r.Run(lctx) })
 		g.Go(func() error {

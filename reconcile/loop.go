@@ -1,11 +1,13 @@
 package reconcile
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"net"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -399,8 +401,17 @@ type Reconciler struct {
 	// Lists, when set, spaces each backend's Available and List calls by
 	// its MinGap across passes.
 	Lists *Lists
+	// Signals, when set, reads the signals of the types that scale on one
+	// (package signals); without it such a type holds its count.
+	Signals SignalReader
 
 	termStart time.Time // set by Run
+}
+
+// SignalReader reads the signals of a description's types: the last
+// reading of each, without blocking on a read (signals.Reader).
+type SignalReader interface {
+	Read(ctx context.Context, p *rules.Platform) map[string]state.Reading
 }
 
 // Run re-plans whenever the description, the membership or the inventory
@@ -482,7 +493,13 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 		var bad []state.Bad
 		obs.Provisioned, bad = ObserveProvisioned(ctx, r.Inventory, p)
 		obs.Bad = append(obs.Bad, bad...)
+		if err = r.observeSignals(ctx, p, &obs); err != nil {
+			err = fmt.Errorf("read the scale states: %w", err)
+		}
+	}
+	if err == nil {
 		d = Plan(p, obs, now)
+		r.keepScales(ctx, obs, d)
 		if d.FreshLists {
 			r.Lists.Forget("")
 		}
@@ -531,6 +548,48 @@ func (r *Reconciler) Pass(ctx context.Context) (Decision, error) {
 	return d, err
 }
 
+// observeSignals reads, when a type scales on a signal, the signals' last
+// readings and the scale states kept in KV.
+func (r *Reconciler) observeSignals(ctx context.Context, p *rules.Platform, obs *Observed) error {
+	if !slices.ContainsFunc(p.MachineNames(), func(n string) bool { return p.Machines[n].Scale != nil }) {
+		return nil
+	}
+	if r.Signals != nil {
+		obs.Signals = r.Signals.Read(ctx, p)
+	}
+	states, bad, _, err := state.ScaleStates(r.Inventory.Store).List(ctx, nil)
+	obs.Scales = states
+	obs.Bad = append(obs.Bad, bad...)
+	return err
+}
+
+// keepScales writes the scale states the pass decided where they differ
+// from those kept, by check-and-set on what the pass read: a write lost to
+// another leader is that leader's decision, read at the next pass.
+func (r *Reconciler) keepScales(ctx context.Context, obs Observed, d Decision) {
+	f := state.ScaleStates(r.Inventory.Store)
+	for name, next := range d.Scales {
+		prev, ok := obs.Scales[name]
+		if ok && sameJSON(prev, next) {
+			continue
+		}
+		if _, err := f.Put(ctx, next, prev.Index); err != nil {
+			r.Log.Warn("keep the scale state", telemetry.KeyMachineType, name, telemetry.KeyError, err)
+		}
+		if ok && prev.Want != next.Want {
+			r.Log.Info("scaled on its signal", telemetry.KeyMachineType, name, telemetry.KeyReason, next.Decision)
+		}
+	}
+}
+
+// sameJSON reports whether a and b are stored alike: times as they read
+// back, without the monotonic clock a fresh one carries.
+func sameJSON(a, b any) bool {
+	x, errA := json.Marshal(a)
+	y, errB := json.Marshal(b)
+	return errA == nil && errB == nil && bytes.Equal(x, y)
+}
+
 func (r *Reconciler) record(p *rules.Platform, d Decision, obs Observed, now time.Time) {
 	if r.Metrics == nil {
 		return
@@ -552,7 +611,19 @@ func (r *Reconciler) record(p *rules.Platform, d Decision, obs Observed, now tim
 	r.Metrics.MachinesLive.Reset()
 	r.Metrics.MachinesPending.Reset()
 	r.Metrics.MachinesFailed.Reset()
+	r.Metrics.ScaleSignal.Reset()
+	r.Metrics.ScaleWant.Reset()
+	r.Metrics.ScaleSignalUp.Reset()
 	for name, t := range d.Types {
+		if sc := t.Scale; sc != nil {
+			up := 0.0
+			if sc.Reading.OK() {
+				up = 1
+				r.Metrics.ScaleSignal.WithLabelValues(name).Set(sc.Reading.Value)
+			}
+			r.Metrics.ScaleSignalUp.WithLabelValues(name).Set(up)
+			r.Metrics.ScaleWant.WithLabelValues(name).Set(float64(sc.Want))
+		}
 		r.Metrics.MachinesDesired.WithLabelValues(name).Set(float64(t.Min))
 		r.Metrics.MachinesMax.WithLabelValues(name).Set(float64(t.Max))
 		r.Metrics.MachinesLive.WithLabelValues(name).Set(float64(t.Live))

@@ -560,12 +560,27 @@ func (ps *pass) scale() {
 		mt, t := ps.p.Machines[name], ps.tallies[name]
 		ps.d.Types[name] = state.TypeStatus{Min: mt.Min, Max: mt.Max, Live: t.live, Pending: t.pending, Failed: t.failedIn + t.failedOut, Unready: t.unready, Priority: mt.Priority}
 		have := t.live + t.pending + t.failedIn + t.unready
-		switch {
-		case mt.PerHost > 0:
+		if mt.PerHost > 0 {
 			ps.scalePerHost(name, mt, t)
-		case mt.Min-have > 0 && ps.d.Halted == "":
-			ps.spawn(name, mt, have, mt.Min-have)
-		case t.live-mt.Max > 0 && ps.settled:
+			continue
+		}
+		// A type that scales on a signal asks for what its signal
+		// decides, between its min and its max: it is placed as a
+		// min, and removed one at a time above it.
+		bounds := mt
+		if mt.Scale != nil {
+			want := ps.signalWant(name, mt, t)
+			bounds.Min, bounds.Max = want, want
+		}
+		switch {
+		case bounds.Min-have > 0 && ps.d.Halted == "":
+			ps.spawn(name, bounds, have, bounds.Min-have)
+		case t.live-bounds.Max > 0 && ps.settled && mt.Scale != nil:
+			for _, a := range pickScaleDown(t.liveRecs, 1, ps.obs.Self, mt) {
+				a.Reason = "scaled in on its signal: " + ps.d.Scales[name].Decision
+				ps.downs = append(ps.downs, a)
+			}
+		case t.live-bounds.Max > 0 && ps.settled:
 			ps.scaleDown(t, mt, t.live-mt.Max)
 		}
 	}
@@ -602,7 +617,11 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 		why, here := ps.usableHere(b)
 		placed, whyNot := ps.place(mt, b, n)
 		for i, pl := range placed {
-			ps.spawnAt(name, pl, fmt.Sprintf("%d of min %d", have+i, mt.Min))
+			why := fmt.Sprintf("%d of min %d", have+i, mt.Min)
+			if mt.Scale != nil {
+				why = fmt.Sprintf("%d of %d its signal asks for", have+i, mt.Min)
+			}
+			ps.spawnAt(name, pl, why)
 		}
 		if len(placed) > 0 {
 			switch {

@@ -47,10 +47,9 @@ func elasticObs(hosts []string, machines map[string]string) Observed {
 			offs = append(offs, offering(h, "docker"))
 		}
 		o.Offers = offers(offs...)
-		i := 0
-		for id, at := range machines {
-			typ, host, _ := strings.Cut(at, "@")
-			i++
+		// Made in the order of their IDs: the last is the newest.
+		for i, id := range sortedKeys(machines) {
+			typ, host, _ := strings.Cut(machines[id], "@")
 			o.Records[id] = Record{ID: id, Type: typ, Backend: "docker", Host: host, State: StateJoined, Created: t0.Add(time.Duration(i) * time.Second)}
 			o.Members[id] = Member{Name: id, Status: state.MemberAlive, Type: typ}
 		}

@@ -122,6 +122,12 @@ type Observed struct {
 	// TermStart is when this leader's term began, on its clock; zero when
 	// unknown (a dry run), which counts as long ago.
 	TermStart time.Time
+	// Signals are the last readings of the signals the types scale on,
+	// by machine type; a type missing has none yet.
+	Signals map[string]state.Reading
+	// Scales are the scale states kept in KV, by machine type: the
+	// decisions of this leader's passes and of the leaders before it.
+	Scales map[string]state.ScaleState
 }
 
 // Decision is the planner's answer for one pass.
@@ -143,6 +149,9 @@ type Decision struct {
 	FreshLists bool `json:"-"`
 	// Seen is this pass's sightings, for the next pass's Observed.Seen.
 	Seen map[string]Sighting `json:"-"`
+	// Scales are this pass's scale states of the types that scale on a
+	// signal, to be kept in KV where they differ from Observed.Scales.
+	Scales map[string]state.ScaleState `json:"-"`
 }
 
 // Plan is the part of the decision the leader publishes (GET /v1/plan).

@@ -23,6 +23,7 @@ var blockSchemas = map[string]*hcl.BodySchema{
 	"compute":             nil,
 	"machine":             machineSchema,
 	"machine.provisioner": provisionerSchema,
+	"machine.scale":       scaleSchema,
 	"hook":                hookSchema,
 }
 

@@ -3,6 +3,8 @@ package rules
 import (
 	"bytes"
 	"fmt"
+	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -93,8 +95,13 @@ var machineSchema = &hcl.BodySchema{
 		{Name: "ready_after_provision"}, {Name: "priority"}, {Name: "hosts"},
 		{Name: "per_host"}, {Name: "fill"},
 	},
-	Blocks: []hcl.BlockHeaderSchema{{Type: "provisioner", LabelNames: []string{"name"}}},
+	Blocks: []hcl.BlockHeaderSchema{{Type: "provisioner", LabelNames: []string{"name"}}, {Type: "scale"}},
 }
+
+var scaleSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "signal", Required: true}, {Name: "query"}, {Name: "prometheus"}, {Name: "token_file"}, {Name: "service"}, {Name: "check"},
+	{Name: "target", Required: true}, {Name: "interval"}, {Name: "scale_up_cooldown"}, {Name: "scale_down_cooldown"}, {Name: "scale_down_after"},
+}}
 
 var provisionerSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "source"}, {Name: "ref"}, {Name: "steps", Required: true}, {Name: "timeout"}}}
 
@@ -678,6 +685,14 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 		seen[BootstrapProvisioner] = a.NameRange
 	}
 	for _, pb := range content.Blocks {
+		if pb.Type == "scale" {
+			if m.Scale != nil {
+				d.at(pb.DefRange, field+" scale", "declared twice")
+				continue
+			}
+			m.Scale = d.scale(pb, field+" scale", m)
+			continue
+		}
 		pname := pb.Labels[0]
 		pfield := fmt.Sprintf("%s provisioner %q", field, pname)
 		d.name(pb.LabelRanges[0], pfield, pname)
@@ -776,6 +791,71 @@ func (d *decoder) hook(b *hcl.Block) Hook {
 		d.duration(a, field+" interval", &h.Interval)
 	}
 	return h
+}
+
+// scale reads a machine type's scale block.
+func (d *decoder) scale(b *hcl.Block, field string, m MachineType) *Scale {
+	sc := &Scale{Interval: DefaultScaleInterval, UpCooldown: DefaultScaleUpCooldown, DownCooldown: DefaultScaleDownCooldown, DownAfter: DefaultScaleDownAfter}
+	content, diags := b.Body.Content(scaleSchema)
+	d.addDiags(diags)
+	attrs := content.Attributes
+	switch {
+	case m.ConsulServer:
+		d.at(b.DefRange, field, "a Consul server type never scales on a signal: its count is the quorum's")
+	case m.Expands():
+		d.at(b.DefRange, field, "a per_host or fill type grows with its hosts, not on a signal")
+	}
+	if a := attrs["signal"]; a != nil {
+		if v, ok := d.str(a, field+" signal"); ok {
+			if !known(Signals, v) {
+				d.at(a.Expr.Range(), field+" signal", "unknown signal %q (known: %s)", v, strings.Join(Signals, ", "))
+			}
+			sc.Signal = v
+		}
+	}
+	str := func(name string, dst *string) {
+		if a := attrs[name]; a != nil {
+			if v, ok := d.str(a, field+" "+name); ok {
+				*dst = v
+			}
+		}
+	}
+	str("query", &sc.Query)
+	str("prometheus", &sc.Prometheus)
+	str("token_file", &sc.TokenFile)
+	str("service", &sc.Service)
+	str("check", &sc.Check)
+	needs := map[string][]string{SignalPrometheus: {"query", "prometheus"}, SignalConsulService: {"service"}, SignalConsulCheck: {"check"}}
+	for _, name := range needs[sc.Signal] {
+		if attrs[name] == nil {
+			d.at(b.DefRange, field+" "+name, "signal %s needs %s", sc.Signal, name)
+		}
+	}
+	for _, names := range needs {
+		for _, name := range names {
+			if a := attrs[name]; a != nil && !slices.Contains(needs[sc.Signal], name) && sc.Signal != "" {
+				d.at(a.NameRange, field+" "+name, "is not read by signal %s", sc.Signal)
+			}
+		}
+	}
+	if a := attrs["token_file"]; a != nil && sc.Signal != SignalPrometheus && sc.Signal != "" {
+		d.at(a.NameRange, field+" token_file", "is not read by signal %s", sc.Signal)
+	}
+	if a := attrs["prometheus"]; a != nil && sc.Prometheus != "" {
+		if u, err := url.Parse(sc.Prometheus); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			d.at(a.Expr.Range(), field+" prometheus", "must be an http:// or https:// address such as \"http://127.0.0.1:9090\", got %q", sc.Prometheus)
+		}
+	}
+	if a := attrs["target"]; a != nil {
+		if d.decode(a, field+" target", cty.Number, &sc.Target) && !(sc.Target > 0) {
+			d.at(a.Expr.Range(), field+" target", "must be positive, got %v", sc.Target)
+		}
+	}
+	d.duration(attrs["interval"], field+" interval", &sc.Interval)
+	d.duration(attrs["scale_up_cooldown"], field+" scale_up_cooldown", &sc.UpCooldown)
+	d.duration(attrs["scale_down_cooldown"], field+" scale_down_cooldown", &sc.DownCooldown)
+	d.duration(attrs["scale_down_after"], field+" scale_down_after", &sc.DownAfter)
+	return sc
 }
 
 // decode evaluates a constant attribute into dst through type ty.

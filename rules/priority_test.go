@@ -79,3 +79,42 @@ func TestElasticExpandingTypesParsed(t *testing.T) {
 		}
 	}
 }
+
+// TestElasticScaleBlockParsed: a scale block is read with its defaults;
+// what a signal needs is required, what it does not read is refused, and
+// a server type never scales on a signal.
+func TestElasticScaleBlockParsed(t *testing.T) {
+	head := "machine \"s\" {\n  min = 1\n  consul_server = true\n}\n"
+	src := head + `machine "w" {
+  min = 1
+  max = 10
+  scale {
+    signal     = "prometheus"
+    prometheus = "http://127.0.0.1:9090"
+    query      = "sum(redis_key_size{key=\"jobs\"})"
+    target     = 5
+    scale_down_after = "2m"
+  }
+}
+`
+	p, err := Parse("p.hcl", []byte(src), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := p.Machines["w"].Scale
+	if sc == nil || sc.Signal != SignalPrometheus || sc.Target != 5 || sc.DownAfter.String() != "2m0s" || sc.Interval != DefaultScaleInterval || sc.UpCooldown != DefaultScaleUpCooldown {
+		t.Errorf("scale %+v", sc)
+	}
+	for _, tc := range []struct{ src, want string }{
+		{strings.Replace(src, "    query      = \"sum(redis_key_size{key=\\\"jobs\\\"})\"\n", "", 1), `machine "w" scale query: signal prometheus needs query`},
+		{strings.Replace(src, "target     = 5", "target     = 0", 1), `machine "w" scale target: must be positive, got 0`},
+		{strings.Replace(src, `"http://127.0.0.1:9090"`, `"127.0.0.1:9090"`, 1), `machine "w" scale prometheus: must be an http:// or https:// address`},
+		{strings.Replace(src, `signal     = "prometheus"`, `signal     = "consul_service"`, 1), `machine "w" scale service: signal consul_service needs service`},
+		{strings.Replace(src, `signal     = "prometheus"`, `signal     = "vibes"`, 1), `unknown signal "vibes"`},
+		{strings.Replace(src, "min = 1\n  max = 10\n", "min = 1\n  max = 10\n  consul_server = true\n", 1), `a Consul server type never scales on a signal`},
+	} {
+		if _, err := Parse("p.hcl", []byte(tc.src), Options{}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v, want %q", err, tc.want)
+		}
+	}
+}

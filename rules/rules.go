@@ -228,7 +228,65 @@ type MachineType struct {
 	// for, up to Max, once every type's Min is served; the machines above
 	// Min give way to any type's Min.
 	Fill bool
+	// Scale, when set, moves the count between Min and Max on a signal.
+	Scale *Scale
 }
+
+// The signals a machine type may scale on.
+const (
+	// SignalPrometheus is the value of a Prometheus instant query.
+	SignalPrometheus = "prometheus"
+	// SignalConsulService is the number of passing instances of a service
+	// in Consul's catalog.
+	SignalConsulService = "consul_service"
+	// SignalConsulCheck is the number a Consul check's output starts with.
+	SignalConsulCheck = "consul_check"
+)
+
+// Signals are the signals a scale block may name.
+var Signals = []string{SignalPrometheus, SignalConsulService, SignalConsulCheck}
+
+// Scale is a machine type's scaling on a signal: the count it asks for is
+// the signal's value over Target, rounded up, kept between Min and Max. It
+// grows at once after UpCooldown, shrinks one machine at a time after the
+// value has stayed low for DownAfter and after DownCooldown, and holds
+// when the value is missing.
+type Scale struct {
+	Signal string
+	// Query is a PromQL instant query whose result is one number
+	// (SignalPrometheus).
+	Query string
+	// Prometheus is the server's address, http:// or https://.
+	Prometheus string
+	// TokenFile, when set, holds a bearer token for Prometheus, read on the
+	// leader.
+	TokenFile string
+	// Service is the service whose passing instances count
+	// (SignalConsulService).
+	Service string
+	// Check is the ID of the check whose output is the value
+	// (SignalConsulCheck).
+	Check string
+	// Target is the value one machine is for.
+	Target float64
+	// Interval is how often the signal is read.
+	Interval time.Duration
+	// UpCooldown is how long after a scale-up the next may come.
+	UpCooldown time.Duration
+	// DownCooldown is how long after any change a scale-in may come.
+	DownCooldown time.Duration
+	// DownAfter is how long the value must stay below what the machines
+	// are for before one is removed.
+	DownAfter time.Duration
+}
+
+// Defaults of a scale block.
+const (
+	DefaultScaleInterval     = 30 * time.Second
+	DefaultScaleUpCooldown   = time.Minute
+	DefaultScaleDownCooldown = 5 * time.Minute
+	DefaultScaleDownAfter    = 5 * time.Minute
+)
 
 // Expands reports whether the type grows with the room its hosts offer
 // (PerHost or Fill) rather than only to its Min.

@@ -121,6 +121,11 @@ const (
 	// JSON): its type, uses left, expiry and the SHA-256 of its secret,
 	// never the secret. Read-only and client tokens are denied it.
 	JoinTokens = Prefix + "join-tokens/"
+	// Scale holds, per machine type that scales on a signal
+	// (scale/<type>, JSON), the leader's last reading and decision and
+	// its cooldowns, so that a new leader honours them. Only servers
+	// write it.
+	Scale = Prefix + "scale/"
 	// Offers holds, per machine, which of the description's backends
 	// that machine can run (offers/<machine id>), as its agent found.
 	Offers = Prefix + "offers/"

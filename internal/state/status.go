@@ -113,6 +113,23 @@ type TypeStatus struct {
 	// GaveWay says, while the type is below its min for want of room,
 	// which types of higher priority hold the room it could use.
 	GaveWay string `json:"gave_way,omitempty"`
+	// Scale is the type's scaling on a signal, when it has one.
+	Scale *ScaleStatus `json:"scale,omitempty"`
+}
+
+// ScaleStatus is, for status, plan and metrics, a type's signal, its last
+// value and the decision taken on it.
+type ScaleStatus struct {
+	// Signal names the signal and what it reads ("prometheus: <query>").
+	Signal string `json:"signal"`
+	// Target is the value one machine is for.
+	Target float64 `json:"target"`
+	// Reading is the last reading.
+	Reading Reading `json:"reading"`
+	// Want is the count decided, between min and max.
+	Want int `json:"want"`
+	// Decision says what was decided and why.
+	Decision string `json:"decision"`
 }
 
 // Outcome is a finished action and how it ended.

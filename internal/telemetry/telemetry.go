@@ -88,6 +88,9 @@ type Metrics struct {
 	Actions             *prometheus.CounterVec
 	MachinesDesired     *prometheus.GaugeVec
 	MachinesMax         *prometheus.GaugeVec
+	ScaleSignal         *prometheus.GaugeVec
+	ScaleWant           *prometheus.GaugeVec
+	ScaleSignalUp       *prometheus.GaugeVec
 	MachinesLive        *prometheus.GaugeVec
 	MachinesPending     *prometheus.GaugeVec
 	MachinesFailed      *prometheus.GaugeVec
@@ -139,6 +142,12 @@ func New() *Metrics {
 			Help: "Machines the description asks for (min), by machine type."}, []string{"machine_type"}),
 		MachinesMax: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "machines_max",
 			Help: "Most machines the description allows, by machine type."}, []string{"machine_type"}),
+		ScaleSignal: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "scale_signal_value",
+			Help: "The last value read of the signal a machine type scales on, by machine type."}, []string{"machine_type"}),
+		ScaleWant: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "scale_want",
+			Help: "The count the signal decided, between min and max, by machine type."}, []string{"machine_type"}),
+		ScaleSignalUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "scale_signal_up",
+			Help: "1 when the last read of a machine type's signal gave a value, 0 when it failed or is missing (the count holds)."}, []string{"machine_type"}),
 		MachinesLive: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "machines_live",
 			Help: "Joined, alive machines, by machine type."}, []string{"machine_type"}),
 		MachinesPending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "machines_in_flight",
@@ -197,6 +206,7 @@ func New() *Metrics {
 	reg.MustRegister(
 		m.ReconcileDuration, m.ReconcileTotal, m.LastSuccess, m.Halted, m.Actions,
 		m.MachinesDesired, m.MachinesMax, m.MachinesLive, m.MachinesPending, m.MachinesFailed,
+		m.ScaleSignal, m.ScaleWant, m.ScaleSignalUp,
 		m.BackendUp, m.BackendOffered, m.BackendErrors, m.BackendBackoff, m.BackendCallDuration, m.HookRuns,
 		m.IsLeader, m.LeaderChanges, m.PlatformValid, m.PlatformRejected, m.ConsulRestarts,
 		m.ConsulLeaderless, m.QuorumLost, m.MirrorKeptNewer, m.MirrorUnreadable,
@@ -222,7 +232,7 @@ func New() *Metrics {
 // leading, so that a scrape shows the current leader's view and no stale
 // copy of a former one's.
 func (m *Metrics) ForgetLeaderView() {
-	for _, v := range []*prometheus.GaugeVec{m.MachinesDesired, m.MachinesMax, m.MachinesLive, m.MachinesPending, m.MachinesFailed, m.BackendUp, m.BackendBackoff} {
+	for _, v := range []*prometheus.GaugeVec{m.MachinesDesired, m.MachinesMax, m.MachinesLive, m.MachinesPending, m.MachinesFailed, m.ScaleSignal, m.ScaleWant, m.ScaleSignalUp, m.BackendUp, m.BackendBackoff} {
 		v.Reset()
 	}
 	m.Halted.Set(0)

@@ -3,6 +3,9 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	mrand "math/rand/v2"
+	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -130,4 +133,122 @@ func (c *testCluster) recentOutcome(kind state.Kind, id, why string) bool {
 		}
 	}
 	return false
+}
+
+// TestElasticPerHost: a type with per_host = 1 on a backend each adopted
+// host runs for itself (the local backend on an address of the host's
+// own) gets one machine on each host, made by that host; a host that
+// joins gets its own; a host that dies takes its machine with it, and no
+// other host makes up for it. The machines, which run the same backend on
+// the same addresses' host, make none of their own.
+func TestElasticPerHost(t *testing.T) {
+	t.Parallel()
+	l := newSSHLab(t)
+	// A second network gives each host a second address, the one its
+	// per-host machine binds to.
+	net2, prefix2 := l.extraNetwork(t)
+	hosts := map[int]string{} // last octet to machine ID
+	addHost := func(last int) {
+		t.Helper()
+		ip := l.host(t, last)
+		dockerRun(t, "network", "connect", "--ip", fmt.Sprintf("%s.%d", prefix2, last), net2, fmt.Sprintf("%s-%d", l.network, last))
+		out, errOut, code := l.adopt("root@" + ip)
+		if code != 0 {
+			t.Fatalf("adopt %s: exit %d\n%s\n%s", ip, code, out, errOut)
+		}
+		m := regexp.MustCompile(`adopted root@\S+ as (worker-[0-9a-f]+) \(worker\)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("adopt did not name the machine:\n%s", out)
+		}
+		hosts[last] = m[1]
+	}
+	addHost(11)
+	addHost(12)
+	l.apply(t, "per-host.hcl", l.platform(fmt.Sprintf(`
+machine "worker" {
+  min      = 0
+  max      = 5
+  backends = ["host"]
+}
+backend "room" {
+  type     = "local"
+  settings = { addresses = "%[1]s.11,%[1]s.12,%[1]s.13" }
+}
+machine "agent" {
+  min      = 0
+  max      = 6
+  per_host = 1
+  backends = ["room"]
+}
+`, prefix2)))
+	agentsOn := func() map[string]int {
+		out := map[string]int{}
+		for _, r := range l.recordsOf("agent") {
+			if r.State == reconcile.StateJoined {
+				out[r.Host]++
+			}
+		}
+		return out
+	}
+	want := func(lasts ...int) func() bool {
+		return func() bool {
+			got := agentsOn()
+			if len(got) != len(lasts) {
+				return false
+			}
+			for _, last := range lasts {
+				if got[hosts[last]] != 1 {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitUntil(t, 4*time.Minute, "one agent on each of the two hosts", want(11, 12))
+
+	// A third host joins: it gets its own.
+	addHost(13)
+	waitUntil(t, 4*time.Minute, "one agent on each of the three hosts", want(11, 12, 13))
+
+	// The second host dies, with its agent: nobody makes up for it.
+	dockerRun(t, "kill", fmt.Sprintf("%s-%d", l.network, 12))
+	waitUntil(t, 2*time.Minute, "the dead host's agent reaped", func() bool {
+		for _, r := range l.recordsOf("agent") {
+			if r.Host == hosts[12] {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(5 * time.Second) // a pass or two: a stray spawn would show by now
+	if got := agentsOn(); !want(11, 13)() || len(l.recordsOf("agent")) != 2 {
+		t.Errorf("agents by host %v (%d records), want one on each of the two hosts left", got, len(l.recordsOf("agent")))
+	}
+}
+
+// extraNetwork makes a second Docker network for the lab's hosts, removed
+// with the lab, and returns its name and its first three octets.
+func (l *sshLab) extraNetwork(t *testing.T) (string, string) {
+	t.Helper()
+	name := l.network + "-2"
+	for attempt := 1; ; attempt++ {
+		n := 1 + mrand.IntN(250)
+		prefix := fmt.Sprintf("10.217.%d", n)
+		out, err := exec.Command("docker", "network", "create", "--subnet", prefix+".0/24", "--gateway", prefix+".1", "--label", "raptiformica.test=1", name).CombinedOutput()
+		if err == nil {
+			// Runs before the lab's cleanup, which dumps and removes
+			// the hosts: they leave this network, and keep theirs.
+			t.Cleanup(func() {
+				ids, _ := exec.Command("docker", "ps", "-aq", "--filter", "network="+name).Output()
+				for _, id := range strings.Fields(string(ids)) {
+					_ = exec.Command("docker", "network", "disconnect", "-f", name, id).Run()
+				}
+				_ = exec.Command("docker", "network", "rm", name).Run()
+			})
+			return name, prefix
+		}
+		if attempt == 5 {
+			t.Fatalf("docker network create %s: %v\n%s", prefix, err, out)
+		}
+	}
 }
