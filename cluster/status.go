@@ -107,11 +107,11 @@ func (v StatusView) WriteText(out io.Writer) error {
 	w.Flush()
 	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "TYPE\tPRIORITY\tMIN\tMAX\tLIVE\tPENDING\tFAILED\tUNREADY")
+	fmt.Fprintln(w, "TYPE\tPRIORITY\tMIN\tMAX\tLIVE\tPENDING\tFAILED\tUNREADY\tSPARES")
 	names := slices.Sorted(maps.Keys(st.Types))
 	for _, name := range names {
 		ts := st.Types[name]
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", safe(name), ts.Priority, ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed, ts.Unready)
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", safe(name), ts.Priority, ts.Min, ts.Max, ts.Live, ts.Pending, ts.Failed, ts.Unready, ts.Spares)
 	}
 	if err := w.Flush(); err != nil {
 		return err

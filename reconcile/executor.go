@@ -223,6 +223,14 @@ func (e *Executor) execute(ctx context.Context, p *rules.Platform, bes map[strin
 		if err == nil {
 			log.Warn("machine failed", telemetry.KeyReason, a.Reason)
 		}
+	case state.KindPromote:
+		r := obs.Records[a.MachineID]
+		r.Spare, r.Reason, r.Updated = false, a.Reason, e.Clock.Now()
+		_, err = e.Inventory.Put(ctx, r)
+		e.finish(a, err)
+		if err == nil {
+			log.Info("spare promoted", telemetry.KeyReason, a.Reason)
+		}
 	case state.KindRestoreRecord:
 		err = e.restore(ctx, obs, a)
 		if err == nil {

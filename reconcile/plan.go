@@ -107,7 +107,9 @@ type pass struct {
 	now time.Time
 
 	// Left by tallyAll.
-	tallies              map[string]*tally
+	tallies map[string]*tally
+	// spares count each type's standby machines (Record.Spare) apart.
+	spares               map[string]*tally
 	marks, reaps, strays []state.Action
 	failed               int
 	failedServers        int
@@ -161,9 +163,9 @@ func (t *tally) addLive(r Record) {
 }
 
 func newPass(p *rules.Platform, obs Observed, now time.Time) pass {
-	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, notHost: map[string]bool{}, noRoom: map[string]bool{}, d: Decision{Types: map[string]state.TypeStatus{}, Seen: map[string]Sighting{}}}
+	ps := pass{p: p, pol: p.Policy, obs: obs, now: now, tallies: map[string]*tally{}, spares: map[string]*tally{}, notHost: map[string]bool{}, noRoom: map[string]bool{}, d: Decision{Types: map[string]state.TypeStatus{}, Seen: map[string]Sighting{}}}
 	for _, name := range p.MachineNames() {
-		ps.tallies[name] = &tally{}
+		ps.tallies[name], ps.spares[name] = &tally{}, &tally{}
 	}
 	return ps
 }
@@ -284,6 +286,9 @@ func (ps *pass) tallyOf(r Record) *tally {
 		// counts toward its type nor is scaled down, but it is
 		// still reaped when it dies (and not replaced).
 		return &tally{}
+	}
+	if r.Spare {
+		return ps.spares[r.Type]
 	}
 	return t
 }
@@ -572,6 +577,9 @@ func (ps *pass) scale() {
 			want := ps.signalWant(name, mt, t)
 			bounds.Min, bounds.Max = want, want
 		}
+		if mt.Spares > 0 {
+			have += ps.promote(name, mt, t)
+		}
 		switch {
 		case bounds.Min-have > 0 && ps.d.Halted == "":
 			ps.spawn(name, bounds, have, bounds.Min-have)
@@ -582,6 +590,13 @@ func (ps *pass) scale() {
 			}
 		case t.live-bounds.Max > 0 && ps.settled:
 			ps.scaleDown(t, mt, t.live-mt.Max)
+		}
+	}
+	// Spares come after every type's min: a standby machine is worth
+	// less than a live one.
+	for _, name := range ps.p.ByPriority() {
+		if mt := ps.p.Machines[name]; mt.Spares > 0 || ps.spares[name].live > 0 {
+			ps.keepSpares(name, mt)
 		}
 	}
 	// What room is left after every type's min, the types that fill it

@@ -34,7 +34,7 @@ func (e *Executor) spawn(ctx context.Context, p *rules.Platform, bes map[string]
 	// right after this line leaves a record the next leader will see, wait
 	// for, and clean up if it never joins.
 	host := cmp.Or(a.Host, e.Self)
-	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, Host: host, Scope: a.Scope, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual})
+	rec, err := e.Inventory.Put(ctx, Record{ID: id, Type: a.Type, Backend: a.Backend, Host: host, Scope: a.Scope, State: StateSpawning, Created: now, Updated: now, Reason: a.Reason, Manual: a.Manual, Spare: a.Spare})
 	if err != nil {
 		return "", err
 	}

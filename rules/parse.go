@@ -93,7 +93,7 @@ var machineSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"}, {Name: "bootstrap"},
 		{Name: "ready_after_provision"}, {Name: "priority"}, {Name: "hosts"},
-		{Name: "per_host"}, {Name: "fill"},
+		{Name: "per_host"}, {Name: "fill"}, {Name: "spares"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{{Type: "provisioner", LabelNames: []string{"name"}}, {Type: "scale"}},
 }
@@ -656,6 +656,15 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 	}
 	if a := attrs["fill"]; a != nil {
 		d.decode(a, field+" fill", cty.Bool, &m.Fill)
+	}
+	if a := attrs["spares"]; a != nil {
+		d.intIn(a, field+" spares", &m.Spares, 0, MaxSpares)
+		switch {
+		case m.ConsulServer:
+			d.at(a.NameRange, field+" spares", "a Consul server type keeps no spares: a spare server would vote")
+		case m.Expands():
+			d.at(a.NameRange, field+" spares", "a per_host or fill type keeps no spares: it grows with its hosts")
+		}
 	}
 	if m.Expands() {
 		what := "per_host"

@@ -118,3 +118,22 @@ func TestElasticScaleBlockParsed(t *testing.T) {
 		}
 	}
 }
+
+// TestElasticSparesParsed: spares are read within their bounds and
+// refused for a server type and a type that grows with its hosts.
+func TestElasticSparesParsed(t *testing.T) {
+	head := "machine \"s\" {\n  min = 1\n  consul_server = true\n}\n"
+	p, err := Parse("p.hcl", []byte(head+"machine \"w\" {\n  min = 2\n  spares = 1\n}\n"), Options{})
+	if err != nil || p.Machines["w"].Spares != 1 {
+		t.Fatalf("spares = 1: %v %v", p, err)
+	}
+	for src, want := range map[string]string{
+		"machine \"w\" {\n  min = 2\n  spares = 101\n}\n":                         `machine "w" spares: must be at most 100`,
+		"machine \"w\" {\n  min = 1\n  consul_server = true\n  spares = 1\n}\n":   `a Consul server type keeps no spares`,
+		"machine \"w\" {\n  min = 0\n  max = 3\n  fill = true\n  spares = 1\n}\n": `a per_host or fill type keeps no spares`,
+	} {
+		if _, err := Parse("p.hcl", []byte(head+src), Options{}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", src, err, want)
+		}
+	}
+}

@@ -230,7 +230,15 @@ type MachineType struct {
 	Fill bool
 	// Scale, when set, moves the count between Min and Max on a signal.
 	Scale *Scale
+	// Spares is how many standby machines of the type to keep, made and
+	// joined but not counted as live: when a machine of the type dies, a
+	// spare is promoted in its place at once (a record written, nothing
+	// started), and another spare is made in the background.
+	Spares int
 }
+
+// MaxSpares bounds a type's spares.
+const MaxSpares = 100
 
 // The signals a machine type may scale on.
 const (

@@ -12,6 +12,8 @@
 #   systemd-analyze  checks the shipped unit (TestSystemdUnit)
 #   pgrep            finds processes left behind (TestSelfHealing)
 #   docker           the engine and CLI the container tests drive
+#   redis-server, redis-cli, prometheus-redis-exporter
+#                    the queue a signal scales workers on (TestElasticSignalRedis)
 # It installs only what is missing, and says nothing when nothing is.
 set -euo pipefail
 
@@ -19,7 +21,8 @@ set -euo pipefail
 need=()
 for pair in chromium:chromium debootstrap:debootstrap zsh:zsh fish:fish \
 	ssh-agent:openssh-client ssh-add:openssh-client systemd-analyze:systemd \
-	pgrep:procps docker:docker.io; do
+	pgrep:procps docker:docker.io redis-server:redis-server redis-cli:redis-tools \
+	prometheus-redis-exporter:prometheus-redis-exporter; do
 	command -v "${pair%%:*}" >/dev/null && continue
 	pkg="${pair#*:}"
 	[[ " ${need[*]-} " == *" $pkg "* ]] || need+=("$pkg")

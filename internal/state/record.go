@@ -54,6 +54,10 @@ type Record struct {
 	// named it (backends.Scoped): a leader whose own backend has the same
 	// scope lists and destroys it itself, its host alive or not.
 	Scope string `json:"scope,omitempty"`
+	// Spare marks a standby machine of its type (rules.MachineType.Spares):
+	// made and joined, not counted as live, promoted when a machine of the
+	// type dies.
+	Spare bool `json:"spare,omitempty"`
 	// Seed marks the node that founded the cluster.
 	Seed    bool      `json:"seed,omitempty"`
 	Created time.Time `json:"created"`

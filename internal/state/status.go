@@ -60,6 +60,10 @@ const (
 	// a type below its min needs, where nothing else can place it: leave,
 	// destroy, delete the record; its own type may go below its min.
 	KindPreempt Kind = "preempt"
+	// KindPromote makes a standby machine of a type (Record.Spare) one
+	// of its live machines, in the place of one that died: a record
+	// written, nothing started.
+	KindPromote Kind = "promote"
 	// KindDestroyOrphan destroys a backend instance that has no record.
 	KindDestroyOrphan Kind = "destroy_orphan"
 	// KindRestoreRecord writes the record of an alive member that has
@@ -82,6 +86,8 @@ type Action struct {
 	Reason    string `json:"reason"`
 	// Manual marks a spawn asked for by hand; see Record.Manual.
 	Manual bool `json:"manual,omitempty"`
+	// Spare marks the spawn of a standby machine; see Record.Spare.
+	Spare bool `json:"spare,omitempty"`
 	// Host is the member that runs the action when it is not the leader:
 	// the one placement chose for a spawn, the one that holds the machine
 	// for a removal.
@@ -115,6 +121,9 @@ type TypeStatus struct {
 	GaveWay string `json:"gave_way,omitempty"`
 	// Scale is the type's scaling on a signal, when it has one.
 	Scale *ScaleStatus `json:"scale,omitempty"`
+	// Spares are its standby machines that are up (rules'
+	// MachineType.Spares): not live, promoted when a live one dies.
+	Spares int `json:"spares,omitempty"`
 }
 
 // ScaleStatus is, for status, plan and metrics, a type's signal, its last

@@ -120,19 +120,29 @@ func (c *testCluster) waitStatus(timeout time.Duration, wants ...string) {
 // recent outcomes, a successful action of kind on machine id whose reason
 // says why.
 func (c *testCluster) recentOutcome(kind state.Kind, id, why string) bool {
-	out, _, _ := c.rf("status", "--json")
-	var st struct {
-		Reconcile *state.Status `json:"reconcile"`
-	}
-	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Reconcile == nil {
+	st := c.status()
+	if st == nil {
 		return false
 	}
-	for _, o := range st.Reconcile.Recent {
+	for _, o := range st.Recent {
 		if o.Kind == kind && o.MachineID == id && o.Result == "success" && strings.Contains(o.Reason, why) {
 			return true
 		}
 	}
 	return false
+}
+
+// status is the leader's last status, as `status --json` prints it; nil
+// when it cannot be read.
+func (c *testCluster) status() *state.Status {
+	out, _, _ := c.rf("status", "--json")
+	var st struct {
+		Reconcile *state.Status `json:"reconcile"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return nil
+	}
+	return st.Reconcile
 }
 
 // TestElasticPerHost: a type with per_host = 1 on a backend each adopted
@@ -251,4 +261,64 @@ func (l *sshLab) extraNetwork(t *testing.T) (string, string) {
 			t.Fatalf("docker network create %s: %v\n%s", prefix, err, out)
 		}
 	}
+}
+
+// TestElasticSparePromoted: a type with a spare keeps it made and joined
+// but not live; its live machine killed, the spare takes its place by a
+// promotion (the same machine, now live), and a new spare is made.
+func TestElasticSparePromoted(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	c.up(c.writePlatform("server.hcl", platformWith(1, 1, "1m", "", false)))
+	if out, errOut, code := c.rf("platform", "apply", c.writePlatform("spares.hcl", platformWith(1, 1, "1m", `
+machine "worker" {
+  min      = 1
+  spares   = 1
+  hosts    = ["server"]
+  backends = ["local"]
+}
+`, false))); code != 0 {
+		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
+	}
+	v := c.waitAgree(3, 2*time.Minute, "a worker and its spare")
+	var live, spare string
+	for _, id := range v.joined {
+		switch r := v.records[id]; {
+		case r.Type == "worker" && r.Spare:
+			spare = id
+		case r.Type == "worker":
+			live = id
+		}
+	}
+	if live == "" || spare == "" {
+		t.Fatalf("records %v: want a live worker and a spare", v.records)
+	}
+	if st := c.status(); st == nil || st.Types["worker"].Live != 1 || st.Types["worker"].Spares != 1 {
+		t.Errorf("status of worker: %+v, want 1 live and 1 spare", st)
+	}
+
+	// The live one killed: well within the minute's grace period, the
+	// spare is the live worker, and a new spare is made.
+	c.kill(live)
+	waitUntil(t, time.Minute, spare+" promoted", func() bool {
+		v, err := c.view()
+		r, ok := v.records[spare]
+		return err == nil && ok && !r.Spare
+	})
+	if !c.recentOutcome(state.KindPromote, spare, "spare promoted") {
+		t.Errorf("status does not show %s promoted", spare)
+	}
+	waitUntil(t, 3*time.Minute, "a new spare, and the dead worker reaped", func() bool {
+		v, err := c.view()
+		if err != nil || v.has(live) {
+			return false
+		}
+		spares := 0
+		for _, id := range v.joined {
+			if r := v.records[id]; r.Type == "worker" && r.Spare && id != spare {
+				spares++
+			}
+		}
+		return spares == 1
+	})
 }

@@ -1,0 +1,184 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/raptiformica/raptiformica/internal/state"
+	"github.com/raptiformica/raptiformica/internal/testconsul"
+	"github.com/raptiformica/raptiformica/reconcile"
+)
+
+// daemon runs a program for the test's life, its output kept for a
+// failure's log, and returns the process to stop it early.
+func daemon(t *testing.T, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s:\n%s", filepath.Base(name), out.String())
+		}
+	})
+	return cmd
+}
+
+// TestElasticSignalRedis: workers scale on the length of a Redis list, as
+// Prometheus reads it through Debian's prometheus-redis-exporter. Jobs
+// pushed scale them up to what the list asks; the list drained scales
+// them in one at a time, each after the value stayed low; Prometheus
+// stopped, the count holds, and status says why.
+func TestElasticSignalRedis(t *testing.T) {
+	t.Parallel()
+	redisServer := needTool(t, "redis-server", "Debian's redis-server package; scripts/testdeps.sh installs it")
+	redisCLI := needTool(t, "redis-cli", "Debian's redis-tools package; scripts/testdeps.sh installs it")
+	exporter := needTool(t, "prometheus-redis-exporter", "Debian's prometheus-redis-exporter package; scripts/testdeps.sh installs it")
+	prometheus := needTool(t, "prometheus", fromPrometheus)
+	c := newCluster(t)
+
+	// Redis, its exporter and Prometheus, each on a loopback address of
+	// its own.
+	redisIP, exporterIP, promIP := testconsul.FreeIP(), testconsul.FreeIP(), testconsul.FreeIP()
+	daemon(t, redisServer, "--bind", redisIP, "--port", "6379", "--save", "", "--appendonly", "no")
+	daemon(t, exporter, "-redis.addr=redis://"+redisIP+":6379", "-web.listen-address="+exporterIP+":9121", "-check-single-keys=db0=jobs")
+	dir := t.TempDir()
+	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: redis\n    static_configs:\n      - targets: [%q]\n", exporterIP+":9121")
+	if err := os.WriteFile(filepath.Join(dir, "p.yml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	prom := daemon(t, prometheus, "--config.file="+filepath.Join(dir, "p.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+promIP+":9090")
+	waitUntil(t, time.Minute, "Prometheus ready", func() bool {
+		resp, err := http.Get("http://" + promIP + ":9090/-/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	redis := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(redisCLI, append([]string{"-h", redisIP, "-p", "6379"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("redis-cli %v: %v\n%s", args, err, out)
+		}
+	}
+
+	c.up(c.writePlatform("server.hcl", platformWith(1, 1, "5s", "", false)))
+	if out, errOut, code := c.rf("platform", "apply", c.writePlatform("workers.hcl", platformWith(1, 1, "5s", fmt.Sprintf(`
+machine "worker" {
+  min      = 1
+  max      = 4
+  hosts    = ["server"]
+  backends = ["local"]
+  scale {
+    signal     = "prometheus"
+    prometheus = "http://%s:9090"
+    query      = "sum(redis_key_size{key=\"jobs\"}) or vector(0)"
+    target     = 10
+    interval   = "1s"
+    scale_up_cooldown   = "2s"
+    scale_down_cooldown = "3s"
+    scale_down_after    = "4s"
+  }
+}
+`, promIP), false))); code != 0 {
+		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
+	}
+	workers := func() int {
+		v, err := c.view()
+		if err != nil {
+			return -1
+		}
+		n := 0
+		for _, id := range v.joined {
+			if v.records[id].Type == "worker" && contains(v.alive, id) {
+				n++
+			}
+		}
+		return n
+	}
+	waitUntil(t, 2*time.Minute, "the worker of min 1", func() bool { return workers() == 1 })
+
+	// 35 jobs at 10 a worker: 4.
+	items := make([]string, 35)
+	for i := range items {
+		items[i] = fmt.Sprintf("job-%d", i)
+	}
+	redis(append([]string{"RPUSH", "jobs"}, items...)...)
+	waitUntil(t, 2*time.Minute, "4 workers for 35 jobs", func() bool { return workers() == 4 })
+	c.waitStatus(30*time.Second, "worker scales on prometheus: ", "(10 a machine): 35 at ", "up to 4: the value 35 asks for 4")
+
+	// Drained: one at a time, each after the value stayed low, down to
+	// min; never below.
+	redis("DEL", "jobs")
+	var falls []time.Time
+	last := 4
+	waitUntil(t, 3*time.Minute, "back to 1 worker, one at a time", func() bool {
+		n := workers()
+		if n >= 0 && n < last {
+			if last-n > 1 {
+				t.Errorf("workers fell from %d to %d at once", last, n)
+			}
+			falls = append(falls, time.Now())
+			last = n
+		}
+		return n == 1
+	})
+	for i := 1; i < len(falls); i++ {
+		// The down cooldown is 3 s: what the test sees may be later,
+		// never sooner (a second's slack for when the test looked).
+		if gap := falls[i].Sub(falls[i-1]); gap < 2*time.Second {
+			t.Errorf("scale-in %d came %s after the one before, within the 3 s down cooldown", i+1, gap)
+		}
+	}
+	for _, why := range []string{"down to 3", "down to 2", "down to 1"} {
+		if !c.recentReason(state.KindScaleDown, "scaled in on its signal: "+why) {
+			t.Errorf("no scale-down in status saying %q", why)
+		}
+	}
+
+	// Jobs again, then Prometheus stopped with the list drained: the count
+	// holds, and status says why.
+	redis(append([]string{"RPUSH", "jobs"}, items[:25]...)...)
+	waitUntil(t, 2*time.Minute, "3 workers for 25 jobs", func() bool { return workers() == 3 })
+	_ = prom.Process.Kill()
+	redis("DEL", "jobs")
+	c.waitStatus(30*time.Second, "holds at 3: the signal failed: prometheus: ")
+	time.Sleep(10 * time.Second) // past scale_down_after and the cooldown
+	if n := workers(); n != 3 {
+		t.Errorf("%d workers with Prometheus stopped, want 3 held", n)
+	}
+	v, _ := c.view()
+	for id, r := range v.records {
+		if r.State == reconcile.StateDestroying {
+			t.Errorf("machine %s is being removed with the signal gone", id)
+		}
+	}
+}
+
+// recentReason reports whether the leader's status lists, among its recent
+// outcomes, a successful action of kind whose reason contains why.
+func (c *testCluster) recentReason(kind state.Kind, why string) bool {
+	st := c.status()
+	if st == nil {
+		return false
+	}
+	for _, o := range st.Recent {
+		if o.Kind == kind && o.Result == "success" && strings.Contains(o.Reason, why) {
+			return true
+		}
+	}
+	return false
+}
