@@ -1,10 +1,12 @@
 package reconcile
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/state"
 )
 
@@ -101,5 +103,53 @@ func TestElasticFill(t *testing.T) {
 	pre := preempts(Plan(p, obs, t0))
 	if len(pre) != 1 || pre[0].MachineID != "app-4" || !strings.Contains(pre[0].Reason, "filled beyond its min") {
 		t.Errorf("preempts %+v, want app-4 (the newest), filled beyond its min", pre)
+	}
+}
+
+// TestElasticMachineGoesWithItsHost: a machine whose host has left the
+// cluster for good (no record, not a member) is removed without waiting
+// for that host to destroy it: its record and keys go, and no work order
+// is left for a host that will never read it. One whose host is only down
+// (still recorded) waits for it.
+func TestElasticMachineGoesWithItsHost(t *testing.T) {
+	inv := needConsul(t)
+	ctx := context.Background()
+	p := platform(t, oneSecondToProvision)
+	const leader = "leader-1"
+	gone, err := inv.Put(ctx, Record{ID: "agent-x", Type: "server", Backend: "room", Host: "host-x", State: StateFailed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	down, err := inv.Put(ctx, Record{ID: "agent-y", Type: "server", Backend: "room", Host: "host-y", State: StateFailed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostY, err := inv.Put(ctx, Record{ID: "host-y", Type: "server", Backend: "local", State: StateFailed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := newExecutor(inv)
+	ex.Self = leader
+	obs := Observed{Records: map[string]Record{"agent-x": gone, "agent-y": down, "host-y": hostY}, Self: leader}
+	acts := []state.Action{
+		{Kind: state.KindReap, MachineID: "agent-x", Type: "server", Backend: "room", Host: "host-x", Reason: "failed"},
+		{Kind: state.KindReap, MachineID: "agent-y", Type: "server", Backend: "room", Host: "host-y", Reason: "failed"},
+	}
+	if err := ex.Execute(ctx, p, nil, obs, acts); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ex, 30*time.Second)
+	recs, _, err := inv.List(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := recs["agent-x"]; ok {
+		t.Error("agent-x, whose host is gone, is still recorded")
+	}
+	if r, ok := recs["agent-y"]; !ok || r.State != StateDestroying {
+		t.Errorf("agent-y, whose host is only down: %+v, want its removal announced and waiting", r)
+	}
+	if keys, _, _ := consul.Client.KV().Keys(kvschema.Work+"host-x/", "", nil); len(keys) != 0 {
+		t.Errorf("work orders left for the gone host: %v", keys)
 	}
 }

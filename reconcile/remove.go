@@ -60,8 +60,27 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 		}
 	}
 	member, isMember := obs.Members[a.MachineID]
+	if hostGone(obs, a.Host) {
+		// Its host is out of the cluster for good (removed from the
+		// inventory, not a member): nobody is left to destroy what
+		// ran there. The machine went with its host.
+		log.Warn("the machine's host is gone: forgotten, not destroyed", telemetry.KeyHost, a.Host)
+		a.Host, a.Backend = "", ""
+	}
 	e.start(a.MachineID, a, func() { e.removing(ctx, p, bes[a.Backend], rec, hasRecord, member, isMember, a, log) })
 	return nil
+}
+
+// hostGone reports whether host, a machine's host, has left the cluster
+// for good: it has no inventory record and is not an alive member. A host
+// that is only down keeps its record until it is reaped, and its machines'
+// removals wait for it meanwhile: it may come back and destroy them.
+func hostGone(obs Observed, host string) bool {
+	if host == "" || host == obs.Self {
+		return false
+	}
+	_, recorded := obs.Records[host]
+	return !recorded && obs.Members[host].Status != state.MemberAlive
 }
 
 // removing runs in the goroutine of a removal: the member leaves (a

@@ -140,6 +140,18 @@ func subnetOf(clusterDir string) string {
 	return fmt.Sprintf("127.%d.%d", 16+v%224, (v>>8)%256)
 }
 
+// loopbackOf is the loopback address of the machine on configured address
+// addr: its plain-HTTP listeners' (nodeconfig.Config.LoopbackAddr), apart
+// from the host's own agent's on 127.0.0.1 and from every other machine's.
+// It is in 127.240.0.0 to 127.254.255.255, where subnetOf never puts a
+// cluster's machines.
+func loopbackOf(clusterDir, addr string) string {
+	h := fnv.New32a()
+	h.Write([]byte(clusterDir + "\x00" + addr))
+	v := h.Sum32()
+	return fmt.Sprintf("127.%d.%d.%d", 240+v%15, (v>>8)%256, 1+(v>>16)%254)
+}
+
 // machineDir returns the folder of a machine in a cluster folder.
 func machineDir(clusterDir, machineID string) string {
 	return filepath.Join(clusterDir, "machines", machineID)
@@ -262,6 +274,9 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 	}
 	node.Backend = b.name
 	node.BindAddr = addr
+	if b.explicit {
+		node.LoopbackAddr = loopbackOf(filepath.Dir(b.dir), addr)
+	}
 	node.DataDir = filepath.Join(mdir, "data")
 	node.ClusterDir = filepath.Dir(b.dir)
 	node.ConsulBinary = b.consul

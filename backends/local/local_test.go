@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -245,5 +246,22 @@ func TestElasticAddressesOfSeveralHosts(t *testing.T) {
 	got, err := b.(*Backend).freeAddress()
 	if err != nil || got != "127.0.0.1" {
 		t.Fatalf("free address %q, %v; want 127.0.0.1, this machine's own", got, err)
+	}
+}
+
+// TestElasticMachinesOnOwnAddressesShareNoLoopback: machines on configured
+// addresses (not loopback) each get a loopback address of their own for
+// their plain-HTTP listeners, apart from the host's agent's 127.0.0.1 and
+// from one another's, and the same one for the same address.
+func TestElasticMachinesOnOwnAddressesShareNoLoopback(t *testing.T) {
+	a, b := loopbackOf("/c", "10.0.0.11"), loopbackOf("/c", "10.0.0.12")
+	for _, l := range []string{a, b} {
+		ip, err := netip.ParseAddr(l)
+		if err != nil || !ip.IsLoopback() || l == "127.0.0.1" || !strings.HasPrefix(l, "127.2") {
+			t.Errorf("loopback %q, want one in 127.240.0.0 and up", l)
+		}
+	}
+	if a == b || a != loopbackOf("/c", "10.0.0.11") {
+		t.Errorf("loopbacks %s and %s: want two, and the same for one address", a, b)
 	}
 }

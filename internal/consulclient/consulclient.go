@@ -200,8 +200,11 @@ func socketIn(c nodeconfig.Config, name string) string {
 // LocalHost is the loopback address a machine's Consul serves plain HTTP
 // on.
 func LocalHost(c nodeconfig.Config) string {
-	if IsLoopback(c.BindAddr) {
+	switch {
+	case IsLoopback(c.BindAddr):
 		return c.BindAddr
+	case IsLoopback(c.LoopbackAddr):
+		return c.LoopbackAddr
 	}
 	return "127.0.0.1"
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,7 +60,13 @@ type Config struct {
 	// DataDir holds the node's Consul data and its mirror of the platform.
 	DataDir string `json:"data_dir"`
 	// BindAddr is the node's own address; Consul and the agent listen on it.
-	BindAddr     string `json:"bind_addr"`
+	BindAddr string `json:"bind_addr"`
+	// LoopbackAddr is where the machine's plain-HTTP listeners, its
+	// Consul's and its agent's, which only its own users reach, listen
+	// when BindAddr is not a loopback address; empty is 127.0.0.1. A host
+	// that runs several machines (the local backend on addresses of its
+	// own) gives each its own, or their ports would collide.
+	LoopbackAddr string `json:"loopback_addr,omitempty"`
 	ConsulBinary string `json:"consul_binary"`
 	ConsulServer bool   `json:"consul_server"`
 	// Bootstrap makes this node a single-server cluster that the others join.
@@ -182,6 +189,11 @@ func (c Config) Validate() error {
 	} {
 		if f.v == "" {
 			return fmt.Errorf("field %s is required", f.name)
+		}
+	}
+	if c.LoopbackAddr != "" {
+		if a, err := netip.ParseAddr(c.LoopbackAddr); err != nil || !a.IsLoopback() {
+			return fmt.Errorf("field loopback_addr %q: want a loopback address such as 127.240.1.2", c.LoopbackAddr)
 		}
 	}
 	if t := c.TLS; t != nil {

@@ -174,7 +174,9 @@ func TestElasticPerHost(t *testing.T) {
 	}
 	addHost(11)
 	addHost(12)
-	l.apply(t, "per-host.hcl", l.platform(fmt.Sprintf(`
+	// A host that dies takes its agent with it: two members fail at once,
+	// which max_unhealthy must allow for the reaps to go ahead.
+	l.apply(t, "per-host.hcl", strings.Replace(l.platform(fmt.Sprintf(`
 machine "worker" {
   min      = 0
   max      = 5
@@ -190,7 +192,7 @@ machine "agent" {
   per_host = 1
   backends = ["room"]
 }
-`, prefix2)))
+`, prefix2)), "policy {\n", "policy {\n  max_unhealthy     = 2\n", 1))
 	agentsOn := func() map[string]int {
 		out := map[string]int{}
 		for _, r := range l.recordsOf("agent") {
