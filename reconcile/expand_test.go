@@ -130,7 +130,8 @@ func TestElasticMachineGoesWithItsHost(t *testing.T) {
 	}
 	ex := newExecutor(inv)
 	ex.Self = leader
-	obs := Observed{Records: map[string]Record{"agent-x": gone, "agent-y": down, "host-y": hostY}, Self: leader}
+	obs := Observed{Records: map[string]Record{"agent-x": gone, "agent-y": down, "host-y": hostY}, Self: leader,
+		Members: map[string]Member{"host-y": {Name: "host-y", Status: state.MemberFailed}}}
 	acts := []state.Action{
 		{Kind: state.KindReap, MachineID: "agent-x", Type: "server", Backend: "room", Host: "host-x", Reason: "failed"},
 		{Kind: state.KindReap, MachineID: "agent-y", Type: "server", Backend: "room", Host: "host-y", Reason: "failed"},

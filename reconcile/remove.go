@@ -74,9 +74,10 @@ func (e *Executor) remove(ctx context.Context, p *rules.Platform, bes map[string
 // hostGone reports whether host, a machine's host, has left the cluster
 // for good: it has no inventory record and is not an alive member. A host
 // that is only down keeps its record until it is reaped, and its machines'
-// removals wait for it meanwhile: it may come back and destroy them.
+// removals wait for it meanwhile: it may come back and destroy them. An
+// observation without the members (none could be read) tells nothing.
 func hostGone(obs Observed, host string) bool {
-	if host == "" || host == obs.Self {
+	if host == "" || host == obs.Self || obs.Members == nil {
 		return false
 	}
 	_, recorded := obs.Records[host]

@@ -346,6 +346,7 @@ func (b *Backend) freeAddress() (string, error) {
 			last = i
 		}
 	}
+	mine := len(b.addresses)
 	if b.explicit {
 		own, err := ownAddresses()
 		if err != nil {
@@ -354,6 +355,7 @@ func (b *Backend) freeAddress() (string, error) {
 		for _, a := range b.addresses {
 			if !own[a] {
 				used[a] = true // another host's
+				mine--
 			}
 		}
 	}
@@ -366,7 +368,11 @@ func (b *Backend) freeAddress() (string, error) {
 			return a, nil
 		}
 	}
-	return "", fmt.Errorf("local backend %s: all %d addresses are taken", b.name, len(b.addresses))
+	if b.explicit {
+		// The planner counts a host's room only by max_per_host.
+		return "", fmt.Errorf("local backend %s: all %d of its addresses on this host are taken (its max_per_host tells the leader so: set it to %d)", b.name, mine, mine)
+	}
+	return "", fmt.Errorf("local backend %s: all %d addresses are taken", b.name, mine)
 }
 
 // Destroy signals the machine's process group, waits for it to exit (SIGKILL

@@ -6,6 +6,7 @@ import (
 	mrand "math/rand/v2"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -154,26 +155,11 @@ func (c *testCluster) status() *state.Status {
 func TestElasticPerHost(t *testing.T) {
 	t.Parallel()
 	l := newSSHLab(t)
-	// A second network gives each host a second address, the one its
-	// per-host machine binds to.
-	net2, prefix2 := l.extraNetwork(t)
+	prefix2, addHost := l.roomHosts(t)
 	hosts := map[int]string{} // last octet to machine ID
-	addHost := func(last int) {
-		t.Helper()
-		ip := l.host(t, last)
-		dockerRun(t, "network", "connect", "--ip", fmt.Sprintf("%s.%d", prefix2, last), net2, fmt.Sprintf("%s-%d", l.network, last))
-		out, errOut, code := l.adopt("root@" + ip)
-		if code != 0 {
-			t.Fatalf("adopt %s: exit %d\n%s\n%s", ip, code, out, errOut)
-		}
-		m := regexp.MustCompile(`adopted root@\S+ as (worker-[0-9a-f]+) \(worker\)`).FindStringSubmatch(out)
-		if m == nil {
-			t.Fatalf("adopt did not name the machine:\n%s", out)
-		}
-		hosts[last] = m[1]
-	}
-	addHost(11)
-	addHost(12)
+	add := func(last int) { hosts[last] = addHost(last) }
+	add(11)
+	add(12)
 	// A host that dies takes its agent with it: two members fail at once,
 	// which max_unhealthy must allow for the reaps to go ahead.
 	l.apply(t, "per-host.hcl", strings.Replace(l.platform(fmt.Sprintf(`
@@ -219,7 +205,7 @@ machine "agent" {
 	waitUntil(t, 4*time.Minute, "one agent on each of the two hosts", want(11, 12))
 
 	// A third host joins: it gets its own.
-	addHost(13)
+	add(13)
 	waitUntil(t, 4*time.Minute, "one agent on each of the three hosts", want(11, 12, 13))
 
 	// The second host dies, with its agent: nobody makes up for it.
@@ -235,6 +221,29 @@ machine "agent" {
 	time.Sleep(5 * time.Second) // a pass or two: a stray spawn would show by now
 	if got := agentsOn(); !want(11, 13)() || len(l.recordsOf("agent")) != 2 {
 		t.Errorf("agents by host %v (%d records), want one on each of the two hosts left", got, len(l.recordsOf("agent")))
+	}
+}
+
+// roomHosts gives the lab a second network, on which each host it adds has
+// a second address (prefix.last), for the machines the host makes with
+// the local backend; addHost starts the sshd host .last on both networks,
+// adopts it as a worker and returns its machine ID.
+func (l *sshLab) roomHosts(t *testing.T) (prefix string, addHost func(last int) string) {
+	t.Helper()
+	net2, prefix := l.extraNetwork(t)
+	return prefix, func(last int) string {
+		t.Helper()
+		ip := l.host(t, last)
+		dockerRun(t, "network", "connect", "--ip", fmt.Sprintf("%s.%d", prefix, last), net2, fmt.Sprintf("%s-%d", l.network, last))
+		out, errOut, code := l.adopt("root@" + ip)
+		if code != 0 {
+			t.Fatalf("adopt %s: exit %d\n%s\n%s", ip, code, out, errOut)
+		}
+		m := regexp.MustCompile(`adopted root@\S+ as (worker-[0-9a-f]+) \(worker\)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("adopt did not name the machine:\n%s", out)
+		}
+		return m[1]
 	}
 }
 
@@ -323,4 +332,73 @@ machine "worker" {
 		}
 		return spares == 1
 	})
+}
+
+// TestElasticPrioritiesHostLost: two adopted hosts with room for one
+// machine each (the local backend on one address of each; only the hosts
+// make machines: the machines share their host's addresses), a type of
+// higher priority and one of lower asking for more than that: the host
+// holding the higher one dies with it, and the lower one on the other
+// host gives way; a host joins, and the lower one comes back there.
+func TestElasticPrioritiesHostLost(t *testing.T) {
+	t.Parallel()
+	l := newSSHLab(t)
+	prefix, addHost := l.roomHosts(t)
+	hosts := map[string]int{addHost(11): 11, addHost(12): 12}
+	l.apply(t, "priorities.hcl", strings.Replace(l.platform(fmt.Sprintf(`
+machine "worker" {
+  min      = 0
+  max      = 5
+  backends = ["host"]
+}
+backend "room" {
+  type         = "local"
+  settings     = { addresses = "%[1]s.11,%[1]s.12,%[1]s.13" }
+  max_per_host = 1 # each host has one address of the list
+}
+machine "app" {
+  min      = 2
+  hosts    = ["worker"]
+  backends = ["room"]
+}
+machine "zone" {
+  min      = 1
+  priority = 10
+  hosts    = ["worker"]
+  backends = ["room"]
+}
+`, prefix)), "policy {\n", "policy {\n  max_unhealthy     = 2\n", 1))
+	on := func(typ string) map[string]int {
+		out := map[string]int{}
+		for _, r := range l.recordsOf(typ) {
+			if r.State == reconcile.StateJoined {
+				out[r.Host]++
+			}
+		}
+		return out
+	}
+	waitUntil(t, 4*time.Minute, "zone on one host, one app on the other", func() bool {
+		return len(on("zone")) == 1 && len(on("app")) == 1
+	})
+	var zoneHost string
+	for h := range on("zone") {
+		zoneHost = h
+	}
+	l.waitStatus(time.Minute, "app gave way to higher priorities, which hold the room it could use: zone (priority 10)")
+
+	// The zone's host dies with it: the app on the other host gives way.
+	dockerRun(t, "kill", fmt.Sprintf("%s-%d", l.network, hosts[zoneHost]))
+	waitUntil(t, 3*time.Minute, "zone again, on the host left, in the app's room", func() bool {
+		z, a := on("zone"), on("app")
+		return len(z) == 1 && z[zoneHost] == 0 && len(a) == 0
+	})
+	if st := l.status(); st == nil || !slices.ContainsFunc(st.Recent, func(o state.Outcome) bool {
+		return o.Kind == state.KindPreempt && strings.Contains(o.Reason, `given up for "zone"`)
+	}) {
+		t.Errorf("status shows no machine given up for zone")
+	}
+
+	// A host joins: the app comes back there.
+	newHost := addHost(13)
+	waitUntil(t, 4*time.Minute, "an app on the new host", func() bool { return on("app")[newHost] == 1 })
 }

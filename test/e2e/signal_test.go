@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/testconsul"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -170,8 +172,46 @@ machine "worker" {
 		return true
 	})
 
-	// Jobs again, then Prometheus stopped with the list drained: the count
-	// holds, and status says why.
+	// Jobs again; the leader's metrics carry the signal and the count.
+	redis(append([]string{"RPUSH", "jobs"}, items[:25]...)...)
+	waitUntil(t, 2*time.Minute, "3 workers for 25 jobs", func() bool { return workers() == 3 })
+	waitUntil(t, 30*time.Second, "the leader's metrics show the signal", func() bool {
+		v, err := c.view()
+		if err != nil {
+			return false
+		}
+		m := leaderMetrics(t, c, v.leader)
+		return strings.Contains(m, `raptiformica_scale_want{machine_type="worker"} 3`) &&
+			strings.Contains(m, `raptiformica_scale_signal_value{machine_type="worker"} 25`) &&
+			strings.Contains(m, `raptiformica_scale_signal_up{machine_type="worker"} 1`)
+	})
+
+	// The value hovers around what two workers are for (19 to 21 jobs),
+	// never low for the 4 s scale_down_after: at most one change in 20 s.
+	redis("LTRIM", "jobs", "0", "20")
+	changes, last := 0, workers()
+	for i := range 14 {
+		if i%2 == 0 {
+			redis("LTRIM", "jobs", "0", "18")
+		} else {
+			redis("RPUSH", "jobs", "hover-1", "hover-2")
+		}
+		deadline := time.Now().Add(1500 * time.Millisecond)
+		for time.Now().Before(deadline) {
+			if n := workers(); n >= 0 && n != last {
+				changes++
+				last = n
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if changes > 1 {
+		t.Errorf("%d changes of the worker count while the value hovered at the target, want at most 1", changes)
+	}
+
+	// Prometheus stopped with the list drained: the count holds, and
+	// status says why.
+	redis("DEL", "jobs")
 	redis(append([]string{"RPUSH", "jobs"}, items[:25]...)...)
 	waitUntil(t, 2*time.Minute, "3 workers for 25 jobs", func() bool { return workers() == 3 })
 	_ = prom.Process.Kill()
@@ -202,4 +242,71 @@ func (c *testCluster) recentReason(kind state.Kind, why string) bool {
 		}
 	}
 	return false
+}
+
+// TestElasticSignalLeaderKilledMidCooldown: the leader scales workers up
+// on its signal and dies within the up cooldown; the next leader, reading
+// the cooldown its predecessor kept in KV, does not raise the count again
+// before it ends, however high the value, and does after.
+func TestElasticSignalLeaderKilledMidCooldown(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	q := startQueue(t)
+	c.up(c.writePlatform("servers.hcl", platformWith(3, 3, "2s", "", false)))
+	if out, errOut, code := c.rf("platform", "apply", c.writePlatform("workers.hcl", platformWith(3, 3, "2s", fmt.Sprintf(`
+machine "worker" {
+  min      = 1
+  max      = 4
+  hosts    = ["server"]
+  backends = ["local"]
+  scale {
+    signal     = "prometheus"
+    prometheus = "http://%s:9090"
+    query      = "sum(redis_key_size{key=\"jobs\"}) or vector(0)"
+    target     = 10
+    interval   = "1s"
+    scale_up_cooldown = "30s"
+  }
+}
+`, q.promIP), false))); code != 0 {
+		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
+	}
+	// Records of workers, pending ones included; -1 while the KV does
+	// not answer (the leader's death is a Raft election too).
+	workers := func() int {
+		v, err := c.view()
+		if err != nil {
+			return -1
+		}
+		n := 0
+		for _, r := range v.records {
+			if r.Type == "worker" && r.State != reconcile.StateDestroying {
+				n++
+			}
+		}
+		return n
+	}
+	waitUntil(t, 2*time.Minute, "the worker of min 1", func() bool { return workers() == 1 })
+	jobs := make([]string, 35)
+	for i := range jobs {
+		jobs[i] = fmt.Sprintf("job-%d", i)
+	}
+	q.redis(append([]string{"RPUSH", "jobs"}, jobs[:15]...)...)
+	waitUntil(t, 2*time.Minute, "2 workers for 15 jobs", func() bool { return workers() == 2 })
+	kept, ok, _, err := state.ScaleStates(kvschema.New(c.client())).Get(context.Background(), "worker", nil)
+	if err != nil || !ok || kept.LastUp.IsZero() || kept.Want != 2 {
+		t.Fatalf("the scale state kept in KV: %+v %v %v", kept, ok, err)
+	}
+	until := kept.LastUp.Add(30 * time.Second)
+
+	// The leader dies; the value asks for 4 at once.
+	c.kill(c.waitAgree(5, time.Minute, "before the leader dies").leader)
+	q.redis(append([]string{"RPUSH", "jobs"}, jobs[15:]...)...)
+	for time.Now().Before(until.Add(-time.Second)) {
+		if n := workers(); n > 2 {
+			t.Fatalf("%d workers %s before the up cooldown the dead leader kept ends", n, time.Until(until).Round(time.Millisecond))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	waitUntil(t, 2*time.Minute, "4 workers after the cooldown", func() bool { return workers() == 4 })
 }
