@@ -26,8 +26,10 @@ import (
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
+	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/reconcile"
+	"github.com/raptiformica/raptiformica/rules"
 )
 
 const joinPlatform = onePlatform + `machine "worker" {
@@ -241,4 +243,38 @@ func TestTrustActionsByHandForOperatorsOnServersOnly(t *testing.T) {
 	if recs, _, err := (&reconcile.Inventory{Store: a.store}).List(context.Background(), nil); err != nil || len(recs) != 1 {
 		t.Errorf("inventory after refused actions: %d records, %v; want the agent's own alone", len(recs), err)
 	}
+}
+
+// TestFloorPlanDestroyByHandOutlivesARace: a destroy by hand whose
+// machine's record a pass rewrites between the leader's observation and
+// the removal's check-and-set is decided again on the record as it is
+// now, not refused with a 500.
+func TestFloorPlanDestroyByHandOutlivesARace(t *testing.T) {
+	a, _ := startAgent(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rec, err := a.inventory.Put(ctx, reconcile.Record{ID: "worker-0a1b2c3d", Type: "worker", State: reconcile.StateJoined})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raced := false
+	_, err = a.elector.Act(ctx, func(p *rules.Platform, obs reconcile.Observed, now time.Time) (state.Action, error) {
+		if !raced {
+			// A pass writes the record after this observation.
+			raced = true
+			r := rec
+			r.Reason = "marked by a pass meanwhile"
+			if _, err := a.inventory.Put(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return reconcile.DestroyByHand(p, obs, now, "worker-0a1b2c3d")
+	})
+	if err != nil {
+		t.Fatalf("destroy by hand after a pass wrote the record: %v", err)
+	}
+	waitFor(t, 30*time.Second, "the record removed", func() bool {
+		_, ok, err := a.inventory.Get(ctx, "worker-0a1b2c3d")
+		return err == nil && !ok
+	})
 }

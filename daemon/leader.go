@@ -477,6 +477,25 @@ func (r refusal) Unwrap() error { return r.error }
 // actions are, and in the term's context. It returns the record the
 // action left once it is done, or when ctx ends (the action goes on).
 func (e *elector) Act(ctx context.Context, choose func(*rules.Platform, reconcile.Observed, time.Time) (state.Action, error)) (reconcile.Record, error) {
+	// A pass may write the machine's record between this observation and
+	// the action's check-and-set on it (a mark, a reap announced): the
+	// operator's ask still holds, so it is decided again on what is there
+	// now. A reap the loop decided is never retried this way: a record
+	// that moved may be a machine that came back.
+	for attempt := 1; ; attempt++ {
+		rec, err := e.actOnce(ctx, choose)
+		if !errors.Is(err, state.ErrConflict) || attempt == actAttempts || ctx.Err() != nil {
+			return rec, err
+		}
+		e.log.Debug("action by hand raced a pass: deciding it again", telemetry.KeyAttempt, attempt, telemetry.KeyError, err)
+	}
+}
+
+// actAttempts bounds how often Act decides an action again after a
+// check-and-set lost to the loop.
+const actAttempts = 5
+
+func (e *elector) actOnce(ctx context.Context, choose func(*rules.Platform, reconcile.Observed, time.Time) (state.Action, error)) (reconcile.Record, error) {
 	e.mu.RLock()
 	term := e.term
 	e.mu.RUnlock()
