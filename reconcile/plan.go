@@ -582,7 +582,10 @@ func (ps *pass) scale() {
 		}
 		switch {
 		case bounds.Min-have > 0 && ps.d.Halted == "":
-			ps.spawn(name, bounds, have, bounds.Min-have)
+			// Only what the type's own min asks may take room from
+			// others or reserve it: a signal's demand above it is
+			// served as room allows, as a fill is.
+			ps.spawn(name, bounds, have, bounds.Min-have, max(0, mt.Min-have))
 		case t.live-bounds.Max > 0 && ps.settled && mt.Scale != nil:
 			for _, a := range pickScaleDown(t.liveRecs, 1, ps.obs.Self, mt) {
 				a.Reason = "scaled in on its signal: " + ps.d.Scales[name].Decision
@@ -611,18 +614,21 @@ func (ps *pass) scale() {
 // spawn spawns up to need machines of a type as far as the cooldown,
 // max_concurrent_spawns and the backends allow, and says in Waiting what
 // holds back the rest.
-func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
+//
+// Of need, takeable may reserve the room it waits for and take the room of
+// lower priorities (reserve, preempt); the rest only takes what is free.
+func (ps *pass) spawn(name string, mt rules.MachineType, have, need, takeable int) {
 	pol := ps.pol
 	if last, ok := ps.obs.LastSpawn[name]; ok && ps.now.Sub(last) < pol.Cooldown {
 		ps.wakeAt(last.Add(pol.Cooldown))
 		ps.waitf("machine %q: %d to spawn after the cooldown (%s)", name, need, (pol.Cooldown - ps.now.Sub(last)).Round(time.Millisecond))
-		ps.reserve(mt, need)
+		ps.reserve(mt, takeable)
 		return
 	}
 	budget := pol.MaxConcurrentSpawns - ps.pendingTotal
 	if budget <= 0 {
 		ps.waitf("machine %q: %d to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need, pol.MaxConcurrentSpawns)
-		ps.reserve(mt, need)
+		ps.reserve(mt, takeable)
 		return
 	}
 	n := min(need, budget)
@@ -643,10 +649,10 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 			case len(placed) < n:
 				ps.waitf("machine %q: %d more to spawn once there is room: %s", name, need-len(placed), whyNot)
 				ps.noRoom[name] = true
-				ps.preempt(name, mt, n-len(placed))
+				ps.preempt(name, mt, min(n, takeable)-len(placed))
 			case len(placed) < need:
 				ps.waitf("machine %q: %d more to spawn once fewer than max_concurrent_spawns (%d) are in flight", name, need-len(placed), pol.MaxConcurrentSpawns)
-				ps.reserve(mt, need-len(placed))
+				ps.reserve(mt, takeable-len(placed))
 			}
 			return
 		}
@@ -660,7 +666,7 @@ func (ps *pass) spawn(name string, mt rules.MachineType, have, need int) {
 	}
 	ps.waitf("machine %q: %d to spawn, but no backend is usable", name, need)
 	ps.noRoom[name] = true
-	ps.preempt(name, mt, n)
+	ps.preempt(name, mt, min(n, takeable))
 }
 
 // spawnAt spawns a machine of type name where placement put it, for

@@ -102,7 +102,8 @@ func (ps *pass) preempt(name string, mt rules.MachineType, n int) {
 }
 
 // lowerRoom are the machines that hold room a machine of type mt could
-// use: live machines of the types mt outranks, and those a type that
+// use: live machines of the types mt outranks (their spares first), and
+// those a type that
 // fills has beyond its min (whatever its priority: a min comes before
 // any fill), on one of mt's backends, on a host that offers it; never a
 // Consul server's, a machine made by hand, the seed or the leader. The
@@ -117,7 +118,7 @@ func (ps *pass) lowerRoom(mt rules.MachineType) []Record {
 		var recs []Record
 		switch t := ps.tallies[name]; {
 		case rules.Outranks(mt, lower):
-			recs = t.liveRecs
+			recs = append(slices.Clone(ps.spares[name].liveRecs), t.liveRecs...)
 		case lower.Fill && t.live > lower.Min:
 			recs = newest(t.liveRecs, t.live-lower.Min)
 		}
@@ -131,6 +132,9 @@ func (ps *pass) lowerRoom(mt rules.MachineType) []Record {
 		pi, pj := ps.p.Machines[out[i].Type].Priority, ps.p.Machines[out[j].Type].Priority
 		if pi != pj {
 			return pi < pj
+		}
+		if out[i].Spare != out[j].Spare {
+			return out[i].Spare // a standby machine before a live one
 		}
 		if !out[i].Created.Equal(out[j].Created) {
 			return out[i].Created.After(out[j].Created)

@@ -83,11 +83,13 @@ func decideScale(mt rules.MachineType, prev state.ScaleState, known bool, r stat
 		next.Reading = r
 		return hold(next, fmt.Sprintf("the signal is stale (read at %s)", r.At.UTC().Format(time.RFC3339))), wake
 	case math.IsNaN(r.Value) || math.IsInf(r.Value, 0):
-		next.Reading = r
+		// Kept as an error: JSON has no NaN, and the state and the
+		// status must still be written.
+		next.Reading = state.Reading{At: r.At, Error: "the value is not a number"}
 		return hold(next, "the signal's value is not a number"), wake
 	}
 	next.Reading = r
-	asked := clamp(int(math.Ceil(r.Value/sc.Target)), mt.Min, mt.Max)
+	asked := askedFor(r.Value, sc.Target, mt.Min, mt.Max)
 	value := strconv.FormatFloat(r.Value, 'g', 6, 64)
 	switch {
 	case asked > base:
@@ -132,3 +134,17 @@ func hold(s state.ScaleState, why string) state.ScaleState {
 }
 
 func clamp(n, lo, hi int) int { return max(lo, min(hi, n)) }
+
+// askedFor is the count value asks for at target a machine, between lo and
+// hi, kept in floating point until it is within them: a huge value or a
+// tiny target overflows an int to its most negative on some machines.
+func askedFor(value, target float64, lo, hi int) int {
+	f := math.Ceil(value / target)
+	switch {
+	case !(f > float64(lo)): // NaN too
+		return lo
+	case f >= float64(hi):
+		return hi
+	}
+	return int(f)
+}

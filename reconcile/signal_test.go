@@ -1,6 +1,8 @@
 package reconcile
 
 import (
+	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -177,5 +179,57 @@ machine "worker" {
 	}
 	if len(downs) != 1 || !strings.Contains(downs[0].Reason, "scaled in on its signal: down to 3") {
 		t.Errorf("scale-downs %+v, want one, scaled in on its signal", downs)
+	}
+}
+
+// TestElasticOddValuesAskForNoOdd: a value too large for an int asks for
+// max, never min; one that is not a number holds, and is kept as an error
+// (JSON has no NaN: the state and the status must still be written).
+func TestElasticOddValuesAskForNoOdd(t *testing.T) {
+	mt := scaled()
+	s, _ := decideScale(mt, state.ScaleState{}, false, reading(1e300, t0), true, 1, t0)
+	if s.Want != mt.Max {
+		t.Errorf("1e300: want %d, want max %d", s.Want, mt.Max)
+	}
+	mt.Scale.Target = 1e-300
+	if s, _ = decideScale(mt, state.ScaleState{}, false, reading(5, t0), true, 1, t0); s.Want != mt.Max {
+		t.Errorf("5 over a tiny target: want %d, want max %d", s.Want, mt.Max)
+	}
+	s, _ = decideScale(mt, state.ScaleState{Type: "worker", Want: 3}, true, reading(math.NaN(), t0), true, 3, t0)
+	if s.Want != 3 || s.Reading.Error == "" || s.Reading.Value != 0 {
+		t.Errorf("NaN: %+v, want held at 3 with the reading an error", s)
+	}
+	if _, err := json.Marshal(s); err != nil {
+		t.Errorf("the state after a NaN cannot be stored: %v", err)
+	}
+}
+
+// TestElasticSignalDemandTakesNoRoom: what a signal asks beyond the
+// type's min is served from free room only: it never takes a lower
+// priority's room.
+func TestElasticSignalDemandTakesNoRoom(t *testing.T) {
+	p := platform(t, strings.Replace(elastic, `machine "zone" {
+  min      = 2
+  priority = 10
+  backends = ["docker"]
+}`, `machine "zone" {
+  min      = 1
+  max      = 4
+  priority = 10
+  backends = ["docker"]
+  scale {
+    signal  = "consul_service"
+    service = "jobs"
+    target  = 1
+  }
+}`, 1))
+	obs := elasticObs([]string{"b", "c"}, map[string]string{"app-1": "app@b", "app-2": "app@b", "app-3": "app@c", "zone-1": "zone@c"})
+	obs.Signals = map[string]state.Reading{"zone": reading(4, t0)}
+	d := Plan(p, obs, t0)
+	if pre := preempts(d); len(pre) != 0 {
+		t.Errorf("preempts %+v for a signal's demand above min", pre)
+	}
+	if d.Scales["zone"].Want != 4 {
+		t.Errorf("zone's signal asks %d, want 4", d.Scales["zone"].Want)
 	}
 }

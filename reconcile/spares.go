@@ -22,10 +22,14 @@ import (
 // down, as far as spares are up, and returns how many it promoted: they
 // count as live from this pass on.
 func (ps *pass) promote(name string, mt rules.MachineType, t *tally) int {
+	// As many as the type lacks of its min, not counting the machines
+	// down: a machine failed within its grace period stays down for all
+	// of it, and must not have a spare promoted for it at every pass.
 	down := t.failedIn + t.failedOut
+	short := mt.Min - (t.live + t.pending + t.unready)
 	sp := ps.spares[name]
-	n := min(down, len(sp.liveRecs))
-	if n == 0 || ps.d.Halted != "" {
+	n := min(down, short, len(sp.liveRecs))
+	if n <= 0 || ps.d.Halted != "" {
 		return 0
 	}
 	// The oldest spare first: it has had the longest to settle.
@@ -55,7 +59,7 @@ func (ps *pass) keepSpares(name string, mt rules.MachineType) {
 	have := sp.live + sp.pending + sp.failedIn
 	switch {
 	case have < mt.Spares && ps.d.Halted == "" && t.live >= mt.Min && !ps.noRoom[name]:
-		n := ps.slots(name+" (spares)", mt.Spares-have)
+		n := ps.slots(name, mt.Spares-have)
 		for _, b := range mt.Backends {
 			if n == 0 {
 				break

@@ -85,3 +85,33 @@ func TestElasticSpares(t *testing.T) {
 		t.Errorf("spawns %+v, want one: the new spare, none for the count", spawns)
 	}
 }
+
+// TestElasticSparePromotedOnce: a machine down for its whole grace period
+// has one spare promoted in its place, not one at every pass: once the
+// type is whole again, a new spare is a spare.
+func TestElasticSparePromotedOnce(t *testing.T) {
+	p := platform(t, withSpares)
+	obs := with(cluster("server", "a"), func(o *Observed) { o.Self = "a"; workers(o, []string{"w1", "w2", "w3", "w4"}, "w4") })
+	// w3 was promoted for w1, which is still down within its grace period.
+	obs.Members["w1"] = Member{Name: "w1", Status: state.MemberFailed, Type: "worker"}
+	obs.Records["w1"] = Record{ID: "w1", Type: "worker", Backend: "local", State: StateFailed, FailedSince: t0, Created: t0, Updated: t0}
+	for _, a := range Plan(p, watched(obs), t0.Add(time.Second)).Actions {
+		if a.Kind == state.KindPromote {
+			t.Errorf("promoted %s though the type is whole (w2, w3 live)", a.MachineID)
+		}
+	}
+}
+
+// TestElasticSparesGiveWayFirst: a lower type's spare gives way before
+// its live machines.
+func TestElasticSparesGiveWayFirst(t *testing.T) {
+	p := platform(t, strings.Replace(elastic, "machine \"app\" {\n  min      = 3\n", "machine \"app\" {\n  min      = 1\n  spares   = 1\n", 1))
+	obs := elasticObs([]string{"c"}, map[string]string{"app-1": "app@c", "app-2": "app@c"})
+	r := obs.Records["app-1"]
+	r.Spare = true
+	obs.Records["app-1"] = r
+	pre := preempts(Plan(p, obs, t0))
+	if len(pre) != 1 || pre[0].MachineID != "app-1" {
+		t.Errorf("preempts %+v, want app-1, the spare", pre)
+	}
+}

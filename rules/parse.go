@@ -3,6 +3,7 @@ package rules
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"slices"
 	"sort"
@@ -851,8 +852,12 @@ func (d *decoder) scale(b *hcl.Block, field string, m MachineType) *Scale {
 		d.at(a.NameRange, field+" token_file", "is not read by signal %s", sc.Signal)
 	}
 	if a := attrs["prometheus"]; a != nil && sc.Prometheus != "" {
-		if u, err := url.Parse(sc.Prometheus); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		u, err := url.Parse(sc.Prometheus)
+		switch {
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 			d.at(a.Expr.Range(), field+" prometheus", "must be an http:// or https:// address such as \"http://127.0.0.1:9090\", got %q", sc.Prometheus)
+		case sc.TokenFile != "" && u.Scheme == "http" && !isLoopbackHost(u.Hostname()):
+			d.at(a.Expr.Range(), field+" prometheus", "a token_file is sent only over https:// (or to a loopback address), not to %q", sc.Prometheus)
 		}
 	}
 	if a := attrs["target"]; a != nil {
@@ -865,6 +870,15 @@ func (d *decoder) scale(b *hcl.Block, field string, m MachineType) *Scale {
 	d.duration(attrs["scale_down_cooldown"], field+" scale_down_cooldown", &sc.DownCooldown)
 	d.duration(attrs["scale_down_after"], field+" scale_down_after", &sc.DownAfter)
 	return sc
+}
+
+// isLoopbackHost reports whether host names this machine's loopback.
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }
 
 // decode evaluates a constant attribute into dst through type ty.

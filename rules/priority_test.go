@@ -112,6 +112,7 @@ func TestElasticScaleBlockParsed(t *testing.T) {
 		{strings.Replace(src, `signal     = "prometheus"`, `signal     = "consul_service"`, 1), `machine "w" scale service: signal consul_service needs service`},
 		{strings.Replace(src, `signal     = "prometheus"`, `signal     = "vibes"`, 1), `unknown signal "vibes"`},
 		{strings.Replace(src, "min = 1\n  max = 10\n", "min = 1\n  max = 10\n  consul_server = true\n", 1), `a Consul server type never scales on a signal`},
+		{strings.Replace(src, `"http://127.0.0.1:9090"`, "\"http://10.0.0.5:9090\"\n    token_file = \"/etc/t\"", 1), `a token_file is sent only over https://`},
 	} {
 		if _, err := Parse("p.hcl", []byte(tc.src), Options{}); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v, want %q", err, tc.want)

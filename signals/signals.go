@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
 )
@@ -40,16 +42,29 @@ const maxTokenFile = 16 << 10
 // readTimeout bounds one read, whatever the signal's interval.
 const readTimeout = 10 * time.Second
 
+// maxErrorText caps what a failed reading keeps of its error.
+const maxErrorText = 300
+
+func capText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
 // Reader reads the signals of a description's types, each at its own
 // interval, in the background, and keeps the last reading of each.
 type Reader struct {
 	// Consul is the leader's Consul client, for the Consul signals.
 	Consul *api.Client
-	// HTTP is the client of Prometheus's queries; nil uses one without
-	// proxies from the environment.
+	// HTTP is the client of Prometheus's queries; nil uses the Reader's
+	// own (no proxy from the environment, no redirect followed, idle
+	// connections closed).
 	HTTP  *http.Client
 	Clock clock.Clock
 
+	client  sync.Once
+	own     *http.Client
 	mu      sync.Mutex
 	last    map[string]kept
 	reading map[string]bool
@@ -99,7 +114,9 @@ func (r *Reader) read(ctx context.Context, name, spec string, sc rules.Scale) {
 	v, err := r.Once(rctx, sc)
 	reading := state.Reading{Value: v, At: r.Clock.Now()}
 	if err != nil {
-		reading.Error = err.Error()
+		// Kept in the scale state and the status: an answer's error
+		// text is whatever the other side chose to send.
+		reading.Value, reading.Error = 0, capText(err.Error(), maxErrorText)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -109,17 +126,41 @@ func (r *Reader) read(ctx context.Context, name, spec string, sc rules.Scale) {
 	}
 }
 
-// Once reads signal sc now, within ctx.
+// Once reads signal sc now, within ctx. A value that is not a finite
+// number is an error: it asks for no count.
 func (r *Reader) Once(ctx context.Context, sc rules.Scale) (float64, error) {
+	var v float64
+	var err error
 	switch sc.Signal {
 	case rules.SignalPrometheus:
-		return r.prometheus(ctx, sc)
+		v, err = r.prometheus(ctx, sc)
 	case rules.SignalConsulService:
-		return r.passing(ctx, sc.Service)
+		v, err = r.passing(ctx, sc.Service)
 	case rules.SignalConsulCheck:
-		return r.check(ctx, sc.Check)
+		v, err = r.check(ctx, sc.Check)
+	default:
+		return 0, fmt.Errorf("unknown signal %q", sc.Signal)
 	}
-	return 0, fmt.Errorf("unknown signal %q", sc.Signal)
+	if err == nil && (math.IsNaN(v) || math.IsInf(v, 0)) {
+		return 0, fmt.Errorf("%s: the value is %v, not a number", sc.Signal, v)
+	}
+	return v, err
+}
+
+// httpClient is the client of Prometheus's queries.
+func (r *Reader) httpClient() *http.Client {
+	if r.HTTP != nil {
+		return r.HTTP
+	}
+	r.client.Do(func() {
+		r.own = &http.Client{
+			Transport: &http.Transport{Proxy: nil, IdleConnTimeout: time.Minute, MaxIdleConns: 4, ResponseHeaderTimeout: readTimeout},
+			// A redirect would carry the bearer token wherever it
+			// points, over plain HTTP too.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+	})
+	return r.own
 }
 
 func specOf(sc rules.Scale) string {
@@ -146,11 +187,7 @@ func (r *Reader) prometheus(ctx context.Context, sc rules.Scale) (float64, error
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	hc := r.HTTP
-	if hc == nil {
-		hc = &http.Client{Transport: &http.Transport{Proxy: nil}}
-	}
-	resp, err := hc.Do(req)
+	resp, err := r.httpClient().Do(req)
 	if err != nil {
 		return 0, fmt.Errorf("prometheus: %w", err)
 	}
@@ -174,7 +211,7 @@ func (r *Reader) prometheus(ctx context.Context, sc rules.Scale) (float64, error
 		return 0, fmt.Errorf("prometheus: HTTP %d, not an API answer: %w", resp.StatusCode, err)
 	}
 	if ans.Status != "success" {
-		return 0, fmt.Errorf("prometheus: %s (HTTP %d)", ans.Error, resp.StatusCode)
+		return 0, fmt.Errorf("prometheus: %s (HTTP %d)", capText(ans.Error, maxErrorText), resp.StatusCode)
 	}
 	var pair []json.RawMessage
 	switch ans.Data.ResultType {
@@ -202,12 +239,18 @@ func (r *Reader) prometheus(ctx context.Context, sc rules.Scale) (float64, error
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil {
-		return 0, fmt.Errorf("prometheus: value %q: %w", s, err)
+		return 0, fmt.Errorf("prometheus: value %q is not a number", capText(s, 40))
 	}
 	return v, nil
 }
 
 func readToken(file string) (string, error) {
+	// A FIFO or a device would block the open past any deadline.
+	if fi, err := os.Stat(file); err != nil {
+		return "", fmt.Errorf("prometheus token: %w", err)
+	} else if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("prometheus token %s: not a regular file", file)
+	}
 	f, err := os.Open(file)
 	if err != nil {
 		return "", fmt.Errorf("prometheus token: %w", err)
@@ -233,24 +276,29 @@ func (r *Reader) passing(ctx context.Context, service string) (float64, error) {
 }
 
 // check is the number the output of check id starts with, summed over the
-// nodes that run a check of that ID (one queue's depth each, say), as the
-// catalog has it: an agent hands a change of output alone to the catalog
-// only every check_update_interval (5 minutes unless its config says
-// otherwise), a change of status at once.
+// services' checks of that ID (one queue's depth per node, say), as the
+// catalog has it. Only checks bound to a service count, and never to the
+// agent's own service: a client machine may write its own node's checks
+// and its agent's service, and must not steer the count. An agent hands a
+// change of output alone to the catalog only every check_update_interval
+// (5 minutes unless its config says otherwise), a change of status at once.
 func (r *Reader) check(ctx context.Context, id string) (float64, error) {
-	q := (&api.QueryOptions{Filter: fmt.Sprintf("CheckID == %q", id)}).WithContext(ctx)
+	q := (&api.QueryOptions{Filter: fmt.Sprintf("CheckID == %q and ServiceID != \"\" and ServiceName != %q", id, kvschema.ServiceName)}).WithContext(ctx)
 	checks, _, err := r.Consul.Health().State(api.HealthAny, q)
 	if err != nil {
 		return 0, fmt.Errorf("consul: check %s: %w", id, err)
 	}
 	if len(checks) == 0 {
-		return 0, fmt.Errorf("consul: no check %s", id)
+		return 0, fmt.Errorf("consul: no check %s of a service", id)
 	}
 	sum := 0.0
 	for _, c := range checks {
 		v, err := leadingNumber(c.Output)
 		if err != nil {
 			return 0, fmt.Errorf("consul: check %s on %s: %w", id, c.Node, err)
+		}
+		if v < 0 {
+			return 0, fmt.Errorf("consul: check %s on %s: %v, a negative value", id, c.Node, v)
 		}
 		sum += v
 	}
@@ -266,6 +314,9 @@ func leadingNumber(out string) (float64, error) {
 	v, err := strconv.ParseFloat(f[0], 64)
 	if err != nil {
 		return 0, fmt.Errorf("output %q does not start with a number", firstLine(out))
+	}
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("output %q does not start with a finite number", firstLine(out))
 	}
 	return v, nil
 }

@@ -90,6 +90,7 @@ func TestElasticSignalPrometheus(t *testing.T) {
 		"absent(vector(1))": "returned 0 series, want 1",
 		`label_replace(vector(1), "a", "x", "", "") or label_replace(vector(2), "a", "y", "", "")`: "returned 2 series",
 		"sum(":           "prometheus: ",
+		"vector(0) / 0":  "not a number",
 		`{__name__=~""}`: "prometheus: ",
 	} {
 		if _, err := r.Once(ctx, sc(q)); err == nil || !strings.Contains(err.Error(), want) {
@@ -131,9 +132,15 @@ func TestElasticSignalConsul(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// A node's check passing: one that is not takes every service of the
-	// node out of the passing ones.
-	if err := ag.CheckRegister(&api.AgentCheckRegistration{ID: "queue-depth", Name: "queue", AgentServiceCheck: api.AgentServiceCheck{TTL: "1h"}}); err != nil {
+	// The queue's depth is a check of a service of its own; a node's own
+	// check, which any client may write on its node, does not count.
+	if err := ag.ServiceRegister(&api.AgentServiceRegistration{ID: "queue", Name: "queue", Check: &api.AgentServiceCheck{CheckID: "queue-depth", TTL: "1h"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.CheckRegister(&api.AgentCheckRegistration{ID: "node-depth", Name: "node", AgentServiceCheck: api.AgentServiceCheck{TTL: "1h"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.UpdateTTL("node-depth", "1000000", api.HealthPassing); err != nil {
 		t.Fatal(err)
 	}
 	if err := ag.UpdateTTL("queue-depth", "17 jobs waiting", api.HealthPassing); err != nil {
@@ -161,7 +168,7 @@ func TestElasticSignalConsul(t *testing.T) {
 	}
 	eventually("passing instances of jobs, want 2", rules.Scale{Signal: rules.SignalConsulService, Service: "jobs"}, func(v float64, err error) bool { return err == nil && v == 2 })
 	eventually("queue-depth's output, want 17", rules.Scale{Signal: rules.SignalConsulCheck, Check: "queue-depth"}, func(v float64, err error) bool { return err == nil && v == 17 })
-	if _, err := r.Once(ctx, rules.Scale{Signal: rules.SignalConsulCheck, Check: "nope"}); err == nil || !strings.Contains(err.Error(), "no check nope") {
+	if _, err := r.Once(ctx, rules.Scale{Signal: rules.SignalConsulCheck, Check: "nope"}); err == nil || !strings.Contains(err.Error(), "no check nope of a service") {
 		t.Errorf("a check that is not there: %v", err)
 	}
 	// A change of output alone reaches the catalog at the agent's
@@ -172,10 +179,16 @@ func TestElasticSignalConsul(t *testing.T) {
 	eventually("an output without a number, want an error", rules.Scale{Signal: rules.SignalConsulCheck, Check: "queue-depth"}, func(_ float64, err error) bool {
 		return err != nil && strings.Contains(err.Error(), `"lots" does not start with a number`)
 	})
-
-	if err := ag.UpdateTTL("queue-depth", "3", api.HealthPassing); err != nil {
+	eventually("a node's own check, want it ignored", rules.Scale{Signal: rules.SignalConsulCheck, Check: "node-depth"}, func(_ float64, err error) bool {
+		return err != nil && strings.Contains(err.Error(), "no check node-depth of a service")
+	})
+	if err := ag.UpdateTTL("queue-depth", "-5", api.HealthCritical); err != nil {
 		t.Fatal(err)
 	}
+	eventually("a negative value, want an error", rules.Scale{Signal: rules.SignalConsulCheck, Check: "queue-depth"}, func(_ float64, err error) bool {
+		return err != nil && strings.Contains(err.Error(), "a negative value")
+	})
+
 	eventually("passing instances of jobs again, want 2", rules.Scale{Signal: rules.SignalConsulService, Service: "jobs"}, func(v float64, err error) bool { return err == nil && v == 2 })
 
 	// Read keeps the last reading and reads again in the background.

@@ -115,6 +115,19 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 			addrs = append(addrs, fmt.Sprintf("%s.%d", subnet, n))
 		}
 	}
+	if cfg.Settings["addresses"] != "" {
+		// Each machine's plain-HTTP listeners go to a loopback address
+		// of its own (loopbackOf): two addresses that hash to one would
+		// fail every spawn on the second, so they are refused here.
+		seen := map[string]string{}
+		for _, a := range addrs {
+			l := loopbackOf(filepath.Clean(env.ClusterDir), a)
+			if other, dup := seen[l]; dup {
+				return nil, fmt.Errorf("setting addresses: %s and %s would share the loopback address %s: list one of them in another backend", other, a, l)
+			}
+			seen[l] = a
+		}
+	}
 	return &Backend{
 		name:      cfg.Name,
 		dir:       filepath.Join(env.ClusterDir, "machines"),
