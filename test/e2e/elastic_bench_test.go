@@ -88,25 +88,7 @@ func BenchmarkSpare(b *testing.B) {
 		s, _ := heal(with)
 		n, d := heal(without)
 
-		// A bare node start, on the cluster without spares.
-		before, _, _ := without.listInstances()
-		t1 := time.Now()
-		if out, errOut, code := without.rf("spawn", "--type", "worker"); code != 0 {
-			b.Fatalf("spawn: %s %s", out, errOut)
-		}
-		after, _, _ := without.listInstances()
-		extra := ""
-		for _, id := range after {
-			if !contains(before, id) {
-				extra = id
-			}
-		}
-		cl := without.client()
-		poll(time.Minute, func() bool { return memberAlive(cl, extra) })
-		start := time.Since(t1)
-		if out, errOut, code := without.rf("destroy", extra); code != 0 {
-			b.Fatalf("destroy: %s %s", out, errOut)
-		}
+		start := without.bareStart(b, "worker") // on the cluster without spares
 		spared, spawned, detects, starts = append(spared, s), append(spawned, n), append(detects, d), append(starts, start)
 		floors = append(floors, d+start)
 		b.Logf("iteration %d: with a spare %s, without %s; detect %s, bare start %s, floor %s", i, s.Round(time.Millisecond), n.Round(time.Millisecond), d.Round(time.Millisecond), start.Round(time.Millisecond), (d + start).Round(time.Millisecond))
@@ -159,19 +141,7 @@ func BenchmarkSignal(b *testing.B) {
 	if out, errOut, code := c.rf("platform", "apply", c.writePlatform("scaled.hcl", scaledPlatform(q.promIP, interval))); code != 0 {
 		b.Fatalf("apply: %s %s", out, errOut)
 	}
-	workers := func() int {
-		v, err := c.view()
-		if err != nil {
-			return -1
-		}
-		n := 0
-		for _, id := range v.joined {
-			if v.records[id].Type == "worker" && contains(v.alive, id) {
-				n++
-			}
-		}
-		return n
-	}
+	workers := func() int { return c.liveOf("worker") }
 	jobs := make([]string, 15)
 	for i := range jobs {
 		jobs[i] = fmt.Sprintf("job-%d", i)
@@ -191,25 +161,7 @@ func BenchmarkSignal(b *testing.B) {
 		}
 		react := time.Since(t0)
 
-		// A bare node start: a worker spawned by hand until it is alive.
-		before, _, _ := c.listInstances()
-		t1 := time.Now()
-		if out, errOut, code := c.rf("spawn", "--type", "worker"); code != 0 {
-			b.Fatalf("spawn: %s %s", out, errOut)
-		}
-		after, _, _ := c.listInstances()
-		extra := ""
-		for _, id := range after {
-			if !contains(before, id) {
-				extra = id
-			}
-		}
-		cl := c.client()
-		poll(time.Minute, func() bool { return memberAlive(cl, extra) })
-		start := time.Since(t1)
-		if out, errOut, code := c.rf("destroy", extra); code != 0 {
-			b.Fatalf("destroy: %s %s", out, errOut)
-		}
+		start := c.bareStart(b, "worker")
 		floor := interval + scrape + start
 		reacts, starts, floors = append(reacts, react), append(starts, start), append(floors, floor)
 		b.Logf("iteration %d: jobs to a second live worker %s; bare start %s, floor %s", i, react.Round(time.Millisecond), start.Round(time.Millisecond), floor.Round(time.Millisecond))
@@ -221,4 +173,45 @@ func BenchmarkSignal(b *testing.B) {
 	b.ReportMetric(interval.Seconds(), "interval_s")
 	b.ReportMetric(scrape.Seconds(), "scrape_s")
 	b.ReportMetric(quantile(starts, 0.5), "node_start_p50_s")
+}
+
+// liveOf counts the joined, alive machines of type typ; -1 while the
+// cluster's KV or Consul does not answer.
+func (c *testCluster) liveOf(typ string) int {
+	v, err := c.view()
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, id := range v.joined {
+		if v.records[id].Type == typ && contains(v.alive, id) {
+			n++
+		}
+	}
+	return n
+}
+
+// bareStart is a bare node start, the floor's other half: a machine of
+// type typ spawned by hand until it is an alive member, then destroyed.
+func (c *testCluster) bareStart(b *testing.B, typ string) time.Duration {
+	b.Helper()
+	before, _, _ := c.listInstances()
+	t1 := time.Now()
+	if out, errOut, code := c.rf("spawn", "--type", typ); code != 0 {
+		b.Fatalf("spawn: %s %s", out, errOut)
+	}
+	after, _, _ := c.listInstances()
+	extra := ""
+	for _, id := range after {
+		if !contains(before, id) {
+			extra = id
+		}
+	}
+	cl := c.client()
+	poll(time.Minute, func() bool { return memberAlive(cl, extra) })
+	start := time.Since(t1)
+	if out, errOut, code := c.rf("destroy", extra); code != 0 {
+		b.Fatalf("destroy: %s %s", out, errOut)
+	}
+	return start
 }

@@ -113,19 +113,7 @@ machine "worker" {
 `, promIP), false))); code != 0 {
 		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
 	}
-	workers := func() int {
-		v, err := c.view()
-		if err != nil {
-			return -1
-		}
-		n := 0
-		for _, id := range v.joined {
-			if v.records[id].Type == "worker" && contains(v.alive, id) {
-				n++
-			}
-		}
-		return n
-	}
+	workers := func() int { return c.liveOf("worker") }
 	waitUntil(t, 2*time.Minute, "the worker of min 1", func() bool { return workers() == 1 })
 
 	// 35 jobs at 10 a worker: 4.
