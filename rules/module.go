@@ -355,9 +355,14 @@ func (c *mchecker) named(v *jv, field, what string, rule *regexp.Regexp, member 
 }
 
 var (
-	anyName  = regexp.MustCompile(`^[^\x00-\x1f]{1,100}$`)
-	ruleText = map[*regexp.Regexp]string{
+	anyName = regexp.MustCompile(`^[^\x00-\x1f]{1,100}$`)
+	// originalName is what the original took as a compute or server type
+	// name in practice (x86_32, Headless, debian.12): a folder name. Ours
+	// are DNS labels; MachineName maps one to the other.
+	originalName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$`)
+	ruleText     = map[*regexp.Regexp]string{
 		nameRule:        "lower-case letters, digits and hyphens, 1 to 63, starting and ending with a letter or digit",
+		originalName:    "letters, digits, _, . and -, 1 to 100, starting with a letter or digit",
 		provisionerName: "letters, digits, _, . and -, 1 to 63, not starting with . or -",
 		anyName:         "1 to 100 printable characters",
 	}
@@ -377,13 +382,13 @@ func (c *mchecker) top(v *jv) *mnode {
 			}
 			return s
 		case "compute":
-			return c.named(val, k, "compute type", nameRule, func(v *jv, f string) *mnode {
-				return c.named(v, f, "server type", nameRule, func(v *jv, f string) *mnode {
+			return c.named(val, k, "compute type", originalName, func(v *jv, f string) *mnode {
+				return c.named(v, f, "server type", originalName, func(v *jv, f string) *mnode {
 					return c.source(c.fields(v, f, computeFields), f)
 				})
 			})
 		case "server":
-			return c.named(val, k, "server type", nameRule, func(v *jv, f string) *mnode {
+			return c.named(val, k, "server type", originalName, func(v *jv, f string) *mnode {
 				return c.named(v, f, "provisioner", provisionerName, func(v *jv, f string) *mnode {
 					return c.source(c.fields(v, f, serverFields), f)
 				})

@@ -95,7 +95,14 @@ func (n *mnode) str(key string) (string, bool) {
 // here: the clone that fetches them does.
 func (m *Merged) Package(backend string) (command, src, ref string, ok bool) {
 	ct, st, _ := strings.Cut(backend, "/")
-	n := m.root.get("compute", ct, st)
+	var n *mnode
+	m.root.get("compute").each(func(mct string, types *mnode) {
+		types.each(func(mst string, kid *mnode) {
+			if MachineName(mct) == ct && MachineName(mst) == st {
+				n = kid
+			}
+		})
+	})
 	if command, ok = n.str("package"); !ok {
 		return "", "", "", false
 	}
@@ -194,6 +201,61 @@ type applier struct {
 	opts     Options
 	notices  []Problem
 	problems []Problem
+	// named is each name a module's type goes by here, by what kind of
+	// type it is, and the original name it came from.
+	named map[string]string
+}
+
+// MachineName is the name a module's compute or server type goes by here.
+// The original took folder names (x86_32, Headless, debian.12); ours are
+// DNS labels, because they name machines, Consul nodes and backends. It is
+// lower-cased, each run of other characters becomes one hyphen, with none
+// at either end, cut to 63 characters; "" when nothing is left.
+func MachineName(s string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(s) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			if dash && b.Len() > 0 {
+				b.WriteByte('-')
+			}
+			dash = false
+			b.WriteRune(r)
+			continue
+		}
+		dash = true
+	}
+	out := b.String()
+	if len(out) > 63 {
+		out = strings.TrimRight(out[:63], "-")
+	}
+	return out
+}
+
+// name is the name a module's type of the given kind goes by here
+// (MachineName), with a notice when it is not the module's own; ok false
+// when it cannot have one, or when another type of the kind already has it
+// (a problem each).
+func (a *applier) name(n *mnode, field, kind, orig string) (string, bool) {
+	m := MachineName(orig)
+	if m == "" {
+		a.problem(n, field, "%s %q has no letter or digit to name a machine type by", kind, orig)
+		return "", false
+	}
+	if a.named == nil {
+		a.named = map[string]string{}
+	}
+	key := kind + "\x00" + m
+	prev, seen := a.named[key]
+	switch {
+	case seen && prev != orig:
+		a.problem(n, field, "%s %q and %q would both be named %q here: rename one of them", kind, prev, orig, m)
+		return "", false
+	case !seen && m != orig:
+		a.notice(n, field, "%s %q is named %q here: machine types and backends are named by DNS labels", kind, orig, m)
+	}
+	a.named[key] = orig
+	return m, true
 }
 
 func (a *applier) notice(n *mnode, field, format string, args ...any) {
@@ -209,6 +271,11 @@ func sh(s string) []string { return []string{"/bin/sh", "-c", s} }
 
 func (a *applier) compute(ct, st string, n *mnode) {
 	field := "compute." + ct + "." + st
+	ct, okC := a.name(n, field, "compute type", ct)
+	st, okS := a.name(n, field, "server type", st)
+	if !okC || !okS {
+		return
+	}
 	name := ct + "/" + st
 	if _, ok := a.out.Backends[name]; ok {
 		a.notice(n, field, "the description's backend %q wins over the module's", name)
@@ -294,6 +361,10 @@ func (a *applier) server(st, name string, n *mnode) {
 	field := "server." + st + "." + name
 	if isOriginalSelf(name, n) {
 		a.notice(n, field, "skipped: it installs the original Python raptiformica, which this agent replaces")
+		return
+	}
+	st, ok := a.name(n, field, "server type", st)
+	if !ok {
 		return
 	}
 	boot, ok := n.str("bootstrap")

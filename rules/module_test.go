@@ -96,10 +96,10 @@ func TestModuleProblems(t *testing.T) {
 		{
 			name: "bad names",
 			src: `{"raptiformica_api_version": "0.1",
- "compute": {"Docker": {}},
+ "compute": {"dock er": {}},
  "server": {"headless": {"../etc": {"bootstrap": "x"}}}}`,
 			want: []Problem{
-				{Line: 2, Field: "compute.Docker", Message: "not a compute type name"},
+				{Line: 2, Field: "compute.dock er", Message: "not a compute type name"},
 				{Line: 3, Field: "server.headless.../etc", Message: "not a provisioner name"},
 			},
 		},
