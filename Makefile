@@ -107,6 +107,7 @@ bench: build testdeps
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" $(GO) test -run '^$$' -bench 'LeadershipMove' -benchtime 10x ./daemon/
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/heal.sh
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/elastic.sh
+	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/vm.sh
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/mesh.sh
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/simulate.sh
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/scale.sh

@@ -103,6 +103,13 @@ type MemoryReporter interface {
 	FreeMemory(ctx context.Context) (uint64, error)
 }
 
+// Detailer is implemented by a backend that can say in a word how it runs
+// its machines on this host (the qemu backend: "kvm" or "tcg"): what a
+// member's offer carries and `members` shows beside the backend.
+type Detailer interface {
+	Detail(ctx context.Context) string
+}
+
 // Seeder is implemented by a backend that can start the first machine of a
 // new cluster: one that needs no running cluster to spawn (no state in KV).
 // The caller spawns the seed with the node config's Bootstrap set; CanSeed

@@ -8,6 +8,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends/docker"
 	"github.com/raptiformica/raptiformica/backends/exec"
 	"github.com/raptiformica/raptiformica/backends/local"
+	"github.com/raptiformica/raptiformica/backends/qemu"
 	"github.com/raptiformica/raptiformica/provision"
 	"github.com/raptiformica/raptiformica/provision/sshpool"
 	"github.com/raptiformica/raptiformica/reconcile"
@@ -19,6 +20,7 @@ func Registry() backends.Registry {
 	r, err := backends.NewRegistry(
 		backends.RegistryEntry{Type: "local", Factory: local.New},
 		backends.RegistryEntry{Type: "docker", Factory: docker.New, Check: docker.Check},
+		backends.RegistryEntry{Type: "qemu", Factory: qemu.New},
 		backends.RegistryEntry{Type: exec.Type, Factory: exec.NewFactory(provision.SpawnAdopter{}), Check: exec.Check},
 		backends.RegistryEntry{Type: "ssh", Factory: sshpool.New},
 	)

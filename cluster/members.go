@@ -38,6 +38,11 @@ type Member struct {
 	// Offers are the backends the member can run, as its agent found on
 	// it; nil when it published no offer (an older agent, or just started).
 	Offers []string `json:"offers"`
+	// OfferDetails say how the member runs an offered backend's machines,
+	// where the backend tells (qemu: kvm or tcg), by backend.
+	OfferDetails map[string]string `json:"offer_details,omitempty"`
+	// NotOffered are the backends the member cannot run, with why.
+	NotOffered map[string]string `json:"not_offered,omitempty"`
 	// Provisioned is the member's provisioning: ok, running, failed,
 	// outdated (done for an earlier description) or waiting (nothing
 	// published yet); empty when its type provisions nothing.
@@ -87,6 +92,20 @@ func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, 
 		row := Member{Name: m.Name, Address: m.Addr, Status: string(reconcile.SerfStatus(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader}
 		if o, ok := offers[m.Name]; ok {
 			row.Offers = append([]string{}, o.Offered()...)
+			for name, b := range o.Backends {
+				switch {
+				case b.Available && b.Detail != "":
+					if row.OfferDetails == nil {
+						row.OfferDetails = map[string]string{}
+					}
+					row.OfferDetails[name] = b.Detail
+				case !b.Available:
+					if row.NotOffered == nil {
+						row.NotOffered = map[string]string{}
+					}
+					row.NotOffered[name] = b.Reason
+				}
+			}
 		}
 		pr, has := provisioned[m.Name]
 		row.Provisioned = provisionState(plat, r.Type, pr, has)
@@ -100,13 +119,40 @@ func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, 
 	return rows, len(meshNodes) > 0, nil
 }
 
-// offered is a member's offers for the table: "?" when it published none,
-// "-" when it offers nothing.
-func offered(o []string) string {
-	if o == nil {
+// offered is a member's offers for the table, each with its detail in
+// parentheses: "?" when it published none, "-" when it offers nothing.
+func offered(r Member) string {
+	if r.Offers == nil {
 		return "?"
 	}
-	return list(o, ",")
+	out := make([]string, len(r.Offers))
+	for i, name := range r.Offers {
+		out[i] = name
+		if d := r.OfferDetails[name]; d != "" {
+			out[i] += "(" + d + ")"
+		}
+	}
+	return list(out, ",")
+}
+
+// notOffered groups the members by the backend they do not offer and why,
+// so that ten hosts without Docker make one line, not ten.
+func notOffered(rows []Member) []string {
+	type key struct{ backend, reason string }
+	by := map[key][]string{}
+	for _, r := range rows {
+		for b, why := range r.NotOffered {
+			k := key{b, why}
+			by[k] = append(by[k], r.Name)
+		}
+	}
+	out := make([]string, 0, len(by))
+	for k, names := range by {
+		sort.Strings(names)
+		out = append(out, fmt.Sprintf("%s is not offered by %s: %s", safe(k.backend), list(names, ", "), safe(k.reason)))
+	}
+	sort.Strings(out)
+	return out
 }
 
 // list is items joined by sep, each escaped (termsafe.String) since a
@@ -134,11 +180,20 @@ func WriteMembers(out io.Writer, rows []Member, withMesh bool) error {
 		if r.Leader {
 			mark = "*"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", safe(r.Name), safe(r.Address), safe(r.Status), cell(r.Type), cell(r.State), safe(r.Role), mark, offered(r.Offers), cell(r.Provisioned))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", safe(r.Name), safe(r.Address), safe(r.Status), cell(r.Type), cell(r.State), safe(r.Role), mark, offered(r), cell(r.Provisioned))
 		if withMesh {
 			fmt.Fprintf(w, "\t%s\t%s", list(r.MeshEndpoints, ","), list(r.MeshPeers, ","))
 		}
 		fmt.Fprintln(w)
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if lines := notOffered(rows); len(lines) > 0 {
+		fmt.Fprintln(out)
+		for _, l := range lines {
+			fmt.Fprintln(out, l)
+		}
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/sys/unix"
 
 	"github.com/raptiformica/raptiformica/builtin"
 	"github.com/raptiformica/raptiformica/daemon/agentapi"
@@ -432,19 +434,46 @@ func listenNotify(t *testing.T) *net.UnixConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	// The sender's credentials come with each datagram, as systemd has
+	// them: a notification from any process but this one is refused
+	// there (NotifyAccess=main).
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
 	t.Setenv("NOTIFY_SOCKET", sock)
 	t.Setenv("WATCHDOG_USEC", "400000")
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 	return conn
 }
 
+// readNotify returns the next notification, and fails the test if it came
+// from another process than the agent's (this one): Consul, the agent's
+// child, once found $NOTIFY_SOCKET in its environment and sent its own.
 func readNotify(t *testing.T, conn *net.UnixConn) string {
 	t.Helper()
 	buf := make([]byte, 256)
+	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred))
 	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	n, err := conn.Read(buf)
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
 	if err != nil {
 		t.Fatalf("no notification: %v", err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("notification %q without its sender's credentials: %v", buf[:n], err)
+	}
+	cred, err := unix.ParseUnixCredentials(&msgs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int(cred.Pid) != os.Getpid() {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cred.Pid))
+		t.Fatalf("notification %q from pid %d (%q), not the agent's process %d", buf[:n], cred.Pid, bytes.ReplaceAll(cmd, []byte{0}, []byte{' '}), os.Getpid())
 	}
 	return string(buf[:n])
 }

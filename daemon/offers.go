@@ -307,6 +307,9 @@ func (o *offerer) ask(ctx context.Context) state.Offer {
 			if sc, ok := be.(backends.Scoped); ok && bo.Available {
 				bo.Scope, _ = sc.Scope(ctx)
 			}
+			if d, ok := be.(backends.Detailer); ok && bo.Available {
+				bo.Detail = d.Detail(ctx)
+			}
 			if mr, ok := be.(backends.MemoryReporter); ok && bo.Available {
 				bo.FreeMemory, _ = mr.FreeMemory(ctx)
 			}

@@ -6,7 +6,11 @@
 # reason to skip:
 #   chromium         loads the status page (TestStatusPage)
 #   debootstrap      makes the fresh Debian the package is installed into and
-#                    the adopted machines boot (scripts/rootfs.sh)
+#                    the adopted machines boot (scripts/rootfs.sh), and the
+#                    VMs' root filesystem (scripts/vmimage.sh)
+#   qemu-system-x86_64, qemu-img
+#                    run the qemu backend's VMs (TestVM...)
+#   mkfs.ext4, ip    make the VMs' disk image, their bridge and taps
 #   zsh, fish        run the completion scripts (TestCompletion)
 #   ssh-agent, -add  the adoption test logs in through an SSH agent
 #   systemd-analyze  checks the shipped unit (TestSystemdUnit)
@@ -22,7 +26,8 @@ need=()
 for pair in chromium:chromium debootstrap:debootstrap zsh:zsh fish:fish \
 	ssh-agent:openssh-client ssh-add:openssh-client systemd-analyze:systemd \
 	pgrep:procps docker:docker.io redis-server:redis-server redis-cli:redis-tools \
-	prometheus-redis-exporter:prometheus-redis-exporter; do
+	prometheus-redis-exporter:prometheus-redis-exporter \
+	qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs ip:iproute2; do
 	command -v "${pair%%:*}" >/dev/null && continue
 	pkg="${pair#*:}"
 	[[ " ${need[*]-} " == *" $pkg "* ]] || need+=("$pkg")

@@ -254,7 +254,7 @@ func NewFactory(a Adopter) backends.Factory {
 
 func build(cfg backends.Config, env backends.Env, adopter Adopter) (backends.Backend, error) {
 	if env.ClusterDir == "" {
-		return nil, errors.New("exec backend needs the node's cluster_dir")
+		return nil, errors.New("exec backend: this machine's node config has no cluster_dir, where the machines it makes are kept")
 	}
 	if probs := Check(cfg); len(probs) > 0 {
 		return nil, fmt.Errorf("%s: %s", probs[0].Field, probs[0].Message)

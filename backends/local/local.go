@@ -81,7 +81,7 @@ type parsedNode struct {
 // addresses gives each host its own).
 func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	if env.ClusterDir == "" {
-		return nil, errors.New("local backend needs the node's cluster_dir")
+		return nil, errors.New("local backend: this machine's node config has no cluster_dir, where its machines are kept")
 	}
 	if len(cfg.Commands) > 0 {
 		return nil, errors.New("commands are for exec backends; a local backend takes settings only")

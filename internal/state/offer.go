@@ -38,6 +38,9 @@ type BackendOffer struct {
 	LocalOnly bool `json:"local_only,omitempty"`
 	// Scope is what the backend manages there (backends.Scoped).
 	Scope string `json:"scope,omitempty"`
+	// Detail says in a word how the backend runs machines there
+	// (backends.Detailer: the qemu backend's "kvm" or "tcg").
+	Detail string `json:"detail,omitempty"`
 	// FreeMemory is the memory free for its machines there, in bytes;
 	// 0 when the backend cannot tell (backends.MemoryReporter).
 	FreeMemory uint64 `json:"free_memory,omitempty"`

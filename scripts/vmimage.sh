@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# vmimage.sh DEB prints the folder of a QEMU virtual machine image for the
+# qemu backend (its `image_dir` setting), with the raptiformica package DEB
+# installed in it:
+#
+#   vmlinuz      Debian's kernel, booted directly (no bootloader)
+#   initrd.img   its initramfs (virtio and ext4 are modules in Debian's kernel)
+#   disk.img     the root filesystem, raw ext4; each machine boots a
+#                copy-on-write qcow2 overlay of it, never the file itself
+#
+# Two caches, both under the raptiformica cache folder:
+#   vmroot-<suite>-<hash>.tar  Debian with its kernel, systemd and the guest
+#                              agent, made once with debootstrap from the mirror
+#                              this machine's apt already uses (a few minutes)
+#   vm-<deb sha256>/           that root with DEB installed: made in about half
+#                              a minute, offline; the newest two are kept
+#
+# What the image adds to Debian, and why:
+#   raptiformica-fwcfg.service  copies the node config the backend hands in
+#                              through QEMU's firmware config (fw_cfg, which only
+#                              this VM reads) to /etc/raptiformica/agent.json
+#   raptiformica.service        the package's unit, enabled, with a drop-in that
+#                              starts it only when a node config exists: a VM
+#                              made by hand boots without one, and its operator
+#                              runs `raptiformica join --token …` and starts it
+#   systemd-networkd            configured from the kernel command line's `ip=`
+#                              (systemd-network-generator): the backend gives
+#                              each VM its address there, no DHCP server needed
+#   qemu-guest-agent            the host's root can run a command in its own VMs
+#                              (a socket only root on the host opens); the tests
+#                              read `systemctl show` through it
+set -euo pipefail
+
+DEB="${1:?usage: vmimage.sh path/to/raptiformica.deb}"
+[ -s "$DEB" ] || { echo "vmimage.sh: no package at $DEB" >&2; exit 1; }
+SUITE="${VM_SUITE:-bookworm}"
+CACHE="${RAPTIFORMICA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/raptiformica}"
+INCLUDE="linux-image-amd64,initramfs-tools,systemd,systemd-sysv,udev,dbus,kmod,iproute2,procps,qemu-guest-agent"
+BASE="$CACHE/vmroot-$SUITE-$(echo "$INCLUDE" | sha256sum | cut -c1-12).tar"
+SIZE="${VM_DISK_SIZE:-3G}"
+
+for tool in debootstrap mkfs.ext4; do
+	command -v "$tool" >/dev/null || {
+		echo "vmimage.sh: $tool is missing (apt-get install debootstrap e2fsprogs; make test does, through scripts/testdeps.sh)" >&2
+		exit 1
+	}
+done
+[ "$(id -u)" -eq 0 ] || { echo "vmimage.sh: debootstrap and chroot need root" >&2; exit 1; }
+
+sum="$(sha256sum "$DEB" | cut -c1-16)"
+OUT="$CACHE/vm-$sum"
+if [ -s "$OUT/disk.img" ]; then
+	touch "$OUT"
+	echo "$OUT"
+	exit 0
+fi
+
+work="$(mktemp -d)"
+cleanup() {
+	for m in dev/pts dev proc sys; do
+		mountpoint -q "$work/root/$m" 2>/dev/null && umount -l "$work/root/$m"
+	done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ ! -s "$BASE" ]; then
+	# The mirror apt is configured with (no host name is written here).
+	mirror=""
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[ -e "$f" ] || continue
+		mirror="$(awk -v suite="$SUITE" '
+			/^URIs:/ { uri = $2 }
+			/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) { print uri; exit } }' "$f")"
+		[ -n "$mirror" ] && break
+	done
+	if [ -z "$mirror" ] && [ -e /etc/apt/sources.list ]; then
+		mirror="$(awk -v suite="$SUITE" '$1 == "deb" && $3 == suite { print $2; exit }' /etc/apt/sources.list)"
+	fi
+	[ -n "$mirror" ] || { echo "vmimage.sh: no apt source for $SUITE in /etc/apt" >&2; exit 1; }
+	echo "making a $SUITE VM root filesystem with debootstrap into $BASE (once; a few minutes)" >&2
+	debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$work/root" "$mirror" >"$work/log" 2>&1 || {
+		tail -20 "$work/log" >&2
+		exit 1
+	}
+	rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*
+	mkdir -p "$CACHE"
+	tar -C "$work/root" -cf "$BASE.tmp" .
+	mv "$BASE.tmp" "$BASE"
+	rm -rf "$work/root"
+fi
+
+echo "making a VM image with $(basename "$DEB") into $OUT" >&2
+mkdir -p "$work/root"
+tar -C "$work/root" -xf "$BASE"
+root="$work/root"
+cp "$DEB" "$root/tmp/raptiformica.deb"
+# dpkg's maintainer scripts look at /proc; nothing in the image is started.
+mount -t proc proc "$root/proc"
+chroot "$root" dpkg -i /tmp/raptiformica.deb >"$work/log" 2>&1 || { cat "$work/log" >&2; exit 1; }
+rm -f "$root/tmp/raptiformica.deb"
+# An initramfs of what a VM boots from, not of every driver Debian has: a
+# fraction of the size, and seconds less of decompressing it under TCG.
+echo MODULES=list >"$root/etc/initramfs-tools/conf.d/raptiformica.conf"
+printf '%s\n' virtio_pci virtio_blk ext4 >"$root/etc/initramfs-tools/modules"
+chroot "$root" update-initramfs -u -k all >"$work/log" 2>&1 || { cat "$work/log" >&2; exit 1; }
+umount "$root/proc"
+
+cat >"$root/etc/fstab" <<'EOF'
+/dev/vda / ext4 rw,errors=remount-ro 0 1
+EOF
+# Every VM makes its own machine ID at first boot, and its own name comes from
+# the kernel command line (systemd.hostname=).
+: >"$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id"
+echo localhost >"$root/etc/hostname"
+
+cat >"$root/usr/lib/systemd/system/raptiformica-fwcfg.service" <<'EOF'
+# The node config the qemu backend handed this VM through QEMU's firmware
+# config (fw_cfg): readable by this VM's root only, and copied where the
+# packaged unit reads it. A VM made by hand has none, and this does nothing.
+[Unit]
+Description=raptiformica node config from the VM's firmware
+DefaultDependencies=no
+After=local-fs.target systemd-modules-load.service
+Before=raptiformica.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'modprobe qemu_fw_cfg 2>/dev/null; f=/sys/firmware/qemu_fw_cfg/by_name/opt/raptiformica/agent.json/raw; [ -r "$f" ] || exit 0; install -d -m 0755 /etc/raptiformica && install -m 0600 "$f" /etc/raptiformica/agent.json'
+
+[Install]
+WantedBy=multi-user.target
+EOF
+mkdir -p "$root/etc/systemd/system/raptiformica.service.d"
+cat >"$root/etc/systemd/system/raptiformica.service.d/vm.conf" <<'EOF'
+# In a VM image: start once the firmware's node config is in place, and only
+# if there is one (a VM made by hand has none until `raptiformica join`).
+[Unit]
+Wants=raptiformica-fwcfg.service
+After=raptiformica-fwcfg.service
+ConditionPathExists=/etc/raptiformica/agent.json
+EOF
+chroot "$root" systemctl enable raptiformica.service raptiformica-fwcfg.service \
+	systemd-networkd.service systemd-network-generator.service >"$work/log" 2>&1 ||
+	{ cat "$work/log" >&2; exit 1; }
+
+mkdir -p "$CACHE"
+tmp="$CACHE/vm-$sum.tmp"
+rm -rf "$tmp"
+mkdir -p "$tmp"
+cp -L "$root/vmlinuz" "$tmp/vmlinuz"
+cp -L "$root/initrd.img" "$tmp/initrd.img"
+mkfs.ext4 -q -F -L raptiformica -d "$root" "$tmp/disk.img" "$SIZE" >"$work/log" 2>&1 ||
+	{ cat "$work/log" >&2; exit 1; }
+rm -rf "$OUT"
+mv "$tmp" "$OUT"
+# Each image is a few hundred MiB on disk: keep the newest two.
+ls -dt "$CACHE"/vm-*/ 2>/dev/null | grep -v '\.tmp/$' | tail -n +3 | xargs -r rm -rf
+echo "$OUT"
