@@ -23,6 +23,7 @@ import (
 	"github.com/raptiformica/raptiformica/cluster"
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/resolve"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
 )
 
@@ -46,6 +47,9 @@ var errReported = errors.New("failure reported")
 func runWith(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A host without resolv.conf (Android's Linux environments) resolves
+	// through its system's properties; elsewhere this changes nothing.
+	resolve.Setup(nil)
 	root := newRoot()
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -183,12 +187,15 @@ func agentCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
+		log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.LevelFromString(*logLevel), Output: os.Stderr})
+		if servers := resolve.Setup(cfg.Resolvers); servers != nil {
+			log.Info("this host's resolv.conf names no DNS server: asking these", "resolvers", servers)
+		}
 		bin, err := os.Executable()
 		if err != nil {
 			return err
 		}
 		bin, _ = filepath.EvalSymlinks(bin)
-		log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.LevelFromString(*logLevel), Output: os.Stderr})
 		a := &daemon.Agent{Config: cfg, Registry: builtin.Registry(), Binary: bin, Log: log}
 		return a.Run(c.Context())
 	}

@@ -19,6 +19,7 @@ func TestHostileNodeConfig(t *testing.T) {
 		{"zone in a peer", `{` + minimal + `, "mesh": {"secret": "s", "peers": ["10.0.0.2:9651", "[fe80::1%eth0]:9651"]}}`, `agent.json: field mesh.peers[1]: endpoint "[fe80::1%eth0]:9651"`},
 		{"space in a peer", `{` + minimal + `, "mesh": {"secret": "s", "peers": ["vps 1:9651"]}}`, `agent.json: field mesh.peers[0]: endpoint "vps 1:9651"`},
 		{"signed port", `{` + minimal + `, "mesh": {"secret": "s", "advertise": ["vps1:+9651"]}}`, `agent.json: field mesh.advertise[0]: endpoint "vps1:+9651"`},
+		{"a resolver by name", `{` + minimal + `, "resolvers": ["192.0.2.53", "[2001:db8::53]:5353", "dns.example.org"]}`, `agent.json: field resolvers[2] "dns.example.org": want an IP address`},
 		{"a second document", "{" + minimal + "}\n{\"machine_id\": \"m2\"}\n", `agent.json:2: more after the config`},
 		{"too large", "{" + minimal + `, "platform": "` + strings.Repeat("x", MaxSize) + `"}`, `agent.json: larger than`},
 	} {

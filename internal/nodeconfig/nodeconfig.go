@@ -67,8 +67,13 @@ type Config struct {
 	// that runs several machines (the local backend on addresses of its
 	// own) gives each its own, or their ports would collide.
 	LoopbackAddr string `json:"loopback_addr,omitempty"`
-	ConsulBinary string `json:"consul_binary"`
-	ConsulServer bool   `json:"consul_server"`
+	// Resolvers are the DNS servers (an address, with a port or 53) the
+	// agent asks where the host's /etc/resolv.conf lists none, as on
+	// Android's Linux environments; there, without them, the system's
+	// properties (net.dns1, ...) are used. A host with its own keeps it.
+	Resolvers    []string `json:"resolvers,omitempty"`
+	ConsulBinary string   `json:"consul_binary"`
+	ConsulServer bool     `json:"consul_server"`
 	// Bootstrap makes this node a single-server cluster that the others join.
 	// Only the first node of a new cluster (the seed) has it; a replacement
 	// never does, or it would found a second cluster beside the first.
@@ -194,6 +199,13 @@ func (c Config) Validate() error {
 	if c.LoopbackAddr != "" {
 		if a, err := netip.ParseAddr(c.LoopbackAddr); err != nil || !a.IsLoopback() {
 			return fmt.Errorf("field loopback_addr %q: want a loopback address such as 127.240.1.2", c.LoopbackAddr)
+		}
+	}
+	for i, r := range c.Resolvers {
+		if _, err := netip.ParseAddrPort(r); err != nil {
+			if _, err := netip.ParseAddr(r); err != nil {
+				return fmt.Errorf("field resolvers[%d] %q: want an IP address, with a port or not (a resolver cannot be found by name)", i, r)
+			}
 		}
 	}
 	if t := c.TLS; t != nil {
