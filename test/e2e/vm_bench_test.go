@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -20,15 +19,9 @@ func BenchmarkVM(b *testing.B) {
 	vmSlot.Lock()
 	defer vmSlot.Unlock()
 	l := newVMLab(b, image)
-	worker := func(min int) string {
-		return l.platform("20s", `
-machine "worker" {
-  min      = `+strconv.Itoa(min)+`
-  max      = 1
-  backends = ["vm"]
-}
-`)
-	}
+	// One worker, or none at all (a max of 0: between min and max the
+	// planner keeps what runs).
+	worker := func(n int) string { return l.platform("20s", workerType(n, n)) }
 	l.up(l.writePlatform("platform.hcl", worker(0)))
 	l.waitAgree(3, 2*time.Minute, "three servers")
 	accel := ""
