@@ -129,10 +129,20 @@ func offered(r Member) string {
 	for i, name := range r.Offers {
 		out[i] = name
 		if d := r.OfferDetails[name]; d != "" {
-			out[i] += "(" + d + ")"
+			out[i] += "(" + cut(d, 20) + ")"
 		}
 	}
 	return list(out, ",")
+}
+
+// cut shortens what a member wrote to n runes for a line of the table: a
+// reason is a sentence, and a hostile member's page of text is not shown
+// whole (--json has it all).
+func cut(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n]) + "…"
+	}
+	return s
 }
 
 // notOffered groups the members by the backend they do not offer and why,
@@ -149,7 +159,7 @@ func notOffered(rows []Member) []string {
 	out := make([]string, 0, len(by))
 	for k, names := range by {
 		sort.Strings(names)
-		out = append(out, fmt.Sprintf("%s is not offered by %s: %s", safe(k.backend), list(names, ", "), safe(k.reason)))
+		out = append(out, fmt.Sprintf("%s is not offered by %s: %s", safe(k.backend), list(names, ", "), safe(cut(k.reason, 300))))
 	}
 	sort.Strings(out)
 	return out

@@ -93,3 +93,32 @@ func TestTrustOutputMembers(t *testing.T) {
 		}
 	}
 }
+
+// TestVMMembersOffers: members shows how a member runs a backend beside
+// the offer (vm(tcg)), and the backends members do not offer, one line
+// per backend and reason whatever the number of members, the reason
+// escaped and cut to a line.
+func TestVMMembersOffers(t *testing.T) {
+	long := strings.Repeat("x", 1000)
+	rows := []Member{
+		{Name: "a", Status: "alive", Offers: []string{"local", "vm"}, OfferDetails: map[string]string{"vm": "tcg"}},
+		{Name: "b", Status: "alive", Offers: []string{"local"}, NotOffered: map[string]string{"vm": "qemu backend: missing the kernel /x/vmlinuz"}},
+		{Name: "c", Status: "alive", Offers: []string{"local"}, NotOffered: map[string]string{"vm": "qemu backend: missing the kernel /x/vmlinuz", "docker": "\x1b]0;pwned\a" + long}},
+	}
+	var out strings.Builder
+	if err := WriteMembers(&out, rows, false); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{"local,vm(tcg)", "vm is not offered by b, c: qemu backend: missing the kernel /x/vmlinuz\n", `docker is not offered by c: \x1b]0;pwned\a`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("members lacks %q:\n%s", want, got)
+		}
+	}
+	if what, bad := rawControl(got); bad {
+		t.Errorf("the table holds %s", what)
+	}
+	if strings.Contains(got, long) {
+		t.Error("a member's page-long reason is shown whole")
+	}
+}

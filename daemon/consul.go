@@ -25,6 +25,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/logfile"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/procenv"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 )
 
@@ -430,7 +431,7 @@ func (p *ConsulProcess) runOnce(ctx context.Context) error {
 	}()
 	cmd := exec.Command(p.Config.ConsulBinary, "agent", "-config-file", cfgPath)
 	cmd.Stdout, cmd.Stderr = logw, logw
-	cmd.Env = childEnv(os.Environ())
+	cmd.Env = procenv.Child()
 	// Consul gone, its output is all read soon after; nothing it started
 	// may hold the pipe and the restart.
 	cmd.WaitDelay = 5 * time.Second
@@ -466,22 +467,4 @@ func stopProcess(cmd *exec.Cmd, done <-chan error, clk clock.Clock) {
 		_ = cmd.Process.Kill()
 		<-done
 	}
-}
-
-// childEnv is the agent's environment less what systemd gave the agent
-// alone: Consul speaks sd_notify too, and a child that finds
-// $NOTIFY_SOCKET sends its own READY=1 and watchdog pings, which systemd
-// refuses (NotifyAccess=main) and logs on every start; under
-// NotifyAccess=all they would be taken for the agent's.
-func childEnv(env []string) []string {
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		name, _, _ := strings.Cut(kv, "=")
-		switch name {
-		case "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES":
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/capped"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/procenv"
 	"github.com/raptiformica/raptiformica/internal/source"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/rules"
@@ -177,7 +178,7 @@ func (s *Self) one(ctx context.Context, p rules.Provisioner, starting func()) (s
 	if timeout <= 0 {
 		timeout = rules.DefaultStepTimeout
 	}
-	env := append(os.Environ(), "RAPTIFORMICA_PROVISIONER="+p.Name, "RAPTIFORMICA_PROVISIONER_DIR="+dir)
+	env := append(procenv.Child(), "RAPTIFORMICA_PROVISIONER="+p.Name, "RAPTIFORMICA_PROVISIONER_DIR="+dir)
 	env = append(env, s.Env...)
 	for i, argv := range p.Steps {
 		fmt.Fprintf(out, "$ %s\n", quoteArgv(argv))

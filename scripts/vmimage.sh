@@ -47,9 +47,27 @@ for tool in debootstrap mkfs.ext4; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "vmimage.sh: debootstrap and chroot need root" >&2; exit 1; }
 
+# What is cached here is extracted and chrooted into as root, and booted
+# with every VM's credentials: it must be root's alone.
+trusted() {
+	local f="$1" owner mode
+	read -r owner mode < <(stat -c '%u %a' "$f")
+	if [ "$owner" != 0 ] || [ $((8#$mode & 8#022)) -ne 0 ]; then
+		echo "vmimage.sh: $f is not root's alone (owner $owner, mode $mode): refusing to build VM images from it" >&2
+		exit 1
+	fi
+}
+mkdir -p "$CACHE"
+trusted "$CACHE"
+# One build at a time: two would share the temporary names.
+exec 9>"$CACHE/.vmimage.lock"
+flock 9
+
 sum="$(sha256sum "$DEB" | cut -c1-16)"
 OUT="$CACHE/vm-$sum"
 if [ -s "$OUT/disk.img" ]; then
+	trusted "$OUT"
+	trusted "$OUT/disk.img"
 	touch "$OUT"
 	echo "$OUT"
 	exit 0
@@ -60,18 +78,23 @@ cleanup() {
 	for m in dev/pts dev proc sys; do
 		mountpoint -q "$work/root/$m" 2>/dev/null && umount -l "$work/root/$m"
 	done
-	rm -rf "$work"
+	rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 
 if [ ! -s "$BASE" ]; then
 	# The mirror apt is configured with (no host name is written here).
+	# A stanza with the suite and the main component: Debian's own, not
+	# a third party's repository for the same suite.
 	mirror=""
 	for f in /etc/apt/sources.list.d/*.sources; do
 		[ -e "$f" ] || continue
 		mirror="$(awk -v suite="$SUITE" '
+			/^[[:space:]]*$/ { uri = ""; hit = 0; main = 0; next }
 			/^URIs:/ { uri = $2 }
-			/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) { print uri; exit } }' "$f")"
+			/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) hit = 1 }
+			/^Components:/ { for (i = 2; i <= NF; i++) if ($i == "main") main = 1 }
+			uri != "" && hit && main { print uri; exit }' "$f")"
 		[ -n "$mirror" ] && break
 	done
 	if [ -z "$mirror" ] && [ -e /etc/apt/sources.list ]; then
@@ -91,6 +114,7 @@ if [ ! -s "$BASE" ]; then
 fi
 
 echo "making a VM image with $(basename "$DEB") into $OUT" >&2
+trusted "$BASE"
 mkdir -p "$work/root"
 tar -C "$work/root" -xf "$BASE"
 root="$work/root"
@@ -105,6 +129,10 @@ echo MODULES=list >"$root/etc/initramfs-tools/conf.d/raptiformica.conf"
 printf '%s\n' virtio_pci virtio_blk ext4 >"$root/etc/initramfs-tools/modules"
 chroot "$root" update-initramfs -u -k all >"$work/log" 2>&1 || { cat "$work/log" >&2; exit 1; }
 umount "$root/proc"
+
+# debootstrap copied this machine's resolver settings: not the VMs' to
+# know (the agent asks the node config's resolvers where there is none).
+rm -f "$root/etc/resolv.conf"
 
 cat >"$root/etc/fstab" <<'EOF'
 /dev/vda / ext4 rw,errors=remount-ro 0 1
@@ -157,5 +185,6 @@ mkfs.ext4 -q -F -L raptiformica -d "$root" "$tmp/disk.img" "$SIZE" >"$work/log" 
 rm -rf "$OUT"
 mv "$tmp" "$OUT"
 # Each image is a few hundred MiB on disk: keep the newest two.
-ls -dt "$CACHE"/vm-*/ 2>/dev/null | grep -v '\.tmp/$' | tail -n +3 | xargs -r rm -rf
+find "$CACHE" -mindepth 1 -maxdepth 1 -type d -name 'vm-*' ! -name '*.tmp' -printf '%T@ %p\0' |
+	sort -z -rn | tail -z -n +3 | cut -z -d' ' -f2- | xargs -0 -r rm -rf --one-file-system --
 echo "$OUT"

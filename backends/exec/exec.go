@@ -57,6 +57,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/logfile"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/procenv"
 	"github.com/raptiformica/raptiformica/internal/source"
 )
 
@@ -665,7 +666,7 @@ func (b *Backend) run(ctx context.Context, name, wd string, env []string) (strin
 	defer cancel()
 	c := osexec.CommandContext(ctx, argv[0], argv[1:]...)
 	c.Dir = wd
-	c.Env = append(os.Environ(),
+	c.Env = append(procenv.Child(),
 		"RAPTIFORMICA_CLUSTER="+b.cluster,
 		"RAPTIFORMICA_BACKEND="+b.name,
 		"RAPTIFORMICA_WORKDIR="+wd,

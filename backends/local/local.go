@@ -35,6 +35,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/procenv"
 )
 
 var (
@@ -315,7 +316,7 @@ func (b *Backend) start(mdir string, node nodeconfig.Config) (backends.Instance,
 	cmd := exec.Command(b.binary, "agent", "-config", cfgPath)
 	cmd.Dir = mdir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "RAPTIFORMICA_MACHINE_DIR="+mdir)
+	cmd.Env = append(procenv.Child(), "RAPTIFORMICA_MACHINE_DIR="+mdir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return backends.Instance{}, fmt.Errorf("start agent: %w", err)

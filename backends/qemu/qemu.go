@@ -9,12 +9,17 @@
 //
 //	vm.json       what List reports: ID, type, maker, address, MAC, tap
 //	agent.json    the node config, handed to the VM through QEMU's firmware
-//	              config (fw_cfg), which only that VM reads
+//	              config (fw_cfg), which only that VM reads; removed once
+//	              QEMU has read it
 //	disk.qcow2    the VM's disk, an overlay of the image's disk.img
-//	pid           QEMU's process ID
-//	qmp.sock      QEMU's monitor (QMP): paused start, power button
+//	pid           QEMU's process ID and start time
+//	qmp.sock      QEMU's monitor (QMP): paused start, power button, and the
+//	              serial console's last MiB, which QEMU keeps (Console)
 //	qga.sock      the guest agent inside: root on this host runs commands there
-//	console.log   the serial console: the kernel's and systemd's output
+//	qemu.log      QEMU's own output
+//
+// QEMU runs under a seccomp sandbox and, once it has opened its devices
+// and files, as nobody: a guest is not trusted.
 //
 // Networking is a Linux bridge on this host with the VMs' taps on it, and
 // each VM's address set on its kernel command line (no DHCP server): the
@@ -40,6 +45,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -52,6 +58,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/internal/procenv"
 )
 
 var (
@@ -91,6 +98,8 @@ type Backend struct {
 	qemu     string
 	qemuImg  string
 	append   string
+
+	runAs string // the user QEMU runs as once started; "" keeps root
 
 	accelMu    sync.Mutex
 	accelFound string // what "auto" probed, once
@@ -133,9 +142,16 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		return def
 	}
 	imageDir := s("image_dir", DefaultImageDir)
+	// A VM's paths reach QEMU's command line, where a comma separates
+	// options, and its liveness is checked against that line: one
+	// absolute spelling, without commas.
+	clusterDir, err := filepath.Abs(env.ClusterDir)
+	if err != nil {
+		return nil, err
+	}
 	b := &Backend{
 		name:     cfg.Name,
-		dir:      filepath.Join(env.ClusterDir, "vms"),
+		dir:      filepath.Join(clusterDir, "vms"),
 		kernel:   s("kernel", filepath.Join(imageDir, "vmlinuz")),
 		initrd:   s("initrd", filepath.Join(imageDir, "initrd.img")),
 		disk:     s("disk", filepath.Join(imageDir, "disk.img")),
@@ -145,7 +161,11 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		qemu:     s("qemu", "qemu-system-x86_64"),
 		append:   s("append", ""),
 	}
-	var err error
+	for _, f := range []struct{ what, path string }{{"cluster_dir", b.dir}, {"setting kernel", b.kernel}, {"setting initrd", b.initrd}, {"setting disk", b.disk}} {
+		if strings.ContainsAny(f.path, ",\n") {
+			return nil, fmt.Errorf("%s %q: QEMU's options take no comma in a path", f.what, f.path)
+		}
+	}
 	if b.memory, err = positive(s("memory", "512"), "memory", 128, 1<<20); err != nil {
 		return nil, err
 	}
@@ -173,6 +193,9 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	}
 	if p, err := exec.LookPath(b.qemu); err == nil {
 		b.qemu = p
+	}
+	if _, err := user.Lookup("nobody"); err == nil && os.Geteuid() == 0 {
+		b.runAs = "nobody"
 	}
 	b.qemuImg = filepath.Join(filepath.Dir(b.qemu), "qemu-img")
 	if _, err := os.Stat(b.qemuImg); err != nil {
@@ -344,9 +367,6 @@ func (b *Backend) start(ctx context.Context, vdir string, node nodeconfig.Config
 	// On a bridge, failures are found in about a second; over the mesh,
 	// Consul's own timing stays (as for containers).
 	node.FastGossip = node.Mesh == nil
-	if err := nodeconfig.Write(filepath.Join(vdir, "agent.json"), node.WithDefaults()); err != nil {
-		return backends.Instance{}, err
-	}
 	sum := sha256.Sum256([]byte(vdir))
 	rec := vmRecord{
 		MachineID:   node.MachineID,
@@ -362,18 +382,32 @@ func (b *Backend) start(ctx context.Context, vdir string, node nodeconfig.Config
 	if err != nil {
 		return backends.Instance{}, err
 	}
+	// The record first: a folder List sees is one Destroy removes, with
+	// whatever a crash left in it.
 	if err := fsutil.WriteFileAtomic(filepath.Join(vdir, "vm.json"), append(raw, '\n'), 0o600); err != nil {
+		return backends.Instance{}, err
+	}
+	if err := nodeconfig.Write(filepath.Join(vdir, "agent.json"), node.WithDefaults()); err != nil {
 		return backends.Instance{}, err
 	}
 	if err := b.run(ctx, b.qemuImg, "create", "-q", "-f", "qcow2", "-b", b.disk, "-F", "raw", filepath.Join(vdir, "disk.qcow2"), b.diskSize); err != nil {
 		return backends.Instance{}, err
 	}
-	if err := ensureBridge(ctx, b.bridge, b.gateway()); err != nil {
+	made, err := ensureBridge(ctx, b.bridge, b.gateway())
+	if made {
+		// Noted, so that `down` removes what the backend made and no
+		// bridge an operator made.
+		if werr := os.WriteFile(filepath.Join(b.dir, ".bridge"), []byte(b.bridge+"\n"), 0o600); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	if err != nil {
 		return backends.Instance{}, err
 	}
 	cmd := exec.Command(b.qemu, b.args(vdir, rec, accel)...)
 	cmd.Dir = vdir // the sockets' paths are relative: a deep folder's would be too long
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Env = procenv.Child()
 	logf, err := os.OpenFile(filepath.Join(vdir, "qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return backends.Instance{}, err
@@ -384,9 +418,10 @@ func (b *Backend) start(ctx context.Context, vdir string, node nodeconfig.Config
 		return backends.Instance{}, fmt.Errorf("start QEMU: %w", err)
 	}
 	exited := make(chan struct{})
+	var waitErr error // read once exited is closed
 	// Reap QEMU if it exits while we live; after we die, init does.
-	go func() { cmd.Wait(); close(exited) }()
-	if err := os.WriteFile(filepath.Join(vdir, "pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	if err := writePID(vdir, cmd.Process.Pid); err != nil {
 		cmd.Process.Kill()
 		return backends.Instance{}, err
 	}
@@ -396,7 +431,7 @@ func (b *Backend) start(ctx context.Context, vdir string, node nodeconfig.Config
 	err = clock.Poll(ctx, clock.Real{}, 50*time.Millisecond, func() (bool, error) {
 		select {
 		case <-exited:
-			return false, fmt.Errorf("QEMU exited at start: %s", tail(filepath.Join(vdir, "qemu.log")))
+			return false, fmt.Errorf("QEMU exited at start (%v): %s", waitErr, tail(filepath.Join(vdir, "qemu.log")))
 		default:
 		}
 		var err error
@@ -411,6 +446,11 @@ func (b *Backend) start(ctx context.Context, vdir string, node nodeconfig.Config
 		return backends.Instance{}, err
 	}
 	if _, err := q.execute(ctx, "cont", nil); err != nil {
+		return backends.Instance{}, err
+	}
+	// QEMU read the node config as it started, and the VM never reboots
+	// (-no-reboot): its credentials need not stay on this disk.
+	if err := os.Remove(filepath.Join(vdir, "agent.json")); err != nil {
 		return backends.Instance{}, err
 	}
 	return backends.Instance{MachineID: node.MachineID, MachineType: node.MachineType, Address: rec.Address, Running: true, Created: rec.Created, MadeBy: node.MadeBy}, nil
@@ -434,13 +474,20 @@ func (b *Backend) args(vdir string, rec vmRecord, accel string) []string {
 	if accel == "kvm" {
 		cpu = "host"
 	}
-	return []string{
+	args := []string{
 		"-name", "guest=" + rec.MachineID,
 		"-machine", "q35,accel=" + accel,
 		"-cpu", cpu,
 		"-m", strconv.Itoa(b.memory), "-smp", strconv.Itoa(b.cpus),
 		"-nodefaults", "-no-user-config", "-display", "none",
-		"-serial", "file:console.log",
+		// The console in a ring buffer QEMU holds (read over QMP:
+		// Console): a guest that writes without end fills no disk.
+		"-chardev", "ringbuf,id=console,size=" + strconv.Itoa(consoleSize),
+		"-serial", "chardev:console",
+		// A guest is not trusted: QEMU runs without the system calls
+		// an escape would want, and as nobody once it has opened its
+		// devices and files.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=" + b.elevate() + ",spawn=deny,resourcecontrol=deny",
 		"-kernel", b.kernel, "-initrd", b.initrd, "-append", strings.Join(cmdline, " "),
 		"-drive", "file=" + filepath.Join(vdir, "disk.qcow2") + ",format=qcow2,if=virtio",
 		"-netdev", "tap,id=net0,ifname=" + rec.Tap + ",script=no,downscript=no",
@@ -453,7 +500,24 @@ func (b *Backend) args(vdir string, rec vmRecord, accel string) []string {
 		"-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
 		"-S", "-no-reboot",
 	}
+	if b.runAs != "" {
+		args = append(args, "-runas", b.runAs)
+	}
+	return args
 }
+
+// elevate is the sandbox's rule for set*uid calls: QEMU that drops to
+// nobody needs one call to do so (the sandbox would kill it), and as
+// nobody can never take root back; QEMU that stays root gets none.
+func (b *Backend) elevate() string {
+	if b.runAs != "" {
+		return "allow"
+	}
+	return "deny"
+}
+
+// consoleSize is how much of a VM's console QEMU keeps, in bytes.
+const consoleSize = 1 << 20
 
 func netmask(bits int) string {
 	m := uint32(0xffffffff) << (32 - bits)
@@ -605,6 +669,13 @@ func (b *Backend) RemoveAll(ctx context.Context) (int, error) {
 		if err := os.RemoveAll(r.dir); err != nil {
 			return n, err
 		}
+	}
+	marker := filepath.Join(b.dir, ".bridge")
+	if raw, err := os.ReadFile(marker); err == nil && strings.TrimSpace(string(raw)) == b.bridge {
+		if _, err := ip(ctx, "link", "del", "dev", b.bridge); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
+			return n, err
+		}
+		os.Remove(marker)
 	}
 	return n, nil
 }

@@ -172,9 +172,10 @@ func TestVMMonitorOfAStoppedQEMU(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	if err := os.WriteFile(filepath.Join(vdir, "pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+	if err := writePID(vdir, cmd.Process.Pid); err != nil {
 		t.Fatal(err)
 	}
+
 	ctx := context.Background()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -202,6 +203,22 @@ func TestVMMonitorOfAStoppedQEMU(t *testing.T) {
 		t.Fatalf("a stopped QEMU counts as not running: %v", err)
 	}
 	p.Close()
+	// The same PID with another start time is another process: a PID
+	// reused since, with a command line that may well look alike.
+	good, err := os.ReadFile(filepath.Join(vdir, "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(vdir, "pid"), []byte(strconv.Itoa(cmd.Process.Pid)+" 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := findVM(vdir); err == nil {
+		p.Close()
+		t.Error("a process that started at another time counts as the VM")
+	}
+	if err := os.WriteFile(filepath.Join(vdir, "pid"), good, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// Killed, it no longer runs, though its socket file stays.
 	cmd.Process.Signal(syscall.SIGCONT)
 	cmd.Process.Kill()
@@ -218,5 +235,60 @@ func TestVMGatewayIsFirstAddress(t *testing.T) {
 	b := newTest(t, map[string]string{"subnet": "10.250.7.99/24"})
 	if b.subnet != netip.MustParsePrefix("10.250.7.0/24") || b.gateway().Addr() != netip.MustParseAddr("10.250.7.1") {
 		t.Fatalf("subnet %s gateway %s", b.subnet, b.gateway())
+	}
+}
+
+// TestVMSpawnFailureLeavesNothing: a QEMU that exits at start fails the
+// spawn with what it said, and leaves no folder (and so no credentials),
+// no process and nothing List reports; down then removes the bridge the
+// backend made, and only that.
+func TestVMSpawnFailureLeavesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("makes a bridge")
+	}
+	if os.Geteuid() != 0 {
+		t.Fatal("the qemu backend needs root (bridges and taps): run make test as root")
+	}
+	img := t.TempDir()
+	for _, f := range []string{"vmlinuz", "initrd.img"} {
+		if err := os.WriteFile(filepath.Join(img, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(img, "disk.img"), make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fake := filepath.Join(t.TempDir(), "qemu-system-x86_64")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho 'qemu: could not load kernel' >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bridge := "rfqt" + strconv.Itoa(os.Getpid()%100000)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", bridge).Run() })
+	b := newTest(t, map[string]string{"image_dir": img, "qemu": fake, "accel": "tcg", "bridge": bridge, "subnet": "10.251.77.0/24"})
+	b.qemuImg, _ = exec.LookPath("qemu-img")
+	_, err := b.Spawn(context.Background(), backends.Spec{})
+	if err == nil || !strings.Contains(err.Error(), "bad machine id") {
+		t.Fatalf("a spawn without a machine ID: %v", err)
+	}
+	spec := backends.Spec{}
+	spec.Node.MachineID, spec.Node.MachineType = "worker-1", "worker"
+	_, err = b.Spawn(context.Background(), spec)
+	if err == nil || !strings.Contains(err.Error(), "QEMU exited at start") || !strings.Contains(err.Error(), "could not load kernel") {
+		t.Fatalf("spawn with a QEMU that exits: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(b.dir, "worker-1")); !os.IsNotExist(err) {
+		t.Errorf("the failed VM's folder is left: %v", err)
+	}
+	if insts, err := b.List(context.Background()); err != nil || len(insts) != 0 {
+		t.Errorf("List after a failed spawn: %v %v", insts, err)
+	}
+	if out, err := exec.Command("ip", "link", "show", bridge).CombinedOutput(); err != nil {
+		t.Fatalf("the bridge was not made: %v %s", err, out)
+	}
+	if _, err := b.RemoveAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec.Command("ip", "link", "show", bridge).Run(); err == nil {
+		t.Error("down left the bridge the backend made")
 	}
 }

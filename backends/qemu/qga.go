@@ -45,7 +45,9 @@ func GuestExecIn(ctx context.Context, vmDir string, argv ...string) (GuestResult
 		return GuestResult{}, fmt.Errorf("guest agent: %w", err)
 	}
 	defer conn.Close()
-	q := &qmp{conn: conn, r: bufio.NewReaderSize(conn, 4096)}
+	// Room for a status carrying guestOutputCap of output on each of
+	// stdout and stderr, base64 (4/3) and JSON-quoted.
+	q := &qmp{conn: conn, r: bufio.NewReaderSize(conn, 4096), lineCap: 3 * guestOutputCap}
 	// The guest agent has no greeting, and a reply to an earlier client's
 	// command may still be queued: a sync with a fresh ID skips past it.
 	id := rand.Int64N(1 << 31)
@@ -105,9 +107,10 @@ func GuestExecIn(ctx context.Context, vmDir string, argv ...string) (GuestResult
 	}
 }
 
+// capped cuts base64 text to what decodes to guestOutputCap bytes.
 func capped(s string) string {
-	if n := guestOutputCap * 4 / 3; len(s) > n {
-		return s[:n/4*4]
+	if n := guestOutputCap / 3 * 4; len(s) > n {
+		return s[:n]
 	}
 	return s
 }

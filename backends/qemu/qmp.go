@@ -26,6 +26,8 @@ const qmpLineCap = 1 << 20
 type qmp struct {
 	conn net.Conn
 	r    *bufio.Reader
+	// lineCap bounds one message; 0 is qmpLineCap.
+	lineCap int
 }
 
 // dialQMP connects to the monitor socket in vmDir. Unix socket paths are
@@ -97,8 +99,12 @@ func (q *qmp) read(v any) error {
 			return err
 		}
 		line = append(line, part...)
-		if len(line) > qmpLineCap {
-			return fmt.Errorf("qmp: a message over %d bytes", qmpLineCap)
+		limit := q.lineCap
+		if limit == 0 {
+			limit = qmpLineCap
+		}
+		if len(line) > limit {
+			return fmt.Errorf("qmp: a message over %d bytes", limit)
 		}
 		if !isPrefix {
 			break

@@ -3,6 +3,7 @@ package qemu
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -47,16 +48,21 @@ func (p *vmProc) exited() bool {
 var errNotRunning = errors.New("not running")
 
 // findVM returns the QEMU process of the VM in vdir, if it runs. The PID
-// file says which process; the process's command line, read after its
-// pidfd is open, says whether it is this VM's QEMU (PIDs are reused), and
-// the pidfd whether it still runs. QMP is never asked: a stopped QEMU
-// holds its socket open and answers nothing.
+// file says which process and when it started; the process's start time
+// and command line, read after its pidfd is open, say whether it is this
+// VM's QEMU (PIDs are reused), and the pidfd whether it still runs. QMP
+// is never asked: a stopped QEMU holds its socket open and answers
+// nothing.
 func findVM(vdir string) (*vmProc, error) {
 	raw, err := os.ReadFile(filepath.Join(vdir, "pid"))
 	if err != nil {
 		return nil, errNotRunning
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	f := strings.Fields(string(raw))
+	if len(f) != 2 {
+		return nil, errNotRunning
+	}
+	pid, err := strconv.Atoi(f[0])
 	if err != nil || pid <= 1 {
 		return nil, errNotRunning
 	}
@@ -66,11 +72,41 @@ func findVM(vdir string) (*vmProc, error) {
 	}
 	p := &vmProc{pid: pid, fd: fd}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !strings.Contains(string(cmdline), "file="+filepath.Join(vdir, "disk.qcow2")+",") || p.exited() || zombie(pid) {
+	started, _ := startTime(pid)
+	if err != nil || started != f[1] || !strings.Contains(string(cmdline), "file="+filepath.Join(vdir, "disk.qcow2")+",") || p.exited() || zombie(pid) {
 		p.Close()
 		return nil, errNotRunning
 	}
 	return p, nil
+}
+
+// writePID records a VM's QEMU: its PID and its start time, which a
+// process that gets the PID later does not share.
+func writePID(vdir string, pid int) error {
+	started, err := startTime(pid)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(vdir, "pid"), []byte(strconv.Itoa(pid)+" "+started+"\n"), 0o600)
+}
+
+// startTime is when pid started, in clock ticks after boot (field 22 of
+// /proc/<pid>/stat).
+func startTime(pid int) (string, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", err
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 {
+		return "", fmt.Errorf("/proc/%d/stat: no command", pid)
+	}
+	// After the command: field 3 onwards; the start time is field 22.
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 20 {
+		return "", fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	return f[19], nil
 }
 
 // zombie reports whether pid has exited and waits to be reaped.
@@ -219,7 +255,9 @@ func BootsToUserspace(ctx context.Context, qemu, accel, kernel, initrd string, t
 		"-kernel", kernel, "-initrd", initrd,
 		"-append", "console=ttyS0 panic=-1 rdinit=/bin/true",
 		"-no-reboot")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Its own, unlike a VM's: it dies with the agent, which a probe that
+	// hangs (the case it is for) must not outlive.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return false, 0, err
@@ -244,4 +282,16 @@ func BootsToUserspace(ctx context.Context, qemu, accel, kernel, initrd string, t
 		return false, time.Since(start), ctx.Err()
 	}
 	return false, time.Since(start), sc.Err()
+}
+
+// Console returns the end of the console of the VM in vmDir, as QEMU
+// keeps it (the last MiB), for an operator or a test to read.
+func Console(ctx context.Context, vmDir string) (string, error) {
+	raw, err := qmpCommand(ctx, vmDir, "ringbuf-read", map[string]any{"device": "console", "size": consoleSize, "format": "utf8"})
+	if err != nil {
+		return "", err
+	}
+	var out string
+	err = json.Unmarshal(raw, &out)
+	return out, err
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/raptiformica/raptiformica/daemon"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/resolve"
+	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/termsafe"
 )
 
@@ -189,7 +190,7 @@ func agentCmd() *cobra.Command {
 		}
 		log := hclog.New(&hclog.LoggerOptions{Name: "raptiformica", Level: hclog.LevelFromString(*logLevel), Output: os.Stderr})
 		if servers := resolve.Setup(cfg.Resolvers); servers != nil {
-			log.Info("this host's resolv.conf names no DNS server: asking these", "resolvers", servers)
+			log.Info("this host's resolv.conf names no DNS server: asking these", telemetry.KeyResolvers, servers)
 		}
 		bin, err := os.Executable()
 		if err != nil {

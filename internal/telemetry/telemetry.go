@@ -61,6 +61,7 @@ const (
 	KeyPublicKey       = "key"
 	KeyReadIndex       = "read_index"
 	KeyRecords         = "records"
+	KeyResolvers       = "resolvers"
 	KeyRetryJoin       = "retry_join"
 	KeyServer          = "server"
 	KeyServersAlive    = "servers_alive"

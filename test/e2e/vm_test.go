@@ -301,7 +301,8 @@ func (l *vmLab) qemuPID(id string) int {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	// "PID START-TIME"
+	pid, err := strconv.Atoi(strings.Fields(string(raw) + " ")[0])
 	if err != nil {
 		l.t.Fatal(err)
 	}
@@ -312,7 +313,15 @@ func (l *vmLab) qemuPID(id string) int {
 func (l *vmLab) dumpVMs() {
 	ents, _ := os.ReadDir(filepath.Join(l.dir, "vms"))
 	for _, e := range ents {
-		for _, f := range []string{"console.log", "qemu.log"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if out, err := qemu.Console(ctx, filepath.Join(l.dir, "vms", e.Name())); err == nil {
+			if len(out) > 4000 {
+				out = out[len(out)-4000:]
+			}
+			l.t.Logf("--- %s console:\n%s", e.Name(), out)
+		}
+		cancel()
+		for _, f := range []string{"qemu.log"} {
 			raw, err := os.ReadFile(filepath.Join(l.dir, "vms", e.Name(), f))
 			if err != nil {
 				continue
@@ -371,10 +380,10 @@ func TestVMWorkers(t *testing.T) {
 		poll(time.Minute, func() bool {
 			time.Sleep(500 * time.Millisecond)
 			var err error
-			out, err = l.guest(id, "systemctl", "show", "raptiformica", "-p", "ActiveState", "-p", "Type", "-p", "FragmentPath")
+			out, err = l.guest(id, "systemctl", "show", "raptiformica", "-p", "ActiveState", "-p", "Type", "-p", "FragmentPath", "-p", "WatchdogUSec")
 			return err == nil && strings.Contains(out, "ActiveState=active")
 		})
-		for _, want := range []string{"ActiveState=active", "Type=notify", "/systemd/system/raptiformica.service\n"} {
+		for _, want := range []string{"ActiveState=active", "Type=notify", "/systemd/system/raptiformica.service\n", "WatchdogUSec=1min"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%s: systemctl show raptiformica has no %s:\n%s", id, want, out)
 			}
@@ -445,6 +454,14 @@ func TestVMWorkers(t *testing.T) {
 	v = l.waitAgree(5, 3*time.Minute, "the VMs are found again after the leader's restart")
 	if after := sortedKeys(l.workers()); strings.Join(after, ",") != strings.Join(before, ",") {
 		t.Errorf("workers after the leader's restart: %v, want the same VMs %v", after, before)
+	}
+
+	// Minutes on, the agents' watchdog has been fed: systemd restarted
+	// none of them.
+	for _, id := range before {
+		if out, err := l.guest(id, "systemctl", "show", "raptiformica", "-p", "NRestarts", "-p", "ActiveState"); err != nil || !strings.Contains(out, "NRestarts=0") || !strings.Contains(out, "ActiveState=active") {
+			t.Errorf("%s: the agent under systemd: %v\n%s", id, err, out)
+		}
 	}
 
 	// One VM worker left, and one VM made by hand beside it: two VMs.
