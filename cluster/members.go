@@ -43,6 +43,12 @@ type Member struct {
 	OfferDetails map[string]string `json:"offer_details,omitempty"`
 	// NotOffered are the backends the member cannot run, with why.
 	NotOffered map[string]string `json:"not_offered,omitempty"`
+	// Arch ("linux/arm64") and Version are the member's and its agent's,
+	// as its offer says; ConsulVersion its Consul's, as its Consul
+	// gossips it. Empty where nothing says.
+	Arch          string `json:"arch,omitempty"`
+	Version       string `json:"version,omitempty"`
+	ConsulVersion string `json:"consul_version,omitempty"`
 	// Provisioned is the member's provisioning: ok, running, failed,
 	// outdated (done for an earlier description) or waiting (nothing
 	// published yet); empty when its type provisions nothing.
@@ -90,8 +96,11 @@ func Members(ctx context.Context, c *api.Client, opts rules.Options) ([]Member, 
 		}
 		r := recs[m.Name]
 		row := Member{Name: m.Name, Address: m.Addr, Status: string(reconcile.SerfStatus(m.Status)), Type: r.Type, State: string(r.State), Role: role, Leader: m.Name == leader}
+		// Consul's "build" tag is its version, then ":" and its commit.
+		row.ConsulVersion, _, _ = strings.Cut(m.Tags["build"], ":")
 		if o, ok := offers[m.Name]; ok {
 			row.Offers = append([]string{}, o.Offered()...)
+			row.Arch, row.Version = o.Arch, o.Version
 			for name, b := range o.Backends {
 				switch {
 				case b.Available && b.Detail != "":
@@ -180,7 +189,7 @@ func list(items []string, sep string) string {
 // (termsafe.String): the members wrote them.
 func WriteMembers(out io.Writer, rows []Member, withMesh bool) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER\tOFFERS\tPROVISIONED"
+	head := "NODE\tADDRESS\tSTATUS\tTYPE\tSTATE\tROLE\tLEADER\tOFFERS\tPROVISIONED\tARCH\tVERSION\tCONSUL"
 	if withMesh {
 		head += "\tMESH ENDPOINTS\tMESH PEERS"
 	}
@@ -190,7 +199,7 @@ func WriteMembers(out io.Writer, rows []Member, withMesh bool) error {
 		if r.Leader {
 			mark = "*"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", safe(r.Name), safe(r.Address), safe(r.Status), cell(r.Type), cell(r.State), safe(r.Role), mark, offered(r), cell(r.Provisioned))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", safe(r.Name), safe(r.Address), safe(r.Status), cell(r.Type), cell(r.State), safe(r.Role), mark, offered(r), cell(r.Provisioned), cell(strings.TrimPrefix(r.Arch, "linux/")), cell(cut(r.Version, 40)), cell(r.ConsulVersion))
 		if withMesh {
 			fmt.Fprintf(w, "\t%s\t%s", list(r.MeshEndpoints, ","), list(r.MeshPeers, ","))
 		}

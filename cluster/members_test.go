@@ -101,7 +101,7 @@ func TestTrustOutputMembers(t *testing.T) {
 func TestVMMembersOffers(t *testing.T) {
 	long := strings.Repeat("x", 1000)
 	rows := []Member{
-		{Name: "a", Status: "alive", Offers: []string{"local", "vm"}, OfferDetails: map[string]string{"vm": "tcg"}},
+		{Name: "a", Status: "alive", Offers: []string{"local", "vm"}, OfferDetails: map[string]string{"vm": "tcg"}, Arch: "linux/arm64", Version: "0.1.0+gabc", ConsulVersion: "1.22.0"},
 		{Name: "b", Status: "alive", Offers: []string{"local"}, NotOffered: map[string]string{"vm": "qemu backend: missing the kernel /x/vmlinuz"}},
 		{Name: "c", Status: "alive", Offers: []string{"local"}, NotOffered: map[string]string{"vm": "qemu backend: missing the kernel /x/vmlinuz", "docker": "\x1b]0;pwned\a" + long}},
 	}
@@ -110,7 +110,7 @@ func TestVMMembersOffers(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := out.String()
-	for _, want := range []string{"local,vm(tcg)", "vm is not offered by b, c: qemu backend: missing the kernel /x/vmlinuz\n", `docker is not offered by c: \x1b]0;pwned\a`} {
+	for _, want := range []string{"local,vm(tcg)", "arm64", "0.1.0+gabc", "1.22.0", "ARCH", "vm is not offered by b, c: qemu backend: missing the kernel /x/vmlinuz\n", `docker is not offered by c: \x1b]0;pwned\a`} {
 		if !strings.Contains(got, want) {
 			t.Errorf("members lacks %q:\n%s", want, got)
 		}

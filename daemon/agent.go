@@ -67,8 +67,10 @@ type Agent struct {
 	Registry backends.Registry
 	// Binary is the raptiformica executable that new machines run.
 	Binary string
-	Log    hclog.Logger
-	Clock  clock.Clock
+	// Version is the agent's version, as the members are shown it.
+	Version string
+	Log     hclog.Logger
+	Clock   clock.Clock
 	// LogMaxBytes is the size at which agent.log and consul.log are
 	// rotated; 0 means logfile.DefaultMaxBytes.
 	LogMaxBytes int64
@@ -283,7 +285,7 @@ func (a *Agent) setUp() (err error) {
 		notHere = c.Backend
 	}
 	a.offers = &offerer{
-		self: c.MachineID, notHere: notHere, backends: bes.get, platform: a.mirror.Platform, store: a.store,
+		self: c.MachineID, version: a.Version, notHere: notHere, backends: bes.get, platform: a.mirror.Platform, store: a.store,
 		clock: a.Clock, log: a.Log.Named("offers"), metrics: a.metrics, wake: make(chan struct{}, 1),
 	}
 	a.work = &worker{

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -36,6 +37,9 @@ const (
 // backend, where today it could use only the backends of its own machine.
 type offerer struct {
 	self string
+	// version is the agent's, published with the offer and its
+	// architecture.
+	version string
 	// notHere is a backend this machine may not offer whatever its check
 	// says: the one that made it, when its commands cannot run on the
 	// machines it makes (an exec backend's lead = "false").
@@ -291,7 +295,7 @@ func (o *offerer) ask(ctx context.Context) state.Offer {
 	}
 	ctx, cancel := context.WithTimeout(ctx, offerCheckTimeout)
 	defer cancel()
-	offer := state.Offer{Machine: o.self, Backends: make(map[string]state.BackendOffer, len(bes))}
+	offer := state.Offer{Machine: o.self, Arch: runtime.GOOS + "/" + runtime.GOARCH, Version: o.version, Backends: make(map[string]state.BackendOffer, len(bes))}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for name, be := range bes {

@@ -197,7 +197,7 @@ func agentCmd() *cobra.Command {
 			return err
 		}
 		bin, _ = filepath.EvalSymlinks(bin)
-		a := &daemon.Agent{Config: cfg, Registry: builtin.Registry(), Binary: bin, Log: log}
+		a := &daemon.Agent{Config: cfg, Registry: builtin.Registry(), Binary: bin, Version: version, Log: log}
 		return a.Run(c.Context())
 	}
 	return c

@@ -16,6 +16,13 @@ type Offer struct {
 	Machine string `json:"machine"`
 	// Backends are the description's backends by name.
 	Backends map[string]BackendOffer `json:"backends"`
+	// Arch is the machine's system and architecture as its agent was
+	// built for them ("linux/arm64"), and Version the agent's version:
+	// what `members` shows, and what a mixed cluster is told apart by.
+	// The member says them of itself, for itself: a member that lies is
+	// given machines it cannot run, nothing more.
+	Arch    string `json:"arch,omitempty"`
+	Version string `json:"version,omitempty"`
 	// Checked is when the machine last asked its backends.
 	Checked time.Time `json:"checked"`
 	// Index is the offer's KV index: an offer written after a record

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -400,6 +401,10 @@ func TestVMWorkers(t *testing.T) {
 	}
 	accel := map[string]string{}
 	for _, m := range l.members() {
+		// Every member says what it runs on and which versions.
+		if m.Arch != runtime.GOOS+"/"+runtime.GOARCH || m.Version == "" || !strings.HasPrefix(m.ConsulVersion, "1.") {
+			t.Errorf("member %s: arch %q, version %q, Consul %q", m.Name, m.Arch, m.Version, m.ConsulVersion)
+		}
 		if m.Role == "server" {
 			if !contains(m.Offers, "vm") {
 				t.Errorf("server %s does not offer vm: %v (not offered: %v)", m.Name, m.Offers, m.NotOffered)
