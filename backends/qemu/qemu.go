@@ -463,6 +463,11 @@ func (b *Backend) start(ctx context.Context, vdir string, node nodeconfig.Config
 func (b *Backend) args(vdir string, rec vmRecord, accel string) []string {
 	cmdline := []string{
 		"root=/dev/vda", "rw", "console=ttyS0", "net.ifnames=0", "panic=-1",
+		// Under TCG the serial port is emulated a character at a
+		// time: the kernel's and systemd's chatter costs seconds of a
+		// boot. Errors still reach the console, and the journal has
+		// the rest.
+		"quiet",
 		// systemd-network-generator turns this into the VM's network.
 		fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", rec.Address, b.gateway().Addr(), netmask(b.subnet.Bits()), rec.MachineID),
 		"systemd.hostname=" + rec.MachineID,
