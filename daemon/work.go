@@ -17,6 +17,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/state"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/internal/watch"
@@ -58,7 +59,11 @@ type worker struct {
 	running map[string]bool // machine IDs of the orders running here; guarded by mu
 	hosts   map[string]bool // backends this machine has run orders on; guarded by mu
 	said    map[string]string
-	wg      sync.WaitGroup
+	// unanswered holds, by machine ID, the orders whose claim got no
+	// answer (see take), as read before the claim took the node config
+	// out of KV. Only Run's goroutine touches it.
+	unanswered map[string]state.WorkOrder
+	wg         sync.WaitGroup
 }
 
 // hosting reports the backends this machine has run work orders on, and so
@@ -111,7 +116,7 @@ var workRetry = clock.Backoff{Initial: 2 * time.Second, Max: 2 * time.Second, Sp
 // ones and returns nil.
 func (w *worker) Run(ctx context.Context) error {
 	defer w.wg.Wait()
-	w.running, w.said = map[string]bool{}, map[string]string{}
+	w.running, w.said, w.unanswered = map[string]bool{}, map[string]string{}, map[string]state.WorkOrder{}
 	anchored := false
 	ordersWatch := watch.Watch{Wait: workWait, Clock: w.clock, Retry: workRetry,
 		OnError: func(err error, _ int) { w.log.Debug("read this machine's work orders", telemetry.KeyError, err) }}
@@ -136,8 +141,21 @@ func (w *worker) Run(ctx context.Context) error {
 		for _, b := range bad {
 			w.once(b.Key, "a work order that does not parse is left alone", errors.New(b.Error))
 		}
+		var unsure error
 		for _, id := range slices.Sorted(maps.Keys(orders)) {
-			w.take(ctx, orders[id])
+			if err := w.take(ctx, orders[id]); err != nil {
+				unsure = err
+			}
+		}
+		for id := range w.unanswered {
+			if _, ok := orders[id]; !ok {
+				delete(w.unanswered, id) // taken back: nothing to run
+			}
+		}
+		if unsure != nil {
+			// A claim that went unapplied changed nothing to wake the
+			// watch: read afresh after workRetry instead.
+			return 0, false, unsure
 		}
 		return next, false, nil
 	}, nil)
@@ -155,30 +173,55 @@ func (w *worker) once(id, msg string, err error) {
 
 // take claims a new order and starts it; an order that says it runs but
 // does not run here was running when this agent stopped, and is reported
-// failed, so that the leader cleans up whatever it left.
-func (w *worker) take(ctx context.Context, o state.WorkOrder) {
+// failed, so that the leader cleans up whatever it left. It returns an
+// error when a claim got no answer: the order is to be read again soon.
+func (w *worker) take(ctx context.Context, o state.WorkOrder) error {
 	w.mu.Lock()
 	busy := w.running[o.MachineID]
 	w.mu.Unlock()
 	switch {
 	case busy || o.Finished():
-		return
+		return nil
 	case o.State == state.WorkRunning:
+		if mine, ok := w.unanswered[o.MachineID]; ok && mine.Kind == o.Kind {
+			// Our own claim, applied though its answer was lost: only
+			// this agent claims this machine's orders, and it read the
+			// order new before it claimed.
+			delete(w.unanswered, o.MachineID)
+			w.start(ctx, o, mine.Node)
+			return nil
+		}
 		w.report(ctx, o, backends.Instance{}, errors.New("this machine's agent stopped while it ran the order"))
-		return
+		return nil
 	}
 	// The claim takes the new machine's credentials out of KV: this
 	// agent holds them in memory for the spawn, and an order that says it
 	// runs is never run again.
-	node := o.Node
+	read, node := o, o.Node
 	o.State, o.Node = state.WorkRunning, nil
 	claimed, err := w.orders.Put(ctx, o)
-	if err != nil {
-		if !errors.Is(err, state.ErrConflict) {
-			w.once(o.MachineID, "claim a work order", err)
-		}
-		return // taken back, or changed: the next read decides
+	switch {
+	case errors.Is(err, state.ErrConflict):
+		delete(w.unanswered, o.MachineID)
+		return nil // taken back, or changed: the next read decides
+	case err != nil:
+		// A write whose answer is lost (the Raft leader gone between
+		// its commit and its reply) may have been applied: the order
+		// then reads as running, and must not be taken for one this
+		// agent left behind when it stopped.
+		w.unanswered[o.MachineID] = read
+		w.once(o.MachineID, "claim a work order", err)
+		return fmt.Errorf("claim the work order for %s: %w", o.MachineID, err)
 	}
+	delete(w.unanswered, o.MachineID)
+	w.start(ctx, claimed, node)
+	return nil
+}
+
+// start runs a claimed order in its own goroutine, with the node config
+// its claim took out of KV, and reports its outcome.
+func (w *worker) start(ctx context.Context, claimed state.WorkOrder, node *nodeconfig.Config) {
+	o := claimed
 	w.mu.Lock()
 	w.running[o.MachineID] = true
 	w.mu.Unlock()

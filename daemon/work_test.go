@@ -2,8 +2,12 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,7 +84,24 @@ type workLab struct {
 
 func newWorkLab(t *testing.T, gate chan struct{}) *workLab {
 	t.Helper()
+	return newWorkLabVia(t, gate, nil)
+}
+
+// newWorkLabVia is newWorkLab with the host's requests to Consul going
+// through via, when it is set.
+func newWorkLabVia(t *testing.T, gate chan struct{}, via http.RoundTripper) *workLab {
+	t.Helper()
 	consul := startTestConsul(t)
+	hostStore := kvschema.New(consul.Client)
+	if via != nil {
+		cfg := api.DefaultConfig()
+		cfg.Address, cfg.Scheme, cfg.Token, cfg.HttpClient = consul.Addr, "http", "", &http.Client{Transport: via}
+		cl, err := api.NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hostStore = kvschema.New(cl)
+	}
 	host, err := consul.Client.Agent().NodeName()
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +113,7 @@ func newWorkLab(t *testing.T, gate chan struct{}) *workLab {
 	}
 	l.inv = &reconcile.Inventory{Store: l.store}
 	w := &worker{
-		orders:   reconcile.NewOrders(l.store, host),
+		orders:   reconcile.NewOrders(hostStore, host),
 		backends: func() map[string]backends.Backend { return map[string]backends.Backend{"engine": l.be} },
 		env:      backends.Env{ClusterDir: "/host/cluster", ConsulBinary: "/host/consul"},
 		published: func(_ context.Context, write func()) uint64 {
@@ -227,6 +248,79 @@ func TestWorkOrderOutlivesItsLeader(t *testing.T) {
 	for _, r := range l.records(t) {
 		if r.State != reconcile.StateJoining || r.Address != "10.9.0.7" {
 			t.Errorf("record after the resumed spawn: %+v", r)
+		}
+	}
+	if spawns, _ := l.be.calls(); len(spawns) != 1 {
+		t.Errorf("spawns: %v, want one", spawns)
+	}
+	assertNoOrders(t, l)
+}
+
+// answerLost sends each request on, and loses the answer of the first
+// check-and-set write to a work order (not the folder's anchor) while it is
+// armed: the write is
+// applied, its writer hears an error, as when the Raft leader dies between
+// committing a write and answering it.
+type answerLost struct {
+	armed atomic.Bool
+	lost  atomic.Int32
+	// unsent loses the request itself instead: the write is never made.
+	unsent bool
+}
+
+func (a *answerLost) RoundTrip(req *http.Request) (*http.Response, error) {
+	hit := req.Method == http.MethodPut && strings.HasPrefix(req.URL.Path, "/v1/kv/"+kvschema.Work) &&
+		!strings.HasSuffix(req.URL.Path, "/.watch") && req.URL.Query().Has("cas")
+	if hit && a.unsent && a.armed.CompareAndSwap(true, false) {
+		a.lost.Add(1)
+		return nil, errors.New("connection reset: the request was lost")
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil || !hit || !a.armed.CompareAndSwap(true, false) {
+		return resp, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	a.lost.Add(1)
+	return nil, errors.New("EOF: the answer was lost")
+}
+
+// TestWorkOrderClaimWhoseAnswerIsLost: the host's claim of an order is
+// applied but its answer lost. The order then reads as running while
+// nothing runs it, which is also how an order reads that the host's last
+// agent left behind; the host knows its own claim, runs the spawn once,
+// and the leader records the machine, never a failure.
+func TestWorkOrderClaimWhoseAnswerIsLost(t *testing.T) {
+	testClaimLost(t, &answerLost{})
+}
+
+// TestWorkOrderClaimNeverSent: the claim fails before it reaches Consul,
+// so nothing changes that would wake the host's watch of its orders; the
+// host reads them again at once, claims the order and runs it, well
+// within the provision timeout.
+func TestWorkOrderClaimNeverSent(t *testing.T) {
+	testClaimLost(t, &answerLost{unsent: true})
+}
+
+func testClaimLost(t *testing.T, lossy *answerLost) {
+	lossy.armed.Store(true)
+	l := newWorkLabVia(t, nil, lossy)
+	e := l.executor()
+	spawn := state.Action{Kind: state.KindSpawn, Type: "web", Backend: "engine", Host: l.host}
+	if err := e.Execute(context.Background(), l.p, nil, reconcile.Observed{Self: "leader"}, []state.Action{spawn}); err != nil {
+		t.Fatal(err)
+	}
+	e.Wait()
+	if lossy.lost.Load() != 1 {
+		t.Fatalf("answers lost: %d, want the claim's", lossy.lost.Load())
+	}
+	recs := l.records(t)
+	if len(recs) != 1 {
+		t.Fatalf("records: %+v, want the one spawned", recs)
+	}
+	for _, r := range recs {
+		if r.State != reconcile.StateJoining || r.Address != "10.9.0.7" {
+			t.Errorf("record after a claim whose answer was lost: %+v, want joining at the machine's address", r)
 		}
 	}
 	if spawns, _ := l.be.calls(); len(spawns) != 1 {
