@@ -417,14 +417,17 @@ func (b *Backend) start(ctx context.Context, vdir string, node nodeconfig.Config
 	if err := cmd.Start(); err != nil {
 		return backends.Instance{}, fmt.Errorf("start QEMU: %w", err)
 	}
+	// Its start time is read before anything reaps it: until then, even a
+	// QEMU that exited at once is a zombie whose /proc entry stays.
+	if err := writePID(vdir, cmd.Process.Pid); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return backends.Instance{}, err
+	}
 	exited := make(chan struct{})
 	var waitErr error // read once exited is closed
 	// Reap QEMU if it exits while we live; after we die, init does.
 	go func() { waitErr = cmd.Wait(); close(exited) }()
-	if err := writePID(vdir, cmd.Process.Pid); err != nil {
-		cmd.Process.Kill()
-		return backends.Instance{}, err
-	}
 	// Started paused (-S): the tap exists once QEMU runs, and joins the
 	// bridge before the guest sends its first packet.
 	var q *qmp
