@@ -15,7 +15,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # The pinned Consul, built once into the cache (see scripts/consul.sh).
 CONSUL = $(shell scripts/consul.sh)
 
-.PHONY: all build consul up down test testdeps test-short vet bench soak clean package fuzz
+.PHONY: all build build-archs consul up down test testdeps test-short vet bench soak clean package fuzz
 
 all: build
 
@@ -50,7 +50,7 @@ vet:
 # the fields are a debug latency figure we do not read. Our own code there is
 # a mutex and a channel.
 test: testdeps vet
-	@consul="$$(scripts/consul.sh)" && prom="$$(scripts/prometheus.sh)" && \
+	@consul="$$(scripts/consul.sh)" && scripts/consul.sh arm64 >/dev/null && prom="$$(scripts/prometheus.sh)" && \
 		PATH="$$prom:$$PATH" RAPTIFORMICA_CONSUL="$$consul" $(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/mesh$$') && \
 		$(GO) test -count=1 ./mesh/
 
@@ -116,13 +116,34 @@ bench: build testdeps
 # tagged, the commit names the build.
 PKG_VERSION ?= 0.1.0+git$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-package: build
-	@consul="$$(scripts/consul.sh)" && nfpm="$$(scripts/nfpm.sh)" && rm -rf dist && mkdir -p dist/stage && \
-	cp $(BIN) dist/stage/raptiformica && cp "$$consul" dist/stage/consul && \
-	for format in deb rpm; do \
-		PKG_ARCH="$$($(GO) env GOARCH)" PKG_VERSION="$(PKG_VERSION)" \
-			"$$nfpm" package --config packaging/nfpm.yaml --packager $$format --target dist/ || exit 1; \
+# The architectures `make package` builds for, by Go's names (arm is ARMv7):
+# `make test` builds amd64 and arm64, the two its tests run; 386 and arm take
+# a Consul build of about 8 minutes each, once (ARCHS="amd64 arm64 386 arm").
+ARCHS ?= amd64 arm64
+
+# The agent for each of ARCHS in bin/linux-<arch>/, where adoption looks for
+# the binaries of a machine of another architecture (static: no cgo).
+build-archs:
+	@for a in $(ARCHS); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$a GOARM=7 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" \
+			-o bin/linux-$$a/raptiformica ./cmd/raptiformica || exit 1; \
 	done
+
+# Per architecture: dist/linux-<arch>/ holds the agent and the pinned Consul
+# (RAPTIFORMICA_ARTIFACTS=dist lets an agent adopt machines of each), and
+# the .deb and .rpm are made from it (nfpm reads dist/stage, which points
+# at it in turn; nfpm's "arm7" is ARMv7).
+package: build build-archs
+	@nfpm="$$(scripts/nfpm.sh)" && rm -rf dist && mkdir -p dist && \
+	for a in $(ARCHS); do \
+		consul="$$(scripts/consul.sh $$a)" && mkdir -p dist/linux-$$a && \
+		cp bin/linux-$$a/raptiformica "$$consul" dist/linux-$$a/ && ln -sfn linux-$$a dist/stage || exit 1; \
+		pkgarch=$$a; if [ $$a = arm ]; then pkgarch=arm7; fi; \
+		for format in deb rpm; do \
+			PKG_ARCH=$$pkgarch PKG_VERSION="$(PKG_VERSION)" \
+				"$$nfpm" package --config packaging/nfpm.yaml --packager $$format --target dist/ || exit 1; \
+		done; \
+	done; rm -f dist/stage
 
 soak: build
 	@consul="$$(scripts/consul.sh)" && RAPTIFORMICA_CONSUL="$$consul" bench/soak.sh

@@ -110,6 +110,15 @@ type Detailer interface {
 	Detail(ctx context.Context) string
 }
 
+// Archer is implemented by a backend that knows the architecture (Go's
+// name) of the machines it makes on this host: local processes, containers
+// and VMs have the host's own; an exec or ssh backend says it in its arch
+// setting. A machine type that names archs is placed only where a backend
+// says one of them.
+type Archer interface {
+	MachineArch() string
+}
+
 // Seeder is implemented by a backend that can start the first machine of a
 // new cluster: one that needs no running cluster to spawn (no state in KV).
 // The caller spawns the seed with the node config's Bootstrap set; CanSeed

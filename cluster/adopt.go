@@ -14,6 +14,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/deploy/systemd"
 	"github.com/raptiformica/raptiformica/enrol"
+	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/provision"
@@ -89,12 +90,12 @@ func Adopt(ctx context.Context, c *api.Client, p *rules.Platform, s AdoptSpec) (
 	if err != nil {
 		return nil, err
 	}
-	self, err := os.Executable()
+	arts, err := arch.NativeArtifacts(consul)
 	if err != nil {
 		return nil, err
 	}
 	a := &provision.Adopter{
-		Dialer: dialer, Binary: self, Consul: consul, Unit: systemd.Unit(provision.RemoteBinary),
+		Dialer: dialer, Artifacts: arts, Unit: systemd.Unit(provision.RemoteBinary),
 		Joined:   func(ctx context.Context, id string) (bool, error) { return alive(ctx, c, id) },
 		Progress: func(st provision.Step) { s.Say("%s\n", st) },
 	}

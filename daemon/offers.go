@@ -314,6 +314,9 @@ func (o *offerer) ask(ctx context.Context) state.Offer {
 			if d, ok := be.(backends.Detailer); ok && bo.Available {
 				bo.Detail = d.Detail(ctx)
 			}
+			if ar, ok := be.(backends.Archer); ok && bo.Available {
+				bo.Arch = ar.MachineArch()
+			}
 			if mr, ok := be.(backends.MemoryReporter); ok && bo.Available {
 				bo.FreeMemory, _ = mr.FreeMemory(ctx)
 			}

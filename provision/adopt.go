@@ -11,13 +11,13 @@ import (
 	"net"
 	"os"
 	"path"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pkg/sftp"
 
+	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/pki"
@@ -69,12 +69,13 @@ func keptTLS(old, node nodeconfig.Config) *nodeconfig.TLS {
 // that is already right changes nothing.
 type Adopter struct {
 	Dialer Dialer
-	// Binary and Consul are the local files uploaded; they must be built
-	// for Linux on GOARCH.
-	Binary, Consul string
-	// GOARCH is the architecture of Binary and Consul (default: this
-	// process's).
-	GOARCH string
+	// Artifacts are the binaries uploaded, the pair built for the
+	// machine's architecture.
+	Artifacts arch.Artifacts
+	// Arch, when set, is the architecture (Go's name) the machine must
+	// have: a backend that says which machines it makes (its arch
+	// setting, which placement trusts) refuses any other.
+	Arch string
 	// Unit is the systemd unit installed where systemd runs; its ExecStart
 	// names RemoteBinary.
 	Unit []byte
@@ -180,7 +181,7 @@ func (a *Adopter) Adopt(ctx context.Context, spec AdoptSpec) (Result, error) {
 	if err != nil {
 		return fail("detect", err)
 	}
-	if err := r.checkSpace(); err != nil {
+	if err := r.checkSpace(sys); err != nil {
 		return fail("disk", err)
 	}
 	// A machine that already runs a node of this cluster keeps its ID.
@@ -199,11 +200,11 @@ func (a *Adopter) Adopt(ctx context.Context, spec AdoptSpec) (Result, error) {
 	if keep {
 		res.Node.TLS = keptTLS(old, res.Node)
 	}
-	changedBin, err := r.upload(a.Binary, RemoteBinary)
+	changedBin, err := r.upload(sys.binary, RemoteBinary)
 	if err != nil {
 		return fail("upload", err)
 	}
-	changedConsul, err := r.upload(a.Consul, RemoteConsul)
+	changedConsul, err := r.upload(sys.consul, RemoteConsul)
 	if err != nil {
 		return fail("upload", err)
 	}
@@ -258,15 +259,11 @@ func (r *remote) sh(script string, args ...string) ([]byte, error) {
 	return r.run(append([]string{"/bin/sh", "-c", script, "sh"}, args...), nil)
 }
 
+// system is what detect found on the machine, and the binaries for it.
 type system struct {
-	arch    string
-	systemd bool
-}
-
-// goArch maps `uname -m` to Go's architecture names.
-var goArch = map[string]string{
-	"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-	"armv7l": "arm", "i686": "386", "i386": "386", "riscv64": "riscv64", "ppc64le": "ppc64le", "s390x": "s390x",
+	arch           string
+	systemd        bool
+	binary, consul string
 }
 
 func (r *remote) detect() (system, error) {
@@ -284,13 +281,15 @@ func (r *remote) detect() (system, error) {
 	if len(f) != 2 || f[0] != "Linux" {
 		return sys, fmt.Errorf("unsupported system %q: raptiformica runs on Linux", lines[0])
 	}
-	want := r.a.GOARCH
-	if want == "" {
-		want = runtime.GOARCH
+	sys.arch = arch.FromUname(f[1])
+	if sys.arch == "" {
+		return sys, fmt.Errorf("%w for architecture %s (none of Go's runs there): raptiformica is built for %s; nothing was installed", arch.ErrNoBuild, f[1], strings.Join(arch.Known, ", "))
 	}
-	sys.arch = goArch[f[1]]
-	if sys.arch != want {
-		return sys, fmt.Errorf("unsupported architecture %s (%s): the binaries at hand are linux/%s; nothing was installed", f[1], orUnknown(sys.arch), want)
+	if r.a.Arch != "" && sys.arch != r.a.Arch {
+		return sys, fmt.Errorf("architecture %s is linux/%s, and the backend's machines are to be linux/%s (its arch setting); nothing was installed", f[1], sys.arch, r.a.Arch)
+	}
+	if sys.binary, sys.consul, err = r.a.Artifacts.For(sys.arch); err != nil {
+		return sys, fmt.Errorf("architecture %s: %w; nothing was installed", f[1], err)
 	}
 	sys.systemd = len(lines) > 1 && lines[1] == "systemd"
 	detail := "linux/" + sys.arch
@@ -306,18 +305,11 @@ func (r *remote) detect() (system, error) {
 	return sys, nil
 }
 
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown to Go"
-	}
-	return "Go " + s
-}
-
 // checkSpace refuses a machine whose disk cannot take the binaries, before
 // anything is written.
-func (r *remote) checkSpace() error {
+func (r *remote) checkSpace(sys system) error {
 	var need int64 = 16 << 20 // config, logs and Consul's first writes
-	for _, f := range []string{r.a.Binary, r.a.Consul} {
+	for _, f := range []string{sys.binary, sys.consul} {
 		st, err := os.Stat(f)
 		if err != nil {
 			return fmt.Errorf("local binary: %w", err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends/exec"
 	"github.com/raptiformica/raptiformica/deploy/systemd"
+	"github.com/raptiformica/raptiformica/internal/arch"
 )
 
 // SpawnAdopter adopts the machines an exec backend makes in the original
@@ -73,7 +74,7 @@ func (a SpawnAdopter) Adopt(ctx context.Context, m exec.SSHMachine) error {
 	if h.Port == 0 {
 		h.Port = 22
 	}
-	ad := &Adopter{Dialer: d, Binary: m.Binary, Consul: m.Consul, Unit: systemd.Unit(RemoteBinary), Progress: a.Progress}
+	ad := &Adopter{Dialer: d, Artifacts: arch.Artifacts{Binary: m.Binary, Consul: m.Consul}, Arch: m.Arch, Unit: systemd.Unit(RemoteBinary), Progress: a.Progress}
 	if m.Progress != nil {
 		ad.Progress = func(s Step) {
 			if a.Progress != nil {

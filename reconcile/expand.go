@@ -48,7 +48,7 @@ func (ps *pass) scalePerHost(name string, mt rules.MachineType, t *tally) {
 	var short []string
 	want := 0
 	for _, h := range sortedKeys(hs.Offers) {
-		if !offersAny(hs.Offers[h], mt.Backends) {
+		if !offersAny(hs.Offers[h], mt) {
 			continue
 		}
 		held := hs.Load[h].ByType[name]
@@ -145,6 +145,8 @@ func (ps *pass) hostOf(r Record) string {
 	return r.Host
 }
 
-func offersAny(o state.Offer, backends []string) bool {
-	return slices.ContainsFunc(backends, func(b string) bool { return o.Backends[b].Available })
+// offersAny reports whether offer o can make a machine of type mt on one of
+// its backends.
+func offersAny(o state.Offer, mt rules.MachineType) bool {
+	return slices.ContainsFunc(mt.Backends, func(b string) bool { return o.Backends[b].Available && archFits(mt, o.Backends[b]) })
 }

@@ -1,8 +1,11 @@
 package reconcile
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/raptiformica/raptiformica/internal/state"
@@ -59,9 +62,14 @@ func Place(mt rules.MachineType, hs Hosts, now time.Time) (p Placement, why []st
 	for _, b := range mt.Backends {
 		var offering, usable []string
 		backingOff, full, low := 0, 0, 0
-		firstBackoff := ""
+		firstBackoff, otherArchs := "", map[string]int{}
 		for _, h := range hosts {
-			if !hs.Offers[h].Backends[b].Available {
+			bo := hs.Offers[h].Backends[b]
+			if !bo.Available {
+				continue
+			}
+			if !archFits(mt, bo) {
+				otherArchs[cmp.Or(bo.Arch, "unsaid")]++
 				continue
 			}
 			offering = append(offering, h)
@@ -91,6 +99,9 @@ func Place(mt rules.MachineType, hs Hosts, now time.Time) (p Placement, why []st
 			why = append(why, fmt.Sprintf("backend %q: %d hosts backing off after failures (%s)", b, backingOff, firstBackoff))
 		}
 		switch {
+		case len(offering) == 0 && len(otherArchs) > 0:
+			why = append(why, fmt.Sprintf("backend %q: its machines are not %s on any host offering it (%s)", b, strings.Join(mt.Archs, " or "), archCounts(otherArchs)))
+			continue
 		case len(offering) == 0:
 			why = append(why, fmt.Sprintf("backend %q: no member offers it", b))
 			continue
@@ -113,6 +124,27 @@ func Place(mt rules.MachineType, hs Hosts, now time.Time) (p Placement, why []st
 		return Placement{Backend: b, Host: best}, why, true
 	}
 	return Placement{}, why, false
+}
+
+// archFits reports whether backend offer bo makes machines of an
+// architecture type mt runs on: any, where mt names none; one it names,
+// where bo says its machines' (an offer that does not say fits none).
+func archFits(mt rules.MachineType, bo state.BackendOffer) bool {
+	return len(mt.Archs) == 0 || slices.Contains(mt.Archs, bo.Arch)
+}
+
+// archCounts says how many hosts make machines of each architecture:
+// "amd64 on 2 hosts, unsaid on 1".
+func archCounts(n map[string]int) string {
+	var parts []string
+	for _, a := range slices.Sorted(maps.Keys(n)) {
+		hosts := "hosts"
+		if n[a] == 1 {
+			hosts = "host"
+		}
+		parts = append(parts, fmt.Sprintf("%s on %d %s", a, n[a], hosts))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // fewer reports whether a host with load l spreads a machine of type mt on

@@ -222,3 +222,40 @@ func BenchmarkPlace(b *testing.B) {
 		}
 	}
 }
+
+// TestArchPlacement: a type that names archs is placed only on a backend
+// whose machines are one of them there: a docker backend on an arm64 host
+// makes arm64 machines, the same backend on an amd64 host does not, and a
+// backend that does not say (an exec without its arch setting) fits no
+// such type; why says which architectures were on offer. A type that names
+// none goes anywhere.
+func TestArchPlacement(t *testing.T) {
+	on := func(id, backend, arch string) state.Offer {
+		return state.Offer{Machine: id, Backends: map[string]state.BackendOffer{backend: {Available: true, Arch: arch}}}
+	}
+	arm := rules.MachineType{Name: "pi", Archs: []string{"arm64"}, Backends: []string{"exec", "docker"}}
+	hs := Hosts{Offers: offers(on("a", "docker", "amd64"), on("b", "docker", "arm64"), on("c", "docker", "amd64"), on("d", "exec", ""))}
+	p, why, ok := Place(arm, hs, t0)
+	if !ok || p != (Placement{Backend: "docker", Host: "b"}) {
+		t.Errorf("arm64 type: %+v %v %v, want docker on b", p, ok, why)
+	}
+	if want := []string{`backend "exec": its machines are not arm64 on any host offering it (unsaid on 1 host)`}; fmt.Sprint(why) != fmt.Sprint(want) {
+		t.Errorf("why: %q, want %q", why, want)
+	}
+
+	hs.Offers["b"] = on("b", "docker", "amd64")
+	if p, why, ok := Place(arm, hs, t0); ok {
+		t.Errorf("arm64 type with only amd64 docker hosts: placed %+v", p)
+	} else if want := `backend "docker": its machines are not arm64 on any host offering it (amd64 on 3 hosts)`; len(why) != 2 || why[1] != want {
+		t.Errorf("why: %q, want second %q", why, want)
+	}
+
+	both := rules.MachineType{Name: "any", Archs: []string{"arm64", "amd64"}, Backends: []string{"exec", "docker"}}
+	if p, _, ok := Place(both, hs, t0); !ok || p.Backend != "docker" {
+		t.Errorf("type of two archs: %+v %v, want docker", p, ok)
+	}
+	anyArch := rules.MachineType{Name: "any", Backends: []string{"exec", "docker"}}
+	if p, _, ok := Place(anyArch, hs, t0); !ok || p != (Placement{Backend: "exec", Host: "d"}) {
+		t.Errorf("type without archs: %+v %v, want exec on d (an unsaid arch fits a type that names none)", p, ok)
+	}
+}

@@ -164,7 +164,8 @@ func (ps *pass) holdsRoom(r Record, mt rules.MachineType, hs Hosts) bool {
 	if r.Host == "" && (r.Seed || r.ID == ps.obs.Self) {
 		return false
 	}
-	return slices.Contains(mt.Backends, r.Backend) && hs.Offers[cmp.Or(r.Host, ps.obs.Self)].Backends[r.Backend].Available
+	bo := hs.Offers[cmp.Or(r.Host, ps.obs.Self)].Backends[r.Backend]
+	return slices.Contains(mt.Backends, r.Backend) && bo.Available && archFits(mt, bo)
 }
 
 // gaveWay says, for each type this pass could not place all it needs

@@ -17,6 +17,7 @@ import (
 	"github.com/zclconf/go-cty/cty/convert"
 	"github.com/zclconf/go-cty/cty/gocty"
 
+	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/endpoint"
 	"github.com/raptiformica/raptiformica/internal/source"
 )
@@ -94,7 +95,7 @@ var machineSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "min", Required: true}, {Name: "max"}, {Name: "consul_server"}, {Name: "backends"}, {Name: "bootstrap"},
 		{Name: "ready_after_provision"}, {Name: "priority"}, {Name: "hosts"},
-		{Name: "per_host"}, {Name: "fill"}, {Name: "spares"},
+		{Name: "per_host"}, {Name: "fill"}, {Name: "spares"}, {Name: "archs"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{{Type: "provisioner", LabelNames: []string{"name"}}, {Type: "scale"}},
 }
@@ -621,6 +622,20 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 				d.at(a.Expr.Range(), field+" backends", "must name at least one backend")
 			}
 			m.Backends = list
+		}
+	}
+	if a := attrs["archs"]; a != nil {
+		var list []string
+		if d.decode(a, field+" archs", cty.List(cty.String), &list) {
+			if len(list) == 0 {
+				d.at(a.Expr.Range(), field+" archs", "must name at least one architecture (leave it out for any)")
+			}
+			for _, name := range list {
+				if !arch.Valid(name) {
+					d.at(a.Expr.Range(), field+" archs", "%q is not an architecture raptiformica is built for (%s, by Go's names)", name, strings.Join(arch.Known, ", "))
+				}
+			}
+			m.Archs = list
 		}
 	}
 	if a := attrs["bootstrap"]; a != nil {

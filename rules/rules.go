@@ -195,6 +195,10 @@ type MachineType struct {
 	ConsulServer bool
 	// Backends lists backend names in order of preference.
 	Backends []string
+	// Archs, when set, are the architectures (Go's names) its machines may
+	// have: they are placed only on backends that say their machines are
+	// one of them (backends.Archer). Empty is any.
+	Archs []string
 	// Provisioners are what a machine of this type installs and configures
 	// on itself after it joins, in order: the original's server types. A
 	// type's bootstrap steps (bootstrap = [...], once run over SSH on

@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# consul.sh prints the path of a Consul binary (>= 1.22) to use, building the
-# pinned version into the cache when none is on PATH. Building takes minutes,
-# so the cached binary is never rebuilt; a half-finished build never replaces it
-# because the binary is moved into place only after `go build` succeeds.
+# consul.sh [ARCH] prints the path of a Consul binary (>= 1.22) to use, building
+# the pinned version into the cache when none is on PATH. Building takes
+# minutes, so the cached binary is never rebuilt; a half-finished build never
+# replaces it because the binary is moved into place only after `go build`
+# succeeds.
+#
+# ARCH (Go's name: amd64, arm64, 386, arm for ARMv7) builds for another
+# architecture, into linux-ARCH/ beside this machine's own, where the agent
+# looks for it when it adopts a machine of that architecture.
 set -euo pipefail
 
 CONSUL_VERSION="${CONSUL_VERSION:-1.22.0}"
 CACHE="${RAPTIFORMICA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/raptiformica}"
+NATIVE="$(go env GOARCH)"
+ARCH="${1:-$NATIVE}"
+case "$ARCH" in
+amd64 | arm64 | 386 | arm) ;;
+*) echo "consul.sh: no build for architecture '$ARCH' (amd64, arm64, 386, arm)" >&2; exit 2 ;;
+esac
 BIN="$CACHE/consul-v$CONSUL_VERSION/consul"
+if [ "$ARCH" != "$NATIVE" ]; then
+	BIN="$CACHE/consul-v$CONSUL_VERSION/linux-$ARCH/consul"
+fi
 
 version_ok() {
 	# "Consul v1.22.3" -> accept 1.22 and later.
@@ -22,12 +36,12 @@ if [ -x "$BIN" ]; then
 	echo "$BIN"
 	exit 0
 fi
-if onpath="$(command -v consul 2>/dev/null)" && version_ok "$onpath"; then
+if [ "$ARCH" = "$NATIVE" ] && onpath="$(command -v consul 2>/dev/null)" && version_ok "$onpath"; then
 	echo "$onpath"
 	exit 0
 fi
 
-echo "building Consul v$CONSUL_VERSION into $BIN (once; about 8 minutes on 2 cores)" >&2
+echo "building Consul v$CONSUL_VERSION for linux/$ARCH into $BIN (once; about 8 minutes on 2 cores)" >&2
 work="$(mktemp -d)"
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 dir="$(go mod download -json "github.com/hashicorp/consul@v$CONSUL_VERSION" |
@@ -41,7 +55,7 @@ sed -i '/^replace (/,/^)/d' "$work/src/go.mod"
 (
 	cd "$work/src"
 	CGO_ENABLED=0 GOFLAGS=-mod=mod GONOSUMDB=github.com/hashicorp/consul \
-		go build -trimpath -ldflags='-s -w' -o "$work/consul" .
+		GOOS=linux GOARCH="$ARCH" GOARM=7 go build -trimpath -ldflags='-s -w' -o "$work/consul" .
 )
 mkdir -p "$(dirname "$BIN")"
 mv "$work/consul" "$BIN.tmp"

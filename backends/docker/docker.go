@@ -36,6 +36,7 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 )
@@ -169,6 +170,10 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 	}
 	return &Backend{name: cfg.Name, cluster: env.Cluster, network: nets[0], extra: nets[1:], subnet: subnet, image: cfg.Settings["image"], binary: env.Binary, consul: env.ConsulBinary, cli: cli, share: share}, nil
 }
+
+// MachineArch is this host's architecture: its machines are containers
+// that run on it (backends.Archer).
+func (b *Backend) MachineArch() string { return arch.Native() }
 
 // Available pings the engine.
 func (b *Backend) Available(ctx context.Context) error {

@@ -53,6 +53,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/capped"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/logfile"
@@ -118,6 +119,11 @@ const (
 	// ~/.ssh/id_ed25519, id_ecdsa or id_rsa of the user it runs as, or
 	// its SSH agent (SSH_AUTH_SOCK), as `raptiformica adopt` uses.
 	SettingIdentity = "identity"
+	// SettingArch is the architecture of the machines the backend makes
+	// (backends.Archer). In the agent contract, RAPTIFORMICA_BINARY and
+	// RAPTIFORMICA_CONSUL_BINARY are then the pair built for it; in the
+	// SSH contract, a machine of another is refused when adopted.
+	SettingArch = "arch"
 )
 
 // SSHMachine is a machine made in the SSH contract, for an Adopter.
@@ -131,8 +137,12 @@ type SSHMachine struct {
 	// Node is the agent config the machine is to run: its ID, type,
 	// backend and credentials.
 	Node nodeconfig.Config
-	// Binary and Consul are this node's binaries, to install there.
+	// Binary and Consul are this node's binaries: the pair installed
+	// there when it is of this node's architecture (see arch.Artifacts).
 	Binary, Consul string
+	// Arch, when set, is the architecture the machine must be (the
+	// backend's arch setting).
+	Arch string
 	// Progress, when set, is told each adoption step as it ends, as one
 	// line.
 	Progress func(step string)
@@ -221,6 +231,7 @@ type Backend struct {
 	consul   string
 	ssh      bool   // contract is ContractSSH: adopt what start_instance made
 	identity string // SettingIdentity
+	arch     string // SettingArch
 	adopter  Adopter
 
 	logMu sync.Mutex // serialises writes to the machines' commands.log
@@ -241,6 +252,9 @@ var settingName = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 //	               themselves, so they never become leader
 //	contract       "agent" (the default) or "ssh" (see ContractSSH)
 //	identity       the private key file for the SSH contract's login
+//	arch           the architecture of the machines it makes (Go's name:
+//	               amd64, arm64, 386, arm), which placement trusts: a type
+//	               with archs goes only to backends that say one of them
 //
 // Every other setting is passed to the commands as RAPTIFORMICA_SETTING_<NAME>.
 // New cannot adopt machines: a backend in the SSH contract needs NewFactory.
@@ -309,6 +323,11 @@ func build(cfg backends.Config, env backends.Env, adopter Adopter) (backends.Bac
 			}
 		case SettingIdentity:
 			b.identity = v
+		case SettingArch:
+			if !arch.Valid(v) {
+				err = fmt.Errorf("want one of %s (Go's names), got %q", strings.Join(arch.Known, ", "), v)
+			}
+			b.arch = v
 		default:
 			if !settingName.MatchString(k) {
 				err = errors.New("want lower-case letters, digits and _, as it becomes an environment variable")
@@ -355,11 +374,28 @@ func (b *Backend) Available(ctx context.Context) error {
 	if err := b.checkIdentity(); err != nil {
 		return err
 	}
+	if _, _, err := b.binaries(); err != nil {
+		return err
+	}
 	if len(b.cmds[CmdAvailable]) == 0 {
 		return nil
 	}
 	_, err := b.run(ctx, CmdAvailable, b.dir, nil)
 	return err
+}
+
+// MachineArch is the arch setting: what this backend's machines run on,
+// empty when it does not say (backends.Archer).
+func (b *Backend) MachineArch() string { return b.arch }
+
+// binaries are the agent and Consul the commands are given: this node's
+// own, or, in the agent contract with an arch setting, the pair built for
+// it. In the SSH contract the adoption picks the pair for each machine.
+func (b *Backend) binaries() (binary, consul string, err error) {
+	if b.arch == "" || b.ssh {
+		return b.binary, b.consul, nil
+	}
+	return arch.Artifacts{Binary: b.binary, Consul: b.consul}.For(b.arch)
 }
 
 // instanceFile records what a machine's commands printed when it started.
@@ -487,7 +523,7 @@ func (b *Backend) adopt(ctx context.Context, wd string, node nodeconfig.Config, 
 	defer cancel()
 	started := time.Now()
 	steps := capped.New(outputLimit)
-	err := b.adopter.Adopt(ctx, SSHMachine{Addr: rec.Address, Port: rec.Port, Identity: b.identity, Node: node, Binary: b.binary, Consul: b.consul,
+	err := b.adopter.Adopt(ctx, SSHMachine{Addr: rec.Address, Port: rec.Port, Identity: b.identity, Node: node, Binary: b.binary, Consul: b.consul, Arch: b.arch,
 		Progress: func(step string) { fmt.Fprintln(steps, step) }})
 	if err != nil {
 		err = fmt.Errorf("adopt over SSH at %s: %w", net.JoinHostPort(rec.Address, strconv.Itoa(rec.Port)), err)
@@ -662,6 +698,10 @@ func (b *Backend) run(ctx context.Context, name, wd string, env []string) (strin
 			return "", err
 		}
 	}
+	binary, consul, err := b.binaries()
+	if err != nil {
+		return "", err
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c := osexec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -670,8 +710,8 @@ func (b *Backend) run(ctx context.Context, name, wd string, env []string) (strin
 		"RAPTIFORMICA_CLUSTER="+b.cluster,
 		"RAPTIFORMICA_BACKEND="+b.name,
 		"RAPTIFORMICA_WORKDIR="+wd,
-		"RAPTIFORMICA_BINARY="+b.binary,
-		"RAPTIFORMICA_CONSUL_BINARY="+b.consul,
+		"RAPTIFORMICA_BINARY="+binary,
+		"RAPTIFORMICA_CONSUL_BINARY="+consul,
 	)
 	c.Env = append(append(c.Env, b.settings...), env...)
 	// A group of its own, so that a timeout kills what the command started
@@ -696,7 +736,7 @@ func (b *Backend) run(ctx context.Context, name, wd string, env []string) (strin
 		}()
 	}
 	started := time.Now()
-	err := c.Run()
+	err = c.Run()
 	if wd != b.dir {
 		b.logRun(wd, name, argv, started, err, stdout, stderr)
 	}

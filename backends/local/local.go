@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/procenv"
@@ -170,6 +171,10 @@ func loopbackOf(clusterDir, addr string) string {
 func machineDir(clusterDir, machineID string) string {
 	return filepath.Join(clusterDir, "machines", machineID)
 }
+
+// MachineArch is this host's architecture: its machines are processes
+// that run on it (backends.Archer).
+func (b *Backend) MachineArch() string { return arch.Native() }
 
 // Available checks that the binaries a machine needs are there.
 //

@@ -55,6 +55,7 @@ import (
 	"time"
 
 	"github.com/raptiformica/raptiformica/backends"
+	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
@@ -254,6 +255,10 @@ func defaultSubnet(clusterDir string) string {
 func (b *Backend) gateway() netip.Prefix {
 	return netip.PrefixFrom(b.subnet.Addr().Next(), b.subnet.Bits())
 }
+
+// MachineArch is this host's architecture: its machines are VMs (qemu-system of this host's architecture)
+// that run on it (backends.Archer).
+func (b *Backend) MachineArch() string { return arch.Native() }
 
 // Available says what this host lacks to run VMs, naming it: QEMU, the
 // image's kernel, initramfs or disk, the tun device, or root (taps and

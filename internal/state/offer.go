@@ -48,6 +48,9 @@ type BackendOffer struct {
 	// Detail says in a word how the backend runs machines there
 	// (backends.Detailer: the qemu backend's "kvm" or "tcg").
 	Detail string `json:"detail,omitempty"`
+	// Arch is the architecture (Go's name) of the machines it makes there,
+	// empty when it cannot tell (backends.Archer).
+	Arch string `json:"arch,omitempty"`
 	// FreeMemory is the memory free for its machines there, in bytes;
 	// 0 when the backend cannot tell (backends.MemoryReporter).
 	FreeMemory uint64 `json:"free_memory,omitempty"`

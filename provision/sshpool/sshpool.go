@@ -21,6 +21,7 @@ import (
 
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/deploy/systemd"
+	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/clock"
 	"github.com/raptiformica/raptiformica/internal/telemetry"
 	"github.com/raptiformica/raptiformica/provision"
@@ -33,9 +34,10 @@ const (
 	SettingKnownHosts  = "known_hosts" // known_hosts file (default: trust on first use, recorded in KV)
 	SettingJump        = "jump"        // reach the hosts through this machine, as ssh -J does
 	SettingJoinTimeout = "join_timeout"
+	SettingArch        = "arch" // the hosts' architecture (Go's name), which placement trusts and adoption checks
 )
 
-var known = []string{SettingHosts, SettingIdentity, SettingKnownHosts, SettingJump, SettingJoinTimeout}
+var known = []string{SettingHosts, SettingIdentity, SettingKnownHosts, SettingJump, SettingJoinTimeout, SettingArch}
 
 // hostBackoff is how long a host rests after failed adoptions.
 var hostBackoff = clock.Backoff{Initial: 30 * time.Second, Max: 10 * time.Minute}
@@ -50,6 +52,7 @@ type Backend struct {
 	log      hclog.Logger
 	clock    clock.Clock
 	joinWait time.Duration
+	arch     string // SettingArch
 
 	mu       sync.Mutex
 	failures map[string]int       // host:port -> consecutive failed adoptions; guarded by mu
@@ -110,12 +113,22 @@ func New(cfg backends.Config, env backends.Env) (backends.Backend, error) {
 		}
 		b.joinWait = v
 	}
-	b.adopter = &provision.Adopter{Dialer: d, Binary: env.Binary, Consul: env.ConsulBinary, Unit: systemd.Unit(provision.RemoteBinary),
+	if a := cfg.Settings[SettingArch]; a != "" {
+		if !arch.Valid(a) {
+			return nil, fmt.Errorf("setting arch: want one of %s (Go's names), got %q", strings.Join(arch.Known, ", "), a)
+		}
+		b.arch = a
+	}
+	b.adopter = &provision.Adopter{Dialer: d, Artifacts: arch.Artifacts{Binary: env.Binary, Consul: env.ConsulBinary}, Arch: b.arch, Unit: systemd.Unit(provision.RemoteBinary),
 		Progress: func(s provision.Step) {
 			b.log.Debug("adopt", telemetry.KeyBackend, b.name, telemetry.KeyStep, s.String())
 		}}
 	return b, nil
 }
+
+// MachineArch is the arch setting: the pool's hosts' architecture, empty
+// when it does not say (backends.Archer).
+func (b *Backend) MachineArch() string { return b.arch }
 
 // assignments reads which hosts run which machines, by host:port.
 func (b *Backend) assignments(ctx context.Context) (map[string]assignment, error) {
@@ -161,8 +174,14 @@ func (b *Backend) free(ctx context.Context) ([]provision.Host, []string, error) 
 	return out, why, nil
 }
 
-// Available is nil while a host is free to adopt.
+// Available is nil while a host is free to adopt, and, where the pool says
+// its hosts' architecture, the binaries built for it are at hand here.
 func (b *Backend) Available(ctx context.Context) error {
+	if b.arch != "" {
+		if _, _, err := b.adopter.Artifacts.For(b.arch); err != nil {
+			return err
+		}
+	}
 	free, why, err := b.free(ctx)
 	if err != nil {
 		return err

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/state"
@@ -273,19 +274,21 @@ func TestAdopt(t *testing.T) {
 	}
 
 	// A machine of an architecture the binaries are not built for (here:
-	// binaries said to be arm64): refused when detected, nothing installed.
+	// binaries said to be arm64, and no amd64 pair in the folder searched):
+	// refused when detected, nothing installed.
 	consul, err := nodeconfig.FindConsul()
 	if err != nil {
 		t.Fatal(err)
 	}
+	none := t.TempDir()
 	foreign := &provision.Adopter{
-		Dialer: provision.Dialer{Auth: provision.Auth{KeyFiles: []string{l.key}}, Trust: provision.Trust{Store: provision.StoreHostKeys{Store: kvschema.New(l.client()).TrustedHostKeys()}}},
-		Binary: binary, Consul: consul, GOARCH: "arm64",
+		Dialer:    provision.Dialer{Auth: provision.Auth{KeyFiles: []string{l.key}}, Trust: provision.Trust{Store: provision.StoreHostKeys{Store: kvschema.New(l.client()).TrustedHostKeys()}}},
+		Artifacts: arch.Artifacts{Binary: binary, Consul: consul, Arch: "arm64", Dirs: []string{none}},
 	}
 	ip3 := l.host(t, 12)
 	_, err = foreign.Adopt(context.Background(), provision.AdoptSpec{Host: provision.Host{User: "root", Addr: ip3, Port: 22}, Node: nodeconfig.Config{MachineID: "worker-arm", MachineType: "worker"}})
-	if err == nil || err.Error() != "adopt root@"+ip3+": detect: unsupported architecture x86_64 (Go amd64): the binaries at hand are linux/arm64; nothing was installed" {
-		t.Errorf("adopt of an x86_64 machine with arm64 binaries: %v", err)
+	if want := "adopt root@" + ip3 + ": detect: architecture x86_64: no build for linux/amd64 at hand: no raptiformica (looked for " + none + "/linux-amd64/raptiformica) and no consul (looked for " + none + "/linux-amd64/consul); `make package ARCHS=amd64` builds them; nothing was installed"; err == nil || err.Error() != want {
+		t.Errorf("adopt of an x86_64 machine with arm64 binaries:\n got %v\nwant %s", err, want)
 	}
 	if left := dockerRun(t, "exec", fmt.Sprintf("%s-%d", l.network, 12), "sh", "-c", "ls -A /usr/local/bin 2>/dev/null; test -e /etc/raptiformica && echo /etc/raptiformica; true"); left != "" {
 		t.Errorf("a refused adoption left files behind: %s", left)

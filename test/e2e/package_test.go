@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/raptiformica/raptiformica/internal/arch"
 )
 
 // debianImage is a fresh Debian (minbase, made by scripts/rootfs.sh with
@@ -65,9 +68,26 @@ func TestDebPackage(t *testing.T) {
 	}
 	deb := filepath.Join(root, "dist", "raptiformica_0.1.0+test_amd64.deb")
 	rpm := filepath.Join(root, "dist", "raptiformica-0.1.0+test-1.x86_64.rpm")
-	for _, f := range []string{deb, rpm} {
+	armDeb := filepath.Join(root, "dist", "raptiformica_0.1.0+test_arm64.deb")
+	armRPM := filepath.Join(root, "dist", "raptiformica-0.1.0+test-1.aarch64.rpm")
+	for _, f := range []string{deb, rpm, armDeb, armRPM} {
 		if st, err := os.Stat(f); err != nil || st.Size() < 1<<20 {
 			t.Fatalf("package %s: %v (a package without its binaries is a few KiB)", f, err)
+		}
+	}
+	// Each architecture's binaries are built for it, and laid out where
+	// an agent run with RAPTIFORMICA_ARTIFACTS=dist finds them.
+	for a, machine := range map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64} {
+		for _, name := range []string{"raptiformica", "consul"} {
+			p := filepath.Join(root, "dist", arch.Dir(a), name)
+			f, err := elf.Open(p)
+			if err != nil {
+				t.Fatalf("%s: %v", p, err)
+			}
+			if f.Machine != machine || f.Class != elf.ELFCLASS64 {
+				t.Errorf("%s is built for %v %v, want %v", p, f.Machine, f.Class, machine)
+			}
+			f.Close()
 		}
 	}
 	script := `set -e
@@ -78,6 +98,7 @@ test -f /usr/lib/systemd/system/raptiformica.service && echo unit ok
 test "$(stat -c %a /var/lib/raptiformica)" = 700 && echo state ok
 grep -q RAPTIFORMICA_FLAGS /etc/default/raptiformica && echo defaults ok
 dpkg -r raptiformica >/dev/null
+echo "arm64 package: $(dpkg-deb -f /dist/` + filepath.Base(armDeb) + ` Architecture)"
 test ! -e /usr/bin/raptiformica && echo removed
 test -f /etc/default/raptiformica && echo defaults kept
 `
@@ -85,7 +106,7 @@ test -f /etc/default/raptiformica && echo defaults kept
 	if err != nil {
 		t.Fatalf("install into a fresh Debian: %v\n%s", err, out)
 	}
-	for _, want := range []string{"raptiformica ", "Consul v1.22", "unit ok", "state ok", "defaults ok", "removed", "defaults kept"} {
+	for _, want := range []string{"raptiformica ", "Consul v1.22", "unit ok", "state ok", "defaults ok", "removed", "defaults kept", "arm64 package: arm64"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("install output lacks %q:\n%s", want, out)
 		}

@@ -1,0 +1,64 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/raptiformica/raptiformica/internal/arch"
+	"github.com/raptiformica/raptiformica/internal/kvschema"
+	"github.com/raptiformica/raptiformica/internal/nodeconfig"
+	"github.com/raptiformica/raptiformica/provision"
+)
+
+// TestArchNoBuildRefused: a host whose architecture has no build at hand
+// (a 32-bit x86 personality, `setarch i686`, under which `uname -m` says
+// i686 as on an old desktop; `make test` builds no 386 pair) is refused by
+// `raptiformica adopt` once detected, with a message that names the
+// architecture and what is missing, and nothing is installed or recorded;
+// and a host of another architecture than its backend says is refused.
+func TestArchNoBuildRefused(t *testing.T) {
+	t.Parallel()
+	l := newSSHLab(t)
+	ip := l.hostWith(t, 10, "exec setarch i686 /usr/sbin/sshd -D -e")
+	name := fmt.Sprintf("%s-%d", l.network, 10)
+	if got := strings.TrimSpace(dockerRun(t, "exec", name, "setarch", "i686", "uname", "-m")); got != "i686" {
+		t.Fatalf("uname -m under setarch i686: %q", got)
+	}
+	out, errOut, code := l.adopt("root@" + ip)
+	for _, want := range []string{
+		"adopt root@" + ip + ": detect: architecture i686: no build for linux/386 at hand: no raptiformica (looked for ",
+		"/linux-386/raptiformica",
+		"/linux-386/consul",
+		"`make package ARCHS=386` builds them; nothing was installed",
+	} {
+		if code != 1 || !strings.Contains(errOut, want) {
+			t.Errorf("adopt of an i686 host: exit %d, want 1 and %q in\n%s%s", code, want, out, errOut)
+		}
+	}
+	if left := dockerRun(t, "exec", name, "sh", "-c", "ls -A /usr/local/bin 2>/dev/null; test -e /etc/raptiformica && echo /etc/raptiformica; true"); left != "" {
+		t.Errorf("a refused adoption left files behind: %s", left)
+	}
+	if recs := l.recordsOf("worker"); len(recs) != 0 {
+		t.Errorf("inventory after a refused adoption: %v, want nothing", recs)
+	}
+
+	// A backend that says its machines are arm64 (an ssh pool's or an
+	// exec backend's arch setting, which placement trusted) is refused an
+	// x86_64 host, though its binaries are at hand.
+	consul, err := nodeconfig.FindConsul()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := &provision.Adopter{
+		Dialer:    provision.Dialer{Auth: provision.Auth{KeyFiles: []string{l.key}}, Trust: provision.Trust{Store: provision.StoreHostKeys{Store: kvschema.New(l.client()).TrustedHostKeys()}}},
+		Artifacts: arch.Artifacts{Binary: binary, Consul: consul},
+		Arch:      "arm64",
+	}
+	ip = l.host(t, 11)
+	_, err = pool.Adopt(context.Background(), provision.AdoptSpec{Host: provision.Host{User: "root", Addr: ip, Port: 22}, Node: nodeconfig.Config{MachineID: "worker-pi", MachineType: "worker"}})
+	if want := "adopt root@" + ip + ": detect: architecture x86_64 is linux/amd64, and the backend's machines are to be linux/arm64 (its arch setting); nothing was installed"; err == nil || err.Error() != want {
+		t.Errorf("adopt of an x86_64 host for arm64 machines:\n got %v\nwant %s", err, want)
+	}
+}
