@@ -10,6 +10,9 @@
 #                    VMs' root filesystem (scripts/vmimage.sh)
 #   qemu-system-x86_64, qemu-img
 #                    run the qemu backend's VMs (TestVM...)
+#   qemu-system-aarch64, qemu-aarch64-static (with binfmt-support)
+#                    run the emulated arm64 machine (TestArch...), and make its
+#                    root filesystem by running arm64 programs under emulation
 #   mkfs.ext4, ip    make the VMs' disk image, their bridge and taps
 #   zsh, fish        run the completion scripts (TestCompletion)
 #   ssh-agent, -add  the adoption test logs in through an SSH agent
@@ -27,7 +30,8 @@ for pair in chromium:chromium debootstrap:debootstrap zsh:zsh fish:fish \
 	ssh-agent:openssh-client ssh-add:openssh-client systemd-analyze:systemd \
 	pgrep:procps docker:docker.io redis-server:redis-server redis-cli:redis-tools \
 	prometheus-redis-exporter:prometheus-redis-exporter \
-	qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs ip:iproute2; do
+	qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mkfs.ext4:e2fsprogs ip:iproute2 \
+	qemu-system-aarch64:qemu-system-arm qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support; do
 	command -v "${pair%%:*}" >/dev/null && continue
 	pkg="${pair#*:}"
 	[[ " ${need[*]-} " == *" $pkg "* ]] || need+=("$pkg")
@@ -43,6 +47,17 @@ if [ ${#need[@]} -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -q >&2
 	apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
+
+# The kernel runs arm64 programs through qemu-user only with its handler
+# registered (binfmt_misc), which a machine whose init never mounted it lacks.
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "testdeps.sh: no binfmt handler for arm64 is registered, and only root can register it (update-binfmts --enable qemu-aarch64)" >&2
+		exit 1
+	fi
+	mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	update-binfmts --enable qemu-aarch64 >&2
 fi
 
 # The container tests need an engine that answers, not only its command.

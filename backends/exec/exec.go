@@ -374,8 +374,11 @@ func (b *Backend) Available(ctx context.Context) error {
 	if err := b.checkIdentity(); err != nil {
 		return err
 	}
-	if _, _, err := b.binaries(); err != nil {
-		return err
+	if b.arch != "" {
+		// Whichever contract: the machines get the pair built for it.
+		if _, _, err := (arch.Artifacts{Binary: b.binary, Consul: b.consul}).For(b.arch); err != nil {
+			return err
+		}
 	}
 	if len(b.cmds[CmdAvailable]) == 0 {
 		return nil

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/kvschema"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/provision"
+	"github.com/raptiformica/raptiformica/reconcile"
 )
 
 // TestArchNoBuildRefused: a host whose architecture has no build at hand
@@ -60,5 +63,71 @@ func TestArchNoBuildRefused(t *testing.T) {
 	_, err = pool.Adopt(context.Background(), provision.AdoptSpec{Host: provision.Host{User: "root", Addr: ip, Port: 22}, Node: nodeconfig.Config{MachineID: "worker-pi", MachineType: "worker"}})
 	if want := "adopt root@" + ip + ": detect: architecture x86_64 is linux/amd64, and the backend's machines are to be linux/arm64 (its arch setting); nothing was installed"; err == nil || err.Error() != want {
 		t.Errorf("adopt of an x86_64 host for arm64 machines:\n got %v\nwant %s", err, want)
+	}
+}
+
+// TestArchSleepingHostReturns: a machine that sleeps (a laptop closed: its
+// agent and Consul frozen, here by SIGSTOP to its process group) is seen
+// failed, and, woken within its grace period, comes back as the same
+// member: its record joined again, no replacement made meanwhile.
+func TestArchSleepingHostReturns(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	c.up(c.writePlatform("platform.hcl", platformWith(3, 3, "10m", `machine "laptop" {
+  min      = 1
+  max      = 1
+  backends = ["local"]
+}
+`, true)))
+	v := c.waitAgree(4, 2*time.Minute, "three servers and a laptop")
+	var id string
+	for rid, r := range v.records {
+		if r.Type == "laptop" {
+			id = rid
+		}
+	}
+	pid := 0
+	for _, m := range c.machines() {
+		if m.Config.MachineID == id && m.Running {
+			pid = m.PID
+		}
+	}
+	if id == "" || pid == 0 {
+		t.Fatalf("no running laptop in %v", v)
+	}
+	spawned := c.spawns()
+	if err := syscall.Kill(-pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	asleep := time.Now()
+	woken := false
+	wake := func() {
+		if !woken {
+			woken = true
+			_ = syscall.Kill(-pid, syscall.SIGCONT)
+		}
+	}
+	defer wake()
+	waitUntil(t, 2*time.Minute, "the sleeping laptop seen failed and recorded so", func() bool {
+		v, err := c.view()
+		return err == nil && !contains(v.alive, id) && !v.records[id].FailedSince.IsZero()
+	})
+	// Asleep a while longer than it took to be seen failed: a leader that
+	// would replace it has had its passes.
+	time.Sleep(time.Since(asleep))
+	wake()
+	t.Logf("%s asleep for %v", id, time.Since(asleep).Round(time.Second))
+	waitUntil(t, 2*time.Minute, "the laptop back as the same member, joined", func() bool {
+		v, err := c.view()
+		r := v.records[id]
+		return err == nil && contains(v.alive, id) && r.State == reconcile.StateJoined && r.FailedSince.IsZero()
+	})
+	if n := c.spawns(); n != spawned {
+		t.Errorf("spawned %d machines while the laptop slept, want none", n-spawned)
+	}
+	for _, r := range c.recordsOf("laptop") {
+		if r.ID != id {
+			t.Errorf("a laptop %s recorded beside the one asleep (%s)", r.ID, id)
+		}
 	}
 }

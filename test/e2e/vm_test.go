@@ -50,7 +50,7 @@ func needVMImage(t testing.TB) string {
 	needTool(t, "debootstrap", "Debian's debootstrap, installed by scripts/testdeps.sh")
 	vmImageOnce.Do(func() {
 		var deb string
-		if deb, vmImageErr = buildDeb(); vmImageErr != nil {
+		if deb, vmImageErr = buildDeb(runtime.GOARCH, binary); vmImageErr != nil {
 			return
 		}
 		defer os.RemoveAll(filepath.Dir(deb))
@@ -70,15 +70,16 @@ func needVMImage(t testing.TB) string {
 	return vmImageDir
 }
 
-// buildDeb packs the binary under test and its Consul into a .deb with the
-// project's nfpm description, in a folder of its own (not dist/, which
-// TestDebPackage's `make package` empties).
-func buildDeb() (string, error) {
+// buildDeb packs agent, the binary under test built for goarch, and the
+// pinned Consul for goarch into a .deb with the project's nfpm description,
+// in a folder of its own (not dist/, which TestDebPackage's `make package`
+// empties).
+func buildDeb(goarch, agent string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
 	}
-	consul, err := exec.Command(filepath.Join(root, "scripts/consul.sh")).Output()
+	consul, err := exec.Command(filepath.Join(root, "scripts/consul.sh"), goarch).Output()
 	if err != nil {
 		return "", fmt.Errorf("scripts/consul.sh: %w", err)
 	}
@@ -96,7 +97,7 @@ func buildDeb() (string, error) {
 	if err := os.MkdirAll(stage, 0o755); err != nil {
 		return "", err
 	}
-	for _, f := range []struct{ from, to string }{{binary, "raptiformica"}, {strings.TrimSpace(string(consul)), "consul"}} {
+	for _, f := range []struct{ from, to string }{{agent, "raptiformica"}, {strings.TrimSpace(string(consul)), "consul"}} {
 		if out, err := exec.Command("cp", f.from, filepath.Join(stage, f.to)).CombinedOutput(); err != nil {
 			return "", fmt.Errorf("cp %s: %v: %s", f.from, err, out)
 		}
@@ -108,27 +109,32 @@ func buildDeb() (string, error) {
 	}
 	cmd := exec.Command(strings.TrimSpace(string(nfpm)), "package", "--config", filepath.Join(root, "packaging/nfpm.yaml"), "--packager", "deb", "--target", dir+"/")
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "PKG_ARCH=amd64", "PKG_VERSION=0.1.0+e2e")
+	cmd.Env = append(os.Environ(), "PKG_ARCH="+goarch, "PKG_VERSION=0.1.0+e2e")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("nfpm: %v\n%s", err, out)
 	}
-	return filepath.Join(dir, "raptiformica_0.1.0+e2e_amd64.deb"), nil
+	return filepath.Join(dir, "raptiformica_0.1.0+e2e_"+goarch+".deb"), nil
 }
 
-// vmLab is a local cluster of three servers on addresses of a bridge of
-// its own, and a qemu backend whose VMs join that bridge: the servers
-// reach the VMs, and the VMs the servers.
+// vmLab is a bridge lab with a qemu backend whose VMs join the bridge.
 type vmLab struct {
+	bridgeLab
+	image string
+	vms   backends.Backend // the lab's view of the VM folder
+}
+
+// bridgeLab is a local cluster of three servers on addresses of a bridge of
+// its own (.11 to .13; this host is .1): machines on the bridge reach the
+// servers, and the servers them.
+type bridgeLab struct {
 	*testCluster
 	bridge string
 	prefix string // the bridge's /24 without its last octet
-	image  string
-	vms    backends.Backend // the lab's view of the VM folder
 }
 
-func newVMLab(t testing.TB, image string) *vmLab {
+func newBridgeLab(t testing.TB) bridgeLab {
 	t.Helper()
-	l := &vmLab{image: image, bridge: fmt.Sprintf("rfqe%06x", mrand.IntN(1<<24))}
+	l := bridgeLab{bridge: fmt.Sprintf("rfqe%06x", mrand.IntN(1<<24))}
 	own, err := net.InterfaceAddrs()
 	if err != nil {
 		t.Fatal(err)
@@ -159,6 +165,28 @@ func newVMLab(t testing.TB, image string) *vmLab {
 	}
 	ipc("link", "set", "dev", l.bridge, "up")
 	l.testCluster = newCluster(t)
+	return l
+}
+
+// serversHCL is the description of the lab's three servers, on the bridge.
+func (l bridgeLab) serversHCL() string {
+	return fmt.Sprintf(`backend "host" {
+  type     = "local"
+  settings = { addresses = "%[1]s.11,%[1]s.12,%[1]s.13" }
+}
+machine "server" {
+  min           = 3
+  max           = 3
+  consul_server = true
+  backends      = ["host"]
+}
+`, l.prefix)
+}
+
+func newVMLab(t testing.TB, image string) *vmLab {
+	t.Helper()
+	l := &vmLab{bridgeLab: newBridgeLab(t), image: image}
+	var err error
 	l.vms, err = qemu.New(backends.Config{Name: "vm", Type: "qemu", Settings: l.vmSettings()}, backends.Env{ClusterDir: l.dir})
 	if err != nil {
 		t.Fatal(err)
@@ -215,21 +243,11 @@ policy {
   cooldown          = "1s"
   provision_timeout = "5m"
 }
-backend "host" {
-  type     = "local"
-  settings = { addresses = "%[3]s.11,%[3]s.12,%[3]s.13" }
-}
 backend "vm" {
   type     = "qemu"
-  settings = { image_dir = %[4]q, bridge = %[5]q, subnet = %[6]q, memory = %[7]q }
+  settings = { image_dir = %[3]q, bridge = %[4]q, subnet = %[5]q, memory = %[6]q }
 }
-machine "server" {
-  min           = 3
-  max           = 3
-  consul_server = true
-  backends      = ["host"]
-}
-`, l.bridge, grace, l.prefix, s["image_dir"], s["bridge"], s["subnet"], s["memory"]) + rest
+`, l.bridge, grace, s["image_dir"], s["bridge"], s["subnet"], s["memory"]) + l.serversHCL() + rest
 }
 
 // workers are the joined records of type worker, by ID.
@@ -340,7 +358,7 @@ func (l *vmLab) dumpVMs() {
 }
 
 // members reads `members --json`.
-func (l *vmLab) members() []cluster.Member {
+func (l bridgeLab) members() []cluster.Member {
 	out, errOut, code := l.rf("members", "--json")
 	if code != 0 {
 		l.t.Fatalf("members: exit %d\n%s", code, errOut)
