@@ -390,6 +390,40 @@ func BenchmarkIdle(b *testing.B) {
 	b.ReportMetric(consulCPU/n, "consul_cpu_%")
 }
 
+// BenchmarkIdleClient measures a client machine at rest (a worker: the
+// agent and a Consul client, the footprint of a small board or a laptop in
+// the cluster), beside three servers: its agent's and its Consul's RSS.
+func BenchmarkIdleClient(b *testing.B) {
+	c := newCluster(b)
+	c.up(c.writePlatform("platform.hcl", benchPlatform(`machine "worker" {
+  min      = 1
+  max      = 1
+  backends = ["local"]
+}
+`)))
+	v := c.waitAgree(4, 2*time.Minute, "three servers and a worker")
+	worker := 0
+	for _, m := range c.machines() {
+		if v.records[m.Config.MachineID].Type == "worker" && m.Running {
+			worker = m.PID
+		}
+	}
+	if worker == 0 {
+		b.Fatalf("no running worker in %v", v)
+	}
+	time.Sleep(30 * time.Second) // at rest: past joining and the first passes
+	b.ResetTimer()
+	var agentRSS, consulRSS float64
+	for i := 0; i < b.N; i++ {
+		agentRSS += rssMB([]int{worker})
+		consulRSS += rssMB(children(worker))
+		time.Sleep(time.Second)
+	}
+	n := float64(b.N)
+	b.ReportMetric(agentRSS/n, "client_agent_rss_MB")
+	b.ReportMetric(consulRSS/n, "client_consul_rss_MB")
+}
+
 // children returns the PIDs of the Consul processes whose parent is pid:
 // the agent's own Consul. An agent is also the parent of the agents of the
 // local machines it made, which are counted as agents, not again here.
