@@ -51,7 +51,7 @@ vet:
 # a mutex and a channel.
 test: testdeps vet
 	@consul="$$(scripts/consul.sh)" && scripts/consul.sh arm64 >/dev/null && prom="$$(scripts/prometheus.sh)" && \
-		PATH="$$prom:$$PATH" RAPTIFORMICA_CONSUL="$$consul" $(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/mesh$$') && \
+		PATH="$$prom:$$PATH" RAPTIFORMICA_CONSUL="$$consul" $(GO) test -race -count=1 -timeout 50m $$($(GO) list ./... | grep -v '/mesh$$') && \
 		$(GO) test -count=1 ./mesh/
 
 testdeps:

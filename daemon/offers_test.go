@@ -327,7 +327,7 @@ func TestScaleOfferIgnoresSmallMovesOfFreeMemory(t *testing.T) {
 	set(4 << 30)
 	first, free := index()
 	if free != 4<<30 {
-		t.Fatalf("first offer: free memory %d, want %d", free, 4<<30)
+		t.Fatalf("first offer: free memory %d, want %d", free, uint64(4<<30))
 	}
 	for _, small := range []uint64{4<<30 + 5<<20, 4<<30 - 100<<20, 4<<30 + 300<<20} {
 		set(small)

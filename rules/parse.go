@@ -458,21 +458,21 @@ func (d *decoder) backend(b *hcl.Block, opts Options) Backend {
 		}
 	}
 	if a := content.Attributes["max_per_host"]; a != nil {
-		var n int
+		var n int64
 		if d.decode(a, field+" max_per_host", cty.Number, &n) {
 			if n < 1 || n > MaxMachines {
 				d.at(a.Expr.Range(), field+" max_per_host", "must be between 1 and %d, got %d", MaxMachines, n)
 			}
-			be.MaxPerHost = n
+			be.MaxPerHost = int(n)
 		}
 	}
 	if a := content.Attributes["min_free_memory_mb"]; a != nil {
-		var n int
+		var n int64
 		if d.decode(a, field+" min_free_memory_mb", cty.Number, &n) {
 			if n < 1 || n > 1<<30 {
 				d.at(a.Expr.Range(), field+" min_free_memory_mb", "must be between 1 and %d (MiB), got %d", 1<<30, n)
 			}
-			be.MinFreeMemoryMB = n
+			be.MinFreeMemoryMB = int(n)
 		}
 	}
 	d.checkBackend(be, opts, field, func(f string) hcl.Range {
@@ -584,7 +584,7 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 	minOK := false
 	if a := attrs["min"]; a != nil {
 		minRange = a.Expr.Range()
-		var v int
+		var v int64
 		if d.decode(a, field+" min", cty.Number, &v) {
 			minOK = v >= 0 && v <= MaxMachines
 			if v < 0 {
@@ -594,19 +594,19 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 				d.at(a.Expr.Range(), field+" min", "must be at most %d, got %d", MaxMachines, v)
 				v = MaxMachines
 			}
-			m.Min = v
+			m.Min = int(v)
 		}
 	}
 	if a := attrs["max"]; a != nil {
-		var v int
+		var v int64
 		if d.decode(a, field+" max", cty.Number, &v) {
-			if v < m.Min {
+			if v < int64(m.Min) {
 				d.at(a.Expr.Range(), field+" max", "must be at least min (%d), got %d", m.Min, v)
 			}
 			if v > MaxMachines {
 				d.at(a.Expr.Range(), field+" max", "must be at most %d, got %d", MaxMachines, v)
 			}
-			m.Max = v
+			m.Max = int(min(v, MaxMachines))
 		}
 	}
 	if m.Max < 0 {
@@ -662,12 +662,12 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 		}
 	}
 	if a := attrs["per_host"]; a != nil {
-		var v int
+		var v int64
 		if d.decode(a, field+" per_host", cty.Number, &v) {
 			if v < 1 || v > MaxPerHost {
 				d.at(a.Expr.Range(), field+" per_host", "must be between 1 and %d, got %d", MaxPerHost, v)
 			}
-			m.PerHost = v
+			m.PerHost = int(v)
 		}
 	}
 	if a := attrs["fill"]; a != nil {
@@ -697,12 +697,12 @@ func (d *decoder) machine(b *hcl.Block) (MachineType, hcl.Range, bool) {
 		}
 	}
 	if a := attrs["priority"]; a != nil {
-		var v int
+		var v int64
 		if d.decode(a, field+" priority", cty.Number, &v) {
 			if v < MinPriority || v > MaxPriority {
 				d.at(a.Expr.Range(), field+" priority", "must be between %d and %d, got %d", MinPriority, MaxPriority, v)
 			}
-			m.Priority = v
+			m.Priority = int(v)
 		}
 	}
 	seen := map[string]hcl.Range{}
@@ -926,23 +926,26 @@ func (d *decoder) str(a *hcl.Attribute, field string) (string, bool) {
 }
 
 // intIn decodes a whole number from least to most into dst.
+//
+// Whole numbers are read as 64-bit on every architecture: a 32-bit member
+// refuses a description with the same message as any other.
 func (d *decoder) intIn(a *hcl.Attribute, field string, dst *int, least, most int) {
 	if a == nil {
 		return
 	}
-	var v int
+	var v int64
 	if !d.decode(a, field, cty.Number, &v) {
 		return
 	}
-	if v < least {
+	if v < int64(least) {
 		d.at(a.Expr.Range(), field, "must be at least %d, got %d", least, v)
 		return
 	}
-	if v > most {
+	if v > int64(most) {
 		d.at(a.Expr.Range(), field, "must be at most %d, got %d", most, v)
 		return
 	}
-	*dst = v
+	*dst = int(v)
 }
 
 func (d *decoder) duration(a *hcl.Attribute, field string, dst *time.Duration) {

@@ -223,10 +223,10 @@ func (l *armLab) dumpArm() {
 func TestArchARM64Adopted(t *testing.T) {
 	t.Parallel()
 	needTool(t, "ssh", "Debian's openssh-client, installed by scripts/testdeps.sh")
-	vmSlot.Lock()
-	defer vmSlot.Unlock()
 	image := needArmImage(t)
 	agent := needArmAgent(t)
+	vmSlot.Lock()
+	defer vmSlot.Unlock()
 	l := newArmLab(t, image)
 	l.up(l.writePlatform("platform.hcl", l.platform()))
 	start := time.Now()
