@@ -35,6 +35,7 @@ import (
 	"github.com/raptiformica/raptiformica/backends"
 	"github.com/raptiformica/raptiformica/internal/arch"
 	"github.com/raptiformica/raptiformica/internal/clock"
+	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/procenv"
 )
@@ -278,7 +279,7 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 	}
 	// The lock makes address allocation atomic across spawners, including an
 	// old leader that has not noticed it lost the lock yet.
-	unlock, err := lockDir(b.dir)
+	unlock, err := fsutil.LockDir(ctx, b.dir, 0o644)
 	if err != nil {
 		return backends.Instance{}, err
 	}
@@ -612,21 +613,6 @@ func threadsLive(pid int) bool {
 		}
 	}
 	return false
-}
-
-func lockDir(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() {
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
 }
 
 // Machine is a machine folder of a local cluster.

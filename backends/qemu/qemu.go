@@ -340,7 +340,7 @@ func (b *Backend) Spawn(ctx context.Context, spec backends.Spec) (backends.Insta
 		return backends.Instance{}, err
 	}
 	// The lock makes address allocation atomic across spawners.
-	unlock, err := lockDir(b.dir)
+	unlock, err := fsutil.LockDir(ctx, b.dir, 0o600)
 	if err != nil {
 		return backends.Instance{}, err
 	}
@@ -712,19 +712,4 @@ func validID(id string) error {
 		}
 	}
 	return nil
-}
-
-func lockDir(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() {
-		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}, nil
 }

@@ -203,7 +203,7 @@ func (b *Backend) accelerator(ctx context.Context) (string, error) {
 	if err := os.MkdirAll(b.dir, 0o700); err != nil {
 		return "", err
 	}
-	unlock, err := lockDir(b.dir)
+	unlock, err := fsutil.LockDir(ctx, b.dir, 0o600)
 	if err != nil {
 		return "", err
 	}

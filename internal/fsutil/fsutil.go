@@ -3,9 +3,13 @@
 package fsutil
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
+	"time"
 )
 
 // WriteFileAtomic replaces name with data so that a reader sees either the old
@@ -56,3 +60,39 @@ func SyncDir(dir string) error {
 	}
 	return nil
 }
+
+// LockDir takes the exclusive lock of folder dir (flock of its .lock file,
+// made with perm), waiting for it until ctx ends: two processes that
+// allocate in one folder (machines' addresses, a probe's answer) take turns,
+// and a holder that hangs makes the next one fail by its deadline instead
+// of hanging too. The lock goes with the process, so a holder that dies
+// frees it. It returns the function that releases it.
+func LockDir(ctx context.Context, dir string, perm os.FileMode) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, perm)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() {
+				_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+				f.Close()
+			}, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", dir, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("lock %s: another process holds it: %w", dir, ctx.Err())
+		case <-time.After(lockPoll):
+		}
+	}
+}
+
+// lockPoll is how often LockDir tries again while another process holds
+// the lock: allocations under it take milliseconds.
+const lockPoll = 20 * time.Millisecond
