@@ -38,6 +38,7 @@ import (
 	"github.com/raptiformica/raptiformica/internal/fsutil"
 	"github.com/raptiformica/raptiformica/internal/nodeconfig"
 	"github.com/raptiformica/raptiformica/internal/procenv"
+	"github.com/raptiformica/raptiformica/internal/procstat"
 )
 
 var (
@@ -540,11 +541,8 @@ func agentPID(mdir string) (int, bool) {
 	if !strings.Contains(string(cmdline), filepath.Join(mdir, "agent.json")) {
 		return pid, false
 	}
-	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		// A zombie has exited; field 3 (after the command in parentheses) is its state.
-		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && len(stat) > i+2 && stat[i+2] == 'Z' {
-			return pid, false
-		}
+	if st, err := procstat.Of(pid); err == nil && st.State == 'Z' {
+		return pid, false // exited, not yet reaped
 	}
 	return pid, true
 }
@@ -563,16 +561,8 @@ func groupProcs(pgid int) map[int]byte {
 		if err != nil {
 			continue
 		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		s := string(stat)
-		if i := strings.LastIndexByte(s, ')'); i > 0 {
-			// After the command: state, ppid, pgrp.
-			if f := strings.Fields(s[i+1:]); len(f) > 2 && f[2] == strconv.Itoa(pgid) {
-				procs[pid] = f[0][0]
-			}
+		if st, err := procstat.Of(pid); err == nil && st.PGRP == pgid {
+			procs[pid] = st.State
 		}
 	}
 	return procs
@@ -603,12 +593,7 @@ func threadsLive(pid int) bool {
 		return false
 	}
 	for _, t := range tasks {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
-		if err != nil {
-			continue
-		}
-		s := string(stat)
-		if i := strings.LastIndexByte(s, ')'); i > 0 && len(s) > i+2 && s[i+2] != 'Z' && s[i+2] != 'X' {
+		if st, err := procstat.Thread(pid, t.Name()); err == nil && !st.Exited() {
 			return true
 		}
 	}

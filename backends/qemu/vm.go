@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/raptiformica/raptiformica/internal/fsutil"
+	"github.com/raptiformica/raptiformica/internal/procstat"
 )
 
 // vmProc is a VM's QEMU process, held by a pidfd: a signal sent through it
@@ -90,34 +91,20 @@ func writePID(vdir string, pid int) error {
 	return os.WriteFile(filepath.Join(vdir, "pid"), []byte(strconv.Itoa(pid)+" "+started+"\n"), 0o600)
 }
 
-// startTime is when pid started, in clock ticks after boot (field 22 of
-// /proc/<pid>/stat).
+// startTime is when pid started, in clock ticks after boot.
 func startTime(pid int) (string, error) {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.Of(pid)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("process %d: %w", pid, err)
 	}
-	i := strings.LastIndexByte(string(stat), ')')
-	if i < 0 {
-		return "", fmt.Errorf("/proc/%d/stat: no command", pid)
-	}
-	// After the command: field 3 onwards; the start time is field 22.
-	f := strings.Fields(string(stat[i+1:]))
-	if len(f) < 20 {
-		return "", fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
-	}
-	return f[19], nil
+	return st.StartTime, nil
 }
 
-// zombie reports whether pid has exited and waits to be reaped.
+// zombie reports whether pid has exited and waits to be reaped (or is
+// gone).
 func zombie(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	// Field 3, after the command in parentheses, is the state.
-	i := strings.LastIndexByte(string(stat), ')')
-	return i > 0 && len(stat) > i+2 && stat[i+2] == 'Z'
+	st, err := procstat.Of(pid)
+	return err != nil || st.State == 'Z'
 }
 
 // stopVM ends the VM in vdir, if it runs: with grace, its power button
